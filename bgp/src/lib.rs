@@ -1,0 +1,1 @@
+//! BGP speaker. Filled by the BGP issue; until then this crate exports nothing.

@@ -1,0 +1,5 @@
+//! One module per subcommand. Each exposes `XxxArgs` (clap) and `run(args)`.
+
+pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
+
+pub mod replay;

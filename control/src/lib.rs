@@ -1,0 +1,1 @@
+//! The nodeplane daemon and CLI library: replay of captures through the pipeline.

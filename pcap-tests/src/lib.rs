@@ -1,0 +1,1 @@
+//! Golden replay cases: see `cases/` and `README.md`.

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing nodeplane needs on a fresh Debian 12 machine (as root).
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+
+APT_PACKAGES=(
+  # build: the C XDP program (clang -target bpf) and xsk-rs' bundled libxdp/libbpf
+  clang llvm m4 libelf-dev zlib1g-dev pkg-config libpcap-dev linux-libc-dev protobuf-compiler
+  # real peers and tools used by tests and the lab
+  iproute2 ethtool iputils-ping netcat-openbsd socat curl tcpdump netsniff-ng
+  nftables conntrack bird2 frr etcd-server etcd-client python3-scapy
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts these daemons on install; tests run their own instances on loopback.
+for svc in bird frr etcd; do
+  systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
+
+command -v cargo >/dev/null || { echo "setup: cargo (rustup) is required" >&2; exit 1; }
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
