@@ -1,1 +1,3 @@
-//! The nodeplane daemon and CLI library: replay of captures through the pipeline.
+//! The nodeplane daemon and CLI library. `replay` runs the worker pipeline over captures.
+
+pub mod replay;

@@ -1,0 +1,565 @@
+//! Connection tracking, owned by one worker (no locks).
+//!
+//! Layout: a fixed slab of `max_entries` [`Entry`]s allocated up front, and one hash index from
+//! [`FlowKey`] to `slot << 1 | direction` holding both the original key (as the flow arrived,
+//! before DNAT) and the reply key (the reverse of the translated tuple). A lookup is one probe
+//! and tells the direction. Nothing allocates after [`Conntrack::new`]: the index is created with
+//! room for every key of a full slab.
+//!
+//! Full table: first reclaim expired entries (a bounded scan), then evict the oldest entry in a
+//! closing TCP state (FIN_WAIT, CLOSE, TIME_WAIT; kept in an intrusive LRU list), else refuse the
+//! new flow (`ct-full`). Established flows are never evicted to make room.
+//!
+//! Time is whatever the caller passes (pcap timestamps in replay, a per-burst clock live), so
+//! replay is deterministic.
+
+use hashbrown::HashMap;
+
+use crate::drop::DropReason;
+use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
+use crate::parse::tcp_flags as F;
+use crate::policy::PolicyVerdict;
+use crate::tables::CtConfig;
+
+const NIL: u32 = u32::MAX;
+
+/// How far one reclaim scan looks for expired entries when the table is full.
+const RECLAIM_SCAN: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlowState {
+    /// UDP, ICMP and other datagram flows.
+    #[default]
+    Open,
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    Close,
+    TimeWait,
+}
+
+impl FlowState {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowState::Open => "OPEN",
+            FlowState::SynSent => "SYN_SENT",
+            FlowState::SynRecv => "SYN_RECV",
+            FlowState::Established => "ESTABLISHED",
+            FlowState::FinWait => "FIN_WAIT",
+            FlowState::Close => "CLOSE",
+            FlowState::TimeWait => "TIME_WAIT",
+        }
+    }
+    fn closing(self) -> bool {
+        matches!(
+            self,
+            FlowState::FinWait | FlowState::Close | FlowState::TimeWait
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Orig = 0,
+    Reply = 1,
+}
+
+/// Destination NAT of a service flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat {
+    pub vip: Addr,
+    pub vip_port: u16,
+    pub backend: Addr,
+    pub backend_port: u16,
+    /// Service index in the tables of generation `Entry::generation`.
+    pub service: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Entry {
+    pub orig: FlowKey,
+    pub reply: FlowKey,
+    pub state: FlowState,
+    /// Bit 0: FIN seen from the originator, bit 1: from the replier.
+    fins: u8,
+    pub created: u64,
+    pub last_seen: u64,
+    pub expires: u64,
+    pub nat: Option<Nat>,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub policy: PolicyVerdict,
+    /// The tables generation the flow's service and policy were last checked against.
+    pub generation: u64,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    live: bool,
+    prev: u32,
+    next: u32,
+    in_closing: bool,
+}
+
+/// What a new flow starts with (filled by the service and policy stages).
+#[derive(Debug, Clone, Copy)]
+pub struct NewFlow {
+    pub orig: FlowKey,
+    pub reply: FlowKey,
+    pub nat: Option<Nat>,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub policy: PolicyVerdict,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CtStats {
+    pub created: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub full_drops: u64,
+    pub key_conflicts: u64,
+}
+
+#[derive(Debug)]
+pub struct Conntrack {
+    slots: Vec<Entry>,
+    free: Vec<u32>,
+    index: HashMap<FlowKey, u32>,
+    closing_head: u32,
+    closing_tail: u32,
+    gc_cursor: usize,
+    live: usize,
+    cfg: CtConfig,
+    pub stats: CtStats,
+}
+
+impl Conntrack {
+    pub fn new(cfg: &CtConfig) -> Conntrack {
+        let cap = cfg.max_entries as usize;
+        Conntrack {
+            slots: vec![Entry::default(); cap],
+            free: (0..cap as u32).rev().collect(),
+            index: HashMap::with_capacity(cap * 2),
+            closing_head: NIL,
+            closing_tail: NIL,
+            gc_cursor: 0,
+            live: 0,
+            cfg: cfg.clone(),
+            stats: CtStats::default(),
+        }
+    }
+
+    /// Timeouts may change with a new state; capacity is fixed for the table's life.
+    pub fn set_config(&mut self, cfg: &CtConfig) {
+        let cap = self.cfg.max_entries;
+        self.cfg = cfg.clone();
+        self.cfg.max_entries = cap;
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Finds a live, unexpired flow by either of its keys. An expired entry found here is
+    /// removed on the spot, so correctness never waits for GC.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<(u32, Dir)> {
+        let v = *self.index.get(key)?;
+        let slot = v >> 1;
+        if self.slots[slot as usize].expires <= now {
+            self.remove(slot);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some((slot, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
+    /// Looks a key up without touching the table (for `explain` and dumps).
+    pub fn peek(&self, key: &FlowKey, now: u64) -> Option<(&Entry, Dir)> {
+        let v = *self.index.get(key)?;
+        let e = &self.slots[(v >> 1) as usize];
+        (e.expires > now).then_some((e, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
+    #[inline]
+    pub fn entry(&self, slot: u32) -> &Entry {
+        &self.slots[slot as usize]
+    }
+
+    #[inline]
+    pub fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.slots[slot as usize]
+    }
+
+    /// Creates a flow. `proto`/`tcp_flags` of the first packet pick the initial state.
+    pub fn create(
+        &mut self,
+        f: &NewFlow,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> Result<u32, DropReason> {
+        if self.index.contains_key(&f.orig) || self.index.contains_key(&f.reply) {
+            // Another flow already owns one of the keys (e.g. the same client port used for a
+            // VIP and for its backend directly). Translating would merge two connections.
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => self.make_room(now)?,
+        };
+        let state = if f.orig.proto == PROTO_TCP {
+            initial_tcp_state(tcp_flags)
+        } else {
+            FlowState::Open
+        };
+        let e = Entry {
+            orig: f.orig,
+            reply: f.reply,
+            state,
+            fins: if tcp_flags & F::FIN != 0 { 1 } else { 0 },
+            created: now,
+            last_seen: now,
+            expires: now + self.timeout(f.orig.proto, state),
+            nat: f.nat,
+            src_identity: f.src_identity,
+            dst_identity: f.dst_identity,
+            policy: f.policy,
+            generation: f.generation,
+            packets: [1, 0],
+            bytes: [len as u64, 0],
+            live: true,
+            prev: NIL,
+            next: NIL,
+            in_closing: false,
+        };
+        self.slots[slot as usize] = e;
+        self.index.insert(f.orig, slot << 1);
+        self.index.insert(f.reply, slot << 1 | 1);
+        if state.closing() {
+            self.closing_push(slot);
+        }
+        self.live += 1;
+        self.stats.created += 1;
+        Ok(slot)
+    }
+
+    /// Accounts a packet of an existing flow and advances its TCP state and timer.
+    #[inline]
+    pub fn on_packet(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {
+        let proto;
+        let new_state;
+        {
+            let e = &mut self.slots[slot as usize];
+            e.packets[dir as usize] += 1;
+            e.bytes[dir as usize] += len as u64;
+            e.last_seen = now;
+            proto = e.orig.proto;
+            new_state = if proto == PROTO_TCP {
+                tcp_transition(e, dir, tcp_flags)
+            } else {
+                e.state
+            };
+            e.state = new_state;
+        }
+        let timeout = self.timeout(proto, new_state);
+        self.slots[slot as usize].expires = now + timeout;
+        let was = self.slots[slot as usize].in_closing;
+        if new_state.closing() {
+            // Move to the tail: the list stays ordered by last activity.
+            if was {
+                self.closing_unlink(slot);
+            }
+            self.closing_push(slot);
+        } else if was {
+            self.closing_unlink(slot);
+        }
+    }
+
+    /// Whether a TCP packet would open a new connection on a finished flow's 5-tuple
+    /// (port reuse): the old entry should be replaced, not continued.
+    pub fn is_reopen(&self, slot: u32, dir: Dir, tcp_flags: u8) -> bool {
+        let e = &self.slots[slot as usize];
+        e.orig.proto == PROTO_TCP
+            && dir == Dir::Orig
+            && tcp_flags & (F::SYN | F::ACK | F::RST) == F::SYN
+            && matches!(e.state, FlowState::Close | FlowState::TimeWait)
+    }
+
+    pub fn remove(&mut self, slot: u32) {
+        let e = self.slots[slot as usize];
+        if !e.live {
+            return;
+        }
+        if e.in_closing {
+            self.closing_unlink(slot);
+        }
+        self.index.remove(&e.orig);
+        self.index.remove(&e.reply);
+        self.slots[slot as usize].live = false;
+        self.free.push(slot);
+        self.live -= 1;
+    }
+
+    /// Reclaims expired entries, looking at no more than `budget` slots (call per burst with a
+    /// small budget; a full sweep is `budget = capacity`). Returns how many were reclaimed.
+    pub fn gc_step(&mut self, now: u64, budget: usize) -> usize {
+        let n = self.slots.len();
+        let mut reclaimed = 0;
+        for _ in 0..budget.min(n) {
+            let s = self.gc_cursor;
+            self.gc_cursor = (self.gc_cursor + 1) % n;
+            let e = &self.slots[s];
+            if e.live && e.expires <= now {
+                self.remove(s as u32);
+                self.stats.expired += 1;
+                reclaimed += 1;
+            }
+        }
+        reclaimed
+    }
+
+    /// Removes every flow (operator `ct flush`).
+    pub fn flush(&mut self) {
+        for s in 0..self.slots.len() as u32 {
+            self.remove(s);
+        }
+    }
+
+    /// Live entries, in slot order (for dumps; not for the hot path).
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().filter(|e| e.live)
+    }
+
+    fn make_room(&mut self, now: u64) -> Result<u32, DropReason> {
+        if self.gc_step(now, RECLAIM_SCAN) > 0 {
+            if let Some(s) = self.free.pop() {
+                return Ok(s);
+            }
+        }
+        if self.closing_head != NIL {
+            let victim = self.closing_head;
+            self.remove(victim);
+            self.stats.evicted += 1;
+            if let Some(s) = self.free.pop() {
+                return Ok(s);
+            }
+        }
+        self.stats.full_drops += 1;
+        Err(DropReason::CtFull)
+    }
+
+    fn timeout(&self, proto: u8, state: FlowState) -> u64 {
+        let c = &self.cfg;
+        match state {
+            FlowState::SynSent => c.syn_sent,
+            FlowState::SynRecv => c.syn_recv,
+            FlowState::Established => c.established,
+            FlowState::FinWait => c.fin_wait,
+            FlowState::Close => c.close,
+            FlowState::TimeWait => c.time_wait,
+            FlowState::Open => match proto {
+                PROTO_ICMP | PROTO_ICMPV6 => c.icmp,
+                _ => c.udp,
+            },
+        }
+    }
+
+    fn closing_push(&mut self, slot: u32) {
+        let tail = self.closing_tail;
+        {
+            let e = &mut self.slots[slot as usize];
+            e.prev = tail;
+            e.next = NIL;
+            e.in_closing = true;
+        }
+        if tail == NIL {
+            self.closing_head = slot;
+        } else {
+            self.slots[tail as usize].next = slot;
+        }
+        self.closing_tail = slot;
+    }
+
+    fn closing_unlink(&mut self, slot: u32) {
+        let (prev, next) = {
+            let e = &mut self.slots[slot as usize];
+            e.in_closing = false;
+            (e.prev, e.next)
+        };
+        if prev == NIL {
+            self.closing_head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.closing_tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+    }
+}
+
+fn initial_tcp_state(flags: u8) -> FlowState {
+    if flags & F::RST != 0 {
+        FlowState::Close
+    } else if flags & (F::SYN | F::ACK) == F::SYN {
+        FlowState::SynSent
+    } else if flags & (F::SYN | F::ACK) == F::SYN | F::ACK {
+        FlowState::SynRecv
+    } else if flags & F::FIN != 0 {
+        FlowState::FinWait
+    } else {
+        // Mid-stream pickup (a flow that predates us, e.g. after a restart).
+        FlowState::Established
+    }
+}
+
+/// The TCP state machine. Deliberately loose like Linux with `nf_conntrack_tcp_loose`: it
+/// follows the handshake and teardown without checking sequence windows.
+fn tcp_transition(e: &mut Entry, dir: Dir, flags: u8) -> FlowState {
+    if flags & F::RST != 0 {
+        return FlowState::Close;
+    }
+    if flags & F::FIN != 0 {
+        e.fins |= 1 << (dir as u8);
+    }
+    let syn = flags & F::SYN != 0;
+    let ack = flags & F::ACK != 0;
+    match e.state {
+        FlowState::SynSent if dir == Dir::Reply && syn && ack => FlowState::SynRecv,
+        FlowState::SynSent if dir == Dir::Reply && ack && !syn => FlowState::Established,
+        FlowState::SynRecv if dir == Dir::Orig && ack && !syn => FlowState::Established,
+        FlowState::SynSent | FlowState::SynRecv | FlowState::Established if e.fins != 0 => {
+            FlowState::FinWait
+        }
+        FlowState::FinWait if e.fins == 3 => FlowState::TimeWait,
+        s => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::PROTO_UDP;
+
+    fn cfg(max: u32) -> CtConfig {
+        CtConfig::from_state(&nodeplane_state::ConntrackSettings {
+            max_entries: max,
+            ..Default::default()
+        })
+    }
+
+    fn key(i: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
+            sport: 1000 + i,
+            dport: 80,
+            proto,
+        }
+    }
+
+    fn flow(k: FlowKey) -> NewFlow {
+        NewFlow {
+            orig: k,
+            reply: k.reversed(),
+            nat: None,
+            src_identity: 0,
+            dst_identity: 0,
+            policy: PolicyVerdict::None,
+            generation: 0,
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn tcp_handshake_and_teardown() {
+        let mut ct = Conntrack::new(&cfg(16));
+        let k = key(1, PROTO_TCP);
+        let s = ct.create(&flow(k), F::SYN, 60, 0).unwrap();
+        assert_eq!(ct.entry(s).state, FlowState::SynSent);
+        assert_eq!(ct.lookup(&k.reversed(), 1).unwrap(), (s, Dir::Reply));
+        ct.on_packet(s, Dir::Reply, F::SYN | F::ACK, 60, 1);
+        assert_eq!(ct.entry(s).state, FlowState::SynRecv);
+        ct.on_packet(s, Dir::Orig, F::ACK, 60, 2);
+        assert_eq!(ct.entry(s).state, FlowState::Established);
+        assert_eq!(ct.entry(s).expires, 2 + 21_600 * S);
+        ct.on_packet(s, Dir::Orig, F::FIN | F::ACK, 60, 3);
+        assert_eq!(ct.entry(s).state, FlowState::FinWait);
+        ct.on_packet(s, Dir::Reply, F::FIN | F::ACK, 60, 4);
+        assert_eq!(ct.entry(s).state, FlowState::TimeWait);
+        assert!(ct.is_reopen(s, Dir::Orig, F::SYN));
+        // TIME_WAIT expires after its timeout.
+        assert!(ct.lookup(&k, 4 + 120 * S).is_none());
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn full_table_evicts_oldest_closing_then_drops() {
+        let mut ct = Conntrack::new(&cfg(3));
+        let a = ct.create(&flow(key(1, PROTO_TCP)), F::ACK, 60, 0).unwrap();
+        let b = ct.create(&flow(key(2, PROTO_TCP)), F::ACK, 60, 1).unwrap();
+        let _c = ct.create(&flow(key(3, PROTO_TCP)), F::ACK, 60, 2).unwrap();
+        // All established: a new flow is refused, established ones stay.
+        assert_eq!(
+            ct.create(&flow(key(4, PROTO_TCP)), F::SYN, 60, 3),
+            Err(DropReason::CtFull)
+        );
+        assert_eq!(ct.len(), 3);
+        // b then a start closing; a is most recently active, so b is the oldest closing.
+        ct.on_packet(b, Dir::Orig, F::FIN | F::ACK, 60, 4);
+        ct.on_packet(a, Dir::Orig, F::FIN | F::ACK, 60, 5);
+        ct.create(&flow(key(4, PROTO_TCP)), F::SYN, 60, 6).unwrap();
+        assert!(ct.lookup(&key(2, PROTO_TCP), 7).is_none(), "b evicted");
+        assert!(ct.lookup(&key(1, PROTO_TCP), 7).is_some(), "a kept");
+        assert_eq!(ct.stats.evicted, 1);
+    }
+
+    #[test]
+    fn full_table_reclaims_expired_first() {
+        let mut ct = Conntrack::new(&cfg(2));
+        ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0).unwrap();
+        ct.create(&flow(key(2, PROTO_UDP)), 0, 60, 0).unwrap();
+        // UDP timeout is 60 s: at 61 s both are expired and a new flow fits.
+        ct.create(&flow(key(3, PROTO_UDP)), 0, 60, 61 * S).unwrap();
+        assert_eq!(ct.stats.evicted, 0);
+        assert!(ct.stats.expired >= 1);
+    }
+
+    #[test]
+    fn gc_sweep_reclaims_and_slots_are_reused() {
+        let mut ct = Conntrack::new(&cfg(1024));
+        for i in 0..1000 {
+            ct.create(&flow(key(i, PROTO_UDP)), 0, 60, 0).unwrap();
+        }
+        assert_eq!(ct.len(), 1000);
+        assert_eq!(ct.gc_step(30 * S, 1024), 0);
+        assert_eq!(ct.gc_step(61 * S, 1024), 1000);
+        assert!(ct.is_empty());
+        for i in 0..1024 {
+            ct.create(&flow(key(i, PROTO_UDP)), 0, 60, 62 * S).unwrap();
+        }
+    }
+
+    #[test]
+    fn conflicting_key_is_refused() {
+        let mut ct = Conntrack::new(&cfg(8));
+        let k = key(1, PROTO_UDP);
+        ct.create(&flow(k), 0, 60, 0).unwrap();
+        let mut other = flow(key(2, PROTO_UDP));
+        other.reply = k.reversed();
+        assert_eq!(ct.create(&other, 0, 60, 0), Err(DropReason::CtInvalid));
+    }
+}

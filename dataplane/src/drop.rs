@@ -1,0 +1,90 @@
+//! The closed set of reasons a packet is dropped. Every drop in the pipeline carries exactly one
+//! of these; [`Counters`](crate::Counters) counts them per reason, replay prints them by name and
+//! the runtime exports them as metrics. Adding a reason means adding it here, nowhere else.
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident = $num:literal => $name:literal,)*) => {
+        /// Why a packet was dropped. The numeric value is stable (metrics, flow events).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $variant = $num,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in numeric order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// The kebab-case name used in verdicts, metrics and the CLI.
+            pub const fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+            pub fn from_name(name: &str) -> Option<DropReason> {
+                match name { $($name => Some(DropReason::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Frame shorter than an Ethernet (or 802.1Q) header.
+    MalformedEthernet = 1 => "malformed-ethernet",
+    /// IPv4 header truncated, bad version/IHL, or total length beyond the frame.
+    MalformedIpv4 = 2 => "malformed-ipv4",
+    /// IPv6 header or extension header chain truncated, or payload length beyond the frame.
+    MalformedIpv6 = 3 => "malformed-ipv6",
+    /// TCP/UDP/ICMP header truncated or inconsistent (e.g. TCP data offset < 5).
+    MalformedL4 = 4 => "malformed-l4",
+    /// IPv4 header checksum does not verify.
+    BadIpChecksum = 5 => "bad-ip-checksum",
+    /// The frame entered on an interface the state does not know.
+    UnknownInterface = 6 => "unknown-interface",
+    /// A pod interface sent a source address that is not its endpoint's.
+    SpoofedSource = 7 => "spoofed-source",
+    /// TTL / hop limit would reach zero on forwarding.
+    TtlExceeded = 8 => "ttl-exceeded",
+    /// Destination inside a local PodCIDR but no local endpoint has that address.
+    NoEndpoint = 9 => "no-endpoint",
+    /// The uplink's next-hop MAC is not known.
+    NoNeighbor = 10 => "no-neighbor",
+    /// Destination is a service IP but no frontend matches the port/protocol.
+    NoService = 11 => "no-service",
+    /// The service has no backend that may take a new flow.
+    NoBackend = 12 => "no-backend",
+    /// The flow's backend was removed or quarantined.
+    BackendGone = 13 => "backend-gone",
+    /// Identity policy denied the flow.
+    PolicyDenied = 14 => "policy-denied",
+    /// Conntrack table full and nothing could be reclaimed or evicted.
+    CtFull = 15 => "ct-full",
+    /// A packet that no flow state can explain (e.g. an ICMP error about an unknown flow that
+    /// would need translation).
+    CtInvalid = 16 => "ct-invalid",
+    /// A held fragment's first fragment never came within the fragment timeout.
+    FragTimeout = 17 => "frag-timeout",
+    /// No room to hold an out-of-order fragment or to remember a datagram's ports.
+    FragOverflow = 18 => "frag-overflow",
+    /// A fragment that cannot be valid (e.g. first fragment too short to hold the L4 ports).
+    FragMalformed = 19 => "frag-malformed",
+    /// The fragment's datagram was dropped when its first fragment was processed.
+    FragOfDroppedDatagram = 20 => "frag-of-dropped",
+    /// An IP protocol we do not forward from pods (only TCP, UDP, ICMP, ICMPv6 and
+    /// fragments of them are handled).
+    UnsupportedProtocol = 21 => "unsupported-protocol",
+}
+
+/// Number of distinct reasons (array size for per-reason counters; index = numeric value).
+pub const DROP_REASON_SLOTS: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_fit_the_counter_array() {
+        for r in DropReason::ALL {
+            assert_eq!(DropReason::from_name(r.name()), Some(*r));
+            assert!((*r as usize) < DROP_REASON_SLOTS);
+        }
+        assert_eq!(DropReason::from_name("no-such-reason"), None);
+    }
+}

@@ -1,0 +1,921 @@
+//! The worker pipeline: one instance per worker thread, run-to-completion over bursts.
+//!
+//! ```text
+//!  burst ─> parse (all frames) ─> per frame: classify ─> conntrack ─> service ─> policy ─> route ─> rewrite
+//!                                     │ not ours: Pass        │ existing flow: NAT from entry
+//!                                     │ later fragment: ports from its first fragment (or held)
+//!                                     └ ICMP error: matched by its quoted header (related)
+//! ```
+//!
+//! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
+//! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
+//! through [`Pipeline::drain`] with its own outcome). Per packet nothing allocates, locks or
+//! logs; the tables are an `Arc` snapshot swapped only between bursts.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode};
+
+use crate::conntrack::{Conntrack, Dir, Nat, NewFlow};
+use crate::csum::{self, get16, put16};
+use crate::drop::{DropReason, DROP_REASON_SLOTS};
+use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::frag::{FragKey, Fragments};
+use crate::parse::{self, Frag, Meta, Parsed};
+use crate::policy::{Decision, PolicyVerdict};
+use crate::rewrite;
+use crate::tables::{IfIndex, Tables};
+
+/// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
+pub const BURST: usize = 64;
+
+/// Conntrack entries examined for expiry per burst (incremental GC: a full sweep of a
+/// 256k-entry table takes 4096 bursts, i.e. well under a second at line rate).
+const GC_PER_BURST: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Handed to the kernel (not ours: ARP, host traffic, link-local control).
+    #[default]
+    Pass,
+    /// Transmit on this interface.
+    Forward(IfIndex),
+    Drop(DropReason),
+    /// An out-of-order fragment kept by the pipeline; its outcome comes from `drain`.
+    Held,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CtStatus {
+    #[default]
+    None,
+    New,
+    Established,
+    Reply,
+    Related,
+}
+
+impl CtStatus {
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            CtStatus::None => None,
+            CtStatus::New => Some("new"),
+            CtStatus::Established => Some("established"),
+            CtStatus::Reply => Some("reply"),
+            CtStatus::Related => Some("related"),
+        }
+    }
+}
+
+/// Everything the pipeline decided about one packet (for transmit, counters and flow events).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    pub action: Action,
+    pub ct: CtStatus,
+    /// Index into the tables' services.
+    pub service: Option<u32>,
+    pub backend: Option<(Addr, u16)>,
+    pub src_identity: Option<u32>,
+    pub dst_identity: Option<u32>,
+    pub policy: PolicyVerdict,
+}
+
+impl Outcome {
+    fn drop(reason: DropReason) -> Outcome {
+        Outcome {
+            action: Action::Drop(reason),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// One frame of a burst: its bytes (rewritten in place), ingress interface and time.
+#[derive(Debug)]
+pub struct Packet<'a> {
+    pub data: &'a mut [u8],
+    pub iface: IfIndex,
+    /// Nanoseconds (pcap time in replay, a monotonic clock live).
+    pub ts: u64,
+    /// Caller's identifier, handed back for held fragments.
+    pub tag: u64,
+}
+
+/// Per-worker counters. Plain integers: one owner, read by the control thread through a
+/// snapshot copy between bursts.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub packets: u64,
+    pub forwarded: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub held: u64,
+    pub drops: [u64; DROP_REASON_SLOTS],
+    pub ct_new: u64,
+    pub affinity_full: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            packets: 0,
+            forwarded: 0,
+            passed: 0,
+            dropped: 0,
+            held: 0,
+            drops: [0; DROP_REASON_SLOTS],
+            ct_new: 0,
+            affinity_full: 0,
+        }
+    }
+}
+
+impl Counters {
+    #[inline]
+    fn count(&mut self, a: Action) {
+        match a {
+            Action::Forward(_) => self.forwarded += 1,
+            Action::Pass => self.passed += 1,
+            Action::Drop(r) => {
+                self.dropped += 1;
+                self.drops[r as usize] += 1;
+            }
+            Action::Held => self.held += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Affinity {
+    backend: Addr,
+    port: u16,
+    expires: u64,
+}
+
+/// A held fragment leaving the pipeline (released or timed out).
+#[derive(Debug)]
+pub struct Released<'a> {
+    pub data: &'a [u8],
+    pub iface: IfIndex,
+    pub ts: u64,
+    pub tag: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug)]
+pub struct Pipeline {
+    tables: Arc<Tables>,
+    ct: Conntrack,
+    frags: Fragments,
+    affinity: HashMap<(u64, Addr), Affinity>,
+    affinity_cap: usize,
+    rng: u64,
+    counters: Counters,
+    metas: Vec<Result<Parsed, DropReason>>,
+    /// Runtime override of the state's policy mode (the operator's emergency switch).
+    mode_override: Option<PolicyMode>,
+}
+
+impl Pipeline {
+    pub fn new(tables: Arc<Tables>) -> Pipeline {
+        let ct = Conntrack::new(&tables.ct);
+        let frags = Fragments::new(&tables.ct);
+        let affinity_cap = (tables.ct.max_entries as usize / 4).max(1024);
+        Pipeline {
+            ct,
+            frags,
+            affinity: HashMap::with_capacity(affinity_cap),
+            affinity_cap,
+            rng: 0x2545_f491_4f6c_dd1d,
+            counters: Counters::default(),
+            metas: vec![Ok(Parsed::NotIp); BURST],
+            mode_override: None,
+            tables,
+        }
+    }
+
+    /// Publishes new tables; takes effect for the next burst. Flows notice the new generation on
+    /// their next packet and re-check their backend and policy.
+    pub fn set_tables(&mut self, tables: Arc<Tables>) {
+        self.ct.set_config(&tables.ct);
+        self.frags.set_timeout(tables.ct.fragment);
+        self.tables = tables;
+    }
+
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
+    pub fn set_policy_mode_override(&mut self, mode: Option<PolicyMode>) {
+        self.mode_override = mode;
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.ct
+    }
+
+    pub fn conntrack_mut(&mut self) -> &mut Conntrack {
+        &mut self.ct
+    }
+
+    pub fn fragments(&self) -> &Fragments {
+        &self.frags
+    }
+
+    fn mode(&self) -> PolicyMode {
+        self.mode_override.unwrap_or(self.tables.policy_mode)
+    }
+
+    /// Processes a burst (at most [`BURST`] frames; longer slices are processed in chunks).
+    /// `out[i]` receives the outcome of `pkts[i]`.
+    pub fn process_burst(&mut self, pkts: &mut [Packet<'_>], out: &mut [Outcome]) {
+        assert!(out.len() >= pkts.len(), "outcome slice shorter than the burst");
+        for (chunk, out) in pkts.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
+            // Stage 1 over the whole burst: parse (touches every frame's headers once, so the
+            // next stage finds them in cache).
+            for (i, p) in chunk.iter().enumerate() {
+                self.metas[i] = parse::parse(p.data);
+            }
+            // Stage 2: per frame, run to completion.
+            for (i, p) in chunk.iter_mut().enumerate() {
+                let parsed = self.metas[i];
+                let o = self.process_parsed(p.data, parsed, p.iface, p.ts, p.tag);
+                self.counters.packets += 1;
+                self.counters.count(o.action);
+                out[i] = o;
+            }
+            if let Some(last) = chunk.last() {
+                self.ct.gc_step(last.ts, GC_PER_BURST);
+            }
+        }
+    }
+
+    /// Convenience for one frame (tests, `explain`).
+    pub fn process_one(&mut self, data: &mut [u8], iface: IfIndex, ts: u64) -> Outcome {
+        let mut p = [Packet {
+            data,
+            iface,
+            ts,
+            tag: 0,
+        }];
+        let mut o = [Outcome::default()];
+        self.process_burst(&mut p, &mut o);
+        o[0]
+    }
+
+    /// Processes held fragments that became ready (their first fragment came) or timed out, and
+    /// hands each to `f` with its outcome. Call after every burst.
+    pub fn drain(&mut self, now: u64, mut f: impl FnMut(Released<'_>)) {
+        while let Some((slot, timed_out)) = self.frags.next_due(now) {
+            let outcome = if timed_out {
+                Outcome::drop(DropReason::FragTimeout)
+            } else {
+                // Take the frame out of the pool's borrow: process it in place.
+                let (data, iface, ts, tag) = self.frags.held_frame(slot);
+                let len = data.len();
+                let mut tmp = [0u8; crate::frag::MAX_HELD_FRAME];
+                tmp[..len].copy_from_slice(data);
+                let _ = (ts, tag);
+                let parsed = parse::parse(&tmp[..len]);
+                let o = self.process_parsed(&mut tmp[..len], parsed, iface, now, u64::MAX);
+                let (data, _, _, _) = self.frags.held_frame(slot);
+                data.copy_from_slice(&tmp[..len]);
+                o
+            };
+            // A ready fragment cannot be held again (its datagram is known), but be safe.
+            let outcome = if outcome.action == Action::Held {
+                Outcome::drop(DropReason::FragOverflow)
+            } else {
+                outcome
+            };
+            self.counters.count(outcome.action);
+            let (data, iface, ts, tag) = self.frags.held_frame(slot);
+            f(Released {
+                data,
+                iface,
+                ts,
+                tag,
+                outcome,
+            });
+            self.frags.release(slot, timed_out);
+        }
+    }
+
+    /// Full GC (periodic, not per burst): conntrack, fragment ids, affinity.
+    pub fn gc(&mut self, now: u64) {
+        let cap = self.ct.capacity();
+        self.ct.gc_step(now, cap);
+        self.frags.gc(now);
+        self.affinity.retain(|_, a| a.expires > now);
+    }
+
+    fn process_parsed(
+        &mut self,
+        frame: &mut [u8],
+        parsed: Result<Parsed, DropReason>,
+        iface: IfIndex,
+        now: u64,
+        tag: u64,
+    ) -> Outcome {
+        let tables = Arc::clone(&self.tables);
+        let t: &Tables = &tables;
+        let Some(itf) = t.ifaces.get(usize::from(iface)) else {
+            return Outcome::drop(DropReason::UnknownInterface);
+        };
+        let mut m = match parsed {
+            Err(r) => return Outcome::drop(r),
+            Ok(Parsed::NotIp) => return Outcome::default(),
+            Ok(Parsed::Ip(m)) => m,
+        };
+        if parse::is_icmpv6_link_control(&m) {
+            return Outcome::default();
+        }
+
+        // Classify: which traffic is ours.
+        let from_pod = itf.role == InterfaceRole::Pod;
+        if from_pod {
+            if is_link_scoped(&m.dst) || is_link_scoped(&m.src) {
+                return Outcome::default();
+            }
+            match t.endpoint_of(&m.src) {
+                Some(ep) if t.endpoints[ep as usize].iface == iface => {}
+                _ => return Outcome::drop(DropReason::SpoofedSource),
+            }
+        } else if !self.uplink_owns(t, &m) {
+            return Outcome::default();
+        }
+
+        // Later fragments take their ports from the first fragment.
+        if m.frag == Frag::Later {
+            let fk = frag_key(&m);
+            match self.frags.lookup(&fk, now) {
+                Some(d) => {
+                    if d.dropped.is_some() {
+                        return Outcome::drop(DropReason::FragOfDroppedDatagram);
+                    }
+                    m.sport = d.sport;
+                    m.dport = d.dport;
+                }
+                None => {
+                    return match self.frags.hold(frame, fk, iface, now, tag) {
+                        Ok(()) => Outcome {
+                            action: Action::Held,
+                            ..Outcome::default()
+                        },
+                        Err(r) => Outcome::drop(r),
+                    };
+                }
+            }
+        }
+
+        if !matches!(m.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6) {
+            return Outcome::drop(DropReason::UnsupportedProtocol);
+        }
+
+        // The datagram key as it arrived (the stages below rewrite m).
+        let first_key = (m.frag == Frag::First).then(|| frag_key(&m));
+        let (orig_sport, orig_dport) = (m.sport, m.dport);
+        let outcome = if parse::is_icmp_error(&m) && m.frag == Frag::None {
+            self.icmp_error(t, frame, &mut m, now)
+        } else {
+            self.flow_path(t, frame, &mut m, iface, now)
+        };
+        if let Some(fk) = first_key {
+            let dropped = match outcome.action {
+                Action::Drop(r) => Some(r),
+                _ => None,
+            };
+            // On overflow the first fragment still goes; its later fragments are held and then
+            // time out, counted (`frag-overflow` in the fragment stats, `frag-timeout` drops).
+            let _ = self
+                .frags
+                .record_first(fk, orig_sport, orig_dport, dropped, now);
+        }
+        outcome
+    }
+
+    /// On the uplink only traffic to our PodCIDRs, service frontends and NodePorts is ours.
+    fn uplink_owns(&self, t: &Tables, m: &Meta) -> bool {
+        if t.in_pod_cidr(&m.dst) || t.service_ips.contains_key(&m.dst) {
+            return true;
+        }
+        if !t.is_node_ip(&m.dst) {
+            return false;
+        }
+        match m.frag {
+            Frag::Later => self.frags.knows(&frag_key(m)),
+            _ => t.frontend(m.dst, m.dport, m.proto).is_some(),
+        }
+    }
+
+    /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
+    fn flow_path(
+        &mut self,
+        t: &Tables,
+        frame: &mut [u8],
+        m: &mut Meta,
+        iface: IfIndex,
+        now: u64,
+    ) -> Outcome {
+        let key = FlowKey {
+            src: m.src,
+            dst: m.dst,
+            sport: m.sport,
+            dport: m.dport,
+            proto: m.proto,
+        };
+        let len = frame.len();
+        let mut out = Outcome::default();
+
+        let mut found = self.ct.lookup(&key, now);
+        if let Some((slot, dir)) = found {
+            if self.ct.is_reopen(slot, dir, m.tcp_flags) {
+                self.ct.remove(slot);
+                found = None;
+            }
+        }
+
+        let (slot, dir) = match found {
+            Some((slot, dir)) => {
+                if self.ct.entry(slot).generation != t.generation {
+                    if let Err(r) = self.revalidate(t, slot) {
+                        self.ct.remove(slot);
+                        return Outcome::drop(r);
+                    }
+                }
+                self.ct.on_packet(slot, dir, m.tcp_flags, len, now);
+                out.ct = if dir == Dir::Orig {
+                    CtStatus::Established
+                } else {
+                    CtStatus::Reply
+                };
+                (slot, dir)
+            }
+            None => {
+                if m.frag == Frag::Later {
+                    // Its first fragment created no flow (or the flow ended): nothing to follow.
+                    return Outcome::drop(DropReason::CtInvalid);
+                }
+                match self.new_flow(t, frame, m, iface, key, now) {
+                    Ok(Some(slot)) => {
+                        out.ct = CtStatus::New;
+                        (slot, Dir::Orig)
+                    }
+                    Ok(None) => return Outcome::default(),
+                    Err(o) => return o,
+                }
+            }
+        };
+
+        let e = *self.ct.entry(slot);
+        out.policy = e.policy;
+        if let Some(nat) = e.nat {
+            out.service = Some(nat.service);
+            out.backend = Some((nat.backend, nat.backend_port));
+        }
+        let (si, di) = match dir {
+            Dir::Orig => (e.src_identity, e.dst_identity),
+            Dir::Reply => (e.dst_identity, e.src_identity),
+        };
+        out.src_identity = Some(si);
+        out.dst_identity = Some(di);
+
+        // Translate: DNAT on the way in, reverse NAT on replies.
+        if let Some(nat) = e.nat {
+            match dir {
+                Dir::Orig => {
+                    rewrite::set_addr(frame, m, true, nat.backend);
+                    rewrite::set_port(frame, m, true, nat.backend_port);
+                }
+                Dir::Reply => {
+                    rewrite::set_addr(frame, m, false, nat.vip);
+                    rewrite::set_port(frame, m, false, nat.vip_port);
+                }
+            }
+        }
+        out.action = self.route_and_finish(t, frame, m);
+        out
+    }
+
+    /// A packet that matched no flow: service selection, identities, policy, then a new entry.
+    /// `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
+    fn new_flow(
+        &mut self,
+        t: &Tables,
+        frame: &[u8],
+        m: &Meta,
+        iface: IfIndex,
+        key: FlowKey,
+        now: u64,
+    ) -> Result<Option<u32>, Outcome> {
+        let mut nat = None;
+        let mut dst = m.dst;
+        let mut dport = m.dport;
+        if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
+            if let Some(svc) = t.frontend(m.dst, m.dport, m.proto) {
+                let Some(b) = self.select_backend(t, svc, &key, now) else {
+                    return Err(Outcome {
+                        service: Some(svc),
+                        ..Outcome::drop(DropReason::NoBackend)
+                    });
+                };
+                let be = &t.services[svc as usize].backends[usize::from(b)];
+                nat = Some(Nat {
+                    vip: m.dst,
+                    vip_port: m.dport,
+                    backend: be.addr,
+                    backend_port: be.port,
+                    service: svc,
+                });
+                dst = be.addr;
+                dport = be.port;
+            }
+        }
+        if nat.is_none() {
+            if t.service_ips.contains_key(&m.dst) {
+                return Err(Outcome::drop(DropReason::NoService));
+            }
+            if t.is_node_ip(&m.dst) {
+                return Ok(None);
+            }
+        }
+        let _ = iface;
+        let src_identity = t.identity_of(&m.src);
+        let dst_identity = t.identity_of(&dst);
+        let policy = self.evaluate_policy(t, m.src, src_identity, dst, dst_identity, m.proto, dport);
+        if policy == PolicyVerdict::Deny {
+            return Err(Outcome {
+                service: nat.map(|n| n.service),
+                backend: nat.map(|n| (n.backend, n.backend_port)),
+                src_identity: Some(src_identity),
+                dst_identity: Some(dst_identity),
+                policy,
+                ..Outcome::drop(DropReason::PolicyDenied)
+            });
+        }
+        let reply = FlowKey {
+            src: dst,
+            dst: m.src,
+            sport: dport,
+            dport: m.sport,
+            proto: m.proto,
+        };
+        let f = NewFlow {
+            orig: key,
+            reply,
+            nat,
+            src_identity,
+            dst_identity,
+            policy,
+            generation: t.generation,
+        };
+        match self.ct.create(&f, m.tcp_flags, frame.len(), now) {
+            Ok(slot) => {
+                self.counters.ct_new += 1;
+                Ok(Some(slot))
+            }
+            Err(r) => Err(Outcome {
+                service: nat.map(|n| n.service),
+                backend: nat.map(|n| (n.backend, n.backend_port)),
+                src_identity: Some(src_identity),
+                dst_identity: Some(dst_identity),
+                policy,
+                ..Outcome::drop(r)
+            }),
+        }
+    }
+
+    /// Egress policy of a local source endpoint and ingress policy of a local destination
+    /// endpoint; deny from either side denies.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_policy(
+        &self,
+        t: &Tables,
+        src: Addr,
+        src_identity: u32,
+        dst: Addr,
+        dst_identity: u32,
+        proto: u8,
+        dport: u16,
+    ) -> PolicyVerdict {
+        let mode = self.mode();
+        if mode == PolicyMode::AllowAll {
+            return PolicyVerdict::None;
+        }
+        let mut verdict = PolicyVerdict::None;
+        let mut denied = false;
+        if let Some(ep) = t.endpoint_of(&src) {
+            if let Some(p) = &t.endpoints[ep as usize].egress {
+                match p.decide(dst, dst_identity, proto, dport) {
+                    Decision::Allow { .. } => verdict = PolicyVerdict::Allow,
+                    Decision::Deny { .. } => denied = true,
+                }
+            }
+        }
+        if let Some(ep) = t.endpoint_of(&dst) {
+            if let Some(p) = &t.endpoints[ep as usize].ingress {
+                match p.decide(src, src_identity, proto, dport) {
+                    Decision::Allow { .. } => verdict = PolicyVerdict::Allow,
+                    Decision::Deny { .. } => denied = true,
+                }
+            }
+        }
+        if denied {
+            if mode == PolicyMode::Audit {
+                PolicyVerdict::Audit
+            } else {
+                PolicyVerdict::Deny
+            }
+        } else {
+            verdict
+        }
+    }
+
+    /// A flow seen first under older tables: is its backend still allowed to serve it, and
+    /// does policy still allow it?
+    fn revalidate(&mut self, t: &Tables, slot: u32) -> Result<(), DropReason> {
+        let mut e = *self.ct.entry(slot);
+        if let Some(mut nat) = e.nat {
+            let svc = t
+                .frontend(nat.vip, nat.vip_port, e.orig.proto)
+                .ok_or(DropReason::BackendGone)?;
+            match t.services[svc as usize].find_backend(nat.backend, nat.backend_port) {
+                Some(b) if b.state != BackendState::Quarantined => {}
+                _ => return Err(DropReason::BackendGone),
+            }
+            nat.service = svc;
+            e.nat = Some(nat);
+        }
+        let (dst, dport) = match e.nat {
+            Some(n) => (n.backend, n.backend_port),
+            None => (e.orig.dst, e.orig.dport),
+        };
+        let si = t.identity_of(&e.orig.src);
+        let di = t.identity_of(&dst);
+        let policy = self.evaluate_policy(t, e.orig.src, si, dst, di, e.orig.proto, dport);
+        if policy == PolicyVerdict::Deny {
+            return Err(DropReason::PolicyDenied);
+        }
+        let entry = self.ct.entry_mut(slot);
+        entry.nat = e.nat;
+        entry.src_identity = si;
+        entry.dst_identity = di;
+        entry.policy = policy;
+        entry.generation = t.generation;
+        Ok(())
+    }
+
+    /// Picks a backend for a new flow: affinity first, then Maglev or random among the active
+    /// backends of the frontend's address family.
+    fn select_backend(&mut self, t: &Tables, svc: u32, key: &FlowKey, now: u64) -> Option<u16> {
+        let s = &t.services[svc as usize];
+        let sel = s.selection(key.dst.v6);
+        if sel.active.is_empty() {
+            return None;
+        }
+        let akey = (crate::flow::stable_hash_bytes(s.name.as_bytes(), 7), key.src);
+        if let Some(timeout) = s.affinity_ns {
+            if let Some(a) = self.affinity.get_mut(&akey) {
+                if a.expires > now {
+                    let hit = s.backends.iter().position(|b| {
+                        b.addr == a.backend && b.port == a.port && b.state == BackendState::Active
+                    });
+                    if let Some(i) = hit {
+                        a.expires = now + timeout;
+                        return Some(i as u16);
+                    }
+                }
+            }
+        }
+        let pick = match s.algorithm {
+            Algorithm::Maglev if !sel.maglev.is_empty() => {
+                // With affinity the client address alone decides, so every node and every
+                // connection of the client agree even before the affinity entry exists.
+                let h = if s.affinity_ns.is_some() {
+                    FlowKey {
+                        src: key.src,
+                        ..FlowKey::default()
+                    }
+                    .stable_hash()
+                } else {
+                    key.stable_hash()
+                };
+                let slot = (h % sel.maglev.len() as u64) as usize;
+                sel.active[usize::from(sel.maglev[slot])]
+            }
+            _ => {
+                // xorshift64: deterministic per worker, so replay is reproducible.
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                sel.active[(self.rng % sel.active.len() as u64) as usize]
+            }
+        };
+        if let Some(timeout) = s.affinity_ns {
+            let b = &s.backends[usize::from(pick)];
+            let a = Affinity {
+                backend: b.addr,
+                port: b.port,
+                expires: now + timeout,
+            };
+            if self.affinity.len() < self.affinity_cap || self.affinity.contains_key(&akey) {
+                self.affinity.insert(akey, a);
+            } else {
+                self.counters.affinity_full += 1;
+            }
+        }
+        Some(pick)
+    }
+
+    /// Routes by the (translated) destination, checks TTL, and rewrites TTL and MACs.
+    fn route_and_finish(&self, t: &Tables, frame: &mut [u8], m: &mut Meta) -> Action {
+        let (egress, dst_mac) = if let Some(ep) = t.endpoint_of(&m.dst) {
+            let ep = &t.endpoints[ep as usize];
+            (ep.iface, ep.mac)
+        } else if t.is_node_ip(&m.dst) {
+            return Action::Pass;
+        } else if t.in_pod_cidr(&m.dst) {
+            return Action::Drop(DropReason::NoEndpoint);
+        } else {
+            let Some(up) = t.uplink() else {
+                return Action::Drop(DropReason::NoNeighbor);
+            };
+            match t.ifaces[usize::from(up)].gateway_mac {
+                Some(mac) => (up, mac),
+                None => return Action::Drop(DropReason::NoNeighbor),
+            }
+        };
+        if m.ttl <= 1 {
+            return Action::Drop(DropReason::TtlExceeded);
+        }
+        rewrite::decrement_ttl(frame, m);
+        rewrite::set_macs(frame, &t.ifaces[usize::from(egress)].mac, &dst_mac);
+        Action::Forward(egress)
+    }
+
+    /// ICMP errors: find the flow by the quoted header; translate outer and quoted headers the
+    /// way the flow is translated in the error's direction; fix the checksums.
+    fn icmp_error(&mut self, t: &Tables, frame: &mut [u8], m: &mut Meta, now: u64) -> Outcome {
+        let inner_off = usize::from(m.l4_off) + 8;
+        let inner = match parse::parse_inner(frame, inner_off, usize::from(m.ip_end), m.v6) {
+            Ok(i) if i.has_l4() || i.frag == Frag::Later => i,
+            // An error quoting garbage: route it untranslated like any unknown packet.
+            _ => return self.untracked_icmp(t, frame, m),
+        };
+        let quoted = FlowKey {
+            src: inner.src,
+            dst: inner.dst,
+            sport: inner.sport,
+            dport: inner.dport,
+            proto: inner.proto,
+        };
+        let Some((slot, dir)) = self.ct.lookup(&quoted.reversed(), now) else {
+            return self.untracked_icmp(t, frame, m);
+        };
+        let e = *self.ct.entry(slot);
+        let mut out = Outcome {
+            ct: CtStatus::Related,
+            policy: e.policy,
+            ..Outcome::default()
+        };
+        let (si, di) = match dir {
+            Dir::Orig => (e.src_identity, e.dst_identity),
+            Dir::Reply => (e.dst_identity, e.src_identity),
+        };
+        out.src_identity = Some(si);
+        out.dst_identity = Some(di);
+        if let Some(nat) = e.nat {
+            out.service = Some(nat.service);
+            out.backend = Some((nat.backend, nat.backend_port));
+            let mut im = inner;
+            match dir {
+                // Toward the backend: the quoted packet came from the VIP.
+                Dir::Orig => {
+                    if m.dst == nat.vip {
+                        rewrite::set_addr(frame, m, true, nat.backend);
+                    }
+                    rewrite_quoted(frame, &mut im, false, nat.backend, nat.backend_port);
+                }
+                // Toward the client: the quoted packet went to the backend.
+                Dir::Reply => {
+                    if m.src == nat.backend {
+                        rewrite::set_addr(frame, m, false, nat.vip);
+                    }
+                    rewrite_quoted(frame, &mut im, true, nat.vip, nat.vip_port);
+                }
+            }
+            fix_icmp_checksum(frame, m);
+        }
+        out.action = self.route_and_finish(t, frame, m);
+        out
+    }
+
+    /// An ICMP error about no flow we know: no translation needed; route it subject to policy.
+    fn untracked_icmp(&mut self, t: &Tables, frame: &mut [u8], m: &mut Meta) -> Outcome {
+        if t.is_node_ip(&m.dst) {
+            return Outcome::default();
+        }
+        let si = t.identity_of(&m.src);
+        let di = t.identity_of(&m.dst);
+        let policy = self.evaluate_policy(t, m.src, si, m.dst, di, m.proto, 0);
+        let mut out = Outcome {
+            src_identity: Some(si),
+            dst_identity: Some(di),
+            policy,
+            ..Outcome::default()
+        };
+        if policy == PolicyVerdict::Deny {
+            out.action = Action::Drop(DropReason::PolicyDenied);
+            return out;
+        }
+        if si == reserved::WORLD && t.endpoint_of(&m.dst).is_none() && !t.in_pod_cidr(&m.dst) {
+            // World to world through us: not ours to forward.
+            return Outcome::default();
+        }
+        out.action = self.route_and_finish(t, frame, m);
+        out
+    }
+}
+
+/// Rewrites the quoted datagram inside an ICMP error: its source (`dst = false`) or
+/// destination address and port, with the quoted IPv4 header checksum and the quoted L4
+/// checksum (when the quote carries it) updated incrementally.
+fn rewrite_quoted(frame: &mut [u8], im: &mut Meta, dst: bool, addr: Addr, port: u16) {
+    let l3 = usize::from(im.l3_off);
+    let end = usize::from(im.ip_end);
+    let (aoff, alen) = match (im.v6, dst) {
+        (false, false) => (l3 + 12, 4),
+        (false, true) => (l3 + 16, 4),
+        (true, false) => (l3 + 8, 16),
+        (true, true) => (l3 + 24, 16),
+    };
+    let mut old = [0u8; 16];
+    old[..alen].copy_from_slice(&frame[aoff..aoff + alen]);
+    let new = &addr.bytes[..alen];
+    if !im.v6 {
+        let c = get16(frame, l3 + 10);
+        put16(frame, l3 + 10, csum::update_bytes(c, &old[..alen], new));
+    }
+    let l4 = usize::from(im.l4_off);
+    let l4_csum = match im.proto {
+        PROTO_TCP if im.has_l4() && l4 + 18 <= end => Some(l4 + 16),
+        PROTO_UDP if im.has_l4() && l4 + 8 <= end => Some(l4 + 6),
+        _ => None,
+    };
+    let port_off = (im.has_l4() && matches!(im.proto, PROTO_TCP | PROTO_UDP) && l4 + 4 <= end)
+        .then_some(l4 + if dst { 2 } else { 0 });
+    if let Some(co) = l4_csum {
+        let mut c = get16(frame, co);
+        if !(im.proto == PROTO_UDP && !im.v6 && c == 0) {
+            c = csum::update_bytes(c, &old[..alen], new);
+            if let Some(po) = port_off {
+                c = csum::update16(c, get16(frame, po), port);
+            }
+            put16(frame, co, c);
+        }
+    }
+    frame[aoff..aoff + alen].copy_from_slice(new);
+    if let Some(po) = port_off {
+        put16(frame, po, port);
+    }
+}
+
+/// Recomputes an ICMP(v6) message's checksum in full: the quoted bytes changed in several
+/// places, and ICMP errors are rare enough that the full sum is the simpler, safer choice.
+fn fix_icmp_checksum(frame: &mut [u8], m: &Meta) {
+    let l4 = usize::from(m.l4_off);
+    let end = usize::from(m.ip_end);
+    put16(frame, l4 + 2, 0);
+    let mut acc = csum::sum(&frame[l4..end], 0);
+    if m.v6 {
+        acc = csum::sum(&m.src.bytes, acc);
+        acc = csum::sum(&m.dst.bytes, acc);
+        acc += (end - l4) as u32;
+        acc += u32::from(PROTO_ICMPV6);
+    }
+    put16(frame, l4 + 2, !csum::fold(acc));
+}
+
+/// Link-local and multicast: the kernel's.
+fn is_link_scoped(a: &Addr) -> bool {
+    if a.v6 {
+        let b = a.bytes;
+        b[0] == 0xff || (b[0] == 0xfe && b[1] & 0xc0 == 0x80) || b == [0; 16]
+    } else {
+        let b = a.bytes;
+        b[0] >= 224 || (b[0] == 169 && b[1] == 254) || b[..4] == [0, 0, 0, 0] || b[..4] == [255; 4]
+    }
+}
+
+fn frag_key(m: &Meta) -> FragKey {
+    FragKey {
+        src: m.src,
+        dst: m.dst,
+        id: m.frag_id,
+        proto: m.proto,
+    }
+}

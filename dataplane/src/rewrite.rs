@@ -1,0 +1,206 @@
+//! Stage: rewrite. In-place header changes with RFC 1624 incremental checksum updates: each
+//! changed address or port costs a few adds, independent of the packet's size.
+//!
+//! Which checksums an address change touches: the IPv4 header checksum (IPv4 only), and the L4
+//! checksum wherever it covers a pseudo-header (TCP, UDP, ICMPv6; not ICMPv4). A UDP-over-IPv4
+//! checksum of 0 means "none" and stays 0. Non-first fragments carry no L4 header, so only the
+//! IP header changes (the datagram's L4 checksum was fixed in the first fragment).
+
+use crate::csum::{get16, put16, update16, update_bytes};
+use crate::flow::{Addr, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::parse::Meta;
+
+/// Offset of the L4 checksum field for protocols with a pseudo-header, if the frame has it.
+#[inline]
+fn l4_csum_off(m: &Meta) -> Option<usize> {
+    if !m.has_l4() {
+        return None;
+    }
+    let l4 = usize::from(m.l4_off);
+    match m.proto {
+        PROTO_TCP => Some(l4 + 16),
+        PROTO_UDP => Some(l4 + 6),
+        PROTO_ICMPV6 => Some(l4 + 2),
+        _ => None,
+    }
+}
+
+#[inline]
+fn fix_l4(frame: &mut [u8], m: &Meta, old: &[u8], new: &[u8]) {
+    if let Some(off) = l4_csum_off(m) {
+        let c = get16(frame, off);
+        if m.proto == PROTO_UDP && !m.v6 && c == 0 {
+            return;
+        }
+        let mut n = update_bytes(c, old, new);
+        if m.proto == PROTO_UDP && n == 0 {
+            n = 0xffff;
+        }
+        put16(frame, off, n);
+    }
+}
+
+/// Replaces the source (`dst = false`) or destination address.
+#[inline]
+pub fn set_addr(frame: &mut [u8], m: &mut Meta, dst: bool, new: Addr) {
+    let l3 = usize::from(m.l3_off);
+    let (off, len) = match (m.v6, dst) {
+        (false, false) => (l3 + 12, 4),
+        (false, true) => (l3 + 16, 4),
+        (true, false) => (l3 + 8, 16),
+        (true, true) => (l3 + 24, 16),
+    };
+    let mut old = [0u8; 16];
+    old[..len].copy_from_slice(&frame[off..off + len]);
+    let new_b = &new.bytes[..len];
+    if !m.v6 {
+        let c = get16(frame, l3 + 10);
+        put16(frame, l3 + 10, update_bytes(c, &old[..len], new_b));
+    }
+    fix_l4(frame, m, &old[..len], new_b);
+    frame[off..off + len].copy_from_slice(new_b);
+    if dst {
+        m.dst = new;
+    } else {
+        m.src = new;
+    }
+}
+
+/// Replaces the TCP/UDP source or destination port.
+#[inline]
+pub fn set_port(frame: &mut [u8], m: &mut Meta, dst: bool, new: u16) {
+    if !m.has_l4() || !(m.proto == PROTO_TCP || m.proto == PROTO_UDP) {
+        return;
+    }
+    let off = usize::from(m.l4_off) + if dst { 2 } else { 0 };
+    let old = get16(frame, off);
+    if old == new {
+        return;
+    }
+    fix_l4(frame, m, &old.to_be_bytes(), &new.to_be_bytes());
+    put16(frame, off, new);
+    if dst {
+        m.dport = new;
+    } else {
+        m.sport = new;
+    }
+}
+
+/// Decrements TTL / hop limit (the caller checked it is > 1).
+#[inline]
+pub fn decrement_ttl(frame: &mut [u8], m: &mut Meta) {
+    let l3 = usize::from(m.l3_off);
+    if m.v6 {
+        frame[l3 + 7] -= 1;
+    } else {
+        let word_old = get16(frame, l3 + 8);
+        frame[l3 + 8] -= 1;
+        let c = get16(frame, l3 + 10);
+        put16(frame, l3 + 10, update16(c, word_old, get16(frame, l3 + 8)));
+    }
+    m.ttl -= 1;
+}
+
+#[inline]
+pub fn set_macs(frame: &mut [u8], src: &[u8; 6], dst: &[u8; 6]) {
+    frame[0..6].copy_from_slice(dst);
+    frame[6..12].copy_from_slice(src);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{parse, Parsed};
+    use etherparse::PacketBuilder;
+    use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
+
+    fn meta(f: &[u8]) -> Meta {
+        match parse(f).unwrap() {
+            Parsed::Ip(m) => m,
+            Parsed::NotIp => panic!("not ip"),
+        }
+    }
+
+    /// Independent verification with smoltcp's full checksum computation.
+    fn verify(f: &[u8], m: &Meta) {
+        let l3 = &f[usize::from(m.l3_off)..usize::from(m.ip_end)];
+        if m.v6 {
+            let ip = Ipv6Packet::new_checked(l3).unwrap();
+            let (s, d) = (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()));
+            match m.proto {
+                PROTO_TCP => assert!(TcpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(&s, &d)),
+                PROTO_UDP => assert!(UdpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(&s, &d)),
+                _ => {}
+            }
+        } else {
+            let ip = Ipv4Packet::new_checked(l3).unwrap();
+            assert!(ip.verify_checksum());
+            let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+            match m.proto {
+                PROTO_TCP => assert!(TcpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(&s, &d)),
+                PROTO_UDP => assert!(UdpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(&s, &d)),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn dnat_v4_tcp_keeps_checksums_valid() {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 244, 1, 10], [10, 96, 0, 10], 64)
+            .tcp(40000, 80, 7, 1000)
+            .syn()
+            .write(&mut f, b"hello")
+            .unwrap();
+        let mut m = meta(&f);
+        set_addr(&mut f, &mut m, true, Addr::v4([10, 244, 1, 21]));
+        set_port(&mut f, &mut m, true, 8080);
+        decrement_ttl(&mut f, &mut m);
+        verify(&f, &meta(&f));
+        let m2 = meta(&f);
+        assert_eq!((m2.dst, m2.dport, m2.ttl), (Addr::v4([10, 244, 1, 21]), 8080, 63));
+    }
+
+    #[test]
+    fn snat_v6_udp_keeps_checksums_valid() {
+        let mut f = Vec::new();
+        let a = [0xfd, 0, 2, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21];
+        let b = [0xfd, 0, 2, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv6(a, b, 64)
+            .udp(5353, 33000)
+            .write(&mut f, b"answer")
+            .unwrap();
+        let mut m = meta(&f);
+        let mut vip = [0u8; 16];
+        vip[0] = 0xfd;
+        vip[15] = 0x53;
+        set_addr(&mut f, &mut m, false, Addr::v6(vip));
+        set_port(&mut f, &mut m, false, 53);
+        verify(&f, &meta(&f));
+    }
+
+    #[test]
+    fn udp_v4_without_checksum_stays_without() {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2)
+            .write(&mut f, b"x")
+            .unwrap();
+        let m0 = meta(&f);
+        put16(&mut f, usize::from(m0.l4_off) + 6, 0);
+        let mut m = meta(&f);
+        set_addr(&mut f, &mut m, true, Addr::v4([10, 0, 0, 3]));
+        assert_eq!(get16(&f, usize::from(m.l4_off) + 6), 0);
+    }
+}

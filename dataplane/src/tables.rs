@@ -1,0 +1,395 @@
+//! The immutable lookup tables compiled from a validated [`State`]. Workers read them through an
+//! `Arc<Tables>` that the control thread swaps between bursts; nothing here changes after
+//! [`Tables::build`], so readers need no lock.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use nodeplane_state::{
+    reserved, Algorithm, BackendState, Identity, InterfaceRole, L4Proto, MacAddr, PolicyMode,
+    ServiceType, State,
+};
+
+use crate::flow::{fmt_socket, Addr, PROTO_TCP, PROTO_UDP};
+use crate::lpm::Lpm;
+use crate::maglev;
+use crate::policy::DirPolicy;
+
+pub type IfIndex = u16;
+
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub name: String,
+    pub role: InterfaceRole,
+    pub mac: [u8; 6],
+    pub gateway_mac: Option<[u8; 6]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub ips: Vec<Addr>,
+    pub mac: [u8; 6],
+    pub iface: IfIndex,
+    pub identity: Identity,
+    pub ingress: Option<DirPolicy>,
+    pub egress: Option<DirPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub addr: Addr,
+    pub port: u16,
+    pub weight: u16,
+    pub state: BackendState,
+}
+
+/// Per address family: the backends that may take new flows, and their Maglev table.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Indexes into [`Service::backends`] of the active backends of this family.
+    pub active: Vec<u16>,
+    /// Maglev slots: indexes into `active`. Empty when the algorithm is random or nothing is
+    /// active.
+    pub maglev: Arc<[u16]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceType,
+    pub algorithm: Algorithm,
+    /// ClientIP affinity timeout in nanoseconds.
+    pub affinity_ns: Option<u64>,
+    pub backends: Vec<Backend>,
+    pub v4: Selection,
+    pub v6: Selection,
+}
+
+impl Service {
+    pub fn selection(&self, v6: bool) -> &Selection {
+        if v6 {
+            &self.v6
+        } else {
+            &self.v4
+        }
+    }
+
+    /// The backend with this address and port, if the service still has it.
+    pub fn find_backend(&self, addr: Addr, port: u16) -> Option<&Backend> {
+        self.backends
+            .iter()
+            .find(|b| b.addr == addr && b.port == port)
+    }
+}
+
+/// A service frontend: (address, port, L4 protocol number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// Conntrack sizing and timeouts in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct CtConfig {
+    pub max_entries: u32,
+    pub max_held_fragments: u32,
+    pub max_fragment_ids: u32,
+    pub syn_sent: u64,
+    pub syn_recv: u64,
+    pub established: u64,
+    pub fin_wait: u64,
+    pub close: u64,
+    pub time_wait: u64,
+    pub udp: u64,
+    pub icmp: u64,
+    pub fragment: u64,
+}
+
+const NS: u64 = 1_000_000_000;
+
+impl CtConfig {
+    pub fn from_state(s: &nodeplane_state::ConntrackSettings) -> CtConfig {
+        let t = &s.timeouts;
+        CtConfig {
+            max_entries: s.max_entries.max(1),
+            max_held_fragments: s.max_held_fragments,
+            max_fragment_ids: s.max_fragment_ids,
+            syn_sent: u64::from(t.tcp_syn_sent) * NS,
+            syn_recv: u64::from(t.tcp_syn_recv) * NS,
+            established: u64::from(t.tcp_established) * NS,
+            fin_wait: u64::from(t.tcp_fin_wait) * NS,
+            close: u64::from(t.tcp_close) * NS,
+            time_wait: u64::from(t.tcp_time_wait) * NS,
+            udp: u64::from(t.udp) * NS,
+            icmp: u64::from(t.icmp) * NS,
+            fragment: u64::from(t.fragment) * NS,
+        }
+    }
+}
+
+/// Maglev tables keyed by (backend names and weights, M): services with the same backend set
+/// share one table, and a rebuild after a state change reuses the tables of unchanged services.
+#[derive(Debug, Default)]
+pub struct MaglevCache {
+    tables: HashMap<MaglevKey, Arc<[u16]>>,
+}
+
+/// (backend `ip:port` names with weights, in order; table size M).
+type MaglevKey = (Vec<(String, u16)>, u32);
+
+impl MaglevCache {
+    fn get(&mut self, key: Vec<(String, u16)>, m: u32) -> Arc<[u16]> {
+        if let Some(t) = self.tables.get(&(key.clone(), m)) {
+            return t.clone();
+        }
+        let named: Vec<(&[u8], u16)> = key.iter().map(|(n, w)| (n.as_bytes(), *w)).collect();
+        let t: Arc<[u16]> = maglev::build(&named, m).into();
+        self.tables.insert((key, m), t.clone());
+        t
+    }
+
+    /// Drops tables no longer referenced by any published snapshot.
+    pub fn prune(&mut self) {
+        self.tables.retain(|_, t| Arc::strong_count(t) > 1);
+    }
+}
+
+#[derive(Debug)]
+pub struct Tables {
+    /// Increases with every published state; flows re-check policy and backends when it moves.
+    pub generation: u64,
+    pub node_name: String,
+    pub node_ips: Vec<Addr>,
+    pub pod_cidrs: Vec<(Addr, u8)>,
+    pub policy_mode: PolicyMode,
+    pub maglev_m: u32,
+    pub ifaces: Vec<Iface>,
+    pub endpoints: Vec<Endpoint>,
+    pub endpoint_by_ip: HashMap<Addr, u32>,
+    pub ipcache: Lpm<Identity>,
+    pub services: Vec<Service>,
+    pub frontends: HashMap<FrontendKey, u32>,
+    /// Every frontend address (not node IPs): a packet to one of these that matches no
+    /// frontend is dropped `no-service` instead of being routed.
+    pub service_ips: HashMap<Addr, ()>,
+    pub ct: CtConfig,
+}
+
+fn mac(m: MacAddr) -> [u8; 6] {
+    m.0
+}
+
+fn proto_num(p: L4Proto) -> u8 {
+    match p {
+        L4Proto::TCP => PROTO_TCP,
+        L4Proto::UDP => PROTO_UDP,
+    }
+}
+
+impl Tables {
+    /// Compiles a validated state. Entries that reference unknown names are skipped (validation
+    /// rejects such states before they get here).
+    pub fn build(state: &State, generation: u64, cache: &mut MaglevCache) -> Tables {
+        let ifaces: Vec<Iface> = state
+            .interfaces
+            .iter()
+            .map(|i| Iface {
+                name: i.name.clone(),
+                role: i.role,
+                mac: mac(i.mac),
+                gateway_mac: i.gateway_mac.map(mac),
+            })
+            .collect();
+        let node_ips: Vec<Addr> = state.node.node_ips.iter().map(|a| Addr::from(*a)).collect();
+
+        let mut ipcache = Lpm::new();
+        for e in &state.ipcache {
+            ipcache.insert(Addr::from(e.prefix.network()), e.prefix.prefix_len(), e.identity);
+        }
+        for ip in &node_ips {
+            ipcache.insert(*ip, if ip.v6 { 128 } else { 32 }, reserved::HOST);
+        }
+
+        let mut endpoints = Vec::new();
+        let mut endpoint_by_ip = HashMap::new();
+        for ep in &state.endpoints {
+            let Some(iface) = ifaces.iter().position(|i| i.name == ep.interface) else {
+                continue;
+            };
+            let policy = state.policies.iter().find(|p| p.endpoint == ep.name);
+            let idx = endpoints.len() as u32;
+            let ips: Vec<Addr> = ep.ips.iter().map(|a| Addr::from(*a)).collect();
+            for ip in &ips {
+                endpoint_by_ip.insert(*ip, idx);
+                ipcache.insert(*ip, if ip.v6 { 128 } else { 32 }, ep.identity);
+            }
+            endpoints.push(Endpoint {
+                name: ep.name.clone(),
+                ips,
+                mac: mac(ep.mac),
+                iface: iface as IfIndex,
+                identity: ep.identity,
+                ingress: policy.and_then(|p| DirPolicy::compile(&p.ingress)),
+                egress: policy.and_then(|p| DirPolicy::compile(&p.egress)),
+            });
+        }
+
+        let m = state.node.maglev_table_size;
+        let mut services = Vec::new();
+        let mut frontends = HashMap::new();
+        let mut service_ips = HashMap::new();
+        for svc in &state.services {
+            let idx = services.len() as u32;
+            let backends: Vec<Backend> = svc
+                .backends
+                .iter()
+                .map(|b| Backend {
+                    addr: Addr::from(b.ip),
+                    port: b.port,
+                    weight: b.weight,
+                    state: b.state,
+                })
+                .collect();
+            let selection = |v6: bool, cache: &mut MaglevCache| {
+                let active: Vec<u16> = backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| {
+                        b.addr.v6 == v6 && b.state == BackendState::Active && b.weight > 0
+                    })
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                let maglev = if svc.algorithm == Algorithm::Maglev && !active.is_empty() {
+                    let key = active
+                        .iter()
+                        .map(|i| {
+                            let b = &backends[usize::from(*i)];
+                            (fmt_socket(b.addr, b.port), b.weight)
+                        })
+                        .collect();
+                    cache.get(key, m)
+                } else {
+                    Arc::from(Vec::new())
+                };
+                Selection { active, maglev }
+            };
+            let v4 = selection(false, cache);
+            let v6 = selection(true, cache);
+            for f in &svc.frontends {
+                let addr = Addr::from(f.ip);
+                frontends.insert(
+                    FrontendKey {
+                        addr,
+                        port: f.port,
+                        proto: proto_num(f.protocol),
+                    },
+                    idx,
+                );
+                service_ips.insert(addr, ());
+            }
+            if matches!(svc.kind, ServiceType::NodePort | ServiceType::LoadBalancer) {
+                for np in &svc.node_ports {
+                    for ip in &node_ips {
+                        frontends.insert(
+                            FrontendKey {
+                                addr: *ip,
+                                port: np.port,
+                                proto: proto_num(np.protocol),
+                            },
+                            idx,
+                        );
+                    }
+                }
+            }
+            services.push(Service {
+                name: svc.name.clone(),
+                kind: svc.kind,
+                algorithm: svc.algorithm,
+                affinity_ns: svc
+                    .affinity
+                    .as_ref()
+                    .map(|a| u64::from(a.timeout_seconds) * NS),
+                backends,
+                v4,
+                v6,
+            });
+        }
+        // Node IPs are never "service IPs": unmatched ports there belong to the host.
+        for ip in &node_ips {
+            service_ips.remove(ip);
+        }
+
+        Tables {
+            generation,
+            node_name: state.node.name.clone(),
+            node_ips,
+            pod_cidrs: state
+                .node
+                .pod_cidrs
+                .iter()
+                .map(|c| (Addr::from(c.network()), c.prefix_len()))
+                .collect(),
+            policy_mode: state.node.policy_mode,
+            maglev_m: m,
+            ifaces,
+            endpoints,
+            endpoint_by_ip,
+            ipcache,
+            services,
+            frontends,
+            service_ips,
+            ct: CtConfig::from_state(&state.conntrack),
+        }
+    }
+
+    pub fn iface_index(&self, name: &str) -> Option<IfIndex> {
+        self.ifaces
+            .iter()
+            .position(|i| i.name == name)
+            .map(|i| i as IfIndex)
+    }
+
+    /// The uplink interface, if the node has one.
+    pub fn uplink(&self) -> Option<IfIndex> {
+        self.ifaces
+            .iter()
+            .position(|i| i.role == InterfaceRole::Uplink)
+            .map(|i| i as IfIndex)
+    }
+
+    #[inline]
+    pub fn is_node_ip(&self, a: &Addr) -> bool {
+        self.node_ips.iter().any(|n| n == a)
+    }
+
+    #[inline]
+    pub fn in_pod_cidr(&self, a: &Addr) -> bool {
+        self.pod_cidrs
+            .iter()
+            .any(|(net, len)| net.v6 == a.v6 && a.masked(*len) == *net)
+    }
+
+    /// The identity of a remote address: local endpoint, node, ipcache prefix, else world.
+    #[inline]
+    pub fn identity_of(&self, a: &Addr) -> Identity {
+        match self.ipcache.lookup(a) {
+            Some((id, _)) => id,
+            None => reserved::WORLD,
+        }
+    }
+
+    #[inline]
+    pub fn endpoint_of(&self, a: &Addr) -> Option<u32> {
+        self.endpoint_by_ip.get(a).copied()
+    }
+
+    #[inline]
+    pub fn frontend(&self, addr: Addr, port: u16, proto: u8) -> Option<u32> {
+        self.frontends
+            .get(&FrontendKey { addr, port, proto })
+            .copied()
+    }
+}
