@@ -204,13 +204,17 @@ fn read(path: &Path) -> Result<String, LoadError> {
 }
 
 fn parse(path: &Path, text: &str) -> Result<Part, LoadError> {
+    let yaml = |source| LoadError::Yaml {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Syntax first: the typed pass alone reports the first *type* error it meets, which for a
+    // badly indented line is a misleading "missing field" on the line above the real mistake.
+    serde_yaml::from_str::<serde_yaml::Value>(text).map_err(yaml)?;
     // An empty (or comment-only) file is an empty part, not an error.
     serde_yaml::from_str::<Option<Part>>(text)
         .map(Option::unwrap_or_default)
-        .map_err(|source| LoadError::Yaml {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(yaml)
 }
 
 /// Concatenates the parts in order, recording where each item came from. Returns the problems
