@@ -387,9 +387,7 @@ impl Checker<'_> {
         if !(MIN_MAGLEV_TABLE_SIZE..=MAX_MAGLEV_TABLE_SIZE).contains(&m) {
             self.at_node(
                 ".maglev_table_size",
-                format!(
-                    "{m} is outside [{MIN_MAGLEV_TABLE_SIZE}, {MAX_MAGLEV_TABLE_SIZE}]"
-                ),
+                format!("{m} is outside [{MIN_MAGLEV_TABLE_SIZE}, {MAX_MAGLEV_TABLE_SIZE}]"),
             );
         } else if !is_prime(m) {
             self.at_node(
@@ -451,7 +449,12 @@ impl Checker<'_> {
                     }
                     if let Some(gw) = itf.gateway_mac {
                         if let Some(why) = mac_problem(gw) {
-                            self.at(Section::Interfaces, i, ".gateway_mac", format!("{gw} {why}"));
+                            self.at(
+                                Section::Interfaces,
+                                i,
+                                ".gateway_mac",
+                                format!("{gw} {why}"),
+                            );
                         } else if gw == itf.mac {
                             self.at(
                                 Section::Interfaces,
@@ -494,7 +497,9 @@ impl Checker<'_> {
                     Section::Endpoints,
                     i,
                     ".name",
-                    format!("{n:?} is not a valid name (1-253 characters, no whitespace or brackets)"),
+                    format!(
+                        "{n:?} is not a valid name (1-253 characters, no whitespace or brackets)"
+                    ),
                 );
             }
             if let Some(&j) = names.get(n) {
@@ -509,7 +514,12 @@ impl Checker<'_> {
                 names.insert(n, i);
             }
             if ep.ips.is_empty() {
-                self.at(Section::Endpoints, i, ".ips", "an endpoint needs at least one IP");
+                self.at(
+                    Section::Endpoints,
+                    i,
+                    ".ips",
+                    "an endpoint needs at least one IP",
+                );
             }
             for (k, ip) in ep.ips.iter().enumerate() {
                 let f = format!(".ips[{k}]");
@@ -522,7 +532,9 @@ impl Checker<'_> {
                         Section::Endpoints,
                         i,
                         &f,
-                        format!("{ip} is a node IP (node.node_ips); endpoints need their own addresses"),
+                        format!(
+                            "{ip} is a node IP (node.node_ips); endpoints need their own addresses"
+                        ),
                     );
                 }
                 if !self.in_pod_cidr(*ip) {
@@ -537,12 +549,9 @@ impl Checker<'_> {
                     );
                 }
                 match ips.get(ip) {
-                    Some(&j) if j == i => self.at(
-                        Section::Endpoints,
-                        i,
-                        &f,
-                        format!("{ip} is listed twice"),
-                    ),
+                    Some(&j) if j == i => {
+                        self.at(Section::Endpoints, i, &f, format!("{ip} is listed twice"))
+                    }
                     Some(&j) => {
                         let other = self.other(Section::Endpoints, j, (Section::Endpoints, i));
                         self.at(
@@ -670,7 +679,9 @@ impl Checker<'_> {
                     Section::Services,
                     i,
                     ".name",
-                    format!("{n:?} is not a valid name (1-253 characters, no whitespace or brackets)"),
+                    format!(
+                        "{n:?} is not a valid name (1-253 characters, no whitespace or brackets)"
+                    ),
                 );
             }
             if let Some(&j) = names.get(n) {
@@ -728,17 +739,30 @@ impl Checker<'_> {
             for (k, fe) in svc.frontends.iter().enumerate() {
                 let f = format!(".frontends[{k}]");
                 if let Some(why) = unusable(fe.ip) {
-                    self.at(Section::Services, i, &format!("{f}.ip"), format!("{} {why}", fe.ip));
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.ip"),
+                        format!("{} {why}", fe.ip),
+                    );
                 }
                 if fe.port == 0 {
-                    self.at(Section::Services, i, &format!("{f}.port"), "port 0 is not a valid port");
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.port"),
+                        "port 0 is not a valid port",
+                    );
                 }
                 if kind == ServiceType::ClusterIP && self.is_node_ip(fe.ip) {
                     self.at(
                         Section::Services,
                         i,
                         &format!("{f}.ip"),
-                        format!("{} is a node IP; a cluster IP must be a virtual address", fe.ip),
+                        format!(
+                            "{} is a node IP; a cluster IP must be a virtual address",
+                            fe.ip
+                        ),
                     );
                 }
                 if self.in_pod_cidr(fe.ip) {
@@ -746,7 +770,10 @@ impl Checker<'_> {
                         Section::Services,
                         i,
                         &format!("{f}.ip"),
-                        format!("{} is inside the node's PodCIDR; service VIPs need their own range", fe.ip),
+                        format!(
+                            "{} is inside the node's PodCIDR; service VIPs need their own range",
+                            fe.ip
+                        ),
                     );
                 }
                 if let Some(j) = s.endpoints.iter().position(|ep| ep.ips.contains(&fe.ip)) {
@@ -764,7 +791,10 @@ impl Checker<'_> {
                         Section::Services,
                         i,
                         &f,
-                        format!("{} is listed twice (also frontends[{l}])", sock(fe.ip, fe.port, fe.protocol)),
+                        format!(
+                            "{} is listed twice (also frontends[{l}])",
+                            sock(fe.ip, fe.port, fe.protocol)
+                        ),
                     ),
                     Some(&(j, _)) => {
                         let other = self.other(Section::Services, j, me(i));
@@ -772,7 +802,10 @@ impl Checker<'_> {
                             Section::Services,
                             i,
                             &f,
-                            format!("{} is already a frontend of {other}", sock(fe.ip, fe.port, fe.protocol)),
+                            format!(
+                                "{} is already a frontend of {other}",
+                                sock(fe.ip, fe.port, fe.protocol)
+                            ),
                         );
                     }
                     None => {
@@ -784,7 +817,12 @@ impl Checker<'_> {
             for (k, np) in svc.node_ports.iter().enumerate() {
                 let f = format!(".node_ports[{k}]");
                 if np.port == 0 {
-                    self.at(Section::Services, i, &format!("{f}.port"), "port 0 is not a valid port");
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.port"),
+                        "port 0 is not a valid port",
+                    );
                 }
                 let key = (np.port, np.protocol);
                 let what = format!("node port {}/{}", np.port, proto_name(np.protocol));
@@ -797,7 +835,12 @@ impl Checker<'_> {
                     ),
                     Some(&(j, _)) => {
                         let other = self.other(Section::Services, j, me(i));
-                        self.at(Section::Services, i, &f, format!("{what} is already opened by {other}"));
+                        self.at(
+                            Section::Services,
+                            i,
+                            &f,
+                            format!("{what} is already opened by {other}"),
+                        );
                     }
                     None => {
                         node_ports.insert(key, (i, k));
@@ -821,10 +864,20 @@ impl Checker<'_> {
             for (k, be) in svc.backends.iter().enumerate() {
                 let f = format!(".backends[{k}]");
                 if let Some(why) = unusable(be.ip) {
-                    self.at(Section::Services, i, &format!("{f}.ip"), format!("{} {why}", be.ip));
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.ip"),
+                        format!("{} {why}", be.ip),
+                    );
                 }
                 if be.port == 0 {
-                    self.at(Section::Services, i, &format!("{f}.port"), "port 0 is not a valid port");
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.port"),
+                        "port 0 is not a valid port",
+                    );
                 }
                 if be.weight == 0 {
                     self.at(
@@ -847,7 +900,10 @@ impl Checker<'_> {
                         Section::Services,
                         i,
                         &f,
-                        format!("backend {} is listed twice (also backends[{l}])", addr(be.ip, be.port)),
+                        format!(
+                            "backend {} is listed twice (also backends[{l}])",
+                            addr(be.ip, be.port)
+                        ),
                     );
                 } else {
                     backends.insert((be.ip, be.port), k);
@@ -1015,7 +1071,10 @@ impl Checker<'_> {
         ];
         for (name, v) in all {
             if v == 0 {
-                self.at_ct(&format!(".timeouts.{name}"), "a timeout must be > 0 seconds");
+                self.at_ct(
+                    &format!(".timeouts.{name}"),
+                    "a timeout must be > 0 seconds",
+                );
             }
         }
     }

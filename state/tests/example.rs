@@ -52,7 +52,10 @@ fn node_and_interfaces() {
     assert_eq!(s.node.name, "node-1");
     assert_eq!(
         s.node.pod_cidrs,
-        ["10.244.1.0/24".parse().unwrap(), "fd00:244:1::/64".parse().unwrap()]
+        [
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:244:1::/64".parse().unwrap()
+        ]
     );
     assert_eq!(s.node.node_ips, [ip("192.168.100.2"), ip("fd00:100::2")]);
     assert_eq!(s.node.policy_mode, PolicyMode::Enforce);
@@ -73,17 +76,42 @@ fn node_and_interfaces() {
                 mac("02:00:00:00:00:01"),
                 Some(mac("02:00:00:00:00:fe"))
             ),
-            ("pod-client", InterfaceRole::Pod, mac("02:00:00:00:01:01"), None),
-            ("pod-web1", InterfaceRole::Pod, mac("02:00:00:00:01:02"), None),
-            ("pod-web2", InterfaceRole::Pod, mac("02:00:00:00:01:03"), None),
+            (
+                "pod-client",
+                InterfaceRole::Pod,
+                mac("02:00:00:00:01:01"),
+                None
+            ),
+            (
+                "pod-web1",
+                InterfaceRole::Pod,
+                mac("02:00:00:00:01:02"),
+                None
+            ),
+            (
+                "pod-web2",
+                InterfaceRole::Pod,
+                mac("02:00:00:00:01:03"),
+                None
+            ),
         ]
     );
 }
 
+/// (name, ips, mac, interface, identity, app label)
+type EndpointRow<'a> = (
+    &'a str,
+    Vec<IpAddr>,
+    MacAddr,
+    &'a str,
+    Identity,
+    Option<&'a str>,
+);
+
 #[test]
 fn endpoints_and_ipcache() {
     let s = example::state().unwrap();
-    let eps: Vec<(&str, Vec<IpAddr>, MacAddr, &str, Identity, Option<&str>)> = s
+    let eps: Vec<EndpointRow<'_>> = s
         .endpoints
         .iter()
         .map(|e| {
@@ -136,7 +164,10 @@ fn endpoints_and_ipcache() {
         .collect();
     assert_eq!(
         ipc,
-        [("10.244.2.0/24".to_string(), 2001), ("10.0.0.0/8".to_string(), 3000)]
+        [
+            ("10.244.2.0/24".to_string(), 2001),
+            ("10.0.0.0/8".to_string(), 3000)
+        ]
     );
 }
 
@@ -163,8 +194,16 @@ fn services() {
     assert_eq!(
         web.frontends,
         [
-            Frontend { ip: ip("10.96.0.10"), port: 80, protocol: L4Proto::TCP },
-            Frontend { ip: ip("fd00:96::10"), port: 80, protocol: L4Proto::TCP },
+            Frontend {
+                ip: ip("10.96.0.10"),
+                port: 80,
+                protocol: L4Proto::TCP
+            },
+            Frontend {
+                ip: ip("fd00:96::10"),
+                port: 80,
+                protocol: L4Proto::TCP
+            },
         ]
     );
     assert!(web.node_ports.is_empty());
@@ -184,42 +223,69 @@ fn services() {
     assert_eq!(dns.kind, ServiceType::ClusterIP);
     assert_eq!(
         dns.frontends,
-        [Frontend { ip: ip("10.96.0.53"), port: 53, protocol: L4Proto::UDP }]
+        [Frontend {
+            ip: ip("10.96.0.53"),
+            port: 53,
+            protocol: L4Proto::UDP
+        }]
     );
     assert_eq!(dns.algorithm, Algorithm::Random);
     assert_eq!(
         backends(dns),
-        [(ip("10.244.1.21"), 5353, 1, active), (ip("10.244.1.22"), 5353, 1, active)]
+        [
+            (ip("10.244.1.21"), 5353, 1, active),
+            (ip("10.244.1.22"), 5353, 1, active)
+        ]
     );
 
     let np = svc(&s, "web-nodeport");
     assert_eq!(np.kind, ServiceType::NodePort);
     assert_eq!(
         np.frontends,
-        [Frontend { ip: ip("10.96.0.11"), port: 80, protocol: L4Proto::TCP }]
+        [Frontend {
+            ip: ip("10.96.0.11"),
+            port: 80,
+            protocol: L4Proto::TCP
+        }]
     );
     assert_eq!(
         np.node_ports,
         [
-            NodePort { port: 30080, protocol: L4Proto::TCP },
-            NodePort { port: 30053, protocol: L4Proto::UDP },
+            NodePort {
+                port: 30080,
+                protocol: L4Proto::TCP
+            },
+            NodePort {
+                port: 30053,
+                protocol: L4Proto::UDP
+            },
         ]
     );
     assert_eq!(
         np.affinity,
-        Some(Affinity { kind: AffinityType::ClientIP, timeout_seconds: 300 })
+        Some(Affinity {
+            kind: AffinityType::ClientIP,
+            timeout_seconds: 300
+        })
     );
     assert_eq!(np.algorithm, Algorithm::Maglev);
     assert_eq!(
         backends(np),
-        [(ip("10.244.1.21"), 8080, 1, active), (ip("10.244.1.22"), 8080, 1, active)]
+        [
+            (ip("10.244.1.21"), 8080, 1, active),
+            (ip("10.244.1.22"), 8080, 1, active)
+        ]
     );
 
     let lb = svc(&s, "web-lb");
     assert_eq!(lb.kind, ServiceType::LoadBalancer);
     assert_eq!(
         lb.frontends,
-        [Frontend { ip: ip("203.0.113.10"), port: 80, protocol: L4Proto::TCP }]
+        [Frontend {
+            ip: ip("203.0.113.10"),
+            port: 80,
+            protocol: L4Proto::TCP
+        }]
     );
     assert!(lb.node_ports.is_empty());
     assert_eq!(
@@ -258,14 +324,28 @@ fn policies() {
         rule(Allow, &[1001], &[], RuleProto::TCP, &[(8080, None)]),
         rule(Allow, &[1001], &[], RuleProto::UDP, &[(5353, None)]),
         rule(Allow, &[], &["10.0.0.0/8"], RuleProto::TCP, &[(8080, None)]),
-        rule(Allow, &[reserved::WORLD], &[], RuleProto::TCP, &[(8080, None)]),
+        rule(
+            Allow,
+            &[reserved::WORLD],
+            &[],
+            RuleProto::TCP,
+            &[(8080, None)],
+        ),
         rule(Deny, &[1001], &[], RuleProto::TCP, &[(9000, Some(9100))]),
     ];
     assert_eq!(
         s.policies,
         [
-            Policy { endpoint: "web-1".into(), ingress: web_ingress.clone(), egress: vec![] },
-            Policy { endpoint: "web-2".into(), ingress: web_ingress, egress: vec![] },
+            Policy {
+                endpoint: "web-1".into(),
+                ingress: web_ingress.clone(),
+                egress: vec![]
+            },
+            Policy {
+                endpoint: "web-2".into(),
+                ingress: web_ingress,
+                egress: vec![]
+            },
             Policy {
                 endpoint: "client".into(),
                 ingress: vec![],
@@ -290,7 +370,9 @@ fn schema_doc_example_is_valid_and_is_the_example() {
     let start = doc
         .find("<!-- example:begin -->")
         .expect("docs/state-schema.md has an example:begin marker");
-    let end = doc.find("<!-- example:end -->").expect("example:end marker");
+    let end = doc
+        .find("<!-- example:end -->")
+        .expect("example:end marker");
     let block = &doc[start..end];
     let yaml_start = block.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
     let yaml_end = block[yaml_start..].find("```").unwrap() + yaml_start;

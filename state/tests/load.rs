@@ -57,9 +57,10 @@ fn a_directory_with_one_bad_file_is_rejected_whole_naming_that_file() {
     let p = problem(&v, "services[dns].backends[1].port");
     assert_eq!(p.file.as_deref(), Some(services.as_path()));
     assert!(p.reason.contains("port 0"), "{v}");
-    assert!(v
-        .to_string()
-        .contains(&format!("{}: services[dns].backends[1].port: port 0", services.display())));
+    assert!(v.to_string().contains(&format!(
+        "{}: services[dns].backends[1].port: port 0",
+        services.display()
+    )));
 }
 
 #[test]
@@ -114,7 +115,9 @@ fn node_and_conntrack_may_be_set_by_one_file_only() {
     let v = invalid(load_dir(dir.path()).unwrap_err());
     let node = problem(&v, "node");
     assert_eq!(node.file.as_deref(), Some(second.as_path()));
-    assert!(node.reason.contains(&dir.path().join("node.yaml").display().to_string()));
+    assert!(node
+        .reason
+        .contains(&dir.path().join("node.yaml").display().to_string()));
     let c = problem(&v, "conntrack");
     assert_eq!(c.file.as_deref(), Some(second.as_path()));
     assert!(c.reason.contains(&ct.display().to_string()), "{v}");
@@ -124,7 +127,10 @@ fn node_and_conntrack_may_be_set_by_one_file_only() {
     assert_eq!(load_dir(dir.path()).unwrap().conntrack.max_entries, 4096);
     fs::write(&ct, "conntrack:\n  max_entries: 10\n").unwrap();
     let v = invalid(load_dir(dir.path()).unwrap_err());
-    assert_eq!(problem(&v, "conntrack.max_entries").file.as_deref(), Some(ct.as_path()));
+    assert_eq!(
+        problem(&v, "conntrack.max_entries").file.as_deref(),
+        Some(ct.as_path())
+    );
     // And node problems name node.yaml.
     fs::write(&ct, "").unwrap();
     let node_yaml = dir.path().join("node.yaml");
@@ -164,14 +170,17 @@ fn yaml_syntax_error_names_the_file_and_line() {
 fn unknown_fields_are_rejected_with_their_place() {
     let dir = example_copy();
     let bad = dir.path().join("endpoints.yaml");
-    let text = fs::read_to_string(&bad)
-        .unwrap()
-        .replace("    identity: 1002\n    labels:\n      app: web\n  - name: web-2",
-                 "    identity: 1002\n    lables:\n      app: web\n  - name: web-2");
+    let text = fs::read_to_string(&bad).unwrap().replace(
+        "    identity: 1002\n    labels:\n      app: web\n  - name: web-2",
+        "    identity: 1002\n    lables:\n      app: web\n  - name: web-2",
+    );
     fs::write(&bad, text).unwrap();
     let err = load_dir(dir.path()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("endpoints[1]: unknown field `lables`"), "{msg}");
+    assert!(
+        msg.contains("endpoints[1]: unknown field `lables`"),
+        "{msg}"
+    );
     assert!(msg.starts_with(&bad.display().to_string()), "{msg}");
     assert_eq!(err.yaml_location().map(|l| l.0), Some(15), "{msg}");
 

@@ -511,11 +511,13 @@ fn service_backends_and_affinity() {
         "backend 10.244.1.21:5353 is listed twice (also backends[0])",
     );
     // Same IP, other port: another backend.
-    accept(|s| svc(s, "dns").backends[1] = Backend {
-        ip: ip("10.244.1.21"),
-        port: 5354,
-        weight: 1,
-        state: BackendState::Active,
+    accept(|s| {
+        svc(s, "dns").backends[1] = Backend {
+            ip: ip("10.244.1.21"),
+            port: 5354,
+            weight: 1,
+            state: BackendState::Active,
+        }
     });
     reject(
         |s| svc(s, "dns").backends[0].weight = 0,
@@ -538,16 +540,34 @@ fn service_backends_and_affinity() {
         "is a frontend of this same service",
     );
     reject(
-        |s| svc(s, "web-nodeport").affinity.as_mut().unwrap().timeout_seconds = 0,
+        |s| {
+            svc(s, "web-nodeport")
+                .affinity
+                .as_mut()
+                .unwrap()
+                .timeout_seconds = 0
+        },
         "services[web-nodeport].affinity.timeout_seconds",
         "0 is outside [1, 86400]",
     );
     reject(
-        |s| svc(s, "web-nodeport").affinity.as_mut().unwrap().timeout_seconds = 86_401,
+        |s| {
+            svc(s, "web-nodeport")
+                .affinity
+                .as_mut()
+                .unwrap()
+                .timeout_seconds = 86_401
+        },
         "services[web-nodeport].affinity.timeout_seconds",
         "86401 is outside [1, 86400]",
     );
-    accept(|s| svc(s, "web-nodeport").affinity.as_mut().unwrap().timeout_seconds = 86_400);
+    accept(|s| {
+        svc(s, "web-nodeport")
+            .affinity
+            .as_mut()
+            .unwrap()
+            .timeout_seconds = 86_400
+    });
     // Backends outside the node (remote pods, host-network pods on node IPs) are fine.
     accept(|s| {
         svc(s, "dns").backends[0].ip = ip("10.244.2.5");
@@ -644,7 +664,8 @@ fn conntrack() {
         "conntrack.max_fragment_ids",
         "must be > 0",
     );
-    let timeouts: [(&str, fn(&mut Timeouts) -> &mut u32); 9] = [
+    type Field = fn(&mut Timeouts) -> &mut u32;
+    let timeouts: [(&str, Field); 9] = [
         ("tcp_syn_sent", |t| &mut t.tcp_syn_sent),
         ("tcp_syn_recv", |t| &mut t.tcp_syn_recv),
         ("tcp_established", |t| &mut t.tcp_established),
