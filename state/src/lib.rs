@@ -6,11 +6,18 @@
 //! - every prefix is canonical (no host bits set) and IPv4/IPv6 are never mixed in one pair;
 //! - a `State` that came out of [`load_file`], [`load_dir`] or [`State::from_yaml_str`] is valid
 //!   as a whole: a bad file rejects the whole load, nothing half-applies.
+//!
+//! The schema, with every constraint and its runtime meaning, is `docs/state-schema.md`.
 
-mod model;
+pub mod example;
 mod load;
+mod model;
 mod validate;
 
-pub use load::{load_dir, load_file, load_path, LoadError};
+pub use load::{load_dir, load_file, load_path, load_sources, LoadError};
 pub use model::*;
-pub use validate::{validate, ValidationError};
+pub use validate::{
+    validate, Problem, ValidationError, LOCAL_IDENTITY_MASK, MAGLEV_SLOTS_PER_BACKEND,
+    MAX_AFFINITY_TIMEOUT, MAX_CT_ENTRIES, MAX_MAGLEV_TABLE_SIZE, MIN_CT_ENTRIES,
+    MIN_MAGLEV_TABLE_SIZE,
+};

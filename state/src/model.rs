@@ -47,7 +47,7 @@ pub struct State {
     pub conntrack: ConntrackSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     #[serde(default)]
@@ -66,6 +66,20 @@ pub struct Node {
 }
 
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
+
+/// Written out (not derived) so that a state without a `node` section gets the same
+/// `maglev_table_size` as one whose `node` section omits the key.
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            name: String::new(),
+            pod_cidrs: Vec::new(),
+            node_ips: Vec::new(),
+            policy_mode: PolicyMode::default(),
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+        }
+    }
+}
 
 fn default_maglev_table_size() -> u32 {
     DEFAULT_MAGLEV_TABLE_SIZE
@@ -387,7 +401,9 @@ impl FromStr for MacAddr {
                 .next()
                 .ok_or_else(|| format!("MAC address {s:?} has fewer than 6 octets"))?;
             if p.len() != 2 {
-                return Err(format!("MAC address {s:?}: octet {p:?} is not two hex digits"));
+                return Err(format!(
+                    "MAC address {s:?}: octet {p:?} is not two hex digits"
+                ));
             }
             *b = u8::from_str_radix(p, 16)
                 .map_err(|_| format!("MAC address {s:?}: octet {p:?} is not hex"))?;
@@ -407,7 +423,19 @@ impl Serialize for MacAddr {
 
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        // A visitor (rather than `String::deserialize` then parse) so the error is raised while
+        // the YAML parser still sits on the scalar: the message then carries the field path
+        // and the scalar's line and column.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MacAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a MAC address like 02:00:00:00:00:01")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<MacAddr, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
