@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "nodeplane", version, about = "AF_XDP dataplane for Kubernetes-style nodes")]
+#[command(
+    name = "nodeplane",
+    version,
+    about = "AF_XDP dataplane for Kubernetes-style nodes"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -17,12 +21,15 @@ struct Args {
 enum Command {
     /// Run the packet pipeline over pcap files instead of AF_XDP sockets.
     Replay(cli::replay::ReplayArgs),
+    /// Check or show a state file or directory.
+    State(cli::state::StateArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Replay(a) => cli::replay::run(a),
+        Command::State(a) => cli::state::run(a),
     };
     match result {
         Ok(code) => code,

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodeplane_dataplane::flow::fmt_socket;
-use nodeplane_dataplane::{Action, DropReason, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
+use nodeplane_dataplane::{
+    Action, DropReason, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST,
+};
 use nodeplane_state::State;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
@@ -148,10 +150,11 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         source,
     })?;
     let vpath = opts.output_dir.join("verdicts.jsonl");
-    let mut verdicts = BufWriter::new(File::create(&vpath).map_err(|source| ReplayError::Write {
-        path: vpath.clone(),
-        source,
-    })?);
+    let mut verdicts =
+        BufWriter::new(File::create(&vpath).map_err(|source| ReplayError::Write {
+            path: vpath.clone(),
+            source,
+        })?);
     let mut writers: BTreeMap<String, PcapWriter<BufWriter<File>>> = BTreeMap::new();
 
     let mut pipeline = Pipeline::new(tables);
@@ -185,7 +188,9 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         let now = packets[end - 1].ts;
         let mut burst: Vec<Packet<'_>> = Vec::with_capacity(n);
         for (k, p) in packets[idx..end].iter_mut().enumerate() {
-            let iface = tables.iface_index(&input_ifaces[p.input]).unwrap_or(u16::MAX);
+            let iface = tables
+                .iface_index(&input_ifaces[p.input])
+                .unwrap_or(u16::MAX);
             burst.push(Packet {
                 data: &mut p.data,
                 iface,
@@ -418,10 +423,7 @@ fn read_capture(path: &Path, input: usize, out: &mut Vec<InPacket>) -> Result<()
                     });
                 }
                 Block::SimplePacket(spb) => {
-                    let link = ifaces
-                        .first()
-                        .map(|i| i.0)
-                        .unwrap_or(DataLink::ETHERNET);
+                    let link = ifaces.first().map(|i| i.0).unwrap_or(DataLink::ETHERNET);
                     out.push(InPacket {
                         ts: out.last().map(|p| p.ts).unwrap_or(0),
                         input,
@@ -464,7 +466,8 @@ fn tsresol_scale(res: u8) -> (u64, u64) {
 fn to_ethernet(path: &Path, link: DataLink, data: &[u8]) -> Result<Vec<u8>, ReplayError> {
     match link {
         DataLink::ETHERNET => Ok(data.to_vec()),
-        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
+        // LINKTYPE 12 is raw IP as written by OpenBSD-derived tools.
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 | DataLink::Unknown(12) => {
             let ethertype: u16 = match data.first().map(|b| b >> 4) {
                 Some(6) => 0x86dd,
                 _ => 0x0800,

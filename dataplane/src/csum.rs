@@ -71,7 +71,11 @@ mod tests {
         let c = checksum(&hdr);
         assert_eq!(c, 0xb861);
         put16(&mut hdr, 10, c);
-        assert_eq!(fold(sum(&hdr, 0)), 0xffff, "a correct header sums to all ones");
+        assert_eq!(
+            fold(sum(&hdr, 0)),
+            0xffff,
+            "a correct header sums to all ones"
+        );
 
         let old = [hdr[16], hdr[17], hdr[18], hdr[19]];
         let new = [10u8, 96, 0, 10];

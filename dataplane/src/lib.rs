@@ -26,6 +26,6 @@ pub mod tables;
 
 pub use drop::DropReason;
 pub use flow::{Addr, FlowKey};
-pub use pipeline::{Action, CtStatus, Counters, Outcome, Packet, Pipeline, Released, BURST};
+pub use pipeline::{Action, Counters, CtStatus, Outcome, Packet, Pipeline, Released, BURST};
 pub use policy::PolicyVerdict;
 pub use tables::{MaglevCache, Tables};

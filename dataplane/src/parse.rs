@@ -361,7 +361,10 @@ mod tests {
             panic!("not ip")
         };
         assert_eq!(m.src, Addr::v4([10, 0, 0, 1]));
-        assert_eq!((m.sport, m.dport, m.proto, m.ttl), (1234, 53, PROTO_UDP, 64));
+        assert_eq!(
+            (m.sport, m.dport, m.proto, m.ttl),
+            (1234, 53, PROTO_UDP, 64)
+        );
         assert_eq!((m.l3_off, m.l4_off, m.ip_end), (14, 34, 14 + 20 + 8 + 4));
     }
 

@@ -233,7 +233,10 @@ impl Pipeline {
     /// Processes a burst (at most [`BURST`] frames; longer slices are processed in chunks).
     /// `out[i]` receives the outcome of `pkts[i]`.
     pub fn process_burst(&mut self, pkts: &mut [Packet<'_>], out: &mut [Outcome]) {
-        assert!(out.len() >= pkts.len(), "outcome slice shorter than the burst");
+        assert!(
+            out.len() >= pkts.len(),
+            "outcome slice shorter than the burst"
+        );
         for (chunk, out) in pkts.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
             // Stage 1 over the whole burst: parse (touches every frame's headers once, so the
             // next stage finds them in cache).
@@ -546,7 +549,8 @@ impl Pipeline {
         let _ = iface;
         let src_identity = t.identity_of(&m.src);
         let dst_identity = t.identity_of(&dst);
-        let policy = self.evaluate_policy(t, m.src, src_identity, dst, dst_identity, m.proto, dport);
+        let policy =
+            self.evaluate_policy(t, m.src, src_identity, dst, dst_identity, m.proto, dport);
         if policy == PolicyVerdict::Deny {
             return Err(Outcome {
                 service: nat.map(|n| n.service),
@@ -677,7 +681,10 @@ impl Pipeline {
         if sel.active.is_empty() {
             return None;
         }
-        let akey = (crate::flow::stable_hash_bytes(s.name.as_bytes(), 7), key.src);
+        let akey = (
+            crate::flow::stable_hash_bytes(s.name.as_bytes(), 7),
+            key.src,
+        );
         if let Some(timeout) = s.affinity_ns {
             if let Some(a) = self.affinity.get_mut(&akey) {
                 if a.expires > now {

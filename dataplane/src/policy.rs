@@ -138,7 +138,10 @@ impl CompiledRule {
             }
         }
         if !self.ports.is_empty()
-            && !self.ports.iter().any(|(lo, hi)| dport >= *lo && dport <= *hi)
+            && !self
+                .ports
+                .iter()
+                .any(|(lo, hi)| dport >= *lo && dport <= *hi)
         {
             return false;
         }
@@ -185,13 +188,22 @@ mod tests {
         ])
         .unwrap();
         let a = Addr::v4([10, 244, 1, 10]);
-        assert_eq!(p.decide(a, 1001, PROTO_TCP, 80), Decision::Allow { rule: 0 });
+        assert_eq!(
+            p.decide(a, 1001, PROTO_TCP, 80),
+            Decision::Allow { rule: 0 }
+        );
         assert_eq!(
             p.decide(a, 1001, PROTO_TCP, 9050),
             Decision::Deny { rule: Some(1) }
         );
-        assert_eq!(p.decide(a, 1002, PROTO_TCP, 80), Decision::Deny { rule: None });
-        assert_eq!(p.decide(a, 1001, PROTO_UDP, 80), Decision::Deny { rule: None });
+        assert_eq!(
+            p.decide(a, 1002, PROTO_TCP, 80),
+            Decision::Deny { rule: None }
+        );
+        assert_eq!(
+            p.decide(a, 1001, PROTO_UDP, 80),
+            Decision::Deny { rule: None }
+        );
     }
 
     #[test]

@@ -126,7 +126,10 @@ mod tests {
         let l3 = &f[usize::from(m.l3_off)..usize::from(m.ip_end)];
         if m.v6 {
             let ip = Ipv6Packet::new_checked(l3).unwrap();
-            let (s, d) = (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()));
+            let (s, d) = (
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+            );
             match m.proto {
                 PROTO_TCP => assert!(TcpPacket::new_checked(ip.payload())
                     .unwrap()
@@ -139,7 +142,10 @@ mod tests {
         } else {
             let ip = Ipv4Packet::new_checked(l3).unwrap();
             assert!(ip.verify_checksum());
-            let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+            let (s, d) = (
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+            );
             match m.proto {
                 PROTO_TCP => assert!(TcpPacket::new_checked(ip.payload())
                     .unwrap()
@@ -167,7 +173,10 @@ mod tests {
         decrement_ttl(&mut f, &mut m);
         verify(&f, &meta(&f));
         let m2 = meta(&f);
-        assert_eq!((m2.dst, m2.dport, m2.ttl), (Addr::v4([10, 244, 1, 21]), 8080, 63));
+        assert_eq!(
+            (m2.dst, m2.dport, m2.ttl),
+            (Addr::v4([10, 244, 1, 21]), 8080, 63)
+        );
     }
 
     #[test]

@@ -207,7 +207,11 @@ impl Tables {
 
         let mut ipcache = Lpm::new();
         for e in &state.ipcache {
-            ipcache.insert(Addr::from(e.prefix.network()), e.prefix.prefix_len(), e.identity);
+            ipcache.insert(
+                Addr::from(e.prefix.network()),
+                e.prefix.prefix_len(),
+                e.identity,
+            );
         }
         for ip in &node_ips {
             ipcache.insert(*ip, if ip.v6 { 128 } else { 32 }, reserved::HOST);

@@ -3,3 +3,4 @@
 pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
 
 pub mod replay;
+pub mod state;

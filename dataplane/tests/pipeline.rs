@@ -1,0 +1,431 @@
+//! The pipeline against the example node (`examples/state/`), with built frames.
+//!
+//! ```text
+//!  router ── uplink0 ─┐  node-1 (192.168.100.2)  ┌─ pod-client ── client 10.244.1.10 (id 1001)
+//!                     └──────── nodeplane ───────┼─ pod-web1   ── web-1  10.244.1.21 (id 1002)
+//!                                                └─ pod-web2   ── web-2  10.244.1.22 (id 1002)
+//!  web      ClusterIP 10.96.0.10:80/tcp  → web-1:8080, web-2:8080 (maglev)
+//!  nodeport 30080/tcp on node IPs        → web-1:8080, web-2:8080 (ClientIP affinity)
+//! ```
+
+use std::sync::Arc;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use nodeplane_dataplane::{
+    Action, CtStatus, DropReason, MaglevCache, Outcome, Pipeline, PolicyVerdict, Tables,
+};
+use nodeplane_state::{example, BackendState, PolicyMode, State};
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x0a];
+const NODE_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const CLIENT: [u8; 4] = [10, 244, 1, 10];
+const VIP: [u8; 4] = [10, 96, 0, 10];
+const S: u64 = 1_000_000_000;
+
+fn tables(state: &State, gen: u64) -> Arc<Tables> {
+    Arc::new(Tables::build(state, gen, &mut MaglevCache::default()))
+}
+
+fn pipeline() -> (Pipeline, State) {
+    let s = example::state().unwrap();
+    (Pipeline::new(tables(&s, 1)), s)
+}
+
+fn iface(p: &Pipeline, name: &str) -> u16 {
+    p.tables().iface_index(name).unwrap()
+}
+
+fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 100, 65000);
+    if syn {
+        b = b.syn();
+    }
+    if ack {
+        b = b.ack(1);
+    }
+    let mut f = Vec::new();
+    b.write(&mut f, b"GET / HTTP/1.1\r\n").unwrap();
+    f
+}
+
+/// (src, dst, sport, dport) of a frame, with its checksums verified.
+fn addrs(f: &[u8]) -> (String, String, u16, u16) {
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let (src, dst) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            let hdr = h.to_header();
+            assert_eq!(
+                hdr.header_checksum,
+                hdr.calc_header_checksum(),
+                "IPv4 checksum"
+            );
+            (
+                h.source_addr().to_string(),
+                h.destination_addr().to_string(),
+            )
+        }
+        Some(NetSlice::Ipv6(ip)) => (
+            ip.header().source_addr().to_string(),
+            ip.header().destination_addr().to_string(),
+        ),
+        _ => panic!("no ip"),
+    };
+    let (sp, dp) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        _ => (0, 0),
+    };
+    (src, dst, sp, dp)
+}
+
+fn fwd(o: &Outcome) -> u16 {
+    match o.action {
+        Action::Forward(e) => e,
+        a => panic!("expected forward, got {a:?} ({o:?})"),
+    }
+}
+
+#[test]
+fn clusterip_dnat_and_reverse_nat() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut syn = tcp4(CLIENT, VIP, 40000, 80, true, false);
+    let o = p.process_one(&mut syn, pc, S);
+    let eg = fwd(&o);
+    assert_eq!(o.ct, CtStatus::New);
+    assert_eq!(o.policy, PolicyVerdict::Allow);
+    let (src, dst, sp, dp) = addrs(&syn);
+    assert_eq!((src.as_str(), sp, dp), ("10.244.1.10", 40000, 8080));
+    assert!(dst == "10.244.1.21" || dst == "10.244.1.22");
+    let backend_iface = p.tables().ifaces[usize::from(eg)].name.clone();
+    assert_eq!(
+        backend_iface,
+        if dst.ends_with(".21") {
+            "pod-web1"
+        } else {
+            "pod-web2"
+        }
+    );
+    // Source MAC is the egress interface's, destination the endpoint's.
+    assert_eq!(&syn[6..12], &p.tables().ifaces[usize::from(eg)].mac);
+
+    // The backend's SYN-ACK comes back with the VIP restored.
+    let b: [u8; 4] = dst.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let mut synack = tcp4(b, CLIENT, 8080, 40000, true, true);
+    let o = p.process_one(&mut synack, eg, S + 1);
+    assert_eq!(fwd(&o), pc);
+    assert_eq!(o.ct, CtStatus::Reply);
+    assert_eq!(
+        addrs(&synack),
+        ("10.96.0.10".into(), "10.244.1.10".into(), 80, 40000)
+    );
+    assert_eq!(&synack[0..6], &CLIENT_MAC);
+
+    let mut ack = tcp4(CLIENT, VIP, 40000, 80, false, true);
+    let o = p.process_one(&mut ack, pc, S + 2);
+    assert_eq!(o.ct, CtStatus::Established);
+    assert_eq!(addrs(&ack).1, dst);
+}
+
+#[test]
+fn spoofed_source_is_dropped() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut f = tcp4([10, 244, 1, 21], VIP, 1, 80, true, false);
+    let o = p.process_one(&mut f, pc, S);
+    assert_eq!(o.action, Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(p.counters().drops[DropReason::SpoofedSource as usize], 1);
+}
+
+#[test]
+fn policy_denies_port_range_and_audit_forwards() {
+    let (mut p, mut s) = pipeline();
+    let pc = iface(&p, "pod-client");
+    // client → web-1:9050 is in the deny range 9000-9100.
+    let mut f = tcp4(CLIENT, [10, 244, 1, 21], 41000, 9050, true, false);
+    let o = p.process_one(&mut f, pc, S);
+    assert_eq!(o.action, Action::Drop(DropReason::PolicyDenied));
+    assert_eq!(o.policy, PolicyVerdict::Deny);
+    // Port 7000 matches no allow rule: default deny.
+    let mut f = tcp4(CLIENT, [10, 244, 1, 21], 41001, 7000, true, false);
+    assert_eq!(
+        p.process_one(&mut f, pc, S).action,
+        Action::Drop(DropReason::PolicyDenied)
+    );
+    s.node.policy_mode = PolicyMode::Audit;
+    p.set_tables(tables(&s, 2));
+    let mut f = tcp4(CLIENT, [10, 244, 1, 21], 41002, 9050, true, false);
+    let o = p.process_one(&mut f, pc, 2 * S);
+    assert_eq!(o.policy, PolicyVerdict::Audit);
+    fwd(&o);
+    s.node.policy_mode = PolicyMode::AllowAll;
+    p.set_tables(tables(&s, 3));
+    let mut f = tcp4(CLIENT, [10, 244, 1, 21], 41003, 9050, true, false);
+    let o = p.process_one(&mut f, pc, 3 * S);
+    assert_eq!(o.policy, PolicyVerdict::None);
+    fwd(&o);
+}
+
+#[test]
+fn nodeport_from_uplink_and_no_backend() {
+    let (mut p, mut s) = pipeline();
+    let up = iface(&p, "uplink0");
+    let mut f = tcp4(
+        [198, 51, 100, 7],
+        [192, 168, 100, 2],
+        50000,
+        30080,
+        true,
+        false,
+    );
+    let o = p.process_one(&mut f, up, S);
+    fwd(&o);
+    assert_eq!(o.src_identity, Some(2), "world");
+    let (_, dst, _, dp) = addrs(&f);
+    assert!(dst.starts_with("10.244.1.2"), "{dst}");
+    assert_eq!(dp, 8080);
+
+    // Host traffic to the node IP on another port stays with the kernel.
+    let mut ssh = tcp4(
+        [198, 51, 100, 7],
+        [192, 168, 100, 2],
+        50001,
+        22,
+        true,
+        false,
+    );
+    assert_eq!(p.process_one(&mut ssh, up, S).action, Action::Pass);
+
+    // Every backend quarantined: no backend for new flows, existing flow ends.
+    for svc in &mut s.services {
+        for b in &mut svc.backends {
+            b.state = BackendState::Quarantined;
+        }
+    }
+    p.set_tables(tables(&s, 2));
+    let mut f2 = tcp4(
+        [198, 51, 100, 8],
+        [192, 168, 100, 2],
+        50002,
+        30080,
+        true,
+        false,
+    );
+    assert_eq!(
+        p.process_one(&mut f2, up, 2 * S).action,
+        Action::Drop(DropReason::NoBackend)
+    );
+    let mut again = tcp4(
+        [198, 51, 100, 7],
+        [192, 168, 100, 2],
+        50000,
+        30080,
+        false,
+        true,
+    );
+    assert_eq!(
+        p.process_one(&mut again, up, 2 * S).action,
+        Action::Drop(DropReason::BackendGone)
+    );
+}
+
+#[test]
+fn terminating_backend_keeps_its_flow_but_gets_no_new_ones() {
+    let (mut p, mut s) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut f = tcp4(CLIENT, VIP, 42000, 80, true, false);
+    let o = p.process_one(&mut f, pc, S);
+    let (b, _) = o.backend.unwrap();
+    for svc in &mut s.services {
+        for be in &mut svc.backends {
+            if be.ip == b.to_ip() {
+                be.state = BackendState::Terminating;
+            }
+        }
+    }
+    p.set_tables(tables(&s, 2));
+    let mut f = tcp4(CLIENT, VIP, 42000, 80, false, true);
+    let o2 = p.process_one(&mut f, pc, 2 * S);
+    assert_eq!(o2.backend.unwrap().0, b, "existing flow stays");
+    for port in 0..50 {
+        let mut f = tcp4(CLIENT, VIP, 43000 + port, 80, true, false);
+        let o = p.process_one(&mut f, pc, 3 * S);
+        assert_ne!(
+            o.backend.unwrap().0,
+            b,
+            "new flows avoid the terminating backend"
+        );
+    }
+}
+
+#[test]
+fn maglev_spreads_flows_and_is_deterministic() {
+    let (mut p, _) = pipeline();
+    let (mut q, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut hits = std::collections::HashMap::new();
+    for port in 0..2000u16 {
+        let mut f = tcp4(CLIENT, VIP, 10000 + port, 80, true, false);
+        let mut g = f.clone();
+        let o = p.process_one(&mut f, pc, S);
+        let o2 = q.process_one(&mut g, pc, S);
+        assert_eq!(o.backend, o2.backend);
+        *hits.entry(o.backend.unwrap().0).or_insert(0) += 1;
+    }
+    assert_eq!(hits.len(), 2);
+    for n in hits.values() {
+        assert!((800..1200).contains(n), "{hits:?}");
+    }
+}
+
+#[test]
+fn truncated_and_garbage_frames_never_panic() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let base = tcp4(CLIENT, VIP, 40000, 80, true, false);
+    let mut seed = 0x1234_5678_u64;
+    for n in 0..base.len() {
+        let mut f = base[..n].to_vec();
+        let o = p.process_one(&mut f, pc, S);
+        assert!(
+            matches!(o.action, Action::Drop(_) | Action::Pass),
+            "{n}: {o:?}"
+        );
+    }
+    for _ in 0..20000 {
+        let mut f = base.clone();
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = (seed as usize) % f.len();
+            f[i] = (seed >> 32) as u8;
+        }
+        let _ = p.process_one(&mut f, pc, S);
+    }
+    let c = p.counters();
+    assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
+}
+
+/// UDP datagram to the `dns` ClusterIP split into 2 IPv4 fragments by hand.
+fn udp_fragments(id: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut whole = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+        .ipv4(CLIENT, [10, 96, 0, 53], 64)
+        .udp(33333, 53)
+        .write(&mut whole, &[7u8; 64])
+        .unwrap();
+    // IP payload = 8 (UDP) + 64; first fragment carries 8 + 24 = 32 bytes (multiple of 8).
+    let hdr = &whole[..34];
+    let payload = &whole[34..];
+    let mk = |off: usize, data: &[u8], more: bool| {
+        let mut f = hdr.to_vec();
+        f.extend_from_slice(data);
+        let total = (20 + data.len()) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let fo = ((off / 8) as u16) | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&fo.to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = etherparse::Ipv4Header::from_slice(&f[14..34])
+            .unwrap()
+            .0
+            .calc_header_checksum();
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    (mk(0, &payload[..32], true), mk(32, &payload[32..], false))
+}
+
+#[test]
+fn fragments_follow_their_first_in_either_order() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    // In order.
+    let (mut a, mut b) = udp_fragments(1);
+    let oa = p.process_one(&mut a, pc, S);
+    let ob = p.process_one(&mut b, pc, S);
+    assert_eq!(fwd(&oa), fwd(&ob));
+    assert_eq!(
+        &a[30..34],
+        &b[30..34],
+        "both fragments DNATed to the same backend"
+    );
+    assert_ne!(&b[30..34], &[10, 96, 0, 53]);
+
+    // Out of order: the later fragment is held, then released after the first.
+    let (mut a, mut b) = udp_fragments(2);
+    assert_eq!(p.process_one(&mut b, pc, 2 * S).action, Action::Held);
+    let mut released = Vec::new();
+    p.drain(2 * S, |r| released.push(r.outcome));
+    assert!(
+        released.is_empty(),
+        "nothing is due before the first fragment"
+    );
+    let oa = p.process_one(&mut a, pc, 2 * S);
+    let mut out = Vec::new();
+    p.drain(2 * S, |r| out.push((r.outcome, r.data.to_vec(), r.tag)));
+    assert_eq!(out.len(), 1);
+    assert_eq!(fwd(&out[0].0), fwd(&oa));
+    assert_eq!(&out[0].1[30..34], &a[30..34]);
+
+    // A later fragment whose first never comes times out, counted.
+    let (_, mut b) = udp_fragments(3);
+    assert_eq!(p.process_one(&mut b, pc, 3 * S).action, Action::Held);
+    let mut out = Vec::new();
+    p.drain(3 * S + 31 * S, |r| out.push(r.outcome.action));
+    assert_eq!(out, vec![Action::Drop(DropReason::FragTimeout)]);
+}
+
+#[test]
+fn icmp_frag_needed_for_a_dnat_flow_is_reverse_translated() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut syn = tcp4(CLIENT, VIP, 40000, 80, true, false);
+    let o = p.process_one(&mut syn, pc, S);
+    let eg = fwd(&o);
+    let (backend, _) = o.backend.unwrap();
+    let b4: [u8; 4] = backend.octets().try_into().unwrap();
+    // The backend answers with "fragmentation needed" about the client's packet as it saw it
+    // (client → backend:8080), quoting its IP header and first 8 bytes.
+    let quoted = &syn[14..14 + 28];
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 2, 0x15], [2, 0, 0, 0, 1, 2])
+        .ipv4(b4, CLIENT, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp, quoted)
+        .unwrap();
+    let o = p.process_one(&mut icmp, eg, S + 1);
+    assert_eq!(fwd(&o), pc);
+    assert_eq!(o.ct, CtStatus::Related);
+    let pkt = SlicedPacket::from_ethernet(&icmp).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &pkt.net else {
+        panic!()
+    };
+    assert_eq!(
+        ip.header().source_addr().octets(),
+        VIP,
+        "outer source is the VIP"
+    );
+    // The quoted header now reads client → VIP:80, with a valid quoted IP checksum.
+    let inner = &icmp[14 + 20 + 8..];
+    let (ih, rest) = etherparse::Ipv4Header::from_slice(inner).unwrap();
+    assert_eq!(ih.destination, VIP);
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 80);
+    // The ICMP checksum verifies over the whole message.
+    let icmp_bytes = &icmp[34..];
+    let mut sum = 0u32;
+    for c in icmp_bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff);
+}
