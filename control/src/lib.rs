@@ -1,3 +1,4 @@
 //! The nodeplane daemon and CLI library. `replay` runs the worker pipeline over captures.
 
 pub mod replay;
+pub mod source;
