@@ -1,1 +1,146 @@
-//! Shared fixtures for the benchmarks: synthetic states and packets.
+//! Shared fixtures for the benchmarks: synthetic node states of any size and frames of
+//! established and new connections.
+//!
+//! The synthetic node is the example node's shape scaled up: `services` ClusterIP services
+//! (10.96.0.0/12 VIPs, TCP port 80), each with 2 backends drawn from a pool of 64 local pods
+//! behind 2 pod interfaces, maglev; one client pod; an ingress policy on every backend pod
+//! allowing the client's identity on 8080.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use etherparse::PacketBuilder;
+use nodeplane_state::{
+    Algorithm, Backend, BackendState, ConntrackSettings, Endpoint, Frontend, Interface,
+    InterfaceRole, L4Proto, MacAddr, Node, Policy, PolicyMode, PortRange, Rule, RuleAction,
+    RuleProto, Service, ServiceType, State,
+};
+
+pub const CLIENT: [u8; 4] = [10, 244, 0, 10];
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 2, 10];
+pub const POD_BACKENDS: u32 = 64;
+
+/// The VIP of service `i`.
+pub fn vip(i: u32) -> [u8; 4] {
+    let n = (10u32 << 24 | 96 << 16) + 1 + i;
+    n.to_be_bytes()
+}
+
+fn backend_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1 + (i / 200) as u8, (i % 200) as u8 + 20)
+}
+
+/// A node with `services` ClusterIP services and room for `ct_entries` flows.
+pub fn state(services: u32, ct_entries: u32) -> State {
+    let mut s = State {
+        node: Node {
+            name: "bench".into(),
+            pod_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+            node_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 100, 2))],
+            policy_mode: PolicyMode::Enforce,
+            maglev_table_size: nodeplane_state::DEFAULT_MAGLEV_TABLE_SIZE,
+        },
+        conntrack: ConntrackSettings {
+            max_entries: ct_entries,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    s.interfaces = vec![
+        Interface {
+            name: "uplink0".into(),
+            role: InterfaceRole::Uplink,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            gateway_mac: Some(MacAddr([2, 0, 0, 0, 0, 0xfe])),
+        },
+        Interface {
+            name: "pod-client".into(),
+            role: InterfaceRole::Pod,
+            mac: MacAddr([2, 0, 0, 0, 1, 1]),
+            gateway_mac: None,
+        },
+        Interface {
+            name: "pod-web".into(),
+            role: InterfaceRole::Pod,
+            mac: MacAddr([2, 0, 0, 0, 1, 2]),
+            gateway_mac: None,
+        },
+    ];
+    s.endpoints.push(Endpoint {
+        name: "client".into(),
+        ips: vec![IpAddr::V4(Ipv4Addr::from(CLIENT))],
+        mac: MacAddr(CLIENT_MAC),
+        interface: "pod-client".into(),
+        identity: 1001,
+        labels: Default::default(),
+    });
+    for i in 0..POD_BACKENDS {
+        s.endpoints.push(Endpoint {
+            name: format!("web-{i}"),
+            ips: vec![IpAddr::V4(backend_ip(i))],
+            mac: MacAddr([2, 0, 0, 1, 0, i as u8]),
+            interface: "pod-web".into(),
+            identity: 1002,
+            labels: Default::default(),
+        });
+        s.policies.push(Policy {
+            endpoint: format!("web-{i}"),
+            ingress: vec![Rule {
+                action: RuleAction::Allow,
+                identities: vec![1001],
+                cidrs: vec![],
+                protocol: RuleProto::TCP,
+                ports: vec![PortRange {
+                    port: 8080,
+                    end_port: None,
+                }],
+            }],
+            egress: vec![],
+        });
+    }
+    for i in 0..services {
+        // Two backends per service; pairs repeat across services, as pods back many services.
+        let a = i % POD_BACKENDS;
+        let b = (i / POD_BACKENDS + a + 1) % POD_BACKENDS;
+        s.services.push(Service {
+            name: format!("svc-{i}"),
+            kind: ServiceType::ClusterIP,
+            frontends: vec![Frontend {
+                ip: IpAddr::V4(Ipv4Addr::from(vip(i))),
+                port: 80,
+                protocol: L4Proto::TCP,
+            }],
+            node_ports: vec![],
+            algorithm: Algorithm::Maglev,
+            affinity: None,
+            backends: [a, b]
+                .iter()
+                .map(|j| Backend {
+                    ip: IpAddr::V4(backend_ip(*j)),
+                    port: 8080,
+                    weight: 1,
+                    state: BackendState::Active,
+                })
+                .collect(),
+        });
+    }
+    s
+}
+
+/// A 64-byte-payload TCP frame from the client to service `svc` from port `sport`.
+pub fn client_frame(svc: u32, sport: u16, syn: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 1, 1])
+        .ipv4(CLIENT, vip(svc), 64)
+        .tcp(sport, 80, 1, 65535);
+    b = if syn { b.syn() } else { b.ack(1) };
+    let mut f = Vec::with_capacity(128);
+    b.write(&mut f, &[0u8; 10]).expect("frame");
+    f
+}
+
+/// A simple deterministic PRNG for spreading flows over services.
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}

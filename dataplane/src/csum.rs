@@ -14,13 +14,56 @@ pub fn sum(data: &[u8], mut acc: u32) -> u32 {
     acc
 }
 
-/// Folds a 32-bit accumulator into 16 bits.
+/// Folds a 32-bit accumulator into 16 bits (two fixed steps: no loop, no branch).
 #[inline]
-pub fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+pub fn fold(acc: u32) -> u16 {
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
+}
+
+/// Folds a 64-bit accumulator of 32-bit word sums into 16 bits.
+#[inline]
+pub fn fold64(acc: u64) -> u16 {
+    // ≤ 2^33 after the first step, < 2^32 after the second.
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    fold(acc as u32)
+}
+
+/// Whether an IPv4 header (`ihl` bytes, a multiple of 4) sums to all ones. Sums 32-bit words
+/// into a 64-bit accumulator: one's-complement addition is associative over any word size.
+#[inline]
+pub fn ipv4_header_ok(h: &[u8]) -> bool {
+    let mut acc = 0u64;
+    for c in h.chunks_exact(4) {
+        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    fold64(acc) == 0xffff
+}
+
+/// The one's-complement difference `Σ(¬old) + Σ(new)` of a run of 4 or 16 address bytes,
+/// ready to be added to `¬checksum` (RFC 1624 eq. 3) of every checksum covering them.
+#[inline]
+pub fn delta(old: &[u8], new: &[u8]) -> u64 {
+    let mut acc = 0u64;
+    for (o, n) in old.chunks_exact(4).zip(new.chunks_exact(4)) {
+        acc += u64::from(!u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
+        acc += u64::from(u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
+    }
+    acc
+}
+
+/// The same for one 16-bit word (a port).
+#[inline]
+pub fn delta16(old: u16, new: u16) -> u64 {
+    u64::from(!old) + u64::from(new)
+}
+
+/// Applies accumulated deltas to a checksum field value.
+#[inline]
+pub fn apply(check: u16, delta: u64) -> u16 {
+    !fold64(u64::from(!check) + delta)
 }
 
 /// The checksum field value for `data` (header with its checksum field zeroed).
@@ -91,6 +134,22 @@ mod tests {
         let inc2 = update16(inc, w_old, get16(&hdr, 8));
         put16(&mut hdr, 10, 0);
         assert_eq!(inc2, checksum(&hdr));
+    }
+
+    #[test]
+    fn word_deltas_match_16_bit_updates() {
+        let old = [10u8, 96, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let new = [10u8, 244, 1, 21, 0xff, 0xfe, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+        for len in [4, 16] {
+            for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+                assert_eq!(
+                    apply(check, delta(&old[..len], &new[..len])),
+                    update_bytes(check, &old[..len], &new[..len]),
+                    "len {len} check {check:#x}"
+                );
+            }
+        }
+        assert_eq!(apply(0x4321, delta16(80, 8080)), update16(0x4321, 80, 8080));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! stored in the first 4 bytes of a 16-byte array (the rest zero) so one key type serves both
 //! families.
 
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const PROTO_ICMP: u8 = 1;
@@ -10,7 +11,7 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
 /// An IPv4 or IPv6 address in a fixed 17-byte layout.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
 pub struct Addr {
     pub bytes: [u8; 16],
     pub v6: bool,
@@ -73,6 +74,28 @@ impl Addr {
     }
 }
 
+impl Addr {
+    /// The 16 address bytes as two words (for hashing).
+    #[inline]
+    fn words(&self) -> (u64, u64) {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&self.bytes[..8]);
+        b.copy_from_slice(&self.bytes[8..]);
+        (u64::from_ne_bytes(a), u64::from_ne_bytes(b))
+    }
+}
+
+/// Two word writes instead of 17 byte-sized ones: table probes hash every packet's addresses.
+impl Hash for Addr {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (a, b) = self.words();
+        state.write_u64(a ^ u64::from(self.v6));
+        state.write_u64(b);
+    }
+}
+
 impl From<IpAddr> for Addr {
     fn from(ip: IpAddr) -> Addr {
         match ip {
@@ -105,13 +128,28 @@ pub fn fmt_socket(addr: Addr, port: u16) -> String {
 
 /// A connection's 5-tuple. For ICMP echo the identifier stands in `sport` for requests and in
 /// `dport` for replies, so that a reply's key is the exact reverse of its request's.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct FlowKey {
     pub src: Addr,
     pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+}
+
+/// Three word writes: the conntrack probe hashes this for every packet. The rotation keeps a
+/// key and its reverse apart.
+impl Hash for FlowKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (sa, sb) = self.src.words();
+        let (da, db) = self.dst.words();
+        state.write_u64(sa ^ da.rotate_left(23) ^ u64::from(self.src.v6));
+        state.write_u64(sb ^ db.rotate_left(23));
+        state.write_u64(
+            u64::from(self.sport) | u64::from(self.dport) << 16 | u64::from(self.proto) << 32,
+        );
+    }
 }
 
 impl FlowKey {

@@ -137,7 +137,7 @@ fn parse_ipv4(
         if l3 + total > end {
             return Err(E);
         }
-        if csum::fold(csum::sum(&b[l3..l3 + ihl], 0)) != 0xffff {
+        if !csum::ipv4_header_ok(&b[l3..l3 + ihl]) {
             return Err(DropReason::BadIpChecksum);
         }
         l3 + total

@@ -243,10 +243,11 @@ impl Pipeline {
             for (i, p) in chunk.iter().enumerate() {
                 self.metas[i] = parse::parse(p.data);
             }
-            // Stage 2: per frame, run to completion.
+            // Stage 2: per frame, run to completion. One `Arc` clone per burst, not per packet.
+            let tables = Arc::clone(&self.tables);
             for (i, p) in chunk.iter_mut().enumerate() {
                 let parsed = self.metas[i];
-                let o = self.process_parsed(p.data, parsed, p.iface, p.ts, p.tag);
+                let o = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, p.tag);
                 self.counters.packets += 1;
                 self.counters.count(o.action);
                 out[i] = o;
@@ -284,7 +285,8 @@ impl Pipeline {
                 tmp[..len].copy_from_slice(data);
                 let _ = (ts, tag);
                 let parsed = parse::parse(&tmp[..len]);
-                let o = self.process_parsed(&mut tmp[..len], parsed, iface, now, u64::MAX);
+                let tables = Arc::clone(&self.tables);
+                let o = self.process_parsed(&tables, &mut tmp[..len], parsed, iface, now, u64::MAX);
                 let (data, _, _, _) = self.frags.held_frame(slot);
                 data.copy_from_slice(&tmp[..len]);
                 o
@@ -318,14 +320,13 @@ impl Pipeline {
 
     fn process_parsed(
         &mut self,
+        t: &Tables,
         frame: &mut [u8],
         parsed: Result<Parsed, DropReason>,
         iface: IfIndex,
         now: u64,
         tag: u64,
     ) -> Outcome {
-        let tables = Arc::clone(&self.tables);
-        let t: &Tables = &tables;
         let Some(itf) = t.ifaces.get(usize::from(iface)) else {
             return Outcome::drop(DropReason::UnknownInterface);
         };
@@ -474,7 +475,7 @@ impl Pipeline {
             }
         };
 
-        let e = *self.ct.entry(slot);
+        let e = self.ct.entry(slot);
         out.policy = e.policy;
         if let Some(nat) = e.nat {
             out.service = Some(nat.service);
@@ -488,16 +489,12 @@ impl Pipeline {
         out.dst_identity = Some(di);
 
         // Translate: DNAT on the way in, reverse NAT on replies.
-        if let Some(nat) = e.nat {
+        if let Some(nat) = self.ct.entry(slot).nat {
             match dir {
                 Dir::Orig => {
-                    rewrite::set_addr(frame, m, true, nat.backend);
-                    rewrite::set_port(frame, m, true, nat.backend_port);
+                    rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port)
                 }
-                Dir::Reply => {
-                    rewrite::set_addr(frame, m, false, nat.vip);
-                    rewrite::set_port(frame, m, false, nat.vip_port);
-                }
+                Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
             }
         }
         out.action = self.route_and_finish(t, frame, m);

@@ -6,7 +6,7 @@
 //! checksum of 0 means "none" and stays 0. Non-first fragments carry no L4 header, so only the
 //! IP header changes (the datagram's L4 checksum was fixed in the first fragment).
 
-use crate::csum::{get16, put16, update16, update_bytes};
+use crate::csum::{apply, delta, delta16, get16, put16, update16};
 use crate::flow::{Addr, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::parse::Meta;
 
@@ -26,13 +26,13 @@ fn l4_csum_off(m: &Meta) -> Option<usize> {
 }
 
 #[inline]
-fn fix_l4(frame: &mut [u8], m: &Meta, old: &[u8], new: &[u8]) {
+fn fix_l4(frame: &mut [u8], m: &Meta, delta: u64) {
     if let Some(off) = l4_csum_off(m) {
         let c = get16(frame, off);
         if m.proto == PROTO_UDP && !m.v6 && c == 0 {
             return;
         }
-        let mut n = update_bytes(c, old, new);
+        let mut n = apply(c, delta);
         if m.proto == PROTO_UDP && n == 0 {
             n = 0xffff;
         }
@@ -40,24 +40,65 @@ fn fix_l4(frame: &mut [u8], m: &Meta, old: &[u8], new: &[u8]) {
     }
 }
 
-/// Replaces the source (`dst = false`) or destination address.
 #[inline]
-pub fn set_addr(frame: &mut [u8], m: &mut Meta, dst: bool, new: Addr) {
+fn addr_range(m: &Meta, dst: bool) -> (usize, usize) {
     let l3 = usize::from(m.l3_off);
-    let (off, len) = match (m.v6, dst) {
+    match (m.v6, dst) {
         (false, false) => (l3 + 12, 4),
         (false, true) => (l3 + 16, 4),
         (true, false) => (l3 + 8, 16),
         (true, true) => (l3 + 24, 16),
-    };
-    let mut old = [0u8; 16];
-    old[..len].copy_from_slice(&frame[off..off + len]);
+    }
+}
+
+/// Replaces the source (`dst = false`) or destination address and TCP/UDP port together,
+/// folding both changes into one update of each checksum (the NAT fast path).
+#[inline]
+pub fn set_addr_port(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, port: u16) {
+    let (off, len) = addr_range(m, dst);
+    let new_b = &addr.bytes[..len];
+    let d_addr = delta(&frame[off..off + len], new_b);
+    if !m.v6 {
+        let l3 = usize::from(m.l3_off);
+        let c = get16(frame, l3 + 10);
+        put16(frame, l3 + 10, apply(c, d_addr));
+    }
+    let mut d_l4 = d_addr;
+    let ports = m.has_l4() && (m.proto == PROTO_TCP || m.proto == PROTO_UDP);
+    let port_off = usize::from(m.l4_off) + if dst { 2 } else { 0 };
+    if ports {
+        d_l4 += delta16(get16(frame, port_off), port);
+    }
+    fix_l4(frame, m, d_l4);
+    frame[off..off + len].copy_from_slice(new_b);
+    if ports {
+        put16(frame, port_off, port);
+    }
+    if dst {
+        m.dst = addr;
+        if ports {
+            m.dport = port;
+        }
+    } else {
+        m.src = addr;
+        if ports {
+            m.sport = port;
+        }
+    }
+}
+
+/// Replaces the source (`dst = false`) or destination address.
+#[inline]
+pub fn set_addr(frame: &mut [u8], m: &mut Meta, dst: bool, new: Addr) {
+    let l3 = usize::from(m.l3_off);
+    let (off, len) = addr_range(m, dst);
     let new_b = &new.bytes[..len];
+    let d = delta(&frame[off..off + len], new_b);
     if !m.v6 {
         let c = get16(frame, l3 + 10);
-        put16(frame, l3 + 10, update_bytes(c, &old[..len], new_b));
+        put16(frame, l3 + 10, apply(c, d));
     }
-    fix_l4(frame, m, &old[..len], new_b);
+    fix_l4(frame, m, d);
     frame[off..off + len].copy_from_slice(new_b);
     if dst {
         m.dst = new;
@@ -77,7 +118,7 @@ pub fn set_port(frame: &mut [u8], m: &mut Meta, dst: bool, new: u16) {
     if old == new {
         return;
     }
-    fix_l4(frame, m, &old.to_be_bytes(), &new.to_be_bytes());
+    fix_l4(frame, m, delta16(old, new));
     put16(frame, off, new);
     if dst {
         m.dport = new;
@@ -168,8 +209,7 @@ mod tests {
             .write(&mut f, b"hello")
             .unwrap();
         let mut m = meta(&f);
-        set_addr(&mut f, &mut m, true, Addr::v4([10, 244, 1, 21]));
-        set_port(&mut f, &mut m, true, 8080);
+        set_addr_port(&mut f, &mut m, true, Addr::v4([10, 244, 1, 21]), 8080);
         decrement_ttl(&mut f, &mut m);
         verify(&f, &meta(&f));
         let m2 = meta(&f);
