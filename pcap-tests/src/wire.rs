@@ -414,6 +414,15 @@ pub fn endpoint_matches(expected: &str, ip: IpAddr, port: Option<u16>) -> bool {
     }
 }
 
+/// Parses `ip`, `ip:port` or `[ip6]:port`.
+pub fn split_endpoint(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Some((a, None));
+    }
+    let sa: std::net::SocketAddr = s.parse().ok()?;
+    Some((sa.ip(), Some(sa.port())))
+}
+
 fn mac(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))

@@ -225,7 +225,7 @@ impl Conn {
         vec![a, b, c]
     }
 
-    /// The whole conversation: 11 packets.
+    /// The whole conversation: 10 packets.
     pub fn exchange(&mut self, case: &mut Case) {
         self.handshake(case);
         self.data(case, 120, 900);
@@ -1800,11 +1800,8 @@ fn pod_to_pod() -> Case {
     let mut f = Conn::new(&a, a.v4, 40000, (b.v4, 8080), &b, (b.v4, 8080));
     f.exchange(&mut c);
     let mut u = Conn::new(&b, b.v6, 50000, (cc.v6, 5000), &cc, (cc.v6, 5000)).udp();
-    for _ in 0..2 {
-        let e = u.fc(
-            "UDP request",
-            if c.len() == 11 { "new" } else { "established" },
-        );
+    for k in 0..2 {
+        let e = u.fc("UDP request", if k == 0 { "new" } else { "established" });
         u.c(&mut c, ACK, 200, e);
         let e = u.fs("UDP response");
         u.s(&mut c, ACK, 700, e);
@@ -1949,6 +1946,9 @@ fn ttl() -> Case {
         };
         c.raw(from.iface, p.build(), e);
     }
+    // The flow whose SYN died of TTL 1 left no conntrack entry behind: its retry is new.
+    let e = x("retry of the TTL-1 flow with TTL 64: no entry was left").fwd(b.iface).ct("new");
+    c.send(&a, a.v4, b.v4, syn(40001, 8080), 0, e);
     c
 }
 
@@ -2704,16 +2704,16 @@ fn malformed() -> Case {
 
 fn ct_full() -> Case {
     let mut s = base_state();
-    s.conntrack.max_entries = 4;
+    s.conntrack.max_entries = 1024; // the smallest table the state allows
     s.conntrack.timeouts.udp = 5;
     let mut c = Case::new(
         "ct-full",
-        "Conntrack capacity 4 entries (UDP timeout 5 s), pod-to-pod flows (one entry each). Flows 1-3 \
-         (TCP pod-a → pod-b) and a UDP flow fill the table. A 5th flow is dropped `ct-full` while the \
-         established flows keep working. Flow 2 closes (FIN, FIN-ACK, ACK); a new flow then evicts it \
-         (oldest closing entry) and is forwarded. At 10 s the UDP entry has expired: a new flow \
-         reclaims it. With the table full of live, non-closing flows again, the next new flow is \
-         dropped `ct-full`.",
+        "Conntrack capacity 1024 entries (the minimum; UDP timeout 5 s), pod-to-pod flows (one entry \
+         each). Three established TCP flows pod-a → pod-b and 1021 UDP flows pod-a → pod-c fill the \
+         table. A new flow is dropped `ct-full` while the established flows keep working. Flow 2 \
+         closes (FIN, FIN-ACK, ACK); a new flow then evicts it (oldest closing entry) and is \
+         forwarded; the next new flow finds nothing to evict: `ct-full`. At 10 s the UDP entries have \
+         expired: a new flow reclaims one and is forwarded, and flow 3 still works.",
         s,
     );
     let (a, b, cc) = (pod_a(), pod_b(), pod_c());
@@ -2723,19 +2723,12 @@ fn ct_full() -> Case {
     for f in flows.iter_mut() {
         f.handshake(&mut c);
     }
-    let mut u = Conn::new(&a, a.v4, 50000, (cc.v4, 53), &cc, (cc.v4, 53)).udp();
-    let e = u.fc("UDP query (4th entry)", "new");
-    u.c(&mut c, ACK, 30, e);
-    let e = u.fs("UDP response");
-    u.s(&mut c, ACK, 60, e);
-    c.send(
-        &a,
-        a.v4,
-        b.v4,
-        syn(40100, 8080),
-        0,
-        x("5th flow: table full").drop_("ct-full"),
-    );
+    for i in 0..1021u16 {
+        let e = x("filler UDP flow").fwd(cc.iface).ct("new");
+        c.send(&a, a.v4, cc.v4, L4::Udp { sport: 10000 + i, dport: 53 }, 20, e);
+    }
+    let e = x("new flow: table full").drop_("ct-full");
+    c.send(&a, a.v4, b.v4, syn(40100, 8080), 0, e);
     flows[0].data(&mut c, 100, 200);
     flows[1].close(&mut c);
     let mut f5 = Conn::new(&a, a.v4, 40101, (b.v4, 8080), &b, (b.v4, 8080));
@@ -2743,18 +2736,12 @@ fn ct_full() -> Case {
     f5.c(&mut c, SYN, 0, e);
     let e = f5.fs("its SYN-ACK");
     f5.s(&mut c, SYNACK, 0, e);
+    let e = x("another new flow: nothing to evict").drop_("ct-full");
+    c.send(&a, a.v4, b.v4, syn(40102, 8080), 0, e);
     c.at(10.0);
-    let mut f6 = Conn::new(&a, a.v4, 40102, (b.v4, 8080), &b, (b.v4, 8080));
-    let e = f6.fc("new flow reclaims the expired UDP entry", "new");
+    let mut f6 = Conn::new(&a, a.v4, 40103, (b.v4, 8080), &b, (b.v4, 8080));
+    let e = f6.fc("new flow reclaims an expired UDP entry", "new");
     f6.c(&mut c, SYN, 0, e);
-    c.send(
-        &a,
-        a.v4,
-        b.v4,
-        syn(40103, 8080),
-        0,
-        x("another new flow: full again").drop_("ct-full"),
-    );
     let e = flows[2].fc("flow 3 still works", "established");
     flows[2].c(&mut c, PSHACK, 10, e);
     c
