@@ -198,7 +198,7 @@ impl Pkt {
                 .icmpv6_echo_reply(*id, *seq)
                 .write(&mut out, &self.payload),
             L4::Icmpv4(t) => step.icmpv4(t.clone()).write(&mut out, &self.payload),
-            L4::Icmpv6(t) => step.icmpv6(t.clone()).write(&mut out, &self.payload),
+            L4::Icmpv6(t) => step.icmpv6(*t).write(&mut out, &self.payload),
         };
         r.expect("building a frame into a Vec cannot fail");
         out

@@ -337,11 +337,16 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// (src, dst, protocol, identification)
+type DatagramKey = (IpAddr, IpAddr, u8, u32);
+/// offset → bytes, and the total length once the last fragment is seen.
+type PartialDatagram = (BTreeMap<u32, Vec<u8>>, Option<u32>);
+
 /// Reassembles fragments (of output packets) to check the L4 checksum of the whole datagram.
 #[derive(Debug, Default)]
 pub struct FragmentChecker {
     /// (src, dst, proto, id) → (offset → bytes, total length once the last fragment is seen)
-    pending: BTreeMap<(IpAddr, IpAddr, u8, u32), (BTreeMap<u32, Vec<u8>>, Option<u32>)>,
+    pending: BTreeMap<DatagramKey, PartialDatagram>,
 }
 
 impl FragmentChecker {

@@ -69,7 +69,14 @@ fn inputs(dir: &Path, spec: &CaseSpec) -> Vec<InPkt> {
     for (k, i) in spec.inputs.iter().enumerate() {
         let (_, frames) = read_capture(&dir.join(&i.file)).expect("readable input");
         for (n, (ts, frame)) in frames.into_iter().enumerate() {
-            all.push(((ts, k, n), InPkt { iface: i.iface.clone(), ts, frame }));
+            all.push((
+                (ts, k, n),
+                InPkt {
+                    iface: i.iface.clone(),
+                    ts,
+                    frame,
+                },
+            ));
         }
     }
     all.sort_by_key(|(k, _)| *k);
@@ -92,15 +99,27 @@ fn summary_json(s: &ReplaySummary) -> String {
 fn run_replay(dir: &Path, spec: &CaseSpec, out: &Path) -> Result<Run, String> {
     let opts = ReplayOptions {
         state: dir.join(&spec.state),
-        inputs: spec.inputs.iter().map(|i| (i.iface.clone(), dir.join(&i.file))).collect(),
+        inputs: spec
+            .inputs
+            .iter()
+            .map(|i| (i.iface.clone(), dir.join(&i.file)))
+            .collect(),
         output_dir: out.to_path_buf(),
-        state_at: spec.state_at.iter().map(|s| (s.seconds, dir.join(&s.state))).collect(),
+        state_at: spec
+            .state_at
+            .iter()
+            .map(|s| (s.seconds, dir.join(&s.state)))
+            .collect(),
     };
     let summary = replay::run(&opts).map_err(|e| format!("replay failed: {e}"))?;
-    let verdicts_text = std::fs::read_to_string(out.join("verdicts.jsonl")).map_err(|e| format!("verdicts.jsonl: {e}"))?;
+    let verdicts_text = std::fs::read_to_string(out.join("verdicts.jsonl"))
+        .map_err(|e| format!("verdicts.jsonl: {e}"))?;
     let mut lines = Vec::new();
     for (n, l) in verdicts_text.lines().enumerate() {
-        lines.push(serde_json::from_str(l).map_err(|e| format!("verdicts.jsonl line {}: {e}: {l}", n + 1))?);
+        lines.push(
+            serde_json::from_str(l)
+                .map_err(|e| format!("verdicts.jsonl line {}: {e}: {l}", n + 1))?,
+        );
     }
     let mut outputs = BTreeMap::new();
     let mut files = BTreeSet::new();
@@ -117,7 +136,13 @@ fn run_replay(dir: &Path, spec: &CaseSpec, out: &Path) -> Result<Run, String> {
         files.insert(name);
     }
     let summary_text = summary_json(&summary);
-    Ok(Run { summary, lines, summary_text, outputs, files })
+    Ok(Run {
+        summary,
+        lines,
+        summary_text,
+        outputs,
+        files,
+    })
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -138,16 +163,26 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
             continue;
         };
         if i >= n {
-            errs.push(format!("verdict line {pos}: index {i} but only {n} input packets"));
+            errs.push(format!(
+                "verdict line {pos}: index {i} but only {n} input packets"
+            ));
         } else if by_index.insert(i, l).is_some() {
             errs.push(format!("packet {i}: more than one verdict line"));
         } else if s(l, "input").as_deref() != Some(ins[i].iface.as_str()) {
-            errs.push(format!("packet {i}: input {:?}, it entered on {}", l.get("input"), ins[i].iface));
+            errs.push(format!(
+                "packet {i}: input {:?}, it entered on {}",
+                l.get("input"),
+                ins[i].iface
+            ));
         }
     }
     if by_index.len() != n {
         let missing: Vec<usize> = (0..n).filter(|i| !by_index.contains_key(i)).collect();
-        errs.push(format!("{} input packets, {} with a verdict; missing: {missing:?}", n, by_index.len()));
+        errs.push(format!(
+            "{} input packets, {} with a verdict; missing: {missing:?}",
+            n,
+            by_index.len()
+        ));
     }
 
     // Verdict shape and summary consistency.
@@ -167,7 +202,9 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
             },
             "forward" | "pass" => {
                 if reason.is_some() {
-                    errs.push(format!("packet {i}: {verdict} with a drop reason {reason:?}"));
+                    errs.push(format!(
+                        "packet {i}: {verdict} with a drop reason {reason:?}"
+                    ));
                 }
             }
             other => errs.push(format!("packet {i}: unknown verdict {other:?}")),
@@ -181,20 +218,38 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     }
     let sm = &run.summary;
     let c = |k: &str| counts.get(k).copied().unwrap_or(0);
-    if (sm.packets, sm.forwarded, sm.passed, sm.dropped) != (n as u64, c("forward"), c("pass"), c("drop")) {
+    if (sm.packets, sm.forwarded, sm.passed, sm.dropped)
+        != (n as u64, c("forward"), c("pass"), c("drop"))
+    {
         errs.push(format!(
             "summary packets/forward/pass/drop {}/{}/{}/{} but inputs/lines say {n}/{}/{}/{}",
-            sm.packets, sm.forwarded, sm.passed, sm.dropped, c("forward"), c("pass"), c("drop")
+            sm.packets,
+            sm.forwarded,
+            sm.passed,
+            sm.dropped,
+            c("forward"),
+            c("pass"),
+            c("drop")
         ));
     }
     if sm.drops != reasons {
-        errs.push(format!("summary drops {:?} but verdict lines say {reasons:?}", sm.drops));
+        errs.push(format!(
+            "summary drops {:?} but verdict lines say {reasons:?}",
+            sm.drops
+        ));
     }
     if let Some(t) = &spec.totals {
-        if (t.packets, t.forward, t.pass, t.drop) != (n as u64, c("forward"), c("pass"), c("drop")) {
+        if (t.packets, t.forward, t.pass, t.drop) != (n as u64, c("forward"), c("pass"), c("drop"))
+        {
             errs.push(format!(
                 "expected totals packets/forward/pass/drop {}/{}/{}/{}, got {n}/{}/{}/{}",
-                t.packets, t.forward, t.pass, t.drop, c("forward"), c("pass"), c("drop")
+                t.packets,
+                t.forward,
+                t.pass,
+                t.drop,
+                c("forward"),
+                c("pass"),
+                c("drop")
             ));
         }
         if let Some(d) = &t.drops {
@@ -208,18 +263,25 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     for (iface, frames) in &run.outputs {
         let want = per_egress.get(iface).map_or(0, Vec::len);
         if frames.len() != want {
-            errs.push(format!("{iface}.pcap has {} packets, {want} forward verdicts name {iface}", frames.len()));
+            errs.push(format!(
+                "{iface}.pcap has {} packets, {want} forward verdicts name {iface}",
+                frames.len()
+            ));
         }
     }
     for (iface, idx) in &per_egress {
         if !run.outputs.contains_key(iface) {
-            errs.push(format!("{} packets forwarded to {iface} but no {iface}.pcap", idx.len()));
+            errs.push(format!(
+                "{} packets forwarded to {iface} but no {iface}.pcap",
+                idx.len()
+            ));
         }
     }
 
     // Per output packet: MACs, checksums, and the input it came from (by timestamp: inputs
     // have unique timestamps and outputs keep them).
-    let ts_to_index: BTreeMap<Duration, usize> = ins.iter().enumerate().map(|(i, p)| (p.ts, i)).collect();
+    let ts_to_index: BTreeMap<Duration, usize> =
+        ins.iter().enumerate().map(|(i, p)| (p.ts, i)).collect();
     let mut out_of: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     for (iface, frames) in &run.outputs {
         let Some(itf) = state.interfaces.iter().find(|i| &i.name == iface) else {
@@ -228,7 +290,12 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         };
         let want_dst: Vec<[u8; 6]> = match itf.role {
             st::InterfaceRole::Uplink => itf.gateway_mac.iter().map(|m| m.0).collect(),
-            st::InterfaceRole::Pod => state.endpoints.iter().filter(|e| &e.interface == iface).map(|e| e.mac.0).collect(),
+            st::InterfaceRole::Pod => state
+                .endpoints
+                .iter()
+                .filter(|e| &e.interface == iface)
+                .map(|e| e.mac.0)
+                .collect(),
         };
         let mut frags = FragmentChecker::default();
         let mut order = Vec::new();
@@ -239,10 +306,16 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
                 continue;
             };
             if info.src_mac != itf.mac.0 {
-                errs.push(format!("{what}: src MAC {:02x?}, want {} ({iface}'s MAC)", info.src_mac, itf.mac));
+                errs.push(format!(
+                    "{what}: src MAC {:02x?}, want {} ({iface}'s MAC)",
+                    info.src_mac, itf.mac
+                ));
             }
             if !want_dst.contains(&info.dst_mac) {
-                errs.push(format!("{what}: dst MAC {:02x?}, want one of {want_dst:02x?}", info.dst_mac));
+                errs.push(format!(
+                    "{what}: dst MAC {:02x?}, want one of {want_dst:02x?}",
+                    info.dst_mac
+                ));
             }
             if spec.checksums_valid {
                 if let Err(e) = wire::verify_checksums(f) {
@@ -259,7 +332,9 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
                     }
                     match by_index.get(&i) {
                         Some(l) if s(l, "egress").as_deref() == Some(iface.as_str()) => {}
-                        _ => errs.push(format!("{what}: input packet {i} was not forwarded to {iface}")),
+                        _ => errs.push(format!(
+                            "{what}: input packet {i} was not forwarded to {iface}"
+                        )),
                     }
                 }
             }
@@ -269,7 +344,9 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         if spec.ordered_output {
             let want = per_egress.get(iface).cloned().unwrap_or_default();
             if order != want {
-                errs.push(format!("{iface}.pcap: packets in input order {order:?}, verdict lines say {want:?}"));
+                errs.push(format!(
+                    "{iface}.pcap: packets in input order {order:?}, verdict lines say {want:?}"
+                ));
             }
         }
     }
@@ -283,15 +360,27 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
             continue;
         };
         if ib.ttl + 1 != ia.ttl {
-            errs.push(format!("packet {i}: TTL/hop limit {} in, {} out (want one less)", ia.ttl, ib.ttl));
+            errs.push(format!(
+                "packet {i}: TTL/hop limit {} in, {} out (want one less)",
+                ia.ttl, ib.ttl
+            ));
         }
         let l = by_index[&i];
         let ct = s(l, "ct");
         if let Some(be) = s(l, "backend") {
             // Later fragments carry no ports: their address alone must be the backend's.
-            let port = if ib.is_first_or_whole() { ib.dport } else { wire::split_endpoint(&be).and_then(|x| x.1) };
-            if matches!(ct.as_deref(), Some("new" | "established")) && !wire::endpoint_matches(&be, ib.dst, port) {
-                errs.push(format!("packet {i}: backend {be} but sent to {}", wire::endpoint(ib.dst, ib.dport)));
+            let port = if ib.is_first_or_whole() {
+                ib.dport
+            } else {
+                wire::split_endpoint(&be).and_then(|x| x.1)
+            };
+            if matches!(ct.as_deref(), Some("new" | "established"))
+                && !wire::endpoint_matches(&be, ib.dst, port)
+            {
+                errs.push(format!(
+                    "packet {i}: backend {be} but sent to {}",
+                    wire::endpoint(ib.dst, ib.dport)
+                ));
             }
         }
     }
@@ -302,11 +391,19 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     let mut new_flows: BTreeMap<String, u64> = BTreeMap::new();
     for (&i, l) in &by_index {
         let Some(be) = s(l, "backend") else { continue };
-        let Some(ip) = wire::decode(&ins[i].frame).and_then(|f| f.ip) else { continue };
+        let Some(ip) = wire::decode(&ins[i].frame).and_then(|f| f.ip) else {
+            continue;
+        };
         if s(l, "ct").as_deref() == Some("reply") || s(l, "ct").as_deref() == Some("related") {
             continue;
         }
-        let key = format!("{} {} > {} {}", ip.proto, wire::endpoint(ip.src, ip.sport), wire::endpoint(ip.dst, ip.dport), "");
+        let key = format!(
+            "{} {} > {} {}",
+            ip.proto,
+            wire::endpoint(ip.src, ip.sport),
+            wire::endpoint(ip.dst, ip.dport),
+            ""
+        );
         if spec.sticky_flows {
             if let Some((j, b)) = flow_backend.get(&key) {
                 if b != &be {
@@ -319,7 +416,10 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         if spec.affinity_by_client {
             if let Some((j, b)) = client_backend.get(&ip.src) {
                 if b != &be {
-                    errs.push(format!("packet {i}: client {} got backend {be}, packet {j} got {b} (affinity)", ip.src));
+                    errs.push(format!(
+                        "packet {i}: client {} got backend {be}, packet {j} got {b} (affinity)",
+                        ip.src
+                    ));
                 }
             } else {
                 client_backend.insert(ip.src, (i, be.clone()));
@@ -333,31 +433,50 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         let total: u64 = new_flows.values().sum();
         for b in new_flows.keys() {
             if !share.shares.contains_key(b) {
-                errs.push(format!("new flows went to {b}, not a backend of the share table"));
+                errs.push(format!(
+                    "new flows went to {b}, not a backend of the share table"
+                ));
             }
         }
         for (b, want) in &share.shares {
             let got = new_flows.get(b).copied().unwrap_or(0) as f64 / total.max(1) as f64;
             if (got - want).abs() > share.tolerance {
-                errs.push(format!("backend {b}: {:.3} of {total} new flows, want {want:.3} ± {}", got, share.tolerance));
+                errs.push(format!(
+                    "backend {b}: {:.3} of {total} new flows, want {want:.3} ± {}",
+                    got, share.tolerance
+                ));
             }
         }
     }
 
     // Per-packet expectations.
     for e in &spec.expect {
-        let Some(l) = by_index.get(&e.index) else { continue };
+        let Some(l) = by_index.get(&e.index) else {
+            continue;
+        };
         check_expect(e, l, out_of.get(&e.index), &by_index, &mut errs);
     }
     errs
 }
 
-fn check_expect(e: &Expect, l: &Value, out: Option<&Vec<u8>>, by_index: &BTreeMap<usize, &Value>, errs: &mut Vec<String>) {
+fn check_expect(
+    e: &Expect,
+    l: &Value,
+    out: Option<&Vec<u8>>,
+    by_index: &BTreeMap<usize, &Value>,
+    errs: &mut Vec<String>,
+) {
     let i = e.index;
     let mut bad = |field: &str, want: String| {
-        errs.push(format!("packet {i} ({}): {field}: want {want}, got {l}", e.what));
+        errs.push(format!(
+            "packet {i} ({}): {field}: want {want}, got {l}",
+            e.what
+        ));
     };
-    let eq = |k: &str, want: &Option<String>| want.as_ref().is_none_or(|w| s(l, k).as_deref() == Some(w.as_str()));
+    let eq = |k: &str, want: &Option<String>| {
+        want.as_ref()
+            .is_none_or(|w| s(l, k).as_deref() == Some(w.as_str()))
+    };
     if !eq("verdict", &e.verdict) {
         bad("verdict", format!("{:?}", e.verdict));
     }
@@ -387,7 +506,10 @@ fn check_expect(e: &Expect, l: &Value, out: Option<&Vec<u8>>, by_index: &BTreeMa
     }
     if let Some(h) = e.has_service {
         if s(l, "service").is_some() != h {
-            bad("service", if h { "a service".into() } else { "none".into() });
+            bad(
+                "service",
+                if h { "a service".into() } else { "none".into() },
+            );
         }
     }
     let backend = s(l, "backend");
@@ -423,12 +545,18 @@ fn check_expect(e: &Expect, l: &Value, out: Option<&Vec<u8>>, by_index: &BTreeMa
     if !eq("policy", &e.policy) {
         bad("policy", format!("{:?}", e.policy));
     }
-    let wants_out = e.out_src.is_some() || e.out_dst.is_some() || e.out_inner_src.is_some() || e.out_inner_dst.is_some();
+    let wants_out = e.out_src.is_some()
+        || e.out_dst.is_some()
+        || e.out_inner_src.is_some()
+        || e.out_inner_dst.is_some();
     if !wants_out || s(l, "verdict").as_deref() != Some("forward") {
         return;
     }
     let Some(info) = out.and_then(|f| wire::decode(f)) else {
-        errs.push(format!("packet {i} ({}): forwarded but its output packet was not found", e.what));
+        errs.push(format!(
+            "packet {i} ({}): forwarded but its output packet was not found",
+            e.what
+        ));
         return;
     };
     let Some(ip) = info.ip else {
@@ -438,17 +566,32 @@ fn check_expect(e: &Expect, l: &Value, out: Option<&Vec<u8>>, by_index: &BTreeMa
     let desc = out.map(|f| wire::describe(f)).unwrap_or_default();
     let mut cmp = |field: &str, want: &Option<String>, ipa: Option<(IpAddr, Option<u16>)>| {
         let Some(w) = want else { return };
-        let w = if w == "backend" { backend.clone().unwrap_or_else(|| "<no backend>".into()) } else { w.clone() };
+        let w = if w == "backend" {
+            backend.clone().unwrap_or_else(|| "<no backend>".into())
+        } else {
+            w.clone()
+        };
         match ipa {
             Some((a, p)) if wire::endpoint_matches(&w, a, p) => {}
-            _ => errs.push(format!("packet {i} ({}): output {field}: want {w}, got {desc}", e.what)),
+            _ => errs.push(format!(
+                "packet {i} ({}): output {field}: want {w}, got {desc}",
+                e.what
+            )),
         }
     };
     cmp("source", &e.out_src, Some((ip.src, ip.sport)));
     cmp("destination", &e.out_dst, Some((ip.dst, ip.dport)));
     let inner = info.inner.as_ref();
-    cmp("quoted source", &e.out_inner_src, inner.map(|q| (q.src, q.sport)));
-    cmp("quoted destination", &e.out_inner_dst, inner.map(|q| (q.dst, q.dport)));
+    cmp(
+        "quoted source",
+        &e.out_inner_src,
+        inner.map(|q| (q.src, q.sport)),
+    );
+    cmp(
+        "quoted destination",
+        &e.out_inner_dst,
+        inner.map(|q| (q.dst, q.dport)),
+    );
 }
 
 /// Byte comparison with `expected/`; a readable first difference per file.
@@ -458,7 +601,10 @@ fn compare_golden(dir: &Path, run: &Run, out: &Path) -> Vec<String> {
     let mut want: BTreeSet<String> = BTreeSet::new();
     match std::fs::read_dir(&exp) {
         Err(_) => {
-            errs.push(format!("{}: missing (run with NODEPLANE_UPDATE_GOLDEN=1 and review)", exp.display()));
+            errs.push(format!(
+                "{}: missing (run with NODEPLANE_UPDATE_GOLDEN=1 and review)",
+                exp.display()
+            ));
             return errs;
         }
         Ok(rd) => {
@@ -474,14 +620,20 @@ fn compare_golden(dir: &Path, run: &Run, out: &Path) -> Vec<String> {
     }
     for name in want.intersection(&got) {
         let w = std::fs::read(exp.join(name)).unwrap_or_default();
-        let g = if name == "summary.json" { run.summary_text.clone().into_bytes() } else { std::fs::read(out.join(name)).unwrap_or_default() };
+        let g = if name == "summary.json" {
+            run.summary_text.clone().into_bytes()
+        } else {
+            std::fs::read(out.join(name)).unwrap_or_default()
+        };
         if w == g {
             continue;
         }
         if name.ends_with(".jsonl") || name.ends_with(".json") {
             let (wt, gt) = (String::from_utf8_lossy(&w), String::from_utf8_lossy(&g));
             let (wl, gl): (Vec<&str>, Vec<&str>) = (wt.lines().collect(), gt.lines().collect());
-            let k = (0..wl.len().max(gl.len())).find(|&k| wl.get(k) != gl.get(k)).unwrap_or(0);
+            let k = (0..wl.len().max(gl.len()))
+                .find(|&k| wl.get(k) != gl.get(k))
+                .unwrap_or(0);
             errs.push(format!(
                 "{name}: first difference at line {}:\n    expected: {}\n    got:      {}",
                 k + 1,
@@ -489,8 +641,14 @@ fn compare_golden(dir: &Path, run: &Run, out: &Path) -> Vec<String> {
                 gl.get(k).unwrap_or(&"<end of file>")
             ));
         } else {
-            let wf = read_capture(&exp.join(name)).map(|x| x.1).unwrap_or_default();
-            let gf = run.outputs.get(name.trim_end_matches(".pcap")).cloned().unwrap_or_default();
+            let wf = read_capture(&exp.join(name))
+                .map(|x| x.1)
+                .unwrap_or_default();
+            let gf = run
+                .outputs
+                .get(name.trim_end_matches(".pcap"))
+                .cloned()
+                .unwrap_or_default();
             match (0..wf.len().max(gf.len())).find(|&k| wf.get(k) != gf.get(k)) {
                 Some(k) => errs.push(format!(
                     "{name}: first difference at packet {k} ({} expected, {} got):\n    expected: {}\n    got:      {}",
@@ -524,7 +682,10 @@ fn case_dirs() -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("case.json").is_file())
-        .filter(|p| only.as_deref().is_none_or(|o| p.file_name().is_some_and(|n| n == o)))
+        .filter(|p| {
+            only.as_deref()
+                .is_none_or(|o| p.file_name().is_some_and(|n| n == o))
+        })
         .collect();
     dirs.sort();
     dirs
@@ -542,7 +703,12 @@ fn golden_cases() {
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let spec = load_spec(dir);
-        assert_eq!(spec.name, name, "{}: case.json names another case", dir.display());
+        assert_eq!(
+            spec.name,
+            name,
+            "{}: case.json names another case",
+            dir.display()
+        );
         let tmp = TempDir::new(&name);
         let ins = inputs(dir, &spec);
         let run = match run_replay(dir, &spec, &tmp.0) {
@@ -562,8 +728,17 @@ fn golden_cases() {
                 report.push(format!("[{name}] goldens NOT updated: intent checks fail"));
             }
         } else {
-            report.extend(compare_golden(dir, &run, &tmp.0).into_iter().map(|e| format!("[{name}] golden: {e}")));
+            report.extend(
+                compare_golden(dir, &run, &tmp.0)
+                    .into_iter()
+                    .map(|e| format!("[{name}] golden: {e}")),
+            );
         }
     }
-    assert!(report.is_empty(), "{} problem(s):\n{}", report.len(), report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "{} problem(s):\n{}",
+        report.len(),
+        report.join("\n")
+    );
 }

@@ -573,6 +573,10 @@ fn loadbalancer() -> Case {
     c
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a case-building helper; named call sites read better than a struct"
+)]
 fn many_syns(
     c: &mut Case,
     client: &Host,
@@ -1947,7 +1951,9 @@ fn ttl() -> Case {
         c.raw(from.iface, p.build(), e);
     }
     // The flow whose SYN died of TTL 1 left no conntrack entry behind: its retry is new.
-    let e = x("retry of the TTL-1 flow with TTL 64: no entry was left").fwd(b.iface).ct("new");
+    let e = x("retry of the TTL-1 flow with TTL 64: no entry was left")
+        .fwd(b.iface)
+        .ct("new");
     c.send(&a, a.v4, b.v4, syn(40001, 8080), 0, e);
     c
 }
@@ -2271,6 +2277,10 @@ fn frag_state(v6: bool, frag_timeout: Option<u32>) -> (st::State, &'static str, 
 
 /// A fragmented UDP datagram from `from` (`sport` → `dst:dport`), `len` bytes of payload split
 /// into fragments of at most 1000 bytes.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a case-building helper; named call sites read better than a struct"
+)]
 fn frags(
     c: &Case,
     from: &Host,
@@ -2725,7 +2735,17 @@ fn ct_full() -> Case {
     }
     for i in 0..1021u16 {
         let e = x("filler UDP flow").fwd(cc.iface).ct("new");
-        c.send(&a, a.v4, cc.v4, L4::Udp { sport: 10000 + i, dport: 53 }, 20, e);
+        c.send(
+            &a,
+            a.v4,
+            cc.v4,
+            L4::Udp {
+                sport: 10000 + i,
+                dport: 53,
+            },
+            20,
+            e,
+        );
     }
     let e = x("new flow: table full").drop_("ct-full");
     c.send(&a, a.v4, b.v4, syn(40100, 8080), 0, e);

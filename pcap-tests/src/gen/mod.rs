@@ -454,6 +454,12 @@ impl Case {
     pub fn write(&self, dir: &Path) -> Result<(), String> {
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
         std::fs::create_dir_all(dir).map_err(io)?;
+        // Files of an older version of the case go; `expected/` stays.
+        for e in std::fs::read_dir(dir).map_err(io)?.flatten() {
+            if e.path().is_file() {
+                std::fs::remove_file(e.path()).map_err(io)?;
+            }
+        }
         let spec = self.spec();
         for (file, state) in &self.states {
             st::validate(state).map_err(|e| format!("{}: {file}: {e}", self.name))?;
