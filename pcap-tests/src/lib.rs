@@ -1,1 +1,28 @@
-//! Golden replay cases: see `cases/` and `README.md`.
+//! Golden replay cases for `nodeplane replay`: see `README.md`.
+//!
+//! - [`gen`]: the generator of every case (states, input captures, `case.json`, `README.md`);
+//! - [`spec`]: `case.json`, the per-case expectations checked on top of the goldens;
+//! - [`wire`]: an independent decoder and checksum verifier for the checks;
+//! - [`pkt`]: frame construction (etherparse `PacketBuilder`, fragments, malformed frames);
+//! - [`pcapio`]: pcap/pcapng reading and writing.
+
+pub mod gen;
+pub mod pcapio;
+pub mod pkt;
+pub mod spec;
+pub mod wire;
+
+use std::path::PathBuf;
+
+/// `pcap-tests/cases`.
+pub fn cases_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases")
+}
+
+/// The repository root (parent of `pcap-tests`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("pcap-tests sits inside the repository")
+        .to_path_buf()
+}
