@@ -89,6 +89,8 @@ pub enum ReplayError {
     BadOffset(f64),
 }
 
+const GC_INTERVAL_NS: u64 = 1_000_000_000;
+
 struct InPacket {
     ts: u64,
     input: usize,
@@ -163,6 +165,8 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut idx = 0usize;
     let mut outcomes = [Outcome::default(); BURST];
     let mut pipeline_time = Duration::ZERO;
+    // Full GC once per second of capture time, as the daemon's control loop does live.
+    let mut next_gc = t0 + GC_INTERVAL_NS;
 
     while idx < packets.len() {
         // Publish any state whose time has come, between bursts.
@@ -186,6 +190,13 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         let tables = Arc::clone(pipeline.tables());
         let n = end - idx;
         let now = packets[end - 1].ts;
+        // At the burst's first packet: a later time would expire flows before packets of
+        // this burst that are older than it.
+        let start = packets[idx].ts;
+        if start >= next_gc {
+            pipeline.gc(start);
+            next_gc = start + GC_INTERVAL_NS;
+        }
         let mut burst: Vec<Packet<'_>> = Vec::with_capacity(n);
         for (k, p) in packets[idx..end].iter_mut().enumerate() {
             let iface = tables
@@ -371,6 +382,7 @@ fn emit(
         }
         *summary.transmitted.entry(name.to_string()).or_default() += 1;
         let w = writers.get_mut(name).expect("writer inserted above");
+        let data = &data[usize::from(o.l2_trim).min(data.len())..];
         let pkt = PcapPacket::new(Duration::from_nanos(ts), data.len() as u32, data);
         w.write_packet(&pkt)
             .map_err(|source| ReplayError::WritePcap { path, source })?;

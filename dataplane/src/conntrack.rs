@@ -94,6 +94,11 @@ pub struct Entry {
     pub generation: u64,
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Set when the flow was ended by the control plane (backend removed or quarantined,
+    /// policy now denies): its packets are dropped for this reason until the entry expires or
+    /// the client opens a new connection on the same tuple. Keeping the entry (instead of
+    /// deleting it) stops the backend's replies from leaking out untranslated.
+    pub ended: Option<DropReason>,
     live: bool,
     prev: u32,
     next: u32,
@@ -238,6 +243,7 @@ impl Conntrack {
             generation: f.generation,
             packets: [1, 0],
             bytes: [len as u64, 0],
+            ended: None,
             live: true,
             prev: NIL,
             next: NIL,
@@ -286,6 +292,22 @@ impl Conntrack {
         }
     }
 
+    /// Ends a flow by rule: it stays as a CLOSE tombstone (see [`Entry::ended`]).
+    pub fn end(&mut self, slot: u32, reason: DropReason, now: u64) {
+        let timeout = self.cfg.close;
+        let was = {
+            let e = &mut self.slots[slot as usize];
+            e.ended = Some(reason);
+            e.state = FlowState::Close;
+            e.expires = now + timeout;
+            e.in_closing
+        };
+        if was {
+            self.closing_unlink(slot);
+        }
+        self.closing_push(slot);
+    }
+
     /// Whether a TCP packet would open a new connection on a finished flow's 5-tuple
     /// (port reuse): the old entry should be replaced, not continued.
     pub fn is_reopen(&self, slot: u32, dir: Dir, tcp_flags: u8) -> bool {
@@ -294,6 +316,7 @@ impl Conntrack {
             && dir == Dir::Orig
             && tcp_flags & (F::SYN | F::ACK | F::RST) == F::SYN
             && matches!(e.state, FlowState::Close | FlowState::TimeWait)
+            || (e.ended.is_some() && dir == Dir::Orig && e.orig.proto != PROTO_TCP)
     }
 
     pub fn remove(&mut self, slot: u32) {
@@ -565,5 +588,44 @@ mod tests {
         let mut other = flow(key(2, PROTO_UDP));
         other.reply = k.reversed();
         assert_eq!(ct.create(&other, 0, 60, 0), Err(DropReason::CtInvalid));
+    }
+}
+
+#[cfg(test)]
+mod gc_regression {
+    use super::*;
+    use crate::flow::PROTO_UDP;
+
+    #[test]
+    fn full_sweep_without_expiry_keeps_table_full() {
+        let cfg = CtConfig::from_state(&nodeplane_state::ConntrackSettings {
+            max_entries: 1024,
+            ..Default::default()
+        });
+        let mut ct = Conntrack::new(&cfg);
+        let k = |i: u16| FlowKey {
+            src: Addr::v4([10, 0, 0, 1]),
+            dst: Addr::v4([10, 0, 0, 2]),
+            sport: i,
+            dport: 53,
+            proto: PROTO_UDP,
+        };
+        let nf = |key: FlowKey| NewFlow {
+            orig: key,
+            reply: key.reversed(),
+            nat: None,
+            src_identity: 0,
+            dst_identity: 0,
+            policy: PolicyVerdict::None,
+            generation: 0,
+        };
+        for i in 0..1024 {
+            ct.create(&nf(k(i)), 0, 60, 1_000).unwrap();
+        }
+        assert_eq!(ct.gc_step(2_000, 1024), 0);
+        assert_eq!(
+            ct.create(&nf(k(5000)), 0, 60, 3_000),
+            Err(DropReason::CtFull)
+        );
     }
 }

@@ -30,6 +30,9 @@ use crate::tables::{IfIndex, Tables};
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
 pub const BURST: usize = 64;
 
+/// `Nat::service` of a flow whose service no longer exists.
+const NO_SERVICE: u32 = u32::MAX;
+
 /// Conntrack entries examined for expiry per burst (incremental GC: a full sweep of a
 /// 256k-entry table takes 4096 bursts, i.e. well under a second at line rate).
 const GC_PER_BURST: usize = 64;
@@ -79,6 +82,8 @@ pub struct Outcome {
     pub src_identity: Option<u32>,
     pub dst_identity: Option<u32>,
     pub policy: PolicyVerdict,
+    /// Bytes to skip at the front of the frame when transmitting (a stripped VLAN tag).
+    pub l2_trim: u8,
 }
 
 impl Outcome {
@@ -386,7 +391,7 @@ impl Pipeline {
         let outcome = if parse::is_icmp_error(&m) && m.frag == Frag::None {
             self.icmp_error(t, frame, &mut m, now)
         } else {
-            self.flow_path(t, frame, &mut m, iface, now)
+            self.flow_path(t, frame, &mut m, now)
         };
         if let Some(fk) = first_key {
             let dropped = match outcome.action {
@@ -417,14 +422,7 @@ impl Pipeline {
     }
 
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
-    fn flow_path(
-        &mut self,
-        t: &Tables,
-        frame: &mut [u8],
-        m: &mut Meta,
-        iface: IfIndex,
-        now: u64,
-    ) -> Outcome {
+    fn flow_path(&mut self, t: &Tables, frame: &mut [u8], m: &mut Meta, now: u64) -> Outcome {
         let key = FlowKey {
             src: m.src,
             dst: m.dst,
@@ -437,7 +435,12 @@ impl Pipeline {
 
         let mut found = self.ct.lookup(&key, now);
         if let Some((slot, dir)) = found {
-            if self.ct.is_reopen(slot, dir, m.tcp_flags) {
+            let datagram_to_gone_backend = m.proto != PROTO_TCP
+                && dir == Dir::Orig
+                && self.stale_flow_verdict(t, slot) == Some(DropReason::BackendGone);
+            if datagram_to_gone_backend || self.ct.is_reopen(slot, dir, m.tcp_flags) {
+                // A new connection on an old tuple, or a datagram flow whose backend went away:
+                // start over (new backend, new policy decision) instead of dropping.
                 self.ct.remove(slot);
                 found = None;
             }
@@ -445,11 +448,32 @@ impl Pipeline {
 
         let (slot, dir) = match found {
             Some((slot, dir)) => {
-                if self.ct.entry(slot).generation != t.generation {
-                    if let Err(r) = self.revalidate(t, slot) {
-                        self.ct.remove(slot);
-                        return Outcome::drop(r);
-                    }
+                if let Some(r) = self.stale_flow_verdict(t, slot) {
+                    self.ct.end(slot, r, now);
+                }
+                if let Some(r) = self.ct.entry(slot).ended {
+                    let e = self.ct.entry(slot);
+                    let (si, di) = match dir {
+                        Dir::Orig => (e.src_identity, e.dst_identity),
+                        Dir::Reply => (e.dst_identity, e.src_identity),
+                    };
+                    return Outcome {
+                        ct: if dir == Dir::Orig {
+                            CtStatus::Established
+                        } else {
+                            CtStatus::Reply
+                        },
+                        service: e.nat.map(|n| n.service).filter(|s| *s != NO_SERVICE),
+                        backend: e.nat.map(|n| (n.backend, n.backend_port)),
+                        src_identity: Some(si),
+                        dst_identity: Some(di),
+                        policy: if r == DropReason::PolicyDenied {
+                            PolicyVerdict::Deny
+                        } else {
+                            e.policy
+                        },
+                        ..Outcome::drop(r)
+                    };
                 }
                 self.ct.on_packet(slot, dir, m.tcp_flags, len, now);
                 out.ct = if dir == Dir::Orig {
@@ -464,7 +488,7 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                match self.new_flow(t, frame, m, iface, key, now) {
+                match self.new_flow(t, frame, m, key, now) {
                     Ok(Some(slot)) => {
                         out.ct = CtStatus::New;
                         (slot, Dir::Orig)
@@ -491,13 +515,11 @@ impl Pipeline {
         // Translate: DNAT on the way in, reverse NAT on replies.
         if let Some(nat) = self.ct.entry(slot).nat {
             match dir {
-                Dir::Orig => {
-                    rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port)
-                }
+                Dir::Orig => rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port),
                 Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
             }
         }
-        out.action = self.route_and_finish(t, frame, m);
+        (out.action, out.l2_trim) = self.route_and_finish(t, frame, m);
         out
     }
 
@@ -508,7 +530,6 @@ impl Pipeline {
         t: &Tables,
         frame: &[u8],
         m: &Meta,
-        iface: IfIndex,
         key: FlowKey,
         now: u64,
     ) -> Result<Option<u32>, Outcome> {
@@ -543,7 +564,6 @@ impl Pipeline {
                 return Ok(None);
             }
         }
-        let _ = iface;
         let src_identity = t.identity_of(&m.src);
         let dst_identity = t.identity_of(&dst);
         let policy =
@@ -556,6 +576,18 @@ impl Pipeline {
                 dst_identity: Some(dst_identity),
                 policy,
                 ..Outcome::drop(DropReason::PolicyDenied)
+            });
+        }
+        // Nothing is remembered for a packet that cannot leave (TTL, no endpoint, no next hop).
+        if let Err(action) = route(t, &dst, m.ttl) {
+            return Err(Outcome {
+                action,
+                service: nat.map(|n| n.service),
+                backend: nat.map(|n| (n.backend, n.backend_port)),
+                src_identity: Some(src_identity),
+                dst_identity: Some(dst_identity),
+                policy,
+                ..Outcome::default()
             });
         }
         let reply = FlowKey {
@@ -636,19 +668,35 @@ impl Pipeline {
         }
     }
 
+    /// For a live flow last checked under older tables: `Some(reason)` when it must end now.
+    /// Re-checks (and records) at most once per flow and generation.
+    fn stale_flow_verdict(&mut self, t: &Tables, slot: u32) -> Option<DropReason> {
+        let e = self.ct.entry(slot);
+        if e.ended.is_some() || e.generation == t.generation {
+            return None;
+        }
+        self.revalidate(t, slot).err()
+    }
+
     /// A flow seen first under older tables: is its backend still allowed to serve it, and
     /// does policy still allow it?
     fn revalidate(&mut self, t: &Tables, slot: u32) -> Result<(), DropReason> {
         let mut e = *self.ct.entry(slot);
         if let Some(mut nat) = e.nat {
-            let svc = t
-                .frontend(nat.vip, nat.vip_port, e.orig.proto)
-                .ok_or(DropReason::BackendGone)?;
+            // The service index is re-resolved against the new tables first, so that verdicts of
+            // an ended flow never name another service that took the old index.
+            let svc = t.frontend(nat.vip, nat.vip_port, e.orig.proto);
+            nat.service = svc.unwrap_or(NO_SERVICE);
+            let entry = self.ct.entry_mut(slot);
+            entry.nat = Some(nat);
+            entry.generation = t.generation;
+            let Some(svc) = svc else {
+                return Err(DropReason::BackendGone);
+            };
             match t.services[svc as usize].find_backend(nat.backend, nat.backend_port) {
                 Some(b) if b.state != BackendState::Quarantined => {}
                 _ => return Err(DropReason::BackendGone),
             }
-            nat.service = svc;
             e.nat = Some(nat);
         }
         let (dst, dport) = match e.nat {
@@ -736,29 +784,23 @@ impl Pipeline {
     }
 
     /// Routes by the (translated) destination, checks TTL, and rewrites TTL and MACs.
-    fn route_and_finish(&self, t: &Tables, frame: &mut [u8], m: &mut Meta) -> Action {
-        let (egress, dst_mac) = if let Some(ep) = t.endpoint_of(&m.dst) {
-            let ep = &t.endpoints[ep as usize];
-            (ep.iface, ep.mac)
-        } else if t.is_node_ip(&m.dst) {
-            return Action::Pass;
-        } else if t.in_pod_cidr(&m.dst) {
-            return Action::Drop(DropReason::NoEndpoint);
-        } else {
-            let Some(up) = t.uplink() else {
-                return Action::Drop(DropReason::NoNeighbor);
-            };
-            match t.ifaces[usize::from(up)].gateway_mac {
-                Some(mac) => (up, mac),
-                None => return Action::Drop(DropReason::NoNeighbor),
-            }
+    fn route_and_finish(&self, t: &Tables, frame: &mut [u8], m: &mut Meta) -> (Action, u8) {
+        let (egress, dst_mac) = match route(t, &m.dst, m.ttl) {
+            Ok(r) => r,
+            Err(a) => return (a, 0),
         };
-        if m.ttl <= 1 {
-            return Action::Drop(DropReason::TtlExceeded);
-        }
         rewrite::decrement_ttl(frame, m);
-        rewrite::set_macs(frame, &t.ifaces[usize::from(egress)].mac, &dst_mac);
-        Action::Forward(egress)
+        let itf = &t.ifaces[usize::from(egress)];
+        // Pods sit on untagged links: a frame that came in with an 802.1Q tag leaves toward a
+        // pod without it. The MACs move 4 bytes up, over the tag, and the I/O layer sends the
+        // frame from `l2_trim` on (no byte of the payload moves).
+        let trim = if m.l3_off == 18 && itf.role == InterfaceRole::Pod {
+            4
+        } else {
+            0
+        };
+        rewrite::set_macs(&mut frame[usize::from(trim)..], &itf.mac, &dst_mac);
+        (Action::Forward(egress), trim)
     }
 
     /// ICMP errors: find the flow by the quoted header; translate outer and quoted headers the
@@ -814,7 +856,7 @@ impl Pipeline {
             }
             fix_icmp_checksum(frame, m);
         }
-        out.action = self.route_and_finish(t, frame, m);
+        (out.action, out.l2_trim) = self.route_and_finish(t, frame, m);
         out
     }
 
@@ -840,7 +882,7 @@ impl Pipeline {
             // World to world through us: not ours to forward.
             return Outcome::default();
         }
-        out.action = self.route_and_finish(t, frame, m);
+        (out.action, out.l2_trim) = self.route_and_finish(t, frame, m);
         out
     }
 }
@@ -902,6 +944,33 @@ fn fix_icmp_checksum(frame: &mut [u8], m: &Meta) {
         acc += u32::from(PROTO_ICMPV6);
     }
     put16(frame, l4 + 2, !csum::fold(acc));
+}
+
+/// Where a packet to `dst` leaves: a local endpoint's pod interface, the host (pass), or the
+/// uplink's next hop. `Err` is the final action when it cannot be forwarded; a TTL that would
+/// reach zero is checked here so no flow state is created for a packet that goes nowhere.
+#[inline]
+fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<(IfIndex, [u8; 6]), Action> {
+    let r = if let Some(ep) = t.endpoint_of(dst) {
+        let ep = &t.endpoints[ep as usize];
+        (ep.iface, ep.mac)
+    } else if t.is_node_ip(dst) {
+        return Err(Action::Pass);
+    } else if t.in_pod_cidr(dst) {
+        return Err(Action::Drop(DropReason::NoEndpoint));
+    } else {
+        let Some(up) = t.uplink() else {
+            return Err(Action::Drop(DropReason::NoNeighbor));
+        };
+        match t.ifaces[usize::from(up)].gateway_mac {
+            Some(mac) => (up, mac),
+            None => return Err(Action::Drop(DropReason::NoNeighbor)),
+        }
+    };
+    if ttl <= 1 {
+        return Err(Action::Drop(DropReason::TtlExceeded));
+    }
+    Ok(r)
 }
 
 /// Link-local and multicast: the kernel's.

@@ -860,8 +860,8 @@ fn backend_quarantined() -> Case {
         "backend-quarantined",
         "Backend 10.0.2.5 is quarantined, 10.0.2.6 active: ten new flows all go to 10.0.2.6, one of \
          them is established. At 1 s the roles swap (10.0.2.6 quarantined): the established flow's next \
-         packet must not reach 10.0.2.6 any more (quarantined backends get nothing; the golden pins \
-         whether it is dropped or re-balanced), and new flows go to 10.0.2.5.",
+         packet must not reach 10.0.2.6 any more (quarantined backends get nothing: the flow ends, \
+         dropped `backend-gone`), and new flows go to 10.0.2.5.",
         s0,
     );
     c.state_at(1.0, "state-swapped.yaml", s1);
@@ -889,8 +889,9 @@ fn backend_quarantined() -> Case {
         g.c(&mut c, SYN, 0, e);
     }
     c.at(2.0);
-    let mut e = x("data on the flow whose backend is now quarantined");
-    e.backend_not = Some(ep("10.0.2.6", 8080));
+    // The flow ends: dropped `backend-gone`, the verdict still naming its (quarantined) backend.
+    let mut e = x("data on the flow whose backend is now quarantined").drop_("backend-gone");
+    e.backend = Some(ep("10.0.2.6", 8080));
     f.c(&mut c, PSHACK, 100, e);
     for i in 0..5 {
         let mut g = Conn::new(
