@@ -234,17 +234,22 @@ impl Update {
                 attr,
                 reason,
             };
-            if update.attrs.origin.is_none() {
+            // An attribute present but malformed is already reported; do not report it twice.
+            let reported = |u: &Update, attr| u.malformed.iter().any(|m| m.attr == attr);
+            if update.attrs.origin.is_none() && !reported(&update, ATTR_ORIGIN) {
                 update
                     .malformed
                     .push(missing(ATTR_ORIGIN, "missing ORIGIN"));
             }
-            if update.attrs.as_path.is_none() {
+            if update.attrs.as_path.is_none() && !reported(&update, ATTR_AS_PATH) {
                 update
                     .malformed
                     .push(missing(ATTR_AS_PATH, "missing AS_PATH"));
             }
-            if !update.nlri.is_empty() && update.attrs.next_hop.is_none() {
+            if !update.nlri.is_empty()
+                && update.attrs.next_hop.is_none()
+                && !reported(&update, ATTR_NEXT_HOP)
+            {
                 update
                     .malformed
                     .push(missing(ATTR_NEXT_HOP, "missing NEXT_HOP"));
