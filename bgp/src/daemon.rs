@@ -3,7 +3,7 @@
 //! routers keep our routes under graceful restart while we are replaced).
 //!
 //! The state path (file or directory, as `nodeplane_state::load_path` reads it) is polled for
-//! changes every 50 ms, so a change is announced well within 100 ms. A state that fails to load
+//! changes every 20 ms, so a change is announced well within 100 ms. A state that fails to load
 //! keeps the last good routes announced and is reported on stderr (DESIGN.md §3.3).
 
 use std::collections::BTreeSet;
@@ -19,7 +19,7 @@ use crate::routes::routes_from_state;
 use crate::status::{serve_status, StatusError};
 use crate::sys;
 
-const STATE_POLL: Duration = Duration::from_millis(50);
+const STATE_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
