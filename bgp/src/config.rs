@@ -229,7 +229,10 @@ impl BgpConfig {
     /// Checks everything that can be checked without touching the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.local_as == 0 || self.local_as == crate::packet::AS_TRANS as u32 {
-            return Err(invalid("local_as", "0 and 23456 (AS_TRANS) are not valid ASNs"));
+            return Err(invalid(
+                "local_as",
+                "0 and 23456 (AS_TRANS) are not valid ASNs",
+            ));
         }
         if self.router_id.is_unspecified() {
             return Err(invalid("router_id", "must not be 0.0.0.0"));
@@ -241,13 +244,19 @@ impl BgpConfig {
         for (i, n) in self.neighbors.iter().enumerate() {
             let f = |name: &str| format!("neighbors[{i}].{name}");
             if !seen.insert(n.address) {
-                return Err(invalid(f("address"), format!("{} is listed twice", n.address)));
+                return Err(invalid(
+                    f("address"),
+                    format!("{} is listed twice", n.address),
+                ));
             }
             if n.address.is_unspecified() || n.address.is_multicast() {
                 return Err(invalid(f("address"), "must be a unicast address"));
             }
             if n.remote_as == 0 || n.remote_as == crate::packet::AS_TRANS as u32 {
-                return Err(invalid(f("remote_as"), "0 and 23456 (AS_TRANS) are not valid ASNs"));
+                return Err(invalid(
+                    f("remote_as"),
+                    "0 and 23456 (AS_TRANS) are not valid ASNs",
+                ));
             }
             if n.hold_time_secs != 0 && n.hold_time_secs < 3 {
                 return Err(invalid(f("hold_time_secs"), "must be 0 or at least 3"));
@@ -329,7 +338,9 @@ impl BgpConfig {
 
 impl NeighborConfig {
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.address.to_string())
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.address.to_string())
     }
 
     /// Reads the MD5 key file (trailing newline stripped). `index` names the field in errors.

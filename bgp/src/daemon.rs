@@ -96,7 +96,11 @@ fn list(routes: &BTreeSet<IpNet>) -> String {
     if routes.is_empty() {
         return "nothing".into();
     }
-    routes.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+    routes
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Modification times and sizes of the state file or of every entry of the state directory.

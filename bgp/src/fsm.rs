@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use crate::packet::error::{code, subcode};
 use crate::packet::update::{pack_updates, pack_withdrawals, ErrorAction};
 use crate::packet::{
-    AsPath, Capability, Community, Context, DecodeError, Family, GracefulRestart, GrFamily,
+    AsPath, Capability, Community, Context, DecodeError, Family, GrFamily, GracefulRestart,
     Message, MpReach, Notification, Open, Origin, PathAttributes, RouteRefresh, Update, AS_TRANS,
 };
 
@@ -57,6 +57,10 @@ pub enum StopMode {
 
 /// The inputs. The comment names the RFC 4271 §8.1 event each one is.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "control plane, one event at a time"
+)]
 pub enum Event {
     /// Event 1.
     ManualStart,
@@ -83,7 +87,10 @@ pub enum Event {
     /// Events 21, 22, 28: BGPHeaderErr, BGPOpenMsgErr, UpdateMsgErr (session-reset class).
     MessageError { conn: ConnId, error: DecodeError },
     /// Events 24/25.
-    NotifMsg { conn: ConnId, notification: Notification },
+    NotifMsg {
+        conn: ConnId,
+        notification: Notification,
+    },
     /// Event 26.
     KeepAliveMsg { conn: ConnId },
     /// Event 27.
@@ -95,12 +102,23 @@ pub enum Event {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "control plane, one action at a time"
+)]
 pub enum Action {
     /// Open a TCP connection to the peer and report it as `TcpCrAcked`/`TcpConnectionFails`.
-    Connect { conn: ConnId },
-    Send { conn: ConnId, msg: Message },
+    Connect {
+        conn: ConnId,
+    },
+    Send {
+        conn: ConnId,
+        msg: Message,
+    },
     /// Flush what was sent, then close.
-    Close { conn: ConnId },
+    Close {
+        conn: ConnId,
+    },
 }
 
 /// Per-neighbour settings, resolved from the config.
@@ -384,9 +402,8 @@ impl Neighbor {
 
             // OpenSent / OpenConfirm / Established: a second connection from the peer.
             (S::OpenSent | S::OpenConfirm, E::TcpConnectionConfirmed { conn, .. }) => {
-                match self.incoming.replace(conn) {
-                    Some(old) => out.push(Action::Close { conn: old }),
-                    None => {}
+                if let Some(old) = self.incoming.replace(conn) {
+                    out.push(Action::Close { conn: old });
                 }
             }
             (S::Established, E::TcpConnectionConfirmed { conn, .. }) => {
@@ -464,7 +481,10 @@ impl Neighbor {
                     }
                 }
             }
-            (S::OpenSent | S::OpenConfirm, E::KeepAliveMsg { .. } | E::UpdateMsg { .. } | E::RouteRefreshMsg { .. }) => {
+            (
+                S::OpenSent | S::OpenConfirm,
+                E::KeepAliveMsg { .. } | E::UpdateMsg { .. } | E::RouteRefreshMsg { .. },
+            ) => {
                 self.counters.messages_in += 1;
                 let n = fsm_error(self.state);
                 self.fail_with(now, n, "unexpected message before Established".into(), out);
@@ -474,7 +494,10 @@ impl Neighbor {
                 let n = Notification::new(code::HOLD_TIMER_EXPIRED, 0, Vec::new());
                 self.fail_with(now, n, "hold timer expired".into(), out);
             }
-            (S::OpenSent | S::OpenConfirm | S::Established, E::TcpConnectionFails { reason, .. }) => {
+            (
+                S::OpenSent | S::OpenConfirm | S::Established,
+                E::TcpConnectionFails { reason, .. },
+            ) => {
                 self.drop_session(now, format!("connection lost: {reason}"), out);
             }
 
@@ -550,7 +573,13 @@ impl Neighbor {
         out.push(Action::Connect { conn });
     }
 
-    fn connection_up(&mut self, conn: ConnId, local: SocketAddr, now: Instant, out: &mut Vec<Action>) {
+    fn connection_up(
+        &mut self,
+        conn: ConnId,
+        local: SocketAddr,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.conn = Some(conn);
         self.local_addr = Some(local);
         self.connect_retry_at = None;
@@ -604,9 +633,7 @@ impl Neighbor {
 
     fn check_open(&self, open: &Open) -> Result<(), Notification> {
         let p = &self.params;
-        if open.asn() != p.remote_as
-            || (!open.has_four_octet_as() && open.my_as == AS_TRANS)
-        {
+        if open.asn() != p.remote_as || (!open.has_four_octet_as() && open.my_as == AS_TRANS) {
             return Err(Notification::new(
                 code::OPEN_MESSAGE,
                 subcode::BAD_PEER_AS,
@@ -813,7 +840,10 @@ impl Neighbor {
                         }
                     }
                 }
-                if matches!(self.state, State::OpenSent | State::OpenConfirm | State::Established) {
+                if matches!(
+                    self.state,
+                    State::OpenSent | State::OpenConfirm | State::Established
+                ) {
                     out.push(Action::Send {
                         conn,
                         msg: Message::Notification(Notification::shutdown(

@@ -8,9 +8,9 @@
 //!   speaker   the handle the control thread holds: set_routes(), status(), shutdown()
 //! ```
 
-pub mod packet;
 pub mod config;
 pub mod daemon;
+pub mod packet;
 pub mod routes;
 pub mod sys;
 

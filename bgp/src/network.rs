@@ -246,7 +246,8 @@ fn listen(v6: bool, port: u16, peers: &[&NeighborIo]) -> Result<TcpListener, Spe
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
     };
     let lerr = |source| SpeakerError::Listen { addr, source };
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(lerr)?;
+    let s =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(lerr)?;
     s.set_reuse_address(true).map_err(lerr)?;
     if v6 {
         s.set_only_v6(true).map_err(lerr)?;
@@ -272,7 +273,11 @@ fn listen(v6: bool, port: u16, peers: &[&NeighborIo]) -> Result<TcpListener, Spe
 
 fn connect_socket(io: &NeighborIo) -> io::Result<TcpStream> {
     let v6 = io.peer.is_ipv6();
-    let s = Socket::new(Domain::for_address(io.peer), Type::STREAM, Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(io.peer),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
     if let Some(key) = &io.md5 {
@@ -354,7 +359,16 @@ impl Loop {
             for i in 0..self.neighbors.len() {
                 let actions = self.neighbors[i].poll_timers(now);
                 let ctx = self.neighbors[i].context();
-                apply_actions(&mut pending, i, actions, ctx, &mut self.conns, &self.ios, &self.poll, now);
+                apply_actions(
+                    &mut pending,
+                    i,
+                    actions,
+                    ctx,
+                    &mut self.conns,
+                    &self.ios,
+                    &self.poll,
+                    now,
+                );
             }
             self.dispatch(pending, now);
             self.expire_closing(now);
@@ -450,7 +464,13 @@ impl Loop {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
                     self.remove(conn);
-                    pending.push((nb, Event::TcpConnectionFails { conn, reason: e.to_string() }));
+                    pending.push((
+                        nb,
+                        Event::TcpConnectionFails {
+                            conn,
+                            reason: e.to_string(),
+                        },
+                    ));
                     return;
                 }
             }
@@ -466,14 +486,26 @@ impl Loop {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
                     self.remove(conn);
-                    pending.push((nb, Event::TcpConnectionFails { conn, reason: e.to_string() }));
+                    pending.push((
+                        nb,
+                        Event::TcpConnectionFails {
+                            conn,
+                            reason: e.to_string(),
+                        },
+                    ));
                     return;
                 }
             }
         }
         if flush(c).is_err() {
             self.remove(conn);
-            pending.push((nb, Event::TcpConnectionFails { conn, reason: "write failed".into() }));
+            pending.push((
+                nb,
+                Event::TcpConnectionFails {
+                    conn,
+                    reason: "write failed".into(),
+                },
+            ));
             return;
         }
         self.update_interest(conn);
@@ -555,7 +587,16 @@ impl Loop {
             let actions = self.neighbors[nb].handle(ev, now);
             let ctx = self.neighbors[nb].context();
             let mut more = Vec::new();
-            apply_actions(&mut more, nb, actions, ctx, &mut self.conns, &self.ios, &self.poll, now);
+            apply_actions(
+                &mut more,
+                nb,
+                actions,
+                ctx,
+                &mut self.conns,
+                &self.ios,
+                &self.poll,
+                now,
+            );
             pending.extend(more);
         }
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -630,7 +671,10 @@ impl Loop {
 
 /// Carries out `actions` of neighbour `nb`; events they cause (connect failures) are pushed
 /// onto `more`.
-#[expect(clippy::too_many_arguments, reason = "split borrows of the loop's fields")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "split borrows of the loop's fields"
+)]
 fn apply_actions(
     more: &mut Vec<(usize, Event)>,
     nb: usize,
@@ -651,7 +695,13 @@ fn apply_actions(
                         Interest::READABLE | Interest::WRITABLE,
                     );
                     if let Err(e) = r {
-                        more.push((nb, Event::TcpConnectionFails { conn, reason: e.to_string() }));
+                        more.push((
+                            nb,
+                            Event::TcpConnectionFails {
+                                conn,
+                                reason: e.to_string(),
+                            },
+                        ));
                         continue;
                     }
                     conns.insert(
@@ -667,10 +717,18 @@ fn apply_actions(
                         },
                     );
                 }
-                Err(e) => more.push((nb, Event::TcpConnectionFails { conn, reason: e.to_string() })),
+                Err(e) => more.push((
+                    nb,
+                    Event::TcpConnectionFails {
+                        conn,
+                        reason: e.to_string(),
+                    },
+                )),
             },
             Action::Send { conn, msg } => {
-                let Some(c) = conns.get_mut(&conn) else { continue };
+                let Some(c) = conns.get_mut(&conn) else {
+                    continue;
+                };
                 if c.close_by.is_some() {
                     continue;
                 }
@@ -682,7 +740,13 @@ fn apply_actions(
                     if let Some(mut c) = conns.remove(&conn) {
                         let _ = poll.registry().deregister(&mut c.stream);
                     }
-                    more.push((nb, Event::TcpConnectionFails { conn, reason: "write failed".into() }));
+                    more.push((
+                        nb,
+                        Event::TcpConnectionFails {
+                            conn,
+                            reason: "write failed".into(),
+                        },
+                    ));
                 }
             }
             Action::Close { conn } => {

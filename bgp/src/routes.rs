@@ -17,7 +17,10 @@ pub fn routes_from_state(state: &State, cfg: &AnnounceConfig) -> BTreeSet<IpNet>
     }
     if cfg.announce_service_vips {
         for svc in &state.services {
-            if !matches!(svc.kind, ServiceType::LoadBalancer | ServiceType::ExternalIP) {
+            if !matches!(
+                svc.kind,
+                ServiceType::LoadBalancer | ServiceType::ExternalIP
+            ) {
                 continue;
             }
             for fe in &svc.frontends {

@@ -91,22 +91,34 @@ impl NeighborStatus {
 
     pub fn uptime(&self) -> Option<Duration> {
         let since = self.established_since_unix_ms?;
-        Some(Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(since)))
+        Some(Duration::from_millis(
+            unix_ms(SystemTime::now()).saturating_sub(since),
+        ))
     }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Human form, modelled on `birdc show protocols all`.
 pub fn format_status(s: &SpeakerStatus) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    let _ = writeln!(o, "BGP speaker: AS {}, router id {}", s.local_as, s.router_id);
+    let _ = writeln!(
+        o,
+        "BGP speaker: AS {}, router id {}",
+        s.local_as, s.router_id
+    );
     let _ = writeln!(o, "Routes to announce: {}", s.routes.len());
     let _ = writeln!(o);
-    let _ = writeln!(o, "{:<20} {:<12} {:<12} {:<10} Info", "Name", "Remote AS", "State", "Since");
+    let _ = writeln!(
+        o,
+        "{:<20} {:<12} {:<12} {:<10} Info",
+        "Name", "Remote AS", "State", "Since"
+    );
     for n in &s.neighbors {
         let since = n.uptime().map(fmt_duration).unwrap_or_else(|| "-".into());
         let info = match (&n.state, &n.last_error) {
@@ -144,7 +156,11 @@ pub fn format_status(s: &SpeakerStatus) -> String {
         );
         if let Some(g) = &n.negotiated {
             let _ = writeln!(o, "  Neighbor ID:      {}", g.peer_router_id);
-            let _ = writeln!(o, "  Hold timer:       {} s (keepalive {} s)", g.hold_time, g.keepalive);
+            let _ = writeln!(
+                o,
+                "  Hold timer:       {} s (keepalive {} s)",
+                g.hold_time, g.keepalive
+            );
             let _ = writeln!(o, "  Families:         {}", g.families.join(" "));
             let _ = writeln!(
                 o,
@@ -241,7 +257,8 @@ pub fn query_status(path: &Path) -> Result<SpeakerStatus, StatusError> {
         source,
     };
     let mut s = UnixStream::connect(path).map_err(cerr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(cerr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(cerr)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(cerr)?;
     serde_json::from_slice(&buf).map_err(|source| StatusError::Decode {

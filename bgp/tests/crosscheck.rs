@@ -14,7 +14,9 @@ use netgauze_parse_utils::traits::ParseFromWithOneInput;
 use netgauze_parse_utils::WritablePdu;
 use nodeplane_bgp::fsm::{Action, Event, Neighbor, Params};
 use nodeplane_bgp::packet::update::pack_withdrawals;
-use nodeplane_bgp::packet::{frame_len, Context, Family, Message, Notification, RouteRefresh, Update};
+use nodeplane_bgp::packet::{
+    frame_len, Context, Family, Message, Notification, RouteRefresh, Update,
+};
 
 fn params(local_as: u32, remote_as: u32) -> Params {
     Params {
@@ -66,8 +68,10 @@ fn messages_from_fsm(local_as: u32, remote_as: u32) -> Vec<Message> {
     let mut peer = n.our_open();
     peer.bgp_id = Ipv4Addr::new(10, 0, 0, 1);
     peer.my_as = u16::try_from(remote_as).unwrap_or(23456);
-    peer.capabilities.retain(|c| !matches!(c, nodeplane_bgp::packet::Capability::FourOctetAs(_)));
-    peer.capabilities.push(nodeplane_bgp::packet::Capability::FourOctetAs(remote_as));
+    peer.capabilities
+        .retain(|c| !matches!(c, nodeplane_bgp::packet::Capability::FourOctetAs(_)));
+    peer.capabilities
+        .push(nodeplane_bgp::packet::Capability::FourOctetAs(remote_as));
     take(n.handle(Event::BgpOpen { conn, open: peer }, now));
     take(n.handle(Event::KeepAliveMsg { conn }, now));
     take(n.handle(Event::RoutesChanged(BTreeSet::new()), now));
@@ -75,7 +79,8 @@ fn messages_from_fsm(local_as: u32, remote_as: u32) -> Vec<Message> {
 }
 
 fn netgauze_parse(bytes: &[u8]) -> BgpMessage {
-    let mut ctx = BgpParsingContext::new(true, HashMap::new(), HashMap::new(), true, true, true, true);
+    let mut ctx =
+        BgpParsingContext::new(true, HashMap::new(), HashMap::new(), true, true, true, true);
     let mut r = SliceReader::new(bytes);
     BgpMessage::parse(&mut r, &mut ctx)
         .unwrap_or_else(|e| panic!("netgauze rejects our bytes {bytes:02x?}: {e:?}"))
@@ -98,10 +103,11 @@ fn netgauze_reads_what_we_write_and_we_read_what_it_writes() {
         subtype: 0,
         safi: 1,
     }));
-    msgs.extend(pack_withdrawals(
-        Family::Ipv4Unicast,
-        &["10.244.1.0/24".parse().unwrap()],
-    ).into_iter().map(Message::Update));
+    msgs.extend(
+        pack_withdrawals(Family::Ipv4Unicast, &["10.244.1.0/24".parse().unwrap()])
+            .into_iter()
+            .map(Message::Update),
+    );
     let mut kinds = BTreeSet::new();
     for m in &msgs {
         let ours = m.to_bytes(&ctx).unwrap();
@@ -109,7 +115,9 @@ fn netgauze_reads_what_we_write_and_we_read_what_it_writes() {
         let dbg = format!("{theirs:?}");
         match m {
             Message::Open(o) => {
-                let BgpMessage::Open(no) = &theirs else { panic!("{dbg}") };
+                let BgpMessage::Open(no) = &theirs else {
+                    panic!("{dbg}")
+                };
                 assert_eq!(no.my_asn4(), o.asn());
                 assert_eq!(no.hold_time(), o.hold_time);
                 assert_eq!(no.bgp_id(), o.bgp_id);
@@ -118,7 +126,9 @@ fn netgauze_reads_what_we_write_and_we_read_what_it_writes() {
                 assert!(dbg.contains("FourOctetAs"), "{dbg}");
             }
             Message::Update(u) => {
-                let BgpMessage::Update(nu) = &theirs else { panic!("{dbg}") };
+                let BgpMessage::Update(nu) = &theirs else {
+                    panic!("{dbg}")
+                };
                 assert_eq!(nu.nlri().len(), u.nlri.len(), "{dbg}");
                 assert_eq!(nu.withdraw_routes().len(), u.withdrawn.len(), "{dbg}");
                 for p in &u.nlri {
@@ -147,10 +157,17 @@ fn netgauze_reads_what_we_write_and_we_read_what_it_writes() {
         }
         let back = netgauze_write(&theirs);
         let decoded = Message::decode(&back, &ctx).unwrap_or_else(|e| panic!("{e} on {back:02x?}"));
-        assert_eq!(&decoded, m, "netgauze bytes {back:02x?} vs ours {ours:02x?}");
+        assert_eq!(
+            &decoded, m,
+            "netgauze bytes {back:02x?} vs ours {ours:02x?}"
+        );
         kinds.insert(m.kind_name());
     }
-    assert_eq!(kinds.len(), 5, "every message type was cross-checked: {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        5,
+        "every message type was cross-checked: {kinds:?}"
+    );
     // The FSM sent announcements of both families and both End-of-RIBs.
     let eors: BTreeSet<Family> = msgs
         .iter()
@@ -187,7 +204,9 @@ fn garbage_never_panics_the_decoder() {
     for i in 0..30_000u32 {
         let mut buf = match i % 3 {
             // Pure noise.
-            0 => (0..rng.below(120)).map(|_| rng.next() as u8).collect::<Vec<u8>>(),
+            0 => (0..rng.below(120))
+                .map(|_| rng.next() as u8)
+                .collect::<Vec<u8>>(),
             // A valid header with a random type and body.
             1 => {
                 let len = 19 + rng.below(200) as usize;
@@ -211,7 +230,9 @@ fn garbage_never_panics_the_decoder() {
             buf.truncate(19 + rng.below((buf.len() - 19) as u64) as usize);
         }
         for four in [true, false] {
-            let ctx = Context { four_octet_as: four };
+            let ctx = Context {
+                four_octet_as: four,
+            };
             let _ = frame_len(&buf);
             match Message::decode(&buf, &ctx) {
                 Ok(m) => {
@@ -226,7 +247,10 @@ fn garbage_never_panics_the_decoder() {
             }
         }
     }
-    assert!(ok > 1000 && err > 1000, "the corpus exercises both paths: {ok} ok, {err} err");
+    assert!(
+        ok > 1000 && err > 1000,
+        "the corpus exercises both paths: {ok} ok, {err} err"
+    );
 }
 
 #[test]

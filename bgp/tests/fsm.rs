@@ -97,7 +97,10 @@ fn establish(n: &mut Neighbor, t0: Instant) -> Vec<Action> {
 fn establishes_and_announces_then_end_of_rib() {
     let t0 = Instant::now();
     let mut n = Neighbor::new(params(), OUT);
-    n.handle(Event::RoutesChanged(routes(&["10.244.1.0/24", "fd00:244:1::/64"])), t0);
+    n.handle(
+        Event::RoutesChanged(routes(&["10.244.1.0/24", "fd00:244:1::/64"])),
+        t0,
+    );
     let a = establish(&mut n, t0);
     let ups: Vec<&Update> = sends(&a)
         .into_iter()
@@ -111,7 +114,10 @@ fn establishes_and_announces_then_end_of_rib() {
     assert_eq!(ups[0].nlri, vec!["10.244.1.0/24".parse().unwrap()]);
     assert_eq!(ups[0].attrs.next_hop, Some("10.0.0.2".parse().unwrap()));
     assert_eq!(ups[1].is_end_of_rib(), Some(Family::Ipv4Unicast));
-    assert_eq!(ups[2].attrs.mp_reach.as_ref().unwrap().nlri, vec!["fd00:244:1::/64".parse::<IpNet>().unwrap()]);
+    assert_eq!(
+        ups[2].attrs.mp_reach.as_ref().unwrap().nlri,
+        vec!["fd00:244:1::/64".parse::<IpNet>().unwrap()]
+    );
     assert_eq!(ups[3].is_end_of_rib(), Some(Family::Ipv6Unicast));
     assert_eq!(n.negotiated().unwrap().hold_time, 6, "min of 9 and 6");
     assert_eq!(n.negotiated().unwrap().keepalive, 2);
@@ -133,7 +139,9 @@ fn route_changes_are_diffed() {
     assert_eq!(u.nlri, vec!["10.244.2.0/25".parse().unwrap()]);
     assert_eq!(n.advertised(), &routes(&["10.244.2.0/25"]));
     // Same set again: nothing to send.
-    assert!(n.handle(Event::RoutesChanged(routes(&["10.244.2.0/25"])), t0).is_empty());
+    assert!(n
+        .handle(Event::RoutesChanged(routes(&["10.244.2.0/25"])), t0)
+        .is_empty());
 }
 
 #[test]
@@ -168,9 +176,25 @@ fn backoff_grows_while_the_peer_keeps_failing() {
         let Some(&Action::Connect { conn }) = a.first() else {
             panic!("expected a connect, got {a:?}")
         };
-        n.handle(Event::TcpCrAcked { conn, local: "10.0.0.2:1".parse().unwrap() }, t);
-        let e = n.handle(Event::MessageError { conn, error: garbage_error() }, t);
-        assert_eq!(notification(&e), Some((1, 1)), "garbage gets a NOTIFICATION");
+        n.handle(
+            Event::TcpCrAcked {
+                conn,
+                local: "10.0.0.2:1".parse().unwrap(),
+            },
+            t,
+        );
+        let e = n.handle(
+            Event::MessageError {
+                conn,
+                error: garbage_error(),
+            },
+            t,
+        );
+        assert_eq!(
+            notification(&e),
+            Some((1, 1)),
+            "garbage gets a NOTIFICATION"
+        );
         assert_eq!(n.state(), State::Idle);
         let w = n.idle_hold_remaining(t).unwrap();
         waits.push(w);
@@ -189,11 +213,23 @@ fn open_errors_send_notifications() {
     let t0 = Instant::now();
     let mut n = Neighbor::new(params(), OUT);
     n.handle(Event::ManualStart, t0);
-    n.handle(Event::TcpCrAcked { conn: OUT, local: "10.0.0.2:1".parse().unwrap() }, t0);
+    n.handle(
+        Event::TcpCrAcked {
+            conn: OUT,
+            local: "10.0.0.2:1".parse().unwrap(),
+        },
+        t0,
+    );
     let mut bad = peer_open([10, 0, 0, 1], 9);
     bad.capabilities.push(Capability::FourOctetAs(65099));
     bad.capabilities.remove(2);
-    let a = n.handle(Event::BgpOpen { conn: OUT, open: bad }, t0);
+    let a = n.handle(
+        Event::BgpOpen {
+            conn: OUT,
+            open: bad,
+        },
+        t0,
+    );
     assert_eq!(notification(&a), Some((2, 2)), "bad peer AS");
     assert_eq!(n.state(), State::Idle);
 }
@@ -203,7 +239,13 @@ fn unexpected_keepalive_in_opensent_is_an_fsm_error() {
     let t0 = Instant::now();
     let mut n = Neighbor::new(params(), OUT);
     n.handle(Event::ManualStart, t0);
-    n.handle(Event::TcpCrAcked { conn: OUT, local: "10.0.0.2:1".parse().unwrap() }, t0);
+    n.handle(
+        Event::TcpCrAcked {
+            conn: OUT,
+            local: "10.0.0.2:1".parse().unwrap(),
+        },
+        t0,
+    );
     let a = n.handle(Event::KeepAliveMsg { conn: OUT }, t0);
     assert_eq!(notification(&a), Some((5, 1)));
 }
@@ -214,10 +256,28 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
     let t0 = Instant::now();
     let mut n = Neighbor::new(params(), OUT);
     n.handle(Event::ManualStart, t0);
-    n.handle(Event::TcpCrAcked { conn: OUT, local: "10.0.0.2:1".parse().unwrap() }, t0);
-    let a = n.handle(Event::TcpConnectionConfirmed { conn: IN, local: "10.0.0.2:179".parse().unwrap() }, t0);
+    n.handle(
+        Event::TcpCrAcked {
+            conn: OUT,
+            local: "10.0.0.2:1".parse().unwrap(),
+        },
+        t0,
+    );
+    let a = n.handle(
+        Event::TcpConnectionConfirmed {
+            conn: IN,
+            local: "10.0.0.2:179".parse().unwrap(),
+        },
+        t0,
+    );
     assert!(a.is_empty(), "held until its OPEN arrives");
-    let a = n.handle(Event::BgpOpen { conn: IN, open: peer_open([10, 0, 0, 9], 9) }, t0);
+    let a = n.handle(
+        Event::BgpOpen {
+            conn: IN,
+            open: peer_open([10, 0, 0, 9], 9),
+        },
+        t0,
+    );
     assert!(a.contains(&Action::Send {
         conn: OUT,
         msg: Message::Notification(Notification::new(6, 7, vec![]))
@@ -229,9 +289,27 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
     // Peer 10.0.0.1 < ours: the incoming one is closed, ours goes on.
     let mut n = Neighbor::new(params(), OUT);
     n.handle(Event::ManualStart, t0);
-    n.handle(Event::TcpCrAcked { conn: OUT, local: "10.0.0.2:1".parse().unwrap() }, t0);
-    n.handle(Event::TcpConnectionConfirmed { conn: IN, local: "10.0.0.2:179".parse().unwrap() }, t0);
-    let a = n.handle(Event::BgpOpen { conn: IN, open: peer_open([10, 0, 0, 1], 9) }, t0);
+    n.handle(
+        Event::TcpCrAcked {
+            conn: OUT,
+            local: "10.0.0.2:1".parse().unwrap(),
+        },
+        t0,
+    );
+    n.handle(
+        Event::TcpConnectionConfirmed {
+            conn: IN,
+            local: "10.0.0.2:179".parse().unwrap(),
+        },
+        t0,
+    );
+    let a = n.handle(
+        Event::BgpOpen {
+            conn: IN,
+            open: peer_open([10, 0, 0, 1], 9),
+        },
+        t0,
+    );
     assert!(a.contains(&Action::Close { conn: IN }));
     assert_eq!(n.state(), State::OpenSent);
     assert!(n.owns(OUT) && !n.owns(IN));
@@ -241,7 +319,10 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
 fn manual_stop_withdraws_then_ceases_or_restarts_silently() {
     let t0 = Instant::now();
     let mut n = Neighbor::new(params(), OUT);
-    n.handle(Event::RoutesChanged(routes(&["10.244.1.0/24", "fd00:244:1::/64"])), t0);
+    n.handle(
+        Event::RoutesChanged(routes(&["10.244.1.0/24", "fd00:244:1::/64"])),
+        t0,
+    );
     establish(&mut n, t0);
     let a = n.handle(Event::ManualStop(StopMode::Withdraw), t0);
     let m = sends(&a);
@@ -258,7 +339,11 @@ fn manual_stop_withdraws_then_ceases_or_restarts_silently() {
     n.handle(Event::RoutesChanged(routes(&["10.244.1.0/24"])), t0);
     establish(&mut n, t0);
     let a = n.handle(Event::ManualStop(StopMode::Restart), t0);
-    assert_eq!(a, vec![Action::Close { conn: OUT }], "no withdraw, no NOTIFICATION");
+    assert_eq!(
+        a,
+        vec![Action::Close { conn: OUT }],
+        "no withdraw, no NOTIFICATION"
+    );
 }
 
 #[test]
@@ -288,7 +373,11 @@ fn malformed_updates_are_counted_and_dropped() {
     assert!(a.is_empty(), "imports nothing, keeps the session");
     assert_eq!(n.state(), State::Established);
     assert_eq!(n.counters.updates_malformed, 1);
-    assert!(n.last_error.as_deref().unwrap().contains("treat-as-withdraw"));
+    assert!(n
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("treat-as-withdraw"));
 }
 
 #[test]
@@ -298,7 +387,13 @@ fn stray_connection_events_are_closed() {
     establish(&mut n, t0);
     let a = n.handle(Event::KeepAliveMsg { conn: 77 }, t0);
     assert_eq!(a, vec![Action::Close { conn: 77 }]);
-    let a = n.handle(Event::TcpConnectionConfirmed { conn: IN, local: "10.0.0.2:179".parse().unwrap() }, t0);
+    let a = n.handle(
+        Event::TcpConnectionConfirmed {
+            conn: IN,
+            local: "10.0.0.2:179".parse().unwrap(),
+        },
+        t0,
+    );
     assert_eq!(notification(&a), Some((6, 7)));
     assert_eq!(n.state(), State::Established);
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use nodeplane_bgp::packet::update::{pack_updates, pack_withdrawals, ErrorAction};
 use nodeplane_bgp::packet::{
-    frame_len, AsPath, Capability, Community, Context, Family, GracefulRestart, GrFamily, Message,
+    frame_len, AsPath, Capability, Community, Context, Family, GrFamily, GracefulRestart, Message,
     MpReach, MpUnreach, Notification, Open, Origin, PathAttributes, RouteRefresh, Update,
 };
 
@@ -53,7 +53,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Message)> {
     ];
     v6_update.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
     v6_update.extend_from_slice(&[0, 0]); // reserved, then /0 default route
-    // That makes MP_REACH 2+1+1+16+1+1 = 22 bytes.
+                                          // That makes MP_REACH 2+1+1+16+1+1 = 22 bytes.
     v6_update[27] = 22;
     vec![
         ("keepalive", msg(19, 4, &[]), Message::Keepalive),
@@ -176,7 +176,12 @@ fn end_of_rib_is_recognised() {
         Some(Family::Ipv6Unicast)
     );
     let mut u = Update::end_of_rib(Family::Ipv6Unicast);
-    u.attrs.mp_unreach.as_mut().unwrap().withdrawn.push(net("fd00::/64"));
+    u.attrs
+        .mp_unreach
+        .as_mut()
+        .unwrap()
+        .withdrawn
+        .push(net("fd00::/64"));
     assert_eq!(u.is_end_of_rib(), None);
 }
 
@@ -209,7 +214,9 @@ fn two_octet_session_uses_as_trans_and_as4_path() {
 fn packing_splits_at_4096_bytes_and_loses_nothing() {
     let ctx = Context::default();
     let prefixes: Vec<IpNet> = (0..3000u32)
-        .map(|i| IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap()))
+        .map(|i| {
+            IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap())
+        })
         .collect();
     let attrs = PathAttributes {
         origin: Some(Origin::Igp),
@@ -228,7 +235,11 @@ fn packing_splits_at_4096_bytes_and_loses_nothing() {
     assert_eq!(seen, prefixes);
 
     let v6: Vec<IpNet> = (0..1000u128)
-        .map(|i| IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from((0xfd00u128 << 112) | (i << 64)), 64).unwrap()))
+        .map(|i| {
+            IpNet::V6(
+                ipnet::Ipv6Net::new(Ipv6Addr::from((0xfd00u128 << 112) | (i << 64)), 64).unwrap(),
+            )
+        })
         .collect();
     let mut seen = Vec::new();
     for u in pack_withdrawals(Family::Ipv6Unicast, &v6) {
@@ -245,7 +256,12 @@ fn error_cases() -> Vec<(&'static str, Vec<u8>, u8, u8)> {
     vec![
         ("bad marker", bad_marker, 1, 1),
         ("length below 19", [&M[..], &[0, 18, 4]].concat(), 1, 2),
-        ("length above 4096", [&M[..], &[0x10, 0x01, 4]].concat(), 1, 2),
+        (
+            "length above 4096",
+            [&M[..], &[0x10, 0x01, 4]].concat(),
+            1,
+            2,
+        ),
         ("keepalive with a body", msg(20, 4, &[0]), 1, 2),
         ("unknown type", msg(19, 9, &[]), 1, 3),
         (
@@ -254,20 +270,25 @@ fn error_cases() -> Vec<(&'static str, Vec<u8>, u8, u8)> {
             2,
             1,
         ),
-        ("open hold time 1", msg(29, 1, &[4, 0, 1, 0, 1, 1, 1, 1, 1, 0]), 2, 6),
-        ("open bgp id 0", msg(29, 1, &[4, 0, 1, 0, 90, 0, 0, 0, 0, 0]), 2, 3),
+        (
+            "open hold time 1",
+            msg(29, 1, &[4, 0, 1, 0, 1, 1, 1, 1, 1, 0]),
+            2,
+            6,
+        ),
+        (
+            "open bgp id 0",
+            msg(29, 1, &[4, 0, 1, 0, 90, 0, 0, 0, 0, 0]),
+            2,
+            3,
+        ),
         (
             "open unknown optional parameter",
             msg(31, 1, &[4, 0, 1, 0, 90, 1, 1, 1, 1, 2, 9, 0]),
             2,
             4,
         ),
-        (
-            "update withdrawn overruns",
-            msg(23, 2, &[0, 9, 0, 0]),
-            3,
-            1,
-        ),
+        ("update withdrawn overruns", msg(23, 2, &[0, 9, 0, 0]), 3, 1),
         (
             "update nlri prefix /33",
             msg(28, 2, &[0, 0, 0, 0, 33, 1, 2, 3, 4]),
@@ -276,7 +297,11 @@ fn error_cases() -> Vec<(&'static str, Vec<u8>, u8, u8)> {
         ),
         (
             "update duplicate mp_unreach",
-            msg(35, 2, &[0, 0, 0, 12, 0x80, 15, 3, 0, 2, 1, 0x80, 15, 3, 0, 2, 1]),
+            msg(
+                35,
+                2,
+                &[0, 0, 0, 12, 0x80, 15, 3, 0, 2, 1, 0x80, 15, 3, 0, 2, 1],
+            ),
             3,
             1,
         ),

@@ -23,7 +23,7 @@ mod reader;
 
 pub use error::{DecodeError, EncodeError};
 pub use message::{frame_len, Message, Notification, RouteRefresh};
-pub use open::{Capability, GracefulRestart, GrFamily, Open};
+pub use open::{Capability, GrFamily, GracefulRestart, Open};
 pub use update::{
     AsPath, AsSegment, Community, Malformed, MpReach, MpUnreach, Origin, PathAttributes,
     RawAttribute, Update,

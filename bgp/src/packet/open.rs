@@ -141,8 +141,14 @@ impl Open {
         let mut capabilities = Vec::new();
         while !p.is_empty() {
             let ptype = p.u8().ok_or_else(bad_params)?;
-            let plen = if extended { p.u16() } else { p.u8().map(u16::from) };
-            let pval = p.take(plen.ok_or_else(bad_params)? as usize).ok_or_else(bad_params)?;
+            let plen = if extended {
+                p.u16()
+            } else {
+                p.u8().map(u16::from)
+            };
+            let pval = p
+                .take(plen.ok_or_else(bad_params)? as usize)
+                .ok_or_else(bad_params)?;
             if ptype != PARAM_CAPABILITIES {
                 return Err(open_err(
                     subcode::UNSUPPORTED_OPTIONAL_PARAMETER,

@@ -14,7 +14,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::error::{code, subcode, DecodeError, EncodeError};
 use super::reader::Reader;
-use super::{Context, Family, AFI_IPV4, AFI_IPV6, AS_TRANS, HEADER_LEN, MAX_MESSAGE_LEN, SAFI_UNICAST};
+use super::{
+    Context, Family, AFI_IPV4, AFI_IPV6, AS_TRANS, HEADER_LEN, MAX_MESSAGE_LEN, SAFI_UNICAST,
+};
 
 pub const ATTR_ORIGIN: u8 = 1;
 pub const ATTR_AS_PATH: u8 = 2;
@@ -292,11 +294,7 @@ fn decode_prefixes_v4(buf: &[u8]) -> Result<Vec<Ipv4Net>, DecodeError> {
 }
 
 /// Decodes `len, prefix bytes` pairs. Host bits beyond the length are cleared.
-fn decode_prefixes(
-    buf: &[u8],
-    afi: u16,
-    push: &mut dyn FnMut(IpNet),
-) -> Result<(), &'static str> {
+fn decode_prefixes(buf: &[u8], afi: u16, push: &mut dyn FnMut(IpNet)) -> Result<(), &'static str> {
     let mut r = Reader::new(buf);
     let max = if afi == AFI_IPV4 { 32 } else { 128 };
     while let Some(len) = r.u8() {
@@ -363,16 +361,23 @@ fn decode_attributes(
             r.u8().map(u16::from)
         };
         let Some(value) = len.and_then(|l| r.take(l as usize)) else {
-            if seen[ATTR_MP_REACH as usize] || seen[ATTR_MP_UNREACH as usize] || code >= ATTR_MP_REACH {
+            if seen[ATTR_MP_REACH as usize]
+                || seen[ATTR_MP_UNREACH as usize]
+                || code >= ATTR_MP_REACH
+            {
                 // The tail may hold MP_REACH/MP_UNREACH whose NLRI we can no longer locate.
-                return Err(DecodeError::attr_list("attribute overruns the attribute field"));
+                return Err(DecodeError::attr_list(
+                    "attribute overruns the attribute field",
+                ));
             }
             malformed.push(taw(code, "attribute overruns the attribute field"));
             break;
         };
         if seen[code as usize] {
             if code == ATTR_MP_REACH || code == ATTR_MP_UNREACH {
-                return Err(DecodeError::attr_list("repeated MP_REACH/MP_UNREACH attribute"));
+                return Err(DecodeError::attr_list(
+                    "repeated MP_REACH/MP_UNREACH attribute",
+                ));
             }
             malformed.push(Malformed {
                 action: ErrorAction::AttributeDiscard,
@@ -411,7 +416,11 @@ fn decode_attribute(
     malformed: &mut Vec<Malformed>,
 ) -> Result<(), DecodeError> {
     let mp_err = |reason| {
-        DecodeError::new(code::UPDATE_MESSAGE, subcode::OPTIONAL_ATTRIBUTE_ERROR, reason)
+        DecodeError::new(
+            code::UPDATE_MESSAGE,
+            subcode::OPTIONAL_ATTRIBUTE_ERROR,
+            reason,
+        )
     };
     match code {
         ATTR_MP_REACH => {
@@ -473,7 +482,10 @@ fn decode_attribute(
         }
         ATTR_COMMUNITIES => {
             if value.len() % 4 != 0 || value.is_empty() {
-                malformed.push(taw(code, "COMMUNITIES length is not a positive multiple of 4"));
+                malformed.push(taw(
+                    code,
+                    "COMMUNITIES length is not a positive multiple of 4",
+                ));
             } else {
                 attrs.communities = value
                     .chunks_exact(4)
@@ -539,9 +551,14 @@ fn decode_next_hops(afi: u16, nh: &[u8]) -> Result<Vec<IpAddr>, &'static str> {
 
 fn decode_mp_reach(value: &[u8]) -> Result<MpReach, &'static str> {
     let mut r = Reader::new(value);
-    let (afi, safi) = (r.u16().ok_or("truncated MP_REACH_NLRI")?, r.u8().ok_or("truncated MP_REACH_NLRI")?);
+    let (afi, safi) = (
+        r.u16().ok_or("truncated MP_REACH_NLRI")?,
+        r.u8().ok_or("truncated MP_REACH_NLRI")?,
+    );
     let nh_len = r.u8().ok_or("truncated MP_REACH_NLRI")?;
-    let nh = r.take(nh_len as usize).ok_or("MP_REACH_NLRI next hop overruns")?;
+    let nh = r
+        .take(nh_len as usize)
+        .ok_or("MP_REACH_NLRI next hop overruns")?;
     r.u8().ok_or("truncated MP_REACH_NLRI")?; // reserved
     if Family::from_afi_safi(afi, safi).is_none() {
         // A family we did not negotiate: nothing we will import anyway; keep the session.
@@ -565,7 +582,10 @@ fn decode_mp_reach(value: &[u8]) -> Result<MpReach, &'static str> {
 
 fn decode_mp_unreach(value: &[u8]) -> Result<MpUnreach, &'static str> {
     let mut r = Reader::new(value);
-    let (afi, safi) = (r.u16().ok_or("truncated MP_UNREACH_NLRI")?, r.u8().ok_or("truncated MP_UNREACH_NLRI")?);
+    let (afi, safi) = (
+        r.u16().ok_or("truncated MP_UNREACH_NLRI")?,
+        r.u8().ok_or("truncated MP_UNREACH_NLRI")?,
+    );
     let mut withdrawn = Vec::new();
     if Family::from_afi_safi(afi, safi).is_some() {
         decode_prefixes(r.rest(), afi, &mut |p| withdrawn.push(p))?;
@@ -584,8 +604,16 @@ impl PathAttributes {
             put_attr(out, wk, ATTR_ORIGIN, |o2| o2.push(o as u8));
         }
         if let Some(path) = &self.as_path {
-            put_attr(out, wk, ATTR_AS_PATH, |v| encode_as_path(path, ctx.four_octet_as, v));
-            if !ctx.four_octet_as && path.segments.iter().flat_map(|s| &s.asns).any(|&a| a > 0xffff) {
+            put_attr(out, wk, ATTR_AS_PATH, |v| {
+                encode_as_path(path, ctx.four_octet_as, v)
+            });
+            if !ctx.four_octet_as
+                && path
+                    .segments
+                    .iter()
+                    .flat_map(|s| &s.asns)
+                    .any(|&a| a > 0xffff)
+            {
                 // RFC 6793 §4.2.2: the real path travels in AS4_PATH.
                 put_attr(out, FLAG_OPTIONAL | FLAG_TRANSITIVE, ATTR_AS4_PATH, |v| {
                     encode_as_path(path, true, v)
@@ -593,23 +621,34 @@ impl PathAttributes {
             }
         }
         if let Some(nh) = self.next_hop {
-            put_attr(out, wk, ATTR_NEXT_HOP, |v| v.extend_from_slice(&nh.octets()));
+            put_attr(out, wk, ATTR_NEXT_HOP, |v| {
+                v.extend_from_slice(&nh.octets())
+            });
         }
         if let Some(med) = self.med {
-            put_attr(out, FLAG_OPTIONAL, ATTR_MED, |v| v.extend_from_slice(&med.to_be_bytes()));
+            put_attr(out, FLAG_OPTIONAL, ATTR_MED, |v| {
+                v.extend_from_slice(&med.to_be_bytes())
+            });
         }
         if let Some(lp) = self.local_pref {
-            put_attr(out, wk, ATTR_LOCAL_PREF, |v| v.extend_from_slice(&lp.to_be_bytes()));
+            put_attr(out, wk, ATTR_LOCAL_PREF, |v| {
+                v.extend_from_slice(&lp.to_be_bytes())
+            });
         }
         if self.atomic_aggregate {
             put_attr(out, wk, ATTR_ATOMIC_AGGREGATE, |_| {});
         }
         if !self.communities.is_empty() {
-            put_attr(out, FLAG_OPTIONAL | FLAG_TRANSITIVE, ATTR_COMMUNITIES, |v| {
-                for c in &self.communities {
-                    v.extend_from_slice(&c.0.to_be_bytes());
-                }
-            });
+            put_attr(
+                out,
+                FLAG_OPTIONAL | FLAG_TRANSITIVE,
+                ATTR_COMMUNITIES,
+                |v| {
+                    for c in &self.communities {
+                        v.extend_from_slice(&c.0.to_be_bytes());
+                    }
+                },
+            );
         }
         if let Some(mp) = &self.mp_reach {
             put_attr(out, FLAG_OPTIONAL, ATTR_MP_REACH, |v| {
@@ -640,7 +679,9 @@ impl PathAttributes {
             });
         }
         for a in &self.other {
-            put_attr(out, a.flags & !FLAG_EXTENDED, a.code, |v| v.extend_from_slice(&a.value));
+            put_attr(out, a.flags & !FLAG_EXTENDED, a.code, |v| {
+                v.extend_from_slice(&a.value)
+            });
         }
         if out.len() > MAX_MESSAGE_LEN {
             return Err(EncodeError::FieldTooLong {
@@ -708,7 +749,13 @@ pub fn pack_updates(prefixes: &[IpNet], attrs: &PathAttributes, ctx: &Context) -
 
 /// Splits withdrawals of `prefixes` (one family) into UPDATEs that each fit.
 pub fn pack_withdrawals(family: Family, prefixes: &[IpNet]) -> Vec<Update> {
-    let base = HEADER_LEN + 4 + if family == Family::Ipv6Unicast { 3 + 4 } else { 0 };
+    let base = HEADER_LEN
+        + 4
+        + if family == Family::Ipv6Unicast {
+            3 + 4
+        } else {
+            0
+        };
     pack(prefixes, base, |chunk| match family {
         Family::Ipv4Unicast => Update {
             withdrawn: chunk.iter().filter_map(as_v4).collect(),

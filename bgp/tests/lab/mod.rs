@@ -32,7 +32,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) ->
         if f() {
             return t0.elapsed();
         }
-        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -63,16 +66,41 @@ impl Lab {
             children: Vec::new(),
         };
         for ns in std::iter::once(&node_ns).chain(&router_ns) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         for (i, r) in router_ns.iter().enumerate() {
             let (a, b) = (format!("npb{tag}{i}a"), format!("npb{tag}{i}b"));
-            sh(&["ip", "link", "add", &a, "netns", r, "type", "veth", "peer", "name", &b, "netns", &node_ns]);
+            sh(&[
+                "ip", "link", "add", &a, "netns", r, "type", "veth", "peer", "name", &b, "netns",
+                &node_ns,
+            ]);
             for (ns, dev, host) in [(r, &a, 1), (&node_ns, &b, 2)] {
-                sh(&["ip", "-n", ns, "addr", "add", &format!("10.0.{i}.{host}/24"), "dev", dev]);
-                sh(&["ip", "-n", ns, "addr", "add", &format!("fd00:{i}::{host}/64"), "dev", dev, "nodad"]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("10.0.{i}.{host}/24"),
+                    "dev",
+                    dev,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("fd00:{i}::{host}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
                 sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
             }
         }
@@ -116,7 +144,8 @@ impl Lab {
         self.children.push(child);
         let bird = Bird { sock };
         wait_until("bird control socket", Duration::from_secs(5), || {
-            bird.try_cmd("show status").is_some_and(|s| s.contains("Daemon is up"))
+            bird.try_cmd("show status")
+                .is_some_and(|s| s.contains("Daemon is up"))
         });
         bird
     }
@@ -171,7 +200,11 @@ impl Lab {
     }
 
     pub fn signal(&self, child: usize, sig: &str) {
-        sh(&["kill", &format!("-{sig}"), &self.children[child].id().to_string()]);
+        sh(&[
+            "kill",
+            &format!("-{sig}"),
+            &self.children[child].id().to_string(),
+        ]);
     }
 
     pub fn kill(&mut self, child: usize) {
@@ -234,11 +267,14 @@ impl Bird {
             .args(cmd.split_whitespace())
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn cmd(&self, cmd: &str) -> String {
-        self.try_cmd(cmd).unwrap_or_else(|| panic!("birdc {cmd} failed"))
+        self.try_cmd(cmd)
+            .unwrap_or_else(|| panic!("birdc {cmd} failed"))
     }
 
     pub fn established(&self, proto: &str) -> bool {
@@ -254,7 +290,14 @@ impl Bird {
 }
 
 /// A BIRD `protocol bgp` block.
-pub fn bird_bgp(name: &str, local: &str, local_as: u32, neighbor: &str, neighbor_as: u32, extra: &str) -> String {
+pub fn bird_bgp(
+    name: &str,
+    local: &str,
+    local_as: u32,
+    neighbor: &str,
+    neighbor_as: u32,
+    extra: &str,
+) -> String {
     format!(
         "protocol bgp {name} {{\n  local {local} as {local_as};\n  neighbor {neighbor} as {neighbor_as};\n\
          \x20 connect retry time 1;\n  error wait time 1, 2;\n  {extra}\n\
