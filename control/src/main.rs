@@ -23,6 +23,8 @@ enum Command {
     Replay(cli::replay::ReplayArgs),
     /// Check or show a state file or directory.
     State(cli::state::StateArgs),
+    /// The BGP speaker: run it, or show its neighbours.
+    Bgp(cli::bgp::BgpArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Replay(a) => cli::replay::run(a),
         Command::State(a) => cli::state::run(a),
+        Command::Bgp(a) => cli::bgp::run(a),
     };
     match result {
         Ok(code) => code,

@@ -2,5 +2,6 @@
 
 pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
 
+pub mod bgp;
 pub mod replay;
 pub mod state;

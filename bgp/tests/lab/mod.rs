@@ -1,0 +1,310 @@
+//! Test lab: network namespaces joined by veth pairs, BIRD routers and our speaker process
+//! inside them. Everything is named `np-bgp-<tag>-*` and removed by `Drop`, even on failure.
+//!
+//! ```text
+//!   np-bgp-<tag>-r0 (BIRD, 10.0.0.1)  ──veth──  np-bgp-<tag>-n (np-bgp-speaker, 10.0.0.2)
+//!   np-bgp-<tag>-r1 (BIRD, 10.0.1.1)  ──veth──┘                             (10.0.1.2)
+//! ```
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SPEAKER: &str = env!("CARGO_BIN_EXE_np-bgp-speaker");
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (needs root and iproute2/bird2)"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub struct Lab {
+    pub tag: String,
+    pub dir: PathBuf,
+    pub node_ns: String,
+    pub router_ns: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// A node namespace with `routers` router namespaces, router i at 10.0.i.1 / fd00:i::1,
+    /// the node at 10.0.i.2 / fd00:i::2.
+    pub fn new(tag: &str, routers: usize) -> Lab {
+        assert!(tag.len() <= 8, "tag too long for interface names");
+        let dir = std::env::temp_dir().join(format!("np-bgp-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let node_ns = format!("np-bgp-{tag}-n");
+        let router_ns: Vec<String> = (0..routers).map(|i| format!("np-bgp-{tag}-r{i}")).collect();
+        let lab = Lab {
+            tag: tag.into(),
+            dir,
+            node_ns: node_ns.clone(),
+            router_ns: router_ns.clone(),
+            children: Vec::new(),
+        };
+        for ns in std::iter::once(&node_ns).chain(&router_ns) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (i, r) in router_ns.iter().enumerate() {
+            let (a, b) = (format!("npb{tag}{i}a"), format!("npb{tag}{i}b"));
+            sh(&[
+                "ip", "link", "add", &a, "netns", r, "type", "veth", "peer", "name", &b, "netns",
+                &node_ns,
+            ]);
+            for (ns, dev, host) in [(r, &a, 1), (&node_ns, &b, 2)] {
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("10.0.{i}.{host}/24"),
+                    "dev",
+                    dev,
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("fd00:{i}::{host}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+                sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            }
+        }
+        lab
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        // Write-then-rename so the speaker never reads half a file.
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
+    }
+
+    /// Starts BIRD in router namespace `i` with the given `protocol bgp` bodies.
+    pub fn bird(&mut self, i: usize, protocols: &str) -> Bird {
+        let conf = self.write(
+            &format!("bird{i}.conf"),
+            &format!(
+                "router id 10.0.{i}.1;\nlog stderr all;\nprotocol device {{ }}\n\
+                 protocol direct {{ ipv4; ipv6; }}\n{protocols}\n"
+            ),
+        );
+        let sock = self.path(&format!("bird{i}.sock"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.router_ns[i], "bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(&sock)
+            .arg("-P")
+            .arg(self.path(&format!("bird{i}.pid")))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(&format!("bird{i}.log"))).unwrap())
+            .spawn()
+            .expect("cannot start bird (apt-get install bird2)");
+        self.children.push(child);
+        let bird = Bird { sock };
+        wait_until("bird control socket", Duration::from_secs(5), || {
+            bird.try_cmd("show status")
+                .is_some_and(|s| s.contains("Daemon is up"))
+        });
+        bird
+    }
+
+    /// Starts our speaker in the node namespace; returns its index for `signal`/`kill`.
+    pub fn speaker(&mut self, config: &str, state: &str) -> usize {
+        let cfg = self.write("bgp.yaml", config);
+        let st = self.write("state.yaml", state);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("speaker.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns, SPEAKER, "--config"])
+            .arg(cfg)
+            .arg("--state")
+            .arg(st)
+            .arg("--status-socket")
+            .arg(self.path("status.sock"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start the speaker");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Spawns any command in router namespace `i` (kept and killed with the lab).
+    pub fn spawn_in_router(&mut self, i: usize, args: &[&str]) -> usize {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.router_ns[i]])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(&format!("cmd{i}.log"))).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    pub fn spawn_in_node(&mut self, args: &[&str]) -> usize {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path("node-cmd.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    pub fn signal(&self, child: usize, sig: &str) {
+        sh(&[
+            "kill",
+            &format!("-{sig}"),
+            &self.children[child].id().to_string(),
+        ]);
+    }
+
+    pub fn kill(&mut self, child: usize) {
+        let c = &mut self.children[child];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Waits for a child to exit by itself; true if it did within `timeout`.
+    pub fn exited(&mut self, child: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(st)) = self.children[child].try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn status(&self) -> nodeplane_bgp::SpeakerStatus {
+        nodeplane_bgp::query_status(&self.path("status.sock")).expect("status socket")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            for f in ["speaker.log", "bird0.log", "bird1.log", "cmd0.log"] {
+                let s = self.log(f);
+                if !s.is_empty() {
+                    eprintln!("---- {f} ----\n{}", &s[s.len().saturating_sub(3000)..]);
+                }
+            }
+        }
+        for ns in std::iter::once(&self.node_ns).chain(&self.router_ns) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Bird {
+    pub sock: PathBuf,
+}
+
+impl Bird {
+    pub fn try_cmd(&self, cmd: &str) -> Option<String> {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.sock)
+            .args(cmd.split_whitespace())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn cmd(&self, cmd: &str) -> String {
+        self.try_cmd(cmd)
+            .unwrap_or_else(|| panic!("birdc {cmd} failed"))
+    }
+
+    pub fn established(&self, proto: &str) -> bool {
+        self.try_cmd(&format!("show protocols {proto}"))
+            .is_some_and(|s| s.contains("Established"))
+    }
+
+    /// The `show route all` block of one prefix, if BIRD has it.
+    pub fn route(&self, prefix: &str) -> Option<String> {
+        let out = self.try_cmd(&format!("show route {prefix} all"))?;
+        out.contains(prefix).then_some(out)
+    }
+}
+
+/// A BIRD `protocol bgp` block.
+pub fn bird_bgp(
+    name: &str,
+    local: &str,
+    local_as: u32,
+    neighbor: &str,
+    neighbor_as: u32,
+    extra: &str,
+) -> String {
+    format!(
+        "protocol bgp {name} {{\n  local {local} as {local_as};\n  neighbor {neighbor} as {neighbor_as};\n\
+         \x20 connect retry time 1;\n  error wait time 1, 2;\n  {extra}\n\
+         \x20 ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n"
+    )
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
