@@ -6,6 +6,7 @@
 //! - [`pkt`]: frame construction (etherparse `PacketBuilder`, fragments, malformed frames);
 //! - [`pcapio`]: pcap/pcapng reading and writing.
 
+pub mod demo;
 pub mod gen;
 pub mod pcapio;
 pub mod pkt;
