@@ -22,9 +22,7 @@ use aya::{
 };
 use log::{info, warn};
 
-use crate::maps::{
-    limits, ConfigError, Counter, Counters, SteeringConfig, SteeringEntries,
-};
+use crate::maps::{limits, ConfigError, Counter, Counters, SteeringConfig, SteeringEntries};
 
 static PROGRAM_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
 
@@ -153,7 +151,9 @@ pub enum AttachError {
 #[derive(Debug, thiserror::Error)]
 pub enum XskRegisterError {
     /// XDP is not attached to the socket's interface by this loader.
-    #[error("failed to register AF_XDP socket of {iface} queue {queue}: XDP is not attached to {iface}")]
+    #[error(
+        "failed to register AF_XDP socket of {iface} queue {queue}: XDP is not attached to {iface}"
+    )]
     NotAttached {
         /// Interface name.
         iface: String,
@@ -264,7 +264,9 @@ impl fmt::Debug for Loader {
 }
 
 fn ifindex_of(iface: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(iface).ok().filter(|&i| i != 0)
+    nix::net::if_::if_nametoindex(iface)
+        .ok()
+        .filter(|&i| i != 0)
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> (&'static str, MapError) {
@@ -282,7 +284,8 @@ impl Loader {
                 what: "program",
                 name: PROGRAM_NAME,
             })?;
-        prog.load().map_err(|source| LoadError::Program { source })?;
+        prog.load()
+            .map_err(|source| LoadError::Program { source })?;
         for name in [
             "xsks",
             "xsk_slots",
@@ -323,7 +326,9 @@ impl Loader {
         match self.attach_with_mode(iface, queues, AttachMode::Driver) {
             Ok(()) => Ok(AttachMode::Driver),
             Err(AttachError::Attach { source, .. }) => {
-                warn!("native XDP on {iface} failed ({source}); falling back to generic (SKB) mode");
+                warn!(
+                    "native XDP on {iface} failed ({source}); falling back to generic (SKB) mode"
+                );
                 self.attach_with_mode(iface, queues, AttachMode::Skb)?;
                 Ok(AttachMode::Skb)
             }
@@ -346,12 +351,14 @@ impl Loader {
         let ifindex = ifindex_of(iface).ok_or_else(|| AttachError::NoSuchInterface {
             iface: iface.to_owned(),
         })?;
-        let base = self.find_slots(queues).ok_or_else(|| AttachError::NoSlots {
-            iface: iface.to_owned(),
-            queues,
-            free: self.largest_free_run(),
-            max: limits::MAX_XSKS,
-        })?;
+        let base = self
+            .find_slots(queues)
+            .ok_or_else(|| AttachError::NoSlots {
+                iface: iface.to_owned(),
+                queues,
+                free: self.largest_free_run(),
+                max: limits::MAX_XSKS,
+            })?;
         // Slots first: the program reads them as soon as it is attached.
         {
             let mut slots: HashMap<&mut MapData, u32, [u32; 2]> =
@@ -395,7 +402,9 @@ impl Loader {
     }
 
     fn remove_slots(&mut self, ifindex: u32) {
-        if let Ok(mut slots) = HashMap::<&mut MapData, u32, [u32; 2]>::try_from(self.map("xsk_slots")) {
+        if let Ok(mut slots) =
+            HashMap::<&mut MapData, u32, [u32; 2]>::try_from(self.map("xsk_slots"))
+        {
             let _ = slots.remove(&ifindex);
         }
     }
@@ -481,11 +490,12 @@ impl Loader {
             });
         }
         let slot = a.base + queue;
-        let mut xsks = XskMap::try_from(self.map("xsks")).map_err(|source| XskRegisterError::Map {
-            iface: iface.to_owned(),
-            queue,
-            source,
-        })?;
+        let mut xsks =
+            XskMap::try_from(self.map("xsks")).map_err(|source| XskRegisterError::Map {
+                iface: iface.to_owned(),
+                queue,
+                source,
+            })?;
         xsks.set(slot, socket_fd, 0)
             .map_err(|source| XskRegisterError::Map {
                 iface: iface.to_owned(),
@@ -495,7 +505,10 @@ impl Loader {
     }
 
     /// Registers every socket of a worker (see [`crate::xsk::XskWorker`]).
-    pub fn register_worker(&mut self, worker: &crate::xsk::XskWorker) -> Result<(), XskRegisterError> {
+    pub fn register_worker(
+        &mut self,
+        worker: &crate::xsk::XskWorker,
+    ) -> Result<(), XskRegisterError> {
         for id in worker.socket_ids() {
             let (iface, queue) = worker.binding(id);
             self.register_xsk(iface, queue, worker.raw_fd(id))?;
@@ -587,7 +600,9 @@ impl Loader {
         fn gone(r: Result<(), MapError>) -> Result<(), MapError> {
             match r {
                 Err(MapError::KeyNotFound) => Ok(()),
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
                     Ok(())
                 }
                 r => r,

@@ -444,9 +444,7 @@ mod tests {
         let k = nodeport_key(&np);
         assert_eq!(
             k,
-            [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 100, 2, 0x75, 0x80, 6, 0
-            ]
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 100, 2, 0x75, 0x80, 6, 0]
         );
         assert_eq!(decode_nodeport_key(&k), Some(np));
         let v6 = NodePort {
@@ -473,7 +471,10 @@ mod tests {
                 "10.96.0.10/32".parse().unwrap(),
                 "203.0.113.10/32".parse().unwrap(),
             ],
-            host_addrs: vec!["192.168.100.2".parse().unwrap(), "10.244.1.1".parse().unwrap()],
+            host_addrs: vec![
+                "192.168.100.2".parse().unwrap(),
+                "10.244.1.1".parse().unwrap(),
+            ],
             nodeports: vec![
                 NodePort {
                     addr: "192.168.100.2".parse().unwrap(),

@@ -56,9 +56,7 @@ use std::{
 
 use log::debug;
 use xsk_rs::{
-    config::{
-        BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
-    },
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
     socket::XdpStatistics,
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
 };
@@ -786,7 +784,11 @@ impl XskWorker {
         let acct = self.accounting();
         let fail = |detail: String| AccountingError { detail, acct };
         if acct.sum() != u64::from(acct.total) {
-            return Err(fail(format!("places sum to {}, not {}", acct.sum(), acct.total)));
+            return Err(fail(format!(
+                "places sum to {}, not {}",
+                acct.sum(),
+                acct.total
+            )));
         }
         if self.accounting_errors != 0 {
             return Err(fail(format!(
@@ -947,14 +949,17 @@ impl<'w> Burst<'w> {
         let n = self.w.held;
         let base = self.w.base;
         let (burst, actions) = (&self.w.burst, &mut self.w.actions);
-        burst[..n].iter().zip(actions[..n].iter_mut()).map(move |(d, a)| {
-            // SAFETY: the frames of a burst are distinct UMEM chunks held by it (see
-            // `frame`), so the views are disjoint; they live as long as `&mut self`.
-            let f = unsafe {
-                std::slice::from_raw_parts_mut(base.wrapping_add(d.addr()), d.lengths().data())
-            };
-            (f, a)
-        })
+        burst[..n]
+            .iter()
+            .zip(actions[..n].iter_mut())
+            .map(move |(d, a)| {
+                // SAFETY: the frames of a burst are distinct UMEM chunks held by it (see
+                // `frame`), so the views are disjoint; they live as long as `&mut self`.
+                let f = unsafe {
+                    std::slice::from_raw_parts_mut(base.wrapping_add(d.addr()), d.lengths().data())
+                };
+                (f, a)
+            })
     }
 
     /// Sets the action of frame `i` (ignored if `i >= len()`).
