@@ -64,6 +64,9 @@ use xsk_rs::{
 /// Most frames one [`XskWorker::rx_burst`] returns.
 pub const MAX_BURST: usize = 64;
 
+/// Frames one socket can have staged for TX in a burst (forwarded plus copies).
+const TX_STAGE: usize = 2 * MAX_BURST;
+
 /// Most sockets one worker owns.
 pub const MAX_SOCKETS: usize = 64;
 
@@ -191,7 +194,8 @@ pub struct SocketStats {
     pub tx_completed: u64,
     /// Frames meant for this socket's TX ring but dropped because it was full.
     pub tx_ring_full: u64,
-    /// Received frames dropped by their [`Action`] (or an invalid target socket).
+    /// Received frames dropped by their [`Action`] (or for an invalid target socket or a
+    /// target whose per-burst TX stage is full).
     pub dropped: u64,
     /// Refills that found no free frame while the fill ring had room.
     pub fill_starved: u64,
@@ -300,6 +304,10 @@ pub struct XskWorker {
     burst: Vec<FrameDesc>,
     actions: [Action; MAX_BURST],
     held: usize,
+    /// New frames staged for TX during the current burst ([`Burst::tx_copy`]).
+    staged_copies: u32,
+    /// Sockets with frames in their `tx_stage`, as a bit mask.
+    tx_touched: u64,
     /// Scratch for completion reaping.
     scratch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
@@ -437,6 +445,8 @@ impl XskWorker {
             burst: vec![FrameDesc::default(); MAX_BURST],
             actions: [Action::Drop; MAX_BURST],
             held: 0,
+            staged_copies: 0,
+            tx_touched: 0,
             scratch: vec![FrameDesc::default(); MAX_BURST],
             pollfds,
             accounting_errors: 0,
@@ -473,7 +483,7 @@ impl XskWorker {
                         cq,
                         lent_rx: 0,
                         lent_tx: 0,
-                        tx_stage: Vec::with_capacity(MAX_BURST),
+                        tx_stage: Vec::with_capacity(TX_STAGE),
                         stats: SocketStats::default(),
                     })
                 }
@@ -761,7 +771,7 @@ impl XskWorker {
         let mut a = FrameAccounting {
             total: self.total,
             free: self.free.len() as u32,
-            held: self.held as u32,
+            held: self.held as u32 + self.staged_copies,
             ..FrameAccounting::default()
         };
         for s in &mut self.socks {
@@ -795,6 +805,9 @@ impl XskWorker {
                 "{} frames came back from a ring they were not lent to",
                 self.accounting_errors
             )));
+        }
+        if self.held != 0 || self.staged_copies != 0 {
+            return Err(fail("frames held outside a burst".into()));
         }
         let (mut free, mut held) = (0u32, 0u32);
         let mut fill = vec![0u32; self.socks.len()];
@@ -833,11 +846,14 @@ impl XskWorker {
 
     fn finish_burst(&mut self, s: usize) {
         let n = self.held;
-        let mut touched: u64 = 0;
+        let mut touched = self.tx_touched;
         for k in 0..n {
             let d = self.burst[k];
             match self.actions[k] {
-                Action::Tx(SocketId(t)) if usize::from(t) < self.socks.len() => {
+                Action::Tx(SocketId(t))
+                    if usize::from(t) < self.socks.len()
+                        && self.socks[usize::from(t)].tx_stage.len() < TX_STAGE =>
+                {
                     self.socks[usize::from(t)].tx_stage.push(d);
                     touched |= 1 << t;
                 }
@@ -851,6 +867,8 @@ impl XskWorker {
             }
         }
         self.held = 0;
+        self.staged_copies = 0;
+        self.tx_touched = 0;
         while touched != 0 {
             let t = touched.trailing_zeros() as usize;
             touched &= touched - 1;
@@ -993,6 +1011,48 @@ impl<'w> Burst<'w> {
         let mut data = unsafe { self.w.umem.data_mut(d) };
         data.cursor().set_pos(len);
         true
+    }
+
+    /// Queues a copy of `data` in a new frame for TX on socket `id` when the burst finishes
+    /// (with the burst's forwarded frames: one kick per socket). For frames the pipeline
+    /// originates mid-burst (ICMP errors, replies).
+    pub fn tx_copy(&mut self, id: SocketId, data: &[u8]) -> Result<(), TxError> {
+        let w = &mut *self.w;
+        let t = usize::from(id.0);
+        if t >= w.socks.len() {
+            return Err(TxError::NoSuchSocket(id.0));
+        }
+        if w.socks[t].tx_stage.len() >= TX_STAGE {
+            w.socks[t].stats.tx_ring_full += 1;
+            return Err(TxError::RingFull);
+        }
+        let Some(mut d) = w.free.pop() else {
+            return Err(TxError::NoFreeFrame);
+        };
+        let max = w.frame_capacity(&d);
+        if data.len() > max {
+            w.free.push(d);
+            return Err(TxError::TooLong {
+                len: data.len(),
+                max,
+            });
+        }
+        {
+            // SAFETY: `d` came off the free list: no ring and no burst holds it; it is a
+            // descriptor of this worker's UMEM.
+            let mut buf = unsafe { w.umem.data_mut(&mut d) };
+            let mut cur = buf.cursor();
+            cur.set_pos(0);
+            // Cannot fail: length checked against the frame's capacity above.
+            let _ = cur.write_all(data);
+        }
+        if let Some(i) = w.frame_index(&d) {
+            w.owner[i] = Owner::Held;
+        }
+        w.staged_copies += 1;
+        w.socks[t].tx_stage.push(d);
+        w.tx_touched |= 1 << t;
+        Ok(())
     }
 
     /// Transmits or recycles every frame according to its action, kicks TX, refills.

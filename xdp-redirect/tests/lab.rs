@@ -100,10 +100,15 @@ fn lab_up_forwards_and_xdp_splits_its_traffic() {
         .iter()
         .map(|p| p.parse().unwrap())
         .collect(),
-        host_addrs: ["192.168.100.2", "fd00:100::2", "10.244.1.1", "fd00:244:1::1"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect(),
+        host_addrs: [
+            "192.168.100.2",
+            "fd00:100::2",
+            "10.244.1.1",
+            "fd00:244:1::1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect(),
         nodeports: vec![NodePort {
             addr: "192.168.100.2".parse().unwrap(),
             proto: Proto::Tcp,

@@ -276,6 +276,19 @@ fn steers_owned_destinations_and_passes_the_rest() {
             assert_eq!(&buf[..n], b"host");
         }
         w.check_accounting().expect("frame accounting");
+
+        // A config the maps cannot hold is rejected whole; the previous one stays in force.
+        let kept = loader.steering().clone();
+        let mut too_big = cfg3.clone();
+        too_big.host_addrs = (0..1025u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let err = loader.apply(&too_big).unwrap_err();
+        assert!(
+            err.to_string().starts_with("rejected steering config: "),
+            "{err}"
+        );
+        assert_eq!(loader.steering(), &kept);
     });
 }
 
@@ -507,10 +520,18 @@ fn reflector_round_trip_with_kernel_clients() {
                 for &id in &ids {
                     let mut b = w.rx_burst(id, 64);
                     got += b.len();
-                    for (frame, action) in b.frames_mut() {
-                        if reflect(frame) {
-                            *action = Action::Tx(id);
-                            reflected += 1;
+                    for i in 0..b.len() {
+                        if !reflect(b.frame_mut(i)) {
+                            continue;
+                        }
+                        reflected += 1;
+                        if reflected % 2 == 0 {
+                            // In place: the received frame goes back out.
+                            b.set_action(i, Action::Tx(id));
+                        } else {
+                            // As a new frame; the received one is recycled.
+                            let copy = b.frame(i).to_vec();
+                            b.tx_copy(id, &copy).expect("tx_copy");
                         }
                     }
                     b.finish();
@@ -530,5 +551,51 @@ fn reflector_round_trip_with_kernel_clients() {
         assert!(reflected >= 3 + 3 + 10, "reflected {reflected}");
         w.service();
         w.check_accounting().expect("accounting");
+    });
+}
+
+#[test]
+fn rebinding_right_after_close_succeeds() {
+    require_root();
+    let bed = Bed::new("rb");
+    bed.node.run(|| {
+        let mut loader = Loader::load().expect("load");
+        loader.attach("v0", 2).expect("attach");
+        let bindings = [
+            XskBinding {
+                iface: "v0",
+                queue: 0,
+            },
+            XskBinding {
+                iface: "v0",
+                queue: 1,
+            },
+        ];
+        // The kernel may still be tearing the previous socket down (EBUSY): binding retries.
+        for round in 0..5 {
+            let w = XskWorker::new(&test_config(), &bindings)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            loader.register_worker(&w).expect("register");
+            drop(w);
+        }
+        let dup = XskWorker::new(&test_config(), &[bindings[0], bindings[0]]).unwrap_err();
+        assert_eq!(
+            dup.to_string(),
+            "failed to bind AF_XDP socket to v0 queue 0: listed twice"
+        );
+        let missing = XskWorker::new(
+            &test_config(),
+            &[XskBinding {
+                iface: "nope0",
+                queue: 0,
+            }],
+        )
+        .unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("failed to bind AF_XDP socket to nope0 queue 0: "),
+            "{missing}"
+        );
     });
 }
