@@ -646,8 +646,16 @@ impl XskWorker {
     /// completions and refills this socket's fill ring first. The returned [`Burst`] gives
     /// mutable access to each frame; when it is finished (or dropped) each frame is
     /// transmitted or recycled according to its [`Action`] (default [`Action::Drop`]).
+    /// An id that is not one of this worker's sockets gives an empty burst.
     pub fn rx_burst(&mut self, id: SocketId, max: usize) -> Burst<'_> {
-        let s = usize::from(id.0).min(self.socks.len() - 1);
+        let s = usize::from(id.0);
+        if s >= self.socks.len() {
+            return Burst {
+                w: self,
+                sock: s,
+                finished: false,
+            };
+        }
         self.reap_completions();
         self.refill(s);
         let max = max.min(MAX_BURST);
@@ -900,7 +908,9 @@ impl XskWorker {
                 self.kick_tx(t);
             }
         }
-        self.refill(s);
+        if s < self.socks.len() {
+            self.refill(s);
+        }
     }
 }
 
