@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * nodeplane's XDP program: the one piece of the dataplane that runs in the kernel.
+ *
+ * It decides, per frame, between two outcomes and nothing else:
+ *   - steer:  bpf_redirect_map(&xsks, slot(ifindex, rx_queue), XDP_PASS) to the AF_XDP socket of
+ *             this interface queue, where the userspace pipeline owns the frame;
+ *   - pass:   XDP_PASS to the kernel stack (ARP, ND, BGP, SSH, host traffic, anything unknown).
+ * It never drops and never rewrites: all decisions that can be wrong live in userspace, where
+ * they are tested and replayed. Every exit is counted in `counters` by reason (enum np_counter).
+ *
+ * Decision order (first match wins):
+ *   1. not IPv4/IPv6 (after at most one 802.1Q/802.1ad tag)       -> pass  NOT_IP
+ *   2. headers truncated or malformed                               -> pass  MALFORMED
+ *   3. ICMPv6 router/neighbour discovery, types 133..137            -> pass  ND
+ *      (on every interface: the node's kernel answers pods' and routers' NS/RS; the dataplane
+ *      has no ND responder)
+ *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
+ *   5. (dst, proto, dport) in `nodeports` (NodePort on a node IP)   -> steer NODEPORT
+ *   6. dst in `host_addrs` (node IPs, pod gateway addresses)        -> pass  HOST
+ *   7. ingress interface in `pod_ifaces`: all remaining IP traffic  -> steer POD
+ *   8. dst in `steer_v4` / `steer_v6` (PodCIDRs, service VIPs)      -> steer UPLINK
+ *   9. anything else (traffic for the host: BGP, SSH, ...)          -> pass  NOT_STEERED
+ * A steer whose (interface, queue) has no socket (yet) falls back to the kernel: NO_SOCKET.
+ *
+ * Known limit: a non-first IPv4/IPv6 fragment carries no ports, so it never matches a NodePort
+ * (rule 5) and goes to the kernel if its destination is a node IP.
+ *
+ * Map keys are byte arrays with a fixed layout that the loader (src/maps.rs) encodes; IPv4
+ * addresses in the 16-byte keys are IPv4-mapped IPv6 (::ffff:a.b.c.d).
+ */
+#include "np_bpf.h"
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+/* Keep in sync with `Counter` in src/maps.rs (a unit test compares the two lists). */
+enum np_counter {
+	NP_REDIRECT_POD = 0,
+	NP_REDIRECT_UPLINK = 1,
+	NP_REDIRECT_NODEPORT = 2,
+	NP_PASS_NO_SOCKET = 3,
+	NP_PASS_NOT_IP = 4,
+	NP_PASS_MALFORMED = 5,
+	NP_PASS_ND = 6,
+	NP_PASS_MULTICAST = 7,
+	NP_PASS_HOST = 8,
+	NP_PASS_NOT_STEERED = 9,
+	NP_COUNTER_MAX = 10,
+};
+
+/* Sizes; the loader documents them as limits (src/maps.rs `limits`). */
+#define NP_MAX_XSKS 1024
+#define NP_MAX_IFACES 1024
+#define NP_MAX_PREFIXES 16384
+#define NP_MAX_HOST_ADDRS 1024
+#define NP_MAX_NODEPORTS 8192
+
+struct np_lpm4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct np_lpm6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct np_addr {
+	__u8 addr[16];
+};
+
+struct np_nodeport {
+	__u8 addr[16];
+	__be16 port; /* network order */
+	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP */
+	__u8 pad;    /* always 0 */
+};
+
+struct np_xsk_slot {
+	__u32 base;   /* first index in `xsks` of this interface */
+	__u32 queues; /* number of queues with an index reserved */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, NP_MAX_XSKS);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NP_MAX_IFACES);
+	__type(key, __u32); /* ifindex */
+	__type(value, struct np_xsk_slot);
+} xsk_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NP_MAX_IFACES);
+	__type(key, __u32); /* ifindex */
+	__type(value, __u32); /* 1 */
+} pod_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, NP_MAX_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct np_lpm4);
+	__type(value, __u32);
+} steer_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, NP_MAX_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct np_lpm6);
+	__type(value, __u32);
+} steer_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NP_MAX_HOST_ADDRS);
+	__type(key, struct np_addr);
+	__type(value, __u32);
+} host_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NP_MAX_NODEPORTS);
+	__type(key, struct np_nodeport);
+	__type(value, __u32);
+} nodeports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NP_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* What classification needs from a frame. */
+struct np_pkt {
+	struct np_addr dst; /* IPv4-mapped for IPv4 */
+	__be16 dport;       /* 0 when unknown (non-first fragment, no TCP/UDP/SCTP) */
+	__u8 proto;         /* L4 protocol, 0 when unknown */
+	__u8 is_v6;
+	__u8 is_nd;
+	__u8 is_mcast;      /* multicast, broadcast or link-local destination */
+};
+
+enum parse_result { PARSE_IP, PARSE_NOT_IP, PARSE_MALFORMED };
+
+static __always_inline int count(__u32 reason, int action)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &reason);
+
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+	return action;
+}
+
+static __always_inline int has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+static __always_inline enum parse_result parse_l4(void *l4, void *end, struct np_pkt *pkt)
+{
+	if (pkt->proto == IPPROTO_ICMPV6) {
+		__u8 *type = l4;
+
+		if ((void *)(type + 1) > end)
+			return PARSE_MALFORMED;
+		pkt->is_nd = *type >= 133 && *type <= 137;
+	} else if (has_ports(pkt->proto)) {
+		__be16 *ports = l4; /* source port, destination port */
+
+		if ((void *)(ports + 2) > end)
+			return PARSE_MALFORMED;
+		pkt->dport = ports[1];
+	}
+	return PARSE_IP;
+}
+
+static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct np_pkt *pkt)
+{
+	struct iphdr *ip = l3;
+	__u32 ihl;
+
+	if ((void *)(ip + 1) > end)
+		return PARSE_MALFORMED;
+	ihl = ip->ihl;
+	if (ip->version != 4 || ihl < 5)
+		return PARSE_MALFORMED;
+
+	__u8 *d = (__u8 *)&ip->daddr;
+	pkt->dst.addr[10] = 0xff;
+	pkt->dst.addr[11] = 0xff;
+	pkt->dst.addr[12] = d[0];
+	pkt->dst.addr[13] = d[1];
+	pkt->dst.addr[14] = d[2];
+	pkt->dst.addr[15] = d[3];
+	/* 224.0.0.0/4 multicast, 255.255.255.255 broadcast, 169.254.0.0/16 link-local */
+	pkt->is_mcast = (d[0] & 0xf0) == 0xe0 || ip->daddr == 0xffffffff ||
+			(d[0] == 169 && d[1] == 254);
+
+	/* Only the first fragment (offset 0) carries the L4 header. */
+	if (ip->frag_off & np_htons(0x1fff))
+		return PARSE_IP;
+	pkt->proto = ip->protocol;
+	return parse_l4(l3 + ihl * 4, end, pkt);
+}
+
+#define NP_MAX_EXT_HDRS 4
+
+static __always_inline enum parse_result parse_ipv6(void *l3, void *end, struct np_pkt *pkt)
+{
+	struct ipv6hdr *ip6 = l3;
+
+	if ((void *)(ip6 + 1) > end)
+		return PARSE_MALFORMED;
+	if (ip6->version != 6)
+		return PARSE_MALFORMED;
+	pkt->is_v6 = 1;
+	__builtin_memcpy(pkt->dst.addr, ip6->daddr.s6_addr, 16);
+	/* ff00::/8 multicast, fe80::/10 link-local */
+	pkt->is_mcast = ip6->daddr.s6_addr[0] == 0xff ||
+			(ip6->daddr.s6_addr[0] == 0xfe && (ip6->daddr.s6_addr[1] & 0xc0) == 0x80);
+
+	__u8 next = ip6->nexthdr;
+	void *cur = ip6 + 1;
+
+#pragma unroll
+	for (int i = 0; i < NP_MAX_EXT_HDRS; i++) {
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
+			__u8 *ext = cur; /* next header, length in 8-octet units minus 1 */
+
+			if ((void *)(ext + 2) > end)
+				return PARSE_MALFORMED;
+			next = ext[0];
+			cur += ((__u32)ext[1] + 1) * 8;
+		} else if (next == IPPROTO_FRAGMENT) {
+			__u8 *frag = cur; /* next, reserved, offset+flags (2), id (4) */
+
+			if ((void *)(frag + 8) > end)
+				return PARSE_MALFORMED;
+			next = frag[0];
+			if (*(__be16 *)(frag + 2) & np_htons(0xfff8))
+				return PARSE_IP; /* non-first fragment: no L4 header */
+			cur += 8;
+		} else {
+			break;
+		}
+	}
+	pkt->proto = next;
+	return parse_l4(cur, end, pkt);
+}
+
+static __always_inline int steer(struct xdp_md *ctx, __u32 reason)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 queue = ctx->rx_queue_index;
+	struct np_xsk_slot *slot = bpf_map_lookup_elem(&xsk_slots, &ifindex);
+
+	if (!slot || queue >= slot->queues)
+		return count(NP_PASS_NO_SOCKET, XDP_PASS);
+	/* Falls back to XDP_PASS (lower bits of flags) when the slot holds no socket. */
+	long act = bpf_redirect_map(&xsks, slot->base + queue, XDP_PASS);
+
+	if (act == XDP_REDIRECT)
+		return count(reason, XDP_REDIRECT);
+	return count(NP_PASS_NO_SOCKET, XDP_PASS);
+}
+
+SEC("xdp")
+int np_redirect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct np_pkt pkt = {};
+	enum parse_result res;
+
+	if ((void *)(eth + 1) > end)
+		return count(NP_PASS_MALFORMED, XDP_PASS);
+
+	__be16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+
+	if (proto == np_htons(ETH_P_8021Q) || proto == np_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = l3;
+
+		if ((void *)(vh + 1) > end)
+			return count(NP_PASS_MALFORMED, XDP_PASS);
+		proto = vh->proto;
+		l3 = vh + 1;
+	}
+
+	if (proto == np_htons(ETH_P_IP))
+		res = parse_ipv4(l3, end, &pkt);
+	else if (proto == np_htons(ETH_P_IPV6))
+		res = parse_ipv6(l3, end, &pkt);
+	else
+		res = PARSE_NOT_IP;
+
+	if (res == PARSE_NOT_IP)
+		return count(NP_PASS_NOT_IP, XDP_PASS);
+	if (res == PARSE_MALFORMED)
+		return count(NP_PASS_MALFORMED, XDP_PASS);
+	if (pkt.is_nd)
+		return count(NP_PASS_ND, XDP_PASS);
+	if (pkt.is_mcast)
+		return count(NP_PASS_MULTICAST, XDP_PASS);
+
+	if (pkt.dport) {
+		struct np_nodeport np = { .port = pkt.dport, .proto = pkt.proto };
+
+		__builtin_memcpy(np.addr, pkt.dst.addr, 16);
+		if (bpf_map_lookup_elem(&nodeports, &np))
+			return steer(ctx, NP_REDIRECT_NODEPORT);
+	}
+
+	if (bpf_map_lookup_elem(&host_addrs, &pkt.dst))
+		return count(NP_PASS_HOST, XDP_PASS);
+
+	__u32 ifindex = ctx->ingress_ifindex;
+
+	if (bpf_map_lookup_elem(&pod_ifaces, &ifindex))
+		return steer(ctx, NP_REDIRECT_POD);
+
+	if (pkt.is_v6) {
+		struct np_lpm6 k6 = { .prefixlen = 128 };
+
+		__builtin_memcpy(k6.addr, pkt.dst.addr, 16);
+		if (bpf_map_lookup_elem(&steer_v6, &k6))
+			return steer(ctx, NP_REDIRECT_UPLINK);
+	} else {
+		struct np_lpm4 k4 = { .prefixlen = 32 };
+
+		__builtin_memcpy(k4.addr, &pkt.dst.addr[12], 4);
+		if (bpf_map_lookup_elem(&steer_v4, &k4))
+			return steer(ctx, NP_REDIRECT_UPLINK);
+	}
+	return count(NP_PASS_NOT_STEERED, XDP_PASS);
+}
+
+char _license[] SEC("license") = "GPL";

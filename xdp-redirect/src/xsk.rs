@@ -1,0 +1,1081 @@
+//! AF_XDP sockets for a run-to-completion worker: the only module of the crate with `unsafe`.
+//!
+//! ```text
+//!            XskWorker (one per worker thread; owns one UMEM shared by all its sockets)
+//!   ┌───────────────────────────────────────────────────────────────────────────────────┐
+//!   │ free list ──refill──> fill ring(s) ──kernel──> rx ring(s) ──rx_burst──> Burst     │
+//!   │    ^                                                                     │        │
+//!   │    │ drop / tx ring full                                                 │ Tx(s)  │
+//!   │    ├─────────────────────────────────────────────────────────────────────┤        │
+//!   │    └──reap── completion ring(s) <──kernel (copy, send)── tx ring(s) <────┘        │
+//!   └───────────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Design:
+//! - **One UMEM per worker, shared by all the worker's sockets** (`XDP_SHARED_UMEM`; each
+//!   (interface, queue) gets its own fill and completion ring). A frame received on one
+//!   interface is transmitted on another by handing its descriptor to that socket's TX ring:
+//!   no userspace copy and no second frame. With a UMEM per socket, every forwarded frame
+//!   would cost a memcpy plus a frame from the other UMEM; `examples/l2fwd.rs --copy`
+//!   measures that cost. A worker owns its UMEM exclusively, so nothing here is shared
+//!   between threads and nothing takes a lock.
+//! - **Copy mode, need_wakeup.** veth refuses zero-copy. Fill ring wakeups are *kicks*
+//!   (`poll` with a zero timeout), never sleeps: sleeping in `poll(1 ms)` whenever the fill ring
+//!   asked for a wakeup halved throughput on this machine kind (0.65 vs 1.28 Mpps). TX in copy
+//!   mode only moves on `sendto`, which sends a bounded batch per call, so a kick loops until
+//!   the TX ring is drained or stops moving.
+//! - **Per burst, not per packet:** completions of every socket are reaped and the receiving
+//!   socket's fill ring is refilled once per burst; syscalls happen only for kicks.
+//! - **Bind retries:** rebinding a queue right after the previous socket on it closed can fail
+//!   with `EBUSY` while the kernel finishes tearing the old one down; binding retries briefly.
+//!
+//! Frame accounting (the invariant, checked by [`XskWorker::check_accounting`]): every UMEM
+//! frame is in exactly one place, and
+//! `free + in_fill + in_rx + held + in_tx + in_completion == total`, where `in_fill` (given to
+//! the kernel for receiving; includes frames the kernel holds internally) and `in_rx` (in an RX
+//! ring, not consumed yet) together are what a socket lent the kernel for RX, and `in_tx` and
+//! `in_completion` what it lent for TX. Besides the counters, each frame's owner is recorded
+//! (`owner[frame]`), so a frame coming back from a ring it was never given to is detected and
+//! counted (`accounting_errors`), not silently double-used.
+//!
+//! Names (interfaces) are resolved in the calling thread's network namespace.
+#![expect(
+    unsafe_code,
+    reason = "AF_XDP rings and UMEM frames are shared memory with the kernel"
+)]
+
+use std::{
+    error::Error as _,
+    fmt, io,
+    io::Write as _,
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+    thread,
+    time::Duration,
+};
+
+use log::debug;
+use xsk_rs::{
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    socket::XdpStatistics,
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+};
+
+/// Most frames one [`XskWorker::rx_burst`] returns.
+pub const MAX_BURST: usize = 64;
+
+/// Frames one socket can have staged for TX in a burst (forwarded plus copies).
+const TX_STAGE: usize = 2 * MAX_BURST;
+
+/// Most sockets one worker owns.
+pub const MAX_SOCKETS: usize = 64;
+
+/// Sizes and retry policy of a worker's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XskConfig {
+    /// UMEM frame size: 2048 or 4096 (power of two). One frame holds one packet; the kernel
+    /// drops received frames longer than `frame_size - 256` (XDP headroom).
+    pub frame_size: u32,
+    /// Size of every ring (rx, tx, fill, completion); a power of two.
+    pub ring_size: u32,
+    /// UMEM frames per socket; the UMEM holds `sockets * frames_per_socket` frames. At least
+    /// `ring_size` (to fill the fill ring); `2 * ring_size` leaves as many for frames in
+    /// flight on TX rings.
+    pub frames_per_socket: u32,
+    /// Attempts after the first when binding fails with `EBUSY`.
+    pub bind_retries: u32,
+    /// Delay between bind attempts.
+    pub bind_retry_delay: Duration,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_size: 2048,
+            ring_size: 1024,
+            frames_per_socket: 2048,
+            bind_retries: 50,
+            bind_retry_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// One (interface, queue) a worker binds a socket to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XskBinding<'a> {
+    /// Interface name (resolved in the calling thread's network namespace).
+    pub iface: &'a str,
+    /// Queue id.
+    pub queue: u32,
+}
+
+/// Index of a socket within its worker (the order of the bindings given to [`XskWorker::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub u8);
+
+/// What to do with a received frame when its burst completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Give the frame back for receiving (the default).
+    #[default]
+    Drop,
+    /// Transmit the frame (with its current bytes and length) on this socket of the worker.
+    Tx(SocketId),
+}
+
+/// Setting up a worker's sockets failed.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// Sizes out of range.
+    #[error("invalid AF_XDP config: {0}")]
+    Config(String),
+    /// Creating the UMEM failed (often: memlock limit, see CAP_IPC_LOCK).
+    #[error("failed to create a UMEM of {frames} frames of {frame_size} bytes: {source}")]
+    Umem {
+        /// Frames requested.
+        frames: u32,
+        /// Frame size.
+        frame_size: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding an AF_XDP socket failed.
+    #[error("failed to bind AF_XDP socket to {iface} queue {queue}: {source}")]
+    Bind {
+        /// Interface name.
+        iface: String,
+        /// Queue id.
+        queue: u32,
+        /// Cause (errno from the kernel where there is one).
+        #[source]
+        source: io::Error,
+    },
+    /// The same (interface, queue) twice in one worker.
+    #[error("failed to bind AF_XDP socket to {iface} queue {queue}: listed twice")]
+    Duplicate {
+        /// Interface name.
+        iface: String,
+        /// Queue id.
+        queue: u32,
+    },
+}
+
+/// Sending a new frame with [`XskWorker::tx_copy`] failed; nothing was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    /// Every frame is in use.
+    #[error("no free UMEM frame")]
+    NoFreeFrame,
+    /// The socket's TX ring is full.
+    #[error("TX ring full")]
+    RingFull,
+    /// Longer than a frame holds.
+    #[error("frame of {len} bytes exceeds the {max} bytes a UMEM frame holds")]
+    TooLong {
+        /// Bytes given.
+        len: usize,
+        /// Capacity.
+        max: usize,
+    },
+    /// Not a socket of this worker.
+    #[error("no socket {0} in this worker")]
+    NoSuchSocket(u8),
+}
+
+/// Per-socket counters (userspace side; see [`XskWorker::kernel_stats`] for the kernel's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames queued on this socket's TX ring.
+    pub tx: u64,
+    /// Frames completed (sent) by the kernel.
+    pub tx_completed: u64,
+    /// Frames meant for this socket's TX ring but dropped because it was full.
+    pub tx_ring_full: u64,
+    /// Received frames dropped by their [`Action`] (or for an invalid target socket or a
+    /// target whose per-burst TX stage is full).
+    pub dropped: u64,
+    /// Refills that found no free frame while the fill ring had room.
+    pub fill_starved: u64,
+    /// `sendto` kicks (TX).
+    pub tx_kicks: u64,
+    /// Zero-timeout `poll` kicks (fill ring wakeup).
+    pub fill_kicks: u64,
+}
+
+/// Where the worker's frames are (see the module docs for the invariant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameAccounting {
+    /// Frames in the UMEM.
+    pub total: u32,
+    /// On the worker's free list.
+    pub free: u32,
+    /// Lent to the kernel through fill rings, not in an RX ring (yet).
+    pub in_fill: u32,
+    /// In RX rings, not consumed yet.
+    pub in_rx: u32,
+    /// In the current burst.
+    pub held: u32,
+    /// On TX rings or being sent.
+    pub in_tx: u32,
+    /// In completion rings, not reaped yet.
+    pub in_completion: u32,
+}
+
+impl FrameAccounting {
+    /// Sum of all places.
+    pub fn sum(&self) -> u64 {
+        [
+            self.free,
+            self.in_fill,
+            self.in_rx,
+            self.held,
+            self.in_tx,
+            self.in_completion,
+        ]
+        .iter()
+        .map(|&v| u64::from(v))
+        .sum()
+    }
+}
+
+/// The frame accounting does not add up: a bug (or a kernel returning foreign frames).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("AF_XDP frame accounting broken: {detail} ({acct:?})")]
+pub struct AccountingError {
+    /// What disagreed.
+    pub detail: String,
+    /// The counters at the time.
+    pub acct: FrameAccounting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Free,
+    Held,
+    Fill(u8),
+    Tx(u8),
+}
+
+struct Sock {
+    iface: String,
+    queue: u32,
+    rx: RxQueue,
+    tx: TxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+    /// Lent for RX (fill ring + kernel + rx ring).
+    lent_rx: u32,
+    /// Lent for TX (tx ring + kernel + completion ring).
+    lent_tx: u32,
+    /// Frames a burst routes to this socket; capacity MAX_BURST, never grows.
+    tx_stage: Vec<FrameDesc>,
+    stats: SocketStats,
+}
+
+impl fmt::Debug for Sock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sock")
+            .field("iface", &self.iface)
+            .field("queue", &self.queue)
+            .field("lent_rx", &self.lent_rx)
+            .field("lent_tx", &self.lent_tx)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker's AF_XDP sockets over one shared UMEM. See the module docs.
+pub struct XskWorker {
+    // Sockets before the UMEM: they are dropped (closed) first.
+    socks: Vec<Sock>,
+    umem: Umem,
+    /// Start of the UMEM region, to view frames without a borrow of their descriptor.
+    base: *mut u8,
+    region_len: usize,
+    frame_shift: u32,
+    total: u32,
+    ring_size: u32,
+    free: Vec<FrameDesc>,
+    owner: Vec<Owner>,
+    /// Current burst: descriptors and actions (only the first `held` are live).
+    burst: Vec<FrameDesc>,
+    actions: [Action; MAX_BURST],
+    held: usize,
+    /// New frames staged for TX during the current burst ([`Burst::tx_copy`]).
+    staged_copies: u32,
+    /// Sockets with frames in their `tx_stage`, as a bit mask.
+    tx_touched: u64,
+    /// Scratch for completion reaping.
+    scratch: Vec<FrameDesc>,
+    pollfds: Vec<libc::pollfd>,
+    accounting_errors: u64,
+}
+
+impl fmt::Debug for XskWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskWorker")
+            .field("socks", &self.socks)
+            .field("total", &self.total)
+            .field("free", &self.free.len())
+            .field("accounting_errors", &self.accounting_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: `base` points into the UMEM mapping that `umem` keeps alive; the worker is the only
+// user of its UMEM and rings, so moving it to another thread (before its loop starts) moves
+// all access with it. xsk-rs' queues and Umem are Send.
+unsafe impl Send for XskWorker {}
+
+fn errno_of(e: &xsk_rs::socket::SocketCreateError) -> io::Error {
+    match e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
+        Some(io) => io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)),
+        None => io::Error::other(e.to_string()),
+    }
+}
+
+fn queue_size(v: u32, what: &str) -> Result<QueueSize, XskError> {
+    QueueSize::new(v).map_err(|e| XskError::Config(format!("{what}: {e}")))
+}
+
+impl XskWorker {
+    /// Creates the worker's UMEM and binds one socket per binding (copy mode, need_wakeup, no
+    /// XDP program loaded: the [`crate::Loader`] owns the XDP side and the sockets must be
+    /// registered with it). Every fill ring starts full.
+    pub fn new(config: &XskConfig, bindings: &[XskBinding<'_>]) -> Result<Self, XskError> {
+        if bindings.is_empty() || bindings.len() > MAX_SOCKETS {
+            return Err(XskError::Config(format!(
+                "a worker needs 1..={MAX_SOCKETS} sockets, got {}",
+                bindings.len()
+            )));
+        }
+        for (i, b) in bindings.iter().enumerate() {
+            if bindings[..i].contains(b) {
+                return Err(XskError::Duplicate {
+                    iface: b.iface.to_owned(),
+                    queue: b.queue,
+                });
+            }
+        }
+        if !config.frame_size.is_power_of_two() || !(2048..=4096).contains(&config.frame_size) {
+            return Err(XskError::Config(format!(
+                "frame size {} is not 2048 or 4096",
+                config.frame_size
+            )));
+        }
+        let ring = queue_size(config.ring_size, "ring size")?;
+        if config.frames_per_socket < config.ring_size {
+            return Err(XskError::Config(format!(
+                "{} frames per socket cannot fill a ring of {}",
+                config.frames_per_socket, config.ring_size
+            )));
+        }
+        let total = config
+            .frames_per_socket
+            .checked_mul(bindings.len() as u32)
+            .filter(|t| u64::from(*t) * u64::from(config.frame_size) <= 1 << 34)
+            .ok_or_else(|| XskError::Config("UMEM larger than 16 GiB".into()))?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(
+                FrameSize::new(config.frame_size)
+                    .map_err(|e| XskError::Config(format!("frame size: {e}")))?,
+            )
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .frame_headroom(0)
+            .build()
+            .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
+        let frames = NonZeroU32::new(total).expect("checked non-zero above");
+        let (umem, mut descs) =
+            Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
+                frames: total,
+                frame_size: config.frame_size,
+                source: e
+                    .source()
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)))
+                    .unwrap_or_else(|| io::Error::other(e.to_string())),
+            })?;
+        let frame_shift = config.frame_size.trailing_zeros();
+        // The UMEM's start: the data pointer of frame 0 minus its offset. A zero-length view
+        // is taken, so nothing is read.
+        let first = descs[0];
+        // SAFETY: `first` is a descriptor of this UMEM, and no frame has been lent to the
+        // kernel yet; the view has length 0.
+        let p0 = unsafe { umem.data(&first) }.contents().as_ptr();
+        let base = p0.wrapping_sub(first.addr()).cast_mut();
+        let region_len = total as usize * config.frame_size as usize;
+
+        let sock_config = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let mut socks = Vec::with_capacity(bindings.len());
+        for b in bindings {
+            socks.push(Self::bind(config, sock_config, &umem, b)?);
+        }
+        let pollfds = socks
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+
+        // Free list in reverse so frame 0 is handed out first (easier to read in dumps).
+        descs.reverse();
+        let mut free = Vec::with_capacity(total as usize);
+        free.extend(descs);
+        let mut w = XskWorker {
+            socks,
+            umem,
+            base,
+            region_len,
+            frame_shift,
+            total,
+            ring_size: config.ring_size,
+            free,
+            owner: vec![Owner::Free; total as usize],
+            burst: vec![FrameDesc::default(); MAX_BURST],
+            actions: [Action::Drop; MAX_BURST],
+            held: 0,
+            staged_copies: 0,
+            tx_touched: 0,
+            scratch: vec![FrameDesc::default(); MAX_BURST],
+            pollfds,
+            accounting_errors: 0,
+        };
+        for s in 0..w.socks.len() {
+            w.refill(s);
+        }
+        Ok(w)
+    }
+
+    fn bind(
+        config: &XskConfig,
+        sock_config: SocketConfig,
+        umem: &Umem,
+        b: &XskBinding<'_>,
+    ) -> Result<Sock, XskError> {
+        let iface: Interface = b.iface.parse().map_err(|_| XskError::Bind {
+            iface: b.iface.to_owned(),
+            queue: b.queue,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"),
+        })?;
+        let mut attempt = 0;
+        loop {
+            // SAFETY: INHIBIT_PROG_LOAD is set (libxdp loads and detaches no program), and
+            // `new` rejected duplicate (interface, queue) pairs for this UMEM.
+            match unsafe { Socket::new(sock_config, umem, &iface, b.queue) } {
+                Ok((tx, rx, Some((fq, cq)))) => {
+                    return Ok(Sock {
+                        iface: b.iface.to_owned(),
+                        queue: b.queue,
+                        rx,
+                        tx,
+                        fq,
+                        cq,
+                        lent_rx: 0,
+                        lent_tx: 0,
+                        tx_stage: Vec::with_capacity(TX_STAGE),
+                        stats: SocketStats::default(),
+                    })
+                }
+                Ok((_, _, None)) => {
+                    return Err(XskError::Duplicate {
+                        iface: b.iface.to_owned(),
+                        queue: b.queue,
+                    })
+                }
+                Err(e) => {
+                    let errno = errno_of(&e);
+                    if errno.raw_os_error() == Some(libc::EBUSY) && attempt < config.bind_retries {
+                        attempt += 1;
+                        debug!(
+                            "AF_XDP bind to {} queue {} busy, retry {attempt}",
+                            b.iface, b.queue
+                        );
+                        thread::sleep(config.bind_retry_delay);
+                        continue;
+                    }
+                    return Err(XskError::Bind {
+                        iface: b.iface.to_owned(),
+                        queue: b.queue,
+                        source: errno,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ids of the worker's sockets, in binding order.
+    pub fn socket_ids(&self) -> impl Iterator<Item = SocketId> {
+        (0..self.socks.len() as u8).map(SocketId)
+    }
+
+    /// The (interface, queue) a socket is bound to.
+    pub fn binding(&self, id: SocketId) -> (&str, u32) {
+        let s = &self.socks[usize::from(id.0)];
+        (&s.iface, s.queue)
+    }
+
+    /// The socket's file descriptor (for [`crate::Loader::register_xsk`]).
+    pub fn raw_fd(&self, id: SocketId) -> RawFd {
+        self.socks[usize::from(id.0)].rx.fd().as_raw_fd()
+    }
+
+    /// Userspace counters of a socket.
+    pub fn stats(&self, id: SocketId) -> SocketStats {
+        self.socks[usize::from(id.0)].stats
+    }
+
+    /// The kernel's counters of a socket (`XDP_STATISTICS`: rx dropped, rx ring full, fill
+    /// ring empty, invalid descriptors).
+    pub fn kernel_stats(&self, id: SocketId) -> io::Result<XdpStatistics> {
+        self.socks[usize::from(id.0)].rx.fd().xdp_statistics()
+    }
+
+    /// Frames seen coming back from a ring they were not lent to (must stay 0).
+    pub fn accounting_errors(&self) -> u64 {
+        self.accounting_errors
+    }
+
+    #[inline]
+    fn frame_index(&self, desc: &FrameDesc) -> Option<usize> {
+        let i = desc.addr() >> self.frame_shift;
+        (i < self.total as usize).then_some(i)
+    }
+
+    /// Moves a frame to `to` if it is currently `from`; counts an error otherwise.
+    #[inline]
+    fn transition(&mut self, desc: &FrameDesc, from: Owner, to: Owner) -> bool {
+        match self.frame_index(desc) {
+            Some(i) if self.owner[i] == from => {
+                self.owner[i] = to;
+                true
+            }
+            _ => {
+                self.accounting_errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Reaps the completion rings of every socket with frames lent for TX.
+    fn reap_completions(&mut self) {
+        for s in 0..self.socks.len() {
+            while self.socks[s].lent_tx > 0 {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                // SAFETY: descriptors written by the completion ring are of this worker's UMEM
+                // (the only UMEM its sockets use); `scratch` is ours.
+                let n = unsafe { self.socks[s].cq.consume(&mut scratch) };
+                for d in &scratch[..n] {
+                    if self.transition(d, Owner::Tx(s as u8), Owner::Free) {
+                        self.socks[s].lent_tx -= 1;
+                        self.free.push(*d);
+                    }
+                }
+                self.socks[s].stats.tx_completed += n as u64;
+                self.scratch = scratch;
+                if n < MAX_BURST {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Tops up a socket's fill ring from the free list, then kicks if the kernel asks.
+    fn refill(&mut self, s: usize) {
+        let room = self.socks[s].fq.nb_free(self.ring_size) as usize;
+        if room > 0 && self.free.is_empty() {
+            self.socks[s].stats.fill_starved += 1;
+        }
+        let n = room.min(self.free.len());
+        if n > 0 {
+            let from = self.free.len() - n;
+            // SAFETY: the frames come from the free list, so neither the kernel (fill, rx, tx,
+            // completion) nor a live burst holds them; they are of this worker's UMEM. `n` is
+            // at most the ring's free room, so the produce is all or nothing.
+            let got = unsafe { self.socks[s].fq.produce(&self.free[from..]) };
+            self.socks[s].lent_rx += got as u32;
+            for k in from..from + got {
+                let d = self.free[k];
+                if let Some(i) = self.frame_index(&d) {
+                    self.owner[i] = Owner::Fill(s as u8);
+                }
+            }
+            self.free.drain(from..from + got);
+        }
+        let sock = &mut self.socks[s];
+        if sock.fq.needs_wakeup() {
+            sock.stats.fill_kicks += 1;
+            // Zero timeout: a kick, never a sleep (see module docs). Errors (EINTR) are
+            // harmless: the next burst kicks again.
+            let _ = sock.fq.wakeup(sock.rx.fd_mut(), 0);
+        }
+    }
+
+    /// Kicks TX until the ring is drained or stops moving (copy mode sends a bounded batch
+    /// per `sendto`).
+    fn kick_tx(&mut self, s: usize) {
+        let sock = &mut self.socks[s];
+        let mut last = u32::MAX;
+        for _ in 0..16 {
+            if !sock.tx.needs_wakeup() {
+                break;
+            }
+            let free = sock.tx.nb_free_exact();
+            if free == self.ring_size || free == last {
+                break;
+            }
+            last = free;
+            sock.stats.tx_kicks += 1;
+            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are ignored by xsk-rs: the frames stay queued
+            // and the next burst kicks again.
+            let _ = sock.tx.wakeup();
+        }
+    }
+
+    /// Receives up to `max` (≤ [`MAX_BURST`]) frames from one socket. Reaps every socket's
+    /// completions and refills this socket's fill ring first. The returned [`Burst`] gives
+    /// mutable access to each frame; when it is finished (or dropped) each frame is
+    /// transmitted or recycled according to its [`Action`] (default [`Action::Drop`]).
+    /// An id that is not one of this worker's sockets gives an empty burst.
+    pub fn rx_burst(&mut self, id: SocketId, max: usize) -> Burst<'_> {
+        let s = usize::from(id.0);
+        if s >= self.socks.len() {
+            return Burst {
+                w: self,
+                sock: s,
+                finished: false,
+            };
+        }
+        self.reap_completions();
+        self.refill(s);
+        let max = max.min(MAX_BURST);
+        let mut burst = std::mem::take(&mut self.burst);
+        // SAFETY: the RX ring hands back frames of this worker's UMEM that were lent through
+        // this socket's fill ring; `burst` is ours.
+        let n = unsafe { self.socks[s].rx.consume(&mut burst[..max]) };
+        let mut kept = 0;
+        for k in 0..n {
+            let d = burst[k];
+            let len_ok = d.addr() + d.lengths().data() <= self.region_len;
+            if len_ok && self.transition(&d, Owner::Fill(s as u8), Owner::Held) {
+                self.socks[s].lent_rx -= 1;
+                burst[kept] = d;
+                self.actions[kept] = Action::Drop;
+                kept += 1;
+            } else if len_ok {
+                // Counted in `transition`: not ours to touch, left where the owner says.
+            } else {
+                self.accounting_errors += 1;
+            }
+        }
+        self.burst = burst;
+        self.held = kept;
+        self.socks[s].stats.rx += kept as u64;
+        Burst {
+            w: self,
+            sock: s,
+            finished: false,
+        }
+    }
+
+    /// Transmits a copy of `data` in a new frame on socket `id` (for frames the worker
+    /// originates: ICMP errors, replies). Kicks TX.
+    pub fn tx_copy(&mut self, id: SocketId, data: &[u8]) -> Result<(), TxError> {
+        let s = usize::from(id.0);
+        if s >= self.socks.len() {
+            return Err(TxError::NoSuchSocket(id.0));
+        }
+        self.reap_completions();
+        let Some(mut d) = self.free.pop() else {
+            return Err(TxError::NoFreeFrame);
+        };
+        let max = self.frame_capacity(&d);
+        if data.len() > max {
+            self.free.push(d);
+            return Err(TxError::TooLong {
+                len: data.len(),
+                max,
+            });
+        }
+        {
+            // SAFETY: `d` came off the free list: no ring and no burst holds it; it is a
+            // descriptor of this worker's UMEM.
+            let mut buf = unsafe { self.umem.data_mut(&mut d) };
+            let mut cur = buf.cursor();
+            cur.set_pos(0);
+            // Cannot fail: length checked against the frame's capacity above.
+            let _ = cur.write_all(data);
+        }
+        // SAFETY: as above; after a successful produce the kernel owns `d` until it shows up
+        // on this socket's completion ring.
+        let n = unsafe { self.socks[s].tx.produce_one(&d) };
+        if n == 0 {
+            self.socks[s].stats.tx_ring_full += 1;
+            self.free.push(d);
+            return Err(TxError::RingFull);
+        }
+        if let Some(i) = self.frame_index(&d) {
+            self.owner[i] = Owner::Tx(s as u8);
+        }
+        self.socks[s].lent_tx += 1;
+        self.socks[s].stats.tx += 1;
+        self.kick_tx(s);
+        Ok(())
+    }
+
+    /// Bytes a frame can hold from its descriptor's start to the end of its chunk.
+    fn frame_capacity(&self, d: &FrameDesc) -> usize {
+        let size = 1usize << self.frame_shift;
+        size - (d.addr() & (size - 1))
+    }
+
+    /// Reaps completions, tops up every fill ring and kicks pending TX (call when idle).
+    pub fn service(&mut self) {
+        self.reap_completions();
+        for s in 0..self.socks.len() {
+            self.refill(s);
+            self.kick_tx(s);
+        }
+    }
+
+    /// Waits up to `timeout_ms` for any socket to have frames to receive (for an idle
+    /// worker; a busy one never calls this). Returns whether one has.
+    pub fn wait_rx(&mut self, timeout_ms: i32) -> io::Result<bool> {
+        for p in &mut self.pollfds {
+            p.revents = 0;
+        }
+        // SAFETY: `pollfds` is a valid array of `len` pollfd structs for the call's duration;
+        // its fds are the worker's open sockets.
+        let r = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(r > 0)
+    }
+
+    /// Where the frames are now (rings are read; outside a burst `held` is 0).
+    pub fn accounting(&mut self) -> FrameAccounting {
+        let mut a = FrameAccounting {
+            total: self.total,
+            free: self.free.len() as u32,
+            held: self.held as u32 + self.staged_copies,
+            ..FrameAccounting::default()
+        };
+        for s in &mut self.socks {
+            // Read the ring after our own counter: a frame the kernel moves from fill to rx
+            // in between is still within `lent_rx`.
+            let rx = s.rx.nb_avail_exact().min(s.lent_rx);
+            let comp = s.cq.nb_avail_exact().min(s.lent_tx);
+            a.in_rx += rx;
+            a.in_fill += s.lent_rx - rx;
+            a.in_completion += comp;
+            a.in_tx += s.lent_tx - comp;
+        }
+        a
+    }
+
+    /// Checks the frame invariant: counters add up to the total, each frame's recorded owner
+    /// agrees with the counters, the free list holds no frame twice, and no frame ever came
+    /// back from a ring it was not lent to.
+    pub fn check_accounting(&mut self) -> Result<FrameAccounting, AccountingError> {
+        let acct = self.accounting();
+        let fail = |detail: String| AccountingError { detail, acct };
+        if acct.sum() != u64::from(acct.total) {
+            return Err(fail(format!(
+                "places sum to {}, not {}",
+                acct.sum(),
+                acct.total
+            )));
+        }
+        if self.accounting_errors != 0 {
+            return Err(fail(format!(
+                "{} frames came back from a ring they were not lent to",
+                self.accounting_errors
+            )));
+        }
+        if self.held != 0 || self.staged_copies != 0 {
+            return Err(fail("frames held outside a burst".into()));
+        }
+        let (mut free, mut held) = (0u32, 0u32);
+        let mut fill = vec![0u32; self.socks.len()];
+        let mut tx = vec![0u32; self.socks.len()];
+        for o in &self.owner {
+            match *o {
+                Owner::Free => free += 1,
+                Owner::Held => held += 1,
+                Owner::Fill(s) => fill[usize::from(s)] += 1,
+                Owner::Tx(s) => tx[usize::from(s)] += 1,
+            }
+        }
+        if free != acct.free || held != acct.held {
+            return Err(fail(format!(
+                "owners say {free} free and {held} held, counters {} and {}",
+                acct.free, acct.held
+            )));
+        }
+        for (s, sock) in self.socks.iter().enumerate() {
+            if fill[s] != sock.lent_rx || tx[s] != sock.lent_tx {
+                return Err(fail(format!(
+                    "socket {s}: owners say {} rx / {} tx lent, counters {} / {}",
+                    fill[s], tx[s], sock.lent_rx, sock.lent_tx
+                )));
+            }
+        }
+        let mut seen = vec![false; self.total as usize];
+        for d in &self.free {
+            match self.frame_index(d) {
+                Some(i) if !seen[i] && self.owner[i] == Owner::Free => seen[i] = true,
+                _ => return Err(fail(format!("free list entry {:#x} is bad", d.addr()))),
+            }
+        }
+        Ok(acct)
+    }
+
+    fn finish_burst(&mut self, s: usize) {
+        let n = self.held;
+        let mut touched = self.tx_touched;
+        for k in 0..n {
+            let d = self.burst[k];
+            match self.actions[k] {
+                Action::Tx(SocketId(t))
+                    if usize::from(t) < self.socks.len()
+                        && self.socks[usize::from(t)].tx_stage.len() < TX_STAGE =>
+                {
+                    self.socks[usize::from(t)].tx_stage.push(d);
+                    touched |= 1 << t;
+                }
+                _ => {
+                    self.socks[s].stats.dropped += 1;
+                    if let Some(i) = self.frame_index(&d) {
+                        self.owner[i] = Owner::Free;
+                    }
+                    self.free.push(d);
+                }
+            }
+        }
+        self.held = 0;
+        self.staged_copies = 0;
+        self.tx_touched = 0;
+        while touched != 0 {
+            let t = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            let stage = std::mem::take(&mut self.socks[t].tx_stage);
+            // Produce is all or nothing, so ask for no more than the ring's free room.
+            let room = self.socks[t].tx.nb_free(stage.len() as u32) as usize;
+            // SAFETY: the staged frames were received by this worker (held in the burst,
+            // now released by it) and belong to its UMEM; each is given to one ring only.
+            let sent = unsafe { self.socks[t].tx.produce(&stage[..room.min(stage.len())]) };
+            for d in &stage[..sent] {
+                if let Some(i) = self.frame_index(d) {
+                    self.owner[i] = Owner::Tx(t as u8);
+                }
+            }
+            for d in &stage[sent..] {
+                if let Some(i) = self.frame_index(d) {
+                    self.owner[i] = Owner::Free;
+                }
+                self.free.push(*d);
+            }
+            let sock = &mut self.socks[t];
+            sock.lent_tx += sent as u32;
+            sock.stats.tx += sent as u64;
+            sock.stats.tx_ring_full += (stage.len() - sent) as u64;
+            let mut stage = stage;
+            stage.clear();
+            self.socks[t].tx_stage = stage;
+            if sent > 0 {
+                self.kick_tx(t);
+            }
+        }
+        if s < self.socks.len() {
+            self.refill(s);
+        }
+    }
+}
+
+/// Frames received by one [`XskWorker::rx_burst`]. Each frame's bytes can be read and
+/// rewritten in place; its [`Action`] decides what happens when the burst is finished
+/// (explicitly with [`Burst::finish`], or on drop).
+pub struct Burst<'w> {
+    w: &'w mut XskWorker,
+    sock: usize,
+    finished: bool,
+}
+
+impl fmt::Debug for Burst<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Burst")
+            .field("sock", &self.sock)
+            .field("len", &self.w.held)
+            .finish()
+    }
+}
+
+impl<'w> Burst<'w> {
+    /// Frames in the burst.
+    pub fn len(&self) -> usize {
+        self.w.held
+    }
+
+    /// No frames were received.
+    pub fn is_empty(&self) -> bool {
+        self.w.held == 0
+    }
+
+    /// The socket the frames came from.
+    pub fn rx_socket(&self) -> SocketId {
+        SocketId(self.sock as u8)
+    }
+
+    #[inline]
+    fn view(&self, i: usize) -> (*mut u8, usize) {
+        let d = &self.w.burst[i];
+        // In bounds: `rx_burst` kept only frames with addr + len inside the region.
+        (self.w.base.wrapping_add(d.addr()), d.lengths().data())
+    }
+
+    /// The bytes of frame `i`. Panics if `i >= len()`.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        assert!(i < self.w.held, "frame {i} of a burst of {}", self.w.held);
+        let (p, len) = self.view(i);
+        // SAFETY: frame `i` is held by this burst (no ring holds it, the kernel does not
+        // write it), lies inside the UMEM mapping, and `&self` excludes a mutable view.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// The bytes of frame `i`, writable in place. Panics if `i >= len()`.
+    pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
+        assert!(i < self.w.held, "frame {i} of a burst of {}", self.w.held);
+        let (p, len) = self.view(i);
+        // SAFETY: as in `frame`; `&mut self` makes this the only view of the frame.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    /// Every frame with its action, for a pass over the whole burst.
+    pub fn frames_mut(&mut self) -> impl Iterator<Item = (&mut [u8], &mut Action)> + '_ {
+        let n = self.w.held;
+        let base = self.w.base;
+        let (burst, actions) = (&self.w.burst, &mut self.w.actions);
+        burst[..n]
+            .iter()
+            .zip(actions[..n].iter_mut())
+            .map(move |(d, a)| {
+                // SAFETY: the frames of a burst are distinct UMEM chunks held by it (see
+                // `frame`), so the views are disjoint; they live as long as `&mut self`.
+                let f = unsafe {
+                    std::slice::from_raw_parts_mut(base.wrapping_add(d.addr()), d.lengths().data())
+                };
+                (f, a)
+            })
+    }
+
+    /// Sets the action of frame `i` (ignored if `i >= len()`).
+    pub fn set_action(&mut self, i: usize, action: Action) {
+        if i < self.w.held {
+            self.w.actions[i] = action;
+        }
+    }
+
+    /// The actions of all frames (VPP's `next[]`), to fill in one pass.
+    pub fn actions_mut(&mut self) -> &mut [Action] {
+        &mut self.w.actions[..self.w.held]
+    }
+
+    /// Bytes frame `i` can grow to (from its start to the end of its UMEM chunk).
+    pub fn capacity(&self, i: usize) -> usize {
+        if i >= self.w.held {
+            return 0;
+        }
+        self.w.frame_capacity(&self.w.burst[i])
+    }
+
+    /// Changes the length of frame `i` (new bytes are whatever the chunk held). Returns
+    /// `false`, changing nothing, if `len` exceeds [`Burst::capacity`].
+    pub fn set_len(&mut self, i: usize, len: usize) -> bool {
+        if len > self.capacity(i) {
+            return false;
+        }
+        let d = &mut self.w.burst[i];
+        // SAFETY: frame `i` is held by this burst (see `frame`); only its length is written.
+        let mut data = unsafe { self.w.umem.data_mut(d) };
+        data.cursor().set_pos(len);
+        true
+    }
+
+    /// Queues a copy of `data` in a new frame for TX on socket `id` when the burst finishes
+    /// (with the burst's forwarded frames: one kick per socket). For frames the pipeline
+    /// originates mid-burst (ICMP errors, replies).
+    pub fn tx_copy(&mut self, id: SocketId, data: &[u8]) -> Result<(), TxError> {
+        let w = &mut *self.w;
+        let t = usize::from(id.0);
+        if t >= w.socks.len() {
+            return Err(TxError::NoSuchSocket(id.0));
+        }
+        if w.socks[t].tx_stage.len() >= TX_STAGE {
+            w.socks[t].stats.tx_ring_full += 1;
+            return Err(TxError::RingFull);
+        }
+        let Some(mut d) = w.free.pop() else {
+            return Err(TxError::NoFreeFrame);
+        };
+        let max = w.frame_capacity(&d);
+        if data.len() > max {
+            w.free.push(d);
+            return Err(TxError::TooLong {
+                len: data.len(),
+                max,
+            });
+        }
+        {
+            // SAFETY: `d` came off the free list: no ring and no burst holds it; it is a
+            // descriptor of this worker's UMEM.
+            let mut buf = unsafe { w.umem.data_mut(&mut d) };
+            let mut cur = buf.cursor();
+            cur.set_pos(0);
+            // Cannot fail: length checked against the frame's capacity above.
+            let _ = cur.write_all(data);
+        }
+        if let Some(i) = w.frame_index(&d) {
+            w.owner[i] = Owner::Held;
+        }
+        w.staged_copies += 1;
+        w.socks[t].tx_stage.push(d);
+        w.tx_touched |= 1 << t;
+        Ok(())
+    }
+
+    /// Transmits or recycles every frame according to its action, kicks TX, refills.
+    pub fn finish(mut self) {
+        self.finished = true;
+        self.w.finish_burst(self.sock);
+    }
+}
+
+impl Drop for Burst<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.w.finish_burst(self.sock);
+        }
+    }
+}
