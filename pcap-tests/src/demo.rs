@@ -29,7 +29,10 @@ const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const OUTSIDE: [u8; 4] = [198, 51, 100, 7];
 
 /// One input interface's frames.
-pub type Capture = Vec<(String, Vec<(Duration, Vec<u8>)>)>;
+pub type Capture = Vec<(String, Frames)>;
+
+/// Timestamped frames of one interface.
+pub type Frames = Vec<(Duration, Vec<u8>)>;
 
 #[derive(Clone, Copy)]
 enum L4 {
@@ -114,7 +117,7 @@ struct Builder {
     pipeline: Pipeline,
     tables: Arc<Tables>,
     t: u64,
-    out: Vec<(String, Vec<(Duration, Vec<u8>)>)>,
+    out: Capture,
 }
 
 impl Builder {
