@@ -142,17 +142,19 @@ fn parse_ipv4(
         }
         l3 + total
     };
+    // One bounds check for the fixed header; the fields below index a fixed-size array.
+    let h: &[u8; 20] = b[l3..l3 + 20].try_into().map_err(|_| E)?;
     m.v6 = false;
     m.l3_off = l3 as u16;
     m.ip_end = ip_end as u16;
-    m.ttl = b[l3 + 8];
-    m.proto = b[l3 + 9];
-    m.src = Addr::v4([b[l3 + 12], b[l3 + 13], b[l3 + 14], b[l3 + 15]]);
-    m.dst = Addr::v4([b[l3 + 16], b[l3 + 17], b[l3 + 18], b[l3 + 19]]);
-    let fo = csum::get16(b, l3 + 6);
+    m.ttl = h[8];
+    m.proto = h[9];
+    m.src = Addr::v4([h[12], h[13], h[14], h[15]]);
+    m.dst = Addr::v4([h[16], h[17], h[18], h[19]]);
+    let fo = u16::from_be_bytes([h[6], h[7]]);
     let more = fo & 0x2000 != 0;
     let offset = fo & 0x1fff;
-    m.frag_id = u32::from(csum::get16(b, l3 + 4));
+    m.frag_id = u32::from(u16::from_be_bytes([h[4], h[5]]));
     m.frag = match (offset, more) {
         (0, false) => Frag::None,
         (0, true) => Frag::First,
@@ -273,11 +275,12 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
                 if off + 20 > end {
                     return Err(short);
                 }
-                let doff = usize::from(b[off + 12] >> 4) * 4;
+                let t: &[u8; 20] = b[off..off + 20].try_into().map_err(|_| short)?;
+                let doff = usize::from(t[12] >> 4) * 4;
                 if doff < 20 || off + doff > end {
                     return Err(DropReason::MalformedL4);
                 }
-                m.tcp_flags = b[off + 13];
+                m.tcp_flags = t[13];
             }
             m.sport = csum::get16(b, off);
             m.dport = csum::get16(b, off + 2);
