@@ -114,6 +114,7 @@ pub struct Counters {
     pub forwarded: u64,
     pub passed: u64,
     pub dropped: u64,
+    /// Fragments held right now (out of order, waiting for their first fragment).
     pub held: u64,
     pub drops: [u64; DROP_REASON_SLOTS],
     pub ct_new: u64,
@@ -302,6 +303,9 @@ impl Pipeline {
             } else {
                 outcome
             };
+            // It leaves the held set and is counted by its final action: `packets` always
+            // equals forwarded + passed + dropped + held.
+            self.counters.held = self.counters.held.saturating_sub(1);
             self.counters.count(outcome.action);
             let (data, iface, ts, tag) = self.frags.held_frame(slot);
             f(Released {

@@ -429,3 +429,25 @@ fn icmp_frag_needed_for_a_dnat_flow_is_reverse_translated() {
     }
     assert_eq!(sum, 0xffff);
 }
+
+#[test]
+fn counters_account_for_every_packet_across_holds_and_releases() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    for id in 10..20u16 {
+        let (mut a, mut b) = udp_fragments(id);
+        p.process_one(&mut b, pc, S);
+        if id % 2 == 0 {
+            p.process_one(&mut a, pc, S);
+        }
+        p.drain(S, |_| {});
+    }
+    let c = p.counters().clone();
+    assert_eq!(c.held, 5, "odd datagrams' later fragments are still held");
+    assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
+    p.drain(100 * S, |_| {});
+    let c = p.counters();
+    assert_eq!(c.held, 0);
+    assert_eq!(c.drops[DropReason::FragTimeout as usize], 5);
+    assert_eq!(c.packets, c.forwarded + c.passed + c.dropped);
+}
