@@ -260,6 +260,34 @@ impl Conntrack {
         Ok(slot)
     }
 
+    /// Inserts a copy of an entry taken from another table (a what-if pipeline for `explain`
+    /// starts from the live flow of the packet it explains). Same rules as [`Conntrack::create`]
+    /// for conflicts and a full table.
+    pub fn restore(&mut self, e: &Entry, now: u64) -> Result<u32, DropReason> {
+        if self.index.contains_key(&e.orig) || self.index.contains_key(&e.reply) {
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => self.make_room(now)?,
+        };
+        self.slots[slot as usize] = Entry {
+            live: true,
+            prev: NIL,
+            next: NIL,
+            in_closing: false,
+            ..*e
+        };
+        self.index.insert(e.orig, slot << 1);
+        self.index.insert(e.reply, slot << 1 | 1);
+        if e.state.closing() {
+            self.closing_push(slot);
+        }
+        self.live += 1;
+        Ok(slot)
+    }
+
     /// Accounts a packet of an existing flow and advances its TCP state and timer.
     #[inline]
     pub fn on_packet(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {

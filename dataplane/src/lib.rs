@@ -9,6 +9,7 @@
 //!   [`lpm`] ipcache, [`policy`]).
 //! - [`frag`]: fragment id map and held out-of-order fragments.
 //! - [`rewrite`] and [`csum`]: in-place header changes with incremental checksums.
+//! - [`rst`]: a TCP reset built in place (ending flows of removed backends).
 //! - [`pipeline`]: the stages wired together; [`drop`]: the closed set of drop reasons.
 
 pub mod conntrack;
@@ -22,6 +23,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod policy;
 pub mod rewrite;
+pub mod rst;
 pub mod tables;
 
 pub use drop::DropReason;

@@ -232,6 +232,45 @@ impl Pipeline {
         &self.frags
     }
 
+    /// A throwaway copy of this pipeline for one what-if packet (`nodeplane explain`): the same
+    /// tables, policy-mode override and affinity of the given sources, and a tiny conntrack that
+    /// holds copies of the live flows of `keys` (looked up read-only). Processing a packet on
+    /// the copy runs the exact decision logic and leaves this pipeline untouched.
+    pub fn scratch(&self, keys: &[FlowKey], now: u64) -> Pipeline {
+        let mut cfg = self.tables.ct.clone();
+        cfg.max_entries = (keys.len() as u32 + 2).max(4);
+        cfg.max_held_fragments = 1;
+        cfg.max_fragment_ids = 4;
+        let mut ct = Conntrack::new(&cfg);
+        for k in keys {
+            if let Some((e, _)) = self.ct.peek(k, now) {
+                let _ = ct.restore(e, now);
+            }
+        }
+        let affinity = self
+            .affinity
+            .iter()
+            .filter(|((_, src), _)| keys.iter().any(|k| k.src == *src || k.dst == *src))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        Pipeline {
+            ct,
+            frags: Fragments::new(&cfg),
+            affinity,
+            affinity_cap: keys.len().max(1),
+            rng: self.rng,
+            counters: Counters::default(),
+            metas: vec![Ok(Parsed::NotIp); BURST],
+            mode_override: self.mode_override,
+            tables: Arc::clone(&self.tables),
+        }
+    }
+
+    /// The runtime policy-mode override, if any.
+    pub fn policy_mode_override(&self) -> Option<PolicyMode> {
+        self.mode_override
+    }
+
     fn mode(&self) -> PolicyMode {
         self.mode_override.unwrap_or(self.tables.policy_mode)
     }

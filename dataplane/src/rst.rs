@@ -1,0 +1,209 @@
+//! Turning a TCP segment into the RST that answers it, in place (RFC 9293 §3.10.7.1, "reset
+//! generation"): used when a flow's backend is removed and the node is set to end such flows
+//! with a reset rather than a silent drop, so the sender learns at once instead of after its
+//! retransmission timeout.
+//!
+//! The reset goes back out of the interface the segment came in on: MACs, addresses and ports
+//! swapped, options and payload stripped, checksums recomputed in full (a reset is rare; the
+//! full sum is the simpler and safer choice). Nothing is allocated.
+
+use crate::csum::{self, get16, put16};
+use crate::flow::PROTO_TCP;
+use crate::parse::{self, tcp_flags as F, Frag, Parsed};
+
+/// TTL / hop limit of a generated reset.
+const RESET_TTL: u8 = 64;
+
+/// Rewrites `frame` (an Ethernet frame carrying a TCP segment) into the reset answering it and
+/// returns the reset's length (the frame's first bytes; the rest is to be ignored). `None` when
+/// no reset may be sent: not TCP, a fragment, an RST itself (never answer a reset), an IPv6
+/// datagram with extension headers, or a malformed frame. On `None` the frame is unchanged.
+pub fn reset_in_place(frame: &mut [u8]) -> Option<usize> {
+    let m = match parse::parse(frame) {
+        Ok(Parsed::Ip(m)) => m,
+        _ => return None,
+    };
+    if m.proto != PROTO_TCP || !m.has_l4() || m.frag != Frag::None || m.tcp_flags & F::RST != 0 {
+        return None;
+    }
+    let l3 = usize::from(m.l3_off);
+    let l4 = usize::from(m.l4_off);
+    let end = usize::from(m.ip_end);
+    if m.v6 && l4 != l3 + 40 {
+        return None;
+    }
+    if l4 + 20 > end {
+        return None;
+    }
+    let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+    let payload = end.saturating_sub(l4 + doff) as u32;
+    let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
+    let ack = u32::from_be_bytes([frame[l4 + 8], frame[l4 + 9], frame[l4 + 10], frame[l4 + 11]]);
+    let flags = m.tcp_flags;
+
+    // Ethernet: back to the sender.
+    let (a, b) = frame[..12].split_at_mut(6);
+    a.swap_with_slice(b);
+
+    // IP: swap the addresses, strip everything past 20 bytes of TCP.
+    let new_end = l4 + 20;
+    if m.v6 {
+        let (s, d) = frame[l3 + 8..l3 + 40].split_at_mut(16);
+        s.swap_with_slice(d);
+        put16(frame, l3 + 4, 20);
+        frame[l3 + 7] = RESET_TTL;
+    } else {
+        let (s, d) = frame[l3 + 12..l3 + 20].split_at_mut(4);
+        s.swap_with_slice(d);
+        put16(frame, l3 + 2, (new_end - l3) as u16);
+        // A fresh datagram: no fragmentation fields, our TTL.
+        put16(frame, l3 + 6, 0x4000);
+        frame[l3 + 8] = RESET_TTL;
+        put16(frame, l3 + 10, 0);
+        let c = csum::checksum(&frame[l3..l4]);
+        put16(frame, l3 + 10, c);
+    }
+
+    // TCP: RFC 9293 — if the segment had ACK, the reset takes its sequence number from that
+    // ACK; otherwise it acknowledges everything the segment occupied (SYN and FIN count one).
+    let sport = get16(frame, l4);
+    let dport = get16(frame, l4 + 2);
+    put16(frame, l4, dport);
+    put16(frame, l4 + 2, sport);
+    let (rseq, rack, rflags) = if flags & F::ACK != 0 {
+        (ack, 0, F::RST)
+    } else {
+        let len = payload + u32::from(flags & F::SYN != 0) + u32::from(flags & F::FIN != 0);
+        (0, seq.wrapping_add(len), F::RST | F::ACK)
+    };
+    frame[l4 + 4..l4 + 8].copy_from_slice(&rseq.to_be_bytes());
+    frame[l4 + 8..l4 + 12].copy_from_slice(&rack.to_be_bytes());
+    frame[l4 + 12] = 5 << 4;
+    frame[l4 + 13] = rflags;
+    put16(frame, l4 + 14, 0); // window
+    put16(frame, l4 + 16, 0); // checksum, computed below
+    put16(frame, l4 + 18, 0); // urgent pointer
+    let mut acc = csum::sum(&frame[l4..new_end], 0);
+    let alen = if m.v6 { 16 } else { 4 };
+    let (src_off, dst_off) = if m.v6 {
+        (l3 + 8, l3 + 24)
+    } else {
+        (l3 + 12, l3 + 16)
+    };
+    acc = csum::sum(&frame[src_off..src_off + alen], acc);
+    acc = csum::sum(&frame[dst_off..dst_off + alen], acc);
+    acc += u32::from(PROTO_TCP) + 20;
+    put16(frame, l4 + 16, !csum::fold(acc));
+    Some(new_end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+    fn tcp4(syn: bool, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 1], [10, 96, 0, 10], 63)
+            .tcp(40000, 80, 1000, 65000);
+        if syn {
+            b = b.syn();
+        }
+        if let Some(a) = ack {
+            b = b.ack(a);
+        }
+        let mut f = Vec::new();
+        b.write(&mut f, payload).unwrap();
+        f
+    }
+
+    /// Parses the reset and checks every checksum; returns (seq, ack, rst, ack flag).
+    fn check(f: &[u8]) -> (u32, u32, bool, bool) {
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        let eth = p.link.as_ref().unwrap().to_header().unwrap();
+        let eth = match eth {
+            etherparse::LinkHeader::Ethernet2(e) => e,
+            _ => panic!("not ethernet"),
+        };
+        assert_eq!((eth.source, eth.destination), (B, A), "MACs swapped");
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not tcp")
+        };
+        assert_eq!((t.source_port(), t.destination_port()), (80, 40000));
+        assert!(t.payload().is_empty());
+        match &p.net {
+            Some(NetSlice::Ipv4(ip)) => {
+                let h = ip.header().to_header();
+                assert_eq!(h.header_checksum, h.calc_header_checksum());
+                assert_eq!(h.source, [10, 96, 0, 10]);
+                assert_eq!(h.destination, [10, 0, 0, 1]);
+                let th = t.to_header();
+                assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, &[]).unwrap());
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                let h = ip.header().to_header();
+                let th = t.to_header();
+                assert_eq!(th.checksum, th.calc_checksum_ipv6(&h, &[]).unwrap());
+            }
+            _ => panic!("no ip"),
+        }
+        (
+            t.sequence_number(),
+            t.acknowledgment_number(),
+            t.rst(),
+            t.ack(),
+        )
+    }
+
+    #[test]
+    fn segment_with_ack_gets_rst_at_its_ack_number() {
+        let mut f = tcp4(false, Some(777), b"hello");
+        let n = reset_in_place(&mut f).unwrap();
+        assert_eq!(n, 14 + 20 + 20);
+        assert_eq!(check(&f[..n]), (777, 0, true, false));
+    }
+
+    #[test]
+    fn syn_gets_rst_ack_covering_the_syn_and_payload() {
+        let mut f = tcp4(true, None, b"abc");
+        let n = reset_in_place(&mut f).unwrap();
+        // seq 1000 + 3 bytes + SYN.
+        assert_eq!(check(&f[..n]), (0, 1004, true, true));
+    }
+
+    #[test]
+    fn ipv6_reset() {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv6([1; 16], [2; 16], 64)
+            .tcp(40000, 80, 5, 1000)
+            .ack(9)
+            .write(&mut f, b"xy")
+            .unwrap();
+        let n = reset_in_place(&mut f).unwrap();
+        assert_eq!(n, 14 + 40 + 20);
+        assert_eq!(check(&f[..n]), (9, 0, true, false));
+    }
+
+    #[test]
+    fn no_reset_for_resets_udp_or_garbage() {
+        let mut f = tcp4(false, Some(1), b"");
+        let l4 = 14 + 20;
+        f[l4 + 13] |= F::RST;
+        let before = f.clone();
+        assert_eq!(reset_in_place(&mut f), None);
+        assert_eq!(f, before, "unchanged on None");
+        let mut u = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2)
+            .write(&mut u, b"x")
+            .unwrap();
+        assert_eq!(reset_in_place(&mut u), None);
+        assert_eq!(reset_in_place(&mut [0u8; 10]), None);
+        assert_eq!(reset_in_place(&mut []), None);
+    }
+}
