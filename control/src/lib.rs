@@ -1,4 +1,9 @@
 //! The nodeplane daemon and CLI library. `replay` runs the worker pipeline over captures.
 
+pub mod api;
+pub mod daemon;
+pub mod explain;
+pub mod publish;
 pub mod replay;
 pub mod source;
+pub mod worker;

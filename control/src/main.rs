@@ -25,6 +25,24 @@ enum Command {
     State(cli::state::StateArgs),
     /// The BGP speaker: run it, or show its neighbours.
     Bgp(cli::bgp::BgpArgs),
+    /// Run the daemon.
+    Run(cli::run::RunArgs),
+    /// Daemon status: state generation, rejections, source, policy mode, workers.
+    Status(cli::status::StatusArgs),
+    /// Services.
+    Service(cli::service::ServiceArgs),
+    /// Service backends.
+    Backend(cli::backend::BackendArgs),
+    /// Conntrack: list, count, flush.
+    Ct(cli::ct::CtArgs),
+    /// The ipcache (address → identity).
+    Ipcache(cli::ipcache::IpcacheArgs),
+    /// Security identities.
+    Identity(cli::identity::IdentityArgs),
+    /// Endpoint policies and the runtime policy mode.
+    Policy(cli::policy::PolicyArgs),
+    /// The path a packet would take, decided by the live pipeline.
+    Explain(cli::explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +51,15 @@ fn main() -> ExitCode {
         Command::Replay(a) => cli::replay::run(a),
         Command::State(a) => cli::state::run(a),
         Command::Bgp(a) => cli::bgp::run(a),
+        Command::Run(a) => cli::run::run(a),
+        Command::Status(a) => cli::status::run(a),
+        Command::Service(a) => cli::service::run(a),
+        Command::Backend(a) => cli::backend::run(a),
+        Command::Ct(a) => cli::ct::run(a),
+        Command::Ipcache(a) => cli::ipcache::run(a),
+        Command::Identity(a) => cli::identity::run(a),
+        Command::Policy(a) => cli::policy::run(a),
+        Command::Explain(a) => cli::explain::run(a),
     };
     match result {
         Ok(code) => code,

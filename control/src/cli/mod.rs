@@ -3,5 +3,15 @@
 pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
 
 pub mod bgp;
+pub mod backend;
+pub mod client;
+pub mod ct;
+pub mod explain;
+pub mod identity;
+pub mod ipcache;
+pub mod policy;
 pub mod replay;
+pub mod run;
+pub mod service;
 pub mod state;
+pub mod status;

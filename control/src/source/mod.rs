@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use nodeplane_state::State;
 
+pub mod dir;
+
 /// What a source tells the control thread.
 #[derive(Debug)]
 pub enum SourceEvent {

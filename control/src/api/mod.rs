@@ -1,0 +1,270 @@
+//! The local control socket: a unix stream socket (mode 0600, so root only) carrying
+//! line-delimited JSON. One request per line, one response line per request, in order.
+//! The protocol is documented in `docs/control.md`.
+//!
+//! - [`Request`] / [`Response`]: the messages; the result types are shared with the CLI.
+//! - [`server`]: the non-blocking server run by the control thread's mio event loop.
+//! - [`client`]: the blocking client the CLI uses.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{CtFilter, CtRow, OutcomeView, WorkerStats};
+
+/// The largest request line accepted (bytes, without the newline).
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+pub const DEFAULT_SOCKET: &str = "/run/nodeplane/nodeplane.sock";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    ServiceList,
+    BackendList,
+    CtList {
+        #[serde(default)]
+        filter: CtFilter,
+        /// Rows returned at most (default 10000); the count is always complete.
+        #[serde(default)]
+        limit: Option<usize>,
+        /// Only the count, no rows.
+        #[serde(default)]
+        count_only: bool,
+    },
+    CtFlush {
+        #[serde(default)]
+        filter: CtFilter,
+    },
+    IpcacheGet {
+        ip: String,
+    },
+    IdentityList,
+    PolicyGet {
+        endpoint: String,
+    },
+    /// `enforce`, `audit`, `allow-all`, or `state` (drop the override: the state's mode).
+    PolicyMode {
+        mode: String,
+    },
+    Explain(ExplainRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// Ingress interface name.
+    pub iface: String,
+    /// `tcp`, `udp` or `icmp`.
+    pub proto: String,
+    /// `IP`, `IP:PORT` or `[IPv6]:PORT`.
+    pub src: String,
+    pub dst: String,
+    /// TCP flags of the synthesized segment: `syn` (default) or `ack`.
+    #[serde(default)]
+    pub tcp_flags: Option<String>,
+}
+
+/// One response line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Response {
+        match serde_json::to_value(result) {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response::err(format!("cannot encode the result: {e}")),
+        }
+    }
+    pub fn err(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(msg.into()),
+        }
+    }
+    /// The response as one line (with its newline).
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"ok":false,"error":"cannot encode the response"}"#.to_string()
+        });
+        s.push('\n');
+        s
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rejection {
+    pub origin: String,
+    pub error: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyModeStatus {
+    /// The mode the state sets.
+    pub state: String,
+    /// The operator's runtime override (`nodeplane policy mode`), if any.
+    pub r#override: Option<String>,
+    pub effective: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    /// `waiting` (no valid state yet), `ok`, or `stale` (the last change was rejected: the
+    /// dataplane runs on the last good state).
+    pub state: String,
+    pub generation: u64,
+    pub state_origin: Option<String>,
+    /// Unix seconds of the last publication.
+    pub applied_at: Option<u64>,
+    /// Compile + publish time of the last publication.
+    pub last_publish_ms: Option<f64>,
+    pub publications: u64,
+    pub rejections: u64,
+    pub last_rejection: Option<Rejection>,
+    pub source: String,
+    pub source_connected: bool,
+    pub source_detail: String,
+    pub policy_mode: PolicyModeStatus,
+    pub removed_flow_action: String,
+    pub services: usize,
+    pub endpoints: usize,
+    pub ipcache_entries: usize,
+    pub uptime_s: u64,
+    pub workers: Vec<WorkerStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub name: String,
+    pub kind: String,
+    /// `ip:port/proto`, including NodePort frontends on every node IP.
+    pub frontends: Vec<String>,
+    pub algorithm: String,
+    pub affinity_s: Option<u64>,
+    pub backends: usize,
+    pub active: usize,
+    pub terminating: usize,
+    pub quarantined: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendRow {
+    pub service: String,
+    pub ip: String,
+    pub port: u16,
+    pub weight: u16,
+    pub state: String,
+    /// Live conntrack flows to this backend (all workers).
+    pub flows: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CtList {
+    pub matched: usize,
+    pub rows: Vec<CtRow>,
+    /// More rows matched than were returned.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CtFlushed {
+    pub flushed: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpcacheEntry {
+    pub ip: String,
+    pub identity: u32,
+    /// The prefix that matched (`A/LEN`), or none (world).
+    pub prefix: Option<String>,
+    /// `endpoint NAME`, `node`, `ipcache` or `world`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityRow {
+    pub identity: u32,
+    pub cluster: u32,
+    /// `reserved:host`, `endpoint`, `ipcache`...
+    pub kind: String,
+    /// Endpoint names (with labels) or prefixes that carry the identity.
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub endpoint: String,
+    pub identity: u32,
+    pub ips: Vec<String>,
+    pub mode: PolicyModeStatus,
+    /// Rules as in the state, in order (the index is what `explain` names).
+    pub ingress: Vec<nodeplane_state::Rule>,
+    pub egress: Vec<nodeplane_state::Rule>,
+    /// `default-allow` (no rule in that direction) or `default-deny`.
+    pub ingress_default: String,
+    pub egress_default: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyModeSet {
+    pub mode: PolicyModeStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    pub identity: u32,
+    /// Where it comes from: `endpoint NAME`, `node`, `ipcache PREFIX`, `world`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleDecision {
+    pub endpoint: String,
+    pub direction: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// Index into the endpoint's rules in that direction; none = default deny.
+    pub rule_index: Option<usize>,
+    pub rule: Option<nodeplane_state::Rule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Explanation {
+    pub iface: String,
+    pub iface_role: String,
+    pub packet: String,
+    /// What the XDP program does with it: `redirect` (to the worker) or `pass` (kernel).
+    pub steering: String,
+    /// The worker whose conntrack was consulted (the one holding the flow, else worker 0).
+    pub worker: usize,
+    /// The live flow this packet belongs to, if any.
+    pub flow: Option<CtRow>,
+    pub outcome: OutcomeView,
+    pub service_frontend: Option<String>,
+    pub backend_state: Option<String>,
+    pub src_identity: Option<IdentityInfo>,
+    pub dst_identity: Option<IdentityInfo>,
+    pub policy_mode: String,
+    /// The source endpoint's egress decision and the destination endpoint's ingress decision
+    /// (none: no local endpoint on that side, or not evaluated).
+    pub egress_rule: Option<RuleDecision>,
+    pub ingress_rule: Option<RuleDecision>,
+    /// The packet as it would leave (`src -> dst` after translation), if forwarded.
+    pub output: Option<String>,
+}

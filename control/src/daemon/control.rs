@@ -1,0 +1,699 @@
+//! The control thread's state: the running state and tables, the workers, the status, and the
+//! handling of source events and API requests. Everything here runs on the control thread
+//! (no locks); workers are reached through their request channels only.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{bounded, Sender};
+use nodeplane_dataplane::flow::{fmt_socket, Addr};
+use nodeplane_dataplane::{MaglevCache, Tables};
+use nodeplane_state::{reserved, BackendState, PolicyMode, State};
+
+use crate::api::{
+    BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeSet, PolicyModeStatus,
+    PolicyView, Rejection, Request, Response, ServiceRow, Status,
+};
+use crate::publish::Publisher;
+use crate::source::SourceEvent;
+use crate::worker::{
+    proto_name, Answer, Clock, CtFilter, PacketIo, Query, RemovedFlowAction, Request as WReq,
+    Worker, WorkerStats,
+};
+
+/// How long the control thread waits for a worker to take and answer a request.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_CT_LIMIT: usize = 10_000;
+/// Queue depth of each worker's request channel.
+const WORKER_QUEUE: usize = 16;
+
+/// Makes the packet I/O of worker `i` of `n`.
+pub type IoFactory = Box<dyn FnMut(usize, usize) -> Result<Box<dyn PacketIo>, String>>;
+
+impl PacketIo for Box<dyn PacketIo> {
+    fn bind(&mut self, t: &Tables) {
+        (**self).bind(t)
+    }
+    fn burst(
+        &mut self,
+        now: u64,
+        process: &mut dyn FnMut(
+            &mut [nodeplane_dataplane::Packet<'_>],
+            &mut [nodeplane_dataplane::Outcome],
+        ),
+    ) -> usize {
+        (**self).burst(now, process)
+    }
+    fn send(&mut self, egress: u16, frame: &[u8]) {
+        (**self).send(egress, frame)
+    }
+    fn idle(&mut self, max: Duration) {
+        (**self).idle(max)
+    }
+    fn stats(&self) -> crate::worker::IoStats {
+        (**self).stats()
+    }
+    fn finished(&self) -> bool {
+        (**self).finished()
+    }
+    fn finish(&mut self) {
+        (**self).finish()
+    }
+}
+
+#[derive(Debug)]
+struct WorkerHandle {
+    tx: Sender<WReq>,
+    join: JoinHandle<WorkerStats>,
+}
+
+pub struct Control {
+    clock: Clock,
+    started: Instant,
+    workers_wanted: usize,
+    io: IoFactory,
+    removed: RemovedFlowAction,
+    stop: Arc<AtomicBool>,
+    cache: MaglevCache,
+    generation: u64,
+    state: Option<Arc<State>>,
+    publisher: Option<Publisher>,
+    mode_override: Option<PolicyMode>,
+    workers: Vec<WorkerHandle>,
+    source: String,
+    source_connected: bool,
+    source_detail: String,
+    origin: Option<String>,
+    applied_at: Option<u64>,
+    last_publish_ms: Option<f64>,
+    publications: u64,
+    rejections: u64,
+    last_rejection: Option<Rejection>,
+    /// The last change was rejected (cleared by the next good one).
+    stale: bool,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("generation", &self.generation)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn mode_name(m: PolicyMode) -> &'static str {
+    match m {
+        PolicyMode::Enforce => "enforce",
+        PolicyMode::Audit => "audit",
+        PolicyMode::AllowAll => "allow-all",
+    }
+}
+
+impl Control {
+    pub fn new(
+        source: String,
+        workers: usize,
+        io: IoFactory,
+        removed: RemovedFlowAction,
+        stop: Arc<AtomicBool>,
+    ) -> Control {
+        Control {
+            clock: Clock::new(),
+            started: Instant::now(),
+            workers_wanted: workers,
+            io,
+            removed,
+            stop,
+            cache: MaglevCache::default(),
+            generation: 0,
+            state: None,
+            publisher: None,
+            mode_override: None,
+            workers: Vec::new(),
+            source,
+            source_connected: true,
+            source_detail: String::new(),
+            origin: None,
+            applied_at: None,
+            last_publish_ms: None,
+            publications: 0,
+            rejections: 0,
+            last_rejection: None,
+            stale: false,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn on_source(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Snapshot { state, origin } => self.apply(*state, origin),
+            SourceEvent::Rejected { origin, error } => self.reject(origin, error),
+            SourceEvent::Health { connected, detail } => {
+                if connected != self.source_connected {
+                    if connected {
+                        log::info!("state source {} connected: {detail}", self.source);
+                    } else {
+                        log::error!(
+                            "state source {} DISCONNECTED: {detail}; forwarding continues on generation {}",
+                            self.source, self.generation
+                        );
+                    }
+                }
+                self.source_connected = connected;
+                self.source_detail = detail;
+            }
+        }
+    }
+
+    fn reject(&mut self, origin: String, error: String) {
+        self.rejections += 1;
+        self.stale = true;
+        log::error!(
+            "REJECTED new state from {origin}; keeping generation {} (last good state): {error}",
+            self.generation
+        );
+        self.last_rejection = Some(Rejection {
+            origin,
+            error,
+            at: unix_now(),
+        });
+    }
+
+    /// Validates a state whole, compiles it and publishes it; or rejects it.
+    pub fn apply(&mut self, state: State, origin: String) {
+        if let Err(e) = nodeplane_state::validate(&state) {
+            self.reject(origin, e.to_string());
+            return;
+        }
+        let t0 = Instant::now();
+        let generation = self.generation + 1;
+        let tables = Arc::new(Tables::build(&state, generation, &mut self.cache));
+        match &self.publisher {
+            Some(p) => p.publish(tables),
+            None => {
+                let p = Publisher::new(tables);
+                if self.mode_override.is_some() {
+                    p.set_policy_mode(self.mode_override);
+                }
+                self.publisher = Some(p);
+            }
+        }
+        self.cache.prune();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.generation = generation;
+        log::info!(
+            "published generation {generation} from {origin}: {} services, {} endpoints, {} ipcache entries in {ms:.1} ms",
+            state.services.len(),
+            state.endpoints.len(),
+            state.ipcache.len()
+        );
+        self.state = Some(Arc::new(state));
+        self.origin = Some(origin);
+        self.applied_at = Some(unix_now());
+        self.last_publish_ms = Some(ms);
+        self.publications += 1;
+        self.stale = false;
+        if self.workers.is_empty() {
+            self.start_workers();
+        }
+    }
+
+    fn start_workers(&mut self) {
+        let Some(p) = self.publisher.clone() else {
+            return;
+        };
+        for i in 0..self.workers_wanted {
+            let io = match (self.io)(i, self.workers_wanted) {
+                Ok(io) => io,
+                Err(e) => {
+                    log::error!("worker {i}: cannot set up packet I/O: {e}");
+                    continue;
+                }
+            };
+            let (tx, rx) = bounded(WORKER_QUEUE);
+            let w = Worker::new(
+                i,
+                p.subscribe(),
+                io,
+                rx,
+                self.stop.clone(),
+                self.clock,
+                self.removed,
+            );
+            let join = std::thread::Builder::new()
+                .name(format!("np-worker-{i}"))
+                .spawn(move || w.run());
+            match join {
+                Ok(join) => self.workers.push(WorkerHandle { tx, join }),
+                Err(e) => log::error!("cannot start worker {i}: {e}"),
+            }
+        }
+        log::info!("started {} worker(s)", self.workers.len());
+    }
+
+    /// Waits for the workers to stop (the stop flag is set by the caller).
+    pub fn join_workers(&mut self) -> Vec<WorkerStats> {
+        self.workers
+            .drain(..)
+            .filter_map(|w| {
+                drop(w.tx);
+                w.join.join().ok()
+            })
+            .collect()
+    }
+
+    /// Asks every worker; returns the answers that came in time.
+    fn ask(&self, make: impl Fn() -> Query) -> Result<Vec<Answer>, String> {
+        let mut pending = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let (rtx, rrx) = bounded(1);
+            w.tx.send_timeout(
+                WReq {
+                    query: make(),
+                    reply: rtx,
+                },
+                WORKER_TIMEOUT,
+            )
+            .map_err(|_| format!("worker {i} does not take requests"))?;
+            pending.push((i, rrx));
+        }
+        let mut out = Vec::new();
+        for (i, rrx) in pending {
+            match rrx.recv_timeout(WORKER_TIMEOUT) {
+                Ok(Answer::Error(e)) => return Err(e),
+                Ok(a) => out.push(a),
+                Err(_) => return Err(format!("worker {i} did not answer in time")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles one request line.
+    pub fn handle_line(&mut self, line: &str) -> Response {
+        let req: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => return Response::err(format!("malformed request: {e}")),
+        };
+        self.handle(req)
+    }
+
+    pub fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::ok(self.status()),
+            Request::PolicyMode { mode } => self.set_mode(&mode),
+            Request::CtList {
+                filter,
+                limit,
+                count_only,
+            } => self.ct_list(filter, limit, count_only),
+            Request::CtFlush { filter } => self.ct_flush(filter),
+            req => {
+                let (Some(state), Some(p)) = (self.state.clone(), self.publisher.clone()) else {
+                    return Response::err("no valid state has been loaded yet (see `nodeplane status`)");
+                };
+                let tables = p.current();
+                match req {
+                    Request::ServiceList => Response::ok(service_rows(&tables)),
+                    Request::BackendList => self.backend_rows(&tables),
+                    Request::IpcacheGet { ip } => ipcache_get(&tables, &ip),
+                    Request::IdentityList => Response::ok(identity_rows(&state)),
+                    Request::PolicyGet { endpoint } => {
+                        let mode = self.mode_status();
+                        policy_get(&state, &endpoint, mode)
+                    }
+                    Request::Explain(e) => {
+                        let answers = self.ask_explain(&e, &tables);
+                        match answers {
+                            Ok(x) => Response::ok(x),
+                            Err(msg) => Response::err(msg),
+                        }
+                    }
+                    _ => Response::err("unreachable request kind"),
+                }
+            }
+        }
+    }
+
+    fn ask_explain(
+        &self,
+        e: &crate::api::ExplainRequest,
+        tables: &Tables,
+    ) -> Result<crate::api::Explanation, String> {
+        let pkt = crate::explain::synthesize(e, tables)?;
+        if self.workers.is_empty() {
+            return Err("no worker is running".into());
+        }
+        let answers = self.ask(|| Query::Explain {
+            frame: pkt.frame.clone(),
+            iface: e.iface.clone(),
+            keys: vec![pkt.key],
+        })?;
+        let mut found = None;
+        let mut first = None;
+        for (i, a) in answers.into_iter().enumerate() {
+            if let Answer::Explained(x) = a {
+                if x.flow.is_some() && found.is_none() {
+                    found = Some((i, x));
+                } else if first.is_none() {
+                    first = Some((i, x));
+                }
+            }
+        }
+        let (worker, x) = found.or(first).ok_or("no worker answered")?;
+        let state = self.state.clone().ok_or("no state")?;
+        Ok(crate::explain::compose(e, &pkt, worker, &x, &state))
+    }
+
+    fn mode_status(&self) -> PolicyModeStatus {
+        let state_mode = self
+            .state
+            .as_ref()
+            .map(|s| s.node.policy_mode)
+            .unwrap_or_default();
+        PolicyModeStatus {
+            state: mode_name(state_mode).into(),
+            r#override: self.mode_override.map(|m| mode_name(m).to_string()),
+            effective: mode_name(self.mode_override.unwrap_or(state_mode)).into(),
+        }
+    }
+
+    fn set_mode(&mut self, mode: &str) -> Response {
+        let m = match mode {
+            "enforce" => Some(PolicyMode::Enforce),
+            "audit" => Some(PolicyMode::Audit),
+            "allow-all" => Some(PolicyMode::AllowAll),
+            "state" => None,
+            other => {
+                return Response::err(format!(
+                    "unknown policy mode {other:?} (enforce, audit, allow-all, or state to drop the override)"
+                ))
+            }
+        };
+        self.mode_override = m;
+        if let Some(p) = &self.publisher {
+            p.set_policy_mode(m);
+        }
+        match m {
+            Some(m) => log::warn!("policy mode override set to {} by the operator", mode_name(m)),
+            None => log::warn!("policy mode override cleared by the operator"),
+        }
+        Response::ok(PolicyModeSet {
+            mode: self.mode_status(),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let workers = match self.ask(|| Query::Stats) {
+            Ok(a) => a
+                .into_iter()
+                .filter_map(|a| match a {
+                    Answer::Stats(s) => Some(*s),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                log::warn!("status: {e}");
+                Vec::new()
+            }
+        };
+        let s = self.state.as_deref();
+        Status {
+            node: s.map(|s| s.node.name.clone()).unwrap_or_default(),
+            state: if s.is_none() {
+                "waiting"
+            } else if self.stale {
+                "stale"
+            } else {
+                "ok"
+            }
+            .into(),
+            generation: self.generation,
+            state_origin: self.origin.clone(),
+            applied_at: self.applied_at,
+            last_publish_ms: self.last_publish_ms,
+            publications: self.publications,
+            rejections: self.rejections,
+            last_rejection: self.last_rejection.clone(),
+            source: self.source.clone(),
+            source_connected: self.source_connected,
+            source_detail: self.source_detail.clone(),
+            policy_mode: self.mode_status(),
+            removed_flow_action: match self.removed {
+                RemovedFlowAction::Drop => "drop",
+                RemovedFlowAction::Rst => "rst",
+            }
+            .into(),
+            services: s.map(|s| s.services.len()).unwrap_or(0),
+            endpoints: s.map(|s| s.endpoints.len()).unwrap_or(0),
+            ipcache_entries: s.map(|s| s.ipcache.len()).unwrap_or(0),
+            uptime_s: self.started.elapsed().as_secs(),
+            workers,
+        }
+    }
+
+    fn ct_list(&self, filter: CtFilter, limit: Option<usize>, count_only: bool) -> Response {
+        if let Err(e) = filter.check() {
+            return Response::err(e);
+        }
+        let limit = if count_only {
+            0
+        } else {
+            limit.unwrap_or(DEFAULT_CT_LIMIT)
+        };
+        match self.ask(|| Query::CtList {
+            filter: filter.clone(),
+            limit,
+        }) {
+            Ok(answers) => {
+                let mut out = CtList {
+                    matched: 0,
+                    rows: Vec::new(),
+                    truncated: false,
+                };
+                for a in answers {
+                    if let Answer::Ct { rows, matched } = a {
+                        out.matched += matched;
+                        out.rows.extend(rows);
+                    }
+                }
+                out.rows.truncate(limit);
+                out.truncated = out.rows.len() < out.matched && !count_only;
+                Response::ok(out)
+            }
+            Err(e) => Response::err(e),
+        }
+    }
+
+    fn ct_flush(&self, filter: CtFilter) -> Response {
+        if let Err(e) = filter.check() {
+            return Response::err(e);
+        }
+        match self.ask(|| Query::CtFlush {
+            filter: filter.clone(),
+        }) {
+            Ok(answers) => {
+                let flushed = answers
+                    .into_iter()
+                    .map(|a| match a {
+                        Answer::Flushed(n) => n,
+                        _ => 0,
+                    })
+                    .sum();
+                log::warn!("conntrack flush by the operator: {flushed} flows removed");
+                Response::ok(CtFlushed { flushed })
+            }
+            Err(e) => Response::err(e),
+        }
+    }
+
+    fn backend_rows(&self, t: &Tables) -> Response {
+        // Live flows per backend, from every worker's conntrack.
+        let mut flows: BTreeMap<(Addr, u16), usize> = BTreeMap::new();
+        if let Ok(answers) = self.ask(|| Query::CtList {
+            filter: CtFilter::default(),
+            limit: usize::MAX,
+        }) {
+            for a in answers {
+                if let Answer::Ct { rows, .. } = a {
+                    for r in rows {
+                        if let (Some(b), Some(p)) = (&r.backend, r.backend_port) {
+                            if let Ok(ip) = b.parse::<IpAddr>() {
+                                *flows.entry((Addr::from(ip), p)).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for s in &t.services {
+            for b in &s.backends {
+                rows.push(BackendRow {
+                    service: s.name.clone(),
+                    ip: b.addr.to_string(),
+                    port: b.port,
+                    weight: b.weight,
+                    state: backend_state_name(b.state).into(),
+                    flows: flows.get(&(b.addr, b.port)).copied().unwrap_or(0),
+                });
+            }
+        }
+        Response::ok(rows)
+    }
+}
+
+pub fn backend_state_name(s: BackendState) -> &'static str {
+    match s {
+        BackendState::Active => "active",
+        BackendState::Terminating => "terminating",
+        BackendState::Quarantined => "quarantined",
+    }
+}
+
+fn service_rows(t: &Tables) -> Vec<ServiceRow> {
+    let mut fronts: Vec<Vec<String>> = vec![Vec::new(); t.services.len()];
+    let mut keys: Vec<_> = t.frontends.iter().collect();
+    keys.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
+    for (k, idx) in keys {
+        if let Some(f) = fronts.get_mut(*idx as usize) {
+            f.push(format!("{}/{}", fmt_socket(k.addr, k.port), proto_name(k.proto)));
+        }
+    }
+    t.services
+        .iter()
+        .zip(fronts)
+        .map(|(s, frontends)| {
+            let count = |st| s.backends.iter().filter(|b| b.state == st).count();
+            ServiceRow {
+                name: s.name.clone(),
+                kind: format!("{:?}", s.kind),
+                frontends,
+                algorithm: format!("{:?}", s.algorithm).to_lowercase(),
+                affinity_s: s.affinity_ns.map(|n| n / 1_000_000_000),
+                backends: s.backends.len(),
+                active: count(BackendState::Active),
+                terminating: count(BackendState::Terminating),
+                quarantined: count(BackendState::Quarantined),
+            }
+        })
+        .collect()
+}
+
+/// The identity of an address and where it comes from (shared with `explain`).
+pub fn identity_source(t: &Tables, a: &Addr) -> (u32, Option<String>, String) {
+    if let Some(ep) = t.endpoint_of(a) {
+        let e = &t.endpoints[ep as usize];
+        let len = if a.v6 { 128 } else { 32 };
+        return (e.identity, Some(format!("{a}/{len}")), format!("endpoint {}", e.name));
+    }
+    match t.ipcache.lookup(a) {
+        Some((id, len)) => {
+            let src = if id == reserved::HOST && t.is_node_ip(a) {
+                "node".to_string()
+            } else {
+                "ipcache".to_string()
+            };
+            (id, Some(format!("{}/{len}", a.masked(len))), src)
+        }
+        None => (reserved::WORLD, None, "world".into()),
+    }
+}
+
+fn ipcache_get(t: &Tables, ip: &str) -> Response {
+    let Ok(addr) = ip.parse::<IpAddr>() else {
+        return Response::err(format!("{ip:?} is not an IP address"));
+    };
+    let a = Addr::from(addr);
+    let (identity, prefix, source) = identity_source(t, &a);
+    Response::ok(IpcacheEntry {
+        ip: addr.to_string(),
+        identity,
+        prefix,
+        source,
+    })
+}
+
+fn identity_rows(s: &State) -> Vec<IdentityRow> {
+    let mut by_id: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
+    by_id.insert(
+        reserved::HOST,
+        (
+            "reserved:host".into(),
+            s.node.node_ips.iter().map(|ip| ip.to_string()).collect(),
+        ),
+    );
+    by_id.insert(reserved::WORLD, ("reserved:world".into(), vec!["0.0.0.0/0".into(), "::/0".into()]));
+    for e in &s.endpoints {
+        let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let member = if labels.is_empty() {
+            e.name.clone()
+        } else {
+            format!("{} ({})", e.name, labels.join(","))
+        };
+        let entry = by_id
+            .entry(e.identity)
+            .or_insert_with(|| ("endpoint".into(), Vec::new()));
+        entry.1.push(member);
+    }
+    for c in &s.ipcache {
+        let entry = by_id
+            .entry(c.identity)
+            .or_insert_with(|| ("ipcache".into(), Vec::new()));
+        entry.1.push(c.prefix.to_string());
+    }
+    by_id
+        .into_iter()
+        .map(|(identity, (kind, members))| IdentityRow {
+            identity,
+            cluster: identity >> 24,
+            kind,
+            members,
+        })
+        .collect()
+}
+
+fn policy_get(s: &State, endpoint: &str, mode: PolicyModeStatus) -> Response {
+    let Some(ep) = s.endpoints.iter().find(|e| e.name == endpoint) else {
+        let known: Vec<&str> = s.endpoints.iter().map(|e| e.name.as_str()).collect();
+        return Response::err(format!(
+            "no local endpoint {endpoint:?} (known: {})",
+            known.join(", ")
+        ));
+    };
+    let p = s.policies.iter().find(|p| p.endpoint == endpoint);
+    let ingress = p.map(|p| p.ingress.clone()).unwrap_or_default();
+    let egress = p.map(|p| p.egress.clone()).unwrap_or_default();
+    let default = |r: &Vec<nodeplane_state::Rule>| {
+        if r.is_empty() {
+            "default-allow"
+        } else {
+            "default-deny"
+        }
+        .to_string()
+    };
+    Response::ok(PolicyView {
+        endpoint: ep.name.clone(),
+        identity: ep.identity,
+        ips: ep.ips.iter().map(|i| i.to_string()).collect(),
+        mode,
+        ingress_default: default(&ingress),
+        egress_default: default(&egress),
+        ingress,
+        egress,
+    })
+}

@@ -1,0 +1,234 @@
+//! `nodeplane run`: the daemon. One control thread (this one) and N worker threads.
+//!
+//! ```text
+//!                  ┌───────────── control thread (mio event loop) ─────────────┐
+//!  source thread ──┤ SourceEvent (channel + Waker) → validate → build → publish ├──> workers
+//!  (dir / etcd)    │ control socket: line JSON requests → answers               │   (Subscriber,
+//!  SIGTERM/SIGINT ─┤ signal pipe → stop                                         │    request channel)
+//!                  └────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Stability first: a rejected state leaves the published tables untouched (logged at error
+//! level, counted, shown by `nodeplane status`); a source failure never stops forwarding; the
+//! emergency policy mode is a runtime override held here and needs no store.
+
+pub mod config;
+pub mod control;
+pub mod log;
+
+use std::io::Read;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{unbounded, Receiver};
+use mio::{Events, Poll, Token, Waker};
+
+use crate::api::server::Server;
+use crate::source::dir::DirSource;
+use crate::source::{SourceEvent, StateSource};
+use crate::worker::{IoStats, PacketIo, ReplayIo};
+use config::{Config, IoConfig, SourceChoice};
+use control::{Control, IoFactory};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const SOURCE: Token = Token(2);
+const FIRST_CONN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Socket(#[from] crate::api::server::ServerError),
+    #[error("cannot set up the event loop: {0}")]
+    Poll(#[source] std::io::Error),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("state source: {0}")]
+    Source(String),
+    #[error("packet I/O: {0}")]
+    Io(String),
+}
+
+/// No packet I/O: the worker idles (control plane only).
+#[derive(Debug, Default)]
+pub struct NullIo;
+
+impl PacketIo for NullIo {
+    fn bind(&mut self, _: &nodeplane_dataplane::Tables) {}
+    fn burst(
+        &mut self,
+        _: u64,
+        _: &mut dyn FnMut(
+            &mut [nodeplane_dataplane::Packet<'_>],
+            &mut [nodeplane_dataplane::Outcome],
+        ),
+    ) -> usize {
+        0
+    }
+    fn send(&mut self, _: u16, _: &[u8]) {}
+    fn idle(&mut self, max: Duration) {
+        std::thread::sleep(max.max(Duration::from_millis(10)));
+    }
+    fn stats(&self) -> IoStats {
+        IoStats::default()
+    }
+}
+
+fn make_source(cfg: &Config) -> Result<Box<dyn StateSource>, DaemonError> {
+    match cfg.source() {
+        SourceChoice::Dir(d) => Ok(Box::new(DirSource::new(d))),
+        SourceChoice::Etcd(_) => Err(DaemonError::Source(
+            "the etcd source is not built into this binary yet; use `state: { dir: PATH }`".into(),
+        )),
+    }
+}
+
+fn make_io(cfg: &Config) -> Result<IoFactory, DaemonError> {
+    match cfg.io.clone() {
+        IoConfig::None => Ok(Box::new(|_, _| Ok(Box::new(NullIo) as Box<dyn PacketIo>))),
+        IoConfig::Replay(r) => {
+            // Check the captures now, so a bad path fails the start, not a worker.
+            ReplayIo::new(&r).map_err(|e| DaemonError::Io(e.to_string()))?;
+            Ok(Box::new(move |i, n| {
+                // Inputs are dealt to workers round-robin (each input feeds one worker).
+                let mut mine = r.clone();
+                mine.inputs = r
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| k % n == i)
+                    .map(|(_, x)| x.clone())
+                    .collect();
+                if let Some(dir) = &r.output_dir {
+                    mine.output_dir = Some(if n > 1 { dir.join(format!("worker{i}")) } else { dir.clone() });
+                }
+                if mine.inputs.is_empty() {
+                    return Ok(Box::new(NullIo) as Box<dyn PacketIo>);
+                }
+                ReplayIo::new(&mine)
+                    .map(|io| Box::new(io) as Box<dyn PacketIo>)
+                    .map_err(|e| e.to_string())
+            }))
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    let mut poll = Poll::new().map_err(DaemonError::Poll)?;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Signals arrive as bytes on a socket pair the event loop watches.
+    let (sig_r, sig_w) = StdUnixStream::pair().map_err(DaemonError::Signals)?;
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let w = sig_w.try_clone().map_err(DaemonError::Signals)?;
+        signal_hook::low_level::pipe::register(sig, w).map_err(DaemonError::Signals)?;
+    }
+    sig_r.set_nonblocking(true).map_err(DaemonError::Signals)?;
+    let mut sig_r = mio::net::UnixStream::from_std(sig_r);
+    poll.registry()
+        .register(&mut sig_r, SIGNALS, mio::Interest::READABLE)
+        .map_err(DaemonError::Poll)?;
+
+    let mut server = Server::bind(&cfg.control_socket, poll.registry(), LISTENER, FIRST_CONN)?;
+    let source = make_source(&cfg)?;
+    let io = make_io(&cfg)?;
+    let mut control = Control::new(
+        source.name(),
+        cfg.workers,
+        io,
+        cfg.removed_flow_action,
+        stop.clone(),
+    );
+
+    // Source thread → channel → forwarder → control channel + wake the event loop.
+    let waker = Arc::new(Waker::new(poll.registry(), SOURCE).map_err(DaemonError::Poll)?);
+    let (src_tx, src_rx) = unbounded::<SourceEvent>();
+    let (ctl_tx, ctl_rx): (_, Receiver<SourceEvent>) = unbounded();
+    let src_stop = stop.clone();
+    let source_thread = std::thread::Builder::new()
+        .name("np-source".into())
+        .spawn(move || source.run(src_tx, src_stop))
+        .map_err(|e| DaemonError::Source(e.to_string()))?;
+    let w = waker.clone();
+    let forwarder = std::thread::Builder::new()
+        .name("np-source-fwd".into())
+        .spawn(move || {
+            for ev in src_rx {
+                if ctl_tx.send(ev).is_err() {
+                    break;
+                }
+                let _ = w.wake();
+            }
+        })
+        .map_err(|e| DaemonError::Source(e.to_string()))?;
+
+    ::log::info!(
+        "nodeplane running: state from {}, control socket {}, {} worker(s)",
+        control_source_name(&cfg),
+        server.path().display(),
+        cfg.workers
+    );
+    let mut events = Events::with_capacity(64);
+    let mut last_sweep = Instant::now();
+    'outer: loop {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            ::log::error!("event loop: {e}");
+            break;
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNALS => {
+                    let mut b = [0u8; 16];
+                    while matches!(sig_r.read(&mut b), Ok(n) if n > 0) {}
+                    ::log::info!("signal received: stopping");
+                    break 'outer;
+                }
+                SOURCE => {
+                    while let Ok(ev) = ctl_rx.try_recv() {
+                        control.on_source(ev);
+                    }
+                }
+                t if server.owns(t) => {
+                    server.ready(poll.registry(), t, &mut |line| control.handle_line(line));
+                }
+                _ => {}
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            server.sweep(poll.registry());
+            last_sweep = Instant::now();
+        }
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let stats = control.join_workers();
+    for s in &stats {
+        ::log::info!(
+            "worker {} stopped: {} packets, {} forwarded, {} dropped",
+            s.worker,
+            s.packets,
+            s.forwarded,
+            s.dropped
+        );
+    }
+    drop(server);
+    let _ = source_thread.join();
+    let _ = forwarder.join();
+    ::log::info!("stopped");
+    Ok(())
+}
+
+fn control_source_name(cfg: &Config) -> String {
+    match cfg.source() {
+        SourceChoice::Dir(d) => format!("dir {}", d.display()),
+        SourceChoice::Etcd(_) => "etcd".into(),
+    }
+}
