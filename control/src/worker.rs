@@ -612,6 +612,10 @@ impl<I: PacketIo> Worker<I> {
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
+
+    pub fn io(&self) -> &I {
+        &self.io
+    }
 }
 
 /// One input of a [`ReplayIo`]: frames of a capture entering on an interface.

@@ -21,9 +21,9 @@ pub const DEFAULT_SOCKET: &str = "/run/nodeplane/nodeplane.sock";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    Status,
-    ServiceList,
-    BackendList,
+    Status {},
+    ServiceList {},
+    BackendList {},
     CtList {
         #[serde(default)]
         filter: CtFilter,
@@ -41,7 +41,7 @@ pub enum Request {
     IpcacheGet {
         ip: String,
     },
-    IdentityList,
+    IdentityList {},
     PolicyGet {
         endpoint: String,
     },

@@ -21,7 +21,7 @@ enum BackendCmd {
 
 pub fn run(args: BackendArgs) -> CliResult {
     let BackendCmd::List(c) = args.cmd;
-    let Some(rows) = ask::<Vec<BackendRow>>(&c, &Request::BackendList)? else {
+    let Some(rows) = ask::<Vec<BackendRow>>(&c, &Request::BackendList {})? else {
         return Ok(ExitCode::SUCCESS);
     };
     let rows: Vec<Vec<String>> = rows

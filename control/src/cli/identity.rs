@@ -21,7 +21,7 @@ enum IdentityCmd {
 
 pub fn run(args: IdentityArgs) -> CliResult {
     let IdentityCmd::List(c) = args.cmd;
-    let Some(rows) = ask::<Vec<IdentityRow>>(&c, &Request::IdentityList)? else {
+    let Some(rows) = ask::<Vec<IdentityRow>>(&c, &Request::IdentityList {})? else {
         return Ok(ExitCode::SUCCESS);
     };
     let rows: Vec<Vec<String>> = rows

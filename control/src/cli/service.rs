@@ -21,7 +21,7 @@ enum ServiceCmd {
 
 pub fn run(args: ServiceArgs) -> CliResult {
     let ServiceCmd::List(c) = args.cmd;
-    let Some(rows) = ask::<Vec<ServiceRow>>(&c, &Request::ServiceList)? else {
+    let Some(rows) = ask::<Vec<ServiceRow>>(&c, &Request::ServiceList {})? else {
         return Ok(ExitCode::SUCCESS);
     };
     let rows: Vec<Vec<String>> = rows

@@ -14,7 +14,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> CliResult {
-    let Some(s) = ask::<Status>(&args.common, &Request::Status)? else {
+    let Some(s) = ask::<Status>(&args.common, &Request::Status {})? else {
         return Ok(ExitCode::SUCCESS);
     };
     println!("node:        {}", s.node);

@@ -40,14 +40,13 @@ pub struct StateConfig {
     pub etcd: Option<serde_yaml::Value>,
 }
 
+/// Packet I/O. Nothing set: no packet I/O (control plane only: state, CLI).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IoConfig {
-    /// No packet I/O (control plane only: state, CLI).
-    #[default]
-    None,
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
     /// Frames from pcap captures (tests, benchmarks, reproducing a problem).
-    Replay(ReplayIoConfig),
+    #[serde(default)]
+    pub replay: Option<ReplayIoConfig>,
 }
 
 fn default_socket() -> PathBuf {
@@ -66,7 +65,7 @@ impl Default for Config {
             state: StateConfig::default(),
             control_socket: default_socket(),
             workers: 1,
-            io: IoConfig::None,
+            io: IoConfig::default(),
             removed_flow_action: RemovedFlowAction::Drop,
             log_level: default_log_level(),
         }
@@ -143,7 +142,7 @@ impl Config {
                 format!("{:?} is not one of error, warn, info, debug", cfg.log_level),
             ));
         }
-        if let IoConfig::Replay(r) = &cfg.io {
+        if let Some(r) = &cfg.io.replay {
             if r.inputs.is_empty() {
                 return Err(invalid("io.replay.inputs", "at least one input".into()));
             }
@@ -174,7 +173,7 @@ mod tests {
         assert_eq!(c.source(), SourceChoice::Dir(DEFAULT_STATE_DIR.into()));
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.workers, 1);
-        assert_eq!(c.io, IoConfig::None);
+        assert_eq!(c.io, IoConfig::default());
         assert_eq!(c.removed_flow_action, RemovedFlowAction::Drop);
     }
 
@@ -186,7 +185,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.source(), SourceChoice::Dir("/tmp/s".into()));
         assert_eq!(c.removed_flow_action, RemovedFlowAction::Rst);
-        let IoConfig::Replay(r) = c.io else { panic!() };
+        let r = c.io.replay.unwrap();
         assert_eq!(r.rate_pps, Some(100));
         assert_eq!(r.loops, Some(3));
         assert_eq!(r.inputs[0].iface, "pod-client");

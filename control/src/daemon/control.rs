@@ -314,7 +314,7 @@ impl Control {
 
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => Response::ok(self.status()),
+            Request::Status {} => Response::ok(self.status()),
             Request::PolicyMode { mode } => self.set_mode(&mode),
             Request::CtList {
                 filter,
@@ -328,10 +328,10 @@ impl Control {
                 };
                 let tables = p.current();
                 match req {
-                    Request::ServiceList => Response::ok(service_rows(&tables)),
-                    Request::BackendList => self.backend_rows(&tables),
+                    Request::ServiceList {} => Response::ok(service_rows(&tables)),
+                    Request::BackendList {} => self.backend_rows(&tables),
                     Request::IpcacheGet { ip } => ipcache_get(&tables, &ip),
-                    Request::IdentityList => Response::ok(identity_rows(&state)),
+                    Request::IdentityList {} => Response::ok(identity_rows(&state)),
                     Request::PolicyGet { endpoint } => {
                         let mode = self.mode_status();
                         policy_get(&state, &endpoint, mode)

@@ -29,7 +29,7 @@ use crate::api::server::Server;
 use crate::source::dir::DirSource;
 use crate::source::{SourceEvent, StateSource};
 use crate::worker::{IoStats, PacketIo, ReplayIo};
-use config::{Config, IoConfig, SourceChoice};
+use config::{Config, SourceChoice};
 use control::{Control, IoFactory};
 
 const LISTENER: Token = Token(0);
@@ -88,9 +88,9 @@ fn make_source(cfg: &Config) -> Result<Box<dyn StateSource>, DaemonError> {
 }
 
 fn make_io(cfg: &Config) -> Result<IoFactory, DaemonError> {
-    match cfg.io.clone() {
-        IoConfig::None => Ok(Box::new(|_, _| Ok(Box::new(NullIo) as Box<dyn PacketIo>))),
-        IoConfig::Replay(r) => {
+    match cfg.io.replay.clone() {
+        None => Ok(Box::new(|_, _| Ok(Box::new(NullIo) as Box<dyn PacketIo>))),
+        Some(r) => {
             // Check the captures now, so a bad path fails the start, not a worker.
             ReplayIo::new(&r).map_err(|e| DaemonError::Io(e.to_string()))?;
             Ok(Box::new(move |i, n| {
