@@ -163,17 +163,18 @@ fn info(t: &Tables, a: &Addr) -> IdentityInfo {
     }
 }
 
-fn decision(
-    state: &State,
-    endpoint: &str,
-    direction: &str,
-    d: Decision,
-) -> RuleDecision {
+fn decision(state: &State, endpoint: &str, direction: &str, d: Decision) -> RuleDecision {
     let rules = state
         .policies
         .iter()
         .find(|p| p.endpoint == endpoint)
-        .map(|p| if direction == "ingress" { &p.ingress } else { &p.egress });
+        .map(|p| {
+            if direction == "ingress" {
+                &p.ingress
+            } else {
+                &p.egress
+            }
+        });
     let (decision, idx) = match d {
         Decision::Allow { rule } => ("allow", Some(rule)),
         Decision::Deny { rule } => ("deny", rule),

@@ -24,6 +24,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crossbeam::channel::{bounded, Receiver, Sender};
 use nodeplane_dataplane::{Pipeline, Tables};
 use nodeplane_state::PolicyMode;
 
@@ -34,7 +35,16 @@ struct Shared {
     slot: Mutex<Arc<Tables>>,
     /// 0 = no override, else `encode(mode)`.
     mode: AtomicU8,
+    /// Snapshots a worker switched away from, handed back so that the control thread (not the
+    /// worker, between two bursts) pays for freeing them: dropping 10k services and 100k
+    /// ipcache entries takes milliseconds.
+    retired_tx: Sender<Arc<Tables>>,
+    retired_rx: Receiver<Arc<Tables>>,
 }
+
+/// Retired snapshots queued at most; beyond that a worker frees one itself (counted as a
+/// slow pick-up, never a lost packet).
+const RETIRED_QUEUE: usize = 64;
 
 /// The control thread's end. Cloning gives another handle on the same publication.
 #[derive(Debug, Clone)]
@@ -69,13 +79,27 @@ fn decode(v: u8) -> Option<PolicyMode> {
 
 impl Publisher {
     pub fn new(initial: Arc<Tables>) -> Publisher {
+        let (retired_tx, retired_rx) = bounded(RETIRED_QUEUE);
         Publisher {
             shared: Arc::new(Shared {
                 version: AtomicU64::new(1),
                 slot: Mutex::new(initial),
                 mode: AtomicU8::new(0),
+                retired_tx,
+                retired_rx,
             }),
         }
+    }
+
+    /// Frees the snapshots workers have switched away from. Called by the control thread at
+    /// every publication and periodically.
+    pub fn reap(&self) -> usize {
+        let mut n = 0;
+        while let Ok(t) = self.shared.retired_rx.try_recv() {
+            drop(t);
+            n += 1;
+        }
+        n
     }
 
     /// Publishes new tables; workers switch to them at their next burst boundary.
@@ -85,9 +109,10 @@ impl Publisher {
             std::mem::replace(&mut *slot, tables)
         };
         self.shared.version.fetch_add(1, Ordering::Release);
-        // The previous snapshot is freed here (or by the last worker still holding it), never
-        // under the lock.
+        // The previous snapshot is freed here or, once the workers hand it back, by `reap`;
+        // never under the lock.
         drop(old);
+        self.reap();
     }
 
     /// Sets (or clears, with `None`) the operator's policy-mode override.
@@ -135,7 +160,11 @@ impl Subscriber {
     fn pick_up(&mut self, v: u64, pipeline: &mut Pipeline) {
         let tables = Arc::clone(&self.shared.slot.lock().unwrap_or_else(|p| p.into_inner()));
         if !Arc::ptr_eq(&tables, pipeline.tables()) {
+            let old = Arc::clone(pipeline.tables());
             pipeline.set_tables(tables);
+            // Hand the old snapshot back for the control thread to free. (A full queue means
+            // the control thread is not reaping; the worker then frees it here.)
+            let _ = self.shared.retired_tx.try_send(old);
         }
         pipeline.set_policy_mode_override(decode(self.shared.mode.load(Ordering::Relaxed)));
         self.seen = v;
@@ -181,6 +210,21 @@ mod tests {
         p.set_policy_mode(None);
         sub.poll(&mut pipe);
         assert_eq!(pipe.policy_mode_override(), None);
+    }
+
+    #[test]
+    fn old_snapshots_are_freed_by_the_control_thread() {
+        let p = Publisher::new(tables(1));
+        let mut sub = p.subscribe();
+        let mut pipe = Pipeline::new(sub.current());
+        sub.poll(&mut pipe);
+        let t1 = Arc::downgrade(pipe.tables());
+        p.publish(tables(2));
+        sub.poll(&mut pipe);
+        // The worker switched; generation 1 waits in the retired queue, alive.
+        assert!(t1.upgrade().is_some());
+        assert_eq!(p.reap(), 1);
+        assert!(t1.upgrade().is_none(), "freed by reap");
     }
 
     #[test]

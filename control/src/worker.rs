@@ -884,7 +884,12 @@ impl PacketIo for ReplayIo {
                 ts: now,
                 tag: 0,
             });
-            for (i, (p, buf)) in pkts.iter_mut().zip(self.bufs.iter_mut()).take(n).enumerate() {
+            for (i, (p, buf)) in pkts
+                .iter_mut()
+                .zip(self.bufs.iter_mut())
+                .take(n)
+                .enumerate()
+            {
                 p.data = &mut buf[..self.lens[i]];
                 p.iface = ifaces[i];
             }

@@ -38,21 +38,31 @@ fn valid_change_is_published_and_invalid_change_is_rejected() {
         "    rate_pps: 400\n    vary_ports: true\n",
     );
     let d = Daemon::start_in(dir, &io);
-    wait_for("traffic on the uplink", 10, || (d.tx("uplink0") > 0).then_some(()));
+    wait_for("traffic on the uplink", 10, || {
+        (d.tx("uplink0") > 0).then_some(())
+    });
     assert_eq!(d.tx("pod-web1"), 0);
 
     // A valid change: the new service appears and new traffic goes to its backend.
     std::fs::write(d.state.join("zz-extra.yaml"), EXTRA).unwrap();
     wait_for("service extra", 10, || {
         let l = d.call(&Request::ServiceList {});
-        l.as_array()?.iter().any(|s| s["name"] == "extra").then_some(())
+        l.as_array()?
+            .iter()
+            .any(|s| s["name"] == "extra")
+            .then_some(())
     });
     let s = d.status();
     assert_eq!(s["generation"], 2);
     assert_eq!(s["state"], "ok");
-    wait_for("traffic to the new backend", 10, || (d.tx("pod-web1") > 0).then_some(()));
+    wait_for("traffic to the new backend", 10, || {
+        (d.tx("pod-web1") > 0).then_some(())
+    });
     let (ok, out) = d.cli(&["service", "list"]);
-    assert!(ok && out.contains("extra") && out.contains("10.96.0.99:80/udp"), "{out}");
+    assert!(
+        ok && out.contains("extra") && out.contains("10.96.0.99:80/udp"),
+        "{out}"
+    );
 
     // An invalid change: rejected whole, named by file and field; the old state keeps
     // forwarding.
@@ -86,7 +96,9 @@ fn valid_change_is_published_and_invalid_change_is_rejected() {
 
     // Fixing the file publishes again.
     std::fs::remove_file(d.state.join("zz-bad.yaml")).unwrap();
-    wait_for("state ok again", 10, || (d.status()["state"] == "ok").then_some(()));
+    wait_for("state ok again", 10, || {
+        (d.status()["state"] == "ok").then_some(())
+    });
 }
 
 #[test]
@@ -99,13 +111,17 @@ fn policy_mode_switch_takes_effect() {
         "    rate_pps: 400\n",
     );
     let d = Daemon::start_in(dir, &io);
-    wait_for("policy drops", 10, || (d.drops("policy-denied") > 0).then_some(()));
+    wait_for("policy drops", 10, || {
+        (d.drops("policy-denied") > 0).then_some(())
+    });
     assert_eq!(d.tx("pod-web1"), 0);
 
     let (ok, out) = d.cli(&["policy", "mode", "allow-all"]);
     assert!(ok, "{out}");
     assert!(out.contains("allow-all"), "{out}");
-    wait_for("forwarding in allow-all", 10, || (d.tx("pod-web1") > 0).then_some(()));
+    wait_for("forwarding in allow-all", 10, || {
+        (d.tx("pod-web1") > 0).then_some(())
+    });
     let denied = d.drops("policy-denied");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(d.drops("policy-denied"), denied, "no more policy drops");
@@ -116,7 +132,9 @@ fn policy_mode_switch_takes_effect() {
     // Audit: forwarded and marked; then back to the state's mode: denied again. (The flow
     // created in allow-all is re-checked at the next generation only, so use explain, which
     // evaluates a new flow.)
-    d.call(&Request::PolicyMode { mode: "state".into() });
+    d.call(&Request::PolicyMode {
+        mode: "state".into(),
+    });
     let x = d.call(&Request::Explain(nodeplane_control::api::ExplainRequest {
         iface: "pod-client".into(),
         proto: "tcp".into(),
@@ -142,7 +160,9 @@ fn ct_list_filters_flush_and_explain() {
     let io = replay_io(&dir, &frames, "    loops: 1\n");
     let d = Daemon::start_in(dir, &io);
     wait_for("the capture to be replayed", 10, || {
-        d.status()["workers"][0]["io"]["finished"].as_bool()?.then_some(())
+        d.status()["workers"][0]["io"]["finished"]
+            .as_bool()?
+            .then_some(())
     });
     let count = |f: CtFilter| {
         d.call(&Request::CtList {
@@ -155,14 +175,47 @@ fn ct_list_filters_flush_and_explain() {
     };
     let all = CtFilter::default();
     assert_eq!(count(all.clone()), 15);
-    assert_eq!(count(CtFilter { proto: Some("udp".into()), ..all.clone() }), 10);
-    assert_eq!(count(CtFilter { dst: Some("10.96.0.10".parse().unwrap()), ..all.clone() }), 5);
-    assert_eq!(count(CtFilter { port: Some(2003), ..all.clone() }), 1);
-    assert_eq!(count(CtFilter { state: Some("syn_sent".into()), ..all.clone() }), 5);
-    assert_eq!(count(CtFilter { src: Some("10.244.1.99".parse().unwrap()), ..all.clone() }), 0);
+    assert_eq!(
+        count(CtFilter {
+            proto: Some("udp".into()),
+            ..all.clone()
+        }),
+        10
+    );
+    assert_eq!(
+        count(CtFilter {
+            dst: Some("10.96.0.10".parse().unwrap()),
+            ..all.clone()
+        }),
+        5
+    );
+    assert_eq!(
+        count(CtFilter {
+            port: Some(2003),
+            ..all.clone()
+        }),
+        1
+    );
+    assert_eq!(
+        count(CtFilter {
+            state: Some("syn_sent".into()),
+            ..all.clone()
+        }),
+        5
+    );
+    assert_eq!(
+        count(CtFilter {
+            src: Some("10.244.1.99".parse().unwrap()),
+            ..all.clone()
+        }),
+        0
+    );
     // Backend addresses match --dst too.
     let rows = d.call(&Request::CtList {
-        filter: CtFilter { port: Some(2003), ..all.clone() },
+        filter: CtFilter {
+            port: Some(2003),
+            ..all.clone()
+        },
         limit: None,
         count_only: false,
     });
@@ -174,12 +227,18 @@ fn ct_list_filters_flush_and_explain() {
     assert_eq!(row["packets"][0], 1);
     assert!(row["expires_in_ms"].as_u64().unwrap() > 100_000);
     let backend = row["backend"].as_str().unwrap().to_string();
-    assert!(backend == "10.244.1.21" || backend == "10.244.1.22", "{backend}");
+    assert!(
+        backend == "10.244.1.21" || backend == "10.244.1.22",
+        "{backend}"
+    );
 
     // The CLI's human table and count.
     let (ok, out) = d.cli(&["ct", "list", "--proto", "tcp"]);
     assert!(ok, "{out}");
-    assert!(out.contains("ESTABLISHED") || out.contains("SYN_SENT"), "{out}");
+    assert!(
+        out.contains("ESTABLISHED") || out.contains("SYN_SENT"),
+        "{out}"
+    );
     assert!(out.contains("5 entries"), "{out}");
     let (ok, out) = d.cli(&["ct", "list", "--count", "--dst", &backend]);
     assert!(ok && out.trim().parse::<u64>().unwrap() >= 1, "{out}");
@@ -188,8 +247,18 @@ fn ct_list_filters_flush_and_explain() {
 
     // explain: the next segment of the flow above takes the same backend.
     let (ok, out) = d.cli(&[
-        "explain", "--json", "--iface", "pod-client", "--proto", "tcp",
-        "--src", "10.244.1.10:2003", "--dst", "10.96.0.10:80", "--tcp-flags", "ack",
+        "explain",
+        "--json",
+        "--iface",
+        "pod-client",
+        "--proto",
+        "tcp",
+        "--src",
+        "10.244.1.10:2003",
+        "--dst",
+        "10.96.0.10:80",
+        "--tcp-flags",
+        "ack",
     ]);
     assert!(ok, "{out}");
     let x: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -198,7 +267,11 @@ fn ct_list_filters_flush_and_explain() {
     assert_eq!(x["outcome"]["backend"], backend.as_str());
     assert_eq!(x["outcome"]["backend_port"], 8080);
     assert_eq!(x["outcome"]["ct"], "established");
-    let web = if backend.ends_with(".21") { ("web-1", "pod-web1") } else { ("web-2", "pod-web2") };
+    let web = if backend.ends_with(".21") {
+        ("web-1", "pod-web1")
+    } else {
+        ("web-2", "pod-web2")
+    };
     assert_eq!(x["outcome"]["verdict"], "forward");
     assert_eq!(x["outcome"]["egress"], web.1);
     assert_eq!(x["ingress_rule"]["endpoint"], web.0);
@@ -210,13 +283,28 @@ fn ct_list_filters_flush_and_explain() {
     // explain did not touch the live table.
     assert_eq!(count(all.clone()), 15);
     let (ok, out) = d.cli(&[
-        "explain", "--iface", "pod-client", "--proto", "tcp",
-        "--src", "10.244.1.10:2003", "--dst", "10.96.0.10:80",
+        "explain",
+        "--iface",
+        "pod-client",
+        "--proto",
+        "tcp",
+        "--src",
+        "10.244.1.10:2003",
+        "--dst",
+        "10.96.0.10:80",
     ]);
-    assert!(ok && out.contains("service:     web via 10.96.0.10:80/tcp"), "{out}");
+    assert!(
+        ok && out.contains("service:     web via 10.96.0.10:80/tcp"),
+        "{out}"
+    );
 
     // Flush by filter, then all.
-    let f = d.call(&Request::CtFlush { filter: CtFilter { proto: Some("udp".into()), ..all.clone() } });
+    let f = d.call(&Request::CtFlush {
+        filter: CtFilter {
+            proto: Some("udp".into()),
+            ..all.clone()
+        },
+    });
     assert_eq!(f["flushed"], 10);
     assert_eq!(count(all.clone()), 5);
     let (ok, out) = d.cli(&["ct", "flush"]);
@@ -235,12 +323,27 @@ fn malformed_requests_get_errors_and_do_not_block_others() {
         ("garbage", "malformed request"),
         (r#"{"cmd":"nope"}"#, "unknown variant"),
         (r#"{"cmd":"status","extra":1}"#, "unknown field"),
-        (r#"{"cmd":"ipcache-get","ip":"not-an-ip"}"#, "not an IP address"),
+        (
+            r#"{"cmd":"ipcache-get","ip":"not-an-ip"}"#,
+            "not an IP address",
+        ),
         (r#"{"cmd":"ipcache-get"}"#, "missing field"),
-        (r#"{"cmd":"policy-get","endpoint":"nope"}"#, "no local endpoint"),
-        (r#"{"cmd":"ct-list","filter":{"proto":"sctp"}}"#, "unknown protocol"),
-        (r#"{"cmd":"explain","iface":"eth9","proto":"tcp","src":"10.244.1.10:1","dst":"10.96.0.10:80"}"#, "not in the running state"),
-        (r#"{"cmd":"explain","iface":"pod-client","proto":"tcp","src":"10.244.1.10:1","dst":"fd00::1"}"#, "same address family"),
+        (
+            r#"{"cmd":"policy-get","endpoint":"nope"}"#,
+            "no local endpoint",
+        ),
+        (
+            r#"{"cmd":"ct-list","filter":{"proto":"sctp"}}"#,
+            "unknown protocol",
+        ),
+        (
+            r#"{"cmd":"explain","iface":"eth9","proto":"tcp","src":"10.244.1.10:1","dst":"10.96.0.10:80"}"#,
+            "not in the running state",
+        ),
+        (
+            r#"{"cmd":"explain","iface":"pod-client","proto":"tcp","src":"10.244.1.10:1","dst":"fd00::1"}"#,
+            "same address family",
+        ),
         (r#"[1,2,3]"#, "malformed request"),
     ] {
         let err = d.call_err(line);
@@ -248,7 +351,8 @@ fn malformed_requests_get_errors_and_do_not_block_others() {
     }
     // Several requests on one connection, answered in order.
     let mut s = UnixStream::connect(&d.socket).unwrap();
-    s.write_all(b"{\"cmd\":\"status\"}\nbad\n{\"cmd\":\"identity-list\"}\n").unwrap();
+    s.write_all(b"{\"cmd\":\"status\"}\nbad\n{\"cmd\":\"identity-list\"}\n")
+        .unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut oks = Vec::new();
     for _ in 0..3 {
@@ -287,7 +391,11 @@ fn removed_backend_flows_get_a_reset() {
     );
     let d = Daemon::start_in(dir, &io);
     wait_for("the flow", 10, || {
-        let l = d.call(&Request::CtList { filter: CtFilter::default(), limit: None, count_only: true });
+        let l = d.call(&Request::CtList {
+            filter: CtFilter::default(),
+            limit: None,
+            count_only: true,
+        });
         (l["matched"] == 1).then_some(())
     });
     let before_client = d.tx("pod-client");
@@ -305,8 +413,15 @@ fn removed_backend_flows_get_a_reset() {
     let w = d.status()["workers"][0].clone();
     assert_eq!(w["rst_sent"], 1, "one reset: the flow is gone afterwards");
     assert_eq!(w["drops"]["backend-gone"], 1);
-    assert!(w["drops"]["no-backend"].as_u64().unwrap() >= 1, "later packets: no backend");
-    assert_eq!(d.tx("pod-client"), before_client + 1, "the reset went back to the client");
+    assert!(
+        w["drops"]["no-backend"].as_u64().unwrap() >= 1,
+        "later packets: no backend"
+    );
+    assert_eq!(
+        d.tx("pod-client"),
+        before_client + 1,
+        "the reset went back to the client"
+    );
 }
 
 #[test]

@@ -15,7 +15,9 @@ use nodeplane_control::worker::{
     Clock, RemovedFlowAction, ReplayInput, ReplayIo, ReplayIoConfig, TxCount, Worker,
 };
 use nodeplane_dataplane::{MaglevCache, Tables};
-use nodeplane_state::{example, Backend, BackendState, Frontend, IpcacheEntry, L4Proto, Service, ServiceType, State};
+use nodeplane_state::{
+    example, Backend, BackendState, Frontend, IpcacheEntry, L4Proto, Service, ServiceType, State,
+};
 
 const PASSES: u64 = 300;
 
@@ -45,7 +47,9 @@ fn bigger(base: &State) -> State {
             name: format!("extra-{i}"),
             kind: ServiceType::ClusterIP,
             frontends: vec![Frontend {
-                ip: format!("10.97.{}.{}", i / 250, i % 250 + 1).parse().unwrap(),
+                ip: format!("10.97.{}.{}", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap(),
                 port: 80,
                 protocol: L4Proto::TCP,
             }],
@@ -54,7 +58,9 @@ fn bigger(base: &State) -> State {
             affinity: None,
             backends: (0..2)
                 .map(|b| Backend {
-                    ip: format!("10.244.2.{}", (i * 2 + b) % 250 + 1).parse().unwrap(),
+                    ip: format!("10.244.2.{}", (i * 2 + b) % 250 + 1)
+                        .parse()
+                        .unwrap(),
                     port: 8000 + (i % 50) as u16,
                     weight: 1,
                     state: BackendState::Active,
@@ -64,7 +70,9 @@ fn bigger(base: &State) -> State {
     }
     for i in 0..10_000u32 {
         s.ipcache.push(IpcacheEntry {
-            prefix: format!("172.16.{}.{}/32", i / 256, i % 256).parse().unwrap(),
+            prefix: format!("172.16.{}.{}/32", i / 256, i % 256)
+                .parse()
+                .unwrap(),
             identity: 5000 + i % 100,
         });
     }
@@ -151,7 +159,11 @@ fn swapping_state_while_packets_flow_drops_and_misroutes_nothing() {
     assert_eq!(base.dropped, 0, "baseline drops");
     let total: u64 = base.tx.values().map(|t| t.packets).sum();
     assert_eq!(total, n * PASSES, "every packet transmitted: {:?}", base.tx);
-    assert!(base.tx.contains_key("pod-web1") && base.tx.contains_key("pod-web2") && base.tx.contains_key("uplink0"));
+    assert!(
+        base.tx.contains_key("pod-web1")
+            && base.tx.contains_key("pod-web2")
+            && base.tx.contains_key("uplink0")
+    );
 
     let swapped = run(&pcap, true);
     eprintln!(
@@ -159,8 +171,14 @@ fn swapping_state_while_packets_flow_drops_and_misroutes_nothing() {
         swapped.swaps, swapped.generations_seen, swapped.packets
     );
     assert!(swapped.swaps >= 10, "the swapper ran: {}", swapped.swaps);
-    assert!(swapped.generations_seen >= 5, "the worker switched tables during the run");
+    assert!(
+        swapped.generations_seen >= 5,
+        "the worker switched tables during the run"
+    );
     assert_eq!(swapped.packets, n * PASSES);
     assert_eq!(swapped.dropped, 0, "drops during swaps");
-    assert_eq!(swapped.tx, base.tx, "per-egress packets and bytes equal the baseline");
+    assert_eq!(
+        swapped.tx, base.tx,
+        "per-egress packets and bytes equal the baseline"
+    );
 }

@@ -38,7 +38,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientErr
         Ok(resp.result.unwrap_or(serde_json::Value::Null))
     } else {
         Err(ClientError::Refused(
-            resp.error.unwrap_or_else(|| "error without a message".into()),
+            resp.error
+                .unwrap_or_else(|| "error without a message".into()),
         ))
     }
 }
@@ -53,8 +54,10 @@ pub fn call_raw(socket: &Path, line: &str) -> Result<Response, ClientError> {
         path: socket.to_path_buf(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     s.write_all(line.as_bytes()).map_err(io)?;
     s.write_all(b"\n").map_err(io)?;
     let mut r = BufReader::new(s);

@@ -97,9 +97,8 @@ impl Response {
     }
     /// The response as one line (with its newline).
     pub fn to_line(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"ok":false,"error":"cannot encode the response"}"#.to_string()
-        });
+        let mut s = serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"ok":false,"error":"cannot encode the response"}"#.to_string());
         s.push('\n');
         s
     }

@@ -29,13 +29,20 @@ pub fn run(args: BackendArgs) -> CliResult {
         .map(|b| {
             vec![
                 b.service.clone(),
-                if b.ip.contains(':') { format!("[{}]:{}", b.ip, b.port) } else { format!("{}:{}", b.ip, b.port) },
+                if b.ip.contains(':') {
+                    format!("[{}]:{}", b.ip, b.port)
+                } else {
+                    format!("{}:{}", b.ip, b.port)
+                },
                 b.state.clone(),
                 b.weight.to_string(),
                 b.flows.to_string(),
             ]
         })
         .collect();
-    print!("{}", table(&["SERVICE", "BACKEND", "STATE", "WEIGHT", "FLOWS"], &rows));
+    print!(
+        "{}",
+        table(&["SERVICE", "BACKEND", "STATE", "WEIGHT", "FLOWS"], &rows)
+    );
     Ok(ExitCode::SUCCESS)
 }

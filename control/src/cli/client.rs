@@ -61,7 +61,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 #[cfg(test)]
@@ -77,6 +79,9 @@ mod tests {
                 vec!["a-long-name".into(), "x".into()],
             ],
         );
-        assert_eq!(t, "NAME         IP\nweb          10.0.0.1\na-long-name  x\n");
+        assert_eq!(
+            t,
+            "NAME         IP\nweb          10.0.0.1\na-long-name  x\n"
+        );
     }
 }

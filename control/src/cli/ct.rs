@@ -80,8 +80,17 @@ fn ms(v: u64) -> String {
 
 pub fn run(args: CtArgs) -> CliResult {
     match args.cmd {
-        CtCmd::List { filter, count, limit, common } => {
-            let req = Request::CtList { filter: filter.into_filter(), limit, count_only: count };
+        CtCmd::List {
+            filter,
+            count,
+            limit,
+            common,
+        } => {
+            let req = Request::CtList {
+                filter: filter.into_filter(),
+                limit,
+                count_only: count,
+            };
             let Some(l) = ask::<CtList>(&common, &req)? else {
                 return Ok(ExitCode::SUCCESS);
             };
@@ -98,7 +107,9 @@ pub fn run(args: CtArgs) -> CliResult {
                         format!("{}:{}", r.src, r.sport),
                         format!("{}:{}", r.dst, r.dport),
                         match (&r.backend, r.backend_port) {
-                            (Some(b), Some(p)) => format!("{b}:{p} ({})", r.service.clone().unwrap_or_default()),
+                            (Some(b), Some(p)) => {
+                                format!("{b}:{p} ({})", r.service.clone().unwrap_or_default())
+                            }
                             _ => "-".into(),
                         },
                         r.state.clone(),
@@ -114,18 +125,36 @@ pub fn run(args: CtArgs) -> CliResult {
             print!(
                 "{}",
                 table(
-                    &["PROTO", "SOURCE", "DESTINATION", "DNAT", "STATE", "IDENTITIES", "POLICY", "PKTS(o/r)", "BYTES(o/r)", "EXPIRES", "WORKER"],
+                    &[
+                        "PROTO",
+                        "SOURCE",
+                        "DESTINATION",
+                        "DNAT",
+                        "STATE",
+                        "IDENTITIES",
+                        "POLICY",
+                        "PKTS(o/r)",
+                        "BYTES(o/r)",
+                        "EXPIRES",
+                        "WORKER"
+                    ],
                     &rows
                 )
             );
             if l.truncated {
-                println!("({} of {} matching entries shown; use --limit)", l.rows.len(), l.matched);
+                println!(
+                    "({} of {} matching entries shown; use --limit)",
+                    l.rows.len(),
+                    l.matched
+                );
             } else {
                 println!("{} entries", l.matched);
             }
         }
         CtCmd::Flush { filter, common } => {
-            let req = Request::CtFlush { filter: filter.into_filter() };
+            let req = Request::CtFlush {
+                filter: filter.into_filter(),
+            };
             if let Some(f) = ask::<CtFlushed>(&common, &req)? {
                 println!("flushed {} entries", f.flushed);
             }

@@ -35,9 +35,15 @@ fn rule(r: &Option<RuleDecision>) -> String {
         Some(d) => match (&d.rule_index, &d.rule) {
             (Some(i), Some(r)) => {
                 let (a, peers, proto, ports) = rule_text(r);
-                format!("{} {} rule {i}: {a} peers={peers} proto={proto} ports={ports} -> {}", d.endpoint, d.direction, d.decision)
+                format!(
+                    "{} {} rule {i}: {a} peers={peers} proto={proto} ports={ports} -> {}",
+                    d.endpoint, d.direction, d.decision
+                )
             }
-            _ => format!("{} {}: no rule matches -> default deny", d.endpoint, d.direction),
+            _ => format!(
+                "{} {}: no rule matches -> default deny",
+                d.endpoint, d.direction
+            ),
         },
     }
 }
@@ -54,14 +60,22 @@ pub fn run(args: ExplainArgs) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     };
     let o = &x.outcome;
-    println!("packet:      {} in on {} ({})", x.packet, x.iface, x.iface_role);
+    println!(
+        "packet:      {} in on {} ({})",
+        x.packet, x.iface, x.iface_role
+    );
     println!("steering:    {}", x.steering);
     match &x.flow {
         Some(f) => println!(
             "conntrack:   existing flow on worker {}: {} {}:{} -> {}:{} {} (expires in {} ms)",
             f.worker, f.proto, f.src, f.sport, f.dst, f.dport, f.state, f.expires_in_ms
         ),
-        None => println!("conntrack:   no flow: {}", o.ct.as_deref().map(|c| format!("would be {c}")).unwrap_or_else(|| "not tracked".into())),
+        None => println!(
+            "conntrack:   no flow: {}",
+            o.ct.as_deref()
+                .map(|c| format!("would be {c}"))
+                .unwrap_or_else(|| "not tracked".into())
+        ),
     }
     match (&o.service, &o.backend, o.backend_port) {
         (Some(s), Some(b), Some(p)) => println!(
@@ -73,9 +87,15 @@ pub fn run(args: ExplainArgs) -> CliResult {
         _ => println!("service:     none"),
     }
     let id = |i: &Option<nodeplane_control::api::IdentityInfo>| {
-        i.as_ref().map(|i| format!("{} ({})", i.identity, i.source)).unwrap_or_else(|| "-".into())
+        i.as_ref()
+            .map(|i| format!("{} ({})", i.identity, i.source))
+            .unwrap_or_else(|| "-".into())
     };
-    println!("identities:  src {} -> dst {}", id(&x.src_identity), id(&x.dst_identity));
+    println!(
+        "identities:  src {} -> dst {}",
+        id(&x.src_identity),
+        id(&x.dst_identity)
+    );
     println!("policy:      mode {}; verdict {}", x.policy_mode, o.policy);
     if x.policy_mode != "allow-all" {
         println!("  egress:    {}", rule(&x.egress_rule));

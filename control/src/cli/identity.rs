@@ -26,8 +26,18 @@ pub fn run(args: IdentityArgs) -> CliResult {
     };
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| vec![r.identity.to_string(), r.cluster.to_string(), r.kind.clone(), r.members.join(", ")])
+        .map(|r| {
+            vec![
+                r.identity.to_string(),
+                r.cluster.to_string(),
+                r.kind.clone(),
+                r.members.join(", "),
+            ]
+        })
         .collect();
-    print!("{}", table(&["IDENTITY", "CLUSTER", "KIND", "MEMBERS"], &rows));
+    print!(
+        "{}",
+        table(&["IDENTITY", "CLUSTER", "KIND", "MEMBERS"], &rows)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -35,13 +35,23 @@ enum PolicyCmd {
 pub fn rule_text(r: &Rule) -> (String, String, String, String) {
     let mut peers: Vec<String> = r.identities.iter().map(|i| format!("id:{i}")).collect();
     peers.extend(r.cidrs.iter().map(|c| c.to_string()));
-    let peers = if peers.is_empty() { "any".into() } else { peers.join(",") };
+    let peers = if peers.is_empty() {
+        "any".into()
+    } else {
+        peers.join(",")
+    };
     let ports = if r.ports.is_empty() {
         "any".into()
     } else {
         r.ports
             .iter()
-            .map(|p| if p.end() != p.port { format!("{}-{}", p.port, p.end()) } else { p.port.to_string() })
+            .map(|p| {
+                if p.end() != p.port {
+                    format!("{}-{}", p.port, p.end())
+                } else {
+                    p.port.to_string()
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     };
@@ -75,9 +85,22 @@ pub fn run(args: PolicyArgs) -> CliResult {
                     let (a, peers, proto, ports) = rule_text(r);
                     rows.push(vec![dir.into(), i.to_string(), a, peers, proto, ports]);
                 }
-                rows.push(vec![dir.into(), "-".into(), default.clone(), "any".into(), "any".into(), "any".into()]);
+                rows.push(vec![
+                    dir.into(),
+                    "-".into(),
+                    default.clone(),
+                    "any".into(),
+                    "any".into(),
+                    "any".into(),
+                ]);
             }
-            print!("{}", table(&["DIRECTION", "RULE", "ACTION", "PEERS", "PROTO", "PORTS"], &rows));
+            print!(
+                "{}",
+                table(
+                    &["DIRECTION", "RULE", "ACTION", "PEERS", "PROTO", "PORTS"],
+                    &rows
+                )
+            );
         }
         PolicyCmd::Mode { mode, common } => {
             if let Some(m) = ask::<PolicyModeSet>(&common, &Request::PolicyMode { mode })? {

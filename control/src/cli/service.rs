@@ -33,14 +33,23 @@ pub fn run(args: ServiceArgs) -> CliResult {
                 s.frontends.join(","),
                 s.algorithm.clone(),
                 format!("{}/{}/{}", s.active, s.terminating, s.quarantined),
-                s.affinity_s.map(|a| format!("ClientIP {a}s")).unwrap_or_else(|| "-".into()),
+                s.affinity_s
+                    .map(|a| format!("ClientIP {a}s"))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     print!(
         "{}",
         table(
-            &["NAME", "TYPE", "FRONTENDS", "ALGORITHM", "BACKENDS(act/term/quar)", "AFFINITY"],
+            &[
+                "NAME",
+                "TYPE",
+                "FRONTENDS",
+                "ALGORITHM",
+                "BACKENDS(act/term/quar)",
+                "AFFINITY"
+            ],
             &rows
         )
     );

@@ -24,19 +24,32 @@ pub fn run(args: StatusArgs) -> CliResult {
         s.generation,
         opt(&s.state_origin),
         s.publications,
-        s.last_publish_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())
+        s.last_publish_ms
+            .map(|m| format!("{m:.1}"))
+            .unwrap_or_else(|| "-".into())
     );
     println!(
         "source:      {} ({}{})",
         s.source,
-        if s.source_connected { "connected" } else { "DISCONNECTED" },
-        if s.source_detail.is_empty() { String::new() } else { format!(": {}", s.source_detail) }
+        if s.source_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        if s.source_detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.source_detail)
+        }
     );
     println!(
         "policy mode: {}{}",
         s.policy_mode.effective,
         match &s.policy_mode.r#override {
-            Some(o) => format!(" (operator override {o}; state says {})", s.policy_mode.state),
+            Some(o) => format!(
+                " (operator override {o}; state says {})",
+                s.policy_mode.state
+            ),
             None => " (from state)".into(),
         }
     );
@@ -75,10 +88,23 @@ pub fn run(args: StatusArgs) -> CliResult {
         print!(
             "{}",
             table(
-                &["WORKER", "GEN", "PACKETS", "FORWARDED", "PASSED", "DROPPED", "CT", "DROPS"],
+                &[
+                    "WORKER",
+                    "GEN",
+                    "PACKETS",
+                    "FORWARDED",
+                    "PASSED",
+                    "DROPPED",
+                    "CT",
+                    "DROPS"
+                ],
                 &rows
             )
         );
     }
-    Ok(if s.state == "ok" { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if s.state == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -203,7 +203,9 @@ mod tests {
         assert!(e.contains("wrokers"), "{e}");
         let e = parse("removed_flow_action: reset").unwrap_err().to_string();
         assert!(e.contains("removed_flow_action"), "{e}");
-        let e = parse("io: { replay: { inputs: [] } }").unwrap_err().to_string();
+        let e = parse("io: { replay: { inputs: [] } }")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("io.replay.inputs"), "{e}");
     }
 }

@@ -155,6 +155,13 @@ impl Control {
         }
     }
 
+    /// Frees the snapshots the workers switched away from (on this thread, not theirs).
+    pub fn reap(&mut self) {
+        if let Some(p) = &self.publisher {
+            p.reap();
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -324,7 +331,9 @@ impl Control {
             Request::CtFlush { filter } => self.ct_flush(filter),
             req => {
                 let (Some(state), Some(p)) = (self.state.clone(), self.publisher.clone()) else {
-                    return Response::err("no valid state has been loaded yet (see `nodeplane status`)");
+                    return Response::err(
+                        "no valid state has been loaded yet (see `nodeplane status`)",
+                    );
                 };
                 let tables = p.current();
                 match req {
@@ -409,7 +418,10 @@ impl Control {
             p.set_policy_mode(m);
         }
         match m {
-            Some(m) => log::warn!("policy mode override set to {} by the operator", mode_name(m)),
+            Some(m) => log::warn!(
+                "policy mode override set to {} by the operator",
+                mode_name(m)
+            ),
             None => log::warn!("policy mode override cleared by the operator"),
         }
         Response::ok(PolicyModeSet {
@@ -571,7 +583,11 @@ fn service_rows(t: &Tables) -> Vec<ServiceRow> {
     keys.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
     for (k, idx) in keys {
         if let Some(f) = fronts.get_mut(*idx as usize) {
-            f.push(format!("{}/{}", fmt_socket(k.addr, k.port), proto_name(k.proto)));
+            f.push(format!(
+                "{}/{}",
+                fmt_socket(k.addr, k.port),
+                proto_name(k.proto)
+            ));
         }
     }
     t.services
@@ -599,7 +615,11 @@ pub fn identity_source(t: &Tables, a: &Addr) -> (u32, Option<String>, String) {
     if let Some(ep) = t.endpoint_of(a) {
         let e = &t.endpoints[ep as usize];
         let len = if a.v6 { 128 } else { 32 };
-        return (e.identity, Some(format!("{a}/{len}")), format!("endpoint {}", e.name));
+        return (
+            e.identity,
+            Some(format!("{a}/{len}")),
+            format!("endpoint {}", e.name),
+        );
     }
     match t.ipcache.lookup(a) {
         Some((id, len)) => {
@@ -637,7 +657,13 @@ fn identity_rows(s: &State) -> Vec<IdentityRow> {
             s.node.node_ips.iter().map(|ip| ip.to_string()).collect(),
         ),
     );
-    by_id.insert(reserved::WORLD, ("reserved:world".into(), vec!["0.0.0.0/0".into(), "::/0".into()]));
+    by_id.insert(
+        reserved::WORLD,
+        (
+            "reserved:world".into(),
+            vec!["0.0.0.0/0".into(), "::/0".into()],
+        ),
+    );
     for e in &s.endpoints {
         let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let member = if labels.is_empty() {

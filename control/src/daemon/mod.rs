@@ -104,7 +104,11 @@ fn make_io(cfg: &Config) -> Result<IoFactory, DaemonError> {
                     .map(|(_, x)| x.clone())
                     .collect();
                 if let Some(dir) = &r.output_dir {
-                    mine.output_dir = Some(if n > 1 { dir.join(format!("worker{i}")) } else { dir.clone() });
+                    mine.output_dir = Some(if n > 1 {
+                        dir.join(format!("worker{i}"))
+                    } else {
+                        dir.clone()
+                    });
                 }
                 if mine.inputs.is_empty() {
                     return Ok(Box::new(NullIo) as Box<dyn PacketIo>);
@@ -204,6 +208,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             server.sweep(poll.registry());
+            control.reap();
             last_sweep = Instant::now();
         }
     }

@@ -186,12 +186,11 @@ impl StateSource for DirSource {
                                 let mut any = false;
                                 for ev in evs {
                                     any = true;
-                                    if ev
-                                        .mask
-                                        .intersects(inotify::EventMask::DELETE_SELF
+                                    if ev.mask.intersects(
+                                        inotify::EventMask::DELETE_SELF
                                             | inotify::EventMask::MOVE_SELF
-                                            | inotify::EventMask::IGNORED)
-                                    {
+                                            | inotify::EventMask::IGNORED,
+                                    ) {
                                         lost = true;
                                     }
                                 }
@@ -244,7 +243,13 @@ mod tests {
             .expect("an event within 5 s")
     }
 
-    fn start(dir: &Path) -> (Receiver<SourceEvent>, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    fn start(
+        dir: &Path,
+    ) -> (
+        Receiver<SourceEvent>,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         let (tx, rx) = unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let s = Box::new(DirSource::new(dir).with_debounce(Duration::from_millis(30)));
