@@ -410,18 +410,24 @@ fn removed_backend_flows_get_a_reset() {
         let w = &d.status()["workers"][0];
         (w["rst_sent"].as_u64()? >= 1).then_some(())
     });
+    // The ended flow stays as a tombstone (tcp_close seconds): each of its segments is dropped
+    // `backend-gone` and answered with a reset back to the client, on pod-client.
     let w = d.status()["workers"][0].clone();
-    assert_eq!(w["rst_sent"], 1, "one reset: the flow is gone afterwards");
-    assert_eq!(w["drops"]["backend-gone"], 1);
+    let rst = w["rst_sent"].as_u64().unwrap();
+    let gone = w["drops"]["backend-gone"].as_u64().unwrap();
+    let client = w["io"]["tx"]["pod-client"]["packets"].as_u64().unwrap_or(0);
     assert!(
-        w["drops"]["no-backend"].as_u64().unwrap() >= 1,
-        "later packets: no backend"
+        gone >= rst && gone <= rst + 1,
+        "every backend-gone drop answered: {w}"
     );
-    assert_eq!(
-        d.tx("pod-client"),
-        before_client + 1,
-        "the reset went back to the client"
+    assert!(
+        client >= before_client + rst,
+        "the resets went back to the client: {w}"
     );
+    let web = w["io"]["tx"]["pod-web1"]["packets"].as_u64().unwrap_or(0)
+        + w["io"]["tx"]["pod-web2"]["packets"].as_u64().unwrap_or(0);
+    // Resets are counted as the drops they answer, not as forwarded packets.
+    assert_eq!(web, w["forwarded"].as_u64().unwrap(), "{w}");
 }
 
 #[test]

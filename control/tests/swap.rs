@@ -99,8 +99,6 @@ fn run(pcap: &std::path::Path, swap: bool) -> Run {
             file: pcap.to_path_buf(),
         }],
         loops: Some(PASSES),
-        // Paced (about 1 s per run) so that many swaps fall inside the run.
-        rate_pps: Some(20_000),
         vary_ports: true,
         ..Default::default()
     })
@@ -117,8 +115,10 @@ fn run(pcap: &std::path::Path, swap: bool) -> Run {
         RemovedFlowAction::Drop,
     );
     let done = Arc::new(AtomicBool::new(false));
+    let swaps_done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let p2 = publisher.clone();
     let d2 = done.clone();
+    let s2 = swaps_done.clone();
     let swapper = std::thread::spawn(move || {
         let mut swaps = 0u64;
         let mut gen = 1;
@@ -128,13 +128,21 @@ fn run(pcap: &std::path::Path, swap: bool) -> Run {
             // No prune: both states' Maglev tables stay cached, as for unchanged services.
             p2.publish(Arc::new(Tables::build(s, gen, &mut cache)));
             swaps += 1;
+            s2.store(swaps, Ordering::Release);
         }
         swaps
     });
     let mut gens = std::collections::BTreeSet::new();
     use nodeplane_control::worker::PacketIo;
+    let mut turns = 0u64;
     while !w.io().finished() {
+        // Interleave: at least one publication per 10 bursts, however slow the builds are
+        // (a loaded machine, a debug build), so swaps always fall inside the traffic.
+        while swap && swaps_done.load(Ordering::Acquire) < turns / 10 {
+            std::thread::yield_now();
+        }
         w.turn();
+        turns += 1;
         gens.insert(w.pipeline().tables().generation);
     }
     done.store(true, Ordering::Relaxed);

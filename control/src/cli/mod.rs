@@ -2,8 +2,8 @@
 
 pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
 
-pub mod bgp;
 pub mod backend;
+pub mod bgp;
 pub mod client;
 pub mod ct;
 pub mod explain;
