@@ -231,10 +231,17 @@ impl IdentityAllocator {
                     })?;
                     (
                         n,
-                        Compare::mod_revision(counter.as_str(), CompareOp::Equal, kv.mod_revision()),
+                        Compare::mod_revision(
+                            counter.as_str(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        ),
                     )
                 }
-                None => (FIRST_LOCAL, Compare::version(counter.as_str(), CompareOp::Equal, 0)),
+                None => (
+                    FIRST_LOCAL,
+                    Compare::version(counter.as_str(), CompareOp::Equal, 0),
+                ),
             };
             // Skip numbers still in use (the counter wrapped or was reset).
             let mut probed = 0u32;
@@ -336,10 +343,9 @@ impl IdentityAllocator {
             None => Ok(None),
             Some(kv) => {
                 let raw = String::from_utf8_lossy(kv.value()).to_string();
-                raw.parse().map(Some).map_err(|_| IdentityError::Corrupt {
-                    key,
-                    value: raw,
-                })
+                raw.parse()
+                    .map(Some)
+                    .map_err(|_| IdentityError::Corrupt { key, value: raw })
             }
         }
     }
@@ -364,8 +370,8 @@ mod tests {
 
     #[test]
     fn include_and_exclude_prefixes() {
-        let f = LabelFilter::parse(&["app".into(), "k8s.io/".into(), "!k8s.io/skip".into()])
-            .unwrap();
+        let f =
+            LabelFilter::parse(&["app".into(), "k8s.io/".into(), "!k8s.io/skip".into()]).unwrap();
         let l = labels(&[
             ("app", "a"),
             ("application", "b"),

@@ -76,7 +76,11 @@ fn two_agents_racing_for_the_same_labels_get_one_identity() {
     let mut distinct: Vec<u32> = results[0].clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), ROUNDS, "different label sets, different ids");
+    assert_eq!(
+        distinct.len(),
+        ROUNDS,
+        "different label sets, different ids"
+    );
 }
 
 #[test]
@@ -152,7 +156,8 @@ fn source_allocates_identities_for_endpoints_with_identity_zero() {
     let rt = rt();
     let mut probe = allocator(&rt, &e.endpoint(), "probe", 0);
     assert_eq!(
-        rt.block_on(probe.lookup(&labels(&[("app", "client")]))).unwrap(),
+        rt.block_on(probe.lookup(&labels(&[("app", "client")])))
+            .unwrap(),
         None,
         "identity {client_id} of the removed endpoint was released"
     );

@@ -241,7 +241,11 @@ fn config_parsing_and_validation() {
     let pw = dir.join("pw");
     std::fs::write(&pw, "s3cret\n").unwrap();
     let ca = dir.join("ca.pem");
-    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let yaml = format!(
         r#"
 endpoints: ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]

@@ -72,6 +72,12 @@ pub struct EtcdConfig {
     /// Limit for connecting and for each unary request (list, txn).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// After the TCP probe, the store must answer a status request within this time, else
+    /// the attempt counts as failed. A restarting etcd accepts connections before it serves
+    /// them; without this limit requests made in that gap would all complete at the instant it
+    /// becomes ready.
+    #[serde(default = "default_ready_timeout_ms")]
+    pub ready_timeout_ms: u64,
     /// HTTP/2 keepalive: a silent peer (partition, not a reset) is declared dead after
     /// `keepalive_interval_ms + keepalive_timeout_ms`.
     #[serde(default = "default_keepalive_interval_ms")]
@@ -91,6 +97,9 @@ fn default_debounce_ms() -> u64 {
 }
 fn default_request_timeout_ms() -> u64 {
     5_000
+}
+fn default_ready_timeout_ms() -> u64 {
+    500
 }
 fn default_keepalive_interval_ms() -> u64 {
     10_000
@@ -154,7 +163,9 @@ impl BackoffConfig {
     /// The window cap W for a cluster of `nodes` nodes.
     pub fn window(&self, nodes: usize) -> Duration {
         let scaled = self.per_node_ms.saturating_mul(nodes as u64);
-        let w = scaled.max(self.cap_ms).min(self.max_window_ms.max(self.cap_ms));
+        let w = scaled
+            .max(self.cap_ms)
+            .min(self.max_window_ms.max(self.cap_ms));
         Duration::from_millis(w)
     }
 
@@ -282,6 +293,7 @@ impl EtcdConfig {
             backoff: BackoffConfig::default(),
             debounce_ms: default_debounce_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            ready_timeout_ms: default_ready_timeout_ms(),
             keepalive_interval_ms: default_keepalive_interval_ms(),
             keepalive_timeout_ms: default_keepalive_timeout_ms(),
             identity: IdentityConfig::default(),
@@ -295,7 +307,8 @@ impl EtcdConfig {
         }
         for e in &self.endpoints {
             let https = e.starts_with("https://");
-            if !(https || e.starts_with("http://")) || e.split("://").nth(1).unwrap_or("").is_empty()
+            if !(https || e.starts_with("http://"))
+                || e.split("://").nth(1).unwrap_or("").is_empty()
             {
                 return Err(EtcdConfigError::BadEndpoint(e.clone()));
             }
@@ -453,13 +466,18 @@ impl Cache {
                 }
             })),
             "policies" => match name.split_once('/') {
-                Some((n, ep)) if n == self.node => Entry::Policy(parse::<Policy>(value).and_then(|p| {
-                    if p.endpoint == ep {
-                        Ok(p)
-                    } else {
-                        Err(format!("policy endpoint {:?} differs from the key", p.endpoint))
-                    }
-                })),
+                Some((n, ep)) if n == self.node => {
+                    Entry::Policy(parse::<Policy>(value).and_then(|p| {
+                        if p.endpoint == ep {
+                            Ok(p)
+                        } else {
+                            Err(format!(
+                                "policy endpoint {:?} differs from the key",
+                                p.endpoint
+                            ))
+                        }
+                    }))
+                }
                 _ => Entry::Ignored,
             },
             _ => Entry::Ignored,
@@ -650,21 +668,32 @@ pub async fn connect(cfg: &EtcdConfig, opts: ConnectOptions) -> Result<Client, S
                 break;
             }
             Ok(Err(err)) => last = format!("connect {authority}: {err}"),
-            Err(_) => last = format!("connect {authority}: no answer in {:?}", cfg.request_timeout()),
+            Err(_) => {
+                last = format!(
+                    "connect {authority}: no answer in {:?}",
+                    cfg.request_timeout()
+                )
+            }
         }
     }
     if !reachable {
         return Err(last);
     }
-    match tokio::time::timeout(
+    let mut client = match tokio::time::timeout(
         cfg.request_timeout(),
         Client::connect(&cfg.endpoints, Some(opts)),
     )
     .await
     {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("connect: {e}")),
-        Err(_) => Err(format!("connect: no answer in {:?}", cfg.request_timeout())),
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err(format!("connect: no answer in {:?}", cfg.request_timeout())),
+    };
+    let ready = Duration::from_millis(cfg.ready_timeout_ms.max(1));
+    match tokio::time::timeout(ready, client.status()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(format!("status: {e}")),
+        Err(_) => Err(format!("status: not serving within {ready:?}")),
     }
 }
 
@@ -714,7 +743,9 @@ impl EtcdSource {
                     let mut client = client;
                     let mut end;
                     loop {
-                        end = s.session(&mut client, &mut reconnect, &mut reported_down).await;
+                        end = s
+                            .session(&mut client, &mut reconnect, &mut reported_down)
+                            .await;
                         match end {
                             End::Compacted(rev) => {
                                 let _ = tx.send(SourceEvent::Health {

@@ -236,7 +236,9 @@ pub fn run(etcd: &mut LocalEtcd, o: &FleetOptions) -> Result<FleetReport, String
     let down_at = Instant::now();
     etcd.kill();
     // All watches break at once: wait until every agent noticed.
-    wait_until(Duration::from_secs(10), || connected.load(Ordering::Relaxed) == 0);
+    wait_until(Duration::from_secs(10), || {
+        connected.load(Ordering::Relaxed) == 0
+    });
     std::thread::sleep(o.outage.saturating_sub(down_at.elapsed()));
     if let Err(e) = etcd.restart() {
         finish(&stop);
@@ -293,11 +295,15 @@ pub fn run(etcd: &mut LocalEtcd, o: &FleetOptions) -> Result<FleetReport, String
     attempts.truncate(used.max(1));
     let per_s = (Duration::from_secs(1).as_nanos() / bucket.as_nanos()).max(1) as usize;
     let peak_connects_per_s = (0..connects.len())
-        .map(|i| connects[i..(i + per_s).min(connects.len())].iter().sum::<u32>())
+        .map(|i| {
+            connects[i..(i + per_s).min(connects.len())]
+                .iter()
+                .sum::<u32>()
+        })
         .max()
         .unwrap_or(0);
-    let peak_bucket_per_s = f64::from(connects.iter().copied().max().unwrap_or(0))
-        / bucket.as_secs_f64();
+    let peak_bucket_per_s =
+        f64::from(connects.iter().copied().max().unwrap_or(0)) / bucket.as_secs_f64();
     let mean = o.agents as f64 / window.as_secs_f64();
     Ok(FleetReport {
         agents: o.agents,
