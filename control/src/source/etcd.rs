@@ -987,3 +987,57 @@ enum IdentityStep {
     Store(String),
     Bad(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(jitter: bool) -> BackoffConfig {
+        BackoffConfig {
+            base_ms: 100,
+            cap_ms: 400,
+            per_node_ms: 10,
+            max_window_ms: 2_000,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn window_scales_with_nodes_within_bounds() {
+        let c = cfg(true);
+        assert_eq!(c.window(0), Duration::from_millis(400));
+        assert_eq!(c.window(100), Duration::from_millis(1_000));
+        assert_eq!(c.window(1_000_000), Duration::from_millis(2_000));
+        assert_eq!(c.window_k(0, 100), Duration::from_millis(100));
+        assert_eq!(c.window_k(3, 100), Duration::from_millis(800));
+        assert_eq!(c.window_k(60, 100), Duration::from_millis(1_000));
+    }
+
+    #[test]
+    fn attempts_fall_in_back_to_back_windows() {
+        let t0 = Instant::now();
+        // Without jitter: at the end of each window 100, 200, 400, 800, 1000, 1000 ms.
+        let mut r = Reconnect::new(cfg(false), 1);
+        let mut now = t0;
+        let mut ends = Vec::new();
+        for _ in 0..6 {
+            now = r.next_attempt(now, 100);
+            ends.push((now - t0).as_millis());
+        }
+        assert_eq!(ends, [100, 300, 700, 1500, 2500, 3500]);
+        // With jitter: attempt k lies inside window k, whatever the draw.
+        for seed in 0..200 {
+            let mut r = Reconnect::new(cfg(true), seed);
+            let (mut now, mut start) = (t0, Duration::ZERO);
+            for k in 0..6u32 {
+                now = r.next_attempt(now, 100);
+                let w = cfg(true).window_k(k, 100);
+                let at = now - t0;
+                assert!(at >= start && at <= start + w, "seed {seed} k {k}: {at:?}");
+                start += w;
+            }
+            r.reset();
+            assert!(r.next_attempt(now, 100) - now <= Duration::from_millis(100));
+        }
+    }
+}
