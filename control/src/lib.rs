@@ -3,6 +3,7 @@
 pub mod api;
 pub mod daemon;
 pub mod explain;
+pub mod identity;
 pub mod publish;
 pub mod replay;
 pub mod source;

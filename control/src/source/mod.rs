@@ -9,6 +9,8 @@
 //!   etcd (list + watch)  ─────┘                       │ rejected: log + metric + CLI status, keep last good
 //! ```
 
+pub mod etcd;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 

@@ -1,0 +1,182 @@
+//! Shared by the etcd tests: a synchronous writer for the store and a running source.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+use etcd_client::{Client, DeleteOptions};
+use nodeplane_control::source::etcd::{EtcdConfig, EtcdSource, NodeRecord};
+use nodeplane_control::source::{SourceEvent, StateSource};
+use nodeplane_state::State;
+
+pub const PREFIX: &str = "/nodeplane/v1";
+
+/// A client on its own small runtime, for writing test data.
+pub struct Store {
+    pub rt: tokio::runtime::Runtime,
+    pub client: Client,
+}
+
+impl Store {
+    pub fn connect(endpoint: &str) -> Store {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt
+            .block_on(Client::connect([endpoint], None))
+            .expect("connect to the test etcd");
+        Store { rt, client }
+    }
+
+    pub fn put(&mut self, key: &str, value: &str) -> i64 {
+        let r = self
+            .rt
+            .block_on(self.client.put(key, value, None))
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        r.header().unwrap().revision()
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.rt
+            .block_on(self.client.delete(key, None))
+            .unwrap_or_else(|e| panic!("delete {key}: {e}"));
+    }
+
+    pub fn delete_prefix(&mut self, prefix: &str) {
+        self.rt
+            .block_on(
+                self.client
+                    .delete(prefix, Some(DeleteOptions::new().with_prefix())),
+            )
+            .unwrap_or_else(|e| panic!("delete {prefix}: {e}"));
+    }
+
+    pub fn compact(&mut self, rev: i64) {
+        self.rt
+            .block_on(self.client.compact(rev, None))
+            .unwrap_or_else(|e| panic!("compact {rev}: {e}"));
+    }
+
+    /// Writes `state` for node `node` in the documented layout.
+    pub fn put_state(&mut self, node: &str, state: &State) {
+        let rec = NodeRecord {
+            node: Some(state.node.clone()),
+            interfaces: state.interfaces.clone(),
+            endpoints: state.endpoints.clone(),
+        };
+        self.put(
+            &format!("{PREFIX}/nodes/{node}"),
+            &serde_json::to_string(&rec).unwrap(),
+        );
+        for s in &state.services {
+            self.put(
+                &format!("{PREFIX}/services/{}", s.name),
+                &serde_json::to_string(s).unwrap(),
+            );
+        }
+        for i in &state.ipcache {
+            self.put(
+                &format!("{PREFIX}/ipcache/{}", i.prefix),
+                &serde_json::to_string(i).unwrap(),
+            );
+        }
+        for p in &state.policies {
+            self.put(
+                &format!("{PREFIX}/policies/{node}/{}", p.endpoint),
+                &serde_json::to_string(p).unwrap(),
+            );
+        }
+    }
+}
+
+/// A source running on its own thread; stopped (and joined) on drop.
+pub struct Running {
+    pub rx: Receiver<SourceEvent>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// `bound`: channel capacity (0 = rendezvous: the source blocks until the test receives).
+    pub fn start(source: EtcdSource, bound: Option<usize>) -> Running {
+        let (tx, rx) = match bound {
+            Some(n) => crossbeam::channel::bounded(n),
+            None => crossbeam::channel::unbounded(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let handle = std::thread::spawn(move || Box::new(source).run(tx, s2));
+        Running {
+            rx,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn next(&self, limit: Duration) -> SourceEvent {
+        match self.rx.recv_timeout(limit) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => panic!("no event from the etcd source in {limit:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("the etcd source thread ended"),
+        }
+    }
+
+    /// The next snapshot, skipping health events; panics on a rejection.
+    pub fn next_snapshot(&self, limit: Duration) -> (State, String) {
+        let start = Instant::now();
+        loop {
+            let left = limit.saturating_sub(start.elapsed());
+            match self.next(left) {
+                SourceEvent::Snapshot { state, origin } => return (*state, origin),
+                SourceEvent::Rejected { origin, error } => {
+                    panic!("unexpected rejection from {origin}: {error}")
+                }
+                SourceEvent::Health { .. } => {}
+            }
+        }
+    }
+
+    /// Everything that arrives within `d`.
+    pub fn collect(&self, d: Duration) -> Vec<SourceEvent> {
+        let end = Instant::now() + d;
+        let mut v = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(e) => v.push(e),
+                Err(_) => break,
+            }
+        }
+        v
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblock a source parked on a rendezvous send.
+        while self.rx.try_recv().is_ok() {}
+        if let Some(h) = self.handle.take() {
+            let start = Instant::now();
+            while !h.is_finished() && start.elapsed() < Duration::from_secs(10) {
+                while self.rx.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+/// A config for `node` against `endpoint` with short test timings.
+pub fn config(endpoint: &str, node: &str) -> EtcdConfig {
+    let mut c = EtcdConfig::new(vec![endpoint.to_string()], node);
+    c.backoff.base_ms = 100;
+    c.backoff.cap_ms = 400;
+    c.backoff.per_node_ms = 0;
+    c.debounce_ms = 30;
+    c.request_timeout_ms = 2_000;
+    c
+}
