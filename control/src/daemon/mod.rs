@@ -78,12 +78,18 @@ impl PacketIo for NullIo {
     }
 }
 
+use crate::source::etcd::{EtcdConfig, EtcdSource};
+
 fn make_source(cfg: &Config) -> Result<Box<dyn StateSource>, DaemonError> {
     match cfg.source() {
         SourceChoice::Dir(d) => Ok(Box::new(DirSource::new(d))),
-        SourceChoice::Etcd(_) => Err(DaemonError::Source(
-            "the etcd source is not built into this binary yet; use `state: { dir: PATH }`".into(),
-        )),
+        SourceChoice::Etcd(v) => {
+            let cfg: EtcdConfig = serde_yaml::from_value(v)
+                .map_err(|e| DaemonError::Source(format!("state.etcd: {e}")))?;
+            let src = EtcdSource::new(cfg)
+                .map_err(|e| DaemonError::Source(format!("state.etcd: {e}")))?;
+            Ok(Box::new(src))
+        }
     }
 }
 

@@ -1,0 +1,114 @@
+//! `nodeplane run` with the etcd source against a real etcd: the node syncs from the store,
+//! keeps forwarding on the last good state while the store is dead (and says so), and picks up
+//! changes again after the store comes back.
+//!
+//! ```text
+//!  etcd (127.0.0.1, temp dir) ──watch──> nodeplane run (replay io: DNS queries from the client)
+//!                                            └─> pod-web1 / pod-web2 (the dns service's backends)
+//! ```
+
+mod common;
+mod etcd_support;
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+
+use common::*;
+use etcd_support::{Store, PREFIX};
+use nodeplane_control::api::Request;
+use nodeplane_control::source::etcd::server::LocalEtcd;
+
+#[test]
+fn daemon_syncs_from_etcd_and_survives_its_outage() {
+    let mut etcd = LocalEtcd::start().unwrap_or_else(|e| panic!("cannot run the test etcd: {e}"));
+    let mut store = Store::connect(&etcd.endpoint());
+    let state = nodeplane_state::example::state().expect("example state");
+    store.put_state("node-1", &state);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("in.pcap");
+    // DNS queries to the `dns` ClusterIP, new source ports every pass.
+    write_pcap(&pcap, &[udp4(CLIENT, [10, 96, 0, 53], 1000, 53)]);
+    let socket = dir.path().join("np.sock");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state:\n  etcd:\n    endpoints: [{}]\n    node_name: node-1\n    backoff: {{ base_ms: 100, cap_ms: 300 }}\n\
+             control_socket: {}\nlog_level: debug\n\
+             io:\n  replay:\n    inputs: [{{ iface: pod-client, file: {} }}]\n    rate_pps: 400\n    vary_ports: true\n",
+            etcd.endpoint(),
+            socket.display(),
+            pcap.display()
+        ),
+    )
+    .unwrap();
+    let log = File::create(dir.path().join("daemon.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::from(log))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        state: dir.path().join("unused"),
+        dir,
+        child: Some(child),
+        socket,
+    };
+    wait_for("the first publication from etcd", 30, || {
+        let s = d.try_call(&Request::Status {})?;
+        (s["generation"].as_u64()? >= 1).then_some(())
+    });
+    let names = |d: &Daemon| -> Vec<String> {
+        d.call(&Request::ServiceList {})
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(names(&d).contains(&"dns".to_string()), "{:?}", names(&d));
+    let backends = |d: &Daemon| d.tx("pod-web1") + d.tx("pod-web2");
+    wait_for("DNS traffic to the backends", 10, || {
+        (backends(&d) > 0).then_some(())
+    });
+
+    // The store dies: the node says so and keeps forwarding on the last good state.
+    etcd.kill();
+    wait_for("the source reported down", 15, || {
+        (d.status()["source_connected"] == false).then_some(())
+    });
+    let gen = d.status()["generation"].clone();
+    let before = backends(&d);
+    wait_for("forwarding through the outage", 10, || {
+        (backends(&d) > before + 50).then_some(())
+    });
+    assert_eq!(
+        d.status()["generation"],
+        gen,
+        "no state change while the store is down"
+    );
+    assert_eq!(d.drops("no-backend"), 0);
+
+    // The store comes back: a change made there is picked up.
+    etcd.restart().expect("restart etcd");
+    let mut store = Store::connect(&etcd.endpoint());
+    let mut extra = state.services[0].clone();
+    extra.name = "extra".into();
+    extra.frontends = vec![nodeplane_state::Frontend {
+        ip: "10.96.0.99".parse().unwrap(),
+        port: 80,
+        protocol: nodeplane_state::L4Proto::TCP,
+    }];
+    extra.node_ports.clear();
+    store.put(
+        &format!("{PREFIX}/services/extra"),
+        &serde_json::to_string(&extra).unwrap(),
+    );
+    wait_for("the change after the outage", 30, || {
+        names(&d).contains(&"extra".to_string()).then_some(())
+    });
+    assert_eq!(d.status()["source_connected"], true);
+}
