@@ -787,7 +787,21 @@ impl Pipeline {
             }
         }
         let pick = match s.algorithm {
-            Algorithm::Maglev if !sel.maglev.is_empty() => {
+            // Maglev table still pending (a large change is being compiled): a plain hash of
+            // the same input modulo the active backends, deterministic like Maglev.
+            Algorithm::Maglev if sel.maglev.is_empty() => {
+                let h = if s.affinity_ns.is_some() {
+                    FlowKey {
+                        src: key.src,
+                        ..FlowKey::default()
+                    }
+                    .stable_hash()
+                } else {
+                    key.stable_hash()
+                };
+                sel.active[(h % sel.active.len() as u64) as usize]
+            }
+            Algorithm::Maglev => {
                 // With affinity the client address alone decides, so every node and every
                 // connection of the client agree even before the affinity entry exists.
                 let h = if s.affinity_ns.is_some() {

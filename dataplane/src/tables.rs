@@ -3,6 +3,7 @@
 //! [`Tables::build`], so readers need no lock.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use hashbrown::HashMap;
 use nodeplane_state::{
@@ -132,9 +133,17 @@ impl CtConfig {
 
 /// Maglev tables keyed by (backend names and weights, M): services with the same backend set
 /// share one table, and a rebuild after a state change reuses the tables of unchanged services.
+///
+/// Building is the expensive part of compiling a state (~0.1 ms per distinct backend set at
+/// M = 16381). With a deadline, tables not built by then are left *pending*: their services
+/// select by a plain hash of the flow modulo the active backends (deterministic, so still the
+/// same on every node and in replay) until [`MaglevCache::fill`] has built them and the control
+/// thread publishes again. That keeps a large change reaching the workers within the deadline.
 #[derive(Debug, Default)]
 pub struct MaglevCache {
     tables: HashMap<MaglevKey, Arc<[u16]>>,
+    deadline: Option<Instant>,
+    pending: usize,
 }
 
 /// (backend `ip:port` names with weights, in order; table size M).
@@ -144,6 +153,10 @@ impl MaglevCache {
     fn get(&mut self, key: Vec<(String, u16)>, m: u32) -> Arc<[u16]> {
         if let Some(t) = self.tables.get(&(key.clone(), m)) {
             return t.clone();
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.pending += 1;
+            return Arc::from(Vec::new());
         }
         let named: Vec<(&[u8], u16)> = key.iter().map(|(n, w)| (n.as_bytes(), *w)).collect();
         let t: Arc<[u16]> = maglev::build(&named, m).into();
@@ -155,6 +168,37 @@ impl MaglevCache {
     pub fn prune(&mut self) {
         self.tables.retain(|_, t| Arc::strong_count(t) > 1);
     }
+
+    /// Builds missing tables of `state` until `deadline`; returns how many are still missing.
+    pub fn fill(&mut self, state: &State, deadline: Instant) -> usize {
+        self.deadline = Some(deadline);
+        self.pending = 0;
+        let m = state.node.maglev_table_size;
+        for svc in &state.services {
+            if svc.algorithm != Algorithm::Maglev {
+                continue;
+            }
+            for v6 in [false, true] {
+                let key = maglev_key(&svc.backends, v6);
+                // Unreferenced until the next build picks it up: the caller must not `prune`
+                // before then.
+                if !key.is_empty() {
+                    self.get(key, m);
+                }
+            }
+        }
+        self.deadline = None;
+        self.pending
+    }
+}
+
+/// The Maglev key of a service's active backends of one family.
+fn maglev_key(backends: &[nodeplane_state::Backend], v6: bool) -> Vec<(String, u16)> {
+    backends
+        .iter()
+        .filter(|b| b.ip.is_ipv6() == v6 && b.state == BackendState::Active && b.weight > 0)
+        .map(|b| (fmt_socket(Addr::from(b.ip), b.port), b.weight))
+        .collect()
 }
 
 #[derive(Debug)]
@@ -176,6 +220,8 @@ pub struct Tables {
     /// frontend is dropped `no-service` instead of being routed.
     pub service_ips: HashMap<Addr, ()>,
     pub ct: CtConfig,
+    /// Maglev tables left to build (their services hash modulo the backend count meanwhile).
+    pub maglev_pending: usize,
 }
 
 fn mac(m: MacAddr) -> [u8; 6] {
@@ -193,6 +239,26 @@ impl Tables {
     /// Compiles a validated state. Entries that reference unknown names are skipped (validation
     /// rejects such states before they get here).
     pub fn build(state: &State, generation: u64, cache: &mut MaglevCache) -> Tables {
+        Self::build_within(state, generation, cache, None)
+    }
+
+    /// [`Tables::build`], leaving Maglev tables not built by `deadline` pending (see
+    /// [`MaglevCache`]); [`Tables::maglev_pending`] counts them.
+    pub fn build_within(
+        state: &State,
+        generation: u64,
+        cache: &mut MaglevCache,
+        deadline: Option<Instant>,
+    ) -> Tables {
+        cache.deadline = deadline;
+        cache.pending = 0;
+        let mut t = Self::compile(state, generation, cache);
+        t.maglev_pending = cache.pending;
+        cache.deadline = None;
+        t
+    }
+
+    fn compile(state: &State, generation: u64, cache: &mut MaglevCache) -> Tables {
         let ifaces: Vec<Iface> = state
             .interfaces
             .iter()
@@ -267,14 +333,7 @@ impl Tables {
                     .map(|(i, _)| i as u16)
                     .collect();
                 let maglev = if svc.algorithm == Algorithm::Maglev && !active.is_empty() {
-                    let key = active
-                        .iter()
-                        .map(|i| {
-                            let b = &backends[usize::from(*i)];
-                            (fmt_socket(b.addr, b.port), b.weight)
-                        })
-                        .collect();
-                    cache.get(key, m)
+                    cache.get(maglev_key(&svc.backends, v6), m)
                 } else {
                     Arc::from(Vec::new())
                 };
@@ -346,6 +405,7 @@ impl Tables {
             frontends,
             service_ips,
             ct: CtConfig::from_state(&state.conntrack),
+            maglev_pending: 0,
         }
     }
 

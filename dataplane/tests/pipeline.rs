@@ -451,3 +451,49 @@ fn counters_account_for_every_packet_across_holds_and_releases() {
     assert_eq!(c.drops[DropReason::FragTimeout as usize], 5);
     assert_eq!(c.packets, c.forwarded + c.passed + c.dropped);
 }
+
+#[test]
+fn pending_maglev_tables_hash_deterministically_then_complete() {
+    let s = example::state().unwrap();
+    let mut cache = MaglevCache::default();
+    // A deadline already passed: every Maglev table is left pending.
+    let t = Tables::build_within(&s, 1, &mut cache, Some(std::time::Instant::now()));
+    assert!(t.maglev_pending > 0);
+    let mut p = Pipeline::new(Arc::new(t));
+    let mut q = Pipeline::new(Arc::new(Tables::build_within(
+        &s,
+        1,
+        &mut MaglevCache::default(),
+        Some(std::time::Instant::now()),
+    )));
+    let pc = iface(&p, "pod-client");
+    let mut seen = std::collections::HashSet::new();
+    for port in 0..200u16 {
+        let mut f = tcp4(CLIENT, VIP, 20000 + port, 80, true, false);
+        let mut g = f.clone();
+        let o = p.process_one(&mut f, pc, S);
+        assert_eq!(
+            o.backend,
+            q.process_one(&mut g, pc, S).backend,
+            "deterministic"
+        );
+        seen.insert(o.backend.unwrap().0);
+    }
+    assert_eq!(seen.len(), 2, "both backends used while pending");
+    // Completing: fill with time to spare, then the build has every table.
+    assert_eq!(
+        cache.fill(
+            &s,
+            std::time::Instant::now() + std::time::Duration::from_secs(10)
+        ),
+        0
+    );
+    let full = Tables::build(&s, 2, &mut cache);
+    assert_eq!(full.maglev_pending, 0);
+    assert!(full
+        .services
+        .iter()
+        .all(|svc| svc.algorithm != nodeplane_state::Algorithm::Maglev
+            || svc.v4.active.is_empty()
+            || !svc.v4.maglev.is_empty()));
+}

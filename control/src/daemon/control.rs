@@ -65,6 +65,11 @@ impl PacketIo for Box<dyn PacketIo> {
     }
 }
 
+/// Time a state change may spend building Maglev tables before it is published (the rest are
+/// built right after, in steps of `MAGLEV_STEP`, and published as the next generation).
+const MAGLEV_BUDGET: Duration = Duration::from_millis(40);
+const MAGLEV_STEP: Duration = Duration::from_millis(20);
+
 #[derive(Debug)]
 struct WorkerHandle {
     tx: Sender<WReq>,
@@ -79,6 +84,8 @@ pub struct Control {
     removed: RemovedFlowAction,
     stop: Arc<AtomicBool>,
     cache: MaglevCache,
+    /// Maglev tables of the running state are still being built (see `step_completion`).
+    completing: bool,
     generation: u64,
     state: Option<Arc<State>>,
     publisher: Option<Publisher>,
@@ -137,6 +144,7 @@ impl Control {
             removed,
             stop,
             cache: MaglevCache::default(),
+            completing: false,
             generation: 0,
             state: None,
             publisher: None,
@@ -209,7 +217,21 @@ impl Control {
         }
         let t0 = Instant::now();
         let generation = self.generation + 1;
-        let tables = Arc::new(Tables::build(&state, generation, &mut self.cache));
+        // Maglev tables not built within the budget are finished by `step_completion`, so a
+        // large change reaches the workers quickly (see `MaglevCache`).
+        let tables = Arc::new(Tables::build_within(
+            &state,
+            generation,
+            &mut self.cache,
+            Some(t0 + MAGLEV_BUDGET),
+        ));
+        self.completing = tables.maglev_pending > 0;
+        if self.completing {
+            log::info!(
+                "generation {generation}: {} Maglev tables still to build; their services hash modulo their backends until then",
+                tables.maglev_pending
+            );
+        }
         match &self.publisher {
             Some(p) => p.publish(tables),
             None => {
@@ -238,6 +260,37 @@ impl Control {
         if self.workers.is_empty() {
             self.start_workers();
         }
+    }
+
+    /// Whether Maglev tables of the running state are still being built.
+    pub fn completing(&self) -> bool {
+        self.completing
+    }
+
+    /// Builds pending Maglev tables for a short slice of time; when all are built, publishes
+    /// the complete tables as the next generation. Called by the event loop between events, so
+    /// the control socket stays responsive during a long build.
+    pub fn step_completion(&mut self) {
+        if !self.completing {
+            return;
+        }
+        let Some(state) = self.state.clone() else {
+            self.completing = false;
+            return;
+        };
+        if self.cache.fill(&state, Instant::now() + MAGLEV_STEP) > 0 {
+            return;
+        }
+        let generation = self.generation + 1;
+        let tables = Arc::new(Tables::build(&state, generation, &mut self.cache));
+        if let Some(p) = &self.publisher {
+            p.publish(tables);
+        }
+        self.cache.prune();
+        self.generation = generation;
+        self.completing = false;
+        self.publications += 1;
+        log::info!("published generation {generation}: every Maglev table built");
     }
 
     fn start_workers(&mut self) {

@@ -186,7 +186,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut events = Events::with_capacity(64);
     let mut last_sweep = Instant::now();
     'outer: loop {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+        // While Maglev tables are being finished, poll without waiting and build in between.
+        let wait = if control.completing() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
@@ -212,6 +218,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 _ => {}
             }
         }
+        control.step_completion();
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             server.sweep(poll.registry());
             control.reap();
