@@ -40,9 +40,21 @@ fn state(pod_cidrs: &[&str]) -> String {
 /// 10.0.i.2: short timers, IPv6 unicast activated on the IPv4 session (MP-BGP), and
 /// `extra` neighbour options (`password ...`, `ttl-security hops 1`).
 fn frr_router(i: usize, asn: u32, remote_as: u32, global: &str, extra: &[&str]) -> String {
-    let peer = format!("10.0.{i}.2");
+    frr_router_to(i, &format!("10.0.{i}.2"), asn, remote_as, global, extra)
+}
+
+/// As [`frr_router`], the neighbour (our node) at `peer`; IPv4 unicast is active by default
+/// whatever the session's address family.
+fn frr_router_to(
+    i: usize,
+    peer: &str,
+    asn: u32,
+    remote_as: u32,
+    global: &str,
+    extra: &[&str],
+) -> String {
     let mut s = format!(
-        "router bgp {asn}\n bgp router-id 10.0.{i}.1\n no bgp ebgp-requires-policy\n{global}\
+        "router bgp {asn}\n bgp router-id 10.0.{i}.1\n no bgp ebgp-requires-policy\n bgp log-neighbor-changes\n{global}\
          \x20neighbor {peer} remote-as {remote_as}\n neighbor {peer} timers 1 3\n\
          \x20neighbor {peer} timers connect 1\n"
     );
@@ -141,6 +153,66 @@ fn frr_learns_podcidrs_v4_v6_with_4_octet_as_withdraws_on_change_and_answers_rou
     assert_eq!(format!("{:?}", n.state), "Established");
     assert_eq!(n.announced, vec!["10.244.2.0/25".parse().unwrap()]);
     assert!(n.negotiated.as_ref().unwrap().four_octet_as);
+    // FRR's UPDATEs (our routes reflected back, its End-of-RIBs, sent after its coalesce
+    // delay) parse cleanly.
+    wait_until("UPDATEs from FRR", 5 * S, || {
+        lab.status().neighbors[0].counters.updates_in > 0
+    });
+    let n = &lab.status().neighbors[0];
+    assert_eq!(n.counters.updates_malformed, 0, "{:?}", n.counters);
+    assert_eq!(n.counters.established_transitions, 1, "{:?}", n.counters);
+}
+
+/// The router's operator takes the session down with an RFC 9003 shutdown communication, then
+/// brings it back; later a hard `clear bgp`. We show the message, and reconnect each time.
+#[test]
+fn frr_admin_shutdown_message_shown_then_reconnect_and_hard_reset() {
+    let mut lab = Lab::new("fadm", 1);
+    let frr = lab.frr(0, &frr_router(0, 65000, 65001, "", &[]));
+    lab.speaker(
+        &speaker_cfg(65001, &neighbor(0, 65000, "")),
+        &state(&["10.244.1.0/24"]),
+    );
+    wait_until("established", 10 * S, || frr.established("10.0.0.2"));
+    wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+
+    frr.configure(
+        65000,
+        &["neighbor 10.0.0.2 shutdown message rack 7 maintenance"],
+    );
+    wait_until("our side sees the shutdown", 3 * S, || {
+        let st = lab.status();
+        let n = &st.neighbors[0];
+        n.state != nodeplane_bgp::fsm::State::Established && n.counters.notifications_in == 1
+    });
+    let st = lab.status();
+    let err = st.neighbors[0].last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("administrative shutdown") && err.contains("rack 7 maintenance"),
+        "{err}"
+    );
+    wait_until("route gone with the session", 2 * S, || {
+        frr.paths("ipv4", "10.244.1.0/24").is_none()
+    });
+
+    frr.configure(65000, &["no neighbor 10.0.0.2 shutdown"]);
+    wait_until("back after no shutdown", 10 * S, || {
+        frr.established("10.0.0.2")
+    });
+    wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+
+    let before = counter(&frr, "10.0.0.2", "notificationsSent");
+    frr.try_cmd("clear bgp 10.0.0.2").expect("clear bgp");
+    wait_until("hard reset sent", 3 * S, || {
+        counter(&frr, "10.0.0.2", "notificationsSent") > before
+    });
+    wait_until("back after hard reset", 10 * S, || {
+        frr.established("10.0.0.2")
+    });
+    wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+    let st = lab.status();
+    assert_eq!(st.neighbors[0].counters.established_transitions, 3);
+    assert_eq!(st.neighbors[0].counters.notifications_in, 2);
 }
 
 #[test]
@@ -161,10 +233,9 @@ fn frr_hold_timer_expires_when_the_speaker_is_frozen_then_recovers() {
     let reason = n["lastNotificationReason"].as_str().unwrap_or("");
     assert!(reason.contains("Hold Timer Expired"), "{n}");
     // A NOTIFICATION ends graceful restart (no RFC 8538 N-bit): the route goes with the session.
-    assert!(
-        frr.paths("ipv4", "10.244.1.0/24").is_none(),
-        "route dropped with the session"
-    );
+    wait_until("route dropped with the session", 2 * S, || {
+        frr.paths("ipv4", "10.244.1.0/24").is_none()
+    });
     lab.signal(sp, "CONT");
     wait_until("re-established", 15 * S, || frr.established("10.0.0.2"));
     wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
@@ -281,4 +352,28 @@ fn frr_two_neighbours_ebgp_leaf_with_gtsm_and_ibgp_core() {
     assert_eq!(c6["locPrf"], 150, "{c6}");
     let n = core.neighbor("10.0.1.2");
     assert_eq!(n["nbrInternalLink"], true, "{n}");
+}
+
+/// An IPv6-only underlay: the session runs over IPv6 and still carries the IPv4 PodCIDR (its
+/// next hop from `next_hop_ipv4`, since the session has no IPv4 address of ours).
+#[test]
+fn frr_session_over_ipv6_carries_both_families() {
+    let mut lab = Lab::new("fv6", 1);
+    let frr = lab.frr(0, &frr_router_to(0, "fd00::2", 65000, 65001, "", &[]));
+    let cfg = speaker_cfg(
+        65001,
+        "  - address: \"fd00::1\"\n    remote_as: 65000\n    next_hop_ipv4: 10.0.0.2\n\
+         \x20   hold_time_secs: 3\n    connect_retry_secs: 1\n",
+    );
+    lab.speaker(&cfg, &state(&["10.244.1.0/24", "fd00:244:1::/64"]));
+    wait_until("established over IPv6", 10 * S, || {
+        frr.established("fd00::2")
+    });
+    let p6 = wait_path(&frr, "ipv6", "fd00:244:1::/64", 3 * S);
+    assert_eq!(p6["path"], "65001", "{p6}");
+    assert_eq!(next_hop(&p6), "fd00::2", "{p6}");
+    let p4 = wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+    assert_eq!(p4["path"], "65001", "{p4}");
+    assert_eq!(next_hop(&p4), "10.0.0.2", "{p4}");
+    assert_eq!(p4["valid"], true, "{p4}");
 }

@@ -162,6 +162,14 @@ impl Lab {
             Path::new(FRR_BGPD).exists(),
             "{FRR_BGPD} missing (apt-get install frr)"
         );
+        assert!(
+            Command::new("vtysh")
+                .arg("--help")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok(),
+            "vtysh missing (apt-get install frr)"
+        );
         let conf = self.write(
             &format!("frr{i}.conf"),
             &format!("frr defaults traditional\nhostname r{i}\n!\n{router_bgp}\n!\n"),
@@ -400,6 +408,28 @@ impl Frr {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Applies configuration lines under `router bgp ASN` (`configure terminal` first).
+    pub fn configure(&self, asn: u32, lines: &[&str]) {
+        let mut cmd = Command::new("vtysh");
+        cmd.arg("--vty_socket")
+            .arg(&self.vty)
+            .args(["-d", "bgpd", "-c", "configure terminal", "-c"])
+            .arg(format!("router bgp {asn}"));
+        for l in lines {
+            cmd.args(["-c", l]);
+        }
+        let out = cmd
+            .output()
+            .expect("cannot run vtysh (apt-get install frr)");
+        // vtysh exits 0 even for a rejected line; it says so on stdout.
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains('%'),
+            "vtysh config {lines:?} failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn try_json(&self, cmd: &str) -> Option<serde_json::Value> {
