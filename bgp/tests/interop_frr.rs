@@ -377,3 +377,106 @@ fn frr_session_over_ipv6_carries_both_families() {
     assert_eq!(next_hop(&p4), "10.0.0.2", "{p4}");
     assert_eq!(p4["valid"], true, "{p4}");
 }
+
+fn received(frr: &Frr, afi: &str, peer: &str) -> u64 {
+    frr.json("show bgp summary json")[afi]["peers"][peer]["pfxRcd"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Thousands of prefixes: split into UPDATEs under 4096 bytes, MP_REACH/MP_UNREACH over 255
+/// bytes (extended length), then mass withdrawal, all parsed by FRR without a NOTIFICATION.
+#[test]
+fn frr_thousands_of_prefixes_packed_and_withdrawn() {
+    let mut lab = Lab::new("fmany", 1);
+    let frr = lab.frr(0, &frr_router(0, 65000, 65001, "", &[]));
+    let mut cidrs: Vec<String> = (0..2000)
+        .map(|k| format!("10.{}.{}.0/24", 100 + k / 256, k % 256))
+        .collect();
+    cidrs.extend((0..1000).map(|k| format!("\"fd00:245:{k:x}::/64\"")));
+    let all: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+    lab.speaker(&speaker_cfg(65001, &neighbor(0, 65000, "")), &state(&all));
+    wait_until("established", 10 * S, || frr.established("10.0.0.2"));
+    wait_until("2000 IPv4 + 1000 IPv6 prefixes at FRR", 10 * S, || {
+        received(&frr, "ipv4Unicast", "10.0.0.2") == 2000
+            && received(&frr, "ipv6Unicast", "10.0.0.2") == 1000
+    });
+    let p = wait_path(&frr, "ipv6", "fd00:245:3e7::/64", S);
+    assert_eq!(next_hop(&p), "fd00::2", "{p}");
+    let updates = counter(&frr, "10.0.0.2", "updatesRecv");
+    // 2000 x 4 bytes of IPv4 NLRI need two 4096-byte UPDATEs, 1000 x 9 bytes of IPv6 three;
+    // plus one End-of-RIB each.
+    assert_eq!(updates, 2 + 3 + 2, "UPDATEs packed full");
+
+    lab.write(
+        "state.yaml",
+        &state(&["10.100.0.0/24", "\"fd00:245:0::/64\""]),
+    );
+    wait_until("mass withdrawal at FRR", 10 * S, || {
+        received(&frr, "ipv4Unicast", "10.0.0.2") == 1
+            && received(&frr, "ipv6Unicast", "10.0.0.2") == 1
+    });
+    assert!(frr.paths("ipv4", "10.100.0.0/24").is_some());
+    assert!(frr.paths("ipv6", "fd00:245::/64").is_some());
+    assert!(frr.paths("ipv4", "10.107.207.0/24").is_none());
+    assert!(frr.established("10.0.0.2"));
+    assert_eq!(counter(&frr, "10.0.0.2", "notificationsSent"), 0);
+}
+
+/// Hold time 0 offered by the router wins the negotiation (RFC 4271 §4.2: the smaller): no
+/// KEEPALIVEs at all, and no hold timer, so the quiet session stays up.
+#[test]
+fn frr_hold_time_zero_means_no_keepalives_and_no_expiry() {
+    let mut lab = Lab::new("fhz", 1);
+    let frr = lab.frr(0, &frr_router(0, 65000, 65001, "", &[]));
+    frr.configure(65000, &["neighbor 10.0.0.2 timers 0 0"]);
+    lab.speaker(
+        &speaker_cfg(65001, &neighbor(0, 65000, "")),
+        &state(&["10.244.1.0/24"]),
+    );
+    wait_until("established", 10 * S, || frr.established("10.0.0.2"));
+    wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+    let n = frr.neighbor("10.0.0.2");
+    assert_eq!(n["bgpTimerHoldTimeMsecs"], 0, "{n}");
+    let keepalives = counter(&frr, "10.0.0.2", "keepalivesRecv");
+    // Longer than the 3 s we offered: with a hold timer running, one side would drop.
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(frr.established("10.0.0.2"));
+    assert_eq!(
+        counter(&frr, "10.0.0.2", "keepalivesRecv"),
+        keepalives,
+        "no KEEPALIVE after hold time 0"
+    );
+    let st = lab.status();
+    assert_eq!(st.neighbors[0].counters.established_transitions, 1);
+}
+
+/// The router restarts (a clean stop: Cease NOTIFICATION) and comes back: we reconnect within
+/// our backoff and announce again.
+#[test]
+fn frr_router_restart_we_reconnect_and_announce_again() {
+    let mut lab = Lab::new("frst", 1);
+    let conf = frr_router(0, 65000, 65001, "", &[]);
+    let frr = lab.frr(0, &conf);
+    lab.speaker(
+        &speaker_cfg(65001, &neighbor(0, 65000, "")),
+        &state(&["10.244.1.0/24"]),
+    );
+    wait_until("established", 10 * S, || frr.established("10.0.0.2"));
+    wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+    lab.signal(frr.child, "TERM");
+    assert!(
+        lab.exited(frr.child, 5 * S).is_some(),
+        "bgpd stops on SIGTERM"
+    );
+    wait_until("we see the router gone", 3 * S, || {
+        lab.status().neighbors[0].state != nodeplane_bgp::fsm::State::Established
+    });
+    let frr = lab.frr(0, &conf);
+    wait_until("re-established with the new bgpd", 10 * S, || {
+        frr.established("10.0.0.2")
+    });
+    wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
+    let st = lab.status();
+    assert_eq!(st.neighbors[0].counters.established_transitions, 2);
+}

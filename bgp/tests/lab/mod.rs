@@ -193,7 +193,14 @@ impl Lab {
             .arg("--vty_socket")
             .arg(&vty)
             .args(["--log", "stdout", "--log-level", "info"])
-            .stdout(std::fs::File::create(self.path(&format!("frr{i}.log"))).unwrap())
+            .stdout(
+                // Appended: a test that restarts the router keeps both runs' logs.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.path(&format!("frr{i}.log")))
+                    .unwrap(),
+            )
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {FRR_BGPD}: {e} (apt-get install frr)"));
