@@ -480,3 +480,26 @@ fn frr_router_restart_we_reconnect_and_announce_again() {
     let st = lab.status();
     assert_eq!(st.neighbors[0].counters.established_transitions, 2);
 }
+
+/// Either side may be the only one that connects: FRR passive (we connect out) on one router,
+/// our neighbour passive (FRR connects to our listener) on the other.
+#[test]
+fn frr_passive_either_side() {
+    let mut lab = Lab::new("fpas", 2);
+    let r0 = lab.frr(0, &frr_router(0, 65000, 65001, "", &["passive"]));
+    let r1 = lab.frr(1, &frr_router(1, 65000, 65001, "", &[]));
+    let cfg = speaker_cfg(
+        65001,
+        &(neighbor(0, 65000, "") + &neighbor(1, 65000, "    passive: true\n")),
+    );
+    lab.speaker(&cfg, &state(&["10.244.1.0/24"]));
+    wait_until("we connected to passive FRR", 10 * S, || {
+        r0.established("10.0.0.2")
+    });
+    wait_until("FRR connected to us", 10 * S, || r1.established("10.0.1.2"));
+    // Who opened the TCP connection: the side on port 179 is the one that accepted.
+    assert_eq!(r0.neighbor("10.0.0.2")["portLocal"], 179, "r0 accepted");
+    assert_eq!(r1.neighbor("10.0.1.2")["portForeign"], 179, "r1 connected");
+    wait_path(&r0, "ipv4", "10.244.1.0/24", 3 * S);
+    wait_path(&r1, "ipv4", "10.244.1.0/24", 3 * S);
+}
