@@ -160,7 +160,7 @@ fn frr_learns_podcidrs_v4_v6_with_4_octet_as_withdraws_on_change_and_answers_rou
     });
     let n = &lab.status().neighbors[0];
     assert_eq!(n.counters.updates_malformed, 0, "{:?}", n.counters);
-    assert_eq!(n.counters.established_transitions, 1, "{:?}", n.counters);
+    assert_eq!(n.counters.established_transitions, 1, "{n:?}");
 }
 
 /// The router's operator takes the session down with an RFC 9003 shutdown communication, then
@@ -211,7 +211,11 @@ fn frr_admin_shutdown_message_shown_then_reconnect_and_hard_reset() {
     });
     wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
     let st = lab.status();
-    assert_eq!(st.neighbors[0].counters.established_transitions, 3);
+    assert_eq!(
+        st.neighbors[0].counters.established_transitions, 3,
+        "{:?}",
+        st.neighbors[0]
+    );
     assert_eq!(st.neighbors[0].counters.notifications_in, 2);
 }
 
@@ -439,6 +443,7 @@ fn frr_hold_time_zero_means_no_keepalives_and_no_expiry() {
     let n = frr.neighbor("10.0.0.2");
     assert_eq!(n["bgpTimerHoldTimeMsecs"], 0, "{n}");
     let keepalives = counter(&frr, "10.0.0.2", "keepalivesRecv");
+    let ups = lab.status().neighbors[0].counters.established_transitions;
     // Longer than the 3 s we offered: with a hold timer running, one side would drop.
     std::thread::sleep(Duration::from_millis(4500));
     assert!(frr.established("10.0.0.2"));
@@ -448,7 +453,13 @@ fn frr_hold_time_zero_means_no_keepalives_and_no_expiry() {
         "no KEEPALIVE after hold time 0"
     );
     let st = lab.status();
-    assert_eq!(st.neighbors[0].counters.established_transitions, 1);
+    assert_eq!(
+        st.neighbors[0].counters.established_transitions,
+        ups,
+        "the quiet session never dropped: {:?} / FRR: {}",
+        st.neighbors[0],
+        frr.neighbor("10.0.0.2")
+    );
 }
 
 /// The router restarts (a clean stop: Cease NOTIFICATION) and comes back: we reconnect within
@@ -478,7 +489,11 @@ fn frr_router_restart_we_reconnect_and_announce_again() {
     });
     wait_path(&frr, "ipv4", "10.244.1.0/24", 3 * S);
     let st = lab.status();
-    assert_eq!(st.neighbors[0].counters.established_transitions, 2);
+    assert_eq!(
+        st.neighbors[0].counters.established_transitions, 2,
+        "{:?}",
+        st.neighbors[0]
+    );
 }
 
 /// Either side may be the only one that connects: FRR passive (we connect out) on one router,
