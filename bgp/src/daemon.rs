@@ -92,15 +92,28 @@ pub fn run(opts: &RunOptions) -> Result<StopMode, RunError> {
     Ok(mode)
 }
 
+/// Routes shown in a log line before "and N more": a node announcing thousands of VIPs must
+/// not write a 60 KB line on every state change (the full set is in `nodeplane bgp status`).
+const LOG_ROUTES: usize = 8;
+
 fn list(routes: &BTreeSet<IpNet>) -> String {
     if routes.is_empty() {
         return "nothing".into();
     }
-    routes
+    let shown: Vec<String> = routes
         .iter()
+        .take(LOG_ROUTES)
         .map(|r| r.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    let mut s = shown.join(", ");
+    if routes.len() > LOG_ROUTES {
+        s += &format!(
+            " and {} more ({} routes)",
+            routes.len() - LOG_ROUTES,
+            routes.len()
+        );
+    }
+    s
 }
 
 /// Modification times and sizes of the state file or of every entry of the state directory.
@@ -124,5 +137,27 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         v
     } else {
         vec![stat(path)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize) -> BTreeSet<IpNet> {
+        (0..n)
+            .map(|k| format!("10.{}.{}.0/24", k / 256, k % 256).parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn route_list_in_log_lines_is_bounded() {
+        assert_eq!(list(&set(0)), "nothing");
+        assert_eq!(list(&set(2)), "10.0.0.0/24, 10.0.1.0/24");
+        assert_eq!(list(&set(LOG_ROUTES)).matches(", ").count(), LOG_ROUTES - 1);
+        let big = list(&set(3000));
+        assert!(big.len() < 200, "{big}");
+        assert!(big.starts_with("10.0.0.0/24, 10.0.1.0/24,"), "{big}");
+        assert!(big.ends_with(" and 2992 more (3000 routes)"), "{big}");
     }
 }

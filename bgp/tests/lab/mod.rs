@@ -1,5 +1,5 @@
-//! Test lab: network namespaces joined by veth pairs, BIRD routers and our speaker process
-//! inside them. Everything is named `np-bgp-<tag>-*` and removed by `Drop`, even on failure.
+//! Test lab: network namespaces joined by veth pairs, BIRD or FRR routers and our speaker
+//! process inside them. Everything is named `np-bgp-<tag>-*` and removed by `Drop`, even on failure.
 //!
 //! ```text
 //!   np-bgp-<tag>-r0 (BIRD, 10.0.0.1)  ──veth──  np-bgp-<tag>-n (np-bgp-speaker, 10.0.0.2)
@@ -46,6 +46,9 @@ pub struct Lab {
     pub node_ns: String,
     pub router_ns: Vec<String>,
     children: Vec<Child>,
+    /// Children that clean up after themselves on SIGTERM (FRR's bgpd removes its
+    /// `/var/tmp/frr/bgpd.<pid>` directory); Drop terminates these before killing.
+    term_first: Vec<usize>,
 }
 
 impl Lab {
@@ -64,6 +67,7 @@ impl Lab {
             node_ns: node_ns.clone(),
             router_ns: router_ns.clone(),
             children: Vec::new(),
+            term_first: Vec::new(),
         };
         for ns in std::iter::once(&node_ns).chain(&router_ns) {
             let _ = Command::new("ip")
@@ -148,6 +152,66 @@ impl Lab {
                 .is_some_and(|s| s.contains("Daemon is up"))
         });
         bird
+    }
+
+    /// Starts FRR's `bgpd` in router namespace `i` with the given `router bgp` section: no
+    /// zebra, no kernel routes, no system service, its vty socket in the lab directory.
+    /// `-S` skips the privilege drop (root is not in the `frrvty` group on a test machine).
+    pub fn frr(&mut self, i: usize, router_bgp: &str) -> Frr {
+        assert!(
+            Path::new(FRR_BGPD).exists(),
+            "{FRR_BGPD} missing (apt-get install frr)"
+        );
+        assert!(
+            Command::new("vtysh")
+                .arg("--help")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok(),
+            "vtysh missing (apt-get install frr)"
+        );
+        let conf = self.write(
+            &format!("frr{i}.conf"),
+            &format!("frr defaults traditional\nhostname r{i}\n!\n{router_bgp}\n!\n"),
+        );
+        let vty = self.path(&format!("frr{i}"));
+        std::fs::create_dir_all(&vty).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.router_ns[i], FRR_BGPD, "-f"])
+            .arg(&conf)
+            .arg("-i")
+            .arg(vty.join("bgpd.pid"))
+            .arg("-z")
+            .arg(vty.join("zserv.api"))
+            .args([
+                "--no_zebra",
+                "--no_kernel",
+                "--vty_port",
+                "0",
+                "--skip_runas",
+            ])
+            .arg("--vty_socket")
+            .arg(&vty)
+            .args(["--log", "stdout", "--log-level", "info"])
+            .stdout(
+                // Appended: a test that restarts the router keeps both runs' logs.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.path(&format!("frr{i}.log")))
+                    .unwrap(),
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {FRR_BGPD}: {e} (apt-get install frr)"));
+        self.children.push(child);
+        let idx = self.children.len() - 1;
+        self.term_first.push(idx);
+        let frr = Frr { vty, child: idx };
+        wait_until("FRR bgpd vty socket", Duration::from_secs(5), || {
+            frr.try_json("show bgp summary json").is_some()
+        });
+        frr
     }
 
     /// Starts our speaker in the node namespace; returns its index for `signal`/`kill`.
@@ -236,12 +300,33 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for &i in &self.term_first {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.children[i].id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        for &i in &self.term_first {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(2)
+                && matches!(self.children[i].try_wait(), Ok(None))
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            for f in ["speaker.log", "bird0.log", "bird1.log", "cmd0.log"] {
+            for f in [
+                "speaker.log",
+                "bird0.log",
+                "bird1.log",
+                "frr0.log",
+                "frr1.log",
+                "cmd0.log",
+            ] {
                 let s = self.log(f);
                 if !s.is_empty() {
                     eprintln!("---- {f} ----\n{}", &s[s.len().saturating_sub(3000)..]);
@@ -307,4 +392,81 @@ pub fn bird_bgp(
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+pub const FRR_BGPD: &str = "/usr/lib/frr/bgpd";
+
+/// FRR's bgpd in a router namespace, queried through `vtysh` on its own vty socket.
+pub struct Frr {
+    pub vty: PathBuf,
+    /// Index among the lab's children, for `Lab::signal`/`Lab::kill`.
+    pub child: usize,
+}
+
+impl Frr {
+    /// Runs one `vtysh -c` command against this bgpd; None if vtysh fails.
+    pub fn try_cmd(&self, cmd: &str) -> Option<String> {
+        let out = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(&self.vty)
+            .args(["-d", "bgpd", "-c", cmd])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Applies configuration lines under `router bgp ASN` (`configure terminal` first).
+    pub fn configure(&self, asn: u32, lines: &[&str]) {
+        let mut cmd = Command::new("vtysh");
+        cmd.arg("--vty_socket")
+            .arg(&self.vty)
+            .args(["-d", "bgpd", "-c", "configure terminal", "-c"])
+            .arg(format!("router bgp {asn}"));
+        for l in lines {
+            cmd.args(["-c", l]);
+        }
+        let out = cmd
+            .output()
+            .expect("cannot run vtysh (apt-get install frr)");
+        // vtysh exits 0 even for a rejected line; it says so on stdout.
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains('%'),
+            "vtysh config {lines:?} failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn try_json(&self, cmd: &str) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.try_cmd(cmd)?).ok()
+    }
+
+    pub fn json(&self, cmd: &str) -> serde_json::Value {
+        self.try_json(cmd)
+            .unwrap_or_else(|| panic!("vtysh -c '{cmd}' failed or gave no JSON"))
+    }
+
+    /// `show bgp neighbors PEER json` for one peer (Null if FRR does not know it).
+    pub fn neighbor(&self, peer: &str) -> serde_json::Value {
+        self.json(&format!("show bgp neighbors {peer} json"))[peer].clone()
+    }
+
+    pub fn state(&self, peer: &str) -> String {
+        self.neighbor(peer)["bgpState"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub fn established(&self, peer: &str) -> bool {
+        self.state(peer) == "Established"
+    }
+
+    /// The paths FRR holds for one prefix (`ipv4` or `ipv6` unicast table), if any.
+    pub fn paths(&self, afi: &str, prefix: &str) -> Option<Vec<serde_json::Value>> {
+        let t = self.try_json(&format!("show bgp {afi} unicast json"))?;
+        t["routes"][prefix].as_array().cloned()
+    }
 }
