@@ -217,7 +217,7 @@ fn kernel_addrs(ifaces: &[String]) -> Vec<IpAddr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
-            if !ifaces.iter().any(|i| *i == a.interface_name) {
+            if !ifaces.contains(&a.interface_name) {
                 continue;
             }
             let Some(sa) = a.address else { continue };

@@ -500,7 +500,7 @@ mod tests {
         let len = (NLMSG_HDR + payload.len()) as u32;
         m.extend_from_slice(&len.to_ne_bytes());
         m.extend_from_slice(&RTM_NEWNEIGH.to_ne_bytes());
-        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&[0; 10]); // flags, seq, pid
         m.extend_from_slice(&payload);
         let mut done = vec![0u8; 20];
         done[0..4].copy_from_slice(&20u32.to_ne_bytes());
