@@ -118,7 +118,10 @@ pub struct AfXdpIo {
     handoff: Arc<Handoff>,
     /// Handed-in frames of the current burst (capacity BURST, reused). Boxes, not values:
     /// the buffers move between queues and the pool without copying 2 KiB each time.
-    #[expect(clippy::vec_box, reason = "pooled buffers move by pointer between queues")]
+    #[expect(
+        clippy::vec_box,
+        reason = "pooled buffers move by pointer between queues"
+    )]
     inbound: Vec<Box<HandoffFrame>>,
     counters: IoCounters,
 }
