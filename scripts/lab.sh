@@ -5,7 +5,7 @@
 #   scripts/lab.sh up      create the lab (recreates it if it exists)
 #   scripts/lab.sh down    delete everything it created, by name; idempotent
 #   scripts/lab.sh status  list the lab's namespaces and the node's interfaces
-#   scripts/lab.sh demo    (reserved: the lead's end-to-end demo)
+#   scripts/lab.sh demo    up, run nodeplane with examples/state, drive traffic, print, stop, down
 #
 #        np-router   eth0 02:00:00:00:00:fe  192.168.100.1/24  fd00:100::1/64
 #            |       routes 10.244.1.0/24, 10.96.0.0/12, 203.0.113.10, fd00:244:1::/64,
@@ -18,8 +18,9 @@
 #        np-client eth0 02:00:00:00:02:0a  np-web1 eth0 ..:02:15     np-web2 eth0 ..:02:16
 #        10.244.1.10/24 fd00:244:1::10/64  10.244.1.21 fd00:244:1::21 10.244.1.22 fd00:244:1::22
 #
-# Every veth has 2 RX and 2 TX queues. Pods have TX checksum offload off on eth0 (a kernel
-# sending on veth otherwise leaves partial TCP/UDP checksums that AF_XDP passes on as is).
+# Every veth has 2 RX and 2 TX queues. Pods and the router have TX checksum offload off on eth0
+# (a kernel sending on veth otherwise leaves partial TCP/UDP checksums that AF_XDP passes on as
+# is).
 #
 # How pods reach the node (chosen: kernel-answered gateway + proxy ARP/NDP, no static entries):
 # - Pods have on-link /24 and /64 prefixes and default routes via 10.244.1.1 / fd00:244:1::1.
@@ -98,6 +99,9 @@ lab_up() {
   ip -n "$NODE" route add default via 192.168.100.1
   ip -n "$NODE" -6 route add default via fd00:100::1
   nsx "$ROUTER" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+  # The router's kernel sends on a veth too: without this its TCP/UDP checksums stay partial
+  # in the frames nodeplane receives over AF_XDP (node requirement, docs/runtime.md).
+  nsx "$ROUTER" ethtool -K eth0 tx off >/dev/null
   for r in 10.244.1.0/24 10.96.0.0/12 203.0.113.10/32; do
     ip -n "$ROUTER" route add "$r" via 192.168.100.2
   done
@@ -152,10 +156,106 @@ lab_status() {
   fi
 }
 
-# The end-to-end demo (nodeplane on the lab, traffic from client and router) belongs to the
-# lead (issue 3, item 5); it goes here.
+# The end-to-end demo: nodeplane (AF_XDP runtime, `nodeplane run-xdp`) on the lab's node with
+# the bundled example state, real clients and servers in the pods and the router, then the
+# counters, a clean stop and the teardown. NODEPLANE_BIN overrides the binary (default: a
+# release build of this checkout).
 lab_demo() {
-  die "demo is not written yet (issue 3 item 5)"
+  local root bin tmp
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  if [ -n "${NODEPLANE_BIN:-}" ]; then
+    bin="$NODEPLANE_BIN"
+  else
+    echo "lab.sh: building nodeplane (release)"
+    (cd "$root" && cargo build --release -q -p nodeplane-control)
+    bin="$root/target/release/nodeplane"
+  fi
+  tmp="$(mktemp -d /tmp/np-demo.XXXXXX)"
+  DEMO_TMP="$tmp"
+  trap 'demo_cleanup' EXIT
+  lab_up
+
+  local w ns
+  printf '#!/bin/sh\nprintf "HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from %%s\\n" "$1"\n' > "$tmp/http.sh"
+  for w in web1 web2; do
+    ns="${P}${w}"
+    nsx "$ns" socat TCP6-LISTEN:8080,ipv6only=0,reuseaddr,fork \
+      SYSTEM:"sh $tmp/http.sh $w" >/dev/null 2>&1 &
+    nsx "$ns" socat UDP4-RECVFROM:5353,fork SYSTEM:"echo answer from $w" >/dev/null 2>&1 &
+    nsx "$ns" socat UDP4-RECVFROM:8080,fork SYSTEM:"echo udp answer from $w" >/dev/null 2>&1 &
+    nsx "$ns" socat TCP-LISTEN:9050,reuseaddr,fork SYSTEM:"echo should not be reached" >/dev/null 2>&1 &
+  done
+
+  echo "== nodeplane run-xdp --state examples/state (in $NODE)"
+  nsx "$NODE" bash -c "echo \$\$ > $tmp/pid; exec $bin run-xdp --state $root/examples/state --stats-file $tmp/stats.json --log-level warn" \
+    2> "$tmp/nodeplane.log" &
+  local i
+  for i in $(seq 50); do [ -s "$tmp/stats.json" ] && break; sleep 0.1; done
+  [ -s "$tmp/stats.json" ] || { cat "$tmp/nodeplane.log" >&2; die "nodeplane did not start"; }
+  sleep 0.3
+
+  demo_step pass "client -> ClusterIP 10.96.0.10:80/TCP (service web, DNAT to a web pod)" \
+    nsx "${P}client" curl -sS -m 3 http://10.96.0.10/
+  demo_step pass "client -> ClusterIP [fd00:96::10]:80/TCP (IPv6)" \
+    nsx "${P}client" curl -sS -m 3 "http://[fd00:96::10]/"
+  demo_step pass "client -> ClusterIP 10.96.0.53:53/UDP (service dns, backend port 5353)" \
+    bash -c "echo query | ip netns exec ${P}client socat -T2 - UDP4:10.96.0.53:53"
+  demo_step pass "router -> NodePort 192.168.100.2:30080/TCP (world, allowed)" \
+    nsx "$ROUTER" curl -sS -m 3 http://192.168.100.2:30080/
+  demo_step block "router -> NodePort 192.168.100.2:30053/UDP (web's policy allows UDP only on 5353 from client: expect no answer)" \
+    bash -c "echo hi | ip netns exec $ROUTER socat -T2 - UDP4:192.168.100.2:30053 | grep . || { echo '(no answer: dropped by policy)'; exit 1; }"
+  demo_step block "client -> web-1 10.244.1.21:9050/TCP (denied by web's deny rule: expect a timeout)" \
+    nsx "${P}client" curl -sS -m 2 http://10.244.1.21:9050/
+  demo_step pass "web-1 -> client ping (pod to pod)" \
+    nsx "${P}web1" ping -c 2 -i 0.2 -W 2 10.244.1.10
+  demo_step pass "client -> 10.244.1.1 ping (the node itself: left to the kernel)" \
+    nsx "${P}client" ping -c 1 -W 2 10.244.1.1
+  sleep 0.7
+
+  echo
+  echo "== what nodeplane counted ($tmp/stats.json)"
+  python3 - "$tmp/stats.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for w in d["workers"]:
+    print(f"worker {w['worker']} (core {w['core']}): {w['packets']} packets, {w['forwarded']} forwarded, "
+          f"{w['dropped']} dropped {w['drops']}, {w['ct_entries']} flows in conntrack")
+n = d["neighbour"]
+print(f"uplink gateway {n['gateway']} -> {n['mac']} (from {n['source']})")
+print("XDP program:", ", ".join(f"{k}={v}" for k, v in d["xdp"].items() if v))
+PY
+  echo
+  echo "== stopping nodeplane (SIGTERM)"
+  kill -TERM "$(cat "$tmp/pid")"
+  for i in $(seq 50); do kill -0 "$(cat "$tmp/pid")" 2>/dev/null || break; sleep 0.1; done
+  grep -v '^$' "$tmp/nodeplane.log" | tail -2
+  if ip -n "$NODE" -d link show | grep -q "prog/xdp"; then
+    die "an XDP program is still attached"
+  fi
+  echo "no XDP program left attached"
+  [ -z "${DEMO_BAD:-}" ] || die "some traffic did not do what the state says (see above)"
+}
+
+# demo_step pass|block TITLE CMD...: runs CMD and says whether that is what the state wants.
+demo_step() {
+  local want="$1" title="$2"; shift 2
+  echo
+  echo "== $title"
+  if "$@"; then
+    [ "$want" = pass ] && echo "-> ok" || { echo "-> UNEXPECTED: went through"; DEMO_BAD=1; }
+  else
+    [ "$want" = block ] && echo "-> blocked, as the policy says" || { echo "-> UNEXPECTED: failed"; DEMO_BAD=1; }
+  fi
+}
+
+demo_cleanup() {
+  if [ -n "${DEMO_TMP:-}" ] && [ -s "$DEMO_TMP/pid" ]; then
+    kill -TERM "$(cat "$DEMO_TMP/pid")" 2>/dev/null || true
+    sleep 0.3
+  fi
+  lab_down
+  [ -n "${DEMO_TMP:-}" ] && rm -rf "$DEMO_TMP"
+  echo "lab.sh: demo done, lab deleted"
 }
 
 case "${1:-}" in

@@ -6,5 +6,6 @@ pub mod explain;
 pub mod identity;
 pub mod publish;
 pub mod replay;
+pub mod runtime;
 pub mod source;
 pub mod worker;

@@ -43,6 +43,8 @@ enum Command {
     Policy(cli::policy::PolicyArgs),
     /// The path a packet would take, decided by the live pipeline.
     Explain(cli::explain::ExplainArgs),
+    /// Run the AF_XDP dataplane on the interfaces of a state (this network namespace).
+    RunXdp(cli::run_xdp::RunXdpArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
+        Command::RunXdp(a) => cli::run_xdp::run(a),
     };
     match result {
         Ok(code) => code,

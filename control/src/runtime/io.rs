@@ -1,0 +1,423 @@
+//! One worker's packet I/O over AF_XDP: its sockets (one per interface queue it owns, one
+//! UMEM), the RX → pipeline → TX burst, and the hand-off of frames whose flow another worker
+//! owns.
+//!
+//! ```text
+//!   rx_burst(socket s, ≤64) ──> owner(frame) == me ? ──yes──> Packet ─┐
+//!                                   │ no: copy into a pooled buffer   │  + handed-in frames
+//!                                   └──> ArrayQueue of the owner      │    (≤ 64 in all)
+//!                                                                     ▼
+//!                      process(pkts, outs)  (Pipeline::process_burst)
+//!                                                                     │
+//!   Forward(e): rx frame ─> Action::Tx(my socket on e)  (descriptor moves, no copy)
+//!               handed-in ─> Burst::tx_copy(my socket on e)
+//!   Drop / Held (the pipeline kept a copy) ─> frame recycled
+//!   Pass ─> recycled and counted `pass_dropped`: the XDP program passes host traffic itself,
+//!           so a steered frame the pipeline would pass has no way back into the kernel
+//! ```
+//!
+//! Per burst: one owner parse per frame (only with more than one worker), no allocation, no
+//! lock, no syscall except the ring kicks inside `nodeplane_xdp`. The hand-off buffers come
+//! from a shared pool allocated at start; a full queue or an empty pool is a counted drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::queue::ArrayQueue;
+use nodeplane_dataplane::tables::IfIndex;
+use nodeplane_dataplane::{Action, Outcome, Packet, Tables, BURST};
+use nodeplane_xdp::{Action as XskAction, SocketId, XskWorker};
+use serde::Serialize;
+
+use super::owner::{frame_owner_hash, owner_of, OwnerIndex};
+
+/// Bytes a hand-off buffer holds (an AF_XDP frame of 2048 bytes holds less).
+pub const HANDOFF_FRAME: usize = 2048;
+
+/// A frame copied for another worker.
+#[derive(Debug)]
+pub struct HandoffFrame {
+    len: u16,
+    iface: IfIndex,
+    data: [u8; HANDOFF_FRAME],
+}
+
+/// The hand-off queues of all workers (one bounded MPMC queue per destination worker) and the
+/// pool of buffers they carry.
+#[derive(Debug)]
+pub struct Handoff {
+    inbound: Vec<ArrayQueue<Box<HandoffFrame>>>,
+    pool: ArrayQueue<Box<HandoffFrame>>,
+}
+
+impl Handoff {
+    /// `depth` frames per worker queue; the pool holds as many buffers as all queues together.
+    pub fn new(workers: usize, depth: usize) -> Arc<Handoff> {
+        let total = workers * depth;
+        let pool = ArrayQueue::new(total.max(1));
+        if workers > 1 {
+            for _ in 0..total {
+                let _ = pool.push(Box::new(HandoffFrame {
+                    len: 0,
+                    iface: 0,
+                    data: [0; HANDOFF_FRAME],
+                }));
+            }
+        }
+        Arc::new(Handoff {
+            inbound: (0..workers)
+                .map(|_| ArrayQueue::new(depth.max(1)))
+                .collect(),
+            pool,
+        })
+    }
+}
+
+/// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoCounters {
+    pub rx: u64,
+    /// Per table interface index: frames transmitted (rx frames and copies).
+    pub tx: Vec<u64>,
+    /// Frames whose egress interface has no socket on this worker (not bound).
+    pub tx_no_socket: u64,
+    /// Copies that could not be queued (no free UMEM frame, TX stage full).
+    pub tx_copy_failed: u64,
+    /// Pipeline `Pass` verdicts on steered frames: recycled (see module docs).
+    pub pass_dropped: u64,
+    /// Frames handed to their owner worker.
+    pub handed_off: u64,
+    /// Frames received from other workers.
+    pub handed_in: u64,
+    /// Hand-offs dropped: the owner's queue was full or the buffer pool empty.
+    pub handoff_dropped: u64,
+    /// Frames longer than a hand-off buffer (dropped).
+    pub handoff_too_long: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sock {
+    id: SocketId,
+    /// Index of its interface in the bound tables (`IfIndex::MAX`: not in the state).
+    iface: IfIndex,
+}
+
+/// AF_XDP packet I/O of one worker.
+#[derive(Debug)]
+pub struct AfXdpIo {
+    id: usize,
+    workers: usize,
+    xsk: XskWorker,
+    socks: Vec<Sock>,
+    names: Vec<String>,
+    /// Per table interface index: this worker's socket on it.
+    egress: Vec<Option<SocketId>>,
+    next: usize,
+    tables: Option<Arc<Tables>>,
+    owners: OwnerIndex,
+    handoff: Arc<Handoff>,
+    /// Handed-in frames of the current burst (capacity BURST, reused). Boxes, not values:
+    /// the buffers move between queues and the pool without copying 2 KiB each time.
+    #[expect(
+        clippy::vec_box,
+        reason = "pooled buffers move by pointer between queues"
+    )]
+    inbound: Vec<Box<HandoffFrame>>,
+    counters: IoCounters,
+}
+
+impl AfXdpIo {
+    /// Wraps a worker's sockets. `id` is this worker's index among `workers`.
+    pub fn new(id: usize, workers: usize, xsk: XskWorker, handoff: Arc<Handoff>) -> AfXdpIo {
+        let ids: Vec<SocketId> = xsk.socket_ids().collect();
+        let names = ids.iter().map(|&s| xsk.binding(s).0.to_owned()).collect();
+        AfXdpIo {
+            id,
+            workers,
+            socks: ids
+                .into_iter()
+                .map(|id| Sock {
+                    id,
+                    iface: IfIndex::MAX,
+                })
+                .collect(),
+            names,
+            xsk,
+            egress: Vec::new(),
+            next: 0,
+            tables: None,
+            owners: OwnerIndex::default(),
+            handoff,
+            inbound: Vec::with_capacity(BURST),
+            counters: IoCounters::default(),
+        }
+    }
+
+    /// Resolves interface names against a new snapshot (called when tables are published).
+    pub fn bind(&mut self, t: &Arc<Tables>) {
+        for (s, name) in self.socks.iter_mut().zip(&self.names) {
+            s.iface = t.iface_index(name).unwrap_or(IfIndex::MAX);
+        }
+        self.egress = vec![None; t.ifaces.len()];
+        for s in &self.socks {
+            if let Some(e) = self.egress.get_mut(usize::from(s.iface)) {
+                e.get_or_insert(s.id);
+            }
+        }
+        if self.counters.tx.len() < t.ifaces.len() {
+            self.counters.tx.resize(t.ifaces.len(), 0);
+        }
+        if self.workers > 1 {
+            self.owners = OwnerIndex::new(t);
+        }
+        self.tables = Some(Arc::clone(t));
+    }
+
+    /// One burst: the next socket (round robin) with frames, plus frames handed in by other
+    /// workers. Returns the frames processed here (0: idle).
+    pub fn burst(
+        &mut self,
+        now: u64,
+        process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+    ) -> usize {
+        let n_socks = self.socks.len();
+        for _ in 0..n_socks {
+            let s = self.next;
+            self.next = (self.next + 1) % n_socks;
+            let got = self.burst_on(s, now, process);
+            if got > 0 {
+                return got;
+            }
+        }
+        0
+    }
+
+    fn burst_on(
+        &mut self,
+        s: usize,
+        now: u64,
+        process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+    ) -> usize {
+        let AfXdpIo {
+            id,
+            workers,
+            xsk,
+            socks,
+            egress,
+            tables,
+            owners,
+            handoff,
+            inbound,
+            counters,
+            ..
+        } = self;
+        let (me, workers) = (*id, *workers);
+        let sock = socks[s];
+        let waiting = if workers > 1 {
+            handoff.inbound[me].len().min(BURST / 2)
+        } else {
+            0
+        };
+        let mut burst = xsk.rx_burst(sock.id, BURST - waiting);
+        let received = burst.len();
+        counters.rx += received as u64;
+
+        // Which received frames are ours (bit set) and which go to their owner.
+        let mut mine: u64 = if received == 64 {
+            u64::MAX
+        } else {
+            (1u64 << received) - 1
+        };
+        if workers > 1 {
+            if let Some(t) = tables.as_deref() {
+                for i in 0..received {
+                    let frame = burst.frame(i);
+                    let Some(h) = frame_owner_hash(t, owners, frame) else {
+                        continue;
+                    };
+                    let owner = owner_of(h, workers);
+                    if owner == me {
+                        continue;
+                    }
+                    mine &= !(1 << i);
+                    if frame.len() > HANDOFF_FRAME {
+                        counters.handoff_too_long += 1;
+                        continue;
+                    }
+                    let Some(mut buf) = handoff.pool.pop() else {
+                        counters.handoff_dropped += 1;
+                        continue;
+                    };
+                    buf.data[..frame.len()].copy_from_slice(frame);
+                    buf.len = frame.len() as u16;
+                    buf.iface = sock.iface;
+                    match handoff.inbound[owner].push(buf) {
+                        Ok(()) => counters.handed_off += 1,
+                        Err(buf) => {
+                            counters.handoff_dropped += 1;
+                            let _ = handoff.pool.push(buf);
+                        }
+                    }
+                }
+            }
+            while inbound.len() < waiting {
+                match handoff.inbound[me].pop() {
+                    Some(f) => inbound.push(f),
+                    None => break,
+                }
+            }
+            counters.handed_in += inbound.len() as u64;
+        }
+        if mine == 0 && inbound.is_empty() {
+            burst.finish();
+            return 0;
+        }
+
+        // Index of each packet's frame in the burst (rx frames), in packet order.
+        let mut rx_index = [0u8; BURST];
+        let mut lens = [0u16; BURST];
+        let mut outs = [Outcome::default(); BURST];
+        let n_rx;
+        let total;
+        {
+            let mut pkts: [Packet<'_>; BURST] = std::array::from_fn(|_| Packet {
+                data: &mut [],
+                iface: 0,
+                ts: now,
+                tag: 0,
+            });
+            let mut n = 0;
+            for (i, (frame, _)) in burst.frames_mut().enumerate() {
+                if mine & (1 << i) != 0 {
+                    rx_index[n] = i as u8;
+                    pkts[n] = Packet {
+                        data: frame,
+                        iface: sock.iface,
+                        ts: now,
+                        tag: i as u64,
+                    };
+                    n += 1;
+                }
+            }
+            n_rx = n;
+            for f in inbound.iter_mut() {
+                if n >= BURST {
+                    break;
+                }
+                let len = usize::from(f.len);
+                pkts[n] = Packet {
+                    data: &mut f.data[..len],
+                    iface: f.iface,
+                    ts: now,
+                    tag: u64::MAX,
+                };
+                n += 1;
+            }
+            total = n;
+            process(&mut pkts[..n], &mut outs[..n]);
+            for (l, p) in lens.iter_mut().zip(&pkts[..n]) {
+                *l = p.data.len() as u16;
+            }
+        }
+
+        for k in 0..total {
+            let o = outs[k];
+            let target = match o.action {
+                Action::Forward(e) => match egress.get(usize::from(e)).copied().flatten() {
+                    Some(t) => Some((e, t)),
+                    None => {
+                        counters.tx_no_socket += 1;
+                        None
+                    }
+                },
+                Action::Pass => {
+                    counters.pass_dropped += 1;
+                    None
+                }
+                Action::Drop(_) | Action::Held => None,
+            };
+            let trim = usize::from(o.l2_trim);
+            let len = usize::from(lens[k]);
+            if k < n_rx {
+                let i = usize::from(rx_index[k]);
+                if let Some((e, t)) = target {
+                    if trim > 0 && trim < len {
+                        burst.frame_mut(i).copy_within(trim..len, 0);
+                    }
+                    let new_len = len - trim.min(len);
+                    if new_len != burst.frame(i).len() {
+                        burst.set_len(i, new_len);
+                    }
+                    burst.set_action(i, XskAction::Tx(t));
+                    counters.tx[usize::from(e)] += 1;
+                }
+            } else if let Some((e, t)) = target {
+                let f = &inbound[k - n_rx];
+                let end = len.min(f.data.len());
+                match burst.tx_copy(t, &f.data[trim.min(end)..end]) {
+                    Ok(()) => counters.tx[usize::from(e)] += 1,
+                    Err(_) => counters.tx_copy_failed += 1,
+                }
+            }
+        }
+        burst.finish();
+        for f in inbound.drain(..) {
+            let _ = handoff.pool.push(f);
+        }
+        total
+    }
+
+    /// Transmits a copy of a frame outside a burst (a released fragment).
+    pub fn send(&mut self, egress: IfIndex, frame: &[u8]) {
+        match self.egress.get(usize::from(egress)).copied().flatten() {
+            Some(t) => match self.xsk.tx_copy(t, frame) {
+                Ok(()) => {
+                    if let Some(c) = self.counters.tx.get_mut(usize::from(egress)) {
+                        *c += 1;
+                    }
+                }
+                Err(_) => self.counters.tx_copy_failed += 1,
+            },
+            None => self.counters.tx_no_socket += 1,
+        }
+    }
+
+    /// Nothing was received: reap, refill, and wait for traffic (at most `max`, less when
+    /// other workers may hand frames in).
+    pub fn idle(&mut self, max: Duration) {
+        self.xsk.service();
+        if self.workers > 1 && !self.handoff.inbound[self.id].is_empty() {
+            return;
+        }
+        let ms = if self.workers > 1 {
+            1
+        } else {
+            max.as_millis().clamp(1, 100) as i32
+        };
+        // EINTR and other poll errors: the loop comes back here; nothing to count per packet.
+        let _ = self.xsk.wait_rx(ms);
+    }
+
+    pub fn counters(&self) -> &IoCounters {
+        &self.counters
+    }
+
+    /// The AF_XDP sockets' own counters, per socket: (interface, queue, stats).
+    pub fn socket_stats(&self) -> Vec<(String, u32, nodeplane_xdp::SocketStats)> {
+        self.socks
+            .iter()
+            .map(|s| {
+                let (iface, q) = self.xsk.binding(s.id);
+                (iface.to_owned(), q, self.xsk.stats(s.id))
+            })
+            .collect()
+    }
+
+    /// Frame accounting check of the UMEM (see `nodeplane_xdp::XskWorker::check_accounting`).
+    pub fn check_accounting(&mut self) -> Result<(), String> {
+        self.xsk
+            .check_accounting()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,215 @@
+//! Which worker owns a packet's flow (symmetric steering for per-worker conntrack).
+//!
+//! The NIC (or veth) picks a receive queue per packet, independently for a request and its
+//! reply, so with more than one worker a flow's two directions land on different workers half
+//! of the time. Conntrack is owned per worker (the [`Pipeline`](nodeplane_dataplane::Pipeline)
+//! holds it), so every packet is processed by its flow's *owner*: the worker chosen by a hash
+//! of a value that both directions carry unchanged, through NAT. A packet received by another
+//! worker is handed off to the owner (see `io.rs`).
+//!
+//! The value is the **client endpoint** (address, port), which DNAT never rewrites:
+//!
+//! | packet | rule | key |
+//! |---|---|---|
+//! | client → VIP:port (ClusterIP / NodePort / LB frontend) | 1. dst is a frontend | src |
+//! | backend:port → client (reply, reverse-NATed by the owner) | 2. src is a backend | dst |
+//! | client → backend:port (direct, no service) | 3. dst is a backend | src |
+//! | anything else (pod ↔ pod, pod ↔ world, ICMP echo) | 4. | sorted (src, dst) pair |
+//!
+//! Rules are tried in order. Rules 1-3 give the same key for both directions of every service
+//! flow; rule 4 is symmetric by construction. ICMP errors are owned by the flow they quote
+//! (the rules are applied to the quoted header). Known corner (documented in docs/runtime.md):
+//! a flow between two backend ports with no service in between (`web1:8080 → web2:8080`)
+//! hashes its directions differently by rules 2 and 3; such a reply reaches a worker without
+//! the flow and is treated as a new flow. Non-first IP fragments carry no ports and are
+//! owned by their addresses alone.
+
+use hashbrown::HashSet;
+use nodeplane_dataplane::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use nodeplane_dataplane::parse::{self, Frag, Meta, Parsed};
+use nodeplane_dataplane::Tables;
+
+/// The service endpoints of one table snapshot, for the ownership rules. Built when tables
+/// are published (allocates), read per packet (does not).
+#[derive(Debug, Default, Clone)]
+pub struct OwnerIndex {
+    /// (address, port, protocol) of every backend of every service.
+    backends: HashSet<(Addr, u16, u8)>,
+}
+
+impl OwnerIndex {
+    pub fn new(t: &Tables) -> OwnerIndex {
+        let mut backends = HashSet::new();
+        for (key, &svc) in &t.frontends {
+            if let Some(s) = t.services.get(svc as usize) {
+                for b in &s.backends {
+                    backends.insert((b.addr, b.port, key.proto));
+                }
+            }
+        }
+        OwnerIndex { backends }
+    }
+
+    fn is_backend(&self, a: Addr, port: u16, proto: u8) -> bool {
+        !self.backends.is_empty() && self.backends.contains(&(a, port, proto))
+    }
+}
+
+#[inline]
+fn endpoint_hash(a: &Addr, port: u16, proto: u8) -> u64 {
+    let lo = u64::from_le_bytes(a.bytes[..8].try_into().unwrap_or([0; 8]));
+    let hi = u64::from_le_bytes(a.bytes[8..].try_into().unwrap_or([0; 8]));
+    mix(mix(lo ^ u64::from(proto) << 56) ^ hi ^ u64::from(port) << 40)
+}
+
+/// The owner hash of a (src, sport, dst, dport, proto) tuple, by the rules of the module docs.
+#[inline]
+pub fn owner_hash(
+    t: &Tables,
+    idx: &OwnerIndex,
+    src: Addr,
+    sport: u16,
+    dst: Addr,
+    dport: u16,
+    proto: u8,
+) -> u64 {
+    if matches!(proto, PROTO_TCP | PROTO_UDP) {
+        if t.frontend(dst, dport, proto).is_some() {
+            return endpoint_hash(&src, sport, proto);
+        }
+        if idx.is_backend(src, sport, proto) {
+            return endpoint_hash(&dst, dport, proto);
+        }
+        if idx.is_backend(dst, dport, proto) {
+            return endpoint_hash(&src, sport, proto);
+        }
+    }
+    let proto = if proto == PROTO_ICMPV6 {
+        PROTO_ICMP
+    } else {
+        proto
+    };
+    let a = endpoint_hash(&src, sport, proto);
+    let b = endpoint_hash(&dst, dport, proto);
+    // Symmetric: the same for (a, b) and (b, a).
+    mix(a.min(b) ^ a.max(b).rotate_left(17))
+}
+
+/// The owner hash of a frame, or `None` when any worker may take it (not IP, malformed: the
+/// pipeline decides those without flow state).
+pub fn frame_owner_hash(t: &Tables, idx: &OwnerIndex, frame: &[u8]) -> Option<u64> {
+    let m: Meta = match parse::parse(frame) {
+        Ok(Parsed::Ip(m)) => m,
+        _ => return None,
+    };
+    if m.frag == Frag::Later {
+        return Some(owner_hash(t, idx, m.src, 0, m.dst, 0, 0));
+    }
+    if parse::is_icmp_error(&m) && m.has_l4() {
+        let off = usize::from(m.l4_off) + 8;
+        if let Ok(inner) = parse::parse_inner(frame, off, usize::from(m.ip_end), m.v6) {
+            if inner.has_l4() {
+                return Some(owner_hash(
+                    t,
+                    idx,
+                    inner.src,
+                    inner.sport,
+                    inner.dst,
+                    inner.dport,
+                    inner.proto,
+                ));
+            }
+        }
+    }
+    Some(owner_hash(t, idx, m.src, m.sport, m.dst, m.dport, m.proto))
+}
+
+/// The worker index for a hash.
+#[inline]
+pub fn owner_of(hash: u64, workers: usize) -> usize {
+    if workers <= 1 {
+        0
+    } else {
+        // Multiply-shift: uniform over `workers` without a division.
+        ((u128::from(hash) * workers as u128) >> 64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeplane_dataplane::MaglevCache;
+    use std::net::IpAddr;
+
+    fn tables() -> Tables {
+        let state = nodeplane_state::example::state().expect("example state");
+        Tables::build(&state, 1, &mut MaglevCache::default())
+    }
+
+    fn a(s: &str) -> Addr {
+        Addr::from(s.parse::<IpAddr>().unwrap())
+    }
+
+    #[test]
+    fn both_directions_of_service_flows_share_an_owner() {
+        let t = tables();
+        let idx = OwnerIndex::new(&t);
+        let client = a("10.244.1.10");
+        let world = a("192.168.100.1");
+        let node = a("192.168.100.2");
+        let web1 = a("10.244.1.21");
+        // (request src, sport, request dst, dport, backend, backend port, proto)
+        let cases = [
+            (client, 40001, a("10.96.0.10"), 80, web1, 8080, PROTO_TCP),
+            (
+                client,
+                40002,
+                a("10.96.0.53"),
+                53,
+                a("10.244.1.22"),
+                5353,
+                PROTO_UDP,
+            ),
+            (world, 50000, node, 30080, web1, 8080, PROTO_TCP),
+            (world, 50001, node, 30053, web1, 8080, PROTO_UDP),
+            (world, 50002, a("203.0.113.10"), 80, web1, 8080, PROTO_TCP),
+            (
+                a("fd00:244:1::10"),
+                40003,
+                a("fd00:96::10"),
+                80,
+                a("fd00:244:1::22"),
+                8080,
+                PROTO_TCP,
+            ),
+            // Direct to a backend port, no service.
+            (client, 40004, web1, 8080, web1, 8080, PROTO_TCP),
+            // Pod to pod, not a service port at all; pod to world.
+            (client, 40005, web1, 9999, web1, 9999, PROTO_TCP),
+            (client, 40006, world, 443, world, 443, PROTO_TCP),
+            // ICMP echo: id in sport for the request, in dport for the reply.
+            (client, 7, web1, 0, web1, 0, PROTO_ICMP),
+        ];
+        for (src, sport, dst, dport, be, bport, proto) in cases {
+            let req = owner_hash(&t, &idx, src, sport, dst, dport, proto);
+            let rep = owner_hash(&t, &idx, be, bport, src, sport, proto);
+            assert_eq!(req, rep, "{src}:{sport} -> {dst}:{dport} via {be}:{bport}");
+        }
+    }
+
+    #[test]
+    fn flows_spread_over_workers() {
+        let t = tables();
+        let idx = OwnerIndex::new(&t);
+        let vip = a("10.96.0.10");
+        let mut per = [0usize; 2];
+        for port in 0..10_000u16 {
+            let h = owner_hash(&t, &idx, a("10.0.0.1"), 1024 + port, vip, 80, PROTO_TCP);
+            per[owner_of(h, 2)] += 1;
+        }
+        assert!(per[0] > 4500 && per[1] > 4500, "{per:?}");
+        assert_eq!(owner_of(u64::MAX, 1), 0);
+        assert_eq!(owner_of(u64::MAX, 3), 2);
+        assert_eq!(owner_of(0, 3), 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! The XDP program's steering configuration, derived from the published tables.
+//!
+//! What the kernel program steers to the AF_XDP sockets (rules in `xdp-redirect/bpf/redirect.c`):
+//! - every pod interface of the state (all their unicast IP traffic);
+//! - on the uplink: the PodCIDRs and every service frontend address (ClusterIP, LB IPs);
+//! - NodePorts: (node IP, protocol, port) of every NodePort/LoadBalancer service;
+//! - *not* steered (`host_addrs`): the node IPs and every address the node's kernel holds on
+//!   the dataplane's interfaces (the pods' gateway, e.g. `10.244.1.1`), so pods reach the node
+//!   itself, its DNS stub or kubelet through the kernel, and such frames never need to be
+//!   re-injected from userspace.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use nodeplane_dataplane::flow::{PROTO_TCP, PROTO_UDP};
+use nodeplane_dataplane::Tables;
+use nodeplane_state::InterfaceRole;
+use nodeplane_xdp::{NodePort, Proto, SteeringConfig};
+
+/// Builds the steering configuration. `ifindex` resolves an interface name (in the node's
+/// network namespace); `kernel_addrs` are the addresses the kernel holds on the dataplane's
+/// interfaces. Interfaces that do not resolve are left out and returned by name.
+pub fn steering_config(
+    t: &Tables,
+    ifindex: impl Fn(&str) -> Option<u32>,
+    kernel_addrs: &[IpAddr],
+) -> (SteeringConfig, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut pods = BTreeSet::new();
+    for i in &t.ifaces {
+        if i.role == InterfaceRole::Pod {
+            match ifindex(&i.name) {
+                Some(x) => {
+                    pods.insert(x);
+                }
+                None => missing.push(i.name.clone()),
+            }
+        }
+    }
+    let mut prefixes: BTreeSet<IpNet> = BTreeSet::new();
+    for (net, len) in &t.pod_cidrs {
+        if let Ok(n) = IpNet::new(net.to_ip(), *len) {
+            prefixes.insert(n.trunc());
+        }
+    }
+    for a in t.service_ips.keys() {
+        prefixes.insert(IpNet::from(a.to_ip()));
+    }
+    let mut hosts: BTreeSet<IpAddr> = t.node_ips.iter().map(|a| a.to_ip()).collect();
+    hosts.extend(kernel_addrs.iter().map(|a| a.to_canonical()));
+    let mut nodeports = BTreeSet::new();
+    for k in t.frontends.keys() {
+        if !t.is_node_ip(&k.addr) {
+            continue;
+        }
+        let proto = match k.proto {
+            PROTO_TCP => Proto::Tcp,
+            PROTO_UDP => Proto::Udp,
+            _ => continue,
+        };
+        nodeports.insert((k.addr.to_ip(), proto, k.port));
+    }
+    let cfg = SteeringConfig {
+        pod_ifindexes: pods.into_iter().collect(),
+        prefixes: prefixes.into_iter().collect(),
+        host_addrs: hosts.into_iter().collect(),
+        nodeports: nodeports
+            .into_iter()
+            .map(|(addr, proto, port)| NodePort { addr, proto, port })
+            .collect(),
+    };
+    (cfg, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodeplane_dataplane::MaglevCache;
+
+    #[test]
+    fn example_node_steering() {
+        let state = nodeplane_state::example::state().unwrap();
+        let t = Tables::build(&state, 1, &mut MaglevCache::default());
+        let idx = |n: &str| match n {
+            "pod-client" => Some(11),
+            "pod-web1" => Some(12),
+            "uplink0" => Some(10),
+            _ => None,
+        };
+        let gw: IpAddr = "10.244.1.1".parse().unwrap();
+        let (cfg, missing) = steering_config(&t, idx, &[gw]);
+        assert_eq!(missing, vec!["pod-web2".to_string()]);
+        assert_eq!(cfg.pod_ifindexes, vec![11, 12]);
+        let p: Vec<String> = cfg.prefixes.iter().map(|p| p.to_string()).collect();
+        for want in [
+            "10.244.1.0/24",
+            "fd00:244:1::/64",
+            "10.96.0.10/32",
+            "10.96.0.53/32",
+            "10.96.0.11/32",
+            "203.0.113.10/32",
+            "fd00:96::10/128",
+        ] {
+            assert!(p.contains(&want.to_string()), "{want} in {p:?}");
+        }
+        // Node IPs are hosts, never steered prefixes.
+        assert!(!p.iter().any(|x| x.starts_with("192.168.100.2")));
+        let h: Vec<String> = cfg.host_addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(h, vec!["10.244.1.1", "192.168.100.2", "fd00:100::2"]);
+        let np: Vec<String> = cfg
+            .nodeports
+            .iter()
+            .map(|n| format!("{} {} {}", n.addr, n.proto, n.port))
+            .collect();
+        assert_eq!(
+            np,
+            vec![
+                "192.168.100.2 tcp 30080",
+                "192.168.100.2 udp 30053",
+                "fd00:100::2 tcp 30080",
+                "fd00:100::2 udp 30053",
+            ]
+        );
+        cfg.encode().expect("the XDP maps hold it");
+    }
+}
