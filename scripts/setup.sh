@@ -8,7 +8,7 @@ APT_PACKAGES=(
   clang llvm m4 libelf-dev zlib1g-dev pkg-config libpcap-dev linux-libc-dev protobuf-compiler
   # real peers and tools used by tests and the lab
   iproute2 ethtool iputils-ping netcat-openbsd socat curl tcpdump netsniff-ng
-  nftables conntrack bird2 frr etcd-server etcd-client python3-scapy
+  nftables conntrack bird2 frr etcd-server etcd-client python3-scapy gobgpd
 )
 
 missing=()
@@ -23,7 +23,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Debian starts these daemons on install; tests run their own instances on loopback.
-for svc in bird frr etcd; do
+for svc in bird frr etcd gobgpd; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 

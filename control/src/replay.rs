@@ -151,16 +151,8 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         path: opts.output_dir.clone(),
         source,
     })?;
-    let vpath = opts.output_dir.join("verdicts.jsonl");
-    let mut verdicts =
-        BufWriter::new(File::create(&vpath).map_err(|source| ReplayError::Write {
-            path: vpath.clone(),
-            source,
-        })?);
-    let mut writers: BTreeMap<String, PcapWriter<BufWriter<File>>> = BTreeMap::new();
-
+    let mut out = Outputs::create(&opts.output_dir)?;
     let mut pipeline = Pipeline::new(tables);
-    let mut summary = ReplaySummary::default();
     let mut next_state = 0;
     let mut idx = 0usize;
     let mut outcomes = [Outcome::default(); BURST];
@@ -217,55 +209,32 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         pipeline_time += t.elapsed();
         for k in 0..n {
             let p = &packets[idx + k];
-            emit(
-                &mut summary,
-                &mut verdicts,
-                &vpath,
-                &mut writers,
-                &opts.output_dir,
-                &tables,
-                idx + k,
-                &input_ifaces[p.input],
-                p.ts,
-                &p.data,
-                &outcomes[k],
-            )?;
+            let input = &input_ifaces[p.input];
+            out.emit(&tables, idx + k, input, p.ts, &p.data, &outcomes[k])?;
         }
-        let mut err = None;
-        pipeline.drain(now, |r| {
-            if err.is_some() {
-                return;
-            }
-            let tag = r.tag as usize;
-            let input = packets
-                .get(tag)
-                .map(|p| input_ifaces[p.input].as_str())
-                .unwrap_or("?");
-            if let Err(e) = emit(
-                &mut summary,
-                &mut verdicts,
-                &vpath,
-                &mut writers,
-                &opts.output_dir,
-                &tables,
-                tag,
-                input,
-                r.ts,
-                r.data,
-                &r.outcome,
-            ) {
-                err = Some(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
+        drain(&mut pipeline, now, &packets, &input_ifaces, &mut out)?;
         idx = end;
     }
     // The capture ended: held fragments whose first never came time out now.
+    drain(&mut pipeline, u64::MAX, &packets, &input_ifaces, &mut out)?;
+    let mut summary = out.finish()?;
+    summary.pipeline_time = pipeline_time;
+    summary.total_time = started.elapsed();
+    Ok(summary)
+}
+
+/// Hands released and timed-out held fragments to the outputs (their verdict lines come now,
+/// with their own input index).
+fn drain(
+    pipeline: &mut Pipeline,
+    now: u64,
+    packets: &[InPacket],
+    input_ifaces: &[String],
+    out: &mut Outputs,
+) -> Result<(), ReplayError> {
     let tables = Arc::clone(pipeline.tables());
     let mut err = None;
-    pipeline.drain(u64::MAX, |r| {
+    pipeline.drain(now, |r| {
         if err.is_some() {
             return;
         }
@@ -274,120 +243,132 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             .get(tag)
             .map(|p| input_ifaces[p.input].as_str())
             .unwrap_or("?");
-        if let Err(e) = emit(
-            &mut summary,
-            &mut verdicts,
-            &vpath,
-            &mut writers,
-            &opts.output_dir,
-            &tables,
-            tag,
-            input,
-            r.ts,
-            r.data,
-            &r.outcome,
-        ) {
+        if let Err(e) = out.emit(&tables, tag, input, r.ts, r.data, &r.outcome) {
             err = Some(e);
         }
     });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    verdicts.flush().map_err(|source| ReplayError::Write {
-        path: vpath.clone(),
-        source,
-    })?;
-    for (name, w) in writers {
-        let path = opts.output_dir.join(format!("{name}.pcap"));
-        w.into_writer()
-            .flush()
-            .map_err(|source| ReplayError::Write { path, source })?;
-    }
-    summary.pipeline_time = pipeline_time;
-    summary.total_time = started.elapsed();
-    Ok(summary)
+    err.map_or(Ok(()), Err)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    summary: &mut ReplaySummary,
-    verdicts: &mut BufWriter<File>,
-    vpath: &Path,
-    writers: &mut BTreeMap<String, PcapWriter<BufWriter<File>>>,
-    dir: &Path,
-    tables: &Tables,
-    index: usize,
-    input: &str,
-    ts: u64,
-    data: &[u8],
-    o: &Outcome,
-) -> Result<(), ReplayError> {
-    let (verdict, reason, egress) = match o.action {
-        // Held: its line comes when it is released or times out.
-        Action::Held => return Ok(()),
-        Action::Forward(e) => (
-            "forward",
-            None,
-            tables.ifaces.get(usize::from(e)).map(|i| i.name.as_str()),
-        ),
-        Action::Pass => ("pass", None, None),
-        Action::Drop(r) => ("drop", Some(r), None),
-    };
-    summary.packets += 1;
-    match o.action {
-        Action::Forward(_) => summary.forwarded += 1,
-        Action::Pass => summary.passed += 1,
-        Action::Drop(r) => {
-            summary.dropped += 1;
-            *summary.drops.entry(r.name().to_string()).or_default() += 1;
-        }
-        Action::Held => {}
+/// The replay's outputs: verdict lines, one pcap per egress interface, and the counts.
+struct Outputs {
+    dir: PathBuf,
+    vpath: PathBuf,
+    verdicts: BufWriter<File>,
+    writers: BTreeMap<String, PcapWriter<BufWriter<File>>>,
+    summary: ReplaySummary,
+}
+
+impl Outputs {
+    fn create(dir: &Path) -> Result<Outputs, ReplayError> {
+        let vpath = dir.join("verdicts.jsonl");
+        let f = File::create(&vpath).map_err(|source| ReplayError::Write {
+            path: vpath.clone(),
+            source,
+        })?;
+        Ok(Outputs {
+            dir: dir.to_path_buf(),
+            vpath,
+            verdicts: BufWriter::new(f),
+            writers: BTreeMap::new(),
+            summary: ReplaySummary::default(),
+        })
     }
-    let line = serde_json::json!({
-        "index": index,
-        "input": input,
-        "verdict": verdict,
-        "reason": reason.map(DropReason::name),
-        "egress": egress,
-        "ct": o.ct.name(),
-        "service": o.service.and_then(|s| tables.services.get(s as usize)).map(|s| s.name.as_str()),
-        "backend": o.backend.map(|(a, p)| fmt_socket(a, p)),
-        "src_identity": o.src_identity,
-        "dst_identity": o.dst_identity,
-        "policy": o.policy.name(),
-    });
-    writeln!(verdicts, "{line}").map_err(|source| ReplayError::Write {
-        path: vpath.to_path_buf(),
-        source,
-    })?;
-    if let Some(name) = egress {
-        let path = dir.join(format!("{name}.pcap"));
-        if !writers.contains_key(name) {
-            let f = File::create(&path).map_err(|source| ReplayError::Write {
-                path: path.clone(),
-                source,
-            })?;
-            let header = PcapHeader {
-                datalink: DataLink::ETHERNET,
-                ts_resolution: pcap_file::TsResolution::NanoSecond,
-                ..PcapHeader::default()
-            };
-            let w = PcapWriter::with_header(BufWriter::new(f), header).map_err(|source| {
-                ReplayError::WritePcap {
+
+    fn finish(mut self) -> Result<ReplaySummary, ReplayError> {
+        self.verdicts.flush().map_err(|source| ReplayError::Write {
+            path: self.vpath.clone(),
+            source,
+        })?;
+        for (name, w) in self.writers {
+            let path = self.dir.join(format!("{name}.pcap"));
+            w.into_writer()
+                .flush()
+                .map_err(|source| ReplayError::Write { path, source })?;
+        }
+        Ok(self.summary)
+    }
+
+    fn emit(
+        &mut self,
+        tables: &Tables,
+        index: usize,
+        input: &str,
+        ts: u64,
+        data: &[u8],
+        o: &Outcome,
+    ) -> Result<(), ReplayError> {
+        let (verdict, reason, egress) = match o.action {
+            // Held: its line comes when it is released or times out.
+            Action::Held => return Ok(()),
+            Action::Forward(e) => (
+                "forward",
+                None,
+                tables.ifaces.get(usize::from(e)).map(|i| i.name.as_str()),
+            ),
+            Action::Pass => ("pass", None, None),
+            Action::Drop(r) => ("drop", Some(r), None),
+        };
+        self.summary.packets += 1;
+        match o.action {
+            Action::Forward(_) => self.summary.forwarded += 1,
+            Action::Pass => self.summary.passed += 1,
+            Action::Drop(r) => {
+                self.summary.dropped += 1;
+                *self.summary.drops.entry(r.name().to_string()).or_default() += 1;
+            }
+            Action::Held => {}
+        }
+        let line = serde_json::json!({
+            "index": index,
+            "input": input,
+            "verdict": verdict,
+            "reason": reason.map(DropReason::name),
+            "egress": egress,
+            "ct": o.ct.name(),
+            "service": o.service.and_then(|s| tables.services.get(s as usize)).map(|s| s.name.as_str()),
+            "backend": o.backend.map(|(a, p)| fmt_socket(a, p)),
+            "src_identity": o.src_identity,
+            "dst_identity": o.dst_identity,
+            "policy": o.policy.name(),
+        });
+        writeln!(self.verdicts, "{line}").map_err(|source| ReplayError::Write {
+            path: self.vpath.clone(),
+            source,
+        })?;
+        if let Some(name) = egress {
+            let path = self.dir.join(format!("{name}.pcap"));
+            if !self.writers.contains_key(name) {
+                let f = File::create(&path).map_err(|source| ReplayError::Write {
                     path: path.clone(),
                     source,
-                }
-            })?;
-            writers.insert(name.to_string(), w);
+                })?;
+                let header = PcapHeader {
+                    datalink: DataLink::ETHERNET,
+                    ts_resolution: pcap_file::TsResolution::NanoSecond,
+                    ..PcapHeader::default()
+                };
+                let w = PcapWriter::with_header(BufWriter::new(f), header).map_err(|source| {
+                    ReplayError::WritePcap {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                self.writers.insert(name.to_string(), w);
+            }
+            *self
+                .summary
+                .transmitted
+                .entry(name.to_string())
+                .or_default() += 1;
+            let w = self.writers.get_mut(name).expect("writer inserted above");
+            let data = &data[usize::from(o.l2_trim).min(data.len())..];
+            let pkt = PcapPacket::new(Duration::from_nanos(ts), data.len() as u32, data);
+            w.write_packet(&pkt)
+                .map_err(|source| ReplayError::WritePcap { path, source })?;
         }
-        *summary.transmitted.entry(name.to_string()).or_default() += 1;
-        let w = writers.get_mut(name).expect("writer inserted above");
-        let data = &data[usize::from(o.l2_trim).min(data.len())..];
-        let pkt = PcapPacket::new(Duration::from_nanos(ts), data.len() as u32, data);
-        w.write_packet(&pkt)
-            .map_err(|source| ReplayError::WritePcap { path, source })?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Reads a pcap or pcapng file (told apart by magic number) into `out`.
