@@ -25,7 +25,7 @@ enum Command {
     State(cli::state::StateArgs),
     /// The BGP speaker: run it, or show its neighbours.
     Bgp(cli::bgp::BgpArgs),
-    /// Run the daemon.
+    /// Run the daemon (`--config FILE`; `io: { afxdp: ... }` for the AF_XDP dataplane).
     Run(cli::run::RunArgs),
     /// Daemon status: state generation, rejections, source, policy mode, workers.
     Status(cli::status::StatusArgs),
@@ -43,8 +43,6 @@ enum Command {
     Policy(cli::policy::PolicyArgs),
     /// The path a packet would take, decided by the live pipeline.
     Explain(cli::explain::ExplainArgs),
-    /// Run the AF_XDP dataplane on the interfaces of a state (this network namespace).
-    RunXdp(cli::run_xdp::RunXdpArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,7 +60,6 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
-        Command::RunXdp(a) => cli::run_xdp::run(a),
     };
     match result {
         Ok(code) => code,

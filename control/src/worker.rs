@@ -68,13 +68,18 @@ pub struct IoStats {
     pub passed: u64,
     /// Whether the input is exhausted (replay with a loop count).
     pub finished: bool,
+    /// AF_XDP I/O: hand-off counters, per-socket ring and kernel (`XDP_STATISTICS`) counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp: Option<crate::runtime::io::AfXdpIoStats>,
 }
 
 /// Packet I/O of one worker. Live: AF_XDP sockets (RX/TX/fill/completion rings over a UMEM).
 /// Tests and benchmarks: [`ReplayIo`].
 pub trait PacketIo: Send {
+    /// Called once on the worker's own thread before its loop (e.g. to pin it to a core).
+    fn start(&mut self) {}
     /// Called with every new snapshot: resolve interface names to the snapshot's indexes.
-    fn bind(&mut self, tables: &Tables);
+    fn bind(&mut self, tables: &Arc<Tables>);
     /// One burst: receive up to [`BURST`] frames with their ingress interface and time `now`,
     /// hand them to `process` (which decides every frame's [`Outcome`] and may rewrite and
     /// shorten frames in place), then transmit each `Action::Forward(egress)` frame — its
@@ -94,8 +99,56 @@ pub trait PacketIo: Send {
     fn finished(&self) -> bool {
         false
     }
-    /// Flush any buffered output (called when the worker stops).
+    /// Flush any buffered output, check resources (called when the worker stops).
     fn finish(&mut self) {}
+}
+
+/// The control thread's side of a packet I/O kind: creates the workers' [`PacketIo`]s when the
+/// first state is published, may veto a state it cannot run (the AF_XDP sockets are bound to
+/// fixed interfaces), prepares every publication (the XDP steering maps) and reports its own
+/// status. Everything here runs on the control thread, never on the packet path.
+pub trait IoBackend {
+    /// `afxdp`, `replay` or `none`.
+    fn kind(&self) -> &'static str;
+    /// Whether a validated state can be published with this I/O (an error rejects it whole).
+    fn admit(&self, _state: &nodeplane_state::State) -> Result<(), String> {
+        Ok(())
+    }
+    /// Creates the I/O of `workers` workers for the first published tables. An error rejects
+    /// that state; the next state tries again.
+    fn start(
+        &mut self,
+        tables: &Arc<Tables>,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn PacketIo>>, String>;
+    /// Called with every later snapshot before the workers get it (an error rejects it).
+    fn prepare(&mut self, _tables: &Tables) -> Result<(), String> {
+        Ok(())
+    }
+    fn status(&self) -> IoStatus {
+        IoStatus {
+            kind: self.kind().into(),
+            ..IoStatus::default()
+        }
+    }
+    /// Called after the workers stopped (AF_XDP: detach XDP).
+    fn stop(&mut self) {}
+}
+
+/// What an [`IoBackend`] reports in `nodeplane status` (besides the per-worker counters).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IoStatus {
+    /// `afxdp`, `replay` or `none`.
+    pub kind: String,
+    /// Interfaces with the XDP program: `name (mode, N queues)`.
+    #[serde(default)]
+    pub attached: Vec<String>,
+    /// The XDP program's counters (name → value).
+    #[serde(default)]
+    pub xdp: BTreeMap<String, u64>,
+    /// The uplink gateway's next hop (AF_XDP).
+    #[serde(default)]
+    pub neighbour: Option<crate::runtime::neigh::NeighbourStatus>,
 }
 
 /// A conntrack filter (`nodeplane ct list --src .. --dst .. --port .. --proto .. --state ..`).
@@ -441,6 +494,7 @@ impl<I: PacketIo> Worker<I> {
 
     /// Runs until `stop` is set. Returns the final counters.
     pub fn run(mut self) -> WorkerStats {
+        self.io.start();
         let mut last_gc = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             self.turn();
@@ -825,7 +879,7 @@ fn load_pcap(path: &Path) -> Result<Vec<Vec<u8>>, ReplayIoError> {
 }
 
 impl PacketIo for ReplayIo {
-    fn bind(&mut self, tables: &Tables) {
+    fn bind(&mut self, tables: &Arc<Tables>) {
         self.fold_tx();
         self.input_index = self
             .input_ifaces
@@ -946,6 +1000,7 @@ impl PacketIo for ReplayIo {
             tx,
             passed: self.passed,
             finished: self.finished(),
+            afxdp: None,
         }
     }
 

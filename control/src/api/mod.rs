@@ -146,6 +146,9 @@ pub struct Status {
     pub ipcache_entries: usize,
     pub uptime_s: u64,
     pub workers: Vec<WorkerStats>,
+    /// The packet I/O: kind, XDP attachment and counters, the uplink's neighbour (AF_XDP).
+    #[serde(default)]
+    pub io: Option<crate::worker::IoStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

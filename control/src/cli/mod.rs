@@ -12,7 +12,6 @@ pub mod ipcache;
 pub mod policy;
 pub mod replay;
 pub mod run;
-pub mod run_xdp;
 pub mod service;
 pub mod state;
 pub mod status;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use nodeplane_control::api::{Request, Status};
+use nodeplane_control::worker::WorkerStats;
 
 use super::client::{ask, opt, table, Common};
 use super::CliResult;
@@ -102,9 +103,96 @@ pub fn run(args: StatusArgs) -> CliResult {
             )
         );
     }
+    if let Some(io) = &s.io {
+        print_io(io, &s.workers);
+    }
     Ok(if s.state == "ok" {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
+}
+
+/// The packet I/O: XDP attachment and counters, the uplink's neighbour, and per AF_XDP socket
+/// the ring counters and the kernel's (`XDP_STATISTICS`: frames lost before the pipeline).
+fn print_io(io: &nodeplane_control::worker::IoStatus, workers: &[WorkerStats]) {
+    println!();
+    println!("io:          {}", io.kind);
+    if !io.attached.is_empty() {
+        println!("xdp:         {}", io.attached.join(", "));
+        let c: Vec<String> = io
+            .xdp
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("xdp counts:  {}", c.join(" "));
+    }
+    if let Some(n) = &io.neighbour {
+        println!(
+            "uplink:      {} gateway {} -> {} (from {}; kernel state {:#x}, {} lookups, {} triggers, {} unresolved)",
+            opt(&n.uplink),
+            n.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            opt(&n.mac),
+            n.source,
+            n.kernel_state,
+            n.lookups,
+            n.triggers,
+            n.unresolved
+        );
+    }
+    let mut rows = Vec::new();
+    for w in workers {
+        let Some(a) = &w.io.afxdp else { continue };
+        for sk in &a.sockets {
+            let k = sk.kernel.unwrap_or_default();
+            rows.push(vec![
+                w.worker.to_string(),
+                format!("{}/{}", sk.iface, sk.queue),
+                sk.rx.to_string(),
+                sk.tx.to_string(),
+                sk.tx_ring_full.to_string(),
+                sk.fill_starved.to_string(),
+                if sk.kernel.is_some() {
+                    format!(
+                        "{}/{}/{}/{}",
+                        k.rx_dropped, k.rx_ring_full, k.rx_fill_ring_empty_descs, k.tx_invalid_descs
+                    )
+                } else {
+                    "-".into()
+                },
+            ]);
+        }
+        let c = &a.counters;
+        if c.handed_off + c.handed_in + c.handoff_dropped + c.pass_dropped + c.tx_copy_failed > 0 {
+            println!(
+                "worker {}:    handed off {} in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}",
+                w.worker,
+                c.handed_off,
+                c.handed_in,
+                c.handoff_dropped,
+                c.pass_dropped,
+                c.tx_copy_failed,
+                c.tx_no_socket
+            );
+        }
+    }
+    if !rows.is_empty() {
+        println!();
+        print!(
+            "{}",
+            table(
+                &[
+                    "WORKER",
+                    "SOCKET",
+                    "RX",
+                    "TX",
+                    "TX_RING_FULL",
+                    "FILL_STARVED",
+                    "KERNEL rx_dropped/rx_ring_full/fill_empty/tx_invalid"
+                ],
+                &rows
+            )
+        );
+    }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::api::DEFAULT_SOCKET;
+use crate::runtime::AfXdpConfig;
 use crate::worker::{RemovedFlowAction, ReplayIoConfig};
 
 pub const DEFAULT_STATE_DIR: &str = "/etc/nodeplane/state";
@@ -47,6 +48,9 @@ pub struct IoConfig {
     /// Frames from pcap captures (tests, benchmarks, reproducing a problem).
     #[serde(default)]
     pub replay: Option<ReplayIoConfig>,
+    /// AF_XDP sockets on the state's interfaces (the product's dataplane).
+    #[serde(default)]
+    pub afxdp: Option<AfXdpConfig>,
 }
 
 fn default_socket() -> PathBuf {
@@ -111,13 +115,16 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = if text.trim().is_empty() {
-            Config::default()
+        let parse_err = |source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (mut cfg, workers_given): (Config, bool) = if text.trim().is_empty() {
+            (Config::default(), false)
         } else {
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?
+            let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
+            let given = v.get("workers").is_some();
+            (serde_yaml::from_value(v).map_err(parse_err)?, given)
         };
         let invalid = |field, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -145,6 +152,27 @@ impl Config {
         if let Some(r) = &cfg.io.replay {
             if r.inputs.is_empty() {
                 return Err(invalid("io.replay.inputs", "at least one input".into()));
+            }
+        }
+        if let Some(a) = &cfg.io.afxdp {
+            if cfg.io.replay.is_some() {
+                return Err(invalid("io", "set either `replay` or `afxdp`, not both".into()));
+            }
+            a.check().map_err(|(field, reason)| invalid(field, reason))?;
+            if let Some(n) = a.workers {
+                if workers_given && n != cfg.workers {
+                    return Err(invalid(
+                        "io.afxdp.workers",
+                        format!("{n} disagrees with workers: {}", cfg.workers),
+                    ));
+                }
+                cfg.workers = n;
+            }
+            if cfg.workers == 0 || cfg.workers > 64 {
+                return Err(invalid(
+                    "workers",
+                    format!("{} is not in 1..=64 (AF_XDP workers)", cfg.workers),
+                ));
             }
         }
         Ok(cfg)
@@ -189,6 +217,36 @@ mod tests {
         assert_eq!(r.rate_pps, Some(100));
         assert_eq!(r.loops, Some(3));
         assert_eq!(r.inputs[0].iface, "pod-client");
+    }
+
+    #[test]
+    fn afxdp_config() {
+        let c = parse("state: { dir: /s }\nio: { afxdp: { workers: 2, pin: false, neigh_refresh: 0.5 } }\n")
+            .unwrap();
+        assert_eq!(c.workers, 2);
+        let a = c.io.afxdp.unwrap();
+        assert!(!a.pin);
+        assert_eq!(a.ring_size, 1024);
+        assert_eq!(a.neigh_refresh, 0.5);
+        // The top-level key sets it as well; both agreeing is fine.
+        let c = parse("workers: 2\nio: { afxdp: {} }").unwrap();
+        assert_eq!(c.workers, 2);
+        assert!(parse("workers: 2\nio: { afxdp: { workers: 2 } }").is_ok());
+        for (text, field) in [
+            ("workers: 1\nio: { afxdp: { workers: 2 } }", "io.afxdp.workers"),
+            ("io: { afxdp: { ring_size: 1000 } }", "io.afxdp.ring_size"),
+            ("io: { afxdp: { ring_size: 2048 } }", "io.afxdp.frames_per_socket"),
+            ("io: { afxdp: { neigh_refresh: 0 } }", "io.afxdp.neigh_refresh"),
+            ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
+            ("io: { afxdp: { workers: 65 } }", "workers"),
+            (
+                "io: { afxdp: {}, replay: { inputs: [{ iface: a, file: b }] } }",
+                "io",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -18,11 +18,13 @@ use crate::api::{
     BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeSet, PolicyModeStatus,
     PolicyView, Rejection, Request, Response, ServiceRow, Status,
 };
+use super::overrides::RuntimeOverrides;
 use crate::publish::Publisher;
+use crate::runtime::neigh::{NeighbourReport, NeighbourStatus};
 use crate::source::SourceEvent;
 use crate::worker::{
-    proto_name, Answer, Clock, CtFilter, PacketIo, Query, RemovedFlowAction, Request as WReq,
-    Worker, WorkerStats,
+    proto_name, Answer, Clock, CtFilter, IoBackend, PacketIo, Query, RemovedFlowAction,
+    Request as WReq, Worker, WorkerStats,
 };
 
 /// How long the control thread waits for a worker to take and answer a request.
@@ -31,11 +33,11 @@ const DEFAULT_CT_LIMIT: usize = 10_000;
 /// Queue depth of each worker's request channel.
 const WORKER_QUEUE: usize = 16;
 
-/// Makes the packet I/O of worker `i` of `n`.
-pub type IoFactory = Box<dyn FnMut(usize, usize) -> Result<Box<dyn PacketIo>, String>>;
-
 impl PacketIo for Box<dyn PacketIo> {
-    fn bind(&mut self, t: &Tables) {
+    fn start(&mut self) {
+        (**self).start()
+    }
+    fn bind(&mut self, t: &Arc<Tables>) {
         (**self).bind(t)
     }
     fn burst(
@@ -80,7 +82,14 @@ pub struct Control {
     clock: Clock,
     started: Instant,
     workers_wanted: usize,
-    io: IoFactory,
+    io: Box<dyn IoBackend>,
+    /// Whether `io.start` succeeded (the workers' I/O exists).
+    io_started: bool,
+    /// Inputs the control thread merges into the source's state before compiling it (the
+    /// uplink gateway's MAC from the kernel).
+    overrides: RuntimeOverrides,
+    /// The neighbour watcher's last report (AF_XDP).
+    neighbour: Option<NeighbourStatus>,
     removed: RemovedFlowAction,
     stop: Arc<AtomicBool>,
     cache: MaglevCache,
@@ -132,7 +141,7 @@ impl Control {
     pub fn new(
         source: String,
         workers: usize,
-        io: IoFactory,
+        io: Box<dyn IoBackend>,
         removed: RemovedFlowAction,
         stop: Arc<AtomicBool>,
     ) -> Control {
@@ -141,6 +150,9 @@ impl Control {
             started: Instant::now(),
             workers_wanted: workers,
             io,
+            io_started: false,
+            overrides: RuntimeOverrides::default(),
+            neighbour: None,
             removed,
             stop,
             cache: MaglevCache::default(),
@@ -215,16 +227,52 @@ impl Control {
             self.reject(origin, e.to_string());
             return;
         }
+        if let Err(e) = self.io.admit(&state) {
+            self.reject(origin, e);
+            return;
+        }
+        let t0 = Instant::now();
+        if let Err(e) = self.publish_generation(&state, &origin) {
+            self.reject(origin, e);
+            return;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        log::info!(
+            "published generation {} from {origin}: {} services, {} endpoints, {} ipcache entries in {ms:.1} ms",
+            self.generation,
+            state.services.len(),
+            state.endpoints.len(),
+            state.ipcache.len()
+        );
+        self.state = Some(Arc::new(state));
+        self.origin = Some(origin);
+        self.applied_at = Some(unix_now());
+        self.last_publish_ms = Some(ms);
+        self.stale = false;
+    }
+
+    /// Compiles `state` with the runtime overrides into the next generation, lets the I/O
+    /// prepare it (start it, the first time), and publishes it. On error nothing changed.
+    fn publish_generation(&mut self, state: &State, origin: &str) -> Result<(), String> {
         let t0 = Instant::now();
         let generation = self.generation + 1;
+        let effective = self.overrides.apply(state);
         // Maglev tables not built within the budget are finished by `step_completion`, so a
         // large change reaches the workers quickly (see `MaglevCache`).
         let tables = Arc::new(Tables::build_within(
-            &state,
+            &effective,
             generation,
             &mut self.cache,
             Some(t0 + MAGLEV_BUDGET),
         ));
+        let ios = if self.io_started {
+            self.io.prepare(&tables)?;
+            None
+        } else {
+            let ios = self.io.start(&tables, self.workers_wanted)?;
+            self.io_started = true;
+            Some(ios)
+        };
         self.completing = tables.maglev_pending > 0;
         if self.completing {
             log::info!(
@@ -232,6 +280,7 @@ impl Control {
                 tables.maglev_pending
             );
         }
+        self.note_uplink_mac(&tables);
         match &self.publisher {
             Some(p) => p.publish(tables),
             None => {
@@ -243,22 +292,57 @@ impl Control {
             }
         }
         self.cache.prune();
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
         self.generation = generation;
-        log::info!(
-            "published generation {generation} from {origin}: {} services, {} endpoints, {} ipcache entries in {ms:.1} ms",
-            state.services.len(),
-            state.endpoints.len(),
-            state.ipcache.len()
-        );
-        self.state = Some(Arc::new(state));
-        self.origin = Some(origin);
-        self.applied_at = Some(unix_now());
-        self.last_publish_ms = Some(ms);
         self.publications += 1;
-        self.stale = false;
-        if self.workers.is_empty() {
-            self.start_workers();
+        log::debug!("generation {generation} published ({origin})");
+        if let Some(ios) = ios {
+            self.start_workers(ios);
+        }
+        Ok(())
+    }
+
+    /// Records which uplink gateway MAC the tables carry and where it came from.
+    fn note_uplink_mac(&mut self, t: &Tables) {
+        if let Some(n) = self.neighbour.as_mut() {
+            let mac = t
+                .uplink()
+                .and_then(|u| t.ifaces[usize::from(u)].gateway_mac);
+            n.mac = mac.map(|m| nodeplane_state::MacAddr(m).to_string());
+            n.source = match (mac, self.overrides.uplink_gateway_mac) {
+                (Some(_), Some(_)) => "kernel",
+                (Some(_), None) => "state",
+                (None, _) => "none",
+            }
+            .into();
+        }
+    }
+
+    /// A reading of the neighbour watcher: a changed gateway MAC becomes a new generation of
+    /// the running state (never of a rejected one).
+    pub fn on_neighbour(&mut self, r: NeighbourReport) {
+        let mut status = r.status;
+        if let Some(old) = &self.neighbour {
+            status.mac = old.mac.clone();
+            status.source = old.source.clone();
+        }
+        self.neighbour = Some(status);
+        if r.mac == self.overrides.uplink_gateway_mac {
+            return;
+        }
+        self.overrides.uplink_gateway_mac = r.mac;
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        match self.publish_generation(&state, "neighbour") {
+            Ok(()) => log::info!(
+                "published generation {}: uplink gateway MAC {}",
+                self.generation,
+                self.neighbour
+                    .as_ref()
+                    .and_then(|n| n.mac.clone())
+                    .unwrap_or_else(|| "none (uplink-bound packets drop no-neighbor)".into())
+            ),
+            Err(e) => log::error!("gateway MAC change not published: {e}"),
         }
     }
 
@@ -282,7 +366,14 @@ impl Control {
             return;
         }
         let generation = self.generation + 1;
-        let tables = Arc::new(Tables::build(&state, generation, &mut self.cache));
+        let effective = self.overrides.apply(&state);
+        let tables = Arc::new(Tables::build(&effective, generation, &mut self.cache));
+        // The steering of this state is in force already; an error here is logged, and the
+        // complete tables are published anyway (they steer the same destinations).
+        if let Err(e) = self.io.prepare(&tables) {
+            log::error!("generation {generation}: {e}");
+        }
+        self.note_uplink_mac(&tables);
         if let Some(p) = &self.publisher {
             p.publish(tables);
         }
@@ -293,18 +384,11 @@ impl Control {
         log::info!("published generation {generation}: every Maglev table built");
     }
 
-    fn start_workers(&mut self) {
+    fn start_workers(&mut self, ios: Vec<Box<dyn PacketIo>>) {
         let Some(p) = self.publisher.clone() else {
             return;
         };
-        for i in 0..self.workers_wanted {
-            let io = match (self.io)(i, self.workers_wanted) {
-                Ok(io) => io,
-                Err(e) => {
-                    log::error!("worker {i}: cannot set up packet I/O: {e}");
-                    continue;
-                }
-            };
+        for (i, io) in ios.into_iter().enumerate() {
             let (tx, rx) = bounded(WORKER_QUEUE);
             let w = Worker::new(
                 i,
@@ -323,18 +407,26 @@ impl Control {
                 Err(e) => log::error!("cannot start worker {i}: {e}"),
             }
         }
-        log::info!("started {} worker(s)", self.workers.len());
+        log::info!(
+            "started {} worker(s) on {} I/O",
+            self.workers.len(),
+            self.io.kind()
+        );
     }
 
-    /// Waits for the workers to stop (the stop flag is set by the caller).
+    /// Waits for the workers to stop (the stop flag is set by the caller), then stops the
+    /// I/O (AF_XDP: XDP detached).
     pub fn join_workers(&mut self) -> Vec<WorkerStats> {
-        self.workers
+        let stats = self
+            .workers
             .drain(..)
             .filter_map(|w| {
                 drop(w.tx);
                 w.join.join().ok()
             })
-            .collect()
+            .collect();
+        self.io.stop();
+        stats
     }
 
     /// Asks every worker; returns the answers that came in time.
@@ -528,6 +620,11 @@ impl Control {
             ipcache_entries: s.map(|s| s.ipcache.len()).unwrap_or(0),
             uptime_s: self.started.elapsed().as_secs(),
             workers,
+            io: Some({
+                let mut io = self.io.status();
+                io.neighbour = self.neighbour.clone();
+                io
+            }),
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod log;
+pub mod overrides;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -26,15 +27,18 @@ use crossbeam::channel::{unbounded, Receiver};
 use mio::{Events, Poll, Token, Waker};
 
 use crate::api::server::Server;
+use crate::runtime::neigh::NeighbourReport;
+use crate::runtime::AfXdpBackend;
 use crate::source::dir::DirSource;
 use crate::source::{SourceEvent, StateSource};
-use crate::worker::{IoStats, PacketIo, ReplayIo};
+use crate::worker::{IoBackend, IoStats, PacketIo, ReplayIo, ReplayIoConfig};
 use config::{Config, SourceChoice};
-use control::{Control, IoFactory};
+use control::Control;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const SOURCE: Token = Token(2);
+const NEIGH: Token = Token(3);
 const FIRST_CONN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,8 @@ pub enum DaemonError {
     Source(String),
     #[error("packet I/O: {0}")]
     Io(String),
+    #[error("worker {worker}: {detail}")]
+    Accounting { worker: usize, detail: String },
 }
 
 /// No packet I/O: the worker idles (control plane only).
@@ -58,7 +64,7 @@ pub enum DaemonError {
 pub struct NullIo;
 
 impl PacketIo for NullIo {
-    fn bind(&mut self, _: &nodeplane_dataplane::Tables) {}
+    fn bind(&mut self, _: &Arc<nodeplane_dataplane::Tables>) {}
     fn burst(
         &mut self,
         _: u64,
@@ -93,36 +99,81 @@ fn make_source(cfg: &Config) -> Result<Box<dyn StateSource>, DaemonError> {
     }
 }
 
-fn make_io(cfg: &Config) -> Result<IoFactory, DaemonError> {
+/// No packet I/O: workers that idle (control plane only: state, CLI).
+#[derive(Debug)]
+struct NullBackend;
+
+impl IoBackend for NullBackend {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+    fn start(
+        &mut self,
+        _: &Arc<nodeplane_dataplane::Tables>,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn PacketIo>>, String> {
+        Ok((0..workers)
+            .map(|_| Box::new(NullIo) as Box<dyn PacketIo>)
+            .collect())
+    }
+}
+
+/// Frames from pcap captures; inputs are dealt to workers round-robin (each input feeds one
+/// worker).
+#[derive(Debug)]
+struct ReplayBackend(ReplayIoConfig);
+
+impl IoBackend for ReplayBackend {
+    fn kind(&self) -> &'static str {
+        "replay"
+    }
+    fn start(
+        &mut self,
+        _: &Arc<nodeplane_dataplane::Tables>,
+        n: usize,
+    ) -> Result<Vec<Box<dyn PacketIo>>, String> {
+        let r = &self.0;
+        let mut ios = Vec::new();
+        for i in 0..n {
+            let mut mine = r.clone();
+            mine.inputs = r
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % n == i)
+                .map(|(_, x)| x.clone())
+                .collect();
+            if let Some(dir) = &r.output_dir {
+                mine.output_dir = Some(if n > 1 {
+                    dir.join(format!("worker{i}"))
+                } else {
+                    dir.clone()
+                });
+            }
+            if mine.inputs.is_empty() {
+                ios.push(Box::new(NullIo) as Box<dyn PacketIo>);
+                continue;
+            }
+            let io = ReplayIo::new(&mine).map_err(|e| format!("worker {i}: {e}"))?;
+            ios.push(Box::new(io));
+        }
+        Ok(ios)
+    }
+}
+
+fn make_io(
+    cfg: &Config,
+    neigh: impl FnMut(NeighbourReport) + Send + 'static,
+) -> Result<Box<dyn IoBackend>, DaemonError> {
+    if let Some(a) = &cfg.io.afxdp {
+        return Ok(Box::new(AfXdpBackend::new(a.clone(), Box::new(neigh))));
+    }
     match cfg.io.replay.clone() {
-        None => Ok(Box::new(|_, _| Ok(Box::new(NullIo) as Box<dyn PacketIo>))),
+        None => Ok(Box::new(NullBackend)),
         Some(r) => {
             // Check the captures now, so a bad path fails the start, not a worker.
             ReplayIo::new(&r).map_err(|e| DaemonError::Io(e.to_string()))?;
-            Ok(Box::new(move |i, n| {
-                // Inputs are dealt to workers round-robin (each input feeds one worker).
-                let mut mine = r.clone();
-                mine.inputs = r
-                    .inputs
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| k % n == i)
-                    .map(|(_, x)| x.clone())
-                    .collect();
-                if let Some(dir) = &r.output_dir {
-                    mine.output_dir = Some(if n > 1 {
-                        dir.join(format!("worker{i}"))
-                    } else {
-                        dir.clone()
-                    });
-                }
-                if mine.inputs.is_empty() {
-                    return Ok(Box::new(NullIo) as Box<dyn PacketIo>);
-                }
-                ReplayIo::new(&mine)
-                    .map(|io| Box::new(io) as Box<dyn PacketIo>)
-                    .map_err(|e| e.to_string())
-            }))
+            Ok(Box::new(ReplayBackend(r)))
         }
     }
 }
@@ -146,7 +197,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let mut server = Server::bind(&cfg.control_socket, poll.registry(), LISTENER, FIRST_CONN)?;
     let source = make_source(&cfg)?;
-    let io = make_io(&cfg)?;
+    // Neighbour watcher (AF_XDP) → channel → this event loop (token NEIGH).
+    let neigh_waker = Arc::new(Waker::new(poll.registry(), NEIGH).map_err(DaemonError::Poll)?);
+    let (neigh_tx, neigh_rx) = unbounded::<NeighbourReport>();
+    let io = make_io(&cfg, move |r| {
+        if neigh_tx.send(r).is_ok() {
+            let _ = neigh_waker.wake();
+        }
+    })?;
     let mut control = Control::new(
         source.name(),
         cfg.workers,
@@ -178,10 +236,17 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Source(e.to_string()))?;
 
     ::log::info!(
-        "nodeplane running: state from {}, control socket {}, {} worker(s)",
+        "nodeplane running: state from {}, control socket {}, {} worker(s), I/O {}",
         control_source_name(&cfg),
         server.path().display(),
-        cfg.workers
+        cfg.workers,
+        if cfg.io.afxdp.is_some() {
+            "afxdp"
+        } else if cfg.io.replay.is_some() {
+            "replay"
+        } else {
+            "none"
+        }
     );
     let mut events = Events::with_capacity(64);
     let mut last_sweep = Instant::now();
@@ -212,6 +277,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                         control.on_source(ev);
                     }
                 }
+                NEIGH => {
+                    while let Ok(r) = neigh_rx.try_recv() {
+                        control.on_neighbour(r);
+                    }
+                }
                 t if server.owns(t) => {
                     server.ready(poll.registry(), t, &mut |line| control.handle_line(line));
                 }
@@ -226,22 +296,34 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
 
+    let t0 = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let stats = control.join_workers();
+    let mut broken = None;
     for s in &stats {
+        let acct = s.io.afxdp.as_ref().and_then(|a| a.accounting.clone());
         ::log::info!(
-            "worker {} stopped: {} packets, {} forwarded, {} dropped",
+            "worker {} stopped: {} packets, {} forwarded, {} dropped{}",
             s.worker,
             s.packets,
             s.forwarded,
-            s.dropped
+            s.dropped,
+            acct.as_deref()
+                .map(|a| format!(", UMEM frame accounting {a}"))
+                .unwrap_or_default()
         );
+        if let Some(a) = acct.filter(|a| a != "ok") {
+            broken.get_or_insert((s.worker, a));
+        }
     }
     drop(server);
     let _ = source_thread.join();
     let _ = forwarder.join();
-    ::log::info!("stopped");
-    Ok(())
+    ::log::info!("stopped in {} ms", t0.elapsed().as_millis());
+    match broken {
+        Some((worker, detail)) => Err(DaemonError::Accounting { worker, detail }),
+        None => Ok(()),
+    }
 }
 
 fn control_source_name(cfg: &Config) -> String {

@@ -20,14 +20,16 @@
 //! lock, no syscall except the ring kicks inside `nodeplane_xdp`. The hand-off buffers come
 //! from a shared pool allocated at start; a full queue or an empty pool is a counted drop.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{Action, Outcome, Packet, Tables, BURST};
+use crate::worker::{IoStats, PacketIo, TxCount};
 use nodeplane_xdp::{Action as XskAction, SocketId, XskWorker};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::owner::{frame_owner_hash, owner_of, OwnerIndex};
 
@@ -74,11 +76,15 @@ impl Handoff {
 }
 
 /// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoCounters {
     pub rx: u64,
     /// Per table interface index: frames transmitted (rx frames and copies).
+    #[serde(skip)]
     pub tx: Vec<u64>,
+    /// Per table interface index: bytes transmitted.
+    #[serde(skip)]
+    pub tx_bytes: Vec<u64>,
     /// Frames whose egress interface has no socket on this worker (not bound).
     pub tx_no_socket: u64,
     /// Copies that could not be queued (no free UMEM frame, TX stage full).
@@ -124,11 +130,25 @@ pub struct AfXdpIo {
     )]
     inbound: Vec<Box<HandoffFrame>>,
     counters: IoCounters,
+    /// Names of the bound tables' interfaces (index = IfIndex), for the per-index counters.
+    egress_names: Vec<String>,
+    /// Transmit counters of earlier bindings, by interface name.
+    tx_folded: BTreeMap<String, TxCount>,
+    core: Option<core_affinity::CoreId>,
+    /// The UMEM frame accounting check when the worker stopped.
+    accounting: Option<String>,
 }
 
 impl AfXdpIo {
     /// Wraps a worker's sockets. `id` is this worker's index among `workers`.
-    pub fn new(id: usize, workers: usize, xsk: XskWorker, handoff: Arc<Handoff>) -> AfXdpIo {
+    /// `core`: the core the worker pins itself to when its thread starts.
+    pub fn new(
+        id: usize,
+        workers: usize,
+        xsk: XskWorker,
+        handoff: Arc<Handoff>,
+        core: Option<core_affinity::CoreId>,
+    ) -> AfXdpIo {
         let ids: Vec<SocketId> = xsk.socket_ids().collect();
         let names = ids.iter().map(|&s| xsk.binding(s).0.to_owned()).collect();
         AfXdpIo {
@@ -150,11 +170,32 @@ impl AfXdpIo {
             handoff,
             inbound: Vec::with_capacity(BURST),
             counters: IoCounters::default(),
+            egress_names: Vec::new(),
+            tx_folded: BTreeMap::new(),
+            core,
+            accounting: None,
         }
     }
 
+    /// Folds the per-index transmit counters into the by-name totals (before a rebind).
+    fn fold_tx(&mut self) {
+        for (i, name) in self.egress_names.iter().enumerate() {
+            let p = self.counters.tx.get(i).copied().unwrap_or(0);
+            let b = self.counters.tx_bytes.get(i).copied().unwrap_or(0);
+            if p > 0 {
+                let t = self.tx_folded.entry(name.clone()).or_default();
+                t.packets += p;
+                t.bytes += b;
+            }
+        }
+        self.counters.tx.iter_mut().for_each(|c| *c = 0);
+        self.counters.tx_bytes.iter_mut().for_each(|c| *c = 0);
+    }
+
     /// Resolves interface names against a new snapshot (called when tables are published).
-    pub fn bind(&mut self, t: &Arc<Tables>) {
+    pub fn bind_tables(&mut self, t: &Arc<Tables>) {
+        self.fold_tx();
+        self.egress_names = t.ifaces.iter().map(|i| i.name.clone()).collect();
         for (s, name) in self.socks.iter_mut().zip(&self.names) {
             s.iface = t.iface_index(name).unwrap_or(IfIndex::MAX);
         }
@@ -164,9 +205,8 @@ impl AfXdpIo {
                 e.get_or_insert(s.id);
             }
         }
-        if self.counters.tx.len() < t.ifaces.len() {
-            self.counters.tx.resize(t.ifaces.len(), 0);
-        }
+        self.counters.tx = vec![0; t.ifaces.len()];
+        self.counters.tx_bytes = vec![0; t.ifaces.len()];
         if self.workers > 1 {
             self.owners = OwnerIndex::new(t);
         }
@@ -175,7 +215,7 @@ impl AfXdpIo {
 
     /// One burst: the next socket (round robin) with frames, plus frames handed in by other
     /// workers. Returns the frames processed here (0: idle).
-    pub fn burst(
+    pub fn rx_process(
         &mut self,
         now: u64,
         process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
@@ -350,12 +390,16 @@ impl AfXdpIo {
                     }
                     burst.set_action(i, XskAction::Tx(t));
                     counters.tx[usize::from(e)] += 1;
+                    counters.tx_bytes[usize::from(e)] += new_len as u64;
                 }
             } else if let Some((e, t)) = target {
                 let f = &inbound[k - n_rx];
                 let end = len.min(f.data.len());
                 match burst.tx_copy(t, &f.data[trim.min(end)..end]) {
-                    Ok(()) => counters.tx[usize::from(e)] += 1,
+                    Ok(()) => {
+                        counters.tx[usize::from(e)] += 1;
+                        counters.tx_bytes[usize::from(e)] += (end - trim.min(end)) as u64;
+                    }
                     Err(_) => counters.tx_copy_failed += 1,
                 }
             }
@@ -368,12 +412,15 @@ impl AfXdpIo {
     }
 
     /// Transmits a copy of a frame outside a burst (a released fragment).
-    pub fn send(&mut self, egress: IfIndex, frame: &[u8]) {
+    pub fn send_copy(&mut self, egress: IfIndex, frame: &[u8]) {
         match self.egress.get(usize::from(egress)).copied().flatten() {
             Some(t) => match self.xsk.tx_copy(t, frame) {
                 Ok(()) => {
                     if let Some(c) = self.counters.tx.get_mut(usize::from(egress)) {
                         *c += 1;
+                    }
+                    if let Some(c) = self.counters.tx_bytes.get_mut(usize::from(egress)) {
+                        *c += frame.len() as u64;
                     }
                 }
                 Err(_) => self.counters.tx_copy_failed += 1,
@@ -384,7 +431,7 @@ impl AfXdpIo {
 
     /// Nothing was received: reap, refill, and wait for traffic (at most `max`, less when
     /// other workers may hand frames in).
-    pub fn idle(&mut self, max: Duration) {
+    pub fn idle_wait(&mut self, max: Duration) {
         self.xsk.service();
         if self.workers > 1 && !self.handoff.inbound[self.id].is_empty() {
             return;
@@ -402,13 +449,38 @@ impl AfXdpIo {
         &self.counters
     }
 
-    /// The AF_XDP sockets' own counters, per socket: (interface, queue, stats).
-    pub fn socket_stats(&self) -> Vec<(String, u32, nodeplane_xdp::SocketStats)> {
+    /// Every socket's counters: userspace (rings, kicks) and the kernel's (`XDP_STATISTICS`,
+    /// one `getsockopt` per socket: called for `nodeplane status`, never per burst).
+    pub fn socket_stats(&self) -> Vec<XskSocketStats> {
         self.socks
             .iter()
             .map(|s| {
-                let (iface, q) = self.xsk.binding(s.id);
-                (iface.to_owned(), q, self.xsk.stats(s.id))
+                let (iface, queue) = self.xsk.binding(s.id);
+                let u = self.xsk.stats(s.id);
+                let kernel = match self.xsk.kernel_stats(s.id) {
+                    Ok(k) => Some(XskKernelStats {
+                        rx_dropped: k.rx_dropped(),
+                        rx_invalid_descs: k.rx_invalid_descs(),
+                        rx_ring_full: k.rx_ring_full(),
+                        rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs(),
+                        tx_invalid_descs: k.tx_invalid_descs(),
+                        tx_ring_empty_descs: k.tx_ring_empty_descs(),
+                    }),
+                    Err(_) => None,
+                };
+                XskSocketStats {
+                    iface: iface.to_owned(),
+                    queue,
+                    rx: u.rx,
+                    tx: u.tx,
+                    tx_completed: u.tx_completed,
+                    tx_ring_full: u.tx_ring_full,
+                    dropped: u.dropped,
+                    fill_starved: u.fill_starved,
+                    tx_kicks: u.tx_kicks,
+                    fill_kicks: u.fill_kicks,
+                    kernel,
+                }
             })
             .collect()
     }
@@ -419,5 +491,116 @@ impl AfXdpIo {
             .check_accounting()
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The kernel's counters of one AF_XDP socket (`getsockopt(SOL_XDP, XDP_STATISTICS)`): frames
+/// the kernel could not deliver to the socket, i.e. lost before the pipeline saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskKernelStats {
+    /// Dropped for other reasons (in copy mode: no free frame in the fill ring, among others).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    /// Dropped because the RX ring was full (the worker did not consume fast enough).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty (frames then dropped: `rx_dropped`).
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Times the kernel found the TX ring empty when woken.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// One AF_XDP socket of a worker: userspace ring counters and the kernel's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskSocketStats {
+    pub iface: String,
+    pub queue: u32,
+    pub rx: u64,
+    pub tx: u64,
+    pub tx_completed: u64,
+    /// Frames for a full TX ring (recycled, not sent).
+    pub tx_ring_full: u64,
+    /// Received frames recycled without transmit (pipeline drops, held, pass).
+    pub dropped: u64,
+    /// Refills that found no free UMEM frame.
+    pub fill_starved: u64,
+    pub tx_kicks: u64,
+    pub fill_kicks: u64,
+    /// `None`: the kernel did not answer `XDP_STATISTICS`.
+    pub kernel: Option<XskKernelStats>,
+}
+
+/// The AF_XDP part of a worker's I/O counters (in `nodeplane status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfXdpIoStats {
+    pub core: Option<usize>,
+    pub counters: IoCounters,
+    pub sockets: Vec<XskSocketStats>,
+    /// The UMEM frame accounting check at stop (`ok` or the error); `None` while running.
+    pub accounting: Option<String>,
+}
+
+impl PacketIo for AfXdpIo {
+    fn start(&mut self) {
+        if let Some(c) = self.core {
+            if !core_affinity::set_for_current(c) {
+                log::warn!("worker {}: cannot pin to core {}", self.id, c.id);
+            }
+        }
+    }
+
+    fn bind(&mut self, tables: &Arc<Tables>) {
+        self.bind_tables(tables);
+    }
+
+    fn burst(
+        &mut self,
+        now: u64,
+        process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+    ) -> usize {
+        self.rx_process(now, process)
+    }
+
+    fn send(&mut self, egress: IfIndex, frame: &[u8]) {
+        self.send_copy(egress, frame);
+    }
+
+    fn idle(&mut self, max: Duration) {
+        self.idle_wait(max);
+    }
+
+    fn stats(&self) -> IoStats {
+        let mut tx = self.tx_folded.clone();
+        for (i, name) in self.egress_names.iter().enumerate() {
+            let p = self.counters.tx.get(i).copied().unwrap_or(0);
+            if p > 0 {
+                let t = tx.entry(name.clone()).or_default();
+                t.packets += p;
+                t.bytes += self.counters.tx_bytes.get(i).copied().unwrap_or(0);
+            }
+        }
+        IoStats {
+            rx_packets: self.counters.rx,
+            tx,
+            passed: self.counters.pass_dropped,
+            finished: false,
+            afxdp: Some(AfXdpIoStats {
+                core: self.core.map(|c| c.id),
+                counters: self.counters.clone(),
+                sockets: self.socket_stats(),
+                accounting: self.accounting.clone(),
+            }),
+        }
+    }
+
+    fn finish(&mut self) {
+        let r = match self.check_accounting() {
+            Ok(()) => "ok".to_string(),
+            Err(e) => {
+                log::error!("worker {}: {e}", self.id);
+                e
+            }
+        };
+        self.accounting = Some(r);
     }
 }

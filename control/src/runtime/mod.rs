@@ -1,81 +1,128 @@
-//! The AF_XDP runtime: the XDP program on the node's interfaces, one pinned worker thread per
-//! queue set running the pipeline over its AF_XDP sockets, and the control side that feeds
-//! them tables (state, the uplink gateway's MAC from the kernel) and steering.
+//! The AF_XDP packet I/O of the daemon (`io: { afxdp: ... }` in its config): the XDP program on
+//! the node's interfaces, one AF_XDP socket per interface queue, worker I/O that the daemon's
+//! workers ([`crate::worker::Worker`]) run the pipeline over, the steering maps re-derived from
+//! every publication, and the uplink gateway's MAC watched in the kernel's neighbour table.
 //!
 //! ```text
-//!   control thread (Runtime)                       worker w (pinned to core w)
-//!   ────────────────────────                       ───────────────────────────
-//!   state ─> effective state ─> Tables::build      loop {
-//!     (uplink gateway_mac from the kernel's          version moved? take tables (Arc clone)
-//!      neighbour table, refreshed)                   io.burst: rx ≤ 64 ─ owner? ─ pipeline ─ tx
-//!   ─> Feed::publish (Arc swap + version)            pipeline.drain (released fragments)
-//!   ─> SteeringConfig ─> Loader::apply               every 1 s: full GC; 100 ms: stats copy
-//!                                                    idle: io.idle (kick, poll ≤ 1-2 ms)
-//!   stop flag (SIGTERM) ──────────────────────────>  }
+//!   control thread (daemon event loop)                   worker w (pinned to core w % cores)
+//!   ──────────────────────────────────                   ───────────────────────────────────
+//!   source ─> validate ─> admit (same interfaces?)       Worker::turn (worker.rs) {
+//!     ─> state + overrides (gateway MAC) ─> Tables         subscriber.poll: new tables?
+//!     ─> AfXdpBackend::prepare: SteeringConfig             AfXdpIo::burst: rx ≤ 64 ─ owner? ─
+//!          ─> Loader::apply (XDP maps)                       pipeline ─ tx (io.rs)
+//!     ─> Publisher::publish ──────────────────────────>    drain, control requests, GC
+//!   neighbour watcher thread ─(report + Waker)─> overrides   idle: kick rings, poll ≤ 1-2 ms }
 //! ```
 //!
-//! Workers own queues: worker `w` binds queue `q` of every interface where `q % workers == w`,
-//! so every queue has exactly one socket (a queue without one would fall back to the kernel
-//! and bypass the dataplane). With more than one worker, frames whose flow another worker owns
-//! are handed off (see [`owner`] and [`io`]; why in docs/runtime.md).
+//! Worker `w` binds an AF_XDP socket on queue `q` of **every** interface where
+//! `q % workers == w` (all of a worker's sockets share one UMEM, so forwarding moves a
+//! descriptor, no copy). Every queue has exactly one socket: a queue without one would make the
+//! XDP program fall back to the kernel, which would forward the pod's traffic itself and bypass
+//! policy. With more than one worker, frames whose flow another worker owns are handed off (see
+//! [`owner`] and [`io`]; why in docs/runtime.md).
+//!
+//! The interfaces are fixed when the backend starts (the first published state): a later state
+//! with other interfaces is rejected whole (sockets and UMEMs cannot be added to a running
+//! worker); restart to attach to new interfaces.
 
 pub mod io;
 pub mod neigh;
 pub mod owner;
 pub mod steering;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nodeplane_dataplane::{Action, DropReason, MaglevCache, Pipeline, Tables};
-use nodeplane_state::{InterfaceRole, MacAddr, State};
+use nodeplane_dataplane::Tables;
+use nodeplane_state::{InterfaceRole, State};
 use nodeplane_xdp::{Loader, XskBinding, XskConfig, XskWorker};
-use serde::Serialize;
+use serde::Deserialize;
 
-use self::io::{AfXdpIo, Handoff, IoCounters};
+use self::io::{AfXdpIo, Handoff};
+use self::neigh::NeighbourReport;
+pub use self::neigh::NeighbourStatus;
+use crate::worker::{IoBackend, IoStatus, PacketIo};
 
-/// Runtime settings.
-#[derive(Debug, Clone)]
-pub struct RuntimeConfig {
-    /// Worker threads (each owns the queues `q % workers == w` of every interface).
-    pub workers: usize,
+/// `io.afxdp` of the daemon's config (docs/config.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AfXdpConfig {
+    /// Worker threads (the daemon's `workers`; either key may set it, not both differently).
+    pub workers: Option<usize>,
     /// Pin worker `w` to core `w % cores`.
     pub pin: bool,
-    pub xsk: XskConfig,
-    /// How often the uplink gateway's neighbour entry is read (and re-triggered).
-    pub neigh_refresh: Duration,
-    /// Hand-off queue depth per worker.
+    /// Size of every AF_XDP ring (power of two).
+    pub ring_size: u32,
+    /// UMEM frames per socket (at least `ring_size`).
+    pub frames_per_socket: u32,
+    /// Seconds between reads of the uplink gateway's neighbour entry.
+    pub neigh_refresh: f64,
+    /// Hand-off queue depth per worker (frames).
     pub handoff_depth: usize,
 }
 
-impl Default for RuntimeConfig {
+impl Default for AfXdpConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            workers: 1,
+        AfXdpConfig {
+            workers: None,
             pin: true,
-            xsk: XskConfig::default(),
-            neigh_refresh: Duration::from_secs(2),
+            ring_size: 1024,
+            frames_per_socket: 2048,
+            neigh_refresh: 2.0,
             handoff_depth: 1024,
         }
     }
 }
 
+impl AfXdpConfig {
+    /// Checks the values (the config loader reports the error with the field).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !self.ring_size.is_power_of_two() || !(64..=16384).contains(&self.ring_size) {
+            return Err((
+                "io.afxdp.ring_size",
+                format!("{} is not a power of two in 64..=16384", self.ring_size),
+            ));
+        }
+        if self.frames_per_socket < self.ring_size {
+            return Err((
+                "io.afxdp.frames_per_socket",
+                format!(
+                    "{} cannot fill a ring of {}",
+                    self.frames_per_socket, self.ring_size
+                ),
+            ));
+        }
+        if !(0.1..=3600.0).contains(&self.neigh_refresh) {
+            return Err((
+                "io.afxdp.neigh_refresh",
+                format!("{} is not in 0.1..=3600 seconds", self.neigh_refresh),
+            ));
+        }
+        if !(1..=65536).contains(&self.handoff_depth) {
+            return Err((
+                "io.afxdp.handoff_depth",
+                format!("{} is not in 1..=65536", self.handoff_depth),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("invalid runtime setting: {0}")]
+    #[error("invalid AF_XDP setting: {0}")]
     Config(String),
-    #[error("state rejected: {0}")]
-    State(String),
     #[error("interface {iface}: {reason}")]
     Interface { iface: String, reason: String },
     #[error(transparent)]
     Load(#[from] nodeplane_xdp::LoadError),
     #[error(transparent)]
     Attach(#[from] nodeplane_xdp::AttachError),
-    #[error(transparent)]
+    #[error("XDP steering maps: {0}")]
     Steering(#[from] nodeplane_xdp::SteeringError),
     #[error("worker {worker}: {source}")]
     Xsk {
@@ -85,112 +132,8 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Register(#[from] nodeplane_xdp::XskRegisterError),
-    #[error("cannot start worker thread {worker}: {source}")]
-    Spawn {
-        worker: usize,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Table publication to the workers: an `Arc` swapped under a mutex held for a pointer swap,
-/// and a version a worker checks with one atomic load per burst.
-#[derive(Debug)]
-pub struct Feed {
-    version: AtomicU64,
-    slot: Mutex<Arc<Tables>>,
-}
-
-impl Feed {
-    pub fn new(t: Arc<Tables>) -> Arc<Feed> {
-        Arc::new(Feed {
-            version: AtomicU64::new(1),
-            slot: Mutex::new(t),
-        })
-    }
-    pub fn publish(&self, t: Arc<Tables>) {
-        let old = std::mem::replace(&mut *self.slot.lock().unwrap_or_else(|p| p.into_inner()), t);
-        // Pairs with the Acquire load in `poll`: a worker seeing the new version finds the new
-        // tables (or newer) in the slot.
-        self.version.fetch_add(1, Ordering::Release);
-        drop(old);
-    }
-    pub fn current(&self) -> Arc<Tables> {
-        Arc::clone(&self.slot.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-    fn poll(&self, seen: &mut u64) -> Option<Arc<Tables>> {
-        let v = self.version.load(Ordering::Acquire);
-        if v == *seen {
-            return None;
-        }
-        *seen = v;
-        Some(self.current())
-    }
-}
-
-/// One worker's counters as the control side sees them (copied every 100 ms).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct WorkerSnapshot {
-    pub worker: usize,
-    pub core: Option<usize>,
-    pub generation: u64,
-    pub packets: u64,
-    pub forwarded: u64,
-    pub passed: u64,
-    pub dropped: u64,
-    pub held: u64,
-    /// Drop reason name → count (non-zero only).
-    pub drops: std::collections::BTreeMap<String, u64>,
-    pub ct_entries: usize,
-    pub io: IoCounters,
-    /// Frame accounting of the UMEM at the last check (`ok` or the error).
-    pub accounting: String,
-}
-
-/// What the control side knows about the uplink's next hop.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NeighbourStatus {
-    pub uplink: Option<String>,
-    pub gateway: Option<IpAddr>,
-    /// The MAC in the published tables (kernel's, else the state's static value).
-    pub mac: Option<String>,
-    /// Where `mac` came from: `kernel`, `state` or `none`.
-    pub source: String,
-    pub kernel_state: u16,
-    pub lookups: u64,
-    pub lookup_errors: u64,
-    pub triggers: u64,
-    pub unresolved: u64,
-}
-
-/// Everything `nodeplane run-xdp` reports (stats file, exit summary).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RuntimeStats {
-    pub generation: u64,
-    pub workers: Vec<WorkerSnapshot>,
-    pub neighbour: NeighbourStatus,
-    /// XDP program counters (name → value).
-    pub xdp: std::collections::BTreeMap<String, u64>,
-    pub attached: Vec<String>,
-}
-
-/// The running AF_XDP dataplane. Dropping it stops the workers and detaches XDP.
-#[derive(Debug)]
-pub struct Runtime {
-    cfg: RuntimeConfig,
-    loader: Option<Loader>,
-    feed: Arc<Feed>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    snapshots: Vec<Arc<Mutex<WorkerSnapshot>>>,
-    state: State,
-    generation: u64,
-    cache: MaglevCache,
-    neighbour: NeighbourStatus,
-    uplink_ifindex: Option<u32>,
-    kernel_mac: Option<[u8; 6]>,
-    last_neigh: Option<Instant>,
-    ifaces: Vec<String>,
+    #[error("cannot start the neighbour watcher: {0}")]
+    Spawn(#[source] std::io::Error),
 }
 
 fn if_index(name: &str) -> Option<u32> {
@@ -240,54 +183,82 @@ fn kernel_addrs(ifaces: &[String]) -> Vec<IpAddr> {
     out
 }
 
-impl Runtime {
-    /// Attaches XDP to every interface of the state, starts the workers and publishes the
-    /// state's tables (with the kernel's gateway MAC for the uplink when it has one).
-    pub fn start(state: State, cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        if cfg.workers == 0 || cfg.workers > 64 {
-            return Err(RuntimeError::Config(format!(
-                "workers: {} is not in 1..=64",
-                cfg.workers
-            )));
-        }
-        nodeplane_state::validate(&state).map_err(|e| RuntimeError::State(e.to_string()))?;
-        let ifaces: Vec<String> = state.interfaces.iter().map(|i| i.name.clone()).collect();
-        let uplink = state
-            .interfaces
-            .iter()
-            .find(|i| i.role == InterfaceRole::Uplink)
-            .map(|i| i.name.clone());
-        let uplink_ifindex = uplink.as_deref().and_then(if_index);
-        let mut rt = Runtime {
-            feed: Feed::new(Arc::new(Tables::build(
-                &state,
-                1,
-                &mut MaglevCache::default(),
-            ))),
+fn uplink_of(state_ifaces: impl IntoIterator<Item = (String, InterfaceRole)>) -> Option<String> {
+    state_ifaces
+        .into_iter()
+        .find(|(_, r)| *r == InterfaceRole::Uplink)
+        .map(|(n, _)| n)
+}
+
+/// Where the neighbour watcher's reports go (the daemon: a channel plus its event loop's
+/// waker).
+pub type NeighbourSink = Box<dyn FnMut(NeighbourReport) + Send>;
+
+/// The AF_XDP I/O backend: owns the XDP program (the [`Loader`]), creates the workers' sockets
+/// when the first state is published, applies the steering of every publication, and runs
+/// the neighbour watcher. Dropping it (after the workers stopped) detaches XDP.
+pub struct AfXdpBackend {
+    cfg: AfXdpConfig,
+    loader: Option<Loader>,
+    /// Interface names attached (fixed at start).
+    ifaces: Vec<String>,
+    uplink: Option<String>,
+    sink: Option<NeighbourSink>,
+    watcher_stop: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AfXdpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfXdpBackend")
+            .field("cfg", &self.cfg)
+            .field("ifaces", &self.ifaces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AfXdpBackend {
+    /// `sink` receives the neighbour watcher's reports (from its own thread).
+    pub fn new(cfg: AfXdpConfig, sink: NeighbourSink) -> AfXdpBackend {
+        AfXdpBackend {
             cfg,
             loader: None,
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-            snapshots: Vec::new(),
-            state,
-            generation: 0,
-            cache: MaglevCache::default(),
-            neighbour: NeighbourStatus {
-                uplink,
-                ..NeighbourStatus::default()
-            },
-            uplink_ifindex,
-            kernel_mac: None,
-            last_neigh: None,
-            ifaces,
-        };
-        rt.refresh_neighbour(true);
-        let tables = rt.build_tables();
-        rt.feed.publish(Arc::clone(&tables));
+            ifaces: Vec::new(),
+            uplink: None,
+            sink: Some(sink),
+            watcher_stop: Arc::new(AtomicBool::new(false)),
+            watcher: None,
+        }
+    }
 
+    fn apply_steering(&mut self, t: &Tables) -> Result<(), RuntimeError> {
+        let (cfg, missing) = steering::steering_config(t, if_index, &kernel_addrs(&self.ifaces));
+        if let Some(m) = missing.first() {
+            return Err(RuntimeError::Interface {
+                iface: m.clone(),
+                reason: "pod interface of the state does not exist".into(),
+            });
+        }
+        if let Some(l) = self.loader.as_mut() {
+            l.apply(&cfg)?;
+        }
+        Ok(())
+    }
+
+    fn start_inner(
+        &mut self,
+        tables: &Arc<Tables>,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn PacketIo>>, RuntimeError> {
+        if workers == 0 || workers > 64 {
+            return Err(RuntimeError::Config(format!(
+                "workers: {workers} is not in 1..=64"
+            )));
+        }
+        let ifaces: Vec<String> = tables.ifaces.iter().map(|i| i.name.clone()).collect();
         let mut loader = Loader::load()?;
         let mut queues = Vec::new();
-        for name in &rt.ifaces {
+        for name in &ifaces {
             if if_index(name).is_none() {
                 return Err(RuntimeError::Interface {
                     iface: name.clone(),
@@ -295,30 +266,37 @@ impl Runtime {
                 });
             }
             let q = rx_queues(name)?;
-            if (q as usize) < rt.cfg.workers {
+            if (q as usize) < workers {
                 return Err(RuntimeError::Interface {
                     iface: name.clone(),
                     reason: format!(
-                        "has {q} RX queues, fewer than the {} workers (each worker owns whole queues)",
-                        rt.cfg.workers
+                        "has {q} RX queues, fewer than the {workers} workers (each worker owns whole queues)"
                     ),
                 });
             }
             loader.attach(name, q)?;
             queues.push(q);
         }
-        Self::apply_steering(&mut loader, &tables, &rt.ifaces)?;
+        self.ifaces = ifaces;
+        self.loader = Some(loader);
+        // On any error below the loader is dropped with `self.loader = None` by the caller,
+        // which detaches XDP again.
+        self.apply_steering(tables)?;
 
-        let workers = rt.cfg.workers;
-        let handoff = Handoff::new(workers, rt.cfg.handoff_depth);
-        let cores = if rt.cfg.pin {
+        let xsk_cfg = XskConfig {
+            ring_size: self.cfg.ring_size,
+            frames_per_socket: self.cfg.frames_per_socket,
+            ..XskConfig::default()
+        };
+        let handoff = Handoff::new(workers, self.cfg.handoff_depth);
+        let cores = if self.cfg.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let mut ios = Vec::new();
+        let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
         for w in 0..workers {
-            let bindings: Vec<XskBinding<'_>> = rt
+            let bindings: Vec<XskBinding<'_>> = self
                 .ifaces
                 .iter()
                 .zip(&queues)
@@ -328,310 +306,127 @@ impl Runtime {
                         .map(move |queue| XskBinding { iface, queue })
                 })
                 .collect();
-            let xsk = XskWorker::new(&rt.cfg.xsk, &bindings)
+            let xsk = XskWorker::new(&xsk_cfg, &bindings)
                 .map_err(|source| RuntimeError::Xsk { worker: w, source })?;
-            loader.register_worker(&xsk)?;
-            ios.push(AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff)));
-        }
-        rt.loader = Some(loader);
-        for (w, io) in ios.into_iter().enumerate() {
-            let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
-            let snap = Arc::new(Mutex::new(WorkerSnapshot {
-                worker: w,
-                core: core.map(|c| c.id),
-                ..WorkerSnapshot::default()
-            }));
-            rt.snapshots.push(Arc::clone(&snap));
-            let (feed, stop) = (Arc::clone(&rt.feed), Arc::clone(&rt.stop));
-            let h = std::thread::Builder::new()
-                .name(format!("np-worker-{w}"))
-                .spawn(move || {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(c);
-                    }
-                    run_worker(w, io, &feed, &stop, &snap);
-                })
-                .map_err(|source| RuntimeError::Spawn { worker: w, source })?;
-            rt.threads.push(h);
-        }
-        Ok(rt)
-    }
-
-    fn apply_steering(
-        loader: &mut Loader,
-        t: &Tables,
-        ifaces: &[String],
-    ) -> Result<(), RuntimeError> {
-        let (cfg, missing) = steering::steering_config(t, if_index, &kernel_addrs(ifaces));
-        if let Some(m) = missing.first() {
-            return Err(RuntimeError::Interface {
-                iface: m.clone(),
-                reason: "pod interface of the state does not exist".into(),
-            });
-        }
-        loader.apply(&cfg)?;
-        Ok(())
-    }
-
-    /// The state with the uplink's gateway MAC from the kernel (when it has one).
-    fn effective_state(&self) -> State {
-        let mut s = self.state.clone();
-        if let Some(mac) = self.kernel_mac {
-            for i in &mut s.interfaces {
-                if i.role == InterfaceRole::Uplink {
-                    i.gateway_mac = Some(MacAddr(mac));
-                }
+            if let Some(l) = self.loader.as_mut() {
+                l.register_worker(&xsk)?;
             }
-        }
-        s
-    }
-
-    fn build_tables(&mut self) -> Arc<Tables> {
-        self.generation += 1;
-        let s = self.effective_state();
-        let t = Arc::new(Tables::build(&s, self.generation, &mut self.cache));
-        self.cache.prune();
-        let up = t.uplink().map(|u| &t.ifaces[usize::from(u)]);
-        let mac = up.and_then(|u| u.gateway_mac);
-        self.neighbour.mac = mac.map(|m| MacAddr(m).to_string());
-        self.neighbour.source = match (mac, self.kernel_mac) {
-            (Some(_), Some(_)) => "kernel",
-            (Some(_), None) => "state",
-            (None, _) => "none",
-        }
-        .into();
-        t
-    }
-
-    /// Replaces the desired state (a SIGHUP reload, a new snapshot): validated whole, then
-    /// tables and steering are updated. On error nothing changes.
-    pub fn set_state(&mut self, state: State) -> Result<(), RuntimeError> {
-        nodeplane_state::validate(&state).map_err(|e| RuntimeError::State(e.to_string()))?;
-        let names: Vec<String> = state.interfaces.iter().map(|i| i.name.clone()).collect();
-        if names != self.ifaces {
-            return Err(RuntimeError::State(format!(
-                "the interfaces changed ({} → {}); restart to attach to new interfaces",
-                self.ifaces.join(","),
-                names.join(",")
+            let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
+            ios.push(Box::new(AfXdpIo::new(
+                w,
+                workers,
+                xsk,
+                Arc::clone(&handoff),
+                core,
             )));
         }
-        let old = std::mem::replace(&mut self.state, state);
-        let t = self.build_tables();
-        if let Some(loader) = self.loader.as_mut() {
-            if let Err(e) = Self::apply_steering(loader, &t, &self.ifaces) {
-                self.state = old;
-                return Err(e);
-            }
+
+        self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
+        if let (Some(up), Some(mut sink)) = (self.uplink.clone(), self.sink.take()) {
+            let ifindex = if_index(&up).ok_or_else(|| RuntimeError::Interface {
+                iface: up.clone(),
+                reason: "no such interface in this network namespace".into(),
+            })?;
+            let refresh = Duration::from_secs_f64(self.cfg.neigh_refresh);
+            let stop = Arc::clone(&self.watcher_stop);
+            let h = std::thread::Builder::new()
+                .name("np-neigh".into())
+                .spawn(move || neigh::watch(up, ifindex, refresh, &stop, &mut sink))
+                .map_err(RuntimeError::Spawn)?;
+            self.watcher = Some(h);
         }
-        self.feed.publish(t);
+        if let Some(l) = &self.loader {
+            log::info!(
+                "AF_XDP: XDP attached to {}; {workers} worker(s)",
+                l.attached()
+                    .into_iter()
+                    .map(|a| format!("{} ({}, {} queues)", a.iface, a.mode, a.queues))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(ios)
+    }
+}
+
+impl IoBackend for AfXdpBackend {
+    fn kind(&self) -> &'static str {
+        "afxdp"
+    }
+
+    fn admit(&self, state: &State) -> Result<(), String> {
+        if self.loader.is_none() {
+            return Ok(());
+        }
+        let have: BTreeSet<&str> = self.ifaces.iter().map(String::as_str).collect();
+        let want: BTreeSet<&str> = state.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let up = uplink_of(state.interfaces.iter().map(|i| (i.name.clone(), i.role)));
+        if have != want || up != self.uplink {
+            return Err(format!(
+                "the dataplane's interfaces changed ({} uplink {} -> {} uplink {}); the AF_XDP sockets are bound at start: restart nodeplane to attach to new interfaces",
+                self.ifaces.join(","),
+                self.uplink.as_deref().unwrap_or("-"),
+                want.into_iter().collect::<Vec<_>>().join(","),
+                up.as_deref().unwrap_or("-"),
+            ));
+        }
         Ok(())
     }
 
-    /// Reads the kernel's neighbour entry for the uplink gateway (at most every
-    /// `neigh_refresh`), triggers resolution when needed, and publishes new tables when the MAC
-    /// changed. Call periodically from the control loop.
-    pub fn tick(&mut self) {
-        if self.refresh_neighbour(false) {
-            let t = self.build_tables();
-            self.feed.publish(t);
-        }
-    }
-
-    /// Returns whether the kernel MAC changed.
-    fn refresh_neighbour(&mut self, force: bool) -> bool {
-        if !force
-            && self
-                .last_neigh
-                .is_some_and(|t| t.elapsed() < self.cfg.neigh_refresh)
-        {
-            return false;
-        }
-        self.last_neigh = Some(Instant::now());
-        let Some(up) = self.uplink_ifindex else {
-            return false;
-        };
-        self.neighbour.lookups += 1;
-        let st = match neigh::query_gateway(up) {
-            Ok(st) => st,
+    fn start(
+        &mut self,
+        tables: &Arc<Tables>,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn PacketIo>>, String> {
+        match self.start_inner(tables, workers) {
+            Ok(ios) => Ok(ios),
             Err(e) => {
-                self.neighbour.lookup_errors += 1;
-                log::warn!("neighbour lookup for the uplink gateway failed: {e}");
-                return false;
+                // Detach whatever was attached; a later state retries from scratch.
+                self.loader = None;
+                self.ifaces.clear();
+                Err(format!("AF_XDP start failed: {e}"))
             }
+        }
+    }
+
+    fn prepare(&mut self, tables: &Tables) -> Result<(), String> {
+        self.apply_steering(tables).map_err(|e| e.to_string())
+    }
+
+    fn status(&self) -> IoStatus {
+        let mut st = IoStatus {
+            kind: "afxdp".into(),
+            ..IoStatus::default()
         };
-        self.neighbour.gateway = st.gateway;
-        self.neighbour.kernel_state = st.state;
-        if st.mac.is_none() {
-            self.neighbour.unresolved += 1;
-        }
-        if st.needs_trigger() {
-            if let Some(gw) = st.gateway {
-                self.neighbour.triggers += 1;
-                if let Err(e) = neigh::trigger_resolution(gw) {
-                    log::debug!("resolution trigger toward {gw} failed: {e}");
-                }
-            }
-        }
-        // A failed or missing entry keeps the last known kernel MAC out: the state's static
-        // value (if any) applies, else uplink traffic drops `no-neighbor`.
-        let changed = st.mac != self.kernel_mac;
-        if changed {
-            log::info!(
-                "uplink gateway {:?}: MAC {} (kernel state {:#x})",
-                st.gateway,
-                st.mac
-                    .map(|m| MacAddr(m).to_string())
-                    .unwrap_or_else(|| "unresolved".into()),
-                st.state
-            );
-        }
-        self.kernel_mac = st.mac;
-        changed
-    }
-
-    /// The tables the workers run now.
-    pub fn tables(&self) -> Arc<Tables> {
-        self.feed.current()
-    }
-
-    pub fn stats(&self) -> RuntimeStats {
-        let workers = self
-            .snapshots
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect();
-        let mut xdp = std::collections::BTreeMap::new();
-        let mut attached = Vec::new();
         if let Some(l) = &self.loader {
             if let Ok(c) = l.counters() {
                 for (k, v) in c.iter() {
-                    xdp.insert(k.name().to_string(), v);
+                    st.xdp.insert(k.name().to_string(), v);
                 }
             }
-            attached = l
+            st.attached = l
                 .attached()
                 .into_iter()
                 .map(|a| format!("{} ({}, {} queues)", a.iface, a.mode, a.queues))
                 .collect();
         }
-        RuntimeStats {
-            generation: self.generation,
-            workers,
-            neighbour: self.neighbour.clone(),
-            xdp,
-            attached,
-        }
+        st
     }
 
-    /// Stops the workers (each exits within one idle wait), closes the sockets and detaches
-    /// XDP. Returns the final counters.
-    pub fn stop(mut self) -> RuntimeStats {
-        self.shutdown();
-        self.stats()
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for h in self.threads.drain(..) {
-            if h.join().is_err() {
-                log::error!("a worker thread panicked");
-            }
+    fn stop(&mut self) {
+        self.watcher_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.watcher.take() {
+            let _ = h.join();
         }
-        // Sockets are closed by the workers' exit; dropping the loader detaches XDP.
-        if let Some(l) = self.loader.take() {
-            drop(l);
+        // The workers have stopped and closed their sockets; dropping the loader detaches XDP.
+        if self.loader.take().is_some() {
+            log::info!("AF_XDP: XDP detached from {}", self.ifaces.join(", "));
         }
     }
 }
 
-impl Drop for Runtime {
+impl Drop for AfXdpBackend {
     fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-const FULL_GC_EVERY: Duration = Duration::from_secs(1);
-const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
-
-/// Monotonic nanoseconds, starting at 1 s so no timestamp is 0.
-fn now_ns(epoch: Instant) -> u64 {
-    epoch.elapsed().as_nanos() as u64 + 1_000_000_000
-}
-
-fn run_worker(
-    id: usize,
-    mut io: AfXdpIo,
-    feed: &Feed,
-    stop: &AtomicBool,
-    snap: &Mutex<WorkerSnapshot>,
-) {
-    let mut seen = 0u64;
-    let first = feed.current();
-    let mut pipeline = Pipeline::new(Arc::clone(&first));
-    io.bind(&first);
-    let epoch = Instant::now();
-    let mut last_gc = Instant::now();
-    let mut last_snap = Instant::now();
-    let _ = feed.poll(&mut seen);
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(t) = feed.poll(&mut seen) {
-            pipeline.set_tables(Arc::clone(&t));
-            io.bind(&t);
-        }
-        let now = now_ns(epoch);
-        let n = io.burst(now, &mut |p, o| pipeline.process_burst(p, o));
-        pipeline.drain(now, |r| {
-            if let Action::Forward(e) = r.outcome.action {
-                io.send(e, r.data);
-            }
-        });
-        if n == 0 {
-            io.idle(Duration::from_millis(2));
-        }
-        if last_gc.elapsed() >= FULL_GC_EVERY {
-            pipeline.gc(now_ns(epoch));
-            last_gc = Instant::now();
-        }
-        if last_snap.elapsed() >= SNAPSHOT_EVERY {
-            publish_snapshot(id, &pipeline, &mut io, snap, false);
-            last_snap = Instant::now();
-        }
-    }
-    publish_snapshot(id, &pipeline, &mut io, snap, true);
-}
-
-fn publish_snapshot(
-    id: usize,
-    p: &Pipeline,
-    io: &mut AfXdpIo,
-    snap: &Mutex<WorkerSnapshot>,
-    check: bool,
-) {
-    let c = p.counters();
-    let accounting = if check {
-        match io.check_accounting() {
-            Ok(()) => "ok".to_string(),
-            Err(e) => e,
-        }
-    } else {
-        String::new()
-    };
-    let mut s = snap.lock().unwrap_or_else(|e| e.into_inner());
-    s.worker = id;
-    s.generation = p.tables().generation;
-    s.packets = c.packets;
-    s.forwarded = c.forwarded;
-    s.passed = c.passed;
-    s.dropped = c.dropped;
-    s.held = c.held;
-    s.drops = DropReason::ALL
-        .iter()
-        .filter(|r| c.drops[**r as usize] > 0)
-        .map(|r| (r.name().to_string(), c.drops[*r as usize]))
-        .collect();
-    s.ct_entries = p.conntrack().len();
-    s.io = io.counters().clone();
-    if check {
-        s.accounting = accounting;
+        self.stop();
     }
 }

@@ -358,6 +358,98 @@ pub fn trigger_resolution(gateway: IpAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// What the watcher last learnt about the uplink's gateway (shown by `nodeplane status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NeighbourStatus {
+    pub uplink: Option<String>,
+    pub gateway: Option<IpAddr>,
+    /// The MAC in the published tables (the kernel's, else the state's static value).
+    pub mac: Option<String>,
+    /// Where `mac` came from: `kernel`, `state` or `none`.
+    pub source: String,
+    /// The kernel's neighbour state of the gateway (`NUD_*`, 0: no entry).
+    pub kernel_state: u16,
+    pub lookups: u64,
+    pub lookup_errors: u64,
+    /// Resolution triggers sent (entry missing or not REACHABLE).
+    pub triggers: u64,
+    /// Lookups that found no usable MAC.
+    pub unresolved: u64,
+}
+
+/// One reading of the watcher: the kernel's MAC for the gateway (`None`: unresolved, or the
+/// lookup failed) and the counters so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourReport {
+    pub mac: Option<[u8; 6]>,
+    pub status: NeighbourStatus,
+}
+
+/// Reads the uplink gateway's neighbour entry every `refresh` (first at once), triggers its
+/// resolution when it is missing or not fresh, and reports every reading through `report`
+/// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set; checks
+/// it every 50 ms. A failed lookup reports `mac: None` (the state's static MAC, if any,
+/// applies; else uplink-bound packets drop `no-neighbor`, counted).
+pub fn watch(
+    uplink: String,
+    ifindex: u32,
+    refresh: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    mut report: impl FnMut(NeighbourReport),
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let mut status = NeighbourStatus {
+        uplink: Some(uplink),
+        ..NeighbourStatus::default()
+    };
+    let mut last_mac = None;
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        status.lookups += 1;
+        let mac = match query_gateway(ifindex) {
+            Ok(st) => {
+                status.gateway = st.gateway;
+                status.kernel_state = st.state;
+                if st.mac.is_none() {
+                    status.unresolved += 1;
+                }
+                if st.needs_trigger() {
+                    if let Some(gw) = st.gateway {
+                        status.triggers += 1;
+                        if let Err(e) = trigger_resolution(gw) {
+                            log::debug!("resolution trigger toward {gw} failed: {e}");
+                        }
+                    }
+                }
+                st.mac
+            }
+            Err(e) => {
+                status.lookup_errors += 1;
+                log::warn!("neighbour lookup for the uplink gateway failed: {e}");
+                None
+            }
+        };
+        if mac != last_mac {
+            log::info!(
+                "uplink gateway {:?}: kernel MAC {} (neighbour state {:#x})",
+                status.gateway,
+                mac.map(|m| nodeplane_state::MacAddr(m).to_string())
+                    .unwrap_or_else(|| "unresolved".into()),
+                status.kernel_state
+            );
+            last_mac = mac;
+        }
+        report(NeighbourReport {
+            mac,
+            status: status.clone(),
+        });
+        while t0.elapsed() < refresh && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50).min(refresh));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
