@@ -156,7 +156,10 @@ fn print_io(io: &nodeplane_control::worker::IoStatus, workers: &[WorkerStats]) {
                 if sk.kernel.is_some() {
                     format!(
                         "{}/{}/{}/{}",
-                        k.rx_dropped, k.rx_ring_full, k.rx_fill_ring_empty_descs, k.tx_invalid_descs
+                        k.rx_dropped,
+                        k.rx_ring_full,
+                        k.rx_fill_ring_empty_descs,
+                        k.tx_invalid_descs
                     )
                 } else {
                     "-".into()

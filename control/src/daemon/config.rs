@@ -122,9 +122,11 @@ impl Config {
         let (mut cfg, workers_given): (Config, bool) = if text.trim().is_empty() {
             (Config::default(), false)
         } else {
+            // Parsed straight into `Config` so errors name the field; then once more as a plain
+            // value to know whether `workers` was given.
+            let cfg: Config = serde_yaml::from_str(text).map_err(parse_err)?;
             let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
-            let given = v.get("workers").is_some();
-            (serde_yaml::from_value(v).map_err(parse_err)?, given)
+            (cfg, v.get("workers").is_some())
         };
         let invalid = |field, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -156,9 +158,13 @@ impl Config {
         }
         if let Some(a) = &cfg.io.afxdp {
             if cfg.io.replay.is_some() {
-                return Err(invalid("io", "set either `replay` or `afxdp`, not both".into()));
+                return Err(invalid(
+                    "io",
+                    "set either `replay` or `afxdp`, not both".into(),
+                ));
             }
-            a.check().map_err(|(field, reason)| invalid(field, reason))?;
+            a.check()
+                .map_err(|(field, reason)| invalid(field, reason))?;
             if let Some(n) = a.workers {
                 if workers_given && n != cfg.workers {
                     return Err(invalid(
@@ -221,8 +227,10 @@ mod tests {
 
     #[test]
     fn afxdp_config() {
-        let c = parse("state: { dir: /s }\nio: { afxdp: { workers: 2, pin: false, neigh_refresh: 0.5 } }\n")
-            .unwrap();
+        let c = parse(
+            "state: { dir: /s }\nio: { afxdp: { workers: 2, pin: false, neigh_refresh: 0.5 } }\n",
+        )
+        .unwrap();
         assert_eq!(c.workers, 2);
         let a = c.io.afxdp.unwrap();
         assert!(!a.pin);
@@ -233,10 +241,19 @@ mod tests {
         assert_eq!(c.workers, 2);
         assert!(parse("workers: 2\nio: { afxdp: { workers: 2 } }").is_ok());
         for (text, field) in [
-            ("workers: 1\nio: { afxdp: { workers: 2 } }", "io.afxdp.workers"),
+            (
+                "workers: 1\nio: { afxdp: { workers: 2 } }",
+                "io.afxdp.workers",
+            ),
             ("io: { afxdp: { ring_size: 1000 } }", "io.afxdp.ring_size"),
-            ("io: { afxdp: { ring_size: 2048 } }", "io.afxdp.frames_per_socket"),
-            ("io: { afxdp: { neigh_refresh: 0 } }", "io.afxdp.neigh_refresh"),
+            (
+                "io: { afxdp: { ring_size: 4096 } }",
+                "io.afxdp.frames_per_socket",
+            ),
+            (
+                "io: { afxdp: { neigh_refresh: 0 } }",
+                "io.afxdp.neigh_refresh",
+            ),
             ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
             ("io: { afxdp: { workers: 65 } }", "workers"),
             (

@@ -14,11 +14,11 @@ use nodeplane_dataplane::flow::{fmt_socket, Addr};
 use nodeplane_dataplane::{MaglevCache, Tables};
 use nodeplane_state::{reserved, BackendState, PolicyMode, State};
 
+use super::overrides::RuntimeOverrides;
 use crate::api::{
     BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeSet, PolicyModeStatus,
     PolicyView, Rejection, Request, Response, ServiceRow, Status,
 };
-use super::overrides::RuntimeOverrides;
 use crate::publish::Publisher;
 use crate::runtime::neigh::{NeighbourReport, NeighbourStatus};
 use crate::source::SourceEvent;

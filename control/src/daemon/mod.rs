@@ -37,8 +37,9 @@ use control::Control;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const SOURCE: Token = Token(2);
-const NEIGH: Token = Token(3);
+/// The one waker of the event loop (mio allows one per `Poll`): source events and neighbour
+/// reports, each on its own channel.
+const WAKE: Token = Token(2);
 const FIRST_CONN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +198,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let mut server = Server::bind(&cfg.control_socket, poll.registry(), LISTENER, FIRST_CONN)?;
     let source = make_source(&cfg)?;
-    // Neighbour watcher (AF_XDP) → channel → this event loop (token NEIGH).
-    let neigh_waker = Arc::new(Waker::new(poll.registry(), NEIGH).map_err(DaemonError::Poll)?);
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(DaemonError::Poll)?);
+    // Neighbour watcher (AF_XDP) → channel → this event loop.
+    let neigh_waker = waker.clone();
     let (neigh_tx, neigh_rx) = unbounded::<NeighbourReport>();
     let io = make_io(&cfg, move |r| {
         if neigh_tx.send(r).is_ok() {
@@ -214,7 +216,6 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     );
 
     // Source thread → channel → forwarder → control channel + wake the event loop.
-    let waker = Arc::new(Waker::new(poll.registry(), SOURCE).map_err(DaemonError::Poll)?);
     let (src_tx, src_rx) = unbounded::<SourceEvent>();
     let (ctl_tx, ctl_rx): (_, Receiver<SourceEvent>) = unbounded();
     let src_stop = stop.clone();
@@ -272,12 +273,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                     ::log::info!("signal received: stopping");
                     break 'outer;
                 }
-                SOURCE => {
+                WAKE => {
                     while let Ok(ev) = ctl_rx.try_recv() {
                         control.on_source(ev);
                     }
-                }
-                NEIGH => {
                     while let Ok(r) = neigh_rx.try_recv() {
                         control.on_neighbour(r);
                     }

@@ -24,10 +24,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::worker::{IoStats, PacketIo, TxCount};
 use crossbeam::queue::ArrayQueue;
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{Action, Outcome, Packet, Tables, BURST};
-use crate::worker::{IoStats, PacketIo, TxCount};
 use nodeplane_xdp::{Action as XskAction, SocketId, XskWorker};
 use serde::{Deserialize, Serialize};
 

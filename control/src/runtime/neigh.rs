@@ -404,6 +404,7 @@ pub fn watch(
         ..NeighbourStatus::default()
     };
     let mut last_mac = None;
+    let mut unresolved_streak = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
         status.lookups += 1;
@@ -444,8 +445,21 @@ pub fn watch(
             mac,
             status: status.clone(),
         });
-        while t0.elapsed() < refresh && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50).min(refresh));
+        // Unresolved: look again soon (the trigger usually resolves within milliseconds),
+        // backing off 20, 40, 80 ... ms up to the refresh period; resolved: every `refresh`.
+        let wait = if mac.is_none() {
+            unresolved_streak = (unresolved_streak + 1).min(16);
+            refresh.min(Duration::from_millis(10u64 << unresolved_streak.min(8)))
+        } else {
+            unresolved_streak = 0;
+            refresh
+        };
+        while t0.elapsed() < wait && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(
+                Duration::from_millis(10)
+                    .max(wait / 10)
+                    .min(Duration::from_millis(50)),
+            );
         }
     }
 }
