@@ -5,7 +5,8 @@
 #   scripts/lab.sh up      create the lab (recreates it if it exists)
 #   scripts/lab.sh down    delete everything it created, by name; idempotent
 #   scripts/lab.sh status  list the lab's namespaces and the node's interfaces
-#   scripts/lab.sh demo    up, run nodeplane with examples/state, drive traffic, print, stop, down
+#   scripts/lab.sh demo    up, run the daemon (nodeplane run --config, AF_XDP) with examples/state,
+#                          drive traffic, show status / ct list / explain, stop, down
 #
 #        np-router   eth0 02:00:00:00:00:fe  192.168.100.1/24  fd00:100::1/64
 #            |       routes 10.244.1.0/24, 10.96.0.0/12, 203.0.113.10, fd00:244:1::/64,
@@ -156,10 +157,11 @@ lab_status() {
   fi
 }
 
-# The end-to-end demo: nodeplane (AF_XDP runtime, `nodeplane run-xdp`) on the lab's node with
-# the bundled example state, real clients and servers in the pods and the router, then the
-# counters, a clean stop and the teardown. NODEPLANE_BIN overrides the binary (default: a
-# release build of this checkout).
+# The end-to-end demo: the nodeplane daemon (`nodeplane run --config`, AF_XDP I/O) on the lab's
+# node with the bundled example state, real clients and servers in the pods and the router,
+# then what the running daemon says about it (`nodeplane status`, `ct list`, `explain`), a
+# clean stop and the teardown. NODEPLANE_BIN overrides the binary (default: a release build of
+# this checkout).
 lab_demo() {
   local root bin tmp
   root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -176,23 +178,39 @@ lab_demo() {
   lab_up
 
   local w ns
-  printf '#!/bin/sh\nprintf "HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from %%s\\n" "$1"\n' > "$tmp/http.sh"
+  # The answering commands read the request first (a socat SYSTEM: child that exits before
+  # socat wrote the request to it makes socat drop the answer; docs/runtime.md).
+  printf '#!/bin/sh\nread -r req\nprintf "HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from %%s\\n" "$1"\n' > "$tmp/http.sh"
   for w in web1 web2; do
     ns="${P}${w}"
     nsx "$ns" socat TCP6-LISTEN:8080,ipv6only=0,reuseaddr,fork \
       SYSTEM:"sh $tmp/http.sh $w" >/dev/null 2>&1 &
-    nsx "$ns" socat UDP4-RECVFROM:5353,fork SYSTEM:"echo answer from $w" >/dev/null 2>&1 &
-    nsx "$ns" socat UDP4-RECVFROM:8080,fork SYSTEM:"echo udp answer from $w" >/dev/null 2>&1 &
+    nsx "$ns" socat UDP4-RECVFROM:5353,fork SYSTEM:"read -r q; echo answer from $w" >/dev/null 2>&1 &
+    nsx "$ns" socat UDP4-RECVFROM:8080,fork SYSTEM:"read -r q; echo udp answer from $w" >/dev/null 2>&1 &
     nsx "$ns" socat TCP-LISTEN:9050,reuseaddr,fork SYSTEM:"echo should not be reached" >/dev/null 2>&1 &
   done
 
-  echo "== nodeplane run-xdp --state examples/state (in $NODE)"
-  nsx "$NODE" bash -c "echo \$\$ > $tmp/pid; exec $bin run-xdp --state $root/examples/state --stats-file $tmp/stats.json --log-level warn" \
+  local sock="$tmp/nodeplane.sock"
+  cat > "$tmp/config.yaml" <<CFG
+# nodeplane daemon config written by lab.sh demo (docs/config.md)
+state:
+  dir: $root/examples/state
+control_socket: $sock
+log_level: info
+io:
+  afxdp:
+    workers: 1
+CFG
+  echo "== nodeplane run --config $tmp/config.yaml (in $NODE)"
+  sed 's/^/   /' "$tmp/config.yaml"
+  nsx "$NODE" bash -c "echo \$\$ > $tmp/pid; exec $bin run --config $tmp/config.yaml" \
     2> "$tmp/nodeplane.log" &
   local i
-  for i in $(seq 50); do [ -s "$tmp/stats.json" ] && break; sleep 0.1; done
-  [ -s "$tmp/stats.json" ] || { cat "$tmp/nodeplane.log" >&2; die "nodeplane did not start"; }
-  sleep 0.3
+  for i in $(seq 100); do
+    "$bin" status --socket "$sock" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  "$bin" status --socket "$sock" >/dev/null 2>&1 || { cat "$tmp/nodeplane.log" >&2; die "nodeplane did not start"; }
 
   demo_step pass "client -> ClusterIP 10.96.0.10:80/TCP (service web, DNAT to a web pod)" \
     nsx "${P}client" curl -sS -m 3 http://10.96.0.10/
@@ -210,25 +228,27 @@ lab_demo() {
     nsx "${P}web1" ping -c 2 -i 0.2 -W 2 10.244.1.10
   demo_step pass "client -> 10.244.1.1 ping (the node itself: left to the kernel)" \
     nsx "${P}client" ping -c 1 -W 2 10.244.1.1
-  sleep 0.7
 
   echo
-  echo "== what nodeplane counted ($tmp/stats.json)"
-  python3 - "$tmp/stats.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-for w in d["workers"]:
-    print(f"worker {w['worker']} (core {w['core']}): {w['packets']} packets, {w['forwarded']} forwarded, "
-          f"{w['dropped']} dropped {w['drops']}, {w['ct_entries']} flows in conntrack")
-n = d["neighbour"]
-print(f"uplink gateway {n['gateway']} -> {n['mac']} (from {n['source']})")
-print("XDP program:", ", ".join(f"{k}={v}" for k, v in d["xdp"].items() if v))
-PY
+  echo "== nodeplane status (the running daemon)"
+  "$bin" status --socket "$sock" || true
+  echo
+  echo "== nodeplane ct list"
+  "$bin" ct list --socket "$sock" || true
+  echo
+  echo "== nodeplane explain --iface pod-client --proto tcp --src 10.244.1.10:40000 --dst 10.244.1.21:9050"
+  "$bin" explain --socket "$sock" --iface pod-client --proto tcp \
+    --src 10.244.1.10:40000 --dst 10.244.1.21:9050 || true
+  echo
+  echo "== nodeplane explain --iface uplink0 --proto tcp --src 192.168.100.1:50000 --dst 192.168.100.2:30080"
+  "$bin" explain --socket "$sock" --iface uplink0 --proto tcp \
+    --src 192.168.100.1:50000 --dst 192.168.100.2:30080 || true
+
   echo
   echo "== stopping nodeplane (SIGTERM)"
   kill -TERM "$(cat "$tmp/pid")"
   for i in $(seq 50); do kill -0 "$(cat "$tmp/pid")" 2>/dev/null || break; sleep 0.1; done
-  grep -v '^$' "$tmp/nodeplane.log" | tail -2
+  grep -E 'stopped|detached|ERROR|level=error' "$tmp/nodeplane.log" | sed 's/^/   /'
   if ip -n "$NODE" -d link show | grep -q "prog/xdp"; then
     die "an XDP program is still attached"
   fi
