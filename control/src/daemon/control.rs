@@ -873,3 +873,141 @@ fn policy_get(s: &State, endpoint: &str, mode: PolicyModeStatus) -> Response {
         egress,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+
+    /// What the control thread asked of the I/O, and switches to make it fail.
+    #[derive(Debug, Default)]
+    struct Calls {
+        started: usize,
+        prepared: Vec<u64>,
+        fail_prepare: bool,
+        veto: Option<String>,
+    }
+
+    struct TestBackend(Arc<Mutex<Calls>>);
+
+    impl IoBackend for TestBackend {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn admit(&self, _: &State) -> Result<(), String> {
+            match &self.0.lock().unwrap().veto {
+                Some(v) => Err(v.clone()),
+                None => Ok(()),
+            }
+        }
+        fn start(
+            &mut self,
+            _: &Arc<Tables>,
+            workers: usize,
+        ) -> Result<Vec<Box<dyn PacketIo>>, String> {
+            self.0.lock().unwrap().started += 1;
+            Ok((0..workers)
+                .map(|_| Box::new(super::super::NullIo) as Box<dyn PacketIo>)
+                .collect())
+        }
+        fn prepare(&mut self, t: &Tables) -> Result<(), String> {
+            let mut c = self.0.lock().unwrap();
+            if c.fail_prepare {
+                return Err("steering maps full".into());
+            }
+            c.prepared.push(t.generation);
+            Ok(())
+        }
+    }
+
+    fn uplink_mac(c: &Control) -> Option<[u8; 6]> {
+        let t = c.publisher.as_ref().unwrap().current();
+        t.uplink()
+            .and_then(|u| t.ifaces[usize::from(u)].gateway_mac)
+    }
+
+    fn report(mac: Option<[u8; 6]>) -> NeighbourReport {
+        NeighbourReport {
+            mac,
+            status: NeighbourStatus {
+                uplink: Some("uplink0".into()),
+                lookups: 1,
+                ..NeighbourStatus::default()
+            },
+        }
+    }
+
+    #[test]
+    fn overrides_io_veto_and_steering_errors() {
+        let calls = Arc::new(Mutex::new(Calls::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut c = Control::new(
+            "test".into(),
+            1,
+            Box::new(TestBackend(calls.clone())),
+            RemovedFlowAction::Drop,
+            stop.clone(),
+        );
+        let state = nodeplane_state::example::state().unwrap();
+        let static_mac = state
+            .interfaces
+            .iter()
+            .find_map(|i| i.gateway_mac)
+            .map(|m| m.0);
+        c.apply(state.clone(), "s1".into());
+        assert_eq!(c.generation(), 1);
+        assert_eq!(calls.lock().unwrap().started, 1, "I/O started once");
+        assert_eq!(uplink_mac(&c), static_mac, "no kernel MAC yet: the state's");
+
+        // The kernel resolved the gateway: a new generation carries its MAC.
+        let k = [2, 0, 0, 0, 0, 0xfe];
+        c.on_neighbour(report(Some(k)));
+        assert_eq!(c.generation(), 2);
+        assert_eq!(uplink_mac(&c), Some(k));
+        let n = c.status().io.unwrap().neighbour.unwrap();
+        assert_eq!((n.source.as_str(), n.lookups), ("kernel", 1));
+        // The same MAC again: nothing to publish.
+        c.on_neighbour(report(Some(k)));
+        assert_eq!(c.generation(), 2);
+        assert_eq!(
+            calls.lock().unwrap().prepared,
+            vec![2],
+            "steering re-applied"
+        );
+        // A new source state keeps the kernel's MAC.
+        c.apply(state.clone(), "s2".into());
+        assert_eq!((c.generation(), uplink_mac(&c)), (3, Some(k)));
+        // The I/O vetoes a state (interfaces changed): rejected whole, last good kept.
+        calls.lock().unwrap().veto = Some("interfaces changed".into());
+        c.apply(state.clone(), "s3".into());
+        assert_eq!(c.generation(), 3);
+        let st = c.status();
+        assert_eq!(st.state, "stale");
+        assert!(st
+            .last_rejection
+            .unwrap()
+            .error
+            .contains("interfaces changed"));
+        calls.lock().unwrap().veto = None;
+        // Steering cannot be applied: rejected, nothing published.
+        calls.lock().unwrap().fail_prepare = true;
+        c.apply(state.clone(), "s4".into());
+        assert_eq!(c.generation(), 3);
+        assert!(c
+            .status()
+            .last_rejection
+            .unwrap()
+            .error
+            .contains("steering"));
+        calls.lock().unwrap().fail_prepare = false;
+        // The kernel lost the entry: back to the state's static MAC.
+        c.on_neighbour(report(None));
+        assert_eq!((c.generation(), uplink_mac(&c)), (4, static_mac));
+        assert_eq!(c.status().io.unwrap().neighbour.unwrap().source, "state");
+        assert_eq!(calls.lock().unwrap().started, 1, "never restarted");
+
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(c.join_workers().len(), 1);
+    }
+}
