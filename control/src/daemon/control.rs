@@ -71,6 +71,8 @@ impl PacketIo for Box<dyn PacketIo> {
 /// built right after, in steps of `MAGLEV_STEP`, and published as the next generation).
 const MAGLEV_BUDGET: Duration = Duration::from_millis(40);
 const MAGLEV_STEP: Duration = Duration::from_millis(20);
+/// How often a state whose packet I/O could not start is tried again.
+const START_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct WorkerHandle {
@@ -90,6 +92,9 @@ pub struct Control {
     overrides: RuntimeOverrides,
     /// The neighbour watcher's last report (AF_XDP).
     neighbour: Option<NeighbourStatus>,
+    /// A valid state whose I/O could not start (e.g. an interface not there yet), retried
+    /// every `START_RETRY` until the I/O starts or a newer state arrives.
+    start_pending: Option<(State, String, Instant)>,
     removed: RemovedFlowAction,
     stop: Arc<AtomicBool>,
     cache: MaglevCache,
@@ -153,6 +158,7 @@ impl Control {
             io_started: false,
             overrides: RuntimeOverrides::default(),
             neighbour: None,
+            start_pending: None,
             removed,
             stop,
             cache: MaglevCache::default(),
@@ -172,6 +178,20 @@ impl Control {
             rejections: 0,
             last_rejection: None,
             stale: false,
+        }
+    }
+
+    /// Retries a state whose I/O could not start (called by the event loop once a second).
+    pub fn retry_start(&mut self) {
+        if self
+            .start_pending
+            .as_ref()
+            .is_some_and(|(_, _, at)| at.elapsed() >= START_RETRY)
+        {
+            if let Some((state, origin, _)) = self.start_pending.take() {
+                log::info!("retrying the start of the packet I/O with the state from {origin}");
+                self.apply(state, origin);
+            }
         }
     }
 
@@ -232,7 +252,13 @@ impl Control {
             return;
         }
         let t0 = Instant::now();
+        self.start_pending = None;
         if let Err(e) = self.publish_generation(&state, &origin) {
+            if !self.io_started {
+                // Nothing runs yet: the same state is retried, so the node starts forwarding
+                // once the cause (a missing interface, a busy queue) is gone.
+                self.start_pending = Some((state, origin.clone(), Instant::now()));
+            }
             self.reject(origin, e);
             return;
         }

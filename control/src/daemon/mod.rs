@@ -291,6 +291,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             server.sweep(poll.registry());
             control.reap();
+            control.retry_start();
             last_sweep = Instant::now();
         }
     }
