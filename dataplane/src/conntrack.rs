@@ -76,6 +76,24 @@ pub struct Nat {
     pub service: u32,
 }
 
+/// What the pipeline learned from one direction's last fully checked packet, so that the next
+/// packets of that direction skip the classification (anti-spoofing or uplink ownership) and
+/// route lookups: both are pure functions of the direction's key, the ingress interface and the
+/// tables, and the key is fixed per direction. Valid only while `epoch` equals the pipeline's
+/// current tables epoch (unique per installed snapshot and pipeline) and the packet comes in on
+/// `ingress`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastPath {
+    /// 0: never valid.
+    pub epoch: u64,
+    pub ingress: u16,
+    pub egress: u16,
+    /// The egress is a pod interface (a VLAN tag is stripped toward pods).
+    pub egress_pod: bool,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Entry {
     pub orig: FlowKey,
@@ -99,6 +117,8 @@ pub struct Entry {
     /// the client opens a new connection on the same tuple. Keeping the entry (instead of
     /// deleting it) stops the backend's replies from leaking out untranslated.
     pub ended: Option<DropReason>,
+    /// Per direction ([`Dir`] as index): see [`FastPath`].
+    pub fast: [FastPath; 2],
     live: bool,
     prev: u32,
     next: u32,
@@ -188,6 +208,14 @@ impl Conntrack {
         Some((slot, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
     }
 
+    /// The slot and direction of a key, expired or not, without touching the table (the
+    /// pipeline's fast path checks expiry itself and leaves every other case to [`Self::lookup`]).
+    #[inline]
+    pub fn find(&self, key: &FlowKey) -> Option<(u32, Dir)> {
+        let v = *self.index.get(key)?;
+        Some((v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
     /// Looks a key up without touching the table (for `explain` and dumps).
     pub fn peek(&self, key: &FlowKey, now: u64) -> Option<(&Entry, Dir)> {
         let v = *self.index.get(key)?;
@@ -244,6 +272,7 @@ impl Conntrack {
             packets: [1, 0],
             bytes: [len as u64, 0],
             ended: None,
+            fast: [FastPath::default(); 2],
             live: true,
             prev: NIL,
             next: NIL,

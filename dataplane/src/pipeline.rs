@@ -12,12 +12,13 @@
 //! through [`Pipeline::drain`] with its own outcome). Per packet nothing allocates, locks or
 //! logs; the tables are an `Arc` snapshot swapped only between bursts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
 use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode};
 
-use crate::conntrack::{Conntrack, Dir, Nat, NewFlow};
+use crate::conntrack::{Conntrack, Dir, FastPath, Nat, NewFlow};
 use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -36,6 +37,15 @@ const NO_SERVICE: u32 = u32::MAX;
 /// Conntrack entries examined for expiry per burst (incremental GC: a full sweep of a
 /// 256k-entry table takes 4096 bursts, i.e. well under a second at line rate).
 const GC_PER_BURST: usize = 64;
+
+/// Source of tables epochs: every pipeline gets a fresh one whenever it installs tables, so a
+/// [`FastPath`] recorded under one snapshot (or copied from another pipeline) never applies to
+/// another. Touched per table swap, never per packet.
+static EPOCHS: AtomicU64 = AtomicU64::new(1);
+
+fn next_epoch() -> u64 {
+    EPOCHS.fetch_add(1, Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Action {
@@ -180,6 +190,8 @@ pub struct Pipeline {
     metas: Vec<Result<Parsed, DropReason>>,
     /// Runtime override of the state's policy mode (the operator's emergency switch).
     mode_override: Option<PolicyMode>,
+    /// Identifies the installed tables for [`FastPath`] entries (see [`next_epoch`]).
+    epoch: u64,
 }
 
 impl Pipeline {
@@ -196,6 +208,7 @@ impl Pipeline {
             counters: Counters::default(),
             metas: vec![Ok(Parsed::NotIp); BURST],
             mode_override: None,
+            epoch: next_epoch(),
             tables,
         }
     }
@@ -206,6 +219,7 @@ impl Pipeline {
         self.ct.set_config(&tables.ct);
         self.frags.set_timeout(tables.ct.fragment);
         self.tables = tables;
+        self.epoch = next_epoch();
     }
 
     pub fn tables(&self) -> &Arc<Tables> {
@@ -262,6 +276,7 @@ impl Pipeline {
             counters: Counters::default(),
             metas: vec![Ok(Parsed::NotIp); BURST],
             mode_override: self.mode_override,
+            epoch: next_epoch(),
             tables: Arc::clone(&self.tables),
         }
     }
@@ -386,6 +401,11 @@ impl Pipeline {
         if parse::is_icmpv6_link_control(&m) {
             return Outcome::default();
         }
+        if m.frag == Frag::None && !parse::is_icmp_error(&m) {
+            if let Some(o) = self.established_fast(t, frame, &mut m, iface, now) {
+                return o;
+            }
+        }
 
         // Classify: which traffic is ours.
         let from_pod = itf.role == InterfaceRole::Pod;
@@ -434,7 +454,7 @@ impl Pipeline {
         let outcome = if parse::is_icmp_error(&m) && m.frag == Frag::None {
             self.icmp_error(t, frame, &mut m, now)
         } else {
-            self.flow_path(t, frame, &mut m, now)
+            self.flow_path(t, frame, &mut m, iface, now)
         };
         if let Some(fk) = first_key {
             let dropped = match outcome.action {
@@ -464,8 +484,91 @@ impl Pipeline {
         }
     }
 
+    /// The established-flow fast path: a packet of a live flow, in a direction whose previous
+    /// packet came in on the same interface under the same tables and was forwarded. Such a
+    /// packet would pass classification and route to the same place, so both are taken from the
+    /// entry's [`FastPath`]; everything else (accounting, TCP state, NAT, TTL) is what
+    /// [`Self::flow_path`] does. `None`: take the full path (nothing was changed).
+    #[inline]
+    fn established_fast(
+        &mut self,
+        t: &Tables,
+        frame: &mut [u8],
+        m: &mut Meta,
+        iface: IfIndex,
+        now: u64,
+    ) -> Option<Outcome> {
+        let key = FlowKey {
+            src: m.src,
+            dst: m.dst,
+            sport: m.sport,
+            dport: m.dport,
+            proto: m.proto,
+        };
+        let (slot, dir) = self.ct.find(&key)?;
+        let e = self.ct.entry(slot);
+        let fast = e.fast[dir as usize];
+        if fast.epoch != self.epoch
+            || fast.ingress != iface
+            || e.expires <= now
+            || e.generation != t.generation
+            || e.ended.is_some()
+            || m.ttl <= 1
+            || self.ct.is_reopen(slot, dir, m.tcp_flags)
+        {
+            return None;
+        }
+        self.ct.on_packet(slot, dir, m.tcp_flags, frame.len(), now);
+        let e = self.ct.entry(slot);
+        let (si, di) = match dir {
+            Dir::Orig => (e.src_identity, e.dst_identity),
+            Dir::Reply => (e.dst_identity, e.src_identity),
+        };
+        let mut out = Outcome {
+            ct: if dir == Dir::Orig {
+                CtStatus::Established
+            } else {
+                CtStatus::Reply
+            },
+            policy: e.policy,
+            src_identity: Some(si),
+            dst_identity: Some(di),
+            ..Outcome::default()
+        };
+        if let Some(nat) = e.nat {
+            out.service = Some(nat.service);
+            out.backend = Some((nat.backend, nat.backend_port));
+            match dir {
+                Dir::Orig => rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port),
+                Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
+            }
+        }
+        rewrite::decrement_ttl(frame, m);
+        let trim = if m.l3_off == 18 && fast.egress_pod {
+            4
+        } else {
+            0
+        };
+        rewrite::set_macs(
+            &mut frame[usize::from(trim)..],
+            &fast.src_mac,
+            &fast.dst_mac,
+        );
+        out.action = Action::Forward(fast.egress);
+        out.l2_trim = trim;
+        Some(out)
+    }
+
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
-    fn flow_path(&mut self, t: &Tables, frame: &mut [u8], m: &mut Meta, now: u64) -> Outcome {
+    fn flow_path(
+        &mut self,
+        t: &Tables,
+        frame: &mut [u8],
+        m: &mut Meta,
+        iface: IfIndex,
+        now: u64,
+    ) -> Outcome {
+        let fast_ok = m.frag == Frag::None;
         let key = FlowKey {
             src: m.src,
             dst: m.dst,
@@ -562,7 +665,21 @@ impl Pipeline {
                 Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
             }
         }
-        (out.action, out.l2_trim) = self.route_and_finish(t, frame, m);
+        let dst_mac;
+        (out.action, out.l2_trim, dst_mac) = self.route_and_finish(t, frame, m);
+        if let (true, Action::Forward(egress)) = (fast_ok, out.action) {
+            // This direction passed classification on `iface` and routed under these tables:
+            // its next packets can take `established_fast`.
+            let itf = &t.ifaces[usize::from(egress)];
+            self.ct.entry_mut(slot).fast[dir as usize] = FastPath {
+                epoch: self.epoch,
+                ingress: iface,
+                egress,
+                egress_pod: itf.role == InterfaceRole::Pod,
+                src_mac: itf.mac,
+                dst_mac,
+            };
+        }
         out
     }
 
@@ -841,10 +958,16 @@ impl Pipeline {
     }
 
     /// Routes by the (translated) destination, checks TTL, and rewrites TTL and MACs.
-    fn route_and_finish(&self, t: &Tables, frame: &mut [u8], m: &mut Meta) -> (Action, u8) {
+    /// Also returns the destination MAC written (for the flow's [`FastPath`]).
+    fn route_and_finish(
+        &self,
+        t: &Tables,
+        frame: &mut [u8],
+        m: &mut Meta,
+    ) -> (Action, u8, [u8; 6]) {
         let (egress, dst_mac) = match route(t, &m.dst, m.ttl) {
             Ok(r) => r,
-            Err(a) => return (a, 0),
+            Err(a) => return (a, 0, [0; 6]),
         };
         rewrite::decrement_ttl(frame, m);
         let itf = &t.ifaces[usize::from(egress)];
@@ -857,7 +980,7 @@ impl Pipeline {
             0
         };
         rewrite::set_macs(&mut frame[usize::from(trim)..], &itf.mac, &dst_mac);
-        (Action::Forward(egress), trim)
+        (Action::Forward(egress), trim, dst_mac)
     }
 
     /// ICMP errors: find the flow by the quoted header; translate outer and quoted headers the
@@ -913,7 +1036,7 @@ impl Pipeline {
             }
             fix_icmp_checksum(frame, m);
         }
-        (out.action, out.l2_trim) = self.route_and_finish(t, frame, m);
+        (out.action, out.l2_trim, _) = self.route_and_finish(t, frame, m);
         out
     }
 
@@ -939,7 +1062,7 @@ impl Pipeline {
             // World to world through us: not ours to forward.
             return Outcome::default();
         }
-        (out.action, out.l2_trim) = self.route_and_finish(t, frame, m);
+        (out.action, out.l2_trim, _) = self.route_and_finish(t, frame, m);
         out
     }
 }
