@@ -538,12 +538,17 @@ impl Pipeline {
         if let Some(nat) = e.nat {
             out.service = Some(nat.service);
             out.backend = Some((nat.backend, nat.backend_port));
-            match dir {
-                Dir::Orig => rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port),
-                Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
+            let (to_dst, addr, port) = match dir {
+                Dir::Orig => (true, nat.backend, nat.backend_port),
+                Dir::Reply => (false, nat.vip, nat.vip_port),
+            };
+            if !rewrite::nat_v4_and_ttl(frame, m, to_dst, addr, port) {
+                rewrite::set_addr_port(frame, m, to_dst, addr, port);
+                rewrite::decrement_ttl(frame, m);
             }
+        } else {
+            rewrite::decrement_ttl(frame, m);
         }
-        rewrite::decrement_ttl(frame, m);
         let trim = if m.l3_off == 18 && fast.egress_pod {
             4
         } else {
