@@ -320,6 +320,39 @@ impl Conntrack {
     /// Accounts a packet of an existing flow and advances its TCP state and timer.
     #[inline]
     pub fn on_packet(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {
+        // The common case first: a TCP packet without SYN/FIN/RST in a state it cannot move
+        // (established, or the handshake waiting on the other side), or a datagram flow's
+        // packet, changes no state and no closing-list position; only the timer moves.
+        let e = &mut self.slots[slot as usize];
+        let proto = e.orig.proto;
+        let steady = !e.in_closing
+            && !e.state.closing()
+            && if proto == PROTO_TCP {
+                tcp_flags & (F::SYN | F::FIN | F::RST) == 0
+                    && e.fins == 0
+                    && matches!(
+                        (e.state, dir),
+                        (FlowState::Established, _)
+                            | (FlowState::SynSent, Dir::Orig)
+                            | (FlowState::SynRecv, Dir::Reply)
+                    )
+            } else {
+                true
+            };
+        if steady {
+            e.packets[dir as usize] += 1;
+            e.bytes[dir as usize] += len as u64;
+            e.last_seen = now;
+            let state = e.state;
+            let timeout = self.timeout(proto, state);
+            self.slots[slot as usize].expires = now + timeout;
+            return;
+        }
+        self.on_packet_general(slot, dir, tcp_flags, len, now);
+    }
+
+    #[inline(never)]
+    fn on_packet_general(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {
         let proto;
         let new_state;
         {

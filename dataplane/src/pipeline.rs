@@ -307,10 +307,17 @@ impl Pipeline {
             let tables = Arc::clone(&self.tables);
             for (i, p) in chunk.iter_mut().enumerate() {
                 let parsed = self.metas[i];
-                let o = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, p.tag);
+                let fast = match parsed {
+                    Ok(Parsed::Ip(mut m)) if fast_candidate(&m) => {
+                        self.established_fast(&tables, p.data, &mut m, p.iface, p.ts, &mut out[i])
+                    }
+                    _ => false,
+                };
+                if !fast {
+                    out[i] = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, p.tag);
+                }
                 self.counters.packets += 1;
-                self.counters.count(o.action);
-                out[i] = o;
+                self.counters.count(out[i].action);
             }
             if let Some(last) = chunk.last() {
                 self.ct.gc_step(last.ts, GC_PER_BURST);
@@ -381,6 +388,7 @@ impl Pipeline {
         self.affinity.retain(|_, a| a.expires > now);
     }
 
+    #[inline(never)]
     fn process_parsed(
         &mut self,
         t: &Tables,
@@ -400,11 +408,6 @@ impl Pipeline {
         };
         if parse::is_icmpv6_link_control(&m) {
             return Outcome::default();
-        }
-        if m.frag == Frag::None && !parse::is_icmp_error(&m) {
-            if let Some(o) = self.established_fast(t, frame, &mut m, iface, now) {
-                return o;
-            }
         }
 
         // Classify: which traffic is ours.
@@ -488,8 +491,9 @@ impl Pipeline {
     /// packet came in on the same interface under the same tables and was forwarded. Such a
     /// packet would pass classification and route to the same place, so both are taken from the
     /// entry's [`FastPath`]; everything else (accounting, TCP state, NAT, TTL) is what
-    /// [`Self::flow_path`] does. `None`: take the full path (nothing was changed).
-    #[inline]
+    /// [`Self::flow_path`] does. Only for packets [`fast_candidate`] admits: they would reach
+    /// `flow_path` unchanged. `false`: take the full path (nothing was changed).
+    #[inline(always)]
     fn established_fast(
         &mut self,
         t: &Tables,
@@ -497,7 +501,8 @@ impl Pipeline {
         m: &mut Meta,
         iface: IfIndex,
         now: u64,
-    ) -> Option<Outcome> {
+        out: &mut Outcome,
+    ) -> bool {
         let key = FlowKey {
             src: m.src,
             dst: m.dst,
@@ -505,9 +510,11 @@ impl Pipeline {
             dport: m.dport,
             proto: m.proto,
         };
-        let (slot, dir) = self.ct.find(&key)?;
+        let Some((slot, dir)) = self.ct.find(&key) else {
+            return false;
+        };
         let e = self.ct.entry(slot);
-        let fast = e.fast[dir as usize];
+        let fast = &e.fast[dir as usize];
         if fast.epoch != self.epoch
             || fast.ingress != iface
             || e.expires <= now
@@ -516,39 +523,32 @@ impl Pipeline {
             || m.ttl <= 1
             || self.ct.is_reopen(slot, dir, m.tcp_flags)
         {
-            return None;
+            return false;
         }
         self.ct.on_packet(slot, dir, m.tcp_flags, frame.len(), now);
         let e = self.ct.entry(slot);
+        let fast = &e.fast[dir as usize];
         let (si, di) = match dir {
             Dir::Orig => (e.src_identity, e.dst_identity),
             Dir::Reply => (e.dst_identity, e.src_identity),
         };
-        let mut out = Outcome {
-            ct: if dir == Dir::Orig {
-                CtStatus::Established
-            } else {
-                CtStatus::Reply
-            },
-            policy: e.policy,
-            src_identity: Some(si),
-            dst_identity: Some(di),
-            ..Outcome::default()
-        };
-        if let Some(nat) = e.nat {
-            out.service = Some(nat.service);
-            out.backend = Some((nat.backend, nat.backend_port));
-            let (to_dst, addr, port) = match dir {
-                Dir::Orig => (true, nat.backend, nat.backend_port),
-                Dir::Reply => (false, nat.vip, nat.vip_port),
-            };
-            if !rewrite::nat_v4_and_ttl(frame, m, to_dst, addr, port) {
-                rewrite::set_addr_port(frame, m, to_dst, addr, port);
-                rewrite::decrement_ttl(frame, m);
+        let (service, backend) = match &e.nat {
+            Some(nat) => {
+                let (to_dst, addr, port) = match dir {
+                    Dir::Orig => (true, nat.backend, nat.backend_port),
+                    Dir::Reply => (false, nat.vip, nat.vip_port),
+                };
+                if !rewrite::nat_v4_and_ttl(frame, m, to_dst, addr, port) {
+                    rewrite::set_addr_port(frame, m, to_dst, addr, port);
+                    rewrite::decrement_ttl(frame, m);
+                }
+                (Some(nat.service), Some((nat.backend, nat.backend_port)))
             }
-        } else {
-            rewrite::decrement_ttl(frame, m);
-        }
+            None => {
+                rewrite::decrement_ttl(frame, m);
+                (None, None)
+            }
+        };
         let trim = if m.l3_off == 18 && fast.egress_pod {
             4
         } else {
@@ -559,9 +559,21 @@ impl Pipeline {
             &fast.src_mac,
             &fast.dst_mac,
         );
-        out.action = Action::Forward(fast.egress);
-        out.l2_trim = trim;
-        Some(out)
+        *out = Outcome {
+            action: Action::Forward(fast.egress),
+            ct: if dir == Dir::Orig {
+                CtStatus::Established
+            } else {
+                CtStatus::Reply
+            },
+            service,
+            backend,
+            src_identity: Some(si),
+            dst_identity: Some(di),
+            policy: e.policy,
+            l2_trim: trim,
+        };
+        true
     }
 
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
@@ -1167,6 +1179,15 @@ fn is_link_scoped(a: &Addr) -> bool {
         let b = a.bytes;
         b[0] >= 224 || (b[0] == 169 && b[1] == 254) || b[..4] == [0, 0, 0, 0] || b[..4] == [255; 4]
     }
+}
+
+/// A packet that `process_parsed` would hand to `flow_path` untouched if its flow is known:
+/// not a fragment, not an ICMP error (matched by its quote instead), not link-local ICMPv6
+/// control (the kernel's). Interface, classification and route come from the flow's
+/// [`FastPath`], which exists only if they passed before.
+#[inline(always)]
+fn fast_candidate(m: &Meta) -> bool {
+    m.frag == Frag::None && !parse::is_icmp_error(m) && !parse::is_icmpv6_link_control(m)
 }
 
 fn frag_key(m: &Meta) -> FragKey {
