@@ -77,7 +77,7 @@ impl Addr {
 impl Addr {
     /// The 16 address bytes as two words (for hashing).
     #[inline]
-    fn words(&self) -> (u64, u64) {
+    pub fn words(&self) -> (u64, u64) {
         let mut a = [0u8; 8];
         let mut b = [0u8; 8];
         a.copy_from_slice(&self.bytes[..8]);
