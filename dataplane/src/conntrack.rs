@@ -295,8 +295,12 @@ impl Conntrack {
 
     /// Adds `slot`'s key of direction `dir` (already written in the slot) to the index.
     fn index_insert(&mut self, slot: u32, dir: Dir) {
-        let key = *key_of_entry(&self.slots[slot as usize], dir);
-        let h = self.hash(&key);
+        let h = self.hash(key_of_entry(&self.slots[slot as usize], dir));
+        self.index_insert_hashed(slot, dir, h);
+    }
+
+    /// [`Self::index_insert`] with the key's hash known.
+    fn index_insert_hashed(&mut self, slot: u32, dir: Dir, h: u64) {
         let (slots, seed) = (&self.slots, self.seed);
         self.index.insert_unique(h, slot << 1 | dir as u32, |&v| {
             hash_with(seed, key_of(slots, v))
@@ -331,7 +335,8 @@ impl Conntrack {
         len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
-        if self.contains(&f.orig) || self.contains(&f.reply) {
+        let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
+        if self.index_of(&f.orig, h_orig).is_some() || self.index_of(&f.reply, h_reply).is_some() {
             // Another flow already owns one of the keys (e.g. the same client port used for a
             // VIP and for its backend directly). Translating would merge two connections.
             self.stats.key_conflicts += 1;
@@ -369,8 +374,8 @@ impl Conntrack {
             in_closing: false,
         };
         self.slots[slot as usize] = e;
-        self.index_insert(slot, Dir::Orig);
-        self.index_insert(slot, Dir::Reply);
+        self.index_insert_hashed(slot, Dir::Orig, h_orig);
+        self.index_insert_hashed(slot, Dir::Reply, h_reply);
         if state.closing() {
             self.closing_push(slot);
         }

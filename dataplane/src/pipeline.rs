@@ -596,6 +596,8 @@ impl Pipeline {
         let len = frame.len();
         let mut out = Outcome::default();
 
+        // A new flow's route, found before its entry was created (same destination and TTL).
+        let mut routed = None;
         let mut found = self.ct.lookup(&key, now);
         if let Some((slot, dir)) = found {
             let datagram_to_gone_backend = m.proto != PROTO_TCP
@@ -652,8 +654,9 @@ impl Pipeline {
                     return Outcome::drop(DropReason::CtInvalid);
                 }
                 match self.new_flow(t, frame, m, key, now) {
-                    Ok(Some(slot)) => {
+                    Ok(Some((slot, r))) => {
                         out.ct = CtStatus::New;
+                        routed = Some(r);
                         (slot, Dir::Orig)
                     }
                     Ok(None) => return Outcome::default(),
@@ -683,7 +686,10 @@ impl Pipeline {
             }
         }
         let dst_mac;
-        (out.action, out.l2_trim, dst_mac) = self.route_and_finish(t, frame, m);
+        (out.action, out.l2_trim, dst_mac) = match routed {
+            Some((egress, mac)) => self.finish_routed(t, frame, m, egress, mac),
+            None => self.route_and_finish(t, frame, m),
+        };
         if let (true, Action::Forward(egress)) = (fast_ok, out.action) {
             // This direction passed classification on `iface` and routed under these tables:
             // its next packets can take `established_fast`.
@@ -709,7 +715,7 @@ impl Pipeline {
         m: &Meta,
         key: FlowKey,
         now: u64,
-    ) -> Result<Option<u32>, Outcome> {
+    ) -> Result<Option<(u32, (IfIndex, [u8; 6]))>, Outcome> {
         let mut nat = None;
         let mut dst = m.dst;
         let mut dport = m.dport;
@@ -756,17 +762,20 @@ impl Pipeline {
             });
         }
         // Nothing is remembered for a packet that cannot leave (TTL, no endpoint, no next hop).
-        if let Err(action) = route(t, &dst, m.ttl) {
-            return Err(Outcome {
-                action,
-                service: nat.map(|n| n.service),
-                backend: nat.map(|n| (n.backend, n.backend_port)),
-                src_identity: Some(src_identity),
-                dst_identity: Some(dst_identity),
-                policy,
-                ..Outcome::default()
-            });
-        }
+        let routed = match route(t, &dst, m.ttl) {
+            Ok(r) => r,
+            Err(action) => {
+                return Err(Outcome {
+                    action,
+                    service: nat.map(|n| n.service),
+                    backend: nat.map(|n| (n.backend, n.backend_port)),
+                    src_identity: Some(src_identity),
+                    dst_identity: Some(dst_identity),
+                    policy,
+                    ..Outcome::default()
+                })
+            }
+        };
         let reply = FlowKey {
             src: dst,
             dst: m.src,
@@ -786,7 +795,7 @@ impl Pipeline {
         match self.ct.create(&f, m.tcp_flags, frame.len(), now) {
             Ok(slot) => {
                 self.counters.ct_new += 1;
-                Ok(Some(slot))
+                Ok(Some((slot, routed)))
             }
             Err(r) => Err(Outcome {
                 service: nat.map(|n| n.service),
@@ -903,11 +912,15 @@ impl Pipeline {
         if sel.active.is_empty() {
             return None;
         }
-        let akey = (
-            crate::flow::stable_hash_bytes(s.name.as_bytes(), 7),
-            key.src,
-        );
+        // Only services with affinity pay for hashing their name.
+        let akey = || {
+            (
+                crate::flow::stable_hash_bytes(s.name.as_bytes(), 7),
+                key.src,
+            )
+        };
         if let Some(timeout) = s.affinity_ns {
+            let akey = akey();
             if let Some(a) = self.affinity.get_mut(&akey) {
                 if a.expires > now {
                     let hit = s.backends.iter().position(|b| {
@@ -959,6 +972,7 @@ impl Pipeline {
             }
         };
         if let Some(timeout) = s.affinity_ns {
+            let akey = akey();
             let b = &s.backends[usize::from(pick)];
             let a = Affinity {
                 backend: b.addr,
@@ -982,10 +996,22 @@ impl Pipeline {
         frame: &mut [u8],
         m: &mut Meta,
     ) -> (Action, u8, [u8; 6]) {
-        let (egress, dst_mac) = match route(t, &m.dst, m.ttl) {
-            Ok(r) => r,
-            Err(a) => return (a, 0, [0; 6]),
-        };
+        match route(t, &m.dst, m.ttl) {
+            Ok((egress, dst_mac)) => self.finish_routed(t, frame, m, egress, dst_mac),
+            Err(a) => (a, 0, [0; 6]),
+        }
+    }
+
+    /// [`Self::route_and_finish`] with the route already known (a new flow's, taken by
+    /// `new_flow` for this packet's translated destination and TTL).
+    fn finish_routed(
+        &self,
+        t: &Tables,
+        frame: &mut [u8],
+        m: &mut Meta,
+        egress: IfIndex,
+        dst_mac: [u8; 6],
+    ) -> (Action, u8, [u8; 6]) {
         rewrite::decrement_ttl(frame, m);
         let itf = &t.ifaces[usize::from(egress)];
         // Pods sit on untagged links: a frame that came in with an 802.1Q tag leaves toward a
