@@ -96,14 +96,16 @@ pub struct FastPath {
     pub egress: u16,
     /// The egress is a pod interface (a VLAN tag is stripped toward pods).
     pub egress_pod: bool,
-    pub src_mac: [u8; 6],
+    /// The next hop's MAC (the source MAC is the egress interface's, from the tables).
     pub dst_mac: [u8; 6],
 }
 
 /// Field order is by use on the established fast path (keys, timer, generation, fast-path
-/// cache, then state, identities, NAT, counters), so a packet touches few cache lines.
+/// cache, then state, identities, NAT, counters), and entries start on cache lines: a packet
+/// of an established flow touches the first four 64-byte lines of its entry and no other
+/// (`created`, `prev`, `next` lie past them). 320 bytes an entry.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct Entry {
     pub orig: FlowKey,
     pub reply: FlowKey,
@@ -159,6 +161,11 @@ pub struct CtStats {
 pub struct Conntrack {
     slots: Vec<Entry>,
     free: Vec<u32>,
+    /// Per slot: the live entry's `expires`, or `u64::MAX` for a free slot. The GC sweep reads
+    /// only this (8 bytes a slot, so 64 slots are 8 cache lines instead of 128 lines of
+    /// entries it would otherwise pull through the cache every burst). Kept equal to
+    /// `Entry::expires` by every method here that sets it; nothing else writes `expires`.
+    deadline: Vec<u64>,
     /// `slot << 1 | dir` values, hashed by [`Self::hash`] of the key they stand for.
     index: HashTable<u32>,
     seed: [u64; 4],
@@ -178,6 +185,7 @@ impl Conntrack {
         let cap = cfg.max_entries as usize;
         Conntrack {
             slots: vec![Entry::default(); cap],
+            deadline: vec![u64::MAX; cap],
             free: (0..cap as u32).rev().collect(),
             index: HashTable::with_capacity(cap * 2),
             seed: random_seed(),
@@ -373,6 +381,7 @@ impl Conntrack {
             next: NIL,
             in_closing: false,
         };
+        self.deadline[slot as usize] = e.expires;
         self.slots[slot as usize] = e;
         self.index_insert_hashed(slot, Dir::Orig, h_orig);
         self.index_insert_hashed(slot, Dir::Reply, h_reply);
@@ -403,6 +412,7 @@ impl Conntrack {
             in_closing: false,
             ..*e
         };
+        self.deadline[slot as usize] = e.expires;
         self.index_insert(slot, Dir::Orig);
         self.index_insert(slot, Dir::Reply);
         if e.state.closing() {
@@ -441,6 +451,7 @@ impl Conntrack {
             let state = e.state;
             let timeout = self.timeout(proto, state);
             self.slots[slot as usize].expires = now + timeout;
+            self.deadline[slot as usize] = now + timeout;
             return;
         }
         self.on_packet_general(slot, dir, tcp_flags, len, now);
@@ -465,6 +476,7 @@ impl Conntrack {
         }
         let timeout = self.timeout(proto, new_state);
         self.slots[slot as usize].expires = now + timeout;
+        self.deadline[slot as usize] = now + timeout;
         let was = self.slots[slot as usize].in_closing;
         if new_state.closing() {
             // Move to the tail: the list stays ordered by last activity.
@@ -487,6 +499,7 @@ impl Conntrack {
             e.expires = now + timeout;
             e.in_closing
         };
+        self.deadline[slot as usize] = now + timeout;
         if was {
             self.closing_unlink(slot);
         }
@@ -515,6 +528,7 @@ impl Conntrack {
         self.index_remove(&e.orig);
         self.index_remove(&e.reply);
         self.slots[slot as usize].live = false;
+        self.deadline[slot as usize] = u64::MAX;
         self.free.push(slot);
         self.live -= 1;
     }
@@ -531,8 +545,7 @@ impl Conntrack {
             if self.gc_cursor == n {
                 self.gc_cursor = 0;
             }
-            let e = &self.slots[s];
-            if e.live && e.expires <= now {
+            if self.deadline[s] <= now {
                 self.remove(s as u32);
                 self.stats.expired += 1;
                 reclaimed += 1;
@@ -807,6 +820,36 @@ mod tests {
         }
     }
 
+    /// The GC's deadline array mirrors every live entry's timer through all transitions.
+    #[test]
+    fn deadlines_mirror_entries() {
+        let mut ct = Conntrack::new(&cfg(8));
+        let check = |ct: &Conntrack| {
+            for (i, e) in ct.slots.iter().enumerate() {
+                let want = if e.live { e.expires } else { u64::MAX };
+                assert_eq!(ct.deadline[i], want, "slot {i}");
+            }
+        };
+        let a = ct.create(&flow(key(1, PROTO_TCP)), F::SYN, 60, 0).unwrap();
+        let b = ct.create(&flow(key(2, PROTO_UDP)), 0, 60, 0).unwrap();
+        check(&ct);
+        ct.on_packet(a, Dir::Reply, F::SYN | F::ACK, 60, 5);
+        ct.on_packet(a, Dir::Orig, F::ACK, 60, 6);
+        ct.on_packet(b, Dir::Reply, 0, 60, 7);
+        check(&ct);
+        ct.end(b, DropReason::BackendGone, 8);
+        check(&ct);
+        ct.remove(a);
+        check(&ct);
+        let e = *ct.entry(b);
+        let mut other = Conntrack::new(&cfg(8));
+        other.restore(&e, 9).unwrap();
+        check(&other);
+        ct.gc_step(u64::MAX - 1, 8);
+        check(&ct);
+        assert!(ct.is_empty());
+    }
+
     #[test]
     fn conflicting_key_is_refused() {
         let mut ct = Conntrack::new(&cfg(8));
@@ -854,5 +897,19 @@ mod gc_regression {
             ct.create(&nf(k(5000)), 0, 60, 3_000),
             Err(DropReason::CtFull)
         );
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+
+    /// The fast path's fields must stay within the entry's first four cache lines.
+    #[test]
+    fn hot_fields_fit_four_cache_lines() {
+        assert_eq!(std::mem::align_of::<Entry>(), 64);
+        assert!(std::mem::offset_of!(Entry, last_seen) + 8 <= 256);
+        assert!(std::mem::offset_of!(Entry, bytes) + 16 <= 256);
+        assert!(std::mem::offset_of!(Entry, created) >= 248);
     }
 }

@@ -525,6 +525,10 @@ impl Pipeline {
         {
             return false;
         }
+        // Valid under these tables (same epoch), so always there.
+        let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
+            return false;
+        };
         self.ct.on_packet(slot, dir, m.tcp_flags, frame.len(), now);
         let e = self.ct.entry(slot);
         let fast = &e.fast[dir as usize];
@@ -554,11 +558,7 @@ impl Pipeline {
         } else {
             0
         };
-        rewrite::set_macs(
-            &mut frame[usize::from(trim)..],
-            &fast.src_mac,
-            &fast.dst_mac,
-        );
+        rewrite::set_macs(&mut frame[usize::from(trim)..], &egress.mac, &fast.dst_mac);
         *out = Outcome {
             action: Action::Forward(fast.egress),
             ct: if dir == Dir::Orig {
@@ -699,7 +699,6 @@ impl Pipeline {
                 ingress: iface,
                 egress,
                 egress_pod: itf.role == InterfaceRole::Pod,
-                src_mac: itf.mac,
                 dst_mac,
             };
         }
