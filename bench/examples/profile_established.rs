@@ -2,6 +2,10 @@
 //! counter: `valgrind --tool=callgrind target/release/examples/profile_established N`.
 //! Run it with two N and divide the instruction difference by the packet difference to get
 //! instructions per packet without the setup.
+//!
+//! Arguments: `BURSTS [SERVICES [FLOWS]]` (defaults 1000, 10, 1024). With FLOWS = 10000 the flows'
+//! state outgrows the L2 cache as in the criterion benchmark; add `--cache-sim=yes` to
+//! callgrind to count the cache misses.
 
 use std::sync::Arc;
 
@@ -17,6 +21,10 @@ fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10);
+    let flows: u16 = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1024);
     let t = Arc::new(Tables::build(
         &state(services, 65_536),
         1,
@@ -26,7 +34,7 @@ fn main() {
     let mut p = Pipeline::new(t);
     let mut rng = 1u64;
     let mut acks = Vec::new();
-    for i in 0..1024u16 {
+    for i in 0..flows {
         let svc = (xorshift(&mut rng) % u64::from(services)) as u32;
         let mut syn = client_frame(svc, 10_000 + i, true);
         p.process_one(&mut syn, pc, 1);

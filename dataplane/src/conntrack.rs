@@ -1,10 +1,16 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s allocated up front, and one hash index from
-//! [`FlowKey`] to `slot << 1 | direction` holding both the original key (as the flow arrived,
-//! before DNAT) and the reply key (the reverse of the translated tuple). A lookup is one probe
-//! and tells the direction. Nothing allocates after [`Conntrack::new`]: the index is created with
-//! room for every key of a full slab.
+//! Layout: a fixed slab of `max_entries` [`Entry`]s allocated up front, and one hash index of
+//! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
+//! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys (4
+//! bytes a bucket, so it stays in cache): a probe compares against the key in the entry, which
+//! the packet needs next anyway. A lookup is one probe and tells the direction. Nothing
+//! allocates after [`Conntrack::new`]: the index is created with room for every key of a full
+//! slab.
+//!
+//! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
+//! random seed per process, so that nobody can aim many flows at one bucket without knowing it
+//! (the same construction as foldhash, the default hasher of the maps elsewhere).
 //!
 //! Full table: first reclaim expired entries (a bounded scan), then evict the oldest entry in a
 //! closing TCP state (FIN_WAIT, CLOSE, TIME_WAIT; kept in an intrusive LRU list), else refuse the
@@ -13,7 +19,7 @@
 //! Time is whatever the caller passes (pcap timestamps in replay, a per-burst clock live), so
 //! replay is deterministic.
 
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use crate::drop::DropReason;
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
@@ -76,33 +82,58 @@ pub struct Nat {
     pub service: u32,
 }
 
+/// What the pipeline learned from one direction's last fully checked packet, so that the next
+/// packets of that direction skip the classification (anti-spoofing or uplink ownership) and
+/// route lookups: both are pure functions of the direction's key, the ingress interface and the
+/// tables, and the key is fixed per direction. Valid only while `epoch` equals the pipeline's
+/// current tables epoch (unique per installed snapshot and pipeline) and the packet comes in on
+/// `ingress`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastPath {
+    /// 0: never valid.
+    pub epoch: u64,
+    pub ingress: u16,
+    pub egress: u16,
+    /// The egress is a pod interface (a VLAN tag is stripped toward pods).
+    pub egress_pod: bool,
+    /// The next hop's MAC (the source MAC is the egress interface's, from the tables).
+    pub dst_mac: [u8; 6],
+}
+
+/// Field order is by use on the established fast path (keys, timer, generation, fast-path
+/// cache, then state, identities, NAT, counters), and entries start on cache lines: a packet
+/// of an established flow touches the first four 64-byte lines of its entry and no other
+/// (`created`, `prev`, `next` lie past them). 320 bytes an entry.
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
 pub struct Entry {
     pub orig: FlowKey,
     pub reply: FlowKey,
+    pub expires: u64,
+    /// The tables generation the flow's service and policy were last checked against.
+    pub generation: u64,
+    /// Per direction ([`Dir`] as index): see [`FastPath`].
+    pub fast: [FastPath; 2],
     pub state: FlowState,
     /// Bit 0: FIN seen from the originator, bit 1: from the replier.
     fins: u8,
-    pub created: u64,
-    pub last_seen: u64,
-    pub expires: u64,
-    pub nat: Option<Nat>,
-    pub src_identity: u32,
-    pub dst_identity: u32,
+    live: bool,
+    in_closing: bool,
     pub policy: PolicyVerdict,
-    /// The tables generation the flow's service and policy were last checked against.
-    pub generation: u64,
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
     /// Set when the flow was ended by the control plane (backend removed or quarantined,
     /// policy now denies): its packets are dropped for this reason until the entry expires or
     /// the client opens a new connection on the same tuple. Keeping the entry (instead of
     /// deleting it) stops the backend's replies from leaking out untranslated.
     pub ended: Option<DropReason>,
-    live: bool,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub nat: Option<Nat>,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub last_seen: u64,
+    pub created: u64,
     prev: u32,
     next: u32,
-    in_closing: bool,
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -130,7 +161,17 @@ pub struct CtStats {
 pub struct Conntrack {
     slots: Vec<Entry>,
     free: Vec<u32>,
-    index: HashMap<FlowKey, u32>,
+    /// Per slot: the live entry's `expires`, or `u64::MAX` for a free slot. The GC sweep reads
+    /// only this (8 bytes a slot, so 64 slots are 8 cache lines instead of 128 lines of
+    /// entries it would otherwise pull through the cache every burst). Kept equal to
+    /// `Entry::expires` by every method here that sets it; nothing else writes `expires`.
+    deadline: Vec<u64>,
+    /// `slot << 1 | dir` values, hashed by [`Self::hash`] of the key they stand for.
+    index: HashTable<u32>,
+    seed: [u64; 4],
+    /// Moves on every insertion and removal: a lookup result taken earlier in the burst is
+    /// still exact while this has not moved.
+    version: u64,
     closing_head: u32,
     closing_tail: u32,
     gc_cursor: usize,
@@ -144,8 +185,11 @@ impl Conntrack {
         let cap = cfg.max_entries as usize;
         Conntrack {
             slots: vec![Entry::default(); cap],
+            deadline: vec![u64::MAX; cap],
             free: (0..cap as u32).rev().collect(),
-            index: HashMap::with_capacity(cap * 2),
+            index: HashTable::with_capacity(cap * 2),
+            seed: random_seed(),
+            version: 0,
             closing_head: NIL,
             closing_tail: NIL,
             gc_cursor: 0,
@@ -174,11 +218,38 @@ impl Conntrack {
         self.live == 0
     }
 
+    /// The index hash of a key: three folded multiplies over its words, seeded per process.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        Self::hash_seeded(self.seed, key)
+    }
+
+    #[inline]
+    fn hash_seeded(seed: [u64; 4], key: &FlowKey) -> u64 {
+        let (sa, sb) = key.src.words();
+        let (da, db) = key.dst.words();
+        let [s0, s1, s2, s3] = seed;
+        let ports = u64::from(key.sport)
+            | u64::from(key.dport) << 16
+            | u64::from(key.proto) << 32
+            | u64::from(key.src.v6) << 40;
+        let x = fold_mul(sa ^ s0, sb ^ s1);
+        let y = fold_mul(da ^ s2, db ^ s3);
+        fold_mul(x ^ ports, y ^ s0)
+    }
+
+    /// The index value of `key` with its hash, without touching the table.
+    #[inline]
+    fn index_of(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.find(hash, |&v| key_of(slots, v) == key).copied()
+    }
+
     /// Finds a live, unexpired flow by either of its keys. An expired entry found here is
     /// removed on the spot, so correctness never waits for GC.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<(u32, Dir)> {
-        let v = *self.index.get(key)?;
+        let v = self.index_of(key, self.hash(key))?;
         let slot = v >> 1;
         if self.slots[slot as usize].expires <= now {
             self.remove(slot);
@@ -188,11 +259,70 @@ impl Conntrack {
         Some((slot, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
     }
 
+    /// The slot and direction of a key with this [`Self::hash`], expired or not, without
+    /// touching the table (the pipeline's fast path checks expiry itself and leaves every other
+    /// case to [`Self::lookup`]).
+    #[inline]
+    pub fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
+        let v = self.index_of(key, hash)?;
+        Some((v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
+    /// [`Self::find_hashed`] computing the hash.
+    #[inline]
+    pub fn find(&self, key: &FlowKey) -> Option<(u32, Dir)> {
+        self.find_hashed(key, self.hash(key))
+    }
+
+    /// Whether `slot` holds a live flow whose key in direction `dir` is `key`: then it is what a
+    /// lookup of `key` finds (keys are unique in the index), so a result remembered from
+    /// earlier in the burst can be confirmed without a probe.
+    #[inline]
+    pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
+        self.slots
+            .get(slot as usize)
+            .is_some_and(|e| e.live && key_of_entry(e, dir) == key)
+    }
+
+    /// See the `version` field.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// Looks a key up without touching the table (for `explain` and dumps).
     pub fn peek(&self, key: &FlowKey, now: u64) -> Option<(&Entry, Dir)> {
-        let v = *self.index.get(key)?;
+        let v = self.index_of(key, self.hash(key))?;
         let e = &self.slots[(v >> 1) as usize];
         (e.expires > now).then_some((e, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
+    fn contains(&self, key: &FlowKey) -> bool {
+        self.index_of(key, self.hash(key)).is_some()
+    }
+
+    /// Adds `slot`'s key of direction `dir` (already written in the slot) to the index.
+    fn index_insert(&mut self, slot: u32, dir: Dir) {
+        let h = self.hash(key_of_entry(&self.slots[slot as usize], dir));
+        self.index_insert_hashed(slot, dir, h);
+    }
+
+    /// [`Self::index_insert`] with the key's hash known.
+    fn index_insert_hashed(&mut self, slot: u32, dir: Dir, h: u64) {
+        let (slots, seed) = (&self.slots, self.seed);
+        self.index.insert_unique(h, slot << 1 | dir as u32, |&v| {
+            hash_with(seed, key_of(slots, v))
+        });
+        self.version += 1;
+    }
+
+    fn index_remove(&mut self, key: &FlowKey) {
+        let h = self.hash(key);
+        let slots = &self.slots;
+        if let Ok(e) = self.index.find_entry(h, |&v| key_of(slots, v) == key) {
+            e.remove();
+        }
+        self.version += 1;
     }
 
     #[inline]
@@ -213,7 +343,8 @@ impl Conntrack {
         len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
-        if self.index.contains_key(&f.orig) || self.index.contains_key(&f.reply) {
+        let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
+        if self.index_of(&f.orig, h_orig).is_some() || self.index_of(&f.reply, h_reply).is_some() {
             // Another flow already owns one of the keys (e.g. the same client port used for a
             // VIP and for its backend directly). Translating would merge two connections.
             self.stats.key_conflicts += 1;
@@ -244,14 +375,16 @@ impl Conntrack {
             packets: [1, 0],
             bytes: [len as u64, 0],
             ended: None,
+            fast: [FastPath::default(); 2],
             live: true,
             prev: NIL,
             next: NIL,
             in_closing: false,
         };
+        self.deadline[slot as usize] = e.expires;
         self.slots[slot as usize] = e;
-        self.index.insert(f.orig, slot << 1);
-        self.index.insert(f.reply, slot << 1 | 1);
+        self.index_insert_hashed(slot, Dir::Orig, h_orig);
+        self.index_insert_hashed(slot, Dir::Reply, h_reply);
         if state.closing() {
             self.closing_push(slot);
         }
@@ -264,7 +397,7 @@ impl Conntrack {
     /// starts from the live flow of the packet it explains). Same rules as [`Conntrack::create`]
     /// for conflicts and a full table.
     pub fn restore(&mut self, e: &Entry, now: u64) -> Result<u32, DropReason> {
-        if self.index.contains_key(&e.orig) || self.index.contains_key(&e.reply) {
+        if self.contains(&e.orig) || self.contains(&e.reply) {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
@@ -279,8 +412,9 @@ impl Conntrack {
             in_closing: false,
             ..*e
         };
-        self.index.insert(e.orig, slot << 1);
-        self.index.insert(e.reply, slot << 1 | 1);
+        self.deadline[slot as usize] = e.expires;
+        self.index_insert(slot, Dir::Orig);
+        self.index_insert(slot, Dir::Reply);
         if e.state.closing() {
             self.closing_push(slot);
         }
@@ -291,6 +425,40 @@ impl Conntrack {
     /// Accounts a packet of an existing flow and advances its TCP state and timer.
     #[inline]
     pub fn on_packet(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {
+        // The common case first: a TCP packet without SYN/FIN/RST in a state it cannot move
+        // (established, or the handshake waiting on the other side), or a datagram flow's
+        // packet, changes no state and no closing-list position; only the timer moves.
+        let e = &mut self.slots[slot as usize];
+        let proto = e.orig.proto;
+        let steady = !e.in_closing
+            && !e.state.closing()
+            && if proto == PROTO_TCP {
+                tcp_flags & (F::SYN | F::FIN | F::RST) == 0
+                    && e.fins == 0
+                    && matches!(
+                        (e.state, dir),
+                        (FlowState::Established, _)
+                            | (FlowState::SynSent, Dir::Orig)
+                            | (FlowState::SynRecv, Dir::Reply)
+                    )
+            } else {
+                true
+            };
+        if steady {
+            e.packets[dir as usize] += 1;
+            e.bytes[dir as usize] += len as u64;
+            e.last_seen = now;
+            let state = e.state;
+            let timeout = self.timeout(proto, state);
+            self.slots[slot as usize].expires = now + timeout;
+            self.deadline[slot as usize] = now + timeout;
+            return;
+        }
+        self.on_packet_general(slot, dir, tcp_flags, len, now);
+    }
+
+    #[inline(never)]
+    fn on_packet_general(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {
         let proto;
         let new_state;
         {
@@ -308,6 +476,7 @@ impl Conntrack {
         }
         let timeout = self.timeout(proto, new_state);
         self.slots[slot as usize].expires = now + timeout;
+        self.deadline[slot as usize] = now + timeout;
         let was = self.slots[slot as usize].in_closing;
         if new_state.closing() {
             // Move to the tail: the list stays ordered by last activity.
@@ -330,6 +499,7 @@ impl Conntrack {
             e.expires = now + timeout;
             e.in_closing
         };
+        self.deadline[slot as usize] = now + timeout;
         if was {
             self.closing_unlink(slot);
         }
@@ -355,9 +525,10 @@ impl Conntrack {
         if e.in_closing {
             self.closing_unlink(slot);
         }
-        self.index.remove(&e.orig);
-        self.index.remove(&e.reply);
+        self.index_remove(&e.orig);
+        self.index_remove(&e.reply);
         self.slots[slot as usize].live = false;
+        self.deadline[slot as usize] = u64::MAX;
         self.free.push(slot);
         self.live -= 1;
     }
@@ -374,8 +545,7 @@ impl Conntrack {
             if self.gc_cursor == n {
                 self.gc_cursor = 0;
             }
-            let e = &self.slots[s];
-            if e.live && e.expires <= now {
+            if self.deadline[s] <= now {
                 self.remove(s as u32);
                 self.stats.expired += 1;
                 reclaimed += 1;
@@ -463,6 +633,48 @@ impl Conntrack {
             self.slots[next as usize].prev = prev;
         }
     }
+}
+
+#[inline]
+fn key_of_entry(e: &Entry, dir: Dir) -> &FlowKey {
+    match dir {
+        Dir::Orig => &e.orig,
+        Dir::Reply => &e.reply,
+    }
+}
+
+/// The key an index value stands for.
+#[inline]
+fn key_of(slots: &[Entry], v: u32) -> &FlowKey {
+    let e = &slots[(v >> 1) as usize];
+    if v & 1 == 0 {
+        &e.orig
+    } else {
+        &e.reply
+    }
+}
+
+/// The 64×64→128-bit multiply folded to 64 bits (foldhash's and wyhash's mixing step).
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ (p >> 64) as u64
+}
+
+fn hash_with(seed: [u64; 4], key: &FlowKey) -> u64 {
+    Conntrack::hash_seeded(seed, key)
+}
+
+/// Per-process random seed words, from std's randomly keyed hasher (seeded from the OS).
+fn random_seed() -> [u64; 4] {
+    use std::hash::BuildHasher;
+    let rs = std::collections::hash_map::RandomState::new();
+    let mut out = [0u64; 4];
+    for (i, w) in out.iter_mut().enumerate() {
+        // Odd multipliers keep fold_mul from collapsing on a zero word.
+        *w = rs.hash_one(i as u64) | 1;
+    }
+    out
 }
 
 fn initial_tcp_state(flags: u8) -> FlowState {
@@ -608,6 +820,36 @@ mod tests {
         }
     }
 
+    /// The GC's deadline array mirrors every live entry's timer through all transitions.
+    #[test]
+    fn deadlines_mirror_entries() {
+        let mut ct = Conntrack::new(&cfg(8));
+        let check = |ct: &Conntrack| {
+            for (i, e) in ct.slots.iter().enumerate() {
+                let want = if e.live { e.expires } else { u64::MAX };
+                assert_eq!(ct.deadline[i], want, "slot {i}");
+            }
+        };
+        let a = ct.create(&flow(key(1, PROTO_TCP)), F::SYN, 60, 0).unwrap();
+        let b = ct.create(&flow(key(2, PROTO_UDP)), 0, 60, 0).unwrap();
+        check(&ct);
+        ct.on_packet(a, Dir::Reply, F::SYN | F::ACK, 60, 5);
+        ct.on_packet(a, Dir::Orig, F::ACK, 60, 6);
+        ct.on_packet(b, Dir::Reply, 0, 60, 7);
+        check(&ct);
+        ct.end(b, DropReason::BackendGone, 8);
+        check(&ct);
+        ct.remove(a);
+        check(&ct);
+        let e = *ct.entry(b);
+        let mut other = Conntrack::new(&cfg(8));
+        other.restore(&e, 9).unwrap();
+        check(&other);
+        ct.gc_step(u64::MAX - 1, 8);
+        check(&ct);
+        assert!(ct.is_empty());
+    }
+
     #[test]
     fn conflicting_key_is_refused() {
         let mut ct = Conntrack::new(&cfg(8));
@@ -655,5 +897,19 @@ mod gc_regression {
             ct.create(&nf(k(5000)), 0, 60, 3_000),
             Err(DropReason::CtFull)
         );
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+
+    /// The fast path's fields must stay within the entry's first four cache lines.
+    #[test]
+    fn hot_fields_fit_four_cache_lines() {
+        assert_eq!(std::mem::align_of::<Entry>(), 64);
+        assert!(std::mem::offset_of!(Entry, last_seen) + 8 <= 256);
+        assert!(std::mem::offset_of!(Entry, bytes) + 16 <= 256);
+        assert!(std::mem::offset_of!(Entry, created) >= 248);
     }
 }

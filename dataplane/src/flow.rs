@@ -57,27 +57,24 @@ impl Addr {
             ))
         }
     }
-    /// This address with every bit past `len` cleared.
+    /// This address with every bit past `len` cleared. One 128-bit AND (LPM lookups mask once
+    /// per prefix length present, for every new flow).
+    #[inline]
     pub fn masked(&self, len: u8) -> Addr {
-        let mut out = *self;
-        let total = if self.v6 { 128 } else { 32 };
-        let len = len.min(total) as usize;
-        for (i, b) in out.bytes.iter_mut().enumerate() {
-            let bit = i * 8;
-            if bit >= len {
-                *b = 0;
-            } else if bit + 8 > len {
-                *b &= 0xffu8 << (8 - (len - bit));
-            }
+        let total: u32 = if self.v6 { 128 } else { 32 };
+        let len = u32::from(len).min(total);
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        Addr {
+            bytes: (u128::from_be_bytes(self.bytes) & mask).to_be_bytes(),
+            v6: self.v6,
         }
-        out
     }
 }
 
 impl Addr {
     /// The 16 address bytes as two words (for hashing).
     #[inline]
-    fn words(&self) -> (u64, u64) {
+    pub fn words(&self) -> (u64, u64) {
         let mut a = [0u8; 8];
         let mut b = [0u8; 8];
         a.copy_from_slice(&self.bytes[..8]);
@@ -210,8 +207,19 @@ mod tests {
         assert_eq!(a.masked(20), Addr::v4([10, 244, 0, 0]));
         assert_eq!(a.masked(0), Addr::v4([0, 0, 0, 0]));
         assert_eq!(a.masked(32), a);
+        assert_eq!(a.masked(33), a);
+        assert_eq!(a.masked(1), Addr::v4([0, 0, 0, 0]));
+        assert_eq!(Addr::v4([200, 1, 2, 3]).masked(1), Addr::v4([128, 0, 0, 0]));
+        assert_eq!(
+            Addr::v4([10, 244, 1, 77]).masked(31),
+            Addr::v4([10, 244, 1, 76])
+        );
         let b: Addr = "fd00:244:1::ff".parse::<IpAddr>().unwrap().into();
         assert_eq!(b.masked(64).to_ip().to_string(), "fd00:244:1::");
+        assert_eq!(b.masked(128), b);
+        assert_eq!(b.masked(200), b);
+        assert_eq!(b.masked(0), Addr::v6([0; 16]));
+        assert_eq!(b.masked(127).to_ip().to_string(), "fd00:244:1::fe");
     }
 
     #[test]

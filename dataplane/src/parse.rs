@@ -77,6 +77,78 @@ pub enum Parsed {
 /// Parses one Ethernet frame.
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
+    if let Some(m) = parse_ipv4_common(frame) {
+        return Ok(Parsed::Ip(m));
+    }
+    parse_general(frame)
+}
+
+/// The common frame, straight-line: untagged IPv4 with a 20-byte header, not a fragment,
+/// carrying a complete TCP or UDP header, header checksum right. It yields exactly the [`Meta`]
+/// the general parser would; anything else (including every error) returns `None` and goes
+/// through [`parse_general`], so errors are reported in one place. ~60 instructions instead of
+/// ~280: fixed-size array views let the compiler drop the bounds checks and unroll the sum.
+#[inline(always)]
+fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
+    const L3: usize = ETH_HLEN;
+    const L4: usize = ETH_HLEN + 20;
+    let h: &[u8; L4 + 8] = frame.get(..L4 + 8)?.try_into().ok()?;
+    if h[12] != 0x08 || h[13] != 0x00 || h[L3] != 0x45 {
+        return None;
+    }
+    // Flags and fragment offset: only DF may be set (offset 0, no more fragments).
+    if u16::from_be_bytes([h[L3 + 6], h[L3 + 7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]));
+    let ip_end = L3 + total;
+    if total < 20 || ip_end > frame.len() {
+        return None;
+    }
+    let ip: &[u8; 20] = h[L3..L4].try_into().ok()?;
+    if !csum::ipv4_header20_ok(ip) {
+        return None;
+    }
+    let proto = ip[9];
+    let tcp_flags = match proto {
+        PROTO_TCP => {
+            let t: &[u8; 20] = frame.get(L4..L4 + 20)?.try_into().ok()?;
+            let doff = usize::from(t[12] >> 4) * 4;
+            if L4 + 20 > ip_end || doff < 20 || L4 + doff > ip_end {
+                return None;
+            }
+            t[13]
+        }
+        PROTO_UDP => {
+            if L4 + 8 > ip_end {
+                return None;
+            }
+            0
+        }
+        _ => return None,
+    };
+    Some(Meta {
+        l3_off: L3 as u16,
+        l4_off: L4 as u16,
+        ip_end: ip_end as u16,
+        v6: false,
+        proto,
+        src: Addr::v4([ip[12], ip[13], ip[14], ip[15]]),
+        dst: Addr::v4([ip[16], ip[17], ip[18], ip[19]]),
+        sport: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+        dport: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+        tcp_flags,
+        icmp_type: 0,
+        icmp_code: 0,
+        frag: Frag::None,
+        frag_id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),
+        ttl: ip[8],
+    })
+}
+
+/// Every frame the common path does not take, and every error.
+#[inline(never)]
+fn parse_general(frame: &[u8]) -> Result<Parsed, DropReason> {
     if frame.len() < ETH_HLEN {
         return Err(DropReason::MalformedEthernet);
     }
@@ -380,6 +452,79 @@ mod tests {
                 Ok(p) => panic!("truncated to {n} bytes parsed as {p:?}"),
             }
         }
+    }
+
+    /// The straight-line path must give exactly what the general parser gives, or defer to it.
+    #[test]
+    fn common_path_matches_general_parser() {
+        let mut frames = vec![udp4()];
+        for (flags, payload) in [(0u8, 0usize), (1, 10), (2, 0), (3, 30)] {
+            let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([10, 0, 0, 1], [10, 96, 0, 2], 64)
+                .tcp(40000, 80, 7, 1000);
+            b = match flags {
+                0 => b.syn(),
+                1 => b.ack(5),
+                2 => b.fin().ack(5),
+                _ => b.rst(),
+            };
+            let mut f = Vec::new();
+            b.write(&mut f, &vec![0u8; payload]).unwrap();
+            frames.push(f);
+        }
+        let base = frames.clone();
+        // Edits that must make the common path defer: fragments, options, bad lengths and
+        // checksums, other protocols, truncation, Ethernet padding.
+        for f in &base {
+            for (off, val) in [
+                (20, 0x20),
+                (21, 1),
+                (20, 0x40),
+                (14, 0x46),
+                (16, 0),
+                (17, 19),
+            ] {
+                let mut g = f.clone();
+                g[off] = val;
+                frames.push(g);
+            }
+            let mut g = f.clone();
+            g[23] = 1; // ICMP
+            frames.push(g);
+            let mut g = f.clone();
+            g[24] ^= 1; // checksum
+            frames.push(g);
+            let mut g = f.clone();
+            g.extend_from_slice(&[0; 8]); // padding after the datagram
+            frames.push(g);
+            if f[23] == PROTO_TCP {
+                let mut g = f.clone();
+                g[46] = 0x40; // data offset 16 < 20
+                frames.push(g);
+                let mut g = f.clone();
+                g[46] = 0xf0; // data offset past the end
+                frames.push(g);
+            }
+            for n in 0..f.len() {
+                frames.push(f[..n].to_vec());
+            }
+        }
+        for f in &frames {
+            let common = parse_ipv4_common(f);
+            let general = parse_general(f);
+            match (common, general) {
+                (None, _) => {}
+                (Some(c), Ok(Parsed::Ip(g))) => {
+                    assert_eq!(format!("{c:?}"), format!("{g:?}"), "frame {f:02x?}")
+                }
+                (Some(c), g) => panic!("common path took {f:02x?} as {c:?}, general: {g:?}"),
+            }
+        }
+        assert!(
+            parse_ipv4_common(&base[1]).is_some(),
+            "the common case takes the fast path"
+        );
+        assert!(parse_ipv4_common(&base[0]).is_some());
     }
 
     #[test]
