@@ -165,6 +165,8 @@ lab_status() {
 lab_demo() {
   local root bin tmp
   root="$(cd "$(dirname "$0")/.." && pwd)"
+  # A fresh machine: install what the lab and the build need.
+  bash "$root/scripts/setup.sh"
   if [ -n "${NODEPLANE_BIN:-}" ]; then
     bin="$NODEPLANE_BIN"
   else
