@@ -166,3 +166,63 @@ fn source_allocates_identities_for_endpoints_with_identity_zero() {
         .unwrap()
         .is_some());
 }
+
+/// Allocation writes under the watched prefix (references, identities). Those writes must not
+/// make the source publish and allocate again: an agent whose state does not change writes
+/// nothing, and a change elsewhere costs one publication, not a loop.
+#[test]
+fn allocation_does_not_feed_back_into_the_watch() {
+    let e = etcd();
+    let mut st = Store::connect(&e.endpoint());
+    let mut state = example::state().unwrap();
+    for ep in &mut state.endpoints {
+        ep.identity = 0;
+    }
+    st.put_state("n1", &state);
+    st.delete_prefix(&format!("{PREFIX}/policies/"));
+    let r = Running::start(
+        EtcdSource::with_local(config(&e.endpoint(), "n1"), None).unwrap(),
+        None,
+    );
+    let (s, _) = r.next_snapshot(Duration::from_secs(10));
+    let client_id = s
+        .endpoints
+        .iter()
+        .find(|e| e.name == "client")
+        .unwrap()
+        .identity;
+    assert!(client_id >= FIRST_LOCAL);
+
+    // Quiet store: the revision stays where the agent left it (debounce is 30 ms, so a loop
+    // would have written dozens of times in this window).
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = st.revision();
+    let events = r.collect(Duration::from_millis(1_000));
+    assert_eq!(
+        st.revision(),
+        settled,
+        "the agent kept writing to an unchanged store ({} events meanwhile)",
+        events.len()
+    );
+
+    // A change elsewhere (an ipcache entry) is published once, with the same identities and
+    // without any allocation write: the revision advances by our put alone.
+    let put_rev = st.put(
+        &format!("{PREFIX}/ipcache/10.9.0.0/24"),
+        r#"{"prefix":"10.9.0.0/24","identity":3001}"#,
+    );
+    let (s2, _) = r.next_snapshot(Duration::from_secs(10));
+    assert!(s2
+        .ipcache
+        .iter()
+        .any(|i| i.prefix.to_string() == "10.9.0.0/24"));
+    let again = s2
+        .endpoints
+        .iter()
+        .find(|e| e.name == "client")
+        .unwrap()
+        .identity;
+    assert_eq!(again, client_id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(st.revision(), put_rev, "publication wrote to the store");
+}

@@ -484,25 +484,35 @@ impl Cache {
         }
     }
 
-    pub fn put(&mut self, key: &str, value: &[u8]) {
+    /// Records a put; `true` when the key is one the state is assembled from (keys the
+    /// identity allocator writes, or anything else under the prefix, are not: a put of theirs
+    /// must not trigger a republish, or every allocation would trigger the next one).
+    pub fn put(&mut self, key: &str, value: &[u8]) -> bool {
         let e = self.classify(key, value);
         let was_node = matches!(
             self.entries.get(key),
             Some(Entry::OwnNode(_) | Entry::OtherNode)
         );
         if matches!(e, Entry::Ignored) {
-            self.entries.remove(key);
+            self.entries.remove(key).is_some()
         } else {
             if matches!(e, Entry::OwnNode(_) | Entry::OtherNode) && !was_node {
                 self.nodes += 1;
             }
             self.entries.insert(key.to_string(), e);
+            true
         }
     }
 
-    pub fn delete(&mut self, key: &str) {
-        if let Some(Entry::OwnNode(_) | Entry::OtherNode) = self.entries.remove(key) {
-            self.nodes = self.nodes.saturating_sub(1);
+    /// Records a delete; `true` when a key the state is assembled from went away.
+    pub fn delete(&mut self, key: &str) -> bool {
+        match self.entries.remove(key) {
+            Some(Entry::OwnNode(_) | Entry::OtherNode) => {
+                self.nodes = self.nodes.saturating_sub(1);
+                true
+            }
+            Some(_) => true,
+            None => false,
         }
     }
 
@@ -707,6 +717,10 @@ struct Session<'a> {
     last_rejected: Option<String>,
     /// (local endpoint name, identity) references this node holds in the store.
     allocated: std::collections::BTreeSet<(String, u32)>,
+    /// The labels each held reference was taken for: an endpoint whose labels did not change
+    /// keeps its identity without a store write on every publish.
+    held_labels:
+        std::collections::BTreeMap<String, (std::collections::BTreeMap<String, String>, u32)>,
 }
 
 impl EtcdSource {
@@ -730,6 +744,7 @@ impl EtcdSource {
             last_sent: None,
             last_rejected: None,
             allocated: Default::default(),
+            held_labels: Default::default(),
         };
         let seed = std::process::id() as u64 ^ fastrand::u64(..);
         let mut reconnect = Reconnect::new(self.cfg.backoff.clone(), seed);
@@ -808,7 +823,7 @@ impl Session<'_> {
         self.cache.clear();
         for kv in resp.kvs() {
             if let Ok(k) = kv.key_str() {
-                self.cache.put(k, kv.value());
+                let _ = self.cache.put(k, kv.value());
             }
         }
         reconnect.reset();
@@ -858,16 +873,17 @@ impl Session<'_> {
                     if resp.canceled() {
                         return End::Failed(format!("watch canceled: {}", resp.cancel_reason()));
                     }
+                    let mut relevant = false;
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let Ok(k) = kv.key_str() else { continue };
-                        match ev.event_type() {
+                        relevant |= match ev.event_type() {
                             EventType::Put => self.cache.put(k, kv.value()),
                             EventType::Delete => self.cache.delete(k),
-                        }
+                        };
                         rev = rev.max(kv.mod_revision());
                     }
-                    if !resp.events().is_empty() && dirty_since.is_none() {
+                    if relevant && dirty_since.is_none() {
                         dirty_since = Some(Instant::now());
                     }
                 }
@@ -951,6 +967,13 @@ impl Session<'_> {
         .map_err(|e| IdentityStep::Bad(e.to_string()))?;
         let mut now = std::collections::BTreeSet::new();
         for ep in state.endpoints.iter_mut().filter(|e| e.identity == 0) {
+            if let Some((labels, id)) = self.held_labels.get(&ep.name) {
+                if *labels == ep.labels && self.allocated.contains(&(ep.name.clone(), *id)) {
+                    ep.identity = *id;
+                    now.insert((ep.name.clone(), *id));
+                    continue;
+                }
+            }
             let id = alloc
                 .allocate(&ep.name, &ep.labels)
                 .await
@@ -960,6 +983,8 @@ impl Session<'_> {
                 })?;
             ep.identity = id;
             now.insert((ep.name.clone(), id));
+            self.held_labels
+                .insert(ep.name.clone(), (ep.labels.clone(), id));
         }
         let old = std::mem::take(&mut self.allocated);
         let mut failed = None;
@@ -975,6 +1000,8 @@ impl Session<'_> {
                 failed = Some(e.to_string());
             }
         }
+        self.held_labels
+            .retain(|name, (_, id)| now.contains(&(name.clone(), *id)));
         self.allocated = now;
         match failed {
             Some(e) => Err(IdentityStep::Store(e)),

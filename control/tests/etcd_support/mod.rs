@@ -40,6 +40,15 @@ impl Store {
         r.header().unwrap().revision()
     }
 
+    /// The store's current revision (every write advances it).
+    pub fn revision(&mut self) -> i64 {
+        let r = self
+            .rt
+            .block_on(self.client.status())
+            .unwrap_or_else(|e| panic!("status: {e}"));
+        r.header().unwrap().revision()
+    }
+
     pub fn delete(&mut self, key: &str) {
         self.rt
             .block_on(self.client.delete(key, None))
