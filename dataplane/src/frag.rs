@@ -24,13 +24,26 @@ pub struct FragKey {
     pub proto: u8,
 }
 
+/// What the first fragment's processing did with it; later fragments do the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Forwarded: later fragments follow its flow.
+    Followed,
+    /// Handed to the kernel (host traffic): later fragments are passed too.
+    Passed,
+    /// Dropped for this reason: later fragments are dropped `frag-of-dropped`.
+    Dropped(DropReason),
+}
+
 /// What the first fragment decided for its datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram {
     pub sport: u16,
     pub dport: u16,
-    /// `None`: forwarded, later fragments follow the flow. `Some`: dropped for this reason.
-    pub dropped: Option<DropReason>,
+    /// The L4 protocol past any extension headers (an IPv6 later fragment only names the
+    /// header that follows its fragment header).
+    pub proto: u8,
+    pub fate: Fate,
     expires: u64,
 }
 
@@ -45,6 +58,9 @@ struct Held {
     live: bool,
     /// The first fragment has come: process at the next drain.
     ready: bool,
+    /// When the first fragment came: the time a ready fragment is processed at, so the
+    /// datagram it belongs to is still live however late the drain runs.
+    ready_at: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -88,6 +104,7 @@ impl Fragments {
                     tag: 0,
                     live: false,
                     ready: false,
+                    ready_at: 0,
                 })
                 .collect(),
             free_held: (0..n as u32).rev().collect(),
@@ -122,7 +139,8 @@ impl Fragments {
         key: FragKey,
         sport: u16,
         dport: u16,
-        dropped: Option<DropReason>,
+        proto: u8,
+        fate: Fate,
         now: u64,
     ) -> Result<(), DropReason> {
         if self.datagrams.len() >= self.max_datagrams && !self.datagrams.contains_key(&key) {
@@ -139,14 +157,16 @@ impl Fragments {
             Datagram {
                 sport,
                 dport,
-                dropped,
-                expires: now + self.timeout,
+                proto,
+                fate,
+                expires: now.saturating_add(self.timeout),
             },
         );
         if self.held_live > 0 {
             for h in self.held.iter_mut() {
-                if h.live && h.key == key {
+                if h.live && !h.ready && h.key == key {
                     h.ready = true;
+                    h.ready_at = now;
                 }
             }
         }
@@ -188,6 +208,15 @@ impl Fragments {
         self.held_live
     }
 
+    /// Whether a held fragment waits for this datagram's first fragment.
+    pub fn awaits(&self, key: &FragKey) -> bool {
+        self.held_live > 0
+            && self
+                .held
+                .iter()
+                .any(|h| h.live && !h.ready && h.key == *key)
+    }
+
     /// The next held fragment that is ready (its first fragment came) or timed out, if any:
     /// `(slot, timed_out)`. The caller processes it via [`Fragments::held_frame`] and then
     /// calls [`Fragments::release`].
@@ -200,7 +229,7 @@ impl Fragments {
                 None
             } else if h.ready {
                 Some((i as u32, false))
-            } else if h.ts + self.timeout <= now {
+            } else if h.ts.saturating_add(self.timeout) <= now {
                 Some((i as u32, true))
             } else {
                 None
@@ -212,6 +241,11 @@ impl Fragments {
     pub fn held_frame(&mut self, slot: u32) -> (&mut [u8], IfIndex, u64, u64) {
         let h = &mut self.held[slot as usize];
         (&mut h.buf[..h.len], h.iface, h.ts, h.tag)
+    }
+
+    /// When the held fragment's first fragment came (meaningful once it is ready).
+    pub fn ready_at(&self, slot: u32) -> u64 {
+        self.held[slot as usize].ready_at
     }
 
     pub fn release(&mut self, slot: u32, timed_out: bool) {

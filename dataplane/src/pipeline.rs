@@ -29,7 +29,7 @@ use crate::conntrack::{Conntrack, Dir, FastPath, Nat, NewFlow};
 use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use crate::frag::{FragKey, Fragments};
+use crate::frag::{Fate, FragKey, Fragments};
 use crate::parse::{self, Frag, Meta, Parsed};
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
@@ -324,7 +324,8 @@ impl Pipeline {
                     _ => false,
                 };
                 if !fast {
-                    out[i] = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, p.tag);
+                    out[i] =
+                        self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
                 }
                 self.counters.packets += 1;
                 self.counters.count(out[i].action);
@@ -356,23 +357,20 @@ impl Pipeline {
                 Outcome::drop(DropReason::FragTimeout)
             } else {
                 // Take the frame out of the pool's borrow: process it in place.
-                let (data, iface, ts, tag) = self.frags.held_frame(slot);
+                // Processed as of the moment its first fragment came (or its own arrival, if
+                // later): however late this drain runs, the datagram is then still known.
+                let at = self.frags.ready_at(slot);
+                let (data, iface, ts, _) = self.frags.held_frame(slot);
+                let at = at.max(ts);
                 let len = data.len();
                 let mut tmp = [0u8; crate::frag::MAX_HELD_FRAME];
                 tmp[..len].copy_from_slice(data);
-                let _ = (ts, tag);
                 let parsed = parse::parse(&tmp[..len]);
                 let tables = Arc::clone(&self.tables);
-                let o = self.process_parsed(&tables, &mut tmp[..len], parsed, iface, now, u64::MAX);
+                let o = self.process_parsed(&tables, &mut tmp[..len], parsed, iface, at, None);
                 let (data, _, _, _) = self.frags.held_frame(slot);
                 data.copy_from_slice(&tmp[..len]);
                 o
-            };
-            // A ready fragment cannot be held again (its datagram is known), but be safe.
-            let outcome = if outcome.action == Action::Held {
-                Outcome::drop(DropReason::FragOverflow)
-            } else {
-                outcome
             };
             // It leaves the held set and is counted by its final action: `packets` always
             // equals forwarded + passed + dropped + held.
@@ -406,7 +404,7 @@ impl Pipeline {
         parsed: Result<Parsed, DropReason>,
         iface: IfIndex,
         now: u64,
-        tag: u64,
+        hold_tag: Option<u64>,
     ) -> Outcome {
         let Some(itf) = t.ifaces.get(usize::from(iface)) else {
             return Outcome::drop(DropReason::UnknownInterface);
@@ -431,6 +429,18 @@ impl Pipeline {
                 _ => return Outcome::drop(DropReason::SpoofedSource),
             }
         } else if !self.uplink_owns(t, &m) {
+            if m.frag == Frag::First && t.is_node_ip(&m.dst) {
+                // Host traffic: its later fragments, which `uplink_owns` claims while their
+                // datagram is unknown, follow it to the kernel.
+                let _ = self.frags.record_first(
+                    frag_key(&m),
+                    m.sport,
+                    m.dport,
+                    m.proto,
+                    Fate::Passed,
+                    now,
+                );
+            }
             return Outcome::default();
         }
 
@@ -438,14 +448,20 @@ impl Pipeline {
         if m.frag == Frag::Later {
             let fk = frag_key(&m);
             match self.frags.lookup(&fk, now) {
-                Some(d) => {
-                    if d.dropped.is_some() {
-                        return Outcome::drop(DropReason::FragOfDroppedDatagram);
+                Some(d) => match d.fate {
+                    Fate::Dropped(_) => return Outcome::drop(DropReason::FragOfDroppedDatagram),
+                    Fate::Passed => return Outcome::default(),
+                    Fate::Followed => {
+                        m.sport = d.sport;
+                        m.dport = d.dport;
+                        m.proto = d.proto;
                     }
-                    m.sport = d.sport;
-                    m.dport = d.dport;
-                }
+                },
+                // Released from the held set, its datagram must be known; it cannot be held
+                // a second time.
+                None if hold_tag.is_none() => return Outcome::drop(DropReason::FragOverflow),
                 None => {
+                    let tag = hold_tag.unwrap_or(u64::MAX);
                     return match self.frags.hold(frame, fk, iface, now, tag) {
                         Ok(()) => Outcome {
                             action: Action::Held,
@@ -457,28 +473,27 @@ impl Pipeline {
             }
         }
 
-        if !matches!(m.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6) {
-            return Outcome::drop(DropReason::UnsupportedProtocol);
-        }
-
         // The datagram key as it arrived (the stages below rewrite m).
         let first_key = (m.frag == Frag::First).then(|| frag_key(&m));
-        let (orig_sport, orig_dport) = (m.sport, m.dport);
-        let outcome = if parse::is_icmp_error(&m) && m.frag == Frag::None {
+        let (orig_sport, orig_dport, orig_proto) = (m.sport, m.dport, m.proto);
+        let outcome = if !matches!(m.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6) {
+            Outcome::drop(DropReason::UnsupportedProtocol)
+        } else if parse::is_icmp_error(&m) && m.frag == Frag::None {
             self.icmp_error(t, frame, &mut m, now)
         } else {
             self.flow_path(t, frame, &mut m, iface, now)
         };
         if let Some(fk) = first_key {
-            let dropped = match outcome.action {
-                Action::Drop(r) => Some(r),
-                _ => None,
+            let fate = match outcome.action {
+                Action::Drop(r) => Fate::Dropped(r),
+                Action::Pass => Fate::Passed,
+                Action::Forward(_) | Action::Held => Fate::Followed,
             };
             // On overflow the first fragment still goes; its later fragments are held and then
             // time out, counted (`frag-overflow` in the fragment stats, `frag-timeout` drops).
             let _ = self
                 .frags
-                .record_first(fk, orig_sport, orig_dport, dropped, now);
+                .record_first(fk, orig_sport, orig_dport, orig_proto, fate, now);
         }
         outcome
     }
@@ -492,7 +507,9 @@ impl Pipeline {
             return false;
         }
         match m.frag {
-            Frag::Later => self.frags.knows(&frag_key(m)),
+            // No ports: a NodePort datagram's or host traffic's, decided by its first fragment
+            // (recorded either way); held until that comes, so the order does not matter.
+            Frag::Later => true,
             _ => t.frontend(m.dst, m.dport, m.proto).is_some(),
         }
     }
@@ -1225,11 +1242,14 @@ fn fast_candidate(m: &Meta) -> bool {
     m.frag == Frag::None && !parse::is_icmp_error(m) && !parse::is_icmpv6_link_control(m)
 }
 
+/// RFC 791: an IPv4 datagram is (src, dst, protocol, id). RFC 8200: an IPv6 one is (src, dst,
+/// id); its protocol is not part of the key (a later fragment names only the header after its
+/// fragment header, which need not be the first fragment's L4 protocol).
 fn frag_key(m: &Meta) -> FragKey {
     FragKey {
         src: m.src,
         dst: m.dst,
         id: m.frag_id,
-        proto: m.proto,
+        proto: if m.v6 { 0 } else { m.proto },
     }
 }

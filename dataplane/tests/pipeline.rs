@@ -318,7 +318,24 @@ fn udp_fragments(id: u16) -> (Vec<u8>, Vec<u8>) {
         .udp(33333, 53)
         .write(&mut whole, &[7u8; 64])
         .unwrap();
-    // IP payload = 8 (UDP) + 64; first fragment carries 8 + 24 = 32 bytes (multiple of 8).
+    split_v4(&whole, id)
+}
+
+/// A TCP segment (20-byte header + 64 bytes) split into 2 IPv4 fragments.
+fn tcp_fragments(src: [u8; 4], dst: [u8; 4], dport: u16, id: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut whole = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(40000, dport, 100, 65000)
+        .syn()
+        .write(&mut whole, &[7u8; 64])
+        .unwrap();
+    split_v4(&whole, id)
+}
+
+/// An untagged IPv4 frame (IHL 5) split into 2 fragments: the first carries 32 bytes of the IP
+/// payload (the whole TCP or UDP header), the second the rest.
+fn split_v4(whole: &[u8], id: u16) -> (Vec<u8>, Vec<u8>) {
     let hdr = &whole[..34];
     let payload = &whole[34..];
     let mk = |off: usize, data: &[u8], more: bool| {
@@ -496,4 +513,79 @@ fn pending_maglev_tables_hash_deterministically_then_complete() {
         .all(|svc| svc.algorithm != nodeplane_state::Algorithm::Maglev
             || svc.v4.active.is_empty()
             || !svc.v4.maglev.is_empty()));
+}
+
+/// NodePort traffic has no ports in its later fragments, and a node IP also receives host
+/// traffic: a later fragment is held until its first decides, in either order.
+#[test]
+fn nodeport_fragments_from_the_uplink_in_either_order() {
+    let (mut p, _) = pipeline();
+    let up = iface(&p, "uplink0");
+    const NODE: [u8; 4] = [192, 168, 100, 2];
+    const ROUTER_SIDE: [u8; 4] = [198, 51, 100, 7];
+    // In order.
+    let (mut a, mut b) = tcp_fragments(ROUTER_SIDE, NODE, 30080, 11);
+    let oa = p.process_one(&mut a, up, S);
+    let ob = p.process_one(&mut b, up, S);
+    assert!(matches!(oa.action, Action::Forward(_)), "{oa:?}");
+    assert_eq!(oa.action, ob.action);
+    assert_eq!(&a[30..34], &b[30..34], "same backend");
+    assert_eq!(&b[30..33], &[10, 244, 1]);
+
+    // Out of order: held, then released and forwarded to the first fragment's backend.
+    let (mut a, mut b) = tcp_fragments(ROUTER_SIDE, NODE, 30080, 12);
+    assert_eq!(p.process_one(&mut b, up, 2 * S).action, Action::Held);
+    let oa = p.process_one(&mut a, up, 2 * S);
+    assert!(matches!(oa.action, Action::Forward(_)), "{oa:?}");
+    let mut out = Vec::new();
+    p.drain(2 * S, |r| out.push((r.outcome, r.data.to_vec())));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0.action, oa.action);
+    assert_eq!(&out[0].1[30..34], &a[30..34]);
+}
+
+#[test]
+fn host_fragments_go_to_the_kernel_in_either_order() {
+    let (mut p, _) = pipeline();
+    let up = iface(&p, "uplink0");
+    let pc = iface(&p, "pod-client");
+    const NODE: [u8; 4] = [192, 168, 100, 2];
+    // From the uplink to a port that is no NodePort (ssh), in order and out of order.
+    let (mut a, mut b) = tcp_fragments([198, 51, 100, 7], NODE, 22, 21);
+    assert_eq!(p.process_one(&mut a, up, S).action, Action::Pass);
+    assert_eq!(p.process_one(&mut b, up, S).action, Action::Pass);
+    let (mut a, mut b) = tcp_fragments([198, 51, 100, 7], NODE, 22, 22);
+    assert_eq!(p.process_one(&mut b, up, S).action, Action::Held);
+    assert_eq!(p.process_one(&mut a, up, S).action, Action::Pass);
+    let mut out = Vec::new();
+    p.drain(S, |r| out.push(r.outcome.action));
+    assert_eq!(out, vec![Action::Pass]);
+
+    // From a pod to the node IP: the kernel's, both fragments.
+    let (mut a, mut b) = tcp_fragments(CLIENT, NODE, 22, 23);
+    assert_eq!(p.process_one(&mut a, pc, S).action, Action::Pass);
+    assert_eq!(p.process_one(&mut b, pc, S).action, Action::Pass);
+    let c = p.counters();
+    assert_eq!(c.dropped, 0, "{:?}", c.drops);
+    assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
+}
+
+/// A drain that runs long after the first fragment came (a sparse capture: one burst spanning
+/// more than the fragment timeout) still releases the held fragment as its datagram decided,
+/// and leaves nothing behind.
+#[test]
+fn late_drain_releases_by_the_first_fragments_time() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let (mut a, mut b) = udp_fragments(31);
+    assert_eq!(p.process_one(&mut b, pc, S).action, Action::Held);
+    let oa = p.process_one(&mut a, pc, 2 * S);
+    assert!(matches!(oa.action, Action::Forward(_)));
+    let mut out = Vec::new();
+    p.drain(2 * S + 600 * S, |r| out.push(r.outcome.action));
+    assert_eq!(out, vec![oa.action]);
+    assert_eq!(p.fragments().held_count(), 0, "no copy held again");
+    let c = p.counters();
+    assert_eq!(c.held, 0);
+    assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
 }
