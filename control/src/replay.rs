@@ -162,7 +162,9 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
 
     while idx < packets.len() {
         // Publish any state whose time has come, between bursts.
-        while next_state < states_at.len() && packets[idx].ts >= t0 + states_at[next_state].0 {
+        while next_state < states_at.len()
+            && packets[idx].ts >= t0.saturating_add(states_at[next_state].0)
+        {
             generation += 1;
             let t = Tables::build(&states_at[next_state].1, generation, &mut cache);
             pipeline.set_tables(Arc::new(t));
@@ -172,7 +174,7 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         // A burst ends early where the next state switch falls.
         let limit = states_at
             .get(next_state)
-            .map(|(at, _)| t0 + at)
+            .map(|(at, _)| t0.saturating_add(*at))
             .unwrap_or(u64::MAX);
         let mut end = idx;
         while end < packets.len() && end - idx < BURST && packets[end].ts < limit {
