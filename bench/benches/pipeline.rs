@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nodeplane_bench::{client_frame, state, xorshift, CLIENT};
+use nodeplane_dataplane::conntrack::{Nat, NewFlow};
 use nodeplane_dataplane::flow::{Addr, FlowKey, PROTO_TCP};
 use nodeplane_dataplane::parse::{parse, Parsed};
-use nodeplane_dataplane::{rewrite, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
+use nodeplane_dataplane::{
+    rewrite, MaglevCache, Outcome, Packet, Pipeline, PolicyVerdict, Tables, BURST,
+};
 
 const FLOWS: usize = 10_000;
 
@@ -164,84 +167,140 @@ fn baseline(c: &mut Criterion) {
     g.finish();
 }
 
+/// Each stage alone, with 10 and with 100k services, on the packets each path sees: the ACK of
+/// an established flow and the SYN of a new connection.
 fn stages(c: &mut Criterion) {
-    let mut g = c.benchmark_group("stage");
-    g.throughput(Throughput::Elements(1));
-    let frame = client_frame(3, 40_000, false);
-    g.bench_function("parse", |b| b.iter(|| black_box(parse(black_box(&frame)))));
+    for services in [10u32, 100_000] {
+        let mut g = c.benchmark_group(format!("stage/{services}"));
+        g.throughput(Throughput::Elements(1));
+        let svc = 3 % services;
+        let ack = client_frame(svc, 40_000, false);
+        let syn = client_frame(svc, 40_001, true);
+        g.bench_function("parse_ack", |b| {
+            b.iter(|| black_box(parse(black_box(&ack))))
+        });
+        g.bench_function("parse_syn", |b| {
+            b.iter(|| black_box(parse(black_box(&syn))))
+        });
 
-    let t = tables(100_000, 262_144);
-    let pc = t.iface_index("pod-client").expect("iface");
-    g.bench_function("frontend_lookup_100k", |b| {
-        let vip = Addr::v4(nodeplane_bench::vip(77_777));
-        b.iter(|| black_box(t.frontend(black_box(vip), 80, PROTO_TCP)))
-    });
-    g.bench_function("ipcache_lookup", |b| {
-        let a = Addr::v4([10, 244, 1, 33]);
-        b.iter(|| black_box(t.identity_of(black_box(&a))))
-    });
-    g.bench_function("maglev_select", |b| {
-        let svc = &t.services[5];
+        let t = tables(services, 262_144);
+        let pc = t.iface_index("pod-client").expect("iface");
+        let client = Addr::v4(CLIENT);
+        // New connection: anti-spoofing (endpoint of the source), frontend, Maglev, identities,
+        // policy, conntrack create.
+        g.bench_function("anti_spoof_endpoint_of", |b| {
+            b.iter(|| black_box(t.endpoint_of(black_box(&client))))
+        });
+        let vip = Addr::v4(nodeplane_bench::vip(services - 1));
+        g.bench_function("frontend_lookup", |b| {
+            b.iter(|| black_box(t.frontend(black_box(vip), 80, PROTO_TCP)))
+        });
+        g.bench_function("ipcache_lookup", |b| {
+            let a = Addr::v4([10, 244, 1, 33]);
+            b.iter(|| black_box(t.identity_of(black_box(&a))))
+        });
         let key = FlowKey {
-            src: Addr::v4(CLIENT),
-            dst: Addr::v4(nodeplane_bench::vip(5)),
+            src: client,
+            dst: Addr::v4(nodeplane_bench::vip(svc)),
             sport: 40_000,
             dport: 80,
             proto: PROTO_TCP,
         };
-        b.iter(|| {
-            let k = black_box(&key);
-            let sel = &svc.v4;
-            let slot = (k.stable_hash() % sel.maglev.len() as u64) as usize;
-            black_box(sel.active[usize::from(sel.maglev[slot])])
-        })
-    });
-    g.bench_function("policy_decide", |b| {
-        let ep = &t.endpoints[5];
-        let pol = ep.ingress.as_ref().expect("policy");
-        let a = Addr::v4(CLIENT);
-        b.iter(|| black_box(pol.decide(black_box(a), 1001, PROTO_TCP, 8080)))
-    });
-
-    // Conntrack lookup in a table holding 100k flows.
-    let mut p = Pipeline::new(Arc::clone(&t));
-    let mut keys = Vec::new();
-    for i in 0..100_000u32 {
-        let svc = i % 100_000;
-        let sport = 1024 + (i % 60_000) as u16;
-        let mut syn = client_frame(svc, sport, true);
-        p.process_one(&mut syn, pc, 1);
-        keys.push(FlowKey {
-            src: Addr::v4(CLIENT),
-            dst: Addr::v4(nodeplane_bench::vip(svc)),
-            sport,
-            dport: 80,
-            proto: PROTO_TCP,
+        g.bench_function("maglev_select", |b| {
+            let sel = &t.services[svc as usize].v4;
+            b.iter(|| {
+                let k = black_box(&key);
+                let slot = (k.stable_hash() % sel.maglev.len() as u64) as usize;
+                black_box(sel.active[usize::from(sel.maglev[slot])])
+            })
         });
-    }
-    let mut i = 0;
-    g.bench_function("conntrack_lookup_100k", |b| {
-        b.iter(|| {
-            i = (i + 7919) % keys.len();
-            black_box(p.conntrack_mut().lookup(&keys[i], 2))
-        })
-    });
+        g.bench_function("policy_decide", |b| {
+            let ep = &t.endpoints[5];
+            let pol = ep.ingress.as_ref().expect("policy");
+            b.iter(|| black_box(pol.decide(black_box(client), 1001, PROTO_TCP, 8080)))
+        });
 
-    let mut buf = frame.clone();
-    g.bench_function("rewrite_dnat", |b| {
-        b.iter(|| {
-            buf.copy_from_slice(&frame);
-            let Ok(Parsed::Ip(mut m)) = parse(&buf) else {
-                unreachable!()
-            };
-            rewrite::set_addr(&mut buf, &mut m, true, Addr::v4([10, 244, 1, 20]));
-            rewrite::set_port(&mut buf, &mut m, true, 8080);
-            rewrite::decrement_ttl(&mut buf, &mut m);
-            rewrite::set_macs(&mut buf, &[2, 0, 0, 0, 1, 2], &[2, 0, 0, 1, 0, 0]);
-            black_box(&buf);
-        })
-    });
-    g.finish();
+        // Conntrack with 10k flows in it: lookup of an established flow, and create + remove
+        // of a new one (the table's size stays put).
+        let mut p = Pipeline::new(Arc::clone(&t));
+        let mut keys = Vec::with_capacity(FLOWS);
+        for i in 0..FLOWS as u32 {
+            let s = i % services;
+            let sport = 1024 + i as u16;
+            let mut f = client_frame(s, sport, true);
+            p.process_one(&mut f, pc, 1);
+            keys.push(FlowKey {
+                src: client,
+                dst: Addr::v4(nodeplane_bench::vip(s)),
+                sport,
+                dport: 80,
+                proto: PROTO_TCP,
+            });
+        }
+        let mut i = 0;
+        g.bench_function("conntrack_lookup_10k_flows", |b| {
+            b.iter(|| {
+                i = (i + 7919) % keys.len();
+                black_box(p.conntrack_mut().lookup(&keys[i], 2))
+            })
+        });
+        let backend = Addr::v4([10, 244, 1, 20]);
+        let mut sport = 0u16;
+        g.bench_function("conntrack_create_remove", |b| {
+            b.iter(|| {
+                sport = sport.wrapping_add(1);
+                let orig = FlowKey {
+                    src: client,
+                    dst: Addr::v4([10, 97, 0, 1]),
+                    sport,
+                    dport: 80,
+                    proto: PROTO_TCP,
+                };
+                let reply = FlowKey {
+                    src: backend,
+                    dst: client,
+                    sport: 8080,
+                    dport: sport,
+                    proto: PROTO_TCP,
+                };
+                let f = NewFlow {
+                    orig,
+                    reply,
+                    nat: Some(Nat {
+                        vip: orig.dst,
+                        vip_port: 80,
+                        backend,
+                        backend_port: 8080,
+                        service: 0,
+                    }),
+                    src_identity: 1001,
+                    dst_identity: 1002,
+                    policy: PolicyVerdict::Allow,
+                    generation: 1,
+                };
+                let ct = p.conntrack_mut();
+                if let Ok(slot) = ct.create(black_box(&f), 0x02, 74, 2) {
+                    ct.remove(slot);
+                }
+            })
+        });
+
+        let mut buf = ack.clone();
+        g.bench_function("rewrite_dnat", |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&ack);
+                let Ok(Parsed::Ip(mut m)) = parse(&buf) else {
+                    unreachable!()
+                };
+                rewrite::set_addr(&mut buf, &mut m, true, Addr::v4([10, 244, 1, 20]));
+                rewrite::set_port(&mut buf, &mut m, true, 8080);
+                rewrite::decrement_ttl(&mut buf, &mut m);
+                rewrite::set_macs(&mut buf, &[2, 0, 0, 0, 1, 2], &[2, 0, 0, 1, 0, 0]);
+                black_box(&buf);
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group! {
