@@ -15,21 +15,28 @@ use crate::wire::endpoint;
 pub fn all_cases() -> Vec<Case> {
     vec![
         clusterip_tcp_v4(),
-        clusterip_tcp_v4_remote_backend(),
+        clusterip_tcp_remote_backend(false),
         clusterip_tcp_v6(),
+        clusterip_tcp_remote_backend(true),
         clusterip_udp(false),
         clusterip_udp(true),
         nodeport(false),
         nodeport(true),
         externalip(),
         loadbalancer(),
-        maglev_weights(),
-        random_algorithm(),
-        affinity_clientip(),
-        backend_terminating_midflow(),
-        backend_quarantined(),
+        maglev_weights(false),
+        maglev_weights(true),
+        random_algorithm(false),
+        random_algorithm(true),
+        affinity_clientip(false),
+        affinity_clientip(true),
+        backend_terminating_midflow(false),
+        backend_terminating_midflow(true),
+        backend_quarantined(false),
+        backend_quarantined(true),
         no_backend(),
-        service_removed_midflow(),
+        service_removed_midflow(false),
+        service_removed_midflow(true),
         policy_ingress_ports(),
         policy_port_range(),
         policy_cidr(),
@@ -241,6 +248,25 @@ fn v(v6: bool) -> &'static str {
     }
 }
 
+/// The address literal of the case's family.
+fn pick(v6: bool, v4_addr: &'static str, v6_addr: &'static str) -> &'static str {
+    if v6 {
+        v6_addr
+    } else {
+        v4_addr
+    }
+}
+
+/// A case that exists in both families: the IPv4 one keeps its original name, the IPv6 one gets
+/// `-v6`.
+fn v6_suffixed(name: &str, v6: bool) -> String {
+    if v6 {
+        format!("{name}-v6")
+    } else {
+        name.to_string()
+    }
+}
+
 fn state_with(services: Vec<st::Service>) -> st::State {
     let mut s = base_state();
     s.services = services;
@@ -293,29 +319,30 @@ fn clusterip_tcp_v4() -> Case {
     c
 }
 
-fn clusterip_tcp_v4_remote_backend() -> Case {
+fn clusterip_tcp_remote_backend(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.10", "fd00:96::10");
+    let r = remote_pod();
     let svc = service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.10", 80)],
-        vec![active("10.0.2.5", 8080)],
+        &[(vip, 80)],
+        vec![active(&r.ip(v6).to_string(), 8080)],
     );
     let mut c = Case::new(
-        "clusterip-tcp-v4-remote-backend",
-        "pod-a connects to ClusterIP 10.96.0.10:80 whose backend 10.0.2.5:8080 lives on another node. \
-         Client packets are DNATed and leave on the uplink eth0 with dst MAC = gateway_mac; the \
-         backend's replies enter on eth0 and leave on veth-a with source 10.96.0.10:80.",
+        &format!("clusterip-tcp-{}-remote-backend", v(v6)),
+        &format!(
+            "pod-a connects to ClusterIP {} whose backend {} lives on another node. \
+             Client packets are DNATed and leave on the uplink eth0 with dst MAC = gateway_mac; the \
+             backend's replies enter on eth0 and leave on veth-a with source {}.",
+            ep(vip, 80),
+            endpoint(r.ip(v6), Some(8080)),
+            ep(vip, 80)
+        ),
         state_with(vec![svc]),
     );
-    let mut f = Conn::new(
-        &pod_a(),
-        ip("10.0.1.2"),
-        40000,
-        (ip("10.96.0.10"), 80),
-        &remote_pod(),
-        (ip("10.0.2.5"), 8080),
-    );
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r, (r.ip(v6), 8080));
     f.exchange(&mut c);
     c
 }
@@ -637,36 +664,39 @@ fn many_syns(
     }
 }
 
-fn maglev_weights() -> Case {
-    let backends = vec![
-        backend("10.0.2.5", 8080, 1, Active),
-        backend("10.0.2.6", 8080, 1, Active),
-        backend("10.0.2.7", 8080, 2, Active),
-    ];
+fn maglev_weights(v6: bool) -> Case {
+    let r = |n: u8| remote(&format!("10.0.2.{n}"), &format!("fd00:10:2::{n}")).ip(v6);
+    let bips = [r(5), r(6), r(7)];
+    let vip = ip(pick(v6, "10.96.0.30", "fd00:96::30"));
+    let backends = bips
+        .iter()
+        .zip([1, 1, 2])
+        .map(|(b, w)| backend(&b.to_string(), 8080, w, Active))
+        .collect();
     let svc = service(
         "web-weighted",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.30", 80)],
+        &[(&vip.to_string(), 80)],
         backends,
     );
     let mut c = Case::new(
-        "maglev-weights",
-        "Maglev with weights 1:1:2 over three remote backends. 300 new flows (SYNs from pod-a, source \
-         ports 20000..20299) to 10.96.0.30:80: each gets one of the backends, and the shares of new \
-         flows are 25% / 25% / 50% within ±8 points. 20 SYN retransmits of earlier flows get the same \
-         backend as their first SYN. All leave on eth0.",
+        &v6_suffixed("maglev-weights", v6),
+        &format!(
+            "Maglev with weights 1:1:2 over three remote backends. 300 new flows (SYNs from pod-a, source \
+             ports 20000..20299) to {}: each gets one of the backends, and the shares of new \
+             flows are 25% / 25% / 50% within ±8 points. 20 SYN retransmits of earlier flows get the same \
+             backend as their first SYN. All leave on eth0.",
+            endpoint(vip, Some(80))
+        ),
         state_with(vec![svc]),
     );
-    let bes: Vec<String> = ["10.0.2.5", "10.0.2.6", "10.0.2.7"]
-        .iter()
-        .map(|b| ep(b, 8080))
-        .collect();
+    let bes: Vec<String> = bips.iter().map(|b| endpoint(*b, Some(8080))).collect();
     many_syns(
         &mut c,
         &pod_a(),
-        pod_a().v4,
-        (ip("10.96.0.30"), 80),
+        pod_a().ip(v6),
+        (vip, 80),
         300,
         20000,
         20,
@@ -686,31 +716,40 @@ fn maglev_weights() -> Case {
     c
 }
 
-fn random_algorithm() -> Case {
+fn random_algorithm(v6: bool) -> Case {
+    let vip = ip(pick(v6, "10.96.0.31", "fd00:96::31"));
+    let (b, cc) = (pod_b().ip(v6), pod_c().ip(v6));
     let mut svc = service(
         "web-random",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("fd00:96::31", 80)],
-        vec![active("fd00:10:1::3", 8080), active("fd00:10:1::4", 8080)],
+        &[(&vip.to_string(), 80)],
+        vec![active(&b.to_string(), 8080), active(&cc.to_string(), 8080)],
     );
     svc.algorithm = st::Algorithm::Random;
+    // The IPv6 case came first and keeps its name.
+    let name = if v6 {
+        "random-algorithm"
+    } else {
+        "random-algorithm-v4"
+    };
     let mut c = Case::new(
-        "random-algorithm",
-        "Random backend selection (IPv6 service [fd00:96::31]:80 → pod-b and pod-c port 8080): 200 new \
-         flows from pod-a split about evenly (each backend 50% ±15 points; the replay's random source is \
-         seeded so the output is reproducible), and 20 SYN retransmits stick to their flow's backend.",
+        name,
+        &format!(
+            "Random backend selection (IPv{} service {} → pod-b and pod-c port 8080): 200 new \
+             flows from pod-a split about evenly (each backend 50% ±15 points; the replay's random source is \
+             seeded so the output is reproducible), and 20 SYN retransmits stick to their flow's backend.",
+            if v6 { 6 } else { 4 },
+            endpoint(vip, Some(80))
+        ),
         state_with(vec![svc]),
     );
-    let bes: Vec<String> = ["fd00:10:1::3", "fd00:10:1::4"]
-        .iter()
-        .map(|b| ep(b, 8080))
-        .collect();
+    let bes: Vec<String> = [b, cc].iter().map(|b| endpoint(*b, Some(8080))).collect();
     many_syns(
         &mut c,
         &pod_a(),
-        pod_a().v6,
-        (ip("fd00:96::31"), 80),
+        pod_a().ip(v6),
+        (vip, 80),
         200,
         21000,
         20,
@@ -726,34 +765,33 @@ fn random_algorithm() -> Case {
     c
 }
 
-fn affinity_clientip() -> Case {
+fn affinity_clientip(v6: bool) -> Case {
+    let r = |n: u8| remote(&format!("10.0.2.{n}"), &format!("fd00:10:2::{n}")).ip(v6);
+    let bips = [r(5), r(6), r(7)];
+    let vip = ip(pick(v6, "10.96.0.40", "fd00:96::40"));
     let mut svc = service(
         "web-sticky",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.40", 80)],
-        vec![
-            active("10.0.2.5", 8080),
-            active("10.0.2.6", 8080),
-            active("10.0.2.7", 8080),
-        ],
+        &[(&vip.to_string(), 80)],
+        bips.iter().map(|b| active(&b.to_string(), 8080)).collect(),
     );
     svc.affinity = Some(st::Affinity {
         kind: st::AffinityType::ClientIP,
         timeout_seconds: 600,
     });
     let mut c = Case::new(
-        "affinity-clientip",
-        "ClientIP session affinity over three remote backends: pod-a and pod-c each open 15 \
-         connections (interleaved, distinct source ports) to 10.96.0.40:80. Every connection of one \
-         client address gets the same backend (checked over all packets), and all leave on eth0.",
+        &v6_suffixed("affinity-clientip", v6),
+        &format!(
+            "ClientIP session affinity over three remote backends: pod-a and pod-c each open 15 \
+             connections (interleaved, distinct source ports) to {}. Every connection of one \
+             client address gets the same backend (checked over all packets), and all leave on eth0.",
+            endpoint(vip, Some(80))
+        ),
         state_with(vec![svc]),
     );
     c.affinity_by_client = true;
-    let bes: Vec<String> = ["10.0.2.5", "10.0.2.6", "10.0.2.7"]
-        .iter()
-        .map(|b| ep(b, 8080))
-        .collect();
+    let bes: Vec<String> = bips.iter().map(|b| endpoint(*b, Some(8080))).collect();
     let (a, cc) = (pod_a(), pod_c());
     let mut first = [None, None];
     for i in 0..15u16 {
@@ -764,8 +802,8 @@ fn affinity_clientip() -> Case {
             e.out_dst = Some("backend".into());
             let idx = c.send(
                 h,
-                h.v4,
-                ip("10.96.0.40"),
+                h.ip(v6),
+                vip,
                 L4::Tcp {
                     sport: 30000 + i,
                     dport: 80,
@@ -782,52 +820,46 @@ fn affinity_clientip() -> Case {
     c
 }
 
-fn backend_terminating_midflow() -> Case {
+fn backend_terminating_midflow(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.50", "fd00:96::50");
+    let (r5, r6) = (
+        remote("10.0.2.5", "fd00:10:2::5"),
+        remote("10.0.2.6", "fd00:10:2::6"),
+    );
+    let (b5, b6) = (r5.ip(v6).to_string(), r6.ip(v6).to_string());
     let s0 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.50", 80)],
-        vec![active("10.0.2.5", 8080)],
+        &[(vip, 80)],
+        vec![active(&b5, 8080)],
     )]);
     let s1 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.50", 80)],
-        vec![
-            backend("10.0.2.5", 8080, 1, Terminating),
-            active("10.0.2.6", 8080),
-        ],
+        &[(vip, 80)],
+        vec![backend(&b5, 8080, 1, Terminating), active(&b6, 8080)],
     )]);
     let mut c = Case::new(
-        "backend-terminating-midflow",
-        "A flow is established to the only backend 10.0.2.5:8080. At 1 s (`--state-at`) that backend \
-         becomes terminating and 10.0.2.6:8080 is added. The existing flow keeps its backend through \
-         data and close; ten new flows after the change all go to 10.0.2.6.",
+        &v6_suffixed("backend-terminating-midflow", v6),
+        &format!(
+            "A flow is established to the only backend {}. At 1 s (`--state-at`) that backend \
+             becomes terminating and {} is added. The existing flow keeps its backend through \
+             data and close; ten new flows after the change all go to {b6}.",
+            ep(&b5, 8080),
+            ep(&b6, 8080)
+        ),
         s0,
     );
     c.state_at(1.0, "state-terminating.yaml", s1);
-    let mut f = Conn::new(
-        &pod_a(),
-        pod_a().v4,
-        40000,
-        (ip("10.96.0.50"), 80),
-        &remote_pod(),
-        (ip("10.0.2.5"), 8080),
-    );
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r5, (ip(&b5), 8080));
     f.handshake(&mut c);
     c.at(2.0);
     f.data(&mut c, 100, 400);
     for i in 0..10 {
-        let mut g = Conn::new(
-            &pod_a(),
-            pod_a().v4,
-            41000 + i,
-            (ip("10.96.0.50"), 80),
-            &remote("10.0.2.6", "fd00:10:2::6"),
-            (ip("10.0.2.6"), 8080),
-        );
+        let mut g = Conn::new(&a, a.ip(v6), 41000 + i, (ip(vip), 80), &r6, (ip(&b6), 8080));
         let e = g.fc("SYN of a new flow after the change", "new");
         g.c(&mut c, SYN, 0, e);
     }
@@ -835,73 +867,51 @@ fn backend_terminating_midflow() -> Case {
     c
 }
 
-fn backend_quarantined() -> Case {
+fn backend_quarantined(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.51", "fd00:96::51");
+    let r6 = remote("10.0.2.6", "fd00:10:2::6");
+    let r5 = remote("10.0.2.5", "fd00:10:2::5");
+    let (b5, b6) = (r5.ip(v6).to_string(), r6.ip(v6).to_string());
     let s0 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.51", 80)],
-        vec![
-            backend("10.0.2.5", 8080, 1, Quarantined),
-            active("10.0.2.6", 8080),
-        ],
+        &[(vip, 80)],
+        vec![backend(&b5, 8080, 1, Quarantined), active(&b6, 8080)],
     )]);
     let s1 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.51", 80)],
-        vec![
-            active("10.0.2.5", 8080),
-            backend("10.0.2.6", 8080, 1, Quarantined),
-        ],
+        &[(vip, 80)],
+        vec![active(&b5, 8080), backend(&b6, 8080, 1, Quarantined)],
     )]);
     let mut c = Case::new(
-        "backend-quarantined",
-        "Backend 10.0.2.5 is quarantined, 10.0.2.6 active: ten new flows all go to 10.0.2.6, one of \
-         them is established. At 1 s the roles swap (10.0.2.6 quarantined): the established flow's next \
-         packet must not reach 10.0.2.6 any more (quarantined backends get nothing: the flow ends, \
-         dropped `backend-gone`), and new flows go to 10.0.2.5.",
+        &v6_suffixed("backend-quarantined", v6),
+        &format!(
+            "Backend {b5} is quarantined, {b6} active: ten new flows all go to {b6}, one of \
+             them is established. At 1 s the roles swap ({b6} quarantined): the established flow's next \
+             packet must not reach {b6} any more (quarantined backends get nothing: the flow ends, \
+             dropped `backend-gone`), and new flows go to {b5}."
+        ),
         s0,
     );
     c.state_at(1.0, "state-swapped.yaml", s1);
-    let r6 = remote("10.0.2.6", "fd00:10:2::6");
-    let r5 = remote("10.0.2.5", "fd00:10:2::5");
-    let mut f = Conn::new(
-        &pod_a(),
-        pod_a().v4,
-        40000,
-        (ip("10.96.0.51"), 80),
-        &r6,
-        (ip("10.0.2.6"), 8080),
-    );
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r6, (ip(&b6), 8080));
     f.handshake(&mut c);
     for i in 1..10 {
-        let mut g = Conn::new(
-            &pod_a(),
-            pod_a().v4,
-            40000 + i,
-            (ip("10.96.0.51"), 80),
-            &r6,
-            (ip("10.0.2.6"), 8080),
-        );
+        let mut g = Conn::new(&a, a.ip(v6), 40000 + i, (ip(vip), 80), &r6, (ip(&b6), 8080));
         let e = g.fc("SYN of a new flow", "new");
         g.c(&mut c, SYN, 0, e);
     }
     c.at(2.0);
     // The flow ends: dropped `backend-gone`, the verdict still naming its (quarantined) backend.
     let mut e = x("data on the flow whose backend is now quarantined").drop_("backend-gone");
-    e.backend = Some(ep("10.0.2.6", 8080));
+    e.backend = Some(ep(&b6, 8080));
     f.c(&mut c, PSHACK, 100, e);
     for i in 0..5 {
-        let mut g = Conn::new(
-            &pod_a(),
-            pod_a().v4,
-            42000 + i,
-            (ip("10.96.0.51"), 80),
-            &r5,
-            (ip("10.0.2.5"), 8080),
-        );
+        let mut g = Conn::new(&a, a.ip(v6), 42000 + i, (ip(vip), 80), &r5, (ip(&b5), 8080));
         let e = g.fc("SYN of a new flow after the swap", "new");
         g.c(&mut c, SYN, 0, e);
     }
@@ -1023,31 +1033,29 @@ fn no_backend() -> Case {
     c
 }
 
-fn service_removed_midflow() -> Case {
+fn service_removed_midflow(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.70", "fd00:96::70");
+    let (a, b) = (pod_a(), pod_b());
     let s0 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.70", 80)],
-        vec![active("10.0.1.3", 8080)],
+        &[(vip, 80)],
+        vec![active(&b.ip(v6).to_string(), 8080)],
     )]);
     let s1 = state_with(vec![]);
     let mut c = Case::new(
-        "service-removed-midflow",
-        "A flow to 10.96.0.70:80 (→ pod-b) is established; at 1 s the service is removed. A new flow \
-         to the old VIP afterwards gets no service and no backend (it must not be DNATed to pod-b). \
-         What happens to the established flow's later packets is pinned by the golden only.",
+        &v6_suffixed("service-removed-midflow", v6),
+        &format!(
+            "A flow to {} (→ pod-b) is established; at 1 s the service is removed. A new flow \
+             to the old VIP afterwards gets no service and no backend (it must not be DNATed to pod-b). \
+             What happens to the established flow's later packets is pinned by the golden only.",
+            ep(vip, 80)
+        ),
         s0,
     );
     c.state_at(1.0, "state-removed.yaml", s1);
-    let mut f = Conn::new(
-        &pod_a(),
-        pod_a().v4,
-        40000,
-        (ip("10.96.0.70"), 80),
-        &pod_b(),
-        (ip("10.0.1.3"), 8080),
-    );
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &b, (b.ip(v6), 8080));
     f.handshake(&mut c);
     c.at(2.0);
     f.c(
@@ -1061,9 +1069,9 @@ fn service_removed_midflow() -> Case {
     e.backend_none = Some(true);
     e.has_service = Some(false);
     c.send(
-        &pod_a(),
-        pod_a().v4,
-        ip("10.96.0.70"),
+        &a,
+        a.ip(v6),
+        ip(vip),
         L4::Tcp {
             sport: 40001,
             dport: 80,
