@@ -45,8 +45,10 @@ pub fn all_cases() -> Vec<Case> {
         policy_audit(),
         policy_allow_all(),
         policy_stateful_replies(),
-        policy_change_midflow(),
-        policy_service_backend(),
+        policy_change_midflow(false),
+        policy_change_midflow(true),
+        policy_service_backend(false),
+        policy_service_backend(true),
         pod_to_pod(),
         pod_to_remote(),
         anti_spoofing(),
@@ -264,6 +266,15 @@ fn v6_suffixed(name: &str, v6: bool) -> String {
         format!("{name}-v6")
     } else {
         name.to_string()
+    }
+}
+
+/// `IPv6: ` before the description of an IPv6 variant whose text names no address.
+fn v6_prefix(v6: bool) -> &'static str {
+    if v6 {
+        "IPv6: "
+    } else {
+        ""
     }
 }
 
@@ -1695,7 +1706,7 @@ fn policy_stateful_replies() -> Case {
     c
 }
 
-fn policy_change_midflow() -> Case {
+fn policy_change_midflow(v6: bool) -> Case {
     let s0 = policy_state(
         st::PolicyMode::Enforce,
         vec![ingress(
@@ -1711,10 +1722,13 @@ fn policy_change_midflow() -> Case {
         )],
     );
     let mut c = Case::new(
-        "policy-change-midflow",
-        "pod-b first allows pod-a on TCP 8080; pod-a establishes a flow. At 1 s the policy changes to \
-         allow only pod-c. New flows from pod-a are then denied and new flows from pod-c allowed. The \
-         established flow's later packets are pinned by the golden only.",
+        &v6_suffixed("policy-change-midflow", v6),
+        &format!(
+            "{}pod-b first allows pod-a on TCP 8080; pod-a establishes a flow. At 1 s the policy changes to \
+             allow only pod-c. New flows from pod-a are then denied and new flows from pod-c allowed. The \
+             established flow's later packets are pinned by the golden only.",
+            v6_prefix(v6)
+        ),
         s0,
     );
     c.state_at(1.0, "state-pod-c-only.yaml", s1);
@@ -1723,12 +1737,12 @@ fn policy_change_midflow() -> Case {
         &mut c,
         &cc,
         &b,
-        false,
+        v6,
         syn(39999, 8080),
         None,
         "pod-c → pod-b:8080 before the change",
     );
-    let mut f = Conn::new(&a, a.v4, 40000, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f.handshake(&mut c);
     c.at(2.0);
     f.c(
@@ -1741,7 +1755,7 @@ fn policy_change_midflow() -> Case {
         &mut c,
         &a,
         &b,
-        false,
+        v6,
         syn(40001, 8080),
         None,
         "new pod-a → pod-b:8080 after the change",
@@ -1750,7 +1764,7 @@ fn policy_change_midflow() -> Case {
         &mut c,
         &cc,
         &b,
-        false,
+        v6,
         syn(40002, 8080),
         Some("allow"),
         "new pod-c → pod-b:8080 after the change",
@@ -1758,7 +1772,8 @@ fn policy_change_midflow() -> Case {
     c
 }
 
-fn policy_service_backend() -> Case {
+fn policy_service_backend(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.80", "fd00:96::80");
     let mut s = policy_state(
         st::PolicyMode::Enforce,
         vec![ingress(
@@ -1770,26 +1785,29 @@ fn policy_service_backend() -> Case {
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.80", 80)],
-        vec![active("10.0.1.3", 8080)],
+        &[(vip, 80)],
+        vec![active(&pod_b().ip(v6).to_string(), 8080)],
     )];
     let mut c = Case::new(
-        "policy-service-backend",
-        "Policy applies to the backend after DNAT: service 10.96.0.80:80 → pod-b:8080, and pod-b allows \
-         only pod-c on TCP 8080. pod-a → VIP is dropped `policy-denied`; pod-c → VIP is forwarded to \
-         pod-b (policy allow, dst identity 1002) and pod-b's reply comes back from the VIP.",
+        &v6_suffixed("policy-service-backend", v6),
+        &format!(
+            "Policy applies to the backend after DNAT: service {} → pod-b:8080, and pod-b allows \
+             only pod-c on TCP 8080. pod-a → VIP is dropped `policy-denied`; pod-c → VIP is forwarded to \
+             pod-b (policy allow, dst identity 1002) and pod-b's reply comes back from the VIP.",
+            ep(vip, 80)
+        ),
         s,
     );
     let (a, b, cc) = (pod_a(), pod_b(), pod_c());
     c.send(
         &a,
-        a.v4,
-        ip("10.96.0.80"),
+        a.ip(v6),
+        ip(vip),
         syn(40000, 80),
         0,
         x("pod-a → VIP (backend denies pod-a)").drop_("policy-denied"),
     );
-    let mut f = Conn::new(&cc, cc.v4, 40001, (ip("10.96.0.80"), 80), &b, (b.v4, 8080));
+    let mut f = Conn::new(&cc, cc.ip(v6), 40001, (ip(vip), 80), &b, (b.ip(v6), 8080));
     let mut e = f.fc("pod-c → VIP", "new").policy("allow");
     e.dst_identity = Some(ID_B);
     e.src_identity = Some(ID_C);
