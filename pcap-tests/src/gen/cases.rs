@@ -67,8 +67,10 @@ pub fn all_cases() -> Vec<Case> {
         ipv4_options(),
         ipv6_ext_headers(),
         malformed(),
-        ct_full(),
-        ct_timeouts(),
+        ct_full(false),
+        ct_full(true),
+        ct_timeouts(false),
+        ct_timeouts(true),
         non_ip_pass(),
         uplink_host_pass(),
     ]
@@ -2739,23 +2741,35 @@ fn malformed() -> Case {
 
 // ---- conntrack ----
 
-fn ct_full() -> Case {
+fn ct_full(v6: bool) -> Case {
     let mut s = base_state();
     s.conntrack.max_entries = 1024; // the smallest table the state allows
     s.conntrack.timeouts.udp = 5;
     let mut c = Case::new(
-        "ct-full",
-        "Conntrack capacity 1024 entries (the minimum; UDP timeout 5 s), pod-to-pod flows (one entry \
-         each). Three established TCP flows pod-a → pod-b and 1021 UDP flows pod-a → pod-c fill the \
-         table. A new flow is dropped `ct-full` while the established flows keep working. Flow 2 \
-         closes (FIN, FIN-ACK, ACK); a new flow then evicts it (oldest closing entry) and is \
-         forwarded; the next new flow finds nothing to evict: `ct-full`. At 10 s the UDP entries have \
-         expired: a new flow reclaims one and is forwarded, and flow 3 still works.",
+        &v6_suffixed("ct-full", v6),
+        &format!(
+            "{}Conntrack capacity 1024 entries (the minimum; UDP timeout 5 s), pod-to-pod flows (one entry \
+             each). Three established TCP flows pod-a → pod-b and 1021 UDP flows pod-a → pod-c fill the \
+             table. A new flow is dropped `ct-full` while the established flows keep working. Flow 2 \
+             closes (FIN, FIN-ACK, ACK); a new flow then evicts it (oldest closing entry) and is \
+             forwarded; the next new flow finds nothing to evict: `ct-full`. At 10 s the UDP entries have \
+             expired: a new flow reclaims one and is forwarded, and flow 3 still works.",
+            v6_prefix(v6)
+        ),
         s,
     );
     let (a, b, cc) = (pod_a(), pod_b(), pod_c());
     let mut flows: Vec<Conn> = (0..3)
-        .map(|i| Conn::new(&a, a.v4, 40000 + i, (b.v4, 8080), &b, (b.v4, 8080)))
+        .map(|i| {
+            Conn::new(
+                &a,
+                a.ip(v6),
+                40000 + i,
+                (b.ip(v6), 8080),
+                &b,
+                (b.ip(v6), 8080),
+            )
+        })
         .collect();
     for f in flows.iter_mut() {
         f.handshake(&mut c);
@@ -2764,8 +2778,8 @@ fn ct_full() -> Case {
         let e = x("filler UDP flow").fwd(cc.iface).ct("new");
         c.send(
             &a,
-            a.v4,
-            cc.v4,
+            a.ip(v6),
+            cc.ip(v6),
             L4::Udp {
                 sport: 10000 + i,
                 dport: 53,
@@ -2775,18 +2789,18 @@ fn ct_full() -> Case {
         );
     }
     let e = x("new flow: table full").drop_("ct-full");
-    c.send(&a, a.v4, b.v4, syn(40100, 8080), 0, e);
+    c.send(&a, a.ip(v6), b.ip(v6), syn(40100, 8080), 0, e);
     flows[0].data(&mut c, 100, 200);
     flows[1].close(&mut c);
-    let mut f5 = Conn::new(&a, a.v4, 40101, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f5 = Conn::new(&a, a.ip(v6), 40101, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     let e = f5.fc("new flow evicts the closed flow 2", "new");
     f5.c(&mut c, SYN, 0, e);
     let e = f5.fs("its SYN-ACK");
     f5.s(&mut c, SYNACK, 0, e);
     let e = x("another new flow: nothing to evict").drop_("ct-full");
-    c.send(&a, a.v4, b.v4, syn(40102, 8080), 0, e);
+    c.send(&a, a.ip(v6), b.ip(v6), syn(40102, 8080), 0, e);
     c.at(10.0);
-    let mut f6 = Conn::new(&a, a.v4, 40103, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f6 = Conn::new(&a, a.ip(v6), 40103, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     let e = f6.fc("new flow reclaims an expired UDP entry", "new");
     f6.c(&mut c, SYN, 0, e);
     let e = flows[2].fc("flow 3 still works", "established");
@@ -2794,7 +2808,7 @@ fn ct_full() -> Case {
     c
 }
 
-fn ct_timeouts() -> Case {
+fn ct_timeouts(v6: bool) -> Case {
     let mut s = policy_state(st::PolicyMode::Enforce, vec![pod_a_closed()]);
     let t = &mut s.conntrack.timeouts;
     t.tcp_syn_sent = 5;
@@ -2805,20 +2819,23 @@ fn ct_timeouts() -> Case {
     t.udp = 5;
     t.icmp = 5;
     let mut c = Case::new(
-        "ct-timeouts",
-        "Per-state conntrack timeouts (SYN_SENT 5 s, ESTABLISHED 10 s, TIME_WAIT 5 s, CLOSE 3 s, UDP \
-         5 s, ICMP 5 s), measured in capture time. pod-a is default-deny on ingress, so a reply that \
-         arrives after its entry expired is a new flow into pod-a and is dropped `policy-denied`, while \
-         one that arrives in time is forwarded as ct reply. Covered: a SYN-ACK after SYN_SENT expiry; \
-         data from the server 5 s after the last packet (kept) and 18 s after (expired); an ACK in \
-         TIME_WAIT (kept) and after it (expired); a packet after RST + CLOSE timeout; UDP and ICMP \
-         replies in time and late.",
+        &v6_suffixed("ct-timeouts", v6),
+        &format!(
+            "{}Per-state conntrack timeouts (SYN_SENT 5 s, ESTABLISHED 10 s, TIME_WAIT 5 s, CLOSE 3 s, UDP \
+             5 s, ICMP 5 s), measured in capture time. pod-a is default-deny on ingress, so a reply that \
+             arrives after its entry expired is a new flow into pod-a and is dropped `policy-denied`, while \
+             one that arrives in time is forwarded as ct reply. Covered: a SYN-ACK after SYN_SENT expiry; \
+             data from the server 5 s after the last packet (kept) and 18 s after (expired); an ACK in \
+             TIME_WAIT (kept) and after it (expired); a packet after RST + CLOSE timeout; UDP and ICMP \
+             replies in time and late.",
+            v6_prefix(v6)
+        ),
         s,
     );
     let (a, b) = (pod_a(), pod_b());
     let late = |what: &str| x(what).drop_("policy-denied");
     // SYN_SENT
-    let mut f1 = Conn::new(&a, a.v4, 40001, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f1 = Conn::new(&a, a.ip(v6), 40001, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     let e = f1.fc("SYN", "new");
     f1.c(&mut c, SYN, 0, e);
     c.at(6.0);
@@ -2830,7 +2847,7 @@ fn ct_timeouts() -> Case {
     );
     // ESTABLISHED
     c.at(7.0);
-    let mut f2 = Conn::new(&a, a.v4, 40002, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f2 = Conn::new(&a, a.ip(v6), 40002, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f2.handshake(&mut c);
     c.at(12.0);
     let e = f2.fs("server data 5 s after the last packet");
@@ -2844,7 +2861,7 @@ fn ct_timeouts() -> Case {
     );
     // TIME_WAIT
     c.at(31.0);
-    let mut f3 = Conn::new(&a, a.v4, 40003, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f3 = Conn::new(&a, a.ip(v6), 40003, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f3.handshake(&mut c);
     f3.close(&mut c);
     c.at(33.0);
@@ -2854,7 +2871,7 @@ fn ct_timeouts() -> Case {
     f3.s(&mut c, ACK, 0, late("server ACK after TIME_WAIT expired"));
     // CLOSE after RST
     c.at(41.0);
-    let mut f4 = Conn::new(&a, a.v4, 40004, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f4 = Conn::new(&a, a.ip(v6), 40004, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f4.handshake(&mut c);
     let e = f4.fc("RST from the client", "established");
     f4.c(&mut c, RST, 0, e);
@@ -2862,7 +2879,7 @@ fn ct_timeouts() -> Case {
     f4.s(&mut c, ACK, 0, late("server packet after CLOSE expired"));
     // UDP
     c.at(51.0);
-    let mut u = Conn::new(&a, a.v4, 50000, (b.v4, 53), &b, (b.v4, 53)).udp();
+    let mut u = Conn::new(&a, a.ip(v6), 50000, (b.ip(v6), 53), &b, (b.ip(v6), 53)).udp();
     let e = u.fc("UDP query", "new");
     u.c(&mut c, ACK, 30, e);
     c.at(52.0);
@@ -2874,8 +2891,8 @@ fn ct_timeouts() -> Case {
     c.at(61.0);
     c.send(
         &a,
-        a.v4,
-        b.v4,
+        a.ip(v6),
+        b.ip(v6),
         L4::EchoRequest { id: 9, seq: 1 },
         8,
         x("echo request").fwd(b.iface).ct("new"),
@@ -2883,8 +2900,8 @@ fn ct_timeouts() -> Case {
     c.at(62.0);
     c.send(
         &b,
-        b.v4,
-        a.v4,
+        b.ip(v6),
+        a.ip(v6),
         L4::EchoReply { id: 9, seq: 1 },
         8,
         x("echo reply after 1 s").fwd(a.iface).ct("reply"),
@@ -2892,8 +2909,8 @@ fn ct_timeouts() -> Case {
     c.at(70.0);
     c.send(
         &b,
-        b.v4,
-        a.v4,
+        b.ip(v6),
+        a.ip(v6),
         L4::EchoReply { id: 9, seq: 2 },
         8,
         late("echo reply 8 s idle (expired)"),
