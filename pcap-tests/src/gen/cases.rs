@@ -15,21 +15,28 @@ use crate::wire::endpoint;
 pub fn all_cases() -> Vec<Case> {
     vec![
         clusterip_tcp_v4(),
-        clusterip_tcp_v4_remote_backend(),
+        clusterip_tcp_remote_backend(false),
         clusterip_tcp_v6(),
+        clusterip_tcp_remote_backend(true),
         clusterip_udp(false),
         clusterip_udp(true),
         nodeport(false),
         nodeport(true),
         externalip(),
         loadbalancer(),
-        maglev_weights(),
-        random_algorithm(),
-        affinity_clientip(),
-        backend_terminating_midflow(),
-        backend_quarantined(),
+        maglev_weights(false),
+        maglev_weights(true),
+        random_algorithm(false),
+        random_algorithm(true),
+        affinity_clientip(false),
+        affinity_clientip(true),
+        backend_terminating_midflow(false),
+        backend_terminating_midflow(true),
+        backend_quarantined(false),
+        backend_quarantined(true),
         no_backend(),
-        service_removed_midflow(),
+        service_removed_midflow(false),
+        service_removed_midflow(true),
         policy_ingress_ports(),
         policy_port_range(),
         policy_cidr(),
@@ -38,8 +45,10 @@ pub fn all_cases() -> Vec<Case> {
         policy_audit(),
         policy_allow_all(),
         policy_stateful_replies(),
-        policy_change_midflow(),
-        policy_service_backend(),
+        policy_change_midflow(false),
+        policy_change_midflow(true),
+        policy_service_backend(false),
+        policy_service_backend(true),
         pod_to_pod(),
         pod_to_remote(),
         anti_spoofing(),
@@ -58,8 +67,10 @@ pub fn all_cases() -> Vec<Case> {
         ipv4_options(),
         ipv6_ext_headers(),
         malformed(),
-        ct_full(),
-        ct_timeouts(),
+        ct_full(false),
+        ct_full(true),
+        ct_timeouts(false),
+        ct_timeouts(true),
         non_ip_pass(),
         uplink_host_pass(),
     ]
@@ -241,6 +252,34 @@ fn v(v6: bool) -> &'static str {
     }
 }
 
+/// The address literal of the case's family.
+fn pick(v6: bool, v4_addr: &'static str, v6_addr: &'static str) -> &'static str {
+    if v6 {
+        v6_addr
+    } else {
+        v4_addr
+    }
+}
+
+/// A case that exists in both families: the IPv4 one keeps its original name, the IPv6 one gets
+/// `-v6`.
+fn v6_suffixed(name: &str, v6: bool) -> String {
+    if v6 {
+        format!("{name}-v6")
+    } else {
+        name.to_string()
+    }
+}
+
+/// `IPv6: ` before the description of an IPv6 variant whose text names no address.
+fn v6_prefix(v6: bool) -> &'static str {
+    if v6 {
+        "IPv6: "
+    } else {
+        ""
+    }
+}
+
 fn state_with(services: Vec<st::Service>) -> st::State {
     let mut s = base_state();
     s.services = services;
@@ -293,29 +332,30 @@ fn clusterip_tcp_v4() -> Case {
     c
 }
 
-fn clusterip_tcp_v4_remote_backend() -> Case {
+fn clusterip_tcp_remote_backend(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.10", "fd00:96::10");
+    let r = remote_pod();
     let svc = service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.10", 80)],
-        vec![active("10.0.2.5", 8080)],
+        &[(vip, 80)],
+        vec![active(&r.ip(v6).to_string(), 8080)],
     );
     let mut c = Case::new(
-        "clusterip-tcp-v4-remote-backend",
-        "pod-a connects to ClusterIP 10.96.0.10:80 whose backend 10.0.2.5:8080 lives on another node. \
-         Client packets are DNATed and leave on the uplink eth0 with dst MAC = gateway_mac; the \
-         backend's replies enter on eth0 and leave on veth-a with source 10.96.0.10:80.",
+        &format!("clusterip-tcp-{}-remote-backend", v(v6)),
+        &format!(
+            "pod-a connects to ClusterIP {} whose backend {} lives on another node. \
+             Client packets are DNATed and leave on the uplink eth0 with dst MAC = gateway_mac; the \
+             backend's replies enter on eth0 and leave on veth-a with source {}.",
+            ep(vip, 80),
+            endpoint(r.ip(v6), Some(8080)),
+            ep(vip, 80)
+        ),
         state_with(vec![svc]),
     );
-    let mut f = Conn::new(
-        &pod_a(),
-        ip("10.0.1.2"),
-        40000,
-        (ip("10.96.0.10"), 80),
-        &remote_pod(),
-        (ip("10.0.2.5"), 8080),
-    );
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r, (r.ip(v6), 8080));
     f.exchange(&mut c);
     c
 }
@@ -637,36 +677,39 @@ fn many_syns(
     }
 }
 
-fn maglev_weights() -> Case {
-    let backends = vec![
-        backend("10.0.2.5", 8080, 1, Active),
-        backend("10.0.2.6", 8080, 1, Active),
-        backend("10.0.2.7", 8080, 2, Active),
-    ];
+fn maglev_weights(v6: bool) -> Case {
+    let r = |n: u8| remote(&format!("10.0.2.{n}"), &format!("fd00:10:2::{n}")).ip(v6);
+    let bips = [r(5), r(6), r(7)];
+    let vip = ip(pick(v6, "10.96.0.30", "fd00:96::30"));
+    let backends = bips
+        .iter()
+        .zip([1, 1, 2])
+        .map(|(b, w)| backend(&b.to_string(), 8080, w, Active))
+        .collect();
     let svc = service(
         "web-weighted",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.30", 80)],
+        &[(&vip.to_string(), 80)],
         backends,
     );
     let mut c = Case::new(
-        "maglev-weights",
-        "Maglev with weights 1:1:2 over three remote backends. 300 new flows (SYNs from pod-a, source \
-         ports 20000..20299) to 10.96.0.30:80: each gets one of the backends, and the shares of new \
-         flows are 25% / 25% / 50% within ±8 points. 20 SYN retransmits of earlier flows get the same \
-         backend as their first SYN. All leave on eth0.",
+        &v6_suffixed("maglev-weights", v6),
+        &format!(
+            "Maglev with weights 1:1:2 over three remote backends. 300 new flows (SYNs from pod-a, source \
+             ports 20000..20299) to {}: each gets one of the backends, and the shares of new \
+             flows are 25% / 25% / 50% within ±8 points. 20 SYN retransmits of earlier flows get the same \
+             backend as their first SYN. All leave on eth0.",
+            endpoint(vip, Some(80))
+        ),
         state_with(vec![svc]),
     );
-    let bes: Vec<String> = ["10.0.2.5", "10.0.2.6", "10.0.2.7"]
-        .iter()
-        .map(|b| ep(b, 8080))
-        .collect();
+    let bes: Vec<String> = bips.iter().map(|b| endpoint(*b, Some(8080))).collect();
     many_syns(
         &mut c,
         &pod_a(),
-        pod_a().v4,
-        (ip("10.96.0.30"), 80),
+        pod_a().ip(v6),
+        (vip, 80),
         300,
         20000,
         20,
@@ -686,31 +729,40 @@ fn maglev_weights() -> Case {
     c
 }
 
-fn random_algorithm() -> Case {
+fn random_algorithm(v6: bool) -> Case {
+    let vip = ip(pick(v6, "10.96.0.31", "fd00:96::31"));
+    let (b, cc) = (pod_b().ip(v6), pod_c().ip(v6));
     let mut svc = service(
         "web-random",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("fd00:96::31", 80)],
-        vec![active("fd00:10:1::3", 8080), active("fd00:10:1::4", 8080)],
+        &[(&vip.to_string(), 80)],
+        vec![active(&b.to_string(), 8080), active(&cc.to_string(), 8080)],
     );
     svc.algorithm = st::Algorithm::Random;
+    // The IPv6 case came first and keeps its name.
+    let name = if v6 {
+        "random-algorithm"
+    } else {
+        "random-algorithm-v4"
+    };
     let mut c = Case::new(
-        "random-algorithm",
-        "Random backend selection (IPv6 service [fd00:96::31]:80 → pod-b and pod-c port 8080): 200 new \
-         flows from pod-a split about evenly (each backend 50% ±15 points; the replay's random source is \
-         seeded so the output is reproducible), and 20 SYN retransmits stick to their flow's backend.",
+        name,
+        &format!(
+            "Random backend selection (IPv{} service {} → pod-b and pod-c port 8080): 200 new \
+             flows from pod-a split about evenly (each backend 50% ±15 points; the replay's random source is \
+             seeded so the output is reproducible), and 20 SYN retransmits stick to their flow's backend.",
+            if v6 { 6 } else { 4 },
+            endpoint(vip, Some(80))
+        ),
         state_with(vec![svc]),
     );
-    let bes: Vec<String> = ["fd00:10:1::3", "fd00:10:1::4"]
-        .iter()
-        .map(|b| ep(b, 8080))
-        .collect();
+    let bes: Vec<String> = [b, cc].iter().map(|b| endpoint(*b, Some(8080))).collect();
     many_syns(
         &mut c,
         &pod_a(),
-        pod_a().v6,
-        (ip("fd00:96::31"), 80),
+        pod_a().ip(v6),
+        (vip, 80),
         200,
         21000,
         20,
@@ -726,34 +778,33 @@ fn random_algorithm() -> Case {
     c
 }
 
-fn affinity_clientip() -> Case {
+fn affinity_clientip(v6: bool) -> Case {
+    let r = |n: u8| remote(&format!("10.0.2.{n}"), &format!("fd00:10:2::{n}")).ip(v6);
+    let bips = [r(5), r(6), r(7)];
+    let vip = ip(pick(v6, "10.96.0.40", "fd00:96::40"));
     let mut svc = service(
         "web-sticky",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.40", 80)],
-        vec![
-            active("10.0.2.5", 8080),
-            active("10.0.2.6", 8080),
-            active("10.0.2.7", 8080),
-        ],
+        &[(&vip.to_string(), 80)],
+        bips.iter().map(|b| active(&b.to_string(), 8080)).collect(),
     );
     svc.affinity = Some(st::Affinity {
         kind: st::AffinityType::ClientIP,
         timeout_seconds: 600,
     });
     let mut c = Case::new(
-        "affinity-clientip",
-        "ClientIP session affinity over three remote backends: pod-a and pod-c each open 15 \
-         connections (interleaved, distinct source ports) to 10.96.0.40:80. Every connection of one \
-         client address gets the same backend (checked over all packets), and all leave on eth0.",
+        &v6_suffixed("affinity-clientip", v6),
+        &format!(
+            "ClientIP session affinity over three remote backends: pod-a and pod-c each open 15 \
+             connections (interleaved, distinct source ports) to {}. Every connection of one \
+             client address gets the same backend (checked over all packets), and all leave on eth0.",
+            endpoint(vip, Some(80))
+        ),
         state_with(vec![svc]),
     );
     c.affinity_by_client = true;
-    let bes: Vec<String> = ["10.0.2.5", "10.0.2.6", "10.0.2.7"]
-        .iter()
-        .map(|b| ep(b, 8080))
-        .collect();
+    let bes: Vec<String> = bips.iter().map(|b| endpoint(*b, Some(8080))).collect();
     let (a, cc) = (pod_a(), pod_c());
     let mut first = [None, None];
     for i in 0..15u16 {
@@ -764,8 +815,8 @@ fn affinity_clientip() -> Case {
             e.out_dst = Some("backend".into());
             let idx = c.send(
                 h,
-                h.v4,
-                ip("10.96.0.40"),
+                h.ip(v6),
+                vip,
                 L4::Tcp {
                     sport: 30000 + i,
                     dport: 80,
@@ -782,52 +833,46 @@ fn affinity_clientip() -> Case {
     c
 }
 
-fn backend_terminating_midflow() -> Case {
+fn backend_terminating_midflow(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.50", "fd00:96::50");
+    let (r5, r6) = (
+        remote("10.0.2.5", "fd00:10:2::5"),
+        remote("10.0.2.6", "fd00:10:2::6"),
+    );
+    let (b5, b6) = (r5.ip(v6).to_string(), r6.ip(v6).to_string());
     let s0 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.50", 80)],
-        vec![active("10.0.2.5", 8080)],
+        &[(vip, 80)],
+        vec![active(&b5, 8080)],
     )]);
     let s1 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.50", 80)],
-        vec![
-            backend("10.0.2.5", 8080, 1, Terminating),
-            active("10.0.2.6", 8080),
-        ],
+        &[(vip, 80)],
+        vec![backend(&b5, 8080, 1, Terminating), active(&b6, 8080)],
     )]);
     let mut c = Case::new(
-        "backend-terminating-midflow",
-        "A flow is established to the only backend 10.0.2.5:8080. At 1 s (`--state-at`) that backend \
-         becomes terminating and 10.0.2.6:8080 is added. The existing flow keeps its backend through \
-         data and close; ten new flows after the change all go to 10.0.2.6.",
+        &v6_suffixed("backend-terminating-midflow", v6),
+        &format!(
+            "A flow is established to the only backend {}. At 1 s (`--state-at`) that backend \
+             becomes terminating and {} is added. The existing flow keeps its backend through \
+             data and close; ten new flows after the change all go to {b6}.",
+            ep(&b5, 8080),
+            ep(&b6, 8080)
+        ),
         s0,
     );
     c.state_at(1.0, "state-terminating.yaml", s1);
-    let mut f = Conn::new(
-        &pod_a(),
-        pod_a().v4,
-        40000,
-        (ip("10.96.0.50"), 80),
-        &remote_pod(),
-        (ip("10.0.2.5"), 8080),
-    );
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r5, (ip(&b5), 8080));
     f.handshake(&mut c);
     c.at(2.0);
     f.data(&mut c, 100, 400);
     for i in 0..10 {
-        let mut g = Conn::new(
-            &pod_a(),
-            pod_a().v4,
-            41000 + i,
-            (ip("10.96.0.50"), 80),
-            &remote("10.0.2.6", "fd00:10:2::6"),
-            (ip("10.0.2.6"), 8080),
-        );
+        let mut g = Conn::new(&a, a.ip(v6), 41000 + i, (ip(vip), 80), &r6, (ip(&b6), 8080));
         let e = g.fc("SYN of a new flow after the change", "new");
         g.c(&mut c, SYN, 0, e);
     }
@@ -835,73 +880,51 @@ fn backend_terminating_midflow() -> Case {
     c
 }
 
-fn backend_quarantined() -> Case {
+fn backend_quarantined(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.51", "fd00:96::51");
+    let r6 = remote("10.0.2.6", "fd00:10:2::6");
+    let r5 = remote("10.0.2.5", "fd00:10:2::5");
+    let (b5, b6) = (r5.ip(v6).to_string(), r6.ip(v6).to_string());
     let s0 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.51", 80)],
-        vec![
-            backend("10.0.2.5", 8080, 1, Quarantined),
-            active("10.0.2.6", 8080),
-        ],
+        &[(vip, 80)],
+        vec![backend(&b5, 8080, 1, Quarantined), active(&b6, 8080)],
     )]);
     let s1 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.51", 80)],
-        vec![
-            active("10.0.2.5", 8080),
-            backend("10.0.2.6", 8080, 1, Quarantined),
-        ],
+        &[(vip, 80)],
+        vec![active(&b5, 8080), backend(&b6, 8080, 1, Quarantined)],
     )]);
     let mut c = Case::new(
-        "backend-quarantined",
-        "Backend 10.0.2.5 is quarantined, 10.0.2.6 active: ten new flows all go to 10.0.2.6, one of \
-         them is established. At 1 s the roles swap (10.0.2.6 quarantined): the established flow's next \
-         packet must not reach 10.0.2.6 any more (quarantined backends get nothing: the flow ends, \
-         dropped `backend-gone`), and new flows go to 10.0.2.5.",
+        &v6_suffixed("backend-quarantined", v6),
+        &format!(
+            "Backend {b5} is quarantined, {b6} active: ten new flows all go to {b6}, one of \
+             them is established. At 1 s the roles swap ({b6} quarantined): the established flow's next \
+             packet must not reach {b6} any more (quarantined backends get nothing: the flow ends, \
+             dropped `backend-gone`), and new flows go to {b5}."
+        ),
         s0,
     );
     c.state_at(1.0, "state-swapped.yaml", s1);
-    let r6 = remote("10.0.2.6", "fd00:10:2::6");
-    let r5 = remote("10.0.2.5", "fd00:10:2::5");
-    let mut f = Conn::new(
-        &pod_a(),
-        pod_a().v4,
-        40000,
-        (ip("10.96.0.51"), 80),
-        &r6,
-        (ip("10.0.2.6"), 8080),
-    );
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r6, (ip(&b6), 8080));
     f.handshake(&mut c);
     for i in 1..10 {
-        let mut g = Conn::new(
-            &pod_a(),
-            pod_a().v4,
-            40000 + i,
-            (ip("10.96.0.51"), 80),
-            &r6,
-            (ip("10.0.2.6"), 8080),
-        );
+        let mut g = Conn::new(&a, a.ip(v6), 40000 + i, (ip(vip), 80), &r6, (ip(&b6), 8080));
         let e = g.fc("SYN of a new flow", "new");
         g.c(&mut c, SYN, 0, e);
     }
     c.at(2.0);
     // The flow ends: dropped `backend-gone`, the verdict still naming its (quarantined) backend.
     let mut e = x("data on the flow whose backend is now quarantined").drop_("backend-gone");
-    e.backend = Some(ep("10.0.2.6", 8080));
+    e.backend = Some(ep(&b6, 8080));
     f.c(&mut c, PSHACK, 100, e);
     for i in 0..5 {
-        let mut g = Conn::new(
-            &pod_a(),
-            pod_a().v4,
-            42000 + i,
-            (ip("10.96.0.51"), 80),
-            &r5,
-            (ip("10.0.2.5"), 8080),
-        );
+        let mut g = Conn::new(&a, a.ip(v6), 42000 + i, (ip(vip), 80), &r5, (ip(&b5), 8080));
         let e = g.fc("SYN of a new flow after the swap", "new");
         g.c(&mut c, SYN, 0, e);
     }
@@ -1023,31 +1046,29 @@ fn no_backend() -> Case {
     c
 }
 
-fn service_removed_midflow() -> Case {
+fn service_removed_midflow(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.70", "fd00:96::70");
+    let (a, b) = (pod_a(), pod_b());
     let s0 = state_with(vec![service(
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.70", 80)],
-        vec![active("10.0.1.3", 8080)],
+        &[(vip, 80)],
+        vec![active(&b.ip(v6).to_string(), 8080)],
     )]);
     let s1 = state_with(vec![]);
     let mut c = Case::new(
-        "service-removed-midflow",
-        "A flow to 10.96.0.70:80 (→ pod-b) is established; at 1 s the service is removed. A new flow \
-         to the old VIP afterwards gets no service and no backend (it must not be DNATed to pod-b). \
-         What happens to the established flow's later packets is pinned by the golden only.",
+        &v6_suffixed("service-removed-midflow", v6),
+        &format!(
+            "A flow to {} (→ pod-b) is established; at 1 s the service is removed. A new flow \
+             to the old VIP afterwards gets no service and no backend (it must not be DNATed to pod-b). \
+             What happens to the established flow's later packets is pinned by the golden only.",
+            ep(vip, 80)
+        ),
         s0,
     );
     c.state_at(1.0, "state-removed.yaml", s1);
-    let mut f = Conn::new(
-        &pod_a(),
-        pod_a().v4,
-        40000,
-        (ip("10.96.0.70"), 80),
-        &pod_b(),
-        (ip("10.0.1.3"), 8080),
-    );
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &b, (b.ip(v6), 8080));
     f.handshake(&mut c);
     c.at(2.0);
     f.c(
@@ -1061,9 +1082,9 @@ fn service_removed_midflow() -> Case {
     e.backend_none = Some(true);
     e.has_service = Some(false);
     c.send(
-        &pod_a(),
-        pod_a().v4,
-        ip("10.96.0.70"),
+        &a,
+        a.ip(v6),
+        ip(vip),
         L4::Tcp {
             sport: 40001,
             dport: 80,
@@ -1687,7 +1708,7 @@ fn policy_stateful_replies() -> Case {
     c
 }
 
-fn policy_change_midflow() -> Case {
+fn policy_change_midflow(v6: bool) -> Case {
     let s0 = policy_state(
         st::PolicyMode::Enforce,
         vec![ingress(
@@ -1703,10 +1724,13 @@ fn policy_change_midflow() -> Case {
         )],
     );
     let mut c = Case::new(
-        "policy-change-midflow",
-        "pod-b first allows pod-a on TCP 8080; pod-a establishes a flow. At 1 s the policy changes to \
-         allow only pod-c. New flows from pod-a are then denied and new flows from pod-c allowed. The \
-         established flow's later packets are pinned by the golden only.",
+        &v6_suffixed("policy-change-midflow", v6),
+        &format!(
+            "{}pod-b first allows pod-a on TCP 8080; pod-a establishes a flow. At 1 s the policy changes to \
+             allow only pod-c. New flows from pod-a are then denied and new flows from pod-c allowed. The \
+             established flow's later packets are pinned by the golden only.",
+            v6_prefix(v6)
+        ),
         s0,
     );
     c.state_at(1.0, "state-pod-c-only.yaml", s1);
@@ -1715,12 +1739,12 @@ fn policy_change_midflow() -> Case {
         &mut c,
         &cc,
         &b,
-        false,
+        v6,
         syn(39999, 8080),
         None,
         "pod-c → pod-b:8080 before the change",
     );
-    let mut f = Conn::new(&a, a.v4, 40000, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f.handshake(&mut c);
     c.at(2.0);
     f.c(
@@ -1733,7 +1757,7 @@ fn policy_change_midflow() -> Case {
         &mut c,
         &a,
         &b,
-        false,
+        v6,
         syn(40001, 8080),
         None,
         "new pod-a → pod-b:8080 after the change",
@@ -1742,7 +1766,7 @@ fn policy_change_midflow() -> Case {
         &mut c,
         &cc,
         &b,
-        false,
+        v6,
         syn(40002, 8080),
         Some("allow"),
         "new pod-c → pod-b:8080 after the change",
@@ -1750,7 +1774,8 @@ fn policy_change_midflow() -> Case {
     c
 }
 
-fn policy_service_backend() -> Case {
+fn policy_service_backend(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.80", "fd00:96::80");
     let mut s = policy_state(
         st::PolicyMode::Enforce,
         vec![ingress(
@@ -1762,26 +1787,29 @@ fn policy_service_backend() -> Case {
         "web",
         ServiceType::ClusterIP,
         L4Proto::TCP,
-        &[("10.96.0.80", 80)],
-        vec![active("10.0.1.3", 8080)],
+        &[(vip, 80)],
+        vec![active(&pod_b().ip(v6).to_string(), 8080)],
     )];
     let mut c = Case::new(
-        "policy-service-backend",
-        "Policy applies to the backend after DNAT: service 10.96.0.80:80 → pod-b:8080, and pod-b allows \
-         only pod-c on TCP 8080. pod-a → VIP is dropped `policy-denied`; pod-c → VIP is forwarded to \
-         pod-b (policy allow, dst identity 1002) and pod-b's reply comes back from the VIP.",
+        &v6_suffixed("policy-service-backend", v6),
+        &format!(
+            "Policy applies to the backend after DNAT: service {} → pod-b:8080, and pod-b allows \
+             only pod-c on TCP 8080. pod-a → VIP is dropped `policy-denied`; pod-c → VIP is forwarded to \
+             pod-b (policy allow, dst identity 1002) and pod-b's reply comes back from the VIP.",
+            ep(vip, 80)
+        ),
         s,
     );
     let (a, b, cc) = (pod_a(), pod_b(), pod_c());
     c.send(
         &a,
-        a.v4,
-        ip("10.96.0.80"),
+        a.ip(v6),
+        ip(vip),
         syn(40000, 80),
         0,
         x("pod-a → VIP (backend denies pod-a)").drop_("policy-denied"),
     );
-    let mut f = Conn::new(&cc, cc.v4, 40001, (ip("10.96.0.80"), 80), &b, (b.v4, 8080));
+    let mut f = Conn::new(&cc, cc.ip(v6), 40001, (ip(vip), 80), &b, (b.ip(v6), 8080));
     let mut e = f.fc("pod-c → VIP", "new").policy("allow");
     e.dst_identity = Some(ID_B);
     e.src_identity = Some(ID_C);
@@ -2713,23 +2741,35 @@ fn malformed() -> Case {
 
 // ---- conntrack ----
 
-fn ct_full() -> Case {
+fn ct_full(v6: bool) -> Case {
     let mut s = base_state();
     s.conntrack.max_entries = 1024; // the smallest table the state allows
     s.conntrack.timeouts.udp = 5;
     let mut c = Case::new(
-        "ct-full",
-        "Conntrack capacity 1024 entries (the minimum; UDP timeout 5 s), pod-to-pod flows (one entry \
-         each). Three established TCP flows pod-a → pod-b and 1021 UDP flows pod-a → pod-c fill the \
-         table. A new flow is dropped `ct-full` while the established flows keep working. Flow 2 \
-         closes (FIN, FIN-ACK, ACK); a new flow then evicts it (oldest closing entry) and is \
-         forwarded; the next new flow finds nothing to evict: `ct-full`. At 10 s the UDP entries have \
-         expired: a new flow reclaims one and is forwarded, and flow 3 still works.",
+        &v6_suffixed("ct-full", v6),
+        &format!(
+            "{}Conntrack capacity 1024 entries (the minimum; UDP timeout 5 s), pod-to-pod flows (one entry \
+             each). Three established TCP flows pod-a → pod-b and 1021 UDP flows pod-a → pod-c fill the \
+             table. A new flow is dropped `ct-full` while the established flows keep working. Flow 2 \
+             closes (FIN, FIN-ACK, ACK); a new flow then evicts it (oldest closing entry) and is \
+             forwarded; the next new flow finds nothing to evict: `ct-full`. At 10 s the UDP entries have \
+             expired: a new flow reclaims one and is forwarded, and flow 3 still works.",
+            v6_prefix(v6)
+        ),
         s,
     );
     let (a, b, cc) = (pod_a(), pod_b(), pod_c());
     let mut flows: Vec<Conn> = (0..3)
-        .map(|i| Conn::new(&a, a.v4, 40000 + i, (b.v4, 8080), &b, (b.v4, 8080)))
+        .map(|i| {
+            Conn::new(
+                &a,
+                a.ip(v6),
+                40000 + i,
+                (b.ip(v6), 8080),
+                &b,
+                (b.ip(v6), 8080),
+            )
+        })
         .collect();
     for f in flows.iter_mut() {
         f.handshake(&mut c);
@@ -2738,8 +2778,8 @@ fn ct_full() -> Case {
         let e = x("filler UDP flow").fwd(cc.iface).ct("new");
         c.send(
             &a,
-            a.v4,
-            cc.v4,
+            a.ip(v6),
+            cc.ip(v6),
             L4::Udp {
                 sport: 10000 + i,
                 dport: 53,
@@ -2749,18 +2789,18 @@ fn ct_full() -> Case {
         );
     }
     let e = x("new flow: table full").drop_("ct-full");
-    c.send(&a, a.v4, b.v4, syn(40100, 8080), 0, e);
+    c.send(&a, a.ip(v6), b.ip(v6), syn(40100, 8080), 0, e);
     flows[0].data(&mut c, 100, 200);
     flows[1].close(&mut c);
-    let mut f5 = Conn::new(&a, a.v4, 40101, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f5 = Conn::new(&a, a.ip(v6), 40101, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     let e = f5.fc("new flow evicts the closed flow 2", "new");
     f5.c(&mut c, SYN, 0, e);
     let e = f5.fs("its SYN-ACK");
     f5.s(&mut c, SYNACK, 0, e);
     let e = x("another new flow: nothing to evict").drop_("ct-full");
-    c.send(&a, a.v4, b.v4, syn(40102, 8080), 0, e);
+    c.send(&a, a.ip(v6), b.ip(v6), syn(40102, 8080), 0, e);
     c.at(10.0);
-    let mut f6 = Conn::new(&a, a.v4, 40103, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f6 = Conn::new(&a, a.ip(v6), 40103, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     let e = f6.fc("new flow reclaims an expired UDP entry", "new");
     f6.c(&mut c, SYN, 0, e);
     let e = flows[2].fc("flow 3 still works", "established");
@@ -2768,7 +2808,7 @@ fn ct_full() -> Case {
     c
 }
 
-fn ct_timeouts() -> Case {
+fn ct_timeouts(v6: bool) -> Case {
     let mut s = policy_state(st::PolicyMode::Enforce, vec![pod_a_closed()]);
     let t = &mut s.conntrack.timeouts;
     t.tcp_syn_sent = 5;
@@ -2779,20 +2819,23 @@ fn ct_timeouts() -> Case {
     t.udp = 5;
     t.icmp = 5;
     let mut c = Case::new(
-        "ct-timeouts",
-        "Per-state conntrack timeouts (SYN_SENT 5 s, ESTABLISHED 10 s, TIME_WAIT 5 s, CLOSE 3 s, UDP \
-         5 s, ICMP 5 s), measured in capture time. pod-a is default-deny on ingress, so a reply that \
-         arrives after its entry expired is a new flow into pod-a and is dropped `policy-denied`, while \
-         one that arrives in time is forwarded as ct reply. Covered: a SYN-ACK after SYN_SENT expiry; \
-         data from the server 5 s after the last packet (kept) and 18 s after (expired); an ACK in \
-         TIME_WAIT (kept) and after it (expired); a packet after RST + CLOSE timeout; UDP and ICMP \
-         replies in time and late.",
+        &v6_suffixed("ct-timeouts", v6),
+        &format!(
+            "{}Per-state conntrack timeouts (SYN_SENT 5 s, ESTABLISHED 10 s, TIME_WAIT 5 s, CLOSE 3 s, UDP \
+             5 s, ICMP 5 s), measured in capture time. pod-a is default-deny on ingress, so a reply that \
+             arrives after its entry expired is a new flow into pod-a and is dropped `policy-denied`, while \
+             one that arrives in time is forwarded as ct reply. Covered: a SYN-ACK after SYN_SENT expiry; \
+             data from the server 5 s after the last packet (kept) and 18 s after (expired); an ACK in \
+             TIME_WAIT (kept) and after it (expired); a packet after RST + CLOSE timeout; UDP and ICMP \
+             replies in time and late.",
+            v6_prefix(v6)
+        ),
         s,
     );
     let (a, b) = (pod_a(), pod_b());
     let late = |what: &str| x(what).drop_("policy-denied");
     // SYN_SENT
-    let mut f1 = Conn::new(&a, a.v4, 40001, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f1 = Conn::new(&a, a.ip(v6), 40001, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     let e = f1.fc("SYN", "new");
     f1.c(&mut c, SYN, 0, e);
     c.at(6.0);
@@ -2804,7 +2847,7 @@ fn ct_timeouts() -> Case {
     );
     // ESTABLISHED
     c.at(7.0);
-    let mut f2 = Conn::new(&a, a.v4, 40002, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f2 = Conn::new(&a, a.ip(v6), 40002, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f2.handshake(&mut c);
     c.at(12.0);
     let e = f2.fs("server data 5 s after the last packet");
@@ -2818,7 +2861,7 @@ fn ct_timeouts() -> Case {
     );
     // TIME_WAIT
     c.at(31.0);
-    let mut f3 = Conn::new(&a, a.v4, 40003, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f3 = Conn::new(&a, a.ip(v6), 40003, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f3.handshake(&mut c);
     f3.close(&mut c);
     c.at(33.0);
@@ -2828,7 +2871,7 @@ fn ct_timeouts() -> Case {
     f3.s(&mut c, ACK, 0, late("server ACK after TIME_WAIT expired"));
     // CLOSE after RST
     c.at(41.0);
-    let mut f4 = Conn::new(&a, a.v4, 40004, (b.v4, 8080), &b, (b.v4, 8080));
+    let mut f4 = Conn::new(&a, a.ip(v6), 40004, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
     f4.handshake(&mut c);
     let e = f4.fc("RST from the client", "established");
     f4.c(&mut c, RST, 0, e);
@@ -2836,7 +2879,7 @@ fn ct_timeouts() -> Case {
     f4.s(&mut c, ACK, 0, late("server packet after CLOSE expired"));
     // UDP
     c.at(51.0);
-    let mut u = Conn::new(&a, a.v4, 50000, (b.v4, 53), &b, (b.v4, 53)).udp();
+    let mut u = Conn::new(&a, a.ip(v6), 50000, (b.ip(v6), 53), &b, (b.ip(v6), 53)).udp();
     let e = u.fc("UDP query", "new");
     u.c(&mut c, ACK, 30, e);
     c.at(52.0);
@@ -2848,8 +2891,8 @@ fn ct_timeouts() -> Case {
     c.at(61.0);
     c.send(
         &a,
-        a.v4,
-        b.v4,
+        a.ip(v6),
+        b.ip(v6),
         L4::EchoRequest { id: 9, seq: 1 },
         8,
         x("echo request").fwd(b.iface).ct("new"),
@@ -2857,8 +2900,8 @@ fn ct_timeouts() -> Case {
     c.at(62.0);
     c.send(
         &b,
-        b.v4,
-        a.v4,
+        b.ip(v6),
+        a.ip(v6),
         L4::EchoReply { id: 9, seq: 1 },
         8,
         x("echo reply after 1 s").fwd(a.iface).ct("reply"),
@@ -2866,8 +2909,8 @@ fn ct_timeouts() -> Case {
     c.at(70.0);
     c.send(
         &b,
-        b.v4,
-        a.v4,
+        b.ip(v6),
+        a.ip(v6),
         L4::EchoReply { id: 9, seq: 2 },
         8,
         late("echo reply 8 s idle (expired)"),
