@@ -20,5 +20,6 @@ pub mod fsm;
 pub mod network;
 pub mod status;
 
+pub use fsm::StopMode;
 pub use network::{Speaker, SpeakerError};
 pub use status::{format_status, query_status, serve_status, NeighborStatus, SpeakerStatus};

@@ -218,6 +218,12 @@ impl Speaker {
         self.status.clone()
     }
 
+    /// Whether the event loop thread is still there (false after a panic in it: the owner
+    /// reports it and may start a new speaker).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops every session (see [`StopMode`]) and waits for the event loop to finish.
     pub fn shutdown(mut self, mode: StopMode) {
         self.stop(mode);

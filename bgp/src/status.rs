@@ -1,6 +1,7 @@
 //! What `nodeplane bgp status` shows, and the small unix-socket endpoint that serves it: a
 //! client connects, the speaker writes one JSON document and closes.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::config::BgpConfig;
 use crate::fsm::{Counters, Negotiated, Neighbor, State};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,31 @@ impl Default for SpeakerStatus {
             router_id: Ipv4Addr::UNSPECIFIED,
             routes: Vec::new(),
             neighbors: Vec::new(),
+        }
+    }
+}
+
+impl SpeakerStatus {
+    /// The status of a speaker that is not running (not started yet, or failed to start):
+    /// every configured neighbour Idle, with `error` as its last error.
+    pub fn not_running(cfg: &BgpConfig, routes: &BTreeSet<IpNet>, error: Option<&str>) -> Self {
+        SpeakerStatus {
+            local_as: cfg.local_as,
+            router_id: cfg.router_id,
+            routes: routes.iter().copied().collect(),
+            neighbors: cfg
+                .neighbors
+                .iter()
+                .map(|n| NeighborStatus {
+                    name: n.display_name(),
+                    address: n.address,
+                    remote_as: n.remote_as,
+                    last_error: error.map(str::to_string),
+                    md5: n.md5_password_file.is_some(),
+                    ttl_security: n.ttl_security,
+                    ..NeighborStatus::default()
+                })
+                .collect(),
         }
     }
 }

@@ -345,6 +345,7 @@ fn malformed_requests_get_errors_and_do_not_block_others() {
             "same address family",
         ),
         (r#"[1,2,3]"#, "malformed request"),
+        (r#"{"cmd":"bgp-status"}"#, "BGP is not configured"),
     ] {
         let err = d.call_err(line);
         assert!(err.contains(want), "{line}: {err}");
@@ -457,4 +458,54 @@ fn sigterm_stops_cleanly_within_a_second() {
     assert!(took < Duration::from_secs(1), "stopped in {took:?}");
     assert!(!d.socket.exists(), "socket removed");
     assert!(d.log().contains("stopped"), "{}", d.log());
+}
+
+/// A BGP speaker that cannot start (its port is taken) is reported and started again later;
+/// forwarding never notices (DESIGN.md §3.3).
+#[test]
+fn bgp_failure_does_not_disturb_forwarding() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let io = replay_io(
+        &dir,
+        &[udp4(CLIENT, [10, 96, 0, 99], 1000, 80)],
+        "    rate_pps: 400\n    vary_ports: true\n",
+    );
+    let bgp = format!(
+        "bgp:\n  local_as: 65001\n  router_id: 10.0.0.2\n  listen_port: {port}\n  neighbors:\n    - {{ address: 192.0.2.1, name: leaf, remote_as: 65000, families: [ipv4], passive: true }}\n"
+    );
+    let d = Daemon::start_in(dir, &format!("{io}{bgp}"));
+    let s = d.status();
+    assert_eq!(s["bgp"]["speaker"], "failed", "{s}");
+    let err = s["bgp"]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("cannot listen for BGP on 0.0.0.0:{port}")),
+        "{err}"
+    );
+    assert!(
+        d.log().contains("bgp: speaker NOT RUNNING"),
+        "logged loudly"
+    );
+    let (ok, out) = d.cli(&["bgp", "status"]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("Speaker: FAILED (cannot listen"), "{out}");
+    assert!(out.contains("leaf") && out.contains("Idle"), "{out}");
+    let (_, out) = d.cli(&["status"]);
+    assert!(out.contains("bgp:         FAILED (cannot listen"), "{out}");
+    // Forwarding runs all along.
+    wait_for("traffic on the uplink", 10, || {
+        (d.tx("uplink0") > 0).then_some(())
+    });
+    // The port is free again: the speaker starts at its next try (5 s after the failure).
+    drop(taken);
+    let before = d.tx("uplink0");
+    wait_for("the speaker running", 15, || {
+        (d.status()["bgp"]["speaker"] == "running").then_some(())
+    });
+    assert!(d.tx("uplink0") > before, "forwarding went on");
+    assert_eq!(d.status()["state"], "ok");
+    let s = d.call(&Request::BgpStatus {});
+    assert_eq!(s["error"], serde_json::Value::Null);
+    assert_eq!(s["neighbors"][0]["name"], "leaf");
 }

@@ -112,3 +112,81 @@ fn daemon_syncs_from_etcd_and_survives_its_outage() {
     });
     assert_eq!(d.status()["source_connected"], true);
 }
+
+/// With the etcd source, every accepted publication reaches the BGP speaker too: a PodCIDR
+/// added to the node's record in the store becomes a route to announce; a rejected record
+/// changes nothing.
+#[test]
+fn bgp_routes_follow_the_etcd_state() {
+    let etcd = LocalEtcd::start().unwrap_or_else(|e| panic!("cannot run the test etcd: {e}"));
+    let mut store = Store::connect(&etcd.endpoint());
+    let mut state = nodeplane_state::example::state().expect("example state");
+    store.put_state("node-1", &state);
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("np.sock");
+    let cfg = dir.path().join("config.yaml");
+    // A passive neighbour nobody answers for: the speaker runs, no session needed.
+    std::fs::write(
+        &cfg,
+        format!(
+            "state:\n  etcd:\n    endpoints: [{}]\n    node_name: node-1\n    backoff: {{ base_ms: 100, cap_ms: 300 }}\n\
+             control_socket: {}\nlog_level: debug\n\
+             bgp:\n  local_as: 65001\n  router_id: 10.0.0.2\n  listen_port: 0\n  neighbors:\n    - {{ address: 192.0.2.1, remote_as: 65000, passive: true, next_hop_ipv6: \"fd00::2\" }}\n",
+            etcd.endpoint(),
+            socket.display(),
+        ),
+    )
+    .unwrap();
+    let log = File::create(dir.path().join("daemon.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::from(log))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        state: dir.path().join("unused"),
+        dir,
+        child: Some(child),
+        socket,
+    };
+    let routes = |d: &Daemon| -> Option<Vec<String>> {
+        let s = d.try_call(&Request::BgpStatus {})?;
+        (s["speaker"] == "running").then_some(())?;
+        Some(
+            s["routes"]
+                .as_array()?
+                .iter()
+                .map(|r| r.as_str().unwrap_or_default().to_string())
+                .collect(),
+        )
+    };
+    let first = wait_for("the speaker with the first state's routes", 30, || {
+        routes(&d)
+    });
+    assert_eq!(first, ["10.244.1.0/24", "fd00:244:1::/64"]);
+
+    state.node.pod_cidrs.push("10.244.9.0/24".parse().unwrap());
+    store.put_state("node-1", &state);
+    wait_for("the added PodCIDR", 10, || {
+        (routes(&d)? == ["10.244.1.0/24", "10.244.9.0/24", "fd00:244:1::/64"]).then_some(())
+    });
+    let gen = d.status()["generation"].as_u64().unwrap();
+
+    // A PodCIDR overlapping another: rejected whole; the routes stay.
+    state
+        .node
+        .pod_cidrs
+        .push("10.244.9.128/25".parse().unwrap());
+    store.put_state("node-1", &state);
+    wait_for("the rejection", 10, || {
+        (d.status()["state"] == "stale").then_some(())
+    });
+    assert_eq!(d.status()["generation"].as_u64().unwrap(), gen);
+    assert_eq!(
+        routes(&d).unwrap(),
+        ["10.244.1.0/24", "10.244.9.0/24", "fd00:244:1::/64"]
+    );
+}

@@ -1,5 +1,7 @@
 //! Test lab: network namespaces joined by veth pairs, BIRD or FRR routers and our speaker
 //! process inside them. Everything is named `np-bgp-<tag>-*` and removed by `Drop`, even on failure.
+//! Also used by the control crate's tests (`#[path]`), which run `nodeplane run` in the node
+//! namespace instead of `np-bgp-speaker`.
 //!
 //! ```text
 //!   np-bgp-<tag>-r0 (BIRD, 10.0.0.1)  ──veth──  np-bgp-<tag>-n (np-bgp-speaker, 10.0.0.2)
@@ -11,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SPEAKER: &str = env!("CARGO_BIN_EXE_np-bgp-speaker");
+/// Built for the bgp crate's tests only (the control crate's tests include this file too).
+pub const SPEAKER: Option<&str> = option_env!("CARGO_BIN_EXE_np-bgp-speaker");
 
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
@@ -224,7 +227,9 @@ impl Lab {
             .open(self.path("speaker.log"))
             .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.node_ns, SPEAKER, "--config"])
+            .args(["netns", "exec", &self.node_ns])
+            .arg(SPEAKER.expect("np-bgp-speaker is built for the bgp crate's tests"))
+            .arg("--config")
             .arg(cfg)
             .arg("--state")
             .arg(st)
@@ -252,11 +257,23 @@ impl Lab {
     }
 
     pub fn spawn_in_node(&mut self, args: &[&str]) -> usize {
+        std::fs::write(self.path("node-cmd.log"), "").unwrap();
+        self.spawn_in_node_log(args, "node-cmd.log")
+    }
+
+    /// Spawns a command in the node namespace with its stderr appended to `log` (kept across
+    /// restarts; shown when a test fails).
+    pub fn spawn_in_node_log(&mut self, args: &[&str], log: &str) -> usize {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(log))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.node_ns])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.path("node-cmd.log")).unwrap())
+            .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
         self.children.push(child);
@@ -326,6 +343,8 @@ impl Drop for Lab {
                 "frr0.log",
                 "frr1.log",
                 "cmd0.log",
+                "node-cmd.log",
+                "daemon.log",
             ] {
                 let s = self.log(f);
                 if !s.is_empty() {

@@ -11,6 +11,8 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+use nodeplane_bgp::SpeakerStatus;
+
 use crate::worker::{CtFilter, CtRow, OutcomeView, WorkerStats};
 
 /// The largest request line accepted (bytes, without the newline).
@@ -50,6 +52,9 @@ pub enum Request {
         mode: String,
     },
     Explain(ExplainRequest),
+    /// The daemon's BGP speaker (config `bgp:`): per neighbour state, uptime, last error,
+    /// announced prefixes.
+    BgpStatus {},
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +154,43 @@ pub struct Status {
     /// The packet I/O: kind, XDP attachment and counters, the uplink's neighbour (AF_XDP).
     #[serde(default)]
     pub io: Option<crate::worker::IoStatus>,
+    /// The BGP speaker's sessions (none: no `bgp:` section in the config).
+    #[serde(default)]
+    pub bgp: Option<BgpSummary>,
+}
+
+/// What `nodeplane bgp status` shows: the speaker's own status plus whether it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// `waiting` (no accepted state yet), `running`, or `failed` (not running: see `error`;
+    /// started again with backoff).
+    pub speaker: String,
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub status: SpeakerStatus,
+}
+
+/// The BGP lines of `nodeplane status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgpSummary {
+    pub speaker: String,
+    pub error: Option<String>,
+    pub local_as: u32,
+    /// Prefixes the last accepted state asks to announce.
+    pub routes: usize,
+    pub neighbors: Vec<BgpNeighborSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgpNeighborSummary {
+    pub name: String,
+    pub address: std::net::IpAddr,
+    pub remote_as: u32,
+    pub state: nodeplane_bgp::fsm::State,
+    pub established_since_unix_ms: Option<u64>,
+    /// Prefixes in our Adj-RIB-Out towards it.
+    pub announced: usize,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

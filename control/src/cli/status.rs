@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use nodeplane_control::api::{Request, Status};
+use nodeplane_control::api::{BgpSummary, Request, Status};
 use nodeplane_control::worker::WorkerStats;
 
 use super::client::{ask, opt, table, Common};
@@ -64,6 +64,9 @@ pub fn run(args: StatusArgs) -> CliResult {
             println!("  {l}");
         }
     }
+    if let Some(b) = &s.bgp {
+        print_bgp(b);
+    }
     if !s.workers.is_empty() {
         let rows: Vec<Vec<String>> = s
             .workers
@@ -111,6 +114,57 @@ pub fn run(args: StatusArgs) -> CliResult {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// The BGP speaker and one row per session (the details: `nodeplane bgp status`).
+fn print_bgp(b: &BgpSummary) {
+    let speaker = match &b.error {
+        Some(e) if b.speaker != "running" => format!("{} ({e})", b.speaker.to_uppercase()),
+        _ => b.speaker.clone(),
+    };
+    println!(
+        "bgp:         {speaker}; AS {}, {} route(s) to announce",
+        b.local_as, b.routes
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let rows: Vec<Vec<String>> = b
+        .neighbors
+        .iter()
+        .map(|n| {
+            vec![
+                format!("  {}", n.name),
+                n.address.to_string(),
+                n.remote_as.to_string(),
+                format!("{:?}", n.state),
+                n.established_since_unix_ms
+                    .map(|t| {
+                        let s = now_ms.saturating_sub(t) / 1000;
+                        format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                n.announced.to_string(),
+                n.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "  NEIGHBOR",
+                "ADDRESS",
+                "AS",
+                "STATE",
+                "UP",
+                "ANNOUNCED",
+                "LAST ERROR"
+            ],
+            &rows
+        )
+    );
 }
 
 /// The packet I/O: XDP attachment and counters, the uplink's neighbour, and per AF_XDP socket

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nodeplane_bgp::BgpConfig;
 use serde::Deserialize;
 
 use crate::api::DEFAULT_SOCKET;
@@ -28,6 +29,10 @@ pub struct Config {
     /// `error`, `warn`, `info` (default), `debug`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The BGP speaker, run in the daemon (`nodeplane_bgp`'s schema, validated by it; its MD5
+    /// password files are read at load). None: no BGP.
+    #[serde(default)]
+    pub bgp: Option<BgpConfig>,
 }
 
 /// Where desired state comes from: exactly one of `dir` and `etcd`.
@@ -72,6 +77,7 @@ impl Default for Config {
             io: IoConfig::default(),
             removed_flow_action: RemovedFlowAction::Drop,
             log_level: default_log_level(),
+            bgp: None,
         }
     }
 }
@@ -96,6 +102,13 @@ pub enum ConfigError {
         field: &'static str,
         reason: String,
     },
+    /// The `bgp:` section (the error names the field: `bgp.neighbors[0].remote_as: ...`).
+    #[error("config {path}: {source}")]
+    Bgp {
+        path: PathBuf,
+        #[source]
+        source: nodeplane_bgp::ConfigError,
+    },
 }
 
 /// The state source chosen by a config.
@@ -119,20 +132,32 @@ impl Config {
             path: path.to_path_buf(),
             source,
         };
-        let (mut cfg, workers_given): (Config, bool) = if text.trim().is_empty() {
-            (Config::default(), false)
+        let (mut cfg, workers_given, empty_bgp): (Config, bool, bool) = if text.trim().is_empty() {
+            (Config::default(), false, false)
         } else {
             // Parsed straight into `Config` so errors name the field; then once more as a plain
-            // value to know whether `workers` was given.
+            // value to know whether `workers` was given and whether `bgp:` is there but empty.
             let cfg: Config = serde_yaml::from_str(text).map_err(parse_err)?;
             let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
-            (cfg, v.get("workers").is_some())
+            (
+                cfg,
+                v.get("workers").is_some(),
+                v.get("bgp").is_some_and(|b| b.is_null()),
+            )
         };
         let invalid = |field, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             field,
             reason,
         };
+        if empty_bgp {
+            // Most likely a section commented out but for its key: say so rather than run
+            // without BGP.
+            return Err(invalid(
+                "bgp",
+                "the section is empty (remove the key to run without BGP)".into(),
+            ));
+        }
         if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
             return Err(invalid(
                 "workers",
@@ -179,6 +204,17 @@ impl Config {
                     "workers",
                     format!("{} is not in 1..=64 (AF_XDP workers)", cfg.workers),
                 ));
+            }
+        }
+        if let Some(b) = &cfg.bgp {
+            let bgp_err = |source| ConfigError::Bgp {
+                path: path.to_path_buf(),
+                source,
+            };
+            b.validate().map_err(bgp_err)?;
+            // A missing or bad key file fails the start, not a session later.
+            for (i, n) in b.neighbors.iter().enumerate() {
+                n.md5_key(i).map_err(bgp_err)?;
             }
         }
         Ok(cfg)
@@ -282,5 +318,121 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("io.replay.inputs"), "{e}");
+    }
+
+    const BGP: &str = "bgp:\n  local_as: 65001\n  router_id: 10.0.0.2\n  neighbors:\n    - { address: 10.0.0.1, remote_as: 65000, next_hop_ipv6: \"fd00::2\" }\n";
+
+    #[test]
+    fn bgp_section() {
+        assert!(parse("").unwrap().bgp.is_none(), "no section: no BGP");
+        let c = parse(&format!("state: {{ dir: /s }}\n{BGP}")).unwrap();
+        let b = c.bgp.unwrap();
+        assert_eq!(
+            (b.local_as, b.router_id.to_string()),
+            (65001, "10.0.0.2".into())
+        );
+        assert_eq!(b.listen_port, 179);
+        let n = &b.neighbors[0];
+        assert_eq!((n.remote_as, n.hold_time_secs, n.port), (65000, 90, 179));
+        assert!(b.announce.pod_cidrs && b.graceful_restart.enabled);
+        // The same schema as the standalone speaker's file.
+        let alone = BgpConfig::from_yaml_str(BGP, Path::new("bgp.yaml")).unwrap();
+        assert_eq!(b, alone);
+
+        let full = parse(
+            "bgp:\n  local_as: 4200000001\n  router_id: 10.0.0.2\n  listen_port: 0\n  neighbors:\n    - address: fd00::1\n      remote_as: 65000\n      name: leaf\n      local_address: fd00::2\n      port: 1179\n      ttl_security: true\n      hold_time_secs: 9\n      keepalive_secs: 3\n      connect_retry_secs: 2\n      passive: true\n      families: [ipv6, ipv4]\n      next_hop_ipv4: 10.0.0.2\n  announce:\n    pod_cidrs: false\n    announce_service_vips: true\n    service_vip_exclude: [10.96.0.0/12]\n    prefixes: [192.0.2.0/24]\n    communities: [\"65000:100\"]\n    med: 10\n    local_pref: 200\n  graceful_restart: { enabled: false, restart_time_secs: 30 }\n",
+        )
+        .unwrap()
+        .bgp
+        .unwrap();
+        assert_eq!(full.neighbors[0].display_name(), "leaf");
+        assert_eq!(full.announce.local_pref, 200);
+        assert!(!full.graceful_restart.enabled);
+    }
+
+    #[test]
+    fn bad_bgp_sections_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.key");
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, "\n").unwrap();
+        let md5 = |p: &Path| {
+            BGP.replace(
+                "remote_as: 65000,",
+                &format!("remote_as: 65000, md5_password_file: {},", p.display()),
+            )
+        };
+        let cases = [
+            (BGP.replace("65001", "0"), "bgp.local_as: 0 and 23456"),
+            (
+                BGP.replace("router_id: 10.0.0.2", "router_id: 0.0.0.0"),
+                "bgp.router_id",
+            ),
+            (
+                BGP.replace("remote_as: 65000,", "remote_as: 65000, hold_time_secs: 2,"),
+                "bgp.neighbors[0].hold_time_secs: must be 0 or at least 3",
+            ),
+            (
+                BGP.replace(", next_hop_ipv6: \"fd00::2\"", ""),
+                "bgp.neighbors[0].next_hop_ipv6: needed to announce IPv6",
+            ),
+            (
+                BGP.replace("remote_as: 65000,", "remote_as: 65000, adress: 10.0.0.9,"),
+                "unknown field `adress`",
+            ),
+            (
+                BGP.replace("local_as", "local_asn"),
+                "unknown field `local_asn`",
+            ),
+            (
+                "bgp:\n  local_as: 65001\n  router_id: 10.0.0.2\n".into(),
+                "missing field `neighbors`",
+            ),
+            (
+                "bgp:\n  local_as: 65001\n  router_id: 10.0.0.2\n  neighbors: []\n".into(),
+                "bgp.neighbors: at least one neighbour",
+            ),
+            (
+                BGP.replace("router_id: 10.0.0.2", "router_id: 10.0.0.256"),
+                "bgp.router_id",
+            ),
+            (
+                format!("{BGP}  announce: {{ communities: [\"65000\"] }}\n"),
+                "bgp.announce.communities[0]",
+            ),
+            (
+                format!("{BGP}  graceful_restart: {{ restart_time_secs: 5000 }}\n"),
+                "bgp.graceful_restart.restart_time_secs: at most 4095",
+            ),
+            (
+                md5(&missing),
+                "bgp.neighbors[0].md5_password_file: cannot read MD5 password file",
+            ),
+            (
+                md5(&empty),
+                "bgp.neighbors[0].md5_password_file: the key must be 1 to 80 bytes",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::Parse { .. } | ConfigError::Bgp { .. }),
+                "{e:?}"
+            );
+            let e = e.to_string();
+            assert!(e.contains(want), "{text}\n=> {e}\nwanted {want:?}");
+            assert!(e.starts_with("config test.yaml: "), "{e}");
+        }
+        let e = parse("bgp:\n#  local_as: 65001\n").unwrap_err().to_string();
+        assert!(e.contains("bgp: the section is empty"), "{e}");
+        // Unknown fields and bad values are located under `bgp`.
+        let e = parse(&BGP.replace("local_as", "local_asn"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bgp"), "{e}");
+        // A readable key passes.
+        let key = dir.path().join("good.key");
+        std::fs::write(&key, "s3cret\n").unwrap();
+        assert!(parse(&md5(&key)).is_ok());
     }
 }

@@ -14,6 +14,9 @@ use nodeplane_dataplane::flow::{fmt_socket, Addr};
 use nodeplane_dataplane::{MaglevCache, Tables};
 use nodeplane_state::{reserved, BackendState, PolicyMode, State};
 
+use nodeplane_bgp::StopMode;
+
+use super::bgp::Bgp;
 use super::overrides::RuntimeOverrides;
 use crate::api::{
     BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeSet, PolicyModeStatus,
@@ -116,6 +119,8 @@ pub struct Control {
     last_rejection: Option<Rejection>,
     /// The last change was rejected (cleared by the next good one).
     stale: bool,
+    /// The BGP speaker (config `bgp:`), fed the routes of every accepted state.
+    bgp: Option<Bgp>,
 }
 
 impl std::fmt::Debug for Control {
@@ -178,6 +183,27 @@ impl Control {
             rejections: 0,
             last_rejection: None,
             stale: false,
+            bgp: None,
+        }
+    }
+
+    /// Runs a BGP speaker (started at the first accepted state; see `daemon::bgp`).
+    pub fn set_bgp(&mut self, bgp: Bgp) {
+        self.bgp = Some(bgp);
+    }
+
+    /// Once a second: BGP start retries and liveness.
+    pub fn tick_bgp(&mut self) {
+        if let Some(b) = &mut self.bgp {
+            b.tick();
+        }
+    }
+
+    /// Stops the BGP speaker (withdraw, or graceful restart); before the workers stop, so
+    /// routers move traffic away while it is still forwarded.
+    pub fn stop_bgp(&mut self, mode: StopMode) {
+        if let Some(b) = &mut self.bgp {
+            b.stop(mode);
         }
     }
 
@@ -270,6 +296,9 @@ impl Control {
             state.endpoints.len(),
             state.ipcache.len()
         );
+        if let Some(b) = &mut self.bgp {
+            b.on_state(&state);
+        }
         self.state = Some(Arc::new(state));
         self.origin = Some(origin);
         self.applied_at = Some(unix_now());
@@ -500,6 +529,12 @@ impl Control {
                 count_only,
             } => self.ct_list(filter, limit, count_only),
             Request::CtFlush { filter } => self.ct_flush(filter),
+            Request::BgpStatus {} => match &self.bgp {
+                Some(b) => Response::ok(b.status()),
+                None => Response::err(
+                    "BGP is not configured: the daemon's config has no `bgp:` section",
+                ),
+            },
             req => {
                 let (Some(state), Some(p)) = (self.state.clone(), self.publisher.clone()) else {
                     return Response::err(
@@ -651,6 +686,7 @@ impl Control {
                 io.neighbour = self.neighbour.clone();
                 io
             }),
+            bgp: self.bgp.as_ref().map(Bgp::summary),
         }
     }
 

@@ -5,13 +5,16 @@
 //!  source thread ──┤ SourceEvent (channel + Waker) → validate → build → publish ├──> workers
 //!  (dir / etcd)    │ control socket: line JSON requests → answers               │   (Subscriber,
 //!  SIGTERM/SIGINT ─┤ signal pipe → stop                                         │    request channel)
-//!                  └────────────────────────────────────────────────────────────┘
+//!  SIGUSR1 ────────┤ signal pipe → stop, BGP graceful restart                   │
+//!                  │ accepted state → bgp::Bgp → Speaker::set_routes ───────────┼──> bgp-speaker
+//!                  └────────────────────────────────────────────────────────────┘    thread
 //! ```
 //!
 //! Stability first: a rejected state leaves the published tables untouched (logged at error
 //! level, counted, shown by `nodeplane status`); a source failure never stops forwarding; the
 //! emergency policy mode is a runtime override held here and needs no store.
 
+pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod log;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{unbounded, Receiver};
 use mio::{Events, Poll, Token, Waker};
+use nodeplane_bgp::StopMode;
 
 use crate::api::server::Server;
 use crate::runtime::neigh::NeighbourReport;
@@ -40,6 +44,8 @@ const SIGNALS: Token = Token(1);
 /// The one waker of the event loop (mio allows one per `Poll`): source events and neighbour
 /// reports, each on its own channel.
 const WAKE: Token = Token(2);
+/// SIGUSR1: stop with BGP graceful restart (sessions closed without withdrawing).
+const SIGNAL_RESTART: Token = Token(3);
 const FIRST_CONN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +201,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     poll.registry()
         .register(&mut sig_r, SIGNALS, mio::Interest::READABLE)
         .map_err(DaemonError::Poll)?;
+    // Its own pipe, so the event loop knows which stop was asked for.
+    let (usr1_r, usr1_w) = StdUnixStream::pair().map_err(DaemonError::Signals)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR1, usr1_w)
+        .map_err(DaemonError::Signals)?;
+    usr1_r.set_nonblocking(true).map_err(DaemonError::Signals)?;
+    let mut usr1_r = mio::net::UnixStream::from_std(usr1_r);
+    poll.registry()
+        .register(&mut usr1_r, SIGNAL_RESTART, mio::Interest::READABLE)
+        .map_err(DaemonError::Poll)?;
 
     let mut server = Server::bind(&cfg.control_socket, poll.registry(), LISTENER, FIRST_CONN)?;
     let source = make_source(&cfg)?;
@@ -214,6 +229,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.removed_flow_action,
         stop.clone(),
     );
+    if let Some(b) = &cfg.bgp {
+        control.set_bgp(bgp::Bgp::new(b.clone()));
+    }
 
     // Source thread → channel → forwarder → control channel + wake the event loop.
     let (src_tx, src_rx) = unbounded::<SourceEvent>();
@@ -237,7 +255,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Source(e.to_string()))?;
 
     ::log::info!(
-        "nodeplane running: state from {}, control socket {}, {} worker(s), I/O {}",
+        "nodeplane running: state from {}, control socket {}, {} worker(s), I/O {}, BGP {}",
         control_source_name(&cfg),
         server.path().display(),
         cfg.workers,
@@ -247,10 +265,19 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             "replay"
         } else {
             "none"
+        },
+        match &cfg.bgp {
+            Some(b) => format!(
+                "AS {} with {} neighbour(s) (starts at the first accepted state)",
+                b.local_as,
+                b.neighbors.len()
+            ),
+            None => "off".into(),
         }
     );
     let mut events = Events::with_capacity(64);
     let mut last_sweep = Instant::now();
+    let mut bgp_stop = StopMode::Withdraw;
     'outer: loop {
         // While Maglev tables are being finished, poll without waiting and build in between.
         let wait = if control.completing() {
@@ -273,6 +300,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                     ::log::info!("signal received: stopping");
                     break 'outer;
                 }
+                SIGNAL_RESTART => {
+                    let mut b = [0u8; 16];
+                    while matches!(usr1_r.read(&mut b), Ok(n) if n > 0) {}
+                    ::log::info!(
+                        "SIGUSR1 received: stopping for a restart (BGP sessions closed without withdrawing: graceful restart)"
+                    );
+                    bgp_stop = StopMode::Restart;
+                    break 'outer;
+                }
                 WAKE => {
                     while let Ok(ev) = ctl_rx.try_recv() {
                         control.on_source(ev);
@@ -292,11 +328,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             server.sweep(poll.registry());
             control.reap();
             control.retry_start();
+            control.tick_bgp();
             last_sweep = Instant::now();
         }
     }
 
     let t0 = Instant::now();
+    // Routes first: routers move traffic away while the workers still forward it.
+    control.stop_bgp(bgp_stop);
     stop.store(true, Ordering::Relaxed);
     let stats = control.join_workers();
     let mut broken = None;

@@ -1,0 +1,291 @@
+//! The BGP speaker run by the daemon (config `bgp:`): started with the routes of the first
+//! accepted state, told the routes of every later accepted state when they differ, stopped
+//! with the daemon (withdraw, or graceful restart).
+//!
+//! ```text
+//!  control thread                                      bgp-speaker thread (nodeplane_bgp)
+//!  Control::apply ─ accepted state ─> routes_from_state ─ changed? ─> Speaker::set_routes
+//!  event loop, once a second ─> tick(): start retry, dead-thread check
+//!  `bgp-status` / `status` <── Speaker::status (a snapshot the speaker refreshes)
+//! ```
+//!
+//! Stability first (DESIGN.md §3.3): nothing here can stop or slow forwarding. The speaker
+//! owns its sockets in its own thread; a speaker that cannot start (port taken) or whose
+//! thread died is logged at error level, shown by `nodeplane status`/`bgp status`, and started
+//! again with backoff. A rejected state never reaches this module: the last accepted routes
+//! stay announced.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nodeplane_bgp::{routes_from_state, BgpConfig, Speaker, SpeakerStatus, StopMode};
+use nodeplane_state::State;
+
+use crate::api::{BgpNeighborSummary, BgpStatus, BgpSummary};
+
+/// First wait before a failed start is tried again; doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Prefixes named in a log line before "and N more".
+const LOG_ROUTES: usize = 8;
+
+#[derive(Debug)]
+pub struct Bgp {
+    cfg: BgpConfig,
+    speaker: Option<Speaker>,
+    /// Routes of the last accepted state (None: no state accepted yet).
+    routes: Option<BTreeSet<IpNet>>,
+    /// Why the speaker is not running.
+    error: Option<String>,
+    /// When a speaker that is not running is started again, and the wait after that.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Bgp {
+    pub fn new(cfg: BgpConfig) -> Bgp {
+        Bgp {
+            cfg,
+            speaker: None,
+            routes: None,
+            error: None,
+            retry_at: None,
+            backoff: RETRY_MIN,
+        }
+    }
+
+    /// An accepted (published) state: start the speaker with its routes the first time, else
+    /// announce the difference if there is one.
+    pub fn on_state(&mut self, state: &State) {
+        let routes = routes_from_state(state, &self.cfg.announce);
+        let first = self.routes.is_none();
+        if self.routes.as_ref() == Some(&routes) {
+            return;
+        }
+        self.routes = Some(routes.clone());
+        match &self.speaker {
+            Some(s) => {
+                log::info!("bgp: routes now {}", list(&routes));
+                s.set_routes(routes);
+            }
+            // Not started yet; a failed speaker takes the new routes at its next start.
+            None if first => self.start(),
+            None => log::info!("bgp: routes now {} (speaker not running)", list(&routes)),
+        }
+    }
+
+    fn start(&mut self) {
+        let Some(routes) = self.routes.clone() else {
+            return;
+        };
+        match Speaker::start(&self.cfg, routes.clone()) {
+            Ok(s) => {
+                log::info!(
+                    "bgp: speaker AS {} id {} started, {} neighbour(s), announcing {}",
+                    self.cfg.local_as,
+                    self.cfg.router_id,
+                    self.cfg.neighbors.len(),
+                    list(&routes)
+                );
+                self.speaker = Some(s);
+                self.error = None;
+                self.retry_at = None;
+                self.backoff = RETRY_MIN;
+            }
+            Err(e) => self.failed(e.to_string()),
+        }
+    }
+
+    fn failed(&mut self, error: String) {
+        log::error!(
+            "bgp: speaker NOT RUNNING: {error}; forwarding is not affected; next start in {} s",
+            self.backoff.as_secs()
+        );
+        self.error = Some(error);
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+
+    /// Called by the event loop about once a second: notices a speaker thread that died and
+    /// starts a speaker that is not running when its time has come.
+    pub fn tick(&mut self) {
+        if self.speaker.as_ref().is_some_and(|s| !s.is_running()) {
+            // Dropping the handle of a finished thread only joins it.
+            self.speaker = None;
+            self.failed("the speaker thread stopped unexpectedly".into());
+        }
+        if self.speaker.is_none() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
+            self.start();
+        }
+    }
+
+    /// Stops the speaker: withdraw + Cease, or close only (graceful restart). Waits for the
+    /// last messages to be flushed (at most ~2 s).
+    pub fn stop(&mut self, mode: StopMode) {
+        if let Some(s) = self.speaker.take() {
+            log::info!("bgp: stopping the speaker ({mode:?})");
+            s.shutdown(mode);
+        }
+        self.retry_at = None;
+    }
+
+    fn speaker_state(&self) -> &'static str {
+        if self.speaker.is_some() {
+            "running"
+        } else if self.error.is_some() {
+            "failed"
+        } else {
+            "waiting"
+        }
+    }
+
+    pub fn status(&self) -> BgpStatus {
+        let status = match &self.speaker {
+            Some(s) => s.status(),
+            None => SpeakerStatus::not_running(
+                &self.cfg,
+                self.routes.as_ref().unwrap_or(&BTreeSet::new()),
+                self.error.as_deref(),
+            ),
+        };
+        BgpStatus {
+            speaker: self.speaker_state().into(),
+            error: self.error.clone(),
+            status,
+        }
+    }
+
+    pub fn summary(&self) -> BgpSummary {
+        let s = self.status();
+        BgpSummary {
+            speaker: s.speaker,
+            error: s.error,
+            local_as: s.status.local_as,
+            routes: s.status.routes.len(),
+            neighbors: s
+                .status
+                .neighbors
+                .into_iter()
+                .map(|n| BgpNeighborSummary {
+                    name: n.name,
+                    address: n.address,
+                    remote_as: n.remote_as,
+                    state: n.state,
+                    established_since_unix_ms: n.established_since_unix_ms,
+                    announced: n.announced.len(),
+                    last_error: n.last_error,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A bounded list of prefixes for a log line (a node announcing thousands of VIPs must not
+/// log 60 KB per change; the full set is in `nodeplane bgp status`).
+fn list(routes: &BTreeSet<IpNet>) -> String {
+    if routes.is_empty() {
+        return "nothing".into();
+    }
+    let shown: Vec<String> = routes
+        .iter()
+        .take(LOG_ROUTES)
+        .map(|r| r.to_string())
+        .collect();
+    let mut s = shown.join(", ");
+    if routes.len() > LOG_ROUTES {
+        s += &format!(" and {} more", routes.len() - LOG_ROUTES);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn cfg(listen_port: u16) -> BgpConfig {
+        // A neighbour nobody answers for (TEST-NET-1); active opens fail quietly.
+        BgpConfig::from_yaml_str(
+            &format!(
+                "local_as: 65001\nrouter_id: 10.0.0.2\nlisten_port: {listen_port}\nneighbors:\n  - {{ address: 192.0.2.1, remote_as: 65000, families: [ipv4], connect_retry_secs: 60 }}\n"
+            ),
+            std::path::Path::new("test"),
+        )
+        .unwrap()
+    }
+
+    fn state(cidrs: &[&str]) -> State {
+        nodeplane_state::load_sources([(
+            "s.yaml",
+            format!("node:\n  name: n1\n  pod_cidrs: [{}]\n", cidrs.join(", ")),
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn starts_with_the_first_state_and_follows_changes() {
+        let mut b = Bgp::new(cfg(0));
+        assert_eq!(b.status().speaker, "waiting");
+        assert_eq!(b.status().status.neighbors[0].name, "192.0.2.1");
+        b.on_state(&state(&["10.244.1.0/24"]));
+        let s = b.status();
+        assert_eq!(s.speaker, "running");
+        assert_eq!(s.status.routes, vec!["10.244.1.0/24".parse().unwrap()]);
+        b.on_state(&state(&["10.244.2.0/24"]));
+        // The speaker thread takes the command asynchronously.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.status().status.routes != vec!["10.244.2.0/24".parse::<IpNet>().unwrap()] {
+            assert!(Instant::now() < deadline, "{:?}", b.status());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sum = b.summary();
+        assert_eq!((sum.routes, sum.local_as), (1, 65001));
+        assert_eq!(sum.neighbors[0].address.to_string(), "192.0.2.1");
+        b.stop(StopMode::Withdraw);
+        assert!(b.speaker.is_none());
+    }
+
+    #[test]
+    fn a_speaker_that_cannot_start_is_reported_and_retried() {
+        let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut b = Bgp::new(cfg(port));
+        b.on_state(&state(&["10.244.1.0/24"]));
+        let s = b.status();
+        assert_eq!(s.speaker, "failed");
+        let err = s.error.unwrap();
+        assert!(err.contains(&format!(":{port}")), "{err}");
+        assert_eq!(
+            s.status.neighbors[0].last_error.as_deref(),
+            Some(err.as_str())
+        );
+        // Routes change while it is down: kept for the next start.
+        b.on_state(&state(&["10.244.3.0/24"]));
+        assert_eq!(
+            b.status().status.routes,
+            vec!["10.244.3.0/24".parse().unwrap()]
+        );
+        // Not yet time: still down. Then the port is free and the time has come.
+        b.tick();
+        assert_eq!(b.status().speaker, "failed");
+        drop(taken);
+        b.retry_at = Some(Instant::now());
+        b.tick();
+        let s = b.status();
+        assert_eq!(s.speaker, "running", "{s:?}");
+        assert_eq!(s.error, None);
+        assert_eq!(s.status.routes, vec!["10.244.3.0/24".parse().unwrap()]);
+        b.stop(StopMode::Withdraw);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Bgp::new(cfg(0));
+        for _ in 0..10 {
+            b.failed("x".into());
+        }
+        assert_eq!(b.backoff, RETRY_MAX);
+        assert!(b.retry_at.unwrap() > Instant::now() + RETRY_MAX / 2);
+    }
+}
