@@ -44,8 +44,10 @@ const LISTEN_V6: Token = Token(2);
 const INCOMING_BASE: ConnId = 1 << 48;
 /// How long a closing connection may take to flush its last messages (NOTIFICATION).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// How long shutdown waits for every connection to flush before the thread exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long shutdown waits for every connection to flush before the thread exits anyway: short
+/// enough that the daemon still stops within 1 s of SIGTERM when a peer stopped reading (a
+/// healthy session flushes its withdraw and NOTIFICATION at once).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
