@@ -509,3 +509,75 @@ fn bgp_failure_does_not_disturb_forwarding() {
     assert_eq!(s["error"], serde_json::Value::Null);
     assert_eq!(s["neighbors"][0]["name"], "leaf");
 }
+
+/// GET http://addr/metrics (or another path), the whole response as text.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// The value of one sample line (`name{labels} value`) of a metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_shows_counters_rejections_and_mode() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let io = replay_io(
+        &dir,
+        &[udp4(CLIENT, [10, 96, 0, 99], 1000, 80)],
+        "    rate_pps: 400\n    vary_ports: true\n",
+    );
+    let d = Daemon::start_in(dir, &format!("metrics_listen: {addr}\n{io}"));
+    let text = wait_for("forwarded frames in the metrics", 10, || {
+        let t = http_get(&addr, "/metrics")?;
+        (sample(&t, "nodeplane_forwarded_total{worker=\"0\"}")? > 0.0).then_some(t)
+    });
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(sample(&text, "nodeplane_state{state=\"ok\"}"), Some(1.0));
+    assert_eq!(sample(&text, "nodeplane_state_rejections_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "nodeplane_policy_mode{mode=\"enforce\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "nodeplane_drops_total{worker=\"0\",reason=\"ct-full\"}"
+        ),
+        Some(0.0),
+        "every drop reason has a series"
+    );
+    assert!(sample(&text, "nodeplane_conntrack_entries{worker=\"0\"}").unwrap() > 0.0);
+    assert!(http_get(&addr, "/other")
+        .unwrap()
+        .starts_with("HTTP/1.1 404"));
+
+    // A rejected change and the emergency switch show within a refresh (once a second).
+    let bad = "services:\n  - name: bad\n    type: ClusterIP\n    frontends: [{ ip: 10.96.0.98, port: 0 }]\n";
+    std::fs::write(d.state.join("zz-bad.yaml"), bad).unwrap();
+    d.call(&Request::PolicyMode {
+        mode: "allow-all".into(),
+    });
+    wait_for("rejection and allow-all in the metrics", 10, || {
+        let t = http_get(&addr, "/metrics")?;
+        (sample(&t, "nodeplane_state{state=\"stale\"}")? == 1.0
+            && sample(&t, "nodeplane_state_rejections_total")? == 1.0
+            && sample(&t, "nodeplane_policy_mode{mode=\"allow-all\"}")? == 1.0
+            && sample(&t, "nodeplane_policy_mode_overridden")? == 1.0)
+            .then_some(())
+    });
+}

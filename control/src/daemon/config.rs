@@ -29,6 +29,9 @@ pub struct Config {
     /// `error`, `warn`, `info` (default), `debug`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Address of the Prometheus endpoint (`GET /metrics`), e.g. `127.0.0.1:9464`. Unset: none.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The BGP speaker, run in the daemon (`nodeplane_bgp`'s schema, validated by it; its MD5
     /// password files are read at load). None: no BGP.
     #[serde(default)]
@@ -77,6 +80,7 @@ impl Default for Config {
             io: IoConfig::default(),
             removed_flow_action: RemovedFlowAction::Drop,
             log_level: default_log_level(),
+            metrics_listen: None,
             bgp: None,
         }
     }

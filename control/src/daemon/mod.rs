@@ -18,6 +18,7 @@ pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod log;
+pub mod metrics;
 pub mod overrides;
 
 use std::io::Read;
@@ -54,6 +55,8 @@ pub enum DaemonError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Socket(#[from] crate::api::server::ServerError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("cannot set up the event loop: {0}")]
     Poll(#[source] std::io::Error),
     #[error("cannot install the signal handlers: {0}")]
@@ -212,6 +215,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Poll)?;
 
     let mut server = Server::bind(&cfg.control_socket, poll.registry(), LISTENER, FIRST_CONN)?;
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let m = metrics::MetricsServer::start(addr)?;
+            ::log::info!("metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
+    };
     let source = make_source(&cfg)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(DaemonError::Poll)?);
     // Neighbour watcher (AF_XDP) → channel → this event loop.
@@ -329,6 +340,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             control.reap();
             control.retry_start();
             control.tick_bgp();
+            if let Some(m) = &metrics {
+                m.publish(metrics::render(&control.status()));
+            }
             last_sweep = Instant::now();
         }
     }
