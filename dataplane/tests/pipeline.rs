@@ -589,3 +589,58 @@ fn late_drain_releases_by_the_first_fragments_time() {
     assert_eq!(c.held, 0);
     assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
 }
+
+/// The other direction: the client's kernel answers the backend's reply (which it saw as coming
+/// from VIP:80) with an ICMP error. The outer destination and the quoted source are translated
+/// to the backend, so the error reaches the backend as about its own packet.
+#[test]
+fn icmp_error_from_the_client_is_translated_toward_the_backend() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut syn = tcp4(CLIENT, VIP, 40001, 80, true, false);
+    let o = p.process_one(&mut syn, pc, S);
+    let eg = fwd(&o);
+    let (backend, bport) = o.backend.unwrap();
+    let b4: [u8; 4] = backend.octets().try_into().unwrap();
+    // The backend's SYN-ACK, reverse-NATed to VIP:80 → client on the way out.
+    let mut synack = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 2, 0x15], [2, 0, 0, 0, 1, 2])
+        .ipv4(b4, CLIENT, 64)
+        .tcp(bport, 40001, 500, 65000)
+        .syn()
+        .ack(101)
+        .write(&mut synack, &[])
+        .unwrap();
+    let o = p.process_one(&mut synack, eg, S + 1);
+    assert_eq!(fwd(&o), pc);
+    assert_eq!(&synack[26..30], &VIP, "the client sees the VIP");
+    // The client's kernel: port unreachable about that packet as it saw it.
+    let quoted = &synack[14..14 + 28];
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+        .ipv4(CLIENT, VIP, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut icmp, quoted)
+        .unwrap();
+    let o = p.process_one(&mut icmp, pc, S + 2);
+    assert_eq!(fwd(&o), eg, "toward the backend");
+    assert_eq!(o.ct, CtStatus::Related);
+    let (ih, _) = etherparse::Ipv4Header::from_slice(&icmp[14..]).unwrap();
+    assert_eq!(ih.destination, b4, "outer destination is the backend");
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    let inner = &icmp[14 + 20 + 8..];
+    let (qh, rest) = etherparse::Ipv4Header::from_slice(inner).unwrap();
+    assert_eq!(qh.source, b4, "quoted source is the backend");
+    assert_eq!(qh.header_checksum, qh.calc_header_checksum());
+    assert_eq!(u16::from_be_bytes([rest[0], rest[1]]), bport);
+    let mut sum = 0u32;
+    for c in icmp[34..].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "ICMP checksum");
+}
