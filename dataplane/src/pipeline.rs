@@ -1114,6 +1114,11 @@ impl Pipeline {
         if t.is_node_ip(&m.dst) {
             return Outcome::default();
         }
+        if t.service_ips.contains_key(&m.dst) {
+            // About a flow to or from a service that we do not track: only a translation could
+            // deliver it, and there is none (a VIP is no host to route it to).
+            return Outcome::drop(DropReason::CtInvalid);
+        }
         let si = t.identity_of(&m.src);
         let di = t.identity_of(&m.dst);
         let policy = self.evaluate_policy(t, m.src, si, m.dst, di, m.proto, 0);

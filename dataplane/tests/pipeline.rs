@@ -644,3 +644,59 @@ fn icmp_error_from_the_client_is_translated_toward_the_backend() {
     }
     assert_eq!(sum, 0xffff, "ICMP checksum");
 }
+
+/// Drop reasons no other test reaches: each is a counted drop with its own reason.
+#[test]
+fn less_common_drops_are_counted_by_reason() {
+    let (mut p, mut s) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let expect = |p: &mut Pipeline, f: &mut Vec<u8>, iface: u16, r: DropReason| {
+        let o = p.process_one(f, iface, S);
+        assert_eq!(o.action, Action::Drop(r), "{o:?}");
+    };
+    // A service IP on a port no frontend has.
+    let mut f = tcp4(CLIENT, VIP, 40000, 81, true, false);
+    expect(&mut p, &mut f, pc, DropReason::NoService);
+    // Inside the node's PodCIDR, but no endpoint there.
+    let mut f = tcp4(CLIENT, [10, 244, 1, 99], 40000, 80, true, false);
+    expect(&mut p, &mut f, pc, DropReason::NoEndpoint);
+    // A protocol the pipeline does not forward from pods (GRE).
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+        .ipv4(CLIENT, [10, 244, 1, 21], 64)
+        .write(&mut f, etherparse::IpNumber(47), &[0u8; 8])
+        .unwrap();
+    expect(&mut p, &mut f, pc, DropReason::UnsupportedProtocol);
+    // An ICMP error quoting a flow nobody tracks, addressed to a service VIP: it would need a
+    // translation nothing can give.
+    let quoted = &tcp4(VIP, CLIENT, 80, 45000, true, true)[14..14 + 28];
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+        .ipv4(CLIENT, VIP, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut f, quoted)
+        .unwrap();
+    expect(&mut p, &mut f, pc, DropReason::CtInvalid);
+
+    // The uplink's next hop unknown: traffic to the world is dropped, not black-holed.
+    for i in &mut s.interfaces {
+        i.gateway_mac = None;
+    }
+    p.set_tables(tables(&s, 2));
+    let mut f = tcp4(CLIENT, [198, 51, 100, 7], 40002, 443, true, false);
+    expect(&mut p, &mut f, pc, DropReason::NoNeighbor);
+
+    let c = p.counters();
+    for r in [
+        DropReason::NoService,
+        DropReason::NoEndpoint,
+        DropReason::UnsupportedProtocol,
+        DropReason::CtInvalid,
+        DropReason::NoNeighbor,
+    ] {
+        assert_eq!(c.drops[r as usize], 1, "{}", r.name());
+    }
+    assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
+}
