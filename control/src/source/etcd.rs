@@ -196,7 +196,8 @@ impl Reconnect {
         }
     }
 
-    /// A connection succeeded: the next loss starts again at window 0.
+    /// A session is fully up (listed, published, watch created): the next loss starts again at
+    /// window 0.
     pub fn reset(&mut self) {
         self.window_start = None;
         self.k = 0;
@@ -826,7 +827,6 @@ impl Session<'_> {
                 let _ = self.cache.put(k, kv.value());
             }
         }
-        reconnect.reset();
         *reported_down = false;
         let _ = self.tx.send(SourceEvent::Health {
             connected: true,
@@ -855,6 +855,7 @@ impl Session<'_> {
         let debounce = Duration::from_millis(self.cfg.debounce_ms);
         let mut dirty_since: Option<Instant> = None;
         let mut rev = rev;
+        let mut established = false;
         loop {
             let tick = match dirty_since {
                 Some(t) => (t + debounce).min(Instant::now() + Duration::from_millis(100)),
@@ -872,6 +873,13 @@ impl Session<'_> {
                     }
                     if resp.canceled() {
                         return End::Failed(format!("watch canceled: {}", resp.cancel_reason()));
+                    }
+                    // The backoff starts over only once the whole cycle works: a store that
+                    // serves the list but fails the publish (identity transaction) or the watch
+                    // must be retried on the growing schedule, not re-listed every base window.
+                    if resp.created() && !established {
+                        established = true;
+                        reconnect.reset();
                     }
                     let mut relevant = false;
                     for ev in resp.events() {
