@@ -373,7 +373,12 @@ impl EtcdConfig {
             if pw.is_empty() {
                 return Err(EtcdConfigError::EmptyPassword(a.password_file.clone()));
             }
-            o = o.with_user(a.username.clone(), pw);
+            // etcd drops a simple token after `--auth-token-ttl` (300 s) without use; the watch
+            // outlives it, so the next identity transaction would fail and cost a full resync.
+            // With auto refresh the client authenticates again and retries that request once.
+            o = o
+                .with_user(a.username.clone(), pw)
+                .with_auto_token_refresh(true);
         }
         Ok(o)
     }
