@@ -338,7 +338,9 @@ impl EtcdConfig {
         self.connect_options().map(|_| ())
     }
 
-    /// The client options: timeouts, keepalive, TLS files and credentials (files are read now).
+    /// The client options: timeouts, keepalive, TLS files and credentials (files are read now;
+    /// the source calls this before every connection attempt, so rotated certificates or a
+    /// fixed password file take effect at the next reconnect without a restart).
     pub fn connect_options(&self) -> Result<ConnectOptions, EtcdConfigError> {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(self.request_timeout_ms))
@@ -702,15 +704,101 @@ pub async fn connect(cfg: &EtcdConfig, opts: ConnectOptions) -> Result<Client, S
     .await
     {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Ok(Err(e)) => return Err(format!("connect: {}", describe(&e))),
         Err(_) => return Err(format!("connect: no answer in {:?}", cfg.request_timeout())),
     };
     let ready = Duration::from_millis(cfg.ready_timeout_ms.max(1));
     match tokio::time::timeout(ready, client.status()).await {
         Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(format!("status: {e}")),
+        Ok(Err(e)) => Err(format!("status: {}", describe(&e))),
         Err(_) => Err(format!("status: not serving within {ready:?}")),
     }
+}
+
+/// An etcd client error for a person: the gRPC status message (not tonic's debug dump of the
+/// status and its source), followed by the root cause when it adds something, e.g.
+/// `transport error: received fatal alert: BadCertificate`.
+pub fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut text, mut cause) = match e {
+        etcd_client::Error::GRpcStatus(s) => (s.message().to_string(), s.source()),
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        other => return other.to_string(),
+    };
+    let mut root = None;
+    while let Some(c) = cause {
+        root = Some(c);
+        cause = c.source();
+    }
+    if let Some(root) = root.map(|r| r.to_string()) {
+        if !text.contains(&root) {
+            text = format!("{text}: {root}");
+        }
+    }
+    text
+}
+
+/// `err` plus what to check in the config when the failure is one of TLS or of credentials
+/// (those do not go away by retrying, unlike a store that is down).
+fn with_hint(err: &str, cfg: &EtcdConfig) -> String {
+    let tls = cfg.tls.as_ref();
+    let client_cert = tls.is_some_and(|t| t.cert_file.is_some());
+    let hint = if err.contains("UnknownIssuer") || err.contains("BadSignature") {
+        let ca = tls.map_or(String::new(), |t| t.ca_file.display().to_string());
+        format!("the server certificate is not signed by the CA in etcd.tls.ca_file {ca}")
+    } else if err.contains("not valid for name") || err.contains("NotValidForName") {
+        "the server certificate does not name the endpoint host: use an endpoint it names, or \
+         set etcd.tls.server_name"
+            .into()
+    } else if err.contains("certificate expired") || err.contains("certificate not valid yet") {
+        "a certificate is outside its validity period (check the clocks)".into()
+    } else if err.contains("alert: BadCertificate")
+        || err.contains("alert: CertificateRequired")
+        || err.contains("alert: UnknownCA")
+    {
+        if client_cert {
+            "the server refused the client certificate in etcd.tls.cert_file: it is not signed \
+             by a CA the server trusts (--trusted-ca-file)"
+                .into()
+        } else {
+            "the server requires a client certificate: set etcd.tls.cert_file and key_file".into()
+        }
+    } else if tls.is_some()
+        && err.starts_with("status:")
+        && (err.contains("connection closed") || err.contains("connection reset"))
+    {
+        // TLS 1.3: the client completes its side of the handshake and sends its first request
+        // before the server has checked the client certificate; the server's alert then often
+        // races with its close and is lost, leaving only "connection closed".
+        if client_cert {
+            "closed right after the TLS handshake: the server may be refusing the client \
+             certificate in etcd.tls.cert_file (the server log says why)"
+                .into()
+        } else {
+            "closed right after the TLS handshake: if the server requires client certificates \
+             (--client-cert-auth), set etcd.tls.cert_file and key_file (the server log says why)"
+                .into()
+        }
+    } else if err.contains("authentication failed") {
+        let (user, file) = cfg
+            .auth
+            .as_ref()
+            .map_or((String::new(), String::new()), |a| {
+                (a.username.clone(), a.password_file.display().to_string())
+            });
+        format!("check etcd.auth.username {user:?} and the password in {file}")
+    } else if err.contains("user name is empty") {
+        "the server has authentication enabled: set etcd.auth".into()
+    } else if err.contains("permission denied") {
+        let user = cfg.auth.as_ref().map_or("", |a| a.username.as_str());
+        format!(
+            "the etcd role of user {user:?} must allow reading the prefix and writing the \
+             identity keys (docs/etcd.md, Authentication)"
+        )
+    } else {
+        return err.to_string();
+    };
+    format!("{err}; {hint}")
 }
 
 struct Session<'a> {
@@ -731,16 +819,6 @@ struct Session<'a> {
 
 impl EtcdSource {
     async fn run_async(self, tx: crossbeam::channel::Sender<SourceEvent>, stop: Arc<AtomicBool>) {
-        let opts = match self.cfg.connect_options() {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = tx.send(SourceEvent::Rejected {
-                    origin: self.name(),
-                    error: e.to_string(),
-                });
-                return;
-            }
-        };
         let mut s = Session {
             cfg: &self.cfg,
             local: self.local.as_ref(),
@@ -759,7 +837,13 @@ impl EtcdSource {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let err = match connect(&self.cfg, opts.clone()).await {
+            // Files are read per attempt (validated once at construction): a certificate or
+            // password file being rotated is a failed attempt, retried on the schedule.
+            let attempt = match self.cfg.connect_options() {
+                Ok(opts) => connect(&self.cfg, opts).await,
+                Err(e) => Err(e.to_string()),
+            };
+            let err = match attempt {
                 Ok(client) => {
                     let mut client = client;
                     let mut end;
@@ -793,7 +877,8 @@ impl EtcdSource {
                 let _ = tx.send(SourceEvent::Health {
                     connected: false,
                     detail: format!(
-                        "etcd unreachable ({err}); forwarding continues on the last good state"
+                        "etcd unavailable ({}); forwarding continues on the last good state",
+                        with_hint(&err, &self.cfg)
                     ),
                 });
             }
@@ -821,7 +906,7 @@ impl Session<'_> {
         .await;
         let resp = match list {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return End::Failed(format!("list {prefix}: {e}")),
+            Ok(Err(e)) => return End::Failed(format!("list {prefix}: {}", describe(&e))),
             Err(_) => return End::Failed(format!("list {prefix}: timed out")),
         };
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -854,7 +939,7 @@ impl Session<'_> {
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return End::Failed(format!("watch {prefix}: {e}")),
+            Ok(Err(e)) => return End::Failed(format!("watch {prefix}: {}", describe(&e))),
             Err(_) => return End::Failed(format!("watch {prefix}: timed out")),
         };
         let debounce = Duration::from_millis(self.cfg.debounce_ms);
@@ -871,7 +956,7 @@ impl Session<'_> {
                     let resp = match msg {
                         Ok(Some(r)) => r,
                         Ok(None) => return End::Failed("watch stream closed".into()),
-                        Err(e) => return End::Failed(format!("watch: {e}")),
+                        Err(e) => return End::Failed(format!("watch: {}", describe(&e))),
                     };
                     if resp.compact_revision() > 0 {
                         return End::Compacted(resp.compact_revision());
@@ -991,7 +1076,10 @@ impl Session<'_> {
                 .allocate(&ep.name, &ep.labels)
                 .await
                 .map_err(|e| match e {
-                    crate::identity::IdentityError::Store(_) => IdentityStep::Store(e.to_string()),
+                    crate::identity::IdentityError::Store(_) => IdentityStep::Store(format!(
+                        "identity allocation for endpoint {}: {e}",
+                        ep.name
+                    )),
                     _ => IdentityStep::Bad(format!("endpoint {}: {e}", ep.name)),
                 })?;
             ep.identity = id;
@@ -1010,7 +1098,7 @@ impl Session<'_> {
             }
             if let Err(e) = alloc.release(name, *id).await {
                 now.insert((name.clone(), *id));
-                failed = Some(e.to_string());
+                failed = Some(format!("identity release for endpoint {name}: {e}"));
             }
         }
         self.held_labels
