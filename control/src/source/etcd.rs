@@ -1141,6 +1141,33 @@ mod tests {
         assert_eq!(c.window_k(60, 100), Duration::from_millis(1_000));
     }
 
+    /// docs/etcd.md: with the defaults, agents are in windows of the full width W from 7.5 s
+    /// after the loss when W = 5 s (up to 500 nodes) and from 15.5 s when W = 10 s (1000 nodes).
+    #[test]
+    fn defaults_reach_the_window_cap_when_the_docs_say() {
+        let c = BackoffConfig {
+            jitter: false,
+            ..BackoffConfig::default()
+        };
+        for (nodes, w, ramp) in [(500, 5_000, 7_500), (1_000, 10_000, 15_500)] {
+            assert_eq!(c.window(nodes), Duration::from_millis(w));
+            // Without jitter attempt k falls at the end of window k: the first full-width
+            // window is the first gap of W between attempts, and it starts at the ramp.
+            let t0 = Instant::now();
+            let mut r = Reconnect::new(c.clone(), 1);
+            let (mut prev, mut now) = (Duration::ZERO, t0);
+            let start = loop {
+                now = r.next_attempt(now, nodes);
+                let at = now - t0;
+                if at - prev == c.window(nodes) {
+                    break prev;
+                }
+                prev = at;
+            };
+            assert_eq!(start, Duration::from_millis(ramp), "{nodes} nodes");
+        }
+    }
+
     #[test]
     fn attempts_fall_in_back_to_back_windows() {
         let t0 = Instant::now();
