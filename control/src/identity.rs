@@ -60,7 +60,7 @@ pub struct IdentityConfig {
 pub enum IdentityError {
     #[error("label filter entry {0:?} is empty")]
     EmptyFilter(String),
-    #[error("etcd: {0}")]
+    #[error("etcd: {}", crate::source::etcd::describe(.0))]
     Store(#[from] etcd_client::Error),
     #[error("identity space of cluster {cluster} is full ({count} local identities)")]
     Exhausted { cluster: u8, count: u32 },

@@ -196,7 +196,8 @@ impl Reconnect {
         }
     }
 
-    /// A connection succeeded: the next loss starts again at window 0.
+    /// A session is fully up (listed, published, watch created): the next loss starts again at
+    /// window 0.
     pub fn reset(&mut self) {
         self.window_start = None;
         self.k = 0;
@@ -337,7 +338,9 @@ impl EtcdConfig {
         self.connect_options().map(|_| ())
     }
 
-    /// The client options: timeouts, keepalive, TLS files and credentials (files are read now).
+    /// The client options: timeouts, keepalive, TLS files and credentials (files are read now;
+    /// the source calls this before every connection attempt, so rotated certificates or a
+    /// fixed password file take effect at the next reconnect without a restart).
     pub fn connect_options(&self) -> Result<ConnectOptions, EtcdConfigError> {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(self.request_timeout_ms))
@@ -372,7 +375,12 @@ impl EtcdConfig {
             if pw.is_empty() {
                 return Err(EtcdConfigError::EmptyPassword(a.password_file.clone()));
             }
-            o = o.with_user(a.username.clone(), pw);
+            // etcd drops a simple token after `--auth-token-ttl` (300 s) without use; the watch
+            // outlives it, so the next identity transaction would fail and cost a full resync.
+            // With auto refresh the client authenticates again and retries that request once.
+            o = o
+                .with_user(a.username.clone(), pw)
+                .with_auto_token_refresh(true);
         }
         Ok(o)
     }
@@ -696,15 +704,101 @@ pub async fn connect(cfg: &EtcdConfig, opts: ConnectOptions) -> Result<Client, S
     .await
     {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Ok(Err(e)) => return Err(format!("connect: {}", describe(&e))),
         Err(_) => return Err(format!("connect: no answer in {:?}", cfg.request_timeout())),
     };
     let ready = Duration::from_millis(cfg.ready_timeout_ms.max(1));
     match tokio::time::timeout(ready, client.status()).await {
         Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(format!("status: {e}")),
+        Ok(Err(e)) => Err(format!("status: {}", describe(&e))),
         Err(_) => Err(format!("status: not serving within {ready:?}")),
     }
+}
+
+/// An etcd client error for a person: the gRPC status message (not tonic's debug dump of the
+/// status and its source), followed by the root cause when it adds something, e.g.
+/// `transport error: received fatal alert: BadCertificate`.
+pub fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut text, mut cause) = match e {
+        etcd_client::Error::GRpcStatus(s) => (s.message().to_string(), s.source()),
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        other => return other.to_string(),
+    };
+    let mut root = None;
+    while let Some(c) = cause {
+        root = Some(c);
+        cause = c.source();
+    }
+    if let Some(root) = root.map(|r| r.to_string()) {
+        if !text.contains(&root) {
+            text = format!("{text}: {root}");
+        }
+    }
+    text
+}
+
+/// `err` plus what to check in the config when the failure is one of TLS or of credentials
+/// (those do not go away by retrying, unlike a store that is down).
+fn with_hint(err: &str, cfg: &EtcdConfig) -> String {
+    let tls = cfg.tls.as_ref();
+    let client_cert = tls.is_some_and(|t| t.cert_file.is_some());
+    let hint = if err.contains("UnknownIssuer") || err.contains("BadSignature") {
+        let ca = tls.map_or(String::new(), |t| t.ca_file.display().to_string());
+        format!("the server certificate is not signed by the CA in etcd.tls.ca_file {ca}")
+    } else if err.contains("not valid for name") || err.contains("NotValidForName") {
+        "the server certificate does not name the endpoint host: use an endpoint it names, or \
+         set etcd.tls.server_name"
+            .into()
+    } else if err.contains("certificate expired") || err.contains("certificate not valid yet") {
+        "a certificate is outside its validity period (check the clocks)".into()
+    } else if err.contains("alert: BadCertificate")
+        || err.contains("alert: CertificateRequired")
+        || err.contains("alert: UnknownCA")
+    {
+        if client_cert {
+            "the server refused the client certificate in etcd.tls.cert_file: it is not signed \
+             by a CA the server trusts (--trusted-ca-file)"
+                .into()
+        } else {
+            "the server requires a client certificate: set etcd.tls.cert_file and key_file".into()
+        }
+    } else if tls.is_some()
+        && err.starts_with("status:")
+        && (err.contains("connection closed") || err.contains("connection reset"))
+    {
+        // TLS 1.3: the client completes its side of the handshake and sends its first request
+        // before the server has checked the client certificate; the server's alert then often
+        // races with its close and is lost, leaving only "connection closed".
+        if client_cert {
+            "closed right after the TLS handshake: the server may be refusing the client \
+             certificate in etcd.tls.cert_file (the server log says why)"
+                .into()
+        } else {
+            "closed right after the TLS handshake: if the server requires client certificates \
+             (--client-cert-auth), set etcd.tls.cert_file and key_file (the server log says why)"
+                .into()
+        }
+    } else if err.contains("authentication failed") {
+        let (user, file) = cfg
+            .auth
+            .as_ref()
+            .map_or((String::new(), String::new()), |a| {
+                (a.username.clone(), a.password_file.display().to_string())
+            });
+        format!("check etcd.auth.username {user:?} and the password in {file}")
+    } else if err.contains("user name is empty") {
+        "the server has authentication enabled: set etcd.auth".into()
+    } else if err.contains("permission denied") {
+        let user = cfg.auth.as_ref().map_or("", |a| a.username.as_str());
+        format!(
+            "the etcd role of user {user:?} must allow reading the prefix and writing the \
+             identity keys (docs/etcd.md, Authentication)"
+        )
+    } else {
+        return err.to_string();
+    };
+    format!("{err}; {hint}")
 }
 
 struct Session<'a> {
@@ -725,16 +819,6 @@ struct Session<'a> {
 
 impl EtcdSource {
     async fn run_async(self, tx: crossbeam::channel::Sender<SourceEvent>, stop: Arc<AtomicBool>) {
-        let opts = match self.cfg.connect_options() {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = tx.send(SourceEvent::Rejected {
-                    origin: self.name(),
-                    error: e.to_string(),
-                });
-                return;
-            }
-        };
         let mut s = Session {
             cfg: &self.cfg,
             local: self.local.as_ref(),
@@ -753,7 +837,13 @@ impl EtcdSource {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let err = match connect(&self.cfg, opts.clone()).await {
+            // Files are read per attempt (validated once at construction): a certificate or
+            // password file being rotated is a failed attempt, retried on the schedule.
+            let attempt = match self.cfg.connect_options() {
+                Ok(opts) => connect(&self.cfg, opts).await,
+                Err(e) => Err(e.to_string()),
+            };
+            let err = match attempt {
                 Ok(client) => {
                     let mut client = client;
                     let mut end;
@@ -787,7 +877,8 @@ impl EtcdSource {
                 let _ = tx.send(SourceEvent::Health {
                     connected: false,
                     detail: format!(
-                        "etcd unreachable ({err}); forwarding continues on the last good state"
+                        "etcd unavailable ({}); forwarding continues on the last good state",
+                        with_hint(&err, &self.cfg)
                     ),
                 });
             }
@@ -815,7 +906,7 @@ impl Session<'_> {
         .await;
         let resp = match list {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return End::Failed(format!("list {prefix}: {e}")),
+            Ok(Err(e)) => return End::Failed(format!("list {prefix}: {}", describe(&e))),
             Err(_) => return End::Failed(format!("list {prefix}: timed out")),
         };
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -826,7 +917,6 @@ impl Session<'_> {
                 let _ = self.cache.put(k, kv.value());
             }
         }
-        reconnect.reset();
         *reported_down = false;
         let _ = self.tx.send(SourceEvent::Health {
             connected: true,
@@ -849,12 +939,13 @@ impl Session<'_> {
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return End::Failed(format!("watch {prefix}: {e}")),
+            Ok(Err(e)) => return End::Failed(format!("watch {prefix}: {}", describe(&e))),
             Err(_) => return End::Failed(format!("watch {prefix}: timed out")),
         };
         let debounce = Duration::from_millis(self.cfg.debounce_ms);
         let mut dirty_since: Option<Instant> = None;
         let mut rev = rev;
+        let mut established = false;
         loop {
             let tick = match dirty_since {
                 Some(t) => (t + debounce).min(Instant::now() + Duration::from_millis(100)),
@@ -865,13 +956,20 @@ impl Session<'_> {
                     let resp = match msg {
                         Ok(Some(r)) => r,
                         Ok(None) => return End::Failed("watch stream closed".into()),
-                        Err(e) => return End::Failed(format!("watch: {e}")),
+                        Err(e) => return End::Failed(format!("watch: {}", describe(&e))),
                     };
                     if resp.compact_revision() > 0 {
                         return End::Compacted(resp.compact_revision());
                     }
                     if resp.canceled() {
                         return End::Failed(format!("watch canceled: {}", resp.cancel_reason()));
+                    }
+                    // The backoff starts over only once the whole cycle works: a store that
+                    // serves the list but fails the publish (identity transaction) or the watch
+                    // must be retried on the growing schedule, not re-listed every base window.
+                    if resp.created() && !established {
+                        established = true;
+                        reconnect.reset();
                     }
                     let mut relevant = false;
                     for ev in resp.events() {
@@ -978,7 +1076,10 @@ impl Session<'_> {
                 .allocate(&ep.name, &ep.labels)
                 .await
                 .map_err(|e| match e {
-                    crate::identity::IdentityError::Store(_) => IdentityStep::Store(e.to_string()),
+                    crate::identity::IdentityError::Store(_) => IdentityStep::Store(format!(
+                        "identity allocation for endpoint {}: {e}",
+                        ep.name
+                    )),
                     _ => IdentityStep::Bad(format!("endpoint {}: {e}", ep.name)),
                 })?;
             ep.identity = id;
@@ -997,7 +1098,7 @@ impl Session<'_> {
             }
             if let Err(e) = alloc.release(name, *id).await {
                 now.insert((name.clone(), *id));
-                failed = Some(e.to_string());
+                failed = Some(format!("identity release for endpoint {name}: {e}"));
             }
         }
         self.held_labels
@@ -1038,6 +1139,33 @@ mod tests {
         assert_eq!(c.window_k(0, 100), Duration::from_millis(100));
         assert_eq!(c.window_k(3, 100), Duration::from_millis(800));
         assert_eq!(c.window_k(60, 100), Duration::from_millis(1_000));
+    }
+
+    /// docs/etcd.md: with the defaults, agents are in windows of the full width W from 7.5 s
+    /// after the loss when W = 5 s (up to 500 nodes) and from 15.5 s when W = 10 s (1000 nodes).
+    #[test]
+    fn defaults_reach_the_window_cap_when_the_docs_say() {
+        let c = BackoffConfig {
+            jitter: false,
+            ..BackoffConfig::default()
+        };
+        for (nodes, w, ramp) in [(500, 5_000, 7_500), (1_000, 10_000, 15_500)] {
+            assert_eq!(c.window(nodes), Duration::from_millis(w));
+            // Without jitter attempt k falls at the end of window k: the first full-width
+            // window is the first gap of W between attempts, and it starts at the ramp.
+            let t0 = Instant::now();
+            let mut r = Reconnect::new(c.clone(), 1);
+            let (mut prev, mut now) = (Duration::ZERO, t0);
+            let start = loop {
+                now = r.next_attempt(now, nodes);
+                let at = now - t0;
+                if at - prev == c.window(nodes) {
+                    break prev;
+                }
+                prev = at;
+            };
+            assert_eq!(start, Duration::from_millis(ramp), "{nodes} nodes");
+        }
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Shared by the etcd tests: a synchronous writer for the store and a running source.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use etcd_client::{Client, DeleteOptions};
+use etcd_client::{Client, ConnectOptions, DeleteOptions};
 use nodeplane_control::source::etcd::{EtcdConfig, EtcdSource, NodeRecord};
 use nodeplane_control::source::{SourceEvent, StateSource};
 use nodeplane_state::State;
@@ -22,13 +24,18 @@ pub struct Store {
 
 impl Store {
     pub fn connect(endpoint: &str) -> Store {
+        Self::connect_with(endpoint, None)
+    }
+
+    /// With TLS files and/or credentials (`ConnectOptions::with_tls`, `with_user`).
+    pub fn connect_with(endpoint: &str, opts: Option<ConnectOptions>) -> Store {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let client = rt
-            .block_on(Client::connect([endpoint], None))
-            .expect("connect to the test etcd");
+            .block_on(Client::connect([endpoint], opts))
+            .unwrap_or_else(|e| panic!("connect to the test etcd {endpoint}: {e}"));
         Store { rt, client }
     }
 
@@ -149,6 +156,11 @@ impl Running {
         }
     }
 
+    /// The source thread is still running (it never gives up on a failing store).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Everything that arrives within `d`.
     pub fn collect(&self, d: Duration) -> Vec<SourceEvent> {
         let end = Instant::now() + d;
@@ -188,4 +200,13 @@ pub fn config(endpoint: &str, node: &str) -> EtcdConfig {
     c.debounce_ms = 30;
     c.request_timeout_ms = 2_000;
     c
+}
+
+/// Lines of `log` (an etcd log) that contain `needle`.
+pub fn count_in_log(log: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
 }

@@ -2,6 +2,11 @@
 //! ports, a private data directory, killed (SIGKILL) and its directory removed on drop. It can be
 //! killed and restarted on the same ports and data, which is how the outage tests and the fleet
 //! simulation take the store away.
+//!
+//! [`LocalEtcd::start`] serves plain http; [`LocalEtcd::builder`] adds TLS on the client port
+//! (optionally with client certificates required) and a short auth-token TTL. Readiness is
+//! probed with `GET /health` on a separate plain-http metrics listener
+//! (`--listen-metrics-urls`), so the probe works whatever the client port speaks.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -39,26 +44,61 @@ pub struct LocalEtcd {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Plain-http `/health` and `/metrics` (the readiness probe).
+    metrics_port: u16,
+    opts: LocalEtcdBuilder,
 }
 
-fn free_port() -> Result<u16, LocalEtcdError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| LocalEtcdError::Io {
-        what: "bind a loopback port".into(),
-        source,
-    })?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|source| LocalEtcdError::Io {
-            what: "read a bound port".into(),
-            source,
-        })
+/// TLS on the client URLs (the peer URL of the single member stays plain: it has no peers).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// PEM server certificate (`--cert-file`); must name 127.0.0.1 (and/or localhost).
+    pub cert_file: PathBuf,
+    /// PEM key of `cert_file` (`--key-file`).
+    pub key_file: PathBuf,
+    /// `Some(ca)`: clients must present a certificate signed by `ca`
+    /// (`--client-cert-auth --trusted-ca-file ca`); `None`: any client may connect.
+    pub client_ca_file: Option<PathBuf>,
 }
 
-impl LocalEtcd {
+/// How to start a [`LocalEtcd`]; `LocalEtcd::builder().start()` is [`LocalEtcd::start`].
+#[derive(Debug, Clone, Default)]
+pub struct LocalEtcdBuilder {
+    tls: Option<ServerTls>,
+    auth_token_ttl_s: Option<u32>,
+}
+
+impl LocalEtcdBuilder {
+    /// Serve the client URL over https (the endpoint becomes `https://127.0.0.1:<port>`).
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `--auth-token-ttl`: how long an idle simple auth token lives (etcd's default: 300 s).
+    pub fn auth_token_ttl(mut self, secs: u32) -> Self {
+        self.auth_token_ttl_s = Some(secs);
+        self
+    }
+
     /// Starts etcd and waits until `/health` answers (at most 20 s).
-    pub fn start() -> Result<Self, LocalEtcdError> {
+    pub fn start(self) -> Result<LocalEtcd, LocalEtcdError> {
         if !Path::new(ETCD_BIN).exists() {
             return Err(LocalEtcdError::Missing(ETCD_BIN.into()));
+        }
+        // etcd would exit with the reason in its log; say it here instead.
+        if let Some(t) = &self.tls {
+            let files = [
+                Some(&t.cert_file),
+                Some(&t.key_file),
+                t.client_ca_file.as_ref(),
+            ];
+            for f in files.into_iter().flatten() {
+                std::fs::metadata(f).map_err(|source| LocalEtcdError::Io {
+                    what: format!("read TLS file {}", f.display()),
+                    source,
+                })?;
+            }
         }
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
@@ -79,14 +119,45 @@ impl LocalEtcd {
             dir,
             client_port: free_port()?,
             peer_port: free_port()?,
+            metrics_port: free_port()?,
+            opts: self,
         };
         me.spawn()?;
         Ok(me)
     }
+}
 
-    /// `http://127.0.0.1:<port>`.
+fn free_port() -> Result<u16, LocalEtcdError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| LocalEtcdError::Io {
+        what: "bind a loopback port".into(),
+        source,
+    })?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| LocalEtcdError::Io {
+            what: "read a bound port".into(),
+            source,
+        })
+}
+
+impl LocalEtcd {
+    /// A plain-http etcd with default settings; waits until `/health` answers (at most 20 s).
+    pub fn start() -> Result<Self, LocalEtcdError> {
+        Self::builder().start()
+    }
+
+    pub fn builder() -> LocalEtcdBuilder {
+        LocalEtcdBuilder::default()
+    }
+
+    /// `http://127.0.0.1:<port>`, or `https://` when started with TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -127,7 +198,24 @@ impl LocalEtcd {
         })?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(ETCD_BIN)
+        let mut cmd = Command::new(ETCD_BIN);
+        cmd.arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", self.metrics_port));
+        if let Some(t) = &self.opts.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert_file)
+                .arg("--key-file")
+                .arg(&t.key_file);
+            if let Some(ca) = &t.client_ca_file {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ca);
+            }
+        }
+        if let Some(ttl) = self.opts.auth_token_ttl_s {
+            cmd.arg("--auth-token-ttl").arg(ttl.to_string());
+        }
+        let child = cmd
             .arg("--name")
             .arg("np")
             .arg("--data-dir")
@@ -175,7 +263,7 @@ impl LocalEtcd {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
