@@ -17,18 +17,15 @@
 //! The daemon (`nodeplane run` with a `bgp:` section) does not use this module: it feeds the
 //! speaker from its own state source.
 
-use std::collections::BTreeSet;
 use std::hash::Hasher;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use ipnet::IpNet;
-
 use crate::config::BgpConfig;
 use crate::fsm::StopMode;
 use crate::network::{Speaker, SpeakerError};
-use crate::routes::routes_from_state;
+use crate::routes::{log_list, routes_from_state};
 use crate::status::{serve_status, StatusError};
 use crate::sys;
 
@@ -73,7 +70,7 @@ pub fn run(opts: &RunOptions) -> Result<StopMode, RunError> {
         cfg.local_as,
         cfg.router_id,
         cfg.neighbors.len(),
-        list(&routes)
+        log_list(&routes)
     );
     let mode = loop {
         std::thread::sleep(STATE_POLL);
@@ -95,7 +92,7 @@ pub fn run(opts: &RunOptions) -> Result<StopMode, RunError> {
             Ok(state) => {
                 let new = routes_from_state(&state, &cfg.announce);
                 if new != routes {
-                    eprintln!("bgp: routes now {}", list(&new));
+                    eprintln!("bgp: routes now {}", log_list(&new));
                     routes = new;
                     speaker.set_routes(routes.clone());
                 }
@@ -109,30 +106,6 @@ pub fn run(opts: &RunOptions) -> Result<StopMode, RunError> {
         let _ = std::fs::remove_file(path);
     }
     Ok(mode)
-}
-
-/// Routes shown in a log line before "and N more": a node announcing thousands of VIPs must
-/// not write a 60 KB line on every state change (the full set is in `nodeplane bgp status`).
-const LOG_ROUTES: usize = 8;
-
-fn list(routes: &BTreeSet<IpNet>) -> String {
-    if routes.is_empty() {
-        return "nothing".into();
-    }
-    let shown: Vec<String> = routes
-        .iter()
-        .take(LOG_ROUTES)
-        .map(|r| r.to_string())
-        .collect();
-    let mut s = shown.join(", ");
-    if routes.len() > LOG_ROUTES {
-        s += &format!(
-            " and {} more ({} routes)",
-            routes.len() - LOG_ROUTES,
-            routes.len()
-        );
-    }
-    s
 }
 
 /// What is known of one file or directory entry at one poll.
@@ -242,23 +215,6 @@ fn entry(path: PathBuf, meta: Option<Meta>, prev: Option<&Entry>, now: SystemTim
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn set(n: usize) -> BTreeSet<IpNet> {
-        (0..n)
-            .map(|k| format!("10.{}.{}.0/24", k / 256, k % 256).parse().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn route_list_in_log_lines_is_bounded() {
-        assert_eq!(list(&set(0)), "nothing");
-        assert_eq!(list(&set(2)), "10.0.0.0/24, 10.0.1.0/24");
-        assert_eq!(list(&set(LOG_ROUTES)).matches(", ").count(), LOG_ROUTES - 1);
-        let big = list(&set(3000));
-        assert!(big.len() < 200, "{big}");
-        assert!(big.starts_with("10.0.0.0/24, 10.0.1.0/24,"), "{big}");
-        assert!(big.ends_with(" and 2992 more (3000 routes)"), "{big}");
-    }
 
     /// A rewrite of the same size within one timestamp tick leaves every piece of metadata as
     /// it was (simulated by handing `entry` the old metadata): the contents tell.

@@ -15,7 +15,7 @@ pub mod routes;
 pub mod sys;
 
 pub use config::{AnnounceConfig, BgpConfig, ConfigError, NeighborConfig};
-pub use routes::routes_from_state;
+pub use routes::{log_list, routes_from_state};
 pub mod fsm;
 pub mod network;
 pub mod status;

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use nodeplane_bgp::{routes_from_state, BgpConfig, Speaker, SpeakerStatus, StopMode};
+use nodeplane_bgp::{log_list, routes_from_state, BgpConfig, Speaker, SpeakerStatus, StopMode};
 use nodeplane_state::State;
 
 use crate::api::{BgpNeighborSummary, BgpStatus, BgpSummary};
@@ -27,8 +27,6 @@ use crate::api::{BgpNeighborSummary, BgpStatus, BgpSummary};
 /// First wait before a failed start is tried again; doubles up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// Prefixes named in a log line before "and N more".
-const LOG_ROUTES: usize = 8;
 
 #[derive(Debug)]
 pub struct Bgp {
@@ -66,12 +64,15 @@ impl Bgp {
         self.routes = Some(routes.clone());
         match &self.speaker {
             Some(s) => {
-                log::info!("bgp: routes now {}", list(&routes));
+                log::info!("bgp: routes now {}", log_list(&routes));
                 s.set_routes(routes);
             }
             // Not started yet; a failed speaker takes the new routes at its next start.
             None if first => self.start(),
-            None => log::info!("bgp: routes now {} (speaker not running)", list(&routes)),
+            None => log::info!(
+                "bgp: routes now {} (speaker not running)",
+                log_list(&routes)
+            ),
         }
     }
 
@@ -86,7 +87,7 @@ impl Bgp {
                     self.cfg.local_as,
                     self.cfg.router_id,
                     self.cfg.neighbors.len(),
-                    list(&routes)
+                    log_list(&routes)
                 );
                 self.speaker = Some(s);
                 self.error = None;
@@ -179,24 +180,6 @@ impl Bgp {
                 .collect(),
         }
     }
-}
-
-/// A bounded list of prefixes for a log line (a node announcing thousands of VIPs must not
-/// log 60 KB per change; the full set is in `nodeplane bgp status`).
-fn list(routes: &BTreeSet<IpNet>) -> String {
-    if routes.is_empty() {
-        return "nothing".into();
-    }
-    let shown: Vec<String> = routes
-        .iter()
-        .take(LOG_ROUTES)
-        .map(|r| r.to_string())
-        .collect();
-    let mut s = shown.join(", ");
-    if routes.len() > LOG_ROUTES {
-        s += &format!(" and {} more", routes.len() - LOG_ROUTES);
-    }
-    s
 }
 
 #[cfg(test)]
