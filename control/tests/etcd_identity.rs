@@ -11,7 +11,7 @@ use etcd_support::{config, Running, Store, PREFIX};
 use nodeplane_control::identity::{IdentityAllocator, IdentityConfig, FIRST_LOCAL};
 use nodeplane_control::source::etcd::server::LocalEtcd;
 use nodeplane_control::source::etcd::{EtcdSource, NodeRecord};
-use nodeplane_state::example;
+use nodeplane_state::{example, State};
 
 fn etcd() -> LocalEtcd {
     LocalEtcd::start().unwrap_or_else(|e| panic!("cannot run the test etcd: {e}"))
@@ -112,23 +112,29 @@ fn filter_decides_equality_and_release_frees_after_last_reference() {
     assert!(again >= FIRST_LOCAL && again != id_db);
 }
 
-#[test]
-fn source_allocates_identities_for_endpoints_with_identity_zero() {
-    let e = etcd();
+/// The example node in the store with every endpoint at `identity: 0` (web-1 and web-2 share
+/// labels; client has its own) and no policies (they name literal identities); a source for it
+/// and its first snapshot.
+fn allocating_agent(e: &LocalEtcd) -> (Store, Running, State, State) {
     let mut st = Store::connect(&e.endpoint());
     let mut state = example::state().unwrap();
-    // web-1 and web-2 share labels; client has its own.
     for ep in &mut state.endpoints {
         ep.identity = 0;
     }
     st.put_state("n1", &state);
-    // Policies of the example name literal identities: drop them for this test.
     st.delete_prefix(&format!("{PREFIX}/policies/"));
     let r = Running::start(
         EtcdSource::with_local(config(&e.endpoint(), "n1"), None).unwrap(),
         None,
     );
     let (s, _) = r.next_snapshot(Duration::from_secs(10));
+    (st, r, state, s)
+}
+
+#[test]
+fn source_allocates_identities_for_endpoints_with_identity_zero() {
+    let e = etcd();
+    let (mut st, r, state, s) = allocating_agent(&e);
     let id = |n: &str| s.endpoints.iter().find(|e| e.name == n).unwrap().identity;
     assert!(id("client") >= FIRST_LOCAL);
     assert_eq!(id("web-1"), id("web-2"));
@@ -173,18 +179,7 @@ fn source_allocates_identities_for_endpoints_with_identity_zero() {
 #[test]
 fn allocation_does_not_feed_back_into_the_watch() {
     let e = etcd();
-    let mut st = Store::connect(&e.endpoint());
-    let mut state = example::state().unwrap();
-    for ep in &mut state.endpoints {
-        ep.identity = 0;
-    }
-    st.put_state("n1", &state);
-    st.delete_prefix(&format!("{PREFIX}/policies/"));
-    let r = Running::start(
-        EtcdSource::with_local(config(&e.endpoint(), "n1"), None).unwrap(),
-        None,
-    );
-    let (s, _) = r.next_snapshot(Duration::from_secs(10));
+    let (mut st, r, _, s) = allocating_agent(&e);
     let client_id = s
         .endpoints
         .iter()
