@@ -311,6 +311,13 @@ fn error_cases() -> Vec<(&'static str, Vec<u8>, u8, u8)> {
             3,
             9,
         ),
+        // Attribute 99 with the optional bit clear (transitive only): RFC 4271 §6.3.
+        (
+            "update unrecognized well-known attribute",
+            msg(27, 2, &[0, 0, 0, 4, 0x40, 99, 1, 0]),
+            3,
+            2,
+        ),
     ]
 }
 

@@ -27,6 +27,7 @@ pub mod subcode {
     pub const UNSUPPORTED_CAPABILITY: u8 = 7;
     // UPDATE message errors.
     pub const MALFORMED_ATTRIBUTE_LIST: u8 = 1;
+    pub const UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE: u8 = 2;
     pub const OPTIONAL_ATTRIBUTE_ERROR: u8 = 9;
     pub const INVALID_NETWORK_FIELD: u8 = 10;
     // FSM errors (RFC 6608).

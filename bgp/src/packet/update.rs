@@ -31,6 +31,15 @@ pub const ATTR_MP_UNREACH: u8 = 15;
 pub const ATTR_AS4_PATH: u8 = 17;
 
 const FLAG_OPTIONAL: u8 = 0x80;
+/// The well-known attributes of RFC 4271 (ORIGIN, AS_PATH, NEXT_HOP, LOCAL_PREF,
+/// ATOMIC_AGGREGATE): any other attribute code without the optional bit is unrecognized.
+const KNOWN_WELL_KNOWN: [u8; 5] = [
+    ATTR_ORIGIN,
+    ATTR_AS_PATH,
+    ATTR_NEXT_HOP,
+    ATTR_LOCAL_PREF,
+    ATTR_ATOMIC_AGGREGATE,
+];
 const FLAG_TRANSITIVE: u8 = 0x40;
 const FLAG_EXTENDED: u8 = 0x10;
 
@@ -492,6 +501,15 @@ fn decode_attribute(
                     .map(|c| Community(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
                     .collect();
             }
+        }
+        // RFC 4271 §6.3: a well-known (non-optional) attribute we do not recognise is a
+        // session error, not something to pass on.
+        _ if flags & FLAG_OPTIONAL == 0 && !KNOWN_WELL_KNOWN.contains(&code) => {
+            return Err(DecodeError::new(
+                code::UPDATE_MESSAGE,
+                subcode::UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE,
+                "unrecognized well-known attribute",
+            ));
         }
         _ => {
             if code == ATTR_AGGREGATOR && value.len() != if ctx.four_octet_as { 8 } else { 6 } {
