@@ -15,15 +15,19 @@
 //! veth's per-packet queue choice does, so about half of the frames land on the wrong worker.
 //! The baseline threads receive exactly the flows they own.
 //!
-//! (a) is the runtime's hand-off (`control/src/runtime/io.rs`, whose `Handoff` is private, so its
-//! burst loop is restated here: up to 32 handed-in frames join each burst, the rest of the burst
-//! is received) with the real `frame_owner_hash`/`owner_of` of `runtime::owner`, with one
-//! difference: where the runtime drops a hand-off (full queue, empty pool), this one waits and
-//! works off its own queue meanwhile. Both threads receive as fast as they can (overload), and
-//! with drops a worker whose queue is empty takes whole bursts of new frames and floods the
-//! other: a first run dropped 2.9M of 4.1M hand-offs, which would have flattered the figure.
-//! With waiting, every frame is processed exactly once: the figure is the loss-free capacity,
-//! and `stalls` counts the waits. The shared
+//! (a) restates the runtime's hand-off (`control/src/runtime/io.rs`; its `Handoff` is private)
+//! with the real `frame_owner_hash`/`owner_of` of `runtime::owner`, in two modes:
+//! - `handoff/half_wrong`: symmetric offered load, as every other variant: each worker receives
+//!   a full burst per turn, hands off the wrong half, and processes its own frames together with
+//!   handed-in ones (≤ 64 per `process_burst`) until its queue is worked off. A full queue or an
+//!   empty pool makes the sender wait (working off its own queue meanwhile): every frame is
+//!   processed exactly once; `stalls` counts the waits.
+//! - `handoff/runtime_overload`: the runtime's admission rule (handed-in frames take at most
+//!   half a burst, the rest of the burst is received) and its drops (full queue or empty pool),
+//!   with both workers receiving as fast as they can. The figure is ns per *processed* packet
+//!   (wall clock / frames that went through a pipeline); dropped hand-offs are printed.
+//!
+//! The shared
 //! table has no implementation in the tree: the pipeline owns its conntrack, so (b) puts whole
 //! pipelines behind `Mutex`es — one (lock per burst or per packet), or 16 shards chosen by the
 //! same owner hash (each shard a pipeline holding its flows: a sharded conntrack without
@@ -68,8 +72,8 @@ const SAMPLES: usize = 20;
 /// routine once per sample after its warm-up calls: the last `SAMPLES` are the measurement).
 static FIGURES: Mutex<Vec<(String, Vec<f64>)>> = Mutex::new(Vec::new());
 
-fn record(name: &str, elapsed: Duration, iters: u64) {
-    let ns = elapsed.as_nanos() as f64 / (iters as f64 * (WORKERS * BURST) as f64);
+fn record(name: &str, elapsed: Duration, packets: u64) {
+    let ns = elapsed.as_nanos() as f64 / packets.max(1) as f64;
     let mut f = FIGURES.lock().expect("figures");
     match f.iter_mut().find(|(n, _)| n == name) {
         Some((_, v)) => v.push(ns),
@@ -121,6 +125,8 @@ struct Handoff {
     inbound: Vec<ArrayQueue<Box<HandoffFrame>>>,
     pool: ArrayQueue<Box<HandoffFrame>>,
     handed_off: AtomicU64,
+    /// Hand-offs dropped (runtime mode): full queue or empty pool.
+    dropped: AtomicU64,
     /// Times a hand-off found the pool empty or the owner's queue full (the runtime drops then).
     stalls: AtomicU64,
 }
@@ -141,6 +147,7 @@ impl Handoff {
                 .collect(),
             pool,
             handed_off: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
         }
     }
@@ -309,6 +316,15 @@ fn drain_own(
     n
 }
 
+/// How a hand-off worker admits frames (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// A full burst received per turn; everything handed in is worked off; a full queue waits.
+    Symmetric,
+    /// The runtime's rule: handed-in frames take ≤ half a burst; a full queue drops.
+    Runtime,
+}
+
 fn handoff_worker(
     env: &Env,
     h: &Handoff,
@@ -316,20 +332,26 @@ fn handoff_worker(
     me: usize,
     s: &mut Worker<'_>,
     frames: usize,
+    mode: Admission,
 ) {
     let peer = 1 - me;
     let mut outs = [Outcome::default(); BURST];
     let mut received = 0;
-    let (mut handed_off, mut stalls) = (0u64, 0u64);
+    let (mut handed_off, mut dropped, mut stalls) = (0u64, 0u64, 0u64);
     loop {
         let receiving = received < frames;
         if !receiving && done[peer].load(Ordering::Acquire) && h.inbound[me].is_empty() {
             break;
         }
-        // As the runtime: handed-in frames take at most half a burst while receiving.
-        let cap = if receiving { BURST / 2 } else { BURST };
-        let waiting = h.inbound[me].len().min(cap);
-        let n = (BURST - waiting).min(frames - received);
+        let n = match mode {
+            // As the runtime: handed-in frames take at most half a burst while receiving.
+            Admission::Runtime => {
+                let cap = if receiving { BURST / 2 } else { BURST };
+                BURST - h.inbound[me].len().min(cap)
+            }
+            Admission::Symmetric => BURST,
+        }
+        .min(frames - received);
         s.rx.receive(n);
         received += n;
         let mut mine = all_bits(n);
@@ -340,52 +362,85 @@ fn handoff_worker(
                 continue;
             }
             mine &= !(1 << i);
-            // Where the runtime drops (empty pool, full queue: `handoff_dropped`), this waits
-            // and works off its own queue meanwhile, so every frame is processed exactly once
-            // and the figure is the loss-free capacity. Counted as `stalls`.
-            let mut buf = loop {
+            let buf = loop {
                 if let Some(b) = h.pool.pop() {
-                    break b;
+                    break Some(b);
+                }
+                if mode == Admission::Runtime {
+                    break None;
                 }
                 stalls += 1;
                 if drain_own(env, h, me, s.p, &mut s.inbound) == 0 {
                     std::hint::spin_loop();
                 }
             };
-            buf.data[..frame.len()].copy_from_slice(frame);
-            buf.len = frame.len() as u16;
-            buf.iface = env.iface;
-            while let Err(b) = h.inbound[owner].push(buf) {
-                buf = b;
-                stalls += 1;
-                if drain_own(env, h, me, s.p, &mut s.inbound) == 0 {
-                    std::hint::spin_loop();
+            let Some(mut b) = buf else {
+                dropped += 1;
+                continue;
+            };
+            b.data[..frame.len()].copy_from_slice(frame);
+            b.len = frame.len() as u16;
+            b.iface = env.iface;
+            loop {
+                match h.inbound[owner].push(b) {
+                    Ok(()) => {
+                        handed_off += 1;
+                        break;
+                    }
+                    Err(back) if mode == Admission::Runtime => {
+                        dropped += 1;
+                        let _ = h.pool.push(back);
+                        break;
+                    }
+                    Err(back) => {
+                        b = back;
+                        stalls += 1;
+                        if drain_own(env, h, me, s.p, &mut s.inbound) == 0 {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             }
-            handed_off += 1;
         }
         if receiving && received == frames {
             // After the last push: the peer stops once it sees this and an empty queue.
             done[me].store(true, Ordering::Release);
         }
-        while s.inbound.len() < waiting {
+        let room = match mode {
+            Admission::Runtime => BURST - n,
+            Admission::Symmetric => BURST - mine.count_ones() as usize,
+        };
+        while s.inbound.len() < room {
             match h.inbound[me].pop() {
                 Some(f) => s.inbound.push(f),
                 None => break,
             }
         }
         let (mut pkts, total) = packets(&mut s.rx.bufs[..n], mine, &mut s.inbound, env.iface);
-        if total == 0 {
-            std::hint::spin_loop();
-            continue;
+        if total > 0 {
+            s.p.process_burst(&mut pkts[..total], &mut outs[..total]);
+            black_box(&outs);
         }
-        s.p.process_burst(&mut pkts[..total], &mut outs[..total]);
-        black_box(&outs);
         for f in s.inbound.drain(..) {
             let _ = h.pool.push(f);
         }
+        if mode == Admission::Symmetric {
+            // Work off what was handed in before this turn ends.
+            let mut left = h.inbound[me].len();
+            while left > 0 {
+                let k = drain_own(env, h, me, s.p, &mut s.inbound);
+                if k == 0 {
+                    break;
+                }
+                left = left.saturating_sub(k);
+            }
+        }
+        if total == 0 {
+            std::hint::spin_loop();
+        }
     }
     h.handed_off.fetch_add(handed_off, Ordering::Relaxed);
+    h.dropped.fetch_add(dropped, Ordering::Relaxed);
     h.stalls.fetch_add(stalls, Ordering::Relaxed);
 }
 
@@ -532,52 +587,66 @@ fn flow_ownership(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("flow_ownership");
     g.throughput(Throughput::Elements((WORKERS * BURST) as u64));
-    let mut bench = |name: &str, run: &mut dyn FnMut(u64) -> Duration| {
+    // `run(iters)` returns the wall clock and the packets that went through a pipeline.
+    let mut bench = |name: &str, run: &mut dyn FnMut(u64) -> (Duration, u64)| {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let d = run(iters);
-                record(name, d, iters);
+                let (d, packets) = run(iters);
+                record(name, d, packets);
                 d
             })
         });
     };
+    let all = |iters: u64| iters * (WORKERS * BURST) as u64;
 
     let before = forwarded(&own);
     bench("baseline/local_burst", &mut |iters| {
         let [a, b] = &mut own;
         let [ra, rb] = &mut rx_owned;
         let mut st = [Local { p: a, rx: ra }, Local { p: b, rx: rb }];
-        run2(&mut st, |_, s| local_burst(&env, s, iters))
+        (
+            run2(&mut st, |_, s| local_burst(&env, s, iters)),
+            all(iters),
+        )
     });
     bench("baseline/local_per_packet", &mut |iters| {
         let [a, b] = &mut own;
         let [ra, rb] = &mut rx_owned;
         let mut st = [Local { p: a, rx: ra }, Local { p: b, rx: rb }];
-        run2(&mut st, |_, s| local_per_packet(&env, s, iters))
+        (
+            run2(&mut st, |_, s| local_per_packet(&env, s, iters)),
+            all(iters),
+        )
     });
-    let handoff_run = |iters: u64, rx: &mut [Rx; WORKERS], own: &mut [Pipeline; WORKERS]| {
-        let done = [AtomicBool::new(false), AtomicBool::new(false)];
-        let [pa, pb] = own;
-        let [ra, rb] = rx;
-        let mut w = [
-            Worker {
-                p: pa,
-                rx: ra,
-                inbound: Vec::with_capacity(BURST),
-            },
-            Worker {
-                p: pb,
-                rx: rb,
-                inbound: Vec::with_capacity(BURST),
-            },
-        ];
-        let frames = iters as usize * BURST;
-        run2(&mut w, |me, s| {
-            handoff_worker(&env, &handoff, &done, me, s, frames)
-        })
-    };
+    let handoff_run =
+        |iters: u64, rx: &mut [Rx; WORKERS], own: &mut [Pipeline; WORKERS], mode: Admission| {
+            let done = [AtomicBool::new(false), AtomicBool::new(false)];
+            let [pa, pb] = own;
+            let [ra, rb] = rx;
+            let mut w = [
+                Worker {
+                    p: pa,
+                    rx: ra,
+                    inbound: Vec::with_capacity(BURST),
+                },
+                Worker {
+                    p: pb,
+                    rx: rb,
+                    inbound: Vec::with_capacity(BURST),
+                },
+            ];
+            let frames = iters as usize * BURST;
+            let dropped = handoff.dropped.load(Ordering::Relaxed);
+            let d = run2(&mut w, |me, s| {
+                handoff_worker(&env, &handoff, &done, me, s, frames, mode)
+            });
+            (
+                d,
+                all(iters) - (handoff.dropped.load(Ordering::Relaxed) - dropped),
+            )
+        };
     bench("handoff/all_local", &mut |iters| {
-        handoff_run(iters, &mut rx_owned, &mut own)
+        handoff_run(iters, &mut rx_owned, &mut own, Admission::Symmetric)
     });
     assert_eq!(
         handoff.handed_off.load(Ordering::Relaxed),
@@ -585,31 +654,40 @@ fn flow_ownership(c: &mut Criterion) {
         "all frames at their owner"
     );
     bench("handoff/half_wrong", &mut |iters| {
-        handoff_run(iters, &mut rx_mixed, &mut own)
+        handoff_run(iters, &mut rx_mixed, &mut own, Admission::Symmetric)
     });
     let handed_off = handoff.handed_off.load(Ordering::Relaxed);
     let stalls = handoff.stalls.load(Ordering::Relaxed);
+    bench("handoff/runtime_overload", &mut |iters| {
+        handoff_run(iters, &mut rx_mixed, &mut own, Admission::Runtime)
+    });
+    let overload_off = handoff.handed_off.load(Ordering::Relaxed) - handed_off;
+    let overload_dropped = handoff.dropped.load(Ordering::Relaxed);
     let own_total = forwarded(&own) - before;
 
     bench("shared/lock_per_burst", &mut |iters| {
-        run2(&mut rx_mixed.each_mut(), |_, rx| {
+        let d = run2(&mut rx_mixed.each_mut(), |_, rx| {
             shared_burst(&env, &one[0], rx, iters)
-        })
+        });
+        (d, all(iters))
     });
     bench("shared/lock_per_packet", &mut |iters| {
-        run2(&mut rx_mixed.each_mut(), |_, rx| {
+        let d = run2(&mut rx_mixed.each_mut(), |_, rx| {
             shared_per_packet(&env, &one, rx, iters)
-        })
+        });
+        (d, all(iters))
     });
     bench("sharded16/lock_per_packet", &mut |iters| {
-        run2(&mut rx_mixed.each_mut(), |_, rx| {
+        let d = run2(&mut rx_mixed.each_mut(), |_, rx| {
             shared_per_packet(&env, &shards, rx, iters)
-        })
+        });
+        (d, all(iters))
     });
     bench("sharded16/lock_per_shard_run", &mut |iters| {
-        run2(&mut rx_mixed.each_mut(), |_, rx| {
+        let d = run2(&mut rx_mixed.each_mut(), |_, rx| {
             sharded_runs(&env, &shards, rx, iters)
-        })
+        });
+        (d, all(iters))
     });
     g.finish();
 
@@ -620,10 +698,12 @@ fn flow_ownership(c: &mut Criterion) {
         .collect();
     println!(
         "checks: own pipelines forwarded {own_total}, shared {}, shards {}; no pipeline drops; \
-         hand-off: {handed_off} frames handed off, {stalls} stalls (queue full / pool empty: \
-         the runtime would have dropped)",
+         hand-off (symmetric): {handed_off} frames handed off, {stalls} stalls (queue full / pool \
+         empty); runtime admission under overload: {overload_off} handed off, {overload_dropped} \
+         dropped ({:.1}%)",
         forwarded(&one),
         forwarded(&shards),
+        100.0 * overload_dropped as f64 / (overload_off + overload_dropped).max(1) as f64,
     );
 }
 
