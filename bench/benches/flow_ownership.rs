@@ -26,6 +26,9 @@
 //!   half a burst, the rest of the burst is received) and its drops (full queue or empty pool),
 //!   with both workers receiving as fast as they can. The figure is ns per *processed* packet
 //!   (wall clock / frames that went through a pipeline); dropped hand-offs are printed.
+//! - `handoff/batched_half_wrong`: as `half_wrong`, but each turn's frames for the peer travel
+//!   as one batch (one queue push and pop per batch instead of per frame). Not the runtime's
+//!   code: it tells how much of the hand-off's cost is the per-frame queue operations.
 //!
 //! The shared
 //! table has no implementation in the tree: the pipeline owns its conntrack, so (b) puts whole
@@ -444,6 +447,158 @@ fn handoff_worker(
     h.stalls.fetch_add(stalls, Ordering::Relaxed);
 }
 
+/// Up to a burst of frames copied for one worker in one turn: one queue operation per batch
+/// instead of per frame, as VPP's hand-off queues carry vectors of buffers. Not the runtime's
+/// code: the variant tells whether the per-frame queue operations are the hand-off's cost.
+struct Batch {
+    n: usize,
+    lens: [u16; BURST],
+    data: [[u8; HANDOFF_FRAME]; BURST],
+}
+
+/// One bounded queue of batches per destination worker (as many frames as the per-frame
+/// queues hold) and the pool of batches.
+struct BatchHandoff {
+    inbound: Vec<ArrayQueue<Box<Batch>>>,
+    pool: ArrayQueue<Box<Batch>>,
+    handed_off: AtomicU64,
+    stalls: AtomicU64,
+}
+
+impl BatchHandoff {
+    const DEPTH: usize = HANDOFF_DEPTH / BURST;
+
+    fn new() -> BatchHandoff {
+        let pool = ArrayQueue::new(WORKERS * Self::DEPTH);
+        for _ in 0..WORKERS * Self::DEPTH {
+            let _ = pool.push(Box::new(Batch {
+                n: 0,
+                lens: [0; BURST],
+                data: [[0; HANDOFF_FRAME]; BURST],
+            }));
+        }
+        BatchHandoff {
+            inbound: (0..WORKERS).map(|_| ArrayQueue::new(Self::DEPTH)).collect(),
+            pool,
+            handed_off: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Pops one handed-in batch, processes it, returns it to the pool; returns its frame count.
+fn drain_batch(env: &Env, h: &BatchHandoff, me: usize, p: &mut Pipeline) -> usize {
+    let Some(mut b) = h.inbound[me].pop() else {
+        return 0;
+    };
+    let n = b.n;
+    {
+        let Batch { lens, data, .. } = &mut *b;
+        let mut pkts: [Packet<'_>; BURST] = std::array::from_fn(|_| Packet {
+            data: &mut [],
+            iface: env.iface,
+            ts: TS,
+            tag: u64::MAX,
+        });
+        for ((pkt, d), &len) in pkts
+            .iter_mut()
+            .zip(data.iter_mut())
+            .zip(lens.iter())
+            .take(n)
+        {
+            pkt.data = &mut d[..usize::from(len)];
+        }
+        let mut outs = [Outcome::default(); BURST];
+        p.process_burst(&mut pkts[..n], &mut outs[..n]);
+        black_box(&outs);
+    }
+    b.n = 0;
+    let _ = h.pool.push(b);
+    n
+}
+
+/// (a) with batches: symmetric admission as `handoff_worker`, one batch per turn to the peer.
+fn batched_worker(
+    env: &Env,
+    h: &BatchHandoff,
+    done: &[AtomicBool; WORKERS],
+    me: usize,
+    s: &mut Local<'_>,
+    frames: usize,
+) {
+    let peer = 1 - me;
+    let mut outs = [Outcome::default(); BURST];
+    let mut received = 0;
+    let (mut handed_off, mut stalls) = (0u64, 0u64);
+    loop {
+        let receiving = received < frames;
+        if !receiving && done[peer].load(Ordering::Acquire) && h.inbound[me].is_empty() {
+            break;
+        }
+        let n = BURST.min(frames - received);
+        s.rx.receive(n);
+        received += n;
+        let mut mine = all_bits(n);
+        let mut out: Option<Box<Batch>> = None;
+        for i in 0..n {
+            let frame = &s.rx.bufs[i];
+            // Two workers: a frame that is not mine is the peer's.
+            if env.owner(frame, WORKERS) == me {
+                continue;
+            }
+            mine &= !(1 << i);
+            let b = match &mut out {
+                Some(b) => b,
+                None => out.insert(loop {
+                    if let Some(b) = h.pool.pop() {
+                        break b;
+                    }
+                    stalls += 1;
+                    if drain_batch(env, h, me, s.p) == 0 {
+                        std::hint::spin_loop();
+                    }
+                }),
+            };
+            b.data[b.n][..frame.len()].copy_from_slice(frame);
+            b.lens[b.n] = frame.len() as u16;
+            b.n += 1;
+        }
+        if let Some(mut b) = out {
+            handed_off += b.n as u64;
+            while let Err(back) = h.inbound[peer].push(b) {
+                b = back;
+                stalls += 1;
+                if drain_batch(env, h, me, s.p) == 0 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        if receiving && received == frames {
+            done[me].store(true, Ordering::Release);
+        }
+        let (mut pkts, total) = packets(&mut s.rx.bufs[..n], mine, &mut [], env.iface);
+        if total > 0 {
+            s.p.process_burst(&mut pkts[..total], &mut outs[..total]);
+            black_box(&outs);
+        }
+        let mut left = h.inbound[me].len();
+        let mut worked = 0;
+        while left > 0 {
+            let k = drain_batch(env, h, me, s.p);
+            if k == 0 {
+                break;
+            }
+            worked += k;
+            left -= 1;
+        }
+        if total == 0 && worked == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    h.handed_off.fetch_add(handed_off, Ordering::Relaxed);
+    h.stalls.fetch_add(stalls, Ordering::Relaxed);
+}
+
 /// (b) The shared and sharded tables: pipelines behind locks.
 fn shared_burst(env: &Env, shared: &Mutex<Pipeline>, rx: &mut Rx, iters: u64) {
     let mut outs = [Outcome::default(); BURST];
@@ -663,6 +818,18 @@ fn flow_ownership(c: &mut Criterion) {
     });
     let overload_off = handoff.handed_off.load(Ordering::Relaxed) - handed_off;
     let overload_dropped = handoff.dropped.load(Ordering::Relaxed);
+    let batches = BatchHandoff::new();
+    bench("handoff/batched_half_wrong", &mut |iters| {
+        let done = [AtomicBool::new(false), AtomicBool::new(false)];
+        let [a, b] = &mut own;
+        let [ra, rb] = &mut rx_mixed;
+        let mut st = [Local { p: a, rx: ra }, Local { p: b, rx: rb }];
+        let frames = iters as usize * BURST;
+        let d = run2(&mut st, |me, s| {
+            batched_worker(&env, &batches, &done, me, s, frames)
+        });
+        (d, all(iters))
+    });
     let own_total = forwarded(&own) - before;
 
     bench("shared/lock_per_burst", &mut |iters| {
@@ -700,10 +867,12 @@ fn flow_ownership(c: &mut Criterion) {
         "checks: own pipelines forwarded {own_total}, shared {}, shards {}; no pipeline drops; \
          hand-off (symmetric): {handed_off} frames handed off, {stalls} stalls (queue full / pool \
          empty); runtime admission under overload: {overload_off} handed off, {overload_dropped} \
-         dropped ({:.1}%)",
+         dropped ({:.1}%); batched: {} handed off, {} stalls",
         forwarded(&one),
         forwarded(&shards),
         100.0 * overload_dropped as f64 / (overload_off + overload_dropped).max(1) as f64,
+        batches.handed_off.load(Ordering::Relaxed),
+        batches.stalls.load(Ordering::Relaxed),
     );
 }
 
