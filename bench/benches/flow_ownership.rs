@@ -16,7 +16,8 @@
 //! The baseline threads receive exactly the flows they own.
 //!
 //! (a) restates the runtime's hand-off (`control/src/runtime/io.rs`; its `Handoff` is private)
-//! with the real `frame_owner_hash`/`owner_of` of `runtime::owner`, in two modes:
+//! with the real `frame_owner_hash`/`owner_of` of `runtime::owner`:
+//! - `handoff/all_local`: every frame received by its owner: the owner parse and nothing else.
 //! - `handoff/half_wrong`: symmetric offered load, as every other variant: each worker receives
 //!   a full burst per turn, hands off the wrong half, and processes its own frames together with
 //!   handed-in ones (≤ 64 per `process_burst`) until its queue is worked off. A full queue or an
@@ -30,20 +31,19 @@
 //!   as one batch (one queue push and pop per batch instead of per frame). Not the runtime's
 //!   code: it tells how much of the hand-off's cost is the per-frame queue operations.
 //!
-//! The shared
-//! table has no implementation in the tree: the pipeline owns its conntrack, so (b) puts whole
-//! pipelines behind `Mutex`es — one (lock per burst or per packet), or 16 shards chosen by the
-//! same owner hash (each shard a pipeline holding its flows: a sharded conntrack without
-//! rewriting the pipeline). Per packet goes through `process_one`, which also runs the
+//! The shared table has no implementation in the tree: the pipeline owns its conntrack, so (b)
+//! puts whole pipelines behind `Mutex`es — one (lock per burst or per packet), or 16 shards
+//! chosen by the same owner hash (each shard a pipeline holding its flows: a sharded conntrack
+//! without rewriting the pipeline). Per packet goes through `process_one`, which also runs the
 //! pipeline's per-call GC step (64 deadline slots); `baseline/local_per_packet` measures that
 //! API cost without any lock, so the lock's own cost is the difference.
 //!
 //! One iteration = one 64-frame burst received by each thread = 128 packets; criterion's
 //! throughput is packets/s over both threads, and the table printed at the end gives ns/packet
-//! (median of the measured samples, wall clock of both threads) and the ratio to
-//! `baseline/local_burst` of the same run.
+//! (median and best of the measured samples, wall clock from the first worker's start to the
+//! last one's end) and the ratio to `baseline/local_burst` of the same run.
 //!
-//! Run: `cargo bench -p nodeplane-bench --bench flow_ownership` (~1 minute; figures go to
+//! Run: `cargo bench -p nodeplane-bench --bench flow_ownership` (~50 s; figures go to
 //! `bench/RESULTS.md`, "Flow ownership: hand-off vs shared table").
 
 use std::hint::black_box;
