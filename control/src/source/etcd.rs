@@ -765,11 +765,14 @@ fn with_hint(err: &str, cfg: &EtcdConfig) -> String {
         }
     } else if tls.is_some()
         && err.starts_with("status:")
-        && (err.contains("connection closed") || err.contains("connection reset"))
+        && (err.contains("connection closed")
+            || err.contains("connection reset")
+            || err.contains("broken pipe"))
     {
         // TLS 1.3: the client completes its side of the handshake and sends its first request
         // before the server has checked the client certificate; the server's alert then often
-        // races with its close and is lost, leaving only "connection closed".
+        // races with its close and is lost, leaving only "connection closed" (or, when the
+        // request was still being written, "broken pipe").
         if client_cert {
             "closed right after the TLS handshake: the server may be refusing the client \
              certificate in etcd.tls.cert_file (the server log says why)"
