@@ -161,6 +161,18 @@ struct Checker<'a> {
     problems: Vec<Problem>,
 }
 
+/// Local endpoint IP → the first endpoint holding it: one hash lookup per ipcache entry or
+/// frontend instead of a scan of every endpoint (100k entries against 65 endpoints took ~20 ms).
+fn endpoint_ips(s: &State) -> HashMap<IpAddr, usize> {
+    let mut m = HashMap::new();
+    for (j, ep) in s.endpoints.iter().enumerate() {
+        for ip in &ep.ips {
+            m.entry(*ip).or_insert(j);
+        }
+    }
+    m
+}
+
 /// A name usable inside `[...]` of a field path.
 fn plain_key(name: &str) -> bool {
     !name.is_empty()
@@ -609,7 +621,8 @@ impl Checker<'_> {
 
     fn ipcache(&mut self) {
         let s = self.s;
-        let mut seen: HashMap<IpNet, usize> = HashMap::new();
+        let mut seen: HashMap<IpNet, usize> = HashMap::with_capacity(s.ipcache.len());
+        let endpoint_ips = endpoint_ips(s);
         for (i, e) in s.ipcache.iter().enumerate() {
             if !canonical(&e.prefix) {
                 self.at(
@@ -648,7 +661,7 @@ impl Checker<'_> {
                         format!("{ip} is a node IP, which has identity 1 (host) implicitly"),
                     );
                 }
-                if let Some(j) = s.endpoints.iter().position(|ep| ep.ips.contains(&ip)) {
+                if let Some(&j) = endpoint_ips.get(&ip) {
                     let other = self.other(Section::Endpoints, j, (Section::Ipcache, i));
                     self.at(
                         Section::Ipcache,
@@ -670,6 +683,7 @@ impl Checker<'_> {
         let mut frontends: HashMap<(IpAddr, u16, L4Proto), (usize, usize)> = HashMap::new();
         // (port, proto) → (service, node_port index)
         let mut node_ports: HashMap<(u16, L4Proto), (usize, usize)> = HashMap::new();
+        let endpoint_ips = endpoint_ips(s);
         let me = |i| (Section::Services, i);
 
         for (i, svc) in s.services.iter().enumerate() {
@@ -776,7 +790,7 @@ impl Checker<'_> {
                         ),
                     );
                 }
-                if let Some(j) = s.endpoints.iter().position(|ep| ep.ips.contains(&fe.ip)) {
+                if let Some(&j) = endpoint_ips.get(&fe.ip) {
                     let other = self.other(Section::Endpoints, j, me(i));
                     self.at(
                         Section::Services,
