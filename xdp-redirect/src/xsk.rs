@@ -1011,9 +1011,11 @@ impl<'w> Burst<'w> {
     }
 
     /// Changes the length of frame `i` (new bytes are whatever the chunk held). Returns
-    /// `false`, changing nothing, if `len` exceeds [`Burst::capacity`].
+    /// `false`, changing nothing, if `i >= len()` or `len` exceeds [`Burst::capacity`].
     pub fn set_len(&mut self, i: usize, len: usize) -> bool {
-        if len > self.capacity(i) {
+        // `i < held` first: `capacity` is 0 for a frame not in the burst, which a length of 0
+        // would pass, and `burst[i]` past `held` is a stale (or, from 64 on, no) descriptor.
+        if i >= self.w.held || len > self.capacity(i) {
             return false;
         }
         let d = &mut self.w.burst[i];

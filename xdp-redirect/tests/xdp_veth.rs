@@ -362,7 +362,15 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
                     let mut got = 0;
                     for id in [SocketId(0), SocketId(1)] {
                         let mut b = w.rx_burst(id, 64);
-                        got += b.len();
+                        let n = b.len();
+                        got += n;
+                        // Frames outside the burst cannot be touched, not even with a length
+                        // of 0 (index 64 is past the burst arrays, `n` past the live frames).
+                        for i in [n, 64, 1000] {
+                            assert!(!b.set_len(i, 0), "set_len({i}) on a burst of {n}");
+                            assert_eq!(b.capacity(i), 0);
+                            b.set_action(i, Action::Tx(out));
+                        }
                         for (i, a) in b.actions_mut().iter_mut().enumerate() {
                             *a = match i % 3 {
                                 0 => Action::Drop,
