@@ -121,6 +121,9 @@ pub enum Action {
     Drop,
     /// Transmit the frame (with its current bytes and length) on this socket of the worker.
     Tx(SocketId),
+    /// Give the frame back for receiving without counting it as dropped: its content went on
+    /// elsewhere (e.g. copied to another worker). Counted in [`SocketStats::released`].
+    Release,
 }
 
 /// Setting up a worker's sockets failed.
@@ -197,12 +200,20 @@ pub struct SocketStats {
     /// Received frames dropped by their [`Action`] (or for an invalid target socket or a
     /// target whose per-burst TX stage is full).
     pub dropped: u64,
+    /// Received frames recycled with [`Action::Release`] (their content went on elsewhere).
+    pub released: u64,
     /// Refills that found no free frame while the fill ring had room.
     pub fill_starved: u64,
     /// `sendto` kicks (TX).
     pub tx_kicks: u64,
     /// Zero-timeout `poll` kicks (fill ring wakeup).
     pub fill_kicks: u64,
+    /// TX kicks (`sendto`) that failed with an error other than the transient ones xsk-rs
+    /// absorbs (ENOBUFS, EAGAIN, EBUSY, ENETDOWN). The frames stay queued for the next kick.
+    pub tx_kick_errors: u64,
+    /// Fill ring kicks (`poll`) that failed (EINTR is not an error). The next refill kicks
+    /// again.
+    pub fill_kick_errors: u64,
 }
 
 /// Where the worker's frames are (see the module docs for the invariant).
@@ -615,9 +626,11 @@ impl XskWorker {
         let sock = &mut self.socks[s];
         if sock.fq.needs_wakeup() {
             sock.stats.fill_kicks += 1;
-            // Zero timeout: a kick, never a sleep (see module docs). Errors (EINTR) are
-            // harmless: the next burst kicks again.
-            let _ = sock.fq.wakeup(sock.rx.fd_mut(), 0);
+            // Zero timeout: a kick, never a sleep (see module docs). EINTR is not an error;
+            // others are counted, and the next burst kicks again.
+            if sock.fq.wakeup(sock.rx.fd_mut(), 0).is_err() {
+                sock.stats.fill_kick_errors += 1;
+            }
         }
     }
 
@@ -636,9 +649,13 @@ impl XskWorker {
             }
             last = free;
             sock.stats.tx_kicks += 1;
-            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are ignored by xsk-rs: the frames stay queued
-            // and the next burst kicks again.
-            let _ = sock.tx.wakeup();
+            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are absorbed by xsk-rs: the frames stay queued
+            // and the next burst kicks again. Anything else is counted (and retried the same
+            // way).
+            if sock.tx.wakeup().is_err() {
+                sock.stats.tx_kick_errors += 1;
+                break;
+            }
         }
     }
 
@@ -864,6 +881,13 @@ impl XskWorker {
                 {
                     self.socks[usize::from(t)].tx_stage.push(d);
                     touched |= 1 << t;
+                }
+                Action::Release => {
+                    self.socks[s].stats.released += 1;
+                    if let Some(i) = self.frame_index(&d) {
+                        self.owner[i] = Owner::Free;
+                    }
+                    self.free.push(d);
                 }
                 _ => {
                     self.socks[s].stats.dropped += 1;

@@ -179,6 +179,16 @@ fn print_io(io: &nodeplane_control::worker::IoStatus, workers: &[WorkerStats]) {
                 c.tx_no_socket
             );
         }
+        // Syscall errors of the rings (none expected): shown only when there are some.
+        let kicks: (u64, u64) = a.sockets.iter().fold((0, 0), |(t, f), s| {
+            (t + s.tx_kick_errors, f + s.fill_kick_errors)
+        });
+        if c.poll_errors + kicks.0 + kicks.1 > 0 {
+            println!(
+                "worker {}:    ERRORS poll {}, tx kick {}, fill kick {}",
+                w.worker, c.poll_errors, kicks.0, kicks.1
+            );
+        }
     }
     if !rows.is_empty() {
         println!();
