@@ -80,6 +80,9 @@ pub fn run(args: StatusArgs) -> CliResult {
                     w.drops
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
+                        .chain((w.worker_panics > 0).then(|| {
+                            format!("PANICS={} (frames {})", w.worker_panics, w.panic_dropped)
+                        }))
                         .collect::<Vec<_>>()
                         .join(" "),
                 ]

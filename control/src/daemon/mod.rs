@@ -181,6 +181,8 @@ fn make_io(
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    // Panics on worker threads are caught, counted and logged by the workers (worker.rs).
+    crate::worker::install_panic_hook();
     let mut poll = Poll::new().map_err(DaemonError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
 

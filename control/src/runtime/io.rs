@@ -102,6 +102,9 @@ pub struct IoCounters {
     /// Idle waits (`poll` on the sockets) that failed with an error other than EINTR.
     #[serde(default)]
     pub poll_errors: u64,
+    /// Handed-in frames left over from a burst that panicked (returned to the pool, dropped).
+    #[serde(default)]
+    pub handoff_abandoned: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -257,6 +260,14 @@ impl AfXdpIo {
         } = self;
         let (me, workers) = (*id, *workers);
         let sock = socks[s];
+        if !inbound.is_empty() {
+            // Left over from a burst that panicked and was unwound before it recycled them
+            // (see `Worker::turn`): not processed again (they may be what panicked).
+            counters.handoff_abandoned += inbound.len() as u64;
+            for f in inbound.drain(..) {
+                let _ = handoff.pool.push(f);
+            }
+        }
         let waiting = if workers > 1 {
             handoff.inbound[me].len().min(BURST / 2)
         } else {
