@@ -64,6 +64,12 @@ pub fn run(args: StatusArgs) -> CliResult {
             println!("  {l}");
         }
     }
+    for d in &s.dead_workers {
+        println!(
+            "DEAD worker: {} ({}): its queues are not served; restart nodeplane",
+            d.worker, d.reason
+        );
+    }
     if !s.workers.is_empty() {
         let rows: Vec<Vec<String>> = s
             .workers

@@ -58,6 +58,8 @@ pub enum DaemonError {
     Io(String),
     #[error("worker {worker}: {detail}")]
     Accounting { worker: usize, detail: String },
+    #[error("worker {worker} died while running: {reason}")]
+    WorkerDied { worker: usize, reason: String },
 }
 
 /// No packet I/O: the worker idles (control plane only).
@@ -293,6 +295,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             server.sweep(poll.registry());
             control.reap();
+            control.check_workers();
             control.retry_start();
             last_sweep = Instant::now();
         }
@@ -322,6 +325,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = source_thread.join();
     let _ = forwarder.join();
     ::log::info!("stopped in {} ms", t0.elapsed().as_millis());
+    if let Some(d) = control.dead_workers().first() {
+        return Err(DaemonError::WorkerDied {
+            worker: d.worker,
+            reason: d.reason.clone(),
+        });
+    }
     match broken {
         Some((worker, detail)) => Err(DaemonError::Accounting { worker, detail }),
         None => Ok(()),
