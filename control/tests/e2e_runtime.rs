@@ -378,19 +378,19 @@ impl Drop for Nodeplane {
     }
 }
 
-/// Checks the stop: exit 0 promptly, every worker's UMEM accounting ok, XDP detached.
-///
-/// The 1 s stop requirement is asserted on an idle daemon in `tests/daemon.rs`; here three labs
-/// run at once next to the rest of the suite, and the time includes the `ip netns exec`
-/// wrapper and the harness's own scheduling (0.1-0.2 s when the machine is quiet, over 1 s was
-/// seen only with parallel builds), so this bound is looser: it catches a hang, not jitter.
+/// Checks the stop: exit 0 within 1 s of SIGTERM (issue 3's hard requirement), every worker's
+/// UMEM accounting ok, XDP detached.
 fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
     let (clean, took, log) = np.stop();
     eprintln!("nodeplane stopped in {took:.3} s");
     assert!(clean, "nodeplane exits 0 on SIGTERM");
+    let phases: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("stopped in") || l.contains("signal received"))
+        .collect();
     assert!(
-        took < 3.0,
-        "stopped promptly (0.1-0.2 s when quiet), took {took:.3} s"
+        took < 1.0,
+        "stopped within 1 s of SIGTERM, took {took:.3} s: {phases:#?}"
     );
     assert_eq!(
         log.matches("UMEM frame accounting ok").count(),

@@ -48,8 +48,9 @@ use std::{
     error::Error as _,
     fmt, io,
     io::Write as _,
+    mem::ManuallyDrop,
     num::NonZeroU32,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     thread,
     time::Duration,
 };
@@ -300,9 +301,9 @@ impl fmt::Debug for Sock {
 
 /// A worker's AF_XDP sockets over one shared UMEM. See the module docs.
 pub struct XskWorker {
-    // Sockets before the UMEM: they are dropped (closed) first.
+    // Sockets before the UMEM: `Drop` deletes them first, then the UMEM.
     socks: Vec<Sock>,
-    umem: Umem,
+    umem: ManuallyDrop<Umem>,
     /// Start of the UMEM region, to view frames without a borrow of their descriptor.
     base: *mut u8,
     region_len: usize,
@@ -445,7 +446,7 @@ impl XskWorker {
         free.extend(descs);
         let mut w = XskWorker {
             socks,
-            umem,
+            umem: ManuallyDrop::new(umem),
             base,
             region_len,
             frame_shift,
@@ -1103,5 +1104,48 @@ impl Drop for Burst<'_> {
         if !self.finished {
             self.w.finish_burst(self.sock);
         }
+    }
+}
+
+/// Closing an AF_XDP socket waits in the kernel for an RCU grace period (`xsk_release` ->
+/// `xsk_unbind_dev` -> `synchronize_net`), and xsk-rs deletes the sockets of one UMEM one at a
+/// time under its lock: a worker's N sockets cost N grace periods in a row (about 17 ms each
+/// on an idle 2-vCPU VM, 8 sockets: most of the daemon's stop time). So each socket's file is
+/// kept open by a duplicate while libxdp deletes the sockets and the UMEM (its `close` then only
+/// drops a reference and returns at once), and the duplicates, the last references, are
+/// closed from one thread each: the kernel releases run concurrently and share grace periods.
+///
+/// Until then the kernel sockets stay bound with nobody reading them (frames that arrive are
+/// lost, as they would be a moment later) and keep their UMEM pages pinned, so nothing the
+/// kernel writes lands in memory that was given back.
+impl Drop for XskWorker {
+    fn drop(&mut self) {
+        let dups: Vec<OwnedFd> = self
+            .socks
+            .iter()
+            .filter_map(|s| {
+                // SAFETY: dup(2) of a descriptor this worker owns and holds open here.
+                let fd = unsafe { libc::dup(s.rx.fd().as_raw_fd()) };
+                // SAFETY: a descriptor dup(2) just created, owned by nobody else. (On failure,
+                // -1: that socket is simply closed in line by libxdp below.)
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect();
+        self.socks.clear();
+        // SAFETY: dropped exactly once, here; nothing uses the UMEM afterwards (`base` is not
+        // read once the sockets are gone and `self` is being dropped).
+        unsafe { ManuallyDrop::drop(&mut self.umem) };
+        if dups.len() < 2 {
+            return;
+        }
+        thread::scope(|scope| {
+            for fd in dups {
+                // If no thread can be spawned, the closure (and its fd) is dropped right here:
+                // that socket's release runs in line.
+                let _ = thread::Builder::new()
+                    .name("np-xsk-close".into())
+                    .spawn_scoped(scope, move || drop(fd));
+            }
+        });
     }
 }

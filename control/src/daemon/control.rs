@@ -535,6 +535,7 @@ impl Control {
     /// I/O (AF_XDP: XDP detached). A worker that panicked on its way out is logged and added
     /// to [`Control::dead_workers`].
     pub fn join_workers(&mut self) -> Vec<WorkerStats> {
+        let t0 = Instant::now();
         let mut stats = Vec::new();
         for w in self.workers.drain(..) {
             drop(w.tx);
@@ -552,7 +553,14 @@ impl Control {
                 }
             }
         }
+        let t1 = Instant::now();
         self.io.stop();
+        log::info!(
+            "workers stopped in {} ms, {} I/O stopped in {} ms",
+            (t1 - t0).as_millis(),
+            self.io.kind(),
+            t1.elapsed().as_millis()
+        );
         stats
     }
 

@@ -428,16 +428,24 @@ impl IoBackend for AfXdpBackend {
     /// Stops the watcher and detaches XDP. The backend can be started again afterwards (the
     /// daemon does so when a first start was undone because its workers could not start).
     fn stop(&mut self) {
+        let t0 = std::time::Instant::now();
         self.watcher_stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.watcher.take() {
+            h.thread().unpark();
             if h.join().is_err() {
                 log::error!("AF_XDP: the neighbour watcher panicked");
             }
         }
         self.watcher_stop.store(false, Ordering::Relaxed);
+        let t1 = std::time::Instant::now();
         // The workers have stopped and closed their sockets; dropping the loader detaches XDP.
         if self.loader.take().is_some() {
-            log::info!("AF_XDP: XDP detached from {}", self.ifaces.join(", "));
+            log::info!(
+                "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
+                self.ifaces.join(", "),
+                t1.elapsed().as_millis(),
+                (t1 - t0).as_millis()
+            );
         }
         self.ifaces.clear();
         self.uplink = None;

@@ -457,8 +457,8 @@ impl Readings {
 
 /// Reads the uplink gateway's neighbour entry every `refresh` (first at once), triggers its
 /// resolution when it is missing or not fresh, and reports every reading through `report`
-/// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set; checks
-/// it every 50 ms at most. A failed lookup keeps the last MAC (see [`NeighbourReport`]); no
+/// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set (set it,
+/// then unpark the thread: it waits parked between lookups). A failed lookup keeps the last MAC (see [`NeighbourReport`]); no
 /// usable entry reports `mac: None` (the state's static MAC, if any, applies; else
 /// uplink-bound packets drop `no-neighbor`, counted).
 pub fn watch(
@@ -495,12 +495,13 @@ pub fn watch(
             unresolved_streak = 0;
             refresh
         };
-        while t0.elapsed() < wait && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(
-                Duration::from_millis(10)
-                    .max(wait / 10)
-                    .min(Duration::from_millis(50)),
-            );
+        // Parked, not asleep: whoever sets `stop` unparks this thread, so a stop never waits
+        // for the rest of a period (spurious wake-ups just loop).
+        while !stop.load(Ordering::Relaxed) {
+            let Some(left) = wait.checked_sub(t0.elapsed()) else {
+                break;
+            };
+            std::thread::park_timeout(left);
         }
     }
 }
