@@ -172,7 +172,7 @@ lab_demo() {
   else
     echo "lab.sh: building nodeplane (release)"
     (cd "$root" && cargo build --release -q -p nodeplane-control)
-    bin="$root/target/release/nodeplane"
+    bin="${CARGO_TARGET_DIR:-$root/target}/release/nodeplane"
   fi
   tmp="$(mktemp -d /tmp/np-demo.XXXXXX)"
   DEMO_TMP="$tmp"
@@ -220,12 +220,14 @@ CFG
     nsx "${P}client" curl -sS -m 3 "http://[fd00:96::10]/"
   demo_step pass "client -> ClusterIP 10.96.0.53:53/UDP (service dns, backend port 5353)" \
     bash -c "echo query | ip netns exec ${P}client socat -T2 - UDP4:10.96.0.53:53"
-  demo_step pass "router -> NodePort 192.168.100.2:30080/TCP (world, allowed)" \
+  demo_step pass "router -> NodePort 192.168.100.2:30080/TCP (service web-nodeport; world allowed on TCP 8080)" \
     nsx "$ROUTER" curl -sS -m 3 http://192.168.100.2:30080/
-  demo_step block "router -> NodePort 192.168.100.2:30053/UDP (web's policy allows UDP only on 5353 from client: expect no answer)" \
-    bash -c "echo hi | ip netns exec $ROUTER socat -T2 - UDP4:192.168.100.2:30053 | grep . || { echo '(no answer: dropped by policy)'; exit 1; }"
-  demo_step block "client -> web-1 10.244.1.21:9050/TCP (denied by web's deny rule: expect a timeout)" \
+  demo_step pass "router -> NodePort 192.168.100.2:30054/UDP (service dns-nodeport, backend port 5353; world allowed on UDP 5353)" \
+    bash -c "echo query | ip netns exec $ROUTER socat -T2 - UDP4:192.168.100.2:30054 | grep . || { echo '(no answer)'; exit 1; }"
+  demo_step block "client -> web-1 10.244.1.21:9050/TCP (a denied connection: web's deny rule; expect a timeout)" \
     nsx "${P}client" curl -sS -m 2 http://10.244.1.21:9050/
+  demo_step block "router -> NodePort 192.168.100.2:30053/UDP (web-nodeport's UDP port reaches 8080/UDP, which web does not allow from the world; a server listens there: expect no answer)" \
+    bash -c "echo query | ip netns exec $ROUTER socat -T2 - UDP4:192.168.100.2:30053 | grep . || { echo '(no answer: dropped by policy)'; exit 1; }"
   demo_step pass "web-1 -> client ping (pod to pod)" \
     nsx "${P}web1" ping -c 2 -i 0.2 -W 2 10.244.1.10
   demo_step pass "client -> 10.244.1.1 ping (the node itself: left to the kernel)" \

@@ -51,7 +51,7 @@ def dut_summary(dut, stats):
             "drops": drops,
             "ct_entries": sum(w.get("ct_entries", 0) for w in ws),
             "io": [w.get("io") for w in ws],
-            "xdp": stats.get("xdp"),
+            "xdp": (stats.get("io") or {}).get("xdp"),
         }
     return stats
 

@@ -17,8 +17,9 @@
 #              the sink): what the generator core can offer at all
 #   l2fwd      bench/src/bin/l2fwd.rs: raw AF_XDP, MAC rewrite, descriptor hand-off to npe2e-pod
 #   nodeplane  the full pipeline (conntrack, NodePort DNAT to 10.244.1.21:5353 via Maglev,
-#              ingress policy, rewrite) on AF_XDP, one worker: `nodeplane run --config` with
-#              `io: afxdp` when this build has it, else `nodeplane run-xdp --state`
+#              ingress policy, rewrite) on AF_XDP, one worker: the daemon,
+#              `nodeplane run --config` with `io: afxdp` (nothing else is measured: a binary
+#              without it fails the run)
 #   nft        the kernel: nftables DNAT + conntrack + an equivalent forward filter
 #   nft-rps    the same with RPS moving the kernel's receive work onto the DUT core (on veth the
 #              kernel otherwise forwards on the sending CPU, i.e. the generator's core)
@@ -111,8 +112,9 @@ if [ -z "${NODEPLANE_BIN:-}" ] || [ -z "${L2FWD_BIN:-}" ]; then
   (cd "$ROOT" && cargo build --release -q -p nodeplane-control --bin nodeplane \
      && cargo build --release -q -p nodeplane-bench --bin l2fwd)
 fi
-NP="${NODEPLANE_BIN:-$ROOT/target/release/nodeplane}"
-L2FWD="${L2FWD_BIN:-$ROOT/target/release/l2fwd}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+NP="${NODEPLANE_BIN:-$TARGET/release/nodeplane}"
+L2FWD="${L2FWD_BIN:-$TARGET/release/l2fwd}"
 STATE="$ROOT/bench/e2e/state"
 "$NP" state check "$STATE" >/dev/null || die "bench state does not load"
 
@@ -188,11 +190,10 @@ gen_stop() {
 counter() { nsx "$1" cat "/sys/class/net/$2/statistics/$3"; }
 
 # ---------------------------------------------------------------- DUTs
-NP_MODE=""
 dut_start() {
   local dut="$1"
   : > "$TMP/dut.log"
-  rm -f "$TMP/stats.json" "$TMP/dut.json"
+  rm -f "$TMP/dut.json"
   case "$dut" in
     l2fwd)
       ip netns exec "$DUT" nice -n "$NICE" "$L2FWD" npe2e-up npe2e-pod --peer-a $GEN_MAC --peer-b $SINK_MAC \
@@ -273,11 +274,10 @@ wait_xdp() {
   return 1
 }
 
-# nodeplane: the daemon with `io: afxdp` when this build accepts it, else run-xdp. The whole
-# process is confined to DUT_CPU (its worker pins itself to the first core it is allowed).
+# nodeplane: the daemon, `nodeplane run --config` with `io: afxdp`. The whole process is
+# confined to DUT_CPU (its worker pins itself to the first core it is allowed).
 np_start() {
-  if [ "$NP_MODE" != run-xdp ]; then
-    cat > "$TMP/config.yaml" <<EOF
+  cat > "$TMP/config.yaml" <<EOF
 state:
   dir: $STATE
 control_socket: $TMP/np.sock
@@ -286,36 +286,20 @@ log_level: warn
 io:
   afxdp: {}
 EOF
-    ip netns exec "$DUT" nice -n "$NICE" taskset -c "$DUT_CPU" "$NP" run --config "$TMP/config.yaml" \
-      > /dev/null 2> "$TMP/dut.log" &
-    DUT_PID=$!
-    if wait_xdp; then
-      NP_MODE=run
-      return
-    fi
-    kill -TERM "$DUT_PID" 2>/dev/null || true
-    wait "$DUT_PID" 2>/dev/null || true
-    DUT_PID=""
-    [ "$NP_MODE" = run ] && { cat "$TMP/dut.log" >&2; die "nodeplane run did not start"; }
-    echo "e2e: 'nodeplane run --config' has no io.afxdp here ($(head -c 200 "$TMP/dut.log" | tr '\n' ' ')); using run-xdp"
-    NP_MODE=run-xdp
-  fi
-  ip netns exec "$DUT" nice -n "$NICE" taskset -c "$DUT_CPU" "$NP" run-xdp --state "$STATE" --workers 1 \
-    --stats-file "$TMP/stats.json" --log-level warn > /dev/null 2> "$TMP/dut.log" &
+  ip netns exec "$DUT" nice -n "$NICE" taskset -c "$DUT_CPU" "$NP" run --config "$TMP/config.yaml" \
+    > /dev/null 2> "$TMP/dut.log" &
   DUT_PID=$!
-  wait_xdp || { cat "$TMP/dut.log" >&2; die "nodeplane run-xdp did not start"; }
+  if ! wait_xdp; then
+    cat "$TMP/dut.log" >&2
+    die "'$NP run --config' with io.afxdp did not attach XDP to npe2e-up and npe2e-pod (daemon log above); this benchmark measures only the daemon with AF_XDP I/O"
+  fi
 }
 
 # Counters of the DUT while it still runs (nodeplane), written to $TMP/dut.json.
 dut_snapshot() {
   case "$1" in
     nodeplane)
-      if [ "$NP_MODE" = run ]; then
-        "$NP" status --socket "$TMP/np.sock" --json > "$TMP/dut.json" 2>/dev/null || echo null > "$TMP/dut.json"
-      else
-        sleep 0.6   # the stats file is rewritten every 500 ms
-        cp "$TMP/stats.json" "$TMP/dut.json" 2>/dev/null || echo null > "$TMP/dut.json"
-      fi
+      "$NP" status --socket "$TMP/np.sock" --json > "$TMP/dut.json" 2>/dev/null || echo null > "$TMP/dut.json"
       ;;
     nft|nft-rps)
       nsx "$DUT" conntrack -C > "$TMP/ct_count" 2>/dev/null || echo -1 > "$TMP/ct_count"
@@ -396,7 +380,7 @@ for dut in "${DUT_LIST[@]}"; do
     [ "$dut" = ceiling ] || verify_sample "$cfg" "$TMP/sample.txt"
     dut_stop "$dut"
     python3 "$HERE/e2e.py" record "$dut" "$flows" "$load" "$s0" "$s1" "$g0" "$g1" "$t0" "$t1" \
-      "$TMP/sample.txt" "$TMP/dut.json" "$NP_MODE" "$c0" "$c1" >> "$RUNS"
+      "$TMP/sample.txt" "$TMP/dut.json" "run --config" "$c0" "$c1" >> "$RUNS"
     python3 "$HERE/e2e.py" line "$RUNS"
   done
 done

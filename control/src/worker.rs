@@ -8,8 +8,16 @@
 //!    serve ≤ 8 control requests ct list / flush / stats / explain (bounded channel)
 //!    every 1 s: full GC         (incremental GC runs inside every burst)
 //!    nothing received: io.idle()
-//!  }
+//!  }                            a panic anywhere in a turn is caught at its end (see below)
 //! ```
+//!
+//! No panic is expected on this path, but one must not silently take the worker's queues
+//! down with it: each turn runs under `catch_unwind`. A caught panic is counted
+//! (`worker_panics`, and the frames of its burst in `panic_dropped`), logged at most once per
+//! [`PANIC_LOG_EVERY`] per worker, and the worker goes on with the next turn. The burst's frames
+//! are recycled by the I/O as the panic unwinds through it (AF_XDP: the burst's `Drop`); the
+//! conntrack entry the panicking packet was updating may be left half-updated, which is the
+//! price of keeping the other flows forwarding.
 //!
 //! The worker owns its conntrack; the control thread never touches it directly but sends
 //! [`Request`]s over a bounded channel and waits (with a timeout) for the reply, so table dumps
@@ -18,13 +26,16 @@
 //! [`PacketIo`] is the seam for packet I/O: the AF_XDP runtime implements it over its rings;
 //! [`ReplayIo`] implements it over frames from a capture, for tests and benchmarks.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
@@ -379,6 +390,12 @@ pub struct WorkerStats {
     pub ct_expired: u64,
     pub ct_evicted: u64,
     pub ct_full_drops: u64,
+    /// Turns whose processing panicked (caught: the worker went on).
+    #[serde(default)]
+    pub worker_panics: u64,
+    /// Frames of the bursts that panicked (recycled, not forwarded).
+    #[serde(default)]
+    pub panic_dropped: u64,
     pub io: IoStats,
 }
 
@@ -451,6 +468,43 @@ impl Default for Clock {
 
 /// Requests served per loop turn at most (a flood of CLI calls cannot starve the packets).
 const REQUESTS_PER_TURN: usize = 8;
+/// A worker logs a caught panic at most this often (the count says how many were not logged).
+pub const PANIC_LOG_EVERY: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// Set on a worker's own thread: the panic hook records the panic instead of printing it.
+    static WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// The last panic on this thread, `message at file:line`, for the worker's own log line.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that leaves panics on worker threads to the
+/// worker, which catches, counts and logs them rate-limited; other threads' panics go to the
+/// previous hook as before.
+pub fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let prev = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if WORKER_THREAD.with(Cell::get) {
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+            } else {
+                prev(info);
+            }
+        }));
+    });
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".into()
+    }
+}
 const FULL_GC_EVERY: Duration = Duration::from_secs(1);
 const IDLE_WAIT: Duration = Duration::from_millis(2);
 
@@ -465,6 +519,12 @@ pub struct Worker<I: PacketIo> {
     clock: Clock,
     removed: RemovedFlowAction,
     rst_sent: u64,
+    last_gc: Instant,
+    panics: u64,
+    panic_dropped: u64,
+    /// When a caught panic was last logged, and how many were caught since without a log.
+    panic_logged: Option<Instant>,
+    panics_unlogged: u64,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -489,27 +549,65 @@ impl<I: PacketIo> Worker<I> {
             clock,
             removed,
             rst_sent: 0,
+            last_gc: Instant::now(),
+            panics: 0,
+            panic_dropped: 0,
+            panic_logged: None,
+            panics_unlogged: 0,
         }
     }
 
     /// Runs until `stop` is set. Returns the final counters.
     pub fn run(mut self) -> WorkerStats {
+        WORKER_THREAD.with(|w| w.set(true));
         self.io.start();
-        let mut last_gc = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             self.turn();
-            if last_gc.elapsed() >= FULL_GC_EVERY {
-                self.pipeline.gc(self.clock.now());
-                last_gc = Instant::now();
-            }
         }
         self.io.finish();
         self.stats()
     }
 
-    /// One loop turn: pick up tables, one burst, drain, requests, idle. Public for tests and
-    /// benchmarks that drive a worker without a thread.
+    /// One loop turn: pick up tables, one burst, drain, requests, full GC when due, idle.
+    /// A panic inside is caught, counted and logged (module docs); the turn then returns the
+    /// frames of its burst. Public for tests and benchmarks that drive a worker without a
+    /// thread. Returns the frames taken in (0: idle).
     pub fn turn(&mut self) -> usize {
+        let mut taken = 0;
+        match panic::catch_unwind(AssertUnwindSafe(|| self.turn_inner(&mut taken))) {
+            Ok(n) => n,
+            Err(p) => {
+                self.contained(p.as_ref(), taken);
+                taken
+            }
+        }
+    }
+
+    /// Counts a caught panic and logs it, at most once per [`PANIC_LOG_EVERY`].
+    fn contained(&mut self, p: &(dyn std::any::Any + Send), frames: usize) {
+        self.panics += 1;
+        self.panic_dropped += frames as u64;
+        let due = self
+            .panic_logged
+            .is_none_or(|t| t.elapsed() >= PANIC_LOG_EVERY);
+        if !due {
+            self.panics_unlogged += 1;
+            return;
+        }
+        let what = LAST_PANIC
+            .with(|l| l.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(p));
+        log::error!(
+            "worker {}: PANIC caught ({what}); {frames} frames of the burst dropped, the worker goes on ({} panics in all, {} more since the last log line)",
+            self.id,
+            self.panics,
+            self.panics_unlogged
+        );
+        self.panic_logged = Some(Instant::now());
+        self.panics_unlogged = 0;
+    }
+
+    fn turn_inner(&mut self, taken: &mut usize) -> usize {
         if self.sub.poll(&mut self.pipeline) {
             self.io.bind(self.pipeline.tables());
         }
@@ -523,6 +621,7 @@ impl<I: PacketIo> Worker<I> {
         } = self;
         let removed = *removed;
         let n = io.burst(now, &mut |pkts, outs| {
+            *taken = pkts.len();
             pipeline.process_burst(pkts, outs);
             if removed == RemovedFlowAction::Rst {
                 for (p, o) in pkts.iter_mut().zip(outs.iter_mut()) {
@@ -542,11 +641,16 @@ impl<I: PacketIo> Worker<I> {
                 io.send(e, r.data);
             }
         });
+        *taken = 0;
         for _ in 0..REQUESTS_PER_TURN {
             match self.requests.try_recv() {
                 Ok(req) => self.serve(req),
                 Err(_) => break,
             }
+        }
+        if self.last_gc.elapsed() >= FULL_GC_EVERY {
+            self.pipeline.gc(self.clock.now());
+            self.last_gc = Instant::now();
         }
         if n == 0 {
             if self.io.finished() {
@@ -659,6 +763,8 @@ impl<I: PacketIo> Worker<I> {
             ct_expired: s.expired,
             ct_evicted: s.evicted,
             ct_full_drops: s.full_drops,
+            worker_panics: self.panics,
+            panic_dropped: self.panic_dropped,
             io: self.io.stats(),
         }
     }
@@ -1008,5 +1114,98 @@ impl PacketIo for ReplayIo {
         for (_, w) in std::mem::take(&mut self.writers) {
             let _ = w.into_writer().into_inner();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Publisher;
+    use crossbeam::channel::bounded;
+    use nodeplane_dataplane::MaglevCache;
+
+    /// Three frames per burst; panics in the bursts listed in `panic_after` (after the
+    /// pipeline ran) and `panic_before` (before it ran).
+    struct FlakyIo {
+        iface: IfIndex,
+        bursts: u64,
+        panic_after: Vec<u64>,
+        panic_before: Vec<u64>,
+        completed: u64,
+    }
+
+    impl PacketIo for FlakyIo {
+        fn bind(&mut self, t: &Arc<Tables>) {
+            self.iface = t.iface_index("pod-client").expect("pod-client");
+        }
+        fn burst(
+            &mut self,
+            now: u64,
+            process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+        ) -> usize {
+            self.bursts += 1;
+            assert!(
+                !self.panic_before.contains(&self.bursts),
+                "injected panic before burst {}",
+                self.bursts
+            );
+            let mut bufs = [[0u8; 60]; 3];
+            let mut outs = [Outcome::default(); 3];
+            let mut pkts: Vec<Packet<'_>> = bufs
+                .iter_mut()
+                .map(|b| Packet {
+                    data: &mut b[..],
+                    iface: self.iface,
+                    ts: now,
+                    tag: 0,
+                })
+                .collect();
+            process(&mut pkts, &mut outs);
+            assert!(
+                !self.panic_after.contains(&self.bursts),
+                "injected panic in burst {}",
+                self.bursts
+            );
+            self.completed += 1;
+            3
+        }
+        fn send(&mut self, _: IfIndex, _: &[u8]) {}
+        fn idle(&mut self, _: Duration) {}
+        fn stats(&self) -> IoStats {
+            IoStats::default()
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_burst_is_counted_and_the_worker_goes_on() {
+        let s = nodeplane_state::example::state().unwrap();
+        let p = Publisher::new(Arc::new(Tables::build(&s, 1, &mut MaglevCache::default())));
+        let (_tx, rx) = bounded(1);
+        let io = FlakyIo {
+            iface: 0,
+            bursts: 0,
+            panic_after: vec![1, 4],
+            panic_before: vec![3],
+            completed: 0,
+        };
+        let mut w = Worker::new(
+            0,
+            p.subscribe(),
+            io,
+            rx,
+            Arc::new(AtomicBool::new(false)),
+            Clock::new(),
+            RemovedFlowAction::Drop,
+        );
+        let taken: Vec<usize> = (0..5).map(|_| w.turn()).collect();
+        // Bursts 1 and 4 panicked after taking 3 frames, burst 3 before taking any.
+        assert_eq!(taken, [3, 3, 0, 3, 3]);
+        let st = w.stats();
+        assert_eq!((st.worker_panics, st.panic_dropped), (3, 6));
+        assert_eq!(w.io().completed, 2, "bursts 2 and 5 completed");
+        assert_eq!(st.packets, 12, "the pipeline saw every burst it was given");
+        // The counters reach `nodeplane status` (JSON).
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["worker_panics"], 3);
     }
 }

@@ -119,8 +119,8 @@ impl Lab {
             .0
     }
 
-    /// An HTTP server on TCP 8080 (v4 + v6) and UDP answers on 5353 in each web pod, each
-    /// answering with its pod name. The answering commands read the request first: socat
+    /// An HTTP server on TCP 8080 (v4 + v6) and UDP answers on 5353 and 8080 in each web pod,
+    /// each answering with its pod name. The answering commands read the request first: socat
     /// writes the request to its `SYSTEM:` child, and a child that has already exited makes
     /// that write fail (EPIPE) and socat exit without relaying the answer. On a loaded machine
     /// that race lost about 1 request in 40 (docs/runtime.md, "Loss under load").
@@ -141,6 +141,11 @@ impl Lab {
                 (
                     "UDP4-RECVFROM:5353,fork".to_string(),
                     format!("SYSTEM:read -r q; echo answer from {w}"),
+                ),
+                (
+                    // Would answer NodePort 30053 (web-nodeport's UDP port) if policy let it.
+                    "UDP4-RECVFROM:8080,fork".to_string(),
+                    format!("SYSTEM:read -r q; echo udp 8080 answer from {w}"),
                 ),
                 (
                     "TCP-LISTEN:9050,reuseaddr,fork".to_string(),
@@ -378,19 +383,19 @@ impl Drop for Nodeplane {
     }
 }
 
-/// Checks the stop: exit 0 promptly, every worker's UMEM accounting ok, XDP detached.
-///
-/// The 1 s stop requirement is asserted on an idle daemon in `tests/daemon.rs`; here three labs
-/// run at once next to the rest of the suite, and the time includes the `ip netns exec`
-/// wrapper and the harness's own scheduling (0.1-0.2 s when the machine is quiet, over 1 s was
-/// seen only with parallel builds), so this bound is looser: it catches a hang, not jitter.
+/// Checks the stop: exit 0 within 1 s of SIGTERM (issue 3's hard requirement), every worker's
+/// UMEM accounting ok, XDP detached.
 fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
     let (clean, took, log) = np.stop();
     eprintln!("nodeplane stopped in {took:.3} s");
     assert!(clean, "nodeplane exits 0 on SIGTERM");
+    let phases: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("stopped in") || l.contains("signal received"))
+        .collect();
     assert!(
-        took < 3.0,
-        "stopped promptly (0.1-0.2 s when quiet), took {took:.3} s"
+        took < 1.0,
+        "stopped within 1 s of SIGTERM, took {took:.3} s: {phases:#?}"
     );
     assert_eq!(
         log.matches("UMEM frame accounting ok").count(),
@@ -455,11 +460,15 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     // ClusterIP UDP (service port 53 → backend 5353).
     let a = lab.udp("client", "10.96.0.53:53").expect("ClusterIP UDP");
     assert!(a.starts_with("answer from web"), "{a}");
-    // NodePort and LB from the router (world identity, allowed on TCP 8080).
+    // NodePort and LB from the router (world identity, allowed on TCP 8080 and UDP 5353).
     let a = lab
         .curl("router", "http://192.168.100.2:30080/")
         .unwrap_or_else(|| panic!("NodePort TCP: {}", np.stats()));
     assert!(a.starts_with("hello from web"), "{a}");
+    let a = lab
+        .udp("router", "192.168.100.2:30054")
+        .unwrap_or_else(|| panic!("NodePort UDP: {}", np.stats()));
+    assert!(a.starts_with("answer from web"), "{a}");
     let a = lab.curl("router", "http://203.0.113.10/").expect("LB");
     assert_eq!(
         a.trim(),
@@ -467,7 +476,7 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
         "web-2 is terminating: LB picks web-1"
     );
     // Policy: allowed direct pod-to-pod TCP 8080; denied TCP 9050 (deny rule), denied UDP
-    // NodePort from the world (web allows UDP only on 5353 from client).
+    // NodePort 30053 from the world (its backend port 8080/UDP: web allows UDP only on 5353).
     assert!(lab.curl("client", "http://10.244.1.21:8080/").is_some());
     let before = drops(&np.stats(), "policy-denied");
     assert!(lab.curl("client", "http://10.244.1.21:9050/").is_none());
@@ -756,9 +765,10 @@ fn two_workers_hand_off_flows_to_their_owner() {
         ok += usize::from(lab.curl("client", "http://10.96.0.10/").is_some());
         ok += usize::from(lab.curl("router", "http://192.168.100.2:30080/").is_some());
         ok += usize::from(lab.udp("client", "10.96.0.53:53").is_some());
+        ok += usize::from(lab.udp("router", "192.168.100.2:30054").is_some());
     }
     let st = np.stats();
-    assert_eq!(ok, 36, "every request answered with two workers: {st}");
+    assert_eq!(ok, 48, "every request answered with two workers: {st}");
     let workers = st["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2);
     assert!(

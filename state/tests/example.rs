@@ -186,7 +186,10 @@ fn backends(s: &Service) -> Vec<(IpAddr, u16, u16, BackendState)> {
 fn services() {
     let s = example::state().unwrap();
     let names: Vec<&str> = s.services.iter().map(|x| x.name.as_str()).collect();
-    assert_eq!(names, ["web", "dns", "web-nodeport", "web-lb"]);
+    assert_eq!(
+        names,
+        ["web", "dns", "web-nodeport", "web-lb", "dns-nodeport"]
+    );
     let active = BackendState::Active;
 
     let web = svc(&s, "web");
@@ -295,6 +298,19 @@ fn services() {
             (ip("10.244.1.22"), 8080, 1, BackendState::Terminating),
         ]
     );
+
+    let dns_np = svc(&s, "dns-nodeport");
+    assert_eq!(dns_np.kind, ServiceType::NodePort);
+    assert!(dns_np.frontends.is_empty());
+    assert_eq!(
+        dns_np.node_ports,
+        [NodePort {
+            port: 30054,
+            protocol: L4Proto::UDP
+        }]
+    );
+    assert_eq!(dns_np.algorithm, Algorithm::Random);
+    assert_eq!(backends(dns_np), backends(dns));
 }
 
 fn rule(
@@ -332,6 +348,13 @@ fn policies() {
             &[(8080, None)],
         ),
         rule(Deny, &[1001], &[], RuleProto::TCP, &[(9000, Some(9100))]),
+        rule(
+            Allow,
+            &[reserved::WORLD],
+            &[],
+            RuleProto::UDP,
+            &[(5353, None)],
+        ),
     ];
     assert_eq!(
         s.policies,

@@ -48,9 +48,11 @@ fn one_file_holding_the_whole_example() {
 fn a_directory_with_one_bad_file_is_rejected_whole_naming_that_file() {
     let dir = example_copy();
     let services = dir.path().join("services.yaml");
-    let text = fs::read_to_string(&services)
-        .unwrap()
-        .replace("port: 5353 }   # web-2", "port: 0 }   # web-2");
+    let text = fs::read_to_string(&services).unwrap().replacen(
+        "port: 5353 }   # web-2",
+        "port: 0 }   # web-2",
+        1,
+    );
     fs::write(&services, text).unwrap();
     let v = invalid(load_dir(dir.path()).unwrap_err());
     assert_eq!(v.problems.len(), 1, "{v}");

@@ -48,8 +48,9 @@ use std::{
     error::Error as _,
     fmt, io,
     io::Write as _,
+    mem::ManuallyDrop,
     num::NonZeroU32,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     thread,
     time::Duration,
 };
@@ -121,6 +122,9 @@ pub enum Action {
     Drop,
     /// Transmit the frame (with its current bytes and length) on this socket of the worker.
     Tx(SocketId),
+    /// Give the frame back for receiving without counting it as dropped: its content went on
+    /// elsewhere (e.g. copied to another worker). Counted in [`SocketStats::released`].
+    Release,
 }
 
 /// Setting up a worker's sockets failed.
@@ -197,12 +201,20 @@ pub struct SocketStats {
     /// Received frames dropped by their [`Action`] (or for an invalid target socket or a
     /// target whose per-burst TX stage is full).
     pub dropped: u64,
+    /// Received frames recycled with [`Action::Release`] (their content went on elsewhere).
+    pub released: u64,
     /// Refills that found no free frame while the fill ring had room.
     pub fill_starved: u64,
     /// `sendto` kicks (TX).
     pub tx_kicks: u64,
     /// Zero-timeout `poll` kicks (fill ring wakeup).
     pub fill_kicks: u64,
+    /// TX kicks (`sendto`) that failed with an error other than the transient ones xsk-rs
+    /// absorbs (ENOBUFS, EAGAIN, EBUSY, ENETDOWN). The frames stay queued for the next kick.
+    pub tx_kick_errors: u64,
+    /// Fill ring kicks (`poll`) that failed (EINTR is not an error). The next refill kicks
+    /// again.
+    pub fill_kick_errors: u64,
 }
 
 /// Where the worker's frames are (see the module docs for the invariant).
@@ -289,9 +301,9 @@ impl fmt::Debug for Sock {
 
 /// A worker's AF_XDP sockets over one shared UMEM. See the module docs.
 pub struct XskWorker {
-    // Sockets before the UMEM: they are dropped (closed) first.
+    // Sockets before the UMEM: `Drop` deletes them first, then the UMEM.
     socks: Vec<Sock>,
-    umem: Umem,
+    umem: ManuallyDrop<Umem>,
     /// Start of the UMEM region, to view frames without a borrow of their descriptor.
     base: *mut u8,
     region_len: usize,
@@ -434,7 +446,7 @@ impl XskWorker {
         free.extend(descs);
         let mut w = XskWorker {
             socks,
-            umem,
+            umem: ManuallyDrop::new(umem),
             base,
             region_len,
             frame_shift,
@@ -615,9 +627,11 @@ impl XskWorker {
         let sock = &mut self.socks[s];
         if sock.fq.needs_wakeup() {
             sock.stats.fill_kicks += 1;
-            // Zero timeout: a kick, never a sleep (see module docs). Errors (EINTR) are
-            // harmless: the next burst kicks again.
-            let _ = sock.fq.wakeup(sock.rx.fd_mut(), 0);
+            // Zero timeout: a kick, never a sleep (see module docs). EINTR is not an error;
+            // others are counted, and the next burst kicks again.
+            if sock.fq.wakeup(sock.rx.fd_mut(), 0).is_err() {
+                sock.stats.fill_kick_errors += 1;
+            }
         }
     }
 
@@ -636,9 +650,13 @@ impl XskWorker {
             }
             last = free;
             sock.stats.tx_kicks += 1;
-            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are ignored by xsk-rs: the frames stay queued
-            // and the next burst kicks again.
-            let _ = sock.tx.wakeup();
+            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are absorbed by xsk-rs: the frames stay queued
+            // and the next burst kicks again. Anything else is counted (and retried the same
+            // way).
+            if sock.tx.wakeup().is_err() {
+                sock.stats.tx_kick_errors += 1;
+                break;
+            }
         }
     }
 
@@ -865,6 +883,13 @@ impl XskWorker {
                     self.socks[usize::from(t)].tx_stage.push(d);
                     touched |= 1 << t;
                 }
+                Action::Release => {
+                    self.socks[s].stats.released += 1;
+                    if let Some(i) = self.frame_index(&d) {
+                        self.owner[i] = Owner::Free;
+                    }
+                    self.free.push(d);
+                }
                 _ => {
                     self.socks[s].stats.dropped += 1;
                     if let Some(i) = self.frame_index(&d) {
@@ -1011,9 +1036,11 @@ impl<'w> Burst<'w> {
     }
 
     /// Changes the length of frame `i` (new bytes are whatever the chunk held). Returns
-    /// `false`, changing nothing, if `len` exceeds [`Burst::capacity`].
+    /// `false`, changing nothing, if `i >= len()` or `len` exceeds [`Burst::capacity`].
     pub fn set_len(&mut self, i: usize, len: usize) -> bool {
-        if len > self.capacity(i) {
+        // `i < held` first: `capacity` is 0 for a frame not in the burst, which a length of 0
+        // would pass, and `burst[i]` past `held` is a stale (or, from 64 on, no) descriptor.
+        if i >= self.w.held || len > self.capacity(i) {
             return false;
         }
         let d = &mut self.w.burst[i];
@@ -1077,5 +1104,48 @@ impl Drop for Burst<'_> {
         if !self.finished {
             self.w.finish_burst(self.sock);
         }
+    }
+}
+
+/// Closing an AF_XDP socket waits in the kernel for an RCU grace period (`xsk_release` ->
+/// `xsk_unbind_dev` -> `synchronize_net`), and xsk-rs deletes the sockets of one UMEM one at a
+/// time under its lock: a worker's N sockets cost N grace periods in a row (about 17 ms each
+/// on an idle 2-vCPU VM, 8 sockets: most of the daemon's stop time). So each socket's file is
+/// kept open by a duplicate while libxdp deletes the sockets and the UMEM (its `close` then only
+/// drops a reference and returns at once), and the duplicates, the last references, are
+/// closed from one thread each: the kernel releases run concurrently and share grace periods.
+///
+/// Until then the kernel sockets stay bound with nobody reading them (frames that arrive are
+/// lost, as they would be a moment later) and keep their UMEM pages pinned, so nothing the
+/// kernel writes lands in memory that was given back.
+impl Drop for XskWorker {
+    fn drop(&mut self) {
+        let dups: Vec<OwnedFd> = self
+            .socks
+            .iter()
+            .filter_map(|s| {
+                // SAFETY: dup(2) of a descriptor this worker owns and holds open here.
+                let fd = unsafe { libc::dup(s.rx.fd().as_raw_fd()) };
+                // SAFETY: a descriptor dup(2) just created, owned by nobody else. (On failure,
+                // -1: that socket is simply closed in line by libxdp below.)
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect();
+        self.socks.clear();
+        // SAFETY: dropped exactly once, here; nothing uses the UMEM afterwards (`base` is not
+        // read once the sockets are gone and `self` is being dropped).
+        unsafe { ManuallyDrop::drop(&mut self.umem) };
+        if dups.len() < 2 {
+            return;
+        }
+        thread::scope(|scope| {
+            for fd in dups {
+                // If no thread can be spawned, the closure (and its fd) is dropped right here:
+                // that socket's release runs in line.
+                let _ = thread::Builder::new()
+                    .name("np-xsk-close".into())
+                    .spawn_scoped(scope, move || drop(fd));
+            }
+        });
     }
 }

@@ -342,11 +342,13 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
         assert_eq!(total, 3 * 128);
         let out = SocketId(2);
 
-        // Forward a third, send a third back out where it came from, drop a third; check the
-        // invariant after every burst.
-        let run = |w: &mut XskWorker, packets: usize| -> usize {
+        // Forward two fifths (enough to fill a stalled TX ring below), send a fifth back out
+        // where it came from, drop a fifth, release a fifth (recycled, not counted as
+        // dropped); check the invariant after every burst. Returns (received, marked Drop,
+        // marked Release).
+        let run = |w: &mut XskWorker, packets: usize| -> (usize, u64, u64) {
             let stop = AtomicBool::new(false);
-            let mut received = 0;
+            let (mut received, mut dropped, mut released) = (0, 0, 0);
             std::thread::scope(|s| {
                 s.spawn(|| {
                     enter(&format!("/run/netns/{}", bed.peer.name));
@@ -362,12 +364,27 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
                     let mut got = 0;
                     for id in [SocketId(0), SocketId(1)] {
                         let mut b = w.rx_burst(id, 64);
-                        got += b.len();
+                        let n = b.len();
+                        got += n;
+                        // Frames outside the burst cannot be touched, not even with a length
+                        // of 0 (index 64 is past the burst arrays, `n` past the live frames).
+                        for i in [n, 64, 1000] {
+                            assert!(!b.set_len(i, 0), "set_len({i}) on a burst of {n}");
+                            assert_eq!(b.capacity(i), 0);
+                            b.set_action(i, Action::Tx(out));
+                        }
                         for (i, a) in b.actions_mut().iter_mut().enumerate() {
-                            *a = match i % 3 {
-                                0 => Action::Drop,
-                                1 => Action::Tx(out),
-                                _ => Action::Tx(id),
+                            *a = match i % 5 {
+                                0 => {
+                                    dropped += 1;
+                                    Action::Drop
+                                }
+                                1 | 3 => Action::Tx(out),
+                                2 => Action::Tx(id),
+                                _ => {
+                                    released += 1;
+                                    Action::Release
+                                }
                             };
                         }
                         b.finish();
@@ -380,17 +397,27 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
                     }
                 }
             });
-            received
+            (received, dropped, released)
+        };
+        let counted = |w: &XskWorker| {
+            let (a, b) = (w.stats(SocketId(0)), w.stats(SocketId(1)));
+            (a.dropped + b.dropped, a.released + b.released)
         };
 
-        let received = run(&mut w, 3000);
+        let (received, dropped, released) = run(&mut w, 3000);
         assert!(received > 500, "only {received} frames reached the sockets");
         assert!(w.stats(out).tx > 0);
+        assert!(released > 0);
+        assert_eq!(
+            counted(&w),
+            (dropped, released),
+            "released frames are not counted as dropped"
+        );
 
         // v2 down: its TX ring stops draining (sendto fails with ENETDOWN), fills up, and
         // further frames for it are dropped and recycled.
         bed.node.ip(&["link", "set", "v2", "down"]);
-        let received = run(&mut w, 3000);
+        let (received, _, _) = run(&mut w, 3000);
         assert!(received > 500);
         let full = w.stats(out).tx_ring_full;
         assert!(
@@ -427,7 +454,7 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
             std::thread::sleep(Duration::from_millis(10));
         }
         // The fill rings still work: traffic flows again.
-        let received = run(&mut w, 500);
+        let (received, _, _) = run(&mut w, 500);
         assert!(received > 100);
         w.service();
         let acct = w.check_accounting().expect("final invariant");

@@ -129,8 +129,9 @@ pub struct PolicyModeStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
-    /// `waiting` (no valid state yet), `ok`, or `stale` (the last change was rejected: the
-    /// dataplane runs on the last good state).
+    /// `waiting` (no valid state yet), `ok`, `stale` (the last change was rejected: the
+    /// dataplane runs on the last good state), or `unhealthy` (a worker died: see
+    /// `dead_workers`).
     pub state: String,
     pub generation: u64,
     pub state_origin: Option<String>,
@@ -151,6 +152,9 @@ pub struct Status {
     pub ipcache_entries: usize,
     pub uptime_s: u64,
     pub workers: Vec<WorkerStats>,
+    /// Workers whose thread ended while the daemon runs: their queues are not served.
+    #[serde(default)]
+    pub dead_workers: Vec<DeadWorker>,
     /// The packet I/O: kind, XDP attachment and counters, the uplink's neighbour (AF_XDP).
     #[serde(default)]
     pub io: Option<crate::worker::IoStatus>,
@@ -191,6 +195,14 @@ pub struct BgpNeighborSummary {
     /// Prefixes in our Adj-RIB-Out towards it.
     pub announced: usize,
     pub last_error: Option<String>,
+}
+
+/// A worker thread that ended while the daemon ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadWorker {
+    pub worker: usize,
+    /// `panicked: MESSAGE` or `its thread exited`.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

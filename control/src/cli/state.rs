@@ -131,8 +131,8 @@ mod tests {
             summary(&s),
             "  node node-1: 2 PodCIDRs, 2 node IPs, policy mode enforce\n\
              \x20 4 interfaces, 3 endpoints, 2 ipcache entries\n\
-             \x20 4 services: 5 frontends, 2 node ports, 10 backends (1 not active)\n\
-             \x20 3 policies: 12 rules\n\
+             \x20 5 services: 5 frontends, 3 node ports, 12 backends (1 not active)\n\
+             \x20 3 policies: 14 rules\n\
              \x20 conntrack: 262144 entries per worker\n"
         );
     }

@@ -67,6 +67,12 @@ pub fn run(args: StatusArgs) -> CliResult {
     if let Some(b) = &s.bgp {
         print_bgp(b);
     }
+    for d in &s.dead_workers {
+        println!(
+            "DEAD worker: {} ({}): its queues are not served; restart nodeplane",
+            d.worker, d.reason
+        );
+    }
     if !s.workers.is_empty() {
         let rows: Vec<Vec<String>> = s
             .workers
@@ -83,6 +89,9 @@ pub fn run(args: StatusArgs) -> CliResult {
                     w.drops
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
+                        .chain((w.worker_panics > 0).then(|| {
+                            format!("PANICS={} (frames {})", w.worker_panics, w.panic_dropped)
+                        }))
                         .collect::<Vec<_>>()
                         .join(" "),
                 ]
@@ -231,6 +240,16 @@ fn print_io(io: &nodeplane_control::worker::IoStatus, workers: &[WorkerStats]) {
                 c.pass_dropped,
                 c.tx_copy_failed,
                 c.tx_no_socket
+            );
+        }
+        // Syscall errors of the rings (none expected): shown only when there are some.
+        let kicks: (u64, u64) = a.sockets.iter().fold((0, 0), |(t, f), s| {
+            (t + s.tx_kick_errors, f + s.fill_kick_errors)
+        });
+        if c.poll_errors + kicks.0 + kicks.1 > 0 {
+            println!(
+                "worker {}:    ERRORS poll {}, tx kick {}, fill kick {}",
+                w.worker, c.poll_errors, kicks.0, kicks.1
             );
         }
     }

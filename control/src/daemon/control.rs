@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam::channel::{bounded, Sender};
+use crossbeam::channel::{bounded, Receiver, Sender};
 use nodeplane_dataplane::flow::{fmt_socket, Addr};
 use nodeplane_dataplane::{MaglevCache, Tables};
 use nodeplane_state::{reserved, BackendState, PolicyMode, State};
@@ -19,15 +19,15 @@ use nodeplane_bgp::StopMode;
 use super::bgp::Bgp;
 use super::overrides::RuntimeOverrides;
 use crate::api::{
-    BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeSet, PolicyModeStatus,
-    PolicyView, Rejection, Request, Response, ServiceRow, Status,
+    BackendRow, CtFlushed, CtList, DeadWorker, IdentityRow, IpcacheEntry, PolicyModeSet,
+    PolicyModeStatus, PolicyView, Rejection, Request, Response, ServiceRow, Status,
 };
 use crate::publish::Publisher;
 use crate::runtime::neigh::{NeighbourReport, NeighbourStatus};
 use crate::source::SourceEvent;
 use crate::worker::{
-    proto_name, Answer, Clock, CtFilter, IoBackend, PacketIo, Query, RemovedFlowAction,
-    Request as WReq, Worker, WorkerStats,
+    panic_message, proto_name, Answer, Clock, CtFilter, IoBackend, PacketIo, Query,
+    RemovedFlowAction, Request as WReq, Worker, WorkerStats,
 };
 
 /// How long the control thread waits for a worker to take and answer a request.
@@ -79,8 +79,11 @@ const START_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct WorkerHandle {
+    id: usize,
     tx: Sender<WReq>,
-    join: JoinHandle<WorkerStats>,
+    /// `None` once the thread was joined: it died while running (see `check_workers`).
+    /// The thread returns `None` when its start was called off (see `spawn_workers`).
+    join: Option<JoinHandle<Option<WorkerStats>>>,
 }
 
 pub struct Control {
@@ -108,6 +111,12 @@ pub struct Control {
     publisher: Option<Publisher>,
     mode_override: Option<PolicyMode>,
     workers: Vec<WorkerHandle>,
+    /// Workers whose thread ended while the daemon runs (a panic the worker did not catch):
+    /// their queues are not served. Shown by `nodeplane status` (state `unhealthy`).
+    dead: Vec<DeadWorker>,
+    /// Tests: the spawn of this worker fails (as `std::thread::Builder::spawn` can).
+    #[cfg(test)]
+    fail_spawn: Option<usize>,
     source: String,
     source_connected: bool,
     source_detail: String,
@@ -173,6 +182,9 @@ impl Control {
             publisher: None,
             mode_override: None,
             workers: Vec::new(),
+            dead: Vec::new(),
+            #[cfg(test)]
+            fail_spawn: None,
             source,
             source_connected: true,
             source_detail: String::new(),
@@ -307,7 +319,9 @@ impl Control {
     }
 
     /// Compiles `state` with the runtime overrides into the next generation, lets the I/O
-    /// prepare it (start it, the first time), and publishes it. On error nothing changed.
+    /// prepare it (start it and its workers, the first time), and publishes it. On error
+    /// nothing changed: in particular a first start whose workers cannot all be started is
+    /// undone whole (the I/O stopped: no steering toward sockets that nobody serves).
     fn publish_generation(&mut self, state: &State, origin: &str) -> Result<(), String> {
         let t0 = Instant::now();
         let generation = self.generation + 1;
@@ -320,14 +334,29 @@ impl Control {
             &mut self.cache,
             Some(t0 + MAGLEV_BUDGET),
         ));
-        let ios = if self.io_started {
+        if self.io_started {
             self.io.prepare(&tables)?;
-            None
+            if let Some(p) = &self.publisher {
+                p.publish(Arc::clone(&tables));
+            }
         } else {
             let ios = self.io.start(&tables, self.workers_wanted)?;
-            self.io_started = true;
-            Some(ios)
-        };
+            let p = Publisher::new(Arc::clone(&tables));
+            if self.mode_override.is_some() {
+                p.set_policy_mode(self.mode_override);
+            }
+            match self.spawn_workers(&p, ios) {
+                Ok(workers) => {
+                    self.workers = workers;
+                    self.publisher = Some(p);
+                    self.io_started = true;
+                }
+                Err(e) => {
+                    self.io.stop();
+                    return Err(e);
+                }
+            }
+        }
         self.completing = tables.maglev_pending > 0;
         if self.completing {
             log::info!(
@@ -336,23 +365,10 @@ impl Control {
             );
         }
         self.note_uplink_mac(&tables);
-        match &self.publisher {
-            Some(p) => p.publish(tables),
-            None => {
-                let p = Publisher::new(tables);
-                if self.mode_override.is_some() {
-                    p.set_policy_mode(self.mode_override);
-                }
-                self.publisher = Some(p);
-            }
-        }
         self.cache.prune();
         self.generation = generation;
         self.publications += 1;
         log::debug!("generation {generation} published ({origin})");
-        if let Some(ios) = ios {
-            self.start_workers(ios);
-        }
         Ok(())
     }
 
@@ -439,10 +455,16 @@ impl Control {
         log::info!("published generation {generation}: every Maglev table built");
     }
 
-    fn start_workers(&mut self, ios: Vec<Box<dyn PacketIo>>) {
-        let Some(p) = self.publisher.clone() else {
-            return;
-        };
+    /// Starts one thread per worker I/O, all or none: each thread waits for a go before it
+    /// runs, so when one cannot be spawned the others are called off (they drop their I/O,
+    /// closing its sockets) and joined, and the error is returned.
+    fn spawn_workers(
+        &mut self,
+        p: &Publisher,
+        ios: Vec<Box<dyn PacketIo>>,
+    ) -> Result<Vec<WorkerHandle>, String> {
+        let mut started: Vec<(WorkerHandle, Sender<()>)> = Vec::new();
+        let mut failed = None;
         for (i, io) in ios.into_iter().enumerate() {
             let (tx, rx) = bounded(WORKER_QUEUE);
             let w = Worker::new(
@@ -454,40 +476,129 @@ impl Control {
                 self.clock,
                 self.removed,
             );
-            let join = std::thread::Builder::new()
+            let (go_tx, go_rx): (Sender<()>, Receiver<()>) = bounded(1);
+            let body = move || go_rx.recv().ok().map(|()| w.run());
+            #[cfg(test)]
+            let spawned = if self.fail_spawn == Some(i) {
+                Err(std::io::Error::other("injected spawn failure"))
+            } else {
+                std::thread::Builder::new()
+                    .name(format!("np-worker-{i}"))
+                    .spawn(body)
+            };
+            #[cfg(not(test))]
+            let spawned = std::thread::Builder::new()
                 .name(format!("np-worker-{i}"))
-                .spawn(move || w.run());
-            match join {
-                Ok(join) => self.workers.push(WorkerHandle { tx, join }),
-                Err(e) => log::error!("cannot start worker {i}: {e}"),
+                .spawn(body);
+            match spawned {
+                Ok(join) => started.push((
+                    WorkerHandle {
+                        id: i,
+                        tx,
+                        join: Some(join),
+                    },
+                    go_tx,
+                )),
+                Err(e) => {
+                    failed = Some(format!("cannot start worker thread {i}: {e}"));
+                    break;
+                }
             }
+        }
+        if let Some(e) = failed {
+            for (h, go) in started {
+                drop(go);
+                if let Some(j) = h.join {
+                    let _ = j.join();
+                }
+            }
+            log::error!("{e}; the packet I/O is stopped and the start retried");
+            return Err(e);
+        }
+        let mut workers = Vec::with_capacity(started.len());
+        for (h, go) in started {
+            let _ = go.send(());
+            workers.push(h);
         }
         log::info!(
             "started {} worker(s) on {} I/O",
-            self.workers.len(),
+            workers.len(),
             self.io.kind()
         );
+        Ok(workers)
+    }
+
+    /// Notices worker threads that ended while the daemon runs (a panic outside what a
+    /// worker catches itself): logs each once, at error level, and marks the node unhealthy.
+    /// Called by the event loop once a second and before every status answer.
+    pub fn check_workers(&mut self) {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        for w in &mut self.workers {
+            if !w.join.as_ref().is_some_and(|j| j.is_finished()) {
+                continue;
+            }
+            let Some(j) = w.join.take() else { continue };
+            let reason = match j.join() {
+                Ok(_) => "its thread exited".to_string(),
+                Err(p) => format!("panicked: {}", panic_message(p.as_ref())),
+            };
+            log::error!(
+                "worker {} DIED ({reason}): its queues are not served until nodeplane is restarted",
+                w.id
+            );
+            self.dead.push(DeadWorker {
+                worker: w.id,
+                reason,
+            });
+        }
+    }
+
+    /// Workers that died while the daemon ran.
+    pub fn dead_workers(&self) -> &[DeadWorker] {
+        &self.dead
     }
 
     /// Waits for the workers to stop (the stop flag is set by the caller), then stops the
-    /// I/O (AF_XDP: XDP detached).
+    /// I/O (AF_XDP: XDP detached). A worker that panicked on its way out is logged and added
+    /// to [`Control::dead_workers`].
     pub fn join_workers(&mut self) -> Vec<WorkerStats> {
-        let stats = self
-            .workers
-            .drain(..)
-            .filter_map(|w| {
-                drop(w.tx);
-                w.join.join().ok()
-            })
-            .collect();
+        let t0 = Instant::now();
+        let mut stats = Vec::new();
+        for w in self.workers.drain(..) {
+            drop(w.tx);
+            let Some(j) = w.join else { continue };
+            match j.join() {
+                Ok(Some(s)) => stats.push(s),
+                Ok(None) => {}
+                Err(p) => {
+                    let reason = format!("panicked: {}", panic_message(p.as_ref()));
+                    log::error!("worker {} {reason}", w.id);
+                    self.dead.push(DeadWorker {
+                        worker: w.id,
+                        reason,
+                    });
+                }
+            }
+        }
+        let t1 = Instant::now();
         self.io.stop();
+        log::info!(
+            "workers stopped in {} ms, {} I/O stopped in {} ms",
+            (t1 - t0).as_millis(),
+            self.io.kind(),
+            t1.elapsed().as_millis()
+        );
         stats
     }
 
     /// Asks every worker; returns the answers that came in time.
     fn ask(&self, make: impl Fn() -> Query) -> Result<Vec<Answer>, String> {
         let mut pending = Vec::new();
-        for (i, w) in self.workers.iter().enumerate() {
+        // Dead workers take no requests (`nodeplane status` lists them apart).
+        for w in self.workers.iter().filter(|w| w.join.is_some()) {
+            let i = w.id;
             let (rtx, rrx) = bounded(1);
             w.tx.send_timeout(
                 WReq {
@@ -521,7 +632,10 @@ impl Control {
 
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status {} => Response::ok(self.status()),
+            Request::Status {} => {
+                self.check_workers();
+                Response::ok(self.status())
+            }
             Request::PolicyMode { mode } => self.set_mode(&mode),
             Request::CtList {
                 filter,
@@ -652,7 +766,9 @@ impl Control {
         let s = self.state.as_deref();
         Status {
             node: s.map(|s| s.node.name.clone()).unwrap_or_default(),
-            state: if s.is_none() {
+            state: if !self.dead.is_empty() {
+                "unhealthy"
+            } else if s.is_none() {
                 "waiting"
             } else if self.stale {
                 "stale"
@@ -681,6 +797,7 @@ impl Control {
             ipcache_entries: s.map(|s| s.ipcache.len()).unwrap_or(0),
             uptime_s: self.started.elapsed().as_secs(),
             workers,
+            dead_workers: self.dead.clone(),
             io: Some({
                 let mut io = self.io.status();
                 io.neighbour = self.neighbour.clone();
@@ -946,9 +1063,37 @@ mod tests {
     #[derive(Debug, Default)]
     struct Calls {
         started: usize,
+        stopped: usize,
         prepared: Vec<u64>,
         fail_prepare: bool,
         veto: Option<String>,
+        /// The I/O of this worker panics when its thread starts (outside the turn's catch).
+        die: Option<usize>,
+    }
+
+    /// Panics on its worker's thread before the loop: the thread dies.
+    struct DyingIo;
+
+    impl PacketIo for DyingIo {
+        fn start(&mut self) {
+            panic!("injected: the I/O cannot start");
+        }
+        fn bind(&mut self, _: &Arc<Tables>) {}
+        fn burst(
+            &mut self,
+            _: u64,
+            _: &mut dyn FnMut(
+                &mut [nodeplane_dataplane::Packet<'_>],
+                &mut [nodeplane_dataplane::Outcome],
+            ),
+        ) -> usize {
+            0
+        }
+        fn send(&mut self, _: u16, _: &[u8]) {}
+        fn idle(&mut self, _: Duration) {}
+        fn stats(&self) -> crate::worker::IoStats {
+            crate::worker::IoStats::default()
+        }
     }
 
     struct TestBackend(Arc<Mutex<Calls>>);
@@ -968,10 +1113,20 @@ mod tests {
             _: &Arc<Tables>,
             workers: usize,
         ) -> Result<Vec<Box<dyn PacketIo>>, String> {
-            self.0.lock().unwrap().started += 1;
+            let mut c = self.0.lock().unwrap();
+            c.started += 1;
             Ok((0..workers)
-                .map(|_| Box::new(super::super::NullIo) as Box<dyn PacketIo>)
+                .map(|i| {
+                    if c.die == Some(i) {
+                        Box::new(DyingIo) as Box<dyn PacketIo>
+                    } else {
+                        Box::new(super::super::NullIo) as Box<dyn PacketIo>
+                    }
+                })
                 .collect())
+        }
+        fn stop(&mut self) {
+            self.0.lock().unwrap().stopped += 1;
         }
         fn prepare(&mut self, t: &Tables) -> Result<(), String> {
             let mut c = self.0.lock().unwrap();
@@ -1071,5 +1226,89 @@ mod tests {
 
         stop.store(true, Ordering::Relaxed);
         assert_eq!(c.join_workers().len(), 1);
+    }
+
+    fn control(calls: &Arc<Mutex<Calls>>, workers: usize) -> (Control, Arc<AtomicBool>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let c = Control::new(
+            "test".into(),
+            workers,
+            Box::new(TestBackend(calls.clone())),
+            RemovedFlowAction::Drop,
+            stop.clone(),
+        );
+        (c, stop)
+    }
+
+    #[test]
+    fn a_worker_that_cannot_be_spawned_undoes_the_start() {
+        let calls = Arc::new(Mutex::new(Calls::default()));
+        let (mut c, stop) = control(&calls, 3);
+        c.fail_spawn = Some(2);
+        let state = nodeplane_state::example::state().unwrap();
+        c.apply(state.clone(), "s1".into());
+        // Workers 0 and 1 were spawned and called off; the I/O was stopped (AF_XDP: XDP
+        // detached, so no queue is steered to a socket nobody serves); nothing published.
+        assert_eq!(c.generation(), 0);
+        assert!(c.workers.is_empty() && c.publisher.is_none());
+        let c1 = calls.lock().unwrap();
+        assert_eq!((c1.started, c1.stopped), (1, 1));
+        drop(c1);
+        let st = c.status();
+        assert_eq!(st.state, "waiting");
+        assert!(st
+            .last_rejection
+            .unwrap()
+            .error
+            .contains("cannot start worker thread 2"));
+        // The start is retried with the same state and then succeeds.
+        c.fail_spawn = None;
+        assert!(c.start_pending.is_some());
+        c.start_pending.as_mut().unwrap().2 -= START_RETRY;
+        c.retry_start();
+        assert_eq!(c.generation(), 1);
+        assert_eq!(calls.lock().unwrap().started, 2);
+        assert_eq!(c.status().workers.len(), 3);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(c.join_workers().len(), 3);
+        assert_eq!(calls.lock().unwrap().stopped, 2);
+    }
+
+    #[test]
+    fn a_worker_thread_that_died_makes_the_node_unhealthy() {
+        let calls = Arc::new(Mutex::new(Calls {
+            die: Some(1),
+            ..Calls::default()
+        }));
+        let (mut c, stop) = control(&calls, 2);
+        c.apply(nodeplane_state::example::state().unwrap(), "s1".into());
+        assert_eq!(c.generation(), 1);
+        // The status request notices the dead thread (the event loop also checks every second).
+        let t0 = Instant::now();
+        let st = loop {
+            let Response { ok, result, error } = c.handle(Request::Status {});
+            assert!(ok, "{error:?}");
+            let st: Status = serde_json::from_value(result.unwrap()).unwrap();
+            if !st.dead_workers.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(st.state, "unhealthy");
+        assert_eq!(st.dead_workers.len(), 1);
+        assert_eq!(st.dead_workers[0].worker, 1);
+        assert!(
+            st.dead_workers[0]
+                .reason
+                .contains("injected: the I/O cannot start"),
+            "{:?}",
+            st.dead_workers
+        );
+        // The live worker still answers.
+        assert_eq!(st.workers.len(), 1);
+        assert_eq!(st.workers[0].worker, 0);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(c.join_workers().len(), 1);
+        assert_eq!(c.dead_workers().len(), 1, "listed once");
     }
 }

@@ -67,6 +67,8 @@ pub enum DaemonError {
     Io(String),
     #[error("worker {worker}: {detail}")]
     Accounting { worker: usize, detail: String },
+    #[error("worker {worker} died while running: {reason}")]
+    WorkerDied { worker: usize, reason: String },
 }
 
 /// No packet I/O: the worker idles (control plane only).
@@ -190,6 +192,8 @@ fn make_io(
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    // Panics on worker threads are caught, counted and logged by the workers (worker.rs).
+    crate::worker::install_panic_hook();
     let mut poll = Poll::new().map_err(DaemonError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -338,6 +342,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             server.sweep(poll.registry());
             control.reap();
+            control.check_workers();
             control.retry_start();
             control.tick_bgp();
             if let Some(m) = &metrics {
@@ -373,6 +378,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let _ = source_thread.join();
     let _ = forwarder.join();
     ::log::info!("stopped in {} ms", t0.elapsed().as_millis());
+    if let Some(d) = control.dead_workers().first() {
+        return Err(DaemonError::WorkerDied {
+            worker: d.worker,
+            reason: d.reason.clone(),
+        });
+    }
     match broken {
         Some((worker, detail)) => Err(DaemonError::Accounting { worker, detail }),
         None => Ok(()),

@@ -99,6 +99,12 @@ pub struct IoCounters {
     pub handoff_dropped: u64,
     /// Frames longer than a hand-off buffer (dropped).
     pub handoff_too_long: u64,
+    /// Idle waits (`poll` on the sockets) that failed with an error other than EINTR.
+    #[serde(default)]
+    pub poll_errors: u64,
+    /// Handed-in frames left over from a burst that panicked (returned to the pool, dropped).
+    #[serde(default)]
+    pub handoff_abandoned: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,7 +220,8 @@ impl AfXdpIo {
     }
 
     /// One burst: the next socket (round robin) with frames, plus frames handed in by other
-    /// workers. Returns the frames processed here (0: idle).
+    /// workers. Returns the frames taken off a ring or a hand-off queue, whether processed
+    /// here or handed to their owner (0: idle).
     pub fn rx_process(
         &mut self,
         now: u64,
@@ -253,6 +260,14 @@ impl AfXdpIo {
         } = self;
         let (me, workers) = (*id, *workers);
         let sock = socks[s];
+        if !inbound.is_empty() {
+            // Left over from a burst that panicked and was unwound before it recycled them
+            // (see `Worker::turn`): not processed again (they may be what panicked).
+            counters.handoff_abandoned += inbound.len() as u64;
+            for f in inbound.drain(..) {
+                let _ = handoff.pool.push(f);
+            }
+        }
         let waiting = if workers > 1 {
             handoff.inbound[me].len().min(BURST / 2)
         } else {
@@ -280,6 +295,8 @@ impl AfXdpIo {
                         continue;
                     }
                     mine &= !(1 << i);
+                    // Not ours either way: a copy goes to the owner (the frame is released,
+                    // not counted as dropped by the socket) or the drop is counted here.
                     if frame.len() > HANDOFF_FRAME {
                         counters.handoff_too_long += 1;
                         continue;
@@ -292,7 +309,10 @@ impl AfXdpIo {
                     buf.len = frame.len() as u16;
                     buf.iface = sock.iface;
                     match handoff.inbound[owner].push(buf) {
-                        Ok(()) => counters.handed_off += 1,
+                        Ok(()) => {
+                            counters.handed_off += 1;
+                            burst.set_action(i, XskAction::Release);
+                        }
                         Err(buf) => {
                             counters.handoff_dropped += 1;
                             let _ = handoff.pool.push(buf);
@@ -310,7 +330,8 @@ impl AfXdpIo {
         }
         if mine == 0 && inbound.is_empty() {
             burst.finish();
-            return 0;
+            // Every frame went to its owner: busy, not idle.
+            return received;
         }
 
         // Index of each packet's frame in the burst (rx frames), in packet order.
@@ -408,7 +429,7 @@ impl AfXdpIo {
         for f in inbound.drain(..) {
             let _ = handoff.pool.push(f);
         }
-        total
+        received.max(total)
     }
 
     /// Transmits a copy of a frame outside a burst (a released fragment).
@@ -441,8 +462,10 @@ impl AfXdpIo {
         } else {
             max.as_millis().clamp(1, 100) as i32
         };
-        // EINTR and other poll errors: the loop comes back here; nothing to count per packet.
-        let _ = self.xsk.wait_rx(ms);
+        // EINTR is no error (`wait_rx`); others are counted, and the loop comes back here.
+        if self.xsk.wait_rx(ms).is_err() {
+            self.counters.poll_errors += 1;
+        }
     }
 
     pub fn counters(&self) -> &IoCounters {
@@ -476,9 +499,12 @@ impl AfXdpIo {
                     tx_completed: u.tx_completed,
                     tx_ring_full: u.tx_ring_full,
                     dropped: u.dropped,
+                    released: u.released,
                     fill_starved: u.fill_starved,
                     tx_kicks: u.tx_kicks,
                     fill_kicks: u.fill_kicks,
+                    tx_kick_errors: u.tx_kick_errors,
+                    fill_kick_errors: u.fill_kick_errors,
                     kernel,
                 }
             })
@@ -520,12 +546,22 @@ pub struct XskSocketStats {
     pub tx_completed: u64,
     /// Frames for a full TX ring (recycled, not sent).
     pub tx_ring_full: u64,
-    /// Received frames recycled without transmit (pipeline drops, held, pass).
+    /// Received frames recycled without transmit (pipeline drops, held, pass, failed
+    /// hand-offs).
     pub dropped: u64,
+    /// Received frames recycled after a copy was handed to their owner worker (not drops).
+    #[serde(default)]
+    pub released: u64,
     /// Refills that found no free UMEM frame.
     pub fill_starved: u64,
     pub tx_kicks: u64,
     pub fill_kicks: u64,
+    /// TX kicks (`sendto`) that failed (beyond the transient errors xsk-rs absorbs).
+    #[serde(default)]
+    pub tx_kick_errors: u64,
+    /// Fill ring kicks (`poll`) that failed.
+    #[serde(default)]
+    pub fill_kick_errors: u64,
     /// `None`: the kernel did not answer `XDP_STATISTICS`.
     pub kernel: Option<XskKernelStats>,
 }

@@ -33,7 +33,7 @@ pub mod steering;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -194,6 +194,15 @@ fn uplink_of(state_ifaces: impl IntoIterator<Item = (String, InterfaceRole)>) ->
 /// waker).
 pub type NeighbourSink = Box<dyn FnMut(NeighbourReport) + Send>;
 
+/// Calls the sink of a watcher (shared, so the backend keeps it across a failed or stopped
+/// start; locked once per reading, by one thread at a time, never on the packet path).
+fn deliver(sink: &Mutex<NeighbourSink>, r: NeighbourReport) {
+    let mut s = sink
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (*s)(r);
+}
+
 /// The AF_XDP I/O backend: owns the XDP program (the [`Loader`]), creates the workers' sockets
 /// when the first state is published, applies the steering of every publication, and runs
 /// the neighbour watcher. Dropping it (after the workers stopped) detaches XDP.
@@ -203,7 +212,8 @@ pub struct AfXdpBackend {
     /// Interface names attached (fixed at start).
     ifaces: Vec<String>,
     uplink: Option<String>,
-    sink: Option<NeighbourSink>,
+    /// Shared with the running watcher; never taken, so every start gets a watcher.
+    sink: Arc<Mutex<NeighbourSink>>,
     watcher_stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
 }
@@ -225,7 +235,7 @@ impl AfXdpBackend {
             loader: None,
             ifaces: Vec::new(),
             uplink: None,
-            sink: Some(sink),
+            sink: Arc::new(Mutex::new(sink)),
             watcher_stop: Arc::new(AtomicBool::new(false)),
             watcher: None,
         }
@@ -322,16 +332,19 @@ impl AfXdpBackend {
         }
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
-        if let (Some(up), Some(mut sink)) = (self.uplink.clone(), self.sink.take()) {
+        if let Some(up) = self.uplink.clone() {
             let ifindex = if_index(&up).ok_or_else(|| RuntimeError::Interface {
                 iface: up.clone(),
                 reason: "no such interface in this network namespace".into(),
             })?;
             let refresh = Duration::from_secs_f64(self.cfg.neigh_refresh);
             let stop = Arc::clone(&self.watcher_stop);
+            let sink = Arc::clone(&self.sink);
             let h = std::thread::Builder::new()
                 .name("np-neigh".into())
-                .spawn(move || neigh::watch(up, ifindex, refresh, &stop, &mut sink))
+                .spawn(move || {
+                    neigh::watch(up, ifindex, refresh, &stop, |r| deliver(&sink, r));
+                })
                 .map_err(RuntimeError::Spawn)?;
             self.watcher = Some(h);
         }
@@ -382,8 +395,7 @@ impl IoBackend for AfXdpBackend {
             Ok(ios) => Ok(ios),
             Err(e) => {
                 // Detach whatever was attached; a later state retries from scratch.
-                self.loader = None;
-                self.ifaces.clear();
+                self.stop();
                 Err(format!("AF_XDP start failed: {e}"))
             }
         }
@@ -413,15 +425,30 @@ impl IoBackend for AfXdpBackend {
         st
     }
 
+    /// Stops the watcher and detaches XDP. The backend can be started again afterwards (the
+    /// daemon does so when a first start was undone because its workers could not start).
     fn stop(&mut self) {
+        let t0 = std::time::Instant::now();
         self.watcher_stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.watcher.take() {
-            let _ = h.join();
+            h.thread().unpark();
+            if h.join().is_err() {
+                log::error!("AF_XDP: the neighbour watcher panicked");
+            }
         }
+        self.watcher_stop.store(false, Ordering::Relaxed);
+        let t1 = std::time::Instant::now();
         // The workers have stopped and closed their sockets; dropping the loader detaches XDP.
         if self.loader.take().is_some() {
-            log::info!("AF_XDP: XDP detached from {}", self.ifaces.join(", "));
+            log::info!(
+                "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
+                self.ifaces.join(", "),
+                t1.elapsed().as_millis(),
+                (t1 - t0).as_millis()
+            );
         }
+        self.ifaces.clear();
+        self.uplink = None;
     }
 }
 

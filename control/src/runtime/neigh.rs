@@ -377,19 +377,90 @@ pub struct NeighbourStatus {
     pub unresolved: u64,
 }
 
-/// One reading of the watcher: the kernel's MAC for the gateway (`None`: unresolved, or the
-/// lookup failed) and the counters so far.
+/// One reading of the watcher: the gateway's MAC as the kernel last told it (`None`: the
+/// kernel has no usable entry) and the counters so far. A lookup that failed (netlink error)
+/// changes nothing but the counters: the MAC of the last successful lookup is reported again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeighbourReport {
     pub mac: Option<[u8; 6]>,
     pub status: NeighbourStatus,
 }
 
+/// What the watcher knows between lookups: the counters and the MAC of the last successful
+/// lookup.
+#[derive(Debug, Default)]
+struct Readings {
+    status: NeighbourStatus,
+    mac: Option<[u8; 6]>,
+    /// Consecutive failed lookups (the first one of a run is logged, and the recovery).
+    failing: u64,
+}
+
+impl Readings {
+    /// Folds one lookup in; returns the gateway to send a resolution trigger to, if any.
+    fn fold(&mut self, lookup: io::Result<GatewayStatus>) -> Option<IpAddr> {
+        self.status.lookups += 1;
+        match lookup {
+            Ok(st) => {
+                if self.failing > 0 {
+                    log::info!(
+                        "neighbour lookup for the uplink gateway works again (after {} failures)",
+                        self.failing
+                    );
+                    self.failing = 0;
+                }
+                self.status.gateway = st.gateway;
+                self.status.kernel_state = st.state;
+                if st.mac.is_none() {
+                    self.status.unresolved += 1;
+                }
+                if st.mac != self.mac {
+                    log::info!(
+                        "uplink gateway {:?}: kernel MAC {} (neighbour state {:#x})",
+                        st.gateway,
+                        st.mac
+                            .map(|m| nodeplane_state::MacAddr(m).to_string())
+                            .unwrap_or_else(|| "unresolved".into()),
+                        st.state
+                    );
+                    self.mac = st.mac;
+                }
+                if st.needs_trigger() {
+                    self.status.triggers += 1;
+                    st.gateway
+                } else {
+                    None
+                }
+            }
+            Err(e) => {
+                // A failed lookup says nothing about the neighbour: keep the last MAC (a
+                // transient netlink error must not clear the gateway and republish).
+                self.status.lookup_errors += 1;
+                self.failing += 1;
+                if self.failing == 1 {
+                    log::warn!(
+                        "neighbour lookup for the uplink gateway failed: {e}; keeping the last MAC until a lookup works"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn report(&self) -> NeighbourReport {
+        NeighbourReport {
+            mac: self.mac,
+            status: self.status.clone(),
+        }
+    }
+}
+
 /// Reads the uplink gateway's neighbour entry every `refresh` (first at once), triggers its
 /// resolution when it is missing or not fresh, and reports every reading through `report`
-/// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set; checks
-/// it every 50 ms. A failed lookup reports `mac: None` (the state's static MAC, if any,
-/// applies; else uplink-bound packets drop `no-neighbor`, counted).
+/// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set (set it,
+/// then unpark the thread: it waits parked between lookups). A failed lookup keeps the last MAC (see [`NeighbourReport`]); no
+/// usable entry reports `mac: None` (the state's static MAC, if any, applies; else
+/// uplink-bound packets drop `no-neighbor`, counted).
 pub fn watch(
     uplink: String,
     ifindex: u32,
@@ -399,67 +470,38 @@ pub fn watch(
 ) {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
-    let mut status = NeighbourStatus {
-        uplink: Some(uplink),
-        ..NeighbourStatus::default()
+    let mut r = Readings {
+        status: NeighbourStatus {
+            uplink: Some(uplink),
+            ..NeighbourStatus::default()
+        },
+        ..Readings::default()
     };
-    let mut last_mac = None;
     let mut unresolved_streak = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        status.lookups += 1;
-        let mac = match query_gateway(ifindex) {
-            Ok(st) => {
-                status.gateway = st.gateway;
-                status.kernel_state = st.state;
-                if st.mac.is_none() {
-                    status.unresolved += 1;
-                }
-                if st.needs_trigger() {
-                    if let Some(gw) = st.gateway {
-                        status.triggers += 1;
-                        if let Err(e) = trigger_resolution(gw) {
-                            log::debug!("resolution trigger toward {gw} failed: {e}");
-                        }
-                    }
-                }
-                st.mac
+        if let Some(gw) = r.fold(query_gateway(ifindex)) {
+            if let Err(e) = trigger_resolution(gw) {
+                log::debug!("resolution trigger toward {gw} failed: {e}");
             }
-            Err(e) => {
-                status.lookup_errors += 1;
-                log::warn!("neighbour lookup for the uplink gateway failed: {e}");
-                None
-            }
-        };
-        if mac != last_mac {
-            log::info!(
-                "uplink gateway {:?}: kernel MAC {} (neighbour state {:#x})",
-                status.gateway,
-                mac.map(|m| nodeplane_state::MacAddr(m).to_string())
-                    .unwrap_or_else(|| "unresolved".into()),
-                status.kernel_state
-            );
-            last_mac = mac;
         }
-        report(NeighbourReport {
-            mac,
-            status: status.clone(),
-        });
+        report(r.report());
         // Unresolved: look again soon (the trigger usually resolves within milliseconds),
         // backing off 20, 40, 80 ... ms up to the refresh period; resolved: every `refresh`.
-        let wait = if mac.is_none() {
+        let wait = if r.mac.is_none() {
             unresolved_streak = (unresolved_streak + 1).min(16);
             refresh.min(Duration::from_millis(10u64 << unresolved_streak.min(8)))
         } else {
             unresolved_streak = 0;
             refresh
         };
-        while t0.elapsed() < wait && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(
-                Duration::from_millis(10)
-                    .max(wait / 10)
-                    .min(Duration::from_millis(50)),
-            );
+        // Parked, not asleep: whoever sets `stop` unparks this thread, so a stop never waits
+        // for the rest of a period (spurious wake-ups just loop).
+        while !stop.load(Ordering::Relaxed) {
+            let Some(left) = wait.checked_sub(t0.elapsed()) else {
+                break;
+            };
+            std::thread::park_timeout(left);
         }
     }
 }
@@ -597,6 +639,50 @@ mod tests {
         let st = gateway_status(9, &routes, &[n]);
         assert_eq!(st.gateway, None);
         assert!(!st.needs_trigger());
+    }
+
+    #[test]
+    fn a_failed_lookup_keeps_the_last_mac() {
+        let gw: IpAddr = "192.168.100.1".parse().unwrap();
+        let mac = [2, 0, 0, 0, 0, 0xfe];
+        let found = |mac, state| {
+            Ok(GatewayStatus {
+                gateway: Some(gw),
+                mac,
+                state,
+            })
+        };
+        let mut r = Readings::default();
+        assert_eq!(r.fold(found(Some(mac), nud::REACHABLE)), None);
+        assert_eq!(r.report().mac, Some(mac));
+        // netlink fails (twice): same MAC, counted, no trigger.
+        for n in 1..=2 {
+            assert_eq!(
+                r.fold(Err(io::Error::from_raw_os_error(libc::ENOBUFS))),
+                None
+            );
+            let rep = r.report();
+            assert_eq!(rep.mac, Some(mac), "kept after failure {n}");
+            assert_eq!(rep.status.lookup_errors, n);
+        }
+        // A STALE entry is still used, and re-confirmed.
+        assert_eq!(r.fold(found(Some(mac), nud::STALE)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac));
+        // The kernel lost the neighbour: that (a successful lookup) clears it.
+        assert_eq!(r.fold(found(None, nud::FAILED)), Some(gw));
+        let rep = r.report();
+        assert_eq!(rep.mac, None);
+        assert_eq!(
+            (
+                rep.status.lookups,
+                rep.status.unresolved,
+                rep.status.triggers
+            ),
+            (5, 1, 2)
+        );
+        // A failure while unresolved stays unresolved.
+        r.fold(Err(io::Error::from_raw_os_error(libc::EIO)));
+        assert_eq!(r.report().mac, None);
     }
 
     #[test]

@@ -118,8 +118,10 @@ mod tests {
             vec![
                 "192.168.100.2 tcp 30080",
                 "192.168.100.2 udp 30053",
+                "192.168.100.2 udp 30054",
                 "fd00:100::2 tcp 30080",
                 "fd00:100::2 udp 30053",
+                "fd00:100::2 udp 30054",
             ]
         );
         cfg.encode().expect("the XDP maps hold it");

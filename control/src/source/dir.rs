@@ -266,7 +266,7 @@ mod tests {
         let SourceEvent::Snapshot { state, .. } = next(&rx) else {
             panic!("expected the initial snapshot")
         };
-        assert_eq!(state.services.len(), 4);
+        assert_eq!(state.services.len(), 5);
 
         // A broken file: rejected with the file and field named.
         let bad = "services:\n  - name: extra\n    type: ClusterIP\n    frontends: [{ ip: 10.96.0.99, port: 0 }]\n";
@@ -288,14 +288,14 @@ mod tests {
         let SourceEvent::Snapshot { state, .. } = next(&rx) else {
             panic!("expected the fixed snapshot")
         };
-        assert_eq!(state.services.len(), 5);
+        assert_eq!(state.services.len(), 6);
 
-        // Deleting the file goes back to four services.
+        // Deleting the file goes back to the example's five services.
         std::fs::remove_file(d.path().join("zz-extra.yaml")).unwrap();
         let SourceEvent::Snapshot { state, .. } = next(&rx) else {
             panic!("expected a snapshot after the delete")
         };
-        assert_eq!(state.services.len(), 4);
+        assert_eq!(state.services.len(), 5);
 
         // Touching a file without changing it sends nothing.
         let f = d.path().join("node.yaml");
@@ -321,7 +321,7 @@ mod tests {
         loop {
             match next(&rx) {
                 SourceEvent::Snapshot { state, .. } => {
-                    assert_eq!(state.services.len(), 4);
+                    assert_eq!(state.services.len(), 5);
                     break;
                 }
                 SourceEvent::Rejected { .. } => continue,
