@@ -65,9 +65,18 @@ pod_fields() {
 nsx() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
 
 lab_down() {
-  local ns
+  local ns pids
   for ns in "$NODE" "$ROUTER" "${P}client" "${P}web1" "${P}web2"; do
     if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+      # Processes still inside (the demo's servers) would keep the namespace, and its veths,
+      # alive after its name is gone: end them first.
+      pids=$(ip netns pids "$ns" 2>/dev/null || true)
+      if [ -n "$pids" ]; then
+        kill $pids 2>/dev/null || true
+        sleep 0.2
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+      fi
       ip netns del "$ns"   # deletes the namespace's veths and their peers
     fi
   done
