@@ -581,3 +581,26 @@ fn metrics_endpoint_shows_counters_rejections_and_mode() {
             .then_some(())
     });
 }
+
+/// The emergency switch outlives a daemon restart (an upgrade, a crash loop): an operator who
+/// set allow-all does not get enforcement back behind their back; clearing it is kept too.
+#[test]
+fn policy_mode_override_survives_a_restart() {
+    let mut d = Daemon::start("");
+    let mode = |d: &Daemon| d.status()["policy_mode"]["effective"].clone();
+    assert_eq!(mode(&d), "enforce");
+    d.call(&Request::PolicyMode {
+        mode: "allow-all".into(),
+    });
+    d.restart();
+    assert_eq!(mode(&d), "allow-all", "restored after the restart");
+    assert_eq!(d.status()["policy_mode"]["override"], "allow-all");
+    assert!(d.log().contains("restored from"), "said so in the log");
+
+    d.call(&Request::PolicyMode {
+        mode: "state".into(),
+    });
+    d.restart();
+    assert_eq!(mode(&d), "enforce", "a cleared override stays cleared");
+    assert!(d.status()["policy_mode"]["override"].is_null());
+}

@@ -191,6 +191,14 @@ fn make_io(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
+/// Where the operator's policy-mode override is kept across restarts: beside the control
+/// socket (`/run/nodeplane/nodeplane.sock.policy-mode` by default).
+pub fn mode_file(socket: &std::path::Path) -> std::path::PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".policy-mode");
+    std::path::PathBuf::from(p)
+}
+
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     // Panics on worker threads are caught, counted and logged by the workers (worker.rs).
     crate::worker::install_panic_hook();
@@ -247,6 +255,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(b) = &cfg.bgp {
         control.set_bgp(bgp::Bgp::new(b.clone()));
     }
+    control.keep_mode_at(mode_file(&cfg.control_socket));
 
     // Source thread → channel → forwarder → control channel + wake the event loop.
     let (src_tx, src_rx) = unbounded::<SourceEvent>();

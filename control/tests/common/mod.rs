@@ -98,25 +98,52 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let log = File::create(dir.path().join("daemon.log")).unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            socket,
+            state,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Runs `nodeplane run` on this daemon's config (its log appended to `daemon.log`) and waits
+    /// until generation 1 is published.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
             .args(["run", "--config"])
-            .arg(&cfg)
+            .arg(self.dir.path().join("config.yaml"))
             .stderr(Stdio::from(log))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let d = Daemon {
-            dir,
-            child: Some(child),
-            socket,
-            state,
-        };
+        self.child = Some(child);
         wait_for("the first publication", 20, || {
-            let s = d.try_call(&Request::Status {})?;
+            let s = self.try_call(&Request::Status {})?;
             (s["generation"].as_u64()? >= 1 && !s["workers"].as_array()?.is_empty()).then_some(())
         });
-        d
+    }
+
+    /// Stops the daemon with SIGTERM (as systemd does), waits for it, and starts it again on
+    /// the same config, state and socket.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            let ok = Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -TERM {pid}");
+            let _ = c.wait();
+        }
+        self.spawn();
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
