@@ -50,11 +50,11 @@ fn bird_learns_podcidrs_v4_v6_with_4_octet_as_and_withdraws_on_change() {
         bird.established("node")
     });
 
-    let r4 = wait_until_route(&bird, "10.244.1.0/24");
+    let r4 = bird.wait_route("10.244.1.0/24", 3 * S);
     assert!(r4.contains("BGP.as_path: 4200000001"), "{r4}");
     assert!(r4.contains("BGP.next_hop: 10.0.0.2"), "{r4}");
     assert!(r4.contains("BGP.origin: IGP"), "{r4}");
-    let r6 = wait_until_route(&bird, "fd00:244:1::/64");
+    let r6 = bird.wait_route("fd00:244:1::/64", 3 * S);
     assert!(r6.contains("BGP.as_path: 4200000001"), "{r6}");
     assert!(r6.contains("BGP.next_hop: fd00::2"), "{r6}");
 
@@ -86,13 +86,6 @@ fn bird_learns_podcidrs_v4_v6_with_4_octet_as_and_withdraws_on_change() {
     );
 }
 
-fn wait_until_route(bird: &lab::Bird, prefix: &str) -> String {
-    wait_until(&format!("{prefix} at BIRD"), 3 * S, || {
-        bird.route(prefix).is_some()
-    });
-    bird.route(prefix).unwrap()
-}
-
 #[test]
 fn sigterm_withdraws_and_sends_administrative_shutdown() {
     let mut lab = Lab::new("term", 1);
@@ -104,7 +97,7 @@ fn sigterm_withdraws_and_sends_administrative_shutdown() {
         &speaker_cfg(65001, &neighbor(0, 65000, "")),
         &state(&["10.244.1.0/24"]),
     );
-    wait_until_route(&bird, "10.244.1.0/24");
+    bird.wait_route("10.244.1.0/24", 3 * S);
     lab.signal(sp, "TERM");
     let st = lab.exited(sp, 5 * S).expect("speaker exits on SIGTERM");
     assert!(st.success(), "{st:?}");
@@ -138,7 +131,7 @@ fn hold_timer_expires_when_the_speaker_is_frozen_then_recovers() {
     lab.signal(sp, "CONT");
     // We find the dead connection, back off, reconnect.
     wait_until("re-established", 15 * S, || bird.established("node"));
-    wait_until_route(&bird, "10.244.1.0/24");
+    bird.wait_route("10.244.1.0/24", 3 * S);
 }
 
 #[test]
@@ -157,8 +150,8 @@ fn graceful_restart_keeps_routes_while_we_restart_and_end_of_rib_flushes_stale()
     );
     let cfg = speaker_cfg(65001, &neighbor(0, 65000, ""));
     let sp = lab.speaker(&cfg, &state(&["10.244.1.0/24", "10.244.9.0/24"]));
-    wait_until_route(&bird, "10.244.9.0/24");
-    wait_until_route(&bird, "10.244.1.0/24");
+    bird.wait_route("10.244.9.0/24", 3 * S);
+    bird.wait_route("10.244.1.0/24", 3 * S);
     // Crash: no NOTIFICATION, no withdraw.
     lab.kill(sp);
     wait_until("BIRD notices", 5 * S, || !bird.established("node"));
@@ -214,7 +207,7 @@ fn md5_right_key_establishes_wrong_key_never_does() {
     );
     lab.speaker(&cfg, &state(&["10.244.1.0/24"]));
     wait_until("right key established", 10 * S, || good.established("node"));
-    wait_until_route(&good, "10.244.1.0/24");
+    good.wait_route("10.244.1.0/24", 3 * S);
     // Give the wrong-key session several connect attempts.
     std::thread::sleep(3 * S);
     assert!(
@@ -261,9 +254,9 @@ fn two_neighbours_ebgp_leaf_with_gtsm_and_ibgp_core() {
     lab.speaker(&cfg, &state(&["10.244.1.0/24", "fd00:244:1::/64"]));
     wait_until("leaf established", 10 * S, || leaf.established("node"));
     wait_until("core established", 10 * S, || core.established("node"));
-    let l = wait_until_route(&leaf, "10.244.1.0/24");
+    let l = leaf.wait_route("10.244.1.0/24", 3 * S);
     assert!(l.contains("BGP.as_path: 65001"), "{l}");
-    let c = wait_until_route(&core, "10.244.1.0/24");
+    let c = core.wait_route("10.244.1.0/24", 3 * S);
     assert!(
         c.contains("BGP.as_path: \n")
             || c.contains("BGP.as_path:\n")
@@ -272,7 +265,7 @@ fn two_neighbours_ebgp_leaf_with_gtsm_and_ibgp_core() {
     );
     assert!(c.contains("BGP.local_pref: 100"), "{c}");
     assert!(c.contains("BGP.next_hop: 10.0.1.2"), "{c}");
-    let c6 = wait_until_route(&core, "fd00:244:1::/64");
+    let c6 = core.wait_route("fd00:244:1::/64", 3 * S);
     assert!(c6.contains("BGP.next_hop: fd00:1::2"), "{c6}");
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::{bird_bgp, wait_until, Bird, Lab};
+use lab::{bird_bgp, wait_until, Lab};
 
 const S: Duration = Duration::from_secs(1);
 const NODEPLANE: &str = env!("CARGO_BIN_EXE_nodeplane");
@@ -80,13 +80,6 @@ fn json(lab: &Lab, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
-fn route(bird: &Bird, prefix: &str) -> String {
-    wait_until(&format!("{prefix} at BIRD"), 10 * S, || {
-        bird.route(prefix).is_some()
-    });
-    bird.route(prefix).unwrap()
-}
-
 #[test]
 fn daemon_announces_the_podcidr_follows_the_state_dir_and_withdraws_on_sigterm() {
     let mut lab = Lab::new("dmn", 1);
@@ -99,10 +92,10 @@ fn daemon_announces_the_podcidr_follows_the_state_dir_and_withdraws_on_sigterm()
     wait_until("session established at BIRD", 10 * S, || {
         bird.established("node")
     });
-    let r = route(&bird, "10.244.1.0/24");
+    let r = bird.wait_route("10.244.1.0/24", 10 * S);
     assert!(r.contains("BGP.as_path: 65001"), "{r}");
     assert!(r.contains("BGP.next_hop: 10.0.0.2"), "{r}");
-    let r6 = route(&bird, "fd00:244:1::/64");
+    let r6 = bird.wait_route("fd00:244:1::/64", 10 * S);
     assert!(r6.contains("BGP.next_hop: fd00::2"), "{r6}");
 
     // `bgp status` through the daemon's control socket: table and JSON.
@@ -207,8 +200,8 @@ fn sigusr1_stops_with_graceful_restart_and_bird_keeps_the_route_until_we_are_bac
     );
     let cfg = setup(&lab, &["10.244.1.0/24", "10.244.9.0/24"]);
     let d = start_daemon(&mut lab, &cfg);
-    route(&bird, "10.244.1.0/24");
-    route(&bird, "10.244.9.0/24");
+    bird.wait_route("10.244.1.0/24", 10 * S);
+    bird.wait_route("10.244.9.0/24", 10 * S);
     lab.signal(d, "USR1");
     let st = lab.exited(d, 5 * S).expect("daemon exits on SIGUSR1");
     assert!(st.success(), "{st:?}");

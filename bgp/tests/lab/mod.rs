@@ -391,6 +391,14 @@ impl Bird {
         let out = self.try_cmd(&format!("show route {prefix} all"))?;
         out.contains(prefix).then_some(out)
     }
+
+    /// Waits until BIRD has `prefix` (at most `timeout`) and returns `show route ... all`.
+    pub fn wait_route(&self, prefix: &str, timeout: Duration) -> String {
+        wait_until(&format!("{prefix} at BIRD"), timeout, || {
+            self.route(prefix).is_some()
+        });
+        self.route(prefix).unwrap()
+    }
 }
 
 /// A BIRD `protocol bgp` block.
