@@ -10,9 +10,6 @@
 mod common;
 mod etcd_support;
 
-use std::fs::File;
-use std::process::{Command, Stdio};
-
 use common::*;
 use etcd_support::{Store, PREFIX};
 use nodeplane_control::api::Request;
@@ -43,20 +40,7 @@ fn daemon_syncs_from_etcd_and_survives_its_outage() {
         ),
     )
     .unwrap();
-    let log = File::create(dir.path().join("daemon.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::from(log))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        state: dir.path().join("unused"),
-        dir,
-        child: Some(child),
-        socket,
-    };
+    let d = Daemon::launch(dir);
     wait_for("the first publication from etcd", 30, || {
         let s = d.try_call(&Request::Status {})?;
         (s["generation"].as_u64()? >= 1).then_some(())
@@ -138,20 +122,7 @@ fn bgp_routes_follow_the_etcd_state() {
         ),
     )
     .unwrap();
-    let log = File::create(dir.path().join("daemon.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::from(log))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        state: dir.path().join("unused"),
-        dir,
-        child: Some(child),
-        socket,
-    };
+    let d = Daemon::launch(dir);
     let routes = |d: &Daemon| -> Option<Vec<String>> {
         let s = d.try_call(&Request::BgpStatus {})?;
         (s["speaker"] == "running").then_some(())?;

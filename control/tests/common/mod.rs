@@ -108,9 +108,30 @@ impl Daemon {
         d
     }
 
+    /// Runs `nodeplane run` on `dir/config.yaml` (already written; its state is the caller's
+    /// business, e.g. etcd) with control socket `dir/np.sock`, without waiting for anything.
+    pub fn launch(dir: tempfile::TempDir) -> Daemon {
+        let mut d = Daemon {
+            state: dir.path().join("unused"),
+            socket: dir.path().join("np.sock"),
+            dir,
+            child: None,
+        };
+        d.run_child();
+        d
+    }
+
     /// Runs `nodeplane run` on this daemon's config (its log appended to `daemon.log`) and waits
     /// until generation 1 is published.
     fn spawn(&mut self) {
+        self.run_child();
+        wait_for("the first publication", 20, || {
+            let s = self.try_call(&Request::Status {})?;
+            (s["generation"].as_u64()? >= 1 && !s["workers"].as_array()?.is_empty()).then_some(())
+        });
+    }
+
+    fn run_child(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,10 +145,6 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for("the first publication", 20, || {
-            let s = self.try_call(&Request::Status {})?;
-            (s["generation"].as_u64()? >= 1 && !s["workers"].as_array()?.is_empty()).then_some(())
-        });
     }
 
     /// Stops the daemon with SIGTERM (as systemd does), waits for it, and starts it again on
