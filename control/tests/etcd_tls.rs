@@ -97,16 +97,6 @@ fn only_down_report(r: &Running, d: Duration) -> String {
     downs.pop().unwrap()
 }
 
-/// After a failure: the source connects on a later attempt and publishes.
-fn recovers(r: &Running) {
-    match r.next(T) {
-        SourceEvent::Health { connected, detail } => assert!(connected, "{detail}"),
-        other => panic!("expected the source to reconnect, got {other:?}"),
-    }
-    let (s, _) = r.next_snapshot(T);
-    assert_eq!(s.endpoints, example::state().unwrap().endpoints);
-}
-
 #[test]
 fn wrong_ca_is_reported_clearly_nothing_is_published_and_a_fixed_file_is_picked_up() {
     let pki = Pki::new();
@@ -129,7 +119,7 @@ fn wrong_ca_is_reported_clearly_nothing_is_published_and_a_fixed_file_is_picked_
     assert!(detail.contains("last good state"), "{detail}");
     // The operator fixes the file: the next attempt reads it, no restart.
     std::fs::copy(&pki.ca.cert, &node_ca).unwrap();
-    recovers(&r);
+    r.recovers(T);
 }
 
 #[test]
@@ -186,7 +176,7 @@ fn server_name_is_the_name_checked_in_the_server_certificate() {
     let mut cfg = tls_config(&e, &pki.ca.cert, Some(&pki.client));
     cfg.tls.as_mut().unwrap().server_name = Some("localhost".into());
     let r = Running::start(EtcdSource::with_local(cfg.clone(), None).unwrap(), None);
-    recovers(&r);
+    r.recovers(T);
     drop(r);
     // A name the certificate does not carry is refused by the client.
     cfg.tls.as_mut().unwrap().server_name = Some("etcd.elsewhere.example".into());

@@ -161,6 +161,20 @@ impl Running {
         self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
+    /// After a failure: the source reports itself connected on a later attempt and publishes
+    /// the example node's endpoints.
+    pub fn recovers(&self, limit: Duration) {
+        match self.next(limit) {
+            SourceEvent::Health { connected, detail } => assert!(connected, "{detail}"),
+            other => panic!("expected the source to reconnect, got {other:?}"),
+        }
+        let (s, _) = self.next_snapshot(limit);
+        assert_eq!(
+            s.endpoints,
+            nodeplane_state::example::state().unwrap().endpoints
+        );
+    }
+
     /// Everything that arrives within `d`.
     pub fn collect(&self, d: Duration) -> Vec<SourceEvent> {
         let end = Instant::now() + d;
