@@ -15,21 +15,21 @@
 //! veth's per-packet queue choice does, so about half of the frames land on the wrong worker.
 //! The baseline threads receive exactly the flows they own.
 //!
-//! (a) restates the runtime's hand-off (`control/src/runtime/io.rs`; its `Handoff` is private)
-//! with the real `frame_owner_hash`/`owner_of` of `runtime::owner`:
+//! (a) hand-off, with the real `frame_owner_hash`/`owner_of` of `runtime::owner`:
 //! - `handoff/all_local`: every frame received by its owner: the owner parse and nothing else.
-//! - `handoff/half_wrong`: symmetric offered load, as every other variant: each worker receives
-//!   a full burst per turn, hands off the wrong half, and processes its own frames together with
-//!   handed-in ones (≤ 64 per `process_burst`) until its queue is worked off. A full queue or an
-//!   empty pool makes the sender wait (working off its own queue meanwhile): every frame is
-//!   processed exactly once; `stalls` counts the waits.
-//! - `handoff/runtime_overload`: the runtime's admission rule (handed-in frames take at most
-//!   half a burst, the rest of the burst is received) and its drops (full queue or empty pool),
-//!   with both workers receiving as fast as they can. The figure is ns per *processed* packet
-//!   (wall clock / frames that went through a pipeline); dropped hand-offs are printed.
-//! - `handoff/batched_half_wrong`: as `half_wrong`, but each turn's frames for the peer travel
-//!   as one batch (one queue push and pop per batch instead of per frame). Not the runtime's
-//!   code: it tells how much of the hand-off's cost is the per-frame queue operations.
+//! - `handoff/per_frame_half_wrong`: the runtime's first design (restated here; replaced): one
+//!   queue operation per frame (pooled 2 KiB buffer, `ArrayQueue` per destination). Symmetric
+//!   offered load, as every other variant: each worker receives a full burst per turn, hands
+//!   off the wrong half, and processes its own frames together with handed-in ones (≤ 64 per
+//!   `process_burst`) until its queue is worked off. A full queue or an empty pool makes the
+//!   sender wait (working off its own queue meanwhile); `stalls` counts the waits.
+//! - `handoff/per_frame_overload`: the same with the runtime's admission rule (handed-in
+//!   frames take at most half a burst, the rest of the burst is received) and its drops, both
+//!   workers receiving as fast as they can; ns per *processed* packet.
+//! - `handoff/batched_half_wrong`, `handoff/batched_overload`: **the runtime's code**
+//!   (`runtime::handoff::HandoffPort`): each turn's frames for the peer travel as one batch
+//!   (one queue push and pop per batch). Symmetric load as above, and the runtime's admission
+//!   under overload; a full queue drops (counted, as in the runtime); ns per processed packet.
 //!
 //! The shared table has no implementation in the tree: the pipeline owns its conntrack, so (b)
 //! puts whole pipelines behind `Mutex`es — one (lock per burst or per packet), or 16 shards
@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use crossbeam::queue::ArrayQueue;
 use nodeplane_bench::{client_frame, state, xorshift};
+use nodeplane_control::runtime::handoff::{Handoff as BatchHandoff, HandoffPort};
 use nodeplane_control::runtime::owner::{frame_owner_hash, owner_of, OwnerIndex};
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{Action, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
@@ -447,156 +448,110 @@ fn handoff_worker(
     h.stalls.fetch_add(stalls, Ordering::Relaxed);
 }
 
-/// Up to a burst of frames copied for one worker in one turn: one queue operation per batch
-/// instead of per frame, as VPP's hand-off queues carry vectors of buffers. Not the runtime's
-/// code: the variant tells whether the per-frame queue operations are the hand-off's cost.
-struct Batch {
-    n: usize,
-    lens: [u16; BURST],
-    data: [[u8; HANDOFF_FRAME]; BURST],
-}
-
-/// One bounded queue of batches per destination worker (as many frames as the per-frame
-/// queues hold) and the pool of batches.
-struct BatchHandoff {
-    inbound: Vec<ArrayQueue<Box<Batch>>>,
-    pool: ArrayQueue<Box<Batch>>,
-    handed_off: AtomicU64,
-    stalls: AtomicU64,
-}
-
-impl BatchHandoff {
-    const DEPTH: usize = HANDOFF_DEPTH / BURST;
-
-    fn new() -> BatchHandoff {
-        let pool = ArrayQueue::new(WORKERS * Self::DEPTH);
-        for _ in 0..WORKERS * Self::DEPTH {
-            let _ = pool.push(Box::new(Batch {
-                n: 0,
-                lens: [0; BURST],
-                data: [[0; HANDOFF_FRAME]; BURST],
-            }));
-        }
-        BatchHandoff {
-            inbound: (0..WORKERS).map(|_| ArrayQueue::new(Self::DEPTH)).collect(),
-            pool,
-            handed_off: AtomicU64::new(0),
-            stalls: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Pops one handed-in batch, processes it, returns it to the pool; returns its frame count.
-fn drain_batch(env: &Env, h: &BatchHandoff, me: usize, p: &mut Pipeline) -> usize {
-    let Some(mut b) = h.inbound[me].pop() else {
-        return 0;
-    };
-    let n = b.n;
-    {
-        let Batch { lens, data, .. } = &mut *b;
-        let mut pkts: [Packet<'_>; BURST] = std::array::from_fn(|_| Packet {
-            data: &mut [],
-            iface: env.iface,
-            ts: TS,
-            tag: u64::MAX,
-        });
-        for ((pkt, d), &len) in pkts
-            .iter_mut()
-            .zip(data.iter_mut())
-            .zip(lens.iter())
-            .take(n)
-        {
-            pkt.data = &mut d[..usize::from(len)];
-        }
-        let mut outs = [Outcome::default(); BURST];
-        p.process_burst(&mut pkts[..n], &mut outs[..n]);
-        black_box(&outs);
-    }
-    b.n = 0;
-    let _ = h.pool.push(b);
-    n
-}
-
-/// (a) with batches: symmetric admission as `handoff_worker`, one batch per turn to the peer.
+/// (a') the runtime's hand-off (`runtime::handoff::HandoffPort`, in batches): each turn's
+/// frames for the peer travel as one batch. `Symmetric`: a full burst received per turn,
+/// every handed-in batch worked off before the turn ends. `Runtime`: the runtime's admission
+/// (`runtime/io.rs`: handed-in frames take at most half a burst, the socket the rest).
+/// Either way a full queue or an empty pool drops (counted) as in the runtime. Returns the
+/// frames that went through the pipeline.
 fn batched_worker(
     env: &Env,
-    h: &BatchHandoff,
-    done: &[AtomicBool; WORKERS],
+    run: &BatchRun<'_>,
     me: usize,
     s: &mut Local<'_>,
     frames: usize,
+    mode: Admission,
 ) {
+    let BatchRun { h, done, stats } = *run;
     let peer = 1 - me;
+    let mut port = HandoffPort::new(Arc::clone(h), me);
     let mut outs = [Outcome::default(); BURST];
     let mut received = 0;
-    let (mut handed_off, mut stalls) = (0u64, 0u64);
+    let (mut handed_off, mut dropped, mut processed) = (0u64, 0u64, 0u64);
+    // Processes this turn's own frames (bits of `mine`) with the `waiting` taken frames.
+    let mut process =
+        |bufs: &mut [Vec<u8>], mine: u64, port: &mut HandoffPort, p: &mut Pipeline| {
+            let (mut pkts, mut n) = packets(bufs, mine, &mut [], env.iface);
+            for (data, iface) in port.frames() {
+                pkts[n] = Packet {
+                    data,
+                    iface,
+                    ts: TS,
+                    tag: u64::MAX,
+                };
+                n += 1;
+            }
+            if n > 0 {
+                p.process_burst(&mut pkts[..n], &mut outs[..n]);
+                black_box(&outs);
+            }
+            port.done();
+            n
+        };
     loop {
         let receiving = received < frames;
-        if !receiving && done[peer].load(Ordering::Acquire) && h.inbound[me].is_empty() {
+        if !receiving && done[peer].load(Ordering::Acquire) && !port.pending() {
             break;
         }
-        let n = BURST.min(frames - received);
+        let waiting = match mode {
+            Admission::Runtime => port.take(if receiving { BURST / 2 } else { BURST }),
+            Admission::Symmetric => 0,
+        };
+        let n = (BURST - waiting).min(frames - received);
         s.rx.receive(n);
         received += n;
         let mut mine = all_bits(n);
-        let mut out: Option<Box<Batch>> = None;
         for i in 0..n {
             let frame = &s.rx.bufs[i];
-            // Two workers: a frame that is not mine is the peer's.
-            if env.owner(frame, WORKERS) == me {
+            let owner = env.owner(frame, WORKERS);
+            if owner == me {
                 continue;
             }
             mine &= !(1 << i);
-            let b = match &mut out {
-                Some(b) => b,
-                None => out.insert(loop {
-                    if let Some(b) = h.pool.pop() {
-                        break b;
-                    }
-                    stalls += 1;
-                    if drain_batch(env, h, me, s.p) == 0 {
-                        std::hint::spin_loop();
-                    }
-                }),
-            };
-            b.data[b.n][..frame.len()].copy_from_slice(frame);
-            b.lens[b.n] = frame.len() as u16;
-            b.n += 1;
-        }
-        if let Some(mut b) = out {
-            handed_off += b.n as u64;
-            while let Err(back) = h.inbound[peer].push(b) {
-                b = back;
-                stalls += 1;
-                if drain_batch(env, h, me, s.p) == 0 {
-                    std::hint::spin_loop();
-                }
+            if port.stage(owner, i, frame, env.iface).is_err() {
+                dropped += 1;
             }
         }
+        let sent = port.send(|_| {});
+        handed_off += sent.frames;
+        dropped += sent.dropped;
         if receiving && received == frames {
+            // After the last push: the peer stops once it sees this and nothing pending.
             done[me].store(true, Ordering::Release);
         }
-        let (mut pkts, total) = packets(&mut s.rx.bufs[..n], mine, &mut [], env.iface);
-        if total > 0 {
-            s.p.process_burst(&mut pkts[..total], &mut outs[..total]);
-            black_box(&outs);
-        }
-        let mut left = h.inbound[me].len();
-        let mut worked = 0;
-        while left > 0 {
-            let k = drain_batch(env, h, me, s.p);
-            if k == 0 {
-                break;
+        let mut worked = process(&mut s.rx.bufs[..n], mine, &mut port, s.p);
+        if mode == Admission::Symmetric {
+            // Work off what was handed in before this turn ends.
+            while port.pending() {
+                if port.take(BURST) == 0 {
+                    break;
+                }
+                worked += process(&mut [], 0, &mut port, s.p);
             }
-            worked += k;
-            left -= 1;
         }
-        if total == 0 && worked == 0 {
+        processed += worked as u64;
+        if worked == 0 {
             std::hint::spin_loop();
         }
     }
-    h.handed_off.fetch_add(handed_off, Ordering::Relaxed);
-    h.stalls.fetch_add(stalls, Ordering::Relaxed);
+    stats.handed_off.fetch_add(handed_off, Ordering::Relaxed);
+    stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+    stats.processed.fetch_add(processed, Ordering::Relaxed);
+}
+
+/// What both threads of a batched run share.
+#[derive(Clone, Copy)]
+struct BatchRun<'a> {
+    h: &'a Arc<BatchHandoff>,
+    done: &'a [AtomicBool; WORKERS],
+    stats: &'a BatchStats,
+}
+
+#[derive(Default)]
+struct BatchStats {
+    handed_off: AtomicU64,
+    dropped: AtomicU64,
+    processed: AtomicU64,
 }
 
 /// (b) The shared and sharded tables: pipelines behind locks.
@@ -808,28 +763,46 @@ fn flow_ownership(c: &mut Criterion) {
         0,
         "all frames at their owner"
     );
-    bench("handoff/half_wrong", &mut |iters| {
+    bench("handoff/per_frame_half_wrong", &mut |iters| {
         handoff_run(iters, &mut rx_mixed, &mut own, Admission::Symmetric)
     });
     let handed_off = handoff.handed_off.load(Ordering::Relaxed);
     let stalls = handoff.stalls.load(Ordering::Relaxed);
-    bench("handoff/runtime_overload", &mut |iters| {
+    bench("handoff/per_frame_overload", &mut |iters| {
         handoff_run(iters, &mut rx_mixed, &mut own, Admission::Runtime)
     });
     let overload_off = handoff.handed_off.load(Ordering::Relaxed) - handed_off;
     let overload_dropped = handoff.dropped.load(Ordering::Relaxed);
-    let batches = BatchHandoff::new();
-    bench("handoff/batched_half_wrong", &mut |iters| {
+    let batches = BatchHandoff::new(WORKERS, HANDOFF_DEPTH);
+    let batch_stats = [BatchStats::default(), BatchStats::default()];
+    let mut batched_run = |iters: u64, mode: Admission, stats: &BatchStats| {
         let done = [AtomicBool::new(false), AtomicBool::new(false)];
         let [a, b] = &mut own;
         let [ra, rb] = &mut rx_mixed;
         let mut st = [Local { p: a, rx: ra }, Local { p: b, rx: rb }];
         let frames = iters as usize * BURST;
+        let before = stats.processed.load(Ordering::Relaxed);
+        let shared = BatchRun {
+            h: &batches,
+            done: &done,
+            stats,
+        };
         let d = run2(&mut st, |me, s| {
-            batched_worker(&env, &batches, &done, me, s, frames)
+            batched_worker(&env, &shared, me, s, frames, mode)
         });
-        (d, all(iters))
+        (d, stats.processed.load(Ordering::Relaxed) - before)
+    };
+    bench("handoff/batched_half_wrong", &mut |iters| {
+        batched_run(iters, Admission::Symmetric, &batch_stats[0])
     });
+    bench("handoff/batched_overload", &mut |iters| {
+        batched_run(iters, Admission::Runtime, &batch_stats[1])
+    });
+    assert_eq!(
+        batches.pooled(),
+        WORKERS * (HANDOFF_DEPTH / BURST + 1),
+        "every batch back in the pool"
+    );
     let own_total = forwarded(&own) - before;
 
     bench("shared/lock_per_burst", &mut |iters| {
@@ -867,12 +840,22 @@ fn flow_ownership(c: &mut Criterion) {
         "checks: own pipelines forwarded {own_total}, shared {}, shards {}; no pipeline drops; \
          hand-off (symmetric): {handed_off} frames handed off, {stalls} stalls (queue full / pool \
          empty); runtime admission under overload: {overload_off} handed off, {overload_dropped} \
-         dropped ({:.1}%); batched: {} handed off, {} stalls",
+         dropped ({:.1}%); batched (runtime): symmetric {} handed off, {} dropped; under \
+         overload {} handed off, {} dropped ({:.1}%)",
         forwarded(&one),
         forwarded(&shards),
         100.0 * overload_dropped as f64 / (overload_off + overload_dropped).max(1) as f64,
-        batches.handed_off.load(Ordering::Relaxed),
-        batches.stalls.load(Ordering::Relaxed),
+        batch_stats[0].handed_off.load(Ordering::Relaxed),
+        batch_stats[0].dropped.load(Ordering::Relaxed),
+        batch_stats[1].handed_off.load(Ordering::Relaxed),
+        batch_stats[1].dropped.load(Ordering::Relaxed),
+        {
+            let (o, d) = (
+                batch_stats[1].handed_off.load(Ordering::Relaxed),
+                batch_stats[1].dropped.load(Ordering::Relaxed),
+            );
+            100.0 * d as f64 / (o + d).max(1) as f64
+        },
     );
 }
 

@@ -1,14 +1,14 @@
 //! One worker's packet I/O over AF_XDP: its sockets (one per interface queue it owns, one
 //! UMEM), the RX → pipeline → TX burst, and the hand-off of frames whose flow another worker
-//! owns.
+//! owns (`runtime::handoff`, in batches).
 //!
 //! ```text
-//!   rx_burst(socket s, ≤64) ──> owner(frame) == me ? ──yes──> Packet ─┐
-//!                                   │ no: copy into a pooled buffer   │  + handed-in frames
-//!                                   └──> ArrayQueue of the owner      │    (≤ 64 in all)
-//!                                                                     ▼
-//!                      process(pkts, outs)  (Pipeline::process_burst)
-//!                                                                     │
+//!   handed-in frames (≤ 32, from the batch being worked off) ──────────────┐
+//!   rx_burst(socket s, ≤ 64 - handed-in) ─> owner(frame) == me ? ─yes─> Packet ─┤
+//!                                  │ no: copied into the batch for its owner    │
+//!                                  └─> end of loop: one queue push per owner    ▼
+//!                      process(pkts, outs)  (Pipeline::process_burst, ≤ 64 packets)
+//!                                                                               │
 //!   Forward(e): rx frame ─> Action::Tx(my socket on e)  (descriptor moves, no copy)
 //!               handed-in ─> Burst::tx_copy(my socket on e)
 //!   Drop / Held (the pipeline kept a copy) ─> frame recycled
@@ -16,64 +16,23 @@
 //!           so a steered frame the pipeline would pass has no way back into the kernel
 //! ```
 //!
-//! Per burst: one owner parse per frame (only with more than one worker), no allocation, no
-//! lock, no syscall except the ring kicks inside `nodeplane_xdp`. The hand-off buffers come
-//! from a shared pool allocated at start; a full queue or an empty pool is a counted drop.
+//! Per burst: one owner parse per frame (only with more than one worker), at most one queue
+//! push per other worker and one pop, no allocation, no lock, no syscall except the ring kicks
+//! inside `nodeplane_xdp`. The batches come from a pool allocated at start; a full queue or an
+//! empty pool is a counted drop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::worker::{IoStats, PacketIo, TxCount};
-use crossbeam::queue::ArrayQueue;
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{Action, Outcome, Packet, Tables, BURST};
 use nodeplane_xdp::{Action as XskAction, SocketId, XskWorker};
 use serde::{Deserialize, Serialize};
 
+use super::handoff::{Handoff, HandoffPort, StageError};
 use super::owner::{frame_owner_hash, owner_of, OwnerIndex};
-
-/// Bytes a hand-off buffer holds (an AF_XDP frame of 2048 bytes holds less).
-pub const HANDOFF_FRAME: usize = 2048;
-
-/// A frame copied for another worker.
-#[derive(Debug)]
-pub struct HandoffFrame {
-    len: u16,
-    iface: IfIndex,
-    data: [u8; HANDOFF_FRAME],
-}
-
-/// The hand-off queues of all workers (one bounded MPMC queue per destination worker) and the
-/// pool of buffers they carry.
-#[derive(Debug)]
-pub struct Handoff {
-    inbound: Vec<ArrayQueue<Box<HandoffFrame>>>,
-    pool: ArrayQueue<Box<HandoffFrame>>,
-}
-
-impl Handoff {
-    /// `depth` frames per worker queue; the pool holds as many buffers as all queues together.
-    pub fn new(workers: usize, depth: usize) -> Arc<Handoff> {
-        let total = workers * depth;
-        let pool = ArrayQueue::new(total.max(1));
-        if workers > 1 {
-            for _ in 0..total {
-                let _ = pool.push(Box::new(HandoffFrame {
-                    len: 0,
-                    iface: 0,
-                    data: [0; HANDOFF_FRAME],
-                }));
-            }
-        }
-        Arc::new(Handoff {
-            inbound: (0..workers)
-                .map(|_| ArrayQueue::new(depth.max(1)))
-                .collect(),
-            pool,
-        })
-    }
-}
 
 /// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,14 +86,7 @@ pub struct AfXdpIo {
     next: usize,
     tables: Option<Arc<Tables>>,
     owners: OwnerIndex,
-    handoff: Arc<Handoff>,
-    /// Handed-in frames of the current burst (capacity BURST, reused). Boxes, not values:
-    /// the buffers move between queues and the pool without copying 2 KiB each time.
-    #[expect(
-        clippy::vec_box,
-        reason = "pooled buffers move by pointer between queues"
-    )]
-    inbound: Vec<Box<HandoffFrame>>,
+    handoff: HandoffPort,
     counters: IoCounters,
     /// Names of the bound tables' interfaces (index = IfIndex), for the per-index counters.
     egress_names: Vec<String>,
@@ -173,8 +125,7 @@ impl AfXdpIo {
             next: 0,
             tables: None,
             owners: OwnerIndex::default(),
-            handoff,
-            inbound: Vec::with_capacity(BURST),
+            handoff: HandoffPort::new(handoff, id),
             counters: IoCounters::default(),
             egress_names: Vec::new(),
             tx_folded: BTreeMap::new(),
@@ -254,25 +205,24 @@ impl AfXdpIo {
             tables,
             owners,
             handoff,
-            inbound,
             counters,
             ..
         } = self;
         let (me, workers) = (*id, *workers);
         let sock = socks[s];
-        if !inbound.is_empty() {
-            // Left over from a burst that panicked and was unwound before it recycled them
-            // (see `Worker::turn`): not processed again (they may be what panicked).
-            counters.handoff_abandoned += inbound.len() as u64;
-            for f in inbound.drain(..) {
-                let _ = handoff.pool.push(f);
-            }
+        let mut waiting = 0;
+        if workers > 1 {
+            // Left over from a burst that panicked and was unwound before it finished (see
+            // `Worker::turn`): the handed-in frames it had taken are not processed again (they
+            // may be what panicked); batches it had staged still go to their owners.
+            let (abandoned, sent) = handoff.recover();
+            counters.handoff_abandoned += abandoned;
+            counters.handed_off += sent.frames;
+            counters.handoff_dropped += sent.dropped;
+            // Handed-in frames take at most half a burst, the socket the rest.
+            waiting = handoff.take(BURST / 2);
+            counters.handed_in += waiting as u64;
         }
-        let waiting = if workers > 1 {
-            handoff.inbound[me].len().min(BURST / 2)
-        } else {
-            0
-        };
         let mut burst = xsk.rx_burst(sock.id, BURST - waiting);
         let received = burst.len();
         counters.rx += received as u64;
@@ -294,41 +244,22 @@ impl AfXdpIo {
                     if owner == me {
                         continue;
                     }
-                    mine &= !(1 << i);
                     // Not ours either way: a copy goes to the owner (the frame is released,
                     // not counted as dropped by the socket) or the drop is counted here.
-                    if frame.len() > HANDOFF_FRAME {
-                        counters.handoff_too_long += 1;
-                        continue;
-                    }
-                    let Some(mut buf) = handoff.pool.pop() else {
-                        counters.handoff_dropped += 1;
-                        continue;
-                    };
-                    buf.data[..frame.len()].copy_from_slice(frame);
-                    buf.len = frame.len() as u16;
-                    buf.iface = sock.iface;
-                    match handoff.inbound[owner].push(buf) {
-                        Ok(()) => {
-                            counters.handed_off += 1;
-                            burst.set_action(i, XskAction::Release);
-                        }
-                        Err(buf) => {
-                            counters.handoff_dropped += 1;
-                            let _ = handoff.pool.push(buf);
-                        }
+                    mine &= !(1 << i);
+                    match handoff.stage(owner, i, frame, sock.iface) {
+                        Ok(()) => {}
+                        Err(StageError::TooLong) => counters.handoff_too_long += 1,
+                        Err(StageError::NoBatch) => counters.handoff_dropped += 1,
                     }
                 }
+                // One queue operation per owner for the whole burst.
+                let sent = handoff.send(|i| burst.set_action(i, XskAction::Release));
+                counters.handed_off += sent.frames;
+                counters.handoff_dropped += sent.dropped;
             }
-            while inbound.len() < waiting {
-                match handoff.inbound[me].pop() {
-                    Some(f) => inbound.push(f),
-                    None => break,
-                }
-            }
-            counters.handed_in += inbound.len() as u64;
         }
-        if mine == 0 && inbound.is_empty() {
+        if mine == 0 && waiting == 0 {
             burst.finish();
             // Every frame went to its owner: busy, not idle.
             return received;
@@ -361,14 +292,13 @@ impl AfXdpIo {
                 }
             }
             n_rx = n;
-            for f in inbound.iter_mut() {
+            for (data, iface) in handoff.frames() {
                 if n >= BURST {
                     break;
                 }
-                let len = usize::from(f.len);
                 pkts[n] = Packet {
-                    data: &mut f.data[..len],
-                    iface: f.iface,
+                    data,
+                    iface,
                     ts: now,
                     tag: u64::MAX,
                 };
@@ -414,21 +344,18 @@ impl AfXdpIo {
                     counters.tx_bytes[usize::from(e)] += new_len as u64;
                 }
             } else if let Some((e, t)) = target {
-                let f = &inbound[k - n_rx];
-                let end = len.min(f.data.len());
-                match burst.tx_copy(t, &f.data[trim.min(end)..end]) {
+                let f = handoff.frame(k - n_rx, len);
+                match burst.tx_copy(t, &f[trim.min(f.len())..]) {
                     Ok(()) => {
                         counters.tx[usize::from(e)] += 1;
-                        counters.tx_bytes[usize::from(e)] += (end - trim.min(end)) as u64;
+                        counters.tx_bytes[usize::from(e)] += (f.len() - trim.min(f.len())) as u64;
                     }
                     Err(_) => counters.tx_copy_failed += 1,
                 }
             }
         }
         burst.finish();
-        for f in inbound.drain(..) {
-            let _ = handoff.pool.push(f);
-        }
+        handoff.done();
         received.max(total)
     }
 
@@ -454,7 +381,7 @@ impl AfXdpIo {
     /// other workers may hand frames in).
     pub fn idle_wait(&mut self, max: Duration) {
         self.xsk.service();
-        if self.workers > 1 && !self.handoff.inbound[self.id].is_empty() {
+        if self.workers > 1 && self.handoff.pending() {
             return;
         }
         let ms = if self.workers > 1 {

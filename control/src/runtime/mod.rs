@@ -25,6 +25,7 @@
 //! with other interfaces is rejected whole (sockets and UMEMs cannot be added to a running
 //! worker); restart to attach to new interfaces.
 
+pub mod handoff;
 pub mod io;
 pub mod neigh;
 pub mod owner;
@@ -42,7 +43,8 @@ use nodeplane_state::{InterfaceRole, State};
 use nodeplane_xdp::{Loader, XskBinding, XskConfig, XskWorker};
 use serde::Deserialize;
 
-use self::io::{AfXdpIo, Handoff};
+use self::handoff::Handoff;
+use self::io::AfXdpIo;
 use self::neigh::NeighbourReport;
 pub use self::neigh::NeighbourStatus;
 use crate::worker::{IoBackend, IoStatus, PacketIo};
