@@ -91,6 +91,11 @@ impl Lab {
 
     /// One UDP request, the first answer line (or None after 2 s).
     fn udp(&self, ns: &str, target: &str) -> Option<String> {
+        self.udp_with(ns, target, b"query\n")
+    }
+
+    /// One UDP request with this payload (one datagram), the answer (or None after 2 s).
+    fn udp_with(&self, ns: &str, target: &str, payload: &[u8]) -> Option<String> {
         let mut c = Command::new("timeout")
             .args([
                 "5",
@@ -108,7 +113,7 @@ impl Lab {
             .spawn()
             .expect("socat");
         use std::io::Write;
-        let _ = c.stdin.take().unwrap().write_all(b"query\n");
+        let _ = c.stdin.take().unwrap().write_all(payload);
         let out = c.wait_with_output().unwrap();
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
         (!s.is_empty()).then_some(s)
@@ -140,7 +145,11 @@ impl Lab {
                 ),
                 (
                     "UDP4-RECVFROM:5353,fork".to_string(),
-                    format!("SYSTEM:read -r q; echo answer from {w}"),
+                    // A query starting with "big" is echoed: a large answer.
+                    format!(
+                        "SYSTEM:read -r q; case $q in big*) echo answer from {w} $q;; \
+                         *) echo answer from {w};; esac"
+                    ),
                 ),
                 (
                     // Would answer NodePort 30053 (web-nodeport's UDP port) if policy let it.
@@ -469,6 +478,24 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
         .udp("router", "192.168.100.2:30054")
         .unwrap_or_else(|| panic!("NodePort UDP: {}", np.stats()));
     assert!(a.starts_with("answer from web"), "{a}");
+    // A NodePort UDP datagram larger than the MTU: the router's kernel fragments it, the XDP
+    // program steers the later fragments after the first, the pipeline DNATs them all; the
+    // answer echoes it, so it comes back fragmented through reverse NAT.
+    let big = format!("big{}\n", "x".repeat(3000));
+    let a = lab
+        .udp_with("router", "192.168.100.2:30054", big.as_bytes())
+        .unwrap_or_else(|| panic!("fragmented NodePort UDP: {}", np.stats()));
+    assert!(a.starts_with("answer from web"), "{a}");
+    assert!(
+        a.ends_with(big.trim_end()),
+        "the whole datagram arrived: {} bytes",
+        a.len()
+    );
+    let st = np.stats();
+    assert!(
+        st["io"]["xdp"]["redirect_fragment"].as_u64().unwrap_or(0) >= 2,
+        "{st}"
+    );
     let a = lab.curl("router", "http://203.0.113.10/").expect("LB");
     assert_eq!(
         a.trim(),

@@ -20,6 +20,9 @@
 /* Helper calls by their stable UAPI ids (include/uapi/linux/bpf.h, `___BPF_FUNC_MAPPER`). */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *)BPF_FUNC_redirect_map;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
+	(void *)BPF_FUNC_map_update_elem;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define np_htons(x) ((__be16)__builtin_bswap16(x))

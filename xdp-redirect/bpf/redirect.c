@@ -17,14 +17,22 @@
  *      has no ND responder)
  *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
  *   5. (dst, proto, dport) in `nodeports` (NodePort on a node IP)   -> steer NODEPORT
+ *      (a first fragment also records its datagram in `frags`)
+ *   5b. a non-first fragment of a datagram recorded in `frags`      -> steer FRAGMENT
  *   6. dst in `host_addrs` (node IPs, pod gateway addresses)        -> pass  HOST
  *   7. ingress interface in `pod_ifaces`: all remaining IP traffic  -> steer POD
  *   8. dst in `steer_v4` / `steer_v6` (PodCIDRs, service VIPs)      -> steer UPLINK
  *   9. anything else (traffic for the host: BGP, SSH, ...)          -> pass  NOT_STEERED
  * A steer whose (interface, queue) has no socket (yet) falls back to the kernel: NO_SOCKET.
  *
- * Known limit: a non-first IPv4/IPv6 fragment carries no ports, so it never matches a NodePort
- * (rule 5) and goes to the kernel if its destination is a node IP.
+ * Fragments: a non-first IPv4/IPv6 fragment carries no ports, so it cannot match a NodePort by
+ * itself. When rule 5 steers a first fragment (offset 0, more fragments), the datagram's
+ * identity -- (src, dst, id, protocol) for IPv4, (src, dst, id) for IPv6 -- goes into the LRU
+ * map `frags` with the time; later fragments of that datagram follow it to userspace (rule 5b)
+ * for NP_FRAG_TTL_NS, the default reassembly timeout of the kernel and of the pipeline.
+ * Known limit: a later fragment that arrives before its first fragment is not known yet and
+ * goes to the kernel (which then never completes the datagram: it is lost, as on a node
+ * without nodeplane it would not be).
  *
  * Map keys are byte arrays with a fixed layout that the loader (src/maps.rs) encodes; IPv4
  * addresses in the 16-byte keys are IPv4-mapped IPv6 (::ffff:a.b.c.d).
@@ -48,7 +56,8 @@ enum np_counter {
 	NP_PASS_MULTICAST = 7,
 	NP_PASS_HOST = 8,
 	NP_PASS_NOT_STEERED = 9,
-	NP_COUNTER_MAX = 10,
+	NP_REDIRECT_FRAGMENT = 10,
+	NP_COUNTER_MAX = 11,
 };
 
 /* Sizes; the loader documents them as limits (src/maps.rs `limits`). */
@@ -57,6 +66,8 @@ enum np_counter {
 #define NP_MAX_PREFIXES 16384
 #define NP_MAX_HOST_ADDRS 1024
 #define NP_MAX_NODEPORTS 8192
+#define NP_MAX_FRAGS 8192
+#define NP_FRAG_TTL_NS (30ULL * 1000000000ULL)
 
 struct np_lpm4 {
 	__u32 prefixlen;
@@ -77,6 +88,16 @@ struct np_nodeport {
 	__be16 port; /* network order */
 	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP */
 	__u8 pad;    /* always 0 */
+};
+
+/* A fragmented datagram: IPv4-mapped addresses for IPv4; proto 0 for IPv6, whose fragments
+ * are identified by (src, dst, id) alone. */
+struct np_frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 id;   /* as read from the header (IPv4: 16 bits, zero-extended) */
+	__u8 proto;
+	__u8 pad[3]; /* always 0 */
 };
 
 struct np_xsk_slot {
@@ -135,6 +156,14 @@ struct {
 	__type(value, __u32);
 } nodeports SEC(".maps");
 
+/* Written by the program only: datagrams whose first fragment went to a NodePort. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NP_MAX_FRAGS);
+	__type(key, struct np_frag_key);
+	__type(value, __u64); /* bpf_ktime_get_ns() of the first fragment */
+} frags SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NP_COUNTER_MAX);
@@ -155,7 +184,11 @@ struct np_pkt {
 	__u8 is_v6;
 	__u8 is_nd;
 	__u8 is_mcast;      /* multicast, broadcast or link-local destination */
+	__u8 frag;          /* enum np_frag */
+	struct np_frag_key fkey; /* set when frag != NP_FRAG_NONE */
 };
+
+enum np_frag { NP_FRAG_NONE = 0, NP_FRAG_FIRST = 1, NP_FRAG_LATER = 2 };
 
 enum parse_result { PARSE_IP, PARSE_NOT_IP, PARSE_MALFORMED };
 
@@ -213,9 +246,25 @@ static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct 
 	pkt->is_mcast = (d[0] & 0xf0) == 0xe0 || ip->daddr == 0xffffffff ||
 			(d[0] == 169 && d[1] == 254);
 
-	/* Only the first fragment (offset 0) carries the L4 header. */
-	if (ip->frag_off & np_htons(0x1fff))
-		return PARSE_IP;
+	/* MF or a fragment offset: a fragment. Only the first (offset 0) has the L4 header. */
+	if (ip->frag_off & np_htons(0x3fff)) {
+		__u8 *sa = (__u8 *)&ip->saddr;
+
+		pkt->fkey.src[10] = 0xff;
+		pkt->fkey.src[11] = 0xff;
+		pkt->fkey.src[12] = sa[0];
+		pkt->fkey.src[13] = sa[1];
+		pkt->fkey.src[14] = sa[2];
+		pkt->fkey.src[15] = sa[3];
+		__builtin_memcpy(pkt->fkey.dst, pkt->dst.addr, 16);
+		pkt->fkey.id = ip->id;
+		pkt->fkey.proto = ip->protocol;
+		if (ip->frag_off & np_htons(0x1fff)) {
+			pkt->frag = NP_FRAG_LATER;
+			return PARSE_IP;
+		}
+		pkt->frag = NP_FRAG_FIRST;
+	}
 	pkt->proto = ip->protocol;
 	return parse_l4(l3 + ihl * 4, end, pkt);
 }
@@ -254,8 +303,16 @@ static __always_inline enum parse_result parse_ipv6(void *l3, void *end, struct 
 			if ((void *)(frag + 8) > end)
 				return PARSE_MALFORMED;
 			next = frag[0];
-			if (*(__be16 *)(frag + 2) & np_htons(0xfff8))
+			__builtin_memcpy(pkt->fkey.src, ip6->saddr.s6_addr, 16);
+			__builtin_memcpy(pkt->fkey.dst, ip6->daddr.s6_addr, 16);
+			__builtin_memcpy(&pkt->fkey.id, frag + 4, 4);
+			if (*(__be16 *)(frag + 2) & np_htons(0xfff8)) {
+				pkt->frag = NP_FRAG_LATER;
 				return PARSE_IP; /* non-first fragment: no L4 header */
+			}
+			/* An atomic fragment (offset 0, no M flag) is a whole datagram. */
+			if (frag[3] & 1)
+				pkt->frag = NP_FRAG_FIRST;
 			cur += 8;
 		} else {
 			break;
@@ -325,8 +382,21 @@ int np_redirect(struct xdp_md *ctx)
 		struct np_nodeport np = { .port = pkt.dport, .proto = pkt.proto };
 
 		__builtin_memcpy(np.addr, pkt.dst.addr, 16);
-		if (bpf_map_lookup_elem(&nodeports, &np))
+		if (bpf_map_lookup_elem(&nodeports, &np)) {
+			if (pkt.frag == NP_FRAG_FIRST) {
+				__u64 now = bpf_ktime_get_ns();
+
+				bpf_map_update_elem(&frags, &pkt.fkey, &now, BPF_ANY);
+			}
 			return steer(ctx, NP_REDIRECT_NODEPORT);
+		}
+	}
+
+	if (pkt.frag == NP_FRAG_LATER) {
+		__u64 *first = bpf_map_lookup_elem(&frags, &pkt.fkey);
+
+		if (first && bpf_ktime_get_ns() - *first < NP_FRAG_TTL_NS)
+			return steer(ctx, NP_REDIRECT_FRAGMENT);
 	}
 
 	if (bpf_map_lookup_elem(&host_addrs, &pkt.dst))

@@ -35,6 +35,10 @@ pub mod limits {
     pub const MAX_HOST_ADDRS: u32 = 1024;
     /// (node address, protocol, port) NodePort entries.
     pub const MAX_NODEPORTS: u32 = 8192;
+    /// Fragmented NodePort datagrams whose later fragments the program steers (an LRU map the
+    /// program fills itself: past this, the least recently used datagram is forgotten and its
+    /// remaining fragments go to the kernel).
+    pub const MAX_FRAGS: u32 = 8192;
 }
 
 /// One reason per exit of the XDP program; index into its per-CPU `counters` map.
@@ -61,11 +65,13 @@ pub enum Counter {
     PassHost,
     /// Not ours: host traffic on the uplink (BGP, SSH, ...).
     PassNotSteered,
+    /// Steered: a non-first fragment of a datagram whose first fragment went to a NodePort.
+    RedirectFragment,
 }
 
 impl Counter {
     /// All counters, in map index order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::RedirectPod,
         Counter::RedirectUplink,
         Counter::RedirectNodePort,
@@ -76,6 +82,7 @@ impl Counter {
         Counter::PassMulticast,
         Counter::PassHost,
         Counter::PassNotSteered,
+        Counter::RedirectFragment,
     ];
 
     /// Index in the `counters` map.
@@ -96,6 +103,7 @@ impl Counter {
             Counter::PassMulticast => "pass_multicast",
             Counter::PassHost => "pass_host",
             Counter::PassNotSteered => "pass_not_steered",
+            Counter::RedirectFragment => "redirect_fragment",
         }
     }
 
@@ -103,7 +111,10 @@ impl Counter {
     pub const fn is_redirect(self) -> bool {
         matches!(
             self,
-            Counter::RedirectPod | Counter::RedirectUplink | Counter::RedirectNodePort
+            Counter::RedirectPod
+                | Counter::RedirectUplink
+                | Counter::RedirectNodePort
+                | Counter::RedirectFragment
         )
     }
 }
@@ -432,6 +443,7 @@ mod tests {
         assert_eq!(c_define("NP_MAX_PREFIXES"), limits::MAX_PREFIXES);
         assert_eq!(c_define("NP_MAX_HOST_ADDRS"), limits::MAX_HOST_ADDRS);
         assert_eq!(c_define("NP_MAX_NODEPORTS"), limits::MAX_NODEPORTS);
+        assert_eq!(c_define("NP_MAX_FRAGS"), limits::MAX_FRAGS);
     }
 
     #[test]

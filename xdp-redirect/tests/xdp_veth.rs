@@ -123,6 +123,21 @@ fn udp_send(to: &str, payload: &[u8], count: usize) {
     }
 }
 
+/// A non-first IPv4 or IPv6 fragment (untagged Ethernet).
+fn later_fragment(f: &[u8]) -> bool {
+    match f.get(12..14) {
+        Some([0x08, 0x00]) => f
+            .get(20..22)
+            .is_some_and(|o| u16::from_be_bytes([o[0], o[1]]) & 0x1fff != 0),
+        Some([0x86, 0xdd]) => {
+            f.get(20) == Some(&44)
+                && f.get(56..58)
+                    .is_some_and(|o| u16::from_be_bytes([o[0], o[1]]) & 0xfff8 != 0)
+        }
+        _ => false,
+    }
+}
+
 fn delta(after: &Counters, before: &Counters, c: Counter) -> u64 {
     after.get(c) - before.get(c)
 }
@@ -147,11 +162,18 @@ fn steers_owned_destinations_and_passes_the_rest() {
             "fd00:99::/64".parse().unwrap(),
         ],
         host_addrs: vec![node_ip, "fd00:50::1".parse().unwrap()],
-        nodeports: vec![NodePort {
-            addr: node_ip,
-            proto: Proto::Udp,
-            port: 30053,
-        }],
+        nodeports: vec![
+            NodePort {
+                addr: node_ip,
+                proto: Proto::Udp,
+                port: 30053,
+            },
+            NodePort {
+                addr: "fd00:50::1".parse().unwrap(),
+                proto: Proto::Udp,
+                port: 30053,
+            },
+        ],
     };
     bed.node.run(|| {
         let mut loader = Loader::load().expect("load");
@@ -196,11 +218,15 @@ fn steers_owned_destinations_and_passes_the_rest() {
             udp_send("[fd00:99::7]:9000", b"steer-v6", 5);
             udp_send("192.168.50.1:30053", b"nodeport", 3);
             udp_send("192.168.50.1:40000", b"host", 3);
+            // Datagrams larger than the MTU, fragmented by the peer's kernel (3 fragments
+            // each): to a NodePort every fragment is steered, to a host port none is.
+            udp_send("192.168.50.1:30053", &[b'f'; 3000], 2);
+            udp_send("[fd00:50::1]:30053", &[b'g'; 3000], 1);
+            udp_send("192.168.50.1:40000", &[b'h'; 3000], 1);
         });
-        let seen: Vec<Seen> = drain(&mut w, Duration::from_millis(300))
-            .iter()
-            .filter_map(|f| parse(f))
-            .collect();
+        let frames = drain(&mut w, Duration::from_millis(300));
+        let later = frames.iter().filter(|f| later_fragment(f)).count();
+        let seen: Vec<Seen> = frames.iter().filter_map(|f| parse(f)).collect();
         let after = loader.counters().unwrap();
         assert_eq!(count(&seen, "10.99.0.7", 9000, b"steer-v4"), 5, "{seen:?}");
         assert_eq!(count(&seen, "fd00:99::7", 9000, b"steer-v6"), 5, "{seen:?}");
@@ -219,7 +245,22 @@ fn steers_owned_destinations_and_passes_the_rest() {
             assert_eq!(&buf[..n], b"host");
         }
         assert_eq!(delta(&after, &before, Counter::RedirectUplink), 10);
-        assert_eq!(delta(&after, &before, Counter::RedirectNodePort), 3);
+        assert_eq!(
+            delta(&after, &before, Counter::RedirectNodePort),
+            3 + 2 + 1,
+            "small NodePort datagrams and first fragments"
+        );
+        assert_eq!(
+            delta(&after, &before, Counter::RedirectFragment),
+            3 * 2,
+            "the later fragments follow their first fragment"
+        );
+        assert_eq!(later, 3 * 2, "later fragments received on the sockets");
+        let mut big = [0u8; 4096];
+        let (n, _) = host
+            .recv_from(&mut big)
+            .expect("the kernel reassembles a fragmented host datagram");
+        assert_eq!(&big[..n], &[b'h'; 3000][..]);
         assert_eq!(delta(&after, &before, Counter::PassNoSocket), 0);
         assert!(
             delta(&after, &before, Counter::PassNotIp) >= 1,
