@@ -279,7 +279,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 6] = [
+    let counters: [(&str, &str, WorkerCounter); 7] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
@@ -307,6 +307,11 @@ pub fn render(s: &Status) -> String {
             "nodeplane_conntrack_evicted_total",
             "Closing conntrack entries evicted for a new flow (table full).",
             |w| w.ct_evicted,
+        ),
+        (
+            "nodeplane_worker_panics_total",
+            "Panics caught on the worker path (the burst's frames dropped, the worker goes on).",
+            |w| w.worker_panics,
         ),
     ];
     for (name, help, get) in counters {
@@ -359,6 +364,15 @@ pub fn render(s: &Status) -> String {
         );
     }
 
+    one(
+        &mut o,
+        "nodeplane_workers_dead",
+        "gauge",
+        "Worker threads that ended: their queues are not served until nodeplane restarts.",
+        s.dead_workers.len(),
+    );
+    afxdp(&mut o, s);
+
     if let Some(bgp) = &s.bgp {
         one(
             &mut o,
@@ -390,4 +404,180 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
+}
+
+/// The AF_XDP runtime's families (none with another I/O): the XDP program's exits, the
+/// hand-off between workers, and frames the kernel lost before any worker saw them.
+fn afxdp(o: &mut String, s: &Status) {
+    if let Some(io) = s.io.as_ref().filter(|io| !io.xdp.is_empty()) {
+        let name = "nodeplane_xdp_frames_total";
+        let mut f = Family::new(
+            o,
+            name,
+            "counter",
+            "Frames seen by the XDP program, by exit (redirect_*: to a socket; pass_*: to the \
+             kernel; pass_no_socket: steered traffic with no socket, i.e. not policed).",
+        );
+        for (exit, n) in &io.xdp {
+            f.sample(name, &[("exit", exit)], n);
+        }
+    }
+    let workers: Vec<_> = s
+        .workers
+        .iter()
+        .filter_map(|w| Some((w.worker.to_string(), w.io.afxdp.as_ref()?)))
+        .collect();
+    if workers.is_empty() {
+        return;
+    }
+    let name = "nodeplane_afxdp_handoff_frames_total";
+    let mut f = Family::new(
+        o,
+        name,
+        "counter",
+        "Frames handed to the worker owning their flow (out), received from other workers (in), \
+         and hand-offs dropped (full queue, no free batch, too long).",
+    );
+    for (worker, a) in &workers {
+        let c = &a.counters;
+        for (dir, n) in [
+            ("out", c.handed_off),
+            ("in", c.handed_in),
+            ("dropped", c.handoff_dropped + c.handoff_too_long),
+        ] {
+            f.sample(name, &[("worker", worker), ("direction", dir)], n);
+        }
+    }
+    let name = "nodeplane_afxdp_kernel_dropped_total";
+    let mut f = Family::new(
+        o,
+        name,
+        "counter",
+        "Frames the kernel could not deliver to an AF_XDP socket (XDP_STATISTICS), lost before \
+         the pipeline: rx_dropped (no free frame in the fill ring, among others), rx_ring_full \
+         (the worker did not keep up), invalid descriptors.",
+    );
+    for (worker, a) in &workers {
+        for sock in &a.sockets {
+            let Some(k) = sock.kernel else { continue };
+            let queue = sock.queue.to_string();
+            for (reason, n) in [
+                ("rx_dropped", k.rx_dropped),
+                ("rx_ring_full", k.rx_ring_full),
+                ("rx_invalid_descs", k.rx_invalid_descs),
+                ("tx_invalid_descs", k.tx_invalid_descs),
+            ] {
+                f.sample(
+                    name,
+                    &[
+                        ("worker", worker),
+                        ("iface", &sock.iface),
+                        ("queue", &queue),
+                        ("reason", reason),
+                    ],
+                    n,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status as `nodeplane status --json` prints it for the AF_XDP runtime (from the e2e
+    /// lab, one socket kept).
+    const AFXDP_STATUS: &str = r#"{"applied_at":1796599082,"bgp":null,"dead_workers":[{"worker":1,"reason":"thread ended"}],
+      "endpoints":3,"generation":2,"io":{"attached":["uplink0 (native, 2 queues)"],"kind":"afxdp",
+      "xdp":{"pass_host":3,"pass_no_socket":0,"redirect_fragment":2,"redirect_nodeport":7}},
+      "ipcache_entries":2,"last_publish_ms":186.2,"last_rejection":null,"node":"node-1",
+      "policy_mode":{"effective":"enforce","override":null,"state":"enforce"},"publications":2,
+      "rejections":0,"removed_flow_action":"drop","services":5,"source":"dir x","source_connected":true,
+      "source_detail":"","state":"ok","state_origin":"dir x","uptime_s":1,
+      "workers":[{"ct_capacity":262144,"ct_created":6,"ct_entries":6,"ct_evicted":0,"ct_expired":0,
+        "ct_full_drops":0,"dropped":0,"drops":{},"forwarded":35,"generation":2,"held":0,
+        "io":{"afxdp":{"accounting":null,"core":0,"counters":{"handed_in":4,"handed_off":5,
+          "handoff_abandoned":0,"handoff_dropped":1,"handoff_too_long":1,"pass_dropped":0,
+          "poll_errors":0,"rx":35,"tx_copy_failed":0,"tx_no_socket":0},
+          "sockets":[{"dropped":0,"fill_kick_errors":0,"fill_kicks":0,"fill_starved":0,"iface":"uplink0",
+            "kernel":{"rx_dropped":9,"rx_fill_ring_empty_descs":0,"rx_invalid_descs":0,"rx_ring_full":3,
+              "tx_invalid_descs":0,"tx_ring_empty_descs":1522},
+            "queue":1,"released":0,"rx":2,"tx":6,"tx_completed":6,"tx_kick_errors":0,"tx_kicks":6,
+            "tx_ring_full":0}]},
+          "finished":false,"passed":0,"rx_packets":35,"tx":{}},
+        "packets":35,"panic_dropped":0,"passed":0,"rst_sent":0,"worker":0,"worker_panics":2}]}"#;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn afxdp_families_show_xdp_exits_hand_off_kernel_drops_and_dead_workers() {
+        let s: Status = serde_json::from_str(AFXDP_STATUS).expect("status JSON");
+        let t = render(&s);
+        assert_eq!(
+            sample(
+                &t,
+                r#"nodeplane_xdp_frames_total{exit="redirect_fragment"}"#
+            ),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, r#"nodeplane_xdp_frames_total{exit="pass_no_socket"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"nodeplane_afxdp_handoff_frames_total{worker="0",direction="out"}"#
+            ),
+            Some(5.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"nodeplane_afxdp_handoff_frames_total{worker="0",direction="dropped"}"#
+            ),
+            Some(2.0),
+            "full queue and too long"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"nodeplane_afxdp_kernel_dropped_total{worker="0",iface="uplink0",queue="1",reason="rx_ring_full"}"#
+            ),
+            Some(3.0)
+        );
+        assert_eq!(sample(&t, "nodeplane_workers_dead"), Some(1.0));
+        assert_eq!(
+            sample(&t, r#"nodeplane_worker_panics_total{worker="0"}"#),
+            Some(2.0)
+        );
+        // Every family is declared once.
+        for family in [
+            "nodeplane_xdp_frames_total",
+            "nodeplane_afxdp_handoff_frames_total",
+            "nodeplane_afxdp_kernel_dropped_total",
+        ] {
+            assert_eq!(
+                t.matches(&format!("# TYPE {family} counter\n")).count(),
+                1,
+                "{family}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_afxdp_families_without_afxdp() {
+        let mut s: Status = serde_json::from_str(AFXDP_STATUS).expect("status JSON");
+        s.io = None;
+        s.workers[0].io.afxdp = None;
+        let t = render(&s);
+        assert!(!t.contains("nodeplane_xdp_frames_total"), "{t}");
+        assert!(!t.contains("nodeplane_afxdp_"), "{t}");
+        assert_eq!(sample(&t, "nodeplane_workers_dead"), Some(1.0));
+    }
 }
