@@ -44,7 +44,7 @@ use nodeplane_dataplane::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_T
 use nodeplane_dataplane::parse::{self, Parsed};
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{
-    rewrite, rst, Action, DropReason, Outcome, Packet, Pipeline, Tables, BURST,
+    rewrite, rst, Action, CtStatus, DropReason, Outcome, Packet, Pipeline, Tables, BURST,
 };
 use serde::{Deserialize, Serialize};
 
@@ -371,6 +371,98 @@ impl OutcomeView {
     }
 }
 
+/// Traffic of one service (DESIGN §3.8): what the pipeline decided for frames of its flows,
+/// both directions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SvcTraffic {
+    /// Frames forwarded (requests to a frontend and replies from its backends).
+    pub packets: u64,
+    /// Bytes of those frames as received.
+    pub bytes: u64,
+    /// New flows forwarded to a backend.
+    pub flows: u64,
+    /// Frames of its flows dropped (any reason: policy, no backend, backend gone, ...).
+    pub dropped: u64,
+}
+
+impl SvcTraffic {
+    pub fn add(&mut self, o: &SvcTraffic) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.flows += o.flows;
+        self.dropped += o.dropped;
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == SvcTraffic::default()
+    }
+}
+
+/// A worker's per-service counters, indexed like the services of the tables they were counted
+/// under. The worker increments them per frame (an indexed add, no lookup); names are resolved
+/// off the worker, by the control thread ([`ServiceCounts::by_name`]).
+#[derive(Debug, Clone)]
+pub struct ServiceCounts {
+    tables: Arc<Tables>,
+    counts: Vec<SvcTraffic>,
+}
+
+impl ServiceCounts {
+    fn new(tables: &Arc<Tables>) -> ServiceCounts {
+        ServiceCounts {
+            tables: Arc::clone(tables),
+            counts: vec![SvcTraffic::default(); tables.services.len()],
+        }
+    }
+
+    /// New tables: counters move to the service of the same name (services that are gone take
+    /// theirs with them, as a Prometheus series of a deleted object ends). Once per
+    /// publication; looks up only the services that saw traffic.
+    fn rebind(&mut self, tables: &Arc<Tables>) {
+        if Arc::ptr_eq(&self.tables, tables) {
+            return;
+        }
+        let mut next = vec![SvcTraffic::default(); tables.services.len()];
+        for (i, c) in self.counts.iter().enumerate() {
+            if c.is_zero() {
+                continue;
+            }
+            let name = &self.tables.services[i].name;
+            if let Some(&j) = tables.service_by_name.get(name.as_str()) {
+                next[j as usize].add(c);
+            }
+        }
+        self.tables = Arc::clone(tables);
+        self.counts = next;
+    }
+
+    #[inline]
+    fn count(&mut self, o: &Outcome, len: usize) {
+        let Some(c) = o.service.and_then(|s| self.counts.get_mut(s as usize)) else {
+            return;
+        };
+        match o.action {
+            Action::Forward(_) => {
+                c.packets += 1;
+                c.bytes += len as u64;
+                c.flows += u64::from(o.ct == CtStatus::New);
+            }
+            Action::Drop(_) => c.dropped += 1,
+            Action::Pass | Action::Held => {}
+        }
+    }
+
+    /// Service name → traffic (services that saw any).
+    pub fn by_name(&self) -> BTreeMap<String, SvcTraffic> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_zero())
+            .map(|(i, c)| (self.tables.services[i].name.clone(), *c))
+            .collect()
+    }
+}
+
 /// A snapshot of a worker's counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkerStats {
@@ -397,6 +489,9 @@ pub struct WorkerStats {
     #[serde(default)]
     pub panic_dropped: u64,
     pub io: IoStats,
+    /// Per-service counters, by index (named by the control thread: `services` of `Status`).
+    #[serde(skip)]
+    pub services: Option<ServiceCounts>,
 }
 
 /// What the control thread asks a worker.
@@ -525,6 +620,7 @@ pub struct Worker<I: PacketIo> {
     /// When a caught panic was last logged, and how many were caught since without a log.
     panic_logged: Option<Instant>,
     panics_unlogged: u64,
+    services: ServiceCounts,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -539,6 +635,7 @@ impl<I: PacketIo> Worker<I> {
     ) -> Worker<I> {
         let tables = sub.current();
         io.bind(&tables);
+        let services = ServiceCounts::new(&tables);
         Worker {
             id,
             pipeline: Pipeline::new(tables),
@@ -554,6 +651,7 @@ impl<I: PacketIo> Worker<I> {
             panic_dropped: 0,
             panic_logged: None,
             panics_unlogged: 0,
+            services,
         }
     }
 
@@ -610,6 +708,7 @@ impl<I: PacketIo> Worker<I> {
     fn turn_inner(&mut self, taken: &mut usize) -> usize {
         if self.sub.poll(&mut self.pipeline) {
             self.io.bind(self.pipeline.tables());
+            self.services.rebind(self.pipeline.tables());
         }
         let now = self.clock.now();
         let Worker {
@@ -617,12 +716,16 @@ impl<I: PacketIo> Worker<I> {
             io,
             removed,
             rst_sent,
+            services,
             ..
         } = self;
         let removed = *removed;
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
             pipeline.process_burst(pkts, outs);
+            for (p, o) in pkts.iter().zip(outs.iter()) {
+                services.count(o, p.data.len());
+            }
             if removed == RemovedFlowAction::Rst {
                 for (p, o) in pkts.iter_mut().zip(outs.iter_mut()) {
                     if o.action == Action::Drop(DropReason::BackendGone) {
@@ -637,6 +740,7 @@ impl<I: PacketIo> Worker<I> {
             }
         });
         pipeline.drain(now, |r| {
+            services.count(&r.outcome, r.data.len());
             if let Action::Forward(e) = r.outcome.action {
                 io.send(e, r.data);
             }
@@ -766,6 +870,7 @@ impl<I: PacketIo> Worker<I> {
             worker_panics: self.panics,
             panic_dropped: self.panic_dropped,
             io: self.io.stats(),
+            services: Some(self.services.clone()),
         }
     }
 

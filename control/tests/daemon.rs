@@ -63,6 +63,29 @@ fn valid_change_is_published_and_invalid_change_is_rejected() {
         ok && out.contains("extra") && out.contains("10.96.0.99:80/udp"),
         "{out}"
     );
+    // Per-service traffic: new flows and frames forwarded to the new service's backend.
+    let extra = |d: &Daemon| {
+        d.call(&Request::ServiceList {})
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "extra")
+            .map(|s| s["traffic"].clone())
+            .unwrap()
+    };
+    let t = wait_for("traffic counted for service extra", 10, || {
+        let t = extra(&d);
+        (t["flows"].as_u64()? > 0 && t["packets"].as_u64()? > 0).then_some(t)
+    });
+    assert!(
+        t["bytes"].as_u64().unwrap() >= 42 * t["packets"].as_u64().unwrap(),
+        "{t}"
+    );
+    let st = d.status();
+    assert!(
+        st["service_traffic"]["extra"]["flows"].as_u64().unwrap() > 0,
+        "{st}"
+    );
 
     // An invalid change: rejected whole, named by file and field; the old state keeps
     // forwarding.
@@ -99,6 +122,37 @@ fn valid_change_is_published_and_invalid_change_is_rejected() {
     wait_for("state ok again", 10, || {
         (d.status()["state"] == "ok").then_some(())
     });
+
+    // A service added in front of the others shifts their indexes: counters follow their
+    // service by name, they do not reset or move to another service.
+    let before = extra(&d)["packets"].as_u64().unwrap();
+    let first = EXTRA
+        .replace("name: extra", "name: a-first")
+        .replace("10.96.0.99", "10.96.0.97");
+    std::fs::write(d.state.join("00-first.yaml"), first).unwrap();
+    wait_for("service a-first", 10, || {
+        let l = d.call(&Request::ServiceList {});
+        l.as_array()?
+            .iter()
+            .any(|s| s["name"] == "a-first")
+            .then_some(())
+    });
+    let after = extra(&d)["packets"].as_u64().unwrap();
+    assert!(
+        after >= before,
+        "extra's counters kept: {before} -> {after}"
+    );
+    let rows = d.call(&Request::ServiceList {});
+    let a_first = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "a-first")
+        .unwrap();
+    assert_eq!(
+        a_first["traffic"]["packets"], 0,
+        "no traffic to a-first: {rows}"
+    );
 }
 
 #[test]

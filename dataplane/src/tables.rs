@@ -215,6 +215,9 @@ pub struct Tables {
     pub endpoint_by_ip: HashMap<Addr, u32>,
     pub ipcache: Lpm<Identity>,
     pub services: Vec<Service>,
+    /// Service name → index in `services` (per-service counters follow a service across
+    /// publications by name).
+    pub service_by_name: HashMap<String, u32>,
     pub frontends: HashMap<FrontendKey, u32>,
     /// Every frontend address (not node IPs): a packet to one of these that matches no
     /// frontend is dropped `no-service` instead of being routed.
@@ -401,6 +404,11 @@ impl Tables {
             endpoints,
             endpoint_by_ip,
             ipcache,
+            service_by_name: services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i as u32))
+                .collect(),
             services,
             frontends,
             service_ips,

@@ -10,6 +10,7 @@ pub mod client;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use nodeplane_bgp::SpeakerStatus;
 
@@ -161,6 +162,10 @@ pub struct Status {
     /// The BGP speaker's sessions (none: no `bgp:` section in the config).
     #[serde(default)]
     pub bgp: Option<BgpSummary>,
+    /// Per-service traffic summed over the workers (services that saw any), since the daemon
+    /// started.
+    #[serde(default)]
+    pub service_traffic: BTreeMap<String, crate::worker::SvcTraffic>,
 }
 
 /// What `nodeplane bgp status` shows: the speaker's own status plus whether it runs.
@@ -217,6 +222,9 @@ pub struct ServiceRow {
     pub active: usize,
     pub terminating: usize,
     pub quarantined: usize,
+    /// Traffic since the daemon started (all workers).
+    #[serde(default)]
+    pub traffic: crate::worker::SvcTraffic,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

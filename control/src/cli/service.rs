@@ -15,7 +15,9 @@ pub struct ServiceArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum ServiceCmd {
-    /// Services with their frontends (NodePorts on every node IP) and backend counts.
+    /// Services with their frontends (NodePorts on every node IP), backend counts and traffic
+    /// since the daemon started (new flows, frames and bytes forwarded both ways, frames
+    /// dropped).
     List(Common),
 }
 
@@ -36,6 +38,10 @@ pub fn run(args: ServiceArgs) -> CliResult {
                 s.affinity_s
                     .map(|a| format!("ClientIP {a}s"))
                     .unwrap_or_else(|| "-".into()),
+                s.traffic.flows.to_string(),
+                s.traffic.packets.to_string(),
+                s.traffic.bytes.to_string(),
+                s.traffic.dropped.to_string(),
             ]
         })
         .collect();
@@ -48,7 +54,11 @@ pub fn run(args: ServiceArgs) -> CliResult {
                 "FRONTENDS",
                 "ALGORITHM",
                 "BACKENDS(act/term/quar)",
-                "AFFINITY"
+                "AFFINITY",
+                "FLOWS",
+                "PKTS",
+                "BYTES",
+                "DROPPED"
             ],
             &rows
         )

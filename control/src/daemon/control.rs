@@ -27,7 +27,7 @@ use crate::runtime::neigh::{NeighbourReport, NeighbourStatus};
 use crate::source::SourceEvent;
 use crate::worker::{
     panic_message, proto_name, Answer, Clock, CtFilter, IoBackend, PacketIo, Query,
-    RemovedFlowAction, Request as WReq, Worker, WorkerStats,
+    RemovedFlowAction, Request as WReq, SvcTraffic, Worker, WorkerStats,
 };
 
 /// How long the control thread waits for a worker to take and answer a request.
@@ -671,7 +671,10 @@ impl Control {
                 };
                 let tables = p.current();
                 match req {
-                    Request::ServiceList {} => Response::ok(service_rows(&tables)),
+                    Request::ServiceList {} => {
+                        let traffic = Self::service_traffic(&self.worker_stats());
+                        Response::ok(service_rows(&tables, &traffic))
+                    }
                     Request::BackendList {} => self.backend_rows(&tables),
                     Request::IpcacheGet { ip } => ipcache_get(&tables, &ip),
                     Request::IdentityList {} => Response::ok(identity_rows(&state)),
@@ -809,8 +812,21 @@ impl Control {
         })
     }
 
-    pub fn status(&self) -> Status {
-        let workers = match self.ask(|| Query::Stats) {
+    /// Per-service traffic summed over the workers' counters.
+    fn service_traffic(workers: &[WorkerStats]) -> BTreeMap<String, SvcTraffic> {
+        let mut all: BTreeMap<String, SvcTraffic> = BTreeMap::new();
+        for w in workers {
+            if let Some(c) = &w.services {
+                for (name, t) in c.by_name() {
+                    all.entry(name).or_default().add(&t);
+                }
+            }
+        }
+        all
+    }
+
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        match self.ask(|| Query::Stats) {
             Ok(a) => a
                 .into_iter()
                 .filter_map(|a| match a {
@@ -822,7 +838,12 @@ impl Control {
                 log::warn!("status: {e}");
                 Vec::new()
             }
-        };
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let workers = self.worker_stats();
+        let service_traffic = Self::service_traffic(&workers);
         let s = self.state.as_deref();
         Status {
             node: s.map(|s| s.node.name.clone()).unwrap_or_default(),
@@ -864,6 +885,7 @@ impl Control {
                 io
             }),
             bgp: self.bgp.as_ref().map(Bgp::summary),
+            service_traffic,
         }
     }
 
@@ -966,7 +988,7 @@ pub fn backend_state_name(s: BackendState) -> &'static str {
     }
 }
 
-fn service_rows(t: &Tables) -> Vec<ServiceRow> {
+fn service_rows(t: &Tables, traffic: &BTreeMap<String, SvcTraffic>) -> Vec<ServiceRow> {
     let mut fronts: Vec<Vec<String>> = vec![Vec::new(); t.services.len()];
     let mut keys: Vec<_> = t.frontends.iter().collect();
     keys.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
@@ -994,6 +1016,7 @@ fn service_rows(t: &Tables) -> Vec<ServiceRow> {
                 active: count(BackendState::Active),
                 terminating: count(BackendState::Terminating),
                 quarantined: count(BackendState::Quarantined),
+                traffic: traffic.get(&s.name).copied().unwrap_or_default(),
             }
         })
         .collect()

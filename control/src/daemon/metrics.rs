@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use nodeplane_dataplane::DropReason;
 
+use crate::worker::SvcTraffic;
+
 use crate::api::Status;
 
 /// Longest request read before answering (a GET line and a few headers).
@@ -175,6 +177,7 @@ fn one(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fm
 }
 
 type WorkerCounter = fn(&crate::worker::WorkerStats) -> u64;
+type SvcCounter = fn(&SvcTraffic) -> u64;
 
 /// The Prometheus text exposition of a status.
 pub fn render(s: &Status) -> String {
@@ -372,6 +375,34 @@ pub fn render(s: &Status) -> String {
         s.dead_workers.len(),
     );
     afxdp(&mut o, s);
+    let per_service: [(&str, &str, SvcCounter); 4] = [
+        (
+            "nodeplane_service_flows_total",
+            "New flows forwarded to a backend of the service.",
+            |t| t.flows,
+        ),
+        (
+            "nodeplane_service_packets_total",
+            "Frames of the service's flows forwarded (requests and replies).",
+            |t| t.packets,
+        ),
+        (
+            "nodeplane_service_bytes_total",
+            "Bytes of the service's flows forwarded (requests and replies).",
+            |t| t.bytes,
+        ),
+        (
+            "nodeplane_service_dropped_total",
+            "Frames of the service's flows dropped (any reason).",
+            |t| t.dropped,
+        ),
+    ];
+    for (name, help, get) in per_service {
+        let mut f = Family::new(&mut o, name, "counter", help);
+        for (svc, t) in &s.service_traffic {
+            f.sample(name, &[("service", svc)], get(t));
+        }
+    }
 
     if let Some(bgp) = &s.bgp {
         one(
@@ -506,7 +537,8 @@ mod tests {
             "queue":1,"released":0,"rx":2,"tx":6,"tx_completed":6,"tx_kick_errors":0,"tx_kicks":6,
             "tx_ring_full":0}]},
           "finished":false,"passed":0,"rx_packets":35,"tx":{}},
-        "packets":35,"panic_dropped":0,"passed":0,"rst_sent":0,"worker":0,"worker_panics":2}]}"#;
+        "packets":35,"panic_dropped":0,"passed":0,"rst_sent":0,"worker":0,"worker_panics":2}],
+      "service_traffic":{"web":{"packets":10,"bytes":900,"flows":2,"dropped":1}}}"#;
 
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
@@ -556,6 +588,21 @@ mod tests {
             sample(&t, r#"nodeplane_worker_panics_total{worker="0"}"#),
             Some(2.0)
         );
+        for (family, v) in [
+            ("flows", 2.0),
+            ("packets", 10.0),
+            ("bytes", 900.0),
+            ("dropped", 1.0),
+        ] {
+            assert_eq!(
+                sample(
+                    &t,
+                    &format!("nodeplane_service_{family}_total{{service=\"web\"}}")
+                ),
+                Some(v),
+                "{family}"
+            );
+        }
         // Every family is declared once.
         for family in [
             "nodeplane_xdp_frames_total",
