@@ -794,8 +794,19 @@ fn two_workers_hand_off_flows_to_their_owner() {
         ok += usize::from(lab.udp("client", "10.96.0.53:53").is_some());
         ok += usize::from(lab.udp("router", "192.168.100.2:30054").is_some());
     }
+    // Fragmented datagrams both ways (3 KB requests, echoed): the first fragment's receiver
+    // records its owner, later fragments follow it to that worker wherever they arrive.
+    let big = format!("big{}\n", "x".repeat(3000));
+    let mut big_ok = 0;
+    for _ in 0..8 {
+        for (ns, target) in [("client", "10.96.0.53:53"), ("router", "192.168.100.2:30054")] {
+            let a = lab.udp_with(ns, target, big.as_bytes()).unwrap_or_default();
+            big_ok += usize::from(a.ends_with(big.trim_end()));
+        }
+    }
     let st = np.stats();
     assert_eq!(ok, 48, "every request answered with two workers: {st}");
+    assert_eq!(big_ok, 16, "every fragmented request answered whole: {st}");
     let workers = st["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2);
     assert!(

@@ -23,6 +23,8 @@
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
+
+use super::owner::FragOwners;
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::BURST;
 
@@ -64,7 +66,12 @@ pub struct Handoff {
     workers: usize,
     inbound: Vec<ArrayQueue<Batch>>,
     pool: ArrayQueue<Batch>,
+    /// Owners of recent fragmented datagrams (`runtime::owner`), shared like the queues.
+    frags: FragOwners,
 }
+
+/// Fragmented datagrams whose owner the workers remember (a slot each; 32 KiB).
+const FRAG_OWNER_SLOTS: usize = 4096;
 
 impl Handoff {
     /// `depth`: frames queued per destination worker (rounded up to whole batches, at least
@@ -81,12 +88,18 @@ impl Handoff {
             workers,
             inbound: (0..workers).map(|_| ArrayQueue::new(per)).collect(),
             pool,
+            frags: FragOwners::new(if workers > 1 { FRAG_OWNER_SLOTS } else { 2 }),
         })
     }
 
     /// Batches queued for worker `w`.
     pub fn queued(&self, w: usize) -> usize {
         self.inbound.get(w).map_or(0, ArrayQueue::len)
+    }
+
+    /// Owners of recent fragmented datagrams.
+    pub fn frag_owners(&self) -> &FragOwners {
+        &self.frags
     }
 
     /// Batches in the pool (all of them when no worker holds or queues one).
@@ -130,6 +143,11 @@ pub struct HandoffPort {
 }
 
 impl HandoffPort {
+    /// The shared side (queues, pool, fragment owners).
+    pub fn shared(&self) -> &Handoff {
+        &self.shared
+    }
+
     pub fn new(shared: Arc<Handoff>, me: usize) -> HandoffPort {
         let w = shared.workers;
         HandoffPort {

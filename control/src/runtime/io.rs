@@ -32,7 +32,7 @@ use nodeplane_xdp::{Action as XskAction, SocketId, XskWorker};
 use serde::{Deserialize, Serialize};
 
 use super::handoff::{Handoff, HandoffPort, StageError};
-use super::owner::{frame_owner_hash, owner_of, OwnerIndex};
+use super::owner::{frame_owner, OwnerIndex};
 
 /// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,10 +237,10 @@ impl AfXdpIo {
             if let Some(t) = tables.as_deref() {
                 for i in 0..received {
                     let frame = burst.frame(i);
-                    let Some(h) = frame_owner_hash(t, owners, frame) else {
+                    let frags = handoff.shared().frag_owners();
+                    let Some(owner) = frame_owner(t, owners, frags, frame, workers) else {
                         continue;
                     };
-                    let owner = owner_of(h, workers);
                     if owner == me {
                         continue;
                     }

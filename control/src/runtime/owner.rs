@@ -21,8 +21,15 @@
 //! (the rules are applied to the quoted header). Known corner (documented in docs/runtime.md):
 //! a flow between two backend ports with no service in between (`web1:8080 → web2:8080`)
 //! hashes its directions differently by rules 2 and 3; such a reply reaches a worker without
-//! the flow and is treated as a new flow. Non-first IP fragments carry no ports and are
-//! owned by their addresses alone.
+//! the flow and is treated as a new flow.
+//!
+//! Non-first IP fragments carry no ports. The worker that receives a first fragment (which has
+//! them) records its owner in [`FragOwners`], shared by all workers, under the datagram's
+//! identity; later fragments, wherever they arrive, go to that owner. A later fragment whose
+//! first fragment was not seen yet (out of order, or its record overwritten) falls back to its
+//! addresses alone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashSet;
 use nodeplane_dataplane::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -102,14 +109,19 @@ pub fn frame_owner_hash(t: &Tables, idx: &OwnerIndex, frame: &[u8]) -> Option<u6
         Ok(Parsed::Ip(m)) => m,
         _ => return None,
     };
+    Some(meta_owner_hash(t, idx, frame, &m))
+}
+
+/// [`frame_owner_hash`] of a parsed frame (a later fragment: by its addresses alone).
+fn meta_owner_hash(t: &Tables, idx: &OwnerIndex, frame: &[u8], m: &Meta) -> u64 {
     if m.frag == Frag::Later {
-        return Some(owner_hash(t, idx, m.src, 0, m.dst, 0, 0));
+        return owner_hash(t, idx, m.src, 0, m.dst, 0, 0);
     }
-    if parse::is_icmp_error(&m) && m.has_l4() {
+    if parse::is_icmp_error(m) && m.has_l4() {
         let off = usize::from(m.l4_off) + 8;
         if let Ok(inner) = parse::parse_inner(frame, off, usize::from(m.ip_end), m.v6) {
             if inner.has_l4() {
-                return Some(owner_hash(
+                return owner_hash(
                     t,
                     idx,
                     inner.src,
@@ -117,11 +129,87 @@ pub fn frame_owner_hash(t: &Tables, idx: &OwnerIndex, frame: &[u8]) -> Option<u6
                     inner.dst,
                     inner.dport,
                     inner.proto,
-                ));
+                );
             }
         }
     }
-    Some(owner_hash(t, idx, m.src, m.sport, m.dst, m.dport, m.proto))
+    owner_hash(t, idx, m.src, m.sport, m.dst, m.dport, m.proto)
+}
+
+/// Owners of recent fragmented datagrams: a fixed table of atomic slots shared by the workers
+/// (written by the worker that receives a first fragment, read by the one that receives a
+/// later fragment). No lock and no allocation per packet; a slot holds a tag of the datagram's
+/// identity and its owner, and a newer datagram hashing to the same slot overwrites it.
+#[derive(Debug)]
+pub struct FragOwners {
+    slots: Box<[AtomicU64]>,
+}
+
+impl FragOwners {
+    /// `slots` is rounded up to a power of two.
+    pub fn new(slots: usize) -> FragOwners {
+        let n = slots.max(2).next_power_of_two();
+        FragOwners {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The datagram's identity: (src, dst, id, protocol) for IPv4; (src, dst, id) for IPv6,
+    /// whose fragments the pipeline keys without the protocol.
+    fn key(m: &Meta) -> u64 {
+        let proto = if m.v6 { 0 } else { m.proto };
+        let a = endpoint_hash(&m.src, 0, proto);
+        let b = endpoint_hash(&m.dst, 0, 0);
+        mix(a ^ b.rotate_left(29) ^ u64::from(m.frag_id) << 8)
+    }
+
+    fn slot(&self, k: u64) -> &AtomicU64 {
+        &self.slots[(k as usize) & (self.slots.len() - 1)]
+    }
+
+    /// A first fragment was received: its datagram belongs to `owner`.
+    pub fn record(&self, m: &Meta, owner: usize) {
+        let k = Self::key(m);
+        let v = (k & !0xffff) | (owner as u64 & 0x7fff) | 0x8000;
+        self.slot(k).store(v, Ordering::Relaxed);
+    }
+
+    /// The owner recorded for a later fragment's datagram.
+    pub fn lookup(&self, m: &Meta) -> Option<usize> {
+        let k = Self::key(m);
+        let v = self.slot(k).load(Ordering::Relaxed);
+        (v & 0x8000 != 0 && v & !0xffff == k & !0xffff).then_some((v & 0x7fff) as usize)
+    }
+}
+
+/// The worker that owns a frame's flow among `workers`, or `None` when any worker may take
+/// it (see [`frame_owner_hash`]). Fragments: a first fragment records its owner in `frags`,
+/// a later fragment goes to the owner recorded for its datagram (see the module docs).
+pub fn frame_owner(
+    t: &Tables,
+    idx: &OwnerIndex,
+    frags: &FragOwners,
+    frame: &[u8],
+    workers: usize,
+) -> Option<usize> {
+    let m: Meta = match parse::parse(frame) {
+        Ok(Parsed::Ip(m)) => m,
+        _ => return None,
+    };
+    match m.frag {
+        Frag::Later => Some(
+            frags
+                .lookup(&m)
+                .filter(|&w| w < workers)
+                .unwrap_or_else(|| owner_of(meta_owner_hash(t, idx, frame, &m), workers)),
+        ),
+        Frag::First => {
+            let w = owner_of(meta_owner_hash(t, idx, frame, &m), workers);
+            frags.record(&m, w);
+            Some(w)
+        }
+        Frag::None => Some(owner_of(meta_owner_hash(t, idx, frame, &m), workers)),
+    }
 }
 
 /// The worker index for a hash.
@@ -195,6 +283,77 @@ mod tests {
             let rep = owner_hash(&t, &idx, be, bport, src, sport, proto);
             assert_eq!(req, rep, "{src}:{sport} -> {dst}:{dport} via {be}:{bport}");
         }
+    }
+
+    /// An untagged IPv4 fragment: `first` has MF and the UDP header (ports), a later one has
+    /// an offset and only payload.
+    fn v4_fragment(src: [u8; 4], dst: [u8; 4], id: u16, first: bool, ports: (u16, u16)) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 16];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&36u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        let frag: u16 = if first { 0x2000 } else { 185 }; // MF, or offset 1480 bytes
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = PROTO_UDP;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let mut sum = 0u32;
+        for c in ip.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        if first {
+            f[34..36].copy_from_slice(&ports.0.to_be_bytes());
+            f[36..38].copy_from_slice(&ports.1.to_be_bytes());
+            f[38..40].copy_from_slice(&3000u16.to_be_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn later_fragments_follow_the_owner_of_their_first_fragment() {
+        let t = tables();
+        let idx = OwnerIndex::new(&t);
+        let frags = FragOwners::new(4096);
+        let (world, node) = ([192, 168, 100, 1], [192, 168, 100, 2]);
+        let workers = 4;
+        let mut moved = 0;
+        for i in 0..200u16 {
+            // A fragmented NodePort request (dns-nodeport, 30054/udp) from many client ports.
+            let first = v4_fragment(world, node, 1000 + i, true, (20_000 + i, 30054));
+            let later = v4_fragment(world, node, 1000 + i, false, (0, 0));
+            let by_addresses = frame_owner(&t, &idx, &FragOwners::new(2), &later, workers);
+            let w = frame_owner(&t, &idx, &frags, &first, workers).expect("IP");
+            // The first fragment's owner is its flow's: the unfragmented reply's owner.
+            let reply = owner_hash(
+                &t,
+                &idx,
+                a("10.244.1.21"),
+                5353,
+                a("192.168.100.1"),
+                20_000 + i,
+                PROTO_UDP,
+            );
+            assert_eq!(w, owner_of(reply, workers));
+            assert_eq!(frame_owner(&t, &idx, &frags, &later, workers), Some(w));
+            moved += usize::from(by_addresses != Some(w));
+        }
+        // Without the record most later fragments would have gone elsewhere (by addresses
+        // alone: one worker for all of them).
+        assert!(moved > 100, "{moved} of 200 datagrams needed the record");
+
+        // Unknown datagram: by addresses, as before. Another id in the same slot is no match.
+        let stray = v4_fragment(world, node, 999, false, (0, 0));
+        assert_eq!(
+            frame_owner(&t, &idx, &frags, &stray, workers),
+            frame_owner(&t, &idx, &FragOwners::new(2), &stray, workers)
+        );
     }
 
     #[test]
