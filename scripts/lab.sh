@@ -6,7 +6,7 @@
 #   scripts/lab.sh down    delete everything it created, by name; idempotent
 #   scripts/lab.sh status  list the lab's namespaces and the node's interfaces
 #   scripts/lab.sh demo    up, run the daemon (nodeplane run --config, AF_XDP) with examples/state,
-#                          drive traffic, show status / ct list / explain, stop, down
+#                          drive traffic, show status / ct list / service list / explain, stop, down
 #
 #        np-router   eth0 02:00:00:00:00:fe  192.168.100.1/24  fd00:100::1/64
 #            |       routes 10.244.1.0/24, 10.96.0.0/12, 203.0.113.10, fd00:244:1::/64,
@@ -168,7 +168,7 @@ lab_status() {
 
 # The end-to-end demo: the nodeplane daemon (`nodeplane run --config`, AF_XDP I/O) on the lab's
 # node with the bundled example state, real clients and servers in the pods and the router,
-# then what the running daemon says about it (`nodeplane status`, `ct list`, `explain`), a
+# then what the running daemon says about it (`nodeplane status`, `ct list`, `service list`, `explain`), a
 # clean stop and the teardown. NODEPLANE_BIN overrides the binary (default: a release build of
 # this checkout).
 lab_demo() {
@@ -248,6 +248,9 @@ CFG
   echo
   echo "== nodeplane ct list"
   "$bin" ct list --socket "$sock" || true
+  echo
+  echo "== nodeplane service list (with the traffic each service saw)"
+  "$bin" service list --socket "$sock" || true
   echo
   echo "== nodeplane explain --iface pod-client --proto tcp --src 10.244.1.10:40000 --dst 10.244.1.21:9050"
   "$bin" explain --socket "$sock" --iface pod-client --proto tcp \
