@@ -142,6 +142,8 @@ pub trait IoBackend {
             ..IoStatus::default()
         }
     }
+    /// A worker thread ended while the daemon runs (its queues have no socket any more).
+    fn worker_died(&mut self, _worker: usize) {}
     /// Called after the workers stopped (AF_XDP: detach XDP).
     fn stop(&mut self) {}
 }

@@ -799,7 +799,10 @@ fn two_workers_hand_off_flows_to_their_owner() {
     let big = format!("big{}\n", "x".repeat(3000));
     let mut big_ok = 0;
     for _ in 0..8 {
-        for (ns, target) in [("client", "10.96.0.53:53"), ("router", "192.168.100.2:30054")] {
+        for (ns, target) in [
+            ("client", "10.96.0.53:53"),
+            ("router", "192.168.100.2:30054"),
+        ] {
             let a = lab.udp_with(ns, target, big.as_bytes()).unwrap_or_default();
             big_ok += usize::from(a.ends_with(big.trim_end()));
         }

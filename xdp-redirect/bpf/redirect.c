@@ -6,8 +6,8 @@
  *   - steer:  bpf_redirect_map(&xsks, slot(ifindex, rx_queue), XDP_PASS) to the AF_XDP socket of
  *             this interface queue, where the userspace pipeline owns the frame;
  *   - pass:   XDP_PASS to the kernel stack (ARP, ND, BGP, SSH, host traffic, anything unknown).
- * It never drops and never rewrites: all decisions that can be wrong live in userspace, where
- * they are tested and replayed. Every exit is counted in `counters` by reason (enum np_counter).
+ * It never rewrites and drops only on request (see DROP_NO_SOCKET below): all decisions that
+ * can be wrong live in userspace, where they are tested and replayed. Every exit is counted in `counters` by reason (enum np_counter).
  *
  * Decision order (first match wins):
  *   1. not IPv4/IPv6 (after at most one 802.1Q/802.1ad tag)       -> pass  NOT_IP
@@ -23,7 +23,10 @@
  *   7. ingress interface in `pod_ifaces`: all remaining IP traffic  -> steer POD
  *   8. dst in `steer_v4` / `steer_v6` (PodCIDRs, service VIPs)      -> steer UPLINK
  *   9. anything else (traffic for the host: BGP, SSH, ...)          -> pass  NOT_STEERED
- * A steer whose (interface, queue) has no socket (yet) falls back to the kernel: NO_SOCKET.
+ * A steer whose (interface, queue) has no socket (yet) falls back to the kernel: NO_SOCKET --
+ * unless `config.no_socket_drop` is set (the runtime sets it when a worker died, so that its
+ * queues' traffic is not forwarded by the kernel without policy): then it is dropped,
+ * DROP_NO_SOCKET. That is the program's only drop, and only on the loader's request.
  *
  * Fragments: a non-first IPv4/IPv6 fragment carries no ports, so it cannot match a NodePort by
  * itself. When rule 5 steers a first fragment (offset 0, more fragments), the datagram's
@@ -57,7 +60,8 @@ enum np_counter {
 	NP_PASS_HOST = 8,
 	NP_PASS_NOT_STEERED = 9,
 	NP_REDIRECT_FRAGMENT = 10,
-	NP_COUNTER_MAX = 11,
+	NP_DROP_NO_SOCKET = 11,
+	NP_COUNTER_MAX = 12,
 };
 
 /* Sizes; the loader documents them as limits (src/maps.rs `limits`). */
@@ -98,6 +102,11 @@ struct np_frag_key {
 	__u32 id;   /* as read from the header (IPv4: 16 bits, zero-extended) */
 	__u8 proto;
 	__u8 pad[3]; /* always 0 */
+};
+
+/* Runtime switches, written by the loader (one entry, key 0). */
+struct np_config {
+	__u32 no_socket_drop; /* 1: steered traffic without a socket is dropped, not passed */
 };
 
 struct np_xsk_slot {
@@ -155,6 +164,13 @@ struct {
 	__type(key, struct np_nodeport);
 	__type(value, __u32);
 } nodeports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct np_config);
+} config SEC(".maps");
 
 /* Written by the program only: datagrams whose first fragment went to a NodePort. */
 struct {
@@ -322,6 +338,16 @@ static __always_inline enum parse_result parse_ipv6(void *l3, void *end, struct 
 	return parse_l4(cur, end, pkt);
 }
 
+static __always_inline int no_socket(void)
+{
+	__u32 zero = 0;
+	struct np_config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (cfg && cfg->no_socket_drop)
+		return count(NP_DROP_NO_SOCKET, XDP_DROP);
+	return count(NP_PASS_NO_SOCKET, XDP_PASS);
+}
+
 static __always_inline int steer(struct xdp_md *ctx, __u32 reason)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
@@ -329,13 +355,13 @@ static __always_inline int steer(struct xdp_md *ctx, __u32 reason)
 	struct np_xsk_slot *slot = bpf_map_lookup_elem(&xsk_slots, &ifindex);
 
 	if (!slot || queue >= slot->queues)
-		return count(NP_PASS_NO_SOCKET, XDP_PASS);
+		return no_socket();
 	/* Falls back to XDP_PASS (lower bits of flags) when the slot holds no socket. */
 	long act = bpf_redirect_map(&xsks, slot->base + queue, XDP_PASS);
 
 	if (act == XDP_REDIRECT)
 		return count(reason, XDP_REDIRECT);
-	return count(NP_PASS_NO_SOCKET, XDP_PASS);
+	return no_socket();
 }
 
 SEC("xdp")

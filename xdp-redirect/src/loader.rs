@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, fmt, os::fd::AsRawFd};
 
 use aya::{
     include_bytes_aligned,
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, XskMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, XskMap},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
@@ -295,6 +295,8 @@ impl Loader {
             "host_addrs",
             "nodeports",
             "counters",
+            "config",
+            "frags",
         ] {
             if ebpf.map(name).is_none() {
                 return Err(LoadError::Missing { what: "map", name });
@@ -644,6 +646,15 @@ impl Loader {
             }
         }
         Ok(())
+    }
+
+    /// What steered traffic that finds no socket on its (interface, queue) gets: `false`
+    /// (default): passed to the kernel (`pass_no_socket`); `true`: dropped
+    /// (`drop_no_socket`). The runtime asks for drops when a worker died, so that its queues'
+    /// traffic is not forwarded by the kernel without policy.
+    pub fn set_no_socket_drop(&mut self, drop: bool) -> Result<(), MapError> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map("config"))?;
+        m.set(0, u32::from(drop), 0)
     }
 
     /// Reads the program's per-reason counters, summed over CPUs.

@@ -67,11 +67,14 @@ pub enum Counter {
     PassNotSteered,
     /// Steered: a non-first fragment of a datagram whose first fragment went to a NodePort.
     RedirectFragment,
+    /// Would be steered, no socket, and the loader asked to drop such frames (a dead worker):
+    /// dropped instead of passed to the kernel unpoliced.
+    DropNoSocket,
 }
 
 impl Counter {
     /// All counters, in map index order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::RedirectPod,
         Counter::RedirectUplink,
         Counter::RedirectNodePort,
@@ -83,6 +86,7 @@ impl Counter {
         Counter::PassHost,
         Counter::PassNotSteered,
         Counter::RedirectFragment,
+        Counter::DropNoSocket,
     ];
 
     /// Index in the `counters` map.
@@ -104,10 +108,16 @@ impl Counter {
             Counter::PassHost => "pass_host",
             Counter::PassNotSteered => "pass_not_steered",
             Counter::RedirectFragment => "redirect_fragment",
+            Counter::DropNoSocket => "drop_no_socket",
         }
     }
 
-    /// Whether this exit is `XDP_REDIRECT` (else `XDP_PASS`).
+    /// Whether this exit is `XDP_DROP`.
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Counter::DropNoSocket)
+    }
+
+    /// Whether this exit is `XDP_REDIRECT` (else `XDP_PASS`, or `XDP_DROP`: [`Self::is_drop`]).
     pub const fn is_redirect(self) -> bool {
         matches!(
             self,
@@ -149,7 +159,16 @@ impl Counters {
     pub fn passed(&self) -> u64 {
         Counter::ALL
             .iter()
-            .filter(|c| !c.is_redirect())
+            .filter(|c| !c.is_redirect() && !c.is_drop())
+            .map(|&c| self.get(c))
+            .sum()
+    }
+
+    /// Frames dropped by the program (only on request: see [`Counter::DropNoSocket`]).
+    pub fn dropped(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_drop())
             .map(|&c| self.get(c))
             .sum()
     }

@@ -318,6 +318,26 @@ fn steers_owned_destinations_and_passes_the_rest() {
         }
         w.check_accounting().expect("frame accounting");
 
+        // The sockets close (a worker that died): steered traffic goes to the kernel, or is
+        // dropped once the loader asks for it, and passes again when asked.
+        drop(w);
+        let no_socket = |loader: &Loader, label: &[u8]| {
+            let before = loader.counters().unwrap();
+            bed.peer.run(|| udp_send("10.99.0.7:9000", label, 3));
+            std::thread::sleep(Duration::from_millis(200));
+            let after = loader.counters().unwrap();
+            (
+                delta(&after, &before, Counter::PassNoSocket),
+                delta(&after, &before, Counter::DropNoSocket),
+            )
+        };
+        assert_eq!(no_socket(&loader, b"no socket, passed"), (3, 0));
+        loader.set_no_socket_drop(true).expect("config map");
+        assert_eq!(no_socket(&loader, b"no socket, dropped"), (0, 3));
+        assert_eq!(loader.counters().unwrap().dropped(), 3);
+        loader.set_no_socket_drop(false).expect("config map");
+        assert_eq!(no_socket(&loader, b"no socket, passed again"), (3, 0));
+
         // A config the maps cannot hold is rejected whole; the previous one stays in force.
         let kept = loader.steering().clone();
         let mut too_big = cfg3.clone();

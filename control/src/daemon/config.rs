@@ -276,6 +276,16 @@ mod tests {
         assert!(!a.pin);
         assert_eq!(a.ring_size, 1024);
         assert_eq!(a.neigh_refresh, 0.5);
+        assert_eq!(
+            a.dead_worker,
+            crate::runtime::DeadWorkerAction::Drop,
+            "fail closed by default"
+        );
+        let c = parse("io: { afxdp: { dead_worker: pass } }").unwrap();
+        assert_eq!(
+            c.io.afxdp.unwrap().dead_worker,
+            crate::runtime::DeadWorkerAction::Pass
+        );
         // The top-level key sets it as well; both agreeing is fine.
         let c = parse("workers: 2\nio: { afxdp: {} }").unwrap();
         assert_eq!(c.workers, 2);
@@ -295,6 +305,7 @@ mod tests {
                 "io.afxdp.neigh_refresh",
             ),
             ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
+            ("io: { afxdp: { dead_worker: ignore } }", "dead_worker"),
             ("io: { afxdp: { workers: 65 } }", "workers"),
             (
                 "io: { afxdp: {}, replay: { inputs: [{ iface: a, file: b }] } }",

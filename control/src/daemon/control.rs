@@ -549,6 +549,7 @@ impl Control {
         if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
+        let mut died = Vec::new();
         for w in &mut self.workers {
             if !w.join.as_ref().is_some_and(|j| j.is_finished()) {
                 continue;
@@ -566,6 +567,10 @@ impl Control {
                 worker: w.id,
                 reason,
             });
+            died.push(w.id);
+        }
+        for id in died {
+            self.io.worker_died(id);
         }
     }
 
@@ -1152,6 +1157,8 @@ mod tests {
         veto: Option<String>,
         /// The I/O of this worker panics when its thread starts (outside the turn's catch).
         die: Option<usize>,
+        /// `worker_died` calls.
+        died: Vec<usize>,
     }
 
     /// Panics on its worker's thread before the loop: the thread dies.
@@ -1210,6 +1217,9 @@ mod tests {
         }
         fn stop(&mut self) {
             self.0.lock().unwrap().stopped += 1;
+        }
+        fn worker_died(&mut self, worker: usize) {
+            self.0.lock().unwrap().died.push(worker);
         }
         fn prepare(&mut self, t: &Tables) -> Result<(), String> {
             let mut c = self.0.lock().unwrap();
@@ -1390,8 +1400,14 @@ mod tests {
         // The live worker still answers.
         assert_eq!(st.workers.len(), 1);
         assert_eq!(st.workers[0].worker, 0);
+        assert_eq!(
+            calls.lock().unwrap().died,
+            vec![1],
+            "the I/O was told once (AF_XDP: drop its queues' traffic)"
+        );
         stop.store(true, Ordering::Relaxed);
         assert_eq!(c.join_workers().len(), 1);
         assert_eq!(c.dead_workers().len(), 1, "listed once");
+        assert_eq!(calls.lock().unwrap().died, vec![1], "not again at stop");
     }
 }

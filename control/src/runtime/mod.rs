@@ -65,6 +65,21 @@ pub struct AfXdpConfig {
     pub neigh_refresh: f64,
     /// Hand-off queue depth per worker (frames).
     pub handoff_depth: usize,
+    /// What happens to the steered traffic of a worker's queues when that worker died.
+    pub dead_worker: DeadWorkerAction,
+}
+
+/// `io.afxdp.dead_worker`: a worker thread that ended leaves its queues without a socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadWorkerAction {
+    /// The XDP program drops their steered traffic (`drop_no_socket`): fail closed, nothing
+    /// crosses the node without policy.
+    #[default]
+    Drop,
+    /// The XDP program passes it to the kernel (`pass_no_socket`), which forwards pod traffic
+    /// by its own routes: without policy and without service NAT.
+    Pass,
 }
 
 impl Default for AfXdpConfig {
@@ -76,6 +91,7 @@ impl Default for AfXdpConfig {
             frames_per_socket: 2048,
             neigh_refresh: 2.0,
             handoff_depth: 1024,
+            dead_worker: DeadWorkerAction::Drop,
         }
     }
 }
@@ -405,6 +421,30 @@ impl IoBackend for AfXdpBackend {
 
     fn prepare(&mut self, tables: &Tables) -> Result<(), String> {
         self.apply_steering(tables).map_err(|e| e.to_string())
+    }
+
+    fn worker_died(&mut self, worker: usize) {
+        let Some(l) = self.loader.as_mut() else {
+            return;
+        };
+        match self.cfg.dead_worker {
+            DeadWorkerAction::Pass => log::error!(
+                "AF_XDP: worker {worker} died: the kernel now forwards its queues' traffic \
+                 WITHOUT policy or service NAT (io.afxdp.dead_worker: pass); restart nodeplane"
+            ),
+            DeadWorkerAction::Drop => match l.set_no_socket_drop(true) {
+                Ok(()) => log::error!(
+                    "AF_XDP: worker {worker} died: its queues' steered traffic is now DROPPED \
+                     (XDP drop_no_socket) rather than forwarded by the kernel without policy \
+                     (io.afxdp.dead_worker: drop); restart nodeplane"
+                ),
+                Err(e) => log::error!(
+                    "AF_XDP: worker {worker} died and the XDP program could not be switched to \
+                     drop its queues' traffic ({e}): the kernel forwards it WITHOUT policy; \
+                     restart nodeplane"
+                ),
+            },
+        }
     }
 
     fn status(&self) -> IoStatus {
