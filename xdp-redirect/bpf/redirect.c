@@ -240,6 +240,17 @@ static __always_inline enum parse_result parse_l4(void *l4, void *end, struct np
 	return PARSE_IP;
 }
 
+/* Writes the IPv4-mapped IPv6 form ::ffff:a.b.c.d of `v4` into `out` (zeroed by the caller). */
+static __always_inline void v4_mapped(__u8 *out, const __u8 *v4)
+{
+	out[10] = 0xff;
+	out[11] = 0xff;
+	out[12] = v4[0];
+	out[13] = v4[1];
+	out[14] = v4[2];
+	out[15] = v4[3];
+}
+
 static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct np_pkt *pkt)
 {
 	struct iphdr *ip = l3;
@@ -252,26 +263,14 @@ static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct 
 		return PARSE_MALFORMED;
 
 	__u8 *d = (__u8 *)&ip->daddr;
-	pkt->dst.addr[10] = 0xff;
-	pkt->dst.addr[11] = 0xff;
-	pkt->dst.addr[12] = d[0];
-	pkt->dst.addr[13] = d[1];
-	pkt->dst.addr[14] = d[2];
-	pkt->dst.addr[15] = d[3];
+	v4_mapped(pkt->dst.addr, d);
 	/* 224.0.0.0/4 multicast, 255.255.255.255 broadcast, 169.254.0.0/16 link-local */
 	pkt->is_mcast = (d[0] & 0xf0) == 0xe0 || ip->daddr == 0xffffffff ||
 			(d[0] == 169 && d[1] == 254);
 
 	/* MF or a fragment offset: a fragment. Only the first (offset 0) has the L4 header. */
 	if (ip->frag_off & np_htons(0x3fff)) {
-		__u8 *sa = (__u8 *)&ip->saddr;
-
-		pkt->fkey.src[10] = 0xff;
-		pkt->fkey.src[11] = 0xff;
-		pkt->fkey.src[12] = sa[0];
-		pkt->fkey.src[13] = sa[1];
-		pkt->fkey.src[14] = sa[2];
-		pkt->fkey.src[15] = sa[3];
+		v4_mapped(pkt->fkey.src, (__u8 *)&ip->saddr);
 		__builtin_memcpy(pkt->fkey.dst, pkt->dst.addr, 16);
 		pkt->fkey.id = ip->id;
 		pkt->fkey.proto = ip->protocol;
