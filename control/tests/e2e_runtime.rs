@@ -412,6 +412,12 @@ fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
         "every worker's frame accounting is checked at exit: {log}"
     );
     assert!(log.contains("XDP detached"), "{log}");
+    // The process is gone, so are its BPF links; the kernel detaches under the RTNL lock,
+    // which concurrent namespace tests may hold for a moment.
+    let t0 = Instant::now();
+    while lab.xdp_attached() && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!lab.xdp_attached(), "no XDP program left attached");
 }
 
