@@ -265,6 +265,8 @@ CFG
   kill -TERM "$(cat "$tmp/pid")"
   for i in $(seq 50); do kill -0 "$(cat "$tmp/pid")" 2>/dev/null || break; sleep 0.1; done
   grep -E 'stopped|detached|ERROR|level=error' "$tmp/nodeplane.log" | sed 's/^/   /'
+  # The kernel detaches a closed BPF link under the RTNL lock: give it a moment.
+  for i in $(seq 30); do ip -n "$NODE" -d link show | grep -q "prog/xdp" || break; sleep 0.1; done
   if ip -n "$NODE" -d link show | grep -q "prog/xdp"; then
     die "an XDP program is still attached"
   fi
