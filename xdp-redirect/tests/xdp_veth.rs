@@ -480,6 +480,13 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
             (a.dropped + b.dropped, a.released + b.released)
         };
 
+        // The peer resolves the node's MAC first: while ARP is pending its kernel would queue
+        // only a few of the datagrams below and drop the rest.
+        assert!(
+            bed.peer
+                .exec_ok(&["ping", "-c", "1", "-W", "2", &NODE_V4.to_string()]),
+            "the node answers ARP and ping"
+        );
         let (received, dropped, released) = run(&mut w, 3000);
         assert!(received > 500, "only {received} frames reached the sockets");
         assert!(w.stats(out).tx > 0);
