@@ -621,13 +621,15 @@ impl EventHub {
         self.attached.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Serves a subscriber on its own thread: the connection (its `observe` response already
-    /// written) receives the events matching `filter` until it goes away or `stop` is set.
+    /// Serves a subscriber on its own thread: the connection gets `pending` (the lines the
+    /// control socket still owed it, ending with the `observe` response), then the events
+    /// matching `filter` until it goes away or `stop` is set.
     pub fn attach(
         self: &Arc<EventHub>,
         id: u64,
         filter: EventFilter,
         stream: UnixStream,
+        pending: Vec<u8>,
         stop: Arc<AtomicBool>,
     ) {
         let (tx, rx) = bounded(SUBSCRIBER_QUEUE);
@@ -649,7 +651,7 @@ impl EventHub {
         let spawned = std::thread::Builder::new()
             .name(format!("np-observe-{id}"))
             .spawn(move || {
-                let r = stream_to(&hub, stream, &rx, &dropped, lost0, &stop);
+                let r = stream_to(&hub, stream, &pending, &rx, &dropped, lost0, &stop);
                 gone.store(true, Ordering::Relaxed);
                 drop(rx);
                 log::info!(
@@ -753,6 +755,7 @@ fn fan_out(hub: &EventHub, new_subs: &Receiver<Sub>, stop: &AtomicBool) {
 fn stream_to(
     hub: &EventHub,
     stream: UnixStream,
+    pending: &[u8],
     rx: &Receiver<Arc<FlowRecord>>,
     dropped: &AtomicU64,
     lost0: u64,
@@ -761,6 +764,7 @@ fn stream_to(
     stream.set_nonblocking(false)?;
     // A client that stops reading blocks only this thread, and only this long per write.
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    (&stream).write_all(pending)?;
     let mut w = BufWriter::with_capacity(64 * 1024, &stream);
     let line = |w: &mut BufWriter<&UnixStream>, l: &LineOut<'_>| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, l)?;

@@ -56,8 +56,10 @@ pub enum Reply {
     HandOff(Response, u64),
 }
 
-/// A connection handed over: its ticket and, unless it broke on the way, the stream.
-pub type Handed = (u64, Option<std::os::unix::net::UnixStream>);
+/// A connection handed over: its ticket and, unless it broke on the way, the stream (blocking
+/// now) with the output still to be written to it first (at least the hand-off's response
+/// line). The new owner writes it, not the event loop.
+pub type Handed = (u64, Option<(std::os::unix::net::UnixStream, Vec<u8>)>);
 
 #[derive(Debug)]
 struct Conn {
@@ -207,11 +209,8 @@ impl Server {
             let stream = self.conns.remove(&token).and_then(|mut c| {
                 let _ = registry.deregister(&mut c.stream);
                 let s = std::os::unix::net::UnixStream::from(c.stream);
-                // Blocking from here on, with a bound: the response lines still queued.
                 s.set_nonblocking(false).ok()?;
-                s.set_write_timeout(Some(IDLE_TIMEOUT)).ok()?;
-                (&s).write_all(&c.output).ok()?;
-                Some(s)
+                Some((s, c.output))
             });
             self.handed.push((ticket, stream));
             return;

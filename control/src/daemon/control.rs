@@ -229,10 +229,16 @@ impl Control {
 
     /// A connection the server handed over after an `observe` answer: it becomes a
     /// subscriber served on its own thread.
-    pub fn attach_observer(&mut self, ticket: u64, stream: Option<std::os::unix::net::UnixStream>) {
+    pub fn attach_observer(
+        &mut self,
+        ticket: u64,
+        stream: Option<(std::os::unix::net::UnixStream, Vec<u8>)>,
+    ) {
         let filter = self.observers_pending.remove(&ticket);
         match (filter, stream) {
-            (Some(f), Some(s)) => self.events.attach(ticket, f, s, self.stop.clone()),
+            (Some(f), Some((s, pending))) => {
+                self.events.attach(ticket, f, s, pending, self.stop.clone())
+            }
             (Some(_), None) => self.events.release(),
             (None, _) => {}
         }
