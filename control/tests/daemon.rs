@@ -779,6 +779,47 @@ fn observe_shows_new_flows_and_drops_with_names_and_filters() {
     let err = d.call_err(r#"{"cmd":"observe","filter":{"reason":"bogus"}}"#);
     assert!(err.contains("unknown drop reason"), "{err}");
 
+    // A closed pipe (`| head -1`) ends the CLI quietly; Ctrl-C ends it and the daemon
+    // detaches its subscriber.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["observe", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.contains(" -> "), "{first}");
+    } // stdout closed here: the next write gets EPIPE
+    let status = wait_for("observe to end on a closed pipe", 10, || {
+        child.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["observe", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("an observer attached", 10, || {
+        (d.status()["event_observers"] == 1).then_some(())
+    });
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = child.wait();
+
     // Everyone left: the workers stop recording.
     wait_for("observers detached", 10, || {
         (d.status()["event_observers"] == 0).then_some(())
