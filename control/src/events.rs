@@ -2,19 +2,19 @@
 //! dropped frames, streamed to `nodeplane observe` without slowing forwarding.
 //!
 //! ```text
-//!  worker i (per burst)                    np-events thread                 np-observe-k thread
-//!  ────────────────────                    ────────────────                 ───────────────────
-//!  observers.load() == 0 ─> nothing        pops every worker queue          rx.recv_timeout(1 s)
-//!  else, per frame of the burst:           sorts the batch by time          JSON line per event
-//!    new flow or drop?                     per subscriber: filter,          {"stats":..} each
-//!    FlowEvent (Copy, ~120 B) from the       name (service, endpoints,        second it is idle
-//!    burst's parse results + Outcome         interfaces), try_send ──────>  write error: gone
-//!    ArrayQueue::push (full: lost += 1)      full: dropped += 1 for it      (the fan-out sees
-//!  ──> queue (EVENT_QUEUE per worker) ──>  sets observers = subscribers      Disconnected)
+//!  worker i (per burst)              np-events thread                np-observe-k thread
+//!  ────────────────────              ────────────────                ───────────────────
+//!  observers == 0: nothing           sets observers = subscribers    one per subscriber:
+//!  else, per frame:                  pops every worker queue         recv_timeout(1 s),
+//!    new flow or drop?               sorts the round by time         JSON line per event,
+//!    FlowEvent (Copy, 112 B) from    names each event once           {"stats":..} when idle;
+//!    the burst's parse + Outcome     per subscriber: filter,         a write error ends it
+//!    ArrayQueue::push ─────────────>   try_send ───────────────────> (gone: the fan-out
+//!    (full: lost += 1)                 (full: dropped += 1 for it)    forgets it)
 //! ```
 //!
 //! Cost on the worker: with no observer, one `Relaxed` load per burst. With observers, per
-//! frame a test of the outcome and, for an event, a ~120-byte copy and one lock-free push
+//! frame a test of the outcome and, for an event, a 112-byte copy and one lock-free push
 //! (a CAS on the queue's tail); the original 5-tuple comes from the pipeline's own parse of the
 //! burst ([`Pipeline::parsed`](nodeplane_dataplane::Pipeline::parsed)), taken before any
 //! rewrite, so no frame is parsed twice. Nothing is allocated, locked or logged per packet.
@@ -730,7 +730,7 @@ fn fan_out(hub: &EventHub, new_subs: &Receiver<Sub>, stop: &AtomicBool) {
             batch.sort_unstable_by_key(|e| e.ts);
             let kept = hub.tables.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for ev in &batch {
-                // Named once, and only if a subscriber wants it.
+                // Named once per event, then filtered per subscriber.
                 let rec = Arc::new(resolve(ev, &kept, hub.wall_offset));
                 for s in &subs {
                     if !s.filter.matches(&rec) {
