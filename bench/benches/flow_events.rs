@@ -12,6 +12,8 @@
 //! `process_burst` alone or `process_burst` + `EventTap::record_burst`. Timed: that only
 //! (restoring the frames and, every 3750 bursts, re-making the conntrack are outside).
 //!
+//! `flow_events/record_burst` times the recording alone (per event: criterion's elements).
+//!
 //! Run: `cargo bench -p nodeplane-bench --bench flow_events`
 
 use std::hint::black_box;
@@ -119,6 +121,20 @@ impl Mix {
         black_box(&self.out);
     }
 
+    /// The recording alone, again on the last burst's outcomes (16 events of 64 frames).
+    #[inline(never)]
+    fn record_again(&mut self) {
+        let mut it = self.bufs.iter_mut();
+        let pkts: [Packet<'_>; BURST] = std::array::from_fn(|i| Packet {
+            data: it.next().expect("64 buffers").as_mut_slice(),
+            iface: self.iface,
+            ts: 2,
+            tag: i as u64,
+        });
+        let parsed = self.p.parsed(BURST);
+        self.tap.record_burst(0, 1, 2, &pkts, &self.out, parsed);
+    }
+
     /// Runs `bursts` bursts; returns the time spent in [`Mix::burst`].
     fn run(&mut self, bursts: u64) -> Duration {
         let mut total = Duration::ZERO;
@@ -190,6 +206,16 @@ fn criterion_groups(c: &mut Criterion, s: &mut Setup) {
     });
     g.bench_function(BenchmarkId::from_parameter("observer"), |b| {
         b.iter_custom(|iters| s.observed.run(iters))
+    });
+    g.finish();
+    // The worker's added work per observed burst of this mix, alone (16 events of 64 frames;
+    // the consumer drains the queue meanwhile).
+    let mut g = c.benchmark_group("flow_events/record_burst");
+    g.throughput(Throughput::Elements(NEW_PER_BURST as u64));
+    s.observed.restore();
+    s.observed.burst();
+    g.bench_function(BenchmarkId::from_parameter("16_events_of_64"), |b| {
+        b.iter(|| s.observed.record_again())
     });
     g.finish();
 }
