@@ -7,7 +7,7 @@
 //!  observers == 0: nothing           sets observers = subscribers    one per subscriber:
 //!  else, per frame:                  pops every worker queue         recv_timeout(1 s),
 //!    new flow or drop?               sorts the round by time         JSON line per event,
-//!    FlowEvent (Copy, 112 B) from    names each event once           {"stats":..} when idle;
+//!    FlowEvent (Copy, 112 B) from    names each event once           {"stats":..} each 1 s;
 //!    the burst's parse + Outcome     per subscriber: filter,         a write error ends it
 //!    ArrayQueue::push ─────────────>   try_send ───────────────────> (gone: the fan-out
 //!    (full: lost += 1)                 (full: dropped += 1 for it)    forgets it)
@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use crossbeam::queue::ArrayQueue;
@@ -57,8 +57,8 @@ pub const MAX_OBSERVERS: usize = 16;
 pub const TABLES_KEPT: usize = 4;
 /// Events the fan-out takes from one worker queue per round (keeps rounds short).
 const ROUND: usize = 4_096;
-/// A subscriber connection idle this long gets a `stats` line (which also finds a client that
-/// went away).
+/// How often a subscriber connection gets a `stats` line (when idle, it also finds a client
+/// that went away).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// One flow event as the worker records it: fixed size, `Copy`, indexes not names.
@@ -358,7 +358,7 @@ enum LineOut<'a> {
     Stats(StreamStats),
 }
 
-/// Sent when a stream is idle (every second) and counts what this subscriber missed.
+/// Sent once a second (busy or idle): what this subscriber missed so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamStats {
     /// Events that matched but were dropped because this subscriber read too slowly.
@@ -770,6 +770,11 @@ fn stream_to(
         serde_json::to_writer(&mut *w, l)?;
         w.write_all(b"\n")
     };
+    let stats = || StreamStats {
+        dropped: dropped.load(Ordering::Relaxed),
+        lost: hub.lost_total().saturating_sub(lost0),
+    };
+    let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(HEARTBEAT) {
             Ok(first) => {
@@ -778,14 +783,16 @@ fn stream_to(
                     line(&mut w, &LineOut::Event(&r))?;
                     next = rx.try_recv().ok();
                 }
+                // A stream that is never idle still learns what it missed, once a second.
+                if last_stats.elapsed() >= HEARTBEAT {
+                    line(&mut w, &LineOut::Stats(stats()))?;
+                    last_stats = Instant::now();
+                }
                 w.flush()?;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let s = StreamStats {
-                    dropped: dropped.load(Ordering::Relaxed),
-                    lost: hub.lost_total().saturating_sub(lost0),
-                };
-                line(&mut w, &LineOut::Stats(s))?;
+                line(&mut w, &LineOut::Stats(stats()))?;
+                last_stats = Instant::now();
                 w.flush()?;
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
