@@ -905,3 +905,36 @@ fn a_subscriber_that_does_not_read_does_not_stop_forwarding() {
     assert!(ok, "{out}");
     assert_eq!(events_of(&out).len(), 3, "{out}");
 }
+
+#[test]
+fn observe_merges_the_events_of_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two inputs, dealt one per worker: denied SYNs on worker 0, no-endpoint datagrams on
+    // worker 1.
+    let a = dir.path().join("a.pcap");
+    let b = dir.path().join("b.pcap");
+    write_pcap(&a, &[tcp4(CLIENT, [10, 244, 1, 21], 42000, 9050, true)]);
+    write_pcap(&b, &[udp4(CLIENT, [10, 244, 1, 99], 43000, 53)]);
+    let io = format!(
+        "workers: 2\nio:\n  replay:\n    inputs: [{{ iface: pod-client, file: {} }}, {{ iface: pod-client, file: {} }}]\n    rate_pps: 200\n    vary_ports: true\n",
+        a.display(),
+        b.display()
+    );
+    let d = Daemon::start_in(dir, &io);
+    let (ok, out) = d.cli(&["observe", "--json", "-n", "400"]);
+    assert!(ok, "{out}");
+    let evs = events_of(&out);
+    assert_eq!(evs.len(), 400, "{out}");
+    for w in [0, 1] {
+        let reason = ["policy-denied", "no-endpoint"][w];
+        let mine: Vec<_> = evs.iter().filter(|e| e["worker"] == w).collect();
+        assert!(!mine.is_empty(), "no event from worker {w}: {out}");
+        assert!(mine.iter().all(|e| e["drop_reason"] == reason), "{out}");
+    }
+    let s = d.status();
+    for w in 0..2 {
+        let e = &s["workers"][w]["events"];
+        assert!(e["emitted"].as_u64().unwrap() > 0, "worker {w}: {s}");
+        assert_eq!(e["lost"], 0, "worker {w}: {s}");
+    }
+}
