@@ -3,7 +3,10 @@
 //! ```text
 //!  loop {
 //!    subscriber.poll()          one atomic load; new tables / policy mode between bursts
-//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [RST rewrite] → tx
+//!    events.observed()          one atomic load: is a `nodeplane observe` attached?
+//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [flow events:
+//!                               new flows and drops → this worker's queue, if observed]
+//!                               → [RST rewrite] → tx
 //!    pipeline.drain()           held fragments that became ready or timed out
 //!    serve ≤ 8 control requests ct list / flush / stats / explain (bounded channel)
 //!    every 1 s: full GC         (incremental GC runs inside every burst)
