@@ -902,6 +902,35 @@ mod tests {
     }
 
     #[test]
+    fn events_are_named_with_the_tables_of_their_generation() {
+        let t1 = example();
+        let mut p = Pipeline::new(Arc::clone(&t1));
+        let pc = t1.iface_index("pod-client").unwrap();
+        let mut f = tcp_syn([10, 244, 1, 10], [10, 96, 0, 10], 40000, 80);
+        let o = p.process_one(&mut f, pc, 5);
+        let ev = FlowEvent::new(0, 1, pc, 5, &p.parsed(1)[0], &o);
+        // Generation 2 puts a service in front: every index moves by one.
+        let mut s2 = nodeplane_state::example::state().unwrap();
+        let mut first = s2.services[0].clone();
+        first.name = "a-first".into();
+        first.frontends = vec![nodeplane_state::Frontend {
+            ip: "10.96.0.97".parse().unwrap(),
+            port: 80,
+            protocol: nodeplane_state::L4Proto::TCP,
+        }];
+        s2.services.insert(0, first);
+        let t2 = Arc::new(Tables::build(&s2, 2, &mut MaglevCache::default()));
+        let web1 = t1.service_by_name["web"];
+        assert_ne!(t2.services[web1 as usize].name, "web", "the index moved");
+        // Generation 1 still kept: its own index names it.
+        let kept = VecDeque::from([Arc::clone(&t1), Arc::clone(&t2)]);
+        assert_eq!(resolve(&ev, &kept, 0).service.as_deref(), Some("web"));
+        // Generation 1 gone: named by its frontend in the newest tables, not by a stale index.
+        let kept = VecDeque::from([Arc::clone(&t2)]);
+        assert_eq!(resolve(&ev, &kept, 0).service.as_deref(), Some("web"));
+    }
+
+    #[test]
     fn a_tap_counts_what_its_full_queue_refuses() {
         let (mut tap, flag, q) = EventTap::standalone(2);
         assert!(!tap.observed());
