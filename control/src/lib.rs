@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod events;
 pub mod explain;
 pub mod identity;
 pub mod publish;

@@ -43,6 +43,8 @@ enum Command {
     Policy(cli::policy::PolicyArgs),
     /// The path a packet would take, decided by the live pipeline.
     Explain(cli::explain::ExplainArgs),
+    /// Flow events as they happen: new flows and drops, with verdicts and names.
+    Observe(cli::observe::ObserveArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
+        Command::Observe(a) => cli::observe::run(a),
     };
     match result {
         Ok(code) => code,

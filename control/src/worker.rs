@@ -3,7 +3,10 @@
 //! ```text
 //!  loop {
 //!    subscriber.poll()          one atomic load; new tables / policy mode between bursts
-//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [RST rewrite] → tx
+//!    events.observed()          one atomic load: is a `nodeplane observe` attached?
+//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [flow events:
+//!                               new flows and drops → this worker's queue, if observed]
+//!                               → [RST rewrite] → tx
 //!    pipeline.drain()           held fragments that became ready or timed out
 //!    serve ≤ 8 control requests ct list / flush / stats / explain (bounded channel)
 //!    every 1 s: full GC         (incremental GC runs inside every burst)
@@ -48,6 +51,7 @@ use nodeplane_dataplane::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::events::{EventCounts, EventTap, FlowEvent};
 use crate::publish::Subscriber;
 
 /// What happens to a packet of a flow whose backend was removed or quarantined (the pipeline
@@ -491,6 +495,9 @@ pub struct WorkerStats {
     #[serde(default)]
     pub panic_dropped: u64,
     pub io: IoStats,
+    /// Flow events recorded and lost (queue full) by this worker.
+    #[serde(default)]
+    pub events: EventCounts,
     /// Per-service counters, by index (named by the control thread: `services` of `Status`).
     #[serde(skip)]
     pub services: Option<ServiceCounts>,
@@ -623,6 +630,8 @@ pub struct Worker<I: PacketIo> {
     panic_logged: Option<Instant>,
     panics_unlogged: u64,
     services: ServiceCounts,
+    /// Flow events: checked once per burst (see `crate::events`).
+    events: EventTap,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -654,7 +663,14 @@ impl<I: PacketIo> Worker<I> {
             panic_logged: None,
             panics_unlogged: 0,
             services,
+            events: EventTap::detached(),
         }
+    }
+
+    /// Records flow events into `tap` (the daemon's hub; see `crate::events`).
+    pub fn with_events(mut self, tap: EventTap) -> Worker<I> {
+        self.events = tap;
+        self
     }
 
     /// Runs until `stop` is set. Returns the final counters.
@@ -713,18 +729,32 @@ impl<I: PacketIo> Worker<I> {
             self.services.rebind(self.pipeline.tables());
         }
         let now = self.clock.now();
+        let id = self.id as u16;
         let Worker {
             pipeline,
             io,
             removed,
             rst_sent,
             services,
+            events,
             ..
         } = self;
         let removed = *removed;
+        // The only cost of flow events while nobody observes: this load, once per turn.
+        let observed = events.observed();
+        let generation = pipeline.tables().generation;
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
-            pipeline.process_burst(pkts, outs);
+            if observed {
+                // Events before the RST rewrite below: a dropped frame shows as dropped.
+                for (pc, oc) in pkts.chunks_mut(BURST).zip(outs.chunks_mut(BURST)) {
+                    pipeline.process_burst(pc, oc);
+                    let parsed = pipeline.parsed(pc.len());
+                    events.record_burst(id, generation, now, pc, oc, parsed);
+                }
+            } else {
+                pipeline.process_burst(pkts, outs);
+            }
             for (p, o) in pkts.iter().zip(outs.iter()) {
                 services.count(o, p.data.len());
             }
@@ -743,6 +773,13 @@ impl<I: PacketIo> Worker<I> {
         });
         pipeline.drain(now, |r| {
             services.count(&r.outcome, r.data.len());
+            if observed && FlowEvent::wanted(&r.outcome) {
+                // Released fragments are rare: parse again here (off the burst loop).
+                let parsed = parse::parse(r.data);
+                events.push(FlowEvent::new(
+                    id, generation, r.iface, now, &parsed, &r.outcome,
+                ));
+            }
             if let Action::Forward(e) = r.outcome.action {
                 io.send(e, r.data);
             }
@@ -872,6 +909,7 @@ impl<I: PacketIo> Worker<I> {
             worker_panics: self.panics,
             panic_dropped: self.panic_dropped,
             io: self.io.stats(),
+            events: self.events.counts(),
             services: Some(self.services.clone()),
         }
     }

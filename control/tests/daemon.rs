@@ -658,3 +658,283 @@ fn policy_mode_override_survives_a_restart() {
     assert_eq!(mode(&d), "enforce", "a cleared override stays cleared");
     assert!(d.status()["policy_mode"]["override"].is_null());
 }
+
+/// Parses `nodeplane observe --json` output: one event per line.
+fn events_of(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn emitted(d: &Daemon) -> u64 {
+    d.status()["workers"][0]["events"]["emitted"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn observe_shows_new_flows_and_drops_with_names_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    // Per pass (ports vary, so every pass opens new flows): a connection to the ClusterIP
+    // service web, one denied by web-1's ingress policy, one to a PodCIDR address no endpoint
+    // has.
+    let io = replay_io(
+        &dir,
+        &[
+            tcp4(CLIENT, [10, 96, 0, 10], 41000, 80, true),
+            tcp4(CLIENT, [10, 244, 1, 21], 42000, 9050, true),
+            udp4(CLIENT, [10, 244, 1, 99], 43000, 53),
+        ],
+        "    rate_pps: 300\n    vary_ports: true\n",
+    );
+    let d = Daemon::start_in(dir, &io);
+    wait_for("forwarding and drops", 10, || {
+        (d.drops("policy-denied") > 0 && d.drops("no-endpoint") > 0).then_some(())
+    });
+    // Nobody observes: the workers record nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(emitted(&d), 0, "no observer, no events");
+    assert_eq!(d.status()["event_observers"], 0);
+
+    // New flows to the service: named, with the original (pre-NAT) tuple and the backend.
+    let (ok, out) = d.cli(&["observe", "--json", "--service", "web", "--count", "4"]);
+    assert!(ok, "{out}\n{}", d.log());
+    let evs = events_of(&out);
+    assert_eq!(evs.len(), 4, "{out}");
+    for e in &evs {
+        assert_eq!(e["service"], "web", "{e}");
+        assert_eq!(e["verdict"], "forwarded", "{e}");
+        assert_eq!(e["ct"], "new", "{e}");
+        assert_eq!(e["proto"], "tcp", "{e}");
+        assert_eq!(e["src"], "10.244.1.10", "{e}");
+        assert_eq!(e["src_endpoint"], "client", "{e}");
+        assert_eq!(e["dst"], "10.96.0.10", "{e}");
+        assert_eq!(e["dport"], 80, "{e}");
+        assert_eq!(e["frontend"], "10.96.0.10:80", "{e}");
+        assert_eq!(e["iface"], "pod-client", "{e}");
+        let b = e["backend"].as_str().unwrap();
+        assert!(b == "10.244.1.21:8080" || b == "10.244.1.22:8080", "{e}");
+        let (ep, egress) = if b.starts_with("10.244.1.21") {
+            ("web-1", "pod-web1")
+        } else {
+            ("web-2", "pod-web2")
+        };
+        assert_eq!(e["dst_endpoint"], ep, "{e}");
+        assert_eq!(e["egress"], egress, "{e}");
+        assert!(e["time_unix_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000);
+    }
+    assert!(emitted(&d) > 0, "events were recorded while observed");
+
+    // Drops, with their reasons; filters by verdict, reason, address and protocol.
+    let (ok, out) = d.cli(&["observe", "--json", "--verdict", "dropped", "-n", "4"]);
+    assert!(ok, "{out}");
+    let evs = events_of(&out);
+    assert_eq!(evs.len(), 4, "{out}");
+    for e in &evs {
+        assert_eq!(e["verdict"], "dropped", "{e}");
+        let r = e["drop_reason"].as_str().unwrap();
+        assert!(r == "policy-denied" || r == "no-endpoint", "{e}");
+    }
+    let (ok, out) = d.cli(&[
+        "observe",
+        "--json",
+        "--reason",
+        "policy-denied",
+        "--ip",
+        "10.244.1.21",
+        "--proto",
+        "tcp",
+        "-n",
+        "2",
+    ]);
+    assert!(ok, "{out}");
+    for e in events_of(&out) {
+        assert_eq!(e["drop_reason"], "policy-denied", "{e}");
+        assert_eq!(e["policy"], "deny", "{e}");
+        assert_eq!(e["dst"], "10.244.1.21", "{e}");
+        assert_eq!(e["dport"], 9050, "{e}");
+        assert_eq!(e["dst_endpoint"], "web-1", "{e}");
+    }
+    let (ok, out) = d.cli(&["observe", "--json", "--proto", "udp", "-n", "2"]);
+    assert!(ok, "{out}");
+    for e in events_of(&out) {
+        assert_eq!(e["drop_reason"], "no-endpoint", "{e}");
+        assert_eq!(e["dst"], "10.244.1.99", "{e}");
+    }
+    // A filter nothing matches: no event within the duration.
+    let (ok, out) = d.cli(&["observe", "--json", "--ip", "10.9.9.9", "--duration", "2"]);
+    assert!(ok, "{out}");
+    assert!(events_of(&out).is_empty(), "{out}");
+
+    // The human form.
+    let (ok, out) = d.cli(&["observe", "--reason", "policy-denied", "-n", "1"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("(client) -> 10.244.1.21:")
+            && out.contains(":9050 (web-1) tcp DROPPED (policy-denied) policy=deny"),
+        "{out}"
+    );
+    // Bad filters are refused by the daemon.
+    let err = d.call_err(r#"{"cmd":"observe","filter":{"reason":"bogus"}}"#);
+    assert!(err.contains("unknown drop reason"), "{err}");
+
+    // A closed pipe (`| head -1`) ends the CLI quietly; Ctrl-C ends it and the daemon
+    // detaches its subscriber.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["observe", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.contains(" -> "), "{first}");
+    } // stdout closed here: the next write gets EPIPE
+    let status = wait_for("observe to end on a closed pipe", 10, || {
+        child.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["observe", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("an observer attached", 10, || {
+        (d.status()["event_observers"] == 1).then_some(())
+    });
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = child.wait();
+
+    // Everyone left: the workers stop recording.
+    wait_for("observers detached", 10, || {
+        (d.status()["event_observers"] == 0).then_some(())
+    });
+    let a = emitted(&d);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(emitted(&d), a, "no events without observers");
+    let (ok, out) = d.cli(&["status"]);
+    assert!(ok && out.contains("EVENTS(sent/lost)"), "{out}");
+}
+
+#[test]
+fn a_subscriber_that_does_not_read_does_not_stop_forwarding() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    // A denied SYN on every pass: a drop event per frame, thousands a second; and a service
+    // connection to forward.
+    let io = replay_io(
+        &dir,
+        &[
+            tcp4(CLIENT, [10, 244, 1, 21], 42000, 9050, true),
+            tcp4(CLIENT, [10, 96, 0, 10], 41000, 80, true),
+        ],
+        "    rate_pps: 8000\n    vary_ports: true\n",
+    );
+    let d = Daemon::start_in(dir, &io);
+    let web = |d: &Daemon| d.tx("pod-web1") + d.tx("pod-web2");
+    wait_for("forwarding", 10, || (web(&d) > 0).then_some(()));
+
+    // Subscribes and never reads.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"{\"cmd\":\"observe\"}\n").unwrap();
+    wait_for("the observer attached", 10, || {
+        (d.status()["event_observers"] == 1).then_some(())
+    });
+    // Forwarding goes on, at the offered rate, and the control socket answers, while the
+    // subscriber's connection is full.
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let before = web(&d);
+        std::thread::sleep(Duration::from_secs(1));
+        let after = web(&d);
+        assert!(
+            after >= before + 1000,
+            "forwarding slowed: {before} -> {after}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "status slow");
+    }
+    let lost = d.status()["workers"][0]["events"]["lost"].as_u64().unwrap();
+    let emitted = emitted(&d);
+    assert!(emitted > 5000, "{emitted}");
+    assert_eq!(
+        lost, 0,
+        "the fan-out keeps up; the slow reader loses its own"
+    );
+    // The abandoned subscriber is detached (its writes time out), its losses logged.
+    wait_for("the stalled observer detached", 20, || {
+        (d.status()["event_observers"] == 0).then_some(())
+    });
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("detached") && l.contains("events dropped for it"))
+        .unwrap_or_else(|| panic!("no detach line:\n{log}"));
+    let dropped: u64 = line
+        .split("; ")
+        .last()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(dropped > 0, "{line}");
+    // What it had buffered is still readable: the response, then events.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    r.read_line(&mut first).unwrap();
+    assert!(first.contains("\"ok\":true"), "{first}");
+    let mut second = String::new();
+    r.read_line(&mut second).unwrap();
+    assert!(second.starts_with("{\"event\":"), "{second}");
+    // A new observer is served normally afterwards.
+    let (ok, out) = d.cli(&["observe", "--json", "--verdict", "dropped", "-n", "3"]);
+    assert!(ok, "{out}");
+    assert_eq!(events_of(&out).len(), 3, "{out}");
+}
+
+#[test]
+fn observe_merges_the_events_of_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two inputs, dealt one per worker: denied SYNs on worker 0, no-endpoint datagrams on
+    // worker 1.
+    let a = dir.path().join("a.pcap");
+    let b = dir.path().join("b.pcap");
+    write_pcap(&a, &[tcp4(CLIENT, [10, 244, 1, 21], 42000, 9050, true)]);
+    write_pcap(&b, &[udp4(CLIENT, [10, 244, 1, 99], 43000, 53)]);
+    let io = format!(
+        "workers: 2\nio:\n  replay:\n    inputs: [{{ iface: pod-client, file: {} }}, {{ iface: pod-client, file: {} }}]\n    rate_pps: 200\n    vary_ports: true\n",
+        a.display(),
+        b.display()
+    );
+    let d = Daemon::start_in(dir, &io);
+    let (ok, out) = d.cli(&["observe", "--json", "-n", "400"]);
+    assert!(ok, "{out}");
+    let evs = events_of(&out);
+    assert_eq!(evs.len(), 400, "{out}");
+    for w in [0, 1] {
+        let reason = ["policy-denied", "no-endpoint"][w];
+        let mine: Vec<_> = evs.iter().filter(|e| e["worker"] == w).collect();
+        assert!(!mine.is_empty(), "no event from worker {w}: {out}");
+        assert!(mine.iter().all(|e| e["drop_reason"] == reason), "{out}");
+    }
+    let s = d.status();
+    for w in 0..2 {
+        let e = &s["workers"][w]["events"];
+        assert!(e["emitted"].as_u64().unwrap() > 0, "worker {w}: {s}");
+        assert_eq!(e["lost"], 0, "worker {w}: {s}");
+    }
+}

@@ -244,6 +244,16 @@ impl Pipeline {
         &self.counters
     }
 
+    /// The parse results of the last chunk (at most [`BURST`] frames) that
+    /// [`Self::process_burst`] ran, index for index: each frame's headers as they arrived,
+    /// before any rewrite (stage 1 parses the whole chunk before stage 2 rewrites; stage 2 works
+    /// on copies). Flow events take the original 5-tuple from here, so observing costs no
+    /// second parse. Later fragments carry ports 0 here (their ports come from the first
+    /// fragment, on a copy).
+    pub fn parsed(&self, n: usize) -> &[Result<Parsed, DropReason>] {
+        &self.metas[..n.min(BURST)]
+    }
+
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
     }

@@ -56,6 +56,12 @@ pub enum Request {
     /// The daemon's BGP speaker (config `bgp:`): per neighbour state, uptime, last error,
     /// announced prefixes.
     BgpStatus {},
+    /// Flow events: the response line ([`crate::events::ObserveStarted`]) is followed by a
+    /// stream of [`crate::events::StreamLine`]s on the same connection until it closes.
+    Observe {
+        #[serde(default)]
+        filter: crate::events::EventFilter,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +172,10 @@ pub struct Status {
     /// started.
     #[serde(default)]
     pub service_traffic: BTreeMap<String, crate::worker::SvcTraffic>,
+    /// `nodeplane observe` sessions the flow-event fan-out serves now (workers record events
+    /// only while this is not 0; their counters are `workers[].events`).
+    #[serde(default)]
+    pub event_observers: usize,
 }
 
 /// What `nodeplane bgp status` shows: the speaker's own status plus whether it runs.

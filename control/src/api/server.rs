@@ -7,6 +7,10 @@
 //! - a connection idle for [`IDLE_TIMEOUT`] (or with output unread that long) is closed;
 //! - at most [`MAX_CLIENTS`] connections; more are answered with an error and closed;
 //! - sockets are non-blocking: a client that stops reading only fills its own buffer.
+//!
+//! A request answered with [`Reply::HandOff`] (`observe`) takes its connection out of the
+//! event loop: after its response line the connection is a stream served by another thread
+//! (see `crate::events`), picked up with [`Server::take_handed`].
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -42,6 +46,21 @@ pub enum ServerError {
     },
 }
 
+/// What the handler answers to one request line.
+#[derive(Debug)]
+pub enum Reply {
+    /// One response line; the connection takes further requests.
+    Line(Response),
+    /// Write this response line, then hand the connection over (as a blocking std stream) to
+    /// whoever called [`Server::take_handed`], under this ticket.
+    HandOff(Response, u64),
+}
+
+/// A connection handed over: its ticket and, unless it broke on the way, the stream (blocking
+/// now) with the output still to be written to it first (at least the hand-off's response
+/// line). The new owner writes it, not the event loop.
+pub type Handed = (u64, Option<(std::os::unix::net::UnixStream, Vec<u8>)>);
+
 #[derive(Debug)]
 struct Conn {
     stream: UnixStream,
@@ -61,6 +80,7 @@ pub struct Server {
     conns: HashMap<Token, Conn>,
     next: usize,
     first_conn_token: usize,
+    handed: Vec<Handed>,
 }
 
 impl Server {
@@ -104,6 +124,7 @@ impl Server {
             conns: HashMap::new(),
             next: first_conn_token,
             first_conn_token,
+            handed: Vec::new(),
         })
     }
 
@@ -121,7 +142,7 @@ impl Server {
         &mut self,
         registry: &Registry,
         token: Token,
-        handler: &mut dyn FnMut(&str) -> Response,
+        handler: &mut dyn FnMut(&str) -> Reply,
     ) {
         if token == self.listener_token {
             self.accept(registry);
@@ -131,8 +152,9 @@ impl Server {
             return;
         };
         let mut dead = false;
+        let mut hand_off = None;
         let mut buf = [0u8; 8192];
-        loop {
+        'read: loop {
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     dead = conn.output.is_empty();
@@ -145,12 +167,21 @@ impl Server {
                     // Serve every complete line.
                     while let Some(pos) = conn.input.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = conn.input.drain(..=pos).collect();
-                        let resp = match std::str::from_utf8(&line[..line.len() - 1]) {
+                        let reply = match std::str::from_utf8(&line[..line.len() - 1]) {
                             Ok(text) if text.trim().is_empty() => continue,
                             Ok(text) => handler(text.trim_end_matches('\r')),
-                            Err(_) => Response::err("request is not UTF-8"),
+                            Err(_) => Reply::Line(Response::err("request is not UTF-8")),
                         };
-                        conn.output.extend_from_slice(resp.to_line().as_bytes());
+                        match reply {
+                            Reply::Line(resp) => {
+                                conn.output.extend_from_slice(resp.to_line().as_bytes());
+                            }
+                            Reply::HandOff(resp, ticket) => {
+                                conn.output.extend_from_slice(resp.to_line().as_bytes());
+                                hand_off = Some(ticket);
+                                break 'read;
+                            }
+                        }
                     }
                     if conn.input.len() > MAX_REQUEST {
                         let resp = Response::err(format!(
@@ -174,12 +205,27 @@ impl Server {
                 }
             }
         }
+        if let Some(ticket) = hand_off {
+            let stream = self.conns.remove(&token).and_then(|mut c| {
+                let _ = registry.deregister(&mut c.stream);
+                let s = std::os::unix::net::UnixStream::from(c.stream);
+                s.set_nonblocking(false).ok()?;
+                Some((s, c.output))
+            });
+            self.handed.push((ticket, stream));
+            return;
+        }
         if !dead {
             dead = !flush(conn, registry, token);
         }
         if dead {
             self.close(registry, token);
         }
+    }
+
+    /// Connections handed over since the last call (see [`Reply::HandOff`]).
+    pub fn take_handed(&mut self) -> Vec<Handed> {
+        std::mem::take(&mut self.handed)
     }
 
     /// Closes connections idle for longer than [`IDLE_TIMEOUT`]. Call periodically.

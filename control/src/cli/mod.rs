@@ -9,6 +9,7 @@ pub mod ct;
 pub mod explain;
 pub mod identity;
 pub mod ipcache;
+pub mod observe;
 pub mod policy;
 pub mod replay;
 pub mod run;

@@ -73,6 +73,10 @@ pub fn run(args: StatusArgs) -> CliResult {
             d.worker, d.reason
         );
     }
+    println!(
+        "observers:   {} (flow events: `nodeplane observe`)",
+        s.event_observers
+    );
     if !s.workers.is_empty() {
         let rows: Vec<Vec<String>> = s
             .workers
@@ -86,6 +90,7 @@ pub fn run(args: StatusArgs) -> CliResult {
                     w.passed.to_string(),
                     w.dropped.to_string(),
                     format!("{}/{}", w.ct_entries, w.ct_capacity),
+                    format!("{}/{}", w.events.emitted, w.events.lost),
                     w.drops
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
@@ -109,6 +114,7 @@ pub fn run(args: StatusArgs) -> CliResult {
                     "PASSED",
                     "DROPPED",
                     "CT",
+                    "EVENTS(sent/lost)",
                     "DROPS"
                 ],
                 &rows

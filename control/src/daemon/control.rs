@@ -18,10 +18,12 @@ use nodeplane_bgp::StopMode;
 
 use super::bgp::Bgp;
 use super::overrides::RuntimeOverrides;
+use crate::api::server::Reply;
 use crate::api::{
     BackendRow, CtFlushed, CtList, DeadWorker, IdentityRow, IpcacheEntry, PolicyModeSet,
     PolicyModeStatus, PolicyView, Rejection, Request, Response, ServiceRow, Status,
 };
+use crate::events::{EventFilter, EventHub, ObserveStarted};
 use crate::publish::Publisher;
 use crate::runtime::neigh::{NeighbourReport, NeighbourStatus};
 use crate::source::SourceEvent;
@@ -132,6 +134,10 @@ pub struct Control {
     stale: bool,
     /// The BGP speaker (config `bgp:`), fed the routes of every accepted state.
     bgp: Option<Bgp>,
+    /// Flow events: the workers' queues, the tables to name events, the subscribers.
+    events: Arc<EventHub>,
+    /// `observe` requests answered whose connection the server has yet to hand over.
+    observers_pending: std::collections::HashMap<u64, EventFilter>,
 }
 
 impl std::fmt::Debug for Control {
@@ -177,8 +183,11 @@ impl Control {
         removed: RemovedFlowAction,
         stop: Arc<AtomicBool>,
     ) -> Control {
+        let clock = Clock::new();
         Control {
-            clock: Clock::new(),
+            events: EventHub::new(clock),
+            observers_pending: std::collections::HashMap::new(),
+            clock,
             started: Instant::now(),
             workers_wanted: workers,
             io,
@@ -210,6 +219,28 @@ impl Control {
             last_rejection: None,
             stale: false,
             bgp: None,
+        }
+    }
+
+    /// The flow-event hub (the daemon starts its fan-out thread).
+    pub fn events(&self) -> &Arc<EventHub> {
+        &self.events
+    }
+
+    /// A connection the server handed over after an `observe` answer: it becomes a
+    /// subscriber served on its own thread.
+    pub fn attach_observer(
+        &mut self,
+        ticket: u64,
+        stream: Option<(std::os::unix::net::UnixStream, Vec<u8>)>,
+    ) {
+        let filter = self.observers_pending.remove(&ticket);
+        match (filter, stream) {
+            (Some(f), Some((s, pending))) => {
+                self.events.attach(ticket, f, s, pending, self.stop.clone())
+            }
+            (Some(_), None) => self.events.release(),
+            (None, _) => {}
         }
     }
 
@@ -350,6 +381,7 @@ impl Control {
         ));
         if self.io_started {
             self.io.prepare(&tables)?;
+            self.events.set_tables(&tables);
             if let Some(p) = &self.publisher {
                 p.publish(Arc::clone(&tables));
             }
@@ -359,6 +391,7 @@ impl Control {
             if self.mode_override.is_some() {
                 p.set_policy_mode(self.mode_override);
             }
+            self.events.set_tables(&tables);
             match self.spawn_workers(&p, ios) {
                 Ok(workers) => {
                     self.workers = workers;
@@ -459,6 +492,7 @@ impl Control {
             log::error!("generation {generation}: {e}");
         }
         self.note_uplink_mac(&tables);
+        self.events.set_tables(&tables);
         if let Some(p) = &self.publisher {
             p.publish(tables);
         }
@@ -479,6 +513,8 @@ impl Control {
     ) -> Result<Vec<WorkerHandle>, String> {
         let mut started: Vec<(WorkerHandle, Sender<()>)> = Vec::new();
         let mut failed = None;
+        // A start that failed before registered queues nobody fills.
+        self.events.clear_queues();
         for (i, io) in ios.into_iter().enumerate() {
             let (tx, rx) = bounded(WORKER_QUEUE);
             let w = Worker::new(
@@ -489,7 +525,8 @@ impl Control {
                 self.stop.clone(),
                 self.clock,
                 self.removed,
-            );
+            )
+            .with_events(self.events.tap());
             let (go_tx, go_rx): (Sender<()>, Receiver<()>) = bounded(1);
             let body = move || go_rx.recv().ok().map(|()| w.run());
             #[cfg(test)]
@@ -649,6 +686,34 @@ impl Control {
         self.handle(req)
     }
 
+    /// Handles one request line of the control socket: `observe` hands the connection over
+    /// (it becomes an event stream), every other request is answered by [`Control::handle`].
+    pub fn serve_line(&mut self, line: &str) -> Reply {
+        let req: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => return Reply::Line(Response::err(format!("malformed request: {e}"))),
+        };
+        let Request::Observe { filter } = req else {
+            return Reply::Line(self.handle(req));
+        };
+        if let Err(e) = filter.check() {
+            return Reply::Line(Response::err(e));
+        }
+        let ticket = match self.events.reserve() {
+            Ok(t) => t,
+            Err(e) => return Reply::Line(Response::err(e)),
+        };
+        self.observers_pending.insert(ticket, filter);
+        Reply::HandOff(
+            Response::ok(ObserveStarted {
+                subscriber: ticket,
+                workers: self.events.workers(),
+                queue: crate::events::EVENT_QUEUE,
+            }),
+            ticket,
+        )
+    }
+
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
             Request::Status {} => {
@@ -662,6 +727,9 @@ impl Control {
                 count_only,
             } => self.ct_list(filter, limit, count_only),
             Request::CtFlush { filter } => self.ct_flush(filter),
+            Request::Observe { .. } => {
+                Response::err("observe streams events: send it on its own connection")
+            }
             Request::BgpStatus {} => match &self.bgp {
                 Some(b) => Response::ok(b.status()),
                 None => Response::err(
@@ -891,6 +959,7 @@ impl Control {
             }),
             bgp: self.bgp.as_ref().map(Bgp::summary),
             service_traffic,
+            event_observers: self.events.observers(),
         }
     }
 

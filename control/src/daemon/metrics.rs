@@ -282,7 +282,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 7] = [
+    let counters: [(&str, &str, WorkerCounter); 9] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
@@ -315,6 +315,16 @@ pub fn render(s: &Status) -> String {
             "nodeplane_worker_panics_total",
             "Panics caught on the worker path (the burst's frames dropped, the worker goes on).",
             |w| w.worker_panics,
+        ),
+        (
+            "nodeplane_events_emitted_total",
+            "Flow events recorded by the worker (only while `nodeplane observe` runs).",
+            |w| w.events.emitted,
+        ),
+        (
+            "nodeplane_events_lost_total",
+            "Flow events dropped on the worker because its event queue was full (the fan-out fell behind).",
+            |w| w.events.lost,
         ),
     ];
     for (name, help, get) in counters {
@@ -367,6 +377,13 @@ pub fn render(s: &Status) -> String {
         );
     }
 
+    one(
+        &mut o,
+        "nodeplane_event_observers",
+        "gauge",
+        "`nodeplane observe` sessions attached (workers record flow events only while not 0).",
+        s.event_observers,
+    );
     one(
         &mut o,
         "nodeplane_workers_dead",
@@ -588,6 +605,12 @@ mod tests {
             sample(&t, r#"nodeplane_worker_panics_total{worker="0"}"#),
             Some(2.0)
         );
+        assert_eq!(
+            sample(&t, r#"nodeplane_events_emitted_total{worker="0"}"#),
+            Some(0.0),
+            "a status without events counters (older daemon) reads as 0"
+        );
+        assert_eq!(sample(&t, "nodeplane_event_observers"), Some(0.0));
         for (family, v) in [
             ("flows", 2.0),
             ("packets", 10.0),

@@ -7,7 +7,9 @@
 //!  SIGTERM/SIGINT ─┤ signal pipe → stop                                         │    request channel)
 //!  SIGUSR1 ────────┤ signal pipe → stop, BGP graceful restart                   │
 //!                  │ accepted state → bgp::Bgp → Speaker::set_routes ───────────┼──> bgp-speaker
-//!                  └────────────────────────────────────────────────────────────┘    thread
+//!                  │ `observe` → connection handed to an np-observe thread      │    thread
+//!                  └────────────────────────────────────────────────────────────┘
+//!  workers ──(per-worker event queues)──> np-events fan-out ──> np-observe-N (see events.rs)
 //! ```
 //!
 //! Stability first: a rejected state leaves the published tables untouched (logged at error
@@ -255,6 +257,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(b) = &cfg.bgp {
         control.set_bgp(bgp::Bgp::new(b.clone()));
     }
+    let events_thread = control
+        .events()
+        .start(stop.clone())
+        .map_err(|e| DaemonError::Io(format!("cannot start the flow-event thread: {e}")))?;
     control.keep_mode_at(mode_file(&cfg.control_socket));
 
     // Source thread → channel → forwarder → control channel + wake the event loop.
@@ -342,7 +348,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                     }
                 }
                 t if server.owns(t) => {
-                    server.ready(poll.registry(), t, &mut |line| control.handle_line(line));
+                    server.ready(poll.registry(), t, &mut |line| control.serve_line(line));
+                    for (ticket, stream) in server.take_handed() {
+                        control.attach_observer(ticket, stream);
+                    }
                 }
                 _ => {}
             }
@@ -384,6 +393,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
     drop(server);
+    let _ = events_thread.join();
     let _ = source_thread.join();
     let _ = forwarder.join();
     ::log::info!("stopped in {} ms", t0.elapsed().as_millis());
