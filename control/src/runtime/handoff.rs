@@ -136,6 +136,9 @@ pub struct HandoffPort {
     out: Vec<Option<Batch>>,
     /// Per destination worker: the burst indexes of the frames in `out`.
     out_mask: Vec<u64>,
+    /// Destination workers with a batch in `out` (workers ≤ 64: the daemon's limit), so that
+    /// sending visits only those.
+    staged: u64,
     /// The handed-in batch being worked off.
     cur: Option<Batch>,
     /// Frames of `cur` taken into the current burst and not yet `done`.
@@ -150,11 +153,13 @@ impl HandoffPort {
 
     pub fn new(shared: Arc<Handoff>, me: usize) -> HandoffPort {
         let w = shared.workers;
+        debug_assert!(w <= 64, "the `staged` bitmask holds 64 workers");
         HandoffPort {
             me,
             shared,
             out: (0..w).map(|_| None).collect(),
             out_mask: vec![0; w],
+            staged: 0,
             cur: None,
             busy: 0,
         }
@@ -189,6 +194,7 @@ impl HandoffPort {
         b.iface[b.n] = iface;
         b.n += 1;
         self.out_mask[owner] |= 1 << index;
+        self.staged |= 1 << owner;
         Ok(())
     }
 
@@ -196,8 +202,13 @@ impl HandoffPort {
     /// now travels (the caller may release its receive buffer).
     pub fn send(&mut self, mut queued: impl FnMut(usize)) -> Sent {
         let mut s = Sent::default();
-        for (w, slot) in self.out.iter_mut().enumerate() {
-            let Some(b) = slot.take() else { continue };
+        let mut staged = std::mem::take(&mut self.staged);
+        while staged != 0 {
+            let w = staged.trailing_zeros() as usize;
+            staged &= staged - 1;
+            let Some(b) = self.out[w].take() else {
+                continue;
+            };
             let n = b.n as u64;
             let mask = std::mem::take(&mut self.out_mask[w]);
             match self.shared.inbound[w].push(b) {
@@ -280,6 +291,10 @@ impl HandoffPort {
     /// After a burst that was unwound by a panic: the frames it had taken are given up (they
     /// may be what panicked; returns how many) and batches it had staged are sent.
     pub fn recover(&mut self) -> (u64, Sent) {
+        if self.busy == 0 && self.staged == 0 {
+            // The common case: the last burst finished.
+            return (0, Sent::default());
+        }
         let abandoned = self.busy as u64;
         self.done();
         (abandoned, self.send(|_| {}))
