@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use nodeplane_bench::{client_frame, state};
-use nodeplane_control::events::{EventTap, FlowEvent};
+use nodeplane_dataplane::events::{EventTap, FlowEvent};
 use nodeplane_dataplane::{Action, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
 
 const SERVICES: u32 = 100;
@@ -160,7 +160,7 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let base = Mix::new(EventTap::detached());
-        let (tap, flag, queue) = EventTap::standalone(nodeplane_control::events::EVENT_QUEUE);
+        let (tap, flag, queue) = EventTap::standalone(nodeplane_dataplane::events::EVENT_QUEUE);
         flag.store(1, Ordering::Relaxed);
         let observed = Mix::new(tap);
         let stop = Arc::new(AtomicBool::new(false));

@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use crossbeam::queue::ArrayQueue;
 use nodeplane_bench::{client_frame, state, xorshift};
-use nodeplane_control::runtime::handoff::{Handoff as BatchHandoff, HandoffPort};
-use nodeplane_control::runtime::owner::{frame_owner_hash, owner_of, OwnerIndex};
+use nodeplane_dataplane::handoff::{Handoff as BatchHandoff, HandoffPort};
+use nodeplane_dataplane::owner::{frame_owner_hash, owner_of, OwnerIndex};
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{Action, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
 

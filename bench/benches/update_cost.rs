@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodeplane_control::publish::Publisher;
+use nodeplane_dataplane::publish::Publisher;
 use nodeplane_dataplane::{MaglevCache, Pipeline, Tables};
 use nodeplane_state::{
     example, Backend, BackendState, Frontend, IpcacheEntry, L4Proto, Service, ServiceType, State,

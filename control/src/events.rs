@@ -38,17 +38,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use crossbeam::queue::ArrayQueue;
+use nodeplane_dataplane::events::{EventTap, FlowEvent, EVENT_QUEUE};
 use nodeplane_dataplane::flow::{Addr, PROTO_ICMP, PROTO_ICMPV6};
-use nodeplane_dataplane::parse::Parsed;
 use nodeplane_dataplane::tables::IfIndex;
-use nodeplane_dataplane::{Action, CtStatus, DropReason, Outcome, Packet, PolicyVerdict, Tables};
+use nodeplane_dataplane::{Action, CtStatus, DropReason, Tables};
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{proto_name, proto_number, Clock};
+use nodeplane_dataplane::worker::{proto_name, proto_number, Clock};
 
-/// Events each worker's queue holds (allocated when the worker starts: ~2 MB). At 200K
-/// events/s on one worker that is 80 ms of slack for the fan-out, which drains every 2 ms.
-pub const EVENT_QUEUE: usize = 16_384;
 /// Events queued per subscriber for its connection thread (beyond: dropped for it, counted).
 pub const SUBSCRIBER_QUEUE: usize = 8_192;
 /// Subscribers at most (`nodeplane observe` sessions); more are refused with an error.
@@ -60,165 +57,6 @@ const ROUND: usize = 4_096;
 /// How often a subscriber connection gets a `stats` line (when idle, it also finds a client
 /// that went away).
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// One flow event as the worker records it: fixed size, `Copy`, indexes not names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowEvent {
-    /// [`Clock`] nanoseconds (the burst's time).
-    pub ts: u64,
-    /// Generation of the tables the indexes (`service`, interfaces) refer to.
-    pub generation: u64,
-    /// The original (pre-NAT) tuple; `proto == 0` when the frame did not parse as IP.
-    pub src: Addr,
-    pub dst: Addr,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub worker: u16,
-    pub iface: IfIndex,
-    pub action: Action,
-    pub ct: CtStatus,
-    pub policy: PolicyVerdict,
-    /// Index into the tables' services.
-    pub service: Option<u32>,
-    /// DNAT target.
-    pub backend: Option<(Addr, u16)>,
-    pub src_identity: Option<u32>,
-    pub dst_identity: Option<u32>,
-}
-
-impl FlowEvent {
-    /// Whether an outcome makes an event: every new flow (whatever its verdict), every drop
-    /// with its reason. Policy audit verdicts are on new flows (`policy: audit`): a flow's
-    /// later packets carry the same verdict and make no event.
-    #[inline]
-    pub fn wanted(o: &Outcome) -> bool {
-        o.ct == CtStatus::New || matches!(o.action, Action::Drop(_))
-    }
-
-    /// The event of one frame: `parsed` is the frame's parse as it arrived (before rewrite).
-    #[inline]
-    pub fn new(
-        worker: u16,
-        generation: u64,
-        iface: IfIndex,
-        ts: u64,
-        parsed: &Result<Parsed, DropReason>,
-        o: &Outcome,
-    ) -> FlowEvent {
-        let (src, dst, sport, dport, proto) = match parsed {
-            Ok(Parsed::Ip(m)) => (m.src, m.dst, m.sport, m.dport, m.proto),
-            _ => (Addr::default(), Addr::default(), 0, 0, 0),
-        };
-        FlowEvent {
-            ts,
-            generation,
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
-            worker,
-            iface,
-            action: o.action,
-            ct: o.ct,
-            policy: o.policy,
-            service: o.service,
-            backend: o.backend,
-            src_identity: o.src_identity,
-            dst_identity: o.dst_identity,
-        }
-    }
-}
-
-/// A worker's end: the observer count it checks once per burst and its queue.
-#[derive(Debug)]
-pub struct EventTap {
-    observers: Arc<AtomicUsize>,
-    queue: Arc<ArrayQueue<FlowEvent>>,
-    /// Read by the fan-out for its subscribers' `lost` (written only when the queue is full).
-    lost: Arc<AtomicU64>,
-    /// Events pushed (plain: only this worker writes it; read through a stats snapshot).
-    emitted: u64,
-}
-
-/// Events counters of one worker (`nodeplane status`, metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventCounts {
-    /// Events put on the worker's queue.
-    pub emitted: u64,
-    /// Events dropped because the queue was full (the fan-out fell behind).
-    pub lost: u64,
-}
-
-impl EventTap {
-    /// A tap nobody observes (its own flag, always 0): a worker outside a daemon.
-    pub fn detached() -> EventTap {
-        EventTap {
-            observers: Arc::new(AtomicUsize::new(0)),
-            queue: Arc::new(ArrayQueue::new(1)),
-            lost: Arc::new(AtomicU64::new(0)),
-            emitted: 0,
-        }
-    }
-
-    /// A tap with its own observer flag and a queue of `capacity` (benchmarks, tests): the
-    /// caller sets the flag and pops the queue.
-    pub fn standalone(capacity: usize) -> (EventTap, Arc<AtomicUsize>, Arc<ArrayQueue<FlowEvent>>) {
-        let t = EventTap {
-            observers: Arc::new(AtomicUsize::new(0)),
-            queue: Arc::new(ArrayQueue::new(capacity.max(1))),
-            lost: Arc::new(AtomicU64::new(0)),
-            emitted: 0,
-        };
-        let (o, q) = (Arc::clone(&t.observers), Arc::clone(&t.queue));
-        (t, o, q)
-    }
-
-    /// The once-per-burst check: is anyone observing?
-    #[inline]
-    pub fn observed(&self) -> bool {
-        // Relaxed: a burst that misses a subscription by a few microseconds only delays its
-        // first event; nothing else is published through this flag.
-        self.observers.load(Ordering::Relaxed) != 0
-    }
-
-    #[inline]
-    pub fn push(&mut self, ev: FlowEvent) {
-        match self.queue.push(ev) {
-            Ok(()) => self.emitted += 1,
-            Err(_) => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Records the events of one processed chunk (≤ BURST frames): `parsed` is the pipeline's
-    /// parse of the same frames, before rewrite.
-    #[inline]
-    pub fn record_burst(
-        &mut self,
-        worker: u16,
-        generation: u64,
-        ts: u64,
-        pkts: &[Packet<'_>],
-        outs: &[Outcome],
-        parsed: &[Result<Parsed, DropReason>],
-    ) {
-        for ((p, o), m) in pkts.iter().zip(outs).zip(parsed) {
-            if FlowEvent::wanted(o) {
-                self.push(FlowEvent::new(worker, generation, p.iface, ts, m, o));
-            }
-        }
-    }
-
-    pub fn counts(&self) -> EventCounts {
-        EventCounts {
-            emitted: self.emitted,
-            lost: self.lost.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Which events a subscriber wants (`nodeplane observe --verdict .. --proto .. --ip ..
 /// --service ..`); every set field must match.
@@ -556,17 +394,13 @@ impl EventHub {
 
     /// A new worker's tap (its queue is allocated here, before the worker starts).
     pub fn tap(&self) -> EventTap {
-        let t = EventTap {
-            observers: Arc::clone(&self.observers),
-            queue: Arc::new(ArrayQueue::new(EVENT_QUEUE)),
-            lost: Arc::new(AtomicU64::new(0)),
-            emitted: 0,
-        };
+        let queue = Arc::new(ArrayQueue::new(EVENT_QUEUE));
+        let lost = Arc::new(AtomicU64::new(0));
         self.queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((Arc::clone(&t.queue), Arc::clone(&t.lost)));
-        t
+            .push((Arc::clone(&queue), Arc::clone(&lost)));
+        EventTap::new(Arc::clone(&self.observers), queue, lost)
     }
 
     /// Forgets the registered worker queues (before workers are started again).
@@ -804,8 +638,10 @@ fn stream_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeplane_dataplane::events::EventCounts;
     use nodeplane_dataplane::parse::parse;
-    use nodeplane_dataplane::{MaglevCache, Pipeline};
+    use nodeplane_dataplane::parse::Parsed;
+    use nodeplane_dataplane::{MaglevCache, Outcome, Pipeline};
 
     fn tcp_syn(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut f = Vec::new();

@@ -19,7 +19,7 @@ use nodeplane_state::{InterfaceRole, PolicyMode, State};
 
 use crate::api::{ExplainRequest, Explanation, IdentityInfo, RuleDecision};
 use crate::daemon::control::{backend_state_name, identity_source};
-use crate::worker::{proto_number, Explained};
+use nodeplane_dataplane::worker::{proto_number, Explained};
 
 /// A synthesized packet and its flow key.
 #[derive(Debug, Clone)]
@@ -212,7 +212,7 @@ pub fn compose(
                 Some(format!(
                     "{}/{}",
                     fmt_socket(key.dst, key.dport),
-                    crate::worker::proto_name(key.proto)
+                    nodeplane_dataplane::worker::proto_name(key.proto)
                 )),
                 svc.and_then(|s| s.find_backend(addr, port))
                     .map(|b| backend_state_name(b.state).to_string()),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nodeplane_control::api::Request;
-use nodeplane_control::worker::CtFilter;
+use nodeplane_dataplane::worker::CtFilter;
 
 fn replay_io(d: &tempfile::TempDir, frames: &[Vec<u8>], opts: &str) -> String {
     let pcap = d.path().join("in.pcap");

@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use nodeplane_control::publish::Publisher;
-use nodeplane_control::worker::{
-    Clock, RemovedFlowAction, ReplayInput, ReplayIo, ReplayIoConfig, TxCount, Worker,
-};
+use nodeplane_dataplane::publish::Publisher;
+use nodeplane_dataplane::replay::{ReplayInput, ReplayIo, ReplayIoConfig};
+use nodeplane_dataplane::worker::{Clock, RemovedFlowAction, TxCount, Worker};
 use nodeplane_dataplane::{MaglevCache, Tables};
 use nodeplane_state::{
     example, Backend, BackendState, Frontend, IpcacheEntry, L4Proto, Service, ServiceType, State,
@@ -133,7 +132,7 @@ fn run(pcap: &std::path::Path, swap: bool) -> Run {
         swaps
     });
     let mut gens = std::collections::BTreeSet::new();
-    use nodeplane_control::worker::PacketIo;
+    use nodeplane_dataplane::worker::PacketIo;
     let mut turns = 0u64;
     while !w.io().finished() {
         // Interleave: at least one publication per 10 bursts, however slow the builds are

@@ -1,8 +1,8 @@
-//! The nodeplane packet pipeline: parse → conntrack → service DNAT → identity policy → rewrite,
-//! over bursts of frames, allocation-free and lock-free per packet. The same code runs behind
-//! AF_XDP sockets (the runtime) and over pcap files (`nodeplane replay`).
+//! The nodeplane packet path, whole: the pipeline's stages, the worker loop that runs them over
+//! bursts, and every packet I/O the worker runs over. The daemon (`nodeplane-control`) starts
+//! workers and publishes tables to them; it never touches a packet.
 //!
-//! Module map (one per stage or table, as in Cilium's `bpf/lib`):
+//! Module map (stages and tables, one per file, as in Cilium's `bpf/lib`):
 //! - [`parse`]: frame → [`parse::Meta`] (offsets and key fields).
 //! - [`conntrack`]: per-worker flow table, TCP state machine, timers, eviction.
 //! - [`tables`]: immutable snapshot compiled from the state (services + [`maglev`], endpoints,
@@ -11,20 +11,40 @@
 //! - [`rewrite`] and [`csum`]: in-place header changes with incremental checksums.
 //! - [`rst`]: a TCP reset built in place (ending flows of removed backends).
 //! - [`pipeline`]: the stages wired together; [`drop`]: the closed set of drop reasons.
+//!
+//! The loop and its I/O (VPP keeps its main loop and thread hand-off in vlib, devices as plugins):
+//! - [`worker`]: the run-to-completion loop over bursts, its [`worker::PacketIo`] seam,
+//!   control requests, counters, panic containment.
+//! - [`publish`]: new tables from the control thread, picked up between bursts.
+//! - [`events`]: the worker's flow-event tap (`nodeplane observe`).
+//! - [`replay`]: the capture reader (the project's one) and the replay I/O.
+//! - [`owner`] and [`handoff`]: which worker owns a flow, and frames handed to it in batches.
+//! - `afxdp` (feature `afxdp`): AF_XDP sockets, rings and UMEM, and the worker I/O over them.
+//!
+//! What this crate must not import: `nodeplane-control`, `nodeplane-bgp`, tokio or any async
+//! runtime. It allocates, locks and logs nothing per packet.
 
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
 pub mod conntrack;
 pub mod csum;
 pub mod drop;
+pub mod events;
 pub mod flow;
 pub mod frag;
+pub mod handoff;
 pub mod lpm;
 pub mod maglev;
+pub mod owner;
 pub mod parse;
 pub mod pipeline;
 pub mod policy;
+pub mod publish;
+pub mod replay;
 pub mod rewrite;
 pub mod rst;
 pub mod tables;
+pub mod worker;
 
 pub use drop::DropReason;
 pub use flow::{Addr, FlowKey};

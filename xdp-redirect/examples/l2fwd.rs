@@ -22,9 +22,8 @@ use nix::sys::{
     signal::{SigSet, Signal},
     signalfd::{SfdFlags, SignalFd},
 };
-use nodeplane_xdp::{
-    Action, AttachMode, Loader, SocketId, SteeringConfig, XskBinding, XskConfig, XskWorker,
-};
+use nodeplane_dataplane::afxdp::{Action, SocketId, XskBinding, XskConfig, XskWorker};
+use nodeplane_xdp::{AttachMode, Loader, SteeringConfig};
 
 struct Args {
     iface: String,
@@ -106,7 +105,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let mut w = XskWorker::new(&XskConfig::default(), &bindings)?;
-    loader.register_worker(&w)?;
+    loader.register_sockets(w.registrations())?;
     println!(
         "l2fwd on {} ({mode} XDP, {} queues, {})",
         a.iface,

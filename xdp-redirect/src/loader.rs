@@ -12,7 +12,11 @@
 //! (`xsk_slots[ifindex] = {base, queues}`); the program redirects to `base + rx_queue_index`.
 //! One program and one set of maps serve all interfaces, so the steering maps are written once.
 
-use std::{collections::BTreeMap, fmt, os::fd::AsRawFd};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use aya::{
     include_bytes_aligned,
@@ -506,14 +510,14 @@ impl Loader {
             })
     }
 
-    /// Registers every socket of a worker (see [`crate::xsk::XskWorker`]).
-    pub fn register_worker(
+    /// Registers sockets given as (interface, queue, socket file descriptor): every socket of
+    /// a worker (`nodeplane_dataplane::afxdp::XskWorker::registrations`).
+    pub fn register_sockets<'a>(
         &mut self,
-        worker: &crate::xsk::XskWorker,
+        sockets: impl IntoIterator<Item = (&'a str, u32, RawFd)>,
     ) -> Result<(), XskRegisterError> {
-        for id in worker.socket_ids() {
-            let (iface, queue) = worker.binding(id);
-            self.register_xsk(iface, queue, worker.raw_fd(id))?;
+        for (iface, queue, fd) in sockets {
+            self.register_xsk(iface, queue, fd)?;
         }
         Ok(())
     }

@@ -8,9 +8,8 @@ mod common;
 use std::{net::UdpSocket, process::Command, time::Duration};
 
 use common::*;
-use nodeplane_xdp::{
-    Counter, Loader, NodePort, Proto, SocketId, SteeringConfig, XskBinding, XskConfig, XskWorker,
-};
+use nodeplane_dataplane::afxdp::{SocketId, XskBinding, XskConfig, XskWorker};
+use nodeplane_xdp::{Counter, Loader, NodePort, Proto, SteeringConfig};
 
 struct Lab {
     prefix: String,
@@ -136,7 +135,9 @@ fn lab_up_forwards_and_xdp_splits_its_traffic() {
                 ..XskConfig::default()
             };
             let mut w = XskWorker::new(&cfg, &bindings).expect("8 AF_XDP sockets, one UMEM");
-            loader.register_worker(&w).expect("register");
+            loader
+                .register_sockets(w.registrations())
+                .expect("register");
             let before = loader.counters().unwrap();
 
             // Gateway and node IPs stay with the kernel, ARP/ND included.

@@ -11,10 +11,8 @@ use std::{
 };
 
 use common::*;
-use nodeplane_xdp::{
-    Action, AttachMode, Counter, Counters, Loader, NodePort, Proto, SocketId, SteeringConfig,
-    TxError, XskBinding, XskConfig, XskWorker,
-};
+use nodeplane_dataplane::afxdp::{Action, SocketId, TxError, XskBinding, XskConfig, XskWorker};
+use nodeplane_xdp::{AttachMode, Counter, Counters, Loader, NodePort, Proto, SteeringConfig};
 
 fn test_config() -> XskConfig {
     XskConfig {
@@ -208,7 +206,9 @@ fn steers_owned_destinations_and_passes_the_rest() {
             ],
         )
         .expect("AF_XDP sockets on veth");
-        loader.register_worker(&w).expect("register sockets");
+        loader
+            .register_sockets(w.registrations())
+            .expect("register sockets");
         let host = UdpSocket::bind("0.0.0.0:40000").unwrap();
         host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
 
@@ -413,7 +413,9 @@ fn frame_accounting_holds_under_forwarding_drops_and_full_tx_rings() {
             ],
         )
         .expect("AF_XDP sockets");
-        loader.register_worker(&w).expect("register");
+        loader
+            .register_sockets(w.registrations())
+            .expect("register");
         let total = w.accounting().total;
         assert_eq!(total, 3 * 128);
         let out = SocketId(2);
@@ -585,7 +587,9 @@ fn reflector_round_trip_with_kernel_clients() {
             ],
         )
         .expect("AF_XDP sockets");
-        loader.register_worker(&w).expect("register");
+        loader
+            .register_sockets(w.registrations())
+            .expect("register");
         let stop = AtomicBool::new(false);
         let mut reflected = 0;
         std::thread::scope(|s| {
@@ -691,7 +695,9 @@ fn rebinding_right_after_close_succeeds() {
         for round in 0..5 {
             let w = XskWorker::new(&test_config(), &bindings)
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
-            loader.register_worker(&w).expect("register");
+            loader
+                .register_sockets(w.registrations())
+                .expect("register");
             drop(w);
         }
         let dup = XskWorker::new(&test_config(), &[bindings[0], bindings[0]]).unwrap_err();

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodeplane_xdp::{Action, Loader, SocketId, SteeringConfig, XskBinding, XskConfig, XskWorker};
+use nodeplane_dataplane::afxdp::{Action, SocketId, XskBinding, XskConfig, XskWorker};
+use nodeplane_xdp::{Loader, SteeringConfig};
 
 struct Args {
     a: String,
@@ -135,7 +136,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .flat_map(|iface| (0..a.queues).map(move |queue| XskBinding { iface, queue }))
         .collect();
     let mut w = XskWorker::new(&XskConfig::default(), &bindings)?;
-    loader.register_worker(&w)?;
+    loader.register_sockets(w.registrations())?;
     let q = a.queues as u8;
     let routes: Vec<(SocketId, Route)> = (0..q)
         .flat_map(|i| {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use nodeplane_bgp::SpeakerStatus;
 
-use crate::worker::{CtFilter, CtRow, OutcomeView, WorkerStats};
+use nodeplane_dataplane::worker::{CtFilter, CtRow, OutcomeView, WorkerStats};
 
 /// The largest request line accepted (bytes, without the newline).
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -164,14 +164,14 @@ pub struct Status {
     pub dead_workers: Vec<DeadWorker>,
     /// The packet I/O: kind, XDP attachment and counters, the uplink's neighbour (AF_XDP).
     #[serde(default)]
-    pub io: Option<crate::worker::IoStatus>,
+    pub io: Option<crate::runtime::backend::IoStatus>,
     /// The BGP speaker's sessions (none: no `bgp:` section in the config).
     #[serde(default)]
     pub bgp: Option<BgpSummary>,
     /// Per-service traffic summed over the workers (services that saw any), since the daemon
     /// started.
     #[serde(default)]
-    pub service_traffic: BTreeMap<String, crate::worker::SvcTraffic>,
+    pub service_traffic: BTreeMap<String, nodeplane_dataplane::worker::SvcTraffic>,
     /// `nodeplane observe` sessions the flow-event fan-out serves now (workers record events
     /// only while this is not 0; their counters are `workers[].events`).
     #[serde(default)]
@@ -234,7 +234,7 @@ pub struct ServiceRow {
     pub quarantined: usize,
     /// Traffic since the daemon started (all workers).
     #[serde(default)]
-    pub traffic: crate::worker::SvcTraffic,
+    pub traffic: nodeplane_dataplane::worker::SvcTraffic,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

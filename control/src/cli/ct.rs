@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use nodeplane_control::api::{CtFlushed, CtList, Request};
-use nodeplane_control::worker::CtFilter;
+use nodeplane_dataplane::worker::CtFilter;
 
 use super::client::{ask, table, Common};
 use super::CliResult;

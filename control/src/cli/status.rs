@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use nodeplane_control::api::{BgpSummary, Request, Status};
-use nodeplane_control::worker::WorkerStats;
+use nodeplane_dataplane::worker::WorkerStats;
 
 use super::client::{ask, opt, table, Common};
 use super::CliResult;
@@ -184,7 +184,7 @@ fn print_bgp(b: &BgpSummary) {
 
 /// The packet I/O: XDP attachment and counters, the uplink's neighbour, and per AF_XDP socket
 /// the ring counters and the kernel's (`XDP_STATISTICS`: frames lost before the pipeline).
-fn print_io(io: &nodeplane_control::worker::IoStatus, workers: &[WorkerStats]) {
+fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[WorkerStats]) {
     println!();
     println!("io:          {}", io.kind);
     if !io.attached.is_empty() {

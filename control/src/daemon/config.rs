@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::api::DEFAULT_SOCKET;
 use crate::runtime::AfXdpConfig;
-use crate::worker::{RemovedFlowAction, ReplayIoConfig};
+use nodeplane_dataplane::replay::ReplayIoConfig;
+use nodeplane_dataplane::worker::RemovedFlowAction;
 
 pub const DEFAULT_STATE_DIR: &str = "/etc/nodeplane/state";
 /// Workers at most (one per core is the intended use).

@@ -24,12 +24,13 @@ use crate::api::{
     PolicyModeStatus, PolicyView, Rejection, Request, Response, ServiceRow, Status,
 };
 use crate::events::{EventFilter, EventHub, ObserveStarted};
-use crate::publish::Publisher;
+use crate::runtime::backend::IoBackend;
 use crate::runtime::neigh::{NeighbourReport, NeighbourStatus};
 use crate::source::SourceEvent;
-use crate::worker::{
-    panic_message, proto_name, Answer, Clock, CtFilter, IoBackend, PacketIo, Query,
-    RemovedFlowAction, Request as WReq, SvcTraffic, Worker, WorkerStats,
+use nodeplane_dataplane::publish::Publisher;
+use nodeplane_dataplane::worker::{
+    panic_message, proto_name, Answer, Clock, CtFilter, PacketIo, Query, RemovedFlowAction,
+    Request as WReq, SvcTraffic, Worker, WorkerStats,
 };
 
 /// How long the control thread waits for a worker to take and answer a request.
@@ -37,40 +38,6 @@ pub const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_CT_LIMIT: usize = 10_000;
 /// Queue depth of each worker's request channel.
 const WORKER_QUEUE: usize = 16;
-
-impl PacketIo for Box<dyn PacketIo> {
-    fn start(&mut self) {
-        (**self).start()
-    }
-    fn bind(&mut self, t: &Arc<Tables>) {
-        (**self).bind(t)
-    }
-    fn burst(
-        &mut self,
-        now: u64,
-        process: &mut dyn FnMut(
-            &mut [nodeplane_dataplane::Packet<'_>],
-            &mut [nodeplane_dataplane::Outcome],
-        ),
-    ) -> usize {
-        (**self).burst(now, process)
-    }
-    fn send(&mut self, egress: u16, frame: &[u8]) {
-        (**self).send(egress, frame)
-    }
-    fn idle(&mut self, max: Duration) {
-        (**self).idle(max)
-    }
-    fn stats(&self) -> crate::worker::IoStats {
-        (**self).stats()
-    }
-    fn finished(&self) -> bool {
-        (**self).finished()
-    }
-    fn finish(&mut self) {
-        (**self).finish()
-    }
-}
 
 /// Time a state change may spend building Maglev tables before it is published (the rest are
 /// built right after, in steps of `MAGLEV_STEP`, and published as the next generation).
@@ -708,7 +675,7 @@ impl Control {
             Response::ok(ObserveStarted {
                 subscriber: ticket,
                 workers: self.events.workers(),
-                queue: crate::events::EVENT_QUEUE,
+                queue: nodeplane_dataplane::events::EVENT_QUEUE,
             }),
             ticket,
         )
@@ -1250,8 +1217,8 @@ mod tests {
         }
         fn send(&mut self, _: u16, _: &[u8]) {}
         fn idle(&mut self, _: Duration) {}
-        fn stats(&self) -> crate::worker::IoStats {
-            crate::worker::IoStats::default()
+        fn stats(&self) -> nodeplane_dataplane::worker::IoStats {
+            nodeplane_dataplane::worker::IoStats::default()
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use nodeplane_dataplane::DropReason;
 
-use crate::worker::SvcTraffic;
+use nodeplane_dataplane::worker::SvcTraffic;
 
 use crate::api::Status;
 
@@ -176,7 +176,7 @@ fn one(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fm
     Family::new(out, name, kind, help).sample(name, &[], value);
 }
 
-type WorkerCounter = fn(&crate::worker::WorkerStats) -> u64;
+type WorkerCounter = fn(&nodeplane_dataplane::worker::WorkerStats) -> u64;
 type SvcCounter = fn(&SvcTraffic) -> u64;
 
 /// The Prometheus text exposition of a status.

@@ -34,13 +34,15 @@ use mio::{Events, Poll, Token, Waker};
 use nodeplane_bgp::StopMode;
 
 use crate::api::server::Server;
+use crate::runtime::backend::IoBackend;
 use crate::runtime::neigh::NeighbourReport;
 use crate::runtime::AfXdpBackend;
 use crate::source::dir::DirSource;
 use crate::source::{SourceEvent, StateSource};
-use crate::worker::{IoBackend, IoStats, PacketIo, ReplayIo, ReplayIoConfig};
 use config::{Config, SourceChoice};
 use control::Control;
+use nodeplane_dataplane::replay::{ReplayIo, ReplayIoConfig};
+use nodeplane_dataplane::worker::{IoStats, PacketIo};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -203,7 +205,7 @@ pub fn mode_file(socket: &std::path::Path) -> std::path::PathBuf {
 
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     // Panics on worker threads are caught, counted and logged by the workers (worker.rs).
-    crate::worker::install_panic_hook();
+    nodeplane_dataplane::worker::install_panic_hook();
     let mut poll = Poll::new().map_err(DaemonError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
 

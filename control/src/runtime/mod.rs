@@ -1,6 +1,6 @@
 //! The AF_XDP packet I/O of the daemon (`io: { afxdp: ... }` in its config): the XDP program on
 //! the node's interfaces, one AF_XDP socket per interface queue, worker I/O that the daemon's
-//! workers ([`crate::worker::Worker`]) run the pipeline over, the steering maps re-derived from
+//! workers ([`nodeplane_dataplane::worker::Worker`]) run the pipeline over, the steering maps re-derived from
 //! every publication, and the uplink gateway's MAC watched in the kernel's neighbour table.
 //!
 //! ```text
@@ -25,10 +25,8 @@
 //! with other interfaces is rejected whole (sockets and UMEMs cannot be added to a running
 //! worker); restart to attach to new interfaces.
 
-pub mod handoff;
-pub mod io;
+pub mod backend;
 pub mod neigh;
-pub mod owner;
 pub mod steering;
 
 use std::collections::BTreeSet;
@@ -38,16 +36,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nodeplane_dataplane::afxdp::{AfXdpIo, XskBinding, XskConfig, XskWorker};
+use nodeplane_dataplane::handoff::Handoff;
+use nodeplane_dataplane::worker::PacketIo;
 use nodeplane_dataplane::Tables;
 use nodeplane_state::{InterfaceRole, State};
-use nodeplane_xdp::{Loader, XskBinding, XskConfig, XskWorker};
+use nodeplane_xdp::Loader;
 use serde::Deserialize;
 
-use self::handoff::Handoff;
-use self::io::AfXdpIo;
+use self::backend::{IoBackend, IoStatus};
 use self::neigh::NeighbourReport;
 pub use self::neigh::NeighbourStatus;
-use crate::worker::{IoBackend, IoStatus, PacketIo};
 
 /// `io.afxdp` of the daemon's config (docs/config.md).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -146,7 +145,7 @@ pub enum RuntimeError {
     Xsk {
         worker: usize,
         #[source]
-        source: nodeplane_xdp::XskError,
+        source: nodeplane_dataplane::afxdp::XskError,
     },
     #[error(transparent)]
     Register(#[from] nodeplane_xdp::XskRegisterError),
@@ -337,7 +336,7 @@ impl AfXdpBackend {
             let xsk = XskWorker::new(&xsk_cfg, &bindings)
                 .map_err(|source| RuntimeError::Xsk { worker: w, source })?;
             if let Some(l) = self.loader.as_mut() {
-                l.register_worker(&xsk)?;
+                l.register_sockets(xsk.registrations())?;
             }
             let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
             ios.push(Box::new(AfXdpIo::new(

@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
-use super::owner::FragOwners;
-use nodeplane_dataplane::tables::IfIndex;
-use nodeplane_dataplane::BURST;
+use crate::owner::FragOwners;
+use crate::tables::IfIndex;
+use crate::BURST;
 
 /// Bytes one handed-off frame can have (an AF_XDP frame of 2048 bytes holds less).
 pub const HANDOFF_FRAME: usize = 2048;

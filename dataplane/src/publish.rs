@@ -24,8 +24,8 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::{Pipeline, Tables};
 use crossbeam::channel::{bounded, Receiver, Sender};
-use nodeplane_dataplane::{Pipeline, Tables};
 use nodeplane_state::PolicyMode;
 
 #[derive(Debug)]
@@ -184,7 +184,7 @@ impl Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeplane_dataplane::MaglevCache;
+    use crate::MaglevCache;
     use nodeplane_state::example;
 
     fn tables(gen: u64) -> Arc<Tables> {

@@ -25,46 +25,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::worker::{IoStats, PacketIo, TxCount};
-use nodeplane_dataplane::tables::IfIndex;
-use nodeplane_dataplane::{Action, Outcome, Packet, Tables, BURST};
-use nodeplane_xdp::{Action as XskAction, SocketId, XskWorker};
-use serde::{Deserialize, Serialize};
+use super::xsk::{Action as XskAction, SocketId, XskWorker};
+use crate::tables::IfIndex;
+use crate::worker::io::{
+    AfXdpIoStats, IoCounters, IoStats, PacketIo, TxCount, XskKernelStats, XskSocketStats,
+};
+use crate::{Action, Outcome, Packet, Tables, BURST};
 
-use super::handoff::{Handoff, HandoffPort, StageError};
-use super::owner::{frame_owner, OwnerIndex};
-
-/// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IoCounters {
-    pub rx: u64,
-    /// Per table interface index: frames transmitted (rx frames and copies).
-    #[serde(skip)]
-    pub tx: Vec<u64>,
-    /// Per table interface index: bytes transmitted.
-    #[serde(skip)]
-    pub tx_bytes: Vec<u64>,
-    /// Frames whose egress interface has no socket on this worker (not bound).
-    pub tx_no_socket: u64,
-    /// Copies that could not be queued (no free UMEM frame, TX stage full).
-    pub tx_copy_failed: u64,
-    /// Pipeline `Pass` verdicts on steered frames: recycled (see module docs).
-    pub pass_dropped: u64,
-    /// Frames handed to their owner worker.
-    pub handed_off: u64,
-    /// Frames received from other workers.
-    pub handed_in: u64,
-    /// Hand-offs dropped: the owner's queue was full or the buffer pool empty.
-    pub handoff_dropped: u64,
-    /// Frames longer than a hand-off buffer (dropped).
-    pub handoff_too_long: u64,
-    /// Idle waits (`poll` on the sockets) that failed with an error other than EINTR.
-    #[serde(default)]
-    pub poll_errors: u64,
-    /// Handed-in frames left over from a burst that panicked (returned to the pool, dropped).
-    #[serde(default)]
-    pub handoff_abandoned: u64,
-}
+use crate::handoff::{Handoff, HandoffPort, StageError};
+use crate::owner::{frame_owner, OwnerIndex};
 
 #[derive(Debug, Clone, Copy)]
 struct Sock {
@@ -445,62 +414,6 @@ impl AfXdpIo {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
-}
-
-/// The kernel's counters of one AF_XDP socket (`getsockopt(SOL_XDP, XDP_STATISTICS)`): frames
-/// the kernel could not deliver to the socket, i.e. lost before the pipeline saw them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct XskKernelStats {
-    /// Dropped for other reasons (in copy mode: no free frame in the fill ring, among others).
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    /// Dropped because the RX ring was full (the worker did not consume fast enough).
-    pub rx_ring_full: u64,
-    /// Times the kernel found the fill ring empty (frames then dropped: `rx_dropped`).
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_invalid_descs: u64,
-    /// Times the kernel found the TX ring empty when woken.
-    pub tx_ring_empty_descs: u64,
-}
-
-/// One AF_XDP socket of a worker: userspace ring counters and the kernel's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct XskSocketStats {
-    pub iface: String,
-    pub queue: u32,
-    pub rx: u64,
-    pub tx: u64,
-    pub tx_completed: u64,
-    /// Frames for a full TX ring (recycled, not sent).
-    pub tx_ring_full: u64,
-    /// Received frames recycled without transmit (pipeline drops, held, pass, failed
-    /// hand-offs).
-    pub dropped: u64,
-    /// Received frames recycled after a copy was handed to their owner worker (not drops).
-    #[serde(default)]
-    pub released: u64,
-    /// Refills that found no free UMEM frame.
-    pub fill_starved: u64,
-    pub tx_kicks: u64,
-    pub fill_kicks: u64,
-    /// TX kicks (`sendto`) that failed (beyond the transient errors xsk-rs absorbs).
-    #[serde(default)]
-    pub tx_kick_errors: u64,
-    /// Fill ring kicks (`poll`) that failed.
-    #[serde(default)]
-    pub fill_kick_errors: u64,
-    /// `None`: the kernel did not answer `XDP_STATISTICS`.
-    pub kernel: Option<XskKernelStats>,
-}
-
-/// The AF_XDP part of a worker's I/O counters (in `nodeplane status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AfXdpIoStats {
-    pub core: Option<usize>,
-    pub counters: IoCounters,
-    pub sockets: Vec<XskSocketStats>,
-    /// The UMEM frame accounting check at stop (`ok` or the error); `None` while running.
-    pub accounting: Option<String>,
 }
 
 impl PacketIo for AfXdpIo {

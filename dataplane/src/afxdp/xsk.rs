@@ -537,6 +537,15 @@ impl XskWorker {
         (&s.iface, s.queue)
     }
 
+    /// Every socket as (interface, queue, file descriptor): what the XDP program's socket map
+    /// needs (`nodeplane_xdp::Loader::register_sockets`).
+    pub fn registrations(&self) -> impl Iterator<Item = (&str, u32, RawFd)> + '_ {
+        self.socket_ids().map(|id| {
+            let (iface, queue) = self.binding(id);
+            (iface, queue, self.raw_fd(id))
+        })
+    }
+
     /// The socket's file descriptor (for [`crate::Loader::register_xsk`]).
     pub fn raw_fd(&self, id: SocketId) -> RawFd {
         self.socks[usize::from(id.0)].rx.fd().as_raw_fd()

@@ -2,7 +2,7 @@
 //!
 //! The NIC (or veth) picks a receive queue per packet, independently for a request and its
 //! reply, so with more than one worker a flow's two directions land on different workers half
-//! of the time. Conntrack is owned per worker (the [`Pipeline`](nodeplane_dataplane::Pipeline)
+//! of the time. Conntrack is owned per worker (the [`Pipeline`](crate::Pipeline)
 //! holds it), so every packet is processed by its flow's *owner*: the worker chosen by a hash
 //! of a value that both directions carry unchanged, through NAT. A packet received by another
 //! worker is handed off to the owner (see `io.rs`).
@@ -31,10 +31,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::parse::{self, Frag, Meta, Parsed};
+use crate::Tables;
 use hashbrown::HashSet;
-use nodeplane_dataplane::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use nodeplane_dataplane::parse::{self, Frag, Meta, Parsed};
-use nodeplane_dataplane::Tables;
 
 /// The service endpoints of one table snapshot, for the ownership rules. Built when tables
 /// are published (allocates), read per packet (does not).
@@ -226,7 +226,7 @@ pub fn owner_of(hash: u64, workers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nodeplane_dataplane::MaglevCache;
+    use crate::MaglevCache;
     use std::net::IpAddr;
 
     fn tables() -> Tables {

@@ -1,0 +1,58 @@
+//! The control thread's side of a packet I/O kind ([`IoBackend`]) and what it reports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nodeplane_dataplane::worker::PacketIo;
+use nodeplane_dataplane::Tables;
+use serde::{Deserialize, Serialize};
+
+/// The control thread's side of a packet I/O kind: creates the workers' [`PacketIo`]s when the
+/// first state is published, may veto a state it cannot run (the AF_XDP sockets are bound to
+/// fixed interfaces), prepares every publication (the XDP steering maps) and reports its own
+/// status. Everything here runs on the control thread, never on the packet path.
+pub trait IoBackend {
+    /// `afxdp`, `replay` or `none`.
+    fn kind(&self) -> &'static str;
+    /// Whether a validated state can be published with this I/O (an error rejects it whole).
+    fn admit(&self, _state: &nodeplane_state::State) -> Result<(), String> {
+        Ok(())
+    }
+    /// Creates the I/O of `workers` workers for the first published tables. An error rejects
+    /// that state; the next state tries again.
+    fn start(
+        &mut self,
+        tables: &Arc<Tables>,
+        workers: usize,
+    ) -> Result<Vec<Box<dyn PacketIo>>, String>;
+    /// Called with every later snapshot before the workers get it (an error rejects it).
+    fn prepare(&mut self, _tables: &Tables) -> Result<(), String> {
+        Ok(())
+    }
+    fn status(&self) -> IoStatus {
+        IoStatus {
+            kind: self.kind().into(),
+            ..IoStatus::default()
+        }
+    }
+    /// A worker thread ended while the daemon runs (its queues have no socket any more).
+    fn worker_died(&mut self, _worker: usize) {}
+    /// Called after the workers stopped (AF_XDP: detach XDP).
+    fn stop(&mut self) {}
+}
+
+/// What an [`IoBackend`] reports in `nodeplane status` (besides the per-worker counters).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IoStatus {
+    /// `afxdp`, `replay` or `none`.
+    pub kind: String,
+    /// Interfaces with the XDP program: `name (mode, N queues)`.
+    #[serde(default)]
+    pub attached: Vec<String>,
+    /// The XDP program's counters (name → value).
+    #[serde(default)]
+    pub xdp: BTreeMap<String, u64>,
+    /// The uplink gateway's next hop (AF_XDP).
+    #[serde(default)]
+    pub neighbour: Option<crate::runtime::neigh::NeighbourStatus>,
+}

@@ -1,0 +1,12 @@
+//! AF_XDP packet I/O (feature `afxdp`): a worker's sockets over one UMEM ([`xsk`]) and the
+//! worker I/O that runs the pipeline over them ([`io`]), handing frames owned by another worker
+//! to it ([`crate::handoff`]).
+
+pub mod io;
+pub mod xsk;
+
+pub use io::AfXdpIo;
+pub use xsk::{
+    AccountingError, Action, Burst, FrameAccounting, SocketId, SocketStats, TxError, XskBinding,
+    XskConfig, XskError, XskWorker, MAX_BURST,
+};

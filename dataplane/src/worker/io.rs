@@ -1,0 +1,182 @@
+//! The worker's packet I/O seam ([`PacketIo`]): AF_XDP sockets live, a capture in replay, test
+//! doubles in unit tests. Also the I/O counters every kind reports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::{Outcome, Packet};
+use crate::tables::{IfIndex, Tables};
+
+/// Per-interface transmit counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IoStats {
+    pub rx_packets: u64,
+    /// Egress interface name → frames transmitted.
+    pub tx: BTreeMap<String, TxCount>,
+    /// Frames passed to the kernel (live) or discarded as "passed" (replay).
+    pub passed: u64,
+    /// Whether the input is exhausted (replay with a loop count).
+    pub finished: bool,
+    /// AF_XDP I/O: hand-off counters, per-socket ring and kernel (`XDP_STATISTICS`) counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp: Option<AfXdpIoStats>,
+}
+
+/// Packet I/O of one worker. Live: AF_XDP sockets (RX/TX/fill/completion rings over a UMEM).
+/// Tests and benchmarks: [`ReplayIo`].
+pub trait PacketIo: Send {
+    /// Called once on the worker's own thread before its loop (e.g. to pin it to a core).
+    fn start(&mut self) {}
+    /// Called with every new snapshot: resolve interface names to the snapshot's indexes.
+    fn bind(&mut self, tables: &Arc<Tables>);
+    /// One burst: receive up to [`BURST`] frames with their ingress interface and time `now`,
+    /// hand them to `process` (which decides every frame's [`Outcome`] and may rewrite and
+    /// shorten frames in place), then transmit each `Action::Forward(egress)` frame — its
+    /// current `data.len()` bytes — on `egress` and recycle the others (pass to the kernel
+    /// where that applies). Returns how many frames were received; 0 means idle.
+    fn burst(
+        &mut self,
+        now: u64,
+        process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+    ) -> usize;
+    /// Transmits a copy of a frame that is not part of the current burst (a released fragment).
+    fn send(&mut self, egress: IfIndex, frame: &[u8]);
+    /// Nothing was received: wait for traffic, at most `max`.
+    fn idle(&mut self, max: Duration);
+    fn stats(&self) -> IoStats;
+    /// The input is exhausted (replay with a loop count); live I/O never is.
+    fn finished(&self) -> bool {
+        false
+    }
+    /// Flush any buffered output, check resources (called when the worker stops).
+    fn finish(&mut self) {}
+}
+
+/// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoCounters {
+    pub rx: u64,
+    /// Per table interface index: frames transmitted (rx frames and copies).
+    #[serde(skip)]
+    pub tx: Vec<u64>,
+    /// Per table interface index: bytes transmitted.
+    #[serde(skip)]
+    pub tx_bytes: Vec<u64>,
+    /// Frames whose egress interface has no socket on this worker (not bound).
+    pub tx_no_socket: u64,
+    /// Copies that could not be queued (no free UMEM frame, TX stage full).
+    pub tx_copy_failed: u64,
+    /// Pipeline `Pass` verdicts on steered frames: recycled (see module docs).
+    pub pass_dropped: u64,
+    /// Frames handed to their owner worker.
+    pub handed_off: u64,
+    /// Frames received from other workers.
+    pub handed_in: u64,
+    /// Hand-offs dropped: the owner's queue was full or the buffer pool empty.
+    pub handoff_dropped: u64,
+    /// Frames longer than a hand-off buffer (dropped).
+    pub handoff_too_long: u64,
+    /// Idle waits (`poll` on the sockets) that failed with an error other than EINTR.
+    #[serde(default)]
+    pub poll_errors: u64,
+    /// Handed-in frames left over from a burst that panicked (returned to the pool, dropped).
+    #[serde(default)]
+    pub handoff_abandoned: u64,
+}
+
+/// The kernel's counters of one AF_XDP socket (`getsockopt(SOL_XDP, XDP_STATISTICS)`): frames
+/// the kernel could not deliver to the socket, i.e. lost before the pipeline saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskKernelStats {
+    /// Dropped for other reasons (in copy mode: no free frame in the fill ring, among others).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    /// Dropped because the RX ring was full (the worker did not consume fast enough).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty (frames then dropped: `rx_dropped`).
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Times the kernel found the TX ring empty when woken.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// One AF_XDP socket of a worker: userspace ring counters and the kernel's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskSocketStats {
+    pub iface: String,
+    pub queue: u32,
+    pub rx: u64,
+    pub tx: u64,
+    pub tx_completed: u64,
+    /// Frames for a full TX ring (recycled, not sent).
+    pub tx_ring_full: u64,
+    /// Received frames recycled without transmit (pipeline drops, held, pass, failed
+    /// hand-offs).
+    pub dropped: u64,
+    /// Received frames recycled after a copy was handed to their owner worker (not drops).
+    #[serde(default)]
+    pub released: u64,
+    /// Refills that found no free UMEM frame.
+    pub fill_starved: u64,
+    pub tx_kicks: u64,
+    pub fill_kicks: u64,
+    /// TX kicks (`sendto`) that failed (beyond the transient errors xsk-rs absorbs).
+    #[serde(default)]
+    pub tx_kick_errors: u64,
+    /// Fill ring kicks (`poll`) that failed.
+    #[serde(default)]
+    pub fill_kick_errors: u64,
+    /// `None`: the kernel did not answer `XDP_STATISTICS`.
+    pub kernel: Option<XskKernelStats>,
+}
+
+/// The AF_XDP part of a worker's I/O counters (in `nodeplane status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfXdpIoStats {
+    pub core: Option<usize>,
+    pub counters: IoCounters,
+    pub sockets: Vec<XskSocketStats>,
+    /// The UMEM frame accounting check at stop (`ok` or the error); `None` while running.
+    pub accounting: Option<String>,
+}
+
+/// A boxed I/O is an I/O (the daemon picks the kind at run time).
+impl PacketIo for Box<dyn PacketIo> {
+    fn start(&mut self) {
+        (**self).start()
+    }
+    fn bind(&mut self, t: &Arc<Tables>) {
+        (**self).bind(t)
+    }
+    fn burst(
+        &mut self,
+        now: u64,
+        process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+    ) -> usize {
+        (**self).burst(now, process)
+    }
+    fn send(&mut self, egress: u16, frame: &[u8]) {
+        (**self).send(egress, frame)
+    }
+    fn idle(&mut self, max: Duration) {
+        (**self).idle(max)
+    }
+    fn stats(&self) -> IoStats {
+        (**self).stats()
+    }
+    fn finished(&self) -> bool {
+        (**self).finished()
+    }
+    fn finish(&mut self) {
+        (**self).finish()
+    }
+}

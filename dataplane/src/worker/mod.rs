@@ -1,0 +1,485 @@
+//! A worker: one pipeline, one packet I/O, run to completion over bursts.
+//!
+//! ```text
+//!  loop {
+//!    subscriber.poll()          one atomic load; new tables / policy mode between bursts
+//!    events.observed()          one atomic load: is a `nodeplane observe` attached?
+//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [flow events:
+//!                               new flows and drops → this worker's queue, if observed]
+//!                               → [RST rewrite] → tx
+//!    pipeline.drain()           held fragments that became ready or timed out
+//!    serve ≤ 8 control requests ct list / flush / stats / explain (bounded channel)
+//!    every 1 s: full GC         (incremental GC runs inside every burst)
+//!    nothing received: io.idle()
+//!  }                            a panic anywhere in a turn is caught at its end (see below)
+//! ```
+//!
+//! No panic is expected on this path, but one must not silently take the worker's queues
+//! down with it: each turn runs under `catch_unwind`. A caught panic is counted
+//! (`worker_panics`, and the frames of its burst in `panic_dropped`), logged at most once per
+//! [`PANIC_LOG_EVERY`] per worker, and the worker goes on with the next turn. The burst's frames
+//! are recycled by the I/O as the panic unwinds through it (AF_XDP: the burst's `Drop`); the
+//! conntrack entry the panicking packet was updating may be left half-updated, which is the
+//! price of keeping the other flows forwarding.
+//!
+//! The worker owns its conntrack; the control thread never touches it directly but sends
+//! [`Request`]s over a bounded channel and waits (with a timeout) for the reply, so table dumps
+//! happen between bursts and no lock is ever shared with the packet path.
+//!
+//! [`PacketIo`] is the seam for packet I/O: the AF_XDP runtime implements it over its rings;
+//! [`ReplayIo`](crate::replay::ReplayIo) implements it over frames from a capture: `nodeplane
+//! replay`, the daemon's `io: replay`, tests and benchmarks.
+
+pub mod clock;
+pub mod io;
+pub mod panic;
+pub mod query;
+pub mod stats;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+use serde::{Deserialize, Serialize};
+
+pub use self::clock::Clock;
+pub use self::io::{
+    AfXdpIoStats, IoCounters, IoStats, PacketIo, TxCount, XskKernelStats, XskSocketStats,
+};
+pub use self::panic::{install_panic_hook, panic_message, PANIC_LOG_EVERY};
+use self::panic::{LAST_PANIC, WORKER_THREAD};
+pub use self::query::{
+    proto_name, proto_number, Answer, CtFilter, CtRow, Explained, OutcomeView, Query, Request,
+};
+pub use self::stats::{ServiceCounts, SvcTraffic, WorkerStats};
+use crate::conntrack::CtStats;
+use crate::events::{EventTap, FlowEvent};
+use crate::flow::FlowKey;
+use crate::parse;
+use crate::publish::Subscriber;
+use crate::{rst, Action, DropReason, Pipeline, BURST};
+
+/// What happens to a packet of a flow whose backend was removed or quarantined (the pipeline
+/// drops it `backend-gone` and forgets the flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemovedFlowAction {
+    /// Drop silently: the peers find out by their own timeouts.
+    #[default]
+    Drop,
+    /// Drop, and answer a TCP segment with a reset to its sender (built in place from the
+    /// dropped segment and sent back out of its ingress interface).
+    Rst,
+}
+
+/// Requests served per loop turn at most (a flood of CLI calls cannot starve the packets).
+const REQUESTS_PER_TURN: usize = 8;
+const FULL_GC_EVERY: Duration = Duration::from_secs(1);
+const IDLE_WAIT: Duration = Duration::from_millis(2);
+
+#[derive(Debug)]
+pub struct Worker<I: PacketIo> {
+    pub id: usize,
+    pipeline: Pipeline,
+    sub: Subscriber,
+    io: I,
+    requests: Receiver<Request>,
+    stop: Arc<AtomicBool>,
+    clock: Clock,
+    removed: RemovedFlowAction,
+    rst_sent: u64,
+    last_gc: Instant,
+    panics: u64,
+    panic_dropped: u64,
+    /// When a caught panic was last logged, and how many were caught since without a log.
+    panic_logged: Option<Instant>,
+    panics_unlogged: u64,
+    services: ServiceCounts,
+    /// Flow events: checked once per burst (see `crate::events`).
+    events: EventTap,
+}
+
+impl<I: PacketIo> Worker<I> {
+    pub fn new(
+        id: usize,
+        sub: Subscriber,
+        mut io: I,
+        requests: Receiver<Request>,
+        stop: Arc<AtomicBool>,
+        clock: Clock,
+        removed: RemovedFlowAction,
+    ) -> Worker<I> {
+        let tables = sub.current();
+        io.bind(&tables);
+        let services = ServiceCounts::new(&tables);
+        Worker {
+            id,
+            pipeline: Pipeline::new(tables),
+            sub,
+            io,
+            requests,
+            stop,
+            clock,
+            removed,
+            rst_sent: 0,
+            last_gc: Instant::now(),
+            panics: 0,
+            panic_dropped: 0,
+            panic_logged: None,
+            panics_unlogged: 0,
+            services,
+            events: EventTap::detached(),
+        }
+    }
+
+    /// Records flow events into `tap` (the daemon's hub; see `crate::events`).
+    pub fn with_events(mut self, tap: EventTap) -> Worker<I> {
+        self.events = tap;
+        self
+    }
+
+    /// Runs until `stop` is set. Returns the final counters.
+    pub fn run(mut self) -> WorkerStats {
+        WORKER_THREAD.with(|w| w.set(true));
+        self.io.start();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.turn();
+        }
+        self.io.finish();
+        self.stats()
+    }
+
+    /// One loop turn: pick up tables, one burst, drain, requests, full GC when due, idle.
+    /// A panic inside is caught, counted and logged (module docs); the turn then returns the
+    /// frames of its burst. Public for tests and benchmarks that drive a worker without a
+    /// thread. Returns the frames taken in (0: idle).
+    pub fn turn(&mut self) -> usize {
+        let mut taken = 0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.turn_inner(&mut taken))) {
+            Ok(n) => n,
+            Err(p) => {
+                self.contained(p.as_ref(), taken);
+                taken
+            }
+        }
+    }
+
+    /// Counts a caught panic and logs it, at most once per [`PANIC_LOG_EVERY`].
+    fn contained(&mut self, p: &(dyn std::any::Any + Send), frames: usize) {
+        self.panics += 1;
+        self.panic_dropped += frames as u64;
+        let due = self
+            .panic_logged
+            .is_none_or(|t| t.elapsed() >= PANIC_LOG_EVERY);
+        if !due {
+            self.panics_unlogged += 1;
+            return;
+        }
+        let what = LAST_PANIC
+            .with(|l| l.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(p));
+        log::error!(
+            "worker {}: PANIC caught ({what}); {frames} frames of the burst dropped, the worker goes on ({} panics in all, {} more since the last log line)",
+            self.id,
+            self.panics,
+            self.panics_unlogged
+        );
+        self.panic_logged = Some(Instant::now());
+        self.panics_unlogged = 0;
+    }
+
+    fn turn_inner(&mut self, taken: &mut usize) -> usize {
+        if self.sub.poll(&mut self.pipeline) {
+            self.io.bind(self.pipeline.tables());
+            self.services.rebind(self.pipeline.tables());
+        }
+        let now = self.clock.now();
+        let id = self.id as u16;
+        let Worker {
+            pipeline,
+            io,
+            removed,
+            rst_sent,
+            services,
+            events,
+            ..
+        } = self;
+        let removed = *removed;
+        // The only cost of flow events while nobody observes: this load, once per turn.
+        let observed = events.observed();
+        let generation = pipeline.tables().generation;
+        let n = io.burst(now, &mut |pkts, outs| {
+            *taken = pkts.len();
+            if observed {
+                // Events before the RST rewrite below: a dropped frame shows as dropped.
+                for (pc, oc) in pkts.chunks_mut(BURST).zip(outs.chunks_mut(BURST)) {
+                    pipeline.process_burst(pc, oc);
+                    let parsed = pipeline.parsed(pc.len());
+                    events.record_burst(id, generation, now, pc, oc, parsed);
+                }
+            } else {
+                pipeline.process_burst(pkts, outs);
+            }
+            for (p, o) in pkts.iter().zip(outs.iter()) {
+                services.count(o, p.data.len());
+            }
+            if removed == RemovedFlowAction::Rst {
+                for (p, o) in pkts.iter_mut().zip(outs.iter_mut()) {
+                    if o.action == Action::Drop(DropReason::BackendGone) {
+                        if let Some(len) = rst::reset_in_place(p.data) {
+                            let data = std::mem::take(&mut p.data);
+                            p.data = &mut data[..len];
+                            o.action = Action::Forward(p.iface);
+                            *rst_sent += 1;
+                        }
+                    }
+                }
+            }
+        });
+        pipeline.drain(now, |r| {
+            services.count(&r.outcome, r.data.len());
+            if observed && FlowEvent::wanted(&r.outcome) {
+                // Released fragments are rare: parse again here (off the burst loop).
+                let parsed = parse::parse(r.data);
+                events.push(FlowEvent::new(
+                    id, generation, r.iface, now, &parsed, &r.outcome,
+                ));
+            }
+            if let Action::Forward(e) = r.outcome.action {
+                io.send(e, r.data);
+            }
+        });
+        *taken = 0;
+        for _ in 0..REQUESTS_PER_TURN {
+            match self.requests.try_recv() {
+                Ok(req) => self.serve(req),
+                Err(_) => break,
+            }
+        }
+        if self.last_gc.elapsed() >= FULL_GC_EVERY {
+            self.pipeline.gc(self.clock.now());
+            self.last_gc = Instant::now();
+        }
+        if n == 0 {
+            if self.io.finished() {
+                // Input exhausted (replay): wait for requests instead of spinning.
+                match self.requests.recv_timeout(Duration::from_millis(20)) {
+                    Ok(req) => self.serve(req),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                }
+            } else {
+                self.io.idle(IDLE_WAIT);
+            }
+        }
+        n
+    }
+
+    fn serve(&mut self, req: Request) {
+        let now = self.clock.now();
+        let answer = match req.query {
+            Query::CtList { filter, limit } => {
+                let t = Arc::clone(self.pipeline.tables());
+                let mut rows = Vec::new();
+                let mut matched = 0;
+                for e in self.pipeline.conntrack().iter() {
+                    if e.expires > now && filter.matches(e) {
+                        matched += 1;
+                        if rows.len() < limit {
+                            rows.push(CtRow::from_entry(self.id, e, &t, now));
+                        }
+                    }
+                }
+                Answer::Ct { rows, matched }
+            }
+            Query::CtFlush { filter } => {
+                let ct = self.pipeline.conntrack_mut();
+                let before = ct.len();
+                if filter == CtFilter::default() {
+                    ct.flush();
+                    Answer::Flushed(before)
+                } else {
+                    let keys: Vec<FlowKey> = ct
+                        .iter()
+                        .filter(|e| filter.matches(e))
+                        .map(|e| e.orig)
+                        .collect();
+                    for k in &keys {
+                        if let Some((slot, _)) = ct.lookup(k, now) {
+                            ct.remove(slot);
+                        }
+                    }
+                    Answer::Flushed(before - ct.len())
+                }
+            }
+            Query::Stats => Answer::Stats(Box::new(self.stats())),
+            Query::Explain { frame, iface, keys } => self.explain(frame, &iface, &keys, now),
+        };
+        // The control thread may have given up waiting: nothing to do then.
+        let _ = req.reply.try_send(answer);
+    }
+
+    fn explain(&self, mut frame: Vec<u8>, iface: &str, keys: &[FlowKey], now: u64) -> Answer {
+        let tables = Arc::clone(self.pipeline.tables());
+        let Some(idx) = tables.iface_index(iface) else {
+            return Answer::Error(format!(
+                "interface {iface:?} is not in the running state (known: {})",
+                tables
+                    .ifaces
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let flow = keys
+            .iter()
+            .find_map(|k| self.pipeline.conntrack().peek(k, now))
+            .map(|(e, _)| CtRow::from_entry(self.id, e, &tables, now));
+        let mut scratch = self.pipeline.scratch(keys, now);
+        let outcome = scratch.process_one(&mut frame, idx, now);
+        Answer::Explained(Box::new(Explained {
+            flow,
+            view: OutcomeView::new(&outcome, &tables),
+            outcome,
+            frame_after: frame,
+            policy_mode_override: self.pipeline.policy_mode_override(),
+            tables,
+        }))
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        let c = self.pipeline.counters();
+        let ct = self.pipeline.conntrack();
+        let s: CtStats = ct.stats;
+        WorkerStats {
+            worker: self.id,
+            generation: self.pipeline.tables().generation,
+            packets: c.packets,
+            forwarded: c.forwarded,
+            passed: c.passed,
+            dropped: c.dropped,
+            held: c.held,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| c.drops[**r as usize] > 0)
+                .map(|r| (r.name().to_string(), c.drops[*r as usize]))
+                .collect(),
+            rst_sent: self.rst_sent,
+            ct_entries: ct.len(),
+            ct_capacity: ct.capacity(),
+            ct_created: s.created,
+            ct_expired: s.expired,
+            ct_evicted: s.evicted,
+            ct_full_drops: s.full_drops,
+            worker_panics: self.panics,
+            panic_dropped: self.panic_dropped,
+            io: self.io.stats(),
+            events: self.events.counts(),
+            services: Some(self.services.clone()),
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    pub fn io(&self) -> &I {
+        &self.io
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Publisher;
+    use crate::tables::IfIndex;
+    use crate::{MaglevCache, Outcome, Packet, Tables};
+    use crossbeam::channel::bounded;
+
+    /// Three frames per burst; panics in the bursts listed in `panic_after` (after the
+    /// pipeline ran) and `panic_before` (before it ran).
+    struct FlakyIo {
+        iface: IfIndex,
+        bursts: u64,
+        panic_after: Vec<u64>,
+        panic_before: Vec<u64>,
+        completed: u64,
+    }
+
+    impl PacketIo for FlakyIo {
+        fn bind(&mut self, t: &Arc<Tables>) {
+            self.iface = t.iface_index("pod-client").expect("pod-client");
+        }
+        fn burst(
+            &mut self,
+            now: u64,
+            process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+        ) -> usize {
+            self.bursts += 1;
+            assert!(
+                !self.panic_before.contains(&self.bursts),
+                "injected panic before burst {}",
+                self.bursts
+            );
+            let mut bufs = [[0u8; 60]; 3];
+            let mut outs = [Outcome::default(); 3];
+            let mut pkts: Vec<Packet<'_>> = bufs
+                .iter_mut()
+                .map(|b| Packet {
+                    data: &mut b[..],
+                    iface: self.iface,
+                    ts: now,
+                    tag: 0,
+                })
+                .collect();
+            process(&mut pkts, &mut outs);
+            assert!(
+                !self.panic_after.contains(&self.bursts),
+                "injected panic in burst {}",
+                self.bursts
+            );
+            self.completed += 1;
+            3
+        }
+        fn send(&mut self, _: IfIndex, _: &[u8]) {}
+        fn idle(&mut self, _: Duration) {}
+        fn stats(&self) -> IoStats {
+            IoStats::default()
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_burst_is_counted_and_the_worker_goes_on() {
+        let s = nodeplane_state::example::state().unwrap();
+        let p = Publisher::new(Arc::new(Tables::build(&s, 1, &mut MaglevCache::default())));
+        let (_tx, rx) = bounded(1);
+        let io = FlakyIo {
+            iface: 0,
+            bursts: 0,
+            panic_after: vec![1, 4],
+            panic_before: vec![3],
+            completed: 0,
+        };
+        let mut w = Worker::new(
+            0,
+            p.subscribe(),
+            io,
+            rx,
+            Arc::new(AtomicBool::new(false)),
+            Clock::new(),
+            RemovedFlowAction::Drop,
+        );
+        let taken: Vec<usize> = (0..5).map(|_| w.turn()).collect();
+        // Bursts 1 and 4 panicked after taking 3 frames, burst 3 before taking any.
+        assert_eq!(taken, [3, 3, 0, 3, 3]);
+        let st = w.stats();
+        assert_eq!((st.worker_panics, st.panic_dropped), (3, 6));
+        assert_eq!(w.io().completed, 2, "bursts 2 and 5 completed");
+        assert_eq!(st.packets, 12, "the pipeline saw every burst it was given");
+        // The counters reach `nodeplane status` (JSON).
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["worker_panics"], 3);
+    }
+}
