@@ -41,6 +41,7 @@ fn demo_replay_verdicts() {
         inputs,
         output_dir: out.clone(),
         state_at: vec![],
+        ..ReplayOptions::default()
     })
     .expect("replay");
     let drops: BTreeMap<String, u64> = [

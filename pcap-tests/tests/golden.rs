@@ -110,6 +110,7 @@ fn run_replay(dir: &Path, spec: &CaseSpec, out: &Path) -> Result<Run, String> {
             .iter()
             .map(|s| (s.seconds, dir.join(&s.state)))
             .collect(),
+        ..ReplayOptions::default()
     };
     let summary = replay::run(&opts).map_err(|e| format!("replay failed: {e}"))?;
     let verdicts_text = std::fs::read_to_string(out.join("verdicts.jsonl"))

@@ -96,6 +96,7 @@ fn replay_one(
         inputs: vec![(iface.to_string(), file.to_path_buf())],
         output_dir: out.to_path_buf(),
         state_at: vec![],
+        ..ReplayOptions::default()
     };
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| replay::run(&opts)));
     let summary = match result {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nodeplane_control::replay::{self, ReplayOptions};
+use nodeplane_dataplane::worker::RemovedFlowAction;
 
 use super::CliResult;
 
@@ -21,6 +22,13 @@ pub struct ReplayArgs {
     /// SECONDS=STATE: switch to STATE when the capture clock is SECONDS past its first packet.
     #[arg(long = "state-at", value_parser = parse_state_at)]
     state_at: Vec<(f64, PathBuf)>,
+    /// Write the flow events (the records `nodeplane observe --json` prints) to this file.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// What to do with a segment of a flow whose backend was removed: `drop`, or `rst` (drop
+    /// and answer TCP with a reset), as the daemon's `removed_flow_action`.
+    #[arg(long, value_parser = parse_removed, default_value = "drop")]
+    removed_flow_action: RemovedFlowAction,
     /// Print the summary as JSON on stdout as well.
     #[arg(long)]
     json: bool,
@@ -30,6 +38,14 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((i, f)) if !i.is_empty() && !f.is_empty() => Ok((i.to_string(), PathBuf::from(f))),
         _ => Err(format!("expected IFACE=FILE, got {s:?}")),
+    }
+}
+
+fn parse_removed(s: &str) -> Result<RemovedFlowAction, String> {
+    match s {
+        "drop" => Ok(RemovedFlowAction::Drop),
+        "rst" => Ok(RemovedFlowAction::Rst),
+        _ => Err(format!("expected drop or rst, got {s:?}")),
     }
 }
 
@@ -52,6 +68,8 @@ pub fn run(args: ReplayArgs) -> CliResult {
         inputs: args.inputs,
         output_dir: args.output_dir,
         state_at: args.state_at,
+        events: args.events,
+        removed_flow_action: args.removed_flow_action,
     };
     let summary = replay::run(&opts)?;
     eprint!("{}", summary.render());

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{Outcome, Packet};
+use super::Clock;
+use crate::pipeline::{Action, Outcome, Packet, Released};
 use crate::tables::{IfIndex, Tables};
 
 /// Per-interface transmit counters.
@@ -50,6 +51,19 @@ pub trait PacketIo: Send {
     ) -> usize;
     /// Transmits a copy of a frame that is not part of the current burst (a released fragment).
     fn send(&mut self, egress: IfIndex, frame: &[u8]);
+    /// A held fragment left the pipeline (released or timed out): transmits it when it is
+    /// forwarded (without its stripped L2 bytes).
+    fn released(&mut self, r: &Released<'_>) {
+        if let Action::Forward(e) = r.outcome.action {
+            let trim = usize::from(r.outcome.l2_trim).min(r.data.len());
+            self.send(e, &r.data[trim..]);
+        }
+    }
+    /// The worker's time for the next turn: the shared monotonic clock live; a replay in
+    /// capture timing runs on the capture's clock.
+    fn now(&self, clock: &Clock) -> u64 {
+        clock.now()
+    }
     /// Nothing was received: wait for traffic, at most `max`.
     fn idle(&mut self, max: Duration);
     fn stats(&self) -> IoStats;
@@ -166,6 +180,12 @@ impl PacketIo for Box<dyn PacketIo> {
     }
     fn send(&mut self, egress: u16, frame: &[u8]) {
         (**self).send(egress, frame)
+    }
+    fn released(&mut self, r: &Released<'_>) {
+        (**self).released(r)
+    }
+    fn now(&self, clock: &Clock) -> u64 {
+        (**self).now(clock)
     }
     fn idle(&mut self, max: Duration) {
         (**self).idle(max)

@@ -76,7 +76,8 @@ pub enum RemovedFlowAction {
 
 /// Requests served per loop turn at most (a flood of CLI calls cannot starve the packets).
 const REQUESTS_PER_TURN: usize = 8;
-const FULL_GC_EVERY: Duration = Duration::from_secs(1);
+/// Full GC once per second of the worker's time (the capture's clock in a replay).
+const FULL_GC_EVERY_NS: u64 = 1_000_000_000;
 const IDLE_WAIT: Duration = Duration::from_millis(2);
 
 #[derive(Debug)]
@@ -90,7 +91,8 @@ pub struct Worker<I: PacketIo> {
     clock: Clock,
     removed: RemovedFlowAction,
     rst_sent: u64,
-    last_gc: Instant,
+    /// When the next full GC is due (worker time); `None` before the first turn.
+    next_gc: Option<u64>,
     panics: u64,
     panic_dropped: u64,
     /// When a caught panic was last logged, and how many were caught since without a log.
@@ -124,7 +126,7 @@ impl<I: PacketIo> Worker<I> {
             clock,
             removed,
             rst_sent: 0,
-            last_gc: Instant::now(),
+            next_gc: None,
             panics: 0,
             panic_dropped: 0,
             panic_logged: None,
@@ -195,8 +197,19 @@ impl<I: PacketIo> Worker<I> {
             self.io.bind(self.pipeline.tables());
             self.services.rebind(self.pipeline.tables());
         }
-        let now = self.clock.now();
+        let now = self.io.now(&self.clock);
+        // Full GC when due, before the burst (a replay's time is then the burst's first frame).
+        match self.next_gc {
+            None => self.next_gc = Some(now.saturating_add(FULL_GC_EVERY_NS)),
+            Some(due) if now >= due && !self.io.finished() => {
+                self.pipeline.gc(now);
+                self.next_gc = Some(now.saturating_add(FULL_GC_EVERY_NS));
+            }
+            Some(_) => {}
+        }
         let id = self.id as u16;
+        // The latest frame time of the burst: held fragments are drained as of then.
+        let mut latest = now;
         let Worker {
             pipeline,
             io,
@@ -212,6 +225,7 @@ impl<I: PacketIo> Worker<I> {
         let generation = pipeline.tables().generation;
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
+            latest = pkts.iter().map(|p| p.ts).fold(latest, u64::max);
             if observed {
                 // Events before the RST rewrite below: a dropped frame shows as dropped.
                 for (pc, oc) in pkts.chunks_mut(BURST).zip(outs.chunks_mut(BURST)) {
@@ -238,7 +252,13 @@ impl<I: PacketIo> Worker<I> {
                 }
             }
         });
-        pipeline.drain(now, |r| {
+        // Input exhausted (replay): what is still held times out now.
+        let drain_at = if n == 0 && io.finished() {
+            u64::MAX
+        } else {
+            latest
+        };
+        pipeline.drain(drain_at, |r| {
             services.count(&r.outcome, r.data.len());
             if observed && FlowEvent::wanted(&r.outcome) {
                 // Released fragments are rare: parse again here (off the burst loop).
@@ -247,9 +267,7 @@ impl<I: PacketIo> Worker<I> {
                     id, generation, r.iface, now, &parsed, &r.outcome,
                 ));
             }
-            if let Action::Forward(e) = r.outcome.action {
-                io.send(e, r.data);
-            }
+            io.released(&r);
         });
         *taken = 0;
         for _ in 0..REQUESTS_PER_TURN {
@@ -257,10 +275,6 @@ impl<I: PacketIo> Worker<I> {
                 Ok(req) => self.serve(req),
                 Err(_) => break,
             }
-        }
-        if self.last_gc.elapsed() >= FULL_GC_EVERY {
-            self.pipeline.gc(self.clock.now());
-            self.last_gc = Instant::now();
         }
         if n == 0 {
             if self.io.finished() {
@@ -387,6 +401,10 @@ impl<I: PacketIo> Worker<I> {
 
     pub fn io(&self) -> &I {
         &self.io
+    }
+
+    pub fn io_mut(&mut self) -> &mut I {
+        &mut self.io
     }
 }
 
