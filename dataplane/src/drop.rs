@@ -1,6 +1,10 @@
-//! The closed set of reasons a packet is dropped. Every drop in the pipeline carries exactly one
-//! of these; [`Counters`](crate::Counters) counts them per reason, replay prints them by name and
-//! the runtime exports them as metrics. Adding a reason means adding it here, nowhere else.
+//! The closed set of reasons the node loses a frame: every drop in the pipeline carries exactly
+//! one of these, and so does every frame the worker's I/O or the worker itself loses (no TX
+//! socket, a failed transmit, a full hand-off queue, a panicked burst, ...).
+//! [`Counters`](crate::Counters) counts the pipeline's per reason, the I/O its own
+//! ([`PacketIo::drops`](crate::worker::PacketIo::drops)); the worker's stats add them up, and
+//! status, metrics (`nodeplane_drops_total{reason}`), replay verdicts, logs and flow events
+//! all name them from here. Adding a reason means adding it here, nowhere else.
 
 macro_rules! drop_reasons {
     ($($(#[doc = $doc:literal])* $variant:ident = $num:literal => $name:literal,)*) => {
@@ -70,6 +74,23 @@ drop_reasons! {
     /// An IP protocol we do not forward from pods (only TCP, UDP, ICMP, ICMPv6 and
     /// fragments of them are handled).
     UnsupportedProtocol = 21 => "unsupported-protocol",
+    /// I/O: the egress interface has no socket on this worker.
+    TxNoSocket = 22 => "tx-no-socket",
+    /// I/O: the frame could not be queued for transmit (TX ring full, no free UMEM frame for
+    /// a copy).
+    TxFailed = 23 => "tx-failed",
+    /// I/O: the worker that owns the frame's flow could not take it (its hand-off queue was
+    /// full, or no free hand-off batch).
+    HandoffFull = 24 => "handoff-full",
+    /// I/O: the frame is longer than a hand-off buffer.
+    HandoffTooLong = 25 => "handoff-too-long",
+    /// I/O: handed-in frames left over from a burst that panicked.
+    HandoffAbandoned = 26 => "handoff-abandoned",
+    /// The worker: frames of a burst whose processing panicked (caught; the worker went on).
+    WorkerPanic = 27 => "worker-panic",
+    /// I/O: the pipeline passes the frame to the kernel, but a steered frame has no way back
+    /// into the kernel's stack (the XDP program passes host traffic itself).
+    PassUnavailable = 28 => "pass-unavailable",
 }
 
 /// Number of distinct reasons (array size for per-reason counters; index = numeric value).

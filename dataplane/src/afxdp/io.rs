@@ -32,6 +32,7 @@ use crate::worker::io::{
 };
 use crate::{Action, Outcome, Packet, Tables, BURST};
 
+use crate::drop::DROP_REASON_SLOTS;
 use crate::handoff::{Handoff, HandoffPort, StageError};
 use crate::owner::{frame_owner, OwnerIndex};
 
@@ -467,6 +468,15 @@ impl PacketIo for AfXdpIo {
                 accounting: self.accounting.clone(),
             }),
         }
+    }
+
+    fn drops(&self, drops: &mut [u64; DROP_REASON_SLOTS]) {
+        let ring_full = self
+            .xsk
+            .socket_ids()
+            .map(|id| self.xsk.stats(id).tx_ring_full)
+            .sum();
+        self.counters.add_drops(ring_full, drops);
     }
 
     fn finish(&mut self) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Clock;
+use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::pipeline::{Action, Outcome, Packet, Released};
 use crate::tables::{IfIndex, Tables};
 
@@ -67,6 +68,9 @@ pub trait PacketIo: Send {
     /// Nothing was received: wait for traffic, at most `max`.
     fn idle(&mut self, max: Duration);
     fn stats(&self) -> IoStats;
+    /// Adds the frames this I/O lost, by reason, to `drops` (index = the reason's number).
+    /// The pipeline's drops are counted by the pipeline; these are the I/O's own.
+    fn drops(&self, _drops: &mut [u64; DROP_REASON_SLOTS]) {}
     /// The input is exhausted (replay with a loop count); live I/O never is.
     fn finished(&self) -> bool {
         false
@@ -105,6 +109,22 @@ pub struct IoCounters {
     /// Handed-in frames left over from a burst that panicked (returned to the pool, dropped).
     #[serde(default)]
     pub handoff_abandoned: u64,
+}
+
+impl IoCounters {
+    /// The frames these counters say were lost, by reason (`tx_ring_full`: the sockets').
+    pub fn add_drops(&self, tx_ring_full: u64, drops: &mut [u64; DROP_REASON_SLOTS]) {
+        for (r, n) in [
+            (DropReason::TxNoSocket, self.tx_no_socket),
+            (DropReason::TxFailed, self.tx_copy_failed + tx_ring_full),
+            (DropReason::HandoffFull, self.handoff_dropped),
+            (DropReason::HandoffTooLong, self.handoff_too_long),
+            (DropReason::HandoffAbandoned, self.handoff_abandoned),
+            (DropReason::PassUnavailable, self.pass_dropped),
+        ] {
+            drops[r as usize] += n;
+        }
+    }
 }
 
 /// The kernel's counters of one AF_XDP socket (`getsockopt(SOL_XDP, XDP_STATISTICS)`): frames
@@ -192,6 +212,9 @@ impl PacketIo for Box<dyn PacketIo> {
     }
     fn stats(&self) -> IoStats {
         (**self).stats()
+    }
+    fn drops(&self, drops: &mut [u64; DROP_REASON_SLOTS]) {
+        (**self).drops(drops)
     }
     fn finished(&self) -> bool {
         (**self).finished()

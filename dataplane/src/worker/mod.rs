@@ -367,18 +367,29 @@ impl<I: PacketIo> Worker<I> {
         let c = self.pipeline.counters();
         let ct = self.pipeline.conntrack();
         let s: CtStats = ct.stats;
+        // Every frame the node lost, one enum: the pipeline's drops, then the I/O's losses and
+        // the frames of panicked bursts (those may have been counted forwarded or passed by the
+        // pipeline first: a frame forwarded and then lost at transmit is in both).
+        let mut drops = c.drops;
+        self.io.drops(&mut drops);
+        drops[DropReason::WorkerPanic as usize] += self.panic_dropped;
+        let lost_after: u64 = drops
+            .iter()
+            .zip(c.drops.iter())
+            .map(|(all, pipeline)| all - pipeline)
+            .sum();
         WorkerStats {
             worker: self.id,
             generation: self.pipeline.tables().generation,
             packets: c.packets,
             forwarded: c.forwarded,
             passed: c.passed,
-            dropped: c.dropped,
+            dropped: c.dropped + lost_after,
             held: c.held,
             drops: DropReason::ALL
                 .iter()
-                .filter(|r| c.drops[**r as usize] > 0)
-                .map(|r| (r.name().to_string(), c.drops[*r as usize]))
+                .filter(|r| drops[**r as usize] > 0)
+                .map(|r| (r.name().to_string(), drops[*r as usize]))
                 .collect(),
             rst_sent: self.rst_sent,
             ct_entries: ct.len(),
@@ -494,6 +505,8 @@ mod tests {
         assert_eq!(taken, [3, 3, 0, 3, 3]);
         let st = w.stats();
         assert_eq!((st.worker_panics, st.panic_dropped), (3, 6));
+        // The frames of the panicked bursts are losses like any other, by their reason.
+        assert_eq!(st.drops.get("worker-panic"), Some(&6), "{:?}", st.drops);
         assert_eq!(w.io().completed, 2, "bursts 2 and 5 completed");
         assert_eq!(st.packets, 12, "the pipeline saw every burst it was given");
         // The counters reach `nodeplane status` (JSON).

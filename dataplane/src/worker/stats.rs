@@ -110,9 +110,11 @@ pub struct WorkerStats {
     pub packets: u64,
     pub forwarded: u64,
     pub passed: u64,
+    /// Frames lost, every reason: the pipeline's drops, the I/O's losses (no TX socket, a
+    /// failed transmit, hand-off) and the frames of panicked bursts.
     pub dropped: u64,
     pub held: u64,
-    /// Drop reason name → count (non-zero only).
+    /// Drop reason name → count (non-zero only), every reason of [`crate::DropReason`].
     pub drops: BTreeMap<String, u64>,
     pub rst_sent: u64,
     pub ct_entries: usize,
