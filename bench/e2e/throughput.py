@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Bookkeeping of bench/e2e/throughput.sh (no measuring here).
 
-  throughput.py record DP PATH TEST RC OUT ERR DPJSON LOAD E0 E1 CPU0 CPU1 OFF_PA OFF_RTR CSUMOFF TMP
+  throughput.py record DP PATH TEST RC OUT ERR DP0JSON DP1JSON LOAD E0 E1 CPU0 CPU1 OFF_PA OFF_RTR CSUMOFF TMP
                                           -> one JSON line (the case)
-  throughput.py line RUNS.jsonl           -> the last case, one human line
+  throughput.py line RUNS.jsonl           -> the last case, one human line (exit 3: it failed)
   throughput.py report RUNS.jsonl OUT.json  -> table with ratios and goals, OUT.json
 """
 import datetime
@@ -83,29 +83,46 @@ def csum_delta(delta):
     return {k: v for k, v in delta.items() if k.endswith("InCsumErrors")}
 
 
-def np_summary(stats):
-    """The nodeplane counters that explain a figure (drops, socket losses)."""
-    if not isinstance(stats, dict):
+def flatten(x, prefix=""):
+    """Numeric leaves of a JSON value -> {dotted path: number}; list items by their
+    iface/queue or worker when they have one."""
+    out = {}
+    if isinstance(x, dict):
+        for k, v in x.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            if isinstance(v, dict) and "iface" in v:
+                key = f"{v['iface']}/{v.get('queue', i)}"
+            elif isinstance(v, dict) and "worker" in v:
+                key = f"w{v['worker']}"
+            else:
+                key = str(i)
+            out.update(flatten(v, f"{prefix}{key}."))
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        out[prefix.rstrip(".")] = x
+    return out
+
+
+# Status fields that are not traffic counters, or move by themselves (tx_ring_empty_descs:
+# every idle poll in copy mode; docs/runtime.md).
+NOT_COUNTERS = ("uptime_s", "applied_at", "generation", "last_publish_ms", "ct_capacity",
+                "ct_entries", "core", "tx_ring_empty_descs", "publications")
+
+
+def np_delta(before, after):
+    """nodeplane counters that moved during the case (status after - status before)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
         return None
-    ws = stats.get("workers", [])
-    drops = {}
-    for w in ws:
-        for k, v in (w.get("drops") or {}).items():
-            if v:
-                drops[k] = drops.get(k, 0) + v
-    kernel = {}
-    for w in ws:
-        io = w.get("io") or {}
-        for s in io.get("sockets", []) if isinstance(io, dict) else []:
-            for k, v in (s.get("kernel") or s.get("xdp_statistics") or {}).items():
-                if isinstance(v, int) and v and k != "tx_ring_empty_descs":
-                    kernel[k] = kernel.get(k, 0) + v
-    return {
-        "packets": sum(w.get("packets", 0) for w in ws),
-        "forwarded": sum(w.get("forwarded", 0) for w in ws),
-        "drops": drops,
-        "socket_kernel_counters": kernel,
-    }
+    a, b = flatten(before), flatten(after)
+    out = {}
+    for k, v in b.items():
+        if k.split(".")[-1] in NOT_COUNTERS:
+            continue
+        d = v - a.get(k, 0)
+        if d:
+            out[k] = round(d, 3) if isinstance(d, float) else d
+    return out
 
 
 def metrics_of(test, out):
@@ -152,7 +169,7 @@ def metrics_of(test, out):
 
 
 def record(a):
-    (dp, path, test, rc, out, err, dpjson, load, e0, e1, c0, c1, off_pa, off_rtr, csum_off, tmp) = a
+    (dp, path, test, rc, out, err, dp0, dp1, load, e0, e1, c0, c1, off_pa, off_rtr, csum_off, tmp) = a
     m, error = metrics_of(test, out)
     counters = counter_delta(e0, e1)
     errtxt = open(err).read().strip()
@@ -161,10 +178,12 @@ def record(a):
         error = errtxt[:300] or ("timed out (killed)" if rc in (124, 137) else f"exit code {rc}")
     if rc == 124 and error:
         error = "timed out: " + error
-    try:
-        stats = json.load(open(dpjson))
-    except (OSError, ValueError):
-        stats = None
+    def load_json(f):
+        try:
+            return json.load(open(f))
+        except (OSError, ValueError):
+            return None
+    stats0, stats = load_json(dp0), load_json(dp1)
     rec = {
         "dataplane": dp,
         "path": path,
@@ -180,7 +199,7 @@ def record(a):
         "pods_tx_csum_off": csum_off == "1",
     }
     if dp == "nodeplane":
-        rec["nodeplane"] = np_summary(stats)
+        rec["nodeplane_counters"] = np_delta(stats0, stats)
     else:
         rec["kernel"] = stats
     for cpu in (0, 1):
@@ -216,7 +235,7 @@ def line(runs):
         elif r["dataplane"] == "nodeplane":
             extra = " (no checksum error counted in the pods)"
         print(f"{head} FAILED: {r['error']}{extra}{tag}", flush=True)
-        return
+        sys.exit(3)
     m = r["metrics"]
     t = r["test"]
     if t.startswith("stream"):
@@ -228,8 +247,12 @@ def line(runs):
     else:
         s = f"{m['mpps']:.3f} Mpps received of {m['offered_mpps']:.3f} offered"
     drops = ""
-    if r.get("nodeplane") and r["nodeplane"].get("drops"):
-        drops = " drops " + json.dumps(r["nodeplane"]["drops"])
+    npc = r.get("nodeplane_counters") or {}
+    lost = {k: v for k, v in npc.items()
+            if any(w in k for w in ("drops.", "rx_ring_full", "rx_dropped", "fill_empty",
+                                    "fill_starved", "tx_ring_full", "copy_failed"))}
+    if lost:
+        drops = " losses " + json.dumps(lost)
     print(f"{head} {s}  [cpu {cpu}]{drops}{tag}", flush=True)
 
 

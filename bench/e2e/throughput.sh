@@ -16,7 +16,8 @@
 #   +----+---------------------------+---------------------------------------------+
 #   np-tp-pa eth0 ..:02:0a            np-tp-pb eth0 ..:02:15
 #   10.244.1.10/24 (client pod)       10.244.1.21/24 (server pod: iperf3 on 5201,
-#                                     bench/src/bin/rr.rs on 7000, UDP sink on 5353)
+#                                     bench/src/bin/rr.rs on 7000 and 7001 (pod path),
+#                                     UDP sink on 5353)
 #
 # Every veth has 2 RX and 2 TX queues. Services (bench/e2e/tp-state/, the same for every
 # dataplane): ClusterIP 10.96.0.10 ports 5201/TCP, 7000/TCP, 53/UDP (-> 5353), NodePorts
@@ -226,10 +227,19 @@ topo_up() {
 # rr runs for the whole run; iperf3 is started for each case (-1: one test, then exit), so a
 # client that failed mid-test never leaves it stuck.
 servers_up() {
-  ip netns exec "$PB" nice -n "$NICE" taskset -c "$APP_CPU" "$RR" server --listen 0.0.0.0:7000 \
-    > /dev/null 2> "$TMP/rr-server.log" &
-  BG_PIDS+=($!)
-  wait_listen tcp 7000 || die "rr server did not start: $(cat "$TMP/rr-server.log")"
+  # Two rr servers: 7000 behind the services, 7001 for the pod path. The server closes the
+  # crr connections first, so it holds their TIME_WAITs, keyed by the tuple it sees (client
+  # pod -> 10.244.1.21:PORT). The client's TCP timestamps are offset per destination address
+  # (10.96.0.10 or 10.244.1.21), so on one port a pod-path SYN could meet a TIME_WAIT of the
+  # ClusterIP case with a higher timestamp: PAWS rejects it (TcpExtPAWSTimewait) and the
+  # client retransmits the SYN a second later. A port per path keeps the cases apart.
+  local port
+  for port in 7000 7001; do
+    ip netns exec "$PB" nice -n "$NICE" taskset -c "$APP_CPU" "$RR" server --listen 0.0.0.0:$port \
+      > /dev/null 2>> "$TMP/rr-server.log" &
+    BG_PIDS+=($!)
+    wait_listen tcp $port || die "rr server did not start: $(cat "$TMP/rr-server.log")"
+  done
   # The UDP sink: a netdev ingress rule counts (and drops) what reaches the server pod's eth0
   # for the backend port; only enabled during udp cases (chain policy accept otherwise).
   nsx "$PB" nft -f - <<EOF
@@ -509,7 +519,7 @@ path_target() {
   case "$1" in
     clusterip) SRC_NS=$PA; DST=$VIP; P_IPERF=5201; P_RR=7000; P_UDP=53
       SRC_MAC=$PA_MAC; DST_MAC=$PODA_NODE_MAC; SRC_IP=$CLIENT_IP ;;
-    pod) SRC_NS=$PA; DST=$SERVER_IP; P_IPERF=5201; P_RR=7000; P_UDP=5353
+    pod) SRC_NS=$PA; DST=$SERVER_IP; P_IPERF=5201; P_RR=7001; P_UDP=5353
       SRC_MAC=$PA_MAC; DST_MAC=$PODA_NODE_MAC; SRC_IP=$CLIENT_IP ;;
     nodeport) SRC_NS=$RTR; DST=$NODE_IP; P_IPERF=30201; P_RR=30700; P_UDP=30053
       SRC_MAC=$RTR_MAC; DST_MAC=$UP_MAC; SRC_IP=$RTR_IP ;;
@@ -636,17 +646,17 @@ for dp in "${DP_LIST[@]}"; do
     for test in "${TEST_LIST[@]}"; do
       dp_flush "$dp"
       load="$(cut -d' ' -f1-3 /proc/loadavg)"
+      dp_snapshot "$dp" > "$TMP/dp0.json"
       e0="$(pod_counters)"; c0="$(cpu_sample)"
       if [ "$path/$test" = clusterip/stream1 ]; then perf_start 5; else PERF_PID=""; fi
       run_case "$test"
       perf_finish "$dp"
       c1="$(cpu_sample)"; e1="$(pod_counters)"
-      dp_snapshot "$dp" > "$TMP/dp.json"
+      dp_snapshot "$dp" > "$TMP/dp1.json"
       python3 "$HERE/throughput.py" record "$dp" "$path" "$test" "$(cat "$TMP/case.rc")" \
-        "$TMP/case.out" "$TMP/case.err" "$TMP/dp.json" "$load" "$e0" "$e1" "$c0" "$c1" \
+        "$TMP/case.out" "$TMP/case.err" "$TMP/dp0.json" "$TMP/dp1.json" "$load" "$e0" "$e1" "$c0" "$c1" \
         "$off_pa" "$off_rtr" "$CSUM_OFF" "$TMP" >> "$RUNS"
-      python3 "$HERE/throughput.py" line "$RUNS"
-      if [ "$(cat "$TMP/case.rc")" != 0 ]; then FAILED+=("$dp/$path/$test"); fi
+      python3 "$HERE/throughput.py" line "$RUNS" || FAILED+=("$dp/$path/$test")
     done
   done
   dp_stop "$dp"
