@@ -263,6 +263,11 @@ def value(runs, dp, path, test, metric):
     return "absent"
 
 
+def txoff(runs, dp, path, test):
+    return any(r["pods_tx_csum_off"] for r in runs
+               if (r["dataplane"], r["path"], r["test"]) == (dp, path, test))
+
+
 def ratio(a, b):
     if a in (None, "absent") or b in (None, "absent") or not b:
         return None
@@ -277,8 +282,10 @@ def report(runs_file, out):
     rows = []
     print()
     if csum_off:
-        print("*** TP_PODS_TX_CSUM_OFF=1: pods and router with TX checksumming OFF: NOT the default,"
-              " NOT a result (nodeplane wiring check) ***")
+        off = sorted({r["dataplane"] for r in runs if r["pods_tx_csum_off"]})
+        print(f"*** figures marked * (dataplanes: {', '.join(off)}): pods and router with TX"
+              " checksumming OFF (TP_PODS_TX_CSUM_OFF): NOT the default, NOT a result (nodeplane"
+              " wiring check); ratios with them are not results either ***")
     hdr = ["test", "path", "unit"] + dps
     if "nodeplane" in dps and "nft" in dps:
         hdr.append("np/nft")
@@ -292,7 +299,9 @@ def report(runs_file, out):
             if all(v == "absent" for v in vals.values()):
                 continue
             cells = [label, PATH_NAMES[path], unit + ("" if higher else " (lower is better)")]
-            cells += ["-" if vals[d] == "absent" else fmt(vals[d], metric) for d in dps]
+            cells += ["-" if vals[d] == "absent" else
+                      fmt(vals[d], metric) + ("*" if txoff(runs, d, path, test) else "")
+                      for d in dps]
             row = {"test": test, "metric": metric, "path": path, "unit": unit,
                    "higher_is_better": higher, "values": vals}
             for other, key in (("nft", "np/nft"), ("iptables", "np/ipt")):

@@ -46,9 +46,10 @@
 # Pods and the router are at their Linux defaults: no offload is changed. When nodeplane
 # attaches XDP to the node's veths, the kernel turns TSO off on the pods' side itself (GSO
 # and TX checksum offload stay on); the offloads seen are recorded per dataplane.
-# TP_PODS_TX_CSUM_OFF=1 turns TX checksumming off in the pods and the router instead: NOT the
-# default, NOT a result; it only checks the nodeplane wiring while nodeplane cannot complete
-# partial checksums (every line of output says so).
+# TP_PODS_TX_CSUM_OFF=1 turns TX checksumming off in the pods and the router instead (for
+# every dataplane; TP_PODS_TX_CSUM_OFF=nodeplane: only while nodeplane runs): NOT the default,
+# NOT a result; it only checks the nodeplane wiring while nodeplane cannot complete partial
+# checksums (every such line of output, and every such figure in the table, says so).
 #
 # CPU placement (2 cores): the clients, servers and trafgen on APP_CPU (default 0; trafgen
 # -P 1 always pins itself to CPU 0), the nodeplane daemon (its one worker) on NP_CPU (default
@@ -214,9 +215,6 @@ topo_up() {
     ip -n "$pns" link set eth0 up
     ip -n "$pns" route add default via $GW
   done
-  if [ "$CSUM_OFF" = 1 ]; then
-    for ns in "$PA" "$PB" "$RTR"; do nsx "$ns" ethtool -K eth0 tx off >/dev/null; done
-  fi
   # Neighbours resolved once by the kernels (nodeplane reads the uplink gateway's entry).
   nsx "$NODE" ping -c 1 -W 1 $RTR_IP >/dev/null || die "router does not answer ARP"
   nsx "$PA" ping -c 1 -W 1 $GW >/dev/null || die "node does not answer the client pod"
@@ -443,7 +441,18 @@ wait_xdp() {
   return 1
 }
 
+# TP_PODS_TX_CSUM_OFF: TX checksumming off in the pods and the router for every dataplane (1)
+# or only while the named one runs (e.g. nodeplane); on (the default) otherwise.
+TX_OFF_NOW=0
+set_tx() {
+  local ns state=on
+  TX_OFF_NOW=0
+  if [ "$CSUM_OFF" = 1 ] || [ "$CSUM_OFF" = "$1" ]; then state=off; TX_OFF_NOW=1; fi
+  for ns in "$PA" "$PB" "$RTR"; do nsx "$ns" ethtool -K eth0 tx "$state" >/dev/null; done
+}
+
 dp_start() {
+  set_tx "$1"
   case "$1" in
     nodeplane)
       cat > "$TMP/config.yaml" <<EOF
@@ -627,8 +636,8 @@ RUNS="$TMP/runs.jsonl"
 : > "$RUNS"
 echo "throughput: topology up (np-tp-*); clients/servers/trafgen on CPU $APP_CPU, nodeplane on CPU $NP_CPU, nice $NICE"
 [ "$QUICK" = 0 ] || echo "throughput: --quick: stream ${STREAM_SECS}s, rr/crr ${RR_SECS}s, udp ${UDP_SECS}s"
-if [ "$CSUM_OFF" = 1 ]; then
-  echo "throughput: *** TP_PODS_TX_CSUM_OFF=1: TX checksumming OFF in the pods and the router: NOT the default, NOT a result (wiring check only) ***"
+if [ "$CSUM_OFF" != 0 ]; then
+  echo "throughput: *** TP_PODS_TX_CSUM_OFF=$CSUM_OFF: TX checksumming OFF in the pods and the router ($([ "$CSUM_OFF" = 1 ] && echo "every dataplane" || echo "while $CSUM_OFF runs")): NOT the default, NOT a result (wiring check only) ***"
 fi
 topo_up
 servers_up
@@ -655,7 +664,7 @@ for dp in "${DP_LIST[@]}"; do
       dp_snapshot "$dp" > "$TMP/dp1.json"
       python3 "$HERE/throughput.py" record "$dp" "$path" "$test" "$(cat "$TMP/case.rc")" \
         "$TMP/case.out" "$TMP/case.err" "$TMP/dp0.json" "$TMP/dp1.json" "$load" "$e0" "$e1" "$c0" "$c1" \
-        "$off_pa" "$off_rtr" "$CSUM_OFF" "$TMP" >> "$RUNS"
+        "$off_pa" "$off_rtr" "$TX_OFF_NOW" "$TMP" >> "$RUNS"
       python3 "$HERE/throughput.py" line "$RUNS" || FAILED+=("$dp/$path/$test")
     done
   done
