@@ -206,7 +206,7 @@ def record(a):
         f = os.path.join(tmp, f"perf-{dp}-cpu{cpu}.txt")
         if os.path.exists(f):
             rec.setdefault("perf_top", {})[f"cpu{cpu}"] = [
-                " ".join(l.split()) for l in open(f).read().splitlines()[:25]]
+                " ".join(l.split()).replace(" - -", "") for l in open(f).read().splitlines()]
             os.remove(f)
     print(json.dumps(rec))
 

@@ -621,12 +621,20 @@ perf_start() {
   PERF_PID=$!
 }
 perf_finish() {
-  local dp="$1" cpu
+  local dp="$1" cpu comm
   [ -n "${PERF_PID:-}" ] || return 0
   wait "$PERF_PID" 2>/dev/null || true
   for cpu in 0 1; do
-    perf report -i "$TMP/perf.data" --cpu "$cpu" --stdio --no-children --sort comm,dso,symbol \
-      --percent-limit 1.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 > "$TMP/perf-$dp-cpu$cpu.txt" || true
+    # Share of the CPU per process, then the top symbols of the three busiest processes
+    # (percentages of all the CPU's samples).
+    perf report -i "$TMP/perf.data" --cpu "$cpu" --stdio --no-children --sort comm \
+      --percent-limit 1 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8 > "$TMP/perf-$dp-cpu$cpu.txt" || true
+    for comm in $(awk 'NF == 2 && n < 3 {print $2; n++}' "$TMP/perf-$dp-cpu$cpu.txt"); do
+      echo "-- $comm" >> "$TMP/perf-$dp-cpu$cpu.txt"
+      perf report -i "$TMP/perf.data" --cpu "$cpu" --comm "$comm" --stdio --no-children \
+        --sort dso,symbol --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15 \
+        >> "$TMP/perf-$dp-cpu$cpu.txt" || true
+    done
   done
   rm -f "$TMP/perf.data"
 }
