@@ -619,6 +619,8 @@ perf_start() {
   [ "${TP_PERF:-0}" = 1 ] && command -v perf >/dev/null || return 0
   perf record -q -a -o "$TMP/perf.data" -- sleep "$1" > /dev/null 2>&1 &
   PERF_PID=$!
+  # perf first walks every process of the machine (other jobs' too): let it start recording.
+  sleep 1
 }
 perf_finish() {
   local dp="$1" cpu comm
@@ -665,7 +667,11 @@ for dp in "${DP_LIST[@]}"; do
       load="$(cut -d' ' -f1-3 /proc/loadavg)"
       dp_snapshot "$dp" > "$TMP/dp0.json"
       e0="$(pod_counters)"; c0="$(cpu_sample)"
-      if [ "$path/$test" = clusterip/stream1 ]; then perf_start 5; else PERF_PID=""; fi
+      if [ "$path/$test" = clusterip/stream1 ]; then
+        perf_start $((STREAM_SECS < 5 ? STREAM_SECS : 5))
+      else
+        PERF_PID=""
+      fi
       run_case "$test"
       perf_finish "$dp"
       c1="$(cpu_sample)"; e1="$(pod_counters)"
