@@ -9,6 +9,8 @@ APT_PACKAGES=(
   # real peers and tools used by tests and the lab
   iproute2 ethtool iputils-ping netcat-openbsd socat curl tcpdump netsniff-ng
   nftables conntrack bird2 frr etcd-server etcd-client python3-scapy gobgpd
+  # bench/e2e/throughput.sh: TCP_STREAM, and the kernel baseline with kube-proxy's iptables rules
+  iperf3 iptables
 )
 
 missing=()
