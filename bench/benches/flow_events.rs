@@ -110,6 +110,7 @@ impl Mix {
             iface: self.iface,
             ts: 2,
             tag: i as u64,
+            parsed: None,
         });
         if self.tap.observed() {
             self.p.process_burst(&mut pkts, &mut self.out);
@@ -130,6 +131,7 @@ impl Mix {
             iface: self.iface,
             ts: 2,
             tag: i as u64,
+            parsed: None,
         });
         let parsed = self.p.parsed(BURST);
         self.tap.record_burst(0, 1, 2, &pkts, &self.out, parsed);

@@ -55,7 +55,8 @@ use criterion::{Criterion, Throughput};
 use crossbeam::queue::ArrayQueue;
 use nodeplane_bench::{client_frame, state, xorshift};
 use nodeplane_dataplane::handoff::{Handoff as BatchHandoff, HandoffPort};
-use nodeplane_dataplane::owner::{frame_owner_hash, owner_of, OwnerIndex};
+use nodeplane_dataplane::owner::{frame_owner, frame_owner_hash, owner_of, FragOwners, OwnerIndex};
+use nodeplane_dataplane::parse;
 use nodeplane_dataplane::tables::IfIndex;
 use nodeplane_dataplane::{Action, MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
 
@@ -161,6 +162,7 @@ impl Handoff {
 struct Env {
     tables: Arc<Tables>,
     owners: OwnerIndex,
+    frags: FragOwners,
     iface: IfIndex,
 }
 
@@ -218,6 +220,7 @@ fn packets<'a>(
         iface,
         ts: TS,
         tag: 0,
+        parsed: None,
     });
     let mut n = 0;
     for (i, b) in bufs.iter_mut().enumerate() {
@@ -237,6 +240,7 @@ fn packets<'a>(
             iface: f.iface,
             ts: TS,
             tag: u64::MAX,
+            parsed: None,
         };
         n += 1;
     }
@@ -472,12 +476,13 @@ fn batched_worker(
     let mut process =
         |bufs: &mut [Vec<u8>], mine: u64, port: &mut HandoffPort, p: &mut Pipeline| {
             let (mut pkts, mut n) = packets(bufs, mine, &mut [], env.iface);
-            for (data, iface) in port.frames() {
+            for (data, iface, parsed) in port.frames() {
                 pkts[n] = Packet {
                     data,
                     iface,
                     ts: TS,
                     tag: u64::MAX,
+                    parsed: Some(parsed),
                 };
                 n += 1;
             }
@@ -503,12 +508,22 @@ fn batched_worker(
         let mut mine = all_bits(n);
         for i in 0..n {
             let frame = &s.rx.bufs[i];
-            let owner = env.owner(frame, WORKERS);
+            // As the runtime does: one parse for the owner, carried with the frame.
+            let parsed = parse::parse(frame);
+            let owner = frame_owner(
+                &env.tables,
+                &env.owners,
+                &env.frags,
+                frame,
+                &parsed,
+                WORKERS,
+            )
+            .unwrap_or(0);
             if owner == me {
                 continue;
             }
             mine &= !(1 << i);
-            if port.stage(owner, i, frame, env.iface).is_err() {
+            if port.stage(owner, i, frame, env.iface, parsed).is_err() {
                 dropped += 1;
             }
         }
@@ -616,6 +631,7 @@ fn sharded_runs(env: &Env, shards: &[Mutex<Pipeline>], rx: &mut Rx, iters: u64) 
             iface: env.iface,
             ts: TS,
             tag: u64::from(order[k]),
+            parsed: None,
         });
         for s in 0..SHARDS {
             let (a, b) = (start[s], start[s + 1]);
@@ -653,6 +669,7 @@ fn flow_ownership(c: &mut Criterion) {
     let env = Env {
         owners: OwnerIndex::new(&tables),
         tables: Arc::clone(&tables),
+        frags: FragOwners::new(WORKERS),
         iface,
     };
 

@@ -65,6 +65,7 @@ impl Burst {
                 iface,
                 ts,
                 tag: i as u64,
+                parsed: None,
             })
         };
         p.process_burst(&mut pkts, &mut self.out);

@@ -52,6 +52,7 @@ fn main() {
             iface: pc,
             ts: 2,
             tag: i as u64,
+            parsed: None,
         });
         p.process_burst(&mut pkts, &mut out);
     }

@@ -43,6 +43,7 @@ fn main() {
             iface: pc,
             ts: 1,
             tag: i as u64,
+            parsed: None,
         });
         p.process_burst(&mut pkts, &mut out);
         forwarded += out

@@ -63,6 +63,7 @@ fn run_burst(p: &mut Pipeline, pkts: &[Vec<u8>], first: usize, out: &mut Vec<Rec
             iface,
             ts: (first + k) as u64 * MS,
             tag: (first + k) as u64,
+            parsed: None,
         })
         .collect();
     let mut outcomes = vec![Outcome::default(); burst.len()];

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use crate::owner::FragOwners;
+use crate::parse::Parsed;
 use crate::tables::IfIndex;
+use crate::DropReason;
 use crate::BURST;
 
 /// Bytes one handed-off frame can have (an AF_XDP frame of 2048 bytes holds less).
@@ -39,6 +41,9 @@ pub struct Batch {
     taken: usize,
     len: [u16; BURST],
     iface: [IfIndex; BURST],
+    /// Each frame's parse by the worker that received it (parse once: the owner does not
+    /// parse it again).
+    parsed: [Result<Parsed, DropReason>; BURST],
     data: Vec<[u8; HANDOFF_FRAME]>,
 }
 
@@ -49,6 +54,7 @@ impl Batch {
             taken: 0,
             len: [0; BURST],
             iface: [0; BURST],
+            parsed: [Ok(Parsed::NotIp); BURST],
             data: vec![[0; HANDOFF_FRAME]; BURST],
         }
     }
@@ -173,6 +179,7 @@ impl HandoffPort {
         index: usize,
         frame: &[u8],
         iface: IfIndex,
+        parsed: Result<Parsed, DropReason>,
     ) -> Result<(), StageError> {
         if frame.len() > HANDOFF_FRAME {
             return Err(StageError::TooLong);
@@ -192,6 +199,7 @@ impl HandoffPort {
         b.data[b.n][..frame.len()].copy_from_slice(frame);
         b.len[b.n] = frame.len() as u16;
         b.iface[b.n] = iface;
+        b.parsed[b.n] = parsed;
         b.n += 1;
         self.out_mask[owner] |= 1 << index;
         self.staged |= 1 << owner;
@@ -248,13 +256,16 @@ impl HandoffPort {
 
     /// The frames [`take`](Self::take) took, mutable (the pipeline rewrites them in place),
     /// with the table interface index each arrived on.
-    pub fn frames(&mut self) -> impl Iterator<Item = (&mut [u8], IfIndex)> + '_ {
+    pub fn frames(
+        &mut self,
+    ) -> impl Iterator<Item = (&mut [u8], IfIndex, Result<Parsed, DropReason>)> + '_ {
         let busy = self.busy;
         self.cur.iter_mut().flat_map(move |b| {
             let Batch {
                 taken,
                 len,
                 iface,
+                parsed,
                 data,
                 ..
             } = b;
@@ -263,7 +274,8 @@ impl HandoffPort {
                 .iter_mut()
                 .zip(&len[t..t + busy])
                 .zip(&iface[t..t + busy])
-                .map(|((d, &l), &i)| (&mut d[..usize::from(l)], i))
+                .zip(&parsed[t..t + busy])
+                .map(|(((d, &l), &i), &p)| (&mut d[..usize::from(l)], i, p))
         })
     }
 
@@ -334,7 +346,7 @@ mod tests {
             HandoffPort::new(Arc::clone(&h), 1),
         );
         for i in 0..5 {
-            a.stage(1, i * 2, &frame(i as u8, 60 + i), 3)
+            a.stage(1, i * 2, &frame(i as u8, 60 + i), 3, Ok(Parsed::NotIp))
                 .expect("staged");
         }
         assert_eq!(h.pooled(), pool - 1, "one batch for five frames");
@@ -353,14 +365,15 @@ mod tests {
 
         // The owner works it off over two bursts (at most 3 frames each).
         assert_eq!(b.take(3), 3);
-        let got: Vec<(usize, u8, IfIndex)> = b.frames().map(|(d, i)| (d.len(), d[0], i)).collect();
+        let got: Vec<(usize, u8, IfIndex)> =
+            b.frames().map(|(d, i, _)| (d.len(), d[0], i)).collect();
         assert_eq!(got, vec![(60, 0, 3), (61, 1, 3), (62, 2, 3)]);
         assert_eq!(b.frame(1, 10), &[1u8; 10][..]);
         b.done();
         assert!(b.pending(), "two frames left");
         assert_eq!(b.take(3), 2);
         assert_eq!(
-            b.frames().map(|(d, _)| d[0]).collect::<Vec<_>>(),
+            b.frames().map(|(d, _, _)| d[0]).collect::<Vec<_>>(),
             vec![3, 4]
         );
         b.done();
@@ -375,11 +388,14 @@ mod tests {
         let h = Handoff::new(2, 1);
         let mut a = HandoffPort::new(Arc::clone(&h), 0);
         for round in 0..2 {
-            a.stage(1, 0, &frame(round, 64), 0).expect("staged");
+            a.stage(1, 0, &frame(round, 64), 0, Ok(Parsed::NotIp))
+                .expect("staged");
             assert_eq!(a.send(|_| {}).frames, 1);
         }
-        a.stage(1, 0, &frame(9, 64), 0).expect("staged");
-        a.stage(1, 1, &frame(9, 64), 0).expect("staged");
+        a.stage(1, 0, &frame(9, 64), 0, Ok(Parsed::NotIp))
+            .expect("staged");
+        a.stage(1, 1, &frame(9, 64), 0, Ok(Parsed::NotIp))
+            .expect("staged");
         let mut released = 0;
         let s = a.send(|_| released += 1);
         assert_eq!(
@@ -391,7 +407,7 @@ mod tests {
         );
         assert_eq!(released, 0, "dropped frames are not released as handed off");
         assert_eq!(
-            a.stage(1, 0, &[0; HANDOFF_FRAME + 1], 0),
+            a.stage(1, 0, &[0; HANDOFF_FRAME + 1], 0, Ok(Parsed::NotIp)),
             Err(StageError::TooLong)
         );
 
@@ -400,7 +416,10 @@ mod tests {
         while let Some(b) = h.pool.pop() {
             held.push(b);
         }
-        assert_eq!(a.stage(0, 0, &frame(1, 64), 0), Err(StageError::NoBatch));
+        assert_eq!(
+            a.stage(0, 0, &frame(1, 64), 0, Ok(Parsed::NotIp)),
+            Err(StageError::NoBatch)
+        );
         for b in held {
             let _ = h.pool.push(b);
         }
@@ -415,12 +434,14 @@ mod tests {
             HandoffPort::new(Arc::clone(&h), 1),
         );
         for i in 0..4 {
-            a.stage(1, i, &frame(i as u8, 64), 0).expect("staged");
+            a.stage(1, i, &frame(i as u8, 64), 0, Ok(Parsed::NotIp))
+                .expect("staged");
         }
         a.send(|_| {});
         assert_eq!(b.take(2), 2);
         // ... the pipeline panicked here; a frame staged for the peer is still sent.
-        b.stage(0, 0, &frame(7, 64), 0).expect("staged");
+        b.stage(0, 0, &frame(7, 64), 0, Ok(Parsed::NotIp))
+            .expect("staged");
         let (abandoned, sent) = b.recover();
         assert_eq!(abandoned, 2);
         assert_eq!(sent.frames, 1);
@@ -430,7 +451,7 @@ mod tests {
             "the frames after the panicked ones are still processed"
         );
         assert_eq!(
-            b.frames().map(|(d, _)| d[0]).collect::<Vec<_>>(),
+            b.frames().map(|(d, _, _)| d[0]).collect::<Vec<_>>(),
             vec![2, 3]
         );
         b.done();

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::parse::{self, Frag, Meta, Parsed};
-use crate::Tables;
+use crate::{DropReason, Tables};
 use hashbrown::HashSet;
 
 /// The service endpoints of one table snapshot, for the ownership rules. Built when tables
@@ -185,15 +185,19 @@ impl FragOwners {
 /// The worker that owns a frame's flow among `workers`, or `None` when any worker may take
 /// it (see [`frame_owner_hash`]). Fragments: a first fragment records its owner in `frags`,
 /// a later fragment goes to the owner recorded for its datagram (see the module docs).
+///
+/// `parsed` is the frame's parse: the I/O parses each frame once, and the parse travels with
+/// the frame to its owner's pipeline.
 pub fn frame_owner(
     t: &Tables,
     idx: &OwnerIndex,
     frags: &FragOwners,
     frame: &[u8],
+    parsed: &Result<Parsed, DropReason>,
     workers: usize,
 ) -> Option<usize> {
-    let m: Meta = match parse::parse(frame) {
-        Ok(Parsed::Ip(m)) => m,
+    let m: Meta = match parsed {
+        Ok(Parsed::Ip(m)) => *m,
         _ => return None,
     };
     match m.frag {
@@ -328,8 +332,16 @@ mod tests {
             // A fragmented NodePort request (dns-nodeport, 30054/udp) from many client ports.
             let first = v4_fragment(world, node, 1000 + i, true, (20_000 + i, 30054));
             let later = v4_fragment(world, node, 1000 + i, false, (0, 0));
-            let by_addresses = frame_owner(&t, &idx, &FragOwners::new(2), &later, workers);
-            let w = frame_owner(&t, &idx, &frags, &first, workers).expect("IP");
+            let by_addresses = frame_owner(
+                &t,
+                &idx,
+                &FragOwners::new(2),
+                &later,
+                &parse::parse(&later),
+                workers,
+            );
+            let w =
+                frame_owner(&t, &idx, &frags, &first, &parse::parse(&first), workers).expect("IP");
             // The first fragment's owner is its flow's: the unfragmented reply's owner.
             let reply = owner_hash(
                 &t,
@@ -341,7 +353,10 @@ mod tests {
                 PROTO_UDP,
             );
             assert_eq!(w, owner_of(reply, workers));
-            assert_eq!(frame_owner(&t, &idx, &frags, &later, workers), Some(w));
+            assert_eq!(
+                frame_owner(&t, &idx, &frags, &later, &parse::parse(&later), workers),
+                Some(w)
+            );
             moved += usize::from(by_addresses != Some(w));
         }
         // Without the record most later fragments would have gone elsewhere (by addresses
@@ -351,8 +366,15 @@ mod tests {
         // Unknown datagram: by addresses, as before. Another id in the same slot is no match.
         let stray = v4_fragment(world, node, 999, false, (0, 0));
         assert_eq!(
-            frame_owner(&t, &idx, &frags, &stray, workers),
-            frame_owner(&t, &idx, &FragOwners::new(2), &stray, workers)
+            frame_owner(&t, &idx, &frags, &stray, &parse::parse(&stray), workers),
+            frame_owner(
+                &t,
+                &idx,
+                &FragOwners::new(2),
+                &stray,
+                &parse::parse(&stray),
+                workers
+            )
         );
     }
 

@@ -124,6 +124,10 @@ pub struct Packet<'a> {
     pub ts: u64,
     /// Caller's identifier, handed back for held fragments.
     pub tag: u64,
+    /// The frame's parse, when the I/O already parsed it (flow ownership with several
+    /// workers; a frame handed to its owner carries it along): the pipeline does not parse it
+    /// again. `None`: the pipeline parses.
+    pub parsed: Option<Result<Parsed, DropReason>>,
 }
 
 /// Per-worker counters. Plain integers: one owner, read by the control thread through a
@@ -321,7 +325,10 @@ impl Pipeline {
             // Stage 1 over the whole burst: parse (touches every frame's headers once, so the
             // next stage finds them in cache).
             for (i, p) in chunk.iter().enumerate() {
-                self.metas[i] = parse::parse(p.data);
+                self.metas[i] = match p.parsed {
+                    Some(done) => done,
+                    None => parse::parse(p.data),
+                };
             }
             // Stage 2: per frame, run to completion. One `Arc` clone per burst, not per packet.
             let tables = Arc::clone(&self.tables);
@@ -353,6 +360,7 @@ impl Pipeline {
             iface,
             ts,
             tag: 0,
+            parsed: None,
         }];
         let mut o = [Outcome::default()];
         self.process_burst(&mut p, &mut o);

@@ -700,3 +700,57 @@ fn less_common_drops_are_counted_by_reason() {
     }
     assert_eq!(c.packets, c.forwarded + c.passed + c.dropped + c.held);
 }
+
+/// Parse once: a frame that carries its parse (done by the worker that received it, for flow
+/// ownership) is not parsed again; a frame without one is.
+#[test]
+fn a_carried_parse_is_used_instead_of_parsing_again() {
+    use nodeplane_dataplane::parse::{parse, Parsed};
+    use nodeplane_dataplane::Packet;
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut a = tcp4(CLIENT, VIP, 41000, 80, true, false);
+    let mut b = a.clone();
+    let mut c = a.clone();
+    let good = parse(&a);
+    assert!(matches!(good, Ok(Parsed::Ip(_))));
+    let mut outs = [Outcome::default(); 3];
+    let mut pkts = [
+        // The carried parse is the truth for the pipeline: a (deliberately wrong) carried
+        // verdict shows it was not parsed again.
+        Packet {
+            data: &mut a,
+            iface: pc,
+            ts: S,
+            tag: 0,
+            parsed: Some(Err(DropReason::MalformedL4)),
+        },
+        Packet {
+            data: &mut b,
+            iface: pc,
+            ts: S,
+            tag: 1,
+            parsed: Some(good),
+        },
+        Packet {
+            data: &mut c,
+            iface: pc,
+            ts: S,
+            tag: 2,
+            parsed: None,
+        },
+    ];
+    p.process_burst(&mut pkts, &mut outs);
+    assert_eq!(outs[0].action, Action::Drop(DropReason::MalformedL4));
+    assert!(
+        matches!(outs[1].action, Action::Forward(_)),
+        "{:?}",
+        outs[1]
+    );
+    assert_eq!(outs[1].ct, CtStatus::New);
+    assert!(
+        matches!(outs[2].action, Action::Forward(_)),
+        "{:?}",
+        outs[2]
+    );
+}

@@ -16,7 +16,9 @@
 //!           so a steered frame the pipeline would pass has no way back into the kernel
 //! ```
 //!
-//! Per burst: one owner parse per frame (only with more than one worker), at most one queue
+//! Per burst: one parse per frame for its owner (only with more than one worker; the parse
+//! goes with the frame into the pipeline, here or at its owner, which does not parse again),
+//! at most one queue
 //! push per other worker and one pop, no allocation, no lock, no syscall except the ring kicks
 //! inside `nodeplane_xdp`. The batches come from a pool allocated at start; a full queue or an
 //! empty pool is a counted drop.
@@ -35,6 +37,8 @@ use crate::{Action, Outcome, Packet, Tables, BURST};
 use crate::drop::DROP_REASON_SLOTS;
 use crate::handoff::{Handoff, HandoffPort, StageError};
 use crate::owner::{frame_owner, OwnerIndex};
+use crate::parse::{self, Parsed};
+use crate::DropReason;
 
 #[derive(Debug, Clone, Copy)]
 struct Sock {
@@ -203,12 +207,17 @@ impl AfXdpIo {
         } else {
             (1u64 << received) - 1
         };
+        // Frames parsed here for their owner (several workers): the pipeline, this worker's or
+        // the owner's, does not parse them again.
+        let mut parsed: [Option<Result<Parsed, DropReason>>; BURST] = [None; BURST];
         if workers > 1 {
             if let Some(t) = tables.as_deref() {
-                for i in 0..received {
+                for (i, pre) in parsed.iter_mut().enumerate().take(received) {
                     let frame = burst.frame(i);
+                    let p = parse::parse(frame);
+                    *pre = Some(p);
                     let frags = handoff.shared().frag_owners();
-                    let Some(owner) = frame_owner(t, owners, frags, frame, workers) else {
+                    let Some(owner) = frame_owner(t, owners, frags, frame, &p, workers) else {
                         continue;
                     };
                     if owner == me {
@@ -217,7 +226,7 @@ impl AfXdpIo {
                     // Not ours either way: a copy goes to the owner (the frame is released,
                     // not counted as dropped by the socket) or the drop is counted here.
                     mine &= !(1 << i);
-                    match handoff.stage(owner, i, frame, sock.iface) {
+                    match handoff.stage(owner, i, frame, sock.iface, p) {
                         Ok(()) => {}
                         Err(StageError::TooLong) => counters.handoff_too_long += 1,
                         Err(StageError::NoBatch) => counters.handoff_dropped += 1,
@@ -247,6 +256,7 @@ impl AfXdpIo {
                 iface: 0,
                 ts: now,
                 tag: 0,
+                parsed: None,
             });
             let mut n = 0;
             for (i, (frame, _)) in burst.frames_mut().enumerate() {
@@ -257,12 +267,13 @@ impl AfXdpIo {
                         iface: sock.iface,
                         ts: now,
                         tag: i as u64,
+                        parsed: parsed[i],
                     };
                     n += 1;
                 }
             }
             n_rx = n;
-            for (data, iface) in handoff.frames() {
+            for (data, iface, p) in handoff.frames() {
                 if n >= BURST {
                     break;
                 }
@@ -271,6 +282,7 @@ impl AfXdpIo {
                     iface,
                     ts: now,
                     tag: u64::MAX,
+                    parsed: Some(p),
                 };
                 n += 1;
             }

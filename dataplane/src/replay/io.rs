@@ -378,6 +378,7 @@ impl PacketIo for ReplayIo {
                 iface: 0,
                 ts: now,
                 tag: 0,
+                parsed: None,
             });
             for (i, (p, buf)) in pkts
                 .iter_mut()

@@ -461,6 +461,7 @@ mod tests {
                     iface: self.iface,
                     ts: now,
                     tag: 0,
+                    parsed: None,
                 })
                 .collect();
             process(&mut pkts, &mut outs);
