@@ -2,12 +2,12 @@
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::Path;
 use std::time::Duration;
 
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
-use pcap_file::pcapng::{Block, PcapNgReader};
+use nodeplane_dataplane::replay::read_raw;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
 /// Capture timestamps start here (2023-11-14T22:13:20Z) so files look like real captures.
@@ -37,36 +37,18 @@ pub fn write_pcap(path: &Path, frames: &[(Duration, Vec<u8>)]) -> std::io::Resul
 /// A packet read back: timestamp and bytes.
 pub type Frame = (Duration, Vec<u8>);
 
-/// Reads a pcap or pcapng file (by its magic) into frames, with the link type of the file
-/// (pcapng: of the first interface).
+/// Reads a pcap or pcapng file into frames, with the link type of the file (pcapng: of the
+/// first interface). The project's one capture reader does the reading
+/// ([`nodeplane_dataplane::replay::read_raw`]); timestamps are converted to `Duration`.
 pub fn read_capture(path: &Path) -> Result<(DataLink, Vec<Frame>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let err = |e: pcap_file::PcapError| format!("{}: {e}", path.display());
-    if bytes.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        let mut r = PcapNgReader::new(&bytes[..]).map_err(err)?;
-        let mut out = Vec::new();
-        let mut link = None;
-        while let Some(block) = r.next_block() {
-            match block.map_err(err)? {
-                Block::InterfaceDescription(i) => {
-                    link.get_or_insert(i.linktype);
-                }
-                Block::EnhancedPacket(p) => out.push((p.timestamp, p.data.into_owned())),
-                Block::SimplePacket(p) => out.push((Duration::ZERO, p.data.into_owned())),
-                _ => {}
-            }
-        }
-        Ok((link.unwrap_or(DataLink::ETHERNET), out))
-    } else {
-        let mut r = PcapReader::new(BufReader::new(&bytes[..])).map_err(err)?;
-        let link = r.header().datalink;
-        let mut out = Vec::new();
-        while let Some(p) = r.next_packet() {
-            let p = p.map_err(err)?;
-            out.push((p.timestamp, p.data.into_owned()));
-        }
-        Ok((link, out))
-    }
+    let (link, frames) = read_raw(path).map_err(|e| e.to_string())?;
+    Ok((
+        link,
+        frames
+            .into_iter()
+            .map(|c| (Duration::from_nanos(c.ts), c.data))
+            .collect(),
+    ))
 }
 
 /// Converts a pcap file into a pcapng file with one Ethernet interface (nanosecond timestamps).

@@ -31,6 +31,20 @@ pub struct CaseSpec {
     pub totals: Option<Totals>,
     /// Per-packet expectations (by verdict index).
     pub expect: Vec<Expect>,
+    /// `--removed-flow-action` of the replay (`rst`); absent: the default (drop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_flow_action: Option<String>,
+    /// The replay writes flow events (`--events events.jsonl`), pinned like the other outputs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub events: bool,
+    /// `summary.json` also pins the per-service counters (`services`) and, with
+    /// `removed_flow_action`, the resets sent (`rst_sent`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub services: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,4 +135,8 @@ pub struct Expect {
     pub out_inner_src: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_inner_dst: Option<String>,
+    /// The packet is answered by a TCP reset (`removed_flow_action: rst`): the transmitted
+    /// packet is that reset, sent back out of the input interface to the packet's sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rst: Option<bool>,
 }

@@ -402,6 +402,44 @@ impl FragmentChecker {
     }
 }
 
+/// The TCP header fields the reset checks need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpInfo {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// Header length in bytes (data offset).
+    pub header_len: usize,
+    /// Payload bytes (to the end of the IP packet).
+    pub payload_len: usize,
+}
+
+impl TcpInfo {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The TCP header of a decoded packet (`None`: not TCP, a later fragment, or cut).
+pub fn tcp(frame: &[u8], ip: &IpInfo) -> Option<TcpInfo> {
+    if ip.proto != PROTO_TCP || !ip.is_first_or_whole() || ip.end > frame.len() {
+        return None;
+    }
+    let t = frame.get(ip.l4_off..ip.end)?;
+    if t.len() < 20 {
+        return None;
+    }
+    let header_len = usize::from(t[12] >> 4) * 4;
+    Some(TcpInfo {
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        flags: t[13],
+        header_len,
+        payload_len: t.len().saturating_sub(header_len),
+    })
+}
+
 /// `ip:port`, `[ip6]:port`, or the bare address when there is no port.
 pub fn endpoint(ip: IpAddr, port: Option<u16>) -> String {
     match (ip, port) {

@@ -1,6 +1,7 @@
 //! The checked-in cases are exactly what the generator writes, and the generated inputs are
 //! what they claim to be (valid checksums outside the `malformed` case, one expectation per
-//! packet, every pipeline behaviour of issue 2 item 3 covered).
+//! packet, every pipeline behaviour of issue 2 item 3 covered, and the worker's own steps of
+//! issue 9: resets, flow events, per-service counters).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,8 @@ fn inputs_are_well_formed_and_fully_expected() {
     let mut verdicts = BTreeSet::new();
     let mut problems = Vec::new();
     let mut ifaces = BTreeSet::new();
+    // The worker's own steps: some case replays with each flag and expects a reset.
+    let mut worker_steps = BTreeSet::new();
     for e in std::fs::read_dir(&root).expect("cases dir").flatten() {
         let dir = e.path();
         let Ok(text) = std::fs::read_to_string(dir.join("case.json")) else {
@@ -102,7 +105,19 @@ fn inputs_are_well_formed_and_fully_expected() {
                 spec.name
             ));
         }
+        if spec.removed_flow_action.as_deref() == Some("rst") {
+            worker_steps.insert("removed_flow_action rst");
+        }
+        if spec.events {
+            worker_steps.insert("events");
+        }
+        if spec.services {
+            worker_steps.insert("services");
+        }
         for e in &spec.expect {
+            if e.rst == Some(true) {
+                worker_steps.insert("rst expected");
+            }
             verdicts.extend(e.verdict.clone());
             reasons.extend(e.reason.clone());
             reasons.extend(e.reason_prefix.clone().map(|p| p + "*"));
@@ -122,6 +137,14 @@ fn inputs_are_well_formed_and_fully_expected() {
         "malformed*",
     ] {
         assert!(reasons.contains(r), "no case expects drop reason {r}");
+    }
+    for w in [
+        "removed_flow_action rst",
+        "events",
+        "services",
+        "rst expected",
+    ] {
+        assert!(worker_steps.contains(w), "no case covers {w}");
     }
     for i in ["eth0", "veth-a", "veth-b", "veth-c"] {
         assert!(ifaces.contains(i), "no case enters on {i}");

@@ -4,7 +4,7 @@
 //!    addresses; plus invariants every case must hold: every packet accounted for once, MACs,
 //!    TTL, checksums of every output packet, sticky backends), then
 //! 2. compared byte for byte with `expected/` (`<iface>.pcap`, `verdicts.jsonl`,
-//!    `summary.json`).
+//!    `summary.json`, and `events.jsonl` for cases that ask for flow events).
 //!
 //! `NODEPLANE_UPDATE_GOLDEN=1` rewrites `expected/` of every case whose intent checks pass (a
 //! case that fails them keeps its old goldens and fails the test). `NODEPLANE_CASE=name` runs
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodeplane_control::replay::{self, ReplayOptions, ReplaySummary};
+use nodeplane_dataplane::worker::RemovedFlowAction;
 use nodeplane_pcap_tests::pcapio::read_capture;
 use nodeplane_pcap_tests::spec::{CaseSpec, Expect};
 use nodeplane_pcap_tests::wire::{self, FragmentChecker};
@@ -51,6 +52,8 @@ struct Run {
     summary: ReplaySummary,
     /// Verdict lines in file (processing) order.
     lines: Vec<Value>,
+    /// Flow event records (`events.jsonl`; cases with `events` only).
+    events: Vec<Value>,
     summary_text: String,
     /// iface → frames as transmitted.
     outputs: BTreeMap<String, Vec<(Duration, Vec<u8>)>>,
@@ -83,9 +86,11 @@ fn inputs(dir: &Path, spec: &CaseSpec) -> Vec<InPkt> {
     all.into_iter().map(|(_, p)| p).collect()
 }
 
-/// `summary.json`: counts derived from the replay summary (no timings: they vary).
-fn summary_json(s: &ReplaySummary) -> String {
-    let v = serde_json::json!({
+/// `summary.json`: counts derived from the replay summary (no timings: they vary). Per-service
+/// counters and resets sent only for cases that ask (`services`), so other goldens stay as
+/// they were.
+fn summary_json(s: &ReplaySummary, spec: &CaseSpec) -> String {
+    let mut v = serde_json::json!({
         "packets": s.packets,
         "forward": s.forwarded,
         "pass": s.passed,
@@ -93,10 +98,33 @@ fn summary_json(s: &ReplaySummary) -> String {
         "drops": s.drops,
         "transmitted": s.transmitted,
     });
+    if spec.services {
+        v["services"] = serde_json::to_value(&s.services).expect("json");
+        if spec.removed_flow_action.is_some() {
+            v["rst_sent"] = s.rst_sent.into();
+        }
+    }
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
 
+/// Reads a JSON-lines file.
+fn read_jsonl(path: &Path) -> Result<Vec<Value>, String> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    text.lines()
+        .enumerate()
+        .map(|(n, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{name} line {}: {e}: {l}", n + 1))
+        })
+        .collect()
+}
+
 fn run_replay(dir: &Path, spec: &CaseSpec, out: &Path) -> Result<Run, String> {
+    let removed_flow_action = match spec.removed_flow_action.as_deref() {
+        None => RemovedFlowAction::default(),
+        Some(a) => serde_json::from_value(Value::String(a.into()))
+            .map_err(|e| format!("removed_flow_action {a:?}: {e}"))?,
+    };
     let opts = ReplayOptions {
         state: dir.join(&spec.state),
         inputs: spec
@@ -110,18 +138,16 @@ fn run_replay(dir: &Path, spec: &CaseSpec, out: &Path) -> Result<Run, String> {
             .iter()
             .map(|s| (s.seconds, dir.join(&s.state)))
             .collect(),
-        ..ReplayOptions::default()
+        events: spec.events.then(|| out.join("events.jsonl")),
+        removed_flow_action,
     };
     let summary = replay::run(&opts).map_err(|e| format!("replay failed: {e}"))?;
-    let verdicts_text = std::fs::read_to_string(out.join("verdicts.jsonl"))
-        .map_err(|e| format!("verdicts.jsonl: {e}"))?;
-    let mut lines = Vec::new();
-    for (n, l) in verdicts_text.lines().enumerate() {
-        lines.push(
-            serde_json::from_str(l)
-                .map_err(|e| format!("verdicts.jsonl line {}: {e}: {l}", n + 1))?,
-        );
-    }
+    let lines = read_jsonl(&out.join("verdicts.jsonl"))?;
+    let events = if spec.events {
+        read_jsonl(&out.join("events.jsonl"))?
+    } else {
+        Vec::new()
+    };
     let mut outputs = BTreeMap::new();
     let mut files = BTreeSet::new();
     for e in std::fs::read_dir(out).map_err(|e| e.to_string())? {
@@ -136,10 +162,11 @@ fn run_replay(dir: &Path, spec: &CaseSpec, out: &Path) -> Result<Run, String> {
         }
         files.insert(name);
     }
-    let summary_text = summary_json(&summary);
+    let summary_text = summary_json(&summary, spec);
     Ok(Run {
         summary,
         lines,
+        events,
         summary_text,
         outputs,
         files,
@@ -352,8 +379,38 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         }
     }
 
+    // Packets answered by a TCP reset (removed_flow_action: rst): their output is the reset.
+    let rst_of: BTreeSet<usize> = spec
+        .expect
+        .iter()
+        .filter(|e| e.rst == Some(true))
+        .map(|e| e.index)
+        .collect();
+    for &i in &rst_of {
+        match (out_of.get(&i), ins.get(i)) {
+            (Some(out), Some(input)) => check_rst(i, &input.frame, out, &mut errs),
+            _ => errs.push(format!(
+                "packet {i}: answered by a reset, but none was sent"
+            )),
+        }
+    }
+    let want_rst = if spec.removed_flow_action.is_some() {
+        rst_of.len() as u64
+    } else {
+        0
+    };
+    if sm.rst_sent != want_rst {
+        errs.push(format!(
+            "summary: {} resets sent, the case expects {want_rst}",
+            sm.rst_sent
+        ));
+    }
+
     // Per forwarded packet: TTL decremented, DNAT towards the backend.
     for (&i, out) in &out_of {
+        if rst_of.contains(&i) {
+            continue;
+        }
         let (Some(a), Some(b)) = (wire::decode(&ins[i].frame), wire::decode(out)) else {
             continue;
         };
@@ -450,6 +507,13 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         }
     }
 
+    if spec.services {
+        check_services(ins, run, &rst_of, &mut errs);
+    }
+    if spec.events {
+        check_events(ins, run, &rst_of, &mut errs);
+    }
+
     // Per-packet expectations.
     for e in &spec.expect {
         let Some(l) = by_index.get(&e.index) else {
@@ -458,6 +522,174 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         check_expect(e, l, out_of.get(&e.index), &by_index, &mut errs);
     }
     errs
+}
+
+/// The reset answering input packet `i` (RFC 9293 §3.10.7.1): back to its sender (MACs,
+/// addresses and ports swapped), RST set, no payload; with the segment's ACK the reset takes
+/// its sequence number from it, else it acknowledges everything the segment occupied.
+fn check_rst(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
+    let mut bad = |what: String| {
+        errs.push(format!(
+            "packet {i}: reset {what}: {} answering {}",
+            wire::describe(out),
+            wire::describe(input)
+        ))
+    };
+    let (Some(a), Some(b)) = (wire::decode(input), wire::decode(out)) else {
+        return bad("not Ethernet".into());
+    };
+    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
+        bad("MACs not swapped".into());
+    }
+    let (Some(ia), Some(ib)) = (a.ip, b.ip) else {
+        return bad("not IP".into());
+    };
+    if (ib.src, ib.sport, ib.dst, ib.dport) != (ia.dst, ia.dport, ia.src, ia.sport) {
+        bad("addresses/ports not swapped".into());
+    }
+    let (Some(ta), Some(tb)) = (wire::tcp(input, &ia), wire::tcp(out, &ib)) else {
+        return bad("not TCP".into());
+    };
+    if tb.payload_len != 0 {
+        bad(format!("carries {} payload bytes", tb.payload_len));
+    }
+    use wire::TcpInfo as T;
+    let want = if ta.flags & T::ACK != 0 {
+        (ta.ack, 0, T::RST)
+    } else {
+        let len = ta.payload_len as u32
+            + u32::from(ta.flags & T::SYN != 0)
+            + u32::from(ta.flags & T::FIN != 0);
+        (0, ta.seq.wrapping_add(len), T::RST | T::ACK)
+    };
+    if (tb.seq, tb.ack, tb.flags) != want {
+        bad(format!(
+            "seq/ack/flags {}/{}/{:#04x}, want {}/{}/{:#04x}",
+            tb.seq, tb.ack, tb.flags, want.0, want.1, want.2
+        ));
+    }
+}
+
+/// Per-service counters against the verdict lines: a forwarded frame of a service counts a
+/// packet and its bytes (as received), a forwarded `ct: new` one a flow; a dropped frame (also
+/// one answered by a reset) counts as dropped.
+fn check_services(ins: &[InPkt], run: &Run, rst_of: &BTreeSet<usize>, errs: &mut Vec<String>) {
+    let mut want: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    for l in &run.lines {
+        let Some(svc) = s(l, "service") else { continue };
+        let i = l["index"].as_u64().unwrap_or(u64::MAX) as usize;
+        let c = want.entry(svc).or_default();
+        match s(l, "verdict").as_deref() {
+            _ if rst_of.contains(&i) => c[3] += 1,
+            Some("forward") => {
+                c[0] += 1;
+                c[1] += ins.get(i).map_or(0, |p| p.frame.len() as u64);
+                c[2] += u64::from(s(l, "ct").as_deref() == Some("new"));
+            }
+            Some("drop") => c[3] += 1,
+            _ => {}
+        }
+    }
+    want.retain(|_, c| c.iter().any(|&n| n != 0));
+    let got: BTreeMap<String, [u64; 4]> = run
+        .summary
+        .services
+        .iter()
+        .map(|(k, t)| (k.clone(), [t.packets, t.bytes, t.flows, t.dropped]))
+        .collect();
+    if got != want {
+        errs.push(format!(
+            "per-service [packets, bytes, flows, dropped] {got:?}, verdict lines say {want:?}"
+        ));
+    }
+}
+
+/// Flow events against the verdict lines: one event per new flow (`ct: new`) and per drop, in
+/// verdict order, naming the same interface, verdict, reason, service, backend, identities and
+/// policy, with the packet's original tuple and a time no later than the packet's capture
+/// time. A packet answered by a reset shows as the drop it was (`backend-gone`).
+fn check_events(ins: &[InPkt], run: &Run, rst_of: &BTreeSet<usize>, errs: &mut Vec<String>) {
+    let wanted: Vec<&Value> = run
+        .lines
+        .iter()
+        .filter(|l| {
+            let i = l["index"].as_u64().unwrap_or(u64::MAX) as usize;
+            s(l, "ct").as_deref() == Some("new")
+                || s(l, "verdict").as_deref() == Some("drop")
+                || rst_of.contains(&i)
+        })
+        .collect();
+    if run.events.len() != wanted.len() || run.summary.events != wanted.len() as u64 {
+        errs.push(format!(
+            "{} flow events ({} in the summary), {} verdict lines with ct new or drop",
+            run.events.len(),
+            run.summary.events,
+            wanted.len()
+        ));
+    }
+    let first = ins.first().map_or(0, |p| p.ts.as_nanos());
+    let mut last_time = 0;
+    for (k, (ev, l)) in run.events.iter().zip(&wanted).enumerate() {
+        let i = l["index"].as_u64().unwrap_or(u64::MAX) as usize;
+        let mut bad =
+            |what: &str| errs.push(format!("event {k} (packet {i}): {what}: {ev} vs {l}"));
+        let (verdict, reason, egress) = if rst_of.contains(&i) {
+            ("dropped", Some("backend-gone".to_string()), None)
+        } else {
+            match s(l, "verdict").as_deref() {
+                Some("forward") => ("forwarded", None, s(l, "egress")),
+                Some("drop") => ("dropped", s(l, "reason"), None),
+                _ => ("passed", None, None),
+            }
+        };
+        if s(ev, "verdict").as_deref() != Some(verdict)
+            || s(ev, "drop_reason") != reason
+            || s(ev, "egress") != egress
+        {
+            bad("verdict/reason/egress");
+        }
+        if s(ev, "iface") != s(l, "input") {
+            bad("interface");
+        }
+        for k in [
+            "ct",
+            "service",
+            "backend",
+            "policy",
+            "src_identity",
+            "dst_identity",
+        ] {
+            if ev.get(k) != l.get(k) {
+                bad(k);
+            }
+        }
+        let Some(p) = ins.get(i) else { continue };
+        if let Some(ip) = wire::decode(&p.frame).and_then(|f| f.ip) {
+            let tuple = (
+                ev.get("src").and_then(Value::as_str),
+                ev.get("sport").and_then(Value::as_u64),
+                ev.get("dst").and_then(Value::as_str),
+                ev.get("dport").and_then(Value::as_u64),
+            );
+            let src = ip.src.to_string();
+            let dst = ip.dst.to_string();
+            let want = (
+                Some(src.as_str()),
+                Some(u64::from(ip.sport.unwrap_or(0))),
+                Some(dst.as_str()),
+                Some(u64::from(ip.dport.unwrap_or(0))),
+            );
+            if tuple != want {
+                bad("tuple is not the packet's as it arrived");
+            }
+        }
+        // The event's time is its burst's: the capture clock, at most the packet's own time.
+        let t = ev.get("time_unix_ns").and_then(Value::as_u64).unwrap_or(0);
+        if u128::from(t) > p.ts.as_nanos() || u128::from(t) < first || t < last_time {
+            bad("time not on the capture clock, after the packet's or before the previous event's");
+        }
+        last_time = t;
+    }
 }
 
 fn check_expect(
@@ -719,7 +951,21 @@ fn golden_cases() {
                 continue;
             }
         };
-        let intent = check_intent(dir, &spec, &ins, &run);
+        let mut intent = check_intent(dir, &spec, &ins, &run);
+        if spec.events {
+            // Flow events carry the capture's clock: a second run writes the same bytes.
+            let tmp2 = TempDir::new(&format!("{name}-again"));
+            match run_replay(dir, &spec, &tmp2.0) {
+                Err(e) => intent.push(format!("second run: {e}")),
+                Ok(_) => {
+                    for f in ["events.jsonl", "verdicts.jsonl"] {
+                        if std::fs::read(tmp.0.join(f)).ok() != std::fs::read(tmp2.0.join(f)).ok() {
+                            intent.push(format!("{f} differs between two runs"));
+                        }
+                    }
+                }
+            }
+        }
         let intent_ok = intent.is_empty();
         report.extend(intent.into_iter().map(|e| format!("[{name}] intent: {e}")));
         if update {

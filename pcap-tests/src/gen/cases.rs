@@ -73,6 +73,10 @@ pub fn all_cases() -> Vec<Case> {
         ct_timeouts(true),
         non_ip_pass(),
         uplink_host_pass(),
+        backend_removed_rst(false),
+        backend_removed_rst(true),
+        service_counters(),
+        flow_events(),
     ]
 }
 
@@ -3099,5 +3103,222 @@ fn uplink_host_pass() -> Case {
         .backend(&ep("10.0.1.3", 8080));
     e.out_dst = Some(ep("10.0.1.3", 8080));
     c.send(&w, w.v4, ip(NODE_IP1), syn(55006, 30080), 0, e);
+    c
+}
+
+// ---- the worker's own steps: resets, per-service counters, flow events ----
+
+fn backend_removed_rst(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.54", "fd00:96::54");
+    let r5 = remote("10.0.2.5", "fd00:10:2::5");
+    let r6 = remote("10.0.2.6", "fd00:10:2::6");
+    let (b5, b6) = (r5.ip(v6).to_string(), r6.ip(v6).to_string());
+    let web = |b: &str| {
+        state_with(vec![service(
+            "web",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[(vip, 80)],
+            vec![active(b, 8080)],
+        )])
+    };
+    let mut c = Case::new(
+        &v6_suffixed("backend-removed-rst", v6),
+        &format!(
+            "Replayed with `--removed-flow-action rst`. A flow from pod-a to {} is established \
+             with backend {b6}; at 1 s {b6} is removed ({b5} replaces it). The client's next data \
+             segment and its FIN are each answered by a TCP reset built from the segment and sent \
+             back out of veth-a (verdict forward, egress veth-a): MACs, addresses and ports \
+             swapped (from the VIP to the client), no payload, RST with the segment's ACK number \
+             as its sequence number. The flow event of such a segment is the drop it was \
+             (`backend-gone`), and the service counts it as dropped. A new flow goes to {b5}.",
+            ep(vip, 80)
+        ),
+        web(&b6),
+    );
+    c.state_at(1.0, "state-removed.yaml", web(&b5));
+    c.removed_flow_action("rst");
+    c.events();
+    c.services();
+    let a = pod_a();
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &r6, (ip(&b6), 8080));
+    f.handshake(&mut c);
+    f.data(&mut c, 200, 1000);
+    c.at(2.0);
+    for (flags, len, what) in [
+        (PSHACK, 100, "data on the flow whose backend was removed"),
+        (FINACK, 0, "the client's FIN on that flow"),
+    ] {
+        let mut e = x(what)
+            .rst(a.iface)
+            .ct("established")
+            .backend(&ep(&b6, 8080))
+            .out_src(&f.frontend_ep())
+            .out_dst(&f.client_ep());
+        e.has_service = Some(true);
+        f.c(&mut c, flags, len, e);
+    }
+    let mut g = Conn::new(&a, a.ip(v6), 40001, (ip(vip), 80), &r5, (ip(&b5), 8080));
+    g.handshake(&mut c);
+    c
+}
+
+fn service_counters() -> Case {
+    let web = service(
+        "web",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.90", 80), ("fd00:96::90", 80)],
+        vec![active("10.0.2.5", 8080), active("fd00:10:2::5", 8080)],
+    );
+    let dns = service(
+        "dns",
+        ServiceType::ClusterIP,
+        L4Proto::UDP,
+        &[("10.96.0.91", 53)],
+        vec![active(PODS[2].v4, 5353)],
+    );
+    let empty = service(
+        "empty",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.92", 80)],
+        vec![],
+    );
+    let mut s = policy_state(
+        st::PolicyMode::Enforce,
+        vec![ingress(
+            "pod-c",
+            vec![allow_ids(&[ID_A], st::RuleProto::UDP, &[(5353, None)])],
+        )],
+    );
+    s.services = vec![web, dns, empty];
+    let mut c = Case::new(
+        "service-counters",
+        "Per-service counters of the worker, pinned in `summary.json`: `web` (TCP, v4 and v6 \
+         frontends, remote backends) carries one whole v4 conversation and one v6 handshake; `dns` \
+         (UDP → pod-c:5353, pod-c admits only pod-a) gets two queries from pod-a with replies and \
+         one query from pod-b dropped `policy-denied`; `empty` has no backend (two SYNs dropped \
+         `no-backend`). pod-a → pod-b without a service counts nowhere. Per service: flows = \
+         forwarded new flows, packets and bytes = forwarded frames both ways (bytes as received), \
+         dropped = its dropped frames.",
+        s,
+    );
+    c.services();
+    let (a, b, cc) = (pod_a(), pod_b(), pod_c());
+    let r5 = remote_pod();
+    let mut f = Conn::new(&a, a.v4, 40000, (ip("10.96.0.90"), 80), &r5, (r5.v4, 8080));
+    f.exchange(&mut c);
+    let mut g = Conn::new(&a, a.v6, 40001, (ip("fd00:96::90"), 80), &r5, (r5.v6, 8080));
+    g.handshake(&mut c);
+    for port in [41000, 41001] {
+        let mut q = Conn::new(&a, a.v4, port, (ip("10.96.0.91"), 53), &cc, (cc.v4, 5353)).udp();
+        let e = q.fc("DNS query", "new").policy("allow");
+        q.c(&mut c, ACK, 40, e);
+        let e = q.fs("DNS answer");
+        q.s(&mut c, ACK, 120, e);
+    }
+    let mut e = x("DNS query from pod-b (pod-c does not admit it)").drop_("policy-denied");
+    e.has_service = Some(true);
+    c.send(
+        &b,
+        b.v4,
+        ip("10.96.0.91"),
+        L4::Udp {
+            sport: 41002,
+            dport: 53,
+        },
+        40,
+        e,
+    );
+    for port in [42000, 42001] {
+        let mut e = x("SYN to the service without backends").drop_("no-backend");
+        e.has_service = Some(true);
+        c.send(&a, a.v4, ip("10.96.0.92"), syn(port, 80), 0, e);
+    }
+    let mut e = x("pod-a → pod-b, no service").fwd(b.iface).ct("new");
+    e.has_service = Some(false);
+    c.send(&a, a.v4, b.v4, syn(43000, 8080), 0, e);
+    c
+}
+
+fn flow_events() -> Case {
+    let mut s = policy_state(
+        st::PolicyMode::Enforce,
+        vec![ingress(
+            "pod-b",
+            vec![allow_ids(&[ID_A], st::RuleProto::TCP, &[(8080, None)])],
+        )],
+    );
+    s.services = vec![
+        service(
+            "web",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[("10.96.0.95", 80), ("fd00:96::95", 80)],
+            vec![active(PODS[1].v4, 8080), active(PODS[1].v6, 8080)],
+        ),
+        service(
+            "empty",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[("10.96.0.96", 80)],
+            vec![],
+        ),
+    ];
+    let mut c = Case::new(
+        "flow-events",
+        "Flow events (`--events`, the records `nodeplane observe --json` prints), pinned in \
+         `events.jsonl`: one per new flow, whatever its verdict, and one per dropped frame; \
+         established and reply frames and passed frames make none. Service `web` → pod-b:8080, \
+         which admits only pod-a on TCP 8080. Events: pod-a → web (v4 and v6, forwarded, policy \
+         allow), pod-c → web (dropped `policy-denied`), pod-a → pod-c UDP (forwarded, no \
+         service), pod-a → `empty` (dropped `no-backend`), a spoofed source (dropped \
+         `spoofed-source`). No events: SYN-ACK, ACK, data, an ARP request. Event times are the \
+         capture's clock (the time of the burst's first frame).",
+        s,
+    );
+    c.events();
+    let (a, b, cc) = (pod_a(), pod_b(), pod_c());
+    for v6 in [false, true] {
+        let vip = pick(v6, "10.96.0.95", "fd00:96::95");
+        let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &b, (b.ip(v6), 8080));
+        f.handshake(&mut c);
+        c.expect_mut(c.len() - 3).policy = Some("allow".into());
+        let e = f.fc("request data", "established");
+        f.c(&mut c, PSHACK, 60, e);
+        let mut e = x("pod-c → web (pod-b does not admit pod-c)").drop_("policy-denied");
+        e.has_service = Some(true);
+        c.send(&cc, cc.ip(v6), ip(vip), syn(40001, 80), 0, e);
+    }
+    let mut e = x("pod-a → pod-c UDP, no service").fwd(cc.iface).ct("new");
+    e.has_service = Some(false);
+    c.send(
+        &a,
+        a.v4,
+        cc.v4,
+        L4::Udp {
+            sport: 40002,
+            dport: 5353,
+        },
+        30,
+        e,
+    );
+    let mut e = x("SYN to the service without backends").drop_("no-backend");
+    e.has_service = Some(true);
+    c.send(&a, a.v4, ip("10.96.0.96"), syn(40003, 80), 0, e);
+    c.send(
+        &a,
+        ip("10.0.1.99"),
+        cc.v4,
+        syn(40004, 5432),
+        0,
+        x("veth-a frame with a source that is not pod-a's").drop_("spoofed-source"),
+    );
+    c.raw(
+        "veth-a",
+        arp_frame(PODS[0].mac, [0xff; 6], [10, 0, 1, 2], [10, 0, 1, 1], 1),
+        x("pod-a's ARP request (passed: no event)").pass(),
+    );
     c
 }

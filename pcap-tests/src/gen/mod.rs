@@ -279,6 +279,12 @@ pub struct Case {
     pub sticky_flows: bool,
     pub affinity_by_client: bool,
     pub backend_share: Option<BackendShare>,
+    /// `--removed-flow-action` of the replay (see [`Case::removed_flow_action`]).
+    removed_flow_action: Option<String>,
+    /// The replay writes flow events (see [`Case::events`]).
+    events: bool,
+    /// The summary pins per-service counters (see [`Case::services`]).
+    services: bool,
     /// Set when some packet's verdict is not fixed in advance (no totals then).
     verdicts_open: bool,
 }
@@ -301,8 +307,28 @@ impl Case {
             sticky_flows: true,
             affinity_by_client: false,
             backend_share: None,
+            removed_flow_action: None,
+            events: false,
+            services: false,
             verdicts_open: false,
         }
+    }
+
+    /// Replays with `--removed-flow-action rst`: segments of flows whose backend was removed
+    /// are answered with a TCP reset (expect those with [`ExpectExt::rst`]).
+    pub fn removed_flow_action(&mut self, action: &str) {
+        self.removed_flow_action = Some(action.into());
+    }
+
+    /// Replays with `--events`: `events.jsonl` is checked against the verdicts and pinned.
+    pub fn events(&mut self) {
+        self.events = true;
+    }
+
+    /// Pins the per-service counters (and resets sent) in `summary.json`, checked against
+    /// the verdicts.
+    pub fn services(&mut self) {
+        self.services = true;
     }
 
     /// Switches to `state` at `seconds` after the first packet (`--state-at`).
@@ -447,6 +473,9 @@ impl Case {
             backend_share: self.backend_share.clone(),
             totals,
             expect: self.expects.clone(),
+            removed_flow_action: self.removed_flow_action.clone(),
+            events: self.events,
+            services: self.services,
         }
     }
 
@@ -491,7 +520,21 @@ impl Case {
         }
         let json = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())? + "\n";
         std::fs::write(dir.join("case.json"), json).map_err(io)?;
-        let mut readme = format!("# {}\n\n{}\n\n## Packets\n\n", self.name, self.readme);
+        let mut flags = Vec::new();
+        if let Some(a) = &self.removed_flow_action {
+            flags.push(format!("`--removed-flow-action {a}`"));
+        }
+        if self.events {
+            flags.push("`--events` (flow events pinned in `expected/events.jsonl`)".to_string());
+        }
+        if self.services {
+            flags.push("per-service counters pinned in `expected/summary.json`".to_string());
+        }
+        let mut readme = format!("# {}\n\n{}\n\n", self.name, self.readme);
+        if !flags.is_empty() {
+            readme += &format!("Replay: {}.\n\n", flags.join("; "));
+        }
+        readme += "## Packets\n\n";
         readme += "| # | t (s) | in | what | expected |\n|---|---|---|---|---|\n";
         for (e, (t, iface, _)) in self.expects.iter().zip(&self.packets) {
             readme += &format!(
@@ -530,6 +573,9 @@ fn summarize(e: &Expect) -> String {
     }
     if let Some(v) = &e.egress {
         parts.push(format!("→ {v}"));
+    }
+    if e.rst == Some(true) {
+        parts.push("as a TCP reset to its sender".into());
     }
     if let Some(v) = &e.ct {
         parts.push(format!("ct {v}"));
@@ -591,6 +637,8 @@ pub trait ExpectExt {
     fn fwd(self, egress: &str) -> Self;
     fn pass(self) -> Self;
     fn drop_(self, reason: &str) -> Self;
+    /// Answered by a TCP reset sent back out of `ingress` (its input interface).
+    fn rst(self, ingress: &str) -> Self;
     fn ct(self, ct: &str) -> Self;
     fn backend(self, b: &str) -> Self;
     fn policy(self, p: &str) -> Self;
@@ -615,6 +663,11 @@ impl ExpectExt for Expect {
         } else {
             self.reason = Some(reason.into());
         }
+        self
+    }
+    fn rst(mut self, ingress: &str) -> Self {
+        self = self.fwd(ingress);
+        self.rst = Some(true);
         self
     }
     fn ct(mut self, ct: &str) -> Self {
