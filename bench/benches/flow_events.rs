@@ -115,7 +115,7 @@ impl Mix {
         if self.tap.observed() {
             self.p.process_burst(&mut pkts, &mut self.out);
             let parsed = self.p.parsed(BURST);
-            self.tap.record_burst(0, 1, 2, &pkts, &self.out, parsed);
+            self.tap.record_burst(0, 1, &pkts, &self.out, parsed);
         } else {
             self.p.process_burst(&mut pkts, &mut self.out);
         }
@@ -134,7 +134,7 @@ impl Mix {
             parsed: None,
         });
         let parsed = self.p.parsed(BURST);
-        self.tap.record_burst(0, 1, 2, &pkts, &self.out, parsed);
+        self.tap.record_burst(0, 1, &pkts, &self.out, parsed);
     }
 
     /// Runs `bursts` bursts; returns the time spent in [`Mix::burst`].

@@ -174,20 +174,20 @@ impl EventTap {
     }
 
     /// Records the events of one processed chunk (≤ BURST frames): `parsed` is the pipeline's
-    /// parse of the same frames, before rewrite.
+    /// parse of the same frames, before rewrite. An event's time is its frame's (the burst's
+    /// time live; the frame's capture time in a replay).
     #[inline]
     pub fn record_burst(
         &mut self,
         worker: u16,
         generation: u64,
-        ts: u64,
         pkts: &[Packet<'_>],
         outs: &[Outcome],
         parsed: &[Result<Parsed, DropReason>],
     ) {
         for ((p, o), m) in pkts.iter().zip(outs).zip(parsed) {
             if FlowEvent::wanted(o) {
-                self.push(FlowEvent::new(worker, generation, p.iface, ts, m, o));
+                self.push(FlowEvent::new(worker, generation, p.iface, p.ts, m, o));
             }
         }
     }

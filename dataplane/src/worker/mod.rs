@@ -231,7 +231,7 @@ impl<I: PacketIo> Worker<I> {
                 for (pc, oc) in pkts.chunks_mut(BURST).zip(outs.chunks_mut(BURST)) {
                     pipeline.process_burst(pc, oc);
                     let parsed = pipeline.parsed(pc.len());
-                    events.record_burst(id, generation, now, pc, oc, parsed);
+                    events.record_burst(id, generation, pc, oc, parsed);
                 }
             } else {
                 pipeline.process_burst(pkts, outs);
@@ -264,7 +264,7 @@ impl<I: PacketIo> Worker<I> {
                 // Released fragments are rare: parse again here (off the burst loop).
                 let parsed = parse::parse(r.data);
                 events.push(FlowEvent::new(
-                    id, generation, r.iface, now, &parsed, &r.outcome,
+                    id, generation, r.iface, latest, &parsed, &r.outcome,
                 ));
             }
             io.released(&r);
