@@ -482,6 +482,9 @@ pub struct WorkerStats {
     /// Drop reason name → count (non-zero only).
     pub drops: BTreeMap<String, u64>,
     pub rst_sent: u64,
+    /// Partial TCP/UDP checksums completed (frames from senders with TX checksum offload on).
+    #[serde(default)]
+    pub csum_completed: u64,
     pub ct_entries: usize,
     pub ct_capacity: usize,
     pub ct_created: u64,
@@ -900,6 +903,7 @@ impl<I: PacketIo> Worker<I> {
                 .map(|r| (r.name().to_string(), c.drops[*r as usize]))
                 .collect(),
             rst_sent: self.rst_sent,
+            csum_completed: c.csum_completed,
             ct_entries: ct.len(),
             ct_capacity: ct.capacity(),
             ct_created: s.created,
