@@ -87,6 +87,15 @@ pub fn pseudo_header(src: &[u8; 16], dst: &[u8; 16], v6: bool, proto: u8, len: u
     acc
 }
 
+/// Whether a checksum field holds the one's-complement value of the unfolded `sum`
+/// (`fold64(sum)`, or the other representation of zero). A divisibility test by 0xffff, which
+/// the compiler turns into one multiply and one compare: no fold on the hot path.
+#[inline(always)]
+pub fn congruent(sum: u64, field: u16) -> bool {
+    // !field = 0xffff - field: the sum minus the field, kept non-negative.
+    (sum + u64::from(!field)) % 0xffff == 0
+}
+
 /// Whether an IPv4 header (`ihl` bytes, a multiple of 4) sums to all ones. Sums 32-bit words
 /// into a 64-bit accumulator: one's-complement addition is associative over any word size.
 #[inline]
@@ -255,6 +264,18 @@ mod tests {
                 fold(plain),
                 "v6 {v6}"
             );
+        }
+    }
+
+    #[test]
+    fn congruent_is_fold_equality_up_to_the_two_zeros() {
+        for sum in [6u64, 0xfffe, 0xffff, 0x1_0000, 0x1_fffe, 0x3_ffff_fffc, 0xabcd_1234] {
+            let f = fold64(sum);
+            assert!(congruent(sum, f), "{sum:#x}");
+            assert!(!congruent(sum, f.wrapping_add(1)) || f == 0xffff, "{sum:#x}");
+            assert!(!congruent(sum, f ^ 0x0100), "{sum:#x}");
+            assert_eq!(congruent(sum, 0), f == 0xffff, "{sum:#x}");
+            assert_eq!(congruent(sum, 0xffff), f == 0xffff, "{sum:#x}");
         }
     }
 

@@ -51,7 +51,8 @@ pub struct Meta {
     /// IPv4 identification or IPv6 fragment identification.
     pub frag_id: u32,
     pub ttl: u8,
-    /// The TCP/UDP checksum field holds exactly the folded pseudo-header sum: a partial
+    /// The TCP/UDP checksum field holds the folded pseudo-header sum (either representation of
+    /// zero; a UDP-over-IPv4 0, "no checksum", is then left alone by the completion): a partial
     /// checksum (CHECKSUM_PARTIAL) from a sender that left the rest to its device, or, once in
     /// 65536, a full checksum of that value; [`crate::partial::complete`] tells them apart.
     /// Only on unfragmented frames (a kernel completes the checksum before it fragments).
@@ -151,7 +152,7 @@ fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
         frag: Frag::None,
         frag_id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),
         ttl: ip[8],
-        csum_partial: check == csum::fold64(pseudo),
+        csum_partial: csum::congruent(pseudo, check),
     })
 }
 

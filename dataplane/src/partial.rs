@@ -54,7 +54,8 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     let Some(seg) = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end)) else {
         return false;
     };
-    if seg.len() < field + 2 {
+    if seg.len() < field + 2 || (udp && !m.v6 && seg[field] == 0 && seg[field + 1] == 0) {
+        // Too short, or UDP over IPv4 sent without a checksum (0): nothing to complete.
         return false;
     }
     let pseudo = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, m.v6, m.proto, seg.len());
@@ -229,11 +230,32 @@ mod tests {
     }
 
     #[test]
-    fn udp_v4_without_checksum_is_not_partial() {
-        let mut f = frame(false, false, b"x");
-        let m = meta(&f);
-        csum::put16(&mut f, usize::from(m.l4_off) + 6, 0);
-        assert!(!meta(&f).csum_partial);
+    fn udp_v4_without_checksum_is_not_completed() {
+        // Addresses and payload chosen so that the pseudo-header sum is ≡ 0 (fold 0xffff):
+        // a field of 0 then looks partial but means "no checksum" over IPv4.
+        for payload in [&b"x"[..], b"xy"] {
+            let mut f = frame(false, false, payload);
+            let m = meta(&f);
+            let len = usize::from(m.ip_end - m.l4_off);
+            let p = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, false, m.proto, len);
+            // Move the destination address so the sum becomes 0xffff.
+            let need = 0xffff - csum::fold64(p);
+            let d = usize::from(m.l3_off) + 18;
+            let w = csum::get16(&f, d);
+            let w2 = csum::fold(u32::from(w) + u32::from(need));
+            csum::put16(&mut f, d, w2);
+            csum::put16(&mut f, 24, 0);
+            let c = csum::checksum(&f[14..34]);
+            csum::put16(&mut f, 24, c);
+            csum::put16(&mut f, usize::from(m.l4_off) + 6, 0);
+            let m = meta(&f);
+            let p = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, false, m.proto, len);
+            assert_eq!(csum::fold64(p), 0xffff);
+            assert!(m.csum_partial, "0 is the other zero");
+            let g = f.clone();
+            assert!(!complete(&mut f, &m));
+            assert_eq!(f, g);
+        }
     }
 
     #[test]
