@@ -4,7 +4,7 @@
 //! (socat) in the pods and the router; the daemon inspected and steered through the `nodeplane`
 //! CLI on its control socket (status, ct list, policy mode, explain).
 //!
-//! Needs root, iproute2, ethtool, curl, socat, ping. Fails (never skips) without them.
+//! Needs root, iproute2, curl, socat, ping. Fails (never skips) without them.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -269,10 +269,21 @@ mod tests {
 
     #[test]
     fn congruent_is_fold_equality_up_to_the_two_zeros() {
-        for sum in [6u64, 0xfffe, 0xffff, 0x1_0000, 0x1_fffe, 0x3_ffff_fffc, 0xabcd_1234] {
+        for sum in [
+            6u64,
+            0xfffe,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x3_ffff_fffc,
+            0xabcd_1234,
+        ] {
             let f = fold64(sum);
             assert!(congruent(sum, f), "{sum:#x}");
-            assert!(!congruent(sum, f.wrapping_add(1)) || f == 0xffff, "{sum:#x}");
+            assert!(
+                !congruent(sum, f.wrapping_add(1)) || f == 0xffff,
+                "{sum:#x}"
+            );
             assert!(!congruent(sum, f ^ 0x0100), "{sum:#x}");
             assert_eq!(congruent(sum, 0), f == 0xffff, "{sum:#x}");
             assert_eq!(congruent(sum, 0xffff), f == 0xffff, "{sum:#x}");
