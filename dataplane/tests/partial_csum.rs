@@ -96,8 +96,11 @@ fn make_partial(f: &mut [u8]) {
     csum::put16(f, l4_field(f), csum::fold64(p));
 }
 
-/// (src, dst, sport, dport) and whether the L4 checksum verifies (smoltcp, independent).
-fn inspect(f: &[u8]) -> (IpAddr, IpAddr, u16, u16, bool) {
+/// (src, dst, sport, dport) of an output frame and whether its L4 checksum verifies.
+type Seen = (IpAddr, IpAddr, u16, u16, bool);
+
+/// [`Seen`] of a frame, the checksum verified by smoltcp (independent of the pipeline).
+fn inspect(f: &[u8]) -> Seen {
     let Ok(Parsed::Ip(m)) = parse(f) else {
         panic!("not ip")
     };
@@ -211,7 +214,7 @@ fn ip(s: &str) -> IpAddr {
 /// Client → VIP (DNAT), backend → client (reverse NAT), client → web-1 (plain routing); three
 /// packets each way so that the established fast path runs too. Returns every output's
 /// (src, dst, sport, dport, verifies).
-fn conversation(c: &Case, check: Check) -> (Vec<(IpAddr, IpAddr, u16, u16, bool)>, u64) {
+fn conversation(c: &Case, check: Check) -> (Vec<Seen>, u64) {
     let mut p = pipeline();
     let mut seen = Vec::new();
     let mut now = S;
