@@ -19,9 +19,9 @@
 #        np-client eth0 02:00:00:00:02:0a  np-web1 eth0 ..:02:15     np-web2 eth0 ..:02:16
 #        10.244.1.10/24 fd00:244:1::10/64  10.244.1.21 fd00:244:1::21 10.244.1.22 fd00:244:1::22
 #
-# Every veth has 2 RX and 2 TX queues. Pods and the router have TX checksum offload off on eth0
-# (a kernel sending on veth otherwise leaves partial TCP/UDP checksums that AF_XDP passes on as
-# is).
+# Every veth has 2 RX and 2 TX queues. Pods and the router keep Linux's default offloads: their
+# kernels send TCP/UDP with partial checksums (CHECKSUM_PARTIAL) on veth, which nodeplane
+# completes before forwarding (docs/runtime.md).
 #
 # How pods reach the node (chosen: kernel-answered gateway + proxy ARP/NDP, no static entries):
 # - Pods have on-link /24 and /64 prefixes and default routes via 10.244.1.1 / fd00:244:1::1.
@@ -109,9 +109,6 @@ lab_up() {
   ip -n "$NODE" route add default via 192.168.100.1
   ip -n "$NODE" -6 route add default via fd00:100::1
   nsx "$ROUTER" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-  # The router's kernel sends on a veth too: without this its TCP/UDP checksums stay partial
-  # in the frames nodeplane receives over AF_XDP (node requirement, docs/runtime.md).
-  nsx "$ROUTER" ethtool -K eth0 tx off >/dev/null
   for r in 10.244.1.0/24 10.96.0.0/12 203.0.113.10/32; do
     ip -n "$ROUTER" route add "$r" via 192.168.100.2
   done
@@ -143,7 +140,6 @@ lab_up() {
     ip -n "$pns" link set eth0 up
     ip -n "$pns" route add default via "$GW4"
     ip -n "$pns" -6 route add default via "$GW6"
-    nsx "$pns" ethtool -K eth0 tx off >/dev/null
   done
 
   # Proxy NDP: on each pod interface, answer for every other pod's IPv6 address.

@@ -3,13 +3,15 @@
 //! Run it with two N and divide the instruction difference by the packet difference to get
 //! instructions per packet without the setup.
 //!
-//! Arguments: `BURSTS [SERVICES [FLOWS]]` (defaults 1000, 10, 1024). With FLOWS = 10000 the flows'
+//! Arguments: `BURSTS [SERVICES [FLOWS [PAYLOAD [partial]]]]` (defaults 1000, 10, 1024, 10):
+//! PAYLOAD bytes of data per established packet; `partial` sends them with partial checksums
+//! (CHECKSUM_PARTIAL, as pods at default offloads do), which the pipeline completes. With FLOWS = 10000 the flows'
 //! state outgrows the L2 cache as in the criterion benchmark; add `--cache-sim=yes` to
 //! callgrind to count the cache misses.
 
 use std::sync::Arc;
 
-use nodeplane_bench::{client_frame, state, xorshift};
+use nodeplane_bench::{client_frame, client_frame_sized, make_partial, state, xorshift};
 use nodeplane_dataplane::{MaglevCache, Outcome, Packet, Pipeline, Tables, BURST};
 
 fn main() {
@@ -25,6 +27,11 @@ fn main() {
         .nth(3)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1024);
+    let payload: usize = std::env::args()
+        .nth(4)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
+    let partial = std::env::args().nth(5).as_deref() == Some("partial");
     let t = Arc::new(Tables::build(
         &state(services, 65_536),
         1,
@@ -38,7 +45,11 @@ fn main() {
         let svc = (xorshift(&mut rng) % u64::from(services)) as u32;
         let mut syn = client_frame(svc, 10_000 + i, true);
         p.process_one(&mut syn, pc, 1);
-        acks.push(client_frame(svc, 10_000 + i, false));
+        let mut ack = client_frame_sized(svc, 10_000 + i, false, payload);
+        if partial {
+            make_partial(&mut ack);
+        }
+        acks.push(ack);
     }
     let mut bufs: Vec<Vec<u8>> = acks[..BURST].to_vec();
     let mut out = [Outcome::default(); BURST];
@@ -58,7 +69,7 @@ fn main() {
     }
     let c = p.counters();
     println!(
-        "packets {} forwarded {} dropped {}",
-        c.packets, c.forwarded, c.dropped
+        "packets {} forwarded {} dropped {} checksums completed {}",
+        c.packets, c.forwarded, c.dropped, c.csum_completed
     );
 }

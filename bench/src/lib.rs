@@ -137,6 +137,33 @@ pub fn client_frame(svc: u32, sport: u16, syn: bool) -> Vec<u8> {
     f
 }
 
+/// [`client_frame`] with `payload` bytes of data.
+pub fn client_frame_sized(svc: u32, sport: u16, syn: bool, payload: usize) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 1, 1])
+        .ipv4(CLIENT, vip(svc), 64)
+        .tcp(sport, 80, 1, 65535);
+    b = if syn { b.syn() } else { b.ack(1) };
+    let data: Vec<u8> = (0..payload).map(|i| (i * 7 + 1) as u8).collect();
+    let mut f = Vec::with_capacity(payload + 64);
+    b.write(&mut f, &data).expect("frame");
+    f
+}
+
+/// Turns a TCP/IPv4 frame's checksum into what a sender with TX checksum offload leaves there
+/// (CHECKSUM_PARTIAL: the folded pseudo-header sum), as pods at default offloads send on veth.
+pub fn make_partial(frame: &mut [u8]) {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let len = total - ihl;
+    let w = |i: usize| u32::from(u16::from_be_bytes([frame[i], frame[i + 1]]));
+    let mut s = w(26) + w(28) + w(30) + w(32) + u32::from(frame[23]) + len as u32;
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    let off = 14 + ihl + 16;
+    frame[off..off + 2].copy_from_slice(&(s as u16).to_be_bytes());
+}
+
 /// A simple deterministic PRNG for spreading flows over services.
 pub fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;

@@ -9,6 +9,7 @@
 //!   [`lpm`] ipcache, [`policy`]).
 //! - [`frag`]: fragment id map and held out-of-order fragments.
 //! - [`rewrite`] and [`csum`]: in-place header changes with incremental checksums.
+//! - [`partial`]: partial (CHECKSUM_PARTIAL) TCP/UDP checksums completed before any rewrite.
 //! - [`rst`]: a TCP reset built in place (ending flows of removed backends).
 //! - [`pipeline`]: the stages wired together; [`drop`]: the closed set of drop reasons.
 //!
@@ -37,6 +38,7 @@ pub mod lpm;
 pub mod maglev;
 pub mod owner;
 pub mod parse;
+pub mod partial;
 pub mod pipeline;
 pub mod policy;
 pub mod publish;

@@ -51,6 +51,12 @@ pub struct Meta {
     /// IPv4 identification or IPv6 fragment identification.
     pub frag_id: u32,
     pub ttl: u8,
+    /// The TCP/UDP checksum field holds the folded pseudo-header sum (either representation of
+    /// zero; a UDP-over-IPv4 0, "no checksum", is then left alone by the completion): a partial
+    /// checksum (CHECKSUM_PARTIAL) from a sender that left the rest to its device, or, once in
+    /// 65536, a full checksum of that value; [`crate::partial::complete`] tells them apart.
+    /// Only on unfragmented frames (a kernel completes the checksum before it fragments).
+    pub csum_partial: bool,
 }
 
 impl Meta {
@@ -110,23 +116,26 @@ fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
         return None;
     }
     let proto = ip[9];
-    let tcp_flags = match proto {
+    let (tcp_flags, check) = match proto {
         PROTO_TCP => {
             let t: &[u8; 20] = frame.get(L4..L4 + 20)?.try_into().ok()?;
             let doff = usize::from(t[12] >> 4) * 4;
             if L4 + 20 > ip_end || doff < 20 || L4 + doff > ip_end {
                 return None;
             }
-            t[13]
+            (t[13], u16::from_be_bytes([t[16], t[17]]))
         }
         PROTO_UDP => {
             if L4 + 8 > ip_end {
                 return None;
             }
-            0
+            (0, u16::from_be_bytes([h[L4 + 6], h[L4 + 7]]))
         }
         _ => return None,
     };
+    // The addresses' words are the ones the header checksum above just summed.
+    let w = |i: usize| u64::from(u32::from_be_bytes([ip[i], ip[i + 1], ip[i + 2], ip[i + 3]]));
+    let pseudo = w(12) + w(16) + u64::from(proto) + (ip_end - L4) as u64;
     Some(Meta {
         l3_off: L3 as u16,
         l4_off: L4 as u16,
@@ -143,6 +152,7 @@ fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
         frag: Frag::None,
         frag_id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),
         ttl: ip[8],
+        csum_partial: csum::congruent(pseudo, check),
     })
 }
 
@@ -353,6 +363,7 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
                     return Err(DropReason::MalformedL4);
                 }
                 m.tcp_flags = t[13];
+                m.csum_partial = partial_check(m, u16::from_be_bytes([t[16], t[17]]), end - off);
             }
             m.sport = csum::get16(b, off);
             m.dport = csum::get16(b, off + 2);
@@ -363,6 +374,9 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
             }
             m.sport = csum::get16(b, off);
             m.dport = csum::get16(b, off + 2);
+            if !inner {
+                m.csum_partial = partial_check(m, csum::get16(b, off + 6), end - off);
+            }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             if (m.proto == PROTO_ICMP) == m.v6 {
@@ -387,6 +401,20 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
     }
     m.l4_off = off as u16;
     Ok(())
+}
+
+/// [`Meta::csum_partial`] for a TCP/UDP header whose checksum field is `check`, `len` bytes
+/// of L4 segment.
+fn partial_check(m: &Meta, check: u16, len: usize) -> bool {
+    m.frag == Frag::None
+        && check
+            == csum::fold64(csum::pseudo_header(
+                &m.src.bytes,
+                &m.dst.bytes,
+                m.v6,
+                m.proto,
+                len,
+            ))
 }
 
 /// ICMP(v6) errors that quote a datagram of a flow.

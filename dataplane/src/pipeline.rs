@@ -31,6 +31,7 @@ use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::frag::{Fate, FragKey, Fragments};
 use crate::parse::{self, Frag, Meta, Parsed};
+use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
 use crate::tables::{IfIndex, Tables};
@@ -143,6 +144,8 @@ pub struct Counters {
     pub drops: [u64; DROP_REASON_SLOTS],
     pub ct_new: u64,
     pub affinity_full: u64,
+    /// Partial TCP/UDP checksums completed (frames from senders with TX checksum offload).
+    pub csum_completed: u64,
 }
 
 impl Default for Counters {
@@ -156,6 +159,7 @@ impl Default for Counters {
             drops: [0; DROP_REASON_SLOTS],
             ct_new: 0,
             affinity_full: 0,
+            csum_completed: 0,
         }
     }
 }
@@ -323,12 +327,20 @@ impl Pipeline {
         );
         for (chunk, out) in pkts.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
             // Stage 1 over the whole burst: parse (touches every frame's headers once, so the
-            // next stage finds them in cache).
-            for (i, p) in chunk.iter().enumerate() {
-                self.metas[i] = match p.parsed {
+            // next stage finds them in cache; a frame may carry the parse its receiving worker
+            // did for flow ownership), and complete partial checksums, so that every later
+            // rewrite updates a full one.
+            for (i, p) in chunk.iter_mut().enumerate() {
+                let parsed = match p.parsed {
                     Some(done) => done,
                     None => parse::parse(p.data),
                 };
+                if let Ok(Parsed::Ip(m)) = &parsed {
+                    if partial::complete(p.data, m) {
+                        self.counters.csum_completed += 1;
+                    }
+                }
+                self.metas[i] = parsed;
             }
             // Stage 2: per frame, run to completion. One `Arc` clone per burst, not per packet.
             let tables = Arc::clone(&self.tables);

@@ -18,6 +18,10 @@ pub struct CaseSpec {
     pub ordered_output: bool,
     /// Every output packet must carry valid checksums.
     pub checksums_valid: bool,
+    /// Every unfragmented TCP/UDP input packet carries a partial checksum, as a Linux sender
+    /// with TX checksum offload (the veth default) leaves it; the outputs must be complete.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub partial_checksums: bool,
     /// Every packet of one 5-tuple that got a backend got the same backend.
     pub sticky_flows: bool,
     /// Every service packet of one client address got the same backend (ClientIP affinity).

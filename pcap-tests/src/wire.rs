@@ -313,6 +313,34 @@ pub fn l4_ok(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), Strin
     }
 }
 
+/// The offset of the TCP/UDP checksum field of an unfragmented frame and the value a sender
+/// with TX checksum offload leaves there (CHECKSUM_PARTIAL: the folded pseudo-header sum, not
+/// complemented, as Linux's `~csum_tcpudp_magic(saddr, daddr, len, proto, 0)`). `None` for any
+/// other frame.
+pub fn partial_checksum(frame: &[u8]) -> Option<(usize, u16)> {
+    let ip = decode(frame)?.ip?;
+    if ip.is_fragment() {
+        return None;
+    }
+    let field = match ip.proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        _ => return None,
+    };
+    let len = ip.end.checked_sub(ip.l4_off)?;
+    (len >= field + 2).then(|| {
+        (
+            ip.l4_off + field,
+            fold(pseudo(ip.src, ip.dst, ip.proto, len)),
+        )
+    })
+}
+
+/// Whether a frame's TCP/UDP checksum is partial ([`partial_checksum`]).
+pub fn is_partial(frame: &[u8]) -> bool {
+    partial_checksum(frame).is_some_and(|(off, v)| be16(frame, off) == Some(v))
+}
+
 /// Checks every checksum of one frame that can be checked on its own: the IPv4 header, the L4
 /// checksum of an unfragmented packet, and for ICMP errors the quoted IPv4 header. Fragments'
 /// L4 checksums are checked after reassembly by [`FragmentChecker`].

@@ -282,7 +282,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 9] = [
+    let counters: [(&str, &str, WorkerCounter); 10] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
@@ -300,6 +300,11 @@ pub fn render(s: &Status) -> String {
             "nodeplane_dropped_total",
             "Frames dropped (all reasons).",
             |w| w.dropped,
+        ),
+        (
+            "nodeplane_checksums_completed_total",
+            "Partial TCP/UDP checksums (senders with TX checksum offload) completed before forwarding.",
+            |w| w.csum_completed,
         ),
         (
             "nodeplane_conntrack_created_total",

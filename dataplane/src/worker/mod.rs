@@ -392,6 +392,7 @@ impl<I: PacketIo> Worker<I> {
                 .map(|r| (r.name().to_string(), drops[*r as usize]))
                 .collect(),
             rst_sent: self.rst_sent,
+            csum_completed: c.csum_completed,
             ct_entries: ct.len(),
             ct_capacity: ct.capacity(),
             ct_created: s.created,

@@ -117,6 +117,9 @@ pub struct WorkerStats {
     /// Drop reason name → count (non-zero only), every reason of [`crate::DropReason`].
     pub drops: BTreeMap<String, u64>,
     pub rst_sent: u64,
+    /// Partial TCP/UDP checksums completed (frames from senders with TX checksum offload on).
+    #[serde(default)]
+    pub csum_completed: u64,
     pub ct_entries: usize,
     pub ct_capacity: usize,
     pub ct_created: u64,

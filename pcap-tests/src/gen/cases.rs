@@ -50,6 +50,8 @@ pub fn all_cases() -> Vec<Case> {
         policy_service_backend(false),
         policy_service_backend(true),
         pod_to_pod(),
+        partial_checksums(false),
+        partial_checksums(true),
         pod_to_remote(),
         anti_spoofing(),
         ttl(),
@@ -1843,6 +1845,82 @@ fn pod_to_pod() -> Case {
         let e = u.fs("UDP response");
         u.s(&mut c, ACK, 700, e);
     }
+    c
+}
+
+/// Pods at default offloads: every TCP/UDP packet arrives with a partial checksum.
+fn partial_checksums(v6: bool) -> Case {
+    let (web_vip, dns_vip) = if v6 {
+        ("fd00:96::10", "fd00:96::53")
+    } else {
+        ("10.96.0.10", "10.96.0.53")
+    };
+    let (a, b, cc) = (pod_a(), pod_b(), pod_c());
+    let web = service(
+        "web",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[(web_vip, 80)],
+        vec![active(&b.ip(v6).to_string(), 8080)],
+    );
+    let dns = service(
+        "dns",
+        ServiceType::ClusterIP,
+        L4Proto::UDP,
+        &[(dns_vip, 53)],
+        vec![active(&cc.ip(v6).to_string(), 5353)],
+    );
+    let mut c = Case::new(
+        &format!("partial-checksums-{}", v(v6)),
+        &format!(
+            "Pods at Linux's default offloads on veth send TCP and UDP with partial checksums \
+             (CHECKSUM_PARTIAL: the field holds only the folded pseudo-header sum, for the device \
+             to finish). Every TCP/UDP input here carries one: a TCP exchange with 1400-byte \
+             segments through the ClusterIP {} (DNAT to pod-b, reverse NAT of the replies), UDP \
+             queries through {} (pod-c), and pod-to-pod TCP and UDP without translation. nodeplane \
+             completes each checksum before rewriting: every output carries a valid TCP/UDP \
+             checksum.",
+            ep(web_vip, 80),
+            ep(dns_vip, 53)
+        ),
+        state_with(vec![web, dns]),
+    );
+    c.partial_checksums = true;
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(web_vip), 80), &b, (b.ip(v6), 8080));
+    f.handshake(&mut c);
+    f.data(&mut c, 1400, 1400);
+    f.close(&mut c);
+    let mut u = Conn::new(
+        &a,
+        a.ip(v6),
+        50000,
+        (ip(dns_vip), 53),
+        &cc,
+        (cc.ip(v6), 5353),
+    )
+    .udp();
+    for k in 0..2 {
+        let e = u.fc("query", if k == 0 { "new" } else { "established" });
+        u.c(&mut c, ACK, 40, e);
+        let e = u.fs("response");
+        u.s(&mut c, ACK, 1200, e);
+    }
+    let mut p = Conn::new(&a, a.ip(v6), 41000, (b.ip(v6), 8080), &b, (b.ip(v6), 8080));
+    p.handshake(&mut c);
+    p.data(&mut c, 1400, 1400);
+    let mut q = Conn::new(
+        &b,
+        b.ip(v6),
+        51000,
+        (cc.ip(v6), 5000),
+        &cc,
+        (cc.ip(v6), 5000),
+    )
+    .udp();
+    let e = q.fc("UDP request", "new");
+    q.c(&mut c, ACK, 1000, e);
+    let e = q.fs("UDP response");
+    q.s(&mut c, ACK, 1000, e);
     c
 }
 

@@ -276,6 +276,8 @@ pub struct Case {
     pub now: u64,
     pub ordered_output: bool,
     pub checksums_valid: bool,
+    /// Every unfragmented TCP/UDP packet added gets a partial checksum ([`Case::raw`]).
+    pub partial_checksums: bool,
     pub sticky_flows: bool,
     pub affinity_by_client: bool,
     pub backend_share: Option<BackendShare>,
@@ -304,6 +306,7 @@ impl Case {
             now: 0,
             ordered_output: true,
             checksums_valid: true,
+            partial_checksums: false,
             sticky_flows: true,
             affinity_by_client: false,
             backend_share: None,
@@ -351,8 +354,14 @@ impl Case {
         self.now = t;
     }
 
-    /// Adds a raw frame entering on `iface`; returns its verdict index.
-    pub fn raw(&mut self, iface: &str, frame: Vec<u8>, mut e: Expect) -> usize {
+    /// Adds a raw frame entering on `iface`; returns its verdict index. In a
+    /// `partial_checksums` case a TCP/UDP frame's checksum is replaced by its partial value.
+    pub fn raw(&mut self, iface: &str, mut frame: Vec<u8>, mut e: Expect) -> usize {
+        if self.partial_checksums {
+            if let Some((off, v)) = crate::wire::partial_checksum(&frame) {
+                frame[off..off + 2].copy_from_slice(&v.to_be_bytes());
+            }
+        }
         let idx = self.packets.len();
         if let Some((t, _, _)) = self.packets.last() {
             assert!(self.now > *t, "{}: two packets at one time", self.name);
@@ -468,6 +477,7 @@ impl Case {
             state_at: self.state_at.clone(),
             ordered_output: self.ordered_output,
             checksums_valid: self.checksums_valid,
+            partial_checksums: self.partial_checksums,
             sticky_flows: self.sticky_flows,
             affinity_by_client: self.affinity_by_client,
             backend_share: self.backend_share.clone(),

@@ -184,9 +184,8 @@ impl Bed {
         peer.ip(&["route", "add", "10.99.0.0/24", "via", "192.168.50.1"]);
         peer.ip(&["route", "add", "198.51.100.0/24", "via", "192.168.50.1"]);
         peer.ip(&["-6", "route", "add", "fd00:99::/64", "via", "fd00:50::1"]);
-        // Frames a kernel sends on veth carry partial TCP/UDP checksums unless TX checksum
-        // offload is off; the reflected frames must be complete for the peer to accept them.
-        peer.exec(&["ethtool", "-K", "v1", "tx", "off"]);
+        // The peer keeps its default offloads: its kernel sends TCP/UDP on veth with partial
+        // checksums (CHECKSUM_PARTIAL), which `reflect` completes as the pipeline does.
         Bed { node, peer }
     }
 }
@@ -239,6 +238,7 @@ pub fn reflect(f: &mut [u8]) -> bool {
     if f.len() < 14 {
         return false;
     }
+    complete_partial_checksum(f);
     for i in 0..6 {
         f.swap(i, i + 6);
     }
@@ -289,6 +289,19 @@ pub fn reflect(f: &mut [u8]) -> bool {
             }
         }
         _ => false,
+    }
+}
+
+/// Frames whose partial TCP/UDP checksum the reflectors completed (the peer's kernel sends
+/// them at default offloads), with nodeplane's own detection and completion.
+pub static COMPLETED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn complete_partial_checksum(f: &mut [u8]) {
+    use nodeplane_dataplane::parse::{parse, Parsed};
+    if let Ok(Parsed::Ip(m)) = parse(f) {
+        if nodeplane_dataplane::partial::complete(f, &m) {
+            COMPLETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
