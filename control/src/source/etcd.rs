@@ -419,7 +419,7 @@ enum Entry {
 
 fn parse<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, String> {
     // YAML is a superset of JSON for these values: operators may write either.
-    serde_yaml::from_slice(v).map_err(|e| e.to_string())
+    yaml_serde::from_slice(v).map_err(|e| e.to_string())
 }
 
 /// The local cache: etcd key → parsed value, plus the assembly of a whole [`State`].
