@@ -23,7 +23,8 @@
 //! [`Reconnect`]: exponential windows, full jitter inside each window, the window cap scaled by
 //! the number of nodes in the store.
 
-pub mod fleet;
+// The test etcd launcher: for the etcd tests and the fleet benchmark, never in the daemon.
+#[cfg(feature = "test-support")]
 pub mod server;
 
 use std::collections::BTreeMap;
