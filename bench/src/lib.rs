@@ -6,6 +6,8 @@
 //! behind 2 pod interfaces, maglev; one client pod; an ingress policy on every backend pod
 //! allowing the client's identity on 8080.
 
+pub mod fleet;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::PacketBuilder;

@@ -180,7 +180,7 @@ pub enum ConfigError {
     Yaml {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("bgp.{field}: {reason}")]
     Invalid { field: String, reason: String },
@@ -208,12 +208,12 @@ impl BgpConfig {
             path: origin.to_path_buf(),
             source,
         };
-        let value: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(yaml_err)?;
+        let value: yaml_serde::Value = yaml_serde::from_str(yaml).map_err(yaml_err)?;
         let section = match value.get("bgp") {
             Some(inner) => inner.clone(),
             None => value,
         };
-        let cfg: BgpConfig = serde_yaml::from_value(section).map_err(yaml_err)?;
+        let cfg: BgpConfig = yaml_serde::from_value(section).map_err(yaml_err)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -87,7 +87,7 @@ fn watch_add_change_delete_show_up_in_next_snapshot() {
     });
     st.put(
         &format!("{PREFIX}/services/added"),
-        &serde_yaml::to_string(&svc).unwrap(),
+        &yaml_serde::to_string(&svc).unwrap(),
     );
     let (s, _) = r.next_snapshot(T);
     assert_eq!(s.services.iter().find(|x| x.name == "added"), Some(&svc));
@@ -258,7 +258,7 @@ identity: {{ cluster_id: 3, labels: ["app", "!app.kubernetes.io/instance"] }}
         ca = ca.display(),
         pw = pw.display()
     );
-    let c: EtcdConfig = serde_yaml::from_str(&yaml).unwrap();
+    let c: EtcdConfig = yaml_serde::from_str(&yaml).unwrap();
     c.validate().unwrap();
     assert_eq!(c.prefix, "/nodeplane/v1");
     assert_eq!(c.backoff.window(100), Duration::from_secs(8));
@@ -319,7 +319,7 @@ identity: {{ cluster_id: 3, labels: ["app", "!app.kubernetes.io/instance"] }}
         EtcdConfigError::EmptyPassword(_)
     ));
     // Unknown keys are errors, not silently ignored.
-    assert!(serde_yaml::from_str::<EtcdConfig>(
+    assert!(yaml_serde::from_str::<EtcdConfig>(
         "endpoints: [\"http://a:1\"]\nnode_name: n\nbackof: {}\n"
     )
     .is_err());

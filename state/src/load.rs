@@ -33,7 +33,7 @@ pub enum LoadError {
     Yaml {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("{dir}: no *.yaml or *.yml files in the directory")]
     NoFiles { dir: PathBuf },
@@ -97,8 +97,8 @@ impl State {
 
     /// The state as one YAML document, which [`State::from_yaml_str`] parses back to an equal
     /// `State`.
-    pub fn to_yaml_string(&self) -> Result<String, serde_yaml::Error> {
-        serde_yaml::to_string(self)
+    pub fn to_yaml_string(&self) -> Result<String, yaml_serde::Error> {
+        yaml_serde::to_string(self)
     }
 }
 
@@ -210,9 +210,9 @@ fn parse(path: &Path, text: &str) -> Result<Part, LoadError> {
     };
     // Syntax first: the typed pass alone reports the first *type* error it meets, which for a
     // badly indented line is a misleading "missing field" on the line above the real mistake.
-    serde_yaml::from_str::<serde_yaml::Value>(text).map_err(yaml)?;
+    yaml_serde::from_str::<yaml_serde::Value>(text).map_err(yaml)?;
     // An empty (or comment-only) file is an empty part, not an error.
-    serde_yaml::from_str::<Option<Part>>(text)
+    yaml_serde::from_str::<Option<Part>>(text)
         .map(Option::unwrap_or_default)
         .map_err(yaml)
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use nodeplane_control::source::etcd::fleet::{self, FleetOptions, FleetReport};
+use nodeplane_bench::fleet::{self, FleetOptions, FleetReport};
 use nodeplane_control::source::etcd::server::LocalEtcd;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {

@@ -47,7 +47,7 @@ pub struct StateConfig {
     pub dir: Option<PathBuf>,
     /// The etcd source's own settings (defined by `source::etcd`), passed through as is.
     #[serde(default)]
-    pub etcd: Option<serde_yaml::Value>,
+    pub etcd: Option<yaml_serde::Value>,
 }
 
 /// Packet I/O. Nothing set: no packet I/O (control plane only: state, CLI).
@@ -99,7 +99,7 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("config {path}: {field}: {reason}")]
     Invalid {
@@ -120,7 +120,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceChoice {
     Dir(PathBuf),
-    Etcd(serde_yaml::Value),
+    Etcd(yaml_serde::Value),
 }
 
 impl Config {
@@ -142,8 +142,8 @@ impl Config {
         } else {
             // Parsed straight into `Config` so errors name the field; then once more as a plain
             // value to know whether `workers` was given and whether `bgp:` is there but empty.
-            let cfg: Config = serde_yaml::from_str(text).map_err(parse_err)?;
-            let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
+            let cfg: Config = yaml_serde::from_str(text).map_err(parse_err)?;
+            let v: yaml_serde::Value = yaml_serde::from_str(text).map_err(parse_err)?;
             (
                 cfg,
                 v.get("workers").is_some(),

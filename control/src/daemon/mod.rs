@@ -106,7 +106,7 @@ fn make_source(cfg: &Config) -> Result<Box<dyn StateSource>, DaemonError> {
     match cfg.source() {
         SourceChoice::Dir(d) => Ok(Box::new(DirSource::new(d))),
         SourceChoice::Etcd(v) => {
-            let cfg: EtcdConfig = serde_yaml::from_value(v)
+            let cfg: EtcdConfig = yaml_serde::from_value(v)
                 .map_err(|e| DaemonError::Source(format!("state.etcd: {e}")))?;
             let src = EtcdSource::new(cfg)
                 .map_err(|e| DaemonError::Source(format!("state.etcd: {e}")))?;

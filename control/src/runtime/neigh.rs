@@ -14,15 +14,12 @@
 //! Unresolved means the pipeline's uplink `gateway_mac` is `None` and it drops uplink-bound
 //! packets as `no-neighbor` (counted), never a silent black hole.
 //!
-//! The netlink socket code is the only `unsafe` here; message parsing is pure and unit-tested.
-#![allow(
-    unsafe_code,
-    reason = "a netlink socket through libc: socket, sendto, recv"
-)]
+//! The netlink socket goes through nix's safe socket API; message parsing
+//! is pure and unit-tested.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 const NLMSG_HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -194,40 +191,26 @@ fn walk(mut buf: &[u8], mut f: impl FnMut(u16, &[u8])) -> io::Result<bool> {
 }
 
 /// Sends one dump request (`msg_type` with a header of `hdr_len` zero bytes but the family)
-/// and feeds every reply message to `f`.
+/// and feeds every reply message to `f`. The socket goes through nix's safe wrappers; a
+/// receive waits at most one second, so a kernel that never answers is an error, not a hang.
 fn dump(
     msg_type: u16,
     family: u8,
     hdr_len: usize,
     mut f: impl FnMut(u16, &[u8]),
 ) -> io::Result<()> {
-    // SAFETY: plain socket(2); the result is checked and owned by an OwnedFd.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
+    use nix::sys::socket::{
+        recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+        SockProtocol, SockType,
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a valid timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    use nix::sys::time::TimeVal;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))?;
     let total = NLMSG_HDR + hdr_len;
     let mut req = vec![0u8; total];
     req[0..4].copy_from_slice(&(total as u32).to_ne_bytes());
@@ -235,31 +218,17 @@ fn dump(
     req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req[8..12].copy_from_slice(&1u32.to_ne_bytes());
     req[NLMSG_HDR] = family;
-    // SAFETY: zeroed sockaddr_nl is a valid value (kernel as destination).
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `req` and `sa` are valid for the lengths given.
-    let r = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Port id 0: the kernel.
+    sendto(
+        fd.as_raw_fd(),
+        &req,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n == 0 || walk(&buf[..n as usize], &mut f)? {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        if n == 0 || walk(&buf[..n], &mut f)? {
             return Ok(());
         }
     }

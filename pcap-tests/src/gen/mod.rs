@@ -502,7 +502,7 @@ impl Case {
         let spec = self.spec();
         for (file, state) in &self.states {
             st::validate(state).map_err(|e| format!("{}: {file}: {e}", self.name))?;
-            let yaml = serde_yaml::to_string(state).map_err(|e| format!("{}: {e}", self.name))?;
+            let yaml = yaml_serde::to_string(state).map_err(|e| format!("{}: {e}", self.name))?;
             // Round trip through the real loader: the file must load as written.
             let back = st::State::from_yaml_str(&yaml)
                 .map_err(|e| format!("{}: {file}: {e}", self.name))?;

@@ -1,4 +1,4 @@
-//! Fleet simulation (benchmark harness, `bench/src/bin/fleet.rs`): N lightweight agents, each
+//! Fleet simulation (benchmark harness, `bench/src/bin/fleet.rs`; not part of the daemon): N lightweight agents, each
 //! with its own etcd connection and watch, on one tokio runtime; the store is killed for a while
 //! and restarted; every agent reconnects on the [`Reconnect`] schedule of the real source. The
 //! report is the reconnect-rate profile after the restart.
@@ -15,8 +15,10 @@ use etcd_client::{ConnectOptions, GetOptions, WatchOptions};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::server::LocalEtcd;
-use super::{connect, sleep_checking, BackoffConfig, EtcdConfig, Reconnect};
+use nodeplane_control::source::etcd::server::LocalEtcd;
+use nodeplane_control::source::etcd::{
+    connect, sleep_checking, BackoffConfig, EtcdConfig, Reconnect,
+};
 
 #[derive(Debug, Clone)]
 pub struct FleetOptions {

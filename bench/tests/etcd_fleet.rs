@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nodeplane_control::source::etcd::fleet::{self, FleetOptions};
+use nodeplane_bench::fleet::{self, FleetOptions};
 use nodeplane_control::source::etcd::server::LocalEtcd;
 
 #[test]

@@ -1,0 +1,183 @@
+//! The control thread's state: the running state and tables, the workers, the status, and the
+//! handling of source events and API requests. Everything here runs on the control thread
+//! (no locks); workers are reached through their request channels only.
+//!
+//! One job per module: `apply` takes a new state (validation, compilation, publication of a
+//! generation, the neighbour watcher's MAC, Maglev completion), `workers` starts, supervises,
+//! asks and joins the worker threads, `policy_mode` is the operator's emergency allow-all /
+//! audit override, `handlers` answers the control socket's requests.
+
+mod apply;
+mod handlers;
+mod policy_mode;
+mod workers;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nodeplane_dataplane::MaglevCache;
+use nodeplane_state::{PolicyMode, State};
+
+use nodeplane_bgp::StopMode;
+
+use super::bgp::Bgp;
+use super::overrides::RuntimeOverrides;
+use crate::api::{DeadWorker, Rejection};
+use crate::events::{EventFilter, EventHub};
+use crate::runtime::backend::IoBackend;
+use crate::runtime::neigh::NeighbourStatus;
+use nodeplane_dataplane::publish::Publisher;
+use nodeplane_dataplane::worker::{Clock, RemovedFlowAction};
+use workers::WorkerHandle;
+
+pub use handlers::{backend_state_name, identity_source};
+pub use workers::WORKER_TIMEOUT;
+
+pub struct Control {
+    clock: Clock,
+    started: Instant,
+    workers_wanted: usize,
+    io: Box<dyn IoBackend>,
+    /// Whether `io.start` succeeded (the workers' I/O exists).
+    io_started: bool,
+    /// Inputs the control thread merges into the source's state before compiling it (the
+    /// uplink gateway's MAC from the kernel).
+    overrides: RuntimeOverrides,
+    /// The neighbour watcher's last report (AF_XDP).
+    neighbour: Option<NeighbourStatus>,
+    /// A valid state whose I/O could not start (e.g. an interface not there yet), retried
+    /// every `START_RETRY` until the I/O starts or a newer state arrives.
+    start_pending: Option<(State, String, Instant)>,
+    removed: RemovedFlowAction,
+    stop: Arc<AtomicBool>,
+    cache: MaglevCache,
+    /// Maglev tables of the running state are still being built (see `step_completion`).
+    completing: bool,
+    generation: u64,
+    state: Option<Arc<State>>,
+    publisher: Option<Publisher>,
+    mode_override: Option<PolicyMode>,
+    /// Where the override is kept across daemon restarts (see [`Control::keep_mode_at`]).
+    mode_file: Option<std::path::PathBuf>,
+    workers: Vec<WorkerHandle>,
+    /// Workers whose thread ended while the daemon runs (a panic the worker did not catch):
+    /// their queues are not served. Shown by `nodeplane status` (state `unhealthy`).
+    dead: Vec<DeadWorker>,
+    /// Tests: the spawn of this worker fails (as `std::thread::Builder::spawn` can).
+    #[cfg(test)]
+    fail_spawn: Option<usize>,
+    source: String,
+    source_connected: bool,
+    source_detail: String,
+    origin: Option<String>,
+    applied_at: Option<u64>,
+    last_publish_ms: Option<f64>,
+    publications: u64,
+    rejections: u64,
+    last_rejection: Option<Rejection>,
+    /// The last change was rejected (cleared by the next good one).
+    stale: bool,
+    /// The BGP speaker (config `bgp:`), fed the routes of every accepted state.
+    bgp: Option<Bgp>,
+    /// Flow events: the workers' queues, the tables to name events, the subscribers.
+    events: Arc<EventHub>,
+    /// `observe` requests answered whose connection the server has yet to hand over.
+    observers_pending: std::collections::HashMap<u64, EventFilter>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("generation", &self.generation)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Control {
+    pub fn new(
+        source: String,
+        workers: usize,
+        io: Box<dyn IoBackend>,
+        removed: RemovedFlowAction,
+        stop: Arc<AtomicBool>,
+    ) -> Control {
+        let clock = Clock::new();
+        Control {
+            events: EventHub::new(clock),
+            observers_pending: std::collections::HashMap::new(),
+            clock,
+            started: Instant::now(),
+            workers_wanted: workers,
+            io,
+            io_started: false,
+            overrides: RuntimeOverrides::default(),
+            neighbour: None,
+            start_pending: None,
+            removed,
+            stop,
+            cache: MaglevCache::default(),
+            completing: false,
+            generation: 0,
+            state: None,
+            publisher: None,
+            mode_override: None,
+            mode_file: None,
+            workers: Vec::new(),
+            dead: Vec::new(),
+            #[cfg(test)]
+            fail_spawn: None,
+            source,
+            source_connected: true,
+            source_detail: String::new(),
+            origin: None,
+            applied_at: None,
+            last_publish_ms: None,
+            publications: 0,
+            rejections: 0,
+            last_rejection: None,
+            stale: false,
+            bgp: None,
+        }
+    }
+
+    /// The flow-event hub (the daemon starts its fan-out thread).
+    pub fn events(&self) -> &Arc<EventHub> {
+        &self.events
+    }
+
+    /// Runs a BGP speaker (started at the first accepted state; see `daemon::bgp`).
+    pub fn set_bgp(&mut self, bgp: Bgp) {
+        self.bgp = Some(bgp);
+    }
+
+    /// Once a second: BGP start retries and liveness.
+    pub fn tick_bgp(&mut self) {
+        if let Some(b) = &mut self.bgp {
+            b.tick();
+        }
+    }
+
+    /// Stops the BGP speaker (withdraw, or graceful restart); before the workers stop, so
+    /// routers move traffic away while it is still forwarded.
+    pub fn stop_bgp(&mut self, mode: StopMode) {
+        if let Some(b) = &mut self.bgp {
+            b.stop(mode);
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! The control thread against a test I/O backend: overrides, vetoes and steering errors, an
+//! all-or-none worker start, a worker thread that died.
+
+use super::apply::START_RETRY;
+use super::*;
+use crate::api::{Request, Response, Status};
+use crate::runtime::neigh::NeighbourReport;
+use nodeplane_dataplane::worker::PacketIo;
+use nodeplane_dataplane::Tables;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// What the control thread asked of the I/O, and switches to make it fail.
+#[derive(Debug, Default)]
+struct Calls {
+    started: usize,
+    stopped: usize,
+    prepared: Vec<u64>,
+    fail_prepare: bool,
+    veto: Option<String>,
+    /// The I/O of this worker panics when its thread starts (outside the turn's catch).
+    die: Option<usize>,
+    /// `worker_died` calls.
+    died: Vec<usize>,
+}
+
+/// Panics on its worker's thread before the loop: the thread dies.
+struct DyingIo;
+
+impl PacketIo for DyingIo {
+    fn start(&mut self) {
+        panic!("injected: the I/O cannot start");
+    }
+    fn bind(&mut self, _: &Arc<Tables>) {}
+    fn burst(
+        &mut self,
+        _: u64,
+        _: &mut dyn FnMut(
+            &mut [nodeplane_dataplane::Packet<'_>],
+            &mut [nodeplane_dataplane::Outcome],
+        ),
+    ) -> usize {
+        0
+    }
+    fn send(&mut self, _: u16, _: &[u8]) {}
+    fn idle(&mut self, _: Duration) {}
+    fn stats(&self) -> nodeplane_dataplane::worker::IoStats {
+        nodeplane_dataplane::worker::IoStats::default()
+    }
+}
+
+struct TestBackend(Arc<Mutex<Calls>>);
+
+impl IoBackend for TestBackend {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    fn admit(&self, _: &State) -> Result<(), String> {
+        match &self.0.lock().unwrap().veto {
+            Some(v) => Err(v.clone()),
+            None => Ok(()),
+        }
+    }
+    fn start(&mut self, _: &Arc<Tables>, workers: usize) -> Result<Vec<Box<dyn PacketIo>>, String> {
+        let mut c = self.0.lock().unwrap();
+        c.started += 1;
+        Ok((0..workers)
+            .map(|i| {
+                if c.die == Some(i) {
+                    Box::new(DyingIo) as Box<dyn PacketIo>
+                } else {
+                    Box::new(super::super::NullIo) as Box<dyn PacketIo>
+                }
+            })
+            .collect())
+    }
+    fn stop(&mut self) {
+        self.0.lock().unwrap().stopped += 1;
+    }
+    fn worker_died(&mut self, worker: usize) {
+        self.0.lock().unwrap().died.push(worker);
+    }
+    fn prepare(&mut self, t: &Tables) -> Result<(), String> {
+        let mut c = self.0.lock().unwrap();
+        if c.fail_prepare {
+            return Err("steering maps full".into());
+        }
+        c.prepared.push(t.generation);
+        Ok(())
+    }
+}
+
+fn uplink_mac(c: &Control) -> Option<[u8; 6]> {
+    let t = c.publisher.as_ref().unwrap().current();
+    t.uplink()
+        .and_then(|u| t.ifaces[usize::from(u)].gateway_mac)
+}
+
+fn report(mac: Option<[u8; 6]>) -> NeighbourReport {
+    NeighbourReport {
+        mac,
+        status: NeighbourStatus {
+            uplink: Some("uplink0".into()),
+            lookups: 1,
+            ..NeighbourStatus::default()
+        },
+    }
+}
+
+#[test]
+fn overrides_io_veto_and_steering_errors() {
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut c = Control::new(
+        "test".into(),
+        1,
+        Box::new(TestBackend(calls.clone())),
+        RemovedFlowAction::Drop,
+        stop.clone(),
+    );
+    let state = nodeplane_state::example::state().unwrap();
+    let static_mac = state
+        .interfaces
+        .iter()
+        .find_map(|i| i.gateway_mac)
+        .map(|m| m.0);
+    c.apply(state.clone(), "s1".into());
+    assert_eq!(c.generation(), 1);
+    assert_eq!(calls.lock().unwrap().started, 1, "I/O started once");
+    assert_eq!(uplink_mac(&c), static_mac, "no kernel MAC yet: the state's");
+
+    // The kernel resolved the gateway: a new generation carries its MAC.
+    let k = [2, 0, 0, 0, 0, 0xfe];
+    c.on_neighbour(report(Some(k)));
+    assert_eq!(c.generation(), 2);
+    assert_eq!(uplink_mac(&c), Some(k));
+    let n = c.status().io.unwrap().neighbour.unwrap();
+    assert_eq!((n.source.as_str(), n.lookups), ("kernel", 1));
+    // The same MAC again: nothing to publish.
+    c.on_neighbour(report(Some(k)));
+    assert_eq!(c.generation(), 2);
+    assert_eq!(
+        calls.lock().unwrap().prepared,
+        vec![2],
+        "steering re-applied"
+    );
+    // A new source state keeps the kernel's MAC.
+    c.apply(state.clone(), "s2".into());
+    assert_eq!((c.generation(), uplink_mac(&c)), (3, Some(k)));
+    // The I/O vetoes a state (interfaces changed): rejected whole, last good kept.
+    calls.lock().unwrap().veto = Some("interfaces changed".into());
+    c.apply(state.clone(), "s3".into());
+    assert_eq!(c.generation(), 3);
+    let st = c.status();
+    assert_eq!(st.state, "stale");
+    assert!(st
+        .last_rejection
+        .unwrap()
+        .error
+        .contains("interfaces changed"));
+    calls.lock().unwrap().veto = None;
+    // Steering cannot be applied: rejected, nothing published.
+    calls.lock().unwrap().fail_prepare = true;
+    c.apply(state.clone(), "s4".into());
+    assert_eq!(c.generation(), 3);
+    assert!(c
+        .status()
+        .last_rejection
+        .unwrap()
+        .error
+        .contains("steering"));
+    calls.lock().unwrap().fail_prepare = false;
+    // The kernel lost the entry: back to the state's static MAC.
+    c.on_neighbour(report(None));
+    assert_eq!((c.generation(), uplink_mac(&c)), (4, static_mac));
+    assert_eq!(c.status().io.unwrap().neighbour.unwrap().source, "state");
+    assert_eq!(calls.lock().unwrap().started, 1, "never restarted");
+
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(c.join_workers().len(), 1);
+}
+
+fn control(calls: &Arc<Mutex<Calls>>, workers: usize) -> (Control, Arc<AtomicBool>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = Control::new(
+        "test".into(),
+        workers,
+        Box::new(TestBackend(calls.clone())),
+        RemovedFlowAction::Drop,
+        stop.clone(),
+    );
+    (c, stop)
+}
+
+#[test]
+fn a_worker_that_cannot_be_spawned_undoes_the_start() {
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let (mut c, stop) = control(&calls, 3);
+    c.fail_spawn = Some(2);
+    let state = nodeplane_state::example::state().unwrap();
+    c.apply(state.clone(), "s1".into());
+    // Workers 0 and 1 were spawned and called off; the I/O was stopped (AF_XDP: XDP
+    // detached, so no queue is steered to a socket nobody serves); nothing published.
+    assert_eq!(c.generation(), 0);
+    assert!(c.workers.is_empty() && c.publisher.is_none());
+    let c1 = calls.lock().unwrap();
+    assert_eq!((c1.started, c1.stopped), (1, 1));
+    drop(c1);
+    let st = c.status();
+    assert_eq!(st.state, "waiting");
+    assert!(st
+        .last_rejection
+        .unwrap()
+        .error
+        .contains("cannot start worker thread 2"));
+    // The start is retried with the same state and then succeeds.
+    c.fail_spawn = None;
+    assert!(c.start_pending.is_some());
+    c.start_pending.as_mut().unwrap().2 -= START_RETRY;
+    c.retry_start();
+    assert_eq!(c.generation(), 1);
+    assert_eq!(calls.lock().unwrap().started, 2);
+    assert_eq!(c.status().workers.len(), 3);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(c.join_workers().len(), 3);
+    assert_eq!(calls.lock().unwrap().stopped, 2);
+}
+
+#[test]
+fn a_worker_thread_that_died_makes_the_node_unhealthy() {
+    let calls = Arc::new(Mutex::new(Calls {
+        die: Some(1),
+        ..Calls::default()
+    }));
+    let (mut c, stop) = control(&calls, 2);
+    c.apply(nodeplane_state::example::state().unwrap(), "s1".into());
+    assert_eq!(c.generation(), 1);
+    // The status request notices the dead thread (the event loop also checks every second).
+    let t0 = Instant::now();
+    let st = loop {
+        let Response { ok, result, error } = c.handle(Request::Status {});
+        assert!(ok, "{error:?}");
+        let st: Status = serde_json::from_value(result.unwrap()).unwrap();
+        if !st.dead_workers.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(st.state, "unhealthy");
+    assert_eq!(st.dead_workers.len(), 1);
+    assert_eq!(st.dead_workers[0].worker, 1);
+    assert!(
+        st.dead_workers[0]
+            .reason
+            .contains("injected: the I/O cannot start"),
+        "{:?}",
+        st.dead_workers
+    );
+    // The live worker still answers.
+    assert_eq!(st.workers.len(), 1);
+    assert_eq!(st.workers[0].worker, 0);
+    assert_eq!(
+        calls.lock().unwrap().died,
+        vec![1],
+        "the I/O was told once (AF_XDP: drop its queues' traffic)"
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(c.join_workers().len(), 1);
+    assert_eq!(c.dead_workers().len(), 1, "listed once");
+    assert_eq!(calls.lock().unwrap().died, vec![1], "not again at stop");
+}

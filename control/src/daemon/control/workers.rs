@@ -1,0 +1,205 @@
+//! The worker threads: started all or none, supervised (a thread that died is noticed, logged
+//! and shown), asked (every request goes through each worker's bounded channel, answered
+//! within [`WORKER_TIMEOUT`]) and joined at stop.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{bounded, Receiver, Sender};
+
+use super::Control;
+use crate::api::DeadWorker;
+use nodeplane_dataplane::publish::Publisher;
+use nodeplane_dataplane::worker::{
+    panic_message, Answer, PacketIo, Query, Request as WReq, Worker, WorkerStats,
+};
+
+/// How long the control thread waits for a worker to take and answer a request.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queue depth of each worker's request channel.
+const WORKER_QUEUE: usize = 16;
+
+#[derive(Debug)]
+pub(super) struct WorkerHandle {
+    id: usize,
+    tx: Sender<WReq>,
+    /// `None` once the thread was joined: it died while running (see `check_workers`).
+    /// The thread returns `None` when its start was called off (see `spawn_workers`).
+    join: Option<JoinHandle<Option<WorkerStats>>>,
+}
+
+impl Control {
+    /// Starts one thread per worker I/O, all or none: each thread waits for a go before it
+    /// runs, so when one cannot be spawned the others are called off (they drop their I/O,
+    /// closing its sockets) and joined, and the error is returned.
+    pub(super) fn spawn_workers(
+        &mut self,
+        p: &Publisher,
+        ios: Vec<Box<dyn PacketIo>>,
+    ) -> Result<Vec<WorkerHandle>, String> {
+        let mut started: Vec<(WorkerHandle, Sender<()>)> = Vec::new();
+        let mut failed = None;
+        // A start that failed before registered queues nobody fills.
+        self.events.clear_queues();
+        for (i, io) in ios.into_iter().enumerate() {
+            let (tx, rx) = bounded(WORKER_QUEUE);
+            let w = Worker::new(
+                i,
+                p.subscribe(),
+                io,
+                rx,
+                self.stop.clone(),
+                self.clock,
+                self.removed,
+            )
+            .with_events(self.events.tap());
+            let (go_tx, go_rx): (Sender<()>, Receiver<()>) = bounded(1);
+            let body = move || go_rx.recv().ok().map(|()| w.run());
+            #[cfg(test)]
+            let spawned = if self.fail_spawn == Some(i) {
+                Err(std::io::Error::other("injected spawn failure"))
+            } else {
+                std::thread::Builder::new()
+                    .name(format!("np-worker-{i}"))
+                    .spawn(body)
+            };
+            #[cfg(not(test))]
+            let spawned = std::thread::Builder::new()
+                .name(format!("np-worker-{i}"))
+                .spawn(body);
+            match spawned {
+                Ok(join) => started.push((
+                    WorkerHandle {
+                        id: i,
+                        tx,
+                        join: Some(join),
+                    },
+                    go_tx,
+                )),
+                Err(e) => {
+                    failed = Some(format!("cannot start worker thread {i}: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for (h, go) in started {
+                drop(go);
+                if let Some(j) = h.join {
+                    let _ = j.join();
+                }
+            }
+            log::error!("{e}; the packet I/O is stopped and the start retried");
+            return Err(e);
+        }
+        let mut workers = Vec::with_capacity(started.len());
+        for (h, go) in started {
+            let _ = go.send(());
+            workers.push(h);
+        }
+        log::info!(
+            "started {} worker(s) on {} I/O",
+            workers.len(),
+            self.io.kind()
+        );
+        Ok(workers)
+    }
+
+    /// Notices worker threads that ended while the daemon runs (a panic outside what a
+    /// worker catches itself): logs each once, at error level, and marks the node unhealthy.
+    /// Called by the event loop once a second and before every status answer.
+    pub fn check_workers(&mut self) {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut died = Vec::new();
+        for w in &mut self.workers {
+            if !w.join.as_ref().is_some_and(|j| j.is_finished()) {
+                continue;
+            }
+            let Some(j) = w.join.take() else { continue };
+            let reason = match j.join() {
+                Ok(_) => "its thread exited".to_string(),
+                Err(p) => format!("panicked: {}", panic_message(p.as_ref())),
+            };
+            log::error!(
+                "worker {} DIED ({reason}): its queues are not served until nodeplane is restarted",
+                w.id
+            );
+            self.dead.push(DeadWorker {
+                worker: w.id,
+                reason,
+            });
+            died.push(w.id);
+        }
+        for id in died {
+            self.io.worker_died(id);
+        }
+    }
+
+    /// Workers that died while the daemon ran.
+    pub fn dead_workers(&self) -> &[DeadWorker] {
+        &self.dead
+    }
+
+    /// Waits for the workers to stop (the stop flag is set by the caller), then stops the
+    /// I/O (AF_XDP: XDP detached). A worker that panicked on its way out is logged and added
+    /// to [`Control::dead_workers`].
+    pub fn join_workers(&mut self) -> Vec<WorkerStats> {
+        let t0 = Instant::now();
+        let mut stats = Vec::new();
+        for w in self.workers.drain(..) {
+            drop(w.tx);
+            let Some(j) = w.join else { continue };
+            match j.join() {
+                Ok(Some(s)) => stats.push(s),
+                Ok(None) => {}
+                Err(p) => {
+                    let reason = format!("panicked: {}", panic_message(p.as_ref()));
+                    log::error!("worker {} {reason}", w.id);
+                    self.dead.push(DeadWorker {
+                        worker: w.id,
+                        reason,
+                    });
+                }
+            }
+        }
+        let t1 = Instant::now();
+        self.io.stop();
+        log::info!(
+            "workers stopped in {} ms, {} I/O stopped in {} ms",
+            (t1 - t0).as_millis(),
+            self.io.kind(),
+            t1.elapsed().as_millis()
+        );
+        stats
+    }
+
+    /// Asks every worker; returns the answers that came in time.
+    pub(super) fn ask(&self, make: impl Fn() -> Query) -> Result<Vec<Answer>, String> {
+        let mut pending = Vec::new();
+        // Dead workers take no requests (`nodeplane status` lists them apart).
+        for w in self.workers.iter().filter(|w| w.join.is_some()) {
+            let i = w.id;
+            let (rtx, rrx) = bounded(1);
+            w.tx.send_timeout(
+                WReq {
+                    query: make(),
+                    reply: rtx,
+                },
+                WORKER_TIMEOUT,
+            )
+            .map_err(|_| format!("worker {i} does not take requests"))?;
+            pending.push((i, rrx));
+        }
+        let mut out = Vec::new();
+        for (i, rrx) in pending {
+            match rrx.recv_timeout(WORKER_TIMEOUT) {
+                Ok(Answer::Error(e)) => return Err(e),
+                Ok(a) => out.push(a),
+                Err(_) => return Err(format!("worker {i} did not answer in time")),
+            }
+        }
+        Ok(out)
+    }
+}
