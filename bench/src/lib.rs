@@ -5,7 +5,12 @@
 //! (10.96.0.0/12 VIPs, TCP port 80), each with 2 backends drawn from a pool of 64 local pods
 //! behind 2 pod interfaces, maglev; one client pod; an ingress policy on every backend pod
 //! allowing the client's identity on 8080.
+//!
+//! The packet-path benchmarks need only `nodeplane-dataplane` without AF_XDP (no libxdp, no
+//! clang): build with `--no-default-features`. The `harness` feature (default) adds the
+//! end-to-end binaries and the etcd fleet simulation.
 
+#[cfg(feature = "harness")]
 pub mod fleet;
 
 use std::net::{IpAddr, Ipv4Addr};
