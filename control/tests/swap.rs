@@ -134,11 +134,16 @@ fn run(pcap: &std::path::Path, swap: bool) -> Run {
     let mut gens = std::collections::BTreeSet::new();
     use nodeplane_dataplane::worker::PacketIo;
     let mut turns = 0u64;
+    let mut swaps_seen = 0u64;
     while !w.io().finished() {
-        // Interleave: at least one publication per 10 bursts, however slow the builds are
-        // (a loaded machine, a debug build), so swaps always fall inside the traffic.
-        while swap && swaps_done.load(Ordering::Acquire) < turns / 10 {
-            std::thread::yield_now();
+        // Interleave: at least one new publication every 10 bursts, however the scheduler
+        // places the two threads (a loaded machine, a debug build): waiting for a count alone
+        // let a swapper that ran ahead publish all its swaps before the traffic started.
+        if swap && turns % 10 == 0 {
+            while swaps_done.load(Ordering::Acquire) <= swaps_seen {
+                std::thread::yield_now();
+            }
+            swaps_seen = swaps_done.load(Ordering::Acquire);
         }
         w.turn();
         turns += 1;
