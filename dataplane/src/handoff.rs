@@ -72,7 +72,7 @@ pub struct Handoff {
     workers: usize,
     inbound: Vec<ArrayQueue<Batch>>,
     pool: ArrayQueue<Batch>,
-    /// Owners of recent fragmented datagrams (`runtime::owner`), shared like the queues.
+    /// Owners of recent fragmented datagrams ([`crate::owner`]), shared like the queues.
     frags: FragOwners,
 }
 

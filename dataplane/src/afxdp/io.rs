@@ -1,6 +1,6 @@
 //! One worker's packet I/O over AF_XDP: its sockets (one per interface queue it owns, one
 //! UMEM), the RX → pipeline → TX burst, and the hand-off of frames whose flow another worker
-//! owns (`runtime::handoff`, in batches).
+//! owns ([`crate::handoff`], in batches).
 //!
 //! ```text
 //!   handed-in frames (≤ 32, from the batch being worked off) ──────────────┐
@@ -20,7 +20,7 @@
 //! goes with the frame into the pipeline, here or at its owner, which does not parse again),
 //! at most one queue
 //! push per other worker and one pop, no allocation, no lock, no syscall except the ring kicks
-//! inside `nodeplane_xdp`. The batches come from a pool allocated at start; a full queue or an
+//! inside [`super::xsk`]. The batches come from a pool allocated at start; a full queue or an
 //! empty pool is a counted drop.
 
 use std::collections::BTreeMap;
@@ -420,7 +420,7 @@ impl AfXdpIo {
             .collect()
     }
 
-    /// Frame accounting check of the UMEM (see `nodeplane_xdp::XskWorker::check_accounting`).
+    /// Frame accounting check of the UMEM (see [`XskWorker::check_accounting`]).
     pub fn check_accounting(&mut self) -> Result<(), String> {
         self.xsk
             .check_accounting()
