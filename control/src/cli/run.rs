@@ -20,6 +20,6 @@ pub fn run(args: RunArgs) -> CliResult {
         None => Config::default(),
     };
     daemon::log::init(&cfg.log_level);
-    daemon::run(cfg)?;
+    daemon::run(cfg, args.config.clone())?;
     Ok(ExitCode::SUCCESS)
 }

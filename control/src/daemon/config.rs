@@ -14,7 +14,7 @@ pub const DEFAULT_STATE_DIR: &str = "/etc/nodeplane/state";
 /// Workers at most (one per core is the intended use).
 pub const MAX_WORKERS: usize = 256;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct Config {
 }
 
 /// Where desired state comes from: exactly one of `dir` and `etcd`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     #[serde(default)]
@@ -225,6 +225,39 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The keys a reload (SIGHUP) cannot apply to a running daemon that differ in `new`: a
+    /// reload with any of them is rejected whole (the daemon keeps running on this config).
+    /// Only the log settings are applied live.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let Config {
+            state,
+            control_socket,
+            workers,
+            io,
+            removed_flow_action,
+            log_level: _,
+            metrics_listen,
+            bgp,
+        } = new;
+        let mut keys = Vec::new();
+        let mut differs = |changed: bool, key| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        differs(*state != self.state, "state");
+        differs(*control_socket != self.control_socket, "control_socket");
+        differs(*workers != self.workers, "workers");
+        differs(*io != self.io, "io");
+        differs(
+            *removed_flow_action != self.removed_flow_action,
+            "removed_flow_action",
+        );
+        differs(*metrics_listen != self.metrics_listen, "metrics_listen");
+        differs(*bgp != self.bgp, "bgp");
+        keys
+    }
+
     pub fn source(&self) -> SourceChoice {
         match (&self.state.dir, &self.state.etcd) {
             (_, Some(e)) => SourceChoice::Etcd(e.clone()),
@@ -250,6 +283,29 @@ mod tests {
         assert_eq!(c.workers, 1);
         assert_eq!(c.io, IoConfig::default());
         assert_eq!(c.removed_flow_action, RemovedFlowAction::Drop);
+    }
+
+    #[test]
+    fn reload_applies_only_the_log_settings() {
+        let old = parse("state: { dir: /s }\nlog_level: info\n").unwrap();
+        let new = parse("state: { dir: /s }\nlog_level: debug\n").unwrap();
+        assert!(old.restart_needed(&new).is_empty());
+        let new = parse("state: { dir: /t }\nworkers: 2\nlog_level: debug\n").unwrap();
+        assert_eq!(old.restart_needed(&new), vec!["state", "workers"]);
+        let new = parse(&format!("state: {{ dir: /s }}\n{BGP}")).unwrap();
+        assert_eq!(old.restart_needed(&new), vec!["bgp"]);
+    }
+
+    /// The config the Debian package installs (packaging/config.yaml) loads, and runs the
+    /// packaged default state (packaging/state/), which validates.
+    #[test]
+    fn packaged_config_and_state_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+        let c = Config::load(&root.join("config.yaml")).unwrap();
+        assert_eq!(c.source(), SourceChoice::Dir(DEFAULT_STATE_DIR.into()));
+        assert!(c.io.afxdp.is_none() && c.bgp.is_none(), "{c:?}");
+        let s = nodeplane_state::load_path(&root.join("state")).unwrap();
+        assert!(s.interfaces.is_empty() && s.services.is_empty());
     }
 
     #[test]

@@ -6,13 +6,12 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug)]
-struct Logger {
-    level: log::LevelFilter,
-}
+struct Logger;
 
 impl log::Log for Logger {
+    // The level is the `log` crate's global one, so a reload (SIGHUP) can change it.
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level
+        m.level() <= log::max_level()
     }
     fn log(&self, r: &log::Record<'_>) {
         if !self.enabled(r.metadata()) {
@@ -32,15 +31,19 @@ impl log::Log for Logger {
 
 /// Installs the logger (once per process; later calls only change the level).
 pub fn init(level: &str) {
-    let level = match level {
+    let _ = log::set_boxed_logger(Box::new(Logger));
+    set_level(level);
+}
+
+/// Changes the level of the installed logger (a reload).
+pub fn set_level(level: &str) {
+    log::set_max_level(match level {
         "error" => log::LevelFilter::Error,
         "warn" => log::LevelFilter::Warn,
         "debug" => log::LevelFilter::Debug,
         "trace" => log::LevelFilter::Trace,
         _ => log::LevelFilter::Info,
-    };
-    let _ = log::set_boxed_logger(Box::new(Logger { level }));
-    log::set_max_level(level);
+    });
 }
 
 /// UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, H. Hinnant's algorithm).

@@ -6,6 +6,8 @@
 //!  (dir / etcd)    │ control socket: line JSON requests → answers               │   (Subscriber,
 //!  SIGTERM/SIGINT ─┤ signal pipe → stop                                         │    request channel)
 //!  SIGUSR1 ────────┤ signal pipe → stop, BGP graceful restart                   │
+//!  SIGHUP ─────────┤ signal pipe → reload: config (log settings), state dir     │
+//!  systemd <───────┤ sd_notify: READY after the first state, WATCHDOG, STATUS   │
 //!                  │ accepted state → bgp::Bgp → Speaker::set_routes ───────────┼──> bgp-speaker
 //!                  │ `observe` → connection handed to an np-observe thread      │    thread
 //!                  └────────────────────────────────────────────────────────────┘
@@ -22,6 +24,7 @@ pub mod control;
 pub mod log;
 pub mod metrics;
 pub mod overrides;
+pub mod service;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -51,6 +54,8 @@ const SIGNALS: Token = Token(1);
 const WAKE: Token = Token(2);
 /// SIGUSR1: stop with BGP graceful restart (sessions closed without withdrawing).
 const SIGNAL_RESTART: Token = Token(3);
+/// SIGHUP: reload the config (what can change live) and re-read the state directory.
+const SIGNAL_RELOAD: Token = Token(4);
 const FIRST_CONN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +199,6 @@ fn make_io(
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
 /// Where the operator's policy-mode override is kept across restarts: beside the control
 /// socket (`/run/nodeplane/nodeplane.sock.policy-mode` by default).
 pub fn mode_file(socket: &std::path::Path) -> std::path::PathBuf {
@@ -203,7 +207,11 @@ pub fn mode_file(socket: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(p)
 }
 
-pub fn run(cfg: Config) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGTERM, SIGINT or SIGUSR1. `config_path` is the file `cfg` came
+/// from, read again at SIGHUP (none: the defaults, nothing to re-read).
+pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), DaemonError> {
+    let mut cfg = cfg;
+    let mut notifier = service::Notifier::from_env();
     // Panics on worker threads are caught, counted and logged by the workers (worker.rs).
     nodeplane_dataplane::worker::install_panic_hook();
     let mut poll = Poll::new().map_err(DaemonError::Poll)?;
@@ -228,6 +236,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut usr1_r = mio::net::UnixStream::from_std(usr1_r);
     poll.registry()
         .register(&mut usr1_r, SIGNAL_RESTART, mio::Interest::READABLE)
+        .map_err(DaemonError::Poll)?;
+    let (hup_r, hup_w) = StdUnixStream::pair().map_err(DaemonError::Signals)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, hup_w)
+        .map_err(DaemonError::Signals)?;
+    hup_r.set_nonblocking(true).map_err(DaemonError::Signals)?;
+    let mut hup_r = mio::net::UnixStream::from_std(hup_r);
+    poll.registry()
+        .register(&mut hup_r, SIGNAL_RELOAD, mio::Interest::READABLE)
         .map_err(DaemonError::Poll)?;
 
     let mut server = Server::bind(&cfg.control_socket, poll.registry(), LISTENER, FIRST_CONN)?;
@@ -315,7 +331,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         let wait = if control.completing() {
             Duration::ZERO
         } else {
-            Duration::from_secs(1)
+            notifier.max_wait()
         };
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -341,6 +357,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                     bgp_stop = StopMode::Restart;
                     break 'outer;
                 }
+                SIGNAL_RELOAD => {
+                    let mut b = [0u8; 16];
+                    while matches!(hup_r.read(&mut b), Ok(n) if n > 0) {}
+                    notifier.reloading();
+                    reload(&mut cfg, config_path.as_deref(), &mut control);
+                    notifier.reloaded();
+                }
                 WAKE => {
                     while let Ok(ev) = ctl_rx.try_recv() {
                         control.on_source(ev);
@@ -359,6 +382,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             }
         }
         control.step_completion();
+        notifier.tick(control.generation() > 0, control.summary());
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             server.sweep(poll.registry());
             control.reap();
@@ -372,6 +396,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
 
+    notifier.stopping();
     let t0 = Instant::now();
     // Routes first: routers move traffic away while the workers still forward it.
     control.stop_bgp(bgp_stop);
@@ -408,6 +433,52 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     match broken {
         Some((worker, detail)) => Err(DaemonError::Accounting { worker, detail }),
         None => Ok(()),
+    }
+}
+
+/// SIGHUP: the config file read and validated again, then applied if only what can change
+/// live changed (the log settings); otherwise rejected whole, the running config kept. Then
+/// the state directory is read again and applied as if it had changed (etcd: the source's
+/// watch is live already, nothing to re-read).
+fn reload(cfg: &mut Config, path: Option<&std::path::Path>, control: &mut Control) {
+    match path {
+        None => ::log::info!("SIGHUP: no config file (defaults); nothing to reload"),
+        Some(path) => match Config::load(path) {
+            Err(e) => ::log::error!("config reload REJECTED, keeping the running config: {e}"),
+            Ok(new) => {
+                let keys = cfg.restart_needed(&new);
+                if keys.is_empty() {
+                    log::set_level(&new.log_level);
+                    ::log::info!(
+                        "config reloaded from {}: log_level {}",
+                        path.display(),
+                        new.log_level
+                    );
+                    *cfg = new;
+                } else {
+                    ::log::error!(
+                        "config reload REJECTED, keeping the running config: {} changed in {} (only log_level is applied live: restart nodeplane for the rest)",
+                        keys.join(", "),
+                        path.display()
+                    );
+                }
+            }
+        },
+    }
+    match cfg.source() {
+        SourceChoice::Dir(d) => {
+            let origin = format!("dir {} (reload)", d.display());
+            match nodeplane_state::load_path(&d) {
+                Ok(state) => control.apply(state, origin),
+                Err(e) => control.on_source(crate::source::SourceEvent::Rejected {
+                    origin,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        SourceChoice::Etcd(_) => {
+            ::log::info!("SIGHUP: the etcd source's watch is live; no state to re-read")
+        }
     }
 }
 

@@ -177,6 +177,43 @@ impl Control {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+
+    /// One line for the service manager's status (`systemctl status`): what runs, or what the
+    /// daemon waits for.
+    pub fn summary(&self) -> String {
+        if self.generation == 0 {
+            let why = self
+                .last_rejection
+                .as_ref()
+                .map(|r| {
+                    let first = r.error.lines().next().unwrap_or_default();
+                    format!(
+                        ": last state rejected: {}",
+                        first.chars().take(200).collect::<String>()
+                    )
+                })
+                .unwrap_or_default();
+            return format!(
+                "waiting for the first valid state from {}{why}",
+                self.source
+            );
+        }
+        format!(
+            "generation {} from {}{}{}",
+            self.generation,
+            self.origin.as_deref().unwrap_or("?"),
+            if self.stale {
+                "; the last change was REJECTED (nodeplane status)"
+            } else {
+                ""
+            },
+            if self.dead.is_empty() {
+                String::new()
+            } else {
+                format!("; {} worker(s) DEAD", self.dead.len())
+            }
+        )
+    }
 }
 
 #[cfg(test)]
