@@ -9,7 +9,8 @@
 
 use crate::csum::{self, get16, put16};
 use crate::flow::PROTO_TCP;
-use crate::parse::{self, tcp_flags as F, Frag, Parsed};
+use crate::parse::{self, Frag, Parsed};
+use crate::wire::tcp::flags as F;
 
 /// TTL / hop limit of a generated reset.
 const RESET_TTL: u8 = 64;
