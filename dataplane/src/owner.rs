@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::parse::{self, Frag, Meta, Parsed};
+use crate::wire::icmp;
 use crate::{DropReason, Tables};
 use hashbrown::HashSet;
 
@@ -118,7 +119,8 @@ fn meta_owner_hash(t: &Tables, idx: &OwnerIndex, frame: &[u8], m: &Meta) -> u64 
         return owner_hash(t, idx, m.src, 0, m.dst, 0, 0);
     }
     if parse::is_icmp_error(m) && m.has_l4() {
-        let off = usize::from(m.l4_off) + 8;
+        // The quoted datagram follows the 8-byte ICMP(v6) header.
+        let off = usize::from(m.l4_off) + icmp::HEADER_LEN;
         if let Ok(inner) = parse::parse_inner(frame, off, usize::from(m.ip_end), m.v6) {
             if inner.has_l4() {
                 return owner_hash(

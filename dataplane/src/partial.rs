@@ -29,6 +29,7 @@
 use crate::csum;
 use crate::flow::{PROTO_TCP, PROTO_UDP};
 use crate::parse::{Frag, Meta};
+use crate::wire::{tcp, udp};
 
 /// Completes the partial checksum of a frame parse marked [`Meta::csum_partial`]. `true`: the
 /// field was rewritten; `false`: nothing changed (not marked, or already a valid full checksum).
@@ -43,8 +44,8 @@ pub fn complete(frame: &mut [u8], m: &Meta) -> bool {
 #[inline(never)]
 fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     let (field, udp) = match m.proto {
-        PROTO_TCP => (16, false),
-        PROTO_UDP => (6, true),
+        PROTO_TCP => (tcp::CHECKSUM, false),
+        PROTO_UDP => (udp::CHECKSUM, true),
         _ => return false,
     };
     if m.frag != Frag::None || !m.has_l4() {
@@ -54,7 +55,7 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     let Some(seg) = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end)) else {
         return false;
     };
-    if seg.len() < field + 2 || (udp && !m.v6 && seg[field] == 0 && seg[field + 1] == 0) {
+    if seg.len() < field.end || (udp && !m.v6 && seg[field.clone()] == [0, 0]) {
         // Too short, or UDP over IPv4 sent without a checksum (0): nothing to complete.
         return false;
     }
@@ -69,7 +70,7 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     if udp && c == 0 {
         c = 0xffff;
     }
-    seg[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    seg[field].copy_from_slice(&c.to_be_bytes());
     true
 }
 

@@ -74,6 +74,8 @@ pub mod ipv4 {
     pub const CHECKSUM: Field = 10..12;
     pub const SRC_ADDR: Field = 12..16;
     pub const DST_ADDR: Field = 16..20;
+    /// Both addresses, adjacent.
+    pub const ADDRS: Field = 12..20;
     pub const MIN_HEADER_LEN: usize = 20;
     pub const ADDR_LEN: usize = 4;
 
