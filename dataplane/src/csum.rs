@@ -109,7 +109,7 @@ pub fn ipv4_header_ok(h: &[u8]) -> bool {
 
 /// [`ipv4_header_ok`] for the usual 20-byte header: five fixed loads, no loop.
 #[inline(always)]
-pub fn ipv4_header20_ok(h: &[u8; 20]) -> bool {
+pub fn ipv4_header20_ok(h: &[u8; crate::wire::ipv4::MIN_HEADER_LEN]) -> bool {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     fold64(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
 }
