@@ -476,6 +476,9 @@ mod tests {
     use super::*;
     use etherparse::PacketBuilder;
 
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+
     fn udp4() -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
             .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
@@ -496,7 +499,14 @@ mod tests {
             (m.sport, m.dport, m.proto, m.ttl),
             (1234, 53, PROTO_UDP, 64)
         );
-        assert_eq!((m.l3_off, m.l4_off, m.ip_end), (14, 34, 14 + 20 + 8 + 4));
+        assert_eq!(
+            (
+                usize::from(m.l3_off),
+                usize::from(m.l4_off),
+                usize::from(m.ip_end)
+            ),
+            (L3, L4, L4 + udp::HEADER_LEN + 4)
+        );
     }
 
     #[test]
@@ -532,33 +542,35 @@ mod tests {
         // Edits that must make the common path defer: fragments, options, bad lengths and
         // checksums, other protocols, truncation, Ethernet padding.
         for f in &base {
+            let flg_off = L3 + ipv4::FLG_OFF.start;
+            let total_len = L3 + ipv4::TOTAL_LEN.start;
             for (off, val) in [
-                (20, 0x20),
-                (21, 1),
-                (20, 0x40),
-                (14, 0x46),
-                (16, 0),
-                (17, 19),
+                (flg_off, 0x20),            // more fragments
+                (flg_off + 1, 1),           // fragment offset
+                (flg_off, 0x40),            // DF alone: still the common path
+                (L3 + ipv4::VER_IHL, 0x46), // options
+                (total_len, 0),             // total length 19, 0, ...
+                (total_len + 1, 19),
             ] {
                 let mut g = f.clone();
                 g[off] = val;
                 frames.push(g);
             }
             let mut g = f.clone();
-            g[23] = 1; // ICMP
+            g[L3 + ipv4::PROTOCOL] = PROTO_ICMP;
             frames.push(g);
             let mut g = f.clone();
-            g[24] ^= 1; // checksum
+            g[L3 + ipv4::CHECKSUM.start] ^= 1;
             frames.push(g);
             let mut g = f.clone();
             g.extend_from_slice(&[0; 8]); // padding after the datagram
             frames.push(g);
-            if f[23] == PROTO_TCP {
+            if f[L3 + ipv4::PROTOCOL] == PROTO_TCP {
                 let mut g = f.clone();
-                g[46] = 0x40; // data offset 16 < 20
+                g[L4 + tcp::DATA_OFF] = 0x40; // data offset 16 < 20
                 frames.push(g);
                 let mut g = f.clone();
-                g[46] = 0xf0; // data offset past the end
+                g[L4 + tcp::DATA_OFF] = 0xf0; // data offset past the end
                 frames.push(g);
             }
             for n in 0..f.len() {
@@ -586,24 +598,24 @@ mod tests {
     #[test]
     fn bad_ipv4_checksum_is_dropped() {
         let mut f = udp4();
-        f[14 + 10] ^= 0xff;
+        f[L3 + ipv4::CHECKSUM.start] ^= 0xff;
         assert_eq!(parse(&f).unwrap_err(), DropReason::BadIpChecksum);
     }
 
     #[test]
     fn non_ip_and_vlan() {
         let mut arp = vec![0u8; 42];
-        arp[12] = 0x08;
-        arp[13] = 0x06;
+        arp[ethernet::ETHERTYPE].copy_from_slice(&[0x08, 0x06]);
         assert!(matches!(parse(&arp), Ok(Parsed::NotIp)));
         let f = udp4();
-        let mut tagged = f[..12].to_vec();
-        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
-        tagged.extend_from_slice(&f[12..]);
+        let mut tagged = f[ethernet::MACS].to_vec();
+        tagged.extend_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
+        tagged.extend_from_slice(&[0x00, 0x64]); // TCI: VLAN 100
+        tagged.extend_from_slice(&f[ethernet::ETHERTYPE.start..]);
         let Parsed::Ip(m) = parse(&tagged).unwrap() else {
             panic!()
         };
-        assert_eq!((m.l3_off, m.dport), (18, 53));
+        assert_eq!((usize::from(m.l3_off), m.dport), (vlan::HEADER_LEN, 53));
     }
 
     #[test]
@@ -615,16 +627,20 @@ mod tests {
         let mut f = Vec::new();
         b.write(&mut f, &[]).unwrap();
         // Insert an 8-byte destination-options header between IPv6 and TCP.
-        let mut g = f[..54].to_vec();
-        g[20] = 60; // next header = dest opts
-        let plen = csum::get16(&g, 18) + 8;
-        csum::put16(&mut g, 18, plen);
-        g.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
-        g.extend_from_slice(&f[54..]);
+        let l4 = L3 + ipv6::HEADER_LEN;
+        let mut g = f[..l4].to_vec();
+        g[L3 + ipv6::NEXT_HEADER] = ipv6::NH_DEST_OPTS;
+        let plen = csum::get16(&g, L3 + ipv6::PAYLOAD_LEN.start) + 8;
+        csum::put16(&mut g, L3 + ipv6::PAYLOAD_LEN.start, plen);
+        g.extend_from_slice(&[PROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        g.extend_from_slice(&f[l4..]);
         let Parsed::Ip(m) = parse(&g).unwrap() else {
             panic!()
         };
-        assert_eq!((m.proto, m.dport, m.l4_off), (PROTO_TCP, 80, 62));
+        assert_eq!(
+            (m.proto, m.dport, usize::from(m.l4_off)),
+            (PROTO_TCP, 80, l4 + ipv6::ext::MIN_LEN)
+        );
         assert_eq!(m.tcp_flags & tcp::flags::SYN, tcp::flags::SYN);
     }
 }
