@@ -358,8 +358,8 @@ mod tests {
                     .write(&mut f, payload)
                     .unwrap();
                 frames.push(f.clone());
-                let l4 = 34;
-                put16(&mut f, l4 + 6, 0);
+                let l4 = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN;
+                put16(&mut f, l4 + udp::CHECKSUM.start, 0); // "no checksum"
                 frames.push(f);
             }
         }
@@ -394,9 +394,9 @@ mod tests {
             .write(&mut f, b"x")
             .unwrap();
         let m0 = meta(&f);
-        put16(&mut f, usize::from(m0.l4_off) + 6, 0);
+        put16(&mut f, usize::from(m0.l4_off) + udp::CHECKSUM.start, 0);
         let mut m = meta(&f);
         set_addr(&mut f, &mut m, true, Addr::v4([10, 0, 0, 3]));
-        assert_eq!(get16(&f, usize::from(m.l4_off) + 6), 0);
+        assert_eq!(get16(&f, usize::from(m.l4_off) + udp::CHECKSUM.start), 0);
     }
 }

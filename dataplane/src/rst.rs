@@ -169,7 +169,10 @@ mod tests {
     fn segment_with_ack_gets_rst_at_its_ack_number() {
         let mut f = tcp4(false, Some(777), b"hello");
         let n = reset_in_place(&mut f).unwrap();
-        assert_eq!(n, 14 + 20 + 20);
+        assert_eq!(
+            n,
+            ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN
+        );
         assert_eq!(check(&f[..n]), (777, 0, true, false));
     }
 
@@ -191,7 +194,10 @@ mod tests {
             .write(&mut f, b"xy")
             .unwrap();
         let n = reset_in_place(&mut f).unwrap();
-        assert_eq!(n, 14 + 40 + 20);
+        assert_eq!(
+            n,
+            ethernet::HEADER_LEN + ipv6::HEADER_LEN + tcp::MIN_HEADER_LEN
+        );
         assert_eq!(check(&f[..n]), (9, 0, true, false));
     }
 
