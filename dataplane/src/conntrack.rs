@@ -23,9 +23,9 @@ use hashbrown::HashTable;
 
 use crate::drop::DropReason;
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
-use crate::parse::tcp_flags as F;
 use crate::policy::PolicyVerdict;
 use crate::tables::CtConfig;
+use crate::wire::tcp::flags as F;
 
 const NIL: u32 = u32::MAX;
 

@@ -109,7 +109,7 @@ pub fn ipv4_header_ok(h: &[u8]) -> bool {
 
 /// [`ipv4_header_ok`] for the usual 20-byte header: five fixed loads, no loop.
 #[inline(always)]
-pub fn ipv4_header20_ok(h: &[u8; 20]) -> bool {
+pub fn ipv4_header20_ok(h: &[u8; crate::wire::ipv4::MIN_HEADER_LEN]) -> bool {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     fold64(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
 }
@@ -175,6 +175,7 @@ pub fn put16(buf: &mut [u8], off: usize, v: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv4;
 
     #[test]
     fn incremental_update_equals_full_recompute() {
@@ -185,26 +186,27 @@ mod tests {
         ];
         let c = checksum(&hdr);
         assert_eq!(c, 0xb861);
-        put16(&mut hdr, 10, c);
+        let check = ipv4::CHECKSUM.start;
+        put16(&mut hdr, check, c);
         assert_eq!(
             fold(sum(&hdr, 0)),
             0xffff,
             "a correct header sums to all ones"
         );
 
-        let old = [hdr[16], hdr[17], hdr[18], hdr[19]];
+        let old: [u8; 4] = hdr[ipv4::DST_ADDR].try_into().unwrap();
         let new = [10u8, 96, 0, 10];
         let inc = update_bytes(c, &old, &new);
-        hdr[16..20].copy_from_slice(&new);
-        put16(&mut hdr, 10, 0);
+        hdr[ipv4::DST_ADDR].copy_from_slice(&new);
+        put16(&mut hdr, check, 0);
         assert_eq!(inc, checksum(&hdr));
 
         // TTL decrement as a 16-bit word update.
-        put16(&mut hdr, 10, inc);
-        let w_old = get16(&hdr, 8);
-        hdr[8] -= 1;
-        let inc2 = update16(inc, w_old, get16(&hdr, 8));
-        put16(&mut hdr, 10, 0);
+        put16(&mut hdr, check, inc);
+        let w_old = get16(&hdr, ipv4::TTL_PROTOCOL.start);
+        hdr[ipv4::TTL] -= 1;
+        let inc2 = update16(inc, w_old, get16(&hdr, ipv4::TTL_PROTOCOL.start));
+        put16(&mut hdr, check, 0);
         assert_eq!(inc2, checksum(&hdr));
     }
 

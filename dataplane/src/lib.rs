@@ -12,6 +12,7 @@
 //! - [`partial`]: partial (CHECKSUM_PARTIAL) TCP/UDP checksums completed before any rewrite.
 //! - [`rst`]: a TCP reset built in place (ending flows of removed backends).
 //! - [`pipeline`]: the stages wired together; [`drop`]: the closed set of drop reasons.
+//! - [`wire`]: where each header field sits (the only place a header offset is a number).
 //!
 //! The loop and its I/O (VPP keeps its main loop and thread hand-off in vlib, devices as plugins):
 //! - [`worker`]: the run-to-completion loop over bursts, its [`worker::PacketIo`] seam,
@@ -46,6 +47,7 @@ pub mod replay;
 pub mod rewrite;
 pub mod rst;
 pub mod tables;
+pub mod wire;
 pub mod worker;
 
 pub use drop::DropReason;

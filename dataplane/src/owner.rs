@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::flow::{mix, Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::parse::{self, Frag, Meta, Parsed};
+use crate::wire::icmp;
 use crate::{DropReason, Tables};
 use hashbrown::HashSet;
 
@@ -118,7 +119,8 @@ fn meta_owner_hash(t: &Tables, idx: &OwnerIndex, frame: &[u8], m: &Meta) -> u64 
         return owner_hash(t, idx, m.src, 0, m.dst, 0, 0);
     }
     if parse::is_icmp_error(m) && m.has_l4() {
-        let off = usize::from(m.l4_off) + 8;
+        // The quoted datagram follows the 8-byte ICMP(v6) header.
+        let off = usize::from(m.l4_off) + icmp::HEADER_LEN;
         if let Ok(inner) = parse::parse_inner(frame, off, usize::from(m.ip_end), m.v6) {
             if inner.has_l4() {
                 return owner_hash(
@@ -230,6 +232,7 @@ pub fn owner_of(hash: u64, workers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{at, ethernet, ipv4, udp};
     use crate::MaglevCache;
     use std::net::IpAddr;
 
@@ -292,18 +295,21 @@ mod tests {
     /// An untagged IPv4 fragment: `first` has MF and the UDP header (ports), a later one has
     /// an offset and only payload.
     fn v4_fragment(src: [u8; 4], dst: [u8; 4], id: u16, first: bool, ports: (u16, u16)) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 16];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        let ip = &mut f[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&36u16.to_be_bytes());
-        ip[4..6].copy_from_slice(&id.to_be_bytes());
-        let frag: u16 = if first { 0x2000 } else { 185 }; // MF, or offset 1480 bytes
-        ip[6..8].copy_from_slice(&frag.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = PROTO_UDP;
-        ip[12..16].copy_from_slice(&src);
-        ip[16..20].copy_from_slice(&dst);
+        const L3: usize = ethernet::HEADER_LEN;
+        const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+        let mut f = vec![0u8; L4 + 16];
+        f[ethernet::ETHERTYPE].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
+        let ip = &mut f[L3..L4];
+        ip[ipv4::VER_IHL] = ipv4::VER_IHL_NO_OPTIONS;
+        ip[ipv4::TOTAL_LEN].copy_from_slice(&36u16.to_be_bytes());
+        ip[ipv4::IDENT].copy_from_slice(&id.to_be_bytes());
+        // More fragments, or offset 1480 bytes (in 8-byte units).
+        let frag: u16 = if first { ipv4::FLAG_MF } else { 1480 / 8 };
+        ip[ipv4::FLG_OFF].copy_from_slice(&frag.to_be_bytes());
+        ip[ipv4::TTL] = 64;
+        ip[ipv4::PROTOCOL] = PROTO_UDP;
+        ip[ipv4::SRC_ADDR].copy_from_slice(&src);
+        ip[ipv4::DST_ADDR].copy_from_slice(&dst);
         let mut sum = 0u32;
         for c in ip.chunks(2) {
             sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -311,11 +317,11 @@ mod tests {
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
-        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        ip[ipv4::CHECKSUM].copy_from_slice(&(!(sum as u16)).to_be_bytes());
         if first {
-            f[34..36].copy_from_slice(&ports.0.to_be_bytes());
-            f[36..38].copy_from_slice(&ports.1.to_be_bytes());
-            f[38..40].copy_from_slice(&3000u16.to_be_bytes());
+            f[at(L4, udp::SRC_PORT)].copy_from_slice(&ports.0.to_be_bytes());
+            f[at(L4, udp::DST_PORT)].copy_from_slice(&ports.1.to_be_bytes());
+            f[at(L4, udp::LENGTH)].copy_from_slice(&3000u16.to_be_bytes());
         }
         f
     }

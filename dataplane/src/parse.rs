@@ -5,17 +5,13 @@
 //!
 //! Every length is checked once here; later stages index the frame only at offsets this stage
 //! proved in bounds (`l3_off + header`, `l4_off + 8` for ports, `l4_off + 18` for the TCP
-//! checksum). Cost: ~10-20 ns per packet, dominated by the IPv4 header checksum verification.
+//! checksum). Field positions come from [`crate::wire`]. Cost: ~10-20 ns per packet, dominated
+//! by the IPv4 header checksum verification.
 
 use crate::csum;
 use crate::drop::DropReason;
 use crate::flow::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-
-pub const ETH_HLEN: usize = 14;
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-pub const ETHERTYPE_VLAN: u16 = 0x8100;
-pub const ETHERTYPE_QINQ: u16 = 0x88a8;
+use crate::wire::{at, ethernet, icmp, icmpv6, ipv4, ipv6, tcp, udp, vlan, Field};
 
 /// Where a packet stands with respect to IP fragmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,13 +61,6 @@ impl Meta {
     }
 }
 
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
-}
-
 /// What the parse stage decided.
 #[derive(Debug, Clone, Copy)]
 pub enum Parsed {
@@ -89,6 +78,20 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
     parse_general(frame)
 }
 
+/// The big-endian 16-bit `field` of a fixed-size header view: constant indices, so no bounds
+/// check survives.
+#[inline(always)]
+fn be16<const N: usize>(h: &[u8; N], field: Field) -> u16 {
+    u16::from_be_bytes([h[field.start], h[field.start + 1]])
+}
+
+/// The 4 bytes of `field` (an IPv4 address) of a fixed-size header view.
+#[inline(always)]
+fn bytes4<const N: usize>(h: &[u8; N], field: Field) -> [u8; 4] {
+    let i = field.start;
+    [h[i], h[i + 1], h[i + 2], h[i + 3]]
+}
+
 /// The common frame, straight-line: untagged IPv4 with a 20-byte header, not a fragment,
 /// carrying a complete TCP or UDP header, header checksum right. It yields exactly the [`Meta`]
 /// the general parser would; anything else (including every error) returns `None` and goes
@@ -96,62 +99,68 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
 /// ~280: fixed-size array views let the compiler drop the bounds checks and unroll the sum.
 #[inline(always)]
 fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
-    const L3: usize = ETH_HLEN;
-    const L4: usize = ETH_HLEN + 20;
-    let h: &[u8; L4 + 8] = frame.get(..L4 + 8)?.try_into().ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[L3] != 0x45 {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+    const ETHERTYPE: [u8; 2] = ethernet::ETHERTYPE_IPV4.to_be_bytes();
+    let h: &[u8; L4 + udp::HEADER_LEN] = frame.get(..L4 + udp::HEADER_LEN)?.try_into().ok()?;
+    if h[ethernet::ETHERTYPE.start] != ETHERTYPE[0]
+        || h[ethernet::ETHERTYPE.start + 1] != ETHERTYPE[1]
+        || h[L3 + ipv4::VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
+    {
         return None;
     }
     // Flags and fragment offset: only DF may be set (offset 0, no more fragments).
-    if u16::from_be_bytes([h[L3 + 6], h[L3 + 7]]) & 0x3fff != 0 {
+    if be16(h, at(L3, ipv4::FLG_OFF)) & (ipv4::FLAG_MF | ipv4::OFFSET_MASK) != 0 {
         return None;
     }
-    let total = usize::from(u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]));
+    let total = usize::from(be16(h, at(L3, ipv4::TOTAL_LEN)));
     let ip_end = L3 + total;
-    if total < 20 || ip_end > frame.len() {
+    if total < ipv4::MIN_HEADER_LEN || ip_end > frame.len() {
         return None;
     }
-    let ip: &[u8; 20] = h[L3..L4].try_into().ok()?;
+    let ip: &[u8; ipv4::MIN_HEADER_LEN] = h[L3..L4].try_into().ok()?;
     if !csum::ipv4_header20_ok(ip) {
         return None;
     }
-    let proto = ip[9];
+    let proto = ip[ipv4::PROTOCOL];
     let (tcp_flags, check) = match proto {
         PROTO_TCP => {
-            let t: &[u8; 20] = frame.get(L4..L4 + 20)?.try_into().ok()?;
-            let doff = usize::from(t[12] >> 4) * 4;
-            if L4 + 20 > ip_end || doff < 20 || L4 + doff > ip_end {
+            let t: &[u8; tcp::MIN_HEADER_LEN] =
+                frame.get(L4..L4 + tcp::MIN_HEADER_LEN)?.try_into().ok()?;
+            let doff = usize::from(t[tcp::DATA_OFF] >> 4) * 4;
+            if L4 + tcp::MIN_HEADER_LEN > ip_end || doff < tcp::MIN_HEADER_LEN || L4 + doff > ip_end
+            {
                 return None;
             }
-            (t[13], u16::from_be_bytes([t[16], t[17]]))
+            (t[tcp::FLAGS], be16(t, tcp::CHECKSUM))
         }
         PROTO_UDP => {
-            if L4 + 8 > ip_end {
+            if L4 + udp::HEADER_LEN > ip_end {
                 return None;
             }
-            (0, u16::from_be_bytes([h[L4 + 6], h[L4 + 7]]))
+            (0, be16(h, at(L4, udp::CHECKSUM)))
         }
         _ => return None,
     };
     // The addresses' words are the ones the header checksum above just summed.
-    let w = |i: usize| u64::from(u32::from_be_bytes([ip[i], ip[i + 1], ip[i + 2], ip[i + 3]]));
-    let pseudo = w(12) + w(16) + u64::from(proto) + (ip_end - L4) as u64;
+    let w = |f: Field| u64::from(u32::from_be_bytes(bytes4(ip, f)));
+    let pseudo = w(ipv4::SRC_ADDR) + w(ipv4::DST_ADDR) + u64::from(proto) + (ip_end - L4) as u64;
     Some(Meta {
         l3_off: L3 as u16,
         l4_off: L4 as u16,
         ip_end: ip_end as u16,
         v6: false,
         proto,
-        src: Addr::v4([ip[12], ip[13], ip[14], ip[15]]),
-        dst: Addr::v4([ip[16], ip[17], ip[18], ip[19]]),
-        sport: u16::from_be_bytes([h[L4], h[L4 + 1]]),
-        dport: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+        src: Addr::v4(bytes4(ip, ipv4::SRC_ADDR)),
+        dst: Addr::v4(bytes4(ip, ipv4::DST_ADDR)),
+        sport: be16(h, at(L4, tcp::SRC_PORT)),
+        dport: be16(h, at(L4, tcp::DST_PORT)),
         tcp_flags,
         icmp_type: 0,
         icmp_code: 0,
         frag: Frag::None,
-        frag_id: u32::from(u16::from_be_bytes([ip[4], ip[5]])),
-        ttl: ip[8],
+        frag_id: u32::from(be16(ip, ipv4::IDENT)),
+        ttl: ip[ipv4::TTL],
         csum_partial: csum::congruent(pseudo, check),
     })
 }
@@ -159,22 +168,22 @@ fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
 /// Every frame the common path does not take, and every error.
 #[inline(never)]
 fn parse_general(frame: &[u8]) -> Result<Parsed, DropReason> {
-    if frame.len() < ETH_HLEN {
+    if frame.len() < ethernet::HEADER_LEN {
         return Err(DropReason::MalformedEthernet);
     }
-    let mut ethertype = csum::get16(frame, 12);
-    let mut l3 = ETH_HLEN;
-    if ethertype == ETHERTYPE_VLAN {
-        if frame.len() < ETH_HLEN + 4 {
+    let mut ethertype = csum::get16(frame, ethernet::ETHERTYPE.start);
+    let mut l3 = ethernet::HEADER_LEN;
+    if ethertype == ethernet::ETHERTYPE_VLAN {
+        if frame.len() < vlan::HEADER_LEN {
             return Err(DropReason::MalformedEthernet);
         }
-        ethertype = csum::get16(frame, 16);
-        l3 += 4;
+        ethertype = csum::get16(frame, vlan::ETHERTYPE.start);
+        l3 += vlan::TAG_LEN;
     }
     let mut m = Meta::default();
     match ethertype {
-        ETHERTYPE_IPV4 => parse_ipv4(frame, l3, frame.len(), &mut m, false)?,
-        ETHERTYPE_IPV6 => parse_ipv6(frame, l3, frame.len(), &mut m, false)?,
+        ethernet::ETHERTYPE_IPV4 => parse_ipv4(frame, l3, frame.len(), &mut m, false)?,
+        ethernet::ETHERTYPE_IPV6 => parse_ipv6(frame, l3, frame.len(), &mut m, false)?,
         _ => return Ok(Parsed::NotIp),
     }
     Ok(Parsed::Ip(m))
@@ -200,15 +209,15 @@ fn parse_ipv4(
     inner: bool,
 ) -> Result<(), DropReason> {
     const E: DropReason = DropReason::MalformedIpv4;
-    if end < l3 + 20 {
+    if end < l3 + ipv4::MIN_HEADER_LEN {
         return Err(E);
     }
-    let vihl = b[l3];
+    let vihl = b[l3 + ipv4::VER_IHL];
     let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 || end < l3 + ihl {
+    if vihl >> 4 != ipv4::VERSION || ihl < ipv4::MIN_HEADER_LEN || end < l3 + ihl {
         return Err(E);
     }
-    let total = usize::from(csum::get16(b, l3 + 2));
+    let total = usize::from(csum::get16(b, l3 + ipv4::TOTAL_LEN.start));
     if total < ihl {
         return Err(E);
     }
@@ -225,18 +234,19 @@ fn parse_ipv4(
         l3 + total
     };
     // One bounds check for the fixed header; the fields below index a fixed-size array.
-    let h: &[u8; 20] = b[l3..l3 + 20].try_into().map_err(|_| E)?;
+    let h: &[u8; ipv4::MIN_HEADER_LEN] =
+        b[l3..l3 + ipv4::MIN_HEADER_LEN].try_into().map_err(|_| E)?;
     m.v6 = false;
     m.l3_off = l3 as u16;
     m.ip_end = ip_end as u16;
-    m.ttl = h[8];
-    m.proto = h[9];
-    m.src = Addr::v4([h[12], h[13], h[14], h[15]]);
-    m.dst = Addr::v4([h[16], h[17], h[18], h[19]]);
-    let fo = u16::from_be_bytes([h[6], h[7]]);
-    let more = fo & 0x2000 != 0;
-    let offset = fo & 0x1fff;
-    m.frag_id = u32::from(u16::from_be_bytes([h[4], h[5]]));
+    m.ttl = h[ipv4::TTL];
+    m.proto = h[ipv4::PROTOCOL];
+    m.src = Addr::v4(bytes4(h, ipv4::SRC_ADDR));
+    m.dst = Addr::v4(bytes4(h, ipv4::DST_ADDR));
+    let fo = be16(h, ipv4::FLG_OFF);
+    let more = fo & ipv4::FLAG_MF != 0;
+    let offset = fo & ipv4::OFFSET_MASK;
+    m.frag_id = u32::from(be16(h, ipv4::IDENT));
     m.frag = match (offset, more) {
         (0, false) => Frag::None,
         (0, true) => Frag::First,
@@ -256,75 +266,77 @@ fn parse_ipv6(
     inner: bool,
 ) -> Result<(), DropReason> {
     const E: DropReason = DropReason::MalformedIpv6;
-    if end < l3 + 40 || b[l3] >> 4 != 6 {
+    if end < l3 + ipv6::HEADER_LEN || b[l3 + ipv6::VER_TC_FLOW.start] >> 4 != ipv6::VERSION {
         return Err(E);
     }
-    let payload = usize::from(csum::get16(b, l3 + 4));
+    let payload = usize::from(csum::get16(b, l3 + ipv6::PAYLOAD_LEN.start));
     let ip_end = if inner {
-        end.min(l3 + 40 + payload)
+        end.min(l3 + ipv6::HEADER_LEN + payload)
     } else {
         // Payload length 0 would be a jumbogram (hop-by-hop option): not on our links.
-        if payload == 0 || l3 + 40 + payload > end {
+        if payload == 0 || l3 + ipv6::HEADER_LEN + payload > end {
             return Err(E);
         }
-        l3 + 40 + payload
+        l3 + ipv6::HEADER_LEN + payload
     };
     m.v6 = true;
     m.l3_off = l3 as u16;
     m.ip_end = ip_end as u16;
-    m.ttl = b[l3 + 7];
+    m.ttl = b[l3 + ipv6::HOP_LIMIT];
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    src.copy_from_slice(&b[l3 + 8..l3 + 24]);
-    dst.copy_from_slice(&b[l3 + 24..l3 + 40]);
+    src.copy_from_slice(&b[at(l3, ipv6::SRC_ADDR)]);
+    dst.copy_from_slice(&b[at(l3, ipv6::DST_ADDR)]);
     m.src = Addr::v6(src);
     m.dst = Addr::v6(dst);
 
-    let mut next = b[l3 + 6];
-    let mut off = l3 + 40;
+    let mut next = b[l3 + ipv6::NEXT_HEADER];
+    let mut off = l3 + ipv6::HEADER_LEN;
     // A bounded walk: more than 8 extension headers is an attack, not traffic.
     for _ in 0..8 {
+        use ipv6::{ext, frag};
         match next {
             // Hop-by-hop, routing, destination options, mobility: (len + 1) * 8 bytes.
-            0 | 43 | 60 | 135 => {
-                if off + 8 > ip_end {
+            ipv6::NH_HOP_BY_HOP | ipv6::NH_ROUTING | ipv6::NH_DEST_OPTS | ipv6::NH_MOBILITY => {
+                if off + ext::MIN_LEN > ip_end {
                     return Err(E);
                 }
-                let len = (usize::from(b[off + 1]) + 1) * 8;
+                let len = (usize::from(b[off + ext::LENGTH]) + 1) * ext::MIN_LEN;
                 if off + len > ip_end {
                     return Err(E);
                 }
-                next = b[off];
+                next = b[off + ext::NEXT_HEADER];
                 off += len;
             }
             // Authentication header: (len + 2) * 4 bytes.
-            51 => {
-                if off + 8 > ip_end {
+            ipv6::NH_AUTH => {
+                if off + ext::MIN_LEN > ip_end {
                     return Err(E);
                 }
-                let len = (usize::from(b[off + 1]) + 2) * 4;
+                let len = (usize::from(b[off + ext::LENGTH]) + 2) * ext::AUTH_UNIT;
                 if off + len > ip_end {
                     return Err(E);
                 }
-                next = b[off];
+                next = b[off + ext::NEXT_HEADER];
                 off += len;
             }
             // Fragment header: 8 bytes.
-            44 => {
-                if off + 8 > ip_end {
+            ipv6::NH_FRAGMENT => {
+                if off + frag::HEADER_LEN > ip_end {
                     return Err(E);
                 }
-                let fo = csum::get16(b, off + 2);
-                let offset = fo >> 3;
-                let more = fo & 1 != 0;
-                m.frag_id = u32::from_be_bytes([b[off + 4], b[off + 5], b[off + 6], b[off + 7]]);
+                let fo = csum::get16(b, off + frag::FLG_OFF.start);
+                let offset = fo >> frag::OFFSET_SHIFT;
+                let more = fo & frag::FLAG_MF != 0;
+                let id = &b[at(off, frag::IDENT)];
+                m.frag_id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
                 m.frag = match (offset, more) {
                     (0, false) => Frag::None,
                     (0, true) => Frag::First,
                     _ => Frag::Later,
                 };
-                next = b[off];
-                off += 8;
+                next = b[off + frag::NEXT_HEADER];
+                off += frag::HEADER_LEN;
                 if m.frag == Frag::Later {
                     m.proto = next;
                     return Ok(());
@@ -350,32 +362,35 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
         PROTO_TCP => {
             // Quoted TCP headers in ICMP errors carry only their first 8 bytes.
             if inner {
-                if off + 8 > end {
+                if off + icmp::QUOTED_L4_LEN > end {
                     return Err(short);
                 }
             } else {
-                if off + 20 > end {
+                if off + tcp::MIN_HEADER_LEN > end {
                     return Err(short);
                 }
-                let t: &[u8; 20] = b[off..off + 20].try_into().map_err(|_| short)?;
-                let doff = usize::from(t[12] >> 4) * 4;
-                if doff < 20 || off + doff > end {
+                let t: &[u8; tcp::MIN_HEADER_LEN] = b[off..off + tcp::MIN_HEADER_LEN]
+                    .try_into()
+                    .map_err(|_| short)?;
+                let doff = usize::from(t[tcp::DATA_OFF] >> 4) * 4;
+                if doff < tcp::MIN_HEADER_LEN || off + doff > end {
                     return Err(DropReason::MalformedL4);
                 }
-                m.tcp_flags = t[13];
-                m.csum_partial = partial_check(m, u16::from_be_bytes([t[16], t[17]]), end - off);
+                m.tcp_flags = t[tcp::FLAGS];
+                m.csum_partial = partial_check(m, be16(t, tcp::CHECKSUM), end - off);
             }
-            m.sport = csum::get16(b, off);
-            m.dport = csum::get16(b, off + 2);
+            m.sport = csum::get16(b, off + tcp::SRC_PORT.start);
+            m.dport = csum::get16(b, off + tcp::DST_PORT.start);
         }
         PROTO_UDP => {
-            if off + 8 > end {
+            if off + udp::HEADER_LEN > end {
                 return Err(short);
             }
-            m.sport = csum::get16(b, off);
-            m.dport = csum::get16(b, off + 2);
+            m.sport = csum::get16(b, off + udp::SRC_PORT.start);
+            m.dport = csum::get16(b, off + udp::DST_PORT.start);
             if !inner {
-                m.csum_partial = partial_check(m, csum::get16(b, off + 6), end - off);
+                m.csum_partial =
+                    partial_check(m, csum::get16(b, off + udp::CHECKSUM.start), end - off);
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -383,17 +398,18 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
                 // ICMPv4 in IPv6 or ICMPv6 in IPv4: nothing sane carries that.
                 return Err(DropReason::MalformedL4);
             }
-            if off + 8 > end {
+            // ICMP and ICMPv6 share the layout of their first 8 bytes.
+            if off + icmp::HEADER_LEN > end {
                 return Err(short);
             }
-            m.icmp_type = b[off];
-            m.icmp_code = b[off + 1];
-            let id = csum::get16(b, off + 4);
+            m.icmp_type = b[off + icmp::TYPE];
+            m.icmp_code = b[off + icmp::CODE];
+            let id = csum::get16(b, off + icmp::ECHO_IDENT.start);
             match (m.v6, m.icmp_type) {
                 // Echo request: identifier as the source "port".
-                (false, 8) | (true, 128) => m.sport = id,
+                (false, icmp::ECHO_REQUEST) | (true, icmpv6::ECHO_REQUEST) => m.sport = id,
                 // Echo reply: identifier as the destination "port".
-                (false, 0) | (true, 129) => m.dport = id,
+                (false, icmp::ECHO_REPLY) | (true, icmpv6::ECHO_REPLY) => m.dport = id,
                 _ => {}
             }
         }
@@ -421,8 +437,14 @@ fn partial_check(m: &Meta, check: u16, len: usize) -> bool {
 #[inline]
 pub fn is_icmp_error(m: &Meta) -> bool {
     match (m.v6, m.proto) {
-        (false, PROTO_ICMP) => matches!(m.icmp_type, 3 | 11 | 12),
-        (true, PROTO_ICMPV6) => matches!(m.icmp_type, 1..=4),
+        (false, PROTO_ICMP) => matches!(
+            m.icmp_type,
+            icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAM_PROBLEM
+        ),
+        (true, PROTO_ICMPV6) => matches!(
+            m.icmp_type,
+            icmpv6::DEST_UNREACHABLE..=icmpv6::PARAM_PROBLEM
+        ),
         _ => false,
     }
 }
@@ -431,8 +453,10 @@ pub fn is_icmp_error(m: &Meta) -> bool {
 #[inline]
 pub fn is_icmp_echo(m: &Meta) -> bool {
     match (m.v6, m.proto) {
-        (false, PROTO_ICMP) => matches!(m.icmp_type, 0 | 8),
-        (true, PROTO_ICMPV6) => matches!(m.icmp_type, 128 | 129),
+        (false, PROTO_ICMP) => matches!(m.icmp_type, icmp::ECHO_REPLY | icmp::ECHO_REQUEST),
+        (true, PROTO_ICMPV6) => {
+            matches!(m.icmp_type, icmpv6::ECHO_REQUEST | icmpv6::ECHO_REPLY)
+        }
         _ => false,
     }
 }
@@ -440,13 +464,20 @@ pub fn is_icmp_echo(m: &Meta) -> bool {
 /// ICMPv6 neighbour discovery / router discovery / MLD: link-local control the kernel owns.
 #[inline]
 pub fn is_icmpv6_link_control(m: &Meta) -> bool {
-    m.v6 && m.proto == PROTO_ICMPV6 && matches!(m.icmp_type, 130..=137 | 143)
+    m.v6 && m.proto == PROTO_ICMPV6
+        && matches!(
+            m.icmp_type,
+            icmpv6::MLD_QUERY..=icmpv6::REDIRECT | icmpv6::MLDV2_REPORT
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;
+
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
 
     fn udp4() -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -468,7 +499,14 @@ mod tests {
             (m.sport, m.dport, m.proto, m.ttl),
             (1234, 53, PROTO_UDP, 64)
         );
-        assert_eq!((m.l3_off, m.l4_off, m.ip_end), (14, 34, 14 + 20 + 8 + 4));
+        assert_eq!(
+            (
+                usize::from(m.l3_off),
+                usize::from(m.l4_off),
+                usize::from(m.ip_end)
+            ),
+            (L3, L4, L4 + udp::HEADER_LEN + 4)
+        );
     }
 
     #[test]
@@ -504,33 +542,35 @@ mod tests {
         // Edits that must make the common path defer: fragments, options, bad lengths and
         // checksums, other protocols, truncation, Ethernet padding.
         for f in &base {
+            let flg_off = L3 + ipv4::FLG_OFF.start;
+            let total_len = L3 + ipv4::TOTAL_LEN.start;
             for (off, val) in [
-                (20, 0x20),
-                (21, 1),
-                (20, 0x40),
-                (14, 0x46),
-                (16, 0),
-                (17, 19),
+                (flg_off, 0x20),            // more fragments
+                (flg_off + 1, 1),           // fragment offset
+                (flg_off, 0x40),            // DF alone: still the common path
+                (L3 + ipv4::VER_IHL, 0x46), // options
+                (total_len, 0),             // total length 19, 0, ...
+                (total_len + 1, 19),
             ] {
                 let mut g = f.clone();
                 g[off] = val;
                 frames.push(g);
             }
             let mut g = f.clone();
-            g[23] = 1; // ICMP
+            g[L3 + ipv4::PROTOCOL] = PROTO_ICMP;
             frames.push(g);
             let mut g = f.clone();
-            g[24] ^= 1; // checksum
+            g[L3 + ipv4::CHECKSUM.start] ^= 1;
             frames.push(g);
             let mut g = f.clone();
             g.extend_from_slice(&[0; 8]); // padding after the datagram
             frames.push(g);
-            if f[23] == PROTO_TCP {
+            if f[L3 + ipv4::PROTOCOL] == PROTO_TCP {
                 let mut g = f.clone();
-                g[46] = 0x40; // data offset 16 < 20
+                g[L4 + tcp::DATA_OFF] = 0x40; // data offset 16 < 20
                 frames.push(g);
                 let mut g = f.clone();
-                g[46] = 0xf0; // data offset past the end
+                g[L4 + tcp::DATA_OFF] = 0xf0; // data offset past the end
                 frames.push(g);
             }
             for n in 0..f.len() {
@@ -558,24 +598,24 @@ mod tests {
     #[test]
     fn bad_ipv4_checksum_is_dropped() {
         let mut f = udp4();
-        f[14 + 10] ^= 0xff;
+        f[L3 + ipv4::CHECKSUM.start] ^= 0xff;
         assert_eq!(parse(&f).unwrap_err(), DropReason::BadIpChecksum);
     }
 
     #[test]
     fn non_ip_and_vlan() {
         let mut arp = vec![0u8; 42];
-        arp[12] = 0x08;
-        arp[13] = 0x06;
+        arp[ethernet::ETHERTYPE].copy_from_slice(&[0x08, 0x06]);
         assert!(matches!(parse(&arp), Ok(Parsed::NotIp)));
         let f = udp4();
-        let mut tagged = f[..12].to_vec();
-        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
-        tagged.extend_from_slice(&f[12..]);
+        let mut tagged = f[ethernet::MACS].to_vec();
+        tagged.extend_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
+        tagged.extend_from_slice(&[0x00, 0x64]); // TCI: VLAN 100
+        tagged.extend_from_slice(&f[ethernet::ETHERTYPE.start..]);
         let Parsed::Ip(m) = parse(&tagged).unwrap() else {
             panic!()
         };
-        assert_eq!((m.l3_off, m.dport), (18, 53));
+        assert_eq!((usize::from(m.l3_off), m.dport), (vlan::HEADER_LEN, 53));
     }
 
     #[test]
@@ -587,16 +627,20 @@ mod tests {
         let mut f = Vec::new();
         b.write(&mut f, &[]).unwrap();
         // Insert an 8-byte destination-options header between IPv6 and TCP.
-        let mut g = f[..54].to_vec();
-        g[20] = 60; // next header = dest opts
-        let plen = csum::get16(&g, 18) + 8;
-        csum::put16(&mut g, 18, plen);
-        g.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
-        g.extend_from_slice(&f[54..]);
+        let l4 = L3 + ipv6::HEADER_LEN;
+        let mut g = f[..l4].to_vec();
+        g[L3 + ipv6::NEXT_HEADER] = ipv6::NH_DEST_OPTS;
+        let plen = csum::get16(&g, L3 + ipv6::PAYLOAD_LEN.start) + 8;
+        csum::put16(&mut g, L3 + ipv6::PAYLOAD_LEN.start, plen);
+        g.extend_from_slice(&[PROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        g.extend_from_slice(&f[l4..]);
         let Parsed::Ip(m) = parse(&g).unwrap() else {
             panic!()
         };
-        assert_eq!((m.proto, m.dport, m.l4_off), (PROTO_TCP, 80, 62));
-        assert_eq!(m.tcp_flags & tcp_flags::SYN, tcp_flags::SYN);
+        assert_eq!(
+            (m.proto, m.dport, usize::from(m.l4_off)),
+            (PROTO_TCP, 80, l4 + ipv6::ext::MIN_LEN)
+        );
+        assert_eq!(m.tcp_flags & tcp::flags::SYN, tcp::flags::SYN);
     }
 }

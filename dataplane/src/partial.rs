@@ -29,6 +29,7 @@
 use crate::csum;
 use crate::flow::{PROTO_TCP, PROTO_UDP};
 use crate::parse::{Frag, Meta};
+use crate::wire::{tcp, udp};
 
 /// Completes the partial checksum of a frame parse marked [`Meta::csum_partial`]. `true`: the
 /// field was rewritten; `false`: nothing changed (not marked, or already a valid full checksum).
@@ -43,8 +44,8 @@ pub fn complete(frame: &mut [u8], m: &Meta) -> bool {
 #[inline(never)]
 fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     let (field, udp) = match m.proto {
-        PROTO_TCP => (16, false),
-        PROTO_UDP => (6, true),
+        PROTO_TCP => (tcp::CHECKSUM, false),
+        PROTO_UDP => (udp::CHECKSUM, true),
         _ => return false,
     };
     if m.frag != Frag::None || !m.has_l4() {
@@ -54,7 +55,7 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     let Some(seg) = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end)) else {
         return false;
     };
-    if seg.len() < field + 2 || (udp && !m.v6 && seg[field] == 0 && seg[field + 1] == 0) {
+    if seg.len() < field.end || (udp && !m.v6 && seg[field.clone()] == [0, 0]) {
         // Too short, or UDP over IPv4 sent without a checksum (0): nothing to complete.
         return false;
     }
@@ -69,7 +70,7 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     if udp && c == 0 {
         c = 0xffff;
     }
-    seg[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    seg[field].copy_from_slice(&c.to_be_bytes());
     true
 }
 
@@ -77,6 +78,9 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
 mod tests {
     use super::*;
     use crate::parse::{parse, Parsed};
+    use crate::wire::{ethernet, ipv4};
+
+    const L3: usize = ethernet::HEADER_LEN;
     use etherparse::PacketBuilder;
     use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
 
@@ -112,10 +116,22 @@ mod tests {
     /// What a Linux sender with checksum offload leaves in the field.
     fn make_partial(f: &mut [u8]) {
         let m = meta(f);
-        let off = usize::from(m.l4_off) + if m.proto == PROTO_TCP { 16 } else { 6 };
+        let field = if m.proto == PROTO_TCP {
+            tcp::CHECKSUM
+        } else {
+            udp::CHECKSUM
+        };
+        let off = usize::from(m.l4_off) + field.start;
         let len = usize::from(m.ip_end - m.l4_off);
         let p = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, m.v6, m.proto, len);
         csum::put16(f, off, csum::fold64(p));
+    }
+
+    /// Recomputes the IPv4 header checksum of an untagged frame after an edit.
+    fn fix_ip_checksum(f: &mut [u8]) {
+        csum::put16(f, L3 + ipv4::CHECKSUM.start, 0);
+        let c = csum::checksum(&f[L3..L3 + ipv4::MIN_HEADER_LEN]);
+        csum::put16(f, L3 + ipv4::CHECKSUM.start, c);
     }
 
     /// smoltcp as the independent oracle.
@@ -193,7 +209,7 @@ mod tests {
         // Find a payload word that makes the valid checksum equal the pseudo-header fold.
         let mut f = frame(false, false, &[0, 0]);
         let m = meta(&f);
-        let off = usize::from(m.l4_off) + 6;
+        let off = usize::from(m.l4_off) + udp::CHECKSUM.start;
         let len = usize::from(m.ip_end - m.l4_off);
         let p = csum::fold64(csum::pseudo_header(
             &m.src.bytes,
@@ -202,7 +218,7 @@ mod tests {
             m.proto,
             len,
         ));
-        let pay = usize::from(m.l4_off) + 8;
+        let pay = usize::from(m.l4_off) + udp::HEADER_LEN;
         let found = (0..=u16::MAX).find(|w| {
             csum::put16(&mut f, pay, *w);
             csum::put16(&mut f, off, 0);
@@ -240,14 +256,12 @@ mod tests {
             let p = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, false, m.proto, len);
             // Move the destination address so the sum becomes 0xffff.
             let need = 0xffff - csum::fold64(p);
-            let d = usize::from(m.l3_off) + 18;
+            let d = usize::from(m.l3_off) + ipv4::DST_ADDR.start + 2;
             let w = csum::get16(&f, d);
             let w2 = csum::fold(u32::from(w) + u32::from(need));
             csum::put16(&mut f, d, w2);
-            csum::put16(&mut f, 24, 0);
-            let c = csum::checksum(&f[14..34]);
-            csum::put16(&mut f, 24, c);
-            csum::put16(&mut f, usize::from(m.l4_off) + 6, 0);
+            fix_ip_checksum(&mut f);
+            csum::put16(&mut f, usize::from(m.l4_off) + udp::CHECKSUM.start, 0);
             let m = meta(&f);
             let p = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, false, m.proto, len);
             assert_eq!(csum::fold64(p), 0xffff);
@@ -264,10 +278,8 @@ mod tests {
         make_partial(&mut f);
         // More fragments (and a fixed header checksum): the common path defers, the general
         // one sees a first fragment.
-        f[14 + 6] |= 0x20;
-        csum::put16(&mut f, 14 + 10, 0);
-        let c = csum::checksum(&f[14..34]);
-        csum::put16(&mut f, 14 + 10, c);
+        f[L3 + ipv4::FLG_OFF.start] |= (ipv4::FLAG_MF >> 8) as u8;
+        fix_ip_checksum(&mut f);
         let m = meta(&f);
         assert_eq!(m.frag, Frag::First);
         assert!(!m.csum_partial);

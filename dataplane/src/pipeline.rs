@@ -35,6 +35,7 @@ use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
 use crate::tables::{IfIndex, Tables};
+use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
 pub const BURST: usize = 64;
@@ -610,8 +611,8 @@ impl Pipeline {
                 (None, None)
             }
         };
-        let trim = if m.l3_off == 18 && fast.egress_pod {
-            4
+        let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && fast.egress_pod {
+            vlan::TAG_LEN as u8
         } else {
             0
         };
@@ -1073,8 +1074,8 @@ impl Pipeline {
         // Pods sit on untagged links: a frame that came in with an 802.1Q tag leaves toward a
         // pod without it. The MACs move 4 bytes up, over the tag, and the I/O layer sends the
         // frame from `l2_trim` on (no byte of the payload moves).
-        let trim = if m.l3_off == 18 && itf.role == InterfaceRole::Pod {
-            4
+        let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && itf.role == InterfaceRole::Pod {
+            vlan::TAG_LEN as u8
         } else {
             0
         };
@@ -1085,7 +1086,7 @@ impl Pipeline {
     /// ICMP errors: find the flow by the quoted header; translate outer and quoted headers the
     /// way the flow is translated in the error's direction; fix the checksums.
     fn icmp_error(&mut self, t: &Tables, frame: &mut [u8], m: &mut Meta, now: u64) -> Outcome {
-        let inner_off = usize::from(m.l4_off) + 8;
+        let inner_off = usize::from(m.l4_off) + icmp::HEADER_LEN;
         let inner = match parse::parse_inner(frame, inner_off, usize::from(m.ip_end), m.v6) {
             Ok(i) if i.has_l4() || i.frag == Frag::Later => i,
             // An error quoting garbage: route it untranslated like any unknown packet.
@@ -1178,26 +1179,32 @@ fn rewrite_quoted(frame: &mut [u8], im: &mut Meta, dst: bool, addr: Addr, port: 
     let l3 = usize::from(im.l3_off);
     let end = usize::from(im.ip_end);
     let (aoff, alen) = match (im.v6, dst) {
-        (false, false) => (l3 + 12, 4),
-        (false, true) => (l3 + 16, 4),
-        (true, false) => (l3 + 8, 16),
-        (true, true) => (l3 + 24, 16),
+        (false, false) => (l3 + ipv4::SRC_ADDR.start, ipv4::ADDR_LEN),
+        (false, true) => (l3 + ipv4::DST_ADDR.start, ipv4::ADDR_LEN),
+        (true, false) => (l3 + ipv6::SRC_ADDR.start, ipv6::ADDR_LEN),
+        (true, true) => (l3 + ipv6::DST_ADDR.start, ipv6::ADDR_LEN),
     };
     let mut old = [0u8; 16];
     old[..alen].copy_from_slice(&frame[aoff..aoff + alen]);
     let new = &addr.bytes[..alen];
     if !im.v6 {
-        let c = get16(frame, l3 + 10);
-        put16(frame, l3 + 10, csum::update_bytes(c, &old[..alen], new));
+        let c = get16(frame, l3 + ipv4::CHECKSUM.start);
+        put16(
+            frame,
+            l3 + ipv4::CHECKSUM.start,
+            csum::update_bytes(c, &old[..alen], new),
+        );
     }
     let l4 = usize::from(im.l4_off);
     let l4_csum = match im.proto {
-        PROTO_TCP if im.has_l4() && l4 + 18 <= end => Some(l4 + 16),
-        PROTO_UDP if im.has_l4() && l4 + 8 <= end => Some(l4 + 6),
+        PROTO_TCP if im.has_l4() && l4 + tcp::CHECKSUM.end <= end => Some(l4 + tcp::CHECKSUM.start),
+        PROTO_UDP if im.has_l4() && l4 + udp::CHECKSUM.end <= end => Some(l4 + udp::CHECKSUM.start),
         _ => None,
     };
-    let port_off = (im.has_l4() && matches!(im.proto, PROTO_TCP | PROTO_UDP) && l4 + 4 <= end)
-        .then_some(l4 + if dst { 2 } else { 0 });
+    let ports = if dst { tcp::DST_PORT } else { tcp::SRC_PORT };
+    let port_off =
+        (im.has_l4() && matches!(im.proto, PROTO_TCP | PROTO_UDP) && l4 + tcp::DST_PORT.end <= end)
+            .then_some(l4 + ports.start);
     if let Some(co) = l4_csum {
         let mut c = get16(frame, co);
         if !(im.proto == PROTO_UDP && !im.v6 && c == 0) {
@@ -1219,7 +1226,8 @@ fn rewrite_quoted(frame: &mut [u8], im: &mut Meta, dst: bool, addr: Addr, port: 
 fn fix_icmp_checksum(frame: &mut [u8], m: &Meta) {
     let l4 = usize::from(m.l4_off);
     let end = usize::from(m.ip_end);
-    put16(frame, l4 + 2, 0);
+    // ICMP and ICMPv6 keep their checksum at the same place.
+    put16(frame, l4 + icmp::CHECKSUM.start, 0);
     let mut acc = csum::sum(&frame[l4..end], 0);
     if m.v6 {
         acc = csum::sum(&m.src.bytes, acc);
@@ -1227,7 +1235,7 @@ fn fix_icmp_checksum(frame: &mut [u8], m: &Meta) {
         acc += (end - l4) as u32;
         acc += u32::from(PROTO_ICMPV6);
     }
-    put16(frame, l4 + 2, !csum::fold(acc));
+    put16(frame, l4 + icmp::CHECKSUM.start, !csum::fold(acc));
 }
 
 /// Where a packet to `dst` leaves: a local endpoint's pod interface, the host (pass), or the

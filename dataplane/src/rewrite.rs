@@ -9,6 +9,7 @@
 use crate::csum::{apply, delta, delta16, get16, put16, update16};
 use crate::flow::{Addr, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::parse::Meta;
+use crate::wire::{ethernet, icmpv6, ipv4, ipv6, tcp, udp, Field};
 
 /// Offset of the L4 checksum field for protocols with a pseudo-header, if the frame has it.
 #[inline]
@@ -18,9 +19,9 @@ fn l4_csum_off(m: &Meta) -> Option<usize> {
     }
     let l4 = usize::from(m.l4_off);
     match m.proto {
-        PROTO_TCP => Some(l4 + 16),
-        PROTO_UDP => Some(l4 + 6),
-        PROTO_ICMPV6 => Some(l4 + 2),
+        PROTO_TCP => Some(l4 + tcp::CHECKSUM.start),
+        PROTO_UDP => Some(l4 + udp::CHECKSUM.start),
+        PROTO_ICMPV6 => Some(l4 + icmpv6::CHECKSUM.start),
         _ => None,
     }
 }
@@ -40,14 +41,31 @@ fn fix_l4(frame: &mut [u8], m: &Meta, delta: u64) {
     }
 }
 
+/// Where the TCP/UDP source (`dst = false`) or destination port sits in the L4 header (the
+/// same place in both).
+#[inline(always)]
+fn port_field(dst: bool) -> Field {
+    if dst {
+        tcp::DST_PORT
+    } else {
+        tcp::SRC_PORT
+    }
+}
+
+/// The big-endian 16-bit word at `i` of a header view.
+#[inline(always)]
+fn be16(h: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([h[i], h[i + 1]])
+}
+
 #[inline]
 fn addr_range(m: &Meta, dst: bool) -> (usize, usize) {
     let l3 = usize::from(m.l3_off);
     match (m.v6, dst) {
-        (false, false) => (l3 + 12, 4),
-        (false, true) => (l3 + 16, 4),
-        (true, false) => (l3 + 8, 16),
-        (true, true) => (l3 + 24, 16),
+        (false, false) => (l3 + ipv4::SRC_ADDR.start, ipv4::ADDR_LEN),
+        (false, true) => (l3 + ipv4::DST_ADDR.start, ipv4::ADDR_LEN),
+        (true, false) => (l3 + ipv6::SRC_ADDR.start, ipv6::ADDR_LEN),
+        (true, true) => (l3 + ipv6::DST_ADDR.start, ipv6::ADDR_LEN),
     }
 }
 
@@ -60,12 +78,12 @@ pub fn set_addr_port(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, port
     let d_addr = delta(&frame[off..off + len], new_b);
     if !m.v6 {
         let l3 = usize::from(m.l3_off);
-        let c = get16(frame, l3 + 10);
-        put16(frame, l3 + 10, apply(c, d_addr));
+        let c = get16(frame, l3 + ipv4::CHECKSUM.start);
+        put16(frame, l3 + ipv4::CHECKSUM.start, apply(c, d_addr));
     }
     let mut d_l4 = d_addr;
     let ports = m.has_l4() && (m.proto == PROTO_TCP || m.proto == PROTO_UDP);
-    let port_off = usize::from(m.l4_off) + if dst { 2 } else { 0 };
+    let port_off = usize::from(m.l4_off) + port_field(dst).start;
     if ports {
         d_l4 += delta16(get16(frame, port_off), port);
     }
@@ -95,8 +113,8 @@ pub fn set_addr(frame: &mut [u8], m: &mut Meta, dst: bool, new: Addr) {
     let new_b = &new.bytes[..len];
     let d = delta(&frame[off..off + len], new_b);
     if !m.v6 {
-        let c = get16(frame, l3 + 10);
-        put16(frame, l3 + 10, apply(c, d));
+        let c = get16(frame, l3 + ipv4::CHECKSUM.start);
+        put16(frame, l3 + ipv4::CHECKSUM.start, apply(c, d));
     }
     fix_l4(frame, m, d);
     frame[off..off + len].copy_from_slice(new_b);
@@ -113,7 +131,7 @@ pub fn set_port(frame: &mut [u8], m: &mut Meta, dst: bool, new: u16) {
     if !m.has_l4() || !(m.proto == PROTO_TCP || m.proto == PROTO_UDP) {
         return;
     }
-    let off = usize::from(m.l4_off) + if dst { 2 } else { 0 };
+    let off = usize::from(m.l4_off) + port_field(dst).start;
     let old = get16(frame, off);
     if old == new {
         return;
@@ -135,9 +153,9 @@ pub fn set_port(frame: &mut [u8], m: &mut Meta, dst: bool, new: u16) {
 /// The caller checked that the TTL is > 1.
 #[inline]
 pub fn nat_v4_and_ttl(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, port: u16) -> bool {
-    let csum_off = match m.proto {
-        PROTO_TCP => 16,
-        PROTO_UDP => 6,
+    let check = match m.proto {
+        PROTO_TCP => tcp::CHECKSUM,
+        PROTO_UDP => udp::CHECKSUM,
         _ => return false,
     };
     if m.v6 || !m.has_l4() {
@@ -145,39 +163,46 @@ pub fn nat_v4_and_ttl(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, por
     }
     let l3 = usize::from(m.l3_off);
     let l4 = usize::from(m.l4_off);
-    if l4 < l3 + 20 || l4 > frame.len() {
+    if l4 < l3 + ipv4::MIN_HEADER_LEN || l4 > frame.len() {
         return false;
     }
     let (head, tail) = frame.split_at_mut(l4);
-    let Some(Ok(ip)) = head.get_mut(l3..l3 + 20).map(<&mut [u8; 20]>::try_from) else {
+    let Some(Ok(ip)) = head
+        .get_mut(l3..l3 + ipv4::MIN_HEADER_LEN)
+        .map(<&mut [u8; ipv4::MIN_HEADER_LEN]>::try_from)
+    else {
         return false;
     };
-    let Some(l4h) = tail.get_mut(..csum_off + 2) else {
+    let Some(l4h) = tail.get_mut(..check.end) else {
         return false;
     };
-    let aoff = if dst { 16 } else { 12 };
+    let aoff = if dst {
+        ipv4::DST_ADDR.start
+    } else {
+        ipv4::SRC_ADDR.start
+    };
     let old_addr = u32::from_be_bytes([ip[aoff], ip[aoff + 1], ip[aoff + 2], ip[aoff + 3]]);
     let new = [addr.bytes[0], addr.bytes[1], addr.bytes[2], addr.bytes[3]];
     let d_addr = u64::from(!old_addr) + u64::from(u32::from_be_bytes(new));
-    let ttl_old = u16::from_be_bytes([ip[8], ip[9]]);
+    let ttl_old = be16(ip, ipv4::TTL_PROTOCOL.start);
     let ttl_new = ttl_old.wrapping_sub(0x100);
-    let ipc = u16::from_be_bytes([ip[10], ip[11]]);
+    let ipc = be16(ip, ipv4::CHECKSUM.start);
     let ipc = apply(ipc, d_addr + delta16(ttl_old, ttl_new));
-    ip[aoff..aoff + 4].copy_from_slice(&new);
-    ip[8] = (ttl_new >> 8) as u8;
-    ip[10..12].copy_from_slice(&ipc.to_be_bytes());
+    ip[aoff..aoff + ipv4::ADDR_LEN].copy_from_slice(&new);
+    ip[ipv4::TTL] = (ttl_new >> 8) as u8;
+    ip[ipv4::CHECKSUM].copy_from_slice(&ipc.to_be_bytes());
 
-    let poff = if dst { 2 } else { 0 };
-    let old_port = u16::from_be_bytes([l4h[poff], l4h[poff + 1]]);
-    let c = u16::from_be_bytes([l4h[csum_off], l4h[csum_off + 1]]);
+    let ports = port_field(dst);
+    let old_port = be16(l4h, ports.start);
+    let c = be16(l4h, check.start);
     if !(m.proto == PROTO_UDP && c == 0) {
         let mut n = apply(c, d_addr + delta16(old_port, port));
         if m.proto == PROTO_UDP && n == 0 {
             n = 0xffff;
         }
-        l4h[csum_off..csum_off + 2].copy_from_slice(&n.to_be_bytes());
+        l4h[check].copy_from_slice(&n.to_be_bytes());
     }
-    l4h[poff..poff + 2].copy_from_slice(&port.to_be_bytes());
+    l4h[ports].copy_from_slice(&port.to_be_bytes());
     if dst {
         m.dst = addr;
         m.dport = port;
@@ -193,31 +218,33 @@ pub fn nat_v4_and_ttl(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, por
 #[inline]
 pub fn decrement_ttl(frame: &mut [u8], m: &mut Meta) {
     let l3 = usize::from(m.l3_off);
-    if let (false, Some(ip)) = (m.v6, frame.get_mut(l3..l3 + 12)) {
+    if let (false, Some(ip)) = (m.v6, frame.get_mut(l3..l3 + ipv4::CHECKSUM.end)) {
         // Fixed offsets in one bounds-checked view.
-        let word_old = u16::from_be_bytes([ip[8], ip[9]]);
-        ip[8] -= 1;
-        let c = u16::from_be_bytes([ip[10], ip[11]]);
-        let c = update16(c, word_old, u16::from_be_bytes([ip[8], ip[9]]));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let word_old = be16(ip, ipv4::TTL_PROTOCOL.start);
+        ip[ipv4::TTL] -= 1;
+        let c = be16(ip, ipv4::CHECKSUM.start);
+        let c = update16(c, word_old, be16(ip, ipv4::TTL_PROTOCOL.start));
+        ip[ipv4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         m.ttl -= 1;
         return;
     }
     if m.v6 {
-        frame[l3 + 7] -= 1;
+        frame[l3 + ipv6::HOP_LIMIT] -= 1;
     } else {
-        let word_old = get16(frame, l3 + 8);
-        frame[l3 + 8] -= 1;
-        let c = get16(frame, l3 + 10);
-        put16(frame, l3 + 10, update16(c, word_old, get16(frame, l3 + 8)));
+        let ttl = l3 + ipv4::TTL_PROTOCOL.start;
+        let check = l3 + ipv4::CHECKSUM.start;
+        let word_old = get16(frame, ttl);
+        frame[l3 + ipv4::TTL] -= 1;
+        let c = get16(frame, check);
+        put16(frame, check, update16(c, word_old, get16(frame, ttl)));
     }
     m.ttl -= 1;
 }
 
 #[inline]
 pub fn set_macs(frame: &mut [u8], src: &[u8; 6], dst: &[u8; 6]) {
-    frame[0..6].copy_from_slice(dst);
-    frame[6..12].copy_from_slice(src);
+    frame[ethernet::DST_MAC].copy_from_slice(dst);
+    frame[ethernet::SRC_MAC].copy_from_slice(src);
 }
 
 #[cfg(test)]
@@ -331,8 +358,8 @@ mod tests {
                     .write(&mut f, payload)
                     .unwrap();
                 frames.push(f.clone());
-                let l4 = 34;
-                put16(&mut f, l4 + 6, 0);
+                let l4 = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN;
+                put16(&mut f, l4 + udp::CHECKSUM.start, 0); // "no checksum"
                 frames.push(f);
             }
         }
@@ -367,9 +394,9 @@ mod tests {
             .write(&mut f, b"x")
             .unwrap();
         let m0 = meta(&f);
-        put16(&mut f, usize::from(m0.l4_off) + 6, 0);
+        put16(&mut f, usize::from(m0.l4_off) + udp::CHECKSUM.start, 0);
         let mut m = meta(&f);
         set_addr(&mut f, &mut m, true, Addr::v4([10, 0, 0, 3]));
-        assert_eq!(get16(&f, usize::from(m.l4_off) + 6), 0);
+        assert_eq!(get16(&f, usize::from(m.l4_off) + udp::CHECKSUM.start), 0);
     }
 }

@@ -9,7 +9,9 @@
 
 use crate::csum::{self, get16, put16};
 use crate::flow::PROTO_TCP;
-use crate::parse::{self, tcp_flags as F, Frag, Parsed};
+use crate::parse::{self, Frag, Parsed};
+use crate::wire::tcp::flags as F;
+use crate::wire::{at, ethernet, ipv4, ipv6, tcp};
 
 /// TTL / hop limit of a generated reset.
 const RESET_TTL: u8 = 64;
@@ -29,71 +31,76 @@ pub fn reset_in_place(frame: &mut [u8]) -> Option<usize> {
     let l3 = usize::from(m.l3_off);
     let l4 = usize::from(m.l4_off);
     let end = usize::from(m.ip_end);
-    if m.v6 && l4 != l3 + 40 {
+    if m.v6 && l4 != l3 + ipv6::HEADER_LEN {
         return None;
     }
-    if l4 + 20 > end {
+    if l4 + tcp::MIN_HEADER_LEN > end {
         return None;
     }
-    let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+    let doff = usize::from(frame[l4 + tcp::DATA_OFF] >> 4) * 4;
     let payload = end.saturating_sub(l4 + doff) as u32;
-    let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
-    let ack = u32::from_be_bytes([frame[l4 + 8], frame[l4 + 9], frame[l4 + 10], frame[l4 + 11]]);
+    let be32 = |f: &[u8], i: usize| u32::from_be_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+    let seq = be32(frame, l4 + tcp::SEQ_NUM.start);
+    let ack = be32(frame, l4 + tcp::ACK_NUM.start);
     let flags = m.tcp_flags;
 
     // Ethernet: back to the sender.
-    let (a, b) = frame[..12].split_at_mut(6);
+    let (a, b) = frame[ethernet::MACS].split_at_mut(ethernet::SRC_MAC.start);
     a.swap_with_slice(b);
 
     // IP: swap the addresses, strip everything past 20 bytes of TCP.
-    let new_end = l4 + 20;
+    let new_end = l4 + tcp::MIN_HEADER_LEN;
     if m.v6 {
-        let (s, d) = frame[l3 + 8..l3 + 40].split_at_mut(16);
+        let (s, d) = frame[at(l3, ipv6::ADDRS)].split_at_mut(ipv6::ADDR_LEN);
         s.swap_with_slice(d);
-        put16(frame, l3 + 4, 20);
-        frame[l3 + 7] = RESET_TTL;
+        put16(
+            frame,
+            l3 + ipv6::PAYLOAD_LEN.start,
+            tcp::MIN_HEADER_LEN as u16,
+        );
+        frame[l3 + ipv6::HOP_LIMIT] = RESET_TTL;
     } else {
-        let (s, d) = frame[l3 + 12..l3 + 20].split_at_mut(4);
+        let (s, d) = frame[at(l3, ipv4::ADDRS)].split_at_mut(ipv4::ADDR_LEN);
         s.swap_with_slice(d);
-        put16(frame, l3 + 2, (new_end - l3) as u16);
+        put16(frame, l3 + ipv4::TOTAL_LEN.start, (new_end - l3) as u16);
         // A fresh datagram: no fragmentation fields, our TTL.
-        put16(frame, l3 + 6, 0x4000);
-        frame[l3 + 8] = RESET_TTL;
-        put16(frame, l3 + 10, 0);
+        put16(frame, l3 + ipv4::FLG_OFF.start, ipv4::FLAG_DF);
+        frame[l3 + ipv4::TTL] = RESET_TTL;
+        put16(frame, l3 + ipv4::CHECKSUM.start, 0);
         let c = csum::checksum(&frame[l3..l4]);
-        put16(frame, l3 + 10, c);
+        put16(frame, l3 + ipv4::CHECKSUM.start, c);
     }
 
     // TCP: RFC 9293 — if the segment had ACK, the reset takes its sequence number from that
     // ACK; otherwise it acknowledges everything the segment occupied (SYN and FIN count one).
-    let sport = get16(frame, l4);
-    let dport = get16(frame, l4 + 2);
-    put16(frame, l4, dport);
-    put16(frame, l4 + 2, sport);
+    let sport = get16(frame, l4 + tcp::SRC_PORT.start);
+    let dport = get16(frame, l4 + tcp::DST_PORT.start);
+    put16(frame, l4 + tcp::SRC_PORT.start, dport);
+    put16(frame, l4 + tcp::DST_PORT.start, sport);
     let (rseq, rack, rflags) = if flags & F::ACK != 0 {
         (ack, 0, F::RST)
     } else {
         let len = payload + u32::from(flags & F::SYN != 0) + u32::from(flags & F::FIN != 0);
         (0, seq.wrapping_add(len), F::RST | F::ACK)
     };
-    frame[l4 + 4..l4 + 8].copy_from_slice(&rseq.to_be_bytes());
-    frame[l4 + 8..l4 + 12].copy_from_slice(&rack.to_be_bytes());
-    frame[l4 + 12] = 5 << 4;
-    frame[l4 + 13] = rflags;
-    put16(frame, l4 + 14, 0); // window
-    put16(frame, l4 + 16, 0); // checksum, computed below
-    put16(frame, l4 + 18, 0); // urgent pointer
+    frame[at(l4, tcp::SEQ_NUM)].copy_from_slice(&rseq.to_be_bytes());
+    frame[at(l4, tcp::ACK_NUM)].copy_from_slice(&rack.to_be_bytes());
+    // Data offset in 32-bit words: no options.
+    frame[l4 + tcp::DATA_OFF] = ((tcp::MIN_HEADER_LEN / 4) << 4) as u8;
+    frame[l4 + tcp::FLAGS] = rflags;
+    put16(frame, l4 + tcp::WINDOW.start, 0);
+    put16(frame, l4 + tcp::CHECKSUM.start, 0); // computed below
+    put16(frame, l4 + tcp::URGENT.start, 0);
     let mut acc = csum::sum(&frame[l4..new_end], 0);
-    let alen = if m.v6 { 16 } else { 4 };
-    let (src_off, dst_off) = if m.v6 {
-        (l3 + 8, l3 + 24)
+    let (src, dst) = if m.v6 {
+        (at(l3, ipv6::SRC_ADDR), at(l3, ipv6::DST_ADDR))
     } else {
-        (l3 + 12, l3 + 16)
+        (at(l3, ipv4::SRC_ADDR), at(l3, ipv4::DST_ADDR))
     };
-    acc = csum::sum(&frame[src_off..src_off + alen], acc);
-    acc = csum::sum(&frame[dst_off..dst_off + alen], acc);
-    acc += u32::from(PROTO_TCP) + 20;
-    put16(frame, l4 + 16, !csum::fold(acc));
+    acc = csum::sum(&frame[src], acc);
+    acc = csum::sum(&frame[dst], acc);
+    acc += u32::from(PROTO_TCP) + tcp::MIN_HEADER_LEN as u32;
+    put16(frame, l4 + tcp::CHECKSUM.start, !csum::fold(acc));
     Some(new_end)
 }
 
@@ -162,7 +169,10 @@ mod tests {
     fn segment_with_ack_gets_rst_at_its_ack_number() {
         let mut f = tcp4(false, Some(777), b"hello");
         let n = reset_in_place(&mut f).unwrap();
-        assert_eq!(n, 14 + 20 + 20);
+        assert_eq!(
+            n,
+            ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN
+        );
         assert_eq!(check(&f[..n]), (777, 0, true, false));
     }
 
@@ -184,7 +194,10 @@ mod tests {
             .write(&mut f, b"xy")
             .unwrap();
         let n = reset_in_place(&mut f).unwrap();
-        assert_eq!(n, 14 + 40 + 20);
+        assert_eq!(
+            n,
+            ethernet::HEADER_LEN + ipv6::HEADER_LEN + tcp::MIN_HEADER_LEN
+        );
         assert_eq!(check(&f[..n]), (9, 0, true, false));
     }
 

@@ -8,13 +8,20 @@
 //!  nodeport 30080/tcp on node IPs        → web-1:8080, web-2:8080 (ClientIP affinity)
 //! ```
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use nodeplane_dataplane::wire::{at, ethernet, ipv4};
 use nodeplane_dataplane::{
     Action, CtStatus, DropReason, MaglevCache, Outcome, Pipeline, PolicyVerdict, Tables,
 };
 use nodeplane_state::{example, BackendState, PolicyMode, State};
+
+/// Untagged IPv4 frames: where the header starts and its addresses sit.
+const L3: usize = ethernet::HEADER_LEN;
+const SRC4: Range<usize> = at(L3, ipv4::SRC_ADDR);
+const DST4: Range<usize> = at(L3, ipv4::DST_ADDR);
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x0a];
 const NODE_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
@@ -110,7 +117,10 @@ fn clusterip_dnat_and_reverse_nat() {
         }
     );
     // Source MAC is the egress interface's, destination the endpoint's.
-    assert_eq!(&syn[6..12], &p.tables().ifaces[usize::from(eg)].mac);
+    assert_eq!(
+        &syn[ethernet::SRC_MAC],
+        &p.tables().ifaces[usize::from(eg)].mac
+    );
 
     // The backend's SYN-ACK comes back with the VIP restored.
     let b: [u8; 4] = dst.parse::<std::net::Ipv4Addr>().unwrap().octets();
@@ -122,7 +132,7 @@ fn clusterip_dnat_and_reverse_nat() {
         addrs(&synack),
         ("10.96.0.10".into(), "10.244.1.10".into(), 80, 40000)
     );
-    assert_eq!(&synack[0..6], &CLIENT_MAC);
+    assert_eq!(&synack[ethernet::DST_MAC], &CLIENT_MAC);
 
     let mut ack = tcp4(CLIENT, VIP, 40000, 80, false, true);
     let o = p.process_one(&mut ack, pc, S + 2);
@@ -336,22 +346,23 @@ fn tcp_fragments(src: [u8; 4], dst: [u8; 4], dport: u16, id: u16) -> (Vec<u8>, V
 /// An untagged IPv4 frame (IHL 5) split into 2 fragments: the first carries 32 bytes of the IP
 /// payload (the whole TCP or UDP header), the second the rest.
 fn split_v4(whole: &[u8], id: u16) -> (Vec<u8>, Vec<u8>) {
-    let hdr = &whole[..34];
-    let payload = &whole[34..];
+    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+    let hdr = &whole[..L4];
+    let payload = &whole[L4..];
     let mk = |off: usize, data: &[u8], more: bool| {
         let mut f = hdr.to_vec();
         f.extend_from_slice(data);
-        let total = (20 + data.len()) as u16;
-        f[16..18].copy_from_slice(&total.to_be_bytes());
-        f[18..20].copy_from_slice(&id.to_be_bytes());
-        let fo = ((off / 8) as u16) | if more { 0x2000 } else { 0 };
-        f[20..22].copy_from_slice(&fo.to_be_bytes());
-        f[24..26].copy_from_slice(&[0, 0]);
-        let c = etherparse::Ipv4Header::from_slice(&f[14..34])
+        let total = (ipv4::MIN_HEADER_LEN + data.len()) as u16;
+        f[at(L3, ipv4::TOTAL_LEN)].copy_from_slice(&total.to_be_bytes());
+        f[at(L3, ipv4::IDENT)].copy_from_slice(&id.to_be_bytes());
+        let fo = ((off / 8) as u16) | if more { ipv4::FLAG_MF } else { 0 };
+        f[at(L3, ipv4::FLG_OFF)].copy_from_slice(&fo.to_be_bytes());
+        f[at(L3, ipv4::CHECKSUM)].copy_from_slice(&[0, 0]);
+        let c = etherparse::Ipv4Header::from_slice(&f[L3..L4])
             .unwrap()
             .0
             .calc_header_checksum();
-        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[at(L3, ipv4::CHECKSUM)].copy_from_slice(&c.to_be_bytes());
         f
     };
     (mk(0, &payload[..32], true), mk(32, &payload[32..], false))
@@ -367,11 +378,10 @@ fn fragments_follow_their_first_in_either_order() {
     let ob = p.process_one(&mut b, pc, S);
     assert_eq!(fwd(&oa), fwd(&ob));
     assert_eq!(
-        &a[30..34],
-        &b[30..34],
+        &a[DST4], &b[DST4],
         "both fragments DNATed to the same backend"
     );
-    assert_ne!(&b[30..34], &[10, 96, 0, 53]);
+    assert_ne!(&b[DST4], &[10, 96, 0, 53]);
 
     // Out of order: the later fragment is held, then released after the first.
     let (mut a, mut b) = udp_fragments(2);
@@ -387,7 +397,7 @@ fn fragments_follow_their_first_in_either_order() {
     p.drain(2 * S, |r| out.push((r.outcome, r.data.to_vec(), r.tag)));
     assert_eq!(out.len(), 1);
     assert_eq!(fwd(&out[0].0), fwd(&oa));
-    assert_eq!(&out[0].1[30..34], &a[30..34]);
+    assert_eq!(&out[0].1[DST4], &a[DST4]);
 
     // A later fragment whose first never comes times out, counted.
     let (_, mut b) = udp_fragments(3);
@@ -529,8 +539,8 @@ fn nodeport_fragments_from_the_uplink_in_either_order() {
     let ob = p.process_one(&mut b, up, S);
     assert!(matches!(oa.action, Action::Forward(_)), "{oa:?}");
     assert_eq!(oa.action, ob.action);
-    assert_eq!(&a[30..34], &b[30..34], "same backend");
-    assert_eq!(&b[30..33], &[10, 244, 1]);
+    assert_eq!(&a[DST4], &b[DST4], "same backend");
+    assert_eq!(&b[DST4][..3], &[10, 244, 1]);
 
     // Out of order: held, then released and forwarded to the first fragment's backend.
     let (mut a, mut b) = tcp_fragments(ROUTER_SIDE, NODE, 30080, 12);
@@ -541,7 +551,7 @@ fn nodeport_fragments_from_the_uplink_in_either_order() {
     p.drain(2 * S, |r| out.push((r.outcome, r.data.to_vec())));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0.action, oa.action);
-    assert_eq!(&out[0].1[30..34], &a[30..34]);
+    assert_eq!(&out[0].1[DST4], &a[DST4]);
 }
 
 #[test]
@@ -613,7 +623,7 @@ fn icmp_error_from_the_client_is_translated_toward_the_backend() {
         .unwrap();
     let o = p.process_one(&mut synack, eg, S + 1);
     assert_eq!(fwd(&o), pc);
-    assert_eq!(&synack[26..30], &VIP, "the client sees the VIP");
+    assert_eq!(&synack[SRC4], &VIP, "the client sees the VIP");
     // The client's kernel: port unreachable about that packet as it saw it.
     let quoted = &synack[14..14 + 28];
     let mut icmp = Vec::new();

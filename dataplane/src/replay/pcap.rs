@@ -11,6 +11,8 @@ use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::DataLink;
 
+use crate::wire::{ethernet, ipv6};
+
 /// One captured frame: capture time in nanoseconds and its bytes as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {
@@ -147,11 +149,12 @@ fn to_ethernet(path: &Path, link: DataLink, data: &[u8]) -> Result<Vec<u8>, Capt
         // LINKTYPE 12 is raw IP as written by OpenBSD-derived tools.
         DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 | DataLink::Unknown(12) => {
             let ethertype: u16 = match data.first().map(|b| b >> 4) {
-                Some(6) => 0x86dd,
-                _ => 0x0800,
+                Some(ipv6::VERSION) => ethernet::ETHERTYPE_IPV6,
+                _ => ethernet::ETHERTYPE_IPV4,
             };
-            let mut f = Vec::with_capacity(data.len() + 14);
-            f.extend_from_slice(&[0u8; 12]);
+            // Zero MACs, then the ethertype.
+            let mut f = Vec::with_capacity(data.len() + ethernet::HEADER_LEN);
+            f.extend_from_slice(&[0u8; ethernet::MACS.end]);
             f.extend_from_slice(&ethertype.to_be_bytes());
             f.extend_from_slice(data);
             Ok(f)
