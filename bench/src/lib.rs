@@ -159,16 +159,23 @@ pub fn client_frame_sized(svc: u32, sport: u16, syn: bool, payload: usize) -> Ve
 /// Turns a TCP/IPv4 frame's checksum into what a sender with TX checksum offload leaves there
 /// (CHECKSUM_PARTIAL: the folded pseudo-header sum), as pods at default offloads send on veth.
 pub fn make_partial(frame: &mut [u8]) {
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    use nodeplane_dataplane::wire::{at, ethernet, ipv4, tcp};
+    let l3 = ethernet::HEADER_LEN;
+    let ihl = usize::from(frame[l3 + ipv4::VER_IHL] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes(
+        frame[at(l3, ipv4::TOTAL_LEN)].try_into().expect("2 bytes"),
+    ));
     let len = total - ihl;
-    let w = |i: usize| u32::from(u16::from_be_bytes([frame[i], frame[i + 1]]));
-    let mut s = w(26) + w(28) + w(30) + w(32) + u32::from(frame[23]) + len as u32;
+    // The pseudo-header: both addresses as 16-bit words, the protocol, the L4 length.
+    let mut s: u32 = frame[at(l3, ipv4::ADDRS)]
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    s += u32::from(frame[l3 + ipv4::PROTOCOL]) + len as u32;
     while s >> 16 != 0 {
         s = (s & 0xffff) + (s >> 16);
     }
-    let off = 14 + ihl + 16;
-    frame[off..off + 2].copy_from_slice(&(s as u16).to_be_bytes());
+    frame[at(l3 + ihl, tcp::CHECKSUM)].copy_from_slice(&(s as u16).to_be_bytes());
 }
 
 /// A simple deterministic PRNG for spreading flows over services.

@@ -204,8 +204,8 @@ mod tests {
     #[test]
     fn no_reset_for_resets_udp_or_garbage() {
         let mut f = tcp4(false, Some(1), b"");
-        let l4 = 14 + 20;
-        f[l4 + 13] |= F::RST;
+        let l4 = crate::wire::ethernet::HEADER_LEN + crate::wire::ipv4::MIN_HEADER_LEN;
+        f[l4 + crate::wire::tcp::FLAGS] |= F::RST;
         let before = f.clone();
         assert_eq!(reset_in_place(&mut f), None);
         assert_eq!(f, before, "unchanged on None");
