@@ -69,6 +69,10 @@ pub struct AfXdpIo {
     core: Option<core_affinity::CoreId>,
     /// The UMEM frame accounting check when the worker stopped.
     accounting: Option<String>,
+    /// Frames of the last burst lost after the pipeline decided them: (packet index, reason),
+    /// for the worker's flow events ([`PacketIo::lost_in_burst`]).
+    lost: [(u8, DropReason); BURST],
+    n_lost: usize,
 }
 
 impl AfXdpIo {
@@ -105,6 +109,8 @@ impl AfXdpIo {
             tx_folded: BTreeMap::new(),
             core,
             accounting: None,
+            lost: [(0, DropReason::TxFailed); BURST],
+            n_lost: 0,
         }
     }
 
@@ -170,6 +176,7 @@ impl AfXdpIo {
         now: u64,
         process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
     ) -> usize {
+        self.n_lost = 0;
         let AfXdpIo {
             id,
             workers,
@@ -178,6 +185,8 @@ impl AfXdpIo {
             egress,
             tables,
             owners,
+            lost,
+            n_lost,
             handoff,
             counters,
             ..
@@ -300,11 +309,15 @@ impl AfXdpIo {
                     Some(t) => Some((e, t)),
                     None => {
                         counters.tx_no_socket += 1;
+                        lost[*n_lost] = (k as u8, DropReason::TxNoSocket);
+                        *n_lost += 1;
                         None
                     }
                 },
                 Action::Pass => {
                     counters.pass_dropped += 1;
+                    lost[*n_lost] = (k as u8, DropReason::PassUnavailable);
+                    *n_lost += 1;
                     None
                 }
                 Action::Drop(_) | Action::Held => None,
@@ -332,7 +345,11 @@ impl AfXdpIo {
                         counters.tx[usize::from(e)] += 1;
                         counters.tx_bytes[usize::from(e)] += (f.len() - trim.min(f.len())) as u64;
                     }
-                    Err(_) => counters.tx_copy_failed += 1,
+                    Err(_) => {
+                        counters.tx_copy_failed += 1;
+                        lost[*n_lost] = (k as u8, DropReason::TxFailed);
+                        *n_lost += 1;
+                    }
                 }
             }
         }
@@ -480,6 +497,13 @@ impl PacketIo for AfXdpIo {
                 accounting: self.accounting.clone(),
             }),
         }
+    }
+
+    fn lost_in_burst(&mut self, f: &mut dyn FnMut(usize, DropReason)) {
+        for &(k, reason) in &self.lost[..self.n_lost] {
+            f(usize::from(k), reason);
+        }
+        self.n_lost = 0;
     }
 
     fn drops(&self, drops: &mut [u64; DROP_REASON_SLOTS]) {

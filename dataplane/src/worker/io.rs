@@ -68,6 +68,10 @@ pub trait PacketIo: Send {
     /// Nothing was received: wait for traffic, at most `max`.
     fn idle(&mut self, max: Duration);
     fn stats(&self) -> IoStats;
+    /// The frames of the last burst that this I/O lost after the pipeline had decided them
+    /// (no socket on the egress, a failed transmit, a pass with no way back): `f(index of the
+    /// packet in the burst, reason)`. The worker makes flow events of them while observed.
+    fn lost_in_burst(&mut self, _f: &mut dyn FnMut(usize, DropReason)) {}
     /// Adds the frames this I/O lost, by reason, to `drops` (index = the reason's number).
     /// The pipeline's drops are counted by the pipeline; these are the I/O's own.
     fn drops(&self, _drops: &mut [u64; DROP_REASON_SLOTS]) {}
@@ -215,6 +219,9 @@ impl PacketIo for Box<dyn PacketIo> {
     }
     fn drops(&self, drops: &mut [u64; DROP_REASON_SLOTS]) {
         (**self).drops(drops)
+    }
+    fn lost_in_burst(&mut self, f: &mut dyn FnMut(usize, DropReason)) {
+        (**self).lost_in_burst(f)
     }
     fn finished(&self) -> bool {
         (**self).finished()

@@ -59,7 +59,8 @@ use crate::events::{EventTap, FlowEvent};
 use crate::flow::FlowKey;
 use crate::parse;
 use crate::publish::Subscriber;
-use crate::{rst, Action, DropReason, Pipeline, BURST};
+use crate::tables::IfIndex;
+use crate::{rst, Action, DropReason, Outcome, Pipeline, BURST};
 
 /// What happens to a packet of a flow whose backend was removed or quarantined (the pipeline
 /// drops it `backend-gone` and forgets the flow).
@@ -101,6 +102,9 @@ pub struct Worker<I: PacketIo> {
     services: ServiceCounts,
     /// Flow events: checked once per burst (see `crate::events`).
     events: EventTap,
+    /// While observed: the last burst's outcomes, ingress and time, for events of frames the
+    /// I/O loses after the pipeline decided them.
+    last: Box<[(Outcome, IfIndex, u64); BURST]>,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -133,6 +137,7 @@ impl<I: PacketIo> Worker<I> {
             panics_unlogged: 0,
             services,
             events: EventTap::detached(),
+            last: Box::new([(Outcome::default(), 0, 0); BURST]),
         }
     }
 
@@ -217,6 +222,7 @@ impl<I: PacketIo> Worker<I> {
             rst_sent,
             services,
             events,
+            last,
             ..
         } = self;
         let removed = *removed;
@@ -239,6 +245,11 @@ impl<I: PacketIo> Worker<I> {
             for (p, o) in pkts.iter().zip(outs.iter()) {
                 services.count(o, p.data.len());
             }
+            if observed {
+                for ((l, p), o) in last.iter_mut().zip(pkts.iter()).zip(outs.iter()) {
+                    *l = (*o, p.iface, p.ts);
+                }
+            }
             if removed == RemovedFlowAction::Rst {
                 for (p, o) in pkts.iter_mut().zip(outs.iter_mut()) {
                     if o.action == Action::Drop(DropReason::BackendGone) {
@@ -252,6 +263,20 @@ impl<I: PacketIo> Worker<I> {
                 }
             }
         });
+        if observed && n > 0 {
+            // Frames the I/O lost after the pipeline decided them (no TX socket, a failed
+            // transmit): an event each, with the I/O's reason.
+            let parsed = pipeline.parsed(BURST);
+            io.lost_in_burst(&mut |k, reason| {
+                if let (Some((o, iface, ts)), Some(m)) = (last.get(k), parsed.get(k)) {
+                    let o = Outcome {
+                        action: Action::Drop(reason),
+                        ..*o
+                    };
+                    events.push(FlowEvent::new(id, generation, *iface, *ts, m, &o));
+                }
+            });
+        }
         // Input exhausted (replay): what is still held times out now.
         let drain_at = if n == 0 && io.finished() {
             u64::MAX
@@ -424,8 +449,7 @@ impl<I: PacketIo> Worker<I> {
 mod tests {
     use super::*;
     use crate::publish::Publisher;
-    use crate::tables::IfIndex;
-    use crate::{MaglevCache, Outcome, Packet, Tables};
+    use crate::{MaglevCache, Packet, Tables};
     use crossbeam::channel::bounded;
 
     /// Three frames per burst; panics in the bursts listed in `panic_after` (after the
@@ -514,5 +538,102 @@ mod tests {
         // The counters reach `nodeplane status` (JSON).
         let v = serde_json::to_value(&st).unwrap();
         assert_eq!(v["worker_panics"], 3);
+    }
+
+    /// Forwards one client SYN per burst and then loses it (as an AF_XDP egress without a
+    /// socket would).
+    struct LossyIo {
+        iface: IfIndex,
+        frame: Vec<u8>,
+        bursts: u64,
+    }
+
+    impl PacketIo for LossyIo {
+        fn bind(&mut self, t: &Arc<Tables>) {
+            self.iface = t.iface_index("pod-client").expect("pod-client");
+        }
+        fn burst(
+            &mut self,
+            now: u64,
+            process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
+        ) -> usize {
+            self.bursts += 1;
+            let mut buf = self.frame.clone();
+            let mut outs = [Outcome::default(); 1];
+            let mut pkts = [Packet {
+                data: &mut buf,
+                iface: self.iface,
+                ts: now,
+                tag: 0,
+                parsed: None,
+            }];
+            process(&mut pkts, &mut outs);
+            assert!(
+                matches!(outs[0].action, Action::Forward(_)),
+                "{:?}",
+                outs[0]
+            );
+            1
+        }
+        fn lost_in_burst(&mut self, f: &mut dyn FnMut(usize, DropReason)) {
+            f(0, DropReason::TxNoSocket);
+        }
+        fn drops(&self, drops: &mut [u64; crate::drop::DROP_REASON_SLOTS]) {
+            drops[DropReason::TxNoSocket as usize] += self.bursts;
+        }
+        fn send(&mut self, _: IfIndex, _: &[u8]) {}
+        fn idle(&mut self, _: Duration) {}
+        fn stats(&self) -> IoStats {
+            IoStats::default()
+        }
+    }
+
+    #[test]
+    fn a_frame_the_io_loses_after_the_pipeline_is_a_drop_with_its_reason() {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 2, 0x0a], [2, 0, 0, 0, 1, 1])
+            .ipv4([10, 244, 1, 10], [10, 96, 0, 10], 64)
+            .tcp(41000, 80, 1, 65000)
+            .syn()
+            .write(&mut frame, &[])
+            .unwrap();
+        let s = nodeplane_state::example::state().unwrap();
+        let p = Publisher::new(Arc::new(Tables::build(&s, 1, &mut MaglevCache::default())));
+        let (_tx, rx) = bounded(1);
+        let io = LossyIo {
+            iface: 0,
+            frame,
+            bursts: 0,
+        };
+        let (tap, observers, queue) = EventTap::standalone(16);
+        observers.store(1, Ordering::Relaxed);
+        let mut w = Worker::new(
+            0,
+            p.subscribe(),
+            io,
+            rx,
+            Arc::new(AtomicBool::new(false)),
+            Clock::new(),
+            RemovedFlowAction::Drop,
+        )
+        .with_events(tap);
+        assert_eq!(w.turn(), 1);
+        let new_flow = queue.pop().expect("the new flow's event");
+        assert!(matches!(new_flow.action, Action::Forward(_)));
+        let lost = queue.pop().expect("the loss's event");
+        assert_eq!(lost.action, Action::Drop(DropReason::TxNoSocket));
+        assert_eq!(
+            (lost.sport, lost.dport),
+            (41000, 80),
+            "the frame's own tuple"
+        );
+        assert_eq!(
+            lost.service, new_flow.service,
+            "named like the pipeline named it"
+        );
+        assert!(queue.pop().is_none());
+        let st = w.stats();
+        assert_eq!(st.drops.get("tx-no-socket"), Some(&1), "{:?}", st.drops);
+        assert_eq!(st.dropped, 1, "the loss counts as a drop");
     }
 }
