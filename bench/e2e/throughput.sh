@@ -63,7 +63,8 @@
 # code is 1 if any case failed. Namespaces (np-tp-*) are deleted on exit, also on failure.
 #
 # Environment: NODEPLANE_BIN, RR_BIN (default: release builds of this checkout, built if
-# missing), APP_CPU, NP_CPU, TP_NICE, TP_PODS_TX_CSUM_OFF, TP_PERF=1 (perf record of both
+# missing), APP_CPU, NP_CPU, TP_NICE, TP_PODS_TX_CSUM_OFF, TP_AFXDP (extra `io.afxdp` keys for
+# nodeplane, e.g. TP_AFXDP='busy_poll_us: 0, ring_size: 2048'), TP_PERF=1 (perf record of both
 # cores during the clusterip stream1 case of every dataplane, top symbols in the JSON).
 # Needs root, iproute2, nftables, iptables (iptables-nft-restore), conntrack, iperf3,
 # trafgen (netsniff-ng), ethtool, nstat, python3; installs iperf3 and iptables if missing.
@@ -462,7 +463,7 @@ control_socket: $TMP/np.sock
 workers: 1
 log_level: warn
 io:
-  afxdp: {}
+  afxdp: {${TP_AFXDP:-}}
 EOF
       # The whole process on NP_CPU (its worker pins itself to the first core it may use).
       ip netns exec "$NODE" nice -n "$NICE" taskset -c "$NP_CPU" "$NP" run --config "$TMP/config.yaml" \
@@ -685,7 +686,7 @@ for dp in "${DP_LIST[@]}"; do
   dp_stop "$dp"
 done
 
-APP_CPU="$APP_CPU" NP_CPU="$NP_CPU" TP_NICE="$NICE" QUICK="$QUICK" STREAM_SECS="$STREAM_SECS" \
+TP_AFXDP="${TP_AFXDP:-}" APP_CPU="$APP_CPU" NP_CPU="$NP_CPU" TP_NICE="$NICE" QUICK="$QUICK" STREAM_SECS="$STREAM_SECS" \
   RR_SECS="$RR_SECS" UDP_SECS="$UDP_SECS" python3 "$HERE/throughput.py" report "$RUNS" "$OUT"
 if [ "${#FAILED[@]}" -gt 0 ]; then
   die "failed cases: ${FAILED[*]}"

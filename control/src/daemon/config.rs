@@ -282,6 +282,8 @@ mod tests {
             crate::runtime::DeadWorkerAction::Drop,
             "fail closed by default"
         );
+        let c = parse("io: { afxdp: { busy_poll_us: 50 } }").unwrap();
+        assert_eq!(c.io.afxdp.unwrap().busy_poll_us, 50);
         let c = parse("io: { afxdp: { dead_worker: pass } }").unwrap();
         assert_eq!(
             c.io.afxdp.unwrap().dead_worker,
@@ -304,6 +306,10 @@ mod tests {
             (
                 "io: { afxdp: { neigh_refresh: 0 } }",
                 "io.afxdp.neigh_refresh",
+            ),
+            (
+                "io: { afxdp: { busy_poll_us: 100001 } }",
+                "io.afxdp.busy_poll_us",
             ),
             ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
             ("io: { afxdp: { dead_worker: ignore } }", "dead_worker"),

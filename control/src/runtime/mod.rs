@@ -66,6 +66,9 @@ pub struct AfXdpConfig {
     pub handoff_depth: usize,
     /// What happens to the steered traffic of a worker's queues when that worker died.
     pub dead_worker: DeadWorkerAction,
+    /// Microseconds a worker keeps polling its rings after the last frame before it sleeps
+    /// in `poll()` (0: sleep at once).
+    pub busy_poll_us: u32,
 }
 
 /// `io.afxdp.dead_worker`: a worker thread that ended leaves its queues without a socket.
@@ -91,6 +94,7 @@ impl Default for AfXdpConfig {
             neigh_refresh: 2.0,
             handoff_depth: 1024,
             dead_worker: DeadWorkerAction::Drop,
+            busy_poll_us: 0,
         }
     }
 }
@@ -117,6 +121,12 @@ impl AfXdpConfig {
             return Err((
                 "io.afxdp.neigh_refresh",
                 format!("{} is not in 0.1..=3600 seconds", self.neigh_refresh),
+            ));
+        }
+        if self.busy_poll_us > 100_000 {
+            return Err((
+                "io.afxdp.busy_poll_us",
+                format!("{} is not in 0..=100000 µs", self.busy_poll_us),
             ));
         }
         if !(1..=65536).contains(&self.handoff_depth) {
@@ -339,13 +349,10 @@ impl AfXdpBackend {
                 l.register_sockets(xsk.registrations())?;
             }
             let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
-            ios.push(Box::new(AfXdpIo::new(
-                w,
-                workers,
-                xsk,
-                Arc::clone(&handoff),
-                core,
-            )));
+            ios.push(Box::new(
+                AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff), core)
+                    .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us))),
+            ));
         }
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
