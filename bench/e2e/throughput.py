@@ -351,6 +351,7 @@ def report(runs_file, out):
                       "nodeplane_cpu": int(os.environ.get("NP_CPU", 1)),
                       "nice": int(os.environ.get("TP_NICE", -10))},
         "quick": os.environ.get("QUICK") == "1",
+        "mtu": int(os.environ.get("TP_MTU", 1500)),
         "nodeplane_afxdp": "{" + os.environ.get("TP_AFXDP", "") + "}",
         "seconds": {"stream": float(os.environ.get("STREAM_SECS", 10)),
                     "rr_crr": float(os.environ.get("RR_SECS", 5)),

@@ -275,7 +275,10 @@ mod tests {
         assert_eq!(c.workers, 2);
         let a = c.io.afxdp.unwrap();
         assert!(!a.pin);
-        assert_eq!(a.ring_size, 1024);
+        assert_eq!(a.ring_size, 2048);
+        assert_eq!(a.frames_per_socket, 4096);
+        assert_eq!(a.frame_size, 2048);
+        assert_eq!(a.busy_poll_us, 50);
         assert_eq!(a.neigh_refresh, 0.5);
         assert_eq!(
             a.dead_worker,
@@ -299,8 +302,9 @@ mod tests {
                 "io.afxdp.workers",
             ),
             ("io: { afxdp: { ring_size: 1000 } }", "io.afxdp.ring_size"),
+            ("io: { afxdp: { frame_size: 3000 } }", "io.afxdp.frame_size"),
             (
-                "io: { afxdp: { ring_size: 4096 } }",
+                "io: { afxdp: { ring_size: 8192 } }",
                 "io.afxdp.frames_per_socket",
             ),
             (

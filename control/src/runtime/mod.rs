@@ -60,6 +60,9 @@ pub struct AfXdpConfig {
     pub ring_size: u32,
     /// UMEM frames per socket (at least `ring_size`).
     pub frames_per_socket: u32,
+    /// UMEM frame size, 2048 or 4096 bytes: the largest frame received is `frame_size - 256`
+    /// (4096 for interface MTUs above 1778, up to veth's XDP limit of 3506 without frags).
+    pub frame_size: u32,
     /// Seconds between reads of the uplink gateway's neighbour entry.
     pub neigh_refresh: f64,
     /// Hand-off queue depth per worker (frames).
@@ -89,12 +92,13 @@ impl Default for AfXdpConfig {
         AfXdpConfig {
             workers: None,
             pin: true,
-            ring_size: 1024,
-            frames_per_socket: 2048,
+            ring_size: 2048,
+            frames_per_socket: 4096,
+            frame_size: 2048,
             neigh_refresh: 2.0,
             handoff_depth: 1024,
             dead_worker: DeadWorkerAction::Drop,
-            busy_poll_us: 0,
+            busy_poll_us: 50,
         }
     }
 }
@@ -115,6 +119,12 @@ impl AfXdpConfig {
                     "{} cannot fill a ring of {}",
                     self.frames_per_socket, self.ring_size
                 ),
+            ));
+        }
+        if self.frame_size != 2048 && self.frame_size != 4096 {
+            return Err((
+                "io.afxdp.frame_size",
+                format!("{} is not 2048 or 4096", self.frame_size),
             ));
         }
         if !(0.1..=3600.0).contains(&self.neigh_refresh) {
@@ -323,6 +333,7 @@ impl AfXdpBackend {
         let xsk_cfg = XskConfig {
             ring_size: self.cfg.ring_size,
             frames_per_socket: self.cfg.frames_per_socket,
+            frame_size: self.cfg.frame_size,
             ..XskConfig::default()
         };
         let handoff = Handoff::new(workers, self.cfg.handoff_depth);
