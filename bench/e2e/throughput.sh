@@ -66,8 +66,9 @@
 # missing), APP_CPU, NP_CPU, TP_NICE, TP_PODS_TX_CSUM_OFF, TP_AFXDP (extra `io.afxdp` keys for
 # nodeplane, e.g. TP_AFXDP='busy_poll_us: 0, ring_size: 1024'), TP_MTU (every veth's MTU, default
 # 1500; above 1778 nodeplane needs TP_AFXDP='frame_size: 4096', and veth's XDP limit is 3506),
-# TP_PERF=1 (perf record of both
-# cores during the clusterip stream1 case of every dataplane, top symbols in the JSON).
+# TP_WORKERS (nodeplane's workers, default 1; for 2 also NP_CPU=0,1: worker w pins to the w-th
+# core), TP_PERF=1 (perf record of both cores during the clusterip stream1 case of every
+# dataplane, top symbols in the JSON).
 # Needs root, iproute2, nftables, iptables (iptables-nft-restore), conntrack, iperf3,
 # trafgen (netsniff-ng), ethtool, nstat, python3; installs iperf3 and iptables if missing.
 set -euo pipefail
@@ -467,7 +468,7 @@ dp_start() {
 state:
   dir: $STATE
 control_socket: $TMP/np.sock
-workers: 1
+workers: ${TP_WORKERS:-1}
 log_level: warn
 io:
   afxdp: {${TP_AFXDP:-}}
@@ -699,7 +700,7 @@ for dp in "${DP_LIST[@]}"; do
   dp_stop "$dp"
 done
 
-TP_MTU="${TP_MTU:-1500}" TP_AFXDP="${TP_AFXDP:-}" APP_CPU="$APP_CPU" NP_CPU="$NP_CPU" TP_NICE="$NICE" QUICK="$QUICK" STREAM_SECS="$STREAM_SECS" \
+TP_WORKERS="${TP_WORKERS:-1}" TP_MTU="${TP_MTU:-1500}" TP_AFXDP="${TP_AFXDP:-}" APP_CPU="$APP_CPU" NP_CPU="$NP_CPU" TP_NICE="$NICE" QUICK="$QUICK" STREAM_SECS="$STREAM_SECS" \
   RR_SECS="$RR_SECS" UDP_SECS="$UDP_SECS" python3 "$HERE/throughput.py" report "$RUNS" "$OUT"
 if [ "${#FAILED[@]}" -gt 0 ]; then
   die "failed cases: ${FAILED[*]}"
