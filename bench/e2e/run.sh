@@ -32,7 +32,8 @@
 #
 # Environment: NODEPLANE_BIN, L2FWD_BIN (default: release builds of this checkout, built if
 # missing), DUT_CPU (default 1; trafgen -P 1 always pins itself to CPU 0), E2E_NICE (default
-# -10), GEN_QDISC (default 1), E2E_NAPI=threaded (experimental, see napi_pin).
+# -10), GEN_QDISC (default 1), E2E_NAPI=threaded (experimental, see napi_pin), E2E_AFXDP (extra
+# `io.afxdp` keys for nodeplane, e.g. E2E_AFXDP='busy_poll_us: 0, ring_size: 1024').
 # Needs root, iproute2, nftables, conntrack, trafgen (netsniff-ng), tcpdump, python3.
 set -euo pipefail
 
@@ -304,7 +305,7 @@ control_socket: $TMP/np.sock
 workers: 1
 log_level: warn
 io:
-  afxdp: {}
+  afxdp: {${E2E_AFXDP:-}}
 EOF
   ip netns exec "$DUT" nice -n "$NICE" taskset -c "$DUT_CPU" "$NP" run --config "$TMP/config.yaml" \
     > /dev/null 2> "$TMP/dut.log" &

@@ -253,6 +253,10 @@ def line(runs):
                                     "fill_starved", "tx_ring_full", "copy_failed"))}
     if lost:
         drops = " losses " + json.dumps(lost)
+    idle = {k.split(".")[-1]: v for k, v in npc.items()
+            if k.endswith(("idle_sleeps", "busy_polls"))}
+    if idle:
+        drops += " " + " ".join(f"{k}={v}" for k, v in sorted(idle.items()))
     print(f"{head} {s}  [cpu {cpu}]{drops}{tag}", flush=True)
 
 
@@ -344,9 +348,12 @@ def report(runs_file, out):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count()},
         "placement": {"app_cpu": int(os.environ.get("APP_CPU", 0)),
-                      "nodeplane_cpu": int(os.environ.get("NP_CPU", 1)),
+                      "nodeplane_cpu": os.environ.get("NP_CPU", "1"),
+                      "nodeplane_workers": int(os.environ.get("TP_WORKERS", 1)),
                       "nice": int(os.environ.get("TP_NICE", -10))},
         "quick": os.environ.get("QUICK") == "1",
+        "mtu": int(os.environ.get("TP_MTU", 1500)),
+        "nodeplane_afxdp": "{" + os.environ.get("TP_AFXDP", "") + "}",
         "seconds": {"stream": float(os.environ.get("STREAM_SECS", 10)),
                     "rr_crr": float(os.environ.get("RR_SECS", 5)),
                     "udp": float(os.environ.get("UDP_SECS", 5))},

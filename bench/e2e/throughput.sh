@@ -63,8 +63,12 @@
 # code is 1 if any case failed. Namespaces (np-tp-*) are deleted on exit, also on failure.
 #
 # Environment: NODEPLANE_BIN, RR_BIN (default: release builds of this checkout, built if
-# missing), APP_CPU, NP_CPU, TP_NICE, TP_PODS_TX_CSUM_OFF, TP_PERF=1 (perf record of both
-# cores during the clusterip stream1 case of every dataplane, top symbols in the JSON).
+# missing), APP_CPU, NP_CPU, TP_NICE, TP_PODS_TX_CSUM_OFF, TP_AFXDP (extra `io.afxdp` keys for
+# nodeplane, e.g. TP_AFXDP='busy_poll_us: 0, ring_size: 1024'), TP_MTU (every veth's MTU, default
+# 1500; above 1778 nodeplane needs TP_AFXDP='frame_size: 4096', and veth's XDP limit is 3506),
+# TP_WORKERS (nodeplane's workers, default 1; for 2 also NP_CPU=0,1: worker w pins to the w-th
+# core), TP_PERF=1 (perf record of both cores during the clusterip stream1 case of every
+# dataplane, top symbols in the JSON).
 # Needs root, iproute2, nftables, iptables (iptables-nft-restore), conntrack, iperf3,
 # trafgen (netsniff-ng), ethtool, nstat, python3; installs iperf3 and iptables if missing.
 set -euo pipefail
@@ -215,6 +219,11 @@ topo_up() {
     ip -n "$pns" link set eth0 up
     ip -n "$pns" route add default via $GW
   done
+  # TP_MTU: every veth end (pods, router, node) at this MTU (default 1500).
+  if [ "${TP_MTU:-1500}" != 1500 ]; then
+    for name in uplink0 pod-a pod-b; do ip -n "$NODE" link set "$name" mtu "$TP_MTU"; done
+    for ns in "$RTR" "${P}pa" "${P}pb"; do ip -n "$ns" link set eth0 mtu "$TP_MTU"; done
+  fi
   # Neighbours resolved once by the kernels (nodeplane reads the uplink gateway's entry).
   nsx "$NODE" ping -c 1 -W 1 $RTR_IP >/dev/null || die "router does not answer ARP"
   nsx "$PA" ping -c 1 -W 1 $GW >/dev/null || die "node does not answer the client pod"
@@ -459,16 +468,22 @@ dp_start() {
 state:
   dir: $STATE
 control_socket: $TMP/np.sock
-workers: 1
+workers: ${TP_WORKERS:-1}
 log_level: warn
 io:
-  afxdp: {}
+  afxdp: {${TP_AFXDP:-}}
 EOF
       # The whole process on NP_CPU (its worker pins itself to the first core it may use).
       ip netns exec "$NODE" nice -n "$NICE" taskset -c "$NP_CPU" "$NP" run --config "$TMP/config.yaml" \
         > /dev/null 2> "$TMP/np.log" &
       NP_PID=$!
       wait_xdp || { cat "$TMP/np.log" >&2; die "nodeplane did not attach XDP to uplink0, pod-a and pod-b"; }
+      # The worker's CPU use with no traffic (busy polling must not spin when idle).
+      sleep 1
+      local t0 t1
+      t0=$(awk '{print $14 + $15}' "/proc/$NP_PID/stat"); sleep 3
+      t1=$(awk '{print $14 + $15}' "/proc/$NP_PID/stat")
+      echo "throughput: nodeplane idle: $(python3 -c "print(round(($t1 - $t0) * 100 / $(getconf CLK_TCK) / 3, 1))") % of a core over 3 s"
       ;;
     nft)
       nft_rules > "$TMP/nft.rules"
@@ -685,7 +700,7 @@ for dp in "${DP_LIST[@]}"; do
   dp_stop "$dp"
 done
 
-APP_CPU="$APP_CPU" NP_CPU="$NP_CPU" TP_NICE="$NICE" QUICK="$QUICK" STREAM_SECS="$STREAM_SECS" \
+TP_WORKERS="${TP_WORKERS:-1}" TP_MTU="${TP_MTU:-1500}" TP_AFXDP="${TP_AFXDP:-}" APP_CPU="$APP_CPU" NP_CPU="$NP_CPU" TP_NICE="$NICE" QUICK="$QUICK" STREAM_SECS="$STREAM_SECS" \
   RR_SECS="$RR_SECS" UDP_SECS="$UDP_SECS" python3 "$HERE/throughput.py" report "$RUNS" "$OUT"
 if [ "${#FAILED[@]}" -gt 0 ]; then
   die "failed cases: ${FAILED[*]}"

@@ -331,13 +331,18 @@ mod tests {
         assert_eq!(c.workers, 2);
         let a = c.io.afxdp.unwrap();
         assert!(!a.pin);
-        assert_eq!(a.ring_size, 1024);
+        assert_eq!(a.ring_size, 2048);
+        assert_eq!(a.frames_per_socket, 4096);
+        assert_eq!(a.frame_size, 2048);
+        assert_eq!(a.busy_poll_us, 50);
         assert_eq!(a.neigh_refresh, 0.5);
         assert_eq!(
             a.dead_worker,
             crate::runtime::DeadWorkerAction::Drop,
             "fail closed by default"
         );
+        let c = parse("io: { afxdp: { busy_poll_us: 50 } }").unwrap();
+        assert_eq!(c.io.afxdp.unwrap().busy_poll_us, 50);
         let c = parse("io: { afxdp: { dead_worker: pass } }").unwrap();
         assert_eq!(
             c.io.afxdp.unwrap().dead_worker,
@@ -353,13 +358,18 @@ mod tests {
                 "io.afxdp.workers",
             ),
             ("io: { afxdp: { ring_size: 1000 } }", "io.afxdp.ring_size"),
+            ("io: { afxdp: { frame_size: 3000 } }", "io.afxdp.frame_size"),
             (
-                "io: { afxdp: { ring_size: 4096 } }",
+                "io: { afxdp: { ring_size: 8192 } }",
                 "io.afxdp.frames_per_socket",
             ),
             (
                 "io: { afxdp: { neigh_refresh: 0 } }",
                 "io.afxdp.neigh_refresh",
+            ),
+            (
+                "io: { afxdp: { busy_poll_us: 100001 } }",
+                "io.afxdp.busy_poll_us",
             ),
             ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
             ("io: { afxdp: { dead_worker: ignore } }", "dead_worker"),

@@ -60,12 +60,18 @@ pub struct AfXdpConfig {
     pub ring_size: u32,
     /// UMEM frames per socket (at least `ring_size`).
     pub frames_per_socket: u32,
+    /// UMEM frame size, 2048 or 4096 bytes: the largest frame received is `frame_size - 256`
+    /// (4096 for interface MTUs above 1778, up to veth's XDP limit of 3506 without frags).
+    pub frame_size: u32,
     /// Seconds between reads of the uplink gateway's neighbour entry.
     pub neigh_refresh: f64,
     /// Hand-off queue depth per worker (frames).
     pub handoff_depth: usize,
     /// What happens to the steered traffic of a worker's queues when that worker died.
     pub dead_worker: DeadWorkerAction,
+    /// Microseconds a worker keeps polling its rings after the last frame before it sleeps
+    /// in `poll()` (0: sleep at once).
+    pub busy_poll_us: u32,
 }
 
 /// `io.afxdp.dead_worker`: a worker thread that ended leaves its queues without a socket.
@@ -86,11 +92,13 @@ impl Default for AfXdpConfig {
         AfXdpConfig {
             workers: None,
             pin: true,
-            ring_size: 1024,
-            frames_per_socket: 2048,
+            ring_size: 2048,
+            frames_per_socket: 4096,
+            frame_size: 2048,
             neigh_refresh: 2.0,
             handoff_depth: 1024,
             dead_worker: DeadWorkerAction::Drop,
+            busy_poll_us: 50,
         }
     }
 }
@@ -113,10 +121,22 @@ impl AfXdpConfig {
                 ),
             ));
         }
+        if self.frame_size != 2048 && self.frame_size != 4096 {
+            return Err((
+                "io.afxdp.frame_size",
+                format!("{} is not 2048 or 4096", self.frame_size),
+            ));
+        }
         if !(0.1..=3600.0).contains(&self.neigh_refresh) {
             return Err((
                 "io.afxdp.neigh_refresh",
                 format!("{} is not in 0.1..=3600 seconds", self.neigh_refresh),
+            ));
+        }
+        if self.busy_poll_us > 100_000 {
+            return Err((
+                "io.afxdp.busy_poll_us",
+                format!("{} is not in 0..=100000 µs", self.busy_poll_us),
             ));
         }
         if !(1..=65536).contains(&self.handoff_depth) {
@@ -313,6 +333,7 @@ impl AfXdpBackend {
         let xsk_cfg = XskConfig {
             ring_size: self.cfg.ring_size,
             frames_per_socket: self.cfg.frames_per_socket,
+            frame_size: self.cfg.frame_size,
             ..XskConfig::default()
         };
         let handoff = Handoff::new(workers, self.cfg.handoff_depth);
@@ -339,13 +360,10 @@ impl AfXdpBackend {
                 l.register_sockets(xsk.registrations())?;
             }
             let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
-            ios.push(Box::new(AfXdpIo::new(
-                w,
-                workers,
-                xsk,
-                Arc::clone(&handoff),
-                core,
-            )));
+            ios.push(Box::new(
+                AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff), core)
+                    .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us))),
+            ));
         }
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));

@@ -113,6 +113,12 @@ pub struct IoCounters {
     /// Handed-in frames left over from a burst that panicked (returned to the pool, dropped).
     #[serde(default)]
     pub handoff_abandoned: u64,
+    /// Empty turns inside the busy-poll window (`io.afxdp.busy_poll_us`): no sleep.
+    #[serde(default)]
+    pub busy_polls: u64,
+    /// Sleeps in `poll()` on the sockets (an idle worker; each ends with a wake-up).
+    #[serde(default)]
+    pub idle_sleeps: u64,
 }
 
 impl IoCounters {
