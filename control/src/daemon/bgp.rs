@@ -99,7 +99,8 @@ impl Bgp {
     }
 
     fn failed(&mut self, error: String) {
-        log::error!(
+        crate::error_limited!(
+            "bgp-speaker-failed",
             "bgp: speaker NOT RUNNING: {error}; forwarding is not affected; next start in {} s",
             self.backoff.as_secs()
         );
