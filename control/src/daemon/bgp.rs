@@ -62,16 +62,16 @@ struct Seen {
 /// A neighbour line to log.
 #[derive(Debug, Clone, PartialEq)]
 enum PeerLine {
-    Up(String),
-    Lost(String),
-    Error(String),
+    Up(usize, String),
+    Lost(usize, String),
+    Error(usize, String),
 }
 
 /// The lines for what changed since `seen`, which is updated.
 fn peer_lines(seen: &mut Vec<Seen>, now: &[NeighborStatus]) -> Vec<PeerLine> {
     seen.resize(now.len(), Seen::default());
     let mut out = Vec::new();
-    for (s, n) in seen.iter_mut().zip(now) {
+    for (i, (s, n)) in seen.iter_mut().zip(now).enumerate() {
         let up = n.state == PeerState::Established;
         let sessions = n.counters.established_transitions;
         let new = sessions.saturating_sub(s.sessions);
@@ -86,14 +86,14 @@ fn peer_lines(seen: &mut Vec<Seen>, now: &[NeighborStatus]) -> Vec<PeerLine> {
             String::new()
         };
         if up && (!s.established || new > 0) {
-            out.push(PeerLine::Up(format!("{who} Established{more}")));
+            out.push(PeerLine::Up(i, format!("{who} Established{more}")));
         } else if !up && (s.established || new > 0) {
-            out.push(PeerLine::Lost(format!(
-                "{who} session lost, now {:?}: {err}{more}",
-                n.state
-            )));
+            out.push(PeerLine::Lost(
+                i,
+                format!("{who} session lost, now {:?}: {err}{more}", n.state),
+            ));
         } else if !up && n.last_error.is_some() && n.last_error != s.last_error {
-            out.push(PeerLine::Error(format!("{who} {:?}: {err}", n.state)));
+            out.push(PeerLine::Error(i, format!("{who} {:?}: {err}", n.state)));
         }
         *s = Seen {
             established: up,
@@ -187,9 +187,10 @@ impl Bgp {
         let Some(s) = &self.speaker else { return };
         for line in peer_lines(&mut self.seen, &s.status().neighbors) {
             match line {
-                PeerLine::Up(l) => crate::info_limited!("bgp-neighbor-up", "{l}"),
-                PeerLine::Lost(l) => crate::warn_limited!("bgp-neighbor-lost", "{l}"),
-                PeerLine::Error(l) => crate::warn_limited!("bgp-neighbor-error", "{l}"),
+                // One bucket per neighbour: a flapping router holds back only its own lines.
+                PeerLine::Up(i, l) => crate::info_limited!(("bgp-neighbor-up", i), "{l}"),
+                PeerLine::Lost(i, l) => crate::warn_limited!(("bgp-neighbor-lost", i), "{l}"),
+                PeerLine::Error(i, l) => crate::warn_limited!(("bgp-neighbor-error", i), "{l}"),
             }
         }
     }
@@ -355,9 +356,10 @@ mod tests {
         let lines = peer_lines(&mut seen, &at(PeerState::Active, 0, refused));
         assert_eq!(
             lines,
-            vec![PeerLine::Error(format!(
-                "{who} Active: connect failed: refused"
-            ))]
+            vec![PeerLine::Error(
+                0,
+                format!("{who} Active: connect failed: refused")
+            )]
         );
         // The same error at every retry: said once.
         assert_eq!(
@@ -365,7 +367,7 @@ mod tests {
             vec![]
         );
         let lines = peer_lines(&mut seen, &at(PeerState::Established, 1, None));
-        assert_eq!(lines, vec![PeerLine::Up(format!("{who} Established"))]);
+        assert_eq!(lines, vec![PeerLine::Up(0, format!("{who} Established"))]);
         assert_eq!(
             peer_lines(&mut seen, &at(PeerState::Established, 1, None)),
             vec![]
@@ -374,17 +376,21 @@ mod tests {
         let lines = peer_lines(&mut seen, &at(PeerState::Idle, 1, hold));
         assert_eq!(
             lines,
-            vec![PeerLine::Lost(format!(
-                "{who} session lost, now Idle: hold timer expired"
-            ))]
+            vec![PeerLine::Lost(
+                0,
+                format!("{who} session lost, now Idle: hold timer expired")
+            )]
         );
         // Two sessions came and went between looks: not missed.
         let lines = peer_lines(&mut seen, &at(PeerState::Idle, 3, hold));
         assert_eq!(
             lines,
-            vec![PeerLine::Lost(format!(
+            vec![PeerLine::Lost(
+                0,
+                format!(
                 "{who} session lost, now Idle: hold timer expired (2 sessions since the last look)"
-            ))]
+            )
+            )]
         );
     }
 

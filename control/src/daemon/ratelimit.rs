@@ -1,7 +1,9 @@
 //! Rate-limited log lines, for whatever can repeat in a fault storm (etcd down, a state that
 //! keeps failing, a neighbour that flaps, a control socket out of file descriptors).
 //!
-//! Each call site names a static key. A key lets [`BURST`] lines through at once and then one
+//! Each call site names a static key, optionally with an index (`("bgp-neighbor-lost", i)`:
+//! one bucket per neighbour, so one flapping router cannot hold back another's lines). A key
+//! lets [`BURST`] lines through at once and then one
 //! per [`PERIOD`] (a token bucket); the lines in between are counted, not written. The next
 //! line let through says how many were held back, `(N similar lines suppressed in the last
 //! Xs)`, and carries the count as `suppressed` (docs/config.md, "Logs"). A storm that ends
@@ -24,6 +26,38 @@ use std::time::{Duration, Instant};
 pub const BURST: u32 = 3;
 /// After a burst, one line per key per period.
 pub const PERIOD: Duration = Duration::from_secs(10);
+
+/// What a bucket is kept for: a call site's name, and an index where one call site speaks for
+/// several things (a neighbour). Written `name` or `name[index]` in flushed counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub name: &'static str,
+    pub index: Option<usize>,
+}
+
+impl From<&'static str> for Key {
+    fn from(name: &'static str) -> Key {
+        Key { name, index: None }
+    }
+}
+
+impl From<(&'static str, usize)> for Key {
+    fn from((name, i): (&'static str, usize)) -> Key {
+        Key {
+            name,
+            index: Some(i),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            None => f.write_str(self.name),
+            Some(i) => write!(f, "{}[{i}]", self.name),
+        }
+    }
+}
 
 /// A line let through, with what was held back before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +86,7 @@ impl Passed {
 /// A count the flush writes: `key` held back `suppressed` lines and nothing came since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    pub key: &'static str,
+    pub key: Key,
     pub level: log::Level,
     pub target: &'static str,
     pub passed: Passed,
@@ -74,7 +108,7 @@ struct Slot {
 pub struct Limiter {
     burst: u32,
     period: Duration,
-    slots: Mutex<HashMap<&'static str, Slot>>,
+    slots: Mutex<HashMap<Key, Slot>>,
 }
 
 impl Limiter {
@@ -90,13 +124,13 @@ impl Limiter {
     /// before it), `None` if it is suppressed (and counted).
     pub fn admit(
         &self,
-        key: &'static str,
+        key: impl Into<Key>,
         level: log::Level,
         target: &'static str,
         now: Instant,
     ) -> Option<Passed> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slots.entry(key).or_insert(Slot {
+        let slot = slots.entry(key.into()).or_insert(Slot {
             tokens: self.burst,
             refilled: now,
             suppressed: 0,
@@ -130,7 +164,7 @@ impl Limiter {
             }
             slot.tokens -= 1;
             out.push(Pending {
-                key,
+                key: *key,
                 level: slot.level,
                 target: slot.target,
                 passed: take(slot, now),
@@ -269,6 +303,12 @@ mod tests {
         }
         // Other keys have their own bucket.
         assert!(l.admit("other", Warn, "t", t0 + S).is_some());
+        assert!(
+            l.admit(("k", 1), Warn, "t", t0 + S).is_some(),
+            "an index: its own"
+        );
+        assert!(l.admit(("k", 0), Warn, "t", t0 + S).is_some());
+        assert_eq!(Key::from(("k", 1)).to_string(), "k[1]");
     }
 
     #[test]
@@ -334,7 +374,7 @@ mod tests {
         assert_eq!(
             out,
             vec![Pending {
-                key: "k",
+                key: "k".into(),
                 level: Warn,
                 target: "mod::x",
                 passed: Passed {
