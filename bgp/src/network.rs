@@ -183,6 +183,8 @@ impl Speaker {
             local_as: cfg.local_as,
             router_id: cfg.router_id,
             desired: routes.clone(),
+            poll_failures: 0,
+            accept_failures: 0,
         };
         let now = Instant::now();
         let mut pending = Vec::new();
@@ -328,6 +330,18 @@ struct Loop {
     local_as: u32,
     router_id: Ipv4Addr,
     desired: BTreeSet<IpNet>,
+    /// Consecutive failures of poll and of accept: the first of a run is logged, then every
+    /// [`FAULT_LOG_EVERY`]th with the count (a failing poll is retried every 100 ms).
+    poll_failures: u64,
+    accept_failures: u64,
+}
+
+/// See [`Loop::poll_failures`].
+const FAULT_LOG_EVERY: u64 = 100;
+
+/// Whether the `n`th failure of a run is logged.
+fn logged_failure(n: u64) -> bool {
+    n == 1 || n % FAULT_LOG_EVERY == 0
 }
 
 impl Loop {
@@ -350,11 +364,18 @@ impl Loop {
             let timeout = deadline.map(|d| d.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("bgp: poll failed: {e}");
+                    self.poll_failures += 1;
+                    if logged_failure(self.poll_failures) {
+                        log::error!(
+                            "bgp: poll failed: {e} ({} in a row; retried every 100 ms)",
+                            self.poll_failures
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 continue;
             }
+            self.poll_failures = 0;
             let now = Instant::now();
             let mut pending = Vec::new();
             for ev in events.iter() {
@@ -418,10 +439,17 @@ impl Loop {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    eprintln!("bgp: accept failed: {e}");
+                    self.accept_failures += 1;
+                    if logged_failure(self.accept_failures) {
+                        log::warn!(
+                            "bgp: accept failed: {e} ({} in a row)",
+                            self.accept_failures
+                        );
+                    }
                     return;
                 }
             };
+            self.accept_failures = 0;
             let peer_ip = canonical(peer.ip());
             // Unknown peers are closed at once (dropping the stream).
             let Some(nb) = self.ios.iter().position(|io| io.peer.ip() == peer_ip) else {
@@ -741,7 +769,7 @@ fn apply_actions(
                     continue;
                 }
                 if let Err(e) = msg.encode(&ctx, &mut c.wbuf) {
-                    eprintln!("bgp: not sending {}: {e}", msg.kind_name());
+                    log::error!("bgp: not sending {}: {e}", msg.kind_name());
                     continue;
                 }
                 if flush(c).is_err() {
@@ -806,5 +834,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_socket_faults_logs_its_first_and_every_hundredth() {
+        let logged: Vec<u64> = (1..=250).filter(|&n| logged_failure(n)).collect();
+        assert_eq!(logged, vec![1, 100, 200]);
     }
 }

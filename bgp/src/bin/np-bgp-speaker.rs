@@ -7,7 +7,25 @@ use std::process::ExitCode;
 
 use nodeplane_bgp::daemon::{run, RunOptions};
 
+/// The speaker thread's fault lines (`log`), as plain lines on stderr like the rest.
+struct Stderr;
+
+impl log::Log for Stderr {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{}", r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
 fn main() -> ExitCode {
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let mut config = None;
     let mut state = None;
     let mut status_socket = None;

@@ -280,7 +280,8 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("control socket accept: {e}");
+                    // EMFILE and the like repeat at every readiness: limited.
+                    crate::warn_limited!("control-accept", "control socket accept: {e}");
                     break;
                 }
             }

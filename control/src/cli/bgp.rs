@@ -59,6 +59,8 @@ pub fn run(args: BgpArgs) -> CliResult {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
+            // The speaker thread logs its socket faults through `log`.
+            nodeplane_control::daemon::log::init("info", Default::default());
             daemon::run(&RunOptions {
                 config,
                 state,

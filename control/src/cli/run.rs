@@ -19,7 +19,7 @@ pub fn run(args: RunArgs) -> CliResult {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    daemon::log::init(&cfg.log_level);
+    daemon::log::init(&cfg.log_level, cfg.log_format);
     daemon::run(cfg, args.config.clone())?;
     Ok(ExitCode::SUCCESS)
 }

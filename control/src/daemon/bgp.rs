@@ -5,7 +5,7 @@
 //! ```text
 //!  control thread                                      bgp-speaker thread (nodeplane_bgp)
 //!  Control::apply ─ accepted state ─> routes_from_state ─ changed? ─> Speaker::set_routes
-//!  event loop, once a second ─> tick(): start retry, dead-thread check
+//!  event loop, once a second ─> tick(): start retry, dead-thread check, neighbour lines
 //!  `bgp-status` / `status` <── Speaker::status (a snapshot the speaker refreshes)
 //! ```
 //!
@@ -14,12 +14,19 @@
 //! thread died is logged at error level, shown by `nodeplane status`/`bgp status`, and started
 //! again with backoff. A rejected state never reaches this module: the last accepted routes
 //! stay announced.
+//!
+//! The speaker itself logs nothing per session; [`Bgp::tick`] compares each neighbour with the
+//! last look and logs what changed (established, lost, a new error while down), rate-limited
+//! (`bgp-neighbor-*` keys, docs/config.md "Logs") so a flapping router cannot flood the log.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use nodeplane_bgp::{log_list, routes_from_state, BgpConfig, Speaker, SpeakerStatus, StopMode};
+use nodeplane_bgp::fsm::State as PeerState;
+use nodeplane_bgp::{
+    log_list, routes_from_state, BgpConfig, NeighborStatus, Speaker, SpeakerStatus, StopMode,
+};
 use nodeplane_state::State;
 
 use crate::api::{BgpNeighborSummary, BgpStatus, BgpSummary};
@@ -39,6 +46,62 @@ pub struct Bgp {
     /// When a speaker that is not running is started again, and the wait after that.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Each neighbour as [`Bgp::tick`] last saw it (index = config order).
+    seen: Vec<Seen>,
+}
+
+/// What the neighbour lines are computed from.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Seen {
+    established: bool,
+    /// `established_transitions`: catches a session that came and went between two looks.
+    sessions: u64,
+    last_error: Option<String>,
+}
+
+/// A neighbour line to log.
+#[derive(Debug, Clone, PartialEq)]
+enum PeerLine {
+    Up(usize, String),
+    Lost(usize, String),
+    Error(usize, String),
+}
+
+/// The lines for what changed since `seen`, which is updated.
+fn peer_lines(seen: &mut Vec<Seen>, now: &[NeighborStatus]) -> Vec<PeerLine> {
+    seen.resize(now.len(), Seen::default());
+    let mut out = Vec::new();
+    for (i, (s, n)) in seen.iter_mut().zip(now).enumerate() {
+        let up = n.state == PeerState::Established;
+        let sessions = n.counters.established_transitions;
+        let new = sessions.saturating_sub(s.sessions);
+        let who = format!(
+            "bgp: neighbour {} ({}, AS {})",
+            n.name, n.address, n.remote_as
+        );
+        let err = n.last_error.as_deref().unwrap_or("no error recorded");
+        let more = if new > 1 {
+            format!(" ({new} sessions since the last look)")
+        } else {
+            String::new()
+        };
+        if up && (!s.established || new > 0) {
+            out.push(PeerLine::Up(i, format!("{who} Established{more}")));
+        } else if !up && (s.established || new > 0) {
+            out.push(PeerLine::Lost(
+                i,
+                format!("{who} session lost, now {:?}: {err}{more}", n.state),
+            ));
+        } else if !up && n.last_error.is_some() && n.last_error != s.last_error {
+            out.push(PeerLine::Error(i, format!("{who} {:?}: {err}", n.state)));
+        }
+        *s = Seen {
+            established: up,
+            sessions,
+            last_error: n.last_error.clone(),
+        };
+    }
+    out
 }
 
 impl Bgp {
@@ -50,6 +113,7 @@ impl Bgp {
             error: None,
             retry_at: None,
             backoff: RETRY_MIN,
+            seen: Vec::new(),
         }
     }
 
@@ -99,7 +163,8 @@ impl Bgp {
     }
 
     fn failed(&mut self, error: String) {
-        log::error!(
+        crate::error_limited!(
+            "bgp-speaker-failed",
             "bgp: speaker NOT RUNNING: {error}; forwarding is not affected; next start in {} s",
             self.backoff.as_secs()
         );
@@ -118,6 +183,15 @@ impl Bgp {
         }
         if self.speaker.is_none() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
             self.start();
+        }
+        let Some(s) = &self.speaker else { return };
+        for line in peer_lines(&mut self.seen, &s.status().neighbors) {
+            match line {
+                // One bucket per neighbour: a flapping router holds back only its own lines.
+                PeerLine::Up(i, l) => crate::info_limited!(("bgp-neighbor-up", i), "{l}"),
+                PeerLine::Lost(i, l) => crate::warn_limited!(("bgp-neighbor-lost", i), "{l}"),
+                PeerLine::Error(i, l) => crate::warn_limited!(("bgp-neighbor-error", i), "{l}"),
+            }
         }
     }
 
@@ -260,6 +334,64 @@ mod tests {
         assert_eq!(s.error, None);
         assert_eq!(s.status.routes, vec!["10.244.3.0/24".parse().unwrap()]);
         b.stop(StopMode::Withdraw);
+    }
+
+    #[test]
+    fn neighbour_lines_say_what_changed_once() {
+        let base = SpeakerStatus::not_running(&cfg(0), &BTreeSet::new(), None).neighbors;
+        let at = |state, sessions, err: Option<&str>| {
+            let mut n = base.clone();
+            n[0].state = state;
+            n[0].counters.established_transitions = sessions;
+            n[0].last_error = err.map(str::to_string);
+            n
+        };
+        let mut seen = Vec::new();
+        let who = "bgp: neighbour 192.0.2.1 (192.0.2.1, AS 65000)";
+        assert_eq!(
+            peer_lines(&mut seen, &at(PeerState::Active, 0, None)),
+            vec![]
+        );
+        let refused = Some("connect failed: refused");
+        let lines = peer_lines(&mut seen, &at(PeerState::Active, 0, refused));
+        assert_eq!(
+            lines,
+            vec![PeerLine::Error(
+                0,
+                format!("{who} Active: connect failed: refused")
+            )]
+        );
+        // The same error at every retry: said once.
+        assert_eq!(
+            peer_lines(&mut seen, &at(PeerState::Idle, 0, refused)),
+            vec![]
+        );
+        let lines = peer_lines(&mut seen, &at(PeerState::Established, 1, None));
+        assert_eq!(lines, vec![PeerLine::Up(0, format!("{who} Established"))]);
+        assert_eq!(
+            peer_lines(&mut seen, &at(PeerState::Established, 1, None)),
+            vec![]
+        );
+        let hold = Some("hold timer expired");
+        let lines = peer_lines(&mut seen, &at(PeerState::Idle, 1, hold));
+        assert_eq!(
+            lines,
+            vec![PeerLine::Lost(
+                0,
+                format!("{who} session lost, now Idle: hold timer expired")
+            )]
+        );
+        // Two sessions came and went between looks: not missed.
+        let lines = peer_lines(&mut seen, &at(PeerState::Idle, 3, hold));
+        assert_eq!(
+            lines,
+            vec![PeerLine::Lost(
+                0,
+                format!(
+                "{who} session lost, now Idle: hold timer expired (2 sessions since the last look)"
+            )
+            )]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use nodeplane_bgp::BgpConfig;
 use serde::Deserialize;
 
+use super::log::LogFormat;
 use crate::api::DEFAULT_SOCKET;
 use crate::runtime::AfXdpConfig;
 use nodeplane_dataplane::replay::ReplayIoConfig;
@@ -30,6 +31,9 @@ pub struct Config {
     /// `error`, `warn`, `info` (default), `debug`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `text` (default) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Address of the Prometheus endpoint (`GET /metrics`), e.g. `127.0.0.1:9464`. Unset: none.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -81,6 +85,7 @@ impl Default for Config {
             io: IoConfig::default(),
             removed_flow_action: RemovedFlowAction::Drop,
             log_level: default_log_level(),
+            log_format: LogFormat::Text,
             metrics_listen: None,
             bgp: None,
         }
@@ -236,6 +241,7 @@ impl Config {
             io,
             removed_flow_action,
             log_level: _,
+            log_format: _,
             metrics_listen,
             bgp,
         } = new;
@@ -288,8 +294,12 @@ mod tests {
     #[test]
     fn reload_applies_only_the_log_settings() {
         let old = parse("state: { dir: /s }\nlog_level: info\n").unwrap();
-        let new = parse("state: { dir: /s }\nlog_level: debug\n").unwrap();
+        let new = parse("state: { dir: /s }\nlog_level: debug\nlog_format: json\n").unwrap();
         assert!(old.restart_needed(&new).is_empty());
+        assert_eq!(
+            (old.log_format, new.log_format),
+            (LogFormat::Text, LogFormat::Json)
+        );
         let new = parse("state: { dir: /t }\nworkers: 2\nlog_level: debug\n").unwrap();
         assert_eq!(old.restart_needed(&new), vec!["state", "workers"]);
         let new = parse(&format!("state: {{ dir: /s }}\n{BGP}")).unwrap();
@@ -394,6 +404,8 @@ mod tests {
         assert!(e.contains("state"), "{e}");
         let e = parse("wrokers: 2").unwrap_err().to_string();
         assert!(e.contains("wrokers"), "{e}");
+        let e = parse("log_format: yaml").unwrap_err().to_string();
+        assert!(e.contains("log_format"), "{e}");
         let e = parse("removed_flow_action: reset").unwrap_err().to_string();
         assert!(e.contains("removed_flow_action"), "{e}");
         let e = parse("io: { replay: { inputs: [] } }")

@@ -1,9 +1,42 @@
-//! A tiny structured logger: one line per record on stderr,
-//! `ts=2024-05-01T12:00:00.123Z level=info target=nodeplane_control::daemon msg="..."`.
-//! Never used per packet.
+//! A tiny structured logger: one line per record on stderr, in one of two formats
+//! (`log_format`, docs/config.md):
+//!
+//! ```text
+//! text: ts=2024-05-01T12:00:00.123Z level=info target=nodeplane_control::daemon msg="..."
+//! json: {"ts":"2024-05-01T12:00:00.123Z","level":"info","target":"nodeplane_control::daemon","msg":"..."}
+//! ```
+//!
+//! A line let through by the rate limiter ([`super::ratelimit`]) after others were held back
+//! also carries their count: `suppressed=N` (text), `"suppressed":N` (json). Never used per
+//! packet.
 
+use std::cell::Cell;
+use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+/// The shape of a log line (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` pairs, the message quoted (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The format in force; a reload (SIGHUP) may change it, like the level.
+static FORMAT: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    /// The suppressed count of the line being logged on this thread (set around the `log`
+    /// call by [`super::ratelimit`], read by [`Logger::log`] on the same thread).
+    static SUPPRESSED: Cell<u64> = const { Cell::new(0) };
+}
 
 #[derive(Debug)]
 struct Logger;
@@ -17,22 +50,76 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format!(
-            "ts={} level={} target={} msg={:?}\n",
-            rfc3339(SystemTime::now()),
-            r.level().as_str().to_ascii_lowercase(),
+        let line = format_line(
+            format(),
+            SystemTime::now(),
+            r.level(),
             r.target(),
-            r.args().to_string()
+            &r.args().to_string(),
+            SUPPRESSED.with(Cell::get),
         );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
     fn flush(&self) {}
 }
 
-/// Installs the logger (once per process; later calls only change the level).
-pub fn init(level: &str) {
+/// One line, newline included.
+pub fn format_line(
+    fmt: LogFormat,
+    ts: SystemTime,
+    level: log::Level,
+    target: &str,
+    msg: &str,
+    suppressed: u64,
+) -> String {
+    let ts = rfc3339(ts);
+    let level = level.as_str().to_ascii_lowercase();
+    let mut line = match fmt {
+        LogFormat::Text => format!("ts={ts} level={level} target={target} msg={msg:?}"),
+        LogFormat::Json => {
+            // serde_json escapes quotes, backslashes and control characters (a newline in a
+            // message stays inside its line).
+            let s = |v: &str| serde_json::Value::from(v).to_string();
+            format!(
+                "{{\"ts\":\"{ts}\",\"level\":\"{level}\",\"target\":{},\"msg\":{}",
+                s(target),
+                s(msg)
+            )
+        }
+    };
+    match (fmt, suppressed) {
+        (_, 0) => {}
+        (LogFormat::Text, n) => {
+            let _ = write!(line, " suppressed={n}");
+        }
+        (LogFormat::Json, n) => {
+            let _ = write!(line, ",\"suppressed\":{n}");
+        }
+    }
+    if fmt == LogFormat::Json {
+        line.push('}');
+    }
+    line.push('\n');
+    line
+}
+
+/// Logs one line carrying a suppressed count (the rate limiter's lines).
+pub fn log_counted(
+    level: log::Level,
+    target: &'static str,
+    suppressed: u64,
+    args: std::fmt::Arguments<'_>,
+) {
+    SUPPRESSED.with(|c| c.set(suppressed));
+    log::log!(target: target, level, "{args}");
+    SUPPRESSED.with(|c| c.set(0));
+}
+
+/// Installs the logger (once per process; later calls only change the level and format).
+pub fn init(level: &str, format: LogFormat) {
     let _ = log::set_boxed_logger(Box::new(Logger));
     set_level(level);
+    set_format(format);
 }
 
 /// Changes the level of the installed logger (a reload).
@@ -44,6 +131,18 @@ pub fn set_level(level: &str) {
         "trace" => log::LevelFilter::Trace,
         _ => log::LevelFilter::Info,
     });
+}
+
+/// Changes the line format of the installed logger (a reload).
+pub fn set_format(f: LogFormat) {
+    FORMAT.store(f as u8, Ordering::Relaxed);
+}
+
+fn format() -> LogFormat {
+    match FORMAT.load(Ordering::Relaxed) {
+        1 => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
 }
 
 /// UTC time as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, H. Hinnant's algorithm).
@@ -79,5 +178,56 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn json_lines_are_one_valid_object_each() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        let msg = "say \"hi\"\nback\\slash\ttab \u{1}";
+        let line = format_line(
+            LogFormat::Json,
+            t,
+            log::Level::Warn,
+            "nodeplane_control::x",
+            msg,
+            0,
+        );
+        assert!(line.ends_with("}\n"), "{line}");
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ts"], "2024-02-29T12:34:56.789Z");
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["target"], "nodeplane_control::x");
+        assert_eq!(v["msg"], msg, "escaped and read back whole");
+        assert!(v.get("suppressed").is_none(), "absent when zero: {line}");
+        let v: serde_json::Value = serde_json::from_str(&format_line(
+            LogFormat::Json,
+            t,
+            log::Level::Error,
+            "t",
+            "m",
+            42,
+        ))
+        .unwrap();
+        assert_eq!(v["suppressed"], 42);
+        assert_eq!(v["level"], "error");
+    }
+
+    #[test]
+    fn text_lines() {
+        let line = format_line(
+            LogFormat::Text,
+            UNIX_EPOCH,
+            log::Level::Info,
+            "t",
+            "a \"b\"\nc",
+            0,
+        );
+        assert_eq!(
+            line,
+            "ts=1970-01-01T00:00:00.000Z level=info target=t msg=\"a \\\"b\\\"\\nc\"\n"
+        );
+        let line = format_line(LogFormat::Text, UNIX_EPOCH, log::Level::Warn, "t", "m", 7);
+        assert!(line.ends_with("msg=\"m\" suppressed=7\n"), "{line}");
     }
 }

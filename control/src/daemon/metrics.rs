@@ -102,7 +102,7 @@ fn serve(listener: TcpListener, latest: Arc<Mutex<Arc<str>>>, stop: Arc<AtomicBo
             Err(p) => p.into_inner().clone(),
         };
         if let Err(e) = answer(&mut c, &text) {
-            log::debug!("metrics: {e}");
+            crate::log_limited!(log::Level::Debug, "metrics-answer", "metrics: {e}");
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod control;
 pub mod log;
 pub mod metrics;
 pub mod overrides;
+pub mod ratelimit;
 pub mod service;
 
 use std::io::Read;
@@ -389,6 +390,7 @@ pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), D
             control.check_workers();
             control.retry_start();
             control.tick_bgp();
+            ratelimit::flush();
             if let Some(m) = &metrics {
                 m.publish(metrics::render(&control.status()));
             }
@@ -449,15 +451,17 @@ fn reload(cfg: &mut Config, path: Option<&std::path::Path>, control: &mut Contro
                 let keys = cfg.restart_needed(&new);
                 if keys.is_empty() {
                     log::set_level(&new.log_level);
+                    log::set_format(new.log_format);
                     ::log::info!(
-                        "config reloaded from {}: log_level {}",
+                        "config reloaded from {}: log_level {}, log_format {:?}",
                         path.display(),
-                        new.log_level
+                        new.log_level,
+                        new.log_format
                     );
                     *cfg = new;
                 } else {
                     ::log::error!(
-                        "config reload REJECTED, keeping the running config: {} changed in {} (only log_level is applied live: restart nodeplane for the rest)",
+                        "config reload REJECTED, keeping the running config: {} changed in {} (only log_level and log_format are applied live: restart nodeplane for the rest)",
                         keys.join(", "),
                         path.display()
                     );

@@ -372,7 +372,8 @@ impl Readings {
         match lookup {
             Ok(st) => {
                 if self.failing > 0 {
-                    log::info!(
+                    crate::info_limited!(
+                        "neighbour-lookup-ok",
                         "neighbour lookup for the uplink gateway works again (after {} failures)",
                         self.failing
                     );
@@ -384,7 +385,9 @@ impl Readings {
                     self.status.unresolved += 1;
                 }
                 if st.mac != self.mac {
-                    log::info!(
+                    // Limited: a gateway that flaps (resolved, unresolved, ...) logs each change.
+                    crate::info_limited!(
+                        "neighbour-mac",
                         "uplink gateway {:?}: kernel MAC {} (neighbour state {:#x})",
                         st.gateway,
                         st.mac
@@ -407,7 +410,8 @@ impl Readings {
                 self.status.lookup_errors += 1;
                 self.failing += 1;
                 if self.failing == 1 {
-                    log::warn!(
+                    crate::warn_limited!(
+                        "neighbour-lookup-failed",
                         "neighbour lookup for the uplink gateway failed: {e}; keeping the last MAC until a lookup works"
                     );
                 }

@@ -176,7 +176,11 @@ impl StateSource for DirSource {
                 Some(w) => {
                     if let Err(e) = w.poll.poll(&mut events, Some(timeout)) {
                         if e.kind() != std::io::ErrorKind::Interrupted {
-                            log::warn!("inotify poll on {}: {e}", self.path.display());
+                            crate::warn_limited!(
+                                "dir-inotify",
+                                "inotify poll on {}: {e}",
+                                self.path.display()
+                            );
                             lost = true;
                         }
                     }
@@ -202,7 +206,11 @@ impl StateSource for DirSource {
                             }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => {
-                                log::warn!("inotify read on {}: {e}", self.path.display());
+                                crate::warn_limited!(
+                                    "dir-inotify",
+                                    "inotify read on {}: {e}",
+                                    self.path.display()
+                                );
                                 lost = true;
                                 break;
                             }

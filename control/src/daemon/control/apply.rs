@@ -32,7 +32,10 @@ impl Control {
             .is_some_and(|(_, _, at)| at.elapsed() >= START_RETRY)
         {
             if let Some((state, origin, _)) = self.start_pending.take() {
-                log::info!("retrying the start of the packet I/O with the state from {origin}");
+                crate::info_limited!(
+                    "io-start-retry",
+                    "retrying the start of the packet I/O with the state from {origin}"
+                );
                 self.apply(state, origin);
             }
         }
@@ -51,10 +54,16 @@ impl Control {
             SourceEvent::Rejected { origin, error } => self.reject(origin, error),
             SourceEvent::Health { connected, detail } => {
                 if connected != self.source_connected {
+                    // A flapping store (the list works, the watch fails) repeats both.
                     if connected {
-                        log::info!("state source {} connected: {detail}", self.source);
+                        crate::info_limited!(
+                            "source-connected",
+                            "state source {} connected: {detail}",
+                            self.source
+                        );
                     } else {
-                        log::error!(
+                        crate::error_limited!(
+                            "source-disconnected",
                             "state source {} DISCONNECTED: {detail}; forwarding continues on generation {}",
                             self.source, self.generation
                         );
@@ -69,7 +78,10 @@ impl Control {
     fn reject(&mut self, origin: String, error: String) {
         self.rejections += 1;
         self.stale = true;
-        log::error!(
+        // Limited: a state whose I/O cannot start is retried (and rejected) every 5 s; the
+        // last rejection is in `nodeplane status` whatever the log shows.
+        crate::error_limited!(
+            "state-rejected",
             "REJECTED new state from {origin}; keeping generation {} (last good state): {error}",
             self.generation
         );
@@ -208,7 +220,9 @@ impl Control {
             return;
         };
         match self.publish_generation(&state, "neighbour") {
-            Ok(()) => log::info!(
+            // A flapping neighbour republishes at every change.
+            Ok(()) => crate::info_limited!(
+                "neighbour-published",
                 "published generation {}: uplink gateway MAC {}",
                 self.generation,
                 self.neighbour
@@ -216,7 +230,10 @@ impl Control {
                     .and_then(|n| n.mac.clone())
                     .unwrap_or_else(|| "none (uplink-bound packets drop no-neighbor)".into())
             ),
-            Err(e) => log::error!("gateway MAC change not published: {e}"),
+            Err(e) => crate::error_limited!(
+                "neighbour-not-published",
+                "gateway MAC change not published: {e}"
+            ),
         }
     }
 

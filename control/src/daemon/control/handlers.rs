@@ -186,7 +186,7 @@ impl Control {
                 })
                 .collect(),
             Err(e) => {
-                log::warn!("status: {e}");
+                crate::warn_limited!("status-stats", "status: {e}");
                 Vec::new()
             }
         }

@@ -89,7 +89,10 @@ impl Control {
                     let _ = j.join();
                 }
             }
-            log::error!("{e}; the packet I/O is stopped and the start retried");
+            crate::error_limited!(
+                "io-start-failed",
+                "{e}; the packet I/O is stopped and the start retried"
+            );
             return Err(e);
         }
         let mut workers = Vec::with_capacity(started.len());

@@ -266,7 +266,16 @@ impl EtcdSource {
                     ),
                 });
             }
-            let next = reconnect.next_attempt(Instant::now(), s.cache.node_count());
+            let now = Instant::now();
+            let next = reconnect.next_attempt(now, s.cache.node_count());
+            // One line per failed attempt, rate-limited: a store down for hours shows it is
+            // still being tried (and how often) without a line per attempt.
+            crate::warn_limited!(
+                "etcd-attempt",
+                "etcd attempt failed: {}; next attempt in {} ms",
+                with_hint(&err, &self.cfg),
+                next.saturating_duration_since(now).as_millis()
+            );
             if !sleep_checking(next, &stop).await {
                 return;
             }
