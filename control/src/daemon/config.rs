@@ -37,6 +37,10 @@ pub struct Config {
     /// password files are read at load). None: no BGP.
     #[serde(default)]
     pub bgp: Option<BgpConfig>,
+    /// Where every worker's conntrack and the affinity table are saved when the daemon stops
+    /// (and on `nodeplane ct save`) and restored from when it starts. `null`: not kept.
+    #[serde(default = "default_snapshot")]
+    pub conntrack_snapshot: Option<PathBuf>,
 }
 
 /// Where desired state comes from: exactly one of `dir` and `etcd`.
@@ -65,6 +69,11 @@ pub struct IoConfig {
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
+pub const DEFAULT_SNAPSHOT: &str = "/var/lib/nodeplane/conntrack.snap";
+
+fn default_snapshot() -> Option<PathBuf> {
+    Some(PathBuf::from(DEFAULT_SNAPSHOT))
+}
 fn default_workers() -> usize {
     1
 }
@@ -83,6 +92,7 @@ impl Default for Config {
             log_level: default_log_level(),
             metrics_listen: None,
             bgp: None,
+            conntrack_snapshot: default_snapshot(),
         }
     }
 }
@@ -238,6 +248,7 @@ impl Config {
             log_level: _,
             metrics_listen,
             bgp,
+            conntrack_snapshot,
         } = new;
         let mut keys = Vec::new();
         let mut differs = |changed: bool, key| {
@@ -255,6 +266,10 @@ impl Config {
         );
         differs(*metrics_listen != self.metrics_listen, "metrics_listen");
         differs(*bgp != self.bgp, "bgp");
+        differs(
+            *conntrack_snapshot != self.conntrack_snapshot,
+            "conntrack_snapshot",
+        );
         keys
     }
 

@@ -41,9 +41,12 @@ impl Control {
         let mut failed = None;
         // A start that failed before registered queues nobody fills.
         self.events.clear_queues();
+        // Flows of a snapshot go in before a worker takes its first burst.
+        let plan = self.restore_plan(&p.current(), ios.len());
+        let (mut flows, mut affinity, mut skipped) = (0, 0, 0);
         for (i, io) in ios.into_iter().enumerate() {
             let (tx, rx) = bounded(WORKER_QUEUE);
-            let w = Worker::new(
+            let mut w = Worker::new(
                 i,
                 p.subscribe(),
                 io,
@@ -53,6 +56,12 @@ impl Control {
                 self.removed,
             )
             .with_events(self.events.tap());
+            if let Some((parts, snap)) = &plan {
+                let r = w.restore(&parts[i], &snap.affinity);
+                flows += r.flows;
+                affinity += r.affinity;
+                skipped += r.skipped;
+            }
             let (go_tx, go_rx): (Sender<()>, Receiver<()>) = bounded(1);
             let body = move || go_rx.recv().ok().map(|()| w.run());
             #[cfg(test)]
@@ -91,6 +100,9 @@ impl Control {
             }
             log::error!("{e}; the packet I/O is stopped and the start retried");
             return Err(e);
+        }
+        if let Some((_, snap)) = &plan {
+            self.restored(snap.flows.len(), flows, affinity, skipped);
         }
         let mut workers = Vec::with_capacity(started.len());
         for (h, go) in started {
