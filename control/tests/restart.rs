@@ -226,12 +226,13 @@ impl Nodeplane {
         self.cli_json(&["status"])
     }
 
-    /// `(original destination port, backend address)` of every TCP flow, sorted.
-    fn tcp_flows(&self) -> Vec<(u64, u64, String)> {
+    /// `(original destination port, source port, backend address, worker)` of every TCP
+    /// flow, sorted.
+    fn tcp_flows(&self) -> Vec<(u64, u64, String, u64)> {
         let l = self
             .cli_json(&["ct", "list", "--proto", "tcp"])
             .expect("ct list");
-        let mut v: Vec<(u64, u64, String)> = l["rows"]
+        let mut v: Vec<(u64, u64, String, u64)> = l["rows"]
             .as_array()
             .unwrap()
             .iter()
@@ -240,6 +241,7 @@ impl Nodeplane {
                     r["dport"].as_u64().unwrap(),
                     r["sport"].as_u64().unwrap(),
                     r["backend"].as_str().unwrap_or("-").to_string(),
+                    r["worker"].as_u64().unwrap(),
                 )
             })
             .collect();
@@ -409,10 +411,10 @@ fn connections_survive_a_stop_and_start() {
     }
     std::thread::sleep(Duration::from_millis(1500));
     let before = np.tcp_flows();
-    let ours = |flows: &[(u64, u64, String)]| -> Vec<(u64, u64, String)> {
+    let ours = |flows: &[(u64, u64, String, u64)]| -> Vec<(u64, u64, String, u64)> {
         flows
             .iter()
-            .filter(|(_, sport, _)| *sport == cluster.sport || *sport == nodeport.sport)
+            .filter(|(_, sport, _, _)| *sport == cluster.sport || *sport == nodeport.sport)
             .cloned()
             .collect()
     };
@@ -456,10 +458,13 @@ fn connections_survive_a_stop_and_start() {
     assert_eq!(c["who"].as_str(), Some(who_c.as_str()));
     assert_eq!(n["who"].as_str(), Some(who_n.as_str()));
     assert!(c["echoes"].as_u64().unwrap() >= 20, "{c}");
+    // Same backend, and restored into the worker that owns it (a flow restored elsewhere
+    // would show twice: the owner would create it again at its next packet).
     assert_eq!(
         after, before,
-        "each flow on the same backend after the restart"
+        "each flow on the same backend and worker after the restart"
     );
+    eprintln!("flows: {before:?}\nthe new daemon's log:\n{}", np.log());
     assert!(gap_ms < 5000.0, "UDP gap {gap_ms:.0} ms");
     assert!(np.stop(), "clean stop");
 }

@@ -292,6 +292,7 @@ pub struct CtRestore {
     /// meanwhile, conflicted, or found no room).
     pub flows_saved: usize,
     pub flows_restored: usize,
+    /// Affinity entries inserted, summed over the workers (each goes into every worker).
     pub affinity_restored: usize,
 }
 

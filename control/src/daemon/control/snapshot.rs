@@ -186,7 +186,7 @@ impl Control {
             return;
         };
         log::info!(
-            "conntrack snapshot restored: {flows} of {} flows ({} expired while the daemon was away, {skipped} entries skipped: no room or conflicting keys), {affinity} affinity entries",
+            "conntrack snapshot restored: {flows} of {} flows ({} expired while the daemon was away, {skipped} entries skipped: no room or conflicting keys), {affinity} affinity entries (each into every worker)",
             s.flows.len(),
             s.flows.len().saturating_sub(planned),
         );
