@@ -447,7 +447,8 @@ fn connections_survive_a_stop_and_start() {
     assert!(c["tcp_error"].is_null(), "ClusterIP connection broke: {c}");
     // The NodePort connection is NOT asserted to survive: while no daemon runs, XDP is
     // detached and the node's kernel, which owns 192.168.100.2 and has no socket on 30080,
-    // answers the client's next segment with a reset (measured: reset in every run). Keeping
+    // answers a client segment that falls in the gap with a reset (bench/RESULTS.md: about
+    // half of the runs). Keeping
     // it needs the XDP program kept attached across the restart (dropping steered traffic
     // until the new daemon's sockets are bound): not done yet. Its flow is restored all the
     // same (checked below with the ClusterIP one).
