@@ -448,10 +448,9 @@ fn connections_survive_a_stop_and_start() {
     // The NodePort connection is NOT asserted to survive: while no daemon runs, XDP is
     // detached and the node's kernel, which owns 192.168.100.2 and has no socket on 30080,
     // answers a client segment that falls in the gap with a reset (bench/RESULTS.md: about
-    // half of the runs). Keeping
-    // it needs the XDP program kept attached across the restart (dropping steered traffic
-    // until the new daemon's sockets are bound): not done yet. Its flow is restored all the
-    // same (checked below with the ClusterIP one).
+    // half of the runs). Keeping it needs the XDP program kept attached across the restart
+    // (dropping steered traffic until the new daemon's sockets are bound): not done yet. Its
+    // flow is restored all the same (checked below with the ClusterIP one).
     eprintln!(
         "NodePort connection: {}",
         n["tcp_error"].as_str().unwrap_or("kept")
