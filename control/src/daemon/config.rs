@@ -291,6 +291,23 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_snapshot_default_path_and_off() {
+        assert_eq!(
+            parse("").unwrap().conntrack_snapshot,
+            Some(PathBuf::from(DEFAULT_SNAPSHOT))
+        );
+        assert_eq!(
+            Config::default().conntrack_snapshot,
+            parse("").unwrap().conntrack_snapshot
+        );
+        let off = parse("conntrack_snapshot: null\n").unwrap();
+        assert_eq!(off.conntrack_snapshot, None);
+        let at = parse("conntrack_snapshot: /tmp/ct.snap\n").unwrap();
+        assert_eq!(at.conntrack_snapshot, Some(PathBuf::from("/tmp/ct.snap")));
+        assert_eq!(off.restart_needed(&at), ["conntrack_snapshot"]);
+    }
+
+    #[test]
     fn defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.source(), SourceChoice::Dir(DEFAULT_STATE_DIR.into()));
