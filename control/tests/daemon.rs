@@ -938,3 +938,102 @@ fn observe_merges_the_events_of_every_worker() {
         assert_eq!(e["lost"], 0, "worker {w}: {s}");
     }
 }
+
+/// `nodeplane ct save`, then a restart: the flows come back with their backends (the capture
+/// of the second run has none of them). Then a corrupt snapshot: reported, moved aside,
+/// ignored (the daemon starts empty), never half-loaded.
+#[test]
+fn conntrack_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("ct.snap");
+    let mut frames = Vec::new();
+    for i in 0..4 {
+        frames.push(udp4(CLIENT, [10, 96, 0, 53], 1000 + i, 53));
+    }
+    for i in 0..3 {
+        frames.push(tcp4(CLIENT, [10, 96, 0, 10], 2000 + i, 80, true));
+    }
+    let io = replay_io(&dir, &frames, "    loops: 1\n")
+        + &format!("conntrack_snapshot: {}\n", snap.display());
+    let pcap = dir.path().join("in.pcap");
+    let mut d = Daemon::start_in(dir, &io);
+    let finished = |d: &Daemon| {
+        wait_for("the capture to be replayed", 10, || {
+            d.status()["workers"][0]["io"]["finished"]
+                .as_bool()?
+                .then_some(())
+        })
+    };
+    let flows = |d: &Daemon| {
+        let l = d.call(&Request::CtList {
+            filter: CtFilter::default(),
+            limit: None,
+            count_only: false,
+        });
+        let mut rows: Vec<(u64, String, String)> = l["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["sport"].as_u64().unwrap(),
+                    r["backend"].to_string(),
+                    r["state"].to_string(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    finished(&d);
+    let before = flows(&d);
+    assert_eq!(before.len(), 7, "{before:?}");
+    let (ok, out) = d.cli(&["ct", "save"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("saved 7 flows"), "{out}");
+    assert!(snap.exists());
+
+    // The second run replays one unrelated datagram only.
+    write_pcap(&pcap, &[udp4(CLIENT, [10, 96, 0, 53], 3000, 53)]);
+    d.restart();
+    finished(&d);
+    let after = flows(&d);
+    assert_eq!(after.len(), 8, "{after:?}\n{}", d.log());
+    for f in &before {
+        assert!(
+            after.contains(f),
+            "{f:?} restored with its backend: {after:?}"
+        );
+    }
+    let r = &d.status()["conntrack_restore"];
+    assert_eq!(r["result"], "restored", "{r}");
+    assert_eq!(
+        (r["flows_saved"].as_u64(), r["flows_restored"].as_u64()),
+        (Some(7), Some(7)),
+        "{r}"
+    );
+    assert!(!snap.exists(), "a snapshot is used once");
+
+    // Stop (writes the 8 flows), corrupt one byte in the middle, start.
+    let mut c = d.child.take().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(c.wait().unwrap().success());
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&snap, &bytes).unwrap();
+    d.restart();
+    finished(&d);
+    let r = &d.status()["conntrack_restore"];
+    assert_eq!(r["result"], "ignored", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("checksum"), "{r}");
+    assert_eq!(flows(&d).len(), 1, "nothing of the bad file was loaded");
+    assert!(snap.with_extension("snap.bad").exists(), "moved aside");
+    assert!(d.log().contains("IGNORED"), "{}", d.log());
+    let (ok, out) = d.cli(&["status"]);
+    assert!(out.contains("ct restore:  IGNORED"), "{ok} {out}");
+}

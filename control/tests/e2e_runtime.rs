@@ -240,9 +240,10 @@ impl Nodeplane {
         fs::write(
             &cfg,
             format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nio:\n  afxdp: {{ workers: {workers}, neigh_refresh: 0.5 }}\n",
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: {workers}, neigh_refresh: 0.5 }}\n",
                 state.display(),
-                socket.display()
+                socket.display(),
+                lab.tmp.join(format!("conntrack-{workers}.snap")).display()
             ),
         )
         .unwrap();

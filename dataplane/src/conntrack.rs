@@ -24,6 +24,7 @@ use hashbrown::HashTable;
 use crate::drop::DropReason;
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 use crate::policy::PolicyVerdict;
+use crate::snapshot::SavedFlow;
 use crate::tables::CtConfig;
 use crate::wire::tcp::flags as F;
 
@@ -420,6 +421,60 @@ impl Conntrack {
         }
         self.live += 1;
         Ok(slot)
+    }
+
+    /// The live, unexpired flows as of `now`, for a snapshot (timers made relative to `now`).
+    pub fn save(&self, now: u64) -> impl Iterator<Item = SavedFlow> + '_ {
+        self.iter()
+            .filter(move |e| e.expires > now)
+            .map(move |e| SavedFlow {
+                orig: e.orig,
+                reply: e.reply,
+                state: e.state,
+                fins: e.fins,
+                policy: e.policy,
+                ended: e.ended,
+                src_identity: e.src_identity,
+                dst_identity: e.dst_identity,
+                nat: e.nat,
+                packets: e.packets,
+                bytes: e.bytes,
+                age_ns: now.saturating_sub(e.created),
+                idle_ns: now.saturating_sub(e.last_seen),
+                remaining_ns: e.expires - now,
+            })
+    }
+
+    /// Inserts a flow of a snapshot, its timers made absolute again on this table's clock.
+    /// Its generation is 0 (never a published generation), so its first packet re-checks its
+    /// backend and policy against the running tables ([`Entry::generation`]): the flow keeps
+    /// its backend while that backend still serves the service, whatever Maglev would pick
+    /// now, and ends `backend-gone` otherwise. Same rules as [`Conntrack::create`] for
+    /// conflicts and a full table.
+    pub fn restore_saved(&mut self, f: &SavedFlow, now: u64) -> Result<u32, DropReason> {
+        let e = Entry {
+            orig: f.orig,
+            reply: f.reply,
+            expires: now.saturating_add(f.remaining_ns),
+            generation: 0,
+            fast: [FastPath::default(); 2],
+            state: f.state,
+            fins: f.fins,
+            live: true,
+            in_closing: false,
+            policy: f.policy,
+            ended: f.ended,
+            src_identity: f.src_identity,
+            dst_identity: f.dst_identity,
+            nat: f.nat,
+            packets: f.packets,
+            bytes: f.bytes,
+            last_seen: now.saturating_sub(f.idle_ns),
+            created: now.saturating_sub(f.age_ns),
+            prev: NIL,
+            next: NIL,
+        };
+        self.restore(&e, now)
     }
 
     /// Accounts a packet of an existing flow and advances its TCP state and timer.

@@ -11,6 +11,7 @@
 //! - [`rewrite`] and [`csum`]: in-place header changes with incremental checksums.
 //! - [`partial`]: partial (CHECKSUM_PARTIAL) TCP/UDP checksums completed before any rewrite.
 //! - [`rst`]: a TCP reset built in place (ending flows of removed backends).
+//! - [`snapshot`]: conntrack and affinity saved across a daemon restart.
 //! - [`pipeline`]: the stages wired together; [`drop`]: the closed set of drop reasons.
 //! - [`wire`]: where each header field sits (the only place a header offset is a number).
 //!
@@ -46,6 +47,7 @@ pub mod publish;
 pub mod replay;
 pub mod rewrite;
 pub mod rst;
+pub mod snapshot;
 pub mod tables;
 pub mod wire;
 pub mod worker;

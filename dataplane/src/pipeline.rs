@@ -34,6 +34,7 @@ use crate::parse::{self, Frag, Meta, Parsed};
 use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
+use crate::snapshot::{SavedAffinity, SavedFlow, SavedPart};
 use crate::tables::{IfIndex, Tables};
 use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
@@ -180,6 +181,15 @@ impl Counters {
     }
 }
 
+/// What [`Pipeline::restore`] took in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub flows: usize,
+    pub affinity: usize,
+    /// Conflicting keys, or no room left.
+    pub skipped: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Affinity {
     backend: Addr,
@@ -308,6 +318,62 @@ impl Pipeline {
             epoch: next_epoch(),
             tables: Arc::clone(&self.tables),
         }
+    }
+
+    /// This pipeline's flows and affinity entries as of `now`, for a snapshot (between
+    /// bursts; allocates).
+    pub fn save(&self, now: u64) -> SavedPart {
+        SavedPart {
+            flows: self.ct.save(now).collect(),
+            affinity: self
+                .affinity
+                .iter()
+                .filter(|(_, a)| a.expires > now)
+                .map(|(&(service, client), a)| SavedAffinity {
+                    service,
+                    client,
+                    backend: a.backend,
+                    port: a.port,
+                    remaining_ns: a.expires - now,
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores flows and affinity entries of a snapshot before the first burst (see
+    /// [`Conntrack::restore_saved`]: a restored flow re-checks its backend and policy at its
+    /// first packet). Flows that conflict with one already here, or that find the table full,
+    /// are skipped and counted; so are affinity entries past the affinity table's capacity.
+    pub fn restore(
+        &mut self,
+        flows: &[SavedFlow],
+        affinity: &[SavedAffinity],
+        now: u64,
+    ) -> Restored {
+        let mut r = Restored::default();
+        for f in flows {
+            match self.ct.restore_saved(f, now) {
+                Ok(_) => r.flows += 1,
+                Err(_) => r.skipped += 1,
+            }
+        }
+        for a in affinity {
+            let key = (a.service, a.client);
+            if self.affinity.len() >= self.affinity_cap && !self.affinity.contains_key(&key) {
+                r.skipped += 1;
+                continue;
+            }
+            self.affinity.insert(
+                key,
+                Affinity {
+                    backend: a.backend,
+                    port: a.port,
+                    expires: now.saturating_add(a.remaining_ns),
+                },
+            );
+            r.affinity += 1;
+        }
+        r
     }
 
     /// The runtime policy-mode override, if any.

@@ -764,3 +764,99 @@ fn a_carried_parse_is_used_instead_of_parsing_again() {
         outs[2]
     );
 }
+
+/// Flows saved from one pipeline and restored into a new one (a daemon restart) keep their
+/// backend even where the new tables' Maglev would pick another one, and end `backend-gone`
+/// where their backend was removed meanwhile.
+#[test]
+fn restored_flows_keep_their_backend_across_a_restart() {
+    use nodeplane_dataplane::snapshot::Snapshot;
+    let (mut p, mut s) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut backends = Vec::new();
+    for port in 0..40u16 {
+        let mut f = tcp4(CLIENT, VIP, 30000 + port, 80, true, false);
+        let o = p.process_one(&mut f, pc, S);
+        let b = o.backend.unwrap().0;
+        let eg = fwd(&o);
+        let mut f = tcp4(
+            b.octets().try_into().unwrap(),
+            CLIENT,
+            8080,
+            30000 + port,
+            true,
+            true,
+        );
+        fwd(&p.process_one(&mut f, eg, S + 1));
+        let mut f = tcp4(CLIENT, VIP, 30000 + port, 80, false, true);
+        assert_eq!(p.process_one(&mut f, pc, S + 2).ct, CtStatus::Established);
+        backends.push(b);
+    }
+    let web1 = backends[0];
+    let web2 = *backends
+        .iter()
+        .find(|b| **b != web1)
+        .expect("two backends used");
+    // Save at the old process's time 10 s, through the file format.
+    let mut snap = Snapshot::new(0);
+    snap.add(p.save(10 * S));
+    let snap = Snapshot::decode(&snap.encode()).unwrap();
+    assert_eq!(snap.flows.len(), 40);
+
+    // The new process: web1 terminating (Maglev now sends everything to web2).
+    for svc in &mut s.services {
+        for be in &mut svc.backends {
+            if be.ip == web1.to_ip() {
+                be.state = BackendState::Terminating;
+            }
+        }
+    }
+    let mut fresh = Pipeline::new(tables(&s, 1));
+    let mut q = Pipeline::new(tables(&s, 1));
+    let r = q.restore(&snap.flows, &snap.affinity, 2 * S);
+    assert_eq!((r.flows, r.skipped), (40, 0));
+    for (i, b) in backends.iter().enumerate() {
+        let port = 30000 + i as u16;
+        let mut f = tcp4(CLIENT, VIP, port, 80, false, true);
+        let o = q.process_one(&mut f, pc, 3 * S);
+        assert_eq!(o.ct, CtStatus::Established, "flow {port}");
+        assert_eq!(o.backend.unwrap().0, *b, "flow {port} keeps its backend");
+        assert_eq!(addrs(&f).1, b.to_string());
+        // Without the snapshot the same packet is a mid-stream pickup sent to web2.
+        let mut g = tcp4(CLIENT, VIP, port, 80, false, true);
+        assert_eq!(
+            fresh.process_one(&mut g, pc, 3 * S).backend.unwrap().0,
+            web2
+        );
+    }
+    // Timers came across relative: ESTABLISHED has its full timeout from the last packet
+    // (at 3 s now), the age survives.
+    let e = q.conntrack().iter().next().unwrap();
+    assert_eq!(
+        e.created, 0,
+        "created 9 s before the save, restored at 2 s: saturates at 0"
+    );
+    assert_eq!(e.state.name(), "ESTABLISHED");
+
+    // Another new process where web2 was removed: its flows end, web1's go on.
+    let mut s2 = example::state().unwrap();
+    for svc in &mut s2.services {
+        svc.backends.retain(|be| be.ip != web2.to_ip());
+    }
+    let mut q = Pipeline::new(tables(&s2, 1));
+    q.restore(&snap.flows, &snap.affinity, 2 * S);
+    for (i, b) in backends.iter().enumerate() {
+        let port = 30000 + i as u16;
+        let mut f = tcp4(CLIENT, VIP, port, 80, false, true);
+        let o = q.process_one(&mut f, pc, 3 * S);
+        if *b == web2 {
+            assert_eq!(
+                o.action,
+                Action::Drop(DropReason::BackendGone),
+                "flow {port}"
+            );
+        } else {
+            assert_eq!(o.backend.unwrap().0, web1, "flow {port}");
+        }
+    }
+}

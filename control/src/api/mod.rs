@@ -41,6 +41,8 @@ pub enum Request {
         #[serde(default)]
         filter: CtFilter,
     },
+    /// Writes the conntrack snapshot now (as the daemon does when it stops).
+    CtSave {},
     IpcacheGet {
         ip: String,
     },
@@ -176,6 +178,9 @@ pub struct Status {
     /// only while this is not 0; their counters are `workers[].events`).
     #[serde(default)]
     pub event_observers: usize,
+    /// The conntrack snapshot found at start, if any (config `conntrack_snapshot`).
+    #[serde(default)]
+    pub conntrack_restore: Option<CtRestore>,
 }
 
 /// What `nodeplane bgp status` shows: the speaker's own status plus whether it runs.
@@ -259,6 +264,36 @@ pub struct CtList {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CtFlushed {
     pub flushed: usize,
+}
+
+/// A conntrack snapshot written (`nodeplane ct save`, and at every stop).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtSaved {
+    pub path: String,
+    pub flows: usize,
+    pub affinity: usize,
+    pub bytes: usize,
+    pub ms: f64,
+}
+
+/// What the daemon did with the conntrack snapshot it found when it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CtRestore {
+    pub path: String,
+    /// `pending` (read, waiting for the workers to start), `restored`, or `ignored` (the file
+    /// was bad: see `error`; it was renamed to `<path>.bad`).
+    pub result: String,
+    pub error: Option<String>,
+    /// The version of the build that wrote it.
+    pub writer: Option<String>,
+    /// Seconds between the save and the read.
+    pub age_s: Option<f64>,
+    /// Flows in the file, and those restored into the workers (the others had expired
+    /// meanwhile, conflicted, or found no room).
+    pub flows_saved: usize,
+    pub flows_restored: usize,
+    /// Affinity entries inserted, summed over the workers (each goes into every worker).
+    pub affinity_restored: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

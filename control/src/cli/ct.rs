@@ -1,9 +1,9 @@
-//! `nodeplane ct list [filters] [--count]` and `nodeplane ct flush [filters]`.
+//! `nodeplane ct list [filters] [--count]`, `nodeplane ct flush [filters]` and `nodeplane ct save`.
 
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use nodeplane_control::api::{CtFlushed, CtList, Request};
+use nodeplane_control::api::{CtFlushed, CtList, CtSaved, Request};
 use nodeplane_dataplane::worker::CtFilter;
 
 use super::client::{ask, table, Common};
@@ -65,6 +65,12 @@ enum CtCmd {
     Flush {
         #[command(flatten)]
         filter: Filter,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Writes every worker's flows to the conntrack snapshot now (the daemon also does at
+    /// every stop; the next start restores them).
+    Save {
         #[command(flatten)]
         common: Common,
     },
@@ -157,6 +163,14 @@ pub fn run(args: CtArgs) -> CliResult {
             };
             if let Some(f) = ask::<CtFlushed>(&common, &req)? {
                 println!("flushed {} entries", f.flushed);
+            }
+        }
+        CtCmd::Save { common } => {
+            if let Some(s) = ask::<CtSaved>(&common, &Request::CtSave {})? {
+                println!(
+                    "saved {} flows and {} affinity entries to {} ({} bytes, {:.1} ms)",
+                    s.flows, s.affinity, s.path, s.bytes, s.ms
+                );
             }
         }
     }

@@ -77,6 +77,21 @@ pub fn run(args: StatusArgs) -> CliResult {
         "observers:   {} (flow events: `nodeplane observe`)",
         s.event_observers
     );
+    if let Some(r) = &s.conntrack_restore {
+        match &r.error {
+            Some(e) => println!("ct restore:  IGNORED {} ({e}); started empty", r.path),
+            None => println!(
+                "ct restore:  {} {}/{} flows, {} affinity entries from {} (saved {:.1} s before the start by {})",
+                r.result,
+                r.flows_restored,
+                r.flows_saved,
+                r.affinity_restored,
+                r.path,
+                r.age_s.unwrap_or(0.0),
+                r.writer.as_deref().unwrap_or("?")
+            ),
+        }
+    }
     if !s.workers.is_empty() {
         let rows: Vec<Vec<String>> = s
             .workers

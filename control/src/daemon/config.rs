@@ -41,6 +41,10 @@ pub struct Config {
     /// password files are read at load). None: no BGP.
     #[serde(default)]
     pub bgp: Option<BgpConfig>,
+    /// Where every worker's conntrack and the affinity table are saved when the daemon stops
+    /// (and on `nodeplane ct save`) and restored from when it starts. `null`: not kept.
+    #[serde(default = "default_snapshot")]
+    pub conntrack_snapshot: Option<PathBuf>,
 }
 
 /// Where desired state comes from: exactly one of `dir` and `etcd`.
@@ -69,6 +73,11 @@ pub struct IoConfig {
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
+pub const DEFAULT_SNAPSHOT: &str = "/var/lib/nodeplane/conntrack.snap";
+
+fn default_snapshot() -> Option<PathBuf> {
+    Some(PathBuf::from(DEFAULT_SNAPSHOT))
+}
 fn default_workers() -> usize {
     1
 }
@@ -88,6 +97,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             metrics_listen: None,
             bgp: None,
+            conntrack_snapshot: default_snapshot(),
         }
     }
 }
@@ -244,6 +254,7 @@ impl Config {
             log_format: _,
             metrics_listen,
             bgp,
+            conntrack_snapshot,
         } = new;
         let mut keys = Vec::new();
         let mut differs = |changed: bool, key| {
@@ -261,6 +272,10 @@ impl Config {
         );
         differs(*metrics_listen != self.metrics_listen, "metrics_listen");
         differs(*bgp != self.bgp, "bgp");
+        differs(
+            *conntrack_snapshot != self.conntrack_snapshot,
+            "conntrack_snapshot",
+        );
         keys
     }
 
@@ -279,6 +294,23 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("test.yaml"), s)
+    }
+
+    #[test]
+    fn conntrack_snapshot_default_path_and_off() {
+        assert_eq!(
+            parse("").unwrap().conntrack_snapshot,
+            Some(PathBuf::from(DEFAULT_SNAPSHOT))
+        );
+        assert_eq!(
+            Config::default().conntrack_snapshot,
+            parse("").unwrap().conntrack_snapshot
+        );
+        let off = parse("conntrack_snapshot: null\n").unwrap();
+        assert_eq!(off.conntrack_snapshot, None);
+        let at = parse("conntrack_snapshot: /tmp/ct.snap\n").unwrap();
+        assert_eq!(at.conntrack_snapshot, Some(PathBuf::from("/tmp/ct.snap")));
+        assert_eq!(off.restart_needed(&at), ["conntrack_snapshot"]);
     }
 
     #[test]

@@ -281,6 +281,9 @@ pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), D
         .start(stop.clone())
         .map_err(|e| DaemonError::Io(format!("cannot start the flow-event thread: {e}")))?;
     control.keep_mode_at(mode_file(&cfg.control_socket));
+    if let Some(path) = &cfg.conntrack_snapshot {
+        control.keep_snapshot_at(path.clone());
+    }
 
     // Source thread → channel → forwarder → control channel + wake the event loop.
     let (src_tx, src_rx) = unbounded::<SourceEvent>();
@@ -402,6 +405,13 @@ pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), D
     let t0 = Instant::now();
     // Routes first: routers move traffic away while the workers still forward it.
     control.stop_bgp(bgp_stop);
+    // Flows saved while the workers still run (they stop right after): the next start
+    // restores them, so established connections survive the restart.
+    if cfg.conntrack_snapshot.is_some() {
+        if let Err(e) = control.save_snapshot() {
+            ::log::error!("{e}: established connections will not survive this restart");
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let stats = control.join_workers();
     let mut broken = None;

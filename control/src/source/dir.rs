@@ -139,8 +139,14 @@ impl StateSource for DirSource {
         let mut last = Last::Nothing;
         let mut watch: Option<Watch> = None;
         let mut last_arm = Instant::now() - REARM_EVERY;
-        // A change is pending until the directory has been quiet for `debounce`.
-        let mut pending: Option<Instant> = Some(Instant::now());
+        // A change is pending until the directory has been quiet for `debounce`. The first
+        // read is due at once: a (re)start of the daemon waits for no debounce before it can
+        // publish and take traffic again (a change right after is seen by the watch).
+        let mut pending: Option<Instant> = Some(
+            Instant::now()
+                .checked_sub(self.debounce)
+                .unwrap_or_else(Instant::now),
+        );
         let mut events = Events::with_capacity(8);
         let mut buf = [0u8; 4096];
         while !stop.load(Ordering::Relaxed) {

@@ -89,10 +89,19 @@ impl Daemon {
         write_example_state(&state);
         let socket = dir.path().join("np.sock");
         let cfg = dir.path().join("config.yaml");
+        // The conntrack snapshot in the test's directory, never the host's /var/lib/nodeplane.
+        let snapshot = if extra.contains("conntrack_snapshot:") {
+            String::new()
+        } else {
+            format!(
+                "conntrack_snapshot: {}\n",
+                dir.path().join("conntrack.snap").display()
+            )
+        };
         std::fs::write(
             &cfg,
             format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: debug\n{extra}",
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: debug\n{snapshot}{extra}",
                 state.display(),
                 socket.display()
             ),

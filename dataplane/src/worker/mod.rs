@@ -8,7 +8,7 @@
 //!                               new flows and drops → this worker's queue, if observed]
 //!                               → [RST rewrite] → tx
 //!    pipeline.drain()           held fragments that became ready or timed out
-//!    serve ≤ 8 control requests ct list / flush / stats / explain (bounded channel)
+//!    serve ≤ 8 control requests ct list / flush / save / stats / explain (bounded channel)
 //!    every 1 s: full GC         (incremental GC runs inside every burst)
 //!    nothing received: io.idle()
 //!  }                            a panic anywhere in a turn is caught at its end (see below)
@@ -58,7 +58,9 @@ use crate::conntrack::CtStats;
 use crate::events::{EventTap, FlowEvent};
 use crate::flow::FlowKey;
 use crate::parse;
+use crate::pipeline::Restored;
 use crate::publish::Subscriber;
+use crate::snapshot::{SavedAffinity, SavedFlow};
 use crate::tables::IfIndex;
 use crate::{rst, Action, DropReason, Outcome, Pipeline, BURST};
 
@@ -139,6 +141,13 @@ impl<I: PacketIo> Worker<I> {
             events: EventTap::detached(),
             last: Box::new([(Outcome::default(), 0, 0); BURST]),
         }
+    }
+
+    /// Restores flows and affinity entries of a snapshot, before the worker runs (see
+    /// [`Pipeline::restore`]), on the I/O's clock.
+    pub fn restore(&mut self, flows: &[SavedFlow], affinity: &[SavedAffinity]) -> Restored {
+        let now = self.io.now(&self.clock);
+        self.pipeline.restore(flows, affinity, now)
     }
 
     /// Records flow events into `tap` (the daemon's hub; see `crate::events`).
@@ -353,6 +362,7 @@ impl<I: PacketIo> Worker<I> {
                 }
             }
             Query::Stats => Answer::Stats(Box::new(self.stats())),
+            Query::Save => Answer::Saved(Box::new(self.pipeline.save(self.io.now(&self.clock)))),
             Query::Explain { frame, iface, keys } => self.explain(frame, &iface, &keys, now),
         };
         // The control thread may have given up waiting: nothing to do then.

@@ -11,6 +11,7 @@ use super::stats::WorkerStats;
 use crate::conntrack::{Entry, FlowState};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::pipeline::{Action, Outcome};
+use crate::snapshot::SavedPart;
 use crate::tables::Tables;
 
 /// A conntrack filter (`nodeplane ct list --src .. --dst .. --port .. --proto .. --state ..`).
@@ -234,6 +235,8 @@ pub enum Query {
         filter: CtFilter,
     },
     Stats,
+    /// This worker's flows and affinity entries for a snapshot (`nodeplane ct save`, stop).
+    Save,
     /// Runs `frame` through a scratch copy of the pipeline (see `Pipeline::scratch`).
     Explain {
         frame: Vec<u8>,
@@ -247,6 +250,7 @@ pub enum Answer {
     Ct { rows: Vec<CtRow>, matched: usize },
     Flushed(usize),
     Stats(Box<WorkerStats>),
+    Saved(Box<SavedPart>),
     Explained(Box<Explained>),
     Error(String),
 }

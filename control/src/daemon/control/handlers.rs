@@ -92,6 +92,10 @@ impl Control {
                 count_only,
             } => self.ct_list(filter, limit, count_only),
             Request::CtFlush { filter } => self.ct_flush(filter),
+            Request::CtSave {} => match self.save_snapshot() {
+                Ok(saved) => Response::ok(saved),
+                Err(e) => Response::err(e),
+            },
             Request::Observe { .. } => {
                 Response::err("observe streams events: send it on its own connection")
             }
@@ -238,6 +242,7 @@ impl Control {
             bgp: self.bgp.as_ref().map(Bgp::summary),
             service_traffic,
             event_observers: self.events.observers(),
+            conntrack_restore: self.restore_report(),
         }
     }
 

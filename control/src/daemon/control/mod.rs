@@ -5,11 +5,13 @@
 //! One job per module: `apply` takes a new state (validation, compilation, publication of a
 //! generation, the neighbour watcher's MAC, Maglev completion), `workers` starts, supervises,
 //! asks and joins the worker threads, `policy_mode` is the operator's emergency allow-all /
-//! audit override, `handlers` answers the control socket's requests.
+//! audit override, `snapshot` saves and restores the workers' flows across a restart, `handlers`
+//! answers the control socket's requests.
 
 mod apply;
 mod handlers;
 mod policy_mode;
+mod snapshot;
 mod workers;
 
 use std::sync::atomic::AtomicBool;
@@ -61,6 +63,11 @@ pub struct Control {
     /// Where the override is kept across daemon restarts (see [`Control::keep_mode_at`]).
     mode_file: Option<std::path::PathBuf>,
     workers: Vec<WorkerHandle>,
+    /// The conntrack snapshot file (config `conntrack_snapshot`; see `snapshot`).
+    snapshot_path: Option<std::path::PathBuf>,
+    /// A snapshot read at start, restored when the workers start.
+    pending_restore: Option<nodeplane_dataplane::snapshot::Snapshot>,
+    restore_report: Option<crate::api::CtRestore>,
     /// Workers whose thread ended while the daemon runs (a panic the worker did not catch):
     /// their queues are not served. Shown by `nodeplane status` (state `unhealthy`).
     dead: Vec<DeadWorker>,
@@ -132,6 +139,9 @@ impl Control {
             mode_override: None,
             mode_file: None,
             workers: Vec::new(),
+            snapshot_path: None,
+            pending_restore: None,
+            restore_report: None,
             dead: Vec::new(),
             #[cfg(test)]
             fail_spawn: None,

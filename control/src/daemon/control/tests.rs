@@ -270,3 +270,152 @@ fn a_worker_thread_that_died_makes_the_node_unhealthy() {
     assert_eq!(c.dead_workers().len(), 1, "listed once");
     assert_eq!(calls.lock().unwrap().died, vec![1], "not again at stop");
 }
+
+/// A good snapshot: each flow goes into the worker that owns it, before traffic; `ct save`
+/// writes them back. Bad ones (truncated, corrupt, foreign version, not a snapshot): reported,
+/// moved aside, nothing loaded.
+#[test]
+fn snapshot_restores_into_the_owners_and_bad_ones_load_nothing() {
+    use nodeplane_dataplane::conntrack::{FlowState, Nat};
+    use nodeplane_dataplane::owner::{owner_hash, owner_of, OwnerIndex};
+    use nodeplane_dataplane::snapshot::{SavedFlow, Snapshot};
+    use nodeplane_dataplane::{Addr, FlowKey, PolicyVerdict};
+
+    let state = nodeplane_state::example::state().unwrap();
+    let flows: Vec<SavedFlow> = (0..40u16)
+        .map(|i| {
+            let orig = FlowKey {
+                src: Addr::v4([10, 244, 1, 10]),
+                dst: Addr::v4([10, 96, 0, 10]),
+                sport: 40_000 + i,
+                dport: 80,
+                proto: 6,
+            };
+            let backend = Addr::v4([10, 244, 1, 21 + (i % 2) as u8]);
+            SavedFlow {
+                orig,
+                reply: FlowKey {
+                    src: backend,
+                    dst: orig.src,
+                    sport: 8080,
+                    dport: orig.sport,
+                    proto: 6,
+                },
+                state: FlowState::Established,
+                fins: 0,
+                policy: PolicyVerdict::Allow,
+                ended: None,
+                src_identity: 0,
+                dst_identity: 0,
+                nat: Some(Nat {
+                    vip: orig.dst,
+                    vip_port: 80,
+                    backend,
+                    backend_port: 8080,
+                    service: 0,
+                }),
+                packets: [3, 2],
+                bytes: [180, 120],
+                age_ns: 1_000_000_000,
+                idle_ns: 1_000,
+                remaining_ns: 3_600_000_000_000,
+            }
+        })
+        .collect();
+    let mut good = Snapshot::new(super::snapshot::unix_ms());
+    good.flows = flows.clone();
+    let good = good.encode();
+
+    let dir = tempfile::tempdir().unwrap();
+    let start = |bytes: &[u8]| {
+        let path = dir.path().join("ct.snap");
+        let _ = std::fs::remove_file(path.with_extension("snap.bad"));
+        std::fs::write(&path, bytes).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut c = Control::new(
+            "test".into(),
+            2,
+            Box::new(TestBackend(Arc::new(Mutex::new(Calls::default())))),
+            RemovedFlowAction::Drop,
+            stop.clone(),
+        );
+        c.keep_snapshot_at(path.clone());
+        c.apply(state.clone(), "s1".into());
+        (c, stop, path)
+    };
+    let rows = |c: &mut Control| -> Vec<(usize, u16)> {
+        let r = c.handle(Request::CtList {
+            filter: Default::default(),
+            limit: None,
+            count_only: false,
+        });
+        let mut v: Vec<(usize, u16)> = r.result.unwrap()["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["worker"].as_u64().unwrap() as usize,
+                    r["sport"].as_u64().unwrap() as u16,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+
+    let (mut c, stop, path) = start(&good);
+    let t = c.publisher.as_ref().unwrap().current();
+    let idx = OwnerIndex::new(&t);
+    let mut want: Vec<(usize, u16)> = flows
+        .iter()
+        .map(|f| {
+            let k = f.orig;
+            let h = owner_hash(&t, &idx, k.src, k.sport, k.dst, k.dport, k.proto);
+            (owner_of(h, 2), k.sport)
+        })
+        .collect();
+    want.sort();
+    assert!(want.iter().any(|w| w.0 == 0) && want.iter().any(|w| w.0 == 1));
+    assert_eq!(rows(&mut c), want, "every flow in its owner");
+    let r = c.status().conntrack_restore.unwrap();
+    assert_eq!((r.result.as_str(), r.flows_restored), ("restored", 40));
+    assert!(!path.exists(), "used once");
+    let saved = c.save_snapshot().unwrap();
+    assert_eq!(saved.flows, 40);
+    assert_eq!(
+        Snapshot::decode(&std::fs::read(&path).unwrap())
+            .unwrap()
+            .flows
+            .len(),
+        40
+    );
+    stop.store(true, Ordering::Relaxed);
+    c.join_workers();
+
+    let mut foreign = good.clone();
+    foreign[8] = 9;
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 1;
+    for (name, bytes, says) in [
+        ("truncated", &good[..good.len() - 1], "truncated"),
+        ("corrupt", &corrupt[..], "checksum"),
+        ("foreign version", &foreign[..], "version 9"),
+        ("not a snapshot", &b"hello"[..], "bad magic"),
+    ] {
+        let (mut c, stop, path) = start(bytes);
+        let r = c.status().conntrack_restore.unwrap();
+        assert_eq!(r.result, "ignored", "{name}");
+        assert!(r.error.as_deref().unwrap().contains(says), "{name}: {r:?}");
+        assert!(rows(&mut c).is_empty(), "{name}: nothing loaded");
+        assert!(!path.exists(), "{name}");
+        assert_eq!(
+            std::fs::read(path.with_extension("snap.bad")).unwrap(),
+            bytes,
+            "{name}: moved aside"
+        );
+        stop.store(true, Ordering::Relaxed);
+        c.join_workers();
+    }
+}

@@ -9,6 +9,7 @@ use crossbeam::channel::{bounded, Receiver, Sender};
 
 use super::Control;
 use crate::api::DeadWorker;
+use nodeplane_dataplane::pipeline::Restored;
 use nodeplane_dataplane::publish::Publisher;
 use nodeplane_dataplane::worker::{
     panic_message, Answer, PacketIo, Query, Request as WReq, Worker, WorkerStats,
@@ -37,24 +38,36 @@ impl Control {
         p: &Publisher,
         ios: Vec<Box<dyn PacketIo>>,
     ) -> Result<Vec<WorkerHandle>, String> {
-        let mut started: Vec<(WorkerHandle, Sender<()>)> = Vec::new();
+        let mut started: Vec<(WorkerHandle, Sender<()>, Receiver<Restored>)> = Vec::new();
         let mut failed = None;
         // A start that failed before registered queues nobody fills.
         self.events.clear_queues();
+        // Flows of a snapshot go in before a worker takes its first burst.
+        let mut plan = self.restore_plan(&p.current(), ios.len());
         for (i, io) in ios.into_iter().enumerate() {
             let (tx, rx) = bounded(WORKER_QUEUE);
-            let w = Worker::new(
-                i,
+            let (sub, stop, clock, removed, tap) = (
                 p.subscribe(),
-                io,
-                rx,
                 self.stop.clone(),
                 self.clock,
                 self.removed,
-            )
-            .with_events(self.events.tap());
+                self.events.tap(),
+            );
+            let restore = plan
+                .as_mut()
+                .map(|(parts, snap)| (std::mem::take(&mut parts[i]), snap.affinity.clone()));
             let (go_tx, go_rx): (Sender<()>, Receiver<()>) = bounded(1);
-            let body = move || go_rx.recv().ok().map(|()| w.run());
+            let (ready_tx, ready_rx) = bounded(1);
+            // The worker is built on its own thread: its conntrack (tens of MB, written once)
+            // is allocated by every worker at the same time, which shortens a (re)start.
+            let body = move || {
+                let mut w = Worker::new(i, sub, io, rx, stop, clock, removed).with_events(tap);
+                let r = restore
+                    .map(|(flows, affinity)| w.restore(&flows, &affinity))
+                    .unwrap_or_default();
+                let _ = ready_tx.send(r);
+                go_rx.recv().ok().map(|()| w.run())
+            };
             #[cfg(test)]
             let spawned = if self.fail_spawn == Some(i) {
                 Err(std::io::Error::other("injected spawn failure"))
@@ -75,6 +88,7 @@ impl Control {
                         join: Some(join),
                     },
                     go_tx,
+                    ready_rx,
                 )),
                 Err(e) => {
                     failed = Some(format!("cannot start worker thread {i}: {e}"));
@@ -82,8 +96,24 @@ impl Control {
                 }
             }
         }
+        let mut restored = Restored::default();
+        if failed.is_none() {
+            for (h, _, ready) in &started {
+                match ready.recv() {
+                    Ok(r) => {
+                        restored.flows += r.flows;
+                        restored.affinity += r.affinity;
+                        restored.skipped += r.skipped;
+                    }
+                    Err(_) => {
+                        failed = Some(format!("worker {} ended while it was being built", h.id));
+                        break;
+                    }
+                }
+            }
+        }
         if let Some(e) = failed {
-            for (h, go) in started {
+            for (h, go, _) in started {
                 drop(go);
                 if let Some(j) = h.join {
                     let _ = j.join();
@@ -95,8 +125,16 @@ impl Control {
             );
             return Err(e);
         }
+        if let Some((_, snap)) = &plan {
+            self.restored(
+                snap.flows.len(),
+                restored.flows,
+                restored.affinity,
+                restored.skipped,
+            );
+        }
         let mut workers = Vec::with_capacity(started.len());
-        for (h, go) in started {
+        for (h, go, _) in started {
             let _ = go.send(());
             workers.push(h);
         }

@@ -1,0 +1,470 @@
+//! Connections across a daemon restart (issue 12, item 4), on the example node built by
+//! `scripts/lab.sh` (namespaces `np-h8<pid>-*`), with AF_XDP and two workers:
+//!
+//! ```text
+//!  client pod ── TCP keep-alive ─> ClusterIP 10.96.0.10:80 ─┐          ┌─ web1 :8081 echo
+//!             ── UDP every 10 ms ─> ClusterIP 10.96.0.53:53 ─┼ nodeplane ┤
+//!  router ───── TCP keep-alive ─> NodePort 192.168.100.2:30080 ┘  stop   └─ web2 :8081 echo
+//!                                                             + start
+//! ```
+//!
+//! Each TCP client sends a line every 100 ms and reads its echo; the daemon is stopped with
+//! SIGTERM (it writes the conntrack snapshot) and started again (it restores it). The ClusterIP
+//! connection must keep working through the same backend (the same echo server process: the
+//! connection was never re-established) and `ct list` must show both flows on the same backend
+//! before and after. The UDP loop measures the traffic gap: the longest time without an answer.
+//! The NodePort connection is reset by the node's kernel while XDP is detached (see the test).
+//!
+//! Needs root, iproute2, socat, python3. Fails (never skips) without them.
+//! Run: `cargo test --profile ci -p nodeplane-control --test restart -- --nocapture`.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The lab (private prefix); deleted on drop, also when the test fails.
+struct Lab {
+    prefix: String,
+    tmp: PathBuf,
+    procs: Vec<Child>,
+}
+
+impl Lab {
+    fn up() -> Lab {
+        let out = Command::new("id").arg("-u").output().expect("run id");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "the restart lab test needs root (namespaces, XDP, AF_XDP)"
+        );
+        let prefix = format!("np-h8{}-", std::process::id() % 10_000);
+        let tmp = std::env::temp_dir().join(format!("{prefix}tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        let lab = Lab {
+            prefix,
+            tmp,
+            procs: Vec::new(),
+        };
+        lab.script("down");
+        lab.script("up");
+        lab
+    }
+
+    fn script(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(root_dir().join("scripts/lab.sh"))
+            .arg(cmd)
+            .env("NP_LAB_PREFIX", &self.prefix)
+            .output()
+            .expect("run lab.sh");
+        assert!(
+            out.status.success(),
+            "lab.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.prefix)
+    }
+
+    /// In each web pod: a TCP echo server on 8081 that first says which pod it is, and UDP
+    /// answers on 5353 (the `dns` ClusterIP's backend port).
+    fn start_servers(&mut self) {
+        for w in ["web1", "web2"] {
+            for (listen, action) in [
+                (
+                    "TCP-LISTEN:8081,reuseaddr,fork".to_string(),
+                    format!("SYSTEM:echo {w} $$; cat"),
+                ),
+                (
+                    "UDP4-RECVFROM:5353,fork".to_string(),
+                    format!("SYSTEM:read -r q; echo answer from {w}"),
+                ),
+            ] {
+                let c = Command::new("ip")
+                    .args(["netns", "exec", &self.ns(w), "socat", &listen, &action])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("socat server");
+                self.procs.push(c);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// The example state with `web` and `web-nodeport` on the echo port 8081 (which the
+    /// policies allow like 8080).
+    fn state(&self) -> PathBuf {
+        let dir = self.tmp.join("state");
+        fs::create_dir_all(&dir).unwrap();
+        for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut text = fs::read_to_string(e.path()).unwrap();
+            if name == "interfaces.yaml" {
+                text = text
+                    .lines()
+                    .filter(|l| !l.contains("gateway_mac:"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            if name == "services.yaml" {
+                text = text.replace("port: 8080 }   # web-", "port: 8081 }   # web-");
+            }
+            if name == "policies.yaml" {
+                text = text.replace("[{ port: 8080 }]", "[{ port: 8080 }, { port: 8081 }]");
+            }
+            fs::write(dir.join(&name), text).unwrap();
+        }
+        dir
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.script("down");
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// `nodeplane run` (AF_XDP, 2 workers) in the node namespace; SIGKILLed on drop if running.
+struct Nodeplane {
+    wrapper: Child,
+    pid: i32,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Nodeplane {
+    fn start(lab: &Lab, state: &Path, run: usize) -> Nodeplane {
+        let socket = lab.tmp.join("np.sock");
+        let log = lab.tmp.join(format!("nodeplane-{run}.log"));
+        let cfg = lab.tmp.join("config.yaml");
+        let pidf = lab.tmp.join("pid");
+        let _ = fs::remove_file(&pidf);
+        fs::write(
+            &cfg,
+            format!(
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5 }}\n",
+                state.display(),
+                socket.display(),
+                lab.tmp.join("conntrack.snap").display()
+            ),
+        )
+        .unwrap();
+        let script = format!(
+            "echo $$ > {}; exec {} run --config {} 2> {}",
+            pidf.display(),
+            env!("CARGO_BIN_EXE_nodeplane"),
+            cfg.display(),
+            log.display()
+        );
+        let wrapper = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("node"), "bash", "-c", &script])
+            .spawn()
+            .expect("start nodeplane");
+        let mut np = Nodeplane {
+            wrapper,
+            pid: 0,
+            socket,
+            log,
+        };
+        let t0 = Instant::now();
+        loop {
+            let ready = np.status().is_some_and(|s| {
+                s["generation"].as_u64().unwrap_or(0) >= 1
+                    && s["workers"].as_array().is_some_and(|w| w.len() == 2)
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nodeplane did not start: {}",
+                np.log()
+            );
+            assert!(
+                np.wrapper.try_wait().unwrap().is_none(),
+                "nodeplane exited: {}",
+                np.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
+        np
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        self.cli_json(&["status"])
+    }
+
+    /// `(original destination port, source port, backend address, worker)` of every TCP
+    /// flow, sorted.
+    fn tcp_flows(&self) -> Vec<(u64, u64, String, u64)> {
+        let l = self
+            .cli_json(&["ct", "list", "--proto", "tcp"])
+            .expect("ct list");
+        let mut v: Vec<(u64, u64, String, u64)> = l["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["dport"].as_u64().unwrap(),
+                    r["sport"].as_u64().unwrap(),
+                    r["backend"].as_str().unwrap_or("-").to_string(),
+                    r["worker"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// SIGTERM; waits for the exit (at most 10 s). Returns whether it exited 0.
+    fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.wrapper.try_wait().unwrap() {
+                return s.success();
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Nodeplane {
+    fn drop(&mut self) {
+        if self.wrapper.try_wait().ok().flatten().is_none() {
+            if self.pid > 0 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &self.pid.to_string()])
+                    .status();
+            }
+            let _ = self.wrapper.kill();
+            let _ = self.wrapper.wait();
+        }
+    }
+}
+
+/// A client in a namespace: a TCP connection sending a line every 100 ms and reading its echo,
+/// and optionally a UDP request every 10 ms on one socket (one flow). First output line:
+/// `{"who": ..., "sport": ...}`; after a line on stdin: a JSON summary.
+const CLIENT: &str = r#"
+import json, select, socket, sys, threading, time
+host, port = sys.argv[1], int(sys.argv[2])
+udp = sys.argv[3] if len(sys.argv) > 3 else None
+s = socket.create_connection((host, port), timeout=15)
+f = s.makefile("rwb")
+who = f.readline().decode().strip()
+print(json.dumps({"who": who, "sport": s.getsockname()[1]}), flush=True)
+st = {"who": who, "echoes": 0, "tcp_error": None, "max_echo_s": 0.0,
+      "udp_sent": 0, "udp_answers": 0, "udp_gap_s": 0.0}
+stop = threading.Event()
+def tcp():
+    n = 0
+    while not stop.is_set():
+        t = time.monotonic()
+        try:
+            f.write(b"line %d\n" % n); f.flush()
+            got = f.readline().decode().strip()
+        except Exception as e:
+            st["tcp_error"] = repr(e); return
+        if got != "line %d" % n:
+            st["tcp_error"] = "bad echo %r" % got; return
+        st["echoes"] += 1
+        st["max_echo_s"] = max(st["max_echo_s"], time.monotonic() - t)
+        n += 1
+        time.sleep(0.1)
+def udp_loop():
+    uh, up = udp.rsplit(":", 1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect((uh, int(up)))
+    last = None
+    nxt = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= nxt:
+            try:
+                u.send(b"q\n"); st["udp_sent"] += 1
+            except OSError:
+                pass
+            nxt = now + 0.01
+        r, _, _ = select.select([u], [], [], max(0.0, nxt - time.monotonic()))
+        if r:
+            try:
+                u.recv(2048)
+            except OSError:
+                continue
+            t = time.monotonic()
+            if last is not None:
+                st["udp_gap_s"] = max(st["udp_gap_s"], t - last)
+            last = t
+            st["udp_answers"] += 1
+threads = [threading.Thread(target=tcp)]
+if udp:
+    threads.append(threading.Thread(target=udp_loop))
+for t in threads:
+    t.start()
+sys.stdin.readline()
+stop.set()
+for t in threads:
+    t.join(20)
+print(json.dumps(st), flush=True)
+"#;
+
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<std::process::ChildStdout>,
+    who: String,
+    sport: u64,
+}
+
+impl Client {
+    fn start(lab: &Lab, ns: &str, args: &[&str]) -> Client {
+        let mut child = Command::new("timeout")
+            .args([
+                "120",
+                "ip",
+                "netns",
+                "exec",
+                &lab.ns(ns),
+                "python3",
+                "-c",
+                CLIENT,
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 client");
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("client in {ns} did not connect ({e}): {line:?}"));
+        Client {
+            child,
+            stdin,
+            out,
+            who: v["who"].as_str().unwrap().to_string(),
+            sport: v["sport"].as_u64().unwrap(),
+        }
+    }
+
+    fn finish(mut self) -> serde_json::Value {
+        self.stdin.write_all(b"stop\n").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let _ = self.child.wait();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client summary ({e}): {line:?}"))
+    }
+}
+
+#[test]
+fn connections_survive_a_stop_and_start() {
+    let mut lab = Lab::up();
+    lab.start_servers();
+    let state = lab.state();
+    let np = Nodeplane::start(&lab, &state, 1);
+
+    let cluster = Client::start(&lab, "client", &["10.96.0.10", "80", "10.96.0.53:53"]);
+    let nodeport = Client::start(&lab, "router", &["192.168.100.2", "30080"]);
+    for c in [&cluster, &nodeport] {
+        assert!(c.who.starts_with("web"), "backend: {:?}", c.who);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = np.tcp_flows();
+    let ours = |flows: &[(u64, u64, String, u64)]| -> Vec<(u64, u64, String, u64)> {
+        flows
+            .iter()
+            .filter(|(_, sport, _, _)| *sport == cluster.sport || *sport == nodeport.sport)
+            .cloned()
+            .collect()
+    };
+    let before = ours(&before);
+    assert_eq!(before.len(), 2, "both flows tracked: {before:?}");
+
+    let t0 = Instant::now();
+    assert!(np.stop(), "clean stop");
+    let stopped = t0.elapsed();
+    let np = Nodeplane::start(&lab, &state, 2);
+    let down = t0.elapsed();
+    let restore = np.status().unwrap()["conntrack_restore"].clone();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = ours(&np.tcp_flows());
+
+    let (who_c, who_n) = (cluster.who.clone(), nodeport.who.clone());
+    let c = cluster.finish();
+    let n = nodeport.finish();
+    let gap_ms = c["udp_gap_s"].as_f64().unwrap() * 1000.0;
+    eprintln!(
+        "restart: SIGTERM to exit {:.0} ms, SIGTERM to the new daemon ready {:.0} ms; UDP every 10 ms: longest gap without an answer {gap_ms:.0} ms ({} sent, {} answered); longest TCP echo: ClusterIP {:.0} ms, NodePort {:.0} ms",
+        stopped.as_secs_f64() * 1000.0,
+        down.as_secs_f64() * 1000.0,
+        c["udp_sent"],
+        c["udp_answers"],
+        c["max_echo_s"].as_f64().unwrap() * 1000.0,
+        n["max_echo_s"].as_f64().unwrap() * 1000.0,
+    );
+    assert_eq!(restore["result"], "restored", "{restore}\n{}", np.log());
+    assert!(c["tcp_error"].is_null(), "ClusterIP connection broke: {c}");
+    // The NodePort connection is NOT asserted to survive: while no daemon runs, XDP is
+    // detached and the node's kernel, which owns 192.168.100.2 and has no socket on 30080,
+    // answers a client segment that falls in the gap with a reset (bench/RESULTS.md: about
+    // half of the runs). Keeping it needs the XDP program kept attached across the restart
+    // (dropping steered traffic until the new daemon's sockets are bound): not done yet. Its
+    // flow is restored all the same (checked below with the ClusterIP one).
+    eprintln!(
+        "NodePort connection: {}",
+        n["tcp_error"].as_str().unwrap_or("kept")
+    );
+    assert_eq!(c["who"].as_str(), Some(who_c.as_str()));
+    assert_eq!(n["who"].as_str(), Some(who_n.as_str()));
+    assert!(c["echoes"].as_u64().unwrap() >= 20, "{c}");
+    // Same backend, and restored into the worker that owns it (a flow restored elsewhere
+    // would show twice: the owner would create it again at its next packet).
+    assert_eq!(
+        after, before,
+        "each flow on the same backend and worker after the restart"
+    );
+    eprintln!("flows: {before:?}\nthe new daemon's log:\n{}", np.log());
+    assert!(gap_ms < 5000.0, "UDP gap {gap_ms:.0} ms");
+    assert!(np.stop(), "clean stop");
+}
