@@ -9,69 +9,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+mod lab;
 
-fn require_root() {
-    let out = Command::new("id").arg("-u").output().expect("run id");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "0",
-        "the e2e tests need root (namespaces, XDP, AF_XDP); run them as root"
-    );
-}
-
-fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The lab (private prefix); deleted on drop, also when the test fails.
-struct Lab {
-    prefix: String,
-    tmp: PathBuf,
-    servers: Vec<Child>,
-}
+use lab::{root_dir, Lab};
 
 impl Lab {
-    fn up() -> Lab {
-        require_root();
-        let prefix = format!(
-            "np-e{}{}-",
-            std::process::id() % 10_000,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp = std::env::temp_dir().join(format!("{prefix}tmp"));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).unwrap();
-        let lab = Lab {
-            prefix,
-            tmp,
-            servers: Vec::new(),
-        };
-        lab.script("up");
-        lab
-    }
-
-    fn script(&self, cmd: &str) {
-        let out = Command::new("bash")
-            .arg(root_dir().join("scripts/lab.sh"))
-            .arg(cmd)
-            .env("NP_LAB_PREFIX", &self.prefix)
-            .output()
-            .expect("run lab.sh");
-        assert!(
-            out.status.success(),
-            "lab.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{}{n}", self.prefix)
-    }
-
     /// Runs a command in a namespace with a time limit; (success, stdout).
     fn run(&self, ns: &str, args: &[&str]) -> (bool, String) {
         let mut cmd = Command::new("timeout");
@@ -173,7 +117,7 @@ impl Lab {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("socat server");
-                self.servers.push(c);
+                self.procs.push(c);
             }
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -207,17 +151,6 @@ impl Lab {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.script("down");
-        let _ = fs::remove_dir_all(&self.tmp);
     }
 }
 
@@ -458,7 +391,7 @@ fn xsk_kernel_sum(stats: &serde_json::Value, field: &str) -> u64 {
 /// clean exit. (The scenarios of this file run in parallel, one lab each.)
 #[test]
 fn services_policy_cli_host_traffic_and_clean_exit() {
-    let mut lab = Lab::up();
+    let mut lab = Lab::up("e");
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
     let np = Nodeplane::start(&lab, &state, 1);
@@ -688,7 +621,7 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
 
 #[test]
 fn terminating_backend_keeps_its_flow() {
-    let mut lab = Lab::up();
+    let mut lab = Lab::up("e");
     lab.start_servers();
     // web-lb with both backends active, on the echo port.
     // web-lb with both backends active on the echo port 8081, which web's policy allows from
@@ -794,7 +727,7 @@ print(f.readline().decode().strip(), flush=True)
 
 #[test]
 fn two_workers_hand_off_flows_to_their_owner() {
-    let mut lab = Lab::up();
+    let mut lab = Lab::up("e");
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
     let np = Nodeplane::start(&lab, &state, 2);

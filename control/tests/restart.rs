@@ -24,57 +24,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod lab;
 
-/// The lab (private prefix); deleted on drop, also when the test fails.
-struct Lab {
-    prefix: String,
-    tmp: PathBuf,
-    procs: Vec<Child>,
-}
+use lab::{root_dir, Lab};
 
 impl Lab {
-    fn up() -> Lab {
-        let out = Command::new("id").arg("-u").output().expect("run id");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "0",
-            "the restart lab test needs root (namespaces, XDP, AF_XDP)"
-        );
-        let prefix = format!("np-h8{}-", std::process::id() % 10_000);
-        let tmp = std::env::temp_dir().join(format!("{prefix}tmp"));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).unwrap();
-        let lab = Lab {
-            prefix,
-            tmp,
-            procs: Vec::new(),
-        };
-        lab.script("down");
-        lab.script("up");
-        lab
-    }
-
-    fn script(&self, cmd: &str) {
-        let out = Command::new("bash")
-            .arg(root_dir().join("scripts/lab.sh"))
-            .arg(cmd)
-            .env("NP_LAB_PREFIX", &self.prefix)
-            .output()
-            .expect("run lab.sh");
-        assert!(
-            out.status.success(),
-            "lab.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn ns(&self, n: &str) -> String {
-        format!("{}{n}", self.prefix)
-    }
-
     /// In each web pod: a TCP echo server on 8081 that first says which pod it is, and UDP
     /// answers on 5353 (the `dns` ClusterIP's backend port).
     fn start_servers(&mut self) {
@@ -126,17 +80,6 @@ impl Lab {
             fs::write(dir.join(&name), text).unwrap();
         }
         dir
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.procs {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.script("down");
-        let _ = fs::remove_dir_all(&self.tmp);
     }
 }
 
@@ -399,7 +342,7 @@ impl Client {
 
 #[test]
 fn connections_survive_a_stop_and_start() {
-    let mut lab = Lab::up();
+    let mut lab = Lab::up("r");
     lab.start_servers();
     let state = lab.state();
     let np = Nodeplane::start(&lab, &state, 1);

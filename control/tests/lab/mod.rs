@@ -1,0 +1,88 @@
+//! The namespace lab of `scripts/lab.sh` (the example node: router, node, pods) under a private
+//! prefix, for the daemon's root tests. `Lab::up` builds it; dropping the `Lab` kills the
+//! processes the test started in it and deletes it, also when the test fails. Each test adds
+//! its own methods (`impl Lab` in the test file: servers, clients, the daemon's config).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The repository's root.
+pub fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Fails (never skips) when not run as root.
+pub fn require_root(what: &str) {
+    let out = Command::new("id").arg("-u").output().expect("run id");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{what} need root (namespaces, XDP, AF_XDP); run them as root"
+    );
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub tmp: PathBuf,
+    /// Processes started in the lab (servers, clients): killed on drop.
+    pub procs: Vec<Child>,
+}
+
+impl Lab {
+    /// A fresh lab named `np-<tag><pid><seq>-*` (a leftover of the same name is deleted first).
+    pub fn up(tag: &str) -> Lab {
+        require_root("the lab tests");
+        let prefix = format!(
+            "np-{tag}{}{}-",
+            std::process::id() % 10_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = std::env::temp_dir().join(format!("{prefix}tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        let lab = Lab {
+            prefix,
+            tmp,
+            procs: Vec::new(),
+        };
+        lab.script("down");
+        lab.script("up");
+        lab
+    }
+
+    pub fn script(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(root_dir().join("scripts/lab.sh"))
+            .arg(cmd)
+            .env("NP_LAB_PREFIX", &self.prefix)
+            .output()
+            .expect("run lab.sh");
+        assert!(
+            out.status.success(),
+            "lab.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The full name of the lab's namespace `n` (`node`, `router`, `pod-client`, ...).
+    pub fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.prefix)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.script("down");
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
