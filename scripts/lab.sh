@@ -204,6 +204,8 @@ state:
   dir: $root/examples/state
 control_socket: $sock
 log_level: info
+# The lab's own: a demo never leaves (or restores) flows in the host's /var/lib/nodeplane.
+conntrack_snapshot: $tmp/conntrack.snap
 io:
   afxdp:
     workers: 1

@@ -39,7 +39,16 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the new one, whole.
+/// A missing directory is created (owner only), as the package creates `/var/lib/nodeplane`
+/// for a daemon built from source.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let tmp = with_suffix(path, ".tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -316,5 +325,9 @@ mod tests {
         write_atomic(&p, b"second").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
         assert!(!with_suffix(&p, ".tmp").exists());
+        // The state directory is created when it is missing.
+        let nested = dir.path().join("var/lib/nodeplane/ct.snap");
+        write_atomic(&nested, b"three").unwrap();
+        assert_eq!(std::fs::read(&nested).unwrap(), b"three");
     }
 }
