@@ -303,6 +303,53 @@ mod tests {
         assert!(b.speaker.is_none());
     }
 
+    /// The withdrawal path of a VIP whose last backend goes: the accepted state reaches
+    /// `on_state`, `routes_from_state` drops the VIP, `set_routes` wakes the speaker thread,
+    /// which takes the new set (and sends the UPDATE to every established neighbour) in the
+    /// same loop turn. Measured here from `on_state` to the speaker's own route set.
+    #[test]
+    fn vip_is_withdrawn_within_100_ms_of_its_last_backend_going() {
+        let mut cfg = cfg(0);
+        cfg.announce.announce_service_vips = true;
+        let state = |backend_state: &str| {
+            nodeplane_state::load_sources([(
+                "s.yaml",
+                format!(
+                    "node:\n  name: n1\n  pod_cidrs: [10.244.1.0/24]\nservices:\n  - name: lb\n    type: LoadBalancer\n    frontends: [{{ip: 192.0.2.10, port: 80}}]\n    backends: [{{ip: 10.244.1.5, port: 8080, state: {backend_state}}}]\n"
+                ),
+            )])
+            .unwrap()
+        };
+        let vip: IpNet = "192.0.2.10/32".parse().unwrap();
+        let pod: IpNet = "10.244.1.0/24".parse().unwrap();
+        let mut b = Bgp::new(cfg);
+        b.on_state(&state("active"));
+        assert_eq!(b.status().status.routes, vec![pod, vip]);
+        let t0 = Instant::now();
+        b.on_state(&state("quarantined"));
+        while b.status().status.routes != vec![pod] {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", b.status());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "withdrawal took {took:?}"
+        );
+        // And back when a backend is active again.
+        b.on_state(&state("active"));
+        let t0 = Instant::now();
+        while b.status().status.routes != vec![pod, vip] {
+            assert!(
+                t0.elapsed() < Duration::from_millis(100),
+                "{:?}",
+                b.status()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        b.stop(StopMode::Withdraw);
+    }
+
     #[test]
     fn a_speaker_that_cannot_start_is_reported_and_retried() {
         let taken = TcpListener::bind("0.0.0.0:0").unwrap();
