@@ -48,6 +48,9 @@ pub struct Bgp {
     backoff: Duration,
     /// Each neighbour as [`Bgp::tick`] last saw it (index = config order).
     seen: Vec<Seen>,
+    /// Graceful restart's F bit at start: forwarding survived the daemon's restart (its
+    /// conntrack snapshot was restored). False until told: after a crash there is no snapshot.
+    forwarding_preserved: bool,
 }
 
 /// What the neighbour lines are computed from.
@@ -114,7 +117,15 @@ impl Bgp {
             retry_at: None,
             backoff: RETRY_MIN,
             seen: Vec::new(),
+            forwarding_preserved: false,
         }
+    }
+
+    /// Whether forwarding survived this start (a conntrack snapshot written at a clean stop was
+    /// restored); the speaker's OPENs say so in graceful restart's F bit. Takes effect at the
+    /// speaker's (next) start.
+    pub fn set_forwarding_preserved(&mut self, preserved: bool) {
+        self.forwarding_preserved = preserved;
     }
 
     /// An accepted (published) state: start the speaker with its routes the first time, else
@@ -144,14 +155,19 @@ impl Bgp {
         let Some(routes) = self.routes.clone() else {
             return;
         };
-        match Speaker::start(&self.cfg, routes.clone()) {
+        match Speaker::start_with(&self.cfg, routes.clone(), self.forwarding_preserved) {
             Ok(s) => {
                 log::info!(
-                    "bgp: speaker AS {} id {} started, {} neighbour(s), announcing {}",
+                    "bgp: speaker AS {} id {} started, {} neighbour(s), announcing {}, forwarding state {}",
                     self.cfg.local_as,
                     self.cfg.router_id,
                     self.cfg.neighbors.len(),
-                    log_list(&routes)
+                    log_list(&routes),
+                    if self.forwarding_preserved {
+                        "preserved (conntrack restored)"
+                    } else {
+                        "not preserved"
+                    }
                 );
                 self.speaker = Some(s);
                 self.error = None;
@@ -227,6 +243,7 @@ impl Bgp {
         BgpStatus {
             speaker: self.speaker_state().into(),
             error: self.error.clone(),
+            forwarding_preserved: self.forwarding_preserved,
             status,
         }
     }
