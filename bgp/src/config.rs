@@ -85,6 +85,19 @@ impl From<FamilyConfig> for Family {
     }
 }
 
+/// Which usable backends keep a service VIP announced (MetalLB's and Cilium's
+/// `externalTrafficPolicy: Cluster` / `Local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VipBackends {
+    /// Any `active` backend, on any node.
+    #[default]
+    Any,
+    /// An `active` backend on this node: its IP is inside one of the node's PodCIDRs (where
+    /// every local endpoint's IP is) or is one of the node's own IPs.
+    Local,
+}
+
 /// What to announce, taken from the node state by [`crate::routes_from_state`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +108,11 @@ pub struct AnnounceConfig {
     /// LoadBalancer and ExternalIP services' frontend IPs, as /32 or /128.
     #[serde(default)]
     pub announce_service_vips: bool,
+    /// Which backends make a service VIP worth announcing: a VIP is announced only while its
+    /// service has at least one usable (`active`) backend of this kind, and withdrawn with the
+    /// state change that takes the last one away.
+    #[serde(default)]
+    pub vip_backends: VipBackends,
     /// Frontend IPs inside these prefixes are never announced (e.g. the ClusterIP range,
     /// whose addresses also appear among a LoadBalancer service's frontends).
     #[serde(default)]
@@ -117,6 +135,7 @@ impl Default for AnnounceConfig {
         AnnounceConfig {
             pod_cidrs: true,
             announce_service_vips: false,
+            vip_backends: VipBackends::default(),
             service_vip_exclude: Vec::new(),
             prefixes: Vec::new(),
             communities: Vec::new(),

@@ -141,6 +141,10 @@ pub struct Params {
     pub local_pref: u32,
     /// Graceful restart time to advertise; `None` = no GR capability.
     pub restart_time: Option<u16>,
+    /// The F bit of our GR capability in the OPENs sent while restarting (before our first
+    /// session): whether the dataplane really kept forwarding across the restart. Once a
+    /// session has been up, the process (and its forwarding) ran on, so later OPENs set it.
+    pub forwarding_preserved: bool,
 }
 
 impl Params {
@@ -612,11 +616,10 @@ impl Neighbor {
                     .iter()
                     .map(|f| {
                         let (afi, safi) = f.afi_safi();
-                        // The dataplane keeps forwarding while the speaker restarts.
                         GrFamily {
                             afi,
                             safi,
-                            forwarding_preserved: true,
+                            forwarding_preserved: p.forwarding_preserved || !self.restarting,
                         }
                     })
                     .collect(),

@@ -14,7 +14,7 @@ pub mod packet;
 pub mod routes;
 pub mod sys;
 
-pub use config::{AnnounceConfig, BgpConfig, ConfigError, NeighborConfig};
+pub use config::{AnnounceConfig, BgpConfig, ConfigError, NeighborConfig, VipBackends};
 pub use routes::{log_list, routes_from_state};
 pub mod fsm;
 pub mod network;

@@ -114,8 +114,20 @@ struct Conn {
 
 impl Speaker {
     /// Binds the listeners (errors surface here), then starts the event loop thread with every
-    /// neighbour started. `routes` is the initial set to announce.
+    /// neighbour started. `routes` is the initial set to announce. Graceful restart's F bit is
+    /// set: a speaker whose restart does not touch forwarding (the standalone speaker).
     pub fn start(cfg: &BgpConfig, routes: BTreeSet<IpNet>) -> Result<Speaker, SpeakerError> {
+        Speaker::start_with(cfg, routes, true)
+    }
+
+    /// [`Speaker::start`], saying whether forwarding survived the restart (graceful restart's
+    /// F bit in the OPENs before the first session: RFC 4724 §3). Clear, routers drop our
+    /// stale routes at once instead of forwarding into a dataplane that lost its state.
+    pub fn start_with(
+        cfg: &BgpConfig,
+        routes: BTreeSet<IpNet>,
+        forwarding_preserved: bool,
+    ) -> Result<Speaker, SpeakerError> {
         cfg.validate()?;
         let communities = cfg.communities();
         let mut ios = Vec::new();
@@ -147,6 +159,7 @@ impl Speaker {
                     .graceful_restart
                     .enabled
                     .then_some(cfg.graceful_restart.restart_time_secs),
+                forwarding_preserved,
             };
             neighbors.push(Neighbor::new(params, (i as ConnId + 1) << 32));
         }

@@ -4,12 +4,13 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use nodeplane_state::{ServiceType, State};
+use nodeplane_state::{Backend, BackendState, ServiceType, State};
 
-use crate::config::AnnounceConfig;
+use crate::config::{AnnounceConfig, VipBackends};
 
 /// The prefixes to announce for `state` under `cfg`: the PodCIDRs, the LoadBalancer/External
-/// VIPs as host routes (outside `service_vip_exclude`) and the static extra prefixes.
+/// VIPs as host routes (outside `service_vip_exclude`, and only for a service with a usable
+/// backend, see [`VipBackends`]) and the static extra prefixes.
 pub fn routes_from_state(state: &State, cfg: &AnnounceConfig) -> BTreeSet<IpNet> {
     let mut out = BTreeSet::new();
     if cfg.pod_cidrs {
@@ -23,6 +24,17 @@ pub fn routes_from_state(state: &State, cfg: &AnnounceConfig) -> BTreeSet<IpNet>
             ) {
                 continue;
             }
+            let usable =
+                svc.backends
+                    .iter()
+                    .filter(|b| usable(b))
+                    .any(|b| match cfg.vip_backends {
+                        VipBackends::Any => true,
+                        VipBackends::Local => is_local(state, b.ip),
+                    });
+            if !usable {
+                continue;
+            }
             for fe in &svc.frontends {
                 if cfg.service_vip_exclude.iter().any(|x| x.contains(&fe.ip)) {
                     continue;
@@ -33,6 +45,18 @@ pub fn routes_from_state(state: &State, cfg: &AnnounceConfig) -> BTreeSet<IpNet>
     }
     out.extend(cfg.prefixes.iter().copied());
     out
+}
+
+/// A backend that receives new flows: `active` (terminating and quarantined ones do not) with
+/// a weight (validation already refuses 0; checked again so a VIP never points at nothing).
+fn usable(b: &Backend) -> bool {
+    b.state == BackendState::Active && b.weight > 0
+}
+
+/// Whether `ip` is on this node: inside a PodCIDR (validation keeps every local endpoint's IP
+/// inside one) or one of the node's IPs (a host-network backend).
+fn is_local(state: &State, ip: IpAddr) -> bool {
+    state.node.pod_cidrs.iter().any(|p| p.contains(&ip)) || state.node.node_ips.contains(&ip)
 }
 
 fn host_route(ip: IpAddr) -> IpNet {
@@ -72,6 +96,86 @@ mod tests {
         (0..n)
             .map(|k| format!("10.{}.{}.0/24", k / 256, k % 256).parse().unwrap())
             .collect()
+    }
+
+    const STATE: &str = r#"
+node:
+  pod_cidrs: [10.244.1.0/24]
+  node_ips: [10.0.0.2]
+services:
+  - name: lb
+    type: LoadBalancer
+    frontends: [{ip: 192.0.2.10, port: 80}]
+    backends: BACKENDS
+"#;
+
+    fn vips(backends: &str, vip_backends: VipBackends) -> Vec<String> {
+        let state = State::from_yaml_str(&STATE.replace("BACKENDS", backends)).unwrap();
+        let cfg = AnnounceConfig {
+            pod_cidrs: false,
+            announce_service_vips: true,
+            vip_backends,
+            ..Default::default()
+        };
+        routes_from_state(&state, &cfg)
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    const VIP: [&str; 1] = ["192.0.2.10/32"];
+    const NONE: [&str; 0] = [];
+
+    #[test]
+    fn vip_is_announced_only_with_an_active_backend() {
+        use VipBackends::Any;
+        assert_eq!(vips("[{ip: 10.1.0.5, port: 8080}]", Any), VIP);
+        assert_eq!(
+            vips(
+                "[{ip: 10.1.0.5, port: 8080, state: quarantined}, {ip: 10.1.0.6, port: 8080}]",
+                Any
+            ),
+            VIP
+        );
+        assert_eq!(vips("[]", Any), NONE);
+        assert_eq!(
+            vips(
+                "[{ip: 10.1.0.5, port: 8080, state: quarantined}, \
+                  {ip: 10.1.0.6, port: 8080, state: terminating}]",
+                Any
+            ),
+            NONE
+        );
+    }
+
+    #[test]
+    fn vip_backends_local_needs_an_active_backend_on_this_node() {
+        use VipBackends::{Any, Local};
+        let remote = "[{ip: 10.1.0.5, port: 8080}]";
+        assert_eq!(vips(remote, Any), VIP);
+        assert_eq!(vips(remote, Local), NONE);
+        // Local by PodCIDR (every local endpoint's IP is inside one), by node IP (host network).
+        for ip in ["10.244.1.9", "10.0.0.2"] {
+            let b = format!("[{{ip: 10.1.0.5, port: 8080}}, {{ip: {ip}, port: 8080}}]");
+            assert_eq!(vips(&b, Local), VIP, "{ip}");
+        }
+        // A local backend that is not active does not count.
+        assert_eq!(
+            vips(
+                "[{ip: 10.1.0.5, port: 8080}, {ip: 10.244.1.9, port: 8080, state: terminating}]",
+                Local
+            ),
+            NONE
+        );
+    }
+
+    #[test]
+    fn vip_backends_parses_and_defaults_to_any() {
+        let c: AnnounceConfig = yaml_serde::from_str("vip_backends: local").unwrap();
+        assert_eq!(c.vip_backends, VipBackends::Local);
+        let c: AnnounceConfig = yaml_serde::from_str("pod_cidrs: true").unwrap();
+        assert_eq!(c.vip_backends, VipBackends::Any);
+        assert!(yaml_serde::from_str::<AnnounceConfig>("vip_backends: nearby").is_err());
     }
 
     #[test]

@@ -73,12 +73,15 @@ services:
   - name: lb
     type: LoadBalancer
     frontends: [{ip: 10.96.0.10, port: 80}, {ip: 192.0.2.10, port: 80}]
+    backends: [{ip: 10.244.1.5, port: 8080}]
   - name: ext
     type: ExternalIP
     frontends: [{ip: "2001:db8::10", port: 443}]
+    backends: [{ip: "fd00:244:2::5", port: 8443}]
   - name: internal
     type: ClusterIP
     frontends: [{ip: 10.96.0.11, port: 80}]
+    backends: [{ip: 10.244.1.5, port: 8080}]
 "#,
     )
     .unwrap();

@@ -36,6 +36,7 @@ fn params(local_as: u32, remote_as: u32) -> Params {
         med: Some(10),
         local_pref: 200,
         restart_time: Some(120),
+        forwarding_preserved: true,
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use nodeplane_bgp::fsm::{Action, ConnId, Event, Neighbor, Params, State, StopMode};
-use nodeplane_bgp::packet::{Capability, DecodeError, Family, Message, Notification, Open, Update};
+use nodeplane_bgp::packet::{
+    Capability, Context, DecodeError, Family, Message, Notification, Open, Update,
+};
 
 const OUT: ConnId = 1 << 32;
 const IN: ConnId = 1 << 48;
@@ -29,6 +31,7 @@ fn params() -> Params {
         med: None,
         local_pref: 100,
         restart_time: Some(120),
+        forwarding_preserved: true,
     }
 }
 
@@ -354,6 +357,44 @@ fn graceful_restart_bit_only_before_the_first_session() {
     assert!(gr(&n.our_open()));
     establish(&mut n, t0);
     assert!(!gr(&n.our_open()));
+}
+
+/// The F bit of each family in our encoded GR capability (code 64: restart flags and time,
+/// then AFI, SAFI, flags per family).
+fn f_bits(open: &Open) -> Vec<bool> {
+    let bytes = Message::Open(open.clone())
+        .to_bytes(&Context::default())
+        .unwrap();
+    let at = bytes
+        .windows(2)
+        .position(|w| w == [64, 2 + 4 * 2])
+        .expect("GR capability with two families");
+    let families = &bytes[at + 4..at + 4 + 8];
+    assert_eq!(&families[..3], &[0, 1, 1], "IPv4 unicast first");
+    assert_eq!(&families[4..7], &[0, 2, 1], "IPv6 unicast second");
+    vec![families[3] == 0x80, families[7] == 0x80]
+}
+
+#[test]
+fn forwarding_state_bit_says_whether_forwarding_survived() {
+    let t0 = Instant::now();
+    // A clean stop with a conntrack snapshot restored: F set for every family.
+    let n = Neighbor::new(params(), OUT);
+    assert_eq!(f_bits(&n.our_open()), [true, true]);
+    // After a crash (nothing restored): F clear, so routers drop our stale routes at once.
+    let mut n = Neighbor::new(
+        Params {
+            forwarding_preserved: false,
+            ..params()
+        },
+        OUT,
+    );
+    let open = n.our_open();
+    assert!(open.graceful_restart().unwrap().restart_state);
+    assert_eq!(f_bits(&open), [false, false]);
+    // Once a session has been up, the process and its forwarding ran on: later OPENs set it.
+    establish(&mut n, t0);
+    assert_eq!(f_bits(&n.our_open()), [true, true]);
 }
 
 #[test]

@@ -190,6 +190,10 @@ pub struct BgpStatus {
     /// started again with backoff).
     pub speaker: String,
     pub error: Option<String>,
+    /// Graceful restart's F bit in the OPENs of this start: the daemon restored a conntrack
+    /// snapshot, so forwarding survived the restart (false after a crash).
+    #[serde(default)]
+    pub forwarding_preserved: bool,
     #[serde(flatten)]
     pub status: SpeakerStatus,
 }

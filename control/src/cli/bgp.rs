@@ -108,7 +108,13 @@ pub fn run(args: BgpArgs) -> CliResult {
 /// The speaker line, then the table and per-neighbour blocks of `format_status`.
 fn format_daemon_status(s: &BgpStatus) -> String {
     let speaker = match (s.speaker.as_str(), &s.error) {
-        ("running", _) => "running in the daemon".to_string(),
+        ("running", _) if s.forwarding_preserved => {
+            "running in the daemon (forwarding state preserved: conntrack restored)".to_string()
+        }
+        ("running", _) => {
+            "running in the daemon (forwarding state not preserved: no conntrack restored)"
+                .to_string()
+        }
         ("waiting", _) => "waiting for the first accepted state".to_string(),
         (other, Some(e)) => format!("{} ({e}; started again with backoff)", other.to_uppercase()),
         (other, None) => other.to_string(),
@@ -135,6 +141,7 @@ mod tests {
         let s = BgpStatus {
             speaker: "failed".into(),
             error: Some(err.into()),
+            forwarding_preserved: false,
             status: nodeplane_bgp::SpeakerStatus::not_running(&cfg, &routes, Some(err)),
         };
         let text = format_daemon_status(&s);

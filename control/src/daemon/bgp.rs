@@ -48,6 +48,9 @@ pub struct Bgp {
     backoff: Duration,
     /// Each neighbour as [`Bgp::tick`] last saw it (index = config order).
     seen: Vec<Seen>,
+    /// Graceful restart's F bit at start: forwarding survived the daemon's restart (its
+    /// conntrack snapshot was restored). False until told: after a crash there is no snapshot.
+    forwarding_preserved: bool,
 }
 
 /// What the neighbour lines are computed from.
@@ -114,7 +117,15 @@ impl Bgp {
             retry_at: None,
             backoff: RETRY_MIN,
             seen: Vec::new(),
+            forwarding_preserved: false,
         }
+    }
+
+    /// Whether forwarding survived this start (a conntrack snapshot written at a clean stop was
+    /// restored); the speaker's OPENs say so in graceful restart's F bit. Takes effect at the
+    /// speaker's (next) start.
+    pub fn set_forwarding_preserved(&mut self, preserved: bool) {
+        self.forwarding_preserved = preserved;
     }
 
     /// An accepted (published) state: start the speaker with its routes the first time, else
@@ -144,14 +155,19 @@ impl Bgp {
         let Some(routes) = self.routes.clone() else {
             return;
         };
-        match Speaker::start(&self.cfg, routes.clone()) {
+        match Speaker::start_with(&self.cfg, routes.clone(), self.forwarding_preserved) {
             Ok(s) => {
                 log::info!(
-                    "bgp: speaker AS {} id {} started, {} neighbour(s), announcing {}",
+                    "bgp: speaker AS {} id {} started, {} neighbour(s), announcing {}, forwarding state {}",
                     self.cfg.local_as,
                     self.cfg.router_id,
                     self.cfg.neighbors.len(),
-                    log_list(&routes)
+                    log_list(&routes),
+                    if self.forwarding_preserved {
+                        "preserved (conntrack restored)"
+                    } else {
+                        "not preserved"
+                    }
                 );
                 self.speaker = Some(s);
                 self.error = None;
@@ -227,6 +243,7 @@ impl Bgp {
         BgpStatus {
             speaker: self.speaker_state().into(),
             error: self.error.clone(),
+            forwarding_preserved: self.forwarding_preserved,
             status,
         }
     }
@@ -301,6 +318,53 @@ mod tests {
         assert_eq!(sum.neighbors[0].address.to_string(), "192.0.2.1");
         b.stop(StopMode::Withdraw);
         assert!(b.speaker.is_none());
+    }
+
+    /// The withdrawal path of a VIP whose last backend goes: the accepted state reaches
+    /// `on_state`, `routes_from_state` drops the VIP, `set_routes` wakes the speaker thread,
+    /// which takes the new set (and sends the UPDATE to every established neighbour) in the
+    /// same loop turn. Measured here from `on_state` to the speaker's own route set.
+    #[test]
+    fn vip_is_withdrawn_within_100_ms_of_its_last_backend_going() {
+        let mut cfg = cfg(0);
+        cfg.announce.announce_service_vips = true;
+        let state = |backend_state: &str| {
+            nodeplane_state::load_sources([(
+                "s.yaml",
+                format!(
+                    "node:\n  name: n1\n  pod_cidrs: [10.244.1.0/24]\nservices:\n  - name: lb\n    type: LoadBalancer\n    frontends: [{{ip: 192.0.2.10, port: 80}}]\n    backends: [{{ip: 10.244.1.5, port: 8080, state: {backend_state}}}]\n"
+                ),
+            )])
+            .unwrap()
+        };
+        let vip: IpNet = "192.0.2.10/32".parse().unwrap();
+        let pod: IpNet = "10.244.1.0/24".parse().unwrap();
+        let mut b = Bgp::new(cfg);
+        b.on_state(&state("active"));
+        assert_eq!(b.status().status.routes, vec![pod, vip]);
+        let t0 = Instant::now();
+        b.on_state(&state("quarantined"));
+        while b.status().status.routes != vec![pod] {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", b.status());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "withdrawal took {took:?}"
+        );
+        // And back when a backend is active again.
+        b.on_state(&state("active"));
+        let t0 = Instant::now();
+        while b.status().status.routes != vec![pod, vip] {
+            assert!(
+                t0.elapsed() < Duration::from_millis(100),
+                "{:?}",
+                b.status()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        b.stop(StopMode::Withdraw);
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl Control {
             state.ipcache.len()
         );
         if let Some(b) = &mut self.bgp {
+            // The workers have started by now, with the snapshot's flows if there was one.
+            let restored = self
+                .restore_report
+                .as_ref()
+                .is_some_and(|r| r.result == "restored");
+            b.set_forwarding_preserved(restored);
             b.on_state(&state);
         }
         self.state = Some(Arc::new(state));

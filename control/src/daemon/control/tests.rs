@@ -274,6 +274,15 @@ fn a_worker_thread_that_died_makes_the_node_unhealthy() {
 /// A good snapshot: each flow goes into the worker that owns it, before traffic; `ct save`
 /// writes them back. Bad ones (truncated, corrupt, foreign version, not a snapshot): reported,
 /// moved aside, nothing loaded.
+/// A speaker on an ephemeral port whose neighbour nobody answers for (TEST-NET-1).
+fn bgp_cfg() -> nodeplane_bgp::BgpConfig {
+    nodeplane_bgp::BgpConfig::from_yaml_str(
+        "local_as: 65001\nrouter_id: 10.0.0.2\nlisten_port: 0\nneighbors:\n  - { address: 192.0.2.1, remote_as: 65000, families: [ipv4], connect_retry_secs: 60 }\n",
+        std::path::Path::new("test"),
+    )
+    .unwrap()
+}
+
 #[test]
 fn snapshot_restores_into_the_owners_and_bad_ones_load_nothing() {
     use nodeplane_dataplane::conntrack::{FlowState, Nat};
@@ -340,6 +349,7 @@ fn snapshot_restores_into_the_owners_and_bad_ones_load_nothing() {
             stop.clone(),
         );
         c.keep_snapshot_at(path.clone());
+        c.set_bgp(Bgp::new(bgp_cfg()));
         c.apply(state.clone(), "s1".into());
         (c, stop, path)
     };
@@ -380,6 +390,9 @@ fn snapshot_restores_into_the_owners_and_bad_ones_load_nothing() {
     assert_eq!(rows(&mut c), want, "every flow in its owner");
     let r = c.status().conntrack_restore.unwrap();
     assert_eq!((r.result.as_str(), r.flows_restored), ("restored", 40));
+    let bgp = c.bgp.as_ref().unwrap().status();
+    assert_eq!(bgp.speaker, "running");
+    assert!(bgp.forwarding_preserved, "snapshot restored: GR F bit set");
     assert!(!path.exists(), "used once");
     let saved = c.save_snapshot().unwrap();
     assert_eq!(saved.flows, 40);
@@ -407,6 +420,12 @@ fn snapshot_restores_into_the_owners_and_bad_ones_load_nothing() {
         let (mut c, stop, path) = start(bytes);
         let r = c.status().conntrack_restore.unwrap();
         assert_eq!(r.result, "ignored", "{name}");
+        let bgp = c.bgp.as_ref().unwrap().status();
+        assert_eq!(bgp.speaker, "running", "{name}");
+        assert!(
+            !bgp.forwarding_preserved,
+            "{name}: nothing restored, F bit clear"
+        );
         assert!(r.error.as_deref().unwrap().contains(says), "{name}: {r:?}");
         assert!(rows(&mut c).is_empty(), "{name}: nothing loaded");
         assert!(!path.exists(), "{name}");
