@@ -6,6 +6,9 @@
 //! json: {"ts":"2024-05-01T12:00:00.123Z","level":"info","target":"nodeplane_control::daemon","msg":"..."}
 //! ```
 //!
+//! Under systemd (stderr is the journal: `JOURNAL_STREAM` names this very stream), text lines
+//! carry no `ts=` of their own: journald stamps every line. JSON lines always carry `ts`.
+//!
 //! A line let through by the rate limiter ([`super::ratelimit`]) after others were held back
 //! also carries their count: `suppressed=N` (text), `"suppressed":N` (json). Never used per
 //! packet.
@@ -50,9 +53,11 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
+        let fmt = format();
+        let ts = SystemTime::now();
         let line = format_line(
-            format(),
-            SystemTime::now(),
+            fmt,
+            (fmt == LogFormat::Json || !to_journal()).then_some(ts),
             r.level(),
             r.target(),
             &r.args().to_string(),
@@ -63,20 +68,45 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-/// One line, newline included.
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` (`DEVICE:INODE`, set by
+/// systemd) names the stream stderr is (a child with stderr redirected elsewhere does not match).
+fn to_journal() -> bool {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let Some(want) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        let Ok(m) = std::fs::File::from(fd).metadata() else {
+            return false;
+        };
+        want.to_string_lossy() == format!("{}:{}", m.dev(), m.ino())
+    })
+}
+
+/// One line, newline included. `ts: None`: a text line without its own time (journald adds
+/// one); a JSON line always has one (the epoch if none is given).
 pub fn format_line(
     fmt: LogFormat,
-    ts: SystemTime,
+    ts: Option<SystemTime>,
     level: log::Level,
     target: &str,
     msg: &str,
     suppressed: u64,
 ) -> String {
-    let ts = rfc3339(ts);
+    let stamp = rfc3339(ts.unwrap_or(UNIX_EPOCH));
     let level = level.as_str().to_ascii_lowercase();
-    let mut line = match fmt {
-        LogFormat::Text => format!("ts={ts} level={level} target={target} msg={msg:?}"),
-        LogFormat::Json => {
+    let mut line = match (fmt, ts) {
+        (LogFormat::Text, Some(_)) => {
+            format!("ts={stamp} level={level} target={target} msg={msg:?}")
+        }
+        (LogFormat::Text, None) => format!("level={level} target={target} msg={msg:?}"),
+        (LogFormat::Json, _) => {
+            let ts = stamp;
             // serde_json escapes quotes, backslashes and control characters (a newline in a
             // message stays inside its line).
             let s = |v: &str| serde_json::Value::from(v).to_string();
@@ -186,7 +216,7 @@ mod tests {
         let msg = "say \"hi\"\nback\\slash\ttab \u{1}";
         let line = format_line(
             LogFormat::Json,
-            t,
+            Some(t),
             log::Level::Warn,
             "nodeplane_control::x",
             msg,
@@ -202,7 +232,7 @@ mod tests {
         assert!(v.get("suppressed").is_none(), "absent when zero: {line}");
         let v: serde_json::Value = serde_json::from_str(&format_line(
             LogFormat::Json,
-            t,
+            Some(t),
             log::Level::Error,
             "t",
             "m",
@@ -217,7 +247,7 @@ mod tests {
     fn text_lines() {
         let line = format_line(
             LogFormat::Text,
-            UNIX_EPOCH,
+            Some(UNIX_EPOCH),
             log::Level::Info,
             "t",
             "a \"b\"\nc",
@@ -227,7 +257,17 @@ mod tests {
             line,
             "ts=1970-01-01T00:00:00.000Z level=info target=t msg=\"a \\\"b\\\"\\nc\"\n"
         );
-        let line = format_line(LogFormat::Text, UNIX_EPOCH, log::Level::Warn, "t", "m", 7);
+        let line = format_line(
+            LogFormat::Text,
+            Some(UNIX_EPOCH),
+            log::Level::Warn,
+            "t",
+            "m",
+            7,
+        );
         assert!(line.ends_with("msg=\"m\" suppressed=7\n"), "{line}");
+        // Under journald: no time of its own.
+        let line = format_line(LogFormat::Text, None, log::Level::Info, "t", "m", 0);
+        assert_eq!(line, "level=info target=t msg=\"m\"\n");
     }
 }
