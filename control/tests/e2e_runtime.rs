@@ -180,19 +180,7 @@ impl Nodeplane {
             ),
         )
         .unwrap();
-        // `ip netns exec` may fork: the shell writes its own pid and execs nodeplane, so the
-        // pid file names the nodeplane process itself.
-        let script = format!(
-            "echo $$ > {}; exec {} run --config {} 2> {}",
-            pidf.display(),
-            env!("CARGO_BIN_EXE_nodeplane"),
-            cfg.display(),
-            log.display()
-        );
-        let wrapper = Command::new("ip")
-            .args(["netns", "exec", &lab.ns("node"), "bash", "-c", &script])
-            .spawn()
-            .expect("start nodeplane");
+        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
         let mut np = Nodeplane {
             wrapper,
             pid: 0,

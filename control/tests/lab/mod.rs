@@ -70,6 +70,23 @@ impl Lab {
         );
     }
 
+    /// Starts `nodeplane run --config cfg` (the test's build) in the node namespace, stderr to
+    /// `log`. `ip netns exec` may fork: the shell writes its own pid to `pidf` and execs
+    /// nodeplane, so the pid file names the nodeplane process itself.
+    pub fn spawn_nodeplane(&self, cfg: &Path, pidf: &Path, log: &Path) -> Child {
+        let script = format!(
+            "echo $$ > {}; exec {} run --config {} 2> {}",
+            pidf.display(),
+            env!("CARGO_BIN_EXE_nodeplane"),
+            cfg.display(),
+            log.display()
+        );
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns("node"), "bash", "-c", &script])
+            .spawn()
+            .expect("start nodeplane")
+    }
+
     /// The full name of the lab's namespace `n` (`node`, `router`, `pod-client`, ...).
     pub fn ns(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
