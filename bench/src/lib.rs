@@ -12,6 +12,7 @@
 
 #[cfg(feature = "harness")]
 pub mod fleet;
+pub mod plot;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -135,8 +136,13 @@ pub fn state(services: u32, ct_entries: u32) -> State {
 
 /// A 64-byte-payload TCP frame from the client to service `svc` from port `sport`.
 pub fn client_frame(svc: u32, sport: u16, syn: bool) -> Vec<u8> {
+    client_frame_from(CLIENT, svc, sport, syn)
+}
+
+/// [`client_frame`] from another source address (the client endpoint may be given more).
+pub fn client_frame_from(src: [u8; 4], svc: u32, sport: u16, syn: bool) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(CLIENT_MAC, [2, 0, 0, 0, 1, 1])
-        .ipv4(CLIENT, vip(svc), 64)
+        .ipv4(src, vip(svc), 64)
         .tcp(sport, 80, 1, 65535);
     b = if syn { b.syn() } else { b.ack(1) };
     let mut f = Vec::with_capacity(128);
