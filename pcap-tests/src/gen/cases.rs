@@ -28,6 +28,8 @@ pub fn all_cases() -> Vec<Case> {
         maglev_weights(true),
         random_algorithm(false),
         random_algorithm(true),
+        random_weights(false),
+        random_weights(true),
         affinity_clientip(false),
         affinity_clientip(true),
         backend_terminating_midflow(false),
@@ -780,6 +782,60 @@ fn random_algorithm(v6: bool) -> Case {
             .into_iter()
             .collect(),
         tolerance: 0.15,
+    });
+    c
+}
+
+/// Issue 13 item 1: `random` is weighted random, not uniform over the active backends.
+fn random_weights(v6: bool) -> Case {
+    let r = |n: u8| remote(&format!("10.0.2.{n}"), &format!("fd00:10:2::{n}")).ip(v6);
+    let bips = [r(5), r(6), r(7)];
+    let vip = ip(pick(v6, "10.96.0.32", "fd00:96::32"));
+    let backends = bips
+        .iter()
+        .zip([1, 1, 2])
+        .map(|(b, w)| backend(&b.to_string(), 8080, w, Active))
+        .collect();
+    let mut svc = service(
+        "web-random-weighted",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[(&vip.to_string(), 80)],
+        backends,
+    );
+    svc.algorithm = st::Algorithm::Random;
+    let mut c = Case::new(
+        &v6_suffixed("random-weights", v6),
+        &format!(
+            "Weighted random selection: weights 1:1:2 over three remote backends. 400 new flows \
+             (SYNs from pod-a, source ports 22000..22399) to {}: the shares of new flows are \
+             25% / 25% / 50% within ±8 points (a uniform pick would give a third each). 20 SYN \
+             retransmits of earlier flows get the same backend as their first SYN. All leave on eth0.",
+            endpoint(vip, Some(80))
+        ),
+        state_with(vec![svc]),
+    );
+    let bes: Vec<String> = bips.iter().map(|b| endpoint(*b, Some(8080))).collect();
+    many_syns(
+        &mut c,
+        &pod_a(),
+        pod_a().ip(v6),
+        (vip, 80),
+        400,
+        22000,
+        20,
+        &bes,
+        Some(UPLINK),
+    );
+    c.backend_share = Some(BackendShare {
+        shares: [
+            (bes[0].clone(), 0.25),
+            (bes[1].clone(), 0.25),
+            (bes[2].clone(), 0.5),
+        ]
+        .into_iter()
+        .collect(),
+        tolerance: 0.08,
     });
     c
 }
