@@ -735,6 +735,10 @@ fn less_common_drops_are_counted_by_reason() {
         .write(&mut f, quoted)
         .unwrap();
     expect(&mut p, &mut f, pc, DropReason::CtInvalid);
+    // Longer than 65,535 bytes (replay has no MTU): its offsets would not fit the parse's u16.
+    let mut f = tcp4(CLIENT, [10, 244, 1, 21], 40003, 8080, true, false);
+    f.resize(70_000, 0);
+    expect(&mut p, &mut f, pc, DropReason::FrameTooLong);
 
     // The uplink's next hop unknown: traffic to the world is dropped, not black-holed.
     for i in &mut s.interfaces {
@@ -750,6 +754,7 @@ fn less_common_drops_are_counted_by_reason() {
         DropReason::NoEndpoint,
         DropReason::UnsupportedProtocol,
         DropReason::CtInvalid,
+        DropReason::FrameTooLong,
         DropReason::NoNeighbor,
     ] {
         assert_eq!(c.drops[r as usize], 1, "{}", r.name());

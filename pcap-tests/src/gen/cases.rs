@@ -71,6 +71,8 @@ pub fn all_cases() -> Vec<Case> {
         ipv4_options(),
         ipv6_ext_headers(),
         malformed(),
+        udp_length(false),
+        udp_length(true),
         ct_full(false),
         ct_full(true),
         ct_timeouts(false),
@@ -2766,6 +2768,73 @@ fn ipv6_ext_headers() -> Case {
         x("UDP with HBH + dest opts to pod-c")
             .fwd(cc.iface)
             .out_dst(&ep("fd00:10:1::4", 5000)),
+    );
+    c
+}
+
+/// Issue 13 item 2: the UDP length field against the IP datagram, to a UDP service.
+fn udp_length(v6: bool) -> Case {
+    let (vip, be) = if v6 {
+        ("fd00:96::54", "fd00:10:1::4")
+    } else {
+        ("10.96.0.54", "10.0.1.4")
+    };
+    let svc = service(
+        "dns",
+        ServiceType::ClusterIP,
+        L4Proto::UDP,
+        &[(vip, 53)],
+        vec![active(be, 5353)],
+    );
+    let mut c = Case::new(
+        &format!("udp-length-{}", v(v6)),
+        &format!(
+            "The UDP length field, checked as the kernel checks it (udp_rcv, nf_conntrack_udp), \
+             on queries from pod-a to the UDP service {vip} port 53 → pod-c {be} port 5353 (28 \
+             bytes of UDP: header and 20 bytes of data). Lengths 0 and 7 (below the header), 29 \
+             (one byte beyond the datagram) and 65535 are dropped `malformed-l4`, neither DNATed \
+             nor tracked. Length 18 (shorter than the datagram, at least the header) is legal: the \
+             kernel accepts it and the receiver trims the surplus, so it is DNATed and forwarded \
+             unchanged (its checksum covers the 18 bytes). A well-formed query from the source \
+             port of the first dropped one is then a new flow (nothing was tracked)."
+        ),
+        state_with(vec![svc]),
+    );
+    let a = pod_a();
+    let udp = |sport| L4::Udp { sport, dport: 53 };
+    for (sport, ulen, what) in [
+        (50000, 0, "UDP length 0"),
+        (50001, 7, "UDP length 7 (< 8-byte header)"),
+        (50002, 29, "UDP length 29 > 28 bytes of datagram"),
+        (50003, u16::MAX, "UDP length 65535"),
+    ] {
+        let mut f = c.pkt(&a, a.ip(v6), ip(vip), udp(sport), 20).build();
+        pkt::set_udp_length(&mut f, ulen);
+        c.raw(a.iface, f, x(what).drop_("malformed-l4"));
+    }
+    let mut f = c.pkt(&a, a.ip(v6), ip(vip), udp(50004), 20).build();
+    pkt::set_udp_length(&mut f, 18);
+    let b = ep(be, 5353);
+    c.raw(
+        a.iface,
+        f,
+        x("UDP length 18 < 28 bytes of datagram: legal")
+            .fwd(pod_c().iface)
+            .ct("new")
+            .backend(&b)
+            .out_dst(&b),
+    );
+    c.send(
+        &a,
+        a.ip(v6),
+        ip(vip),
+        udp(50000),
+        20,
+        x("well-formed query from port 50000: a new flow")
+            .fwd(pod_c().iface)
+            .ct("new")
+            .backend(&b)
+            .out_dst(&b),
     );
     c
 }
