@@ -260,6 +260,9 @@ fn loading_twice_gives_the_same_state_and_sources_load_like_files() {
     assert_eq!(load_sources(sources).unwrap(), a);
 }
 
+/// Puts something in place of a state file.
+type Make = dyn Fn(&Path);
+
 /// Issue 13 item 6: a state file name that is not a readable regular file rejects the whole
 /// load, naming the file and what it is (before: it was skipped and the state published
 /// without it). Each kind replaces `services.yaml` of the example.
@@ -271,7 +274,7 @@ fn a_state_file_that_is_not_a_regular_file_rejects_the_load() {
         make(&f);
         f
     };
-    let kinds: [(&str, &dyn Fn(&Path)); 5] = [
+    let kinds: [(&str, &Make); 5] = [
         ("a dangling symlink (to ", &|f| {
             std::os::unix::fs::symlink("gone.yaml", f).unwrap()
         }),
