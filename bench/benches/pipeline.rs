@@ -304,12 +304,43 @@ fn stages(c: &mut Criterion) {
     }
 }
 
+/// The `random` algorithm's weighted pick (issue 13 item 1): a division and a binary search
+/// over the running weight sums, per new flow, for 2, 10 and 100 active backends with unequal
+/// weights (1..=7).
+fn random_select(c: &mut Criterion) {
+    use nodeplane_dataplane::tables::{Backend, Selection};
+    use nodeplane_state::BackendState;
+    let mut g = c.benchmark_group("random_select");
+    g.throughput(Throughput::Elements(1));
+    for n in [2u16, 10, 100] {
+        let backends: Vec<Backend> = (0..n)
+            .map(|i| Backend {
+                addr: Addr::v4([10, 244, 2, i as u8]),
+                port: 8080,
+                weight: i % 7 + 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let sel = Selection::new((0..n).collect(), Arc::from(Vec::new()), &backends);
+        let mut r = 0x2545_f491_4f6c_dd1d_u64;
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                black_box(sel.pick_weighted(black_box(r)))
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = baseline, stages, established, new_connections
+    targets = baseline, stages, established, new_connections, random_select
 }
 criterion_main!(benches);

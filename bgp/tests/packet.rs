@@ -395,3 +395,97 @@ fn shutdown_message_is_read_back() {
         withdrawn: vec![],
     };
 }
+
+/// An OPEN whose optional parameters (one capability parameter per capability, in the base
+/// form) take `params` bytes: one unknown capability of `params - 4` bytes.
+fn open_with_params(params: usize) -> Open {
+    Open {
+        my_as: 65001,
+        hold_time: 90,
+        bgp_id: Ipv4Addr::new(10, 0, 0, 2),
+        capabilities: vec![Capability::Unknown {
+            code: 200,
+            data: (0..params - 4).map(|i| i as u8).collect(),
+        }],
+    }
+}
+
+/// Issue 13 item 4: decode and encode agree at the edge of the 1-byte optional parameters
+/// length (RFC 9072). 254 and 255 bytes stay in the base form (255 is unambiguous: the first
+/// parameter's type is 2, not 255); 256 needs the extended form. Each encodes, decodes to
+/// the same OPEN and encodes to the same bytes.
+#[test]
+fn open_optional_parameters_round_trip_at_254_255_256_bytes() {
+    let ctx = Context::default();
+    for params in [254usize, 255, 256] {
+        let open = Message::Open(open_with_params(params));
+        let bytes = open
+            .to_bytes(&ctx)
+            .unwrap_or_else(|e| panic!("{params}: encode: {e}"));
+        // Header 19, version 1, AS 2, hold 2, id 4: the optional parameters length at 28.
+        let (form, body) = if params <= 255 {
+            assert_eq!(usize::from(bytes[28]), params, "{params}: base form length");
+            ("base", params)
+        } else {
+            assert_eq!(
+                &bytes[28..30],
+                &[255, 255],
+                "{params}: extended form marker"
+            );
+            let len = usize::from(u16::from_be_bytes([bytes[30], bytes[31]]));
+            // One more byte per parameter in the extended form: 2-byte parameter lengths.
+            assert_eq!(len, params + 1, "{params}: extended length");
+            ("extended", len + 3)
+        };
+        assert_eq!(bytes.len(), 29 + body, "{params}: {form} message length");
+        let back = Message::decode(&bytes, &ctx).unwrap_or_else(|e| panic!("{params}: {e}"));
+        assert_eq!(back, open, "{params}: decode");
+        assert_eq!(back.to_bytes(&ctx).unwrap(), bytes, "{params}: re-encode");
+    }
+}
+
+/// What a peer may send: exactly 255 bytes of parameters in the base form, and a short
+/// parameter list in the extended form (RFC 9072 lets configuration force it). Both decode, and
+/// what decodes encodes and decodes back to the same OPEN.
+#[test]
+fn open_received_in_either_form_encodes_back() {
+    let ctx = Context::default();
+    let caps = |n: usize| {
+        let mut v = vec![200u8, n as u8];
+        v.extend((0..n).map(|i| i as u8));
+        v
+    };
+    let head = |len: u16| {
+        let mut b = M.to_vec();
+        b.extend_from_slice(&len.to_be_bytes());
+        b.push(1);
+        b.extend_from_slice(&[4, 0xfd, 0xe9, 0, 90, 10, 0, 0, 2]);
+        b
+    };
+    // Base form, 255 bytes: one parameter of 253 (a capability of 251 data bytes).
+    let mut base = head(19 + 10 + 255);
+    base.extend_from_slice(&[255, 2, 253]);
+    base.extend_from_slice(&caps(251));
+    // Extended form, one parameter carrying a capability of 4 data bytes.
+    let mut ext = head(19 + 10 + 3 + 9);
+    ext.extend_from_slice(&[255, 255, 0, 9, 2, 0, 6]);
+    ext.extend_from_slice(&caps(4));
+    // Extended form carrying a capability of 255 data bytes: no base-form parameter holds it.
+    let mut big = head(19 + 10 + 3 + 260);
+    big.extend_from_slice(&[255, 255, 1, 4, 2, 1, 1]);
+    big.extend_from_slice(&caps(255));
+    for (name, bytes) in [
+        ("base 255", base),
+        ("extended 9", ext),
+        ("extended 260", big),
+    ] {
+        let m = Message::decode(&bytes, &ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let again = m
+            .to_bytes(&ctx)
+            .unwrap_or_else(|e| panic!("{name}: encode: {e}"));
+        assert_eq!(Message::decode(&again, &ctx).unwrap(), m, "{name}");
+        if name == "base 255" {
+            assert_eq!(again, bytes, "{name}: same bytes");
+        }
+    }
+}

@@ -36,7 +36,8 @@ drop_reasons! {
     MalformedIpv4 = 2 => "malformed-ipv4",
     /// IPv6 header or extension header chain truncated, or payload length beyond the frame.
     MalformedIpv6 = 3 => "malformed-ipv6",
-    /// TCP/UDP/ICMP header truncated or inconsistent (e.g. TCP data offset < 5).
+    /// TCP/UDP/ICMP header truncated or inconsistent (e.g. TCP data offset < 5, a UDP length
+    /// below 8 or beyond the IP datagram).
     MalformedL4 = 4 => "malformed-l4",
     /// IPv4 header checksum does not verify.
     BadIpChecksum = 5 => "bad-ip-checksum",
@@ -91,6 +92,8 @@ drop_reasons! {
     /// I/O: the pipeline passes the frame to the kernel, but a steered frame has no way back
     /// into the kernel's stack (the XDP program passes host traffic itself).
     PassUnavailable = 28 => "pass-unavailable",
+    /// Frame longer than 65,535 bytes: no link delivers one, and the parsed offsets are 16 bits.
+    FrameTooLong = 29 => "frame-too-long",
 }
 
 /// Number of distinct reasons (array size for per-reason counters; index = numeric value).

@@ -69,9 +69,16 @@ pub enum Parsed {
     NotIp,
 }
 
-/// Parses one Ethernet frame.
+/// The longest frame parsed: any offset into it fits the `u16` fields of [`Meta`].
+pub const MAX_FRAME_LEN: usize = u16::MAX as usize;
+
+/// Parses one Ethernet frame (at most [`MAX_FRAME_LEN`] bytes, else `frame-too-long`).
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
+    // Every offset in `Meta` is 16 bits: a longer frame (replay has no MTU) would wrap them.
+    if frame.len() > MAX_FRAME_LEN {
+        return Err(DropReason::FrameTooLong);
+    }
     if let Some(m) = parse_ipv4_common(frame) {
         return Ok(Parsed::Ip(m));
     }
@@ -135,7 +142,8 @@ fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
             (t[tcp::FLAGS], be16(t, tcp::CHECKSUM))
         }
         PROTO_UDP => {
-            if L4 + udp::HEADER_LEN > ip_end {
+            let ulen = usize::from(be16(h, at(L4, udp::LENGTH)));
+            if L4 + udp::HEADER_LEN > ip_end || ulen < udp::HEADER_LEN || L4 + ulen > ip_end {
                 return None;
             }
             (0, be16(h, at(L4, udp::CHECKSUM)))
@@ -388,6 +396,14 @@ fn parse_l4(b: &[u8], off: usize, end: usize, m: &mut Meta, inner: bool) -> Resu
             }
             m.sport = csum::get16(b, off + udp::SRC_PORT.start);
             m.dport = csum::get16(b, off + udp::DST_PORT.start);
+            // The UDP length as the kernel checks it (udp_rcv, nf_conntrack_udp): below the
+            // header, or beyond the datagram, is malformed. A first fragment holds only part of
+            // the datagram the length covers. Shorter than the datagram but >= 8 is legal: the
+            // kernel accepts it (the receiver trims the surplus), so it is forwarded unchanged.
+            let ulen = usize::from(csum::get16(b, off + udp::LENGTH.start));
+            if !inner && (ulen < udp::HEADER_LEN || (m.frag == Frag::None && off + ulen > end)) {
+                return Err(DropReason::MalformedL4);
+            }
             if !inner {
                 m.csum_partial =
                     partial_check(m, csum::get16(b, off + udp::CHECKSUM.start), end - off);
@@ -565,6 +581,13 @@ mod tests {
             let mut g = f.clone();
             g.extend_from_slice(&[0; 8]); // padding after the datagram
             frames.push(g);
+            if f[L3 + ipv4::PROTOCOL] == PROTO_UDP {
+                for ulen in [0u16, 7, 8, 11, 13, 200] {
+                    let mut g = f.clone();
+                    csum::put16(&mut g, L4 + udp::LENGTH.start, ulen);
+                    frames.push(g);
+                }
+            }
             if f[L3 + ipv4::PROTOCOL] == PROTO_TCP {
                 let mut g = f.clone();
                 g[L4 + tcp::DATA_OFF] = 0x40; // data offset 16 < 20
@@ -593,6 +616,85 @@ mod tests {
             "the common case takes the fast path"
         );
         assert!(parse_ipv4_common(&base[0]).is_some());
+    }
+
+    fn udp6() -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .udp(1234, 53);
+        let mut out = Vec::new();
+        b.write(&mut out, &[1, 2, 3, 4]).unwrap();
+        out
+    }
+
+    /// A UDP length below 8 or beyond the datagram is `malformed-l4` (as the kernel drops
+    /// it); shorter than the datagram but >= 8 is legal and parses.
+    #[test]
+    fn udp_length_is_checked_against_the_datagram() {
+        for (f, l4) in [(udp4(), L4), (udp6(), L3 + ipv6::HEADER_LEN)] {
+            let real = csum::get16(&f, l4 + udp::LENGTH.start);
+            assert_eq!(usize::from(real), udp::HEADER_LEN + 4);
+            for (ulen, ok) in [
+                (0u16, false),
+                (7, false),
+                (8, true),
+                (real - 1, true),
+                (real, true),
+                (real + 1, false),
+                (u16::MAX, false),
+            ] {
+                let mut g = f.clone();
+                csum::put16(&mut g, l4 + udp::LENGTH.start, ulen);
+                match parse(&g) {
+                    Ok(Parsed::Ip(m)) if ok => assert_eq!(m.dport, 53),
+                    Err(DropReason::MalformedL4) if !ok => {}
+                    r => panic!("UDP length {ulen} (datagram {real}): {r:?}"),
+                }
+            }
+        }
+    }
+
+    /// A frame longer than 65,535 bytes is refused before any offset is taken. Here a tagged
+    /// frame whose datagram ends at byte 18 + 65,530: as a `u16` that end would wrap to 12.
+    #[test]
+    fn frames_longer_than_16_bit_offsets_are_refused() {
+        let f = udp4();
+        let mut g = f[ethernet::MACS].to_vec();
+        g.extend_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
+        g.extend_from_slice(&[0x00, 0x64]);
+        g.extend_from_slice(&f[ethernet::ETHERTYPE.start..]);
+        let l3 = vlan::HEADER_LEN;
+        let total: u16 = 65_530;
+        csum::put16(&mut g, l3 + ipv4::TOTAL_LEN.start, total);
+        csum::put16(&mut g, l3 + ipv4::CHECKSUM.start, 0);
+        let c = csum::checksum(&g[l3..l3 + ipv4::MIN_HEADER_LEN]);
+        csum::put16(&mut g, l3 + ipv4::CHECKSUM.start, c);
+        let l4 = l3 + ipv4::MIN_HEADER_LEN;
+        csum::put16(
+            &mut g,
+            l4 + udp::LENGTH.start,
+            total - ipv4::MIN_HEADER_LEN as u16,
+        );
+        g.resize(l3 + usize::from(total), 0);
+        assert!(g.len() > MAX_FRAME_LEN);
+        assert_eq!(parse(&g).unwrap_err(), DropReason::FrameTooLong);
+        // The same datagram one VLAN tag shorter fits in 65,535 bytes (minus padding) and parses.
+        let mut h = udp4();
+        let total = (MAX_FRAME_LEN - L3) as u16;
+        csum::put16(&mut h, L3 + ipv4::TOTAL_LEN.start, total);
+        csum::put16(&mut h, L3 + ipv4::CHECKSUM.start, 0);
+        let c = csum::checksum(&h[L3..L4]);
+        csum::put16(&mut h, L3 + ipv4::CHECKSUM.start, c);
+        csum::put16(
+            &mut h,
+            L4 + udp::LENGTH.start,
+            total - ipv4::MIN_HEADER_LEN as u16,
+        );
+        h.resize(MAX_FRAME_LEN, 0);
+        let Ok(Parsed::Ip(m)) = parse(&h) else {
+            panic!("a 65,535-byte frame parses")
+        };
+        assert_eq!(usize::from(m.ip_end), MAX_FRAME_LEN);
     }
 
     #[test]

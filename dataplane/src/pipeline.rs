@@ -1091,7 +1091,7 @@ impl Pipeline {
                 self.rng ^= self.rng << 13;
                 self.rng ^= self.rng >> 7;
                 self.rng ^= self.rng << 17;
-                sel.active[(self.rng % sel.active.len() as u64) as usize]
+                sel.pick_weighted(self.rng)?
             }
         };
         if let Some(timeout) = s.affinity_ns {

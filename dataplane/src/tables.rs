@@ -53,6 +53,45 @@ pub struct Selection {
     /// Maglev slots: indexes into `active`. Empty when the algorithm is random or nothing is
     /// active.
     pub maglev: Arc<[u16]>,
+    /// Running sums of the weights of `active`: `cum_weight[i]` is the weight of `active[..=i]`
+    /// (built at publication, so the weighted random pick allocates nothing).
+    pub cum_weight: Vec<u64>,
+}
+
+impl Selection {
+    /// Builds the selection of these active backends (indexes into `backends`).
+    pub fn new(active: Vec<u16>, maglev: Arc<[u16]>, backends: &[Backend]) -> Selection {
+        let mut sum = 0u64;
+        let cum_weight = active
+            .iter()
+            .map(|&i| {
+                sum += u64::from(backends[usize::from(i)].weight);
+                sum
+            })
+            .collect();
+        Selection {
+            active,
+            maglev,
+            cum_weight,
+        }
+    }
+
+    /// Weighted random pick: the active backend whose weight interval holds `r` modulo the total
+    /// weight. Each backend is picked with probability weight / total (the modulo bias is at
+    /// most total / 2^64, total < 2^32). With weights all 1 this is `active[r % len]`, the
+    /// unweighted pick it replaces, so equal-weight services keep their sequence. Cost: one
+    /// division and a binary search over the active backends (log2 n compares), per new flow.
+    /// `None` when nothing is active.
+    #[inline]
+    pub fn pick_weighted(&self, r: u64) -> Option<u16> {
+        let total = *self.cum_weight.last()?;
+        if total == 0 {
+            return None;
+        }
+        let x = r % total;
+        let i = self.cum_weight.partition_point(|&c| c <= x);
+        self.active.get(i).copied()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -340,7 +379,7 @@ impl Tables {
                 } else {
                     Arc::from(Vec::new())
                 };
-                Selection { active, maglev }
+                Selection::new(active, maglev, &backends)
             };
             let v4 = selection(false, cache);
             let v6 = selection(true, cache);
@@ -463,5 +502,78 @@ impl Tables {
         self.frontends
             .get(&FrontendKey { addr, port, proto })
             .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(weights: &[u16]) -> Selection {
+        let backends: Vec<Backend> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Backend {
+                addr: Addr::from(std::net::IpAddr::from([10, 0, 0, i as u8 + 1])),
+                port: 80,
+                weight: w,
+                state: BackendState::Active,
+            })
+            .collect();
+        let active = (0..weights.len() as u16).collect();
+        Selection::new(active, Arc::from(Vec::new()), &backends)
+    }
+
+    /// `n` picks driven by the pipeline's xorshift64 from its seed: hits per backend.
+    fn picks(sel: &Selection, n: usize) -> Vec<usize> {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut hits = vec![0; sel.active.len()];
+        for _ in 0..n {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            hits[usize::from(sel.pick_weighted(rng).unwrap())] += 1;
+        }
+        hits
+    }
+
+    /// Each count within 5 standard deviations of its binomial expectation.
+    fn assert_shares(weights: &[u16], n: usize) {
+        let hits = picks(&selection(weights), n);
+        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        for (w, h) in weights.iter().zip(&hits) {
+            let p = f64::from(*w) / total;
+            let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+            assert!(
+                (*h as f64 - mean).abs() <= 5.0 * sd,
+                "weights {weights:?}: hits {hits:?}, expected {mean:.0} ± {:.0} for weight {w}",
+                5.0 * sd
+            );
+        }
+    }
+
+    #[test]
+    fn random_pick_follows_the_weights() {
+        assert_shares(&[1, 1, 2], 2000);
+        assert_shares(&[1, 1, 2], 100_000);
+        assert_shares(&[1, 1, 100], 2000);
+        assert_shares(&[1, 1, 100], 100_000);
+        assert_shares(&[65535, 1, 65535, 7], 100_000);
+    }
+
+    #[test]
+    fn weights_of_one_pick_like_the_unweighted_modulo() {
+        let sel = selection(&[1, 1, 1]);
+        for r in [0u64, 1, 2, 3, 5, u64::MAX, 0x2545_f491_4f6c_dd1d] {
+            assert_eq!(sel.pick_weighted(r), Some((r % 3) as u16));
+        }
+    }
+
+    #[test]
+    fn interval_edges_and_empty() {
+        let sel = selection(&[2, 3]);
+        let got: Vec<u16> = (0..5).map(|r| sel.pick_weighted(r).unwrap()).collect();
+        assert_eq!(got, [0, 0, 1, 1, 1]);
+        assert_eq!(Selection::default().pick_weighted(7), None);
     }
 }

@@ -291,6 +291,52 @@ fn maglev_spreads_flows_and_is_deterministic() {
     }
 }
 
+/// `random` is weighted random (docs/state-schema.md): the example's UDP `dns` service with three
+/// backends weighted 1:1:2 and 1:1:100, 2000 new flows each.
+#[test]
+fn random_algorithm_follows_backend_weights() {
+    for weights in [[1u16, 1, 2], [1, 1, 100]] {
+        let mut s = example::state().unwrap();
+        s.node.policy_mode = PolicyMode::AllowAll;
+        let dns = s.services.iter_mut().find(|v| v.name == "dns").unwrap();
+        assert_eq!(dns.algorithm, nodeplane_state::Algorithm::Random);
+        let mut third = dns.backends[0].clone();
+        third.ip = "10.244.2.23".parse().unwrap();
+        dns.backends.push(third);
+        for (b, w) in dns.backends.iter_mut().zip(weights) {
+            b.weight = w;
+        }
+        let ips: Vec<String> = dns.backends.iter().map(|b| b.ip.to_string()).collect();
+        let mut p = Pipeline::new(tables(&s, 1));
+        let pc = iface(&p, "pod-client");
+        let mut hits = [0usize; 3];
+        const N: usize = 2000;
+        for port in 0..N as u16 {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2(CLIENT_MAC, NODE_CLIENT_MAC)
+                .ipv4(CLIENT, [10, 96, 0, 53], 64)
+                .udp(20000 + port, 53)
+                .write(&mut f, b"q")
+                .unwrap();
+            let o = p.process_one(&mut f, pc, S);
+            fwd(&o);
+            let be = o.backend.unwrap().0.to_string();
+            hits[ips.iter().position(|i| *i == be).unwrap()] += 1;
+        }
+        let total: usize = weights.iter().map(|&w| usize::from(w)).sum();
+        for (w, h) in weights.iter().zip(hits) {
+            // Within 5 standard deviations of the binomial expectation.
+            let p = f64::from(*w) / total as f64;
+            let (mean, sd) = (N as f64 * p, (N as f64 * p * (1.0 - p)).sqrt());
+            assert!(
+                (h as f64 - mean).abs() <= 5.0 * sd,
+                "weights {weights:?}: hits {hits:?}, expected {mean:.0} ± {:.0}",
+                5.0 * sd
+            );
+        }
+    }
+}
+
 #[test]
 fn truncated_and_garbage_frames_never_panic() {
     let (mut p, _) = pipeline();
@@ -689,6 +735,10 @@ fn less_common_drops_are_counted_by_reason() {
         .write(&mut f, quoted)
         .unwrap();
     expect(&mut p, &mut f, pc, DropReason::CtInvalid);
+    // Longer than 65,535 bytes (replay has no MTU): its offsets would not fit the parse's u16.
+    let mut f = tcp4(CLIENT, [10, 244, 1, 21], 40003, 8080, true, false);
+    f.resize(70_000, 0);
+    expect(&mut p, &mut f, pc, DropReason::FrameTooLong);
 
     // The uplink's next hop unknown: traffic to the world is dropped, not black-holed.
     for i in &mut s.interfaces {
@@ -704,6 +754,7 @@ fn less_common_drops_are_counted_by_reason() {
         DropReason::NoEndpoint,
         DropReason::UnsupportedProtocol,
         DropReason::CtInvalid,
+        DropReason::FrameTooLong,
         DropReason::NoNeighbor,
     ] {
         assert_eq!(c.drops[r as usize], 1, "{}", r.name());

@@ -293,6 +293,24 @@ pub fn fix_ipv4_header_checksum(frame: &mut [u8]) {
     }
 }
 
+/// Sets the UDP length field of a built, untagged UDP frame (IPv4 without options, or IPv6
+/// without extension headers) to `ulen`, and its checksum to the one the sender of such a
+/// datagram computes ([`crate::wire::udp_checksum`]).
+pub fn set_udp_length(frame: &mut [u8], ulen: u16) {
+    let (l4, src, dst) = if u16::from_be_bytes([frame[12], frame[13]]) == 0x0800 {
+        assert_eq!(frame[14], 0x45, "IPv4 without options");
+        let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&frame[o..o + 4]).unwrap());
+        (34, a(26), a(30))
+    } else {
+        let a = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&frame[o..o + 16]).unwrap());
+        (54, a(22), a(38))
+    };
+    assert_eq!(frame[if l4 == 34 { 23 } else { 20 }], 17, "a UDP frame");
+    frame[l4 + 4..l4 + 6].copy_from_slice(&ulen.to_be_bytes());
+    let c = crate::wire::udp_checksum(src, dst, &frame[l4..]);
+    frame[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+}
+
 /// A deterministic payload of `len` bytes.
 pub fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -271,7 +271,31 @@ pub fn ipv4_header_ok(frame: &[u8], ip: &IpInfo) -> bool {
     sums_ok(sum16(&frame[ip.ip_off..ip.ip_off + ihl]))
 }
 
-/// Verifies the L4 checksum of `l4` (the whole L4 segment) for `proto` between `src` and `dst`.
+/// The bytes of the UDP segment `l4` (the IP payload) that its checksum covers: its UDP length
+/// when that is legal (8 ..= payload; RFC 768, and the kernel trims the surplus), else the whole
+/// payload (such a datagram is malformed; a checksum is still defined over what is there).
+pub fn udp_extent(l4: &[u8]) -> usize {
+    match be16(l4, 4).map(usize::from) {
+        Some(n) if (8..=l4.len()).contains(&n) => n,
+        _ => l4.len(),
+    }
+}
+
+/// The UDP checksum field value for the UDP segment `l4` (its checksum field is ignored) over
+/// [`udp_extent`] bytes.
+pub fn udp_checksum(src: IpAddr, dst: IpAddr, l4: &[u8]) -> u16 {
+    let n = udp_extent(l4);
+    let mut seg = l4[..n].to_vec();
+    seg[6] = 0;
+    seg[7] = 0;
+    match !fold(pseudo(src, dst, PROTO_UDP, n) + sum16(&seg)) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// Verifies the L4 checksum of `l4` (the whole L4 segment) for `proto` between `src` and `dst`
+/// (UDP: over its [`udp_extent`]).
 pub fn l4_ok(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), String> {
     let v4 = src.is_ipv4();
     match proto {
@@ -286,6 +310,11 @@ pub fn l4_ok(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), Strin
             if proto == PROTO_UDP && v4 && l4[6] == 0 && l4[7] == 0 {
                 return Ok(()); // no checksum (allowed over IPv4 only)
             }
+            let l4 = if proto == PROTO_UDP {
+                &l4[..udp_extent(l4)]
+            } else {
+                l4
+            };
             if sums_ok(pseudo(src, dst, proto, l4.len()) + sum16(l4)) {
                 Ok(())
             } else {

@@ -14,7 +14,10 @@ mod load;
 mod model;
 mod validate;
 
-pub use load::{load_dir, load_file, load_path, load_sources, LoadError};
+pub use load::{
+    load_dir, load_dir_limited, load_file, load_file_limited, load_path, load_path_limited,
+    load_sources, Limits, LoadError,
+};
 pub use model::*;
 pub use validate::{
     validate, Problem, ValidationError, LOCAL_IDENTITY_MASK, MAGLEV_SLOTS_PER_BACKEND,

@@ -8,11 +8,20 @@
 //! names the file an operator has to edit.
 //!
 //! Nothing is returned unless every file parsed and the merged state validated: a bad file
-//! rejects the whole load.
+//! rejects the whole load. So does a `*.yaml` / `*.yml` name that is not a readable regular
+//! file (a dangling symlink, a symlink loop, a directory, a FIFO, ...): skipping it would publish
+//! a state without that file's items.
+//!
+//! Every load is bounded by [`Limits`] before a byte is parsed: the number of files, the size
+//! of each file and of all of them together (from `fstat` of the opened file, and the read
+//! itself stops one byte past the limit, so a file growing meanwhile is caught too).
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{
     ConntrackSettings, Endpoint, Interface, IpcacheEntry, Node, Policy, Service, State,
@@ -37,6 +46,29 @@ pub enum LoadError {
     },
     #[error("{dir}: no *.yaml or *.yml files in the directory")]
     NoFiles { dir: PathBuf },
+    /// A state file name that is not a regular file (never skipped: the load is rejected).
+    #[error("cannot read state from {path}: {what}, not a regular file")]
+    NotAFile { path: PathBuf, what: String },
+    #[error(
+        "{path}: {size} bytes is over the limit of {limit} bytes per state file \
+         (state.limits.max_file_bytes); not read"
+    )]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "{dir}: the state files add up to more than the limit of {limit} bytes \
+         (state.limits.max_total_bytes; over it at {path}); not read"
+    )]
+    TotalTooLarge {
+        dir: PathBuf,
+        path: PathBuf,
+        limit: u64,
+    },
+    #[error("{dir}: more than {limit} *.yaml / *.yml files (state.limits.max_files); not read")]
+    TooManyFiles { dir: PathBuf, limit: usize },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     /// More than one file failed to read or parse (each error names its file).
@@ -59,6 +91,35 @@ impl LoadError {
         match self {
             LoadError::Yaml { source, .. } => source.location().map(|l| (l.line(), l.column())),
             _ => None,
+        }
+    }
+}
+
+/// Bounds on what a load reads, checked before parsing (daemon config `state.limits`,
+/// docs/config.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Bytes per state file (and per etcd value).
+    pub max_file_bytes: u64,
+    /// Bytes of all state files of a directory together (and of all etcd values).
+    pub max_total_bytes: u64,
+    /// `*.yaml` / `*.yml` files in a state directory.
+    pub max_files: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
+    pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 << 20;
+    pub const DEFAULT_MAX_FILES: usize = 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_total_bytes: Self::DEFAULT_MAX_TOTAL_BYTES,
+            max_files: Self::DEFAULT_MAX_FILES,
         }
     }
 }
@@ -102,15 +163,26 @@ impl State {
     }
 }
 
-/// Loads one YAML file and validates it.
+/// Loads one YAML file and validates it, within the default [`Limits`].
 pub fn load_file(path: &Path) -> Result<State, LoadError> {
-    let text = read(path)?;
+    load_file_limited(path, &Limits::default())
+}
+
+/// [`load_file`] within `limits` (the file's size against `max_file_bytes`).
+pub fn load_file_limited(path: &Path, limits: &Limits) -> Result<State, LoadError> {
+    let mut budget = limits.max_total_bytes;
+    let text = read(path, limits, &mut budget, path)?;
     load_sources([(path.to_path_buf(), text)])
 }
 
 /// Loads every `*.yaml` / `*.yml` file of a directory (sorted by name), merges them and
-/// validates the result.
+/// validates the result, within the default [`Limits`].
 pub fn load_dir(dir: &Path) -> Result<State, LoadError> {
+    load_dir_limited(dir, &Limits::default())
+}
+
+/// [`load_dir`] within `limits`.
+pub fn load_dir_limited(dir: &Path, limits: &Limits) -> Result<State, LoadError> {
     let io = |source| LoadError::Io {
         path: dir.to_path_buf(),
         source,
@@ -122,8 +194,15 @@ pub fn load_dir(dir: &Path) -> Result<State, LoadError> {
             continue;
         };
         let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        // `is_file` follows symlinks: ConfigMap mounts link each file into `..data/`.
-        if yaml && !name.starts_with('.') && path.is_file() {
+        // Whatever the name points to must be a readable regular file (checked when it is
+        // opened): symlinks are followed (ConfigMap mounts link each file into `..data/`).
+        if yaml && !name.starts_with('.') {
+            if files.len() == limits.max_files {
+                return Err(LoadError::TooManyFiles {
+                    dir: dir.to_path_buf(),
+                    limit: limits.max_files,
+                });
+            }
             files.push(path);
         }
     }
@@ -135,9 +214,12 @@ pub fn load_dir(dir: &Path) -> Result<State, LoadError> {
     files.sort();
     let mut sources = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
+    let mut budget = limits.max_total_bytes;
     for f in files {
-        match read(&f) {
+        match read(&f, limits, &mut budget, dir) {
             Ok(text) => sources.push((f, text)),
+            // Past the total, nothing more is read.
+            Err(e @ LoadError::TotalTooLarge { .. }) => return Err(e),
             Err(e) => errors.push(e),
         }
     }
@@ -147,12 +229,17 @@ pub fn load_dir(dir: &Path) -> Result<State, LoadError> {
     load_sources(sources)
 }
 
-/// A file or a directory.
+/// A file or a directory, within the default [`Limits`].
 pub fn load_path(path: &Path) -> Result<State, LoadError> {
+    load_path_limited(path, &Limits::default())
+}
+
+/// [`load_path`] within `limits`.
+pub fn load_path_limited(path: &Path, limits: &Limits) -> Result<State, LoadError> {
     if path.is_dir() {
-        load_dir(path)
+        load_dir_limited(path, limits)
     } else {
-        load_file(path)
+        load_file_limited(path, limits)
     }
 }
 
@@ -196,10 +283,90 @@ fn one_or_several(mut errors: Vec<LoadError>) -> LoadError {
     }
 }
 
-fn read(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+/// Reads one state file whole, or says why not: it must open (a dangling symlink or a symlink
+/// loop does not), be a regular file (`fstat` of the opened file: a directory, FIFO, socket or
+/// device is refused; opened non-blocking so a FIFO cannot hang the load), and fit both
+/// `max_file_bytes` and what is left of the directory's `budget` (taken from it). `dir` names
+/// the directory in a total-size error.
+fn read(path: &Path, limits: &Limits, budget: &mut u64, dir: &Path) -> Result<String, LoadError> {
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
+    };
+    let not_a_file = |what: String| LoadError::NotAFile {
+        path: path.to_path_buf(),
+        what,
+    };
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(match (link, e.raw_os_error()) {
+                (true, Some(libc::ELOOP)) => not_a_file("a symlink loop".into()),
+                (true, _) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let target = std::fs::read_link(path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    not_a_file(format!("a dangling symlink (to {target})"))
+                }
+                _ => io(e),
+            });
+        }
+    };
+    let meta = file.metadata().map_err(io)?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        return Err(not_a_file(what.into()));
+    }
+    let too_large = |size| LoadError::FileTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: limits.max_file_bytes,
+    };
+    if meta.len() > limits.max_file_bytes {
+        return Err(too_large(meta.len()));
+    }
+    let over_total = || LoadError::TotalTooLarge {
+        dir: dir.to_path_buf(),
+        path: path.to_path_buf(),
+        limit: limits.max_total_bytes,
+    };
+    if meta.len() > *budget {
+        return Err(over_total());
+    }
+    // One byte past the limit is enough to know a file grew beyond it after the fstat.
+    let cap = limits.max_file_bytes.min(*budget);
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(io)?;
+    let n = bytes.len() as u64;
+    if n > cap {
+        return Err(if n > limits.max_file_bytes {
+            too_large(n)
+        } else {
+            over_total()
+        });
+    }
+    *budget -= n;
+    String::from_utf8(bytes).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8: {e}"),
+        ))
     })
 }
 

@@ -219,10 +219,12 @@ fn every_unparsable_file_is_reported() {
 #[test]
 fn what_a_directory_load_reads() {
     let dir = example_copy();
-    // Not YAML, hidden, or a directory: ignored. `.yml` counts. Comment-only files are empty.
+    // Not YAML, or hidden: ignored (a YAML name that is a directory is an error: see
+    // `a_state_file_that_is_not_a_regular_file_rejects_the_load`). `.yml` counts.
+    // Comment-only files are empty.
     fs::write(dir.path().join("README.md"), "not: [yaml").unwrap();
     fs::write(dir.path().join(".swap.yaml"), "not: [yaml").unwrap();
-    fs::create_dir(dir.path().join("old.yaml")).unwrap();
+    fs::create_dir(dir.path().join("old.d")).unwrap();
     fs::write(dir.path().join("notes.yaml"), "# nothing here yet\n").unwrap();
     fs::write(
         dir.path().join("more.yml"),
@@ -256,4 +258,111 @@ fn loading_twice_gives_the_same_state_and_sources_load_like_files() {
         .map(|(n, t)| (PathBuf::from(n), t.to_string()))
         .collect();
     assert_eq!(load_sources(sources).unwrap(), a);
+}
+
+/// Puts something in place of a state file.
+type Make = dyn Fn(&Path);
+
+/// Issue 13 item 6: a state file name that is not a readable regular file rejects the whole
+/// load, naming the file and what it is (before: it was skipped and the state published
+/// without it). Each kind replaces `services.yaml` of the example.
+#[test]
+fn a_state_file_that_is_not_a_regular_file_rejects_the_load() {
+    let replace = |dir: &Path, make: &dyn Fn(&Path)| {
+        let f = dir.join("services.yaml");
+        fs::remove_file(&f).unwrap();
+        make(&f);
+        f
+    };
+    let kinds: [(&str, &Make); 5] = [
+        ("a dangling symlink (to ", &|f| {
+            std::os::unix::fs::symlink("gone.yaml", f).unwrap()
+        }),
+        ("a symlink loop", &|f| {
+            let other = f.with_file_name("loop.other");
+            std::os::unix::fs::symlink(&other, f).unwrap();
+            std::os::unix::fs::symlink(f, &other).unwrap();
+        }),
+        ("a directory", &|f| fs::create_dir(f).unwrap()),
+        ("a directory", &|f| {
+            let d = f.with_file_name("elsewhere");
+            fs::create_dir(&d).unwrap();
+            std::os::unix::fs::symlink(&d, f).unwrap();
+        }),
+        ("a FIFO", &|f| {
+            let ok = std::process::Command::new("mkfifo")
+                .arg(f)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mkfifo");
+        }),
+    ];
+    for (what, make) in kinds {
+        let dir = example_copy();
+        let f = replace(dir.path(), make);
+        let err = load_dir(dir.path()).expect_err(what);
+        let text = err.to_string();
+        assert!(
+            matches!(&err, LoadError::NotAFile { path, .. } if *path == f),
+            "{what}: {text}"
+        );
+        assert!(text.contains(&f.display().to_string()), "{text}");
+        assert!(text.contains(what), "{what}: {text}");
+    }
+}
+
+/// Issue 13 item 9: limits checked before anything is parsed, each error naming the file (or
+/// directory) and the limit.
+#[test]
+fn state_inputs_are_bounded_before_parsing() {
+    let dir = example_copy();
+    let tight = |file: u64, total: u64, files: usize| Limits {
+        max_file_bytes: file,
+        max_total_bytes: total,
+        max_files: files,
+    };
+    let sizes: Vec<u64> = example::FILES.iter().map(|(_, t)| t.len() as u64).collect();
+    let (largest, sum) = (*sizes.iter().max().unwrap(), sizes.iter().sum::<u64>());
+    // Exactly at every limit: loads.
+    load_dir_limited(dir.path(), &tight(largest, sum, sizes.len())).unwrap();
+
+    let err = load_dir_limited(dir.path(), &tight(largest - 1, sum, sizes.len())).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::FileTooLarge { .. }), "{text}");
+    assert!(
+        text.contains(&format!("limit of {} bytes", largest - 1)),
+        "{text}"
+    );
+    assert!(text.contains("state.limits.max_file_bytes"), "{text}");
+
+    let err = load_dir_limited(dir.path(), &tight(largest, sum - 1, sizes.len())).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::TotalTooLarge { .. }), "{text}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(text.contains("state.limits.max_total_bytes"), "{text}");
+
+    let err = load_dir_limited(dir.path(), &tight(largest, sum, sizes.len() - 1)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::TooManyFiles { .. }), "{text}");
+    assert!(text.contains("state.limits.max_files"), "{text}");
+
+    // One file alone, too.
+    let one = dir.path().join("services.yaml");
+    let n = fs::metadata(&one).unwrap().len();
+    assert!(matches!(
+        load_file_limited(&one, &tight(n - 1, u64::MAX, 1)),
+        Err(LoadError::FileTooLarge { size, .. }) if size == n
+    ));
+
+    // The default limits (16 MiB a file): a 50 MB file (sparse: nothing to read) is refused
+    // from its size alone, before a byte is read or parsed.
+    let big = dir.path().join("zz-big.yaml");
+    fs::File::create(&big).unwrap().set_len(50_000_000).unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, LoadError::FileTooLarge { path, size: 50_000_000, limit } if *path == big && *limit == Limits::DEFAULT_MAX_FILE_BYTES),
+        "{text}"
+    );
 }

@@ -1,5 +1,6 @@
 //! OPEN (RFC 4271 §4.2) with capabilities (RFC 5492) and extended optional parameters
-//! (RFC 9072, decode only: we never need more than 255 bytes of parameters).
+//! (RFC 9072: decoded in either form; encoded in the base form up to 255 bytes of parameters,
+//! in the extended form beyond, so whatever decodes also encodes).
 
 use std::net::Ipv4Addr;
 
@@ -170,34 +171,58 @@ impl Open {
         out.extend_from_slice(&self.my_as.to_be_bytes());
         out.extend_from_slice(&self.hold_time.to_be_bytes());
         out.extend_from_slice(&self.bgp_id.octets());
+        // RFC 9072 §2: the base encoding while the parameters fit its 1-byte length (255 is
+        // unambiguous: our first parameter type is 2, never the 255 that announces the extended
+        // form), else the extended one (length 255, type 255, a 2-byte length, and 2-byte
+        // parameter lengths), which the decoder reads the same way.
         let len_at = out.len();
         out.push(0);
-        // One capabilities parameter per capability, as BIRD, FRR and GoBGP send them.
+        // A capability too long for a 1-byte parameter length also needs the extended form.
+        if self.encode_params(out, false).is_ok() {
+            let params_len = out.len() - len_at - 1;
+            if params_len <= usize::from(u8::MAX) {
+                out[len_at] = params_len as u8;
+                return Ok(());
+            }
+        }
+        out.truncate(len_at);
+        out.extend_from_slice(&[255, 255, 0, 0]);
+        self.encode_params(out, true)?;
+        let params_len = out.len() - len_at - 4;
+        let params_len = u16::try_from(params_len).map_err(|_| EncodeError::FieldTooLong {
+            what: "OPEN optional parameters",
+            len: params_len,
+        })?;
+        out[len_at + 2..len_at + 4].copy_from_slice(&params_len.to_be_bytes());
+        Ok(())
+    }
+
+    /// One capabilities parameter per capability, as BIRD, FRR and GoBGP send them; parameter
+    /// lengths of 2 bytes when `extended` (RFC 9072), else 1.
+    fn encode_params(&self, out: &mut Vec<u8>, extended: bool) -> Result<(), EncodeError> {
         for cap in &self.capabilities {
             out.push(PARAM_CAPABILITIES);
             let plen_at = out.len();
-            out.push(0);
+            out.extend_from_slice(if extended { &[0, 0] } else { &[0] });
             let (cap_code, data_at) = (cap.code(), out.len() + 2);
             out.extend_from_slice(&[cap_code, 0]);
             cap.encode_value(out);
             let clen = out.len() - data_at;
-            if clen > 255 {
+            // The capability's own length is 1 byte in either form; so is the parameter's in
+            // the base form.
+            if clen > 255 || (!extended && clen + 2 > 255) {
                 return Err(EncodeError::FieldTooLong {
                     what: "capability",
                     len: clen,
                 });
             }
             out[data_at - 1] = clen as u8;
-            out[plen_at] = (clen + 2) as u8;
+            if extended {
+                out[plen_at..plen_at + 2].copy_from_slice(&((clen + 2) as u16).to_be_bytes());
+            } else {
+                out[plen_at] = (clen + 2) as u8;
+            }
         }
-        let params_len = out.len() - len_at - 1;
-        if params_len > 254 {
-            return Err(EncodeError::FieldTooLong {
-                what: "OPEN optional parameters",
-                len: params_len,
-            });
-        }
-        out[len_at] = params_len as u8;
         Ok(())
     }
 }

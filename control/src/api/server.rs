@@ -110,10 +110,25 @@ impl Server {
             path: path.to_path_buf(),
             source,
         };
-        let mut listener = UnixListener::bind(path).map_err(bind)?;
-        // Root only. (Between bind and chmod the socket exists with the umask's mode; the
-        // daemon runs with umask 077 under systemd, see docs/control.md.)
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        // Root only, from the first instant clients can reach it: bound under a temporary
+        // name (with the umask's mode), made 0600, then renamed into place (atomic). A socket
+        // bound at `path` itself would be open to connections with the umask's mode until the
+        // chmod, and a connection made then would outlive it.
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let mut listener = UnixListener::bind(&tmp).map_err(bind)?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(bind(e));
+        }
         registry
             .register(&mut listener, listener_token, Interest::READABLE)
             .map_err(bind)?;

@@ -56,6 +56,9 @@ pub struct StateConfig {
     /// The etcd source's own settings (defined by `source::etcd`), passed through as is.
     #[serde(default)]
     pub etcd: Option<yaml_serde::Value>,
+    /// Bounds on what a state load reads (files and etcd values), checked before parsing.
+    #[serde(default)]
+    pub limits: nodeplane_state::Limits,
 }
 
 /// Packet I/O. Nothing set: no packet I/O (control plane only: state, CLI).
@@ -188,6 +191,13 @@ impl Config {
             return Err(invalid(
                 "state",
                 "set either `dir` or `etcd`, not both".into(),
+            ));
+        }
+        let l = &cfg.state.limits;
+        if l.max_file_bytes == 0 || l.max_total_bytes == 0 || l.max_files == 0 {
+            return Err(invalid(
+                "state.limits",
+                "max_file_bytes, max_total_bytes and max_files must be at least 1".into(),
             ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&cfg.log_level.as_str()) {

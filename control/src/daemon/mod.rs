@@ -110,11 +110,12 @@ use crate::source::etcd::{EtcdConfig, EtcdSource};
 
 fn make_source(cfg: &Config) -> Result<Box<dyn StateSource>, DaemonError> {
     match cfg.source() {
-        SourceChoice::Dir(d) => Ok(Box::new(DirSource::new(d))),
+        SourceChoice::Dir(d) => Ok(Box::new(DirSource::new(d).with_limits(cfg.state.limits))),
         SourceChoice::Etcd(v) => {
-            let cfg: EtcdConfig = yaml_serde::from_value(v)
+            let mut ecfg: EtcdConfig = yaml_serde::from_value(v)
                 .map_err(|e| DaemonError::Source(format!("state.etcd: {e}")))?;
-            let src = EtcdSource::new(cfg)
+            ecfg.limits = cfg.state.limits;
+            let src = EtcdSource::new(ecfg)
                 .map_err(|e| DaemonError::Source(format!("state.etcd: {e}")))?;
             Ok(Box::new(src))
         }
@@ -482,7 +483,7 @@ fn reload(cfg: &mut Config, path: Option<&std::path::Path>, control: &mut Contro
     match cfg.source() {
         SourceChoice::Dir(d) => {
             let origin = format!("dir {} (reload)", d.display());
-            match nodeplane_state::load_path(&d) {
+            match nodeplane_state::load_path_limited(&d, &cfg.state.limits) {
                 Ok(state) => control.apply(state, origin),
                 Err(e) => control.on_source(crate::source::SourceEvent::Rejected {
                     origin,

@@ -15,6 +15,9 @@
 //!   (to see `stop`); it never polls the files.
 //! - If the directory disappears, the source reports `Rejected` and re-arms its watch once a
 //!   second until the directory is back (then it re-reads it).
+//! - A `*.yaml` name that is not a readable regular file (dangling symlink, symlink loop,
+//!   directory, FIFO) or a file over `state.limits` rejects the load whole
+//!   ([`nodeplane_state::load_path_limited`]): never skipped.
 //! - A reload that yields the same state as the last snapshot sent is not sent again (touching
 //!   a file must not make every flow re-check its policy).
 
@@ -28,7 +31,7 @@ use crossbeam::channel::Sender;
 use inotify::{Inotify, WatchMask};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nodeplane_state::State;
+use nodeplane_state::{Limits, State};
 
 use super::{SourceEvent, StateSource};
 
@@ -40,6 +43,7 @@ const REARM_EVERY: Duration = Duration::from_secs(1);
 pub struct DirSource {
     path: PathBuf,
     debounce: Duration,
+    limits: Limits,
 }
 
 impl DirSource {
@@ -47,7 +51,14 @@ impl DirSource {
         DirSource {
             path: path.into(),
             debounce: DEFAULT_DEBOUNCE,
+            limits: Limits::default(),
         }
+    }
+
+    /// Bounds every load by `limits` (the daemon config's `state.limits`).
+    pub fn with_limits(mut self, limits: Limits) -> DirSource {
+        self.limits = limits;
+        self
     }
 
     pub fn with_debounce(mut self, d: Duration) -> DirSource {
@@ -106,7 +117,7 @@ fn arm(path: &Path) -> std::io::Result<Watch> {
 impl DirSource {
     fn load(&self, last: &mut Last, tx: &Sender<SourceEvent>) -> bool {
         let origin = format!("dir {}", self.path.display());
-        let event = match nodeplane_state::load_path(&self.path) {
+        let event = match nodeplane_state::load_path_limited(&self.path, &self.limits) {
             Ok(state) => {
                 if matches!(last, Last::Sent(s) if **s == state) {
                     return true;

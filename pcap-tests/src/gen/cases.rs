@@ -28,6 +28,8 @@ pub fn all_cases() -> Vec<Case> {
         maglev_weights(true),
         random_algorithm(false),
         random_algorithm(true),
+        random_weights(false),
+        random_weights(true),
         affinity_clientip(false),
         affinity_clientip(true),
         backend_terminating_midflow(false),
@@ -69,6 +71,8 @@ pub fn all_cases() -> Vec<Case> {
         ipv4_options(),
         ipv6_ext_headers(),
         malformed(),
+        udp_length(false),
+        udp_length(true),
         ct_full(false),
         ct_full(true),
         ct_timeouts(false),
@@ -780,6 +784,60 @@ fn random_algorithm(v6: bool) -> Case {
             .into_iter()
             .collect(),
         tolerance: 0.15,
+    });
+    c
+}
+
+/// Issue 13 item 1: `random` is weighted random, not uniform over the active backends.
+fn random_weights(v6: bool) -> Case {
+    let r = |n: u8| remote(&format!("10.0.2.{n}"), &format!("fd00:10:2::{n}")).ip(v6);
+    let bips = [r(5), r(6), r(7)];
+    let vip = ip(pick(v6, "10.96.0.32", "fd00:96::32"));
+    let backends = bips
+        .iter()
+        .zip([1, 1, 2])
+        .map(|(b, w)| backend(&b.to_string(), 8080, w, Active))
+        .collect();
+    let mut svc = service(
+        "web-random-weighted",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[(&vip.to_string(), 80)],
+        backends,
+    );
+    svc.algorithm = st::Algorithm::Random;
+    let mut c = Case::new(
+        &v6_suffixed("random-weights", v6),
+        &format!(
+            "Weighted random selection: weights 1:1:2 over three remote backends. 400 new flows \
+             (SYNs from pod-a, source ports 22000..22399) to {}: the shares of new flows are \
+             25% / 25% / 50% within ±8 points (a uniform pick would give a third each). 20 SYN \
+             retransmits of earlier flows get the same backend as their first SYN. All leave on eth0.",
+            endpoint(vip, Some(80))
+        ),
+        state_with(vec![svc]),
+    );
+    let bes: Vec<String> = bips.iter().map(|b| endpoint(*b, Some(8080))).collect();
+    many_syns(
+        &mut c,
+        &pod_a(),
+        pod_a().ip(v6),
+        (vip, 80),
+        400,
+        22000,
+        20,
+        &bes,
+        Some(UPLINK),
+    );
+    c.backend_share = Some(BackendShare {
+        shares: [
+            (bes[0].clone(), 0.25),
+            (bes[1].clone(), 0.25),
+            (bes[2].clone(), 0.5),
+        ]
+        .into_iter()
+        .collect(),
+        tolerance: 0.08,
     });
     c
 }
@@ -2710,6 +2768,73 @@ fn ipv6_ext_headers() -> Case {
         x("UDP with HBH + dest opts to pod-c")
             .fwd(cc.iface)
             .out_dst(&ep("fd00:10:1::4", 5000)),
+    );
+    c
+}
+
+/// Issue 13 item 2: the UDP length field against the IP datagram, to a UDP service.
+fn udp_length(v6: bool) -> Case {
+    let (vip, be) = if v6 {
+        ("fd00:96::54", "fd00:10:1::4")
+    } else {
+        ("10.96.0.54", "10.0.1.4")
+    };
+    let svc = service(
+        "dns",
+        ServiceType::ClusterIP,
+        L4Proto::UDP,
+        &[(vip, 53)],
+        vec![active(be, 5353)],
+    );
+    let mut c = Case::new(
+        &format!("udp-length-{}", v(v6)),
+        &format!(
+            "The UDP length field, checked as the kernel checks it (udp_rcv, nf_conntrack_udp), \
+             on queries from pod-a to the UDP service {vip} port 53 → pod-c {be} port 5353 (28 \
+             bytes of UDP: header and 20 bytes of data). Lengths 0 and 7 (below the header), 29 \
+             (one byte beyond the datagram) and 65535 are dropped `malformed-l4`, neither DNATed \
+             nor tracked. Length 18 (shorter than the datagram, at least the header) is legal: the \
+             kernel accepts it and the receiver trims the surplus, so it is DNATed and forwarded \
+             unchanged (its checksum covers the 18 bytes). A well-formed query from the source \
+             port of the first dropped one is then a new flow (nothing was tracked)."
+        ),
+        state_with(vec![svc]),
+    );
+    let a = pod_a();
+    let udp = |sport| L4::Udp { sport, dport: 53 };
+    for (sport, ulen, what) in [
+        (50000, 0, "UDP length 0"),
+        (50001, 7, "UDP length 7 (< 8-byte header)"),
+        (50002, 29, "UDP length 29 > 28 bytes of datagram"),
+        (50003, u16::MAX, "UDP length 65535"),
+    ] {
+        let mut f = c.pkt(&a, a.ip(v6), ip(vip), udp(sport), 20).build();
+        pkt::set_udp_length(&mut f, ulen);
+        c.raw(a.iface, f, x(what).drop_("malformed-l4"));
+    }
+    let mut f = c.pkt(&a, a.ip(v6), ip(vip), udp(50004), 20).build();
+    pkt::set_udp_length(&mut f, 18);
+    let b = ep(be, 5353);
+    c.raw(
+        a.iface,
+        f,
+        x("UDP length 18 < 28 bytes of datagram: legal")
+            .fwd(pod_c().iface)
+            .ct("new")
+            .backend(&b)
+            .out_dst(&b),
+    );
+    c.send(
+        &a,
+        a.ip(v6),
+        ip(vip),
+        udp(50000),
+        20,
+        x("well-formed query from port 50000: a new flow")
+            .fwd(pod_c().iface)
+            .ct("new")
+            .backend(&b)
+            .out_dst(&b),
     );
     c
 }

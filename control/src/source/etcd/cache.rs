@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use nodeplane_state::{Endpoint, Interface, IpcacheEntry, Node, Policy, Service, State};
+use nodeplane_state::{Endpoint, Interface, IpcacheEntry, Limits, Node, Policy, Service, State};
 use serde::{Deserialize, Serialize};
 
 /// `nodes/<node>`: what etcd knows about one node.
@@ -33,7 +33,14 @@ enum Entry {
     Ignored,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, String> {
+fn parse<T: serde::de::DeserializeOwned>(v: &[u8], max: u64) -> Result<T, String> {
+    // Checked before parsing: a value's size bounds the parser's memory and time.
+    if v.len() as u64 > max {
+        return Err(format!(
+            "value of {} bytes is over the limit of {max} bytes (state.limits.max_file_bytes); not parsed",
+            v.len()
+        ));
+    }
     // YAML is a superset of JSON for these values: operators may write either.
     yaml_serde::from_slice(v).map_err(|e| e.to_string())
 }
@@ -45,6 +52,10 @@ pub struct Cache {
     node: String,
     entries: BTreeMap<String, Entry>,
     nodes: usize,
+    limits: Limits,
+    /// Bytes of every value the state is assembled from, by key, and their sum.
+    sizes: BTreeMap<String, u64>,
+    total: u64,
 }
 
 impl Cache {
@@ -54,7 +65,24 @@ impl Cache {
             node: node.into(),
             entries: BTreeMap::new(),
             nodes: 0,
+            limits: Limits::default(),
+            sizes: BTreeMap::new(),
+            total: 0,
         }
+    }
+
+    /// Bounds values by `limits` (default: [`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn set_size(&mut self, key: &str, size: Option<u64>) {
+        let old = match size {
+            Some(n) => self.sizes.insert(key.to_string(), n),
+            None => self.sizes.remove(key),
+        };
+        self.total = self.total - old.unwrap_or(0) + size.unwrap_or(0);
     }
 
     /// Nodes in the store (keys under `nodes/`) as of the last list and the events since.
@@ -65,6 +93,8 @@ impl Cache {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.nodes = 0;
+        self.sizes.clear();
+        self.total = 0;
     }
 
     fn classify(&self, key: &str, value: &[u8]) -> Entry {
@@ -72,17 +102,18 @@ impl Cache {
             return Entry::Ignored;
         };
         let (dir, name) = rel.split_once('/').unwrap_or((rel, ""));
+        let max = self.limits.max_file_bytes;
         match dir {
-            "nodes" if name == self.node => Entry::OwnNode(parse(value)),
+            "nodes" if name == self.node => Entry::OwnNode(parse(value, max)),
             "nodes" if !name.is_empty() && !name.contains('/') => Entry::OtherNode,
-            "services" => Entry::Service(parse::<Service>(value).and_then(|s| {
+            "services" => Entry::Service(parse::<Service>(value, max).and_then(|s| {
                 if s.name == name {
                     Ok(s)
                 } else {
                     Err(format!("service name {:?} differs from the key", s.name))
                 }
             })),
-            "ipcache" => Entry::Ipcache(parse::<IpcacheEntry>(value).and_then(|e| {
+            "ipcache" => Entry::Ipcache(parse::<IpcacheEntry>(value, max).and_then(|e| {
                 if e.prefix.to_string() == name {
                     Ok(e)
                 } else {
@@ -91,7 +122,7 @@ impl Cache {
             })),
             "policies" => match name.split_once('/') {
                 Some((n, ep)) if n == self.node => {
-                    Entry::Policy(parse::<Policy>(value).and_then(|p| {
+                    Entry::Policy(parse::<Policy>(value, max).and_then(|p| {
                         if p.endpoint == ep {
                             Ok(p)
                         } else {
@@ -118,11 +149,15 @@ impl Cache {
             Some(Entry::OwnNode(_) | Entry::OtherNode)
         );
         if matches!(e, Entry::Ignored) {
+            self.set_size(key, None);
             self.entries.remove(key).is_some()
         } else {
             if matches!(e, Entry::OwnNode(_) | Entry::OtherNode) && !was_node {
                 self.nodes += 1;
             }
+            // Other nodes' records are not part of this node's state: not counted.
+            let counted = !matches!(e, Entry::OtherNode);
+            self.set_size(key, counted.then_some(value.len() as u64));
             self.entries.insert(key.to_string(), e);
             true
         }
@@ -130,6 +165,7 @@ impl Cache {
 
     /// Records a delete; `true` when a key the state is assembled from went away.
     pub fn delete(&mut self, key: &str) -> bool {
+        self.set_size(key, None);
         match self.entries.remove(key) {
             Some(Entry::OwnNode(_) | Entry::OtherNode) => {
                 self.nodes = self.nodes.saturating_sub(1);
@@ -144,6 +180,17 @@ impl Cache {
     /// parse (or does not fit) as `(key, reason)`.
     pub fn assemble(&self, local: Option<&State>) -> Result<State, Vec<(String, String)>> {
         let mut errors = Vec::new();
+        if self.total > self.limits.max_total_bytes {
+            errors.push((
+                self.prefix.clone(),
+                format!(
+                    "the values this node's state is assembled from add up to {} bytes, over \
+                     the limit of {} bytes (state.limits.max_total_bytes)",
+                    self.total, self.limits.max_total_bytes
+                ),
+            ));
+            return Err(errors);
+        }
         let mut st = local.cloned().unwrap_or_default();
         let own_key = format!("{}nodes/{}", self.prefix, self.node);
         match self.entries.get(&own_key) {
@@ -192,5 +239,66 @@ impl Cache {
         } else {
             Err(errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "name: web\ntype: ClusterIP\nfrontends: [{ ip: 10.96.0.10, port: 80 }]\nbackends: [{ ip: 10.244.1.21, port: 8080 }]\n";
+
+    fn cache(file: u64, total: u64) -> Cache {
+        let mut c = Cache::new("/np", "node-1").with_limits(Limits {
+            max_file_bytes: file,
+            max_total_bytes: total,
+            max_files: 1,
+        });
+        c.put("/np/nodes/node-1", b"endpoints: []\n");
+        c
+    }
+
+    /// Issue 13 item 9: a value over `max_file_bytes` is not parsed and names its key and the
+    /// limit; values adding up past `max_total_bytes` reject the assembly; a delete brings the
+    /// total back under.
+    #[test]
+    fn values_are_bounded_before_parsing() {
+        let local = State::default();
+        let n = SVC.len() as u64;
+        let mut c = cache(n, 10 * n);
+        c.put("/np/services/web", SVC.as_bytes());
+        assert_eq!(c.assemble(Some(&local)).unwrap().services.len(), 1);
+
+        let mut c = cache(n - 1, 10 * n);
+        c.put("/np/services/web", SVC.as_bytes());
+        let errs = c.assemble(Some(&local)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "/np/services/web");
+        assert!(
+            errs[0].1.contains(&format!(
+                "value of {n} bytes is over the limit of {} bytes (state.limits.max_file_bytes)",
+                n - 1
+            )),
+            "{errs:?}"
+        );
+
+        let mut c = cache(n, 2 * n);
+        c.put("/np/services/web", SVC.as_bytes());
+        // Other nodes' records are not this node's state: not counted.
+        c.put("/np/nodes/node-2", &vec![b'#'; 4 * n as usize]);
+        c.put(
+            "/np/services/web2",
+            SVC.replace("name: web", "name: web2").as_bytes(),
+        );
+        let errs = c.assemble(Some(&local)).unwrap_err();
+        assert!(
+            errs[0].1.contains("state.limits.max_total_bytes"),
+            "{errs:?}"
+        );
+        c.delete("/np/services/web2");
+        assert_eq!(c.assemble(Some(&local)).unwrap().services.len(), 1);
+        // Replacing a value counts its new size only.
+        c.put("/np/services/web", SVC.as_bytes());
+        assert_eq!(c.assemble(Some(&local)).unwrap().services.len(), 1);
     }
 }

@@ -54,6 +54,11 @@ pub struct EtcdConfig {
     /// Identity allocation for local endpoints written with `identity: 0`.
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// Bounds on values (each against `max_file_bytes`, all together against
+    /// `max_total_bytes`) and on `local_state`: the daemon config's `state.limits`, set by the
+    /// daemon (not a key of this section).
+    #[serde(skip)]
+    pub limits: nodeplane_state::Limits,
 }
 
 fn default_prefix() -> String {
@@ -156,6 +161,7 @@ impl EtcdConfig {
             keepalive_interval_ms: default_keepalive_interval_ms(),
             keepalive_timeout_ms: default_keepalive_timeout_ms(),
             identity: IdentityConfig::default(),
+            limits: nodeplane_state::Limits::default(),
         }
     }
 

@@ -68,7 +68,7 @@ impl EtcdSource {
     pub fn new(cfg: EtcdConfig) -> Result<Self, EtcdSourceError> {
         cfg.validate()?;
         let local = match &cfg.local_state {
-            Some(p) => Some(nodeplane_state::load_path(p)?),
+            Some(p) => Some(nodeplane_state::load_path_limited(p, &cfg.limits)?),
             None => None,
         };
         Ok(EtcdSource { cfg, local })

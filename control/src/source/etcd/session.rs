@@ -208,7 +208,7 @@ impl EtcdSource {
             local: self.local.as_ref(),
             tx: &tx,
             stop: &stop,
-            cache: Cache::new(&self.cfg.prefix, &self.cfg.node_name),
+            cache: Cache::new(&self.cfg.prefix, &self.cfg.node_name).with_limits(self.cfg.limits),
             last_sent: None,
             last_rejected: None,
             allocated: Default::default(),
