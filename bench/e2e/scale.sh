@@ -3,7 +3,7 @@
 # last of N services, and the time to load N services into the running node; nodeplane
 # against kube-proxy's iptables-mode rules and its nftables-mode verdict map, in one run.
 #
-#   bench/e2e/scale.sh [--seconds 3] [--sizes 10,1000,10000] [--load-sizes 10000,100000]
+#   bench/e2e/scale.sh [--seconds 3] [--sizes 10,1000,10000] [--load-sizes 10000,100000,100000:10]
 #                      [--duts nodeplane,iptables,nft,nft-rps] [--load-duts nodeplane,iptables,nft]
 #                      [--load-timeout 120] [--out bench/e2e/scale.json]
 #
@@ -61,13 +61,13 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 SECONDS_RUN=3
 SIZES="10,1000,10000"
-LOAD_SIZES="10000,100000"
+LOAD_SIZES="10000,100000,100000:10"
 DUTS="nodeplane,iptables,nft,nft-rps"
 LOAD_DUTS="nodeplane,iptables,nft"
 LOAD_TIMEOUT=120
 OUT="$HERE/scale.json"
 usage() {
-  echo "usage: $0 [--seconds N] [--sizes 10,1000,10000] [--load-sizes 10000,100000] [--duts nodeplane,iptables,nft,nft-rps] [--load-duts nodeplane,iptables,nft] [--load-timeout S] [--out FILE]" >&2
+  echo "usage: $0 [--seconds N] [--sizes 10,1000,10000] [--load-sizes 10000,100000,100000:10] [--duts nodeplane,iptables,nft,nft-rps] [--load-duts nodeplane,iptables,nft] [--load-timeout S] [--out FILE]" >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -153,10 +153,11 @@ IFS=, read -r -a LDUT_LIST <<< "$LOAD_DUTS"
 
 # ---------------------------------------------------------------- inputs, generated up front
 echo "scale: generating states and rules for ${SIZES} (traffic) and ${LOAD_SIZES} (load) services"
-for n in $(printf '%s\n' 10 "${SIZE_LIST[@]}" "${LOAD_LIST[@]}" | sort -un); do
-  python3 "$PY" npstate "$TMP/state-$n" "$n"
-  python3 "$PY" iptables "$n" "$TMP/ipt-$n.rules"
-  python3 "$PY" nft "$n" "$TMP/nft-$n.rules"
+for spec in $(printf '%s\n' 10 "${SIZE_LIST[@]}" "${LOAD_LIST[@]}" | sort -u); do
+  tag="${spec/:/_}"
+  python3 "$PY" npstate "$TMP/state-$tag" "$spec"
+  python3 "$PY" iptables "$spec" "$TMP/ipt-$tag.rules"
+  python3 "$PY" nft "$spec" "$TMP/nft-$tag.rules"
 done
 "$NP" state check "$TMP/state-10" >/dev/null || die "the generated state does not load"
 
@@ -343,32 +344,35 @@ time_cmd() {  # seconds a command took, or "timeout"; $1 = timeout
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then echo timeout; elif [ "$rc" != 0 ]; then echo "failed:$rc"; else
     python3 -c "print(round($t1 - $t0, 3))"; fi
 }
-load_record() {  # dut n result
-  local dut="$1" n="$2" r="$3"
+load_record() {  # dut spec result
+  local dut="$1" spec="$2" r="$3" head
+  head="\"dut\": \"$dut\", \"services\": ${spec%%:*}, \"spec\": \"$spec\""
   case "$r" in
-    timeout) echo "{\"dut\": \"$dut\", \"services\": $n, \"result\": \"timeout\", \"seconds\": $LOAD_TIMEOUT}" ;;
-    failed:*) echo "{\"dut\": \"$dut\", \"services\": $n, \"result\": \"$r\"}" ;;
-    *) echo "{\"dut\": \"$dut\", \"services\": $n, \"result\": \"ok\", \"seconds\": $r}" ;;
+    timeout) echo "{$head, \"result\": \"timeout\", \"seconds\": $LOAD_TIMEOUT}" ;;
+    failed:*) echo "{$head, \"result\": \"$r\"}" ;;
+    *) echo "{$head, \"result\": \"ok\", \"seconds\": $r}" ;;
   esac >> "$LOADS"
   tail -1 "$LOADS"
 }
-for n in "${LOAD_LIST[@]}"; do
+for spec in "${LOAD_LIST[@]}"; do
+  tag="${spec/:/_}"
+  n="${spec%%:*}"
   for dut in "${LDUT_LIST[@]}"; do
     [ -n "$dut" ] || continue
     case "$dut" in
       nodeplane)
         # parse + validate of the same directory, in a process of its own
-        pv=$(time_cmd "$LOAD_TIMEOUT" "$NP" state check "$TMP/state-$n")
+        pv=$(time_cmd "$LOAD_TIMEOUT" "$NP" state check "$TMP/state-$tag")
         rm -rf "$TMP/np-load"; cp -r "$TMP/state-10" "$TMP/np-load"
-        cp "$TMP/state-$n/services.yaml" "$TMP/np-load/.services.staged"
+        cp "$TMP/state-$tag/services.yaml" "$TMP/np-load/.services.staged"
         np_start "$TMP/np-load" any
         python3 "$PY" npload "$NP" "$TMP/np.sock" "$TMP/np-load/.services.staged" \
           "$TMP/np-load/services.yaml" "$TMP/np.log" "$n" "$LOAD_TIMEOUT" > "$TMP/npload.json"
         rss=$(awk '/^VmRSS/ {print $2}' "/proc/$DUT_PID/status")
-        python3 - "$TMP/npload.json" "$n" "$pv" "$rss" "$TMP/np.log" >> "$LOADS" <<'EOF'
+        python3 - "$TMP/npload.json" "$spec" "$pv" "$rss" "$TMP/np.log" >> "$LOADS" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-r = {"dut": "nodeplane", **r}
+r = {"dut": "nodeplane", "spec": sys.argv[2], **r}
 r["state_check_s"] = None if sys.argv[3].startswith(("timeout", "failed")) else float(sys.argv[3])
 r["rss_kib_after"] = int(sys.argv[4])
 r["log"] = [l for l in open(sys.argv[5], errors="replace").read().splitlines()
@@ -382,11 +386,11 @@ EOF
         if ns_exists "$KLOAD"; then ip netns del "$KLOAD"; fi
         ip netns add "$KLOAD"
         if [ "$dut" = iptables ]; then
-          r=$(time_cmd "$LOAD_TIMEOUT" ip netns exec "$KLOAD" sh -c "iptables-restore < '$TMP/ipt-$n.rules'")
+          r=$(time_cmd "$LOAD_TIMEOUT" ip netns exec "$KLOAD" sh -c "iptables-restore < '$TMP/ipt-$tag.rules'")
         else
-          r=$(time_cmd "$LOAD_TIMEOUT" ip netns exec "$KLOAD" nft -f "$TMP/nft-$n.rules")
+          r=$(time_cmd "$LOAD_TIMEOUT" ip netns exec "$KLOAD" nft -f "$TMP/nft-$tag.rules")
         fi
-        load_record "$dut" "$n" "$r"
+        load_record "$dut" "$spec" "$r"
         # Emptied before the namespace goes, so the kernel's clean-up does not run behind
         # the next measurement.
         timeout -k 5 "$LOAD_TIMEOUT" ip netns exec "$KLOAD" nft flush ruleset || true
