@@ -173,6 +173,9 @@ state:
 control_socket: $TMP/np.sock
 workers: 1
 log_level: info
+# No conntrack snapshot: the default path (/var/lib/nodeplane/conntrack.snap) would carry
+# one case's flows into the next start (and into other jobs' daemons on this machine).
+conntrack_snapshot: null
 io:
   afxdp: {${E2E_AFXDP:-}}
 EOF
@@ -188,6 +191,7 @@ np_start() {
   DUT_PID=$!
   wait_xdp || { cat "$TMP/np.log" >&2; die "nodeplane did not attach XDP to npe2e-up and npe2e-pod"; }
   np_wait_maglev
+  "$NP" ct flush --socket "$TMP/np.sock" > /dev/null
 }
 # Until the daemon's tables are complete (no Maglev table left to build).
 np_wait_maglev() {
