@@ -30,7 +30,8 @@
 # NodePort for l2fwd). Namespaces are deleted on exit, also on failure. A case whose generator
 # dies is reported as not measured, the other cases still run, and the exit code is 1.
 #
-# Environment: NODEPLANE_BIN, L2FWD_BIN (default: release builds of this checkout, built if
+# Environment: E2E_PREFIX (namespace prefix, default np-e2e-), NODEPLANE_BIN, L2FWD_BIN
+# (default: release builds of this checkout, built if
 # missing), DUT_CPU (default 1; trafgen -P 1 always pins itself to CPU 0), E2E_NICE (default
 # -10), GEN_QDISC (default 1), E2E_NAPI=threaded (experimental, see napi_pin), E2E_AFXDP (extra
 # `io.afxdp` keys for nodeplane, e.g. E2E_AFXDP='busy_poll_us: 0, ring_size: 1024').
@@ -63,10 +64,8 @@ GEN_Q=-q
 WARMUP=1
 FLOWS_MANY=50000
 
-P=np-e2e-
-GEN=${P}gen
-DUT=${P}dut
-SINK=${P}sink
+# E2E_PREFIX: the namespaces' prefix (default np-e2e-), so that concurrent runs do not collide.
+P="${E2E_PREFIX:-np-e2e-}"
 GEN_MAC=02:00:00:00:00:fe
 UP_MAC=02:00:00:00:00:01
 PODIF_MAC=02:00:00:00:01:02
@@ -75,6 +74,7 @@ NODE_IP=192.168.100.2
 NODEPORT=30053
 BACKEND=10.244.1.21
 BACKEND_PORT=5353
+BACKENDS=("$BACKEND")
 
 die() { echo "e2e: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
@@ -84,15 +84,9 @@ done
 
 TMP="$(mktemp -d /tmp/np-e2e.XXXXXX)"
 DUT_PID=""
-GEN_PID=""
-
-ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
-topo_down() {
-  local ns
-  for ns in "$GEN" "$DUT" "$SINK"; do
-    if ns_exists "$ns"; then ip netns del "$ns"; fi
-  done
-}
+# The topology, the generator and their helpers (shared with bench/e2e/scale.sh).
+# shellcheck source=bench/e2e/topo.sh
+. "$HERE/topo.sh"
 # net.core.wmem_default as found (restored after the nft-rps case and on exit; see gen_sndbuf).
 WMEM_DEFAULT="$(sysctl -n net.core.wmem_default)"
 cleanup() {
@@ -108,10 +102,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Foreground only: backgrounded, a shell function runs in a subshell and $! would not be the
-# command (start background jobs with `ip netns exec` itself).
-nsx() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
-
 # ---------------------------------------------------------------- binaries
 if [ -z "${NODEPLANE_BIN:-}" ] || [ -z "${L2FWD_BIN:-}" ]; then
   echo "e2e: building nodeplane and l2fwd (release)"
@@ -123,44 +113,6 @@ NP="${NODEPLANE_BIN:-$TARGET/release/nodeplane}"
 L2FWD="${L2FWD_BIN:-$TARGET/release/l2fwd}"
 STATE="$ROOT/bench/e2e/state"
 "$NP" state check "$STATE" >/dev/null || die "bench state does not load"
-
-# ---------------------------------------------------------------- topology
-topo_up() {
-  topo_down
-  local ns
-  for ns in "$GEN" "$DUT" "$SINK"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    # No IPv6 chatter (router solicitations, MLD) on the measured links.
-    nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-  done
-  nsx "$DUT" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
-    net.ipv4.conf.default.rp_filter=0
-  ip -n "$DUT" link add npe2e-up address $UP_MAC numrxqueues 2 numtxqueues 2 type veth \
-    peer name eth0 address $GEN_MAC numrxqueues 2 numtxqueues 2 netns "$GEN"
-  ip -n "$DUT" link add npe2e-pod address $PODIF_MAC numrxqueues 2 numtxqueues 2 type veth \
-    peer name eth0 address $SINK_MAC numrxqueues 2 numtxqueues 2 netns "$SINK"
-  ip -n "$GEN" addr add 192.168.100.1/24 dev eth0
-  ip -n "$GEN" link set eth0 up
-  ip -n "$DUT" addr add $NODE_IP/24 dev npe2e-up
-  ip -n "$DUT" link set npe2e-up up
-  ip -n "$DUT" route add default via 192.168.100.1
-  ip -n "$DUT" addr add 10.244.1.1/32 dev npe2e-pod
-  ip -n "$DUT" link set npe2e-pod up
-  ip -n "$DUT" route add $BACKEND/32 dev npe2e-pod
-  # The sink drops everything at ingress, ARP included: its neighbour entry is static.
-  ip -n "$DUT" neigh replace $BACKEND lladdr $SINK_MAC dev npe2e-pod nud permanent
-  ip -n "$SINK" addr add $BACKEND/24 dev eth0
-  ip -n "$SINK" link set eth0 up
-  ip -n "$SINK" route add default via 10.244.1.1
-  nsx "$SINK" nft -f - <<EOF
-table netdev sink {
-  chain in { type filter hook ingress device "eth0" priority 0; policy drop; }
-}
-EOF
-  # Let the DUT's kernel resolve the generator once (nodeplane reads that entry).
-  nsx "$DUT" ping -c 1 -W 1 192.168.100.1 >/dev/null || die "generator does not answer ARP"
-}
 
 # ---------------------------------------------------------------- generator
 # trafgen config: FLOWS=1 fixed source port; otherwise source ports 10000..10000+FLOWS-1.
@@ -178,14 +130,6 @@ EOF
   echo "$f"
 }
 
-# -q: through the (noqueue) qdisc path, so veth's TX queue, hence the DUT's RX queue, follows
-# the flow hash (both queues busy with 50k flows) instead of the sending CPU.
-# setsid: trafgen -P 1 is a parent and a pinned child, stopped together by a SIGINT to their
-# process group (as a terminal's ^C would); the group must not include this script.
-gen_start() {
-  setsid ip netns exec "$GEN" nice -n "$NICE" trafgen -i "$1" -o eth0 -P 1 $GEN_Q -Q -C >/dev/null 2>"$TMP/trafgen.log" &
-  GEN_PID=$!
-}
 # With RPS the generator's frames wait in the DUT core's backlog, still charged to trafgen's
 # socket: its send buffer (net.core.wmem_default, 208 KiB: ~270 small frames) fills before the
 # backlog (netdev_max_backlog, 1000) does, and trafgen's non-blocking flush then fails with
@@ -201,15 +145,6 @@ gen_sndbuf() {
     *) sysctl -qw net.core.wmem_default="$WMEM_DEFAULT" ;;
   esac
 }
-gen_stop() {
-  [ -n "$GEN_PID" ] || return 0
-  kill -INT -- "-$GEN_PID" 2>/dev/null || true
-  wait "$GEN_PID" 2>/dev/null || true
-  GEN_PID=""
-}
-
-counter() { nsx "$1" cat "/sys/class/net/$2/statistics/$3"; }
-
 # ---------------------------------------------------------------- DUTs
 dut_start() {
   local dut="$1"
@@ -279,22 +214,6 @@ napi_pin() {
   [ "$n" -gt 0 ] || die "E2E_NAPI=threaded: no napi/npe2e-* threads found"
 }
 
-# Waits until XDP is attached on both DUT interfaces (the AF_XDP DUTs are up), then a bit.
-wait_xdp() {
-  local i
-  for i in $(seq 100); do
-    if ip -n "$DUT" -d link show npe2e-up | grep -q "prog/xdp" \
-       && ip -n "$DUT" -d link show npe2e-pod | grep -q "prog/xdp"; then
-      sleep 0.5
-      kill -0 "$DUT_PID" 2>/dev/null && return 0
-      return 1
-    fi
-    kill -0 "$DUT_PID" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
 # nodeplane: the daemon, `nodeplane run --config` with `io: afxdp`. The whole process is
 # confined to DUT_CPU (its worker pins itself to the first core it is allowed).
 np_start() {
@@ -304,6 +223,9 @@ state:
 control_socket: $TMP/np.sock
 workers: 1
 log_level: warn
+# No conntrack snapshot: the default path (/var/lib/nodeplane/conntrack.snap) would carry
+# one case's flows into the next start (and into other jobs' daemons on this machine).
+conntrack_snapshot: null
 io:
   afxdp: {${E2E_AFXDP:-}}
 EOF
@@ -336,18 +258,7 @@ dut_stop() {
       kill -TERM "$DUT_PID" 2>/dev/null || true
       wait "$DUT_PID" 2>/dev/null || true
       DUT_PID=""
-      # The kernel releases a closed BPF link asynchronously (under the RTNL lock, which other
-      # jobs creating and deleting namespaces hold for long moments): give it time.
-      local i
-      for i in $(seq 100); do
-        if ! ip -n "$DUT" -d link show | grep -q "prog/xdp"; then
-          [ "$i" -le 10 ] || echo "e2e: XDP detached $((i / 10)) s after $dut stopped" >&2
-          return 0
-        fi
-        sleep 0.1
-      done
-      ip -n "$DUT" -d link show >&2
-      die "$dut left XDP attached"
+      wait_xdp_gone "$dut"
       ;;
     ceiling)
       nsx "$DUT" nft delete table netdev e2e
@@ -370,8 +281,6 @@ verify_sample() {
   setsid ip netns exec "$GEN" trafgen -i "$cfg" -o eth0 -P 1 -q -Q -C -n 50 >/dev/null 2>&1 || true
   wait "$td" 2>/dev/null || true
 }
-
-cpu_sample() { grep '^cpu[0-9]' /proc/stat; }
 
 # ---------------------------------------------------------------- run
 RUNS="$TMP/runs.jsonl"

@@ -470,6 +470,9 @@ state:
 control_socket: $TMP/np.sock
 workers: ${TP_WORKERS:-1}
 log_level: warn
+# No conntrack snapshot: the default path (/var/lib/nodeplane/conntrack.snap) would carry
+# one case's flows into the next start (and into other jobs' daemons on this machine).
+conntrack_snapshot: null
 io:
   afxdp: {${TP_AFXDP:-}}
 EOF
