@@ -154,7 +154,7 @@ fn apply(
     let seen = obs.wait(*gen);
     // Then the pending Maglev tables, in steps, published as the next generation.
     let complete = (pending > 0).then(|| {
-        while cache.fill(s, Instant::now() + Duration::from_millis(20)) > 0 {}
+        while cache.fill(Instant::now() + Duration::from_millis(20)) > 0 {}
         *gen += 1;
         p.publish(Arc::new(Tables::build(s, *gen, cache)));
         obs.wait(*gen).saturating_duration_since(t0)

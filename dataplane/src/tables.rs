@@ -183,6 +183,9 @@ pub struct MaglevCache {
     tables: HashMap<MaglevKey, Arc<[u16]>>,
     deadline: Option<Instant>,
     pending: usize,
+    /// The keys the last build left pending, for [`MaglevCache::fill`] to build in order
+    /// (not by walking every service again: at 100k services that walk alone outlasts a step).
+    todo: Vec<MaglevKey>,
 }
 
 /// (backend `ip:port` names with weights, in order; table size M).
@@ -190,16 +193,22 @@ type MaglevKey = (Vec<(String, u16)>, u32);
 
 impl MaglevCache {
     fn get(&mut self, key: Vec<(String, u16)>, m: u32) -> Arc<[u16]> {
-        if let Some(t) = self.tables.get(&(key.clone(), m)) {
+        let key = (key, m);
+        if let Some(t) = self.tables.get(&key) {
             return t.clone();
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.pending += 1;
+            self.todo.push(key);
             return Arc::from(Vec::new());
         }
-        let named: Vec<(&[u8], u16)> = key.iter().map(|(n, w)| (n.as_bytes(), *w)).collect();
-        let t: Arc<[u16]> = maglev::build(&named, m).into();
-        self.tables.insert((key, m), t.clone());
+        self.build(key)
+    }
+
+    fn build(&mut self, key: MaglevKey) -> Arc<[u16]> {
+        let named: Vec<(&[u8], u16)> = key.0.iter().map(|(n, w)| (n.as_bytes(), *w)).collect();
+        let t: Arc<[u16]> = maglev::build(&named, key.1).into();
+        self.tables.insert(key, t.clone());
         t
     }
 
@@ -208,26 +217,22 @@ impl MaglevCache {
         self.tables.retain(|_, t| Arc::strong_count(t) > 1);
     }
 
-    /// Builds missing tables of `state` until `deadline`; returns how many are still missing.
-    pub fn fill(&mut self, state: &State, deadline: Instant) -> usize {
-        self.deadline = Some(deadline);
-        self.pending = 0;
-        let m = state.node.maglev_table_size;
-        for svc in &state.services {
-            if svc.algorithm != Algorithm::Maglev {
-                continue;
+    /// Builds the tables the last build left pending until `deadline` (at least one per call,
+    /// so that every call makes progress); returns how many are still missing.
+    pub fn fill(&mut self, deadline: Instant) -> usize {
+        let mut built = false;
+        while let Some(key) = self.todo.pop() {
+            if self.tables.contains_key(&key) {
+                continue; // services sharing a backend set left it pending more than once
             }
-            for v6 in [false, true] {
-                let key = maglev_key(&svc.backends, v6);
-                // Unreferenced until the next build picks it up: the caller must not `prune`
-                // before then.
-                if !key.is_empty() {
-                    self.get(key, m);
-                }
+            if built && Instant::now() >= deadline {
+                self.todo.push(key);
+                break;
             }
+            self.build(key);
+            built = true;
         }
-        self.deadline = None;
-        self.pending
+        self.todo.len()
     }
 }
 
@@ -294,6 +299,7 @@ impl Tables {
     ) -> Tables {
         cache.deadline = deadline;
         cache.pending = 0;
+        cache.todo.clear();
         let mut t = Self::compile(state, generation, cache);
         t.maglev_pending = cache.pending;
         cache.deadline = None;

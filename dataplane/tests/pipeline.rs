@@ -526,6 +526,49 @@ fn counters_account_for_every_packet_across_holds_and_releases() {
 }
 
 #[test]
+fn maglev_fill_progresses_even_past_its_deadline() {
+    // 300 services with distinct backend sets, every table left pending. Each fill call with
+    // a deadline already passed still builds one table: a huge state completes in steps
+    // instead of stalling (at 100k services, re-walking every service each step used to
+    // outlast the step, so no table was ever built).
+    let mut s = example::state().unwrap();
+    let template = s
+        .services
+        .iter()
+        .find(|v| v.algorithm == nodeplane_state::Algorithm::Maglev)
+        .expect("a maglev service")
+        .clone();
+    for i in 0..300u16 {
+        let mut v = template.clone();
+        v.name = format!("many-{i}");
+        for (k, f) in v.frontends.iter_mut().enumerate() {
+            f.port = 20_000 + i * 4 + k as u16;
+        }
+        for b in &mut v.backends {
+            b.port = 30_000 + i;
+        }
+        s.services.push(v);
+    }
+    let mut cache = MaglevCache::default();
+    let t = Tables::build_within(&s, 1, &mut cache, Some(std::time::Instant::now()));
+    let pending = t.maglev_pending;
+    assert!(pending >= 300, "pending {pending}");
+    let mut left = usize::MAX;
+    let mut calls = 0;
+    while left > 0 {
+        let now = cache.fill(std::time::Instant::now());
+        assert!(
+            now < left,
+            "every call builds at least one table: {now} after {left}"
+        );
+        left = now;
+        calls += 1;
+    }
+    assert!(calls <= pending, "{calls} calls for {pending} tables");
+    assert_eq!(Tables::build(&s, 2, &mut cache).maglev_pending, 0);
+}
+
+#[test]
 fn pending_maglev_tables_hash_deterministically_then_complete() {
     let s = example::state().unwrap();
     let mut cache = MaglevCache::default();
@@ -555,10 +598,7 @@ fn pending_maglev_tables_hash_deterministically_then_complete() {
     assert_eq!(seen.len(), 2, "both backends used while pending");
     // Completing: fill with time to spare, then the build has every table.
     assert_eq!(
-        cache.fill(
-            &s,
-            std::time::Instant::now() + std::time::Duration::from_secs(10)
-        ),
+        cache.fill(std::time::Instant::now() + std::time::Duration::from_secs(10)),
         0
     );
     let full = Tables::build(&s, 2, &mut cache);

@@ -237,10 +237,10 @@ fn what_a_directory_load_reads() {
     assert_eq!(s.ipcache[2].identity, 3001);
 
     let empty = tempfile::tempdir().unwrap();
-    fs::write(empty.path().join("state.json"), "{}").unwrap();
+    fs::write(empty.path().join("state.txt"), "{}").unwrap();
     let err = load_dir(empty.path()).unwrap_err();
     assert!(matches!(err, LoadError::NoFiles { .. }), "{err}");
-    assert!(err.to_string().contains("no *.yaml or *.yml files"));
+    assert!(err.to_string().contains("no *.yaml, *.yml or *.json files"));
 
     let missing = empty.path().join("nope");
     let err = load_path(&missing).unwrap_err();
@@ -355,7 +355,7 @@ fn state_inputs_are_bounded_before_parsing() {
         Err(LoadError::FileTooLarge { size, .. }) if size == n
     ));
 
-    // The default limits (16 MiB a file): a 50 MB file (sparse: nothing to read) is refused
+    // The default limits (32 MiB a file): a 50 MB file (sparse: nothing to read) is refused
     // from its size alone, before a byte is read or parsed.
     let big = dir.path().join("zz-big.yaml");
     fs::File::create(&big).unwrap().set_len(50_000_000).unwrap();
@@ -365,4 +365,37 @@ fn state_inputs_are_bounded_before_parsing() {
         matches!(&err, LoadError::FileTooLarge { path, size: 50_000_000, limit } if *path == big && *limit == Limits::DEFAULT_MAX_FILE_BYTES),
         "{text}"
     );
+}
+
+#[test]
+fn json_state_files_load_like_yaml_ones() {
+    // The example node written as JSON (the bulk format) loads to the same state, and a JSON
+    // mistake names its file, line and column.
+    let yaml = nodeplane_state::example::state().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = serde_json::to_string_pretty(&yaml).unwrap();
+    std::fs::write(dir.path().join("node.json"), &json).unwrap();
+    let loaded = nodeplane_state::load_dir(dir.path()).unwrap();
+    assert_eq!(loaded, yaml);
+
+    let bad = json.replacen("\"services\"", "\"services\" 1", 1);
+    std::fs::write(dir.path().join("node.json"), bad).unwrap();
+    let e = nodeplane_state::load_dir(dir.path()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("node.json"), "{msg}");
+    assert!(e.yaml_location().is_some(), "{msg}");
+}
+
+#[test]
+fn a_yaml_syntax_error_is_reported_as_such_not_as_a_type_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A badly indented line: the syntax error is on line 3.
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "services:\n  - name: a\n   type: ClusterIP\n",
+    )
+    .unwrap();
+    let e = nodeplane_state::load_dir(dir.path()).unwrap_err();
+    let (line, _) = e.yaml_location().expect("a location");
+    assert_eq!(line, 3, "{e}");
 }

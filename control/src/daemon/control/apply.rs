@@ -259,7 +259,7 @@ impl Control {
             self.completing = false;
             return;
         };
-        if self.cache.fill(&state, Instant::now() + MAGLEV_STEP) > 0 {
+        if self.cache.fill(Instant::now() + MAGLEV_STEP) > 0 {
             return;
         }
         let generation = self.generation + 1;
