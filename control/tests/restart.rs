@@ -9,11 +9,14 @@
 //! ```
 //!
 //! Each TCP client sends a line every 100 ms and reads its echo; the daemon is stopped with
-//! SIGTERM (it writes the conntrack snapshot) and started again (it restores it). The ClusterIP
-//! connection must keep working through the same backend (the same echo server process: the
-//! connection was never re-established) and `ct list` must show both flows on the same backend
-//! before and after. The UDP loop measures the traffic gap: the longest time without an answer.
-//! The NodePort connection is reset by the node's kernel while XDP is detached (see the test).
+//! SIGTERM (it writes the conntrack snapshot) and started again (it restores it). The XDP
+//! program stays attached in between (pinned in the lab's own bpffs, `io.afxdp.pin_dir`) and
+//! drops the steered traffic that finds no socket (`no_socket: drop`), so the node's kernel
+//! never sees the NodePort segments of the gap (it would reset the connection); the new daemon
+//! takes the pinned program over in place. Both connections must keep working through the same
+//! backend (the same echo server process: never re-established) and `ct list` must show both
+//! flows on the same backend and worker before and after. The UDP loop measures the traffic
+//! gap: the longest time without an answer.
 //!
 //! Needs root, iproute2, socat, python3. Fails (never skips) without them.
 //! Run: `cargo test --profile ci -p nodeplane-control --test restart -- --nocapture`.
@@ -92,7 +95,7 @@ struct Nodeplane {
 }
 
 impl Nodeplane {
-    fn start(lab: &Lab, state: &Path, run: usize) -> Nodeplane {
+    fn start(lab: &Lab, state: &Path, pin_dir: &Path, run: usize) -> Nodeplane {
         let socket = lab.tmp.join("np.sock");
         let log = lab.tmp.join(format!("nodeplane-{run}.log"));
         let cfg = lab.tmp.join("config.yaml");
@@ -101,10 +104,11 @@ impl Nodeplane {
         fs::write(
             &cfg,
             format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5 }}\n",
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5, pin_dir: {} }}\n",
                 state.display(),
                 socket.display(),
-                lab.tmp.join("conntrack.snap").display()
+                lab.tmp.join("conntrack.snap").display(),
+                pin_dir.display()
             ),
         )
         .unwrap();
@@ -335,7 +339,8 @@ fn connections_survive_a_stop_and_start() {
     let mut lab = Lab::up("r");
     lab.start_servers();
     let state = lab.state();
-    let np = Nodeplane::start(&lab, &state, 1);
+    let pins = lab.bpffs();
+    let np = Nodeplane::start(&lab, &state, &pins, 1);
 
     let cluster = Client::start(&lab, "client", &["10.96.0.10", "80", "10.96.0.53:53"]);
     let nodeport = Client::start(&lab, "router", &["192.168.100.2", "30080"]);
@@ -357,7 +362,7 @@ fn connections_survive_a_stop_and_start() {
     let t0 = Instant::now();
     assert!(np.stop(), "clean stop");
     let stopped = t0.elapsed();
-    let np = Nodeplane::start(&lab, &state, 2);
+    let np = Nodeplane::start(&lab, &state, &pins, 2);
     let down = t0.elapsed();
     let restore = np.status().unwrap()["conntrack_restore"].clone();
     std::thread::sleep(Duration::from_millis(1500));
@@ -377,17 +382,21 @@ fn connections_survive_a_stop_and_start() {
         n["max_echo_s"].as_f64().unwrap() * 1000.0,
     );
     assert_eq!(restore["result"], "restored", "{restore}\n{}", np.log());
-    assert!(c["tcp_error"].is_null(), "ClusterIP connection broke: {c}");
-    // The NodePort connection is NOT asserted to survive: while no daemon runs, XDP is
-    // detached and the node's kernel, which owns 192.168.100.2 and has no socket on 30080,
-    // answers a client segment that falls in the gap with a reset (bench/RESULTS.md: about
-    // half of the runs). Keeping it needs the XDP program kept attached across the restart
-    // (dropping steered traffic until the new daemon's sockets are bound): not done yet. Its
-    // flow is restored all the same (checked below with the ClusterIP one).
-    eprintln!(
-        "NodePort connection: {}",
-        n["tcp_error"].as_str().unwrap_or("kept")
+    let log = np.log();
+    let phases = log
+        .lines()
+        .find(|l| l.contains("AF_XDP start:"))
+        .unwrap_or("(no AF_XDP start line)");
+    eprintln!("new daemon: {phases}");
+    assert!(
+        log.contains("took over the link pinned at"),
+        "the new daemon takes the pinned program over: {log}"
     );
+    assert!(c["tcp_error"].is_null(), "ClusterIP connection broke: {c}");
+    // The node's kernel owns 192.168.100.2 and has no socket on 30080: a NodePort segment that
+    // reached it in the gap would reset the connection. The pinned program drops it instead.
+    assert!(n["tcp_error"].is_null(), "NodePort connection broke: {n}");
+    assert!(n["echoes"].as_u64().unwrap() >= 20, "{n}");
     assert_eq!(c["who"].as_str(), Some(who_c.as_str()));
     assert_eq!(n["who"].as_str(), Some(who_n.as_str()));
     assert!(c["echoes"].as_u64().unwrap() >= 20, "{c}");

@@ -31,10 +31,11 @@ pub mod steering;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nodeplane_dataplane::afxdp::{AfXdpIo, XskBinding, XskConfig, XskWorker};
 use nodeplane_dataplane::handoff::Handoff;
@@ -67,25 +68,40 @@ pub struct AfXdpConfig {
     pub neigh_refresh: f64,
     /// Hand-off queue depth per worker (frames).
     pub handoff_depth: usize,
-    /// What happens to the steered traffic of a worker's queues when that worker died.
-    pub dead_worker: DeadWorkerAction,
+    /// What the XDP program does with steered traffic that finds no socket: the queues of a
+    /// dead worker, and everything while no daemon runs (stopped, crashed, restarting) when
+    /// the program is pinned. `dead_worker` is the key's former name.
+    #[serde(alias = "dead_worker")]
+    pub no_socket: NoSocketAction,
+    /// bpffs directory where the XDP links are pinned, so that the program stays attached
+    /// (doing `no_socket`) while no daemon runs and the next daemon takes it over in place.
+    /// `null`: not pinned, the program goes with the process (the kernel then forwards
+    /// steered traffic without policy while no daemon runs).
+    pub pin_dir: Option<PathBuf>,
     /// Microseconds a worker keeps polling its rings after the last frame before it sleeps
     /// in `poll()` (0: sleep at once).
     pub busy_poll_us: u32,
 }
 
-/// `io.afxdp.dead_worker`: a worker thread that ended leaves its queues without a socket.
+/// `io.afxdp.no_socket`: steered traffic without a socket to take it (a worker that ended;
+/// no daemon running while the program is pinned; the start before the sockets are bound).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeadWorkerAction {
-    /// The XDP program drops their steered traffic (`drop_no_socket`): fail closed, nothing
-    /// crosses the node without policy.
+pub enum NoSocketAction {
+    /// The XDP program drops it (`drop_no_socket`): fail closed, nothing crosses the node
+    /// without policy; NodePort clients see silence (and retransmit), not a reset.
     #[default]
     Drop,
     /// The XDP program passes it to the kernel (`pass_no_socket`), which forwards pod traffic
-    /// by its own routes: without policy and without service NAT.
+    /// by its own routes: without policy and without service NAT (fail open).
     Pass,
 }
+
+/// The former name of [`NoSocketAction`] (`io.afxdp.dead_worker`).
+pub type DeadWorkerAction = NoSocketAction;
+
+/// Default `io.afxdp.pin_dir`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/nodeplane";
 
 impl Default for AfXdpConfig {
     fn default() -> Self {
@@ -97,7 +113,8 @@ impl Default for AfXdpConfig {
             frame_size: 2048,
             neigh_refresh: 2.0,
             handoff_depth: 1024,
-            dead_worker: DeadWorkerAction::Drop,
+            no_socket: NoSocketAction::Drop,
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             busy_poll_us: 50,
         }
     }
@@ -253,6 +270,8 @@ pub struct AfXdpBackend {
     sink: Arc<Mutex<NeighbourSink>>,
     watcher_stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
+    /// The pin directory in effect (None: the program goes with the process).
+    pinned: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AfXdpBackend {
@@ -275,6 +294,34 @@ impl AfXdpBackend {
             sink: Arc::new(Mutex::new(sink)),
             watcher_stop: Arc::new(AtomicBool::new(false)),
             watcher: None,
+            pinned: None,
+        }
+    }
+
+    /// Makes the loader pin its links in `io.afxdp.pin_dir` (and take over those pinned
+    /// there). A pin directory that cannot be had is logged, and the program then goes with
+    /// the process: forwarding does not depend on it.
+    fn pin_setup(&self, loader: &mut Loader) -> Option<PathBuf> {
+        let dir = self.cfg.pin_dir.clone()?;
+        match nodeplane_xdp::pin::ensure_pin_dir(&dir) {
+            Ok(mounted) => {
+                if mounted {
+                    log::info!(
+                        "AF_XDP: mounted a bpffs at {} for the XDP pins",
+                        nodeplane_xdp::pin::BPFFS_ROOT
+                    );
+                }
+                loader.pin_in(&dir);
+                Some(dir)
+            }
+            Err(e) => {
+                log::error!(
+                    "AF_XDP: XDP links NOT pinned ({e}): the program goes with this process, and \
+                     while no daemon runs the node's kernel forwards steered traffic without \
+                     policy or service NAT (io.afxdp.no_socket does not apply then)"
+                );
+                None
+            }
         }
     }
 
@@ -303,7 +350,15 @@ impl AfXdpBackend {
             )));
         }
         let ifaces: Vec<String> = tables.ifaces.iter().map(|i| i.name.clone()).collect();
+        let t0 = Instant::now();
         let mut loader = Loader::load()?;
+        // Before anything can go live: what steered traffic without a socket gets (the start
+        // until the sockets are registered, a dead worker, the time after this daemon).
+        loader
+            .set_no_socket_drop(self.cfg.no_socket == NoSocketAction::Drop)
+            .map_err(|e| RuntimeError::Config(format!("XDP config map: {e}")))?;
+        self.pinned = self.pin_setup(&mut loader);
+        let t_load = t0.elapsed();
         let mut queues = Vec::new();
         for name in &ifaces {
             if if_index(name).is_none() {
@@ -321,15 +376,16 @@ impl AfXdpBackend {
                     ),
                 });
             }
-            loader.attach(name, q)?;
+            loader.reserve(name, q)?;
             queues.push(q);
         }
         self.ifaces = ifaces;
         self.loader = Some(loader);
         // On any error below the loader is dropped with `self.loader = None` by the caller,
-        // which detaches XDP again.
+        // which detaches what it attached and did not pin.
         self.apply_steering(tables)?;
 
+        let t1 = Instant::now();
         let xsk_cfg = XskConfig {
             ring_size: self.cfg.ring_size,
             frames_per_socket: self.cfg.frames_per_socket,
@@ -365,6 +421,24 @@ impl AfXdpBackend {
                     .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us))),
             ));
         }
+        let t_sockets = t1.elapsed();
+
+        // Only now does the program go live (a pinned link of the previous daemon is taken
+        // over in place): its XSKMAP already holds every socket.
+        let t2 = Instant::now();
+        if let Some(l) = self.loader.as_mut() {
+            for name in &self.ifaces {
+                l.link(name)?;
+            }
+        }
+        let t_link = t2.elapsed();
+        log::info!(
+            "AF_XDP start: XDP program loaded in {} ms, {} socket(s) of {workers} worker(s) bound and registered in {} ms, XDP linked in {} ms",
+            t_load.as_millis(),
+            queues.iter().sum::<u32>(),
+            t_sockets.as_millis(),
+            t_link.as_millis(),
+        );
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
         if let Some(up) = self.uplink.clone() {
@@ -441,26 +515,20 @@ impl IoBackend for AfXdpBackend {
     }
 
     fn worker_died(&mut self, worker: usize) {
-        let Some(l) = self.loader.as_mut() else {
+        if self.loader.is_none() {
             return;
-        };
-        match self.cfg.dead_worker {
-            DeadWorkerAction::Pass => log::error!(
+        }
+        // `no_socket_drop` was set at start, so the program already does what the setting says.
+        match self.cfg.no_socket {
+            NoSocketAction::Pass => log::error!(
                 "AF_XDP: worker {worker} died: the kernel now forwards its queues' traffic \
-                 WITHOUT policy or service NAT (io.afxdp.dead_worker: pass); restart nodeplane"
+                 WITHOUT policy or service NAT (io.afxdp.no_socket: pass); restart nodeplane"
             ),
-            DeadWorkerAction::Drop => match l.set_no_socket_drop(true) {
-                Ok(()) => log::error!(
-                    "AF_XDP: worker {worker} died: its queues' steered traffic is now DROPPED \
-                     (XDP drop_no_socket) rather than forwarded by the kernel without policy \
-                     (io.afxdp.dead_worker: drop); restart nodeplane"
-                ),
-                Err(e) => log::error!(
-                    "AF_XDP: worker {worker} died and the XDP program could not be switched to \
-                     drop its queues' traffic ({e}): the kernel forwards it WITHOUT policy; \
-                     restart nodeplane"
-                ),
-            },
+            NoSocketAction::Drop => log::error!(
+                "AF_XDP: worker {worker} died: its queues' steered traffic is now DROPPED \
+                 (XDP drop_no_socket) rather than forwarded by the kernel without policy \
+                 (io.afxdp.no_socket: drop); restart nodeplane"
+            ),
         }
     }
 
@@ -478,7 +546,15 @@ impl IoBackend for AfXdpBackend {
             st.attached = l
                 .attached()
                 .into_iter()
-                .map(|a| format!("{} ({}, {} queues)", a.iface, a.mode, a.queues))
+                .map(|a| {
+                    format!(
+                        "{} ({}, {} queues{})",
+                        a.iface,
+                        a.mode,
+                        a.queues,
+                        if a.pinned.is_some() { ", pinned" } else { "" }
+                    )
+                })
                 .collect();
         }
         st
@@ -497,15 +573,32 @@ impl IoBackend for AfXdpBackend {
         }
         self.watcher_stop.store(false, Ordering::Relaxed);
         let t1 = std::time::Instant::now();
-        // The workers have stopped and closed their sockets; dropping the loader detaches XDP.
+        // The workers have stopped and closed their sockets (the kernel took them out of the
+        // XSKMAP); dropping the loader detaches what it did not pin.
         if self.loader.take().is_some() {
-            log::info!(
-                "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
-                self.ifaces.join(", "),
-                t1.elapsed().as_millis(),
-                (t1 - t0).as_millis()
-            );
+            match &self.pinned {
+                Some(dir) => log::info!(
+                    "AF_XDP: XDP left attached to {} (pinned in {}): steered traffic is {} until \
+                     the next start takes it over (`nodeplane detach` removes it) (neighbour \
+                     watcher stopped in {} ms)",
+                    self.ifaces.join(", "),
+                    dir.display(),
+                    match self.cfg.no_socket {
+                        NoSocketAction::Drop => "DROPPED (io.afxdp.no_socket: drop)",
+                        NoSocketAction::Pass =>
+                            "passed to the kernel, WITHOUT policy (io.afxdp.no_socket: pass)",
+                    },
+                    (t1 - t0).as_millis()
+                ),
+                None => log::info!(
+                    "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
+                    self.ifaces.join(", "),
+                    t1.elapsed().as_millis(),
+                    (t1 - t0).as_millis()
+                ),
+            }
         }
+        self.pinned = None;
         self.ifaces.clear();
         self.uplink = None;
     }
