@@ -481,7 +481,10 @@ impl Loader {
                     continue;
                 }
                 if want.is_some_and(|w| w != mode) {
-                    info!("XDP on {iface}: removing its {mode} link pinned at {}", path.display());
+                    info!(
+                        "XDP on {iface}: removing its {mode} link pinned at {}",
+                        path.display()
+                    );
                     let _ = std::fs::remove_file(&path);
                     continue;
                 }
@@ -515,11 +518,14 @@ impl Loader {
                 mode,
                 source,
             })?;
-        let link = self.prog().take_link(id).map_err(|source| AttachError::Attach {
-            iface: iface.to_owned(),
-            mode,
-            source,
-        })?;
+        let link = self
+            .prog()
+            .take_link(id)
+            .map_err(|source| AttachError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source,
+            })?;
         let (link, pinned) = match self.pin_dir.clone() {
             Some(dir) => {
                 let path = link_path(&dir, iface, mode);
@@ -565,7 +571,10 @@ impl Loader {
     fn take_over(&mut self, path: &Path) -> Result<XdpLink, String> {
         let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
-        let id = self.prog().attach_to_link(link).map_err(|e| e.to_string())?;
+        let id = self
+            .prog()
+            .attach_to_link(link)
+            .map_err(|e| e.to_string())?;
         self.prog().take_link(id).map_err(|e| e.to_string())
     }
 

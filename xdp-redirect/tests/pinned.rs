@@ -87,11 +87,8 @@ fn sockets() -> XskWorker {
         frames_per_socket: 512,
         ..XskConfig::default()
     };
-    XskWorker::new(
-        &cfg,
-        &[0, 1].map(|queue| XskBinding { iface: "v0", queue }),
-    )
-    .expect("AF_XDP sockets on v0")
+    XskWorker::new(&cfg, &[0, 1].map(|queue| XskBinding { iface: "v0", queue }))
+        .expect("AF_XDP sockets on v0")
 }
 
 /// Pings 10.99.0.1 (steered) from the peer: whether it was answered.

@@ -46,8 +46,12 @@ pub fn run(args: DetachArgs) -> CliResult {
             }
         }
     };
-    let removed = nodeplane_xdp::pin::unpin_all(&dir)
-        .map_err(|e| format!("cannot remove the pinned XDP links in {}: {e}", dir.display()))?;
+    let removed = nodeplane_xdp::pin::unpin_all(&dir).map_err(|e| {
+        format!(
+            "cannot remove the pinned XDP links in {}: {e}",
+            dir.display()
+        )
+    })?;
     if removed.is_empty() {
         println!("no XDP link pinned in {}", dir.display());
     }
