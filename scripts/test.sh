@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, then every test of the workspace.
+# The whole test suite, as CI runs it: formatting, lints, every test of the workspace, then the
+# Debian package built from the test build and checked (scripts/ci-package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --profile ci
+bash scripts/ci-package.sh
