@@ -277,9 +277,29 @@ pub struct AttachedInterface {
     pub took_over: bool,
 }
 
+/// The maps of the object, all of which the loader uses.
+const MAP_NAMES: [&str; 10] = [
+    "xsks",
+    "xsk_slots",
+    "pod_ifaces",
+    "steer_v4",
+    "steer_v6",
+    "host_addrs",
+    "nodeports",
+    "counters",
+    "config",
+    "frags",
+];
+
 /// Owner of the XDP program, its attachments and maps. See the module docs.
 pub struct Loader {
-    ebpf: Ebpf,
+    /// The object as loaded from this build (its program), or None when reused from pins.
+    ebpf: Option<Ebpf>,
+    /// The program reused from its pin (a previous daemon of this build loaded it).
+    pinned_prog: Option<Xdp>,
+    maps: BTreeMap<&'static str, aya::maps::Map>,
+    /// The program and maps were reused from their pins: no load, no verifier.
+    reused: bool,
     attached: BTreeMap<String, Attachment>,
     /// `slot_used[i]`: XSKMAP slot i is reserved by an attachment.
     slot_used: Vec<bool>,
@@ -322,29 +342,158 @@ impl Loader {
             })?;
         prog.load()
             .map_err(|source| LoadError::Program { source })?;
-        for name in [
-            "xsks",
-            "xsk_slots",
-            "pod_ifaces",
-            "steer_v4",
-            "steer_v6",
-            "host_addrs",
-            "nodeports",
-            "counters",
-            "config",
-            "frags",
-        ] {
-            if ebpf.map(name).is_none() {
-                return Err(LoadError::Missing { what: "map", name });
-            }
+        let mut maps = BTreeMap::new();
+        for name in MAP_NAMES {
+            let m = ebpf
+                .take_map(name)
+                .ok_or(LoadError::Missing { what: "map", name })?;
+            maps.insert(name, m);
         }
         Ok(Loader {
-            ebpf,
+            ebpf: Some(ebpf),
+            pinned_prog: None,
+            maps,
+            reused: false,
             attached: BTreeMap::new(),
             slot_used: vec![false; limits::MAX_XSKS as usize],
             current: SteeringEntries::default(),
             pin_dir: None,
         })
+    }
+
+    /// With a pin directory: reuses the program and maps that a previous loader of this very
+    /// object pinned there ([`object_tag`]), so a restart skips parsing the object and the
+    /// verifier, and the program's counters go on counting across it; else loads them anew and
+    /// pins them for the next start. Either way links are pinned there ([`Loader::pin_in`]).
+    /// A reused program may be live already: its steering maps are read back (so the next
+    /// [`Loader::apply`] removes what is stale) and its XSKMAP slot ranges cleared.
+    pub fn load_pinned(dir: &Path) -> Result<Self, LoadError> {
+        let tag = object_tag();
+        let prog_path = dir.join(format!("prog-{tag}"));
+        let maps_dir = dir.join(format!("maps-{tag}"));
+        if prog_path.exists() {
+            match Self::from_pins(&prog_path, &maps_dir) {
+                Ok(mut l) => {
+                    l.pin_in(dir);
+                    info!(
+                        "XDP program {PROGRAM_NAME} reused from {} (this build's, tag {tag})",
+                        prog_path.display()
+                    );
+                    return Ok(l);
+                }
+                Err(e) => {
+                    warn!(
+                        "XDP program pinned at {} cannot be reused ({e}); loading it anew",
+                        prog_path.display()
+                    );
+                    let _ = std::fs::remove_file(&prog_path);
+                    let _ = std::fs::remove_dir_all(&maps_dir);
+                }
+            }
+        }
+        let mut l = Self::load()?;
+        l.pin_in(dir);
+        if let Err(e) = l.pin_objects(&prog_path, &maps_dir) {
+            warn!(
+                "XDP program not pinned for reuse at {} ({e}): the next start loads it again",
+                prog_path.display()
+            );
+            let _ = std::fs::remove_file(&prog_path);
+            let _ = std::fs::remove_dir_all(&maps_dir);
+        }
+        Ok(l)
+    }
+
+    fn pin_objects(&mut self, prog_path: &Path, maps_dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(maps_dir).map_err(|e| e.to_string())?;
+        for (name, m) in &self.maps {
+            m.pin(maps_dir.join(name))
+                .map_err(|e| format!("map {name}: {e}"))?;
+        }
+        // The program last: its pin is what marks the set complete.
+        self.prog()
+            .pin(prog_path)
+            .map_err(|e| format!("program: {e}"))
+    }
+
+    fn from_pins(prog_path: &Path, maps_dir: &Path) -> Result<Self, String> {
+        let prog = Xdp::from_pin(prog_path, aya_obj::programs::XdpAttachType::Interface)
+            .map_err(|e| e.to_string())?;
+        let mut maps = BTreeMap::new();
+        for name in MAP_NAMES {
+            let data = MapData::from_pin(maps_dir.join(name))
+                .map_err(|e| format!("map {name}: {e}"))?;
+            let m = aya::maps::Map::from_map_data(data).map_err(|e| format!("map {name}: {e}"))?;
+            maps.insert(name, m);
+        }
+        let mut l = Loader {
+            ebpf: None,
+            pinned_prog: Some(prog),
+            maps,
+            reused: true,
+            attached: BTreeMap::new(),
+            slot_used: vec![false; limits::MAX_XSKS as usize],
+            current: SteeringEntries::default(),
+            pin_dir: None,
+        };
+        l.current = l.read_steering().map_err(|(m, e)| format!("map {m}: {e}"))?;
+        // The previous daemon's slot ranges: its sockets are gone (the kernel removed them from
+        // the XSKMAP), and this loader reserves its own.
+        let mut slots: HashMap<&mut MapData, u32, [u32; 2]> =
+            HashMap::try_from(l.map("xsk_slots")).map_err(|e| e.to_string())?;
+        let keys: Vec<u32> = slots.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = slots.remove(&k);
+        }
+        Ok(l)
+    }
+
+    /// What the steering maps hold (a reused program's, written by an earlier loader).
+    fn read_steering(&mut self) -> Result<SteeringEntries, (&'static str, MapError)> {
+        let mut e = SteeringEntries::default();
+        {
+            let m: HashMap<&mut MapData, u32, u32> =
+                HashMap::try_from(self.map("pod_ifaces")).map_err(map_err("pod_ifaces"))?;
+            for k in m.keys() {
+                e.pods.insert(k.map_err(map_err("pod_ifaces"))?);
+            }
+        }
+        {
+            let m: LpmTrie<&mut MapData, [u8; 4], u32> =
+                LpmTrie::try_from(self.map("steer_v4")).map_err(map_err("steer_v4"))?;
+            for k in m.keys() {
+                let k = k.map_err(map_err("steer_v4"))?;
+                e.v4.insert((k.prefix_len() as u8, k.data()));
+            }
+        }
+        {
+            let m: LpmTrie<&mut MapData, [u8; 16], u32> =
+                LpmTrie::try_from(self.map("steer_v6")).map_err(map_err("steer_v6"))?;
+            for k in m.keys() {
+                let k = k.map_err(map_err("steer_v6"))?;
+                e.v6.insert((k.prefix_len() as u8, k.data()));
+            }
+        }
+        {
+            let m: HashMap<&mut MapData, [u8; 16], u32> =
+                HashMap::try_from(self.map("host_addrs")).map_err(map_err("host_addrs"))?;
+            for k in m.keys() {
+                e.hosts.insert(k.map_err(map_err("host_addrs"))?);
+            }
+        }
+        {
+            let m: HashMap<&mut MapData, [u8; 20], u32> =
+                HashMap::try_from(self.map("nodeports")).map_err(map_err("nodeports"))?;
+            for k in m.keys() {
+                e.nodeports.insert(k.map_err(map_err("nodeports"))?);
+            }
+        }
+        Ok(e)
+    }
+
+    /// Whether the program and maps were reused from their pins ([`Loader::load_pinned`]).
+    pub fn reused(&self) -> bool {
+        self.reused
     }
 
     /// Pins every link this loader makes from now on under `dir` (a directory on a bpffs:
@@ -354,15 +503,19 @@ impl Loader {
     }
 
     fn prog(&mut self) -> &mut Xdp {
+        if let Some(p) = self.pinned_prog.as_mut() {
+            return p;
+        }
         // Checked in `load`.
         self.ebpf
-            .program_mut(PROGRAM_NAME)
+            .as_mut()
+            .and_then(|e| e.program_mut(PROGRAM_NAME))
             .and_then(|p| p.try_into().ok())
             .expect("program checked at load")
     }
 
     fn map(&mut self, name: &'static str) -> &mut aya::maps::Map {
-        self.ebpf.map_mut(name).expect("maps checked at load")
+        self.maps.get_mut(name).expect("maps checked at load")
     }
 
     /// Attaches in native mode, falling back to generic mode (logged) when the driver refuses.
@@ -860,7 +1013,7 @@ impl Loader {
 
     /// Reads the program's per-reason counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CounterError> {
-        let map = self.ebpf.map("counters").expect("maps checked at load");
+        let map = self.maps.get("counters").expect("maps checked at load");
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(map).map_err(|source| CounterError {
                 counter: "counters",
@@ -889,4 +1042,15 @@ fn pin_link(link: XdpLink, path: &Path) -> Result<XdpLink, String> {
     }
     let pinned = fd.pin(path).map_err(|e| e.to_string())?;
     XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+}
+
+/// A tag of this build's XDP object (FNV-1a over its bytes, 16 hex digits): a program and maps
+/// pinned under another tag belong to another build and are never reused.
+pub fn object_tag() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in PROGRAM_OBJECT {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }

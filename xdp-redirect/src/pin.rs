@@ -5,7 +5,13 @@
 //! ```text
 //!   <dir>/<iface>/link-native     the XDP link of <iface>, attached in native (driver) mode
 //!   <dir>/<iface>/link-generic    ... or in generic (SKB) mode
+//!   <dir>/prog-<tag>              the program of the build whose object has this tag
+//!   <dir>/maps-<tag>/<map>        its maps
 //! ```
+//!
+//! A daemon of the same build reuses `prog-<tag>` and its maps (no load, no verifier, the
+//! counters go on); another build loads its own, swaps it into the links and removes the
+//! older `prog-*`/`maps-*` ([`remove_other_versions`]).
 //!
 //! A pinned link keeps the program attached, and the program keeps its maps, after the process
 //! that made them has exited (cleanly or not). The kernel removes a closed AF_XDP socket from
@@ -166,21 +172,36 @@ pub fn pinned_links(dir: &Path) -> io::Result<Vec<PinnedAttachment>> {
     Ok(out)
 }
 
-/// Removes every pinned link under `dir` and the directories (`nodeplane detach`): each link
-/// is detached as soon as no process holds it (a running daemon does: stop it first). Returns
-/// what was removed.
+/// Removes every pinned link under `dir`, the pinned programs and maps, and the directory
+/// (`nodeplane detach`): each link is detached as soon as no process holds it (a running
+/// daemon does: stop it first). Returns the links removed.
 pub fn unpin_all(dir: &Path) -> io::Result<Vec<PinnedAttachment>> {
     let links = pinned_links(dir)?;
     for l in &links {
         fs::remove_file(&l.path)?;
     }
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                let _ = fs::remove_dir(e.path());
-            }
-        }
-        let _ = fs::remove_dir(dir);
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
     Ok(links)
+}
+
+/// Removes the programs and maps pinned under `dir` by other builds than `tag` (once this
+/// build's program is in every link, nothing uses them). Returns how many were removed.
+pub fn remove_other_versions(dir: &Path, tag: &str) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let other = |prefix: &str| name.strip_prefix(prefix).is_some_and(|t| t != tag);
+        if other("prog-") {
+            n += usize::from(fs::remove_file(e.path()).is_ok());
+        } else if other("maps-") {
+            n += usize::from(fs::remove_dir_all(e.path()).is_ok());
+        }
+    }
+    n
 }

@@ -10,7 +10,8 @@
 //!
 //! 10.99.0.0/24 is steered: a ping from the peer to 10.99.0.1 reaches the node's kernel (which
 //! answers it) only when the program passes steered traffic without a socket. Each test mounts
-//! its own bpffs (unmounted on drop, also on failure: the pins go with it).
+//! its own bpffs (unmounted on drop, also on failure: the pins go with it). The second loader
+//! reuses the first one's pinned program and maps (same build): no load, counters go on.
 
 mod common;
 
@@ -131,9 +132,10 @@ fn pinned_link_outlives_its_loader_and_is_taken_over_in_place() {
     // 1. A pinned loader that drops steered traffic without a socket.
     node.run(|| {
         assert!(!pin::ensure_pin_dir(&dir).expect("pin dir on the bpffs"));
-        let mut l = Loader::load().expect("load");
+        let mut l = Loader::load_pinned(&dir).expect("load");
+        assert!(!l.reused(), "nothing pinned yet: loaded");
+        assert!(dir.join(format!("prog-{}", nodeplane_xdp::object_tag())).exists());
         l.set_no_socket_drop(true).expect("config map");
-        l.pin_in(&dir);
         l.reserve("v0", 2).expect("reserve");
         let w = sockets();
         l.register_sockets(w.registrations()).expect("register");
@@ -165,13 +167,34 @@ fn pinned_link_outlives_its_loader_and_is_taken_over_in_place() {
         "fail-closed: the kernel does not get the steered traffic"
     );
 
-    // 3. A new loader takes the pinned link over (no detach) and passes (fail-open).
+    // An older build's maps (a directory stands in for them): removed once this build's
+    // program is in every link.
+    let old = dir.join("maps-0123456789abcdef");
+    std::fs::create_dir(&old).unwrap();
+
+    // 3. A new loader reuses the pinned program and maps, takes the pinned link over (no
+    // detach) and passes (fail-open).
     node.run(|| {
-        let mut l = Loader::load().expect("load");
+        let mut l = Loader::load_pinned(&dir).expect("load");
+        assert!(l.reused(), "same build: the pinned program is reused");
+        assert_eq!(
+            l.steering(),
+            &steering().encode().unwrap(),
+            "the steering maps read back"
+        );
+        let c = l.counters().unwrap();
+        assert!(
+            c.get(Counter::DropNoSocket) >= 6,
+            "the drops while no loader ran are counted: {c:?}"
+        );
         l.set_no_socket_drop(false).expect("config map");
-        l.pin_in(&dir);
         assert_eq!(l.attach("v0", 2).expect("take over"), AttachMode::Driver);
         assert!(l.attached()[0].took_over, "{:?}", l.attached());
+        assert_eq!(
+            pin::remove_other_versions(&dir, &nodeplane_xdp::object_tag()),
+            1
+        );
+        assert!(!old.exists());
         l.apply(&steering()).expect("steering");
         let c0 = l.counters().unwrap();
         assert!(ping(&peer, 3), "passed to the kernel, which answers");
@@ -188,7 +211,7 @@ fn pinned_link_outlives_its_loader_and_is_taken_over_in_place() {
         (removed[0].iface.as_str(), removed[0].mode),
         ("v0", AttachMode::Driver)
     );
-    assert!(!Path::new(&dir).exists());
+    assert!(!Path::new(&dir).exists(), "links, program and maps unpinned");
     assert_eq!(xdp_state_after(&node, "v0", "native"), "none");
     assert!(ping(&peer, 1));
 }

@@ -298,10 +298,9 @@ impl AfXdpBackend {
         }
     }
 
-    /// Makes the loader pin its links in `io.afxdp.pin_dir` (and take over those pinned
-    /// there). A pin directory that cannot be had is logged, and the program then goes with
-    /// the process: forwarding does not depend on it.
-    fn pin_setup(&self, loader: &mut Loader) -> Option<PathBuf> {
+    /// `io.afxdp.pin_dir`, made to exist on a bpffs. A pin directory that cannot be had is
+    /// logged, and the program then goes with the process: forwarding does not depend on it.
+    fn pin_dir(&self) -> Option<PathBuf> {
         let dir = self.cfg.pin_dir.clone()?;
         match nodeplane_xdp::pin::ensure_pin_dir(&dir) {
             Ok(mounted) => {
@@ -311,7 +310,6 @@ impl AfXdpBackend {
                         nodeplane_xdp::pin::BPFFS_ROOT
                     );
                 }
-                loader.pin_in(&dir);
                 Some(dir)
             }
             Err(e) => {
@@ -351,13 +349,18 @@ impl AfXdpBackend {
         }
         let ifaces: Vec<String> = tables.ifaces.iter().map(|i| i.name.clone()).collect();
         let t0 = Instant::now();
-        let mut loader = Loader::load()?;
+        // Pinned: the program and maps of the previous daemon of this build are reused (no
+        // load, no verifier; the program may be live: every step below is safe on it).
+        self.pinned = self.pin_dir();
+        let mut loader = match &self.pinned {
+            Some(dir) => Loader::load_pinned(dir)?,
+            None => Loader::load()?,
+        };
         // Before anything can go live: what steered traffic without a socket gets (the start
         // until the sockets are registered, a dead worker, the time after this daemon).
         loader
             .set_no_socket_drop(self.cfg.no_socket == NoSocketAction::Drop)
             .map_err(|e| RuntimeError::Config(format!("XDP config map: {e}")))?;
-        self.pinned = self.pin_setup(&mut loader);
         let t_load = t0.elapsed();
         let mut queues = Vec::new();
         for name in &ifaces {
@@ -454,8 +457,16 @@ impl AfXdpBackend {
             }
         }
         let t_link = t2.elapsed();
+        if let Some(dir) = &self.pinned {
+            let n = nodeplane_xdp::pin::remove_other_versions(dir, &nodeplane_xdp::object_tag());
+            if n > 0 {
+                log::info!("AF_XDP: removed {n} program/map pin(s) of an earlier build");
+            }
+        }
+        let reused = self.loader.as_ref().is_some_and(Loader::reused);
         log::info!(
-            "AF_XDP start: XDP program loaded in {} ms, {} socket(s) of {workers} worker(s) bound and registered in {} ms, XDP linked in {} ms",
+            "AF_XDP start: XDP program {} in {} ms, {} socket(s) of {workers} worker(s) bound and registered in {} ms, XDP linked in {} ms",
+            if reused { "reused from its pin" } else { "loaded" },
             t_load.as_millis(),
             queues.iter().sum::<u32>(),
             t_sockets.as_millis(),
