@@ -401,42 +401,23 @@ impl AfXdpBackend {
         } else {
             Vec::new()
         };
-        // Each worker's sockets and UMEM (mmap, page faults, pinning: the expensive part) are
-        // built on a thread of their own, in parallel; registered in the XSKMAP in order.
-        let (ifaces, xsk_cfg) = (&self.ifaces, &xsk_cfg);
-        let built: Vec<Result<XskWorker, RuntimeError>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..workers)
-                .map(|w| {
-                    let queues = &queues;
-                    s.spawn(move || {
-                        let bindings: Vec<XskBinding<'_>> = ifaces
-                            .iter()
-                            .zip(queues)
-                            .flat_map(|(iface, &q)| {
-                                (0..q)
-                                    .filter(move |q| *q as usize % workers == w)
-                                    .map(move |queue| XskBinding { iface, queue })
-                            })
-                            .collect();
-                        XskWorker::new(xsk_cfg, &bindings)
-                            .map_err(|source| RuntimeError::Xsk { worker: w, source })
-                    })
+        // One worker after the other: building two workers' sockets at the same time (libxdp,
+        // on threads of their own) left a hung worker (`status: worker 0 did not answer in
+        // time`) in about one lab start in four, for a reason not found yet; so it is not done.
+        let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
+        for w in 0..workers {
+            let bindings: Vec<XskBinding<'_>> = self
+                .ifaces
+                .iter()
+                .zip(&queues)
+                .flat_map(|(iface, &q)| {
+                    (0..q)
+                        .filter(move |q| *q as usize % workers == w)
+                        .map(move |queue| XskBinding { iface, queue })
                 })
                 .collect();
-            hs.into_iter()
-                .enumerate()
-                .map(|(w, h)| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(RuntimeError::Config(format!(
-                            "worker {w}: socket setup panicked"
-                        )))
-                    })
-                })
-                .collect()
-        });
-        let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
-        for (w, xsk) in built.into_iter().enumerate() {
-            let xsk = xsk?;
+            let xsk = XskWorker::new(&xsk_cfg, &bindings)
+                .map_err(|source| RuntimeError::Xsk { worker: w, source })?;
             if let Some(l) = self.loader.as_mut() {
                 l.register_sockets(xsk.registrations())?;
             }
