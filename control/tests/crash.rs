@@ -175,8 +175,8 @@ struct Seen {
 /// node does while no daemon runs, restarts it and checks that the node works again.
 fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
     let mut lab = Lab::up(tag);
-    lab.start_servers();
-    let state = lab.state();
+    lab::daemon::start_servers(&mut lab);
+    let state = lab::daemon::echo_state(&lab);
     let pins = lab.bpffs();
     let np = Nodeplane::start(&lab, &state, &pins, afxdp_extra, 1);
 

@@ -149,8 +149,8 @@ impl Client {
 #[test]
 fn connections_survive_a_stop_and_start() {
     let mut lab = Lab::up("b-r");
-    lab.start_servers();
-    let state = lab.state();
+    lab::daemon::start_servers(&mut lab);
+    let state = lab::daemon::echo_state(&lab);
     let pins = lab.bpffs();
     let np = Nodeplane::start(&lab, &state, &pins, "", 1);
 

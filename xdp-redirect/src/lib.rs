@@ -19,7 +19,7 @@ pub mod maps;
 pub mod pin;
 
 pub use loader::{
-    object_tag, AttachError, AttachMode, AttachedInterface, CounterError, LoadError, Loader, SteeringError,
-    XskRegisterError,
+    object_tag, AttachError, AttachMode, AttachedInterface, CounterError, LoadError, Loader,
+    SteeringError, XskRegisterError,
 };
 pub use maps::{ConfigError, Counter, Counters, NodePort, Proto, SteeringConfig, SteeringEntries};

@@ -421,8 +421,8 @@ impl Loader {
             .map_err(|e| e.to_string())?;
         let mut maps = BTreeMap::new();
         for name in MAP_NAMES {
-            let data = MapData::from_pin(maps_dir.join(name))
-                .map_err(|e| format!("map {name}: {e}"))?;
+            let data =
+                MapData::from_pin(maps_dir.join(name)).map_err(|e| format!("map {name}: {e}"))?;
             let m = aya::maps::Map::from_map_data(data).map_err(|e| format!("map {name}: {e}"))?;
             maps.insert(name, m);
         }
@@ -436,7 +436,9 @@ impl Loader {
             current: SteeringEntries::default(),
             pin_dir: None,
         };
-        l.current = l.read_steering().map_err(|(m, e)| format!("map {m}: {e}"))?;
+        l.current = l
+            .read_steering()
+            .map_err(|(m, e)| format!("map {m}: {e}"))?;
         // The previous daemon's slot ranges: its sockets are gone (the kernel removed them from
         // the XSKMAP), and this loader reserves its own.
         let mut slots: HashMap<&mut MapData, u32, [u32; 2]> =

@@ -134,7 +134,9 @@ fn pinned_link_outlives_its_loader_and_is_taken_over_in_place() {
         assert!(!pin::ensure_pin_dir(&dir).expect("pin dir on the bpffs"));
         let mut l = Loader::load_pinned(&dir).expect("load");
         assert!(!l.reused(), "nothing pinned yet: loaded");
-        assert!(dir.join(format!("prog-{}", nodeplane_xdp::object_tag())).exists());
+        assert!(dir
+            .join(format!("prog-{}", nodeplane_xdp::object_tag()))
+            .exists());
         l.set_no_socket_drop(true).expect("config map");
         l.reserve("v0", 2).expect("reserve");
         let w = sockets();
@@ -211,7 +213,10 @@ fn pinned_link_outlives_its_loader_and_is_taken_over_in_place() {
         (removed[0].iface.as_str(), removed[0].mode),
         ("v0", AttachMode::Driver)
     );
-    assert!(!Path::new(&dir).exists(), "links, program and maps unpinned");
+    assert!(
+        !Path::new(&dir).exists(),
+        "links, program and maps unpinned"
+    );
     assert_eq!(xdp_state_after(&node, "v0", "native"), "none");
     assert!(ping(&peer, 1));
 }

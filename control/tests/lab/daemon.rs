@@ -9,64 +9,62 @@ use std::time::{Duration, Instant};
 
 use super::{root_dir, Lab};
 
-impl Lab {
-    /// In each web pod: a TCP echo server on 8081 that first says which pod it is, UDP
-    /// answers on 5353 (the `dns` ClusterIP's backend port), and on TCP 9050 (which the
-    /// policy denies to the client pod) a server that says `reached 9050`.
-    pub fn start_servers(&mut self) {
-        for w in ["web1", "web2"] {
-            for (listen, action) in [
-                (
-                    "TCP-LISTEN:8081,reuseaddr,fork".to_string(),
-                    format!("SYSTEM:echo {w} $$; cat"),
-                ),
-                (
-                    "UDP4-RECVFROM:5353,fork".to_string(),
-                    format!("SYSTEM:read -r q; echo answer from {w}"),
-                ),
-                (
-                    "TCP-LISTEN:9050,reuseaddr,fork".to_string(),
-                    "SYSTEM:echo reached 9050".to_string(),
-                ),
-            ] {
-                let c = Command::new("ip")
-                    .args(["netns", "exec", &self.ns(w), "socat", &listen, &action])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("socat server");
-                self.procs.push(c);
-            }
+/// In each web pod: a TCP echo server on 8081 that first says which pod it is, UDP
+/// answers on 5353 (the `dns` ClusterIP's backend port), and on TCP 9050 (which the
+/// policy denies to the client pod) a server that says `reached 9050`.
+pub fn start_servers(lab: &mut Lab) {
+    for w in ["web1", "web2"] {
+        for (listen, action) in [
+            (
+                "TCP-LISTEN:8081,reuseaddr,fork".to_string(),
+                format!("SYSTEM:echo {w} $$; cat"),
+            ),
+            (
+                "UDP4-RECVFROM:5353,fork".to_string(),
+                format!("SYSTEM:read -r q; echo answer from {w}"),
+            ),
+            (
+                "TCP-LISTEN:9050,reuseaddr,fork".to_string(),
+                "SYSTEM:echo reached 9050".to_string(),
+            ),
+        ] {
+            let c = Command::new("ip")
+                .args(["netns", "exec", &lab.ns(w), "socat", &listen, &action])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat server");
+            lab.procs.push(c);
         }
-        std::thread::sleep(Duration::from_millis(300));
     }
+    std::thread::sleep(Duration::from_millis(300));
+}
 
-    /// The example state with `web` and `web-nodeport` on the echo port 8081 (which the
-    /// policies allow like 8080).
-    pub fn state(&self) -> PathBuf {
-        let dir = self.tmp.join("state");
-        fs::create_dir_all(&dir).unwrap();
-        for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let mut text = fs::read_to_string(e.path()).unwrap();
-            if name == "interfaces.yaml" {
-                text = text
-                    .lines()
-                    .filter(|l| !l.contains("gateway_mac:"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-            }
-            if name == "services.yaml" {
-                text = text.replace("port: 8080 }   # web-", "port: 8081 }   # web-");
-            }
-            if name == "policies.yaml" {
-                text = text.replace("[{ port: 8080 }]", "[{ port: 8080 }, { port: 8081 }]");
-            }
-            fs::write(dir.join(&name), text).unwrap();
+/// The example state with `web` and `web-nodeport` on the echo port 8081 (which the
+/// policies allow like 8080).
+pub fn echo_state(lab: &Lab) -> PathBuf {
+    let dir = lab.tmp.join("state");
+    fs::create_dir_all(&dir).unwrap();
+    for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut text = fs::read_to_string(e.path()).unwrap();
+        if name == "interfaces.yaml" {
+            text = text
+                .lines()
+                .filter(|l| !l.contains("gateway_mac:"))
+                .collect::<Vec<_>>()
+                .join("\n");
         }
-        dir
+        if name == "services.yaml" {
+            text = text.replace("port: 8080 }   # web-", "port: 8081 }   # web-");
+        }
+        if name == "policies.yaml" {
+            text = text.replace("[{ port: 8080 }]", "[{ port: 8080 }, { port: 8081 }]");
+        }
+        fs::write(dir.join(&name), text).unwrap();
     }
+    dir
 }
 
 /// `nodeplane run` (AF_XDP, 2 workers) in the node namespace; SIGKILLed on drop if running.
