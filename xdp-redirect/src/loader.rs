@@ -598,6 +598,21 @@ impl Loader {
         }
     }
 
+    /// Whether a link for `iface` is pinned in the pin directory (a previous loader's, to be
+    /// taken over by [`Loader::link`]).
+    pub fn has_pinned_link(&self, iface: &str) -> bool {
+        self.pin_dir.as_ref().is_some_and(|d| {
+            [AttachMode::Driver, AttachMode::Skb]
+                .iter()
+                .any(|&m| link_path(d, iface, m).exists())
+        })
+    }
+
+    /// Whether `iface` is linked (attached or taken over) by this loader.
+    pub fn is_linked(&self, iface: &str) -> bool {
+        self.attached.get(iface).is_some_and(|a| a.link.is_some())
+    }
+
     /// Puts the program live on a reserved interface: takes over a link pinned for it (any
     /// mode), else attaches natively, falling back to generic mode (logged).
     pub fn link(&mut self, iface: &str) -> Result<AttachMode, AttachError> {

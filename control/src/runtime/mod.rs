@@ -380,6 +380,13 @@ impl AfXdpBackend {
                 });
             }
             loader.reserve(name, q)?;
+            // Nothing to take over: attach at once, before the sockets are bound, as the
+            // runtime always did (steered traffic does `no_socket` until they are registered).
+            // Binding the sockets first and attaching after left a worker hung at about one
+            // such start in 25 on the lab (veth), so that order is kept for takeovers only.
+            if !loader.has_pinned_link(name) {
+                loader.link(name)?;
+            }
             queues.push(q);
         }
         self.ifaces = ifaces;
@@ -429,12 +436,14 @@ impl AfXdpBackend {
         }
         let t_sockets = t1.elapsed();
 
-        // Only now does the program go live (a pinned link of the previous daemon is taken
-        // over in place): its XSKMAP already holds every socket.
+        // Pinned links of the previous daemon are taken over only now: the program that goes
+        // live on them (a new build's) already holds every socket in its XSKMAP.
         let t2 = Instant::now();
         if let Some(l) = self.loader.as_mut() {
             for name in &self.ifaces {
-                l.link(name)?;
+                if !l.is_linked(name) {
+                    l.link(name)?;
+                }
             }
         }
         let t_link = t2.elapsed();
