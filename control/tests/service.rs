@@ -381,8 +381,17 @@ fn unit_capabilities_suffice_and_each_is_needed() {
         "pinned links taken over: {text}"
     );
 
-    // Each capability dropped: what fails, as the daemon says it.
+    // Each capability dropped: what fails, as the daemon says it. Each from a node with nothing
+    // pinned (`nodeplane detach` first): a takeover of this build's pinned program creates no
+    // map and loads nothing, so it starts without CAP_NET_ADMIN or CAP_PERFMON (seen here).
     for cap in &bounding {
+        let st = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(["detach", "--pin-dir"])
+            .arg(&pins)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "nodeplane detach");
         let fewer: Vec<String> = bounding.iter().filter(|c| *c != cap).cloned().collect();
         let (gen, answer, text) = run_with(&lab, &fewer, &cfg, &socket, &log);
         let want = match cap.as_str() {

@@ -34,7 +34,11 @@ pub fn run(args: DetachArgs) -> CliResult {
                 p.exists().then_some(p)
             });
             let pin_dir = match path {
-                Some(p) => Config::load(&p)?.io.afxdp.and_then(|a| a.pin_dir),
+                // No `io.afxdp` now does not mean nothing was pinned by an earlier config.
+                Some(p) => match Config::load(&p)?.io.afxdp {
+                    Some(a) => a.pin_dir,
+                    None => Some(PathBuf::from(DEFAULT_PIN_DIR)),
+                },
                 None => Some(PathBuf::from(DEFAULT_PIN_DIR)),
             };
             match pin_dir {
