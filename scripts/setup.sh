@@ -33,3 +33,5 @@ done
 
 command -v cargo >/dev/null || { echo "setup: cargo (rustup) is required" >&2; exit 1; }
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# The Debian package (scripts/package.sh, and CI's scripts/ci-package.sh).
+command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked

@@ -45,6 +45,9 @@ enum Command {
     Explain(cli::explain::ExplainArgs),
     /// Flow events as they happen: new flows and drops, with verdicts and names.
     Observe(cli::observe::ObserveArgs),
+    /// Remove the XDP program that stays attached while no daemon runs (its pinned links):
+    /// for uninstalling, not for restarts.
+    Detach(cli::detach::DetachArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Observe(a) => cli::observe::run(a),
+        Command::Detach(a) => cli::detach::run(a),
     };
     match result {
         Ok(code) => code,

@@ -7,16 +7,19 @@
 //!   rules are documented at the top of the file.
 //! - [`Loader`] ([`loader`]): loads the program with aya, attaches it (native, falling back to
 //!   generic), writes its maps from a typed [`SteeringConfig`], registers sockets (by their
-//!   interface, queue and file descriptor), reads [`Counters`]. Dropping it detaches everything.
+//!   interface, queue and file descriptor), reads [`Counters`]. Dropping it detaches everything
+//!   it did not pin.
+//! - [`pin`]: the bpffs directory where the links outlive the daemon, and its cleanup.
 //!
 //! What this crate must not import: the packet path (`nodeplane-dataplane`, except in its
 //! tests), `nodeplane-control`, `nodeplane-bgp`.
 
 pub mod loader;
 pub mod maps;
+pub mod pin;
 
 pub use loader::{
-    AttachError, AttachMode, AttachedInterface, CounterError, LoadError, Loader, SteeringError,
-    XskRegisterError,
+    object_tag, AttachError, AttachMode, AttachedInterface, CounterError, LoadError, Loader,
+    SteeringError, XskRegisterError,
 };
 pub use maps::{ConfigError, Counter, Counters, NodePort, Proto, SteeringConfig, SteeringEntries};

@@ -2,8 +2,16 @@
 //! its maps.
 //!
 //! One [`Loader`] owns the XDP side of the node: the loaded program, every attachment, the
-//! XSKMAP and the steering maps. Dropping it (or the process dying) detaches the program from
-//! every interface: attachments are BPF links owned by the process, nothing is pinned.
+//! XSKMAP and the steering maps. Attachments are BPF links. Without a pin directory they are
+//! the process's own: dropping the loader (or the process dying) detaches the program. With
+//! one ([`Loader::pin_in`], module [`crate::pin`]) each link is pinned there and outlives the
+//! process, keeping the program and its maps; a later loader finds the pinned link and swaps
+//! its own program in with `BPF_LINK_UPDATE` (the interface never runs without a program).
+//! Only [`Loader::detach`] or [`crate::pin::unpin_all`] remove a pinned link.
+//!
+//! Order that leaves no window: [`Loader::reserve`] an interface's XSKMAP slots, register its
+//! sockets ([`Loader::register_sockets`]), then [`Loader::link`] (attach or take over), so the
+//! program that goes live already has its sockets. [`Loader::attach`] is reserve + link.
 //!
 //! Interface names are resolved in the network namespace of the *calling thread*, as aya and
 //! libxdp do.
@@ -16,15 +24,22 @@ use std::{
     collections::BTreeMap,
     fmt,
     os::fd::{AsRawFd, RawFd},
+    path::{Path, PathBuf},
 };
 
 use aya::{
     include_bytes_aligned,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, XskMap},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError,
 };
 use log::{info, warn};
+
+use crate::pin::link_path;
 
 use crate::maps::{limits, ConfigError, Counter, Counters, SteeringConfig, SteeringEntries};
 
@@ -134,20 +149,21 @@ pub enum AttachError {
         #[source]
         source: MapError,
     },
+    /// The link could not be pinned (it was detached again).
+    #[error("failed to pin the XDP link of {iface} at {path}: {reason}")]
+    Pin {
+        /// Interface name.
+        iface: String,
+        /// Pin path.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
     /// Not attached by this loader.
     #[error("failed to detach XDP from {iface}: not attached by this loader")]
     NotAttached {
         /// Interface name.
         iface: String,
-    },
-    /// The kernel refused the detach.
-    #[error("failed to detach XDP from {iface}: {source}")]
-    Detach {
-        /// Interface name.
-        iface: String,
-        /// Cause.
-        #[source]
-        source: ProgramError,
     },
 }
 
@@ -226,13 +242,22 @@ pub struct CounterError {
     pub source: MapError,
 }
 
+/// An interface's XSKMAP slot range, and its link once linked.
 #[derive(Debug)]
 struct Attachment {
     ifindex: u32,
-    mode: AttachMode,
-    link: aya::programs::xdp::XdpLinkId,
     base: u32,
     queues: u32,
+    link: Option<Linked>,
+}
+
+#[derive(Debug)]
+struct Linked {
+    mode: AttachMode,
+    /// Dropping it closes this process's reference: a pinned link stays attached.
+    link: XdpLink,
+    pinned: Option<PathBuf>,
+    took_over: bool,
 }
 
 /// An interface the program is attached to.
@@ -246,16 +271,42 @@ pub struct AttachedInterface {
     pub mode: AttachMode,
     /// Queues reserved in the XSKMAP.
     pub queues: u32,
+    /// Where its link is pinned (it outlives the process), if it is.
+    pub pinned: Option<PathBuf>,
+    /// The link was found pinned and this loader's program swapped in (`BPF_LINK_UPDATE`).
+    pub took_over: bool,
 }
+
+/// The maps of the object, all of which the loader uses.
+const MAP_NAMES: [&str; 10] = [
+    "xsks",
+    "xsk_slots",
+    "pod_ifaces",
+    "steer_v4",
+    "steer_v6",
+    "host_addrs",
+    "nodeports",
+    "counters",
+    "config",
+    "frags",
+];
 
 /// Owner of the XDP program, its attachments and maps. See the module docs.
 pub struct Loader {
-    ebpf: Ebpf,
+    /// The object as loaded from this build (its program), or None when reused from pins.
+    ebpf: Option<Ebpf>,
+    /// The program reused from its pin (a previous daemon of this build loaded it).
+    pinned_prog: Option<Xdp>,
+    maps: BTreeMap<&'static str, aya::maps::Map>,
+    /// The program and maps were reused from their pins: no load, no verifier.
+    reused: bool,
     attached: BTreeMap<String, Attachment>,
     /// `slot_used[i]`: XSKMAP slot i is reserved by an attachment.
     slot_used: Vec<bool>,
     /// What the steering maps hold (as far as this loader knows).
     current: SteeringEntries,
+    /// Links are pinned here (and pinned links taken over from here).
+    pin_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Loader {
@@ -263,6 +314,7 @@ impl fmt::Debug for Loader {
         f.debug_struct("Loader")
             .field("attached", &self.attached)
             .field("steering_entries", &self.current.len())
+            .field("pin_dir", &self.pin_dir)
             .finish_non_exhaustive()
     }
 }
@@ -290,65 +342,208 @@ impl Loader {
             })?;
         prog.load()
             .map_err(|source| LoadError::Program { source })?;
-        for name in [
-            "xsks",
-            "xsk_slots",
-            "pod_ifaces",
-            "steer_v4",
-            "steer_v6",
-            "host_addrs",
-            "nodeports",
-            "counters",
-            "config",
-            "frags",
-        ] {
-            if ebpf.map(name).is_none() {
-                return Err(LoadError::Missing { what: "map", name });
-            }
+        let mut maps = BTreeMap::new();
+        for name in MAP_NAMES {
+            let m = ebpf
+                .take_map(name)
+                .ok_or(LoadError::Missing { what: "map", name })?;
+            maps.insert(name, m);
         }
         Ok(Loader {
-            ebpf,
+            ebpf: Some(ebpf),
+            pinned_prog: None,
+            maps,
+            reused: false,
             attached: BTreeMap::new(),
             slot_used: vec![false; limits::MAX_XSKS as usize],
             current: SteeringEntries::default(),
+            pin_dir: None,
         })
     }
 
+    /// With a pin directory: reuses the program and maps that a previous loader of this very
+    /// object pinned there ([`object_tag`]), so a restart skips parsing the object and the
+    /// verifier, and the program's counters go on counting across it; else loads them anew and
+    /// pins them for the next start. Either way links are pinned there ([`Loader::pin_in`]).
+    /// A reused program may be live already: its steering maps are read back (so the next
+    /// [`Loader::apply`] removes what is stale) and its XSKMAP slot ranges cleared.
+    pub fn load_pinned(dir: &Path) -> Result<Self, LoadError> {
+        let tag = object_tag();
+        let prog_path = dir.join(format!("prog-{tag}"));
+        let maps_dir = dir.join(format!("maps-{tag}"));
+        if prog_path.exists() {
+            match Self::from_pins(&prog_path, &maps_dir) {
+                Ok(mut l) => {
+                    l.pin_in(dir);
+                    info!(
+                        "XDP program {PROGRAM_NAME} reused from {} (this build's, tag {tag})",
+                        prog_path.display()
+                    );
+                    return Ok(l);
+                }
+                Err(e) => {
+                    warn!(
+                        "XDP program pinned at {} cannot be reused ({e}); loading it anew",
+                        prog_path.display()
+                    );
+                    let _ = std::fs::remove_file(&prog_path);
+                    let _ = std::fs::remove_dir_all(&maps_dir);
+                }
+            }
+        }
+        let mut l = Self::load()?;
+        l.pin_in(dir);
+        if let Err(e) = l.pin_objects(&prog_path, &maps_dir) {
+            warn!(
+                "XDP program not pinned for reuse at {} ({e}): the next start loads it again",
+                prog_path.display()
+            );
+            let _ = std::fs::remove_file(&prog_path);
+            let _ = std::fs::remove_dir_all(&maps_dir);
+        }
+        Ok(l)
+    }
+
+    fn pin_objects(&mut self, prog_path: &Path, maps_dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(maps_dir).map_err(|e| e.to_string())?;
+        for (name, m) in &self.maps {
+            m.pin(maps_dir.join(name))
+                .map_err(|e| format!("map {name}: {e}"))?;
+        }
+        // The program last: its pin is what marks the set complete.
+        self.prog()
+            .pin(prog_path)
+            .map_err(|e| format!("program: {e}"))
+    }
+
+    fn from_pins(prog_path: &Path, maps_dir: &Path) -> Result<Self, String> {
+        let prog = Xdp::from_pin(prog_path, aya_obj::programs::XdpAttachType::Interface)
+            .map_err(|e| e.to_string())?;
+        let mut maps = BTreeMap::new();
+        for name in MAP_NAMES {
+            let data =
+                MapData::from_pin(maps_dir.join(name)).map_err(|e| format!("map {name}: {e}"))?;
+            let m = aya::maps::Map::from_map_data(data).map_err(|e| format!("map {name}: {e}"))?;
+            maps.insert(name, m);
+        }
+        let mut l = Loader {
+            ebpf: None,
+            pinned_prog: Some(prog),
+            maps,
+            reused: true,
+            attached: BTreeMap::new(),
+            slot_used: vec![false; limits::MAX_XSKS as usize],
+            current: SteeringEntries::default(),
+            pin_dir: None,
+        };
+        l.current = l
+            .read_steering()
+            .map_err(|(m, e)| format!("map {m}: {e}"))?;
+        // The previous daemon's slot ranges: its sockets are gone (the kernel removed them from
+        // the XSKMAP), and this loader reserves its own.
+        let mut slots: HashMap<&mut MapData, u32, [u32; 2]> =
+            HashMap::try_from(l.map("xsk_slots")).map_err(|e| e.to_string())?;
+        let keys: Vec<u32> = slots.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = slots.remove(&k);
+        }
+        Ok(l)
+    }
+
+    /// What the steering maps hold (a reused program's, written by an earlier loader).
+    fn read_steering(&mut self) -> Result<SteeringEntries, (&'static str, MapError)> {
+        let mut e = SteeringEntries::default();
+        {
+            let m: HashMap<&mut MapData, u32, u32> =
+                HashMap::try_from(self.map("pod_ifaces")).map_err(map_err("pod_ifaces"))?;
+            for k in m.keys() {
+                e.pods.insert(k.map_err(map_err("pod_ifaces"))?);
+            }
+        }
+        {
+            let m: LpmTrie<&mut MapData, [u8; 4], u32> =
+                LpmTrie::try_from(self.map("steer_v4")).map_err(map_err("steer_v4"))?;
+            for k in m.keys() {
+                let k = k.map_err(map_err("steer_v4"))?;
+                e.v4.insert((k.prefix_len() as u8, k.data()));
+            }
+        }
+        {
+            let m: LpmTrie<&mut MapData, [u8; 16], u32> =
+                LpmTrie::try_from(self.map("steer_v6")).map_err(map_err("steer_v6"))?;
+            for k in m.keys() {
+                let k = k.map_err(map_err("steer_v6"))?;
+                e.v6.insert((k.prefix_len() as u8, k.data()));
+            }
+        }
+        {
+            let m: HashMap<&mut MapData, [u8; 16], u32> =
+                HashMap::try_from(self.map("host_addrs")).map_err(map_err("host_addrs"))?;
+            for k in m.keys() {
+                e.hosts.insert(k.map_err(map_err("host_addrs"))?);
+            }
+        }
+        {
+            let m: HashMap<&mut MapData, [u8; 20], u32> =
+                HashMap::try_from(self.map("nodeports")).map_err(map_err("nodeports"))?;
+            for k in m.keys() {
+                e.nodeports.insert(k.map_err(map_err("nodeports"))?);
+            }
+        }
+        Ok(e)
+    }
+
+    /// Whether the program and maps were reused from their pins ([`Loader::load_pinned`]).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Pins every link this loader makes from now on under `dir` (a directory on a bpffs:
+    /// [`crate::pin::ensure_pin_dir`]), and takes over the links pinned there.
+    pub fn pin_in(&mut self, dir: impl Into<PathBuf>) {
+        self.pin_dir = Some(dir.into());
+    }
+
     fn prog(&mut self) -> &mut Xdp {
+        if let Some(p) = self.pinned_prog.as_mut() {
+            return p;
+        }
         // Checked in `load`.
         self.ebpf
-            .program_mut(PROGRAM_NAME)
+            .as_mut()
+            .and_then(|e| e.program_mut(PROGRAM_NAME))
             .and_then(|p| p.try_into().ok())
             .expect("program checked at load")
     }
 
     fn map(&mut self, name: &'static str) -> &mut aya::maps::Map {
-        self.ebpf.map_mut(name).expect("maps checked at load")
+        self.maps.get_mut(name).expect("maps checked at load")
     }
 
     /// Attaches in native mode, falling back to generic mode (logged) when the driver refuses.
-    /// Reserves `queues` XSKMAP slots for the interface's queues `0..queues`.
+    /// Reserves `queues` XSKMAP slots for the interface's queues `0..queues`. A link pinned
+    /// for the interface (any mode) is taken over instead.
     pub fn attach(&mut self, iface: &str, queues: u32) -> Result<AttachMode, AttachError> {
-        match self.attach_with_mode(iface, queues, AttachMode::Driver) {
-            Ok(()) => Ok(AttachMode::Driver),
-            Err(AttachError::Attach { source, .. }) => {
-                warn!(
-                    "native XDP on {iface} failed ({source}); falling back to generic (SKB) mode"
-                );
-                self.attach_with_mode(iface, queues, AttachMode::Skb)?;
-                Ok(AttachMode::Skb)
-            }
-            Err(e) => Err(e),
-        }
+        self.reserve(iface, queues)?;
+        self.link(iface).inspect_err(|_| self.unreserve(iface))
     }
 
-    /// Attaches in exactly `mode` (no fallback).
+    /// Attaches in exactly `mode` (no fallback; a link pinned in the other mode is removed).
     pub fn attach_with_mode(
         &mut self,
         iface: &str,
         queues: u32,
         mode: AttachMode,
     ) -> Result<(), AttachError> {
+        self.reserve(iface, queues)?;
+        self.link_with_mode(iface, Some(mode))
+            .map(|_| ())
+            .inspect_err(|_| self.unreserve(iface))
+    }
+
+    /// Reserves `queues` XSKMAP slots for `iface` and writes them to `xsk_slots`, so its
+    /// sockets can be registered before the program goes live on it ([`Loader::link`]).
+    pub fn reserve(&mut self, iface: &str, queues: u32) -> Result<(), AttachError> {
         if self.attached.contains_key(iface) {
             return Err(AttachError::AlreadyAttached {
                 iface: iface.to_owned(),
@@ -365,7 +560,6 @@ impl Loader {
                 free: self.largest_free_run(),
                 max: limits::MAX_XSKS,
             })?;
-        // Slots first: the program reads them as soon as it is attached.
         {
             let mut slots: HashMap<&mut MapData, u32, [u32; 2]> =
                 HashMap::try_from(self.map("xsk_slots")).map_err(|source| AttachError::Map {
@@ -379,32 +573,191 @@ impl Loader {
                     source,
                 })?;
         }
-        let link = match self.prog().attach_to_if_index(ifindex, mode.aya()) {
-            Ok(link) => link,
-            Err(source) => {
-                self.remove_slots(ifindex);
-                return Err(AttachError::Attach {
-                    iface: iface.to_owned(),
-                    mode,
-                    source,
-                });
-            }
-        };
         for s in &mut self.slot_used[base as usize..(base + queues) as usize] {
             *s = true;
         }
-        info!("XDP attached to {iface} (ifindex {ifindex}, {mode} mode, {queues} queues)");
         self.attached.insert(
             iface.to_owned(),
             Attachment {
                 ifindex,
-                mode,
-                link,
                 base,
                 queues,
+                link: None,
             },
         );
         Ok(())
+    }
+
+    /// Releases a reservation that has no link (a failed attach).
+    fn unreserve(&mut self, iface: &str) {
+        if let Some(a) = self.attached.get(iface) {
+            if a.link.is_none() {
+                let a = self.attached.remove(iface).expect("present");
+                self.release(&a);
+            }
+        }
+    }
+
+    /// Whether a link for `iface` is pinned in the pin directory (a previous loader's, to be
+    /// taken over by [`Loader::link`]).
+    pub fn has_pinned_link(&self, iface: &str) -> bool {
+        self.pin_dir.as_ref().is_some_and(|d| {
+            [AttachMode::Driver, AttachMode::Skb]
+                .iter()
+                .any(|&m| link_path(d, iface, m).exists())
+        })
+    }
+
+    /// Whether `iface` is linked (attached or taken over) by this loader.
+    pub fn is_linked(&self, iface: &str) -> bool {
+        self.attached.get(iface).is_some_and(|a| a.link.is_some())
+    }
+
+    /// Puts the program live on a reserved interface: takes over a link pinned for it (any
+    /// mode), else attaches natively, falling back to generic mode (logged).
+    pub fn link(&mut self, iface: &str) -> Result<AttachMode, AttachError> {
+        match self.link_with_mode(iface, None) {
+            Err(AttachError::Attach { source, .. }) => {
+                warn!(
+                    "native XDP on {iface} failed ({source}); falling back to generic (SKB) mode"
+                );
+                self.link_with_mode(iface, Some(AttachMode::Skb))
+            }
+            r => r,
+        }
+    }
+
+    /// `want`: None = a pinned link in any mode, else native. Some(mode): exactly that mode.
+    fn link_with_mode(
+        &mut self,
+        iface: &str,
+        want: Option<AttachMode>,
+    ) -> Result<AttachMode, AttachError> {
+        let Some(a) = self.attached.get(iface) else {
+            return Err(AttachError::NotAttached {
+                iface: iface.to_owned(),
+            });
+        };
+        if a.link.is_some() {
+            return Err(AttachError::AlreadyAttached {
+                iface: iface.to_owned(),
+            });
+        }
+        let (ifindex, queues) = (a.ifindex, a.queues);
+        if let Some(dir) = self.pin_dir.clone() {
+            for mode in [AttachMode::Driver, AttachMode::Skb] {
+                let path = link_path(&dir, iface, mode);
+                if !path.exists() {
+                    continue;
+                }
+                if want.is_some_and(|w| w != mode) {
+                    info!(
+                        "XDP on {iface}: removing its {mode} link pinned at {}",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                match self.take_over(&path) {
+                    Ok(link) => {
+                        info!(
+                            "XDP on {iface} (ifindex {ifindex}, {mode} mode, {queues} queues): \
+                             took over the link pinned at {} (program replaced in place)",
+                            path.display()
+                        );
+                        self.set_link(iface, mode, link, Some(path), true);
+                        return Ok(mode);
+                    }
+                    Err(e) => {
+                        warn!(
+                            "XDP on {iface}: the link pinned at {} cannot be taken over ({e}); \
+                             removing it and attaching anew",
+                            path.display()
+                        );
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let mode = want.unwrap_or(AttachMode::Driver);
+        let id = self
+            .prog()
+            .attach_to_if_index(ifindex, mode.aya())
+            .map_err(|source| AttachError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source,
+            })?;
+        let link = self
+            .prog()
+            .take_link(id)
+            .map_err(|source| AttachError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source,
+            })?;
+        let (link, pinned) = match self.pin_dir.clone() {
+            Some(dir) => {
+                let path = link_path(&dir, iface, mode);
+                let link = pin_link(link, &path).map_err(|reason| AttachError::Pin {
+                    iface: iface.to_owned(),
+                    path: path.clone(),
+                    reason,
+                })?;
+                (link, Some(path))
+            }
+            None => (link, None),
+        };
+        info!(
+            "XDP attached to {iface} (ifindex {ifindex}, {mode} mode, {queues} queues{})",
+            pinned
+                .as_ref()
+                .map(|p| format!(", pinned at {}", p.display()))
+                .unwrap_or_default()
+        );
+        self.set_link(iface, mode, link, pinned, false);
+        Ok(mode)
+    }
+
+    fn set_link(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        link: XdpLink,
+        pinned: Option<PathBuf>,
+        took_over: bool,
+    ) {
+        if let Some(a) = self.attached.get_mut(iface) {
+            a.link = Some(Linked {
+                mode,
+                link,
+                pinned,
+                took_over,
+            });
+        }
+    }
+
+    /// Swaps this loader's program into the link pinned at `path` (atomic in the kernel).
+    fn take_over(&mut self, path: &Path) -> Result<XdpLink, String> {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+        let id = self
+            .prog()
+            .attach_to_link(link)
+            .map_err(|e| e.to_string())?;
+        self.prog().take_link(id).map_err(|e| e.to_string())
+    }
+
+    fn release(&mut self, a: &Attachment) {
+        self.remove_slots(a.ifindex);
+        if let Ok(mut xsks) = XskMap::try_from(self.map("xsks")) {
+            for slot in a.base..a.base + a.queues {
+                let _ = xsks.unset(slot);
+            }
+        }
+        for s in &mut self.slot_used[a.base as usize..(a.base + a.queues) as usize] {
+            *s = false;
+        }
     }
 
     fn remove_slots(&mut self, ifindex: u32) {
@@ -434,28 +787,36 @@ impl Loader {
         best
     }
 
-    /// Detaches from one interface and releases its XSKMAP slots.
+    /// Detaches from one interface (removing its pinned link, if any) and releases its
+    /// XSKMAP slots.
     pub fn detach(&mut self, iface: &str) -> Result<(), AttachError> {
-        let a = self
+        let mut a = self
             .attached
             .remove(iface)
             .ok_or_else(|| AttachError::NotAttached {
                 iface: iface.to_owned(),
             })?;
-        let res = self.prog().detach(a.link);
-        self.remove_slots(a.ifindex);
-        if let Ok(mut xsks) = XskMap::try_from(self.map("xsks")) {
-            for slot in a.base..a.base + a.queues {
-                let _ = xsks.unset(slot);
+        let res = match a.link.take() {
+            Some(l) => {
+                if let Some(p) = &l.pinned {
+                    match std::fs::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            warn!("XDP on {iface}: cannot remove its pin {}: {e}", p.display());
+                        }
+                        _ => {}
+                    }
+                    if let Some(d) = p.parent() {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                }
+                // The last reference: closing it detaches the program.
+                drop(l.link);
+                Ok(())
             }
-        }
-        for s in &mut self.slot_used[a.base as usize..(a.base + a.queues) as usize] {
-            *s = false;
-        }
-        res.map_err(|source| AttachError::Detach {
-            iface: iface.to_owned(),
-            source,
-        })?;
+            None => Ok(()),
+        };
+        self.release(&a);
+        res?;
         info!("XDP detached from {iface}");
         Ok(())
     }
@@ -464,17 +825,23 @@ impl Loader {
     pub fn attached(&self) -> Vec<AttachedInterface> {
         self.attached
             .iter()
-            .map(|(iface, a)| AttachedInterface {
-                iface: iface.clone(),
-                ifindex: a.ifindex,
-                mode: a.mode,
-                queues: a.queues,
+            .filter_map(|(iface, a)| {
+                let l = a.link.as_ref()?;
+                Some(AttachedInterface {
+                    iface: iface.clone(),
+                    ifindex: a.ifindex,
+                    mode: l.mode,
+                    queues: a.queues,
+                    pinned: l.pinned.clone(),
+                    took_over: l.took_over,
+                })
             })
             .collect()
     }
 
     /// Puts an AF_XDP socket (bound to `iface` queue `queue`) into the XSKMAP, so steered
     /// frames from that queue reach it. The kernel removes the entry when the socket closes.
+    /// The interface must be reserved ([`Loader::reserve`]); it need not be linked yet.
     pub fn register_xsk(
         &mut self,
         iface: &str,
@@ -663,7 +1030,7 @@ impl Loader {
 
     /// Reads the program's per-reason counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CounterError> {
-        let map = self.ebpf.map("counters").expect("maps checked at load");
+        let map = self.maps.get("counters").expect("maps checked at load");
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(map).map_err(|source| CounterError {
                 counter: "counters",
@@ -679,4 +1046,28 @@ impl Loader {
         }
         Ok(Counters::from_values(values))
     }
+}
+
+/// Pins an XDP link at `path` (its parent directory is created), giving the link back.
+fn pin_link(link: XdpLink, path: &Path) -> Result<XdpLink, String> {
+    let fd = FdLink::try_from(link).map_err(|_| {
+        "the kernel attached it through netlink, not as a BPF link (Linux >= 5.9 needed)"
+            .to_string()
+    })?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let pinned = fd.pin(path).map_err(|e| e.to_string())?;
+    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+}
+
+/// A tag of this build's XDP object (FNV-1a over its bytes, 16 hex digits): a program and maps
+/// pinned under another tag belong to another build and are never reused.
+pub fn object_tag() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in PROGRAM_OBJECT {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }

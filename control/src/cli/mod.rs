@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bgp;
 pub mod client;
 pub mod ct;
+pub mod detach;
 pub mod explain;
 pub mod identity;
 pub mod ipcache;

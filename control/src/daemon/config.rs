@@ -389,16 +389,31 @@ mod tests {
         assert_eq!(a.busy_poll_us, 50);
         assert_eq!(a.neigh_refresh, 0.5);
         assert_eq!(
-            a.dead_worker,
-            crate::runtime::DeadWorkerAction::Drop,
+            a.no_socket,
+            crate::runtime::NoSocketAction::Drop,
             "fail closed by default"
+        );
+        assert_eq!(
+            a.pin_dir.as_deref(),
+            Some(std::path::Path::new("/sys/fs/bpf/nodeplane")),
+            "pinned by default"
         );
         let c = parse("io: { afxdp: { busy_poll_us: 50 } }").unwrap();
         assert_eq!(c.io.afxdp.unwrap().busy_poll_us, 50);
-        let c = parse("io: { afxdp: { dead_worker: pass } }").unwrap();
+        for key in ["no_socket", "dead_worker"] {
+            let c = parse(&format!("io: {{ afxdp: {{ {key}: pass }} }}")).unwrap();
+            assert_eq!(
+                c.io.afxdp.unwrap().no_socket,
+                crate::runtime::NoSocketAction::Pass,
+                "{key} (dead_worker: the former name)"
+            );
+        }
+        let c = parse("io: { afxdp: { pin_dir: null } }").unwrap();
+        assert_eq!(c.io.afxdp.unwrap().pin_dir, None, "null: not pinned");
+        let c = parse("io: { afxdp: { pin_dir: /run/bpf/np } }").unwrap();
         assert_eq!(
-            c.io.afxdp.unwrap().dead_worker,
-            crate::runtime::DeadWorkerAction::Pass
+            c.io.afxdp.unwrap().pin_dir.as_deref(),
+            Some(std::path::Path::new("/run/bpf/np"))
         );
         // The top-level key sets it as well; both agreeing is fine.
         let c = parse("workers: 2\nio: { afxdp: {} }").unwrap();
@@ -425,6 +440,7 @@ mod tests {
             ),
             ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
             ("io: { afxdp: { dead_worker: ignore } }", "dead_worker"),
+            ("io: { afxdp: { no_socket: ignore } }", "no_socket"),
             ("io: { afxdp: { workers: 65 } }", "workers"),
             (
                 "io: { afxdp: {}, replay: { inputs: [{ iface: a, file: b }] } }",

@@ -31,10 +31,11 @@ pub mod steering;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nodeplane_dataplane::afxdp::{AfXdpIo, XskBinding, XskConfig, XskWorker};
 use nodeplane_dataplane::handoff::Handoff;
@@ -67,25 +68,40 @@ pub struct AfXdpConfig {
     pub neigh_refresh: f64,
     /// Hand-off queue depth per worker (frames).
     pub handoff_depth: usize,
-    /// What happens to the steered traffic of a worker's queues when that worker died.
-    pub dead_worker: DeadWorkerAction,
+    /// What the XDP program does with steered traffic that finds no socket: the queues of a
+    /// dead worker, and everything while no daemon runs (stopped, crashed, restarting) when
+    /// the program is pinned. `dead_worker` is the key's former name.
+    #[serde(alias = "dead_worker")]
+    pub no_socket: NoSocketAction,
+    /// bpffs directory where the XDP links are pinned, so that the program stays attached
+    /// (doing `no_socket`) while no daemon runs and the next daemon takes it over in place.
+    /// `null`: not pinned, the program goes with the process (the kernel then forwards
+    /// steered traffic without policy while no daemon runs).
+    pub pin_dir: Option<PathBuf>,
     /// Microseconds a worker keeps polling its rings after the last frame before it sleeps
     /// in `poll()` (0: sleep at once).
     pub busy_poll_us: u32,
 }
 
-/// `io.afxdp.dead_worker`: a worker thread that ended leaves its queues without a socket.
+/// `io.afxdp.no_socket`: steered traffic without a socket to take it (a worker that ended;
+/// no daemon running while the program is pinned; the start before the sockets are bound).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeadWorkerAction {
-    /// The XDP program drops their steered traffic (`drop_no_socket`): fail closed, nothing
-    /// crosses the node without policy.
+pub enum NoSocketAction {
+    /// The XDP program drops it (`drop_no_socket`): fail closed, nothing crosses the node
+    /// without policy; NodePort clients see silence (and retransmit), not a reset.
     #[default]
     Drop,
     /// The XDP program passes it to the kernel (`pass_no_socket`), which forwards pod traffic
-    /// by its own routes: without policy and without service NAT.
+    /// by its own routes: without policy and without service NAT (fail open).
     Pass,
 }
+
+/// The former name of [`NoSocketAction`] (`io.afxdp.dead_worker`).
+pub type DeadWorkerAction = NoSocketAction;
+
+/// Default `io.afxdp.pin_dir`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/nodeplane";
 
 impl Default for AfXdpConfig {
     fn default() -> Self {
@@ -97,7 +113,8 @@ impl Default for AfXdpConfig {
             frame_size: 2048,
             neigh_refresh: 2.0,
             handoff_depth: 1024,
-            dead_worker: DeadWorkerAction::Drop,
+            no_socket: NoSocketAction::Drop,
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             busy_poll_us: 50,
         }
     }
@@ -253,6 +270,8 @@ pub struct AfXdpBackend {
     sink: Arc<Mutex<NeighbourSink>>,
     watcher_stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
+    /// The pin directory in effect (None: the program goes with the process).
+    pinned: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AfXdpBackend {
@@ -275,6 +294,32 @@ impl AfXdpBackend {
             sink: Arc::new(Mutex::new(sink)),
             watcher_stop: Arc::new(AtomicBool::new(false)),
             watcher: None,
+            pinned: None,
+        }
+    }
+
+    /// `io.afxdp.pin_dir`, made to exist on a bpffs. A pin directory that cannot be had is
+    /// logged, and the program then goes with the process: forwarding does not depend on it.
+    fn pin_dir(&self) -> Option<PathBuf> {
+        let dir = self.cfg.pin_dir.clone()?;
+        match nodeplane_xdp::pin::ensure_pin_dir(&dir) {
+            Ok(mounted) => {
+                if mounted {
+                    log::info!(
+                        "AF_XDP: mounted a bpffs at {} for the XDP pins",
+                        nodeplane_xdp::pin::BPFFS_ROOT
+                    );
+                }
+                Some(dir)
+            }
+            Err(e) => {
+                log::error!(
+                    "AF_XDP: XDP links NOT pinned ({e}): the program goes with this process, and \
+                     while no daemon runs the node's kernel forwards steered traffic without \
+                     policy or service NAT (io.afxdp.no_socket does not apply then)"
+                );
+                None
+            }
         }
     }
 
@@ -303,7 +348,20 @@ impl AfXdpBackend {
             )));
         }
         let ifaces: Vec<String> = tables.ifaces.iter().map(|i| i.name.clone()).collect();
-        let mut loader = Loader::load()?;
+        let t0 = Instant::now();
+        // Pinned: the program and maps of the previous daemon of this build are reused (no
+        // load, no verifier; the program may be live: every step below is safe on it).
+        self.pinned = self.pin_dir();
+        let mut loader = match &self.pinned {
+            Some(dir) => Loader::load_pinned(dir)?,
+            None => Loader::load()?,
+        };
+        // Before anything can go live: what steered traffic without a socket gets (the start
+        // until the sockets are registered, a dead worker, the time after this daemon).
+        loader
+            .set_no_socket_drop(self.cfg.no_socket == NoSocketAction::Drop)
+            .map_err(|e| RuntimeError::Config(format!("XDP config map: {e}")))?;
+        let t_load = t0.elapsed();
         let mut queues = Vec::new();
         for name in &ifaces {
             if if_index(name).is_none() {
@@ -321,15 +379,23 @@ impl AfXdpBackend {
                     ),
                 });
             }
-            loader.attach(name, q)?;
+            loader.reserve(name, q)?;
+            // Nothing to take over: attach at once, before the sockets are bound, as the
+            // runtime always did (steered traffic does `no_socket` until they are registered).
+            // Binding the sockets first and attaching after left a worker hung at about one
+            // such start in 25 on the lab (veth), so that order is kept for takeovers only.
+            if !loader.has_pinned_link(name) {
+                loader.link(name)?;
+            }
             queues.push(q);
         }
         self.ifaces = ifaces;
         self.loader = Some(loader);
         // On any error below the loader is dropped with `self.loader = None` by the caller,
-        // which detaches XDP again.
+        // which detaches what it attached and did not pin.
         self.apply_steering(tables)?;
 
+        let t1 = Instant::now();
         let xsk_cfg = XskConfig {
             ring_size: self.cfg.ring_size,
             frames_per_socket: self.cfg.frames_per_socket,
@@ -342,6 +408,9 @@ impl AfXdpBackend {
         } else {
             Vec::new()
         };
+        // One worker after the other: building two workers' sockets at the same time (libxdp,
+        // on threads of their own) left a hung worker (`status: worker 0 did not answer in
+        // time`) in about one lab start in four, for a reason not found yet; so it is not done.
         let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
         for w in 0..workers {
             let bindings: Vec<XskBinding<'_>> = self
@@ -365,6 +434,34 @@ impl AfXdpBackend {
                     .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us))),
             ));
         }
+        let t_sockets = t1.elapsed();
+
+        // Pinned links of the previous daemon are taken over only now: the program that goes
+        // live on them (a new build's) already holds every socket in its XSKMAP.
+        let t2 = Instant::now();
+        if let Some(l) = self.loader.as_mut() {
+            for name in &self.ifaces {
+                if !l.is_linked(name) {
+                    l.link(name)?;
+                }
+            }
+        }
+        let t_link = t2.elapsed();
+        if let Some(dir) = &self.pinned {
+            let n = nodeplane_xdp::pin::remove_other_versions(dir, &nodeplane_xdp::object_tag());
+            if n > 0 {
+                log::info!("AF_XDP: removed {n} program/map pin(s) of an earlier build");
+            }
+        }
+        let reused = self.loader.as_ref().is_some_and(Loader::reused);
+        log::info!(
+            "AF_XDP start: XDP program {} in {} ms, {} socket(s) of {workers} worker(s) bound and registered in {} ms, XDP linked in {} ms",
+            if reused { "reused from its pin" } else { "loaded" },
+            t_load.as_millis(),
+            queues.iter().sum::<u32>(),
+            t_sockets.as_millis(),
+            t_link.as_millis(),
+        );
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
         if let Some(up) = self.uplink.clone() {
@@ -441,26 +538,20 @@ impl IoBackend for AfXdpBackend {
     }
 
     fn worker_died(&mut self, worker: usize) {
-        let Some(l) = self.loader.as_mut() else {
+        if self.loader.is_none() {
             return;
-        };
-        match self.cfg.dead_worker {
-            DeadWorkerAction::Pass => log::error!(
+        }
+        // `no_socket_drop` was set at start, so the program already does what the setting says.
+        match self.cfg.no_socket {
+            NoSocketAction::Pass => log::error!(
                 "AF_XDP: worker {worker} died: the kernel now forwards its queues' traffic \
-                 WITHOUT policy or service NAT (io.afxdp.dead_worker: pass); restart nodeplane"
+                 WITHOUT policy or service NAT (io.afxdp.no_socket: pass); restart nodeplane"
             ),
-            DeadWorkerAction::Drop => match l.set_no_socket_drop(true) {
-                Ok(()) => log::error!(
-                    "AF_XDP: worker {worker} died: its queues' steered traffic is now DROPPED \
-                     (XDP drop_no_socket) rather than forwarded by the kernel without policy \
-                     (io.afxdp.dead_worker: drop); restart nodeplane"
-                ),
-                Err(e) => log::error!(
-                    "AF_XDP: worker {worker} died and the XDP program could not be switched to \
-                     drop its queues' traffic ({e}): the kernel forwards it WITHOUT policy; \
-                     restart nodeplane"
-                ),
-            },
+            NoSocketAction::Drop => log::error!(
+                "AF_XDP: worker {worker} died: its queues' steered traffic is now DROPPED \
+                 (XDP drop_no_socket) rather than forwarded by the kernel without policy \
+                 (io.afxdp.no_socket: drop); restart nodeplane"
+            ),
         }
     }
 
@@ -478,7 +569,15 @@ impl IoBackend for AfXdpBackend {
             st.attached = l
                 .attached()
                 .into_iter()
-                .map(|a| format!("{} ({}, {} queues)", a.iface, a.mode, a.queues))
+                .map(|a| {
+                    format!(
+                        "{} ({}, {} queues{})",
+                        a.iface,
+                        a.mode,
+                        a.queues,
+                        if a.pinned.is_some() { ", pinned" } else { "" }
+                    )
+                })
                 .collect();
         }
         st
@@ -497,15 +596,32 @@ impl IoBackend for AfXdpBackend {
         }
         self.watcher_stop.store(false, Ordering::Relaxed);
         let t1 = std::time::Instant::now();
-        // The workers have stopped and closed their sockets; dropping the loader detaches XDP.
+        // The workers have stopped and closed their sockets (the kernel took them out of the
+        // XSKMAP); dropping the loader detaches what it did not pin.
         if self.loader.take().is_some() {
-            log::info!(
-                "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
-                self.ifaces.join(", "),
-                t1.elapsed().as_millis(),
-                (t1 - t0).as_millis()
-            );
+            match &self.pinned {
+                Some(dir) => log::info!(
+                    "AF_XDP: XDP left attached to {} (pinned in {}): steered traffic is {} until \
+                     the next start takes it over (`nodeplane detach` removes it) (neighbour \
+                     watcher stopped in {} ms)",
+                    self.ifaces.join(", "),
+                    dir.display(),
+                    match self.cfg.no_socket {
+                        NoSocketAction::Drop => "DROPPED (io.afxdp.no_socket: drop)",
+                        NoSocketAction::Pass =>
+                            "passed to the kernel, WITHOUT policy (io.afxdp.no_socket: pass)",
+                    },
+                    (t1 - t0).as_millis()
+                ),
+                None => log::info!(
+                    "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
+                    self.ifaces.join(", "),
+                    t1.elapsed().as_millis(),
+                    (t1 - t0).as_millis()
+                ),
+            }
         }
+        self.pinned = None;
         self.ifaces.clear();
         self.uplink = None;
     }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -87,6 +89,22 @@ impl Lab {
             .expect("start nodeplane")
     }
 
+    /// A private bpffs mounted at `<tmp>/bpffs` (in the initial mount namespace, so that
+    /// `ip netns exec` sees it and it outlives the daemon), for `io.afxdp.pin_dir`: returns
+    /// `<tmp>/bpffs/nodeplane`. Unmounted on drop, which removes every pin in it (the XDP
+    /// links detach once no daemon holds them).
+    pub fn bpffs(&self) -> PathBuf {
+        let dir = self.tmp.join("bpffs");
+        fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -t bpf at {}", dir.display());
+        dir.join("nodeplane")
+    }
+
     /// The full name of the lab's namespace `n` (`node`, `router`, `pod-client`, ...).
     pub fn ns(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
@@ -100,6 +118,10 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         self.script("down");
+        let bpffs = self.tmp.join("bpffs");
+        if bpffs.exists() {
+            let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
+        }
         let _ = fs::remove_dir_all(&self.tmp);
     }
 }

@@ -1,5 +1,6 @@
 //! Namespaces, veths and frame helpers for the root tests. Everything created is named
-//! `np-x*` and deleted by name on drop, also when a test fails.
+//! `np-x*` (or by the test, with its own prefix: `Netns::named`) and deleted by name on drop,
+//! also when a test fails.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
@@ -56,6 +57,14 @@ impl Netns {
     pub fn new(tag: &str, suffix: &str) -> Netns {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = format!("np-x{tag}{}{seq}{suffix}", std::process::id() % 100_000);
+        let _ = sh_ok(&["ip", "netns", "del", &name]);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// A namespace of exactly this name (a leftover of that name is deleted first).
+    pub fn named(name: String) -> Netns {
         let _ = sh_ok(&["ip", "netns", "del", &name]);
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);

@@ -1,0 +1,217 @@
+//! The daemon on the lab node for the restart and crash tests: the web pods' echo servers,
+//! the example state on the echo port, and `nodeplane run` with AF_XDP (2 workers) and its
+//! XDP links pinned in the lab's bpffs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{root_dir, Lab};
+
+/// In each web pod: a TCP echo server on 8081 that first says which pod it is, UDP
+/// answers on 5353 (the `dns` ClusterIP's backend port), and on TCP 9050 (which the
+/// policy denies to the client pod) a server that says `reached 9050`.
+pub fn start_servers(lab: &mut Lab) {
+    for w in ["web1", "web2"] {
+        for (listen, action) in [
+            (
+                "TCP-LISTEN:8081,reuseaddr,fork".to_string(),
+                format!("SYSTEM:echo {w} $$; cat"),
+            ),
+            (
+                "UDP4-RECVFROM:5353,fork".to_string(),
+                format!("SYSTEM:read -r q; echo answer from {w}"),
+            ),
+            (
+                "TCP-LISTEN:9050,reuseaddr,fork".to_string(),
+                "SYSTEM:echo reached 9050".to_string(),
+            ),
+        ] {
+            let c = Command::new("ip")
+                .args(["netns", "exec", &lab.ns(w), "socat", &listen, &action])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat server");
+            lab.procs.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// The example state with `web` and `web-nodeport` on the echo port 8081 (which the
+/// policies allow like 8080).
+pub fn echo_state(lab: &Lab) -> PathBuf {
+    let dir = lab.tmp.join("state");
+    fs::create_dir_all(&dir).unwrap();
+    for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut text = fs::read_to_string(e.path()).unwrap();
+        if name == "interfaces.yaml" {
+            text = text
+                .lines()
+                .filter(|l| !l.contains("gateway_mac:"))
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        if name == "services.yaml" {
+            text = text.replace("port: 8080 }   # web-", "port: 8081 }   # web-");
+        }
+        if name == "policies.yaml" {
+            text = text.replace("[{ port: 8080 }]", "[{ port: 8080 }, { port: 8081 }]");
+        }
+        fs::write(dir.join(&name), text).unwrap();
+    }
+    dir
+}
+
+/// `nodeplane run` (AF_XDP, 2 workers) in the node namespace; SIGKILLed on drop if running.
+pub struct Nodeplane {
+    pub wrapper: Child,
+    pub pid: i32,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Nodeplane {
+    /// `afxdp_extra`: more keys for `io.afxdp` (`, no_socket: pass`).
+    pub fn start(
+        lab: &Lab,
+        state: &Path,
+        pin_dir: &Path,
+        afxdp_extra: &str,
+        run: usize,
+    ) -> Nodeplane {
+        let socket = lab.tmp.join("np.sock");
+        let log = lab.tmp.join(format!("nodeplane-{run}.log"));
+        let cfg = lab.tmp.join("config.yaml");
+        let pidf = lab.tmp.join("pid");
+        let _ = fs::remove_file(&pidf);
+        fs::write(
+            &cfg,
+            format!(
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5, pin_dir: {}{afxdp_extra} }}\n",
+                state.display(),
+                socket.display(),
+                lab.tmp.join("conntrack.snap").display(),
+                pin_dir.display()
+            ),
+        )
+        .unwrap();
+        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
+        let mut np = Nodeplane {
+            wrapper,
+            pid: 0,
+            socket,
+            log,
+        };
+        let t0 = Instant::now();
+        loop {
+            let ready = np.status().is_some_and(|s| {
+                s["generation"].as_u64().unwrap_or(0) >= 1
+                    && s["workers"].as_array().is_some_and(|w| w.len() == 2)
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nodeplane did not start: {}",
+                np.log()
+            );
+            assert!(
+                np.wrapper.try_wait().unwrap().is_none(),
+                "nodeplane exited: {}",
+                np.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
+        np
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        self.cli_json(&["status"])
+    }
+
+    /// `(original destination port, source port, backend address, worker)` of every TCP
+    /// flow, sorted.
+    pub fn tcp_flows(&self) -> Vec<(u64, u64, String, u64)> {
+        let l = self
+            .cli_json(&["ct", "list", "--proto", "tcp"])
+            .expect("ct list");
+        let mut v: Vec<(u64, u64, String, u64)> = l["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["dport"].as_u64().unwrap(),
+                    r["sport"].as_u64().unwrap(),
+                    r["backend"].as_str().unwrap_or("-").to_string(),
+                    r["worker"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// SIGTERM; waits for the exit (at most 10 s). Returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.wrapper.try_wait().unwrap() {
+                return s.success();
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Nodeplane {
+    /// SIGKILL (no snapshot, no cleanup: a crash); waits for the exit.
+    pub fn kill(mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        let _ = self.wrapper.wait();
+    }
+}
+
+impl Drop for Nodeplane {
+    fn drop(&mut self) {
+        if self.wrapper.try_wait().ok().flatten().is_none() {
+            if self.pid > 0 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &self.pid.to_string()])
+                    .status();
+            }
+            let _ = self.wrapper.kill();
+            let _ = self.wrapper.wait();
+        }
+    }
+}
