@@ -67,7 +67,7 @@ enum np_counter {
 /* Sizes; the loader documents them as limits (src/maps.rs `limits`). */
 #define NP_MAX_XSKS 1024
 #define NP_MAX_IFACES 1024
-#define NP_MAX_PREFIXES 16384
+#define NP_MAX_PREFIXES 1048576
 #define NP_MAX_HOST_ADDRS 1024
 #define NP_MAX_NODEPORTS 8192
 #define NP_MAX_FRAGS 8192

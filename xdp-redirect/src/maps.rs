@@ -29,8 +29,10 @@ pub mod limits {
     pub const MAX_XSKS: u32 = 1024;
     /// Interfaces with XDP attached; also the size of the pod interface set.
     pub const MAX_IFACES: u32 = 1024;
-    /// Steered prefixes, per address family.
-    pub const MAX_PREFIXES: u32 = 16384;
+    /// Steered prefixes, per address family: every service VIP is one, so this bounds the
+    /// services a node can hold (1M; the tries are not preallocated, so the bound costs
+    /// nothing until it is used).
+    pub const MAX_PREFIXES: u32 = 1 << 20;
     /// Node-owned addresses passed to the kernel.
     pub const MAX_HOST_ADDRS: u32 = 1024;
     /// (node address, protocol, port) NodePort entries.
