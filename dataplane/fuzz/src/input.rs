@@ -97,7 +97,10 @@ mod tests {
         d.extend([0x81, 65, 2, 0, 0xaa, 0xbb]);
         d.extend([2, 0, 9, 0, 0xcc]);
         let i = decode(&d).expect("header");
-        assert_eq!((i.state_a, i.state_b, i.rst, i.observed), (3, 4, true, true));
+        assert_eq!(
+            (i.state_a, i.state_b, i.rst, i.observed),
+            (3, 4, true, true)
+        );
         assert_eq!((i.mode_override, i.publish_before), (2, 1));
         assert_eq!(i.frames.len(), 2);
         assert_eq!(i.frames[0].iface, 1);

@@ -210,12 +210,19 @@ impl PacketIo for FuzzIo {
     }
 
     fn send(&mut self, _egress: IfIndex, frame: &[u8]) {
-        panic!("unexpected copy sent outside a burst ({} bytes)", frame.len());
+        panic!(
+            "unexpected copy sent outside a burst ({} bytes)",
+            frame.len()
+        );
     }
 
     fn released(&mut self, r: &Released<'_>) {
         let k = r.tag as usize;
-        assert_eq!(self.fate.get(k), Some(&Fate::Held), "frame {k} released, not held");
+        assert_eq!(
+            self.fate.get(k),
+            Some(&Fate::Held),
+            "frame {k} released, not held"
+        );
         self.decided(r.tag, r.data, &r.outcome);
     }
 
