@@ -31,3 +31,8 @@ done
 
 command -v cargo >/dev/null || { echo "setup: cargo (rustup) is required" >&2; exit 1; }
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+# Fuzzing (scripts/fuzz.sh: CI builds every fuzz crate and replays its corpus). cargo-fuzz
+# drives libFuzzer; the builds run on nightly where installed (CI machines have it), else on
+# stable (`-s none` needs no nightly flag).
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
