@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
 
 FUZZ = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(FUZZ))
@@ -138,6 +139,7 @@ def main():
     rs.append("];")
     with open(os.path.join(FUZZ, "src/states.rs"), "w") as f:
         f.write("\n".join(rs) + "\n")
+    subprocess.run(["rustfmt", "--edition", "2021", os.path.join(FUZZ, "src/states.rs")], check=True)
     sd = os.path.join(FUZZ, "seeds/pipeline")
     os.makedirs(sd, exist_ok=True)
     for old in glob.glob(os.path.join(sd, "*")):
