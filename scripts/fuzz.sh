@@ -80,13 +80,19 @@ case "${1:-}" in
     build "${CRATE[$t]}" --bin "$t"
     mapfile -t d < <(dirs "$t")
     tmp=$(mktemp -d)
-    # Keep what the seeds do not already cover: merge the corpus into an empty dir, seeds first.
-    nice -n 19 "$BIN/$t" -merge=1 "$tmp" "${d[@]:1}" "${d[0]}" >/dev/null 2>&1
+    # Keep what the seeds do not already cover: merge the corpus into an empty dir, seeds
+    # first, on edges only (hit counts and comparisons would keep thousands of files).
+    nice -n 19 "$BIN/$t" -merge=1 -use_counters=0 -use_cmp=0 -use_value_profile=0 \
+      "$tmp" "${d[@]:1}" "${d[0]}" >/dev/null 2>&1
     if [ "${#d[@]}" -gt 1 ]; then
       for s in "${d[1]}"/*; do
         rm -f "$tmp/$(sha1sum "$s" | cut -d' ' -f1)"
       done
     fi
+    # Named inputs (regressions: crash-... renamed by what they found) stay.
+    for k in "${d[0]}"/*; do
+      case $(basename "$k") in *[!0-9a-f]*) cp "$k" "$tmp/" ;; esac
+    done
     rm -rf "${d[0]}"
     mv "$tmp" "${d[0]}"
     echo "fuzz: $t corpus now $(find "${d[0]}" -type f | wc -l) files" >&2
