@@ -35,3 +35,8 @@ command -v cargo >/dev/null || { echo "setup: cargo (rustup) is required" >&2; e
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 # The Debian package (scripts/package.sh, and CI's scripts/ci-package.sh).
 command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked
+
+# Fuzzing (scripts/fuzz.sh: CI builds every fuzz crate and replays its corpus). cargo-fuzz
+# drives libFuzzer; the builds run on nightly where installed (CI machines have it), else on
+# stable (`-s none` needs no nightly flag).
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2

@@ -588,34 +588,13 @@ impl Loop {
             }
         }
         let ctx = self.neighbors[nb].context();
-        let mut consumed = 0;
-        loop {
-            let rest = &c.rbuf[consumed..];
-            match frame_len(rest) {
-                Ok(None) => break,
-                Ok(Some(len)) => {
-                    let ev = match Message::decode(&rest[..len], &ctx) {
-                        Ok(msg) => msg_event(conn, msg),
-                        Err(error) => Event::MessageError { conn, error },
-                    };
-                    consumed += len;
-                    let fatal = matches!(ev, Event::MessageError { .. } | Event::NotifMsg { .. });
-                    pending.push((nb, ev));
-                    if fatal {
-                        eof = None;
-                        consumed = c.rbuf.len();
-                        break;
-                    }
-                }
-                Err(error) => {
-                    pending.push((nb, Event::MessageError { conn, error }));
-                    eof = None;
-                    consumed = c.rbuf.len();
-                    break;
-                }
-            }
+        let mut events = Vec::new();
+        let read = read_events(&c.rbuf, conn, &ctx, &mut events);
+        pending.extend(events.into_iter().map(|ev| (nb, ev)));
+        if read.fatal {
+            eof = None;
         }
-        c.rbuf.drain(..consumed);
+        c.rbuf.drain(..read.consumed);
         if let Some(reason) = eof {
             self.remove(conn);
             pending.push((nb, Event::TcpConnectionFails { conn, reason }));
@@ -831,6 +810,56 @@ fn flush(c: &mut Conn) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What [`read_events`] did with a connection's receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes to drop from the front of the buffer (whole messages; all of it after a fatal
+    /// event).
+    pub consumed: usize,
+    /// The last event ends the session (a NOTIFICATION, or a message that cannot be decoded
+    /// or framed): nothing after it is read.
+    pub fatal: bool,
+}
+
+/// The stream reader of one connection: frames and decodes every whole message at the front of
+/// `buf` (bytes received so far) into its FSM event, in order, with the session's codec
+/// settings. Stops at the first fatal event; a partial message at the end waits for more bytes.
+pub fn read_events(buf: &[u8], conn: ConnId, ctx: &Context, out: &mut Vec<Event>) -> ReadOutcome {
+    let mut consumed = 0;
+    loop {
+        let rest = &buf[consumed..];
+        match frame_len(rest) {
+            Ok(None) => break,
+            Ok(Some(len)) => {
+                let ev = match Message::decode(&rest[..len], ctx) {
+                    Ok(msg) => msg_event(conn, msg),
+                    Err(error) => Event::MessageError { conn, error },
+                };
+                consumed += len;
+                let fatal = matches!(ev, Event::MessageError { .. } | Event::NotifMsg { .. });
+                out.push(ev);
+                if fatal {
+                    return ReadOutcome {
+                        consumed: buf.len(),
+                        fatal: true,
+                    };
+                }
+            }
+            Err(error) => {
+                out.push(Event::MessageError { conn, error });
+                return ReadOutcome {
+                    consumed: buf.len(),
+                    fatal: true,
+                };
+            }
+        }
+    }
+    ReadOutcome {
+        consumed,
+        fatal: false,
+    }
 }
 
 fn msg_event(conn: ConnId, msg: Message) -> Event {

@@ -210,6 +210,50 @@ fn two_octet_session_uses_as_trans_and_as4_path() {
     assert_eq!(as4.value, vec![2, 1, 0xfa, 0x56, 0xea, 0x01]);
 }
 
+/// The type codes of an UPDATE's path attributes, in wire order.
+fn attr_codes(bytes: &[u8]) -> Vec<u8> {
+    let wlen = usize::from(u16::from_be_bytes([bytes[19], bytes[20]]));
+    let at = 21 + wlen;
+    let alen = usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+    let (mut i, end, mut codes) = (at + 2, at + 2 + alen, Vec::new());
+    while i < end {
+        let (flags, code) = (bytes[i], bytes[i + 1]);
+        codes.push(code);
+        i += if flags & 0x10 != 0 {
+            4 + usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]))
+        } else {
+            3 + usize::from(bytes[i + 2])
+        };
+    }
+    codes
+}
+
+/// Found by the `session` fuzz target: AS4_PATH (17) went out between AS_PATH (2) and
+/// NEXT_HOP (3), against RFC 4271 §5's ascending order, and the decoded message re-encoded to
+/// other bytes. Attributes go out in ascending type order, and our bytes are stable.
+#[test]
+fn two_octet_session_sends_attributes_in_ascending_order() {
+    let ctx = Context {
+        four_octet_as: false,
+    };
+    let u = Message::Update(Update {
+        attrs: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::sequence(vec![4_200_000_001])),
+            next_hop: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            med: Some(10),
+            communities: vec!["65000:100".parse().unwrap()],
+            ..Default::default()
+        },
+        nlri: vec!["10.244.1.0/24".parse().unwrap()],
+        ..Default::default()
+    });
+    let bytes = u.to_bytes(&ctx).unwrap();
+    assert_eq!(attr_codes(&bytes), vec![1, 2, 3, 4, 8, 17]);
+    let back = Message::decode(&bytes, &ctx).unwrap();
+    assert_eq!(back.to_bytes(&ctx).unwrap(), bytes);
+}
+
 #[test]
 fn packing_splits_at_4096_bytes_and_loses_nothing() {
     let ctx = Context::default();

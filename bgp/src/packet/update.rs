@@ -625,18 +625,6 @@ impl PathAttributes {
             put_attr(out, wk, ATTR_AS_PATH, |v| {
                 encode_as_path(path, ctx.four_octet_as, v)
             });
-            if !ctx.four_octet_as
-                && path
-                    .segments
-                    .iter()
-                    .flat_map(|s| &s.asns)
-                    .any(|&a| a > 0xffff)
-            {
-                // RFC 6793 §4.2.2: the real path travels in AS4_PATH.
-                put_attr(out, FLAG_OPTIONAL | FLAG_TRANSITIVE, ATTR_AS4_PATH, |v| {
-                    encode_as_path(path, true, v)
-                });
-            }
         }
         if let Some(nh) = self.next_hop {
             put_attr(out, wk, ATTR_NEXT_HOP, |v| {
@@ -694,6 +682,15 @@ impl PathAttributes {
                 for p in &mp.withdrawn {
                     encode_prefix(p, v);
                 }
+            });
+        }
+        // RFC 6793 §4.2.2: on a 2-octet session the real path travels in AS4_PATH (type 17:
+        // here, so that attributes go out in ascending type order, RFC 4271 §5).
+        if let Some(path) = self.as_path.as_ref().filter(|p| {
+            !ctx.four_octet_as && p.segments.iter().flat_map(|s| &s.asns).any(|&a| a > 0xffff)
+        }) {
+            put_attr(out, FLAG_OPTIONAL | FLAG_TRANSITIVE, ATTR_AS4_PATH, |v| {
+                encode_as_path(path, true, v)
             });
         }
         for a in &self.other {

@@ -1,0 +1,8 @@
+//! What the dataplane's fuzz targets share: the pipeline target's input format ([`input`]),
+//! the states it runs on ([`states`]), its packet I/O that checks every frame leaving the
+//! worker ([`io`]), and the independent frame checks that I/O uses ([`check`]).
+
+pub mod check;
+pub mod input;
+pub mod io;
+pub mod states;
