@@ -477,6 +477,52 @@ impl Conntrack {
         self.restore(&e, now)
     }
 
+    /// Accounts a packet that changes no connection state and returns `true`; or, for any
+    /// other packet, changes nothing and returns `false` (the caller takes the full path, which
+    /// calls [`Self::on_packet`]). Steady: a TCP packet without SYN/FIN/RST of an established
+    /// flow with no FIN seen (or of a handshake, from the side that waits), or a packet of a
+    /// datagram flow that is not closing. The established fast path's whole conntrack update.
+    #[inline(always)]
+    pub fn touch_steady(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) -> bool {
+        let Some(e) = self.slots.get_mut(slot as usize) else {
+            return false;
+        };
+        let timeout = if e.orig.proto == PROTO_TCP {
+            let steady = tcp_flags & (F::SYN | F::FIN | F::RST) == 0
+                && e.fins == 0
+                && matches!(
+                    (e.state, dir),
+                    (FlowState::Established, _)
+                        | (FlowState::SynSent, Dir::Orig)
+                        | (FlowState::SynRecv, Dir::Reply)
+                );
+            if !steady {
+                return false;
+            }
+            match e.state {
+                FlowState::Established => self.cfg.established,
+                FlowState::SynSent => self.cfg.syn_sent,
+                _ => self.cfg.syn_recv,
+            }
+        } else {
+            if e.in_closing || e.state != FlowState::Open {
+                return false;
+            }
+            match e.orig.proto {
+                PROTO_ICMP | PROTO_ICMPV6 => self.cfg.icmp,
+                _ => self.cfg.udp,
+            }
+        };
+        e.packets[dir as usize] += 1;
+        e.bytes[dir as usize] += len as u64;
+        e.last_seen = now;
+        e.expires = now + timeout;
+        if let Some(d) = self.deadline.get_mut(slot as usize) {
+            *d = now + timeout;
+        }
+        true
+    }
+
     /// Accounts a packet of an existing flow and advances its TCP state and timer.
     #[inline]
     pub fn on_packet(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {

@@ -412,14 +412,22 @@ impl Pipeline {
             // Stage 2: per frame, run to completion. One `Arc` clone per burst, not per packet.
             let tables = Arc::clone(&self.tables);
             for (i, p) in chunk.iter_mut().enumerate() {
-                let parsed = self.metas[i];
-                let fast = match parsed {
-                    Ok(Parsed::Ip(mut m)) if fast_candidate(&m) => {
-                        self.established_fast(&tables, p.data, &mut m, p.iface, p.ts, &mut out[i])
-                    }
+                // The fast path reads the parse in place (no copy of the 60-byte result).
+                let fast = match &self.metas[i] {
+                    Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
+                        &mut self.ct,
+                        self.epoch,
+                        &tables,
+                        p.data,
+                        m,
+                        p.iface,
+                        p.ts,
+                        &mut out[i],
+                    ),
                     _ => false,
                 };
                 if !fast {
+                    let parsed = self.metas[i];
                     out[i] =
                         self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
                 }
@@ -609,95 +617,6 @@ impl Pipeline {
             Frag::Later => true,
             _ => t.frontend(m.dst, m.dport, m.proto).is_some(),
         }
-    }
-
-    /// The established-flow fast path: a packet of a live flow, in a direction whose previous
-    /// packet came in on the same interface under the same tables and was forwarded. Such a
-    /// packet would pass classification and route to the same place, so both are taken from the
-    /// entry's [`FastPath`]; everything else (accounting, TCP state, NAT, TTL) is what
-    /// [`Self::flow_path`] does. Only for packets [`fast_candidate`] admits: they would reach
-    /// `flow_path` unchanged. `false`: take the full path (nothing was changed).
-    #[inline(always)]
-    fn established_fast(
-        &mut self,
-        t: &Tables,
-        frame: &mut [u8],
-        m: &mut Meta,
-        iface: IfIndex,
-        now: u64,
-        out: &mut Outcome,
-    ) -> bool {
-        let key = FlowKey {
-            src: m.src,
-            dst: m.dst,
-            sport: m.sport,
-            dport: m.dport,
-            proto: m.proto,
-        };
-        let Some((slot, dir)) = self.ct.find(&key) else {
-            return false;
-        };
-        let e = self.ct.entry(slot);
-        let fast = &e.fast[dir as usize];
-        if fast.epoch != self.epoch
-            || fast.ingress != iface
-            || e.expires <= now
-            || e.generation != t.generation
-            || e.ended.is_some()
-            || m.ttl <= 1
-            || self.ct.is_reopen(slot, dir, m.tcp_flags)
-        {
-            return false;
-        }
-        // Valid under these tables (same epoch), so always there.
-        let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
-            return false;
-        };
-        self.ct.on_packet(slot, dir, m.tcp_flags, frame.len(), now);
-        let e = self.ct.entry(slot);
-        let fast = &e.fast[dir as usize];
-        let (si, di) = match dir {
-            Dir::Orig => (e.src_identity, e.dst_identity),
-            Dir::Reply => (e.dst_identity, e.src_identity),
-        };
-        let (service, backend) = match &e.nat {
-            Some(nat) => {
-                let (to_dst, addr, port) = match dir {
-                    Dir::Orig => (true, nat.backend, nat.backend_port),
-                    Dir::Reply => (false, nat.vip, nat.vip_port),
-                };
-                if !rewrite::nat_v4_and_ttl(frame, m, to_dst, addr, port) {
-                    rewrite::set_addr_port(frame, m, to_dst, addr, port);
-                    rewrite::decrement_ttl(frame, m);
-                }
-                (Some(nat.service), Some((nat.backend, nat.backend_port)))
-            }
-            None => {
-                rewrite::decrement_ttl(frame, m);
-                (None, None)
-            }
-        };
-        let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && fast.egress_pod {
-            vlan::TAG_LEN as u8
-        } else {
-            0
-        };
-        rewrite::set_macs(&mut frame[usize::from(trim)..], &egress.mac, &fast.dst_mac);
-        *out = Outcome {
-            action: Action::Forward(fast.egress),
-            ct: if dir == Dir::Orig {
-                CtStatus::Established
-            } else {
-                CtStatus::Reply
-            },
-            service,
-            backend,
-            src_identity: Some(si),
-            dst_identity: Some(di),
-            policy: e.policy,
-            l2_trim: trim,
-        };
-        true
     }
 
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
@@ -1329,6 +1248,100 @@ fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<Route, Action> {
         return Err(Action::Drop(DropReason::TtlExceeded));
     }
     Ok(r)
+}
+
+/// The established-flow fast path: a packet of a live flow, in a direction whose previous
+/// packet came in on the same interface under the same tables and was forwarded, and which
+/// changes no connection state (see [`Conntrack::touch_steady`]). Such a packet would pass
+/// classification and route to the same place, so both are taken from the entry's
+/// [`FastPath`]; accounting, timer, NAT and TTL are what [`Pipeline::flow_path`] does. Only for
+/// packets [`fast_candidate`] admits: they would reach `flow_path` unchanged. `false`: take the
+/// full path (nothing was changed). A free function over the pipeline's parts, so that the
+/// parse is read where stage 1 left it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn established_fast(
+    ct: &mut Conntrack,
+    epoch: u64,
+    t: &Tables,
+    frame: &mut [u8],
+    m: &Meta,
+    iface: IfIndex,
+    now: u64,
+    out: &mut Outcome,
+) -> bool {
+    let key = FlowKey {
+        src: m.src,
+        dst: m.dst,
+        sport: m.sport,
+        dport: m.dport,
+        proto: m.proto,
+    };
+    let Some((slot, dir)) = ct.find(&key) else {
+        return false;
+    };
+    let e = ct.entry(slot);
+    let fast = e.fast[dir as usize];
+    if fast.epoch != epoch
+        || fast.ingress != iface
+        || e.expires <= now
+        || e.generation != t.generation
+        || e.ended.is_some()
+        || m.ttl <= 1
+    {
+        return false;
+    }
+    // Valid under these tables (same epoch), so always there.
+    let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
+        return false;
+    };
+    if !ct.touch_steady(slot, dir, m.tcp_flags, frame.len(), now) {
+        return false;
+    }
+    let e = ct.entry(slot);
+    let (si, di) = match dir {
+        Dir::Orig => (e.src_identity, e.dst_identity),
+        Dir::Reply => (e.dst_identity, e.src_identity),
+    };
+    let (service, backend) = match &e.nat {
+        Some(nat) => {
+            let (to_dst, addr, port) = match dir {
+                Dir::Orig => (true, nat.backend, nat.backend_port),
+                Dir::Reply => (false, nat.vip, nat.vip_port),
+            };
+            if !rewrite::nat_v4_and_ttl_frame(frame, m, to_dst, addr, port) {
+                let mut m = *m;
+                rewrite::set_addr_port(frame, &mut m, to_dst, addr, port);
+                rewrite::decrement_ttl(frame, &mut m);
+            }
+            (Some(nat.service), Some((nat.backend, nat.backend_port)))
+        }
+        None => {
+            rewrite::decrement_ttl_frame(frame, m);
+            (None, None)
+        }
+    };
+    let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && fast.egress_pod {
+        vlan::TAG_LEN as u8
+    } else {
+        0
+    };
+    rewrite::set_macs(&mut frame[usize::from(trim)..], &egress.mac, &fast.dst_mac);
+    *out = Outcome {
+        action: Action::Forward(fast.egress),
+        ct: if dir == Dir::Orig {
+            CtStatus::Established
+        } else {
+            CtStatus::Reply
+        },
+        service,
+        backend,
+        src_identity: Some(si),
+        dst_identity: Some(di),
+        policy: e.policy,
+        l2_trim: trim,
+    };
+    true
 }
 
 /// Link-local and multicast: the kernel's.
