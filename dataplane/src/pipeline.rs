@@ -56,8 +56,15 @@ type Route = (IfIndex, [u8; 6]);
 /// another. Touched per table swap, never per packet.
 static EPOCHS: AtomicU64 = AtomicU64::new(1);
 
-fn next_epoch() -> u64 {
-    EPOCHS.fetch_add(1, Ordering::Relaxed)
+/// The next epoch, as the 32 bits a [`FastPath`] keeps; never 0 (a [`FastPath`]'s "never
+/// valid").
+fn next_epoch() -> u32 {
+    loop {
+        let e = EPOCHS.fetch_add(1, Ordering::Relaxed) as u32;
+        if e != 0 {
+            return e;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -220,7 +227,7 @@ pub struct Pipeline {
     /// Runtime override of the state's policy mode (the operator's emergency switch).
     mode_override: Option<PolicyMode>,
     /// Identifies the installed tables for [`FastPath`] entries (see [`next_epoch`]).
-    epoch: u64,
+    epoch: u32,
 }
 
 impl Pipeline {
@@ -671,8 +678,8 @@ impl Pipeline {
                         } else {
                             CtStatus::Reply
                         },
-                        service: e.nat.map(|n| n.service).filter(|s| *s != NO_SERVICE),
-                        backend: e.nat.map(|n| (n.backend, n.backend_port)),
+                        service: e.nat().map(|n| n.service).filter(|s| *s != NO_SERVICE),
+                        backend: e.nat().map(|n| (n.backend, n.backend_port)),
                         src_identity: Some(si),
                         dst_identity: Some(di),
                         policy: if r == DropReason::PolicyDenied {
@@ -710,7 +717,7 @@ impl Pipeline {
 
         let e = self.ct.entry(slot);
         out.policy = e.policy;
-        if let Some(nat) = e.nat {
+        if let Some(nat) = e.nat() {
             out.service = Some(nat.service);
             out.backend = Some((nat.backend, nat.backend_port));
         }
@@ -722,7 +729,7 @@ impl Pipeline {
         out.dst_identity = Some(di);
 
         // Translate: DNAT on the way in, reverse NAT on replies.
-        if let Some(nat) = self.ct.entry(slot).nat {
+        if let Some(nat) = self.ct.entry(slot).nat() {
             match dir {
                 Dir::Orig => rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port),
                 Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
@@ -909,25 +916,25 @@ impl Pipeline {
     /// A flow seen first under older tables: is its backend still allowed to serve it, and
     /// does policy still allow it?
     fn revalidate(&mut self, t: &Tables, slot: u32) -> Result<(), DropReason> {
-        let mut e = *self.ct.entry(slot);
-        if let Some(mut nat) = e.nat {
+        let e = *self.ct.entry(slot);
+        let mut nat = e.nat();
+        if let Some(n) = nat.as_mut() {
             // The service index is re-resolved against the new tables first, so that verdicts of
             // an ended flow never name another service that took the old index.
-            let svc = t.frontend(nat.vip, nat.vip_port, e.orig.proto);
-            nat.service = svc.unwrap_or(NO_SERVICE);
+            let svc = t.frontend(n.vip, n.vip_port, e.orig.proto);
+            n.service = svc.unwrap_or(NO_SERVICE);
             let entry = self.ct.entry_mut(slot);
-            entry.nat = Some(nat);
+            entry.set_service(n.service);
             entry.generation = t.generation;
             let Some(svc) = svc else {
                 return Err(DropReason::BackendGone);
             };
-            match t.services[svc as usize].find_backend(nat.backend, nat.backend_port) {
+            match t.services[svc as usize].find_backend(n.backend, n.backend_port) {
                 Some(b) if b.state != BackendState::Quarantined => {}
                 _ => return Err(DropReason::BackendGone),
             }
-            e.nat = Some(nat);
         }
-        let (dst, dport) = match e.nat {
+        let (dst, dport) = match nat {
             Some(n) => (n.backend, n.backend_port),
             None => (e.orig.dst, e.orig.dport),
         };
@@ -938,7 +945,6 @@ impl Pipeline {
             return Err(DropReason::PolicyDenied);
         }
         let entry = self.ct.entry_mut(slot);
-        entry.nat = e.nat;
         entry.src_identity = si;
         entry.dst_identity = di;
         entry.policy = policy;
@@ -1099,7 +1105,7 @@ impl Pipeline {
         };
         out.src_identity = Some(si);
         out.dst_identity = Some(di);
-        if let Some(nat) = e.nat {
+        if let Some(nat) = e.nat() {
             out.service = Some(nat.service);
             out.backend = Some((nat.backend, nat.backend_port));
             let mut im = inner;
@@ -1262,7 +1268,7 @@ fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<Route, Action> {
 #[allow(clippy::too_many_arguments)]
 fn established_fast(
     ct: &mut Conntrack,
-    epoch: u64,
+    epoch: u32,
     t: &Tables,
     frame: &mut [u8],
     m: &Meta,
@@ -1303,7 +1309,7 @@ fn established_fast(
         Dir::Orig => (e.src_identity, e.dst_identity),
         Dir::Reply => (e.dst_identity, e.src_identity),
     };
-    let (service, backend) = match &e.nat {
+    let (service, backend) = match &e.nat() {
         Some(nat) => {
             let (to_dst, addr, port) = match dir {
                 Dir::Orig => (true, nat.backend, nat.backend_port),
