@@ -336,7 +336,13 @@ impl Conntrack {
     /// removed on the spot, so correctness never waits for GC.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<(u32, Dir)> {
-        let v = self.index_of(key, self.hash(key))?;
+        self.lookup_hashed(key, self.hash(key), now)
+    }
+
+    /// [`Self::lookup`] with the key's [`Self::hash`] known.
+    #[inline]
+    pub fn lookup_hashed(&mut self, key: &FlowKey, hash: u64, now: u64) -> Option<(u32, Dir)> {
+        let v = self.index_of(key, hash)?;
         let slot = v >> 1;
         if self.slots[slot as usize].expires <= now {
             self.remove(slot);
@@ -430,13 +436,33 @@ impl Conntrack {
         len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
+        let h_orig = self.hash(&f.orig);
+        if self.index_of(&f.orig, h_orig).is_some() {
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        self.create_absent(f, h_orig, tcp_flags, len, now)
+    }
+
+    /// [`Self::create`] for a flow whose original key the caller has just looked up
+    /// ([`Self::lookup_hashed`] with `h_orig`) and not found, with nothing inserted since: one
+    /// hash and one probe fewer per new connection.
+    pub fn create_absent(
+        &mut self,
+        f: &NewFlow,
+        h_orig: u64,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> Result<u32, DropReason> {
+        debug_assert!(self.index_of(&f.orig, h_orig).is_none());
         if !consistent(&f.orig, &f.reply, f.nat) {
             // The entry derives the reply key from the original and the NAT.
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
-        if self.index_of(&f.orig, h_orig).is_some() || self.index_of(&f.reply, h_reply).is_some() {
+        let h_reply = self.hash(&f.reply);
+        if self.index_of(&f.reply, h_reply).is_some() {
             // Another flow already owns one of the keys (e.g. the same client port used for a
             // VIP and for its backend directly). Translating would merge two connections.
             self.stats.key_conflicts += 1;
@@ -861,13 +887,18 @@ fn dir_of(v: u32) -> Dir {
 
 /// Whether `reply` is what an entry of `orig` and `nat` derives (the reverse of the translated
 /// original key, the VIP being the original destination).
+#[inline]
 fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>) -> bool {
-    let e = Entry {
-        orig: *orig,
-        nat: nat_slot(nat),
-        ..Entry::default()
+    let (src, sport) = match nat {
+        Some(n) if n.vip != orig.dst || n.vip_port != orig.dport => return false,
+        Some(n) => (n.backend, n.backend_port),
+        None => (orig.dst, orig.dport),
     };
-    e.reply() == *reply && nat.is_none_or(|n| n.vip == orig.dst && n.vip_port == orig.dport)
+    reply.src == src
+        && reply.sport == sport
+        && reply.dst == orig.src
+        && reply.dport == orig.sport
+        && reply.proto == orig.proto
 }
 
 /// The 64×64→128-bit multiply folded to 64 bits (foldhash's and wyhash's mixing step).

@@ -650,7 +650,8 @@ impl Pipeline {
 
         // A new flow's route, found before its entry was created (same destination and TTL).
         let mut routed = None;
-        let mut found = self.ct.lookup(&key, now);
+        let key_hash = self.ct.hash(&key);
+        let mut found = self.ct.lookup_hashed(&key, key_hash, now);
         if let Some((slot, dir)) = found {
             let datagram_to_gone_backend = m.proto != PROTO_TCP
                 && dir == Dir::Orig
@@ -705,7 +706,7 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                match self.new_flow(t, frame, m, key, now) {
+                match self.new_flow(t, frame, m, key, key_hash, now) {
                     Ok(Some((slot, r))) => {
                         out.ct = CtStatus::New;
                         routed = Some(r);
@@ -758,13 +759,15 @@ impl Pipeline {
     }
 
     /// A packet that matched no flow: service selection, identities, policy, then a new entry.
-    /// `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
+    /// `key_hash` is the conntrack hash of `key`, which the caller has just looked up and not
+    /// found. `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
     fn new_flow(
         &mut self,
         t: &Tables,
         frame: &[u8],
         m: &Meta,
         key: FlowKey,
+        key_hash: u64,
         now: u64,
     ) -> Result<Option<(u32, Route)>, Outcome> {
         let mut nat = None;
@@ -843,7 +846,7 @@ impl Pipeline {
             policy,
             generation: t.generation,
         };
-        match self.ct.create(&f, m.tcp_flags, frame.len(), now) {
+        match self.ct.create_absent(&f, key_hash, m.tcp_flags, frame.len(), now) {
             Ok(slot) => {
                 self.counters.ct_new += 1;
                 Ok(Some((slot, routed)))
@@ -1267,7 +1270,10 @@ fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<Route, Action> {
 /// full path (nothing was changed). A free function over the pipeline's parts, so that the
 /// parse is read where stage 1 left it.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pipeline's parts, borrowed apart so the parse is read in place"
+)]
 fn established_fast(
     ct: &mut Conntrack,
     epoch: u32,
