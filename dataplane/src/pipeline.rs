@@ -803,8 +803,17 @@ impl Pipeline {
         }
         let src_identity = t.identity_of(&m.src);
         let dst_identity = t.identity_of(&dst);
-        let policy =
-            self.evaluate_policy(t, m.src, src_identity, dst, dst_identity, m.proto, dport);
+        let dst_ep = t.endpoint_of(&dst);
+        let policy = self.evaluate_policy(
+            t,
+            m.src,
+            src_identity,
+            dst,
+            dst_ep,
+            dst_identity,
+            m.proto,
+            dport,
+        );
         if policy == PolicyVerdict::Deny {
             return Err(Outcome {
                 service: nat.map(|n| n.service),
@@ -816,7 +825,7 @@ impl Pipeline {
             });
         }
         // Nothing is remembered for a packet that cannot leave (TTL, no endpoint, no next hop).
-        let routed = match route(t, &dst, m.ttl) {
+        let routed = match route_at(t, &dst, dst_ep, m.ttl) {
             Ok(r) => r,
             Err(action) => {
                 return Err(Outcome {
@@ -863,7 +872,8 @@ impl Pipeline {
     }
 
     /// Egress policy of a local source endpoint and ingress policy of a local destination
-    /// endpoint; deny from either side denies.
+    /// endpoint; deny from either side denies. `dst_ep` is `t.endpoint_of(&dst)` (a new flow
+    /// routes by it too, so it is looked up once).
     #[allow(clippy::too_many_arguments)]
     fn evaluate_policy(
         &self,
@@ -871,6 +881,7 @@ impl Pipeline {
         src: Addr,
         src_identity: u32,
         dst: Addr,
+        dst_ep: Option<u32>,
         dst_identity: u32,
         proto: u8,
         dport: u16,
@@ -889,7 +900,7 @@ impl Pipeline {
                 }
             }
         }
-        if let Some(ep) = t.endpoint_of(&dst) {
+        if let Some(ep) = dst_ep {
             if let Some(p) = &t.endpoints[ep as usize].ingress {
                 match p.decide(src, src_identity, proto, dport) {
                     Decision::Allow { .. } => verdict = PolicyVerdict::Allow,
@@ -945,7 +956,8 @@ impl Pipeline {
         };
         let si = t.identity_of(&e.orig.src);
         let di = t.identity_of(&dst);
-        let policy = self.evaluate_policy(t, e.orig.src, si, dst, di, e.orig.proto, dport);
+        let dst_ep = t.endpoint_of(&dst);
+        let policy = self.evaluate_policy(t, e.orig.src, si, dst, dst_ep, di, e.orig.proto, dport);
         if policy == PolicyVerdict::Deny {
             return Err(DropReason::PolicyDenied);
         }
@@ -1148,7 +1160,8 @@ impl Pipeline {
         }
         let si = t.identity_of(&m.src);
         let di = t.identity_of(&m.dst);
-        let policy = self.evaluate_policy(t, m.src, si, m.dst, di, m.proto, 0);
+        let dst_ep = t.endpoint_of(&m.dst);
+        let policy = self.evaluate_policy(t, m.src, si, m.dst, dst_ep, di, m.proto, 0);
         let mut out = Outcome {
             src_identity: Some(si),
             dst_identity: Some(di),
@@ -1239,7 +1252,13 @@ fn fix_icmp_checksum(frame: &mut [u8], m: &Meta) {
 /// reach zero is checked here so no flow state is created for a packet that goes nowhere.
 #[inline]
 fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<Route, Action> {
-    let r = if let Some(ep) = t.endpoint_of(dst) {
+    route_at(t, dst, t.endpoint_of(dst), ttl)
+}
+
+/// [`route`] with `t.endpoint_of(dst)` known.
+#[inline]
+fn route_at(t: &Tables, dst: &Addr, dst_ep: Option<u32>, ttl: u8) -> Result<Route, Action> {
+    let r = if let Some(ep) = dst_ep {
         let ep = &t.endpoints[ep as usize];
         (ep.iface, ep.mac)
     } else if t.is_node_ip(dst) {
