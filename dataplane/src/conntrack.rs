@@ -603,7 +603,14 @@ impl Conntrack {
     /// flow with no FIN seen (or of a handshake, from the side that waits), or a packet of a
     /// datagram flow that is not closing. The established fast path's whole conntrack update.
     #[inline(always)]
-    pub fn touch_steady(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) -> bool {
+    pub fn touch_steady(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> bool {
         let Some(e) = self.slots.get_mut(slot as usize) else {
             return false;
         };

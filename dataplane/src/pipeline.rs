@@ -855,7 +855,10 @@ impl Pipeline {
             policy,
             generation: t.generation,
         };
-        match self.ct.create_absent(&f, key_hash, m.tcp_flags, frame.len(), now) {
+        match self
+            .ct
+            .create_absent(&f, key_hash, m.tcp_flags, frame.len(), now)
+        {
             Ok(slot) => {
                 self.counters.ct_new += 1;
                 Ok(Some((slot, routed)))
