@@ -1,10 +1,11 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s allocated up front, and one hash index of
-//! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
-//! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys (4
-//! bytes a bucket, so it stays in cache): a probe compares against the key in the entry, which
-//! the packet needs next anyway. A lookup is one probe and tells the direction. Nothing
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (192 bytes, three cache lines) allocated up
+//! front, and one hash index of `slot << 1 | direction` values covering both the original key
+//! (as the flow arrived, before DNAT) and the reply key (the reverse of the translated tuple).
+//! The index stores no keys (4 bytes a bucket, so it stays in cache): a probe compares against
+//! the key in the entry, which the packet needs next anyway. The entry stores only the original
+//! key; the reply key is derived from it and the NAT's backend ([`Entry::reply`]). A lookup is one probe and tells the direction. Nothing
 //! allocates after [`Conntrack::new`]: the index is created with room for every key of a full
 //! slab.
 //!
@@ -89,32 +90,47 @@ pub struct Nat {
 /// tables, and the key is fixed per direction. Valid only while `epoch` equals the pipeline's
 /// current tables epoch (unique per installed snapshot and pipeline) and the packet comes in on
 /// `ingress`.
+/// 16 bytes (two of them share one cache line with the NAT and identities).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct FastPath {
-    /// 0: never valid.
-    pub epoch: u64,
+    /// 0: never valid. A pipeline's epoch truncated to 32 bits (never 0): a stale one could
+    /// match again only after 2³² table installs, and the entry's `generation` is checked too.
+    pub epoch: u32,
     pub ingress: u16,
     pub egress: u16,
-    /// The egress is a pod interface (a VLAN tag is stripped toward pods).
-    pub egress_pod: bool,
     /// The next hop's MAC (the source MAC is the egress interface's, from the tables).
     pub dst_mac: [u8; 6],
+    /// The egress is a pod interface (a VLAN tag is stripped toward pods).
+    pub egress_pod: bool,
 }
 
-/// Field order is by use on the established fast path (keys, timer, generation, fast-path
-/// cache, then state, identities, NAT, counters), and entries start on cache lines: a packet
-/// of an established flow touches the first four 64-byte lines of its entry and no other
-/// (`created`, `prev`, `next` lie past them). 320 bytes an entry.
+/// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
+/// (address and port), so only the backend and the service are kept. 24 bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+struct NatSlot {
+    backend: Addr,
+    on: bool,
+    backend_port: u16,
+    service: u32,
+}
+
+/// 192 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
+/// established packet reads (original key, timer, fast-path cache, NAT, identities, state,
+/// generation), the third what it writes (counters, last seen) and the closing list's links.
+/// The reply key is not stored: it is the reverse of the translated original key
+/// ([`Entry::reply`]), and the VIP of the NAT is the original destination.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
 pub struct Entry {
     pub orig: FlowKey,
-    pub reply: FlowKey,
     pub expires: u64,
-    /// The tables generation the flow's service and policy were last checked against.
-    pub generation: u64,
     /// Per direction ([`Dir`] as index): see [`FastPath`].
     pub fast: [FastPath; 2],
+    nat: NatSlot,
+    pub src_identity: u32,
+    pub dst_identity: u32,
     pub state: FlowState,
     /// Bit 0: FIN seen from the originator, bit 1: from the replier.
     fins: u8,
@@ -126,15 +142,85 @@ pub struct Entry {
     /// the client opens a new connection on the same tuple. Keeping the entry (instead of
     /// deleting it) stops the backend's replies from leaking out untranslated.
     pub ended: Option<DropReason>,
-    pub src_identity: u32,
-    pub dst_identity: u32,
-    pub nat: Option<Nat>,
+    /// The tables generation the flow's service and policy were last checked against.
+    pub generation: u64,
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
     pub last_seen: u64,
     pub created: u64,
     prev: u32,
     next: u32,
+}
+
+impl Entry {
+    /// The destination NAT of a service flow.
+    #[inline]
+    pub fn nat(&self) -> Option<Nat> {
+        self.nat.on.then_some(Nat {
+            vip: self.orig.dst,
+            vip_port: self.orig.dport,
+            backend: self.nat.backend,
+            backend_port: self.nat.backend_port,
+            service: self.nat.service,
+        })
+    }
+
+    /// Re-points the flow's NAT at another service index (same backend: the keys stay).
+    pub fn set_service(&mut self, service: u32) {
+        self.nat.service = service;
+    }
+
+    /// The reply key: the reverse of the original key after its destination NAT.
+    #[inline]
+    pub fn reply(&self) -> FlowKey {
+        let (src, sport) = self.translated_dst();
+        FlowKey {
+            src,
+            dst: self.orig.src,
+            sport,
+            dport: self.orig.sport,
+            proto: self.orig.proto,
+        }
+    }
+
+    /// Where the original direction goes after NAT (the reply's source).
+    #[inline(always)]
+    fn translated_dst(&self) -> (Addr, u16) {
+        if self.nat.on {
+            (self.nat.backend, self.nat.backend_port)
+        } else {
+            (self.orig.dst, self.orig.dport)
+        }
+    }
+
+    /// Whether `key` is this entry's key in direction `dir` (the index probe's compare: the
+    /// reply key is compared field by field, never built).
+    #[inline(always)]
+    fn has_key(&self, dir: Dir, key: &FlowKey) -> bool {
+        match dir {
+            Dir::Orig => self.orig == *key,
+            Dir::Reply => {
+                let (src, sport) = self.translated_dst();
+                key.dst == self.orig.src
+                    && key.dport == self.orig.sport
+                    && key.sport == sport
+                    && key.proto == self.orig.proto
+                    && key.src == src
+            }
+        }
+    }
+}
+
+fn nat_slot(nat: Option<Nat>) -> NatSlot {
+    match nat {
+        Some(n) => NatSlot {
+            backend: n.backend,
+            on: true,
+            backend_port: n.backend_port,
+            service: n.service,
+        },
+        None => NatSlot::default(),
+    }
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -243,14 +329,20 @@ impl Conntrack {
     #[inline]
     fn index_of(&self, key: &FlowKey, hash: u64) -> Option<u32> {
         let slots = &self.slots;
-        self.index.find(hash, |&v| key_of(slots, v) == key).copied()
+        self.index.find(hash, |&v| key_is(slots, v, key)).copied()
     }
 
     /// Finds a live, unexpired flow by either of its keys. An expired entry found here is
     /// removed on the spot, so correctness never waits for GC.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<(u32, Dir)> {
-        let v = self.index_of(key, self.hash(key))?;
+        self.lookup_hashed(key, self.hash(key), now)
+    }
+
+    /// [`Self::lookup`] with the key's [`Self::hash`] known.
+    #[inline]
+    pub fn lookup_hashed(&mut self, key: &FlowKey, hash: u64, now: u64) -> Option<(u32, Dir)> {
+        let v = self.index_of(key, hash)?;
         let slot = v >> 1;
         if self.slots[slot as usize].expires <= now {
             self.remove(slot);
@@ -282,7 +374,7 @@ impl Conntrack {
     pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
         self.slots
             .get(slot as usize)
-            .is_some_and(|e| e.live && key_of_entry(e, dir) == key)
+            .is_some_and(|e| e.live && e.has_key(dir, key))
     }
 
     /// See the `version` field.
@@ -304,7 +396,7 @@ impl Conntrack {
 
     /// Adds `slot`'s key of direction `dir` (already written in the slot) to the index.
     fn index_insert(&mut self, slot: u32, dir: Dir) {
-        let h = self.hash(key_of_entry(&self.slots[slot as usize], dir));
+        let h = self.hash(&key_of_entry(&self.slots[slot as usize], dir));
         self.index_insert_hashed(slot, dir, h);
     }
 
@@ -312,7 +404,7 @@ impl Conntrack {
     fn index_insert_hashed(&mut self, slot: u32, dir: Dir, h: u64) {
         let (slots, seed) = (&self.slots, self.seed);
         self.index.insert_unique(h, slot << 1 | dir as u32, |&v| {
-            hash_with(seed, key_of(slots, v))
+            hash_with(seed, &key_of(slots, v))
         });
         self.version += 1;
     }
@@ -320,7 +412,7 @@ impl Conntrack {
     fn index_remove(&mut self, key: &FlowKey) {
         let h = self.hash(key);
         let slots = &self.slots;
-        if let Ok(e) = self.index.find_entry(h, |&v| key_of(slots, v) == key) {
+        if let Ok(e) = self.index.find_entry(h, |&v| key_is(slots, v, key)) {
             e.remove();
         }
         self.version += 1;
@@ -344,8 +436,33 @@ impl Conntrack {
         len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
-        let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
-        if self.index_of(&f.orig, h_orig).is_some() || self.index_of(&f.reply, h_reply).is_some() {
+        let h_orig = self.hash(&f.orig);
+        if self.index_of(&f.orig, h_orig).is_some() {
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        self.create_absent(f, h_orig, tcp_flags, len, now)
+    }
+
+    /// [`Self::create`] for a flow whose original key the caller has just looked up
+    /// ([`Self::lookup_hashed`] with `h_orig`) and not found, with nothing inserted since: one
+    /// hash and one probe fewer per new connection.
+    pub fn create_absent(
+        &mut self,
+        f: &NewFlow,
+        h_orig: u64,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> Result<u32, DropReason> {
+        debug_assert!(self.index_of(&f.orig, h_orig).is_none());
+        if !consistent(&f.orig, &f.reply, f.nat) {
+            // The entry derives the reply key from the original and the NAT.
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        let h_reply = self.hash(&f.reply);
+        if self.index_of(&f.reply, h_reply).is_some() {
             // Another flow already owns one of the keys (e.g. the same client port used for a
             // VIP and for its backend directly). Translating would merge two connections.
             self.stats.key_conflicts += 1;
@@ -362,13 +479,12 @@ impl Conntrack {
         };
         let e = Entry {
             orig: f.orig,
-            reply: f.reply,
             state,
             fins: if tcp_flags & F::FIN != 0 { 1 } else { 0 },
             created: now,
             last_seen: now,
             expires: now + self.timeout(f.orig.proto, state),
-            nat: f.nat,
+            nat: nat_slot(f.nat),
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             policy: f.policy,
@@ -398,7 +514,7 @@ impl Conntrack {
     /// starts from the live flow of the packet it explains). Same rules as [`Conntrack::create`]
     /// for conflicts and a full table.
     pub fn restore(&mut self, e: &Entry, now: u64) -> Result<u32, DropReason> {
-        if self.contains(&e.orig) || self.contains(&e.reply) {
+        if self.contains(&e.orig) || self.contains(&e.reply()) {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
@@ -429,14 +545,14 @@ impl Conntrack {
             .filter(move |e| e.expires > now)
             .map(move |e| SavedFlow {
                 orig: e.orig,
-                reply: e.reply,
+                reply: e.reply(),
                 state: e.state,
                 fins: e.fins,
                 policy: e.policy,
                 ended: e.ended,
                 src_identity: e.src_identity,
                 dst_identity: e.dst_identity,
-                nat: e.nat,
+                nat: e.nat(),
                 packets: e.packets,
                 bytes: e.bytes,
                 age_ns: now.saturating_sub(e.created),
@@ -452,9 +568,13 @@ impl Conntrack {
     /// now, and ends `backend-gone` otherwise. Same rules as [`Conntrack::create`] for
     /// conflicts and a full table.
     pub fn restore_saved(&mut self, f: &SavedFlow, now: u64) -> Result<u32, DropReason> {
+        if !consistent(&f.orig, &f.reply, f.nat) {
+            // A snapshot this table could not have written (the reply key is derived).
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
         let e = Entry {
             orig: f.orig,
-            reply: f.reply,
             expires: now.saturating_add(f.remaining_ns),
             generation: 0,
             fast: [FastPath::default(); 2],
@@ -466,7 +586,7 @@ impl Conntrack {
             ended: f.ended,
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
-            nat: f.nat,
+            nat: nat_slot(f.nat),
             packets: f.packets,
             bytes: f.bytes,
             last_seen: now.saturating_sub(f.idle_ns),
@@ -475,6 +595,59 @@ impl Conntrack {
             next: NIL,
         };
         self.restore(&e, now)
+    }
+
+    /// Accounts a packet that changes no connection state and returns `true`; or, for any
+    /// other packet, changes nothing and returns `false` (the caller takes the full path, which
+    /// calls [`Self::on_packet`]). Steady: a TCP packet without SYN/FIN/RST of an established
+    /// flow with no FIN seen (or of a handshake, from the side that waits), or a packet of a
+    /// datagram flow that is not closing. The established fast path's whole conntrack update.
+    #[inline(always)]
+    pub fn touch_steady(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> bool {
+        let Some(e) = self.slots.get_mut(slot as usize) else {
+            return false;
+        };
+        let timeout = if e.orig.proto == PROTO_TCP {
+            let steady = tcp_flags & (F::SYN | F::FIN | F::RST) == 0
+                && e.fins == 0
+                && matches!(
+                    (e.state, dir),
+                    (FlowState::Established, _)
+                        | (FlowState::SynSent, Dir::Orig)
+                        | (FlowState::SynRecv, Dir::Reply)
+                );
+            if !steady {
+                return false;
+            }
+            match e.state {
+                FlowState::Established => self.cfg.established,
+                FlowState::SynSent => self.cfg.syn_sent,
+                _ => self.cfg.syn_recv,
+            }
+        } else {
+            if e.in_closing || e.state != FlowState::Open {
+                return false;
+            }
+            match e.orig.proto {
+                PROTO_ICMP | PROTO_ICMPV6 => self.cfg.icmp,
+                _ => self.cfg.udp,
+            }
+        };
+        e.packets[dir as usize] += 1;
+        e.bytes[dir as usize] += len as u64;
+        e.last_seen = now;
+        e.expires = now + timeout;
+        if let Some(d) = self.deadline.get_mut(slot as usize) {
+            *d = now + timeout;
+        }
+        true
     }
 
     /// Accounts a packet of an existing flow and advances its TCP state and timer.
@@ -581,7 +754,7 @@ impl Conntrack {
             self.closing_unlink(slot);
         }
         self.index_remove(&e.orig);
-        self.index_remove(&e.reply);
+        self.index_remove(&e.reply());
         self.slots[slot as usize].live = false;
         self.deadline[slot as usize] = u64::MAX;
         self.free.push(slot);
@@ -691,22 +864,48 @@ impl Conntrack {
 }
 
 #[inline]
-fn key_of_entry(e: &Entry, dir: Dir) -> &FlowKey {
+fn key_of_entry(e: &Entry, dir: Dir) -> FlowKey {
     match dir {
-        Dir::Orig => &e.orig,
-        Dir::Reply => &e.reply,
+        Dir::Orig => e.orig,
+        Dir::Reply => e.reply(),
     }
 }
 
-/// The key an index value stands for.
+/// The key an index value stands for (index growth and insertion only).
 #[inline]
-fn key_of(slots: &[Entry], v: u32) -> &FlowKey {
-    let e = &slots[(v >> 1) as usize];
+fn key_of(slots: &[Entry], v: u32) -> FlowKey {
+    key_of_entry(&slots[(v >> 1) as usize], dir_of(v))
+}
+
+/// Whether the index value `v` stands for `key`.
+#[inline(always)]
+fn key_is(slots: &[Entry], v: u32, key: &FlowKey) -> bool {
+    slots[(v >> 1) as usize].has_key(dir_of(v), key)
+}
+
+#[inline(always)]
+fn dir_of(v: u32) -> Dir {
     if v & 1 == 0 {
-        &e.orig
+        Dir::Orig
     } else {
-        &e.reply
+        Dir::Reply
     }
+}
+
+/// Whether `reply` is what an entry of `orig` and `nat` derives (the reverse of the translated
+/// original key, the VIP being the original destination).
+#[inline]
+fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>) -> bool {
+    let (src, sport) = match nat {
+        Some(n) if n.vip != orig.dst || n.vip_port != orig.dport => return false,
+        Some(n) => (n.backend, n.backend_port),
+        None => (orig.dst, orig.dport),
+    };
+    reply.src == src
+        && reply.sport == sport
+        && reply.dst == orig.src
+        && reply.dport == orig.sport
+        && reply.proto == orig.proto
 }
 
 /// The 64×64→128-bit multiply folded to 64 bits (foldhash's and wyhash's mixing step).
@@ -910,9 +1109,46 @@ mod tests {
         let mut ct = Conntrack::new(&cfg(8));
         let k = key(1, PROTO_UDP);
         ct.create(&flow(k), 0, 60, 0).unwrap();
-        let mut other = flow(key(2, PROTO_UDP));
-        other.reply = k.reversed();
+        // The reverse direction as a new flow: its original key is the first flow's reply key.
+        let other = flow(k.reversed());
         assert_eq!(ct.create(&other, 0, 60, 0), Err(DropReason::CtInvalid));
+        assert_eq!(ct.stats.key_conflicts, 1);
+        assert_eq!(ct.len(), 1);
+    }
+
+    /// The entry derives the reply key; a new flow (or a snapshot's flow) whose reply key is
+    /// not the reverse of its translated original key is refused, never half-indexed.
+    #[test]
+    fn inconsistent_reply_key_is_refused() {
+        let mut ct = Conntrack::new(&cfg(8));
+        let mut f = flow(key(1, PROTO_TCP));
+        f.reply.sport += 1;
+        assert_eq!(ct.create(&f, F::SYN, 60, 0), Err(DropReason::CtInvalid));
+        assert!(ct.is_empty());
+        // With NAT: the reply comes from the backend.
+        let k = key(2, PROTO_TCP);
+        let backend = Addr::v4([10, 0, 1, 9]);
+        let mut f = flow(k);
+        f.nat = Some(Nat {
+            vip: k.dst,
+            vip_port: k.dport,
+            backend,
+            backend_port: 8080,
+            service: 0,
+        });
+        assert_eq!(ct.create(&f, F::SYN, 60, 0), Err(DropReason::CtInvalid));
+        f.reply = FlowKey {
+            src: backend,
+            dst: k.src,
+            sport: 8080,
+            dport: k.sport,
+            proto: PROTO_TCP,
+        };
+        let s = ct.create(&f, F::SYN, 60, 0).unwrap();
+        assert_eq!(ct.entry(s).reply(), f.reply);
+        assert_eq!(ct.entry(s).nat(), f.nat);
+        assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
+        assert_eq!(ct.lookup(&k, 1), Some((s, Dir::Orig)));
     }
 }
 
@@ -959,12 +1195,16 @@ mod gc_regression {
 mod layout {
     use super::*;
 
-    /// The fast path's fields must stay within the entry's first four cache lines.
+    /// Three cache lines: what an established packet reads in the first two, what it writes
+    /// in the third.
     #[test]
-    fn hot_fields_fit_four_cache_lines() {
+    fn entry_is_three_cache_lines() {
         assert_eq!(std::mem::align_of::<Entry>(), 64);
-        assert!(std::mem::offset_of!(Entry, last_seen) + 8 <= 256);
-        assert!(std::mem::offset_of!(Entry, bytes) + 16 <= 256);
-        assert!(std::mem::offset_of!(Entry, created) >= 248);
+        assert_eq!(std::mem::size_of::<Entry>(), 192);
+        assert_eq!(std::mem::size_of::<FastPath>(), 16);
+        assert!(std::mem::offset_of!(Entry, generation) + 8 <= 128);
+        assert!(std::mem::offset_of!(Entry, ended) < 128);
+        assert_eq!(std::mem::offset_of!(Entry, packets), 128);
+        assert!(std::mem::offset_of!(Entry, last_seen) + 8 <= 192);
     }
 }

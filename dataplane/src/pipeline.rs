@@ -9,10 +9,12 @@
 //!
 //! Established flows take a fast path straight from the burst loop: a packet whose flow
 //! direction was already classified (anti-spoofing or uplink ownership) and routed on the same
-//! ingress interface under the same tables skips both, using the entry's [`FastPath`]; every
-//! other packet, and every packet the fast path is unsure of, takes the full path above. Costs
-//! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Pipeline`): ~700
-//! instructions per established packet, ~2100 per new connection.
+//! ingress interface under the same tables, and which changes no connection state, skips both,
+//! using the entry's [`FastPath`]; every other packet (FIN, RST, a SYN on a closed tuple), and
+//! every packet the fast path is unsure of, takes the full path above. Costs (callgrind, IPv4
+//! TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue 11)`): ~670
+//! instructions per established packet (~50 of them the profiling harness's), ~2300 per new
+//! connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
@@ -56,8 +58,15 @@ type Route = (IfIndex, [u8; 6]);
 /// another. Touched per table swap, never per packet.
 static EPOCHS: AtomicU64 = AtomicU64::new(1);
 
-fn next_epoch() -> u64 {
-    EPOCHS.fetch_add(1, Ordering::Relaxed)
+/// The next epoch, as the 32 bits a [`FastPath`] keeps; never 0 (a [`FastPath`]'s "never
+/// valid").
+fn next_epoch() -> u32 {
+    loop {
+        let e = EPOCHS.fetch_add(1, Ordering::Relaxed) as u32;
+        if e != 0 {
+            return e;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -220,7 +229,7 @@ pub struct Pipeline {
     /// Runtime override of the state's policy mode (the operator's emergency switch).
     mode_override: Option<PolicyMode>,
     /// Identifies the installed tables for [`FastPath`] entries (see [`next_epoch`]).
-    epoch: u64,
+    epoch: u32,
 }
 
 impl Pipeline {
@@ -412,14 +421,22 @@ impl Pipeline {
             // Stage 2: per frame, run to completion. One `Arc` clone per burst, not per packet.
             let tables = Arc::clone(&self.tables);
             for (i, p) in chunk.iter_mut().enumerate() {
-                let parsed = self.metas[i];
-                let fast = match parsed {
-                    Ok(Parsed::Ip(mut m)) if fast_candidate(&m) => {
-                        self.established_fast(&tables, p.data, &mut m, p.iface, p.ts, &mut out[i])
-                    }
+                // The fast path reads the parse in place (no copy of the 60-byte result).
+                let fast = match &self.metas[i] {
+                    Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
+                        &mut self.ct,
+                        self.epoch,
+                        &tables,
+                        p.data,
+                        m,
+                        p.iface,
+                        p.ts,
+                        &mut out[i],
+                    ),
                     _ => false,
                 };
                 if !fast {
+                    let parsed = self.metas[i];
                     out[i] =
                         self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
                 }
@@ -611,95 +628,6 @@ impl Pipeline {
         }
     }
 
-    /// The established-flow fast path: a packet of a live flow, in a direction whose previous
-    /// packet came in on the same interface under the same tables and was forwarded. Such a
-    /// packet would pass classification and route to the same place, so both are taken from the
-    /// entry's [`FastPath`]; everything else (accounting, TCP state, NAT, TTL) is what
-    /// [`Self::flow_path`] does. Only for packets [`fast_candidate`] admits: they would reach
-    /// `flow_path` unchanged. `false`: take the full path (nothing was changed).
-    #[inline(always)]
-    fn established_fast(
-        &mut self,
-        t: &Tables,
-        frame: &mut [u8],
-        m: &mut Meta,
-        iface: IfIndex,
-        now: u64,
-        out: &mut Outcome,
-    ) -> bool {
-        let key = FlowKey {
-            src: m.src,
-            dst: m.dst,
-            sport: m.sport,
-            dport: m.dport,
-            proto: m.proto,
-        };
-        let Some((slot, dir)) = self.ct.find(&key) else {
-            return false;
-        };
-        let e = self.ct.entry(slot);
-        let fast = &e.fast[dir as usize];
-        if fast.epoch != self.epoch
-            || fast.ingress != iface
-            || e.expires <= now
-            || e.generation != t.generation
-            || e.ended.is_some()
-            || m.ttl <= 1
-            || self.ct.is_reopen(slot, dir, m.tcp_flags)
-        {
-            return false;
-        }
-        // Valid under these tables (same epoch), so always there.
-        let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
-            return false;
-        };
-        self.ct.on_packet(slot, dir, m.tcp_flags, frame.len(), now);
-        let e = self.ct.entry(slot);
-        let fast = &e.fast[dir as usize];
-        let (si, di) = match dir {
-            Dir::Orig => (e.src_identity, e.dst_identity),
-            Dir::Reply => (e.dst_identity, e.src_identity),
-        };
-        let (service, backend) = match &e.nat {
-            Some(nat) => {
-                let (to_dst, addr, port) = match dir {
-                    Dir::Orig => (true, nat.backend, nat.backend_port),
-                    Dir::Reply => (false, nat.vip, nat.vip_port),
-                };
-                if !rewrite::nat_v4_and_ttl(frame, m, to_dst, addr, port) {
-                    rewrite::set_addr_port(frame, m, to_dst, addr, port);
-                    rewrite::decrement_ttl(frame, m);
-                }
-                (Some(nat.service), Some((nat.backend, nat.backend_port)))
-            }
-            None => {
-                rewrite::decrement_ttl(frame, m);
-                (None, None)
-            }
-        };
-        let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && fast.egress_pod {
-            vlan::TAG_LEN as u8
-        } else {
-            0
-        };
-        rewrite::set_macs(&mut frame[usize::from(trim)..], &egress.mac, &fast.dst_mac);
-        *out = Outcome {
-            action: Action::Forward(fast.egress),
-            ct: if dir == Dir::Orig {
-                CtStatus::Established
-            } else {
-                CtStatus::Reply
-            },
-            service,
-            backend,
-            src_identity: Some(si),
-            dst_identity: Some(di),
-            policy: e.policy,
-            l2_trim: trim,
-        };
-        true
-    }
-
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
     fn flow_path(
         &mut self,
@@ -722,7 +650,8 @@ impl Pipeline {
 
         // A new flow's route, found before its entry was created (same destination and TTL).
         let mut routed = None;
-        let mut found = self.ct.lookup(&key, now);
+        let key_hash = self.ct.hash(&key);
+        let mut found = self.ct.lookup_hashed(&key, key_hash, now);
         if let Some((slot, dir)) = found {
             let datagram_to_gone_backend = m.proto != PROTO_TCP
                 && dir == Dir::Orig
@@ -752,8 +681,8 @@ impl Pipeline {
                         } else {
                             CtStatus::Reply
                         },
-                        service: e.nat.map(|n| n.service).filter(|s| *s != NO_SERVICE),
-                        backend: e.nat.map(|n| (n.backend, n.backend_port)),
+                        service: e.nat().map(|n| n.service).filter(|s| *s != NO_SERVICE),
+                        backend: e.nat().map(|n| (n.backend, n.backend_port)),
                         src_identity: Some(si),
                         dst_identity: Some(di),
                         policy: if r == DropReason::PolicyDenied {
@@ -777,7 +706,7 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                match self.new_flow(t, frame, m, key, now) {
+                match self.new_flow(t, frame, m, key, key_hash, now) {
                     Ok(Some((slot, r))) => {
                         out.ct = CtStatus::New;
                         routed = Some(r);
@@ -791,7 +720,7 @@ impl Pipeline {
 
         let e = self.ct.entry(slot);
         out.policy = e.policy;
-        if let Some(nat) = e.nat {
+        if let Some(nat) = e.nat() {
             out.service = Some(nat.service);
             out.backend = Some((nat.backend, nat.backend_port));
         }
@@ -803,7 +732,7 @@ impl Pipeline {
         out.dst_identity = Some(di);
 
         // Translate: DNAT on the way in, reverse NAT on replies.
-        if let Some(nat) = self.ct.entry(slot).nat {
+        if let Some(nat) = self.ct.entry(slot).nat() {
             match dir {
                 Dir::Orig => rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port),
                 Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
@@ -830,13 +759,15 @@ impl Pipeline {
     }
 
     /// A packet that matched no flow: service selection, identities, policy, then a new entry.
-    /// `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
+    /// `key_hash` is the conntrack hash of `key`, which the caller has just looked up and not
+    /// found. `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
     fn new_flow(
         &mut self,
         t: &Tables,
         frame: &[u8],
         m: &Meta,
         key: FlowKey,
+        key_hash: u64,
         now: u64,
     ) -> Result<Option<(u32, Route)>, Outcome> {
         let mut nat = None;
@@ -872,8 +803,17 @@ impl Pipeline {
         }
         let src_identity = t.identity_of(&m.src);
         let dst_identity = t.identity_of(&dst);
-        let policy =
-            self.evaluate_policy(t, m.src, src_identity, dst, dst_identity, m.proto, dport);
+        let dst_ep = t.endpoint_of(&dst);
+        let policy = self.evaluate_policy(
+            t,
+            m.src,
+            src_identity,
+            dst,
+            dst_ep,
+            dst_identity,
+            m.proto,
+            dport,
+        );
         if policy == PolicyVerdict::Deny {
             return Err(Outcome {
                 service: nat.map(|n| n.service),
@@ -885,7 +825,7 @@ impl Pipeline {
             });
         }
         // Nothing is remembered for a packet that cannot leave (TTL, no endpoint, no next hop).
-        let routed = match route(t, &dst, m.ttl) {
+        let routed = match route_at(t, &dst, dst_ep, m.ttl) {
             Ok(r) => r,
             Err(action) => {
                 return Err(Outcome {
@@ -915,7 +855,10 @@ impl Pipeline {
             policy,
             generation: t.generation,
         };
-        match self.ct.create(&f, m.tcp_flags, frame.len(), now) {
+        match self
+            .ct
+            .create_absent(&f, key_hash, m.tcp_flags, frame.len(), now)
+        {
             Ok(slot) => {
                 self.counters.ct_new += 1;
                 Ok(Some((slot, routed)))
@@ -932,7 +875,8 @@ impl Pipeline {
     }
 
     /// Egress policy of a local source endpoint and ingress policy of a local destination
-    /// endpoint; deny from either side denies.
+    /// endpoint; deny from either side denies. `dst_ep` is `t.endpoint_of(&dst)` (a new flow
+    /// routes by it too, so it is looked up once).
     #[allow(clippy::too_many_arguments)]
     fn evaluate_policy(
         &self,
@@ -940,6 +884,7 @@ impl Pipeline {
         src: Addr,
         src_identity: u32,
         dst: Addr,
+        dst_ep: Option<u32>,
         dst_identity: u32,
         proto: u8,
         dport: u16,
@@ -958,7 +903,7 @@ impl Pipeline {
                 }
             }
         }
-        if let Some(ep) = t.endpoint_of(&dst) {
+        if let Some(ep) = dst_ep {
             if let Some(p) = &t.endpoints[ep as usize].ingress {
                 match p.decide(src, src_identity, proto, dport) {
                     Decision::Allow { .. } => verdict = PolicyVerdict::Allow,
@@ -990,36 +935,36 @@ impl Pipeline {
     /// A flow seen first under older tables: is its backend still allowed to serve it, and
     /// does policy still allow it?
     fn revalidate(&mut self, t: &Tables, slot: u32) -> Result<(), DropReason> {
-        let mut e = *self.ct.entry(slot);
-        if let Some(mut nat) = e.nat {
+        let e = *self.ct.entry(slot);
+        let mut nat = e.nat();
+        if let Some(n) = nat.as_mut() {
             // The service index is re-resolved against the new tables first, so that verdicts of
             // an ended flow never name another service that took the old index.
-            let svc = t.frontend(nat.vip, nat.vip_port, e.orig.proto);
-            nat.service = svc.unwrap_or(NO_SERVICE);
+            let svc = t.frontend(n.vip, n.vip_port, e.orig.proto);
+            n.service = svc.unwrap_or(NO_SERVICE);
             let entry = self.ct.entry_mut(slot);
-            entry.nat = Some(nat);
+            entry.set_service(n.service);
             entry.generation = t.generation;
             let Some(svc) = svc else {
                 return Err(DropReason::BackendGone);
             };
-            match t.services[svc as usize].find_backend(nat.backend, nat.backend_port) {
+            match t.services[svc as usize].find_backend(n.backend, n.backend_port) {
                 Some(b) if b.state != BackendState::Quarantined => {}
                 _ => return Err(DropReason::BackendGone),
             }
-            e.nat = Some(nat);
         }
-        let (dst, dport) = match e.nat {
+        let (dst, dport) = match nat {
             Some(n) => (n.backend, n.backend_port),
             None => (e.orig.dst, e.orig.dport),
         };
         let si = t.identity_of(&e.orig.src);
         let di = t.identity_of(&dst);
-        let policy = self.evaluate_policy(t, e.orig.src, si, dst, di, e.orig.proto, dport);
+        let dst_ep = t.endpoint_of(&dst);
+        let policy = self.evaluate_policy(t, e.orig.src, si, dst, dst_ep, di, e.orig.proto, dport);
         if policy == PolicyVerdict::Deny {
             return Err(DropReason::PolicyDenied);
         }
         let entry = self.ct.entry_mut(slot);
-        entry.nat = e.nat;
         entry.src_identity = si;
         entry.dst_identity = di;
         entry.policy = policy;
@@ -1180,7 +1125,7 @@ impl Pipeline {
         };
         out.src_identity = Some(si);
         out.dst_identity = Some(di);
-        if let Some(nat) = e.nat {
+        if let Some(nat) = e.nat() {
             out.service = Some(nat.service);
             out.backend = Some((nat.backend, nat.backend_port));
             let mut im = inner;
@@ -1218,7 +1163,8 @@ impl Pipeline {
         }
         let si = t.identity_of(&m.src);
         let di = t.identity_of(&m.dst);
-        let policy = self.evaluate_policy(t, m.src, si, m.dst, di, m.proto, 0);
+        let dst_ep = t.endpoint_of(&m.dst);
+        let policy = self.evaluate_policy(t, m.src, si, m.dst, dst_ep, di, m.proto, 0);
         let mut out = Outcome {
             src_identity: Some(si),
             dst_identity: Some(di),
@@ -1309,7 +1255,13 @@ fn fix_icmp_checksum(frame: &mut [u8], m: &Meta) {
 /// reach zero is checked here so no flow state is created for a packet that goes nowhere.
 #[inline]
 fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<Route, Action> {
-    let r = if let Some(ep) = t.endpoint_of(dst) {
+    route_at(t, dst, t.endpoint_of(dst), ttl)
+}
+
+/// [`route`] with `t.endpoint_of(dst)` known.
+#[inline]
+fn route_at(t: &Tables, dst: &Addr, dst_ep: Option<u32>, ttl: u8) -> Result<Route, Action> {
+    let r = if let Some(ep) = dst_ep {
         let ep = &t.endpoints[ep as usize];
         (ep.iface, ep.mac)
     } else if t.is_node_ip(dst) {
@@ -1329,6 +1281,103 @@ fn route(t: &Tables, dst: &Addr, ttl: u8) -> Result<Route, Action> {
         return Err(Action::Drop(DropReason::TtlExceeded));
     }
     Ok(r)
+}
+
+/// The established-flow fast path: a packet of a live flow, in a direction whose previous
+/// packet came in on the same interface under the same tables and was forwarded, and which
+/// changes no connection state (see [`Conntrack::touch_steady`]). Such a packet would pass
+/// classification and route to the same place, so both are taken from the entry's
+/// [`FastPath`]; accounting, timer, NAT and TTL are what [`Pipeline::flow_path`] does. Only for
+/// packets [`fast_candidate`] admits: they would reach `flow_path` unchanged. `false`: take the
+/// full path (nothing was changed). A free function over the pipeline's parts, so that the
+/// parse is read where stage 1 left it.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pipeline's parts, borrowed apart so the parse is read in place"
+)]
+fn established_fast(
+    ct: &mut Conntrack,
+    epoch: u32,
+    t: &Tables,
+    frame: &mut [u8],
+    m: &Meta,
+    iface: IfIndex,
+    now: u64,
+    out: &mut Outcome,
+) -> bool {
+    let key = FlowKey {
+        src: m.src,
+        dst: m.dst,
+        sport: m.sport,
+        dport: m.dport,
+        proto: m.proto,
+    };
+    let Some((slot, dir)) = ct.find(&key) else {
+        return false;
+    };
+    let e = ct.entry(slot);
+    let fast = e.fast[dir as usize];
+    if fast.epoch != epoch
+        || fast.ingress != iface
+        || e.expires <= now
+        || e.generation != t.generation
+        || e.ended.is_some()
+        || m.ttl <= 1
+    {
+        return false;
+    }
+    // Valid under these tables (same epoch), so always there.
+    let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
+        return false;
+    };
+    if !ct.touch_steady(slot, dir, m.tcp_flags, frame.len(), now) {
+        return false;
+    }
+    let e = ct.entry(slot);
+    let (si, di) = match dir {
+        Dir::Orig => (e.src_identity, e.dst_identity),
+        Dir::Reply => (e.dst_identity, e.src_identity),
+    };
+    let (service, backend) = match &e.nat() {
+        Some(nat) => {
+            let (to_dst, addr, port) = match dir {
+                Dir::Orig => (true, nat.backend, nat.backend_port),
+                Dir::Reply => (false, nat.vip, nat.vip_port),
+            };
+            if !rewrite::nat_v4_and_ttl_frame(frame, m, to_dst, addr, port) {
+                let mut m = *m;
+                rewrite::set_addr_port(frame, &mut m, to_dst, addr, port);
+                rewrite::decrement_ttl(frame, &mut m);
+            }
+            (Some(nat.service), Some((nat.backend, nat.backend_port)))
+        }
+        None => {
+            rewrite::decrement_ttl_frame(frame, m);
+            (None, None)
+        }
+    };
+    let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && fast.egress_pod {
+        vlan::TAG_LEN as u8
+    } else {
+        0
+    };
+    rewrite::set_macs(&mut frame[usize::from(trim)..], &egress.mac, &fast.dst_mac);
+    *out = Outcome {
+        action: Action::Forward(fast.egress),
+        ct: if dir == Dir::Orig {
+            CtStatus::Established
+        } else {
+            CtStatus::Reply
+        },
+        service,
+        backend,
+        src_identity: Some(si),
+        dst_identity: Some(di),
+        policy: e.policy,
+        l2_trim: trim,
+    };
+    true
 }
 
 /// Link-local and multicast: the kernel's.

@@ -153,6 +153,24 @@ pub fn set_port(frame: &mut [u8], m: &mut Meta, dst: bool, new: u16) {
 /// The caller checked that the TTL is > 1.
 #[inline]
 pub fn nat_v4_and_ttl(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, port: u16) -> bool {
+    if !nat_v4_and_ttl_frame(frame, m, dst, addr, port) {
+        return false;
+    }
+    if dst {
+        m.dst = addr;
+        m.dport = port;
+    } else {
+        m.src = addr;
+        m.sport = port;
+    }
+    m.ttl -= 1;
+    true
+}
+
+/// [`nat_v4_and_ttl`] on the frame alone, `m` left as parsed (the established fast path reads
+/// nothing of the packet after its rewrite).
+#[inline(always)]
+pub fn nat_v4_and_ttl_frame(frame: &mut [u8], m: &Meta, dst: bool, addr: Addr, port: u16) -> bool {
     let check = match m.proto {
         PROTO_TCP => tcp::CHECKSUM,
         PROTO_UDP => udp::CHECKSUM,
@@ -203,20 +221,19 @@ pub fn nat_v4_and_ttl(frame: &mut [u8], m: &mut Meta, dst: bool, addr: Addr, por
         l4h[check].copy_from_slice(&n.to_be_bytes());
     }
     l4h[ports].copy_from_slice(&port.to_be_bytes());
-    if dst {
-        m.dst = addr;
-        m.dport = port;
-    } else {
-        m.src = addr;
-        m.sport = port;
-    }
-    m.ttl -= 1;
     true
 }
 
 /// Decrements TTL / hop limit (the caller checked it is > 1).
 #[inline]
 pub fn decrement_ttl(frame: &mut [u8], m: &mut Meta) {
+    decrement_ttl_frame(frame, m);
+    m.ttl -= 1;
+}
+
+/// [`decrement_ttl`] on the frame alone, `m` left as parsed.
+#[inline]
+pub fn decrement_ttl_frame(frame: &mut [u8], m: &Meta) {
     let l3 = usize::from(m.l3_off);
     if let (false, Some(ip)) = (m.v6, frame.get_mut(l3..l3 + ipv4::CHECKSUM.end)) {
         // Fixed offsets in one bounds-checked view.
@@ -225,7 +242,6 @@ pub fn decrement_ttl(frame: &mut [u8], m: &mut Meta) {
         let c = be16(ip, ipv4::CHECKSUM.start);
         let c = update16(c, word_old, be16(ip, ipv4::TTL_PROTOCOL.start));
         ip[ipv4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
-        m.ttl -= 1;
         return;
     }
     if m.v6 {
@@ -238,7 +254,6 @@ pub fn decrement_ttl(frame: &mut [u8], m: &mut Meta) {
         let c = get16(frame, check);
         put16(frame, check, update16(c, word_old, get16(frame, ttl)));
     }
-    m.ttl -= 1;
 }
 
 #[inline]

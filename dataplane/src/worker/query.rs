@@ -61,12 +61,12 @@ impl CtFilter {
         }
         if let Some(dst) = self.dst {
             let d = Addr::from(dst);
-            if e.orig.dst != d && e.reply.src != d {
+            if e.orig.dst != d && e.reply().src != d {
                 return false;
             }
         }
         if let Some(port) = self.port {
-            if e.orig.sport != port && e.orig.dport != port && e.reply.sport != port {
+            if e.orig.sport != port && e.orig.dport != port && e.reply().sport != port {
                 return false;
             }
         }
@@ -147,7 +147,7 @@ pub struct CtRow {
 
 impl CtRow {
     pub fn from_entry(worker: usize, e: &Entry, t: &Tables, now: u64) -> CtRow {
-        let service = e.nat.map(|n| {
+        let service = e.nat().map(|n| {
             // The index is from the generation the flow was last checked against; the frontend
             // lookup gives the current name.
             t.frontend(n.vip, n.vip_port, e.orig.proto)
@@ -164,8 +164,8 @@ impl CtRow {
             dport: e.orig.dport,
             state: e.state.name().to_string(),
             service,
-            backend: e.nat.map(|n| n.backend.to_string()),
-            backend_port: e.nat.map(|n| n.backend_port),
+            backend: e.nat().map(|n| n.backend.to_string()),
+            backend_port: e.nat().map(|n| n.backend_port),
             src_identity: e.src_identity,
             dst_identity: e.dst_identity,
             policy: e.policy.name().to_string(),
