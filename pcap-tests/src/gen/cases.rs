@@ -1034,6 +1034,13 @@ fn no_backend() -> Case {
             vec![],
         ),
         service(
+            "empty6-udp",
+            ServiceType::ClusterIP,
+            L4Proto::UDP,
+            &[("fd00:96::63", 53)],
+            vec![],
+        ),
+        service(
             "ok",
             ServiceType::ClusterIP,
             L4Proto::TCP,
@@ -1043,9 +1050,12 @@ fn no_backend() -> Case {
     ];
     let mut c = Case::new(
         "no-backend",
-        "New flows to services without a usable backend are dropped with `no-backend`: no backends at \
-         all (TCP, UDP, IPv6), only a terminating backend, only a quarantined backend. A service with \
-         an active backend in the same state still works.",
+        "New flows to services without a usable backend are dropped with `no-backend` and rejected, \
+         as kube-proxy does (Kubernetes e2e \"should be rejected when no endpoints exist\"): a TCP \
+         SYN is answered with a reset, a UDP datagram with an ICMP (ICMPv6) port unreachable quoting \
+         it, sent back out of its input interface from the service address. No backends at all \
+         (TCP, UDP, IPv6 TCP and UDP), only a terminating backend, only a quarantined backend. A \
+         service with an active backend in the same state still works.",
         state_with(svcs),
     );
     let a = pod_a();
@@ -1070,6 +1080,12 @@ fn no_backend() -> Case {
             false,
             "IPv6 SYN to a service without backends",
         ),
+        (
+            "fd00:96::63",
+            53,
+            true,
+            "IPv6 UDP to a service without backends",
+        ),
     ] {
         let vip = ip(vip);
         let l4 = if udp {
@@ -1086,7 +1102,7 @@ fn no_backend() -> Case {
                 flags: SYN,
             }
         };
-        let mut e = x(what).drop_("no-backend");
+        let mut e = x(what).rejected();
         e.has_service = Some(true);
         c.send(
             &a,
@@ -3435,7 +3451,7 @@ fn service_counters() -> Case {
         e,
     );
     for port in [42000, 42001] {
-        let mut e = x("SYN to the service without backends").drop_("no-backend");
+        let mut e = x("SYN to the service without backends (rejected)").rejected();
         e.has_service = Some(true);
         c.send(&a, a.v4, ip("10.96.0.92"), syn(port, 80), 0, e);
     }
@@ -3507,7 +3523,7 @@ fn flow_events() -> Case {
         30,
         e,
     );
-    let mut e = x("SYN to the service without backends").drop_("no-backend");
+    let mut e = x("SYN to the service without backends (rejected)").rejected();
     e.has_service = Some(true);
     c.send(&a, a.v4, ip("10.96.0.96"), syn(40003, 80), 0, e);
     c.send(
