@@ -319,6 +319,9 @@ fn random_select(c: &mut Criterion) {
                 port: 8080,
                 weight: i % 7 + 1,
                 state: BackendState::Active,
+                ready: None,
+                serving: None,
+                terminating: None,
             })
             .collect();
         let sel = Selection::new((0..n).collect(), Arc::from(Vec::new()), &backends);

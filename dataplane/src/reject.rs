@@ -243,7 +243,11 @@ mod tests {
         let f = udp4(b"hi");
         let mut out = [0u8; REJECT_MAX];
         let n = build(&f, &mut out).unwrap();
-        assert_eq!(n, f.len() + 28, "IP header + ICMP header in front of the datagram");
+        assert_eq!(
+            n,
+            f.len() + 28,
+            "IP header + ICMP header in front of the datagram"
+        );
         let p = SlicedPacket::from_ethernet(&out[..n]).unwrap();
         let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
             panic!("not IPv4")
@@ -356,6 +360,9 @@ mod tests {
         r.flush(|e, ts, fr| got.push((e, ts, fr.len())));
         assert_eq!(got.len() as u64, REJECT_BURST);
         assert_eq!(got[0], (3, 5, f.len() + 28));
-        assert_eq!((r.sent, r.suppressed), (REJECT_BURST, BURST as u64 - REJECT_BURST));
+        assert_eq!(
+            (r.sent, r.suppressed),
+            (REJECT_BURST, BURST as u64 - REJECT_BURST)
+        );
     }
 }

@@ -316,8 +316,8 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     // Output files: one per interface that transmitted, as many packets as forward verdicts
     // (and rejects) name it.
     for (iface, frames) in &run.outputs {
-        let want = per_egress.get(iface).map_or(0, Vec::len)
-            + rejects_on.get(iface).copied().unwrap_or(0);
+        let want =
+            per_egress.get(iface).map_or(0, Vec::len) + rejects_on.get(iface).copied().unwrap_or(0);
         if frames.len() != want {
             errs.push(format!(
                 "{iface}.pcap has {} packets, {want} forward verdicts and rejects name {iface}",
@@ -650,17 +650,26 @@ fn check_reject(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
     let v6 = ia.src.is_ipv6();
     let (proto, ty, code) = if v6 { (58, 1, 4) } else { (1, 3, 3) };
     if ib.proto != proto || b.icmp_type != Some(ty) {
-        bad(format!("not an ICMP{} destination unreachable", if v6 { "v6" } else { "" }));
+        bad(format!(
+            "not an ICMP{} destination unreachable",
+            if v6 { "v6" } else { "" }
+        ));
     }
     let icmp_off = ib.ip_off + if v6 { 40 } else { 20 };
     if out.get(icmp_off + 1) != Some(&code) {
-        bad(format!("code {:?}, want {code} (port unreachable)", out.get(icmp_off + 1)));
+        bad(format!(
+            "code {:?}, want {code} (port unreachable)",
+            out.get(icmp_off + 1)
+        ));
     }
     let quoted = &out[(icmp_off + 8).min(out.len())..];
     let min = if v6 { 48 } else { 28 };
     let orig = &input[ia.ip_off..ia.end];
     if quoted.len() < min || !orig.starts_with(quoted) {
-        bad(format!("quotes {} bytes that are not the packet's first bytes (at least {min})", quoted.len()));
+        bad(format!(
+            "quotes {} bytes that are not the packet's first bytes (at least {min})",
+            quoted.len()
+        ));
     }
     match b.inner {
         Some(q) if (q.src, q.dst, q.sport, q.dport) == (ia.src, ia.dst, ia.sport, ia.dport) => {}

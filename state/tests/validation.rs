@@ -517,6 +517,9 @@ fn service_backends_and_affinity() {
             port: 5354,
             weight: 1,
             state: BackendState::Active,
+            ready: None,
+            serving: None,
+            terminating: None,
         }
     });
     reject(

@@ -60,9 +60,9 @@ use crate::flow::FlowKey;
 use crate::parse;
 use crate::pipeline::Restored;
 use crate::publish::Subscriber;
+use crate::reject::Rejects;
 use crate::snapshot::{SavedAffinity, SavedFlow};
 use crate::tables::IfIndex;
-use crate::reject::Rejects;
 use crate::{rst, Action, DropReason, Outcome, Pipeline, BURST};
 
 /// What happens to a packet of a flow whose backend was removed or quarantined (the pipeline

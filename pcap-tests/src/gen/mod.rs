@@ -215,6 +215,9 @@ pub fn backend(ip_s: &str, port: u16, weight: u16, state: st::BackendState) -> s
         port,
         weight,
         state,
+        ready: None,
+        serving: None,
+        terminating: None,
     }
 }
 pub fn active(ip_s: &str, port: u16) -> st::Backend {
@@ -243,6 +246,10 @@ pub fn service(
         node_ports: vec![],
         algorithm: st::Algorithm::Maglev,
         affinity: None,
+        internal_traffic_policy: Default::default(),
+        external_traffic_policy: Default::default(),
+        health_check_node_port: None,
+        load_balancer_source_ranges: Vec::new(),
         backends,
     }
 }
