@@ -37,6 +37,7 @@ pub fn all_cases() -> Vec<Case> {
         backend_quarantined(false),
         backend_quarantined(true),
         no_backend(),
+        reject_rate_limit(),
         terminating_fallback(),
         traffic_policy_local(),
         lb_source_ranges(),
@@ -3792,5 +3793,41 @@ fn lb_source_ranges() -> Case {
     }
     let mut f = Conn::new(&o, o.v4, 53002, (ip(NODE_IP1), 30110), &b, (b.v4, 8080));
     f.handshake(&mut c);
+    c
+}
+
+fn reject_rate_limit() -> Case {
+    let svc = service(
+        "empty-udp",
+        ServiceType::ClusterIP,
+        L4Proto::UDP,
+        &[("10.96.0.63", 53)],
+        vec![],
+    );
+    let mut c = Case::new(
+        "reject-rate-limit",
+        "Rejects are rate-limited per worker (1000 per second, a burst of 50: Linux's ICMP \
+         defaults): 60 UDP datagrams to a service without backends, 10 µs apart, get 50 ICMP port \
+         unreachables; the other 10 are dropped `no-backend` without an answer and counted as \
+         suppressed (`summary.json`). 20 ms later the bucket has refilled: the next datagram is \
+         answered again.",
+        state_with(vec![svc]),
+    );
+    let a = pod_a();
+    let udp = |sport| L4::Udp { sport, dport: 53 };
+    for k in 0..60u16 {
+        c.at(f64::from(k) * 10e-6);
+        let mut e = if k < 50 {
+            x("UDP to a service without backends: answered").rejected()
+        } else {
+            x("UDP to a service without backends: over the limit, not answered").drop_("no-backend")
+        };
+        e.has_service = Some(true);
+        c.send(&a, a.v4, ip("10.96.0.63"), udp(50000 + k), 16, e);
+    }
+    c.at(0.020_6);
+    let mut e = x("20 ms later: answered again").rejected();
+    e.has_service = Some(true);
+    c.send(&a, a.v4, ip("10.96.0.63"), udp(50100), 16, e);
     c
 }
