@@ -319,6 +319,10 @@ fn random_select(c: &mut Criterion) {
                 port: 8080,
                 weight: i % 7 + 1,
                 state: BackendState::Active,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
             })
             .collect();
         let sel = Selection::new((0..n).collect(), Arc::from(Vec::new()), &backends);

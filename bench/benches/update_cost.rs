@@ -38,6 +38,10 @@ fn state(sets: u32, port_bump: u16) -> State {
             node_ports: vec![],
             algorithm: Default::default(),
             affinity: None,
+            internal_traffic_policy: Default::default(),
+            external_traffic_policy: Default::default(),
+            health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             backends: (0..2u32)
                 .map(|b| {
                     let n = set * 2 + b;
@@ -48,6 +52,9 @@ fn state(sets: u32, port_bump: u16) -> State {
                         port: 8080 + if i == 0 { port_bump } else { 0 },
                         weight: 1,
                         state: BackendState::Active,
+                        ready: None,
+                        serving: None,
+                        terminating: None,
                     }
                 })
                 .collect(),

@@ -120,6 +120,10 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             node_ports: vec![],
             algorithm: Algorithm::Maglev,
             affinity: None,
+            internal_traffic_policy: Default::default(),
+            external_traffic_policy: Default::default(),
+            health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             backends: [a, b]
                 .iter()
                 .map(|j| Backend {
@@ -127,6 +131,9 @@ pub fn state(services: u32, ct_entries: u32) -> State {
                     port: 8080,
                     weight: 1,
                     state: BackendState::Active,
+                    ready: None,
+                    serving: None,
+                    terminating: None,
                 })
                 .collect(),
         });

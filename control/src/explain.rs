@@ -215,7 +215,7 @@ pub fn compose(
                     nodeplane_dataplane::worker::proto_name(key.proto)
                 )),
                 svc.and_then(|s| s.find_backend(addr, port))
-                    .map(|b| backend_state_name(b.state).to_string()),
+                    .map(|b| backend_state_name(b).to_string()),
             )
         }
         _ => (None, None),

@@ -59,6 +59,10 @@ pub struct ReplaySummary {
     pub services: BTreeMap<String, SvcTraffic>,
     /// TCP resets sent for flows of removed backends.
     pub rst_sent: u64,
+    /// New flows to services without endpoints answered with a reset or an ICMP port
+    /// unreachable, and those the rate limit kept from an answer.
+    pub rejects_sent: u64,
+    pub rejects_suppressed: u64,
     /// Flow events written (`--events`).
     pub events: u64,
     /// Time spent processing bursts (excludes file I/O and JSON).
@@ -272,6 +276,8 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         transmitted: c.transmitted.clone(),
         services: stats.services.map(|s| s.by_name()).unwrap_or_default(),
         rst_sent: stats.rst_sent,
+        rejects_sent: stats.rejects_sent,
+        rejects_suppressed: stats.rejects_suppressed,
         events: events_written,
         pipeline_time: worker.io().pipeline_time(),
         total_time: started.elapsed(),
@@ -300,6 +306,12 @@ impl ReplaySummary {
         if self.rst_sent > 0 {
             s += &format!("  rst sent {}\n", self.rst_sent);
         }
+        if self.rejects_sent + self.rejects_suppressed > 0 {
+            s += &format!(
+                "  rejects sent {} (suppressed by the rate limit {})\n",
+                self.rejects_sent, self.rejects_suppressed
+            );
+        }
         if self.events > 0 {
             s += &format!("  flow events {}\n", self.events);
         }
@@ -326,6 +338,8 @@ impl ReplaySummary {
             "transmitted": self.transmitted,
             "services": self.services,
             "rst_sent": self.rst_sent,
+            "rejects_sent": self.rejects_sent,
+            "rejects_suppressed": self.rejects_suppressed,
             "events": self.events,
         })
     }

@@ -84,6 +84,9 @@ fn watch_add_change_delete_show_up_in_next_snapshot() {
         port: 8080,
         weight: 3,
         state: Default::default(),
+        ready: None,
+        serving: None,
+        terminating: None,
     });
     st.put(
         &format!("{PREFIX}/services/added"),

@@ -55,6 +55,10 @@ fn bigger(base: &State) -> State {
             node_ports: vec![],
             algorithm: Default::default(),
             affinity: None,
+            internal_traffic_policy: Default::default(),
+            external_traffic_policy: Default::default(),
+            health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             backends: (0..2)
                 .map(|b| Backend {
                     ip: format!("10.244.2.{}", (i * 2 + b) % 250 + 1)
@@ -63,6 +67,9 @@ fn bigger(base: &State) -> State {
                     port: 8000 + (i % 50) as u16,
                     weight: 1,
                     state: BackendState::Active,
+                    ready: None,
+                    serving: None,
+                    terminating: None,
                 })
                 .collect(),
         });

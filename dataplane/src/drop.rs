@@ -94,6 +94,11 @@ drop_reasons! {
     PassUnavailable = 28 => "pass-unavailable",
     /// Frame longer than 65,535 bytes: no link delivers one, and the parsed offsets are 16 bits.
     FrameTooLong = 29 => "frame-too-long",
+    /// A `Local` traffic policy and no backend on this node, while the service has backends
+    /// elsewhere: dropped, not rejected (kube-proxy's "has no local endpoints" DROP rule).
+    NoLocalBackend = 30 => "no-local-backend",
+    /// A LoadBalancer VIP's client outside the service's `load_balancer_source_ranges`.
+    SourceRangeDenied = 31 => "source-range-denied",
 }
 
 /// Number of distinct reasons (array size for per-reason counters; index = numeric value).

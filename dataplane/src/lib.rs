@@ -44,6 +44,7 @@ pub mod partial;
 pub mod pipeline;
 pub mod policy;
 pub mod publish;
+pub mod reject;
 pub mod replay;
 pub mod rewrite;
 pub mod rst;

@@ -37,7 +37,7 @@ use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
 use crate::snapshot::{SavedAffinity, SavedFlow, SavedPart};
-use crate::tables::{IfIndex, Tables};
+use crate::tables::{IfIndex, Scope, Tables};
 use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
@@ -775,11 +775,14 @@ impl Pipeline {
         let mut dport = m.dport;
         if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
             if let Some(svc) = t.frontend(m.dst, m.dport, m.proto) {
-                let Some(b) = self.select_backend(t, svc, &key, now) else {
-                    return Err(Outcome {
-                        service: Some(svc),
-                        ..Outcome::drop(DropReason::NoBackend)
-                    });
+                let b = match self.select_backend(t, svc, &key, now) {
+                    Ok(b) => b,
+                    Err(reason) => {
+                        return Err(Outcome {
+                            service: Some(svc),
+                            ..Outcome::drop(reason)
+                        })
+                    }
                 };
                 let be = &t.services[svc as usize].backends[usize::from(b)];
                 nat = Some(Nat {
@@ -972,13 +975,42 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Picks a backend for a new flow: affinity first, then Maglev or random among the active
-    /// backends of the frontend's address family.
-    fn select_backend(&mut self, t: &Tables, svc: u32, key: &FlowKey, now: u64) -> Option<u16> {
+    /// Picks a backend for a new flow: affinity first, then Maglev or random among the backends
+    /// of the frontend's address family that take new flows (ready, else serving terminating),
+    /// all of them or, under a `Local` traffic policy, this node's. Errors: the source is outside
+    /// a VIP's source ranges; no backend here but some elsewhere (`Local`); none at all (the
+    /// worker rejects those).
+    fn select_backend(
+        &mut self,
+        t: &Tables,
+        svc: u32,
+        key: &FlowKey,
+        now: u64,
+    ) -> Result<u16, DropReason> {
         let s = &t.services[svc as usize];
-        let sel = s.selection(key.dst.v6);
+        // Only services with a Local policy or source ranges look up the frontend's scope.
+        let local = if s.internal_local || s.external_local || !s.source_ranges.is_empty() {
+            match t.frontend_scope(key.dst, key.dport, key.proto) {
+                Scope::Internal => s.internal_local,
+                scope => {
+                    if scope == Scope::LoadBalancer && !s.source_allowed(&key.src) {
+                        return Err(DropReason::SourceRangeDenied);
+                    }
+                    // Clients on this node (its pods, the node itself) reach external
+                    // frontends through every backend, as kube-proxy short-circuits them.
+                    s.external_local && !t.on_this_node(&key.src)
+                }
+            }
+        } else {
+            false
+        };
+        let sel = s.selection_in(key.dst.v6, local);
         if sel.active.is_empty() {
-            return None;
+            return Err(if local && !s.selection(key.dst.v6).active.is_empty() {
+                DropReason::NoLocalBackend
+            } else {
+                DropReason::NoBackend
+            });
         }
         // Only services with affinity pay for hashing their name.
         let akey = || {
@@ -991,12 +1023,14 @@ impl Pipeline {
             let akey = akey();
             if let Some(a) = self.affinity.get_mut(&akey) {
                 if a.expires > now {
-                    let hit = s.backends.iter().position(|b| {
-                        b.addr == a.backend && b.port == a.port && b.state == BackendState::Active
+                    // The pinned backend, if it still takes new flows of this selection.
+                    let hit = sel.active.iter().copied().find(|&i| {
+                        let b = &s.backends[usize::from(i)];
+                        b.addr == a.backend && b.port == a.port
                     });
                     if let Some(i) = hit {
                         a.expires = now + timeout;
-                        return Some(i as u16);
+                        return Ok(i);
                     }
                 }
             }
@@ -1036,7 +1070,7 @@ impl Pipeline {
                 self.rng ^= self.rng << 13;
                 self.rng ^= self.rng >> 7;
                 self.rng ^= self.rng << 17;
-                sel.pick_weighted(self.rng)?
+                sel.pick_weighted(self.rng).ok_or(DropReason::NoBackend)?
             }
         };
         if let Some(timeout) = s.affinity_ns {
@@ -1053,7 +1087,7 @@ impl Pipeline {
                 self.counters.affinity_full += 1;
             }
         }
-        Some(pick)
+        Ok(pick)
     }
 
     /// Routes by the (translated) destination, checks TTL, and rewrites TTL and MACs.

@@ -5,10 +5,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashSet;
+use std::net::IpAddr;
+
 use hashbrown::HashMap;
 use nodeplane_state::{
     reserved, Algorithm, BackendState, Identity, InterfaceRole, L4Proto, MacAddr, PolicyMode,
-    ServiceType, State,
+    ServiceType, State, TrafficPolicy,
 };
 
 use crate::flow::{fmt_socket, Addr, PROTO_TCP, PROTO_UDP};
@@ -43,12 +46,34 @@ pub struct Backend {
     pub port: u16,
     pub weight: u16,
     pub state: BackendState,
+    /// EndpointSlice conditions (see `nodeplane_state::Conditions`).
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// On this node: its address is a local endpoint's or a node IP.
+    pub local: bool,
 }
 
-/// Per address family: the backends that may take new flows, and their Maglev table.
+impl Backend {
+    /// The condition in one word, for listings: `ready`, `serving-terminating` (takes new flows
+    /// only while no backend is ready), `terminating` (draining), `not-ready`, `quarantined`.
+    pub fn condition_name(&self) -> &'static str {
+        match (self.state, self.ready, self.serving, self.terminating) {
+            (BackendState::Quarantined, ..) => "quarantined",
+            (_, true, ..) => "ready",
+            (_, false, true, true) => "serving-terminating",
+            (_, false, _, true) => "terminating",
+            _ => "not-ready",
+        }
+    }
+}
+
+/// Per address family (and traffic scope): the backends that may take new flows, and their
+/// Maglev table. Those are the ready backends, or when none is ready the serving terminating
+/// ones (KEP-1669), chosen at publication so a new flow pays nothing for the fallback.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// Indexes into [`Service::backends`] of the active backends of this family.
+    /// Indexes into [`Service::backends`] of the backends of this family that take new flows.
     pub active: Vec<u16>,
     /// Maglev slots: indexes into `active`. Empty when the algorithm is random or nothing is
     /// active.
@@ -104,6 +129,18 @@ pub struct Service {
     pub backends: Vec<Backend>,
     pub v4: Selection,
     pub v6: Selection,
+    /// The same over the backends on this node only (built when a traffic policy is `Local`).
+    pub v4_local: Selection,
+    pub v6_local: Selection,
+    /// `internal_traffic_policy: Local`: cluster IP frontends use the local selections.
+    pub internal_local: bool,
+    /// `external_traffic_policy: Local`: node ports, external IPs and VIPs use the local
+    /// selections for clients from outside the node (the client address is kept).
+    pub external_local: bool,
+    /// `load_balancer_source_ranges`: the clients allowed to LoadBalancer VIP frontends (empty:
+    /// any).
+    pub source_ranges: Vec<(Addr, u8)>,
+    pub health_check_node_port: Option<u16>,
 }
 
 impl Service {
@@ -115,12 +152,59 @@ impl Service {
         }
     }
 
+    /// The selection of one family and scope (`local`: this node's backends only).
+    #[inline]
+    pub fn selection_in(&self, v6: bool, local: bool) -> &Selection {
+        match (v6, local) {
+            (false, false) => &self.v4,
+            (true, false) => &self.v6,
+            (false, true) => &self.v4_local,
+            (true, true) => &self.v6_local,
+        }
+    }
+
+    /// A client address is inside the source ranges (always, without ranges).
+    #[inline]
+    pub fn source_allowed(&self, a: &Addr) -> bool {
+        self.source_ranges.is_empty()
+            || self
+                .source_ranges
+                .iter()
+                .any(|(net, len)| net.v6 == a.v6 && a.masked(*len) == *net)
+    }
+
+    /// Ready backends on this node, one per endpoint address family pair at most counted once
+    /// per distinct address: what the health check node port reports (`localEndpoints`).
+    /// Serving terminating backends do not count, so load balancers drain a node whose local
+    /// backends are all terminating (KEP-1669).
+    pub fn local_ready(&self) -> usize {
+        let mut seen: Vec<Addr> = Vec::new();
+        for b in &self.backends {
+            if b.local && b.ready && b.state != BackendState::Quarantined && !seen.contains(&b.addr)
+            {
+                seen.push(b.addr);
+            }
+        }
+        seen.len()
+    }
+
     /// The backend with this address and port, if the service still has it.
     pub fn find_backend(&self, addr: Addr, port: u16) -> Option<&Backend> {
         self.backends
             .iter()
             .find(|b| b.addr == addr && b.port == port)
     }
+}
+
+/// Which kind of address a frontend is, for the traffic policies and source ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A cluster IP (`ClusterIP` and `NodePort` services' frontends): internal traffic policy.
+    Internal,
+    /// A node port or an `ExternalIP` service's frontend: external traffic policy.
+    External,
+    /// A `LoadBalancer` service's VIP: external traffic policy and source ranges.
+    LoadBalancer,
 }
 
 /// A service frontend: (address, port, L4 protocol number).
@@ -236,13 +320,62 @@ impl MaglevCache {
     }
 }
 
-/// The Maglev key of a service's active backends of one family.
-fn maglev_key(backends: &[nodeplane_state::Backend], v6: bool) -> Vec<(String, u16)> {
-    backends
+/// The backends of one family (and, with `local`, on this node) that take new flows: the ready
+/// ones, or when none is ready the serving terminating ones (KEP-1669; kube-proxy's
+/// `CategorizeEndpoints` applies the fallback to the cluster and the local set each).
+fn chosen(
+    backends: &[nodeplane_state::Backend],
+    v6: bool,
+    local: Option<&HashSet<IpAddr>>,
+) -> Vec<u16> {
+    let of = |f: &dyn Fn(&nodeplane_state::Backend) -> bool| -> Vec<u16> {
+        backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| {
+                b.ip.is_ipv6() == v6 && b.weight > 0 && local.is_none_or(|l| l.contains(&b.ip))
+            })
+            .filter(|(_, b)| f(b))
+            .map(|(i, _)| i as u16)
+            .collect()
+    };
+    let ready = of(&|b| b.is_ready());
+    if ready.is_empty() {
+        of(&|b| b.is_serving_terminating())
+    } else {
+        ready
+    }
+}
+
+/// The Maglev key of the chosen backends (indexes into `backends`).
+fn maglev_key(backends: &[nodeplane_state::Backend], chosen: &[u16]) -> Vec<(String, u16)> {
+    chosen
         .iter()
-        .filter(|b| b.ip.is_ipv6() == v6 && b.state == BackendState::Active && b.weight > 0)
+        .map(|&i| &backends[usize::from(i)])
         .map(|b| (fmt_socket(Addr::from(b.ip), b.port), b.weight))
         .collect()
+}
+
+/// Addresses on this node: local endpoints' and node IPs (a backend there is "local" for the
+/// traffic policies).
+fn local_ips(state: &State) -> HashSet<IpAddr> {
+    state
+        .endpoints
+        .iter()
+        .flat_map(|e| e.ips.iter().copied())
+        .chain(state.node.node_ips.iter().copied())
+        .collect()
+}
+
+/// The scopes whose selections a service needs: cluster always, local with a `Local` policy.
+fn scopes(svc: &nodeplane_state::Service) -> &'static [bool] {
+    if svc.internal_traffic_policy == TrafficPolicy::Local
+        || svc.external_traffic_policy == TrafficPolicy::Local
+    {
+        &[false, true]
+    } else {
+        &[false]
+    }
 }
 
 #[derive(Debug)]
@@ -263,6 +396,9 @@ pub struct Tables {
     /// publications by name).
     pub service_by_name: HashMap<String, u32>,
     pub frontends: HashMap<FrontendKey, u32>,
+    /// The frontends that are not cluster IPs ([`Scope::External`], [`Scope::LoadBalancer`]);
+    /// looked up only for new flows of services with a `Local` policy or source ranges.
+    pub frontend_scopes: HashMap<FrontendKey, Scope>,
     /// Every frontend address (not node IPs): a packet to one of these that matches no
     /// frontend is dropped `no-service` instead of being routed.
     pub service_ips: HashMap<Addr, ()>,
@@ -279,6 +415,8 @@ fn proto_num(p: L4Proto) -> u8 {
     match p {
         L4Proto::TCP => PROTO_TCP,
         L4Proto::UDP => PROTO_UDP,
+        // Refused by validation; a number that matches nothing the parser hands over.
+        L4Proto::SCTP => 132,
     }
 }
 
@@ -356,62 +494,74 @@ impl Tables {
         }
 
         let m = state.node.maglev_table_size;
+        let locals = local_ips(state);
         let mut services = Vec::new();
         let mut frontends = HashMap::new();
+        let mut frontend_scopes = HashMap::new();
         let mut service_ips = HashMap::new();
         for svc in &state.services {
             let idx = services.len() as u32;
             let backends: Vec<Backend> = svc
                 .backends
                 .iter()
-                .map(|b| Backend {
-                    addr: Addr::from(b.ip),
-                    port: b.port,
-                    weight: b.weight,
-                    state: b.state,
+                .map(|b| {
+                    let c = b.conditions();
+                    Backend {
+                        addr: Addr::from(b.ip),
+                        port: b.port,
+                        weight: b.weight,
+                        state: b.state,
+                        ready: c.ready,
+                        serving: c.serving,
+                        terminating: c.terminating,
+                        local: locals.contains(&b.ip),
+                    }
                 })
                 .collect();
-            let selection = |v6: bool, cache: &mut MaglevCache| {
-                let active: Vec<u16> = backends
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| {
-                        b.addr.v6 == v6 && b.state == BackendState::Active && b.weight > 0
-                    })
-                    .map(|(i, _)| i as u16)
-                    .collect();
+            let selection = |v6: bool, local: bool, cache: &mut MaglevCache| {
+                let active = chosen(&svc.backends, v6, local.then_some(&locals));
                 let maglev = if svc.algorithm == Algorithm::Maglev && !active.is_empty() {
-                    cache.get(maglev_key(&svc.backends, v6), m)
+                    cache.get(maglev_key(&svc.backends, &active), m)
                 } else {
                     Arc::from(Vec::new())
                 };
                 Selection::new(active, maglev, &backends)
             };
-            let v4 = selection(false, cache);
-            let v6 = selection(true, cache);
+            let v4 = selection(false, false, cache);
+            let v6 = selection(true, false, cache);
+            let (v4_local, v6_local) = if scopes(svc).len() > 1 {
+                (selection(false, true, cache), selection(true, true, cache))
+            } else {
+                (Selection::default(), Selection::default())
+            };
+            let fe_scope = match svc.kind {
+                ServiceType::ClusterIP | ServiceType::NodePort => Scope::Internal,
+                ServiceType::ExternalIP => Scope::External,
+                ServiceType::LoadBalancer => Scope::LoadBalancer,
+            };
             for f in &svc.frontends {
                 let addr = Addr::from(f.ip);
-                frontends.insert(
-                    FrontendKey {
-                        addr,
-                        port: f.port,
-                        proto: proto_num(f.protocol),
-                    },
-                    idx,
-                );
+                let key = FrontendKey {
+                    addr,
+                    port: f.port,
+                    proto: proto_num(f.protocol),
+                };
+                frontends.insert(key, idx);
+                if fe_scope != Scope::Internal {
+                    frontend_scopes.insert(key, fe_scope);
+                }
                 service_ips.insert(addr, ());
             }
             if matches!(svc.kind, ServiceType::NodePort | ServiceType::LoadBalancer) {
                 for np in &svc.node_ports {
                     for ip in &node_ips {
-                        frontends.insert(
-                            FrontendKey {
-                                addr: *ip,
-                                port: np.port,
-                                proto: proto_num(np.protocol),
-                            },
-                            idx,
-                        );
+                        let key = FrontendKey {
+                            addr: *ip,
+                            port: np.port,
+                            proto: proto_num(np.protocol),
+                        };
+                        frontends.insert(key, idx);
+                        frontend_scopes.insert(key, Scope::External);
                     }
                 }
             }
@@ -426,6 +576,16 @@ impl Tables {
                 backends,
                 v4,
                 v6,
+                v4_local,
+                v6_local,
+                internal_local: svc.internal_traffic_policy == TrafficPolicy::Local,
+                external_local: svc.external_traffic_policy == TrafficPolicy::Local,
+                source_ranges: svc
+                    .load_balancer_source_ranges
+                    .iter()
+                    .map(|n| (Addr::from(n.network()), n.prefix_len()))
+                    .collect(),
+                health_check_node_port: svc.health_check_node_port,
             });
         }
         // Node IPs are never "service IPs": unmatched ports there belong to the host.
@@ -456,6 +616,7 @@ impl Tables {
                 .collect(),
             services,
             frontends,
+            frontend_scopes,
             service_ips,
             ct: CtConfig::from_state(&state.conntrack),
             maglev_pending: 0,
@@ -482,6 +643,12 @@ impl Tables {
         self.node_ips.iter().any(|n| n == a)
     }
 
+    /// A source on this node: one of its pods (inside its PodCIDRs) or the node itself.
+    #[inline]
+    pub fn on_this_node(&self, a: &Addr) -> bool {
+        self.in_pod_cidr(a) || self.is_node_ip(a)
+    }
+
     #[inline]
     pub fn in_pod_cidr(&self, a: &Addr) -> bool {
         self.pod_cidrs
@@ -501,6 +668,15 @@ impl Tables {
     #[inline]
     pub fn endpoint_of(&self, a: &Addr) -> Option<u32> {
         self.endpoint_by_ip.get(a).copied()
+    }
+
+    /// The kind of address a frontend is ([`Scope::Internal`] unless listed otherwise).
+    #[inline]
+    pub fn frontend_scope(&self, addr: Addr, port: u16, proto: u8) -> Scope {
+        self.frontend_scopes
+            .get(&FrontendKey { addr, port, proto })
+            .copied()
+            .unwrap_or(Scope::Internal)
     }
 
     #[inline]
@@ -524,6 +700,10 @@ mod tests {
                 port: 80,
                 weight: w,
                 state: BackendState::Active,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
             })
             .collect();
         let active = (0..weights.len() as u16).collect();

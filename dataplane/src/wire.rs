@@ -198,6 +198,8 @@ pub mod icmp {
 
     pub const ECHO_REPLY: u8 = 0;
     pub const DEST_UNREACHABLE: u8 = 3;
+    /// Code of [`DEST_UNREACHABLE`]: nothing listens on the port.
+    pub const PORT_UNREACHABLE: u8 = 3;
     pub const ECHO_REQUEST: u8 = 8;
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAM_PROBLEM: u8 = 12;
@@ -216,6 +218,8 @@ pub mod icmpv6 {
 
     /// Errors: destination unreachable through parameter problem.
     pub const DEST_UNREACHABLE: u8 = 1;
+    /// Code of [`DEST_UNREACHABLE`]: nothing listens on the port.
+    pub const PORT_UNREACHABLE: u8 = 4;
     pub const PARAM_PROBLEM: u8 = 4;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;

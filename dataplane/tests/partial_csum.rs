@@ -37,6 +37,9 @@ fn pipeline() -> Pipeline {
             port: 5353,
             weight: 1,
             state: BackendState::Active,
+            ready: None,
+            serving: None,
+            terminating: None,
         });
     }
     Pipeline::new(Arc::new(Tables::build(&s, 1, &mut MaglevCache::default())))

@@ -143,4 +143,9 @@ pub struct Expect {
     /// packet is that reset, sent back out of the input interface to the packet's sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rst: Option<bool>,
+    /// The packet is dropped `no-backend` and answered with a reject sent back out of its input
+    /// interface (with its timestamp): a TCP reset, or an ICMP / ICMPv6 port unreachable
+    /// quoting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<bool>,
 }

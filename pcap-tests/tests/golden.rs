@@ -98,6 +98,10 @@ fn summary_json(s: &ReplaySummary, spec: &CaseSpec) -> String {
         "drops": s.drops,
         "transmitted": s.transmitted,
     });
+    if s.rejects_sent + s.rejects_suppressed > 0 {
+        v["rejects_sent"] = s.rejects_sent.into();
+        v["rejects_suppressed"] = s.rejects_suppressed.into();
+    }
     if spec.services {
         v["services"] = serde_json::to_value(&s.services).expect("json");
         if spec.removed_flow_action.is_some() {
@@ -287,12 +291,36 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
         }
     }
 
-    // Output files: one per interface that transmitted, as many packets as forward verdicts.
+    // Packets rejected (no-backend): answered with a reset or a port unreachable, sent back out
+    // of their input interface with their timestamp.
+    let reject_of: BTreeSet<usize> = spec
+        .expect
+        .iter()
+        .filter(|e| e.rejected == Some(true))
+        .map(|e| e.index)
+        .collect();
+    let mut rejects_on: BTreeMap<String, usize> = BTreeMap::new();
+    for &i in &reject_of {
+        if let Some(p) = ins.get(i) {
+            *rejects_on.entry(p.iface.clone()).or_default() += 1;
+        }
+    }
+    if sm.rejects_sent != reject_of.len() as u64 {
+        errs.push(format!(
+            "summary: {} rejects sent, the case expects {}",
+            sm.rejects_sent,
+            reject_of.len()
+        ));
+    }
+
+    // Output files: one per interface that transmitted, as many packets as forward verdicts
+    // (and rejects) name it.
     for (iface, frames) in &run.outputs {
-        let want = per_egress.get(iface).map_or(0, Vec::len);
+        let want =
+            per_egress.get(iface).map_or(0, Vec::len) + rejects_on.get(iface).copied().unwrap_or(0);
         if frames.len() != want {
             errs.push(format!(
-                "{iface}.pcap has {} packets, {want} forward verdicts name {iface}",
+                "{iface}.pcap has {} packets, {want} forward verdicts and rejects name {iface}",
                 frames.len()
             ));
         }
@@ -311,6 +339,7 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     let ts_to_index: BTreeMap<Duration, usize> =
         ins.iter().enumerate().map(|(i, p)| (p.ts, i)).collect();
     let mut out_of: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut rejected_seen: BTreeSet<usize> = BTreeSet::new();
     for (iface, frames) in &run.outputs {
         let Some(itf) = state.interfaces.iter().find(|i| &i.name == iface) else {
             errs.push(format!("{iface}.pcap: no such interface in the state"));
@@ -353,6 +382,16 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
             }
             match ts_to_index.get(ts) {
                 None => errs.push(format!("{what}: timestamp {ts:?} is no input packet's")),
+                Some(&i) if reject_of.contains(&i) && !rejected_seen.contains(&i) => {
+                    rejected_seen.insert(i);
+                    if &ins[i].iface != iface {
+                        errs.push(format!(
+                            "{what}: the reject of packet {i} left on {iface}, it entered on {}",
+                            ins[i].iface
+                        ));
+                    }
+                    check_reject(i, &ins[i].frame, f, &mut errs);
+                }
                 Some(&i) => {
                     order.push(i);
                     if out_of.insert(i, f.clone()).is_some() {
@@ -376,6 +415,12 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
                     "{iface}.pcap: packets in input order {order:?}, verdict lines say {want:?}"
                 ));
             }
+        }
+    }
+
+    for &i in &reject_of {
+        if !rejected_seen.contains(&i) {
+            errs.push(format!("packet {i}: rejected, but no reject was sent"));
         }
     }
 
@@ -567,6 +612,68 @@ fn check_rst(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
             "seq/ack/flags {}/{}/{:#04x}, want {}/{}/{:#04x}",
             tb.seq, tb.ack, tb.flags, want.0, want.1, want.2
         ));
+    }
+}
+
+/// The reject answering input packet `i`: for TCP the reset (as [`check_rst`]); otherwise an
+/// ICMP destination unreachable, code port unreachable (ICMPv6: type 1 code 4), from the packet's
+/// destination to its source, quoting the packet's IP header and at least 8 bytes after it.
+fn check_reject(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
+    let Some(a) = wire::decode(input) else {
+        return errs.push(format!("packet {i}: input is not Ethernet"));
+    };
+    let Some(ia) = a.ip else {
+        return errs.push(format!("packet {i}: input is not IP"));
+    };
+    if ia.proto == 6 {
+        return check_rst(i, input, out, errs);
+    }
+    let mut bad = |what: String| {
+        errs.push(format!(
+            "packet {i}: reject {what}: {} answering {}",
+            wire::describe(out),
+            wire::describe(input)
+        ))
+    };
+    let Some(b) = wire::decode(out) else {
+        return bad("not Ethernet".into());
+    };
+    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
+        bad("MACs not swapped".into());
+    }
+    let Some(ib) = b.ip else {
+        return bad("not IP".into());
+    };
+    if (ib.src, ib.dst) != (ia.dst, ia.src) {
+        bad("not from the packet's destination to its source".into());
+    }
+    let v6 = ia.src.is_ipv6();
+    let (proto, ty, code) = if v6 { (58, 1, 4) } else { (1, 3, 3) };
+    if ib.proto != proto || b.icmp_type != Some(ty) {
+        bad(format!(
+            "not an ICMP{} destination unreachable",
+            if v6 { "v6" } else { "" }
+        ));
+    }
+    let icmp_off = ib.ip_off + if v6 { 40 } else { 20 };
+    if out.get(icmp_off + 1) != Some(&code) {
+        bad(format!(
+            "code {:?}, want {code} (port unreachable)",
+            out.get(icmp_off + 1)
+        ));
+    }
+    let quoted = &out[(icmp_off + 8).min(out.len())..];
+    let min = if v6 { 48 } else { 28 };
+    let orig = &input[ia.ip_off..ia.end];
+    if quoted.len() < min || !orig.starts_with(quoted) {
+        bad(format!(
+            "quotes {} bytes that are not the packet's first bytes (at least {min})",
+            quoted.len()
+        ));
+    }
+    match b.inner {
+        Some(q) if (q.src, q.dst, q.sport, q.dport) == (ia.src, ia.dst, ia.sport, ia.dport) => {}
+        _ => bad("does not quote the packet's addresses and ports".into()),
     }
 }
 

@@ -158,6 +158,37 @@ pub struct Service {
     pub affinity: Option<Affinity>,
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// Traffic to the cluster IP frontends (Kubernetes' `internalTrafficPolicy`): `Local` uses
+    /// only the backends on this node.
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_cluster")]
+    pub internal_traffic_policy: TrafficPolicy,
+    /// Traffic to node ports, external IPs and load-balancer VIPs from outside the node
+    /// (`externalTrafficPolicy`): `Local` uses only the backends on this node, keeping the
+    /// client's address.
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_cluster")]
+    pub external_traffic_policy: TrafficPolicy,
+    /// LoadBalancer with `external_traffic_policy: Local`: the port on every node IP (and
+    /// 0.0.0.0) where an HTTP health check answers 200 while the node has a ready local backend,
+    /// 503 otherwise (kube-proxy's `healthCheckNodePort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u16>,
+    /// LoadBalancer only: the client prefixes allowed to reach the VIP frontends (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<IpNet>,
+}
+
+/// `Cluster` (every backend) or `Local` (the backends on this node), as Kubernetes spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+impl TrafficPolicy {
+    pub fn is_cluster(&self) -> bool {
+        *self == TrafficPolicy::Cluster
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +221,9 @@ pub enum L4Proto {
     #[default]
     TCP,
     UDP,
+    /// Accepted by the parser so validation can refuse it with a reason (the dataplane does
+    /// not translate SCTP).
+    SCTP,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -227,21 +261,81 @@ pub struct Backend {
     pub port: u16,
     #[serde(default = "default_weight")]
     pub weight: u16,
+    /// The first spelling of a backend's condition (`active`, `terminating` = draining,
+    /// `quarantined`); `quarantined` is nodeplane's own and composes with the conditions below.
     #[serde(default)]
     pub state: BackendState,
+    /// Kubernetes' EndpointSlice conditions (KEP-1669). Unset: `ready` is true unless
+    /// `terminating`, `serving` equals `ready`, `terminating` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminating: Option<bool>,
 }
 
 fn default_weight() -> u16 {
     1
 }
 
+/// A backend's EndpointSlice conditions, with the defaults applied and the old `state` mapped:
+/// `active` = ready and serving; `terminating` (draining) = terminating, neither ready nor
+/// serving (existing flows only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conditions {
+    /// Takes new flows.
+    pub ready: bool,
+    /// Could take new flows (a terminating endpoint still serving); used for new flows only
+    /// when no endpoint of the service is ready (KEP-1669 fallback).
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Backend {
+    /// The backend's conditions (see [`Conditions`]).
+    pub fn conditions(&self) -> Conditions {
+        if self.state == BackendState::Terminating {
+            return Conditions {
+                ready: false,
+                serving: false,
+                terminating: true,
+            };
+        }
+        let terminating = self.terminating.unwrap_or(false);
+        let ready = self.ready.unwrap_or(!terminating);
+        Conditions {
+            ready,
+            serving: self.serving.unwrap_or(ready),
+            terminating,
+        }
+    }
+
+    /// Any of the EndpointSlice condition keys is written.
+    pub fn has_conditions(&self) -> bool {
+        self.ready.is_some() || self.serving.is_some() || self.terminating.is_some()
+    }
+
+    /// Takes new flows: ready and not quarantined.
+    pub fn is_ready(&self) -> bool {
+        self.state != BackendState::Quarantined && self.conditions().ready
+    }
+
+    /// Takes new flows when no backend is ready: serving, terminating, not quarantined.
+    pub fn is_serving_terminating(&self) -> bool {
+        let c = self.conditions();
+        self.state != BackendState::Quarantined && !c.ready && c.serving && c.terminating
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendState {
-    /// Receives new and existing flows.
+    /// Receives new and existing flows (subject to the conditions).
     #[default]
     Active,
-    /// Draining: keeps its existing flows, receives no new ones.
+    /// Draining: keeps its existing flows, receives no new ones (the conditions
+    /// `terminating: true, serving: false`; not to be combined with them).
     Terminating,
     /// Failed health checks: receives nothing, existing flows end.
     Quarantined,

@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 use crate::model::{
     reserved, Algorithm, BackendState, ConntrackSettings, Identity, InterfaceRole, L4Proto,
-    MacAddr, Rule, RuleProto, ServiceType, State,
+    MacAddr, Rule, RuleProto, Service, ServiceType, State, TrafficPolicy,
 };
 
 /// Smallest accepted `conntrack.max_entries`.
@@ -257,8 +257,15 @@ fn proto_name(p: L4Proto) -> &'static str {
     match p {
         L4Proto::TCP => "TCP",
         L4Proto::UDP => "UDP",
+        L4Proto::SCTP => "SCTP",
     }
 }
+
+/// Why SCTP frontends and node ports are refused (issue 14).
+const SCTP_UNSUPPORTED: &str = "SCTP is not supported: the dataplane parses, tracks and \
+     translates only TCP and UDP; SCTP needs association tracking across several addresses \
+     (multi-homing) and a CRC32c checksum recomputed on every rewrite. Serve SCTP services with a \
+     kernel proxy on the nodes that need them";
 
 fn addr(ip: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
@@ -350,6 +357,74 @@ impl Checker<'_> {
             field: field.to_string(),
             reason: reason.into(),
         });
+    }
+
+    /// Traffic policies, the health check node port and source ranges of service `i`.
+    fn traffic_policies(&mut self, i: usize, svc: &Service) {
+        let kind = svc.kind;
+        let lb = kind == ServiceType::LoadBalancer;
+        if svc.external_traffic_policy == TrafficPolicy::Local && kind == ServiceType::ClusterIP {
+            self.at(
+                Section::Services,
+                i,
+                ".external_traffic_policy",
+                "a ClusterIP service has no external traffic (node ports, external IPs, \
+                 load-balancer VIPs); use internal_traffic_policy",
+            );
+        }
+        if let Some(p) = svc.health_check_node_port {
+            if !lb || svc.external_traffic_policy != TrafficPolicy::Local {
+                self.at(
+                    Section::Services,
+                    i,
+                    ".health_check_node_port",
+                    "only a LoadBalancer service with external_traffic_policy: Local has a \
+                     health check node port (as in Kubernetes)",
+                );
+            }
+            if p == 0 {
+                self.at(
+                    Section::Services,
+                    i,
+                    ".health_check_node_port",
+                    "port 0 is not a valid port",
+                );
+            }
+            for (j, other) in self.s.services.iter().enumerate() {
+                let clash = other
+                    .node_ports
+                    .iter()
+                    .any(|np| np.port == p && np.protocol == L4Proto::TCP)
+                    || (j < i && other.health_check_node_port == Some(p));
+                if clash {
+                    let o = self.other(Section::Services, j, (Section::Services, i));
+                    self.at(
+                        Section::Services,
+                        i,
+                        ".health_check_node_port",
+                        format!("port {p}/TCP is already a node port or health check port of {o}"),
+                    );
+                }
+            }
+        }
+        if !svc.load_balancer_source_ranges.is_empty() && !lb {
+            self.at(
+                Section::Services,
+                i,
+                ".load_balancer_source_ranges",
+                format!("only a LoadBalancer service has source ranges (this one is {kind:?})"),
+            );
+        }
+        for (k, net) in svc.load_balancer_source_ranges.iter().enumerate() {
+            if !canonical(net) {
+                self.at(
+                    Section::Services,
+                    i,
+                    &format!(".load_balancer_source_ranges[{k}]"),
+                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+                );
+            }
+        }
     }
 
     fn in_pod_cidr(&self, ip: IpAddr) -> bool {
@@ -768,6 +843,14 @@ impl Checker<'_> {
                         "port 0 is not a valid port",
                     );
                 }
+                if fe.protocol == L4Proto::SCTP {
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.protocol"),
+                        SCTP_UNSUPPORTED,
+                    );
+                }
                 if kind == ServiceType::ClusterIP && self.is_node_ip(fe.ip) {
                     self.at(
                         Section::Services,
@@ -830,6 +913,14 @@ impl Checker<'_> {
 
             for (k, np) in svc.node_ports.iter().enumerate() {
                 let f = format!(".node_ports[{k}]");
+                if np.protocol == L4Proto::SCTP {
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.protocol"),
+                        SCTP_UNSUPPORTED,
+                    );
+                }
                 if np.port == 0 {
                     self.at(
                         Section::Services,
@@ -901,6 +992,24 @@ impl Checker<'_> {
                         "weight must be >= 1 (to take a backend out of rotation, set state: terminating)",
                     );
                 }
+                if be.state == BackendState::Terminating && be.has_conditions() {
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.state"),
+                        "state: terminating is the old spelling of the conditions terminating: true, \
+                         serving: false; write one or the other, not both",
+                    );
+                }
+                if be.ready == Some(true) && be.terminating == Some(true) {
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!("{f}.ready"),
+                        "a terminating backend is never ready (EndpointSlice conditions); \
+                         write serving: true to let it take new flows while no backend is ready",
+                    );
+                }
                 if svc.frontends.iter().any(|fe| fe.ip == be.ip) {
                     self.at(
                         Section::Services,
@@ -924,12 +1033,18 @@ impl Checker<'_> {
                 }
             }
 
+            self.traffic_policies(i, svc);
+
             if svc.algorithm == Algorithm::Maglev {
-                let active = svc
+                // A Maglev table holds the ready backends, or the serving terminating ones
+                // when none is ready.
+                let ready = svc.backends.iter().filter(|b| b.is_ready()).count() as u64;
+                let fallback = svc
                     .backends
                     .iter()
-                    .filter(|b| b.state == BackendState::Active)
+                    .filter(|b| b.is_serving_terminating())
                     .count() as u64;
+                let active = ready.max(fallback);
                 let m = u64::from(s.node.maglev_table_size);
                 if active * u64::from(MAGLEV_SLOTS_PER_BACKEND) >= m {
                     self.at(

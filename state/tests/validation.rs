@@ -517,6 +517,9 @@ fn service_backends_and_affinity() {
             port: 5354,
             weight: 1,
             state: BackendState::Active,
+            ready: None,
+            serving: None,
+            terminating: None,
         }
     });
     reject(
@@ -769,4 +772,130 @@ fn yaml_type_errors_name_the_field_and_line() {
         );
         assert!(text.contains(&format!("line {line}")), "{text}");
     }
+}
+
+/// Issue 14: EndpointSlice conditions, traffic policies, health check node ports, source
+/// ranges, SCTP.
+#[test]
+fn kubernetes_service_semantics() {
+    // Conditions: the old `state: terminating` and the conditions are one or the other.
+    reject(
+        |s| {
+            let b = &mut svc(s, "web-lb").backends[1];
+            b.serving = Some(true);
+        },
+        "services[web-lb].backends[1].state",
+        "old spelling of the conditions",
+    );
+    reject(
+        |s| {
+            let b = &mut svc(s, "web").backends[0];
+            b.ready = Some(true);
+            b.terminating = Some(true);
+        },
+        "services[web].backends[0].ready",
+        "a terminating backend is never ready",
+    );
+    accept(|s| {
+        let b = &mut svc(s, "web").backends[0];
+        b.serving = Some(true);
+        b.terminating = Some(true);
+    });
+    // Defaults: ready unless terminating, serving = ready.
+    let b = &base().services[0].backends[0];
+    assert_eq!(
+        b.conditions(),
+        Conditions {
+            ready: true,
+            serving: true,
+            terminating: false
+        }
+    );
+    let legacy = &svc(&mut base(), "web-lb").backends[1].clone();
+    assert!(!legacy.is_ready() && !legacy.is_serving_terminating());
+
+    // Traffic policies and what goes with them.
+    reject(
+        |s| svc(s, "web").external_traffic_policy = TrafficPolicy::Local,
+        "services[web].external_traffic_policy",
+        "a ClusterIP service has no external traffic",
+    );
+    accept(|s| svc(s, "web").internal_traffic_policy = TrafficPolicy::Local);
+    reject(
+        |s| svc(s, "web-lb").health_check_node_port = Some(31000),
+        "services[web-lb].health_check_node_port",
+        "only a LoadBalancer service with external_traffic_policy: Local",
+    );
+    accept(|s| {
+        let lb = svc(s, "web-lb");
+        lb.external_traffic_policy = TrafficPolicy::Local;
+        lb.health_check_node_port = Some(31000);
+    });
+    reject(
+        |s| {
+            let lb = svc(s, "web-lb");
+            lb.external_traffic_policy = TrafficPolicy::Local;
+            lb.health_check_node_port = Some(30080);
+        },
+        "services[web-lb].health_check_node_port",
+        "port 30080/TCP is already a node port or health check port of services[web-nodeport]",
+    );
+    reject(
+        |s| {
+            svc(s, "web-nodeport").load_balancer_source_ranges = vec!["10.0.0.0/8".parse().unwrap()]
+        },
+        "services[web-nodeport].load_balancer_source_ranges",
+        "only a LoadBalancer service has source ranges",
+    );
+    reject(
+        |s| svc(s, "web-lb").load_balancer_source_ranges = vec!["10.0.0.1/8".parse().unwrap()],
+        "services[web-lb].load_balancer_source_ranges[0]",
+        "did you mean 10.0.0.0/8?",
+    );
+    accept(|s| svc(s, "web-lb").load_balancer_source_ranges = vec!["10.0.0.0/8".parse().unwrap()]);
+
+    // SCTP: refused, with the reason.
+    reject(
+        |s| svc(s, "dns").frontends[0].protocol = L4Proto::SCTP,
+        "services[dns].frontends[0].protocol",
+        "SCTP is not supported",
+    );
+    reject(
+        |s| svc(s, "dns-nodeport").node_ports[0].protocol = L4Proto::SCTP,
+        "services[dns-nodeport].node_ports[0].protocol",
+        "SCTP is not supported",
+    );
+}
+
+/// The new keys read from YAML, and an unknown condition key is refused.
+#[test]
+fn conditions_and_policies_from_yaml() {
+    let yaml = r#"
+node: { node_ips: [192.168.1.10], pod_cidrs: [10.244.1.0/24] }
+services:
+  - name: web
+    type: LoadBalancer
+    frontends: [{ ip: 203.0.113.10, port: 80 }]
+    external_traffic_policy: Local
+    internal_traffic_policy: Local
+    health_check_node_port: 31000
+    load_balancer_source_ranges: [203.0.113.0/24]
+    backends:
+      - { ip: 10.244.2.5, port: 8080, ready: false, serving: true, terminating: true }
+      - { ip: 10.244.2.6, port: 8080, state: terminating }
+"#;
+    let dir = std::env::temp_dir().join(format!("np-f-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("s.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let s = load_file(&f).expect("valid");
+    let web = &s.services[0];
+    assert_eq!(web.external_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(web.health_check_node_port, Some(31000));
+    assert!(web.backends[0].is_serving_terminating());
+    assert!(!web.backends[1].is_serving_terminating());
+    std::fs::write(&f, yaml.replace("serving: true", "servng: true")).unwrap();
+    let e = load_file(&f).expect_err("unknown key").to_string();
+    assert!(e.contains("servng"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

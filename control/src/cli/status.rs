@@ -112,6 +112,12 @@ pub fn run(args: StatusArgs) -> CliResult {
                         .chain((w.worker_panics > 0).then(|| {
                             format!("PANICS={} (frames {})", w.worker_panics, w.panic_dropped)
                         }))
+                        .chain((w.rejects_sent + w.rejects_suppressed > 0).then(|| {
+                            format!(
+                                "rejects-sent={} rejects-suppressed={}",
+                                w.rejects_sent, w.rejects_suppressed
+                            )
+                        }))
                         .collect::<Vec<_>>()
                         .join(" "),
                 ]

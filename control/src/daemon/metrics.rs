@@ -282,7 +282,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 10] = [
+    let counters: [(&str, &str, WorkerCounter); 12] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
@@ -315,6 +315,16 @@ pub fn render(s: &Status) -> String {
             "nodeplane_conntrack_evicted_total",
             "Closing conntrack entries evicted for a new flow (table full).",
             |w| w.ct_evicted,
+        ),
+        (
+            "nodeplane_rejects_sent_total",
+            "New flows to a service without a usable endpoint answered with a TCP reset or an ICMP port unreachable.",
+            |w| w.rejects_sent,
+        ),
+        (
+            "nodeplane_rejects_suppressed_total",
+            "Rejects not sent because the worker's reject rate limit (1000/s, burst 50) was reached.",
+            |w| w.rejects_suppressed,
         ),
         (
             "nodeplane_worker_panics_total",
@@ -559,7 +569,8 @@ mod tests {
             "queue":1,"released":0,"rx":2,"tx":6,"tx_completed":6,"tx_kick_errors":0,"tx_kicks":6,
             "tx_ring_full":0}]},
           "finished":false,"passed":0,"rx_packets":35,"tx":{}},
-        "packets":35,"panic_dropped":0,"passed":0,"rst_sent":0,"worker":0,"worker_panics":2}],
+        "packets":35,"panic_dropped":0,"passed":0,"rst_sent":0,"rejects_sent":4,
+        "rejects_suppressed":1,"worker":0,"worker_panics":2}],
       "service_traffic":{"web":{"packets":10,"bytes":900,"flows":2,"dropped":1}}}"#;
 
     fn sample(text: &str, series: &str) -> Option<f64> {
@@ -609,6 +620,14 @@ mod tests {
         assert_eq!(
             sample(&t, r#"nodeplane_worker_panics_total{worker="0"}"#),
             Some(2.0)
+        );
+        assert_eq!(
+            sample(&t, r#"nodeplane_rejects_sent_total{worker="0"}"#),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(&t, r#"nodeplane_rejects_suppressed_total{worker="0"}"#),
+            Some(1.0)
         );
         assert_eq!(
             sample(&t, r#"nodeplane_events_emitted_total{worker="0"}"#),

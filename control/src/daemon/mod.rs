@@ -21,6 +21,7 @@
 pub mod bgp;
 pub mod config;
 pub mod control;
+pub mod healthcheck;
 pub mod log;
 pub mod metrics;
 pub mod overrides;

@@ -419,6 +419,21 @@ impl PacketIo for ReplayIo {
         self.emit(0, usize::MAX, ts, frame, &o);
     }
 
+    /// A reject answering a frame of the last burst: transmitted at that frame's time, with no
+    /// verdict line of its own (the frame's line says `no-backend`).
+    fn reply(&mut self, egress: IfIndex, ts: u64, frame: &[u8]) {
+        if let Some(c) = self.tx_by_index.get_mut(usize::from(egress)) {
+            c.packets += 1;
+            c.bytes += frame.len() as u64;
+        }
+        if let (Some(p), Some(name)) = (&mut self.pcaps, self.egress_names.get(usize::from(egress)))
+        {
+            if let Err(err) = p.write(name, ts, frame) {
+                self.fail(err);
+            }
+        }
+    }
+
     fn released(&mut self, r: &Released<'_>) {
         let input = self
             .frames

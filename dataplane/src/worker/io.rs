@@ -52,6 +52,13 @@ pub trait PacketIo: Send {
     ) -> usize;
     /// Transmits a copy of a frame that is not part of the current burst (a released fragment).
     fn send(&mut self, egress: IfIndex, frame: &[u8]);
+    /// Transmits a frame the worker built in answer to one of the burst just done (a reject,
+    /// `crate::reject`), at that frame's time `ts`. Live I/O sends it like [`PacketIo::send`];
+    /// a replay writes it to the egress capture with `ts`.
+    fn reply(&mut self, egress: IfIndex, ts: u64, frame: &[u8]) {
+        let _ = ts;
+        self.send(egress, frame);
+    }
     /// A held fragment left the pipeline (released or timed out): transmits it when it is
     /// forwarded (without its stripped L2 bytes).
     fn released(&mut self, r: &Released<'_>) {

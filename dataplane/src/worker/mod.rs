@@ -60,6 +60,7 @@ use crate::flow::FlowKey;
 use crate::parse;
 use crate::pipeline::Restored;
 use crate::publish::Subscriber;
+use crate::reject::Rejects;
 use crate::snapshot::{SavedAffinity, SavedFlow};
 use crate::tables::IfIndex;
 use crate::{rst, Action, DropReason, Outcome, Pipeline, BURST};
@@ -94,6 +95,8 @@ pub struct Worker<I: PacketIo> {
     clock: Clock,
     removed: RemovedFlowAction,
     rst_sent: u64,
+    /// Answers to new flows of services without endpoints (built per burst, sent after it).
+    rejects: Rejects,
     /// When the next full GC is due (worker time); `None` before the first turn.
     next_gc: Option<u64>,
     panics: u64,
@@ -132,6 +135,7 @@ impl<I: PacketIo> Worker<I> {
             clock,
             removed,
             rst_sent: 0,
+            rejects: Rejects::new(),
             next_gc: None,
             panics: 0,
             panic_dropped: 0,
@@ -229,6 +233,7 @@ impl<I: PacketIo> Worker<I> {
             io,
             removed,
             rst_sent,
+            rejects,
             services,
             events,
             last,
@@ -238,6 +243,7 @@ impl<I: PacketIo> Worker<I> {
         // The only cost of flow events while nobody observes: this load, once per turn.
         let observed = events.observed();
         let generation = pipeline.tables().generation;
+        let no_backend_before = pipeline.counters().drops[DropReason::NoBackend as usize];
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
             latest = pkts.iter().map(|p| p.ts).fold(latest, u64::max);
@@ -250,6 +256,14 @@ impl<I: PacketIo> Worker<I> {
                 }
             } else {
                 pipeline.process_burst(pkts, outs);
+            }
+            // Rejects: only bursts that dropped a frame `no-backend` look at the outcomes again.
+            if pipeline.counters().drops[DropReason::NoBackend as usize] != no_backend_before {
+                for (p, o) in pkts.iter().zip(outs.iter()) {
+                    if o.action == Action::Drop(DropReason::NoBackend) {
+                        rejects.add(p.data, p.iface, p.ts);
+                    }
+                }
             }
             for (p, o) in pkts.iter().zip(outs.iter()) {
                 services.count(o, p.data.len());
@@ -272,6 +286,7 @@ impl<I: PacketIo> Worker<I> {
                 }
             }
         });
+        rejects.flush(|egress, ts, frame| io.reply(egress, ts, frame));
         if observed && n > 0 {
             // Frames the I/O lost after the pipeline decided them (no TX socket, a failed
             // transmit): an event each, with the I/O's reason.
@@ -427,6 +442,8 @@ impl<I: PacketIo> Worker<I> {
                 .map(|r| (r.name().to_string(), drops[*r as usize]))
                 .collect(),
             rst_sent: self.rst_sent,
+            rejects_sent: self.rejects.sent,
+            rejects_suppressed: self.rejects.suppressed,
             csum_completed: c.csum_completed,
             ct_entries: ct.len(),
             ct_capacity: ct.capacity(),

@@ -117,6 +117,12 @@ pub struct WorkerStats {
     /// Drop reason name → count (non-zero only), every reason of [`crate::DropReason`].
     pub drops: BTreeMap<String, u64>,
     pub rst_sent: u64,
+    /// New flows to a service without a usable endpoint answered with a reset or an ICMP port
+    /// unreachable (`crate::reject`), and those the rate limit kept from an answer.
+    #[serde(default)]
+    pub rejects_sent: u64,
+    #[serde(default)]
+    pub rejects_suppressed: u64,
     /// Partial TCP/UDP checksums completed (frames from senders with TX checksum offload on).
     #[serde(default)]
     pub csum_completed: u64,

@@ -37,6 +37,10 @@ pub fn all_cases() -> Vec<Case> {
         backend_quarantined(false),
         backend_quarantined(true),
         no_backend(),
+        reject_rate_limit(),
+        terminating_fallback(),
+        traffic_policy_local(),
+        lb_source_ranges(),
         service_removed_midflow(false),
         service_removed_midflow(true),
         policy_ingress_ports(),
@@ -1034,6 +1038,13 @@ fn no_backend() -> Case {
             vec![],
         ),
         service(
+            "empty6-udp",
+            ServiceType::ClusterIP,
+            L4Proto::UDP,
+            &[("fd00:96::63", 53)],
+            vec![],
+        ),
+        service(
             "ok",
             ServiceType::ClusterIP,
             L4Proto::TCP,
@@ -1043,9 +1054,12 @@ fn no_backend() -> Case {
     ];
     let mut c = Case::new(
         "no-backend",
-        "New flows to services without a usable backend are dropped with `no-backend`: no backends at \
-         all (TCP, UDP, IPv6), only a terminating backend, only a quarantined backend. A service with \
-         an active backend in the same state still works.",
+        "New flows to services without a usable backend are dropped with `no-backend` and rejected, \
+         as kube-proxy does (Kubernetes e2e \"should be rejected when no endpoints exist\"): a TCP \
+         SYN is answered with a reset, a UDP datagram with an ICMP (ICMPv6) port unreachable quoting \
+         it, sent back out of its input interface from the service address. No backends at all \
+         (TCP, UDP, IPv6 TCP and UDP), only a terminating backend, only a quarantined backend. A \
+         service with an active backend in the same state still works.",
         state_with(svcs),
     );
     let a = pod_a();
@@ -1070,6 +1084,12 @@ fn no_backend() -> Case {
             false,
             "IPv6 SYN to a service without backends",
         ),
+        (
+            "fd00:96::63",
+            53,
+            true,
+            "IPv6 UDP to a service without backends",
+        ),
     ] {
         let vip = ip(vip);
         let l4 = if udp {
@@ -1086,7 +1106,7 @@ fn no_backend() -> Case {
                 flags: SYN,
             }
         };
-        let mut e = x(what).drop_("no-backend");
+        let mut e = x(what).rejected();
         e.has_service = Some(true);
         c.send(
             &a,
@@ -3435,7 +3455,7 @@ fn service_counters() -> Case {
         e,
     );
     for port in [42000, 42001] {
-        let mut e = x("SYN to the service without backends").drop_("no-backend");
+        let mut e = x("SYN to the service without backends (rejected)").rejected();
         e.has_service = Some(true);
         c.send(&a, a.v4, ip("10.96.0.92"), syn(port, 80), 0, e);
     }
@@ -3507,7 +3527,7 @@ fn flow_events() -> Case {
         30,
         e,
     );
-    let mut e = x("SYN to the service without backends").drop_("no-backend");
+    let mut e = x("SYN to the service without backends (rejected)").rejected();
     e.has_service = Some(true);
     c.send(&a, a.v4, ip("10.96.0.96"), syn(40003, 80), 0, e);
     c.send(
@@ -3523,5 +3543,291 @@ fn flow_events() -> Case {
         arp_frame(PODS[0].mac, [0xff; 6], [10, 0, 1, 2], [10, 0, 1, 1], 1),
         x("pod-a's ARP request (passed: no event)").pass(),
     );
+    c
+}
+
+/// A backend with EndpointSlice conditions.
+fn cond(ip_s: &str, port: u16, ready: bool, serving: bool, terminating: bool) -> st::Backend {
+    let mut b = active(ip_s, port);
+    b.ready = Some(ready);
+    b.serving = Some(serving);
+    b.terminating = Some(terminating);
+    b
+}
+
+/// A SYN from `from` to a frontend, with its expectation.
+fn syn_to(c: &mut Case, from: &Host, v6: bool, fe: (&str, u16), sport: u16, e: Expect) {
+    let mut e = e;
+    e.has_service = Some(true);
+    c.send(from, from.ip(v6), ip(fe.0), syn(sport, fe.1), 0, e);
+}
+
+fn terminating_fallback() -> Case {
+    let b = pod_b();
+    let fallback = service(
+        "fallback",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.80", 80), ("fd00:96::80", 80)],
+        vec![
+            cond("10.0.1.3", 8080, false, true, true),
+            cond("10.0.2.5", 8080, false, false, true),
+            cond("fd00:10:1::3", 8080, false, true, true),
+        ],
+    );
+    let ready_first = service(
+        "ready-first",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.81", 80)],
+        vec![
+            cond("10.0.1.3", 8080, true, true, false),
+            cond("10.0.1.4", 8080, false, true, true),
+        ],
+    );
+    let none_serving = service(
+        "none-serving",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.82", 80)],
+        vec![cond("10.0.1.3", 8080, false, false, true)],
+    );
+    let legacy = service(
+        "legacy",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.83", 80)],
+        vec![backend("10.0.1.3", 8080, 1, Terminating)],
+    );
+    let mut c = Case::new(
+        "terminating-fallback",
+        "KEP-1669 (Kubernetes e2e \"should fallback to terminating endpoints when there are no \
+         ready endpoints\"): backends carry EndpointSlice conditions. `fallback` has no ready \
+         backend: new flows go to its serving terminating backend pod-b (IPv4 and IPv6), never to \
+         the terminating backend that no longer serves (10.0.2.5). `ready-first` has a ready \
+         backend (pod-b) and a serving terminating one (pod-c): every new flow goes to the ready \
+         one. `none-serving` (terminating, not serving) and `legacy` (the old `state: terminating`, \
+         read as the same) take no new flows: their SYNs are rejected.",
+        state_with(vec![fallback, ready_first, none_serving, legacy]),
+    );
+    let a = pod_a();
+    for v6 in [false, true] {
+        let vip = pick(v6, "10.96.0.80", "fd00:96::80");
+        let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &b, (b.ip(v6), 8080));
+        f.handshake(&mut c);
+        f.data(&mut c, 64, 256);
+    }
+    for port in [40001, 40002, 40003] {
+        let mut f = Conn::new(&a, a.v4, port, (ip("10.96.0.81"), 80), &b, (b.v4, 8080));
+        f.handshake(&mut c);
+    }
+    syn_to(
+        &mut c,
+        &a,
+        false,
+        ("10.96.0.82", 80),
+        40004,
+        x("SYN to a service whose only backend is terminating and not serving").rejected(),
+    );
+    syn_to(
+        &mut c,
+        &a,
+        false,
+        ("10.96.0.83", 80),
+        40005,
+        x("SYN to a service whose only backend is `state: terminating`").rejected(),
+    );
+    c
+}
+
+fn traffic_policy_local() -> Case {
+    let (b, cc) = (pod_b(), pod_c());
+    let mut lb_local = service(
+        "lb-local",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[("198.51.100.30", 80), ("2001:db8:100::30", 80)],
+        vec![
+            active("10.0.1.3", 8080),
+            active("10.0.2.5", 8080),
+            active("fd00:10:1::3", 8080),
+            active("fd00:10:2::5", 8080),
+        ],
+    );
+    lb_local.node_ports = vec![st::NodePort {
+        port: 30100,
+        protocol: L4Proto::TCP,
+    }];
+    lb_local.external_traffic_policy = st::TrafficPolicy::Local;
+    lb_local.health_check_node_port = Some(30101);
+    let mut lb_remote = service(
+        "lb-remote",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[("198.51.100.31", 80)],
+        vec![active("10.0.2.6", 8080)],
+    );
+    lb_remote.external_traffic_policy = st::TrafficPolicy::Local;
+    let mut cip_local = service(
+        "cip-local",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.70", 80)],
+        vec![active("10.0.2.7", 8080), active("10.0.1.4", 8080)],
+    );
+    cip_local.internal_traffic_policy = st::TrafficPolicy::Local;
+    let mut cip_remote = service(
+        "cip-remote",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[("10.96.0.71", 80)],
+        vec![active("10.0.2.8", 8080)],
+    );
+    cip_remote.internal_traffic_policy = st::TrafficPolicy::Local;
+    let mut c = Case::new(
+        "traffic-policy-local",
+        "Traffic policies (Kubernetes e2e \"should work for type=LoadBalancer\" with \
+         externalTrafficPolicy: Local, \"should respect internalTrafficPolicy=Local Pod to Pod\"). \
+         `lb-local` (externalTrafficPolicy: Local; backends pod-b and a pod on node-2, both \
+         families): world clients reach the VIP and node port 30100 on pod-b only, the client \
+         address kept. `lb-remote` (Local, its only backend on node-2): a world client's SYN is \
+         dropped `no-local-backend`, not rejected, while pod-a on this node still reaches the \
+         node-2 backend (clients on the node use every backend, as kube-proxy short-circuits \
+         them). `cip-local` (internalTrafficPolicy: Local): pod-a's flows go to pod-c, never to \
+         the node-2 backend. `cip-remote` (Local, no backend here): dropped `no-local-backend`.",
+        state_with(vec![lb_local, lb_remote, cip_local, cip_remote]),
+    );
+    let (w, a) = (world(), pod_a());
+    for (i, (fe, port)) in [
+        ("198.51.100.30", 80),
+        ("198.51.100.30", 80),
+        ("198.51.100.30", 80),
+        (NODE_IP1, 30100),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut f = Conn::new(&w, w.v4, 53000 + i as u16, (ip(fe), port), &b, (b.v4, 8080));
+        f.handshake(&mut c);
+    }
+    let mut f = Conn::new(
+        &w,
+        w.v6,
+        53010,
+        (ip("2001:db8:100::30"), 80),
+        &b,
+        (b.v6, 8080),
+    );
+    f.handshake(&mut c);
+    syn_to(
+        &mut c,
+        &w,
+        false,
+        ("198.51.100.31", 80),
+        53020,
+        x("world SYN to lb-remote (no local backend)").drop_("no-local-backend"),
+    );
+    let r6 = remote("10.0.2.6", "fd00:10:2::6");
+    let mut f = Conn::new(
+        &a,
+        a.v4,
+        40000,
+        (ip("198.51.100.31"), 80),
+        &r6,
+        (r6.v4, 8080),
+    );
+    f.handshake(&mut c);
+    for port in [40001, 40002] {
+        let mut f = Conn::new(&a, a.v4, port, (ip("10.96.0.70"), 80), &cc, (cc.v4, 8080));
+        f.handshake(&mut c);
+    }
+    syn_to(
+        &mut c,
+        &a,
+        false,
+        ("10.96.0.71", 80),
+        40003,
+        x("SYN to cip-remote (no local backend)").drop_("no-local-backend"),
+    );
+    c
+}
+
+fn lb_source_ranges() -> Case {
+    let b = pod_b();
+    let mut svc = service(
+        "lb-ranges",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[("198.51.100.40", 80), ("2001:db8:100::40", 80)],
+        vec![active("10.0.1.3", 8080), active("fd00:10:1::3", 8080)],
+    );
+    svc.node_ports = vec![st::NodePort {
+        port: 30110,
+        protocol: L4Proto::TCP,
+    }];
+    svc.load_balancer_source_ranges = vec![
+        "203.0.113.0/24".parse().unwrap(),
+        "2001:db8:cafe::/48".parse().unwrap(),
+    ];
+    let mut c = Case::new(
+        "lb-source-ranges",
+        "loadBalancerSourceRanges (Kubernetes e2e \"should only allow access from service \
+         loadbalancer source ranges\"): the VIPs of `lb-ranges` admit clients in 203.0.113.0/24 \
+         and 2001:db8:cafe::/48 only; a client outside them is dropped `source-range-denied`. The \
+         ranges restrict the load-balancer VIPs, not the node port (as kube-proxy).",
+        state_with(vec![svc]),
+    );
+    let (w, o) = (world(), remote("198.18.0.9", "2001:db8:beef::9"));
+    for v6 in [false, true] {
+        let vip = pick(v6, "198.51.100.40", "2001:db8:100::40");
+        let mut f = Conn::new(&w, w.ip(v6), 53000, (ip(vip), 80), &b, (b.ip(v6), 8080));
+        f.handshake(&mut c);
+        syn_to(
+            &mut c,
+            &o,
+            v6,
+            (vip, 80),
+            53001,
+            x("SYN from outside the source ranges").drop_("source-range-denied"),
+        );
+    }
+    let mut f = Conn::new(&o, o.v4, 53002, (ip(NODE_IP1), 30110), &b, (b.v4, 8080));
+    f.handshake(&mut c);
+    c
+}
+
+fn reject_rate_limit() -> Case {
+    let svc = service(
+        "empty-udp",
+        ServiceType::ClusterIP,
+        L4Proto::UDP,
+        &[("10.96.0.63", 53)],
+        vec![],
+    );
+    let mut c = Case::new(
+        "reject-rate-limit",
+        "Rejects are rate-limited per worker (1000 per second, a burst of 50: Linux's ICMP \
+         defaults): 60 UDP datagrams to a service without backends, 10 µs apart, get 50 ICMP port \
+         unreachables; the other 10 are dropped `no-backend` without an answer and counted as \
+         suppressed (`summary.json`). 20 ms later the bucket has refilled: the next datagram is \
+         answered again.",
+        state_with(vec![svc]),
+    );
+    let a = pod_a();
+    let udp = |sport| L4::Udp { sport, dport: 53 };
+    for k in 0..60u16 {
+        c.at(f64::from(k) * 10e-6);
+        let mut e = if k < 50 {
+            x("UDP to a service without backends: answered").rejected()
+        } else {
+            x("UDP to a service without backends: over the limit, not answered").drop_("no-backend")
+        };
+        e.has_service = Some(true);
+        c.send(&a, a.v4, ip("10.96.0.63"), udp(50000 + k), 16, e);
+    }
+    c.at(0.020_6);
+    let mut e = x("20 ms later: answered again").rejected();
+    e.has_service = Some(true);
+    c.send(&a, a.v4, ip("10.96.0.63"), udp(50100), 16, e);
     c
 }

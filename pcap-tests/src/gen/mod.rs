@@ -215,6 +215,9 @@ pub fn backend(ip_s: &str, port: u16, weight: u16, state: st::BackendState) -> s
         port,
         weight,
         state,
+        ready: None,
+        serving: None,
+        terminating: None,
     }
 }
 pub fn active(ip_s: &str, port: u16) -> st::Backend {
@@ -243,6 +246,10 @@ pub fn service(
         node_ports: vec![],
         algorithm: st::Algorithm::Maglev,
         affinity: None,
+        internal_traffic_policy: Default::default(),
+        external_traffic_policy: Default::default(),
+        health_check_node_port: None,
+        load_balancer_source_ranges: Vec::new(),
         backends,
     }
 }
@@ -587,6 +594,9 @@ fn summarize(e: &Expect) -> String {
     if e.rst == Some(true) {
         parts.push("as a TCP reset to its sender".into());
     }
+    if e.rejected == Some(true) {
+        parts.push("rejected: a TCP reset or ICMP port unreachable back to its sender".into());
+    }
     if let Some(v) = &e.ct {
         parts.push(format!("ct {v}"));
     }
@@ -649,6 +659,8 @@ pub trait ExpectExt {
     fn drop_(self, reason: &str) -> Self;
     /// Answered by a TCP reset sent back out of `ingress` (its input interface).
     fn rst(self, ingress: &str) -> Self;
+    /// Dropped `no-backend` and answered with a reject (reset or port unreachable).
+    fn rejected(self) -> Self;
     fn ct(self, ct: &str) -> Self;
     fn backend(self, b: &str) -> Self;
     fn policy(self, p: &str) -> Self;
@@ -678,6 +690,11 @@ impl ExpectExt for Expect {
     fn rst(mut self, ingress: &str) -> Self {
         self = self.fwd(ingress);
         self.rst = Some(true);
+        self
+    }
+    fn rejected(mut self) -> Self {
+        self = self.drop_("no-backend");
+        self.rejected = Some(true);
         self
     }
     fn ct(mut self, ct: &str) -> Self {

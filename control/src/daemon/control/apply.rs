@@ -186,6 +186,7 @@ impl Control {
             );
         }
         self.note_uplink_mac(&tables);
+        self.health.update(&tables);
         self.cache.prune();
         self.generation = generation;
         self.publications += 1;

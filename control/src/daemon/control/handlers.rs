@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use nodeplane_dataplane::flow::{fmt_socket, Addr};
 use nodeplane_dataplane::Tables;
-use nodeplane_state::{reserved, BackendState, State};
+use nodeplane_state::{reserved, State};
 
 use super::super::bgp::Bgp;
 use super::Control;
@@ -328,7 +328,7 @@ impl Control {
                     ip: b.addr.to_string(),
                     port: b.port,
                     weight: b.weight,
-                    state: backend_state_name(b.state).into(),
+                    state: backend_state_name(b).into(),
                     flows: flows.get(&(b.addr, b.port)).copied().unwrap_or(0),
                 });
             }
@@ -337,11 +337,12 @@ impl Control {
     }
 }
 
-pub fn backend_state_name(s: BackendState) -> &'static str {
-    match s {
-        BackendState::Active => "active",
-        BackendState::Terminating => "terminating",
-        BackendState::Quarantined => "quarantined",
+/// A backend's condition in listings: `active` (ready), `serving-terminating` (takes new flows
+/// only while no backend is ready), `terminating` (draining), `not-ready`, `quarantined`.
+pub fn backend_state_name(b: &nodeplane_dataplane::tables::Backend) -> &'static str {
+    match b.condition_name() {
+        "ready" => "active",
+        other => other,
     }
 }
 
@@ -362,7 +363,12 @@ fn service_rows(t: &Tables, traffic: &BTreeMap<String, SvcTraffic>) -> Vec<Servi
         .iter()
         .zip(fronts)
         .map(|(s, frontends)| {
-            let count = |st| s.backends.iter().filter(|b| b.state == st).count();
+            let count = |names: &[&str]| {
+                s.backends
+                    .iter()
+                    .filter(|b| names.contains(&b.condition_name()))
+                    .count()
+            };
             ServiceRow {
                 name: s.name.clone(),
                 kind: format!("{:?}", s.kind),
@@ -370,9 +376,9 @@ fn service_rows(t: &Tables, traffic: &BTreeMap<String, SvcTraffic>) -> Vec<Servi
                 algorithm: format!("{:?}", s.algorithm).to_lowercase(),
                 affinity_s: s.affinity_ns.map(|n| n / 1_000_000_000),
                 backends: s.backends.len(),
-                active: count(BackendState::Active),
-                terminating: count(BackendState::Terminating),
-                quarantined: count(BackendState::Quarantined),
+                active: count(&["ready"]),
+                terminating: count(&["terminating", "serving-terminating"]),
+                quarantined: count(&["quarantined"]),
                 traffic: traffic.get(&s.name).copied().unwrap_or_default(),
             }
         })

@@ -91,6 +91,8 @@ pub struct Control {
     events: Arc<EventHub>,
     /// `observe` requests answered whose connection the server has yet to hand over.
     observers_pending: std::collections::HashMap<u64, EventFilter>,
+    /// Health check node ports of `external_traffic_policy: Local` services.
+    health: super::healthcheck::HealthChecks,
 }
 
 impl std::fmt::Debug for Control {
@@ -156,6 +158,7 @@ impl Control {
             last_rejection: None,
             stale: false,
             bgp: None,
+            health: super::healthcheck::HealthChecks::default(),
         }
     }
 

@@ -173,6 +173,10 @@ impl Control {
             });
             died.push(w.id);
         }
+        if !died.is_empty() {
+            // Load balancers stop sending to a node that no longer serves all its queues.
+            self.health.set_proxy_healthy(false);
+        }
         for id in died {
             self.io.worker_died(id);
         }

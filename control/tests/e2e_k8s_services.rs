@@ -1,0 +1,489 @@
+//! End to end, issue 14 items 2-4: Kubernetes service semantics that sig-network's Services e2e
+//! tests (kubernetes/test/e2e/network/service.go) check, each test named after the one it
+//! follows, on the example node of `scripts/lab.sh` (namespaces `np-f<pid><n>-*`), with
+//! `nodeplane run` on real AF_XDP sockets and real kernel clients (curl, socat) and servers
+//! (socat) in the pods and the router.
+//!
+//! Needs root, iproute2, curl, socat. Fails (never skips) without them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod lab;
+
+use lab::{root_dir, Lab};
+
+impl Lab {
+    /// Runs a command in a namespace with a time limit.
+    fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &self.ns(ns)])
+            .args(args)
+            .output()
+            .expect("run in namespace")
+    }
+
+    /// `curl URL` from `ns`: (curl's exit code, stdout, seconds it took). Exit 7 is "connection
+    /// refused", 28 a timeout.
+    fn curl(&self, ns: &str, url: &str) -> (i32, String, f64) {
+        let t0 = Instant::now();
+        let out = self.exec(ns, &["curl", "-sS", "-m", "3", url]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            t0.elapsed().as_secs_f64(),
+        )
+    }
+
+    /// In each web pod: HTTP on TCP 8080 (IPv4) answering `<pod> <client address>`, so a
+    /// test sees both the backend and the source address it saw.
+    fn start_servers(&mut self) {
+        let http = self.tmp.join("http.sh");
+        fs::write(
+            &http,
+            "#!/bin/sh\nread -r req\nprintf 'HTTP/1.0 200 OK\\r\\n\\r\\n%s %s\\n' \"$1\" \"$SOCAT_PEERADDR\"\n",
+        )
+        .unwrap();
+        for w in ["web1", "web2"] {
+            let c = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns(w),
+                    "socat",
+                    "TCP4-LISTEN:8080,reuseaddr,fork",
+                ])
+                .arg(format!("SYSTEM:sh {} {w}", http.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat server");
+            self.procs.push(c);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// The example state with `services.yaml` replaced.
+    fn state_with(&self, name: &str, services: &str) -> PathBuf {
+        let dir = self.tmp.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
+            let e = e.unwrap();
+            let fname = e.file_name().to_string_lossy().into_owned();
+            let mut text = fs::read_to_string(e.path()).unwrap();
+            if fname == "interfaces.yaml" {
+                // The runtime learns the router's MAC from the kernel.
+                text = text
+                    .lines()
+                    .filter(|l| !l.contains("gateway_mac:"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            if fname == "services.yaml" {
+                text = services.to_string();
+            }
+            fs::write(dir.join(&fname), text).unwrap();
+        }
+        dir
+    }
+}
+
+/// Replaces `services.yaml` of a running daemon's state (written aside, renamed in) and waits
+/// for the new generation.
+fn republish(np: &Nodeplane, lab: &Lab, state: &Path, services: &str) {
+    let gen = np.status()["generation"].as_u64().unwrap();
+    let tmp = lab.tmp.join("services.yaml.new");
+    fs::write(&tmp, services).unwrap();
+    fs::rename(&tmp, state.join("services.yaml")).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let s = np.status();
+        if s["generation"].as_u64().unwrap() > gen {
+            assert_eq!(s["state"], "ok", "{s}");
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no new generation: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `nodeplane run --config` (AF_XDP, one worker) in the lab's node namespace; killed on drop.
+struct Nodeplane {
+    wrapper: Child,
+    pid: i32,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Nodeplane {
+    fn start(lab: &Lab, state: &Path) -> Nodeplane {
+        let socket = lab.tmp.join("np.sock");
+        let log = lab.tmp.join("nodeplane.log");
+        let cfg = lab.tmp.join("config.yaml");
+        let pidf = lab.tmp.join("pid");
+        fs::write(
+            &cfg,
+            format!(
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5 }}\n",
+                state.display(),
+                socket.display(),
+            ),
+        )
+        .unwrap();
+        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
+        let mut np = Nodeplane {
+            wrapper,
+            pid: 0,
+            socket,
+            log,
+        };
+        let t0 = Instant::now();
+        while !np.try_status().is_some_and(|s| {
+            s["generation"].as_u64().unwrap_or(0) >= 1
+                && s["workers"].as_array().is_some_and(|w| w.len() == 1)
+        }) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10) && np.wrapper.try_wait().unwrap().is_none(),
+                "nodeplane did not start: {}",
+                fs::read_to_string(&np.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
+        np
+    }
+
+    fn try_status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.try_status().expect("nodeplane status")
+    }
+
+    /// A per-worker counter of worker 0.
+    fn worker(&self, field: &str) -> u64 {
+        self.status()["workers"][0][field].as_u64().unwrap_or(0)
+    }
+
+    fn drops(&self, reason: &str) -> u64 {
+        self.status()["workers"][0]["drops"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Nodeplane {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status();
+        }
+        let t0 = Instant::now();
+        while self.wrapper.try_wait().ok().flatten().is_none() {
+            if t0.elapsed() > Duration::from_secs(5) {
+                let _ = self.wrapper.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.wrapper.wait();
+    }
+}
+
+const WEB1: &str = "10.244.1.21";
+const WEB2: &str = "10.244.1.22";
+
+/// service.go: "should be rejected when no endpoints exist" (and its UDP and IPv6 variants):
+/// a client connecting to a service without endpoints is refused at once, not timed out.
+#[test]
+fn should_be_rejected_when_no_endpoints_exist() {
+    let mut lab = Lab::up("f-");
+    lab.start_servers();
+    let services = r#"
+services:
+  - name: empty
+    type: ClusterIP
+    frontends:
+      - { ip: 10.96.0.60, port: 80, protocol: TCP }
+      - { ip: "fd00:96::60", port: 80, protocol: TCP }
+      - { ip: 10.96.0.60, port: 53, protocol: UDP }
+  - name: web
+    type: ClusterIP
+    frontends: [{ ip: 10.96.0.10, port: 80 }]
+    backends: [{ ip: 10.244.1.21, port: 8080 }]
+"#;
+    let state = lab.state_with("state", services);
+    let np = Nodeplane::start(&lab, &state);
+    let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
+    assert_eq!(
+        (code, out.split(' ').next()),
+        (0, Some("web1")),
+        "a service with an endpoint works"
+    );
+
+    for url in ["http://10.96.0.60/", "http://[fd00:96::60]/"] {
+        let (code, out, took) = lab.curl("client", url);
+        assert_eq!(
+            code, 7,
+            "{url}: curl exit {code} ({out}): want 7, connection refused"
+        );
+        assert!(took < 1.5, "{url}: refused after {took:.2} s, want at once");
+    }
+    // UDP: the ICMP port unreachable makes the connected socket's next read fail.
+    let t0 = Instant::now();
+    let mut c = Command::new("timeout")
+        .args(["5", "ip", "netns", "exec", &lab.ns("client")])
+        .args(["socat", "-T3", "-", "UDP:10.96.0.60:53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = c.stdin.take().unwrap();
+        stdin.write_all(b"query\n").unwrap();
+        // stdin stays open: socat waits for an answer (or the refusal) rather than for EOF.
+        let out = c.wait_with_output().unwrap();
+        drop(stdin);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Connection refused"), "UDP client: {err:?}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "UDP refused at once");
+    assert!(np.worker("rejects_sent") >= 3, "{}", np.status());
+    assert!(np.drops("no-backend") >= 3);
+    let _ = np.log();
+}
+
+fn web_service(backends: &str, extra: &str) -> String {
+    format!(
+        "services:\n  - name: web\n    type: ClusterIP\n    frontends: [{{ ip: 10.96.0.10, port: 80 }}]\n{extra}    backends:\n{backends}"
+    )
+}
+
+/// service.go: "should fallback to terminating endpoints when there are no ready endpoints"
+/// (KEP-1669): with every endpoint terminating, new connections go to the serving ones; an
+/// endpoint that no longer serves gets none.
+#[test]
+fn should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoints() {
+    let mut lab = Lab::up("f-");
+    lab.start_servers();
+    let both_terminating = web_service(
+        &format!(
+            "      - {{ ip: {WEB1}, port: 8080, ready: false, serving: true, terminating: true }}\n      - {{ ip: {WEB2}, port: 8080, ready: false, serving: false, terminating: true }}\n"
+        ),
+        "",
+    );
+    let state = lab.state_with("state", &both_terminating);
+    let np = Nodeplane::start(&lab, &state);
+    for _ in 0..5 {
+        let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
+        assert_eq!(
+            code, 0,
+            "new connection while only terminating endpoints exist"
+        );
+        assert!(
+            out.starts_with("web1 "),
+            "the serving terminating endpoint: {out:?}"
+        );
+    }
+    // web-1 ready again and web-2 serving terminating: the ready one takes every flow.
+    republish(
+        &np,
+        &lab,
+        &state,
+        &web_service(
+            &format!(
+                "      - {{ ip: {WEB1}, port: 8080 }}\n      - {{ ip: {WEB2}, port: 8080, serving: true, terminating: true }}\n"
+            ),
+            "",
+        ),
+    );
+    for _ in 0..5 {
+        let (_, out, _) = lab.curl("client", "http://10.96.0.10/");
+        assert!(
+            out.starts_with("web1 "),
+            "ready before terminating: {out:?}"
+        );
+    }
+    // Nothing serving any more: rejected.
+    republish(
+        &np,
+        &lab,
+        &state,
+        &web_service(
+            &format!("      - {{ ip: {WEB1}, port: 8080, serving: false, terminating: true }}\n"),
+            "",
+        ),
+    );
+    let (code, _, _) = lab.curl("client", "http://10.96.0.10/");
+    assert_eq!(code, 7, "no serving endpoint: refused");
+}
+
+/// service.go: "should respect internalTrafficPolicy=Local Pod to Pod": a pod's connections go
+/// to the endpoints on its node only; with none there they fail.
+#[test]
+fn should_respect_internal_traffic_policy_local_pod_to_pod() {
+    let mut lab = Lab::up("f-");
+    lab.start_servers();
+    // 10.244.2.7 is node-2's pod: never chosen (the router would drop it anyway).
+    let local = web_service(
+        &format!(
+            "      - {{ ip: {WEB2}, port: 8080 }}\n      - {{ ip: 10.244.2.7, port: 8080 }}\n"
+        ),
+        "    internal_traffic_policy: Local\n",
+    );
+    let state = lab.state_with("state", &local);
+    let np = Nodeplane::start(&lab, &state);
+    for _ in 0..6 {
+        let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
+        assert_eq!(code, 0);
+        assert!(out.starts_with("web2 "), "the local endpoint only: {out:?}");
+    }
+    republish(
+        &np,
+        &lab,
+        &state,
+        &web_service(
+            "      - { ip: 10.244.2.7, port: 8080 }\n",
+            "    internal_traffic_policy: Local\n",
+        ),
+    );
+    let before = np.drops("no-local-backend");
+    let (code, _, _) = lab.curl("client", "http://10.96.0.10/");
+    assert_ne!(code, 0, "no local endpoint: the connection fails");
+    assert!(
+        np.drops("no-local-backend") > before,
+        "dropped no-local-backend"
+    );
+    assert_eq!(
+        np.worker("rejects_sent"),
+        0,
+        "dropped, not rejected (as kube-proxy)"
+    );
+}
+
+fn lb_service(backends: &str, extra: &str) -> String {
+    format!(
+        "services:\n  - name: web-lb\n    type: LoadBalancer\n    frontends: [{{ ip: 203.0.113.10, port: 80 }}]\n    node_ports: [{{ port: 30080 }}]\n{extra}    backends:\n{backends}"
+    )
+}
+
+/// service.go: "should work for type=LoadBalancer" with externalTrafficPolicy: Local, and
+/// "should preserve source IP" / the health check node port of kube-proxy's healthcheck
+/// server: world clients reach only this node's endpoints with their own address, and the
+/// health check answers 200 with the local endpoint count, 503 when only terminating ones are
+/// left.
+#[test]
+fn should_work_for_type_load_balancer_with_external_traffic_policy_local() {
+    let mut lab = Lab::up("f-");
+    lab.start_servers();
+    let etp = "    external_traffic_policy: Local\n    health_check_node_port: 30081\n";
+    let state = lab.state_with(
+        "state",
+        &lb_service(
+            &format!(
+                "      - {{ ip: {WEB1}, port: 8080 }}\n      - {{ ip: 10.244.2.7, port: 8080 }}\n"
+            ),
+            etp,
+        ),
+    );
+    let np = Nodeplane::start(&lab, &state);
+    for url in ["http://203.0.113.10/", "http://192.168.100.2:30080/"] {
+        for _ in 0..4 {
+            let (code, out, _) = lab.curl("router", url);
+            assert_eq!(code, 0, "{url}");
+            assert_eq!(
+                out.trim(),
+                "web1 192.168.100.1",
+                "{url}: the local endpoint, the client's own address"
+            );
+        }
+    }
+    let health = |lab: &Lab| {
+        let out = lab.exec(
+            "router",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "3",
+                "-i",
+                "http://192.168.100.2:30081/healthz",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let h = health(&lab);
+    assert!(h.starts_with("HTTP/1.1 200 OK"), "{h}");
+    assert!(h.contains("\"localEndpoints\":1"), "{h}");
+
+    // The local endpoint terminates (still serving): 503, so the load balancer drains the
+    // node, while connections that still come are served by it (the fallback).
+    republish(
+        &np,
+        &lab,
+        &state,
+        &lb_service(
+            &format!(
+                "      - {{ ip: {WEB1}, port: 8080, serving: true, terminating: true }}\n      - {{ ip: 10.244.2.7, port: 8080 }}\n"
+            ),
+            etp,
+        ),
+    );
+    let h = health(&lab);
+    assert!(h.starts_with("HTTP/1.1 503 Service Unavailable"), "{h}");
+    assert!(h.contains("\"localEndpoints\":0"), "{h}");
+    let (code, out, _) = lab.curl("router", "http://203.0.113.10/");
+    assert_eq!((code, out.trim()), (0, "web1 192.168.100.1"));
+}
+
+/// service.go: "should only allow access from service loadbalancer source ranges".
+#[test]
+fn should_only_allow_access_from_service_loadbalancer_source_ranges() {
+    let mut lab = Lab::up("f-");
+    lab.start_servers();
+    let backends = format!("      - {{ ip: {WEB1}, port: 8080 }}\n");
+    let state = lab.state_with(
+        "state",
+        &lb_service(&backends, "    load_balancer_source_ranges: [10.0.0.0/8]\n"),
+    );
+    let np = Nodeplane::start(&lab, &state);
+    let (code, _, _) = lab.curl("router", "http://203.0.113.10/");
+    assert_ne!(code, 0, "the router (192.168.100.1) is outside 10.0.0.0/8");
+    assert!(np.drops("source-range-denied") >= 1, "{}", np.status());
+    // The node port is not restricted (kube-proxy filters the VIP only).
+    let (code, _, _) = lab.curl("router", "http://192.168.100.2:30080/");
+    assert_eq!(code, 0, "node port");
+    republish(
+        &np,
+        &lab,
+        &state,
+        &lb_service(
+            &backends,
+            "    load_balancer_source_ranges: [192.168.100.0/24]\n",
+        ),
+    );
+    let (code, out, _) = lab.curl("router", "http://203.0.113.10/");
+    assert_eq!(
+        (code, out.trim()),
+        (0, "web1 192.168.100.1"),
+        "now inside the ranges"
+    );
+}
