@@ -188,6 +188,41 @@ fn decision(state: &State, endpoint: &str, direction: &str, d: Decision) -> Rule
     }
 }
 
+/// The egress and ingress rules that decide a flow whose first packet had outcome `o`: the
+/// same compiled per-endpoint policy (`DirPolicy::decide`) the pipeline asked, with the same
+/// inputs (identities and the translated destination). `explain` and `whatif` name rules so.
+pub fn deciding_rules(
+    t: &Tables,
+    state: &State,
+    mode: PolicyMode,
+    key: &FlowKey,
+    o: &nodeplane_dataplane::Outcome,
+) -> (Option<RuleDecision>, Option<RuleDecision>) {
+    let (dst, dport) = o.backend.unwrap_or((key.dst, key.dport));
+    let mut egress_rule = None;
+    let mut ingress_rule = None;
+    if mode == PolicyMode::AllowAll {
+        return (None, None);
+    }
+    if let (Some(si), Some(di)) = (o.src_identity, o.dst_identity) {
+        if let Some(ep) = t.endpoint_of(&key.src) {
+            let ep = &t.endpoints[ep as usize];
+            if let Some(p) = &ep.egress {
+                let d = p.decide(dst, di, key.proto, dport);
+                egress_rule = Some(decision(state, &ep.name, "egress", d));
+            }
+        }
+        if let Some(ep) = t.endpoint_of(&dst) {
+            let ep = &t.endpoints[ep as usize];
+            if let Some(p) = &ep.ingress {
+                let d = p.decide(key.src, si, key.proto, dport);
+                ingress_rule = Some(decision(state, &ep.name, "ingress", d));
+            }
+        }
+    }
+    (egress_rule, ingress_rule)
+}
+
 pub fn compose(
     req: &ExplainRequest,
     pkt: &Synth,
@@ -221,27 +256,8 @@ pub fn compose(
         _ => (None, None),
     };
     let mode = x.policy_mode_override.unwrap_or(t.policy_mode);
-    let (dst, dport) = o.backend.unwrap_or((key.dst, key.dport));
-    let mut egress_rule = None;
-    let mut ingress_rule = None;
-    if mode != PolicyMode::AllowAll {
-        if let (Some(si), Some(di)) = (o.src_identity, o.dst_identity) {
-            if let Some(ep) = t.endpoint_of(&key.src) {
-                let ep = &t.endpoints[ep as usize];
-                if let Some(p) = &ep.egress {
-                    let d = p.decide(dst, di, key.proto, dport);
-                    egress_rule = Some(decision(state, &ep.name, "egress", d));
-                }
-            }
-            if let Some(ep) = t.endpoint_of(&dst) {
-                let ep = &t.endpoints[ep as usize];
-                if let Some(p) = &ep.ingress {
-                    let d = p.decide(key.src, si, key.proto, dport);
-                    ingress_rule = Some(decision(state, &ep.name, "ingress", d));
-                }
-            }
-        }
-    }
+    let (dst, _) = o.backend.unwrap_or((key.dst, key.dport));
+    let (egress_rule, ingress_rule) = deciding_rules(t, state, mode, &key, o);
     let output = match (o.action, parse::parse(&x.frame_after)) {
         (nodeplane_dataplane::Action::Forward(_), Ok(Parsed::Ip(m))) => Some(format!(
             "{} -> {}",

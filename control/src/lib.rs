@@ -15,3 +15,4 @@ pub mod identity;
 pub mod replay;
 pub mod runtime;
 pub mod source;
+pub mod whatif;

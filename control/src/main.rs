@@ -45,6 +45,9 @@ enum Command {
     Explain(cli::explain::ExplainArgs),
     /// Flow events as they happen: new flows and drops, with verdicts and names.
     Observe(cli::observe::ObserveArgs),
+    /// Which flows a proposed state would change: recorded traffic replayed against the
+    /// current and the proposed state.
+    Whatif(cli::whatif::WhatifArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Observe(a) => cli::observe::run(a),
+        Command::Whatif(a) => cli::whatif::run(a),
     };
     match result {
         Ok(code) => code,

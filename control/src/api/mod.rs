@@ -47,6 +47,9 @@ pub enum Request {
         ip: String,
     },
     IdentityList {},
+    /// The running state as the source gave it (identities allocated), as JSON: what
+    /// `nodeplane whatif` compares a proposed state with.
+    StateGet {},
     PolicyGet {
         endpoint: String,
     },

@@ -16,3 +16,4 @@ pub mod run;
 pub mod service;
 pub mod state;
 pub mod status;
+pub mod whatif;

@@ -120,6 +120,7 @@ impl Control {
                     Request::BackendList {} => self.backend_rows(&tables),
                     Request::IpcacheGet { ip } => ipcache_get(&tables, &ip),
                     Request::IdentityList {} => Response::ok(identity_rows(&state)),
+                    Request::StateGet {} => Response::ok(&*state),
                     Request::PolicyGet { endpoint } => {
                         let mode = self.mode_status();
                         policy_get(&state, &endpoint, mode)
