@@ -8,6 +8,7 @@
 //! stages are `nodeplane_dataplane`'s.
 
 pub mod api;
+pub mod capture;
 pub mod daemon;
 pub mod events;
 pub mod explain;

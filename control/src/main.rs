@@ -48,6 +48,8 @@ enum Command {
     /// Which flows a proposed state would change: recorded traffic replayed against the
     /// current and the proposed state.
     Whatif(cli::whatif::WhatifArgs),
+    /// Record the frames the workers receive on one interface into a pcap (bounded).
+    Capture(cli::capture::CaptureArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Explain(a) => cli::explain::run(a),
         Command::Observe(a) => cli::observe::run(a),
         Command::Whatif(a) => cli::whatif::run(a),
+        Command::Capture(a) => cli::capture::run(a),
     };
     match result {
         Ok(code) => code,

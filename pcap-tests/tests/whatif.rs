@@ -43,7 +43,11 @@ fn cases() -> Vec<PathBuf> {
         .filter(|p| p.join("case.json").exists())
         .collect();
     v.sort();
-    assert!(v.len() >= 2, "whatif cases missing under {}", root.display());
+    assert!(
+        v.len() >= 2,
+        "whatif cases missing under {}",
+        root.display()
+    );
     v
 }
 
@@ -108,7 +112,12 @@ fn intent(name: &str, case: &Case, r: &WhatifReport) {
     }
     assert!(r.changed_packets <= pkts && pkts <= r.packets, "{name}");
     let services: BTreeSet<&str> = r.by_service.keys().map(String::as_str).collect();
-    let want: BTreeSet<&str> = case.expect.changed_services.iter().map(String::as_str).collect();
+    let want: BTreeSet<&str> = case
+        .expect
+        .changed_services
+        .iter()
+        .map(String::as_str)
+        .collect();
     assert_eq!(services, want, "{name}: services with changed flows");
     let changes: BTreeSet<&str> = r.by_change.keys().map(String::as_str).collect();
     let want: BTreeSet<&str> = case.expect.changes.iter().map(String::as_str).collect();
@@ -177,7 +186,12 @@ fn events_that_cannot_start_a_flow_are_counted_not_replayed() {
         work_dir: None,
     })
     .unwrap();
-    assert_eq!(r.skipped_events.get("not a first packet"), Some(&1), "{:?}", r.skipped_events);
+    assert_eq!(
+        r.skipped_events.get("not a first packet"),
+        Some(&1),
+        "{:?}",
+        r.skipped_events
+    );
     assert_eq!(
         r.skipped_events.get("interface not in the current state"),
         Some(&1)

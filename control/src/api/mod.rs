@@ -67,6 +67,16 @@ pub enum Request {
         #[serde(default)]
         filter: crate::events::EventFilter,
     },
+    /// Frames as the workers received them on `iface`: the response line
+    /// ([`crate::capture::CaptureStarted`]) is followed by [`crate::capture::CaptureLine`]s
+    /// until `count` frames or `duration_ms` (at least one is required), then an `end` line.
+    Capture {
+        iface: String,
+        #[serde(default)]
+        count: Option<u64>,
+        #[serde(default)]
+        duration_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

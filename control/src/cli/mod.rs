@@ -4,6 +4,7 @@ pub type CliResult = Result<std::process::ExitCode, Box<dyn std::error::Error>>;
 
 pub mod backend;
 pub mod bgp;
+pub mod capture;
 pub mod client;
 pub mod ct;
 pub mod explain;

@@ -54,7 +54,8 @@ pub struct WhatifArgs {
 }
 
 fn load(path: &std::path::Path) -> Result<State, String> {
-    nodeplane_state::load_path(path).map_err(|e| format!("cannot load state {}: {e}", path.display()))
+    nodeplane_state::load_path(path)
+        .map_err(|e| format!("cannot load state {}: {e}", path.display()))
 }
 
 pub fn run(a: WhatifArgs) -> CliResult {
@@ -100,7 +101,10 @@ pub fn run(a: WhatifArgs) -> CliResult {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render(&current_name, &a.state.display().to_string()));
+        print!(
+            "{}",
+            report.render(&current_name, &a.state.display().to_string())
+        );
     }
     if a.fail_on_change && report.changed_flows > 0 {
         return Ok(ExitCode::from(EXIT_CHANGED));

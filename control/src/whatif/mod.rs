@@ -125,10 +125,8 @@ pub fn run(opts: &WhatifOptions) -> Result<WhatifReport, WhatifError> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            let d = std::env::temp_dir().join(format!(
-                "nodeplane-whatif-{}-{nanos}",
-                std::process::id()
-            ));
+            let d = std::env::temp_dir()
+                .join(format!("nodeplane-whatif-{}-{nanos}", std::process::id()));
             (d.clone(), Some(TempDir(d)))
         }
     };

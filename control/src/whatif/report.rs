@@ -160,7 +160,10 @@ fn side(
     let first_packet = matches!(v.ct.as_deref(), None | Some("new"));
     if !first_packet {
         // Rules decide a flow at its first packet; later packets and replies follow conntrack.
-        rules.push(format!("{} packet of a flow", v.ct.as_deref().unwrap_or("?")));
+        rules.push(format!(
+            "{} packet of a flow",
+            v.ct.as_deref().unwrap_or("?")
+        ));
     } else if let Some(k) = key {
         let backend = v
             .backend
@@ -260,7 +263,11 @@ pub fn compare(
             let (Some(k), Some(l)) = (k, side.get(&(i as u64))) else {
                 continue;
             };
-            let Some(b) = l.backend.as_deref().and_then(|b| b.parse::<SocketAddr>().ok()) else {
+            let Some(b) = l
+                .backend
+                .as_deref()
+                .and_then(|b| b.parse::<SocketAddr>().ok())
+            else {
                 continue;
             };
             let b = (Addr::from(b.ip()), b.port());
@@ -329,7 +336,9 @@ pub fn compare(
         let ip = |a: Addr| (hk.is_some()).then(|| a.to_ip());
         let change = FlowChange {
             iface: frames[head].0.clone(),
-            proto: hk.map(|k| proto_name(k.proto)).unwrap_or_else(|| "-".into()),
+            proto: hk
+                .map(|k| proto_name(k.proto))
+                .unwrap_or_else(|| "-".into()),
             src: hk.and_then(|k| ip(k.src)),
             sport: hk.map(|k| k.sport).unwrap_or(0),
             dst: hk.and_then(|k| ip(k.dst)),

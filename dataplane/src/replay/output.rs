@@ -64,7 +64,12 @@ impl PcapFile {
 
     /// Appends one frame captured at `ts` (nanoseconds since the Unix epoch, or any clock).
     pub fn write(&mut self, ts: u64, frame: &[u8]) -> Result<(), ReplayIoError> {
-        let pkt = PcapPacket::new(Duration::from_nanos(ts), frame.len() as u32, frame);
+        self.write_cut(ts, frame.len() as u32, frame)
+    }
+
+    /// Appends the first bytes of a frame that was `orig_len` bytes long.
+    pub fn write_cut(&mut self, ts: u64, orig_len: u32, data: &[u8]) -> Result<(), ReplayIoError> {
+        let pkt = PcapPacket::new(Duration::from_nanos(ts), orig_len, data);
         self.w
             .write_packet(&pkt)
             .map_err(|source| ReplayIoError::Pcap {
@@ -117,7 +122,8 @@ impl PcapOut {
     ) -> Result<(), ReplayIoError> {
         if !self.writers.contains_key(egress) {
             let p = self.dir.join(format!("{egress}.pcap"));
-            self.writers.insert(egress.to_string(), PcapFile::create(&p)?);
+            self.writers
+                .insert(egress.to_string(), PcapFile::create(&p)?);
         }
         let w = self.writers.get_mut(egress).expect("writer inserted above");
         w.write(ts, frame)

@@ -30,6 +30,7 @@
 //! [`ReplayIo`](crate::replay::ReplayIo) implements it over frames from a capture: `nodeplane
 //! replay`, the daemon's `io: replay`, tests and benchmarks.
 
+pub mod capture;
 pub mod clock;
 pub mod io;
 pub mod panic;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 
+pub use self::capture::{CaptureShared, CaptureTap, CapturedFrame};
 pub use self::clock::Clock;
 pub use self::io::{
     AfXdpIoStats, IoCounters, IoStats, PacketIo, TxCount, XskKernelStats, XskSocketStats,
@@ -104,6 +106,8 @@ pub struct Worker<I: PacketIo> {
     services: ServiceCounts,
     /// Flow events: checked once per burst (see `crate::events`).
     events: EventTap,
+    /// `nodeplane capture`: checked once per burst (see `capture.rs`).
+    capture: CaptureTap,
     /// While observed: the last burst's outcomes, ingress and time, for events of frames the
     /// I/O loses after the pipeline decided them.
     last: Box<[(Outcome, IfIndex, u64); BURST]>,
@@ -139,6 +143,7 @@ impl<I: PacketIo> Worker<I> {
             panics_unlogged: 0,
             services,
             events: EventTap::detached(),
+            capture: CaptureTap::detached(),
             last: Box::new([(Outcome::default(), 0, 0); BURST]),
         }
     }
@@ -153,6 +158,12 @@ impl<I: PacketIo> Worker<I> {
     /// Records flow events into `tap` (the daemon's hub; see `crate::events`).
     pub fn with_events(mut self, tap: EventTap) -> Worker<I> {
         self.events = tap;
+        self
+    }
+
+    /// Copies received frames into `tap` while a capture is armed (`nodeplane capture`).
+    pub fn with_capture(mut self, tap: CaptureTap) -> Worker<I> {
+        self.capture = tap;
         self
     }
 
@@ -231,6 +242,7 @@ impl<I: PacketIo> Worker<I> {
             rst_sent,
             services,
             events,
+            capture,
             last,
             ..
         } = self;
@@ -238,8 +250,14 @@ impl<I: PacketIo> Worker<I> {
         // The only cost of flow events while nobody observes: this load, once per turn.
         let observed = events.observed();
         let generation = pipeline.tables().generation;
+        // Off: one load, like the events check.
+        let captured = capture.prepare(pipeline.tables());
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
+            if let Some(want) = captured {
+                // As received: before the pipeline rewrites anything.
+                capture.record(want, pkts);
+            }
             latest = pkts.iter().map(|p| p.ts).fold(latest, u64::max);
             if observed {
                 // Events before the RST rewrite below: a dropped frame shows as dropped.
