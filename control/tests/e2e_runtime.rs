@@ -767,3 +767,90 @@ fn two_workers_hand_off_flows_to_their_owner() {
     assert_eq!(seen, vec![0, 1], "flows owned by both workers: {ct}");
     assert_clean_stop(&lab, np, 2);
 }
+
+/// `nodeplane capture` on live AF_XDP traffic (issue 15): real clients through the daemon while
+/// a capture of `pod-client` is armed; the capture holds the frames as the worker received
+/// them (the client's own addresses and MACs, before any rewrite), and replayed through the
+/// same state it gets the verdicts the daemon counted (policy drops, flows of `web`).
+#[test]
+fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
+    let mut lab = Lab::up("g-");
+    assert!(lab.prefix.starts_with("np-g-"), "{}", lab.prefix);
+    lab.start_servers();
+    let state = lab.state("state", |_, s| s);
+    let np = Nodeplane::start(&lab, &state, 1);
+    let web_flows = |np: &Nodeplane| -> u64 {
+        np.stats()["service_traffic"]["web"]["flows"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let denied0 = drops(&np.stats(), "policy-denied");
+    let flows0 = web_flows(&np);
+
+    let cap = lab.tmp.join("cap.pcap");
+    let capture = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args([
+            "capture",
+            "--iface",
+            "pod-client",
+            "--duration",
+            "7",
+            "--output",
+        ])
+        .arg(&cap)
+        .arg("--socket")
+        .arg(&np.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let a = lab.curl("client", "http://10.96.0.10/").expect("ClusterIP");
+        assert!(a.starts_with("hello from web"), "{a}");
+    }
+    assert!(lab.curl("client", "http://10.244.1.21:9050/").is_none());
+    let out = capture.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{err}\n{}",
+        fs::read_to_string(&np.log).unwrap_or_default()
+    );
+    let denied = drops(&np.stats(), "policy-denied") - denied0;
+    let flows = web_flows(&np) - flows0;
+    assert!(
+        denied >= 1 && flows == 3,
+        "daemon: {denied} denied, {flows} web flows"
+    );
+
+    let frames = nodeplane_dataplane::replay::read_ethernet(&cap).unwrap();
+    assert!(frames.len() >= 3 * 4, "{} frames: {err}", frames.len());
+    // As received on pod-client: sent by the client (its MAC), IPv4 from the client's address.
+    for f in &frames {
+        assert_eq!(
+            &f.data[6..12],
+            &[2, 0, 0, 0, 2, 0x0a],
+            "source MAC: {:02x?}",
+            &f.data[..14]
+        );
+        if f.data[12..14] == [0x08, 0x00] {
+            assert_eq!(&f.data[26..30], &[10, 244, 1, 10], "client address");
+        }
+    }
+    let replayed = lab.tmp.join("replayed");
+    let s = nodeplane_control::replay::run(&nodeplane_control::replay::ReplayOptions {
+        state: state.clone(),
+        inputs: vec![("pod-client".into(), cap.clone())],
+        output_dir: replayed,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(s.packets, frames.len() as u64);
+    assert_eq!(
+        s.drops.get("policy-denied").copied().unwrap_or(0),
+        denied,
+        "the same denials: {s:?}"
+    );
+    assert_eq!(s.services.get("web").map(|t| t.flows), Some(3), "{s:?}");
+}
