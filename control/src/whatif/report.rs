@@ -290,8 +290,8 @@ pub fn compare(
     // In order of their first packet.
     let mut order: Vec<Vec<u64>> = Vec::new();
     let mut index_of_root = HashMap::new();
-    for i in 0..frames.len() {
-        let r = root(&mut parent, slot_of[i]);
+    for (i, &slot) in slot_of.iter().enumerate() {
+        let r = root(&mut parent, slot);
         let o = *index_of_root.entry(r).or_insert_with(|| {
             order.push(Vec::new());
             order.len() - 1

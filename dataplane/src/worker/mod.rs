@@ -4,7 +4,9 @@
 //!  loop {
 //!    subscriber.poll()          one atomic load; new tables / policy mode between bursts
 //!    events.observed()          one atomic load: is a `nodeplane observe` attached?
-//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [flow events:
+//!    capture.prepare()          one atomic load: is a `nodeplane capture` armed?
+//!    io.burst(process)          rx ≤ 64 frames → [capture: copy as received, if armed] →
+//!                               Pipeline::process_burst → [flow events:
 //!                               new flows and drops → this worker's queue, if observed]
 //!                               → [RST rewrite] → tx
 //!    pipeline.drain()           held fragments that became ready or timed out
