@@ -37,6 +37,8 @@ enum Command {
     Ct(cli::ct::CtArgs),
     /// The ipcache (address → identity).
     Ipcache(cli::ipcache::IpcacheArgs),
+    /// Workloads outside the cluster (VMs, bare metal) and their identities.
+    External(cli::external::ExternalArgs),
     /// Security identities.
     Identity(cli::identity::IdentityArgs),
     /// Endpoint policies and the runtime policy mode.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Ct(a) => cli::ct::run(a),
         Command::Ipcache(a) => cli::ipcache::run(a),
         Command::Identity(a) => cli::identity::run(a),
+        Command::External(a) => cli::external::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Observe(a) => cli::observe::run(a),

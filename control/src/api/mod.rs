@@ -47,6 +47,8 @@ pub enum Request {
         ip: String,
     },
     IdentityList {},
+    /// External workloads (VMs, bare metal) registered with labels: name, IPs, identity.
+    ExternalList {},
     /// The running state as the source gave it (identities allocated), as JSON: what
     /// `nodeplane whatif` compares a proposed state with.
     StateGet {},
@@ -331,6 +333,15 @@ pub struct IdentityRow {
     pub kind: String,
     /// Endpoint names (with labels) or prefixes that carry the identity.
     pub members: Vec<String>,
+}
+
+/// One external workload (`external-list`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalRow {
+    pub name: String,
+    pub ips: Vec<String>,
+    pub identity: u32,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

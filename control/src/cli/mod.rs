@@ -8,6 +8,7 @@ pub mod capture;
 pub mod client;
 pub mod ct;
 pub mod explain;
+pub mod external;
 pub mod identity;
 pub mod ipcache;
 pub mod observe;

@@ -14,8 +14,8 @@ use super::super::bgp::Bgp;
 use super::Control;
 use crate::api::server::Reply;
 use crate::api::{
-    BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeStatus, PolicyView,
-    Request, Response, ServiceRow, Status,
+    BackendRow, CtFlushed, CtList, ExternalRow, IdentityRow, IpcacheEntry, PolicyModeStatus,
+    PolicyView, Request, Response, ServiceRow, Status,
 };
 use crate::capture::{CaptureHub, CaptureSpec, CaptureStarted};
 use crate::events::ObserveStarted;
@@ -183,7 +183,8 @@ impl Control {
                         Response::ok(service_rows(&tables, &traffic))
                     }
                     Request::BackendList {} => self.backend_rows(&tables),
-                    Request::IpcacheGet { ip } => ipcache_get(&tables, &ip),
+                    Request::IpcacheGet { ip } => ipcache_get(&tables, &state, &ip),
+                    Request::ExternalList {} => Response::ok(external_rows(&state)),
                     Request::IdentityList {} => Response::ok(identity_rows(&state)),
                     Request::StateGet {} => Response::ok(&*state),
                     Request::PolicyGet { endpoint } => {
@@ -469,12 +470,31 @@ pub fn identity_source(t: &Tables, a: &Addr) -> (u32, Option<String>, String) {
     }
 }
 
-fn ipcache_get(t: &Tables, ip: &str) -> Response {
+/// `external-list`: the registered external workloads (VMs, bare metal), by name.
+fn external_rows(s: &State) -> Vec<ExternalRow> {
+    let mut rows: Vec<ExternalRow> = s
+        .external_workloads
+        .iter()
+        .map(|w| ExternalRow {
+            name: w.name.clone(),
+            ips: w.ips.iter().map(|ip| ip.to_string()).collect(),
+            identity: w.identity,
+            labels: w.labels.clone(),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    rows
+}
+
+fn ipcache_get(t: &Tables, s: &State, ip: &str) -> Response {
     let Ok(addr) = ip.parse::<IpAddr>() else {
         return Response::err(format!("{ip:?} is not an IP address"));
     };
     let a = Addr::from(addr);
-    let (identity, prefix, source) = identity_source(t, &a);
+    let (identity, prefix, mut source) = identity_source(t, &a);
+    if let Some(w) = s.external_workloads.iter().find(|w| w.ips.contains(&addr)) {
+        source = format!("external {}", w.name);
+    }
     Response::ok(IpcacheEntry {
         ip: addr.to_string(),
         identity,
@@ -510,6 +530,17 @@ fn identity_rows(s: &State) -> Vec<IdentityRow> {
             .entry(e.identity)
             .or_insert_with(|| ("endpoint".into(), Vec::new()));
         entry.1.push(member);
+    }
+    for w in &s.external_workloads {
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let entry = by_id
+            .entry(w.identity)
+            .or_insert_with(|| ("external".into(), Vec::new()));
+        entry.1.push(if labels.is_empty() {
+            w.name.clone()
+        } else {
+            format!("{} ({})", w.name, labels.join(","))
+        });
     }
     for c in &s.ipcache {
         let entry = by_id
