@@ -152,12 +152,18 @@ fn steering(t: &Tables, iface: &str, key: &FlowKey) -> String {
     }
 }
 
-fn info(t: &Tables, a: &Addr) -> IdentityInfo {
+fn info(t: &Tables, state: &State, a: &Addr) -> IdentityInfo {
     let (identity, prefix, source) = identity_source(t, a);
+    let ip = a.to_ip();
+    let external = state
+        .external_workloads
+        .iter()
+        .find(|w| w.ips.contains(&ip) && w.identity == identity);
     IdentityInfo {
         identity,
-        source: match prefix {
-            Some(p) if source == "ipcache" => format!("ipcache {p}"),
+        source: match (prefix, external) {
+            (_, Some(w)) if source == "ipcache" => format!("external {}", w.name),
+            (Some(p), _) if source == "ipcache" => format!("ipcache {p}"),
             _ => source,
         },
     }
@@ -276,8 +282,8 @@ pub fn compose(
         outcome: x.view.clone(),
         service_frontend: svc_front,
         backend_state,
-        src_identity: o.src_identity.map(|_| info(t, &key.src)),
-        dst_identity: o.dst_identity.map(|_| info(t, &dst)),
+        src_identity: o.src_identity.map(|_| info(t, state, &key.src)),
+        dst_identity: o.dst_identity.map(|_| info(t, state, &dst)),
         policy_mode: match mode {
             PolicyMode::Enforce => "enforce",
             PolicyMode::Audit => "audit",

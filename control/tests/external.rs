@@ -70,6 +70,7 @@ fn an_external_workload_has_its_identity_and_policy_enforces_it_both_ways() {
         "10.244.1.21:8080",
     );
     assert_eq!(x["outcome"]["src_identity"], 5000, "{x}");
+    assert_eq!(x["src_identity"]["source"], "external vm-db", "{x}");
     assert_eq!(x["outcome"]["reason"], "policy-denied", "{x}");
     assert_eq!(x["ingress_rule"]["endpoint"], "web-1", "{x}");
     assert_eq!(
