@@ -458,24 +458,34 @@ impl Session<'_> {
         )
         .map_err(|e| IdentityStep::Bad(e.to_string()))?;
         let mut now = std::collections::BTreeSet::new();
-        // (reference name, labels, identity to fill): endpoints by their name, external
-        // workloads as `external:<name>`, so that the two kinds' references stay apart.
-        let mut wanted: Vec<(
+        // (reference name, what it is for messages, labels, identity to fill): endpoints by
+        // their name, external workloads as `external:<name>`, so the two kinds' references
+        // stay apart.
+        type Wanted<'a> = (
             String,
-            &std::collections::BTreeMap<String, String>,
-            &mut u32,
-        )> = Vec::new();
+            String,
+            &'a std::collections::BTreeMap<String, String>,
+            &'a mut u32,
+        );
+        let mut wanted: Vec<Wanted<'_>> = Vec::new();
         for ep in state.endpoints.iter_mut().filter(|e| e.identity == 0) {
-            wanted.push((ep.name.clone(), &ep.labels, &mut ep.identity));
+            let what = format!("endpoint {}", ep.name);
+            wanted.push((ep.name.clone(), what, &ep.labels, &mut ep.identity));
         }
         for w in state
             .external_workloads
             .iter_mut()
             .filter(|w| w.identity == 0)
         {
-            wanted.push((format!("external:{}", w.name), &w.labels, &mut w.identity));
+            let what = format!("external workload {}", w.name);
+            wanted.push((
+                format!("external:{}", w.name),
+                what,
+                &w.labels,
+                &mut w.identity,
+            ));
         }
-        for (name, labels, identity) in wanted {
+        for (name, what, labels, identity) in wanted {
             if let Some((held, id)) = self.held_labels.get(&name) {
                 if held == labels && self.allocated.contains(&(name.clone(), *id)) {
                     *identity = *id;
@@ -485,9 +495,9 @@ impl Session<'_> {
             }
             let id = alloc.allocate(&name, labels).await.map_err(|e| match e {
                 crate::identity::IdentityError::Store(_) => {
-                    IdentityStep::Store(format!("identity allocation for {name}: {e}"))
+                    IdentityStep::Store(format!("identity allocation for {what}: {e}"))
                 }
-                _ => IdentityStep::Bad(format!("{name}: {e}")),
+                _ => IdentityStep::Bad(format!("{what}: {e}")),
             })?;
             *identity = id;
             now.insert((name.clone(), id));
