@@ -152,12 +152,18 @@ fn steering(t: &Tables, iface: &str, key: &FlowKey) -> String {
     }
 }
 
-fn info(t: &Tables, a: &Addr) -> IdentityInfo {
+fn info(t: &Tables, state: &State, a: &Addr) -> IdentityInfo {
     let (identity, prefix, source) = identity_source(t, a);
+    let ip = a.to_ip();
+    let external = state
+        .external_workloads
+        .iter()
+        .find(|w| w.ips.contains(&ip) && w.identity == identity);
     IdentityInfo {
         identity,
-        source: match prefix {
-            Some(p) if source == "ipcache" => format!("ipcache {p}"),
+        source: match (prefix, external) {
+            (_, Some(w)) if source == "ipcache" => format!("external {}", w.name),
+            (Some(p), _) if source == "ipcache" => format!("ipcache {p}"),
             _ => source,
         },
     }
@@ -186,6 +192,41 @@ fn decision(state: &State, endpoint: &str, direction: &str, d: Decision) -> Rule
         rule_index: idx,
         rule: idx.and_then(|i| rules.and_then(|r| r.get(i)).cloned()),
     }
+}
+
+/// The egress and ingress rules that decide a flow whose first packet had outcome `o`: the
+/// same compiled per-endpoint policy (`DirPolicy::decide`) the pipeline asked, with the same
+/// inputs (identities and the translated destination). `explain` and `whatif` name rules so.
+pub fn deciding_rules(
+    t: &Tables,
+    state: &State,
+    mode: PolicyMode,
+    key: &FlowKey,
+    o: &nodeplane_dataplane::Outcome,
+) -> (Option<RuleDecision>, Option<RuleDecision>) {
+    let (dst, dport) = o.backend.unwrap_or((key.dst, key.dport));
+    let mut egress_rule = None;
+    let mut ingress_rule = None;
+    if mode == PolicyMode::AllowAll {
+        return (None, None);
+    }
+    if let (Some(si), Some(di)) = (o.src_identity, o.dst_identity) {
+        if let Some(ep) = t.endpoint_of(&key.src) {
+            let ep = &t.endpoints[ep as usize];
+            if let Some(p) = &ep.egress {
+                let d = p.decide(dst, di, key.proto, dport);
+                egress_rule = Some(decision(state, &ep.name, "egress", d));
+            }
+        }
+        if let Some(ep) = t.endpoint_of(&dst) {
+            let ep = &t.endpoints[ep as usize];
+            if let Some(p) = &ep.ingress {
+                let d = p.decide(key.src, si, key.proto, dport);
+                ingress_rule = Some(decision(state, &ep.name, "ingress", d));
+            }
+        }
+    }
+    (egress_rule, ingress_rule)
 }
 
 pub fn compose(
@@ -221,27 +262,8 @@ pub fn compose(
         _ => (None, None),
     };
     let mode = x.policy_mode_override.unwrap_or(t.policy_mode);
-    let (dst, dport) = o.backend.unwrap_or((key.dst, key.dport));
-    let mut egress_rule = None;
-    let mut ingress_rule = None;
-    if mode != PolicyMode::AllowAll {
-        if let (Some(si), Some(di)) = (o.src_identity, o.dst_identity) {
-            if let Some(ep) = t.endpoint_of(&key.src) {
-                let ep = &t.endpoints[ep as usize];
-                if let Some(p) = &ep.egress {
-                    let d = p.decide(dst, di, key.proto, dport);
-                    egress_rule = Some(decision(state, &ep.name, "egress", d));
-                }
-            }
-            if let Some(ep) = t.endpoint_of(&dst) {
-                let ep = &t.endpoints[ep as usize];
-                if let Some(p) = &ep.ingress {
-                    let d = p.decide(key.src, si, key.proto, dport);
-                    ingress_rule = Some(decision(state, &ep.name, "ingress", d));
-                }
-            }
-        }
-    }
+    let (dst, _) = o.backend.unwrap_or((key.dst, key.dport));
+    let (egress_rule, ingress_rule) = deciding_rules(t, state, mode, &key, o);
     let output = match (o.action, parse::parse(&x.frame_after)) {
         (nodeplane_dataplane::Action::Forward(_), Ok(Parsed::Ip(m))) => Some(format!(
             "{} -> {}",
@@ -260,8 +282,8 @@ pub fn compose(
         outcome: x.view.clone(),
         service_frontend: svc_front,
         backend_state,
-        src_identity: o.src_identity.map(|_| info(t, &key.src)),
-        dst_identity: o.dst_identity.map(|_| info(t, &dst)),
+        src_identity: o.src_identity.map(|_| info(t, state, &key.src)),
+        dst_identity: o.dst_identity.map(|_| info(t, state, &dst)),
         policy_mode: match mode {
             PolicyMode::Enforce => "enforce",
             PolicyMode::Audit => "audit",

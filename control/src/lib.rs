@@ -8,6 +8,7 @@
 //! stages are `nodeplane_dataplane`'s.
 
 pub mod api;
+pub mod capture;
 pub mod daemon;
 pub mod events;
 pub mod explain;
@@ -15,3 +16,4 @@ pub mod identity;
 pub mod replay;
 pub mod runtime;
 pub mod source;
+pub mod whatif;

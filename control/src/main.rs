@@ -37,6 +37,8 @@ enum Command {
     Ct(cli::ct::CtArgs),
     /// The ipcache (address → identity).
     Ipcache(cli::ipcache::IpcacheArgs),
+    /// Workloads outside the cluster (VMs, bare metal) and their identities.
+    External(cli::external::ExternalArgs),
     /// Security identities.
     Identity(cli::identity::IdentityArgs),
     /// Endpoint policies and the runtime policy mode.
@@ -48,6 +50,11 @@ enum Command {
     /// Remove the XDP program that stays attached while no daemon runs (its pinned links):
     /// for uninstalling, not for restarts.
     Detach(cli::detach::DetachArgs),
+    /// Which flows a proposed state would change: recorded traffic replayed against the
+    /// current and the proposed state.
+    Whatif(cli::whatif::WhatifArgs),
+    /// Record the frames the workers receive on one interface into a pcap (bounded).
+    Capture(cli::capture::CaptureArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,10 +70,13 @@ fn main() -> ExitCode {
         Command::Ct(a) => cli::ct::run(a),
         Command::Ipcache(a) => cli::ipcache::run(a),
         Command::Identity(a) => cli::identity::run(a),
+        Command::External(a) => cli::external::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Observe(a) => cli::observe::run(a),
         Command::Detach(a) => cli::detach::run(a),
+        Command::Whatif(a) => cli::whatif::run(a),
+        Command::Capture(a) => cli::capture::run(a),
     };
     match result {
         Ok(code) => code,

@@ -135,7 +135,6 @@ impl EventsOut {
 
 /// Runs a replay and writes its outputs. Returns the summary (also printed by the CLI).
 pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
-    let started = Instant::now();
     let state = load_state(&opts.state)?;
     let mut states_at = Vec::new();
     for (secs, path) in &opts.state_at {
@@ -144,11 +143,23 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         }
         states_at.push(((*secs * 1e9) as u64, load_state(path)?));
     }
+    run_states(opts, &state, states_at)
+}
+
+/// [`run`] with the states already loaded (`opts.state` and `opts.state_at` are not read):
+/// `state` first, then each of `states_at` (nanoseconds after the first packet, state).
+/// `nodeplane whatif` replays states it got from the daemon so.
+pub fn run_states(
+    opts: &ReplayOptions,
+    state: &State,
+    mut states_at: Vec<(u64, State)>,
+) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
     states_at.sort_by_key(|(at, _)| *at);
 
     let mut cache = MaglevCache::default();
     let mut generation = 1;
-    let tables = Arc::new(Tables::build(&state, generation, &mut cache));
+    let tables = Arc::new(Tables::build(state, generation, &mut cache));
 
     // Inputs: every interface must exist in the first state.
     for (name, _) in &opts.inputs {

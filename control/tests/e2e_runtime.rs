@@ -219,7 +219,7 @@ impl Nodeplane {
         c.arg(cmd);
         // Subcommands with a sub-subcommand (`ct list`, `policy mode`) take the socket after it.
         let mut rest = rest.to_vec();
-        let at = if matches!(*cmd, "ct" | "policy") {
+        let at = if matches!(*cmd, "ct" | "policy" | "external") {
             1
         } else {
             0
@@ -766,4 +766,242 @@ fn two_workers_hand_off_flows_to_their_owner() {
     seen.dedup();
     assert_eq!(seen, vec![0, 1], "flows owned by both workers: {ct}");
     assert_clean_stop(&lab, np, 2);
+}
+
+/// `nodeplane capture` on live AF_XDP traffic (issue 15): real clients through the daemon while
+/// a capture of `pod-client` is armed; the capture holds the frames as the worker received
+/// them (the client's own addresses and MACs, before any rewrite), and replayed through the
+/// same state it gets the verdicts the daemon counted (policy drops, flows of `web`).
+#[test]
+fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
+    let mut lab = Lab::up("g-");
+    assert!(lab.prefix.starts_with("np-g-"), "{}", lab.prefix);
+    lab.start_servers();
+    let state = lab.state("state", |_, s| s);
+    let np = Nodeplane::start(&lab, &state, 1);
+    let web_flows = |np: &Nodeplane| -> u64 {
+        np.stats()["service_traffic"]["web"]["flows"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let denied0 = drops(&np.stats(), "policy-denied");
+    let flows0 = web_flows(&np);
+
+    let cap = lab.tmp.join("cap.pcap");
+    let capture = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+        .args([
+            "capture",
+            "--iface",
+            "pod-client",
+            "--duration",
+            "7",
+            "--output",
+        ])
+        .arg(&cap)
+        .arg("--socket")
+        .arg(&np.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let a = lab.curl("client", "http://10.96.0.10/").expect("ClusterIP");
+        assert!(a.starts_with("hello from web"), "{a}");
+    }
+    assert!(lab.curl("client", "http://10.244.1.21:9050/").is_none());
+    let out = capture.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{err}\n{}",
+        fs::read_to_string(&np.log).unwrap_or_default()
+    );
+    let denied = drops(&np.stats(), "policy-denied") - denied0;
+    let flows = web_flows(&np) - flows0;
+    assert!(
+        denied >= 1 && flows == 3,
+        "daemon: {denied} denied, {flows} web flows"
+    );
+
+    let frames = nodeplane_dataplane::replay::read_ethernet(&cap).unwrap();
+    assert!(frames.len() >= 3 * 4, "{} frames: {err}", frames.len());
+    // As received on pod-client: sent by the client (its MAC), IPv4 from the client's address.
+    for f in &frames {
+        assert_eq!(
+            &f.data[6..12],
+            &[2, 0, 0, 0, 2, 0x0a],
+            "source MAC: {:02x?}",
+            &f.data[..14]
+        );
+        if f.data[12..14] == [0x08, 0x00] {
+            assert_eq!(&f.data[26..30], &[10, 244, 1, 10], "client address");
+        }
+    }
+    let replayed = lab.tmp.join("replayed");
+    let s = nodeplane_control::replay::run(&nodeplane_control::replay::ReplayOptions {
+        state: state.clone(),
+        inputs: vec![("pod-client".into(), cap.clone())],
+        output_dir: replayed,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(s.packets, frames.len() as u64);
+    assert_eq!(
+        s.drops.get("policy-denied").copied().unwrap_or(0),
+        denied,
+        "the same denials: {s:?}"
+    );
+    assert_eq!(s.services.get("web").map(|t| t.flows), Some(3), "{s:?}");
+}
+
+/// A namespace standing for a VM outside the cluster, deleted by name when dropped (declare
+/// it after the `Lab`, so it goes first).
+struct VmNamespace(String);
+
+impl VmNamespace {
+    /// `<lab prefix>vm`: 192.168.200.2 behind the router (192.168.200.1), default route to it.
+    fn up(lab: &Lab) -> VmNamespace {
+        let name = lab.ns("vm");
+        assert!(name.starts_with("np-g-"), "{name}");
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let vm = VmNamespace(name.clone());
+        let router = lab.ns("router");
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+            vec![
+                "-n", &router, "link", "add", "vmlink", "type", "veth", "peer", "name", "vm0",
+                "netns", &name,
+            ],
+            vec![
+                "-n",
+                &router,
+                "addr",
+                "add",
+                "192.168.200.1/24",
+                "dev",
+                "vmlink",
+            ],
+            vec!["-n", &router, "link", "set", "vmlink", "up"],
+            vec!["-n", &name, "addr", "add", "192.168.200.2/24", "dev", "vm0"],
+            vec!["-n", &name, "link", "set", "vm0", "up"],
+            vec![
+                "-n",
+                &name,
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.168.200.1",
+            ],
+        ] {
+            let ok = Command::new("ip").args(&args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        }
+        vm
+    }
+}
+
+impl Drop for VmNamespace {
+    fn drop(&mut self) {
+        // Its servers first (they keep the namespace alive), then the namespace (and veth).
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// External workloads (issue 15 item 2) on live AF_XDP traffic: a namespace behind the
+/// router stands for a VM registered with labels and identity 5000. Ingress from it is
+/// enforced like a pod's (web-1 admits the world on 8080, but the VM is not the world any
+/// more: denied, until a rule names its identity), and so is egress to it (the client may not
+/// reach its port 8080, other ports stay open).
+#[test]
+fn an_external_vm_is_enforced_like_a_pod_both_ways() {
+    let mut lab = Lab::up("g-");
+    let vm = VmNamespace::up(&lab);
+    lab.start_servers();
+    for port in ["8080", "8081"] {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &vm.0, "socat"])
+            .arg(format!("TCP-LISTEN:{port},reuseaddr,fork"))
+            .arg(format!(
+                "SYSTEM:sh {} vm{port}",
+                lab.tmp.join("http.sh").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        lab.procs.push(c);
+    }
+    let state = lab.state("state", |_, s| s);
+    fs::write(
+        state.join("external.yaml"),
+        "external_workloads:\n  - name: vm-db\n    ips: [192.168.200.2]\n    identity: 5000\n    labels: { app: db }\n",
+    )
+    .unwrap();
+    let np = Nodeplane::start(&lab, &state, 1);
+    let (code, out) = np.cli(&["external", "list"]);
+    assert!(
+        code == 0 && out.contains("vm-db") && out.contains("5000"),
+        "{out}"
+    );
+
+    // Before any rule names the VM: the router (the world) reaches web-1:8080, the VM does not.
+    let hello = lab
+        .curl("router", "http://10.244.1.21:8080/")
+        .expect("world -> web-1");
+    assert!(hello.starts_with("hello from web"), "{hello}");
+    let denied0 = drops(&np.stats(), "policy-denied");
+    let (reached, _) = lab.run(
+        "vm",
+        &["curl", "-sS", "-m", "2", "http://10.244.1.21:8080/"],
+    );
+    assert!(!reached, "vm -> web-1 denied: the VM is not the world");
+    assert!(
+        drops(&np.stats(), "policy-denied") > denied0,
+        "denied by policy, counted"
+    );
+    // Egress to the VM: allowed on every port for now.
+    let a = lab
+        .curl("client", "http://192.168.200.2:8080/")
+        .expect("client -> vm");
+    assert!(a.starts_with("hello from vm8080"), "{a}");
+
+    // Rules naming identity 5000: web-1 admits it on 8080; the client may not reach its 8080.
+    let gen = np.stats()["generation"].as_u64().unwrap();
+    let p = fs::read_to_string(state.join("policies.yaml")).unwrap();
+    let p = p.replacen(
+        "  - endpoint: web-1\n    ingress:\n",
+        "  - endpoint: web-1\n    ingress:\n      - action: allow\n        identities: [5000]\n        protocol: TCP\n        ports: [{ port: 8080 }]\n",
+        1,
+    );
+    let p = p.replacen(
+        "  - endpoint: client\n    egress:\n",
+        "  - endpoint: client\n    egress:\n      - action: deny\n        identities: [5000]\n        protocol: TCP\n        ports: [{ port: 8080 }]\n",
+        1,
+    );
+    fs::write(state.join("policies.yaml"), p).unwrap();
+    np.wait_generation_above(gen);
+    let (ok, a) = lab.run(
+        "vm",
+        &["curl", "-sS", "-m", "3", "http://10.244.1.21:8080/"],
+    );
+    assert!(
+        ok && a.starts_with("hello from web1"),
+        "vm -> web-1 now allowed: {a}"
+    );
+    assert!(
+        lab.curl("client", "http://192.168.200.2:8080/").is_none(),
+        "client -> vm:8080 denied"
+    );
+    let a = lab
+        .curl("client", "http://192.168.200.2:8081/")
+        .expect("client -> vm:8081");
+    assert!(a.starts_with("hello from vm8081"), "{a}");
 }

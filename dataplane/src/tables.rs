@@ -465,6 +465,14 @@ impl Tables {
                 e.identity,
             );
         }
+        // External workloads (VMs, bare metal): host routes with the identity of their labels,
+        // so policy names them like pods.
+        for w in &state.external_workloads {
+            for ip in &w.ips {
+                let a = Addr::from(*ip);
+                ipcache.insert(a, if a.v6 { 128 } else { 32 }, w.identity);
+            }
+        }
         for ip in &node_ips {
             ipcache.insert(*ip, if ip.v6 { 128 } else { 32 }, reserved::HOST);
         }

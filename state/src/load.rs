@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ConntrackSettings, Endpoint, Interface, IpcacheEntry, Node, Policy, Service, State,
+    ConntrackSettings, Endpoint, ExternalWorkload, Interface, IpcacheEntry, Node, Policy, Service,
+    State,
 };
 use crate::validate::{validate_with_origins, Origins, Problem, Section, ValidationError};
 
@@ -151,6 +152,8 @@ struct Part {
     services: Vec<Service>,
     #[serde(default)]
     policies: Vec<Policy>,
+    #[serde(default)]
+    external_workloads: Vec<ExternalWorkload>,
     #[serde(default)]
     conntrack: Option<ConntrackSettings>,
 }
@@ -437,6 +440,12 @@ fn merge(parts: Vec<(PathBuf, Part)>) -> (State, Origins, Vec<Problem>) {
             &mut state.ipcache,
             part.ipcache,
             &mut o[Section::Ipcache as usize],
+            f,
+        );
+        take(
+            &mut state.external_workloads,
+            part.external_workloads,
+            &mut o[Section::External as usize],
             f,
         );
         take(

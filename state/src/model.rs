@@ -43,8 +43,27 @@ pub struct State {
     pub services: Vec<Service>,
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// Workloads outside the cluster (VMs, bare metal): their IPs get the identity of their
+    /// labels in the ipcache, so policy treats them like pods (docs/external.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_workloads: Vec<ExternalWorkload>,
     #[serde(default)]
     pub conntrack: ConntrackSettings,
+}
+
+/// A host outside the cluster registered with labels (a VM, a bare-metal server). Its IPs map
+/// to its identity in the ipcache (as host routes), so rules that name the identity allow or
+/// deny traffic from and to it exactly as for a pod. `identity: 0` (etcd mode) asks the
+/// identity allocator for the identity of its labels, as for endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalWorkload {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub identity: Identity,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -105,6 +105,7 @@ pub(crate) enum Section {
     Ipcache = 2,
     Services = 3,
     Policies = 4,
+    External = 5,
 }
 
 impl Section {
@@ -115,6 +116,7 @@ impl Section {
             Section::Ipcache => "ipcache",
             Section::Services => "services",
             Section::Policies => "policies",
+            Section::External => "external_workloads",
         }
     }
 }
@@ -127,7 +129,7 @@ pub(crate) struct Origins {
     pub node: Option<usize>,
     pub conntrack: Option<usize>,
     /// Per [`Section`]: for each item of the merged list, (file index, index within that file).
-    pub items: [Vec<(usize, usize)>; 5],
+    pub items: [Vec<(usize, usize)>; 6],
 }
 
 pub(crate) fn validate_with_origins(
@@ -143,6 +145,7 @@ pub(crate) fn validate_with_origins(
     c.interfaces();
     c.endpoints();
     c.ipcache();
+    c.external_workloads();
     c.services();
     c.policies();
     c.conntrack();
@@ -294,6 +297,7 @@ impl Checker<'_> {
             Section::Services => s.services[idx].name.clone(),
             Section::Policies => s.policies[idx].endpoint.clone(),
             Section::Ipcache => s.ipcache[idx].prefix.to_string(),
+            Section::External => s.external_workloads[idx].name.clone(),
         }
     }
 
@@ -747,6 +751,86 @@ impl Checker<'_> {
                         ),
                     );
                 }
+            }
+        }
+    }
+
+    /// Names unique, at least one IP each, IPs usable and nobody else's (node, local
+    /// endpoint, another external workload, an ipcache host entry), a user identity.
+    fn external_workloads(&mut self) {
+        let s = self.s;
+        let sec = Section::External;
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut ips: HashMap<IpAddr, usize> = HashMap::new();
+        let endpoint_ips = endpoint_ips(s);
+        let host_entries: HashMap<IpAddr, usize> = s
+            .ipcache
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.prefix.prefix_len() == e.prefix.max_prefix_len())
+            .map(|(j, e)| (e.prefix.addr(), j))
+            .collect();
+        for (i, w) in s.external_workloads.iter().enumerate() {
+            let n = w.name.as_str();
+            if !plain_key(n) || n.len() > 253 {
+                self.at(
+                    sec,
+                    i,
+                    ".name",
+                    format!(
+                        "{n:?} is not a valid name (1-253 characters, no whitespace or brackets)"
+                    ),
+                );
+            }
+            if let Some(&j) = names.get(n) {
+                let other = self.other(sec, j, (sec, i));
+                self.at(
+                    sec,
+                    i,
+                    ".name",
+                    format!("duplicate external workload name {n:?} (also {other})"),
+                );
+            } else {
+                names.insert(n, i);
+            }
+            if w.ips.is_empty() {
+                self.at(sec, i, ".ips", "an external workload needs at least one IP");
+            }
+            for (k, ip) in w.ips.iter().enumerate() {
+                let f = format!(".ips[{k}]");
+                if let Some(why) = unusable(*ip) {
+                    self.at(sec, i, &f, format!("{ip} {why}"));
+                    continue;
+                }
+                if self.is_node_ip(*ip) {
+                    self.at(sec, i, &f, format!("{ip} is a node IP (node.node_ips)"));
+                }
+                if let Some(&j) = endpoint_ips.get(ip) {
+                    let other = self.other(Section::Endpoints, j, (sec, i));
+                    self.at(
+                        sec,
+                        i,
+                        &f,
+                        format!("{ip} is an IP of local endpoint {other}"),
+                    );
+                }
+                if let Some(&j) = host_entries.get(ip) {
+                    let other = self.other(Section::Ipcache, j, (sec, i));
+                    self.at(sec, i, &f, format!("{ip} is also ipcache entry {other}"));
+                }
+                match ips.get(ip) {
+                    Some(&j) if j == i => self.at(sec, i, &f, format!("{ip} is listed twice")),
+                    Some(&j) => {
+                        let other = self.other(sec, j, (sec, i));
+                        self.at(sec, i, &f, format!("{ip} is already an IP of {other}"));
+                    }
+                    None => {
+                        ips.insert(*ip, i);
+                    }
+                }
+            }
+            if let Some(why) = user_identity_problem(w.identity) {
+                self.at(sec, i, ".identity", why);
             }
         }
     }

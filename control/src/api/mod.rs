@@ -47,6 +47,11 @@ pub enum Request {
         ip: String,
     },
     IdentityList {},
+    /// External workloads (VMs, bare metal) registered with labels: name, IPs, identity.
+    ExternalList {},
+    /// The running state as the source gave it (identities allocated), as JSON: what
+    /// `nodeplane whatif` compares a proposed state with.
+    StateGet {},
     PolicyGet {
         endpoint: String,
     },
@@ -63,6 +68,16 @@ pub enum Request {
     Observe {
         #[serde(default)]
         filter: crate::events::EventFilter,
+    },
+    /// Frames as the workers received them on `iface`: the response line
+    /// ([`crate::capture::CaptureStarted`]) is followed by [`crate::capture::CaptureLine`]s
+    /// until `count` frames or `duration_ms` (at least one is required), then an `end` line.
+    Capture {
+        iface: String,
+        #[serde(default)]
+        count: Option<u64>,
+        #[serde(default)]
+        duration_ms: Option<u64>,
     },
 }
 
@@ -318,6 +333,15 @@ pub struct IdentityRow {
     pub kind: String,
     /// Endpoint names (with labels) or prefixes that carry the identity.
     pub members: Vec<String>,
+}
+
+/// One external workload (`external-list`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalRow {
+    pub name: String,
+    pub ips: Vec<String>,
+    pub identity: u32,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -34,14 +34,14 @@ pub struct ReplayArgs {
     json: bool,
 }
 
-fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+pub(super) fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((i, f)) if !i.is_empty() && !f.is_empty() => Ok((i.to_string(), PathBuf::from(f))),
         _ => Err(format!("expected IFACE=FILE, got {s:?}")),
     }
 }
 
-fn parse_removed(s: &str) -> Result<RemovedFlowAction, String> {
+pub(super) fn parse_removed(s: &str) -> Result<RemovedFlowAction, String> {
     match s {
         "drop" => Ok(RemovedFlowAction::Drop),
         "rst" => Ok(RemovedFlowAction::Rst),

@@ -6,5 +6,5 @@ pub mod output;
 pub mod pcap;
 
 pub use io::{ReplayInput, ReplayIo, ReplayIoConfig, ReplayIoError, REPLAY_FRAME};
-pub use output::ReplayCounts;
+pub use output::{PcapFile, ReplayCounts};
 pub use pcap::{read_ethernet, read_raw, CaptureError, Captured};

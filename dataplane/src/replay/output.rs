@@ -29,11 +29,77 @@ pub struct ReplayCounts {
     pub transmitted: BTreeMap<String, u64>,
 }
 
-/// Pcap writers per egress, created on first use (nanosecond timestamps: the frame's time).
+/// One pcap file being written: Ethernet, nanosecond timestamps (the frame's time). The
+/// project's one pcap writer (replay outputs, `nodeplane capture`, `whatif`'s frames).
+#[derive(Debug)]
+pub struct PcapFile {
+    path: PathBuf,
+    w: PcapWriter<BufWriter<File>>,
+    written: u64,
+}
+
+impl PcapFile {
+    pub fn create(path: &Path) -> Result<PcapFile, ReplayIoError> {
+        let f = File::create(path).map_err(|source| ReplayIoError::Output {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let header = PcapHeader {
+            datalink: DataLink::ETHERNET,
+            ts_resolution: TsResolution::NanoSecond,
+            ..PcapHeader::default()
+        };
+        let w = PcapWriter::with_header(BufWriter::new(f), header).map_err(|source| {
+            ReplayIoError::Pcap {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(PcapFile {
+            path: path.to_path_buf(),
+            w,
+            written: 0,
+        })
+    }
+
+    /// Appends one frame captured at `ts` (nanoseconds since the Unix epoch, or any clock).
+    pub fn write(&mut self, ts: u64, frame: &[u8]) -> Result<(), ReplayIoError> {
+        self.write_cut(ts, frame.len() as u32, frame)
+    }
+
+    /// Appends the first bytes of a frame that was `orig_len` bytes long.
+    pub fn write_cut(&mut self, ts: u64, orig_len: u32, data: &[u8]) -> Result<(), ReplayIoError> {
+        let pkt = PcapPacket::new(Duration::from_nanos(ts), orig_len, data);
+        self.w
+            .write_packet(&pkt)
+            .map_err(|source| ReplayIoError::Pcap {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Frames written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes and closes the file.
+    pub fn finish(self) -> Result<(), ReplayIoError> {
+        let path = self.path;
+        self.w
+            .into_writer()
+            .flush()
+            .map_err(|source| ReplayIoError::Output { path, source })
+    }
+}
+
+/// Pcap writers per egress, created on first use.
 #[derive(Debug)]
 pub(super) struct PcapOut {
     dir: PathBuf,
-    writers: BTreeMap<String, PcapWriter<BufWriter<File>>>,
+    writers: BTreeMap<String, PcapFile>,
 }
 
 impl PcapOut {
@@ -54,37 +120,18 @@ impl PcapOut {
         ts: u64,
         frame: &[u8],
     ) -> Result<(), ReplayIoError> {
-        let path = || self.dir.join(format!("{egress}.pcap"));
         if !self.writers.contains_key(egress) {
-            let p = path();
-            let f = File::create(&p).map_err(|source| ReplayIoError::Output {
-                path: p.clone(),
-                source,
-            })?;
-            let header = PcapHeader {
-                datalink: DataLink::ETHERNET,
-                ts_resolution: TsResolution::NanoSecond,
-                ..PcapHeader::default()
-            };
-            let w = PcapWriter::with_header(BufWriter::new(f), header)
-                .map_err(|source| ReplayIoError::Pcap { path: p, source })?;
-            self.writers.insert(egress.to_string(), w);
+            let p = self.dir.join(format!("{egress}.pcap"));
+            self.writers
+                .insert(egress.to_string(), PcapFile::create(&p)?);
         }
         let w = self.writers.get_mut(egress).expect("writer inserted above");
-        let pkt = PcapPacket::new(Duration::from_nanos(ts), frame.len() as u32, frame);
-        w.write_packet(&pkt).map_err(|source| ReplayIoError::Pcap {
-            path: path(),
-            source,
-        })?;
-        Ok(())
+        w.write(ts, frame)
     }
 
     pub(super) fn finish(self) -> Result<(), ReplayIoError> {
-        for (name, w) in self.writers {
-            let path = self.dir.join(format!("{name}.pcap"));
-            w.into_writer()
-                .flush()
-                .map_err(|source| ReplayIoError::Output { path, source })?;
+        for (_, w) in self.writers {
+            w.finish()?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //!  loop {
 //!    subscriber.poll()          one atomic load; new tables / policy mode between bursts
 //!    events.observed()          one atomic load: is a `nodeplane observe` attached?
-//!    io.burst(process)          rx ≤ 64 frames → Pipeline::process_burst → [flow events:
+//!    capture.prepare()          one atomic load: is a `nodeplane capture` armed?
+//!    io.burst(process)          rx ≤ 64 frames → [capture: copy as received, if armed] →
+//!                               Pipeline::process_burst → [flow events:
 //!                               new flows and drops → this worker's queue, if observed]
 //!                               → [RST rewrite] → tx
 //!    pipeline.drain()           held fragments that became ready or timed out
@@ -30,6 +32,7 @@
 //! [`ReplayIo`](crate::replay::ReplayIo) implements it over frames from a capture: `nodeplane
 //! replay`, the daemon's `io: replay`, tests and benchmarks.
 
+pub mod capture;
 pub mod clock;
 pub mod io;
 pub mod panic;
@@ -44,6 +47,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 
+pub use self::capture::{CaptureShared, CaptureTap, CapturedFrame};
 pub use self::clock::Clock;
 pub use self::io::{
     AfXdpIoStats, IoCounters, IoStats, PacketIo, TxCount, XskKernelStats, XskSocketStats,
@@ -107,6 +111,8 @@ pub struct Worker<I: PacketIo> {
     services: ServiceCounts,
     /// Flow events: checked once per burst (see `crate::events`).
     events: EventTap,
+    /// `nodeplane capture`: checked once per burst (see `capture.rs`).
+    capture: CaptureTap,
     /// While observed: the last burst's outcomes, ingress and time, for events of frames the
     /// I/O loses after the pipeline decided them.
     last: Box<[(Outcome, IfIndex, u64); BURST]>,
@@ -143,6 +149,7 @@ impl<I: PacketIo> Worker<I> {
             panics_unlogged: 0,
             services,
             events: EventTap::detached(),
+            capture: CaptureTap::detached(),
             last: Box::new([(Outcome::default(), 0, 0); BURST]),
         }
     }
@@ -157,6 +164,12 @@ impl<I: PacketIo> Worker<I> {
     /// Records flow events into `tap` (the daemon's hub; see `crate::events`).
     pub fn with_events(mut self, tap: EventTap) -> Worker<I> {
         self.events = tap;
+        self
+    }
+
+    /// Copies received frames into `tap` while a capture is armed (`nodeplane capture`).
+    pub fn with_capture(mut self, tap: CaptureTap) -> Worker<I> {
+        self.capture = tap;
         self
     }
 
@@ -236,6 +249,7 @@ impl<I: PacketIo> Worker<I> {
             rejects,
             services,
             events,
+            capture,
             last,
             ..
         } = self;
@@ -244,8 +258,14 @@ impl<I: PacketIo> Worker<I> {
         let observed = events.observed();
         let generation = pipeline.tables().generation;
         let no_backend_before = pipeline.counters().drops[DropReason::NoBackend as usize];
+        // Off: one load, like the events check.
+        let captured = capture.prepare(pipeline.tables());
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
+            if let Some(want) = captured {
+                // As received: before the pipeline rewrites anything.
+                capture.record(want, pkts);
+            }
             latest = pkts.iter().map(|p| p.ts).fold(latest, u64::max);
             if observed {
                 // Events before the RST rewrite below: a dropped frame shows as dropped.

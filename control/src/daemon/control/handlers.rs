@@ -14,9 +14,10 @@ use super::super::bgp::Bgp;
 use super::Control;
 use crate::api::server::Reply;
 use crate::api::{
-    BackendRow, CtFlushed, CtList, IdentityRow, IpcacheEntry, PolicyModeStatus, PolicyView,
-    Request, Response, ServiceRow, Status,
+    BackendRow, CtFlushed, CtList, ExternalRow, IdentityRow, IpcacheEntry, PolicyModeStatus,
+    PolicyView, Request, Response, ServiceRow, Status,
 };
+use crate::capture::{CaptureHub, CaptureSpec, CaptureStarted};
 use crate::events::ObserveStarted;
 use nodeplane_dataplane::worker::{
     proto_name, Answer, CtFilter, Query, RemovedFlowAction, SvcTraffic, WorkerStats,
@@ -32,6 +33,18 @@ impl Control {
         ticket: u64,
         stream: Option<(std::os::unix::net::UnixStream, Vec<u8>)>,
     ) {
+        if CaptureHub::owns(ticket) {
+            let spec = self.captures_pending.remove(&ticket);
+            match (spec, stream) {
+                (Some(spec), Some((s, pending))) => {
+                    self.capture
+                        .attach(ticket, spec, s, pending, self.stop.clone())
+                }
+                (Some(_), None) => self.capture.release(),
+                (None, _) => {}
+            }
+            return;
+        }
         let filter = self.observers_pending.remove(&ticket);
         match (filter, stream) {
             (Some(f), Some((s, pending))) => {
@@ -58,8 +71,14 @@ impl Control {
             Ok(r) => r,
             Err(e) => return Reply::Line(Response::err(format!("malformed request: {e}"))),
         };
-        let Request::Observe { filter } = req else {
-            return Reply::Line(self.handle(req));
+        let filter = match req {
+            Request::Observe { filter } => filter,
+            Request::Capture {
+                iface,
+                count,
+                duration_ms,
+            } => return self.start_capture(iface, count, duration_ms),
+            req => return Reply::Line(self.handle(req)),
         };
         if let Err(e) = filter.check() {
             return Reply::Line(Response::err(e));
@@ -74,6 +93,49 @@ impl Control {
                 subscriber: ticket,
                 workers: self.events.workers(),
                 queue: nodeplane_dataplane::events::EVENT_QUEUE,
+            }),
+            ticket,
+        )
+    }
+
+    /// `capture`: checks the request against the running tables, reserves the one capture
+    /// slot and hands the connection over (it becomes the frame stream).
+    fn start_capture(
+        &mut self,
+        iface: String,
+        count: Option<u64>,
+        duration_ms: Option<u64>,
+    ) -> Reply {
+        let spec = match CaptureSpec::new(iface, count, duration_ms) {
+            Ok(s) => s,
+            Err(e) => return Reply::Line(Response::err(e)),
+        };
+        let Some(p) = self.publisher.clone() else {
+            return Reply::Line(Response::err(
+                "no valid state has been loaded yet (see `nodeplane status`)",
+            ));
+        };
+        let t = p.current();
+        if t.iface_index(&spec.iface).is_none() {
+            return Reply::Line(Response::err(format!(
+                "interface {:?} is not in the running state (known: {})",
+                spec.iface,
+                t.ifaces
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let ticket = match self.capture.reserve() {
+            Ok(t) => t,
+            Err(e) => return Reply::Line(Response::err(e)),
+        };
+        self.captures_pending.insert(ticket, spec);
+        Reply::HandOff(
+            Response::ok(CaptureStarted {
+                session: ticket,
+                workers: self.capture.workers(),
             }),
             ticket,
         )
@@ -99,6 +161,9 @@ impl Control {
             Request::Observe { .. } => {
                 Response::err("observe streams events: send it on its own connection")
             }
+            Request::Capture { .. } => {
+                Response::err("capture streams frames: send it on its own connection")
+            }
             Request::BgpStatus {} => match &self.bgp {
                 Some(b) => Response::ok(b.status()),
                 None => Response::err(
@@ -118,8 +183,10 @@ impl Control {
                         Response::ok(service_rows(&tables, &traffic))
                     }
                     Request::BackendList {} => self.backend_rows(&tables),
-                    Request::IpcacheGet { ip } => ipcache_get(&tables, &ip),
+                    Request::IpcacheGet { ip } => ipcache_get(&tables, &state, &ip),
+                    Request::ExternalList {} => Response::ok(external_rows(&state)),
                     Request::IdentityList {} => Response::ok(identity_rows(&state)),
+                    Request::StateGet {} => Response::ok(&*state),
                     Request::PolicyGet { endpoint } => {
                         let mode = self.mode_status();
                         policy_get(&state, &endpoint, mode)
@@ -409,12 +476,31 @@ pub fn identity_source(t: &Tables, a: &Addr) -> (u32, Option<String>, String) {
     }
 }
 
-fn ipcache_get(t: &Tables, ip: &str) -> Response {
+/// `external-list`: the registered external workloads (VMs, bare metal), by name.
+fn external_rows(s: &State) -> Vec<ExternalRow> {
+    let mut rows: Vec<ExternalRow> = s
+        .external_workloads
+        .iter()
+        .map(|w| ExternalRow {
+            name: w.name.clone(),
+            ips: w.ips.iter().map(|ip| ip.to_string()).collect(),
+            identity: w.identity,
+            labels: w.labels.clone(),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    rows
+}
+
+fn ipcache_get(t: &Tables, s: &State, ip: &str) -> Response {
     let Ok(addr) = ip.parse::<IpAddr>() else {
         return Response::err(format!("{ip:?} is not an IP address"));
     };
     let a = Addr::from(addr);
-    let (identity, prefix, source) = identity_source(t, &a);
+    let (identity, prefix, mut source) = identity_source(t, &a);
+    if let Some(w) = s.external_workloads.iter().find(|w| w.ips.contains(&addr)) {
+        source = format!("external {}", w.name);
+    }
     Response::ok(IpcacheEntry {
         ip: addr.to_string(),
         identity,
@@ -450,6 +536,17 @@ fn identity_rows(s: &State) -> Vec<IdentityRow> {
             .entry(e.identity)
             .or_insert_with(|| ("endpoint".into(), Vec::new()));
         entry.1.push(member);
+    }
+    for w in &s.external_workloads {
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let entry = by_id
+            .entry(w.identity)
+            .or_insert_with(|| ("external".into(), Vec::new()));
+        entry.1.push(if labels.is_empty() {
+            w.name.clone()
+        } else {
+            format!("{} ({})", w.name, labels.join(","))
+        });
     }
     for c in &s.ipcache {
         let entry = by_id

@@ -93,6 +93,10 @@ pub struct Control {
     observers_pending: std::collections::HashMap<u64, EventFilter>,
     /// Health check node ports of `external_traffic_policy: Local` services.
     health: super::healthcheck::HealthChecks,
+    /// `nodeplane capture`: the workers' capture rings, one capture at a time.
+    capture: Arc<crate::capture::CaptureHub>,
+    /// `capture` requests answered whose connection the server has yet to hand over.
+    captures_pending: std::collections::HashMap<u64, crate::capture::CaptureSpec>,
 }
 
 impl std::fmt::Debug for Control {
@@ -123,6 +127,8 @@ impl Control {
         Control {
             events: EventHub::new(clock),
             observers_pending: std::collections::HashMap::new(),
+            capture: crate::capture::CaptureHub::new(clock),
+            captures_pending: std::collections::HashMap::new(),
             clock,
             started: Instant::now(),
             workers_wanted: workers,

@@ -42,16 +42,18 @@ impl Control {
         let mut failed = None;
         // A start that failed before registered queues nobody fills.
         self.events.clear_queues();
+        self.capture.clear();
         // Flows of a snapshot go in before a worker takes its first burst.
         let mut plan = self.restore_plan(&p.current(), ios.len());
         for (i, io) in ios.into_iter().enumerate() {
             let (tx, rx) = bounded(WORKER_QUEUE);
-            let (sub, stop, clock, removed, tap) = (
+            let (sub, stop, clock, removed, tap, capture) = (
                 p.subscribe(),
                 self.stop.clone(),
                 self.clock,
                 self.removed,
                 self.events.tap(),
+                self.capture.tap(),
             );
             let restore = plan
                 .as_mut()
@@ -61,7 +63,9 @@ impl Control {
             // The worker is built on its own thread: its conntrack (tens of MB, written once)
             // is allocated by every worker at the same time, which shortens a (re)start.
             let body = move || {
-                let mut w = Worker::new(i, sub, io, rx, stop, clock, removed).with_events(tap);
+                let mut w = Worker::new(i, sub, io, rx, stop, clock, removed)
+                    .with_events(tap)
+                    .with_capture(capture);
                 let r = restore
                     .map(|(flows, affinity)| w.restore(&flows, &affinity))
                     .unwrap_or_default();

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use nodeplane_state::{Endpoint, Interface, IpcacheEntry, Limits, Node, Policy, Service, State};
+use nodeplane_state::{
+    Endpoint, ExternalWorkload, Interface, IpcacheEntry, Limits, Node, Policy, Service, State,
+};
 use serde::{Deserialize, Serialize};
 
 /// `nodes/<node>`: what etcd knows about one node.
@@ -29,6 +31,8 @@ enum Entry {
     Service(Result<Service, String>),
     Ipcache(Result<IpcacheEntry, String>),
     Policy(Result<Policy, String>),
+    /// `external/<name>`: a workload outside the cluster (every node takes them all).
+    External(Result<ExternalWorkload, String>),
     /// Identity allocator keys, other nodes' policies, unknown directories.
     Ignored,
 }
@@ -118,6 +122,16 @@ impl Cache {
                     Ok(e)
                 } else {
                     Err(format!("prefix {} differs from the key", e.prefix))
+                }
+            })),
+            "external" => Entry::External(parse::<ExternalWorkload>(value, max).and_then(|w| {
+                if w.name == name {
+                    Ok(w)
+                } else {
+                    Err(format!(
+                        "external workload name {:?} differs from the key",
+                        w.name
+                    ))
                 }
             })),
             "policies" => match name.split_once('/') {
@@ -228,9 +242,11 @@ impl Cache {
                 Entry::Service(Ok(s)) => st.services.push(s.clone()),
                 Entry::Ipcache(Ok(i)) => st.ipcache.push(i.clone()),
                 Entry::Policy(Ok(p)) => st.policies.push(p.clone()),
-                Entry::Service(Err(m)) | Entry::Ipcache(Err(m)) | Entry::Policy(Err(m)) => {
-                    errors.push((k.clone(), m.clone()))
-                }
+                Entry::External(Ok(w)) => st.external_workloads.push(w.clone()),
+                Entry::Service(Err(m))
+                | Entry::Ipcache(Err(m))
+                | Entry::Policy(Err(m))
+                | Entry::External(Err(m)) => errors.push((k.clone(), m.clone())),
                 _ => {}
             }
         }

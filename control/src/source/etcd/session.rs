@@ -445,7 +445,8 @@ impl Session<'_> {
         client: &Client,
         state: &mut State,
     ) -> Result<(), IdentityStep> {
-        let wants = state.endpoints.iter().any(|e| e.identity == 0);
+        let wants = state.endpoints.iter().any(|e| e.identity == 0)
+            || state.external_workloads.iter().any(|w| w.identity == 0);
         if !wants && self.allocated.is_empty() {
             return Ok(());
         }
@@ -457,28 +458,50 @@ impl Session<'_> {
         )
         .map_err(|e| IdentityStep::Bad(e.to_string()))?;
         let mut now = std::collections::BTreeSet::new();
+        // (reference name, what it is for messages, labels, identity to fill): endpoints by
+        // their name, external workloads as `external:<name>`, so the two kinds' references
+        // stay apart.
+        type Wanted<'a> = (
+            String,
+            String,
+            &'a std::collections::BTreeMap<String, String>,
+            &'a mut u32,
+        );
+        let mut wanted: Vec<Wanted<'_>> = Vec::new();
         for ep in state.endpoints.iter_mut().filter(|e| e.identity == 0) {
-            if let Some((labels, id)) = self.held_labels.get(&ep.name) {
-                if *labels == ep.labels && self.allocated.contains(&(ep.name.clone(), *id)) {
-                    ep.identity = *id;
-                    now.insert((ep.name.clone(), *id));
+            let what = format!("endpoint {}", ep.name);
+            wanted.push((ep.name.clone(), what, &ep.labels, &mut ep.identity));
+        }
+        for w in state
+            .external_workloads
+            .iter_mut()
+            .filter(|w| w.identity == 0)
+        {
+            let what = format!("external workload {}", w.name);
+            wanted.push((
+                format!("external:{}", w.name),
+                what,
+                &w.labels,
+                &mut w.identity,
+            ));
+        }
+        for (name, what, labels, identity) in wanted {
+            if let Some((held, id)) = self.held_labels.get(&name) {
+                if held == labels && self.allocated.contains(&(name.clone(), *id)) {
+                    *identity = *id;
+                    now.insert((name, *id));
                     continue;
                 }
             }
-            let id = alloc
-                .allocate(&ep.name, &ep.labels)
-                .await
-                .map_err(|e| match e {
-                    crate::identity::IdentityError::Store(_) => IdentityStep::Store(format!(
-                        "identity allocation for endpoint {}: {e}",
-                        ep.name
-                    )),
-                    _ => IdentityStep::Bad(format!("endpoint {}: {e}", ep.name)),
-                })?;
-            ep.identity = id;
-            now.insert((ep.name.clone(), id));
-            self.held_labels
-                .insert(ep.name.clone(), (ep.labels.clone(), id));
+            let id = alloc.allocate(&name, labels).await.map_err(|e| match e {
+                crate::identity::IdentityError::Store(_) => {
+                    IdentityStep::Store(format!("identity allocation for {what}: {e}"))
+                }
+                _ => IdentityStep::Bad(format!("{what}: {e}")),
+            })?;
+            *identity = id;
+            now.insert((name.clone(), id));
+            self.held_labels.insert(name, (labels.clone(), id));
         }
         let old = std::mem::take(&mut self.allocated);
         let mut failed = None;
