@@ -408,3 +408,286 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
         std::fs::read_to_string(&lab.tmp.join("nodeplane-1.log")).unwrap_or_default()
     );
 }
+
+/// A UDP request every 10 ms from the client pod to `addr:port`; each line written to it is
+/// answered with the number of answers received so far.
+const UDP_LOOP: &str = r#"
+import select, socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect((sys.argv[1], int(sys.argv[2])))
+n = [0]
+def loop():
+    while True:
+        try:
+            u.send(b"q\n")
+        except OSError:
+            pass
+        while True:
+            r, _, _ = select.select([u], [], [], 0.01)
+            if not r:
+                break
+            try:
+                u.recv(2048); n[0] += 1
+            except OSError:
+                break
+threading.Thread(target=loop, daemon=True).start()
+for line in sys.stdin:
+    print(n[0], flush=True)
+"#;
+
+struct UdpLoop {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl UdpLoop {
+    fn start(lab: &Lab, addr: &str, port: u16) -> UdpLoop {
+        let mut child = Command::new("timeout")
+            .args([
+                "300",
+                "ip",
+                "netns",
+                "exec",
+                &lab.ns("client"),
+                "python3",
+                "-c",
+            ])
+            .arg(UDP_LOOP)
+            .args([addr, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        UdpLoop { child, stdin, out }
+    }
+
+    /// Answers received so far.
+    fn answers(&mut self) -> u64 {
+        self.stdin.write_all(b"?\n").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().parse().unwrap()
+    }
+}
+
+impl Drop for UdpLoop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Re-creates the node side of pod `web2` as `scripts/lab.sh up` built it (its namespace and
+/// servers stayed: deleting `pod-web2` took only the veth pair).
+fn recreate_web2(lab: &Lab) {
+    let pns = lab.ns("web2");
+    let sh = format!(
+        "set -e
+ip link add pod-web2 address 02:00:00:00:01:03 numrxqueues 2 numtxqueues 2 type veth \
+  peer name eth0 address 02:00:00:00:02:16 numrxqueues 2 numtxqueues 2 netns {pns}
+ip link set pod-web2 up
+ip addr add 10.244.1.1/32 dev pod-web2
+ip addr add fd00:244:1::1/128 dev pod-web2 nodad
+ip route add 10.244.1.22/32 dev pod-web2
+ip -6 route add fd00:244:1::22/128 dev pod-web2
+sysctl -qw net.ipv4.conf.pod-web2.proxy_arp=1 net.ipv4.neigh.pod-web2.proxy_delay=0 \
+  net.ipv6.conf.pod-web2.proxy_ndp=1 net.ipv6.neigh.pod-web2.proxy_delay=0 \
+  net.ipv4.conf.pod-web2.rp_filter=0
+ip -6 neigh add proxy fd00:244:1::10 dev pod-web2
+ip -6 neigh add proxy fd00:244:1::21 dev pod-web2
+ip -n {pns} addr add 10.244.1.22/24 dev eth0
+ip -n {pns} addr add fd00:244:1::22/64 dev eth0 nodad
+ip -n {pns} link set eth0 up
+ip -n {pns} route add default via 10.244.1.1
+ip -n {pns} -6 route add default via fd00:244:1::1
+"
+    );
+    ns_run(lab, "node", &["bash", "-c", &sh]);
+}
+
+/// What one pod-interface run saw.
+struct IfaceRun {
+    np: Nodeplane,
+    a: EchoConn,
+    udp: UdpLoop,
+    /// `status --json` before the deletion, with `pod-web2` gone, and after its re-creation.
+    st: [serde_json::Value; 3],
+    /// UDP answers from web2 while `pod-web2` was gone (over 1 s), and how long after the
+    /// re-creation they came again (None: not within 10 s).
+    gone_answers: u64,
+    resumed: Option<Duration>,
+}
+
+/// The client pod talks to web1 over one kept TCP connection (A) and to web2 with a UDP
+/// request every 10 ms; the node side of `pod-web2` is deleted (the veth pair goes), then
+/// re-created as `scripts/lab.sh` built it. Asserts what must hold whatever the runtime does
+/// with the lost interface: the daemon keeps answering, and traffic between the other pods
+/// is not disturbed (A echoes throughout).
+fn delete_and_recreate_web2(lab: &mut Lab) -> IfaceRun {
+    lab::daemon::start_servers(lab);
+    let state = lab::daemon::echo_state(lab);
+    let pins = lab.bpffs();
+    let np = Nodeplane::start(lab, &state, &pins, "", 1);
+
+    let mut a = EchoConn::open(lab, "10.244.1.21", 8081);
+    assert_eq!(a.echo("before"), "before");
+    let mut udp = UdpLoop::start(lab, "10.244.1.22", 5353);
+    std::thread::sleep(Duration::from_millis(500));
+    let u0 = udp.answers();
+    assert!(u0 > 10, "UDP client -> web2 before: {u0} answers");
+    let e0 = in_echos(lab, "web1");
+    ns_ping(lab);
+    assert_eq!(
+        in_echos(lab, "web1"),
+        e0,
+        "before: web-1's ingress does not allow pings from web2"
+    );
+    let st0 = np.status().unwrap();
+
+    ns_run(lab, "node", &["ip", "link", "del", "pod-web2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let u1 = udp.answers();
+    for i in 0..10 {
+        let msg = format!("gone {i}");
+        assert_eq!(a.echo(&msg), msg, "client -> web1 while pod-web2 is gone");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone_answers = udp.answers() - u1;
+    let st1 = np.status().expect("the daemon answers with pod-web2 gone");
+    assert!(st1["dead_workers"].as_array().unwrap().is_empty(), "{st1}");
+
+    recreate_web2(lab);
+    let t0 = Instant::now();
+    let mut resumed = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        let u = udp.answers();
+        std::thread::sleep(Duration::from_millis(200));
+        if udp.answers() > u {
+            resumed = Some(t0.elapsed());
+            break;
+        }
+    }
+    for i in 0..10 {
+        let msg = format!("after {i}");
+        assert_eq!(a.echo(&msg), msg, "client -> web1 after pod-web2 came back");
+    }
+    let st2 = np
+        .status()
+        .expect("the daemon answers after the re-creation");
+    assert!(st2["dead_workers"].as_array().unwrap().is_empty(), "{st2}");
+    eprintln!(
+        "pod-web2 gone: {gone_answers} UDP answers from web2 in 1 s; re-created: answers again after {resumed:?}"
+    );
+    IfaceRun {
+        np,
+        a,
+        udp,
+        st: [st0, st1, st2],
+        gone_answers,
+        resumed,
+    }
+}
+
+/// A pod interface deleted and re-created under traffic (issue 13 item 8, fifth bullet), the
+/// part that holds today: no crash, no dead worker, the other pods' traffic undisturbed, a
+/// clean stop with the UMEM frame accounting intact.
+#[test]
+fn pod_interface_deleted_and_recreated_daemon_survives() {
+    let mut lab = Lab::up("h-");
+    let mut run = delete_and_recreate_web2(&mut lab);
+    assert_eq!(
+        run.gone_answers, 0,
+        "nothing answers from a pod without interface"
+    );
+    assert_eq!(run.a.echo("end"), "end");
+    let log = lab.tmp.join("nodeplane-1.log");
+    assert!(run.np.stop(), "clean stop");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(
+        log.matches("UMEM frame accounting ok").count(),
+        2,
+        "every worker's frames accounted for: {log}"
+    );
+}
+
+/// The rest of the fifth bullet, which does NOT hold today (defect, reported on branch hh):
+/// once `pod-web2` is re-created, traffic to it resumes, what was lost while it was gone is
+/// counted as a drop (not as forwarded), and the re-created interface is under policy again
+/// (web-1's ingress does not allow ICMP from web2: no echo request reaches web1).
+///
+/// Seen on the lab: the worker keeps putting web2's frames on the dead socket's TX ring
+/// (`tx` rises, `tx_completed` stops, `tx_kick_errors` climbs ~7000/s, the frames counted
+/// `forwarded`), nothing is logged, status still lists `pod-web2` attached; the re-created
+/// veth (new ifindex) has no XDP program and no socket: client -> web2 never resumes, and
+/// web2's traffic is forwarded by the node's kernel without policy (3 of 3 pings to web1
+/// arrived).
+#[test]
+#[ignore = "defect: a re-created pod interface is neither re-attached nor under policy (issue 13 item 8); run with --ignored"]
+fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
+    let mut lab = Lab::up("h-");
+    let run = delete_and_recreate_web2(&mut lab);
+    let [st0, st1, st2] = &run.st;
+    let tx_drops = |st: &serde_json::Value| drops(st, "tx-failed") + drops(st, "tx-no-socket");
+    assert!(
+        tx_drops(st1) > tx_drops(st0),
+        "frames for the deleted interface are counted as drops: {st1}"
+    );
+    let attached = st2["io"]["attached"].to_string();
+    assert!(attached.contains("pod-web2"), "{attached}");
+    assert!(
+        run.resumed.is_some(),
+        "UDP client -> web2 resumes within 10 s of the re-creation: {st2}"
+    );
+    let tcp = tcp_line(&lab, "client", "10.244.1.22", 8081);
+    assert!(
+        tcp.as_deref().is_some_and(|l| l.starts_with("web2")),
+        "TCP client -> web2 after the re-creation: {tcp:?}"
+    );
+    let e0 = in_echos(&lab, "web1");
+    ns_ping(&lab);
+    assert_eq!(
+        in_echos(&lab, "web1"),
+        e0,
+        "pings web2 -> web1 (not allowed by web-1's ingress) stay dropped"
+    );
+    drop(run.udp);
+    assert!(run.np.stop(), "clean stop");
+}
+
+/// `Icmp: InEchos` of a namespace: echo requests that reached its kernel.
+fn in_echos(lab: &Lab, ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(ns), "cat", "/proc/net/snmp"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut l = text.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (l.next().unwrap(), l.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "InEchos")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Three pings from web2 to web1 (whatever comes back).
+fn ns_ping(lab: &Lab) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("web2"),
+            "ping",
+            "-c3",
+            "-i0.2",
+            "-W1",
+            "10.244.1.21",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
