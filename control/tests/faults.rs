@@ -409,17 +409,19 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
     );
 }
 
-/// A UDP request every 10 ms from the client pod to `addr:port`; each line written to it is
-/// answered with the number of answers received so far.
+/// A UDP request every 10 ms from the client pod to `addr:port` (the next one after the
+/// answer, or after 10 ms without one); each line written to it is answered with the number
+/// of answers received and of requests sent so far.
 const UDP_LOOP: &str = r#"
 import select, socket, sys, threading
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.connect((sys.argv[1], int(sys.argv[2])))
 n = [0]
+sent = [0]
 def loop():
     while True:
         try:
-            u.send(b"q\n")
+            u.send(b"q\n"); sent[0] += 1
         except OSError:
             pass
         while True:
@@ -432,7 +434,7 @@ def loop():
                 break
 threading.Thread(target=loop, daemon=True).start()
 for line in sys.stdin:
-    print(n[0], flush=True)
+    print(n[0], sent[0], flush=True)
 "#;
 
 struct UdpLoop {
@@ -466,10 +468,16 @@ impl UdpLoop {
 
     /// Answers received so far.
     fn answers(&mut self) -> u64 {
+        self.counts().0
+    }
+
+    /// (answers received, requests sent) so far.
+    fn counts(&mut self) -> (u64, u64) {
         self.stdin.write_all(b"?\n").unwrap();
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
-        line.trim().parse().unwrap()
+        let mut f = line.split_whitespace().map(|x| x.parse().unwrap());
+        (f.next().unwrap(), f.next().unwrap())
     }
 }
 
@@ -690,4 +698,135 @@ fn ns_ping(lab: &Lab) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+/// Replaces a state file the way an operator's tooling should (write, then rename).
+fn write_state_file(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A malformed state update under traffic (issue 13 item 8, third bullet), on the AF_XDP
+/// lab (`state_faults.rs` covers unreadable files without traffic, `daemon.rs` a rejected
+/// new file under replay traffic).
+///
+/// The client keeps an established TCP connection (A) through the `web` ClusterIP and a UDP
+/// request every 10 ms to the `dns` ClusterIP. `services.yaml` is then replaced twice by a
+/// broken version, each rejected whole:
+/// 1. valid YAML whose first change is valid (`web` moved from port 80 to 81) and whose
+///    later service is invalid (port 0): nothing of it is applied: new connections still
+///    reach `web` on 80, none on 81;
+/// 2. the file cut in the middle of a line (a YAML syntax error).
+///
+/// Each time: status `stale` with the file named, the generation unchanged, the rejection
+/// counted; A keeps echoing; no UDP request the old state allows goes unanswered; the
+/// NodePort keeps working. Restoring the file publishes a new generation and A still echoes.
+#[test]
+fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
+    let mut lab = Lab::up("h-");
+    lab::daemon::start_servers(&mut lab);
+    let state = lab::daemon::echo_state(&lab);
+    let pins = lab.bpffs();
+    let np = Nodeplane::start(&lab, &state, &pins, "", 1);
+    let good = std::fs::read_to_string(state.join("services.yaml")).unwrap();
+    let moved = good.replacen(
+        "- { ip: 10.96.0.10, port: 80, protocol: TCP }",
+        "- { ip: 10.96.0.10, port: 81, protocol: TCP }",
+        1,
+    );
+    assert_ne!(moved, good);
+    let broken = format!(
+        "{moved}\n  - name: broken\n    type: ClusterIP\n    frontends: [{{ ip: 10.96.0.98, port: 0, protocol: TCP }}]\n    backends: [{{ ip: 10.244.1.21, port: 8081 }}]\n"
+    );
+    let cut = &good[..good.len() / 2];
+    let cut = &cut[..cut.trim_end().len() - 3];
+
+    let mut a = EchoConn::open(&lab, "10.96.0.10", 80);
+    assert_eq!(a.echo("before"), "before");
+    let mut udp = UdpLoop::start(&lab, "10.96.0.53", 53);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(udp.answers() > 10, "UDP through the dns ClusterIP before");
+
+    let st0 = np.status().unwrap();
+    let gen = st0["generation"].as_u64().unwrap();
+    let mut rejections = st0["rejections"].as_u64().unwrap();
+    for (what, text) in [("invalid service", broken.as_str()), ("cut file", cut)] {
+        let (ans0, sent0) = udp.counts();
+        write_state_file(&state, "services.yaml", text);
+        let t0 = Instant::now();
+        let st = loop {
+            let st = np.status().unwrap();
+            if st["rejections"].as_u64() > Some(rejections) {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: no rejection: {st}"
+            );
+            let msg = format!("{what} {:?}", t0.elapsed());
+            assert_eq!(
+                a.echo(&msg),
+                msg,
+                "{what}: A echoes while the change is read"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        rejections += 1;
+        assert_eq!(st["state"], "stale", "{what}: {st}");
+        assert_eq!(st["generation"].as_u64(), Some(gen), "{what}: {st}");
+        let err = st["last_rejection"]["error"].to_string();
+        assert!(
+            err.contains("services.yaml"),
+            "{what}: the file is named: {err}"
+        );
+        eprintln!("{what}: rejected: {err}");
+        for i in 0..20 {
+            let msg = format!("{what} {i}");
+            assert_eq!(a.echo(&msg), msg, "{what}: A echoes on the old state");
+        }
+        let c80 = tcp_line(&lab, "client", "10.96.0.10", 80);
+        assert!(
+            c80.as_deref().is_some_and(|l| l.starts_with("web")),
+            "{what}: a new connection to web on 80 (old state): {c80:?}"
+        );
+        let c81 = tcp_line(&lab, "client", "10.96.0.10", 81);
+        assert_eq!(c81, None, "{what}: nothing of the rejected change applied");
+        let n = tcp_line(&lab, "router", "192.168.100.2", 30080);
+        assert!(
+            n.as_deref().is_some_and(|l| l.starts_with("web")),
+            "{what}: NodePort on the old state: {n:?}"
+        );
+        let (ans1, sent1) = udp.counts();
+        assert!(ans1 - ans0 > 10, "{what}: UDP answered: {}", ans1 - ans0);
+        // One request may be in flight at each reading.
+        assert!(
+            ans1 - ans0 + 1 >= sent1 - sent0,
+            "{what}: every UDP request answered: {} sent, {} answered",
+            sent1 - sent0,
+            ans1 - ans0
+        );
+    }
+
+    write_state_file(&state, "services.yaml", &good);
+    let t0 = Instant::now();
+    loop {
+        let st = np.status().unwrap();
+        if st["state"] == "ok" && st["generation"].as_u64() > Some(gen) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the restored file is published: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.echo("restored"), "restored", "A after the fix");
+    let (ans, sent) = udp.counts();
+    assert!(
+        ans + 1 >= sent,
+        "UDP over the whole test: {sent} sent, {ans} answered"
+    );
+    drop(udp);
+    assert!(np.stop(), "clean stop");
 }
