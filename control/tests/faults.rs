@@ -405,7 +405,7 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
     assert!(
         np.stop(),
         "clean stop: {}",
-        std::fs::read_to_string(&lab.tmp.join("nodeplane-1.log")).unwrap_or_default()
+        std::fs::read_to_string(lab.tmp.join("nodeplane-1.log")).unwrap_or_default()
     );
 }
 
@@ -750,8 +750,9 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
 
     let st0 = np.status().unwrap();
     let gen = st0["generation"].as_u64().unwrap();
-    let mut rejections = st0["rejections"].as_u64().unwrap();
+    let rejections0 = st0["rejections"].as_u64().unwrap();
     for (what, text) in [("invalid service", broken.as_str()), ("cut file", cut)] {
+        let rejections = np.status().unwrap()["rejections"].as_u64().unwrap();
         let (ans0, sent0) = udp.counts();
         write_state_file(&state, "services.yaml", text);
         let t0 = Instant::now();
@@ -772,7 +773,11 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        rejections += 1;
+        assert_eq!(
+            st["rejections"].as_u64(),
+            Some(rejections + 1),
+            "{what}: {st}"
+        );
         assert_eq!(st["state"], "stale", "{what}: {st}");
         assert_eq!(st["generation"].as_u64(), Some(gen), "{what}: {st}");
         let err = st["last_rejection"]["error"].to_string();
@@ -808,6 +813,11 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
         );
     }
 
+    assert_eq!(
+        np.status().unwrap()["rejections"].as_u64(),
+        Some(rejections0 + 2),
+        "each broken version counted once"
+    );
     write_state_file(&state, "services.yaml", &good);
     let t0 = Instant::now();
     loop {
