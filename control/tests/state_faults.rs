@@ -181,6 +181,6 @@ fn state_file_over_the_configured_limit_is_rejected_before_parsing() {
         1,
         generation,
         &state,
-        "more than 8 *.yaml / *.yml files (state.limits.max_files)",
+        "more than 8 state files (state.limits.max_files)",
     );
 }
