@@ -34,35 +34,6 @@ mod lab;
 use lab::daemon::Nodeplane;
 use lab::Lab;
 
-/// Connects from namespace `ns` to `addr:port`, sends a line and returns the first line the
-/// server sent (None: no connection or no answer within about 2 s).
-fn tcp_line(lab: &Lab, ns: &str, addr: &str, port: u16) -> Option<String> {
-    let mut c = Command::new("timeout")
-        .args([
-            "3",
-            "ip",
-            "netns",
-            "exec",
-            &lab.ns(ns),
-            "socat",
-            "-T1",
-            "STDIO",
-        ])
-        .arg(format!("TCP:{addr}:{port},connect-timeout=1"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat client");
-    let _ = c.stdin.take().unwrap().write_all(b"hello\n");
-    let out = c.wait_with_output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .next()
-        .map(str::to_owned)
-        .filter(|l| !l.is_empty())
-}
-
 /// `Ip: ForwDatagrams` of the node namespace: what its kernel forwarded.
 fn forwarded(lab: &Lab) -> u64 {
     let out = Command::new("ip")
@@ -183,17 +154,17 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
     let np = Nodeplane::start(&lab, &state, &pins, afxdp_extra, 1);
 
     let working = |lab: &Lab, when: &str| {
-        let c = tcp_line(lab, "client", "10.96.0.10", 80);
+        let c = lab.tcp_line("client", "10.96.0.10", 80, 1);
         assert!(
             c.as_deref().is_some_and(|l| l.starts_with("web")),
             "{when}: ClusterIP: {c:?}"
         );
-        let n = tcp_line(lab, "router", "192.168.100.2", 30080);
+        let n = lab.tcp_line("router", "192.168.100.2", 30080, 1);
         assert!(
             n.as_deref().is_some_and(|l| l.starts_with("web")),
             "{when}: NodePort: {n:?}"
         );
-        let d = tcp_line(lab, "client", "10.244.1.21", 9050);
+        let d = lab.tcp_line("client", "10.244.1.21", 9050, 1);
         assert_eq!(d, None, "{when}: the policy denies client -> web1:9050");
     };
     working(&lab, "before the crash");
@@ -215,9 +186,9 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
         "the pinned XDP program stays attached after SIGKILL"
     );
     // Up to three attempts (a loaded machine): fail closed must refuse all of them.
-    let dead_denied = (0..3).find_map(|_| tcp_line(&lab, "client", "10.244.1.21", 9050));
-    let dead_cluster = tcp_line(&lab, "client", "10.96.0.10", 80);
-    let dead_nodeport = tcp_line(&lab, "router", "192.168.100.2", 30080);
+    let dead_denied = (0..3).find_map(|_| lab.tcp_line("client", "10.244.1.21", 9050, 1));
+    let dead_cluster = lab.tcp_line("client", "10.96.0.10", 80, 1);
+    let dead_nodeport = lab.tcp_line("router", "192.168.100.2", 30080, 1);
     let dead_udp_answers = udp.answers() - a0;
     let dead_forwarded = forwarded(&lab) - fwd0;
     let dead_for = t_kill.elapsed();

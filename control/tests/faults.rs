@@ -38,35 +38,6 @@ fn ns_run(lab: &Lab, ns: &str, args: &[&str]) {
     );
 }
 
-/// Connects from namespace `ns` to `addr:port`, sends a line and returns the first line the
-/// server sent (None: no connection or no answer within about 2 s).
-fn tcp_line(lab: &Lab, ns: &str, addr: &str, port: u16) -> Option<String> {
-    let mut c = Command::new("timeout")
-        .args([
-            "4",
-            "ip",
-            "netns",
-            "exec",
-            &lab.ns(ns),
-            "socat",
-            "-T1",
-            "STDIO",
-        ])
-        .arg(format!("TCP:{addr}:{port},connect-timeout=2"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat client");
-    let _ = c.stdin.take().unwrap().write_all(b"hello\n");
-    let out = c.wait_with_output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .next()
-        .map(str::to_owned)
-        .filter(|l| !l.is_empty())
-}
-
 /// A TCP connection kept open from the client pod: prints `greet <first line> <local port>`,
 /// then answers every stdin line with the line the server echoed (`ERR ...` on a timeout or an
 /// error, after which the connection is given up); `close` shuts it down (FIN) and prints
@@ -361,7 +332,7 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
         "ct_full_drops and drops{{ct-full}} agree: {st0}"
     );
     let evicted0 = sum(&st0, "ct_evicted");
-    let c = tcp_line(&lab, "client", "10.96.0.10", 80);
+    let c = lab.tcp_line("client", "10.96.0.10", 80, 2);
     assert_eq!(c, None, "a new connection while the tables are full");
     let st1 = np.status().unwrap();
     assert!(
@@ -379,7 +350,7 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
         c.close();
     }
     std::thread::sleep(Duration::from_millis(200));
-    let d = tcp_line(&lab, "client", "10.96.0.10", 80);
+    let d = lab.tcp_line("client", "10.96.0.10", 80, 2);
     assert!(
         d.as_deref().is_some_and(|l| l.starts_with("web")),
         "a new connection evicts a closing flow: {d:?}"
@@ -649,7 +620,7 @@ fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
         run.resumed.is_some(),
         "UDP client -> web2 resumes within 10 s of the re-creation: {st2}"
     );
-    let tcp = tcp_line(&lab, "client", "10.244.1.22", 8081);
+    let tcp = lab.tcp_line("client", "10.244.1.22", 8081, 2);
     assert!(
         tcp.as_deref().is_some_and(|l| l.starts_with("web2")),
         "TCP client -> web2 after the re-creation: {tcp:?}"
@@ -790,14 +761,14 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
             let msg = format!("{what} {i}");
             assert_eq!(a.echo(&msg), msg, "{what}: A echoes on the old state");
         }
-        let c80 = tcp_line(&lab, "client", "10.96.0.10", 80);
+        let c80 = lab.tcp_line("client", "10.96.0.10", 80, 2);
         assert!(
             c80.as_deref().is_some_and(|l| l.starts_with("web")),
             "{what}: a new connection to web on 80 (old state): {c80:?}"
         );
-        let c81 = tcp_line(&lab, "client", "10.96.0.10", 81);
+        let c81 = lab.tcp_line("client", "10.96.0.10", 81, 2);
         assert_eq!(c81, None, "{what}: nothing of the rejected change applied");
-        let n = tcp_line(&lab, "router", "192.168.100.2", 30080);
+        let n = lab.tcp_line("router", "192.168.100.2", 30080, 2);
         assert!(
             n.as_deref().is_some_and(|l| l.starts_with("web")),
             "{what}: NodePort on the old state: {n:?}"

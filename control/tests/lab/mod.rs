@@ -8,8 +8,9 @@
 pub mod daemon;
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -37,6 +38,38 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Connects from namespace `ns` to `addr:port` (socat, `connect_timeout` seconds), sends a
+    /// line and returns the first line the server sent (None: no connection, or no answer
+    /// within a second after connecting).
+    pub fn tcp_line(
+        &self,
+        ns: &str,
+        addr: &str,
+        port: u16,
+        connect_timeout: u32,
+    ) -> Option<String> {
+        let mut c = Command::new("timeout")
+            .arg((connect_timeout + 2).to_string())
+            .args(["ip", "netns", "exec", &self.ns(ns), "socat", "-T1", "STDIO"])
+            .arg(format!(
+                "TCP:{addr}:{port},connect-timeout={connect_timeout}"
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat client");
+        if let Some(mut stdin) = c.stdin.take() {
+            let _ = stdin.write_all(b"hello\n");
+        }
+        let out = c.wait_with_output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .next()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+    }
+
     /// A fresh lab named `np-<tag><pid><seq>-*` (a leftover of the same name is deleted first).
     pub fn up(tag: &str) -> Lab {
         require_root("the lab tests");
