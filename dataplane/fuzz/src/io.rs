@@ -50,6 +50,8 @@ pub struct FuzzIo {
     rst: bool,
     tables: Option<Arc<Tables>>,
     pub forwarded: u64,
+    /// Rejects the worker answered with (a reset, or an ICMP/ICMPv6 port unreachable).
+    pub rejects: u64,
 }
 
 impl FuzzIo {
@@ -77,6 +79,7 @@ impl FuzzIo {
             rst: input.rst,
             tables: None,
             forwarded: 0,
+            rejects: 0,
         }
     }
 
@@ -207,6 +210,24 @@ impl PacketIo for FuzzIo {
             self.decided((start + i) as u64, &b[..lens[i]], o);
         }
         end - start
+    }
+
+    /// A reject built in answer to a frame of the burst just done: a well-formed datagram whose
+    /// checksums are right, a TCP reset or an ICMP / ICMPv6 destination unreachable.
+    fn reply(&mut self, _egress: IfIndex, _ts: u64, frame: &[u8]) {
+        let ip = ip_of(frame).unwrap_or_else(|| panic!("reject is not IP: {frame:02x?}"));
+        assert_ne!(ipv4_header_ok(&ip), Some(false), "reject IPv4 header checksum");
+        assert_eq!(l4_ok(&ip), Some(true), "reject L4 checksum: {frame:02x?}");
+        let unreachable = match ip.proto {
+            1 => ip.l4.first() == Some(&3),
+            58 => ip.l4.first() == Some(&1),
+            _ => false,
+        };
+        assert!(
+            is_tcp_rst(&ip) || unreachable,
+            "a reject is a reset or a port unreachable: {frame:02x?}"
+        );
+        self.rejects += 1;
     }
 
     fn send(&mut self, _egress: IfIndex, frame: &[u8]) {
