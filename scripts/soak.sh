@@ -4,7 +4,7 @@
 # the state directory's service set changes every second. Not in CI: the figures go to
 # bench/RESULTS.md ("Soak (issue 13 item 10)") with the command.
 #
-#   scripts/soak.sh [--minutes N]      N may be fractional (default 10); root
+#   scripts/soak.sh [--minutes N]      N >= 3, may be fractional (default 10); root
 #
 # Traffic (each loop counts its successes and failures):
 #   curl  client -> ClusterIP web 10.96.0.10:80 and [fd00:96::10]:80 (alternating)
@@ -19,8 +19,7 @@
 # so every step is a different state and retired services' tables must be freed.
 # Samples every 10 s: the daemon's VmRSS and `nodeplane status --json`.
 # Checks at the end (exit 1 if any fails):
-#   rss       VmRSS growth from the end of the warm-up (2 min; a quarter of the run if shorter
-#             than 8 min) to the end < 2 %
+#   rss       VmRSS growth from the end of the warm-up (2 min) to the end < 2 %
 #   counters  per worker, from `status --json`: packets = forwarded + passed + held
 #             + (dropped - io_lost), where io_lost is the sum of the drop reasons the I/O adds
 #             after the pipeline decided (tx-no-socket, tx-failed, handoff-*, worker-panic,
@@ -51,8 +50,10 @@ export NP_LAB_PREFIX="${NP_LAB_PREFIX:-np-i-}"
 P="$NP_LAB_PREFIX"
 NODE="${P}node"
 TOTAL_S=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 }')
-[ "$TOTAL_S" -ge 40 ] || { echo "soak.sh: at least 40 s" >&2; exit 2; }
-if [ "$TOTAL_S" -ge 480 ]; then WARMUP_S=120; else WARMUP_S=$((TOTAL_S / 4)); fi
+# Warm-up: 2 minutes, the longest conntrack timeouts the traffic reaches (tcp_time_wait and
+# tcp_fin_wait, 120 s): until then the tables fill with the closed connections of the loops.
+WARMUP_S=120
+[ "$TOTAL_S" -ge 180 ] || { echo "soak.sh: at least 3 minutes (2 of them warm-up)" >&2; exit 2; }
 # Warn/error lines that may appear and why they are not a fault. A regular expression on the
 # message, or empty. Only one, said once at start: `XDP links NOT pinned` (error) when
 # /sys/fs/bpf is no bpffs in the daemon's mount namespace. `ip netns exec` gives the daemon a
@@ -251,6 +252,9 @@ for w in st["workers"]:
         fails.append(f"counters: worker {w['worker']} packets {w['packets']} != {rhs}")
     if w["generation"] != st["generation"]:
         fails.append(f"gens: worker {w['worker']} on generation {w['generation']}, status {st['generation']}")
+rx = sum(w["io"]["rx_packets"] for w in st["workers"])
+print(f"all workers: rx {rx}, pipeline packets {sum(w['packets'] for w in st['workers'])} "
+      f"(frames handed to their owner are received by one worker, processed by the other)")
 changes, window = map(int, open(f"{tmp}/changes").read().split())
 dg = st["generation"] - st0["generation"]
 print(f"generations: {st0['generation']} -> {st['generation']} (+{dg}) for {changes} changes written; "
