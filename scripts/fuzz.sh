@@ -56,7 +56,9 @@ case "${1:-}" in
       echo "fuzz: replaying $t ($n inputs)" >&2
       log=$(mktemp)
       if ! "$BIN/$t" -runs=0 "${d[@]}" >"$log" 2>&1; then
-        tail -40 "$log" >&2
+        # The panic's message first (a backtrace would push it out of a tail), then the end.
+        grep -m1 -A4 "panicked at" "$log" >&2 || true
+        tail -12 "$log" >&2
         echo "fuzz: $t crashed on its corpus" >&2
         exit 1
       fi
