@@ -67,6 +67,22 @@ pub fn run(args: StatusArgs) -> CliResult {
     if let Some(b) = &s.bgp {
         print_bgp(b);
     }
+    for h in &s.health_checks {
+        println!(
+            "healthcheck: port {} for {}: {} local endpoint(s), {}",
+            h.port,
+            h.service,
+            h.local_endpoints,
+            match (
+                h.listening,
+                h.local_endpoints > 0 && s.dead_workers.is_empty()
+            ) {
+                (false, _) => "NOT LISTENING (port in use? tried again at the next publication)",
+                (true, true) => "answers 200",
+                (true, false) => "answers 503",
+            }
+        );
+    }
     for d in &s.dead_workers {
         println!(
             "DEAD worker: {} ({}): its queues are not served; restart nodeplane",

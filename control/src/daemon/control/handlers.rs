@@ -310,6 +310,7 @@ impl Control {
             service_traffic,
             event_observers: self.events.observers(),
             conntrack_restore: self.restore_report(),
+            health_checks: self.health.ports(),
         }
     }
 
