@@ -8,5 +8,5 @@ pub mod xsk;
 pub use io::AfXdpIo;
 pub use xsk::{
     AccountingError, Action, Burst, FrameAccounting, SocketId, SocketStats, TxError, XskBinding,
-    XskConfig, XskError, XskWorker, MAX_BURST,
+    XskConfig, XskError, XskUmem, XskWorker, MAX_BURST,
 };

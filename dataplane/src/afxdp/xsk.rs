@@ -353,24 +353,33 @@ fn queue_size(v: u32, what: &str) -> Result<QueueSize, XskError> {
     QueueSize::new(v).map_err(|e| XskError::Config(format!("{what}: {e}")))
 }
 
-impl XskWorker {
-    /// Creates the worker's UMEM and binds one socket per binding (copy mode, need_wakeup, no
-    /// XDP program loaded: the [`crate::Loader`] owns the XDP side and the sockets must be
-    /// registered with it). Every fill ring starts full.
-    pub fn new(config: &XskConfig, bindings: &[XskBinding<'_>]) -> Result<Self, XskError> {
-        if bindings.is_empty() || bindings.len() > MAX_SOCKETS {
+/// A worker's UMEM, mapped, populated and registered with the kernel, with no socket bound
+/// yet: the costly part of a start (the whole region is faulted in and pinned), which the
+/// runtime does for all workers at once, each on a thread of its own, before it binds their
+/// sockets one worker after the other.
+pub struct XskUmem {
+    umem: Umem,
+    descs: Vec<FrameDesc>,
+    total: u32,
+    sockets: usize,
+}
+
+impl fmt::Debug for XskUmem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskUmem")
+            .field("total", &self.total)
+            .field("sockets", &self.sockets)
+            .finish()
+    }
+}
+
+impl XskUmem {
+    /// A UMEM for `sockets` sockets of `config.frames_per_socket` frames each.
+    pub fn new(config: &XskConfig, sockets: usize) -> Result<XskUmem, XskError> {
+        if sockets == 0 || sockets > MAX_SOCKETS {
             return Err(XskError::Config(format!(
-                "a worker needs 1..={MAX_SOCKETS} sockets, got {}",
-                bindings.len()
+                "a worker needs 1..={MAX_SOCKETS} sockets, got {sockets}"
             )));
-        }
-        for (i, b) in bindings.iter().enumerate() {
-            if bindings[..i].contains(b) {
-                return Err(XskError::Duplicate {
-                    iface: b.iface.to_owned(),
-                    queue: b.queue,
-                });
-            }
         }
         if !config.frame_size.is_power_of_two() || !(2048..=4096).contains(&config.frame_size) {
             return Err(XskError::Config(format!(
@@ -387,7 +396,7 @@ impl XskWorker {
         }
         let total = config
             .frames_per_socket
-            .checked_mul(bindings.len() as u32)
+            .checked_mul(sockets as u32)
             .filter(|t| u64::from(*t) * u64::from(config.frame_size) <= 1 << 34)
             .ok_or_else(|| XskError::Config("UMEM larger than 16 GiB".into()))?;
         let umem_config = UmemConfig::builder()
@@ -401,16 +410,61 @@ impl XskWorker {
             .build()
             .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
         let frames = NonZeroU32::new(total).expect("checked non-zero above");
-        let (umem, mut descs) =
-            Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
-                frames: total,
-                frame_size: config.frame_size,
-                source: e
-                    .source()
-                    .and_then(|s| s.downcast_ref::<io::Error>())
-                    .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)))
-                    .unwrap_or_else(|| io::Error::other(e.to_string())),
-            })?;
+        let (umem, descs) = Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
+            frames: total,
+            frame_size: config.frame_size,
+            source: e
+                .source()
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)))
+                .unwrap_or_else(|| io::Error::other(e.to_string())),
+        })?;
+        Ok(XskUmem {
+            umem,
+            descs,
+            total,
+            sockets,
+        })
+    }
+}
+
+impl XskWorker {
+    /// Creates the worker's UMEM and binds one socket per binding (copy mode, need_wakeup, no
+    /// XDP program loaded: the [`crate::Loader`] owns the XDP side and the sockets must be
+    /// registered with it). Every fill ring starts full.
+    pub fn new(config: &XskConfig, bindings: &[XskBinding<'_>]) -> Result<Self, XskError> {
+        Self::with_umem(config, XskUmem::new(config, bindings.len())?, bindings)
+    }
+
+    /// A worker on a UMEM made beforehand ([`XskUmem::new`], e.g. on another thread), with
+    /// one socket per binding bound to it.
+    pub fn with_umem(
+        config: &XskConfig,
+        umem: XskUmem,
+        bindings: &[XskBinding<'_>],
+    ) -> Result<Self, XskError> {
+        if bindings.len() != umem.sockets {
+            return Err(XskError::Config(format!(
+                "a UMEM made for {} sockets cannot serve {}",
+                umem.sockets,
+                bindings.len()
+            )));
+        }
+        for (i, b) in bindings.iter().enumerate() {
+            if bindings[..i].contains(b) {
+                return Err(XskError::Duplicate {
+                    iface: b.iface.to_owned(),
+                    queue: b.queue,
+                });
+            }
+        }
+        let XskUmem {
+            umem,
+            mut descs,
+            total,
+            ..
+        } = umem;
+        let ring = queue_size(config.ring_size, "ring size")?;
         let frame_shift = config.frame_size.trailing_zeros();
         // The UMEM's start: the data pointer of frame 0 minus its offset. A zero-length view
         // is taken, so nothing is read.
