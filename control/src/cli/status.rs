@@ -218,6 +218,29 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             .collect();
         println!("xdp counts:  {}", c.join(" "));
     }
+    if !io.down.is_empty() {
+        println!(
+            "DOWN:        {} (gone: sockets out of service, frames to it dropped iface-down)",
+            io.down.join(", ")
+        );
+    }
+    let l = &io.links;
+    if l.gone + l.reattached + l.reattach_failed > 0 {
+        println!(
+            "interfaces:  {} gone, {} re-attached, {} re-attach attempts failed{}",
+            l.gone,
+            l.reattached,
+            l.reattach_failed,
+            l.last_attach_us
+                .map(|a| format!(
+                    "; last: XDP attached {a} µs after the link notification, sockets ready after {}",
+                    l.last_ready_us
+                        .map(|r| format!("{r} µs"))
+                        .unwrap_or_else(|| "-".into())
+                ))
+                .unwrap_or_default()
+        );
+    }
     if let Some(n) = &io.neighbour {
         println!(
             "uplink:      {} gateway {} -> {} (from {}; kernel state {:#x}, {} lookups, {} triggers, {} unresolved)",

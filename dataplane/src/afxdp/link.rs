@@ -82,11 +82,5 @@ pub fn link_channels(workers: usize) -> (LinkControl, Vec<LinkPort>) {
             replies: rtx.clone(),
         });
     }
-    (
-        LinkControl {
-            cmds,
-            replies: rrx,
-        },
-        ports,
-    )
+    (LinkControl { cmds, replies: rrx }, ports)
 }

@@ -663,7 +663,10 @@ impl XskWorker {
     pub fn rebind(&mut self, id: SocketId) -> Result<OwnedFd, XskError> {
         let s = usize::from(id.0);
         let Some(old) = self.socks.get(s) else {
-            return Err(XskError::Config(format!("no socket {} in this worker", id.0)));
+            return Err(XskError::Config(format!(
+                "no socket {} in this worker",
+                id.0
+            )));
         };
         if old.up {
             return Err(XskError::Config(format!(
