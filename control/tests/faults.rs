@@ -645,6 +645,10 @@ fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
     assert!(io2["attached"].to_string().contains("pod-web2"), "{io2}");
     assert_eq!(io2["down"].as_array().map(Vec::len), Some(0), "{io2}");
     assert!(io2["links"]["reattached"].as_u64() >= Some(1), "{io2}");
+    eprintln!(
+        "re-attach: XDP attached {} µs after the link notification, sockets registered after {} µs",
+        io2["links"]["last_attach_us"], io2["links"]["last_ready_us"]
+    );
     assert!(
         run.resumed.is_some(),
         "UDP client -> web2 resumes within 10 s of the re-creation: {st2}"
