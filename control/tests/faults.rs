@@ -1,5 +1,5 @@
 //! Fault injection under traffic (issue 13 item 8), on the example node built by
-//! `scripts/lab.sh` (namespaces `np-h-<pid><n>-*`), AF_XDP with two workers, the XDP links
+//! `scripts/lab.sh` (namespaces `np-<NP_LAB_TAG>h-<pid><n>-*`), AF_XDP with two workers, the XDP links
 //! pinned in the lab's own bpffs. Each test keeps real connections running through the daemon
 //! while the fault happens and asserts what reached the far end, and what the daemon counted.
 //!

@@ -261,7 +261,12 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             let k = sk.kernel.unwrap_or_default();
             rows.push(vec![
                 w.worker.to_string(),
-                format!("{}/{}", sk.iface, sk.queue),
+                format!(
+                    "{}/{}{}",
+                    sk.iface,
+                    sk.queue,
+                    if sk.down { " DOWN" } else { "" }
+                ),
                 sk.rx.to_string(),
                 sk.tx.to_string(),
                 sk.tx_ring_full.to_string(),
@@ -280,16 +285,24 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             ]);
         }
         let c = &a.counters;
-        if c.handed_off + c.handed_in + c.handoff_dropped + c.pass_dropped + c.tx_copy_failed > 0 {
+        if c.handed_off
+            + c.handed_in
+            + c.handoff_dropped
+            + c.pass_dropped
+            + c.tx_copy_failed
+            + c.iface_down
+            > 0
+        {
             println!(
-                "worker {}:    handed off {} in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}",
+                "worker {}:    handed off {} in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}, iface_down {}",
                 w.worker,
                 c.handed_off,
                 c.handed_in,
                 c.handoff_dropped,
                 c.pass_dropped,
                 c.tx_copy_failed,
-                c.tx_no_socket
+                c.tx_no_socket,
+                c.iface_down
             );
         }
         // Syscall errors of the rings (none expected): shown only when there are some.
