@@ -498,7 +498,7 @@ fn afxdp(o: &mut String, s: &Status) {
             ("reattached", io.links.reattached),
             ("reattach_failed", io.links.reattach_failed),
         ] {
-            f.sample(name, &[("event", event)], &n);
+            f.sample(name, &[("event", event)], n);
         }
         let name = "nodeplane_afxdp_interfaces_down";
         let mut f = Family::new(
@@ -507,7 +507,7 @@ fn afxdp(o: &mut String, s: &Status) {
             "gauge",
             "Interfaces of the state that are gone now (or back and not re-attached yet).",
         );
-        f.sample(name, &[], &(io.down.len() as u64));
+        f.sample(name, &[], io.down.len() as u64);
     }
     let workers: Vec<_> = s
         .workers
