@@ -99,10 +99,14 @@ drop_reasons! {
     NoLocalBackend = 30 => "no-local-backend",
     /// A LoadBalancer VIP's client outside the service's `load_balancer_source_ranges`.
     SourceRangeDenied = 31 => "source-range-denied",
+    /// I/O: the egress interface is gone (deleted, or moved out of the node's namespace); its
+    /// sockets are closed down until it is re-created and re-attached.
+    IfaceDown = 32 => "iface-down",
 }
 
-/// Number of distinct reasons (array size for per-reason counters; index = numeric value).
-pub const DROP_REASON_SLOTS: usize = 32;
+/// Size of the per-reason counter arrays (index = numeric value): room for every reason and a
+/// few more, so that adding one does not resize every array again.
+pub const DROP_REASON_SLOTS: usize = 48;
 
 #[cfg(test)]
 mod tests {

@@ -484,6 +484,30 @@ fn afxdp(o: &mut String, s: &Status) {
         for (exit, n) in &io.xdp {
             f.sample(name, &[("exit", exit)], n);
         }
+        let name = "nodeplane_afxdp_interface_events_total";
+        let mut f = Family::new(
+            o,
+            name,
+            "counter",
+            "Interfaces of the state that went away while running (gone: their sockets taken out \
+             of service, frames to them dropped iface-down) and came back (reattached: XDP and \
+             sockets again; reattach_failed: an attempt that failed, retried every second).",
+        );
+        for (event, n) in [
+            ("gone", io.links.gone),
+            ("reattached", io.links.reattached),
+            ("reattach_failed", io.links.reattach_failed),
+        ] {
+            f.sample(name, &[("event", event)], n);
+        }
+        let name = "nodeplane_afxdp_interfaces_down";
+        let mut f = Family::new(
+            o,
+            name,
+            "gauge",
+            "Interfaces of the state that are gone now (or back and not re-attached yet).",
+        );
+        f.sample(name, &[], io.down.len() as u64);
     }
     let workers: Vec<_> = s
         .workers
@@ -655,6 +679,7 @@ mod tests {
             "nodeplane_xdp_frames_total",
             "nodeplane_afxdp_handoff_frames_total",
             "nodeplane_afxdp_kernel_dropped_total",
+            "nodeplane_afxdp_interface_events_total",
         ] {
             assert_eq!(
                 t.matches(&format!("# TYPE {family} counter\n")).count(),

@@ -70,11 +70,19 @@ impl Lab {
             .filter(|l| !l.is_empty())
     }
 
-    /// A fresh lab named `np-<tag><pid><seq>-*` (a leftover of the same name is deleted first).
+    /// The start of every lab's namespace names in this run: `np-<NP_LAB_TAG>`.
+    pub fn names_start() -> String {
+        format!("np-{}", std::env::var("NP_LAB_TAG").unwrap_or_default())
+    }
+
+    /// A fresh lab named `np-<NP_LAB_TAG><tag><pid><seq>-*` (a leftover of the same name is
+    /// deleted first). `NP_LAB_TAG` (environment, default empty) keeps the namespaces of
+    /// several runs on one machine apart (`NP_LAB_TAG=ha-`: every lab is `np-ha-*`).
     pub fn up(tag: &str) -> Lab {
         require_root("the lab tests");
         let prefix = format!(
-            "np-{tag}{}{}-",
+            "{}{tag}{}{}-",
+            Lab::names_start(),
             std::process::id() % 10_000,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );

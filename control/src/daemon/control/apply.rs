@@ -244,6 +244,14 @@ impl Control {
         }
     }
 
+    /// A link notification from the I/O's watcher, or the once-a-second check (`None`): the
+    /// I/O follows interfaces that went away or came back (AF_XDP re-attaches them).
+    pub fn on_link(&mut self, event: Option<&crate::runtime::link::LinkEvent>) {
+        if self.io_started {
+            self.io.links(event);
+        }
+    }
+
     /// Whether Maglev tables of the running state are still being built.
     pub fn completing(&self) -> bool {
         self.completing
