@@ -499,3 +499,105 @@ fn a_global_service_merges_backends_from_every_cluster() {
     // No other snapshot came in between (north's outage did not reach the node).
     assert!(src.rx.try_recv().is_err());
 }
+
+/// The binary as operators run it: `nodeplane mesh check`, `mesh run` as a process,
+/// `mesh status` (exit 0 while every cluster is synced, 3 otherwise), SIGTERM stops it; the
+/// packaged example config and unit agree with the CLI.
+#[test]
+fn the_cli_runs_the_mirror_and_reports_its_status() {
+    let bin = env!("CARGO_BIN_EXE_nodeplane");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let check = std::process::Command::new(bin)
+        .args(["mesh", "check", "--config"])
+        .arg(root.join("packaging/mesh.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let unit = std::fs::read_to_string(root.join("packaging/nodeplane-mesh.service")).unwrap();
+    assert!(unit
+        .contains("\nExecStart=/usr/bin/nodeplane mesh run --config /etc/nodeplane/mesh.yaml\n"));
+
+    let (local, mut west) = (etcd(), etcd());
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Store::connect(&west.endpoint());
+    w.put(
+        &format!("{PREFIX}/services/web"),
+        &global_web(&["10.2.0.5"]),
+    );
+    mesh_config(
+        dir.path(),
+        &local.endpoint(),
+        &[("west", 2, &west.endpoint())],
+    );
+    let cfg = dir.path().join("mesh.yaml");
+    let mut child = std::process::Command::new(bin)
+        .args(["mesh", "run", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(dir.path().join("mesh.log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let status = |want: i32, needle: &str| -> String {
+        let start = Instant::now();
+        loop {
+            let o = std::process::Command::new(bin)
+                .args(["mesh", "status", "--config"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            if o.status.code() == Some(want) && out.contains(needle) {
+                return out;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "mesh status never exited {want} showing {needle:?}; last ({:?}):\n{out}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let out = status(0, " synced ");
+    println!("{out}");
+    assert!(out.contains("local store: connected"), "{out}");
+    west.kill();
+    let out = status(3, " unavailable ");
+    println!("{out}");
+    assert!(out.contains("keeping the last mirrored state"), "{out}");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mesh run did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _guard = Kill(child);
+    assert!(code.success(), "{code:?}");
+    let log = std::fs::read_to_string(dir.path().join("mesh.log")).unwrap();
+    println!("{log}");
+    assert!(log.contains("mesh: cluster west unavailable"), "{log}");
+}
