@@ -53,6 +53,9 @@ pub(super) fn parse<T: serde::de::DeserializeOwned>(v: &[u8], max: u64) -> Resul
     yaml_serde::from_slice(v).map_err(|e| e.to_string())
 }
 
+/// `(key, reason)` of every key a state could not be assembled from.
+pub type KeyErrors = Vec<(String, String)>;
+
 /// The local cache: etcd key → parsed value, plus the assembly of a whole [`State`].
 #[derive(Debug)]
 pub struct Cache {
@@ -214,10 +217,7 @@ impl Cache {
     }
 
     /// [`Cache::assemble`], with the notes on mirrored entries left out (see `mesh`).
-    pub fn assemble_noted(
-        &self,
-        local: Option<&State>,
-    ) -> Result<(State, Vec<String>), Vec<(String, String)>> {
+    pub fn assemble_noted(&self, local: Option<&State>) -> Result<(State, Vec<String>), KeyErrors> {
         let mut errors = Vec::new();
         if self.total > self.limits.max_total_bytes {
             errors.push((
