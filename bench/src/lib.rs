@@ -124,6 +124,7 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             external_traffic_policy: Default::default(),
             health_check_node_port: None,
             load_balancer_source_ranges: Vec::new(),
+            global: false,
             backends: [a, b]
                 .iter()
                 .map(|j| Backend {

@@ -194,6 +194,15 @@ pub struct Service {
     /// LoadBalancer only: the client prefixes allowed to reach the VIP frontends (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancer_source_ranges: Vec<IpNet>,
+    /// Several clusters (docs/multicluster.md): the service is exported to the other clusters
+    /// of a mesh, and its backends here are merged with those of every remote cluster that
+    /// exports a global service of the same name (etcd mode, through `nodeplane mesh`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub global: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `Cluster` (every backend) or `Local` (the backends on this node), as Kubernetes spells it.

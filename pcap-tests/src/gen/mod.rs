@@ -250,6 +250,7 @@ pub fn service(
         external_traffic_policy: Default::default(),
         health_check_node_port: None,
         load_balancer_source_ranges: Vec::new(),
+        global: false,
         backends,
     }
 }

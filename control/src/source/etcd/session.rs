@@ -189,6 +189,8 @@ struct Session<'a> {
     cache: Cache,
     last_sent: Option<State>,
     last_rejected: Option<String>,
+    /// Mirrored entries left out at the last assembly (logged when they change).
+    last_notes: Vec<String>,
     /// (local endpoint name, identity) references this node holds in the store.
     allocated: std::collections::BTreeSet<(String, u32)>,
     /// The labels each held reference was taken for: an endpoint whose labels did not change
@@ -208,7 +210,10 @@ impl EtcdSource {
             local: self.local.as_ref(),
             tx: &tx,
             stop: &stop,
-            cache: Cache::new(&self.cfg.prefix, &self.cfg.node_name).with_limits(self.cfg.limits),
+            cache: Cache::new(&self.cfg.prefix, &self.cfg.node_name)
+                .with_limits(self.cfg.limits)
+                .with_cluster_id(self.cfg.identity.cluster_id),
+            last_notes: Vec::new(),
             last_sent: None,
             last_rejected: None,
             allocated: Default::default(),
@@ -398,8 +403,16 @@ impl Session<'_> {
     /// Returns `Some` when the store failed during identity allocation.
     async fn publish(&mut self, client: &Client, rev: i64) -> Option<End> {
         let origin = format!("etcd {} revision {rev}", self.cfg.prefix);
-        let mut state = match self.cache.assemble(self.local) {
-            Ok(s) => s,
+        let mut state = match self.cache.assemble_noted(self.local) {
+            Ok((s, notes)) => {
+                if notes != self.last_notes {
+                    for n in &notes {
+                        crate::warn_limited!("etcd-mesh-note", "mirrored entry: {n}");
+                    }
+                    self.last_notes = notes;
+                }
+                s
+            }
             Err(errs) => {
                 let error = errs
                     .iter()
