@@ -646,6 +646,15 @@ impl Tables {
             .map(|i| i as IfIndex)
     }
 
+    /// The host interface (nodeplane's end of the veth pair into the node's stack), if any.
+    #[inline]
+    pub fn host(&self) -> Option<IfIndex> {
+        self.ifaces
+            .iter()
+            .position(|i| i.role == InterfaceRole::Host)
+            .map(|i| i as IfIndex)
+    }
+
     #[inline]
     pub fn is_node_ip(&self, a: &Addr) -> bool {
         self.node_ips.iter().any(|n| n == a)
