@@ -123,10 +123,15 @@ pub struct Interface {
     pub role: InterfaceRole,
     /// Our MAC on this interface: the source MAC of frames we transmit on it.
     pub mac: MacAddr,
-    /// Uplink only: the next hop's MAC (from state here; the AF_XDP runtime refreshes it from
-    /// the kernel's neighbour table).
+    /// Uplink: the next hop's MAC (from state here; the AF_XDP runtime refreshes it from the
+    /// kernel's neighbour table). Host: the MAC of `peer`, the node's own end of the pair.
     #[serde(default)]
     pub gateway_mac: Option<MacAddr>,
+    /// Host only: the name of the veth pair's other end, which stays in the node's stack (the
+    /// AF_XDP runtime creates the pair when it is missing; docs/runtime.md "The node's own
+    /// traffic").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +139,10 @@ pub struct Interface {
 pub enum InterfaceRole {
     Uplink,
     Pod,
+    /// nodeplane's end of a veth pair into the node's own stack: the node's traffic to
+    /// services, node ports and pods enters here, and frames for the node (replies, and
+    /// service traffic to host-network backends) leave here.
+    Host,
 }
 
 /// A pod (or other workload) attached to this node through a pod interface.

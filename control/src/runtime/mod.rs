@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod link;
+pub mod host;
 pub mod neigh;
 pub mod steering;
 
@@ -306,6 +307,8 @@ pub struct AfXdpBackend {
     link_stats: LinkStats,
     /// Sequence number of the last link command.
     seq: u64,
+    /// The host interface and the kernel routes and rules installed for it (host.rs).
+    host: Option<(host::HostIface, host::Installed)>,
 }
 
 impl std::fmt::Debug for AfXdpBackend {
@@ -336,6 +339,7 @@ impl AfXdpBackend {
             tables: None,
             link_stats: LinkStats::default(),
             seq: 0,
+            host: None,
         }
     }
 
@@ -376,6 +380,12 @@ impl AfXdpBackend {
         if let Some(l) = self.loader.as_mut() {
             l.apply(&cfg)?;
         }
+        if let Some((h, installed)) = self.host.as_mut() {
+            let plan = host::plan(t, h, &kernel_addrs(&self.ifaces));
+            installed
+                .sync(&plan)
+                .map_err(|e| RuntimeError::Config(format!("host interface routes: {e}")))?;
+        }
         Ok(())
     }
 
@@ -413,6 +423,13 @@ impl AfXdpBackend {
             .set_no_socket_drop(self.cfg.no_socket == NoSocketAction::Drop)
             .map_err(|e| RuntimeError::Config(format!("XDP config map: {e}")))?;
         let t_load = t0.elapsed();
+        if let Some(h) = host::host_iface(tables) {
+            // The pair exists before the XDP program is attached to its nodeplane end.
+            host::ensure_pair(&h, workers as u32).map_err(|reason| RuntimeError::Interface {
+                iface: h.name.clone(),
+                reason,
+            })?;
+        }
         let mut queues = Vec::new();
         for name in &ifaces {
             if if_index(name).is_none() {
@@ -522,6 +539,20 @@ impl AfXdpBackend {
             }
         }
         let t_link = t2.elapsed();
+        if let Some(h) = host::host_iface(tables) {
+            // Only now, with every socket bound, does the node's traffic go through the pair.
+            let plan = host::plan(tables, &h, &kernel_addrs(&self.ifaces));
+            let installed = host::Installed::start(&plan)
+                .map_err(|e| RuntimeError::Config(format!("host interface routes: {e}")))?;
+            log::info!(
+                "host interface {} (peer {}): {} route(s), {} rule(s): the node's traffic to services, node ports and pods goes through nodeplane",
+                h.name,
+                h.peer,
+                plan.routes.len(),
+                plan.rules.len()
+            );
+            self.host = Some((h, installed));
+        }
         if let Some(dir) = &self.pinned {
             let n = nodeplane_xdp::pin::remove_other_versions(dir, &nodeplane_xdp::object_tag());
             if n > 0 {
@@ -954,6 +985,21 @@ impl IoBackend for AfXdpBackend {
                     t1.elapsed().as_millis(),
                     (t1 - t0).as_millis()
                 ),
+            }
+        }
+        if let Some((h, _)) = self.host.take() {
+            if self.pinned.is_some() {
+                log::info!(
+                    "host interface {}: routes and rules left in place: the node's traffic to services and pods is dropped until the next start (`nodeplane detach` removes them)",
+                    h.name
+                );
+            } else if let Err(e) = host::teardown() {
+                log::error!("host interface {}: removing routes and rules: {e}", h.name);
+            } else {
+                log::info!(
+                    "host interface {}: routes and rules removed: the node's traffic takes the kernel's own paths",
+                    h.name
+                );
             }
         }
         self.pinned = None;

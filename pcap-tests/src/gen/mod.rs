@@ -176,6 +176,7 @@ pub fn base_state() -> st::State {
         role: st::InterfaceRole::Uplink,
         mac: mac(UPLINK_MAC),
         gateway_mac: Some(mac(GATEWAY_MAC)),
+        peer: None,
     });
     for p in &PODS {
         s.interfaces.push(st::Interface {
@@ -183,6 +184,7 @@ pub fn base_state() -> st::State {
             role: st::InterfaceRole::Pod,
             mac: mac(p.iface_mac),
             gateway_mac: None,
+            peer: None,
         });
         s.endpoints.push(st::Endpoint {
             name: p.name.into(),
