@@ -324,6 +324,8 @@ fn bgp_garbage_wrong_md5_and_a_vanished_peer_leave_forwarding_alone() {
 
     // (b) A wrong key at BIRD.
     let md5_before = md5_drops(&lab);
+    let attempts_before = counter(&bgp_neighbor(&np, "leaf"), "connect_attempts");
+    let changed = Instant::now();
     std::fs::write(&conf, birdconf("a-wrong-key")).unwrap();
     router.bird.cmd("configure");
     wait_until("the session to go with the wrong key", 10, || {
@@ -343,6 +345,19 @@ fn bgp_garbage_wrong_md5_and_a_vanished_peer_leave_forwarding_alone() {
     assert!(
         md5_dropped > 0,
         "the node's kernel dropped wrongly signed segments"
+    );
+    // The speaker says why, and retries at its ConnectRetry pace (1 s), no faster.
+    let leaf = bgp_neighbor(&np, "leaf");
+    let err = leaf["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.starts_with("connect: no answer within 1 s") && err.contains("TCP-MD5"),
+        "{leaf}"
+    );
+    let attempts = counter(&leaf, "connect_attempts") - attempts_before;
+    assert!(
+        counter(&leaf, "connect_timeouts") >= 2 && attempts <= changed.elapsed().as_secs() + 2,
+        "{attempts} connects in {:?}: {leaf}",
+        changed.elapsed()
     );
     let leaf = bgp_neighbor(&np, "leaf");
     eprintln!(
