@@ -169,6 +169,13 @@ pub struct Status {
     pub source: String,
     pub source_connected: bool,
     pub source_detail: String,
+    /// Attempts to reach the store since start (etcd: connections tried; the directory
+    /// source: 0). Bounded by the reconnect schedule while the store is down.
+    #[serde(default)]
+    pub source_attempts: u64,
+    /// Whole reads of the store since start (etcd: one per successful reconnect).
+    #[serde(default)]
+    pub source_syncs: u64,
     pub policy_mode: PolicyModeStatus,
     pub removed_flow_action: String,
     pub services: usize,

@@ -43,6 +43,12 @@ pub fn run(args: StatusArgs) -> CliResult {
             format!(": {}", s.source_detail)
         }
     );
+    if s.source_attempts > 0 {
+        println!(
+            "             {} attempts to reach it, {} full syncs",
+            s.source_attempts, s.source_syncs
+        );
+    }
     println!(
         "policy mode: {}{}",
         s.policy_mode.effective,

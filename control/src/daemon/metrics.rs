@@ -240,6 +240,20 @@ pub fn render(s: &Status) -> String {
         &[("source", &s.source)],
         b(s.source_connected),
     );
+    one(
+        &mut o,
+        "nodeplane_source_attempts_total",
+        "counter",
+        "Attempts to reach the state store (etcd connections tried), bounded by the reconnect schedule.",
+        s.source_attempts,
+    );
+    one(
+        &mut o,
+        "nodeplane_source_syncs_total",
+        "counter",
+        "Whole reads of the state store (etcd: one list per successful reconnect).",
+        s.source_syncs,
+    );
     let mut f = Family::new(
         &mut o,
         "nodeplane_policy_mode",

@@ -72,6 +72,8 @@ impl Control {
                 self.source_connected = connected;
                 self.source_detail = detail;
             }
+            SourceEvent::Attempt => self.source_attempts += 1,
+            SourceEvent::Synced => self.source_syncs += 1,
         }
     }
 

@@ -289,6 +289,8 @@ impl Control {
             source: self.source.clone(),
             source_connected: self.source_connected,
             source_detail: self.source_detail.clone(),
+            source_attempts: self.source_attempts,
+            source_syncs: self.source_syncs,
             policy_mode: self.mode_status(),
             removed_flow_action: match self.removed {
                 RemovedFlowAction::Drop => "drop",

@@ -228,6 +228,10 @@ impl EtcdSource {
             }
             // Files are read per attempt (validated once at construction): a certificate or
             // password file being rotated is a failed attempt, retried on the schedule.
+            // The attempt is counted (`SourceEvent::Attempt`) once its outcome is known: after
+            // the list on success (so that nothing waits on the channel between connecting and
+            // listing), here on failure.
+            let mut counted = false;
             let attempt = match self.cfg.connect_options() {
                 Ok(opts) => connect(&self.cfg, opts).await,
                 Err(e) => Err(e.to_string()),
@@ -238,7 +242,12 @@ impl EtcdSource {
                     let mut end;
                     loop {
                         end = s
-                            .session(&mut client, &mut reconnect, &mut reported_down)
+                            .session(
+                                &mut client,
+                                &mut reconnect,
+                                &mut reported_down,
+                                &mut counted,
+                            )
                             .await;
                         match end {
                             End::Compacted(rev) => {
@@ -261,6 +270,9 @@ impl EtcdSource {
                 }
                 Err(e) => e,
             };
+            if !counted {
+                let _ = tx.send(SourceEvent::Attempt);
+            }
             if !reported_down {
                 reported_down = true;
                 let _ = tx.send(SourceEvent::Health {
@@ -295,6 +307,7 @@ impl Session<'_> {
         client: &mut Client,
         reconnect: &mut Reconnect,
         reported_down: &mut bool,
+        attempt_counted: &mut bool,
     ) -> End {
         let prefix = format!("{}/", self.cfg.prefix);
         let list = tokio::time::timeout(
@@ -316,6 +329,10 @@ impl Session<'_> {
             }
         }
         *reported_down = false;
+        if !std::mem::replace(attempt_counted, true) {
+            let _ = self.tx.send(SourceEvent::Attempt);
+        }
+        let _ = self.tx.send(SourceEvent::Synced);
         let _ = self.tx.send(SourceEvent::Health {
             connected: true,
             detail: format!(
