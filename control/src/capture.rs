@@ -200,26 +200,23 @@ impl CaptureHub {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                let r = hub.serve(session, &spec, &workers, stream, &pending, &stop);
-                for w in &workers {
-                    w.disarm();
+                let mut finished = false;
+                let r = hub.serve(
+                    session,
+                    &spec,
+                    &workers,
+                    stream,
+                    &pending,
+                    &stop,
+                    &mut finished,
+                );
+                if !finished {
+                    hub.finish(&workers);
                 }
-                // Give a burst in flight time to finish, then free every buffer.
-                std::thread::sleep(Duration::from_millis(20));
-                for w in &workers {
-                    while w.full.pop().is_some() {}
-                    while w.free.pop().is_some() {}
+                // A session that ran to its end logged that before the client read it.
+                if let Err(e) = r {
+                    log::info!("capture {session} on {} ended: {e}", spec.iface);
                 }
-                match r {
-                    Ok(end) => log::info!(
-                        "capture {session} on {} ended: {} frames, {} lost",
-                        spec.iface,
-                        end.frames,
-                        end.lost
-                    ),
-                    Err(e) => log::info!("capture {session} on {} ended: {e}", spec.iface),
-                }
-                hub.release();
             });
         match spawned {
             Ok(_) => log::info!("capture {session} started"),
@@ -230,6 +227,24 @@ impl CaptureHub {
         }
     }
 
+    /// Ends a session: disarms the workers, frees every buffer, and frees the capture slot.
+    /// Called once per session, before the client reads the session's end (so that a capture
+    /// asked for right after it is accepted), or when the session failed earlier.
+    fn finish(&self, workers: &[Arc<CaptureShared>]) {
+        for w in workers {
+            w.disarm();
+        }
+        // Give a burst in flight time to finish, then free every buffer.
+        std::thread::sleep(Duration::from_millis(20));
+        for w in workers {
+            while w.full.pop().is_some() {}
+            while w.free.pop().is_some() {}
+        }
+        self.release();
+    }
+
+    /// Streams the session's frames; `finished` is set once [`Self::finish`] ran.
+    #[allow(clippy::too_many_arguments)]
     fn serve(
         &self,
         session: u64,
@@ -238,6 +253,7 @@ impl CaptureHub {
         stream: UnixStream,
         pending: &[u8],
         stop: &AtomicBool,
+        finished: &mut bool,
     ) -> std::io::Result<CaptureEnd> {
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         (&stream).write_all(pending)?;
@@ -300,6 +316,15 @@ impl CaptureHub {
             .map(|(w, l0)| w.lost.load(Ordering::Relaxed).saturating_sub(*l0))
             .sum();
         let end = CaptureEnd { frames, lost };
+        w.flush()?;
+        self.finish(workers);
+        *finished = true;
+        log::info!(
+            "capture {session} on {} ended: {} frames, {} lost",
+            spec.iface,
+            end.frames,
+            end.lost
+        );
         serde_json::to_writer(&mut w, &CaptureLine::End(end))?;
         w.write_all(b"\n")?;
         w.flush()?;
