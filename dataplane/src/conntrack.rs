@@ -499,8 +499,7 @@ impl Conntrack {
             next: NIL,
             in_closing: false,
         };
-        self.deadline[slot as usize] = e.expires;
-        self.slots[slot as usize] = e;
+        self.put(slot, e);
         self.index_insert_hashed(slot, Dir::Orig, h_orig);
         self.index_insert_hashed(slot, Dir::Reply, h_reply);
         if state.closing() {
@@ -520,14 +519,16 @@ impl Conntrack {
             return Err(DropReason::CtInvalid);
         }
         let slot = self.take_slot(now)?;
-        self.slots[slot as usize] = Entry {
-            live: true,
-            prev: NIL,
-            next: NIL,
-            in_closing: false,
-            ..*e
-        };
-        self.deadline[slot as usize] = e.expires;
+        self.put(
+            slot,
+            Entry {
+                live: true,
+                prev: NIL,
+                next: NIL,
+                in_closing: false,
+                ..*e
+            },
+        );
         self.index_insert(slot, Dir::Orig);
         self.index_insert(slot, Dir::Reply);
         if e.state.closing() {
@@ -802,12 +803,25 @@ impl Conntrack {
         }
         let used = self.slots.len();
         if used < self.capacity() {
-            // Within the reservation made by `new`: no reallocation.
-            self.slots.push(Entry::default());
-            self.deadline.push(u64::MAX);
+            // The next slot of the reservation: [`Self::put`] pushes the entry into it.
             return Ok(used as u32);
         }
         self.make_room(now)
+    }
+
+    /// Writes a new entry into a slot from [`Self::take_slot`] (nothing taken in between): a
+    /// reused slot is overwritten, the next one of the reservation is pushed (no reallocation:
+    /// `new` reserved the capacity).
+    #[inline]
+    fn put(&mut self, slot: u32, e: Entry) {
+        let i = slot as usize;
+        if i == self.slots.len() {
+            self.deadline.push(e.expires);
+            self.slots.push(e);
+        } else {
+            self.deadline[i] = e.expires;
+            self.slots[i] = e;
+        }
     }
 
     fn make_room(&mut self, now: u64) -> Result<u32, DropReason> {

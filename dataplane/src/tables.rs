@@ -390,6 +390,8 @@ pub struct Tables {
     pub policy_mode: PolicyMode,
     pub maglev_m: u32,
     pub ifaces: Vec<Iface>,
+    /// The host interface's index ([`Tables::host`]), found once at build: new flows ask.
+    host_iface: Option<IfIndex>,
     pub endpoints: Vec<Endpoint>,
     pub endpoint_by_ip: HashMap<Addr, u32>,
     pub ipcache: Lpm<Identity>,
@@ -616,6 +618,10 @@ impl Tables {
                 .collect(),
             policy_mode: state.node.policy_mode,
             maglev_m: m,
+            host_iface: ifaces
+                .iter()
+                .position(|i| i.role == InterfaceRole::Host)
+                .map(|i| i as IfIndex),
             ifaces,
             endpoints,
             endpoint_by_ip,
@@ -652,10 +658,7 @@ impl Tables {
     /// The host interface (nodeplane's end of the veth pair into the node's stack), if any.
     #[inline]
     pub fn host(&self) -> Option<IfIndex> {
-        self.ifaces
-            .iter()
-            .position(|i| i.role == InterfaceRole::Host)
-            .map(|i| i as IfIndex)
+        self.host_iface
     }
 
     #[inline]
