@@ -1,11 +1,12 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s (192 bytes, three cache lines) allocated up
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (256 bytes, four cache lines) allocated up
 //! front, and one hash index of `slot << 1 | direction` values covering both the original key
 //! (as the flow arrived, before DNAT) and the reply key (the reverse of the translated tuple).
 //! The index stores no keys (4 bytes a bucket, so it stays in cache): a probe compares against
 //! the key in the entry, which the packet needs next anyway. The entry stores only the original
-//! key; the reply key is derived from it and the NAT's backend ([`Entry::reply`]). A lookup is one probe and tells the direction. Nothing
+//! key; the reply key is derived from it, the NAT's backend and, for a source-NATed flow, the
+//! translated source ([`Entry::reply`]). A lookup is one probe and tells the direction. Nothing
 //! allocates after [`Conntrack::new`]: the index is created with room for every key of a full
 //! slab.
 //!
@@ -105,20 +106,44 @@ pub struct FastPath {
     pub egress_pod: bool,
 }
 
+/// Source NAT of a flow: the original direction leaves from `addr:port` instead of the
+/// client's address and port, and replies come back to it (see `snat.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snat {
+    pub addr: Addr,
+    pub port: u16,
+}
+
+/// `NatSlot::flags`: the flow is destination-NATed (a service flow).
+const NAT_DST: u8 = 1;
+/// `NatSlot::flags`: the flow is also source-NATed ([`Entry::snat`] holds the source).
+const NAT_SRC: u8 = 2;
+
 /// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
-/// (address and port), so only the backend and the service are kept. 24 bytes.
+/// (address and port), so only the backend and the service are kept. 24 bytes. The flags say
+/// whether a source NAT applies, so that a flow without one never reads the fourth cache line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 struct NatSlot {
     backend: Addr,
-    on: bool,
+    flags: u8,
     backend_port: u16,
     service: u32,
 }
 
-/// 192 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
+/// The translated source of a source-NATed flow (valid when `NatSlot::flags` has `NAT_SRC`).
+/// A cache line of its own, so that flows without a source NAT never touch it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct SnatSlot {
+    addr: Addr,
+    port: u16,
+}
+
+/// 256 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
 /// established packet reads (original key, timer, fast-path cache, NAT, identities, state,
-/// generation), the third what it writes (counters, last seen) and the closing list's links.
+/// generation), the third what it writes (counters, last seen) and the closing list's links,
+/// the fourth the translated source of a source-NATed flow (read only by those flows).
 /// The reply key is not stored: it is the reverse of the translated original key
 /// ([`Entry::reply`]), and the VIP of the NAT is the original destination.
 #[derive(Debug, Clone, Copy, Default)]
@@ -150,13 +175,14 @@ pub struct Entry {
     pub created: u64,
     prev: u32,
     next: u32,
+    snat: SnatSlot,
 }
 
 impl Entry {
     /// The destination NAT of a service flow.
     #[inline]
     pub fn nat(&self) -> Option<Nat> {
-        self.nat.on.then_some(Nat {
+        (self.nat.flags & NAT_DST != 0).then_some(Nat {
             vip: self.orig.dst,
             vip_port: self.orig.dport,
             backend: self.nat.backend,
@@ -170,15 +196,25 @@ impl Entry {
         self.nat.service = service;
     }
 
-    /// The reply key: the reverse of the original key after its destination NAT.
+    /// The source NAT of a flow that has one.
+    #[inline]
+    pub fn snat(&self) -> Option<Snat> {
+        (self.nat.flags & NAT_SRC != 0).then_some(Snat {
+            addr: self.snat.addr,
+            port: self.snat.port,
+        })
+    }
+
+    /// The reply key: the reverse of the original key after its destination and source NAT.
     #[inline]
     pub fn reply(&self) -> FlowKey {
         let (src, sport) = self.translated_dst();
+        let (dst, dport) = self.translated_src();
         FlowKey {
             src,
-            dst: self.orig.src,
+            dst,
             sport,
-            dport: self.orig.sport,
+            dport,
             proto: self.orig.proto,
         }
     }
@@ -186,10 +222,20 @@ impl Entry {
     /// Where the original direction goes after NAT (the reply's source).
     #[inline(always)]
     fn translated_dst(&self) -> (Addr, u16) {
-        if self.nat.on {
+        if self.nat.flags & NAT_DST != 0 {
             (self.nat.backend, self.nat.backend_port)
         } else {
             (self.orig.dst, self.orig.dport)
+        }
+    }
+
+    /// Where the original direction comes from after NAT (the reply's destination).
+    #[inline(always)]
+    fn translated_src(&self) -> (Addr, u16) {
+        if self.nat.flags & NAT_SRC != 0 {
+            (self.snat.addr, self.snat.port)
+        } else {
+            (self.orig.src, self.orig.sport)
         }
     }
 
@@ -201,8 +247,9 @@ impl Entry {
             Dir::Orig => self.orig == *key,
             Dir::Reply => {
                 let (src, sport) = self.translated_dst();
-                key.dst == self.orig.src
-                    && key.dport == self.orig.sport
+                let (dst, dport) = self.translated_src();
+                key.dst == dst
+                    && key.dport == dport
                     && key.sport == sport
                     && key.proto == self.orig.proto
                     && key.src == src
@@ -211,16 +258,27 @@ impl Entry {
     }
 }
 
-fn nat_slot(nat: Option<Nat>) -> NatSlot {
+fn nat_slot(nat: Option<Nat>, snat: Option<Snat>) -> NatSlot {
+    let src = if snat.is_some() { NAT_SRC } else { 0 };
     match nat {
         Some(n) => NatSlot {
             backend: n.backend,
-            on: true,
+            flags: NAT_DST | src,
             backend_port: n.backend_port,
             service: n.service,
         },
-        None => NatSlot::default(),
+        None => NatSlot {
+            flags: src,
+            ..NatSlot::default()
+        },
     }
+}
+
+fn snat_slot(snat: Option<Snat>) -> SnatSlot {
+    snat.map_or(SnatSlot::default(), |s| SnatSlot {
+        addr: s.addr,
+        port: s.port,
+    })
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -229,6 +287,8 @@ pub struct NewFlow {
     pub orig: FlowKey,
     pub reply: FlowKey,
     pub nat: Option<Nat>,
+    /// Source NAT (masquerade, hairpin, or a reply-tuple clash resolved by a new port).
+    pub snat: Option<Snat>,
     pub src_identity: u32,
     pub dst_identity: u32,
     pub policy: PolicyVerdict,
@@ -455,14 +515,36 @@ impl Conntrack {
         len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
+        let h_reply = self.hash(&f.reply);
+        self.create_hashed(f, h_orig, h_reply, false, tcp_flags, len, now)
+    }
+
+    /// [`Self::create_absent`] with the reply key's hash known; `reply_free`: the caller has
+    /// just looked the reply key up too ([`Self::lookup_hashed`]) and not found it, with nothing
+    /// inserted since (the pipeline's source NAT check), so it is not probed again.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the new flow's hashes and first packet, passed on from the lookups"
+    )]
+    pub fn create_hashed(
+        &mut self,
+        f: &NewFlow,
+        h_orig: u64,
+        h_reply: u64,
+        reply_free: bool,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> Result<u32, DropReason> {
         debug_assert!(self.index_of(&f.orig, h_orig).is_none());
-        if !consistent(&f.orig, &f.reply, f.nat) {
+        debug_assert_eq!(h_reply, self.hash(&f.reply));
+        if !consistent(&f.orig, &f.reply, f.nat, f.snat) {
             // The entry derives the reply key from the original and the NAT.
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let h_reply = self.hash(&f.reply);
-        if self.index_of(&f.reply, h_reply).is_some() {
+        debug_assert!(!reply_free || self.index_of(&f.reply, h_reply).is_none());
+        if !reply_free && self.index_of(&f.reply, h_reply).is_some() {
             // Another flow already owns one of the keys (e.g. the same client port used for a
             // VIP and for its backend directly). Translating would merge two connections.
             self.stats.key_conflicts += 1;
@@ -484,7 +566,8 @@ impl Conntrack {
             created: now,
             last_seen: now,
             expires: now + self.timeout(f.orig.proto, state),
-            nat: nat_slot(f.nat),
+            nat: nat_slot(f.nat, f.snat),
+            snat: snat_slot(f.snat),
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             policy: f.policy,
@@ -568,7 +651,12 @@ impl Conntrack {
     /// now, and ends `backend-gone` otherwise. Same rules as [`Conntrack::create`] for
     /// conflicts and a full table.
     pub fn restore_saved(&mut self, f: &SavedFlow, now: u64) -> Result<u32, DropReason> {
-        if !consistent(&f.orig, &f.reply, f.nat) {
+        // The source NAT is the reply key's destination when that is not the client.
+        let snat = ((f.reply.dst, f.reply.dport) != (f.orig.src, f.orig.sport)).then_some(Snat {
+            addr: f.reply.dst,
+            port: f.reply.dport,
+        });
+        if !consistent(&f.orig, &f.reply, f.nat, snat) {
             // A snapshot this table could not have written (the reply key is derived).
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
@@ -586,7 +674,8 @@ impl Conntrack {
             ended: f.ended,
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
-            nat: nat_slot(f.nat),
+            nat: nat_slot(f.nat, snat),
+            snat: snat_slot(snat),
             packets: f.packets,
             bytes: f.bytes,
             last_seen: now.saturating_sub(f.idle_ns),
@@ -892,19 +981,25 @@ fn dir_of(v: u32) -> Dir {
     }
 }
 
-/// Whether `reply` is what an entry of `orig` and `nat` derives (the reverse of the translated
-/// original key, the VIP being the original destination).
+/// Whether `reply` is what an entry of `orig`, `nat` and `snat` derives (the reverse of the
+/// translated original key, the VIP being the original destination). A source NAT exists only
+/// with a destination NAT (service flows), in the flow's address family.
 #[inline]
-fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>) -> bool {
+fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>, snat: Option<Snat>) -> bool {
     let (src, sport) = match nat {
         Some(n) if n.vip != orig.dst || n.vip_port != orig.dport => return false,
         Some(n) => (n.backend, n.backend_port),
         None => (orig.dst, orig.dport),
     };
+    let (dst, dport) = match snat {
+        Some(s) if nat.is_none() || s.addr.v6 != orig.src.v6 => return false,
+        Some(s) => (s.addr, s.port),
+        None => (orig.src, orig.sport),
+    };
     reply.src == src
         && reply.sport == sport
-        && reply.dst == orig.src
-        && reply.dport == orig.sport
+        && reply.dst == dst
+        && reply.dport == dport
         && reply.proto == orig.proto
 }
 
@@ -996,6 +1091,7 @@ mod tests {
             orig: k,
             reply: k.reversed(),
             nat: None,
+            snat: None,
             src_identity: 0,
             dst_identity: 0,
             policy: PolicyVerdict::None,
@@ -1150,6 +1246,66 @@ mod tests {
         assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
         assert_eq!(ct.lookup(&k, 1), Some((s, Dir::Orig)));
     }
+
+    /// A source-NATed flow is found by its translated reply key, not by the client's; its
+    /// removal frees that key (the SNAT port) at once.
+    #[test]
+    fn snat_reply_key_is_the_translated_source() {
+        let mut ct = Conntrack::new(&cfg(8));
+        let k = key(3, PROTO_TCP);
+        let backend = Addr::v4([10, 0, 2, 9]);
+        let node = Addr::v4([192, 168, 1, 10]);
+        let mut f = flow(k);
+        f.nat = Some(Nat {
+            vip: k.dst,
+            vip_port: k.dport,
+            backend,
+            backend_port: 8080,
+            service: 0,
+        });
+        f.snat = Some(Snat {
+            addr: node,
+            port: 61001,
+        });
+        // A reply key toward the client is inconsistent with the source NAT.
+        f.reply = FlowKey {
+            src: backend,
+            dst: k.src,
+            sport: 8080,
+            dport: k.sport,
+            proto: PROTO_TCP,
+        };
+        assert_eq!(ct.create(&f, F::SYN, 60, 0), Err(DropReason::CtInvalid));
+        f.reply.dst = node;
+        f.reply.dport = 61001;
+        let s = ct.create(&f, F::SYN, 60, 0).unwrap();
+        assert_eq!(ct.entry(s).reply(), f.reply);
+        assert_eq!(ct.entry(s).snat(), f.snat);
+        assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
+        let untranslated = FlowKey {
+            dst: k.src,
+            dport: k.sport,
+            ..f.reply
+        };
+        assert_eq!(ct.lookup(&untranslated, 1), None);
+        // Saved and restored: the reply key carries the source NAT.
+        let saved: Vec<SavedFlow> = ct.save(1).collect();
+        let mut other = Conntrack::new(&cfg(8));
+        let r = other.restore_saved(&saved[0], 2).unwrap();
+        assert_eq!(other.entry(r).snat(), f.snat);
+        assert_eq!(other.lookup(&f.reply, 3), Some((r, Dir::Reply)));
+        ct.remove(s);
+        assert_eq!(ct.find(&f.reply), None);
+        // A source NAT without a destination NAT is refused.
+        let mut g = flow(key(4, PROTO_UDP));
+        g.snat = Some(Snat {
+            addr: node,
+            port: 61002,
+        });
+        g.reply.dst = node;
+        g.reply.dport = 61002;
+        assert_eq!(ct.create(&g, 0, 60, 0), Err(DropReason::CtInvalid));
+    }
 }
 
 #[cfg(test)]
@@ -1175,6 +1331,7 @@ mod gc_regression {
             orig: key,
             reply: key.reversed(),
             nat: None,
+            snat: None,
             src_identity: 0,
             dst_identity: 0,
             policy: PolicyVerdict::None,
@@ -1195,12 +1352,14 @@ mod gc_regression {
 mod layout {
     use super::*;
 
-    /// Three cache lines: what an established packet reads in the first two, what it writes
-    /// in the third.
+    /// Four cache lines: what an established packet reads in the first two, what it writes
+    /// in the third, a source NAT in the fourth (read by source-NATed flows only).
     #[test]
-    fn entry_is_three_cache_lines() {
+    fn entry_is_four_cache_lines() {
         assert_eq!(std::mem::align_of::<Entry>(), 64);
-        assert_eq!(std::mem::size_of::<Entry>(), 192);
+        assert_eq!(std::mem::size_of::<Entry>(), 256);
+        assert!(std::mem::offset_of!(Entry, nat) + std::mem::size_of::<NatSlot>() <= 128);
+        assert_eq!(std::mem::offset_of!(Entry, snat), 192);
         assert_eq!(std::mem::size_of::<FastPath>(), 16);
         assert!(std::mem::offset_of!(Entry, generation) + 8 <= 128);
         assert!(std::mem::offset_of!(Entry, ended) < 128);

@@ -99,10 +99,16 @@ drop_reasons! {
     NoLocalBackend = 30 => "no-local-backend",
     /// A LoadBalancer VIP's client outside the service's `load_balancer_source_ranges`.
     SourceRangeDenied = 31 => "source-range-denied",
+    /// A new flow needs source NAT (masquerade, hairpin, or a reply-tuple clash) and no source
+    /// port of `node.snat_port_range` gives it a reply tuple that is free (see `snat.rs`).
+    SnatExhausted = 32 => "snat-exhausted",
+    /// A new flow needs masquerading to a node IP, and the node has none of the flow's address
+    /// family (`node.node_ips`).
+    SnatNoAddress = 33 => "snat-no-address",
 }
 
 /// Number of distinct reasons (array size for per-reason counters; index = numeric value).
-pub const DROP_REASON_SLOTS: usize = 32;
+pub const DROP_REASON_SLOTS: usize = 48;
 
 #[cfg(test)]
 mod tests {

@@ -48,6 +48,7 @@ pub mod reject;
 pub mod replay;
 pub mod rewrite;
 pub mod rst;
+pub mod snat;
 pub mod snapshot;
 pub mod tables;
 pub mod wire;
