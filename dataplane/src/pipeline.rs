@@ -627,7 +627,8 @@ impl Pipeline {
         outcome
     }
 
-    /// On the uplink only traffic to our PodCIDRs, service frontends and NodePorts is ours.
+    /// On the uplink only traffic to our PodCIDRs, service frontends, NodePorts and the SNAT
+    /// port range of the node IPs is ours.
     fn uplink_owns(&self, t: &Tables, m: &Meta) -> bool {
         if t.in_pod_cidr(&m.dst) || t.service_ips.contains_key(&m.dst) {
             return true;
@@ -639,7 +640,13 @@ impl Pipeline {
             // No ports: a NodePort datagram's or host traffic's, decided by its first fragment
             // (recorded either way); held until that comes, so the order does not matter.
             Frag::Later => true,
-            _ => t.frontend(m.dst, m.dport, m.proto).is_some(),
+            // A NodePort, or a reply to a masqueraded flow (node IPs' source ports in
+            // `node.snat_port_range` are the dataplane's; the XDP program steers them).
+            _ => {
+                t.frontend(m.dst, m.dport, m.proto).is_some()
+                    || (matches!(m.proto, PROTO_TCP | PROTO_UDP)
+                        && t.snat_ports.contains(m.dport))
+            }
         }
     }
 
