@@ -36,8 +36,8 @@ use crate::parse::{self, Frag, Meta, Parsed};
 use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
-use crate::snat;
 use crate::snapshot::{SavedAffinity, SavedFlow, SavedPart};
+use crate::snat;
 use crate::tables::{IfIndex, Scope, Tables};
 use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
@@ -644,8 +644,7 @@ impl Pipeline {
             // `node.snat_port_range` are the dataplane's; the XDP program steers them).
             _ => {
                 t.frontend(m.dst, m.dport, m.proto).is_some()
-                    || (matches!(m.proto, PROTO_TCP | PROTO_UDP)
-                        && t.snat_ports.contains(m.dport))
+                    || (matches!(m.proto, PROTO_TCP | PROTO_UDP) && t.snat_ports.contains(m.dport))
             }
         }
     }
@@ -763,9 +762,7 @@ impl Pipeline {
             if let Some(sn) = e.snat() {
                 match dir {
                     Dir::Orig => rewrite::set_addr_port(frame, m, false, sn.addr, sn.port),
-                    Dir::Reply => {
-                        rewrite::set_addr_port(frame, m, true, e.orig.src, e.orig.sport)
-                    }
+                    Dir::Reply => rewrite::set_addr_port(frame, m, true, e.orig.src, e.orig.sport),
                 }
             }
         }
@@ -912,18 +909,15 @@ impl Pipeline {
             policy,
             generation: t.generation,
         };
-        match self
-            .ct
-            .create_hashed(
-                &f,
-                key_hash,
-                h_reply,
-                nat.is_some(),
-                m.tcp_flags,
-                frame.len(),
-                now,
-            )
-        {
+        match self.ct.create_hashed(
+            &f,
+            key_hash,
+            h_reply,
+            nat.is_some(),
+            m.tcp_flags,
+            frame.len(),
+            now,
+        ) {
             Ok(slot) => {
                 self.counters.ct_new += 1;
                 Ok(Some((slot, routed)))

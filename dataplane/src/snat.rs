@@ -186,8 +186,14 @@ mod tests {
     fn fills_the_range_without_duplicates() {
         let mut taken = HashSet::new();
         for i in 0..R.len() {
-            let p = allocate(R, 61003, u64::from(i) * 7919, |_| true, |p| !taken.contains(&p))
-                .expect("room left");
+            let p = allocate(
+                R,
+                61003,
+                u64::from(i) * 7919,
+                |_| true,
+                |p| !taken.contains(&p),
+            )
+            .expect("room left");
             assert!(R.contains(p));
             assert!(taken.insert(p), "{p} handed out twice");
         }

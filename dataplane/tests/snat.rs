@@ -77,7 +77,12 @@ fn tuple(f: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
         .calc_checksum_ipv4(&h, t.payload())
         .expect("checksum");
     assert_eq!(t.checksum(), sum, "TCP checksum");
-    (h.source, t.source_port(), h.destination, t.destination_port())
+    (
+        h.source,
+        t.source_port(),
+        h.destination,
+        t.destination_port(),
+    )
 }
 
 #[test]

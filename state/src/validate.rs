@@ -490,7 +490,9 @@ impl Checker<'_> {
         if lo < 1024 || lo > hi {
             self.at_node(
                 ".snat_port_range",
-                format!("[{lo}, {hi}] is not a range of ports within [1024, 65535] (first <= last)"),
+                format!(
+                    "[{lo}, {hi}] is not a range of ports within [1024, 65535] (first <= last)"
+                ),
             );
         }
         for (i, svc) in self.s.services.iter().enumerate() {

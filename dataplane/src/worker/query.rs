@@ -170,9 +170,7 @@ impl CtRow {
             service,
             backend: e.nat().map(|n| n.backend.to_string()),
             backend_port: e.nat().map(|n| n.backend_port),
-            snat: e
-                .snat()
-                .map(|sn| crate::flow::fmt_socket(sn.addr, sn.port)),
+            snat: e.snat().map(|sn| crate::flow::fmt_socket(sn.addr, sn.port)),
             src_identity: e.src_identity,
             dst_identity: e.dst_identity,
             policy: e.policy.name().to_string(),
