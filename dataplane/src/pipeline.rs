@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode};
+use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode, ServiceType};
 
 use crate::conntrack::{Conntrack, Dir, FastPath, Nat, NewFlow, Snat};
 use crate::csum::{self, get16, put16};
@@ -958,9 +958,12 @@ impl Pipeline {
         now: u64,
     ) -> Result<(Option<Snat>, u64), DropReason> {
         let hairpin = nat.backend == key.src;
+        let s = &t.services[nat.service as usize];
+        // A ClusterIP service has internal frontends only: no scope lookup for those.
         let masquerade = !hairpin
             && !backend_local
-            && !t.services[nat.service as usize].external_local
+            && !s.external_local
+            && s.kind != ServiceType::ClusterIP
             && t.frontend_scope(key.dst, key.dport, key.proto) != Scope::Internal;
         let addr = if hairpin {
             key.dst
