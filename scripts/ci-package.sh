@@ -13,7 +13,8 @@ contents=$(dpkg-deb --contents "$deb")
 fail() { echo "ci-package: $deb: $*" >&2; exit 1; }
 unit=./usr/lib/systemd/system/nodeplane.service
 for f in ./usr/bin/nodeplane $unit ./etc/nodeplane/config.yaml \
-    ./etc/nodeplane/state/node.yaml ./usr/share/doc/nodeplane/service.md; do
+    ./etc/nodeplane/state/node.yaml ./usr/share/doc/nodeplane/service.md \
+    ./usr/lib/systemd/system/nodeplane-mesh.service ./usr/share/doc/nodeplane/examples/mesh.yaml; do
   grep -q " $f\$" <<<"$contents" || fail "missing $f"
 done
 grep -qE -- "^-rwxr-xr-x (0/0|root/root) .* ./usr/bin/nodeplane\$" <<<"$contents" || fail "usr/bin/nodeplane not 0755 root"

@@ -71,7 +71,7 @@ case "${1:-}" in
     t=${2:?target}
     runs=${3:-10000000}
     shift 3 || shift $#
-    build "${CRATE[$t]}" --bin "$t"
+    build "${CRATE[$t]}" "$t"
     mkdir -p "$ROOT/${CRATE[$t]}/fuzz/artifacts/$t"
     mapfile -t d < <(dirs "$t")
     nice -n 19 "$BIN/$t" -runs="$runs" -print_final_stats=1 \
@@ -79,7 +79,7 @@ case "${1:-}" in
     ;;
   cmin)
     t=${2:?target}
-    build "${CRATE[$t]}" --bin "$t"
+    build "${CRATE[$t]}" "$t"
     mapfile -t d < <(dirs "$t")
     tmp=$(mktemp -d)
     # Keep what the seeds do not already cover: merge the corpus into an empty dir, seeds

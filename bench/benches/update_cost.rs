@@ -42,6 +42,7 @@ fn state(sets: u32, port_bump: u16) -> State {
             external_traffic_policy: Default::default(),
             health_check_node_port: None,
             load_balancer_source_ranges: Vec::new(),
+            global: false,
             backends: (0..2u32)
                 .map(|b| {
                     let n = set * 2 + b;

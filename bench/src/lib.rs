@@ -60,18 +60,21 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             role: InterfaceRole::Uplink,
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             gateway_mac: Some(MacAddr([2, 0, 0, 0, 0, 0xfe])),
+            peer: None,
         },
         Interface {
             name: "pod-client".into(),
             role: InterfaceRole::Pod,
             mac: MacAddr([2, 0, 0, 0, 1, 1]),
             gateway_mac: None,
+            peer: None,
         },
         Interface {
             name: "pod-web".into(),
             role: InterfaceRole::Pod,
             mac: MacAddr([2, 0, 0, 0, 1, 2]),
             gateway_mac: None,
+            peer: None,
         },
     ];
     s.endpoints.push(Endpoint {
@@ -125,6 +128,7 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             external_traffic_policy: Default::default(),
             health_check_node_port: None,
             load_balancer_source_ranges: Vec::new(),
+            global: false,
             backends: [a, b]
                 .iter()
                 .map(|j| Backend {

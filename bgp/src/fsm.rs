@@ -177,7 +177,20 @@ pub struct Counters {
     pub established_transitions: u64,
     pub notifications_in: u64,
     pub notifications_out: u64,
+    /// TCP connections we opened towards the peer (one per ConnectRetry interval at most while
+    /// it does not answer).
+    #[serde(default)]
+    pub connect_attempts: u64,
+    /// Of those, the ones still unanswered when ConnectRetry expired: a peer that is down
+    /// behind a silent network, a filter, or a TCP-MD5 key mismatch (the kernels drop wrongly
+    /// signed segments without a word).
+    #[serde(default)]
+    pub connect_timeouts: u64,
 }
+
+/// The start of `last_error` for a connection attempt that got no answer (see
+/// [`Counters::connect_timeouts`]).
+pub const CONNECT_NO_ANSWER: &str = "connect: no answer within";
 
 #[derive(Debug)]
 pub struct Neighbor {
@@ -379,6 +392,15 @@ impl Neighbor {
             (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {
                 if let Some(old) = self.conn.take() {
                     out.push(Action::Close { conn: old });
+                    if self.state == S::Connect {
+                        // Our SYN was never answered: say so rather than keep showing the
+                        // reason of an older failure.
+                        self.counters.connect_timeouts += 1;
+                        self.last_error = Some(format!(
+                            "{CONNECT_NO_ANSWER} {} s",
+                            self.params.connect_retry.as_secs_f64()
+                        ));
+                    }
                 }
                 self.connect_retry_at = Some(now + self.params.connect_retry);
                 if self.params.passive {
@@ -574,6 +596,7 @@ impl Neighbor {
         let conn = self.next_conn;
         self.next_conn += 1;
         self.conn = Some(conn);
+        self.counters.connect_attempts += 1;
         out.push(Action::Connect { conn });
     }
 

@@ -106,7 +106,16 @@ impl NeighborStatus {
             remote_as: n.params.remote_as,
             state: n.state(),
             established_since_unix_ms: n.established_since().map(unix_ms),
-            last_error: n.last_error.clone(),
+            last_error: n.last_error.clone().map(|e| {
+                if md5 && e.starts_with(crate::fsm::CONNECT_NO_ANSWER) {
+                    format!(
+                        "{e} (TCP-MD5 is on: a key mismatch looks like this, the kernel drops \
+                         the segments; see TcpExt TCPMD5Failure in /proc/net/netstat)"
+                    )
+                } else {
+                    e
+                }
+            }),
             negotiated: n.negotiated().cloned(),
             announced: n.advertised().iter().copied().collect(),
             counters: n.counters.clone(),
@@ -204,6 +213,15 @@ pub fn format_status(s: &SpeakerStatus) -> String {
             o,
             "  Messages:         {} in, {} out; updates {} in ({} malformed), {} out",
             c.messages_in, c.messages_out, c.updates_in, c.updates_malformed, c.updates_out
+        );
+        let _ = writeln!(
+            o,
+            "  Sessions:         {} established; NOTIFICATIONs {} in, {} out; connects {} ({} unanswered)",
+            c.established_transitions,
+            c.notifications_in,
+            c.notifications_out,
+            c.connect_attempts,
+            c.connect_timeouts
         );
         let _ = writeln!(o, "  Announced ({}):", n.announced.len());
         for p in &n.announced {

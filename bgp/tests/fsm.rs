@@ -438,3 +438,47 @@ fn stray_connection_events_are_closed() {
     assert_eq!(notification(&a), Some((6, 7)));
     assert_eq!(n.state(), State::Established);
 }
+
+/// A SYN nobody answers (a silent peer, a filter, a TCP-MD5 key mismatch): each ConnectRetry
+/// expiry closes the attempt, counts it and says so in `last_error`, replacing an older reason;
+/// a new attempt follows at the ConnectRetry pace, never faster.
+#[test]
+fn an_unanswered_connect_is_counted_and_named() {
+    let t0 = Instant::now();
+    let mut n = Neighbor::new(params(), OUT);
+    n.last_error = Some("received Cease: other configuration change (6/6)".into());
+    let a = n.handle(Event::ManualStart, t0);
+    assert_eq!(a, vec![Action::Connect { conn: OUT }]);
+    assert_eq!(n.counters.connect_attempts, 1);
+    // Nothing before the 2 s ConnectRetry.
+    assert!(n.poll_timers(t0 + Duration::from_millis(1900)).is_empty());
+    let a = n.poll_timers(t0 + Duration::from_secs(2));
+    assert_eq!(
+        a,
+        vec![
+            Action::Close { conn: OUT },
+            Action::Connect { conn: OUT + 1 }
+        ]
+    );
+    assert_eq!(n.state(), State::Connect);
+    assert_eq!(n.counters.connect_timeouts, 1);
+    assert_eq!(n.counters.connect_attempts, 2);
+    assert_eq!(
+        n.last_error.as_deref(),
+        Some("connect: no answer within 2 s")
+    );
+    // A refused connect is a failure of its own kind, not a timeout.
+    n.handle(
+        Event::TcpConnectionFails {
+            conn: OUT + 1,
+            reason: "Connection refused".into(),
+        },
+        t0 + Duration::from_secs(3),
+    );
+    assert_eq!(n.state(), State::Active);
+    assert!(n.poll_timers(t0 + Duration::from_millis(4900)).is_empty());
+    let a = n.poll_timers(t0 + Duration::from_secs(5));
+    assert_eq!(a, vec![Action::Connect { conn: OUT + 2 }]);
+    assert_eq!(n.counters.connect_timeouts, 1);
+    assert_eq!(n.counters.connect_attempts, 3);
+}

@@ -67,7 +67,9 @@ pub fn synthesize(e: &ExplainRequest, t: &Tables) -> Result<Synth, String> {
             .endpoint_of(&src_a)
             .map(|i| t.endpoints[i as usize].mac)
             .unwrap_or([2, 0, 0, 0, 0, 0x99]),
-        InterfaceRole::Uplink => itf.gateway_mac.unwrap_or([2, 0, 0, 0, 0, 0xfe]),
+        InterfaceRole::Uplink | InterfaceRole::Host => {
+            itf.gateway_mac.unwrap_or([2, 0, 0, 0, 0, 0xfe])
+        }
     };
     let eth = PacketBuilder::ethernet2(src_mac, itf.mac);
     let payload: &[u8] = b"nodeplane explain";
@@ -138,6 +140,9 @@ fn steering(t: &Tables, iface: &str, key: &FlowKey) -> String {
     };
     match t.ifaces[usize::from(i)].role {
         InterfaceRole::Pod => "redirect (pod interface: every frame goes to a worker)".into(),
+        InterfaceRole::Host => {
+            "redirect (host interface: the node's own traffic, every frame goes to a worker)".into()
+        }
         InterfaceRole::Uplink => {
             if t.in_pod_cidr(&key.dst) {
                 "redirect (destination in a PodCIDR)".into()
@@ -243,6 +248,7 @@ pub fn compose(
         .map(|i| match t.ifaces[usize::from(i)].role {
             InterfaceRole::Pod => "pod",
             InterfaceRole::Uplink => "uplink",
+            InterfaceRole::Host => "host",
         })
         .unwrap_or("unknown");
     let key = pkt.key;

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod events;
 pub mod explain;
 pub mod identity;
+pub mod mesh;
 pub mod replay;
 pub mod runtime;
 pub mod source;

@@ -55,6 +55,8 @@ enum Command {
     Whatif(cli::whatif::WhatifArgs),
     /// Record the frames the workers receive on one interface into a pcap (bounded).
     Capture(cli::capture::CaptureArgs),
+    /// Several clusters: the mirror of remote clusters' exported keys into the local store.
+    Mesh(cli::mesh::MeshArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Detach(a) => cli::detach::run(a),
         Command::Whatif(a) => cli::whatif::run(a),
         Command::Capture(a) => cli::capture::run(a),
+        Command::Mesh(a) => cli::mesh::run(a),
     };
     match result {
         Ok(code) => code,

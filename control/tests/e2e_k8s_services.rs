@@ -433,6 +433,12 @@ fn should_work_for_type_load_balancer_with_external_traffic_policy_local() {
     let h = health(&lab);
     assert!(h.starts_with("HTTP/1.1 200 OK"), "{h}");
     assert!(h.contains("\"localEndpoints\":1"), "{h}");
+    let st = np.status();
+    assert_eq!(
+        st["health_checks"],
+        serde_json::json!([{"port": 30081, "service": "web-lb", "local_endpoints": 1, "listening": true}]),
+        "nodeplane status lists the health check port"
+    );
 
     // The local endpoint terminates (still serving): 503, so the load balancer drains the
     // node, while connections that still come are served by it (the fallback).

@@ -775,7 +775,11 @@ fn two_workers_hand_off_flows_to_their_owner() {
 #[test]
 fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
     let mut lab = Lab::up("g-");
-    assert!(lab.prefix.starts_with("np-g-"), "{}", lab.prefix);
+    assert!(
+        lab.prefix.starts_with(&format!("{}g-", Lab::names_start())),
+        "{}",
+        lab.prefix
+    );
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
     let np = Nodeplane::start(&lab, &state, 1);
@@ -863,7 +867,10 @@ impl VmNamespace {
     /// `<lab prefix>vm`: 192.168.200.2 behind the router (192.168.200.1), default route to it.
     fn up(lab: &Lab) -> VmNamespace {
         let name = lab.ns("vm");
-        assert!(name.starts_with("np-g-"), "{name}");
+        assert!(
+            name.starts_with(&format!("{}g-", Lab::names_start())),
+            "{name}"
+        );
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         let vm = VmNamespace(name.clone());
         let router = lab.ns("router");

@@ -115,7 +115,7 @@ fn store_killed_and_restarted_under_traffic_changes_nothing() {
     let started = Instant::now();
     let (mut killed, mut restarted) = (None, None);
     for (i, chunk) in chunks.iter().enumerate() {
-        while let Ok(ev) = r.rx.try_recv() {
+        while let Some(ev) = r.rx.try_recv().ok().and_then(|e| r.count(e)) {
             if let SourceEvent::Snapshot { state, .. } = &ev {
                 gen += 1;
                 live.set_tables(tables(state, gen, &mut cache));
@@ -146,7 +146,11 @@ fn store_killed_and_restarted_under_traffic_changes_nothing() {
             ) && Some(*t) > restarted
         })
     {
-        if let Ok(ev) = r.rx.recv_timeout(Duration::from_millis(100)) {
+        if let Some(ev) =
+            r.rx.recv_timeout(Duration::from_millis(100))
+                .ok()
+                .and_then(|e| r.count(e))
+        {
             events.push((started.elapsed(), ev));
         }
     }
@@ -182,7 +186,7 @@ fn store_killed_and_restarted_under_traffic_changes_nothing() {
                 )
             }
             SourceEvent::Rejected { error, .. } => panic!("rejection during the outage: {error}"),
-            SourceEvent::Health { .. } => {}
+            SourceEvent::Health { .. } | SourceEvent::Attempt | SourceEvent::Synced => {}
         }
     }
     // Forwarding: identical outcomes and identical bytes, packet for packet.

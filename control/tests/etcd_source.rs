@@ -128,7 +128,7 @@ fn bad_value_is_rejected_by_key_and_nothing_half_applies() {
                 // Debounce may split the two puts: a snapshot may only carry the good one.
                 assert!(state.services.iter().all(|s| s.name != "bad"));
             }
-            SourceEvent::Health { .. } => {}
+            SourceEvent::Health { .. } | SourceEvent::Attempt | SourceEvent::Synced => {}
         }
     }
     let err = rejected.expect("a rejection for the bad key");
@@ -187,6 +187,7 @@ fn compacted_watch_revision_forces_full_resync() {
             }
             SourceEvent::Snapshot { state, .. } => break *state,
             SourceEvent::Rejected { error, .. } => panic!("{error}"),
+            SourceEvent::Attempt | SourceEvent::Synced => {}
         }
     };
     assert!(saw_compaction, "the source reported the compaction");

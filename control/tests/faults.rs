@@ -1,5 +1,5 @@
 //! Fault injection under traffic (issue 13 item 8), on the example node built by
-//! `scripts/lab.sh` (namespaces `np-h-<pid><n>-*`), AF_XDP with two workers, the XDP links
+//! `scripts/lab.sh` (namespaces `np-<NP_LAB_TAG>h-<pid><n>-*`), AF_XDP with two workers, the XDP links
 //! pinned in the lab's own bpffs. Each test keeps real connections running through the daemon
 //! while the fault happens and asserts what reached the far end, and what the daemon counted.
 //!
@@ -492,8 +492,9 @@ struct IfaceRun {
     np: Nodeplane,
     a: EchoConn,
     udp: UdpLoop,
-    /// `status --json` before the deletion, with `pod-web2` gone, and after its re-creation.
-    st: [serde_json::Value; 3],
+    /// `status --json` before the deletion, 0.3 s and 1.3 s after it (`pod-web2` gone), and
+    /// after its re-creation.
+    st: [serde_json::Value; 4],
     /// UDP answers from web2 while `pod-web2` was gone (over 1 s), and how long after the
     /// re-creation they came again (None: not within 10 s).
     gone_answers: u64,
@@ -528,6 +529,7 @@ fn delete_and_recreate_web2(lab: &mut Lab) -> IfaceRun {
 
     ns_run(lab, "node", &["ip", "link", "del", "pod-web2"]);
     std::thread::sleep(Duration::from_millis(300));
+    let st_gone = np.status().expect("the daemon answers with pod-web2 gone");
     let u1 = udp.answers();
     for i in 0..10 {
         let msg = format!("gone {i}");
@@ -564,7 +566,7 @@ fn delete_and_recreate_web2(lab: &mut Lab) -> IfaceRun {
         np,
         a,
         udp,
-        st: [st0, st1, st2],
+        st: [st0, st_gone, st1, st2],
         gone_answers,
         resumed,
     }
@@ -592,33 +594,68 @@ fn pod_interface_deleted_and_recreated_daemon_survives() {
     );
 }
 
-/// The rest of the fifth bullet, which does NOT hold today (defect, reported on branch hh):
-/// once `pod-web2` is re-created, traffic to it resumes, what was lost while it was gone is
-/// counted as a drop (not as forwarded), and the re-created interface is under policy again
-/// (web-1's ingress does not allow ICMP from web2: no echo request reaches web1).
+/// Frames transmitted on `iface` by all workers (`io.tx`).
+fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["io"]["tx"][iface]["packets"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The rest of the fifth bullet: while `pod-web2` is gone, frames routed to it are dropped
+/// and counted (`iface-down`), not transmitted; once it is re-created the runtime re-attaches
+/// it (XDP at once, then new sockets on the workers' UMEMs): traffic to web2 resumes through
+/// nodeplane, and the re-created interface is under policy (web-1's ingress does not allow
+/// ICMP from web2: no echo request reaches web1, the pipeline counts `policy-denied`).
 ///
-/// Seen on the lab: the worker keeps putting web2's frames on the dead socket's TX ring
-/// (`tx` rises, `tx_completed` stops, `tx_kick_errors` climbs ~7000/s, the frames counted
-/// `forwarded`), nothing is logged, status still lists `pod-web2` attached; the re-created
-/// veth (new ifindex) has no XDP program and no socket: client -> web2 never resumes, and
-/// web2's traffic is forwarded by the node's kernel without policy (3 of 3 pings to web1
-/// arrived).
+/// Before the fix (branch hh's report): the worker kept putting web2's frames on the dead
+/// socket's TX ring, counted as forwarded; the re-created veth got no XDP program and no
+/// socket, and the node's kernel forwarded web2's traffic without policy (3 of 3 pings to
+/// web1 arrived).
 #[test]
-#[ignore = "defect: a re-created pod interface is neither re-attached nor under policy (issue 13 item 8); run with --ignored"]
 fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
     let mut lab = Lab::up("h-");
     let run = delete_and_recreate_web2(&mut lab);
-    let [st0, st1, st2] = &run.st;
-    let tx_drops = |st: &serde_json::Value| drops(st, "tx-failed") + drops(st, "tx-no-socket");
+    let [st0, st_gone, st1, st2] = &run.st;
+    // Gone: the UDP requests to web2 (every 10 ms) are dropped as iface-down, not sent.
+    let down = |st: &serde_json::Value| drops(st, "iface-down");
     assert!(
-        tx_drops(st1) > tx_drops(st0),
-        "frames for the deleted interface are counted as drops: {st1}"
+        down(st1) > down(st_gone) && down(st1) >= down(st0) + 50,
+        "frames for the deleted interface are counted as iface-down drops: {} -> {} -> {}",
+        down(st0),
+        down(st_gone),
+        down(st1)
     );
-    let attached = st2["io"]["attached"].to_string();
-    assert!(attached.contains("pod-web2"), "{attached}");
+    assert_eq!(
+        tx_on(st1, "pod-web2"),
+        tx_on(st_gone, "pod-web2"),
+        "nothing transmitted on the deleted interface"
+    );
+    let io1 = &st1["io"];
+    assert!(
+        io1["down"].to_string().contains("pod-web2")
+            && !io1["attached"].to_string().contains("pod-web2"),
+        "status shows pod-web2 down: {io1}"
+    );
+    assert!(io1["links"]["gone"].as_u64() >= Some(1), "{io1}");
+    // Re-created: attached again, and traffic to web2 goes through nodeplane.
+    let io2 = &st2["io"];
+    assert!(io2["attached"].to_string().contains("pod-web2"), "{io2}");
+    assert_eq!(io2["down"].as_array().map(Vec::len), Some(0), "{io2}");
+    assert!(io2["links"]["reattached"].as_u64() >= Some(1), "{io2}");
+    eprintln!(
+        "re-attach: XDP attached {} µs after the link notification, sockets registered after {} µs",
+        io2["links"]["last_attach_us"], io2["links"]["last_ready_us"]
+    );
     assert!(
         run.resumed.is_some(),
         "UDP client -> web2 resumes within 10 s of the re-creation: {st2}"
+    );
+    assert!(
+        tx_on(st2, "pod-web2") > tx_on(st1, "pod-web2"),
+        "web2's traffic is transmitted by nodeplane again"
     );
     let tcp = lab.tcp_line("client", "10.244.1.22", 8081, 2);
     assert!(
@@ -626,14 +663,38 @@ fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
         "TCP client -> web2 after the re-creation: {tcp:?}"
     );
     let e0 = in_echos(&lab, "web1");
+    let denied0 = drops(&run.np.status().unwrap(), "policy-denied");
     ns_ping(&lab);
     assert_eq!(
         in_echos(&lab, "web1"),
         e0,
         "pings web2 -> web1 (not allowed by web-1's ingress) stay dropped"
     );
+    let denied1 = drops(&run.np.status().unwrap(), "policy-denied");
+    assert!(
+        denied1 >= denied0 + 3,
+        "the pings went through the pipeline and were denied there: {denied0} -> {denied1}"
+    );
     drop(run.udp);
+    let log = run.np.log();
+    assert_eq!(
+        log.matches("interface pod-web2 (ifindex").count(),
+        1,
+        "one log line for the deletion: {log}"
+    );
+    assert_eq!(
+        log.matches("interface pod-web2 re-attached").count(),
+        1,
+        "one log line for the re-attachment: {log}"
+    );
+    let logf = lab.tmp.join("nodeplane-1.log");
     assert!(run.np.stop(), "clean stop");
+    let log = std::fs::read_to_string(logf).unwrap();
+    assert_eq!(
+        log.matches("UMEM frame accounting ok").count(),
+        2,
+        "every worker's frames accounted for, the dead sockets' included: {log}"
+    );
 }
 
 /// `Icmp: InEchos` of a namespace: echo requests that reached its kernel.

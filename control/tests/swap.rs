@@ -59,6 +59,7 @@ fn bigger(base: &State) -> State {
             external_traffic_policy: Default::default(),
             health_check_node_port: None,
             load_balancer_source_ranges: Vec::new(),
+            global: false,
             backends: (0..2)
                 .map(|b| Backend {
                     ip: format!("10.244.2.{}", (i * 2 + b) % 250 + 1)

@@ -1,14 +1,15 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s (256 bytes, four cache lines) allocated up
-//! front, and one hash index of `slot << 1 | direction` values covering both the original key
-//! (as the flow arrived, before DNAT) and the reply key (the reverse of the translated tuple).
-//! The index stores no keys (4 bytes a bucket, so it stays in cache): a probe compares against
-//! the key in the entry, which the packet needs next anyway. The entry stores only the original
-//! key; the reply key is derived from it, the NAT's backend and, for a source-NATed flow, the
-//! translated source ([`Entry::reply`]). A lookup is one probe and tells the direction. Nothing
-//! allocates after [`Conntrack::new`]: the index is created with room for every key of a full
-//! slab.
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (256 bytes, four cache lines) reserved up
+//! front and written only as flows first use its slots, and one hash index of
+//! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
+//! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys
+//! (4 bytes a bucket, so it stays in cache): a probe compares against the key in the entry,
+//! which the packet needs next anyway. The entry stores only the original key; the reply key is
+//! derived from it, the NAT's backend and, for a source-NATed flow, the translated source
+//! ([`Entry::reply`]). A lookup is one probe and tells the direction. Nothing allocates after
+//! [`Conntrack::new`]: the index is created with room for every key of a full slab, and the slab
+//! grows only within its reservation.
 //!
 //! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
 //! random seed per process, so that nobody can aim many flows at one bucket without knowing it
@@ -331,9 +332,12 @@ impl Conntrack {
     pub fn new(cfg: &CtConfig) -> Conntrack {
         let cap = cfg.max_entries as usize;
         Conntrack {
-            slots: vec![Entry::default(); cap],
-            deadline: vec![u64::MAX; cap],
-            free: (0..cap as u32).rev().collect(),
+            // Reserved, not written: the slab grows into its reservation as flows come
+            // ([`Conntrack::take_slot`]), so a start does not write (and fault in) every page
+            // of a table that is mostly empty, and never reallocates.
+            slots: Vec::with_capacity(cap),
+            deadline: Vec::with_capacity(cap),
+            free: Vec::with_capacity(cap),
             index: HashTable::with_capacity(cap * 2),
             seed: random_seed(),
             version: 0,
@@ -354,7 +358,7 @@ impl Conntrack {
     }
 
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.cfg.max_entries as usize
     }
 
     pub fn len(&self) -> usize {
@@ -550,10 +554,7 @@ impl Conntrack {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => self.make_room(now)?,
-        };
+        let slot = self.take_slot(now)?;
         let state = if f.orig.proto == PROTO_TCP {
             initial_tcp_state(tcp_flags)
         } else {
@@ -601,10 +602,7 @@ impl Conntrack {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => self.make_room(now)?,
-        };
+        let slot = self.take_slot(now)?;
         self.slots[slot as usize] = Entry {
             live: true,
             prev: NIL,
@@ -883,6 +881,24 @@ impl Conntrack {
         self.slots.iter().filter(|e| e.live)
     }
 
+    /// A slot for a new entry: a freed one (the most recently freed first), else the next one of
+    /// the reservation never used yet, else room made by [`Self::make_room`]. Slots are handed
+    /// out in the same order as from a slab written up front and a free list of every slot.
+    #[inline]
+    fn take_slot(&mut self, now: u64) -> Result<u32, DropReason> {
+        if let Some(s) = self.free.pop() {
+            return Ok(s);
+        }
+        let used = self.slots.len();
+        if used < self.capacity() {
+            // Within the reservation made by `new`: no reallocation.
+            self.slots.push(Entry::default());
+            self.deadline.push(u64::MAX);
+            return Ok(used as u32);
+        }
+        self.make_room(now)
+    }
+
     fn make_room(&mut self, now: u64) -> Result<u32, DropReason> {
         if self.gc_step(now, RECLAIM_SCAN) > 0 {
             if let Some(s) = self.free.pop() {
@@ -1121,6 +1137,29 @@ mod tests {
         // TIME_WAIT expires after its timeout.
         assert!(ct.lookup(&k, 4 + 120 * S).is_none());
         assert!(ct.is_empty());
+    }
+
+    /// The slab is reserved, not written, at start, and grows into its reservation: slots are
+    /// handed out in order, a freed slot first, and the table never reallocates.
+    #[test]
+    fn slab_grows_in_slot_order_within_its_reservation() {
+        let mut ct = Conntrack::new(&cfg(4));
+        assert_eq!((ct.slots.len(), ct.capacity()), (0, 4), "nothing written");
+        let base = ct.slots.as_ptr();
+        let s: Vec<u32> = (1..=3)
+            .map(|i| ct.create(&flow(key(i, PROTO_UDP)), 0, 60, 0).unwrap())
+            .collect();
+        assert_eq!(s, [0, 1, 2]);
+        ct.remove(1);
+        assert_eq!(ct.create(&flow(key(4, PROTO_UDP)), 0, 60, 0), Ok(1));
+        assert_eq!(ct.create(&flow(key(5, PROTO_UDP)), 0, 60, 0), Ok(3));
+        assert_eq!(ct.slots.len(), 4);
+        assert_eq!(ct.deadline.len(), 4);
+        assert_eq!(
+            ct.create(&flow(key(6, PROTO_UDP)), 0, 60, 0),
+            Err(DropReason::CtFull)
+        );
+        assert_eq!(ct.slots.as_ptr(), base, "no reallocation");
     }
 
     #[test]

@@ -99,15 +99,19 @@ drop_reasons! {
     NoLocalBackend = 30 => "no-local-backend",
     /// A LoadBalancer VIP's client outside the service's `load_balancer_source_ranges`.
     SourceRangeDenied = 31 => "source-range-denied",
+    /// I/O: the egress interface is gone (deleted, or moved out of the node's namespace); its
+    /// sockets are closed down until it is re-created and re-attached.
+    IfaceDown = 32 => "iface-down",
     /// A new flow needs source NAT (masquerade, hairpin, or a reply-tuple clash) and no source
     /// port of `node.snat_port_range` gives it a reply tuple that is free (see `snat.rs`).
-    SnatExhausted = 32 => "snat-exhausted",
+    SnatExhausted = 33 => "snat-exhausted",
     /// A new flow needs masquerading to a node IP, and the node has none of the flow's address
     /// family (`node.node_ips`).
-    SnatNoAddress = 33 => "snat-no-address",
+    SnatNoAddress = 34 => "snat-no-address",
 }
 
-/// Number of distinct reasons (array size for per-reason counters; index = numeric value).
+/// Size of the per-reason counter arrays (index = numeric value): room for every reason and a
+/// few more, so that adding one does not resize every array again.
 pub const DROP_REASON_SLOTS: usize = 48;
 
 #[cfg(test)]

@@ -548,15 +548,25 @@ impl Pipeline {
         }
 
         // Classify: which traffic is ours.
-        let from_pod = itf.role == InterfaceRole::Pod;
-        if from_pod {
+        if itf.role != InterfaceRole::Uplink {
             if is_link_scoped(&m.dst) || is_link_scoped(&m.src) {
                 return Outcome::default();
             }
-            match t.endpoint_of(&m.src) {
-                Some(ep) if t.endpoints[ep as usize].iface == iface => {}
-                _ => return Outcome::drop(DropReason::SpoofedSource),
+            let genuine = match itf.role {
+                // The node's own stack speaks from its node IPs only (see `evaluate_policy`).
+                InterfaceRole::Host => t.is_node_ip(&m.src),
+                _ => t
+                    .endpoint_of(&m.src)
+                    .is_some_and(|ep| t.endpoints[ep as usize].iface == iface),
+            };
+            if !genuine {
+                return Outcome::drop(DropReason::SpoofedSource);
             }
+        } else if t.host().is_some() && t.is_node_ip(&m.src) {
+            // With a host interface the node's own traffic enters there; a node IP from the
+            // outside is spoofed (the kernel would call it a martian) and must not pass as the
+            // host, which policy always allows.
+            return Outcome::drop(DropReason::SpoofedSource);
         } else if !self.uplink_owns(t, &m) {
             if m.frag == Frag::First && t.is_node_ip(&m.dst) {
                 // Host traffic: its later fragments, which `uplink_owns` claims while their
@@ -779,7 +789,7 @@ impl Pipeline {
                 epoch: self.epoch,
                 ingress: iface,
                 egress,
-                egress_pod: itf.role == InterfaceRole::Pod,
+                egress_pod: itf.role != InterfaceRole::Uplink,
                 dst_mac,
             };
         }
@@ -830,7 +840,7 @@ impl Pipeline {
             if t.service_ips.contains_key(&m.dst) {
                 return Err(Outcome::drop(DropReason::NoService));
             }
-            if t.is_node_ip(&m.dst) {
+            if t.is_node_ip(&m.dst) && t.host().is_none() {
                 return Ok(None);
             }
         }
@@ -1022,7 +1032,13 @@ impl Pipeline {
         dport: u16,
     ) -> PolicyVerdict {
         let mode = self.mode();
-        if mode == PolicyMode::AllowAll {
+        // Traffic to and from this node is always allowed (Kubernetes' NetworkPolicy: "traffic
+        // to and from the node where a Pod is running is always allowed") once the node's
+        // traffic goes through the host interface. A node-IP source is genuine then: it enters
+        // from the host interface only (`process_parsed`).
+        if mode == PolicyMode::AllowAll
+            || (t.host().is_some() && (t.is_node_ip(&src) || t.is_node_ip(&dst)))
+        {
             return PolicyVerdict::None;
         }
         let mut verdict = PolicyVerdict::None;
@@ -1248,7 +1264,8 @@ impl Pipeline {
         // Pods sit on untagged links: a frame that came in with an 802.1Q tag leaves toward a
         // pod without it. The MACs move 4 bytes up, over the tag, and the I/O layer sends the
         // frame from `l2_trim` on (no byte of the payload moves).
-        let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && itf.role == InterfaceRole::Pod {
+        let trim = if usize::from(m.l3_off) == vlan::HEADER_LEN && itf.role != InterfaceRole::Uplink
+        {
             vlan::TAG_LEN as u8
         } else {
             0
@@ -1439,7 +1456,12 @@ fn route_at(t: &Tables, dst: &Addr, dst_ep: Option<u32>, ttl: u8) -> Result<Rout
         let ep = &t.endpoints[ep as usize];
         (ep.iface, ep.mac)
     } else if t.is_node_ip(dst) {
-        return Err(Action::Pass);
+        // The node's own stack: through the host interface when there is one (replies to the
+        // node's traffic, host-network backends), else the kernel's already.
+        match t.host() {
+            Some(h) => (h, t.ifaces[usize::from(h)].gateway_mac.unwrap_or([0; 6])),
+            None => return Err(Action::Pass),
+        }
     } else if t.in_pod_cidr(dst) {
         return Err(Action::Drop(DropReason::NoEndpoint));
     } else {

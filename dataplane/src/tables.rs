@@ -27,6 +27,8 @@ pub struct Iface {
     pub role: InterfaceRole,
     pub mac: [u8; 6],
     pub gateway_mac: Option<[u8; 6]>,
+    /// Host interface: its peer in the node's stack (for the runtime, which creates the pair).
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -455,6 +457,7 @@ impl Tables {
                 role: i.role,
                 mac: mac(i.mac),
                 gateway_mac: i.gateway_mac.map(mac),
+                peer: i.peer.clone(),
             })
             .collect();
         let node_ips: Vec<Addr> = state.node.node_ips.iter().map(|a| Addr::from(*a)).collect();
@@ -649,6 +652,15 @@ impl Tables {
         self.ifaces
             .iter()
             .position(|i| i.role == InterfaceRole::Uplink)
+            .map(|i| i as IfIndex)
+    }
+
+    /// The host interface (nodeplane's end of the veth pair into the node's stack), if any.
+    #[inline]
+    pub fn host(&self) -> Option<IfIndex> {
+        self.ifaces
+            .iter()
+            .position(|i| i.role == InterfaceRole::Host)
             .map(|i| i as IfIndex)
     }
 

@@ -346,7 +346,10 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
             continue;
         };
         let want_dst: Vec<[u8; 6]> = match itf.role {
-            st::InterfaceRole::Uplink => itf.gateway_mac.iter().map(|m| m.0).collect(),
+            // The uplink's next hop; the host interface's peer in the node's stack.
+            st::InterfaceRole::Uplink | st::InterfaceRole::Host => {
+                itf.gateway_mac.iter().map(|m| m.0).collect()
+            }
             st::InterfaceRole::Pod => state
                 .endpoints
                 .iter()

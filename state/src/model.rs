@@ -144,10 +144,15 @@ pub struct Interface {
     pub role: InterfaceRole,
     /// Our MAC on this interface: the source MAC of frames we transmit on it.
     pub mac: MacAddr,
-    /// Uplink only: the next hop's MAC (from state here; the AF_XDP runtime refreshes it from
-    /// the kernel's neighbour table).
+    /// Uplink: the next hop's MAC (from state here; the AF_XDP runtime refreshes it from the
+    /// kernel's neighbour table). Host: the MAC of `peer`, the node's own end of the pair.
     #[serde(default)]
     pub gateway_mac: Option<MacAddr>,
+    /// Host only: the name of the veth pair's other end, which stays in the node's stack (the
+    /// AF_XDP runtime creates the pair when it is missing; docs/runtime.md "The node's own
+    /// traffic").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +160,10 @@ pub struct Interface {
 pub enum InterfaceRole {
     Uplink,
     Pod,
+    /// nodeplane's end of a veth pair into the node's own stack: the node's traffic to
+    /// services, node ports and pods enters here, and frames for the node (replies, and
+    /// service traffic to host-network backends) leave here.
+    Host,
 }
 
 /// A pod (or other workload) attached to this node through a pod interface.
@@ -215,6 +224,15 @@ pub struct Service {
     /// LoadBalancer only: the client prefixes allowed to reach the VIP frontends (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancer_source_ranges: Vec<IpNet>,
+    /// Several clusters (docs/multicluster.md): the service is exported to the other clusters
+    /// of a mesh, and its backends here are merged with those of every remote cluster that
+    /// exports a global service of the same name (etcd mode, through `nodeplane mesh`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub global: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `Cluster` (every backend) or `Local` (the backends on this node), as Kubernetes spells it.

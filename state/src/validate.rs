@@ -517,6 +517,7 @@ impl Checker<'_> {
         let s = self.s;
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut first_uplink: Option<usize> = None;
+        let mut first_host: Option<usize> = None;
         for (i, itf) in s.interfaces.iter().enumerate() {
             let n = itf.name.as_str();
             if n.is_empty()
@@ -587,11 +588,92 @@ impl Checker<'_> {
                             Section::Interfaces,
                             i,
                             ".gateway_mac",
-                            "only an uplink interface has a gateway MAC (a pod interface \
-                             delivers to its endpoints' MACs)",
+                            "only an uplink interface has a gateway MAC (and a host \
+                             interface, its peer's; a pod interface delivers to its \
+                             endpoints' MACs)",
                         );
                     }
                 }
+                InterfaceRole::Host => {
+                    if let Some(j) = first_host {
+                        let other = self.other(Section::Interfaces, j, (Section::Interfaces, i));
+                        self.at(
+                            Section::Interfaces,
+                            i,
+                            ".role",
+                            format!("a second host interface (the host interface is {other}); at most one interface may have role host"),
+                        );
+                    } else {
+                        first_host = Some(i);
+                    }
+                    match itf.gateway_mac {
+                        None => self.at(
+                            Section::Interfaces,
+                            i,
+                            ".gateway_mac",
+                            "a host interface needs gateway_mac: the MAC of its peer, the \
+                             node's end of the pair",
+                        ),
+                        Some(gw) => {
+                            if let Some(why) = mac_problem(gw) {
+                                self.at(
+                                    Section::Interfaces,
+                                    i,
+                                    ".gateway_mac",
+                                    format!("{gw} {why}"),
+                                );
+                            } else if gw == itf.mac {
+                                self.at(
+                                    Section::Interfaces,
+                                    i,
+                                    ".gateway_mac",
+                                    format!("{gw} is the interface's own MAC"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            match (&itf.peer, itf.role) {
+                (None, InterfaceRole::Host) => self.at(
+                    Section::Interfaces,
+                    i,
+                    ".peer",
+                    "a host interface needs peer: the name of the pair's end in the node's stack",
+                ),
+                (Some(_), InterfaceRole::Uplink | InterfaceRole::Pod) => self.at(
+                    Section::Interfaces,
+                    i,
+                    ".peer",
+                    "only a host interface has a peer",
+                ),
+                (Some(p), InterfaceRole::Host) => {
+                    if p.is_empty()
+                        || p.len() > 15
+                        || p == &itf.name
+                        || p.chars()
+                            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+                    {
+                        self.at(
+                            Section::Interfaces,
+                            i,
+                            ".peer",
+                            format!(
+                                "{p:?} is not a Linux interface name other than the interface's \
+                                 own (1-15 bytes, no '/', ':' or whitespace)"
+                            ),
+                        );
+                    }
+                    if s.interfaces.iter().any(|o| &o.name == p) {
+                        self.at(
+                            Section::Interfaces,
+                            i,
+                            ".peer",
+                            format!("{p:?} is also a dataplane interface; the peer stays with the kernel"),
+                        );
+                    }
+                }
+                (None, _) => {}
             }
         }
         if !s.interfaces.is_empty() && first_uplink.is_none() {
@@ -697,8 +779,14 @@ impl Checker<'_> {
                     i,
                     ".interface",
                     format!(
-                        "interface {:?} has role uplink; endpoints sit behind pod interfaces",
-                        ep.interface
+                        "interface {:?} has role {}; endpoints sit behind pod interfaces \
+                         (a host-network backend is a service backend on a node IP)",
+                        ep.interface,
+                        if itf.role == InterfaceRole::Uplink {
+                            "uplink"
+                        } else {
+                            "host"
+                        }
                     ),
                 ),
                 Some(itf) if itf.mac == ep.mac => self.at(

@@ -185,6 +185,67 @@ fn interfaces() {
     );
     // The uplink's gateway MAC is optional (the runtime learns it from the neighbour table).
     accept(|s| s.interfaces[0].gateway_mac = None);
+    // A host interface: nodeplane's end of a veth pair into the node's stack.
+    let host = |s: &mut State| {
+        s.interfaces.push(Interface {
+            name: "nph1".into(),
+            role: InterfaceRole::Host,
+            mac: "02:00:00:00:00:11".parse().unwrap(),
+            gateway_mac: Some("02:00:00:00:00:10".parse().unwrap()),
+            peer: Some("nph0".into()),
+        })
+    };
+    accept(host);
+    reject(
+        |s| {
+            host(s);
+            s.interfaces[4].gateway_mac = None;
+        },
+        "interfaces[nph1].gateway_mac",
+        "a host interface needs gateway_mac",
+    );
+    reject(
+        |s| {
+            host(s);
+            s.interfaces[4].peer = None;
+        },
+        "interfaces[nph1].peer",
+        "a host interface needs peer",
+    );
+    reject(
+        |s| {
+            host(s);
+            s.interfaces[4].peer = Some("pod-web1".into());
+        },
+        "interfaces[nph1].peer",
+        "also a dataplane interface",
+    );
+    reject(
+        |s| {
+            host(s);
+            host(s);
+            s.interfaces[5].name = "nph2".into();
+        },
+        "interfaces[nph2].role",
+        "a second host interface (the host interface is interfaces[nph1])",
+    );
+    reject(
+        |s| s.interfaces[2].peer = Some("x".into()),
+        "interfaces[pod-web1].peer",
+        "only a host interface has a peer",
+    );
+    reject(
+        |s| {
+            host(s);
+            s.endpoints[0].interface = "nph1".into();
+        },
+        "endpoints[client].interface",
+        "has role host; endpoints sit behind pod interfaces",
+    );
+    // A host-network backend: a service backend on a node IP.
+    accept(|s| {
+        s.services[0].backends[0].ip = ip("192.168.100.2");
+    });
     // No interfaces at all (and so no endpoints) is a valid, if idle, node.
     accept(|s| {
         s.interfaces.clear();

@@ -821,6 +821,12 @@ impl Loader {
         Ok(())
     }
 
+    /// The ifindex `iface` was reserved (and maybe linked) with: an interface deleted and
+    /// re-created under the same name has another one.
+    pub fn ifindex(&self, iface: &str) -> Option<u32> {
+        self.attached.get(iface).map(|a| a.ifindex)
+    }
+
     /// Interfaces the program is attached to.
     pub fn attached(&self) -> Vec<AttachedInterface> {
         self.attached

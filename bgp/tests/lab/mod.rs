@@ -131,29 +131,10 @@ impl Lab {
     pub fn bird(&mut self, i: usize, protocols: &str) -> Bird {
         let conf = self.write(
             &format!("bird{i}.conf"),
-            &format!(
-                "router id 10.0.{i}.1;\nlog stderr all;\nprotocol device {{ }}\n\
-                 protocol direct {{ ipv4; ipv6; }}\n{protocols}\n"
-            ),
+            &bird_conf(&format!("10.0.{i}.1"), protocols),
         );
-        let sock = self.path(&format!("bird{i}.sock"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.router_ns[i], "bird", "-f", "-c"])
-            .arg(&conf)
-            .arg("-s")
-            .arg(&sock)
-            .arg("-P")
-            .arg(self.path(&format!("bird{i}.pid")))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.path(&format!("bird{i}.log"))).unwrap())
-            .spawn()
-            .expect("cannot start bird (apt-get install bird2)");
+        let (child, bird) = start_bird(&self.router_ns[i], &conf, &self.dir, &format!("bird{i}"));
         self.children.push(child);
-        let bird = Bird { sock };
-        wait_until("bird control socket", Duration::from_secs(5), || {
-            bird.try_cmd("show status")
-                .is_some_and(|s| s.contains("Daemon is up"))
-        });
         bird
     }
 
@@ -399,6 +380,43 @@ impl Bird {
         });
         self.route(prefix).unwrap()
     }
+}
+
+/// A whole BIRD config: router id, device and direct protocols, then `protocols`.
+pub fn bird_conf(router_id: &str, protocols: &str) -> String {
+    format!(
+        "router id {router_id};\nlog stderr all;\nprotocol device {{ }}\n\
+         protocol direct {{ ipv4; ipv6; }}\n{protocols}\n"
+    )
+}
+
+/// Starts BIRD with config `conf` in namespace `ns`; its control socket, pid file and log
+/// (stderr, appended: a restarted BIRD keeps the first run's lines) are `<dir>/<name>.sock`,
+/// `.pid`, `.log`. Waits until it answers (at most 5 s). The caller owns the process.
+pub fn start_bird(ns: &str, conf: &Path, dir: &Path, name: &str) -> (Child, Bird) {
+    let sock = dir.join(format!("{name}.sock"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "bird", "-f", "-c"])
+        .arg(conf)
+        .arg("-s")
+        .arg(&sock)
+        .arg("-P")
+        .arg(dir.join(format!("{name}.pid")))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start bird (apt-get install bird2)");
+    let bird = Bird { sock };
+    wait_until("bird control socket", Duration::from_secs(5), || {
+        bird.try_cmd("show status")
+            .is_some_and(|s| s.contains("Daemon is up"))
+    });
+    (child, bird)
 }
 
 /// A BIRD `protocol bgp` block.

@@ -169,6 +169,13 @@ pub struct Status {
     pub source: String,
     pub source_connected: bool,
     pub source_detail: String,
+    /// Attempts to reach the store since start (etcd: connections tried; the directory
+    /// source: 0). Bounded by the reconnect schedule while the store is down.
+    #[serde(default)]
+    pub source_attempts: u64,
+    /// Whole reads of the store since start (etcd: one per successful reconnect).
+    #[serde(default)]
+    pub source_syncs: u64,
     pub policy_mode: PolicyModeStatus,
     pub removed_flow_action: String,
     pub services: usize,
@@ -196,6 +203,21 @@ pub struct Status {
     /// The conntrack snapshot found at start, if any (config `conntrack_snapshot`).
     #[serde(default)]
     pub conntrack_restore: Option<CtRestore>,
+    /// The health check node ports served now (services with `external_traffic_policy: Local`
+    /// and a `health_check_node_port`).
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheckPort>,
+}
+
+/// One health check node port as `nodeplane status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckPort {
+    pub port: u16,
+    pub service: String,
+    /// Ready local backends: the port answers 200 while this is not 0 (and every worker runs).
+    pub local_endpoints: usize,
+    /// False while the port cannot be bound (tried again at every publication).
+    pub listening: bool,
 }
 
 /// What `nodeplane bgp status` shows: the speaker's own status plus whether it runs.

@@ -59,6 +59,10 @@ pub fn run(args: DetachArgs) -> CliResult {
     if removed.is_empty() {
         println!("no XDP link pinned in {}", dir.display());
     }
+    // The node's own traffic back on the kernel's paths (a host interface's routes and rules;
+    // nothing when there were none). The pair itself stays, inert.
+    nodeplane_control::runtime::host::teardown()
+        .map_err(|e| format!("cannot remove the host interface's routes and rules: {e}"))?;
     for l in &removed {
         println!(
             "{}: XDP ({}) unpinned ({}); detached once no running daemon holds it",

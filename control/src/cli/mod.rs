@@ -12,6 +12,7 @@ pub mod explain;
 pub mod external;
 pub mod identity;
 pub mod ipcache;
+pub mod mesh;
 pub mod observe;
 pub mod policy;
 pub mod replay;

@@ -43,6 +43,12 @@ pub fn run(args: StatusArgs) -> CliResult {
             format!(": {}", s.source_detail)
         }
     );
+    if s.source_attempts > 0 {
+        println!(
+            "             {} attempts to reach it, {} full syncs",
+            s.source_attempts, s.source_syncs
+        );
+    }
     println!(
         "policy mode: {}{}",
         s.policy_mode.effective,
@@ -66,6 +72,22 @@ pub fn run(args: StatusArgs) -> CliResult {
     }
     if let Some(b) = &s.bgp {
         print_bgp(b);
+    }
+    for h in &s.health_checks {
+        println!(
+            "healthcheck: port {} for {}: {} local endpoint(s), {}",
+            h.port,
+            h.service,
+            h.local_endpoints,
+            match (
+                h.listening,
+                h.local_endpoints > 0 && s.dead_workers.is_empty()
+            ) {
+                (false, _) => "NOT LISTENING (port in use? tried again at the next publication)",
+                (true, true) => "answers 200",
+                (true, false) => "answers 503",
+            }
+        );
     }
     for d in &s.dead_workers {
         println!(
@@ -218,6 +240,29 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             .collect();
         println!("xdp counts:  {}", c.join(" "));
     }
+    if !io.down.is_empty() {
+        println!(
+            "DOWN:        {} (gone: sockets out of service, frames to it dropped iface-down)",
+            io.down.join(", ")
+        );
+    }
+    let l = &io.links;
+    if l.gone + l.reattached + l.reattach_failed > 0 {
+        println!(
+            "interfaces:  {} gone, {} re-attached, {} re-attach attempts failed{}",
+            l.gone,
+            l.reattached,
+            l.reattach_failed,
+            l.last_attach_us
+                .map(|a| format!(
+                    "; last: XDP attached {a} µs after the link notification, sockets ready after {}",
+                    l.last_ready_us
+                        .map(|r| format!("{r} µs"))
+                        .unwrap_or_else(|| "-".into())
+                ))
+                .unwrap_or_default()
+        );
+    }
     if let Some(n) = &io.neighbour {
         println!(
             "uplink:      {} gateway {} -> {} (from {}; kernel state {:#x}, {} lookups, {} triggers, {} unresolved)",
@@ -238,7 +283,12 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             let k = sk.kernel.unwrap_or_default();
             rows.push(vec![
                 w.worker.to_string(),
-                format!("{}/{}", sk.iface, sk.queue),
+                format!(
+                    "{}/{}{}",
+                    sk.iface,
+                    sk.queue,
+                    if sk.down { " DOWN" } else { "" }
+                ),
                 sk.rx.to_string(),
                 sk.tx.to_string(),
                 sk.tx_ring_full.to_string(),
@@ -257,16 +307,24 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             ]);
         }
         let c = &a.counters;
-        if c.handed_off + c.handed_in + c.handoff_dropped + c.pass_dropped + c.tx_copy_failed > 0 {
+        if c.handed_off
+            + c.handed_in
+            + c.handoff_dropped
+            + c.pass_dropped
+            + c.tx_copy_failed
+            + c.iface_down
+            > 0
+        {
             println!(
-                "worker {}:    handed off {} in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}",
+                "worker {}:    handed off {} in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}, iface_down {}",
                 w.worker,
                 c.handed_off,
                 c.handed_in,
                 c.handoff_dropped,
                 c.pass_dropped,
                 c.tx_copy_failed,
-                c.tx_no_socket
+                c.tx_no_socket,
+                c.iface_down
             );
         }
         // Syscall errors of the rings (none expected): shown only when there are some.

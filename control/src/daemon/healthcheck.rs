@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use nodeplane_dataplane::Tables;
 
+use crate::api::HealthCheckPort;
+
 const POLL: Duration = Duration::from_millis(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a request read at most (the request is not interpreted: any path gets the answer).
@@ -140,12 +142,18 @@ impl HealthChecks {
         self.lock().proxy_healthy = healthy;
     }
 
-    /// The ports listening now, with their service and local count (status, tests).
-    pub fn ports(&self) -> Vec<(u16, String, usize, bool)> {
+    /// The ports of the running state, with their service, local count and whether they
+    /// listen (status, tests).
+    pub fn ports(&self) -> Vec<HealthCheckPort> {
         self.lock()
             .ports
             .iter()
-            .map(|(p, e)| (*p, e.service.clone(), e.local, e.listener.is_some()))
+            .map(|(p, e)| HealthCheckPort {
+                port: *p,
+                service: e.service.clone(),
+                local_endpoints: e.local,
+                listening: e.listener.is_some(),
+            })
             .collect()
     }
 }
@@ -295,6 +303,16 @@ mod tests {
         let r = get(port);
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.contains("X-Load-Balancing-Endpoint-Weight: 1\r\n"), "{r}");
+        assert_eq!(
+            hc.ports(),
+            vec![HealthCheckPort {
+                port,
+                service: "web-lb".into(),
+                local_endpoints: 1,
+                listening: true,
+            }],
+            "what status shows"
+        );
         assert!(
             r.ends_with(
                 r#"{"localEndpoints":1,"service":{"name":"web-lb","namespace":""},"serviceProxyHealthy":true}"#

@@ -240,6 +240,20 @@ pub fn render(s: &Status) -> String {
         &[("source", &s.source)],
         b(s.source_connected),
     );
+    one(
+        &mut o,
+        "nodeplane_source_attempts_total",
+        "counter",
+        "Attempts to reach the state store (etcd connections tried), bounded by the reconnect schedule.",
+        s.source_attempts,
+    );
+    one(
+        &mut o,
+        "nodeplane_source_syncs_total",
+        "counter",
+        "Whole reads of the state store (etcd: one list per successful reconnect).",
+        s.source_syncs,
+    );
     let mut f = Family::new(
         &mut o,
         "nodeplane_policy_mode",
@@ -484,6 +498,30 @@ fn afxdp(o: &mut String, s: &Status) {
         for (exit, n) in &io.xdp {
             f.sample(name, &[("exit", exit)], n);
         }
+        let name = "nodeplane_afxdp_interface_events_total";
+        let mut f = Family::new(
+            o,
+            name,
+            "counter",
+            "Interfaces of the state that went away while running (gone: their sockets taken out \
+             of service, frames to them dropped iface-down) and came back (reattached: XDP and \
+             sockets again; reattach_failed: an attempt that failed, retried every second).",
+        );
+        for (event, n) in [
+            ("gone", io.links.gone),
+            ("reattached", io.links.reattached),
+            ("reattach_failed", io.links.reattach_failed),
+        ] {
+            f.sample(name, &[("event", event)], n);
+        }
+        let name = "nodeplane_afxdp_interfaces_down";
+        let mut f = Family::new(
+            o,
+            name,
+            "gauge",
+            "Interfaces of the state that are gone now (or back and not re-attached yet).",
+        );
+        f.sample(name, &[], io.down.len() as u64);
     }
     let workers: Vec<_> = s
         .workers
@@ -655,6 +693,7 @@ mod tests {
             "nodeplane_xdp_frames_total",
             "nodeplane_afxdp_handoff_frames_total",
             "nodeplane_afxdp_kernel_dropped_total",
+            "nodeplane_afxdp_interface_events_total",
         ] {
             assert_eq!(
                 t.matches(&format!("# TYPE {family} counter\n")).count(),

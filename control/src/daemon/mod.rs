@@ -40,8 +40,8 @@ use nodeplane_bgp::StopMode;
 
 use crate::api::server::Server;
 use crate::runtime::backend::IoBackend;
-use crate::runtime::neigh::NeighbourReport;
 use crate::runtime::AfXdpBackend;
+use crate::runtime::IoReport;
 use crate::source::dir::DirSource;
 use crate::source::{SourceEvent, StateSource};
 use config::{Config, SourceChoice};
@@ -187,10 +187,10 @@ impl IoBackend for ReplayBackend {
 
 fn make_io(
     cfg: &Config,
-    neigh: impl FnMut(NeighbourReport) + Send + 'static,
+    reports: impl FnMut(IoReport) + Send + 'static,
 ) -> Result<Box<dyn IoBackend>, DaemonError> {
     if let Some(a) = &cfg.io.afxdp {
-        return Ok(Box::new(AfXdpBackend::new(a.clone(), Box::new(neigh))));
+        return Ok(Box::new(AfXdpBackend::new(a.clone(), Box::new(reports))));
     }
     match cfg.io.replay.clone() {
         None => Ok(Box::new(NullBackend)),
@@ -260,12 +260,12 @@ pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), D
     };
     let source = make_source(&cfg)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(DaemonError::Poll)?);
-    // Neighbour watcher (AF_XDP) → channel → this event loop.
-    let neigh_waker = waker.clone();
-    let (neigh_tx, neigh_rx) = unbounded::<NeighbourReport>();
+    // Neighbour and link watchers (AF_XDP) → channel → this event loop.
+    let io_waker = waker.clone();
+    let (io_tx, io_rx) = unbounded::<IoReport>();
     let io = make_io(&cfg, move |r| {
-        if neigh_tx.send(r).is_ok() {
-            let _ = neigh_waker.wake();
+        if io_tx.send(r).is_ok() {
+            let _ = io_waker.wake();
         }
     })?;
     let mut control = Control::new(
@@ -374,8 +374,11 @@ pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), D
                     while let Ok(ev) = ctl_rx.try_recv() {
                         control.on_source(ev);
                     }
-                    while let Ok(r) = neigh_rx.try_recv() {
-                        control.on_neighbour(r);
+                    while let Ok(r) = io_rx.try_recv() {
+                        match r {
+                            IoReport::Neighbour(r) => control.on_neighbour(r),
+                            IoReport::Link(e) => control.on_link(Some(&e)),
+                        }
                     }
                 }
                 t if server.owns(t) => {
@@ -393,6 +396,7 @@ pub fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(), D
             server.sweep(poll.registry());
             control.reap();
             control.check_workers();
+            control.on_link(None);
             control.retry_start();
             control.tick_bgp();
             ratelimit::flush();

@@ -26,9 +26,12 @@ pub trait IoBackend {
         workers: usize,
     ) -> Result<Vec<Box<dyn PacketIo>>, String>;
     /// Called with every later snapshot before the workers get it (an error rejects it).
-    fn prepare(&mut self, _tables: &Tables) -> Result<(), String> {
+    fn prepare(&mut self, _tables: &Arc<Tables>) -> Result<(), String> {
         Ok(())
     }
+    /// One of the I/O's interfaces changed (a link notification), or the once-a-second check
+    /// (`None`): follow interfaces that went away or came back (AF_XDP).
+    fn links(&mut self, _event: Option<&crate::runtime::link::LinkEvent>) {}
     fn status(&self) -> IoStatus {
         IoStatus {
             kind: self.kind().into(),
@@ -55,4 +58,28 @@ pub struct IoStatus {
     /// The uplink gateway's next hop (AF_XDP).
     #[serde(default)]
     pub neighbour: Option<crate::runtime::neigh::NeighbourStatus>,
+    /// Interfaces of the state that are gone (their sockets out of service, frames to them
+    /// dropped `iface-down`), or back and not re-bound yet.
+    #[serde(default)]
+    pub down: Vec<String>,
+    /// Interfaces that went away and came back (AF_XDP).
+    #[serde(default)]
+    pub links: LinkStats,
+}
+
+/// Interfaces deleted and re-created while the daemon runs (AF_XDP, `runtime::link`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    /// Times an interface went away (sockets taken out of service).
+    pub gone: u64,
+    /// Times one came back and was re-attached (XDP, sockets bound and registered).
+    pub reattached: u64,
+    /// Re-attach attempts that failed (retried every second).
+    pub reattach_failed: u64,
+    /// The last re-attach: from its link notification to the XDP program attached (µs).
+    #[serde(default)]
+    pub last_attach_us: Option<u64>,
+    /// ... and to its sockets registered: traffic through the pipeline again (µs).
+    #[serde(default)]
+    pub last_ready_us: Option<u64>,
 }

@@ -21,23 +21,33 @@
 //! policy. With more than one worker, frames whose flow another worker owns are handed off (see
 //! [`owner`] and [`io`]; why in docs/runtime.md).
 //!
-//! The interfaces are fixed when the backend starts (the first published state): a later state
-//! with other interfaces is rejected whole (sockets and UMEMs cannot be added to a running
-//! worker); restart to attach to new interfaces.
+//! The set of interfaces is fixed when the backend starts (the first published state): a later
+//! state with other interfaces is rejected whole (sockets and UMEMs cannot be added to a
+//! running worker); restart to attach to new interfaces. One of them deleted and re-created
+//! under the same name (a pod's veth) is followed ([`link`]): its sockets are taken out of
+//! service while it is gone (frames to it drop `iface-down`), and when it exists again the XDP
+//! program is attached to it at once (fail closed) and the workers bind new sockets for it on
+//! their UMEMs ([`nodeplane_dataplane::afxdp::link`]).
 
 pub mod backend;
+pub mod link;
+pub mod host;
 pub mod neigh;
 pub mod steering;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nodeplane_dataplane::afxdp::{AfXdpIo, XskBinding, XskConfig, XskWorker};
+use nodeplane_dataplane::afxdp::{
+    link_channels, AfXdpIo, LinkCmd, LinkControl, LinkOutcome, LinkReply, XskBinding, XskConfig,
+    XskError, XskUmem, XskWorker,
+};
 use nodeplane_dataplane::handoff::Handoff;
 use nodeplane_dataplane::worker::PacketIo;
 use nodeplane_dataplane::Tables;
@@ -45,7 +55,8 @@ use nodeplane_state::{InterfaceRole, State};
 use nodeplane_xdp::Loader;
 use serde::Deserialize;
 
-use self::backend::{IoBackend, IoStatus};
+use self::backend::{IoBackend, IoStatus, LinkStats};
+use self::link::LinkEvent;
 use self::neigh::NeighbourReport;
 pub use self::neigh::NeighbourStatus;
 
@@ -244,13 +255,21 @@ fn uplink_of(state_ifaces: impl IntoIterator<Item = (String, InterfaceRole)>) ->
         .map(|(n, _)| n)
 }
 
-/// Where the neighbour watcher's reports go (the daemon: a channel plus its event loop's
-/// waker).
-pub type NeighbourSink = Box<dyn FnMut(NeighbourReport) + Send>;
+/// What the runtime's watcher threads report to the control thread.
+#[derive(Debug)]
+pub enum IoReport {
+    /// A reading of the uplink gateway's neighbour entry.
+    Neighbour(NeighbourReport),
+    /// A link notification about one of the dataplane's interfaces.
+    Link(LinkEvent),
+}
+
+/// Where the watchers' reports go (the daemon: a channel plus its event loop's waker).
+pub type IoSink = Box<dyn FnMut(IoReport) + Send>;
 
 /// Calls the sink of a watcher (shared, so the backend keeps it across a failed or stopped
-/// start; locked once per reading, by one thread at a time, never on the packet path).
-fn deliver(sink: &Mutex<NeighbourSink>, r: NeighbourReport) {
+/// start; locked once per report, by one thread at a time, never on the packet path).
+fn deliver(sink: &Mutex<IoSink>, r: IoReport) {
     let mut s = sink
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -266,12 +285,30 @@ pub struct AfXdpBackend {
     /// Interface names attached (fixed at start).
     ifaces: Vec<String>,
     uplink: Option<String>,
-    /// Shared with the running watcher; never taken, so every start gets a watcher.
-    sink: Arc<Mutex<NeighbourSink>>,
+    /// Shared with the running watchers; never taken, so every start gets them.
+    sink: Arc<Mutex<IoSink>>,
     watcher_stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
     /// The pin directory in effect (None: the program goes with the process).
     pinned: Option<PathBuf>,
+    /// The link watcher's stop flag, one per start (the watcher is not joined: it sees the flag
+    /// within its 100 ms receive timeout).
+    link_stop: Arc<AtomicBool>,
+    /// Commands to the workers' I/O about interfaces that go and come back.
+    links: Option<LinkControl>,
+    /// Interfaces whose sockets are out of service (gone, or back and not re-bound yet), with
+    /// when that was noticed.
+    down: BTreeMap<String, Instant>,
+    /// RX queues of each interface at start: what the workers' sockets are bound to.
+    queues: BTreeMap<String, u32>,
+    /// The tables of the last publication (the steering is re-derived from them when an
+    /// interface comes back with another ifindex).
+    tables: Option<Arc<Tables>>,
+    link_stats: LinkStats,
+    /// Sequence number of the last link command.
+    seq: u64,
+    /// The host interface and the kernel routes and rules installed for it (host.rs).
+    host: Option<(host::HostIface, host::Installed)>,
 }
 
 impl std::fmt::Debug for AfXdpBackend {
@@ -285,7 +322,7 @@ impl std::fmt::Debug for AfXdpBackend {
 
 impl AfXdpBackend {
     /// `sink` receives the neighbour watcher's reports (from its own thread).
-    pub fn new(cfg: AfXdpConfig, sink: NeighbourSink) -> AfXdpBackend {
+    pub fn new(cfg: AfXdpConfig, sink: IoSink) -> AfXdpBackend {
         AfXdpBackend {
             cfg,
             loader: None,
@@ -295,6 +332,14 @@ impl AfXdpBackend {
             watcher_stop: Arc::new(AtomicBool::new(false)),
             watcher: None,
             pinned: None,
+            link_stop: Arc::new(AtomicBool::new(false)),
+            links: None,
+            down: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            tables: None,
+            link_stats: LinkStats::default(),
+            seq: 0,
+            host: None,
         }
     }
 
@@ -325,7 +370,8 @@ impl AfXdpBackend {
 
     fn apply_steering(&mut self, t: &Tables) -> Result<(), RuntimeError> {
         let (cfg, missing) = steering::steering_config(t, if_index, &kernel_addrs(&self.ifaces));
-        if let Some(m) = missing.first() {
+        // A pod interface that went away while running is left out until it comes back.
+        if let Some(m) = missing.iter().find(|m| !self.down.contains_key(*m)) {
             return Err(RuntimeError::Interface {
                 iface: m.clone(),
                 reason: "pod interface of the state does not exist".into(),
@@ -333,6 +379,12 @@ impl AfXdpBackend {
         }
         if let Some(l) = self.loader.as_mut() {
             l.apply(&cfg)?;
+        }
+        if let Some((h, installed)) = self.host.as_mut() {
+            let plan = host::plan(t, h, &kernel_addrs(&self.ifaces));
+            installed
+                .sync(&plan)
+                .map_err(|e| RuntimeError::Config(format!("host interface routes: {e}")))?;
         }
         Ok(())
     }
@@ -349,6 +401,15 @@ impl AfXdpBackend {
         }
         let ifaces: Vec<String> = tables.ifaces.iter().map(|i| i.name.clone()).collect();
         let t0 = Instant::now();
+        // Subscribed before the interfaces are looked up, so that a change in between is heard.
+        let link_fd = link::subscribe()
+            .inspect_err(|e| {
+                log::error!(
+                    "AF_XDP: no link watcher ({e}): an interface deleted and re-created is \
+                     noticed by the once-a-second check only"
+                );
+            })
+            .ok();
         // Pinned: the program and maps of the previous daemon of this build are reused (no
         // load, no verifier; the program may be live: every step below is safe on it).
         self.pinned = self.pin_dir();
@@ -362,6 +423,13 @@ impl AfXdpBackend {
             .set_no_socket_drop(self.cfg.no_socket == NoSocketAction::Drop)
             .map_err(|e| RuntimeError::Config(format!("XDP config map: {e}")))?;
         let t_load = t0.elapsed();
+        if let Some(h) = host::host_iface(tables) {
+            // The pair exists before the XDP program is attached to its nodeplane end.
+            host::ensure_pair(&h, workers as u32).map_err(|reason| RuntimeError::Interface {
+                iface: h.name.clone(),
+                reason,
+            })?;
+        }
         let mut queues = Vec::new();
         for name in &ifaces {
             if if_index(name).is_none() {
@@ -403,27 +471,43 @@ impl AfXdpBackend {
             ..XskConfig::default()
         };
         let handoff = Handoff::new(workers, self.cfg.handoff_depth);
+        let (link_control, mut link_ports) = link_channels(workers);
+        // The uplink first: a worker's first socket is its UMEM's own (libxdp binds every
+        // later socket, also one re-bound on a re-created pod interface, through it), so it
+        // goes on the interface that is expected to stay.
+        let uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
+        let mut order: Vec<(&String, u32)> =
+            self.ifaces.iter().zip(queues.iter().copied()).collect();
+        order.sort_by_key(|(name, _)| Some(*name) != uplink.as_ref());
         let cores = if self.cfg.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
-        // One worker after the other: building two workers' sockets at the same time (libxdp,
-        // on threads of their own) left a hung worker (`status: worker 0 did not answer in
-        // time`) in about one lab start in four, for a reason not found yet; so it is not done.
+        let bindings: Vec<Vec<XskBinding<'_>>> = (0..workers)
+            .map(|w| {
+                order
+                    .iter()
+                    .flat_map(|&(iface, q)| {
+                        (0..q)
+                            .filter(move |q| *q as usize % workers == w)
+                            .map(move |queue| XskBinding { iface, queue })
+                    })
+                    .collect()
+            })
+            .collect();
+        // The UMEMs first, every worker's on a thread of its own: mapping, populating and
+        // pinning the regions is most of a start's socket time (32 MiB a worker by default).
+        let umems = make_umems(&xsk_cfg, &bindings);
+        let t_umems = t1.elapsed();
+        // Then the sockets, one worker after the other: binding two workers' sockets at the
+        // same time (libxdp, on threads of their own) left a hung worker (`status: worker 0 did
+        // not answer in time`) in about one lab start in four, for a reason not found yet; so
+        // that is not done.
         let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
-        for w in 0..workers {
-            let bindings: Vec<XskBinding<'_>> = self
-                .ifaces
-                .iter()
-                .zip(&queues)
-                .flat_map(|(iface, &q)| {
-                    (0..q)
-                        .filter(move |q| *q as usize % workers == w)
-                        .map(move |queue| XskBinding { iface, queue })
-                })
-                .collect();
-            let xsk = XskWorker::new(&xsk_cfg, &bindings)
+        for (w, (bindings, umem)) in bindings.iter().zip(umems).enumerate() {
+            let umem = umem.map_err(|source| RuntimeError::Xsk { worker: w, source })?;
+            let xsk = XskWorker::with_umem(&xsk_cfg, umem, bindings)
                 .map_err(|source| RuntimeError::Xsk { worker: w, source })?;
             if let Some(l) = self.loader.as_mut() {
                 l.register_sockets(xsk.registrations())?;
@@ -431,9 +515,17 @@ impl AfXdpBackend {
             let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
             ios.push(Box::new(
                 AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff), core)
-                    .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us))),
+                    .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us)))
+                    .with_link(link_ports.remove(0)),
             ));
         }
+        self.queues = self
+            .ifaces
+            .iter()
+            .cloned()
+            .zip(queues.iter().copied())
+            .collect();
+        self.links = Some(link_control);
         let t_sockets = t1.elapsed();
 
         // Pinned links of the previous daemon are taken over only now: the program that goes
@@ -447,6 +539,20 @@ impl AfXdpBackend {
             }
         }
         let t_link = t2.elapsed();
+        if let Some(h) = host::host_iface(tables) {
+            // Only now, with every socket bound, does the node's traffic go through the pair.
+            let plan = host::plan(tables, &h, &kernel_addrs(&self.ifaces));
+            let installed = host::Installed::start(&plan)
+                .map_err(|e| RuntimeError::Config(format!("host interface routes: {e}")))?;
+            log::info!(
+                "host interface {} (peer {}): {} route(s), {} rule(s): the node's traffic to services, node ports and pods goes through nodeplane",
+                h.name,
+                h.peer,
+                plan.routes.len(),
+                plan.rules.len()
+            );
+            self.host = Some((h, installed));
+        }
         if let Some(dir) = &self.pinned {
             let n = nodeplane_xdp::pin::remove_other_versions(dir, &nodeplane_xdp::object_tag());
             if n > 0 {
@@ -455,11 +561,12 @@ impl AfXdpBackend {
         }
         let reused = self.loader.as_ref().is_some_and(Loader::reused);
         log::info!(
-            "AF_XDP start: XDP program {} in {} ms, {} socket(s) of {workers} worker(s) bound and registered in {} ms, XDP linked in {} ms",
+            "AF_XDP start: XDP program {} in {} ms, {} socket(s) of {workers} worker(s) bound and registered in {} ms (their UMEMs made in parallel in {} ms of it), XDP linked in {} ms",
             if reused { "reused from its pin" } else { "loaded" },
             t_load.as_millis(),
             queues.iter().sum::<u32>(),
             t_sockets.as_millis(),
+            t_umems.as_millis(),
             t_link.as_millis(),
         );
 
@@ -475,11 +582,26 @@ impl AfXdpBackend {
             let h = std::thread::Builder::new()
                 .name("np-neigh".into())
                 .spawn(move || {
-                    neigh::watch(up, ifindex, refresh, &stop, |r| deliver(&sink, r));
+                    neigh::watch(up, ifindex, refresh, &stop, |r| {
+                        deliver(&sink, IoReport::Neighbour(r))
+                    });
                 })
                 .map_err(RuntimeError::Spawn)?;
             self.watcher = Some(h);
         }
+        if let Some(fd) = link_fd {
+            self.link_stop = Arc::new(AtomicBool::new(false));
+            let stop = Arc::clone(&self.link_stop);
+            let sink = Arc::clone(&self.sink);
+            let names = self.ifaces.clone();
+            std::thread::Builder::new()
+                .name("np-link".into())
+                .spawn(move || {
+                    link::watch(fd, names, &stop, |e| deliver(&sink, IoReport::Link(e)));
+                })
+                .map_err(RuntimeError::Spawn)?;
+        }
+        self.tables = Some(Arc::clone(tables));
         if let Some(l) = &self.loader {
             log::info!(
                 "AF_XDP: XDP attached to {}; {workers} worker(s)",
@@ -491,6 +613,237 @@ impl AfXdpBackend {
             );
         }
         Ok(ios)
+    }
+
+    /// Compares every interface's current ifindex with the one the program was attached to,
+    /// and follows what changed: gone → its sockets out of service; back (a new ifindex) →
+    /// XDP attached at once, then new sockets bound and registered. `ev`: the link
+    /// notification that asked (the attach window is measured from it), None for the
+    /// once-a-second check. Runs on the control thread.
+    fn reconcile(&mut self, ev: Option<&LinkEvent>) {
+        if self.loader.is_none() {
+            return;
+        }
+        self.late_replies();
+        for name in self.ifaces.clone() {
+            let now = if_index(&name);
+            let attached = self.loader.as_ref().and_then(|l| l.ifindex(&name));
+            let down = self.down.contains_key(&name);
+            if !down && attached.is_some() && now == attached {
+                continue;
+            }
+            if !down {
+                self.iface_gone(&name, attached);
+            }
+            if let Some(ifindex) = now {
+                let heard = ev.filter(|e| e.name == name).map(|e| e.at);
+                self.iface_back(&name, ifindex, heard);
+            }
+        }
+    }
+
+    /// Sends a command to every worker and waits (at most 2 s: a worker looks at its
+    /// commands once per turn, an idle one within its poll timeout) for their answers. A worker
+    /// that died has no receiver and is skipped.
+    fn command(&mut self, make: impl Fn(u64) -> LinkCmd) -> Vec<LinkReply> {
+        self.seq += 1;
+        let seq = self.seq;
+        let Some(lc) = self.links.as_ref() else {
+            return Vec::new();
+        };
+        let sent = lc.cmds.iter().filter(|c| c.send(make(seq)).is_ok()).count();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let (mut out, mut late) = (Vec::new(), Vec::new());
+        while out.len() < sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lc.replies.recv_timeout(left) {
+                Ok(r) if r.seq == seq => out.push(r),
+                Ok(r) => late.push(r),
+                Err(_) => {
+                    log::error!(
+                        "AF_XDP: {} of {sent} worker(s) did not answer a link command within 2 s",
+                        sent - out.len()
+                    );
+                    break;
+                }
+            }
+        }
+        for r in late {
+            self.late_reply(r);
+        }
+        out
+    }
+
+    /// Answers that came after their command's wait ended.
+    fn late_replies(&mut self) {
+        let late: Vec<LinkReply> = match self.links.as_ref() {
+            Some(lc) => lc.replies.try_iter().collect(),
+            None => return,
+        };
+        for r in late {
+            self.late_reply(r);
+        }
+    }
+
+    /// A late answer: sockets bound for an interface that is still attached are registered
+    /// (otherwise their descriptors are just closed; the worker's sockets follow the next
+    /// command).
+    fn late_reply(&mut self, r: LinkReply) {
+        if let LinkOutcome::Rebound { sockets, .. } = r.outcome {
+            if let Some(l) = self.loader.as_mut().filter(|l| l.is_linked(&r.iface)) {
+                for (q, fd) in sockets {
+                    if let Err(e) = l.register_xsk(&r.iface, q, fd.as_raw_fd()) {
+                        log::error!("AF_XDP: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `name` is gone (or re-created before this was noticed): its XDP link and XSKMAP slots
+    /// are released and every worker takes its sockets out of service.
+    fn iface_gone(&mut self, name: &str, ifindex: Option<u32>) {
+        let t0 = Instant::now();
+        if let Some(l) = self.loader.as_mut() {
+            if l.ifindex(name).is_some() {
+                // The kernel detached the program with the device; this drops the link's pin
+                // and frees the slots (the dead sockets' XSKMAP entries with them).
+                if let Err(e) = l.detach(name) {
+                    log::warn!("AF_XDP: {name}: {e}");
+                }
+            }
+        }
+        let replies = self.command(|seq| LinkCmd::Down {
+            seq,
+            iface: name.to_owned(),
+        });
+        let (mut sockets, mut unsent) = (0, 0u64);
+        for r in &replies {
+            if let LinkOutcome::Gone {
+                sockets: n,
+                unsent: u,
+            } = r.outcome
+            {
+                sockets += n;
+                unsent += u64::from(u);
+            }
+        }
+        self.down.insert(name.to_owned(), Instant::now());
+        self.link_stats.gone += 1;
+        log::warn!(
+            "AF_XDP: interface {name} (ifindex {}) is gone: {sockets} socket(s) out of service in {} ms, \
+             {unsent} frame(s) left on their TX rings dropped; frames routed to it drop as \
+             iface-down until it is re-created",
+            ifindex.map_or_else(|| "-".into(), |i| i.to_string()),
+            t0.elapsed().as_millis()
+        );
+    }
+
+    /// `name` exists again with `ifindex`: the program attached to it at once (its steered
+    /// traffic drops, `no_socket`, until its sockets are in the XSKMAP: fail closed, never
+    /// the kernel's forwarding without policy), the steering maps re-derived (its new
+    /// ifindex), then the workers bind new sockets and they are registered. Idempotent: what
+    /// failed is tried again at the next reconcile.
+    fn iface_back(&mut self, name: &str, ifindex: u32, heard: Option<Instant>) {
+        let t0 = Instant::now();
+        let Some(&queues) = self.queues.get(name) else {
+            return;
+        };
+        let Some(l) = self.loader.as_mut() else {
+            return;
+        };
+        if l.ifindex(name) != Some(ifindex) {
+            if l.ifindex(name).is_some() {
+                let _ = l.detach(name);
+            }
+            let have = rx_queues(name).unwrap_or(0);
+            if have < queues {
+                self.link_stats.reattach_failed += 1;
+                crate::error_limited!(
+                    "reattach-queues",
+                    "AF_XDP: interface {name} is back (ifindex {ifindex}) with {have} RX queue(s), \
+                     the workers' sockets need {queues}: not re-attached (restart nodeplane)"
+                );
+                return;
+            }
+            if let Err(e) = l
+                .reserve(name, queues)
+                .and_then(|()| l.link(name).map(|_| ()))
+            {
+                let _ = l.detach(name);
+                self.link_stats.reattach_failed += 1;
+                crate::error_limited!(
+                    "reattach-xdp",
+                    "AF_XDP: interface {name} is back (ifindex {ifindex}) but XDP cannot be \
+                     attached: {e}; retried every second"
+                );
+                return;
+            }
+            let window = heard.map(|h| h.elapsed());
+            self.link_stats.last_attach_us = window.map(|w| w.as_micros() as u64);
+            log::info!(
+                "AF_XDP: interface {name} is back (ifindex {ifindex}): XDP attached {} (fail \
+                 closed: its steered traffic drops until its sockets are registered)",
+                match window {
+                    Some(w) => format!("{} µs after its link notification", w.as_micros()),
+                    None => format!(
+                        "in {} µs (found by the periodic check)",
+                        t0.elapsed().as_micros()
+                    ),
+                }
+            );
+        }
+        if let Some(t) = self.tables.clone() {
+            if let Err(e) = self.apply_steering(&t) {
+                log::error!("AF_XDP: {name}: steering maps: {e}");
+            }
+        }
+        let replies = self.command(|seq| LinkCmd::Up {
+            seq,
+            iface: name.to_owned(),
+        });
+        let expected = self.links.as_ref().map_or(0, |lc| lc.cmds.len());
+        let (mut registered, mut failed) = (0, Vec::new());
+        for r in &replies {
+            if let LinkOutcome::Rebound { sockets, failed: f } = &r.outcome {
+                for (q, fd) in sockets {
+                    match self
+                        .loader
+                        .as_mut()
+                        .map(|l| l.register_xsk(name, *q, fd.as_raw_fd()))
+                    {
+                        Some(Ok(())) => registered += 1,
+                        Some(Err(e)) => failed.push(e.to_string()),
+                        None => {}
+                    }
+                }
+                failed.extend(f.iter().map(|e| format!("worker {}: {e}", r.worker)));
+            }
+        }
+        if replies.len() < expected || !failed.is_empty() {
+            self.link_stats.reattach_failed += 1;
+            crate::error_limited!(
+                "reattach-sockets",
+                "AF_XDP: interface {name}: {registered} socket(s) re-bound, {} worker(s) \
+                 answered of {expected}{}; retried every second",
+                replies.len(),
+                failed
+                    .first()
+                    .map(|e| format!(", first error: {e}"))
+                    .unwrap_or_default()
+            );
+            return;
+        }
+        self.down.remove(name);
+        self.link_stats.reattached += 1;
+        self.link_stats.last_ready_us = heard.map(|h| h.elapsed().as_micros() as u64);
+        log::info!(
+            "AF_XDP: interface {name} re-attached (ifindex {ifindex}): {registered} socket(s) \
+             bound and registered in {} ms; its traffic goes through the pipeline again \
+             (re-attachment {})",
+            t0.elapsed().as_millis(),
+            self.link_stats.reattached
+        );
     }
 }
 
@@ -533,8 +886,16 @@ impl IoBackend for AfXdpBackend {
         }
     }
 
-    fn prepare(&mut self, tables: &Tables) -> Result<(), String> {
-        self.apply_steering(tables).map_err(|e| e.to_string())
+    fn prepare(&mut self, tables: &Arc<Tables>) -> Result<(), String> {
+        // An interface that went away unnoticed so far would make the steering fail.
+        self.reconcile(None);
+        self.apply_steering(tables).map_err(|e| e.to_string())?;
+        self.tables = Some(Arc::clone(tables));
+        Ok(())
+    }
+
+    fn links(&mut self, event: Option<&LinkEvent>) {
+        self.reconcile(event);
     }
 
     fn worker_died(&mut self, worker: usize) {
@@ -580,6 +941,8 @@ impl IoBackend for AfXdpBackend {
                 })
                 .collect();
         }
+        st.down = self.down.keys().cloned().collect();
+        st.links = self.link_stats.clone();
         st
     }
 
@@ -595,6 +958,9 @@ impl IoBackend for AfXdpBackend {
             }
         }
         self.watcher_stop.store(false, Ordering::Relaxed);
+        self.link_stop.store(true, Ordering::Relaxed);
+        self.links = None;
+        self.tables = None;
         let t1 = std::time::Instant::now();
         // The workers have stopped and closed their sockets (the kernel took them out of the
         // XSKMAP); dropping the loader detaches what it did not pin.
@@ -621,8 +987,25 @@ impl IoBackend for AfXdpBackend {
                 ),
             }
         }
+        if let Some((h, _)) = self.host.take() {
+            if self.pinned.is_some() {
+                log::info!(
+                    "host interface {}: routes and rules left in place: the node's traffic to services and pods is dropped until the next start (`nodeplane detach` removes them)",
+                    h.name
+                );
+            } else if let Err(e) = host::teardown() {
+                log::error!("host interface {}: removing routes and rules: {e}", h.name);
+            } else {
+                log::info!(
+                    "host interface {}: routes and rules removed: the node's traffic takes the kernel's own paths",
+                    h.name
+                );
+            }
+        }
         self.pinned = None;
         self.ifaces.clear();
+        self.down.clear();
+        self.queues.clear();
         self.uplink = None;
     }
 }
@@ -631,4 +1014,31 @@ impl Drop for AfXdpBackend {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Every worker's UMEM, made at the same time on threads of their own (a thread that cannot be
+/// spawned, or panics, is reported as that worker's error; the others are dropped by the
+/// caller on an error).
+fn make_umems(cfg: &XskConfig, bindings: &[Vec<XskBinding<'_>>]) -> Vec<Result<XskUmem, XskError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bindings
+            .iter()
+            .enumerate()
+            .map(|(w, b)| {
+                let n = b.len();
+                std::thread::Builder::new()
+                    .name(format!("umem-{w}"))
+                    .spawn_scoped(s, move || XskUmem::new(cfg, n))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(XskError::Config("the UMEM thread panicked".into()))),
+                Err(e) => Err(XskError::Config(format!("cannot spawn a UMEM thread: {e}"))),
+            })
+            .collect()
+    })
 }

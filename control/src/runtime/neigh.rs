@@ -70,7 +70,7 @@ pub struct Neighbour {
     pub state: u16,
 }
 
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if b.len() < 4 {
             return None;
@@ -161,7 +161,7 @@ pub fn parse_neigh(p: &[u8]) -> Option<Neighbour> {
 
 /// Walks the netlink messages in `buf`: calls `f(type, payload)` per message; returns
 /// `Ok(true)` at `NLMSG_DONE`, an error for `NLMSG_ERROR` with a non-zero code.
-fn walk(mut buf: &[u8], mut f: impl FnMut(u16, &[u8])) -> io::Result<bool> {
+pub(crate) fn walk(mut buf: &[u8], mut f: impl FnMut(u16, &[u8])) -> io::Result<bool> {
     while buf.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap_or([0; 4])) as usize;
         let ty = u16::from_ne_bytes([buf[4], buf[5]]);

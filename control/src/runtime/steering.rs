@@ -7,7 +7,10 @@
 //! - *not* steered (`host_addrs`): the node IPs and every address the node's kernel holds on
 //!   the dataplane's interfaces (the pods' gateway, e.g. `10.244.1.1`), so pods reach the node
 //!   itself, its DNS stub or kubelet through the kernel, and such frames never need to be
-//!   re-injected from userspace.
+//!   re-injected from userspace. With a host interface (role `host`, runtime/host.rs) the node
+//!   IPs are left out: pods' traffic to them goes through the pipeline and out of the host
+//!   interface, so that the replies of the node's own flows to pods and services meet their
+//!   conntrack entry; the host interface itself is steered whole.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -29,7 +32,8 @@ pub fn steering_config(
     let mut missing = Vec::new();
     let mut pods = BTreeSet::new();
     for i in &t.ifaces {
-        if i.role == InterfaceRole::Pod {
+        // The host interface is steered whole, like a pod interface.
+        if i.role != InterfaceRole::Uplink {
             match ifindex(&i.name) {
                 Some(x) => {
                     pods.insert(x);
@@ -49,6 +53,15 @@ pub fn steering_config(
     }
     let mut hosts: BTreeSet<IpAddr> = t.node_ips.iter().map(|a| a.to_ip()).collect();
     hosts.extend(kernel_addrs.iter().map(|a| a.to_canonical()));
+    if t.host().is_some() {
+        // The node IPs are steered from the pod interfaces then (the pipeline forwards the
+        // pods' traffic to the node out of the host interface, where the replies of the node's
+        // own flows to pods and services come back in); on the uplink nothing steers them but
+        // the node ports.
+        for a in &t.node_ips {
+            hosts.remove(&a.to_ip());
+        }
+    }
     let mut nodeports = BTreeSet::new();
     for k in t.frontends.keys() {
         if !t.is_node_ip(&k.addr) {

@@ -32,6 +32,13 @@ pub enum SourceEvent {
     Rejected { origin: String, error: String },
     /// Connectivity of the source changed (etcd up/down). Forwarding is unaffected.
     Health { connected: bool, detail: String },
+    /// The source tried once to reach its store (etcd: one connection attempt, whatever its
+    /// outcome). Counted in `nodeplane status` (`source_attempts`) and the metrics: a retry
+    /// storm shows there, and the reconnect schedule bounds it.
+    Attempt,
+    /// The source read its whole store (etcd: the list of the prefix on a new connection or
+    /// after a compaction). Counted (`source_syncs`): one per reconnect, never more.
+    Synced,
 }
 
 /// A state source. `run` blocks until `stop` is set (checked at least every 100 ms) and sends

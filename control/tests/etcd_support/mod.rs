@@ -111,7 +111,11 @@ impl Store {
 
 /// A source running on its own thread; stopped (and joined) on drop.
 pub struct Running {
+    /// Every event the source sends; [`Running::next`] and [`Running::collect`] count the
+    /// `Attempt` and `Synced` events (`attempts`, `syncs`) instead of returning them.
     pub rx: Receiver<SourceEvent>,
+    pub attempts: std::cell::Cell<u64>,
+    pub syncs: std::cell::Cell<u64>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -128,17 +132,40 @@ impl Running {
         let handle = std::thread::spawn(move || Box::new(source).run(tx, s2));
         Running {
             rx,
+            attempts: Default::default(),
+            syncs: Default::default(),
             stop,
             handle: Some(handle),
         }
     }
 
+    /// The next event other than `Attempt` and `Synced` (those are counted).
     pub fn next(&self, limit: Duration) -> SourceEvent {
-        match self.rx.recv_timeout(limit) {
-            Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => panic!("no event from the etcd source in {limit:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("the etcd source thread ended"),
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) => {
+                    if let Some(e) = self.count(e) {
+                        return e;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no event from the etcd source in {limit:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!("the etcd source thread ended"),
+            }
         }
+    }
+
+    /// Counts `Attempt` and `Synced`; returns every other event.
+    pub fn count(&self, e: SourceEvent) -> Option<SourceEvent> {
+        match e {
+            SourceEvent::Attempt => self.attempts.set(self.attempts.get() + 1),
+            SourceEvent::Synced => self.syncs.set(self.syncs.get() + 1),
+            other => return Some(other),
+        }
+        None
     }
 
     /// The next snapshot, skipping health events; panics on a rejection.
@@ -151,7 +178,7 @@ impl Running {
                 SourceEvent::Rejected { origin, error } => {
                     panic!("unexpected rejection from {origin}: {error}")
                 }
-                SourceEvent::Health { .. } => {}
+                SourceEvent::Health { .. } | SourceEvent::Attempt | SourceEvent::Synced => {}
             }
         }
     }
@@ -181,7 +208,7 @@ impl Running {
         let mut v = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             match self.rx.recv_timeout(left) {
-                Ok(e) => v.push(e),
+                Ok(e) => v.extend(self.count(e)),
                 Err(_) => break,
             }
         }
@@ -223,4 +250,29 @@ pub fn count_in_log(log: &std::path::Path, needle: &str) -> usize {
         .lines()
         .filter(|l| l.contains(needle))
         .count()
+}
+
+/// `GET /metrics` of a [`LocalEtcd`](nodeplane_control::source::etcd::server::LocalEtcd) on
+/// `127.0.0.1:port` (its `metrics_port`), from the caller's network namespace.
+pub fn etcd_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to etcd's metrics on {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The sum of `grpc_server_started_total` samples for gRPC method `method` (`Range`, `Watch`,
+/// `Status`, ...) in an etcd metrics text: requests clients started since etcd started.
+pub fn grpc_started(metrics: &str, method: &str) -> u64 {
+    let tag = format!("grpc_method=\"{method}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_started_total{") && l.contains(&tag))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

@@ -84,6 +84,19 @@ impl Nodeplane {
         afxdp_extra: &str,
         run: usize,
     ) -> Nodeplane {
+        let source = format!("state: {{ dir: {} }}\n", state.display());
+        Nodeplane::start_with(lab, &source, pin_dir, afxdp_extra, run)
+    }
+
+    /// [`Nodeplane::start`] with the config's `state:` section (and any other top-level
+    /// sections, such as `bgp:`) given whole in `sections`.
+    pub fn start_with(
+        lab: &Lab,
+        sections: &str,
+        pin_dir: &Path,
+        afxdp_extra: &str,
+        run: usize,
+    ) -> Nodeplane {
         let socket = lab.tmp.join("np.sock");
         let log = lab.tmp.join(format!("nodeplane-{run}.log"));
         let cfg = lab.tmp.join("config.yaml");
@@ -92,8 +105,7 @@ impl Nodeplane {
         fs::write(
             &cfg,
             format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5, pin_dir: {}{afxdp_extra} }}\n",
-                state.display(),
+                "{sections}control_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5, pin_dir: {}{afxdp_extra} }}\n",
                 socket.display(),
                 lab.tmp.join("conntrack.snap").display(),
                 pin_dir.display()

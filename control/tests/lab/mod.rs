@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod traffic;
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +29,40 @@ pub fn require_root(what: &str) {
         "0",
         "{what} need root (namespaces, XDP, AF_XDP); run them as root"
     );
+}
+
+/// Polls `f` every 50 ms until it holds; fails the test after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs `f` on a new thread that has joined network namespace `ns` (`ip netns` name): sockets it
+/// opens and processes it spawns live there. Panics (the test fails) when it cannot join.
+pub fn in_netns_thread<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// [`in_netns_thread`], waiting for the result.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    in_netns_thread(ns, f)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 pub struct Lab {
@@ -70,11 +105,19 @@ impl Lab {
             .filter(|l| !l.is_empty())
     }
 
-    /// A fresh lab named `np-<tag><pid><seq>-*` (a leftover of the same name is deleted first).
+    /// The start of every lab's namespace names in this run: `np-<NP_LAB_TAG>`.
+    pub fn names_start() -> String {
+        format!("np-{}", std::env::var("NP_LAB_TAG").unwrap_or_default())
+    }
+
+    /// A fresh lab named `np-<NP_LAB_TAG><tag><pid><seq>-*` (a leftover of the same name is
+    /// deleted first). `NP_LAB_TAG` (environment, default empty) keeps the namespaces of
+    /// several runs on one machine apart (`NP_LAB_TAG=ha-`: every lab is `np-ha-*`).
     pub fn up(tag: &str) -> Lab {
         require_root("the lab tests");
         let prefix = format!(
-            "np-{tag}{}{}-",
+            "{}{tag}{}{}-",
+            Lab::names_start(),
             std::process::id() % 10_000,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );

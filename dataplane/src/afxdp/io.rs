@@ -16,6 +16,11 @@
 //!           so a steered frame the pipeline would pass has no way back into the kernel
 //! ```
 //!
+//! An interface that goes away ([`super::link`]): its sockets are taken out of service
+//! between two bursts, the egress to it becomes `iface-down` (counted, never transmitted, never
+//! counted as sent), and when it is re-created the worker binds new sockets on its UMEM and
+//! routes to it again.
+//!
 //! Per burst: one parse per frame for its owner (only with more than one worker; the parse
 //! goes with the frame into the pipeline, here or at its owner, which does not parse again),
 //! at most one queue
@@ -27,6 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::link::{LinkCmd, LinkOutcome, LinkPort, LinkReply};
 use super::xsk::{Action as XskAction, SocketId, XskWorker};
 use crate::tables::IfIndex;
 use crate::worker::io::{
@@ -57,6 +63,10 @@ pub struct AfXdpIo {
     names: Vec<String>,
     /// Per table interface index: this worker's socket on it.
     egress: Vec<Option<SocketId>>,
+    /// Per table interface index: its sockets are out of service (the interface is gone).
+    egress_down: Vec<bool>,
+    /// Commands from the control thread about interfaces that go and come back.
+    link: Option<LinkPort>,
     next: usize,
     tables: Option<Arc<Tables>>,
     owners: OwnerIndex,
@@ -106,6 +116,8 @@ impl AfXdpIo {
             names,
             xsk,
             egress: Vec::new(),
+            egress_down: Vec::new(),
+            link: None,
             next: 0,
             tables: None,
             owners: OwnerIndex::default(),
@@ -130,6 +142,91 @@ impl AfXdpIo {
         self
     }
 
+    /// Takes the control thread's commands about interfaces that go away and come back
+    /// ([`super::link`]).
+    pub fn with_link(mut self, port: LinkPort) -> AfXdpIo {
+        self.link = Some(port);
+        self
+    }
+
+    /// Serves the control thread's link commands, if any (once per burst: an empty channel
+    /// costs a couple of atomic loads). Never waits.
+    fn serve_link(&mut self) {
+        loop {
+            let cmd = match self.link.as_ref().map(|p| p.cmds.try_recv()) {
+                Some(Ok(c)) => c,
+                _ => return,
+            };
+            let (seq, iface, outcome) = match cmd {
+                LinkCmd::Down { seq, iface } => {
+                    let (mut sockets, mut unsent) = (0, 0);
+                    for i in 0..self.socks.len() {
+                        let id = self.socks[i].id;
+                        if self.names[i] == iface && self.xsk.is_up(id) {
+                            unsent += self.xsk.set_down(id);
+                            sockets += 1;
+                        }
+                    }
+                    self.counters.iface_down += u64::from(unsent);
+                    if sockets > 0 {
+                        self.counters.iface_gone += 1;
+                    }
+                    (seq, iface, LinkOutcome::Gone { sockets, unsent })
+                }
+                LinkCmd::Up { seq, iface } => {
+                    let (mut sockets, mut failed) = (Vec::new(), Vec::new());
+                    for i in 0..self.socks.len() {
+                        let id = self.socks[i].id;
+                        if self.names[i] != iface || self.xsk.is_up(id) {
+                            continue;
+                        }
+                        let queue = self.xsk.binding(id).1;
+                        match self.xsk.rebind(id) {
+                            Ok(fd) => sockets.push((queue, fd)),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    if !sockets.is_empty() {
+                        self.counters.iface_rebound += 1;
+                    }
+                    (seq, iface, LinkOutcome::Rebound { sockets, failed })
+                }
+            };
+            self.rebuild_egress();
+            if let Some(p) = &self.link {
+                // The control thread gone (stopping): nobody to tell.
+                let _ = p.replies.send(LinkReply {
+                    worker: self.id,
+                    seq,
+                    iface,
+                    outcome,
+                });
+            }
+        }
+    }
+
+    /// The egress socket per table interface: the first socket in service on it; an
+    /// interface whose sockets are all out of service is `egress_down`.
+    fn rebuild_egress(&mut self) {
+        let n = self.egress_names.len();
+        self.egress = vec![None; n];
+        self.egress_down = vec![false; n];
+        for s in &self.socks {
+            let i = usize::from(s.iface);
+            if i >= n {
+                continue;
+            }
+            if self.xsk.is_up(s.id) {
+                self.egress[i].get_or_insert(s.id);
+            } else {
+                self.egress_down[i] = true;
+            }
+        }
+        for (d, e) in self.egress_down.iter_mut().zip(&self.egress) {
+            *d &= e.is_none();
+        }
+    }
+
     /// Folds the per-index transmit counters into the by-name totals (before a rebind).
     fn fold_tx(&mut self) {
         for (i, name) in self.egress_names.iter().enumerate() {
@@ -152,12 +249,7 @@ impl AfXdpIo {
         for (s, name) in self.socks.iter_mut().zip(&self.names) {
             s.iface = t.iface_index(name).unwrap_or(IfIndex::MAX);
         }
-        self.egress = vec![None; t.ifaces.len()];
-        for s in &self.socks {
-            if let Some(e) = self.egress.get_mut(usize::from(s.iface)) {
-                e.get_or_insert(s.id);
-            }
-        }
+        self.rebuild_egress();
         self.counters.tx = vec![0; t.ifaces.len()];
         self.counters.tx_bytes = vec![0; t.ifaces.len()];
         if self.workers > 1 {
@@ -174,6 +266,7 @@ impl AfXdpIo {
         now: u64,
         process: &mut dyn FnMut(&mut [Packet<'_>], &mut [Outcome]),
     ) -> usize {
+        self.serve_link();
         let n_socks = self.socks.len();
         for _ in 0..n_socks {
             let s = self.next;
@@ -200,6 +293,7 @@ impl AfXdpIo {
             xsk,
             socks,
             egress,
+            egress_down,
             tables,
             owners,
             lost,
@@ -325,8 +419,14 @@ impl AfXdpIo {
                 Action::Forward(e) => match egress.get(usize::from(e)).copied().flatten() {
                     Some(t) => Some((e, t)),
                     None => {
-                        counters.tx_no_socket += 1;
-                        lost[*n_lost] = (k as u8, DropReason::TxNoSocket);
+                        let reason = if egress_down.get(usize::from(e)) == Some(&true) {
+                            counters.iface_down += 1;
+                            DropReason::IfaceDown
+                        } else {
+                            counters.tx_no_socket += 1;
+                            DropReason::TxNoSocket
+                        };
+                        lost[*n_lost] = (k as u8, reason);
                         *n_lost += 1;
                         None
                     }
@@ -389,6 +489,9 @@ impl AfXdpIo {
                 }
                 Err(_) => self.counters.tx_copy_failed += 1,
             },
+            None if self.egress_down.get(usize::from(egress)) == Some(&true) => {
+                self.counters.iface_down += 1
+            }
             None => self.counters.tx_no_socket += 1,
         }
     }
@@ -459,6 +562,7 @@ impl AfXdpIo {
                     fill_kicks: u.fill_kicks,
                     tx_kick_errors: u.tx_kick_errors,
                     fill_kick_errors: u.fill_kick_errors,
+                    down: !self.xsk.is_up(s.id),
                     kernel,
                 }
             })

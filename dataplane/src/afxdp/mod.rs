@@ -3,10 +3,12 @@
 //! to it ([`crate::handoff`]).
 
 pub mod io;
+pub mod link;
 pub mod xsk;
 
 pub use io::AfXdpIo;
+pub use link::{link_channels, LinkCmd, LinkControl, LinkOutcome, LinkPort, LinkReply};
 pub use xsk::{
     AccountingError, Action, Burst, FrameAccounting, SocketId, SocketStats, TxError, XskBinding,
-    XskConfig, XskError, XskWorker, MAX_BURST,
+    XskConfig, XskError, XskUmem, XskWorker, MAX_BURST,
 };

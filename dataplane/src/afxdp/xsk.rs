@@ -28,6 +28,13 @@
 //!   socket's fill ring is refilled once per burst; syscalls happen only for kicks.
 //! - **Bind retries:** rebinding a queue right after the previous socket on it closed can fail
 //!   with `EBUSY` while the kernel finishes tearing the old one down; binding retries briefly.
+//! - **An interface that goes away** ([`XskWorker::set_down`]): the kernel unbinds its sockets
+//!   when the device unregisters; the worker then takes back every frame it had lent them
+//!   (fill, RX and TX rings: the kernel no longer touches them), stops polling, kicking and
+//!   refilling them, and counts what was on their TX rings. [`XskWorker::rebind`] binds a new
+//!   socket for the same slot on the re-created interface over the same UMEM
+//!   (`XDP_SHARED_UMEM` through the UMEM's own socket, libxdp's `umem->fd`: the first binding,
+//!   so the caller puts an interface that stays, the uplink, first).
 //!
 //! Frame accounting (the invariant, checked by [`XskWorker::check_accounting`]): every UMEM
 //! frame is in exactly one place, and
@@ -185,6 +192,9 @@ pub enum TxError {
     /// Not a socket of this worker.
     #[error("no socket {0} in this worker")]
     NoSuchSocket(u8),
+    /// The socket's interface is gone ([`XskWorker::set_down`]).
+    #[error("socket {0}: its interface is gone")]
+    Down(u8),
 }
 
 /// Per-socket counters (userspace side; see [`XskWorker::kernel_stats`] for the kernel's).
@@ -285,6 +295,9 @@ struct Sock {
     /// Frames a burst routes to this socket; capacity MAX_BURST, never grows.
     tx_stage: Vec<FrameDesc>,
     stats: SocketStats,
+    /// False once its interface went away ([`XskWorker::set_down`]): no RX, TX, refill or
+    /// poll on it until [`XskWorker::rebind`] replaces it.
+    up: bool,
 }
 
 impl fmt::Debug for Sock {
@@ -294,6 +307,7 @@ impl fmt::Debug for Sock {
             .field("queue", &self.queue)
             .field("lent_rx", &self.lent_rx)
             .field("lent_tx", &self.lent_tx)
+            .field("up", &self.up)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -324,6 +338,12 @@ pub struct XskWorker {
     scratch: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
     accounting_errors: u64,
+    /// Every frame's descriptor as the UMEM made it (index = frame), to take back frames
+    /// whose descriptors sit in a dead socket's rings ([`XskWorker::set_down`]).
+    pristine: Vec<FrameDesc>,
+    /// Kept to bind a replacement socket ([`XskWorker::rebind`]).
+    config: XskConfig,
+    sock_config: SocketConfig,
 }
 
 impl fmt::Debug for XskWorker {
@@ -353,24 +373,33 @@ fn queue_size(v: u32, what: &str) -> Result<QueueSize, XskError> {
     QueueSize::new(v).map_err(|e| XskError::Config(format!("{what}: {e}")))
 }
 
-impl XskWorker {
-    /// Creates the worker's UMEM and binds one socket per binding (copy mode, need_wakeup, no
-    /// XDP program loaded: the [`crate::Loader`] owns the XDP side and the sockets must be
-    /// registered with it). Every fill ring starts full.
-    pub fn new(config: &XskConfig, bindings: &[XskBinding<'_>]) -> Result<Self, XskError> {
-        if bindings.is_empty() || bindings.len() > MAX_SOCKETS {
+/// A worker's UMEM, mapped, populated and registered with the kernel, with no socket bound
+/// yet: the costly part of a start (the whole region is faulted in and pinned), which the
+/// runtime does for all workers at once, each on a thread of its own, before it binds their
+/// sockets one worker after the other.
+pub struct XskUmem {
+    umem: Umem,
+    descs: Vec<FrameDesc>,
+    total: u32,
+    sockets: usize,
+}
+
+impl fmt::Debug for XskUmem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskUmem")
+            .field("total", &self.total)
+            .field("sockets", &self.sockets)
+            .finish()
+    }
+}
+
+impl XskUmem {
+    /// A UMEM for `sockets` sockets of `config.frames_per_socket` frames each.
+    pub fn new(config: &XskConfig, sockets: usize) -> Result<XskUmem, XskError> {
+        if sockets == 0 || sockets > MAX_SOCKETS {
             return Err(XskError::Config(format!(
-                "a worker needs 1..={MAX_SOCKETS} sockets, got {}",
-                bindings.len()
+                "a worker needs 1..={MAX_SOCKETS} sockets, got {sockets}"
             )));
-        }
-        for (i, b) in bindings.iter().enumerate() {
-            if bindings[..i].contains(b) {
-                return Err(XskError::Duplicate {
-                    iface: b.iface.to_owned(),
-                    queue: b.queue,
-                });
-            }
         }
         if !config.frame_size.is_power_of_two() || !(2048..=4096).contains(&config.frame_size) {
             return Err(XskError::Config(format!(
@@ -387,7 +416,7 @@ impl XskWorker {
         }
         let total = config
             .frames_per_socket
-            .checked_mul(bindings.len() as u32)
+            .checked_mul(sockets as u32)
             .filter(|t| u64::from(*t) * u64::from(config.frame_size) <= 1 << 34)
             .ok_or_else(|| XskError::Config("UMEM larger than 16 GiB".into()))?;
         let umem_config = UmemConfig::builder()
@@ -401,16 +430,61 @@ impl XskWorker {
             .build()
             .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
         let frames = NonZeroU32::new(total).expect("checked non-zero above");
-        let (umem, mut descs) =
-            Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
-                frames: total,
-                frame_size: config.frame_size,
-                source: e
-                    .source()
-                    .and_then(|s| s.downcast_ref::<io::Error>())
-                    .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)))
-                    .unwrap_or_else(|| io::Error::other(e.to_string())),
-            })?;
+        let (umem, descs) = Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
+            frames: total,
+            frame_size: config.frame_size,
+            source: e
+                .source()
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)))
+                .unwrap_or_else(|| io::Error::other(e.to_string())),
+        })?;
+        Ok(XskUmem {
+            umem,
+            descs,
+            total,
+            sockets,
+        })
+    }
+}
+
+impl XskWorker {
+    /// Creates the worker's UMEM and binds one socket per binding (copy mode, need_wakeup, no
+    /// XDP program loaded: the [`crate::Loader`] owns the XDP side and the sockets must be
+    /// registered with it). Every fill ring starts full.
+    pub fn new(config: &XskConfig, bindings: &[XskBinding<'_>]) -> Result<Self, XskError> {
+        Self::with_umem(config, XskUmem::new(config, bindings.len())?, bindings)
+    }
+
+    /// A worker on a UMEM made beforehand ([`XskUmem::new`], e.g. on another thread), with
+    /// one socket per binding bound to it.
+    pub fn with_umem(
+        config: &XskConfig,
+        umem: XskUmem,
+        bindings: &[XskBinding<'_>],
+    ) -> Result<Self, XskError> {
+        if bindings.len() != umem.sockets {
+            return Err(XskError::Config(format!(
+                "a UMEM made for {} sockets cannot serve {}",
+                umem.sockets,
+                bindings.len()
+            )));
+        }
+        for (i, b) in bindings.iter().enumerate() {
+            if bindings[..i].contains(b) {
+                return Err(XskError::Duplicate {
+                    iface: b.iface.to_owned(),
+                    queue: b.queue,
+                });
+            }
+        }
+        let XskUmem {
+            umem,
+            mut descs,
+            total,
+            ..
+        } = umem;
+        let ring = queue_size(config.ring_size, "ring size")?;
         let frame_shift = config.frame_size.trailing_zeros();
         // The UMEM's start: the data pointer of frame 0 minus its offset. A zero-length view
         // is taken, so nothing is read.
@@ -440,6 +514,12 @@ impl XskWorker {
             })
             .collect();
 
+        let mut pristine = vec![FrameDesc::default(); total as usize];
+        for d in &descs {
+            if let Some(p) = pristine.get_mut(d.addr() >> frame_shift) {
+                *p = *d;
+            }
+        }
         // Free list in reverse so frame 0 is handed out first (easier to read in dumps).
         descs.reverse();
         let mut free = Vec::with_capacity(total as usize);
@@ -462,6 +542,9 @@ impl XskWorker {
             scratch: vec![FrameDesc::default(); MAX_BURST],
             pollfds,
             accounting_errors: 0,
+            pristine,
+            config: *config,
+            sock_config,
         };
         for s in 0..w.socks.len() {
             w.refill(s);
@@ -497,6 +580,7 @@ impl XskWorker {
                         lent_tx: 0,
                         tx_stage: Vec::with_capacity(TX_STAGE),
                         stats: SocketStats::default(),
+                        up: true,
                     })
                 }
                 Ok((_, _, None)) => {
@@ -565,6 +649,113 @@ impl XskWorker {
     /// Frames seen coming back from a ring they were not lent to (must stay 0).
     pub fn accounting_errors(&self) -> u64 {
         self.accounting_errors
+    }
+
+    /// Whether the socket is in service (not [`XskWorker::set_down`]).
+    pub fn is_up(&self, id: SocketId) -> bool {
+        self.socks.get(usize::from(id.0)).is_some_and(|s| s.up)
+    }
+
+    /// Takes a socket out of service because its interface is gone (call only once the kernel
+    /// has unbound it: the device unregistered, `RTM_DELLINK`). Its completions are reaped,
+    /// frames waiting in its RX ring dropped, and every frame still lent to it (fill ring,
+    /// TX ring) taken back onto the free list: an unbound socket's rings are never read by the
+    /// kernel again. No RX, TX, refill or poll on it afterwards; the socket itself stays open
+    /// until [`XskWorker::rebind`] replaces it (closing an unbound socket costs nothing).
+    /// Returns the frames that were on its TX ring, never to be sent (0 if already down).
+    pub fn set_down(&mut self, id: SocketId) -> u32 {
+        let s = usize::from(id.0);
+        if s >= self.socks.len() || !self.socks[s].up {
+            return 0;
+        }
+        self.reap_completions();
+        // Frames the kernel delivered before the unbind: dropped unread.
+        loop {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            // SAFETY: as in `rx_burst`: the RX ring hands back frames of this worker's UMEM
+            // lent through this socket's fill ring; `scratch` is ours.
+            let n = unsafe { self.socks[s].rx.consume(&mut scratch) };
+            for d in &scratch[..n] {
+                if self.transition(d, Owner::Fill(s as u8), Owner::Free) {
+                    self.socks[s].lent_rx -= 1;
+                    self.socks[s].stats.dropped += 1;
+                    self.free.push(*d);
+                }
+            }
+            self.scratch = scratch;
+            if n < MAX_BURST {
+                break;
+            }
+        }
+        let mut unsent = 0u32;
+        for i in 0..self.owner.len() {
+            let back = match self.owner[i] {
+                Owner::Fill(o) if usize::from(o) == s => false,
+                Owner::Tx(o) if usize::from(o) == s => true,
+                _ => continue,
+            };
+            self.owner[i] = Owner::Free;
+            // The ring holds its descriptor; the frame's own one, as the UMEM made it, serves.
+            self.free.push(self.pristine[i]);
+            unsent += u32::from(back);
+        }
+        let sock = &mut self.socks[s];
+        sock.lent_rx = 0;
+        sock.lent_tx = 0;
+        sock.up = false;
+        sock.tx_stage.clear();
+        // A negative fd is ignored by poll(2): the dead socket's POLLERR wakes no one.
+        self.pollfds[s].fd = -1;
+        unsent
+    }
+
+    /// Binds a new socket for slot `id` (same interface name, same queue) over this worker's
+    /// UMEM, replacing the socket that [`XskWorker::set_down`] took out of service (which is
+    /// closed now). No bind retries: a failure is returned and the caller tries again later.
+    /// Returns a duplicate of the new socket's descriptor, for the XSKMAP (the worker keeps
+    /// the socket; the duplicate may be closed by whoever registers it).
+    pub fn rebind(&mut self, id: SocketId) -> Result<OwnedFd, XskError> {
+        let s = usize::from(id.0);
+        let Some(old) = self.socks.get(s) else {
+            return Err(XskError::Config(format!(
+                "no socket {} in this worker",
+                id.0
+            )));
+        };
+        if old.up {
+            return Err(XskError::Config(format!(
+                "socket {} ({} queue {}) is in service",
+                id.0, old.iface, old.queue
+            )));
+        }
+        let (iface, queue) = (old.iface.clone(), old.queue);
+        let cfg = XskConfig {
+            bind_retries: 0,
+            ..self.config
+        };
+        let b = XskBinding {
+            iface: &iface,
+            queue,
+        };
+        let mut new = Self::bind(&cfg, self.sock_config, &self.umem, &b)?;
+        // The slot's counters go on across the replacement.
+        new.stats = self.socks[s].stats;
+        // The old socket (unbound, nothing lent) is closed here.
+        self.socks[s] = new;
+        let fd = self.socks[s].rx.fd().as_raw_fd();
+        self.pollfds[s].fd = fd;
+        self.refill(s);
+        // SAFETY: dup(2) of a descriptor this worker owns and holds open here.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return Err(XskError::Bind {
+                iface,
+                queue,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: a descriptor dup(2) just created, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(dup) })
     }
 
     #[inline]
@@ -676,7 +867,7 @@ impl XskWorker {
     /// An id that is not one of this worker's sockets gives an empty burst.
     pub fn rx_burst(&mut self, id: SocketId, max: usize) -> Burst<'_> {
         let s = usize::from(id.0);
-        if s >= self.socks.len() {
+        if s >= self.socks.len() || !self.socks[s].up {
             return Burst {
                 w: self,
                 sock: s,
@@ -721,6 +912,9 @@ impl XskWorker {
         let s = usize::from(id.0);
         if s >= self.socks.len() {
             return Err(TxError::NoSuchSocket(id.0));
+        }
+        if !self.socks[s].up {
+            return Err(TxError::Down(id.0));
         }
         self.reap_completions();
         let Some(mut d) = self.free.pop() else {
@@ -770,8 +964,10 @@ impl XskWorker {
     pub fn service(&mut self) {
         self.reap_completions();
         for s in 0..self.socks.len() {
-            self.refill(s);
-            self.kick_tx(s);
+            if self.socks[s].up {
+                self.refill(s);
+                self.kick_tx(s);
+            }
         }
     }
 
@@ -887,6 +1083,7 @@ impl XskWorker {
             match self.actions[k] {
                 Action::Tx(SocketId(t))
                     if usize::from(t) < self.socks.len()
+                        && self.socks[usize::from(t)].up
                         && self.socks[usize::from(t)].tx_stage.len() < TX_STAGE =>
                 {
                     self.socks[usize::from(t)].tx_stage.push(d);
@@ -942,7 +1139,7 @@ impl XskWorker {
                 self.kick_tx(t);
             }
         }
-        if s < self.socks.len() {
+        if s < self.socks.len() && self.socks[s].up {
             self.refill(s);
         }
     }
@@ -1067,6 +1264,9 @@ impl<'w> Burst<'w> {
         let t = usize::from(id.0);
         if t >= w.socks.len() {
             return Err(TxError::NoSuchSocket(id.0));
+        }
+        if !w.socks[t].up {
+            return Err(TxError::Down(id.0));
         }
         if w.socks[t].tx_stage.len() >= TX_STAGE {
             w.socks[t].stats.tx_ring_full += 1;

@@ -131,6 +131,16 @@ pub struct IoCounters {
     /// Sleeps in `poll()` on the sockets (an idle worker; each ends with a wake-up).
     #[serde(default)]
     pub idle_sleeps: u64,
+    /// Frames for an interface that is gone (routed to it, or left on its sockets' TX rings
+    /// when it went): dropped `iface-down`, never sent.
+    #[serde(default)]
+    pub iface_down: u64,
+    /// Times one of this worker's interfaces went away and came back (sockets closed down,
+    /// sockets bound again on the re-created interface).
+    #[serde(default)]
+    pub iface_gone: u64,
+    #[serde(default)]
+    pub iface_rebound: u64,
 }
 
 impl IoCounters {
@@ -143,6 +153,7 @@ impl IoCounters {
             (DropReason::HandoffTooLong, self.handoff_too_long),
             (DropReason::HandoffAbandoned, self.handoff_abandoned),
             (DropReason::PassUnavailable, self.pass_dropped),
+            (DropReason::IfaceDown, self.iface_down),
         ] {
             drops[r as usize] += n;
         }
@@ -191,6 +202,9 @@ pub struct XskSocketStats {
     /// Fill ring kicks (`poll`) that failed.
     #[serde(default)]
     pub fill_kick_errors: u64,
+    /// Its interface is gone: the socket is out of service until the interface is re-created.
+    #[serde(default)]
+    pub down: bool,
     /// `None`: the kernel did not answer `XDP_STATISTICS`.
     pub kernel: Option<XskKernelStats>,
 }

@@ -441,8 +441,9 @@ impl<I: PacketIo> Worker<I> {
         let ct = self.pipeline.conntrack();
         let s: CtStats = ct.stats;
         // Every frame the node lost, one enum: the pipeline's drops, then the I/O's losses and
-        // the frames of panicked bursts (those may have been counted forwarded or passed by the
-        // pipeline first: a frame forwarded and then lost at transmit is in both).
+        // the frames of panicked bursts. A frame the pipeline forwarded and the I/O then could
+        // not transmit (no socket, a failed transmit, its interface gone) is a drop and not
+        // forwarded: `forwarded` counts what went out.
         let mut drops = c.drops;
         self.io.drops(&mut drops);
         drops[DropReason::WorkerPanic as usize] += self.panic_dropped;
@@ -451,11 +452,19 @@ impl<I: PacketIo> Worker<I> {
             .zip(c.drops.iter())
             .map(|(all, pipeline)| all - pipeline)
             .sum();
+        let not_sent: u64 = [
+            DropReason::TxNoSocket,
+            DropReason::TxFailed,
+            DropReason::IfaceDown,
+        ]
+        .iter()
+        .map(|r| drops[*r as usize] - c.drops[*r as usize])
+        .sum();
         WorkerStats {
             worker: self.id,
             generation: self.pipeline.tables().generation,
             packets: c.packets,
-            forwarded: c.forwarded,
+            forwarded: c.forwarded.saturating_sub(not_sent),
             passed: c.passed,
             dropped: c.dropped + lost_after,
             held: c.held,
@@ -685,5 +694,6 @@ mod tests {
         let st = w.stats();
         assert_eq!(st.drops.get("tx-no-socket"), Some(&1), "{:?}", st.drops);
         assert_eq!(st.dropped, 1, "the loss counts as a drop");
+        assert_eq!(st.forwarded, 0, "and not as forwarded");
     }
 }

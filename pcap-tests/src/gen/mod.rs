@@ -177,6 +177,7 @@ pub fn base_state() -> st::State {
         role: st::InterfaceRole::Uplink,
         mac: mac(UPLINK_MAC),
         gateway_mac: Some(mac(GATEWAY_MAC)),
+        peer: None,
     });
     for p in &PODS {
         s.interfaces.push(st::Interface {
@@ -184,6 +185,7 @@ pub fn base_state() -> st::State {
             role: st::InterfaceRole::Pod,
             mac: mac(p.iface_mac),
             gateway_mac: None,
+            peer: None,
         });
         s.endpoints.push(st::Endpoint {
             name: p.name.into(),
@@ -251,6 +253,7 @@ pub fn service(
         external_traffic_policy: Default::default(),
         health_check_node_port: None,
         load_balancer_source_ranges: Vec::new(),
+        global: false,
         backends,
     }
 }

@@ -72,6 +72,8 @@ impl Control {
                 self.source_connected = connected;
                 self.source_detail = detail;
             }
+            SourceEvent::Attempt => self.source_attempts += 1,
+            SourceEvent::Synced => self.source_syncs += 1,
         }
     }
 
@@ -241,6 +243,14 @@ impl Control {
                 "neighbour-not-published",
                 "gateway MAC change not published: {e}"
             ),
+        }
+    }
+
+    /// A link notification from the I/O's watcher, or the once-a-second check (`None`): the
+    /// I/O follows interfaces that went away or came back (AF_XDP re-attaches them).
+    pub fn on_link(&mut self, event: Option<&crate::runtime::link::LinkEvent>) {
+        if self.io_started {
+            self.io.links(event);
         }
     }
 

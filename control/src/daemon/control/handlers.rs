@@ -289,6 +289,8 @@ impl Control {
             source: self.source.clone(),
             source_connected: self.source_connected,
             source_detail: self.source_detail.clone(),
+            source_attempts: self.source_attempts,
+            source_syncs: self.source_syncs,
             policy_mode: self.mode_status(),
             removed_flow_action: match self.removed {
                 RemovedFlowAction::Drop => "drop",
@@ -310,6 +312,7 @@ impl Control {
             service_traffic,
             event_observers: self.events.observers(),
             conntrack_restore: self.restore_report(),
+            health_checks: self.health.ports(),
         }
     }
 

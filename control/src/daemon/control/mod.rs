@@ -77,6 +77,9 @@ pub struct Control {
     source: String,
     source_connected: bool,
     source_detail: String,
+    /// `SourceEvent::Attempt`s and `SourceEvent::Synced`s since start.
+    source_attempts: u64,
+    source_syncs: u64,
     origin: Option<String>,
     applied_at: Option<u64>,
     last_publish_ms: Option<f64>,
@@ -156,6 +159,8 @@ impl Control {
             source,
             source_connected: true,
             source_detail: String::new(),
+            source_attempts: 0,
+            source_syncs: 0,
             origin: None,
             applied_at: None,
             last_publish_ms: None,

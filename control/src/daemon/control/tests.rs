@@ -81,7 +81,7 @@ impl IoBackend for TestBackend {
     fn worker_died(&mut self, worker: usize) {
         self.0.lock().unwrap().died.push(worker);
     }
-    fn prepare(&mut self, t: &Tables) -> Result<(), String> {
+    fn prepare(&mut self, t: &Arc<Tables>) -> Result<(), String> {
         let mut c = self.0.lock().unwrap();
         if c.fail_prepare {
             return Err("steering maps full".into());

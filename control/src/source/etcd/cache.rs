@@ -8,6 +8,8 @@ use nodeplane_state::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::mesh::{self, MeshEntry};
+
 /// `nodes/<node>`: what etcd knows about one node.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,11 +35,13 @@ enum Entry {
     Policy(Result<Policy, String>),
     /// `external/<name>`: a workload outside the cluster (every node takes them all).
     External(Result<ExternalWorkload, String>),
+    /// `mesh/<cluster>/...`: mirrored from a remote cluster by `nodeplane mesh`.
+    Mesh(String, MeshEntry),
     /// Identity allocator keys, other nodes' policies, unknown directories.
     Ignored,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: &[u8], max: u64) -> Result<T, String> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(v: &[u8], max: u64) -> Result<T, String> {
     // Checked before parsing: a value's size bounds the parser's memory and time.
     if v.len() as u64 > max {
         return Err(format!(
@@ -48,6 +52,9 @@ fn parse<T: serde::de::DeserializeOwned>(v: &[u8], max: u64) -> Result<T, String
     // YAML is a superset of JSON for these values: operators may write either.
     yaml_serde::from_slice(v).map_err(|e| e.to_string())
 }
+
+/// `(key, reason)` of every key a state could not be assembled from.
+pub type KeyErrors = Vec<(String, String)>;
 
 /// The local cache: etcd key → parsed value, plus the assembly of a whole [`State`].
 #[derive(Debug)]
@@ -60,6 +67,8 @@ pub struct Cache {
     /// Bytes of every value the state is assembled from, by key, and their sum.
     sizes: BTreeMap<String, u64>,
     total: u64,
+    /// This cluster's id: mirrored identities must not carry it.
+    cluster_id: u8,
 }
 
 impl Cache {
@@ -72,7 +81,14 @@ impl Cache {
             limits: Limits::default(),
             sizes: BTreeMap::new(),
             total: 0,
+            cluster_id: 0,
         }
+    }
+
+    /// This cluster's id (`etcd.identity.cluster_id`): a mirrored entry carrying it is refused.
+    pub fn with_cluster_id(mut self, id: u8) -> Self {
+        self.cluster_id = id;
+        self
     }
 
     /// Bounds values by `limits` (default: [`Limits::default`]).
@@ -134,6 +150,10 @@ impl Cache {
                     ))
                 }
             })),
+            "mesh" => match mesh::classify(name, value, max, self.cluster_id) {
+                Some((cluster, e)) => Entry::Mesh(cluster, e),
+                None => Entry::Ignored,
+            },
             "policies" => match name.split_once('/') {
                 Some((n, ep)) if n == self.node => {
                     Entry::Policy(parse::<Policy>(value, max).and_then(|p| {
@@ -193,6 +213,11 @@ impl Cache {
     /// The whole state: `local` (if any) plus everything from etcd, or every key that failed to
     /// parse (or does not fit) as `(key, reason)`.
     pub fn assemble(&self, local: Option<&State>) -> Result<State, Vec<(String, String)>> {
+        self.assemble_noted(local).map(|(s, _)| s)
+    }
+
+    /// [`Cache::assemble`], with the notes on mirrored entries left out (see `mesh`).
+    pub fn assemble_noted(&self, local: Option<&State>) -> Result<(State, Vec<String>), KeyErrors> {
         let mut errors = Vec::new();
         if self.total > self.limits.max_total_bytes {
             errors.push((
@@ -250,8 +275,17 @@ impl Cache {
                 _ => {}
             }
         }
+        // Mirrored entries last: they join a state whose local part is complete.
+        let (mesh_errors, notes) = mesh::merge(
+            &mut st,
+            self.entries.iter().filter_map(|(k, e)| match e {
+                Entry::Mesh(c, m) => Some((k, c, m)),
+                _ => None,
+            }),
+        );
+        errors.extend(mesh_errors);
         if errors.is_empty() {
-            Ok(st)
+            Ok((st, notes))
         } else {
             Err(errors)
         }

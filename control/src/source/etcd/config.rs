@@ -249,7 +249,7 @@ impl EtcdConfig {
         Ok(o)
     }
 
-    pub(super) fn request_timeout(&self) -> Duration {
+    pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.max(1))
     }
 }

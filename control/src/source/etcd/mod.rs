@@ -11,6 +11,8 @@
 //!   services/<name>                   Service (incl. backends)
 //!   ipcache/<prefix>                  IpcacheEntry {prefix, identity}  (key: 10.1.0.0/24)
 //!   policies/<node>/<endpoint>        Policy of a local endpoint of <node>
+//!   mesh/<cluster>/ipcache/<prefix>   IpcacheEntry of a remote cluster   ┐ written by
+//!   mesh/<cluster>/services/<name>    global Service of a remote cluster ┘ `nodeplane mesh`
 //!   identities/<id>                   canonical labels       ┐
 //!   identities-by-labels/<labels>     id                     │ the identity allocator
 //!   identity-refs/<id>/<node>/<ep>    ""                     │ (crate::identity), not part
@@ -30,6 +32,7 @@
 mod backoff;
 mod cache;
 mod config;
+mod mesh;
 mod session;
 // The test etcd launcher: for the etcd tests and the fleet benchmark, never in the daemon.
 #[cfg(feature = "test-support")]

@@ -160,6 +160,12 @@ impl LocalEtcd {
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
+    /// The plain-http port of `/health` and `/metrics` (etcd's Prometheus counters, e.g.
+    /// `grpc_server_started_total` by method: how many requests clients made).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("etcd.log")
     }

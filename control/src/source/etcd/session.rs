@@ -189,6 +189,8 @@ struct Session<'a> {
     cache: Cache,
     last_sent: Option<State>,
     last_rejected: Option<String>,
+    /// Mirrored entries left out at the last assembly (logged when they change).
+    last_notes: Vec<String>,
     /// (local endpoint name, identity) references this node holds in the store.
     allocated: std::collections::BTreeSet<(String, u32)>,
     /// The labels each held reference was taken for: an endpoint whose labels did not change
@@ -208,7 +210,10 @@ impl EtcdSource {
             local: self.local.as_ref(),
             tx: &tx,
             stop: &stop,
-            cache: Cache::new(&self.cfg.prefix, &self.cfg.node_name).with_limits(self.cfg.limits),
+            cache: Cache::new(&self.cfg.prefix, &self.cfg.node_name)
+                .with_limits(self.cfg.limits)
+                .with_cluster_id(self.cfg.identity.cluster_id),
+            last_notes: Vec::new(),
             last_sent: None,
             last_rejected: None,
             allocated: Default::default(),
@@ -223,6 +228,10 @@ impl EtcdSource {
             }
             // Files are read per attempt (validated once at construction): a certificate or
             // password file being rotated is a failed attempt, retried on the schedule.
+            // The attempt is counted (`SourceEvent::Attempt`) once its outcome is known: after
+            // the list on success (so that nothing waits on the channel between connecting and
+            // listing), here on failure.
+            let mut counted = false;
             let attempt = match self.cfg.connect_options() {
                 Ok(opts) => connect(&self.cfg, opts).await,
                 Err(e) => Err(e.to_string()),
@@ -233,7 +242,12 @@ impl EtcdSource {
                     let mut end;
                     loop {
                         end = s
-                            .session(&mut client, &mut reconnect, &mut reported_down)
+                            .session(
+                                &mut client,
+                                &mut reconnect,
+                                &mut reported_down,
+                                &mut counted,
+                            )
                             .await;
                         match end {
                             End::Compacted(rev) => {
@@ -256,6 +270,9 @@ impl EtcdSource {
                 }
                 Err(e) => e,
             };
+            if !counted {
+                let _ = tx.send(SourceEvent::Attempt);
+            }
             if !reported_down {
                 reported_down = true;
                 let _ = tx.send(SourceEvent::Health {
@@ -290,6 +307,7 @@ impl Session<'_> {
         client: &mut Client,
         reconnect: &mut Reconnect,
         reported_down: &mut bool,
+        attempt_counted: &mut bool,
     ) -> End {
         let prefix = format!("{}/", self.cfg.prefix);
         let list = tokio::time::timeout(
@@ -311,6 +329,10 @@ impl Session<'_> {
             }
         }
         *reported_down = false;
+        if !std::mem::replace(attempt_counted, true) {
+            let _ = self.tx.send(SourceEvent::Attempt);
+        }
+        let _ = self.tx.send(SourceEvent::Synced);
         let _ = self.tx.send(SourceEvent::Health {
             connected: true,
             detail: format!(
@@ -398,8 +420,16 @@ impl Session<'_> {
     /// Returns `Some` when the store failed during identity allocation.
     async fn publish(&mut self, client: &Client, rev: i64) -> Option<End> {
         let origin = format!("etcd {} revision {rev}", self.cfg.prefix);
-        let mut state = match self.cache.assemble(self.local) {
-            Ok(s) => s,
+        let mut state = match self.cache.assemble_noted(self.local) {
+            Ok((s, notes)) => {
+                if notes != self.last_notes {
+                    for n in &notes {
+                        crate::warn_limited!("etcd-mesh-note", "mirrored entry: {n}");
+                    }
+                    self.last_notes = notes;
+                }
+                s
+            }
             Err(errs) => {
                 let error = errs
                     .iter()

@@ -1,0 +1,447 @@
+//! End to end, issue 14 item 5: the node's own traffic through nodeplane and host-network
+//! backends, each test named after the sig-network e2e test it follows
+//! (kubernetes/test/e2e/network/networking.go "Granular Checks: Services" and "Networking").
+//! The lab of `scripts/lab.sh` (namespaces `np-he<pid><n>-*`) with a host interface in the
+//! state (`nph1`, peer `nph0`: runtime/host.rs creates the pair, its routes and rules), and
+//! `nodeplane run` on real AF_XDP sockets. The node namespace's kernel is the node's stack:
+//! its curl and socat are the host-network clients, its socat servers the host-network
+//! backends.
+//!
+//! Needs root, iproute2, curl, socat, ping. Fails (never skips) without them.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod lab;
+
+use lab::{root_dir, Lab};
+
+const HOST_IFACE: &str = "
+  - name: nph1
+    role: host
+    mac: 02:00:00:00:00:11
+    gateway_mac: 02:00:00:00:00:10
+    peer: nph0
+";
+
+/// Services of the example plus `host-web` and `host-dns`: backends on the node IPs (a
+/// host-network pod).
+const HOST_SERVICE: &str = r#"
+  - name: host-web
+    type: ClusterIP
+    frontends:
+      - { ip: 10.96.0.70, port: 80, protocol: TCP }
+      - { ip: "fd00:96::70", port: 80, protocol: TCP }
+    backends:
+      - { ip: 192.168.100.2, port: 8090 }
+      - { ip: "fd00:100::2", port: 8090 }
+  - name: host-dns
+    type: ClusterIP
+    frontends:
+      - { ip: 10.96.0.70, port: 53, protocol: UDP }
+    backends:
+      - { ip: 192.168.100.2, port: 5390 }
+"#;
+
+impl Lab {
+    fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &self.ns(ns)])
+            .args(args)
+            .output()
+            .expect("run in namespace")
+    }
+
+    /// `curl URL` from `ns`: (exit code, body).
+    fn curl(&self, ns: &str, url: &str) -> (i32, String) {
+        let out = self.exec(ns, &["curl", "-sS", "-g", "-m", "3", url]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    }
+
+    /// One UDP request from `ns` to `addr:port`; the first line answered.
+    fn udp(&self, ns: &str, addr: &str, port: u16) -> String {
+        let mut c = Command::new("timeout")
+            .args(["5", "ip", "netns", "exec", &self.ns(ns)])
+            .args(["socat", "-T2", "-"])
+            .arg(format!("UDP:{addr}:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat UDP client");
+        let mut stdin = c.stdin.take().unwrap();
+        stdin.write_all(b"query\n").unwrap();
+        let out = c.wait_with_output().unwrap();
+        drop(stdin);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn server(&mut self, ns: &str, listen: &str, action: &str) {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), "socat", listen, action])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat server");
+        self.procs.push(c);
+    }
+
+    /// HTTP answering `<name> <client address>` (IPv4 and IPv6) and UDP answering
+    /// `answer from <name>`: on 8080 and 5353 in each web pod, on 8090 and 5390 in the node's
+    /// own stack (the host-network backend).
+    fn start_servers(&mut self) {
+        let http = self.tmp.join("http.sh");
+        fs::write(
+            &http,
+            "#!/bin/sh\nread -r req\nprintf 'HTTP/1.0 200 OK\\r\\n\\r\\n%s %s\\n' \"$1\" \"$SOCAT_PEERADDR\"\n",
+        )
+        .unwrap();
+        let h = http.display().to_string();
+        for (ns, name, tcp, udp) in [
+            ("web1", "web1", 8080, 5353),
+            ("web2", "web2", 8080, 5353),
+            ("node", "host", 8090, 5390),
+        ] {
+            self.server(
+                ns,
+                &format!("TCP6-LISTEN:{tcp},ipv6only=0,reuseaddr,fork"),
+                &format!("SYSTEM:sh {h} {name}"),
+            );
+            self.server(
+                ns,
+                &format!("UDP4-RECVFROM:{udp},fork"),
+                &format!("SYSTEM:read -r q; echo answer from {name}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// The example state with the host interface and the `host-web` service.
+    fn host_state(&self) -> PathBuf {
+        let dir = self.tmp.join("state");
+        fs::create_dir_all(&dir).unwrap();
+        for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut text = fs::read_to_string(e.path()).unwrap();
+            if name == "interfaces.yaml" {
+                text = text
+                    .lines()
+                    .filter(|l| !l.contains("gateway_mac:"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                text.push_str(HOST_IFACE);
+            }
+            if name == "services.yaml" {
+                text.push_str(HOST_SERVICE);
+            }
+            fs::write(dir.join(&name), text).unwrap();
+        }
+        dir
+    }
+
+    /// `ip <fam> rule show` in the node namespace.
+    fn rules(&self, fam: &str) -> String {
+        String::from_utf8_lossy(&self.exec("node", &["ip", fam, "rule", "show"]).stdout)
+            .into_owned()
+    }
+}
+
+/// `nodeplane run --config` (AF_XDP, one worker, not pinned) in the node namespace.
+struct Nodeplane {
+    wrapper: Child,
+    pid: i32,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Nodeplane {
+    fn start(lab: &Lab, state: &Path) -> Nodeplane {
+        let socket = lab.tmp.join("np.sock");
+        let log = lab.tmp.join("nodeplane.log");
+        let cfg = lab.tmp.join("config.yaml");
+        let pidf = lab.tmp.join("pid");
+        fs::write(
+            &cfg,
+            format!(
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nconntrack_snapshot: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5, pin_dir: null }}\n",
+                state.display(),
+                socket.display(),
+                lab.tmp.join("conntrack.snap").display(),
+            ),
+        )
+        .unwrap();
+        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
+        let mut np = Nodeplane {
+            wrapper,
+            pid: 0,
+            socket,
+            log,
+        };
+        let t0 = Instant::now();
+        while !np.try_status().is_some_and(|s| {
+            s["generation"].as_u64().unwrap_or(0) >= 1
+                && s["workers"].as_array().is_some_and(|w| w.len() == 1)
+        }) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10) && np.wrapper.try_wait().unwrap().is_none(),
+                "nodeplane did not start: {}",
+                np.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
+        np
+    }
+
+    fn try_status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.try_status().expect("nodeplane status")
+    }
+
+    fn worker(&self, field: &str) -> u64 {
+        self.status()["workers"][0][field].as_u64().unwrap_or(0)
+    }
+
+    /// Sources of the TCP and UDP flows in conntrack.
+    fn flow_sources(&self) -> Vec<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(["ct", "list", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["src"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; whether it exited 0 within 5 s.
+    fn stop(&mut self) -> bool {
+        if self.pid <= 0 {
+            // Not started (`kill 0` would signal the test's own process group).
+            let _ = self.wrapper.kill();
+            return false;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.wrapper.try_wait().unwrap() {
+                return s.success();
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nodeplane {
+    fn drop(&mut self) {
+        if self.wrapper.try_wait().ok().flatten().is_none() {
+            let _ = self.stop();
+            let _ = self.wrapper.kill();
+            let _ = self.wrapper.wait();
+        }
+    }
+}
+
+/// An HTTP answer `<name> <client address>` split; socat writes IPv6 addresses in full and
+/// IPv4 clients of an IPv6 socket as mapped addresses.
+fn answer(out: &str) -> (String, Option<IpAddr>) {
+    let mut it = out.split_whitespace();
+    let name = it.next().unwrap_or("").to_string();
+    let addr = it
+        .next()
+        .map(|a| a.trim_matches(|c| c == '[' || c == ']'))
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .map(|a| a.to_canonical());
+    (name, addr)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The traffic went through nodeplane: forwarded by the worker, nothing recycled as
+/// `pass_dropped`, and the pair's nodeplane end steered frames to the socket.
+fn assert_through_nodeplane(np: &Nodeplane) {
+    let s = np.status();
+    let passed = &s["workers"][0]["io"]["afxdp"]["counters"]["pass_dropped"];
+    assert_eq!(passed.as_u64(), Some(0), "{s}");
+    assert!(np.worker("forwarded") > 0, "{s}");
+}
+
+/// networking.go "Granular Checks: Services" "should function for node-Service: http": a
+/// host-network client reaches a ClusterIP (IPv4 and IPv6) and a NodePort on its own node IP,
+/// with the node IP as its source; without nodeplane in the path the backends' replies would
+/// reach the kernel un-NATed and the connections would be reset.
+#[test]
+fn should_function_for_node_service_http() {
+    let mut lab = Lab::up("he-");
+    lab.start_servers();
+    let state = lab.host_state();
+    let mut np = Nodeplane::start(&lab, &state);
+    for url in [
+        "http://10.96.0.10/",
+        "http://[fd00:96::10]/",
+        "http://192.168.100.2:30080/",
+    ] {
+        for _ in 0..3 {
+            let (code, out) = lab.curl("node", url);
+            assert_eq!(code, 0, "{url}: curl exit {code}; log:\n{}", np.log());
+            let (name, src) = answer(&out);
+            assert!(name == "web1" || name == "web2", "{url}: {out:?}");
+            let want = if url.contains("fd00") {
+                ip("fd00:100::2")
+            } else {
+                ip("192.168.100.2")
+            };
+            assert_eq!(src, Some(want), "{url}: the node IP is the source: {out:?}");
+        }
+    }
+    let srcs = np.flow_sources();
+    assert!(
+        srcs.iter().any(|s| s == "192.168.100.2") && srcs.iter().any(|s| s == "fd00:100::2"),
+        "the node's flows are in conntrack: {srcs:?}"
+    );
+    assert_through_nodeplane(&np);
+    // The routes and rules are there while the daemon runs and gone after an unpinned stop.
+    assert!(
+        lab.rules("-4").contains("lookup 7600"),
+        "{}",
+        lab.rules("-4")
+    );
+    assert!(lab.rules("-4").contains("dport 30080 lookup 7601"));
+    assert!(np.stop(), "clean exit: {}", np.log());
+    for fam in ["-4", "-6"] {
+        let r = lab.rules(fam);
+        assert!(
+            !r.contains("lookup 7600") && !r.contains("lookup 7601"),
+            "{r}"
+        );
+        assert!(
+            r.lines().next().unwrap_or("").starts_with("0:")
+                && r.lines().next().unwrap_or("").contains("lookup local"),
+            "the local rule back at 0: {r}"
+        );
+    }
+    // The kernel's own paths again: the pods reachable from the node without nodeplane.
+    let (code, out) = lab.curl("node", "http://10.244.1.21:8080/");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(answer(&out), ("web1".to_string(), Some(ip("10.244.1.1"))));
+}
+
+/// networking.go "should function for node-Service: udp": ClusterIP and NodePort over UDP
+/// from the node.
+#[test]
+fn should_function_for_node_service_udp() {
+    let mut lab = Lab::up("he-");
+    lab.start_servers();
+    let state = lab.host_state();
+    let np = Nodeplane::start(&lab, &state);
+    for (addr, port) in [("10.96.0.53", 53), ("192.168.100.2", 30054)] {
+        for _ in 0..3 {
+            let a = lab.udp("node", addr, port);
+            assert!(a.starts_with("answer from web"), "{addr}:{port}: {a:?}");
+        }
+    }
+    assert!(np.flow_sources().iter().any(|s| s == "192.168.100.2"));
+    assert_through_nodeplane(&np);
+}
+
+/// networking.go "should be able to reach pod on ipv4 and ipv6 ip", from the host network:
+/// the node reaches pods directly through nodeplane (source: the node IP, which policy always
+/// allows although the web pods' ingress rules name no host identity), and ping works.
+#[test]
+fn should_be_able_to_reach_pod_on_ipv4_and_ipv6_ip() {
+    let mut lab = Lab::up("he-");
+    lab.start_servers();
+    let state = lab.host_state();
+    let np = Nodeplane::start(&lab, &state);
+    for (url, want, src) in [
+        ("http://10.244.1.21:8080/", "web1", "192.168.100.2"),
+        ("http://[fd00:244:1::22]:8080/", "web2", "fd00:100::2"),
+    ] {
+        let (code, out) = lab.curl("node", url);
+        assert_eq!(code, 0, "{url}");
+        assert_eq!(
+            answer(&out),
+            (want.to_string(), Some(ip(src))),
+            "{url}: from the node IP, i.e. through the host interface (the kernel's own path \
+             would use the pods' gateway 10.244.1.1)"
+        );
+    }
+    for ip in ["10.244.1.22", "fd00:244:1::21"] {
+        let out = lab.exec("node", &["ping", "-c", "2", "-i", "0.2", "-W", "2", ip]);
+        assert!(out.status.success(), "ping {ip}");
+    }
+    // The pods still reach the node's stack (now through nodeplane and the pair): the
+    // host-network server on the node IP, and the gateway address through the kernel.
+    let (code, out) = lab.curl("client", "http://192.168.100.2:8090/");
+    assert_eq!((code, out.starts_with("host ")), (0, true), "{out}");
+    let out = lab.exec(
+        "client",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.244.1.1"],
+    );
+    assert!(out.status.success(), "ping the pods' gateway");
+    assert_through_nodeplane(&np);
+}
+
+/// networking.go "Granular Checks: Services" "should function for service endpoints using
+/// hostNetwork" (pod-Service(hostNetwork): http and udp): a pod reaches a ClusterIP whose
+/// backend is a host-network server on the node IP; the DNATed frames leave on the host
+/// interface into the node's stack (before: dropped `pass_dropped`).
+#[test]
+fn should_function_for_service_endpoints_using_host_network() {
+    let mut lab = Lab::up("he-");
+    lab.start_servers();
+    let state = lab.host_state();
+    let np = Nodeplane::start(&lab, &state);
+    for (url, client) in [
+        ("http://10.96.0.70/", "10.244.1.10"),
+        ("http://[fd00:96::70]/", "fd00:244:1::10"),
+    ] {
+        for _ in 0..3 {
+            let (code, out) = lab.curl("client", url);
+            assert_eq!(code, 0, "{url}: log:\n{}", np.log());
+            assert_eq!(
+                answer(&out),
+                ("host".to_string(), Some(ip(client))),
+                "{url}: the host-network backend saw the pod's address"
+            );
+        }
+    }
+    let a = lab.udp("client", "10.96.0.70", 53);
+    assert_eq!(a, "answer from host");
+    assert_through_nodeplane(&np);
+}
