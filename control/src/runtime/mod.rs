@@ -30,8 +30,8 @@
 //! their UMEMs ([`nodeplane_dataplane::afxdp::link`]).
 
 pub mod backend;
-pub mod link;
 pub mod host;
+pub mod link;
 pub mod neigh;
 pub mod steering;
 
