@@ -1,13 +1,17 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s (256 bytes, four cache lines) reserved up
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (192 bytes, three cache lines) reserved up
 //! front and written only as flows first use its slots, and one hash index of
 //! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
 //! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys
 //! (4 bytes a bucket, so it stays in cache): a probe compares against the key in the entry,
 //! which the packet needs next anyway. The entry stores only the original key; the reply key is
 //! derived from it, the NAT's backend and, for a source-NATed flow, the translated source
-//! ([`Entry::reply`]). A lookup is one probe and tells the direction. Nothing allocates after
+//! ([`Entry::reply`]). The translated source costs the entry 3 bytes, not 19: its port, and
+//! where its address comes from ([`SnatFrom`]): the client itself (a remapped port), the
+//! address the client dialled (hairpin, a NodePort's node IP), or an address of the small
+//! process-wide [`SnatAddrs`] table (the node IP an ExternalIP or LoadBalancer flow is
+//! masqueraded to). A lookup is one probe and tells the direction. Nothing allocates after
 //! [`Conntrack::new`]: the index is created with room for every key of a full slab, and the slab
 //! grows only within its reservation.
 //!
@@ -120,6 +124,57 @@ const NAT_DST: u8 = 1;
 /// `NatSlot::flags`: the flow is also source-NATed ([`Entry::snat`] holds the source).
 const NAT_SRC: u8 = 2;
 
+/// Where a source-NATed flow's translated address comes from (`Entry::snat_from`): the
+/// original key's source ([`SNAT_FROM_CLIENT`]: only the port is remapped), its destination
+/// ([`SNAT_FROM_DIALLED`]: hairpin leaves from the address it dialled, a NodePort flow is
+/// masqueraded to the node IP it dialled), or `SNAT_FROM_TABLE + i`: entry `i` of
+/// [`SnatAddrs`].
+type SnatFrom = u8;
+const SNAT_FROM_CLIENT: SnatFrom = 0;
+const SNAT_FROM_DIALLED: SnatFrom = 1;
+const SNAT_FROM_TABLE: SnatFrom = 2;
+
+/// The addresses source NAT translates to that are neither the client's nor the one it
+/// dialled: the node IP that ExternalIP and LoadBalancer flows are masqueraded to. One
+/// process-wide, append-only table of [`SnatAddrs::CAPACITY`] write-once cells, so that an
+/// entry names its address in one byte, every table (each worker's, a what-if copy, a
+/// restored snapshot's) reads the same index the same way, and [`Entry`] stays three cache
+/// lines. Reading is one acquire load; a cell is written once, when a new flow first needs
+/// its address (a node has one or two such addresses, one per family; a node IP change adds
+/// one). A full table refuses the flow (`snat-no-address`), never reuses a cell.
+pub struct SnatAddrs;
+
+static SNAT_ADDRS: [std::sync::OnceLock<Addr>; SnatAddrs::CAPACITY] =
+    [const { std::sync::OnceLock::new() }; SnatAddrs::CAPACITY];
+
+impl SnatAddrs {
+    /// Distinct addresses a process can masquerade ExternalIP/LoadBalancer flows to.
+    pub const CAPACITY: usize = 64;
+
+    /// The index of `addr`, written into the first free cell if it is new; `None` when the
+    /// table is full.
+    fn intern(addr: Addr) -> Option<u8> {
+        for (i, cell) in SNAT_ADDRS.iter().enumerate() {
+            // `get_or_init` on a free cell claims it; a cell taken meanwhile by another
+            // address (another worker) is passed over.
+            if *cell.get_or_init(|| addr) == addr {
+                return Some(i as u8);
+            }
+        }
+        None
+    }
+
+    /// The address of cell `i` (written before any entry could name it).
+    #[inline]
+    fn get(i: u8) -> Addr {
+        SNAT_ADDRS
+            .get(usize::from(i))
+            .and_then(|c| c.get())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 /// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
 /// (address and port), so only the backend and the service are kept. 24 bytes. The flags say
 /// whether a source NAT applies, so that a flow without one never reads the fourth cache line.
@@ -132,19 +187,11 @@ struct NatSlot {
     service: u32,
 }
 
-/// The translated source of a source-NATed flow (valid when `NatSlot::flags` has `NAT_SRC`).
-/// A cache line of its own, so that flows without a source NAT never touch it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[repr(C, align(64))]
-struct SnatSlot {
-    addr: Addr,
-    port: u16,
-}
-
-/// 256 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
+/// 192 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
 /// established packet reads (original key, timer, fast-path cache, NAT, identities, state,
-/// generation), the third what it writes (counters, last seen) and the closing list's links,
-/// the fourth the translated source of a source-NATed flow (read only by those flows).
+/// generation), the third what it writes (counters, last seen), the closing list's links and
+/// the translated source of a source-NATed flow (read only by those flows, from a line their
+/// packets write anyway).
 /// The reply key is not stored: it is the reverse of the translated original key
 /// ([`Entry::reply`]), and the VIP of the NAT is the original destination.
 #[derive(Debug, Clone, Copy, Default)]
@@ -176,7 +223,10 @@ pub struct Entry {
     pub created: u64,
     prev: u32,
     next: u32,
-    snat: SnatSlot,
+    /// The translated source port (valid when `nat.flags` has `NAT_SRC`).
+    snat_port: u16,
+    /// Where the translated source address comes from ([`SnatFrom`]).
+    snat_from: SnatFrom,
 }
 
 impl Entry {
@@ -200,10 +250,20 @@ impl Entry {
     /// The source NAT of a flow that has one.
     #[inline]
     pub fn snat(&self) -> Option<Snat> {
-        (self.nat.flags & NAT_SRC != 0).then_some(Snat {
-            addr: self.snat.addr,
-            port: self.snat.port,
+        (self.nat.flags & NAT_SRC != 0).then(|| Snat {
+            addr: self.snat_addr(),
+            port: self.snat_port,
         })
+    }
+
+    /// The translated source address (of a flow with `NAT_SRC`).
+    #[inline(always)]
+    fn snat_addr(&self) -> Addr {
+        match self.snat_from {
+            SNAT_FROM_CLIENT => self.orig.src,
+            SNAT_FROM_DIALLED => self.orig.dst,
+            i => SnatAddrs::get(i - SNAT_FROM_TABLE),
+        }
     }
 
     /// The reply key: the reverse of the original key after its destination and source NAT.
@@ -234,7 +294,7 @@ impl Entry {
     #[inline(always)]
     fn translated_src(&self) -> (Addr, u16) {
         if self.nat.flags & NAT_SRC != 0 {
-            (self.snat.addr, self.snat.port)
+            (self.snat_addr(), self.snat_port)
         } else {
             (self.orig.src, self.orig.sport)
         }
@@ -275,11 +335,21 @@ fn nat_slot(nat: Option<Nat>, snat: Option<Snat>) -> NatSlot {
     }
 }
 
-fn snat_slot(snat: Option<Snat>) -> SnatSlot {
-    snat.map_or(SnatSlot::default(), |s| SnatSlot {
-        addr: s.addr,
-        port: s.port,
-    })
+/// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
+/// address needs a [`SnatAddrs`] cell and none is left.
+fn snat_fields(orig: &FlowKey, snat: Option<Snat>) -> Result<(u16, SnatFrom), DropReason> {
+    let Some(s) = snat else {
+        return Ok((0, SNAT_FROM_CLIENT));
+    };
+    let from = if s.addr == orig.src {
+        SNAT_FROM_CLIENT
+    } else if s.addr == orig.dst {
+        SNAT_FROM_DIALLED
+    } else {
+        // CAPACITY (64) + SNAT_FROM_TABLE fits in the byte.
+        SNAT_FROM_TABLE + SnatAddrs::intern(s.addr).ok_or(DropReason::SnatNoAddress)?
+    };
+    Ok((s.port, from))
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -554,6 +624,7 @@ impl Conntrack {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
+        let (snat_port, snat_from) = snat_fields(&f.orig, f.snat)?;
         let slot = self.take_slot(now)?;
         let state = if f.orig.proto == PROTO_TCP {
             initial_tcp_state(tcp_flags)
@@ -568,7 +639,8 @@ impl Conntrack {
             last_seen: now,
             expires: now + self.timeout(f.orig.proto, state),
             nat: nat_slot(f.nat, f.snat),
-            snat: snat_slot(f.snat),
+            snat_port,
+            snat_from,
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             policy: f.policy,
@@ -659,6 +731,7 @@ impl Conntrack {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
+        let (snat_port, snat_from) = snat_fields(&f.orig, snat)?;
         let e = Entry {
             orig: f.orig,
             expires: now.saturating_add(f.remaining_ns),
@@ -673,7 +746,8 @@ impl Conntrack {
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             nat: nat_slot(f.nat, snat),
-            snat: snat_slot(snat),
+            snat_port,
+            snat_from,
             packets: f.packets,
             bytes: f.bytes,
             last_seen: now.saturating_sub(f.idle_ns),
@@ -1345,6 +1419,55 @@ mod tests {
         g.reply.dport = 61002;
         assert_eq!(ct.create(&g, 0, 60, 0), Err(DropReason::CtInvalid));
     }
+
+    /// Each place a translated address can come from (the client, the address it dialled, the
+    /// process-wide table) gives it back exactly, in the reply key and in `snat()`, for both
+    /// families; the table names one address by one cell.
+    #[test]
+    fn snat_address_sources_round_trip() {
+        let mut ct = Conntrack::new(&cfg(16));
+        for (i, v6) in [(10u16, false), (20, true)] {
+            let mut k = key(i, PROTO_TCP);
+            if v6 {
+                k.src = Addr::from("fd00::10".parse::<std::net::IpAddr>().unwrap());
+                k.dst = Addr::from("fd00:96::1".parse::<std::net::IpAddr>().unwrap());
+            }
+            let table_addr = if v6 {
+                Addr::from("fd00:100::2".parse::<std::net::IpAddr>().unwrap())
+            } else {
+                Addr::v4([192, 168, 100, 2])
+            };
+            for (j, addr) in [k.src, k.dst, table_addr].into_iter().enumerate() {
+                let mut k = k;
+                k.sport += j as u16;
+                let mut f = flow(k);
+                let backend = if v6 { k.src } else { Addr::v4([10, 0, 2, 9]) };
+                f.nat = Some(Nat {
+                    vip: k.dst,
+                    vip_port: k.dport,
+                    backend,
+                    backend_port: 8080,
+                    service: 0,
+                });
+                f.snat = Some(Snat {
+                    addr,
+                    port: 61000 + j as u16,
+                });
+                f.reply = FlowKey {
+                    src: backend,
+                    dst: addr,
+                    sport: 8080,
+                    dport: 61000 + j as u16,
+                    proto: PROTO_TCP,
+                };
+                let s = ct.create(&f, F::SYN, 60, 0).unwrap();
+                assert_eq!(ct.entry(s).snat(), f.snat, "{addr}");
+                assert_eq!(ct.entry(s).reply(), f.reply, "{addr}");
+                assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
+            }
+            assert_eq!(SnatAddrs::intern(table_addr), SnatAddrs::intern(table_addr));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1391,14 +1514,14 @@ mod gc_regression {
 mod layout {
     use super::*;
 
-    /// Four cache lines: what an established packet reads in the first two, what it writes
-    /// in the third, a source NAT in the fourth (read by source-NATed flows only).
+    /// Three cache lines: what an established packet reads in the first two, what it writes
+    /// (and a source NAT) in the third.
     #[test]
-    fn entry_is_four_cache_lines() {
+    fn entry_is_three_cache_lines() {
         assert_eq!(std::mem::align_of::<Entry>(), 64);
-        assert_eq!(std::mem::size_of::<Entry>(), 256);
+        assert_eq!(std::mem::size_of::<Entry>(), 192);
         assert!(std::mem::offset_of!(Entry, nat) + std::mem::size_of::<NatSlot>() <= 128);
-        assert_eq!(std::mem::offset_of!(Entry, snat), 192);
+        assert!(std::mem::offset_of!(Entry, snat_port) >= 128);
         assert_eq!(std::mem::size_of::<FastPath>(), 16);
         assert!(std::mem::offset_of!(Entry, generation) + 8 <= 128);
         assert!(std::mem::offset_of!(Entry, ended) < 128);
