@@ -142,6 +142,7 @@ const SNAT_FROM_TABLE: SnatFrom = 2;
 /// lines. Reading is one acquire load; a cell is written once, when a new flow first needs
 /// its address (a node has one or two such addresses, one per family; a node IP change adds
 /// one). A full table refuses the flow (`snat-no-address`), never reuses a cell.
+#[derive(Debug)]
 pub struct SnatAddrs;
 
 static SNAT_ADDRS: [std::sync::OnceLock<Addr>; SnatAddrs::CAPACITY] =
