@@ -181,7 +181,7 @@ impl SnatAddrs {
 
 /// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
 /// (address and port), so only the backend and the service are kept. 24 bytes. The flags say
-/// whether a source NAT applies, so that a flow without one never reads the fourth cache line.
+/// whether a source NAT applies, so that a flow without one never reads its fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 struct NatSlot {
