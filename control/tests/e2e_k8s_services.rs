@@ -526,7 +526,8 @@ impl Nodeplane {
 }
 
 /// Node-2 of the cluster, behind the router, holding node-2's pod 10.244.2.7 (on its
-/// loopback) with an HTTP server on TCP 8080 answering `remote <client address>`:
+/// loopback; fd00:244:2::7 for IPv6) with an HTTP server on TCP 8080 answering `remote <client
+/// address>`:
 ///
 /// ```text
 ///   np-router eth1 192.168.200.1/24 ── eth0 192.168.200.2/24  <prefix>node2  (10.244.2.7/32)
@@ -542,6 +543,7 @@ struct RemoteNode {
 }
 
 const REMOTE_POD: &str = "10.244.2.7";
+const REMOTE_POD6: &str = "fd00:244:2::7";
 
 impl RemoteNode {
     fn up(lab: &mut Lab) -> RemoteNode {
@@ -557,79 +559,44 @@ impl RemoteNode {
             );
         };
         sh(&["ip", "netns", "add", &ns]);
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        // `ip -n <ns> <words...>`
+        let ipn = |ns: &str, cmd: &str| {
+            let mut args = vec!["ip", "-n", ns];
+            args.extend(cmd.split_whitespace());
+            sh(&args);
+        };
+        ipn(&ns, "link set lo up");
         sh(&[
             "ip", "-n", &router, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0",
             "netns", &ns,
         ]);
-        sh(&[
-            "ip",
-            "-n",
-            &router,
-            "addr",
-            "add",
-            "192.168.200.1/24",
-            "dev",
-            "eth1",
-        ]);
-        sh(&["ip", "-n", &router, "link", "set", "eth1", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &router,
-            "route",
-            "add",
-            "10.244.2.0/24",
-            "via",
-            "192.168.200.2",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            "192.168.200.2/24",
-            "dev",
-            "eth0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{REMOTE_POD}/32"),
-            "dev",
-            "lo",
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.168.200.1",
-        ]);
+        ipn(&router, "addr add 192.168.200.1/24 dev eth1");
+        ipn(&router, "addr add fd00:200::1/64 dev eth1 nodad");
+        ipn(&router, "link set eth1 up");
+        ipn(&router, "route add 10.244.2.0/24 via 192.168.200.2");
+        ipn(&router, "-6 route add fd00:244:2::/64 via fd00:200::2");
+        ipn(&ns, "addr add 192.168.200.2/24 dev eth0");
+        ipn(&ns, "addr add fd00:200::2/64 dev eth0 nodad");
+        ipn(&ns, &format!("addr add {REMOTE_POD}/32 dev lo"));
+        ipn(&ns, &format!("addr add {REMOTE_POD6}/128 dev lo"));
+        ipn(&ns, "link set eth0 up");
+        ipn(&ns, "route add default via 192.168.200.1");
+        ipn(&ns, "-6 route add default via fd00:200::1");
         let http = lab.tmp.join("http.sh");
         assert!(http.exists(), "start the lab's servers first (http.sh)");
-        let c = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "socat",
-                "TCP4-LISTEN:8080,reuseaddr,fork",
-            ])
-            .arg(format!("SYSTEM:sh {} remote", http.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat server on node-2");
-        lab.procs.push(c);
+        for listen in [
+            "TCP4-LISTEN:8080,reuseaddr,fork",
+            "TCP6-LISTEN:8080,reuseaddr,fork,ipv6only=1",
+        ] {
+            let c = Command::new("ip")
+                .args(["netns", "exec", &ns, "socat", listen])
+                .arg(format!("SYSTEM:sh {} remote", http.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat server on node-2");
+            lab.procs.push(c);
+        }
         std::thread::sleep(Duration::from_millis(300));
         node
     }
@@ -672,7 +639,9 @@ fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_a
     let mut lab = Lab::up("hc-");
     lab.start_servers();
     let _node2 = RemoteNode::up(&mut lab);
-    let remote_only = format!("      - {{ ip: {REMOTE_POD}, port: 8080 }}\n");
+    let remote_only = format!(
+        "      - {{ ip: {REMOTE_POD}, port: 8080 }}\n      - {{ ip: \"{REMOTE_POD6}\", port: 8080 }}\n"
+    );
     let state = lab.state_with("state", &remote_services("", &remote_only));
     let np = Nodeplane::start(&lab, &state);
     let snat_before = np.xdp("redirect_snat");
@@ -688,6 +657,26 @@ fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_a
             );
         }
     }
+    // IPv6: through the node port on the node's IPv6 address.
+    for _ in 0..3 {
+        let (code, out, _) = lab.curl("router", "http://[fd00:100::2]:30080/");
+        // socat writes an IPv6 peer in full, bracketed.
+        let seen = out
+            .trim()
+            .strip_prefix("remote ")
+            .map(|a| a.trim_matches(|c| c == '[' || c == ']'))
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+        assert_eq!(
+            (code, seen),
+            (0, "fd00:100::2".parse().ok()),
+            "IPv6: the remote endpoint sees node-1's IPv6 address: {out:?}"
+        );
+    }
+    let snats6 = np.snats_to(REMOTE_POD6);
+    assert!(
+        snats6.len() >= 3 && snats6.iter().all(|s| s.starts_with("[fd00:100::2]:6")),
+        "ct list, IPv6: {snats6:?}"
+    );
     let snats = np.snats_to(REMOTE_POD);
     assert!(snats.len() >= 6, "ct list shows the source NAT: {snats:?}");
     for s in &snats {
@@ -700,7 +689,7 @@ fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_a
         );
     }
     assert!(
-        np.xdp("redirect_snat") >= snat_before + 6,
+        np.xdp("redirect_snat") >= snat_before + 9,
         "the remote endpoint's answers were steered by the SNAT range: {}",
         np.status()["io"]["xdp"]
     );
