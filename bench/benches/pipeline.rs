@@ -274,6 +274,7 @@ fn stages(c: &mut Criterion) {
                         backend_port: 8080,
                         service: 0,
                     }),
+                    snat: None,
                     src_identity: 1001,
                     dst_identity: 1002,
                     policy: PolicyVerdict::Allow,

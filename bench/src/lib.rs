@@ -46,6 +46,7 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             node_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 100, 2))],
             policy_mode: PolicyMode::Enforce,
             maglev_table_size: nodeplane_state::DEFAULT_MAGLEV_TABLE_SIZE,
+            ..Default::default()
         },
         conntrack: ConntrackSettings {
             max_entries: ct_entries,

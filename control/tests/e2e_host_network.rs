@@ -443,5 +443,17 @@ fn should_function_for_service_endpoints_using_host_network() {
     }
     let a = lab.udp("client", "10.96.0.70", 53);
     assert_eq!(a, "answer from host");
+    // The node itself through the ClusterIP to its own host-network backend: the client is the
+    // backend's address, so the flow is a hairpin and leaves from the ClusterIP (a node-IP
+    // source would be answered by the kernel directly, never un-NATed).
+    for _ in 0..3 {
+        let (code, out) = lab.curl("node", "http://10.96.0.70/");
+        assert_eq!(code, 0, "node to its own backend: log:\n{}", np.log());
+        assert_eq!(
+            answer(&out),
+            ("host".to_string(), Some(ip("10.96.0.70"))),
+            "the backend saw the ClusterIP (hairpin source NAT)"
+        );
+    }
     assert_through_nodeplane(&np);
 }

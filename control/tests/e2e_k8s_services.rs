@@ -1,8 +1,10 @@
-//! End to end, issue 14 items 2-4: Kubernetes service semantics that sig-network's Services e2e
+//! End to end, issue 14 items 1-4: Kubernetes service semantics that sig-network's Services e2e
 //! tests (kubernetes/test/e2e/network/service.go) check, each test named after the one it
-//! follows, on the example node of `scripts/lab.sh` (namespaces `np-f<pid><n>-*`), with
-//! `nodeplane run` on real AF_XDP sockets and real kernel clients (curl, socat) and servers
-//! (socat) in the pods and the router.
+//! follows, on the example node of `scripts/lab.sh` (namespaces `np-<NP_LAB_TAG><tag><pid><n>-*`),
+//! with `nodeplane run` on real AF_XDP sockets and real kernel clients (curl, socat) and servers
+//! (socat) in the pods and the router. The source NAT tests (item 1) add a second node behind
+//! the router ([`RemoteNode`]) holding node-2's pod 10.244.2.7. The daemon runs unpinned
+//! (`pin_dir: null`) and keeps its conntrack snapshot in the lab's directory.
 //!
 //! Needs root, iproute2, curl, socat. Fails (never skips) without them.
 
@@ -129,9 +131,10 @@ impl Nodeplane {
         fs::write(
             &cfg,
             format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5 }}\n",
+                "state: {{ dir: {} }}\ncontrol_socket: {}\nconntrack_snapshot: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5, pin_dir: null }}\n",
                 state.display(),
                 socket.display(),
+                lab.tmp.join("conntrack.snap").display(),
             ),
         )
         .unwrap();
@@ -492,4 +495,379 @@ fn should_only_allow_access_from_service_loadbalancer_source_ranges() {
         (0, "web1 192.168.100.1"),
         "now inside the ranges"
     );
+}
+
+impl Nodeplane {
+    /// `nodeplane ct list --json`: the rows.
+    fn ct_rows(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
+            .args(["ct", "list", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("nodeplane ct list");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ct list --json: {e}: {:?}", out));
+        v["rows"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The SNAT column of the conntrack rows whose backend is `backend`.
+    fn snats_to(&self, backend: &str) -> Vec<String> {
+        self.ct_rows()
+            .iter()
+            .filter(|r| r["backend"].as_str() == Some(backend))
+            .filter_map(|r| r["snat"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// One of the XDP program's counters.
+    fn xdp(&self, counter: &str) -> u64 {
+        self.status()["io"]["xdp"][counter].as_u64().unwrap_or(0)
+    }
+}
+
+/// Node-2 of the cluster, behind the router, holding node-2's pod 10.244.2.7 (on its
+/// loopback; fd00:244:2::7 for IPv6) with an HTTP server on TCP 8080 answering `remote <client
+/// address>`:
+///
+/// ```text
+///   np-router eth1 192.168.200.1/24 ── eth0 192.168.200.2/24  <prefix>node2  (10.244.2.7/32)
+///   router: 10.244.2.0/24 via 192.168.200.2        node2: default via 192.168.200.1
+/// ```
+///
+/// Node-2 answers whatever address it sees, through the router: an answer to a world client
+/// that reached it through node-1's NodePort goes straight to that client (which resets it)
+/// unless node-1 masqueraded the flow, so that the answer comes back through node-1.
+/// Deleted (by name) on drop, after its processes are ended.
+struct RemoteNode {
+    ns: String,
+}
+
+const REMOTE_POD: &str = "10.244.2.7";
+const REMOTE_POD6: &str = "fd00:244:2::7";
+
+impl RemoteNode {
+    fn up(lab: &mut Lab) -> RemoteNode {
+        let ns = lab.ns("node2");
+        let node = RemoteNode { ns: ns.clone() };
+        let router = lab.ns("router");
+        let sh = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(&["ip", "netns", "add", &ns]);
+        // `ip -n <ns> <words...>`
+        let ipn = |ns: &str, cmd: &str| {
+            let mut args = vec!["ip", "-n", ns];
+            args.extend(cmd.split_whitespace());
+            sh(&args);
+        };
+        ipn(&ns, "link set lo up");
+        sh(&[
+            "ip", "-n", &router, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        ipn(&router, "addr add 192.168.200.1/24 dev eth1");
+        ipn(&router, "addr add fd00:200::1/64 dev eth1 nodad");
+        ipn(&router, "link set eth1 up");
+        ipn(&router, "route add 10.244.2.0/24 via 192.168.200.2");
+        ipn(&router, "-6 route add fd00:244:2::/64 via fd00:200::2");
+        ipn(&ns, "addr add 192.168.200.2/24 dev eth0");
+        ipn(&ns, "addr add fd00:200::2/64 dev eth0 nodad");
+        ipn(&ns, &format!("addr add {REMOTE_POD}/32 dev lo"));
+        ipn(&ns, &format!("addr add {REMOTE_POD6}/128 dev lo"));
+        ipn(&ns, "link set eth0 up");
+        ipn(&ns, "route add default via 192.168.200.1");
+        ipn(&ns, "-6 route add default via fd00:200::1");
+        let http = lab.tmp.join("http.sh");
+        assert!(http.exists(), "start the lab's servers first (http.sh)");
+        for listen in [
+            "TCP4-LISTEN:8080,reuseaddr,fork",
+            "TCP6-LISTEN:8080,reuseaddr,fork,ipv6only=1",
+        ] {
+            let c = Command::new("ip")
+                .args(["netns", "exec", &ns, "socat", listen])
+                .arg(format!("SYSTEM:sh {} remote", http.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat server on node-2");
+            lab.procs.push(c);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        node
+    }
+}
+
+impl Drop for RemoteNode {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output();
+        if let Ok(out) = out {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                // Only positive pids of processes inside node-2 (never 0: the process group).
+                if pid.parse::<i32>().is_ok_and(|p| p > 0) {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A LoadBalancer service (VIP 203.0.113.10, node port 30080) and a ClusterIP service
+/// (10.96.0.11) with the same backends; `extra` goes to the LoadBalancer one.
+fn remote_services(extra: &str, backends: &str) -> String {
+    format!(
+        "services:\n  - name: web-remote\n    type: LoadBalancer\n    frontends: [{{ ip: 203.0.113.10, port: 80 }}]\n    node_ports: [{{ port: 30080 }}]\n{extra}    backends:\n{backends}  - name: web-remote-cluster\n    type: ClusterIP\n    frontends: [{{ ip: 10.96.0.11, port: 80 }}]\n    backends:\n{backends}"
+    )
+}
+
+/// service.go: "should be able to create a functioning NodePort service", with the endpoint on
+/// another node (externalTrafficPolicy: Cluster), and "should work for type=LoadBalancer": a
+/// world client through the NodePort and the load-balancer VIP gets its answers, and the
+/// remote endpoint sees node-1's IP (kube-proxy's masquerade), with the source NAT in `ct
+/// list`; a pod through the ClusterIP keeps its address ("should preserve source pod IP for
+/// traffic thru service cluster IP"); with externalTrafficPolicy: Local the world client's
+/// address is kept ("should preserve source IP": only the local endpoint is used).
+#[test]
+fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_another_node() {
+    let mut lab = Lab::up("hc-");
+    lab.start_servers();
+    let _node2 = RemoteNode::up(&mut lab);
+    let remote_only = format!(
+        "      - {{ ip: {REMOTE_POD}, port: 8080 }}\n      - {{ ip: \"{REMOTE_POD6}\", port: 8080 }}\n"
+    );
+    let state = lab.state_with("state", &remote_services("", &remote_only));
+    let np = Nodeplane::start(&lab, &state);
+    let snat_before = np.xdp("redirect_snat");
+
+    for url in ["http://192.168.100.2:30080/", "http://203.0.113.10/"] {
+        for _ in 0..3 {
+            let (code, out, _) = lab.curl("router", url);
+            assert_eq!(code, 0, "{url}: curl exit {code}; {}", np.log());
+            assert_eq!(
+                out.trim(),
+                "remote 192.168.100.2",
+                "{url}: the remote endpoint answers, and sees node-1's IP"
+            );
+        }
+    }
+    // IPv6: through the node port on the node's IPv6 address.
+    for _ in 0..3 {
+        let (code, out, _) = lab.curl("router", "http://[fd00:100::2]:30080/");
+        // socat writes an IPv6 peer in full, bracketed.
+        let seen = out
+            .trim()
+            .strip_prefix("remote ")
+            .map(|a| a.trim_matches(|c| c == '[' || c == ']'))
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+        assert_eq!(
+            (code, seen),
+            (0, "fd00:100::2".parse().ok()),
+            "IPv6: the remote endpoint sees node-1's IPv6 address: {out:?}"
+        );
+    }
+    let snats6 = np.snats_to(REMOTE_POD6);
+    assert!(
+        snats6.len() >= 3 && snats6.iter().all(|s| s.starts_with("[fd00:100::2]:6")),
+        "ct list, IPv6: {snats6:?}"
+    );
+    let snats = np.snats_to(REMOTE_POD);
+    assert!(snats.len() >= 6, "ct list shows the source NAT: {snats:?}");
+    for s in &snats {
+        let (addr, port) = s.rsplit_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        assert_eq!(addr, "192.168.100.2", "{s}");
+        assert!(
+            (61000..=65535).contains(&port),
+            "{s}: in node.snat_port_range"
+        );
+    }
+    assert!(
+        np.xdp("redirect_snat") >= snat_before + 9,
+        "the remote endpoint's answers were steered by the SNAT range: {}",
+        np.status()["io"]["xdp"]
+    );
+
+    // A pod through the ClusterIP: no masquerade, the endpoint sees the pod.
+    let (code, out, _) = lab.curl("client", "http://10.96.0.11/");
+    assert_eq!((code, out.trim()), (0, "remote 10.244.1.10"));
+
+    // externalTrafficPolicy: Local: the local endpoint only, the client's address kept.
+    republish(
+        &np,
+        &lab,
+        &state,
+        &remote_services(
+            "    external_traffic_policy: Local\n",
+            &format!("      - {{ ip: {WEB1}, port: 8080 }}\n{remote_only}"),
+        ),
+    );
+    for url in ["http://192.168.100.2:30080/", "http://203.0.113.10/"] {
+        let (code, out, _) = lab.curl("router", url);
+        assert_eq!((code, out.trim()), (0, "web1 192.168.100.1"), "{url}");
+    }
+    assert_eq!(np.drops("snat-exhausted") + np.drops("snat-no-address"), 0);
+}
+
+/// A client that keeps its connection: sends lines on request, reads the server's lines.
+struct LineClient {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LineClient {
+    /// socat from `ns`, source port `sport` (SO_REUSEADDR, so two clients can share it toward
+    /// different destinations, as the kernel allows), to `addr:port`.
+    fn connect(lab: &Lab, ns: &str, addr: &str, port: u16, sport: u16) -> LineClient {
+        let mut child = Command::new("timeout")
+            .args(["20", "ip", "netns", "exec", &lab.ns(ns), "socat", "STDIO"])
+            .arg(format!(
+                "TCP:{addr}:{port},sourceport={sport},reuseaddr,connect-timeout=3"
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        LineClient {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The next line from the server ("" at EOF: the connection failed or closed).
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        let _ = self.stdout.read_line(&mut l);
+        l.trim().to_owned()
+    }
+
+    fn echo(&mut self, text: &str) -> String {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "{text}");
+        let _ = self.stdin.flush();
+        self.line()
+    }
+}
+
+impl Drop for LineClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The clash kube-proxy leaves to Linux's NAT (kubernetes#90258, "connection time out for
+/// cluster ip of api-server by accident"): one client port reaches the same endpoint through
+/// its ClusterIP and then through nodeIP:nodePort while the first connection lives. Both reply
+/// tuples would be (endpoint:8080 → client:40000); the second flow's source port is remapped
+/// (into `node.snat_port_range`, the client's address kept), both connections work, and `ct
+/// list` shows the remapped port.
+#[test]
+fn should_connect_to_the_same_endpoint_via_cluster_ip_and_node_port_from_the_same_client_port() {
+    let mut lab = Lab::up("hc-");
+    // web-1 on 8080: the peer's address and port, then an echo (a script: socat splits its
+    // address arguments at colons).
+    let echo = lab.tmp.join("echo.sh");
+    fs::write(
+        &echo,
+        "#!/bin/sh\necho \"$SOCAT_PEERADDR:$SOCAT_PEERPORT\"\nexec cat\n",
+    )
+    .unwrap();
+    let c = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("web1"), "socat"])
+        .arg("TCP4-LISTEN:8080,reuseaddr,fork")
+        .arg(format!("SYSTEM:sh {}", echo.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat echo server");
+    lab.procs.push(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let services = format!(
+        "services:\n  - name: echo\n    type: NodePort\n    frontends: [{{ ip: 10.96.0.12, port: 80 }}]\n    node_ports: [{{ port: 30090 }}]\n    backends:\n      - {{ ip: {WEB1}, port: 8080 }}\n"
+    );
+    let state = lab.state_with("state", &services);
+    let np = Nodeplane::start(&lab, &state);
+
+    let mut via_cluster_ip = LineClient::connect(&lab, "client", "10.96.0.12", 80, 40000);
+    assert_eq!(
+        via_cluster_ip.line(),
+        "10.244.1.10:40000",
+        "through the ClusterIP: the client's own address and port; {}",
+        np.log()
+    );
+    let mut via_node_port = LineClient::connect(&lab, "client", "192.168.100.2", 30090, 40000);
+    let seen = via_node_port.line();
+    let (addr, port) = seen
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("second connection failed: {seen:?}; {}", np.status()));
+    let port: u16 = port.parse().unwrap();
+    assert_eq!(addr, "10.244.1.10", "the client's address is kept");
+    assert!(
+        (61000..=65535).contains(&port),
+        "the clashing source port is remapped into the SNAT range: {seen}"
+    );
+    assert_eq!(via_node_port.echo("second"), "second");
+    assert_eq!(
+        via_cluster_ip.echo("first"),
+        "first",
+        "the first still works"
+    );
+    assert_eq!(
+        np.snats_to(WEB1),
+        vec![format!("10.244.1.10:{port}")],
+        "ct list shows the remapped port (and no source NAT on the first flow)"
+    );
+    assert_eq!(np.drops("ct-invalid"), 0, "{}", np.status());
+}
+
+/// service.go: "should allow pods to hairpin back to themselves through services": the only
+/// endpoint reaches itself through the ClusterIP (its source becomes the ClusterIP) and through
+/// nodeIP:nodePort (its source becomes the node IP, and its answers, to the node IP in the SNAT
+/// port range, are steered to the dataplane, not to the node's kernel).
+#[test]
+fn should_allow_pods_to_hairpin_back_to_themselves_through_services() {
+    let mut lab = Lab::up("hc-");
+    lab.start_servers();
+    let services = format!(
+        "services:\n  - name: web\n    type: NodePort\n    frontends: [{{ ip: 10.96.0.10, port: 80 }}]\n    node_ports: [{{ port: 30080 }}]\n    backends:\n      - {{ ip: {WEB1}, port: 8080 }}\n"
+    );
+    let state = lab.state_with("state", &services);
+    let np = Nodeplane::start(&lab, &state);
+    for _ in 0..3 {
+        let (code, out, _) = lab.curl("web1", "http://10.96.0.10/");
+        assert_eq!(
+            (code, out.trim()),
+            (0, "web1 10.96.0.10"),
+            "hairpin through the ClusterIP; {}",
+            np.log()
+        );
+        let (code, out, _) = lab.curl("web1", "http://192.168.100.2:30080/");
+        assert_eq!(
+            (code, out.trim()),
+            (0, "web1 192.168.100.2"),
+            "hairpin through the NodePort"
+        );
+    }
+    let snats = np.snats_to(WEB1);
+    assert!(
+        snats.iter().any(|s| s.starts_with("10.96.0.10:"))
+            && snats.iter().any(|s| s.starts_with("192.168.100.2:")),
+        "ct list shows both hairpin translations: {snats:?}"
+    );
+    // Another pod through the same service: no source NAT.
+    let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
+    assert_eq!((code, out.trim()), (0, "web1 10.244.1.10"));
 }

@@ -6,9 +6,14 @@
 //! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys
 //! (4 bytes a bucket, so it stays in cache): a probe compares against the key in the entry,
 //! which the packet needs next anyway. The entry stores only the original key; the reply key is
-//! derived from it and the NAT's backend ([`Entry::reply`]). A lookup is one probe and tells the
-//! direction. Nothing allocates after [`Conntrack::new`]: the index is created with room for
-//! every key of a full slab, and the slab grows only within its reservation.
+//! derived from it, the NAT's backend and, for a source-NATed flow, the translated source
+//! ([`Entry::reply`]). The translated source costs the entry 3 bytes, not 19: its port, and
+//! where its address comes from ([`SnatFrom`]): the client itself (a remapped port), the
+//! address the client dialled (hairpin, a NodePort's node IP), or an address of the small
+//! process-wide [`SnatAddrs`] table (the node IP an ExternalIP or LoadBalancer flow is
+//! masqueraded to). A lookup is one probe and tells the direction. Nothing allocates after
+//! [`Conntrack::new`]: the index is created with room for every key of a full slab, and the slab
+//! grows only within its reservation.
 //!
 //! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
 //! random seed per process, so that nobody can aim many flows at one bucket without knowing it
@@ -106,20 +111,91 @@ pub struct FastPath {
     pub egress_pod: bool,
 }
 
+/// Source NAT of a flow: the original direction leaves from `addr:port` instead of the
+/// client's address and port, and replies come back to it (see `snat.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snat {
+    pub addr: Addr,
+    pub port: u16,
+}
+
+/// `NatSlot::flags`: the flow is destination-NATed (a service flow).
+const NAT_DST: u8 = 1;
+/// `NatSlot::flags`: the flow is also source-NATed ([`Entry::snat`] holds the source).
+const NAT_SRC: u8 = 2;
+
+/// Where a source-NATed flow's translated address comes from (`Entry::snat_from`): the
+/// original key's source ([`SNAT_FROM_CLIENT`]: only the port is remapped), its destination
+/// ([`SNAT_FROM_DIALLED`]: hairpin leaves from the address it dialled, a NodePort flow is
+/// masqueraded to the node IP it dialled), or `SNAT_FROM_TABLE + i`: entry `i` of
+/// [`SnatAddrs`].
+type SnatFrom = u8;
+const SNAT_FROM_CLIENT: SnatFrom = 0;
+const SNAT_FROM_DIALLED: SnatFrom = 1;
+const SNAT_FROM_TABLE: SnatFrom = 2;
+
+/// The addresses source NAT translates to that are neither the client's nor the one it
+/// dialled: the node IP that ExternalIP and LoadBalancer flows are masqueraded to. One
+/// process-wide, append-only table of [`SnatAddrs::CAPACITY`] write-once cells, so that an
+/// entry names its address in one byte, every table (each worker's, a what-if copy, a
+/// restored snapshot's) reads the same index the same way, and [`Entry`] stays three cache
+/// lines. Reading is one acquire load; a cell is written once, when a new flow first needs
+/// its address (a node has one or two such addresses, one per family; a node IP change adds
+/// one). A full table refuses the flow (`snat-no-address`), never reuses a cell.
+#[derive(Debug)]
+pub struct SnatAddrs;
+
+static SNAT_ADDRS: [std::sync::OnceLock<Addr>; SnatAddrs::CAPACITY] =
+    [const { std::sync::OnceLock::new() }; SnatAddrs::CAPACITY];
+
+impl SnatAddrs {
+    /// Distinct addresses a process can masquerade ExternalIP/LoadBalancer flows to.
+    pub const CAPACITY: usize = 64;
+
+    /// The index of `addr`, written into the first free cell if it is new; `None` when the
+    /// table is full.
+    fn intern(addr: Addr) -> Option<u8> {
+        for (i, cell) in SNAT_ADDRS.iter().enumerate() {
+            // `get_or_init` on a free cell claims it; a cell taken meanwhile by another
+            // address (another worker) is passed over.
+            if *cell.get_or_init(|| addr) == addr {
+                return Some(i as u8);
+            }
+        }
+        None
+    }
+
+    /// The address of cell `i` (written before any entry could name it). Out of line: only
+    /// masqueraded ExternalIP/LoadBalancer flows come here, and the lookups of every other
+    /// flow stay as small as without it.
+    #[cold]
+    #[inline(never)]
+    fn get(i: u8) -> Addr {
+        SNAT_ADDRS
+            .get(usize::from(i))
+            .and_then(|c| c.get())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 /// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
-/// (address and port), so only the backend and the service are kept. 24 bytes.
+/// (address and port), so only the backend and the service are kept. 24 bytes. The flags say
+/// whether a source NAT applies, so that a flow without one never reads its fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 struct NatSlot {
     backend: Addr,
-    on: bool,
+    flags: u8,
     backend_port: u16,
     service: u32,
 }
 
 /// 192 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
 /// established packet reads (original key, timer, fast-path cache, NAT, identities, state,
-/// generation), the third what it writes (counters, last seen) and the closing list's links.
+/// generation), the third what it writes (counters, last seen), the closing list's links and
+/// the translated source of a source-NATed flow (read only by those flows, from a line their
+/// packets write anyway).
 /// The reply key is not stored: it is the reverse of the translated original key
 /// ([`Entry::reply`]), and the VIP of the NAT is the original destination.
 #[derive(Debug, Clone, Copy, Default)]
@@ -151,13 +227,17 @@ pub struct Entry {
     pub created: u64,
     prev: u32,
     next: u32,
+    /// The translated source port (valid when `nat.flags` has `NAT_SRC`).
+    snat_port: u16,
+    /// Where the translated source address comes from ([`SnatFrom`]).
+    snat_from: SnatFrom,
 }
 
 impl Entry {
     /// The destination NAT of a service flow.
     #[inline]
     pub fn nat(&self) -> Option<Nat> {
-        self.nat.on.then_some(Nat {
+        (self.nat.flags & NAT_DST != 0).then_some(Nat {
             vip: self.orig.dst,
             vip_port: self.orig.dport,
             backend: self.nat.backend,
@@ -171,15 +251,35 @@ impl Entry {
         self.nat.service = service;
     }
 
-    /// The reply key: the reverse of the original key after its destination NAT.
+    /// The source NAT of a flow that has one.
+    #[inline]
+    pub fn snat(&self) -> Option<Snat> {
+        (self.nat.flags & NAT_SRC != 0).then(|| Snat {
+            addr: self.snat_addr(),
+            port: self.snat_port,
+        })
+    }
+
+    /// The translated source address (of a flow with `NAT_SRC`).
+    #[inline(always)]
+    fn snat_addr(&self) -> Addr {
+        match self.snat_from {
+            SNAT_FROM_CLIENT => self.orig.src,
+            SNAT_FROM_DIALLED => self.orig.dst,
+            i => SnatAddrs::get(i - SNAT_FROM_TABLE),
+        }
+    }
+
+    /// The reply key: the reverse of the original key after its destination and source NAT.
     #[inline]
     pub fn reply(&self) -> FlowKey {
         let (src, sport) = self.translated_dst();
+        let (dst, dport) = self.translated_src();
         FlowKey {
             src,
-            dst: self.orig.src,
+            dst,
             sport,
-            dport: self.orig.sport,
+            dport,
             proto: self.orig.proto,
         }
     }
@@ -187,10 +287,20 @@ impl Entry {
     /// Where the original direction goes after NAT (the reply's source).
     #[inline(always)]
     fn translated_dst(&self) -> (Addr, u16) {
-        if self.nat.on {
+        if self.nat.flags & NAT_DST != 0 {
             (self.nat.backend, self.nat.backend_port)
         } else {
             (self.orig.dst, self.orig.dport)
+        }
+    }
+
+    /// Where the original direction comes from after NAT (the reply's destination).
+    #[inline(always)]
+    fn translated_src(&self) -> (Addr, u16) {
+        if self.nat.flags & NAT_SRC != 0 {
+            (self.snat_addr(), self.snat_port)
+        } else {
+            (self.orig.src, self.orig.sport)
         }
     }
 
@@ -202,8 +312,9 @@ impl Entry {
             Dir::Orig => self.orig == *key,
             Dir::Reply => {
                 let (src, sport) = self.translated_dst();
-                key.dst == self.orig.src
-                    && key.dport == self.orig.sport
+                let (dst, dport) = self.translated_src();
+                key.dst == dst
+                    && key.dport == dport
                     && key.sport == sport
                     && key.proto == self.orig.proto
                     && key.src == src
@@ -212,16 +323,37 @@ impl Entry {
     }
 }
 
-fn nat_slot(nat: Option<Nat>) -> NatSlot {
+fn nat_slot(nat: Option<Nat>, snat: Option<Snat>) -> NatSlot {
+    let src = if snat.is_some() { NAT_SRC } else { 0 };
     match nat {
         Some(n) => NatSlot {
             backend: n.backend,
-            on: true,
+            flags: NAT_DST | src,
             backend_port: n.backend_port,
             service: n.service,
         },
-        None => NatSlot::default(),
+        None => NatSlot {
+            flags: src,
+            ..NatSlot::default()
+        },
     }
+}
+
+/// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
+/// address needs a [`SnatAddrs`] cell and none is left.
+fn snat_fields(orig: &FlowKey, snat: Option<Snat>) -> Result<(u16, SnatFrom), DropReason> {
+    let Some(s) = snat else {
+        return Ok((0, SNAT_FROM_CLIENT));
+    };
+    let from = if s.addr == orig.src {
+        SNAT_FROM_CLIENT
+    } else if s.addr == orig.dst {
+        SNAT_FROM_DIALLED
+    } else {
+        // CAPACITY (64) + SNAT_FROM_TABLE fits in the byte.
+        SNAT_FROM_TABLE + SnatAddrs::intern(s.addr).ok_or(DropReason::SnatNoAddress)?
+    };
+    Ok((s.port, from))
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -230,6 +362,8 @@ pub struct NewFlow {
     pub orig: FlowKey,
     pub reply: FlowKey,
     pub nat: Option<Nat>,
+    /// Source NAT (masquerade, hairpin, or a reply-tuple clash resolved by a new port).
+    pub snat: Option<Snat>,
     pub src_identity: u32,
     pub dst_identity: u32,
     pub policy: PolicyVerdict,
@@ -459,19 +593,42 @@ impl Conntrack {
         len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
+        let h_reply = self.hash(&f.reply);
+        self.create_hashed(f, h_orig, h_reply, false, tcp_flags, len, now)
+    }
+
+    /// [`Self::create_absent`] with the reply key's hash known; `reply_free`: the caller has
+    /// just looked the reply key up too ([`Self::lookup_hashed`]) and not found it, with nothing
+    /// inserted since (the pipeline's source NAT check), so it is not probed again.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the new flow's hashes and first packet, passed on from the lookups"
+    )]
+    pub fn create_hashed(
+        &mut self,
+        f: &NewFlow,
+        h_orig: u64,
+        h_reply: u64,
+        reply_free: bool,
+        tcp_flags: u8,
+        len: usize,
+        now: u64,
+    ) -> Result<u32, DropReason> {
         debug_assert!(self.index_of(&f.orig, h_orig).is_none());
-        if !consistent(&f.orig, &f.reply, f.nat) {
+        debug_assert_eq!(h_reply, self.hash(&f.reply));
+        if !consistent(&f.orig, &f.reply, f.nat, f.snat) {
             // The entry derives the reply key from the original and the NAT.
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let h_reply = self.hash(&f.reply);
-        if self.index_of(&f.reply, h_reply).is_some() {
+        debug_assert!(!reply_free || self.index_of(&f.reply, h_reply).is_none());
+        if !reply_free && self.index_of(&f.reply, h_reply).is_some() {
             // Another flow already owns one of the keys (e.g. the same client port used for a
             // VIP and for its backend directly). Translating would merge two connections.
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
+        let (snat_port, snat_from) = snat_fields(&f.orig, f.snat)?;
         let slot = self.take_slot(now)?;
         let state = if f.orig.proto == PROTO_TCP {
             initial_tcp_state(tcp_flags)
@@ -485,7 +642,9 @@ impl Conntrack {
             created: now,
             last_seen: now,
             expires: now + self.timeout(f.orig.proto, state),
-            nat: nat_slot(f.nat),
+            nat: nat_slot(f.nat, f.snat),
+            snat_port,
+            snat_from,
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             policy: f.policy,
@@ -567,11 +726,17 @@ impl Conntrack {
     /// now, and ends `backend-gone` otherwise. Same rules as [`Conntrack::create`] for
     /// conflicts and a full table.
     pub fn restore_saved(&mut self, f: &SavedFlow, now: u64) -> Result<u32, DropReason> {
-        if !consistent(&f.orig, &f.reply, f.nat) {
+        // The source NAT is the reply key's destination when that is not the client.
+        let snat = ((f.reply.dst, f.reply.dport) != (f.orig.src, f.orig.sport)).then_some(Snat {
+            addr: f.reply.dst,
+            port: f.reply.dport,
+        });
+        if !consistent(&f.orig, &f.reply, f.nat, snat) {
             // A snapshot this table could not have written (the reply key is derived).
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
+        let (snat_port, snat_from) = snat_fields(&f.orig, snat)?;
         let e = Entry {
             orig: f.orig,
             expires: now.saturating_add(f.remaining_ns),
@@ -585,7 +750,9 @@ impl Conntrack {
             ended: f.ended,
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
-            nat: nat_slot(f.nat),
+            nat: nat_slot(f.nat, snat),
+            snat_port,
+            snat_from,
             packets: f.packets,
             bytes: f.bytes,
             last_seen: now.saturating_sub(f.idle_ns),
@@ -922,19 +1089,25 @@ fn dir_of(v: u32) -> Dir {
     }
 }
 
-/// Whether `reply` is what an entry of `orig` and `nat` derives (the reverse of the translated
-/// original key, the VIP being the original destination).
+/// Whether `reply` is what an entry of `orig`, `nat` and `snat` derives (the reverse of the
+/// translated original key, the VIP being the original destination). A source NAT exists only
+/// with a destination NAT (service flows), in the flow's address family.
 #[inline]
-fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>) -> bool {
+fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>, snat: Option<Snat>) -> bool {
     let (src, sport) = match nat {
         Some(n) if n.vip != orig.dst || n.vip_port != orig.dport => return false,
         Some(n) => (n.backend, n.backend_port),
         None => (orig.dst, orig.dport),
     };
+    let (dst, dport) = match snat {
+        Some(s) if nat.is_none() || s.addr.v6 != orig.src.v6 => return false,
+        Some(s) => (s.addr, s.port),
+        None => (orig.src, orig.sport),
+    };
     reply.src == src
         && reply.sport == sport
-        && reply.dst == orig.src
-        && reply.dport == orig.sport
+        && reply.dst == dst
+        && reply.dport == dport
         && reply.proto == orig.proto
 }
 
@@ -1026,6 +1199,7 @@ mod tests {
             orig: k,
             reply: k.reversed(),
             nat: None,
+            snat: None,
             src_identity: 0,
             dst_identity: 0,
             policy: PolicyVerdict::None,
@@ -1203,6 +1377,115 @@ mod tests {
         assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
         assert_eq!(ct.lookup(&k, 1), Some((s, Dir::Orig)));
     }
+
+    /// A source-NATed flow is found by its translated reply key, not by the client's; its
+    /// removal frees that key (the SNAT port) at once.
+    #[test]
+    fn snat_reply_key_is_the_translated_source() {
+        let mut ct = Conntrack::new(&cfg(8));
+        let k = key(3, PROTO_TCP);
+        let backend = Addr::v4([10, 0, 2, 9]);
+        let node = Addr::v4([192, 168, 1, 10]);
+        let mut f = flow(k);
+        f.nat = Some(Nat {
+            vip: k.dst,
+            vip_port: k.dport,
+            backend,
+            backend_port: 8080,
+            service: 0,
+        });
+        f.snat = Some(Snat {
+            addr: node,
+            port: 61001,
+        });
+        // A reply key toward the client is inconsistent with the source NAT.
+        f.reply = FlowKey {
+            src: backend,
+            dst: k.src,
+            sport: 8080,
+            dport: k.sport,
+            proto: PROTO_TCP,
+        };
+        assert_eq!(ct.create(&f, F::SYN, 60, 0), Err(DropReason::CtInvalid));
+        f.reply.dst = node;
+        f.reply.dport = 61001;
+        let s = ct.create(&f, F::SYN, 60, 0).unwrap();
+        assert_eq!(ct.entry(s).reply(), f.reply);
+        assert_eq!(ct.entry(s).snat(), f.snat);
+        assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
+        let untranslated = FlowKey {
+            dst: k.src,
+            dport: k.sport,
+            ..f.reply
+        };
+        assert_eq!(ct.lookup(&untranslated, 1), None);
+        // Saved and restored: the reply key carries the source NAT.
+        let saved: Vec<SavedFlow> = ct.save(1).collect();
+        let mut other = Conntrack::new(&cfg(8));
+        let r = other.restore_saved(&saved[0], 2).unwrap();
+        assert_eq!(other.entry(r).snat(), f.snat);
+        assert_eq!(other.lookup(&f.reply, 3), Some((r, Dir::Reply)));
+        ct.remove(s);
+        assert_eq!(ct.find(&f.reply), None);
+        // A source NAT without a destination NAT is refused.
+        let mut g = flow(key(4, PROTO_UDP));
+        g.snat = Some(Snat {
+            addr: node,
+            port: 61002,
+        });
+        g.reply.dst = node;
+        g.reply.dport = 61002;
+        assert_eq!(ct.create(&g, 0, 60, 0), Err(DropReason::CtInvalid));
+    }
+
+    /// Each place a translated address can come from (the client, the address it dialled, the
+    /// process-wide table) gives it back exactly, in the reply key and in `snat()`, for both
+    /// families; the table names one address by one cell.
+    #[test]
+    fn snat_address_sources_round_trip() {
+        let mut ct = Conntrack::new(&cfg(16));
+        for (i, v6) in [(10u16, false), (20, true)] {
+            let mut k = key(i, PROTO_TCP);
+            if v6 {
+                k.src = Addr::from("fd00::10".parse::<std::net::IpAddr>().unwrap());
+                k.dst = Addr::from("fd00:96::1".parse::<std::net::IpAddr>().unwrap());
+            }
+            let table_addr = if v6 {
+                Addr::from("fd00:100::2".parse::<std::net::IpAddr>().unwrap())
+            } else {
+                Addr::v4([192, 168, 100, 2])
+            };
+            for (j, addr) in [k.src, k.dst, table_addr].into_iter().enumerate() {
+                let mut k = k;
+                k.sport += j as u16;
+                let mut f = flow(k);
+                let backend = if v6 { k.src } else { Addr::v4([10, 0, 2, 9]) };
+                f.nat = Some(Nat {
+                    vip: k.dst,
+                    vip_port: k.dport,
+                    backend,
+                    backend_port: 8080,
+                    service: 0,
+                });
+                f.snat = Some(Snat {
+                    addr,
+                    port: 61000 + j as u16,
+                });
+                f.reply = FlowKey {
+                    src: backend,
+                    dst: addr,
+                    sport: 8080,
+                    dport: 61000 + j as u16,
+                    proto: PROTO_TCP,
+                };
+                let s = ct.create(&f, F::SYN, 60, 0).unwrap();
+                assert_eq!(ct.entry(s).snat(), f.snat, "{addr}");
+                assert_eq!(ct.entry(s).reply(), f.reply, "{addr}");
+                assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
+            }
+            assert_eq!(SnatAddrs::intern(table_addr), SnatAddrs::intern(table_addr));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1228,6 +1511,7 @@ mod gc_regression {
             orig: key,
             reply: key.reversed(),
             nat: None,
+            snat: None,
             src_identity: 0,
             dst_identity: 0,
             policy: PolicyVerdict::None,
@@ -1249,11 +1533,13 @@ mod layout {
     use super::*;
 
     /// Three cache lines: what an established packet reads in the first two, what it writes
-    /// in the third.
+    /// (and a source NAT) in the third.
     #[test]
     fn entry_is_three_cache_lines() {
         assert_eq!(std::mem::align_of::<Entry>(), 64);
         assert_eq!(std::mem::size_of::<Entry>(), 192);
+        assert!(std::mem::offset_of!(Entry, nat) + std::mem::size_of::<NatSlot>() <= 128);
+        assert!(std::mem::offset_of!(Entry, snat_port) >= 128);
         assert_eq!(std::mem::size_of::<FastPath>(), 16);
         assert!(std::mem::offset_of!(Entry, generation) + 8 <= 128);
         assert!(std::mem::offset_of!(Entry, ended) < 128);

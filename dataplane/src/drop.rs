@@ -102,6 +102,12 @@ drop_reasons! {
     /// I/O: the egress interface is gone (deleted, or moved out of the node's namespace); its
     /// sockets are closed down until it is re-created and re-attached.
     IfaceDown = 32 => "iface-down",
+    /// A new flow needs source NAT (masquerade, hairpin, or a reply-tuple clash) and no source
+    /// port of `node.snat_port_range` gives it a reply tuple that is free (see `snat.rs`).
+    SnatExhausted = 33 => "snat-exhausted",
+    /// A new flow needs masquerading to a node IP, and the node has none of the flow's address
+    /// family (`node.node_ips`).
+    SnatNoAddress = 34 => "snat-no-address",
 }
 
 /// Size of the per-reason counter arrays (index = numeric value): room for every reason and a

@@ -49,6 +49,7 @@ pub mod replay;
 pub mod rewrite;
 pub mod rst;
 pub mod snapshot;
+pub mod snat;
 pub mod tables;
 pub mod wire;
 pub mod worker;

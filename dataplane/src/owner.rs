@@ -70,6 +70,17 @@ fn endpoint_hash(a: &Addr, port: u16, proto: u8) -> u64 {
     mix(mix(lo ^ u64::from(proto) << 56) ^ hi ^ u64::from(port) << 40)
 }
 
+/// The worker among `workers` that receives the replies of a flow whose reply goes to
+/// `addr:port` (rule 2: a backend's reply is owned by its destination endpoint). Source NAT
+/// allocates only ports whose replies come back to the allocating worker (see `snat.rs`).
+#[inline]
+pub fn reply_owner(addr: &Addr, port: u16, proto: u8, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    owner_of(endpoint_hash(addr, port, proto), workers)
+}
+
 /// The owner hash of a (src, sport, dst, dport, proto) tuple, by the rules of the module docs.
 #[inline]
 pub fn owner_hash(

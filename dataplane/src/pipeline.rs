@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode};
+use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode, ServiceType};
 
-use crate::conntrack::{Conntrack, Dir, FastPath, Nat, NewFlow};
+use crate::conntrack::{Conntrack, Dir, FastPath, Nat, NewFlow, Snat};
 use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -37,6 +37,7 @@ use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
 use crate::rewrite;
 use crate::snapshot::{SavedAffinity, SavedFlow, SavedPart};
+use crate::snat;
 use crate::tables::{IfIndex, Scope, Tables};
 use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
@@ -230,6 +231,10 @@ pub struct Pipeline {
     mode_override: Option<PolicyMode>,
     /// Identifies the installed tables for [`FastPath`] entries (see [`next_epoch`]).
     epoch: u32,
+    /// This pipeline's worker index and the number of workers: source NAT allocates only ports
+    /// whose replies flow ownership brings back here (see `owner::reply_owner`).
+    worker: usize,
+    workers: usize,
 }
 
 impl Pipeline {
@@ -247,8 +252,16 @@ impl Pipeline {
             metas: vec![Ok(Parsed::NotIp); BURST],
             mode_override: None,
             epoch: next_epoch(),
+            worker: 0,
+            workers: 1,
             tables,
         }
+    }
+
+    /// Which worker this pipeline is among how many (default: the only one).
+    pub fn set_owner(&mut self, worker: usize, workers: usize) {
+        self.workers = workers.max(1);
+        self.worker = worker.min(self.workers - 1);
     }
 
     /// Publishes new tables; takes effect for the next burst. Flows notice the new generation on
@@ -325,6 +338,8 @@ impl Pipeline {
             metas: vec![Ok(Parsed::NotIp); BURST],
             mode_override: self.mode_override,
             epoch: next_epoch(),
+            worker: self.worker,
+            workers: self.workers,
             tables: Arc::clone(&self.tables),
         }
     }
@@ -622,7 +637,8 @@ impl Pipeline {
         outcome
     }
 
-    /// On the uplink only traffic to our PodCIDRs, service frontends and NodePorts is ours.
+    /// On the uplink only traffic to our PodCIDRs, service frontends, NodePorts and the SNAT
+    /// port range of the node IPs is ours.
     fn uplink_owns(&self, t: &Tables, m: &Meta) -> bool {
         if t.in_pod_cidr(&m.dst) || t.service_ips.contains_key(&m.dst) {
             return true;
@@ -634,7 +650,12 @@ impl Pipeline {
             // No ports: a NodePort datagram's or host traffic's, decided by its first fragment
             // (recorded either way); held until that comes, so the order does not matter.
             Frag::Later => true,
-            _ => t.frontend(m.dst, m.dport, m.proto).is_some(),
+            // A NodePort, or a reply to a masqueraded flow (node IPs' source ports in
+            // `node.snat_port_range` are the dataplane's; the XDP program steers them).
+            _ => {
+                t.frontend(m.dst, m.dport, m.proto).is_some()
+                    || (matches!(m.proto, PROTO_TCP | PROTO_UDP) && t.snat_ports.contains(m.dport))
+            }
         }
     }
 
@@ -741,11 +762,18 @@ impl Pipeline {
         out.src_identity = Some(si);
         out.dst_identity = Some(di);
 
-        // Translate: DNAT on the way in, reverse NAT on replies.
-        if let Some(nat) = self.ct.entry(slot).nat() {
+        // Translate: DNAT (and SNAT) on the way in, reverse NAT on replies.
+        let e = self.ct.entry(slot);
+        if let Some(nat) = e.nat() {
             match dir {
                 Dir::Orig => rewrite::set_addr_port(frame, m, true, nat.backend, nat.backend_port),
                 Dir::Reply => rewrite::set_addr_port(frame, m, false, nat.vip, nat.vip_port),
+            }
+            if let Some(sn) = e.snat() {
+                match dir {
+                    Dir::Orig => rewrite::set_addr_port(frame, m, false, sn.addr, sn.port),
+                    Dir::Reply => rewrite::set_addr_port(frame, m, true, e.orig.src, e.orig.sport),
+                }
             }
         }
         let dst_mac;
@@ -781,6 +809,7 @@ impl Pipeline {
         now: u64,
     ) -> Result<Option<(u32, Route)>, Outcome> {
         let mut nat = None;
+        let mut backend_local = false;
         let mut dst = m.dst;
         let mut dport = m.dport;
         if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
@@ -795,6 +824,7 @@ impl Pipeline {
                     }
                 };
                 let be = &t.services[svc as usize].backends[usize::from(b)];
+                backend_local = be.local;
                 nat = Some(Nat {
                     vip: m.dst,
                     vip_port: m.dport,
@@ -852,26 +882,52 @@ impl Pipeline {
                 })
             }
         };
-        let reply = FlowKey {
+        let mut reply = FlowKey {
             src: dst,
             dst: m.src,
             sport: dport,
             dport: m.sport,
             proto: m.proto,
         };
+        let mut snat = None;
+        let h_reply = match nat {
+            Some(n) => match self.source_nat(t, &key, &n, backend_local, &mut reply, now) {
+                Ok((s, h)) => {
+                    snat = s;
+                    h
+                }
+                Err(r) => {
+                    return Err(Outcome {
+                        service: Some(n.service),
+                        backend: Some((n.backend, n.backend_port)),
+                        src_identity: Some(src_identity),
+                        dst_identity: Some(dst_identity),
+                        policy,
+                        ..Outcome::drop(r)
+                    })
+                }
+            },
+            None => self.ct.hash(&reply),
+        };
         let f = NewFlow {
             orig: key,
             reply,
             nat,
+            snat,
             src_identity,
             dst_identity,
             policy,
             generation: t.generation,
         };
-        match self
-            .ct
-            .create_absent(&f, key_hash, m.tcp_flags, frame.len(), now)
-        {
+        match self.ct.create_hashed(
+            &f,
+            key_hash,
+            h_reply,
+            nat.is_some(),
+            m.tcp_flags,
+            frame.len(),
+            now,
+        ) {
             Ok(slot) => {
                 self.counters.ct_new += 1;
                 Ok(Some((slot, routed)))
@@ -885,6 +941,79 @@ impl Pipeline {
                 ..Outcome::drop(r)
             }),
         }
+    }
+
+    /// The source NAT of a new service flow, if it needs one, and the hash of its (final) reply
+    /// key, which is free in conntrack when this returns `Ok`. Kubernetes' rules (kube-proxy
+    /// masquerades, Cilium the same for remote backends):
+    /// - hairpin: the client is the chosen backend: its source becomes the address it dialled
+    ///   (the VIP, or the node IP of a NodePort), so the backend answers the dataplane;
+    /// - external traffic (NodePort, ExternalIP, LoadBalancer frontends) with
+    ///   `external_traffic_policy: Cluster` to a backend on another node: masqueraded to a node
+    ///   IP (the dialled one for a NodePort, else the first node IP of the family), so the reply
+    ///   comes back through this node; `Local` keeps the client's address (never SNATed);
+    /// - otherwise none, unless the reply tuple is taken by another flow (the same client port
+    ///   reaching the same backend through another frontend): then the client's port is
+    ///   remapped, its address kept, as Linux's NAT core does for a clashing tuple.
+    ///
+    /// Ports come from [`snat::allocate`] within `node.snat_port_range`, skipping frontends on
+    /// the SNAT address and ports whose replies another worker would receive.
+    fn source_nat(
+        &mut self,
+        t: &Tables,
+        key: &FlowKey,
+        nat: &Nat,
+        backend_local: bool,
+        reply: &mut FlowKey,
+        now: u64,
+    ) -> Result<(Option<Snat>, u64), DropReason> {
+        let hairpin = nat.backend == key.src;
+        let s = &t.services[nat.service as usize];
+        // A ClusterIP service has internal frontends only: no scope lookup for those.
+        let masquerade = !hairpin
+            && !backend_local
+            && !s.external_local
+            && s.kind != ServiceType::ClusterIP
+            && t.frontend_scope(key.dst, key.dport, key.proto) != Scope::Internal;
+        let addr = if hairpin {
+            key.dst
+        } else if masquerade {
+            if t.is_node_ip(&key.dst) {
+                key.dst
+            } else {
+                t.snat_ip(key.dst.v6).ok_or(DropReason::SnatNoAddress)?
+            }
+        } else {
+            // No SNAT wanted: the common case costs this one probe, which the entry's
+            // creation would have made anyway (its hash is handed on).
+            let h = self.ct.hash(reply);
+            if self.ct.lookup_hashed(reply, h, now).is_none() {
+                return Ok((None, h));
+            }
+            key.src
+        };
+        let (worker, workers, proto) = (self.worker, self.workers, key.proto);
+        let ct = &mut self.ct;
+        let mut probe = *reply;
+        probe.dst = addr;
+        let port = snat::allocate(
+            t.snat_ports,
+            key.sport,
+            key.stable_hash(),
+            |p| {
+                crate::owner::reply_owner(&addr, p, proto, workers) == worker
+                    && t.frontend(addr, p, proto).is_none()
+            },
+            |p| {
+                probe.dport = p;
+                ct.lookup(&probe, now).is_none()
+            },
+        )
+        .map_err(|_| DropReason::SnatExhausted)?;
+        reply.dst = addr;
+        reply.dport = port;
+        let snat = (addr != key.src || port != key.sport).then_some(Snat { addr, port });
+        Ok((snat, self.ct.hash(reply)))
     }
 
     /// Egress policy of a local source endpoint and ingress policy of a local destination
@@ -1181,19 +1310,30 @@ impl Pipeline {
             out.backend = Some((nat.backend, nat.backend_port));
             let mut im = inner;
             match dir {
-                // Toward the backend: the quoted packet came from the VIP.
+                // Toward the backend: the quoted packet came from the VIP (and went to the
+                // client, which the backend knows by its source NAT).
                 Dir::Orig => {
                     if m.dst == nat.vip {
                         rewrite::set_addr(frame, m, true, nat.backend);
                     }
                     rewrite_quoted(frame, &mut im, false, nat.backend, nat.backend_port);
+                    if let Some(sn) = e.snat() {
+                        rewrite_quoted(frame, &mut im, true, sn.addr, sn.port);
+                    }
                 }
-                // Toward the client: the quoted packet went to the backend.
+                // Toward the client: the quoted packet went to the backend (from the source
+                // NAT, which the client knows as itself).
                 Dir::Reply => {
                     if m.src == nat.backend {
                         rewrite::set_addr(frame, m, false, nat.vip);
                     }
                     rewrite_quoted(frame, &mut im, true, nat.vip, nat.vip_port);
+                    if let Some(sn) = e.snat() {
+                        if m.dst == sn.addr {
+                            rewrite::set_addr(frame, m, true, e.orig.src);
+                        }
+                        rewrite_quoted(frame, &mut im, false, e.orig.src, e.orig.sport);
+                    }
                 }
             }
             fix_icmp_checksum(frame, m);
@@ -1405,6 +1545,15 @@ fn established_fast(
                 let mut m = *m;
                 rewrite::set_addr_port(frame, &mut m, to_dst, addr, port);
                 rewrite::decrement_ttl(frame, &mut m);
+            }
+            if let Some(sn) = e.snat() {
+                // The other side: the client leaves from the source NAT, replies go back to it.
+                let (addr, port) = match dir {
+                    Dir::Orig => (sn.addr, sn.port),
+                    Dir::Reply => (e.orig.src, e.orig.sport),
+                };
+                let mut m = *m;
+                rewrite::set_addr_port(frame, &mut m, !to_dst, addr, port);
             }
             (Some(nat.service), Some((nat.backend, nat.backend_port)))
         }

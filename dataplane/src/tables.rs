@@ -407,6 +407,8 @@ pub struct Tables {
     /// frontend is dropped `no-service` instead of being routed.
     pub service_ips: HashMap<Addr, ()>,
     pub ct: CtConfig,
+    /// Source ports that source NAT allocates (`node.snat_port_range`).
+    pub snat_ports: crate::snat::PortRange,
     /// Maglev tables left to build (their services hash modulo the backend count meanwhile).
     pub maglev_pending: usize,
 }
@@ -636,6 +638,10 @@ impl Tables {
             frontend_scopes,
             service_ips,
             ct: CtConfig::from_state(&state.conntrack),
+            snat_ports: crate::snat::PortRange::new(
+                state.node.snat_port_range[0],
+                state.node.snat_port_range[1],
+            ),
             maglev_pending: 0,
         }
     }
@@ -664,6 +670,13 @@ impl Tables {
     #[inline]
     pub fn is_node_ip(&self, a: &Addr) -> bool {
         self.node_ips.iter().any(|n| n == a)
+    }
+
+    /// The node IP that masqueraded flows of this family leave from: the first of
+    /// `node.node_ips` of the family.
+    #[inline]
+    pub fn snat_ip(&self, v6: bool) -> Option<Addr> {
+        self.node_ips.iter().find(|a| a.v6 == v6).copied()
     }
 
     /// A source on this node: one of its pods (inside its PodCIDRs) or the node itself.

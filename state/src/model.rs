@@ -82,6 +82,15 @@ pub struct Node {
     /// Maglev lookup table size for every service (a prime; default 16381, like Cilium).
     #[serde(default = "default_maglev_table_size")]
     pub maglev_table_size: u32,
+    /// Source ports that SNAT may allocate on node IPs and service addresses, `[first, last]`
+    /// (inclusive). Replies to a node IP in this range are the dataplane's, so it must not
+    /// overlap the kernel's `net.ipv4.ip_local_port_range` (default 32768-60999) nor any node
+    /// port; the default is the 4536 ports above the kernel's default range.
+    #[serde(
+        default = "default_snat_port_range",
+        skip_serializing_if = "is_default_snat_port_range"
+    )]
+    pub snat_port_range: [u16; 2],
 }
 
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
@@ -96,8 +105,20 @@ impl Default for Node {
             node_ips: Vec::new(),
             policy_mode: PolicyMode::default(),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            snat_port_range: DEFAULT_SNAT_PORT_RANGE,
         }
     }
+}
+
+/// Above Linux's default `ip_local_port_range` (32768-60999) and the NodePort range.
+pub const DEFAULT_SNAT_PORT_RANGE: [u16; 2] = [61000, 65535];
+
+fn default_snat_port_range() -> [u16; 2] {
+    DEFAULT_SNAT_PORT_RANGE
+}
+
+fn is_default_snat_port_range(r: &[u16; 2]) -> bool {
+    *r == DEFAULT_SNAT_PORT_RANGE
 }
 
 fn default_maglev_table_size() -> u32 {

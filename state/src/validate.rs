@@ -486,6 +486,31 @@ impl Checker<'_> {
                 format!("{m} is not a prime (Maglev needs a prime table size, e.g. 16381)"),
             );
         }
+        let [lo, hi] = n.snat_port_range;
+        if lo < 1024 || lo > hi {
+            self.at_node(
+                ".snat_port_range",
+                format!(
+                    "[{lo}, {hi}] is not a range of ports within [1024, 65535] (first <= last)"
+                ),
+            );
+        }
+        for (i, svc) in self.s.services.iter().enumerate() {
+            for (k, np) in svc.node_ports.iter().enumerate() {
+                if (lo..=hi).contains(&np.port) {
+                    self.at(
+                        Section::Services,
+                        i,
+                        &format!(".node_ports[{k}]"),
+                        format!(
+                            "node port {} is inside node.snat_port_range [{lo}, {hi}] (SNAT \
+                             allocates source ports there)",
+                            np.port
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn interfaces(&mut self) {

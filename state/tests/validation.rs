@@ -960,3 +960,27 @@ services:
     assert!(e.contains("servng"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn snat_port_range() {
+    accept(|s| s.node.snat_port_range = [40000, 40999]);
+    reject(
+        |s| s.node.snat_port_range = [1000, 2000],
+        "node.snat_port_range",
+        "within [1024, 65535]",
+    );
+    reject(
+        |s| s.node.snat_port_range = [62000, 61000],
+        "node.snat_port_range",
+        "first <= last",
+    );
+    // A node port inside the range: SNAT would hand its port out as a source port.
+    reject(
+        |s| s.node.snat_port_range = [30000, 30100],
+        "services[web-nodeport].node_ports[0]",
+        "inside node.snat_port_range",
+    );
+    // The default leaves the state file untouched when written back.
+    let yaml = yaml_serde::to_string(&base().node).unwrap();
+    assert!(!yaml.contains("snat_port_range"), "{yaml}");
+}

@@ -26,8 +26,10 @@ static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define np_htons(x) ((__be16)__builtin_bswap16(x))
+#define np_ntohs(x) ((__u16)__builtin_bswap16(x))
 #else
 #define np_htons(x) ((__be16)(x))
+#define np_ntohs(x) ((__u16)(x))
 #endif
 
 #endif /* NP_BPF_H */

@@ -18,6 +18,14 @@
  *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
  *   5. (dst, proto, dport) in `nodeports` (NodePort on a node IP)   -> steer NODEPORT
  *      (a first fragment also records its datagram in `frags`)
+ *   5a. TCP/UDP to (dst, dport) with dst in `snat_addrs` and dport   -> steer SNAT
+ *       in its port range (node.snat_port_range): the replies of flows the dataplane
+ *       source-NATed to a node IP (masquerade, NodePort hairpin), on the uplink and on pod
+ *       interfaces alike; before rule 6, which would give them to the kernel. The range
+ *       lies above Linux's ephemeral ports (net.ipv4.ip_local_port_range ends at 60999), so
+ *       the node's own connections never own such a reply; a host socket *listening* on a
+ *       node IP in that range is shadowed (documented in docs/runtime.md)
+ *       (a first fragment also records its datagram in `frags`)
  *   5b. a non-first fragment of a datagram recorded in `frags`      -> steer FRAGMENT
  *   6. dst in `host_addrs` (node IPs, pod gateway addresses)        -> pass  HOST
  *   7. ingress interface in `pod_ifaces`: all remaining IP traffic  -> steer POD
@@ -29,7 +37,7 @@
  * DROP_NO_SOCKET. That is the program's only drop, and only on the loader's request.
  *
  * Fragments: a non-first IPv4/IPv6 fragment carries no ports, so it cannot match a NodePort by
- * itself. When rule 5 steers a first fragment (offset 0, more fragments), the datagram's
+ * itself. When rule 5 or 5a steers a first fragment (offset 0, more fragments), the datagram's
  * identity -- (src, dst, id, protocol) for IPv4, (src, dst, id) for IPv6 -- goes into the LRU
  * map `frags` with the time; later fragments of that datagram follow it to userspace (rule 5b)
  * for NP_FRAG_TTL_NS, the default reassembly timeout of the kernel and of the pipeline.
@@ -61,7 +69,8 @@ enum np_counter {
 	NP_PASS_NOT_STEERED = 9,
 	NP_REDIRECT_FRAGMENT = 10,
 	NP_DROP_NO_SOCKET = 11,
-	NP_COUNTER_MAX = 12,
+	NP_REDIRECT_SNAT = 12,
+	NP_COUNTER_MAX = 13,
 };
 
 /* Sizes; the loader documents them as limits (src/maps.rs `limits`). */
@@ -70,6 +79,7 @@ enum np_counter {
 #define NP_MAX_PREFIXES 1048576
 #define NP_MAX_HOST_ADDRS 1024
 #define NP_MAX_NODEPORTS 8192
+#define NP_MAX_SNAT_ADDRS 64
 #define NP_MAX_FRAGS 8192
 #define NP_FRAG_TTL_NS (30ULL * 1000000000ULL)
 
@@ -92,6 +102,12 @@ struct np_nodeport {
 	__be16 port; /* network order */
 	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP */
 	__u8 pad;    /* always 0 */
+};
+
+/* The source ports a `snat_addrs` address gives flows it source-NATs (inclusive, host order). */
+struct np_port_range {
+	__u16 first;
+	__u16 last;
 };
 
 /* A fragmented datagram: IPv4-mapped addresses for IPv4; proto 0 for IPv6, whose fragments
@@ -165,6 +181,14 @@ struct {
 	__type(value, __u32);
 } nodeports SEC(".maps");
 
+/* Node IPs that source NAT uses, with the port range it allocates from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NP_MAX_SNAT_ADDRS);
+	__type(key, struct np_addr);
+	__type(value, struct np_port_range);
+} snat_addrs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -172,7 +196,8 @@ struct {
 	__type(value, struct np_config);
 } config SEC(".maps");
 
-/* Written by the program only: datagrams whose first fragment went to a NodePort. */
+/* Written by the program only: datagrams whose first fragment went to a NodePort (or was the
+ * reply of a source-NATed flow). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, NP_MAX_FRAGS);
@@ -405,15 +430,25 @@ int np_redirect(struct xdp_md *ctx)
 
 	if (pkt.dport) {
 		struct np_nodeport np = { .port = pkt.dport, .proto = pkt.proto };
+		__u32 reason = 0;
 
 		__builtin_memcpy(np.addr, pkt.dst.addr, 16);
 		if (bpf_map_lookup_elem(&nodeports, &np)) {
+			reason = NP_REDIRECT_NODEPORT;
+		} else if (pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP) {
+			struct np_port_range *r = bpf_map_lookup_elem(&snat_addrs, &pkt.dst);
+			__u16 port = np_ntohs(pkt.dport);
+
+			if (r && port >= r->first && port <= r->last)
+				reason = NP_REDIRECT_SNAT;
+		}
+		if (reason) {
 			if (pkt.frag == NP_FRAG_FIRST) {
 				__u64 now = bpf_ktime_get_ns();
 
 				bpf_map_update_elem(&frags, &pkt.fkey, &now, BPF_ANY);
 			}
-			return steer(ctx, NP_REDIRECT_NODEPORT);
+			return steer(ctx, reason);
 		}
 	}
 

@@ -22,4 +22,6 @@ pub use loader::{
     object_tag, AttachError, AttachMode, AttachedInterface, CounterError, LoadError, Loader,
     SteeringError, XskRegisterError,
 };
-pub use maps::{ConfigError, Counter, Counters, NodePort, Proto, SteeringConfig, SteeringEntries};
+pub use maps::{
+    ConfigError, Counter, Counters, NodePort, Proto, SnatAddr, SteeringConfig, SteeringEntries,
+};

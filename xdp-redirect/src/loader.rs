@@ -278,7 +278,7 @@ pub struct AttachedInterface {
 }
 
 /// The maps of the object, all of which the loader uses.
-const MAP_NAMES: [&str; 10] = [
+const MAP_NAMES: [&str; 11] = [
     "xsks",
     "xsk_slots",
     "pod_ifaces",
@@ -289,6 +289,7 @@ const MAP_NAMES: [&str; 10] = [
     "counters",
     "config",
     "frags",
+    "snat_addrs",
 ];
 
 /// Owner of the XDP program, its attachments and maps. See the module docs.
@@ -488,6 +489,14 @@ impl Loader {
                 HashMap::try_from(self.map("nodeports")).map_err(map_err("nodeports"))?;
             for k in m.keys() {
                 e.nodeports.insert(k.map_err(map_err("nodeports"))?);
+            }
+        }
+        {
+            let m: HashMap<&mut MapData, [u8; 16], [u16; 2]> =
+                HashMap::try_from(self.map("snat_addrs")).map_err(map_err("snat_addrs"))?;
+            for kv in m.iter() {
+                let (k, v) = kv.map_err(map_err("snat_addrs"))?;
+                e.snat.insert(k, v);
             }
         }
         Ok(e)
@@ -904,10 +913,17 @@ impl Loader {
         let new = cfg.encode()?;
         let old = std::mem::take(&mut self.current);
         if let Err((map, source)) = self.insert_all(&new) {
-            // Roll back: remove what is new (not in old); re-insert old in case an update
-            // overwrote nothing (inserts are upserts of identical values, so old is intact).
+            // Roll back: remove what is new (not in old). Inserts are upserts of identical
+            // values, so old is intact, except a source-NAT range that changed: write it back.
             let added = new.stale(&old);
-            return match self.remove_all(&added) {
+            let old_snat = SteeringEntries {
+                snat: old.snat.clone(),
+                ..SteeringEntries::default()
+            };
+            let undone = self
+                .remove_all(&added)
+                .and_then(|()| self.insert_all(&old_snat));
+            return match undone {
                 Ok(()) => {
                     self.current = old;
                     Err(SteeringError::RolledBack { map, source })
@@ -971,6 +987,14 @@ impl Loader {
                 m.insert(k, 1, 0).map_err(map_err("nodeports"))?;
             }
         }
+        {
+            // `{u16 first; u16 last}` in host order is `[u16; 2]`.
+            let mut m: HashMap<&mut MapData, [u8; 16], [u16; 2]> =
+                HashMap::try_from(self.map("snat_addrs")).map_err(map_err("snat_addrs"))?;
+            for (k, v) in &e.snat {
+                m.insert(k, v, 0).map_err(map_err("snat_addrs"))?;
+            }
+        }
         Ok(())
     }
 
@@ -1020,6 +1044,13 @@ impl Loader {
                 HashMap::try_from(self.map("nodeports")).map_err(map_err("nodeports"))?;
             for k in &e.nodeports {
                 gone(m.remove(k)).map_err(map_err("nodeports"))?;
+            }
+        }
+        {
+            let mut m: HashMap<&mut MapData, [u8; 16], [u16; 2]> =
+                HashMap::try_from(self.map("snat_addrs")).map_err(map_err("snat_addrs"))?;
+            for k in e.snat.keys() {
+                gone(m.remove(k)).map_err(map_err("snat_addrs"))?;
             }
         }
         Ok(())

@@ -11,10 +11,11 @@
 //! | `steer_v6` (LPM) | `{u32 prefixlen (host order); u8 addr[16]}` | 20 |
 //! | `host_addrs` (hash) | `u8 addr[16]`, IPv4 as `::ffff:a.b.c.d` | 16 |
 //! | `nodeports` (hash) | `{u8 addr[16]; be16 port; u8 proto; u8 0}` | 20 |
+//! | `snat_addrs` (hash) | `u8 addr[16]` → `{u16 first; u16 last}` (host order) | 16 → 4 |
 //! | `pod_ifaces` (hash) | `u32 ifindex` | 4 |
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv6Addr},
 };
@@ -37,6 +38,8 @@ pub mod limits {
     pub const MAX_HOST_ADDRS: u32 = 1024;
     /// (node address, protocol, port) NodePort entries.
     pub const MAX_NODEPORTS: u32 = 8192;
+    /// Node addresses source NAT uses (their replies in the SNAT port range are steered).
+    pub const MAX_SNAT_ADDRS: u32 = 64;
     /// Fragmented NodePort datagrams whose later fragments the program steers (an LRU map the
     /// program fills itself: past this, the least recently used datagram is forgotten and its
     /// remaining fragments go to the kernel).
@@ -72,11 +75,14 @@ pub enum Counter {
     /// Would be steered, no socket, and the loader asked to drop such frames (a dead worker):
     /// dropped instead of passed to the kernel unpoliced.
     DropNoSocket,
+    /// Steered: TCP/UDP to a source-NAT address in its port range (the reply of a flow the
+    /// dataplane source-NATed).
+    RedirectSnat,
 }
 
 impl Counter {
     /// All counters, in map index order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::RedirectPod,
         Counter::RedirectUplink,
         Counter::RedirectNodePort,
@@ -89,6 +95,7 @@ impl Counter {
         Counter::PassNotSteered,
         Counter::RedirectFragment,
         Counter::DropNoSocket,
+        Counter::RedirectSnat,
     ];
 
     /// Index in the `counters` map.
@@ -111,6 +118,7 @@ impl Counter {
             Counter::PassNotSteered => "pass_not_steered",
             Counter::RedirectFragment => "redirect_fragment",
             Counter::DropNoSocket => "drop_no_socket",
+            Counter::RedirectSnat => "redirect_snat",
         }
     }
 
@@ -127,6 +135,7 @@ impl Counter {
                 | Counter::RedirectUplink
                 | Counter::RedirectNodePort
                 | Counter::RedirectFragment
+                | Counter::RedirectSnat
         )
     }
 }
@@ -238,6 +247,21 @@ pub struct SteeringConfig {
     pub host_addrs: Vec<IpAddr>,
     /// NodePorts on node addresses.
     pub nodeports: Vec<NodePort>,
+    /// Addresses source NAT uses, with its port range: TCP/UDP to one of them in the range
+    /// is steered (before `host_addrs`), on every interface.
+    pub snat: Vec<SnatAddr>,
+}
+
+/// A source-NAT address: the replies of flows source-NATed to `addr` come back to a port in
+/// `first..=last` (`node.snat_port_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SnatAddr {
+    /// A node address.
+    pub addr: IpAddr,
+    /// First port of the range.
+    pub first: u16,
+    /// Last port of the range (inclusive).
+    pub last: u16,
 }
 
 /// A configuration the XDP maps cannot hold; nothing was written.
@@ -264,6 +288,16 @@ pub enum ConfigError {
     /// Interface index 0 does not exist.
     #[error("steering config lists pod interface index 0, which no interface has")]
     ZeroIfindex,
+    /// A source-NAT port range that is empty or includes port 0.
+    #[error("steering config has source-NAT range {first}-{last} on {addr}: it must be non-empty and exclude port 0")]
+    BadSnatRange {
+        /// Address of the entry.
+        addr: IpAddr,
+        /// First port.
+        first: u16,
+        /// Last port.
+        last: u16,
+    },
 }
 
 /// LPM key of `steer_v4`.
@@ -284,6 +318,9 @@ pub struct SteeringEntries {
     pub hosts: BTreeSet<[u8; 16]>,
     /// `nodeports` keys.
     pub nodeports: BTreeSet<[u8; 20]>,
+    /// `snat_addrs` keys and values (`[first, last]`): one range per address; a changed range
+    /// is an upsert of the same key.
+    pub snat: BTreeMap<[u8; 16], [u16; 2]>,
 }
 
 /// An address as the 16-byte key the program compares: IPv6 as is, IPv4 as `::ffff:a.b.c.d`.
@@ -360,11 +397,22 @@ impl SteeringConfig {
             }
             e.nodeports.insert(nodeport_key(np));
         }
+        for sa in &self.snat {
+            if sa.first == 0 || sa.first > sa.last {
+                return Err(ConfigError::BadSnatRange {
+                    addr: sa.addr,
+                    first: sa.first,
+                    last: sa.last,
+                });
+            }
+            e.snat.insert(addr16(sa.addr), [sa.first, sa.last]);
+        }
         check_len("pod interfaces", e.pods.len(), limits::MAX_IFACES)?;
         check_len("IPv4 prefixes", e.v4.len(), limits::MAX_PREFIXES)?;
         check_len("IPv6 prefixes", e.v6.len(), limits::MAX_PREFIXES)?;
         check_len("host addresses", e.hosts.len(), limits::MAX_HOST_ADDRS)?;
         check_len("NodePorts", e.nodeports.len(), limits::MAX_NODEPORTS)?;
+        check_len("source-NAT addresses", e.snat.len(), limits::MAX_SNAT_ADDRS)?;
         Ok(e)
     }
 }
@@ -379,6 +427,12 @@ impl SteeringEntries {
             v6: self.v6.difference(&new.v6).copied().collect(),
             hosts: self.hosts.difference(&new.hosts).copied().collect(),
             nodeports: self.nodeports.difference(&new.nodeports).copied().collect(),
+            snat: self
+                .snat
+                .iter()
+                .filter(|(k, _)| !new.snat.contains_key(*k))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
         }
     }
 
@@ -390,12 +444,23 @@ impl SteeringEntries {
             v6: self.v6.union(&other.v6).copied().collect(),
             hosts: self.hosts.union(&other.hosts).copied().collect(),
             nodeports: self.nodeports.union(&other.nodeports).copied().collect(),
+            snat: self
+                .snat
+                .iter()
+                .chain(&other.snat)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
         }
     }
 
     /// Total number of entries.
     pub fn len(&self) -> usize {
-        self.pods.len() + self.v4.len() + self.v6.len() + self.hosts.len() + self.nodeports.len()
+        self.pods.len()
+            + self.v4.len()
+            + self.v6.len()
+            + self.hosts.len()
+            + self.nodeports.len()
+            + self.snat.len()
     }
 
     /// No entries at all.
@@ -465,6 +530,7 @@ mod tests {
         assert_eq!(c_define("NP_MAX_HOST_ADDRS"), limits::MAX_HOST_ADDRS);
         assert_eq!(c_define("NP_MAX_NODEPORTS"), limits::MAX_NODEPORTS);
         assert_eq!(c_define("NP_MAX_FRAGS"), limits::MAX_FRAGS);
+        assert_eq!(c_define("NP_MAX_SNAT_ADDRS"), limits::MAX_SNAT_ADDRS);
     }
 
     #[test]
@@ -520,6 +586,11 @@ mod tests {
                     port: 30053,
                 },
             ],
+            snat: vec![SnatAddr {
+                addr: "192.168.100.2".parse().unwrap(),
+                first: 61000,
+                last: 65535,
+            }],
         }
     }
 
@@ -535,7 +606,8 @@ mod tests {
         assert_eq!(e.v6.len(), 1);
         assert_eq!(e.hosts.len(), 2);
         assert_eq!(e.nodeports.len(), 2);
-        assert_eq!(e.len(), 3 + 3 + 1 + 2 + 2);
+        assert_eq!(e.snat.len(), 1);
+        assert_eq!(e.len(), 3 + 3 + 1 + 2 + 2 + 1);
     }
 
     #[test]
@@ -568,7 +640,35 @@ mod tests {
         assert_eq!(stale.pods, BTreeSet::from([7]));
         assert_eq!(stale.v4, BTreeSet::from([(32, [203, 0, 113, 10])]));
         assert!(stale.v6.is_empty() && stale.hosts.is_empty() && stale.nodeports.is_empty());
+        assert!(stale.snat.is_empty());
         assert!(new.stale(&new).is_empty());
         assert_eq!(old.union(&new).pods, BTreeSet::from([5, 6, 7, 8]));
+    }
+
+    #[test]
+    fn snat_range_change_is_an_upsert_never_a_removal() {
+        let old = example().encode().unwrap();
+        let mut cfg = example();
+        cfg.snat[0].first = 50000;
+        let new = cfg.encode().unwrap();
+        // Same key, new value: nothing to remove after inserting (removing would unsteer it).
+        assert!(old.stale(&new).snat.is_empty());
+        let k = addr16("192.168.100.2".parse().unwrap());
+        assert_eq!(new.snat[&k], [50000, 65535]);
+        cfg.snat.clear();
+        assert_eq!(new.stale(&cfg.encode().unwrap()).snat.len(), 1);
+    }
+
+    #[test]
+    fn snat_range_must_be_non_empty_without_port_0() {
+        for (first, last) in [(0, 10), (62000, 61000)] {
+            let mut cfg = example();
+            cfg.snat[0].first = first;
+            cfg.snat[0].last = last;
+            assert!(
+                matches!(cfg.encode(), Err(ConfigError::BadSnatRange { .. })),
+                "{first}-{last}"
+            );
+        }
     }
 }

@@ -113,6 +113,7 @@ fn lab_up_forwards_and_xdp_splits_its_traffic() {
             proto: Proto::Tcp,
             port: 30080,
         }],
+        ..SteeringConfig::default()
     };
     let node_path = format!("/run/netns/{node}");
     let client_path = format!("/run/netns/{}", lab.ns("client"));

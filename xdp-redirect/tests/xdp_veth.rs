@@ -12,7 +12,9 @@ use std::{
 
 use common::*;
 use nodeplane_dataplane::afxdp::{Action, SocketId, TxError, XskBinding, XskConfig, XskWorker};
-use nodeplane_xdp::{AttachMode, Counter, Counters, Loader, NodePort, Proto, SteeringConfig};
+use nodeplane_xdp::{
+    AttachMode, Counter, Counters, Loader, NodePort, Proto, SnatAddr, SteeringConfig,
+};
 
 fn test_config() -> XskConfig {
     XskConfig {
@@ -187,6 +189,14 @@ fn steers_owned_destinations_and_passes_the_rest() {
                 port: 30053,
             },
         ],
+        snat: [node_ip, "fd00:50::1".parse().unwrap()]
+            .into_iter()
+            .map(|addr| SnatAddr {
+                addr,
+                first: 61000,
+                last: 65535,
+            })
+            .collect(),
     };
     bed.node.run(|| {
         let mut loader = Loader::load().expect("load");
@@ -238,6 +248,12 @@ fn steers_owned_destinations_and_passes_the_rest() {
             udp_send("192.168.50.1:30053", &[b'f'; 3000], 2);
             udp_send("[fd00:50::1]:30053", &[b'g'; 3000], 1);
             udp_send("192.168.50.1:40000", &[b'h'; 3000], 1);
+            // Replies of source-NATed flows: a node IP in the SNAT port range, TCP/UDP only;
+            // below the range it is host traffic.
+            udp_send("192.168.50.1:61234", b"snat", 3);
+            udp_send("[fd00:50::1]:65535", b"snat6", 2);
+            udp_send("192.168.50.1:61000", &[b's'; 3000], 1);
+            udp_send("192.168.50.1:60999", b"below", 2);
         });
         let frames = drain(&mut w, Duration::from_millis(300));
         let later = frames.iter().filter(|f| later_fragment(f)).count();
@@ -246,6 +262,14 @@ fn steers_owned_destinations_and_passes_the_rest() {
         assert_eq!(count(&seen, "10.99.0.7", 9000, b"steer-v4"), 5, "{seen:?}");
         assert_eq!(count(&seen, "fd00:99::7", 9000, b"steer-v6"), 5, "{seen:?}");
         assert_eq!(count(&seen, "192.168.50.1", 30053, b"nodeport"), 3);
+        assert_eq!(count(&seen, "192.168.50.1", 61234, b"snat"), 3);
+        assert_eq!(count(&seen, "fd00:50::1", 65535, b"snat6"), 2);
+        assert_eq!(count(&seen, "192.168.50.1", 60999, b"below"), 0);
+        assert_eq!(
+            delta(&after, &before, Counter::RedirectSnat),
+            3 + 2 + 1,
+            "SNAT-range datagrams and a first fragment"
+        );
         assert!(
             seen.iter().all(|s| s.dport != 40000),
             "host UDP must not be steered"
@@ -267,10 +291,10 @@ fn steers_owned_destinations_and_passes_the_rest() {
         );
         assert_eq!(
             delta(&after, &before, Counter::RedirectFragment),
-            3 * 2,
+            4 * 2,
             "the later fragments follow their first fragment"
         );
-        assert_eq!(later, 3 * 2, "later fragments received on the sockets");
+        assert_eq!(later, 4 * 2, "later fragments received on the sockets");
         let mut big = [0u8; 4096];
         let (n, _) = host
             .recv_from(&mut big)
@@ -283,8 +307,8 @@ fn steers_owned_destinations_and_passes_the_rest() {
         );
         assert!(delta(&after, &before, Counter::PassNd) >= 1, "ND passed");
         assert!(
-            delta(&after, &before, Counter::PassHost) >= 2 + 2 + 3,
-            "pings + host UDP"
+            delta(&after, &before, Counter::PassHost) >= 2 + 2 + 3 + 2,
+            "pings + host UDP + below the SNAT range"
         );
 
         // Phase 2: replace the config: 10.99.0.0/24 withdrawn, 198.51.100.0/24 added.

@@ -118,6 +118,7 @@ pub fn run(args: CtArgs) -> CliResult {
                             }
                             _ => "-".into(),
                         },
+                        r.snat.clone().unwrap_or_else(|| "-".into()),
                         r.state.clone(),
                         format!("{}>{}", r.src_identity, r.dst_identity),
                         r.policy.clone(),
@@ -136,6 +137,7 @@ pub fn run(args: CtArgs) -> CliResult {
                         "SOURCE",
                         "DESTINATION",
                         "DNAT",
+                        "SNAT",
                         "STATE",
                         "IDENTITIES",
                         "POLICY",

@@ -4,6 +4,9 @@
 //! - every pod interface of the state (all their unicast IP traffic);
 //! - on the uplink: the PodCIDRs and every service frontend address (ClusterIP, LB IPs);
 //! - NodePorts: (node IP, protocol, port) of every NodePort/LoadBalancer service;
+//! - source NAT: TCP/UDP to a node IP in `node.snat_port_range` (the replies of flows the
+//!   pipeline masqueraded to that node IP, and of NodePort hairpin), on every interface,
+//!   ahead of the `host_addrs` rule below;
 //! - *not* steered (`host_addrs`): the node IPs and every address the node's kernel holds on
 //!   the dataplane's interfaces (the pods' gateway, e.g. `10.244.1.1`), so pods reach the node
 //!   itself, its DNS stub or kubelet through the kernel, and such frames never need to be
@@ -19,7 +22,7 @@ use ipnet::IpNet;
 use nodeplane_dataplane::flow::{PROTO_TCP, PROTO_UDP};
 use nodeplane_dataplane::Tables;
 use nodeplane_state::InterfaceRole;
-use nodeplane_xdp::{NodePort, Proto, SteeringConfig};
+use nodeplane_xdp::{NodePort, Proto, SnatAddr, SteeringConfig};
 
 /// Builds the steering configuration. `ifindex` resolves an interface name (in the node's
 /// network namespace); `kernel_addrs` are the addresses the kernel holds on the dataplane's
@@ -74,6 +77,17 @@ pub fn steering_config(
         };
         nodeports.insert((k.addr.to_ip(), proto, k.port));
     }
+    // Every address the pipeline source-NATs to is a node IP (or a service VIP, for hairpin
+    // through a ClusterIP: steered as a prefix already).
+    let snat = t
+        .node_ips
+        .iter()
+        .map(|a| SnatAddr {
+            addr: a.to_ip(),
+            first: t.snat_ports.first,
+            last: t.snat_ports.last,
+        })
+        .collect();
     let cfg = SteeringConfig {
         pod_ifindexes: pods.into_iter().collect(),
         prefixes: prefixes.into_iter().collect(),
@@ -82,6 +96,7 @@ pub fn steering_config(
             .into_iter()
             .map(|(addr, proto, port)| NodePort { addr, proto, port })
             .collect(),
+        snat,
     };
     (cfg, missing)
 }
@@ -136,6 +151,15 @@ mod tests {
                 "fd00:100::2 udp 30053",
                 "fd00:100::2 udp 30054",
             ]
+        );
+        let s: Vec<String> = cfg
+            .snat
+            .iter()
+            .map(|s| format!("{} {}-{}", s.addr, s.first, s.last))
+            .collect();
+        assert_eq!(
+            s,
+            vec!["192.168.100.2 61000-65535", "fd00:100::2 61000-65535"]
         );
         cfg.encode().expect("the XDP maps hold it");
     }

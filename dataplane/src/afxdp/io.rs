@@ -591,6 +591,10 @@ impl PacketIo for AfXdpIo {
         self.bind_tables(tables);
     }
 
+    fn owner(&self) -> (usize, usize) {
+        (self.id, self.workers)
+    }
+
     fn burst(
         &mut self,
         now: u64,

@@ -40,6 +40,11 @@ pub trait PacketIo: Send {
     fn start(&mut self) {}
     /// Called with every new snapshot: resolve interface names to the snapshot's indexes.
     fn bind(&mut self, tables: &Arc<Tables>);
+    /// This worker's index and the number of workers whose flows are steered by ownership
+    /// (`owner.rs`); `(0, 1)` for an I/O that receives every frame itself.
+    fn owner(&self) -> (usize, usize) {
+        (0, 1)
+    }
     /// One burst: receive up to [`BURST`] frames with their ingress interface and time `now`,
     /// hand them to `process` (which decides every frame's [`Outcome`] and may rewrite and
     /// shorten frames in place), then transmit each `Action::Forward(egress)` frame — its
@@ -221,6 +226,9 @@ impl PacketIo for Box<dyn PacketIo> {
     }
     fn bind(&mut self, t: &Arc<Tables>) {
         (**self).bind(t)
+    }
+    fn owner(&self) -> (usize, usize) {
+        (**self).owner()
     }
     fn burst(
         &mut self,

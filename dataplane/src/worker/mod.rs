@@ -131,9 +131,12 @@ impl<I: PacketIo> Worker<I> {
         let tables = sub.current();
         io.bind(&tables);
         let services = ServiceCounts::new(&tables);
+        let mut pipeline = Pipeline::new(tables);
+        let (worker, workers) = io.owner();
+        pipeline.set_owner(worker, workers);
         Worker {
             id,
-            pipeline: Pipeline::new(tables),
+            pipeline,
             sub,
             io,
             requests,

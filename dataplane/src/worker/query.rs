@@ -135,6 +135,10 @@ pub struct CtRow {
     pub service: Option<String>,
     pub backend: Option<String>,
     pub backend_port: Option<u16>,
+    /// Source NAT (masquerade, hairpin, or a remapped port): the address and port the flow
+    /// leaves from, where its replies come back (`ip:port`, `[ip6]:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<String>,
     pub src_identity: u32,
     pub dst_identity: u32,
     pub policy: String,
@@ -166,6 +170,7 @@ impl CtRow {
             service,
             backend: e.nat().map(|n| n.backend.to_string()),
             backend_port: e.nat().map(|n| n.backend_port),
+            snat: e.snat().map(|sn| crate::flow::fmt_socket(sn.addr, sn.port)),
             src_identity: e.src_identity,
             dst_identity: e.dst_identity,
             policy: e.policy.name().to_string(),

@@ -22,6 +22,12 @@ pub fn all_cases() -> Vec<Case> {
         clusterip_udp(true),
         nodeport(false),
         nodeport(true),
+        nodeport_remote_snat(false),
+        nodeport_remote_snat(true),
+        snat_port_clash(false),
+        snat_port_clash(true),
+        hairpin(false),
+        hairpin(true),
         externalip(),
         loadbalancer(),
         maglev_weights(false),
@@ -105,6 +111,8 @@ pub struct Conn {
     pub sip: IpAddr,
     pub sport: u16,
     pub udp: bool,
+    /// Source NAT: the server sees the client as this address and port.
+    pub snat: Option<(IpAddr, u16)>,
     cseq: u32,
     sseq: u32,
 }
@@ -128,6 +136,7 @@ impl Conn {
             sip: s.0,
             sport: s.1,
             udp: false,
+            snat: None,
             cseq: 0x1000_0000 + u32::from(cport) * 977,
             sseq: 0x5000_0000 + u32::from(cport) * 131,
         }
@@ -135,6 +144,36 @@ impl Conn {
     pub fn udp(mut self) -> Conn {
         self.udp = true;
         self
+    }
+    /// The flow is source-NATed to `addr:port` (the server answers there).
+    pub fn snat(mut self, addr: IpAddr, port: u16) -> Conn {
+        self.snat = Some((addr, port));
+        self
+    }
+    /// The client as the server sees it.
+    pub fn seen_client(&self) -> (IpAddr, u16) {
+        self.snat.unwrap_or((self.cip, self.cport))
+    }
+    /// The port the pipeline's allocator gives this flow's source NAT, with `taken` ports
+    /// already holding the reply tuple (one worker: every port is the worker's).
+    pub fn snat_port(&self, taken: &[u16]) -> u16 {
+        use nodeplane_dataplane::flow::{Addr, FlowKey};
+        use nodeplane_dataplane::snat::{allocate, PortRange};
+        let key = FlowKey {
+            src: Addr::from(self.cip),
+            dst: Addr::from(self.dst),
+            sport: self.cport,
+            dport: self.dport,
+            proto: if self.udp { 17 } else { 6 },
+        };
+        allocate(
+            PortRange::default(),
+            self.cport,
+            key.stable_hash(),
+            |_| true,
+            |p| !taken.contains(&p),
+        )
+        .expect("a free port")
     }
     fn is_service(&self) -> bool {
         (self.dst, self.dport) != (self.sip, self.sport)
@@ -182,20 +221,26 @@ impl Conn {
         idx
     }
 
-    /// Server (backend) → client.
+    /// Server (backend) → client (or its source NAT).
     pub fn s(&mut self, case: &mut Case, flags: Flags, len: usize, e: Expect) -> usize {
-        let l4 = self.l4(false, flags);
-        let idx = case.send(&self.server.clone(), self.sip, self.cip, l4, len, e);
+        let mut l4 = self.l4(false, flags);
+        let (to, to_port) = self.seen_client();
+        match &mut l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = to_port,
+            _ => {}
+        }
+        let idx = case.send(&self.server.clone(), self.sip, to, l4, len, e);
         Self::advance(&mut self.sseq, flags, len);
         idx
     }
 
     /// Expectation for a forwarded client packet.
     pub fn fc(&self, what: &str, ct: &str) -> Expect {
+        let (seen, seen_port) = self.seen_client();
         let mut e = x(what)
             .fwd(self.server.iface)
             .ct(ct)
-            .out_src(&self.client_ep())
+            .out_src(&endpoint(seen, Some(seen_port)))
             .out_dst(&self.backend_ep());
         if self.is_service() {
             e = e.backend(&self.backend_ep());
@@ -517,6 +562,135 @@ fn nodeport(v6: bool) -> Case {
         0,
         x("SYN to port 30080 of an address that is no node IP").pass(),
     );
+    c
+}
+
+/// A NodePort service whose only backend is a pod on another node (issue 14 item 1).
+fn nodeport_remote_service(v6: bool) -> st::Service {
+    let mut svc = service(
+        "web-np",
+        ServiceType::NodePort,
+        L4Proto::TCP,
+        &[(pick(v6, "10.96.0.11", "fd00:96::11"), 80)],
+        vec![active(pick(v6, "10.0.2.5", "fd00:10:2::5"), 8080)],
+    );
+    svc.node_ports = vec![st::NodePort {
+        port: 30080,
+        protocol: L4Proto::TCP,
+    }];
+    svc
+}
+
+fn nodeport_remote_snat(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let rp = remote_pod();
+    let be = rp.ip(v6);
+    let mut c = Case::new(
+        &format!("nodeport-remote-snat-{}", v(v6)),
+        &format!(
+            "NodePort 30080 with externalTrafficPolicy Cluster whose only backend is {be}:8080 on \
+             another node (Kubernetes: \"should be able to create a functioning NodePort service\" \
+             with a remote endpoint). A world client connecting to {nip}:30080 is DNATed to the \
+             backend and masqueraded to the node IP, so the backend answers this node: the first \
+             connection from port 61234 (inside node.snat_port_range) keeps its port, the second \
+             from 51000 gets a port of the range. The backend's replies to {nip} arrive on eth0 \
+             and are reverse-translated (source {nip}:30080, destination the client) and sent \
+             back to the gateway. A pod of this node reaching the ClusterIP of the same service \
+             keeps its source (no SNAT inside the cluster)."
+        ),
+        state_with(vec![nodeport_remote_service(v6)]),
+    );
+    let w = world();
+    for cport in [61234, 51000] {
+        let mut f = Conn::new(&w, w.ip(v6), cport, (ip(nip), 30080), &rp, (be, 8080));
+        let port = f.snat_port(&[]);
+        f = f.snat(ip(nip), port);
+        if cport == 61234 {
+            assert_eq!(port, cport, "the original port comes first");
+            f.exchange(&mut c);
+        } else {
+            f.handshake(&mut c);
+            f.data(&mut c, 100, 700);
+        }
+    }
+    let a = pod_a();
+    let mut g = Conn::new(
+        &a,
+        a.ip(v6),
+        40000,
+        (ip(pick(v6, "10.96.0.11", "fd00:96::11")), 80),
+        &rp,
+        (be, 8080),
+    );
+    g.handshake(&mut c);
+    c
+}
+
+fn snat_port_clash(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let vip = pick(v6, "10.96.0.11", "fd00:96::11");
+    let mut svc = service(
+        "web-np",
+        ServiceType::NodePort,
+        L4Proto::TCP,
+        &[(vip, 80)],
+        vec![active(pick(v6, "10.0.1.3", "fd00:10:1::3"), 8080)],
+    );
+    svc.node_ports = vec![st::NodePort {
+        port: 30080,
+        protocol: L4Proto::TCP,
+    }];
+    let a = pod_a();
+    let b = pod_b();
+    let mut c = Case::new(
+        &format!("snat-port-clash-{}", v(v6)),
+        &format!(
+            "pod-a reaches the local backend pod-b:8080 through the ClusterIP {vip}:80 and then, \
+             from the same source port 40000, through the NodePort {nip}:30080. Both flows would \
+             have the reply tuple pod-b:8080 → pod-a:40000: the second one's source port is \
+             remapped (address kept), as Linux's NAT does for a clashing tuple, instead of the \
+             flow being dropped ct-invalid. Both connections exchange data; pod-b's replies on the \
+             remapped port are restored to {nip}:30080 → pod-a:40000."
+        ),
+        state_with(vec![svc]),
+    );
+    let bip = b.ip(v6);
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &b, (bip, 8080));
+    f.handshake(&mut c);
+    let mut g = Conn::new(&a, a.ip(v6), 40000, (ip(nip), 30080), &b, (bip, 8080));
+    let port = g.snat_port(&[40000]);
+    g = g.snat(a.ip(v6), port);
+    g.handshake(&mut c);
+    f.data(&mut c, 80, 300);
+    g.data(&mut c, 90, 400);
+    c
+}
+
+fn hairpin(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.10", "fd00:96::10");
+    let a = pod_a();
+    let svc = service(
+        "web",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[(vip, 80)],
+        vec![active(pick(v6, "10.0.1.2", "fd00:10:1::2"), 8080)],
+    );
+    let mut c = Case::new(
+        &format!("hairpin-{}", v(v6)),
+        &format!(
+            "pod-a reaches itself through its service (Kubernetes: \"should allow pods to hairpin \
+             back to themselves through services\"): the ClusterIP {vip}:80's only backend is \
+             pod-a:8080. The SYN is DNATed to pod-a and source-NATed to the service IP (a port \
+             of node.snat_port_range), so pod-a's answer goes to the service IP, back through \
+             the dataplane, and is restored to {vip}:80 → pod-a:40000. All on veth-a."
+        ),
+        state_with(vec![svc]),
+    );
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(vip), 80), &a, (a.ip(v6), 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(ip(vip), port);
+    f.exchange(&mut c);
     c
 }
 

@@ -168,6 +168,7 @@ pub fn base_state() -> st::State {
             node_ips: vec![ip(NODE_IP1), ip(NODE_IP2), ip(NODE_IP6)],
             policy_mode: st::PolicyMode::Enforce,
             maglev_table_size: st::DEFAULT_MAGLEV_TABLE_SIZE,
+            ..Default::default()
         },
         ..Default::default()
     };
