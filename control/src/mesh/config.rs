@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::etcd::{AuthConfig, BackoffConfig, EtcdConfig, TlsConfig, DEFAULT_PREFIX};
+use crate::source::etcd::{AuthConfig, BackoffConfig, EtcdConfig, TlsConfig};
 
 /// Where `nodeplane mesh run` writes its status and `nodeplane mesh status` reads it.
 pub const DEFAULT_STATUS_FILE: &str = "/run/nodeplane/mesh-status.json";
@@ -80,21 +80,12 @@ pub struct RemoteCluster {
     pub auth: Option<AuthConfig>,
 }
 
-fn default_prefix() -> String {
-    DEFAULT_PREFIX.into()
-}
-fn default_debounce_ms() -> u64 {
-    50
-}
-fn default_request_timeout_ms() -> u64 {
-    5_000
-}
-fn default_keepalive_interval_ms() -> u64 {
-    10_000
-}
-fn default_keepalive_timeout_ms() -> u64 {
-    5_000
-}
+// The store client's defaults are the etcd source's (the mirror is one more client of it).
+use crate::source::etcd::config::{
+    default_debounce_ms, default_keepalive_interval_ms, default_keepalive_timeout_ms,
+    default_prefix, default_request_timeout_ms,
+};
+
 fn default_max_value_bytes() -> u64 {
     1 << 20
 }
@@ -260,6 +251,7 @@ impl MeshConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::etcd::DEFAULT_PREFIX;
 
     fn cfg(extra: &str) -> Result<MeshConfig, String> {
         let text = format!(

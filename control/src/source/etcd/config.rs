@@ -61,22 +61,22 @@ pub struct EtcdConfig {
     pub limits: nodeplane_state::Limits,
 }
 
-fn default_prefix() -> String {
+pub(crate) fn default_prefix() -> String {
     DEFAULT_PREFIX.into()
 }
-fn default_debounce_ms() -> u64 {
+pub(crate) fn default_debounce_ms() -> u64 {
     50
 }
-fn default_request_timeout_ms() -> u64 {
+pub(crate) fn default_request_timeout_ms() -> u64 {
     5_000
 }
 fn default_ready_timeout_ms() -> u64 {
     500
 }
-fn default_keepalive_interval_ms() -> u64 {
+pub(crate) fn default_keepalive_interval_ms() -> u64 {
     10_000
 }
-fn default_keepalive_timeout_ms() -> u64 {
+pub(crate) fn default_keepalive_timeout_ms() -> u64 {
     5_000
 }
 

@@ -31,7 +31,7 @@
 
 mod backoff;
 mod cache;
-mod config;
+pub(crate) mod config;
 mod mesh;
 mod session;
 // The test etcd launcher: for the etcd tests and the fleet benchmark, never in the daemon.
