@@ -28,6 +28,8 @@ pub fn all_cases() -> Vec<Case> {
         snat_port_clash(true),
         hairpin(false),
         hairpin(true),
+        host_interface(false),
+        host_interface(true),
         externalip(),
         loadbalancer(),
         maglev_weights(false),
@@ -691,6 +693,84 @@ fn hairpin(v6: bool) -> Case {
     let port = f.snat_port(&[]);
     f = f.snat(ip(vip), port);
     f.exchange(&mut c);
+    c
+}
+
+/// The node's own stack behind the host interface (`nph1` here; its kernel end `nph0` has the
+/// node IPs).
+fn node_stack() -> Host {
+    Host {
+        iface: "nph1",
+        mac: [2, 0, 0, 0, 0x0b, 0],
+        node_mac: [2, 0, 0, 0, 0x0b, 1],
+        v4: ip(NODE_IP1),
+        v6: ip(NODE_IP6),
+    }
+}
+
+fn host_interface(v6: bool) -> Case {
+    let vip = pick(v6, "10.96.0.10", "fd00:96::10");
+    let hvip = pick(v6, "10.96.0.11", "fd00:96::11");
+    let (a, b, n) = (pod_a(), pod_b(), node_stack());
+    let mut state = state_with(vec![
+        service(
+            "web",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[(vip, 80)],
+            vec![active(pick(v6, "10.0.1.2", "fd00:10:1::2"), 8080)],
+        ),
+        service(
+            "host-web",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[(hvip, 80)],
+            vec![active(pick(v6, NODE_IP1, NODE_IP6), 8080)],
+        ),
+    ]);
+    state.interfaces.push(st::Interface {
+        name: n.iface.into(),
+        role: st::InterfaceRole::Host,
+        mac: st::MacAddr(n.node_mac),
+        gateway_mac: Some(st::MacAddr(n.mac)),
+        peer: Some("nph0".into()),
+    });
+    let mut c = Case::new(
+        &format!("host-interface-{}", v(v6)),
+        &format!(
+            "The node's own traffic through the host interface nph1 (Kubernetes: \"should function \
+             for node-Service: http\" and \"should function for service endpoints using \
+             hostNetwork\"). The node ({node}) reaches the ClusterIP {vip}:80: DNAT to pod-a, \
+             pod-a's answers go back out nph1 restored to {vip}:80. pod-b reaches {hvip}:80, whose \
+             backend is the node itself ({node}:8080, a host-network pod): DNAT out nph1 into the \
+             node's stack, its answers back to pod-b. A frame on nph1 from an address that is not \
+             a node IP, and one on the uplink claiming a node IP, are dropped `spoofed-source`.",
+            node = n.ip(v6),
+        ),
+        state,
+    );
+    let mut f = Conn::new(&n, n.ip(v6), 45000, (ip(vip), 80), &a, (a.ip(v6), 8080));
+    f.exchange(&mut c);
+    let mut g = Conn::new(&b, b.ip(v6), 41000, (ip(hvip), 80), &n, (n.ip(v6), 8080));
+    g.exchange(&mut c);
+    let other = pick(v6, "10.0.1.3", "fd00:10:1::3");
+    c.send(
+        &n,
+        ip(other),
+        ip(vip),
+        syn(45001, 80),
+        0,
+        x(&format!("nph1 frame with source {other}")).drop_("spoofed-source"),
+    );
+    let w = world();
+    c.send(
+        &w,
+        n.ip(v6),
+        a.ip(v6),
+        syn(45002, 8080),
+        0,
+        x("uplink frame claiming the node's address").drop_("spoofed-source"),
+    );
     c
 }
 
