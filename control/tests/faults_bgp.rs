@@ -236,7 +236,7 @@ fn bgp_garbage_wrong_md5_and_a_vanished_peer_leave_forwarding_alone() {
         router.bird.established("leaf")
     });
     router.bird.wait_route(POD_CIDR, Duration::from_secs(10));
-    let gen = np.status().unwrap()["generation"].as_u64().unwrap();
+    let gen = np.settled_generation();
     let up = bgp_neighbor(&np, "leaf");
     assert_eq!(up["state"], "Established", "{up}");
     assert_eq!(up["md5"], true);

@@ -78,13 +78,7 @@ fn etcd_killed_for_60_s_under_traffic_loses_nothing_and_resyncs_once() {
     let s0 = np.status().unwrap();
     assert_eq!(s0["source_connected"], true, "{s0}");
     assert_eq!(u(&s0, "source_syncs"), 1, "one sync at start: {s0}");
-    // The uplink gateway's MAC, once the kernel resolves it, is published as a generation of
-    // its own (not the source's): wait for it, so that the generation below is the last one.
-    lab::wait_until("the uplink gateway MAC to be published", 10, || {
-        np.status()
-            .is_some_and(|s| s["io"]["neighbour"]["source"] == "kernel")
-    });
-    let gen = u(&np.status().unwrap(), "generation");
+    let gen = np.settled_generation();
 
     let traffic = Traffic::start(
         &lab,

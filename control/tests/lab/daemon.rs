@@ -163,6 +163,19 @@ impl Nodeplane {
         self.cli_json(&["status"])
     }
 
+    /// The generation once the start has settled: the uplink gateway's MAC, when the kernel
+    /// resolves it, is published as a generation of its own (not the state's), at a time that
+    /// depends on the load; a test that asserts "no new generation" takes its reference here.
+    pub fn settled_generation(&self) -> u64 {
+        super::wait_until("the uplink gateway MAC to be published", 10, || {
+            self.status()
+                .is_some_and(|s| s["io"]["neighbour"]["source"] == "kernel")
+        });
+        self.status().expect("nodeplane status")["generation"]
+            .as_u64()
+            .expect("generation")
+    }
+
     /// `(original destination port, source port, backend address, worker)` of every TCP
     /// flow, sorted.
     pub fn tcp_flows(&self) -> Vec<(u64, u64, String, u64)> {
