@@ -435,6 +435,25 @@ impl Checker<'_> {
         self.s.node.pod_cidrs.iter().any(|n| n.contains(&ip))
     }
 
+    /// An uplink's or a host interface's `gateway_mac`: a usable unicast MAC, not its own.
+    fn gateway_mac(&mut self, i: usize, gw: MacAddr, own: MacAddr) {
+        if let Some(why) = mac_problem(gw) {
+            self.at(
+                Section::Interfaces,
+                i,
+                ".gateway_mac",
+                format!("{gw} {why}"),
+            );
+        } else if gw == own {
+            self.at(
+                Section::Interfaces,
+                i,
+                ".gateway_mac",
+                format!("{gw} is the interface's own MAC"),
+            );
+        }
+    }
+
     fn is_node_ip(&self, ip: IpAddr) -> bool {
         self.s.node.node_ips.contains(&ip)
     }
@@ -565,21 +584,7 @@ impl Checker<'_> {
                         first_uplink = Some(i);
                     }
                     if let Some(gw) = itf.gateway_mac {
-                        if let Some(why) = mac_problem(gw) {
-                            self.at(
-                                Section::Interfaces,
-                                i,
-                                ".gateway_mac",
-                                format!("{gw} {why}"),
-                            );
-                        } else if gw == itf.mac {
-                            self.at(
-                                Section::Interfaces,
-                                i,
-                                ".gateway_mac",
-                                format!("{gw} is the interface's own MAC"),
-                            );
-                        }
+                        self.gateway_mac(i, gw, itf.mac);
                     }
                 }
                 InterfaceRole::Pod => {
@@ -614,23 +619,7 @@ impl Checker<'_> {
                             "a host interface needs gateway_mac: the MAC of its peer, the \
                              node's end of the pair",
                         ),
-                        Some(gw) => {
-                            if let Some(why) = mac_problem(gw) {
-                                self.at(
-                                    Section::Interfaces,
-                                    i,
-                                    ".gateway_mac",
-                                    format!("{gw} {why}"),
-                                );
-                            } else if gw == itf.mac {
-                                self.at(
-                                    Section::Interfaces,
-                                    i,
-                                    ".gateway_mac",
-                                    format!("{gw} is the interface's own MAC"),
-                                );
-                            }
-                        }
+                        Some(gw) => self.gateway_mac(i, gw, itf.mac),
                     }
                 }
             }
