@@ -25,30 +25,14 @@
 //! Needs root, iproute2, socat, python3. Fails (never skips) without them.
 //! Run: `cargo test --profile ci -p nodeplane-control --test crash -- --nocapture`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod lab;
 
 use lab::daemon::Nodeplane;
+use lab::udp_loop::UdpLoop;
 use lab::Lab;
-
-/// `Ip: ForwDatagrams` of the node namespace: what its kernel forwarded.
-fn forwarded(lab: &Lab) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node"), "cat", "/proc/net/snmp"])
-        .output()
-        .expect("read /proc/net/snmp");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "ForwDatagrams")
-        .unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
 
 /// How many of the node's interfaces have an XDP program attached.
 fn xdp_attached(lab: &Lab) -> usize {
@@ -62,77 +46,6 @@ fn xdp_attached(lab: &Lab) -> usize {
             String::from_utf8_lossy(&out.stdout).contains(" xdp")
         })
         .count()
-}
-
-/// A UDP request every 10 ms to the `dns` ClusterIP from the client pod; each line written to
-/// it is answered with the number of answers received so far.
-const UDP_LOOP: &str = r#"
-import select, socket, sys, threading
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.connect(("10.96.0.53", 53))
-n = [0]
-stop = threading.Event()
-def loop():
-    while not stop.is_set():
-        try:
-            u.send(b"q\n")
-        except OSError:
-            pass
-        while True:
-            r, _, _ = select.select([u], [], [], 0.01)
-            if not r:
-                break
-            try:
-                u.recv(2048); n[0] += 1
-            except OSError:
-                break
-threading.Thread(target=loop, daemon=True).start()
-for line in sys.stdin:
-    print(n[0], flush=True)
-"#;
-
-struct UdpLoop {
-    child: Child,
-    stdin: ChildStdin,
-    out: BufReader<ChildStdout>,
-}
-
-impl UdpLoop {
-    fn start(lab: &Lab) -> UdpLoop {
-        let mut child = Command::new("timeout")
-            .args([
-                "120",
-                "ip",
-                "netns",
-                "exec",
-                &lab.ns("client"),
-                "python3",
-                "-c",
-            ])
-            .arg(UDP_LOOP)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let stdin = child.stdin.take().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        UdpLoop { child, stdin, out }
-    }
-
-    /// Answers received so far.
-    fn answers(&mut self) -> u64 {
-        self.stdin.write_all(b"?\n").unwrap();
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        line.trim().parse().unwrap()
-    }
-}
-
-impl Drop for UdpLoop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What one run observed.
@@ -169,13 +82,13 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
     };
     working(&lab, "before the crash");
 
-    let mut udp = UdpLoop::start(&lab);
+    let mut udp = UdpLoop::start(&lab, "10.96.0.53", 53);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         udp.answers() > 10,
         "UDP through the ClusterIP before the crash"
     );
-    let fwd0 = forwarded(&lab);
+    let fwd0 = lab.snmp("node", "Ip", "ForwDatagrams");
     let a0 = udp.answers();
     np.kill();
     let t_kill = Instant::now();
@@ -190,7 +103,7 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
     let dead_cluster = lab.tcp_line("client", "10.96.0.10", 80, 1);
     let dead_nodeport = lab.tcp_line("router", "192.168.100.2", 30080, 1);
     let dead_udp_answers = udp.answers() - a0;
-    let dead_forwarded = forwarded(&lab) - fwd0;
+    let dead_forwarded = lab.snmp("node", "Ip", "ForwDatagrams") - fwd0;
     let dead_for = t_kill.elapsed();
 
     let np = Nodeplane::start(&lab, &state, &pins, afxdp_extra, 2);

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 mod lab;
 
 use lab::daemon::Nodeplane;
+use lab::udp_loop::UdpLoop;
 use lab::Lab;
 
 /// Runs a command in a namespace; asserts it succeeded.
@@ -380,85 +381,6 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
     );
 }
 
-/// A UDP request every 10 ms from the client pod to `addr:port` (the next one after the
-/// answer, or after 10 ms without one); each line written to it is answered with the number
-/// of answers received and of requests sent so far.
-const UDP_LOOP: &str = r#"
-import select, socket, sys, threading
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.connect((sys.argv[1], int(sys.argv[2])))
-n = [0]
-sent = [0]
-def loop():
-    while True:
-        try:
-            u.send(b"q\n"); sent[0] += 1
-        except OSError:
-            pass
-        while True:
-            r, _, _ = select.select([u], [], [], 0.01)
-            if not r:
-                break
-            try:
-                u.recv(2048); n[0] += 1
-            except OSError:
-                break
-threading.Thread(target=loop, daemon=True).start()
-for line in sys.stdin:
-    print(n[0], sent[0], flush=True)
-"#;
-
-struct UdpLoop {
-    child: Child,
-    stdin: ChildStdin,
-    out: BufReader<ChildStdout>,
-}
-
-impl UdpLoop {
-    fn start(lab: &Lab, addr: &str, port: u16) -> UdpLoop {
-        let mut child = Command::new("timeout")
-            .args([
-                "300",
-                "ip",
-                "netns",
-                "exec",
-                &lab.ns("client"),
-                "python3",
-                "-c",
-            ])
-            .arg(UDP_LOOP)
-            .args([addr, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let stdin = child.stdin.take().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        UdpLoop { child, stdin, out }
-    }
-
-    /// Answers received so far.
-    fn answers(&mut self) -> u64 {
-        self.counts().0
-    }
-
-    /// (answers received, requests sent) so far.
-    fn counts(&mut self) -> (u64, u64) {
-        self.stdin.write_all(b"?\n").unwrap();
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        let mut f = line.split_whitespace().map(|x| x.parse().unwrap());
-        (f.next().unwrap(), f.next().unwrap())
-    }
-}
-
-impl Drop for UdpLoop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Re-creates the node side of pod `web2` as `scripts/lab.sh up` built it (its namespace and
 /// servers stayed: deleting `pod-web2` took only the veth pair).
 fn recreate_web2(lab: &Lab) {
@@ -518,10 +440,10 @@ fn delete_and_recreate_web2(lab: &mut Lab) -> IfaceRun {
     std::thread::sleep(Duration::from_millis(500));
     let u0 = udp.answers();
     assert!(u0 > 10, "UDP client -> web2 before: {u0} answers");
-    let e0 = in_echos(lab, "web1");
+    let e0 = lab.snmp("web1", "Icmp", "InEchos");
     ns_ping(lab);
     assert_eq!(
-        in_echos(lab, "web1"),
+        lab.snmp("web1", "Icmp", "InEchos"),
         e0,
         "before: web-1's ingress does not allow pings from web2"
     );
@@ -662,11 +584,11 @@ fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
         tcp.as_deref().is_some_and(|l| l.starts_with("web2")),
         "TCP client -> web2 after the re-creation: {tcp:?}"
     );
-    let e0 = in_echos(&lab, "web1");
+    let e0 = lab.snmp("web1", "Icmp", "InEchos");
     let denied0 = drops(&run.np.status().unwrap(), "policy-denied");
     ns_ping(&lab);
     assert_eq!(
-        in_echos(&lab, "web1"),
+        lab.snmp("web1", "Icmp", "InEchos"),
         e0,
         "pings web2 -> web1 (not allowed by web-1's ingress) stay dropped"
     );
@@ -695,22 +617,6 @@ fn pod_interface_deleted_and_recreated_traffic_resumes_under_policy() {
         2,
         "every worker's frames accounted for, the dead sockets' included: {log}"
     );
-}
-
-/// `Icmp: InEchos` of a namespace: echo requests that reached its kernel.
-fn in_echos(lab: &Lab, ns: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(ns), "cat", "/proc/net/snmp"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut l = text.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (l.next().unwrap(), l.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "InEchos")
-        .unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
 /// Three pings from web2 to web1 (whatever comes back).

@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod traffic;
+pub mod udp_loop;
 
 use std::fs;
 use std::io::Write;
@@ -184,6 +185,27 @@ impl Lab {
     /// The full name of the lab's namespace `n` (`node`, `router`, `pod-client`, ...).
     pub fn ns(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
+    }
+
+    /// A counter of `/proc/net/snmp` in the lab's namespace `ns`: `section` is the line's
+    /// prefix (`Ip`, `Icmp`, `Udp` ...), `name` the column (`ForwDatagrams`, `InEchos` ...).
+    pub fn snmp(&self, ns: &str, section: &str, name: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), "cat", "/proc/net/snmp"])
+            .output()
+            .expect("read /proc/net/snmp");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let head = format!("{section}:");
+        let mut lines = text.lines().filter(|l| l.starts_with(&head));
+        let (names, values) = (lines.next(), lines.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            panic!("no {section} lines in {ns}'s /proc/net/snmp: {text}")
+        };
+        let i = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no {section}: {name} in /proc/net/snmp"));
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
     }
 }
 

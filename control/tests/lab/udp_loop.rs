@@ -1,0 +1,90 @@
+//! A UDP request loop in the lab's client pod, read from the test thread: a request every 10 ms
+//! to one address (the next one after the answer, or after 10 ms without one), counted by a
+//! kernel socket in the pod. The crash and fault tests read how many were sent and answered
+//! while they break and repair the node.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use super::Lab;
+
+/// The loop, in Python (a kernel socket in the pod's namespace); each line written to it is
+/// answered with the number of answers received and of requests sent so far.
+const UDP_LOOP: &str = r#"
+import select, socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect((sys.argv[1], int(sys.argv[2])))
+n = [0]
+sent = [0]
+def loop():
+    while True:
+        try:
+            u.send(b"q\n"); sent[0] += 1
+        except OSError:
+            pass
+        while True:
+            r, _, _ = select.select([u], [], [], 0.01)
+            if not r:
+                break
+            try:
+                u.recv(2048); n[0] += 1
+            except OSError:
+                break
+threading.Thread(target=loop, daemon=True).start()
+for line in sys.stdin:
+    print(n[0], sent[0], flush=True)
+"#;
+
+/// The running loop; dropping it kills it.
+pub struct UdpLoop {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl UdpLoop {
+    /// Starts the loop in the `client` pod, sending to `addr:port`; it ends by itself after
+    /// 300 s at the latest.
+    pub fn start(lab: &Lab, addr: &str, port: u16) -> UdpLoop {
+        let mut child = Command::new("timeout")
+            .args([
+                "300",
+                "ip",
+                "netns",
+                "exec",
+                &lab.ns("client"),
+                "python3",
+                "-c",
+            ])
+            .arg(UDP_LOOP)
+            .args([addr, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        UdpLoop { child, stdin, out }
+    }
+
+    /// Answers received so far.
+    pub fn answers(&mut self) -> u64 {
+        self.counts().0
+    }
+
+    /// (answers received, requests sent) so far.
+    pub fn counts(&mut self) -> (u64, u64) {
+        self.stdin.write_all(b"?\n").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let mut f = line.split_whitespace().map(|x| x.parse().unwrap());
+        (f.next().unwrap(), f.next().unwrap())
+    }
+}
+
+impl Drop for UdpLoop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
