@@ -114,7 +114,29 @@ conntrack:
     for f, text in files.items():
         with open(os.path.join(d, f), "w") as fh:
             fh.write(text)
-    write_atomic(os.path.join(d, "services.yaml"), services_yaml(n, k))
+    if state_format() == "json":
+        write_atomic(os.path.join(d, "services.json"), services_json(n, k))
+    else:
+        write_atomic(os.path.join(d, "services.yaml"), services_yaml(n, k))
+
+
+def state_format():
+    """`SCALE_STATE_FORMAT`: the services file's format, yaml (default) or json (the same
+    schema; the daemon reads `*.json` state files with serde_json)."""
+    f = os.environ.get("SCALE_STATE_FORMAT", "yaml")
+    if f not in ("yaml", "json"):
+        sys.exit(f"SCALE_STATE_FORMAT must be yaml or json, not {f!r}")
+    return f
+
+
+def services_json(n, k):
+    svcs = []
+    for i in range(n):
+        (a, pa), (b, pb) = backends(i, n)
+        svcs.append({"name": name(i), "type": "ClusterIP",
+                     "frontends": [{"ip": vip(i, k), "port": port(i, k), "protocol": "UDP"}],
+                     "backends": [{"ip": a, "port": pa}, {"ip": b, "port": pb}]})
+    return json.dumps({"services": svcs})
 
 
 def services_yaml(n, k):

@@ -56,7 +56,8 @@
 #
 # Environment: NODEPLANE_BIN (default: target/ci/nodeplane of this checkout, built with
 # --profile ci if missing), DUT_CPU (default 1), E2E_NICE (default -10), SCALE_PREFIX,
-# SCALE_CT_MAX, SCALE_NP_CT, SCALE_MAGLEV_M, E2E_AFXDP (extra io.afxdp keys).
+# SCALE_CT_MAX, SCALE_NP_CT, SCALE_MAGLEV_M, E2E_AFXDP (extra io.afxdp keys), SCALE_STATE_FORMAT
+# (yaml, default, or json: nodeplane's services file in that format).
 # Needs root, iproute2, nftables, iptables, conntrack, trafgen (netsniff-ng), tcpdump, python3.
 set -euo pipefail
 
@@ -90,6 +91,8 @@ NICE="${E2E_NICE:--10}"
 GEN_Q=-q
 WARMUP=1
 CT_MAX="${SCALE_CT_MAX:-4194304}"
+# SCALE_STATE_FORMAT=json: the services file as services.json (scale.py reads it too)
+SVC_FILE="services.${SCALE_STATE_FORMAT:-yaml}"
 P="${SCALE_PREFIX:-np-e-}"
 KLOAD=${P}kload
 GEN_MAC=02:00:00:00:00:fe
@@ -387,10 +390,10 @@ for spec in "${LOAD_LIST[@]}"; do
         # parse + validate of the same directory, in a process of its own
         pv=$(time_cmd "$LOAD_TIMEOUT" "$NP" state check "$TMP/state-$tag")
         rm -rf "$TMP/np-load"; cp -r "$TMP/state-10" "$TMP/np-load"
-        cp "$TMP/state-$tag/services.yaml" "$TMP/np-load/.services.staged"
+        cp "$TMP/state-$tag/$SVC_FILE" "$TMP/np-load/.services.staged"
         np_start "$TMP/np-load" any
         python3 "$PY" npload "$NP" "$TMP/np.sock" "$TMP/np-load/.services.staged" \
-          "$TMP/np-load/services.yaml" "$TMP/np.log" "$n" "$LOAD_TIMEOUT" > "$TMP/npload.json"
+          "$TMP/np-load/$SVC_FILE" "$TMP/np.log" "$n" "$LOAD_TIMEOUT" > "$TMP/npload.json"
         rss=$(awk '/^VmRSS/ {print $2}' "/proc/$DUT_PID/status")
         python3 - "$TMP/npload.json" "$spec" "$pv" "$rss" "$TMP/np.log" >> "$LOADS" <<'EOF'
 import json, sys
