@@ -7,12 +7,13 @@
 //! Needs root, iproute2, curl, socat, ping. Fails (never skips) without them.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod lab;
 
+use lab::daemon::{Launch, Nodeplane};
 use lab::{root_dir, Lab};
 
 impl Lab {
@@ -154,64 +155,7 @@ impl Lab {
     }
 }
 
-/// `nodeplane run --config` (AF_XDP) in the lab's node namespace; SIGKILLed on drop if still
-/// running.
-struct Nodeplane {
-    wrapper: Child,
-    pid: i32,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
 impl Nodeplane {
-    fn start(lab: &Lab, state: &Path, workers: usize) -> Nodeplane {
-        let socket = lab.tmp.join(format!("np-{workers}.sock"));
-        let log = lab.tmp.join(format!("nodeplane-{workers}.log"));
-        let cfg = lab.tmp.join(format!("config-{workers}.yaml"));
-        let pidf = lab.tmp.join("pid");
-        let _ = fs::remove_file(&pidf);
-        fs::write(
-            &cfg,
-            format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: {workers}, neigh_refresh: 0.5 }}\n",
-                state.display(),
-                socket.display(),
-                lab.tmp.join(format!("conntrack-{workers}.snap")).display()
-            ),
-        )
-        .unwrap();
-        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
-        let mut np = Nodeplane {
-            wrapper,
-            pid: 0,
-            socket,
-            log,
-        };
-        let t0 = Instant::now();
-        loop {
-            let ready = np.try_status().is_some_and(|s| {
-                s["generation"].as_u64().unwrap_or(0) >= 1
-                    && s["workers"].as_array().is_some_and(|w| w.len() == workers)
-            });
-            if ready {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "nodeplane did not start: {}",
-                fs::read_to_string(&np.log).unwrap_or_default()
-            );
-            assert!(
-                np.wrapper.try_wait().unwrap().is_none(),
-                "nodeplane exited: {}",
-                fs::read_to_string(&np.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
-        np
-    }
-
     /// `nodeplane --socket S ARGS...`: (exit code, stdout).
     fn cli(&self, args: &[&str]) -> (i32, String) {
         let (cmd, rest) = args.split_first().expect("a subcommand");
@@ -234,7 +178,8 @@ impl Nodeplane {
         )
     }
 
-    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+    /// `nodeplane ARGS... --json`, parsed; fails the test on an error.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.push("--json");
         let (code, out) = self.cli(&a);
@@ -245,18 +190,9 @@ impl Nodeplane {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("nodeplane {args:?}: {e}: {out}"))
     }
 
-    fn try_status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
-            .args(["status", "--json", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
     /// `nodeplane status --json`.
     fn stats(&self) -> serde_json::Value {
-        self.cli_json(&["status"])
+        self.json(&["status"])
     }
 
     /// Waits until the daemon runs a generation above `gen`; returns the status.
@@ -276,7 +212,7 @@ impl Nodeplane {
     }
 
     /// SIGTERM; returns (exited cleanly, seconds it took, the daemon's log).
-    fn stop(mut self) -> (bool, f64, String) {
+    fn stop_timed(mut self) -> (bool, f64, String) {
         let t0 = Instant::now();
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
@@ -300,24 +236,10 @@ impl Nodeplane {
     }
 }
 
-impl Drop for Nodeplane {
-    fn drop(&mut self) {
-        if self.wrapper.try_wait().ok().flatten().is_none() {
-            if self.pid > 0 {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &self.pid.to_string()])
-                    .status();
-            }
-            let _ = self.wrapper.kill();
-            let _ = self.wrapper.wait();
-        }
-    }
-}
-
 /// Checks the stop: exit 0 within 1 s of SIGTERM (issue 3's hard requirement), every worker's
 /// UMEM accounting ok, XDP detached.
 fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
-    let (clean, took, log) = np.stop();
+    let (clean, took, log) = np.stop_timed();
     eprintln!("nodeplane stopped in {took:.3} s");
     assert!(clean, "nodeplane exits 0 on SIGTERM");
     let phases: Vec<&str> = log
@@ -382,7 +304,14 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     let mut lab = Lab::up("e");
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
-    let np = Nodeplane::start(&lab, &state, 1);
+    let np = Nodeplane::launch(
+        &lab,
+        &Launch {
+            workers: 1,
+            run: 1,
+            ..Launch::dir(&state)
+        },
+    );
 
     // ClusterIP TCP, IPv4 and IPv6: DNAT to a web pod, reverse NAT on replies (curl checks the
     // answer comes from the address it connected to).
@@ -522,7 +451,7 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     // `ct list`: a live ClusterIP flow with its backend, from the worker's own conntrack.
     let c = lab.curl("client", "http://10.96.0.10/");
     assert!(c.is_some());
-    let ct = np.cli_json(&["ct", "list", "--dst", "10.96.0.10", "--proto", "tcp"]);
+    let ct = np.json(&["ct", "list", "--dst", "10.96.0.10", "--proto", "tcp"]);
     let rows = ct["rows"].as_array().unwrap();
     assert!(!rows.is_empty(), "flows to the ClusterIP: {ct}");
     assert!(
@@ -575,7 +504,7 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     assert!(!denied().0, "enforce denies it again");
     assert_eq!(np.cli(&["policy", "mode", "state"]).0, 0);
     // `ct flush`, then traffic makes new flows.
-    let f = np.cli_json(&["ct", "flush"]);
+    let f = np.json(&["ct", "flush"]);
     assert!(f["flushed"].as_u64().unwrap() > 0, "{f}");
 
     // A bad change is rejected whole: the running state keeps forwarding, status says stale;
@@ -631,7 +560,14 @@ fn terminating_backend_keeps_its_flow() {
     assert!(text.contains("10.244.1.22, port: 8081, weight: 1, state: active"));
     let pol = fs::read_to_string(state.join("policies.yaml")).unwrap();
     assert_eq!(pol.matches("{ port: 8081 }").count(), 2, "{pol}");
-    let np = Nodeplane::start(&lab, &state, 1);
+    let np = Nodeplane::launch(
+        &lab,
+        &Launch {
+            workers: 1,
+            run: 1,
+            ..Launch::dir(&state)
+        },
+    );
 
     // A long-lived flow from the router through the LB VIP, driven by a small python client:
     // connect, learn the backend, wait for the state change, then echo through it.
@@ -718,7 +654,14 @@ fn two_workers_hand_off_flows_to_their_owner() {
     let mut lab = Lab::up("e");
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
-    let np = Nodeplane::start(&lab, &state, 2);
+    let np = Nodeplane::launch(
+        &lab,
+        &Launch {
+            workers: 2,
+            run: 2,
+            ..Launch::dir(&state)
+        },
+    );
     let mut ok = 0;
     for _ in 0..12 {
         ok += usize::from(lab.curl("client", "http://10.96.0.10/").is_some());
@@ -755,7 +698,7 @@ fn two_workers_hand_off_flows_to_their_owner() {
     assert_eq!(io_sum(&st, "handed_off"), io_sum(&st, "handed_in"));
     assert_eq!(io_sum(&st, "handoff_dropped"), 0);
     // `ct list` gathers both workers' conntracks.
-    let ct = np.cli_json(&["ct", "list", "--src", "10.244.1.10"]);
+    let ct = np.json(&["ct", "list", "--src", "10.244.1.10"]);
     let mut seen: Vec<u64> = ct["rows"]
         .as_array()
         .unwrap()
@@ -782,7 +725,14 @@ fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
     );
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
-    let np = Nodeplane::start(&lab, &state, 1);
+    let np = Nodeplane::launch(
+        &lab,
+        &Launch {
+            workers: 1,
+            run: 1,
+            ..Launch::dir(&state)
+        },
+    );
     let web_flows = |np: &Nodeplane| -> u64 {
         np.stats()["service_traffic"]["web"]["flows"]
             .as_u64()
@@ -952,7 +902,14 @@ fn an_external_vm_is_enforced_like_a_pod_both_ways() {
         "external_workloads:\n  - name: vm-db\n    ips: [192.168.200.2]\n    identity: 5000\n    labels: { app: db }\n",
     )
     .unwrap();
-    let np = Nodeplane::start(&lab, &state, 1);
+    let np = Nodeplane::launch(
+        &lab,
+        &Launch {
+            workers: 1,
+            run: 1,
+            ..Launch::dir(&state)
+        },
+    );
     let (code, out) = np.cli(&["external", "list"]);
     assert!(
         code == 0 && out.contains("vm-db") && out.contains("5000"),

@@ -75,6 +75,33 @@ pub struct Nodeplane {
     pub log: PathBuf,
 }
 
+/// How [`Nodeplane::launch`] starts the daemon.
+pub struct Launch<'a> {
+    /// The config's `state:` section, and any other top-level sections (such as `bgp:`), whole.
+    pub sections: String,
+    /// `io.afxdp.workers`; the start waits until that many run.
+    pub workers: usize,
+    /// `io.afxdp.pin_dir`, when the XDP links are to be pinned there.
+    pub pin_dir: Option<&'a Path>,
+    /// More keys for `io.afxdp` (`, no_socket: pass`).
+    pub afxdp_extra: &'a str,
+    /// Names this run's config and log (`nodeplane-{run}.log`).
+    pub run: usize,
+}
+
+impl<'a> Launch<'a> {
+    /// The state directory `state`, 2 workers, no pins, run 1.
+    pub fn dir(state: &Path) -> Launch<'a> {
+        Launch {
+            sections: format!("state: {{ dir: {} }}\n", state.display()),
+            workers: 2,
+            pin_dir: None,
+            afxdp_extra: "",
+            run: 1,
+        }
+    }
+}
+
 impl Nodeplane {
     /// `afxdp_extra`: more keys for `io.afxdp` (`, no_socket: pass`).
     pub fn start(
@@ -84,8 +111,15 @@ impl Nodeplane {
         afxdp_extra: &str,
         run: usize,
     ) -> Nodeplane {
-        let source = format!("state: {{ dir: {} }}\n", state.display());
-        Nodeplane::start_with(lab, &source, pin_dir, afxdp_extra, run)
+        Nodeplane::launch(
+            lab,
+            &Launch {
+                pin_dir: Some(pin_dir),
+                afxdp_extra,
+                run,
+                ..Launch::dir(state)
+            },
+        )
     }
 
     /// [`Nodeplane::start`] with the config's `state:` section (and any other top-level
@@ -97,18 +131,39 @@ impl Nodeplane {
         afxdp_extra: &str,
         run: usize,
     ) -> Nodeplane {
+        Nodeplane::launch(
+            lab,
+            &Launch {
+                sections: sections.to_string(),
+                workers: 2,
+                pin_dir: Some(pin_dir),
+                afxdp_extra,
+                run,
+            },
+        )
+    }
+
+    /// Writes the config, starts the daemon in the node namespace and waits (at most 10 s)
+    /// until it runs its first generation with every worker.
+    pub fn launch(lab: &Lab, l: &Launch<'_>) -> Nodeplane {
         let socket = lab.tmp.join("np.sock");
-        let log = lab.tmp.join(format!("nodeplane-{run}.log"));
-        let cfg = lab.tmp.join("config.yaml");
+        let log = lab.tmp.join(format!("nodeplane-{}.log", l.run));
+        let cfg = lab.tmp.join(format!("config-{}.yaml", l.run));
         let pidf = lab.tmp.join("pid");
         let _ = fs::remove_file(&pidf);
+        let pins = l
+            .pin_dir
+            .map(|d| format!(", pin_dir: {}", d.display()))
+            .unwrap_or_default();
         fs::write(
             &cfg,
             format!(
-                "{sections}control_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: 2, neigh_refresh: 0.5, pin_dir: {}{afxdp_extra} }}\n",
+                "{}control_socket: {}\nlog_level: info\nconntrack_snapshot: {}\nio:\n  afxdp: {{ workers: {}, neigh_refresh: 0.5{pins}{} }}\n",
+                l.sections,
                 socket.display(),
                 lab.tmp.join("conntrack.snap").display(),
-                pin_dir.display()
+                l.workers,
+                l.afxdp_extra,
             ),
         )
         .unwrap();
@@ -123,7 +178,9 @@ impl Nodeplane {
         loop {
             let ready = np.status().is_some_and(|s| {
                 s["generation"].as_u64().unwrap_or(0) >= 1
-                    && s["workers"].as_array().is_some_and(|w| w.len() == 2)
+                    && s["workers"]
+                        .as_array()
+                        .is_some_and(|w| w.len() == l.workers)
             });
             if ready {
                 break;
