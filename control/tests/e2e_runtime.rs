@@ -7,7 +7,7 @@
 //! Needs root, iproute2, curl, socat, ping. Fails (never skips) without them.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -236,6 +236,18 @@ impl Nodeplane {
     }
 }
 
+/// `nodeplane run` with `workers` workers on the state directory `state`.
+fn start(lab: &Lab, state: &Path, workers: usize) -> Nodeplane {
+    Nodeplane::launch(
+        lab,
+        &Launch {
+            workers,
+            run: workers,
+            ..Launch::dir(state)
+        },
+    )
+}
+
 /// Checks the stop: exit 0 within 1 s of SIGTERM (issue 3's hard requirement), every worker's
 /// UMEM accounting ok, XDP detached.
 fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
@@ -304,14 +316,7 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     let mut lab = Lab::up("e");
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
-    let np = Nodeplane::launch(
-        &lab,
-        &Launch {
-            workers: 1,
-            run: 1,
-            ..Launch::dir(&state)
-        },
-    );
+    let np = start(&lab, &state, 1);
 
     // ClusterIP TCP, IPv4 and IPv6: DNAT to a web pod, reverse NAT on replies (curl checks the
     // answer comes from the address it connected to).
@@ -560,14 +565,7 @@ fn terminating_backend_keeps_its_flow() {
     assert!(text.contains("10.244.1.22, port: 8081, weight: 1, state: active"));
     let pol = fs::read_to_string(state.join("policies.yaml")).unwrap();
     assert_eq!(pol.matches("{ port: 8081 }").count(), 2, "{pol}");
-    let np = Nodeplane::launch(
-        &lab,
-        &Launch {
-            workers: 1,
-            run: 1,
-            ..Launch::dir(&state)
-        },
-    );
+    let np = start(&lab, &state, 1);
 
     // A long-lived flow from the router through the LB VIP, driven by a small python client:
     // connect, learn the backend, wait for the state change, then echo through it.
@@ -654,14 +652,7 @@ fn two_workers_hand_off_flows_to_their_owner() {
     let mut lab = Lab::up("e");
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
-    let np = Nodeplane::launch(
-        &lab,
-        &Launch {
-            workers: 2,
-            run: 2,
-            ..Launch::dir(&state)
-        },
-    );
+    let np = start(&lab, &state, 2);
     let mut ok = 0;
     for _ in 0..12 {
         ok += usize::from(lab.curl("client", "http://10.96.0.10/").is_some());
@@ -725,14 +716,7 @@ fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
     );
     lab.start_servers();
     let state = lab.state("state", |_, s| s);
-    let np = Nodeplane::launch(
-        &lab,
-        &Launch {
-            workers: 1,
-            run: 1,
-            ..Launch::dir(&state)
-        },
-    );
+    let np = start(&lab, &state, 1);
     let web_flows = |np: &Nodeplane| -> u64 {
         np.stats()["service_traffic"]["web"]["flows"]
             .as_u64()
@@ -902,14 +886,7 @@ fn an_external_vm_is_enforced_like_a_pod_both_ways() {
         "external_workloads:\n  - name: vm-db\n    ips: [192.168.200.2]\n    identity: 5000\n    labels: { app: db }\n",
     )
     .unwrap();
-    let np = Nodeplane::launch(
-        &lab,
-        &Launch {
-            workers: 1,
-            run: 1,
-            ..Launch::dir(&state)
-        },
-    );
+    let np = start(&lab, &state, 1);
     let (code, out) = np.cli(&["external", "list"]);
     assert!(
         code == 0 && out.contains("vm-db") && out.contains("5000"),
