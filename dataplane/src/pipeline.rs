@@ -549,7 +549,13 @@ impl Pipeline {
 
         // Classify: which traffic is ours.
         if itf.role != InterfaceRole::Uplink {
-            if is_link_scoped(&m.dst) || is_link_scoped(&m.src) {
+            // Link-local is the kernel's, except the replies of flows masqueraded to a
+            // host-network backend: the node answers those to `snat::HOST_SNAT_V4` (checked
+            // only for link-scoped frames, never on an ordinary packet's way).
+            if (is_link_scoped(&m.dst)
+                && !(itf.role == InterfaceRole::Host && m.dst == snat::host_snat_addr(m.v6)))
+                || is_link_scoped(&m.src)
+            {
                 return Outcome::default();
             }
             let genuine = match itf.role {
@@ -952,6 +958,9 @@ impl Pipeline {
     ///   `external_traffic_policy: Cluster` to a backend on another node: masqueraded to a node
     ///   IP (the dialled one for a NodePort, else the first node IP of the family), so the reply
     ///   comes back through this node; `Local` keeps the client's address (never SNATed);
+    /// - a host-network backend (a node IP, behind the host interface) reached by a client the
+    ///   node's stack would not answer through the pair (not one of this node's pods or
+    ///   addresses): masqueraded to [`snat::host_snat_addr`], whatever the traffic policy;
     /// - otherwise none, unless the reply tuple is taken by another flow (the same client port
     ///   reaching the same backend through another frontend): then the client's port is
     ///   remapped, its address kept, as Linux's NAT core does for a clashing tuple.
@@ -969,6 +978,16 @@ impl Pipeline {
     ) -> Result<(Option<Snat>, u64), DropReason> {
         let hairpin = nat.backend == key.src;
         let s = &t.services[nat.service as usize];
+        // A host-network backend (a node IP behind the host interface) answers a client by the
+        // node's routes: only the node's own PodCIDRs and addresses come back through the
+        // pair; anyone else (a remote client of a NodePort, ExternalIP or LoadBalancer
+        // frontend, a pod of another node) is masqueraded to the pair's far side, whatever
+        // the external traffic policy (kube-proxy keeps the client there because the kernel
+        // itself is the proxy; here the kernel would answer the client directly).
+        let host_backend = !hairpin
+            && t.host().is_some()
+            && t.is_node_ip(&nat.backend)
+            && !t.on_this_node(&key.src);
         // A ClusterIP service has internal frontends only: no scope lookup for those.
         let masquerade = !hairpin
             && !backend_local
@@ -977,6 +996,8 @@ impl Pipeline {
             && t.frontend_scope(key.dst, key.dport, key.proto) != Scope::Internal;
         let addr = if hairpin {
             key.dst
+        } else if host_backend {
+            snat::host_snat_addr(key.src.v6)
         } else if masquerade {
             if t.is_node_ip(&key.dst) {
                 key.dst

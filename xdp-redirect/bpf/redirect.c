@@ -15,7 +15,6 @@
  *   3. ICMPv6 router/neighbour discovery, types 133..137            -> pass  ND
  *      (on every interface: the node's kernel answers pods' and routers' NS/RS; the dataplane
  *      has no ND responder)
- *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
  *   5. (dst, proto, dport) in `nodeports` (NodePort on a node IP)   -> steer NODEPORT
  *      (a first fragment also records its datagram in `frags`)
  *   5a. TCP/UDP to (dst, dport) with dst in `snat_addrs` and dport   -> steer SNAT
@@ -26,6 +25,9 @@
  *       the node's own connections never own such a reply; a host socket *listening* on a
  *       node IP in that range is shadowed (documented in docs/runtime.md)
  *       (a first fragment also records its datagram in `frags`)
+ *       (5 and 5a come before 4: the host interface's masquerade source 169.254.0.1 is
+ *       link-local and in `snat_addrs`; nothing else link-local or multicast is in either map)
+ *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
  *   5b. a non-first fragment of a datagram recorded in `frags`      -> steer FRAGMENT
  *   6. dst in `host_addrs` (node IPs, pod gateway addresses)        -> pass  HOST
  *   7. ingress interface in `pod_ifaces`: all remaining IP traffic  -> steer POD
@@ -425,9 +427,9 @@ int np_redirect(struct xdp_md *ctx)
 		return count(NP_PASS_MALFORMED, XDP_PASS);
 	if (pkt.is_nd)
 		return count(NP_PASS_ND, XDP_PASS);
-	if (pkt.is_mcast)
-		return count(NP_PASS_MULTICAST, XDP_PASS);
-
+	/* Rules 5 and 5a before rule 4: the loader puts no multicast, broadcast or link-local
+	 * address into `nodeports` or `snat_addrs` but the host-network masquerade source
+	 * 169.254.0.1, whose replies the node sends into the host interface. */
 	if (pkt.dport) {
 		struct np_nodeport np = { .port = pkt.dport, .proto = pkt.proto };
 		__u32 reason = 0;
@@ -451,6 +453,9 @@ int np_redirect(struct xdp_md *ctx)
 			return steer(ctx, reason);
 		}
 	}
+
+	if (pkt.is_mcast)
+		return count(NP_PASS_MULTICAST, XDP_PASS);
 
 	if (pkt.frag == NP_FRAG_LATER) {
 		__u64 *first = bpf_map_lookup_elem(&frags, &pkt.fkey);

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nodeplane_dataplane::flow::{PROTO_TCP, PROTO_UDP};
-use nodeplane_dataplane::Tables;
+use nodeplane_dataplane::{snat, Tables};
 use nodeplane_state::InterfaceRole;
 use nodeplane_xdp::{NodePort, Proto, SnatAddr, SteeringConfig};
 
@@ -78,12 +78,21 @@ pub fn steering_config(
         nodeports.insert((k.addr.to_ip(), proto, k.port));
     }
     // Every address the pipeline source-NATs to is a node IP (or a service VIP, for hairpin
-    // through a ClusterIP: steered as a prefix already).
-    let snat = t
-        .node_ips
-        .iter()
-        .map(|a| SnatAddr {
-            addr: a.to_ip(),
+    // through a ClusterIP: steered as a prefix already), and with a host interface the
+    // host-network masquerade sources of the node IPs' families, whose replies the node sends
+    // to the host interface (the XDP program checks `snat_addrs` before it passes link-local).
+    let mut snat_ips: Vec<IpAddr> = t.node_ips.iter().map(|a| a.to_ip()).collect();
+    if t.host().is_some() {
+        for v6 in [false, true] {
+            if t.node_ips.iter().any(|a| a.v6 == v6) {
+                snat_ips.push(snat::host_snat_addr(v6).to_ip());
+            }
+        }
+    }
+    let snat = snat_ips
+        .into_iter()
+        .map(|addr| SnatAddr {
+            addr,
             first: t.snat_ports.first,
             last: t.snat_ports.last,
         })

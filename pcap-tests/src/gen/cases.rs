@@ -30,6 +30,8 @@ pub fn all_cases() -> Vec<Case> {
         hairpin(true),
         host_interface(false),
         host_interface(true),
+        host_network_nodeport(false),
+        host_network_nodeport(true),
         externalip(),
         loadbalancer(),
         maglev_weights(false),
@@ -771,6 +773,75 @@ fn host_interface(v6: bool) -> Case {
         0,
         x("uplink frame claiming the node's address").drop_("spoofed-source"),
     );
+    c
+}
+
+/// The host-network masquerade source of a family (`snat::HOST_SNAT_V4` / `HOST_SNAT_V6`).
+fn host_snat(v6: bool) -> IpAddr {
+    nodeplane_dataplane::snat::host_snat_addr(v6).to_ip()
+}
+
+fn host_network_nodeport(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let lb = pick(v6, "198.51.100.20", "2001:db8:100::20");
+    let (a, n) = (pod_a(), node_stack());
+    let mut np = service(
+        "host-np",
+        ServiceType::NodePort,
+        L4Proto::TCP,
+        &[(pick(v6, "10.96.0.11", "fd00:96::11"), 80)],
+        vec![active(nip, 8080)],
+    );
+    np.node_ports = vec![st::NodePort {
+        port: 30080,
+        protocol: L4Proto::TCP,
+    }];
+    let mut lbs = service(
+        "host-lb",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[(pick(v6, "10.96.0.13", "fd00:96::13"), 80), (lb, 80)],
+        vec![active(nip, 8081)],
+    );
+    lbs.external_traffic_policy = st::TrafficPolicy::Local;
+    let mut state = state_with(vec![np, lbs]);
+    state.interfaces.push(st::Interface {
+        name: n.iface.into(),
+        role: st::InterfaceRole::Host,
+        mac: st::MacAddr(n.node_mac),
+        gateway_mac: Some(st::MacAddr(n.mac)),
+        peer: Some("nph0".into()),
+    });
+    let hs = host_snat(v6);
+    let mut c = Case::new(
+        &format!("host-network-nodeport-{}", v(v6)),
+        &format!(
+            "A remote client reaches a host-network backend (Kubernetes: \"should be able to \
+             create a functioning NodePort service\" with an endpoint in the node's network \
+             namespace). NodePort {nip}:30080's only backend is the node itself ({nip}:8080, \
+             behind the host interface nph1). A world client's connection is DNATed to it and \
+             masqueraded to {hs} (the host interface's far side, a port of node.snat_port_range): \
+             the node's stack answers {hs} through nph1 (table 7600), never the client directly, \
+             and the answers are restored to {nip}:30080 → the client and sent to the gateway. \
+             The LoadBalancer VIP {lb}:80 with externalTrafficPolicy Local and the node as \
+             backend ({nip}:8081) is masqueraded the same way: the node's stack would answer the \
+             client's own address by its routes, around the dataplane. pod-a reaching the \
+             NodePort keeps its address (the node answers this node's pods through the pair)."
+        ),
+        state,
+    );
+    let w = world();
+    let mut f = Conn::new(&w, w.ip(v6), 51000, (ip(nip), 30080), &n, (ip(nip), 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(hs, port);
+    f.exchange(&mut c);
+    let mut g = Conn::new(&w, w.ip(v6), 51001, (ip(lb), 80), &n, (ip(nip), 8081));
+    let port = g.snat_port(&[]);
+    g = g.snat(hs, port);
+    g.handshake(&mut c);
+    g.data(&mut c, 100, 700);
+    let mut p = Conn::new(&a, a.ip(v6), 41000, (ip(nip), 30080), &n, (ip(nip), 8080));
+    p.handshake(&mut c);
     c
 }
 
