@@ -7,7 +7,7 @@
 //!      │   pref 90   iif lo to <node IP> ipproto P dport <node port>  lookup 7601 ─┐
 //!      │   pref 100  lookup local        (moved from pref 0, so that pref 90 is first)
 //!      │   pref 999  iif lo from <kernel address on a pod interface>  lookup main
-//!      │   pref 1000 iif lo lookup 7600: PodCIDRs, service frontends ───────────┐ │
+//!      │   pref 1000 iif lo lookup 7600: PodCIDRs, frontends, 169.254.0.1, 100::1 ┐ │
 //!      ▼                                          via 169.254.0.1 / fe80::1   ▼ ▼
 //!   peer (nph0) ══ veth ══ host interface (nph1): XDP steers every frame to the workers
 //!   ◄── replies to the node, service traffic to host-network backends: the pipeline forwards
