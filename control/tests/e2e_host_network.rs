@@ -64,6 +64,13 @@ const HOST_SERVICE: &str = r#"
       - { port: 30092, protocol: UDP }
     backends:
       - { ip: "fd00:100::2", port: 5391 }
+  - name: host-np-closed
+    type: NodePort
+    node_ports:
+      - { port: 30094, protocol: UDP }
+    backends:
+      - { ip: 192.168.100.2, port: 5399 }
+      - { ip: "fd00:100::2", port: 5399 }
   - name: host-lb
     type: LoadBalancer
     external_traffic_policy: Local
@@ -539,6 +546,25 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
             .strip_prefix("answer from host6 ")
             .map(|r| answer(&format!("x {r}")).1);
         assert_eq!(seen, Some(Some(ip("100::1"))), "UDP NodePort, IPv6: {a:?}");
+    }
+    // Nothing listens behind UDP node port 30094: the node's stack answers the masquerade
+    // source with an ICMP(v6) port unreachable, which comes back through the pair and is
+    // translated to the client (its quoted datagram too), so the client's socket is refused
+    // instead of waiting for an answer.
+    for addr in ["192.168.100.2", "[fd00:100::2]"] {
+        let out = lab.exec(
+            "router",
+            &[
+                "sh",
+                "-c",
+                &format!("echo query | socat -T3 - UDP:{addr}:30094"),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Connection refused"),
+            "{addr}: the port unreachable reached the client: {out:?}"
+        );
     }
     let srcs = np.flow_sources();
     assert!(

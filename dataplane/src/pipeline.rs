@@ -573,7 +573,7 @@ impl Pipeline {
             // outside is spoofed (the kernel would call it a martian) and must not pass as the
             // host, which policy always allows.
             return Outcome::drop(DropReason::SpoofedSource);
-        } else if !self.uplink_owns(t, &m) {
+        } else if !self.uplink_owns(t, frame, &m) {
             if m.frag == Frag::First && t.is_node_ip(&m.dst) {
                 // Host traffic: its later fragments, which `uplink_owns` claims while their
                 // datagram is unknown, follow it to the kernel.
@@ -644,8 +644,8 @@ impl Pipeline {
     }
 
     /// On the uplink only traffic to our PodCIDRs, service frontends, NodePorts and the SNAT
-    /// port range of the node IPs is ours.
-    fn uplink_owns(&self, t: &Tables, m: &Meta) -> bool {
+    /// port range of the node IPs is ours, and ICMP errors to a node IP about such flows.
+    fn uplink_owns(&self, t: &Tables, frame: &[u8], m: &Meta) -> bool {
         if t.in_pod_cidr(&m.dst) || t.service_ips.contains_key(&m.dst) {
             return true;
         }
@@ -661,6 +661,9 @@ impl Pipeline {
             _ => {
                 t.frontend(m.dst, m.dport, m.proto).is_some()
                     || (matches!(m.proto, PROTO_TCP | PROTO_UDP) && t.snat_ports.contains(m.dport))
+                    || (m.frag == Frag::None
+                        && parse::is_icmp_error(m)
+                        && quotes_our_source(t, frame, m))
             }
         }
     }
@@ -1394,6 +1397,25 @@ impl Pipeline {
         (out.action, out.l2_trim, _) = self.route_and_finish(t, frame, m);
         out
     }
+}
+
+/// Whether an ICMP error to a node IP quotes a packet the dataplane sent from a node IP: a
+/// masqueraded flow's (source port in `node.snat_port_range`: a router's "fragmentation
+/// needed" or "unreachable" about it) or a NodePort flow's reply to its client (source: the
+/// node port). The XDP program steers exactly these (rule 4a); conntrack decides the rest
+/// (an error about no known flow is passed, `pass_dropped`). Only ICMP errors to a node IP
+/// come here, so ordinary packets never pay for the quote's parse.
+#[cold]
+fn quotes_our_source(t: &Tables, frame: &[u8], m: &Meta) -> bool {
+    let off = usize::from(m.l4_off) + icmp::HEADER_LEN;
+    let Ok(inner) = parse::parse_inner(frame, off, usize::from(m.ip_end), m.v6) else {
+        return false;
+    };
+    inner.has_l4()
+        && matches!(inner.proto, PROTO_TCP | PROTO_UDP)
+        && t.is_node_ip(&inner.src)
+        && (t.snat_ports.contains(inner.sport)
+            || t.frontend(inner.src, inner.sport, inner.proto).is_some())
 }
 
 /// Rewrites the quoted datagram inside an ICMP error: its source (`dst = false`) or

@@ -75,6 +75,8 @@ pub fn all_cases() -> Vec<Case> {
         icmp_echo(true),
         icmp_error_v4(),
         icmp_error_v6(),
+        icmp_error_masqueraded(false),
+        icmp_error_masqueraded(true),
         frag_in_order(false),
         frag_in_order(true),
         frag_out_of_order(false),
@@ -2765,6 +2767,129 @@ fn icmp_error_v6() -> Case {
     );
     p.payload = quote(&seen, false);
     c.raw(UPLINK, p.build(), e);
+    c
+}
+
+/// ICMP errors about masqueraded flows (issue 14): a world client's connection to NodePort
+/// 30080 whose backend is on another node leaves from the node IP and a port of the SNAT range.
+fn icmp_error_masqueraded(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let rp = remote_pod();
+    let be = rp.ip(v6);
+    let w = world();
+    let router = remote("192.168.1.1", "fd00:192:1::1");
+    let mut c = Case::new(
+        &format!("icmp-error-masqueraded-{}", v(v6)),
+        &format!(
+            "ICMP errors about a masqueraded flow reach the dataplane and are reverse-translated to \
+             the client, as the kernel's conntrack does for kube-proxy. A world client's connection \
+             to NodePort {nip}:30080 is DNATed to {be}:8080 on another node and masqueraded to \
+             {nip} with a port of node.snat_port_range. (1) A router on the way to the backend \
+             answers a 1400-byte segment with {too_big} quoting it ({nip}:<snat port> → \
+             {be}:8080): forwarded to the client as ct related, outer destination restored to the \
+             client, quoted packet to client → {nip}:30080 (checksums valid). (2) The same \
+             router's time-exceeded: the same. (3) A router on the client's side answers the \
+             backend's reply ({nip}:30080 → client) with {too_big}: forwarded to the backend, \
+             outer destination the backend, quoted packet {be}:8080 → {nip}:<snat port>. (4) An \
+             error quoting a port of the node IP below the SNAT range (the node's own connection) \
+             stays the kernel's: passed.",
+            too_big = if v6 { "Packet Too Big" } else { "fragmentation needed" },
+        ),
+        state_with(vec![nodeport_remote_service(v6)]),
+    );
+    let mut f = Conn::new(&w, w.ip(v6), 51000, (ip(nip), 30080), &rp, (be, 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(ip(nip), port);
+    f.handshake(&mut c);
+    let e = f.fc("1400-byte data segment", "established");
+    let mut big = c.pkt(&w, w.ip(v6), ip(nip), f.l4(true, PSHACK), 1400);
+    big.extras.dont_fragment = !v6;
+    c.raw(UPLINK, big.build(), e);
+    // What the router on the backend's side saw: DNAT, SNAT, TTL decremented.
+    let mut seen = big.clone();
+    seen.src = ip(nip);
+    seen.dst = be;
+    seen.ttl -= 1;
+    if let L4::Tcp { sport, dport, .. } = &mut seen.l4 {
+        *sport = port;
+        *dport = 8080;
+    }
+    let (too_big, exceeded) = if v6 {
+        (
+            L4::Icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 }),
+            L4::Icmpv6(Icmpv6Type::TimeExceeded(
+                icmpv6::TimeExceededCode::HopLimitExceeded,
+            )),
+        )
+    } else {
+        (
+            L4::Icmpv4(Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+            )),
+            L4::Icmpv4(Icmpv4Type::TimeExceeded(
+                icmpv4::TimeExceededCode::TtlExceededInTransit,
+            )),
+        )
+    };
+    let client = w.ip(v6).to_string();
+    for (what, l4) in [
+        (
+            "router's error about the masqueraded segment",
+            too_big.clone(),
+        ),
+        ("router's time-exceeded about it", exceeded),
+    ] {
+        let mut e = x(what).fwd(UPLINK).ct("related");
+        e.out_dst = Some(client.clone());
+        e.out_inner_src = Some(endpoint(w.ip(v6), Some(51000)));
+        e.out_inner_dst = Some(ep(nip, 30080));
+        let mut p = c.pkt(&router, router.ip(v6), ip(nip), l4, 0);
+        let mut q = quote(&seen, !v6);
+        q.truncate(1280 - 48);
+        p.payload = q;
+        c.raw(UPLINK, p.build(), e);
+    }
+    // The backend's reply as the client's side saw it: reverse-translated.
+    let e = f.fs("1400-byte response");
+    let mut resp = c.pkt(&rp, be, ip(nip), f.l4(false, PSHACK), 1400);
+    if let L4::Tcp { dport, .. } = &mut resp.l4 {
+        *dport = port;
+    }
+    resp.extras.dont_fragment = !v6;
+    c.raw(UPLINK, resp.build(), e);
+    let mut seen = resp.clone();
+    seen.src = ip(nip);
+    seen.dst = w.ip(v6);
+    seen.ttl -= 1;
+    if let L4::Tcp { sport, dport, .. } = &mut seen.l4 {
+        *sport = 30080;
+        *dport = 51000;
+    }
+    let mut e = x("client-side router's error about the reply")
+        .fwd(UPLINK)
+        .ct("related");
+    e.out_dst = Some(be.to_string());
+    e.out_inner_src = Some(ep(&be.to_string(), 8080));
+    e.out_inner_dst = Some(ep(nip, port));
+    let mut p = c.pkt(&router, router.ip(v6), ip(nip), too_big.clone(), 0);
+    let mut q = quote(&seen, !v6);
+    q.truncate(1280 - 48);
+    p.payload = q;
+    c.raw(UPLINK, p.build(), e);
+    // An error about the node's own connection (source port below the range).
+    let mut own = seen.clone();
+    if let L4::Tcp { sport, .. } = &mut own.l4 {
+        *sport = 40000;
+    }
+    let mut p = c.pkt(&router, router.ip(v6), ip(nip), too_big, 0);
+    let mut q = quote(&own, !v6);
+    q.truncate(1280 - 48);
+    p.payload = q;
+    c.raw(
+        UPLINK,
+        p.build(),
+        x("error about the node's own connection: the kernel's").pass(),
+    );
     c
 }
 
