@@ -964,6 +964,8 @@ impl Pipeline {
     /// - a host-network backend (a node IP, behind the host interface) reached by a client the
     ///   node's stack would not answer through the pair (not one of this node's pods or
     ///   addresses): masqueraded to [`snat::host_snat_addr`], whatever the traffic policy;
+    /// - the node itself (through the host interface) to a backend on another node: its port
+    ///   moves into the SNAT range, address kept, so that the reply is steered back;
     /// - otherwise none, unless the reply tuple is taken by another flow (the same client port
     ///   reaching the same backend through another frontend): then the client's port is
     ///   remapped, its address kept, as Linux's NAT core does for a clashing tuple.
@@ -991,6 +993,26 @@ impl Pipeline {
             && t.host().is_some()
             && t.is_node_ip(&nat.backend)
             && !t.on_this_node(&key.src);
+        // The node itself (a host-network client, through the host interface) to a backend on
+        // another node: its source port moves into the SNAT range (address kept), so that the
+        // backend's reply to the node IP is steered to the dataplane like a masqueraded flow's
+        // (an ephemeral port's reply would be passed to the kernel, which never saw the DNAT).
+        // kube-proxy masquerades the node's own traffic to every service the same way:
+        // pkg/proxy/iptables/proxier.go, KUBE-EXT-* "masquerade LOCAL traffic for %s external
+        // destinations" (`--src-type LOCAL -j KUBE-MARK-MASQ`; nftables/proxier.go: "masquerade
+        // local traffic", `fib saddr type local jump mark-for-masquerade`) even under
+        // externalTrafficPolicy Local, and a ClusterIP from outside the pod CIDR.
+        let host_client = !hairpin && !backend_local && t.is_node_ip(&key.src);
+        // External frontends (NodePort, ExternalIP, LoadBalancer VIP) with
+        // externalTrafficPolicy Cluster are masqueraded whoever the client is, pods of this
+        // node included (kube-proxy: KUBE-EXT-* "masquerade traffic for %s external
+        // destinations" jumps to KUBE-MARK-MASQ before any policy chain; nftables: the
+        // `external-*` chain's "masquerade" rule), when the backend is on another node (a
+        // local backend keeps the client's address, as Cilium keeps it: the reply comes back
+        // through this node anyway). With Local, never: pods of this node are short-circuited
+        // to every backend without masquerade ("pod traffic for %s external destinations" /
+        // "short-circuit pod traffic" goto the cluster policy chain; `select_backend` picks
+        // cluster-wide for them), the world keeps its address on local backends.
         // A ClusterIP service has internal frontends only: no scope lookup for those.
         let masquerade = !hairpin
             && !backend_local
@@ -1007,6 +1029,8 @@ impl Pipeline {
             } else {
                 t.snat_ip(key.dst.v6).ok_or(DropReason::SnatNoAddress)?
             }
+        } else if host_client {
+            key.src
         } else {
             // No SNAT wanted: the common case costs this one probe, which the entry's
             // creation would have made anyway (its hash is handed on).

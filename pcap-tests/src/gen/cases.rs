@@ -32,6 +32,8 @@ pub fn all_cases() -> Vec<Case> {
         host_interface(true),
         host_network_nodeport(false),
         host_network_nodeport(true),
+        masquerade_parity(false),
+        masquerade_parity(true),
         externalip(),
         loadbalancer(),
         maglev_weights(false),
@@ -844,6 +846,81 @@ fn host_network_nodeport(v6: bool) -> Case {
     g.data(&mut c, 100, 700);
     let mut p = Conn::new(&a, a.ip(v6), 41000, (ip(nip), 30080), &n, (ip(nip), 8080));
     p.handshake(&mut c);
+    c
+}
+
+/// Which external-frontend flows are masqueraded, as kube-proxy's KUBE-EXT-* chains decide
+/// (issue 14): backends on another node only.
+fn masquerade_parity(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let rp = remote_pod();
+    let be = rp.ip(v6);
+    let (a, n) = (pod_a(), node_stack());
+    let vip = pick(v6, "10.96.0.11", "fd00:96::11");
+    let lb_cluster = pick(v6, "198.51.100.20", "2001:db8:100::20");
+    let lb_local = pick(v6, "198.51.100.21", "2001:db8:100::21");
+    let web = service(
+        "web",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[(vip, 80)],
+        vec![active(&be.to_string(), 8080)],
+    );
+    let lbc = service(
+        "lb-cluster",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[(lb_cluster, 80)],
+        vec![active(&be.to_string(), 8080)],
+    );
+    let mut lbl = service(
+        "lb-local",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[(lb_local, 80)],
+        vec![active(&be.to_string(), 8080)],
+    );
+    lbl.external_traffic_policy = st::TrafficPolicy::Local;
+    let mut state = state_with(vec![web, lbc, lbl]);
+    state.interfaces.push(st::Interface {
+        name: n.iface.into(),
+        role: st::InterfaceRole::Host,
+        mac: st::MacAddr(n.node_mac),
+        gateway_mac: Some(st::MacAddr(n.mac)),
+        peer: Some("nph0".into()),
+    });
+    let mut c = Case::new(
+        &format!("masquerade-parity-{}", v(v6)),
+        &format!(
+            "Source NAT of flows to a backend on another node ({be}:8080) as kube-proxy's \
+             KUBE-EXT-* chains decide it. (1) pod-a → LoadBalancer VIP {lb_cluster}:80, \
+             externalTrafficPolicy Cluster: masqueraded to the node IP {nip} (\"masquerade \
+             traffic for external destinations\", pods included). (2) pod-a → LoadBalancer VIP \
+             {lb_local}:80, externalTrafficPolicy Local: short-circuited to the cluster-wide \
+             backend, pod-a's address kept (\"pod traffic for external destinations\"). (3) The \
+             node itself (through the host interface nph1) → the same Local VIP and (4) → the \
+             ClusterIP {vip}:80: the node IP kept, its port moved into node.snat_port_range \
+             (\"masquerade LOCAL traffic\"), so that the backend's replies to {nip} are the \
+             dataplane's; the replies come in on eth0 and go out nph1 restored."
+        ),
+        state,
+    );
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(lb_cluster), 80), &rp, (be, 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(ip(nip), port);
+    f.handshake(&mut c);
+    f.data(&mut c, 100, 300);
+    let mut g = Conn::new(&a, a.ip(v6), 40001, (ip(lb_local), 80), &rp, (be, 8080));
+    g.handshake(&mut c);
+    g.data(&mut c, 100, 300);
+    for (cport, dst) in [(45000, lb_local), (45001, vip)] {
+        let mut h = Conn::new(&n, n.ip(v6), cport, (ip(dst), 80), &rp, (be, 8080));
+        let port = h.snat_port(&[]);
+        assert_ne!(port, cport, "an ephemeral port moves into the range");
+        h = h.snat(n.ip(v6), port);
+        h.handshake(&mut c);
+        h.data(&mut c, 100, 300);
+    }
     c
 }
 
