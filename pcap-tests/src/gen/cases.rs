@@ -796,10 +796,16 @@ fn host_network_nodeport(v6: bool) -> Case {
         &[(pick(v6, "10.96.0.11", "fd00:96::11"), 80)],
         vec![active(nip, 8080)],
     );
-    np.node_ports = vec![st::NodePort {
-        port: 30080,
-        protocol: L4Proto::TCP,
-    }];
+    np.node_ports = vec![
+        st::NodePort {
+            port: 30080,
+            protocol: L4Proto::TCP,
+        },
+        st::NodePort {
+            port: 30081,
+            protocol: L4Proto::UDP,
+        },
+    ];
     let mut lbs = service(
         "host-lb",
         ServiceType::LoadBalancer,
@@ -830,7 +836,11 @@ fn host_network_nodeport(v6: bool) -> Case {
              The LoadBalancer VIP {lb}:80 with externalTrafficPolicy Local and the node as \
              backend ({nip}:8081) is masqueraded the same way: the node's stack would answer the \
              client's own address by its routes, around the dataplane. pod-a reaching the \
-             NodePort keeps its address (the node answers this node's pods through the pair)."
+             NodePort keeps its address (the node answers this node's pods through the pair). \
+             A UDP datagram to node port 30081 (nothing listens on {nip}:8080/UDP) is \
+             masqueraded the same way; the node's port unreachable to {hs}, arriving on nph1, \
+             is translated back to the client: outer destination and quoted packet (client → \
+             {nip}:30081)."
         ),
         state,
     );
@@ -846,6 +856,42 @@ fn host_network_nodeport(v6: bool) -> Case {
     g.data(&mut c, 100, 700);
     let mut p = Conn::new(&a, a.ip(v6), 41000, (ip(nip), 30080), &n, (ip(nip), 8080));
     p.handshake(&mut c);
+    let mut u = Conn::new(&w, w.ip(v6), 51002, (ip(nip), 30081), &n, (ip(nip), 8080)).udp();
+    let port = u.snat_port(&[]);
+    u = u.snat(hs, port);
+    let e = u.fc("UDP datagram to a node port nothing listens behind", "new");
+    u.c(&mut c, ACK, 40, e);
+    // The datagram as the node's stack received it.
+    let mut seen = c.pkt(
+        &w,
+        hs,
+        ip(nip),
+        L4::Udp {
+            sport: port,
+            dport: 8080,
+        },
+        40,
+    );
+    seen.ttl -= 1;
+    let unreachable = if v6 {
+        L4::Icmpv6(Icmpv6Type::DestinationUnreachable(
+            icmpv6::DestUnreachableCode::Port,
+        ))
+    } else {
+        L4::Icmpv4(Icmpv4Type::DestinationUnreachable(
+            icmpv4::DestUnreachableHeader::Port,
+        ))
+    };
+    let mut e = x("the node's port unreachable to the masquerade source")
+        .fwd(UPLINK)
+        .ct("related")
+        .out_src(nip);
+    e.out_dst = Some(w.ip(v6).to_string());
+    e.out_inner_src = Some(endpoint(w.ip(v6), Some(51002)));
+    e.out_inner_dst = Some(ep(nip, 30081));
+    let mut icmp = c.pkt(&n, ip(nip), hs, unreachable, 0);
+    icmp.payload = quote(&seen, false);
+    c.raw(n.iface, icmp.build(), e);
     c
 }
 
