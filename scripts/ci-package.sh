@@ -20,6 +20,7 @@ done
 grep -qE -- "^-rwxr-xr-x (0/0|root/root) .* ./usr/bin/nodeplane\$" <<<"$contents" || fail "usr/bin/nodeplane not 0755 root"
 grep -q "Package: nodeplane" <<<"$info" || fail "no Package: nodeplane"
 grep -q "Depends:.*systemd" <<<"$info" || fail "does not depend on systemd"
+grep -qE "Depends:.*iproute2 \(>= 4.17\)" <<<"$info" || fail "does not depend on iproute2 (>= 4.17): the host interface runs ip"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dpkg-deb --control "$deb" "$work/control"

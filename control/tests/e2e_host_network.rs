@@ -45,6 +45,40 @@ const HOST_SERVICE: &str = r#"
       - { ip: 10.96.0.70, port: 53, protocol: UDP }
     backends:
       - { ip: 192.168.100.2, port: 5390 }
+  - name: host-np
+    type: NodePort
+    node_ports:
+      - { port: 30090, protocol: TCP }
+    backends:
+      - { ip: 192.168.100.2, port: 8090 }
+      - { ip: "fd00:100::2", port: 8090 }
+  - name: host-np-udp
+    type: NodePort
+    node_ports:
+      - { port: 30091, protocol: UDP }
+    backends:
+      - { ip: 192.168.100.2, port: 5390 }
+  - name: host-np-udp6
+    type: NodePort
+    node_ports:
+      - { port: 30092, protocol: UDP }
+    backends:
+      - { ip: "fd00:100::2", port: 5391 }
+  - name: host-np-closed
+    type: NodePort
+    node_ports:
+      - { port: 30094, protocol: UDP }
+    backends:
+      - { ip: 192.168.100.2, port: 5399 }
+      - { ip: "fd00:100::2", port: 5399 }
+  - name: host-lb
+    type: LoadBalancer
+    external_traffic_policy: Local
+    health_check_node_port: 30093
+    frontends:
+      - { ip: 203.0.113.20, port: 80, protocol: TCP }
+    backends:
+      - { ip: 192.168.100.2, port: 8090 }
 "#;
 
 impl Lab {
@@ -124,6 +158,12 @@ impl Lab {
                 &format!("SYSTEM:read -r q; echo answer from {name}"),
             );
         }
+        // The node's IPv6 UDP server names the client it saw.
+        self.server(
+            "node",
+            "UDP6-RECVFROM:5391,fork",
+            "SYSTEM:read -r q; echo answer from host6 $SOCAT_PEERADDR",
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -455,5 +495,81 @@ fn should_function_for_service_endpoints_using_host_network() {
             "the backend saw the ClusterIP (hairpin source NAT)"
         );
     }
+    assert_through_nodeplane(&np);
+}
+
+/// service.go "should be able to create a functioning NodePort service", with the endpoint a
+/// host-network pod (the node's own stack) and the client outside the node (the router): TCP
+/// over IPv4 and IPv6 and UDP over both to node ports whose backend listens on the node IP, and
+/// a LoadBalancer VIP with externalTrafficPolicy Local to the same backend. The node's stack
+/// sees the host interface's far side (169.254.0.1, 100::1) as the client: masqueraded, so
+/// that its answers go back through nodeplane (to the client's own address they would leave by
+/// the node's routes, never un-NATed, and the client would reset them).
+#[test]
+fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_endpoints() {
+    let mut lab = Lab::up("he-");
+    lab.start_servers();
+    let out = lab.exec(
+        "router",
+        &[
+            "ip",
+            "route",
+            "add",
+            "203.0.113.20/32",
+            "via",
+            "192.168.100.2",
+        ],
+    );
+    assert!(out.status.success(), "router route to the LB VIP: {out:?}");
+    let state = lab.host_state();
+    let np = Nodeplane::start(&lab, &state);
+    for (url, seen) in [
+        ("http://192.168.100.2:30090/", "169.254.0.1"),
+        ("http://[fd00:100::2]:30090/", "100::1"),
+        ("http://203.0.113.20/", "169.254.0.1"),
+    ] {
+        for _ in 0..3 {
+            let (code, out) = lab.curl("router", url);
+            assert_eq!(code, 0, "{url}: curl exit {code}; log:\n{}", np.log());
+            assert_eq!(
+                answer(&out),
+                ("host".to_string(), Some(ip(seen))),
+                "{url}: the host-network backend saw the masquerade source"
+            );
+        }
+    }
+    for _ in 0..3 {
+        let a = lab.udp("router", "192.168.100.2", 30091);
+        assert_eq!(a, "answer from host", "UDP NodePort, IPv4");
+        let a = lab.udp("router", "[fd00:100::2]", 30092);
+        let seen = a
+            .strip_prefix("answer from host6 ")
+            .map(|r| answer(&format!("x {r}")).1);
+        assert_eq!(seen, Some(Some(ip("100::1"))), "UDP NodePort, IPv6: {a:?}");
+    }
+    // Nothing listens behind UDP node port 30094: the node's stack answers the masquerade
+    // source with an ICMP(v6) port unreachable, which comes back through the pair and is
+    // translated to the client (its quoted datagram too), so the client's socket is refused
+    // instead of waiting for an answer.
+    for addr in ["192.168.100.2", "[fd00:100::2]"] {
+        let out = lab.exec(
+            "router",
+            &[
+                "sh",
+                "-c",
+                &format!("echo query | socat -T3 - UDP:{addr}:30094"),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Connection refused"),
+            "{addr}: the port unreachable reached the client: {out:?}"
+        );
+    }
+    let srcs = np.flow_sources();
+    assert!(
+        srcs.iter().any(|s| s == "192.168.100.1") && srcs.iter().any(|s| s == "fd00:100::1"),
+        "the router's flows are in conntrack: {srcs:?}"
+    );
     assert_through_nodeplane(&np);
 }

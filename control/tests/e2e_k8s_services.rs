@@ -715,6 +715,66 @@ fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_a
     assert_eq!(np.drops("snat-exhausted") + np.drops("snat-no-address"), 0);
 }
 
+/// A host interface (runtime/host.rs creates the pair), as in `e2e_host_network.rs`.
+const HOST_IFACE: &str = "
+  - name: nph1
+    role: host
+    mac: 02:00:00:00:00:11
+    gateway_mac: 02:00:00:00:00:10
+    peer: nph0
+";
+
+/// networking.go "Granular Checks: Services" "should function for node-Service: http", with
+/// the endpoint on another node: the node itself (a host-network client, through a host
+/// interface) reaches a ClusterIP and a LoadBalancer VIP with externalTrafficPolicy Local
+/// whose only endpoint is on node-2. The node IP is kept and the source port moves into
+/// `node.snat_port_range` (kube-proxy's "masquerade LOCAL traffic"), so node-2's answer to the
+/// node IP is steered back to nodeplane and restored; with the kernel's ephemeral port the
+/// answer went to the kernel, which had never seen the translation and reset it.
+#[test]
+fn should_function_for_node_service_http_with_an_endpoint_on_another_node() {
+    let mut lab = Lab::up("hc-");
+    lab.start_servers();
+    let _node2 = RemoteNode::up(&mut lab);
+    let remote_only = format!(
+        "      - {{ ip: {REMOTE_POD}, port: 8080 }}\n      - {{ ip: \"{REMOTE_POD6}\", port: 8080 }}\n"
+    );
+    let state = lab.state_with(
+        "state",
+        &remote_services("    external_traffic_policy: Local\n", &remote_only),
+    );
+    let ifaces = state.join("interfaces.yaml");
+    let text = fs::read_to_string(&ifaces).unwrap() + HOST_IFACE;
+    fs::write(&ifaces, text).unwrap();
+    let np = Nodeplane::start(&lab, &state);
+    for url in ["http://10.96.0.11/", "http://203.0.113.10/"] {
+        for _ in 0..3 {
+            let (code, out, _) = lab.curl("node", url);
+            assert_eq!(
+                (code, out.trim()),
+                (0, "remote 192.168.100.2"),
+                "{url}: node-2's endpoint answers the node IP; log:\n{}",
+                np.log()
+            );
+        }
+    }
+    let snats = np.snats_to(REMOTE_POD);
+    assert!(
+        snats.len() >= 6,
+        "ct list shows the node's flows: {snats:?}"
+    );
+    for s in &snats {
+        let (addr, port) = s.rsplit_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        assert_eq!(addr, "192.168.100.2", "{s}: the node IP kept");
+        assert!(
+            (61000..=65535).contains(&port),
+            "{s}: the port moved into node.snat_port_range"
+        );
+    }
+    assert_eq!(np.drops("snat-exhausted") + np.drops("snat-no-address"), 0);
+}
+
 /// A client that keeps its connection: sends lines on request, reads the server's lines.
 struct LineClient {
     child: Child,

@@ -135,48 +135,159 @@ const SNAT_FROM_DIALLED: SnatFrom = 1;
 const SNAT_FROM_TABLE: SnatFrom = 2;
 
 /// The addresses source NAT translates to that are neither the client's nor the one it
-/// dialled: the node IP that ExternalIP and LoadBalancer flows are masqueraded to. One
-/// process-wide, append-only table of [`SnatAddrs::CAPACITY`] write-once cells, so that an
-/// entry names its address in one byte, every table (each worker's, a what-if copy, a
-/// restored snapshot's) reads the same index the same way, and [`Entry`] stays three cache
-/// lines. Reading is one acquire load; a cell is written once, when a new flow first needs
-/// its address (a node has one or two such addresses, one per family; a node IP change adds
-/// one). A full table refuses the flow (`snat-no-address`), never reuses a cell.
+/// dialled: the node IP that ExternalIP and LoadBalancer flows are masqueraded to, and the
+/// host interface's far side (`snat::HOST_SNAT_V4` / `HOST_SNAT_V6`). One process-wide table of
+/// [`SnatAddrs::CAPACITY`] cells, so that an entry names its address in one byte, every table
+/// (each worker's, a what-if copy, a restored snapshot's) reads the same index the same way,
+/// and [`Entry`] stays three cache lines.
+///
+/// A cell counts the live conntrack entries that name it: an entry takes a reference when it
+/// is created or restored ([`SnatAddrs::intern`], [`SnatAddrs::acquire`]) and gives it back
+/// when it is removed or its table dropped ([`SnatAddrs::release`]). A cell no entry names is
+/// reusable for another address, so a node whose addresses change more than 64 times keeps
+/// masquerading; only 64 addresses *in use at once* fill the table (then `snat-no-address`).
+/// No lock and no allocation: each cell is three atomics, its address written only while the
+/// cell is claimed (flag `BUSY`, reference count 0), which no reader can observe, because
+/// readers only ever read cells their entry holds a reference to. A generation in the cell's
+/// state word makes a claim visible to a concurrent `intern` that looked at the old address
+/// (its compare-exchange fails; 29 bits: it would take 2^29 reuses of one cell during one
+/// compare-exchange to fool it). Only new and removed flows with such a source NAT touch a
+/// cell (one compare-exchange or one atomic subtraction on a line the workers share: the cost
+/// of reuse, paid per masqueraded connection, never per packet); every other flow never does.
 #[derive(Debug)]
 pub struct SnatAddrs;
 
-static SNAT_ADDRS: [std::sync::OnceLock<Addr>; SnatAddrs::CAPACITY] =
-    [const { std::sync::OnceLock::new() }; SnatAddrs::CAPACITY];
+/// One cell: `meta` = reference count (bits 0-31) | `VALID` | `V6` | `BUSY` | generation (bits
+/// 35-63); the address's 16 bytes in `words`. A cache line each: workers counting references
+/// to the IPv4 and the IPv6 address at once do not share a line.
+#[derive(Debug)]
+#[repr(align(64))]
+struct SnatCell {
+    meta: std::sync::atomic::AtomicU64,
+    words: [std::sync::atomic::AtomicU64; 2],
+}
+
+const CELL_REFS: u64 = 0xffff_ffff;
+const CELL_VALID: u64 = 1 << 32;
+const CELL_V6: u64 = 1 << 33;
+const CELL_BUSY: u64 = 1 << 34;
+const CELL_GEN_SHIFT: u32 = 35;
+
+static SNAT_ADDRS: [SnatCell; SnatAddrs::CAPACITY] = [const {
+    SnatCell {
+        meta: std::sync::atomic::AtomicU64::new(0),
+        words: [
+            std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicU64::new(0),
+        ],
+    }
+}; SnatAddrs::CAPACITY];
+
+fn addr_words(a: &Addr) -> [u64; 2] {
+    let (lo, hi) = a.bytes.split_at(8);
+    [
+        u64::from_le_bytes(lo.try_into().unwrap_or([0; 8])),
+        u64::from_le_bytes(hi.try_into().unwrap_or([0; 8])),
+    ]
+}
 
 impl SnatAddrs {
-    /// Distinct addresses a process can masquerade ExternalIP/LoadBalancer flows to.
+    /// Distinct addresses a process can masquerade flows to at once.
     pub const CAPACITY: usize = 64;
 
-    /// The index of `addr`, written into the first free cell if it is new; `None` when the
-    /// table is full.
-    fn intern(addr: Addr) -> Option<u8> {
-        for (i, cell) in SNAT_ADDRS.iter().enumerate() {
-            // `get_or_init` on a free cell claims it; a cell taken meanwhile by another
-            // address (another worker) is passed over.
-            if *cell.get_or_init(|| addr) == addr {
+    /// The index of a cell holding `addr`, with one reference taken for the caller: a cell that
+    /// holds it already, else a cell no entry refers to (claimed and rewritten). `None` when
+    /// every cell is referenced by other addresses' entries.
+    pub fn intern(addr: Addr) -> Option<u8> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        let w = addr_words(&addr);
+        let v6 = if addr.v6 { CELL_V6 } else { 0 };
+        for (i, c) in SNAT_ADDRS.iter().enumerate() {
+            let mut m = c.meta.load(Acquire);
+            // Retried only while other workers change this cell's reference count.
+            while m & (CELL_VALID | CELL_BUSY | CELL_V6) == CELL_VALID | v6
+                && m & CELL_REFS != CELL_REFS
+                && c.words[0].load(Relaxed) == w[0]
+                && c.words[1].load(Relaxed) == w[1]
+            {
+                match c.meta.compare_exchange(m, m + 1, AcqRel, Acquire) {
+                    Ok(_) => return Some(i as u8),
+                    Err(now) => m = now,
+                }
+            }
+        }
+        for (i, c) in SNAT_ADDRS.iter().enumerate() {
+            let m = c.meta.load(Acquire);
+            if m & CELL_BUSY != 0 || m & CELL_REFS != 0 {
+                continue;
+            }
+            let generation = (m >> CELL_GEN_SHIFT).wrapping_add(1) << CELL_GEN_SHIFT;
+            if c.meta
+                .compare_exchange(m, generation | CELL_BUSY, AcqRel, Acquire)
+                .is_ok()
+            {
+                c.words[0].store(w[0], Relaxed);
+                c.words[1].store(w[1], Relaxed);
+                // Publishes the words with the reference (readers acquire `meta` first).
+                c.meta.store(generation | CELL_VALID | v6 | 1, Release);
                 return Some(i as u8);
             }
         }
         None
     }
 
-    /// The address of cell `i` (written before any entry could name it). Out of line: only
-    /// masqueraded ExternalIP/LoadBalancer flows come here, and the lookups of every other
-    /// flow stay as small as without it.
+    /// One more reference to cell `i`, which the caller's copied entry names (the entry it was
+    /// copied from holds one, so the cell keeps its address).
+    fn acquire(i: u8) {
+        if let Some(c) = SNAT_ADDRS.get(usize::from(i)) {
+            c.meta.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Gives back a reference taken by [`Self::intern`] or [`Self::acquire`].
+    fn release(i: u8) {
+        if let Some(c) = SNAT_ADDRS.get(usize::from(i)) {
+            c.meta.fetch_sub(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The address of cell `i` (referenced by the caller's entry, so not rewritten meanwhile).
+    /// Out of line: only flows masqueraded through the table come here, and the lookups of
+    /// every other flow stay as small as without it.
     #[cold]
     #[inline(never)]
     fn get(i: u8) -> Addr {
-        SNAT_ADDRS
-            .get(usize::from(i))
-            .and_then(|c| c.get())
-            .copied()
-            .unwrap_or_default()
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let Some(c) = SNAT_ADDRS.get(usize::from(i)) else {
+            return Addr::default();
+        };
+        let v6 = c.meta.load(Acquire) & CELL_V6 != 0;
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&c.words[0].load(Relaxed).to_le_bytes());
+        bytes[8..].copy_from_slice(&c.words[1].load(Relaxed).to_le_bytes());
+        Addr { bytes, v6 }
     }
+
+    /// The entries that name cell `i` (tests and diagnostics).
+    pub fn references(i: u8) -> u64 {
+        SNAT_ADDRS.get(usize::from(i)).map_or(0, |c| {
+            c.meta.load(std::sync::atomic::Ordering::Acquire) & CELL_REFS
+        })
+    }
+}
+
+/// Gives back the reference [`snat_fields`] took for an entry that was not created.
+fn release_snat_from(has_snat: bool, from: SnatFrom) {
+    if has_snat && from >= SNAT_FROM_TABLE {
+        SnatAddrs::release(from - SNAT_FROM_TABLE);
+    }
+}
+
+/// The [`SnatAddrs`] cell an entry names, if any.
+#[inline]
+fn table_cell(e: &Entry) -> Option<u8> {
+    (e.nat.flags & NAT_SRC != 0 && e.snat_from >= SNAT_FROM_TABLE)
+        .then(|| e.snat_from - SNAT_FROM_TABLE)
 }
 
 /// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
@@ -340,7 +451,8 @@ fn nat_slot(nat: Option<Nat>, snat: Option<Snat>) -> NatSlot {
 }
 
 /// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
-/// address needs a [`SnatAddrs`] cell and none is left.
+/// address needs a [`SnatAddrs`] cell and none is left. A table cell comes with one reference
+/// for the entry (given back by [`release_snat_from`] if the entry is not created).
 fn snat_fields(orig: &FlowKey, snat: Option<Snat>) -> Result<(u16, SnatFrom), DropReason> {
     let Some(s) = snat else {
         return Ok((0, SNAT_FROM_CLIENT));
@@ -400,6 +512,18 @@ pub struct Conntrack {
     live: usize,
     cfg: CtConfig,
     pub stats: CtStats,
+}
+
+/// A dropped table (a stopped worker, a what-if copy) gives back its entries' [`SnatAddrs`]
+/// references.
+impl Drop for Conntrack {
+    fn drop(&mut self) {
+        for e in self.slots.iter().filter(|e| e.live) {
+            if let Some(i) = table_cell(e) {
+                SnatAddrs::release(i);
+            }
+        }
+    }
 }
 
 impl Conntrack {
@@ -629,7 +753,13 @@ impl Conntrack {
             return Err(DropReason::CtInvalid);
         }
         let (snat_port, snat_from) = snat_fields(&f.orig, f.snat)?;
-        let slot = self.take_slot(now)?;
+        let slot = match self.take_slot(now) {
+            Ok(s) => s,
+            Err(r) => {
+                release_snat_from(f.snat.is_some(), snat_from);
+                return Err(r);
+            }
+        };
         let state = if f.orig.proto == PROTO_TCP {
             initial_tcp_state(tcp_flags)
         } else {
@@ -678,6 +808,9 @@ impl Conntrack {
             return Err(DropReason::CtInvalid);
         }
         let slot = self.take_slot(now)?;
+        if let Some(i) = table_cell(e) {
+            SnatAddrs::acquire(i);
+        }
         self.put(
             slot,
             Entry {
@@ -760,7 +893,10 @@ impl Conntrack {
             prev: NIL,
             next: NIL,
         };
-        self.restore(&e, now)
+        // `restore` takes the entry's own reference; the one `snat_fields` took goes back.
+        let r = self.restore(&e, now);
+        release_snat_from(snat.is_some(), snat_from);
+        r
     }
 
     /// Accounts a packet that changes no connection state and returns `true`; or, for any
@@ -921,6 +1057,9 @@ impl Conntrack {
         }
         self.index_remove(&e.orig);
         self.index_remove(&e.reply());
+        if let Some(i) = table_cell(&e) {
+            SnatAddrs::release(i);
+        }
         self.slots[slot as usize].live = false;
         self.deadline[slot as usize] = u64::MAX;
         self.free.push(slot);
@@ -1483,8 +1622,132 @@ mod tests {
                 assert_eq!(ct.entry(s).reply(), f.reply, "{addr}");
                 assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
             }
-            assert_eq!(SnatAddrs::intern(table_addr), SnatAddrs::intern(table_addr));
+            let (a, b) = (SnatAddrs::intern(table_addr), SnatAddrs::intern(table_addr));
+            assert_eq!(a, b);
+            for i in [a, b].into_iter().flatten() {
+                SnatAddrs::release(i);
+            }
         }
+    }
+
+    /// Workers interning, reading and releasing at once: every reference reads back its own
+    /// address, while cells are claimed and reused under them (addresses 198.20.0.0/16 and
+    /// 2001:db8:5a::/48, this test's alone; two threads share each address, so a cell is
+    /// both found and claimed concurrently).
+    #[test]
+    fn snat_cells_under_concurrent_workers() {
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for j in 0..2000u16 {
+                        let n = (j % 300) as u8;
+                        let addr = if t % 2 == 0 {
+                            Addr::v4([198, 20, 0, n])
+                        } else {
+                            let mut b = [0u8; 16];
+                            b[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x00, 0x5a]);
+                            b[14] = 0;
+                            b[15] = n;
+                            Addr::v6(b)
+                        };
+                        let i = SnatAddrs::intern(addr).expect("cells to spare");
+                        assert_eq!(SnatAddrs::get(i), addr);
+                        assert!(SnatAddrs::references(i) >= 1);
+                        SnatAddrs::release(i);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no thread saw another's address");
+        }
+    }
+
+    /// A masqueraded flow through address `addr` (port 61000) to a backend.
+    fn table_flow(i: u16, addr: Addr) -> NewFlow {
+        let k = key(i, PROTO_TCP);
+        let backend = Addr::v4([10, 0, 2, 9]);
+        let mut f = flow(k);
+        f.nat = Some(Nat {
+            vip: k.dst,
+            vip_port: k.dport,
+            backend,
+            backend_port: 8080,
+            service: 0,
+        });
+        f.snat = Some(Snat { addr, port: 61000 });
+        f.reply = FlowKey {
+            src: backend,
+            dst: addr,
+            sport: 8080,
+            dport: 61000,
+            proto: PROTO_TCP,
+        };
+        f
+    }
+
+    /// More distinct masquerade addresses over a process's life than the table has cells: a
+    /// cell is reused once no entry names it, while a flow that stays keeps its address. (The
+    /// table is process-wide: the addresses here, 198.18.0.0/15, are this test's alone, so
+    /// tests running beside it take other cells.)
+    #[test]
+    fn snat_cells_are_reused_once_no_entry_names_them() {
+        let mut ct = Conntrack::new(&cfg(64));
+        let kept_addr = Addr::v4([198, 19, 0, 1]);
+        let kept = ct.create(&table_flow(1, kept_addr), F::SYN, 60, 0).unwrap();
+        let kept_cell = table_cell(ct.entry(kept)).expect("a table cell");
+        let n = 3 * SnatAddrs::CAPACITY as u16;
+        for j in 0..n {
+            let addr = Addr::v4([198, 18, (j >> 8) as u8, j as u8]);
+            let f = table_flow(2 + j, addr);
+            let s = ct
+                .create(&f, F::SYN, 60, 0)
+                .unwrap_or_else(|e| panic!("flow {j} through {addr}: {e:?}"));
+            let cell = table_cell(ct.entry(s)).expect("a table cell");
+            assert_ne!(cell, kept_cell, "the kept flow's cell is never taken");
+            assert_eq!(
+                SnatAddrs::references(cell),
+                1,
+                "only this flow names {addr}"
+            );
+            assert_eq!(ct.entry(s).snat(), f.snat);
+            assert_eq!(ct.lookup(&f.reply, 1), Some((s, Dir::Reply)));
+            ct.remove(s);
+        }
+        assert_eq!(ct.entry(kept).snat().map(|s| s.addr), Some(kept_addr));
+        assert_eq!(
+            ct.lookup(&table_flow(1, kept_addr).reply, 1),
+            Some((kept, Dir::Reply))
+        );
+        // A restored copy (what-if, snapshot) takes its own reference, and a dropped table
+        // gives its entries' references back.
+        assert_eq!(SnatAddrs::references(kept_cell), 1);
+        let mut copy = Conntrack::new(&cfg(8));
+        copy.restore(ct.entry(kept), 1).unwrap();
+        let saved: Vec<SavedFlow> = ct.save(1).collect();
+        let mut restored = Conntrack::new(&cfg(8));
+        restored.restore_saved(&saved[0], 1).unwrap();
+        assert_eq!(SnatAddrs::references(kept_cell), 3);
+        drop(copy);
+        drop(restored);
+        assert_eq!(SnatAddrs::references(kept_cell), 1);
+        // A flow refused for a full table takes no reference.
+        let mut tiny = Conntrack::new(&cfg(1));
+        let first = tiny
+            .create(&table_flow(900, kept_addr), F::SYN, 60, 0)
+            .unwrap();
+        assert_eq!(SnatAddrs::references(kept_cell), 2);
+        let mut second = table_flow(901, kept_addr);
+        second.snat = Some(Snat {
+            addr: kept_addr,
+            port: 61001,
+        });
+        second.reply.dport = 61001;
+        assert_eq!(tiny.create(&second, F::SYN, 60, 0), Err(DropReason::CtFull));
+        assert_eq!(SnatAddrs::references(kept_cell), 2);
+        tiny.remove(first);
+        ct.remove(kept);
+        assert_eq!(SnatAddrs::references(kept_cell), 0);
     }
 }
 

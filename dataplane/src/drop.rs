@@ -106,7 +106,8 @@ drop_reasons! {
     /// port of `node.snat_port_range` gives it a reply tuple that is free (see `snat.rs`).
     SnatExhausted = 33 => "snat-exhausted",
     /// A new flow needs masquerading to a node IP, and the node has none of the flow's address
-    /// family (`node.node_ips`).
+    /// family (`node.node_ips`); or its masquerade address needs a cell of the process-wide
+    /// table (`conntrack::SnatAddrs`) and all 64 are named by live flows of other addresses.
     SnatNoAddress = 34 => "snat-no-address",
 }
 

@@ -549,7 +549,13 @@ impl Pipeline {
 
         // Classify: which traffic is ours.
         if itf.role != InterfaceRole::Uplink {
-            if is_link_scoped(&m.dst) || is_link_scoped(&m.src) {
+            // Link-local is the kernel's, except the replies of flows masqueraded to a
+            // host-network backend: the node answers those to `snat::HOST_SNAT_V4` (checked
+            // only for link-scoped frames, never on an ordinary packet's way).
+            if (is_link_scoped(&m.dst)
+                && !(itf.role == InterfaceRole::Host && m.dst == snat::host_snat_addr(m.v6)))
+                || is_link_scoped(&m.src)
+            {
                 return Outcome::default();
             }
             let genuine = match itf.role {
@@ -567,7 +573,7 @@ impl Pipeline {
             // outside is spoofed (the kernel would call it a martian) and must not pass as the
             // host, which policy always allows.
             return Outcome::drop(DropReason::SpoofedSource);
-        } else if !self.uplink_owns(t, &m) {
+        } else if !self.uplink_owns(t, frame, &m) {
             if m.frag == Frag::First && t.is_node_ip(&m.dst) {
                 // Host traffic: its later fragments, which `uplink_owns` claims while their
                 // datagram is unknown, follow it to the kernel.
@@ -638,8 +644,8 @@ impl Pipeline {
     }
 
     /// On the uplink only traffic to our PodCIDRs, service frontends, NodePorts and the SNAT
-    /// port range of the node IPs is ours.
-    fn uplink_owns(&self, t: &Tables, m: &Meta) -> bool {
+    /// port range of the node IPs is ours, and ICMP errors to a node IP about such flows.
+    fn uplink_owns(&self, t: &Tables, frame: &[u8], m: &Meta) -> bool {
         if t.in_pod_cidr(&m.dst) || t.service_ips.contains_key(&m.dst) {
             return true;
         }
@@ -655,6 +661,9 @@ impl Pipeline {
             _ => {
                 t.frontend(m.dst, m.dport, m.proto).is_some()
                     || (matches!(m.proto, PROTO_TCP | PROTO_UDP) && t.snat_ports.contains(m.dport))
+                    || (m.frag == Frag::None
+                        && parse::is_icmp_error(m)
+                        && quotes_our_source(t, frame, m))
             }
         }
     }
@@ -952,6 +961,11 @@ impl Pipeline {
     ///   `external_traffic_policy: Cluster` to a backend on another node: masqueraded to a node
     ///   IP (the dialled one for a NodePort, else the first node IP of the family), so the reply
     ///   comes back through this node; `Local` keeps the client's address (never SNATed);
+    /// - a host-network backend (a node IP, behind the host interface) reached by a client the
+    ///   node's stack would not answer through the pair (not one of this node's pods or
+    ///   addresses): masqueraded to [`snat::host_snat_addr`], whatever the traffic policy;
+    /// - the node itself (through the host interface) to a backend on another node: its port
+    ///   moves into the SNAT range, address kept, so that the reply is steered back;
     /// - otherwise none, unless the reply tuple is taken by another flow (the same client port
     ///   reaching the same backend through another frontend): then the client's port is
     ///   remapped, its address kept, as Linux's NAT core does for a clashing tuple.
@@ -969,6 +983,36 @@ impl Pipeline {
     ) -> Result<(Option<Snat>, u64), DropReason> {
         let hairpin = nat.backend == key.src;
         let s = &t.services[nat.service as usize];
+        // A host-network backend (a node IP behind the host interface) answers a client by the
+        // node's routes: only the node's own PodCIDRs and addresses come back through the
+        // pair; anyone else (a remote client of a NodePort, ExternalIP or LoadBalancer
+        // frontend, a pod of another node) is masqueraded to the pair's far side, whatever
+        // the external traffic policy (kube-proxy keeps the client there because the kernel
+        // itself is the proxy; here the kernel would answer the client directly).
+        let host_backend = !hairpin
+            && t.host().is_some()
+            && t.is_node_ip(&nat.backend)
+            && !t.on_this_node(&key.src);
+        // The node itself (a host-network client, through the host interface) to a backend on
+        // another node: its source port moves into the SNAT range (address kept), so that the
+        // backend's reply to the node IP is steered to the dataplane like a masqueraded flow's
+        // (an ephemeral port's reply would be passed to the kernel, which never saw the DNAT).
+        // kube-proxy masquerades the node's own traffic to every service the same way:
+        // pkg/proxy/iptables/proxier.go, KUBE-EXT-* "masquerade LOCAL traffic for %s external
+        // destinations" (`--src-type LOCAL -j KUBE-MARK-MASQ`; nftables/proxier.go: "masquerade
+        // local traffic", `fib saddr type local jump mark-for-masquerade`) even under
+        // externalTrafficPolicy Local, and a ClusterIP from outside the pod CIDR.
+        let host_client = !hairpin && !backend_local && t.is_node_ip(&key.src);
+        // External frontends (NodePort, ExternalIP, LoadBalancer VIP) with
+        // externalTrafficPolicy Cluster are masqueraded whoever the client is, pods of this
+        // node included (kube-proxy: KUBE-EXT-* "masquerade traffic for %s external
+        // destinations" jumps to KUBE-MARK-MASQ before any policy chain; nftables: the
+        // `external-*` chain's "masquerade" rule), when the backend is on another node (a
+        // local backend keeps the client's address, as Cilium keeps it: the reply comes back
+        // through this node anyway). With Local, never: pods of this node are short-circuited
+        // to every backend without masquerade ("pod traffic for %s external destinations" /
+        // "short-circuit pod traffic" goto the cluster policy chain; `select_backend` picks
+        // cluster-wide for them), the world keeps its address on local backends.
         // A ClusterIP service has internal frontends only: no scope lookup for those.
         let masquerade = !hairpin
             && !backend_local
@@ -977,12 +1021,16 @@ impl Pipeline {
             && t.frontend_scope(key.dst, key.dport, key.proto) != Scope::Internal;
         let addr = if hairpin {
             key.dst
+        } else if host_backend {
+            snat::host_snat_addr(key.src.v6)
         } else if masquerade {
             if t.is_node_ip(&key.dst) {
                 key.dst
             } else {
                 t.snat_ip(key.dst.v6).ok_or(DropReason::SnatNoAddress)?
             }
+        } else if host_client {
+            key.src
         } else {
             // No SNAT wanted: the common case costs this one probe, which the entry's
             // creation would have made anyway (its hash is handed on).
@@ -1373,6 +1421,25 @@ impl Pipeline {
         (out.action, out.l2_trim, _) = self.route_and_finish(t, frame, m);
         out
     }
+}
+
+/// Whether an ICMP error to a node IP quotes a packet the dataplane sent from a node IP: a
+/// masqueraded flow's (source port in `node.snat_port_range`: a router's "fragmentation
+/// needed" or "unreachable" about it) or a NodePort flow's reply to its client (source: the
+/// node port). The XDP program steers exactly these (rule 4a); conntrack decides the rest
+/// (an error about no known flow is passed, `pass_dropped`). Only ICMP errors to a node IP
+/// come here, so ordinary packets never pay for the quote's parse.
+#[cold]
+fn quotes_our_source(t: &Tables, frame: &[u8], m: &Meta) -> bool {
+    let off = usize::from(m.l4_off) + icmp::HEADER_LEN;
+    let Ok(inner) = parse::parse_inner(frame, off, usize::from(m.ip_end), m.v6) else {
+        return false;
+    };
+    inner.has_l4()
+        && matches!(inner.proto, PROTO_TCP | PROTO_UDP)
+        && t.is_node_ip(&inner.src)
+        && (t.snat_ports.contains(inner.sport)
+            || t.frontend(inner.src, inner.sport, inner.proto).is_some())
 }
 
 /// Rewrites the quoted datagram inside an ICMP error: its source (`dst = false`) or

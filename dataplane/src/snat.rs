@@ -15,6 +15,36 @@
 //! caller's predicate before they cost a probe, and do not count against the limit. Nothing
 //! allocates; the cost is one conntrack probe per candidate, paid only by flows that need SNAT.
 
+use crate::flow::Addr;
+
+/// The source that flows from outside the node to a **host-network backend** (a node IP behind
+/// the host interface) are masqueraded to, IPv4: the host interface's link-local gateway. The
+/// node's stack answers a remote client by its own routes (straight out of the uplink, never
+/// un-NATed); it answers this address through the pair instead, because the host interface's
+/// routing table (7600, rule `iif lo`) routes it to `nph0`, so the reply meets the flow's
+/// conntrack entry on `nph1`. Link-local: never a real peer of the node (the cloud metadata
+/// address 169.254.169.254 is another one), so its route steals none of the node's traffic.
+pub const HOST_SNAT_V4: [u8; 4] = [169, 254, 0, 1];
+
+/// The IPv6 counterpart of [`HOST_SNAT_V4`]: `100::1`, from the discard-only prefix
+/// `100::/64` (RFC 6666), routed to `nph0` by table 7600 like the IPv4 one. Not the link-local
+/// gateway `fe80::1`: a link-local peer is reachable only with its scope (the interface), which
+/// TCP keeps (`ir_iif`) but a UDP server that stores the address without `sin6_scope_id`
+/// loses (`sendto` then fails with EINVAL); a global-scope address needs nothing from the
+/// application. From the discard-only block because no node ever has a real peer there, so
+/// the route steals nothing.
+pub const HOST_SNAT_V6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// The host-network masquerade source of a family ([`HOST_SNAT_V4`], [`HOST_SNAT_V6`]).
+#[inline]
+pub fn host_snat_addr(v6: bool) -> Addr {
+    if v6 {
+        Addr::v6(HOST_SNAT_V6)
+    } else {
+        Addr::v4(HOST_SNAT_V4)
+    }
+}
+
 /// Conntrack probes per allocation before giving up (`snat-exhausted`). Linux tries up to 128
 /// ports of a random start before it halves its attempts; with a range of 4536 ports a table
 /// needs thousands of flows to one backend port before a probe run of this length fails.

@@ -15,7 +15,13 @@
  *   3. ICMPv6 router/neighbour discovery, types 133..137            -> pass  ND
  *      (on every interface: the node's kernel answers pods' and routers' NS/RS; the dataplane
  *      has no ND responder)
- *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
+ *   4a. an ICMP/ICMPv6 error (v4: types 3, 11, 12; v6: 1-4, unfragmented) quoting a
+ *       TCP/UDP packet whose source is in `snat_addrs` with a source port in its range
+ *       -> steer SNAT (the error about a flow the dataplane masqueraded, e.g. a router's
+ *       "fragmentation needed" for it), or whose (source, protocol, source port) is in
+ *       `nodeports` -> steer NODEPORT (about a NodePort flow's reply to its client). Before
+ *       rule 4 (the masquerade source 169.254.0.1 is link-local) and rule 6 (node IPs).
+ *       Errors about anything else go on to the kernel as before.
  *   5. (dst, proto, dport) in `nodeports` (NodePort on a node IP)   -> steer NODEPORT
  *      (a first fragment also records its datagram in `frags`)
  *   5a. TCP/UDP to (dst, dport) with dst in `snat_addrs` and dport   -> steer SNAT
@@ -26,6 +32,9 @@
  *       the node's own connections never own such a reply; a host socket *listening* on a
  *       node IP in that range is shadowed (documented in docs/runtime.md)
  *       (a first fragment also records its datagram in `frags`)
+ *       (5 and 5a come before 4: the host interface's masquerade source 169.254.0.1 is
+ *       link-local and in `snat_addrs`; nothing else link-local or multicast is in either map)
+ *   4. multicast, broadcast, link-local destination                 -> pass  MULTICAST
  *   5b. a non-first fragment of a datagram recorded in `frags`      -> steer FRAGMENT
  *   6. dst in `host_addrs` (node IPs, pod gateway addresses)        -> pass  HOST
  *   7. ingress interface in `pod_ifaces`: all remaining IP traffic  -> steer POD
@@ -227,6 +236,12 @@ struct np_pkt {
 	__u8 is_mcast;      /* multicast, broadcast or link-local destination */
 	__u8 frag;          /* enum np_frag */
 	struct np_frag_key fkey; /* set when frag != NP_FRAG_NONE */
+	/* An ICMP/ICMPv6 error quoting a TCP/UDP packet: the quoted packet's source (the address
+	 * and port the node sent it from), IPv4-mapped for IPv4. */
+	__u8 icmp_err;
+	__u8 inner_proto;
+	__be16 inner_sport;
+	struct np_addr inner_src;
 };
 
 enum np_frag { NP_FRAG_NONE = 0, NP_FRAG_FIRST = 1, NP_FRAG_LATER = 2 };
@@ -247,24 +262,6 @@ static __always_inline int has_ports(__u8 proto)
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
 }
 
-static __always_inline enum parse_result parse_l4(void *l4, void *end, struct np_pkt *pkt)
-{
-	if (pkt->proto == IPPROTO_ICMPV6) {
-		__u8 *type = l4;
-
-		if ((void *)(type + 1) > end)
-			return PARSE_MALFORMED;
-		pkt->is_nd = *type >= 133 && *type <= 137;
-	} else if (has_ports(pkt->proto)) {
-		__be16 *ports = l4; /* source port, destination port */
-
-		if ((void *)(ports + 2) > end)
-			return PARSE_MALFORMED;
-		pkt->dport = ports[1];
-	}
-	return PARSE_IP;
-}
-
 /* Writes the IPv4-mapped IPv6 form ::ffff:a.b.c.d of `v4` into `out` (zeroed by the caller). */
 static __always_inline void v4_mapped(__u8 *out, const __u8 *v4)
 {
@@ -274,6 +271,78 @@ static __always_inline void v4_mapped(__u8 *out, const __u8 *v4)
 	out[13] = v4[1];
 	out[14] = v4[2];
 	out[15] = v4[3];
+}
+
+/* The packet an ICMP error quotes (at `q`, after the 8-byte ICMP header), when it is an
+ * unfragmented TCP/UDP packet whose ports are quoted: its source goes into `pkt`. IPv6: a quote
+ * with extension headers is not looked into (the node sends none). */
+static __always_inline void parse_quoted4(void *q, void *end, struct np_pkt *pkt)
+{
+	struct iphdr *ip = q;
+	__u32 ihl;
+
+	if ((void *)(ip + 1) > end)
+		return;
+	ihl = ip->ihl;
+	if (ip->version != 4 || ihl < 5 || (ip->frag_off & np_htons(0x1fff)))
+		return;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return;
+	__be16 *ports = q + ihl * 4;
+
+	if ((void *)(ports + 1) > end)
+		return;
+	v4_mapped(pkt->inner_src.addr, (__u8 *)&ip->saddr);
+	pkt->inner_sport = ports[0];
+	pkt->inner_proto = ip->protocol;
+	pkt->icmp_err = 1;
+}
+
+static __always_inline void parse_quoted6(void *q, void *end, struct np_pkt *pkt)
+{
+	struct ipv6hdr *ip6 = q;
+
+	if ((void *)(ip6 + 1) > end)
+		return;
+	if (ip6->version != 6 || (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP))
+		return;
+	__be16 *ports = (void *)(ip6 + 1);
+
+	if ((void *)(ports + 1) > end)
+		return;
+	__builtin_memcpy(pkt->inner_src.addr, ip6->saddr.s6_addr, 16);
+	pkt->inner_sport = ports[0];
+	pkt->inner_proto = ip6->nexthdr;
+	pkt->icmp_err = 1;
+}
+
+static __always_inline enum parse_result parse_l4(void *l4, void *end, struct np_pkt *pkt)
+{
+	if (pkt->proto == IPPROTO_ICMPV6) {
+		__u8 *type = l4;
+
+		if ((void *)(type + 1) > end)
+			return PARSE_MALFORMED;
+		pkt->is_nd = *type >= 133 && *type <= 137;
+		/* Destination unreachable, packet too big, time exceeded, parameter problem. */
+		if (*type >= 1 && *type <= 4 && pkt->frag == NP_FRAG_NONE)
+			parse_quoted6(l4 + 8, end, pkt);
+	} else if (pkt->proto == IPPROTO_ICMP) {
+		__u8 *type = l4;
+
+		/* Destination unreachable (incl. fragmentation needed), time exceeded, parameter
+		 * problem. A short ICMP header is the kernel's to judge, as before. */
+		if ((void *)(type + 1) <= end && (*type == 3 || *type == 11 || *type == 12) &&
+		    pkt->frag == NP_FRAG_NONE)
+			parse_quoted4(l4 + 8, end, pkt);
+	} else if (has_ports(pkt->proto)) {
+		__be16 *ports = l4; /* source port, destination port */
+
+		if ((void *)(ports + 2) > end)
+			return PARSE_MALFORMED;
+		pkt->dport = ports[1];
+	}
+	return PARSE_IP;
 }
 
 static __always_inline enum parse_result parse_ipv4(void *l3, void *end, struct np_pkt *pkt)
@@ -425,9 +494,21 @@ int np_redirect(struct xdp_md *ctx)
 		return count(NP_PASS_MALFORMED, XDP_PASS);
 	if (pkt.is_nd)
 		return count(NP_PASS_ND, XDP_PASS);
-	if (pkt.is_mcast)
-		return count(NP_PASS_MULTICAST, XDP_PASS);
+	if (pkt.icmp_err) {
+		struct np_nodeport np = { .port = pkt.inner_sport, .proto = pkt.inner_proto };
+		struct np_port_range *r = bpf_map_lookup_elem(&snat_addrs, &pkt.inner_src);
+		__u16 port = np_ntohs(pkt.inner_sport);
 
+		__builtin_memcpy(np.addr, pkt.inner_src.addr, 16);
+		if (r && port >= r->first && port <= r->last)
+			return steer(ctx, NP_REDIRECT_SNAT);
+		if (bpf_map_lookup_elem(&nodeports, &np))
+			return steer(ctx, NP_REDIRECT_NODEPORT);
+	}
+
+	/* Rules 5 and 5a before rule 4: the loader puts no multicast, broadcast or link-local
+	 * address into `nodeports` or `snat_addrs` but the host-network masquerade source
+	 * 169.254.0.1, whose replies the node sends into the host interface. */
 	if (pkt.dport) {
 		struct np_nodeport np = { .port = pkt.dport, .proto = pkt.proto };
 		__u32 reason = 0;
@@ -451,6 +532,9 @@ int np_redirect(struct xdp_md *ctx)
 			return steer(ctx, reason);
 		}
 	}
+
+	if (pkt.is_mcast)
+		return count(NP_PASS_MULTICAST, XDP_PASS);
 
 	if (pkt.frag == NP_FRAG_LATER) {
 		__u64 *first = bpf_map_lookup_elem(&frags, &pkt.fkey);

@@ -7,7 +7,7 @@
 //!      │   pref 90   iif lo to <node IP> ipproto P dport <node port>  lookup 7601 ─┐
 //!      │   pref 100  lookup local        (moved from pref 0, so that pref 90 is first)
 //!      │   pref 999  iif lo from <kernel address on a pod interface>  lookup main
-//!      │   pref 1000 iif lo lookup 7600: PodCIDRs, service frontends ───────────┐ │
+//!      │   pref 1000 iif lo lookup 7600: PodCIDRs, frontends, 169.254.0.1, 100::1 ┐ │
 //!      ▼                                          via 169.254.0.1 / fe80::1   ▼ ▼
 //!   peer (nph0) ══ veth ══ host interface (nph1): XDP steers every frame to the workers
 //!   ◄── replies to the node, service traffic to host-network backends: the pipeline forwards
@@ -36,7 +36,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use nodeplane_dataplane::flow::{PROTO_TCP, PROTO_UDP};
-use nodeplane_dataplane::Tables;
+use nodeplane_dataplane::{snat, Tables};
 use nodeplane_state::InterfaceRole;
 
 /// Routing table of the PodCIDRs and service frontends (rule pref [`PREF_MAIN`]).
@@ -114,6 +114,15 @@ pub fn plan(t: &Tables, h: &HostIface, exempt: &[IpAddr]) -> Plan {
     for a in t.service_ips.keys() {
         let ip = a.to_ip();
         let len = if ip.is_ipv4() { 32 } else { 128 };
+        if let Some(r) = via(ip, TABLE) {
+            dsts.insert(r.replacen(&ip.to_string(), &format!("{ip}/{len}"), 1));
+        }
+    }
+    // The host-network masquerade sources (`snat::HOST_SNAT_V4`, `HOST_SNAT_V6`): the node's
+    // answers to a remote client of a host-network backend go to them, back into the pair.
+    for v6 in [false, true] {
+        let ip = snat::host_snat_addr(v6).to_ip();
+        let len = if v6 { 128 } else { 32 };
         if let Some(r) = via(ip, TABLE) {
             dsts.insert(r.replacen(&ip.to_string(), &format!("{ip}/{len}"), 1));
         }
@@ -450,6 +459,8 @@ mod tests {
             "10.244.1.0/24 via 169.254.0.1 dev nph0 onlink src 192.168.100.2 table 7600",
             "fd00:244:1::/64 via fe80::1 dev nph0 onlink src fd00:100::2 table 7600",
             "10.96.0.10/32 via 169.254.0.1 dev nph0 onlink src 192.168.100.2 table 7600",
+            "169.254.0.1/32 via 169.254.0.1 dev nph0 onlink src 192.168.100.2 table 7600",
+            "100::1/128 via fe80::1 dev nph0 onlink src fd00:100::2 table 7600",
             "fd00:96::10/128 via fe80::1 dev nph0 onlink src fd00:100::2 table 7600",
             "192.168.100.2/32 via 169.254.0.1 dev nph0 onlink src 192.168.100.2 table 7601",
         ] {

@@ -6,7 +6,9 @@
 //! - NodePorts: (node IP, protocol, port) of every NodePort/LoadBalancer service;
 //! - source NAT: TCP/UDP to a node IP in `node.snat_port_range` (the replies of flows the
 //!   pipeline masqueraded to that node IP, and of NodePort hairpin), on every interface,
-//!   ahead of the `host_addrs` rule below;
+//!   ahead of the `host_addrs` rule below; with a host interface also to the host-network
+//!   masquerade sources `169.254.0.1` / `100::1` (the node's answers to remote clients of its
+//!   host-network backends, arriving on the host interface);
 //! - *not* steered (`host_addrs`): the node IPs and every address the node's kernel holds on
 //!   the dataplane's interfaces (the pods' gateway, e.g. `10.244.1.1`), so pods reach the node
 //!   itself, its DNS stub or kubelet through the kernel, and such frames never need to be
@@ -20,7 +22,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use nodeplane_dataplane::flow::{PROTO_TCP, PROTO_UDP};
-use nodeplane_dataplane::Tables;
+use nodeplane_dataplane::{snat, Tables};
 use nodeplane_state::InterfaceRole;
 use nodeplane_xdp::{NodePort, Proto, SnatAddr, SteeringConfig};
 
@@ -78,12 +80,21 @@ pub fn steering_config(
         nodeports.insert((k.addr.to_ip(), proto, k.port));
     }
     // Every address the pipeline source-NATs to is a node IP (or a service VIP, for hairpin
-    // through a ClusterIP: steered as a prefix already).
-    let snat = t
-        .node_ips
-        .iter()
-        .map(|a| SnatAddr {
-            addr: a.to_ip(),
+    // through a ClusterIP: steered as a prefix already), and with a host interface the
+    // host-network masquerade sources of the node IPs' families, whose replies the node sends
+    // to the host interface (the XDP program checks `snat_addrs` before it passes link-local).
+    let mut snat_ips: Vec<IpAddr> = t.node_ips.iter().map(|a| a.to_ip()).collect();
+    if t.host().is_some() {
+        for v6 in [false, true] {
+            if t.node_ips.iter().any(|a| a.v6 == v6) {
+                snat_ips.push(snat::host_snat_addr(v6).to_ip());
+            }
+        }
+    }
+    let snat = snat_ips
+        .into_iter()
+        .map(|addr| SnatAddr {
+            addr,
             first: t.snat_ports.first,
             last: t.snat_ports.last,
         })
@@ -160,6 +171,29 @@ mod tests {
         assert_eq!(
             s,
             vec!["192.168.100.2 61000-65535", "fd00:100::2 61000-65535"]
+        );
+        cfg.encode().expect("the XDP maps hold it");
+    }
+
+    /// With a host interface, the host-network masquerade sources of the node IPs' families
+    /// join the node IPs in `snat_addrs`.
+    #[test]
+    fn host_interface_steers_the_masquerade_sources() {
+        let mut state = nodeplane_state::example::state().unwrap();
+        state.interfaces.push(nodeplane_state::Interface {
+            name: "nph1".into(),
+            role: InterfaceRole::Host,
+            mac: nodeplane_state::MacAddr([2, 0, 0, 0, 0, 0x11]),
+            gateway_mac: Some(nodeplane_state::MacAddr([2, 0, 0, 0, 0, 0x10])),
+            peer: Some("nph0".into()),
+        });
+        let t = Tables::build(&state, 1, &mut MaglevCache::default());
+        assert!(t.host().is_some());
+        let (cfg, _) = steering_config(&t, |_| Some(1), &[]);
+        let s: Vec<String> = cfg.snat.iter().map(|s| s.addr.to_string()).collect();
+        assert_eq!(
+            s,
+            vec!["192.168.100.2", "fd00:100::2", "169.254.0.1", "100::1"]
         );
         cfg.encode().expect("the XDP maps hold it");
     }

@@ -30,6 +30,10 @@ pub fn all_cases() -> Vec<Case> {
         hairpin(true),
         host_interface(false),
         host_interface(true),
+        host_network_nodeport(false),
+        host_network_nodeport(true),
+        masquerade_parity(false),
+        masquerade_parity(true),
         externalip(),
         loadbalancer(),
         maglev_weights(false),
@@ -73,6 +77,8 @@ pub fn all_cases() -> Vec<Case> {
         icmp_echo(true),
         icmp_error_v4(),
         icmp_error_v6(),
+        icmp_error_masqueraded(false),
+        icmp_error_masqueraded(true),
         frag_in_order(false),
         frag_in_order(true),
         frag_out_of_order(false),
@@ -771,6 +777,196 @@ fn host_interface(v6: bool) -> Case {
         0,
         x("uplink frame claiming the node's address").drop_("spoofed-source"),
     );
+    c
+}
+
+/// The host-network masquerade source of a family (`snat::HOST_SNAT_V4` / `HOST_SNAT_V6`).
+fn host_snat(v6: bool) -> IpAddr {
+    nodeplane_dataplane::snat::host_snat_addr(v6).to_ip()
+}
+
+fn host_network_nodeport(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let lb = pick(v6, "198.51.100.20", "2001:db8:100::20");
+    let (a, n) = (pod_a(), node_stack());
+    let mut np = service(
+        "host-np",
+        ServiceType::NodePort,
+        L4Proto::TCP,
+        &[(pick(v6, "10.96.0.11", "fd00:96::11"), 80)],
+        vec![active(nip, 8080)],
+    );
+    np.node_ports = vec![
+        st::NodePort {
+            port: 30080,
+            protocol: L4Proto::TCP,
+        },
+        st::NodePort {
+            port: 30081,
+            protocol: L4Proto::UDP,
+        },
+    ];
+    let mut lbs = service(
+        "host-lb",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[(pick(v6, "10.96.0.13", "fd00:96::13"), 80), (lb, 80)],
+        vec![active(nip, 8081)],
+    );
+    lbs.external_traffic_policy = st::TrafficPolicy::Local;
+    let mut state = state_with(vec![np, lbs]);
+    state.interfaces.push(st::Interface {
+        name: n.iface.into(),
+        role: st::InterfaceRole::Host,
+        mac: st::MacAddr(n.node_mac),
+        gateway_mac: Some(st::MacAddr(n.mac)),
+        peer: Some("nph0".into()),
+    });
+    let hs = host_snat(v6);
+    let mut c = Case::new(
+        &format!("host-network-nodeport-{}", v(v6)),
+        &format!(
+            "A remote client reaches a host-network backend (Kubernetes: \"should be able to \
+             create a functioning NodePort service\" with an endpoint in the node's network \
+             namespace). NodePort {nip}:30080's only backend is the node itself ({nip}:8080, \
+             behind the host interface nph1). A world client's connection is DNATed to it and \
+             masqueraded to {hs} (the host interface's far side, a port of node.snat_port_range): \
+             the node's stack answers {hs} through nph1 (table 7600), never the client directly, \
+             and the answers are restored to {nip}:30080 → the client and sent to the gateway. \
+             The LoadBalancer VIP {lb}:80 with externalTrafficPolicy Local and the node as \
+             backend ({nip}:8081) is masqueraded the same way: the node's stack would answer the \
+             client's own address by its routes, around the dataplane. pod-a reaching the \
+             NodePort keeps its address (the node answers this node's pods through the pair). \
+             A UDP datagram to node port 30081 (nothing listens on {nip}:8080/UDP) is \
+             masqueraded the same way; the node's port unreachable to {hs}, arriving on nph1, \
+             is translated back to the client: outer destination and quoted packet (client → \
+             {nip}:30081)."
+        ),
+        state,
+    );
+    let w = world();
+    let mut f = Conn::new(&w, w.ip(v6), 51000, (ip(nip), 30080), &n, (ip(nip), 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(hs, port);
+    f.exchange(&mut c);
+    let mut g = Conn::new(&w, w.ip(v6), 51001, (ip(lb), 80), &n, (ip(nip), 8081));
+    let port = g.snat_port(&[]);
+    g = g.snat(hs, port);
+    g.handshake(&mut c);
+    g.data(&mut c, 100, 700);
+    let mut p = Conn::new(&a, a.ip(v6), 41000, (ip(nip), 30080), &n, (ip(nip), 8080));
+    p.handshake(&mut c);
+    let mut u = Conn::new(&w, w.ip(v6), 51002, (ip(nip), 30081), &n, (ip(nip), 8080)).udp();
+    let port = u.snat_port(&[]);
+    u = u.snat(hs, port);
+    let e = u.fc("UDP datagram to a node port nothing listens behind", "new");
+    u.c(&mut c, ACK, 40, e);
+    // The datagram as the node's stack received it.
+    let mut seen = c.pkt(
+        &w,
+        hs,
+        ip(nip),
+        L4::Udp {
+            sport: port,
+            dport: 8080,
+        },
+        40,
+    );
+    seen.ttl -= 1;
+    let unreachable = if v6 {
+        L4::Icmpv6(Icmpv6Type::DestinationUnreachable(
+            icmpv6::DestUnreachableCode::Port,
+        ))
+    } else {
+        L4::Icmpv4(Icmpv4Type::DestinationUnreachable(
+            icmpv4::DestUnreachableHeader::Port,
+        ))
+    };
+    let mut e = x("the node's port unreachable to the masquerade source")
+        .fwd(UPLINK)
+        .ct("related")
+        .out_src(nip);
+    e.out_dst = Some(w.ip(v6).to_string());
+    e.out_inner_src = Some(endpoint(w.ip(v6), Some(51002)));
+    e.out_inner_dst = Some(ep(nip, 30081));
+    let mut icmp = c.pkt(&n, ip(nip), hs, unreachable, 0);
+    icmp.payload = quote(&seen, false);
+    c.raw(n.iface, icmp.build(), e);
+    c
+}
+
+/// Which external-frontend flows are masqueraded, as kube-proxy's KUBE-EXT-* chains decide
+/// (issue 14): backends on another node only.
+fn masquerade_parity(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let rp = remote_pod();
+    let be = rp.ip(v6);
+    let (a, n) = (pod_a(), node_stack());
+    let vip = pick(v6, "10.96.0.11", "fd00:96::11");
+    let lb_cluster = pick(v6, "198.51.100.20", "2001:db8:100::20");
+    let lb_local = pick(v6, "198.51.100.21", "2001:db8:100::21");
+    let web = service(
+        "web",
+        ServiceType::ClusterIP,
+        L4Proto::TCP,
+        &[(vip, 80)],
+        vec![active(&be.to_string(), 8080)],
+    );
+    let lbc = service(
+        "lb-cluster",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[(lb_cluster, 80)],
+        vec![active(&be.to_string(), 8080)],
+    );
+    let mut lbl = service(
+        "lb-local",
+        ServiceType::LoadBalancer,
+        L4Proto::TCP,
+        &[(lb_local, 80)],
+        vec![active(&be.to_string(), 8080)],
+    );
+    lbl.external_traffic_policy = st::TrafficPolicy::Local;
+    let mut state = state_with(vec![web, lbc, lbl]);
+    state.interfaces.push(st::Interface {
+        name: n.iface.into(),
+        role: st::InterfaceRole::Host,
+        mac: st::MacAddr(n.node_mac),
+        gateway_mac: Some(st::MacAddr(n.mac)),
+        peer: Some("nph0".into()),
+    });
+    let mut c = Case::new(
+        &format!("masquerade-parity-{}", v(v6)),
+        &format!(
+            "Source NAT of flows to a backend on another node ({be}:8080) as kube-proxy's \
+             KUBE-EXT-* chains decide it. (1) pod-a → LoadBalancer VIP {lb_cluster}:80, \
+             externalTrafficPolicy Cluster: masqueraded to the node IP {nip} (\"masquerade \
+             traffic for external destinations\", pods included). (2) pod-a → LoadBalancer VIP \
+             {lb_local}:80, externalTrafficPolicy Local: short-circuited to the cluster-wide \
+             backend, pod-a's address kept (\"pod traffic for external destinations\"). (3) The \
+             node itself (through the host interface nph1) → the same Local VIP and (4) → the \
+             ClusterIP {vip}:80: the node IP kept, its port moved into node.snat_port_range \
+             (\"masquerade LOCAL traffic\"), so that the backend's replies to {nip} are the \
+             dataplane's; the replies come in on eth0 and go out nph1 restored."
+        ),
+        state,
+    );
+    let mut f = Conn::new(&a, a.ip(v6), 40000, (ip(lb_cluster), 80), &rp, (be, 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(ip(nip), port);
+    f.handshake(&mut c);
+    f.data(&mut c, 100, 300);
+    let mut g = Conn::new(&a, a.ip(v6), 40001, (ip(lb_local), 80), &rp, (be, 8080));
+    g.handshake(&mut c);
+    g.data(&mut c, 100, 300);
+    for (cport, dst) in [(45000, lb_local), (45001, vip)] {
+        let mut h = Conn::new(&n, n.ip(v6), cport, (ip(dst), 80), &rp, (be, 8080));
+        let port = h.snat_port(&[]);
+        assert_ne!(port, cport, "an ephemeral port moves into the range");
+        h = h.snat(n.ip(v6), port);
+        h.handshake(&mut c);
+        h.data(&mut c, 100, 300);
+    }
     c
 }
 
@@ -2694,6 +2890,129 @@ fn icmp_error_v6() -> Case {
     );
     p.payload = quote(&seen, false);
     c.raw(UPLINK, p.build(), e);
+    c
+}
+
+/// ICMP errors about masqueraded flows (issue 14): a world client's connection to NodePort
+/// 30080 whose backend is on another node leaves from the node IP and a port of the SNAT range.
+fn icmp_error_masqueraded(v6: bool) -> Case {
+    let nip = pick(v6, NODE_IP1, NODE_IP6);
+    let rp = remote_pod();
+    let be = rp.ip(v6);
+    let w = world();
+    let router = remote("192.168.1.1", "fd00:192:1::1");
+    let mut c = Case::new(
+        &format!("icmp-error-masqueraded-{}", v(v6)),
+        &format!(
+            "ICMP errors about a masqueraded flow reach the dataplane and are reverse-translated to \
+             the client, as the kernel's conntrack does for kube-proxy. A world client's connection \
+             to NodePort {nip}:30080 is DNATed to {be}:8080 on another node and masqueraded to \
+             {nip} with a port of node.snat_port_range. (1) A router on the way to the backend \
+             answers a 1400-byte segment with {too_big} quoting it ({nip}:<snat port> → \
+             {be}:8080): forwarded to the client as ct related, outer destination restored to the \
+             client, quoted packet to client → {nip}:30080 (checksums valid). (2) The same \
+             router's time-exceeded: the same. (3) A router on the client's side answers the \
+             backend's reply ({nip}:30080 → client) with {too_big}: forwarded to the backend, \
+             outer destination the backend, quoted packet {be}:8080 → {nip}:<snat port>. (4) An \
+             error quoting a port of the node IP below the SNAT range (the node's own connection) \
+             stays the kernel's: passed.",
+            too_big = if v6 { "Packet Too Big" } else { "fragmentation needed" },
+        ),
+        state_with(vec![nodeport_remote_service(v6)]),
+    );
+    let mut f = Conn::new(&w, w.ip(v6), 51000, (ip(nip), 30080), &rp, (be, 8080));
+    let port = f.snat_port(&[]);
+    f = f.snat(ip(nip), port);
+    f.handshake(&mut c);
+    let e = f.fc("1400-byte data segment", "established");
+    let mut big = c.pkt(&w, w.ip(v6), ip(nip), f.l4(true, PSHACK), 1400);
+    big.extras.dont_fragment = !v6;
+    c.raw(UPLINK, big.build(), e);
+    // What the router on the backend's side saw: DNAT, SNAT, TTL decremented.
+    let mut seen = big.clone();
+    seen.src = ip(nip);
+    seen.dst = be;
+    seen.ttl -= 1;
+    if let L4::Tcp { sport, dport, .. } = &mut seen.l4 {
+        *sport = port;
+        *dport = 8080;
+    }
+    let (too_big, exceeded) = if v6 {
+        (
+            L4::Icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 }),
+            L4::Icmpv6(Icmpv6Type::TimeExceeded(
+                icmpv6::TimeExceededCode::HopLimitExceeded,
+            )),
+        )
+    } else {
+        (
+            L4::Icmpv4(Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+            )),
+            L4::Icmpv4(Icmpv4Type::TimeExceeded(
+                icmpv4::TimeExceededCode::TtlExceededInTransit,
+            )),
+        )
+    };
+    let client = w.ip(v6).to_string();
+    for (what, l4) in [
+        (
+            "router's error about the masqueraded segment",
+            too_big.clone(),
+        ),
+        ("router's time-exceeded about it", exceeded),
+    ] {
+        let mut e = x(what).fwd(UPLINK).ct("related");
+        e.out_dst = Some(client.clone());
+        e.out_inner_src = Some(endpoint(w.ip(v6), Some(51000)));
+        e.out_inner_dst = Some(ep(nip, 30080));
+        let mut p = c.pkt(&router, router.ip(v6), ip(nip), l4, 0);
+        let mut q = quote(&seen, !v6);
+        q.truncate(1280 - 48);
+        p.payload = q;
+        c.raw(UPLINK, p.build(), e);
+    }
+    // The backend's reply as the client's side saw it: reverse-translated.
+    let e = f.fs("1400-byte response");
+    let mut resp = c.pkt(&rp, be, ip(nip), f.l4(false, PSHACK), 1400);
+    if let L4::Tcp { dport, .. } = &mut resp.l4 {
+        *dport = port;
+    }
+    resp.extras.dont_fragment = !v6;
+    c.raw(UPLINK, resp.build(), e);
+    let mut seen = resp.clone();
+    seen.src = ip(nip);
+    seen.dst = w.ip(v6);
+    seen.ttl -= 1;
+    if let L4::Tcp { sport, dport, .. } = &mut seen.l4 {
+        *sport = 30080;
+        *dport = 51000;
+    }
+    let mut e = x("client-side router's error about the reply")
+        .fwd(UPLINK)
+        .ct("related");
+    e.out_dst = Some(be.to_string());
+    e.out_inner_src = Some(ep(&be.to_string(), 8080));
+    e.out_inner_dst = Some(ep(nip, port));
+    let mut p = c.pkt(&router, router.ip(v6), ip(nip), too_big.clone(), 0);
+    let mut q = quote(&seen, !v6);
+    q.truncate(1280 - 48);
+    p.payload = q;
+    c.raw(UPLINK, p.build(), e);
+    // An error about the node's own connection (source port below the range).
+    let mut own = seen.clone();
+    if let L4::Tcp { sport, .. } = &mut own.l4 {
+        *sport = 40000;
+    }
+    let mut p = c.pkt(&router, router.ip(v6), ip(nip), too_big, 0);
+    let mut q = quote(&own, !v6);
+    q.truncate(1280 - 48);
+    p.payload = q;
+    c.raw(
+        UPLINK,
+        p.build(),
+        x("error about the node's own connection: the kernel's").pass(),
+    );
     c
 }
 
