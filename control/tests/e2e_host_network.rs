@@ -12,12 +12,13 @@
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 mod lab;
 
+use lab::daemon::Nodeplane;
 use lab::{root_dir, Lab};
 
 const HOST_IFACE: &str = "
@@ -198,70 +199,7 @@ impl Lab {
     }
 }
 
-/// `nodeplane run --config` (AF_XDP, one worker, not pinned) in the node namespace.
-struct Nodeplane {
-    wrapper: Child,
-    pid: i32,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
 impl Nodeplane {
-    fn start(lab: &Lab, state: &Path) -> Nodeplane {
-        let socket = lab.tmp.join("np.sock");
-        let log = lab.tmp.join("nodeplane.log");
-        let cfg = lab.tmp.join("config.yaml");
-        let pidf = lab.tmp.join("pid");
-        fs::write(
-            &cfg,
-            format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nconntrack_snapshot: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5, pin_dir: null }}\n",
-                state.display(),
-                socket.display(),
-                lab.tmp.join("conntrack.snap").display(),
-            ),
-        )
-        .unwrap();
-        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
-        let mut np = Nodeplane {
-            wrapper,
-            pid: 0,
-            socket,
-            log,
-        };
-        let t0 = Instant::now();
-        while !np.try_status().is_some_and(|s| {
-            s["generation"].as_u64().unwrap_or(0) >= 1
-                && s["workers"].as_array().is_some_and(|w| w.len() == 1)
-        }) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10) && np.wrapper.try_wait().unwrap().is_none(),
-                "nodeplane did not start: {}",
-                np.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
-        np
-    }
-
-    fn try_status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
-            .args(["status", "--json", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        self.try_status().expect("nodeplane status")
-    }
-
-    fn worker(&self, field: &str) -> u64 {
-        self.status()["workers"][0][field].as_u64().unwrap_or(0)
-    }
-
     /// Sources of the TCP and UDP flows in conntrack.
     fn flow_sources(&self) -> Vec<String> {
         let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
@@ -276,42 +214,6 @@ impl Nodeplane {
             .iter()
             .map(|r| r["src"].as_str().unwrap_or("").to_string())
             .collect()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; whether it exited 0 within 5 s.
-    fn stop(&mut self) -> bool {
-        if self.pid <= 0 {
-            // Not started (`kill 0` would signal the test's own process group).
-            let _ = self.wrapper.kill();
-            return false;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.wrapper.try_wait().unwrap() {
-                return s.success();
-            }
-            if t0.elapsed() > Duration::from_secs(5) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Nodeplane {
-    fn drop(&mut self) {
-        if self.wrapper.try_wait().ok().flatten().is_none() {
-            let _ = self.stop();
-            let _ = self.wrapper.kill();
-            let _ = self.wrapper.wait();
-        }
     }
 }
 
@@ -335,7 +237,7 @@ fn ip(s: &str) -> IpAddr {
 /// The traffic went through nodeplane: forwarded by the worker, nothing recycled as
 /// `pass_dropped`, and the pair's nodeplane end steered frames to the socket.
 fn assert_through_nodeplane(np: &Nodeplane) {
-    let s = np.status();
+    let s = np.stats();
     let passed = &s["workers"][0]["io"]["afxdp"]["counters"]["pass_dropped"];
     assert_eq!(passed.as_u64(), Some(0), "{s}");
     assert!(np.worker("forwarded") > 0, "{s}");
@@ -350,7 +252,7 @@ fn should_function_for_node_service_http() {
     let mut lab = Lab::up("he-");
     lab.start_servers();
     let state = lab.host_state();
-    let mut np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for url in [
         "http://10.96.0.10/",
         "http://[fd00:96::10]/",
@@ -382,7 +284,8 @@ fn should_function_for_node_service_http() {
         lab.rules("-4")
     );
     assert!(lab.rules("-4").contains("dport 30080 lookup 7601"));
-    assert!(np.stop(), "clean exit: {}", np.log());
+    let log = np.log();
+    assert!(np.stop(), "clean exit: {log}");
     for fam in ["-4", "-6"] {
         let r = lab.rules(fam);
         assert!(
@@ -408,7 +311,7 @@ fn should_function_for_node_service_udp() {
     let mut lab = Lab::up("he-");
     lab.start_servers();
     let state = lab.host_state();
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for (addr, port) in [("10.96.0.53", 53), ("192.168.100.2", 30054)] {
         for _ in 0..3 {
             let a = lab.udp("node", addr, port);
@@ -427,7 +330,7 @@ fn should_be_able_to_reach_pod_on_ipv4_and_ipv6_ip() {
     let mut lab = Lab::up("he-");
     lab.start_servers();
     let state = lab.host_state();
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for (url, want, src) in [
         ("http://10.244.1.21:8080/", "web1", "192.168.100.2"),
         ("http://[fd00:244:1::22]:8080/", "web2", "fd00:100::2"),
@@ -466,7 +369,7 @@ fn should_function_for_service_endpoints_using_host_network() {
     let mut lab = Lab::up("he-");
     lab.start_servers();
     let state = lab.host_state();
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for (url, client) in [
         ("http://10.96.0.70/", "10.244.1.10"),
         ("http://[fd00:96::70]/", "fd00:244:1::10"),
@@ -522,7 +425,7 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
     );
     assert!(out.status.success(), "router route to the LB VIP: {out:?}");
     let state = lab.host_state();
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for (url, seen) in [
         ("http://192.168.100.2:30090/", "169.254.0.1"),
         ("http://[fd00:100::2]:30090/", "100::1"),

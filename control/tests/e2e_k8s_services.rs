@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
+use lab::daemon::Nodeplane;
 use lab::{root_dir, Lab};
 
 impl Lab {
@@ -95,13 +96,13 @@ impl Lab {
 /// Replaces `services.yaml` of a running daemon's state (written aside, renamed in) and waits
 /// for the new generation.
 fn republish(np: &Nodeplane, lab: &Lab, state: &Path, services: &str) {
-    let gen = np.status()["generation"].as_u64().unwrap();
+    let gen = np.stats()["generation"].as_u64().unwrap();
     let tmp = lab.tmp.join("services.yaml.new");
     fs::write(&tmp, services).unwrap();
     fs::rename(&tmp, state.join("services.yaml")).unwrap();
     let t0 = Instant::now();
     loop {
-        let s = np.status();
+        let s = np.stats();
         if s["generation"].as_u64().unwrap() > gen {
             assert_eq!(s["state"], "ok", "{s}");
             return;
@@ -111,101 +112,6 @@ fn republish(np: &Nodeplane, lab: &Lab, state: &Path, services: &str) {
             "no new generation: {s}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `nodeplane run --config` (AF_XDP, one worker) in the lab's node namespace; killed on drop.
-struct Nodeplane {
-    wrapper: Child,
-    pid: i32,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Nodeplane {
-    fn start(lab: &Lab, state: &Path) -> Nodeplane {
-        let socket = lab.tmp.join("np.sock");
-        let log = lab.tmp.join("nodeplane.log");
-        let cfg = lab.tmp.join("config.yaml");
-        let pidf = lab.tmp.join("pid");
-        fs::write(
-            &cfg,
-            format!(
-                "state: {{ dir: {} }}\ncontrol_socket: {}\nconntrack_snapshot: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5, pin_dir: null }}\n",
-                state.display(),
-                socket.display(),
-                lab.tmp.join("conntrack.snap").display(),
-            ),
-        )
-        .unwrap();
-        let wrapper = lab.spawn_nodeplane(&cfg, &pidf, &log);
-        let mut np = Nodeplane {
-            wrapper,
-            pid: 0,
-            socket,
-            log,
-        };
-        let t0 = Instant::now();
-        while !np.try_status().is_some_and(|s| {
-            s["generation"].as_u64().unwrap_or(0) >= 1
-                && s["workers"].as_array().is_some_and(|w| w.len() == 1)
-        }) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10) && np.wrapper.try_wait().unwrap().is_none(),
-                "nodeplane did not start: {}",
-                fs::read_to_string(&np.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        np.pid = fs::read_to_string(&pidf).unwrap().trim().parse().unwrap();
-        np
-    }
-
-    fn try_status(&self) -> Option<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane"))
-            .args(["status", "--json", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        self.try_status().expect("nodeplane status")
-    }
-
-    /// A per-worker counter of worker 0.
-    fn worker(&self, field: &str) -> u64 {
-        self.status()["workers"][0][field].as_u64().unwrap_or(0)
-    }
-
-    fn drops(&self, reason: &str) -> u64 {
-        self.status()["workers"][0]["drops"][reason]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Nodeplane {
-    fn drop(&mut self) {
-        if self.pid > 0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.pid.to_string()])
-                .status();
-        }
-        let t0 = Instant::now();
-        while self.wrapper.try_wait().ok().flatten().is_none() {
-            if t0.elapsed() > Duration::from_secs(5) {
-                let _ = self.wrapper.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.wrapper.wait();
     }
 }
 
@@ -232,7 +138,7 @@ services:
     backends: [{ ip: 10.244.1.21, port: 8080 }]
 "#;
     let state = lab.state_with("state", services);
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
     assert_eq!(
         (code, out.split(' ').next()),
@@ -269,7 +175,7 @@ services:
         assert!(err.contains("Connection refused"), "UDP client: {err:?}");
     }
     assert!(t0.elapsed() < Duration::from_secs(2), "UDP refused at once");
-    assert!(np.worker("rejects_sent") >= 3, "{}", np.status());
+    assert!(np.worker("rejects_sent") >= 3, "{}", np.stats());
     assert!(np.drops("no-backend") >= 3);
     let _ = np.log();
 }
@@ -294,7 +200,7 @@ fn should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoints() 
         "",
     );
     let state = lab.state_with("state", &both_terminating);
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for _ in 0..5 {
         let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
         assert_eq!(
@@ -353,7 +259,7 @@ fn should_respect_internal_traffic_policy_local_pod_to_pod() {
         "    internal_traffic_policy: Local\n",
     );
     let state = lab.state_with("state", &local);
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for _ in 0..6 {
         let (code, out, _) = lab.curl("client", "http://10.96.0.10/");
         assert_eq!(code, 0);
@@ -407,7 +313,7 @@ fn should_work_for_type_load_balancer_with_external_traffic_policy_local() {
             etp,
         ),
     );
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for url in ["http://203.0.113.10/", "http://192.168.100.2:30080/"] {
         for _ in 0..4 {
             let (code, out, _) = lab.curl("router", url);
@@ -436,7 +342,7 @@ fn should_work_for_type_load_balancer_with_external_traffic_policy_local() {
     let h = health(&lab);
     assert!(h.starts_with("HTTP/1.1 200 OK"), "{h}");
     assert!(h.contains("\"localEndpoints\":1"), "{h}");
-    let st = np.status();
+    let st = np.stats();
     assert_eq!(
         st["health_checks"],
         serde_json::json!([{"port": 30081, "service": "web-lb", "local_endpoints": 1, "listening": true}]),
@@ -473,10 +379,10 @@ fn should_only_allow_access_from_service_loadbalancer_source_ranges() {
         "state",
         &lb_service(&backends, "    load_balancer_source_ranges: [10.0.0.0/8]\n"),
     );
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     let (code, _, _) = lab.curl("router", "http://203.0.113.10/");
     assert_ne!(code, 0, "the router (192.168.100.1) is outside 10.0.0.0/8");
-    assert!(np.drops("source-range-denied") >= 1, "{}", np.status());
+    assert!(np.drops("source-range-denied") >= 1, "{}", np.stats());
     // The node port is not restricted (kube-proxy filters the VIP only).
     let (code, _, _) = lab.curl("router", "http://192.168.100.2:30080/");
     assert_eq!(code, 0, "node port");
@@ -521,7 +427,7 @@ impl Nodeplane {
 
     /// One of the XDP program's counters.
     fn xdp(&self, counter: &str) -> u64 {
-        self.status()["io"]["xdp"][counter].as_u64().unwrap_or(0)
+        self.stats()["io"]["xdp"][counter].as_u64().unwrap_or(0)
     }
 }
 
@@ -643,7 +549,7 @@ fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_a
         "      - {{ ip: {REMOTE_POD}, port: 8080 }}\n      - {{ ip: \"{REMOTE_POD6}\", port: 8080 }}\n"
     );
     let state = lab.state_with("state", &remote_services("", &remote_only));
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     let snat_before = np.xdp("redirect_snat");
 
     for url in ["http://192.168.100.2:30080/", "http://203.0.113.10/"] {
@@ -691,7 +597,7 @@ fn should_be_able_to_create_a_functioning_nodeport_service_with_an_endpoint_on_a
     assert!(
         np.xdp("redirect_snat") >= snat_before + 9,
         "the remote endpoint's answers were steered by the SNAT range: {}",
-        np.status()["io"]["xdp"]
+        np.stats()["io"]["xdp"]
     );
 
     // A pod through the ClusterIP: no masquerade, the endpoint sees the pod.
@@ -746,7 +652,7 @@ fn should_function_for_node_service_http_with_an_endpoint_on_another_node() {
     let ifaces = state.join("interfaces.yaml");
     let text = fs::read_to_string(&ifaces).unwrap() + HOST_IFACE;
     fs::write(&ifaces, text).unwrap();
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for url in ["http://10.96.0.11/", "http://203.0.113.10/"] {
         for _ in 0..3 {
             let (code, out, _) = lab.curl("node", url);
@@ -859,7 +765,7 @@ fn should_connect_to_the_same_endpoint_via_cluster_ip_and_node_port_from_the_sam
         "services:\n  - name: echo\n    type: NodePort\n    frontends: [{{ ip: 10.96.0.12, port: 80 }}]\n    node_ports: [{{ port: 30090 }}]\n    backends:\n      - {{ ip: {WEB1}, port: 8080 }}\n"
     );
     let state = lab.state_with("state", &services);
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
 
     let mut via_cluster_ip = LineClient::connect(&lab, "client", "10.96.0.12", 80, 40000);
     assert_eq!(
@@ -872,7 +778,7 @@ fn should_connect_to_the_same_endpoint_via_cluster_ip_and_node_port_from_the_sam
     let seen = via_node_port.line();
     let (addr, port) = seen
         .rsplit_once(':')
-        .unwrap_or_else(|| panic!("second connection failed: {seen:?}; {}", np.status()));
+        .unwrap_or_else(|| panic!("second connection failed: {seen:?}; {}", np.stats()));
     let port: u16 = port.parse().unwrap();
     assert_eq!(addr, "10.244.1.10", "the client's address is kept");
     assert!(
@@ -890,7 +796,7 @@ fn should_connect_to_the_same_endpoint_via_cluster_ip_and_node_port_from_the_sam
         vec![format!("10.244.1.10:{port}")],
         "ct list shows the remapped port (and no source NAT on the first flow)"
     );
-    assert_eq!(np.drops("ct-invalid"), 0, "{}", np.status());
+    assert_eq!(np.drops("ct-invalid"), 0, "{}", np.stats());
 }
 
 /// service.go: "should allow pods to hairpin back to themselves through services": the only
@@ -905,7 +811,7 @@ fn should_allow_pods_to_hairpin_back_to_themselves_through_services() {
         "services:\n  - name: web\n    type: NodePort\n    frontends: [{{ ip: 10.96.0.10, port: 80 }}]\n    node_ports: [{{ port: 30080 }}]\n    backends:\n      - {{ ip: {WEB1}, port: 8080 }}\n"
     );
     let state = lab.state_with("state", &services);
-    let np = Nodeplane::start(&lab, &state);
+    let np = Nodeplane::start_one(&lab, &state);
     for _ in 0..3 {
         let (code, out, _) = lab.curl("web1", "http://10.96.0.10/");
         assert_eq!(

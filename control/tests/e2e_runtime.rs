@@ -190,11 +190,6 @@ impl Nodeplane {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("nodeplane {args:?}: {e}: {out}"))
     }
 
-    /// `nodeplane status --json`.
-    fn stats(&self) -> serde_json::Value {
-        self.json(&["status"])
-    }
-
     /// Waits until the daemon runs a generation above `gen`; returns the status.
     fn wait_generation_above(&self, gen: u64) -> serde_json::Value {
         let t0 = Instant::now();

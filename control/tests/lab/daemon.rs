@@ -81,7 +81,8 @@ pub struct Launch<'a> {
     pub sections: String,
     /// `io.afxdp.workers`; the start waits until that many run.
     pub workers: usize,
-    /// `io.afxdp.pin_dir`, when the XDP links are to be pinned there.
+    /// `io.afxdp.pin_dir`, when the XDP links are to be pinned there (`None`: `pin_dir: null`,
+    /// never pinned, so that no test touches the default `/sys/fs/bpf/nodeplane`).
     pub pin_dir: Option<&'a Path>,
     /// More keys for `io.afxdp` (`, no_socket: pass`).
     pub afxdp_extra: &'a str,
@@ -151,10 +152,10 @@ impl Nodeplane {
         let cfg = lab.tmp.join(format!("config-{}.yaml", l.run));
         let pidf = lab.tmp.join("pid");
         let _ = fs::remove_file(&pidf);
-        let pins = l
-            .pin_dir
-            .map(|d| format!(", pin_dir: {}", d.display()))
-            .unwrap_or_default();
+        let pins = match l.pin_dir {
+            Some(d) => format!(", pin_dir: {}", d.display()),
+            None => ", pin_dir: null".to_string(),
+        };
         fs::write(
             &cfg,
             format!(
@@ -201,6 +202,17 @@ impl Nodeplane {
         np
     }
 
+    /// One worker, no pins, the state directory `state`.
+    pub fn start_one(lab: &Lab, state: &Path) -> Nodeplane {
+        Nodeplane::launch(
+            lab,
+            &Launch {
+                workers: 1,
+                ..Launch::dir(state)
+            },
+        )
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -218,6 +230,29 @@ impl Nodeplane {
 
     pub fn status(&self) -> Option<serde_json::Value> {
         self.cli_json(&["status"])
+    }
+
+    /// `nodeplane status --json`; fails the test when the daemon does not answer.
+    pub fn stats(&self) -> serde_json::Value {
+        self.status()
+            .unwrap_or_else(|| panic!("nodeplane status: no answer: {}", self.log()))
+    }
+
+    /// Worker 0's counter `field`.
+    pub fn worker(&self, field: &str) -> u64 {
+        self.stats()["workers"][0][field].as_u64().unwrap_or(0)
+    }
+
+    /// Frames dropped for `reason`, every worker's.
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.stats()["workers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// The generation once the start has settled: the uplink gateway's MAC, when the kernel
