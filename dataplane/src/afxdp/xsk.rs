@@ -63,6 +63,8 @@ use std::{
 };
 
 use log::debug;
+
+use super::chain::{ChainRx, Verdict};
 use xsk_rs::{
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
     socket::XdpStatistics,
@@ -330,9 +332,8 @@ struct Sock {
     /// False once its interface went away ([`XskWorker::set_down`]): no RX, TX, refill or
     /// poll on it until [`XskWorker::rebind`] replaces it.
     up: bool,
-    /// The RX ring's next descriptors continue a chain whose head was dropped: dropped up to
-    /// and including the chain's last buffer.
-    rx_skip: bool,
+    /// Multi-buffer packet assembly across bursts (a chain cut at a burst's end).
+    chain: ChainRx,
 }
 
 impl fmt::Debug for Sock {
@@ -377,6 +378,8 @@ pub struct XskWorker {
     /// owns the memory and is never touched or resized after creation).
     lin_base: *mut u8,
     lin_len: [u32; MAX_BURST],
+    /// Each linear copy's length as received.
+    lin_orig: [u32; MAX_BURST],
     /// Most descriptors a socket stages for TX per burst.
     stage_cap: usize,
     /// New frames staged for TX during the current burst ([`Burst::tx_copy`]).
@@ -605,6 +608,7 @@ impl XskWorker {
             },
             lin_base: std::ptr::null_mut(),
             lin_len: [0; MAX_BURST],
+            lin_orig: [0; MAX_BURST],
             stage_cap,
             staged_copies: 0,
             tx_touched: 0,
@@ -652,7 +656,7 @@ impl XskWorker {
                         tx_stage: Vec::with_capacity(stage_cap),
                         stats: SocketStats::default(),
                         up: true,
-                        rx_skip: false,
+                        chain: ChainRx::default(),
                     })
                 }
                 Ok((_, _, None)) => {
@@ -964,67 +968,54 @@ impl XskWorker {
         }
         let mut kept = 0;
         let mut pkts = 0;
-        // The packet being assembled: its first descriptor in `burst[..kept]`, and whether a
-        // buffer of it was lost (bad descriptor).
-        let mut first = 0;
-        let mut broken = false;
-        let mut skip = self.socks[s].rx_skip;
+        let mut chain = self.socks[s].chain;
         for k in 0..n {
             let d = burst[k];
             let last = d.options() & XDP_PKT_CONTD == 0;
             let len_ok = d.addr() + d.lengths().data() <= self.region_len;
-            if len_ok && self.transition(&d, Owner::Fill(s as u8), Owner::Held) {
+            let ok = len_ok && self.transition(&d, Owner::Fill(s as u8), Owner::Held);
+            if ok {
                 self.socks[s].lent_rx -= 1;
                 burst[kept] = d;
                 kept += 1;
-            } else {
-                // Counted in `transition` (not ours to touch, left where the owner says), or
-                // here for a length beyond the region.
-                if !len_ok {
-                    self.accounting_errors += 1;
+            } else if !len_ok {
+                // Otherwise counted in `transition` (not ours to touch, left where the owner
+                // says).
+                self.accounting_errors += 1;
+            }
+            match chain.buffer(ok, last) {
+                Verdict::More => {}
+                Verdict::Packet(1) => {
+                    self.pkt_first[pkts] = (kept - 1) as u16;
+                    self.pkt_descs[pkts] = 1;
+                    pkts += 1;
                 }
-                broken = true;
-            }
-            if !last {
-                continue;
-            }
-            let descs = kept - first;
-            if skip || broken || descs > MAX_CHAIN {
-                // A chain cut at the end of an earlier burst was counted then; a lone bad
-                // descriptor is an accounting error (counted in `transition`).
-                if !skip && descs > 0 {
-                    self.socks[s].stats.rx_chain_dropped += 1;
+                Verdict::Packet(descs) => {
+                    let first = kept - descs;
+                    if self.linearize(pkts, &burst[first..kept]) {
+                        self.pkt_first[pkts] = first as u16;
+                        self.pkt_descs[pkts] = descs as u8;
+                        self.socks[s].stats.rx_chains += 1;
+                        pkts += 1;
+                    } else {
+                        self.socks[s].stats.rx_chain_dropped += 1;
+                        self.release_held(&burst[first..kept]);
+                        kept = first;
+                    }
                 }
-                self.release_held(&burst[first..kept]);
-                kept = first;
-            } else if descs == 1 {
-                self.pkt_first[pkts] = first as u16;
-                self.pkt_descs[pkts] = 1;
-                pkts += 1;
-            } else if self.linearize(pkts, &burst[first..kept]) {
-                self.pkt_first[pkts] = first as u16;
-                self.pkt_descs[pkts] = descs as u8;
-                self.socks[s].stats.rx_chains += 1;
-                pkts += 1;
-            } else {
-                self.socks[s].stats.rx_chain_dropped += 1;
-                self.release_held(&burst[first..kept]);
-                kept = first;
+                Verdict::Drop { descs, counted } => {
+                    self.socks[s].stats.rx_chain_dropped += u64::from(counted);
+                    self.release_held(&burst[kept - descs..kept]);
+                    kept -= descs;
+                }
             }
-            first = kept;
-            broken = false;
-            skip = false;
         }
-        if first < kept || (n > 0 && burst[n - 1].options() & XDP_PKT_CONTD != 0) {
-            // A chain without its last buffer: the rest (if it ever comes) is dropped too.
-            if !skip {
-                self.socks[s].stats.rx_chain_dropped += 1;
-            }
-            self.release_held(&burst[first..kept]);
-            kept = first;
-            skip = true;
+        if let Some(Verdict::Drop { descs, counted }) = chain.end_of_burst() {
+            self.socks[s].stats.rx_chain_dropped += u64::from(counted);
+            self.release_held(&burst[kept - descs..kept]);
+            kept -= descs;
         }
-        self.socks[s].rx_skip = skip;
+        self.socks[s].chain = chain;
         for a in &mut self.actions[..pkts] {
             *a = Action::Drop;
         }
@@ -1075,16 +1066,46 @@ impl XskWorker {
             off += len;
         }
         self.lin_len[p] = total as u32;
+        self.lin_orig[p] = total as u32;
         true
     }
 
     /// Writes packet `p`'s linear copy back into its chain's frames, filling each frame in
     /// turn, and sets each descriptor's length and `options` for TX. Returns how many of
     /// the chain's descriptors the packet now takes (at least 1); the others are unused.
+    ///
+    /// A packet of unchanged length has only its first frame written back: the pipeline
+    /// rewrites forwarded frames in their headers only (addresses, ports, TTL, checksum
+    /// fields, an ICMP error's quoted headers), which all lie in the first frame (3840 bytes
+    /// with 4096-byte frames), so the other frames still hold the right bytes. A change of
+    /// length (an L2 header removed) shifts every byte: then the whole chain is rewritten.
     fn delinearize(&mut self, p: usize) -> usize {
         let first = usize::from(self.pkt_first[p]);
         let descs = usize::from(self.pkt_descs[p]);
         let total = self.lin_len[p] as usize;
+        if self.lin_len[p] == self.lin_orig[p] {
+            let len = self.burst[first].lengths().data();
+            let dst = self.base.wrapping_add(self.burst[first].addr());
+            // SAFETY: the frame is held by this burst and `len` is its received length,
+            // within its chunk; the slot holds `lin_len` ≥ `len` bytes; no overlap; the
+            // burst's views are gone (finishing).
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.lin_base.wrapping_add(p * LIN_SLOT), dst, len)
+            };
+            debug_assert!(
+                self.tail_unchanged(p),
+                "the pipeline rewrote a chain's payload"
+            );
+            for j in first..first + descs {
+                let contd = if j + 1 < first + descs {
+                    XDP_PKT_CONTD
+                } else {
+                    0
+                };
+                self.burst[j].set_options(contd);
+            }
+            return descs;
+        }
         let mut off = 0;
         let mut used = 0;
         for j in first..first + descs {
@@ -1115,6 +1136,29 @@ impl XskWorker {
             self.burst[j].set_options(contd);
         }
         used
+    }
+
+    /// Whether the frames after the first of packet `p`'s chain still hold what its linear
+    /// copy holds (debug builds check [`XskWorker::delinearize`]'s premise with it).
+    fn tail_unchanged(&self, p: usize) -> bool {
+        let first = usize::from(self.pkt_first[p]);
+        let descs = usize::from(self.pkt_descs[p]);
+        let mut off = self.burst[first].lengths().data();
+        for d in &self.burst[first + 1..first + descs] {
+            let len = d.lengths().data();
+            // SAFETY: held frames of this burst and the packet's slot, read only.
+            let (a, b) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.base.wrapping_add(d.addr()), len),
+                    std::slice::from_raw_parts(self.lin_base.wrapping_add(p * LIN_SLOT + off), len),
+                )
+            };
+            if a != b {
+                return false;
+            }
+            off += len;
+        }
+        true
     }
 
     /// Transmits a copy of `data` in a new frame on socket `id` (for frames the worker
