@@ -115,7 +115,7 @@ fn jumbo_pod_mtu_downloads_arrive_intact_through_a_cluster_ip() {
     .unwrap();
     let mut daemon = lab.spawn_nodeplane(&cfg, &pidf, &log);
     let t0 = Instant::now();
-    while !status(&socket).is_some_and(|s| s["generation"].as_u64().unwrap_or(0) >= 1) {
+    while status(&socket).is_none_or(|s| s["generation"].as_u64().unwrap_or(0) < 1) {
         assert!(
             t0.elapsed() < Duration::from_secs(15) && daemon.try_wait().unwrap().is_none(),
             "nodeplane did not start: {}",
