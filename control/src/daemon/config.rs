@@ -400,6 +400,9 @@ mod tests {
         );
         let c = parse("io: { afxdp: { busy_poll_us: 50 } }").unwrap();
         assert_eq!(c.io.afxdp.unwrap().busy_poll_us, 50);
+        assert!(!a.multi_buffer, "multi-buffer off by default");
+        let c = parse("io: { afxdp: { frame_size: 4096, multi_buffer: true } }").unwrap();
+        assert!(c.io.afxdp.unwrap().multi_buffer);
         for key in ["no_socket", "dead_worker"] {
             let c = parse(&format!("io: {{ afxdp: {{ {key}: pass }} }}")).unwrap();
             assert_eq!(
@@ -426,6 +429,10 @@ mod tests {
             ),
             ("io: { afxdp: { ring_size: 1000 } }", "io.afxdp.ring_size"),
             ("io: { afxdp: { frame_size: 3000 } }", "io.afxdp.frame_size"),
+            (
+                "io: { afxdp: { multi_buffer: true } }",
+                "io.afxdp.multi_buffer",
+            ),
             (
                 "io: { afxdp: { ring_size: 8192 } }",
                 "io.afxdp.frames_per_socket",
