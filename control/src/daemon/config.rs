@@ -235,6 +235,19 @@ impl Config {
                     format!("{} is not in 1..=64 (AF_XDP workers)", cfg.workers),
                 ));
             }
+            if a.multi_buffer && cfg.workers > 1 {
+                // The hand-off to a flow's owner worker copies frames into slots of
+                // `handoff::HANDOFF_FRAME` (2048) bytes: a jumbo frame of another worker's
+                // flow could only be dropped (`handoff_too_long`).
+                return Err(invalid(
+                    "io.afxdp.multi_buffer",
+                    format!(
+                        "needs a single worker for now (workers: {}): frames handed to another \
+                         worker are limited to 2048 bytes",
+                        cfg.workers
+                    ),
+                ));
+            }
         }
         if let Some(b) = &cfg.bgp {
             let bgp_err = |source| ConfigError::Bgp {
@@ -431,6 +444,10 @@ mod tests {
             ("io: { afxdp: { frame_size: 3000 } }", "io.afxdp.frame_size"),
             (
                 "io: { afxdp: { multi_buffer: true } }",
+                "io.afxdp.multi_buffer",
+            ),
+            (
+                "workers: 2\nio: { afxdp: { frame_size: 4096, multi_buffer: true } }",
                 "io.afxdp.multi_buffer",
             ),
             (
