@@ -60,12 +60,14 @@
 #
 # A case that fails (no connection, a timeout) is reported as failed with its error and the
 # TcpInCsumErrors / UdpInCsumErrors counters of both pods, and the run goes on; the exit
-# code is 1 if any case failed. Namespaces (np-tp-*) are deleted on exit, also on failure.
+# code is 1 if any case failed. Namespaces (np-tp-*, or TP_PREFIX*) are deleted on exit, also on
+# failure.
 #
 # Environment: NODEPLANE_BIN, RR_BIN (default: release builds of this checkout, built if
 # missing), APP_CPU, NP_CPU, TP_NICE, TP_PODS_TX_CSUM_OFF, TP_AFXDP (extra `io.afxdp` keys for
 # nodeplane, e.g. TP_AFXDP='busy_poll_us: 0, ring_size: 1024'), TP_MTU (every veth's MTU, default
-# 1500; above 1778 nodeplane needs TP_AFXDP='frame_size: 4096', and veth's XDP limit is 3506),
+# 1500; above 1778 nodeplane needs TP_AFXDP='frame_size: 4096'; veth's XDP limit is 3506 unless
+# TP_AFXDP also has 'multi_buffer: true', then up to 65000),
 # TP_WORKERS (nodeplane's workers, default 1; for 2 also NP_CPU=0,1: worker w pins to the w-th
 # core), TP_PERF=1 (perf record of both cores during the clusterip stream1 case of every
 # dataplane, top symbols in the JSON).
@@ -100,7 +102,9 @@ CSUM_OFF="${TP_PODS_TX_CSUM_OFF:-0}"
 UDP_FLOWS=50000
 CLUSTER_CIDR=10.244.0.0/16
 
-P=np-tp-
+# TP_PREFIX: namespace name prefix (default np-tp-), so that runs of several people on one
+# machine do not meet.
+P="${TP_PREFIX:-np-tp-}"
 NODE=${P}node
 RTR=${P}rtr
 PA=${P}pa
@@ -662,7 +666,7 @@ perf_finish() {
 # ---------------------------------------------------------------- run
 RUNS="$TMP/runs.jsonl"
 : > "$RUNS"
-echo "throughput: topology up (np-tp-*); clients/servers/trafgen on CPU $APP_CPU, nodeplane on CPU $NP_CPU, nice $NICE"
+echo "throughput: topology up (${P}*); clients/servers/trafgen on CPU $APP_CPU, nodeplane on CPU $NP_CPU, nice $NICE"
 [ "$QUICK" = 0 ] || echo "throughput: --quick: stream ${STREAM_SECS}s, rr/crr ${RR_SECS}s, udp ${UDP_SECS}s"
 if [ "$CSUM_OFF" != 0 ]; then
   echo "throughput: *** TP_PODS_TX_CSUM_OFF=$CSUM_OFF: TX checksumming OFF in the pods and the router ($([ "$CSUM_OFF" = 1 ] && echo "every dataplane" || echo "while $CSUM_OFF runs")): NOT the default, NOT a result (wiring check only) ***"

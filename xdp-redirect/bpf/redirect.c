@@ -457,7 +457,10 @@ static __always_inline int steer(struct xdp_md *ctx, __u32 reason)
 	return no_socket();
 }
 
-SEC("xdp")
+/* `xdp.frags`: loaded with BPF_F_XDP_HAS_FRAGS, so that veth (and drivers with multi-buffer
+ * XDP) accept MTUs beyond one page (io.afxdp.multi_buffer). Only the linear part is read here
+ * (`data_end` ends it), and every header this program parses lies in it. */
+SEC("xdp.frags")
 int np_redirect(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;

@@ -1,4 +1,4 @@
-//! `scripts/lab.sh` builds the example node (a private copy, namespaces prefixed `np-xlab*`),
+//! `scripts/lab.sh` builds the example node (a private copy, namespaces prefixed `np-<NP_LAB_TAG>xlab*`),
 //! its kernel baseline forwards, and the XDP program with the example's steering splits its
 //! traffic as documented: pod traffic to the sockets, ARP/ND/gateway/node-IP traffic to the
 //! kernel.
@@ -17,7 +17,11 @@ struct Lab {
 
 impl Lab {
     fn up() -> Lab {
-        let prefix = format!("np-xlab{}-", std::process::id() % 100_000);
+        let prefix = format!(
+            "np-{}xlab{}-",
+            std::env::var("NP_LAB_TAG").unwrap_or_default(),
+            std::process::id() % 100_000
+        );
         let lab = Lab { prefix };
         lab.run("up");
         lab

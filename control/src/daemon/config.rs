@@ -235,6 +235,19 @@ impl Config {
                     format!("{} is not in 1..=64 (AF_XDP workers)", cfg.workers),
                 ));
             }
+            if a.multi_buffer && cfg.workers > 1 {
+                // The hand-off to a flow's owner worker copies frames into slots of
+                // `handoff::HANDOFF_FRAME` (2048) bytes: a jumbo frame of another worker's
+                // flow could only be dropped (`handoff_too_long`).
+                return Err(invalid(
+                    "io.afxdp.multi_buffer",
+                    format!(
+                        "needs a single worker for now (workers: {}): frames handed to another \
+                         worker are limited to 2048 bytes",
+                        cfg.workers
+                    ),
+                ));
+            }
         }
         if let Some(b) = &cfg.bgp {
             let bgp_err = |source| ConfigError::Bgp {
@@ -400,6 +413,9 @@ mod tests {
         );
         let c = parse("io: { afxdp: { busy_poll_us: 50 } }").unwrap();
         assert_eq!(c.io.afxdp.unwrap().busy_poll_us, 50);
+        assert!(!a.multi_buffer, "multi-buffer off by default");
+        let c = parse("io: { afxdp: { frame_size: 4096, multi_buffer: true } }").unwrap();
+        assert!(c.io.afxdp.unwrap().multi_buffer);
         for key in ["no_socket", "dead_worker"] {
             let c = parse(&format!("io: {{ afxdp: {{ {key}: pass }} }}")).unwrap();
             assert_eq!(
@@ -426,6 +442,14 @@ mod tests {
             ),
             ("io: { afxdp: { ring_size: 1000 } }", "io.afxdp.ring_size"),
             ("io: { afxdp: { frame_size: 3000 } }", "io.afxdp.frame_size"),
+            (
+                "io: { afxdp: { multi_buffer: true } }",
+                "io.afxdp.multi_buffer",
+            ),
+            (
+                "workers: 2\nio: { afxdp: { frame_size: 4096, multi_buffer: true } }",
+                "io.afxdp.multi_buffer",
+            ),
             (
                 "io: { afxdp: { ring_size: 8192 } }",
                 "io.afxdp.frames_per_socket",

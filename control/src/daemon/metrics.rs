@@ -581,6 +581,36 @@ fn afxdp(o: &mut String, s: &Status) {
             }
         }
     }
+    let name = "nodeplane_afxdp_chains_total";
+    let mut f = Family::new(
+        o,
+        name,
+        "counter",
+        "Packets that travelled as chains of UMEM frames (io.afxdp.multi_buffer): received (rx), \
+         sent (tx), and chains dropped on receipt (rx_dropped: too many frames or bytes, or no \
+         last buffer).",
+    );
+    for (worker, a) in &workers {
+        for sock in &a.sockets {
+            let queue = sock.queue.to_string();
+            for (kind, n) in [
+                ("rx", sock.rx_chains),
+                ("tx", sock.tx_chains),
+                ("rx_dropped", sock.rx_chain_dropped),
+            ] {
+                f.sample(
+                    name,
+                    &[
+                        ("worker", worker),
+                        ("iface", &sock.iface),
+                        ("queue", &queue),
+                        ("kind", kind),
+                    ],
+                    n,
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -605,7 +635,7 @@ mod tests {
             "kernel":{"rx_dropped":9,"rx_fill_ring_empty_descs":0,"rx_invalid_descs":0,"rx_ring_full":3,
               "tx_invalid_descs":0,"tx_ring_empty_descs":1522},
             "queue":1,"released":0,"rx":2,"tx":6,"tx_completed":6,"tx_kick_errors":0,"tx_kicks":6,
-            "tx_ring_full":0}]},
+            "tx_ring_full":0,"rx_chains":7,"tx_chains":5,"rx_chain_dropped":1}]},
           "finished":false,"passed":0,"rx_packets":35,"tx":{}},
         "packets":35,"panic_dropped":0,"passed":0,"rst_sent":0,"rejects_sent":4,
         "rejects_suppressed":1,"worker":0,"worker_panics":2}],
@@ -654,6 +684,18 @@ mod tests {
             ),
             Some(3.0)
         );
+        for (kind, v) in [("rx", 7.0), ("tx", 5.0), ("rx_dropped", 1.0)] {
+            assert_eq!(
+                sample(
+                    &t,
+                    &format!(
+                        r#"nodeplane_afxdp_chains_total{{worker="0",iface="uplink0",queue="1",kind="{kind}"}}"#
+                    )
+                ),
+                Some(v),
+                "{kind}"
+            );
+        }
         assert_eq!(sample(&t, "nodeplane_workers_dead"), Some(1.0));
         assert_eq!(
             sample(&t, r#"nodeplane_worker_panics_total{worker="0"}"#),
@@ -693,6 +735,7 @@ mod tests {
             "nodeplane_xdp_frames_total",
             "nodeplane_afxdp_handoff_frames_total",
             "nodeplane_afxdp_kernel_dropped_total",
+            "nodeplane_afxdp_chains_total",
             "nodeplane_afxdp_interface_events_total",
         ] {
             assert_eq!(

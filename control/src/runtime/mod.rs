@@ -92,6 +92,10 @@ pub struct AfXdpConfig {
     /// Microseconds a worker keeps polling its rings after the last frame before it sleeps
     /// in `poll()` (0: sleep at once).
     pub busy_poll_us: u32,
+    /// AF_XDP multi-buffer (`XDP_USE_SG`): packets longer than a UMEM frame (interface MTUs
+    /// above 3818 with 4096-byte frames, up to 65 000) arrive and leave as chains of frames.
+    /// Needs `frame_size: 4096`.
+    pub multi_buffer: bool,
 }
 
 /// `io.afxdp.no_socket`: steered traffic without a socket to take it (a worker that ended;
@@ -127,6 +131,7 @@ impl Default for AfXdpConfig {
             no_socket: NoSocketAction::Drop,
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             busy_poll_us: 50,
+            multi_buffer: false,
         }
     }
 }
@@ -153,6 +158,16 @@ impl AfXdpConfig {
             return Err((
                 "io.afxdp.frame_size",
                 format!("{} is not 2048 or 4096", self.frame_size),
+            ));
+        }
+        if self.multi_buffer && self.frame_size != 4096 {
+            return Err((
+                "io.afxdp.multi_buffer",
+                format!(
+                    "needs frame_size 4096 (got {}): a 64 KB packet in 2048-byte frames is a \
+                     chain longer than the kernel can send",
+                    self.frame_size
+                ),
             ));
         }
         if !(0.1..=3600.0).contains(&self.neigh_refresh) {
@@ -468,6 +483,7 @@ impl AfXdpBackend {
             ring_size: self.cfg.ring_size,
             frames_per_socket: self.cfg.frames_per_socket,
             frame_size: self.cfg.frame_size,
+            multi_buffer: self.cfg.multi_buffer,
             ..XskConfig::default()
         };
         let handoff = Handoff::new(workers, self.cfg.handoff_depth);

@@ -562,6 +562,9 @@ impl AfXdpIo {
                     fill_kicks: u.fill_kicks,
                     tx_kick_errors: u.tx_kick_errors,
                     fill_kick_errors: u.fill_kick_errors,
+                    rx_chains: u.rx_chains,
+                    rx_chain_dropped: u.rx_chain_dropped,
+                    tx_chains: u.tx_chains,
                     down: !self.xsk.is_up(s.id),
                     kernel,
                 }

@@ -63,6 +63,8 @@ use std::{
 };
 
 use log::debug;
+
+use super::chain::{ChainRx, Verdict};
 use xsk_rs::{
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
     socket::XdpStatistics,
@@ -74,6 +76,24 @@ pub const MAX_BURST: usize = 64;
 
 /// Frames one socket can have staged for TX in a burst (forwarded plus copies).
 const TX_STAGE: usize = 2 * MAX_BURST;
+
+/// `options` bit of a descriptor followed by more buffers of the same packet (uapi
+/// `XDP_PKT_CONTD`, multi-buffer sockets only).
+pub const XDP_PKT_CONTD: u32 = 1;
+
+/// Most buffers of one packet (multi-buffer): copy-mode TX builds an skb of one linear part
+/// and at most `MAX_SKB_FRAGS` (17) page fragments, one per descriptor after the first, so a
+/// longer chain could be received but never sent. Longer chains are dropped (counted).
+pub const MAX_CHAIN: usize = 18;
+
+/// Longest packet a chain may carry: the pipeline's offsets are 16 bits.
+pub const MAX_CHAIN_BYTES: usize = 65535;
+
+/// Bytes of one packet's linear copy (multi-buffer).
+const LIN_SLOT: usize = 1 << 16;
+
+/// Descriptors one socket can have staged for TX in a burst with multi-buffer.
+const TX_STAGE_SG: usize = TX_STAGE + MAX_BURST * MAX_CHAIN;
 
 /// Most sockets one worker owns.
 pub const MAX_SOCKETS: usize = 64;
@@ -94,6 +114,10 @@ pub struct XskConfig {
     pub bind_retries: u32,
     /// Delay between bind attempts.
     pub bind_retry_delay: Duration,
+    /// Multi-buffer (`XDP_USE_SG`): a packet longer than a frame holds arrives as a chain of
+    /// up to [`MAX_CHAIN`] frames, each but the last with [`XDP_PKT_CONTD`], and leaves the
+    /// same way. Needs an XDP program loaded with frags support (`xdp.frags`).
+    pub multi_buffer: bool,
 }
 
 impl Default for XskConfig {
@@ -104,6 +128,7 @@ impl Default for XskConfig {
             frames_per_socket: 2048,
             bind_retries: 50,
             bind_retry_delay: Duration::from_millis(20),
+            multi_buffer: false,
         }
     }
 }
@@ -204,7 +229,8 @@ pub struct SocketStats {
     pub rx: u64,
     /// Frames queued on this socket's TX ring.
     pub tx: u64,
-    /// Frames completed (sent) by the kernel.
+    /// Frames completed (sent) by the kernel (UMEM frames: a chain counts each of its
+    /// frames; the other counters count packets).
     pub tx_completed: u64,
     /// Frames meant for this socket's TX ring but dropped because it was full.
     pub tx_ring_full: u64,
@@ -225,6 +251,14 @@ pub struct SocketStats {
     /// Fill ring kicks (`poll`) that failed (EINTR is not an error). The next refill kicks
     /// again.
     pub fill_kick_errors: u64,
+    /// Packets received as a chain of more than one frame (multi-buffer; also in `rx`).
+    pub rx_chains: u64,
+    /// Chains dropped on receipt: longer than [`MAX_CHAIN`] frames or [`MAX_CHAIN_BYTES`], a
+    /// chain without its last buffer, or buffers of a chain whose head was not received.
+    /// Counted once per chain (not in `rx` or `dropped`).
+    pub rx_chain_dropped: u64,
+    /// Packets queued for TX as a chain of more than one frame (also in `tx`).
+    pub tx_chains: u64,
 }
 
 /// Where the worker's frames are (see the module docs for the invariant).
@@ -298,6 +332,8 @@ struct Sock {
     /// False once its interface went away ([`XskWorker::set_down`]): no RX, TX, refill or
     /// poll on it until [`XskWorker::rebind`] replaces it.
     up: bool,
+    /// Multi-buffer packet assembly across bursts (a chain cut at a burst's end).
+    chain: ChainRx,
 }
 
 impl fmt::Debug for Sock {
@@ -326,10 +362,26 @@ pub struct XskWorker {
     ring_size: u32,
     free: Vec<FrameDesc>,
     owner: Vec<Owner>,
-    /// Current burst: descriptors and actions (only the first `held` are live).
+    /// Current burst: descriptors (the first `held_descs` are live) and, per packet (the
+    /// first `held`), its action, its first descriptor and its number of descriptors.
     burst: Vec<FrameDesc>,
     actions: [Action; MAX_BURST],
     held: usize,
+    held_descs: usize,
+    pkt_first: [u16; MAX_BURST],
+    pkt_descs: [u8; MAX_BURST],
+    /// Multi-buffer: a linear copy of each chained packet of the burst (slot = packet index,
+    /// [`LIN_SLOT`] bytes each; empty without multi-buffer) and its length. The pipeline
+    /// works on the copy; TX writes it back into the chain's frames.
+    lin: Vec<u8>,
+    /// `lin`'s start: every access to the linear copies goes through it (the `Vec` only
+    /// owns the memory and is never touched or resized after creation).
+    lin_base: *mut u8,
+    lin_len: [u32; MAX_BURST],
+    /// Each linear copy's length as received.
+    lin_orig: [u32; MAX_BURST],
+    /// Most descriptors a socket stages for TX per burst.
+    stage_cap: usize,
     /// New frames staged for TX during the current burst ([`Burst::tx_copy`]).
     staged_copies: u32,
     /// Sockets with frames in their `tx_stage`, as a bit mask.
@@ -495,15 +547,24 @@ impl XskWorker {
         let base = p0.wrapping_sub(first.addr()).cast_mut();
         let region_len = total as usize * config.frame_size as usize;
 
+        let mut bind_flags = BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP;
+        if config.multi_buffer {
+            bind_flags |= BindFlags::XDP_USE_SG;
+        }
+        let stage_cap = if config.multi_buffer {
+            TX_STAGE_SG
+        } else {
+            TX_STAGE
+        };
         let sock_config = SocketConfig::builder()
             .rx_queue_size(ring)
             .tx_queue_size(ring)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+            .bind_flags(bind_flags)
             .build();
         let mut socks = Vec::with_capacity(bindings.len());
         for b in bindings {
-            socks.push(Self::bind(config, sock_config, &umem, b)?);
+            socks.push(Self::bind(config, sock_config, &umem, b, stage_cap)?);
         }
         let pollfds = socks
             .iter()
@@ -534,9 +595,21 @@ impl XskWorker {
             ring_size: config.ring_size,
             free,
             owner: vec![Owner::Free; total as usize],
-            burst: vec![FrameDesc::default(); MAX_BURST],
+            burst: vec![FrameDesc::default(); MAX_BURST + MAX_CHAIN],
             actions: [Action::Drop; MAX_BURST],
             held: 0,
+            held_descs: 0,
+            pkt_first: [0; MAX_BURST],
+            pkt_descs: [1; MAX_BURST],
+            lin: if config.multi_buffer {
+                vec![0; MAX_BURST * LIN_SLOT]
+            } else {
+                Vec::new()
+            },
+            lin_base: std::ptr::null_mut(),
+            lin_len: [0; MAX_BURST],
+            lin_orig: [0; MAX_BURST],
+            stage_cap,
             staged_copies: 0,
             tx_touched: 0,
             scratch: vec![FrameDesc::default(); MAX_BURST],
@@ -546,6 +619,7 @@ impl XskWorker {
             config: *config,
             sock_config,
         };
+        w.lin_base = w.lin.as_mut_ptr();
         for s in 0..w.socks.len() {
             w.refill(s);
         }
@@ -557,6 +631,7 @@ impl XskWorker {
         sock_config: SocketConfig,
         umem: &Umem,
         b: &XskBinding<'_>,
+        stage_cap: usize,
     ) -> Result<Sock, XskError> {
         let iface: Interface = b.iface.parse().map_err(|_| XskError::Bind {
             iface: b.iface.to_owned(),
@@ -578,9 +653,10 @@ impl XskWorker {
                         cq,
                         lent_rx: 0,
                         lent_tx: 0,
-                        tx_stage: Vec::with_capacity(TX_STAGE),
+                        tx_stage: Vec::with_capacity(stage_cap),
                         stats: SocketStats::default(),
                         up: true,
+                        chain: ChainRx::default(),
                     })
                 }
                 Ok((_, _, None)) => {
@@ -737,7 +813,7 @@ impl XskWorker {
             iface: &iface,
             queue,
         };
-        let mut new = Self::bind(&cfg, self.sock_config, &self.umem, &b)?;
+        let mut new = Self::bind(&cfg, self.sock_config, &self.umem, &b, self.stage_cap)?;
         // The slot's counters go on across the replacement.
         new.stats = self.socks[s].stats;
         // The old socket (unbound, nothing lent) is closed here.
@@ -880,30 +956,209 @@ impl XskWorker {
         let mut burst = std::mem::take(&mut self.burst);
         // SAFETY: the RX ring hands back frames of this worker's UMEM that were lent through
         // this socket's fill ring; `burst` is ours.
-        let n = unsafe { self.socks[s].rx.consume(&mut burst[..max]) };
+        let mut n = unsafe { self.socks[s].rx.consume(&mut burst[..max]) };
+        // A chain cut by the burst's end: its other buffers are in the ring already (the
+        // kernel publishes a packet's descriptors together), so take them one by one.
+        while n > 0 && n < burst.len() && burst[n - 1].options() & XDP_PKT_CONTD != 0 {
+            // SAFETY: as above.
+            if unsafe { self.socks[s].rx.consume_one(&mut burst[n]) } == 0 {
+                break;
+            }
+            n += 1;
+        }
         let mut kept = 0;
+        let mut pkts = 0;
+        let mut chain = self.socks[s].chain;
         for k in 0..n {
             let d = burst[k];
+            let last = d.options() & XDP_PKT_CONTD == 0;
             let len_ok = d.addr() + d.lengths().data() <= self.region_len;
-            if len_ok && self.transition(&d, Owner::Fill(s as u8), Owner::Held) {
+            let ok = len_ok && self.transition(&d, Owner::Fill(s as u8), Owner::Held);
+            if ok {
                 self.socks[s].lent_rx -= 1;
                 burst[kept] = d;
-                self.actions[kept] = Action::Drop;
                 kept += 1;
-            } else if len_ok {
-                // Counted in `transition`: not ours to touch, left where the owner says.
-            } else {
+            } else if !len_ok {
+                // Otherwise counted in `transition` (not ours to touch, left where the owner
+                // says).
                 self.accounting_errors += 1;
             }
+            match chain.buffer(ok, last) {
+                Verdict::More => {}
+                Verdict::Packet(1) => {
+                    self.pkt_first[pkts] = (kept - 1) as u16;
+                    self.pkt_descs[pkts] = 1;
+                    pkts += 1;
+                }
+                Verdict::Packet(descs) => {
+                    let first = kept - descs;
+                    if self.linearize(pkts, &burst[first..kept]) {
+                        self.pkt_first[pkts] = first as u16;
+                        self.pkt_descs[pkts] = descs as u8;
+                        self.socks[s].stats.rx_chains += 1;
+                        pkts += 1;
+                    } else {
+                        self.socks[s].stats.rx_chain_dropped += 1;
+                        self.release_held(&burst[first..kept]);
+                        kept = first;
+                    }
+                }
+                Verdict::Drop { descs, counted } => {
+                    self.socks[s].stats.rx_chain_dropped += u64::from(counted);
+                    self.release_held(&burst[kept - descs..kept]);
+                    kept -= descs;
+                }
+            }
+        }
+        if let Some(Verdict::Drop { descs, counted }) = chain.end_of_burst() {
+            self.socks[s].stats.rx_chain_dropped += u64::from(counted);
+            self.release_held(&burst[kept - descs..kept]);
+            kept -= descs;
+        }
+        self.socks[s].chain = chain;
+        for a in &mut self.actions[..pkts] {
+            *a = Action::Drop;
         }
         self.burst = burst;
-        self.held = kept;
-        self.socks[s].stats.rx += kept as u64;
+        self.held = pkts;
+        self.held_descs = kept;
+        self.socks[s].stats.rx += pkts as u64;
         Burst {
             w: self,
             sock: s,
             finished: false,
         }
+    }
+
+    /// Gives held frames back to the free list (a dropped chain).
+    fn release_held(&mut self, descs: &[FrameDesc]) {
+        for d in descs {
+            if let Some(i) = self.frame_index(d) {
+                self.owner[i] = Owner::Free;
+            }
+            self.free.push(*d);
+        }
+    }
+
+    /// Copies a chain's buffers into packet `p`'s linear slot. False if longer than
+    /// [`MAX_CHAIN_BYTES`].
+    fn linearize(&mut self, p: usize, descs: &[FrameDesc]) -> bool {
+        let total: usize = descs.iter().map(|d| d.lengths().data()).sum();
+        if total > MAX_CHAIN_BYTES {
+            return false;
+        }
+        let slot = self.lin_base.wrapping_add(p * LIN_SLOT);
+        let mut off = 0;
+        for d in descs {
+            let len = d.lengths().data();
+            // SAFETY: `d` is held by this burst (no ring holds it, the kernel does not write
+            // it) and `addr + len` lies inside the UMEM region (checked in `rx_burst`); the
+            // slot (`p` < MAX_BURST, `off + len` ≤ total ≤ MAX_CHAIN_BYTES < LIN_SLOT) lies in
+            // `lin`, which exists with multi-buffer (the only way to a chain), and no view of
+            // it is live while `rx_burst` runs.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.base.wrapping_add(d.addr()),
+                    slot.wrapping_add(off),
+                    len,
+                )
+            };
+            off += len;
+        }
+        self.lin_len[p] = total as u32;
+        self.lin_orig[p] = total as u32;
+        true
+    }
+
+    /// Writes packet `p`'s linear copy back into its chain's frames, filling each frame in
+    /// turn, and sets each descriptor's length and `options` for TX. Returns how many of
+    /// the chain's descriptors the packet now takes (at least 1); the others are unused.
+    ///
+    /// A packet of unchanged length has only its first frame written back: the pipeline
+    /// rewrites forwarded frames in their headers only (addresses, ports, TTL, checksum
+    /// fields, an ICMP error's quoted headers), which all lie in the first frame (3840 bytes
+    /// with 4096-byte frames), so the other frames still hold the right bytes. A change of
+    /// length (an L2 header removed) shifts every byte: then the whole chain is rewritten.
+    fn delinearize(&mut self, p: usize) -> usize {
+        let first = usize::from(self.pkt_first[p]);
+        let descs = usize::from(self.pkt_descs[p]);
+        let total = self.lin_len[p] as usize;
+        if self.lin_len[p] == self.lin_orig[p] {
+            let len = self.burst[first].lengths().data();
+            let dst = self.base.wrapping_add(self.burst[first].addr());
+            // SAFETY: the frame is held by this burst and `len` is its received length,
+            // within its chunk; the slot holds `lin_len` ≥ `len` bytes; no overlap; the
+            // burst's views are gone (finishing).
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.lin_base.wrapping_add(p * LIN_SLOT), dst, len)
+            };
+            debug_assert!(
+                self.tail_unchanged(p),
+                "the pipeline rewrote a chain's payload"
+            );
+            for j in first..first + descs {
+                let contd = if j + 1 < first + descs {
+                    XDP_PKT_CONTD
+                } else {
+                    0
+                };
+                self.burst[j].set_options(contd);
+            }
+            return descs;
+        }
+        let mut off = 0;
+        let mut used = 0;
+        for j in first..first + descs {
+            if used > 0 && off == total {
+                break;
+            }
+            let cap = self.frame_capacity(&self.burst[j]);
+            let len = cap.min(total - off);
+            let dst = self.base.wrapping_add(self.burst[j].addr());
+            let src = self.lin_base.wrapping_add(p * LIN_SLOT + off);
+            // SAFETY: the frame is held by this burst, and `len` is within its chunk
+            // (`frame_capacity`); `off + len` ≤ `lin_len` ≤ MAX_CHAIN_BYTES within the slot;
+            // the slot and the UMEM do not overlap; the burst's views are gone (finishing).
+            unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+            let d = &mut self.burst[j];
+            // SAFETY: the frame is held by this burst; only its length is written.
+            let mut data = unsafe { self.umem.data_mut(d) };
+            data.cursor().set_pos(len);
+            off += len;
+            used += 1;
+        }
+        for j in first..first + used {
+            let contd = if j + 1 < first + used {
+                XDP_PKT_CONTD
+            } else {
+                0
+            };
+            self.burst[j].set_options(contd);
+        }
+        used
+    }
+
+    /// Whether the frames after the first of packet `p`'s chain still hold what its linear
+    /// copy holds (debug builds check [`XskWorker::delinearize`]'s premise with it).
+    fn tail_unchanged(&self, p: usize) -> bool {
+        let first = usize::from(self.pkt_first[p]);
+        let descs = usize::from(self.pkt_descs[p]);
+        let mut off = self.burst[first].lengths().data();
+        for d in &self.burst[first + 1..first + descs] {
+            let len = d.lengths().data();
+            // SAFETY: held frames of this burst and the packet's slot, read only.
+            let (a, b) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.base.wrapping_add(d.addr()), len),
+                    std::slice::from_raw_parts(self.lin_base.wrapping_add(p * LIN_SLOT + off), len),
+                )
+            };
+            if a != b {
+                return false;
+            }
+            off += len;
+        }
+        true
     }
 
     /// Transmits a copy of `data` in a new frame on socket `id` (for frames the worker
@@ -920,6 +1175,7 @@ impl XskWorker {
         let Some(mut d) = self.free.pop() else {
             return Err(TxError::NoFreeFrame);
         };
+        d.set_options(0);
         let max = self.frame_capacity(&d);
         if data.len() > max {
             self.free.push(d);
@@ -952,6 +1208,19 @@ impl XskWorker {
         self.socks[s].stats.tx += 1;
         self.kick_tx(s);
         Ok(())
+    }
+
+    /// Where packet `i` of the current burst is: its frame, or its chain's linear copy.
+    #[inline]
+    fn view(&self, i: usize) -> (*mut u8, usize) {
+        if self.pkt_descs[i] > 1 {
+            // In bounds: a slot per packet of a burst, `lin_len` at most `MAX_CHAIN_BYTES`.
+            let p = self.lin_base.wrapping_add(i * LIN_SLOT);
+            return (p, self.lin_len[i] as usize);
+        }
+        let d = &self.burst[usize::from(self.pkt_first[i])];
+        // In bounds: `rx_burst` kept only frames with addr + len inside the region.
+        (self.base.wrapping_add(d.addr()), d.lengths().data())
     }
 
     /// Bytes a frame can hold from its descriptor's start to the end of its chunk.
@@ -1002,7 +1271,7 @@ impl XskWorker {
         let mut a = FrameAccounting {
             total: self.total,
             free: self.free.len() as u32,
-            held: self.held as u32 + self.staged_copies,
+            held: self.held_descs as u32 + self.staged_copies,
             ..FrameAccounting::default()
         };
         for s in &mut self.socks {
@@ -1037,7 +1306,7 @@ impl XskWorker {
                 self.accounting_errors
             )));
         }
-        if self.held != 0 || self.staged_copies != 0 {
+        if self.held_descs != 0 || self.staged_copies != 0 {
             return Err(fail("frames held outside a burst".into()));
         }
         let (mut free, mut held) = (0u32, 0u32);
@@ -1079,59 +1348,81 @@ impl XskWorker {
         let n = self.held;
         let mut touched = self.tx_touched;
         for k in 0..n {
-            let d = self.burst[k];
+            let first = usize::from(self.pkt_first[k]);
+            let descs = usize::from(self.pkt_descs[k]);
             match self.actions[k] {
                 Action::Tx(SocketId(t))
                     if usize::from(t) < self.socks.len()
                         && self.socks[usize::from(t)].up
-                        && self.socks[usize::from(t)].tx_stage.len() < TX_STAGE =>
+                        && self.socks[usize::from(t)].tx_stage.len() + descs <= self.stage_cap =>
                 {
-                    self.socks[usize::from(t)].tx_stage.push(d);
+                    let used = if descs == 1 {
+                        self.burst[first].set_options(0);
+                        1
+                    } else {
+                        self.socks[usize::from(t)].stats.tx_chains += 1;
+                        self.delinearize(k)
+                    };
+                    let t = usize::from(t);
+                    for j in first..first + used {
+                        let d = self.burst[j];
+                        self.socks[t].tx_stage.push(d);
+                    }
                     touched |= 1 << t;
+                    for j in first + used..first + descs {
+                        let d = self.burst[j];
+                        self.release_held(&[d]);
+                    }
                 }
                 Action::Release => {
                     self.socks[s].stats.released += 1;
-                    if let Some(i) = self.frame_index(&d) {
-                        self.owner[i] = Owner::Free;
-                    }
-                    self.free.push(d);
+                    self.release_burst_packet(first, descs);
                 }
                 _ => {
                     self.socks[s].stats.dropped += 1;
-                    if let Some(i) = self.frame_index(&d) {
-                        self.owner[i] = Owner::Free;
-                    }
-                    self.free.push(d);
+                    self.release_burst_packet(first, descs);
                 }
             }
         }
         self.held = 0;
+        self.held_descs = 0;
         self.staged_copies = 0;
         self.tx_touched = 0;
         while touched != 0 {
             let t = touched.trailing_zeros() as usize;
             touched &= touched - 1;
             let stage = std::mem::take(&mut self.socks[t].tx_stage);
-            // Produce is all or nothing, so ask for no more than the ring's free room.
+            // Produce is all or nothing, so ask for no more than the ring's free room, cut
+            // at a packet's end (a chain goes whole or not at all).
             let room = self.socks[t].tx.nb_free(stage.len() as u32) as usize;
+            let mut cut = room.min(stage.len());
+            while cut > 0 && stage[cut - 1].options() & XDP_PKT_CONTD != 0 {
+                cut -= 1;
+            }
             // SAFETY: the staged frames were received by this worker (held in the burst,
             // now released by it) and belong to its UMEM; each is given to one ring only.
-            let sent = unsafe { self.socks[t].tx.produce(&stage[..room.min(stage.len())]) };
+            let sent = unsafe { self.socks[t].tx.produce(&stage[..cut]) };
             for d in &stage[..sent] {
                 if let Some(i) = self.frame_index(d) {
                     self.owner[i] = Owner::Tx(t as u8);
                 }
             }
+            let mut unsent_pkts = 0u64;
             for d in &stage[sent..] {
                 if let Some(i) = self.frame_index(d) {
                     self.owner[i] = Owner::Free;
                 }
+                unsent_pkts += u64::from(d.options() & XDP_PKT_CONTD == 0);
                 self.free.push(*d);
             }
+            let sent_pkts = stage[..sent]
+                .iter()
+                .filter(|d| d.options() & XDP_PKT_CONTD == 0)
+                .count() as u64;
             let sock = &mut self.socks[t];
             sock.lent_tx += sent as u32;
-            sock.stats.tx += sent as u64;
-            sock.stats.tx_ring_full += (stage.len() - sent) as u64;
+            sock.stats.tx += sent_pkts;
+            sock.stats.tx_ring_full += unsent_pkts;
             let mut stage = stage;
             stage.clear();
             self.socks[t].tx_stage = stage;
@@ -1141,6 +1432,17 @@ impl XskWorker {
         }
         if s < self.socks.len() && self.socks[s].up {
             self.refill(s);
+        }
+    }
+
+    /// Gives packet's frames (`burst[first..first + descs]`) back to the free list.
+    fn release_burst_packet(&mut self, first: usize, descs: usize) {
+        for j in first..first + descs {
+            let d = self.burst[j];
+            if let Some(i) = self.frame_index(&d) {
+                self.owner[i] = Owner::Free;
+            }
+            self.free.push(d);
         }
     }
 }
@@ -1181,9 +1483,16 @@ impl<'w> Burst<'w> {
 
     #[inline]
     fn view(&self, i: usize) -> (*mut u8, usize) {
-        let d = &self.w.burst[i];
-        // In bounds: `rx_burst` kept only frames with addr + len inside the region.
-        (self.w.base.wrapping_add(d.addr()), d.lengths().data())
+        self.w.view(i)
+    }
+
+    /// Frames (buffers) packet `i` arrived in: 1, or the length of its chain (multi-buffer).
+    pub fn buffers(&self, i: usize) -> usize {
+        if i < self.w.held {
+            usize::from(self.w.pkt_descs[i])
+        } else {
+            0
+        }
     }
 
     /// The bytes of frame `i`. Panics if `i >= len()`.
@@ -1206,18 +1515,22 @@ impl<'w> Burst<'w> {
     /// Every frame with its action, for a pass over the whole burst.
     pub fn frames_mut(&mut self) -> impl Iterator<Item = (&mut [u8], &mut Action)> + '_ {
         let n = self.w.held;
-        let base = self.w.base;
-        let (burst, actions) = (&self.w.burst, &mut self.w.actions);
-        burst[..n]
-            .iter()
-            .zip(actions[..n].iter_mut())
-            .map(move |(d, a)| {
-                // SAFETY: the frames of a burst are distinct UMEM chunks held by it (see
-                // `frame`), so the views are disjoint; they live as long as `&mut self`.
-                let f = unsafe {
-                    std::slice::from_raw_parts_mut(base.wrapping_add(d.addr()), d.lengths().data())
-                };
-                (f, a)
+        let views: [(*mut u8, usize); MAX_BURST] = std::array::from_fn(|i| {
+            if i < n {
+                self.w.view(i)
+            } else {
+                (self.w.base, 0)
+            }
+        });
+        self.w.actions[..n]
+            .iter_mut()
+            .enumerate()
+            .map(move |(i, a)| {
+                let (p, len) = views[i];
+                // SAFETY: the packets of a burst are distinct UMEM chunks held by it or
+                // distinct slots of the linear copies (see `frame`), so the views are
+                // disjoint; they live as long as `&mut self`.
+                (unsafe { std::slice::from_raw_parts_mut(p, len) }, a)
             })
     }
 
@@ -1233,12 +1546,23 @@ impl<'w> Burst<'w> {
         &mut self.w.actions[..self.w.held]
     }
 
-    /// Bytes frame `i` can grow to (from its start to the end of its UMEM chunk).
+    /// Bytes frame `i` can grow to (from its start to the end of its UMEM chunk; for a
+    /// chain, what its frames hold, at most [`MAX_CHAIN_BYTES`]).
     pub fn capacity(&self, i: usize) -> usize {
         if i >= self.w.held {
             return 0;
         }
-        self.w.frame_capacity(&self.w.burst[i])
+        let first = usize::from(self.w.pkt_first[i]);
+        let descs = usize::from(self.w.pkt_descs[i]);
+        self.w.burst[first..first + descs]
+            .iter()
+            .map(|d| self.w.frame_capacity(d))
+            .sum::<usize>()
+            .min(if descs > 1 {
+                MAX_CHAIN_BYTES
+            } else {
+                usize::MAX
+            })
     }
 
     /// Changes the length of frame `i` (new bytes are whatever the chunk held). Returns
@@ -1249,7 +1573,11 @@ impl<'w> Burst<'w> {
         if i >= self.w.held || len > self.capacity(i) {
             return false;
         }
-        let d = &mut self.w.burst[i];
+        if self.w.pkt_descs[i] > 1 {
+            self.w.lin_len[i] = len as u32;
+            return true;
+        }
+        let d = &mut self.w.burst[usize::from(self.w.pkt_first[i])];
         // SAFETY: frame `i` is held by this burst (see `frame`); only its length is written.
         let mut data = unsafe { self.w.umem.data_mut(d) };
         data.cursor().set_pos(len);
@@ -1275,6 +1603,7 @@ impl<'w> Burst<'w> {
         let Some(mut d) = w.free.pop() else {
             return Err(TxError::NoFreeFrame);
         };
+        d.set_options(0);
         let max = w.frame_capacity(&d);
         if data.len() > max {
             w.free.push(d);

@@ -202,6 +202,15 @@ pub struct XskSocketStats {
     /// Fill ring kicks (`poll`) that failed.
     #[serde(default)]
     pub fill_kick_errors: u64,
+    /// Packets received as a chain of UMEM frames (`io.afxdp.multi_buffer`; also in `rx`).
+    #[serde(default)]
+    pub rx_chains: u64,
+    /// Chains dropped on receipt: too many frames or bytes, or a chain without its end.
+    #[serde(default)]
+    pub rx_chain_dropped: u64,
+    /// Packets queued for TX as a chain of UMEM frames (also in `tx`).
+    #[serde(default)]
+    pub tx_chains: u64,
     /// Its interface is gone: the socket is out of service until the interface is re-created.
     #[serde(default)]
     pub down: bool,

@@ -1,5 +1,5 @@
 //! Namespaces, veths and frame helpers for the root tests. Everything created is named
-//! `np-x*` (or by the test, with its own prefix: `Netns::named`) and deleted by name on drop,
+//! `np-<NP_LAB_TAG>x*` (or by the test, with its own prefix: `Netns::named`) and deleted by name on drop,
 //! also when a test fails.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
@@ -53,10 +53,16 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// `np-x<tag><pid><seq><suffix>`: unique per test and per run.
+    /// `np-<NP_LAB_TAG>x<tag><pid><seq><suffix>`: unique per test and per run. `NP_LAB_TAG`
+    /// (environment, default empty) keeps several people's runs on one machine apart, as for
+    /// the control crate's labs.
     pub fn new(tag: &str, suffix: &str) -> Netns {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("np-x{tag}{}{seq}{suffix}", std::process::id() % 100_000);
+        let name = format!(
+            "np-{}x{tag}{}{seq}{suffix}",
+            lab_tag(),
+            std::process::id() % 100_000
+        );
         let _ = sh_ok(&["ip", "netns", "del", &name]);
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
@@ -109,6 +115,11 @@ impl Netns {
         let out = self.ip(&["-o", "link", "show", iface]);
         out.split(':').next().unwrap().trim().parse().unwrap()
     }
+}
+
+/// `NP_LAB_TAG` from the environment (empty when unset).
+pub fn lab_tag() -> String {
+    std::env::var("NP_LAB_TAG").unwrap_or_default()
 }
 
 /// Moves the calling thread into the namespace at `path`.
