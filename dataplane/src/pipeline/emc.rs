@@ -9,7 +9,8 @@
 //!
 //! Why: the index probe (hashbrown's group match and an out-of-line key compare) is the
 //! largest part of an established packet's lookup; a hit is one load and an inlined compare of
-//! a key the packet needs next anyway. Memory: [`CELLS`] × 4 bytes per worker (64 KiB), fixed.
+//! a key the packet needs next anyway. Memory: [`CELLS`] × 4 bytes per worker (256 KiB), fixed;
+//! 64k cells, because 16k missed ~17 % of 10k flows (bench/RESULTS.md, `## Fast path (issue 11)`).
 
 use crate::conntrack::{Conntrack, Dir};
 use crate::flow::FlowKey;
