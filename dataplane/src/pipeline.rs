@@ -11,10 +11,14 @@
 //! direction was already classified (anti-spoofing or uplink ownership) and routed on the same
 //! ingress interface under the same tables, and which changes no connection state, skips both,
 //! using the entry's [`FastPath`]; every other packet (FIN, RST, a SYN on a closed tuple), and
-//! every packet the fast path is unsure of, takes the full path above. Costs (callgrind, IPv4
-//! TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue 11)`): ~670
-//! instructions per established packet (~50 of them the profiling harness's), ~2300 per new
-//! connection.
+//! every packet the fast path is unsure of, takes the full path above. The common frame
+//! (untagged IPv4, 20-byte header, TCP/UDP, full checksums) gets a lean parse and the
+//! established fast lane (`pipeline/lane4.rs`, with the flow cache of `pipeline/emc.rs`); a
+//! packet the lane does not take continues with the lean parse's [`Meta`] (no second parse),
+//! through `established_fast` (other frames of established flows) or the full path. Costs
+//! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
+//! 11)`): ~525-535 instructions per established packet (~50 of them the profiling harness's),
+//! ~2200 per new connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
