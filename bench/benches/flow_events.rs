@@ -114,8 +114,8 @@ impl Mix {
         });
         if self.tap.observed() {
             self.p.process_burst(&mut pkts, &mut self.out);
-            let parsed = self.p.parsed(BURST);
-            self.tap.record_burst(0, 1, &pkts, &self.out, parsed);
+            let tuples = self.p.tuples(BURST);
+            self.tap.record_burst(0, 1, &pkts, &self.out, tuples);
         } else {
             self.p.process_burst(&mut pkts, &mut self.out);
         }
@@ -133,8 +133,8 @@ impl Mix {
             tag: i as u64,
             parsed: None,
         });
-        let parsed = self.p.parsed(BURST);
-        self.tap.record_burst(0, 1, &pkts, &self.out, parsed);
+        let tuples = self.p.tuples(BURST);
+        self.tap.record_burst(0, 1, &pkts, &self.out, tuples);
     }
 
     /// Runs `bursts` bursts; returns the time spent in [`Mix::burst`].

@@ -16,7 +16,7 @@
 //! Cost on the worker: with no observer, one `Relaxed` load per burst. With observers, per
 //! frame a test of the outcome and, for an event, a 112-byte copy and one lock-free push
 //! (a CAS on the queue's tail); the original 5-tuple comes from the pipeline's own parse of the
-//! burst ([`Pipeline::parsed`](nodeplane_dataplane::Pipeline::parsed)), taken before any
+//! burst ([`Pipeline::tuples`](nodeplane_dataplane::Pipeline::tuples)), taken before any
 //! rewrite, so no frame is parsed twice. Nothing is allocated, locked or logged per packet.
 //! The figures are in bench/RESULTS.md (`## Flow events`).
 //!
@@ -639,8 +639,8 @@ fn stream_to(
 mod tests {
     use super::*;
     use nodeplane_dataplane::events::EventCounts;
-    use nodeplane_dataplane::parse::parse;
-    use nodeplane_dataplane::parse::Parsed;
+    use nodeplane_dataplane::flow::FlowKey;
+    use nodeplane_dataplane::parse::{parse, tuple};
     use nodeplane_dataplane::{MaglevCache, Outcome, Pipeline};
 
     fn tcp_syn(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -666,12 +666,12 @@ mod tests {
         let parsed = parse(frame);
         let o = p.process_one(&mut data, pc, 5);
         assert_eq!(
-            format!("{:?}", p.parsed(1)[0]),
-            format!("{parsed:?}"),
-            "the pipeline keeps the original parse"
+            p.tuples(1)[0],
+            tuple(&parsed),
+            "the pipeline keeps the original 5-tuple"
         );
         FlowEvent::wanted(&o).then(|| {
-            let ev = FlowEvent::new(0, t.generation, pc, 5, &p.parsed(1)[0], &o);
+            let ev = FlowEvent::new(0, t.generation, pc, 5, &p.tuples(1)[0], &o);
             resolve(&ev, &VecDeque::from([Arc::clone(t)]), 0)
         })
     }
@@ -744,7 +744,7 @@ mod tests {
         let pc = t1.iface_index("pod-client").unwrap();
         let mut f = tcp_syn([10, 244, 1, 10], [10, 96, 0, 10], 40000, 80);
         let o = p.process_one(&mut f, pc, 5);
-        let ev = FlowEvent::new(0, 1, pc, 5, &p.parsed(1)[0], &o);
+        let ev = FlowEvent::new(0, 1, pc, 5, &p.tuples(1)[0], &o);
         // Generation 2 puts a service in front: every index moves by one.
         let mut s2 = nodeplane_state::example::state().unwrap();
         let mut first = s2.services[0].clone();
@@ -777,7 +777,7 @@ mod tests {
             1,
             0,
             1,
-            &Ok(Parsed::NotIp),
+            &FlowKey::default(),
             &Outcome {
                 action: Action::Drop(DropReason::NoEndpoint),
                 ..Outcome::default()

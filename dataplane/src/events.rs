@@ -6,7 +6,7 @@
 //! Cost on the worker: with no observer, one `Relaxed` load per burst. With observers, per
 //! frame a test of the outcome and, for an event, a 112-byte copy and one lock-free push
 //! (a CAS on the queue's tail); the original 5-tuple comes from the pipeline's own parse of the
-//! burst ([`Pipeline::parsed`](crate::Pipeline::parsed)), taken before any rewrite, so no
+//! burst ([`Pipeline::tuples`](crate::Pipeline::tuples)), taken before any rewrite, so no
 //! frame is parsed twice. Nothing is allocated, locked or logged per packet. A full queue
 //! counts the event as `lost`, never blocks the worker.
 
@@ -16,12 +16,10 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
-use crate::flow::Addr;
-use crate::parse::Parsed;
+use crate::flow::{Addr, FlowKey};
 use crate::pipeline::{Action, CtStatus, Outcome, Packet};
 use crate::policy::PolicyVerdict;
 use crate::tables::IfIndex;
-use crate::DropReason;
 /// Events each worker's queue holds (allocated when the worker starts: ~2 MB). At 200K
 /// events/s on one worker that is 80 ms of slack for the fan-out, which drains every 2 ms.
 pub const EVENT_QUEUE: usize = 16_384;
@@ -61,28 +59,25 @@ impl FlowEvent {
         o.ct == CtStatus::New || matches!(o.action, Action::Drop(_))
     }
 
-    /// The event of one frame: `parsed` is the frame's parse as it arrived (before rewrite).
+    /// The event of one frame: `tuple` is the frame's 5-tuple as it arrived (before rewrite;
+    /// [`crate::parse::tuple`]).
     #[inline]
     pub fn new(
         worker: u16,
         generation: u64,
         iface: IfIndex,
         ts: u64,
-        parsed: &Result<Parsed, DropReason>,
+        tuple: &FlowKey,
         o: &Outcome,
     ) -> FlowEvent {
-        let (src, dst, sport, dport, proto) = match parsed {
-            Ok(Parsed::Ip(m)) => (m.src, m.dst, m.sport, m.dport, m.proto),
-            _ => (Addr::default(), Addr::default(), 0, 0, 0),
-        };
         FlowEvent {
             ts,
             generation,
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
+            src: tuple.src,
+            dst: tuple.dst,
+            sport: tuple.sport,
+            dport: tuple.dport,
+            proto: tuple.proto,
             worker,
             iface,
             action: o.action,
@@ -173,8 +168,8 @@ impl EventTap {
         }
     }
 
-    /// Records the events of one processed chunk (≤ BURST frames): `parsed` is the pipeline's
-    /// parse of the same frames, before rewrite. An event's time is its frame's (the burst's
+    /// Records the events of one processed chunk (≤ BURST frames): `tuples` are the pipeline's
+    /// 5-tuples of the same frames, before rewrite. An event's time is its frame's (the burst's
     /// time live; the frame's capture time in a replay).
     #[inline]
     pub fn record_burst(
@@ -183,9 +178,9 @@ impl EventTap {
         generation: u64,
         pkts: &[Packet<'_>],
         outs: &[Outcome],
-        parsed: &[Result<Parsed, DropReason>],
+        tuples: &[FlowKey],
     ) {
-        for ((p, o), m) in pkts.iter().zip(outs).zip(parsed) {
+        for ((p, o), m) in pkts.iter().zip(outs).zip(tuples) {
             if FlowEvent::wanted(o) {
                 self.push(FlowEvent::new(worker, generation, p.iface, p.ts, m, o));
             }

@@ -5,12 +5,14 @@
 //!
 //! Every length is checked once here; later stages index the frame only at offsets this stage
 //! proved in bounds (`l3_off + header`, `l4_off + 8` for ports, `l4_off + 18` for the TCP
-//! checksum). Field positions come from [`crate::wire`]. Cost: ~10-20 ns per packet, dominated
-//! by the IPv4 header checksum verification.
+//! checksum). Field positions come from [`crate::wire`]. The common frame takes [`lean4`]
+//! (~50 instructions: straight-line checks on fixed-size views, the IPv4 header checksum as one
+//! divisibility test), which the established fast lane reads directly; everything else, and
+//! every error, [`parse_general`].
 
 use crate::csum;
 use crate::drop::DropReason;
-use crate::flow::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::wire::{at, ethernet, icmp, icmpv6, ipv4, ipv6, tcp, udp, vlan, Field};
 
 /// Where a packet stands with respect to IP fragmentation.
@@ -69,18 +71,44 @@ pub enum Parsed {
     NotIp,
 }
 
+impl Lean4 {
+    /// The flow key of the frame as it arrived.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: Addr::v4(self.src),
+            dst: Addr::v4(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// The 5-tuple of a parse as the frame arrived (flow events): all zero for a frame that is not
+/// IP or did not parse; ports 0 for a later fragment (its ports come from its first fragment).
+#[inline]
+pub fn tuple(parsed: &Result<Parsed, DropReason>) -> FlowKey {
+    match parsed {
+        Ok(Parsed::Ip(m)) => FlowKey {
+            src: m.src,
+            dst: m.dst,
+            sport: m.sport,
+            dport: m.dport,
+            proto: m.proto,
+        },
+        _ => FlowKey::default(),
+    }
+}
+
 /// The longest frame parsed: any offset into it fits the `u16` fields of [`Meta`].
 pub const MAX_FRAME_LEN: usize = u16::MAX as usize;
 
 /// Parses one Ethernet frame (at most [`MAX_FRAME_LEN`] bytes, else `frame-too-long`).
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
-    // Every offset in `Meta` is 16 bits: a longer frame (replay has no MTU) would wrap them.
-    if frame.len() > MAX_FRAME_LEN {
-        return Err(DropReason::FrameTooLong);
-    }
-    if let Some(m) = parse_ipv4_common(frame) {
-        return Ok(Parsed::Ip(m));
+    if let Some(l) = lean4(frame) {
+        return Ok(Parsed::Ip(l.meta()));
     }
     parse_general(frame)
 }
@@ -99,17 +127,73 @@ fn bytes4<const N: usize>(h: &[u8; N], field: Field) -> [u8; 4] {
     [h[i], h[i + 1], h[i + 2], h[i + 3]]
 }
 
+/// The common frame reduced to what the established fast lane reads (`pipeline::lane4`): the
+/// key, the TCP flags, the TTL, and whether the L4 checksum is partial. The offsets are fixed
+/// ([`LEAN4_L3`], [`LEAN4_L4`]) and [`lean4`] proved the frame holds the whole IPv4 header and
+/// the TCP header (TCP) or the 8-byte UDP header (UDP). [`Lean4::meta`] is exactly the [`Meta`]
+/// [`parse`] gives for the same frame, so a packet that leaves the lane after its lean parse is
+/// not parsed again.
+#[derive(Debug, Clone, Copy)]
+pub struct Lean4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ttl: u8,
+    /// End of the IP datagram in the frame.
+    pub ip_end: u16,
+    ident: u16,
+    /// See [`Meta::csum_partial`].
+    pub csum_partial: bool,
+}
+
+/// Where a [`Lean4`] frame's IPv4 header starts (untagged Ethernet).
+pub const LEAN4_L3: usize = ethernet::HEADER_LEN;
+/// Where a [`Lean4`] frame's TCP/UDP header starts (a 20-byte IPv4 header).
+pub const LEAN4_L4: usize = LEAN4_L3 + ipv4::MIN_HEADER_LEN;
+
+impl Lean4 {
+    /// The [`Meta`] of the same frame, as [`parse`] gives it.
+    #[inline(always)]
+    pub fn meta(&self) -> Meta {
+        Meta {
+            l3_off: LEAN4_L3 as u16,
+            l4_off: LEAN4_L4 as u16,
+            ip_end: self.ip_end,
+            v6: false,
+            proto: self.proto,
+            src: Addr::v4(self.src),
+            dst: Addr::v4(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            tcp_flags: self.tcp_flags,
+            icmp_type: 0,
+            icmp_code: 0,
+            frag: Frag::None,
+            frag_id: u32::from(self.ident),
+            ttl: self.ttl,
+            csum_partial: self.csum_partial,
+        }
+    }
+}
+
 /// The common frame, straight-line: untagged IPv4 with a 20-byte header, not a fragment,
-/// carrying a complete TCP or UDP header, header checksum right. It yields exactly the [`Meta`]
-/// the general parser would; anything else (including every error) returns `None` and goes
-/// through [`parse_general`], so errors are reported in one place. ~60 instructions instead of
-/// ~280: fixed-size array views let the compiler drop the bounds checks and unroll the sum.
+/// carrying a complete TCP or UDP header, header checksum right, at most [`MAX_FRAME_LEN`]
+/// bytes. Anything else (including every error) returns `None` and goes through
+/// [`parse_general`], so errors are reported in one place. ~50 instructions instead of ~280:
+/// fixed-size array views let the compiler drop the bounds checks and unroll the sum.
 #[inline(always)]
-fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
-    const L3: usize = ethernet::HEADER_LEN;
-    const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+pub fn lean4(frame: &[u8]) -> Option<Lean4> {
+    const L3: usize = LEAN4_L3;
+    const L4: usize = LEAN4_L4;
     const ETHERTYPE: [u8; 2] = ethernet::ETHERTYPE_IPV4.to_be_bytes();
-    let h: &[u8; L4 + udp::HEADER_LEN] = frame.get(..L4 + udp::HEADER_LEN)?.try_into().ok()?;
+    // Every offset in `Meta` is 16 bits: a longer frame (replay has no MTU) would wrap them.
+    if frame.len() > MAX_FRAME_LEN {
+        return None;
+    }
+    let h: &[u8; L4 + udp::HEADER_LEN] = frame.first_chunk()?;
     if h[ethernet::ETHERTYPE.start] != ETHERTYPE[0]
         || h[ethernet::ETHERTYPE.start + 1] != ETHERTYPE[1]
         || h[L3 + ipv4::VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
@@ -153,29 +237,27 @@ fn parse_ipv4_common(frame: &[u8]) -> Option<Meta> {
     // The addresses' words are the ones the header checksum above just summed.
     let w = |f: Field| u64::from(u32::from_be_bytes(bytes4(ip, f)));
     let pseudo = w(ipv4::SRC_ADDR) + w(ipv4::DST_ADDR) + u64::from(proto) + (ip_end - L4) as u64;
-    Some(Meta {
-        l3_off: L3 as u16,
-        l4_off: L4 as u16,
-        ip_end: ip_end as u16,
-        v6: false,
-        proto,
-        src: Addr::v4(bytes4(ip, ipv4::SRC_ADDR)),
-        dst: Addr::v4(bytes4(ip, ipv4::DST_ADDR)),
+    Some(Lean4 {
+        src: bytes4(ip, ipv4::SRC_ADDR),
+        dst: bytes4(ip, ipv4::DST_ADDR),
         sport: be16(h, at(L4, tcp::SRC_PORT)),
         dport: be16(h, at(L4, tcp::DST_PORT)),
+        proto,
         tcp_flags,
-        icmp_type: 0,
-        icmp_code: 0,
-        frag: Frag::None,
-        frag_id: u32::from(be16(ip, ipv4::IDENT)),
         ttl: ip[ipv4::TTL],
+        ip_end: ip_end as u16,
+        ident: be16(ip, ipv4::IDENT),
         csum_partial: csum::congruent(pseudo, check),
     })
 }
 
-/// Every frame the common path does not take, and every error.
+/// Every frame the common path ([`lean4`]) does not take, and every error.
 #[inline(never)]
-fn parse_general(frame: &[u8]) -> Result<Parsed, DropReason> {
+pub fn parse_general(frame: &[u8]) -> Result<Parsed, DropReason> {
+    // Every offset in `Meta` is 16 bits: a longer frame (replay has no MTU) would wrap them.
+    if frame.len() > MAX_FRAME_LEN {
+        return Err(DropReason::FrameTooLong);
+    }
     if frame.len() < ethernet::HEADER_LEN {
         return Err(DropReason::MalformedEthernet);
     }
@@ -601,7 +683,7 @@ mod tests {
             }
         }
         for f in &frames {
-            let common = parse_ipv4_common(f);
+            let common = lean4(f).map(|l| l.meta());
             let general = parse_general(f);
             match (common, general) {
                 (None, _) => {}
@@ -612,10 +694,10 @@ mod tests {
             }
         }
         assert!(
-            parse_ipv4_common(&base[1]).is_some(),
+            lean4(&base[1]).is_some(),
             "the common case takes the fast path"
         );
-        assert!(parse_ipv4_common(&base[0]).is_some());
+        assert!(lean4(&base[0]).is_some());
     }
 
     fn udp6() -> Vec<u8> {

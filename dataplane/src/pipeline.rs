@@ -11,10 +11,14 @@
 //! direction was already classified (anti-spoofing or uplink ownership) and routed on the same
 //! ingress interface under the same tables, and which changes no connection state, skips both,
 //! using the entry's [`FastPath`]; every other packet (FIN, RST, a SYN on a closed tuple), and
-//! every packet the fast path is unsure of, takes the full path above. Costs (callgrind, IPv4
-//! TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue 11)`): ~670
-//! instructions per established packet (~50 of them the profiling harness's), ~2300 per new
-//! connection.
+//! every packet the fast path is unsure of, takes the full path above. The common frame
+//! (untagged IPv4, 20-byte header, TCP/UDP, full checksums) gets a lean parse and the
+//! established fast lane (`pipeline/lane4.rs`, with the flow cache of `pipeline/emc.rs`); a
+//! packet the lane does not take continues with the lean parse's [`Meta`] (no second parse),
+//! through `established_fast` (other frames of established flows) or the full path. Costs
+//! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
+//! 11)`): ~525-535 instructions per established packet (~50 of them the profiling harness's),
+//! ~2200 per new connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
@@ -40,6 +44,9 @@ use crate::snapshot::{SavedAffinity, SavedFlow, SavedPart};
 use crate::snat;
 use crate::tables::{IfIndex, Scope, Tables};
 use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
+
+mod emc;
+mod lane4;
 
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
 pub const BURST: usize = 64;
@@ -226,7 +233,10 @@ pub struct Pipeline {
     affinity_cap: usize,
     rng: u64,
     counters: Counters,
-    metas: Vec<Result<Parsed, DropReason>>,
+    /// Per frame of the current chunk: its 5-tuple as it arrived (see [`Self::tuples`]).
+    keys: Box<[FlowKey; BURST]>,
+    /// The established fast lane's flow cache (see `emc.rs`).
+    cache: emc::FlowCache,
     /// Runtime override of the state's policy mode (the operator's emergency switch).
     mode_override: Option<PolicyMode>,
     /// Identifies the installed tables for [`FastPath`] entries (see [`next_epoch`]).
@@ -249,7 +259,8 @@ impl Pipeline {
             affinity_cap,
             rng: 0x2545_f491_4f6c_dd1d,
             counters: Counters::default(),
-            metas: vec![Ok(Parsed::NotIp); BURST],
+            keys: Box::new([FlowKey::default(); BURST]),
+            cache: emc::FlowCache::default(),
             mode_override: None,
             epoch: next_epoch(),
             worker: 0,
@@ -285,14 +296,13 @@ impl Pipeline {
         &self.counters
     }
 
-    /// The parse results of the last chunk (at most [`BURST`] frames) that
-    /// [`Self::process_burst`] ran, index for index: each frame's headers as they arrived,
-    /// before any rewrite (stage 1 parses the whole chunk before stage 2 rewrites; stage 2 works
-    /// on copies). Flow events take the original 5-tuple from here, so observing costs no
-    /// second parse. Later fragments carry ports 0 here (their ports come from the first
-    /// fragment, on a copy).
-    pub fn parsed(&self, n: usize) -> &[Result<Parsed, DropReason>] {
-        &self.metas[..n.min(BURST)]
+    /// The 5-tuples of the last chunk (at most [`BURST`] frames) that [`Self::process_burst`]
+    /// ran, index for index, as each frame arrived, before any rewrite ([`parse::tuple`]: all
+    /// zero for a frame that is not IP or did not parse). Flow events take them from here, so
+    /// observing costs no second parse. Later fragments carry ports 0 here (their ports come
+    /// from the first fragment, on a copy).
+    pub fn tuples(&self, n: usize) -> &[FlowKey] {
+        &self.keys[..n.min(BURST)]
     }
 
     pub fn conntrack(&self) -> &Conntrack {
@@ -335,7 +345,8 @@ impl Pipeline {
             affinity_cap: keys.len().max(1),
             rng: self.rng,
             counters: Counters::default(),
-            metas: vec![Ok(Parsed::NotIp); BURST],
+            keys: Box::new([FlowKey::default(); BURST]),
+            cache: emc::FlowCache::default(),
             mode_override: self.mode_override,
             epoch: next_epoch(),
             worker: self.worker,
@@ -417,27 +428,55 @@ impl Pipeline {
             "outcome slice shorter than the burst"
         );
         for (chunk, out) in pkts.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
-            // Stage 1 over the whole burst: parse (touches every frame's headers once, so the
-            // next stage finds them in cache; a frame may carry the parse its receiving worker
-            // did for flow ownership), and complete partial checksums, so that every later
-            // rewrite updates a full one.
-            for (i, p) in chunk.iter_mut().enumerate() {
+            // One `Arc` clone per burst, not per packet.
+            let tables = Arc::clone(&self.tables);
+            for (i, (p, out)) in chunk.iter_mut().zip(out.iter_mut()).enumerate() {
+                // A chunk holds at most BURST frames: the mask changes no index and lets the
+                // compiler drop the bounds check of `keys`.
+                let i = i & (BURST - 1);
+                // Parse (a frame may carry the parse its receiving worker did for flow
+                // ownership). The common frame gets a lean parse and tries the established
+                // fast lane, which builds its key where flow events read it.
                 let parsed = match p.parsed {
-                    Some(done) => done,
-                    None => parse::parse(p.data),
+                    Some(done) => {
+                        self.keys[i] = parse::tuple(&done);
+                        done
+                    }
+                    None => match parse::lean4(p.data) {
+                        Some(l) => {
+                            self.keys[i] = l.key();
+                            if lane4::lane4(
+                                &mut self.ct,
+                                &mut self.cache,
+                                self.epoch,
+                                &tables,
+                                p.data,
+                                &l,
+                                &self.keys[i],
+                                p.iface,
+                                p.ts,
+                                out,
+                            ) {
+                                self.counters.packets += 1;
+                                self.counters.forwarded += 1;
+                                continue;
+                            }
+                            Ok(Parsed::Ip(l.meta()))
+                        }
+                        None => {
+                            let parsed = parse::parse_general(p.data);
+                            self.keys[i] = parse::tuple(&parsed);
+                            parsed
+                        }
+                    },
                 };
+                // Complete a partial checksum, so that every later rewrite updates a full one.
                 if let Ok(Parsed::Ip(m)) = &parsed {
                     if partial::complete(p.data, m) {
                         self.counters.csum_completed += 1;
                     }
                 }
-                self.metas[i] = parsed;
-            }
-            // Stage 2: per frame, run to completion. One `Arc` clone per burst, not per packet.
-            let tables = Arc::clone(&self.tables);
-            for (i, p) in chunk.iter_mut().enumerate() {
-                // The fast path reads the parse in place (no copy of the 60-byte result).
-                let fast = match &self.metas[i] {
+                let fast = match &parsed {
                     Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
                         &mut self.ct,
                         self.epoch,
@@ -446,17 +485,15 @@ impl Pipeline {
                         m,
                         p.iface,
                         p.ts,
-                        &mut out[i],
+                        out,
                     ),
                     _ => false,
                 };
                 if !fast {
-                    let parsed = self.metas[i];
-                    out[i] =
-                        self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
+                    *out = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
                 }
                 self.counters.packets += 1;
-                self.counters.count(out[i].action);
+                self.counters.count(out.action);
             }
             if let Some(last) = chunk.last() {
                 self.ct.gc_step(last.ts, GC_PER_BURST);

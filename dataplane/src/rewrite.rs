@@ -224,6 +224,68 @@ pub fn nat_v4_and_ttl_frame(frame: &mut [u8], m: &Meta, dst: bool, addr: Addr, p
     true
 }
 
+/// The established fast lane's rewrite of a lean IPv4 frame (`parse::lean4`), on fixed-size
+/// views: `ip` the 20-byte IPv4 header, `l4` the first `L` bytes of the TCP (`L` = 18) or UDP
+/// (`L` = 8) header, the checksum field in its last two bytes; every index is a constant, so no
+/// bounds check is left. Replaces the destination (`dst`) or source address and port with
+/// `addr:port` and, with `ttl`, decrements the TTL, folding the changes into one update of each
+/// checksum: the same bytes as [`nat_v4_and_ttl_frame`] (with `ttl`) or [`set_addr_port`]
+/// (without). The caller checked that the TTL is > 1.
+#[inline(always)]
+pub fn nat4<const L: usize>(
+    ip: &mut [u8; ipv4::MIN_HEADER_LEN],
+    l4: &mut [u8; L],
+    udp: bool,
+    dst: bool,
+    addr: [u8; 4],
+    port: u16,
+    ttl: bool,
+) {
+    let aoff = if dst {
+        ipv4::DST_ADDR.start
+    } else {
+        ipv4::SRC_ADDR.start
+    };
+    let old_addr = u32::from_be_bytes([ip[aoff], ip[aoff + 1], ip[aoff + 2], ip[aoff + 3]]);
+    let d_addr = u64::from(!old_addr) + u64::from(u32::from_be_bytes(addr));
+    let mut d_ip = d_addr;
+    if ttl {
+        let ttl_old = be16(ip, ipv4::TTL_PROTOCOL.start);
+        d_ip += delta16(ttl_old, ttl_old.wrapping_sub(0x100));
+        ip[ipv4::TTL] = ip[ipv4::TTL].wrapping_sub(1);
+    }
+    let ipc = apply(be16(ip, ipv4::CHECKSUM.start), d_ip);
+    ip[aoff..aoff + ipv4::ADDR_LEN].copy_from_slice(&addr);
+    ip[ipv4::CHECKSUM].copy_from_slice(&ipc.to_be_bytes());
+
+    let ports = port_field(dst);
+    let ck = L - 2;
+    let old_port = be16(l4, ports.start);
+    let c = be16(l4, ck);
+    if !(udp && c == 0) {
+        let mut n = apply(c, d_addr + delta16(old_port, port));
+        if udp && n == 0 {
+            n = 0xffff;
+        }
+        l4[ck..ck + 2].copy_from_slice(&n.to_be_bytes());
+    }
+    l4[ports].copy_from_slice(&port.to_be_bytes());
+}
+
+/// The fast lane's TTL decrement of a flow without NAT: the same bytes as
+/// [`decrement_ttl_frame`]. The caller checked that the TTL is > 1.
+#[inline(always)]
+pub fn ttl4(ip: &mut [u8; ipv4::MIN_HEADER_LEN]) {
+    let word_old = be16(ip, ipv4::TTL_PROTOCOL.start);
+    ip[ipv4::TTL] = ip[ipv4::TTL].wrapping_sub(1);
+    let c = update16(
+        be16(ip, ipv4::CHECKSUM.start),
+        word_old,
+        be16(ip, ipv4::TTL_PROTOCOL.start),
+    );
+    ip[ipv4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Decrements TTL / hop limit (the caller checked it is > 1).
 #[inline]
 pub fn decrement_ttl(frame: &mut [u8], m: &mut Meta) {

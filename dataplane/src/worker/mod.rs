@@ -274,8 +274,8 @@ impl<I: PacketIo> Worker<I> {
                 // Events before the RST rewrite below: a dropped frame shows as dropped.
                 for (pc, oc) in pkts.chunks_mut(BURST).zip(outs.chunks_mut(BURST)) {
                     pipeline.process_burst(pc, oc);
-                    let parsed = pipeline.parsed(pc.len());
-                    events.record_burst(id, generation, pc, oc, parsed);
+                    let tuples = pipeline.tuples(pc.len());
+                    events.record_burst(id, generation, pc, oc, tuples);
                 }
             } else {
                 pipeline.process_burst(pkts, outs);
@@ -313,9 +313,9 @@ impl<I: PacketIo> Worker<I> {
         if observed && n > 0 {
             // Frames the I/O lost after the pipeline decided them (no TX socket, a failed
             // transmit): an event each, with the I/O's reason.
-            let parsed = pipeline.parsed(BURST);
+            let tuples = pipeline.tuples(BURST);
             io.lost_in_burst(&mut |k, reason| {
-                if let (Some((o, iface, ts)), Some(m)) = (last.get(k), parsed.get(k)) {
+                if let (Some((o, iface, ts)), Some(m)) = (last.get(k), tuples.get(k)) {
                     let o = Outcome {
                         action: Action::Drop(reason),
                         ..*o
@@ -334,9 +334,9 @@ impl<I: PacketIo> Worker<I> {
             services.count(&r.outcome, r.data.len());
             if observed && FlowEvent::wanted(&r.outcome) {
                 // Released fragments are rare: parse again here (off the burst loop).
-                let parsed = parse::parse(r.data);
+                let tuple = parse::tuple(&parse::parse(r.data));
                 events.push(FlowEvent::new(
-                    id, generation, r.iface, latest, &parsed, &r.outcome,
+                    id, generation, r.iface, latest, &tuple, &r.outcome,
                 ));
             }
             io.released(&r);

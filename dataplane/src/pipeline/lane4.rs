@@ -1,0 +1,171 @@
+//! The established fast lane of the common frame: untagged IPv4 with a 20-byte header, TCP or
+//! UDP, not a fragment, full checksums ([`parse::lean4`](crate::parse::lean4)). A packet of a
+//! live flow in a steady state, whose direction already passed classification and routing on
+//! the same ingress interface under the same tables (the entry's
+//! [`FastPath`](crate::conntrack::FastPath)), is decided here from its lean parse: one
+//! conntrack probe, the steady touch, the NAT and TTL folded into one update of each checksum
+//! on fixed-size header views, the MACs, the outcome. It does exactly what
+//! `established_fast` (and so the full path) does for such a packet, bytes and outcome alike;
+//! anything else returns `false` with nothing changed, and the caller takes the lean parse's
+//! [`Meta`](crate::parse::Meta) down the general path (no second parse).
+//!
+//! Cost (callgrind, bench/RESULTS.md `## Fast path (issue 11)`): the lean parse, the key, the
+//! hash and probe, the touch and the rewrite, with no `Meta`/`Parsed` built or stored.
+
+use super::emc::FlowCache;
+use super::{Action, CtStatus, Outcome};
+use crate::conntrack::{Conntrack, Dir};
+use crate::flow::{Addr, FlowKey, PROTO_UDP};
+use crate::parse::{Lean4, LEAN4_L3, LEAN4_L4};
+use crate::rewrite;
+use crate::tables::{IfIndex, Tables};
+use crate::wire::{ethernet, ipv4, tcp, udp};
+
+/// TCP flags that change a connection's state: never on the lane.
+const STATE_FLAGS: u8 = tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST;
+
+/// The established fast lane; `key` is `l.key()`. `true`: `out` holds the outcome (always a
+/// forward) and the frame is rewritten; `false`: nothing changed.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pipeline's parts, borrowed apart so that the key is read where it was built"
+)]
+pub(super) fn lane4(
+    ct: &mut Conntrack,
+    cache: &mut FlowCache,
+    epoch: u32,
+    t: &Tables,
+    frame: &mut [u8],
+    l: &Lean4,
+    key: &FlowKey,
+    iface: IfIndex,
+    now: u64,
+    out: &mut Outcome,
+) -> bool {
+    // A partial checksum is completed on the general path; state changes and TTL expiry too.
+    if l.csum_partial || l.tcp_flags & STATE_FLAGS != 0 || l.ttl <= 1 {
+        return false;
+    }
+    let Some((slot, dir)) = cache.find(ct, key, ct.hash(key)) else {
+        return false;
+    };
+    let e = ct.entry(slot);
+    let fast = e.fast[dir as usize];
+    if fast.epoch != epoch
+        || fast.ingress != iface
+        || e.expires <= now
+        || e.generation != t.generation
+        || e.ended.is_some()
+    {
+        return false;
+    }
+    // Valid under these tables (same epoch), so always there.
+    let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
+        return false;
+    };
+    let len = frame.len();
+    // Fixed-size views of the headers; `lean4` proved the frame holds them (TCP: the whole
+    // 20-byte header; UDP: its 8 bytes), so none of these fails.
+    let Some((l2l3, l4)) = frame.split_at_mut_checked(LEAN4_L4) else {
+        return false;
+    };
+    let (eth, ip) = l2l3.split_at_mut(LEAN4_L3);
+    let (Ok(eth), Ok(ip)) = (
+        <&mut [u8; ethernet::HEADER_LEN]>::try_from(eth),
+        <&mut [u8; ipv4::MIN_HEADER_LEN]>::try_from(ip),
+    ) else {
+        return false;
+    };
+    let eth_out = (eth, &egress.mac, &fast.dst_mac, fast.egress);
+    if l.proto == PROTO_UDP {
+        match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
+            Some(l4) => finish(ct, slot, dir, l, len, now, ip, l4, true, eth_out, out),
+            None => false,
+        }
+    } else {
+        match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
+            Some(l4) => finish(ct, slot, dir, l, len, now, ip, l4, false, eth_out, out),
+            None => false,
+        }
+    }
+}
+
+/// The Ethernet header and what goes into it: source MAC, destination MAC, egress.
+type EthOut<'a> = (
+    &'a mut [u8; ethernet::HEADER_LEN],
+    &'a [u8; 6],
+    &'a [u8; 6],
+    IfIndex,
+);
+
+/// The touch, the rewrite and the outcome; `l4` ends with the L4 checksum field. `false`: not
+/// steady (nothing changed).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the lane's parts, monomorphised per L4 header size"
+)]
+fn finish<const L: usize>(
+    ct: &mut Conntrack,
+    slot: u32,
+    dir: Dir,
+    l: &Lean4,
+    len: usize,
+    now: u64,
+    ip: &mut [u8; ipv4::MIN_HEADER_LEN],
+    l4: &mut [u8; L],
+    udp: bool,
+    (eth, src_mac, dst_mac, egress): EthOut<'_>,
+    out: &mut Outcome,
+) -> bool {
+    if !ct.touch_steady(slot, dir, l.tcp_flags, len, now) {
+        return false;
+    }
+    let e = ct.entry(slot);
+    let (si, di) = match dir {
+        Dir::Orig => (e.src_identity, e.dst_identity),
+        Dir::Reply => (e.dst_identity, e.src_identity),
+    };
+    // One 4-byte load (an element-wise array literal here became a vector shuffle).
+    let v4 = |a: Addr| -> [u8; 4] { a.bytes.first_chunk().copied().unwrap_or_default() };
+    let (service, backend) = match e.nat() {
+        Some(nat) => {
+            let (to_dst, addr, port) = match dir {
+                Dir::Orig => (true, nat.backend, nat.backend_port),
+                Dir::Reply => (false, nat.vip, nat.vip_port),
+            };
+            rewrite::nat4(ip, l4, udp, to_dst, v4(addr), port, true);
+            if let Some(sn) = e.snat() {
+                // The other side: the client leaves from the source NAT, replies go back to it.
+                let (addr, port) = match dir {
+                    Dir::Orig => (sn.addr, sn.port),
+                    Dir::Reply => (e.orig.src, e.orig.sport),
+                };
+                rewrite::nat4(ip, l4, udp, !to_dst, v4(addr), port, false);
+            }
+            (Some(nat.service), Some((nat.backend, nat.backend_port)))
+        }
+        None => {
+            rewrite::ttl4(ip);
+            (None, None)
+        }
+    };
+    eth[ethernet::DST_MAC].copy_from_slice(dst_mac);
+    eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
+    *out = Outcome {
+        action: Action::Forward(egress),
+        ct: if dir == Dir::Orig {
+            CtStatus::Established
+        } else {
+            CtStatus::Reply
+        },
+        service,
+        backend,
+        src_identity: Some(si),
+        dst_identity: Some(di),
+        policy: e.policy,
+        l2_trim: 0,
+    };
+    true
+}
