@@ -3,9 +3,11 @@
 //! Layout: a fixed slab of `max_entries` [`Entry`]s (192 bytes, three cache lines) reserved up
 //! front and written only as flows first use its slots, and one hash index of
 //! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
-//! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys
-//! (4 bytes a bucket, so it stays in cache): a probe compares against the key in the entry,
-//! which the packet needs next anyway. The entry stores only the original key; the reply key is
+//! DNAT) and the reply key (the reverse of the translated tuple). The index ([`CtIndex`])
+//! stores no keys (4 bytes a bucket: the value and a 7-bit tag of the hash, sized once for a
+//! full table, so it stays in cache): a probe compares against the key in the entry only when
+//! the tag matches, and the packet needs that entry next anyway. Free slots are linked through
+//! their own `next` field (no free list beside the slab). The entry stores only the original key; the reply key is
 //! derived from it, the NAT's backend and, for a source-NATed flow, the translated source
 //! ([`Entry::reply`]). The translated source costs the entry 3 bytes, not 19: its port, and
 //! where its address comes from ([`SnatFrom`]): the client itself (a remapped port), the
@@ -26,8 +28,7 @@
 //! Time is whatever the caller passes (pcap timestamps in replay, a per-burst clock live), so
 //! replay is deterministic.
 
-use hashbrown::HashTable;
-
+use crate::ct_index::{self, CtIndex};
 use crate::drop::DropReason;
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 use crate::policy::PolicyVerdict;
@@ -382,14 +383,15 @@ pub struct CtStats {
 #[derive(Debug)]
 pub struct Conntrack {
     slots: Vec<Entry>,
-    free: Vec<u32>,
+    /// Head of the free slots, linked through their `next` (most recently freed first).
+    free_head: u32,
     /// Per slot: the live entry's `expires`, or `u64::MAX` for a free slot. The GC sweep reads
     /// only this (8 bytes a slot, so 64 slots are 8 cache lines instead of 128 lines of
     /// entries it would otherwise pull through the cache every burst). Kept equal to
     /// `Entry::expires` by every method here that sets it; nothing else writes `expires`.
     deadline: Vec<u64>,
     /// `slot << 1 | dir` values, hashed by [`Self::hash`] of the key they stand for.
-    index: HashTable<u32>,
+    index: CtIndex,
     seed: [u64; 4],
     /// Moves on every insertion and removal: a lookup result taken earlier in the burst is
     /// still exact while this has not moved.
@@ -404,22 +406,25 @@ pub struct Conntrack {
 
 impl Conntrack {
     pub fn new(cfg: &CtConfig) -> Conntrack {
-        let cap = cfg.max_entries as usize;
+        // The index holds `slot << 1 | dir`: at most 16 Mi slots (the state's limit).
+        let cap = (cfg.max_entries as usize).min((ct_index::MAX_VALUE as usize + 1) / 2);
+        let mut cfg = cfg.clone();
+        cfg.max_entries = cap as u32;
         Conntrack {
             // Reserved, not written: the slab grows into its reservation as flows come
             // ([`Conntrack::take_slot`]), so a start does not write (and fault in) every page
             // of a table that is mostly empty, and never reallocates.
             slots: Vec::with_capacity(cap),
             deadline: Vec::with_capacity(cap),
-            free: Vec::with_capacity(cap),
-            index: HashTable::with_capacity(cap * 2),
+            free_head: NIL,
+            index: CtIndex::with_keys(cap * 2),
             seed: random_seed(),
             version: 0,
             closing_head: NIL,
             closing_tail: NIL,
             gc_cursor: 0,
             live: 0,
-            cfg: cfg.clone(),
+            cfg,
             stats: CtStats::default(),
         }
     }
@@ -467,7 +472,7 @@ impl Conntrack {
     #[inline]
     fn index_of(&self, key: &FlowKey, hash: u64) -> Option<u32> {
         let slots = &self.slots;
-        self.index.find(hash, |&v| key_is(slots, v, key)).copied()
+        self.index.find(hash, |v| key_is(slots, v, key))
     }
 
     /// Finds a live, unexpired flow by either of its keys. An expired entry found here is
@@ -540,19 +545,17 @@ impl Conntrack {
 
     /// [`Self::index_insert`] with the key's hash known.
     fn index_insert_hashed(&mut self, slot: u32, dir: Dir, h: u64) {
-        let (slots, seed) = (&self.slots, self.seed);
-        self.index.insert_unique(h, slot << 1 | dir as u32, |&v| {
-            hash_with(seed, &key_of(slots, v))
-        });
+        self.index.insert(h, slot << 1 | dir as u32);
         self.version += 1;
     }
 
-    fn index_remove(&mut self, key: &FlowKey) {
-        let h = self.hash(key);
-        let slots = &self.slots;
-        if let Ok(e) = self.index.find_entry(h, |&v| key_is(slots, v, key)) {
-            e.remove();
-        }
+    /// Removes `slot`'s key of direction `dir` (the entry still holds it) from the index.
+    fn index_remove(&mut self, slot: u32, dir: Dir) {
+        let h = self.hash(&key_of_entry(&self.slots[slot as usize], dir));
+        let (slots, seed) = (&self.slots, self.seed);
+        self.index.remove(h, slot << 1 | dir as u32, |v| {
+            hash_with(seed, &key_of(slots, v))
+        });
         self.version += 1;
     }
 
@@ -919,11 +922,14 @@ impl Conntrack {
         if e.in_closing {
             self.closing_unlink(slot);
         }
-        self.index_remove(&e.orig);
-        self.index_remove(&e.reply());
-        self.slots[slot as usize].live = false;
+        self.index_remove(slot, Dir::Orig);
+        self.index_remove(slot, Dir::Reply);
+        let head = self.free_head;
+        let e = &mut self.slots[slot as usize];
+        e.live = false;
+        e.next = head;
+        self.free_head = slot;
         self.deadline[slot as usize] = u64::MAX;
-        self.free.push(slot);
         self.live -= 1;
     }
 
@@ -965,7 +971,7 @@ impl Conntrack {
     /// out in the same order as from a slab written up front and a free list of every slot.
     #[inline]
     fn take_slot(&mut self, now: u64) -> Result<u32, DropReason> {
-        if let Some(s) = self.free.pop() {
+        if let Some(s) = self.pop_free() {
             return Ok(s);
         }
         let used = self.slots.len();
@@ -991,9 +997,20 @@ impl Conntrack {
         }
     }
 
+    /// The most recently freed slot, taken off the free list.
+    #[inline]
+    fn pop_free(&mut self) -> Option<u32> {
+        let s = self.free_head;
+        if s == NIL {
+            return None;
+        }
+        self.free_head = self.slots[s as usize].next;
+        Some(s)
+    }
+
     fn make_room(&mut self, now: u64) -> Result<u32, DropReason> {
         if self.gc_step(now, RECLAIM_SCAN) > 0 {
-            if let Some(s) = self.free.pop() {
+            if let Some(s) = self.pop_free() {
                 return Ok(s);
             }
         }
@@ -1001,7 +1018,7 @@ impl Conntrack {
             let victim = self.closing_head;
             self.remove(victim);
             self.stats.evicted += 1;
-            if let Some(s) = self.free.pop() {
+            if let Some(s) = self.pop_free() {
                 return Ok(s);
             }
         }
@@ -1329,6 +1346,38 @@ mod tests {
         ct.gc_step(u64::MAX - 1, 8);
         check(&ct);
         assert!(ct.is_empty());
+    }
+
+    /// Flows coming and going through a nearly full table (removal shifts index runs back,
+    /// freed slots are reused through the entries' own links): every live flow stays findable
+    /// by both keys, nothing else is, and the index holds exactly two keys per live flow.
+    #[test]
+    fn churn_keeps_every_live_key_findable() {
+        let mut ct = Conntrack::new(&cfg(256));
+        let mut live: Vec<(FlowKey, u32)> = Vec::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..5000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if live.len() == 256 || (!live.is_empty() && rng % 3 == 0) {
+                let (_, s) = live.swap_remove((rng >> 8) as usize % live.len());
+                ct.remove(s);
+            } else {
+                let k = key(step as u16, PROTO_UDP);
+                live.push((k, ct.create(&flow(k), 0, 60, 0).unwrap()));
+            }
+            if step % 50 == 0 {
+                for (k, s) in &live {
+                    assert_eq!(ct.find(k), Some((*s, Dir::Orig)), "step {step}");
+                    assert_eq!(ct.find(&k.reversed()), Some((*s, Dir::Reply)));
+                }
+                assert_eq!(ct.index.values().count(), 2 * live.len());
+                assert_eq!(ct.len(), live.len());
+            }
+        }
+        assert_eq!(ct.find(&key(60_000, PROTO_UDP)), None);
+        assert!(ct.slots.len() <= 256, "freed slots are reused");
     }
 
     #[test]
