@@ -63,21 +63,19 @@ impl CtIndex {
     #[inline(always)]
     pub fn find(&self, hash: u64, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
         let tag = tag_of(hash);
-        let n = self.buckets.len();
-        let mut i = self.home(hash);
-        loop {
-            let b = *self.buckets.get(i)?;
+        let home = self.home(hash);
+        // From the home bucket to the end, then (rarely) around from the start: two plain
+        // slice walks, no per-bucket bounds check or wrap test.
+        let (before, from) = self.buckets.split_at(home.min(self.buckets.len()));
+        for &b in from.iter().chain(before) {
             if b == 0 {
                 return None;
             }
             if b & !VALUE_MASK == tag && is_key(b & VALUE_MASK) {
                 return Some(b & VALUE_MASK);
             }
-            i += 1;
-            if i == n {
-                i = 0;
-            }
         }
+        None
     }
 
     /// Adds `value` under `hash`. The caller guarantees the key is absent and that the index

@@ -318,8 +318,11 @@ impl Pipeline {
         cfg.max_fragment_ids = 4;
         let mut ct = Conntrack::new(&cfg);
         for k in keys {
-            if let Some((e, _)) = self.ct.peek(k, now) {
-                let _ = ct.restore(e, now);
+            if let Some((slot, _)) = self.ct.find(k) {
+                let expires = self.ct.expires(slot);
+                if expires > now {
+                    let _ = ct.restore(self.ct.entry(slot), expires, now);
+                }
             }
         }
         let affinity = self
@@ -772,7 +775,10 @@ impl Pipeline {
             if let Some(sn) = e.snat() {
                 match dir {
                     Dir::Orig => rewrite::set_addr_port(frame, m, false, sn.addr, sn.port),
-                    Dir::Reply => rewrite::set_addr_port(frame, m, true, e.orig.src, e.orig.sport),
+                    Dir::Reply => {
+                        let o = e.orig();
+                        rewrite::set_addr_port(frame, m, true, o.src, o.sport)
+                    }
                 }
             }
         }
@@ -785,13 +791,15 @@ impl Pipeline {
             // This direction passed classification on `iface` and routed under these tables:
             // its next packets can take `established_fast`.
             let itf = &t.ifaces[usize::from(egress)];
-            self.ct.entry_mut(slot).fast[dir as usize] = FastPath {
-                epoch: self.epoch,
-                ingress: iface,
-                egress,
-                egress_pod: itf.role != InterfaceRole::Uplink,
-                dst_mac,
-            };
+            if let Some(e) = self.ct.entry_mut(slot) {
+                e.fast[dir as usize] = FastPath {
+                    epoch: self.epoch,
+                    ingress: iface,
+                    egress,
+                    egress_pod: itf.role != InterfaceRole::Uplink,
+                    dst_mac,
+                };
+            }
         }
         out
     }
@@ -1083,16 +1091,19 @@ impl Pipeline {
     /// A flow seen first under older tables: is its backend still allowed to serve it, and
     /// does policy still allow it?
     fn revalidate(&mut self, t: &Tables, slot: u32) -> Result<(), DropReason> {
-        let e = *self.ct.entry(slot);
-        let mut nat = e.nat();
+        let (orig, mut nat) = {
+            let e = self.ct.entry(slot);
+            (e.orig(), e.nat())
+        };
         if let Some(n) = nat.as_mut() {
             // The service index is re-resolved against the new tables first, so that verdicts of
             // an ended flow never name another service that took the old index.
-            let svc = t.frontend(n.vip, n.vip_port, e.orig.proto);
+            let svc = t.frontend(n.vip, n.vip_port, orig.proto);
             n.service = svc.unwrap_or(NO_SERVICE);
-            let entry = self.ct.entry_mut(slot);
-            entry.set_service(n.service);
-            entry.generation = t.generation;
+            if let Some(entry) = self.ct.entry_mut(slot) {
+                entry.set_service(n.service);
+                entry.generation = t.generation;
+            }
             let Some(svc) = svc else {
                 return Err(DropReason::BackendGone);
             };
@@ -1103,20 +1114,21 @@ impl Pipeline {
         }
         let (dst, dport) = match nat {
             Some(n) => (n.backend, n.backend_port),
-            None => (e.orig.dst, e.orig.dport),
+            None => (orig.dst, orig.dport),
         };
-        let si = t.identity_of(&e.orig.src);
+        let si = t.identity_of(&orig.src);
         let di = t.identity_of(&dst);
         let dst_ep = t.endpoint_of(&dst);
-        let policy = self.evaluate_policy(t, e.orig.src, si, dst, dst_ep, di, e.orig.proto, dport);
+        let policy = self.evaluate_policy(t, orig.src, si, dst, dst_ep, di, orig.proto, dport);
         if policy == PolicyVerdict::Deny {
             return Err(DropReason::PolicyDenied);
         }
-        let entry = self.ct.entry_mut(slot);
-        entry.src_identity = si;
-        entry.dst_identity = di;
-        entry.policy = policy;
-        entry.generation = t.generation;
+        if let Some(entry) = self.ct.entry_mut(slot) {
+            entry.src_identity = si;
+            entry.dst_identity = di;
+            entry.policy = policy;
+            entry.generation = t.generation;
+        }
         Ok(())
     }
 
@@ -1293,7 +1305,7 @@ impl Pipeline {
         let Some((slot, dir)) = self.ct.lookup(&quoted.reversed(), now) else {
             return self.untracked_icmp(t, frame, m);
         };
-        let e = *self.ct.entry(slot);
+        let e = self.ct.entry(slot);
         let mut out = Outcome {
             ct: CtStatus::Related,
             policy: e.policy,
@@ -1329,10 +1341,11 @@ impl Pipeline {
                     }
                     rewrite_quoted(frame, &mut im, true, nat.vip, nat.vip_port);
                     if let Some(sn) = e.snat() {
+                        let o = e.orig();
                         if m.dst == sn.addr {
-                            rewrite::set_addr(frame, m, true, e.orig.src);
+                            rewrite::set_addr(frame, m, true, o.src);
                         }
-                        rewrite_quoted(frame, &mut im, false, e.orig.src, e.orig.sport);
+                        rewrite_quoted(frame, &mut im, false, o.src, o.sport);
                     }
                 }
             }
@@ -1516,7 +1529,7 @@ fn established_fast(
     let fast = e.fast[dir as usize];
     if fast.epoch != epoch
         || fast.ingress != iface
-        || e.expires <= now
+        || ct.expires(slot) <= now
         || e.generation != t.generation
         || e.ended.is_some()
         || m.ttl <= 1
@@ -1550,7 +1563,10 @@ fn established_fast(
                 // The other side: the client leaves from the source NAT, replies go back to it.
                 let (addr, port) = match dir {
                     Dir::Orig => (sn.addr, sn.port),
-                    Dir::Reply => (e.orig.src, e.orig.sport),
+                    Dir::Reply => {
+                        let o = e.orig();
+                        (o.src, o.sport)
+                    }
                 };
                 let mut m = *m;
                 rewrite::set_addr_port(frame, &mut m, !to_dst, addr, port);
