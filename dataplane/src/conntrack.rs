@@ -582,7 +582,7 @@ fn flow_in<'a>(slots: &'a [Entry], v6: &'a [V6Addrs], slot: u32) -> Option<FlowR
 impl Conntrack {
     pub fn new(cfg: &CtConfig) -> Conntrack {
         // The index holds `slot << 1 | dir`: at most 16 Mi slots (the state's limit).
-        let cap = (cfg.max_entries as usize).min((ct_index::MAX_VALUE as usize + 1) / 2);
+        let cap = (cfg.max_entries as usize).min(ct_index::MAX_VALUE as usize / 2 + 1);
         let mut cfg = cfg.clone();
         cfg.max_entries = cap as u32;
         Conntrack {
