@@ -897,8 +897,7 @@ impl Conntrack {
                 *a = [orig.src.bytes, orig.dst.bytes, backend.bytes];
             }
         }
-        self.slots[slot as usize] = e;
-        self.deadline[slot as usize] = init.expires;
+        self.put(slot, e, init.expires);
         self.index_insert_hashed(slot, Dir::Orig, h_orig);
         self.index_insert_hashed(slot, Dir::Reply, h_reply);
         if init.state.closing() {
@@ -1217,8 +1216,7 @@ impl Conntrack {
     }
 
     /// A slot for a new entry: a freed one (the most recently freed first), else the next one of
-    /// the reservation never used yet (pushed now, as a free entry: no reallocation, `new`
-    /// reserved the capacity), else room made by [`Self::make_room`]. Slots are handed out in
+    /// the reservation never used yet, else room made by [`Self::make_room`]. Slots are handed out in
     /// the same order as from a slab written up front and a free list of every slot.
     #[inline]
     fn take_slot(&mut self, now: u64) -> Result<u32, DropReason> {
@@ -1227,11 +1225,25 @@ impl Conntrack {
         }
         let used = self.slots.len();
         if used < self.capacity() {
-            self.slots.push(Entry::default());
-            self.deadline.push(u64::MAX);
+            // The next slot of the reservation: [`Self::put`] pushes the entry into it.
             return Ok(used as u32);
         }
         self.make_room(now)
+    }
+
+    /// Writes a new entry and its timer into a slot from [`Self::take_slot`] (nothing taken in
+    /// between): a reused slot is overwritten, the next one of the reservation is pushed (no
+    /// reallocation: `new` reserved the capacity). The entry is written once, in place.
+    #[inline]
+    fn put(&mut self, slot: u32, e: Entry, expires: u64) {
+        let i = slot as usize;
+        if i == self.slots.len() {
+            self.slots.push(e);
+            self.deadline.push(expires);
+        } else {
+            self.slots[i] = e;
+            self.deadline[i] = expires;
+        }
     }
 
     /// The most recently freed slot, taken off the free list.

@@ -550,7 +550,9 @@ impl Pipeline {
             return Outcome::default();
         }
 
-        // Classify: which traffic is ours.
+        // Classify: which traffic is ours. `src_ep`: the source's endpoint, once looked up
+        // (anti-spoofing on a pod interface), so that a new flow's policy does not look again.
+        let mut src_ep = None;
         if itf.role != InterfaceRole::Uplink {
             if is_link_scoped(&m.dst) || is_link_scoped(&m.src) {
                 return Outcome::default();
@@ -558,9 +560,11 @@ impl Pipeline {
             let genuine = match itf.role {
                 // The node's own stack speaks from its node IPs only (see `evaluate_policy`).
                 InterfaceRole::Host => t.is_node_ip(&m.src),
-                _ => t
-                    .endpoint_of(&m.src)
-                    .is_some_and(|ep| t.endpoints[ep as usize].iface == iface),
+                _ => {
+                    let ep = t.endpoint_of(&m.src);
+                    src_ep = Some(ep);
+                    ep.is_some_and(|ep| t.endpoints[ep as usize].iface == iface)
+                }
             };
             if !genuine {
                 return Outcome::drop(DropReason::SpoofedSource);
@@ -623,7 +627,7 @@ impl Pipeline {
         } else if parse::is_icmp_error(&m) && m.frag == Frag::None {
             self.icmp_error(t, frame, &mut m, now)
         } else {
-            self.flow_path(t, frame, &mut m, iface, now)
+            self.flow_path(t, frame, &mut m, iface, src_ep, now)
         };
         if let Some(fk) = first_key {
             let fate = match outcome.action {
@@ -663,12 +667,14 @@ impl Pipeline {
     }
 
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
+    /// `src_ep`: `Some(t.endpoint_of(&m.src))` when the caller looked it up already.
     fn flow_path(
         &mut self,
         t: &Tables,
         frame: &mut [u8],
         m: &mut Meta,
         iface: IfIndex,
+        src_ep: Option<Option<u32>>,
         now: u64,
     ) -> Outcome {
         let fast_ok = m.frag == Frag::None;
@@ -740,7 +746,7 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                match self.new_flow(t, frame, m, key, key_hash, now) {
+                match self.new_flow(t, frame, m, key, key_hash, src_ep, now) {
                     Ok(Some((slot, r))) => {
                         out.ct = CtStatus::New;
                         routed = Some(r);
@@ -806,7 +812,12 @@ impl Pipeline {
 
     /// A packet that matched no flow: service selection, identities, policy, then a new entry.
     /// `key_hash` is the conntrack hash of `key`, which the caller has just looked up and not
-    /// found. `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
+    /// found. `src_ep` as for [`Self::flow_path`]. `Ok(None)`: not for us after all (host
+    /// traffic: pass). `Err`: the drop outcome.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the packet and what the caller looked up for it already"
+    )]
     fn new_flow(
         &mut self,
         t: &Tables,
@@ -814,6 +825,7 @@ impl Pipeline {
         m: &Meta,
         key: FlowKey,
         key_hash: u64,
+        src_ep: Option<Option<u32>>,
         now: u64,
     ) -> Result<Option<(u32, Route)>, Outcome> {
         let mut nat = None;
@@ -858,6 +870,7 @@ impl Pipeline {
         let policy = self.evaluate_policy(
             t,
             m.src,
+            src_ep,
             src_identity,
             dst,
             dst_ep,
@@ -1026,12 +1039,14 @@ impl Pipeline {
 
     /// Egress policy of a local source endpoint and ingress policy of a local destination
     /// endpoint; deny from either side denies. `dst_ep` is `t.endpoint_of(&dst)` (a new flow
-    /// routes by it too, so it is looked up once).
+    /// routes by it too, so it is looked up once); `src_ep`, when `Some`, is
+    /// `t.endpoint_of(&src)` (anti-spoofing looked it up), else it is looked up here if needed.
     #[allow(clippy::too_many_arguments)]
     fn evaluate_policy(
         &self,
         t: &Tables,
         src: Addr,
+        src_ep: Option<Option<u32>>,
         src_identity: u32,
         dst: Addr,
         dst_ep: Option<u32>,
@@ -1051,7 +1066,7 @@ impl Pipeline {
         }
         let mut verdict = PolicyVerdict::None;
         let mut denied = false;
-        if let Some(ep) = t.endpoint_of(&src) {
+        if let Some(ep) = src_ep.unwrap_or_else(|| t.endpoint_of(&src)) {
             if let Some(p) = &t.endpoints[ep as usize].egress {
                 match p.decide(dst, dst_identity, proto, dport) {
                     Decision::Allow { .. } => verdict = PolicyVerdict::Allow,
@@ -1119,7 +1134,8 @@ impl Pipeline {
         let si = t.identity_of(&orig.src);
         let di = t.identity_of(&dst);
         let dst_ep = t.endpoint_of(&dst);
-        let policy = self.evaluate_policy(t, orig.src, si, dst, dst_ep, di, orig.proto, dport);
+        let policy =
+            self.evaluate_policy(t, orig.src, None, si, dst, dst_ep, di, orig.proto, dport);
         if policy == PolicyVerdict::Deny {
             return Err(DropReason::PolicyDenied);
         }
@@ -1368,7 +1384,7 @@ impl Pipeline {
         let si = t.identity_of(&m.src);
         let di = t.identity_of(&m.dst);
         let dst_ep = t.endpoint_of(&m.dst);
-        let policy = self.evaluate_policy(t, m.src, si, m.dst, dst_ep, di, m.proto, 0);
+        let policy = self.evaluate_policy(t, m.src, None, si, m.dst, dst_ep, di, m.proto, 0);
         let mut out = Outcome {
             src_identity: Some(si),
             dst_identity: Some(di),
