@@ -864,13 +864,15 @@ impl Pipeline {
                 return Ok(None);
             }
         }
-        let src_identity = t.identity_of(&m.src);
-        let dst_identity = t.identity_of(&dst);
+        // Local endpoints' identities come from their records (no LPM lookup).
+        let src_ep = src_ep.unwrap_or_else(|| t.endpoint_of(&m.src));
         let dst_ep = t.endpoint_of(&dst);
+        let src_identity = t.identity_at(&m.src, src_ep);
+        let dst_identity = t.identity_at(&dst, dst_ep);
         let policy = self.evaluate_policy(
             t,
             m.src,
-            src_ep,
+            Some(src_ep),
             src_identity,
             dst,
             dst_ep,
