@@ -1,21 +1,25 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s (192 bytes, three cache lines) reserved up
-//! front and written only as flows first use its slots, and one hash index of
-//! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
-//! DNAT) and the reply key (the reverse of the translated tuple). The index ([`CtIndex`])
-//! stores no keys (4 bytes a bucket: the value and a 7-bit tag of the hash, sized once for a
-//! full table, so it stays in cache): a probe compares against the key in the entry only when
-//! the tag matches, and the packet needs that entry next anyway. Free slots are linked through
-//! their own `next` field (no free list beside the slab). The entry stores only the original key; the reply key is
-//! derived from it, the NAT's backend and, for a source-NATed flow, the translated source
-//! ([`Entry::reply`]). The translated source costs the entry 3 bytes, not 19: its port, and
-//! where its address comes from ([`SnatFrom`]): the client itself (a remapped port), the
-//! address the client dialled (hairpin, a NodePort's node IP), or an address of the small
-//! process-wide [`SnatAddrs`] table (the node IP an ExternalIP or LoadBalancer flow is
-//! masqueraded to). A lookup is one probe and tells the direction. Nothing allocates after
-//! [`Conntrack::new`]: the index is created with room for every key of a full slab, and the slab
-//! grows only within its reservation.
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (96 bytes: IPv4 addresses in line)
+//! reserved up front and written only as flows first use its slots; beside it, per slot, the
+//! flow's timer (`deadline`, what the GC sweeps) and an IPv6 flow's three addresses (`v6`,
+//! allocated zeroed: its pages cost memory only once IPv6 flows write them), so `max_entries`
+//! counts flows of either family; and one hash index of `slot << 1 | direction` values covering
+//! both the original key (as the flow arrived, before DNAT) and the reply key (the reverse of
+//! the translated tuple). The index ([`CtIndex`]) stores no keys (4 bytes a bucket: the value
+//! and a 7-bit tag of the hash, sized once for a full table, so it stays in cache): a probe
+//! compares against the key in the entry only when the tag matches, and the packet needs that
+//! entry next anyway. Free slots are linked through their own `next` field (no free list beside
+//! the slab). The entry stores only the original key; the reply key is derived from it, the
+//! NAT's backend and, for a source-NATed flow, the translated source ([`FlowRef::reply`]; a
+//! [`FlowRef`] is an entry with its IPv6 addresses attached). The translated source costs the
+//! entry 3 bytes, not 19: its port, and where its address comes from ([`SnatFrom`]): the
+//! client itself (a remapped port), the address the client dialled (hairpin, a NodePort's node
+//! IP), or an address of the small process-wide [`SnatAddrs`] table (the node IP an ExternalIP
+//! or LoadBalancer flow is masqueraded to). A lookup is one probe and tells the direction.
+//! Nothing allocates after [`Conntrack::new`]: the index is created with room for every key of
+//! a full slab, and the slab grows only within its reservation. Memory: ~115 bytes resident
+//! per IPv4 flow (entry, index share, timer), 48 more per IPv6 flow.
 //!
 //! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
 //! random seed per process, so that nobody can aim many flows at one bucket without knowing it

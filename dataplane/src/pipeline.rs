@@ -12,9 +12,9 @@
 //! ingress interface under the same tables, and which changes no connection state, skips both,
 //! using the entry's [`FastPath`]; every other packet (FIN, RST, a SYN on a closed tuple), and
 //! every packet the fast path is unsure of, takes the full path above. Costs (callgrind, IPv4
-//! TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue 11)`): ~670
-//! instructions per established packet (~50 of them the profiling harness's), ~2300 per new
-//! connection.
+//! TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue 11)` and "Conntrack
+//! memory"): ~690 instructions per established packet (~50 of them the profiling harness's),
+//! ~2020 per new connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
