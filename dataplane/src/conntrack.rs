@@ -1,19 +1,25 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s (192 bytes, three cache lines) reserved up
-//! front and written only as flows first use its slots, and one hash index of
-//! `slot << 1 | direction` values covering both the original key (as the flow arrived, before
-//! DNAT) and the reply key (the reverse of the translated tuple). The index stores no keys
-//! (4 bytes a bucket, so it stays in cache): a probe compares against the key in the entry,
-//! which the packet needs next anyway. The entry stores only the original key; the reply key is
-//! derived from it, the NAT's backend and, for a source-NATed flow, the translated source
-//! ([`Entry::reply`]). The translated source costs the entry 3 bytes, not 19: its port, and
-//! where its address comes from ([`SnatFrom`]): the client itself (a remapped port), the
-//! address the client dialled (hairpin, a NodePort's node IP), or an address of the small
-//! process-wide [`SnatAddrs`] table (the node IP an ExternalIP or LoadBalancer flow is
-//! masqueraded to). A lookup is one probe and tells the direction. Nothing allocates after
-//! [`Conntrack::new`]: the index is created with room for every key of a full slab, and the slab
-//! grows only within its reservation.
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (96 bytes: IPv4 addresses in line)
+//! reserved up front and written only as flows first use its slots; beside it, per slot, the
+//! flow's timer (`deadline`, what the GC sweeps) and an IPv6 flow's three addresses (`v6`,
+//! allocated zeroed: its pages cost memory only once IPv6 flows write them), so `max_entries`
+//! counts flows of either family; and one hash index of `slot << 1 | direction` values covering
+//! both the original key (as the flow arrived, before DNAT) and the reply key (the reverse of
+//! the translated tuple). The index ([`CtIndex`]) stores no keys (4 bytes a bucket: the value
+//! and a 7-bit tag of the hash, sized once for a full table, so it stays in cache): a probe
+//! compares against the key in the entry only when the tag matches, and the packet needs that
+//! entry next anyway. Free slots are linked through their own `next` field (no free list beside
+//! the slab). The entry stores only the original key; the reply key is derived from it, the
+//! NAT's backend and, for a source-NATed flow, the translated source ([`FlowRef::reply`]; a
+//! [`FlowRef`] is an entry with its IPv6 addresses attached). The translated source costs the
+//! entry 3 bytes, not 19: its port, and where its address comes from ([`SnatFrom`]): the
+//! client itself (a remapped port), the address the client dialled (hairpin, a NodePort's node
+//! IP), or an address of the small process-wide [`SnatAddrs`] table (the node IP an ExternalIP
+//! or LoadBalancer flow is masqueraded to). A lookup is one probe and tells the direction.
+//! Nothing allocates after [`Conntrack::new`]: the index is created with room for every key of
+//! a full slab, and the slab grows only within its reservation. Memory: ~115 bytes resident
+//! per IPv4 flow (entry, index share, timer), 48 more per IPv6 flow.
 //!
 //! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
 //! random seed per process, so that nobody can aim many flows at one bucket without knowing it
@@ -26,8 +32,7 @@
 //! Time is whatever the caller passes (pcap timestamps in replay, a per-burst clock live), so
 //! replay is deterministic.
 
-use hashbrown::HashTable;
-
+use crate::ct_index::{self, CtIndex};
 use crate::drop::DropReason;
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 use crate::policy::PolicyVerdict;
@@ -119,11 +124,6 @@ pub struct Snat {
     pub port: u16,
 }
 
-/// `NatSlot::flags`: the flow is destination-NATed (a service flow).
-const NAT_DST: u8 = 1;
-/// `NatSlot::flags`: the flow is also source-NATed ([`Entry::snat`] holds the source).
-const NAT_SRC: u8 = 2;
-
 /// Where a source-NATed flow's translated address comes from (`Entry::snat_from`): the
 /// original key's source ([`SNAT_FROM_CLIENT`]: only the port is remapped), its destination
 /// ([`SNAT_FROM_DIALLED`]: hairpin leaves from the address it dialled, a NodePort flow is
@@ -139,10 +139,10 @@ const SNAT_FROM_TABLE: SnatFrom = 2;
 /// host interface's far side (`snat::HOST_SNAT_V4` / `HOST_SNAT_V6`). One process-wide table of
 /// [`SnatAddrs::CAPACITY`] cells, so that an entry names its address in one byte, every table
 /// (each worker's, a what-if copy, a restored snapshot's) reads the same index the same way,
-/// and [`Entry`] stays three cache lines.
+/// and [`Entry`] stays 96 bytes.
 ///
 /// A cell counts the live conntrack entries that name it: an entry takes a reference when it
-/// is created or restored ([`SnatAddrs::intern`], [`SnatAddrs::acquire`]) and gives it back
+/// is created or restored ([`SnatAddrs::intern`]: a copy interns its address again) and gives it back
 /// when it is removed or its table dropped ([`SnatAddrs::release`]). A cell no entry names is
 /// reusable for another address, so a node whose addresses change more than 64 times keeps
 /// masquerading; only 64 addresses *in use at once* fill the table (then `snat-no-address`).
@@ -236,15 +236,7 @@ impl SnatAddrs {
         None
     }
 
-    /// One more reference to cell `i`, which the caller's copied entry names (the entry it was
-    /// copied from holds one, so the cell keeps its address).
-    fn acquire(i: u8) {
-        if let Some(c) = SNAT_ADDRS.get(usize::from(i)) {
-            c.meta.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
-    }
-
-    /// Gives back a reference taken by [`Self::intern`] or [`Self::acquire`].
+    /// Gives back a reference taken by [`Self::intern`].
     fn release(i: u8) {
         if let Some(c) = SNAT_ADDRS.get(usize::from(i)) {
             c.meta.fetch_sub(1, std::sync::atomic::Ordering::Release);
@@ -286,97 +278,238 @@ fn release_snat_from(has_snat: bool, from: SnatFrom) {
 /// The [`SnatAddrs`] cell an entry names, if any.
 #[inline]
 fn table_cell(e: &Entry) -> Option<u8> {
-    (e.nat.flags & NAT_SRC != 0 && e.snat_from >= SNAT_FROM_TABLE)
+    (e.flags & NAT_SRC != 0 && e.snat_from >= SNAT_FROM_TABLE)
         .then(|| e.snat_from - SNAT_FROM_TABLE)
 }
 
-/// The NAT of a flow as the entry stores it: the VIP side is the original key's destination
-/// (address and port), so only the backend and the service are kept. 24 bytes. The flags say
-/// whether a source NAT applies, so that a flow without one never reads its fields.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[repr(C)]
-struct NatSlot {
-    backend: Addr,
-    flags: u8,
-    backend_port: u16,
-    service: u32,
-}
+/// `Entry::flags`: the flow is destination-NATed (a service flow).
+const NAT_DST: u8 = 1;
+/// `Entry::flags`: the flow is also source-NATed (`snat_port`, `snat_from`).
+const NAT_SRC: u8 = 2;
+/// `Entry::flags`: an IPv6 flow; its addresses are in the table's IPv6 array, same slot.
+const V6: u8 = 4;
+/// `Entry::flags`: the slot holds a live flow.
+const LIVE: u8 = 8;
+/// `Entry::flags`: the flow is on the closing list (`prev`, `next`).
+const IN_CLOSING: u8 = 16;
 
-/// 192 bytes, on cache-line boundaries, field order by use: the first two lines hold what an
-/// established packet reads (original key, timer, fast-path cache, NAT, identities, state,
-/// generation), the third what it writes (counters, last seen), the closing list's links and
-/// the translated source of a source-NATed flow (read only by those flows, from a line their
-/// packets write anyway).
+/// A flow's record: 96 bytes (two cache lines at most, one and a half on average), IPv4
+/// addresses in line. An IPv6 flow keeps its three 16-byte addresses in a second array of the
+/// table, at the same slot (`Conntrack::v6`: reserved for every slot, written only by IPv6
+/// flows), so that the common IPv4 flow does not carry 36 bytes of address it never uses and
+/// its entry is all it touches. Field order by use: key, fast-path cache, NAT, generation,
+/// identities and verdicts (what an established packet reads), then the closing list's links
+/// and the packet counters (written per packet). The timer is not here: it is the table's
+/// `deadline` array, which the GC sweeps without touching entries.
 /// The reply key is not stored: it is the reverse of the translated original key
-/// ([`Entry::reply`]), and the VIP of the NAT is the original destination.
+/// ([`FlowRef::reply`]), and the VIP of the NAT is the original destination.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
+#[repr(C, align(32))]
 pub struct Entry {
-    pub orig: FlowKey,
-    pub expires: u64,
-    /// Per direction ([`Dir`] as index): see [`FastPath`].
-    pub fast: [FastPath; 2],
-    nat: NatSlot,
-    pub src_identity: u32,
-    pub dst_identity: u32,
+    /// IPv4: the original source address (IPv6: unused, see [`V6`]).
+    src: [u8; 4],
+    /// IPv4: the original destination address (the VIP of a service flow).
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    /// [`NAT_DST`], [`NAT_SRC`], [`V6`], [`LIVE`], [`IN_CLOSING`].
+    flags: u8,
     pub state: FlowState,
     /// Bit 0: FIN seen from the originator, bit 1: from the replier.
     fins: u8,
-    live: bool,
-    in_closing: bool,
+    /// Per direction ([`Dir`] as index): see [`FastPath`].
+    pub fast: [FastPath; 2],
+    /// IPv4: the backend of a service flow (`NAT_DST`).
+    backend: [u8; 4],
+    backend_port: u16,
+    /// The translated source port (valid with `NAT_SRC`).
+    snat_port: u16,
+    /// The tables generation the flow's service and policy were last checked against.
+    pub generation: u64,
+    /// Service index in the tables of generation `generation` (valid with `NAT_DST`).
+    service: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
     pub policy: PolicyVerdict,
     /// Set when the flow was ended by the control plane (backend removed or quarantined,
     /// policy now denies): its packets are dropped for this reason until the entry expires or
     /// the client opens a new connection on the same tuple. Keeping the entry (instead of
     /// deleting it) stops the backend's replies from leaking out untranslated.
     pub ended: Option<DropReason>,
-    /// The tables generation the flow's service and policy were last checked against.
-    pub generation: u64,
-    pub packets: [u64; 2],
-    pub bytes: [u64; 2],
-    pub last_seen: u64,
-    pub created: u64,
-    prev: u32,
-    next: u32,
-    /// The translated source port (valid when `nat.flags` has `NAT_SRC`).
-    snat_port: u16,
     /// Where the translated source address comes from ([`SnatFrom`]).
     snat_from: SnatFrom,
+    /// Closing list links; `next` also links free slots.
+    prev: u32,
+    next: u32,
+    /// Packets per direction (wrapping; `ct list` and snapshots show them).
+    pub packets: [u32; 2],
 }
 
+/// An IPv6 flow's addresses: original source, original destination, backend.
+type V6Addrs = [[u8; 16]; 3];
+
 impl Entry {
+    /// Re-points the flow's NAT at another service index (same backend: the keys stay).
+    pub fn set_service(&mut self, service: u32) {
+        self.service = service;
+    }
+
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    #[inline(always)]
+    fn live(&self) -> bool {
+        self.flags & LIVE != 0
+    }
+
+    #[inline(always)]
+    fn in_closing(&self) -> bool {
+        self.flags & IN_CLOSING != 0
+    }
+
+    #[inline(always)]
+    fn is_v6(&self) -> bool {
+        self.flags & V6 != 0
+    }
+
+    /// [`FlowRef::has_key`] for an IPv4 flow whose translated source is not in [`SnatAddrs`]
+    /// (every address in line): word compares, no address built. `None`: not such a flow.
+    #[inline(always)]
+    fn has_key_v4(&self, dir: Dir, key: &FlowKey) -> Option<bool> {
+        if self.flags & V6 != 0 {
+            return None;
+        }
+        // One family check for the key: a key's addresses share a family (a header's do; so
+        // do the keys conntrack derives).
+        debug_assert_eq!(key.src.v6, key.dst.v6);
+        if key.src.v6 {
+            return Some(false);
+        }
+        Some(match dir {
+            Dir::Orig => {
+                key.sport == self.sport
+                    && key.dport == self.dport
+                    && key.proto == self.proto
+                    && v4_is(&key.src, self.src)
+                    && v4_is(&key.dst, self.dst)
+            }
+            Dir::Reply => {
+                let (src, sport) = if self.flags & NAT_DST != 0 {
+                    (self.backend, self.backend_port)
+                } else {
+                    (self.dst, self.dport)
+                };
+                let (dst, dport) = if self.flags & NAT_SRC != 0 {
+                    let a = match self.snat_from {
+                        SNAT_FROM_CLIENT => self.src,
+                        SNAT_FROM_DIALLED => self.dst,
+                        _ => return None,
+                    };
+                    (a, self.snat_port)
+                } else {
+                    (self.src, self.sport)
+                };
+                key.dport == dport
+                    && key.sport == sport
+                    && key.proto == self.proto
+                    && v4_is(&key.dst, dst)
+                    && v4_is(&key.src, src)
+            }
+        })
+    }
+}
+
+/// Whether the IPv4 address `a` (the caller checked its family) is `v4`: its first 4 bytes (an
+/// IPv4 [`Addr`] has its other 12 bytes zero wherever one is made, [`Addr::v4`],
+/// [`Addr::from_slice`]; a key with other bytes there would not hash to this flow's buckets
+/// anyway).
+#[inline(always)]
+fn v4_is(a: &Addr, v4: [u8; 4]) -> bool {
+    debug_assert!(!a.v6 && a.bytes[4..] == [0; 12]);
+    a.bytes[..4] == v4
+}
+
+/// A flow as its table holds it: the entry and, for IPv6, its addresses. Dereferences to the
+/// [`Entry`] for the fields that do not involve addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowRef<'a> {
+    e: &'a Entry,
+    v6: Option<&'a V6Addrs>,
+}
+
+impl std::ops::Deref for FlowRef<'_> {
+    type Target = Entry;
+    #[inline(always)]
+    fn deref(&self) -> &Entry {
+        self.e
+    }
+}
+
+impl FlowRef<'_> {
+    #[inline(always)]
+    fn addr(&self, i: usize, v4: [u8; 4]) -> Addr {
+        match self.v6 {
+            None => addr_v4(v4),
+            Some(a) => Addr::v6(a[i]),
+        }
+    }
+
+    #[inline(always)]
+    fn src(&self) -> Addr {
+        self.addr(0, self.e.src)
+    }
+
+    #[inline(always)]
+    fn dst(&self) -> Addr {
+        self.addr(1, self.e.dst)
+    }
+
+    #[inline(always)]
+    fn backend(&self) -> Addr {
+        self.addr(2, self.e.backend)
+    }
+
+    /// The original key (as the flow's first packet arrived).
+    #[inline]
+    pub fn orig(&self) -> FlowKey {
+        FlowKey {
+            src: self.src(),
+            dst: self.dst(),
+            sport: self.e.sport,
+            dport: self.e.dport,
+            proto: self.e.proto,
+        }
+    }
+
     /// The destination NAT of a service flow.
     #[inline]
     pub fn nat(&self) -> Option<Nat> {
-        (self.nat.flags & NAT_DST != 0).then_some(Nat {
-            vip: self.orig.dst,
-            vip_port: self.orig.dport,
-            backend: self.nat.backend,
-            backend_port: self.nat.backend_port,
-            service: self.nat.service,
+        (self.e.flags & NAT_DST != 0).then(|| Nat {
+            vip: self.dst(),
+            vip_port: self.e.dport,
+            backend: self.backend(),
+            backend_port: self.e.backend_port,
+            service: self.e.service,
         })
-    }
-
-    /// Re-points the flow's NAT at another service index (same backend: the keys stay).
-    pub fn set_service(&mut self, service: u32) {
-        self.nat.service = service;
     }
 
     /// The source NAT of a flow that has one.
     #[inline]
     pub fn snat(&self) -> Option<Snat> {
-        (self.nat.flags & NAT_SRC != 0).then(|| Snat {
+        (self.e.flags & NAT_SRC != 0).then(|| Snat {
             addr: self.snat_addr(),
-            port: self.snat_port,
+            port: self.e.snat_port,
         })
     }
 
     /// The translated source address (of a flow with `NAT_SRC`).
     #[inline(always)]
     fn snat_addr(&self) -> Addr {
-        match self.snat_from {
-            SNAT_FROM_CLIENT => self.orig.src,
-            SNAT_FROM_DIALLED => self.orig.dst,
+        match self.e.snat_from {
+            SNAT_FROM_CLIENT => self.src(),
+            SNAT_FROM_DIALLED => self.dst(),
             i => SnatAddrs::get(i - SNAT_FROM_TABLE),
         }
     }
@@ -391,63 +524,69 @@ impl Entry {
             dst,
             sport,
             dport,
-            proto: self.orig.proto,
+            proto: self.e.proto,
         }
     }
 
     /// Where the original direction goes after NAT (the reply's source).
     #[inline(always)]
     fn translated_dst(&self) -> (Addr, u16) {
-        if self.nat.flags & NAT_DST != 0 {
-            (self.nat.backend, self.nat.backend_port)
+        if self.e.flags & NAT_DST != 0 {
+            (self.backend(), self.e.backend_port)
         } else {
-            (self.orig.dst, self.orig.dport)
+            (self.dst(), self.e.dport)
         }
     }
 
     /// Where the original direction comes from after NAT (the reply's destination).
     #[inline(always)]
     fn translated_src(&self) -> (Addr, u16) {
-        if self.nat.flags & NAT_SRC != 0 {
-            (self.snat_addr(), self.snat_port)
+        if self.e.flags & NAT_SRC != 0 {
+            (self.snat_addr(), self.e.snat_port)
         } else {
-            (self.orig.src, self.orig.sport)
+            (self.src(), self.e.sport)
         }
     }
 
-    /// Whether `key` is this entry's key in direction `dir` (the index probe's compare: the
-    /// reply key is compared field by field, never built).
+    /// Whether `key` is this flow's key in direction `dir` (the index probe's compare: neither
+    /// key is built).
     #[inline(always)]
     fn has_key(&self, dir: Dir, key: &FlowKey) -> bool {
         match dir {
-            Dir::Orig => self.orig == *key,
+            Dir::Orig => {
+                key.sport == self.e.sport
+                    && key.dport == self.e.dport
+                    && key.proto == self.e.proto
+                    && key.src == self.src()
+                    && key.dst == self.dst()
+            }
             Dir::Reply => {
                 let (src, sport) = self.translated_dst();
                 let (dst, dport) = self.translated_src();
                 key.dst == dst
                     && key.dport == dport
                     && key.sport == sport
-                    && key.proto == self.orig.proto
+                    && key.proto == self.e.proto
                     && key.src == src
             }
         }
     }
 }
 
-fn nat_slot(nat: Option<Nat>, snat: Option<Snat>) -> NatSlot {
-    let src = if snat.is_some() { NAT_SRC } else { 0 };
-    match nat {
-        Some(n) => NatSlot {
-            backend: n.backend,
-            flags: NAT_DST | src,
-            backend_port: n.backend_port,
-            service: n.service,
-        },
-        None => NatSlot {
-            flags: src,
-            ..NatSlot::default()
-        },
+/// [`Addr::v4`] as one zero-extended 128-bit store (not 16 byte writes): the fast path builds
+/// the NAT's addresses of every packet from the entry's 4-byte ones.
+#[inline(always)]
+fn addr_v4(v4: [u8; 4]) -> Addr {
+    Addr {
+        bytes: u128::from(u32::from_le_bytes(v4)).to_le_bytes(),
+        v6: false,
     }
+}
+
+/// The 4 bytes an IPv4 flow keeps of an address.
+#[inline(always)]
+fn v4_of(a: &Addr) -> [u8; 4] {
+    [a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]]
 }
 
 /// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
@@ -466,6 +605,21 @@ fn snat_fields(orig: &FlowKey, snat: Option<Snat>) -> Result<(u16, SnatFrom), Dr
         SNAT_FROM_TABLE + SnatAddrs::intern(s.addr).ok_or(DropReason::SnatNoAddress)?
     };
     Ok((s.port, from))
+}
+
+/// What an entry starts with besides its key and NAT (a new flow's first packet, a snapshot's
+/// flow, a copy from another table).
+#[derive(Debug, Clone, Copy)]
+struct Init {
+    state: FlowState,
+    fins: u8,
+    expires: u64,
+    src_identity: u32,
+    dst_identity: u32,
+    policy: PolicyVerdict,
+    ended: Option<DropReason>,
+    generation: u64,
+    packets: [u32; 2],
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -494,14 +648,19 @@ pub struct CtStats {
 #[derive(Debug)]
 pub struct Conntrack {
     slots: Vec<Entry>,
-    free: Vec<u32>,
-    /// Per slot: the live entry's `expires`, or `u64::MAX` for a free slot. The GC sweep reads
-    /// only this (8 bytes a slot, so 64 slots are 8 cache lines instead of 128 lines of
-    /// entries it would otherwise pull through the cache every burst). Kept equal to
-    /// `Entry::expires` by every method here that sets it; nothing else writes `expires`.
+    /// Per slot: an IPv6 flow's addresses (original source, destination, backend). Allocated
+    /// zeroed for every slot (untouched pages: no memory until IPv6 flows write them), so an
+    /// IPv4 flow never touches it.
+    v6: Vec<V6Addrs>,
+    /// Head of the free slots, linked through their `next` (most recently freed first).
+    free_head: u32,
+    /// Per slot: the live flow's expiry (its timer: entries do not repeat it), or `u64::MAX`
+    /// for a free slot or an IPv6 flow's address slot. The GC sweep reads only this (8 bytes a
+    /// slot, so 64 slots are 8 cache lines instead of the 64-128 lines of entries it would
+    /// otherwise pull through the cache every burst).
     deadline: Vec<u64>,
     /// `slot << 1 | dir` values, hashed by [`Self::hash`] of the key they stand for.
-    index: HashTable<u32>,
+    index: CtIndex,
     seed: [u64; 4],
     /// Moves on every insertion and removal: a lookup result taken earlier in the burst is
     /// still exact while this has not moved.
@@ -518,7 +677,7 @@ pub struct Conntrack {
 /// references.
 impl Drop for Conntrack {
     fn drop(&mut self) {
-        for e in self.slots.iter().filter(|e| e.live) {
+        for e in self.slots.iter().filter(|e| e.live()) {
             if let Some(i) = table_cell(e) {
                 SnatAddrs::release(i);
             }
@@ -526,24 +685,42 @@ impl Drop for Conntrack {
     }
 }
 
+/// The view of a slot's flow (live or free), its IPv6 addresses attached; `None` for a slot
+/// out of range.
+#[inline(always)]
+fn flow_in<'a>(slots: &'a [Entry], v6: &'a [V6Addrs], slot: u32) -> Option<FlowRef<'a>> {
+    let e = slots.get(slot as usize)?;
+    let v6 = if e.is_v6() {
+        // Sized like the slab's reservation: there for every slot the slab has.
+        Some(v6.get(slot as usize)?)
+    } else {
+        None
+    };
+    Some(FlowRef { e, v6 })
+}
+
 impl Conntrack {
     pub fn new(cfg: &CtConfig) -> Conntrack {
-        let cap = cfg.max_entries as usize;
+        // The index holds `slot << 1 | dir`: at most 16 Mi slots (the state's limit).
+        let cap = (cfg.max_entries as usize).min(ct_index::MAX_VALUE as usize / 2 + 1);
+        let mut cfg = cfg.clone();
+        cfg.max_entries = cap as u32;
         Conntrack {
             // Reserved, not written: the slab grows into its reservation as flows come
             // ([`Conntrack::take_slot`]), so a start does not write (and fault in) every page
             // of a table that is mostly empty, and never reallocates.
             slots: Vec::with_capacity(cap),
+            v6: vec![[[0; 16]; 3]; cap],
             deadline: Vec::with_capacity(cap),
-            free: Vec::with_capacity(cap),
-            index: HashTable::with_capacity(cap * 2),
+            free_head: NIL,
+            index: CtIndex::with_keys(cap * 2),
             seed: random_seed(),
             version: 0,
             closing_head: NIL,
             closing_tail: NIL,
             gc_cursor: 0,
             live: 0,
-            cfg: cfg.clone(),
+            cfg,
             stats: CtStats::default(),
         }
     }
@@ -590,8 +767,8 @@ impl Conntrack {
     /// The index value of `key` with its hash, without touching the table.
     #[inline]
     fn index_of(&self, key: &FlowKey, hash: u64) -> Option<u32> {
-        let slots = &self.slots;
-        self.index.find(hash, |&v| key_is(slots, v, key)).copied()
+        let (slots, v6) = (&self.slots, &self.v6);
+        self.index.find(hash, |v| key_is(slots, v6, v, key))
     }
 
     /// Finds a live, unexpired flow by either of its keys. An expired entry found here is
@@ -606,12 +783,12 @@ impl Conntrack {
     pub fn lookup_hashed(&mut self, key: &FlowKey, hash: u64, now: u64) -> Option<(u32, Dir)> {
         let v = self.index_of(key, hash)?;
         let slot = v >> 1;
-        if self.slots[slot as usize].expires <= now {
+        if self.expires(slot) <= now {
             self.remove(slot);
             self.stats.expired += 1;
             return None;
         }
-        Some((slot, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+        Some((slot, dir_of(v)))
     }
 
     /// The slot and direction of a key with this [`Self::hash`], expired or not, without
@@ -620,7 +797,7 @@ impl Conntrack {
     #[inline]
     pub fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
         let v = self.index_of(key, hash)?;
-        Some((v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+        Some((v >> 1, dir_of(v)))
     }
 
     /// [`Self::find_hashed`] computing the hash.
@@ -629,14 +806,20 @@ impl Conntrack {
         self.find_hashed(key, self.hash(key))
     }
 
+    /// When the flow of `slot` expires (nanoseconds on the caller's clock; `u64::MAX` for a
+    /// slot without a live flow).
+    #[inline(always)]
+    pub fn expires(&self, slot: u32) -> u64 {
+        self.deadline.get(slot as usize).copied().unwrap_or(0)
+    }
+
     /// Whether `slot` holds a live flow whose key in direction `dir` is `key`: then it is what a
     /// lookup of `key` finds (keys are unique in the index), so a result remembered from
     /// earlier in the burst can be confirmed without a probe.
     #[inline]
     pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
-        self.slots
-            .get(slot as usize)
-            .is_some_and(|e| e.live && e.has_key(dir, key))
+        self.slots.get(slot as usize).is_some_and(|e| e.live())
+            && key_is(&self.slots, &self.v6, slot << 1 | dir as u32, key)
     }
 
     /// See the `version` field.
@@ -646,48 +829,53 @@ impl Conntrack {
     }
 
     /// Looks a key up without touching the table (for `explain` and dumps).
-    pub fn peek(&self, key: &FlowKey, now: u64) -> Option<(&Entry, Dir)> {
+    pub fn peek(&self, key: &FlowKey, now: u64) -> Option<(FlowRef<'_>, Dir)> {
         let v = self.index_of(key, self.hash(key))?;
-        let e = &self.slots[(v >> 1) as usize];
-        (e.expires > now).then_some((e, if v & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+        let f = flow_in(&self.slots, &self.v6, v >> 1)?;
+        (self.expires(v >> 1) > now).then_some((f, dir_of(v)))
     }
 
     fn contains(&self, key: &FlowKey) -> bool {
         self.index_of(key, self.hash(key)).is_some()
     }
 
-    /// Adds `slot`'s key of direction `dir` (already written in the slot) to the index.
-    fn index_insert(&mut self, slot: u32, dir: Dir) {
-        let h = self.hash(&key_of_entry(&self.slots[slot as usize], dir));
-        self.index_insert_hashed(slot, dir, h);
+    /// Adds `slot`'s key of direction `dir` with its hash to the index.
+    fn index_insert_hashed(&mut self, slot: u32, dir: Dir, h: u64) {
+        self.index.insert(h, slot << 1 | dir as u32);
+        self.version += 1;
     }
 
-    /// [`Self::index_insert`] with the key's hash known.
-    fn index_insert_hashed(&mut self, slot: u32, dir: Dir, h: u64) {
-        let (slots, seed) = (&self.slots, self.seed);
-        self.index.insert_unique(h, slot << 1 | dir as u32, |&v| {
-            hash_with(seed, &key_of(slots, v))
+    /// Removes `slot`'s key of direction `dir` (the entry still holds it) from the index.
+    fn index_remove(&mut self, slot: u32, dir: Dir) {
+        let Some(key) = flow_in(&self.slots, &self.v6, slot).map(|f| key_of_flow(&f, dir)) else {
+            return;
+        };
+        let h = self.hash(&key);
+        let (slots, v6, seed) = (&self.slots, &self.v6, self.seed);
+        self.index.remove(h, slot << 1 | dir as u32, |v| {
+            key_of(slots, v6, v).map_or(0, |k| hash_with(seed, &k))
         });
         self.version += 1;
     }
 
-    fn index_remove(&mut self, key: &FlowKey) {
-        let h = self.hash(key);
-        let slots = &self.slots;
-        if let Ok(e) = self.index.find_entry(h, |&v| key_is(slots, v, key)) {
-            e.remove();
-        }
-        self.version += 1;
+    /// The flow of `slot`. A slot that holds none (never given out by this table) reads as an
+    /// empty, never-live entry.
+    #[inline]
+    pub fn entry(&self, slot: u32) -> FlowRef<'_> {
+        let e = self.slots.get(slot as usize).unwrap_or(&EMPTY);
+        let v6 = if e.is_v6() {
+            self.v6.get(slot as usize)
+        } else {
+            None
+        };
+        FlowRef { e, v6 }
     }
 
+    /// The entry of `slot` for the fields that hold no address (`None` for a slot that holds no
+    /// flow: never one this table gave out).
     #[inline]
-    pub fn entry(&self, slot: u32) -> &Entry {
-        &self.slots[slot as usize]
-    }
-
-    #[inline]
-    pub fn entry_mut(&mut self, slot: u32) -> &mut Entry {
-        &mut self.slots[slot as usize]
+    pub fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)
     }
 
     /// Creates a flow. `proto`/`tcp_flags` of the first packet pick the initial state.
@@ -735,7 +923,7 @@ impl Conntrack {
         h_reply: u64,
         reply_free: bool,
         tcp_flags: u8,
-        len: usize,
+        _len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
         debug_assert!(self.index_of(&f.orig, h_orig).is_none());
@@ -752,103 +940,155 @@ impl Conntrack {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let (snat_port, snat_from) = snat_fields(&f.orig, f.snat)?;
-        let slot = match self.take_slot(now) {
-            Ok(s) => s,
-            Err(r) => {
-                release_snat_from(f.snat.is_some(), snat_from);
-                return Err(r);
-            }
-        };
         let state = if f.orig.proto == PROTO_TCP {
             initial_tcp_state(tcp_flags)
         } else {
             FlowState::Open
         };
-        let e = Entry {
-            orig: f.orig,
+        let init = Init {
             state,
             fins: if tcp_flags & F::FIN != 0 { 1 } else { 0 },
-            created: now,
-            last_seen: now,
             expires: now + self.timeout(f.orig.proto, state),
-            nat: nat_slot(f.nat, f.snat),
-            snat_port,
-            snat_from,
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             policy: f.policy,
+            ended: None,
             generation: f.generation,
             packets: [1, 0],
-            bytes: [len as u64, 0],
-            ended: None,
-            fast: [FastPath::default(); 2],
-            live: true,
-            prev: NIL,
-            next: NIL,
-            in_closing: false,
         };
-        self.put(slot, e);
-        self.index_insert_hashed(slot, Dir::Orig, h_orig);
-        self.index_insert_hashed(slot, Dir::Reply, h_reply);
-        if state.closing() {
-            self.closing_push(slot);
-        }
-        self.live += 1;
+        let slot = self.insert(&f.orig, f.nat, f.snat, init, h_orig, h_reply, now)?;
         self.stats.created += 1;
         Ok(slot)
     }
 
-    /// Inserts a copy of an entry taken from another table (a what-if pipeline for `explain`
-    /// starts from the live flow of the packet it explains). Same rules as [`Conntrack::create`]
-    /// for conflicts and a full table.
-    pub fn restore(&mut self, e: &Entry, now: u64) -> Result<u32, DropReason> {
-        if self.contains(&e.orig) || self.contains(&e.reply()) {
-            self.stats.key_conflicts += 1;
-            return Err(DropReason::CtInvalid);
+    /// Writes a flow whose keys are known to be free (and consistent) into a new slot (two for
+    /// IPv6), and indexes both keys.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a flow's key, NAT and start values, with both keys' hashes"
+    )]
+    fn insert(
+        &mut self,
+        orig: &FlowKey,
+        nat: Option<Nat>,
+        snat: Option<Snat>,
+        init: Init,
+        h_orig: u64,
+        h_reply: u64,
+        now: u64,
+    ) -> Result<u32, DropReason> {
+        // A table address comes with the entry's reference, given back if there is no slot.
+        let (snat_port, snat_from) = snat_fields(orig, snat)?;
+        let slot = match self.take_slot(now) {
+            Ok(s) => s,
+            Err(r) => {
+                release_snat_from(snat.is_some(), snat_from);
+                return Err(r);
+            }
+        };
+        let v6 = orig.src.v6;
+        let backend = nat.map_or(Addr::default(), |n| n.backend);
+        let mut flags = LIVE;
+        if nat.is_some() {
+            flags |= NAT_DST;
         }
-        let slot = self.take_slot(now)?;
-        if let Some(i) = table_cell(e) {
-            SnatAddrs::acquire(i);
+        if snat.is_some() {
+            flags |= NAT_SRC;
         }
-        self.put(
-            slot,
-            Entry {
-                live: true,
-                prev: NIL,
-                next: NIL,
-                in_closing: false,
-                ..*e
-            },
-        );
-        self.index_insert(slot, Dir::Orig);
-        self.index_insert(slot, Dir::Reply);
-        if e.state.closing() {
+        let e = Entry {
+            src: v4_of(&orig.src),
+            dst: v4_of(&orig.dst),
+            sport: orig.sport,
+            dport: orig.dport,
+            proto: orig.proto,
+            flags: if v6 { flags | V6 } else { flags },
+            state: init.state,
+            fins: init.fins,
+            fast: [FastPath::default(); 2],
+            backend: v4_of(&backend),
+            backend_port: nat.map_or(0, |n| n.backend_port),
+            snat_port,
+            generation: init.generation,
+            service: nat.map_or(0, |n| n.service),
+            src_identity: init.src_identity,
+            dst_identity: init.dst_identity,
+            policy: init.policy,
+            ended: init.ended,
+            snat_from,
+            prev: NIL,
+            next: NIL,
+            packets: init.packets,
+        };
+        if v6 {
+            if let Some(a) = self.v6.get_mut(slot as usize) {
+                *a = [orig.src.bytes, orig.dst.bytes, backend.bytes];
+            }
+        }
+        self.put(slot, e, init.expires);
+        self.index_insert_hashed(slot, Dir::Orig, h_orig);
+        self.index_insert_hashed(slot, Dir::Reply, h_reply);
+        if init.state.closing() {
             self.closing_push(slot);
         }
         self.live += 1;
         Ok(slot)
     }
 
+    /// Inserts a copy of a flow taken from another table (a what-if pipeline for `explain`
+    /// starts from the live flow of the packet it explains). Same rules as [`Conntrack::create`]
+    /// for conflicts and a full table.
+    pub fn restore(&mut self, f: FlowRef<'_>, expires: u64, now: u64) -> Result<u32, DropReason> {
+        let (orig, reply) = (f.orig(), f.reply());
+        if self.contains(&orig) || self.contains(&reply) {
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        let init = Init {
+            state: f.state,
+            fins: f.fins,
+            expires,
+            src_identity: f.src_identity,
+            dst_identity: f.dst_identity,
+            policy: f.policy,
+            ended: f.ended,
+            generation: f.generation,
+            packets: f.packets,
+        };
+        let (h_orig, h_reply) = (self.hash(&orig), self.hash(&reply));
+        let slot = self.insert(&orig, f.nat(), f.snat(), init, h_orig, h_reply, now)?;
+        let fast = f.fast;
+        if let Some(e) = self.entry_mut(slot) {
+            e.fast = fast;
+        }
+        Ok(slot)
+    }
+
     /// The live, unexpired flows as of `now`, for a snapshot (timers made relative to `now`).
+    /// Entries keep no byte counts, creation or last-seen time: a snapshot carries zero bytes
+    /// and age, and the idle time since the timer was last set (its expiry less the state's
+    /// timeout).
     pub fn save(&self, now: u64) -> impl Iterator<Item = SavedFlow> + '_ {
-        self.iter()
-            .filter(move |e| e.expires > now)
-            .map(move |e| SavedFlow {
-                orig: e.orig,
-                reply: e.reply(),
-                state: e.state,
-                fins: e.fins,
-                policy: e.policy,
-                ended: e.ended,
-                src_identity: e.src_identity,
-                dst_identity: e.dst_identity,
-                nat: e.nat(),
-                packets: e.packets,
-                bytes: e.bytes,
-                age_ns: now.saturating_sub(e.created),
-                idle_ns: now.saturating_sub(e.last_seen),
-                remaining_ns: e.expires - now,
+        self.iter_slots()
+            .filter(move |&(s, _)| self.expires(s) > now)
+            .map(move |(s, f)| {
+                let expires = self.expires(s);
+                let set_at = expires.saturating_sub(self.timeout(f.proto, f.state));
+                SavedFlow {
+                    orig: f.orig(),
+                    reply: f.reply(),
+                    state: f.state,
+                    fins: f.fins,
+                    policy: f.policy,
+                    ended: f.ended,
+                    src_identity: f.src_identity,
+                    dst_identity: f.dst_identity,
+                    nat: f.nat(),
+                    packets: f.packets.map(u64::from),
+                    bytes: [0, 0],
+                    age_ns: 0,
+                    idle_ns: now.saturating_sub(set_at),
+                    remaining_ns: expires - now,
+                }
             })
     }
 
@@ -869,34 +1109,23 @@ impl Conntrack {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let (snat_port, snat_from) = snat_fields(&f.orig, snat)?;
-        let e = Entry {
-            orig: f.orig,
-            expires: now.saturating_add(f.remaining_ns),
-            generation: 0,
-            fast: [FastPath::default(); 2],
+        if self.contains(&f.orig) || self.contains(&f.reply) {
+            self.stats.key_conflicts += 1;
+            return Err(DropReason::CtInvalid);
+        }
+        let init = Init {
             state: f.state,
             fins: f.fins,
-            live: true,
-            in_closing: false,
-            policy: f.policy,
-            ended: f.ended,
+            expires: now.saturating_add(f.remaining_ns),
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
-            nat: nat_slot(f.nat, snat),
-            snat_port,
-            snat_from,
-            packets: f.packets,
-            bytes: f.bytes,
-            last_seen: now.saturating_sub(f.idle_ns),
-            created: now.saturating_sub(f.age_ns),
-            prev: NIL,
-            next: NIL,
+            policy: f.policy,
+            ended: f.ended,
+            generation: 0,
+            packets: f.packets.map(|p| p.min(u64::from(u32::MAX)) as u32),
         };
-        // `restore` takes the entry's own reference; the one `snat_fields` took goes back.
-        let r = self.restore(&e, now);
-        release_snat_from(snat.is_some(), snat_from);
-        r
+        let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
+        self.insert(&f.orig, f.nat, snat, init, h_orig, h_reply, now)
     }
 
     /// Accounts a packet that changes no connection state and returns `true`; or, for any
@@ -910,13 +1139,13 @@ impl Conntrack {
         slot: u32,
         dir: Dir,
         tcp_flags: u8,
-        len: usize,
+        _len: usize,
         now: u64,
     ) -> bool {
         let Some(e) = self.slots.get_mut(slot as usize) else {
             return false;
         };
-        let timeout = if e.orig.proto == PROTO_TCP {
+        let timeout = if e.proto == PROTO_TCP {
             let steady = tcp_flags & (F::SYN | F::FIN | F::RST) == 0
                 && e.fins == 0
                 && matches!(
@@ -934,18 +1163,15 @@ impl Conntrack {
                 _ => self.cfg.syn_recv,
             }
         } else {
-            if e.in_closing || e.state != FlowState::Open {
+            if e.in_closing() || e.state != FlowState::Open {
                 return false;
             }
-            match e.orig.proto {
+            match e.proto {
                 PROTO_ICMP | PROTO_ICMPV6 => self.cfg.icmp,
                 _ => self.cfg.udp,
             }
         };
-        e.packets[dir as usize] += 1;
-        e.bytes[dir as usize] += len as u64;
-        e.last_seen = now;
-        e.expires = now + timeout;
+        e.packets[dir as usize] = e.packets[dir as usize].wrapping_add(1);
         if let Some(d) = self.deadline.get_mut(slot as usize) {
             *d = now + timeout;
         }
@@ -958,9 +1184,11 @@ impl Conntrack {
         // The common case first: a TCP packet without SYN/FIN/RST in a state it cannot move
         // (established, or the handshake waiting on the other side), or a datagram flow's
         // packet, changes no state and no closing-list position; only the timer moves.
-        let e = &mut self.slots[slot as usize];
-        let proto = e.orig.proto;
-        let steady = !e.in_closing
+        let Some(e) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let proto = e.proto;
+        let steady = !e.in_closing()
             && !e.state.closing()
             && if proto == PROTO_TCP {
                 tcp_flags & (F::SYN | F::FIN | F::RST) == 0
@@ -975,12 +1203,9 @@ impl Conntrack {
                 true
             };
         if steady {
-            e.packets[dir as usize] += 1;
-            e.bytes[dir as usize] += len as u64;
-            e.last_seen = now;
+            e.packets[dir as usize] = e.packets[dir as usize].wrapping_add(1);
             let state = e.state;
             let timeout = self.timeout(proto, state);
-            self.slots[slot as usize].expires = now + timeout;
             self.deadline[slot as usize] = now + timeout;
             return;
         }
@@ -988,26 +1213,21 @@ impl Conntrack {
     }
 
     #[inline(never)]
-    fn on_packet_general(&mut self, slot: u32, dir: Dir, tcp_flags: u8, len: usize, now: u64) {
-        let proto;
-        let new_state;
-        {
-            let e = &mut self.slots[slot as usize];
-            e.packets[dir as usize] += 1;
-            e.bytes[dir as usize] += len as u64;
-            e.last_seen = now;
-            proto = e.orig.proto;
-            new_state = if proto == PROTO_TCP {
-                tcp_transition(e, dir, tcp_flags)
-            } else {
-                e.state
-            };
-            e.state = new_state;
-        }
+    fn on_packet_general(&mut self, slot: u32, dir: Dir, tcp_flags: u8, _len: usize, now: u64) {
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        e.packets[dir as usize] = e.packets[dir as usize].wrapping_add(1);
+        let proto = e.proto;
+        let new_state = if proto == PROTO_TCP {
+            tcp_transition(e, dir, tcp_flags)
+        } else {
+            e.state
+        };
+        e.state = new_state;
+        let was = e.in_closing();
         let timeout = self.timeout(proto, new_state);
-        self.slots[slot as usize].expires = now + timeout;
         self.deadline[slot as usize] = now + timeout;
-        let was = self.slots[slot as usize].in_closing;
         if new_state.closing() {
             // Move to the tail: the list stays ordered by last activity.
             if was {
@@ -1022,13 +1242,12 @@ impl Conntrack {
     /// Ends a flow by rule: it stays as a CLOSE tombstone (see [`Entry::ended`]).
     pub fn end(&mut self, slot: u32, reason: DropReason, now: u64) {
         let timeout = self.cfg.close;
-        let was = {
-            let e = &mut self.slots[slot as usize];
-            e.ended = Some(reason);
-            e.state = FlowState::Close;
-            e.expires = now + timeout;
-            e.in_closing
+        let Some(e) = self.entry_mut(slot) else {
+            return;
         };
+        e.ended = Some(reason);
+        e.state = FlowState::Close;
+        let was = e.in_closing();
         self.deadline[slot as usize] = now + timeout;
         if was {
             self.closing_unlink(slot);
@@ -1039,51 +1258,70 @@ impl Conntrack {
     /// Whether a TCP packet would open a new connection on a finished flow's 5-tuple
     /// (port reuse): the old entry should be replaced, not continued.
     pub fn is_reopen(&self, slot: u32, dir: Dir, tcp_flags: u8) -> bool {
-        let e = &self.slots[slot as usize];
-        e.orig.proto == PROTO_TCP
+        let Some(e) = self.slots.get(slot as usize) else {
+            return false;
+        };
+        e.proto == PROTO_TCP
             && dir == Dir::Orig
             && tcp_flags & (F::SYN | F::ACK | F::RST) == F::SYN
             && matches!(e.state, FlowState::Close | FlowState::TimeWait)
-            || (e.ended.is_some() && dir == Dir::Orig && e.orig.proto != PROTO_TCP)
+            || (e.ended.is_some() && dir == Dir::Orig && e.proto != PROTO_TCP)
     }
 
     pub fn remove(&mut self, slot: u32) {
-        let e = self.slots[slot as usize];
-        if !e.live {
+        let Some(e) = self.slots.get(slot as usize) else {
+            return;
+        };
+        if !e.live() {
             return;
         }
-        if e.in_closing {
+        let cell = table_cell(e);
+        if e.in_closing() {
             self.closing_unlink(slot);
         }
-        self.index_remove(&e.orig);
-        self.index_remove(&e.reply());
-        if let Some(i) = table_cell(&e) {
+        if let Some(i) = cell {
             SnatAddrs::release(i);
         }
-        self.slots[slot as usize].live = false;
-        self.deadline[slot as usize] = u64::MAX;
-        self.free.push(slot);
+        self.index_remove(slot, Dir::Orig);
+        self.index_remove(slot, Dir::Reply);
+        self.push_free(slot);
         self.live -= 1;
+    }
+
+    /// Puts a slot on the free list (the most recently freed is taken first).
+    fn push_free(&mut self, slot: u32) {
+        let i = slot as usize;
+        if i >= self.slots.len() {
+            return;
+        }
+        self.slots[i] = Entry {
+            next: self.free_head,
+            ..Entry::default()
+        };
+        self.deadline[i] = u64::MAX;
+        self.free_head = slot;
     }
 
     /// Reclaims expired entries, looking at no more than `budget` slots (call per burst with a
     /// small budget; a full sweep is `budget = capacity`). Returns how many were reclaimed.
     pub fn gc_step(&mut self, now: u64, budget: usize) -> usize {
-        let n = self.slots.len();
+        let n = self.deadline.len();
         let mut reclaimed = 0;
+        // The cursor in a local (`remove` is rare and out of line), a compare, not a modulo:
+        // this runs 64 times per burst.
+        let mut s = self.gc_cursor;
         for _ in 0..budget.min(n) {
-            let s = self.gc_cursor;
-            // A compare, not a modulo: this runs 64 times per burst.
-            self.gc_cursor += 1;
-            if self.gc_cursor == n {
-                self.gc_cursor = 0;
+            if s >= n {
+                s = 0;
             }
-            if self.deadline[s] <= now {
+            if self.deadline.get(s).is_some_and(|&d| d <= now) {
                 self.remove(s as u32);
                 self.stats.expired += 1;
                 reclaimed += 1;
             }
+            s += 1;
         }
+        self.gc_cursor = s;
         reclaimed
     }
 
@@ -1094,17 +1332,26 @@ impl Conntrack {
         }
     }
 
-    /// Live entries, in slot order (for dumps; not for the hot path).
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.slots.iter().filter(|e| e.live)
+    /// Live flows, in slot order (for dumps; not for the hot path).
+    pub fn iter(&self) -> impl Iterator<Item = FlowRef<'_>> {
+        self.iter_slots().map(|(_, f)| f)
+    }
+
+    /// Live flows with their slots, in slot order.
+    pub fn iter_slots(&self) -> impl Iterator<Item = (u32, FlowRef<'_>)> {
+        (0..self.slots.len() as u32).filter_map(|s| {
+            flow_in(&self.slots, &self.v6, s)
+                .filter(|f| f.live())
+                .map(|f| (s, f))
+        })
     }
 
     /// A slot for a new entry: a freed one (the most recently freed first), else the next one of
-    /// the reservation never used yet, else room made by [`Self::make_room`]. Slots are handed
-    /// out in the same order as from a slab written up front and a free list of every slot.
+    /// the reservation never used yet, else room made by [`Self::make_room`]. Slots are handed out in
+    /// the same order as from a slab written up front and a free list of every slot.
     #[inline]
     fn take_slot(&mut self, now: u64) -> Result<u32, DropReason> {
-        if let Some(s) = self.free.pop() {
+        if let Some(s) = self.pop_free() {
             return Ok(s);
         }
         let used = self.slots.len();
@@ -1115,24 +1362,32 @@ impl Conntrack {
         self.make_room(now)
     }
 
-    /// Writes a new entry into a slot from [`Self::take_slot`] (nothing taken in between): a
-    /// reused slot is overwritten, the next one of the reservation is pushed (no reallocation:
-    /// `new` reserved the capacity).
+    /// Writes a new entry and its timer into a slot from [`Self::take_slot`] (nothing taken in
+    /// between): a reused slot is overwritten, the next one of the reservation is pushed (no
+    /// reallocation: `new` reserved the capacity). The entry is written once, in place.
     #[inline]
-    fn put(&mut self, slot: u32, e: Entry) {
+    fn put(&mut self, slot: u32, e: Entry, expires: u64) {
         let i = slot as usize;
         if i == self.slots.len() {
-            self.deadline.push(e.expires);
             self.slots.push(e);
+            self.deadline.push(expires);
         } else {
-            self.deadline[i] = e.expires;
             self.slots[i] = e;
+            self.deadline[i] = expires;
         }
+    }
+
+    /// The most recently freed slot, taken off the free list.
+    #[inline]
+    fn pop_free(&mut self) -> Option<u32> {
+        let s = self.free_head;
+        self.free_head = self.slots.get(s as usize)?.next;
+        Some(s)
     }
 
     fn make_room(&mut self, now: u64) -> Result<u32, DropReason> {
         if self.gc_step(now, RECLAIM_SCAN) > 0 {
-            if let Some(s) = self.free.pop() {
+            if let Some(s) = self.pop_free() {
                 return Ok(s);
             }
         }
@@ -1140,7 +1395,7 @@ impl Conntrack {
             let victim = self.closing_head;
             self.remove(victim);
             self.stats.evicted += 1;
-            if let Some(s) = self.free.pop() {
+            if let Some(s) = self.pop_free() {
                 return Ok(s);
             }
         }
@@ -1166,57 +1421,101 @@ impl Conntrack {
 
     fn closing_push(&mut self, slot: u32) {
         let tail = self.closing_tail;
-        {
-            let e = &mut self.slots[slot as usize];
-            e.prev = tail;
-            e.next = NIL;
-            e.in_closing = true;
-        }
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        e.prev = tail;
+        e.next = NIL;
+        e.flags |= IN_CLOSING;
         if tail == NIL {
             self.closing_head = slot;
-        } else {
-            self.slots[tail as usize].next = slot;
+        } else if let Some(t) = self.entry_mut(tail) {
+            t.next = slot;
         }
         self.closing_tail = slot;
     }
 
     fn closing_unlink(&mut self, slot: u32) {
-        let (prev, next) = {
-            let e = &mut self.slots[slot as usize];
-            e.in_closing = false;
-            (e.prev, e.next)
+        let Some(e) = self.entry_mut(slot) else {
+            return;
         };
-        if prev == NIL {
-            self.closing_head = next;
-        } else {
-            self.slots[prev as usize].next = next;
+        e.flags &= !IN_CLOSING;
+        let (prev, next) = (e.prev, e.next);
+        match self.entry_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.closing_head = next,
         }
-        if next == NIL {
-            self.closing_tail = prev;
-        } else {
-            self.slots[next as usize].prev = prev;
+        match self.entry_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.closing_tail = prev,
         }
     }
 }
 
+/// What [`Conntrack::entry`] reads for a slot that holds no flow.
+static EMPTY: Entry = Entry {
+    src: [0; 4],
+    dst: [0; 4],
+    sport: 0,
+    dport: 0,
+    proto: 0,
+    flags: 0,
+    state: FlowState::Open,
+    fins: 0,
+    fast: [FastPath {
+        epoch: 0,
+        ingress: 0,
+        egress: 0,
+        dst_mac: [0; 6],
+        egress_pod: false,
+    }; 2],
+    backend: [0; 4],
+    backend_port: 0,
+    snat_port: 0,
+    generation: 0,
+    service: 0,
+    src_identity: 0,
+    dst_identity: 0,
+    policy: PolicyVerdict::None,
+    ended: None,
+    snat_from: 0,
+    prev: NIL,
+    next: NIL,
+    packets: [0; 2],
+};
+
 #[inline]
-fn key_of_entry(e: &Entry, dir: Dir) -> FlowKey {
+fn key_of_flow(f: &FlowRef<'_>, dir: Dir) -> FlowKey {
     match dir {
-        Dir::Orig => e.orig,
-        Dir::Reply => e.reply(),
+        Dir::Orig => f.orig(),
+        Dir::Reply => f.reply(),
     }
 }
 
-/// The key an index value stands for (index growth and insertion only).
+/// The key an index value stands for (index removal only).
 #[inline]
-fn key_of(slots: &[Entry], v: u32) -> FlowKey {
-    key_of_entry(&slots[(v >> 1) as usize], dir_of(v))
+fn key_of(slots: &[Entry], v6: &[V6Addrs], v: u32) -> Option<FlowKey> {
+    flow_in(slots, v6, v >> 1).map(|f| key_of_flow(&f, dir_of(v)))
 }
 
-/// Whether the index value `v` stands for `key`.
+/// Whether the index value `v` stands for `key`: IPv4 flows in line, the rest out of line.
 #[inline(always)]
-fn key_is(slots: &[Entry], v: u32, key: &FlowKey) -> bool {
-    slots[(v >> 1) as usize].has_key(dir_of(v), key)
+fn key_is(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
+    match slots
+        .get((v >> 1) as usize)
+        .map(|e| e.has_key_v4(dir_of(v), key))
+    {
+        Some(Some(is)) => is,
+        Some(None) => key_is_general(slots, v6, v, key),
+        None => false,
+    }
+}
+
+/// [`key_is`] for IPv6 flows and flows translated to a [`SnatAddrs`] address.
+#[cold]
+#[inline(never)]
+fn key_is_general(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
+    flow_in(slots, v6, v >> 1).is_some_and(|f| f.has_key(dir_of(v), key))
 }
 
 #[inline(always)]
@@ -1230,11 +1529,17 @@ fn dir_of(v: u32) -> Dir {
 
 /// Whether `reply` is what an entry of `orig`, `nat` and `snat` derives (the reverse of the
 /// translated original key, the VIP being the original destination). A source NAT exists only
-/// with a destination NAT (service flows), in the flow's address family.
+/// with a destination NAT (service flows); every address of a flow is of one family.
 #[inline]
 fn consistent(orig: &FlowKey, reply: &FlowKey, nat: Option<Nat>, snat: Option<Snat>) -> bool {
+    // One family per flow: the entry keeps IPv4 addresses in line and IPv6 ones in a slot.
+    if orig.dst.v6 != orig.src.v6 {
+        return false;
+    }
     let (src, sport) = match nat {
-        Some(n) if n.vip != orig.dst || n.vip_port != orig.dport => return false,
+        Some(n) if n.vip != orig.dst || n.vip_port != orig.dport || n.backend.v6 != orig.src.v6 => {
+            return false
+        }
         Some(n) => (n.backend, n.backend_port),
         None => (orig.dst, orig.dport),
     };
@@ -1359,7 +1664,7 @@ mod tests {
         assert_eq!(ct.entry(s).state, FlowState::SynRecv);
         ct.on_packet(s, Dir::Orig, F::ACK, 60, 2);
         assert_eq!(ct.entry(s).state, FlowState::Established);
-        assert_eq!(ct.entry(s).expires, 2 + 21_600 * S);
+        assert_eq!(ct.expires(s), 2 + 21_600 * S);
         ct.on_packet(s, Dir::Orig, F::FIN | F::ACK, 60, 3);
         assert_eq!(ct.entry(s).state, FlowState::FinWait);
         ct.on_packet(s, Dir::Reply, F::FIN | F::ACK, 60, 4);
@@ -1444,11 +1749,14 @@ mod tests {
     #[test]
     fn deadlines_mirror_entries() {
         let mut ct = Conntrack::new(&cfg(8));
+        // Free slots (and IPv6 address slots) have no deadline: the GC never looks at them.
         let check = |ct: &Conntrack| {
             for (i, e) in ct.slots.iter().enumerate() {
-                let want = if e.live { e.expires } else { u64::MAX };
-                assert_eq!(ct.deadline[i], want, "slot {i}");
+                if !e.live() {
+                    assert_eq!(ct.deadline[i], u64::MAX, "slot {i}");
+                }
             }
+            assert_eq!(ct.deadline.len(), ct.slots.len());
         };
         let a = ct.create(&flow(key(1, PROTO_TCP)), F::SYN, 60, 0).unwrap();
         let b = ct.create(&flow(key(2, PROTO_UDP)), 0, 60, 0).unwrap();
@@ -1461,13 +1769,105 @@ mod tests {
         check(&ct);
         ct.remove(a);
         check(&ct);
-        let e = *ct.entry(b);
         let mut other = Conntrack::new(&cfg(8));
-        other.restore(&e, 9).unwrap();
+        let r = other.restore(ct.entry(b), ct.expires(b), 9).unwrap();
+        assert_eq!(other.expires(r), ct.expires(b));
         check(&other);
         ct.gc_step(u64::MAX - 1, 8);
         check(&ct);
         assert!(ct.is_empty());
+    }
+
+    /// Flows coming and going through a nearly full table (removal shifts index runs back,
+    /// freed slots are reused through the entries' own links): every live flow stays findable
+    /// by both keys, nothing else is, and the index holds exactly two keys per live flow.
+    #[test]
+    fn churn_keeps_every_live_key_findable() {
+        let mut ct = Conntrack::new(&cfg(256));
+        let mut live: Vec<(FlowKey, u32)> = Vec::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..5000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if live.len() == 256 || (!live.is_empty() && rng % 3 == 0) {
+                let (_, s) = live.swap_remove((rng >> 8) as usize % live.len());
+                ct.remove(s);
+            } else {
+                let k = key(step as u16, PROTO_UDP);
+                live.push((k, ct.create(&flow(k), 0, 60, 0).unwrap()));
+            }
+            if step % 50 == 0 {
+                for (k, s) in &live {
+                    assert_eq!(ct.find(k), Some((*s, Dir::Orig)), "step {step}");
+                    assert_eq!(ct.find(&k.reversed()), Some((*s, Dir::Reply)));
+                }
+                assert_eq!(ct.index.values().count(), 2 * live.len());
+                assert_eq!(ct.len(), live.len());
+            }
+        }
+        assert_eq!(ct.find(&key(60_000, PROTO_UDP)), None);
+        assert!(ct.slots.len() <= 256, "freed slots are reused");
+    }
+
+    /// An IPv6 flow keeps its addresses in the IPv6 array at its own slot: one slot per flow
+    /// whatever the family; found by both keys with its NAT; a slot reused by an IPv4 flow
+    /// reads as IPv4 again.
+    #[test]
+    fn ipv6_flows_keep_their_addresses_beside_the_slab() {
+        let v6 = |s: &str| Addr::from(s.parse::<std::net::IpAddr>().unwrap());
+        let k6 = |sport: u16| FlowKey {
+            src: v6("fd00:244::10"),
+            dst: v6("fd00:96::1"),
+            sport,
+            dport: 80,
+            proto: PROTO_TCP,
+        };
+        let nat6 = |k: &FlowKey| {
+            let backend = v6("fd00:244:1::21");
+            let mut f = flow(*k);
+            f.nat = Some(Nat {
+                vip: k.dst,
+                vip_port: 80,
+                backend,
+                backend_port: 8080,
+                service: 3,
+            });
+            f.reply = FlowKey {
+                src: backend,
+                dst: k.src,
+                sport: 8080,
+                dport: k.sport,
+                proto: PROTO_TCP,
+            };
+            f
+        };
+        let mut ct = Conntrack::new(&cfg(2));
+        let a = nat6(&k6(1000));
+        let s = ct.create(&a, F::SYN, 80, 0).unwrap();
+        assert_eq!(ct.slots.len(), 1);
+        assert_eq!(ct.entry(s).orig(), a.orig);
+        assert_eq!(ct.entry(s).reply(), a.reply);
+        assert_eq!(ct.entry(s).nat(), a.nat);
+        assert_eq!(ct.lookup(&a.reply, 1), Some((s, Dir::Reply)));
+        let b = nat6(&k6(1001));
+        let t = ct.create(&b, F::SYN, 80, 0).unwrap();
+        assert_eq!(ct.find(&b.reply), Some((t, Dir::Reply)));
+        assert_eq!(ct.find(&a.orig), Some((s, Dir::Orig)));
+        assert_eq!(
+            ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0),
+            Err(DropReason::CtFull)
+        );
+        ct.remove(s);
+        let v4 = ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0).unwrap();
+        assert_eq!(v4, s, "the freed slot");
+        assert_eq!(ct.entry(v4).orig(), key(1, PROTO_UDP));
+        assert_eq!(ct.find(&a.orig), None);
+        assert_eq!(ct.find(&b.orig), Some((t, Dir::Orig)));
+        // A family mix within one flow is refused, not stored half.
+        let mut mixed = nat6(&k6(1003));
+        mixed.orig.dst = Addr::v4([10, 96, 0, 1]);
+        assert_eq!(ct.create(&mixed, F::SYN, 80, 0), Err(DropReason::CtInvalid));
     }
 
     #[test]
@@ -1695,7 +2095,7 @@ mod tests {
         let mut ct = Conntrack::new(&cfg(64));
         let kept_addr = Addr::v4([198, 19, 0, 1]);
         let kept = ct.create(&table_flow(1, kept_addr), F::SYN, 60, 0).unwrap();
-        let kept_cell = table_cell(ct.entry(kept)).expect("a table cell");
+        let kept_cell = table_cell(&ct.entry(kept)).expect("a table cell");
         let n = 3 * SnatAddrs::CAPACITY as u16;
         for j in 0..n {
             let addr = Addr::v4([198, 18, (j >> 8) as u8, j as u8]);
@@ -1703,7 +2103,7 @@ mod tests {
             let s = ct
                 .create(&f, F::SYN, 60, 0)
                 .unwrap_or_else(|e| panic!("flow {j} through {addr}: {e:?}"));
-            let cell = table_cell(ct.entry(s)).expect("a table cell");
+            let cell = table_cell(&ct.entry(s)).expect("a table cell");
             assert_ne!(cell, kept_cell, "the kept flow's cell is never taken");
             assert_eq!(
                 SnatAddrs::references(cell),
@@ -1723,7 +2123,7 @@ mod tests {
         // gives its entries' references back.
         assert_eq!(SnatAddrs::references(kept_cell), 1);
         let mut copy = Conntrack::new(&cfg(8));
-        copy.restore(ct.entry(kept), 1).unwrap();
+        copy.restore(ct.entry(kept), ct.expires(kept), 1).unwrap();
         let saved: Vec<SavedFlow> = ct.save(1).collect();
         let mut restored = Conntrack::new(&cfg(8));
         restored.restore_saved(&saved[0], 1).unwrap();
@@ -1795,18 +2195,14 @@ mod gc_regression {
 mod layout {
     use super::*;
 
-    /// Three cache lines: what an established packet reads in the first two, what it writes
-    /// (and a source NAT) in the third.
+    /// 96 bytes whatever the family (an IPv6 flow's addresses are in the table's IPv6 array).
     #[test]
-    fn entry_is_three_cache_lines() {
-        assert_eq!(std::mem::align_of::<Entry>(), 64);
-        assert_eq!(std::mem::size_of::<Entry>(), 192);
-        assert!(std::mem::offset_of!(Entry, nat) + std::mem::size_of::<NatSlot>() <= 128);
-        assert!(std::mem::offset_of!(Entry, snat_port) >= 128);
+    fn entry_is_96_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
+        assert_eq!(std::mem::align_of::<Entry>(), 32);
         assert_eq!(std::mem::size_of::<FastPath>(), 16);
-        assert!(std::mem::offset_of!(Entry, generation) + 8 <= 128);
-        assert!(std::mem::offset_of!(Entry, ended) < 128);
-        assert_eq!(std::mem::offset_of!(Entry, packets), 128);
-        assert!(std::mem::offset_of!(Entry, last_seen) + 8 <= 192);
+        // What an established packet reads first: key and fast-path cache in the first 48.
+        assert_eq!(std::mem::offset_of!(Entry, fast), 16);
+        assert_eq!(std::mem::offset_of!(Entry, packets), 88);
     }
 }

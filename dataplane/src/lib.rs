@@ -4,7 +4,8 @@
 //!
 //! Module map (stages and tables, one per file, as in Cilium's `bpf/lib`):
 //! - [`parse`]: frame → [`parse::Meta`] (offsets and key fields).
-//! - [`conntrack`]: per-worker flow table, TCP state machine, timers, eviction.
+//! - [`conntrack`]: per-worker flow table, TCP state machine, timers, eviction; [`ct_index`]
+//!   its hash index.
 //! - [`tables`]: immutable snapshot compiled from the state (services + [`maglev`], endpoints,
 //!   [`lpm`] ipcache, [`policy`]).
 //! - [`frag`]: fragment id map and held out-of-order fragments.
@@ -31,6 +32,7 @@
 pub mod afxdp;
 pub mod conntrack;
 pub mod csum;
+pub mod ct_index;
 pub mod drop;
 pub mod events;
 pub mod flow;

@@ -17,8 +17,8 @@
 //! packet the lane does not take continues with the lean parse's [`Meta`] (no second parse),
 //! through `established_fast` (other frames of established flows) or the full path. Costs
 //! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
-//! 11)`): ~525-535 instructions per established packet (~50 of them the profiling harness's),
-//! ~2200 per new connection.
+//! 11)` and "Conntrack memory"): see bench/baseline.json for the current instructions per
+//! established packet (~50 of them the profiling harness's) and per new connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
@@ -328,8 +328,11 @@ impl Pipeline {
         cfg.max_fragment_ids = 4;
         let mut ct = Conntrack::new(&cfg);
         for k in keys {
-            if let Some((e, _)) = self.ct.peek(k, now) {
-                let _ = ct.restore(e, now);
+            if let Some((slot, _)) = self.ct.find(k) {
+                let expires = self.ct.expires(slot);
+                if expires > now {
+                    let _ = ct.restore(self.ct.entry(slot), expires, now);
+                }
             }
         }
         let affinity = self
@@ -584,7 +587,9 @@ impl Pipeline {
             return Outcome::default();
         }
 
-        // Classify: which traffic is ours.
+        // Classify: which traffic is ours. `src_ep`: the source's endpoint, once looked up
+        // (anti-spoofing on a pod interface), so that a new flow's policy does not look again.
+        let mut src_ep = None;
         if itf.role != InterfaceRole::Uplink {
             // Link-local is the kernel's, except the replies of flows masqueraded to a
             // host-network backend: the node answers those to `snat::HOST_SNAT_V4` (checked
@@ -598,9 +603,11 @@ impl Pipeline {
             let genuine = match itf.role {
                 // The node's own stack speaks from its node IPs only (see `evaluate_policy`).
                 InterfaceRole::Host => t.is_node_ip(&m.src),
-                _ => t
-                    .endpoint_of(&m.src)
-                    .is_some_and(|ep| t.endpoints[ep as usize].iface == iface),
+                _ => {
+                    let ep = t.endpoint_of(&m.src);
+                    src_ep = Some(ep);
+                    ep.is_some_and(|ep| t.endpoints[ep as usize].iface == iface)
+                }
             };
             if !genuine {
                 return Outcome::drop(DropReason::SpoofedSource);
@@ -663,7 +670,7 @@ impl Pipeline {
         } else if parse::is_icmp_error(&m) && m.frag == Frag::None {
             self.icmp_error(t, frame, &mut m, now)
         } else {
-            self.flow_path(t, frame, &mut m, iface, now)
+            self.flow_path(t, frame, &mut m, iface, src_ep, now)
         };
         if let Some(fk) = first_key {
             let fate = match outcome.action {
@@ -706,12 +713,14 @@ impl Pipeline {
     }
 
     /// TCP, UDP, ICMP echo and other ICMP: conntrack, service, policy, route, rewrite.
+    /// `src_ep`: `Some(t.endpoint_of(&m.src))` when the caller looked it up already.
     fn flow_path(
         &mut self,
         t: &Tables,
         frame: &mut [u8],
         m: &mut Meta,
         iface: IfIndex,
+        src_ep: Option<Option<u32>>,
         now: u64,
     ) -> Outcome {
         let fast_ok = m.frag == Frag::None;
@@ -783,7 +792,7 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                match self.new_flow(t, frame, m, key, key_hash, now) {
+                match self.new_flow(t, frame, m, key, key_hash, src_ep, now) {
                     Ok(Some((slot, r))) => {
                         out.ct = CtStatus::New;
                         routed = Some(r);
@@ -818,7 +827,10 @@ impl Pipeline {
             if let Some(sn) = e.snat() {
                 match dir {
                     Dir::Orig => rewrite::set_addr_port(frame, m, false, sn.addr, sn.port),
-                    Dir::Reply => rewrite::set_addr_port(frame, m, true, e.orig.src, e.orig.sport),
+                    Dir::Reply => {
+                        let o = e.orig();
+                        rewrite::set_addr_port(frame, m, true, o.src, o.sport)
+                    }
                 }
             }
         }
@@ -831,20 +843,27 @@ impl Pipeline {
             // This direction passed classification on `iface` and routed under these tables:
             // its next packets can take `established_fast`.
             let itf = &t.ifaces[usize::from(egress)];
-            self.ct.entry_mut(slot).fast[dir as usize] = FastPath {
-                epoch: self.epoch,
-                ingress: iface,
-                egress,
-                egress_pod: itf.role != InterfaceRole::Uplink,
-                dst_mac,
-            };
+            if let Some(e) = self.ct.entry_mut(slot) {
+                e.fast[dir as usize] = FastPath {
+                    epoch: self.epoch,
+                    ingress: iface,
+                    egress,
+                    egress_pod: itf.role != InterfaceRole::Uplink,
+                    dst_mac,
+                };
+            }
         }
         out
     }
 
     /// A packet that matched no flow: service selection, identities, policy, then a new entry.
     /// `key_hash` is the conntrack hash of `key`, which the caller has just looked up and not
-    /// found. `Ok(None)`: not for us after all (host traffic: pass). `Err`: the drop outcome.
+    /// found. `src_ep` as for [`Self::flow_path`]. `Ok(None)`: not for us after all (host
+    /// traffic: pass). `Err`: the drop outcome.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the packet and what the caller looked up for it already"
+    )]
     fn new_flow(
         &mut self,
         t: &Tables,
@@ -852,6 +871,7 @@ impl Pipeline {
         m: &Meta,
         key: FlowKey,
         key_hash: u64,
+        src_ep: Option<Option<u32>>,
         now: u64,
     ) -> Result<Option<(u32, Route)>, Outcome> {
         let mut nat = None;
@@ -890,12 +910,15 @@ impl Pipeline {
                 return Ok(None);
             }
         }
-        let src_identity = t.identity_of(&m.src);
-        let dst_identity = t.identity_of(&dst);
+        // Local endpoints' identities come from their records (no LPM lookup).
+        let src_ep = src_ep.unwrap_or_else(|| t.endpoint_of(&m.src));
         let dst_ep = t.endpoint_of(&dst);
+        let src_identity = t.identity_at(&m.src, src_ep);
+        let dst_identity = t.identity_at(&dst, dst_ep);
         let policy = self.evaluate_policy(
             t,
             m.src,
+            Some(src_ep),
             src_identity,
             dst,
             dst_ep,
@@ -1103,12 +1126,14 @@ impl Pipeline {
 
     /// Egress policy of a local source endpoint and ingress policy of a local destination
     /// endpoint; deny from either side denies. `dst_ep` is `t.endpoint_of(&dst)` (a new flow
-    /// routes by it too, so it is looked up once).
+    /// routes by it too, so it is looked up once); `src_ep`, when `Some`, is
+    /// `t.endpoint_of(&src)` (anti-spoofing looked it up), else it is looked up here if needed.
     #[allow(clippy::too_many_arguments)]
     fn evaluate_policy(
         &self,
         t: &Tables,
         src: Addr,
+        src_ep: Option<Option<u32>>,
         src_identity: u32,
         dst: Addr,
         dst_ep: Option<u32>,
@@ -1128,7 +1153,7 @@ impl Pipeline {
         }
         let mut verdict = PolicyVerdict::None;
         let mut denied = false;
-        if let Some(ep) = t.endpoint_of(&src) {
+        if let Some(ep) = src_ep.unwrap_or_else(|| t.endpoint_of(&src)) {
             if let Some(p) = &t.endpoints[ep as usize].egress {
                 match p.decide(dst, dst_identity, proto, dport) {
                     Decision::Allow { .. } => verdict = PolicyVerdict::Allow,
@@ -1168,16 +1193,19 @@ impl Pipeline {
     /// A flow seen first under older tables: is its backend still allowed to serve it, and
     /// does policy still allow it?
     fn revalidate(&mut self, t: &Tables, slot: u32) -> Result<(), DropReason> {
-        let e = *self.ct.entry(slot);
-        let mut nat = e.nat();
+        let (orig, mut nat) = {
+            let e = self.ct.entry(slot);
+            (e.orig(), e.nat())
+        };
         if let Some(n) = nat.as_mut() {
             // The service index is re-resolved against the new tables first, so that verdicts of
             // an ended flow never name another service that took the old index.
-            let svc = t.frontend(n.vip, n.vip_port, e.orig.proto);
+            let svc = t.frontend(n.vip, n.vip_port, orig.proto);
             n.service = svc.unwrap_or(NO_SERVICE);
-            let entry = self.ct.entry_mut(slot);
-            entry.set_service(n.service);
-            entry.generation = t.generation;
+            if let Some(entry) = self.ct.entry_mut(slot) {
+                entry.set_service(n.service);
+                entry.generation = t.generation;
+            }
             let Some(svc) = svc else {
                 return Err(DropReason::BackendGone);
             };
@@ -1188,20 +1216,22 @@ impl Pipeline {
         }
         let (dst, dport) = match nat {
             Some(n) => (n.backend, n.backend_port),
-            None => (e.orig.dst, e.orig.dport),
+            None => (orig.dst, orig.dport),
         };
-        let si = t.identity_of(&e.orig.src);
+        let si = t.identity_of(&orig.src);
         let di = t.identity_of(&dst);
         let dst_ep = t.endpoint_of(&dst);
-        let policy = self.evaluate_policy(t, e.orig.src, si, dst, dst_ep, di, e.orig.proto, dport);
+        let policy =
+            self.evaluate_policy(t, orig.src, None, si, dst, dst_ep, di, orig.proto, dport);
         if policy == PolicyVerdict::Deny {
             return Err(DropReason::PolicyDenied);
         }
-        let entry = self.ct.entry_mut(slot);
-        entry.src_identity = si;
-        entry.dst_identity = di;
-        entry.policy = policy;
-        entry.generation = t.generation;
+        if let Some(entry) = self.ct.entry_mut(slot) {
+            entry.src_identity = si;
+            entry.dst_identity = di;
+            entry.policy = policy;
+            entry.generation = t.generation;
+        }
         Ok(())
     }
 
@@ -1378,7 +1408,7 @@ impl Pipeline {
         let Some((slot, dir)) = self.ct.lookup(&quoted.reversed(), now) else {
             return self.untracked_icmp(t, frame, m);
         };
-        let e = *self.ct.entry(slot);
+        let e = self.ct.entry(slot);
         let mut out = Outcome {
             ct: CtStatus::Related,
             policy: e.policy,
@@ -1414,10 +1444,11 @@ impl Pipeline {
                     }
                     rewrite_quoted(frame, &mut im, true, nat.vip, nat.vip_port);
                     if let Some(sn) = e.snat() {
+                        let o = e.orig();
                         if m.dst == sn.addr {
-                            rewrite::set_addr(frame, m, true, e.orig.src);
+                            rewrite::set_addr(frame, m, true, o.src);
                         }
-                        rewrite_quoted(frame, &mut im, false, e.orig.src, e.orig.sport);
+                        rewrite_quoted(frame, &mut im, false, o.src, o.sport);
                     }
                 }
             }
@@ -1440,7 +1471,7 @@ impl Pipeline {
         let si = t.identity_of(&m.src);
         let di = t.identity_of(&m.dst);
         let dst_ep = t.endpoint_of(&m.dst);
-        let policy = self.evaluate_policy(t, m.src, si, m.dst, dst_ep, di, m.proto, 0);
+        let policy = self.evaluate_policy(t, m.src, None, si, m.dst, dst_ep, di, m.proto, 0);
         let mut out = Outcome {
             src_identity: Some(si),
             dst_identity: Some(di),
@@ -1620,7 +1651,7 @@ fn established_fast(
     let fast = e.fast[dir as usize];
     if fast.epoch != epoch
         || fast.ingress != iface
-        || e.expires <= now
+        || ct.expires(slot) <= now
         || e.generation != t.generation
         || e.ended.is_some()
         || m.ttl <= 1
@@ -1654,7 +1685,10 @@ fn established_fast(
                 // The other side: the client leaves from the source NAT, replies go back to it.
                 let (addr, port) = match dir {
                     Dir::Orig => (sn.addr, sn.port),
-                    Dir::Reply => (e.orig.src, e.orig.sport),
+                    Dir::Reply => {
+                        let o = e.orig();
+                        (o.src, o.sport)
+                    }
                 };
                 let mut m = *m;
                 rewrite::set_addr_port(frame, &mut m, !to_dst, addr, port);

@@ -701,6 +701,18 @@ impl Tables {
         }
     }
 
+    /// [`Self::identity_of`] for an address whose endpoint (`ep = endpoint_of(a)`) is known:
+    /// the endpoint's identity, no LPM lookup. The same value: `build` inserts every endpoint
+    /// address into the ipcache as a host route with its endpoint's identity, after every
+    /// other entry (the last insert of an address wins in both maps).
+    #[inline]
+    pub fn identity_at(&self, a: &Addr, ep: Option<u32>) -> Identity {
+        match ep.and_then(|ep| self.endpoints.get(ep as usize)) {
+            Some(e) => e.identity,
+            None => self.identity_of(a),
+        }
+    }
+
     #[inline]
     pub fn endpoint_of(&self, a: &Addr) -> Option<u32> {
         self.endpoint_by_ip.get(a).copied()
@@ -726,6 +738,25 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut a new flow takes for local endpoints gives what the ipcache says, for every
+    /// endpoint address of the example node, and falls back to the ipcache otherwise.
+    #[test]
+    fn endpoint_identity_is_the_ipcache_identity() {
+        let s = nodeplane_state::example::state().expect("example state");
+        let t = Tables::build(&s, 1, &mut MaglevCache::default());
+        assert!(!t.endpoints.is_empty());
+        for e in &t.endpoints {
+            for a in &e.ips {
+                let ep = t.endpoint_of(a);
+                assert!(ep.is_some());
+                assert_eq!(t.identity_at(a, ep), t.identity_of(a), "{a}");
+                assert_eq!(t.identity_at(a, ep), e.identity, "{a}");
+            }
+        }
+        let world = Addr::v4([203, 0, 113, 9]);
+        assert_eq!(t.identity_at(&world, None), t.identity_of(&world));
+    }
 
     fn selection(weights: &[u16]) -> Selection {
         let backends: Vec<Backend> = weights

@@ -108,10 +108,10 @@ fn nodeport_to_a_remote_backend_is_masqueraded_and_its_reply_restored() {
 
     // `ct list` shows the source NAT.
     let t = Arc::clone(p.tables());
-    let rows: Vec<CtRow> = p
-        .conntrack()
-        .iter()
-        .map(|e| CtRow::from_entry(0, e, &t, S + 3))
+    let ct = p.conntrack();
+    let rows: Vec<CtRow> = ct
+        .iter_slots()
+        .map(|(s, e)| CtRow::from_entry(0, &e, ct.expires(s), &t, S + 3))
         .collect();
     let row = rows.iter().find(|r| r.sport == 61500).unwrap();
     assert_eq!(row.snat.as_deref(), Some("192.168.100.2:61500"));

@@ -123,7 +123,6 @@ pub fn run(args: CtArgs) -> CliResult {
                         format!("{}>{}", r.src_identity, r.dst_identity),
                         r.policy.clone(),
                         format!("{}/{}", r.packets[0], r.packets[1]),
-                        format!("{}/{}", r.bytes[0], r.bytes[1]),
                         ms(r.expires_in_ms),
                         r.worker.to_string(),
                     ]
@@ -142,7 +141,6 @@ pub fn run(args: CtArgs) -> CliResult {
                         "IDENTITIES",
                         "POLICY",
                         "PKTS(o/r)",
-                        "BYTES(o/r)",
                         "EXPIRES",
                         "WORKER"
                     ],

@@ -54,7 +54,7 @@ pub(super) fn lane4(
     let fast = e.fast[dir as usize];
     if fast.epoch != epoch
         || fast.ingress != iface
-        || e.expires <= now
+        || ct.expires(slot) <= now
         || e.generation != t.generation
         || e.ended.is_some()
     {
@@ -140,7 +140,10 @@ fn finish<const L: usize>(
                 // The other side: the client leaves from the source NAT, replies go back to it.
                 let (addr, port) = match dir {
                     Dir::Orig => (sn.addr, sn.port),
-                    Dir::Reply => (e.orig.src, e.orig.sport),
+                    Dir::Reply => {
+                        let o = e.orig();
+                        (o.src, o.sport)
+                    }
                 };
                 rewrite::nat4(ip, l4, udp, !to_dst, v4(addr), port, false);
             }

@@ -369,11 +369,13 @@ impl<I: PacketIo> Worker<I> {
                 let t = Arc::clone(self.pipeline.tables());
                 let mut rows = Vec::new();
                 let mut matched = 0;
-                for e in self.pipeline.conntrack().iter() {
-                    if e.expires > now && filter.matches(e) {
+                let ct = self.pipeline.conntrack();
+                for (slot, e) in ct.iter_slots() {
+                    let expires = ct.expires(slot);
+                    if expires > now && filter.matches(&e) {
                         matched += 1;
                         if rows.len() < limit {
-                            rows.push(CtRow::from_entry(self.id, e, &t, now));
+                            rows.push(CtRow::from_entry(self.id, &e, expires, &t, now));
                         }
                     }
                 }
@@ -389,7 +391,7 @@ impl<I: PacketIo> Worker<I> {
                     let keys: Vec<FlowKey> = ct
                         .iter()
                         .filter(|e| filter.matches(e))
-                        .map(|e| e.orig)
+                        .map(|e| e.orig())
                         .collect();
                     for k in &keys {
                         if let Some((slot, _)) = ct.lookup(k, now) {
@@ -420,10 +422,11 @@ impl<I: PacketIo> Worker<I> {
                     .join(", ")
             ));
         };
+        let ct = self.pipeline.conntrack();
         let flow = keys
             .iter()
-            .find_map(|k| self.pipeline.conntrack().peek(k, now))
-            .map(|(e, _)| CtRow::from_entry(self.id, e, &tables, now));
+            .find_map(|k| ct.find(k).filter(|&(s, _)| ct.expires(s) > now))
+            .map(|(s, _)| CtRow::from_entry(self.id, &ct.entry(s), ct.expires(s), &tables, now));
         let mut scratch = self.pipeline.scratch(keys, now);
         let outcome = scratch.process_one(&mut frame, idx, now);
         Answer::Explained(Box::new(Explained {

@@ -8,7 +8,7 @@ use crossbeam::channel::Sender;
 use serde::{Deserialize, Serialize};
 
 use super::stats::WorkerStats;
-use crate::conntrack::{Entry, FlowState};
+use crate::conntrack::{FlowRef, FlowState};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::pipeline::{Action, Outcome};
 use crate::snapshot::SavedPart;
@@ -53,28 +53,29 @@ impl CtFilter {
         Ok(())
     }
 
-    pub fn matches(&self, e: &Entry) -> bool {
+    pub fn matches(&self, e: &FlowRef<'_>) -> bool {
+        let orig = e.orig();
         if let Some(src) = self.src {
-            if e.orig.src != Addr::from(src) {
+            if orig.src != Addr::from(src) {
                 return false;
             }
         }
         if let Some(dst) = self.dst {
             let d = Addr::from(dst);
-            if e.orig.dst != d && e.reply().src != d {
+            if orig.dst != d && e.reply().src != d {
                 return false;
             }
         }
         if let Some(port) = self.port {
-            if e.orig.sport != port && e.orig.dport != port && e.reply().sport != port {
+            if orig.sport != port && orig.dport != port && e.reply().sport != port {
                 return false;
             }
         }
         if let Some(p) = self.proto.as_deref().and_then(proto_number) {
-            let ep = if e.orig.proto == PROTO_ICMPV6 {
+            let ep = if orig.proto == PROTO_ICMPV6 {
                 PROTO_ICMP
             } else {
-                e.orig.proto
+                orig.proto
             };
             if ep != p {
                 return false;
@@ -142,30 +143,29 @@ pub struct CtRow {
     pub src_identity: u32,
     pub dst_identity: u32,
     pub policy: String,
-    /// [original direction, reply direction].
+    /// [original direction, reply direction] (entries count packets, not bytes).
     pub packets: [u64; 2],
-    pub bytes: [u64; 2],
-    pub age_ms: u64,
     pub expires_in_ms: u64,
 }
 
 impl CtRow {
-    pub fn from_entry(worker: usize, e: &Entry, t: &Tables, now: u64) -> CtRow {
+    pub fn from_entry(worker: usize, e: &FlowRef<'_>, expires: u64, t: &Tables, now: u64) -> CtRow {
+        let orig = e.orig();
         let service = e.nat().map(|n| {
             // The index is from the generation the flow was last checked against; the frontend
             // lookup gives the current name.
-            t.frontend(n.vip, n.vip_port, e.orig.proto)
+            t.frontend(n.vip, n.vip_port, orig.proto)
                 .and_then(|i| t.services.get(i as usize))
                 .map(|s| s.name.clone())
                 .unwrap_or_else(|| "(removed)".to_string())
         });
         CtRow {
             worker,
-            proto: proto_name(e.orig.proto),
-            src: e.orig.src.to_string(),
-            sport: e.orig.sport,
-            dst: e.orig.dst.to_string(),
-            dport: e.orig.dport,
+            proto: proto_name(orig.proto),
+            src: orig.src.to_string(),
+            sport: orig.sport,
+            dst: orig.dst.to_string(),
+            dport: orig.dport,
             state: e.state.name().to_string(),
             service,
             backend: e.nat().map(|n| n.backend.to_string()),
@@ -174,10 +174,8 @@ impl CtRow {
             src_identity: e.src_identity,
             dst_identity: e.dst_identity,
             policy: e.policy.name().to_string(),
-            packets: e.packets,
-            bytes: e.bytes,
-            age_ms: now.saturating_sub(e.created) / 1_000_000,
-            expires_in_ms: e.expires.saturating_sub(now) / 1_000_000,
+            packets: e.packets.map(u64::from),
+            expires_in_ms: expires.saturating_sub(now) / 1_000_000,
         }
     }
 }
