@@ -553,3 +553,63 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
         assert!(!r.contains("lookup 7602"), "{fam}: {r}");
     }
 }
+
+/// A host interface needs nftables: without `nft` on its PATH the daemon rejects the state
+/// and says why, before it has created the pair or changed a rule (never half-applied); it
+/// keeps generation 0 and retries, as for any failed start of the packet I/O.
+#[test]
+fn a_host_interface_without_nft_is_refused_at_start() {
+    let lab = Lab::up("he-");
+    let state = lab.host_state();
+    // A PATH with iproute2's `ip` and nothing else.
+    let bin = lab.tmp.join("bin-without-nft");
+    fs::create_dir_all(&bin).unwrap();
+    let which = Command::new("which").arg("ip").output().unwrap();
+    let ip_path = String::from_utf8_lossy(&which.stdout).trim().to_string();
+    assert!(which.status.success(), "ip not found");
+    std::os::unix::fs::symlink(&ip_path, bin.join("ip")).unwrap();
+    let cfg = lab.tmp.join("config-nonft.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\n\
+             io:\n  afxdp: {{ workers: 1, pin_dir: null }}\n",
+            state.display(),
+            lab.tmp.join("np-nonft.sock").display(),
+            lab.tmp.join("nonft.snap").display(),
+        ),
+    )
+    .unwrap();
+    let rules_before = lab.rules("-4");
+    let log = lab.tmp.join("nodeplane-nonft.log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node"), "env"])
+        .arg(format!("PATH={}", bin.display()))
+        .arg(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut text = String::new();
+    while t0.elapsed() < Duration::from_secs(10) && !text.contains("REJECTED") {
+        std::thread::sleep(Duration::from_millis(100));
+        text = fs::read_to_string(&log).unwrap_or_default();
+    }
+    let links = lab.exec("node", &["ip", "-o", "link", "show"]);
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let rules_after = lab.rules("-4");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("the host interface nph1 needs nft (package nftables)"),
+        "the error says what is missing: {text}"
+    );
+    assert!(
+        !links.contains("nph1") && !links.contains("nph0"),
+        "no pair created: {links}"
+    );
+    assert_eq!(rules_after, rules_before, "no rule changed");
+}
