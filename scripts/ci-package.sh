@@ -21,6 +21,7 @@ grep -qE -- "^-rwxr-xr-x (0/0|root/root) .* ./usr/bin/nodeplane\$" <<<"$contents
 grep -q "Package: nodeplane" <<<"$info" || fail "no Package: nodeplane"
 grep -q "Depends:.*systemd" <<<"$info" || fail "does not depend on systemd"
 grep -qE "Depends:.*iproute2 \(>= 4.17\)" <<<"$info" || fail "does not depend on iproute2 (>= 4.17): the host interface runs ip"
+grep -qE "Depends:.*nftables" <<<"$info" || fail "does not depend on nftables: the host interface runs nft"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dpkg-deb --control "$deb" "$work/control"

@@ -7,7 +7,7 @@
 //! its curl and socat are the host-network clients, its socat servers the host-network
 //! backends.
 //!
-//! Needs root, iproute2, curl, socat, ping. Fails (never skips) without them.
+//! Needs root, iproute2, nftables, curl, socat, ping. Fails (never skips) without them.
 
 use std::fs;
 use std::io::Write;
@@ -80,6 +80,28 @@ const HOST_SERVICE: &str = r#"
       - { ip: 203.0.113.20, port: 80, protocol: TCP }
     backends:
       - { ip: 192.168.100.2, port: 8090 }
+  - name: host-np-local
+    type: NodePort
+    external_traffic_policy: Local
+    node_ports:
+      - { port: 30095, protocol: TCP }
+    backends:
+      - { ip: 192.168.100.2, port: 8090 }
+      - { ip: "fd00:100::2", port: 8090 }
+  - name: host-np-local-udp
+    type: NodePort
+    external_traffic_policy: Local
+    node_ports:
+      - { port: 30096, protocol: UDP }
+    backends:
+      - { ip: 192.168.100.2, port: 5392 }
+  - name: host-np-local-udp6
+    type: NodePort
+    external_traffic_policy: Local
+    node_ports:
+      - { port: 30097, protocol: UDP }
+    backends:
+      - { ip: "fd00:100::2", port: 5391 }
 "#;
 
 impl Lab {
@@ -159,11 +181,16 @@ impl Lab {
                 &format!("SYSTEM:read -r q; echo answer from {name}"),
             );
         }
-        // The node's IPv6 UDP server names the client it saw.
+        // The node's UDP servers that name the client they saw.
         self.server(
             "node",
             "UDP6-RECVFROM:5391,fork",
             "SYSTEM:read -r q; echo answer from host6 $SOCAT_PEERADDR",
+        );
+        self.server(
+            "node",
+            "UDP4-RECVFROM:5392,fork",
+            "SYSTEM:read -r q; echo answer from host4 $SOCAT_PEERADDR",
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -404,10 +431,13 @@ fn should_function_for_service_endpoints_using_host_network() {
 /// service.go "should be able to create a functioning NodePort service", with the endpoint a
 /// host-network pod (the node's own stack) and the client outside the node (the router): TCP
 /// over IPv4 and IPv6 and UDP over both to node ports whose backend listens on the node IP, and
-/// a LoadBalancer VIP with externalTrafficPolicy Local to the same backend. The node's stack
-/// sees the host interface's far side (169.254.0.1, 100::1) as the client: masqueraded, so
-/// that its answers go back through nodeplane (to the client's own address they would leave by
-/// the node's routes, never un-NATed, and the client would reset them).
+/// with externalTrafficPolicy Local (a NodePort over TCP and UDP, both families, and a
+/// LoadBalancer VIP) to the same backend. Cluster: the node's stack sees the host interface's
+/// far side (169.254.0.1, 100::1) as the client: masqueraded, as kube-proxy does, so that its
+/// answers go back through nodeplane. Local: it sees the router's own address (kube-proxy
+/// keeps the client's address there), and its answers still go back through nodeplane (the
+/// connection's conntrack mark routes them into the pair: to the client's address they would
+/// otherwise leave by the node's routes, never un-NATed, and the client would reset them).
 #[test]
 fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_endpoints() {
     let mut lab = Lab::up("he-");
@@ -424,12 +454,19 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
         ],
     );
     assert!(out.status.success(), "router route to the LB VIP: {out:?}");
+    // A strict reverse-path filter on the node (RHEL's default): the Local clients' packets
+    // from nph0 still pass (their mark finds the client behind nph0, table 7602).
+    let out = lab.exec("node", &["sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"]);
+    assert!(out.status.success(), "strict rp_filter: {out:?}");
     let state = lab.host_state();
     let np = Nodeplane::start_one(&lab, &state);
     for (url, seen) in [
         ("http://192.168.100.2:30090/", "169.254.0.1"),
         ("http://[fd00:100::2]:30090/", "100::1"),
-        ("http://203.0.113.20/", "169.254.0.1"),
+        // externalTrafficPolicy Local: the client's address kept.
+        ("http://192.168.100.2:30095/", "192.168.100.1"),
+        ("http://[fd00:100::2]:30095/", "fd00:100::1"),
+        ("http://203.0.113.20/", "192.168.100.1"),
     ] {
         for _ in 0..3 {
             let (code, out) = lab.curl("router", url);
@@ -437,7 +474,7 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
             assert_eq!(
                 answer(&out),
                 ("host".to_string(), Some(ip(seen))),
-                "{url}: the host-network backend saw the masquerade source"
+                "{url}: the source the host-network backend saw"
             );
         }
     }
@@ -449,7 +486,35 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
             .strip_prefix("answer from host6 ")
             .map(|r| answer(&format!("x {r}")).1);
         assert_eq!(seen, Some(Some(ip("100::1"))), "UDP NodePort, IPv6: {a:?}");
+        // externalTrafficPolicy Local: the router's own address, both families.
+        for (addr, port, host, client) in [
+            ("192.168.100.2", 30096, "host4", "192.168.100.1"),
+            ("[fd00:100::2]", 30097, "host6", "fd00:100::1"),
+        ] {
+            let a = lab.udp("router", addr, port);
+            let seen = a
+                .strip_prefix(&format!("answer from {host} "))
+                .map(|r| answer(&format!("x {r}")).1);
+            assert_eq!(
+                seen,
+                Some(Some(ip(client))),
+                "UDP NodePort, Local, {addr}: {a:?}"
+            );
+        }
     }
+    // The marks that route the Local answers back into the pair, while the daemon runs.
+    for fam in ["-4", "-6"] {
+        let r = lab.rules(fam);
+        assert!(
+            r.contains("fwmark 0x1000000/0x1000000 lookup 7602"),
+            "{fam}: {r}"
+        );
+    }
+    let nft = lab.exec("node", &["nft", "list", "table", "inet", "nodeplane_host"]);
+    assert!(
+        String::from_utf8_lossy(&nft.stdout).contains("iifname \"nph0\""),
+        "{nft:?}"
+    );
     // Nothing listens behind UDP node port 30094: the node's stack answers the masquerade
     // source with an ICMP(v6) port unreachable, which comes back through the pair and is
     // translated to the client (its quoted datagram too), so the client's socket is refused
@@ -475,4 +540,76 @@ fn should_be_able_to_create_a_functioning_node_port_service_with_host_network_en
         "the router's flows are in conntrack: {srcs:?}"
     );
     assert_through_nodeplane(&np);
+    // An unpinned stop removes the nftables table with the routes and rules.
+    let log = np.log();
+    assert!(np.stop(), "clean exit: {log}");
+    let nft = lab.exec("node", &["nft", "list", "tables"]);
+    assert!(
+        nft.status.success() && !String::from_utf8_lossy(&nft.stdout).contains("nodeplane_host"),
+        "{nft:?}"
+    );
+    for fam in ["-4", "-6"] {
+        let r = lab.rules(fam);
+        assert!(!r.contains("lookup 7602"), "{fam}: {r}");
+    }
+}
+
+/// A host interface needs nftables: without `nft` on its PATH the daemon rejects the state
+/// and says why, before it has created the pair or changed a rule (never half-applied); it
+/// keeps generation 0 and retries, as for any failed start of the packet I/O.
+#[test]
+fn a_host_interface_without_nft_is_refused_at_start() {
+    let lab = Lab::up("he-");
+    let state = lab.host_state();
+    // A PATH with iproute2's `ip` and nothing else.
+    let bin = lab.tmp.join("bin-without-nft");
+    fs::create_dir_all(&bin).unwrap();
+    let which = Command::new("which").arg("ip").output().unwrap();
+    let ip_path = String::from_utf8_lossy(&which.stdout).trim().to_string();
+    assert!(which.status.success(), "ip not found");
+    std::os::unix::fs::symlink(&ip_path, bin.join("ip")).unwrap();
+    let cfg = lab.tmp.join("config-nonft.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nconntrack_snapshot: {}\n\
+             io:\n  afxdp: {{ workers: 1, pin_dir: null }}\n",
+            state.display(),
+            lab.tmp.join("np-nonft.sock").display(),
+            lab.tmp.join("nonft.snap").display(),
+        ),
+    )
+    .unwrap();
+    let rules_before = lab.rules("-4");
+    let log = lab.tmp.join("nodeplane-nonft.log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node"), "env"])
+        .arg(format!("PATH={}", bin.display()))
+        .arg(env!("CARGO_BIN_EXE_nodeplane"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut text = String::new();
+    while t0.elapsed() < Duration::from_secs(10) && !text.contains("REJECTED") {
+        std::thread::sleep(Duration::from_millis(100));
+        text = fs::read_to_string(&log).unwrap_or_default();
+    }
+    let links = lab.exec("node", &["ip", "-o", "link", "show"]);
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let rules_after = lab.rules("-4");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("the host interface nph1 needs nft (package nftables)"),
+        "the error says what is missing: {text}"
+    );
+    assert!(
+        !links.contains("nph1") && !links.contains("nph0"),
+        "no pair created: {links}"
+    );
+    assert_eq!(rules_after, rules_before, "no rule changed");
 }

@@ -1023,7 +1023,9 @@ impl Pipeline {
     ///   comes back through this node; `Local` keeps the client's address (never SNATed);
     /// - a host-network backend (a node IP, behind the host interface) reached by a client the
     ///   node's stack would not answer through the pair (not one of this node's pods or
-    ///   addresses): masqueraded to [`snat::host_snat_addr`], whatever the traffic policy;
+    ///   addresses): masqueraded to [`snat::host_snat_addr`], except on an external frontend
+    ///   with `external_traffic_policy: Local` (the client's address kept: the node routes the
+    ///   replies of connections from the pair back into it by their conntrack mark);
     /// - the node itself (through the host interface) to a backend on another node: its port
     ///   moves into the SNAT range, address kept, so that the reply is steered back;
     /// - otherwise none, unless the reply tuple is taken by another flow (the same client port
@@ -1045,14 +1047,19 @@ impl Pipeline {
         let s = &t.services[nat.service as usize];
         // A host-network backend (a node IP behind the host interface) answers a client by the
         // node's routes: only the node's own PodCIDRs and addresses come back through the
-        // pair; anyone else (a remote client of a NodePort, ExternalIP or LoadBalancer
-        // frontend, a pod of another node) is masqueraded to the pair's far side, whatever
-        // the external traffic policy (kube-proxy keeps the client there because the kernel
-        // itself is the proxy; here the kernel would answer the client directly).
+        // pair by its routes; anyone else (a remote client of a NodePort, ExternalIP or
+        // LoadBalancer frontend, a pod of another node) is masqueraded to the pair's far side.
+        // Except with `external_traffic_policy: Local` on an external frontend: the client's
+        // address is kept (kube-proxy's contract) and the node's stack sends the answers back
+        // into the pair by the connection's mark (control/src/runtime/host.rs: nftables marks
+        // connections arriving from the peer, `ip rule fwmark` routes their replies to it).
         let host_backend = !hairpin
             && t.host().is_some()
             && t.is_node_ip(&nat.backend)
-            && !t.on_this_node(&key.src);
+            && !t.on_this_node(&key.src)
+            && !(s.external_local
+                && s.kind != ServiceType::ClusterIP
+                && t.frontend_scope(key.dst, key.dport, key.proto) != Scope::Internal);
         // The node itself (a host-network client, through the host interface) to a backend on
         // another node: its source port moves into the SNAT range (address kept), so that the
         // backend's reply to the node IP is steered to the dataplane like a masqueraded flow's

@@ -8,6 +8,7 @@
 //!      │   pref 100  lookup local        (moved from pref 0, so that pref 90 is first)
 //!      │   pref 999  iif lo from <kernel address on a pod interface>  lookup main
 //!      │   pref 1000 iif lo lookup 7600: PodCIDRs, frontends, 169.254.0.1, 100::1 ┐ │
+//!      │   pref 1001 fwmark 0x1000000/0x1000000 lookup 7602: default (nft-marked) ┤ │
 //!      ▼                                          via 169.254.0.1 / fe80::1   ▼ ▼
 //!   peer (nph0) ══ veth ══ host interface (nph1): XDP steers every frame to the workers
 //!   ◄── replies to the node, service traffic to host-network backends: the pipeline forwards
@@ -22,13 +23,25 @@
 //! of the gateway: traffic the XDP program passes to the kernel on the pod interfaces) on the
 //! kernel's own routes, beside the flows they answer.
 //!
-//! Everything is idempotent: the start flushes both tables and the rules at our preferences
+//! A remote client of a host-network backend under `external_traffic_policy: Local` keeps its
+//! address (the pipeline DNATs only), so the node's stack would answer it by its main table,
+//! out of the uplink and never un-NATed. Connections that arrive from the peer are therefore
+//! marked in the kernel's conntrack (nftables table `inet nodeplane_host`: prerouting
+//! `iifname <peer> ct direction original`, ct mark bit [`MARK`]), the node's packets of such
+//! connections get the bit as their packet mark (a `type route` output chain: the kernel routes
+//! them again after the mark), and `fwmark MARK/MARK lookup 7602` (pref 1001) sends them back
+//! into the pair, whose pipeline reverse-translates them like any reply. The incoming packets
+//! carry the mark too, with `src_valid_mark` on the peer, so that a strict reverse-path filter
+//! (`net.ipv4.conf.all.rp_filter` 1) finds the client's address behind the peer.
+//!
+//! Everything is idempotent: the start flushes our tables (and the nftables table) and the rules at our preferences
 //! and installs them again (a restart re-adopts the pair); every publication adds and removes
 //! only what changed. Unpinned, the daemon's stop removes routes and rules (the kernel's own
 //! paths take over); pinned, they stay, so that the node's traffic to services and pods is
 //! dropped by the XDP program on the host interface while no daemon runs (fail closed, like
 //! the pods' traffic). `nodeplane detach` removes them ([`teardown`]); the pair stays, inert.
-//! Done with `ip` (iproute2) on the control thread, never on the packet path.
+//! Done with `ip` (iproute2) and `nft` (nftables) on the control thread, never on the packet
+//! path.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -48,6 +61,20 @@ pub const PREF_NODEPORT: u32 = 90;
 pub const PREF_LOCAL: u32 = 100;
 pub const PREF_EXEMPT: u32 = 999;
 pub const PREF_MAIN: u32 = 1000;
+/// Routing table of the replies to connections that came in from the peer (rule pref
+/// [`PREF_MARK`], `fwmark` [`MARK`]): a default route back into the pair.
+pub const TABLE_MARK: u32 = 7602;
+/// After the others (a marked reply never goes to a node IP or a pod gateway address, and the
+/// `local` rule must come first for the marked packets the peer delivers to a node IP),
+/// before `main` (32766).
+pub const PREF_MARK: u32 = 1001;
+/// The conntrack and packet mark bit of connections from the peer (one bit, set with `or`
+/// and matched under its mask, so other marks on the node keep their bits). Clear of
+/// kube-proxy's 0x4000/0x8000, Cilium's and Calico's low bits, Tailscale's 0xff0000 and
+/// WireGuard's 0xca6c; Calico and Cilium also use the high half, but nodeplane replaces them.
+pub const MARK: u32 = 0x0100_0000;
+/// nodeplane's own nftables table ([`nft_ruleset`]).
+pub const NFT_TABLE: &str = "nodeplane_host";
 const GW4: &str = "169.254.0.1";
 const GW6: &str = "fe80::1";
 
@@ -157,6 +184,22 @@ pub fn plan(t: &Tables, h: &HostIface, exempt: &[IpAddr]) -> Plan {
     for fam in ["-4", "-6"] {
         p.rules
             .insert(format!("{fam} pref {PREF_MAIN} iif lo lookup {TABLE}"));
+        p.rules.insert(format!(
+            "{fam} pref {PREF_MARK} fwmark {MARK:#x}/{MARK:#x} lookup {TABLE_MARK}"
+        ));
+    }
+    // The replies to connections from the peer (marked by `nft_ruleset`): back into the pair.
+    if src4.is_some() {
+        p.routes.insert(format!(
+            "default via {GW4} dev {} onlink table {TABLE_MARK}",
+            h.peer
+        ));
+    }
+    if src6.is_some() {
+        p.routes.insert(format!(
+            "default via {GW6} dev {} onlink table {TABLE_MARK}",
+            h.peer
+        ));
     }
     for a in exempt {
         if t.is_node_ip(&(*a).into()) {
@@ -239,6 +282,93 @@ fn ip(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// nodeplane's nftables table for a host interface whose peer is `peer`, as one `nft -f`
+/// transaction that replaces whatever table of that name exists (the first two lines make
+/// sure there is one to delete). Connections whose first packet arrived from the peer get the
+/// [`MARK`] bit in their conntrack mark (and that packet in its mark, for the reverse-path
+/// filter); the node's own packets of such connections get it as their packet mark, and the
+/// `type route` chain makes the kernel route them again (to the rule of [`PREF_MARK`]). After
+/// conntrack (priority -200), at mangle (-150).
+pub fn nft_ruleset(peer: &str) -> String {
+    format!(
+        "table inet {NFT_TABLE}\n\
+         delete table inet {NFT_TABLE}\n\
+         table inet {NFT_TABLE} {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+         \t\tiifname \"{peer}\" ct direction original ct mark set ct mark or {MARK:#x} meta mark set meta mark or {MARK:#x}\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype route hook output priority mangle; policy accept;\n\
+         \t\tct mark and {MARK:#x} == {MARK:#x} meta mark set meta mark or {MARK:#x}\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Runs `nft -f -` with `script`.
+fn nft(script: &str) -> Result<(), String> {
+    let mut c = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft (nftables): {e}"))?;
+    if let Some(mut i) = c.stdin.take() {
+        i.write_all(script.as_bytes())
+            .map_err(|e| format!("nft -f: {e}"))?;
+    }
+    let out = c.wait_with_output().map_err(|e| format!("nft -f: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft -f failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `nft` is there and talks to the kernel's nf_tables (`nft list tables`): checked before the
+/// host interface changes anything, so that a node without nftables gets one clear error
+/// instead of a half-installed host interface.
+pub fn require_nft(iface: &str) -> Result<(), String> {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map_err(|e| {
+            format!(
+                "the host interface {iface} needs nft (package nftables) to route the replies of \
+                 host-network backends back into the pair; cannot run nft: {e}"
+            )
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the host interface {iface} needs nftables: nft list tables: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Deletes nodeplane's nftables table if it exists; nothing when nft is not installed (then
+/// no daemon can have created it).
+fn nft_teardown() -> Result<(), String> {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return Ok(());
+    };
+    let listed = String::from_utf8_lossy(&out.stdout);
+    if listed
+        .lines()
+        .any(|l| l.trim() == format!("table inet {NFT_TABLE}"))
+    {
+        nft(&format!("delete table inet {NFT_TABLE}\n"))?;
+    }
+    Ok(())
+}
+
 fn sysctl(key: &str, value: &str) -> Result<(), String> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))
@@ -253,6 +383,7 @@ fn exists(name: &str) -> bool {
 /// (a node port's reply comes from a node IP), IPv6 off on nodeplane's end (it holds no
 /// address), and the gateways as permanent neighbours of the peer.
 pub fn ensure_pair(h: &HostIface, queues: u32) -> Result<(), String> {
+    require_nft(&h.name)?;
     let q = queues.max(1).to_string();
     if !exists(&h.name) {
         if exists(&h.peer) {
@@ -300,6 +431,8 @@ pub fn ensure_pair(h: &HostIface, queues: u32) -> Result<(), String> {
     let _ = sysctl(&format!("net.ipv6.conf.{}.accept_dad", h.peer), "0");
     sysctl(&format!("net.ipv4.conf.{}.rp_filter", h.peer), "0")?;
     sysctl(&format!("net.ipv4.conf.{}.accept_local", h.peer), "1")?;
+    // The reverse-path check of a marked packet from the peer uses its mark (table 7602).
+    sysctl(&format!("net.ipv4.conf.{}.src_valid_mark", h.peer), "1")?;
     ip(&["link", "set", &h.name, "up"])?;
     ip(&["link", "set", &h.peer, "up"])?;
     ip_batch(
@@ -358,7 +491,8 @@ fn move_local_rule(to_zero: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes every rule at our preferences and flushes both tables; the `local` rule back at 0.
+/// Removes every rule at our preferences, flushes our tables and deletes the nftables table;
+/// the `local` rule back at 0.
 /// For `nodeplane detach` and the stop of an unpinned daemon; idempotent.
 pub fn teardown() -> Result<(), String> {
     let mut lines = Vec::new();
@@ -373,6 +507,7 @@ pub fn teardown() -> Result<(), String> {
             let ours = match pref.trim().parse::<u32>() {
                 Ok(PREF_NODEPORT) => spec.ends_with(&format!("lookup {TABLE_NODEPORT}")),
                 Ok(PREF_MAIN) => spec.ends_with(&format!("lookup {TABLE}")),
+                Ok(PREF_MARK) => spec.ends_with(&format!("lookup {TABLE_MARK}")),
                 Ok(PREF_EXEMPT) => spec.contains("iif lo") && spec.ends_with("lookup main"),
                 _ => false,
             };
@@ -380,11 +515,12 @@ pub fn teardown() -> Result<(), String> {
                 lines.push(format!("{fam} rule del pref {} {spec}", pref.trim()));
             }
         }
-        for t in [TABLE, TABLE_NODEPORT] {
+        for t in [TABLE, TABLE_NODEPORT, TABLE_MARK] {
             lines.push(format!("{fam} route flush table {t}"));
         }
     }
     ip_batch(&lines, true)?;
+    nft_teardown()?;
     move_local_rule(true)
 }
 
@@ -396,10 +532,11 @@ pub struct Installed {
 
 impl Installed {
     /// From scratch: whatever an earlier daemon left is removed first (the `local` rule stays
-    /// moved), then `plan` installed.
-    pub fn start(plan: &Plan) -> Result<Installed, String> {
+    /// moved), then the nftables table and `plan` installed.
+    pub fn start(h: &HostIface, plan: &Plan) -> Result<Installed, String> {
         teardown()?;
         move_local_rule(false)?;
+        nft(&nft_ruleset(&h.peer))?;
         let mut i = Installed::default();
         i.sync(plan)?;
         Ok(i)
@@ -463,6 +600,8 @@ mod tests {
             "100::1/128 via fe80::1 dev nph0 onlink src fd00:100::2 table 7600",
             "fd00:96::10/128 via fe80::1 dev nph0 onlink src fd00:100::2 table 7600",
             "192.168.100.2/32 via 169.254.0.1 dev nph0 onlink src 192.168.100.2 table 7601",
+            "default via 169.254.0.1 dev nph0 onlink table 7602",
+            "default via fe80::1 dev nph0 onlink table 7602",
         ] {
             assert!(p.routes.contains(r), "{r} in {:#?}", p.routes);
         }
@@ -472,9 +611,18 @@ mod tests {
             "-4 pref 999 iif lo from 10.244.1.1/32 lookup main",
             "-4 pref 1000 iif lo lookup 7600",
             "-6 pref 1000 iif lo lookup 7600",
+            "-4 pref 1001 fwmark 0x1000000/0x1000000 lookup 7602",
+            "-6 pref 1001 fwmark 0x1000000/0x1000000 lookup 7602",
         ] {
             assert!(p.rules.contains(r), "{r} in {:#?}", p.rules);
         }
+        // The nftables table marks what comes from this pair's peer.
+        let nft = nft_ruleset(&h.peer);
+        assert!(
+            nft.contains("iifname \"nph0\" ct direction original ct mark set ct mark or 0x1000000"),
+            "{nft}"
+        );
+        assert!(nft.contains("type route hook output"), "{nft}");
         // No node IP is a service route: the node's own addresses stay local.
         assert!(!p
             .routes

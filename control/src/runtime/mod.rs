@@ -558,7 +558,7 @@ impl AfXdpBackend {
         if let Some(h) = host::host_iface(tables) {
             // Only now, with every socket bound, does the node's traffic go through the pair.
             let plan = host::plan(tables, &h, &kernel_addrs(&self.ifaces));
-            let installed = host::Installed::start(&plan)
+            let installed = host::Installed::start(&h, &plan)
                 .map_err(|e| RuntimeError::Config(format!("host interface routes: {e}")))?;
             log::info!(
                 "host interface {} (peer {}): {} route(s), {} rule(s): the node's traffic to services, node ports and pods goes through nodeplane",

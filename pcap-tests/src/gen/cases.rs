@@ -834,8 +834,10 @@ fn host_network_nodeport(v6: bool) -> Case {
              the node's stack answers {hs} through nph1 (table 7600), never the client directly, \
              and the answers are restored to {nip}:30080 → the client and sent to the gateway. \
              The LoadBalancer VIP {lb}:80 with externalTrafficPolicy Local and the node as \
-             backend ({nip}:8081) is masqueraded the same way: the node's stack would answer the \
-             client's own address by its routes, around the dataplane. pod-a reaching the \
+             backend ({nip}:8081) keeps the client's address (DNAT only, as kube-proxy): the \
+             node's stack routes the answers of connections that came from the pair back into \
+             it by their conntrack mark, and they are restored to {lb}:80 → the client. pod-a \
+             reaching the \
              NodePort keeps its address (the node answers this node's pods through the pair). \
              A UDP datagram to node port 30081 (nothing listens on {nip}:8080/UDP) is \
              masqueraded the same way; the node's port unreachable to {hs}, arriving on nph1, \
@@ -850,8 +852,6 @@ fn host_network_nodeport(v6: bool) -> Case {
     f = f.snat(hs, port);
     f.exchange(&mut c);
     let mut g = Conn::new(&w, w.ip(v6), 51001, (ip(lb), 80), &n, (ip(nip), 8081));
-    let port = g.snat_port(&[]);
-    g = g.snat(hs, port);
     g.handshake(&mut c);
     g.data(&mut c, 100, 700);
     let mut p = Conn::new(&a, a.ip(v6), 41000, (ip(nip), 30080), &n, (ip(nip), 8080));
