@@ -209,6 +209,9 @@ conntrack_snapshot: $tmp/conntrack.snap
 io:
   afxdp:
     workers: 1
+    # The daemon runs in the namespace's private mount namespace (ip netns exec), where a
+    # bpffs pin would vanish with it: not pinned, the program goes with the process.
+    pin_dir: null
 CFG
   echo "== nodeplane run --config $tmp/config.yaml (in $NODE)"
   sed 's/^/   /' "$tmp/config.yaml"
