@@ -21,25 +21,6 @@ use common::*;
 use nodeplane_dataplane::afxdp::{Action, SocketId, XskBinding, XskConfig, XskWorker};
 use nodeplane_xdp::{Loader, SteeringConfig};
 
-/// The two namespaces and their veth (MTU 1500 until the program is attached).
-fn bed(tag: &str) -> (Netns, Netns) {
-    let pid = std::process::id() % 100_000;
-    let node = Netns::named(format!("np-s4b-{tag}{pid}n"));
-    let peer = Netns::named(format!("np-s4b-{tag}{pid}p"));
-    veth(
-        &node,
-        "v0",
-        "02:00:00:00:50:01",
-        &peer,
-        "v1",
-        "02:00:00:00:50:02",
-    );
-    node.ip(&["addr", "add", "192.168.50.1/24", "dev", "v0"]);
-    peer.ip(&["addr", "add", "192.168.50.2/24", "dev", "v1"]);
-    peer.ip(&["route", "add", "10.99.0.0/24", "via", "192.168.50.1"]);
-    (node, peer)
-}
-
 fn nstat(ns: &Netns, counter: &str) -> u64 {
     // `nstat -az`: absolute values, zeros included; "Name value rate".
     ns.exec(&["nstat", "-az", counter])
@@ -56,7 +37,7 @@ fn nstat(ns: &Netns, counter: &str) -> u64 {
 /// every echo byte for byte; returns the worker's (rx chains, tx chains).
 fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64) {
     require_root();
-    let (node, peer) = bed(tag);
+    let Bed { node, peer } = Bed::new(tag);
     node.run(|| {
         let mut loader = Loader::load().expect("load");
         loader.attach("v0", 2).expect("attach");
