@@ -13,13 +13,15 @@
 //!  10.244.2.5:8080 on node-2 (masqueraded to the node IP)
 //! ```
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use etherparse::PacketBuilder;
 use nodeplane_dataplane::parse::parse;
 use nodeplane_dataplane::{Action, MaglevCache, Outcome, Packet, Pipeline, Tables};
-use nodeplane_state::{example, Backend, BackendState, State};
+use nodeplane_state::State;
+
+mod common;
+use common::{remote_nodeport, REMOTE};
 
 const CLIENT: [u8; 4] = [10, 244, 1, 10];
 const WEB1: [u8; 4] = [10, 244, 1, 21];
@@ -27,29 +29,11 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 const DNS: [u8; 4] = [10, 96, 0, 53];
 const WORLD: [u8; 4] = [198, 51, 100, 7];
 const NODE: [u8; 4] = [192, 168, 100, 2];
-const REMOTE: [u8; 4] = [10, 244, 2, 5];
 const S: u64 = 1_000_000_000;
 
 /// The example node, `web-nodeport`'s only backend on another node (source NAT).
 fn state() -> State {
-    let mut s = example::state().unwrap();
-    let svc = s
-        .services
-        .iter_mut()
-        .find(|v| v.name == "web-nodeport")
-        .unwrap();
-    svc.affinity = None;
-    svc.backends = vec![Backend {
-        ip: IpAddr::from(REMOTE),
-        port: 8080,
-        weight: 1,
-        state: BackendState::Active,
-        ready: None,
-        serving: None,
-        terminating: None,
-    }];
-    nodeplane_state::validate(&s).expect("valid state");
-    s
+    remote_nodeport(|_| {})
 }
 
 #[derive(Clone, Copy)]

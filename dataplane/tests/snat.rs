@@ -16,34 +16,18 @@ use nodeplane_dataplane::flow::Addr;
 use nodeplane_dataplane::owner::reply_owner;
 use nodeplane_dataplane::worker::CtRow;
 use nodeplane_dataplane::{Action, DropReason, MaglevCache, Pipeline, Tables};
-use nodeplane_state::{example, Backend, BackendState, State};
+use nodeplane_state::State;
+
+mod common;
+use common::{remote_nodeport, REMOTE};
 
 const WORLD: [u8; 4] = [198, 51, 100, 7];
 const NODE: [u8; 4] = [192, 168, 100, 2];
-const REMOTE: [u8; 4] = [10, 244, 2, 5];
 const S: u64 = 1_000_000_000;
 
-/// The example node with `web-nodeport`'s only backend on another node.
+/// The example node, `web-nodeport`'s only backend on another node (source NAT).
 fn state(snat_range: [u16; 2]) -> State {
-    let mut s = example::state().unwrap();
-    s.node.snat_port_range = snat_range;
-    let svc = s
-        .services
-        .iter_mut()
-        .find(|v| v.name == "web-nodeport")
-        .unwrap();
-    svc.affinity = None;
-    svc.backends = vec![Backend {
-        ip: IpAddr::from(REMOTE),
-        port: 8080,
-        weight: 1,
-        state: BackendState::Active,
-        ready: None,
-        serving: None,
-        terminating: None,
-    }];
-    nodeplane_state::validate(&s).expect("valid state");
-    s
+    remote_nodeport(|s| s.node.snat_port_range = snat_range)
 }
 
 fn pipeline(snat_range: [u16; 2]) -> Pipeline {
