@@ -31,7 +31,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode, ServiceType};
 
-use crate::conntrack::{Conntrack, Dir, FastPath, Nat, NewFlow, Snat};
+use crate::conntrack::{Conntrack, Dir, Entry, FastPath, Nat, NewFlow, Snat};
 use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -131,6 +131,33 @@ impl Outcome {
         Outcome {
             action: Action::Drop(reason),
             ..Outcome::default()
+        }
+    }
+
+    /// A packet of established flow `e` in direction `dir`, forwarded on `egress` (both fast
+    /// paths write this).
+    #[inline(always)]
+    fn established(
+        egress: IfIndex,
+        dir: Dir,
+        e: &Entry,
+        service: Option<u32>,
+        backend: Option<(Addr, u16)>,
+        l2_trim: u8,
+    ) -> Outcome {
+        let (ct, si, di) = match dir {
+            Dir::Orig => (CtStatus::Established, e.src_identity, e.dst_identity),
+            Dir::Reply => (CtStatus::Reply, e.dst_identity, e.src_identity),
+        };
+        Outcome {
+            action: Action::Forward(egress),
+            ct,
+            service,
+            backend,
+            src_identity: Some(si),
+            dst_identity: Some(di),
+            policy: e.policy,
+            l2_trim,
         }
     }
 }
@@ -1673,10 +1700,6 @@ fn established_fast(
         return false;
     }
     let e = ct.entry(slot);
-    let (si, di) = match dir {
-        Dir::Orig => (e.src_identity, e.dst_identity),
-        Dir::Reply => (e.dst_identity, e.src_identity),
-    };
     let (service, backend) = match &e.nat() {
         Some(nat) => {
             let (to_dst, addr, port) = match dir {
@@ -1713,20 +1736,7 @@ fn established_fast(
         0
     };
     rewrite::set_macs(&mut frame[usize::from(trim)..], &egress.mac, &fast.dst_mac);
-    *out = Outcome {
-        action: Action::Forward(fast.egress),
-        ct: if dir == Dir::Orig {
-            CtStatus::Established
-        } else {
-            CtStatus::Reply
-        },
-        service,
-        backend,
-        src_identity: Some(si),
-        dst_identity: Some(di),
-        policy: e.policy,
-        l2_trim: trim,
-    };
+    *out = Outcome::established(fast.egress, dir, &e, service, backend, trim);
     true
 }
 

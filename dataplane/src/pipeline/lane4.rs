@@ -13,7 +13,7 @@
 //! hash and probe, the touch and the rewrite, with no `Meta`/`Parsed` built or stored.
 
 use super::emc::FlowCache;
-use super::{Action, CtStatus, Outcome};
+use super::Outcome;
 use crate::conntrack::{Conntrack, Dir};
 use crate::flow::{Addr, FlowKey, PROTO_UDP};
 use crate::parse::{Lean4, LEAN4_L3, LEAN4_L4};
@@ -123,10 +123,6 @@ fn finish<const L: usize>(
         return false;
     }
     let e = ct.entry(slot);
-    let (si, di) = match dir {
-        Dir::Orig => (e.src_identity, e.dst_identity),
-        Dir::Reply => (e.dst_identity, e.src_identity),
-    };
     // One 4-byte load (an element-wise array literal here became a vector shuffle).
     let v4 = |a: Addr| -> [u8; 4] { a.bytes.first_chunk().copied().unwrap_or_default() };
     let (service, backend) = match e.nat() {
@@ -156,19 +152,6 @@ fn finish<const L: usize>(
     };
     eth[ethernet::DST_MAC].copy_from_slice(dst_mac);
     eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
-    *out = Outcome {
-        action: Action::Forward(egress),
-        ct: if dir == Dir::Orig {
-            CtStatus::Established
-        } else {
-            CtStatus::Reply
-        },
-        service,
-        backend,
-        src_identity: Some(si),
-        dst_identity: Some(di),
-        policy: e.policy,
-        l2_trim: 0,
-    };
+    *out = Outcome::established(egress, dir, &e, service, backend, 0);
     true
 }
