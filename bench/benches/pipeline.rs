@@ -211,7 +211,7 @@ fn stages(c: &mut Criterion) {
             let sel = &t.services[svc as usize].v4;
             b.iter(|| {
                 let k = black_box(&key);
-                let slot = (k.stable_hash() % sel.maglev.len() as u64) as usize;
+                let slot = nodeplane_dataplane::maglev::slot(k.stable_hash(), sel.maglev.len());
                 black_box(sel.active[usize::from(sel.maglev[slot])])
             })
         });

@@ -1356,8 +1356,7 @@ impl Pipeline {
                 } else {
                     key.stable_hash()
                 };
-                let slot = (h % sel.maglev.len() as u64) as usize;
-                sel.active[usize::from(sel.maglev[slot])]
+                sel.active[usize::from(sel.maglev[crate::maglev::slot(h, sel.maglev.len())])]
             }
             _ => {
                 // xorshift64: deterministic per worker, so replay is reproducible.
