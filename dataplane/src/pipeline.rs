@@ -47,6 +47,7 @@ use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
 mod emc;
 mod lane4;
+mod syn;
 
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
 pub const BURST: usize = 64;
@@ -264,6 +265,8 @@ pub struct Pipeline {
     keys: Box<[FlowKey; BURST]>,
     /// The established fast lane's flow cache (see `emc.rs`).
     cache: emc::FlowCache,
+    /// The current chunk's SYNs looked ahead (see `syn.rs`).
+    ahead: syn::LookAhead,
     /// Runtime override of the state's policy mode (the operator's emergency switch).
     mode_override: Option<PolicyMode>,
     /// Identifies the installed tables for [`FastPath`] entries (see [`next_epoch`]).
@@ -288,6 +291,7 @@ impl Pipeline {
             counters: Counters::default(),
             keys: Box::new([FlowKey::default(); BURST]),
             cache: emc::FlowCache::default(),
+            ahead: syn::LookAhead::default(),
             mode_override: None,
             epoch: next_epoch(),
             worker: 0,
@@ -377,6 +381,7 @@ impl Pipeline {
             counters: Counters::default(),
             keys: Box::new([FlowKey::default(); BURST]),
             cache: emc::FlowCache::default(),
+            ahead: syn::LookAhead::default(),
             mode_override: self.mode_override,
             epoch: next_epoch(),
             worker: self.worker,
@@ -460,6 +465,9 @@ impl Pipeline {
         for (chunk, out) in pkts.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
             // One `Arc` clone per burst, not per packet.
             let tables = Arc::clone(&self.tables);
+            // New connections' frontend, service and backend, looked ahead for the whole burst
+            // so that their cache misses overlap (`syn.rs`).
+            self.ahead.look(&tables, chunk);
             for (i, (p, out)) in chunk.iter_mut().zip(out.iter_mut()).enumerate() {
                 // A chunk holds at most BURST frames: the mask changes no index and lets the
                 // compiler drop the bounds check of `keys`.
@@ -905,9 +913,24 @@ impl Pipeline {
         let mut backend_local = false;
         let mut dst = m.dst;
         let mut dport = m.dport;
+        // The burst's look-ahead of this SYN (`syn.rs`): its frontend, Maglev hash and, for a
+        // plain Maglev service, its backend, as the lookups below would find them.
+        let hint = if syn::is_syn4(m.v6, m.proto, m.tcp_flags) {
+            self.ahead.take(&key)
+        } else {
+            None
+        };
         if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
-            if let Some(svc) = t.frontend(m.dst, m.dport, m.proto) {
-                let b = match self.select_backend(t, svc, &key, now) {
+            let fe = match hint {
+                Some(h) => (h.svc != syn::NONE).then_some(h.svc),
+                None => t.frontend(m.dst, m.dport, m.proto),
+            };
+            if let Some(svc) = fe {
+                let picked = match hint {
+                    Some(h) if h.pick != syn::NONE => Ok(h.pick as u16),
+                    _ => self.select_backend(t, svc, &key, hint.map(|h| h.hash), now),
+                };
+                let b = match picked {
                     Ok(b) => b,
                     Err(reason) => {
                         return Err(Outcome {
@@ -1026,6 +1049,7 @@ impl Pipeline {
         ) {
             Ok(slot) => {
                 self.counters.ct_new += 1;
+                self.ahead.created = true;
                 Ok(Some((slot, routed)))
             }
             Err(r) => Err(Outcome {
@@ -1274,11 +1298,13 @@ impl Pipeline {
     /// all of them or, under a `Local` traffic policy, this node's. Errors: the source is outside
     /// a VIP's source ranges; no backend here but some elsewhere (`Local`); none at all (the
     /// worker rejects those).
+    /// `key_hash`: `key.stable_hash()` when the caller has it.
     fn select_backend(
         &mut self,
         t: &Tables,
         svc: u32,
         key: &FlowKey,
+        key_hash: Option<u64>,
         now: u64,
     ) -> Result<u16, DropReason> {
         let s = &t.services[svc as usize];
@@ -1354,7 +1380,7 @@ impl Pipeline {
                     }
                     .stable_hash()
                 } else {
-                    key.stable_hash()
+                    key_hash.unwrap_or_else(|| key.stable_hash())
                 };
                 sel.active[usize::from(sel.maglev[crate::maglev::slot(h, sel.maglev.len())])]
             }

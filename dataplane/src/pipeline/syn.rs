@@ -1,0 +1,246 @@
+//! A burst's new connections looked ahead (VPP's dual loop, for the SYNs of a burst): before the
+//! burst is processed, every TCP SYN of the common frame (untagged IPv4 with a 20-byte header,
+//! not a later fragment) has its frontend looked up, its Maglev hash computed and, for a plain
+//! Maglev service (no affinity, no `Local` policy, no source ranges, its table built), its
+//! backend picked, in passes over the burst's SYNs. Each pass's loads are independent from one
+//! SYN to the next, so the CPU overlaps their cache misses; processed one SYN after another,
+//! the chain frontend → service → Maglev slot → active backend → backend missed in series, once
+//! per SYN (the per-service tables are cold with many services: bench/RESULTS.md
+//! "New connections at 100k services").
+//!
+//! The results are hints for the packets' own processing ([`SynHint`]): `new_flow` takes the
+//! frontend and the backend of its key from them instead of looking again (they are what its
+//! lookups would give: the same key, the same tables, the same functions), and anything else (a
+//! packet that turns out to belong to a live flow) ignores them. It looks only at bursts that
+//! follow one that created a flow, so that established traffic pays one test per burst.
+
+use std::hint::black_box;
+
+use nodeplane_state::Algorithm;
+
+use super::BURST;
+use crate::flow::{Addr, FlowKey, PROTO_TCP};
+use crate::maglev;
+use crate::parse::LEAN4_L4;
+use crate::tables::{Service, Tables};
+use crate::wire::{at, ethernet, ipv4, tcp};
+use crate::Packet;
+
+/// No frontend matched, or no backend was picked ahead.
+pub(super) const NONE: u32 = u32::MAX;
+
+/// What the look-ahead found for one SYN: a function of its key and the tables alone, so it
+/// holds for whichever frame of the burst carries that key.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SynHint {
+    /// The key: IPv4 source and destination as they sit in the header, `sport << 16 | dport`.
+    src: u32,
+    dst: u32,
+    ports: u32,
+    /// The frontend's service ([`NONE`]: no frontend).
+    pub svc: u32,
+    /// The backend picked (an index into the service's backends), or [`NONE`]: pick as usual.
+    pub pick: u32,
+    /// `FlowKey::stable_hash` of the key (the Maglev input).
+    pub hash: u64,
+}
+
+/// The hints of the current burst's SYNs, in frame order.
+#[derive(Debug)]
+pub(super) struct LookAhead {
+    hints: Box<[SynHint; BURST]>,
+    /// Hints held, and the first one not yet taken or passed over.
+    n: usize,
+    next: usize,
+    /// A flow was created since the last look: the next burst is looked at. A burst that
+    /// follows one of established packets only pays one test, its frames are not scanned.
+    pub created: bool,
+}
+
+impl Default for LookAhead {
+    fn default() -> Self {
+        LookAhead {
+            hints: Box::new([SynHint::default(); BURST]),
+            n: 0,
+            next: 0,
+            created: false,
+        }
+    }
+}
+
+/// The 4 address bytes of an IPv4 `Addr` as one word (native order, as compared only).
+#[inline(always)]
+fn word(a: &Addr) -> u32 {
+    u32::from_ne_bytes([a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]])
+}
+
+/// The key of a frame that is a TCP SYN (no ACK, RST or FIN) in the common frame, else `None`.
+/// The flags are tested first: an established packet costs one length check and one byte test.
+#[inline(always)]
+fn syn_key(frame: &[u8]) -> Option<FlowKey> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const ETHERTYPE: [u8; 2] = ethernet::ETHERTYPE_IPV4.to_be_bytes();
+    let h: &[u8; LEAN4_L4 + tcp::MIN_HEADER_LEN] = frame.first_chunk()?;
+    if h[LEAN4_L4 + tcp::FLAGS] & SYN_TEST != tcp::flags::SYN {
+        return None;
+    }
+    let fo = u16::from_be_bytes([h[L3 + ipv4::FLG_OFF.start], h[L3 + ipv4::FLG_OFF.start + 1]]);
+    if h[ethernet::ETHERTYPE] != ETHERTYPE
+        || h[L3 + ipv4::VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
+        || h[L3 + ipv4::PROTOCOL] != PROTO_TCP
+        || fo & ipv4::OFFSET_MASK != 0
+    {
+        return None;
+    }
+    let a4 = |r: std::ops::Range<usize>| {
+        Addr::v4([h[r.start], h[r.start + 1], h[r.start + 2], h[r.start + 3]])
+    };
+    let p16 = |r: std::ops::Range<usize>| u16::from_be_bytes([h[r.start], h[r.start + 1]]);
+    Some(FlowKey {
+        src: a4(at(L3, ipv4::SRC_ADDR)),
+        dst: a4(at(L3, ipv4::DST_ADDR)),
+        sport: p16(at(LEAN4_L4, tcp::SRC_PORT)),
+        dport: p16(at(LEAN4_L4, tcp::DST_PORT)),
+        proto: PROTO_TCP,
+    })
+}
+
+/// The flags a SYN of a new connection has (SYN) and has not (ACK, RST, FIN).
+const SYN_TEST: u8 = tcp::flags::SYN | tcp::flags::ACK | tcp::flags::RST | tcp::flags::FIN;
+
+/// A new flow that the look-ahead would have looked at: an IPv4 TCP SYN (the frame test of
+/// [`syn_key`], less the frame layout, which only decides whether it was looked at).
+#[inline(always)]
+pub(super) fn is_syn4(v6: bool, proto: u8, tcp_flags: u8) -> bool {
+    !v6 && proto == PROTO_TCP && tcp_flags & SYN_TEST == tcp::flags::SYN
+}
+
+/// A service whose backend depends on the Maglev hash alone (what `select_backend` does for it
+/// is `v4.active[v4.maglev[slot]]`).
+#[inline(always)]
+fn plain_maglev(s: &Service) -> bool {
+    s.algorithm == Algorithm::Maglev
+        && s.affinity_ns.is_none()
+        && !s.internal_local
+        && !s.external_local
+        && s.source_ranges.is_empty()
+        && !s.v4.maglev.is_empty()
+}
+
+impl LookAhead {
+    /// Looks ahead at the SYNs of `chunk` (at most [`BURST`] frames), if armed.
+    #[inline(always)]
+    pub(super) fn look(&mut self, t: &Tables, chunk: &[Packet<'_>]) {
+        self.n = 0;
+        self.next = 0;
+        if std::mem::take(&mut self.created) {
+            self.look_at(t, chunk);
+        }
+    }
+
+    #[inline(never)]
+    fn look_at(&mut self, t: &Tables, chunk: &[Packet<'_>]) {
+        let hints = &mut self.hints;
+        // Pass 1: which frames are SYNs; their frontend and Maglev hash.
+        let mut n = 0;
+        for p in chunk.iter().take(BURST) {
+            if let Some(k) = syn_key(p.data) {
+                hints[n & (BURST - 1)] = SynHint {
+                    src: word(&k.src),
+                    dst: word(&k.dst),
+                    ports: u32::from(k.sport) << 16 | u32::from(k.dport),
+                    svc: t.frontend(k.dst, k.dport, PROTO_TCP).unwrap_or(NONE),
+                    pick: NONE,
+                    hash: k.stable_hash(),
+                };
+                n += 1;
+            }
+        }
+        self.n = n;
+        let hints = &mut hints[..n.min(BURST)];
+        // Pass 2: the service (its selection) and the Maglev slot (kept in `pick` for now).
+        for h in hints.iter_mut() {
+            if let Some(s) = t.services.get(h.svc as usize) {
+                if plain_maglev(s) {
+                    h.pick = maglev::slot(h.hash, s.v4.maglev.len()) as u32;
+                }
+            }
+        }
+        // Pass 3: the Maglev slot, then the active backend it names: the pick.
+        for h in hints.iter_mut() {
+            if h.pick != NONE {
+                let s = &t.services[h.svc as usize];
+                let pick = s.v4.maglev.get(h.pick as usize);
+                let pick = pick.and_then(|&a| s.v4.active.get(usize::from(a)));
+                h.pick = pick.map_or(NONE, |&b| u32::from(b));
+            }
+        }
+        // Pass 4: the backend's record (address, port, locality), read by the packet's processing.
+        for h in hints.iter() {
+            if h.pick != NONE {
+                if let Some(b) = t.services[h.svc as usize].backends.get(h.pick as usize) {
+                    black_box(b.port);
+                }
+            }
+        }
+    }
+
+    /// The hint for `key` (a new flow for which [`is_syn4`] holds), if this burst's look-ahead
+    /// found one. Hints are taken in frame order; those passed over belonged to frames that
+    /// did not start a flow (a retransmitted SYN of a live one).
+    #[inline(always)]
+    pub(super) fn take(&mut self, key: &FlowKey) -> Option<SynHint> {
+        let (src, dst) = (word(&key.src), word(&key.dst));
+        let ports = u32::from(key.sport) << 16 | u32::from(key.dport);
+        let n = self.n.min(BURST);
+        let mut j = self.next;
+        while j < n {
+            let h = self.hints[j];
+            j += 1;
+            if h.ports == ports && h.src == src && h.dst == dst {
+                self.next = j;
+                return Some(h);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syn(flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[14 + 9] = PROTO_TCP;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 96, 0, 1]);
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f[47] = flags;
+        f
+    }
+
+    #[test]
+    fn only_plain_syns_of_the_common_frame_are_looked_at() {
+        let k = syn_key(&syn(tcp::flags::SYN)).expect("a SYN");
+        assert_eq!(k.src, Addr::v4([10, 0, 0, 1]));
+        assert_eq!(k.dst, Addr::v4([10, 96, 0, 1]));
+        assert_eq!((k.sport, k.dport, k.proto), (40000, 80, PROTO_TCP));
+        assert!(syn_key(&syn(tcp::flags::SYN | tcp::flags::ACK)).is_none());
+        assert!(syn_key(&syn(tcp::flags::ACK)).is_none());
+        assert!(syn_key(&syn(tcp::flags::SYN | tcp::flags::RST)).is_none());
+        let mut later = syn(tcp::flags::SYN);
+        later[14 + 7] = 1; // fragment offset 8
+        assert!(syn_key(&later).is_none());
+        let mut udp = syn(tcp::flags::SYN);
+        udp[14 + 9] = 17;
+        assert!(syn_key(&udp).is_none());
+        let mut opts = syn(tcp::flags::SYN);
+        opts[14] = 0x46;
+        assert!(syn_key(&opts).is_none());
+        assert!(syn_key(&syn(tcp::flags::SYN)[..40]).is_none());
+    }
+}
