@@ -911,6 +911,8 @@ impl Pipeline {
     ) -> Result<Option<(u32, Route)>, Outcome> {
         let mut nat = None;
         let mut backend_local = false;
+        // The backend's endpoint, known from the tables (`Backend::endpoint`).
+        let mut backend_ep = None;
         let mut dst = m.dst;
         let mut dport = m.dport;
         // The burst's look-ahead of this SYN (`syn.rs`): its frontend, Maglev hash and, for a
@@ -941,6 +943,7 @@ impl Pipeline {
                 };
                 let be = &t.services[svc as usize].backends[usize::from(b)];
                 backend_local = be.local;
+                backend_ep = Some(be.endpoint);
                 nat = Some(Nat {
                     vip: m.dst,
                     vip_port: m.dport,
@@ -962,7 +965,7 @@ impl Pipeline {
         }
         // Local endpoints' identities come from their records (no LPM lookup).
         let src_ep = src_ep.unwrap_or_else(|| t.endpoint_of(&m.src));
-        let dst_ep = t.endpoint_of(&dst);
+        let dst_ep = backend_ep.unwrap_or_else(|| t.endpoint_of(&dst));
         let src_identity = t.identity_at(&m.src, src_ep);
         let dst_identity = t.identity_at(&dst, dst_ep);
         let policy = self.evaluate_policy(

@@ -54,6 +54,9 @@ pub struct Backend {
     pub terminating: bool,
     /// On this node: its address is a local endpoint's or a node IP.
     pub local: bool,
+    /// The local endpoint with this address (`Tables::endpoint_of`), found at publication: a new
+    /// flow to this backend routes and checks ingress policy by it without a lookup.
+    pub endpoint: Option<u32>,
 }
 
 impl Backend {
@@ -521,8 +524,9 @@ impl Tables {
                 .iter()
                 .map(|b| {
                     let c = b.conditions();
+                    let addr = Addr::from(b.ip);
                     Backend {
-                        addr: Addr::from(b.ip),
+                        addr,
                         port: b.port,
                         weight: b.weight,
                         state: b.state,
@@ -530,6 +534,7 @@ impl Tables {
                         serving: c.serving,
                         terminating: c.terminating,
                         local: locals.contains(&b.ip),
+                        endpoint: endpoint_by_ip.get(&addr).copied(),
                     }
                 })
                 .collect();
@@ -758,6 +763,20 @@ mod tests {
         assert_eq!(t.identity_at(&world, None), t.identity_of(&world));
     }
 
+    /// The endpoint a backend records is the one `endpoint_of` finds for its address (the
+    /// example node has backends on local pods and elsewhere).
+    #[test]
+    fn backend_endpoint_is_the_endpoint_of_its_address() {
+        let s = nodeplane_state::example::state().expect("example state");
+        let t = Tables::build(&s, 1, &mut MaglevCache::default());
+        let mut local = 0;
+        for b in t.services.iter().flat_map(|s| &s.backends) {
+            assert_eq!(b.endpoint, t.endpoint_of(&b.addr), "{}", b.addr);
+            local += usize::from(b.endpoint.is_some());
+        }
+        assert!(local > 0, "no backend on a local endpoint in the example");
+    }
+
     fn selection(weights: &[u16]) -> Selection {
         let backends: Vec<Backend> = weights
             .iter()
@@ -771,6 +790,7 @@ mod tests {
                 serving: true,
                 terminating: false,
                 local: false,
+                endpoint: None,
             })
             .collect();
         let active = (0..weights.len() as u16).collect();
