@@ -324,6 +324,7 @@ fn random_select(c: &mut Criterion) {
                 serving: true,
                 terminating: false,
                 local: false,
+                endpoint: None,
             })
             .collect();
         let sel = Selection::new((0..n).collect(), Arc::from(Vec::new()), &backends);
