@@ -525,6 +525,8 @@ impl Tables {
                 .map(|b| {
                     let c = b.conditions();
                     let addr = Addr::from(b.ip);
+                    // Only a local address can be an endpoint's: remote backends cost no probe.
+                    let local = locals.contains(&b.ip);
                     Backend {
                         addr,
                         port: b.port,
@@ -533,8 +535,12 @@ impl Tables {
                         ready: c.ready,
                         serving: c.serving,
                         terminating: c.terminating,
-                        local: locals.contains(&b.ip),
-                        endpoint: endpoint_by_ip.get(&addr).copied(),
+                        local,
+                        endpoint: if local {
+                            endpoint_by_ip.get(&addr).copied()
+                        } else {
+                            None
+                        },
                     }
                 })
                 .collect();
