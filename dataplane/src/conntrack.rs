@@ -2,9 +2,10 @@
 //!
 //! Layout: a fixed slab of `max_entries` [`Entry`]s (96 bytes: IPv4 addresses in line)
 //! reserved up front and written only as flows first use its slots; beside it, per slot, the
-//! flow's timer (`deadline`, what the GC sweeps) and an IPv6 flow's three addresses (`v6`,
-//! allocated zeroed: its pages cost memory only once IPv6 flows write them), so `max_entries`
-//! counts flows of either family; and one hash index of `slot << 1 | direction` values covering
+//! flow's timer (`deadline`, what the GC sweeps); an IPv6 flow's three addresses in a store
+//! of their own, grown on demand in chunks (`v6`, named by an id in the entry), so `max_entries`
+//! counts flows of either family and nothing is reserved for IPv6 until IPv6 flows come; and
+//! one hash index of `slot << 1 | direction` values covering
 //! both the original key (as the flow arrived, before DNAT) and the reply key (the reverse of
 //! the translated tuple). The index ([`CtIndex`]) stores no keys (4 bytes a bucket: the value
 //! and a 7-bit tag of the hash, sized once for a full table, so it stays in cache): a probe
@@ -17,9 +18,10 @@
 //! client itself (a remapped port), the address the client dialled (hairpin, a NodePort's node
 //! IP), or an address of the small process-wide [`SnatAddrs`] table (the node IP an ExternalIP
 //! or LoadBalancer flow is masqueraded to). A lookup is one probe and tells the direction.
-//! Nothing allocates after [`Conntrack::new`]: the index is created with room for every key of
-//! a full slab, and the slab grows only within its reservation. Memory: ~115 bytes resident
-//! per IPv4 flow (entry, index share, timer), 48 more per IPv6 flow.
+//! Only a new IPv6 flow allocates after [`Conntrack::new`], once per 1024 IPv6 records of the
+//! high-water mark (a chunk of the IPv6 store): the index is created with room for every key
+//! of a full slab, and the slab grows only within its reservation. Memory: ~115 bytes
+//! reserved and resident per IPv4 flow (entry, index share, timer), 48 more per IPv6 flow.
 //!
 //! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
 //! random seed per process, so that nobody can aim many flows at one bucket without knowing it
@@ -286,7 +288,8 @@ fn table_cell(e: &Entry) -> Option<u8> {
 const NAT_DST: u8 = 1;
 /// `Entry::flags`: the flow is also source-NATed (`snat_port`, `snat_from`).
 const NAT_SRC: u8 = 2;
-/// `Entry::flags`: an IPv6 flow; its addresses are in the table's IPv6 array, same slot.
+/// `Entry::flags`: an IPv6 flow; its addresses are in the table's [`V6Store`], by the id in
+/// `src`.
 const V6: u8 = 4;
 /// `Entry::flags`: the slot holds a live flow.
 const LIVE: u8 = 8;
@@ -294,9 +297,8 @@ const LIVE: u8 = 8;
 const IN_CLOSING: u8 = 16;
 
 /// A flow's record: 96 bytes (two cache lines at most, one and a half on average), IPv4
-/// addresses in line. An IPv6 flow keeps its three 16-byte addresses in a second array of the
-/// table, at the same slot (`Conntrack::v6`: reserved for every slot, written only by IPv6
-/// flows), so that the common IPv4 flow does not carry 36 bytes of address it never uses and
+/// addresses in line. An IPv6 flow keeps its three 16-byte addresses in the table's
+/// [`V6Store`] (grown on demand, named by an id in `src`), so that the common IPv4 flow does not carry 36 bytes of address it never uses and
 /// its entry is all it touches. Field order by use: key, fast-path cache, NAT, generation,
 /// identities and verdicts (what an established packet reads), then the closing list's links
 /// and the packet counters (written per packet). The timer is not here: it is the table's
@@ -306,7 +308,7 @@ const IN_CLOSING: u8 = 16;
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(32))]
 pub struct Entry {
-    /// IPv4: the original source address (IPv6: unused, see [`V6`]).
+    /// IPv4: the original source address (IPv6: the id of its addresses, see [`V6`]).
     src: [u8; 4],
     /// IPv4: the original destination address (the VIP of a service flow).
     dst: [u8; 4],
@@ -349,6 +351,79 @@ pub struct Entry {
 /// An IPv6 flow's addresses: original source, original destination, backend.
 type V6Addrs = [[u8; 16]; 3];
 
+/// IPv6 records per chunk of [`V6Store`] (48 KiB).
+const V6_CHUNK_BITS: u32 = 10;
+const V6_CHUNK: usize = 1 << V6_CHUNK_BITS;
+
+/// The IPv6 flows' addresses, grown on demand: chunks of [`V6_CHUNK`] records allocated as the
+/// number of IPv6 flows first reaches them (never freed; a freed record is reused first), so a
+/// table reserves nothing for IPv6 until IPv6 flows come, and an IPv6 flow is still admitted
+/// until the slab is full (an IPv6 entry names its record by an id in its `src` field). Only
+/// the chunk list is reserved up front (one pointer per [`V6_CHUNK`] slots). An allocation
+/// happens on a new IPv6 flow's path once per [`V6_CHUNK`] records of the high-water mark,
+/// never on an established packet's.
+#[derive(Debug)]
+struct V6Store {
+    chunks: Vec<Box<[V6Addrs]>>,
+    /// Records handed out so far (the high-water mark).
+    used: u32,
+    /// Head of the freed records, linked through their first 4 bytes.
+    free: u32,
+}
+
+impl V6Store {
+    fn new(cap: usize) -> V6Store {
+        V6Store {
+            chunks: Vec::with_capacity(cap.div_ceil(V6_CHUNK)),
+            used: 0,
+            free: NIL,
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, id: u32) -> Option<&V6Addrs> {
+        let chunk = self.chunks.get((id >> V6_CHUNK_BITS) as usize)?;
+        chunk.get(id as usize & (V6_CHUNK - 1))
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut V6Addrs> {
+        let chunk = self.chunks.get_mut((id >> V6_CHUNK_BITS) as usize)?;
+        chunk.get_mut(id as usize & (V6_CHUNK - 1))
+    }
+
+    /// Stores a flow's addresses; its id. The caller holds a slab slot for the flow, so there
+    /// are never more live records than slots.
+    fn alloc(&mut self, a: V6Addrs) -> u32 {
+        let id = if self.free != NIL {
+            let id = self.free;
+            self.free = self.get(id).map_or(NIL, |r| {
+                u32::from_le_bytes([r[0][0], r[0][1], r[0][2], r[0][3]])
+            });
+            id
+        } else {
+            let id = self.used;
+            if (id as usize) >> V6_CHUNK_BITS >= self.chunks.len() {
+                self.chunks
+                    .push(vec![[[0; 16]; 3]; V6_CHUNK].into_boxed_slice());
+            }
+            self.used += 1;
+            id
+        };
+        if let Some(r) = self.get_mut(id) {
+            *r = a;
+        }
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let next = self.free;
+        if let Some(r) = self.get_mut(id) {
+            r[0][..4].copy_from_slice(&next.to_le_bytes());
+            self.free = id;
+        }
+    }
+}
+
 impl Entry {
     /// Re-points the flow's NAT at another service index (same backend: the keys stay).
     pub fn set_service(&mut self, service: u32) {
@@ -372,6 +447,12 @@ impl Entry {
     #[inline(always)]
     fn is_v6(&self) -> bool {
         self.flags & V6 != 0
+    }
+
+    /// An IPv6 flow's record in the table's [`V6Store`] (kept in `src`, unused by IPv6).
+    #[inline(always)]
+    fn v6_id(&self) -> u32 {
+        u32::from_le_bytes(self.src)
     }
 
     /// [`FlowRef::has_key`] for an IPv4 flow whose translated source is not in [`SnatAddrs`]
@@ -648,10 +729,9 @@ pub struct CtStats {
 #[derive(Debug)]
 pub struct Conntrack {
     slots: Vec<Entry>,
-    /// Per slot: an IPv6 flow's addresses (original source, destination, backend). Allocated
-    /// zeroed for every slot (untouched pages: no memory until IPv6 flows write them), so an
-    /// IPv4 flow never touches it.
-    v6: Vec<V6Addrs>,
+    /// The IPv6 flows' addresses (original source, destination, backend), by the id in their
+    /// entry, grown on demand: an IPv4 flow never touches it.
+    v6: V6Store,
     /// Head of the free slots, linked through their `next` (most recently freed first).
     free_head: u32,
     /// Per slot: the live flow's expiry (its timer: entries do not repeat it), or `u64::MAX`
@@ -688,11 +768,10 @@ impl Drop for Conntrack {
 /// The view of a slot's flow (live or free), its IPv6 addresses attached; `None` for a slot
 /// out of range.
 #[inline(always)]
-fn flow_in<'a>(slots: &'a [Entry], v6: &'a [V6Addrs], slot: u32) -> Option<FlowRef<'a>> {
+fn flow_in<'a>(slots: &'a [Entry], v6: &'a V6Store, slot: u32) -> Option<FlowRef<'a>> {
     let e = slots.get(slot as usize)?;
     let v6 = if e.is_v6() {
-        // Sized like the slab's reservation: there for every slot the slab has.
-        Some(v6.get(slot as usize)?)
+        Some(v6.get(e.v6_id())?)
     } else {
         None
     };
@@ -710,7 +789,7 @@ impl Conntrack {
             // ([`Conntrack::take_slot`]), so a start does not write (and fault in) every page
             // of a table that is mostly empty, and never reallocates.
             slots: Vec::with_capacity(cap),
-            v6: vec![[[0; 16]; 3]; cap],
+            v6: V6Store::new(cap),
             deadline: Vec::with_capacity(cap),
             free_head: NIL,
             index: CtIndex::with_keys(cap * 2),
@@ -864,7 +943,7 @@ impl Conntrack {
     pub fn entry(&self, slot: u32) -> FlowRef<'_> {
         let e = self.slots.get(slot as usize).unwrap_or(&EMPTY);
         let v6 = if e.is_v6() {
-            self.v6.get(slot as usize)
+            self.v6.get(e.v6_id())
         } else {
             None
         };
@@ -1019,11 +1098,17 @@ impl Conntrack {
             next: NIL,
             packets: init.packets,
         };
-        if v6 {
-            if let Some(a) = self.v6.get_mut(slot as usize) {
-                *a = [orig.src.bytes, orig.dst.bytes, backend.bytes];
+        let e = if v6 {
+            let id = self
+                .v6
+                .alloc([orig.src.bytes, orig.dst.bytes, backend.bytes]);
+            Entry {
+                src: id.to_le_bytes(),
+                ..e
             }
-        }
+        } else {
+            e
+        };
         self.put(slot, e, init.expires);
         self.index_insert_hashed(slot, Dir::Orig, h_orig);
         self.index_insert_hashed(slot, Dir::Reply, h_reply);
@@ -1291,8 +1376,12 @@ impl Conntrack {
     /// Puts a slot on the free list (the most recently freed is taken first).
     fn push_free(&mut self, slot: u32) {
         let i = slot as usize;
-        if i >= self.slots.len() {
+        let Some(e) = self.slots.get(i) else {
             return;
+        };
+        if e.is_v6() {
+            let id = e.v6_id();
+            self.v6.release(id);
         }
         self.slots[i] = Entry {
             next: self.free_head,
@@ -1494,13 +1583,13 @@ fn key_of_flow(f: &FlowRef<'_>, dir: Dir) -> FlowKey {
 
 /// The key an index value stands for (index removal only).
 #[inline]
-fn key_of(slots: &[Entry], v6: &[V6Addrs], v: u32) -> Option<FlowKey> {
+fn key_of(slots: &[Entry], v6: &V6Store, v: u32) -> Option<FlowKey> {
     flow_in(slots, v6, v >> 1).map(|f| key_of_flow(&f, dir_of(v)))
 }
 
 /// Whether the index value `v` stands for `key`: IPv4 flows in line, the rest out of line.
 #[inline(always)]
-fn key_is(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
+fn key_is(slots: &[Entry], v6: &V6Store, v: u32, key: &FlowKey) -> bool {
     match slots
         .get((v >> 1) as usize)
         .map(|e| e.has_key_v4(dir_of(v), key))
@@ -1514,7 +1603,7 @@ fn key_is(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
 /// [`key_is`] for IPv6 flows and flows translated to a [`SnatAddrs`] address.
 #[cold]
 #[inline(never)]
-fn key_is_general(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
+fn key_is_general(slots: &[Entry], v6: &V6Store, v: u32, key: &FlowKey) -> bool {
     flow_in(slots, v6, v >> 1).is_some_and(|f| f.has_key(dir_of(v), key))
 }
 
@@ -1810,9 +1899,9 @@ mod tests {
         assert!(ct.slots.len() <= 256, "freed slots are reused");
     }
 
-    /// An IPv6 flow keeps its addresses in the IPv6 array at its own slot: one slot per flow
-    /// whatever the family; found by both keys with its NAT; a slot reused by an IPv4 flow
-    /// reads as IPv4 again.
+    /// An IPv6 flow keeps its addresses in the IPv6 store (allocated only once IPv6 flows
+    /// come): one slot per flow whatever the family; found by both keys with its NAT; a slot
+    /// reused by an IPv4 flow reads as IPv4 again; a freed record is reused.
     #[test]
     fn ipv6_flows_keep_their_addresses_beside_the_slab() {
         let v6 = |s: &str| Addr::from(s.parse::<std::net::IpAddr>().unwrap());
@@ -1843,6 +1932,7 @@ mod tests {
             f
         };
         let mut ct = Conntrack::new(&cfg(2));
+        assert!(ct.v6.chunks.is_empty(), "nothing allocated for IPv6 before an IPv6 flow");
         let a = nat6(&k6(1000));
         let s = ct.create(&a, F::SYN, 80, 0).unwrap();
         assert_eq!(ct.slots.len(), 1);
@@ -1858,12 +1948,24 @@ mod tests {
             ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0),
             Err(DropReason::CtFull)
         );
+        let a_id = ct.entry(s).v6_id();
         ct.remove(s);
         let v4 = ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0).unwrap();
         assert_eq!(v4, s, "the freed slot");
+        // The IPv6 store: one chunk, two records handed out, the freed one reused next.
+        assert_eq!((ct.v6.chunks.len(), ct.v6.used), (1, 2));
+        assert_eq!(ct.v6.free, a_id, "a's record was freed");
         assert_eq!(ct.entry(v4).orig(), key(1, PROTO_UDP));
         assert_eq!(ct.find(&a.orig), None);
         assert_eq!(ct.find(&b.orig), Some((t, Dir::Orig)));
+        ct.remove(v4);
+        let c = nat6(&k6(1002));
+        let u = ct.create(&c, F::SYN, 80, 0).unwrap();
+        assert_eq!(ct.entry(u).v6_id(), a_id, "the freed record is reused");
+        assert_eq!(ct.v6.used, 2);
+        assert_eq!(ct.entry(u).orig(), c.orig);
+        assert_eq!(ct.find(&c.reply), Some((u, Dir::Reply)));
+        assert_eq!(ct.entry(t).orig(), b.orig, "b's record untouched");
         // A family mix within one flow is refused, not stored half.
         let mut mixed = nat6(&k6(1003));
         mixed.orig.dst = Addr::v4([10, 96, 0, 1]);

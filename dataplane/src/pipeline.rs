@@ -282,7 +282,9 @@ impl Pipeline {
         Pipeline {
             ct,
             frags,
-            affinity: HashMap::with_capacity(affinity_cap),
+            // Grown on demand up to `affinity_cap` (only services with ClientIP affinity
+            // insert): nothing reserved per flow of a table that may never see one.
+            affinity: HashMap::new(),
             affinity_cap,
             rng: 0x2545_f491_4f6c_dd1d,
             counters: Counters::default(),
