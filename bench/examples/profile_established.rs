@@ -78,10 +78,16 @@ fn main() {
         let t = templates[svc as usize].get_or_insert_with(|| ack.clone());
         let mut rebuilt = t.clone();
         patch(&mut rebuilt, own);
-        assert_eq!(rebuilt, ack, "a flow's frame is its template and its own 4 bytes");
+        assert_eq!(
+            rebuilt, ack,
+            "a flow's frame is its template and its own 4 bytes"
+        );
         patches.push((svc, own));
     }
-    let templates: Vec<Vec<u8>> = templates.into_iter().map(Option::unwrap_or_default).collect();
+    let templates: Vec<Vec<u8>> = templates
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     let mut bufs: Vec<Vec<u8>> = (0..BURST)
         .map(|i| templates[patches[i % patches.len()].0 as usize].clone())
         .collect();
