@@ -518,11 +518,14 @@ impl Entry {
             self.hops[d ^ 1].ingress = NO_HOP;
             self.fast_epoch = f.epoch;
         }
-        let ok = f.epoch != 0 && f.egress & EGRESS_POD == 0;
+        if f.epoch == 0 || f.egress & EGRESS_POD != 0 {
+            self.hops[d].ingress = NO_HOP;
+            return;
+        }
         self.hops[d] = Hop {
             dst_mac: f.dst_mac,
-            ingress: if ok { f.ingress } else { NO_HOP },
-            egress: f.egress | if f.egress_pod { EGRESS_POD } else { 0 },
+            ingress: f.ingress,
+            egress: f.egress | u16::from(f.egress_pod) << 15,
         };
     }
 
