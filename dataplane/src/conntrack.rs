@@ -1,11 +1,13 @@
 //! Connection tracking, owned by one worker (no locks).
 //!
-//! Layout: a fixed slab of `max_entries` [`Entry`]s (96 bytes: IPv4 addresses in line)
-//! reserved up front and written only as flows first use its slots; beside it, per slot, the
-//! flow's timer (`deadline`, what the GC sweeps) and an IPv6 flow's three addresses (`v6`,
-//! allocated zeroed: its pages cost memory only once IPv6 flows write them), so `max_entries`
-//! counts flows of either family; and one hash index of `slot << 1 | direction` values covering
-//! both the original key (as the flow arrived, before DNAT) and the reply key (the reverse of
+//! Layout: a fixed slab of `max_entries` [`Entry`]s (one 64-byte cache line each, IPv4
+//! addresses in line: everything an established packet reads and writes) reserved up front
+//! and written only as flows first use its slots; beside it, per slot, the flow's cold part
+//! ([`Cold`], 32 bytes: what an established packet does not need) and its timer (`deadline`,
+//! what the GC sweeps); an IPv6 flow's three addresses in a store of their own, grown on demand
+//! in chunks (`v6`, named by an id in the entry), so `max_entries` counts flows of either
+//! family and nothing is reserved for IPv6 until IPv6 flows come; and one hash index of
+//! `slot << 1 | direction` values covering both the original key (as the flow arrived, before DNAT) and the reply key (the reverse of
 //! the translated tuple). The index ([`CtIndex`]) stores no keys (4 bytes a bucket: the value
 //! and a 7-bit tag of the hash, sized once for a full table, so it stays in cache): a probe
 //! compares against the key in the entry only when the tag matches, and the packet needs that
@@ -17,9 +19,11 @@
 //! client itself (a remapped port), the address the client dialled (hairpin, a NodePort's node
 //! IP), or an address of the small process-wide [`SnatAddrs`] table (the node IP an ExternalIP
 //! or LoadBalancer flow is masqueraded to). A lookup is one probe and tells the direction.
-//! Nothing allocates after [`Conntrack::new`]: the index is created with room for every key of
-//! a full slab, and the slab grows only within its reservation. Memory: ~115 bytes resident
-//! per IPv4 flow (entry, index share, timer), 48 more per IPv6 flow.
+//! Only a new IPv6 flow allocates after [`Conntrack::new`], once per 1024 IPv6 records of the
+//! high-water mark (a chunk of the IPv6 store): the index is created with room for every key
+//! of a full slab, and the slab grows only within its reservation. Memory: ~115 bytes
+//! reserved and resident per IPv4 flow (entry 64, cold part 32, index share 10.7, timer 8),
+//! 48 more per IPv6 flow.
 //!
 //! The index hash ([`Conntrack::hash`]) is a seeded folded multiply over the key's words, with a
 //! random seed per process, so that nobody can aim many flows at one bucket without knowing it
@@ -101,12 +105,15 @@ pub struct Nat {
 /// tables, and the key is fixed per direction. Valid only while `epoch` equals the pipeline's
 /// current tables epoch (unique per installed snapshot and pipeline) and the packet comes in on
 /// `ingress`.
-/// 16 bytes (two of them share one cache line with the NAT and identities).
+/// The entry keeps it in 10 bytes a direction and one epoch for both ([`Entry::fast`]): the
+/// egress index must leave its high bit clear (else nothing is recorded).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct FastPath {
-    /// 0: never valid. A pipeline's epoch truncated to 32 bits (never 0): a stale one could
-    /// match again only after 2³² table installs, and the entry's `generation` is checked too.
+    /// 0: never valid. A pipeline's epoch truncated to 32 bits (never 0), recorded only after
+    /// the flow was checked under these tables, so it stands for the entry's generation too
+    /// (the fast paths do not read the generation, which is in the cold part): a stale one
+    /// could match again only after 2³² table installs during one idle flow's life.
     pub epoch: u32,
     pub ingress: u16,
     pub egress: u16,
@@ -286,73 +293,246 @@ fn table_cell(e: &Entry) -> Option<u8> {
 const NAT_DST: u8 = 1;
 /// `Entry::flags`: the flow is also source-NATed (`snat_port`, `snat_from`).
 const NAT_SRC: u8 = 2;
-/// `Entry::flags`: an IPv6 flow; its addresses are in the table's IPv6 array, same slot.
+/// `Entry::flags`: an IPv6 flow; its addresses are in the table's [`V6Store`], by the id in
+/// `src`.
 const V6: u8 = 4;
 /// `Entry::flags`: the slot holds a live flow.
 const LIVE: u8 = 8;
 /// `Entry::flags`: the flow is on the closing list (`prev`, `next`).
 const IN_CLOSING: u8 = 16;
 
-/// A flow's record: 96 bytes (two cache lines at most, one and a half on average), IPv4
-/// addresses in line. An IPv6 flow keeps its three 16-byte addresses in a second array of the
-/// table, at the same slot (`Conntrack::v6`: reserved for every slot, written only by IPv6
-/// flows), so that the common IPv4 flow does not carry 36 bytes of address it never uses and
-/// its entry is all it touches. Field order by use: key, fast-path cache, NAT, generation,
-/// identities and verdicts (what an established packet reads), then the closing list's links
-/// and the packet counters (written per packet). The timer is not here: it is the table's
-/// `deadline` array, which the GC sweeps without touching entries.
+/// `Entry::flags`: the flow was ended by the control plane (the reason is
+/// [`FlowRef::ended`], in the cold part).
+const ENDED: u8 = 32;
+/// `Hop::ingress` of a direction without fast-path data (no packet comes in on it).
+pub const NO_HOP: u16 = u16::MAX;
+/// `Hop::egress`: the high bit marks an egress pod interface ([`FastPath::egress_pod`]).
+const EGRESS_POD: u16 = 0x8000;
+
+/// One direction's [`FastPath`] as the entry keeps it (the epoch is shared by both directions).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct Hop {
+    dst_mac: [u8; 6],
+    /// [`NO_HOP`]: none recorded (under `fast_epoch`).
+    ingress: u16,
+    /// The egress interface, [`EGRESS_POD`] set for a pod interface.
+    egress: u16,
+}
+
+impl Default for Hop {
+    fn default() -> Hop {
+        NONE_HOP
+    }
+}
+
+const NONE_HOP: Hop = Hop {
+    dst_mac: [0; 6],
+    ingress: NO_HOP,
+    egress: 0,
+};
+
+/// A flow's hot record: one 64-byte, 64-aligned cache line holding everything an established
+/// packet of an IPv4 flow reads and writes (key, state, FIN bits, both directions' fast-path
+/// data, the NAT, identities and verdict, the low bits of the packet counters). What such a
+/// packet does not need is in the table's parallel cold array ([`Cold`]: generation, why the
+/// flow ended, the closing list's links, the counters' high bits); its timer is the table's
+/// `deadline` array, which the GC sweeps without touching entries. An IPv6 flow keeps its
+/// three 16-byte addresses in the table's [`V6Store`] (grown on demand, named by an id in
+/// `src`), so that the common IPv4 flow does not carry 36 bytes of address it never uses.
 /// The reply key is not stored: it is the reverse of the translated original key
 /// ([`FlowRef::reply`]), and the VIP of the NAT is the original destination.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(32))]
+#[repr(C, align(64))]
 pub struct Entry {
-    /// IPv4: the original source address (IPv6: unused, see [`V6`]).
+    /// IPv4: the original source address (IPv6: the id of its addresses, see [`V6`]).
     src: [u8; 4],
     /// IPv4: the original destination address (the VIP of a service flow).
     dst: [u8; 4],
     sport: u16,
     dport: u16,
     proto: u8,
-    /// [`NAT_DST`], [`NAT_SRC`], [`V6`], [`LIVE`], [`IN_CLOSING`].
+    /// [`NAT_DST`], [`NAT_SRC`], [`V6`], [`LIVE`], [`IN_CLOSING`], [`ENDED`].
     flags: u8,
     pub state: FlowState,
     /// Bit 0: FIN seen from the originator, bit 1: from the replier.
     fins: u8,
-    /// Per direction ([`Dir`] as index): see [`FastPath`].
-    pub fast: [FastPath; 2],
     /// IPv4: the backend of a service flow (`NAT_DST`).
     backend: [u8; 4],
     backend_port: u16,
     /// The translated source port (valid with `NAT_SRC`).
     snat_port: u16,
-    /// The tables generation the flow's service and policy were last checked against.
-    pub generation: u64,
-    /// Service index in the tables of generation `generation` (valid with `NAT_DST`).
+    /// Service index in the tables of the flow's generation (valid with `NAT_DST`).
     service: u32,
     pub src_identity: u32,
     pub dst_identity: u32,
+    /// The epoch both directions' [`Hop`]s were recorded under (see [`FastPath::epoch`]).
+    fast_epoch: u32,
+    /// Per direction ([`Dir`] as index): see [`FastPath`].
+    hops: [Hop; 2],
     pub policy: PolicyVerdict,
-    /// Set when the flow was ended by the control plane (backend removed or quarantined,
-    /// policy now denies): its packets are dropped for this reason until the entry expires or
-    /// the client opens a new connection on the same tuple. Keeping the entry (instead of
-    /// deleting it) stops the backend's replies from leaking out untranslated.
-    pub ended: Option<DropReason>,
     /// Where the translated source address comes from ([`SnatFrom`]).
     snat_from: SnatFrom,
+    /// Packets per direction, low 8 bits (the rest in [`Cold::packets`]: written once per 256
+    /// packets, so the established packet stays in this line).
+    packets: [u8; 2],
+}
+
+/// What a flow keeps outside its hot line: read and written on new, ending, closing and
+/// revalidated flows, once per 256 packets of a direction, and by dumps.
+#[derive(Debug, Clone, Copy)]
+struct Cold {
+    /// The tables generation the flow's service and policy were last checked against.
+    generation: u64,
     /// Closing list links; `next` also links free slots.
     prev: u32,
     next: u32,
-    /// Packets per direction (wrapping; `ct list` and snapshots show them).
-    pub packets: [u32; 2],
+    /// Packets per direction less the hot line's low bits (multiples of 256, wrapping).
+    packets: [u32; 2],
+    /// Set when the flow was ended by the control plane (backend removed or quarantined,
+    /// policy now denies): its packets are dropped for this reason until the entry expires or
+    /// the client opens a new connection on the same tuple. Keeping the entry (instead of
+    /// deleting it) stops the backend's replies from leaking out untranslated. Mirrored by
+    /// [`ENDED`] in the hot line.
+    ended: Option<DropReason>,
 }
+
+impl Default for Cold {
+    fn default() -> Cold {
+        EMPTY_COLD
+    }
+}
+
+const EMPTY_COLD: Cold = Cold {
+    generation: 0,
+    prev: NIL,
+    next: NIL,
+    packets: [0; 2],
+    ended: None,
+};
 
 /// An IPv6 flow's addresses: original source, original destination, backend.
 type V6Addrs = [[u8; 16]; 3];
+
+/// IPv6 records per chunk of [`V6Store`] (48 KiB).
+const V6_CHUNK_BITS: u32 = 10;
+const V6_CHUNK: usize = 1 << V6_CHUNK_BITS;
+
+/// The IPv6 flows' addresses, grown on demand: chunks of [`V6_CHUNK`] records allocated as the
+/// number of IPv6 flows first reaches them (never freed; a freed record is reused first), so a
+/// table reserves nothing for IPv6 until IPv6 flows come, and an IPv6 flow is still admitted
+/// until the slab is full (an IPv6 entry names its record by an id in its `src` field). Only
+/// the chunk list is reserved up front (one pointer per [`V6_CHUNK`] slots). An allocation
+/// happens on a new IPv6 flow's path once per [`V6_CHUNK`] records of the high-water mark,
+/// never on an established packet's.
+#[derive(Debug)]
+struct V6Store {
+    chunks: Vec<Box<[V6Addrs]>>,
+    /// Records handed out so far (the high-water mark).
+    used: u32,
+    /// Head of the freed records, linked through their first 4 bytes.
+    free: u32,
+}
+
+impl V6Store {
+    fn new(cap: usize) -> V6Store {
+        V6Store {
+            chunks: Vec::with_capacity(cap.div_ceil(V6_CHUNK)),
+            used: 0,
+            free: NIL,
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, id: u32) -> Option<&V6Addrs> {
+        let chunk = self.chunks.get((id >> V6_CHUNK_BITS) as usize)?;
+        chunk.get(id as usize & (V6_CHUNK - 1))
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut V6Addrs> {
+        let chunk = self.chunks.get_mut((id >> V6_CHUNK_BITS) as usize)?;
+        chunk.get_mut(id as usize & (V6_CHUNK - 1))
+    }
+
+    /// Stores a flow's addresses; its id. The caller holds a slab slot for the flow, so there
+    /// are never more live records than slots.
+    fn alloc(&mut self, a: V6Addrs) -> u32 {
+        let id = if self.free != NIL {
+            let id = self.free;
+            self.free = self.get(id).map_or(NIL, |r| {
+                u32::from_le_bytes([r[0][0], r[0][1], r[0][2], r[0][3]])
+            });
+            id
+        } else {
+            let id = self.used;
+            if (id as usize) >> V6_CHUNK_BITS >= self.chunks.len() {
+                self.chunks
+                    .push(vec![[[0; 16]; 3]; V6_CHUNK].into_boxed_slice());
+            }
+            self.used += 1;
+            id
+        };
+        if let Some(r) = self.get_mut(id) {
+            *r = a;
+        }
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let next = self.free;
+        if let Some(r) = self.get_mut(id) {
+            r[0][..4].copy_from_slice(&next.to_le_bytes());
+            self.free = id;
+        }
+    }
+}
 
 impl Entry {
     /// Re-points the flow's NAT at another service index (same backend: the keys stay).
     pub fn set_service(&mut self, service: u32) {
         self.service = service;
+    }
+
+    /// Direction `dir`'s fast-path data; one never recorded (or dropped, see
+    /// [`Self::set_fast`]) has `ingress` [`NO_HOP`], which no packet comes in on.
+    #[inline(always)]
+    pub fn fast(&self, dir: Dir) -> FastPath {
+        let h = self.hops[dir as usize];
+        FastPath {
+            epoch: self.fast_epoch,
+            ingress: h.ingress,
+            egress: h.egress & !EGRESS_POD,
+            dst_mac: h.dst_mac,
+            egress_pod: h.egress & EGRESS_POD != 0,
+        }
+    }
+
+    /// Records direction `dir`'s fast-path data. Both directions share one epoch: recording
+    /// under another epoch drops the other direction's (it was recorded under older tables).
+    /// Epoch 0, an ingress of [`NO_HOP`] or an egress index with the high bit set (never, in
+    /// practice) drops this direction's instead.
+    #[inline]
+    pub fn set_fast(&mut self, dir: Dir, f: FastPath) {
+        let d = dir as usize;
+        if self.fast_epoch != f.epoch {
+            self.hops[d ^ 1].ingress = NO_HOP;
+            self.fast_epoch = f.epoch;
+        }
+        if f.epoch == 0 || f.egress & EGRESS_POD != 0 {
+            self.hops[d].ingress = NO_HOP;
+            return;
+        }
+        self.hops[d] = Hop {
+            dst_mac: f.dst_mac,
+            ingress: f.ingress,
+            egress: f.egress | u16::from(f.egress_pod) << 15,
+        };
+    }
+
+    /// Whether the control plane ended the flow ([`FlowRef::ended`] says why).
+    #[inline(always)]
+    pub fn is_ended(&self) -> bool {
+        self.flags & ENDED != 0
     }
 
     pub fn proto(&self) -> u8 {
@@ -372,6 +552,12 @@ impl Entry {
     #[inline(always)]
     fn is_v6(&self) -> bool {
         self.flags & V6 != 0
+    }
+
+    /// An IPv6 flow's record in the table's [`V6Store`] (kept in `src`, unused by IPv6).
+    #[inline(always)]
+    fn v6_id(&self) -> u32 {
+        u32::from_le_bytes(self.src)
     }
 
     /// [`FlowRef::has_key`] for an IPv4 flow whose translated source is not in [`SnatAddrs`]
@@ -436,6 +622,7 @@ fn v4_is(a: &Addr, v4: [u8; 4]) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub struct FlowRef<'a> {
     e: &'a Entry,
+    c: &'a Cold,
     v6: Option<&'a V6Addrs>,
 }
 
@@ -448,6 +635,24 @@ impl std::ops::Deref for FlowRef<'_> {
 }
 
 impl FlowRef<'_> {
+    /// The tables generation the flow's service and policy were last checked against.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.c.generation
+    }
+
+    /// Why the control plane ended the flow, if it did (see [`Cold::ended`]).
+    #[inline]
+    pub fn ended(&self) -> Option<DropReason> {
+        self.c.ended
+    }
+
+    /// Packets per direction (wrapping).
+    #[inline]
+    pub fn packets(&self) -> [u32; 2] {
+        [0, 1].map(|d| self.c.packets[d].wrapping_add(u32::from(self.e.packets[d])))
+    }
+
     #[inline(always)]
     fn addr(&self, i: usize, v4: [u8; 4]) -> Addr {
         match self.v6 {
@@ -573,6 +778,36 @@ impl FlowRef<'_> {
     }
 }
 
+/// A flow for changing the fields that hold no address: the hot line (through `Deref`) and
+/// the generation in the cold part.
+#[derive(Debug)]
+pub struct EntryMut<'a> {
+    e: &'a mut Entry,
+    c: &'a mut Cold,
+}
+
+impl std::ops::Deref for EntryMut<'_> {
+    type Target = Entry;
+    #[inline(always)]
+    fn deref(&self) -> &Entry {
+        self.e
+    }
+}
+
+impl std::ops::DerefMut for EntryMut<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Entry {
+        self.e
+    }
+}
+
+impl EntryMut<'_> {
+    /// Records the tables generation the flow was checked against.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.c.generation = generation;
+    }
+}
+
 /// [`Addr::v4`] as one zero-extended 128-bit store (not 16 byte writes): the fast path builds
 /// the NAT's addresses of every packet from the entry's 4-byte ones.
 #[inline(always)]
@@ -586,7 +821,8 @@ fn addr_v4(v4: [u8; 4]) -> Addr {
 /// The 4 bytes an IPv4 flow keeps of an address.
 #[inline(always)]
 fn v4_of(a: &Addr) -> [u8; 4] {
-    [a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]]
+    // One 4-byte load (an element-wise array literal costs a load and a shift per byte).
+    a.bytes.first_chunk().copied().unwrap_or_default()
 }
 
 /// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
@@ -647,11 +883,13 @@ pub struct CtStats {
 
 #[derive(Debug)]
 pub struct Conntrack {
+    /// The flows' hot lines ([`Entry`]).
     slots: Vec<Entry>,
-    /// Per slot: an IPv6 flow's addresses (original source, destination, backend). Allocated
-    /// zeroed for every slot (untouched pages: no memory until IPv6 flows write them), so an
-    /// IPv4 flow never touches it.
-    v6: Vec<V6Addrs>,
+    /// Per slot: the flow's cold part ([`Cold`]), grown with `slots`.
+    cold: Vec<Cold>,
+    /// The IPv6 flows' addresses (original source, destination, backend), by the id in their
+    /// entry, grown on demand: an IPv4 flow never touches it.
+    v6: V6Store,
     /// Head of the free slots, linked through their `next` (most recently freed first).
     free_head: u32,
     /// Per slot: the live flow's expiry (its timer: entries do not repeat it), or `u64::MAX`
@@ -688,15 +926,20 @@ impl Drop for Conntrack {
 /// The view of a slot's flow (live or free), its IPv6 addresses attached; `None` for a slot
 /// out of range.
 #[inline(always)]
-fn flow_in<'a>(slots: &'a [Entry], v6: &'a [V6Addrs], slot: u32) -> Option<FlowRef<'a>> {
+fn flow_in<'a>(
+    slots: &'a [Entry],
+    cold: &'a [Cold],
+    v6: &'a V6Store,
+    slot: u32,
+) -> Option<FlowRef<'a>> {
     let e = slots.get(slot as usize)?;
+    let c = cold.get(slot as usize)?;
     let v6 = if e.is_v6() {
-        // Sized like the slab's reservation: there for every slot the slab has.
-        Some(v6.get(slot as usize)?)
+        Some(v6.get(e.v6_id())?)
     } else {
         None
     };
-    Some(FlowRef { e, v6 })
+    Some(FlowRef { e, c, v6 })
 }
 
 impl Conntrack {
@@ -710,7 +953,8 @@ impl Conntrack {
             // ([`Conntrack::take_slot`]), so a start does not write (and fault in) every page
             // of a table that is mostly empty, and never reallocates.
             slots: Vec::with_capacity(cap),
-            v6: vec![[[0; 16]; 3]; cap],
+            cold: Vec::with_capacity(cap),
+            v6: V6Store::new(cap),
             deadline: Vec::with_capacity(cap),
             free_head: NIL,
             index: CtIndex::with_keys(cap * 2),
@@ -767,8 +1011,8 @@ impl Conntrack {
     /// The index value of `key` with its hash, without touching the table.
     #[inline]
     fn index_of(&self, key: &FlowKey, hash: u64) -> Option<u32> {
-        let (slots, v6) = (&self.slots, &self.v6);
-        self.index.find(hash, |v| key_is(slots, v6, v, key))
+        let (slots, cold, v6) = (&self.slots, &self.cold, &self.v6);
+        self.index.find(hash, |v| key_is(slots, cold, v6, v, key))
     }
 
     /// Finds a live, unexpired flow by either of its keys. An expired entry found here is
@@ -819,7 +1063,13 @@ impl Conntrack {
     #[inline]
     pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
         self.slots.get(slot as usize).is_some_and(|e| e.live())
-            && key_is(&self.slots, &self.v6, slot << 1 | dir as u32, key)
+            && key_is(
+                &self.slots,
+                &self.cold,
+                &self.v6,
+                slot << 1 | dir as u32,
+                key,
+            )
     }
 
     /// See the `version` field.
@@ -831,7 +1081,7 @@ impl Conntrack {
     /// Looks a key up without touching the table (for `explain` and dumps).
     pub fn peek(&self, key: &FlowKey, now: u64) -> Option<(FlowRef<'_>, Dir)> {
         let v = self.index_of(key, self.hash(key))?;
-        let f = flow_in(&self.slots, &self.v6, v >> 1)?;
+        let f = flow_in(&self.slots, &self.cold, &self.v6, v >> 1)?;
         (self.expires(v >> 1) > now).then_some((f, dir_of(v)))
     }
 
@@ -847,13 +1097,15 @@ impl Conntrack {
 
     /// Removes `slot`'s key of direction `dir` (the entry still holds it) from the index.
     fn index_remove(&mut self, slot: u32, dir: Dir) {
-        let Some(key) = flow_in(&self.slots, &self.v6, slot).map(|f| key_of_flow(&f, dir)) else {
+        let Some(key) =
+            flow_in(&self.slots, &self.cold, &self.v6, slot).map(|f| key_of_flow(&f, dir))
+        else {
             return;
         };
         let h = self.hash(&key);
-        let (slots, v6, seed) = (&self.slots, &self.v6, self.seed);
+        let (slots, cold, v6, seed) = (&self.slots, &self.cold, &self.v6, self.seed);
         self.index.remove(h, slot << 1 | dir as u32, |v| {
-            key_of(slots, v6, v).map_or(0, |k| hash_with(seed, &k))
+            key_of(slots, cold, v6, v).map_or(0, |k| hash_with(seed, &k))
         });
         self.version += 1;
     }
@@ -863,19 +1115,34 @@ impl Conntrack {
     #[inline]
     pub fn entry(&self, slot: u32) -> FlowRef<'_> {
         let e = self.slots.get(slot as usize).unwrap_or(&EMPTY);
+        let c = self.cold.get(slot as usize).unwrap_or(&EMPTY_COLD);
         let v6 = if e.is_v6() {
-            self.v6.get(slot as usize)
+            self.v6.get(e.v6_id())
         } else {
             None
         };
-        FlowRef { e, v6 }
+        FlowRef { e, c, v6 }
     }
 
     /// The entry of `slot` for the fields that hold no address (`None` for a slot that holds no
     /// flow: never one this table gave out).
     #[inline]
-    pub fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+    pub fn entry_mut(&mut self, slot: u32) -> Option<EntryMut<'_>> {
+        let e = self.slots.get_mut(slot as usize)?;
+        let c = self.cold.get_mut(slot as usize)?;
+        Some(EntryMut { e, c })
+    }
+
+    /// The hot line of `slot` alone (the fast paths' and the state machine's writes).
+    #[inline(always)]
+    fn hot_mut(&mut self, slot: u32) -> Option<&mut Entry> {
         self.slots.get_mut(slot as usize)
+    }
+
+    /// The cold part of `slot` alone.
+    #[inline(always)]
+    fn cold_mut(&mut self, slot: u32) -> Option<&mut Cold> {
+        self.cold.get_mut(slot as usize)
     }
 
     /// Creates a flow. `proto`/`tcp_flags` of the first packet pick the initial state.
@@ -995,36 +1262,49 @@ impl Conntrack {
         if snat.is_some() {
             flags |= NAT_SRC;
         }
+        if v6 {
+            flags |= V6;
+        }
+        if init.ended.is_some() {
+            flags |= ENDED;
+        }
+        // An IPv6 flow's addresses go to the store; its entry names them by id in `src`.
+        let src = if v6 {
+            self.v6
+                .alloc([orig.src.bytes, orig.dst.bytes, backend.bytes])
+                .to_le_bytes()
+        } else {
+            v4_of(&orig.src)
+        };
         let e = Entry {
-            src: v4_of(&orig.src),
+            src,
             dst: v4_of(&orig.dst),
             sport: orig.sport,
             dport: orig.dport,
             proto: orig.proto,
-            flags: if v6 { flags | V6 } else { flags },
+            flags,
             state: init.state,
             fins: init.fins,
-            fast: [FastPath::default(); 2],
             backend: v4_of(&backend),
             backend_port: nat.map_or(0, |n| n.backend_port),
             snat_port,
-            generation: init.generation,
             service: nat.map_or(0, |n| n.service),
             src_identity: init.src_identity,
             dst_identity: init.dst_identity,
+            fast_epoch: 0,
+            hops: [Hop::default(); 2],
             policy: init.policy,
-            ended: init.ended,
             snat_from,
+            packets: init.packets.map(|p| p as u8),
+        };
+        let c = Cold {
+            generation: init.generation,
             prev: NIL,
             next: NIL,
-            packets: init.packets,
+            packets: init.packets.map(|p| p & !0xff),
+            ended: init.ended,
         };
-        if v6 {
-            if let Some(a) = self.v6.get_mut(slot as usize) {
-                *a = [orig.src.bytes, orig.dst.bytes, backend.bytes];
-            }
-        }
-        self.put(slot, e, init.expires);
+        self.put(slot, e, c, init.expires);
         self.index_insert_hashed(slot, Dir::Orig, h_orig);
         self.index_insert_hashed(slot, Dir::Reply, h_reply);
         if init.state.closing() {
@@ -1050,15 +1330,16 @@ impl Conntrack {
             src_identity: f.src_identity,
             dst_identity: f.dst_identity,
             policy: f.policy,
-            ended: f.ended,
-            generation: f.generation,
-            packets: f.packets,
+            ended: f.ended(),
+            generation: f.generation(),
+            packets: f.packets(),
         };
         let (h_orig, h_reply) = (self.hash(&orig), self.hash(&reply));
         let slot = self.insert(&orig, f.nat(), f.snat(), init, h_orig, h_reply, now)?;
-        let fast = f.fast;
-        if let Some(e) = self.entry_mut(slot) {
-            e.fast = fast;
+        let fast = [f.fast(Dir::Orig), f.fast(Dir::Reply)];
+        if let Some(e) = self.hot_mut(slot) {
+            e.set_fast(Dir::Orig, fast[0]);
+            e.set_fast(Dir::Reply, fast[1]);
         }
         Ok(slot)
     }
@@ -1079,11 +1360,11 @@ impl Conntrack {
                     state: f.state,
                     fins: f.fins,
                     policy: f.policy,
-                    ended: f.ended,
+                    ended: f.ended(),
                     src_identity: f.src_identity,
                     dst_identity: f.dst_identity,
                     nat: f.nat(),
-                    packets: f.packets.map(u64::from),
+                    packets: f.packets().map(u64::from),
                     bytes: [0, 0],
                     age_ns: 0,
                     idle_ns: now.saturating_sub(set_at),
@@ -1171,11 +1452,37 @@ impl Conntrack {
                 _ => self.cfg.udp,
             }
         };
-        e.packets[dir as usize] = e.packets[dir as usize].wrapping_add(1);
+        let p = &mut e.packets[dir as usize];
+        *p = p.wrapping_add(1);
+        if *p == 0 {
+            self.carry(slot, dir);
+        }
         if let Some(d) = self.deadline.get_mut(slot as usize) {
             *d = now + timeout;
         }
         true
+    }
+
+    /// A direction's low packet count wrapped: 256 more in the cold part.
+    #[cold]
+    #[inline(never)]
+    fn carry(&mut self, slot: u32, dir: Dir) {
+        if let Some(c) = self.cold_mut(slot) {
+            let p = &mut c.packets[dir as usize];
+            *p = p.wrapping_add(256);
+        }
+    }
+
+    /// Counts a packet of `slot` in direction `dir`.
+    #[inline(always)]
+    fn count(&mut self, slot: u32, dir: Dir) {
+        if let Some(e) = self.hot_mut(slot) {
+            let p = &mut e.packets[dir as usize];
+            *p = p.wrapping_add(1);
+            if *p == 0 {
+                self.carry(slot, dir);
+            }
+        }
     }
 
     /// Accounts a packet of an existing flow and advances its TCP state and timer.
@@ -1203,8 +1510,8 @@ impl Conntrack {
                 true
             };
         if steady {
-            e.packets[dir as usize] = e.packets[dir as usize].wrapping_add(1);
             let state = e.state;
+            self.count(slot, dir);
             let timeout = self.timeout(proto, state);
             self.deadline[slot as usize] = now + timeout;
             return;
@@ -1214,10 +1521,10 @@ impl Conntrack {
 
     #[inline(never)]
     fn on_packet_general(&mut self, slot: u32, dir: Dir, tcp_flags: u8, _len: usize, now: u64) {
-        let Some(e) = self.entry_mut(slot) else {
+        self.count(slot, dir);
+        let Some(e) = self.hot_mut(slot) else {
             return;
         };
-        e.packets[dir as usize] = e.packets[dir as usize].wrapping_add(1);
         let proto = e.proto;
         let new_state = if proto == PROTO_TCP {
             tcp_transition(e, dir, tcp_flags)
@@ -1242,10 +1549,11 @@ impl Conntrack {
     /// Ends a flow by rule: it stays as a CLOSE tombstone (see [`Entry::ended`]).
     pub fn end(&mut self, slot: u32, reason: DropReason, now: u64) {
         let timeout = self.cfg.close;
-        let Some(e) = self.entry_mut(slot) else {
+        let Some(mut e) = self.entry_mut(slot) else {
             return;
         };
-        e.ended = Some(reason);
+        e.c.ended = Some(reason);
+        e.flags |= ENDED;
         e.state = FlowState::Close;
         let was = e.in_closing();
         self.deadline[slot as usize] = now + timeout;
@@ -1265,7 +1573,7 @@ impl Conntrack {
             && dir == Dir::Orig
             && tcp_flags & (F::SYN | F::ACK | F::RST) == F::SYN
             && matches!(e.state, FlowState::Close | FlowState::TimeWait)
-            || (e.ended.is_some() && dir == Dir::Orig && e.proto != PROTO_TCP)
+            || (e.is_ended() && dir == Dir::Orig && e.proto != PROTO_TCP)
     }
 
     pub fn remove(&mut self, slot: u32) {
@@ -1291,12 +1599,17 @@ impl Conntrack {
     /// Puts a slot on the free list (the most recently freed is taken first).
     fn push_free(&mut self, slot: u32) {
         let i = slot as usize;
-        if i >= self.slots.len() {
+        let Some(e) = self.slots.get(i) else {
             return;
+        };
+        if e.is_v6() {
+            let id = e.v6_id();
+            self.v6.release(id);
         }
-        self.slots[i] = Entry {
+        self.slots[i] = Entry::default();
+        self.cold[i] = Cold {
             next: self.free_head,
-            ..Entry::default()
+            ..EMPTY_COLD
         };
         self.deadline[i] = u64::MAX;
         self.free_head = slot;
@@ -1340,7 +1653,7 @@ impl Conntrack {
     /// Live flows with their slots, in slot order.
     pub fn iter_slots(&self) -> impl Iterator<Item = (u32, FlowRef<'_>)> {
         (0..self.slots.len() as u32).filter_map(|s| {
-            flow_in(&self.slots, &self.v6, s)
+            flow_in(&self.slots, &self.cold, &self.v6, s)
                 .filter(|f| f.live())
                 .map(|f| (s, f))
         })
@@ -1366,13 +1679,15 @@ impl Conntrack {
     /// between): a reused slot is overwritten, the next one of the reservation is pushed (no
     /// reallocation: `new` reserved the capacity). The entry is written once, in place.
     #[inline]
-    fn put(&mut self, slot: u32, e: Entry, expires: u64) {
+    fn put(&mut self, slot: u32, e: Entry, c: Cold, expires: u64) {
         let i = slot as usize;
         if i == self.slots.len() {
             self.slots.push(e);
+            self.cold.push(c);
             self.deadline.push(expires);
         } else {
             self.slots[i] = e;
+            self.cold[i] = c;
             self.deadline[i] = expires;
         }
     }
@@ -1381,7 +1696,7 @@ impl Conntrack {
     #[inline]
     fn pop_free(&mut self) -> Option<u32> {
         let s = self.free_head;
-        self.free_head = self.slots.get(s as usize)?.next;
+        self.free_head = self.cold.get(s as usize)?.next;
         Some(s)
     }
 
@@ -1421,31 +1736,31 @@ impl Conntrack {
 
     fn closing_push(&mut self, slot: u32) {
         let tail = self.closing_tail;
-        let Some(e) = self.entry_mut(slot) else {
+        let Some(mut e) = self.entry_mut(slot) else {
             return;
         };
-        e.prev = tail;
-        e.next = NIL;
+        e.c.prev = tail;
+        e.c.next = NIL;
         e.flags |= IN_CLOSING;
         if tail == NIL {
             self.closing_head = slot;
-        } else if let Some(t) = self.entry_mut(tail) {
+        } else if let Some(t) = self.cold_mut(tail) {
             t.next = slot;
         }
         self.closing_tail = slot;
     }
 
     fn closing_unlink(&mut self, slot: u32) {
-        let Some(e) = self.entry_mut(slot) else {
+        let Some(mut e) = self.entry_mut(slot) else {
             return;
         };
         e.flags &= !IN_CLOSING;
-        let (prev, next) = (e.prev, e.next);
-        match self.entry_mut(prev) {
+        let (prev, next) = (e.c.prev, e.c.next);
+        match self.cold_mut(prev) {
             Some(p) => p.next = next,
             None => self.closing_head = next,
         }
-        match self.entry_mut(next) {
+        match self.cold_mut(next) {
             Some(n) => n.prev = prev,
             None => self.closing_tail = prev,
         }
@@ -1462,25 +1777,16 @@ static EMPTY: Entry = Entry {
     flags: 0,
     state: FlowState::Open,
     fins: 0,
-    fast: [FastPath {
-        epoch: 0,
-        ingress: 0,
-        egress: 0,
-        dst_mac: [0; 6],
-        egress_pod: false,
-    }; 2],
     backend: [0; 4],
     backend_port: 0,
     snat_port: 0,
-    generation: 0,
     service: 0,
     src_identity: 0,
     dst_identity: 0,
+    fast_epoch: 0,
+    hops: [NONE_HOP; 2],
     policy: PolicyVerdict::None,
-    ended: None,
     snat_from: 0,
-    prev: NIL,
-    next: NIL,
     packets: [0; 2],
 };
 
@@ -1494,19 +1800,19 @@ fn key_of_flow(f: &FlowRef<'_>, dir: Dir) -> FlowKey {
 
 /// The key an index value stands for (index removal only).
 #[inline]
-fn key_of(slots: &[Entry], v6: &[V6Addrs], v: u32) -> Option<FlowKey> {
-    flow_in(slots, v6, v >> 1).map(|f| key_of_flow(&f, dir_of(v)))
+fn key_of(slots: &[Entry], cold: &[Cold], v6: &V6Store, v: u32) -> Option<FlowKey> {
+    flow_in(slots, cold, v6, v >> 1).map(|f| key_of_flow(&f, dir_of(v)))
 }
 
 /// Whether the index value `v` stands for `key`: IPv4 flows in line, the rest out of line.
 #[inline(always)]
-fn key_is(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
+fn key_is(slots: &[Entry], cold: &[Cold], v6: &V6Store, v: u32, key: &FlowKey) -> bool {
     match slots
         .get((v >> 1) as usize)
         .map(|e| e.has_key_v4(dir_of(v), key))
     {
         Some(Some(is)) => is,
-        Some(None) => key_is_general(slots, v6, v, key),
+        Some(None) => key_is_general(slots, cold, v6, v, key),
         None => false,
     }
 }
@@ -1514,8 +1820,8 @@ fn key_is(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
 /// [`key_is`] for IPv6 flows and flows translated to a [`SnatAddrs`] address.
 #[cold]
 #[inline(never)]
-fn key_is_general(slots: &[Entry], v6: &[V6Addrs], v: u32, key: &FlowKey) -> bool {
-    flow_in(slots, v6, v >> 1).is_some_and(|f| f.has_key(dir_of(v), key))
+fn key_is_general(slots: &[Entry], cold: &[Cold], v6: &V6Store, v: u32, key: &FlowKey) -> bool {
+    flow_in(slots, cold, v6, v >> 1).is_some_and(|f| f.has_key(dir_of(v), key))
 }
 
 #[inline(always)]
@@ -1810,9 +2116,9 @@ mod tests {
         assert!(ct.slots.len() <= 256, "freed slots are reused");
     }
 
-    /// An IPv6 flow keeps its addresses in the IPv6 array at its own slot: one slot per flow
-    /// whatever the family; found by both keys with its NAT; a slot reused by an IPv4 flow
-    /// reads as IPv4 again.
+    /// An IPv6 flow keeps its addresses in the IPv6 store (allocated only once IPv6 flows
+    /// come): one slot per flow whatever the family; found by both keys with its NAT; a slot
+    /// reused by an IPv4 flow reads as IPv4 again; a freed record is reused.
     #[test]
     fn ipv6_flows_keep_their_addresses_beside_the_slab() {
         let v6 = |s: &str| Addr::from(s.parse::<std::net::IpAddr>().unwrap());
@@ -1843,6 +2149,10 @@ mod tests {
             f
         };
         let mut ct = Conntrack::new(&cfg(2));
+        assert!(
+            ct.v6.chunks.is_empty(),
+            "nothing allocated for IPv6 before an IPv6 flow"
+        );
         let a = nat6(&k6(1000));
         let s = ct.create(&a, F::SYN, 80, 0).unwrap();
         assert_eq!(ct.slots.len(), 1);
@@ -1858,12 +2168,24 @@ mod tests {
             ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0),
             Err(DropReason::CtFull)
         );
+        let a_id = ct.entry(s).v6_id();
         ct.remove(s);
         let v4 = ct.create(&flow(key(1, PROTO_UDP)), 0, 60, 0).unwrap();
         assert_eq!(v4, s, "the freed slot");
+        // The IPv6 store: one chunk, two records handed out, the freed one reused next.
+        assert_eq!((ct.v6.chunks.len(), ct.v6.used), (1, 2));
+        assert_eq!(ct.v6.free, a_id, "a's record was freed");
         assert_eq!(ct.entry(v4).orig(), key(1, PROTO_UDP));
         assert_eq!(ct.find(&a.orig), None);
         assert_eq!(ct.find(&b.orig), Some((t, Dir::Orig)));
+        ct.remove(v4);
+        let c = nat6(&k6(1002));
+        let u = ct.create(&c, F::SYN, 80, 0).unwrap();
+        assert_eq!(ct.entry(u).v6_id(), a_id, "the freed record is reused");
+        assert_eq!(ct.v6.used, 2);
+        assert_eq!(ct.entry(u).orig(), c.orig);
+        assert_eq!(ct.find(&c.reply), Some((u, Dir::Reply)));
+        assert_eq!(ct.entry(t).orig(), b.orig, "b's record untouched");
         // A family mix within one flow is refused, not stored half.
         let mut mixed = nat6(&k6(1003));
         mixed.orig.dst = Addr::v4([10, 96, 0, 1]);
@@ -2149,6 +2471,28 @@ mod tests {
         ct.remove(kept);
         assert_eq!(SnatAddrs::references(kept_cell), 0);
     }
+
+    /// The packet counters' low bits are in the hot line, the rest in the cold part: a count
+    /// past 256 (and a restored one) reads whole.
+    #[test]
+    fn packet_counts_carry_into_the_cold_part() {
+        let mut ct = Conntrack::new(&cfg(4));
+        let k = key(1, PROTO_UDP);
+        let s = ct.create(&flow(k), 0, 60, 0).unwrap();
+        for i in 0..600u64 {
+            assert!(ct.touch_steady(s, Dir::Reply, 0, 60, i + 1));
+        }
+        for _ in 0..299 {
+            ct.on_packet(s, Dir::Orig, 0, 60, 700);
+        }
+        assert_eq!(ct.entry(s).packets(), [300, 600]);
+        let saved: Vec<SavedFlow> = ct.save(700).collect();
+        let mut other = Conntrack::new(&cfg(4));
+        let t = other.restore_saved(&saved[0], 0).unwrap();
+        assert_eq!(other.entry(t).packets(), [300, 600]);
+        let u = Conntrack::new(&cfg(4)).restore(ct.entry(s), 10_000, 700);
+        assert!(u.is_ok());
+    }
 }
 
 #[cfg(test)]
@@ -2195,14 +2539,50 @@ mod gc_regression {
 mod layout {
     use super::*;
 
-    /// 96 bytes whatever the family (an IPv6 flow's addresses are in the table's IPv6 array).
+    /// One cache line whatever the family (an IPv6 flow's addresses are in the table's IPv6
+    /// store), and a small cold part.
     #[test]
-    fn entry_is_96_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 96);
-        assert_eq!(std::mem::align_of::<Entry>(), 32);
-        assert_eq!(std::mem::size_of::<FastPath>(), 16);
-        // What an established packet reads first: key and fast-path cache in the first 48.
-        assert_eq!(std::mem::offset_of!(Entry, fast), 16);
-        assert_eq!(std::mem::offset_of!(Entry, packets), 88);
+    fn entry_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        assert_eq!(std::mem::align_of::<Entry>(), 64);
+        assert_eq!(std::mem::size_of::<Hop>(), 10);
+        assert_eq!(std::mem::offset_of!(Entry, hops), 40);
+        assert_eq!(std::mem::offset_of!(Entry, packets), 62);
+        assert_eq!(std::mem::size_of::<Cold>(), 32);
+    }
+
+    /// Both directions' fast paths share an epoch: recording one under a new epoch drops the
+    /// other's; a pod egress round-trips; epoch 0 records nothing.
+    #[test]
+    fn fast_paths_share_an_epoch() {
+        let mut e = Entry::default();
+        let f = |epoch, egress, egress_pod| FastPath {
+            epoch,
+            ingress: 3,
+            egress,
+            dst_mac: [1, 2, 3, 4, 5, 6],
+            egress_pod,
+        };
+        assert_eq!(e.fast(Dir::Orig).ingress, NO_HOP);
+        assert_eq!(e.fast(Dir::Reply).ingress, NO_HOP);
+        e.set_fast(Dir::Orig, f(7, 2, true));
+        e.set_fast(Dir::Reply, f(7, 5, false));
+        assert_eq!(e.fast(Dir::Orig), f(7, 2, true));
+        assert_eq!(e.fast(Dir::Reply), f(7, 5, false));
+        e.set_fast(Dir::Reply, f(8, 4, false));
+        assert_eq!(
+            e.fast(Dir::Orig).ingress,
+            NO_HOP,
+            "recorded under older tables"
+        );
+        assert_eq!(e.fast(Dir::Reply), f(8, 4, false));
+        e.set_fast(Dir::Reply, f(0, 4, false));
+        assert_eq!(e.fast(Dir::Reply).ingress, NO_HOP);
+        e.set_fast(Dir::Orig, f(8, EGRESS_POD, false));
+        assert_eq!(
+            e.fast(Dir::Orig).ingress,
+            NO_HOP,
+            "an egress index the entry cannot hold"
+        );
     }
 }

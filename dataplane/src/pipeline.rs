@@ -285,7 +285,9 @@ impl Pipeline {
         Pipeline {
             ct,
             frags,
-            affinity: HashMap::with_capacity(affinity_cap),
+            // Grown on demand up to `affinity_cap` (only services with ClientIP affinity
+            // insert): nothing reserved per flow of a table that may never see one.
+            affinity: HashMap::new(),
             affinity_cap,
             rng: 0x2545_f491_4f6c_dd1d,
             counters: Counters::default(),
@@ -790,7 +792,7 @@ impl Pipeline {
                 if let Some(r) = self.stale_flow_verdict(t, slot) {
                     self.ct.end(slot, r, now);
                 }
-                if let Some(r) = self.ct.entry(slot).ended {
+                if let Some(r) = self.ct.entry(slot).ended() {
                     let e = self.ct.entry(slot);
                     let (si, di) = match dir {
                         Dir::Orig => (e.src_identity, e.dst_identity),
@@ -878,14 +880,17 @@ impl Pipeline {
             // This direction passed classification on `iface` and routed under these tables:
             // its next packets can take `established_fast`.
             let itf = &t.ifaces[usize::from(egress)];
-            if let Some(e) = self.ct.entry_mut(slot) {
-                e.fast[dir as usize] = FastPath {
-                    epoch: self.epoch,
-                    ingress: iface,
-                    egress,
-                    egress_pod: itf.role != InterfaceRole::Uplink,
-                    dst_mac,
-                };
+            if let Some(mut e) = self.ct.entry_mut(slot) {
+                e.set_fast(
+                    dir,
+                    FastPath {
+                        epoch: self.epoch,
+                        ingress: iface,
+                        egress,
+                        egress_pod: itf.role != InterfaceRole::Uplink,
+                        dst_mac,
+                    },
+                );
             }
         }
         out
@@ -1245,7 +1250,7 @@ impl Pipeline {
     /// Re-checks (and records) at most once per flow and generation.
     fn stale_flow_verdict(&mut self, t: &Tables, slot: u32) -> Option<DropReason> {
         let e = self.ct.entry(slot);
-        if e.ended.is_some() || e.generation == t.generation {
+        if e.is_ended() || e.generation() == t.generation {
             return None;
         }
         self.revalidate(t, slot).err()
@@ -1263,9 +1268,9 @@ impl Pipeline {
             // an ended flow never name another service that took the old index.
             let svc = t.frontend(n.vip, n.vip_port, orig.proto);
             n.service = svc.unwrap_or(NO_SERVICE);
-            if let Some(entry) = self.ct.entry_mut(slot) {
+            if let Some(mut entry) = self.ct.entry_mut(slot) {
                 entry.set_service(n.service);
-                entry.generation = t.generation;
+                entry.set_generation(t.generation);
             }
             let Some(svc) = svc else {
                 return Err(DropReason::BackendGone);
@@ -1287,11 +1292,11 @@ impl Pipeline {
         if policy == PolicyVerdict::Deny {
             return Err(DropReason::PolicyDenied);
         }
-        if let Some(entry) = self.ct.entry_mut(slot) {
+        if let Some(mut entry) = self.ct.entry_mut(slot) {
             entry.src_identity = si;
             entry.dst_identity = di;
             entry.policy = policy;
-            entry.generation = t.generation;
+            entry.set_generation(t.generation);
         }
         Ok(())
     }
@@ -1710,12 +1715,12 @@ fn established_fast(
         return false;
     };
     let e = ct.entry(slot);
-    let fast = e.fast[dir as usize];
+    // The epoch implies the generation (see `lane4`).
+    let fast = e.fast(dir);
     if fast.epoch != epoch
         || fast.ingress != iface
         || ct.expires(slot) <= now
-        || e.generation != t.generation
-        || e.ended.is_some()
+        || e.is_ended()
         || m.ttl <= 1
     {
         return false;

@@ -51,13 +51,10 @@ pub(super) fn lane4(
         return false;
     };
     let e = ct.entry(slot);
-    let fast = e.fast[dir as usize];
-    if fast.epoch != epoch
-        || fast.ingress != iface
-        || ct.expires(slot) <= now
-        || e.generation != t.generation
-        || e.ended.is_some()
-    {
+    // The epoch implies the generation: a direction's fast path is recorded only after its
+    // flow was checked under these tables (see `Entry::set_fast`).
+    let fast = e.fast(dir);
+    if fast.epoch != epoch || fast.ingress != iface || ct.expires(slot) <= now || e.is_ended() {
         return false;
     }
     // Valid under these tables (same epoch), so always there.

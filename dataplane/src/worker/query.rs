@@ -174,7 +174,7 @@ impl CtRow {
             src_identity: e.src_identity,
             dst_identity: e.dst_identity,
             policy: e.policy.name().to_string(),
-            packets: e.packets.map(u64::from),
+            packets: e.packets().map(u64::from),
             expires_in_ms: expires.saturating_sub(now) / 1_000_000,
         }
     }
