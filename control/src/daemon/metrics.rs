@@ -321,6 +321,11 @@ pub fn render(s: &Status) -> String {
             |w| w.csum_completed,
         ),
         (
+            "nodeplane_checksums_offloaded_total",
+            "Partial TCP/UDP checksums passed on for the kernel to finish (AF_XDP TX metadata).",
+            |w| w.csum_offloaded,
+        ),
+        (
             "nodeplane_conntrack_created_total",
             "Conntrack entries created.",
             |w| w.ct_created,

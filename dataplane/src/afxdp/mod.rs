@@ -6,6 +6,7 @@
 pub mod chain;
 pub mod io;
 pub mod link;
+pub mod ring;
 pub mod xsk;
 
 pub use io::AfXdpIo;
