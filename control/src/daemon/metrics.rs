@@ -296,7 +296,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 12] = [
+    let counters: [(&str, &str, WorkerCounter); 13] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
