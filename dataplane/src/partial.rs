@@ -6,8 +6,9 @@
 //! complemented (`~csum_tcpudp_magic(saddr, daddr, len, proto, 0)`), and the device is to
 //! finish it: the complement of the one's-complement sum from the start of the L4 header to the
 //! end, with the field taken as it is. AF_XDP hands those bytes over raw; forwarded as they are
-//! (the NAT's incremental updates keep a partial checksum partial), the receiving kernel drops
-//! them (`TcpInCsumErrors`, `UdpInCsumErrors`). So the pipeline does the device's job before any
+//! (the NAT's incremental updates are made for a full checksum: applied to a partial field they
+//! leave neither a valid full nor a valid partial one), the receiving kernel drops them
+//! (`TcpInCsumErrors`, `UdpInCsumErrors`). So the pipeline does the device's job before any
 //! rewrite, and every later stage sees a full checksum.
 //!
 //! Which frames: parse marks [`Meta::csum_partial`] when the field equals the folded
