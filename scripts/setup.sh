@@ -4,8 +4,8 @@
 set -euo pipefail
 
 APT_PACKAGES=(
-  # build: the C XDP program (clang -target bpf) and xsk-rs' bundled libxdp/libbpf
-  clang llvm m4 libelf-dev zlib1g-dev pkg-config libpcap-dev linux-libc-dev protobuf-compiler libprotobuf-dev
+  # build: the C XDP program (clang -target bpf, kernel uapi headers)
+  clang llvm libpcap-dev linux-libc-dev protobuf-compiler libprotobuf-dev
   # real peers and tools used by tests and the lab
   iproute2 ethtool iputils-ping netcat-openbsd socat curl tcpdump netsniff-ng
   nftables conntrack bird2 frr etcd-server etcd-client python3-scapy gobgpd

@@ -3,7 +3,7 @@
 # router at Linux's default offloads, so that their TCP/UDP checksums arrive partial: 4 x 20 MiB
 # over HTTP (ClusterIP v4 and v6, pod to pod, NodePort from the router), 2 x 2000 UDP datagrams
 # of 1400 bytes; then TcpInCsumErrors/UdpInCsumErrors in every namespace (must stay 0) and the
-# daemon's csum_completed. bench/RESULTS.md "## Partial checksums".
+# daemon's csum_completed and csum_offloaded. bench/RESULTS.md "## Partial checksums".
 #
 #   bash bench/e2e/partial_csum.sh      # root; NP_LAB_PREFIX (default np-pc-), NODEPLANE_BIN
 set -uo pipefail
@@ -85,5 +85,5 @@ for ns in ${P}client ${P}web1 ${P}web2 $ROUTER; do
   done
 done
 echo "== nodeplane status"
-"$BIN" status --socket "$tmp/np.sock" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); [print("worker", w["worker"], "packets", w["packets"], "forwarded", w["forwarded"], "dropped", w["dropped"], "csum_completed", w["csum_completed"], "drops", w["drops"]) for w in s["workers"]]'
+"$BIN" status --socket "$tmp/np.sock" --json | python3 -c 'import json,sys; s=json.load(sys.stdin); [print("worker", w["worker"], "packets", w["packets"], "forwarded", w["forwarded"], "dropped", w["dropped"], "csum_completed", w["csum_completed"], "csum_offloaded", w.get("csum_offloaded", 0), "drops", w["drops"]) for w in s["workers"]]'
 if [ $ok = 1 ]; then echo "BULK OK"; else echo "BULK FAILED"; exit 1; fi

@@ -4,12 +4,16 @@
 //! AF_XDP sockets on veth, a real HTTP server (python3 `http.server`) in the web pods and a real
 //! client (curl) in the client pod, through the `web` ClusterIP (DNAT, reverse NAT, policy) on
 //! IPv4 and IPv6. Pods at Linux defaults: their TCP frames carry partial checksums, which the
-//! worker completes over whole chains.
+//! worker passes on for the kernel to finish (`io.afxdp.tx_checksum_offload: auto`, the
+//! request in the chain's first buffer's TX metadata), or, with `off`, completes over whole
+//! chains: both are run.
 //!
 //! Checks: the 24 MiB download arrives intact (sha256), no pod counts a bad TCP checksum
 //! (`nstat` TcpInCsumErrors), the frames went through the worker as chains of UMEM frames
-//! (`rx_chains` / `tx_chains` in `nodeplane status`), none was dropped as a bad chain, and
-//! the daemon stops cleanly with its UMEM accounting intact.
+//! (`rx_chains` / `tx_chains` in `nodeplane status`), none was dropped as a bad chain, the
+//! partial checksums were offloaded (`csum_offloaded`, none completed) or completed (none
+//! offloaded) as configured, the kernel refused no TX descriptor, and the daemon stops cleanly
+//! with its UMEM accounting intact.
 //!
 //! Needs root, iproute2, curl, python3, nstat, sha256sum. Fails (never skips) without them.
 
@@ -75,7 +79,16 @@ fn status(socket: &Path) -> Option<serde_json::Value> {
 
 #[test]
 fn jumbo_pod_mtu_downloads_arrive_intact_through_a_cluster_ip() {
-    let mut lab = Lab::up("s4b-mb");
+    jumbo_downloads("s4b-mb", "auto");
+}
+
+#[test]
+fn jumbo_downloads_with_checksum_offload_off_are_completed_by_the_worker() {
+    jumbo_downloads("mb-off", "off");
+}
+
+fn jumbo_downloads(tag: &str, offload: &str) {
+    let mut lab = Lab::up(tag);
     for p in PODS {
         let (ok, _) = sh_in(&lab, "node", &format!("ip link set pod-{p} mtu {MTU}"));
         assert!(ok, "MTU of pod-{p}");
@@ -107,7 +120,7 @@ fn jumbo_pod_mtu_downloads_arrive_intact_through_a_cluster_ip() {
     fs::write(
         &cfg,
         format!(
-            "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5, frame_size: 4096, multi_buffer: true }}\n",
+            "state: {{ dir: {} }}\ncontrol_socket: {}\nlog_level: info\nio:\n  afxdp: {{ workers: 1, neigh_refresh: 0.5, frame_size: 4096, multi_buffer: true, tx_checksum_offload: {offload} }}\n",
             state.display(),
             socket.display(),
         ),
@@ -199,6 +212,36 @@ fn jumbo_pod_mtu_downloads_arrive_intact_through_a_cluster_ip() {
         "rx_chains {rx_chains} tx_chains {tx_chains}: {s}"
     );
     assert_eq!(bad, 0, "chains dropped");
+    let w = &s["workers"][0];
+    let (offloaded, completed) = (
+        w["csum_offloaded"].as_u64().unwrap_or(0),
+        w["csum_completed"].as_u64().unwrap_or(0),
+    );
+    eprintln!("checksums ({offload}): offloaded {offloaded}, completed {completed}");
+    if offload == "auto" {
+        assert!(
+            offloaded > 2000 && completed == 0,
+            "partial checksums passed on for the kernel, none completed: {offloaded} / {completed}"
+        );
+    } else {
+        assert!(
+            completed > 2000 && offloaded == 0,
+            "partial checksums completed by the worker, none offloaded: {offloaded} / {completed}"
+        );
+    }
+    let tx_invalid: u64 = s["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .flat_map(|w| {
+            w["io"]["afxdp"]["sockets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|s| s["kernel"]["tx_invalid_descs"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(tx_invalid, 0, "the kernel refused TX descriptors");
 
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

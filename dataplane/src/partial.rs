@@ -6,8 +6,9 @@
 //! complemented (`~csum_tcpudp_magic(saddr, daddr, len, proto, 0)`), and the device is to
 //! finish it: the complement of the one's-complement sum from the start of the L4 header to the
 //! end, with the field taken as it is. AF_XDP hands those bytes over raw; forwarded as they are
-//! (the NAT's incremental updates keep a partial checksum partial), the receiving kernel drops
-//! them (`TcpInCsumErrors`, `UdpInCsumErrors`). So the pipeline does the device's job before any
+//! (the NAT's incremental updates are made for a full checksum: applied to a partial field they
+//! leave neither a valid full nor a valid partial one), the receiving kernel drops them
+//! (`TcpInCsumErrors`, `UdpInCsumErrors`). So the pipeline does the device's job before any
 //! rewrite, and every later stage sees a full checksum.
 //!
 //! Which frames: parse marks [`Meta::csum_partial`] when the field equals the folded
@@ -21,14 +22,19 @@
 //! packet (720 vs 709); completion of a 1460-byte TCP segment ~680 instructions, 30-65 ns here,
 //! less than one of the two copies the kernel already makes of each frame in AF_XDP copy mode.
 //!
-//! Why not pass the frame on as partial with AF_XDP TX metadata (`XDP_TXMD_FLAGS_CHECKSUM`,
-//! honoured by copy mode since 6.8 in `xsk_skb_metadata`): the UMEM must be registered with
-//! `tx_metadata_len`, which libxdp 1.6 (bundled by xsk-rs 0.11) cannot set, a zero-copy NIC
-//! must implement the request, and a replayed capture would still carry partial checksums.
+//! Or passed on partial (`io.afxdp.tx_checksum_offload`, the default on AF_XDP): the pipeline
+//! then leaves the field alone and marks the outcome ([`crate::Outcome::csum_partial`]); its
+//! rewrites update the field as if it were a full checksum, which is wrong for a partial one
+//! (a partial field holds the pseudo-header sum itself, not its complement, and ports are
+//! not in it), so the I/O writes the field afresh from the frame as it leaves:
+//! [`offload_request`] puts the new pseudo-header sum in and returns where the kernel is to
+//! finish it (AF_XDP TX metadata, `XDP_TXMD_FLAGS_CHECKSUM`: the skb leaves CHECKSUM_PARTIAL,
+//! and the receiving kernel neither computes nor verifies it in software), and
+//! [`complete_frame`] completes it where the frame cannot carry that request.
 
 use crate::csum;
 use crate::flow::{PROTO_TCP, PROTO_UDP};
-use crate::parse::{Frag, Meta};
+use crate::parse::{Frag, Meta, Parsed};
 use crate::wire::{tcp, udp};
 
 /// Completes the partial checksum of a frame parse marked [`Meta::csum_partial`]. `true`: the
@@ -74,11 +80,73 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
     true
 }
 
+/// The L4 span of a TCP/UDP frame that can carry a checksum request: `(l4_off, ip_end,
+/// checksum field offset in L4, meta)`. Not for fragments, or frames with bytes after the IP
+/// packet (the kernel checksums to the end of the frame).
+fn l4_of(frame: &[u8]) -> Option<(usize, usize, usize, Meta)> {
+    let Ok(Parsed::Ip(m)) = crate::parse::parse(frame) else {
+        return None;
+    };
+    let field = match m.proto {
+        PROTO_TCP => tcp::CHECKSUM.start,
+        PROTO_UDP => udp::CHECKSUM.start,
+        _ => return None,
+    };
+    let (l4, end) = (usize::from(m.l4_off), usize::from(m.ip_end));
+    if m.frag != Frag::None || !m.has_l4() || end != frame.len() || end < l4 + field + 2 {
+        return None;
+    }
+    Some((l4, end, field, m))
+}
+
+/// Prepares a frame that left the pipeline partial ([`crate::Outcome::csum_partial`]) for the
+/// kernel to finish: writes the pseudo-header sum of its headers as they are now into the L4
+/// checksum field and returns the request `(csum_start, csum_offset)` (from the frame's first
+/// byte; 16 for TCP, 6 for UDP). `None`, changing nothing: not a frame that can carry one
+/// (complete it with [`complete_frame`]).
+pub fn offload_request(frame: &mut [u8]) -> Option<(u16, u16)> {
+    let (l4, end, field, m) = l4_of(frame)?;
+    let pseudo = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, m.v6, m.proto, end - l4);
+    csum::put16(frame, l4 + field, csum::fold64(pseudo));
+    Some((l4 as u16, field as u16))
+}
+
+/// Completes the checksum of a frame that left the pipeline partial, whatever its field holds
+/// now (the pipeline's rewrites updated it as a full one): the full checksum computed afresh.
+/// `false`: not a TCP/UDP frame it applies to (left as it is).
+pub fn complete_frame(frame: &mut [u8]) -> bool {
+    let Ok(Parsed::Ip(m)) = crate::parse::parse(frame) else {
+        return false;
+    };
+    let (field, udp) = match m.proto {
+        PROTO_TCP => (tcp::CHECKSUM, false),
+        PROTO_UDP => (udp::CHECKSUM, true),
+        _ => return false,
+    };
+    if m.frag != Frag::None || !m.has_l4() {
+        return false;
+    }
+    let Some(seg) = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end)) else {
+        return false;
+    };
+    if seg.len() < field.end {
+        return false;
+    }
+    seg[field.clone()].copy_from_slice(&[0, 0]);
+    let pseudo = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, m.v6, m.proto, seg.len());
+    let mut c = !csum::fold64(pseudo + u64::from(csum::sum_folded(seg)));
+    if udp && c == 0 {
+        c = 0xffff;
+    }
+    seg[field].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::parse::{parse, Parsed};
-    use crate::wire::{ethernet, ipv4};
+    use crate::wire::{ethernet, ipv4, ipv6};
 
     const L3: usize = ethernet::HEADER_LEN;
     use etherparse::PacketBuilder;
@@ -283,5 +351,91 @@ mod tests {
         let m = meta(&f);
         assert_eq!(m.frag, Frag::First);
         assert!(!m.csum_partial);
+    }
+
+    /// What the kernel does with a checksum request (`skb_checksum_help`): the complement of
+    /// the sum from `start` to the end, stored at `start + off`.
+    fn device_finishes(f: &mut [u8], start: usize, off: usize) {
+        let c = !csum::sum_folded(&f[start..]);
+        let c = if c == 0 && off == udp::CHECKSUM.start {
+            0xffff
+        } else {
+            c
+        };
+        csum::put16(f, start + off, c);
+    }
+
+    /// A NAT-like rewrite the way the pipeline does it to a frame it left partial: new
+    /// addresses and ports, the field updated as if it held a full checksum (wrong for a
+    /// partial one: the I/O writes it afresh).
+    fn rewrite(f: &mut [u8], tcp: bool) {
+        let m = meta(f);
+        let l4 = usize::from(m.l4_off);
+        let field = l4
+            + if tcp {
+                tcp::CHECKSUM.start
+            } else {
+                udp::CHECKSUM.start
+            };
+        let old = csum::get16(f, field);
+        let l3 = usize::from(m.l3_off);
+        if m.v6 {
+            f[l3 + ipv6::DST_ADDR.end - 1] ^= 0x33;
+        } else {
+            f[l3 + ipv4::DST_ADDR.end - 1] = 99; // 10.244.2.99
+            fix_ip_checksum(f);
+        }
+        csum::put16(f, l4 + tcp::DST_PORT.start, 8080);
+        csum::put16(f, field, old ^ 0x1234); // what an update for a full one would leave
+    }
+
+    #[test]
+    fn partial_frames_left_partial_leave_right_after_a_rewrite() {
+        let big: Vec<u8> = (0..1460u32).map(|i| (i * 13 + 1) as u8).collect();
+        for v6 in [false, true] {
+            for tcp in [false, true] {
+                let mut f = frame(v6, tcp, &big);
+                make_partial(&mut f);
+                assert!(meta(&f).csum_partial);
+                rewrite(&mut f, tcp);
+                assert!(!l4_verifies(&f));
+                // Offloaded: the field is the new pseudo-header sum, the kernel finishes it.
+                let mut g = f.clone();
+                let (start, off) = offload_request(&mut g).expect("a TCP/UDP frame");
+                assert_eq!(usize::from(start), usize::from(meta(&g).l4_off));
+                let field = if tcp { tcp::CHECKSUM } else { udp::CHECKSUM };
+                assert_eq!(usize::from(off), field.start);
+                assert!(
+                    meta(&g).csum_partial,
+                    "the field holds the pseudo-header sum"
+                );
+                device_finishes(&mut g, usize::from(start), usize::from(off));
+                assert!(l4_verifies(&g), "v6 {v6} tcp {tcp}: finished by the kernel");
+                // Completed by the I/O instead: the same bytes.
+                let mut h = f.clone();
+                assert!(complete_frame(&mut h));
+                assert!(l4_verifies(&h), "v6 {v6} tcp {tcp}: completed");
+                assert_eq!(g, h);
+            }
+        }
+    }
+
+    #[test]
+    fn offload_requests_only_for_frames_that_can_carry_them() {
+        let mut f = frame(false, true, b"x");
+        make_partial(&mut f);
+        // Bytes after the IP packet (padding): the kernel would sum them too.
+        let mut padded = f.clone();
+        padded.extend_from_slice(&[0xab; 8]);
+        let before = padded.clone();
+        assert_eq!(offload_request(&mut padded), None);
+        assert_eq!(padded, before, "nothing changed");
+        assert!(complete_frame(&mut padded));
+        assert!(l4_verifies(&padded));
+        // Not TCP/UDP, or not IP: nothing.
+        let mut arp = vec![0u8; 42];
+        arp[ethernet::ETHERTYPE].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(offload_request(&mut arp), None);
+        assert!(!complete_frame(&mut arp));
     }
 }

@@ -125,6 +125,11 @@ pub struct Outcome {
     pub policy: PolicyVerdict,
     /// Bytes to skip at the front of the frame when transmitting (a stripped VLAN tag).
     pub l2_trim: u8,
+    /// The frame arrived with a partial TCP/UDP checksum and the pipeline left it partial
+    /// ([`Pipeline::set_keep_partial`]): its field is not valid (rewrites updated it as a full
+    /// one); the I/O writes it afresh as it transmits (`crate::partial::offload_request` or
+    /// `crate::partial::complete_frame`).
+    pub csum_partial: bool,
 }
 
 impl Outcome {
@@ -159,6 +164,7 @@ impl Outcome {
             dst_identity: Some(di),
             policy: e.policy,
             l2_trim,
+            csum_partial: false,
         }
     }
 }
@@ -275,6 +281,8 @@ pub struct Pipeline {
     /// whose replies flow ownership brings back here (see `owner::reply_owner`).
     worker: usize,
     workers: usize,
+    /// Leave partial checksums partial (see [`Pipeline::set_keep_partial`]).
+    keep_partial: bool,
 }
 
 impl Pipeline {
@@ -298,8 +306,17 @@ impl Pipeline {
             epoch: next_epoch(),
             worker: 0,
             workers: 1,
+            keep_partial: false,
             tables,
         }
+    }
+
+    /// Leave a partial checksum partial instead of completing it (default: complete): for an
+    /// I/O that transmits with the kernel finishing it (AF_XDP TX metadata) or completes it
+    /// itself ([`Outcome::csum_partial`] tells which frames). Replay and captures keep the
+    /// default.
+    pub fn set_keep_partial(&mut self, keep: bool) {
+        self.keep_partial = keep;
     }
 
     /// Which worker this pipeline is among how many (default: the only one).
@@ -388,6 +405,8 @@ impl Pipeline {
             epoch: next_epoch(),
             worker: self.worker,
             workers: self.workers,
+            // A copy for looking (explain), not for transmitting: frames come out complete.
+            keep_partial: false,
             tables: Arc::clone(&self.tables),
         }
     }
@@ -510,10 +529,16 @@ impl Pipeline {
                         }
                     },
                 };
-                // Complete a partial checksum, so that every later rewrite updates a full one.
+                // Complete a partial checksum, so that every later rewrite updates a full one;
+                // or leave it to the I/O, which writes the field afresh as the frame leaves.
+                let mut kept = false;
                 if let Ok(Parsed::Ip(m)) = &parsed {
-                    if partial::complete(p.data, m) {
-                        self.counters.csum_completed += 1;
+                    if m.csum_partial {
+                        if self.keep_partial {
+                            kept = true;
+                        } else if partial::complete(p.data, m) {
+                            self.counters.csum_completed += 1;
+                        }
                     }
                 }
                 let fast = match &parsed {
@@ -532,6 +557,7 @@ impl Pipeline {
                 if !fast {
                     *out = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
                 }
+                out.csum_partial = kept;
                 self.counters.packets += 1;
                 self.counters.count(out.action);
             }

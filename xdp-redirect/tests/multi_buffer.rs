@@ -19,6 +19,7 @@ use std::{
 
 use common::*;
 use nodeplane_dataplane::afxdp::{Action, SocketId, XskBinding, XskConfig, XskWorker};
+use nodeplane_dataplane::partial;
 use nodeplane_xdp::{Loader, SteeringConfig};
 
 fn nstat(ns: &Netns, counter: &str) -> u64 {
@@ -34,8 +35,11 @@ fn nstat(ns: &Netns, counter: &str) -> u64 {
 }
 
 /// Reflects UDP datagrams of `sizes` bytes through a multi-buffer worker at `mtu` and checks
-/// every echo byte for byte; returns the worker's (rx chains, tx chains).
-fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64) {
+/// every echo byte for byte; returns the worker's (rx chains, tx chains). With `offload`, the
+/// UMEM has TX metadata and every echo leaves with its checksum field set to the pseudo-header
+/// sum and a checksum request in its (first buffer's) metadata: the kernel must finish it, or
+/// the peer counts `UdpInCsumErrors` and the echo never arrives.
+fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize, offload: bool) -> (u64, u64) {
     require_root();
     let Bed { node, peer } = Bed::new(tag);
     node.run(|| {
@@ -56,6 +60,7 @@ fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64)
             frames_per_socket: 1024,
             frame_size: 4096,
             multi_buffer: true,
+            tx_metadata: offload,
             ..XskConfig::default()
         };
         let mut w = XskWorker::new(
@@ -72,6 +77,12 @@ fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64)
             ],
         )
         .expect("AF_XDP sockets with XDP_USE_SG");
+        assert_eq!(
+            w.tx_metadata(),
+            offload,
+            "TX metadata as asked (kernel 6.11+)"
+        );
+        let mut requests = 0u64;
         loader
             .register_sockets(w.registrations())
             .expect("register");
@@ -117,6 +128,12 @@ fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64)
                     for i in 0..b.len() {
                         longest = longest.max(b.frame(i).len());
                         if reflect(b.frame_mut(i)) {
+                            if offload {
+                                let (start, off) = partial::offload_request(b.frame_mut(i))
+                                    .expect("a UDP echo can carry a checksum request");
+                                assert!(b.request_checksum(i, start, off), "metadata room");
+                                requests += 1;
+                            }
                             b.set_action(i, Action::Tx(id));
                         }
                     }
@@ -169,6 +186,17 @@ fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64)
             chain_drops += st.rx_chain_dropped;
         }
         assert_eq!(chain_drops, 0, "MTU {mtu}: chains dropped");
+        if offload {
+            assert!(requests > 0, "MTU {mtu}: no checksum request sent");
+        }
+        for id in w.socket_ids() {
+            let k = w.kernel_stats(id).expect("XDP_STATISTICS");
+            assert_eq!(
+                k.tx_invalid_descs(),
+                0,
+                "MTU {mtu}: the kernel refused TX descriptors"
+            );
+        }
         (rx_chains, tx_chains)
     })
 }
@@ -176,7 +204,7 @@ fn round_trip(tag: &str, mtu: u32, sizes: &[usize], rounds: usize) -> (u64, u64)
 #[test]
 fn udp_echoes_intact_through_chains_at_mtu_9000() {
     let sizes = [64, 1400, 3700, 3900, 8000, 8972];
-    let (rx, tx) = round_trip("mb9k", 9000, &sizes, 20);
+    let (rx, tx) = round_trip("mb9k", 9000, &sizes, 20, false);
     // 3900, 8000 and 8972 B datagrams span 2-3 frames of 3840 B each way.
     assert!(rx >= 3 * 20 && tx >= 3 * 20, "chains rx {rx} tx {tx}");
 }
@@ -184,6 +212,15 @@ fn udp_echoes_intact_through_chains_at_mtu_9000() {
 #[test]
 fn udp_echoes_intact_through_chains_at_mtu_65000() {
     let sizes = [100, 20_000, 40_000, 64_972];
-    let (rx, tx) = round_trip("mb64k", 65000, &sizes, 10);
+    let (rx, tx) = round_trip("mb64k", 65000, &sizes, 10, false);
     assert!(rx >= 3 * 10 && tx >= 3 * 10, "chains rx {rx} tx {tx}");
+}
+
+/// The same through TX metadata checksum requests (single frames and chains): the kernel
+/// finishes every checksum; the UMEM's frames all come back (the ring layer's accounting).
+#[test]
+fn udp_echoes_with_checksum_requests_at_mtu_9000() {
+    let sizes = [64, 1400, 3700, 3900, 8000, 8972];
+    let (rx, tx) = round_trip("mbcs", 9000, &sizes, 20, true);
+    assert!(rx >= 3 * 20 && tx >= 3 * 20, "chains rx {rx} tx {tx}");
 }

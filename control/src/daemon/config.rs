@@ -416,6 +416,17 @@ mod tests {
         assert!(!a.multi_buffer, "multi-buffer off by default");
         let c = parse("io: { afxdp: { frame_size: 4096, multi_buffer: true } }").unwrap();
         assert!(c.io.afxdp.unwrap().multi_buffer);
+        assert_eq!(
+            a.tx_checksum_offload,
+            crate::runtime::ChecksumOffload::Auto,
+            "checksum offload on by default"
+        );
+        let c = parse("io: { afxdp: { tx_checksum_offload: off } }").unwrap();
+        assert_eq!(
+            c.io.afxdp.unwrap().tx_checksum_offload,
+            crate::runtime::ChecksumOffload::Off
+        );
+        assert!(parse("io: { afxdp: { tx_checksum_offload: maybe } }").is_err());
         for key in ["no_socket", "dead_worker"] {
             let c = parse(&format!("io: {{ afxdp: {{ {key}: pass }} }}")).unwrap();
             assert_eq!(

@@ -296,7 +296,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 12] = [
+    let counters: [(&str, &str, WorkerCounter); 13] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
@@ -319,6 +319,11 @@ pub fn render(s: &Status) -> String {
             "nodeplane_checksums_completed_total",
             "Partial TCP/UDP checksums (senders with TX checksum offload) completed before forwarding.",
             |w| w.csum_completed,
+        ),
+        (
+            "nodeplane_checksums_offloaded_total",
+            "Partial TCP/UDP checksums passed on for the kernel to finish (AF_XDP TX metadata).",
+            |w| w.csum_offloaded,
         ),
         (
             "nodeplane_conntrack_created_total",

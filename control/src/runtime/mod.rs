@@ -96,6 +96,22 @@ pub struct AfXdpConfig {
     /// above 3818 with 4096-byte frames, up to 65 000) arrive and leave as chains of frames.
     /// Needs `frame_size: 4096`.
     pub multi_buffer: bool,
+    /// Partial TCP/UDP checksums from pods (senders with TX checksum offload, the Linux
+    /// default): `auto` passes them on for the kernel to finish (AF_XDP TX metadata, where
+    /// the kernel takes it: 6.11+), `off` completes them in the worker.
+    pub tx_checksum_offload: ChecksumOffload,
+}
+
+/// `io.afxdp.tx_checksum_offload`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChecksumOffload {
+    /// Register the UMEM with TX metadata and send partial frames with a checksum request (a
+    /// kernel without it: completed in the worker).
+    #[default]
+    Auto,
+    /// Complete every partial checksum in the worker.
+    Off,
 }
 
 /// `io.afxdp.no_socket`: steered traffic without a socket to take it (a worker that ended;
@@ -132,6 +148,7 @@ impl Default for AfXdpConfig {
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             busy_poll_us: 50,
             multi_buffer: false,
+            tx_checksum_offload: ChecksumOffload::Auto,
         }
     }
 }
@@ -484,13 +501,14 @@ impl AfXdpBackend {
             frames_per_socket: self.cfg.frames_per_socket,
             frame_size: self.cfg.frame_size,
             multi_buffer: self.cfg.multi_buffer,
+            tx_metadata: self.cfg.tx_checksum_offload == ChecksumOffload::Auto,
             ..XskConfig::default()
         };
         let handoff = Handoff::new(workers, self.cfg.handoff_depth);
         let (link_control, mut link_ports) = link_channels(workers);
-        // The uplink first: a worker's first socket is its UMEM's own (libxdp binds every
-        // later socket, also one re-bound on a re-created pod interface, through it), so it
-        // goes on the interface that is expected to stay.
+        // The uplink first: a worker's first socket is its UMEM's own, which decides the
+        // sockets' mode; a socket re-bound on a re-created interface shares the UMEM through
+        // any socket of the worker still bound.
         let uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
         let mut order: Vec<(&String, u32)> =
             self.ifaces.iter().zip(queues.iter().copied()).collect();
@@ -517,9 +535,9 @@ impl AfXdpBackend {
         let umems = make_umems(&xsk_cfg, &bindings);
         let t_umems = t1.elapsed();
         // Then the sockets, one worker after the other: binding two workers' sockets at the
-        // same time (libxdp, on threads of their own) left a hung worker (`status: worker 0 did
-        // not answer in time`) in about one lab start in four, for a reason not found yet; so
-        // that is not done.
+        // same time (on threads of their own, with libxdp before the socket layer was our
+        // own) left a hung worker (`status: worker 0 did not answer in time`) in about one lab
+        // start in four, for a reason not found yet; so that is not done.
         let mut ios: Vec<Box<dyn PacketIo>> = Vec::new();
         for (w, (bindings, umem)) in bindings.iter().zip(umems).enumerate() {
             let umem = umem.map_err(|source| RuntimeError::Xsk { worker: w, source })?;
@@ -532,6 +550,7 @@ impl AfXdpBackend {
             ios.push(Box::new(
                 AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff), core)
                     .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us)))
+                    .with_checksum_offload(self.cfg.tx_checksum_offload == ChecksumOffload::Auto)
                     .with_link(link_ports.remove(0)),
             ));
         }

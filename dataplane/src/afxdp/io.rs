@@ -44,6 +44,7 @@ use crate::drop::DROP_REASON_SLOTS;
 use crate::handoff::{Handoff, HandoffPort, StageError};
 use crate::owner::{frame_owner, OwnerIndex};
 use crate::parse::{self, Parsed};
+use crate::partial;
 use crate::DropReason;
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +87,9 @@ pub struct AfXdpIo {
     /// How long an idle worker keeps polling its rings after the last frame before it sleeps
     /// in `poll()` (0: sleeps at the first empty burst).
     busy_poll: Duration,
+    /// Pass partial checksums on for the kernel to finish (`io.afxdp.tx_checksum_offload`),
+    /// where the UMEM has TX metadata.
+    csum_offload: bool,
     /// When the current run of empty bursts began (`None` while frames flow): the busy-poll
     /// window is measured from here, so the clock is read only by empty bursts.
     idle_since: Option<Instant>,
@@ -131,7 +135,16 @@ impl AfXdpIo {
             n_lost: 0,
             busy_poll: Duration::ZERO,
             idle_since: None,
+            csum_offload: true,
         }
+    }
+
+    /// Partial checksums from senders with TX checksum offload: passed on for the kernel to
+    /// finish (AF_XDP TX metadata; the default, where the UMEM has it) or completed by the
+    /// pipeline (`false`).
+    pub fn with_checksum_offload(mut self, on: bool) -> AfXdpIo {
+        self.csum_offload = on;
+        self
     }
 
     /// Busy polling: after the last non-empty burst the worker keeps polling its rings for
@@ -451,13 +464,50 @@ impl AfXdpIo {
                     if new_len != burst.frame(i).len() {
                         burst.set_len(i, new_len);
                     }
+                    if o.csum_partial {
+                        // Left partial by the pipeline: the kernel finishes it (TX metadata)
+                        // or it is completed here; its field is written afresh either way.
+                        let req = if burst.can_request_checksum(i) {
+                            partial::offload_request(burst.frame_mut(i))
+                        } else {
+                            None
+                        };
+                        match req {
+                            Some((start, off)) if burst.request_checksum(i, start, off) => {
+                                counters.csum_offloaded += 1
+                            }
+                            _ => {
+                                if partial::complete_frame(burst.frame_mut(i)) {
+                                    counters.csum_completed += 1;
+                                }
+                            }
+                        }
+                    }
                     burst.set_action(i, XskAction::Tx(t));
                     counters.tx[usize::from(e)] += 1;
                     counters.tx_bytes[usize::from(e)] += new_len as u64;
                 }
             } else if let Some((e, t)) = target {
                 let f = handoff.frame(k - n_rx, len);
-                match burst.tx_copy(t, &f[trim.min(f.len())..]) {
+                let (mut offloaded, mut completed) = (false, false);
+                let sent = burst.tx_copy_with(t, &f[trim.min(f.len())..], |copy, room| {
+                    if !o.csum_partial {
+                        return None;
+                    }
+                    let req = if room {
+                        partial::offload_request(copy)
+                    } else {
+                        None
+                    };
+                    offloaded = req.is_some();
+                    if req.is_none() {
+                        completed = partial::complete_frame(copy);
+                    }
+                    req
+                });
+                counters.csum_offloaded += u64::from(sent.is_ok() && offloaded);
+                counters.csum_completed += u64::from(sent.is_ok() && completed);
+                match sent {
                     Ok(()) => {
                         counters.tx[usize::from(e)] += 1;
                         counters.tx_bytes[usize::from(e)] += (f.len() - trim.min(f.len())) as u64;
@@ -596,6 +646,10 @@ impl PacketIo for AfXdpIo {
 
     fn owner(&self) -> (usize, usize) {
         (self.id, self.workers)
+    }
+
+    fn keeps_partial(&self) -> bool {
+        self.csum_offload && self.xsk.tx_metadata()
     }
 
     fn burst(

@@ -1,4 +1,5 @@
-//! AF_XDP packet I/O (feature `afxdp`): a worker's sockets over one UMEM ([`xsk`], with
+//! AF_XDP packet I/O (feature `afxdp`): the kernel's sockets, rings and UMEM spoken directly
+//! ([`ring`], our own layer over the uapi), a worker's sockets over one UMEM ([`xsk`], with
 //! multi-buffer packet assembly in [`chain`]) and the
 //! worker I/O that runs the pipeline over them ([`io`]), handing frames owned by another worker
 //! to it ([`crate::handoff`]).
@@ -6,6 +7,7 @@
 pub mod chain;
 pub mod io;
 pub mod link;
+pub mod ring;
 pub mod xsk;
 
 pub use io::AfXdpIo;

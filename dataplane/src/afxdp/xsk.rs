@@ -33,8 +33,11 @@
 //!   (fill, RX and TX rings: the kernel no longer touches them), stops polling, kicking and
 //!   refilling them, and counts what was on their TX rings. [`XskWorker::rebind`] binds a new
 //!   socket for the same slot on the re-created interface over the same UMEM
-//!   (`XDP_SHARED_UMEM` through the UMEM's own socket, libxdp's `umem->fd`: the first binding,
-//!   so the caller puts an interface that stays, the uplink, first).
+//!   (`XDP_SHARED_UMEM` through any socket of the worker that is still bound: the kernel
+//!   requires the one it names to be bound; only a worker with every socket down cannot).
+//! - **Our own socket layer** ([`super::ring`]): the UMEM is registered, the rings mapped and
+//!   the sockets bound with raw system calls (no libxdp), so the UMEM can carry AF_XDP TX
+//!   metadata ([`XskConfig::tx_metadata`]).
 //!
 //! Frame accounting (the invariant, checked by [`XskWorker::check_accounting`]): every UMEM
 //! frame is in exactly one place, and
@@ -52,12 +55,8 @@
 )]
 
 use std::{
-    error::Error as _,
     fmt, io,
-    io::Write as _,
-    mem::ManuallyDrop,
-    num::NonZeroU32,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{FromRawFd, OwnedFd, RawFd},
     thread,
     time::Duration,
 };
@@ -65,10 +64,9 @@ use std::{
 use log::debug;
 
 use super::chain::{ChainRx, Verdict};
-use xsk_rs::{
-    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
-    socket::XdpStatistics,
-    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+use super::ring::{
+    FrameDesc, Socket, TxMetadata, Umem, XdpStatistics, XDP_COPY, XDP_PACKET_HEADROOM,
+    XDP_TX_METADATA, XDP_USE_NEED_WAKEUP, XDP_USE_SG,
 };
 
 /// Most frames one [`XskWorker::rx_burst`] returns.
@@ -77,9 +75,7 @@ pub const MAX_BURST: usize = 64;
 /// Frames one socket can have staged for TX in a burst (forwarded plus copies).
 const TX_STAGE: usize = 2 * MAX_BURST;
 
-/// `options` bit of a descriptor followed by more buffers of the same packet (uapi
-/// `XDP_PKT_CONTD`, multi-buffer sockets only).
-pub const XDP_PKT_CONTD: u32 = 1;
+pub use super::ring::XDP_PKT_CONTD;
 
 /// Most buffers of one packet (multi-buffer): copy-mode TX builds an skb of one linear part
 /// and at most `MAX_SKB_FRAGS` (17) page fragments, one per descriptor after the first, so a
@@ -118,6 +114,10 @@ pub struct XskConfig {
     /// up to [`MAX_CHAIN`] frames, each but the last with [`XDP_PKT_CONTD`], and leaves the
     /// same way. Needs an XDP program loaded with frags support (`xdp.frags`).
     pub multi_buffer: bool,
+    /// Register the UMEM with room for AF_XDP TX metadata before each frame's data, so TX can
+    /// ask the kernel to finish a partial checksum ([`XskWorker::tx_metadata`]). A kernel
+    /// without it (before 6.11) gets a UMEM without metadata.
+    pub tx_metadata: bool,
 }
 
 impl Default for XskConfig {
@@ -129,6 +129,7 @@ impl Default for XskConfig {
             bind_retries: 50,
             bind_retry_delay: Duration::from_millis(20),
             multi_buffer: false,
+            tx_metadata: false,
         }
     }
 }
@@ -245,8 +246,8 @@ pub struct SocketStats {
     pub tx_kicks: u64,
     /// Zero-timeout `poll` kicks (fill ring wakeup).
     pub fill_kicks: u64,
-    /// TX kicks (`sendto`) that failed with an error other than the transient ones xsk-rs
-    /// absorbs (ENOBUFS, EAGAIN, EBUSY, ENETDOWN). The frames stay queued for the next kick.
+    /// TX kicks (`sendto`) that failed with an error other than the transient ones
+    /// (ENOBUFS, EAGAIN, EBUSY, ENETDOWN). The frames stay queued for the next kick.
     pub tx_kick_errors: u64,
     /// Fill ring kicks (`poll`) that failed (EINTR is not an error). The next refill kicks
     /// again.
@@ -307,6 +308,14 @@ pub struct AccountingError {
     pub acct: FrameAccounting,
 }
 
+/// How the worker binds its sockets.
+#[derive(Debug, Clone, Copy)]
+struct BindOpts {
+    ring_size: u32,
+    /// Bind flags of the UMEM's own socket (the others inherit them).
+    flags: u16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
     Free,
@@ -318,10 +327,7 @@ enum Owner {
 struct Sock {
     iface: String,
     queue: u32,
-    rx: RxQueue,
-    tx: TxQueue,
-    fq: FillQueue,
-    cq: CompQueue,
+    xs: Socket,
     /// Lent for RX (fill ring + kernel + rx ring).
     lent_rx: u32,
     /// Lent for TX (tx ring + kernel + completion ring).
@@ -353,7 +359,7 @@ impl fmt::Debug for Sock {
 pub struct XskWorker {
     // Sockets before the UMEM: `Drop` deletes them first, then the UMEM.
     socks: Vec<Sock>,
-    umem: ManuallyDrop<Umem>,
+    umem: Umem,
     /// Start of the UMEM region, to view frames without a borrow of their descriptor.
     base: *mut u8,
     region_len: usize,
@@ -370,6 +376,9 @@ pub struct XskWorker {
     held_descs: usize,
     pkt_first: [u16; MAX_BURST],
     pkt_descs: [u8; MAX_BURST],
+    /// Per packet of the burst: a checksum request `(csum_start, csum_offset)` to send with it
+    /// in its first descriptor's TX metadata ([`Burst::request_checksum`]).
+    csum_req: [Option<(u16, u16)>; MAX_BURST],
     /// Multi-buffer: a linear copy of each chained packet of the burst (slot = packet index,
     /// [`LIN_SLOT`] bytes each; empty without multi-buffer) and its length. The pipeline
     /// works on the copy; TX writes it back into the chain's frames.
@@ -395,7 +404,9 @@ pub struct XskWorker {
     pristine: Vec<FrameDesc>,
     /// Kept to bind a replacement socket ([`XskWorker::rebind`]).
     config: XskConfig,
-    sock_config: SocketConfig,
+    bind_opts: BindOpts,
+    /// Bytes of TX metadata before each frame's data (0: the UMEM has none).
+    tx_metadata_len: u32,
 }
 
 impl fmt::Debug for XskWorker {
@@ -403,6 +414,7 @@ impl fmt::Debug for XskWorker {
         f.debug_struct("XskWorker")
             .field("socks", &self.socks)
             .field("total", &self.total)
+            .field("umem_bytes", &self.umem.len())
             .field("free", &self.free.len())
             .field("accounting_errors", &self.accounting_errors)
             .finish_non_exhaustive()
@@ -411,18 +423,16 @@ impl fmt::Debug for XskWorker {
 
 // SAFETY: `base` points into the UMEM mapping that `umem` keeps alive; the worker is the only
 // user of its UMEM and rings, so moving it to another thread (before its loop starts) moves
-// all access with it. xsk-rs' queues and Umem are Send.
+// all access with it.
 unsafe impl Send for XskWorker {}
 
-fn errno_of(e: &xsk_rs::socket::SocketCreateError) -> io::Error {
-    match e.source().and_then(|s| s.downcast_ref::<io::Error>()) {
-        Some(io) => io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)),
-        None => io::Error::other(e.to_string()),
+fn check_ring_size(v: u32) -> Result<(), XskError> {
+    if v == 0 || !v.is_power_of_two() {
+        return Err(XskError::Config(format!(
+            "ring size: {v} is not a power of two"
+        )));
     }
-}
-
-fn queue_size(v: u32, what: &str) -> Result<QueueSize, XskError> {
-    QueueSize::new(v).map_err(|e| XskError::Config(format!("{what}: {e}")))
+    Ok(())
 }
 
 /// A worker's UMEM, mapped, populated and registered with the kernel, with no socket bound
@@ -431,7 +441,6 @@ fn queue_size(v: u32, what: &str) -> Result<QueueSize, XskError> {
 /// sockets one worker after the other.
 pub struct XskUmem {
     umem: Umem,
-    descs: Vec<FrameDesc>,
     total: u32,
     sockets: usize,
 }
@@ -459,7 +468,7 @@ impl XskUmem {
                 config.frame_size
             )));
         }
-        let ring = queue_size(config.ring_size, "ring size")?;
+        check_ring_size(config.ring_size)?;
         if config.frames_per_socket < config.ring_size {
             return Err(XskError::Config(format!(
                 "{} frames per socket cannot fill a ring of {}",
@@ -471,29 +480,15 @@ impl XskUmem {
             .checked_mul(sockets as u32)
             .filter(|t| u64::from(*t) * u64::from(config.frame_size) <= 1 << 34)
             .ok_or_else(|| XskError::Config("UMEM larger than 16 GiB".into()))?;
-        let umem_config = UmemConfig::builder()
-            .frame_size(
-                FrameSize::new(config.frame_size)
-                    .map_err(|e| XskError::Config(format!("frame size: {e}")))?,
-            )
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .frame_headroom(0)
-            .build()
-            .map_err(|e| XskError::Config(format!("UMEM: {e}")))?;
-        let frames = NonZeroU32::new(total).expect("checked non-zero above");
-        let (umem, descs) = Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
-            frames: total,
-            frame_size: config.frame_size,
-            source: e
-                .source()
-                .and_then(|s| s.downcast_ref::<io::Error>())
-                .map(|io| io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO)))
-                .unwrap_or_else(|| io::Error::other(e.to_string())),
+        let umem = Umem::new(config.frame_size, total, config.tx_metadata).map_err(|source| {
+            XskError::Umem {
+                frames: total,
+                frame_size: config.frame_size,
+                source,
+            }
         })?;
         Ok(XskUmem {
             umem,
-            descs,
             total,
             sockets,
         })
@@ -531,63 +526,61 @@ impl XskWorker {
             }
         }
         let XskUmem {
-            umem,
-            mut descs,
-            total,
-            ..
+            mut umem, total, ..
         } = umem;
-        let ring = queue_size(config.ring_size, "ring size")?;
+        check_ring_size(config.ring_size)?;
+        if umem.frame_size() != config.frame_size {
+            return Err(XskError::Config(format!(
+                "a UMEM of {}-byte frames cannot serve {}-byte frames",
+                umem.frame_size(),
+                config.frame_size
+            )));
+        }
         let frame_shift = config.frame_size.trailing_zeros();
-        // The UMEM's start: the data pointer of frame 0 minus its offset. A zero-length view
-        // is taken, so nothing is read.
-        let first = descs[0];
-        // SAFETY: `first` is a descriptor of this UMEM, and no frame has been lent to the
-        // kernel yet; the view has length 0.
-        let p0 = unsafe { umem.data(&first) }.contents().as_ptr();
-        let base = p0.wrapping_sub(first.addr()).cast_mut();
-        let region_len = total as usize * config.frame_size as usize;
+        let base = umem.base();
+        let region_len = umem.len();
 
-        let mut bind_flags = BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP;
+        let mut flags = XDP_COPY | XDP_USE_NEED_WAKEUP;
         if config.multi_buffer {
-            bind_flags |= BindFlags::XDP_USE_SG;
+            flags |= XDP_USE_SG;
         }
         let stage_cap = if config.multi_buffer {
             TX_STAGE_SG
         } else {
             TX_STAGE
         };
-        let sock_config = SocketConfig::builder()
-            .rx_queue_size(ring)
-            .tx_queue_size(ring)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(bind_flags)
-            .build();
-        let mut socks = Vec::with_capacity(bindings.len());
+        let bind_opts = BindOpts {
+            ring_size: config.ring_size,
+            flags,
+        };
+        let mut socks: Vec<Sock> = Vec::with_capacity(bindings.len());
         for b in bindings {
-            socks.push(Self::bind(config, sock_config, &umem, b, stage_cap)?);
+            // The first socket is the UMEM's own (it registered it); the others share it.
+            let own = umem.take_fd();
+            let share = socks.first().map(|s| s.xs.fd());
+            socks.push(Self::bind(config, bind_opts, own, share, b, stage_cap)?);
         }
         let pollfds = socks
             .iter()
             .map(|s| libc::pollfd {
-                fd: s.rx.fd().as_raw_fd(),
+                fd: s.xs.fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
 
-        let mut pristine = vec![FrameDesc::default(); total as usize];
-        for d in &descs {
-            if let Some(p) = pristine.get_mut(d.addr() >> frame_shift) {
-                *p = *d;
-            }
-        }
+        // Every frame's data starts where the kernel puts received data (after the XDP
+        // headroom), which leaves room before it for TX metadata.
+        let frame_size = config.frame_size as usize;
+        let pristine: Vec<FrameDesc> = (0..total as usize)
+            .map(|i| FrameDesc::new(i * frame_size + XDP_PACKET_HEADROOM, 0))
+            .collect();
         // Free list in reverse so frame 0 is handed out first (easier to read in dumps).
-        descs.reverse();
-        let mut free = Vec::with_capacity(total as usize);
-        free.extend(descs);
+        let free: Vec<FrameDesc> = pristine.iter().rev().copied().collect();
+        let tx_metadata_len = umem.tx_metadata_len();
         let mut w = XskWorker {
             socks,
-            umem: ManuallyDrop::new(umem),
+            umem,
             base,
             region_len,
             frame_shift,
@@ -601,6 +594,7 @@ impl XskWorker {
             held_descs: 0,
             pkt_first: [0; MAX_BURST],
             pkt_descs: [1; MAX_BURST],
+            csum_req: [None; MAX_BURST],
             lin: if config.multi_buffer {
                 vec![0; MAX_BURST * LIN_SLOT]
             } else {
@@ -617,7 +611,8 @@ impl XskWorker {
             accounting_errors: 0,
             pristine,
             config: *config,
-            sock_config,
+            bind_opts,
+            tx_metadata_len,
         };
         w.lin_base = w.lin.as_mut_ptr();
         for s in 0..w.socks.len() {
@@ -626,47 +621,46 @@ impl XskWorker {
         Ok(w)
     }
 
+    /// Sets up a socket (the UMEM's own `own`, or a new one sharing the UMEM of the bound
+    /// socket `share`) and binds it, retrying on `EBUSY`.
     fn bind(
         config: &XskConfig,
-        sock_config: SocketConfig,
-        umem: &Umem,
+        opts: BindOpts,
+        own: Option<OwnedFd>,
+        share: Option<RawFd>,
         b: &XskBinding<'_>,
         stage_cap: usize,
     ) -> Result<Sock, XskError> {
-        let iface: Interface = b.iface.parse().map_err(|_| XskError::Bind {
+        let fail = |source: io::Error| XskError::Bind {
             iface: b.iface.to_owned(),
             queue: b.queue,
-            source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"),
-        })?;
+            source,
+        };
+        let share = if own.is_some() { None } else { share };
+        if own.is_none() && share.is_none() {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no bound socket of this worker to share the UMEM with",
+            )));
+        }
+        let xs = Socket::new(own, opts.ring_size).map_err(fail)?;
         let mut attempt = 0;
         loop {
-            // SAFETY: INHIBIT_PROG_LOAD is set (libxdp loads and detaches no program), and
-            // `new` rejected duplicate (interface, queue) pairs for this UMEM.
-            match unsafe { Socket::new(sock_config, umem, &iface, b.queue) } {
-                Ok((tx, rx, Some((fq, cq)))) => {
+            match xs.bind(b.iface, b.queue, opts.flags, share) {
+                Ok(()) => {
                     return Ok(Sock {
                         iface: b.iface.to_owned(),
                         queue: b.queue,
-                        rx,
-                        tx,
-                        fq,
-                        cq,
+                        xs,
                         lent_rx: 0,
                         lent_tx: 0,
                         tx_stage: Vec::with_capacity(stage_cap),
                         stats: SocketStats::default(),
                         up: true,
                         chain: ChainRx::default(),
-                    })
+                    });
                 }
-                Ok((_, _, None)) => {
-                    return Err(XskError::Duplicate {
-                        iface: b.iface.to_owned(),
-                        queue: b.queue,
-                    })
-                }
-                Err(e) => {
-                    let errno = errno_of(&e);
+                Err(errno) => {
                     if errno.raw_os_error() == Some(libc::EBUSY) && attempt < config.bind_retries {
                         attempt += 1;
                         debug!(
@@ -676,11 +670,7 @@ impl XskWorker {
                         thread::sleep(config.bind_retry_delay);
                         continue;
                     }
-                    return Err(XskError::Bind {
-                        iface: b.iface.to_owned(),
-                        queue: b.queue,
-                        source: errno,
-                    });
+                    return Err(fail(errno));
                 }
             }
         }
@@ -708,7 +698,7 @@ impl XskWorker {
 
     /// The socket's file descriptor (for [`crate::Loader::register_xsk`]).
     pub fn raw_fd(&self, id: SocketId) -> RawFd {
-        self.socks[usize::from(id.0)].rx.fd().as_raw_fd()
+        self.socks[usize::from(id.0)].xs.fd()
     }
 
     /// Userspace counters of a socket.
@@ -719,7 +709,12 @@ impl XskWorker {
     /// The kernel's counters of a socket (`XDP_STATISTICS`: rx dropped, rx ring full, fill
     /// ring empty, invalid descriptors).
     pub fn kernel_stats(&self, id: SocketId) -> io::Result<XdpStatistics> {
-        self.socks[usize::from(id.0)].rx.fd().xdp_statistics()
+        self.socks[usize::from(id.0)].xs.statistics()
+    }
+
+    /// Whether TX can carry a checksum request (the UMEM has TX metadata room).
+    pub fn tx_metadata(&self) -> bool {
+        self.tx_metadata_len != 0
     }
 
     /// Frames seen coming back from a ring they were not lent to (must stay 0).
@@ -748,9 +743,9 @@ impl XskWorker {
         // Frames the kernel delivered before the unbind: dropped unread.
         loop {
             let mut scratch = std::mem::take(&mut self.scratch);
-            // SAFETY: as in `rx_burst`: the RX ring hands back frames of this worker's UMEM
-            // lent through this socket's fill ring; `scratch` is ours.
-            let n = unsafe { self.socks[s].rx.consume(&mut scratch) };
+            // The RX ring hands back frames of this worker's UMEM lent through this socket's
+            // fill ring (checked by `transition`).
+            let n = self.socks[s].xs.rx_consume(&mut scratch);
             for d in &scratch[..n] {
                 if self.transition(d, Owner::Fill(s as u8), Owner::Free) {
                     self.socks[s].lent_rx -= 1;
@@ -813,12 +808,15 @@ impl XskWorker {
             iface: &iface,
             queue,
         };
-        let mut new = Self::bind(&cfg, self.sock_config, &self.umem, &b, self.stage_cap)?;
+        // Any bound socket of the worker serves to share the UMEM (the kernel requires the
+        // one named in `sxdp_shared_umem_fd` to be bound).
+        let share = self.socks.iter().find(|s| s.up).map(|s| s.xs.fd());
+        let mut new = Self::bind(&cfg, self.bind_opts, None, share, &b, self.stage_cap)?;
         // The slot's counters go on across the replacement.
         new.stats = self.socks[s].stats;
         // The old socket (unbound, nothing lent) is closed here.
         self.socks[s] = new;
-        let fd = self.socks[s].rx.fd().as_raw_fd();
+        let fd = self.socks[s].xs.fd();
         self.pollfds[s].fd = fd;
         self.refill(s);
         // SAFETY: dup(2) of a descriptor this worker owns and holds open here.
@@ -860,9 +858,8 @@ impl XskWorker {
         for s in 0..self.socks.len() {
             while self.socks[s].lent_tx > 0 {
                 let mut scratch = std::mem::take(&mut self.scratch);
-                // SAFETY: descriptors written by the completion ring are of this worker's UMEM
-                // (the only UMEM its sockets use); `scratch` is ours.
-                let n = unsafe { self.socks[s].cq.consume(&mut scratch) };
+                // Addresses of frames this socket sent (checked by `transition`).
+                let n = self.socks[s].xs.comp_consume(&mut scratch);
                 for d in &scratch[..n] {
                     if self.transition(d, Owner::Tx(s as u8), Owner::Free) {
                         self.socks[s].lent_tx -= 1;
@@ -880,17 +877,17 @@ impl XskWorker {
 
     /// Tops up a socket's fill ring from the free list, then kicks if the kernel asks.
     fn refill(&mut self, s: usize) {
-        let room = self.socks[s].fq.nb_free(self.ring_size) as usize;
+        let room = self.socks[s].xs.fill_free(self.ring_size) as usize;
         if room > 0 && self.free.is_empty() {
             self.socks[s].stats.fill_starved += 1;
         }
         let n = room.min(self.free.len());
         if n > 0 {
             let from = self.free.len() - n;
-            // SAFETY: the frames come from the free list, so neither the kernel (fill, rx, tx,
-            // completion) nor a live burst holds them; they are of this worker's UMEM. `n` is
-            // at most the ring's free room, so the produce is all or nothing.
-            let got = unsafe { self.socks[s].fq.produce(&self.free[from..]) };
+            // The frames come from the free list, so neither the kernel (fill, rx, tx,
+            // completion) nor a live burst holds them. `n` is at most the ring's free room, so
+            // the produce is all or nothing.
+            let got = self.socks[s].xs.fill_produce(&self.free[from..]);
             self.socks[s].lent_rx += got as u32;
             for k in from..from + got {
                 let d = self.free[k];
@@ -901,11 +898,11 @@ impl XskWorker {
             self.free.drain(from..from + got);
         }
         let sock = &mut self.socks[s];
-        if sock.fq.needs_wakeup() {
+        if sock.xs.fill_needs_wakeup() {
             sock.stats.fill_kicks += 1;
             // Zero timeout: a kick, never a sleep (see module docs). EINTR is not an error;
             // others are counted, and the next burst kicks again.
-            if sock.fq.wakeup(sock.rx.fd_mut(), 0).is_err() {
+            if sock.xs.kick_fill().is_err() {
                 sock.stats.fill_kick_errors += 1;
             }
         }
@@ -917,19 +914,19 @@ impl XskWorker {
         let sock = &mut self.socks[s];
         let mut last = u32::MAX;
         for _ in 0..16 {
-            if !sock.tx.needs_wakeup() {
+            if !sock.xs.tx_needs_wakeup() {
                 break;
             }
-            let free = sock.tx.nb_free_exact();
+            let free = sock.xs.tx_free_exact();
             if free == self.ring_size || free == last {
                 break;
             }
             last = free;
             sock.stats.tx_kicks += 1;
-            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are absorbed by xsk-rs: the frames stay queued
+            // ENOBUFS/EAGAIN/EBUSY/ENETDOWN are absorbed by `kick_tx`: the frames stay queued
             // and the next burst kicks again. Anything else is counted (and retried the same
             // way).
-            if sock.tx.wakeup().is_err() {
+            if sock.xs.kick_tx().is_err() {
                 sock.stats.tx_kick_errors += 1;
                 break;
             }
@@ -954,14 +951,13 @@ impl XskWorker {
         self.refill(s);
         let max = max.min(MAX_BURST);
         let mut burst = std::mem::take(&mut self.burst);
-        // SAFETY: the RX ring hands back frames of this worker's UMEM that were lent through
-        // this socket's fill ring; `burst` is ours.
-        let mut n = unsafe { self.socks[s].rx.consume(&mut burst[..max]) };
+        // The RX ring hands back frames of this worker's UMEM that were lent through this
+        // socket's fill ring (checked by `transition` below).
+        let mut n = self.socks[s].xs.rx_consume(&mut burst[..max]);
         // A chain cut by the burst's end: its other buffers are in the ring already (the
         // kernel publishes a packet's descriptors together), so take them one by one.
         while n > 0 && n < burst.len() && burst[n - 1].options() & XDP_PKT_CONTD != 0 {
-            // SAFETY: as above.
-            if unsafe { self.socks[s].rx.consume_one(&mut burst[n]) } == 0 {
+            if self.socks[s].xs.rx_consume(&mut burst[n..n + 1]) == 0 {
                 break;
             }
             n += 1;
@@ -972,7 +968,7 @@ impl XskWorker {
         for k in 0..n {
             let d = burst[k];
             let last = d.options() & XDP_PKT_CONTD == 0;
-            let len_ok = d.addr() + d.lengths().data() <= self.region_len;
+            let len_ok = d.addr() + d.len() <= self.region_len;
             let ok = len_ok && self.transition(&d, Owner::Fill(s as u8), Owner::Held);
             if ok {
                 self.socks[s].lent_rx -= 1;
@@ -1019,6 +1015,9 @@ impl XskWorker {
         for a in &mut self.actions[..pkts] {
             *a = Action::Drop;
         }
+        for r in &mut self.csum_req[..pkts] {
+            *r = None;
+        }
         self.burst = burst;
         self.held = pkts;
         self.held_descs = kept;
@@ -1043,14 +1042,14 @@ impl XskWorker {
     /// Copies a chain's buffers into packet `p`'s linear slot. False if longer than
     /// [`MAX_CHAIN_BYTES`].
     fn linearize(&mut self, p: usize, descs: &[FrameDesc]) -> bool {
-        let total: usize = descs.iter().map(|d| d.lengths().data()).sum();
+        let total: usize = descs.iter().map(|d| d.len()).sum();
         if total > MAX_CHAIN_BYTES {
             return false;
         }
         let slot = self.lin_base.wrapping_add(p * LIN_SLOT);
         let mut off = 0;
         for d in descs {
-            let len = d.lengths().data();
+            let len = d.len();
             // SAFETY: `d` is held by this burst (no ring holds it, the kernel does not write
             // it) and `addr + len` lies inside the UMEM region (checked in `rx_burst`); the
             // slot (`p` < MAX_BURST, `off + len` ≤ total ≤ MAX_CHAIN_BYTES < LIN_SLOT) lies in
@@ -1084,7 +1083,7 @@ impl XskWorker {
         let descs = usize::from(self.pkt_descs[p]);
         let total = self.lin_len[p] as usize;
         if self.lin_len[p] == self.lin_orig[p] {
-            let len = self.burst[first].lengths().data();
+            let len = self.burst[first].len();
             let dst = self.base.wrapping_add(self.burst[first].addr());
             // SAFETY: the frame is held by this burst and `len` is its received length,
             // within its chunk; the slot holds `lin_len` ≥ `len` bytes; no overlap; the
@@ -1120,10 +1119,7 @@ impl XskWorker {
             // (`frame_capacity`); `off + len` ≤ `lin_len` ≤ MAX_CHAIN_BYTES within the slot;
             // the slot and the UMEM do not overlap; the burst's views are gone (finishing).
             unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
-            let d = &mut self.burst[j];
-            // SAFETY: the frame is held by this burst; only its length is written.
-            let mut data = unsafe { self.umem.data_mut(d) };
-            data.cursor().set_pos(len);
+            self.burst[j].set_len(len);
             off += len;
             used += 1;
         }
@@ -1143,9 +1139,9 @@ impl XskWorker {
     fn tail_unchanged(&self, p: usize) -> bool {
         let first = usize::from(self.pkt_first[p]);
         let descs = usize::from(self.pkt_descs[p]);
-        let mut off = self.burst[first].lengths().data();
+        let mut off = self.burst[first].len();
         for d in &self.burst[first + 1..first + descs] {
-            let len = d.lengths().data();
+            let len = d.len();
             // SAFETY: held frames of this burst and the packet's slot, read only.
             let (a, b) = unsafe {
                 (
@@ -1184,18 +1180,10 @@ impl XskWorker {
                 max,
             });
         }
-        {
-            // SAFETY: `d` came off the free list: no ring and no burst holds it; it is a
-            // descriptor of this worker's UMEM.
-            let mut buf = unsafe { self.umem.data_mut(&mut d) };
-            let mut cur = buf.cursor();
-            cur.set_pos(0);
-            // Cannot fail: length checked against the frame's capacity above.
-            let _ = cur.write_all(data);
-        }
-        // SAFETY: as above; after a successful produce the kernel owns `d` until it shows up
-        // on this socket's completion ring.
-        let n = unsafe { self.socks[s].tx.produce_one(&d) };
+        self.write_frame(&mut d, data);
+        // After a successful produce the kernel owns `d` until it shows up on this socket's
+        // completion ring.
+        let n = self.socks[s].xs.tx_produce(std::slice::from_ref(&d));
         if n == 0 {
             self.socks[s].stats.tx_ring_full += 1;
             self.free.push(d);
@@ -1210,6 +1198,48 @@ impl XskWorker {
         Ok(())
     }
 
+    /// Whether a frame at `d` has room for TX metadata before its data (the UMEM has it, and
+    /// the data starts far enough into its chunk: received frames and the worker's own start
+    /// [`XDP_PACKET_HEADROOM`] in).
+    #[inline]
+    fn metadata_room(&self, d: &FrameDesc) -> bool {
+        let size = 1usize << self.frame_shift;
+        self.tx_metadata_len != 0 && (d.addr() & (size - 1)) >= self.tx_metadata_len as usize
+    }
+
+    /// Puts a checksum request in the TX metadata before `d`'s data and marks `d` as carrying
+    /// it. False (nothing written) where there is no room ([`XskWorker::metadata_room`]).
+    fn put_tx_metadata(&mut self, d: &mut FrameDesc, start: u16, off: u16) -> bool {
+        if !self.metadata_room(d) {
+            return false;
+        }
+        let meta = TxMetadata::checksum(start, off);
+        let at = self
+            .base
+            .wrapping_add(d.addr() - self.tx_metadata_len as usize);
+        // SAFETY: `d` is held by the worker (a burst's frame being staged, or one off the free
+        // list): no ring holds it and the kernel neither reads nor writes it; the metadata
+        // lies in its chunk before the data (`metadata_room`), inside the UMEM mapping, and
+        // `TxMetadata` is plain integers (written unaligned: the UMEM gives no alignment).
+        unsafe { at.cast::<TxMetadata>().write_unaligned(meta) };
+        d.set_options(d.options() | XDP_TX_METADATA);
+        true
+    }
+
+    /// Writes `data` into a frame off the free list (`data.len()` ≤ its capacity, checked by
+    /// the caller) and sets its length.
+    fn write_frame(&mut self, d: &mut FrameDesc, data: &[u8]) {
+        debug_assert!(data.len() <= self.frame_capacity(d));
+        let len = data.len().min(self.frame_capacity(d));
+        // SAFETY: `d` came off the free list: no ring and no burst holds it (the kernel does
+        // not read or write it); `addr + len` lies within its chunk (`frame_capacity`), inside
+        // the UMEM mapping; `data` is not UMEM memory held by anyone else.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.wrapping_add(d.addr()), len)
+        };
+        d.set_len(len);
+    }
+
     /// Where packet `i` of the current burst is: its frame, or its chain's linear copy.
     #[inline]
     fn view(&self, i: usize) -> (*mut u8, usize) {
@@ -1220,7 +1250,7 @@ impl XskWorker {
         }
         let d = &self.burst[usize::from(self.pkt_first[i])];
         // In bounds: `rx_burst` kept only frames with addr + len inside the region.
-        (self.base.wrapping_add(d.addr()), d.lengths().data())
+        (self.base.wrapping_add(d.addr()), d.len())
     }
 
     /// Bytes a frame can hold from its descriptor's start to the end of its chunk.
@@ -1277,8 +1307,8 @@ impl XskWorker {
         for s in &mut self.socks {
             // Read the ring after our own counter: a frame the kernel moves from fill to rx
             // in between is still within `lent_rx`.
-            let rx = s.rx.nb_avail_exact().min(s.lent_rx);
-            let comp = s.cq.nb_avail_exact().min(s.lent_tx);
+            let rx = s.xs.rx_avail_exact().min(s.lent_rx);
+            let comp = s.xs.comp_avail_exact().min(s.lent_tx);
             a.in_rx += rx;
             a.in_fill += s.lent_rx - rx;
             a.in_completion += comp;
@@ -1363,6 +1393,12 @@ impl XskWorker {
                         self.socks[usize::from(t)].stats.tx_chains += 1;
                         self.delinearize(k)
                     };
+                    if let Some((start, off)) = self.csum_req[k] {
+                        let mut d = self.burst[first];
+                        if self.put_tx_metadata(&mut d, start, off) {
+                            self.burst[first] = d;
+                        }
+                    }
                     let t = usize::from(t);
                     for j in first..first + used {
                         let d = self.burst[j];
@@ -1394,14 +1430,14 @@ impl XskWorker {
             let stage = std::mem::take(&mut self.socks[t].tx_stage);
             // Produce is all or nothing, so ask for no more than the ring's free room, cut
             // at a packet's end (a chain goes whole or not at all).
-            let room = self.socks[t].tx.nb_free(stage.len() as u32) as usize;
+            let room = self.socks[t].xs.tx_free(stage.len() as u32) as usize;
             let mut cut = room.min(stage.len());
             while cut > 0 && stage[cut - 1].options() & XDP_PKT_CONTD != 0 {
                 cut -= 1;
             }
-            // SAFETY: the staged frames were received by this worker (held in the burst,
-            // now released by it) and belong to its UMEM; each is given to one ring only.
-            let sent = unsafe { self.socks[t].tx.produce(&stage[..cut]) };
+            // The staged frames were received by this worker (held in the burst, now released
+            // by it) and belong to its UMEM; each is given to one ring only.
+            let sent = self.socks[t].xs.tx_produce(&stage[..cut]);
             for d in &stage[..sent] {
                 if let Some(i) = self.frame_index(d) {
                     self.owner[i] = Owner::Tx(t as u8);
@@ -1565,6 +1601,29 @@ impl<'w> Burst<'w> {
             })
     }
 
+    /// Whether packet `i` can leave with a checksum request (the UMEM has TX metadata and the
+    /// packet's first frame room for it).
+    pub fn can_request_checksum(&self, i: usize) -> bool {
+        i < self.w.held
+            && self
+                .w
+                .metadata_room(&self.w.burst[usize::from(self.w.pkt_first[i])])
+    }
+
+    /// Asks the kernel to finish packet `i`'s L4 checksum as it transmits it: sum from
+    /// `csum_start` (from the packet's first byte) to the end, store at `csum_start +
+    /// csum_offset` (AF_XDP TX metadata, `XDP_TXMD_FLAGS_CHECKSUM`; copy mode hands the
+    /// driver a CHECKSUM_PARTIAL skb). The field must hold the pseudo-header sum
+    /// (`crate::partial::offload_request`). False, nothing requested: see
+    /// [`Burst::can_request_checksum`].
+    pub fn request_checksum(&mut self, i: usize, csum_start: u16, csum_offset: u16) -> bool {
+        if !self.can_request_checksum(i) {
+            return false;
+        }
+        self.w.csum_req[i] = Some((csum_start, csum_offset));
+        true
+    }
+
     /// Changes the length of frame `i` (new bytes are whatever the chunk held). Returns
     /// `false`, changing nothing, if `i >= len()` or `len` exceeds [`Burst::capacity`].
     pub fn set_len(&mut self, i: usize, len: usize) -> bool {
@@ -1577,10 +1636,7 @@ impl<'w> Burst<'w> {
             self.w.lin_len[i] = len as u32;
             return true;
         }
-        let d = &mut self.w.burst[usize::from(self.w.pkt_first[i])];
-        // SAFETY: frame `i` is held by this burst (see `frame`); only its length is written.
-        let mut data = unsafe { self.w.umem.data_mut(d) };
-        data.cursor().set_pos(len);
+        self.w.burst[usize::from(self.w.pkt_first[i])].set_len(len);
         true
     }
 
@@ -1588,6 +1644,18 @@ impl<'w> Burst<'w> {
     /// (with the burst's forwarded frames: one kick per socket). For frames the pipeline
     /// originates mid-burst (ICMP errors, replies).
     pub fn tx_copy(&mut self, id: SocketId, data: &[u8]) -> Result<(), TxError> {
+        self.tx_copy_with(id, data, |_, _| None)
+    }
+
+    /// [`Burst::tx_copy`], with `edit` called on the copy in its frame before it is queued:
+    /// given the bytes and whether the frame can carry a checksum request, it returns the
+    /// request to send with it, if any (see [`Burst::request_checksum`]).
+    pub fn tx_copy_with(
+        &mut self,
+        id: SocketId,
+        data: &[u8],
+        edit: impl FnOnce(&mut [u8], bool) -> Option<(u16, u16)>,
+    ) -> Result<(), TxError> {
         let w = &mut *self.w;
         let t = usize::from(id.0);
         if t >= w.socks.len() {
@@ -1612,14 +1680,14 @@ impl<'w> Burst<'w> {
                 max,
             });
         }
-        {
-            // SAFETY: `d` came off the free list: no ring and no burst holds it; it is a
-            // descriptor of this worker's UMEM.
-            let mut buf = unsafe { w.umem.data_mut(&mut d) };
-            let mut cur = buf.cursor();
-            cur.set_pos(0);
-            // Cannot fail: length checked against the frame's capacity above.
-            let _ = cur.write_all(data);
+        w.write_frame(&mut d, data);
+        let room = w.metadata_room(&d);
+        // SAFETY: `d` came off the free list (no ring or burst holds it) and `write_frame`
+        // wrote `d.len()` bytes at its address, within its chunk; the view ends here.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(w.base.wrapping_add(d.addr()), d.len()) };
+        if let Some((start, off)) = edit(bytes, room) {
+            w.put_tx_metadata(&mut d, start, off);
         }
         if let Some(i) = w.frame_index(&d) {
             w.owner[i] = Owner::Held;
@@ -1646,38 +1714,21 @@ impl Drop for Burst<'_> {
 }
 
 /// Closing an AF_XDP socket waits in the kernel for an RCU grace period (`xsk_release` ->
-/// `xsk_unbind_dev` -> `synchronize_net`), and xsk-rs deletes the sockets of one UMEM one at a
-/// time under its lock: a worker's N sockets cost N grace periods in a row (about 17 ms each
-/// on an idle 2-vCPU VM, 8 sockets: most of the daemon's stop time). So each socket's file is
-/// kept open by a duplicate while libxdp deletes the sockets and the UMEM (its `close` then only
-/// drops a reference and returns at once), and the duplicates, the last references, are
-/// closed from one thread each: the kernel releases run concurrently and share grace periods.
-///
-/// Until then the kernel sockets stay bound with nobody reading them (frames that arrive are
-/// lost, as they would be a moment later) and keep their UMEM pages pinned, so nothing the
-/// kernel writes lands in memory that was given back.
+/// `xsk_unbind_dev` -> `synchronize_net`): closed one after the other, a worker's N sockets
+/// would cost N grace periods in a row (about 17 ms each on an idle 2-vCPU VM, 8 sockets: most
+/// of the daemon's stop time). So each socket's rings are unmapped here and its descriptor, the
+/// last reference, is closed from a thread of its own: the kernel releases run concurrently and
+/// share grace periods. The UMEM is unmapped last; its pages stay pinned by the kernel until
+/// the last socket that uses it is released, so nothing the kernel writes meanwhile lands in
+/// memory that was given back.
 impl Drop for XskWorker {
     fn drop(&mut self) {
-        let dups: Vec<OwnedFd> = self
-            .socks
-            .iter()
-            .filter_map(|s| {
-                // SAFETY: dup(2) of a descriptor this worker owns and holds open here.
-                let fd = unsafe { libc::dup(s.rx.fd().as_raw_fd()) };
-                // SAFETY: a descriptor dup(2) just created, owned by nobody else. (On failure,
-                // -1: that socket is simply closed in line by libxdp below.)
-                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-            })
-            .collect();
-        self.socks.clear();
-        // SAFETY: dropped exactly once, here; nothing uses the UMEM afterwards (`base` is not
-        // read once the sockets are gone and `self` is being dropped).
-        unsafe { ManuallyDrop::drop(&mut self.umem) };
-        if dups.len() < 2 {
+        let fds: Vec<OwnedFd> = self.socks.drain(..).map(|s| s.xs.into_fd()).collect();
+        if fds.len() < 2 {
             return;
         }
         thread::scope(|scope| {
-            for fd in dups {
+            for fd in fds {
                 // If no thread can be spawned, the closure (and its fd) is dropped right here:
                 // that socket's release runs in line.
                 let _ = thread::Builder::new()

@@ -45,6 +45,12 @@ pub trait PacketIo: Send {
     fn owner(&self) -> (usize, usize) {
         (0, 1)
     }
+    /// Whether this I/O writes partial checksums itself as frames leave (the kernel finishing
+    /// them through AF_XDP TX metadata): the pipeline then leaves them partial
+    /// ([`crate::Pipeline::set_keep_partial`]). Default: no, the pipeline completes them.
+    fn keeps_partial(&self) -> bool {
+        false
+    }
     /// One burst: receive up to [`BURST`] frames with their ingress interface and time `now`,
     /// hand them to `process` (which decides every frame's [`Outcome`] and may rewrite and
     /// shorten frames in place), then transmit each `Action::Forward(egress)` frame — its
@@ -141,6 +147,13 @@ pub struct IoCounters {
     pub iface_gone: u64,
     #[serde(default)]
     pub iface_rebound: u64,
+    /// Frames the pipeline left with a partial checksum ([`crate::Outcome::csum_partial`])
+    /// sent with a checksum request in their AF_XDP TX metadata (the kernel finishes them).
+    #[serde(default)]
+    pub csum_offloaded: u64,
+    /// Frames left partial whose checksum the I/O completed (no TX metadata room).
+    #[serde(default)]
+    pub csum_completed: u64,
 }
 
 impl IoCounters {
@@ -196,7 +209,7 @@ pub struct XskSocketStats {
     pub fill_starved: u64,
     pub tx_kicks: u64,
     pub fill_kicks: u64,
-    /// TX kicks (`sendto`) that failed (beyond the transient errors xsk-rs absorbs).
+    /// TX kicks (`sendto`) that failed (beyond the transient ones: ENOBUFS, EAGAIN, EBUSY, ENETDOWN).
     #[serde(default)]
     pub tx_kick_errors: u64,
     /// Fill ring kicks (`poll`) that failed.
@@ -238,6 +251,9 @@ impl PacketIo for Box<dyn PacketIo> {
     }
     fn owner(&self) -> (usize, usize) {
         (**self).owner()
+    }
+    fn keeps_partial(&self) -> bool {
+        (**self).keeps_partial()
     }
     fn burst(
         &mut self,

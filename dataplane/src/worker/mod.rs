@@ -134,6 +134,7 @@ impl<I: PacketIo> Worker<I> {
         let mut pipeline = Pipeline::new(tables);
         let (worker, workers) = io.owner();
         pipeline.set_owner(worker, workers);
+        pipeline.set_keep_partial(io.keeps_partial());
         Worker {
             id,
             pipeline,
@@ -463,6 +464,8 @@ impl<I: PacketIo> Worker<I> {
         .iter()
         .map(|r| drops[*r as usize] - c.drops[*r as usize])
         .sum();
+        let io = self.io.stats();
+        let io_counters = io.afxdp.as_ref().map(|a| &a.counters);
         WorkerStats {
             worker: self.id,
             generation: self.pipeline.tables().generation,
@@ -479,7 +482,8 @@ impl<I: PacketIo> Worker<I> {
             rst_sent: self.rst_sent,
             rejects_sent: self.rejects.sent,
             rejects_suppressed: self.rejects.suppressed,
-            csum_completed: c.csum_completed,
+            csum_completed: c.csum_completed + io_counters.map_or(0, |k| k.csum_completed),
+            csum_offloaded: io_counters.map_or(0, |k| k.csum_offloaded),
             ct_entries: ct.len(),
             ct_capacity: ct.capacity(),
             ct_created: s.created,
@@ -488,7 +492,7 @@ impl<I: PacketIo> Worker<I> {
             ct_full_drops: s.full_drops,
             worker_panics: self.panics,
             panic_dropped: self.panic_dropped,
-            io: self.io.stats(),
+            io,
             events: self.events.counts(),
             services: Some(self.services.clone()),
         }

@@ -126,6 +126,10 @@ pub struct WorkerStats {
     /// Partial TCP/UDP checksums completed (frames from senders with TX checksum offload on).
     #[serde(default)]
     pub csum_completed: u64,
+    /// Partial TCP/UDP checksums passed on for the kernel to finish (AF_XDP TX metadata,
+    /// `io.afxdp.tx_checksum_offload`).
+    #[serde(default)]
+    pub csum_offloaded: u64,
     pub ct_entries: usize,
     pub ct_capacity: usize,
     pub ct_created: u64,
