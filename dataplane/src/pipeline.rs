@@ -460,10 +460,13 @@ impl Pipeline {
         for (chunk, out) in pkts.chunks_mut(BURST).zip(out.chunks_mut(BURST)) {
             // One `Arc` clone per burst, not per packet.
             let tables = Arc::clone(&self.tables);
-            for (i, (p, out)) in chunk.iter_mut().zip(out.iter_mut()).enumerate() {
-                // A chunk holds at most BURST frames: the mask changes no index and lets the
-                // compiler drop the bounds check of `keys`.
-                let i = i & (BURST - 1);
+            // One index for the frame, its outcome and its tuple (fewer live registers in a
+            // loop that also holds the general path than three iterators).
+            let n = chunk.len().min(out.len()).min(BURST);
+            for i in 0..n {
+                let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
+                    break;
+                };
                 // Parse (a frame may carry the parse its receiving worker did for flow
                 // ownership). The common frame gets a lean parse and tries the established
                 // fast lane, which builds its key where flow events read it.
