@@ -122,10 +122,22 @@ fn finish<const L: usize>(
     if !ct.touch_steady(slot, dir, l.tcp_flags, len, now) {
         return false;
     }
+    // The MACs and the outcome first: what they read is then dead before the rewrite.
+    eth[ethernet::DST_MAC].copy_from_slice(dst_mac);
+    eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
     let e = ct.entry(slot);
+    let nat = e.nat();
+    *out = Outcome::established(
+        egress,
+        dir,
+        &e,
+        nat.map(|n| n.service),
+        nat.map(|n| (n.backend, n.backend_port)),
+        0,
+    );
     // One 4-byte load (an element-wise array literal here became a vector shuffle).
     let v4 = |a: Addr| -> [u8; 4] { a.bytes.first_chunk().copied().unwrap_or_default() };
-    let (service, backend) = match e.nat() {
+    match nat {
         Some(nat) => {
             let (to_dst, addr, port) = match dir {
                 Dir::Orig => (true, nat.backend, nat.backend_port),
@@ -143,15 +155,8 @@ fn finish<const L: usize>(
                 };
                 rewrite::nat4(ip, l4, udp, !to_dst, v4(addr), port, false);
             }
-            (Some(nat.service), Some((nat.backend, nat.backend_port)))
         }
-        None => {
-            rewrite::ttl4(ip);
-            (None, None)
-        }
-    };
-    eth[ethernet::DST_MAC].copy_from_slice(dst_mac);
-    eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
-    *out = Outcome::established(egress, dir, &e, service, backend, 0);
+        None => rewrite::ttl4(ip),
+    }
     true
 }
