@@ -215,7 +215,9 @@ pub fn lean4(frame: &[u8]) -> Option<Lean4> {
     }
     let total = usize::from(be16(h, at(L3, ipv4::TOTAL_LEN)));
     let ip_end = L3 + total;
-    if total < ipv4::MIN_HEADER_LEN || ip_end > frame.len() {
+    // `total` ≥ the IPv4 header: implied by the L4 checks below (`L4 + doff` or `L4 + ulen`
+    // within `ip_end`, both ≥ 8), which come before `ip_end - L4` is used.
+    if ip_end > frame.len() {
         return None;
     }
     let ip: &[u8; ipv4::MIN_HEADER_LEN] = h[L3..L4].try_into().ok()?;
@@ -228,15 +230,16 @@ pub fn lean4(frame: &[u8]) -> Option<Lean4> {
             let t: &[u8; tcp::MIN_HEADER_LEN] =
                 frame.get(L4..L4 + tcp::MIN_HEADER_LEN)?.try_into().ok()?;
             let doff = usize::from(t[tcp::DATA_OFF] >> 4) * 4;
-            if L4 + tcp::MIN_HEADER_LEN > ip_end || doff < tcp::MIN_HEADER_LEN || L4 + doff > ip_end
-            {
+            // The header within the datagram: `doff` ≥ 20 and `L4 + doff` within it.
+            if doff < tcp::MIN_HEADER_LEN || L4 + doff > ip_end {
                 return None;
             }
             (t[tcp::FLAGS], ne16(t, tcp::CHECKSUM))
         }
         PROTO_UDP => {
             let ulen = usize::from(be16(h, at(L4, udp::LENGTH)));
-            if L4 + udp::HEADER_LEN > ip_end || ulen < udp::HEADER_LEN || L4 + ulen > ip_end {
+            // The datagram within the IP datagram: `ulen` ≥ 8 and `L4 + ulen` within it.
+            if ulen < udp::HEADER_LEN || L4 + ulen > ip_end {
                 return None;
             }
             (0, ne16(h, at(L4, udp::CHECKSUM)))
