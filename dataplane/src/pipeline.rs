@@ -18,7 +18,7 @@
 //! through `established_fast` (other frames of established flows) or the full path. Costs
 //! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
 //! 11)` and "Conntrack memory"): see bench/baseline.json for the current instructions per
-//! established packet (~50 of them the profiling harness's) and per new connection.
+//! established packet (~43 of them the profiling harness's) and per new connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
