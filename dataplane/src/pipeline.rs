@@ -477,7 +477,15 @@ impl Pipeline {
                     }
                     None => match parse::lean4(p.data) {
                         Some(l) => {
-                            self.keys[i] = l.key();
+                            // Zeroed whole (a few wide stores), then the five fields: fewer
+                            // stores than the key's padded addresses written field by field.
+                            let k = &mut self.keys[i];
+                            *k = FlowKey::default();
+                            k.src.bytes[..4].copy_from_slice(&l.src);
+                            k.dst.bytes[..4].copy_from_slice(&l.dst);
+                            k.sport = l.sport;
+                            k.dport = l.dport;
+                            k.proto = l.proto;
                             if lane4::lane4(
                                 &mut self.ct,
                                 &mut self.cache,
