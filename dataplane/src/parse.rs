@@ -120,6 +120,13 @@ fn be16<const N: usize>(h: &[u8; N], field: Field) -> u16 {
     u16::from_be_bytes([h[field.start], h[field.start + 1]])
 }
 
+/// The 16-bit `field` of a fixed-size header view in the machine's byte order (for checksum
+/// arithmetic, which does not depend on it).
+#[inline(always)]
+fn ne16<const N: usize>(h: &[u8; N], field: Field) -> u16 {
+    u16::from_ne_bytes([h[field.start], h[field.start + 1]])
+}
+
 /// The 4 bytes of `field` (an IPv4 address) of a fixed-size header view.
 #[inline(always)]
 fn bytes4<const N: usize>(h: &[u8; N], field: Field) -> [u8; 4] {
@@ -194,10 +201,12 @@ pub fn lean4(frame: &[u8]) -> Option<Lean4> {
         return None;
     }
     let h: &[u8; L4 + udp::HEADER_LEN] = frame.first_chunk()?;
-    if h[ethernet::ETHERTYPE.start] != ETHERTYPE[0]
-        || h[ethernet::ETHERTYPE.start + 1] != ETHERTYPE[1]
-        || h[L3 + ipv4::VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
-    {
+    // The EtherType and the version/IHL byte (adjacent) in one masked 4-byte compare.
+    const TYPE_VER: u32 =
+        u32::from_le_bytes([ETHERTYPE[0], ETHERTYPE[1], ipv4::VER_IHL_NO_OPTIONS, 0]);
+    let et = ethernet::ETHERTYPE.start;
+    const _: () = assert!(ethernet::ETHERTYPE.end == L3 && ipv4::VER_IHL == 0);
+    if u32::from_le_bytes([h[et], h[et + 1], h[et + 2], h[et + 3]]) & 0x00ff_ffff != TYPE_VER {
         return None;
     }
     // Flags and fragment offset: only DF may be set (offset 0, no more fragments).
@@ -206,7 +215,9 @@ pub fn lean4(frame: &[u8]) -> Option<Lean4> {
     }
     let total = usize::from(be16(h, at(L3, ipv4::TOTAL_LEN)));
     let ip_end = L3 + total;
-    if total < ipv4::MIN_HEADER_LEN || ip_end > frame.len() {
+    // `total` ≥ the IPv4 header: implied by the L4 checks below (`L4 + doff` or `L4 + ulen`
+    // within `ip_end`, both ≥ 8), which come before `ip_end - L4` is used.
+    if ip_end > frame.len() {
         return None;
     }
     let ip: &[u8; ipv4::MIN_HEADER_LEN] = h[L3..L4].try_into().ok()?;
@@ -219,24 +230,31 @@ pub fn lean4(frame: &[u8]) -> Option<Lean4> {
             let t: &[u8; tcp::MIN_HEADER_LEN] =
                 frame.get(L4..L4 + tcp::MIN_HEADER_LEN)?.try_into().ok()?;
             let doff = usize::from(t[tcp::DATA_OFF] >> 4) * 4;
-            if L4 + tcp::MIN_HEADER_LEN > ip_end || doff < tcp::MIN_HEADER_LEN || L4 + doff > ip_end
-            {
+            // The header within the datagram: `doff` ≥ 20 and `L4 + doff` within it.
+            if doff < tcp::MIN_HEADER_LEN || L4 + doff > ip_end {
                 return None;
             }
-            (t[tcp::FLAGS], be16(t, tcp::CHECKSUM))
+            (t[tcp::FLAGS], ne16(t, tcp::CHECKSUM))
         }
         PROTO_UDP => {
             let ulen = usize::from(be16(h, at(L4, udp::LENGTH)));
-            if L4 + udp::HEADER_LEN > ip_end || ulen < udp::HEADER_LEN || L4 + ulen > ip_end {
+            // The datagram within the IP datagram: `ulen` ≥ 8 and `L4 + ulen` within it.
+            if ulen < udp::HEADER_LEN || L4 + ulen > ip_end {
                 return None;
             }
-            (0, be16(h, at(L4, udp::CHECKSUM)))
+            (0, ne16(h, at(L4, udp::CHECKSUM)))
         }
         _ => return None,
     };
-    // The addresses' words are the ones the header checksum above just summed.
-    let w = |f: Field| u64::from(u32::from_be_bytes(bytes4(ip, f)));
-    let pseudo = w(ipv4::SRC_ADDR) + w(ipv4::DST_ADDR) + u64::from(proto) + (ip_end - L4) as u64;
+    // The pseudo-header sum and the checksum field in the machine's byte order: the test is
+    // a congruence mod 0xffff, and reading every 16-bit word byte-swapped multiplies both
+    // sides by 256, which is invertible mod 0xffff (RFC 1071 §2(B)); so no byte swap but the
+    // length's. The addresses' words are the ones the header checksum above just loaded.
+    let w = |f: Field| u64::from(u32::from_ne_bytes(bytes4(ip, f)));
+    let pseudo = w(ipv4::SRC_ADDR)
+        + w(ipv4::DST_ADDR)
+        + u64::from(u16::from_ne_bytes([0, proto]))
+        + u64::from(u16::from_ne_bytes(((ip_end - L4) as u16).to_be_bytes()));
     Some(Lean4 {
         src: bytes4(ip, ipv4::SRC_ADDR),
         dst: bytes4(ip, ipv4::DST_ADDR),

@@ -18,7 +18,7 @@
 //! through `established_fast` (other frames of established flows) or the full path. Costs
 //! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
 //! 11)` and "Conntrack memory"): see bench/baseline.json for the current instructions per
-//! established packet (~50 of them the profiling harness's) and per new connection.
+//! established packet (~43 of them the profiling harness's) and per new connection.
 //!
 //! Every frame ends with exactly one [`Action`]: forward on an interface, pass to the kernel,
 //! drop with a [`DropReason`] (counted), or held (an out-of-order fragment, released later
@@ -489,10 +489,13 @@ impl Pipeline {
             // New connections' frontend, service and backend, looked ahead for the whole burst
             // so that their cache misses overlap (`syn.rs`).
             self.ahead.look(&tables, chunk);
-            for (i, (p, out)) in chunk.iter_mut().zip(out.iter_mut()).enumerate() {
-                // A chunk holds at most BURST frames: the mask changes no index and lets the
-                // compiler drop the bounds check of `keys`.
-                let i = i & (BURST - 1);
+            // One index for the frame, its outcome and its tuple (fewer live registers in a
+            // loop that also holds the general path than three iterators).
+            let n = chunk.len().min(out.len()).min(BURST);
+            for i in 0..n {
+                let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
+                    break;
+                };
                 // Parse (a frame may carry the parse its receiving worker did for flow
                 // ownership). The common frame gets a lean parse and tries the established
                 // fast lane, which builds its key where flow events read it.
@@ -503,7 +506,15 @@ impl Pipeline {
                     }
                     None => match parse::lean4(p.data) {
                         Some(l) => {
-                            self.keys[i] = l.key();
+                            // Zeroed whole (a few wide stores), then the five fields: fewer
+                            // stores than the key's padded addresses written field by field.
+                            let k = &mut self.keys[i];
+                            *k = FlowKey::default();
+                            k.src.bytes[..4].copy_from_slice(&l.src);
+                            k.dst.bytes[..4].copy_from_slice(&l.dst);
+                            k.sport = l.sport;
+                            k.dport = l.dport;
+                            k.proto = l.proto;
                             if lane4::lane4(
                                 &mut self.ct,
                                 &mut self.cache,

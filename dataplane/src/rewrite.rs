@@ -231,6 +231,11 @@ pub fn nat_v4_and_ttl_frame(frame: &mut [u8], m: &Meta, dst: bool, addr: Addr, p
 /// `addr:port` and, with `ttl`, decrements the TTL, folding the changes into one update of each
 /// checksum: the same bytes as [`nat_v4_and_ttl_frame`] (with `ttl`) or [`set_addr_port`]
 /// (without). The caller checked that the TTL is > 1.
+///
+/// Every word is read and every checksum stored in the machine's byte order: the
+/// one's-complement sum is byte-order independent (RFC 1071 §2(B): swapping the bytes of every
+/// 16-bit word swaps those of the sum), so this gives the bytes of the big-endian computation
+/// with no byte swap but the port's.
 #[inline(always)]
 pub fn nat4<const L: usize>(
     ip: &mut [u8; ipv4::MIN_HEADER_LEN],
@@ -246,44 +251,54 @@ pub fn nat4<const L: usize>(
     } else {
         ipv4::SRC_ADDR.start
     };
-    let old_addr = u32::from_be_bytes([ip[aoff], ip[aoff + 1], ip[aoff + 2], ip[aoff + 3]]);
-    let d_addr = u64::from(!old_addr) + u64::from(u32::from_be_bytes(addr));
+    let old_addr = u32::from_ne_bytes([ip[aoff], ip[aoff + 1], ip[aoff + 2], ip[aoff + 3]]);
+    let d_addr = u64::from(!old_addr) + u64::from(u32::from_ne_bytes(addr));
     let mut d_ip = d_addr;
     if ttl {
-        let ttl_old = be16(ip, ipv4::TTL_PROTOCOL.start);
-        d_ip += delta16(ttl_old, ttl_old.wrapping_sub(0x100));
-        ip[ipv4::TTL] = ip[ipv4::TTL].wrapping_sub(1);
+        let t = ip[ipv4::TTL].wrapping_sub(1);
+        let old = ne16(ip, ipv4::TTL_PROTOCOL.start);
+        d_ip += delta16(old, u16::from_ne_bytes([t, ip[ipv4::PROTOCOL]]));
+        ip[ipv4::TTL] = t;
     }
-    let ipc = apply(be16(ip, ipv4::CHECKSUM.start), d_ip);
+    let ipc = apply(ne16(ip, ipv4::CHECKSUM.start), d_ip);
     ip[aoff..aoff + ipv4::ADDR_LEN].copy_from_slice(&addr);
-    ip[ipv4::CHECKSUM].copy_from_slice(&ipc.to_be_bytes());
+    ip[ipv4::CHECKSUM].copy_from_slice(&ipc.to_ne_bytes());
 
     let ports = port_field(dst);
     let ck = L - 2;
-    let old_port = be16(l4, ports.start);
-    let c = be16(l4, ck);
+    let wire_port = port.to_be_bytes();
+    let old_port = ne16(l4, ports.start);
+    let c = ne16(l4, ck);
+    // Both representations of zero read the same in either byte order.
     if !(udp && c == 0) {
-        let mut n = apply(c, d_addr + delta16(old_port, port));
+        let mut n = apply(c, d_addr + delta16(old_port, u16::from_ne_bytes(wire_port)));
         if udp && n == 0 {
             n = 0xffff;
         }
-        l4[ck..ck + 2].copy_from_slice(&n.to_be_bytes());
+        l4[ck..ck + 2].copy_from_slice(&n.to_ne_bytes());
     }
-    l4[ports].copy_from_slice(&port.to_be_bytes());
+    l4[ports].copy_from_slice(&wire_port);
+}
+
+/// The native-endian 16-bit word at `i` of a header view (see [`nat4`]).
+#[inline(always)]
+fn ne16(h: &[u8], i: usize) -> u16 {
+    u16::from_ne_bytes([h[i], h[i + 1]])
 }
 
 /// The fast lane's TTL decrement of a flow without NAT: the same bytes as
-/// [`decrement_ttl_frame`]. The caller checked that the TTL is > 1.
+/// [`decrement_ttl_frame`] (in the machine's byte order, as [`nat4`]). The caller checked
+/// that the TTL is > 1.
 #[inline(always)]
 pub fn ttl4(ip: &mut [u8; ipv4::MIN_HEADER_LEN]) {
-    let word_old = be16(ip, ipv4::TTL_PROTOCOL.start);
+    let word_old = ne16(ip, ipv4::TTL_PROTOCOL.start);
     ip[ipv4::TTL] = ip[ipv4::TTL].wrapping_sub(1);
     let c = update16(
-        be16(ip, ipv4::CHECKSUM.start),
+        ne16(ip, ipv4::CHECKSUM.start),
         word_old,
-        be16(ip, ipv4::TTL_PROTOCOL.start),
+        ne16(ip, ipv4::TTL_PROTOCOL.start),
     );
-    ip[ipv4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    ip[ipv4::CHECKSUM].copy_from_slice(&c.to_ne_bytes());
 }
 
 /// Decrements TTL / hop limit (the caller checked it is > 1).

@@ -74,7 +74,9 @@ pub(super) fn lane4(
     ) else {
         return false;
     };
-    let eth_out = (eth, &egress.mac, &fast.dst_mac, fast.egress);
+    // Only the egress MAC is carried past the touch; the next hop's MAC and the egress are
+    // read from the entry again there (fewer values live across the touch).
+    let eth_out = (eth, &egress.mac);
     if l.proto == PROTO_UDP {
         match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
             Some(l4) => finish(ct, slot, dir, l, len, now, ip, l4, true, eth_out, out),
@@ -88,13 +90,8 @@ pub(super) fn lane4(
     }
 }
 
-/// The Ethernet header and what goes into it: source MAC, destination MAC, egress.
-type EthOut<'a> = (
-    &'a mut [u8; ethernet::HEADER_LEN],
-    &'a [u8; 6],
-    &'a [u8; 6],
-    IfIndex,
-);
+/// The Ethernet header and its source MAC (the egress interface's).
+type EthOut<'a> = (&'a mut [u8; ethernet::HEADER_LEN], &'a [u8; 6]);
 
 /// The touch, the rewrite and the outcome; `l4` ends with the L4 checksum field. `false`: not
 /// steady (nothing changed).
@@ -113,16 +110,29 @@ fn finish<const L: usize>(
     ip: &mut [u8; ipv4::MIN_HEADER_LEN],
     l4: &mut [u8; L],
     udp: bool,
-    (eth, src_mac, dst_mac, egress): EthOut<'_>,
+    (eth, src_mac): EthOut<'_>,
     out: &mut Outcome,
 ) -> bool {
     if !ct.touch_steady(slot, dir, l.tcp_flags, len, now) {
         return false;
     }
+    // The MACs and the outcome first: what they read is then dead before the rewrite.
     let e = ct.entry(slot);
+    let fast = e.fast(dir);
+    eth[ethernet::DST_MAC].copy_from_slice(&fast.dst_mac);
+    eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
+    let nat = e.nat();
+    *out = Outcome::established(
+        fast.egress,
+        dir,
+        &e,
+        nat.map(|n| n.service),
+        nat.map(|n| (n.backend, n.backend_port)),
+        0,
+    );
     // One 4-byte load (an element-wise array literal here became a vector shuffle).
     let v4 = |a: Addr| -> [u8; 4] { a.bytes.first_chunk().copied().unwrap_or_default() };
-    let (service, backend) = match e.nat() {
+    match nat {
         Some(nat) => {
             let (to_dst, addr, port) = match dir {
                 Dir::Orig => (true, nat.backend, nat.backend_port),
@@ -140,15 +150,8 @@ fn finish<const L: usize>(
                 };
                 rewrite::nat4(ip, l4, udp, !to_dst, v4(addr), port, false);
             }
-            (Some(nat.service), Some((nat.backend, nat.backend_port)))
         }
-        None => {
-            rewrite::ttl4(ip);
-            (None, None)
-        }
-    };
-    eth[ethernet::DST_MAC].copy_from_slice(dst_mac);
-    eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
-    *out = Outcome::established(egress, dir, &e, service, backend, 0);
+        None => rewrite::ttl4(ip),
+    }
     true
 }
