@@ -36,6 +36,7 @@ use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::frag::{Fate, FragKey, Fragments};
+use crate::mtu::MtuErrors;
 use crate::parse::{self, Frag, Meta, Parsed};
 use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
@@ -272,6 +273,9 @@ pub struct Pipeline {
     /// whose replies flow ownership brings back here (see `owner::reply_owner`).
     worker: usize,
     workers: usize,
+    /// Egress MTU: the front of a frame longer than the node's smallest MTU, and the ICMP
+    /// errors of the burst (see `mtu.rs`).
+    mtu: MtuErrors,
 }
 
 impl Pipeline {
@@ -292,6 +296,7 @@ impl Pipeline {
             epoch: next_epoch(),
             worker: 0,
             workers: 1,
+            mtu: MtuErrors::new(),
             tables,
         }
     }
@@ -381,6 +386,7 @@ impl Pipeline {
             epoch: next_epoch(),
             worker: self.worker,
             workers: self.workers,
+            mtu: MtuErrors::new(),
             tables: Arc::clone(&self.tables),
         }
     }
@@ -464,6 +470,12 @@ impl Pipeline {
                 // A chunk holds at most BURST frames: the mask changes no index and lets the
                 // compiler drop the bounds check of `keys`.
                 let i = i & (BURST - 1);
+                // Egress MTU: the one compare every frame pays (`mtu.rs`); a longer frame has
+                // its front kept, as it arrived, for the ICMP error that may quote it.
+                let big = p.data.len() > tables.frame_limit;
+                if big {
+                    self.mtu.save(p.data);
+                }
                 // Parse (a frame may carry the parse its receiving worker did for flow
                 // ownership). The common frame gets a lean parse and tries the established
                 // fast lane, which builds its key where flow events read it.
@@ -488,7 +500,12 @@ impl Pipeline {
                                 out,
                             ) {
                                 self.counters.packets += 1;
-                                self.counters.forwarded += 1;
+                                if big {
+                                    self.check_mtu(&tables, p, out);
+                                    self.counters.count(out.action);
+                                } else {
+                                    self.counters.forwarded += 1;
+                                }
                                 continue;
                             }
                             Ok(Parsed::Ip(l.meta()))
@@ -522,6 +539,9 @@ impl Pipeline {
                 if !fast {
                     *out = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
                 }
+                if big {
+                    self.check_mtu(&tables, p, out);
+                }
                 self.counters.packets += 1;
                 self.counters.count(out.action);
             }
@@ -529,6 +549,33 @@ impl Pipeline {
                 self.ct.gc_step(last.ts, GC_PER_BURST);
             }
         }
+    }
+
+    /// A frame longer than the node's smallest MTU, decided `out`: if it is to leave on an
+    /// interface whose MTU it exceeds, it is dropped instead (and answered, see `mtu.rs`).
+    #[cold]
+    #[inline(never)]
+    fn check_mtu(&mut self, t: &Tables, p: &Packet<'_>, out: &mut Outcome) {
+        let Action::Forward(egress) = out.action else {
+            return;
+        };
+        let mtu = t.ifaces.get(usize::from(egress)).map_or(0, |i| i.mtu);
+        if mtu == 0 {
+            return;
+        }
+        if let Some(r) = self.mtu.check(t, p.data, p.iface, p.ts, mtu) {
+            out.action = Action::Drop(r);
+        }
+    }
+
+    /// The ICMP errors of frames that exceeded their egress MTU (the worker sends them after
+    /// each burst, [`MtuErrors::flush`]) and their counters.
+    pub fn mtu_errors_mut(&mut self) -> &mut MtuErrors {
+        &mut self.mtu
+    }
+
+    pub fn mtu_errors(&self) -> &MtuErrors {
+        &self.mtu
     }
 
     /// Convenience for one frame (tests, `explain`).

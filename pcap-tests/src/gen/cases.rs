@@ -740,6 +740,7 @@ fn host_interface(v6: bool) -> Case {
         mac: st::MacAddr(n.node_mac),
         gateway_mac: Some(st::MacAddr(n.mac)),
         peer: Some("nph0".into()),
+        mtu: None,
     });
     let mut c = Case::new(
         &format!("host-interface-{}", v(v6)),
@@ -821,6 +822,7 @@ fn host_network_nodeport(v6: bool) -> Case {
         mac: st::MacAddr(n.node_mac),
         gateway_mac: Some(st::MacAddr(n.mac)),
         peer: Some("nph0".into()),
+        mtu: None,
     });
     let hs = host_snat(v6);
     let mut c = Case::new(
@@ -934,6 +936,7 @@ fn masquerade_parity(v6: bool) -> Case {
         mac: st::MacAddr(n.node_mac),
         gateway_mac: Some(st::MacAddr(n.mac)),
         peer: Some("nph0".into()),
+        mtu: None,
     });
     let mut c = Case::new(
         &format!("masquerade-parity-{}", v(v6)),

@@ -178,6 +178,7 @@ pub fn base_state() -> st::State {
         mac: mac(UPLINK_MAC),
         gateway_mac: Some(mac(GATEWAY_MAC)),
         peer: None,
+        mtu: None,
     });
     for p in &PODS {
         s.interfaces.push(st::Interface {
@@ -186,6 +187,7 @@ pub fn base_state() -> st::State {
             mac: mac(p.iface_mac),
             gateway_mac: None,
             peer: None,
+            mtu: None,
         });
         s.endpoints.push(st::Endpoint {
             name: p.name.into(),
