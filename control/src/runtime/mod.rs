@@ -914,6 +914,13 @@ impl IoBackend for AfXdpBackend {
         self.reconcile(event);
     }
 
+    fn mtus(&self, names: &[&str]) -> Vec<(String, u16)> {
+        names
+            .iter()
+            .filter_map(|n| link::mtu(n).map(|m| ((*n).to_string(), m)))
+            .collect()
+    }
+
     fn worker_died(&mut self, worker: usize) {
         if self.loader.is_none() {
             return;
