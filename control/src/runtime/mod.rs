@@ -486,7 +486,14 @@ impl AfXdpBackend {
             multi_buffer: self.cfg.multi_buffer,
             ..XskConfig::default()
         };
-        let handoff = Handoff::new(workers, self.cfg.handoff_depth);
+        // Hand-off slots as large as a UMEM frame: any frame a socket receives whole can go to
+        // its owner (a chain of `multi_buffer` cannot, which is why config refuses it with
+        // several workers).
+        let handoff = Handoff::with_frame(
+            workers,
+            self.cfg.handoff_depth,
+            self.cfg.frame_size as usize,
+        );
         let (link_control, mut link_ports) = link_channels(workers);
         // The uplink first: a worker's first socket is its UMEM's own (libxdp binds every
         // later socket, also one re-bound on a re-created pod interface, through it), so it
