@@ -470,12 +470,6 @@ impl Pipeline {
                 // A chunk holds at most BURST frames: the mask changes no index and lets the
                 // compiler drop the bounds check of `keys`.
                 let i = i & (BURST - 1);
-                // Egress MTU: the one compare every frame pays (`mtu.rs`); a longer frame has
-                // its front kept, as it arrived, for the ICMP error that may quote it.
-                let big = p.data.len() > tables.frame_limit;
-                if big {
-                    self.mtu.save(p.data);
-                }
                 // Parse (a frame may carry the parse its receiving worker did for flow
                 // ownership). The common frame gets a lean parse and tries the established
                 // fast lane, which builds its key where flow events read it.
@@ -487,25 +481,24 @@ impl Pipeline {
                     None => match parse::lean4(p.data) {
                         Some(l) => {
                             self.keys[i] = l.key();
-                            if lane4::lane4(
-                                &mut self.ct,
-                                &mut self.cache,
-                                self.epoch,
-                                &tables,
-                                p.data,
-                                &l,
-                                &self.keys[i],
-                                p.iface,
-                                p.ts,
-                                out,
-                            ) {
+                            // Egress MTU: the one compare the lane pays (`mtu.rs`): a frame
+                            // longer than the node's smallest MTU takes the general path.
+                            if p.data.len() <= tables.frame_limit
+                                && lane4::lane4(
+                                    &mut self.ct,
+                                    &mut self.cache,
+                                    self.epoch,
+                                    &tables,
+                                    p.data,
+                                    &l,
+                                    &self.keys[i],
+                                    p.iface,
+                                    p.ts,
+                                    out,
+                                )
+                            {
                                 self.counters.packets += 1;
-                                if big {
-                                    self.check_mtu(&tables, p, out);
-                                    self.counters.count(out.action);
-                                } else {
-                                    self.counters.forwarded += 1;
-                                }
+                                self.counters.forwarded += 1;
                                 continue;
                             }
                             Ok(Parsed::Ip(l.meta()))
@@ -517,6 +510,12 @@ impl Pipeline {
                         }
                     },
                 };
+                // Egress MTU: a frame longer than the node's smallest MTU has its front kept,
+                // as it arrived (nothing rewrote it yet), for the ICMP error that may quote it.
+                let big = p.data.len() > tables.frame_limit;
+                if big {
+                    self.mtu.save(p.data);
+                }
                 // Complete a partial checksum, so that every later rewrite updates a full one.
                 if let Ok(Parsed::Ip(m)) = &parsed {
                     if partial::complete(p.data, m) {
