@@ -481,22 +481,18 @@ impl Pipeline {
                     None => match parse::lean4(p.data) {
                         Some(l) => {
                             self.keys[i] = l.key();
-                            // Egress MTU: the one compare the lane pays (`mtu.rs`): a frame
-                            // longer than the node's smallest MTU takes the general path.
-                            if p.data.len() <= tables.frame_limit
-                                && lane4::lane4(
-                                    &mut self.ct,
-                                    &mut self.cache,
-                                    self.epoch,
-                                    &tables,
-                                    p.data,
-                                    &l,
-                                    &self.keys[i],
-                                    p.iface,
-                                    p.ts,
-                                    out,
-                                )
-                            {
+                            if lane4::lane4(
+                                &mut self.ct,
+                                &mut self.cache,
+                                self.epoch,
+                                &tables,
+                                p.data,
+                                &l,
+                                &self.keys[i],
+                                p.iface,
+                                p.ts,
+                                out,
+                            ) {
                                 self.counters.packets += 1;
                                 self.counters.forwarded += 1;
                                 continue;
@@ -510,36 +506,12 @@ impl Pipeline {
                         }
                     },
                 };
-                // Egress MTU: a frame longer than the node's smallest MTU has its front kept,
-                // as it arrived (nothing rewrote it yet), for the ICMP error that may quote it.
-                let big = p.data.len() > tables.frame_limit;
-                if big {
-                    self.mtu.save(p.data);
-                }
-                // Complete a partial checksum, so that every later rewrite updates a full one.
-                if let Ok(Parsed::Ip(m)) = &parsed {
-                    if partial::complete(p.data, m) {
-                        self.counters.csum_completed += 1;
-                    }
-                }
-                let fast = match &parsed {
-                    Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
-                        &mut self.ct,
-                        self.epoch,
-                        &tables,
-                        p.data,
-                        m,
-                        p.iface,
-                        p.ts,
-                        out,
-                    ),
-                    _ => false,
-                };
-                if !fast {
-                    *out = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
-                }
-                if big {
-                    self.check_mtu(&tables, p, out);
+                // Egress MTU (`mtu.rs`): a frame longer than the node's smallest MTU goes the
+                // same way out of line, its MTU checked.
+                if p.data.len() > tables.frame_limit {
+                    self.big_frame(&tables, p, parsed, out);
+                } else {
+                    self.general(&tables, p, parsed, out);
                 }
                 self.counters.packets += 1;
                 self.counters.count(out.action);
@@ -550,10 +522,59 @@ impl Pipeline {
         }
     }
 
-    /// A frame longer than the node's smallest MTU, decided `out`: if it is to leave on an
-    /// interface whose MTU it exceeds, it is dropped instead (and answered, see `mtu.rs`).
+    /// The general path of a parsed frame: checksum completion, the established fast path of
+    /// other frames, else the full path.
+    #[inline(always)]
+    fn general(
+        &mut self,
+        tables: &Tables,
+        p: &mut Packet<'_>,
+        parsed: Result<Parsed, DropReason>,
+        out: &mut Outcome,
+    ) {
+        // Complete a partial checksum, so that every later rewrite updates a full one.
+        if let Ok(Parsed::Ip(m)) = &parsed {
+            if partial::complete(p.data, m) {
+                self.counters.csum_completed += 1;
+            }
+        }
+        let fast = match &parsed {
+            Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
+                &mut self.ct,
+                self.epoch,
+                tables,
+                p.data,
+                m,
+                p.iface,
+                p.ts,
+                out,
+            ),
+            _ => false,
+        };
+        if !fast {
+            *out = self.process_parsed(tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
+        }
+    }
+
+    /// [`Self::general`] for a frame longer than the node's smallest MTU: its front is kept as
+    /// it arrived (nothing rewrote it yet), for the ICMP error that may quote it, and its
+    /// egress MTU is checked. Out of line, so that the common path's code stays as it is.
     #[cold]
     #[inline(never)]
+    fn big_frame(
+        &mut self,
+        tables: &Tables,
+        p: &mut Packet<'_>,
+        parsed: Result<Parsed, DropReason>,
+        out: &mut Outcome,
+    ) {
+        self.mtu.save(p.data);
+        self.general(tables, p, parsed, out);
+        self.check_mtu(tables, p, out);
+    }
+
+    /// A frame longer than the node's smallest MTU, decided `out`: if it is to leave on an
+    /// interface whose MTU it exceeds, it is dropped instead (and answered, see `mtu.rs`).
     fn check_mtu(&mut self, t: &Tables, p: &Packet<'_>, out: &mut Outcome) {
         let Action::Forward(egress) = out.action else {
             return;
