@@ -73,8 +73,11 @@ fn tcp6(dst: [u16; 8], sport: u16, syn: bool, payload: usize) -> Vec<u8> {
     f
 }
 
-/// The answers the pipeline queued: (egress, frame).
-fn answers(p: &mut Pipeline) -> Vec<(u16, Vec<u8>)> {
+/// ICMP errors the pipeline queued: (egress, frame).
+type Answers = Vec<(u16, Vec<u8>)>;
+
+/// The answers the pipeline queued.
+fn answers(p: &mut Pipeline) -> Answers {
     let mut v = Vec::new();
     p.mtu_errors_mut().flush(|e, _, f| v.push((e, f.to_vec())));
     v
@@ -88,7 +91,7 @@ fn big_after_syn(
     dport: u16,
     sport: u16,
     df: bool,
-) -> (Action, Vec<(u16, Vec<u8>)>, Vec<u8>) {
+) -> (Action, Answers, Vec<u8>) {
     let ing = iface(p, "pod-client");
     let mut syn = tcp4(dst, dport, sport, true, 0, true);
     assert!(matches!(
