@@ -61,6 +61,7 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             gateway_mac: Some(MacAddr([2, 0, 0, 0, 0, 0xfe])),
             peer: None,
+            mtu: None,
         },
         Interface {
             name: "pod-client".into(),
@@ -68,6 +69,7 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             mac: MacAddr([2, 0, 0, 0, 1, 1]),
             gateway_mac: None,
             peer: None,
+            mtu: None,
         },
         Interface {
             name: "pod-web".into(),
@@ -75,6 +77,7 @@ pub fn state(services: u32, ct_entries: u32) -> State {
             mac: MacAddr([2, 0, 0, 0, 1, 2]),
             gateway_mac: None,
             peer: None,
+            mtu: None,
         },
     ];
     s.endpoints.push(Endpoint {

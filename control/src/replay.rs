@@ -63,6 +63,10 @@ pub struct ReplaySummary {
     /// unreachable, and those the rate limit kept from an answer.
     pub rejects_sent: u64,
     pub rejects_suppressed: u64,
+    /// Packets larger than their egress MTU answered with ICMP fragmentation-needed /
+    /// packet-too-big, and those the rate limit kept from an answer.
+    pub mtu_icmp_sent: u64,
+    pub mtu_icmp_suppressed: u64,
     /// Flow events written (`--events`).
     pub events: u64,
     /// Time spent processing bursts (excludes file I/O and JSON).
@@ -289,6 +293,8 @@ pub fn run_states(
         rst_sent: stats.rst_sent,
         rejects_sent: stats.rejects_sent,
         rejects_suppressed: stats.rejects_suppressed,
+        mtu_icmp_sent: stats.mtu_icmp_sent,
+        mtu_icmp_suppressed: stats.mtu_icmp_suppressed,
         events: events_written,
         pipeline_time: worker.io().pipeline_time(),
         total_time: started.elapsed(),
@@ -323,6 +329,12 @@ impl ReplaySummary {
                 self.rejects_sent, self.rejects_suppressed
             );
         }
+        if self.mtu_icmp_sent + self.mtu_icmp_suppressed > 0 {
+            s += &format!(
+                "  ICMP frag-needed / packet-too-big sent {} (suppressed by the rate limit {})\n",
+                self.mtu_icmp_sent, self.mtu_icmp_suppressed
+            );
+        }
         if self.events > 0 {
             s += &format!("  flow events {}\n", self.events);
         }
@@ -351,6 +363,8 @@ impl ReplaySummary {
             "rst_sent": self.rst_sent,
             "rejects_sent": self.rejects_sent,
             "rejects_suppressed": self.rejects_suppressed,
+            "mtu_icmp_sent": self.mtu_icmp_sent,
+            "mtu_icmp_suppressed": self.mtu_icmp_suppressed,
             "events": self.events,
         })
     }

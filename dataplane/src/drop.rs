@@ -109,6 +109,13 @@ drop_reasons! {
     /// family (`node.node_ips`); or its masquerade address needs a cell of the process-wide
     /// table (`conntrack::SnatAddrs`) and all 64 are named by live flows of other addresses.
     SnatNoAddress = 34 => "snat-no-address",
+    /// The packet is larger than its egress interface's MTU and may not be fragmented (IPv4
+    /// with DF, every IPv6 packet): answered with an ICMP fragmentation-needed / ICMPv6
+    /// packet-too-big carrying the MTU, as a router does (`crate::mtu`).
+    FragNeeded = 35 => "frag-needed",
+    /// An IPv4 packet without DF larger than its egress interface's MTU: not fragmented by
+    /// nodeplane (`crate::mtu`: its senders set DF on anything they did not fragment).
+    MtuExceeded = 36 => "mtu-exceeded",
 }
 
 /// Size of the per-reason counter arrays (index = numeric value): room for every reason and a

@@ -19,6 +19,11 @@
 //!
 //! No allocation after [`Handoff::new`]: batches come from a pool and go back to it; a full
 //! queue or an empty pool is a counted drop, never a wait (a worker never blocks on another).
+//!
+//! A batch's slots are as large as the workers' UMEM frames (`io.afxdp.frame_size`, 2048 or
+//! 4096), so any frame one UMEM frame holds can be handed over; a packet longer than that (a
+//! chain of UMEM frames, `io.afxdp.multi_buffer`) cannot (`handoff-too-long`), which is why the
+//! runtime refuses `multi_buffer` with several workers (docs/runtime.md "Jumbo pod MTUs").
 
 use std::sync::Arc;
 
@@ -30,7 +35,8 @@ use crate::tables::IfIndex;
 use crate::DropReason;
 use crate::BURST;
 
-/// Bytes one handed-off frame can have (an AF_XDP frame of 2048 bytes holds less).
+/// Bytes one handed-off frame can have by default ([`Handoff::with_frame`] sets it: the UMEM
+/// frame size; an AF_XDP frame of 2048 bytes holds less).
 pub const HANDOFF_FRAME: usize = 2048;
 
 /// Up to a burst's worth of frames copied for one worker.
@@ -44,19 +50,27 @@ pub struct Batch {
     /// Each frame's parse by the worker that received it (parse once: the owner does not
     /// parse it again).
     parsed: [Result<Parsed, DropReason>; BURST],
-    data: Vec<[u8; HANDOFF_FRAME]>,
+    /// `BURST` slots of `slot` bytes.
+    data: Vec<u8>,
+    slot: usize,
 }
 
 impl Batch {
-    fn new() -> Batch {
+    fn new(slot: usize) -> Batch {
         Batch {
             n: 0,
             taken: 0,
             len: [0; BURST],
             iface: [0; BURST],
             parsed: [Ok(Parsed::NotIp); BURST],
-            data: vec![[0; HANDOFF_FRAME]; BURST],
+            data: vec![0; BURST * slot],
+            slot,
         }
+    }
+
+    /// Slot `k`, whole.
+    fn slot_mut(&mut self, k: usize) -> &mut [u8] {
+        &mut self.data[k * self.slot..(k + 1) * self.slot]
     }
 
     fn clear(&mut self) {
@@ -74,6 +88,8 @@ pub struct Handoff {
     pool: ArrayQueue<Batch>,
     /// Owners of recent fragmented datagrams ([`crate::owner`]), shared like the queues.
     frags: FragOwners,
+    /// Bytes a handed-off frame may have.
+    frame: usize,
 }
 
 /// Fragmented datagrams whose owner the workers remember (a slot each; 32 KiB).
@@ -84,18 +100,30 @@ impl Handoff {
     /// two). The pool holds as many batches as the queues, plus one per worker for the batch
     /// it is working off.
     pub fn new(workers: usize, depth: usize) -> Arc<Handoff> {
+        Self::with_frame(workers, depth, HANDOFF_FRAME)
+    }
+
+    /// [`Handoff::new`] with slots of `frame` bytes (the UMEM frame size): memory is
+    /// `workers × (depth / 64 + 1) × 64 × frame` (2 workers, depth 1024, 4096: 8.5 MiB).
+    pub fn with_frame(workers: usize, depth: usize, frame: usize) -> Arc<Handoff> {
         let per = depth.div_ceil(BURST).max(2);
         let total = if workers > 1 { workers * (per + 1) } else { 0 };
         let pool = ArrayQueue::new(total.max(1));
         for _ in 0..total {
-            let _ = pool.push(Batch::new());
+            let _ = pool.push(Batch::new(frame));
         }
         Arc::new(Handoff {
             workers,
             inbound: (0..workers).map(|_| ArrayQueue::new(per)).collect(),
             pool,
             frags: FragOwners::new(if workers > 1 { FRAG_OWNER_SLOTS } else { 2 }),
+            frame,
         })
+    }
+
+    /// Bytes a handed-off frame may have.
+    pub fn frame_limit(&self) -> usize {
+        self.frame
     }
 
     /// Batches queued for worker `w`.
@@ -117,7 +145,7 @@ impl Handoff {
 /// Why a frame was not staged for its owner (each a counted drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageError {
-    /// Longer than [`HANDOFF_FRAME`].
+    /// Longer than a hand-off slot ([`Handoff::frame_limit`]).
     TooLong,
     /// No batch free in the pool.
     NoBatch,
@@ -181,7 +209,7 @@ impl HandoffPort {
         iface: IfIndex,
         parsed: Result<Parsed, DropReason>,
     ) -> Result<(), StageError> {
-        if frame.len() > HANDOFF_FRAME {
+        if frame.len() > self.shared.frame {
             return Err(StageError::TooLong);
         }
         let slot = &mut self.out[owner];
@@ -196,7 +224,8 @@ impl HandoffPort {
                 None => return Err(StageError::NoBatch),
             },
         };
-        b.data[b.n][..frame.len()].copy_from_slice(frame);
+        let n = b.n;
+        b.slot_mut(n)[..frame.len()].copy_from_slice(frame);
         b.len[b.n] = frame.len() as u16;
         b.iface[b.n] = iface;
         b.parsed[b.n] = parsed;
@@ -267,11 +296,13 @@ impl HandoffPort {
                 iface,
                 parsed,
                 data,
+                slot,
                 ..
             } = b;
             let t = *taken;
-            data[t..t + busy]
-                .iter_mut()
+            data.chunks_exact_mut(*slot)
+                .skip(t)
+                .take(busy)
                 .zip(&len[t..t + busy])
                 .zip(&iface[t..t + busy])
                 .zip(&parsed[t..t + busy])
@@ -282,7 +313,10 @@ impl HandoffPort {
     /// Taken frame `j` (`j <` what `take` returned), as the pipeline left it up to `len` bytes.
     pub fn frame(&self, j: usize, len: usize) -> &[u8] {
         match &self.cur {
-            Some(b) if j < self.busy => &b.data[b.taken + j][..len.min(HANDOFF_FRAME)],
+            Some(b) if j < self.busy => {
+                let k = b.taken + j;
+                &b.data[k * b.slot..k * b.slot + len.min(b.slot)]
+            }
             _ => &[],
         }
     }
@@ -423,6 +457,38 @@ mod tests {
         for b in held {
             let _ = h.pool.push(b);
         }
+    }
+
+    #[test]
+    fn slots_of_the_umem_frame_size_carry_frames_up_to_it() {
+        let h = Handoff::with_frame(2, 64, 4096);
+        assert_eq!(h.frame_limit(), 4096);
+        let (mut a, mut b) = (
+            HandoffPort::new(Arc::clone(&h), 0),
+            HandoffPort::new(Arc::clone(&h), 1),
+        );
+        // A 3840-byte frame (what a 4096-byte UMEM frame holds), then a small one: slots do
+        // not overlap.
+        a.stage(1, 0, &frame(1, 3840), 0, Ok(Parsed::NotIp))
+            .expect("a frame of the UMEM frame size is staged");
+        a.stage(1, 1, &frame(2, 100), 0, Ok(Parsed::NotIp))
+            .expect("staged");
+        assert_eq!(
+            a.stage(1, 2, &frame(3, 4097), 0, Ok(Parsed::NotIp)),
+            Err(StageError::TooLong)
+        );
+        assert_eq!(a.send(|_| {}).frames, 2);
+        assert_eq!(b.take(64), 2);
+        let got: Vec<(usize, bool)> = b
+            .frames()
+            .map(|(d, _, _)| (d.len(), d.iter().all(|x| *x == d[0])))
+            .collect();
+        assert_eq!(got, vec![(3840, true), (100, true)]);
+        assert_eq!(b.frame(0, 3840).len(), 3840);
+        assert_eq!(b.frame(1, 100)[99], 2);
+        b.done();
+        // The default stays 2048.
+        assert_eq!(Handoff::new(2, 64).frame_limit(), HANDOFF_FRAME);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod frag;
 pub mod handoff;
 pub mod lpm;
 pub mod maglev;
+pub mod mtu;
 pub mod owner;
 pub mod parse;
 pub mod partial;

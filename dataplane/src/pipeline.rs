@@ -36,6 +36,7 @@ use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::frag::{Fate, FragKey, Fragments};
+use crate::mtu::MtuErrors;
 use crate::parse::{self, Frag, Meta, Parsed};
 use crate::partial;
 use crate::policy::{Decision, PolicyVerdict};
@@ -283,6 +284,9 @@ pub struct Pipeline {
     workers: usize,
     /// Leave partial checksums partial (see [`Pipeline::set_keep_partial`]).
     keep_partial: bool,
+    /// Egress MTU: the front of a frame longer than the node's smallest MTU, and the ICMP
+    /// errors of the burst (see `mtu.rs`).
+    mtu: MtuErrors,
 }
 
 impl Pipeline {
@@ -307,6 +311,7 @@ impl Pipeline {
             worker: 0,
             workers: 1,
             keep_partial: false,
+            mtu: MtuErrors::new(),
             tables,
         }
     }
@@ -407,6 +412,7 @@ impl Pipeline {
             workers: self.workers,
             // A copy for looking (explain), not for transmitting: frames come out complete.
             keep_partial: false,
+            mtu: MtuErrors::new(),
             tables: Arc::clone(&self.tables),
         }
     }
@@ -540,34 +546,13 @@ impl Pipeline {
                         }
                     },
                 };
-                // Complete a partial checksum, so that every later rewrite updates a full one;
-                // or leave it to the I/O, which writes the field afresh as the frame leaves.
-                let mut kept = false;
-                if let Ok(Parsed::Ip(m)) = &parsed {
-                    if m.csum_partial {
-                        if self.keep_partial {
-                            kept = true;
-                        } else if partial::complete(p.data, m) {
-                            self.counters.csum_completed += 1;
-                        }
-                    }
-                }
-                let fast = match &parsed {
-                    Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
-                        &mut self.ct,
-                        self.epoch,
-                        &tables,
-                        p.data,
-                        m,
-                        p.iface,
-                        p.ts,
-                        out,
-                    ),
-                    _ => false,
+                // Egress MTU (`mtu.rs`): a frame longer than the node's smallest MTU goes the
+                // same way out of line, its MTU checked.
+                let kept = if p.data.len() > tables.frame_limit {
+                    self.big_frame(&tables, p, parsed, out)
+                } else {
+                    self.general(&tables, p, parsed, out)
                 };
-                if !fast {
-                    *out = self.process_parsed(&tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
-                }
                 out.csum_partial = kept;
                 self.counters.packets += 1;
                 self.counters.count(out.action);
@@ -576,6 +561,90 @@ impl Pipeline {
                 self.ct.gc_step(last.ts, GC_PER_BURST);
             }
         }
+    }
+
+    /// The general path of a parsed frame: checksum completion, the established fast path of
+    /// other frames, else the full path.
+    #[inline(always)]
+    fn general(
+        &mut self,
+        tables: &Tables,
+        p: &mut Packet<'_>,
+        parsed: Result<Parsed, DropReason>,
+        out: &mut Outcome,
+    ) -> bool {
+        // Complete a partial checksum, so that every later rewrite updates a full one;
+        // or leave it to the I/O, which writes the field afresh as the frame leaves.
+        let mut kept = false;
+        if let Ok(Parsed::Ip(m)) = &parsed {
+            if m.csum_partial {
+                if self.keep_partial {
+                    kept = true;
+                } else if partial::complete(p.data, m) {
+                    self.counters.csum_completed += 1;
+                }
+            }
+        }
+        let fast = match &parsed {
+            Ok(Parsed::Ip(m)) if fast_candidate(m) => established_fast(
+                &mut self.ct,
+                self.epoch,
+                tables,
+                p.data,
+                m,
+                p.iface,
+                p.ts,
+                out,
+            ),
+            _ => false,
+        };
+        if !fast {
+            *out = self.process_parsed(tables, p.data, parsed, p.iface, p.ts, Some(p.tag));
+        }
+        kept
+    }
+
+    /// [`Self::general`] for a frame longer than the node's smallest MTU: its front is kept as
+    /// it arrived (nothing rewrote it yet), for the ICMP error that may quote it, and its
+    /// egress MTU is checked. Out of line, so that the common path's code stays as it is.
+    #[cold]
+    #[inline(never)]
+    fn big_frame(
+        &mut self,
+        tables: &Tables,
+        p: &mut Packet<'_>,
+        parsed: Result<Parsed, DropReason>,
+        out: &mut Outcome,
+    ) -> bool {
+        self.mtu.save(p.data);
+        let kept = self.general(tables, p, parsed, out);
+        self.check_mtu(tables, p, out);
+        kept
+    }
+
+    /// A frame longer than the node's smallest MTU, decided `out`: if it is to leave on an
+    /// interface whose MTU it exceeds, it is dropped instead (and answered, see `mtu.rs`).
+    fn check_mtu(&mut self, t: &Tables, p: &Packet<'_>, out: &mut Outcome) {
+        let Action::Forward(egress) = out.action else {
+            return;
+        };
+        let mtu = t.ifaces.get(usize::from(egress)).map_or(0, |i| i.mtu);
+        if mtu == 0 {
+            return;
+        }
+        if let Some(r) = self.mtu.check(t, p.data, p.iface, p.ts, mtu) {
+            out.action = Action::Drop(r);
+        }
+    }
+
+    /// The ICMP errors of frames that exceeded their egress MTU (the worker sends them after
+    /// each burst, [`MtuErrors::flush`]) and their counters.
+    pub fn mtu_errors_mut(&mut self) -> &mut MtuErrors {
+        &mut self.mtu
+    }
+
+    pub fn mtu_errors(&self) -> &MtuErrors {
+        &self.mtu
     }
 
     /// Convenience for one frame (tests, `explain`).

@@ -31,9 +31,9 @@ pub const REJECT_MAX: usize = 18 + 1280;
 const ICMPV4_MAX: usize = 576;
 const ICMPV6_MAX: usize = 1280;
 /// TTL / hop limit of an answer.
-const REJECT_TTL: u8 = 64;
+pub(crate) const REJECT_TTL: u8 = 64;
 /// Type of service of an ICMPv4 error: precedence "internetwork control", as Linux sends them.
-const ICMP_TOS: u8 = 0xc0;
+pub(crate) const ICMP_TOS: u8 = 0xc0;
 
 /// Builds the answer rejecting `frame` into `out`: a reset for TCP, a port unreachable
 /// otherwise. `None` when nothing may be sent (RFC 1122 §3.2.2, RFC 4443 §2.4(e)): a reset or

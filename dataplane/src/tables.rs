@@ -29,6 +29,9 @@ pub struct Iface {
     pub gateway_mac: Option<[u8; 6]>,
     /// Host interface: its peer in the node's stack (for the runtime, which creates the pair).
     pub peer: Option<String>,
+    /// The interface's MTU (the state's, or the kernel's through the runtime's overrides);
+    /// 0: unknown, no check. See [`Tables::frame_limit`].
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +390,10 @@ fn scopes(svc: &nodeplane_state::Service) -> &'static [bool] {
 pub struct Tables {
     /// Increases with every published state; flows re-check policy and backends when it moves.
     pub generation: u64,
+    /// Frames up to this length fit every interface's MTU (the smallest known MTU plus an
+    /// Ethernet header; `usize::MAX` when no MTU is known): the one compare the pipeline makes
+    /// per packet before it looks at an egress interface's MTU (`crate::mtu`).
+    pub frame_limit: usize,
     pub node_name: String,
     pub node_ips: Vec<Addr>,
     pub pod_cidrs: Vec<(Addr, u8)>,
@@ -463,6 +470,7 @@ impl Tables {
                 mac: mac(i.mac),
                 gateway_mac: i.gateway_mac.map(mac),
                 peer: i.peer.clone(),
+                mtu: i.mtu.unwrap_or(0),
             })
             .collect();
         let node_ips: Vec<Addr> = state.node.node_ips.iter().map(|a| Addr::from(*a)).collect();
@@ -619,8 +627,15 @@ impl Tables {
             service_ips.remove(ip);
         }
 
+        let frame_limit = ifaces
+            .iter()
+            .filter(|i| i.mtu != 0)
+            .map(|i| usize::from(i.mtu) + crate::wire::ethernet::HEADER_LEN)
+            .min()
+            .unwrap_or(usize::MAX);
         Tables {
             generation,
+            frame_limit,
             node_name: state.node.name.clone(),
             node_ips,
             pod_cidrs: state

@@ -148,4 +148,12 @@ pub struct Expect {
     /// quoting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<bool>,
+    /// The packet exceeds its egress interface's MTU (this value): dropped `frag-needed` and
+    /// answered with an ICMP fragmentation-needed / ICMPv6 packet-too-big announcing it, sent
+    /// back out of its input interface (with its timestamp) from `frag_needed_from`, quoting the
+    /// packet as it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frag_needed: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frag_needed_from: Option<String>,
 }

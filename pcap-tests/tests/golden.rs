@@ -102,6 +102,10 @@ fn summary_json(s: &ReplaySummary, spec: &CaseSpec) -> String {
         v["rejects_sent"] = s.rejects_sent.into();
         v["rejects_suppressed"] = s.rejects_suppressed.into();
     }
+    if s.mtu_icmp_sent + s.mtu_icmp_suppressed > 0 {
+        v["mtu_icmp_sent"] = s.mtu_icmp_sent.into();
+        v["mtu_icmp_suppressed"] = s.mtu_icmp_suppressed.into();
+    }
     if spec.services {
         v["services"] = serde_json::to_value(&s.services).expect("json");
         if spec.removed_flow_action.is_some() {
@@ -305,6 +309,25 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
             *rejects_on.entry(p.iface.clone()).or_default() += 1;
         }
     }
+    // Packets over their egress MTU: answered with ICMP frag-needed / packet-too-big, sent back
+    // out of their input interface with their timestamp.
+    let frag_of: BTreeMap<usize, (u16, String)> = spec
+        .expect
+        .iter()
+        .filter_map(|e| Some((e.index, (e.frag_needed?, e.frag_needed_from.clone()?))))
+        .collect();
+    for &i in frag_of.keys() {
+        if let Some(p) = ins.get(i) {
+            *rejects_on.entry(p.iface.clone()).or_default() += 1;
+        }
+    }
+    if sm.mtu_icmp_sent != frag_of.len() as u64 {
+        errs.push(format!(
+            "summary: {} ICMP frag-needed sent, the case expects {}",
+            sm.mtu_icmp_sent,
+            frag_of.len()
+        ));
+    }
     if sm.rejects_sent != reject_of.len() as u64 {
         errs.push(format!(
             "summary: {} rejects sent, the case expects {}",
@@ -395,6 +418,17 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
                     }
                     check_reject(i, &ins[i].frame, f, &mut errs);
                 }
+                Some(&i) if frag_of.contains_key(&i) && !rejected_seen.contains(&i) => {
+                    rejected_seen.insert(i);
+                    if &ins[i].iface != iface {
+                        errs.push(format!(
+                            "{what}: the ICMP error about packet {i} left on {iface}, it entered on {}",
+                            ins[i].iface
+                        ));
+                    }
+                    let (mtu, from) = &frag_of[&i];
+                    check_frag_needed(i, &ins[i].frame, f, *mtu, from, &mut errs);
+                }
                 Some(&i) => {
                     order.push(i);
                     if out_of.insert(i, f.clone()).is_some() {
@@ -424,6 +458,13 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     for &i in &reject_of {
         if !rejected_seen.contains(&i) {
             errs.push(format!("packet {i}: rejected, but no reject was sent"));
+        }
+    }
+    for &i in frag_of.keys() {
+        if !rejected_seen.contains(&i) {
+            errs.push(format!(
+                "packet {i}: over the MTU, but no ICMP error was sent"
+            ));
         }
     }
 
@@ -677,6 +718,65 @@ fn check_reject(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
     match b.inner {
         Some(q) if (q.src, q.dst, q.sport, q.dport) == (ia.src, ia.dst, ia.sport, ia.dport) => {}
         _ => bad("does not quote the packet's addresses and ports".into()),
+    }
+}
+
+/// An ICMP fragmentation-needed (type 3 code 4) / ICMPv6 packet-too-big (type 2) answering
+/// `input`: MACs swapped, from `from` to the packet's source, announcing `mtu`, quoting the
+/// packet's first bytes as it arrived (at most 576 / 1280 bytes of error datagram).
+fn check_frag_needed(
+    i: usize,
+    input: &[u8],
+    out: &[u8],
+    mtu: u16,
+    from: &str,
+    errs: &mut Vec<String>,
+) {
+    let mut bad = |what: String| {
+        errs.push(format!(
+            "packet {i}: frag-needed {what}: {} answering {}",
+            wire::describe(out),
+            wire::describe(input)
+        ))
+    };
+    let (Some(a), Some(b)) = (wire::decode(input), wire::decode(out)) else {
+        return bad("not Ethernet".into());
+    };
+    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
+        bad("MACs not swapped".into());
+    }
+    let (Some(ia), Some(ib)) = (a.ip, b.ip) else {
+        return bad("not IP".into());
+    };
+    if (ib.src.to_string().as_str(), ib.dst) != (from, ia.src) {
+        bad(format!("not from {from} to the packet's source"));
+    }
+    let v6 = ia.src.is_ipv6();
+    let (proto, ty, code, max) = if v6 { (58, 2, 0, 1280) } else { (1, 3, 4, 576) };
+    if ib.proto != proto || b.icmp_type != Some(ty) {
+        bad(format!(
+            "not an ICMP{} type {ty}",
+            if v6 { "v6" } else { "" }
+        ));
+    }
+    let icmp_off = ib.ip_off + if v6 { 40 } else { 20 };
+    if out.get(icmp_off + 1) != Some(&code) {
+        bad(format!("code {:?}, want {code}", out.get(icmp_off + 1)));
+    }
+    let announced = out
+        .get(icmp_off + 4..icmp_off + 8)
+        .map(|m| u32::from_be_bytes([m[0], m[1], m[2], m[3]]));
+    if announced != Some(u32::from(mtu)) {
+        bad(format!("announces {announced:?}, want MTU {mtu}"));
+    }
+    let quoted = &out[(icmp_off + 8).min(out.len())..];
+    let orig = &input[ia.ip_off..ia.end];
+    let want = orig.len().min(max - (icmp_off + 8 - ib.ip_off));
+    if quoted.len() != want || !orig.starts_with(quoted) {
+        bad(format!(
+            "quotes {} bytes, want the packet's first {want} as it arrived",
+            quoted.len()
+        ));
     }
 }
 

@@ -153,6 +153,12 @@ pub struct Interface {
     /// traffic").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The interface's MTU (bytes of IP datagram), when the state knows it; the AF_XDP runtime
+    /// reads the kernel's value, which wins. A packet forwarded out of the interface whose IP
+    /// length exceeds it is dropped and answered with an ICMP fragmentation-needed / ICMPv6
+    /// packet-too-big (docs/runtime.md "Jumbo pod MTUs"). None: no check (replay, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

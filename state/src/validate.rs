@@ -23,6 +23,9 @@ use crate::model::{
     MacAddr, Rule, RuleProto, Service, ServiceType, State, TrafficPolicy,
 };
 
+/// The smallest interface MTU a state may name: IPv6's minimum link MTU.
+const MIN_MTU: u16 = 1280;
+
 /// Smallest accepted `conntrack.max_entries`.
 pub const MIN_CT_ENTRIES: u32 = 1024;
 /// Largest accepted `conntrack.max_entries` (16 Mi entries per worker table).
@@ -621,6 +624,16 @@ impl Checker<'_> {
                         ),
                         Some(gw) => self.gateway_mac(i, gw, itf.mac),
                     }
+                }
+            }
+            if let Some(mtu) = itf.mtu {
+                if mtu < MIN_MTU {
+                    self.at(
+                        Section::Interfaces,
+                        i,
+                        ".mtu",
+                        format!("{mtu} is below {MIN_MTU}, the IPv6 minimum link MTU (RFC 8200)"),
+                    );
                 }
             }
             match (&itf.peer, itf.role) {

@@ -193,6 +193,7 @@ fn interfaces() {
             mac: "02:00:00:00:00:11".parse().unwrap(),
             gateway_mac: Some("02:00:00:00:00:10".parse().unwrap()),
             peer: Some("nph0".into()),
+            mtu: None,
         })
     };
     accept(host);

@@ -140,6 +140,12 @@ pub fn run(args: StatusArgs) -> CliResult {
                                 w.rejects_sent, w.rejects_suppressed
                             )
                         }))
+                        .chain((w.mtu_icmp_sent + w.mtu_icmp_suppressed > 0).then(|| {
+                            format!(
+                                "mtu-icmp-sent={} mtu-icmp-suppressed={}",
+                                w.mtu_icmp_sent, w.mtu_icmp_suppressed
+                            )
+                        }))
                         .collect::<Vec<_>>()
                         .join(" "),
                 ]

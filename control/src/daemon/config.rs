@@ -236,14 +236,16 @@ impl Config {
                 ));
             }
             if a.multi_buffer && cfg.workers > 1 {
-                // The hand-off to a flow's owner worker copies frames into slots of
-                // `handoff::HANDOFF_FRAME` (2048) bytes: a jumbo frame of another worker's
-                // flow could only be dropped (`handoff_too_long`).
+                // The hand-off to a flow's owner worker copies a frame into a slot of one UMEM
+                // frame (`handoff::Handoff::with_frame`): a packet that arrived as a chain of
+                // frames could only be dropped (`handoff_too_long`). Handing chains over
+                // would need chain-sized slots and a chain transmit of a copy (docs/runtime.md
+                // "Jumbo pod MTUs").
                 return Err(invalid(
                     "io.afxdp.multi_buffer",
                     format!(
-                        "needs a single worker for now (workers: {}): frames handed to another \
-                         worker are limited to 2048 bytes",
+                        "needs a single worker for now (workers: {}): a packet handed to another \
+                         worker must fit one UMEM frame, and a multi-buffer chain does not",
                         cfg.workers
                     ),
                 ));

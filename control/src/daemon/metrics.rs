@@ -296,7 +296,7 @@ pub fn render(s: &Status) -> String {
         s.ipcache_entries,
     );
 
-    let counters: [(&str, &str, WorkerCounter); 13] = [
+    let counters: [(&str, &str, WorkerCounter); 15] = [
         (
             "nodeplane_packets_total",
             "Frames processed by the pipeline.",
@@ -344,6 +344,16 @@ pub fn render(s: &Status) -> String {
             "nodeplane_rejects_suppressed_total",
             "Rejects not sent because the worker's reject rate limit (1000/s, burst 50) was reached.",
             |w| w.rejects_suppressed,
+        ),
+        (
+            "nodeplane_mtu_icmp_sent_total",
+            "Packets larger than their egress interface's MTU answered with an ICMP fragmentation-needed / ICMPv6 packet-too-big (each also dropped frag-needed).",
+            |w| w.mtu_icmp_sent,
+        ),
+        (
+            "nodeplane_mtu_icmp_suppressed_total",
+            "ICMP fragmentation-needed / packet-too-big not sent because the worker's rate limit (1000/s, burst 50) was reached.",
+            |w| w.mtu_icmp_suppressed,
         ),
         (
             "nodeplane_worker_panics_total",

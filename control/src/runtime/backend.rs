@@ -32,6 +32,11 @@ pub trait IoBackend {
     /// One of the I/O's interfaces changed (a link notification), or the once-a-second check
     /// (`None`): follow interfaces that went away or came back (AF_XDP).
     fn links(&mut self, _event: Option<&crate::runtime::link::LinkEvent>) {}
+    /// The kernel's MTU of each of these interfaces that exists (AF_XDP; others: none known,
+    /// the state's `mtu` applies).
+    fn mtus(&self, _names: &[&str]) -> Vec<(String, u16)> {
+        Vec::new()
+    }
     fn status(&self) -> IoStatus {
         IoStatus {
             kind: self.kind().into(),

@@ -87,6 +87,17 @@ pub fn link_events(buf: &[u8], names: &[String], at: Instant) -> io::Result<Vec<
     Ok(out)
 }
 
+/// The kernel's MTU of interface `name` (sysfs of the calling thread's network namespace), if
+/// it exists; an MTU beyond 65535 (no frame carries one) reads as 65535.
+pub fn mtu(name: &str) -> Option<u16> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?;
+    let m: u32 = s.trim().parse().ok()?;
+    Some(u16::try_from(m).unwrap_or(u16::MAX))
+}
+
 /// A netlink socket subscribed to the link group (in the calling thread's namespace).
 pub fn subscribe() -> io::Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{

@@ -504,7 +504,14 @@ impl AfXdpBackend {
             tx_metadata: self.cfg.tx_checksum_offload == ChecksumOffload::Auto,
             ..XskConfig::default()
         };
-        let handoff = Handoff::new(workers, self.cfg.handoff_depth);
+        // Hand-off slots as large as a UMEM frame: any frame a socket receives whole can go to
+        // its owner (a chain of `multi_buffer` cannot, which is why config refuses it with
+        // several workers).
+        let handoff = Handoff::with_frame(
+            workers,
+            self.cfg.handoff_depth,
+            self.cfg.frame_size as usize,
+        );
         let (link_control, mut link_ports) = link_channels(workers);
         // The uplink first: a worker's first socket is its UMEM's own, which decides the
         // sockets' mode; a socket re-bound on a re-created interface shares the UMEM through
@@ -931,6 +938,13 @@ impl IoBackend for AfXdpBackend {
 
     fn links(&mut self, event: Option<&LinkEvent>) {
         self.reconcile(event);
+    }
+
+    fn mtus(&self, names: &[&str]) -> Vec<(String, u16)> {
+        names
+            .iter()
+            .filter_map(|n| link::mtu(n).map(|m| ((*n).to_string(), m)))
+            .collect()
     }
 
     fn worker_died(&mut self, worker: usize) {

@@ -186,6 +186,7 @@ mod tests {
             mac: nodeplane_state::MacAddr([2, 0, 0, 0, 0, 0x11]),
             gateway_mac: Some(nodeplane_state::MacAddr([2, 0, 0, 0, 0, 0x10])),
             peer: Some("nph0".into()),
+            mtu: None,
         });
         let t = Tables::build(&state, 1, &mut MaglevCache::default());
         assert!(t.host().is_some());

@@ -62,6 +62,11 @@ pub(super) fn lane4(
         return false;
     };
     let len = frame.len();
+    // Egress MTU: the one compare the lane pays (`mtu.rs`): a frame longer than the node's
+    // smallest MTU takes the general path, where its egress MTU is checked.
+    if len > t.frame_limit {
+        return false;
+    }
     // Fixed-size views of the headers; `lean4` proved the frame holds them (TCP: the whole
     // 20-byte header; UDP: its 8 bytes), so none of these fails.
     let Some((l2l3, l4)) = frame.split_at_mut_checked(LEAN4_L4) else {

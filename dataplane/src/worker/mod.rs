@@ -311,6 +311,9 @@ impl<I: PacketIo> Worker<I> {
             }
         });
         rejects.flush(|egress, ts, frame| io.reply(egress, ts, frame));
+        pipeline
+            .mtu_errors_mut()
+            .flush(|egress, ts, frame| io.reply(egress, ts, frame));
         if observed && n > 0 {
             // Frames the I/O lost after the pipeline decided them (no TX socket, a failed
             // transmit): an event each, with the I/O's reason.
@@ -482,6 +485,8 @@ impl<I: PacketIo> Worker<I> {
             rst_sent: self.rst_sent,
             rejects_sent: self.rejects.sent,
             rejects_suppressed: self.rejects.suppressed,
+            mtu_icmp_sent: self.pipeline.mtu_errors().sent,
+            mtu_icmp_suppressed: self.pipeline.mtu_errors().suppressed,
             csum_completed: c.csum_completed + io_counters.map_or(0, |k| k.csum_completed),
             csum_offloaded: io_counters.map_or(0, |k| k.csum_offloaded),
             ct_entries: ct.len(),

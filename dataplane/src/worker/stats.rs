@@ -123,6 +123,13 @@ pub struct WorkerStats {
     pub rejects_sent: u64,
     #[serde(default)]
     pub rejects_suppressed: u64,
+    /// Packets larger than their egress interface's MTU answered with an ICMP
+    /// fragmentation-needed / ICMPv6 packet-too-big (`crate::mtu`; each also dropped
+    /// `frag-needed`), and those the rate limit kept from an answer.
+    #[serde(default)]
+    pub mtu_icmp_sent: u64,
+    #[serde(default)]
+    pub mtu_icmp_suppressed: u64,
     /// Partial TCP/UDP checksums completed (frames from senders with TX checksum offload on).
     #[serde(default)]
     pub csum_completed: u64,

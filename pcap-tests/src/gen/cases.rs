@@ -71,6 +71,7 @@ pub fn all_cases() -> Vec<Case> {
         partial_checksums(false),
         partial_checksums(true),
         pod_to_remote(),
+        egress_mtu(),
         anti_spoofing(),
         ttl(),
         icmp_echo(false),
@@ -740,6 +741,7 @@ fn host_interface(v6: bool) -> Case {
         mac: st::MacAddr(n.node_mac),
         gateway_mac: Some(st::MacAddr(n.mac)),
         peer: Some("nph0".into()),
+        mtu: None,
     });
     let mut c = Case::new(
         &format!("host-interface-{}", v(v6)),
@@ -821,6 +823,7 @@ fn host_network_nodeport(v6: bool) -> Case {
         mac: st::MacAddr(n.node_mac),
         gateway_mac: Some(st::MacAddr(n.mac)),
         peer: Some("nph0".into()),
+        mtu: None,
     });
     let hs = host_snat(v6);
     let mut c = Case::new(
@@ -934,6 +937,7 @@ fn masquerade_parity(v6: bool) -> Case {
         mac: st::MacAddr(n.node_mac),
         gateway_mac: Some(st::MacAddr(n.mac)),
         peer: Some("nph0".into()),
+        mtu: None,
     });
     let mut c = Case::new(
         &format!("masquerade-parity-{}", v(v6)),
@@ -2488,6 +2492,126 @@ fn pod_to_remote() -> Case {
     );
     let mut g = Conn::new(&r, r.v4, 45000, (cc.v4, 5432), &cc, (cc.v4, 5432));
     g.handshake(&mut c);
+    c
+}
+
+/// Interface MTUs of the `egress-mtu` case: jumbo pods a and c, pod b and the uplink at 1500.
+fn with_mtus(mut s: st::State) -> st::State {
+    for i in &mut s.interfaces {
+        i.mtu = Some(match i.name.as_str() {
+            "veth-a" | "veth-c" => 9000,
+            _ => 1500,
+        });
+    }
+    s
+}
+
+fn egress_mtu() -> Case {
+    let svcs = vec![
+        service(
+            "web",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[("10.96.0.80", 80)],
+            vec![active("10.0.1.3", 8080)],
+        ),
+        service(
+            "web6",
+            ServiceType::ClusterIP,
+            L4Proto::TCP,
+            &[("fd00:96::80", 80)],
+            vec![active("fd00:10:1::3", 8080)],
+        ),
+    ];
+    let mut c = Case::new(
+        "egress-mtu",
+        "Interface MTUs: veth-a and veth-c 9000 (jumbo pods), veth-b and the uplink eth0 1500. A \
+         packet whose IP length exceeds its egress interface's MTU does not leave: IPv4 with DF \
+         and IPv6 are dropped `frag-needed` and answered with an ICMP fragmentation-needed / \
+         ICMPv6 packet-too-big announcing 1500, back out of the input interface, quoting the \
+         packet as pod-a sent it: through the ClusterIP (DNAT to pod-b) the quote keeps the VIP \
+         as destination and the error comes from the VIP, as the kernel's NAT translates it; \
+         routed without translation (to a remote pod through the uplink) it comes from the \
+         node's first address of the family. IPv4 without DF is dropped `mtu-exceeded`, \
+         unanswered. Packets that fit (1440 bytes to pod-b, 4028 bytes to pod-c at 9000, pod-b's \
+         4040-byte reply to pod-a at 9000) are forwarded.",
+        with_mtus(state_with(svcs)),
+    );
+    let (a, b, cc, r) = (pod_a(), pod_b(), pod_c(), remote_pod());
+    // IPv4 through the ClusterIP.
+    let mut f = Conn::new(&a, a.v4, 40000, (ip("10.96.0.80"), 80), &b, (b.v4, 8080));
+    f.handshake(&mut c);
+    let seg = |c: &Case, dst: IpAddr, dport: u16, len: usize, df: bool| {
+        let l4 = L4::Tcp {
+            sport: 40000,
+            dport,
+            seq: 0x1000_0000 + 40000 * 977 + 1,
+            ack: 1,
+            flags: PSHACK,
+        };
+        let mut p = c.pkt(&a, a.ip(dst.is_ipv6()), dst, l4, len);
+        p.extras.dont_fragment = df;
+        p.build()
+    };
+    let vip4 = ip("10.96.0.80");
+    let fr = seg(&c, vip4, 80, 4000, true);
+    c.raw(
+        a.iface,
+        fr,
+        x("4040-byte segment with DF to the VIP, pod-b's interface at 1500")
+            .frag_needed(1500, "10.96.0.80"),
+    );
+    let fr = seg(&c, vip4, 80, 1400, true);
+    let mut e = f.fc("1440-byte segment with DF: fits", "established");
+    e.out_src = None;
+    c.raw(a.iface, fr, e);
+    let fr = seg(&c, vip4, 80, 4000, false);
+    c.raw(
+        a.iface,
+        fr,
+        x("4040-byte segment without DF: not fragmented").drop_("mtu-exceeded"),
+    );
+    let e = f.fs("pod-b's 4040-byte reply: fits pod-a's 9000");
+    f.s(&mut c, PSHACK, 4000, e);
+    // IPv6 through the ClusterIP.
+    let mut g = Conn::new(&a, a.v6, 40000, (ip("fd00:96::80"), 80), &b, (b.v6, 8080));
+    g.handshake(&mut c);
+    let fr = seg(&c, ip("fd00:96::80"), 80, 3000, true);
+    c.raw(
+        a.iface,
+        fr,
+        x("3060-byte IPv6 segment to the VIP").frag_needed(1500, "fd00:96::80"),
+    );
+    // Routed, no translation: UDP to pod-c (fits) and to a remote pod (the uplink).
+    for (to, fits, what, from) in [
+        (cc.v4, true, "4028-byte UDP datagram to pod-c at 9000", ""),
+        (
+            r.v4,
+            false,
+            "4028-byte UDP datagram with DF to a remote pod, uplink at 1500",
+            "192.168.1.10",
+        ),
+        (
+            r.v6,
+            false,
+            "4048-byte IPv6 UDP datagram to a remote pod",
+            "fd00:192:1::10",
+        ),
+    ] {
+        let l4 = L4::Udp {
+            sport: 50000,
+            dport: 5353,
+        };
+        let mut p = c.pkt(&a, a.ip(to.is_ipv6()), to, l4, 4000);
+        p.extras.dont_fragment = true;
+        let fr = p.build();
+        let e = if fits {
+            x(what).fwd(cc.iface).ct("new")
+        } else {
+            x(what).frag_needed(1500, from)
+        };
+        c.raw(a.iface, fr, e);
+    }
     c
 }
 

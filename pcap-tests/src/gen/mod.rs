@@ -178,6 +178,7 @@ pub fn base_state() -> st::State {
         mac: mac(UPLINK_MAC),
         gateway_mac: Some(mac(GATEWAY_MAC)),
         peer: None,
+        mtu: None,
     });
     for p in &PODS {
         s.interfaces.push(st::Interface {
@@ -186,6 +187,7 @@ pub fn base_state() -> st::State {
             mac: mac(p.iface_mac),
             gateway_mac: None,
             peer: None,
+            mtu: None,
         });
         s.endpoints.push(st::Endpoint {
             name: p.name.into(),
@@ -601,6 +603,11 @@ fn summarize(e: &Expect) -> String {
     if e.rejected == Some(true) {
         parts.push("rejected: a TCP reset or ICMP port unreachable back to its sender".into());
     }
+    if let (Some(mtu), Some(from)) = (e.frag_needed, &e.frag_needed_from) {
+        parts.push(format!(
+            "answered: ICMP frag-needed / packet-too-big (MTU {mtu}) from {from} back to its sender"
+        ));
+    }
     if let Some(v) = &e.ct {
         parts.push(format!("ct {v}"));
     }
@@ -665,6 +672,9 @@ pub trait ExpectExt {
     fn rst(self, ingress: &str) -> Self;
     /// Dropped `no-backend` and answered with a reject (reset or port unreachable).
     fn rejected(self) -> Self;
+    /// Dropped `frag-needed` and answered with an ICMP frag-needed / packet-too-big announcing
+    /// `mtu`, from `from`.
+    fn frag_needed(self, mtu: u16, from: &str) -> Self;
     fn ct(self, ct: &str) -> Self;
     fn backend(self, b: &str) -> Self;
     fn policy(self, p: &str) -> Self;
@@ -699,6 +709,12 @@ impl ExpectExt for Expect {
     fn rejected(mut self) -> Self {
         self = self.drop_("no-backend");
         self.rejected = Some(true);
+        self
+    }
+    fn frag_needed(mut self, mtu: u16, from: &str) -> Self {
+        self = self.drop_("frag-needed");
+        self.frag_needed = Some(mtu);
+        self.frag_needed_from = Some(from.into());
         self
     }
     fn ct(mut self, ct: &str) -> Self {

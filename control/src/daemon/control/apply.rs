@@ -146,6 +146,7 @@ impl Control {
     fn publish_generation(&mut self, state: &State, origin: &str) -> Result<(), String> {
         let t0 = Instant::now();
         let generation = self.generation + 1;
+        self.refresh_mtus(state);
         let effective = self.overrides.apply(state);
         // Maglev tables not built within the budget are finished by `step_completion`, so a
         // large change reaches the workers quickly (see `MaglevCache`).
@@ -249,9 +250,43 @@ impl Control {
     /// A link notification from the I/O's watcher, or the once-a-second check (`None`): the
     /// I/O follows interfaces that went away or came back (AF_XDP re-attaches them).
     pub fn on_link(&mut self, event: Option<&crate::runtime::link::LinkEvent>) {
-        if self.io_started {
-            self.io.links(event);
+        if !self.io_started {
+            return;
         }
+        self.io.links(event);
+        // An interface's MTU changed (a link notification says so; the once-a-second check
+        // catches one whose notification was lost): the tables carry the new one.
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        if !self.refresh_mtus(&state) {
+            return;
+        }
+        match self.publish_generation(&state, "mtu") {
+            Ok(()) => log::info!(
+                "published generation {}: interface MTUs now {}",
+                self.generation,
+                self.overrides
+                    .mtus
+                    .iter()
+                    .map(|(n, m)| format!("{n}={m}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Err(e) => crate::error_limited!("mtu-not-published", "MTU change not published: {e}"),
+        }
+    }
+
+    /// Reads the kernel's MTU of the state's interfaces through the I/O into the overrides;
+    /// `true` when they changed.
+    fn refresh_mtus(&mut self, state: &nodeplane_state::State) -> bool {
+        let names: Vec<&str> = state.interfaces.iter().map(|i| i.name.as_str()).collect();
+        let mtus = self.io.mtus(&names);
+        if mtus == self.overrides.mtus {
+            return false;
+        }
+        self.overrides.mtus = mtus;
+        true
     }
 
     /// Whether Maglev tables of the running state are still being built.
