@@ -33,10 +33,10 @@
 //! Not checked: held fragments released later (`Pipeline::drain`): fragments come from a
 //! sender that already fragmented to its own MTU.
 
-use crate::csum::{self, get16, put16};
+use crate::csum::get16;
 use crate::drop::DropReason;
 use crate::flow::{Addr, PROTO_ICMP, PROTO_ICMPV6};
-use crate::reject::{Bucket, ICMP_TOS, REJECT_MAX, REJECT_TTL};
+use crate::reject::{error_headers, Bucket, REJECT_MAX};
 use crate::tables::{IfIndex, Tables};
 use crate::wire::{at, ethernet, icmp, icmpv6, ipv4, ipv6, vlan};
 
@@ -250,43 +250,13 @@ impl MtuErrors {
             Some(a) => a.octets(),
             None => orig_dst,
         };
-        if h.v6 {
-            out[l3..l3 + 4].copy_from_slice(&[0x60, 0, 0, 0]);
-            put16(out, l3 + ipv6::PAYLOAD_LEN.start, (len - l4) as u16);
-            out[l3 + ipv6::NEXT_HEADER] = PROTO_ICMPV6;
-            out[l3 + ipv6::HOP_LIMIT] = REJECT_TTL;
-            out[at(l3, ipv6::SRC_ADDR)].copy_from_slice(src);
-            out[at(l3, ipv6::DST_ADDR)].copy_from_slice(sender);
-            out[l4 + icmpv6::TYPE] = PACKET_TOO_BIG;
-            out[l4 + icmpv6::CODE] = 0;
-            put16(out, l4 + icmpv6::CHECKSUM.start, 0);
-            out[l4 + 4..q].copy_from_slice(&u32::from(mtu).to_be_bytes());
-            let mut acc = csum::sum(&out[l4..len], 0);
-            acc = csum::sum(&out[at(l3, ipv6::SRC_ADDR)], acc);
-            acc = csum::sum(&out[at(l3, ipv6::DST_ADDR)], acc);
-            acc += u32::from(PROTO_ICMPV6) + (len - l4) as u32;
-            put16(out, l4 + icmpv6::CHECKSUM.start, !csum::fold(acc));
+        let (ty, code, rest) = if h.v6 {
+            (PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes())
         } else {
-            out[l3 + ipv4::VER_IHL] = ipv4::VER_IHL_NO_OPTIONS;
-            out[l3 + ipv4::DSCP_ECN] = ICMP_TOS;
-            put16(out, l3 + ipv4::TOTAL_LEN.start, (len - l3) as u16);
-            put16(out, l3 + ipv4::IDENT.start, 0);
-            put16(out, l3 + ipv4::FLG_OFF.start, 0);
-            out[l3 + ipv4::TTL] = REJECT_TTL;
-            out[l3 + ipv4::PROTOCOL] = PROTO_ICMP;
-            put16(out, l3 + ipv4::CHECKSUM.start, 0);
-            out[at(l3, ipv4::SRC_ADDR)].copy_from_slice(src);
-            out[at(l3, ipv4::DST_ADDR)].copy_from_slice(sender);
-            let c = csum::checksum(&out[l3..l4]);
-            put16(out, l3 + ipv4::CHECKSUM.start, c);
-            out[l4 + icmp::TYPE] = icmp::DEST_UNREACHABLE;
-            out[l4 + icmp::CODE] = FRAG_NEEDED;
-            put16(out, l4 + icmp::CHECKSUM.start, 0);
-            put16(out, l4 + 4, 0);
-            put16(out, l4 + 6, mtu);
-            let c = csum::checksum(&out[l4..len]);
-            put16(out, l4 + icmp::CHECKSUM.start, c);
-        }
+            let [hi, lo] = mtu.to_be_bytes();
+            (icmp::DEST_UNREACHABLE, FRAG_NEEDED, [0, 0, hi, lo])
+        };
+        error_headers(out, l3, h.v6, (src, sender), (ty, code, rest));
         Some(len)
     }
 

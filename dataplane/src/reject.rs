@@ -85,21 +85,40 @@ fn port_unreachable(frame: &[u8], m: &parse::Meta, out: &mut [u8]) -> Option<usi
     let (a, b) = out[ethernet::MACS].split_at_mut(ethernet::SRC_MAC.start);
     a.swap_with_slice(b);
     let (src, dst) = (m.dst.octets(), m.src.octets());
-    if m.v6 {
+    let (ty, code) = if m.v6 {
+        (icmpv6::DEST_UNREACHABLE, icmpv6::PORT_UNREACHABLE)
+    } else {
+        (icmp::DEST_UNREACHABLE, icmp::PORT_UNREACHABLE)
+    };
+    error_headers(out, l3, m.v6, (src, dst), (ty, code, [0; 4]));
+    Some(len)
+}
+
+/// Writes the IP header (no options, from `src` to `dst`) and the ICMP or ICMPv6 header
+/// (`ty`, `code`, `rest`: the 4 bytes after the checksum) of an error whose quote already sits
+/// after them in `out` (the whole error from `l3` on), with both checksums. Shared by the
+/// reject answers here and the egress MTU's errors (`mtu.rs`).
+pub(crate) fn error_headers(
+    out: &mut [u8],
+    l3: usize,
+    v6: bool,
+    (src, dst): (&[u8], &[u8]),
+    (ty, code, rest): (u8, u8, [u8; 4]),
+) {
+    let len = out.len();
+    let l4 = l3
+        + if v6 {
+            ipv6::HEADER_LEN
+        } else {
+            ipv4::MIN_HEADER_LEN
+        };
+    if v6 {
         out[l3..l3 + 4].copy_from_slice(&[0x60, 0, 0, 0]);
         put16(out, l3 + ipv6::PAYLOAD_LEN.start, (len - l4) as u16);
         out[l3 + ipv6::NEXT_HEADER] = PROTO_ICMPV6;
         out[l3 + ipv6::HOP_LIMIT] = REJECT_TTL;
         out[at(l3, ipv6::SRC_ADDR)].copy_from_slice(src);
         out[at(l3, ipv6::DST_ADDR)].copy_from_slice(dst);
-        out[l4 + icmpv6::TYPE] = icmpv6::DEST_UNREACHABLE;
-        out[l4 + icmpv6::CODE] = icmpv6::PORT_UNREACHABLE;
-        out[l4 + 2..q].fill(0);
-        let mut acc = csum::sum(&out[l4..len], 0);
-        acc = csum::sum(src, acc);
-        acc = csum::sum(dst, acc);
-        acc += u32::from(PROTO_ICMPV6) + (len - l4) as u32;
-        put16(out, l4 + icmpv6::CHECKSUM.start, !csum::fold(acc));
     } else {
         out[l3 + ipv4::VER_IHL] = ipv4::VER_IHL_NO_OPTIONS;
         out[l3 + ipv4::DSCP_ECN] = ICMP_TOS;
@@ -113,13 +132,22 @@ fn port_unreachable(frame: &[u8], m: &parse::Meta, out: &mut [u8]) -> Option<usi
         out[at(l3, ipv4::DST_ADDR)].copy_from_slice(dst);
         let c = csum::checksum(&out[l3..l4]);
         put16(out, l3 + ipv4::CHECKSUM.start, c);
-        out[l4 + icmp::TYPE] = icmp::DEST_UNREACHABLE;
-        out[l4 + icmp::CODE] = icmp::PORT_UNREACHABLE;
-        out[l4 + 2..q].fill(0);
-        let c = csum::checksum(&out[l4..len]);
-        put16(out, l4 + icmp::CHECKSUM.start, c);
     }
-    Some(len)
+    // ICMP and ICMPv6 share the header's layout (type, code, checksum, 4 bytes).
+    out[l4 + icmp::TYPE] = ty;
+    out[l4 + icmp::CODE] = code;
+    put16(out, l4 + icmp::CHECKSUM.start, 0);
+    out[l4 + 4..l4 + icmp::HEADER_LEN].copy_from_slice(&rest);
+    let c = if v6 {
+        let mut acc = csum::sum(&out[l4..len], 0);
+        acc = csum::sum(src, acc);
+        acc = csum::sum(dst, acc);
+        acc += u32::from(PROTO_ICMPV6) + (len - l4) as u32;
+        !csum::fold(acc)
+    } else {
+        csum::checksum(&out[l4..len])
+    };
+    put16(out, l4 + icmp::CHECKSUM.start, c);
 }
 
 /// A token bucket on the worker's clock (nanoseconds): [`REJECTS_PER_SEC`], at most
