@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::{root_dir, Lab};
+use lab::{random_blob, root_dir, Lab};
 
 const MTU: &str = "9000";
 const PODS: [&str; 3] = ["client", "web1", "web2"];
@@ -52,7 +52,8 @@ fn nstat(lab: &Lab, ns: &str, counter: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {counter} in {ns}: {out}"))
 }
 
-/// Sum of an AF_XDP socket counter over every socket of every worker.
+/// Sum of an AF_XDP socket counter (a JSON pointer into each socket's status, e.g.
+/// `/rx_chains`) over every socket of every worker.
 fn socket_sum(status: &serde_json::Value, field: &str) -> u64 {
     status["workers"]
         .as_array()
@@ -64,7 +65,7 @@ fn socket_sum(status: &serde_json::Value, field: &str) -> u64 {
                 .cloned()
                 .unwrap_or_default()
         })
-        .map(|s| s[field].as_u64().unwrap_or(0))
+        .map(|s| s.pointer(field).and_then(|v| v.as_u64()).unwrap_or(0))
         .sum()
 }
 
@@ -142,14 +143,7 @@ fn jumbo_downloads(tag: &str, offload: &str) {
     let www = lab.tmp.join("www");
     fs::create_dir_all(&www).unwrap();
     let blob = www.join("blob");
-    let st = Command::new("head")
-        .args(["-c", "25165824", "/dev/urandom"])
-        .stdout(fs::File::create(&blob).unwrap())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let want = Command::new("sha256sum").arg(&blob).output().unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)[..64].to_owned();
+    let want = random_blob(&blob, 25_165_824);
     for web in ["web1", "web2"] {
         let c = Command::new("ip")
             .args([
@@ -201,9 +195,9 @@ fn jumbo_downloads(tag: &str, offload: &str) {
     }
     let s = status(&socket).expect("status");
     let (rx_chains, tx_chains, bad) = (
-        socket_sum(&s, "rx_chains"),
-        socket_sum(&s, "tx_chains"),
-        socket_sum(&s, "rx_chain_dropped"),
+        socket_sum(&s, "/rx_chains"),
+        socket_sum(&s, "/tx_chains"),
+        socket_sum(&s, "/rx_chain_dropped"),
     );
     eprintln!("chains: rx {rx_chains}, tx {tx_chains}, dropped {bad}");
     // 48 MiB in frames of up to 9014 B, 3 UMEM frames each: thousands of chains.
@@ -229,18 +223,7 @@ fn jumbo_downloads(tag: &str, offload: &str) {
             "partial checksums completed by the worker, none offloaded: {offloaded} / {completed}"
         );
     }
-    let tx_invalid: u64 = s["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .flat_map(|w| {
-            w["io"]["afxdp"]["sockets"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .map(|s| s["kernel"]["tx_invalid_descs"].as_u64().unwrap_or(0))
-        .sum();
+    let tx_invalid = socket_sum(&s, "/kernel/tx_invalid_descs");
     assert_eq!(tx_invalid, 0, "the kernel refused TX descriptors");
 
     let _ = Command::new("kill")

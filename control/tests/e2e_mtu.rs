@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 mod lab;
 
 use lab::daemon::{Launch, Nodeplane};
-use lab::{root_dir, Lab};
+use lab::{random_blob, root_dir, Lab};
 
 const MTU: &str = "9000";
 
@@ -130,14 +130,7 @@ fn a_jumbo_pod_learns_the_uplink_mtu_from_nodeplane_through_a_cluster_ip() {
     std::thread::sleep(std::time::Duration::from_millis(300));
 
     let blob = lab.tmp.join("blob");
-    let st = Command::new("head")
-        .args(["-c", "262144", "/dev/urandom"])
-        .stdout(fs::File::create(&blob).unwrap())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let want = Command::new("sha256sum").arg(&blob).output().unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)[..64].to_owned();
+    let want = random_blob(&blob, 262_144);
     let client = lab.tmp.join("client.py");
     fs::write(&client, CLIENT).unwrap();
 
@@ -213,14 +206,7 @@ fn two_workers_hand_off_frames_up_to_the_umem_frame_size() {
     );
 
     let blob = lab.tmp.join("blob");
-    let st = Command::new("head")
-        .args(["-c", "2097152", "/dev/urandom"])
-        .stdout(fs::File::create(&blob).unwrap())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let want = Command::new("sha256sum").arg(&blob).output().unwrap();
-    let want = String::from_utf8_lossy(&want.stdout)[..64].to_owned();
+    let want = random_blob(&blob, 2_097_152);
     // Eight connections: which queue a frame arrives on and which worker owns its flow both
     // follow hashes, so over eight flows frames cross workers with near certainty.
     for vip in ["10.96.0.10"; 8] {

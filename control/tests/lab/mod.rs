@@ -44,6 +44,19 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Writes `bytes` random bytes to `path` and returns their sha256 (hex), for transfers that
+/// must arrive intact.
+pub fn random_blob(path: &Path, bytes: usize) -> String {
+    let st = Command::new("head")
+        .args(["-c", &bytes.to_string(), "/dev/urandom"])
+        .stdout(fs::File::create(path).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success(), "head -c {bytes} /dev/urandom");
+    let sum = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&sum.stdout)[..64].to_owned()
+}
+
 /// Runs `f` on a new thread that has joined network namespace `ns` (`ip netns` name): sockets it
 /// opens and processes it spawns live there. Panics (the test fails) when it cannot join.
 pub fn in_netns_thread<T: Send + 'static>(
