@@ -12,7 +12,9 @@ import os
 import platform
 import sys
 
-DATAPLANES = ["nodeplane", "nft", "iptables"]
+DATAPLANES = ["nodeplane", "nft", "iptables", "tc-ceiling", "tc-ceiling-xdp"]
+# Experiments (bench/e2e/tc-ceiling/): ceilings of a kernel fast path, not products.
+CEILINGS = {"tc-ceiling": "tc/nft", "tc-ceiling-xdp": "tcx/nft"}
 PATHS = ["clusterip", "pod", "nodeport"]
 PATH_NAMES = {
     "clusterip": "pod -> ClusterIP -> pod",
@@ -200,6 +202,9 @@ def record(a):
     }
     if dp == "nodeplane":
         rec["nodeplane_counters"] = np_delta(stats0, stats)
+    elif dp in CEILINGS:
+        rec["experiment"] = "ceiling of a kernel fast path (no policy, no userspace), not a product"
+        rec["tc_hits"] = (np_delta(stats0, stats) or {})
     else:
         rec["kernel"] = stats
     for cpu in (0, 1):
@@ -257,6 +262,12 @@ def line(runs):
             if k.endswith(("idle_sleeps", "busy_polls"))}
     if idle:
         drops += " " + " ".join(f"{k}={v}" for k, v in sorted(idle.items()))
+    if r["dataplane"] in CEILINGS:
+        h = {k.split(".")[-1]: v for k, v in (r.get("tc_hits") or {}).items()}
+        drops += " tc hits " + " ".join(f"{k}={h.get(k, 0)}" for k in (
+            "dnat", "revnat", "routed", "pass", "gso_skbs", "gso_segs", "redirect_errors"))
+        if r["csum_errors"]:
+            drops += " csum errors " + json.dumps(r["csum_errors"])
     print(f"{head} {s}  [cpu {cpu}]{drops}{tag}", flush=True)
 
 
@@ -295,6 +306,8 @@ def report(runs_file, out):
         hdr.append("np/nft")
     if "nodeplane" in dps and "iptables" in dps:
         hdr.append("np/ipt")
+    ceil = [(d, CEILINGS[d]) for d in dps if d in CEILINGS and "nft" in dps]
+    hdr += [key for _, key in ceil]
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for label, test, metric, unit, higher in ROWS:
@@ -308,13 +321,18 @@ def report(runs_file, out):
                       for d in dps]
             row = {"test": test, "metric": metric, "path": path, "unit": unit,
                    "higher_is_better": higher, "values": vals}
-            for other, key in (("nft", "np/nft"), ("iptables", "np/ipt")):
+            for num, other, key in ([("nodeplane", "nft", "np/nft"), ("nodeplane", "iptables", "np/ipt")]
+                                    + [(d, "nft", key) for d, key in ceil]):
                 if key in hdr:
-                    q = ratio(vals.get("nodeplane"), vals.get(other))
+                    q = ratio(vals.get(num), vals.get(other))
                     cells.append("-" if q is None else f"{q:.2f}")
                     row[key] = None if q is None else round(q, 3)
             print("| " + " | ".join(cells) + " |")
             rows.append(row)
+    if any(d in CEILINGS for d in dps):
+        print("tc-ceiling, tc-ceiling-xdp (tc/nft, tcx/nft): EXPERIMENT, ceilings of a kernel fast path"
+              " (a TC program does DNAT and forwarding itself; no policy, no userspace, -xdp adds an"
+              " XDP_PASS program on the node's veths), NOT products")
     goals = []
     if "nodeplane" in dps and "nft" in dps and "clusterip" in paths:
         print()

@@ -3,7 +3,7 @@
 # at their Linux defaults, three paths, three dataplanes, one topology, one run.
 #
 #   bench/e2e/throughput.sh [--quick] [--out bench/e2e/throughput.json]
-#                           [--dataplanes nodeplane,nft,iptables]
+#                           [--dataplanes nodeplane,nft,iptables]   (experiments: tc-ceiling,tc-ceiling-xdp)
 #                           [--paths clusterip,pod,nodeport]
 #                           [--tests stream1,stream4,rr,crr,udp]
 #
@@ -43,6 +43,13 @@
 #         iptables   the kernel: kube-proxy's iptables-mode chains (KUBE-SERVICES, KUBE-SVC-*,
 #                    KUBE-SEP-*, KUBE-EXT-*, KUBE-NODEPORTS, KUBE-MARK-MASQ, KUBE-POSTROUTING,
 #                    KUBE-FORWARD), loaded with iptables-nft-restore
+# Experiments (only when named in --dataplanes; ceilings, not products; bench/e2e/tc-ceiling/):
+#         tc-ceiling      a TC program on the node's veths does the services' DNAT and reverse
+#                         NAT from BPF maps and forwards with bpf_redirect_peer / bpf_redirect
+#                         (GSO skbs kept whole; no XDP, pods keep TSO; no policy, no userspace)
+#         tc-ceiling-xdp  the same, plus an XDP_PASS program attached natively to the same veths
+#                         (TSO off on the pods, as with nodeplane): the cost of XDP alone
+#                         Both need clang, bpftool and nsenter; their hit counters go in the JSON.
 # Pods and the router are at their Linux defaults: no offload is changed. When nodeplane
 # attaches XDP to the node's veths, the kernel turns TSO off on the pods' side itself (GSO
 # and TX checksum offload stay on); the offloads seen are recorded per dataplane.
@@ -141,6 +148,8 @@ done
 TMP="$(mktemp -d /tmp/np-tp.XXXXXX)"
 NP_PID=""
 BG_PIDS=()
+# shellcheck source-path=SCRIPTDIR source=tc-ceiling/dataplane.sh
+. "$HERE/tc-ceiling/dataplane.sh"
 
 ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
 topo_down() {
@@ -163,6 +172,7 @@ cleanup() {
   [ -n "$NP_PID" ] && kill -TERM "$NP_PID" 2>/dev/null || true
   for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
+  tc_ceiling_down
   topo_down
   rm -rf "$TMP"
   exit "$rc"
@@ -500,6 +510,8 @@ EOF
       iptables_rules > "$TMP/iptables.rules"
       nsx "$NODE" iptables-nft-restore < "$TMP/iptables.rules" || die "iptables-nft-restore failed"
       ;;
+    tc-ceiling|tc-ceiling-xdp) tc_ceiling_up "$1" ;;
+    *) die "unknown dataplane $1" ;;
   esac
 }
 
@@ -520,6 +532,10 @@ dp_stop() {
       nsx "$NODE" nft flush ruleset
       nsx "$NODE" conntrack -F >/dev/null 2>&1 || true
       ;;
+    tc-ceiling|tc-ceiling-xdp)
+      tc_ceiling_down
+      tc_ceiling_gone
+      ;;
   esac
 }
 
@@ -535,6 +551,7 @@ dp_flush() {
 dp_snapshot() {
   case "$1" in
     nodeplane) "$NP" status --socket "$TMP/np.sock" --json 2>/dev/null || echo null ;;
+    tc-ceiling|tc-ceiling-xdp) echo "{\"tc_hits\": $(tc_hits)}" ;;
     *) echo "{\"conntrack_entries\": $(nsx "$NODE" conntrack -C 2>/dev/null || echo -1)}" ;;
   esac
 }
