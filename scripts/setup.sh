@@ -11,6 +11,8 @@ APT_PACKAGES=(
   nftables conntrack bird2 frr etcd-server etcd-client python3-scapy gobgpd
   # bench/e2e/throughput.sh: TCP_STREAM, and the kernel baseline with kube-proxy's iptables rules
   iperf3 iptables
+  # bench/e2e/throughput.sh's experiment dataplanes tc-ceiling*: loads and pins their BPF maps
+  bpftool
   # scripts/bench.sh: callgrind instruction counts (the regression gate)
   valgrind
 )
