@@ -113,7 +113,8 @@ import json, sys
 names = sys.argv[1].split()
 out = {}
 for e in json.load(sys.stdin):
-    k = e.get("formatted", e)["key"] if "formatted" in e else e["key"]
+    # with BTF bpftool prints "formatted" numbers; without, hex byte lists
+    k = e["formatted"]["key"] if "formatted" in e else e["key"]
     vals = e["formatted"]["values"] if "formatted" in e else e["values"]
     k = k if isinstance(k, int) else int.from_bytes(bytes(int(b, 16) for b in k), "little")
     tot = 0
