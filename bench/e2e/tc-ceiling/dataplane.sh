@@ -10,6 +10,9 @@
 #                   a connection too, is decided in the kernel.
 #   tc-ceiling-xdp  the same, plus xdp_pass.c (XDP_PASS) attached natively to the same three
 #                   veths, as nodeplane's program is: the kernel turns TSO off on the pods' side.
+# TP_CEILING_TSO=off (not the default): TSO turned off by hand (ethtool) on the pods' and the
+# router's eth0 while a tc-ceiling* dataplane runs, back on after it: tc-ceiling then shows the
+# cost of losing TSO alone, without veth's XDP receive path.
 #
 # The program is compiled at run time (clang -target bpf), loaded and its maps pinned by
 # bpftool into a bpffs instance of our own, /tmp/${P}bpffs-PID (unmounted on exit), and attached with
@@ -55,7 +58,7 @@ map_put() {
 ifindex_of() { ip -n "$NODE" -o link show dev "$1" | cut -d: -f1; }
 
 tc_ceiling_up() {
-  local dp="$1" s proto cport nport tport pn ifc
+  local dp="$1" s proto cport nport tport pn ifc ns
   tc_need "$dp"
   tc_build
   # libbpf turns every '.' of a pin path into '_' ($TMP has one): a path of its own.
@@ -74,6 +77,10 @@ tc_ceiling_up() {
   map_put route "$(hex_ip "$SERVER_IP")" "$(hex_le32 "$(ifindex_of pod-b)") $(hex_mac "$PB_MAC") $(hex_mac "$PODB_NODE_MAC") $(hex_le32 1)"
   map_put route "$(hex_ip "$CLIENT_IP")" "$(hex_le32 "$(ifindex_of pod-a)") $(hex_mac "$PA_MAC") $(hex_mac "$PODA_NODE_MAC") $(hex_le32 1)"
   map_put route "$(hex_ip "$RTR_IP")" "$(hex_le32 "$(ifindex_of uplink0)") $(hex_mac "$RTR_MAC") $(hex_mac "$UP_MAC") $(hex_le32 0)"
+  if [ "${TP_CEILING_TSO:-on}" = off ]; then
+    for ns in "$PA" "$PB" "$RTR"; do nsx "$ns" ethtool -K eth0 tso off >/dev/null; done
+    echo "throughput: $dp: *** TP_CEILING_TSO=off: TSO turned off by hand in the pods and the router ***"
+  fi
   for ifc in "${TC_IFACES[@]}"; do
     if [ "$dp" = tc-ceiling-xdp ]; then
       ip -n "$NODE" link set dev "$ifc" xdpdrv obj "$TMP/xdp_pass.o" sec xdp \
@@ -127,12 +134,17 @@ print(json.dumps(out))' "${TC_HITS[*]}"
 
 # Detaches everything tc_ceiling_up attached (also on a failed or interrupted run).
 tc_ceiling_down() {
-  local ifc
+  local ifc ns
   [ -n "$TC_FS" ] || return 0
   if ns_exists "$NODE"; then
     for ifc in "${TC_IFACES[@]}"; do
       in_node tc qdisc del dev "$ifc" clsact 2>/dev/null || true
       ip -n "$NODE" link set dev "$ifc" xdpdrv off 2>/dev/null || true
+    done
+  fi
+  if [ "${TP_CEILING_TSO:-on}" = off ]; then
+    for ns in "$PA" "$PB" "$RTR"; do
+      if ns_exists "$ns"; then nsx "$ns" ethtool -K eth0 tso on >/dev/null 2>&1 || true; fi
     done
   fi
   umount "$TC_FS" 2>/dev/null || true
