@@ -498,6 +498,9 @@ impl Pipeline {
             // One index for the frame, its outcome and its tuple (fewer live registers in a
             // loop that also holds the general path than three iterators).
             let n = chunk.len().min(out.len()).min(BURST);
+            // The lean parse stops at the node's smallest MTU: a longer frame takes the general
+            // path, where its egress MTU is checked (`mtu.rs`), and the lane compares nothing.
+            let lean_limit = tables.frame_limit.min(parse::MAX_FRAME_LEN);
             for i in 0..n {
                 let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
                     break;
@@ -510,7 +513,7 @@ impl Pipeline {
                         self.keys[i] = parse::tuple(&done);
                         done
                     }
-                    None => match parse::lean4(p.data) {
+                    None => match parse::lean4_within(p.data, lean_limit) {
                         Some(l) => {
                             // Zeroed whole (a few wide stores), then the five fields: fewer
                             // stores than the key's padded addresses written field by field.

@@ -50,12 +50,9 @@ pub(super) fn lane4(
     let Some((slot, dir)) = cache.find(ct, key, ct.hash(key)) else {
         return false;
     };
-    let len = frame.len();
-    // Egress MTU: the one compare the lane pays (`mtu.rs`): a frame longer than the node's
-    // smallest MTU takes the general path, where its egress MTU is checked.
-    if len > t.frame_limit {
-        return false;
-    }
+    // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
+    // (`parse::lean4_within`): a longer one takes the general path, where it is checked.
+    debug_assert!(frame.len() <= t.frame_limit);
     // Fixed-size views of the headers; `lean4` proved the frame holds them (TCP: the whole
     // 20-byte header; UDP: its 8 bytes), so none of these fails.
     let Some((l2l3, l4)) = frame.split_at_mut_checked(LEAN4_L4) else {
