@@ -47,7 +47,9 @@ pub(super) fn lane4(
     if l.csum_partial || l.tcp_flags & STATE_FLAGS != 0 || l.ttl <= 1 {
         return false;
     }
-    let Some((slot, dir)) = cache.find(ct, key, ct.hash(key)) else {
+    let hash = ct.hash_v4(l.src, l.dst, l.sport, l.dport, l.proto);
+    debug_assert_eq!(hash, ct.hash(key));
+    let Some((slot, dir)) = cache.find(ct, key, hash) else {
         return false;
     };
     // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
