@@ -618,13 +618,36 @@ impl Entry {
         if key.src.v6 {
             return Some(false);
         }
+        // Its addresses' first 4 bytes: an IPv4 [`Addr`] has its other 12 bytes zero wherever
+        // one is made ([`Addr::v4`], [`Addr::from_slice`]); a key with other bytes there would
+        // not hash to this flow's buckets anyway.
+        debug_assert!(key.src.bytes[4..] == [0; 12] && key.dst.bytes[4..] == [0; 12]);
+        self.matches_v4(
+            dir,
+            &V4Tuple {
+                src: v4_of(&key.src),
+                dst: v4_of(&key.dst),
+                sport: key.sport,
+                dport: key.dport,
+                proto: key.proto,
+            },
+        )
+    }
+
+    /// [`Self::has_key_v4`] for an IPv4 key given by its fields (the established lane's, from
+    /// its lean parse). `None`: not an IPv4 flow with every address in line.
+    #[inline(always)]
+    pub fn matches_v4(&self, dir: Dir, k: &V4Tuple) -> Option<bool> {
+        if self.flags & V6 != 0 {
+            return None;
+        }
         Some(match dir {
             Dir::Orig => {
-                key.sport == self.sport
-                    && key.dport == self.dport
-                    && key.proto == self.proto
-                    && v4_is(&key.src, self.src)
-                    && v4_is(&key.dst, self.dst)
+                k.sport == self.sport
+                    && k.dport == self.dport
+                    && k.proto == self.proto
+                    && k.src == self.src
+                    && k.dst == self.dst
             }
             Dir::Reply => {
                 let (src, sport) = if self.flags & NAT_DST != 0 {
@@ -642,24 +665,24 @@ impl Entry {
                 } else {
                     (self.src, self.sport)
                 };
-                key.dport == dport
-                    && key.sport == sport
-                    && key.proto == self.proto
-                    && v4_is(&key.dst, dst)
-                    && v4_is(&key.src, src)
+                k.dport == dport
+                    && k.sport == sport
+                    && k.proto == self.proto
+                    && k.dst == dst
+                    && k.src == src
             }
         })
     }
 }
 
-/// Whether the IPv4 address `a` (the caller checked its family) is `v4`: its first 4 bytes (an
-/// IPv4 [`Addr`] has its other 12 bytes zero wherever one is made, [`Addr::v4`],
-/// [`Addr::from_slice`]; a key with other bytes there would not hash to this flow's buckets
-/// anyway).
-#[inline(always)]
-fn v4_is(a: &Addr, v4: [u8; 4]) -> bool {
-    debug_assert!(!a.v6 && a.bytes[4..] == [0; 12]);
-    a.bytes[..4] == v4
+/// An IPv4 flow key by its fields ([`Entry::matches_v4`], [`Conntrack::hash_v4`]).
+#[derive(Debug, Clone, Copy)]
+pub struct V4Tuple {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
 
 /// A flow as its table holds it: the entry and, for IPv6, its addresses. Dereferences to the
@@ -1056,13 +1079,13 @@ impl Conntrack {
     /// [`Self::hash`] of the IPv4 key of these fields (the established lane's, from its lean
     /// parse in registers rather than from the key in memory): the same value.
     #[inline(always)]
-    pub fn hash_v4(&self, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u64 {
+    pub fn hash_v4(&self, k: &V4Tuple) -> u64 {
         let [s0, s1, s2, s3] = self.seed;
         // An IPv4 `Addr`'s first word is its 4 bytes in the low half (native order), the
         // second word zero; `v6` is false.
-        let sa = u64::from(u32::from_ne_bytes(src));
-        let da = u64::from(u32::from_ne_bytes(dst));
-        let ports = u64::from(sport) | u64::from(dport) << 16 | u64::from(proto) << 32;
+        let sa = u64::from(u32::from_ne_bytes(k.src));
+        let da = u64::from(u32::from_ne_bytes(k.dst));
+        let ports = u64::from(k.sport) | u64::from(k.dport) << 16 | u64::from(k.proto) << 32;
         let x = fold_mul(sa ^ s0, s1);
         let y = fold_mul(da ^ s2, s3);
         fold_mul(x ^ ports, y ^ s0)
@@ -1126,6 +1149,25 @@ impl Conntrack {
         // slot up again).
         match self.slots.get(slot as usize) {
             Some(e) if e.live() => match e.has_key_v4(dir, key) {
+                Some(is) => is,
+                None => key_is_general(
+                    &self.slots,
+                    &self.cold,
+                    &self.v6,
+                    slot << 1 | dir as u32,
+                    key,
+                ),
+            },
+            _ => false,
+        }
+    }
+
+    /// [`Self::holds`] with the key also given by its IPv4 fields (compared in registers; `key`
+    /// only for a flow whose addresses are not all in line).
+    #[inline(always)]
+    pub fn holds_v4(&self, slot: u32, dir: Dir, t: &V4Tuple, key: &FlowKey) -> bool {
+        match self.slots.get(slot as usize) {
+            Some(e) if e.live() => match e.matches_v4(dir, t) {
                 Some(is) => is,
                 None => key_is_general(
                     &self.slots,
@@ -2087,11 +2129,14 @@ mod tests {
             let mut k = key(i, proto);
             k.src = Addr::v4([192, 168, (i >> 8) as u8, i as u8]);
             for k in [k, k.reversed()] {
-                assert_eq!(
-                    ct.hash_v4(v4(&k.src), v4(&k.dst), k.sport, k.dport, k.proto),
-                    ct.hash(&k),
-                    "{k:?}"
-                );
+                let t = V4Tuple {
+                    src: v4(&k.src),
+                    dst: v4(&k.dst),
+                    sport: k.sport,
+                    dport: k.dport,
+                    proto: k.proto,
+                };
+                assert_eq!(ct.hash_v4(&t), ct.hash(&k), "{k:?}");
             }
         }
     }

@@ -14,7 +14,7 @@
 
 use super::emc::FlowCache;
 use super::Outcome;
-use crate::conntrack::{Conntrack, Dir};
+use crate::conntrack::{Conntrack, Dir, V4Tuple};
 use crate::flow::{Addr, FlowKey, PROTO_UDP};
 use crate::parse::{Lean4, LEAN4_L3, LEAN4_L4};
 use crate::rewrite;
@@ -47,9 +47,18 @@ pub(super) fn lane4(
     if l.csum_partial || l.tcp_flags & STATE_FLAGS != 0 || l.ttl <= 1 {
         return false;
     }
-    let hash = ct.hash_v4(l.src, l.dst, l.sport, l.dport, l.proto);
+    // The key's fields as the lean parse left them (in registers): the hash and the cache's
+    // confirm read them, not the key in memory (which the index probe of a miss reads).
+    let tuple = V4Tuple {
+        src: l.src,
+        dst: l.dst,
+        sport: l.sport,
+        dport: l.dport,
+        proto: l.proto,
+    };
+    let hash = ct.hash_v4(&tuple);
     debug_assert_eq!(hash, ct.hash(key));
-    let Some((slot, dir)) = cache.find(ct, key, hash) else {
+    let Some((slot, dir)) = cache.find(ct, &tuple, key, hash) else {
         return false;
     };
     // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
