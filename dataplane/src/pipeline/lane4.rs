@@ -78,12 +78,16 @@ pub(super) fn lane4(
     };
     if l.proto == PROTO_UDP {
         match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
-            Some(l4) => finish(ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, true, out),
+            Some(l4) => finish(
+                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, true, out,
+            ),
             None => false,
         }
     } else {
         match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
-            Some(l4) => finish(ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, false, out),
+            Some(l4) => finish(
+                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, false, out,
+            ),
             None => false,
         }
     }
