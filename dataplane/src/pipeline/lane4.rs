@@ -122,7 +122,8 @@ fn finish<const L: usize>(
         return false;
     };
     let fast = e.fast(dir);
-    // Valid under these tables (same epoch), so always there.
+    // Valid under these tables (same epoch), so always there (were it not, the packet would be
+    // counted again by the general path: the touch is done).
     let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
         return false;
     };
