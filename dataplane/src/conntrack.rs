@@ -123,6 +123,17 @@ pub struct FastPath {
     pub egress_pod: bool,
 }
 
+/// An IPv4 flow's destination NAT as the established lane reads it from the hot line
+/// ([`Entry::nat_v4`]): what [`Nat`] holds, without building 17-byte addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct NatV4 {
+    pub vip: [u8; 4],
+    pub vip_port: u16,
+    pub backend: [u8; 4],
+    pub backend_port: u16,
+    pub service: u32,
+}
+
 /// Source NAT of a flow: the original direction leaves from `addr:port` instead of the
 /// client's address and port, and replies come back to it (see `snat.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -529,6 +540,40 @@ impl Entry {
         };
     }
 
+    /// The lane's view of an IPv4 flow's destination NAT (the caller knows the family,
+    /// [`Conntrack::touch_lane`]): the VIP and its port (the original destination), the
+    /// backend and its port, the service index.
+    #[inline(always)]
+    pub fn nat_v4(&self) -> Option<NatV4> {
+        (self.flags & NAT_DST != 0).then_some(NatV4 {
+            vip: self.dst,
+            vip_port: self.dport,
+            backend: self.backend,
+            backend_port: self.backend_port,
+            service: self.service,
+        })
+    }
+
+    /// The lane's view of an IPv4 flow's source NAT: the translated source address and port.
+    #[inline(always)]
+    pub fn snat_v4(&self) -> Option<([u8; 4], u16)> {
+        if self.flags & NAT_SRC == 0 {
+            return None;
+        }
+        let a = match self.snat_from {
+            SNAT_FROM_CLIENT => self.src,
+            SNAT_FROM_DIALLED => self.dst,
+            i => v4_of(&SnatAddrs::get(i - SNAT_FROM_TABLE)),
+        };
+        Some((a, self.snat_port))
+    }
+
+    /// An IPv4 flow's original source address and port.
+    #[inline(always)]
+    pub fn orig_src_v4(&self) -> ([u8; 4], u16) {
+        (self.src, self.sport)
+    }
+
     /// Whether the control plane ended the flow ([`FlowRef::ended`] says why).
     #[inline(always)]
     pub fn is_ended(&self) -> bool {
@@ -573,13 +618,36 @@ impl Entry {
         if key.src.v6 {
             return Some(false);
         }
+        // Its addresses' first 4 bytes: an IPv4 [`Addr`] has its other 12 bytes zero wherever
+        // one is made ([`Addr::v4`], [`Addr::from_slice`]); a key with other bytes there would
+        // not hash to this flow's buckets anyway.
+        debug_assert!(key.src.bytes[4..] == [0; 12] && key.dst.bytes[4..] == [0; 12]);
+        self.matches_v4(
+            dir,
+            &V4Tuple {
+                src: v4_of(&key.src),
+                dst: v4_of(&key.dst),
+                sport: key.sport,
+                dport: key.dport,
+                proto: key.proto,
+            },
+        )
+    }
+
+    /// [`Self::has_key_v4`] for an IPv4 key given by its fields (the established lane's, from
+    /// its lean parse). `None`: not an IPv4 flow with every address in line.
+    #[inline(always)]
+    pub fn matches_v4(&self, dir: Dir, k: &V4Tuple) -> Option<bool> {
+        if self.flags & V6 != 0 {
+            return None;
+        }
         Some(match dir {
             Dir::Orig => {
-                key.sport == self.sport
-                    && key.dport == self.dport
-                    && key.proto == self.proto
-                    && v4_is(&key.src, self.src)
-                    && v4_is(&key.dst, self.dst)
+                k.sport == self.sport
+                    && k.dport == self.dport
+                    && k.proto == self.proto
+                    && k.src == self.src
+                    && k.dst == self.dst
             }
             Dir::Reply => {
                 let (src, sport) = if self.flags & NAT_DST != 0 {
@@ -597,24 +665,24 @@ impl Entry {
                 } else {
                     (self.src, self.sport)
                 };
-                key.dport == dport
-                    && key.sport == sport
-                    && key.proto == self.proto
-                    && v4_is(&key.dst, dst)
-                    && v4_is(&key.src, src)
+                k.dport == dport
+                    && k.sport == sport
+                    && k.proto == self.proto
+                    && k.dst == dst
+                    && k.src == src
             }
         })
     }
 }
 
-/// Whether the IPv4 address `a` (the caller checked its family) is `v4`: its first 4 bytes (an
-/// IPv4 [`Addr`] has its other 12 bytes zero wherever one is made, [`Addr::v4`],
-/// [`Addr::from_slice`]; a key with other bytes there would not hash to this flow's buckets
-/// anyway).
-#[inline(always)]
-fn v4_is(a: &Addr, v4: [u8; 4]) -> bool {
-    debug_assert!(!a.v6 && a.bytes[4..] == [0; 12]);
-    a.bytes[..4] == v4
+/// An IPv4 flow key by its fields ([`Entry::matches_v4`], [`Conntrack::hash_v4`]).
+#[derive(Debug, Clone, Copy)]
+pub struct V4Tuple {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
 
 /// A flow as its table holds it: the entry and, for IPv6, its addresses. Dereferences to the
@@ -1008,6 +1076,21 @@ impl Conntrack {
         fold_mul(x ^ ports, y ^ s0)
     }
 
+    /// [`Self::hash`] of the IPv4 key of these fields (the established lane's, from its lean
+    /// parse in registers rather than from the key in memory): the same value.
+    #[inline(always)]
+    pub fn hash_v4(&self, k: &V4Tuple) -> u64 {
+        let [s0, s1, s2, s3] = self.seed;
+        // An IPv4 `Addr`'s first word is its 4 bytes in the low half (native order), the
+        // second word zero; `v6` is false.
+        let sa = u64::from(u32::from_ne_bytes(k.src));
+        let da = u64::from(u32::from_ne_bytes(k.dst));
+        let ports = u64::from(k.sport) | u64::from(k.dport) << 16 | u64::from(k.proto) << 32;
+        let x = fold_mul(sa ^ s0, s1);
+        let y = fold_mul(da ^ s2, s3);
+        fold_mul(x ^ ports, y ^ s0)
+    }
+
     /// The index value of `key` with its hash, without touching the table.
     #[inline]
     fn index_of(&self, key: &FlowKey, hash: u64) -> Option<u32> {
@@ -1062,14 +1145,40 @@ impl Conntrack {
     /// earlier in the burst can be confirmed without a probe.
     #[inline]
     pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
-        self.slots.get(slot as usize).is_some_and(|e| e.live())
-            && key_is(
-                &self.slots,
-                &self.cold,
-                &self.v6,
-                slot << 1 | dir as u32,
-                key,
-            )
+        // One bounds check: the IPv4 compare on the entry it found (`key_is` would look the
+        // slot up again).
+        match self.slots.get(slot as usize) {
+            Some(e) if e.live() => match e.has_key_v4(dir, key) {
+                Some(is) => is,
+                None => key_is_general(
+                    &self.slots,
+                    &self.cold,
+                    &self.v6,
+                    slot << 1 | dir as u32,
+                    key,
+                ),
+            },
+            _ => false,
+        }
+    }
+
+    /// [`Self::holds`] with the key also given by its IPv4 fields (compared in registers; `key`
+    /// only for a flow whose addresses are not all in line).
+    #[inline(always)]
+    pub fn holds_v4(&self, slot: u32, dir: Dir, t: &V4Tuple, key: &FlowKey) -> bool {
+        match self.slots.get(slot as usize) {
+            Some(e) if e.live() => match e.matches_v4(dir, t) {
+                Some(is) => is,
+                None => key_is_general(
+                    &self.slots,
+                    &self.cold,
+                    &self.v6,
+                    slot << 1 | dir as u32,
+                    key,
+                ),
+            },
+            _ => false,
+        }
     }
 
     /// See the `version` field.
@@ -1426,31 +1535,8 @@ impl Conntrack {
         let Some(e) = self.slots.get_mut(slot as usize) else {
             return false;
         };
-        let timeout = if e.proto == PROTO_TCP {
-            let steady = tcp_flags & (F::SYN | F::FIN | F::RST) == 0
-                && e.fins == 0
-                && matches!(
-                    (e.state, dir),
-                    (FlowState::Established, _)
-                        | (FlowState::SynSent, Dir::Orig)
-                        | (FlowState::SynRecv, Dir::Reply)
-                );
-            if !steady {
-                return false;
-            }
-            match e.state {
-                FlowState::Established => self.cfg.established,
-                FlowState::SynSent => self.cfg.syn_sent,
-                _ => self.cfg.syn_recv,
-            }
-        } else {
-            if e.in_closing() || e.state != FlowState::Open {
-                return false;
-            }
-            match e.proto {
-                PROTO_ICMP | PROTO_ICMPV6 => self.cfg.icmp,
-                _ => self.cfg.udp,
-            }
+        let Some(timeout) = steady_timeout(e, dir, tcp_flags, &self.cfg) else {
+            return false;
         };
         let p = &mut e.packets[dir as usize];
         *p = p.wrapping_add(1);
@@ -1463,14 +1549,50 @@ impl Conntrack {
         true
     }
 
+    /// The established lane's whole conntrack step for a packet of the IPv4 flow in `slot`
+    /// (found by its key in direction `dir`): `None`, nothing changed, unless the flow is not
+    /// ended and not expired, direction `dir`'s fast path was recorded under `epoch` for
+    /// ingress `iface`, and the packet is steady ([`Self::touch_steady`]); then the packet is
+    /// counted, the timer renewed, and the hot line returned for the rewrite and the outcome.
+    /// What `entry`, `expires` and `touch_steady` do in turn for the other fast path, through
+    /// one bounds check of the slab and one of the timers (the lane's cost, bench/RESULTS.md).
+    #[inline(always)]
+    pub fn touch_lane(
+        &mut self,
+        slot: u32,
+        dir: Dir,
+        epoch: u32,
+        iface: u16,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Option<&Entry> {
+        let i = slot as usize;
+        let (Some(e), Some(d)) = (self.slots.get_mut(i), self.deadline.get_mut(i)) else {
+            return None;
+        };
+        // An IPv6 flow (never found by an IPv4 key) and an ended one take the other paths.
+        if e.fast_epoch != epoch
+            || e.hops[dir as usize].ingress != iface
+            || e.flags & (ENDED | V6) != 0
+            || *d <= now
+        {
+            return None;
+        }
+        let timeout = steady_timeout(e, dir, tcp_flags, &self.cfg)?;
+        let p = &mut e.packets[dir as usize];
+        *p = p.wrapping_add(1);
+        if *p == 0 {
+            carry_cold(&mut self.cold, slot, dir);
+        }
+        *d = now + timeout;
+        Some(e)
+    }
+
     /// A direction's low packet count wrapped: 256 more in the cold part.
     #[cold]
     #[inline(never)]
     fn carry(&mut self, slot: u32, dir: Dir) {
-        if let Some(c) = self.cold_mut(slot) {
-            let p = &mut c.packets[dir as usize];
-            *p = p.wrapping_add(256);
-        }
+        carry_cold(&mut self.cold, slot, dir);
     }
 
     /// Counts a packet of `slot` in direction `dir`.
@@ -1619,20 +1741,33 @@ impl Conntrack {
     /// small budget; a full sweep is `budget = capacity`). Returns how many were reclaimed.
     pub fn gc_step(&mut self, now: u64, budget: usize) -> usize {
         let n = self.deadline.len();
+        let mut left = budget.min(n);
         let mut reclaimed = 0;
-        // The cursor in a local (`remove` is rare and out of line), a compare, not a modulo:
-        // this runs 64 times per burst.
+        // The cursor in a local; the budget's slots as at most two runs (the wrap tested per
+        // run, not per slot), each first scanned as a slice for an expired timer (a compare and
+        // a `min` per slot, no bounds check): this runs on every burst and almost always finds
+        // nothing. A run that has one is walked slot by slot (`remove` is rare, out of line).
         let mut s = self.gc_cursor;
-        for _ in 0..budget.min(n) {
+        while left > 0 {
             if s >= n {
                 s = 0;
             }
-            if self.deadline.get(s).is_some_and(|&d| d <= now) {
-                self.remove(s as u32);
-                self.stats.expired += 1;
-                reclaimed += 1;
+            let end = n.min(s + left);
+            let Some(run) = self.deadline.get(s..end) else {
+                break;
+            };
+            let first = run.iter().fold(u64::MAX, |m, &d| m.min(d));
+            if first <= now {
+                for i in s..end {
+                    if self.deadline.get(i).is_some_and(|&d| d <= now) {
+                        self.remove(i as u32);
+                        self.stats.expired += 1;
+                        reclaimed += 1;
+                    }
+                }
             }
-            s += 1;
+            left -= end - s;
+            s = end;
         }
         self.gc_cursor = s;
         reclaimed
@@ -1804,6 +1939,48 @@ fn key_of(slots: &[Entry], cold: &[Cold], v6: &V6Store, v: u32) -> Option<FlowKe
     flow_in(slots, cold, v6, v >> 1).map(|f| key_of_flow(&f, dir_of(v)))
 }
 
+/// A direction's low packet count wrapped: 256 more in `slot`'s cold part.
+#[cold]
+#[inline(never)]
+fn carry_cold(cold: &mut [Cold], slot: u32, dir: Dir) {
+    if let Some(c) = cold.get_mut(slot as usize) {
+        let p = &mut c.packets[dir as usize];
+        *p = p.wrapping_add(256);
+    }
+}
+
+/// The timeout a steady packet of `e` in direction `dir` renews (see
+/// [`Conntrack::touch_steady`]); `None`: the packet is not steady.
+#[inline(always)]
+fn steady_timeout(e: &Entry, dir: Dir, tcp_flags: u8, cfg: &CtConfig) -> Option<u64> {
+    if e.proto == PROTO_TCP {
+        let steady = tcp_flags & (F::SYN | F::FIN | F::RST) == 0
+            && e.fins == 0
+            && matches!(
+                (e.state, dir),
+                (FlowState::Established, _)
+                    | (FlowState::SynSent, Dir::Orig)
+                    | (FlowState::SynRecv, Dir::Reply)
+            );
+        if !steady {
+            return None;
+        }
+        Some(match e.state {
+            FlowState::Established => cfg.established,
+            FlowState::SynSent => cfg.syn_sent,
+            _ => cfg.syn_recv,
+        })
+    } else {
+        if e.in_closing() || e.state != FlowState::Open {
+            return None;
+        }
+        Some(match e.proto {
+            PROTO_ICMP | PROTO_ICMPV6 => cfg.icmp,
+            _ => cfg.udp,
+        })
+    }
+}
+
 /// Whether the index value `v` stands for `key`: IPv4 flows in line, the rest out of line.
 #[inline(always)]
 fn key_is(slots: &[Entry], cold: &[Cold], v6: &V6Store, v: u32, key: &FlowKey) -> bool {
@@ -1941,6 +2118,26 @@ mod tests {
             sport: 1000 + i,
             dport: 80,
             proto,
+        }
+    }
+
+    #[test]
+    fn the_lanes_ipv4_hash_is_the_keys_hash() {
+        let ct = Conntrack::new(&cfg(16));
+        let v4 = |a: &Addr| -> [u8; 4] { a.bytes[..4].try_into().expect("4 bytes") };
+        for (i, proto) in [(0, PROTO_TCP), (7, PROTO_UDP), (65000, PROTO_TCP)] {
+            let mut k = key(i, proto);
+            k.src = Addr::v4([192, 168, (i >> 8) as u8, i as u8]);
+            for k in [k, k.reversed()] {
+                let t = V4Tuple {
+                    src: v4(&k.src),
+                    dst: v4(&k.dst),
+                    sport: k.sport,
+                    dport: k.dport,
+                    proto: k.proto,
+                };
+                assert_eq!(ct.hash_v4(&t), ct.hash(&k), "{k:?}");
+            }
         }
     }
 

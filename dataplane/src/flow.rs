@@ -18,9 +18,11 @@ pub struct Addr {
 }
 
 impl Addr {
+    /// One 4-byte value widened (an element-wise array literal compiles to a load, shift and
+    /// store per byte where the address lands unaligned, as in `Outcome::backend`).
     pub const fn v4(o: [u8; 4]) -> Addr {
         Addr {
-            bytes: [o[0], o[1], o[2], o[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            bytes: (u32::from_le_bytes(o) as u128).to_le_bytes(),
             v6: false,
         }
     }

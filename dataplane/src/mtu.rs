@@ -6,7 +6,9 @@
 //! MTU; IPv4 without DF is dropped `mtu-exceeded` (not fragmented: see below).
 //!
 //! Cost on the per-packet path: one compare of the frame's length against
-//! [`Tables::frame_limit`] (the smallest MTU of the node plus an Ethernet header). Only a frame
+//! [`Tables::frame_limit`] (the smallest MTU of the node plus an Ethernet header); on the
+//! established lane not even that: the lean parse's own length check takes the limit
+//! (`parse::lean4_within`), so a longer frame goes to the general path. Only a frame
 //! longer than that (a jumbo pod's) has the front of its bytes kept ([`MtuErrors::save`], before
 //! the pipeline rewrites it) and its egress MTU looked up after the pipeline decided it.
 //!

@@ -193,11 +193,22 @@ impl Lean4 {
 /// fixed-size array views let the compiler drop the bounds checks and unroll the sum.
 #[inline(always)]
 pub fn lean4(frame: &[u8]) -> Option<Lean4> {
+    lean4_within(frame, MAX_FRAME_LEN)
+}
+
+/// [`lean4`] for frames of at most `limit` bytes (`limit` ≤ [`MAX_FRAME_LEN`]): a longer frame
+/// returns `None` (and [`parse_general`] parses it to the same `Meta`). The pipeline passes
+/// the node's smallest MTU ([`crate::tables::Tables::frame_limit`]), so that the egress MTU
+/// costs the established lane no compare of its own: the length check is one the parse makes
+/// anyway.
+#[inline(always)]
+pub fn lean4_within(frame: &[u8], limit: usize) -> Option<Lean4> {
     const L3: usize = LEAN4_L3;
     const L4: usize = LEAN4_L4;
     const ETHERTYPE: [u8; 2] = ethernet::ETHERTYPE_IPV4.to_be_bytes();
     // Every offset in `Meta` is 16 bits: a longer frame (replay has no MTU) would wrap them.
-    if frame.len() > MAX_FRAME_LEN {
+    debug_assert!(limit <= MAX_FRAME_LEN);
+    if frame.len() > limit {
         return None;
     }
     let h: &[u8; L4 + udp::HEADER_LEN] = frame.first_chunk()?;

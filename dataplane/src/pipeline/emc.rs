@@ -2,7 +2,7 @@
 //! (Open vSwitch's EMC, Katran's per-CPU LRU in spirit): a direct-mapped array of
 //! `slot << 1 | direction` values indexed by bits of the key's conntrack hash. A hit is
 //! confirmed by comparing the packet's key with the entry's key of that direction
-//! ([`Conntrack::holds`]: a live entry whose key in that direction is the packet's is exactly
+//! ([`Conntrack::holds_v4`]: a live entry whose key in that direction is the packet's is exactly
 //! what the index lookup finds, keys being unique there), so a stale or colliding cell is only
 //! a miss, never a wrong flow: no invalidation is needed when flows come and go. A miss probes
 //! the index and fills the cell.
@@ -12,7 +12,7 @@
 //! a key the packet needs next anyway. Memory: [`CELLS`] × 4 bytes per worker (256 KiB), fixed;
 //! 64k cells, because 16k missed ~17 % of 10k flows (bench/RESULTS.md, `## Fast path (issue 11)`).
 
-use crate::conntrack::{Conntrack, Dir};
+use crate::conntrack::{Conntrack, Dir, V4Tuple};
 use crate::flow::FlowKey;
 
 /// Cells of the cache (a power of two).
@@ -44,13 +44,20 @@ impl FlowCache {
 
     /// The live flow of `key` (hashed `hash` by [`Conntrack::hash`]), as
     /// [`Conntrack::find_hashed`] finds it, from the cache when it holds it.
+    /// `t` is `key`'s fields (IPv4): the confirm compares them in registers.
     #[inline(always)]
-    pub(super) fn find(&mut self, ct: &Conntrack, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
+    pub(super) fn find(
+        &mut self,
+        ct: &Conntrack,
+        t: &V4Tuple,
+        key: &FlowKey,
+        hash: u64,
+    ) -> Option<(u32, Dir)> {
         let c = Self::cell(hash);
         let v = self.cells[c];
         if v != EMPTY {
             let (slot, dir) = (v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply });
-            if ct.holds(slot, dir, key) {
+            if ct.holds_v4(slot, dir, t, key) {
                 return Some((slot, dir));
             }
         }

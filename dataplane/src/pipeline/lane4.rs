@@ -14,7 +14,7 @@
 
 use super::emc::FlowCache;
 use super::Outcome;
-use crate::conntrack::{Conntrack, Dir};
+use crate::conntrack::{Conntrack, Dir, V4Tuple};
 use crate::flow::{Addr, FlowKey, PROTO_UDP};
 use crate::parse::{Lean4, LEAN4_L3, LEAN4_L4};
 use crate::rewrite;
@@ -47,26 +47,23 @@ pub(super) fn lane4(
     if l.csum_partial || l.tcp_flags & STATE_FLAGS != 0 || l.ttl <= 1 {
         return false;
     }
-    let Some((slot, dir)) = cache.find(ct, key, ct.hash(key)) else {
+    // The key's fields as the lean parse left them (in registers): the hash and the cache's
+    // confirm read them, not the key in memory (which the index probe of a miss reads).
+    let tuple = V4Tuple {
+        src: l.src,
+        dst: l.dst,
+        sport: l.sport,
+        dport: l.dport,
+        proto: l.proto,
+    };
+    let hash = ct.hash_v4(&tuple);
+    debug_assert_eq!(hash, ct.hash(key));
+    let Some((slot, dir)) = cache.find(ct, &tuple, key, hash) else {
         return false;
     };
-    let e = ct.entry(slot);
-    // The epoch implies the generation: a direction's fast path is recorded only after its
-    // flow was checked under these tables (see `Entry::set_fast`).
-    let fast = e.fast(dir);
-    if fast.epoch != epoch || fast.ingress != iface || ct.expires(slot) <= now || e.is_ended() {
-        return false;
-    }
-    // Valid under these tables (same epoch), so always there.
-    let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
-        return false;
-    };
-    let len = frame.len();
-    // Egress MTU: the one compare the lane pays (`mtu.rs`): a frame longer than the node's
-    // smallest MTU takes the general path, where its egress MTU is checked.
-    if len > t.frame_limit {
-        return false;
-    }
+    // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
+    // (`parse::lean4_within`): a longer one takes the general path, where it is checked.
+    debug_assert!(frame.len() <= t.frame_limit);
     // Fixed-size views of the headers; `lean4` proved the frame holds them (TCP: the whole
     // 20-byte header; UDP: its 8 bytes), so none of these fails.
     let Some((l2l3, l4)) = frame.split_at_mut_checked(LEAN4_L4) else {
@@ -79,27 +76,25 @@ pub(super) fn lane4(
     ) else {
         return false;
     };
-    // Only the egress MAC is carried past the touch; the next hop's MAC and the egress are
-    // read from the entry again there (fewer values live across the touch).
-    let eth_out = (eth, &egress.mac);
     if l.proto == PROTO_UDP {
         match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
-            Some(l4) => finish(ct, slot, dir, l, len, now, ip, l4, true, eth_out, out),
+            Some(l4) => finish(
+                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, true, out,
+            ),
             None => false,
         }
     } else {
         match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
-            Some(l4) => finish(ct, slot, dir, l, len, now, ip, l4, false, eth_out, out),
+            Some(l4) => finish(
+                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, false, out,
+            ),
             None => false,
         }
     }
 }
 
-/// The Ethernet header and its source MAC (the egress interface's).
-type EthOut<'a> = (&'a mut [u8; ethernet::HEADER_LEN], &'a [u8; 6]);
-
-/// The touch, the rewrite and the outcome; `l4` ends with the L4 checksum field. `false`: not
-/// steady (nothing changed).
+/// The entry's checks and touch, the rewrite and the outcome; `l4` ends with the L4 checksum
+/// field. `false`: not for the lane (nothing changed).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -109,51 +104,54 @@ fn finish<const L: usize>(
     ct: &mut Conntrack,
     slot: u32,
     dir: Dir,
+    epoch: u32,
+    t: &Tables,
     l: &Lean4,
-    len: usize,
+    iface: IfIndex,
     now: u64,
+    eth: &mut [u8; ethernet::HEADER_LEN],
     ip: &mut [u8; ipv4::MIN_HEADER_LEN],
     l4: &mut [u8; L],
     udp: bool,
-    (eth, src_mac): EthOut<'_>,
     out: &mut Outcome,
 ) -> bool {
-    if !ct.touch_steady(slot, dir, l.tcp_flags, len, now) {
+    // The epoch implies the generation: a direction's fast path is recorded only after its
+    // flow was checked under these tables (see `Entry::set_fast`). Live, not ended, not
+    // expired, steady: then counted and its timer renewed.
+    let Some(e) = ct.touch_lane(slot, dir, epoch, iface, l.tcp_flags, now) else {
         return false;
-    }
-    // The MACs and the outcome first: what they read is then dead before the rewrite.
-    let e = ct.entry(slot);
+    };
     let fast = e.fast(dir);
+    // Valid under these tables (same epoch), so always there (were it not, the packet would be
+    // counted again by the general path: the touch is done).
+    let Some(egress) = t.ifaces.get(usize::from(fast.egress)) else {
+        return false;
+    };
     eth[ethernet::DST_MAC].copy_from_slice(&fast.dst_mac);
-    eth[ethernet::SRC_MAC].copy_from_slice(src_mac);
-    let nat = e.nat();
+    eth[ethernet::SRC_MAC].copy_from_slice(&egress.mac);
+    let nat = e.nat_v4();
     *out = Outcome::established(
         fast.egress,
         dir,
-        &e,
+        e,
         nat.map(|n| n.service),
-        nat.map(|n| (n.backend, n.backend_port)),
+        nat.map(|n| (Addr::v4(n.backend), n.backend_port)),
         0,
     );
-    // One 4-byte load (an element-wise array literal here became a vector shuffle).
-    let v4 = |a: Addr| -> [u8; 4] { a.bytes.first_chunk().copied().unwrap_or_default() };
     match nat {
         Some(nat) => {
             let (to_dst, addr, port) = match dir {
                 Dir::Orig => (true, nat.backend, nat.backend_port),
                 Dir::Reply => (false, nat.vip, nat.vip_port),
             };
-            rewrite::nat4(ip, l4, udp, to_dst, v4(addr), port, true);
-            if let Some(sn) = e.snat() {
+            rewrite::nat4(ip, l4, udp, to_dst, addr, port, true);
+            if let Some(sn) = e.snat_v4() {
                 // The other side: the client leaves from the source NAT, replies go back to it.
                 let (addr, port) = match dir {
-                    Dir::Orig => (sn.addr, sn.port),
-                    Dir::Reply => {
-                        let o = e.orig();
-                        (o.src, o.sport)
-                    }
+                    Dir::Orig => sn,
+                    Dir::Reply => e.orig_src_v4(),
                 };
-                rewrite::nat4(ip, l4, udp, !to_dst, v4(addr), port, false);
+                rewrite::nat4(ip, l4, udp, !to_dst, addr, port, false);
             }
         }
         None => rewrite::ttl4(ip),
