@@ -862,6 +862,8 @@ struct Init {
     ended: Option<DropReason>,
     generation: u64,
     packets: [u32; 2],
+    /// The original direction's fast-path data, when the first packet records it.
+    fast: Option<FastPath>,
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -885,6 +887,9 @@ pub struct Start {
     pub dst_identity: u32,
     pub policy: PolicyVerdict,
     pub generation: u64,
+    /// The original direction's fast path, recorded with the entry (as [`Entry::set_fast`]
+    /// would right after), when the first packet may record it.
+    pub fast: Option<FastPath>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -1219,6 +1224,7 @@ impl Conntrack {
             dst_identity: f.dst_identity,
             policy: f.policy,
             generation: f.generation,
+            fast: None,
         };
         let probe = (!reply_free).then_some(&f.reply);
         self.create_derived(
@@ -1285,6 +1291,7 @@ impl Conntrack {
             ended: None,
             generation: start.generation,
             packets: [1, 0],
+            fast: start.fast,
         };
         let slot = self.insert(orig, nat, snat, init, h_orig, h_reply, now)?;
         self.stats.created += 1;
@@ -1339,7 +1346,7 @@ impl Conntrack {
         } else {
             v4_of(&orig.src)
         };
-        let e = Entry {
+        let mut e = Entry {
             src,
             dst: v4_of(&orig.dst),
             sport: orig.sport,
@@ -1360,6 +1367,9 @@ impl Conntrack {
             snat_from,
             packets: init.packets.map(|p| p as u8),
         };
+        if let Some(f) = init.fast {
+            e.set_fast(Dir::Orig, f);
+        }
         let c = Cold {
             generation: init.generation,
             prev: NIL,
@@ -1396,6 +1406,7 @@ impl Conntrack {
             ended: f.ended(),
             generation: f.generation(),
             packets: f.packets(),
+            fast: None,
         };
         let (h_orig, h_reply) = (self.hash(&orig), self.hash(&reply));
         let slot = self.insert(&orig, f.nat(), f.snat(), init, h_orig, h_reply, now)?;
@@ -1467,6 +1478,7 @@ impl Conntrack {
             ended: f.ended,
             generation: 0,
             packets: f.packets.map(|p| p.min(u64::from(u32::MAX)) as u32),
+            fast: None,
         };
         let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
         self.insert(&f.orig, f.nat, snat, init, h_orig, h_reply, now)

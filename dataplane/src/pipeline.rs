@@ -1147,14 +1147,25 @@ impl Pipeline {
         };
         // The reply key is the entry's derivation (the reverse of the translated key); a
         // service flow's was looked up free by `source_nat`, any other's is probed here.
+        // The fast path of its original direction goes into the entry with it (what
+        // `record_fast` writes for a packet of a live flow).
+        let (egress, mac) = routed;
+        let fast = fast_ok.then(|| FastPath {
+            epoch: self.epoch,
+            ingress: iface,
+            egress,
+            egress_pod: t.ifaces[usize::from(egress)].role != InterfaceRole::Uplink,
+            dst_mac: mac,
+        });
         let start = Start {
             src_identity,
             dst_identity,
             policy,
             generation: t.generation,
+            fast,
         };
         let probe = if nat.is_some() { None } else { Some(&reply) };
-        let slot = match self.ct.create_derived(
+        if let Err(r) = self.ct.create_derived(
             &key,
             nat,
             snat,
@@ -1165,22 +1176,17 @@ impl Pipeline {
             m.tcp_flags,
             now,
         ) {
-            Ok(slot) => {
-                self.counters.ct_new += 1;
-                self.ahead.created = true;
-                slot
-            }
-            Err(r) => {
-                return Outcome {
-                    service: nat.map(|n| n.service),
-                    backend: nat.map(|n| (n.backend, n.backend_port)),
-                    src_identity: Some(src_identity),
-                    dst_identity: Some(dst_identity),
-                    policy,
-                    ..Outcome::drop(r)
-                }
-            }
-        };
+            return Outcome {
+                service: nat.map(|n| n.service),
+                backend: nat.map(|n| (n.backend, n.backend_port)),
+                src_identity: Some(src_identity),
+                dst_identity: Some(dst_identity),
+                policy,
+                ..Outcome::drop(r)
+            };
+        }
+        self.counters.ct_new += 1;
+        self.ahead.created = true;
         // Translated and routed from what was decided here (the entry is not read back). The
         // route is known and the TTL checked (`route_at`): the DNAT and the TTL go into one
         // update of each checksum (IPv4 TCP/UDP without source NAT: the same bytes as the two
@@ -1196,11 +1202,7 @@ impl Pipeline {
                 rewrite::set_addr_port(frame, m, false, sn.addr, sn.port);
             }
         }
-        let (egress, mac) = routed;
-        let (action, l2_trim, dst_mac) = self.finish_routed(t, frame, m, egress, mac, ttl_done);
-        if fast_ok {
-            self.record_fast(t, slot, Dir::Orig, iface, egress, dst_mac);
-        }
+        let (action, l2_trim, _) = self.finish_routed(t, frame, m, egress, mac, ttl_done);
         Outcome {
             action,
             ct: CtStatus::New,
