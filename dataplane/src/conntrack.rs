@@ -834,6 +834,7 @@ fn v4_of(a: &Addr) -> [u8; 4] {
 /// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
 /// address needs a [`SnatAddrs`] cell and none is left. A table cell comes with one reference
 /// for the entry (given back by [`release_snat_from`] if the entry is not created).
+#[inline(always)]
 fn snat_fields(orig: &FlowKey, snat: Option<Snat>) -> Result<(u16, SnatFrom), DropReason> {
     let Some(s) = snat else {
         return Ok((0, SNAT_FROM_CLIENT));
@@ -1304,6 +1305,7 @@ impl Conntrack {
         clippy::too_many_arguments,
         reason = "a flow's key, NAT and start values, with both keys' hashes"
     )]
+    #[inline(always)]
     fn insert(
         &mut self,
         orig: &FlowKey,

@@ -174,6 +174,7 @@ impl DirPolicy {
 
     /// Evaluates a new flow: `remote` is the peer's address and identity, `dport` the
     /// destination port after service translation (policy is on the backend's port).
+    #[inline]
     pub fn decide(&self, remote: Addr, remote_identity: u32, proto: u8, dport: u16) -> Decision {
         if self.rules.len() <= SCAN_MAX {
             return self.decide_by_scan(remote, remote_identity, proto, dport);
@@ -226,6 +227,7 @@ impl DirPolicy {
 
     /// The same decision by a scan of every rule: the definition the index must agree with,
     /// and the cheaper way for a few rules.
+    #[inline]
     fn decide_by_scan(&self, remote: Addr, identity: u32, proto: u8, dport: u16) -> Decision {
         match self
             .rules
