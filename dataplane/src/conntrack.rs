@@ -574,6 +574,12 @@ impl Entry {
         (self.src, self.sport)
     }
 
+    /// The flow has a source NAT ([`FlowRef::snat`] without building it).
+    #[inline(always)]
+    pub fn has_snat(&self) -> bool {
+        self.flags & NAT_SRC != 0
+    }
+
     /// Whether the control plane ended the flow ([`FlowRef::ended`] says why).
     #[inline(always)]
     pub fn is_ended(&self) -> bool {
@@ -896,6 +902,7 @@ fn v4_of(a: &Addr) -> [u8; 4] {
 /// The entry's encoding of a source NAT: (port, [`SnatFrom`]); `snat-no-address` when the
 /// address needs a [`SnatAddrs`] cell and none is left. A table cell comes with one reference
 /// for the entry (given back by [`release_snat_from`] if the entry is not created).
+#[inline(always)]
 fn snat_fields(orig: &FlowKey, snat: Option<Snat>) -> Result<(u16, SnatFrom), DropReason> {
     let Some(s) = snat else {
         return Ok((0, SNAT_FROM_CLIENT));
@@ -924,6 +931,8 @@ struct Init {
     ended: Option<DropReason>,
     generation: u64,
     packets: [u32; 2],
+    /// The original direction's fast-path data, when the first packet records it.
+    fast: Option<FastPath>,
 }
 
 /// What a new flow starts with (filled by the service and policy stages).
@@ -938,6 +947,18 @@ pub struct NewFlow {
     pub dst_identity: u32,
     pub policy: PolicyVerdict,
     pub generation: u64,
+}
+
+/// What a new flow starts with besides its keys and NAT ([`Conntrack::create_derived`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub policy: PolicyVerdict,
+    pub generation: u64,
+    /// The original direction's fast path, recorded with the entry (as [`Entry::set_fast`]
+    /// would right after), when the first packet may record it.
+    pub fast: Option<FastPath>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -1302,21 +1323,70 @@ impl Conntrack {
         _len: usize,
         now: u64,
     ) -> Result<u32, DropReason> {
-        debug_assert!(self.index_of(&f.orig, h_orig).is_none());
         debug_assert_eq!(h_reply, self.hash(&f.reply));
         if !consistent(&f.orig, &f.reply, f.nat, f.snat) {
             // The entry derives the reply key from the original and the NAT.
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        debug_assert!(!reply_free || self.index_of(&f.reply, h_reply).is_none());
-        if !reply_free && self.index_of(&f.reply, h_reply).is_some() {
-            // Another flow already owns one of the keys (e.g. the same client port used for a
-            // VIP and for its backend directly). Translating would merge two connections.
+        let start = Start {
+            src_identity: f.src_identity,
+            dst_identity: f.dst_identity,
+            policy: f.policy,
+            generation: f.generation,
+            fast: None,
+        };
+        let probe = (!reply_free).then_some(&f.reply);
+        self.create_derived(
+            &f.orig, f.nat, f.snat, start, h_orig, h_reply, probe, tcp_flags, now,
+        )
+    }
+
+    /// [`Self::create_hashed`] for a flow whose reply key the caller built from `orig`, `nat`
+    /// and `snat` the way the entry derives it (the reverse of the translated original key:
+    /// the pipeline's `new_flow`), so that it is not compared again, and whose original key
+    /// it has just looked up (`h_orig`) and not found. `h_reply`: the reply key's hash;
+    /// `probe_reply`: that key, when the caller has not just looked it up and found it free
+    /// (a flow without NAT), else `None`. The new flow's fields go straight into its entry: no
+    /// [`NewFlow`] is built.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the new flow's parts and hashes, passed on from the lookups"
+    )]
+    #[inline]
+    pub fn create_derived(
+        &mut self,
+        orig: &FlowKey,
+        nat: Option<Nat>,
+        snat: Option<Snat>,
+        start: Start,
+        h_orig: u64,
+        h_reply: u64,
+        probe_reply: Option<&FlowKey>,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Result<u32, DropReason> {
+        debug_assert!(self.index_of(orig, h_orig).is_none());
+        // One family per flow (the entry keeps IPv4 addresses in line, IPv6 ones in the store).
+        let v6 = orig.src.v6;
+        if orig.dst.v6 != v6
+            || nat.is_some_and(|n| n.backend.v6 != v6)
+            || snat.is_some_and(|s| s.addr.v6 != v6 || nat.is_none())
+        {
             self.stats.key_conflicts += 1;
             return Err(DropReason::CtInvalid);
         }
-        let state = if f.orig.proto == PROTO_TCP {
+        if let Some(reply) = probe_reply {
+            debug_assert_eq!(h_reply, self.hash(reply));
+            if self.index_of(reply, h_reply).is_some() {
+                // Another flow already owns one of the keys (e.g. the same client port used
+                // for a VIP and for its backend directly). Translating would merge two
+                // connections.
+                self.stats.key_conflicts += 1;
+                return Err(DropReason::CtInvalid);
+            }
+        }
+        let state = if orig.proto == PROTO_TCP {
             initial_tcp_state(tcp_flags)
         } else {
             FlowState::Open
@@ -1324,15 +1394,16 @@ impl Conntrack {
         let init = Init {
             state,
             fins: if tcp_flags & F::FIN != 0 { 1 } else { 0 },
-            expires: now + self.timeout(f.orig.proto, state),
-            src_identity: f.src_identity,
-            dst_identity: f.dst_identity,
-            policy: f.policy,
+            expires: now + self.timeout(orig.proto, state),
+            src_identity: start.src_identity,
+            dst_identity: start.dst_identity,
+            policy: start.policy,
             ended: None,
-            generation: f.generation,
+            generation: start.generation,
             packets: [1, 0],
+            fast: start.fast,
         };
-        let slot = self.insert(&f.orig, f.nat, f.snat, init, h_orig, h_reply, now)?;
+        let slot = self.insert(orig, nat, snat, init, h_orig, h_reply, now)?;
         self.stats.created += 1;
         Ok(slot)
     }
@@ -1343,6 +1414,7 @@ impl Conntrack {
         clippy::too_many_arguments,
         reason = "a flow's key, NAT and start values, with both keys' hashes"
     )]
+    #[inline(always)]
     fn insert(
         &mut self,
         orig: &FlowKey,
@@ -1385,7 +1457,7 @@ impl Conntrack {
         } else {
             v4_of(&orig.src)
         };
-        let e = Entry {
+        let mut e = Entry {
             src,
             dst: v4_of(&orig.dst),
             sport: orig.sport,
@@ -1406,6 +1478,9 @@ impl Conntrack {
             snat_from,
             packets: init.packets.map(|p| p as u8),
         };
+        if let Some(f) = init.fast {
+            e.set_fast(Dir::Orig, f);
+        }
         let c = Cold {
             generation: init.generation,
             prev: NIL,
@@ -1442,6 +1517,7 @@ impl Conntrack {
             ended: f.ended(),
             generation: f.generation(),
             packets: f.packets(),
+            fast: None,
         };
         let (h_orig, h_reply) = (self.hash(&orig), self.hash(&reply));
         let slot = self.insert(&orig, f.nat(), f.snat(), init, h_orig, h_reply, now)?;
@@ -1513,6 +1589,7 @@ impl Conntrack {
             ended: f.ended,
             generation: 0,
             packets: f.packets.map(|p| p.min(u64::from(u32::MAX)) as u32),
+            fast: None,
         };
         let (h_orig, h_reply) = (self.hash(&f.orig), self.hash(&f.reply));
         self.insert(&f.orig, f.nat, snat, init, h_orig, h_reply, now)

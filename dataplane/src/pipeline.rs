@@ -31,7 +31,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use nodeplane_state::{reserved, Algorithm, BackendState, InterfaceRole, PolicyMode, ServiceType};
 
-use crate::conntrack::{Conntrack, Dir, Entry, FastPath, Nat, NewFlow, Snat};
+use crate::conntrack::{Conntrack, Dir, Entry, FastPath, Nat, Snat, Start};
 use crate::csum::{self, get16, put16};
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
 use crate::flow::{Addr, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -885,8 +885,6 @@ impl Pipeline {
         let len = frame.len();
         let mut out = Outcome::default();
 
-        // A new flow's route, found before its entry was created (same destination and TTL).
-        let mut routed = None;
         let key_hash = self.ct.hash(&key);
         let mut found = self.ct.lookup_hashed(&key, key_hash, now);
         if let Some((slot, dir)) = found {
@@ -943,15 +941,7 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                match self.new_flow(t, frame, m, key, key_hash, src_ep, now) {
-                    Ok(Some((slot, r))) => {
-                        out.ct = CtStatus::New;
-                        routed = Some(r);
-                        (slot, Dir::Orig)
-                    }
-                    Ok(None) => return Outcome::default(),
-                    Err(o) => return o,
-                }
+                return self.new_flow(t, frame, m, key, key_hash, iface, src_ep, fast_ok, now);
             }
         };
 
@@ -986,34 +976,45 @@ impl Pipeline {
             }
         }
         let dst_mac;
-        (out.action, out.l2_trim, dst_mac) = match routed {
-            Some((egress, mac)) => self.finish_routed(t, frame, m, egress, mac),
-            None => self.route_and_finish(t, frame, m),
-        };
+        (out.action, out.l2_trim, dst_mac) = self.route_and_finish(t, frame, m);
         if let (true, Action::Forward(egress)) = (fast_ok, out.action) {
-            // This direction passed classification on `iface` and routed under these tables:
-            // its next packets can take `established_fast`.
-            let itf = &t.ifaces[usize::from(egress)];
-            if let Some(mut e) = self.ct.entry_mut(slot) {
-                e.set_fast(
-                    dir,
-                    FastPath {
-                        epoch: self.epoch,
-                        ingress: iface,
-                        egress,
-                        egress_pod: itf.role != InterfaceRole::Uplink,
-                        dst_mac,
-                    },
-                );
-            }
+            self.record_fast(t, slot, dir, iface, egress, dst_mac);
         }
         out
     }
 
-    /// A packet that matched no flow: service selection, identities, policy, then a new entry.
-    /// `key_hash` is the conntrack hash of `key`, which the caller has just looked up and not
-    /// found. `src_ep` as for [`Self::flow_path`]. `Ok(None)`: not for us after all (host
-    /// traffic: pass). `Err`: the drop outcome.
+    /// This direction of flow `slot` passed classification on `iface` and routed to `egress`
+    /// under these tables: its next packets can take `established_fast`.
+    #[inline]
+    fn record_fast(
+        &mut self,
+        t: &Tables,
+        slot: u32,
+        dir: Dir,
+        iface: IfIndex,
+        egress: IfIndex,
+        dst_mac: [u8; 6],
+    ) {
+        let itf = &t.ifaces[usize::from(egress)];
+        if let Some(mut e) = self.ct.entry_mut(slot) {
+            e.set_fast(
+                dir,
+                FastPath {
+                    epoch: self.epoch,
+                    ingress: iface,
+                    egress,
+                    egress_pod: itf.role != InterfaceRole::Uplink,
+                    dst_mac,
+                },
+            );
+        }
+    }
+
+    /// A packet that matched no flow: service selection, identities, policy, then a new entry,
+    /// and the packet translated and routed from what was decided here (the entry is not read
+    /// back). `key_hash` is the conntrack hash of `key`, which the caller has just looked up and
+    /// not found. `src_ep` as for [`Self::flow_path`]; `fast_ok`: the packet may record the
+    /// flow's fast path. A packet that is not for us after all (host traffic) passes.
     #[expect(
         clippy::too_many_arguments,
         reason = "the packet and what the caller looked up for it already"
@@ -1021,13 +1022,15 @@ impl Pipeline {
     fn new_flow(
         &mut self,
         t: &Tables,
-        frame: &[u8],
-        m: &Meta,
+        frame: &mut [u8],
+        m: &mut Meta,
         key: FlowKey,
         key_hash: u64,
+        iface: IfIndex,
         src_ep: Option<Option<u32>>,
+        fast_ok: bool,
         now: u64,
-    ) -> Result<Option<(u32, Route)>, Outcome> {
+    ) -> Outcome {
         let mut nat = None;
         let mut backend_local = false;
         // The backend's endpoint, known from the tables (`Backend::endpoint`).
@@ -1054,10 +1057,10 @@ impl Pipeline {
                 let b = match picked {
                     Ok(b) => b,
                     Err(reason) => {
-                        return Err(Outcome {
+                        return Outcome {
                             service: Some(svc),
                             ..Outcome::drop(reason)
-                        })
+                        }
                     }
                 };
                 let be = &t.services[svc as usize].backends[usize::from(b)];
@@ -1076,10 +1079,10 @@ impl Pipeline {
         }
         if nat.is_none() {
             if t.service_ips.contains_key(&m.dst) {
-                return Err(Outcome::drop(DropReason::NoService));
+                return Outcome::drop(DropReason::NoService);
             }
             if t.is_node_ip(&m.dst) && t.host().is_none() {
-                return Ok(None);
+                return Outcome::default();
             }
         }
         // Local endpoints' identities come from their records (no LPM lookup).
@@ -1099,20 +1102,20 @@ impl Pipeline {
             dport,
         );
         if policy == PolicyVerdict::Deny {
-            return Err(Outcome {
+            return Outcome {
                 service: nat.map(|n| n.service),
                 backend: nat.map(|n| (n.backend, n.backend_port)),
                 src_identity: Some(src_identity),
                 dst_identity: Some(dst_identity),
                 policy,
                 ..Outcome::drop(DropReason::PolicyDenied)
-            });
+            };
         }
         // Nothing is remembered for a packet that cannot leave (TTL, no endpoint, no next hop).
         let routed = match route_at(t, &dst, dst_ep, m.ttl) {
             Ok(r) => r,
             Err(action) => {
-                return Err(Outcome {
+                return Outcome {
                     action,
                     service: nat.map(|n| n.service),
                     backend: nat.map(|n| (n.backend, n.backend_port)),
@@ -1120,7 +1123,7 @@ impl Pipeline {
                     dst_identity: Some(dst_identity),
                     policy,
                     ..Outcome::default()
-                })
+                }
             }
         };
         let mut reply = FlowKey {
@@ -1138,50 +1141,86 @@ impl Pipeline {
                     h
                 }
                 Err(r) => {
-                    return Err(Outcome {
+                    return Outcome {
                         service: Some(n.service),
                         backend: Some((n.backend, n.backend_port)),
                         src_identity: Some(src_identity),
                         dst_identity: Some(dst_identity),
                         policy,
                         ..Outcome::drop(r)
-                    })
+                    }
                 }
             },
             None => self.ct.hash(&reply),
         };
-        let f = NewFlow {
-            orig: key,
-            reply,
-            nat,
-            snat,
+        // The reply key is the entry's derivation (the reverse of the translated key); a
+        // service flow's was looked up free by `source_nat`, any other's is probed here.
+        // The fast path of its original direction goes into the entry with it (what
+        // `record_fast` writes for a packet of a live flow).
+        let (egress, mac) = routed;
+        let fast = fast_ok.then(|| FastPath {
+            epoch: self.epoch,
+            ingress: iface,
+            egress,
+            egress_pod: t.ifaces[usize::from(egress)].role != InterfaceRole::Uplink,
+            dst_mac: mac,
+        });
+        let start = Start {
             src_identity,
             dst_identity,
             policy,
             generation: t.generation,
+            fast,
         };
-        match self.ct.create_hashed(
-            &f,
+        let probe = if nat.is_some() { None } else { Some(&reply) };
+        if let Err(r) = self.ct.create_derived(
+            &key,
+            nat,
+            snat,
+            start,
             key_hash,
             h_reply,
-            nat.is_some(),
+            probe,
             m.tcp_flags,
-            frame.len(),
             now,
         ) {
-            Ok(slot) => {
-                self.counters.ct_new += 1;
-                self.ahead.created = true;
-                Ok(Some((slot, routed)))
-            }
-            Err(r) => Err(Outcome {
+            return Outcome {
                 service: nat.map(|n| n.service),
                 backend: nat.map(|n| (n.backend, n.backend_port)),
                 src_identity: Some(src_identity),
                 dst_identity: Some(dst_identity),
                 policy,
                 ..Outcome::drop(r)
-            }),
+            };
+        }
+        self.counters.ct_new += 1;
+        self.ahead.created = true;
+        // Translated and routed from what was decided here (the entry is not read back). The
+        // route is known and the TTL checked (`route_at`): the DNAT and the TTL go into one
+        // update of each checksum (IPv4 TCP/UDP without source NAT: the same bytes as the two
+        // rewrites).
+        let mut ttl_done = false;
+        if let Some(n) = nat {
+            ttl_done = snat.is_none()
+                && rewrite::nat_v4_and_ttl(frame, m, true, n.backend, n.backend_port);
+            if !ttl_done {
+                rewrite::set_addr_port(frame, m, true, n.backend, n.backend_port);
+            }
+            if let Some(sn) = snat {
+                rewrite::set_addr_port(frame, m, false, sn.addr, sn.port);
+            }
+        }
+        let (action, l2_trim, _) = self.finish_routed(t, frame, m, egress, mac, ttl_done);
+        Outcome {
+            action,
+            ct: CtStatus::New,
+            service: nat.map(|n| n.service),
+            backend: nat.map(|n| (n.backend, n.backend_port)),
+            src_identity: Some(src_identity),
+            dst_identity: Some(dst_identity),
+            policy,
+            l2_trim,
+            csum_partial: false,
         }
     }
 
@@ -1309,6 +1348,7 @@ impl Pipeline {
     /// routes by it too, so it is looked up once); `src_ep`, when `Some`, is
     /// `t.endpoint_of(&src)` (anti-spoofing looked it up), else it is looked up here if needed.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn evaluate_policy(
         &self,
         t: &Tables,
@@ -1540,13 +1580,15 @@ impl Pipeline {
         m: &mut Meta,
     ) -> (Action, u8, [u8; 6]) {
         match route(t, &m.dst, m.ttl) {
-            Ok((egress, dst_mac)) => self.finish_routed(t, frame, m, egress, dst_mac),
+            Ok((egress, dst_mac)) => self.finish_routed(t, frame, m, egress, dst_mac, false),
             Err(a) => (a, 0, [0; 6]),
         }
     }
 
     /// [`Self::route_and_finish`] with the route already known (a new flow's, taken by
-    /// `new_flow` for this packet's translated destination and TTL).
+    /// `new_flow` for this packet's translated destination and TTL); `ttl_done`: the TTL was
+    /// decremented with the NAT already.
+    #[inline(always)]
     fn finish_routed(
         &self,
         t: &Tables,
@@ -1554,8 +1596,11 @@ impl Pipeline {
         m: &mut Meta,
         egress: IfIndex,
         dst_mac: [u8; 6],
+        ttl_done: bool,
     ) -> (Action, u8, [u8; 6]) {
-        rewrite::decrement_ttl(frame, m);
+        if !ttl_done {
+            rewrite::decrement_ttl(frame, m);
+        }
         let itf = &t.ifaces[usize::from(egress)];
         // Pods sit on untagged links: a frame that came in with an 802.1Q tag leaves toward a
         // pod without it. The MACs move 4 bytes up, over the tag, and the I/O layer sends the
@@ -1901,10 +1946,16 @@ fn is_link_scoped(a: &Addr) -> bool {
 /// A packet that `process_parsed` would hand to `flow_path` untouched if its flow is known:
 /// not a fragment, not an ICMP error (matched by its quote instead), not link-local ICMPv6
 /// control (the kernel's). Interface, classification and route come from the flow's
-/// [`FastPath`], which exists only if they passed before.
+/// [`FastPath`], which exists only if they passed before. A TCP SYN, FIN or RST is never
+/// steady ([`Conntrack::touch_steady`] refuses it), so it is not a candidate either: a new
+/// connection's SYN goes straight to the full path instead of hashing and probing its key
+/// twice (~170 instructions per new connection). `tcp_flags` is 0 but for TCP (`parse`).
 #[inline(always)]
 fn fast_candidate(m: &Meta) -> bool {
-    m.frag == Frag::None && !parse::is_icmp_error(m) && !parse::is_icmpv6_link_control(m)
+    m.frag == Frag::None
+        && m.tcp_flags & (tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST) == 0
+        && !parse::is_icmp_error(m)
+        && !parse::is_icmpv6_link_control(m)
 }
 
 /// RFC 791: an IPv4 datagram is (src, dst, protocol, id). RFC 8200: an IPv6 one is (src, dst,

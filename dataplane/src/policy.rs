@@ -157,8 +157,24 @@ impl DirPolicy {
         }
     }
 
+    /// Reads what [`Self::decide`] reads first, for a look-ahead that wants it in cache before
+    /// the decision (`pipeline/syn.rs`, a new flow's chain of dependent misses with many
+    /// endpoints): `step` 0, the first rule; any other, that rule's port and identity lists.
+    /// Returns a word of what it read (to be kept by `black_box`).
+    #[inline]
+    pub fn warm(&self, step: u8) -> u32 {
+        let Some(r) = self.rules.first() else {
+            return 0;
+        };
+        if step == 0 {
+            return u32::from(r.proto);
+        }
+        r.ports.first().map_or(0, |p| u32::from(p.0)) ^ r.identities.first().copied().unwrap_or(0)
+    }
+
     /// Evaluates a new flow: `remote` is the peer's address and identity, `dport` the
     /// destination port after service translation (policy is on the backend's port).
+    #[inline]
     pub fn decide(&self, remote: Addr, remote_identity: u32, proto: u8, dport: u16) -> Decision {
         if self.rules.len() <= SCAN_MAX {
             return self.decide_by_scan(remote, remote_identity, proto, dport);
@@ -211,6 +227,7 @@ impl DirPolicy {
 
     /// The same decision by a scan of every rule: the definition the index must agree with,
     /// and the cheaper way for a few rules.
+    #[inline]
     fn decide_by_scan(&self, remote: Addr, identity: u32, proto: u8, dport: u16) -> Decision {
         match self
             .rules

@@ -6,7 +6,9 @@
 //! SYN to the next, so the CPU overlaps their cache misses; processed one SYN after another,
 //! the chain frontend → service → Maglev slot → active backend → backend missed in series, once
 //! per SYN (the per-service tables are cold with many services: bench/RESULTS.md
-//! "New connections at 100k services").
+//! "New connections at 100k services"). The last passes read the picked backend's endpoint
+//! record and its ingress policy's first rule and lists, which the new flow's policy and route
+//! read next (with many endpoints, three more dependent misses per SYN).
 //!
 //! The results are hints for the packets' own processing ([`SynHint`]): `new_flow` takes the
 //! frontend and the backend of its key from them instead of looking again (they are what its
@@ -43,6 +45,9 @@ pub(super) struct SynHint {
     pub pick: u32,
     /// `FlowKey::stable_hash` of the key (the Maglev input).
     pub hash: u64,
+    /// The picked backend's local endpoint ([`NONE`]: none, or no pick): its record and
+    /// ingress policy are read ahead too.
+    ep: u32,
 }
 
 /// The hints of the current burst's SYNs, in frame order.
@@ -152,6 +157,7 @@ impl LookAhead {
                     svc: t.frontend(k.dst, k.dport, PROTO_TCP).unwrap_or(NONE),
                     pick: NONE,
                     hash: k.stable_hash(),
+                    ep: NONE,
                 };
                 n += 1;
             }
@@ -175,11 +181,31 @@ impl LookAhead {
                 h.pick = pick.map_or(NONE, |&b| u32::from(b));
             }
         }
-        // Pass 4: the backend's record (address, port, locality), read by the packet's processing.
-        for h in hints.iter() {
+        // Pass 4: the backend's record (address, port, locality, endpoint), read by the
+        // packet's processing.
+        for h in hints.iter_mut() {
             if h.pick != NONE {
                 if let Some(b) = t.services[h.svc as usize].backends.get(h.pick as usize) {
-                    black_box(b.port);
+                    h.ep = b.endpoint.unwrap_or(NONE);
+                }
+            }
+        }
+        // Passes 5-7: a local backend's endpoint record (identity, interface, MAC: policy and
+        // route read them), then its ingress policy's first rule, then that rule's lists. With
+        // many endpoints each is a miss that the decision would otherwise take in series.
+        for h in hints.iter() {
+            if let Some(e) = t.endpoints.get(h.ep as usize) {
+                black_box((e.identity, e.iface, e.ingress.is_some()));
+            }
+        }
+        for step in 0..2 {
+            for h in hints.iter() {
+                if let Some(p) = t
+                    .endpoints
+                    .get(h.ep as usize)
+                    .and_then(|e| e.ingress.as_ref())
+                {
+                    black_box(p.warm(step));
                 }
             }
         }
