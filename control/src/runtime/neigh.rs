@@ -327,6 +327,35 @@ pub fn trigger_resolution(gateway: IpAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// The gateway's MAC for the daemon's first tables: what the kernel has (a usable entry is
+/// taken at once), else what it resolves within `wait` after one trigger (looked up every
+/// 2 ms). Called before the first publication, so that the node does not report itself
+/// running while its first uplink-bound frames (a NodePort's SYN-ACK to the router) would
+/// drop `no-neighbor` until the watcher's first report is published. `None`: no gateway, no
+/// answer within `wait`, or a lookup error (the watcher goes on from there).
+pub fn resolve_at_start(ifindex: u32, wait: std::time::Duration) -> Option<[u8; 6]> {
+    let t0 = std::time::Instant::now();
+    let mut triggered = false;
+    loop {
+        let st = query_gateway(ifindex).ok()?;
+        if st.mac.is_some() {
+            return st.mac;
+        }
+        let gw = st.gateway?;
+        if t0.elapsed() >= wait {
+            return None;
+        }
+        if !triggered {
+            triggered = true;
+            if let Err(e) = trigger_resolution(gw) {
+                log::debug!("resolution trigger toward {gw} failed: {e}");
+                return None;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// What the watcher last learnt about the uplink's gateway (shown by `nodeplane status`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NeighbourStatus {
