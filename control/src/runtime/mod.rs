@@ -619,17 +619,19 @@ impl AfXdpBackend {
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
         if let Some(up) = self.uplink.clone() {
-            let ifindex = if_index(&up).ok_or_else(|| RuntimeError::Interface {
-                iface: up.clone(),
-                reason: "no such interface in this network namespace".into(),
-            })?;
+            if if_index(&up).is_none() {
+                return Err(RuntimeError::Interface {
+                    iface: up.clone(),
+                    reason: "no such interface in this network namespace".into(),
+                });
+            }
             let refresh = Duration::from_secs_f64(self.cfg.neigh_refresh);
             let stop = Arc::clone(&self.watcher_stop);
             let sink = Arc::clone(&self.sink);
             let h = std::thread::Builder::new()
                 .name("np-neigh".into())
                 .spawn(move || {
-                    neigh::watch(up, ifindex, refresh, &stop, |r| {
+                    neigh::watch(up, refresh, &stop, |r| {
                         deliver(&sink, IoReport::Neighbour(r))
                     });
                 })

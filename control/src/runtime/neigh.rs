@@ -462,10 +462,11 @@ impl Readings {
 /// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set (set it,
 /// then unpark the thread: it waits parked between lookups). A failed lookup keeps the last MAC (see [`NeighbourReport`]); no
 /// usable entry reports `mac: None` (the state's static MAC, if any, applies; else
-/// uplink-bound packets drop `no-neighbor`, counted).
+/// uplink-bound packets drop `no-neighbor`, counted). The uplink is looked up by name at
+/// every reading: deleted and re-created, it has another ifindex (and routes over it); while
+/// it is gone, the reading fails and keeps the last MAC.
 pub fn watch(
     uplink: String,
-    ifindex: u32,
     refresh: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
     mut report: impl FnMut(NeighbourReport),
@@ -474,7 +475,7 @@ pub fn watch(
     use std::time::{Duration, Instant};
     let mut r = Readings {
         status: NeighbourStatus {
-            uplink: Some(uplink),
+            uplink: Some(uplink.clone()),
             ..NeighbourStatus::default()
         },
         ..Readings::default()
@@ -482,7 +483,10 @@ pub fn watch(
     let mut unresolved_streak = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        if let Some(gw) = r.fold(query_gateway(ifindex)) {
+        let lookup = nix::net::if_::if_nametoindex(uplink.as_str())
+            .map_err(|e| io::Error::other(format!("uplink {uplink}: {e}")))
+            .and_then(query_gateway);
+        if let Some(gw) = r.fold(lookup) {
             if let Err(e) = trigger_resolution(gw) {
                 log::debug!("resolution trigger toward {gw} failed: {e}");
             }
