@@ -98,7 +98,8 @@ fn the_first_nodeport_connection_after_the_start_is_answered_at_once() {
         );
         assert_eq!(drops(&after, "no-neighbor"), 0, "start {run}: {after}");
         assert!(
-            np.log().contains("gateway MAC before the first publication: 02:00:00:00:00:fe"),
+            np.log()
+                .contains("gateway MAC before the first publication: 02:00:00:00:00:fe"),
             "{}",
             np.log()
         );
@@ -113,7 +114,11 @@ fn a_gateway_that_does_not_answer_delays_the_start_by_the_bound_only() {
     let state = lab::daemon::echo_state(&lab);
     forget_neighbours(&lab);
     // The router stops answering ARP; it still reaches the node through a static entry.
-    ip(&lab, "router", &["link", "set", "dev", "eth0", "arp", "off"]);
+    ip(
+        &lab,
+        "router",
+        &["link", "set", "dev", "eth0", "arp", "off"],
+    );
     ip(
         &lab,
         "router",
