@@ -15,8 +15,8 @@
 //! old one (the UMEM outlives it: the kernel counts its users). Asserted:
 //! - pod-to-pod traffic (the UDP loop through the ClusterIP) goes on while the uplink is gone;
 //! - status shows the uplink down, then re-attached (`links.gone`, `links.reattached`);
-//! - after the re-creation the NodePort from the router answers again, the gateway's MAC is
-//!   the kernel's again (the neighbour watcher follows the uplink's new ifindex), and the
+//! - the neighbour watcher reads the gateway over the uplink's new ifindex, and then the
+//!   NodePort from the router answers again (one 1 s attempt, no `no-neighbor` drop); the
 //!   workers transmit on `uplink0` again;
 //! - a clean stop, every worker's UMEM frames accounted for.
 //!
@@ -80,6 +80,16 @@ fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
         .sum()
 }
 
+/// Frames dropped for `reason`, every worker's.
+fn drops(st: &serde_json::Value, reason: &str) -> u64 {
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
+        .sum()
+}
+
 fn nodeport(lab: &Lab) -> Option<String> {
     lab.tcp_line("router", "192.168.100.2", 30080, 1)
 }
@@ -129,13 +139,22 @@ fn uplink_deleted_and_recreated_is_rebound_on_the_workers_umems() {
         })
     });
     let reattached_in = t0.elapsed();
-    // The watcher reads the gateway of the new uplink (its new ifindex) again.
-    lab::wait_until("the gateway's MAC from the kernel again", 10, || {
+    // The watcher reads the gateway over the new uplink (its new ifindex): two readings
+    // after the re-attachment, the tables' MAC the kernel's (between the link and its
+    // default route the uplink has no gateway, and a reading then may clear the MAC: what
+    // the re-creation script does, not a race of the runtime).
+    let lookups = np.stats()["io"]["neighbour"]["lookups"]
+        .as_u64()
+        .unwrap_or(0);
+    lab::wait_until("neighbour readings over the new uplink", 10, || {
         np.status().is_some_and(|s| {
-            s["io"]["neighbour"]["source"] == "kernel"
-                && s["io"]["neighbour"]["kernel_state"].as_u64().unwrap_or(0) != 0
+            let nb = &s["io"]["neighbour"];
+            nb["lookups"].as_u64() > Some(lookups + 1)
+                && nb["source"] == "kernel"
+                && nb["kernel_state"].as_u64().unwrap_or(0) & 0x06 != 0
         })
     });
+    // One attempt of 1 s: a SYN-ACK dropped no-neighbor would cost a 1 s retransmission.
     let n = nodeport(&lab);
     let st2 = np.stats();
     assert!(
@@ -143,6 +162,8 @@ fn uplink_deleted_and_recreated_is_rebound_on_the_workers_umems() {
         "NodePort through the re-created uplink: {n:?}; {st2}; log: {}",
         np.log()
     );
+    // Nothing was sent toward the uplink while its gateway was unknown.
+    assert_eq!(drops(&st2, "no-neighbor"), 0, "{st2}; log: {}", np.log());
     assert!(
         tx_on(&st2, "uplink0") > tx_on(&st_gone, "uplink0"),
         "the workers transmit on the re-bound uplink sockets: {st2}"

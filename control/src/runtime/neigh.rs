@@ -392,6 +392,12 @@ struct Readings {
     mac: Option<[u8; 6]>,
     /// Consecutive failed lookups (the first one of a run is logged, and the recovery).
     failing: u64,
+    /// The last reading found no usable entry while a MAC was known: the MAC is kept for
+    /// one more reading, taken soon, and while the kernel resolves (a re-created uplink is a
+    /// new device with an empty neighbour table: the trigger resolves the same router within
+    /// milliseconds, and clearing the MAC in between would drop the uplink-bound frames of
+    /// that moment).
+    clearing: bool,
 }
 
 impl Readings {
@@ -413,7 +419,16 @@ impl Readings {
                 if st.mac.is_none() {
                     self.status.unresolved += 1;
                 }
-                if st.mac != self.mac {
+                // No usable entry while a MAC is known: kept for the next reading, and for as
+                // long as the kernel is resolving (INCOMPLETE); cleared when the entry is still
+                // missing after a trigger, or FAILED.
+                if st.mac.is_none()
+                    && self.mac.is_some()
+                    && (!self.clearing || st.state & nud::INCOMPLETE != 0)
+                {
+                    self.clearing = true;
+                } else if st.mac != self.mac {
+                    self.clearing = false;
                     // Limited: a gateway that flaps (resolved, unresolved, ...) logs each change.
                     crate::info_limited!(
                         "neighbour-mac",
@@ -425,6 +440,8 @@ impl Readings {
                         st.state
                     );
                     self.mac = st.mac;
+                } else {
+                    self.clearing = false;
                 }
                 if st.needs_trigger() {
                     self.status.triggers += 1;
@@ -494,7 +511,7 @@ pub fn watch(
         report(r.report());
         // Unresolved: look again soon (the trigger usually resolves within milliseconds),
         // backing off 20, 40, 80 ... ms up to the refresh period; resolved: every `refresh`.
-        let wait = if r.mac.is_none() {
+        let wait = if r.mac.is_none() || r.clearing {
             unresolved_streak = (unresolved_streak + 1).min(16);
             refresh.min(Duration::from_millis(10u64 << unresolved_streak.min(8)))
         } else {
@@ -674,7 +691,10 @@ mod tests {
         // A STALE entry is still used, and re-confirmed.
         assert_eq!(r.fold(found(Some(mac), nud::STALE)), Some(gw));
         assert_eq!(r.report().mac, Some(mac));
-        // The kernel lost the neighbour: that (a successful lookup) clears it.
+        // The kernel lost the neighbour: two successful lookups in a row say so (the first
+        // keeps the MAC while its trigger resolves), the second clears it.
+        assert_eq!(r.fold(found(None, 0)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac), "kept for one reading");
         assert_eq!(r.fold(found(None, nud::FAILED)), Some(gw));
         let rep = r.report();
         assert_eq!(rep.mac, None);
@@ -684,11 +704,21 @@ mod tests {
                 rep.status.unresolved,
                 rep.status.triggers
             ),
-            (5, 1, 2)
+            (6, 2, 3)
         );
         // A failure while unresolved stays unresolved.
         r.fold(Err(io::Error::from_raw_os_error(libc::EIO)));
         assert_eq!(r.report().mac, None);
+        // Resolved again; one reading without an entry (an uplink re-created), then the
+        // entry again: the MAC never left.
+        r.fold(found(Some(mac), nud::REACHABLE));
+        assert_eq!(r.fold(found(None, 0)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac));
+        assert_eq!(r.fold(found(None, nud::INCOMPLETE)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac), "kept while the kernel resolves");
+        r.fold(found(Some(mac), nud::REACHABLE));
+        assert_eq!(r.report().mac, Some(mac));
+        assert!(!r.clearing);
     }
 
     #[test]
