@@ -66,28 +66,31 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
     let pins = lab.bpffs();
     let np = Nodeplane::start(&lab, &state, &pins, afxdp_extra, 1);
 
-    let working = |lab: &Lab, when: &str| {
+    // One attempt of 1 s each: "running" means forwarding, from the first connection on
+    // (the first NodePort SYN-ACK toward the router once dropped no-neighbor: startup.rs).
+    let working = |lab: &Lab, np: &Nodeplane, when: &str| {
         let c = lab.tcp_line("client", "10.96.0.10", 80, 1);
         assert!(
             c.as_deref().is_some_and(|l| l.starts_with("web")),
-            "{when}: ClusterIP: {c:?}"
+            "{when}: ClusterIP: {c:?}; status: {}; log: {}",
+            np.stats(),
+            np.log()
         );
         let n = lab.tcp_line("router", "192.168.100.2", 30080, 1);
         assert!(
             n.as_deref().is_some_and(|l| l.starts_with("web")),
-            "{when}: NodePort: {n:?}"
+            "{when}: NodePort: {n:?}; status: {}; log: {}",
+            np.stats(),
+            np.log()
         );
         let d = lab.tcp_line("client", "10.244.1.21", 9050, 1);
         assert_eq!(d, None, "{when}: the policy denies client -> web1:9050");
     };
-    working(&lab, "before the crash");
+    working(&lab, &np, "before the crash");
 
     let mut udp = UdpLoop::start(&lab, "10.96.0.53", 53);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        udp.answers() > 10,
-        "UDP through the ClusterIP before the crash"
-    );
+    // 10 answers (50 ms unloaded); a loaded machine only starts the loop more slowly.
+    udp.wait_answers(10, 20);
     let fwd0 = lab.snmp("node", "Ip", "ForwDatagrams");
     let a0 = udp.answers();
     np.kill();
@@ -99,7 +102,9 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
         "the pinned XDP program stays attached after SIGKILL"
     );
     // Up to three attempts (a loaded machine): fail closed must refuse all of them.
+    let t_denied = Instant::now();
     let dead_denied = (0..3).find_map(|_| lab.tcp_line("client", "10.244.1.21", 9050, 1));
+    let denied_took = t_denied.elapsed();
     let dead_cluster = lab.tcp_line("client", "10.96.0.10", 80, 1);
     let dead_nodeport = lab.tcp_line("router", "192.168.100.2", 30080, 1);
     let dead_udp_answers = udp.answers() - a0;
@@ -113,20 +118,15 @@ fn crash_and_recover(tag: &str, afxdp_extra: &str) -> Seen {
         log.contains("took over the link pinned at"),
         "the new daemon takes the pinned program over: {log}"
     );
-    let a1 = udp.answers();
-    std::thread::sleep(Duration::from_millis(1000));
-    let a2 = udp.answers();
-    working(&lab, "after the restart");
+    // 20 answers (about 0.2 s unloaded); never, if the restart did not recover UDP.
+    let udp_again = udp.wait_answers(20, 10);
+    working(&lab, &np, "after the restart");
     eprintln!(
-        "{tag}: dead for {:.1} s (restart ready {:.0} ms after the SIGKILL): denied connection {dead_denied:?}, ClusterIP {dead_cluster:?}, NodePort {dead_nodeport:?}, UDP answers {dead_udp_answers}, kernel forwarded {dead_forwarded} datagrams; after the restart {} UDP answers in 1 s",
+        "{tag}: dead for {:.1} s (restart ready {:.0} ms after the SIGKILL): denied connection {dead_denied:?} ({:.0} ms), ClusterIP {dead_cluster:?}, NodePort {dead_nodeport:?}, UDP answers {dead_udp_answers}, kernel forwarded {dead_forwarded} datagrams; after the restart 20 UDP answers in {:.0} ms",
         dead_for.as_secs_f64(),
         restarted.as_secs_f64() * 1000.0,
-        a2 - a1
-    );
-    assert!(
-        a2 - a1 >= 20,
-        "UDP through the ClusterIP again after the restart: {} answers in 1 s",
-        a2 - a1
+        denied_took.as_secs_f64() * 1000.0,
+        udp_again.as_secs_f64() * 1000.0
     );
     assert!(np.stop(), "clean stop");
     assert_eq!(xdp_attached(&lab), 4, "still attached after a clean stop");

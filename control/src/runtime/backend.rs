@@ -32,6 +32,11 @@ pub trait IoBackend {
     /// One of the I/O's interfaces changed (a link notification), or the once-a-second check
     /// (`None`): follow interfaces that went away or came back (AF_XDP).
     fn links(&mut self, _event: Option<&crate::runtime::link::LinkEvent>) {}
+    /// Before the first start: the uplink gateway's MAC as the kernel has or resolves it
+    /// (AF_XDP; bounded wait), for the first tables; `None`: not known (yet).
+    fn start_gateway_mac(&self, _state: &nodeplane_state::State) -> Option<[u8; 6]> {
+        None
+    }
     /// The kernel's MTU of each of these interfaces that exists (AF_XDP; others: none known,
     /// the state's `mtu` applies).
     fn mtus(&self, _names: &[&str]) -> Vec<(String, u16)> {

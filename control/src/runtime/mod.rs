@@ -60,6 +60,11 @@ use self::link::LinkEvent;
 use self::neigh::NeighbourReport;
 pub use self::neigh::NeighbourStatus;
 
+/// How long the first start waits for the kernel to resolve the uplink gateway (state without
+/// a static `gateway_mac`) before it publishes without one: a router answers ARP/ND within
+/// milliseconds, and the kernel's first retransmission comes only after 1 s.
+const START_RESOLVE_WAIT: Duration = Duration::from_secs(1);
+
 /// `io.afxdp` of the daemon's config (docs/config.md).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -614,17 +619,19 @@ impl AfXdpBackend {
 
         self.uplink = uplink_of(tables.ifaces.iter().map(|i| (i.name.clone(), i.role)));
         if let Some(up) = self.uplink.clone() {
-            let ifindex = if_index(&up).ok_or_else(|| RuntimeError::Interface {
-                iface: up.clone(),
-                reason: "no such interface in this network namespace".into(),
-            })?;
+            if if_index(&up).is_none() {
+                return Err(RuntimeError::Interface {
+                    iface: up.clone(),
+                    reason: "no such interface in this network namespace".into(),
+                });
+            }
             let refresh = Duration::from_secs_f64(self.cfg.neigh_refresh);
             let stop = Arc::clone(&self.watcher_stop);
             let sink = Arc::clone(&self.sink);
             let h = std::thread::Builder::new()
                 .name("np-neigh".into())
                 .spawn(move || {
-                    neigh::watch(up, ifindex, refresh, &stop, |r| {
+                    neigh::watch(up, refresh, &stop, |r| {
                         deliver(&sink, IoReport::Neighbour(r))
                     });
                 })
@@ -938,6 +945,33 @@ impl IoBackend for AfXdpBackend {
 
     fn links(&mut self, event: Option<&LinkEvent>) {
         self.reconcile(event);
+    }
+
+    fn start_gateway_mac(&self, state: &State) -> Option<[u8; 6]> {
+        if self.loader.is_some() {
+            return None;
+        }
+        let up = state
+            .interfaces
+            .iter()
+            .find(|i| i.role == InterfaceRole::Uplink)?;
+        let ifindex = if_index(&up.name)?;
+        // A static MAC in the state forwards from the first frame: look, do not wait.
+        let wait = if up.gateway_mac.is_some() {
+            Duration::ZERO
+        } else {
+            START_RESOLVE_WAIT
+        };
+        let t0 = Instant::now();
+        let mac = neigh::resolve_at_start(ifindex, wait);
+        log::info!(
+            "AF_XDP: uplink {} gateway MAC before the first publication: {} (in {} ms)",
+            up.name,
+            mac.map(|m| nodeplane_state::MacAddr(m).to_string())
+                .unwrap_or_else(|| "not resolved; the neighbour watcher goes on".into()),
+            t0.elapsed().as_millis()
+        );
+        mac
     }
 
     fn mtus(&self, names: &[&str]) -> Vec<(String, u16)> {

@@ -327,6 +327,35 @@ pub fn trigger_resolution(gateway: IpAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// The gateway's MAC for the daemon's first tables: what the kernel has (a usable entry is
+/// taken at once), else what it resolves within `wait` after one trigger (looked up every
+/// 2 ms). Called before the first publication, so that the node does not report itself
+/// running while its first uplink-bound frames (a NodePort's SYN-ACK to the router) would
+/// drop `no-neighbor` until the watcher's first report is published. `None`: no gateway, no
+/// answer within `wait`, or a lookup error (the watcher goes on from there).
+pub fn resolve_at_start(ifindex: u32, wait: std::time::Duration) -> Option<[u8; 6]> {
+    let t0 = std::time::Instant::now();
+    let mut triggered = false;
+    loop {
+        let st = query_gateway(ifindex).ok()?;
+        if st.mac.is_some() {
+            return st.mac;
+        }
+        let gw = st.gateway?;
+        if t0.elapsed() >= wait {
+            return None;
+        }
+        if !triggered {
+            triggered = true;
+            if let Err(e) = trigger_resolution(gw) {
+                log::debug!("resolution trigger toward {gw} failed: {e}");
+                return None;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// What the watcher last learnt about the uplink's gateway (shown by `nodeplane status`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NeighbourStatus {
@@ -363,6 +392,12 @@ struct Readings {
     mac: Option<[u8; 6]>,
     /// Consecutive failed lookups (the first one of a run is logged, and the recovery).
     failing: u64,
+    /// The last reading found no usable entry while a MAC was known: the MAC is kept for
+    /// one more reading, taken soon, and while the kernel resolves (a re-created uplink is a
+    /// new device with an empty neighbour table: the trigger resolves the same router within
+    /// milliseconds, and clearing the MAC in between would drop the uplink-bound frames of
+    /// that moment).
+    clearing: bool,
 }
 
 impl Readings {
@@ -384,7 +419,16 @@ impl Readings {
                 if st.mac.is_none() {
                     self.status.unresolved += 1;
                 }
-                if st.mac != self.mac {
+                // No usable entry while a MAC is known: kept for the next reading, and for as
+                // long as the kernel is resolving (INCOMPLETE); cleared when the entry is still
+                // missing after a trigger, or FAILED.
+                if st.mac.is_none()
+                    && self.mac.is_some()
+                    && (!self.clearing || st.state & nud::INCOMPLETE != 0)
+                {
+                    self.clearing = true;
+                } else if st.mac != self.mac {
+                    self.clearing = false;
                     // Limited: a gateway that flaps (resolved, unresolved, ...) logs each change.
                     crate::info_limited!(
                         "neighbour-mac",
@@ -396,6 +440,8 @@ impl Readings {
                         st.state
                     );
                     self.mac = st.mac;
+                } else {
+                    self.clearing = false;
                 }
                 if st.needs_trigger() {
                     self.status.triggers += 1;
@@ -433,10 +479,11 @@ impl Readings {
 /// (the daemon turns a changed MAC into a new publication). Runs until `stop` is set (set it,
 /// then unpark the thread: it waits parked between lookups). A failed lookup keeps the last MAC (see [`NeighbourReport`]); no
 /// usable entry reports `mac: None` (the state's static MAC, if any, applies; else
-/// uplink-bound packets drop `no-neighbor`, counted).
+/// uplink-bound packets drop `no-neighbor`, counted). The uplink is looked up by name at
+/// every reading: deleted and re-created, it has another ifindex (and routes over it); while
+/// it is gone, the reading fails and keeps the last MAC.
 pub fn watch(
     uplink: String,
-    ifindex: u32,
     refresh: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
     mut report: impl FnMut(NeighbourReport),
@@ -445,7 +492,7 @@ pub fn watch(
     use std::time::{Duration, Instant};
     let mut r = Readings {
         status: NeighbourStatus {
-            uplink: Some(uplink),
+            uplink: Some(uplink.clone()),
             ..NeighbourStatus::default()
         },
         ..Readings::default()
@@ -453,7 +500,10 @@ pub fn watch(
     let mut unresolved_streak = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        if let Some(gw) = r.fold(query_gateway(ifindex)) {
+        let lookup = nix::net::if_::if_nametoindex(uplink.as_str())
+            .map_err(|e| io::Error::other(format!("uplink {uplink}: {e}")))
+            .and_then(query_gateway);
+        if let Some(gw) = r.fold(lookup) {
             if let Err(e) = trigger_resolution(gw) {
                 log::debug!("resolution trigger toward {gw} failed: {e}");
             }
@@ -461,7 +511,7 @@ pub fn watch(
         report(r.report());
         // Unresolved: look again soon (the trigger usually resolves within milliseconds),
         // backing off 20, 40, 80 ... ms up to the refresh period; resolved: every `refresh`.
-        let wait = if r.mac.is_none() {
+        let wait = if r.mac.is_none() || r.clearing {
             unresolved_streak = (unresolved_streak + 1).min(16);
             refresh.min(Duration::from_millis(10u64 << unresolved_streak.min(8)))
         } else {
@@ -641,7 +691,10 @@ mod tests {
         // A STALE entry is still used, and re-confirmed.
         assert_eq!(r.fold(found(Some(mac), nud::STALE)), Some(gw));
         assert_eq!(r.report().mac, Some(mac));
-        // The kernel lost the neighbour: that (a successful lookup) clears it.
+        // The kernel lost the neighbour: two successful lookups in a row say so (the first
+        // keeps the MAC while its trigger resolves), the second clears it.
+        assert_eq!(r.fold(found(None, 0)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac), "kept for one reading");
         assert_eq!(r.fold(found(None, nud::FAILED)), Some(gw));
         let rep = r.report();
         assert_eq!(rep.mac, None);
@@ -651,11 +704,21 @@ mod tests {
                 rep.status.unresolved,
                 rep.status.triggers
             ),
-            (5, 1, 2)
+            (6, 2, 3)
         );
         // A failure while unresolved stays unresolved.
         r.fold(Err(io::Error::from_raw_os_error(libc::EIO)));
         assert_eq!(r.report().mac, None);
+        // Resolved again; one reading without an entry (an uplink re-created), then the
+        // entry again: the MAC never left.
+        r.fold(found(Some(mac), nud::REACHABLE));
+        assert_eq!(r.fold(found(None, 0)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac));
+        assert_eq!(r.fold(found(None, nud::INCOMPLETE)), Some(gw));
+        assert_eq!(r.report().mac, Some(mac), "kept while the kernel resolves");
+        r.fold(found(Some(mac), nud::REACHABLE));
+        assert_eq!(r.report().mac, Some(mac));
+        assert!(!r.clearing);
     }
 
     #[test]

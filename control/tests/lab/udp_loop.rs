@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::Lab;
 
@@ -70,6 +71,28 @@ impl UdpLoop {
     /// Answers received so far.
     pub fn answers(&mut self) -> u64 {
         self.counts().0
+    }
+
+    /// Waits until `n` more answers than at the call have arrived (at most `secs` seconds:
+    /// the test fails then); returns how long that took. Waiting for answers rather than for
+    /// a fixed time keeps a loaded machine (python starting slowly, the pods' servers forking
+    /// slowly) from failing a check whose traffic simply came later.
+    pub fn wait_answers(&mut self, n: u64, secs: u64) -> Duration {
+        let t0 = Instant::now();
+        let (a0, s0) = self.counts();
+        loop {
+            let (a, s) = self.counts();
+            if a - a0 >= n {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "{} of {n} UDP answers within {secs} s ({} requests sent)",
+                a - a0,
+                s - s0
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// (answers received, requests sent) so far.

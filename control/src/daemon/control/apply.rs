@@ -147,6 +147,11 @@ impl Control {
         let t0 = Instant::now();
         let generation = self.generation + 1;
         self.refresh_mtus(state);
+        if !self.io_started && self.overrides.uplink_gateway_mac.is_none() {
+            // The first tables carry the gateway's MAC when the kernel has or resolves it
+            // (bounded wait): running means uplink-bound frames go out from the first one.
+            self.overrides.uplink_gateway_mac = self.io.start_gateway_mac(state);
+        }
         let effective = self.overrides.apply(state);
         // Maglev tables not built within the budget are finished by `step_completion`, so a
         // large change reaches the workers quickly (see `MaglevCache`).
@@ -199,17 +204,20 @@ impl Control {
 
     /// Records which uplink gateway MAC the tables carry and where it came from.
     fn note_uplink_mac(&mut self, t: &Tables) {
-        if let Some(n) = self.neighbour.as_mut() {
-            let mac = t
-                .uplink()
-                .and_then(|u| t.ifaces[usize::from(u)].gateway_mac);
-            n.mac = mac.map(|m| nodeplane_state::MacAddr(m).to_string());
-            n.source = match (mac, self.overrides.uplink_gateway_mac) {
+        let mac = t
+            .uplink()
+            .and_then(|u| t.ifaces[usize::from(u)].gateway_mac);
+        self.uplink_mac = (
+            mac.map(|m| nodeplane_state::MacAddr(m).to_string()),
+            match (mac, self.overrides.uplink_gateway_mac) {
                 (Some(_), Some(_)) => "kernel",
                 (Some(_), None) => "state",
                 (None, _) => "none",
-            }
-            .into();
+            },
+        );
+        if let Some(n) = self.neighbour.as_mut() {
+            n.mac.clone_from(&self.uplink_mac.0);
+            n.source = self.uplink_mac.1.into();
         }
     }
 
@@ -217,10 +225,8 @@ impl Control {
     /// the running state (never of a rejected one).
     pub fn on_neighbour(&mut self, r: NeighbourReport) {
         let mut status = r.status;
-        if let Some(old) = &self.neighbour {
-            status.mac = old.mac.clone();
-            status.source = old.source.clone();
-        }
+        status.mac.clone_from(&self.uplink_mac.0);
+        status.source = self.uplink_mac.1.into();
         self.neighbour = Some(status);
         if r.mac == self.overrides.uplink_gateway_mac {
             return;

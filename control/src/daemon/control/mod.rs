@@ -48,6 +48,9 @@ pub struct Control {
     overrides: RuntimeOverrides,
     /// The neighbour watcher's last report (AF_XDP).
     neighbour: Option<NeighbourStatus>,
+    /// The uplink gateway MAC the published tables carry and where it came from (`kernel`,
+    /// `state`, `none`): shown with the watcher's report.
+    uplink_mac: (Option<String>, &'static str),
     /// A valid state whose I/O could not start (e.g. an interface not there yet), retried
     /// every `START_RETRY` until the I/O starts or a newer state arrives.
     start_pending: Option<(State, String, Instant)>,
@@ -139,6 +142,7 @@ impl Control {
             io_started: false,
             overrides: RuntimeOverrides::default(),
             neighbour: None,
+            uplink_mac: (None, "none"),
             start_pending: None,
             removed,
             stop,
