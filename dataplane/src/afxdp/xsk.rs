@@ -1746,7 +1746,13 @@ impl<'w> Burst<'w> {
         let mut put = false;
         let mut k = 0;
         let failed = loop {
-            if k == most || base + k >= room {
+            if k == most {
+                break Some(TxError::TooLong {
+                    len: data.len(),
+                    max: one * most,
+                });
+            }
+            if base + k >= room {
                 break Some(TxError::RingFull);
             }
             let Some(mut d) = w.free.pop() else {
