@@ -15,7 +15,12 @@
 //! offloaded) as configured, the kernel refused no TX descriptor, and the daemon stops cleanly
 //! with its UMEM accounting intact.
 //!
-//! Needs root, iproute2, curl, python3, nstat, sha256sum. Fails (never skips) without them.
+//! With two workers (`two_workers_*`): chains whose flow the other worker owns are handed over
+//! whole; TCP (socat) and UDP transfers both ways, through ClusterIPs and pod to pod, with
+//! checksum offload `auto` and `off`.
+//!
+//! Needs root, iproute2, curl, python3, socat, nstat, sha256sum. Fails (never skips) without
+//! them.
 
 use std::fs;
 use std::path::Path;
@@ -304,10 +309,22 @@ fn io_sum(status: &serde_json::Value, field: &str) -> u64 {
 /// server and back, socat) and UDP (the same blob in 8000-byte datagrams, echoed) through the
 /// `web` / `dns` ClusterIPs and pod to pod, several connections each; every transfer's sha256
 /// intact both ways; chains crossed workers (`handoff_chains`), none `handoff-too-long`, no
-/// TX descriptor refused, UMEM accounting intact at stop.
+/// TX descriptor refused, partial checksums offloaded (none completed) or completed (none
+/// offloaded) as configured, UMEM accounting intact at stop.
 #[test]
 fn two_workers_hand_jumbo_chains_to_their_owner() {
-    let mut lab = Lab::up("j2w");
+    two_workers_jumbo("j2w", "auto");
+}
+
+/// The same with `tx_checksum_offload: off`: the owner completes partial checksums over the
+/// whole handed-in packet before it splits the copy into a chain.
+#[test]
+fn two_workers_complete_checksums_of_handed_in_chains() {
+    two_workers_jumbo("j2w-off", "off");
+}
+
+fn two_workers_jumbo(tag: &str, offload: &str) {
+    let mut lab = Lab::up(tag);
     for p in PODS {
         let (ok, _) = sh_in(&lab, "node", &format!("ip link set pod-{p} mtu {MTU}"));
         assert!(ok, "MTU of pod-{p}");
@@ -340,7 +357,9 @@ fn two_workers_hand_jumbo_chains_to_their_owner() {
         &lab,
         &lab::daemon::Launch {
             workers: 2,
-            afxdp_extra: ", frame_size: 4096, multi_buffer: true",
+            afxdp_extra: &format!(
+                ", frame_size: 4096, multi_buffer: true, tx_checksum_offload: {offload}"
+            ),
             ..lab::daemon::Launch::dir(&state)
         },
     );
@@ -429,6 +448,32 @@ fn two_workers_hand_jumbo_chains_to_their_owner() {
         0,
         "the kernel refused TX descriptors\n{st}"
     );
+    let (offloaded, completed) = (
+        st["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["csum_offloaded"].as_u64().unwrap_or(0))
+            .sum::<u64>(),
+        st["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["csum_completed"].as_u64().unwrap_or(0))
+            .sum::<u64>(),
+    );
+    eprintln!("checksums ({offload}): offloaded {offloaded}, completed {completed}");
+    if offload == "auto" {
+        assert!(
+            offloaded > 2000 && completed == 0,
+            "{offloaded} / {completed}"
+        );
+    } else {
+        assert!(
+            completed > 2000 && offloaded == 0,
+            "{offloaded} / {completed}"
+        );
+    }
     let log = np.log.clone();
     assert!(np.stop(), "nodeplane exits 0 on SIGTERM");
     let text = fs::read_to_string(&log).unwrap_or_default();
