@@ -27,7 +27,7 @@
 //! gives the pipeline one linear copy of it, up to 65 535 bytes) is copied whole into
 //! consecutive bytes of the arena, so the owner sees it as one frame, like a packet of its own
 //! chains, and transmits it as a chain of its own UMEM frames
-//! ([`crate::afxdp::xsk::Burst::tx_copy_req`]). A batch whose arena (or whose 64 frames) is
+//! (`Burst::tx_copy_req`, `afxdp/xsk.rs`). A batch whose arena (or whose 64 frames) is
 //! full travels at once, mid-burst, and a fresh one takes the frame (a burst of 64 jumbo
 //! frames for one owner is three batches). Counted: frames longer than one UMEM frame that
 //! travelled ([`Sent::chains`], `handoff_chains`).
