@@ -1791,6 +1791,10 @@ impl<'w> Burst<'w> {
             }
             return Err(e);
         }
+        // Every free frame starts XDP_PACKET_HEADROOM into its chunk: a request asked for
+        // where `copy_can_request_checksum` holds always finds room (the field holds only the
+        // pseudo-header sum, so a request lost here would send a bad checksum).
+        debug_assert!(csum.is_none() || put || w.tx_metadata_len == 0);
         w.staged_copies += 1;
         w.socks[t].stats.tx_chains += u64::from(k > 1);
         w.tx_touched |= 1 << t;
