@@ -15,7 +15,12 @@
 //! offloaded) as configured, the kernel refused no TX descriptor, and the daemon stops cleanly
 //! with its UMEM accounting intact.
 //!
-//! Needs root, iproute2, curl, python3, nstat, sha256sum. Fails (never skips) without them.
+//! With two workers (`two_workers_*`): chains whose flow the other worker owns are handed over
+//! whole; TCP (socat) and UDP transfers both ways, through ClusterIPs and pod to pod, with
+//! checksum offload `auto` and `off`.
+//!
+//! Needs root, iproute2, curl, python3, socat, nstat, sha256sum. Fails (never skips) without
+//! them.
 
 use std::fs;
 use std::path::Path;
@@ -245,5 +250,236 @@ fn jumbo_downloads(tag: &str, offload: &str) {
     assert!(
         text.contains("UMEM frame accounting ok"),
         "the worker's frame accounting holds at exit: {text}"
+    );
+}
+
+/// A UDP echo server (IPv4), in each web pod on 5353 (the `dns` ClusterIP's backend port,
+/// which the policy allows from the client).
+const UDP_ECHO: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(("0.0.0.0", 5353))
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(d, a)
+"#;
+
+/// The UDP client: the blob in 8000-byte datagrams (a 4-byte sequence number in front; each a
+/// chain of UMEM frames both ways), each sent until its echo comes back; prints the sha256 of
+/// what came back.
+const UDP_CLIENT: &str = r#"
+import hashlib, socket, sys
+blob = open(sys.argv[2], "rb").read()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.3)
+back = []
+for k in range(0, len(blob), 8000):
+    d = (k // 8000).to_bytes(4, "big") + blob[k:k + 8000]
+    for attempt in range(30):
+        s.sendto(d, (sys.argv[1], int(sys.argv[3])))
+        try:
+            while True:
+                r = s.recv(65535)
+                if r[:4] == d[:4]:
+                    break
+            back.append(r[4:])
+            break
+        except socket.timeout:
+            continue
+    else:
+        sys.exit("datagram %d never came back" % (k // 8000))
+print(hashlib.sha256(b"".join(back)).hexdigest())
+"#;
+
+/// Sum of a worker I/O counter (`io.afxdp.counters.<field>`) over the workers.
+fn io_sum(status: &serde_json::Value, field: &str) -> u64 {
+    status["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["io"]["afxdp"]["counters"][field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Two workers, every pod at MTU 9000, `multi_buffer`: a frame arrives on whichever queue its
+/// sender's kernel picked, so the frames of about half the flow directions reach the worker that
+/// does not own their flow, and those longer than a UMEM frame (chains) are handed over whole
+/// and sent by the owner as chains of its own frames. TCP (a 4 MiB blob to a web pod's echo
+/// server and back, socat) and UDP (the same blob in 8000-byte datagrams, echoed) through the
+/// `web` / `dns` ClusterIPs and pod to pod, several connections each; every transfer's sha256
+/// intact both ways; chains crossed workers (`handoff_chains`), none `handoff-too-long`, no
+/// TX descriptor refused, partial checksums offloaded (none completed) or completed (none
+/// offloaded) as configured, UMEM accounting intact at stop.
+#[test]
+fn two_workers_hand_jumbo_chains_to_their_owner() {
+    two_workers_jumbo("j2w", "auto");
+}
+
+/// The same with `tx_checksum_offload: off`: the owner completes partial checksums over the
+/// whole handed-in packet before it splits the copy into a chain.
+#[test]
+fn two_workers_complete_checksums_of_handed_in_chains() {
+    two_workers_jumbo("j2w-off", "off");
+}
+
+fn two_workers_jumbo(tag: &str, offload: &str) {
+    let mut lab = Lab::up(tag);
+    for p in PODS {
+        let (ok, _) = sh_in(&lab, "node", &format!("ip link set pod-{p} mtu {MTU}"));
+        assert!(ok, "MTU of pod-{p}");
+        let (ok, _) = sh_in(&lab, p, &format!("ip link set eth0 mtu {MTU}"));
+        assert!(ok, "MTU of {p}'s eth0");
+    }
+    let echo = lab.tmp.join("udp_echo.py");
+    fs::write(&echo, UDP_ECHO).unwrap();
+    for w in ["web1", "web2"] {
+        for args in [
+            vec![
+                "socat".to_string(),
+                "TCP-LISTEN:8081,reuseaddr,fork".to_string(),
+                format!("SYSTEM:echo {w} $$; cat"),
+            ],
+            vec!["python3".to_string(), echo.display().to_string()],
+        ] {
+            let c = Command::new("ip")
+                .args(["netns", "exec", &lab.ns(w)])
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("echo server");
+            lab.procs.push(c);
+        }
+    }
+    let state = lab::daemon::echo_state(&lab);
+    let np = lab::daemon::Nodeplane::launch(
+        &lab,
+        &lab::daemon::Launch {
+            workers: 2,
+            afxdp_extra: &format!(
+                ", frame_size: 4096, multi_buffer: true, tx_checksum_offload: {offload}"
+            ),
+            ..lab::daemon::Launch::dir(&state)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let blob = lab.tmp.join("blob");
+    let want = random_blob(&blob, 4 << 20);
+    let client = lab.tmp.join("udp_client.py");
+    fs::write(&client, UDP_CLIENT).unwrap();
+    // TCP: the ClusterIP (port 80 -> 8081) four times, each web pod directly twice.
+    let tcp = [
+        "10.96.0.10:80",
+        "10.96.0.10:80",
+        "10.96.0.10:80",
+        "10.96.0.10:80",
+        "10.244.1.21:8081",
+        "10.244.1.22:8081",
+        "10.244.1.21:8081",
+        "10.244.1.22:8081",
+    ];
+    for to in tcp {
+        // The echo server first says which pod it is (one line), then echoes.
+        let (ok, got) = sh_in(
+            &lab,
+            "client",
+            &format!(
+                "socat -t 10 -T 30 - TCP:{to} < {} | tail -n +2 | sha256sum | cut -c1-64",
+                blob.display()
+            ),
+        );
+        assert!(ok, "TCP {to}: {got}");
+        assert_eq!(
+            got,
+            want,
+            "TCP {to}: the echoed blob differs\n{}",
+            np.stats()
+        );
+    }
+    // UDP: the `dns` ClusterIP (53 -> 5353) twice, each web pod directly.
+    for (to, port) in [
+        ("10.96.0.53", 53),
+        ("10.96.0.53", 53),
+        ("10.244.1.21", 5353),
+        ("10.244.1.22", 5353),
+    ] {
+        let (ok, got) = sh_in(
+            &lab,
+            "client",
+            &format!(
+                "python3 {} {to} {} {port}",
+                client.display(),
+                blob.display()
+            ),
+        );
+        assert!(ok, "UDP {to}:{port}: {got}");
+        assert_eq!(got, want, "UDP {to}:{port}: the echoed blob differs");
+    }
+
+    let st = np.stats();
+    let (off, chains, into, too_long, full) = (
+        io_sum(&st, "handed_off"),
+        io_sum(&st, "handoff_chains"),
+        io_sum(&st, "handed_in"),
+        io_sum(&st, "handoff_too_long"),
+        io_sum(&st, "handoff_dropped"),
+    );
+    let (rx_chains, tx_chains) = (socket_sum(&st, "/rx_chains"), socket_sum(&st, "/tx_chains"));
+    eprintln!(
+        "handed off {off} (chains {chains}), in {into}, too long {too_long}, full {full}; \
+         chains rx {rx_chains} tx {tx_chains}"
+    );
+    assert!(
+        chains > 100,
+        "chains handed to their owner: {chains} (of {off} frames handed off)\n{st}"
+    );
+    assert_eq!(too_long, 0, "{st}");
+    assert_eq!(np.drops("handoff-too-long"), 0, "{st}");
+    assert!(rx_chains > 2000 && tx_chains > 2000, "{st}");
+    assert_eq!(
+        socket_sum(&st, "/rx_chain_dropped"),
+        0,
+        "chains dropped\n{st}"
+    );
+    assert_eq!(
+        socket_sum(&st, "/kernel/tx_invalid_descs"),
+        0,
+        "the kernel refused TX descriptors\n{st}"
+    );
+    let (offloaded, completed) = (
+        st["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["csum_offloaded"].as_u64().unwrap_or(0))
+            .sum::<u64>(),
+        st["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["csum_completed"].as_u64().unwrap_or(0))
+            .sum::<u64>(),
+    );
+    eprintln!("checksums ({offload}): offloaded {offloaded}, completed {completed}");
+    if offload == "auto" {
+        assert!(
+            offloaded > 2000 && completed == 0,
+            "{offloaded} / {completed}"
+        );
+    } else {
+        assert!(
+            completed > 2000 && offloaded == 0,
+            "{offloaded} / {completed}"
+        );
+    }
+    let log = np.log.clone();
+    assert!(np.stop(), "nodeplane exits 0 on SIGTERM");
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        text.matches("UMEM frame accounting ok").count(),
+        2,
+        "both workers' frame accounting holds at exit: {text}"
     );
 }

@@ -180,8 +180,8 @@ fn io_sum(stats: &serde_json::Value, field: &str) -> u64 {
 
 /// Two workers, `frame_size: 4096` (no multi-buffer) and every pod at MTU 3500: TCP segments of
 /// 3514-byte frames arrive on both queues of each veth, and those of the other worker's flows
-/// are handed to it in slots of one UMEM frame (they were dropped `handoff-too-long` with the
-/// former 2048-byte slots). A 2 MiB blob goes to a web pod's echo server through the `web`
+/// are handed to it whole (they were dropped `handoff-too-long` with the former 2048-byte
+/// slots). A 2 MiB blob goes to a web pod's echo server through the `web`
 /// ClusterIP and comes back (sha256 both ways; the lab's echo servers listen on IPv4), eight
 /// times.
 #[test]

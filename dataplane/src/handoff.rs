@@ -20,10 +20,22 @@
 //! No allocation after [`Handoff::new`]: batches come from a pool and go back to it; a full
 //! queue or an empty pool is a counted drop, never a wait (a worker never blocks on another).
 //!
-//! A batch's slots are as large as the workers' UMEM frames (`io.afxdp.frame_size`, 2048 or
-//! 4096), so any frame one UMEM frame holds can be handed over; a packet longer than that (a
-//! chain of UMEM frames, `io.afxdp.multi_buffer`) cannot (`handoff-too-long`), which is why the
-//! runtime refuses `multi_buffer` with several workers (docs/runtime.md "Jumbo pod MTUs").
+//! A batch carries its frames in an arena of `BURST × frame` bytes (`frame`: the workers' UMEM
+//! frame size, `io.afxdp.frame_size`), each frame at the next multiple of [`ALIGN`] after the
+//! one before: up to 64 frames of one UMEM frame each, as before, or fewer, longer ones. A
+//! packet that arrived as a chain of UMEM frames (`io.afxdp.multi_buffer`: the socket layer
+//! gives the pipeline one linear copy of it, up to 65 535 bytes) is copied whole into
+//! consecutive bytes of the arena, so the owner sees it as one frame, like a packet of its own
+//! chains, and transmits it as a chain of its own UMEM frames
+//! (`Burst::tx_copy_req`, `afxdp/xsk.rs`). A batch whose arena (or whose 64 frames) is
+//! full travels at once, mid-burst, and a fresh one takes the frame (a burst of 64 jumbo
+//! frames for one owner is three batches). Counted: frames longer than one UMEM frame that
+//! travelled ([`Sent::chains`], `handoff_chains`).
+//!
+//! ```text
+//!   arena: | frame 0 (1514 B) .. | frame 1 (9014 B, a chain at its receiver) ....... | ...
+//!          0                     1536                                               10560
+//! ```
 
 use std::sync::Arc;
 
@@ -35,9 +47,16 @@ use crate::tables::IfIndex;
 use crate::DropReason;
 use crate::BURST;
 
-/// Bytes one handed-off frame can have by default ([`Handoff::with_frame`] sets it: the UMEM
-/// frame size; an AF_XDP frame of 2048 bytes holds less).
+/// Bytes one UMEM frame has by default ([`Handoff::with_frame`] sets it: the UMEM frame size).
+/// A batch's arena is `BURST` times it.
 pub const HANDOFF_FRAME: usize = 2048;
+
+/// Longest frame a batch carries: the pipeline's offsets are 16 bits (a multi-buffer chain is
+/// at most this long too).
+pub const HANDOFF_MAX: usize = u16::MAX as usize;
+
+/// Each frame starts at a multiple of this in its batch's arena (a cache line).
+pub const ALIGN: usize = 64;
 
 /// Up to a burst's worth of frames copied for one worker.
 #[derive(Debug)]
@@ -46,36 +65,76 @@ pub struct Batch {
     /// Frames already processed by the owner (it may take a batch over several bursts).
     taken: usize,
     len: [u16; BURST],
+    /// Where each frame starts in `data` (increasing, frames do not overlap).
+    off: [u32; BURST],
     iface: [IfIndex; BURST],
     /// Each frame's parse by the worker that received it (parse once: the owner does not
     /// parse it again).
     parsed: [Result<Parsed, DropReason>; BURST],
-    /// `BURST` slots of `slot` bytes.
+    /// Frames longer than one UMEM frame (chains where they were received).
+    chains: u32,
+    /// The arena: `BURST × frame` bytes.
     data: Vec<u8>,
-    slot: usize,
+    /// Bytes of `data` taken (the next frame starts here).
+    used: usize,
 }
 
 impl Batch {
-    fn new(slot: usize) -> Batch {
+    fn new(bytes: usize) -> Batch {
         Batch {
             n: 0,
             taken: 0,
             len: [0; BURST],
+            off: [0; BURST],
             iface: [0; BURST],
             parsed: [Ok(Parsed::NotIp); BURST],
-            data: vec![0; BURST * slot],
-            slot,
+            chains: 0,
+            data: vec![0; bytes],
+            used: 0,
         }
     }
 
-    /// Slot `k`, whole.
-    fn slot_mut(&mut self, k: usize) -> &mut [u8] {
-        &mut self.data[k * self.slot..(k + 1) * self.slot]
+    /// Whether a frame of `len` bytes still fits (a frame slot and arena room).
+    fn fits(&self, len: usize) -> bool {
+        self.n < BURST && self.used + len <= self.data.len()
+    }
+
+    /// Copies `frame` in after the last frame (the caller checked [`Batch::fits`]).
+    fn push(
+        &mut self,
+        frame: &[u8],
+        iface: IfIndex,
+        parsed: Result<Parsed, DropReason>,
+        chain: bool,
+    ) {
+        let (n, at) = (self.n, self.used);
+        self.data[at..at + frame.len()].copy_from_slice(frame);
+        self.off[n] = at as u32;
+        self.len[n] = frame.len() as u16;
+        self.iface[n] = iface;
+        self.parsed[n] = parsed;
+        self.chains += u32::from(chain);
+        self.used = (at + frame.len()).next_multiple_of(ALIGN);
+        self.n += 1;
+    }
+
+    /// Frame `k`'s bytes, at most `len` of them.
+    fn bytes(&self, k: usize, len: usize) -> &[u8] {
+        let at = self.off[k] as usize;
+        &self.data[at..at + len.min(usize::from(self.len[k]))]
+    }
+
+    fn bytes_mut(&mut self, k: usize, len: usize) -> &mut [u8] {
+        let at = self.off[k] as usize;
+        let l = len.min(usize::from(self.len[k]));
+        &mut self.data[at..at + l]
     }
 
     fn clear(&mut self) {
         self.n = 0;
         self.taken = 0;
+        self.chains = 0;
+        self.used = 0;
     }
 }
 
@@ -88,8 +147,10 @@ pub struct Handoff {
     pool: ArrayQueue<Batch>,
     /// Owners of recent fragmented datagrams ([`crate::owner`]), shared like the queues.
     frags: FragOwners,
-    /// Bytes a handed-off frame may have.
+    /// Bytes of one UMEM frame (a longer frame is a chain at its receiver).
     frame: usize,
+    /// Bytes a handed-off frame may have.
+    max: usize,
 }
 
 /// Fragmented datagrams whose owner the workers remember (a slot each; 32 KiB).
@@ -103,14 +164,16 @@ impl Handoff {
         Self::with_frame(workers, depth, HANDOFF_FRAME)
     }
 
-    /// [`Handoff::new`] with slots of `frame` bytes (the UMEM frame size): memory is
-    /// `workers × (depth / 64 + 1) × 64 × frame` (2 workers, depth 1024, 4096: 8.5 MiB).
+    /// [`Handoff::new`] with arenas of `BURST × frame` bytes (`frame`: the UMEM frame size):
+    /// memory is `workers × (depth / 64 + 1) × 64 × frame` (2 workers, depth 1024, 4096: 8.5
+    /// MiB). Frames up to [`HANDOFF_MAX`] bytes travel (an arena holds at least 128 KiB).
     pub fn with_frame(workers: usize, depth: usize, frame: usize) -> Arc<Handoff> {
         let per = depth.div_ceil(BURST).max(2);
         let total = if workers > 1 { workers * (per + 1) } else { 0 };
+        let bytes = BURST * frame.max(ALIGN);
         let pool = ArrayQueue::new(total.max(1));
         for _ in 0..total {
-            let _ = pool.push(Batch::new(frame));
+            let _ = pool.push(Batch::new(bytes));
         }
         Arc::new(Handoff {
             workers,
@@ -118,12 +181,13 @@ impl Handoff {
             pool,
             frags: FragOwners::new(if workers > 1 { FRAG_OWNER_SLOTS } else { 2 }),
             frame,
+            max: bytes.min(HANDOFF_MAX),
         })
     }
 
     /// Bytes a handed-off frame may have.
     pub fn frame_limit(&self) -> usize {
-        self.frame
+        self.max
     }
 
     /// Batches queued for worker `w`.
@@ -145,7 +209,7 @@ impl Handoff {
 /// Why a frame was not staged for its owner (each a counted drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageError {
-    /// Longer than a hand-off slot ([`Handoff::frame_limit`]).
+    /// Longer than a batch carries ([`Handoff::frame_limit`]).
     TooLong,
     /// No batch free in the pool.
     NoBatch,
@@ -156,12 +220,14 @@ pub enum StageError {
 pub struct Sent {
     /// Frames queued to their owner.
     pub frames: u64,
+    /// Of `frames`, those longer than one UMEM frame (multi-buffer chains at their receiver).
+    pub chains: u64,
     /// Frames dropped: their owner's queue was full.
     pub dropped: u64,
 }
 
 /// One worker's end of the hand-off: its outgoing batches (filled during a burst, sent at its
-/// end) and the incoming batch it is working off.
+/// end, or when full) and the incoming batch it is working off.
 #[derive(Debug)]
 pub struct HandoffPort {
     me: usize,
@@ -173,6 +239,10 @@ pub struct HandoffPort {
     /// Destination workers with a batch in `out` (workers ≤ 64: the daemon's limit), so that
     /// sending visits only those.
     staged: u64,
+    /// Batches that travelled during this burst (full ones): their frames' burst indexes and
+    /// counts, reported by the next [`HandoffPort::send`].
+    early_mask: u64,
+    early: Sent,
     /// The handed-in batch being worked off.
     cur: Option<Batch>,
     /// Frames of `cur` taken into the current burst and not yet `done`.
@@ -194,13 +264,15 @@ impl HandoffPort {
             out: (0..w).map(|_| None).collect(),
             out_mask: vec![0; w],
             staged: 0,
+            early_mask: 0,
+            early: Sent::default(),
             cur: None,
             busy: 0,
         }
     }
 
     /// Copies `frame` (received as frame `index` of the burst, `index < 64`) into the batch for
-    /// `owner`.
+    /// `owner`. A batch without room for it travels first.
     pub fn stage(
         &mut self,
         owner: usize,
@@ -209,14 +281,16 @@ impl HandoffPort {
         iface: IfIndex,
         parsed: Result<Parsed, DropReason>,
     ) -> Result<(), StageError> {
-        if frame.len() > self.shared.frame {
+        if frame.len() > self.shared.max {
             return Err(StageError::TooLong);
         }
-        let slot = &mut self.out[owner];
-        if slot.as_ref().is_some_and(|b| b.n == BURST) {
-            // Cannot happen with bursts of ≤ BURST frames; a full batch is no reason to panic.
-            return Err(StageError::NoBatch);
+        if self.out[owner]
+            .as_ref()
+            .is_some_and(|b| !b.fits(frame.len()))
+        {
+            self.travel(owner);
         }
+        let slot = &mut self.out[owner];
         let b = match slot {
             Some(b) => b,
             None => match self.shared.pool.pop() {
@@ -224,21 +298,44 @@ impl HandoffPort {
                 None => return Err(StageError::NoBatch),
             },
         };
-        let n = b.n;
-        b.slot_mut(n)[..frame.len()].copy_from_slice(frame);
-        b.len[b.n] = frame.len() as u16;
-        b.iface[b.n] = iface;
-        b.parsed[b.n] = parsed;
-        b.n += 1;
+        b.push(frame, iface, parsed, frame.len() > self.shared.frame);
         self.out_mask[owner] |= 1 << index;
         self.staged |= 1 << owner;
         Ok(())
     }
 
+    /// The batch for `owner` is full: it travels now (one queue push). A full queue drops its
+    /// frames and the batch is emptied for the next ones.
+    fn travel(&mut self, owner: usize) {
+        let Some(b) = self.out[owner].take() else {
+            return;
+        };
+        let mask = std::mem::take(&mut self.out_mask[owner]);
+        let (n, chains) = (b.n as u64, u64::from(b.chains));
+        match self.shared.inbound[owner].push(b) {
+            Ok(()) => {
+                self.early_mask |= mask;
+                self.early.frames += n;
+                self.early.chains += chains;
+            }
+            Err(mut b) => {
+                self.early.dropped += n;
+                b.clear();
+                self.out[owner] = Some(b);
+            }
+        }
+    }
+
     /// Queues every staged batch to its owner; `queued(index)` is called for each frame that
-    /// now travels (the caller may release its receive buffer).
+    /// now travels, or travelled earlier in this burst (the caller may release its receive
+    /// buffer).
     pub fn send(&mut self, mut queued: impl FnMut(usize)) -> Sent {
-        let mut s = Sent::default();
+        let mut s = std::mem::take(&mut self.early);
+        let mut m = std::mem::take(&mut self.early_mask);
+        while m != 0 {
+            queued(m.trailing_zeros() as usize);
+            m &= m - 1;
+        }
         let mut staged = std::mem::take(&mut self.staged);
         while staged != 0 {
             let w = staged.trailing_zeros() as usize;
@@ -246,11 +343,17 @@ impl HandoffPort {
             let Some(b) = self.out[w].take() else {
                 continue;
             };
-            let n = b.n as u64;
+            let (n, chains) = (b.n as u64, u64::from(b.chains));
             let mask = std::mem::take(&mut self.out_mask[w]);
+            if n == 0 {
+                // Emptied by a full queue mid-burst: back to the pool.
+                let _ = self.shared.pool.push(b);
+                continue;
+            }
             match self.shared.inbound[w].push(b) {
                 Ok(()) => {
                     s.frames += n;
+                    s.chains += chains;
                     let mut m = mask;
                     while m != 0 {
                         queued(m.trailing_zeros() as usize);
@@ -290,34 +393,46 @@ impl HandoffPort {
     ) -> impl Iterator<Item = (&mut [u8], IfIndex, Result<Parsed, DropReason>)> + '_ {
         let busy = self.busy;
         self.cur.iter_mut().flat_map(move |b| {
+            let t = b.taken;
             let Batch {
-                taken,
                 len,
+                off,
                 iface,
                 parsed,
                 data,
-                slot,
                 ..
             } = b;
-            let t = *taken;
-            data.chunks_exact_mut(*slot)
-                .skip(t)
-                .take(busy)
-                .zip(&len[t..t + busy])
-                .zip(&iface[t..t + busy])
-                .zip(&parsed[t..t + busy])
-                .map(|(((d, &l), &i), &p)| (&mut d[..usize::from(l)], i, p))
+            // The frames lie in increasing, disjoint ranges of the arena: split it in turn.
+            let mut rest: &mut [u8] = &mut data[..];
+            let mut pos = 0;
+            (t..t + busy).map(move |k| {
+                let (at, l) = (off[k] as usize, usize::from(len[k]));
+                let r = std::mem::take(&mut rest);
+                let (_, r) = r.split_at_mut(at - pos);
+                let (f, r) = r.split_at_mut(l);
+                rest = r;
+                pos = at + l;
+                (f, iface[k], parsed[k])
+            })
         })
     }
 
     /// Taken frame `j` (`j <` what `take` returned), as the pipeline left it up to `len` bytes.
     pub fn frame(&self, j: usize, len: usize) -> &[u8] {
         match &self.cur {
+            Some(b) if j < self.busy => b.bytes(b.taken + j, len),
+            _ => &[],
+        }
+    }
+
+    /// [`HandoffPort::frame`], writable (a checksum finished before it is copied out).
+    pub fn frame_mut(&mut self, j: usize, len: usize) -> &mut [u8] {
+        match &mut self.cur {
             Some(b) if j < self.busy => {
                 let k = b.taken + j;
-                &b.data[k * b.slot..k * b.slot + len.min(b.slot)]
+                b.bytes_mut(k, len)
             }
-            _ => &[],
+            _ => &mut [],
         }
     }
 
@@ -337,7 +452,11 @@ impl HandoffPort {
     /// After a burst that was unwound by a panic: the frames it had taken are given up (they
     /// may be what panicked; returns how many) and batches it had staged are sent.
     pub fn recover(&mut self) -> (u64, Sent) {
-        if self.busy == 0 && self.staged == 0 {
+        if self.busy == 0
+            && self.staged == 0
+            && self.early_mask == 0
+            && self.early == Sent::default()
+        {
             // The common case: the last burst finished.
             return (0, Sent::default());
         }
@@ -390,6 +509,7 @@ mod tests {
             s,
             Sent {
                 frames: 5,
+                chains: 0,
                 dropped: 0
             }
         );
@@ -436,12 +556,13 @@ mod tests {
             s,
             Sent {
                 frames: 0,
+                chains: 0,
                 dropped: 2
             }
         );
         assert_eq!(released, 0, "dropped frames are not released as handed off");
         assert_eq!(
-            a.stage(1, 0, &[0; HANDOFF_FRAME + 1], 0, Ok(Parsed::NotIp)),
+            a.stage(1, 0, &[0; HANDOFF_MAX + 1], 0, Ok(Parsed::NotIp)),
             Err(StageError::TooLong)
         );
 
@@ -459,36 +580,153 @@ mod tests {
         }
     }
 
+    /// A frame of `len` bytes whose every byte says where it is (its tag, then the offset).
+    fn numbered(tag: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| if i == 0 { tag } else { (i % 251) as u8 })
+            .collect()
+    }
+
     #[test]
-    fn slots_of_the_umem_frame_size_carry_frames_up_to_it() {
+    fn chains_travel_whole_in_consecutive_bytes_and_come_back_as_one_frame() {
         let h = Handoff::with_frame(2, 64, 4096);
-        assert_eq!(h.frame_limit(), 4096);
+        assert_eq!(h.frame_limit(), HANDOFF_MAX);
         let (mut a, mut b) = (
             HandoffPort::new(Arc::clone(&h), 0),
             HandoffPort::new(Arc::clone(&h), 1),
         );
-        // A 3840-byte frame (what a 4096-byte UMEM frame holds), then a small one: slots do
-        // not overlap.
-        a.stage(1, 0, &frame(1, 3840), 0, Ok(Parsed::NotIp))
-            .expect("a frame of the UMEM frame size is staged");
-        a.stage(1, 1, &frame(2, 100), 0, Ok(Parsed::NotIp))
-            .expect("staged");
+        // A 9014-byte frame (MTU 9000: a chain of three 4096-byte UMEM frames at its
+        // receiver), a small one, the largest a chain can be, one of exactly a UMEM frame.
+        let frames = [
+            numbered(1, 9014),
+            numbered(2, 60),
+            numbered(3, HANDOFF_MAX),
+            numbered(4, 4096),
+        ];
+        for (i, f) in frames.iter().enumerate() {
+            a.stage(1, i, f, 7, Ok(Parsed::NotIp)).expect("staged");
+        }
         assert_eq!(
-            a.stage(1, 2, &frame(3, 4097), 0, Ok(Parsed::NotIp)),
+            a.stage(1, 9, &[0; HANDOFF_MAX + 1], 0, Ok(Parsed::NotIp)),
             Err(StageError::TooLong)
         );
-        assert_eq!(a.send(|_| {}).frames, 2);
-        assert_eq!(b.take(64), 2);
-        let got: Vec<(usize, bool)> = b
+        let s = a.send(|_| {});
+        assert_eq!(
+            s,
+            Sent {
+                frames: 4,
+                chains: 2,
+                dropped: 0
+            },
+            "two frames longer than a UMEM frame"
+        );
+        assert_eq!(h.queued(1), 1, "all four in one batch");
+        assert_eq!(b.take(64), 4);
+        let got: Vec<Vec<u8>> = b
             .frames()
-            .map(|(d, _, _)| (d.len(), d.iter().all(|x| *x == d[0])))
+            .map(|(d, i, _)| {
+                assert_eq!(i, 7);
+                d.to_vec()
+            })
             .collect();
-        assert_eq!(got, vec![(3840, true), (100, true)]);
-        assert_eq!(b.frame(0, 3840).len(), 3840);
-        assert_eq!(b.frame(1, 100)[99], 2);
+        assert!(got == frames.to_vec(), "every byte back, frame by frame");
+        // Rewritten in place (the pipeline's NAT) and read back, shorter (an L2 trim).
+        for (d, _, _) in b.frames() {
+            d[1] = 0xee;
+        }
+        assert_eq!(b.frame(0, 9014)[..2], [1, 0xee]);
+        assert_eq!(b.frame(2, 100).len(), 100);
+        assert_eq!(b.frame(1, 9014).len(), 60, "never past the frame");
+        b.frame_mut(2, HANDOFF_MAX)[HANDOFF_MAX - 1] = 0xaa;
+        assert_eq!(b.frame(2, HANDOFF_MAX)[HANDOFF_MAX - 1], 0xaa);
+        assert!(b.frame(3, 4096)[2..] == frames[3][2..], "frame 3 intact");
         b.done();
-        // The default stays 2048.
-        assert_eq!(Handoff::new(2, 64).frame_limit(), HANDOFF_FRAME);
+        assert_eq!(h.pooled(), 2 * 3);
+    }
+
+    #[test]
+    fn a_burst_of_jumbo_frames_travels_in_several_batches_and_a_full_queue_drops_counted() {
+        // Queues of two batches; arenas of 64 × 4096 = 256 KiB: 29 frames of 9014 B each.
+        let h = Handoff::with_frame(2, 128, 4096);
+        let (mut a, mut b) = (
+            HandoffPort::new(Arc::clone(&h), 0),
+            HandoffPort::new(Arc::clone(&h), 1),
+        );
+        let jumbo = |i: usize| numbered(i as u8, 9014);
+        for i in 0..40 {
+            a.stage(1, i, &jumbo(i), 0, Ok(Parsed::NotIp))
+                .expect("staged");
+        }
+        assert_eq!(h.queued(1), 1, "the full batch travelled mid-burst");
+        let mut released = Vec::new();
+        let s = a.send(|i| released.push(i));
+        assert_eq!(
+            s,
+            Sent {
+                frames: 40,
+                chains: 40,
+                dropped: 0
+            }
+        );
+        assert_eq!(released, (0..40).collect::<Vec<_>>());
+        assert_eq!(h.queued(1), 2);
+
+        // The owner's queue is full: the next burst's frames are dropped, counted, their
+        // receive buffers not released; the batches return to the pool.
+        for i in 0..64 {
+            a.stage(1, i, &jumbo(i), 0, Ok(Parsed::NotIp))
+                .expect("staged");
+        }
+        let mut released = 0;
+        let s = a.send(|_| released += 1);
+        assert_eq!(
+            s,
+            Sent {
+                frames: 0,
+                chains: 0,
+                dropped: 64
+            }
+        );
+        assert_eq!(released, 0);
+
+        // The owner works off what arrived, in order, intact.
+        let mut seen = 0;
+        while b.pending() {
+            let k = b.take(32);
+            for (d, _, _) in b.frames() {
+                assert_eq!(d.len(), 9014);
+                assert_eq!(d[0], seen as u8);
+                assert!(d[1..] == jumbo(seen)[1..], "frame {seen} intact");
+                seen += 1;
+            }
+            assert!(k > 0);
+            b.done();
+        }
+        assert_eq!(seen, 40);
+        drop(a);
+        drop(b);
+        assert_eq!(h.pooled(), 2 * (2 + 1), "every batch back");
+    }
+
+    #[test]
+    fn single_frames_still_fill_a_batch_of_64() {
+        let h = Handoff::with_frame(2, 64, 2048);
+        let (mut a, mut b) = (
+            HandoffPort::new(Arc::clone(&h), 0),
+            HandoffPort::new(Arc::clone(&h), 1),
+        );
+        for i in 0..64 {
+            a.stage(1, i, &frame(i as u8, 1514), 0, Ok(Parsed::NotIp))
+                .expect("staged");
+        }
+        assert_eq!(h.queued(1), 0, "one batch, sent at the end of the burst");
+        assert_eq!(a.send(|_| {}).frames, 64);
+        assert_eq!(h.queued(1), 1);
+        assert_eq!(b.take(64), 64);
+        assert!(b
+            .frames()
+            .all(|(d, _, _)| d.len() == 1514 && d.iter().all(|x| *x == d[0])));
+        b.done();
     }
 
     #[test]

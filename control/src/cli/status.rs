@@ -322,9 +322,10 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             > 0
         {
             println!(
-                "worker {}:    handed off {} in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}, iface_down {}",
+                "worker {}:    handed off {} (chains {}) in {} dropped {}; pass_dropped {}, tx_copy_failed {}, tx_no_socket {}, iface_down {}",
                 w.worker,
                 c.handed_off,
+                c.handoff_chains,
                 c.handed_in,
                 c.handoff_dropped,
                 c.pass_dropped,

@@ -235,21 +235,9 @@ impl Config {
                     format!("{} is not in 1..=64 (AF_XDP workers)", cfg.workers),
                 ));
             }
-            if a.multi_buffer && cfg.workers > 1 {
-                // The hand-off to a flow's owner worker copies a frame into a slot of one UMEM
-                // frame (`handoff::Handoff::with_frame`): a packet that arrived as a chain of
-                // frames could only be dropped (`handoff_too_long`). Handing chains over
-                // would need chain-sized slots and a chain transmit of a copy (docs/runtime.md
-                // "Jumbo pod MTUs").
-                return Err(invalid(
-                    "io.afxdp.multi_buffer",
-                    format!(
-                        "needs a single worker for now (workers: {}): a packet handed to another \
-                         worker must fit one UMEM frame, and a multi-buffer chain does not",
-                        cfg.workers
-                    ),
-                ));
-            }
+            // `multi_buffer` with several workers: a chain whose flow another worker owns is
+            // handed over whole (`handoff`: its linear copy in a batch's arena) and sent by its
+            // owner as a chain of its own UMEM frames (docs/runtime.md "Jumbo pod MTUs").
         }
         if let Some(b) = &cfg.bgp {
             let bgp_err = |source| ConfigError::Bgp {
@@ -418,6 +406,10 @@ mod tests {
         assert!(!a.multi_buffer, "multi-buffer off by default");
         let c = parse("io: { afxdp: { frame_size: 4096, multi_buffer: true } }").unwrap();
         assert!(c.io.afxdp.unwrap().multi_buffer);
+        // With several workers too: chains are handed over whole (`handoff`).
+        let c = parse("workers: 2\nio: { afxdp: { frame_size: 4096, multi_buffer: true } }")
+            .expect("multi_buffer with two workers");
+        assert!(c.io.afxdp.unwrap().multi_buffer && c.workers == 2);
         assert_eq!(
             a.tx_checksum_offload,
             crate::runtime::ChecksumOffload::Auto,
@@ -457,10 +449,6 @@ mod tests {
             ("io: { afxdp: { frame_size: 3000 } }", "io.afxdp.frame_size"),
             (
                 "io: { afxdp: { multi_buffer: true } }",
-                "io.afxdp.multi_buffer",
-            ),
-            (
-                "workers: 2\nio: { afxdp: { frame_size: 4096, multi_buffer: true } }",
                 "io.afxdp.multi_buffer",
             ),
             (

@@ -509,9 +509,8 @@ impl AfXdpBackend {
             tx_metadata: self.cfg.tx_checksum_offload == ChecksumOffload::Auto,
             ..XskConfig::default()
         };
-        // Hand-off slots as large as a UMEM frame: any frame a socket receives whole can go to
-        // its owner (a chain of `multi_buffer` cannot, which is why config refuses it with
-        // several workers).
+        // Hand-off arenas of 64 UMEM frames: any frame a socket receives, a `multi_buffer`
+        // chain's linear copy included (up to 65 535 bytes), goes to its owner whole.
         let handoff = Handoff::with_frame(
             workers,
             self.cfg.handoff_depth,

@@ -325,6 +325,7 @@ impl AfXdpIo {
             let (abandoned, sent) = handoff.recover();
             counters.handoff_abandoned += abandoned;
             counters.handed_off += sent.frames;
+            counters.handoff_chains += sent.chains;
             counters.handoff_dropped += sent.dropped;
             // Handed-in frames take at most half a burst, the socket the rest.
             waiting = handoff.take(BURST / 2);
@@ -368,6 +369,7 @@ impl AfXdpIo {
                 // One queue operation per owner for the whole burst.
                 let sent = handoff.send(|i| burst.set_action(i, XskAction::Release));
                 counters.handed_off += sent.frames;
+                counters.handoff_chains += sent.chains;
                 counters.handoff_dropped += sent.dropped;
             }
         }
@@ -488,29 +490,27 @@ impl AfXdpIo {
                     counters.tx_bytes[usize::from(e)] += new_len as u64;
                 }
             } else if let Some((e, t)) = target {
-                let f = handoff.frame(k - n_rx, len);
-                let (mut offloaded, mut completed) = (false, false);
-                let sent = burst.tx_copy_with(t, &f[trim.min(f.len())..], |copy, room| {
-                    if !o.csum_partial {
-                        return None;
+                // Handed in: a copy into this worker's UMEM, a chain if longer than a frame.
+                let f = handoff.frame_mut(k - n_rx, len);
+                let at = trim.min(f.len());
+                let f = &mut f[at..];
+                // A partial checksum: the request for the kernel (its field rewritten here,
+                // in the contiguous copy) or completed here, before the copy is split.
+                let (mut req, mut completed) = (None, false);
+                if o.csum_partial {
+                    if burst.copy_can_request_checksum() {
+                        req = partial::offload_request(f);
                     }
-                    let req = if room {
-                        partial::offload_request(copy)
-                    } else {
-                        None
-                    };
-                    offloaded = req.is_some();
                     if req.is_none() {
-                        completed = partial::complete_frame(copy);
+                        completed = partial::complete_frame(f);
                     }
-                    req
-                });
-                counters.csum_offloaded += u64::from(sent.is_ok() && offloaded);
-                counters.csum_completed += u64::from(sent.is_ok() && completed);
-                match sent {
-                    Ok(()) => {
+                }
+                match burst.tx_copy_req(t, f, req) {
+                    Ok(offloaded) => {
+                        counters.csum_offloaded += u64::from(offloaded);
+                        counters.csum_completed += u64::from(completed);
                         counters.tx[usize::from(e)] += 1;
-                        counters.tx_bytes[usize::from(e)] += (f.len() - trim.min(f.len())) as u64;
+                        counters.tx_bytes[usize::from(e)] += f.len() as u64;
                     }
                     Err(_) => {
                         counters.tx_copy_failed += 1;

@@ -1698,6 +1698,109 @@ impl<'w> Burst<'w> {
         Ok(())
     }
 
+    /// Whether a copy queued by [`Burst::tx_copy_req`] can carry a checksum request: the UMEM
+    /// has TX metadata, and every frame off the free list starts [`XDP_PACKET_HEADROOM`] into
+    /// its chunk, room enough for it.
+    pub fn copy_can_request_checksum(&self) -> bool {
+        self.w.tx_metadata_len != 0 && self.w.tx_metadata_len as usize <= XDP_PACKET_HEADROOM
+    }
+
+    /// Queues a copy of `data` for TX on socket `id` when the burst finishes: in one new
+    /// frame, or, longer than a frame holds, as a chain of new frames (sockets with
+    /// multi-buffer only; at most [`MAX_CHAIN`] frames), each but the last flagged
+    /// [`XDP_PKT_CONTD`], queued whole or not at all like a forwarded chain. `csum` (see
+    /// [`Burst::request_checksum`]; the field must already hold the pseudo-header sum) goes
+    /// in the first frame's TX metadata. Returns whether it did (false without TX metadata).
+    /// For a packet handed in by another worker (`crate::handoff`).
+    pub fn tx_copy_req(
+        &mut self,
+        id: SocketId,
+        data: &[u8],
+        csum: Option<(u16, u16)>,
+    ) -> Result<bool, TxError> {
+        let w = &mut *self.w;
+        let t = usize::from(id.0);
+        if t >= w.socks.len() {
+            return Err(TxError::NoSuchSocket(id.0));
+        }
+        if !w.socks[t].up {
+            return Err(TxError::Down(id.0));
+        }
+        let one = (1usize << w.frame_shift) - XDP_PACKET_HEADROOM;
+        let most = if w.config.multi_buffer { MAX_CHAIN } else { 1 };
+        if data.len() > one * most {
+            return Err(TxError::TooLong {
+                len: data.len(),
+                max: one * most,
+            });
+        }
+        // Copies take at most TX_STAGE descriptors of the stage as single frames; chains may
+        // use the rest but what a burst's forwarded packets can need (their descriptors).
+        let room = if data.len() <= one {
+            TX_STAGE
+        } else {
+            w.stage_cap.saturating_sub(MAX_BURST + MAX_CHAIN)
+        };
+        let base = w.socks[t].tx_stage.len();
+        let mut off = 0;
+        let mut put = false;
+        let mut k = 0;
+        let failed = loop {
+            if k == most {
+                break Some(TxError::TooLong {
+                    len: data.len(),
+                    max: one * most,
+                });
+            }
+            if base + k >= room {
+                break Some(TxError::RingFull);
+            }
+            let Some(mut d) = w.free.pop() else {
+                break Some(TxError::NoFreeFrame);
+            };
+            d.set_options(0);
+            let len = w.frame_capacity(&d).min(data.len() - off);
+            w.write_frame(&mut d, &data[off..off + len]);
+            off += len;
+            if k == 0 {
+                if let Some((start, o)) = csum {
+                    put = w.put_tx_metadata(&mut d, start, o);
+                }
+            }
+            if off < data.len() {
+                d.set_options(d.options() | XDP_PKT_CONTD);
+            }
+            if let Some(i) = w.frame_index(&d) {
+                w.owner[i] = Owner::Held;
+            }
+            w.socks[t].tx_stage.push(d);
+            k += 1;
+            if off == data.len() {
+                break None;
+            }
+        };
+        if let Some(e) = failed {
+            // Nothing queued: the frames taken go back.
+            while w.socks[t].tx_stage.len() > base {
+                if let Some(d) = w.socks[t].tx_stage.pop() {
+                    w.release_held(&[d]);
+                }
+            }
+            if e == TxError::RingFull {
+                w.socks[t].stats.tx_ring_full += 1;
+            }
+            return Err(e);
+        }
+        // Every free frame starts XDP_PACKET_HEADROOM into its chunk: a request asked for
+        // where `copy_can_request_checksum` holds always finds room (the field holds only the
+        // pseudo-header sum, so a request lost here would send a bad checksum).
+        debug_assert!(csum.is_none() || put || w.tx_metadata_len == 0);
+        w.staged_copies += 1;
+        w.socks[t].stats.tx_chains += u64::from(k > 1);
+        w.tx_touched |= 1 << t;
+        Ok(put)
+    }
+
     /// Transmits or recycles every frame according to its action, kicks TX, refills.
     pub fn finish(mut self) {
         self.finished = true;

@@ -123,8 +123,12 @@ pub struct IoCounters {
     pub handed_in: u64,
     /// Hand-offs dropped: the owner's queue was full or the buffer pool empty.
     pub handoff_dropped: u64,
-    /// Frames longer than a hand-off buffer (dropped).
+    /// Frames longer than a hand-off batch carries (65 535 bytes; dropped).
     pub handoff_too_long: u64,
+    /// Of `handed_off`, frames longer than one UMEM frame: multi-buffer chains, handed over
+    /// whole (`crate::handoff`) and sent by their owner as a chain of its own frames.
+    #[serde(default)]
+    pub handoff_chains: u64,
     /// Idle waits (`poll` on the sockets) that failed with an error other than EINTR.
     #[serde(default)]
     pub poll_errors: u64,
