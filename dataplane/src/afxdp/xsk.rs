@@ -1640,62 +1640,13 @@ impl<'w> Burst<'w> {
         true
     }
 
-    /// Queues a copy of `data` in a new frame for TX on socket `id` when the burst finishes
-    /// (with the burst's forwarded frames: one kick per socket). For frames the pipeline
-    /// originates mid-burst (ICMP errors, replies).
+    /// Queues a copy of `data` for TX on socket `id` when the burst finishes (with the
+    /// burst's forwarded frames: one kick per socket), without a checksum request: in one new
+    /// frame, or as a chain where the socket has multi-buffer ([`Burst::tx_copy_req`]). For
+    /// frames the pipeline originates or releases mid-burst (ICMP errors, replies, reassembled
+    /// fragments).
     pub fn tx_copy(&mut self, id: SocketId, data: &[u8]) -> Result<(), TxError> {
-        self.tx_copy_with(id, data, |_, _| None)
-    }
-
-    /// [`Burst::tx_copy`], with `edit` called on the copy in its frame before it is queued:
-    /// given the bytes and whether the frame can carry a checksum request, it returns the
-    /// request to send with it, if any (see [`Burst::request_checksum`]).
-    pub fn tx_copy_with(
-        &mut self,
-        id: SocketId,
-        data: &[u8],
-        edit: impl FnOnce(&mut [u8], bool) -> Option<(u16, u16)>,
-    ) -> Result<(), TxError> {
-        let w = &mut *self.w;
-        let t = usize::from(id.0);
-        if t >= w.socks.len() {
-            return Err(TxError::NoSuchSocket(id.0));
-        }
-        if !w.socks[t].up {
-            return Err(TxError::Down(id.0));
-        }
-        if w.socks[t].tx_stage.len() >= TX_STAGE {
-            w.socks[t].stats.tx_ring_full += 1;
-            return Err(TxError::RingFull);
-        }
-        let Some(mut d) = w.free.pop() else {
-            return Err(TxError::NoFreeFrame);
-        };
-        d.set_options(0);
-        let max = w.frame_capacity(&d);
-        if data.len() > max {
-            w.free.push(d);
-            return Err(TxError::TooLong {
-                len: data.len(),
-                max,
-            });
-        }
-        w.write_frame(&mut d, data);
-        let room = w.metadata_room(&d);
-        // SAFETY: `d` came off the free list (no ring or burst holds it) and `write_frame`
-        // wrote `d.len()` bytes at its address, within its chunk; the view ends here.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(w.base.wrapping_add(d.addr()), d.len()) };
-        if let Some((start, off)) = edit(bytes, room) {
-            w.put_tx_metadata(&mut d, start, off);
-        }
-        if let Some(i) = w.frame_index(&d) {
-            w.owner[i] = Owner::Held;
-        }
-        w.staged_copies += 1;
-        w.socks[t].tx_stage.push(d);
-        w.tx_touched |= 1 << t;
-        Ok(())
+        self.tx_copy_req(id, data, None).map(|_| ())
     }
 
     /// Whether a copy queued by [`Burst::tx_copy_req`] can carry a checksum request: the UMEM
