@@ -409,7 +409,25 @@ mod tests {
         // With several workers too: chains are handed over whole (`handoff`).
         let c = parse("workers: 2\nio: { afxdp: { frame_size: 4096, multi_buffer: true } }")
             .expect("multi_buffer with two workers");
-        assert!(c.io.afxdp.unwrap().multi_buffer && c.workers == 2);
+        let mb = c.io.afxdp.unwrap();
+        assert!(mb.multi_buffer && c.workers == 2);
+        // The hand-off depth: 1024 frames, 4096 where jumbo chains are handed over (a batch
+        // holds 29 of them), unless the config says.
+        assert_eq!(a.handoff_depth, None, "hand-off depth chosen by default");
+        assert_eq!(a.handoff_depth_for(2), 1024);
+        assert_eq!(
+            mb.handoff_depth_for(1),
+            1024,
+            "one worker hands nothing over"
+        );
+        assert_eq!(mb.handoff_depth_for(2), 4096);
+        let c = parse("workers: 2\nio: { afxdp: { frame_size: 4096, multi_buffer: true, handoff_depth: 512 } }")
+            .unwrap();
+        assert_eq!(
+            c.io.afxdp.unwrap().handoff_depth_for(2),
+            512,
+            "the config's wins"
+        );
         assert_eq!(
             a.tx_checksum_offload,
             crate::runtime::ChecksumOffload::Auto,
@@ -462,6 +480,10 @@ mod tests {
             (
                 "io: { afxdp: { busy_poll_us: 100001 } }",
                 "io.afxdp.busy_poll_us",
+            ),
+            (
+                "io: { afxdp: { handoff_depth: 0 } }",
+                "io.afxdp.handoff_depth",
             ),
             ("io: { afxdp: { wrokers: 2 } }", "wrokers"),
             ("io: { afxdp: { dead_worker: ignore } }", "dead_worker"),

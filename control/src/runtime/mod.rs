@@ -82,8 +82,10 @@ pub struct AfXdpConfig {
     pub frame_size: u32,
     /// Seconds between reads of the uplink gateway's neighbour entry.
     pub neigh_refresh: f64,
-    /// Hand-off queue depth per worker (frames).
-    pub handoff_depth: usize,
+    /// Hand-off queue depth per worker (frames). `None` (the default): 1024, or 4096 with
+    /// `multi_buffer` and more than one worker, where a batch of 64 UMEM frames' bytes holds
+    /// only 29 jumbo frames ([`AfXdpConfig::handoff_depth_for`]).
+    pub handoff_depth: Option<usize>,
     /// What the XDP program does with steered traffic that finds no socket: the queues of a
     /// dead worker, and everything while no daemon runs (stopped, crashed, restarting) when
     /// the program is pinned. `dead_worker` is the key's former name.
@@ -148,7 +150,7 @@ impl Default for AfXdpConfig {
             frames_per_socket: 4096,
             frame_size: 2048,
             neigh_refresh: 2.0,
-            handoff_depth: 1024,
+            handoff_depth: None,
             no_socket: NoSocketAction::Drop,
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             busy_poll_us: 50,
@@ -159,6 +161,20 @@ impl Default for AfXdpConfig {
 }
 
 impl AfXdpConfig {
+    /// The hand-off queue depth per worker for `workers` workers: the configured one, else
+    /// 1024 frames, or 4096 with `multi_buffer` and several workers (a jumbo chain fills a
+    /// batch after 29 frames; with 1024 an owner sharing its core with pods overflowed its
+    /// queue by thousands of frames per 10 s stream, with 4096 by 0-136; bench/RESULTS.md
+    /// "Two workers with jumbo chains").
+    pub fn handoff_depth_for(&self, workers: usize) -> usize {
+        self.handoff_depth
+            .unwrap_or(if self.multi_buffer && workers > 1 {
+                4096
+            } else {
+                1024
+            })
+    }
+
     /// Checks the values (the config loader reports the error with the field).
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if !self.ring_size.is_power_of_two() || !(64..=16384).contains(&self.ring_size) {
@@ -204,11 +220,8 @@ impl AfXdpConfig {
                 format!("{} is not in 0..=100000 µs", self.busy_poll_us),
             ));
         }
-        if !(1..=65536).contains(&self.handoff_depth) {
-            return Err((
-                "io.afxdp.handoff_depth",
-                format!("{} is not in 1..=65536", self.handoff_depth),
-            ));
+        if let Some(d) = self.handoff_depth.filter(|d| !(1..=65536).contains(d)) {
+            return Err(("io.afxdp.handoff_depth", format!("{d} is not in 1..=65536")));
         }
         Ok(())
     }
@@ -513,7 +526,7 @@ impl AfXdpBackend {
         // chain's linear copy included (up to 65 535 bytes), goes to its owner whole.
         let handoff = Handoff::with_frame(
             workers,
-            self.cfg.handoff_depth,
+            self.cfg.handoff_depth_for(workers),
             self.cfg.frame_size as usize,
         );
         let (link_control, mut link_ports) = link_channels(workers);
