@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::daemon::Nodeplane;
+use lab::daemon::{drops_in as drops, Nodeplane};
 use lab::udp_loop::UdpLoop;
 use lab::Lab;
 
@@ -157,15 +157,6 @@ fn sum(st: &serde_json::Value, field: &str) -> u64 {
         .unwrap()
         .iter()
         .map(|w| w[field].as_u64().unwrap_or(0))
-        .sum()
-}
-
-fn drops(st: &serde_json::Value, reason: &str) -> u64 {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
         .sum()
 }
 

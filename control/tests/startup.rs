@@ -27,7 +27,7 @@ use std::process::Command;
 
 mod lab;
 
-use lab::daemon::{Launch, Nodeplane};
+use lab::daemon::{drops_in as drops, Launch, Nodeplane};
 use lab::Lab;
 
 /// `ip -n <ns> ARGS`, which must succeed.
@@ -49,18 +49,6 @@ fn ip(lab: &Lab, ns: &str, args: &[&str]) {
 fn forget_neighbours(lab: &Lab) {
     ip(lab, "node", &["neigh", "flush", "dev", "uplink0"]);
     ip(lab, "router", &["neigh", "flush", "dev", "eth0"]);
-}
-
-/// Frames dropped for `reason`, every worker's.
-fn drops(st: &serde_json::Value, reason: &str) -> u64 {
-    st["workers"]
-        .as_array()
-        .map(|w| {
-            w.iter()
-                .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::daemon::Nodeplane;
+use lab::daemon::{drops_in as drops, Nodeplane};
 use lab::udp_loop::UdpLoop;
 use lab::Lab;
 
@@ -77,16 +77,6 @@ fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
         .unwrap()
         .iter()
         .map(|w| w["io"]["tx"][iface]["packets"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// Frames dropped for `reason`, every worker's.
-fn drops(st: &serde_json::Value, reason: &str) -> u64 {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
         .sum()
 }
 

@@ -245,14 +245,7 @@ impl Nodeplane {
 
     /// Frames dropped for `reason`, every worker's.
     pub fn drops(&self, reason: &str) -> u64 {
-        self.stats()["workers"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
+        drops_in(&self.stats(), reason)
     }
 
     /// The generation once the start has settled: the uplink gateway's MAC, when the kernel
@@ -331,4 +324,17 @@ impl Drop for Nodeplane {
             let _ = self.wrapper.wait();
         }
     }
+}
+
+/// Frames dropped for `reason` in a status document (`nodeplane status --json`), every
+/// worker's.
+pub fn drops_in(st: &serde_json::Value, reason: &str) -> u64 {
+    st["workers"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }
