@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
+use lab::daemon::io_sum;
 use lab::{random_blob, root_dir, Lab};
 
 const MTU: &str = "9000";
@@ -43,6 +44,16 @@ fn sh_in(lab: &Lab, ns: &str, cmd: &str) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
     )
+}
+
+/// Every pod and its node-side veth at MTU [`MTU`].
+fn jumbo_pods(lab: &Lab) {
+    for p in PODS {
+        let (ok, _) = sh_in(lab, "node", &format!("ip link set pod-{p} mtu {MTU}"));
+        assert!(ok, "MTU of pod-{p}");
+        let (ok, _) = sh_in(lab, p, &format!("ip link set eth0 mtu {MTU}"));
+        assert!(ok, "MTU of {p}'s eth0");
+    }
 }
 
 fn nstat(lab: &Lab, ns: &str, counter: &str) -> u64 {
@@ -95,12 +106,7 @@ fn jumbo_downloads_with_checksum_offload_off_are_completed_by_the_worker() {
 
 fn jumbo_downloads(tag: &str, offload: &str) {
     let mut lab = Lab::up(tag);
-    for p in PODS {
-        let (ok, _) = sh_in(&lab, "node", &format!("ip link set pod-{p} mtu {MTU}"));
-        assert!(ok, "MTU of pod-{p}");
-        let (ok, _) = sh_in(&lab, p, &format!("ip link set eth0 mtu {MTU}"));
-        assert!(ok, "MTU of {p}'s eth0");
-    }
+    jumbo_pods(&lab);
 
     // The state: the example, with the uplink's static gateway MAC removed as e2e_runtime does
     // (the runtime learns it from the kernel).
@@ -292,16 +298,6 @@ for k in range(0, len(blob), 8000):
 print(hashlib.sha256(b"".join(back)).hexdigest())
 "#;
 
-/// Sum of a worker I/O counter (`io.afxdp.counters.<field>`) over the workers.
-fn io_sum(status: &serde_json::Value, field: &str) -> u64 {
-    status["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|w| w["io"]["afxdp"]["counters"][field].as_u64().unwrap_or(0))
-        .sum()
-}
-
 /// Two workers, every pod at MTU 9000, `multi_buffer`: a frame arrives on whichever queue its
 /// sender's kernel picked, so the frames of about half the flow directions reach the worker that
 /// does not own their flow, and those longer than a UMEM frame (chains) are handed over whole
@@ -325,12 +321,7 @@ fn two_workers_complete_checksums_of_handed_in_chains() {
 
 fn two_workers_jumbo(tag: &str, offload: &str) {
     let mut lab = Lab::up(tag);
-    for p in PODS {
-        let (ok, _) = sh_in(&lab, "node", &format!("ip link set pod-{p} mtu {MTU}"));
-        assert!(ok, "MTU of pod-{p}");
-        let (ok, _) = sh_in(&lab, p, &format!("ip link set eth0 mtu {MTU}"));
-        assert!(ok, "MTU of {p}'s eth0");
-    }
+    jumbo_pods(&lab);
     let echo = lab.tmp.join("udp_echo.py");
     fs::write(&echo, UDP_ECHO).unwrap();
     for w in ["web1", "web2"] {

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 
 mod lab;
 
-use lab::daemon::{Launch, Nodeplane};
+use lab::daemon::{io_sum, Launch, Nodeplane};
 use lab::{random_blob, root_dir, Lab};
 
 const MTU: &str = "9000";
@@ -166,16 +166,6 @@ fn a_jumbo_pod_learns_the_uplink_mtu_from_nodeplane_through_a_cluster_ip() {
     assert!(sent <= frag_needed);
     assert_eq!(np.drops("mtu-exceeded"), 0, "{}", np.stats());
     assert!(np.stop(), "nodeplane exits 0 on SIGTERM");
-}
-
-/// Sum of an AF_XDP I/O counter over every worker.
-fn io_sum(stats: &serde_json::Value, field: &str) -> u64 {
-    stats["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|w| w["io"]["afxdp"]["counters"][field].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// Two workers, `frame_size: 4096` (no multi-buffer) and every pod at MTU 3500: TCP segments of

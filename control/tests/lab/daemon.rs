@@ -338,3 +338,14 @@ pub fn drops_in(st: &serde_json::Value, reason: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Sum of an AF_XDP I/O counter (`io.afxdp.counters.<field>`) over every worker of a status
+/// document.
+pub fn io_sum(st: &serde_json::Value, field: &str) -> u64 {
+    st["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["io"]["afxdp"]["counters"][field].as_u64().unwrap_or(0))
+        .sum()
+}
