@@ -315,6 +315,17 @@ const IN_CLOSING: u8 = 16;
 /// `Entry::flags`: the flow was ended by the control plane (the reason is
 /// [`FlowRef::ended`], in the cold part).
 const ENDED: u8 = 32;
+/// `Entry::flags`: the original direction was offered to the kernel's flow cache
+/// (`io.afxdp.fast_path: tc`, [`crate::offload`]); the reply direction's bit is the next one
+/// (`OFFERED << dir`). Never set without a fast path: the entry keeps its layout.
+const OFFERED: u8 = 64;
+const OFFERED_BOTH: u8 = OFFERED | OFFERED << 1;
+/// Offered entries whose timer ran out, set aside for the worker to ask the kernel when it
+/// last forwarded them ([`Conntrack::take_offload_due`]) at most this many at a time.
+const OFFLOAD_DUE_MAX: usize = 256;
+/// How long an offered entry whose timer ran out waits for the worker's look at the kernel
+/// before the GC finds it again.
+const OFFLOAD_DUE_GRACE: u64 = 1_000_000_000;
 /// `Hop::ingress` of a direction without fast-path data (no packet comes in on it).
 pub const NO_HOP: u16 = u16::MAX;
 /// `Hop::egress`: the high bit marks an egress pod interface ([`FastPath::egress_pod`]).
@@ -578,6 +589,24 @@ impl Entry {
     #[inline(always)]
     pub fn has_snat(&self) -> bool {
         self.flags & NAT_SRC != 0
+    }
+
+    /// Direction `dir` was offered to the kernel's flow cache ([`crate::offload`]).
+    #[inline]
+    pub fn offered(&self, dir: Dir) -> bool {
+        self.flags & (OFFERED << dir as u8) != 0
+    }
+
+    /// Either direction was offered.
+    #[inline]
+    pub fn offered_any(&self) -> bool {
+        self.flags & OFFERED_BOTH != 0
+    }
+
+    /// FIN bits: bit 0 seen from the originator, bit 1 from the replier.
+    #[inline]
+    pub fn fins(&self) -> u8 {
+        self.fins
     }
 
     /// Whether the control plane ended the flow ([`FlowRef::ended`] says why).
@@ -998,6 +1027,9 @@ pub struct Conntrack {
     live: usize,
     cfg: CtConfig,
     pub stats: CtStats,
+    /// Offered entries whose timer ran out, waiting for the worker's look at the kernel's
+    /// flow cache ([`Self::take_offload_due`]); empty and never allocated without offers.
+    offload_due: Vec<u32>,
 }
 
 /// A dropped table (a stopped worker, a what-if copy) gives back its entries' [`SnatAddrs`]
@@ -1055,6 +1087,7 @@ impl Conntrack {
             live: 0,
             cfg,
             stats: CtStats::default(),
+            offload_due: Vec::new(),
         }
     }
 
@@ -1837,6 +1870,10 @@ impl Conntrack {
             if first <= now {
                 for i in s..end {
                     if self.deadline.get(i).is_some_and(|&d| d <= now) {
+                        if self.slots.get(i).is_some_and(Entry::offered_any) {
+                            self.defer_offered(i, now);
+                            continue;
+                        }
                         self.remove(i as u32);
                         self.stats.expired += 1;
                         reclaimed += 1;
@@ -1848,6 +1885,80 @@ impl Conntrack {
         }
         self.gc_cursor = s;
         reclaimed
+    }
+
+    /// An offered entry whose timer ran out: the kernel may have forwarded its packets since
+    /// (they never reach conntrack), so it is set aside for the worker, which asks the kernel
+    /// ([`crate::offload`]) and then refreshes or removes it. Its timer moves by
+    /// [`OFFLOAD_DUE_GRACE`] meanwhile (also when the list is full: it comes back later).
+    #[cold]
+    #[inline(never)]
+    fn defer_offered(&mut self, i: usize, now: u64) {
+        if self.offload_due.len() < OFFLOAD_DUE_MAX {
+            if self.offload_due.capacity() == 0 {
+                self.offload_due.reserve_exact(OFFLOAD_DUE_MAX);
+            }
+            self.offload_due.push(i as u32);
+        }
+        if let Some(d) = self.deadline.get_mut(i) {
+            *d = now + OFFLOAD_DUE_GRACE;
+        }
+    }
+
+    /// The offered entries whose timer ran out since the last call (slots; the caller checks
+    /// each is still live and offered), handed to `f` and forgotten.
+    pub fn take_offload_due(&mut self, mut f: impl FnMut(&mut Conntrack, u32)) {
+        if self.offload_due.is_empty() {
+            return;
+        }
+        let due = std::mem::take(&mut self.offload_due);
+        for &slot in &due {
+            f(self, slot);
+        }
+        // The list's allocation is kept (cleared, not freed).
+        self.offload_due = due;
+        self.offload_due.clear();
+    }
+
+    /// Marks direction `dir` of `slot` offered to the kernel's flow cache, or not.
+    pub fn set_offered(&mut self, slot: u32, dir: Dir, on: bool) {
+        if let Some(e) = self.slots.get_mut(slot as usize) {
+            let bit = OFFERED << dir as u8;
+            if on {
+                e.flags |= bit;
+            } else {
+                e.flags &= !bit;
+            }
+        }
+    }
+
+    /// Forgets every entry's offers (the kernel's flow cache was cleared). Walks the slab:
+    /// called per publication with a fast path only.
+    pub fn clear_offered(&mut self) {
+        for e in &mut self.slots {
+            e.flags &= !OFFERED_BOTH;
+        }
+    }
+
+    /// Sets a live flow's timer (an offered flow the kernel forwarded packets of).
+    pub fn set_expiry(&mut self, slot: u32, expires: u64) {
+        if self.slots.get(slot as usize).is_some_and(|e| e.live()) {
+            if let Some(d) = self.deadline.get_mut(slot as usize) {
+                *d = expires;
+            }
+        }
+    }
+
+    /// The timeout of a flow in its current state (what its next packet would give it).
+    pub fn timeout_of(&self, slot: u32) -> u64 {
+        self.slots
+            .get(slot as usize)
+            .map_or(0, |e| self.timeout(e.proto, e.state))
+    }
+
+    /// Whether `slot` holds a live flow.
+    pub fn is_live(&self, slot: u32) -> bool {
+        self.slots.get(slot as usize).is_some_and(|e| e.live())
     }
 
     /// Removes every flow (operator `ct flush`).

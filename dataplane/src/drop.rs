@@ -116,6 +116,9 @@ drop_reasons! {
     /// An IPv4 packet without DF larger than its egress interface's MTU: not fragmented by
     /// nodeplane (`crate::mtu`: its senders set DF on anything they did not fragment).
     MtuExceeded = 36 => "mtu-exceeded",
+    /// I/O (`io.afxdp.fast_path: tc`): a frame on the slow-path interface whose destination
+    /// MAC names no interface of the state (`crate::offload::ifindex_from_slow_path_mac`).
+    SlowPathUnknown = 37 => "slow-path-unknown",
 }
 
 /// Size of the per-reason counter arrays (index = numeric value): room for every reason and a

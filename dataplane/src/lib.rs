@@ -13,6 +13,7 @@
 //! - [`partial`]: partial (CHECKSUM_PARTIAL) TCP/UDP checksums completed before any rewrite.
 //! - [`rst`]: a TCP reset built in place (ending flows of removed backends).
 //! - [`snapshot`]: conntrack and affinity saved across a daemon restart.
+//! - [`offload`]: the worker's side of the kernel flow cache (`io.afxdp.fast_path: tc`).
 //! - [`pipeline`]: the stages wired together; [`drop`]: the closed set of drop reasons.
 //! - [`wire`]: where each header field sits (the only place a header offset is a number).
 //!
@@ -41,6 +42,7 @@ pub mod handoff;
 pub mod lpm;
 pub mod maglev;
 pub mod mtu;
+pub mod offload;
 pub mod owner;
 pub mod parse;
 pub mod partial;

@@ -348,6 +348,12 @@ impl Pipeline {
         &self.tables
     }
 
+    /// The epoch of the installed tables: a direction's [`FastPath`] recorded under it is
+    /// current (the kernel flow cache's offers are made from those, `crate::offload`).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
     pub fn set_policy_mode_override(&mut self, mode: Option<PolicyMode>) {
         self.mode_override = mode;
     }
