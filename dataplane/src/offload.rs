@@ -96,8 +96,8 @@ pub struct OffloadAction {
 /// The kernel's flow map, as a worker uses it (the daemon implements it over the pinned map,
 /// tests over a table in memory). Batches: one system call each, never one per packet.
 pub trait FlowMap: Send + std::fmt::Debug {
-    /// Inserts or replaces `keys[i] → actions[i]`; how many went in (in order: an error or a
-    /// full map stops the batch).
+    /// Inserts or replaces `keys[i] → actions[i]`; how many went in (a full map skips what it
+    /// has no room for).
     fn insert(&mut self, keys: &[OffloadKey], actions: &[OffloadAction]) -> io::Result<usize>;
     /// Deletes the keys (missing ones are no error); how many were there.
     fn remove(&mut self, keys: &[OffloadKey]) -> io::Result<usize>;
@@ -474,22 +474,22 @@ impl Offload {
         let total = self.keys.len();
         let done = match self.map.insert(&self.keys, &self.actions) {
             Ok(n) => n.min(total),
-            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => 0,
             Err(_) => {
                 self.counters.offload_errors += 1;
                 0
             }
         };
+        // Every offer is marked, whether it went in or not: the map does not say which ones a
+        // full map refused, and a mark too many only costs a removal of an absent key at the
+        // flow's end (a direction the kernel does not have comes back to the worker, which
+        // offers it again), while a mark too few would leave a closed flow's entry behind.
         let ct = pipeline.conntrack_mut();
-        for (k, &(slot, dir)) in self.offers.iter().enumerate() {
-            ct.set_offered(slot, dir, k < done);
+        for &(slot, dir) in &self.offers {
+            ct.set_offered(slot, dir, true);
         }
         self.counters.offered += done as u64;
-        if done < total {
-            // The batch stops at the first entry the map refused: a full map (or the error
-            // counted above). The rest are offered again by their next packet.
-            self.counters.offload_full += (total - done) as u64;
-        }
+        // The map had no room for the rest (or the error counted above).
+        self.counters.offload_full += (total - done) as u64;
         self.keys.clear();
         self.actions.clear();
         self.offers.clear();

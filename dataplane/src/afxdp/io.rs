@@ -44,14 +44,34 @@ use crate::drop::DROP_REASON_SLOTS;
 use crate::handoff::{Handoff, HandoffPort, StageError};
 use crate::owner::{frame_owner, OwnerIndex};
 use crate::parse::{self, Parsed};
+use crate::offload::{ifindex_from_slow_path_mac, Offload};
 use crate::partial;
 use crate::DropReason;
+
+/// A slow-path frame's ingress: the table interface whose kernel ifindex its destination MAC
+/// names; the MAC becomes that interface's own (as the frame would have arrived on it).
+/// `None`: no such interface (the frame is dropped `slow-path-unknown`).
+#[inline]
+fn slow_ingress(t: &Tables, by_ifindex: &[(u32, IfIndex)], frame: &mut [u8]) -> Option<IfIndex> {
+    let ifindex = ifindex_from_slow_path_mac(frame)?;
+    // The MAC carries the ifindex's low 24 bits.
+    let at = by_ifindex
+        .binary_search_by(|&(k, _)| (k & 0xff_ffff).cmp(&ifindex))
+        .ok()?;
+    let idx = by_ifindex[at].1;
+    let mac = t.ifaces.get(usize::from(idx))?.mac;
+    frame.get_mut(..6)?.copy_from_slice(&mac);
+    Some(idx)
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Sock {
     id: SocketId,
     /// Index of its interface in the bound tables (`IfIndex::MAX`: not in the state).
     iface: IfIndex,
+    /// A socket of the slow-path interface (`io.afxdp.fast_path: tc`): each frame's ingress is
+    /// the pod interface its destination MAC names ([`crate::offload`]).
+    slow: bool,
 }
 
 /// AF_XDP packet I/O of one worker.
@@ -93,6 +113,13 @@ pub struct AfXdpIo {
     /// When the current run of empty bursts began (`None` while frames flow): the busy-poll
     /// window is measured from here, so the clock is read only by empty bursts.
     idle_since: Option<Instant>,
+    /// The kernel flow cache (`io.afxdp.fast_path: tc`): offers, batches, counters.
+    offload: Option<Offload>,
+    /// The slow path's interface (`npslow1`), whose sockets deliver the pod interfaces' frames.
+    slow_iface: Option<String>,
+    /// (kernel ifindex, table index) of the bound tables' interfaces, sorted: the slow-path
+    /// frames' ingress by their destination MAC.
+    by_ifindex: Vec<(u32, IfIndex)>,
 }
 
 impl AfXdpIo {
@@ -115,6 +142,7 @@ impl AfXdpIo {
                 .map(|id| Sock {
                     id,
                     iface: IfIndex::MAX,
+                    slow: false,
                 })
                 .collect(),
             names,
@@ -136,6 +164,50 @@ impl AfXdpIo {
             busy_poll: Duration::ZERO,
             idle_since: None,
             csum_offload: true,
+            offload: None,
+            slow_iface: None,
+            by_ifindex: Vec::new(),
+        }
+    }
+
+    /// The fast path (`io.afxdp.fast_path: tc`): this worker's sockets on `slow_iface` receive
+    /// the pod interfaces' slow-path frames (their ingress named by the destination MAC), and
+    /// `offload` is its side of the kernel flow cache.
+    pub fn with_fast_path(mut self, slow_iface: &str, offload: Offload) -> AfXdpIo {
+        for (s, name) in self.socks.iter_mut().zip(&self.names) {
+            s.slow = name == slow_iface;
+        }
+        self.slow_iface = Some(slow_iface.to_owned());
+        self.offload = Some(offload);
+        self
+    }
+
+    /// The kernel ifindex of every interface of the bound tables (sysfs of the worker's
+    /// network namespace; 0: none),
+    /// for the slow path's ingress and the offers. At bind and when an interface comes back.
+    fn resolve_ifindexes(&mut self) {
+        if self.offload.is_none() {
+            return;
+        }
+        let kernel: Vec<u32> = self
+            .egress_names
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(format!("/sys/class/net/{n}/ifindex"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.by_ifindex = kernel
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k != 0)
+            .map(|(i, &k)| (k, i as IfIndex))
+            .collect();
+        self.by_ifindex.sort_unstable();
+        if let Some(o) = self.offload.as_mut() {
+            o.set_ifindexes(kernel);
         }
     }
 
@@ -206,6 +278,7 @@ impl AfXdpIo {
                 }
             };
             self.rebuild_egress();
+            self.resolve_ifindexes();
             if let Some(p) = &self.link {
                 // The control thread gone (stopping): nobody to tell.
                 let _ = p.replies.send(LinkReply {
@@ -269,6 +342,7 @@ impl AfXdpIo {
             self.owners = OwnerIndex::new(t);
         }
         self.tables = Some(Arc::clone(t));
+        self.resolve_ifindexes();
     }
 
     /// One burst: the next socket (round robin) with frames, plus frames handed in by other
@@ -313,6 +387,8 @@ impl AfXdpIo {
             n_lost,
             handoff,
             counters,
+            offload,
+            by_ifindex,
             ..
         } = self;
         let (me, workers) = (*id, *workers);
@@ -341,12 +417,32 @@ impl AfXdpIo {
         } else {
             (1u64 << received) - 1
         };
+        // Each frame's ingress: the socket's interface, or on the slow path the pod interface
+        // the frame's destination MAC names (the MAC restored to that interface's own).
+        let mut ifaces = [sock.iface; BURST];
+        if sock.slow {
+            if let (Some(t), Some(o)) = (tables.as_deref(), offload.as_mut()) {
+                o.counters.slow_path_rx += received as u64;
+                for (i, at) in ifaces.iter_mut().enumerate().take(received) {
+                    match slow_ingress(t, by_ifindex, burst.frame_mut(i)) {
+                        Some(x) => *at = x,
+                        None => {
+                            mine &= !(1 << i);
+                            o.counters.slow_path_unknown += 1;
+                        }
+                    }
+                }
+            }
+        }
         // Frames parsed here for their owner (several workers): the pipeline, this worker's or
         // the owner's, does not parse them again.
         let mut parsed: [Option<Result<Parsed, DropReason>>; BURST] = [None; BURST];
         if workers > 1 {
             if let Some(t) = tables.as_deref() {
                 for (i, pre) in parsed.iter_mut().enumerate().take(received) {
+                    if mine & (1 << i) == 0 {
+                        continue;
+                    }
                     let frame = burst.frame(i);
                     let p = parse::parse(frame);
                     *pre = Some(p);
@@ -360,7 +456,7 @@ impl AfXdpIo {
                     // Not ours either way: a copy goes to the owner (the frame is released,
                     // not counted as dropped by the socket) or the drop is counted here.
                     mine &= !(1 << i);
-                    match handoff.stage(owner, i, frame, sock.iface, p) {
+                    match handoff.stage(owner, i, frame, ifaces[i], p) {
                         Ok(()) => {}
                         Err(StageError::TooLong) => counters.handoff_too_long += 1,
                         Err(StageError::NoBatch) => counters.handoff_dropped += 1,
@@ -399,7 +495,7 @@ impl AfXdpIo {
                     rx_index[n] = i as u8;
                     pkts[n] = Packet {
                         data: frame,
-                        iface: sock.iface,
+                        iface: ifaces[i],
                         ts: now,
                         tag: i as u64,
                         parsed: parsed[i],
@@ -688,6 +784,7 @@ impl PacketIo for AfXdpIo {
                 counters: self.counters.clone(),
                 sockets: self.socket_stats(),
                 accounting: self.accounting.clone(),
+                offload: self.offload.as_ref().map(|o| o.counters),
             }),
         }
     }
@@ -706,6 +803,13 @@ impl PacketIo for AfXdpIo {
             .map(|id| self.xsk.stats(id).tx_ring_full)
             .sum();
         self.counters.add_drops(ring_full, drops);
+        if let Some(o) = &self.offload {
+            drops[DropReason::SlowPathUnknown as usize] += o.counters.slow_path_unknown;
+        }
+    }
+
+    fn offload(&mut self) -> Option<&mut Offload> {
+        self.offload.as_mut()
     }
 
     fn finish(&mut self) {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Clock;
 use crate::drop::{DropReason, DROP_REASON_SLOTS};
+use crate::offload::{Counters as OffloadCounters, Offload};
 use crate::pipeline::{Action, Outcome, Packet, Released};
 use crate::tables::{IfIndex, Tables};
 
@@ -99,6 +100,10 @@ pub trait PacketIo: Send {
     }
     /// Flush any buffered output, check resources (called when the worker stops).
     fn finish(&mut self) {}
+    /// The kernel flow cache this I/O feeds (`io.afxdp.fast_path: tc`); none by default.
+    fn offload(&mut self) -> Option<&mut Offload> {
+        None
+    }
 }
 
 /// Counters of one worker's I/O (plain integers: one owner; copied out between bursts).
@@ -243,6 +248,9 @@ pub struct AfXdpIoStats {
     pub sockets: Vec<XskSocketStats>,
     /// The UMEM frame accounting check at stop (`ok` or the error); `None` while running.
     pub accounting: Option<String>,
+    /// The kernel flow cache's counters (`io.afxdp.fast_path: tc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadCounters>,
 }
 
 /// A boxed I/O is an I/O (the daemon picks the kind at run time).
@@ -292,5 +300,8 @@ impl PacketIo for Box<dyn PacketIo> {
     }
     fn finish(&mut self) {
         (**self).finish()
+    }
+    fn offload(&mut self) -> Option<&mut Offload> {
+        (**self).offload()
     }
 }

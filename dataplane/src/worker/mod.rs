@@ -60,6 +60,7 @@ pub use self::query::{
 pub use self::stats::{ServiceCounts, SvcTraffic, WorkerStats};
 use crate::conntrack::CtStats;
 use crate::events::{EventTap, FlowEvent};
+use crate::offload::Seen;
 use crate::flow::FlowKey;
 use crate::parse;
 use crate::pipeline::Restored;
@@ -116,6 +117,9 @@ pub struct Worker<I: PacketIo> {
     /// While observed: the last burst's outcomes, ingress and time, for events of frames the
     /// I/O loses after the pipeline decided them.
     last: Box<[(Outcome, IfIndex, u64); BURST]>,
+    /// With a kernel flow cache (`PacketIo::offload`): what the last burst decided, for its
+    /// offers (`crate::offload`).
+    seen: Box<[Seen; BURST]>,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -155,6 +159,7 @@ impl<I: PacketIo> Worker<I> {
             events: EventTap::detached(),
             capture: CaptureTap::detached(),
             last: Box::new([(Outcome::default(), 0, 0); BURST]),
+            seen: Box::new([Seen::default(); BURST]),
         }
     }
 
@@ -231,6 +236,11 @@ impl<I: PacketIo> Worker<I> {
         if self.sub.poll(&mut self.pipeline) {
             self.io.bind(self.pipeline.tables());
             self.services.rebind(self.pipeline.tables());
+            if let Some(o) = self.io.offload() {
+                // New tables or another policy mode: nothing the kernel repeats may outlive
+                // them (see `crate::offload`).
+                o.clear(&mut self.pipeline);
+            }
         }
         let now = self.io.now(&self.clock);
         // Full GC when due, before the burst (a replay's time is then the burst's first frame).
@@ -255,6 +265,7 @@ impl<I: PacketIo> Worker<I> {
             events,
             capture,
             last,
+            seen,
             ..
         } = self;
         let removed = *removed;
@@ -264,6 +275,9 @@ impl<I: PacketIo> Worker<I> {
         let no_backend_before = pipeline.counters().drops[DropReason::NoBackend as usize];
         // Off: one load, like the events check.
         let captured = capture.prepare(pipeline.tables());
+        // With a kernel flow cache only: the burst's decisions are kept for its offers.
+        let offloading = io.offload().is_some();
+        let mut n_seen = 0;
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
             if let Some(want) = captured {
@@ -297,6 +311,13 @@ impl<I: PacketIo> Worker<I> {
                     *l = (*o, p.iface, p.ts);
                 }
             }
+            // The pipeline's tuples cover one chunk: a burst of at most BURST frames.
+            if offloading && pkts.len() <= BURST {
+                for ((s, p), o) in seen.iter_mut().zip(pkts.iter()).zip(outs.iter()) {
+                    *s = Seen::of(p.iface, o);
+                }
+                n_seen = pkts.len();
+            }
             if removed == RemovedFlowAction::Rst {
                 for (p, o) in pkts.iter_mut().zip(outs.iter_mut()) {
                     if o.action == Action::Drop(DropReason::BackendGone) {
@@ -310,6 +331,9 @@ impl<I: PacketIo> Worker<I> {
                 }
             }
         });
+        if let Some(o) = io.offload() {
+            o.after_burst(pipeline, &seen[..n_seen], now);
+        }
         rejects.flush(|egress, ts, frame| io.reply(egress, ts, frame));
         pipeline
             .mtu_errors_mut()
@@ -390,6 +414,10 @@ impl<I: PacketIo> Worker<I> {
                 let before = ct.len();
                 if filter == CtFilter::default() {
                     ct.flush();
+                    if let Some(o) = self.io.offload() {
+                        // Forgotten flows must not go on in the kernel.
+                        o.clear(&mut self.pipeline);
+                    }
                     Answer::Flushed(before)
                 } else {
                     let keys: Vec<FlowKey> = ct
@@ -402,7 +430,11 @@ impl<I: PacketIo> Worker<I> {
                             ct.remove(slot);
                         }
                     }
-                    Answer::Flushed(before - ct.len())
+                    let after = ct.len();
+                    if let Some(o) = self.io.offload() {
+                        o.clear(&mut self.pipeline);
+                    }
+                    Answer::Flushed(before - after)
                 }
             }
             Query::Stats => Answer::Stats(Box::new(self.stats())),
