@@ -246,6 +246,33 @@ fn print_io(io: &nodeplane_control::runtime::backend::IoStatus, workers: &[Worke
             .collect();
         println!("xdp counts:  {}", c.join(" "));
     }
+    if let Some(fp) = &io.fast_path {
+        let c: Vec<String> = fp
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("fast path:   tc; {}", c.join(" "));
+        for w in workers {
+            if let Some(o) = w.io.afxdp.as_ref().and_then(|a| a.offload) {
+                println!(
+                    "  worker {}: offered {} (again {}), full {}, errors {}, withdrawn {}, \
+                     refreshed {}, expired {}, cleared {}, slow path rx {} (unknown {})",
+                    w.worker,
+                    o.offered,
+                    o.reoffered,
+                    o.offload_full,
+                    o.offload_errors,
+                    o.withdrawn,
+                    o.refreshed,
+                    o.expired,
+                    o.cleared,
+                    o.slow_path_rx,
+                    o.slow_path_unknown
+                );
+            }
+        }
+    }
     if !io.down.is_empty() {
         println!(
             "DOWN:        {} (gone: sockets out of service, frames to it dropped iface-down)",

@@ -439,6 +439,23 @@ mod tests {
             crate::runtime::ChecksumOffload::Off
         );
         assert!(parse("io: { afxdp: { tx_checksum_offload: maybe } }").is_err());
+        assert_eq!(
+            (a.fast_path, a.fast_path_flows),
+            (crate::runtime::FastPathMode::Off, 262_144),
+            "no fast path by default"
+        );
+        let c = parse("io: { afxdp: { fast_path: tc, fast_path_flows: 4096 } }").unwrap();
+        let f = c.io.afxdp.unwrap();
+        assert_eq!(
+            (f.fast_path, f.fast_path_flows),
+            (crate::runtime::FastPathMode::Tc, 4096)
+        );
+        assert!(parse("io: { afxdp: { fast_path: xdp } }").is_err());
+        let e = parse("io: { afxdp: { fast_path: tc, fast_path_flows: 10 } }").unwrap_err();
+        assert!(
+            e.to_string().contains("io.afxdp.fast_path_flows"),
+            "the field is named: {e}"
+        );
         for key in ["no_socket", "dead_worker"] {
             let c = parse(&format!("io: {{ afxdp: {{ {key}: pass }} }}")).unwrap();
             assert_eq!(

@@ -538,6 +538,48 @@ fn afxdp(o: &mut String, s: &Status) {
         );
         f.sample(name, &[], io.down.len() as u64);
     }
+    if let Some(fp) = s.io.as_ref().and_then(|io| io.fast_path.as_ref()) {
+        let name = "nodeplane_fast_path_total";
+        let mut f = Family::new(
+            o,
+            name,
+            "counter",
+            "The TC fast path's exits (io.afxdp.fast_path: tc), summed over CPUs:              fast_fwd_packets/bytes (forwarded by the kernel flow cache; a GSO skb counts its              segments), fast_gso_skbs, slow_path (to the workers), slow_gso_drop (a GSO skb of              a flow not offered yet: dropped, TCP resends it), pass (the kernel's), errors.",
+        );
+        for (exit, n) in fp {
+            f.sample(name, &[("counter", exit)], n);
+        }
+    }
+    let offload: Vec<_> = s
+        .workers
+        .iter()
+        .filter_map(|w| Some((w.worker.to_string(), w.io.afxdp.as_ref()?.offload?)))
+        .collect();
+    if !offload.is_empty() {
+        let name = "nodeplane_offload_total";
+        let mut f = Family::new(
+            o,
+            name,
+            "counter",
+            "The workers' side of the kernel flow cache: flow directions offered (and offered              again), refused by a full map (offload_full), failed map operations              (offload_errors), withdrawn (closed, ended, expired), refreshed at expiry because              the kernel forwarded them, map clears, slow-path frames received and unknown.",
+        );
+        for (worker, c) in &offload {
+            for (event, n) in [
+                ("offered", c.offered),
+                ("reoffered", c.reoffered),
+                ("offload_full", c.offload_full),
+                ("offload_errors", c.offload_errors),
+                ("withdrawn", c.withdrawn),
+                ("refreshed", c.refreshed),
+                ("expired", c.expired),
+                ("cleared", c.cleared),
+                ("slow_path_rx", c.slow_path_rx),
+                ("slow_path_unknown", c.slow_path_unknown),
+            ] {
+                f.sample(name, &[("worker", worker), ("event", event)], n);
+            }
+        }
+    }
     let workers: Vec<_> = s
         .workers
         .iter()

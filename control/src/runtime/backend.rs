@@ -75,6 +75,10 @@ pub struct IoStatus {
     /// Interfaces that went away and came back (AF_XDP).
     #[serde(default)]
     pub links: LinkStats,
+    /// The TC program's counters (`io.afxdp.fast_path: tc`), summed over CPUs: name → value
+    /// (`fast_fwd_packets`, `fast_fwd_bytes`, `fast_gso_skbs`, `slow_path`, `slow_gso_drop`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<BTreeMap<String, u64>>,
 }
 
 /// Interfaces deleted and re-created while the daemon runs (AF_XDP, `runtime::link`).

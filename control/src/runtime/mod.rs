@@ -30,9 +30,11 @@
 //! their UMEMs ([`nodeplane_dataplane::afxdp::link`]).
 
 pub mod backend;
+pub mod flowmap;
 pub mod host;
 pub mod link;
 pub mod neigh;
+pub mod slowpath;
 pub mod steering;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,7 +54,8 @@ use nodeplane_dataplane::handoff::Handoff;
 use nodeplane_dataplane::worker::PacketIo;
 use nodeplane_dataplane::Tables;
 use nodeplane_state::{InterfaceRole, State};
-use nodeplane_xdp::Loader;
+use nodeplane_dataplane::offload::Offload;
+use nodeplane_xdp::{FastPath, FastPathOptions, Loader};
 use serde::Deserialize;
 
 use self::backend::{IoBackend, IoStatus, LinkStats};
@@ -107,6 +110,25 @@ pub struct AfXdpConfig {
     /// default): `auto` passes them on for the kernel to finish (AF_XDP TX metadata, where
     /// the kernel takes it: 6.11+), `off` completes them in the worker.
     pub tx_checksum_offload: ChecksumOffload,
+    /// `tc`: the kernel flow cache (issue 10): pod interfaces carry no XDP program (their
+    /// pods keep TSO/GSO), a TC ingress program forwards the flow directions the workers
+    /// offered, and sends the rest up to the workers through the slow-path veth pair
+    /// (`npslow0`/`npslow1`, [`slowpath`]). `off` (the default): XDP on every interface.
+    pub fast_path: FastPathMode,
+    /// Flow directions the kernel flow cache holds (`fast_path: tc`; a preallocated map).
+    pub fast_path_flows: u32,
+}
+
+/// `io.afxdp.fast_path`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FastPathMode {
+    /// Every packet through the workers (XDP on every interface).
+    #[default]
+    Off,
+    /// A TC ingress program on the pod interfaces repeats the workers' decisions for the
+    /// flows they offered; misses go up through the slow-path veth pair.
+    Tc,
 }
 
 /// `io.afxdp.tx_checksum_offload`.
@@ -156,6 +178,8 @@ impl Default for AfXdpConfig {
             busy_poll_us: 50,
             multi_buffer: false,
             tx_checksum_offload: ChecksumOffload::Auto,
+            fast_path: FastPathMode::Off,
+            fast_path_flows: nodeplane_xdp::DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -222,6 +246,12 @@ impl AfXdpConfig {
         }
         if let Some(d) = self.handoff_depth.filter(|d| !(1..=65536).contains(d)) {
             return Err(("io.afxdp.handoff_depth", format!("{d} is not in 1..=65536")));
+        }
+        if !(1024..=16_777_216).contains(&self.fast_path_flows) {
+            return Err((
+                "io.afxdp.fast_path_flows",
+                format!("{} is not in 1024..=16777216", self.fast_path_flows),
+            ));
         }
         Ok(())
     }
@@ -359,6 +389,10 @@ pub struct AfXdpBackend {
     seq: u64,
     /// The host interface and the kernel routes and rules installed for it (host.rs).
     host: Option<(host::HostIface, host::Installed)>,
+    /// The kernel flow cache (`fast_path: tc`): the TC program on the pod interfaces.
+    fast: Option<FastPath>,
+    /// The pod interfaces of the fast path (no XDP on them; the TC program instead).
+    fast_ifaces: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for AfXdpBackend {
@@ -390,6 +424,8 @@ impl AfXdpBackend {
             link_stats: LinkStats::default(),
             seq: 0,
             host: None,
+            fast: None,
+            fast_ifaces: BTreeSet::new(),
         }
     }
 
@@ -419,7 +455,14 @@ impl AfXdpBackend {
     }
 
     fn apply_steering(&mut self, t: &Tables) -> Result<(), RuntimeError> {
-        let (cfg, missing) = steering::steering_config(t, if_index, &kernel_addrs(&self.ifaces));
+        let (mut cfg, missing) =
+            steering::steering_config(t, if_index, &kernel_addrs(&self.ifaces));
+        if self.fast.is_some() {
+            // The slow path's frames come from pod interfaces: steered whole, like theirs.
+            if let Some(x) = if_index(slowpath::SLOW_RX) {
+                cfg.pod_ifindexes.push(x);
+            }
+        }
         // A pod interface that went away while running is left out until it comes back.
         if let Some(m) = missing.iter().find(|m| !self.down.contains_key(*m)) {
             return Err(RuntimeError::Interface {
@@ -437,6 +480,29 @@ impl AfXdpBackend {
                 .map_err(|e| RuntimeError::Config(format!("host interface routes: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Loads the TC program (sharing the XDP program's maps), points it at the slow path and
+    /// empties its flow map (what an earlier daemon offered was decided under its tables).
+    fn start_fast_path(&self, loader: &Loader) -> Result<FastPath, RuntimeError> {
+        let opts = FastPathOptions {
+            max_flows: self.cfg.fast_path_flows,
+        };
+        let mut f = FastPath::load(loader, &opts).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let tx = if_index(slowpath::SLOW_TX).ok_or_else(|| RuntimeError::Interface {
+            iface: slowpath::SLOW_TX.into(),
+            reason: "no such interface in this network namespace".into(),
+        })?;
+        f.set_slow_path(tx)
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let flushed = f
+            .flows()
+            .and_then(|mut t| t.clear())
+            .map_err(|e| RuntimeError::Config(format!("fast path flow map: {e}")))?;
+        if flushed > 0 {
+            log::info!("AF_XDP fast path: {flushed} flow direction(s) of an earlier daemon flushed");
+        }
+        Ok(f)
     }
 
     fn start_inner(
@@ -473,6 +539,16 @@ impl AfXdpBackend {
             .set_no_socket_drop(self.cfg.no_socket == NoSocketAction::Drop)
             .map_err(|e| RuntimeError::Config(format!("XDP config map: {e}")))?;
         let t_load = t0.elapsed();
+        self.fast_ifaces = if self.cfg.fast_path == FastPathMode::Tc {
+            tables
+                .ifaces
+                .iter()
+                .filter(|i| i.role == InterfaceRole::Pod)
+                .map(|i| i.name.clone())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         if let Some(h) = host::host_iface(tables) {
             // The pair exists before the XDP program is attached to its nodeplane end.
             host::ensure_pair(&h, workers as u32).map_err(|reason| RuntimeError::Interface {
@@ -498,14 +574,40 @@ impl AfXdpBackend {
                 });
             }
             loader.reserve(name, q)?;
-            // Nothing to take over: attach at once, before the sockets are bound, as the
-            // runtime always did (steered traffic does `no_socket` until they are registered).
-            // Binding the sockets first and attaching after left a worker hung at about one
-            // such start in 25 on the lab (veth), so that order is kept for takeovers only.
-            if !loader.has_pinned_link(name) {
+            if self.fast_ifaces.contains(name) {
+                // No XDP on a pod interface of the fast path (its pod keeps TSO): a link an
+                // earlier daemon pinned for it is taken over and removed.
+                if loader.has_pinned_link(name) {
+                    loader.link(name)?;
+                    loader.detach(name)?;
+                    loader.reserve(name, q)?;
+                }
+            } else if !loader.has_pinned_link(name) {
+                // Nothing to take over: attach at once, before the sockets are bound, as the
+                // runtime always did (steered traffic does `no_socket` until they are
+                // registered). Binding the sockets first and attaching after left a worker
+                // hung at about one such start in 25 on the lab (veth), so that order is kept
+                // for takeovers only.
                 loader.link(name)?;
             }
             queues.push(q);
+        }
+        if !self.fast_ifaces.is_empty() {
+            let mtu = self
+                .fast_ifaces
+                .iter()
+                .filter_map(|n| link::mtu(n))
+                .max()
+                .unwrap_or(1500);
+            slowpath::create(workers as u32, mtu).map_err(|reason| RuntimeError::Interface {
+                iface: slowpath::SLOW_TX.into(),
+                reason,
+            })?;
+            loader.reserve(slowpath::SLOW_RX, workers as u32)?;
+            loader.link(slowpath::SLOW_RX)?;
+        }
+        if !self.fast_ifaces.is_empty() {
+            self.fast = Some(self.start_fast_path(&loader)?);
         }
         self.ifaces = ifaces;
         self.loader = Some(loader);
@@ -537,6 +639,10 @@ impl AfXdpBackend {
         let mut order: Vec<(&String, u32)> =
             self.ifaces.iter().zip(queues.iter().copied()).collect();
         order.sort_by_key(|(name, _)| Some(*name) != uplink.as_ref());
+        let slow_rx = slowpath::SLOW_RX.to_string();
+        if self.fast.is_some() {
+            order.push((&slow_rx, workers as u32));
+        }
         let cores = if self.cfg.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -571,12 +677,18 @@ impl AfXdpBackend {
                 l.register_sockets(xsk.registrations())?;
             }
             let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
-            ios.push(Box::new(
-                AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff), core)
-                    .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us)))
-                    .with_checksum_offload(self.cfg.tx_checksum_offload == ChecksumOffload::Auto)
-                    .with_link(link_ports.remove(0)),
-            ));
+            let mut io = AfXdpIo::new(w, workers, xsk, Arc::clone(&handoff), core)
+                .with_busy_poll(Duration::from_micros(u64::from(self.cfg.busy_poll_us)))
+                .with_checksum_offload(self.cfg.tx_checksum_offload == ChecksumOffload::Auto)
+                .with_link(link_ports.remove(0));
+            if let Some(f) = &self.fast {
+                let table = f.flows().map_err(|e| {
+                    RuntimeError::Config(format!("worker {w}: the fast path's flow map: {e}"))
+                })?;
+                let map = Box::new(flowmap::KernelFlows::new(table));
+                io = io.with_fast_path(slowpath::SLOW_RX, Offload::new(map));
+            }
+            ios.push(Box::new(io));
         }
         self.queues = self
             .ifaces
@@ -592,10 +704,28 @@ impl AfXdpBackend {
         let t2 = Instant::now();
         if let Some(l) = self.loader.as_mut() {
             for name in &self.ifaces {
-                if !l.is_linked(name) {
+                if !l.is_linked(name) && !self.fast_ifaces.contains(name) {
                     l.link(name)?;
                 }
             }
+        }
+        if let Some(f) = self.fast.as_mut() {
+            // The sockets are bound: the pod interfaces' traffic may now go through the TC
+            // program (misses to the slow path's sockets).
+            for name in &self.fast_ifaces {
+                let x = if_index(name).ok_or_else(|| RuntimeError::Interface {
+                    iface: name.clone(),
+                    reason: "no such interface in this network namespace".into(),
+                })?;
+                f.attach(x).map_err(|e| RuntimeError::Config(e.to_string()))?;
+            }
+            log::info!(
+                "AF_XDP fast path (tc): TC program on {}; misses through {} -> {} ({workers}                  queue(s)); {} flow directions",
+                self.fast_ifaces.iter().cloned().collect::<Vec<_>>().join(", "),
+                slowpath::SLOW_TX,
+                slowpath::SLOW_RX,
+                self.cfg.fast_path_flows
+            );
         }
         let t_link = t2.elapsed();
         if let Some(h) = host::host_iface(tables) {
@@ -774,6 +904,12 @@ impl AfXdpBackend {
                 }
             }
         }
+        if let (Some(f), Some(x)) = (self.fast.as_mut(), ifindex) {
+            // Its TC link went with the device; this forgets it.
+            if let Err(e) = f.detach(x) {
+                log::warn!("AF_XDP fast path: {name}: {e}");
+            }
+        }
         let replies = self.command(|seq| LinkCmd::Down {
             seq,
             iface: name.to_owned(),
@@ -827,10 +963,21 @@ impl AfXdpBackend {
                 );
                 return;
             }
-            if let Err(e) = l
-                .reserve(name, queues)
-                .and_then(|()| l.link(name).map(|_| ()))
-            {
+            let attached = if self.fast_ifaces.contains(name) {
+                // The fast path's pod interface: the TC program, not XDP (its sockets still
+                // need their XSKMAP slots reserved).
+                l.reserve(name, queues)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| match self.fast.as_mut() {
+                        Some(f) => f.attach(ifindex).map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    })
+            } else {
+                l.reserve(name, queues)
+                    .and_then(|()| l.link(name).map(|_| ()))
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = attached {
                 let _ = l.detach(name);
                 self.link_stats.reattach_failed += 1;
                 crate::error_limited!(
@@ -1036,6 +1183,11 @@ impl IoBackend for AfXdpBackend {
                 })
                 .collect();
         }
+        if let Some(f) = &self.fast {
+            if let Ok(c) = f.counters() {
+                st.fast_path = Some(c.iter().map(|(k, v)| (k.to_string(), v)).collect());
+            }
+        }
         st.down = self.down.keys().cloned().collect();
         st.links = self.link_stats.clone();
         st
@@ -1056,6 +1208,20 @@ impl IoBackend for AfXdpBackend {
         self.link_stop.store(true, Ordering::Relaxed);
         self.links = None;
         self.tables = None;
+        if let Some(f) = self.fast.take() {
+            // The TC links are this process's: dropping the program detaches it from the pod
+            // interfaces, whose traffic is then the kernel's.
+            drop(f);
+            match slowpath::delete() {
+                Ok(()) => log::info!(
+                    "AF_XDP fast path: TC program detached from {}; {} deleted",
+                    self.fast_ifaces.iter().cloned().collect::<Vec<_>>().join(", "),
+                    slowpath::SLOW_TX
+                ),
+                Err(e) => log::error!("AF_XDP fast path: deleting {}: {e}", slowpath::SLOW_TX),
+            }
+        }
+        self.fast_ifaces.clear();
         let t1 = std::time::Instant::now();
         // The workers have stopped and closed their sockets (the kernel took them out of the
         // XSKMAP); dropping the loader detaches what it did not pin.
