@@ -394,7 +394,7 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct np_flow_key *k
 /* The headers the fast path needs (Ethernet, IPv6, TCP) or all of a shorter skb. */
 #define NP_PULL_LEN 128
 
-SEC("tc")
+SEC("classifier")
 int np_fastpath(struct __sk_buff *skb)
 {
 	struct np_skb_meta m = { .ifindex = skb->ifindex, .len = skb->len, .segs = skb->gso_segs };
