@@ -9,7 +9,26 @@
 //!
 //! Nothing here runs on the packet path except [`FlowTable`]'s batched calls.
 
-use std::{collections::BTreeMap, fmt, io};
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    os::fd::AsFd,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    include_bytes_aligned,
+    maps::{Array, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        links::{Link, LinkOrder},
+        tc::{self, SchedClassifierLink, TcAttachOptions},
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use log::{info, warn};
+use nix::mount::{MntFlags, MsFlags};
 
 use crate::{flows::FlowTable, loader::Loader};
 
@@ -140,9 +159,23 @@ impl FastPathCounters {
 }
 
 /// The loaded TC program, its attachments and its maps. Dropping it detaches the program from
-/// every interface it attached to (the links are this process's).
+/// every interface it attached to (the links are this process's: a daemon that dies leaves no
+/// program behind either).
 pub struct FastPath {
-    attached: BTreeMap<u32, ()>,
+    /// Keeps the program loaded.
+    ebpf: Ebpf,
+    /// `np_flows`'s own handle (FlowTables get duplicates of its descriptor).
+    flows: MapData,
+    config: Map,
+    counters: Map,
+    attached: BTreeMap<u32, Attached>,
+}
+
+/// One interface's attachment: dropping the link detaches the program.
+#[derive(Debug)]
+struct Attached {
+    link: SchedClassifierLink,
+    tcx: bool,
 }
 
 impl fmt::Debug for FastPath {
@@ -153,27 +186,185 @@ impl fmt::Debug for FastPath {
     }
 }
 
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
+
+/// Name of the TC program in the object.
+pub const PROGRAM_NAME: &str = "np_fastpath";
+
+/// The XDP program's maps the TC program reads.
+const SHARED_MAPS: [&str; 4] = ["host_addrs", "nodeports", "snat_addrs", "frags"];
+
+static SCRATCH_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A bpffs mounted at a private directory for the duration of a load: the XDP program's maps
+/// are pinned there so that the TC object's loader opens them instead of creating its own.
+/// Unmounted (the pins vanish with it) on drop.
+struct ScratchBpffs(PathBuf);
+
+impl ScratchBpffs {
+    fn mount() -> Result<ScratchBpffs, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "nodeplane-fastpath-{}-{}",
+            std::process::id(),
+            SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if let Err(e) = nix::mount::mount(
+            Some("bpf"),
+            &dir,
+            Some("bpf"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
+        ) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("cannot mount a bpffs at {}: {e}", dir.display()));
+        }
+        Ok(ScratchBpffs(dir))
+    }
+}
+
+impl Drop for ScratchBpffs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn load_err(what: &str) -> impl Fn(String) -> FastPathError + '_ {
+    move |e| FastPathError::Load(format!("{what}: {e}"))
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> FastPathError {
+    move |e| FastPathError::Map {
+        map,
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, FastPathError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| FastPathError::Load(format!("the object has no map {name}")))
+}
+
 impl FastPath {
     /// Loads `fastpath.o` with `np_flows` of `opts.max_flows` entries, sharing `xdp`'s
-    /// `host_addrs`, `nodeports`, `snat_addrs` and `frags`. Nothing is attached yet; until
+    /// `host_addrs`, `nodeports`, `snat_addrs` and `frags` (pinned for the load in a scratch
+    /// bpffs, mounted and unmounted here: needs CAP_SYS_ADMIN). Nothing is attached yet; until
     /// [`FastPath::set_slow_path`], traffic that needs the worker is dropped (`slow_unset`).
     pub fn load(xdp: &Loader, opts: &FastPathOptions) -> Result<FastPath, FastPathError> {
-        let _ = (xdp, opts);
-        Err(FastPathError::Load("not implemented yet".into()))
+        if opts.max_flows == 0 {
+            return Err(FastPathError::Load(
+                "io.afxdp.fast_path_flows must be at least 1".into(),
+            ));
+        }
+        let scratch = ScratchBpffs::mount().map_err(load_err("sharing the XDP maps"))?;
+        let paths: Vec<(&str, PathBuf)> = SHARED_MAPS
+            .iter()
+            .map(|&n| (n, scratch.0.join(n)))
+            .collect();
+        for (name, path) in &paths {
+            xdp.pin_map(name, path)
+                .map_err(load_err("sharing the XDP maps"))?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("np_flows", opts.max_flows);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| FastPathError::Load(format!("the TC object: {e}")))?;
+        drop(scratch);
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| FastPathError::Load(format!("no program {PROGRAM_NAME}")))?;
+        prog.load()
+            .map_err(|e| FastPathError::Load(format!("program {PROGRAM_NAME}: {e}")))?;
+        let Map::HashMap(flows) = take_map(&mut ebpf, "np_flows")? else {
+            return Err(FastPathError::Load("np_flows is not a hash map".into()));
+        };
+        let config = take_map(&mut ebpf, "fp_config")?;
+        let counters = take_map(&mut ebpf, "fp_counters")?;
+        Ok(FastPath {
+            ebpf,
+            flows,
+            config,
+            counters,
+            attached: BTreeMap::new(),
+        })
     }
 
-    /// Attaches the program to `ifindex`'s TC ingress (a tcx link; an earlier attachment of
-    /// this `FastPath` is kept: idempotent).
+    fn prog(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load")
+    }
+
+    /// Attaches the program to `ifindex`'s TC ingress, as a tcx link (Linux >= 6.6; on older
+    /// kernels a clsact filter named `np_fastpath`, replacing one left by an earlier process).
+    /// Already attached by this `FastPath`: nothing to do. The interface is resolved in the
+    /// calling thread's network namespace.
     pub fn attach(&mut self, ifindex: u32) -> Result<(), FastPathError> {
-        Err(FastPathError::Attach {
-            ifindex,
-            reason: "not implemented yet".into(),
-        })
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let err = |reason: String| FastPathError::Attach { ifindex, reason };
+        let name = nix::net::if_::if_indextoname(ifindex)
+            .map_err(|e| err(format!("no such interface: {e}")))?
+            .into_string()
+            .map_err(|_| err("interface name is not UTF-8".into()))?;
+        let tcx = self.prog().attach_with_options(
+            &name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        let (id, tcx) = match tcx {
+            Ok(id) => (id, true),
+            Err(tcx_err) => {
+                // No tcx (Linux < 6.6): a clsact filter; one of an earlier process goes first.
+                match tc::qdisc_add_clsact(&name) {
+                    Ok(()) => {}
+                    Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(err(format!(
+                            "tcx: {tcx_err}; clsact: cannot add the qdisc: {e}"
+                        )))
+                    }
+                }
+                let _ = tc::qdisc_detach_program(&name, TcAttachType::Ingress, PROGRAM_NAME);
+                let id = self
+                    .prog()
+                    .attach_with_options(
+                        &name,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::Netlink(tc::NlOptions::default()),
+                    )
+                    .map_err(|e| err(format!("tcx: {tcx_err}; clsact: {e}")))?;
+                (id, false)
+            }
+        };
+        let link = self.prog().take_link(id).map_err(|e| err(e.to_string()))?;
+        info!(
+            "TC fast path attached to {name} (ifindex {ifindex}, {})",
+            if tcx { "tcx" } else { "clsact" }
+        );
+        self.attached.insert(ifindex, Attached { link, tcx });
+        Ok(())
     }
 
     /// Detaches the program from `ifindex` (not attached: nothing to do).
     pub fn detach(&mut self, ifindex: u32) -> Result<(), FastPathError> {
-        self.attached.remove(&ifindex);
+        let Some(a) = self.attached.remove(&ifindex) else {
+            return Ok(());
+        };
+        a.link.detach().map_err(|e| FastPathError::Attach {
+            ifindex,
+            reason: format!("detach: {e}"),
+        })?;
+        info!("TC fast path detached from ifindex {ifindex}");
         Ok(())
     }
 
@@ -182,19 +373,72 @@ impl FastPath {
         self.attached.keys().copied().collect()
     }
 
+    /// Whether the attachment of `ifindex` is a tcx link (else a clsact filter).
+    pub fn is_tcx(&self, ifindex: u32) -> Option<bool> {
+        self.attached.get(&ifindex).map(|a| a.tcx)
+    }
+
     /// Where slow-path traffic goes: `bpf_redirect(tx_ifindex, 0)` (the egress of `npslow0`).
+    /// 0: nowhere (such traffic is dropped, `slow_unset`).
     pub fn set_slow_path(&mut self, tx_ifindex: u32) -> Result<(), FastPathError> {
-        let _ = tx_ifindex;
-        Err(FastPathError::Load("not implemented yet".into()))
+        let mut m: Array<&mut MapData, u32> =
+            Array::try_from(&mut self.config).map_err(map_err("fp_config"))?;
+        m.set(0, tx_ifindex, 0).map_err(map_err("fp_config"))
     }
 
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<FastPathCounters, FastPathError> {
-        Err(FastPathError::Load("not implemented yet".into()))
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(&self.counters).map_err(map_err("fp_counters"))?;
+        let mut out = FastPathCounters::default();
+        for c in FastPathCounter::ALL {
+            let per_cpu = arr.get(&c.index(), 0).map_err(map_err("fp_counters"))?;
+            out.values[c.index() as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
     }
 
     /// A handle on `np_flows` with its own file descriptor (one per worker).
     pub fn flows(&self) -> io::Result<FlowTable> {
-        Err(io::Error::other("not implemented yet"))
+        FlowTable::from_fd(self.flows.fd().as_fd().try_clone_to_owned()?)
+    }
+}
+
+impl Drop for FastPath {
+    fn drop(&mut self) {
+        for (ifindex, a) in std::mem::take(&mut self.attached) {
+            if let Err(e) = a.link.detach() {
+                warn!("TC fast path: cannot detach from ifindex {ifindex}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_match_fastpath_c() {
+        const SRC: &str = include_str!("../bpf/fastpath.c");
+        let mut names = Vec::new();
+        for line in SRC.lines() {
+            let l = line.trim();
+            if let Some(rest) = l.strip_prefix("NP_FP_") {
+                let (name, value) = rest.split_once(" = ").expect("NP_FP_X = N,");
+                let value: u32 = value.trim_end_matches(',').parse().unwrap();
+                names.push((name.to_ascii_lowercase(), value));
+            }
+        }
+        let max = names.pop().expect("NP_FP_COUNTER_MAX last");
+        assert_eq!(
+            max,
+            ("counter_max".to_string(), FastPathCounter::ALL.len() as u32)
+        );
+        assert_eq!(names.len(), FastPathCounter::ALL.len());
+        for (c, (name, value)) in FastPathCounter::ALL.iter().zip(&names) {
+            assert_eq!(c.name(), name);
+            assert_eq!(c.index(), *value);
+        }
     }
 }

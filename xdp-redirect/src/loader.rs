@@ -502,6 +502,17 @@ impl Loader {
         Ok(e)
     }
 
+    /// Pins the map `name` at `path` (on a bpffs), for another program to share it
+    /// ([`crate::fastpath::FastPath::load`]).
+    pub(crate) fn pin_map(&self, name: &str, path: &Path) -> Result<(), String> {
+        let m = self
+            .maps
+            .get(name)
+            .ok_or_else(|| format!("the XDP program has no map {name}"))?;
+        m.pin(path)
+            .map_err(|e| format!("cannot pin map {name}: {e}"))
+    }
+
     /// Whether the program and maps were reused from their pins ([`Loader::load_pinned`]).
     pub fn reused(&self) -> bool {
         self.reused

@@ -104,31 +104,6 @@ fn attaches_native_and_generic_and_detaches_on_drop() {
     });
 }
 
-/// Receives from every socket until nothing arrived for `idle`.
-fn drain(w: &mut XskWorker, idle: Duration) -> Vec<Vec<u8>> {
-    let ids: Vec<SocketId> = w.socket_ids().collect();
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    loop {
-        let mut got = 0;
-        for &id in &ids {
-            let b = w.rx_burst(id, 64);
-            got += b.len();
-            for i in 0..b.len() {
-                out.push(b.frame(i).to_vec());
-            }
-            b.finish();
-        }
-        if got > 0 {
-            last = Instant::now();
-        } else if last.elapsed() > idle {
-            return out;
-        } else {
-            w.wait_rx(10).expect("poll");
-        }
-    }
-}
-
 fn udp_send(to: &str, payload: &[u8], count: usize) {
     let to: SocketAddr = to.parse().unwrap();
     let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };

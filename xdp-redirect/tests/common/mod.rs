@@ -8,9 +8,11 @@ use std::{
     net::Ipv4Addr,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use nix::sched::{setns, CloneFlags};
+use nodeplane_dataplane::afxdp::{SocketId, XskWorker};
 
 /// Fails (never skips) when the tests cannot run.
 pub fn require_root() {
@@ -328,4 +330,29 @@ fn complete_partial_checksum(f: &mut [u8]) {
 fn ones_add(a: u16, b: u16) -> u16 {
     let s = u32::from(a) + u32::from(b);
     ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// Receives from every socket until nothing arrived for `idle`.
+pub fn drain(w: &mut XskWorker, idle: Duration) -> Vec<Vec<u8>> {
+    let ids: Vec<SocketId> = w.socket_ids().collect();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        let mut got = 0;
+        for &id in &ids {
+            let b = w.rx_burst(id, 64);
+            got += b.len();
+            for i in 0..b.len() {
+                out.push(b.frame(i).to_vec());
+            }
+            b.finish();
+        }
+        if got > 0 {
+            last = Instant::now();
+        } else if last.elapsed() > idle {
+            return out;
+        } else {
+            w.wait_rx(10).expect("poll");
+        }
+    }
 }
