@@ -720,7 +720,8 @@ impl AfXdpBackend {
                 f.attach(x).map_err(|e| RuntimeError::Config(e.to_string()))?;
             }
             log::info!(
-                "AF_XDP fast path (tc): TC program on {}; misses through {} -> {} ({workers}                  queue(s)); {} flow directions",
+                "AF_XDP fast path (tc): TC program on {}; misses through {} -> {} ({workers} \
+                 queue(s)); {} flow directions",
                 self.fast_ifaces.iter().cloned().collect::<Vec<_>>().join(", "),
                 slowpath::SLOW_TX,
                 slowpath::SLOW_RX,
@@ -1221,7 +1222,6 @@ impl IoBackend for AfXdpBackend {
                 Err(e) => log::error!("AF_XDP fast path: deleting {}: {e}", slowpath::SLOW_TX),
             }
         }
-        self.fast_ifaces.clear();
         let t1 = std::time::Instant::now();
         // The workers have stopped and closed their sockets (the kernel took them out of the
         // XSKMAP); dropping the loader detaches what it did not pin.
@@ -1242,7 +1242,12 @@ impl IoBackend for AfXdpBackend {
                 ),
                 None => log::info!(
                     "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
-                    self.ifaces.join(", "),
+                    self.ifaces
+                        .iter()
+                        .filter(|i| !self.fast_ifaces.contains(*i))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     t1.elapsed().as_millis(),
                     (t1 - t0).as_millis()
                 ),
@@ -1264,6 +1269,7 @@ impl IoBackend for AfXdpBackend {
             }
         }
         self.pinned = None;
+        self.fast_ifaces.clear();
         self.ifaces.clear();
         self.down.clear();
         self.queues.clear();
