@@ -51,10 +51,10 @@ use nodeplane_dataplane::afxdp::{
     XskError, XskUmem, XskWorker,
 };
 use nodeplane_dataplane::handoff::Handoff;
+use nodeplane_dataplane::offload::Offload;
 use nodeplane_dataplane::worker::PacketIo;
 use nodeplane_dataplane::Tables;
 use nodeplane_state::{InterfaceRole, State};
-use nodeplane_dataplane::offload::Offload;
 use nodeplane_xdp::{FastPath, FastPathOptions, Loader};
 use serde::Deserialize;
 
@@ -488,7 +488,8 @@ impl AfXdpBackend {
         let opts = FastPathOptions {
             max_flows: self.cfg.fast_path_flows,
         };
-        let mut f = FastPath::load(loader, &opts).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let mut f =
+            FastPath::load(loader, &opts).map_err(|e| RuntimeError::Config(e.to_string()))?;
         let tx = if_index(slowpath::SLOW_TX).ok_or_else(|| RuntimeError::Interface {
             iface: slowpath::SLOW_TX.into(),
             reason: "no such interface in this network namespace".into(),
@@ -500,7 +501,9 @@ impl AfXdpBackend {
             .and_then(|mut t| t.clear())
             .map_err(|e| RuntimeError::Config(format!("fast path flow map: {e}")))?;
         if flushed > 0 {
-            log::info!("AF_XDP fast path: {flushed} flow direction(s) of an earlier daemon flushed");
+            log::info!(
+                "AF_XDP fast path: {flushed} flow direction(s) of an earlier daemon flushed"
+            );
         }
         Ok(f)
     }
@@ -717,12 +720,17 @@ impl AfXdpBackend {
                     iface: name.clone(),
                     reason: "no such interface in this network namespace".into(),
                 })?;
-                f.attach(x).map_err(|e| RuntimeError::Config(e.to_string()))?;
+                f.attach(x)
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?;
             }
             log::info!(
                 "AF_XDP fast path (tc): TC program on {}; misses through {} -> {} ({workers} \
                  queue(s)); {} flow directions",
-                self.fast_ifaces.iter().cloned().collect::<Vec<_>>().join(", "),
+                self.fast_ifaces
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 slowpath::SLOW_TX,
                 slowpath::SLOW_RX,
                 self.cfg.fast_path_flows
@@ -1216,7 +1224,11 @@ impl IoBackend for AfXdpBackend {
             match slowpath::delete() {
                 Ok(()) => log::info!(
                     "AF_XDP fast path: TC program detached from {}; {} deleted",
-                    self.fast_ifaces.iter().cloned().collect::<Vec<_>>().join(", "),
+                    self.fast_ifaces
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     slowpath::SLOW_TX
                 ),
                 Err(e) => log::error!("AF_XDP fast path: deleting {}: {e}", slowpath::SLOW_TX),

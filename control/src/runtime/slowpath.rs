@@ -72,10 +72,7 @@ pub fn create(queues: u32, mtu: u16) -> Result<(), String> {
         &q,
     ])?;
     for end in [SLOW_TX, SLOW_RX] {
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{end}/disable_ipv6"),
-            "1",
-        );
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{end}/disable_ipv6"), "1");
         ip(&["link", "set", end, "up"])?;
     }
     Ok(())

@@ -42,9 +42,9 @@ use crate::{Action, Outcome, Packet, Tables, BURST};
 
 use crate::drop::DROP_REASON_SLOTS;
 use crate::handoff::{Handoff, HandoffPort, StageError};
+use crate::offload::{ifindex_from_slow_path_mac, Offload};
 use crate::owner::{frame_owner, OwnerIndex};
 use crate::parse::{self, Parsed};
-use crate::offload::{ifindex_from_slow_path_mac, Offload};
 use crate::partial;
 use crate::DropReason;
 

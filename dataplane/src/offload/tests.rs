@@ -44,7 +44,10 @@ impl FlowMap for MemMap {
     }
     fn remove(&mut self, keys: &[OffloadKey]) -> io::Result<usize> {
         let mut m = self.0.lock().unwrap();
-        Ok(keys.iter().filter(|k| m.entries.remove(k).is_some()).count())
+        Ok(keys
+            .iter()
+            .filter(|k| m.entries.remove(k).is_some())
+            .count())
     }
     fn last_seen_age(&self, key: &OffloadKey) -> io::Result<Option<u64>> {
         Ok(self.0.lock().unwrap().entries.get(key).and_then(|e| e.1))
@@ -114,7 +117,14 @@ fn step(p: &mut Pipeline, o: &mut Offload, mut f: Vec<u8>, iface: &str, ts: u64)
 fn backend(out: &Outcome) -> ([u8; 4], &'static str) {
     let (a, _) = out.backend.expect("a service flow");
     let b: [u8; 4] = a.bytes[..4].try_into().unwrap();
-    (b, if b == [10, 244, 1, 21] { "pod-web1" } else { "pod-web2" })
+    (
+        b,
+        if b == [10, 244, 1, 21] {
+            "pod-web1"
+        } else {
+            "pod-web2"
+        },
+    )
 }
 
 /// A TCP connection through the ClusterIP, handshake done; the backend and its interface.
@@ -123,7 +133,10 @@ fn connected(p: &mut Pipeline, o: &mut Offload, m: &MemMap) -> ([u8; 4], &'stati
     assert_eq!(syn.ct, CtStatus::New);
     let (be, be_if) = backend(&syn);
     step(p, o, tcp(be, CLIENT, 8080, 40000, "SA"), be_if, S);
-    assert!(m.0.lock().unwrap().entries.is_empty(), "nothing offered during the handshake");
+    assert!(
+        m.0.lock().unwrap().entries.is_empty(),
+        "nothing offered during the handshake"
+    );
     (be, be_if)
 }
 
@@ -131,10 +144,26 @@ fn connected(p: &mut Pipeline, o: &mut Offload, m: &MemMap) -> ([u8; 4], &'stati
 fn an_established_tcp_flow_is_offered_each_direction_on_its_own_with_its_nat() {
     let (mut p, mut o, m) = setup(100);
     let (be, be_if) = connected(&mut p, &mut o, &m);
-    let ack = step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "A"), "pod-client", S);
+    let ack = step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "A"),
+        "pod-client",
+        S,
+    );
     assert!(matches!(ack.action, Action::Forward(_)));
-    assert_eq!(o.counters.offered, 1, "the client's direction, once established");
-    let (k, (a, _)) = m.0.lock().unwrap().entries.iter().next().map(|(k, v)| (*k, *v)).unwrap();
+    assert_eq!(
+        o.counters.offered, 1,
+        "the client's direction, once established"
+    );
+    let (k, (a, _)) =
+        m.0.lock()
+            .unwrap()
+            .entries
+            .iter()
+            .next()
+            .map(|(k, v)| (*k, *v))
+            .unwrap();
     let t = p.tables().clone();
     let ifx = |n: &str| 10 + u32::from(t.iface_index(n).unwrap());
     assert_eq!(k.ifindex, ifx("pod-client"));
@@ -150,20 +179,31 @@ fn an_established_tcp_flow_is_offered_each_direction_on_its_own_with_its_nat() {
 
     // The same direction again: nothing new (no second insert for a steady flow).
     let inserts = m.0.lock().unwrap().inserts;
-    step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "A"), "pod-client", S);
-    assert_eq!(o.counters.offered, 2, "offered again: it reached the worker");
+    step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "A"),
+        "pod-client",
+        S,
+    );
+    assert_eq!(
+        o.counters.offered, 2,
+        "offered again: it reached the worker"
+    );
     assert_eq!(o.counters.reoffered, 1);
     assert_eq!(m.0.lock().unwrap().inserts, inserts + 1);
 
     // The reply direction, at its first packet after the handshake: reverse NAT.
     step(&mut p, &mut o, tcp(be, CLIENT, 8080, 40000, "A"), be_if, S);
     assert_eq!(m.0.lock().unwrap().entries.len(), 2);
-    let (_, (r, _)) = m.0.lock().unwrap()
-        .entries
-        .iter()
-        .find(|(k, _)| k.ifindex == ifx(be_if))
-        .map(|(k, v)| (*k, *v))
-        .unwrap();
+    let (_, (r, _)) =
+        m.0.lock()
+            .unwrap()
+            .entries
+            .iter()
+            .find(|(k, _)| k.ifindex == ifx(be_if))
+            .map(|(k, v)| (*k, *v))
+            .unwrap();
     assert_eq!((&r.src[..4], r.sport), (&VIP[..], 80));
     assert_eq!((&r.dst[..4], r.dport), (&CLIENT[..], 40000));
     assert!(r.nat_src && !r.nat_dst);
@@ -174,11 +214,26 @@ fn an_established_tcp_flow_is_offered_each_direction_on_its_own_with_its_nat() {
 fn a_fin_withdraws_both_directions() {
     let (mut p, mut o, m) = setup(100);
     let (be, be_if) = connected(&mut p, &mut o, &m);
-    step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "A"), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "A"),
+        "pod-client",
+        S,
+    );
     step(&mut p, &mut o, tcp(be, CLIENT, 8080, 40000, "A"), be_if, S);
     assert_eq!(m.0.lock().unwrap().entries.len(), 2);
-    step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "FA"), "pod-client", S);
-    assert!(m.0.lock().unwrap().entries.is_empty(), "closing: nothing left in the kernel");
+    step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "FA"),
+        "pod-client",
+        S,
+    );
+    assert!(
+        m.0.lock().unwrap().entries.is_empty(),
+        "closing: nothing left in the kernel"
+    );
     assert_eq!(o.counters.withdrawn, 2);
     // Its last packets are the worker's: not offered again.
     step(&mut p, &mut o, tcp(be, CLIENT, 8080, 40000, "A"), be_if, S);
@@ -190,7 +245,13 @@ fn nothing_is_offered_under_a_policy_mode_override_or_from_the_uplink() {
     let (mut p, mut o, m) = setup(100);
     p.set_policy_mode_override(Some(PolicyMode::AllowAll));
     connected(&mut p, &mut o, &m);
-    step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "A"), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "A"),
+        "pod-client",
+        S,
+    );
     assert!(m.0.lock().unwrap().entries.is_empty());
 
     let (be, be_if) = {
@@ -207,15 +268,28 @@ fn nothing_is_offered_under_a_policy_mode_override_or_from_the_uplink() {
             iface: idx(&p2, "uplink0"),
             ..Seen::of(i, &out)
         };
-        assert_eq!(decide(p2.tables(), &e, dir, &up, p2.epoch(), false), Offer::Nothing);
+        assert_eq!(
+            decide(p2.tables(), &e, dir, &up, p2.epoch(), false),
+            Offer::Nothing
+        );
         let pod = Seen::of(i, &out);
         assert_eq!(
             decide(p2.tables(), &e, dir, &pod, p2.epoch(), false),
             Offer::Offer { again: false }
         );
-        assert_eq!(decide(p2.tables(), &e, dir, &pod, p2.epoch(), true), Offer::Nothing);
         assert_eq!(
-            decide(p2.tables(), &e, dir, &pod, p2.epoch().wrapping_add(1), false),
+            decide(p2.tables(), &e, dir, &pod, p2.epoch(), true),
+            Offer::Nothing
+        );
+        assert_eq!(
+            decide(
+                p2.tables(),
+                &e,
+                dir,
+                &pod,
+                p2.epoch().wrapping_add(1),
+                false
+            ),
             Offer::Nothing,
             "a fast path of other tables"
         );
@@ -227,27 +301,67 @@ fn nothing_is_offered_under_a_policy_mode_override_or_from_the_uplink() {
 #[test]
 fn udp_is_offered_once_a_reply_was_seen_and_a_full_map_is_counted() {
     let (mut p, mut o, m) = setup(1);
-    let q = step(&mut p, &mut o, udp(CLIENT, DNS_VIP, 5000, 53), "pod-client", S);
+    let q = step(
+        &mut p,
+        &mut o,
+        udp(CLIENT, DNS_VIP, 5000, 53),
+        "pod-client",
+        S,
+    );
     let (be, be_if) = backend(&q);
-    step(&mut p, &mut o, udp(CLIENT, DNS_VIP, 5000, 53), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        udp(CLIENT, DNS_VIP, 5000, 53),
+        "pod-client",
+        S,
+    );
     assert!(m.0.lock().unwrap().entries.is_empty(), "no reply yet");
     step(&mut p, &mut o, udp(be, CLIENT, 5353, 5000), be_if, S);
     assert_eq!(m.0.lock().unwrap().entries.len(), 1, "the reply direction");
-    step(&mut p, &mut o, udp(CLIENT, DNS_VIP, 5000, 53), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        udp(CLIENT, DNS_VIP, 5000, 53),
+        "pod-client",
+        S,
+    );
     assert_eq!(o.counters.offload_full, 1, "one entry fits");
     m.0.lock().unwrap().cap = 2;
-    step(&mut p, &mut o, udp(CLIENT, DNS_VIP, 5000, 53), "pod-client", S);
-    assert_eq!(m.0.lock().unwrap().entries.len(), 2, "offered again by its next packet");
+    step(
+        &mut p,
+        &mut o,
+        udp(CLIENT, DNS_VIP, 5000, 53),
+        "pod-client",
+        S,
+    );
+    assert_eq!(
+        m.0.lock().unwrap().entries.len(),
+        2,
+        "offered again by its next packet"
+    );
     assert_eq!(o.counters.reoffered, 1);
 }
 
 #[test]
 fn an_offered_flow_the_kernel_forwards_is_refreshed_and_an_idle_one_expires() {
     let (mut p, mut o, m) = setup(100);
-    let q = step(&mut p, &mut o, udp(CLIENT, DNS_VIP, 5000, 53), "pod-client", S);
+    let q = step(
+        &mut p,
+        &mut o,
+        udp(CLIENT, DNS_VIP, 5000, 53),
+        "pod-client",
+        S,
+    );
     let (be, be_if) = backend(&q);
     step(&mut p, &mut o, udp(be, CLIENT, 5353, 5000), be_if, S);
-    step(&mut p, &mut o, udp(CLIENT, DNS_VIP, 5000, 53), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        udp(CLIENT, DNS_VIP, 5000, 53),
+        "pod-client",
+        S,
+    );
     assert_eq!(m.0.lock().unwrap().entries.len(), 2);
     let udp_timeout = p.tables().ct.udp;
     // The kernel forwarded a packet 1 s before the timer ran out.
@@ -268,21 +382,36 @@ fn an_offered_flow_the_kernel_forwards_is_refreshed_and_an_idle_one_expires() {
     o.after_burst(&mut p, &[], t2);
     assert_eq!(o.counters.expired, 1);
     assert_eq!(p.conntrack().len(), 0);
-    assert!(m.0.lock().unwrap().entries.is_empty(), "its directions left the kernel");
+    assert!(
+        m.0.lock().unwrap().entries.is_empty(),
+        "its directions left the kernel"
+    );
 }
 
 #[test]
 fn clear_empties_the_map_and_the_flows_are_offered_again() {
     let (mut p, mut o, m) = setup(100);
     connected(&mut p, &mut o, &m);
-    step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "A"), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "A"),
+        "pod-client",
+        S,
+    );
     assert_eq!(m.0.lock().unwrap().entries.len(), 1);
     o.clear(&mut p);
     assert!(m.0.lock().unwrap().entries.is_empty());
     let key = p.tuples(1)[0];
     let (slot, dir) = p.conntrack().find(&key).unwrap();
     assert!(!p.conntrack().entry(slot).offered(dir));
-    step(&mut p, &mut o, tcp(CLIENT, VIP, 40000, 80, "A"), "pod-client", S);
+    step(
+        &mut p,
+        &mut o,
+        tcp(CLIENT, VIP, 40000, 80, "A"),
+        "pod-client",
+        S,
+    );
     assert_eq!(m.0.lock().unwrap().entries.len(), 1);
     assert_eq!(o.counters.reoffered, 0, "a fresh offer, not a repair");
 }
@@ -293,7 +422,10 @@ fn the_slow_path_mac_names_the_ingress_ifindex() {
         ifindex_from_slow_path_mac(&[0x02, 0x6e, 0x70, 0x01, 0x02, 0x03]),
         Some(0x010203)
     );
-    assert_eq!(ifindex_from_slow_path_mac(&[0x02, 0x6e, 0x70, 0, 0, 0]), None);
+    assert_eq!(
+        ifindex_from_slow_path_mac(&[0x02, 0x6e, 0x70, 0, 0, 0]),
+        None
+    );
     assert_eq!(ifindex_from_slow_path_mac(&[0x02, 0, 0, 0, 1, 1]), None);
     assert_eq!(ifindex_from_slow_path_mac(&[0x02, 0x6e]), None);
 }

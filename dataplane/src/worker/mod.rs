@@ -60,8 +60,8 @@ pub use self::query::{
 pub use self::stats::{ServiceCounts, SvcTraffic, WorkerStats};
 use crate::conntrack::CtStats;
 use crate::events::{EventTap, FlowEvent};
-use crate::offload::Seen;
 use crate::flow::FlowKey;
+use crate::offload::Seen;
 use crate::parse;
 use crate::pipeline::Restored;
 use crate::publish::Subscriber;
