@@ -391,23 +391,31 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct np_flow_key *k
 	return 0;
 }
 
-/* The headers the fast path needs (Ethernet, IPv6, TCP) or all of a shorter skb. */
+/* What must be in the linear part: Ethernet, IPv4 or IPv6 and the TCP header without options
+ * (the fast path's fields; a local TCP stack puts its headers there, payload in fragments). */
+#define NP_NEED_V4 (ETH_HLEN + 20 + 20)
+#define NP_NEED_V6 (ETH_HLEN + 40 + 20)
+/* When it is not: what is pulled in (ICMP errors' quotes too), or all of a shorter skb. */
 #define NP_PULL_LEN 128
 
 SEC("classifier")
 int np_fastpath(struct __sk_buff *skb)
 {
 	struct np_skb_meta m = { .ifindex = skb->ifindex, .len = skb->len, .segs = skb->gso_segs };
+	__u32 need = skb->protocol == np_htons(ETH_P_IPV6) ? NP_NEED_V6 : NP_NEED_V4;
 
-	asm volatile("" : "+r"(m.ifindex), "+r"(m.len), "+r"(m.segs));
+	asm volatile("" : "+r"(m.ifindex), "+r"(m.len), "+r"(m.segs), "+r"(need));
 	if (m.segs == 0)
 		m.segs = 1;
 
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 
-	/* Headers beyond the linear part (rare: a local stack puts them there) are pulled in. */
-	if (data + NP_PULL_LEN > end && m.len > (__u32)(end - data)) {
+	/* Headers beyond the linear part (rare: a local stack puts them there) are pulled in;
+	 * payload is not (a GSO skb's linear part is its headers). */
+	if (need > m.len)
+		need = m.len;
+	if ((__u32)(end - data) < need) {
 		__u32 want = m.len < NP_PULL_LEN ? m.len : NP_PULL_LEN;
 
 		if (bpf_skb_pull_data(skb, want) < 0)
