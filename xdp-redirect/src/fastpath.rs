@@ -87,7 +87,8 @@ pub enum FastPathCounter {
     FastGsoSkbs,
     /// Skbs sent to the worker through the slow-path veth.
     SlowPath,
-    /// Skbs for the slow path that were GSO (too large for it): dropped.
+    /// Skbs for the slow path that were GSO, while it does not take them
+    /// ([`FastPath::set_slow_path_gso`]): dropped.
     SlowGsoDrop,
     /// Not ours: handed to the kernel (`TC_ACT_OK`).
     Pass,
@@ -95,15 +96,19 @@ pub enum FastPathCounter {
     RedirectError,
     /// Ours, but no slow path configured yet ([`FastPath::set_slow_path`]): dropped.
     SlowUnset,
-    /// A GSO skb carrying FIN of a flow in the map: forwarded (the slow path cannot take it).
+    /// A GSO skb carrying FIN of a flow in the map, while the slow path does not take GSO
+    /// skbs: forwarded.
     FastGsoFin,
     /// A packet rewrite helper failed (the skb was dropped).
     RewriteError,
+    /// GSO skbs sent to the slow path whole, for npslow0's transmit path to segment
+    /// ([`FastPath::set_slow_path_gso`]).
+    SlowGsoSkbs,
 }
 
 impl FastPathCounter {
     /// All counters, in map index order.
-    pub const ALL: [FastPathCounter; 10] = [
+    pub const ALL: [FastPathCounter; 11] = [
         FastPathCounter::FastFwdPackets,
         FastPathCounter::FastFwdBytes,
         FastPathCounter::FastGsoSkbs,
@@ -114,6 +119,7 @@ impl FastPathCounter {
         FastPathCounter::SlowUnset,
         FastPathCounter::FastGsoFin,
         FastPathCounter::RewriteError,
+        FastPathCounter::SlowGsoSkbs,
     ];
 
     /// Index in `fp_counters`.
@@ -134,6 +140,7 @@ impl FastPathCounter {
             FastPathCounter::SlowUnset => "slow_unset",
             FastPathCounter::FastGsoFin => "fast_gso_fin",
             FastPathCounter::RewriteError => "rewrite_error",
+            FastPathCounter::SlowGsoSkbs => "slow_gso_skbs",
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct FastPath {
     /// `np_flows`'s own handle (FlowTables get duplicates of its descriptor).
     flows: MapData,
     config: Map,
+    /// What `fp_config` holds: (slow_ifindex, slow_gso).
+    slow: [u32; 2],
     counters: Map,
     attached: BTreeMap<u32, Attached>,
 }
@@ -291,6 +300,7 @@ impl FastPath {
             ebpf,
             flows,
             config,
+            slow: [0, 0],
             counters,
             attached: BTreeMap::new(),
         })
@@ -381,9 +391,25 @@ impl FastPath {
     /// Where slow-path traffic goes: `bpf_redirect(tx_ifindex, 0)` (the egress of `npslow0`).
     /// 0: nowhere (such traffic is dropped, `slow_unset`).
     pub fn set_slow_path(&mut self, tx_ifindex: u32) -> Result<(), FastPathError> {
-        let mut m: Array<&mut MapData, u32> =
+        self.write_config([tx_ifindex, self.slow[1]])
+    }
+
+    /// Whether GSO skbs that need the worker go to the slow path whole (`true`), for
+    /// `npslow0`'s transmit path to cut them into MTU-sized segments, or are dropped
+    /// (`false`, the default: `slow_gso_drop`; TCP resends). Say `true` only when `npslow0`
+    /// segments: it has no TSO/GSO features, which the kernel arranges itself while `npslow1`
+    /// has a *native* XDP program (veth then clears the peer's GSO features); with a generic
+    /// XDP program there, a whole GSO skb would reach it (and be lost).
+    pub fn set_slow_path_gso(&mut self, segments: bool) -> Result<(), FastPathError> {
+        self.write_config([self.slow[0], u32::from(segments)])
+    }
+
+    fn write_config(&mut self, v: [u32; 2]) -> Result<(), FastPathError> {
+        let mut m: Array<&mut MapData, [u32; 2]> =
             Array::try_from(&mut self.config).map_err(map_err("fp_config"))?;
-        m.set(0, tx_ifindex, 0).map_err(map_err("fp_config"))
+        m.set(0, v, 0).map_err(map_err("fp_config"))?;
+        self.slow = v;
+        Ok(())
     }
 
     /// The program's counters, summed over CPUs.

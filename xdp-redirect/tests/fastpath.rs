@@ -709,6 +709,55 @@ fn misses_and_tcp_flags_go_to_the_slow_path_socket_and_the_rest_to_the_kernel() 
         "pings, ARP, ND: {after:?}"
     );
     assert_eq!(flows.get(&k[0]).unwrap().unwrap().packets, 1);
+
+    // A GSO skb that misses (UDP GSO: one send of 6 x 1200 bytes, a single skb through pod
+    // A's veth): dropped by default; with set_slow_path_gso, s7fs0's transmit path (no GSO
+    // features while s7fs1 has a native XDP program) cuts it into 6 segments for the socket.
+    let gso_send = |fill: u8| {
+        t.a.run(|| {
+            use nix::sys::socket::{setsockopt, sockopt::UdpGsoSegment};
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            setsockopt(&s, UdpGsoSegment, &1200).expect("UDP_SEGMENT");
+            s.send_to(&[fill; 6 * 1200], "10.96.0.10:9").unwrap();
+        })
+    };
+    let before = fp.counters().unwrap();
+    gso_send(b'd');
+    let dropped = drain(&mut w, Duration::from_millis(300));
+    let mid = fp.counters().unwrap();
+    assert_eq!(
+        delta(&mid, &before, FastPathCounter::SlowGsoDrop),
+        1,
+        "{mid:?}"
+    );
+    assert!(dropped.is_empty(), "{} frames", dropped.len());
+    let mut fp = fp;
+    fp.set_slow_path_gso(true).unwrap();
+    gso_send(b's');
+    let segs = drain(&mut w, Duration::from_millis(300));
+    let after = fp.counters().unwrap();
+    assert_eq!(
+        delta(&after, &mid, FastPathCounter::SlowGsoSkbs),
+        1,
+        "{after:?}"
+    );
+    assert_eq!(delta(&after, &mid, FastPathCounter::SlowPath), 1);
+    assert_eq!(delta(&after, &mid, FastPathCounter::SlowGsoDrop), 0);
+    let seen: Vec<Seen> = segs.iter().filter_map(|f| parse(f)).collect();
+    assert_eq!(
+        seen.len(),
+        6,
+        "segments: {:?}",
+        segs.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (f, s) in segs.iter().zip(&seen) {
+        assert_eq!(
+            f[..6],
+            slow_path_mac(s7fa),
+            "each segment carries the slow-path MAC"
+        );
+        assert_eq!(s.payload, vec![b's'; 1200]);
+    }
 }
 
 #[test]
