@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     fmt, io,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -21,7 +21,7 @@ use aya::{
     include_bytes_aligned,
     maps::{Array, Map, MapData, MapError, PerCpuArray},
     programs::{
-        links::{Link, LinkOrder},
+        links::Link,
         tc::{self, SchedClassifierLink, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
@@ -30,7 +30,7 @@ use aya::{
 use log::{info, warn};
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::{flows::FlowTable, loader::Loader};
+use crate::{flows::FlowTable, loader::Loader, sys};
 
 /// `io.afxdp.fast_path_flows`'s default: flow directions the map holds.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
@@ -180,11 +180,22 @@ pub struct FastPath {
     attached: BTreeMap<u32, Attached>,
 }
 
-/// One interface's attachment: dropping the link detaches the program.
+/// One interface's attachment.
 #[derive(Debug)]
-struct Attached {
-    link: SchedClassifierLink,
-    tcx: bool,
+enum Attached {
+    /// A tcx link: `BPF_LINK_DETACH` detaches it at once, closing it detaches it too.
+    Tcx(OwnedFd),
+    /// A clsact filter (kernels without tcx): its detach deletes the filter.
+    Clsact(SchedClassifierLink),
+}
+
+impl Attached {
+    fn detach(self) -> Result<(), String> {
+        match self {
+            Attached::Tcx(fd) => sys::link_detach(fd.as_fd()).map_err(|e| e.to_string()),
+            Attached::Clsact(l) => l.detach().map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl fmt::Debug for FastPath {
@@ -326,13 +337,15 @@ impl FastPath {
             .map_err(|e| err(format!("no such interface: {e}")))?
             .into_string()
             .map_err(|_| err("interface name is not UTF-8".into()))?;
-        let tcx = self.prog().attach_with_options(
-            &name,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        );
-        let (id, tcx) = match tcx {
-            Ok(id) => (id, true),
+        let prog_fd = self
+            .prog()
+            .fd()
+            .map_err(|e| err(e.to_string()))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(e.to_string()))?;
+        let attached = match sys::tcx_ingress_link(prog_fd.as_fd(), ifindex) {
+            Ok(link) => Attached::Tcx(link),
             Err(tcx_err) => {
                 // No tcx (Linux < 6.6): a clsact filter; one of an earlier process goes first.
                 match tc::qdisc_add_clsact(&name) {
@@ -353,15 +366,17 @@ impl FastPath {
                         TcAttachOptions::Netlink(tc::NlOptions::default()),
                     )
                     .map_err(|e| err(format!("tcx: {tcx_err}; clsact: {e}")))?;
-                (id, false)
+                Attached::Clsact(self.prog().take_link(id).map_err(|e| err(e.to_string()))?)
             }
         };
-        let link = self.prog().take_link(id).map_err(|e| err(e.to_string()))?;
         info!(
             "TC fast path attached to {name} (ifindex {ifindex}, {})",
-            if tcx { "tcx" } else { "clsact" }
+            match attached {
+                Attached::Tcx(_) => "tcx",
+                Attached::Clsact(_) => "clsact",
+            }
         );
-        self.attached.insert(ifindex, Attached { link, tcx });
+        self.attached.insert(ifindex, attached);
         Ok(())
     }
 
@@ -370,7 +385,7 @@ impl FastPath {
         let Some(a) = self.attached.remove(&ifindex) else {
             return Ok(());
         };
-        a.link.detach().map_err(|e| FastPathError::Attach {
+        a.detach().map_err(|e| FastPathError::Attach {
             ifindex,
             reason: format!("detach: {e}"),
         })?;
@@ -385,7 +400,9 @@ impl FastPath {
 
     /// Whether the attachment of `ifindex` is a tcx link (else a clsact filter).
     pub fn is_tcx(&self, ifindex: u32) -> Option<bool> {
-        self.attached.get(&ifindex).map(|a| a.tcx)
+        self.attached
+            .get(&ifindex)
+            .map(|a| matches!(a, Attached::Tcx(_)))
     }
 
     /// Where slow-path traffic goes: `bpf_redirect(tx_ifindex, 0)` (the egress of `npslow0`).
@@ -433,7 +450,7 @@ impl FastPath {
 impl Drop for FastPath {
     fn drop(&mut self) {
         for (ifindex, a) in std::mem::take(&mut self.attached) {
-            if let Err(e) = a.link.detach() {
+            if let Err(e) = a.detach() {
                 warn!("TC fast path: cannot detach from ifindex {ifindex}: {e}");
             }
         }

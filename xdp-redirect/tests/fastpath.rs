@@ -836,3 +836,64 @@ fn last_seen_remove_clear_and_a_full_map() {
     udp_exchange(&t, (a4, 41000), v4, b4, 1);
     assert_eq!(fp.counters().unwrap(), before);
 }
+
+#[test]
+fn batches_larger_than_a_clear_chunk() {
+    let t = Topo::new();
+    let (_loader, fp) = t.load(8192);
+    let mut flows = fp.flows().unwrap();
+    let (k, a) = service_flow(
+        &t,
+        17,
+        (ip("10.77.1.2"), 1),
+        (ip("10.96.0.10"), 53),
+        (ip("10.77.2.2"), 5353),
+        true,
+    );
+    let keys: Vec<FlowKey> = (0..5000u32)
+        .map(|i| FlowKey {
+            sport: (1000 + i as u16).to_be(),
+            src: [
+                10,
+                77,
+                (i >> 8) as u8,
+                i as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+            ..k[0]
+        })
+        .collect();
+    let actions = vec![a[0]; keys.len()];
+    for (ks, vs) in keys.chunks(1000).zip(actions.chunks(1000)) {
+        assert_eq!(flows.insert_batch(ks, vs).unwrap(), 1000);
+    }
+    assert_eq!(flows.len().unwrap(), 5000);
+    // 500 present, then 500 absent, then 500 present: the absent ones are skipped.
+    assert_eq!(flows.remove_batch(&keys[..500]).unwrap(), 500);
+    assert_eq!(flows.remove_batch(&keys[..1000]).unwrap(), 500);
+    assert_eq!(flows.len().unwrap(), 4000);
+    assert_eq!(flows.get(&keys[999]).unwrap(), None);
+    assert_eq!(flows.get(&keys[1000]).unwrap(), Some(a[0]));
+    assert!(
+        flows.insert_batch(&keys[..2], &actions[..1]).is_err(),
+        "lengths differ"
+    );
+    assert_eq!(flows.clear().unwrap(), 4000, "four chunks and a bit");
+    assert_eq!(flows.len().unwrap(), 0);
+    assert_eq!(flows.clear().unwrap(), 0);
+    // Another handle on the same map sees the same entries.
+    let other = fp.flows().unwrap();
+    assert_eq!(flows.insert_batch(&k, &a).unwrap(), 2);
+    assert_eq!(other.get(&k[1]).unwrap(), Some(a[1]));
+}
