@@ -7,6 +7,12 @@
 //! interface): [`FastPath::load`] takes them from the [`Loader`], so both programs share one
 //! copy of that state.
 //!
+//! Lifetime: everything is this process's. The links are not pinned (dropping the
+//! [`FastPath`], or the process ending, detaches the program from every interface), and neither
+//! is `np_flows`: each load starts with an empty map, so a restarted daemon re-offers its flows
+//! (the "flush at start" of the design, by construction), and a clean exit leaves no pin behind.
+//! The scratch bpffs used to share the XDP maps is unmounted before [`FastPath::load`] returns.
+//!
 //! Nothing here runs on the packet path except [`FlowTable`]'s batched calls.
 
 use std::{
