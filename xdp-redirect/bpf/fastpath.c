@@ -31,16 +31,20 @@
  *      stay right; a zero UDP checksum stays zero), `last_seen_ns`/`packets`/`bytes` of the
  *      entry updated, then bpf_redirect_peer(egress) (FLOW_PEER: into a pod's namespace) or
  *      bpf_redirect(egress, 0). GSO skbs stay whole.
- *      Exception: a GSO skb with FIN (not SYN/RST) of a flow in the map is forwarded so
- *      (`fast_gso_fin`): the slow path cannot take a GSO skb, and the sender's TCP may resend
- *      the same GSO skb; the worker then sees the other direction's FIN only.
+ *      Exception, only while the slow path cannot take GSO skbs (`fp_config.slow_gso` 0): a
+ *      GSO skb with FIN (not SYN/RST) of a flow in the map is forwarded so (`fast_gso_fin`),
+ *      as the sender's TCP may resend the same GSO skb; the worker then sees the other
+ *      direction's FIN only.
  *   9. anything else ours (a miss, SYN/FIN/RST, ICMP, fragments, IP options, VLAN tags, TTL
  *      expiring) -> the slow path: the destination MAC becomes 02:6e:70:II:II:II (the low 24
  *      bits of the ingress ifindex, src/flows.rs `slow_path_mac`) and the skb is redirected
  *      to the egress of `fp_config.slow_ifindex` (npslow0), whose peer npslow1 carries the XDP
- *      program and the workers' AF_XDP sockets. A GSO skb (more than one segment) cannot go
- *      there: dropped (`slow_gso_drop`; TCP resends it). No slow path configured yet:
- *      dropped (`slow_unset`).
+ *      program and the workers' AF_XDP sockets. A GSO skb (more than one segment) goes there
+ *      whole when `fp_config.slow_gso` says npslow0's transmit path segments it (no TSO/GSO
+ *      features on npslow0, which the kernel arranges itself when npslow1 has a native XDP
+ *      program: the workers then see MTU-sized segments; `slow_gso_skbs`), else it is
+ *      dropped (`slow_gso_drop`; TCP resends it). No slow path configured yet: dropped
+ *      (`slow_unset`).
  * Every exit is counted in `fp_counters` (enum np_fp_counter, `FastPathCounter` in
  * src/fastpath.rs).
  */
@@ -75,7 +79,8 @@ enum np_fp_counter {
 	NP_FP_SLOW_UNSET = 7,
 	NP_FP_FAST_GSO_FIN = 8,
 	NP_FP_REWRITE_ERROR = 9,
-	NP_FP_COUNTER_MAX = 10,
+	NP_FP_SLOW_GSO_SKBS = 10,
+	NP_FP_COUNTER_MAX = 11,
 };
 
 #define NP_FRAG_TTL_NS (30ULL * 1000000000ULL)
@@ -83,6 +88,7 @@ enum np_fp_counter {
 /* Runtime settings, written by the loader (one entry, key 0). */
 struct np_fp_config {
 	__u32 slow_ifindex; /* npslow0: slow-path frames leave through its egress; 0: none yet */
+	__u32 slow_gso;     /* 1: npslow0's transmit path segments GSO skbs (see rule 9) */
 };
 
 /* The flow cache; max_entries is set by the loader (io.afxdp.fast_path_flows). */
@@ -235,6 +241,15 @@ struct np_skb_meta {
 	__u32 segs; /* gso_segs, at least 1 */
 };
 
+/* Whether the slow path takes GSO skbs (fp_config.slow_gso). */
+static __always_inline int slow_gso_ok(void)
+{
+	__u32 zero = 0;
+	struct np_fp_config *cfg = bpf_map_lookup_elem(&fp_config, &zero);
+
+	return cfg && cfg->slow_gso;
+}
+
 /* Rule 9. */
 static __always_inline int slow_path(struct __sk_buff *skb, const struct np_skb_meta *m)
 {
@@ -247,8 +262,11 @@ static __always_inline int slow_path(struct __sk_buff *skb, const struct np_skb_
 		return TC_ACT_SHOT;
 	}
 	if (m->segs > 1) {
-		count(NP_FP_SLOW_GSO_DROP, 1);
-		return TC_ACT_SHOT;
+		if (!cfg->slow_gso) {
+			count(NP_FP_SLOW_GSO_DROP, 1);
+			return TC_ACT_SHOT;
+		}
+		count(NP_FP_SLOW_GSO_SKBS, 1);
 	}
 	__u32 ifindex = m->ifindex;
 	__u8 mac[6] = { NP_SLOW_MAC0, NP_SLOW_MAC1, NP_SLOW_MAC2, (ifindex >> 16) & 0xff,
@@ -391,23 +409,31 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct np_flow_key *k
 	return 0;
 }
 
-/* The headers the fast path needs (Ethernet, IPv6, TCP) or all of a shorter skb. */
+/* What must be in the linear part: Ethernet, IPv4 or IPv6 and the TCP header without options
+ * (the fast path's fields; a local TCP stack puts its headers there, payload in fragments). */
+#define NP_NEED_V4 (ETH_HLEN + 20 + 20)
+#define NP_NEED_V6 (ETH_HLEN + 40 + 20)
+/* When it is not: what is pulled in (ICMP errors' quotes too), or all of a shorter skb. */
 #define NP_PULL_LEN 128
 
 SEC("classifier")
 int np_fastpath(struct __sk_buff *skb)
 {
 	struct np_skb_meta m = { .ifindex = skb->ifindex, .len = skb->len, .segs = skb->gso_segs };
+	__u32 need = skb->protocol == np_htons(ETH_P_IPV6) ? NP_NEED_V6 : NP_NEED_V4;
 
-	asm volatile("" : "+r"(m.ifindex), "+r"(m.len), "+r"(m.segs));
+	asm volatile("" : "+r"(m.ifindex), "+r"(m.len), "+r"(m.segs), "+r"(need));
 	if (m.segs == 0)
 		m.segs = 1;
 
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 
-	/* Headers beyond the linear part (rare: a local stack puts them there) are pulled in. */
-	if (data + NP_PULL_LEN > end && m.len > (__u32)(end - data)) {
+	/* Headers beyond the linear part (rare: a local stack puts them there) are pulled in;
+	 * payload is not (a GSO skb's linear part is its headers). */
+	if (need > m.len)
+		need = m.len;
+	if ((__u32)(end - data) < need) {
 		__u32 want = m.len < NP_PULL_LEN ? m.len : NP_PULL_LEN;
 
 		if (bpf_skb_pull_data(skb, want) < 0)
@@ -481,7 +507,7 @@ int np_fastpath(struct __sk_buff *skb)
 	int gso_fin = 0;
 
 	if (tcp_flags & 0x07) {
-		if ((tcp_flags & 0x06) || segs == 1)
+		if ((tcp_flags & 0x06) || segs == 1 || slow_gso_ok())
 			return slow_path(skb, &m);
 		gso_fin = 1; /* see the header */
 	}

@@ -7,12 +7,18 @@
 //! interface): [`FastPath::load`] takes them from the [`Loader`], so both programs share one
 //! copy of that state.
 //!
+//! Lifetime: everything is this process's. The links are not pinned (dropping the
+//! [`FastPath`], or the process ending, detaches the program from every interface), and neither
+//! is `np_flows`: each load starts with an empty map, so a restarted daemon re-offers its flows
+//! (the "flush at start" of the design, by construction), and a clean exit leaves no pin behind.
+//! The scratch bpffs used to share the XDP maps is unmounted before [`FastPath::load`] returns.
+//!
 //! Nothing here runs on the packet path except [`FlowTable`]'s batched calls.
 
 use std::{
     collections::BTreeMap,
     fmt, io,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -21,7 +27,7 @@ use aya::{
     include_bytes_aligned,
     maps::{Array, Map, MapData, MapError, PerCpuArray},
     programs::{
-        links::{Link, LinkOrder},
+        links::Link,
         tc::{self, SchedClassifierLink, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
@@ -30,7 +36,7 @@ use aya::{
 use log::{info, warn};
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::{flows::FlowTable, loader::Loader};
+use crate::{flows::FlowTable, loader::Loader, sys};
 
 /// `io.afxdp.fast_path_flows`'s default: flow directions the map holds.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
@@ -87,7 +93,8 @@ pub enum FastPathCounter {
     FastGsoSkbs,
     /// Skbs sent to the worker through the slow-path veth.
     SlowPath,
-    /// Skbs for the slow path that were GSO (too large for it): dropped.
+    /// Skbs for the slow path that were GSO, while it does not take them
+    /// ([`FastPath::set_slow_path_gso`]): dropped.
     SlowGsoDrop,
     /// Not ours: handed to the kernel (`TC_ACT_OK`).
     Pass,
@@ -95,15 +102,19 @@ pub enum FastPathCounter {
     RedirectError,
     /// Ours, but no slow path configured yet ([`FastPath::set_slow_path`]): dropped.
     SlowUnset,
-    /// A GSO skb carrying FIN of a flow in the map: forwarded (the slow path cannot take it).
+    /// A GSO skb carrying FIN of a flow in the map, while the slow path does not take GSO
+    /// skbs: forwarded.
     FastGsoFin,
     /// A packet rewrite helper failed (the skb was dropped).
     RewriteError,
+    /// GSO skbs sent to the slow path whole, for npslow0's transmit path to segment
+    /// ([`FastPath::set_slow_path_gso`]).
+    SlowGsoSkbs,
 }
 
 impl FastPathCounter {
     /// All counters, in map index order.
-    pub const ALL: [FastPathCounter; 10] = [
+    pub const ALL: [FastPathCounter; 11] = [
         FastPathCounter::FastFwdPackets,
         FastPathCounter::FastFwdBytes,
         FastPathCounter::FastGsoSkbs,
@@ -114,6 +125,7 @@ impl FastPathCounter {
         FastPathCounter::SlowUnset,
         FastPathCounter::FastGsoFin,
         FastPathCounter::RewriteError,
+        FastPathCounter::SlowGsoSkbs,
     ];
 
     /// Index in `fp_counters`.
@@ -134,6 +146,7 @@ impl FastPathCounter {
             FastPathCounter::SlowUnset => "slow_unset",
             FastPathCounter::FastGsoFin => "fast_gso_fin",
             FastPathCounter::RewriteError => "rewrite_error",
+            FastPathCounter::SlowGsoSkbs => "slow_gso_skbs",
         }
     }
 }
@@ -167,15 +180,28 @@ pub struct FastPath {
     /// `np_flows`'s own handle (FlowTables get duplicates of its descriptor).
     flows: MapData,
     config: Map,
+    /// What `fp_config` holds: (slow_ifindex, slow_gso).
+    slow: [u32; 2],
     counters: Map,
     attached: BTreeMap<u32, Attached>,
 }
 
-/// One interface's attachment: dropping the link detaches the program.
+/// One interface's attachment.
 #[derive(Debug)]
-struct Attached {
-    link: SchedClassifierLink,
-    tcx: bool,
+enum Attached {
+    /// A tcx link: `BPF_LINK_DETACH` detaches it at once, closing it detaches it too.
+    Tcx(OwnedFd),
+    /// A clsact filter (kernels without tcx): its detach deletes the filter.
+    Clsact(SchedClassifierLink),
+}
+
+impl Attached {
+    fn detach(self) -> Result<(), String> {
+        match self {
+            Attached::Tcx(fd) => sys::link_detach(fd.as_fd()).map_err(|e| e.to_string()),
+            Attached::Clsact(l) => l.detach().map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl fmt::Debug for FastPath {
@@ -291,6 +317,7 @@ impl FastPath {
             ebpf,
             flows,
             config,
+            slow: [0, 0],
             counters,
             attached: BTreeMap::new(),
         })
@@ -316,13 +343,15 @@ impl FastPath {
             .map_err(|e| err(format!("no such interface: {e}")))?
             .into_string()
             .map_err(|_| err("interface name is not UTF-8".into()))?;
-        let tcx = self.prog().attach_with_options(
-            &name,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        );
-        let (id, tcx) = match tcx {
-            Ok(id) => (id, true),
+        let prog_fd = self
+            .prog()
+            .fd()
+            .map_err(|e| err(e.to_string()))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(e.to_string()))?;
+        let attached = match sys::tcx_ingress_link(prog_fd.as_fd(), ifindex) {
+            Ok(link) => Attached::Tcx(link),
             Err(tcx_err) => {
                 // No tcx (Linux < 6.6): a clsact filter; one of an earlier process goes first.
                 match tc::qdisc_add_clsact(&name) {
@@ -343,15 +372,17 @@ impl FastPath {
                         TcAttachOptions::Netlink(tc::NlOptions::default()),
                     )
                     .map_err(|e| err(format!("tcx: {tcx_err}; clsact: {e}")))?;
-                (id, false)
+                Attached::Clsact(self.prog().take_link(id).map_err(|e| err(e.to_string()))?)
             }
         };
-        let link = self.prog().take_link(id).map_err(|e| err(e.to_string()))?;
         info!(
             "TC fast path attached to {name} (ifindex {ifindex}, {})",
-            if tcx { "tcx" } else { "clsact" }
+            match attached {
+                Attached::Tcx(_) => "tcx",
+                Attached::Clsact(_) => "clsact",
+            }
         );
-        self.attached.insert(ifindex, Attached { link, tcx });
+        self.attached.insert(ifindex, attached);
         Ok(())
     }
 
@@ -360,7 +391,7 @@ impl FastPath {
         let Some(a) = self.attached.remove(&ifindex) else {
             return Ok(());
         };
-        a.link.detach().map_err(|e| FastPathError::Attach {
+        a.detach().map_err(|e| FastPathError::Attach {
             ifindex,
             reason: format!("detach: {e}"),
         })?;
@@ -375,15 +406,33 @@ impl FastPath {
 
     /// Whether the attachment of `ifindex` is a tcx link (else a clsact filter).
     pub fn is_tcx(&self, ifindex: u32) -> Option<bool> {
-        self.attached.get(&ifindex).map(|a| a.tcx)
+        self.attached
+            .get(&ifindex)
+            .map(|a| matches!(a, Attached::Tcx(_)))
     }
 
     /// Where slow-path traffic goes: `bpf_redirect(tx_ifindex, 0)` (the egress of `npslow0`).
     /// 0: nowhere (such traffic is dropped, `slow_unset`).
     pub fn set_slow_path(&mut self, tx_ifindex: u32) -> Result<(), FastPathError> {
-        let mut m: Array<&mut MapData, u32> =
+        self.write_config([tx_ifindex, self.slow[1]])
+    }
+
+    /// Whether GSO skbs that need the worker go to the slow path whole (`true`), for
+    /// `npslow0`'s transmit path to cut them into MTU-sized segments, or are dropped
+    /// (`false`, the default: `slow_gso_drop`; TCP resends). Say `true` only when `npslow0`
+    /// segments: it has no TSO/GSO features, which the kernel arranges itself while `npslow1`
+    /// has a *native* XDP program (veth then clears the peer's GSO features); with a generic
+    /// XDP program there, a whole GSO skb would reach it (and be lost).
+    pub fn set_slow_path_gso(&mut self, segments: bool) -> Result<(), FastPathError> {
+        self.write_config([self.slow[0], u32::from(segments)])
+    }
+
+    fn write_config(&mut self, v: [u32; 2]) -> Result<(), FastPathError> {
+        let mut m: Array<&mut MapData, [u32; 2]> =
             Array::try_from(&mut self.config).map_err(map_err("fp_config"))?;
-        m.set(0, tx_ifindex, 0).map_err(map_err("fp_config"))
+        m.set(0, v, 0).map_err(map_err("fp_config"))?;
+        self.slow = v;
+        Ok(())
     }
 
     /// The program's counters, summed over CPUs.
@@ -407,7 +456,7 @@ impl FastPath {
 impl Drop for FastPath {
     fn drop(&mut self) {
         for (ifindex, a) in std::mem::take(&mut self.attached) {
-            if let Err(e) = a.link.detach() {
+            if let Err(e) = a.detach() {
                 warn!("TC fast path: cannot detach from ifindex {ifindex}: {e}");
             }
         }

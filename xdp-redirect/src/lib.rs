@@ -22,6 +22,7 @@ pub mod flows;
 pub mod loader;
 pub mod maps;
 pub mod pin;
+mod sys;
 
 pub use fastpath::{
     FastPath, FastPathCounter, FastPathCounters, FastPathError, FastPathOptions, DEFAULT_MAX_FLOWS,

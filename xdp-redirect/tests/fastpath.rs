@@ -284,8 +284,8 @@ fn key(ifindex: u32, proto: u8, src: (IpAddr, u16), dst: (IpAddr, u16)) -> FlowK
 }
 
 /// Both directions of a client -> service flow DNATed to pod B (and reverse-NATed back), as
-/// the worker would offer them. `peer`: forward with bpf_redirect_peer; else bpf_redirect to
-/// the host-side veth's egress.
+/// the worker would offer them; `vip == backend`: routed, no NAT flags. `peer`: forward with
+/// bpf_redirect_peer; else bpf_redirect to the host-side veth's egress.
 fn service_flow(
     t: &Topo,
     proto: u8,
@@ -295,6 +295,11 @@ fn service_flow(
     peer: bool,
 ) -> ([FlowKey; 2], [FlowAction; 2]) {
     let how = if peer { FLOW_PEER } else { 0 } | FLOW_DEC_TTL;
+    let (nat_dst, nat_src) = if vip == backend {
+        (0, 0)
+    } else {
+        (FLOW_NAT_DST, FLOW_NAT_SRC)
+    };
     let fwd = key(t.sa, proto, client, vip);
     let rev = key(t.sb, proto, backend, client);
     let fwd_a = FlowAction {
@@ -305,7 +310,7 @@ fn service_flow(
         egress_ifindex: t.sb,
         dmac: B_MAC,
         smac: SB_MAC,
-        flags: how | FLOW_NAT_DST,
+        flags: how | nat_dst,
         generation: 7,
         ..FlowAction::default()
     };
@@ -317,7 +322,7 @@ fn service_flow(
         egress_ifindex: t.sa,
         dmac: A_MAC,
         smac: SA_MAC,
-        flags: how | FLOW_NAT_SRC,
+        flags: how | nat_src,
         generation: 7,
         ..FlowAction::default()
     };
@@ -455,15 +460,15 @@ fn transfer(t: &Topo, vip: IpAddr, sport: u16, payload: &Path, upload: bool) {
     );
 }
 
-/// A UDP exchange through the service: pod A's socket (bound to `client`, connected to the
-/// VIP) sends, pod B's socket sees the client's own address (DNAT only) and answers, pod A's
-/// connected socket accepts the answer (so it came from the VIP: reverse NAT).
-fn udp_exchange(t: &Topo, client: (IpAddr, u16), vip: IpAddr, backend: IpAddr, n: usize) {
+/// A UDP exchange through the service `to` (or straight to pod B): pod A's socket (bound to
+/// `client`, connected to `to`) sends, pod B's socket sees the client's own address (DNAT only) and answers, pod A's
+/// connected socket accepts the answer (so it came from `to`: reverse NAT).
+fn udp_exchange(t: &Topo, client: (IpAddr, u16), to: (IpAddr, u16), backend: IpAddr, n: usize) {
     let server =
         t.b.run(|| UdpSocket::bind(SocketAddr::new(backend, 5353)).unwrap());
     let cl =
         t.a.run(|| UdpSocket::bind(SocketAddr::new(client.0, client.1)).unwrap());
-    cl.connect(SocketAddr::new(vip, 53)).unwrap();
+    cl.connect(SocketAddr::new(to.0, to.1)).unwrap();
     server
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
@@ -520,13 +525,16 @@ fn hits_forward_tcp_and_udp_with_dnat_and_reverse_nat_keeping_gso() {
         (6, (a6, 40012), (v6, 80), (b6, 8080), false),
         (17, (a4, 40001), (v4, 53), (b4, 5353), false),
         (17, (a6, 40003), (v6, 53), (b6, 5353), true),
+        // Pod to pod, routed: MACs and TTL only.
+        (17, (a4, 40020), (b4, 5353), (b4, 5353), true),
+        (17, (a6, 40021), (b6, 5353), (b6, 5353), false),
     ] {
         let (k, a) = service_flow(&t, proto, client, vip, backend, peer);
         keys.extend(k);
         actions.extend(a);
     }
-    assert_eq!(flows.insert_batch(&keys, &actions).unwrap(), 12);
-    assert_eq!(flows.len().unwrap(), 12);
+    assert_eq!(flows.insert_batch(&keys, &actions).unwrap(), 16);
+    assert_eq!(flows.len().unwrap(), 16);
     for iface in ["s7fa", "s7fb"] {
         t.node.exec(&["ethtool", "-K", iface, "tx", "off"]);
     }
@@ -550,8 +558,10 @@ fn hits_forward_tcp_and_udp_with_dnat_and_reverse_nat_keeping_gso() {
     transfer(&t, v4, 40010, &payload, false);
     transfer(&t, v6, 40002, &payload, true);
     transfer(&t, v6, 40012, &payload, false);
-    udp_exchange(&t, (a4, 40001), v4, b4, 5);
-    udp_exchange(&t, (a6, 40003), v6, b6, 5);
+    udp_exchange(&t, (a4, 40001), (v4, 53), b4, 5);
+    udp_exchange(&t, (a6, 40003), (v6, 53), b6, 5);
+    udp_exchange(&t, (a4, 40020), (b4, 5353), b4, 3);
+    udp_exchange(&t, (a6, 40021), (b6, 5353), b6, 3);
     let after = fp.counters().unwrap();
     eprintln!("fast path counters: {:?}", after.iter().collect::<Vec<_>>());
 
@@ -709,6 +719,55 @@ fn misses_and_tcp_flags_go_to_the_slow_path_socket_and_the_rest_to_the_kernel() 
         "pings, ARP, ND: {after:?}"
     );
     assert_eq!(flows.get(&k[0]).unwrap().unwrap().packets, 1);
+
+    // A GSO skb that misses (UDP GSO: one send of 6 x 1200 bytes, a single skb through pod
+    // A's veth): dropped by default; with set_slow_path_gso, s7fs0's transmit path (no GSO
+    // features while s7fs1 has a native XDP program) cuts it into 6 segments for the socket.
+    let gso_send = |fill: u8| {
+        t.a.run(|| {
+            use nix::sys::socket::{setsockopt, sockopt::UdpGsoSegment};
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            setsockopt(&s, UdpGsoSegment, &1200).expect("UDP_SEGMENT");
+            s.send_to(&[fill; 6 * 1200], "10.96.0.10:9").unwrap();
+        })
+    };
+    let before = fp.counters().unwrap();
+    gso_send(b'd');
+    let dropped = drain(&mut w, Duration::from_millis(300));
+    let mid = fp.counters().unwrap();
+    assert_eq!(
+        delta(&mid, &before, FastPathCounter::SlowGsoDrop),
+        1,
+        "{mid:?}"
+    );
+    assert!(dropped.is_empty(), "{} frames", dropped.len());
+    let mut fp = fp;
+    fp.set_slow_path_gso(true).unwrap();
+    gso_send(b's');
+    let segs = drain(&mut w, Duration::from_millis(300));
+    let after = fp.counters().unwrap();
+    assert_eq!(
+        delta(&after, &mid, FastPathCounter::SlowGsoSkbs),
+        1,
+        "{after:?}"
+    );
+    assert_eq!(delta(&after, &mid, FastPathCounter::SlowPath), 1);
+    assert_eq!(delta(&after, &mid, FastPathCounter::SlowGsoDrop), 0);
+    let seen: Vec<Seen> = segs.iter().filter_map(|f| parse(f)).collect();
+    assert_eq!(
+        seen.len(),
+        6,
+        "segments: {:?}",
+        segs.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (f, s) in segs.iter().zip(&seen) {
+        assert_eq!(
+            f[..6],
+            slow_path_mac(s7fa),
+            "each segment carries the slow-path MAC"
+        );
+        assert_eq!(s.payload, vec![b's'; 1200]);
+    }
 }
 
 #[test]
@@ -724,7 +783,7 @@ fn last_seen_remove_clear_and_a_full_map() {
 
     let mono = || nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
     let t0 = mono();
-    udp_exchange(&t, (a4, 41000), v4, b4, 2);
+    udp_exchange(&t, (a4, 41000), (v4, 53), b4, 2);
     let t1 = mono();
     let ns =
         |ts: nix::sys::time::TimeSpec| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64;
@@ -738,12 +797,24 @@ fn last_seen_remove_clear_and_a_full_map() {
         );
     }
 
+    // A TTL that would expire goes to the slow path (the worker answers it), entry or not.
+    let before = fp.counters().unwrap();
+    t.a.run(|| {
+        let s = UdpSocket::bind("10.77.1.2:41000").unwrap();
+        s.set_ttl(1).unwrap();
+        s.send_to(b"ttl", "10.96.0.10:53").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let after = fp.counters().unwrap();
+    assert_eq!(delta(&after, &before, FastPathCounter::SlowPath), 1);
+    assert_eq!(delta(&after, &before, FastPathCounter::FastFwdPackets), 0);
+
     // Removed: the flow goes to the slow path (the kernel here), the entry stays gone.
     assert_eq!(flows.remove_batch(&k[..1]).unwrap(), 1);
     assert_eq!(flows.remove_batch(&k[..1]).unwrap(), 0, "already gone");
     assert_eq!(flows.last_seen(&k[0]).unwrap(), None);
     let before = fp.counters().unwrap();
-    udp_exchange(&t, (a4, 41000), v4, b4, 2);
+    udp_exchange(&t, (a4, 41000), (v4, 53), b4, 2);
     let after = fp.counters().unwrap();
     assert_eq!(delta(&after, &before, FastPathCounter::SlowPath), 2);
     assert_eq!(
@@ -772,7 +843,7 @@ fn last_seen_remove_clear_and_a_full_map() {
     assert_eq!(flows.clear().unwrap(), 4);
     assert_eq!(flows.len().unwrap(), 0);
     let before = fp.counters().unwrap();
-    udp_exchange(&t, (a4, 41000), v4, b4, 2);
+    udp_exchange(&t, (a4, 41000), (v4, 53), b4, 2);
     let after = fp.counters().unwrap();
     assert_eq!(delta(&after, &before, FastPathCounter::SlowPath), 4);
     assert_eq!(delta(&after, &before, FastPathCounter::FastFwdPackets), 0);
@@ -784,6 +855,67 @@ fn last_seen_remove_clear_and_a_full_map() {
     fp.detach(t.sb).unwrap();
     assert!(fp.attached().is_empty());
     let before = fp.counters().unwrap();
-    udp_exchange(&t, (a4, 41000), v4, b4, 1);
+    udp_exchange(&t, (a4, 41000), (v4, 53), b4, 1);
     assert_eq!(fp.counters().unwrap(), before);
+}
+
+#[test]
+fn batches_larger_than_a_clear_chunk() {
+    let t = Topo::new();
+    let (_loader, fp) = t.load(8192);
+    let mut flows = fp.flows().unwrap();
+    let (k, a) = service_flow(
+        &t,
+        17,
+        (ip("10.77.1.2"), 1),
+        (ip("10.96.0.10"), 53),
+        (ip("10.77.2.2"), 5353),
+        true,
+    );
+    let keys: Vec<FlowKey> = (0..5000u32)
+        .map(|i| FlowKey {
+            sport: (1000 + i as u16).to_be(),
+            src: [
+                10,
+                77,
+                (i >> 8) as u8,
+                i as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+            ..k[0]
+        })
+        .collect();
+    let actions = vec![a[0]; keys.len()];
+    for (ks, vs) in keys.chunks(1000).zip(actions.chunks(1000)) {
+        assert_eq!(flows.insert_batch(ks, vs).unwrap(), 1000);
+    }
+    assert_eq!(flows.len().unwrap(), 5000);
+    // 500 present, then 500 absent, then 500 present: the absent ones are skipped.
+    assert_eq!(flows.remove_batch(&keys[..500]).unwrap(), 500);
+    assert_eq!(flows.remove_batch(&keys[..1000]).unwrap(), 500);
+    assert_eq!(flows.len().unwrap(), 4000);
+    assert_eq!(flows.get(&keys[999]).unwrap(), None);
+    assert_eq!(flows.get(&keys[1000]).unwrap(), Some(a[0]));
+    assert!(
+        flows.insert_batch(&keys[..2], &actions[..1]).is_err(),
+        "lengths differ"
+    );
+    assert_eq!(flows.clear().unwrap(), 4000, "four chunks and a bit");
+    assert_eq!(flows.len().unwrap(), 0);
+    assert_eq!(flows.clear().unwrap(), 0);
+    // Another handle on the same map sees the same entries.
+    let other = fp.flows().unwrap();
+    assert_eq!(flows.insert_batch(&k, &a).unwrap(), 2);
+    assert_eq!(other.get(&k[1]).unwrap(), Some(a[1]));
 }

@@ -106,7 +106,7 @@ pub fn ifindex_from_slow_path_mac(mac: &[u8; 6]) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-mod sys;
+use crate::sys;
 
 const CLEAR_CHUNK: usize = 1024;
 
@@ -225,13 +225,20 @@ impl FlowTable {
     /// were deleted. Entries inserted concurrently may survive.
     pub fn clear(&mut self) -> io::Result<usize> {
         let mut total = 0;
+        let (mut from, mut next) = (None, 0u64);
         loop {
-            // Each call starts from the beginning: what the last one returned is gone.
-            let (n, r) = sys::take_batch(self.fd(), &mut self.clear_keys, &mut self.clear_values);
+            // Each call goes on where the last one stopped (its buckets are empty now).
+            let (n, r) = sys::take_batch(
+                self.fd(),
+                from.as_ref(),
+                &mut next,
+                &mut self.clear_keys,
+                &mut self.clear_values,
+            );
             total += n;
             match r {
-                Ok(()) if n > 0 => continue,
-                Ok(()) => return Ok(total),
+                Ok(()) if n == 0 => return Ok(total),
+                Ok(()) => from = Some(next),
                 Err(e) if is_absent(&e) => return Ok(total), // the last chunk
                 Err(e) => return Err(e),
             }
