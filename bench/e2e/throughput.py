@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 
-DATAPLANES = ["nodeplane", "nft", "iptables", "tc-ceiling", "tc-ceiling-xdp"]
+DATAPLANES = ["nodeplane", "nodeplane-fast", "nft", "iptables", "tc-ceiling", "tc-ceiling-xdp"]
 # Experiments (bench/e2e/tc-ceiling/): ceilings of a kernel fast path, not products.
 CEILINGS = {"tc-ceiling": "tc/nft", "tc-ceiling-xdp": "tcx/nft"}
 PATHS = ["clusterip", "pod", "nodeport"]
@@ -200,7 +200,7 @@ def record(a):
         "offloads": {"client_pod": off_pa.strip(), "router": off_rtr.strip()},
         "pods_tx_csum_off": csum_off == "1",
     }
-    if dp == "nodeplane":
+    if dp in ("nodeplane", "nodeplane-fast"):
         rec["nodeplane_counters"] = np_delta(stats0, stats)
     elif dp in CEILINGS:
         rec["experiment"] = "ceiling of a kernel fast path (no policy, no userspace), not a product"
@@ -237,7 +237,7 @@ def line(runs):
         extra = ""
         if r["csum_errors"]:
             extra = " csum errors: " + ", ".join(f"{k} +{v}" for k, v in r["csum_errors"].items())
-        elif r["dataplane"] == "nodeplane":
+        elif r["dataplane"] in ("nodeplane", "nodeplane-fast"):
             extra = " (no checksum error counted in the pods)"
         print(f"{head} FAILED: {r['error']}{extra}{tag}", flush=True)
         sys.exit(3)
@@ -306,6 +306,8 @@ def report(runs_file, out):
         hdr.append("np/nft")
     if "nodeplane" in dps and "iptables" in dps:
         hdr.append("np/ipt")
+    if "nodeplane-fast" in dps and "nft" in dps:
+        hdr.append("fast/nft")
     ceil = [(d, CEILINGS[d]) for d in dps if d in CEILINGS and "nft" in dps]
     hdr += [key for _, key in ceil]
     print("| " + " | ".join(hdr) + " |")
@@ -321,7 +323,8 @@ def report(runs_file, out):
                       for d in dps]
             row = {"test": test, "metric": metric, "path": path, "unit": unit,
                    "higher_is_better": higher, "values": vals}
-            for num, other, key in ([("nodeplane", "nft", "np/nft"), ("nodeplane", "iptables", "np/ipt")]
+            for num, other, key in ([("nodeplane", "nft", "np/nft"), ("nodeplane", "iptables", "np/ipt"),
+                                     ("nodeplane-fast", "nft", "fast/nft")]
                                     + [(d, "nft", key) for d, key in ceil]):
                 if key in hdr:
                     q = ratio(vals.get(num), vals.get(other))
@@ -334,18 +337,21 @@ def report(runs_file, out):
               " (a TC program does DNAT and forwarding itself; no policy, no userspace, -xdp adds an"
               " XDP_PASS program on the node's veths), NOT products")
     goals = []
-    if "nodeplane" in dps and "nft" in dps and "clusterip" in paths:
+    for np_dp in ("nodeplane", "nodeplane-fast"):
+        if not (np_dp in dps and "nft" in dps and "clusterip" in paths):
+            continue
         print()
-        print("Goals (issue 10 item 3), nodeplane / kernel nftables in this run:")
+        print(f"Goals (issue 10 item 3), {np_dp} / kernel nftables in this run:")
         for label, test, metric, op, target in GOALS:
-            q = ratio(value(runs, "nodeplane", "clusterip", test, metric),
+            q = ratio(value(runs, np_dp, "clusterip", test, metric),
                       value(runs, "nft", "clusterip", test, metric))
             met = None if q is None else (q >= target if op == ">=" else q <= target)
             state = "not measured" if q is None else ("met" if met else "MISSED")
             if csum_off and q is not None:
                 state += " (TX csum off: not a result)"
             print(f"  {label}: {'-' if q is None else f'{q:.2f}'} (goal {op} {target}): {state}")
-            goals.append({"goal": label, "ratio": None if q is None else round(q, 3),
+            goals.append({"dataplane": np_dp, "goal": label,
+                          "ratio": None if q is None else round(q, 3),
                           "op": op, "target": target, "met": met})
     failed = [f"{r['dataplane']}/{r['path']}/{r['test']}" for r in runs if not r["ok"]]
     if failed:

@@ -37,6 +37,9 @@
 # Dataplanes:
 #         nodeplane  the daemon, `nodeplane run --config` with `io: afxdp`, 1 worker, on the
 #                    node's three veths (conntrack, Maglev DNAT, ingress policy)
+#         nodeplane-fast  the same with `io.afxdp.fast_path: tc` (issue 10): no XDP on the pod
+#                    veths (pods keep TSO), a TC program forwards the flow directions the worker
+#                    offered, misses go up to it through npslow0/npslow1
 #         nft        the kernel: kube-proxy's nftables-mode layout (table ip kube-proxy,
 #                    service-ips / service-nodeports verdict maps, service-/endpoint-/external-
 #                    chains, masquerade of NodePort traffic by mark), conntrack
@@ -99,7 +102,7 @@ while [ $# -gt 0 ]; do
     --dataplanes) DATAPLANES="$2"; shift 2 ;;
     --paths) PATHS="$2"; shift 2 ;;
     --tests) TESTS="$2"; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--out FILE] [--dataplanes nodeplane,nft,iptables] [--paths clusterip,pod,nodeport] [--tests stream1,stream4,rr,crr,udp]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--out FILE] [--dataplanes nodeplane,nodeplane-fast,nft,iptables] [--paths clusterip,pod,nodeport] [--tests stream1,stream4,rr,crr,udp]" >&2; exit 2 ;;
   esac
 done
 APP_CPU="${APP_CPU:-0}"
@@ -474,10 +477,30 @@ set_tx() {
   for ns in "$PA" "$PB" "$RTR"; do nsx "$ns" ethtool -K eth0 tx "$state" >/dev/null; done
 }
 
+# nodeplane-fast: XDP on uplink0 and npslow1 (not on the pod veths), the TC program on them.
+wait_fast() {
+  local i
+  for i in $(seq 100); do
+    if ip -n "$NODE" -d link show uplink0 | grep -q "prog/xdp" \
+      && ip -n "$NODE" -d link show npslow1 2>/dev/null | grep -q "prog/xdp" \
+      && "$NP" status --socket "$TMP/np.sock" --json 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d["io"].get("fast_path") is not None and d["generation"] >= 1 else 1)'; then
+      sleep 0.5
+      kill -0 "$NP_PID" 2>/dev/null && return 0
+      return 1
+    fi
+    kill -0 "$NP_PID" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
 dp_start() {
   set_tx "$1"
+  local afxdp="${TP_AFXDP:-}"
+  [ "$1" = nodeplane-fast ] && afxdp="fast_path: tc${TP_AFXDP:+, $TP_AFXDP}"
   case "$1" in
-    nodeplane)
+    nodeplane|nodeplane-fast)
       cat > "$TMP/config.yaml" <<EOF
 state:
   dir: $STATE
@@ -488,13 +511,17 @@ log_level: warn
 # one case's flows into the next start (and into other jobs' daemons on this machine).
 conntrack_snapshot: null
 io:
-  afxdp: {${TP_AFXDP:-}}
+  afxdp: {$afxdp}
 EOF
       # The whole process on NP_CPU (its worker pins itself to the first core it may use).
       ip netns exec "$NODE" nice -n "$NICE" taskset -c "$NP_CPU" "$NP" run --config "$TMP/config.yaml" \
         > /dev/null 2> "$TMP/np.log" &
       NP_PID=$!
-      wait_xdp || { cat "$TMP/np.log" >&2; die "nodeplane did not attach XDP to uplink0, pod-a and pod-b"; }
+      if [ "$1" = nodeplane-fast ]; then
+        wait_fast || { cat "$TMP/np.log" >&2; die "nodeplane (fast_path: tc) did not start its fast path"; }
+      else
+        wait_xdp || { cat "$TMP/np.log" >&2; die "nodeplane did not attach XDP to uplink0, pod-a and pod-b"; }
+      fi
       # The worker's CPU use with no traffic (busy polling must not spin when idle).
       sleep 1
       local t0 t1
@@ -517,16 +544,16 @@ EOF
 
 dp_stop() {
   case "$1" in
-    nodeplane)
+    nodeplane|nodeplane-fast)
       kill -TERM "$NP_PID" 2>/dev/null || true
       wait "$NP_PID" 2>/dev/null || true
       NP_PID=""
       local i
       for i in $(seq 100); do
-        ip -n "$NODE" -d link show | grep -q "prog/xdp" || return 0
+        if ! ip -n "$NODE" -d link show | grep -q "prog/xdp\|npslow"; then return 0; fi
         sleep 0.1
       done
-      die "nodeplane left XDP attached"
+      die "nodeplane left XDP attached (or its slow-path pair)"
       ;;
     nft|iptables)
       nsx "$NODE" nft flush ruleset
@@ -542,7 +569,7 @@ dp_stop() {
 # Between cases: no flow of a previous case left in the dataplane's table.
 dp_flush() {
   case "$1" in
-    nodeplane) "$NP" ct flush --socket "$TMP/np.sock" >/dev/null 2>&1 || true ;;
+    nodeplane|nodeplane-fast) "$NP" ct flush --socket "$TMP/np.sock" >/dev/null 2>&1 || true ;;
     *) nsx "$NODE" conntrack -F >/dev/null 2>&1 || true ;;
   esac
 }
@@ -550,7 +577,7 @@ dp_flush() {
 # Counters of the dataplane after a case, for the JSON.
 dp_snapshot() {
   case "$1" in
-    nodeplane) "$NP" status --socket "$TMP/np.sock" --json 2>/dev/null || echo null ;;
+    nodeplane|nodeplane-fast) "$NP" status --socket "$TMP/np.sock" --json 2>/dev/null || echo null ;;
     tc-ceiling|tc-ceiling-xdp) echo "{\"tc_hits\": $(tc_hits)}" ;;
     *) echo "{\"conntrack_entries\": $(nsx "$NODE" conntrack -C 2>/dev/null || echo -1)}" ;;
   esac
