@@ -290,6 +290,9 @@ pub struct Offload {
     /// The entry and direction of each offer of the batch (marked offered once in).
     offers: Vec<(u32, Dir)>,
     removals: Vec<OffloadKey>,
+    /// An interface went or came back (another ifindex): entries naming the old one are
+    /// cleared after the next burst ([`Offload::request_clear`]).
+    clear_requested: bool,
     pub counters: Counters,
 }
 
@@ -306,8 +309,15 @@ impl Offload {
             actions: Vec::with_capacity(BURST),
             offers: Vec::with_capacity(BURST),
             removals: Vec::with_capacity(REMOVALS),
+            clear_requested: false,
             counters: Counters::default(),
         }
+    }
+
+    /// Clears the map after the next burst (the I/O asks when an interface went away or came
+    /// back with another ifindex: entries keyed by, or redirecting to, the old one must go).
+    pub fn request_clear(&mut self) {
+        self.clear_requested = true;
     }
 
     /// The kernel ifindex of each table interface (index = [`IfIndex`]; 0: unknown). Set by
@@ -334,6 +344,10 @@ impl Offload {
     /// whose tuple as it arrived is `pipeline.tuples()[i]`), the expiry of offered flows
     /// whose timer ran out, then one insert and one removal batch.
     pub fn after_burst(&mut self, pipeline: &mut Pipeline, seen: &[Seen], now: u64) {
+        if self.clear_requested {
+            self.clear_requested = false;
+            self.clear(pipeline);
+        }
         let n = seen.len().min(BURST);
         let epoch = pipeline.epoch();
         let overridden = pipeline.policy_mode_override().is_some();

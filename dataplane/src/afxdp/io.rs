@@ -279,6 +279,10 @@ impl AfXdpIo {
             };
             self.rebuild_egress();
             self.resolve_ifindexes();
+            if let Some(o) = self.offload.as_mut() {
+                // Offers naming the interface's old ifindex (as ingress or egress) must go.
+                o.request_clear();
+            }
             if let Some(p) = &self.link {
                 // The control thread gone (stopping): nobody to tell.
                 let _ = p.replies.send(LinkReply {

@@ -414,6 +414,11 @@ fn clear_empties_the_map_and_the_flows_are_offered_again() {
     );
     assert_eq!(m.0.lock().unwrap().entries.len(), 1);
     assert_eq!(o.counters.reoffered, 0, "a fresh offer, not a repair");
+    // An interface re-created: cleared after the next burst.
+    o.request_clear();
+    o.after_burst(&mut p, &[], S);
+    assert!(m.0.lock().unwrap().entries.is_empty());
+    assert_eq!(o.counters.cleared, 2);
 }
 
 #[test]
