@@ -21,6 +21,8 @@ SECS="${1:-5}"
 RUNS="${2:-2}"
 P="${FS_PREFIX:-np-fpstream}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The newest build of the object (ls -t: by time; the paths have no odd characters).
+# shellcheck disable=SC2012
 OBJ="$(ls -t "$ROOT"/target/ci/build/nodeplane-xdp-*/out/fastpath.bpf.o 2>/dev/null | head -1 || true)"
 [ -n "$OBJ" ] || { echo "no fastpath.bpf.o: cargo build -p nodeplane-xdp --profile ci first" >&2; exit 1; }
 for t in bpftool python3 ip tc nft iperf3 clang; do command -v "$t" >/dev/null || { echo "needs $t" >&2; exit 1; }; done
