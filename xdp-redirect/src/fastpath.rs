@@ -38,7 +38,9 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::{flows::FlowTable, loader::Loader, sys};
 
-/// `io.afxdp.fast_path_flows`'s default: flow directions the map holds.
+/// `io.afxdp.fast_path_flows`'s default: flow directions the map holds. The map is
+/// preallocated: 200 bytes of kernel memory per entry, 52 MB at this default (bpftool's
+/// `memlock` of the map: 52 430 080 bytes on Linux 6.18), whatever the traffic.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
 
 /// How to load the fast path.
