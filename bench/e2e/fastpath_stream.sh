@@ -6,7 +6,7 @@
 #   fast  bpf/fastpath.c on the host side of both pod veths with the stream's two flow
 #         directions in np_flows (as a worker would offer them: DNAT + reverse NAT, MACs,
 #         TTL, bpf_redirect_peer); everything else (iperf3's control connection, SYN/FIN)
-#         takes the slow path, which here is the node's kernel again (s7fs0 -> s7fs1, a small
+#         takes the slow path, which here is the node's kernel again (fps0 -> fps1, a small
 #         TC program marks the frames PACKET_HOST, nftables DNATs them): no worker involved.
 # So "fast" is the kernel side of io.afxdp.fast_path: tc for an established stream; the mode
 # end to end (with the daemon's worker on the slow path) is throughput.sh's business.
@@ -42,12 +42,12 @@ for ns in "$N" "$A" "$B"; do ip netns del "$ns" 2>/dev/null || true; ip netns ad
 inn() { ip netns exec "$N" "$@"; }
 
 # Topology (as xdp-redirect/tests/fastpath.rs).
-ip -n "$N" link add s7fa address 02:00:00:77:01:01 type veth peer name eth0 address 02:00:00:77:01:02 netns "$A"
-ip -n "$N" link add s7fb address 02:00:00:77:02:01 type veth peer name eth0 address 02:00:00:77:02:02 netns "$B"
-ip -n "$N" link add s7fs0 type veth peer name s7fs1
-for i in s7fa s7fb s7fs0 s7fs1; do ip -n "$N" link set "$i" up; done
-ip -n "$N" addr add 10.77.1.1/24 dev s7fa
-ip -n "$N" addr add 10.77.2.1/24 dev s7fb
+ip -n "$N" link add fpa address 02:00:00:77:01:01 type veth peer name eth0 address 02:00:00:77:01:02 netns "$A"
+ip -n "$N" link add fpb address 02:00:00:77:02:01 type veth peer name eth0 address 02:00:00:77:02:02 netns "$B"
+ip -n "$N" link add fps0 type veth peer name fps1
+for i in fpa fpb fps0 fps1; do ip -n "$N" link set "$i" up; done
+ip -n "$N" addr add 10.77.1.1/24 dev fpa
+ip -n "$N" addr add 10.77.2.1/24 dev fpb
 for x in "$A:1" "$B:2"; do
   ns="${x%%:*}" n="${x##*:}"
   ip -n "$ns" link set eth0 up
@@ -55,7 +55,7 @@ for x in "$A:1" "$B:2"; do
   ip -n "$ns" route add default via "10.77.$n.1"
 done
 inn sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
-  net.ipv4.conf.s7fs1.rp_filter=0 net.netfilter.nf_conntrack_tcp_be_liberal=1
+  net.ipv4.conf.fps1.rp_filter=0 net.netfilter.nf_conntrack_tcp_be_liberal=1
 inn nft -f - <<'EOF'
 table ip fps {
   chain pre {
@@ -75,8 +75,8 @@ __attribute__((section("tc"), used)) int to_host(struct __sk_buff *skb)
 char _license[] __attribute__((section("license"), used)) = "GPL";
 EOF
 clang -O2 -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c "$TMP/to_host.c" -o "$TMP/to_host.o"
-inn tc qdisc add dev s7fs1 clsact
-inn tc filter add dev s7fs1 ingress bpf da obj "$TMP/to_host.o" sec tc
+inn tc qdisc add dev fps1 clsact
+inn tc filter add dev fps1 ingress bpf da obj "$TMP/to_host.o" sec tc
 
 # The fast path: loaded and its maps pinned by bpftool (host_addrs etc. of its own, 1 entry
 # each and empty: nothing in this run is addressed to the node), the stream's two directions
@@ -86,7 +86,7 @@ mount -t bpf bpf "$FS"
 mkdir "$FS/maps"
 bpftool prog load "$OBJ" "$FS/prog" type classifier pinmaps "$FS/maps"
 ifx() { ip -n "$N" -o link show dev "$1" | cut -d: -f1; }
-SA="$(ifx s7fa)" SB="$(ifx s7fb)" S0="$(ifx s7fs0)"
+SA="$(ifx fpa)" SB="$(ifx fpb)" S0="$(ifx fps0)"
 python3 - "$TMP" "$SA" "$SB" <<'EOF'
 import struct, sys, ipaddress
 d, sa, sb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -122,8 +122,8 @@ stream() {
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))'
   sleep 1 # TIME_WAIT of port 40000 on A: iperf3 sets SO_REUSEADDR
 }
-attach() { for i in s7fa s7fb; do inn tc qdisc add dev "$i" clsact; inn tc filter add dev "$i" ingress bpf da pinned "$FS/prog"; done; }
-detach() { for i in s7fa s7fb; do inn tc qdisc del dev "$i" clsact; done; }
+attach() { for i in fpa fpb; do inn tc qdisc add dev "$i" clsact; inn tc filter add dev "$i" ingress bpf da pinned "$FS/prog"; done; }
+detach() { for i in fpa fpb; do inn tc qdisc del dev "$i" clsact; done; }
 counters() {
   bpftool -j map dump pinned "$FS/maps/fp_counters" | python3 -c '
 import json, sys

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!   pod A np-s7f-fp<pid>-<n>a            node np-s7f-fp<pid>-<n>n                 pod B ...b
-//!   eth0 10.77.1.2 fd77:1::2 <==> s7fa 10.77.1.1 fd77:1::1
-//!                                 s7fb 10.77.2.1 fd77:2::1 <==> eth0 10.77.2.2 fd77:2::2
+//!   s7fp 10.77.1.2 fd77:1::2 <==> s7fa 10.77.1.1 fd77:1::1
+//!                                 s7fb 10.77.2.1 fd77:2::1 <==> s7fp 10.77.2.2 fd77:2::2
 //!                                 s7fs0 <==> s7fs1   (the slow-path pair)
 //!   service 10.96.0.10 / fd96::10: tcp 80 -> 8080, udp 53 -> 5353 on pod B
 //! ```
@@ -83,7 +83,7 @@ impl Topo {
                 host,
                 &mac_str(host_mac),
                 pod,
-                "eth0",
+                "s7fp",
                 &mac_str(pod_mac),
             );
             node.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", host]);
@@ -95,13 +95,13 @@ impl Topo {
                 host,
                 "nodad",
             ]);
-            pod.ip(&["addr", "add", &format!("10.77.{net}.2/24"), "dev", "eth0"]);
+            pod.ip(&["addr", "add", &format!("10.77.{net}.2/24"), "dev", "s7fp"]);
             pod.ip(&[
                 "addr",
                 "add",
                 &format!("fd77:{net}::2/64"),
                 "dev",
-                "eth0",
+                "s7fp",
                 "nodad",
             ]);
             pod.ip(&["route", "add", "default", "via", &format!("10.77.{net}.1")]);
@@ -243,9 +243,9 @@ impl Topo {
         })
     }
 
-    /// Whether `pod`'s eth0 still has TSO (no XDP program on its peer).
+    /// Whether `pod`'s s7fp still has TSO (no XDP program on its peer).
     fn tso_on(pod: &Netns) -> bool {
-        pod.exec(&["ethtool", "-k", "eth0"])
+        pod.exec(&["ethtool", "-k", "s7fp"])
             .lines()
             .any(|l| l.trim() == "tcp-segmentation-offload: on")
     }
@@ -655,7 +655,7 @@ fn misses_and_tcp_flags_go_to_the_slow_path_socket_and_the_rest_to_the_kernel() 
     let mz = |flags: &str| {
         t.a.exec(&[
             "mausezahn",
-            "eth0",
+            "s7fp",
             "-q",
             "-c",
             "1",
