@@ -17,6 +17,8 @@ set -euo pipefail
 REPEAT="${1:-1000000}"
 NS="${FC_NS:-np-fpcost}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The newest build of the object (ls -t: by time; the paths have no odd characters).
+# shellcheck disable=SC2012
 OBJ="$(ls -t "$ROOT"/target/ci/build/nodeplane-xdp-*/out/fastpath.bpf.o 2>/dev/null | head -1 || true)"
 [ -n "$OBJ" ] || { echo "no fastpath.bpf.o: cargo build -p nodeplane-xdp --profile ci first" >&2; exit 1; }
 for t in bpftool python3 ip; do command -v "$t" >/dev/null || { echo "needs $t" >&2; exit 1; }; done

@@ -39,7 +39,9 @@ pub struct FlowKey {
 }
 
 /// [`FlowAction::flags`]: `bpf_redirect_peer(egress)`, straight into a pod's namespace (else
-/// `bpf_redirect(egress, 0)`, the interface's egress).
+/// `bpf_redirect(egress, 0)`, the interface's egress). Only for an egress that is the host side
+/// of a veth whose peer is in another namespace: the kernel drops what it cannot deliver so,
+/// after the program returned (uncounted by it).
 pub const FLOW_PEER: u32 = 1;
 /// [`FlowAction::flags`]: decrement the TTL / hop limit (a TTL of 1 or less goes to the worker).
 pub const FLOW_DEC_TTL: u32 = 2;
