@@ -804,6 +804,54 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_families_only_with_a_fast_path() {
+        let mut s: Status = serde_json::from_str(AFXDP_STATUS).expect("status JSON");
+        let t = render(&s);
+        assert!(!t.contains("nodeplane_fast_path_total"), "{t}");
+        assert!(!t.contains("nodeplane_offload_total"), "{t}");
+        if let Some(io) = s.io.as_mut() {
+            io.fast_path = Some(
+                [("fast_fwd_packets", 42u64), ("slow_gso_drop", 3)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+            );
+        }
+        if let Some(a) = s.workers[0].io.afxdp.as_mut() {
+            a.offload = Some(nodeplane_dataplane::offload::Counters {
+                offered: 7,
+                offload_full: 2,
+                ..Default::default()
+            });
+        }
+        let t = render(&s);
+        assert_eq!(
+            sample(
+                &t,
+                r#"nodeplane_fast_path_total{counter="fast_fwd_packets"}"#
+            ),
+            Some(42.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, r#"nodeplane_fast_path_total{counter="slow_gso_drop"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&t, r#"nodeplane_offload_total{worker="0",event="offered"}"#),
+            Some(7.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"nodeplane_offload_total{worker="0",event="offload_full"}"#
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
     fn no_afxdp_families_without_afxdp() {
         let mut s: Status = serde_json::from_str(AFXDP_STATUS).expect("status JSON");
         s.io = None;
