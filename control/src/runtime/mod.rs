@@ -1217,10 +1217,11 @@ impl IoBackend for AfXdpBackend {
         self.link_stop.store(true, Ordering::Relaxed);
         self.links = None;
         self.tables = None;
-        if let Some(f) = self.fast.take() {
+        if !self.fast_ifaces.is_empty() {
             // The TC links are this process's: dropping the program detaches it from the pod
-            // interfaces, whose traffic is then the kernel's.
-            drop(f);
+            // interfaces, whose traffic is then the kernel's. The pair goes also after a start
+            // that failed before the program was loaded.
+            drop(self.fast.take());
             match slowpath::delete() {
                 Ok(()) => log::info!(
                     "AF_XDP fast path: TC program detached from {}; {} deleted",
