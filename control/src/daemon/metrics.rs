@@ -544,7 +544,10 @@ fn afxdp(o: &mut String, s: &Status) {
             o,
             name,
             "counter",
-            "The TC fast path's exits (io.afxdp.fast_path: tc), summed over CPUs:              fast_fwd_packets/bytes (forwarded by the kernel flow cache; a GSO skb counts its              segments), fast_gso_skbs, slow_path (to the workers), slow_gso_drop (a GSO skb of              a flow not offered yet: dropped, TCP resends it), pass (the kernel's), errors.",
+            "The TC fast path's exits (io.afxdp.fast_path: tc), summed over CPUs: \
+             fast_fwd_packets/bytes (forwarded by the kernel flow cache; a GSO skb counts its \
+             segments), fast_gso_skbs, slow_path (to the workers), slow_gso_drop (a GSO skb \
+             the slow path could not take: dropped, TCP resends it), pass (the kernel's), errors.",
         );
         for (exit, n) in fp {
             f.sample(name, &[("counter", exit)], n);
@@ -561,7 +564,10 @@ fn afxdp(o: &mut String, s: &Status) {
             o,
             name,
             "counter",
-            "The workers' side of the kernel flow cache: flow directions offered (and offered              again), refused by a full map (offload_full), failed map operations              (offload_errors), withdrawn (closed, ended, expired), refreshed at expiry because              the kernel forwarded them, map clears, slow-path frames received and unknown.",
+            "The workers' side of the kernel flow cache: flow directions offered (and offered \
+             again), refused by a full map (offload_full), failed map operations \
+             (offload_errors), withdrawn (closed, ended, expired), refreshed at expiry because \
+             the kernel forwarded them, map clears, slow-path frames received and unknown.",
         );
         for (worker, c) in &offload {
             for (event, n) in [
