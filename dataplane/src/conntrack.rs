@@ -691,6 +691,20 @@ pub struct V4Tuple {
     pub proto: u8,
 }
 
+impl V4Tuple {
+    /// The [`FlowKey`] of these fields.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: Addr::v4(self.src),
+            dst: Addr::v4(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
+}
+
 /// A flow as its table holds it: the entry and, for IPv6, its addresses. Dereferences to the
 /// [`Entry`] for the fields that do not involve addresses.
 #[derive(Debug, Clone, Copy)]
@@ -1161,32 +1175,14 @@ impl Conntrack {
         self.deadline.get(slot as usize).copied().unwrap_or(0)
     }
 
-    /// Whether `slot` holds a live flow whose key in direction `dir` is `key`: then it is what a
-    /// lookup of `key` finds (keys are unique in the index), so a result remembered from
-    /// earlier in the burst can be confirmed without a probe.
-    #[inline]
-    pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
-        // One bounds check: the IPv4 compare on the entry it found (`key_is` would look the
-        // slot up again).
-        match self.slots.get(slot as usize) {
-            Some(e) if e.live() => match e.has_key_v4(dir, key) {
-                Some(is) => is,
-                None => key_is_general(
-                    &self.slots,
-                    &self.cold,
-                    &self.v6,
-                    slot << 1 | dir as u32,
-                    key,
-                ),
-            },
-            _ => false,
-        }
-    }
-
-    /// [`Self::holds`] with the key also given by its IPv4 fields (compared in registers; `key`
-    /// only for a flow whose addresses are not all in line).
+    /// Whether `slot` holds a live flow whose key in direction `dir` is the IPv4 key of these
+    /// fields: then it is what a lookup of that key finds (keys are unique in the index), so a
+    /// result remembered earlier (the lane's flow cache) is confirmed without a probe. One
+    /// bounds check; the fields compared in registers on the entry found, a [`FlowKey`] built
+    /// only for a flow whose addresses are not all in line (translated to a [`SnatAddrs`]
+    /// address).
     #[inline(always)]
-    pub fn holds_v4(&self, slot: u32, dir: Dir, t: &V4Tuple, key: &FlowKey) -> bool {
+    pub fn holds_v4(&self, slot: u32, dir: Dir, t: &V4Tuple) -> bool {
         match self.slots.get(slot as usize) {
             Some(e) if e.live() => match e.matches_v4(dir, t) {
                 Some(is) => is,
@@ -1195,7 +1191,7 @@ impl Conntrack {
                     &self.cold,
                     &self.v6,
                     slot << 1 | dir as u32,
-                    key,
+                    &t.key(),
                 ),
             },
             _ => false,

@@ -275,6 +275,9 @@ pub struct Pipeline {
     counters: Counters,
     /// Per frame of the current chunk: its 5-tuple as it arrived (see [`Self::tuples`]).
     keys: Box<[FlowKey; BURST]>,
+    /// Whether the frames of the lean parse (the established lane's) have their 5-tuples
+    /// recorded in `keys` (see [`Self::set_record_tuples`]; the other frames always do).
+    record_tuples: bool,
     /// The established fast lane's flow cache (see `emc.rs`).
     cache: emc::FlowCache,
     /// The current chunk's SYNs looked ahead (see `syn.rs`).
@@ -309,6 +312,7 @@ impl Pipeline {
             rng: 0x2545_f491_4f6c_dd1d,
             counters: Counters::default(),
             keys: Box::new([FlowKey::default(); BURST]),
+            record_tuples: true,
             cache: emc::FlowCache::default(),
             ahead: syn::LookAhead::default(),
             mode_override: None,
@@ -356,11 +360,20 @@ impl Pipeline {
         &self.counters
     }
 
+    /// Whether [`Self::tuples`] is valid after each burst (default: yes). A worker whose flow
+    /// events nobody observes turns it off for its bursts: the established lane's frames then
+    /// store no 5-tuple (~12 instructions per packet, bench/RESULTS.md `## Fast path (issue
+    /// 11)`).
+    pub fn set_record_tuples(&mut self, on: bool) {
+        self.record_tuples = on;
+    }
+
     /// The 5-tuples of the last chunk (at most [`BURST`] frames) that [`Self::process_burst`]
     /// ran, index for index, as each frame arrived, before any rewrite ([`parse::tuple`]: all
     /// zero for a frame that is not IP or did not parse). Flow events take them from here, so
     /// observing costs no second parse. Later fragments carry ports 0 here (their ports come
-    /// from the first fragment, on a copy).
+    /// from the first fragment, on a copy). Only while [`Self::set_record_tuples`] is on (the
+    /// default): otherwise the lean-parsed frames' entries are stale.
     pub fn tuples(&self, n: usize) -> &[FlowKey] {
         &self.keys[..n.min(BURST)]
     }
@@ -409,6 +422,7 @@ impl Pipeline {
             rng: self.rng,
             counters: Counters::default(),
             keys: Box::new([FlowKey::default(); BURST]),
+            record_tuples: true,
             cache: emc::FlowCache::default(),
             ahead: syn::LookAhead::default(),
             mode_override: self.mode_override,
@@ -520,15 +534,17 @@ impl Pipeline {
                     }
                     None => match parse::lean4_within(p.data, lean_limit) {
                         Some(l) => {
-                            // Zeroed whole (a few wide stores), then the five fields: fewer
-                            // stores than the key's padded addresses written field by field.
-                            let k = &mut self.keys[i];
-                            *k = FlowKey::default();
-                            k.src.bytes[..4].copy_from_slice(&l.src);
-                            k.dst.bytes[..4].copy_from_slice(&l.dst);
-                            k.sport = l.sport;
-                            k.dport = l.dport;
-                            k.proto = l.proto;
+                            if self.record_tuples {
+                                // Zeroed whole (a few wide stores), then the five fields: fewer
+                                // stores than the key's padded addresses written field by field.
+                                let k = &mut self.keys[i];
+                                *k = FlowKey::default();
+                                k.src.bytes[..4].copy_from_slice(&l.src);
+                                k.dst.bytes[..4].copy_from_slice(&l.dst);
+                                k.sport = l.sport;
+                                k.dport = l.dport;
+                                k.proto = l.proto;
+                            }
                             if lane4::lane4(
                                 &mut self.ct,
                                 &mut self.cache,
@@ -536,7 +552,6 @@ impl Pipeline {
                                 &tables,
                                 p.data,
                                 &l,
-                                &self.keys[i],
                                 p.iface,
                                 p.ts,
                                 out,

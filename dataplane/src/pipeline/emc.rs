@@ -13,7 +13,6 @@
 //! 64k cells, because 16k missed ~17 % of 10k flows (bench/RESULTS.md, `## Fast path (issue 11)`).
 
 use crate::conntrack::{Conntrack, Dir, V4Tuple};
-use crate::flow::FlowKey;
 
 /// Cells of the cache (a power of two).
 pub const CELLS: usize = 1 << 16;
@@ -42,26 +41,20 @@ impl FlowCache {
         (hash >> (64 - CELLS.trailing_zeros())) as usize & (CELLS - 1)
     }
 
-    /// The live flow of `key` (hashed `hash` by [`Conntrack::hash`]), as
-    /// [`Conntrack::find_hashed`] finds it, from the cache when it holds it.
-    /// `t` is `key`'s fields (IPv4): the confirm compares them in registers.
+    /// The live flow of the IPv4 key of `t` (hashed `hash` by [`Conntrack::hash_v4`]), as
+    /// [`Conntrack::find_hashed`] finds it, from the cache when it holds it. The confirm
+    /// compares `t`'s fields in registers; the key is built in memory only for a miss's probe.
     #[inline(always)]
-    pub(super) fn find(
-        &mut self,
-        ct: &Conntrack,
-        t: &V4Tuple,
-        key: &FlowKey,
-        hash: u64,
-    ) -> Option<(u32, Dir)> {
+    pub(super) fn find(&mut self, ct: &Conntrack, t: &V4Tuple, hash: u64) -> Option<(u32, Dir)> {
         let c = Self::cell(hash);
         let v = self.cells[c];
         if v != EMPTY {
             let (slot, dir) = (v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply });
-            if ct.holds_v4(slot, dir, t, key) {
+            if ct.holds_v4(slot, dir, t) {
                 return Some((slot, dir));
             }
         }
-        let (slot, dir) = ct.find_hashed(key, hash)?;
+        let (slot, dir) = ct.find_hashed(&t.key(), hash)?;
         self.cells[c] = slot << 1 | dir as u32;
         Some((slot, dir))
     }

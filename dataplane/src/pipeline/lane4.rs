@@ -15,7 +15,7 @@
 use super::emc::FlowCache;
 use super::Outcome;
 use crate::conntrack::{Conntrack, Dir, V4Tuple};
-use crate::flow::{Addr, FlowKey, PROTO_UDP};
+use crate::flow::{Addr, PROTO_UDP};
 use crate::parse::{Lean4, LEAN4_L3, LEAN4_L4};
 use crate::rewrite;
 use crate::tables::{IfIndex, Tables};
@@ -24,7 +24,7 @@ use crate::wire::{ethernet, ipv4, tcp, udp};
 /// TCP flags that change a connection's state: never on the lane.
 const STATE_FLAGS: u8 = tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST;
 
-/// The established fast lane; `key` is `l.key()`. `true`: `out` holds the outcome (always a
+/// The established fast lane. `true`: `out` holds the outcome (always a
 /// forward) and the frame is rewritten; `false`: nothing changed.
 #[inline(always)]
 #[expect(
@@ -38,7 +38,6 @@ pub(super) fn lane4(
     t: &Tables,
     frame: &mut [u8],
     l: &Lean4,
-    key: &FlowKey,
     iface: IfIndex,
     now: u64,
     out: &mut Outcome,
@@ -48,7 +47,7 @@ pub(super) fn lane4(
         return false;
     }
     // The key's fields as the lean parse left them (in registers): the hash and the cache's
-    // confirm read them, not the key in memory (which the index probe of a miss reads).
+    // confirm read them; the key is built in memory only for the index probe of a miss.
     let tuple = V4Tuple {
         src: l.src,
         dst: l.dst,
@@ -57,8 +56,8 @@ pub(super) fn lane4(
         proto: l.proto,
     };
     let hash = ct.hash_v4(&tuple);
-    debug_assert_eq!(hash, ct.hash(key));
-    let Some((slot, dir)) = cache.find(ct, &tuple, key, hash) else {
+    debug_assert_eq!(hash, ct.hash(&tuple.key()));
+    let Some((slot, dir)) = cache.find(ct, &tuple, hash) else {
         return false;
     };
     // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
