@@ -75,34 +75,47 @@ pub(super) fn lane4(
     ) else {
         return false;
     };
-    if l.proto == PROTO_UDP {
-        match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
-            Some(l4) => finish(
-                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, true, out,
-            ),
+    // One copy of the rest per L4 header size and direction: every header offset and the
+    // entry's per-direction fields at constant places.
+    match (l.proto == PROTO_UDP, dir) {
+        (true, Dir::Orig) => match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, true>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, true, out)
+            }
             None => false,
-        }
-    } else {
-        match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
-            Some(l4) => finish(
-                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, false, out,
-            ),
+        },
+        (true, Dir::Reply) => match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, false>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, true, out)
+            }
             None => false,
-        }
+        },
+        (false, Dir::Orig) => match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, true>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, false, out)
+            }
+            None => false,
+        },
+        (false, Dir::Reply) => match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, false>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, false, out)
+            }
+            None => false,
+        },
     }
 }
 
-/// The entry's checks and touch, the rewrite and the outcome; `l4` ends with the L4 checksum
-/// field. `false`: not for the lane (nothing changed).
+/// The entry's checks and touch, the rewrite and the outcome of a packet in direction `ORIG`
+/// (else the reply); `l4` ends with the L4 checksum field. `false`: not for the lane (nothing
+/// changed).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
-    reason = "the lane's parts, monomorphised per L4 header size"
+    reason = "the lane's parts, monomorphised per L4 header size and direction"
 )]
-fn finish<const L: usize>(
+fn finish<const L: usize, const ORIG: bool>(
     ct: &mut Conntrack,
     slot: u32,
-    dir: Dir,
     epoch: u32,
     t: &Tables,
     l: &Lean4,
@@ -114,6 +127,7 @@ fn finish<const L: usize>(
     udp: bool,
     out: &mut Outcome,
 ) -> bool {
+    let dir = if ORIG { Dir::Orig } else { Dir::Reply };
     // The epoch implies the generation: a direction's fast path is recorded only after its
     // flow was checked under these tables (see `Entry::set_fast`). Live, not ended, not
     // expired, steady: then counted and its timer renewed.
@@ -139,18 +153,18 @@ fn finish<const L: usize>(
     );
     match nat {
         Some(nat) => {
-            let (to_dst, addr, port) = match dir {
-                Dir::Orig => (true, nat.backend, nat.backend_port),
-                Dir::Reply => (false, nat.vip, nat.vip_port),
+            // The original direction's destination becomes the backend; the reply's source
+            // becomes the VIP again.
+            let (addr, port) = if ORIG {
+                (nat.backend, nat.backend_port)
+            } else {
+                (nat.vip, nat.vip_port)
             };
-            rewrite::nat4(ip, l4, udp, to_dst, addr, port, true);
+            rewrite::nat4(ip, l4, udp, ORIG, addr, port, true);
             if let Some(sn) = e.snat_v4() {
                 // The other side: the client leaves from the source NAT, replies go back to it.
-                let (addr, port) = match dir {
-                    Dir::Orig => sn,
-                    Dir::Reply => e.orig_src_v4(),
-                };
-                rewrite::nat4(ip, l4, udp, !to_dst, addr, port, false);
+                let (addr, port) = if ORIG { sn } else { e.orig_src_v4() };
+                rewrite::nat4(ip, l4, udp, !ORIG, addr, port, false);
             }
         }
         None => rewrite::ttl4(ip),
