@@ -46,8 +46,8 @@ pub(super) fn lane4(
     if l.csum_partial || l.tcp_flags & STATE_FLAGS != 0 || l.ttl <= 1 {
         return false;
     }
-    // The key's fields as the lean parse left them (in registers): the hash and the cache's
-    // confirm read them; the key is built in memory only for the index probe of a miss.
+    // The key's fields as the lean parse left them (in registers): the cache's hash and
+    // confirm read them; the key is hashed for the index and built in memory only on a miss.
     let tuple = V4Tuple {
         src: l.src,
         dst: l.dst,
@@ -55,9 +55,7 @@ pub(super) fn lane4(
         dport: l.dport,
         proto: l.proto,
     };
-    let hash = ct.hash_v4(&tuple);
-    debug_assert_eq!(hash, ct.hash(&tuple.key()));
-    let Some((slot, dir)) = cache.find(ct, &tuple, hash) else {
+    let Some((slot, dir)) = cache.find(ct, &tuple) else {
         return false;
     };
     // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
