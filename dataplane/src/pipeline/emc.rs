@@ -21,7 +21,8 @@ use crate::conntrack::{Conntrack, Dir, V4Tuple};
 /// Cells of the cache (a power of two).
 pub const CELLS: usize = 1 << 16;
 
-/// An empty cell (no slot has this value: slots are below `u32::MAX >> 1`).
+/// An empty cell (no slot has this value: slots are below `u32::MAX >> 1`, so an empty cell
+/// fails the confirm's bounds check).
 const EMPTY: u32 = u32::MAX;
 
 #[derive(Debug)]
@@ -48,8 +49,7 @@ impl FlowCache {
     /// addresses; the ports and protocol), each with a seed word mixed in.
     #[inline(always)]
     fn cell(&self, t: &V4Tuple) -> usize {
-        let a = u64::from(u32::from_ne_bytes(t.src)) | u64::from(u32::from_ne_bytes(t.dst)) << 32;
-        let b = u64::from(t.sport) | u64::from(t.dport) << 16 | u64::from(t.proto) << 32;
+        let (a, b) = t.words();
         let p = u128::from(a ^ self.seed[0]) * u128::from(b ^ self.seed[1]);
         let h = (p as u64) ^ (p >> 64) as u64;
         (h >> (64 - CELLS.trailing_zeros())) as usize & (CELLS - 1)
@@ -62,11 +62,10 @@ impl FlowCache {
     pub(super) fn find(&mut self, ct: &Conntrack, t: &V4Tuple) -> Option<(u32, Dir)> {
         let c = self.cell(t);
         let v = self.cells[c];
-        if v != EMPTY {
-            let (slot, dir) = (v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply });
-            if ct.holds_v4(slot, dir, t) {
-                return Some((slot, dir));
-            }
+        // An empty cell names slot `u32::MAX >> 1`, which no table has: no hit.
+        let (slot, dir) = (v >> 1, if v & 1 == 0 { Dir::Orig } else { Dir::Reply });
+        if ct.holds_v4(slot, dir, t) {
+            return Some((slot, dir));
         }
         let key = t.key();
         let hash = ct.hash_v4(t);
