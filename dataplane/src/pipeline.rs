@@ -520,6 +520,8 @@ impl Pipeline {
             // The lean parse stops at the node's smallest MTU: a longer frame takes the general
             // path, where its egress MTU is checked (`mtu.rs`), and the lane compares nothing.
             let lean_limit = tables.frame_limit.min(parse::MAX_FRAME_LEN);
+            // Frames the lane forwarded: counted once after the loop.
+            let mut lane = 0u64;
             for i in 0..n {
                 let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
                     break;
@@ -556,8 +558,7 @@ impl Pipeline {
                                 p.ts,
                                 out,
                             ) {
-                                self.counters.packets += 1;
-                                self.counters.forwarded += 1;
+                                lane += 1;
                                 continue;
                             }
                             Ok(Parsed::Ip(l.meta()))
@@ -580,6 +581,8 @@ impl Pipeline {
                 self.counters.packets += 1;
                 self.counters.count(out.action);
             }
+            self.counters.packets += lane;
+            self.counters.forwarded += lane;
             if let Some(last) = chunk.last() {
                 self.ct.gc_step(last.ts, GC_PER_BURST);
             }
