@@ -520,9 +520,13 @@ impl Pipeline {
             // The lean parse stops at the node's smallest MTU: a longer frame takes the general
             // path, where its egress MTU is checked (`mtu.rs`), and the lane compares nothing.
             let lean_limit = tables.frame_limit.min(parse::MAX_FRAME_LEN);
-            // Frames the lane forwarded: counted once after the loop.
+            // The burst's leading run of frames the lane takes, in a loop of its own; from the
+            // first frame it does not take on, every frame goes through the loop below, in
+            // order (so a flow's packets are never reordered between the two).
+            let start = self.lane_run(&tables, chunk, out, n, lean_limit);
+            // Frames the lane forwarded in the loop below: counted once after it.
             let mut lane = 0u64;
-            for i in 0..n {
+            for i in start..n {
                 let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
                     break;
                 };
@@ -587,6 +591,62 @@ impl Pipeline {
                 self.ct.gc_step(last.ts, GC_PER_BURST);
             }
         }
+    }
+
+    /// The established lane over the leading frames of a chunk (`n` frames, lean-parsed up
+    /// to `lean_limit` bytes) until the first one it does not take, which it leaves untouched;
+    /// how many it took (counted here). A loop of its own, with none of the general path's
+    /// values live across it (bench/RESULTS.md, `## Fast path (issue 11)`). A burst whose
+    /// first frame the lane does not take pays one lean parse more (that frame's, again in the
+    /// loop after this).
+    #[inline(always)]
+    fn lane_run(
+        &mut self,
+        tables: &Tables,
+        chunk: &mut [Packet<'_>],
+        out: &mut [Outcome],
+        n: usize,
+        lean_limit: usize,
+    ) -> usize {
+        let mut i = 0;
+        while i < n {
+            let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
+                break;
+            };
+            if p.parsed.is_some() {
+                break;
+            }
+            let Some(l) = parse::lean4_within(p.data, lean_limit) else {
+                break;
+            };
+            if self.record_tuples {
+                // As in the loop of `process_burst`.
+                let k = &mut self.keys[i];
+                *k = FlowKey::default();
+                k.src.bytes[..4].copy_from_slice(&l.src);
+                k.dst.bytes[..4].copy_from_slice(&l.dst);
+                k.sport = l.sport;
+                k.dport = l.dport;
+                k.proto = l.proto;
+            }
+            if !lane4::lane4(
+                &mut self.ct,
+                &mut self.cache,
+                self.epoch,
+                tables,
+                p.data,
+                &l,
+                p.iface,
+                p.ts,
+                out,
+            ) {
+                break;
+            }
+            i += 1;
+        }
+        self.counters.packets += i as u64;
+        self.counters.forwarded += i as u64;
+        i
     }
 
     /// The general path of a parsed frame: checksum completion, the established fast path of
