@@ -219,9 +219,7 @@ pub fn lean4_within(frame: &[u8], limit: usize) -> Option<Lean4> {
     const _: () = assert!(ethernet::ETHERTYPE.end == L3 && ipv4::VER_IHL == 0);
     // One 4-byte load (from the bytes one by one, the compiler loads only the three it keeps,
     // as two loads).
-    let Some(w) = h[et..].first_chunk::<4>() else {
-        return None;
-    };
+    let w = h[et..].first_chunk::<4>()?;
     if u32::from_le_bytes(*w) & 0x00ff_ffff != TYPE_VER {
         return None;
     }
