@@ -128,6 +128,8 @@ fn measure(s: &State, services: u32, flows: u64) -> Figures {
     let build_ms = start.elapsed().as_secs_f64() * 1e3;
     let pc = t.iface_index("pod-client").expect("iface");
     let mut p = Pipeline::new(t);
+    // As a worker whose flow events nobody observes (the default of a running node).
+    p.set_record_tuples(false);
 
     // Open the flows; keep each one's ACK frame in one flat array.
     let mut acks = vec![0u8; flows as usize * FRAME];

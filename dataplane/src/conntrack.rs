@@ -669,6 +669,22 @@ impl Entry {
         )
     }
 
+    /// An IPv4 flow's original key as [`V4Tuple::words`]: the first 13 bytes of the line, two
+    /// loads (the second word's top bytes, flags, state and FIN bits, masked off).
+    #[inline(always)]
+    fn orig_words_v4(&self) -> (u64, u64) {
+        (
+            u64::from(u32::from_ne_bytes(self.src)) | u64::from(u32::from_ne_bytes(self.dst)) << 32,
+            (u64::from(self.sport)
+                | u64::from(self.dport) << 16
+                | u64::from(self.proto) << 32
+                | u64::from(self.flags) << 40
+                | u64::from(self.state as u8) << 48
+                | u64::from(self.fins) << 56)
+                & 0xff_ffff_ffff,
+        )
+    }
+
     /// [`Self::has_key_v4`] for an IPv4 key given by its fields (the established lane's, from
     /// its lean parse). `None`: not an IPv4 flow with every address in line.
     #[inline(always)]
@@ -718,6 +734,30 @@ pub struct V4Tuple {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+}
+
+impl V4Tuple {
+    /// The key as two words: both addresses (source in the low half, each in the machine's
+    /// order of its bytes); the ports and protocol (`sport | dport << 16 | proto << 32`).
+    #[inline(always)]
+    pub fn words(&self) -> (u64, u64) {
+        (
+            u64::from(u32::from_ne_bytes(self.src)) | u64::from(u32::from_ne_bytes(self.dst)) << 32,
+            u64::from(self.sport) | u64::from(self.dport) << 16 | u64::from(self.proto) << 32,
+        )
+    }
+
+    /// The [`FlowKey`] of these fields.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: Addr::v4(self.src),
+            dst: Addr::v4(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
 }
 
 /// A flow as its table holds it: the entry and, for IPv6, its addresses. Dereferences to the
@@ -1194,44 +1234,40 @@ impl Conntrack {
         self.deadline.get(slot as usize).copied().unwrap_or(0)
     }
 
-    /// Whether `slot` holds a live flow whose key in direction `dir` is `key`: then it is what a
-    /// lookup of `key` finds (keys are unique in the index), so a result remembered from
-    /// earlier in the burst can be confirmed without a probe.
-    #[inline]
-    pub fn holds(&self, slot: u32, dir: Dir, key: &FlowKey) -> bool {
-        // One bounds check: the IPv4 compare on the entry it found (`key_is` would look the
-        // slot up again).
-        match self.slots.get(slot as usize) {
-            Some(e) if e.live() => match e.has_key_v4(dir, key) {
-                Some(is) => is,
-                None => key_is_general(
-                    &self.slots,
-                    &self.cold,
-                    &self.v6,
-                    slot << 1 | dir as u32,
-                    key,
-                ),
-            },
-            _ => false,
-        }
-    }
-
-    /// [`Self::holds`] with the key also given by its IPv4 fields (compared in registers; `key`
-    /// only for a flow whose addresses are not all in line).
+    /// Whether `slot` holds a live flow whose key in direction `dir` is the IPv4 key of these
+    /// fields: then it is what a lookup of that key finds (keys are unique in the index), so a
+    /// result remembered earlier (the lane's flow cache) is confirmed without a probe. One
+    /// bounds check; the fields compared in registers on the entry found, a [`FlowKey`] built
+    /// only for a flow whose addresses are not all in line (translated to a [`SnatAddrs`]
+    /// address).
+    ///
+    /// The original direction compares two words (the entry's key is stored in the order of
+    /// [`V4Tuple::words`]); the reply's, field by field.
     #[inline(always)]
-    pub fn holds_v4(&self, slot: u32, dir: Dir, t: &V4Tuple, key: &FlowKey) -> bool {
-        match self.slots.get(slot as usize) {
-            Some(e) if e.live() => match e.matches_v4(dir, t) {
-                Some(is) => is,
-                None => key_is_general(
-                    &self.slots,
-                    &self.cold,
-                    &self.v6,
-                    slot << 1 | dir as u32,
-                    key,
-                ),
-            },
-            _ => false,
+    pub fn holds_v4(&self, slot: u32, dir: Dir, t: &V4Tuple) -> bool {
+        let Some(e) = self.slots.get(slot as usize) else {
+            return false;
+        };
+        // Live and IPv4 in one test.
+        let is = if e.flags & (LIVE | V6) != LIVE {
+            if !e.live() {
+                return false;
+            }
+            None
+        } else if dir == Dir::Orig {
+            Some(e.orig_words_v4() == t.words())
+        } else {
+            e.matches_v4(dir, t)
+        };
+        match is {
+            Some(is) => is,
+            None => key_is_general(
+                &self.slots,
+                &self.cold,
+                &self.v6,
+                slot << 1 | dir as u32,
+                &t.key(),
+            ),
         }
     }
 
@@ -2327,6 +2363,90 @@ mod tests {
                 assert_eq!(ct.hash_v4(&t), ct.hash(&k), "{k:?}");
             }
         }
+    }
+
+    /// The flow cache's confirm (`holds_v4`) says yes exactly where the index finds the key:
+    /// flows without NAT, with a destination NAT, with a source NAT from each place (the
+    /// client, the dialled address, the table), an IPv6 flow, a removed one, the empty cell's
+    /// slot; every key of them and near misses, against every slot and direction.
+    #[test]
+    fn holds_v4_is_what_the_index_finds() {
+        let mut ct = Conntrack::new(&cfg(32));
+        let v4 = |a: &Addr| -> [u8; 4] { a.bytes[..4].try_into().expect("4 bytes") };
+        let backend = Addr::v4([10, 0, 2, 9]);
+        let table_addr = Addr::v4([192, 168, 100, 3]);
+        let mut keys = Vec::new();
+        let mut slots = Vec::new();
+        for i in 0..6u16 {
+            let k = key(40 + i, if i == 1 { PROTO_UDP } else { PROTO_TCP });
+            let mut f = flow(k);
+            if i >= 1 {
+                f.nat = Some(Nat {
+                    vip: k.dst,
+                    vip_port: k.dport,
+                    backend,
+                    backend_port: 8080,
+                    service: 0,
+                });
+                f.reply = FlowKey {
+                    src: backend,
+                    dst: k.src,
+                    sport: 8080,
+                    dport: k.sport,
+                    proto: k.proto,
+                };
+            }
+            if let Some(addr) = [None, None, Some(k.src), Some(k.dst), Some(table_addr)]
+                .get(usize::from(i))
+                .copied()
+                .flatten()
+            {
+                f.snat = Some(Snat {
+                    addr,
+                    port: 61000 + i,
+                });
+                f.reply.dst = addr;
+                f.reply.dport = 61000 + i;
+            }
+            slots.push(ct.create(&f, F::SYN, 60, 0).unwrap());
+            for k in [f.orig, f.reply] {
+                keys.push(k);
+                keys.push(k.reversed());
+                keys.push(FlowKey {
+                    sport: k.sport.wrapping_add(1),
+                    ..k
+                });
+                keys.push(FlowKey { proto: 17, ..k });
+            }
+        }
+        let mut k6 = key(60, PROTO_TCP);
+        k6.src = Addr::from("fd00::10".parse::<std::net::IpAddr>().unwrap());
+        k6.dst = Addr::from("fd00:96::1".parse::<std::net::IpAddr>().unwrap());
+        slots.push(ct.create(&flow(k6), F::SYN, 60, 0).unwrap());
+        let gone = ct.create(&flow(key(61, PROTO_TCP)), F::SYN, 60, 0).unwrap();
+        ct.remove(gone);
+        keys.push(key(61, PROTO_TCP));
+        slots.extend([gone, u32::MAX >> 1]);
+        let mut hits = 0;
+        for k in &keys {
+            let t = V4Tuple {
+                src: v4(&k.src),
+                dst: v4(&k.dst),
+                sport: k.sport,
+                dport: k.dport,
+                proto: k.proto,
+            };
+            let found = ct.find(k);
+            for &s in &slots {
+                for d in [Dir::Orig, Dir::Reply] {
+                    let want = found == Some((s, d));
+                    hits += usize::from(want);
+                    assert_eq!(ct.holds_v4(s, d, &t), want, "{k:?} slot {s} {d:?}");
+                }
+            }
+        }
+        // Each flow's two keys at least (a near miss of one flow may be another's key).
+        assert!(hits >= 12, "{hits} hits");
     }
 
     fn flow(k: FlowKey) -> NewFlow {

@@ -275,6 +275,9 @@ pub struct Pipeline {
     counters: Counters,
     /// Per frame of the current chunk: its 5-tuple as it arrived (see [`Self::tuples`]).
     keys: Box<[FlowKey; BURST]>,
+    /// Whether the frames of the lean parse (the established lane's) have their 5-tuples
+    /// recorded in `keys` (see [`Self::set_record_tuples`]; the other frames always do).
+    record_tuples: bool,
     /// The established fast lane's flow cache (see `emc.rs`).
     cache: emc::FlowCache,
     /// The current chunk's SYNs looked ahead (see `syn.rs`).
@@ -309,6 +312,7 @@ impl Pipeline {
             rng: 0x2545_f491_4f6c_dd1d,
             counters: Counters::default(),
             keys: Box::new([FlowKey::default(); BURST]),
+            record_tuples: true,
             cache: emc::FlowCache::default(),
             ahead: syn::LookAhead::default(),
             mode_override: None,
@@ -362,11 +366,20 @@ impl Pipeline {
         &self.counters
     }
 
+    /// Whether [`Self::tuples`] is valid after each burst (default: yes). A worker whose flow
+    /// events nobody observes turns it off for its bursts: the established lane's frames then
+    /// store no 5-tuple (~12 instructions per packet, bench/RESULTS.md `## Fast path (issue
+    /// 11)`).
+    pub fn set_record_tuples(&mut self, on: bool) {
+        self.record_tuples = on;
+    }
+
     /// The 5-tuples of the last chunk (at most [`BURST`] frames) that [`Self::process_burst`]
     /// ran, index for index, as each frame arrived, before any rewrite ([`parse::tuple`]: all
     /// zero for a frame that is not IP or did not parse). Flow events take them from here, so
     /// observing costs no second parse. Later fragments carry ports 0 here (their ports come
-    /// from the first fragment, on a copy).
+    /// from the first fragment, on a copy). Only while [`Self::set_record_tuples`] is on (the
+    /// default): otherwise the lean-parsed frames' entries are stale.
     pub fn tuples(&self, n: usize) -> &[FlowKey] {
         &self.keys[..n.min(BURST)]
     }
@@ -415,6 +428,7 @@ impl Pipeline {
             rng: self.rng,
             counters: Counters::default(),
             keys: Box::new([FlowKey::default(); BURST]),
+            record_tuples: true,
             cache: emc::FlowCache::default(),
             ahead: syn::LookAhead::default(),
             mode_override: self.mode_override,
@@ -512,7 +526,13 @@ impl Pipeline {
             // The lean parse stops at the node's smallest MTU: a longer frame takes the general
             // path, where its egress MTU is checked (`mtu.rs`), and the lane compares nothing.
             let lean_limit = tables.frame_limit.min(parse::MAX_FRAME_LEN);
-            for i in 0..n {
+            // The burst's leading run of frames the lane takes, in a loop of its own; from the
+            // first frame it does not take on, every frame goes through the loop below, in
+            // order (so a flow's packets are never reordered between the two).
+            let start = self.lane_run(&tables, chunk, out, n, lean_limit);
+            // Frames the lane forwarded in the loop below: counted once after it.
+            let mut lane = 0u64;
+            for i in start..n {
                 let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
                     break;
                 };
@@ -526,15 +546,17 @@ impl Pipeline {
                     }
                     None => match parse::lean4_within(p.data, lean_limit) {
                         Some(l) => {
-                            // Zeroed whole (a few wide stores), then the five fields: fewer
-                            // stores than the key's padded addresses written field by field.
-                            let k = &mut self.keys[i];
-                            *k = FlowKey::default();
-                            k.src.bytes[..4].copy_from_slice(&l.src);
-                            k.dst.bytes[..4].copy_from_slice(&l.dst);
-                            k.sport = l.sport;
-                            k.dport = l.dport;
-                            k.proto = l.proto;
+                            if self.record_tuples {
+                                // Zeroed whole (a few wide stores), then the five fields: fewer
+                                // stores than the key's padded addresses written field by field.
+                                let k = &mut self.keys[i];
+                                *k = FlowKey::default();
+                                k.src.bytes[..4].copy_from_slice(&l.src);
+                                k.dst.bytes[..4].copy_from_slice(&l.dst);
+                                k.sport = l.sport;
+                                k.dport = l.dport;
+                                k.proto = l.proto;
+                            }
                             if lane4::lane4(
                                 &mut self.ct,
                                 &mut self.cache,
@@ -542,13 +564,11 @@ impl Pipeline {
                                 &tables,
                                 p.data,
                                 &l,
-                                &self.keys[i],
                                 p.iface,
                                 p.ts,
                                 out,
                             ) {
-                                self.counters.packets += 1;
-                                self.counters.forwarded += 1;
+                                lane += 1;
                                 continue;
                             }
                             Ok(Parsed::Ip(l.meta()))
@@ -571,10 +591,68 @@ impl Pipeline {
                 self.counters.packets += 1;
                 self.counters.count(out.action);
             }
+            self.counters.packets += lane;
+            self.counters.forwarded += lane;
             if let Some(last) = chunk.last() {
                 self.ct.gc_step(last.ts, GC_PER_BURST);
             }
         }
+    }
+
+    /// The established lane over the leading frames of a chunk (`n` frames, lean-parsed up
+    /// to `lean_limit` bytes) until the first one it does not take, which it leaves untouched;
+    /// how many it took (counted here). A loop of its own, with none of the general path's
+    /// values live across it (bench/RESULTS.md, `## Fast path (issue 11)`). A burst whose
+    /// first frame the lane does not take pays one lean parse more (that frame's, again in the
+    /// loop after this).
+    #[inline(always)]
+    fn lane_run(
+        &mut self,
+        tables: &Tables,
+        chunk: &mut [Packet<'_>],
+        out: &mut [Outcome],
+        n: usize,
+        lean_limit: usize,
+    ) -> usize {
+        let mut i = 0;
+        while i < n {
+            let (Some(p), Some(out)) = (chunk.get_mut(i), out.get_mut(i)) else {
+                break;
+            };
+            if p.parsed.is_some() {
+                break;
+            }
+            let Some(l) = parse::lean4_within(p.data, lean_limit) else {
+                break;
+            };
+            if self.record_tuples {
+                // As in the loop of `process_burst`.
+                let k = &mut self.keys[i];
+                *k = FlowKey::default();
+                k.src.bytes[..4].copy_from_slice(&l.src);
+                k.dst.bytes[..4].copy_from_slice(&l.dst);
+                k.sport = l.sport;
+                k.dport = l.dport;
+                k.proto = l.proto;
+            }
+            if !lane4::lane4(
+                &mut self.ct,
+                &mut self.cache,
+                self.epoch,
+                tables,
+                p.data,
+                &l,
+                p.iface,
+                p.ts,
+                out,
+            ) {
+                break;
+            }
+            i += 1;
+        }
+        self.counters.packets += i as u64;
+        self.counters.forwarded += i as u64;
+        i
     }
 
     /// The general path of a parsed frame: checksum completion, the established fast path of

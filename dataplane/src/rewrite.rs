@@ -255,10 +255,8 @@ pub fn nat4<const L: usize>(
     let d_addr = u64::from(!old_addr) + u64::from(u32::from_ne_bytes(addr));
     let mut d_ip = d_addr;
     if ttl {
-        let t = ip[ipv4::TTL].wrapping_sub(1);
-        let old = ne16(ip, ipv4::TTL_PROTOCOL.start);
-        d_ip += delta16(old, u16::from_ne_bytes([t, ip[ipv4::PROTOCOL]]));
-        ip[ipv4::TTL] = t;
+        d_ip += TTL_DEC;
+        ip[ipv4::TTL] -= 1;
     }
     let ipc = apply(ne16(ip, ipv4::CHECKSUM.start), d_ip);
     ip[aoff..aoff + ipv4::ADDR_LEN].copy_from_slice(&addr);
@@ -280,6 +278,12 @@ pub fn nat4<const L: usize>(
     l4[ports].copy_from_slice(&wire_port);
 }
 
+/// The lane's TTL decrement as a checksum delta (RFC 1624 eq. 3's `~m + m'` for the TTL/protocol
+/// word): a TTL > 0 minus one changes that word by exactly the TTL byte's unit (no borrow), so
+/// `~m + m' = 0xffff - unit` whatever the TTL and protocol: a constant, in the machine's byte
+/// order as [`nat4`] reads words (the TTL is the word's first byte).
+const TTL_DEC: u64 = 0xffff - u16::from_ne_bytes([1, 0]) as u64;
+
 /// The native-endian 16-bit word at `i` of a header view (see [`nat4`]).
 #[inline(always)]
 fn ne16(h: &[u8], i: usize) -> u16 {
@@ -291,13 +295,8 @@ fn ne16(h: &[u8], i: usize) -> u16 {
 /// that the TTL is > 1.
 #[inline(always)]
 pub fn ttl4(ip: &mut [u8; ipv4::MIN_HEADER_LEN]) {
-    let word_old = ne16(ip, ipv4::TTL_PROTOCOL.start);
-    ip[ipv4::TTL] = ip[ipv4::TTL].wrapping_sub(1);
-    let c = update16(
-        ne16(ip, ipv4::CHECKSUM.start),
-        word_old,
-        ne16(ip, ipv4::TTL_PROTOCOL.start),
-    );
+    ip[ipv4::TTL] -= 1;
+    let c = apply(ne16(ip, ipv4::CHECKSUM.start), TTL_DEC);
     ip[ipv4::CHECKSUM].copy_from_slice(&c.to_ne_bytes());
 }
 
@@ -473,6 +472,59 @@ mod tests {
                     assert_eq!(a, b, "dst {dst} {addr}:{port}");
                     assert_eq!(format!("{ma:?}"), format!("{mb:?}"));
                 }
+            }
+        }
+    }
+
+    /// The lane's fixed-view rewrite (`nat4` with the TTL, `ttl4`) gives the bytes of the
+    /// general steps for every TTL it takes (> 1) and both directions: its TTL delta is a
+    /// constant.
+    #[test]
+    fn lane_rewrite_equals_general_steps_for_every_ttl() {
+        const L3: usize = ethernet::HEADER_LEN;
+        const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
+        for ttl in 2u8..=255 {
+            for (proto_udp, payload) in [(false, &b"hello"[..]), (true, b"\xff\xff\x00")] {
+                let mut f = Vec::new();
+                let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(
+                    [10, 244, 1, ttl],
+                    [10, 96, 0, 10],
+                    ttl,
+                );
+                if proto_udp {
+                    b.udp(40000, 53).write(&mut f, payload).unwrap();
+                } else {
+                    b.tcp(40000, 80, 7, 1000)
+                        .ack(9)
+                        .write(&mut f, payload)
+                        .unwrap();
+                }
+                for dst in [false, true] {
+                    let (addr, port) = ([10, 244, 2, ttl], 8080 + u16::from(ttl));
+                    let mut a = f.clone();
+                    let mut ma = meta(&a);
+                    set_addr_port(&mut a, &mut ma, dst, Addr::v4(addr), port);
+                    decrement_ttl(&mut a, &mut ma);
+                    let mut b = f.clone();
+                    let (l2l3, l4) = b.split_at_mut(L4);
+                    let ip: &mut [u8; ipv4::MIN_HEADER_LEN] = (&mut l2l3[L3..]).try_into().unwrap();
+                    if proto_udp {
+                        let l4 = l4.first_chunk_mut::<{ udp::CHECKSUM.end }>().unwrap();
+                        nat4(ip, l4, true, dst, addr, port, true);
+                    } else {
+                        let l4 = l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>().unwrap();
+                        nat4(ip, l4, false, dst, addr, port, true);
+                    }
+                    assert_eq!(a, b, "ttl {ttl} udp {proto_udp} dst {dst}");
+                    verify(&b, &meta(&b));
+                }
+                let mut a = f.clone();
+                let mut ma = meta(&a);
+                decrement_ttl(&mut a, &mut ma);
+                let mut b = f.clone();
+                let ip: &mut [u8; ipv4::MIN_HEADER_LEN] = (&mut b[L3..L4]).try_into().unwrap();
+                ttl4(ip);
+                assert_eq!(a, b, "ttl4, ttl {ttl}");
             }
         }
     }

@@ -139,6 +139,58 @@ impl Twins {
     }
 }
 
+impl Twins {
+    /// Runs `frames` as one burst through both (the lane's twin parsing itself); asserts the
+    /// same bytes and outcomes frame for frame and the same counters.
+    fn run_burst(&mut self, frames: &[(Vec<u8>, u16, u64)]) -> Vec<Outcome> {
+        let mut a: Vec<Vec<u8>> = frames.iter().map(|f| f.0.clone()).collect();
+        let mut b = a.clone();
+        let mut oa = vec![Outcome::default(); frames.len()];
+        let mut ob = oa.clone();
+        let mut pa: Vec<Packet<'_>> = a
+            .iter_mut()
+            .zip(frames)
+            .map(|(d, f)| Packet {
+                data: d,
+                iface: f.1,
+                ts: f.2,
+                tag: 0,
+                parsed: None,
+            })
+            .collect();
+        let mut pb: Vec<Packet<'_>> = b
+            .iter_mut()
+            .zip(frames)
+            .map(|(d, f)| {
+                let parsed = Some(parse(d));
+                Packet {
+                    data: d,
+                    iface: f.1,
+                    ts: f.2,
+                    tag: 0,
+                    parsed,
+                }
+            })
+            .collect();
+        self.lane.process_burst(&mut pa, &mut oa);
+        self.general.process_burst(&mut pb, &mut ob);
+        drop((pa, pb));
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "bytes differ for frame {k}");
+            assert_eq!(
+                format!("{:?}", oa[k]),
+                format!("{:?}", ob[k]),
+                "outcome {k}"
+            );
+        }
+        assert_eq!(
+            format!("{:?}", self.lane.counters()),
+            format!("{:?}", self.general.counters())
+        );
+        oa
+    }
+}
+
 fn forwarded(o: &Outcome) -> u16 {
     match o.action {
         Action::Forward(e) => e,
@@ -252,4 +304,43 @@ fn nodeport_with_source_nat_both_directions() {
         let (out, _) = t.run(&frame(REMOTE, NODE, bp, sport, ACK, 64), eg, S + 2 + i);
         assert_eq!(&out[30..34], &WORLD, "back to the client");
     }
+}
+
+/// One burst holding a flow's lane packets around its FIN and after it (and another flow's):
+/// the lane's run stops at the first frame it does not take and every frame is decided in its
+/// turn, so the burst gives what the general path gives frame by frame.
+#[test]
+fn a_burst_keeps_each_flows_order_across_the_lane_and_the_general_path() {
+    let mut t = Twins::new();
+    let pc = t.iface("pod-client");
+    let (_, o) = t.run(&frame(CLIENT, VIP, 40000, 80, SYN, 64), pc, S);
+    let eg = forwarded(&o);
+    let (b, bp) = backend(&o);
+    t.run(&frame(b, CLIENT, bp, 40000, SYNACK, 64), eg, S + 1);
+    let (_, o) = t.run(&frame(CLIENT, WEB1, 41000, 8080, SYN, 64), pc, S + 1);
+    let eg2 = forwarded(&o);
+    t.run(&frame(WEB1, CLIENT, 8080, 41000, SYNACK, 64), eg2, S + 1);
+    // Both flows established both ways (their first ACKs record the fast paths).
+    for i in 0..2 {
+        t.run(&frame(CLIENT, VIP, 40000, 80, ACK, 64), pc, S + 2 + i);
+        t.run(&frame(b, CLIENT, bp, 40000, ACK, 64), eg, S + 2 + i);
+        t.run(&frame(CLIENT, WEB1, 41000, 8080, ACK, 64), pc, S + 2 + i);
+        t.run(&frame(WEB1, CLIENT, 8080, 41000, ACK, 64), eg2, S + 2 + i);
+    }
+    let burst = vec![
+        (frame(CLIENT, VIP, 40000, 80, ACK, 64), pc, S + 5),
+        (frame(b, CLIENT, bp, 40000, ACK, 64), eg, S + 5),
+        (frame(CLIENT, WEB1, 41000, 8080, ACK, 64), pc, S + 5),
+        (frame(CLIENT, VIP, 40000, 80, FIN, 64), pc, S + 5),
+        (frame(b, CLIENT, bp, 40000, ACK, 64), eg, S + 5),
+        (frame(WEB1, CLIENT, 8080, 41000, ACK, 64), eg2, S + 5),
+        (frame(b, CLIENT, bp, 40000, FIN, 64), eg, S + 5),
+        (frame(CLIENT, VIP, 40000, 80, ACK, 64), pc, S + 5),
+        (frame(CLIENT, WEB1, 41000, 8080, ACK, 1), pc, S + 5),
+        (frame(CLIENT, WEB1, 41000, 8080, ACK, 64), pc, S + 5),
+    ];
+    let o = t.run_burst(&burst);
+    assert_eq!(o.len(), burst.len());
+    assert!(matches!(o[8].action, Action::Drop(_)), "TTL 1: {:?}", o[8]);
+    assert_eq!(forwarded(&o[9]), eg2);
 }

@@ -15,7 +15,7 @@
 use super::emc::FlowCache;
 use super::Outcome;
 use crate::conntrack::{Conntrack, Dir, V4Tuple};
-use crate::flow::{Addr, FlowKey, PROTO_UDP};
+use crate::flow::{Addr, PROTO_UDP};
 use crate::parse::{Lean4, LEAN4_L3, LEAN4_L4};
 use crate::rewrite;
 use crate::tables::{IfIndex, Tables};
@@ -24,7 +24,7 @@ use crate::wire::{ethernet, ipv4, tcp, udp};
 /// TCP flags that change a connection's state: never on the lane.
 const STATE_FLAGS: u8 = tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST;
 
-/// The established fast lane; `key` is `l.key()`. `true`: `out` holds the outcome (always a
+/// The established fast lane. `true`: `out` holds the outcome (always a
 /// forward) and the frame is rewritten; `false`: nothing changed.
 #[inline(always)]
 #[expect(
@@ -38,7 +38,6 @@ pub(super) fn lane4(
     t: &Tables,
     frame: &mut [u8],
     l: &Lean4,
-    key: &FlowKey,
     iface: IfIndex,
     now: u64,
     out: &mut Outcome,
@@ -47,8 +46,8 @@ pub(super) fn lane4(
     if l.csum_partial || l.tcp_flags & STATE_FLAGS != 0 || l.ttl <= 1 {
         return false;
     }
-    // The key's fields as the lean parse left them (in registers): the hash and the cache's
-    // confirm read them, not the key in memory (which the index probe of a miss reads).
+    // The key's fields as the lean parse left them (in registers): the cache's hash and
+    // confirm read them; the key is hashed for the index and built in memory only on a miss.
     let tuple = V4Tuple {
         src: l.src,
         dst: l.dst,
@@ -56,9 +55,7 @@ pub(super) fn lane4(
         dport: l.dport,
         proto: l.proto,
     };
-    let hash = ct.hash_v4(&tuple);
-    debug_assert_eq!(hash, ct.hash(key));
-    let Some((slot, dir)) = cache.find(ct, &tuple, key, hash) else {
+    let Some((slot, dir)) = cache.find(ct, &tuple) else {
         return false;
     };
     // Egress MTU (`mtu.rs`): the lean parse took no frame longer than the node's smallest MTU
@@ -76,34 +73,47 @@ pub(super) fn lane4(
     ) else {
         return false;
     };
-    if l.proto == PROTO_UDP {
-        match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
-            Some(l4) => finish(
-                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, true, out,
-            ),
+    // One copy of the rest per L4 header size and direction: every header offset and the
+    // entry's per-direction fields at constant places.
+    match (l.proto == PROTO_UDP, dir) {
+        (true, Dir::Orig) => match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, true>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, true, out)
+            }
             None => false,
-        }
-    } else {
-        match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
-            Some(l4) => finish(
-                ct, slot, dir, epoch, t, l, iface, now, eth, ip, l4, false, out,
-            ),
+        },
+        (true, Dir::Reply) => match l4.first_chunk_mut::<{ udp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, false>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, true, out)
+            }
             None => false,
-        }
+        },
+        (false, Dir::Orig) => match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, true>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, false, out)
+            }
+            None => false,
+        },
+        (false, Dir::Reply) => match l4.first_chunk_mut::<{ tcp::CHECKSUM.end }>() {
+            Some(l4) => {
+                finish::<_, false>(ct, slot, epoch, t, l, iface, now, eth, ip, l4, false, out)
+            }
+            None => false,
+        },
     }
 }
 
-/// The entry's checks and touch, the rewrite and the outcome; `l4` ends with the L4 checksum
-/// field. `false`: not for the lane (nothing changed).
+/// The entry's checks and touch, the rewrite and the outcome of a packet in direction `ORIG`
+/// (else the reply); `l4` ends with the L4 checksum field. `false`: not for the lane (nothing
+/// changed).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
-    reason = "the lane's parts, monomorphised per L4 header size"
+    reason = "the lane's parts, monomorphised per L4 header size and direction"
 )]
-fn finish<const L: usize>(
+fn finish<const L: usize, const ORIG: bool>(
     ct: &mut Conntrack,
     slot: u32,
-    dir: Dir,
     epoch: u32,
     t: &Tables,
     l: &Lean4,
@@ -115,6 +125,7 @@ fn finish<const L: usize>(
     udp: bool,
     out: &mut Outcome,
 ) -> bool {
+    let dir = if ORIG { Dir::Orig } else { Dir::Reply };
     // The epoch implies the generation: a direction's fast path is recorded only after its
     // flow was checked under these tables (see `Entry::set_fast`). Live, not ended, not
     // expired, steady: then counted and its timer renewed.
@@ -140,18 +151,18 @@ fn finish<const L: usize>(
     );
     match nat {
         Some(nat) => {
-            let (to_dst, addr, port) = match dir {
-                Dir::Orig => (true, nat.backend, nat.backend_port),
-                Dir::Reply => (false, nat.vip, nat.vip_port),
+            // The original direction's destination becomes the backend; the reply's source
+            // becomes the VIP again.
+            let (addr, port) = if ORIG {
+                (nat.backend, nat.backend_port)
+            } else {
+                (nat.vip, nat.vip_port)
             };
-            rewrite::nat4(ip, l4, udp, to_dst, addr, port, true);
+            rewrite::nat4(ip, l4, udp, ORIG, addr, port, true);
             if let Some(sn) = e.snat_v4() {
                 // The other side: the client leaves from the source NAT, replies go back to it.
-                let (addr, port) = match dir {
-                    Dir::Orig => sn,
-                    Dir::Reply => e.orig_src_v4(),
-                };
-                rewrite::nat4(ip, l4, udp, !to_dst, addr, port, false);
+                let (addr, port) = if ORIG { sn } else { e.orig_src_v4() };
+                rewrite::nat4(ip, l4, udp, !ORIG, addr, port, false);
             }
         }
         None => rewrite::ttl4(ip),

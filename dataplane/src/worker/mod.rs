@@ -271,6 +271,8 @@ impl<I: PacketIo> Worker<I> {
         let removed = *removed;
         // The only cost of flow events while nobody observes: this load, once per turn.
         let observed = events.observed();
+        // The lane's frames record their 5-tuples only for observed events (`tuples` below).
+        pipeline.set_record_tuples(observed);
         let generation = pipeline.tables().generation;
         let no_backend_before = pipeline.counters().drops[DropReason::NoBackend as usize];
         // Off: one load, like the events check.
