@@ -48,6 +48,7 @@ use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
 mod emc;
 mod lane4;
+mod new4;
 mod syn;
 
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
@@ -604,6 +605,14 @@ impl Pipeline {
                 p.ts,
                 out,
             ),
+            // A new connection's SYN of the common frame: the new-connection lane (`new4.rs`).
+            Ok(Parsed::Ip(m)) if new4::candidate(m) => match self.new4(tables, p, m) {
+                Some(o) => {
+                    *out = o;
+                    true
+                }
+                None => false,
+            },
             _ => false,
         };
         if !fast {
