@@ -1059,31 +1059,39 @@ impl Pipeline {
                 None => t.frontend(m.dst, m.dport, m.proto),
             };
             if let Some(svc) = fe {
-                let picked = match hint {
-                    Some(h) if h.pick != syn::NONE => Ok(h.pick as u16),
-                    _ => self.select_backend(t, svc, &key, hint.map(|h| h.hash), now),
-                };
-                let b = match picked {
-                    Ok(b) => b,
-                    Err(reason) => {
-                        return Outcome {
-                            service: Some(svc),
-                            ..Outcome::drop(reason)
+                // The backend: the look-ahead's pick (what its record holds, read there), else
+                // picked here.
+                let (addr, port, local, ep) = match hint {
+                    Some(h) if h.pick != syn::NONE => (
+                        Addr::v4(h.addr),
+                        h.port,
+                        h.local,
+                        (h.ep != syn::NONE).then_some(h.ep),
+                    ),
+                    _ => match self.select_backend(t, svc, &key, hint.map(|h| h.hash), now) {
+                        Ok(b) => {
+                            let be = &t.services[svc as usize].backends[usize::from(b)];
+                            (be.addr, be.port, be.local, be.endpoint)
                         }
-                    }
+                        Err(reason) => {
+                            return Outcome {
+                                service: Some(svc),
+                                ..Outcome::drop(reason)
+                            }
+                        }
+                    },
                 };
-                let be = &t.services[svc as usize].backends[usize::from(b)];
-                backend_local = be.local;
-                backend_ep = Some(be.endpoint);
+                backend_local = local;
+                backend_ep = Some(ep);
                 nat = Some(Nat {
                     vip: m.dst,
                     vip_port: m.dport,
-                    backend: be.addr,
-                    backend_port: be.port,
+                    backend: addr,
+                    backend_port: port,
                     service: svc,
                 });
-                dst = be.addr;
-                dport = be.port;
+                dst = addr;
+                dport = port;
             }
         }
         if nat.is_none() {
