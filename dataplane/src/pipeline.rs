@@ -500,7 +500,7 @@ impl Pipeline {
             let tables = Arc::clone(&self.tables);
             // New connections' frontend, service and backend, looked ahead for the whole burst
             // so that their cache misses overlap (`syn.rs`).
-            self.ahead.look(&tables, chunk);
+            self.ahead.look(&tables, &self.ct, chunk);
             // One index for the frame, its outcome and its tuple (fewer live registers in a
             // loop that also holds the general path than three iterators).
             let n = chunk.len().min(out.len()).min(BURST);
@@ -950,7 +950,15 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                return self.new_flow(t, frame, m, key, key_hash, iface, src_ep, fast_ok, now);
+                // The burst's look-ahead of this SYN (`syn.rs`).
+                let hint = if syn::is_syn4(m.v6, m.proto, m.tcp_flags) {
+                    self.ahead.take(&key)
+                } else {
+                    None
+                };
+                return self.new_flow(
+                    t, frame, m, key, key_hash, hint, iface, src_ep, fast_ok, now,
+                );
             }
         };
 
@@ -1035,6 +1043,7 @@ impl Pipeline {
         m: &mut Meta,
         key: FlowKey,
         key_hash: u64,
+        hint: Option<syn::SynHint>,
         iface: IfIndex,
         src_ep: Option<Option<u32>>,
         fast_ok: bool,
@@ -1046,13 +1055,8 @@ impl Pipeline {
         let mut backend_ep = None;
         let mut dst = m.dst;
         let mut dport = m.dport;
-        // The burst's look-ahead of this SYN (`syn.rs`): its frontend, Maglev hash and, for a
-        // plain Maglev service, its backend, as the lookups below would find them.
-        let hint = if syn::is_syn4(m.v6, m.proto, m.tcp_flags) {
-            self.ahead.take(&key)
-        } else {
-            None
-        };
+        // `hint`: the burst's look-ahead of this SYN (`syn.rs`): its frontend, Maglev hash and,
+        // for a plain Maglev service, its backend, as the lookups below would find them.
         if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
             let fe = match hint {
                 Some(h) => (h.svc != syn::NONE).then_some(h.svc),
@@ -1152,7 +1156,15 @@ impl Pipeline {
         };
         let mut snat = None;
         let h_reply = match nat {
-            Some(n) => match self.source_nat(t, &key, &n, backend_local, &mut reply, now) {
+            Some(n) => match self.source_nat(
+                t,
+                &key,
+                &n,
+                backend_local,
+                &mut reply,
+                hint.filter(|h| h.pick != syn::NONE).map(|h| h.ct_reply),
+                now,
+            ) {
                 Ok((s, h)) => {
                     snat = s;
                     h
@@ -1270,6 +1282,7 @@ impl Pipeline {
         nat: &Nat,
         backend_local: bool,
         reply: &mut FlowKey,
+        reply_hash: Option<u64>,
         now: u64,
     ) -> Result<(Option<Snat>, u64), DropReason> {
         let hairpin = nat.backend == key.src;
@@ -1330,7 +1343,8 @@ impl Pipeline {
         } else {
             // No SNAT wanted: the common case costs this one probe, which the entry's
             // creation would have made anyway (its hash is handed on).
-            let h = self.ct.hash(reply);
+            let h = reply_hash.unwrap_or_else(|| self.ct.hash(reply));
+            debug_assert_eq!(h, self.ct.hash(reply));
             if self.ct.lookup_hashed(reply, h, now).is_none() {
                 return Ok((None, h));
             }

@@ -482,21 +482,25 @@ fn front4(services: &[Service], svc: u32) -> Front4 {
             picks: Arc::from(Vec::new()),
         };
     }
-    let picks: Vec<Pick4> = s
-        .v4
-        .active
-        .iter()
-        .map(|&i| {
-            let b = &s.backends[usize::from(i)];
-            Pick4 {
-                backend: i,
-                port: b.port,
-                addr: [b.addr.bytes[0], b.addr.bytes[1], b.addr.bytes[2], b.addr.bytes[3]],
-                endpoint: b.endpoint.unwrap_or(u32::MAX),
-                local: b.local,
-            }
-        })
-        .collect();
+    let picks: Vec<Pick4> =
+        s.v4.active
+            .iter()
+            .map(|&i| {
+                let b = &s.backends[usize::from(i)];
+                Pick4 {
+                    backend: i,
+                    port: b.port,
+                    addr: [
+                        b.addr.bytes[0],
+                        b.addr.bytes[1],
+                        b.addr.bytes[2],
+                        b.addr.bytes[3],
+                    ],
+                    endpoint: b.endpoint.unwrap_or(u32::MAX),
+                    local: b.local,
+                }
+            })
+            .collect();
     Front4 {
         svc,
         maglev: Arc::clone(&s.v4.maglev),
@@ -900,7 +904,9 @@ mod tests {
         let (mut plain, mut other) = (0, 0);
         for (k, &svc) in &t.frontends {
             let b = k.addr.bytes;
-            let f = t.frontends4.get(&front4_key([b[0], b[1], b[2], b[3]], k.port, k.proto));
+            let f = t
+                .frontends4
+                .get(&front4_key([b[0], b[1], b[2], b[3]], k.port, k.proto));
             if k.addr.v6 {
                 continue;
             }

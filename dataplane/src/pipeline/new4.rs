@@ -6,7 +6,8 @@
 //! such a packet, in the same order, and decides nothing of its own: anything else (another
 //! role, a link-scoped address, a spoofed source, a key with a flow) returns `None` with
 //! nothing changed but what the same path would have changed (an expired entry of the key
-//! removed by its lookup), and the packet takes the general path.
+//! removed by its lookup) and the SYN's look-ahead hint taken (the full path then looks up
+//! what it would have given), and the packet takes the general path.
 
 use nodeplane_state::InterfaceRole;
 
@@ -43,7 +44,13 @@ impl Pipeline {
             dport: m.dport,
             proto: m.proto,
         };
-        let key_hash = self.ct.hash(&key);
+        // The burst's look-ahead of this SYN (`syn.rs`), with the key's conntrack hash.
+        let hint = self.ahead.take(&key);
+        let key_hash = match hint {
+            Some(h) => h.ct_hash,
+            None => self.ct.hash(&key),
+        };
+        debug_assert_eq!(key_hash, self.ct.hash(&key));
         if self.ct.lookup_hashed(&key, key_hash, p.ts).is_some() {
             return None;
         }
@@ -54,6 +61,7 @@ impl Pipeline {
             &mut m,
             key,
             key_hash,
+            hint,
             p.iface,
             Some(Some(ep)),
             true,

@@ -23,6 +23,7 @@
 use std::hint::black_box;
 
 use super::BURST;
+use crate::conntrack::Conntrack;
 use crate::flow::{Addr, FlowKey, PROTO_TCP};
 use crate::maglev;
 use crate::parse::LEAN4_L4;
@@ -55,6 +56,11 @@ pub(super) struct SynHint {
     pub addr: [u8; 4],
     pub port: u16,
     pub local: bool,
+    /// The conntrack hash of the key (`Conntrack::hash`), and with a pick that of the reply
+    /// key the new flow probes when it needs no source NAT (the backend's address and port to
+    /// the client's): computed once, here, where their index buckets are read ahead.
+    pub ct_hash: u64,
+    pub ct_reply: u64,
 }
 
 /// The hints of the current burst's SYNs, in frame order.
@@ -130,16 +136,16 @@ pub(super) fn is_syn4(v6: bool, proto: u8, tcp_flags: u8) -> bool {
 impl LookAhead {
     /// Looks ahead at the SYNs of `chunk` (at most [`BURST`] frames), if armed.
     #[inline(always)]
-    pub(super) fn look(&mut self, t: &Tables, chunk: &[Packet<'_>]) {
+    pub(super) fn look(&mut self, t: &Tables, ct: &Conntrack, chunk: &[Packet<'_>]) {
         self.n = 0;
         self.next = 0;
         if std::mem::take(&mut self.created) {
-            self.look_at(t, chunk);
+            self.look_at(t, ct, chunk);
         }
     }
 
     #[inline(never)]
-    fn look_at(&mut self, t: &Tables, chunk: &[Packet<'_>]) {
+    fn look_at(&mut self, t: &Tables, ct: &Conntrack, chunk: &[Packet<'_>]) {
         let hints = &mut self.hints;
         // Each SYN's frontend entry, for the passes after the first (no allocation).
         let mut fronts: [Option<&Front4>; BURST] = [None; BURST];
@@ -149,7 +155,12 @@ impl LookAhead {
         let mut n = 0;
         for p in chunk.iter().take(BURST) {
             if let Some(k) = syn_key(p.data) {
-                let dst = [k.dst.bytes[0], k.dst.bytes[1], k.dst.bytes[2], k.dst.bytes[3]];
+                let dst = [
+                    k.dst.bytes[0],
+                    k.dst.bytes[1],
+                    k.dst.bytes[2],
+                    k.dst.bytes[3],
+                ];
                 let f = t.frontends4.get(&front4_key(dst, k.dport, PROTO_TCP));
                 let hash = k.stable_hash();
                 let pick = match f {
@@ -169,6 +180,8 @@ impl LookAhead {
                     addr: [0; 4],
                     port: 0,
                     local: false,
+                    ct_hash: ct.hash(&k),
+                    ct_reply: 0,
                 };
                 n += 1;
             }
@@ -178,7 +191,10 @@ impl LookAhead {
         // Pass 2: the Maglev slot: the index of the active backend (kept in `pick` for now).
         for (h, f) in hints.iter_mut().zip(fronts.iter()) {
             if let (true, Some(f)) = (h.pick != NONE, f) {
-                h.pick = f.maglev.get(h.pick as usize).map_or(NONE, |&a| u32::from(a));
+                h.pick = f
+                    .maglev
+                    .get(h.pick as usize)
+                    .map_or(NONE, |&a| u32::from(a));
             }
         }
         // Pass 3: the backend that index names: the pick, with what the new flow reads of it.
@@ -196,7 +212,25 @@ impl LookAhead {
                 }
             }
         }
-        // Passes 4-6: a local backend's endpoint record (identity, interface, MAC: policy and
+        // Pass 4: the conntrack index's buckets of the key (the new flow's probe and insert)
+        // and, with a pick, of its reply key (the probe for a clash, and the insert): two
+        // misses per SYN with many flows, whatever the number of services.
+        for h in hints.iter_mut() {
+            let mut w = ct.warm(h.ct_hash);
+            if h.pick != NONE {
+                let reply = FlowKey {
+                    src: Addr::v4(h.addr),
+                    dst: Addr::v4(h.src.to_ne_bytes()),
+                    sport: h.port,
+                    dport: (h.ports >> 16) as u16,
+                    proto: PROTO_TCP,
+                };
+                h.ct_reply = ct.hash(&reply);
+                w ^= ct.warm(h.ct_reply);
+            }
+            black_box(w);
+        }
+        // Passes 5-7: a local backend's endpoint record (identity, interface, MAC: policy and
         // route read them), then its ingress policy's first rule, then that rule's lists. With
         // many endpoints each is a miss that the decision would otherwise take in series.
         for h in hints.iter() {
