@@ -450,6 +450,10 @@ pub struct Tables {
     host_iface: Option<IfIndex>,
     pub endpoints: Vec<Endpoint>,
     pub endpoint_by_ip: HashMap<Addr, u32>,
+    /// The IPv4 entries of `endpoint_by_ip` by the address as one word (native order):
+    /// [`Tables::endpoint_of`] of an IPv4 address hashes and compares one word, not two and
+    /// 17 bytes (anti-spoofing looks up every new flow's source).
+    endpoint4: HashMap<u32, u32>,
     pub ipcache: Lpm<Identity>,
     pub services: Vec<Service>,
     /// Service name → index in `services` (per-service counters follow a service across
@@ -506,6 +510,13 @@ fn front4(services: &[Service], svc: u32) -> Front4 {
         maglev: Arc::clone(&s.v4.maglev),
         picks: Arc::from(picks),
     }
+}
+
+/// The 4 bytes of an IPv4 address as one word (native order; an IPv4 `Addr`'s other 12 bytes
+/// are zero).
+#[inline(always)]
+fn v4_word(a: &Addr) -> u32 {
+    u32::from_ne_bytes([a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]])
 }
 
 fn mac(m: MacAddr) -> [u8; 6] {
@@ -746,6 +757,11 @@ impl Tables {
                 .map(|i| i as IfIndex),
             ifaces,
             endpoints,
+            endpoint4: endpoint_by_ip
+                .iter()
+                .filter(|(a, _)| !a.v6)
+                .map(|(a, &ep)| (v4_word(a), ep))
+                .collect(),
             endpoint_by_ip,
             ipcache,
             service_by_name: services
@@ -834,9 +850,13 @@ impl Tables {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn endpoint_of(&self, a: &Addr) -> Option<u32> {
-        self.endpoint_by_ip.get(a).copied()
+        if a.v6 {
+            self.endpoint_by_ip.get(a).copied()
+        } else {
+            self.endpoint4.get(&v4_word(a)).copied()
+        }
     }
 
     /// The kind of address a frontend is ([`Scope::Internal`] unless listed otherwise).
@@ -871,11 +891,14 @@ mod tests {
             for a in &e.ips {
                 let ep = t.endpoint_of(a);
                 assert!(ep.is_some());
+                // The IPv4 word map agrees with the address map.
+                assert_eq!(ep, t.endpoint_by_ip.get(a).copied(), "{a}");
                 assert_eq!(t.identity_at(a, ep), t.identity_of(a), "{a}");
                 assert_eq!(t.identity_at(a, ep), e.identity, "{a}");
             }
         }
         let world = Addr::v4([203, 0, 113, 9]);
+        assert_eq!(t.endpoint_of(&world), None);
         assert_eq!(t.identity_at(&world, None), t.identity_of(&world));
     }
 
