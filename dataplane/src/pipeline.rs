@@ -15,7 +15,9 @@
 //! (untagged IPv4, 20-byte header, TCP/UDP, full checksums) gets a lean parse and the
 //! established fast lane (`pipeline/lane4.rs`, with the flow cache of `pipeline/emc.rs`); a
 //! packet the lane does not take continues with the lean parse's [`Meta`] (no second parse),
-//! through `established_fast` (other frames of established flows) or the full path. Costs
+//! through `established_fast` (other frames of established flows) or the full path; a new
+//! connection's IPv4 SYN from a pod takes the new-connection lane (`pipeline/new4.rs`) from
+//! there straight to the new flow, with what the burst's SYN look-ahead found. Costs
 //! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
 //! 11)` and "Conntrack memory"): see bench/baseline.json for the current instructions per
 //! established packet (~43 of them the profiling harness's) and per new connection.
@@ -1275,6 +1277,10 @@ impl Pipeline {
     ///
     /// Ports come from [`snat::allocate`] within `node.snat_port_range`, skipping frontends on
     /// the SNAT address and ports whose replies another worker would receive.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the new flow's key, service and reply key, with the reply key's hash if known"
+    )]
     fn source_nat(
         &mut self,
         t: &Tables,
