@@ -1170,6 +1170,13 @@ impl Conntrack {
         fold_mul(x ^ ports, y ^ s0)
     }
 
+    /// Reads the index bucket where a probe or an insert of `hash` starts (read-only): for a
+    /// look-ahead that wants it in cache first (`pipeline/syn.rs`). Returns what it read.
+    #[inline(always)]
+    pub fn warm(&self, hash: u64) -> u32 {
+        self.index.warm(hash)
+    }
+
     /// [`Self::hash`] of the IPv4 key of these fields (the established lane's, from its lean
     /// parse in registers rather than from the key in memory): the same value.
     #[inline(always)]

@@ -58,6 +58,13 @@ impl CtIndex {
         ((u128::from(hash) * self.buckets.len() as u128) >> 64) as usize
     }
 
+    /// The home bucket of `hash` (any value): a read that brings its line into the cache before
+    /// a probe or an insert of that hash.
+    #[inline(always)]
+    pub fn warm(&self, hash: u64) -> u32 {
+        self.buckets.get(self.home(hash)).copied().unwrap_or(0)
+    }
+
     /// The value of the key with this hash for which `is_key(value)` holds, if any. `is_key`
     /// is asked only about values whose tag matches.
     #[inline(always)]

@@ -15,7 +15,9 @@
 //! (untagged IPv4, 20-byte header, TCP/UDP, full checksums) gets a lean parse and the
 //! established fast lane (`pipeline/lane4.rs`, with the flow cache of `pipeline/emc.rs`); a
 //! packet the lane does not take continues with the lean parse's [`Meta`] (no second parse),
-//! through `established_fast` (other frames of established flows) or the full path. Costs
+//! through `established_fast` (other frames of established flows) or the full path; a new
+//! connection's IPv4 SYN from a pod takes the new-connection lane (`pipeline/new4.rs`) from
+//! there straight to the new flow, with what the burst's SYN look-ahead found. Costs
 //! (callgrind, IPv4 TCP through a ClusterIP service, bench/RESULTS.md `## Fast path (issue
 //! 11)` and "Conntrack memory"): see bench/baseline.json for the current instructions per
 //! established packet (~43 of them the profiling harness's) and per new connection.
@@ -48,6 +50,7 @@ use crate::wire::{icmp, ipv4, ipv6, tcp, udp, vlan};
 
 mod emc;
 mod lane4;
+mod new4;
 mod syn;
 
 /// Frames per burst, the unit of work between table swaps, GC steps and ring kicks.
@@ -519,7 +522,7 @@ impl Pipeline {
             let tables = Arc::clone(&self.tables);
             // New connections' frontend, service and backend, looked ahead for the whole burst
             // so that their cache misses overlap (`syn.rs`).
-            self.ahead.look(&tables, chunk);
+            self.ahead.look(&tables, &self.ct, chunk);
             // One index for the frame, its outcome and its tuple (fewer live registers in a
             // loop that also holds the general path than three iterators).
             let n = chunk.len().min(out.len()).min(BURST);
@@ -688,6 +691,14 @@ impl Pipeline {
                 p.ts,
                 out,
             ),
+            // A new connection's SYN of the common frame: the new-connection lane (`new4.rs`).
+            Ok(Parsed::Ip(m)) if new4::candidate(m) => match self.new4(tables, p, m) {
+                Some(o) => {
+                    *out = o;
+                    true
+                }
+                None => false,
+            },
             _ => false,
         };
         if !fast {
@@ -1025,7 +1036,15 @@ impl Pipeline {
                     // Its first fragment created no flow (or the flow ended): nothing to follow.
                     return Outcome::drop(DropReason::CtInvalid);
                 }
-                return self.new_flow(t, frame, m, key, key_hash, iface, src_ep, fast_ok, now);
+                // The burst's look-ahead of this SYN (`syn.rs`).
+                let hint = if syn::is_syn4(m.v6, m.proto, m.tcp_flags) {
+                    self.ahead.take(&key)
+                } else {
+                    None
+                };
+                return self.new_flow(
+                    t, frame, m, key, key_hash, hint, iface, src_ep, fast_ok, now,
+                );
             }
         };
 
@@ -1110,6 +1129,7 @@ impl Pipeline {
         m: &mut Meta,
         key: FlowKey,
         key_hash: u64,
+        hint: Option<syn::SynHint>,
         iface: IfIndex,
         src_ep: Option<Option<u32>>,
         fast_ok: bool,
@@ -1121,44 +1141,47 @@ impl Pipeline {
         let mut backend_ep = None;
         let mut dst = m.dst;
         let mut dport = m.dport;
-        // The burst's look-ahead of this SYN (`syn.rs`): its frontend, Maglev hash and, for a
-        // plain Maglev service, its backend, as the lookups below would find them.
-        let hint = if syn::is_syn4(m.v6, m.proto, m.tcp_flags) {
-            self.ahead.take(&key)
-        } else {
-            None
-        };
+        // `hint`: the burst's look-ahead of this SYN (`syn.rs`): its frontend, Maglev hash and,
+        // for a plain Maglev service, its backend, as the lookups below would find them.
         if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
             let fe = match hint {
                 Some(h) => (h.svc != syn::NONE).then_some(h.svc),
                 None => t.frontend(m.dst, m.dport, m.proto),
             };
             if let Some(svc) = fe {
-                let picked = match hint {
-                    Some(h) if h.pick != syn::NONE => Ok(h.pick as u16),
-                    _ => self.select_backend(t, svc, &key, hint.map(|h| h.hash), now),
-                };
-                let b = match picked {
-                    Ok(b) => b,
-                    Err(reason) => {
-                        return Outcome {
-                            service: Some(svc),
-                            ..Outcome::drop(reason)
+                // The backend: the look-ahead's pick (what its record holds, read there), else
+                // picked here.
+                let (addr, port, local, ep) = match hint {
+                    Some(h) if h.pick != syn::NONE => (
+                        Addr::v4(h.addr),
+                        h.port,
+                        h.local,
+                        (h.ep != syn::NONE).then_some(h.ep),
+                    ),
+                    _ => match self.select_backend(t, svc, &key, hint.map(|h| h.hash), now) {
+                        Ok(b) => {
+                            let be = &t.services[svc as usize].backends[usize::from(b)];
+                            (be.addr, be.port, be.local, be.endpoint)
                         }
-                    }
+                        Err(reason) => {
+                            return Outcome {
+                                service: Some(svc),
+                                ..Outcome::drop(reason)
+                            }
+                        }
+                    },
                 };
-                let be = &t.services[svc as usize].backends[usize::from(b)];
-                backend_local = be.local;
-                backend_ep = Some(be.endpoint);
+                backend_local = local;
+                backend_ep = Some(ep);
                 nat = Some(Nat {
                     vip: m.dst,
                     vip_port: m.dport,
-                    backend: be.addr,
-                    backend_port: be.port,
+                    backend: addr,
+                    backend_port: port,
                     service: svc,
                 });
-                dst = be.addr;
-                dport = be.port;
+                dst = addr;
+                dport = port;
             }
         }
         if nat.is_none() {
@@ -1219,7 +1242,15 @@ impl Pipeline {
         };
         let mut snat = None;
         let h_reply = match nat {
-            Some(n) => match self.source_nat(t, &key, &n, backend_local, &mut reply, now) {
+            Some(n) => match self.source_nat(
+                t,
+                &key,
+                &n,
+                backend_local,
+                &mut reply,
+                hint.filter(|h| h.pick != syn::NONE).map(|h| h.ct_reply),
+                now,
+            ) {
                 Ok((s, h)) => {
                     snat = s;
                     h
@@ -1330,6 +1361,10 @@ impl Pipeline {
     ///
     /// Ports come from [`snat::allocate`] within `node.snat_port_range`, skipping frontends on
     /// the SNAT address and ports whose replies another worker would receive.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the new flow's key, service and reply key, with the reply key's hash if known"
+    )]
     fn source_nat(
         &mut self,
         t: &Tables,
@@ -1337,6 +1372,7 @@ impl Pipeline {
         nat: &Nat,
         backend_local: bool,
         reply: &mut FlowKey,
+        reply_hash: Option<u64>,
         now: u64,
     ) -> Result<(Option<Snat>, u64), DropReason> {
         let hairpin = nat.backend == key.src;
@@ -1397,7 +1433,8 @@ impl Pipeline {
         } else {
             // No SNAT wanted: the common case costs this one probe, which the entry's
             // creation would have made anyway (its hash is handed on).
-            let h = self.ct.hash(reply);
+            let h = reply_hash.unwrap_or_else(|| self.ct.hash(reply));
+            debug_assert_eq!(h, self.ct.hash(reply));
             if self.ct.lookup_hashed(reply, h, now).is_none() {
                 return Ok((None, h));
             }

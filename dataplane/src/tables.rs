@@ -171,6 +171,19 @@ impl Service {
         }
     }
 
+    /// A service whose IPv4 backend depends on the Maglev hash alone: no affinity, no `Local`
+    /// traffic policy, no source ranges, its table built (what `select_backend` does for it is
+    /// `v4.active[v4.maglev[slot]]`).
+    #[inline]
+    pub fn plain_maglev(&self) -> bool {
+        self.algorithm == Algorithm::Maglev
+            && self.affinity_ns.is_none()
+            && !self.internal_local
+            && !self.external_local
+            && self.source_ranges.is_empty()
+            && !self.v4.maglev.is_empty()
+    }
+
     /// A client address is inside the source ranges (always, without ranges).
     #[inline]
     pub fn source_allowed(&self, a: &Addr) -> bool {
@@ -221,6 +234,39 @@ pub struct FrontendKey {
     pub addr: Addr,
     pub port: u16,
     pub proto: u8,
+}
+
+/// An IPv4 frontend as one word (the key of [`Tables::frontends4`]): the address as it sits in
+/// the header (native order), the port, the protocol.
+#[inline(always)]
+pub fn front4_key(addr: [u8; 4], port: u16, proto: u8) -> u64 {
+    u64::from(u32::from_ne_bytes(addr)) | u64::from(port) << 32 | u64::from(proto) << 48
+}
+
+/// An IPv4 frontend with what a new connection's backend pick reads, in one place: the
+/// service, and for a service whose backend is a function of the Maglev hash alone
+/// ([`Service::plain_maglev`]) its IPv4 Maglev table and, per index of `v4.active`, the backend
+/// that index names ([`Pick4`]). The pick is then `picks[maglev[slot]]`: two dependent reads
+/// after this entry, where the service record, `active` and `backends` took four.
+#[derive(Debug, Clone)]
+pub struct Front4 {
+    pub svc: u32,
+    /// The service's `v4.maglev` (shared), empty when it is not a plain Maglev service.
+    pub maglev: Arc<[u16]>,
+    /// `picks[i]` is `backends[v4.active[i]]`, reduced to what a new flow reads.
+    pub picks: Arc<[Pick4]>,
+}
+
+/// A backend as a new IPv4 flow reads it ([`Front4::picks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Pick4 {
+    /// Its index in the service's backends.
+    pub backend: u16,
+    pub port: u16,
+    pub addr: [u8; 4],
+    /// [`Backend::endpoint`], `u32::MAX` for none.
+    pub endpoint: u32,
+    pub local: bool,
 }
 
 /// Conntrack sizing and timeouts in nanoseconds.
@@ -404,12 +450,19 @@ pub struct Tables {
     host_iface: Option<IfIndex>,
     pub endpoints: Vec<Endpoint>,
     pub endpoint_by_ip: HashMap<Addr, u32>,
+    /// The IPv4 entries of `endpoint_by_ip` by the address as one word (native order):
+    /// [`Tables::endpoint_of`] of an IPv4 address hashes and compares one word, not two and
+    /// 17 bytes (anti-spoofing looks up every new flow's source).
+    endpoint4: HashMap<u32, u32>,
     pub ipcache: Lpm<Identity>,
     pub services: Vec<Service>,
     /// Service name → index in `services` (per-service counters follow a service across
     /// publications by name).
     pub service_by_name: HashMap<String, u32>,
     pub frontends: HashMap<FrontendKey, u32>,
+    /// The IPv4 entries of `frontends` by [`front4_key`], each with what a new connection's
+    /// backend pick reads (see [`Front4`]): the SYN look-ahead's one lookup per SYN.
+    pub frontends4: HashMap<u64, Front4>,
     /// The frontends that are not cluster IPs ([`Scope::External`], [`Scope::LoadBalancer`]);
     /// looked up only for new flows of services with a `Local` policy or source ranges.
     pub frontend_scopes: HashMap<FrontendKey, Scope>,
@@ -421,6 +474,49 @@ pub struct Tables {
     pub snat_ports: crate::snat::PortRange,
     /// Maglev tables left to build (their services hash modulo the backend count meanwhile).
     pub maglev_pending: usize,
+}
+
+/// The [`Front4`] of a frontend of service `svc`.
+fn front4(services: &[Service], svc: u32) -> Front4 {
+    let s = &services[svc as usize];
+    if !s.plain_maglev() {
+        return Front4 {
+            svc,
+            maglev: Arc::from(Vec::new()),
+            picks: Arc::from(Vec::new()),
+        };
+    }
+    let picks: Vec<Pick4> =
+        s.v4.active
+            .iter()
+            .map(|&i| {
+                let b = &s.backends[usize::from(i)];
+                Pick4 {
+                    backend: i,
+                    port: b.port,
+                    addr: [
+                        b.addr.bytes[0],
+                        b.addr.bytes[1],
+                        b.addr.bytes[2],
+                        b.addr.bytes[3],
+                    ],
+                    endpoint: b.endpoint.unwrap_or(u32::MAX),
+                    local: b.local,
+                }
+            })
+            .collect();
+    Front4 {
+        svc,
+        maglev: Arc::clone(&s.v4.maglev),
+        picks: Arc::from(picks),
+    }
+}
+
+/// The 4 bytes of an IPv4 address as one word (native order; an IPv4 `Addr`'s other 12 bytes
+/// are zero).
+#[inline(always)]
+fn v4_word(a: &Addr) -> u32 {
+    u32::from_ne_bytes([a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]])
 }
 
 fn mac(m: MacAddr) -> [u8; 6] {
@@ -627,6 +723,15 @@ impl Tables {
             service_ips.remove(ip);
         }
 
+        let frontends4 = frontends
+            .iter()
+            .filter(|(k, _)| !k.addr.v6)
+            .map(|(k, &svc)| {
+                let b = k.addr.bytes;
+                let key = front4_key([b[0], b[1], b[2], b[3]], k.port, k.proto);
+                (key, front4(&services, svc))
+            })
+            .collect();
         let frame_limit = ifaces
             .iter()
             .filter(|i| i.mtu != 0)
@@ -652,6 +757,11 @@ impl Tables {
                 .map(|i| i as IfIndex),
             ifaces,
             endpoints,
+            endpoint4: endpoint_by_ip
+                .iter()
+                .filter(|(a, _)| !a.v6)
+                .map(|(a, &ep)| (v4_word(a), ep))
+                .collect(),
             endpoint_by_ip,
             ipcache,
             service_by_name: services
@@ -661,6 +771,7 @@ impl Tables {
                 .collect(),
             services,
             frontends,
+            frontends4,
             frontend_scopes,
             service_ips,
             ct: CtConfig::from_state(&state.conntrack),
@@ -739,9 +850,13 @@ impl Tables {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn endpoint_of(&self, a: &Addr) -> Option<u32> {
-        self.endpoint_by_ip.get(a).copied()
+        if a.v6 {
+            self.endpoint_by_ip.get(a).copied()
+        } else {
+            self.endpoint4.get(&v4_word(a)).copied()
+        }
     }
 
     /// The kind of address a frontend is ([`Scope::Internal`] unless listed otherwise).
@@ -776,11 +891,14 @@ mod tests {
             for a in &e.ips {
                 let ep = t.endpoint_of(a);
                 assert!(ep.is_some());
+                // The IPv4 word map agrees with the address map.
+                assert_eq!(ep, t.endpoint_by_ip.get(a).copied(), "{a}");
                 assert_eq!(t.identity_at(a, ep), t.identity_of(a), "{a}");
                 assert_eq!(t.identity_at(a, ep), e.identity, "{a}");
             }
         }
         let world = Addr::v4([203, 0, 113, 9]);
+        assert_eq!(t.endpoint_of(&world), None);
         assert_eq!(t.identity_at(&world, None), t.identity_of(&world));
     }
 
@@ -796,6 +914,51 @@ mod tests {
             local += usize::from(b.endpoint.is_some());
         }
         assert!(local > 0, "no backend on a local endpoint in the example");
+    }
+
+    /// Every IPv4 frontend has its [`Front4`], naming the service `frontend` finds; for a plain
+    /// Maglev service it holds the service's table and `picks[i]` is `backends[v4.active[i]]`
+    /// (so `picks[maglev[slot]]` is the backend `select_backend` picks), for any other service
+    /// nothing (the new flow picks as usual).
+    #[test]
+    fn front4_is_the_frontend_with_its_selection() {
+        let s = nodeplane_state::example::state().expect("example state");
+        let t = Tables::build(&s, 1, &mut MaglevCache::default());
+        let (mut plain, mut other) = (0, 0);
+        for (k, &svc) in &t.frontends {
+            let b = k.addr.bytes;
+            let f = t
+                .frontends4
+                .get(&front4_key([b[0], b[1], b[2], b[3]], k.port, k.proto));
+            if k.addr.v6 {
+                continue;
+            }
+            let f = f.expect("an IPv4 frontend has its entry");
+            assert_eq!(f.svc, svc);
+            let s = &t.services[svc as usize];
+            if !s.plain_maglev() {
+                assert!(f.maglev.is_empty() && f.picks.is_empty(), "{}", s.name);
+                other += 1;
+                continue;
+            }
+            plain += 1;
+            assert!(Arc::ptr_eq(&f.maglev, &s.v4.maglev), "{}", s.name);
+            assert_eq!(f.picks.len(), s.v4.active.len());
+            for (p, &i) in f.picks.iter().zip(&s.v4.active) {
+                let be = &s.backends[usize::from(i)];
+                assert_eq!(p.backend, i);
+                assert_eq!(Addr::v4(p.addr), be.addr);
+                assert_eq!(p.port, be.port);
+                assert_eq!(p.local, be.local);
+                assert_eq!(p.endpoint, be.endpoint.unwrap_or(u32::MAX));
+            }
+        }
+        assert!(plain > 0, "no plain Maglev service in the example");
+        assert_eq!(
+            t.frontends4.len(),
+            t.frontends.keys().filter(|k| !k.addr.v6).count()
+        );
+        let _ = other;
     }
 
     fn selection(weights: &[u16]) -> Selection {

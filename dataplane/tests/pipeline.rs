@@ -949,3 +949,59 @@ fn restored_flows_keep_their_backend_across_a_restart() {
         }
     }
 }
+
+/// New connections decided in one burst (after a burst that created a flow: the SYN
+/// look-ahead's hints and the new-connection lane) leave as each SYN does through a fresh
+/// pipeline, which has looked ahead at nothing: same outcome, same bytes. A SYN of a key that
+/// an earlier SYN of the burst created, and a spoofed SYN, take the full path from the lane.
+#[test]
+fn a_burst_of_syns_is_decided_as_each_syn_alone() {
+    use nodeplane_dataplane::Packet;
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    // Arms the look-ahead for the next burst.
+    let mut warm = tcp4(CLIENT, VIP, 39999, 80, true, false);
+    fwd(&p.process_one(&mut warm, pc, S));
+    let mut frames: Vec<Vec<u8>> = (0..40u16)
+        .map(|i| tcp4(CLIENT, VIP, 41000 + i, 80, true, false))
+        .collect();
+    let expected: Vec<(Outcome, Vec<u8>)> = frames
+        .iter()
+        .map(|f| {
+            let (mut q, _) = pipeline();
+            let mut g = f.clone();
+            let o = q.process_one(&mut g, pc, S);
+            (o, g)
+        })
+        .collect();
+    // A retransmission of the first SYN, and a spoofed one (web-1's address from pod-client).
+    frames.push(tcp4(CLIENT, VIP, 41000, 80, true, false));
+    frames.push(tcp4([10, 244, 1, 21], VIP, 41000, 80, true, false));
+    let n = frames.len();
+    let mut out = vec![Outcome::default(); n];
+    {
+        let mut pkts: Vec<Packet<'_>> = frames
+            .iter_mut()
+            .enumerate()
+            .map(|(i, f)| Packet {
+                data: f.as_mut_slice(),
+                iface: pc,
+                ts: 2 * S,
+                tag: i as u64,
+                parsed: None,
+            })
+            .collect();
+        p.process_burst(&mut pkts, &mut out);
+    }
+    for (i, (o, g)) in expected.iter().enumerate() {
+        assert_eq!(format!("{:?}", out[i]), format!("{o:?}"), "frame {i}");
+        assert_eq!(&frames[i], g, "frame {i}");
+        assert_eq!(out[i].ct, CtStatus::New);
+    }
+    let again = &out[n - 2];
+    assert_eq!(again.ct, CtStatus::Established);
+    assert_eq!(again.backend, out[0].backend);
+    assert_eq!(addrs(&frames[n - 2]), addrs(&frames[0]));
+    assert_eq!(out[n - 1].action, Action::Drop(DropReason::SpoofedSource));
+    assert_eq!(p.counters().ct_new, 41);
+}

@@ -1,30 +1,33 @@
 //! A burst's new connections looked ahead (VPP's dual loop, for the SYNs of a burst): before the
 //! burst is processed, every TCP SYN of the common frame (untagged IPv4 with a 20-byte header,
 //! not a later fragment) has its frontend looked up, its Maglev hash computed and, for a plain
-//! Maglev service (no affinity, no `Local` policy, no source ranges, its table built), its
-//! backend picked, in passes over the burst's SYNs. Each pass's loads are independent from one
-//! SYN to the next, so the CPU overlaps their cache misses; processed one SYN after another,
-//! the chain frontend → service → Maglev slot → active backend → backend missed in series, once
-//! per SYN (the per-service tables are cold with many services: bench/RESULTS.md
-//! "New connections at 100k services"). The last passes read the picked backend's endpoint
-//! record and its ingress policy's first rule and lists, which the new flow's policy and route
-//! read next (with many endpoints, three more dependent misses per SYN).
+//! Maglev service (`Service::plain_maglev`), its backend picked, in passes over the burst's
+//! SYNs. Each pass's loads are independent from one SYN to the next, so the CPU overlaps their
+//! cache misses; processed one SYN after another, the chain frontend → Maglev slot → backend
+//! missed in series, once per SYN (the per-service tables are cold with many services:
+//! bench/RESULTS.md "New connections at 100k services"). The frontend entry
+//! (`Tables::frontends4`, keyed by one word) carries the service's Maglev table and its active
+//! backends' records ([`Front4`]), so that the chain is three dependent reads, not the five
+//! of the frontend map, the service record, its table, its `active` list and its `backends`.
+//! The last passes read the picked backend's endpoint record and its ingress policy's first
+//! rule and lists, which the new flow's policy and route read next (with many endpoints, three
+//! more dependent misses per SYN).
 //!
 //! The results are hints for the packets' own processing ([`SynHint`]): `new_flow` takes the
-//! frontend and the backend of its key from them instead of looking again (they are what its
+//! frontend and the backend (its address, port, locality and endpoint) of its key from them
+//! instead of looking again (they are what its
 //! lookups would give: the same key, the same tables, the same functions), and anything else (a
 //! packet that turns out to belong to a live flow) ignores them. It looks only at bursts that
 //! follow one that created a flow, so that established traffic pays one test per burst.
 
 use std::hint::black_box;
 
-use nodeplane_state::Algorithm;
-
 use super::BURST;
+use crate::conntrack::Conntrack;
 use crate::flow::{Addr, FlowKey, PROTO_TCP};
 use crate::maglev;
 use crate::parse::LEAN4_L4;
-use crate::tables::{Service, Tables};
+use crate::tables::{front4_key, Front4, Tables};
 use crate::wire::{at, ethernet, ipv4, tcp};
 use crate::Packet;
 
@@ -47,7 +50,17 @@ pub(super) struct SynHint {
     pub hash: u64,
     /// The picked backend's local endpoint ([`NONE`]: none, or no pick): its record and
     /// ingress policy are read ahead too.
-    ep: u32,
+    pub ep: u32,
+    /// The picked backend's address, port and locality (with a pick): what `new_flow` would
+    /// read from its record.
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub local: bool,
+    /// The conntrack hash of the key (`Conntrack::hash`), and with a pick that of the reply
+    /// key the new flow probes when it needs no source NAT (the backend's address and port to
+    /// the client's): computed once, here, where their index buckets are read ahead.
+    pub ct_hash: u64,
+    pub ct_reply: u64,
 }
 
 /// The hints of the current burst's SYNs, in frame order.
@@ -120,75 +133,102 @@ pub(super) fn is_syn4(v6: bool, proto: u8, tcp_flags: u8) -> bool {
     !v6 && proto == PROTO_TCP && tcp_flags & SYN_TEST == tcp::flags::SYN
 }
 
-/// A service whose backend depends on the Maglev hash alone (what `select_backend` does for it
-/// is `v4.active[v4.maglev[slot]]`).
-#[inline(always)]
-fn plain_maglev(s: &Service) -> bool {
-    s.algorithm == Algorithm::Maglev
-        && s.affinity_ns.is_none()
-        && !s.internal_local
-        && !s.external_local
-        && s.source_ranges.is_empty()
-        && !s.v4.maglev.is_empty()
-}
-
 impl LookAhead {
     /// Looks ahead at the SYNs of `chunk` (at most [`BURST`] frames), if armed.
     #[inline(always)]
-    pub(super) fn look(&mut self, t: &Tables, chunk: &[Packet<'_>]) {
+    pub(super) fn look(&mut self, t: &Tables, ct: &Conntrack, chunk: &[Packet<'_>]) {
         self.n = 0;
         self.next = 0;
         if std::mem::take(&mut self.created) {
-            self.look_at(t, chunk);
+            self.look_at(t, ct, chunk);
         }
     }
 
     #[inline(never)]
-    fn look_at(&mut self, t: &Tables, chunk: &[Packet<'_>]) {
+    fn look_at(&mut self, t: &Tables, ct: &Conntrack, chunk: &[Packet<'_>]) {
         let hints = &mut self.hints;
-        // Pass 1: which frames are SYNs; their frontend and Maglev hash.
+        // Each SYN's frontend entry, for the passes after the first (no allocation).
+        let mut fronts: [Option<&Front4>; BURST] = [None; BURST];
+        // Pass 1: which frames are SYNs; their frontend entry (`Tables::frontends4`), Maglev
+        // hash and, for a plain Maglev service, slot (kept in `pick` for now: the table's
+        // length is in the entry).
         let mut n = 0;
         for p in chunk.iter().take(BURST) {
             if let Some(k) = syn_key(p.data) {
-                hints[n & (BURST - 1)] = SynHint {
+                let dst = [
+                    k.dst.bytes[0],
+                    k.dst.bytes[1],
+                    k.dst.bytes[2],
+                    k.dst.bytes[3],
+                ];
+                let f = t.frontends4.get(&front4_key(dst, k.dport, PROTO_TCP));
+                let hash = k.stable_hash();
+                let pick = match f {
+                    Some(f) if !f.maglev.is_empty() => maglev::slot(hash, f.maglev.len()) as u32,
+                    _ => NONE,
+                };
+                let j = n & (BURST - 1);
+                fronts[j] = f;
+                hints[j] = SynHint {
                     src: word(&k.src),
                     dst: word(&k.dst),
                     ports: u32::from(k.sport) << 16 | u32::from(k.dport),
-                    svc: t.frontend(k.dst, k.dport, PROTO_TCP).unwrap_or(NONE),
-                    pick: NONE,
-                    hash: k.stable_hash(),
+                    svc: f.map_or(NONE, |f| f.svc),
+                    pick,
+                    hash,
                     ep: NONE,
+                    addr: [0; 4],
+                    port: 0,
+                    local: false,
+                    ct_hash: ct.hash(&k),
+                    ct_reply: 0,
                 };
                 n += 1;
             }
         }
         self.n = n;
         let hints = &mut hints[..n.min(BURST)];
-        // Pass 2: the service (its selection) and the Maglev slot (kept in `pick` for now).
-        for h in hints.iter_mut() {
-            if let Some(s) = t.services.get(h.svc as usize) {
-                if plain_maglev(s) {
-                    h.pick = maglev::slot(h.hash, s.v4.maglev.len()) as u32;
+        // Pass 2: the Maglev slot: the index of the active backend (kept in `pick` for now).
+        for (h, f) in hints.iter_mut().zip(fronts.iter()) {
+            if let (true, Some(f)) = (h.pick != NONE, f) {
+                h.pick = f
+                    .maglev
+                    .get(h.pick as usize)
+                    .map_or(NONE, |&a| u32::from(a));
+            }
+        }
+        // Pass 3: the backend that index names: the pick, with what the new flow reads of it.
+        for (h, f) in hints.iter_mut().zip(fronts.iter()) {
+            if let (true, Some(f)) = (h.pick != NONE, f) {
+                match f.picks.get(h.pick as usize) {
+                    Some(b) => {
+                        h.pick = u32::from(b.backend);
+                        h.addr = b.addr;
+                        h.port = b.port;
+                        h.local = b.local;
+                        h.ep = b.endpoint;
+                    }
+                    None => h.pick = NONE,
                 }
             }
         }
-        // Pass 3: the Maglev slot, then the active backend it names: the pick.
+        // Pass 4: the conntrack index's buckets of the key (the new flow's probe and insert)
+        // and, with a pick, of its reply key (the probe for a clash, and the insert): two
+        // misses per SYN with many flows, whatever the number of services.
         for h in hints.iter_mut() {
+            let mut w = ct.warm(h.ct_hash);
             if h.pick != NONE {
-                let s = &t.services[h.svc as usize];
-                let pick = s.v4.maglev.get(h.pick as usize);
-                let pick = pick.and_then(|&a| s.v4.active.get(usize::from(a)));
-                h.pick = pick.map_or(NONE, |&b| u32::from(b));
+                let reply = FlowKey {
+                    src: Addr::v4(h.addr),
+                    dst: Addr::v4(h.src.to_ne_bytes()),
+                    sport: h.port,
+                    dport: (h.ports >> 16) as u16,
+                    proto: PROTO_TCP,
+                };
+                h.ct_reply = ct.hash(&reply);
+                w ^= ct.warm(h.ct_reply);
             }
-        }
-        // Pass 4: the backend's record (address, port, locality, endpoint), read by the
-        // packet's processing.
-        for h in hints.iter_mut() {
-            if h.pick != NONE {
-                if let Some(b) = t.services[h.svc as usize].backends.get(h.pick as usize) {
-                    h.ep = b.endpoint.unwrap_or(NONE);
-                }
-            }
+            black_box(w);
         }
         // Passes 5-7: a local backend's endpoint record (identity, interface, MAC: policy and
         // route read them), then its ingress policy's first rule, then that rule's lists. With
