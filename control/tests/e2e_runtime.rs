@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::daemon::{Launch, Nodeplane};
+use lab::daemon::{drops_in, io_sum, Launch, Nodeplane};
 use lab::{root_dir, Lab};
 
 impl Lab {
@@ -205,30 +205,6 @@ impl Nodeplane {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    /// SIGTERM; returns (exited cleanly, seconds it took, the daemon's log).
-    fn stop_timed(mut self) -> (bool, f64, String) {
-        let t0 = Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let status = loop {
-            if let Some(s) = self.wrapper.try_wait().unwrap() {
-                break Some(s);
-            }
-            if t0.elapsed() > Duration::from_secs(10) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let took = t0.elapsed().as_secs_f64();
-        let log = fs::read_to_string(&self.log).unwrap_or_default();
-        let ok = status.is_some_and(|s| s.success());
-        if !ok {
-            eprintln!("{log}");
-        }
-        (ok, took, log)
-    }
 }
 
 /// `nodeplane run` with `workers` workers on the state directory `state`.
@@ -247,12 +223,14 @@ fn start(lab: &Lab, state: &Path, workers: usize) -> Nodeplane {
 /// UMEM accounting ok, XDP detached.
 fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
     let (clean, took, log) = np.stop_timed();
-    eprintln!("nodeplane stopped in {took:.3} s");
-    assert!(clean, "nodeplane exits 0 on SIGTERM");
+    let took = took.as_secs_f64();
+    assert!(clean, "nodeplane exits 0 on SIGTERM: {log}");
+    // The daemon's lines from the signal on (each with its time): where the stop's time went.
     let phases: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("stopped in") || l.contains("signal received"))
+        .skip_while(|l| !l.contains("signal received"))
         .collect();
+    eprintln!("nodeplane stopped in {took:.3} s: {phases:#?}");
     assert!(
         took < 1.0,
         "stopped within 1 s of SIGTERM, took {took:.3} s: {phases:#?}"
@@ -270,25 +248,6 @@ fn assert_clean_stop(lab: &Lab, np: Nodeplane, workers: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!lab.xdp_attached(), "no XDP program left attached");
-}
-
-fn drops(stats: &serde_json::Value, reason: &str) -> u64 {
-    stats["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// A hand-off / AF_XDP I/O counter summed over the workers.
-fn io_sum(stats: &serde_json::Value, field: &str) -> u64 {
-    stats["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["io"]["afxdp"]["counters"][field].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// The kernel's AF_XDP socket counters (`XDP_STATISTICS`) summed over every socket.
@@ -362,12 +321,12 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     // Policy: allowed direct pod-to-pod TCP 8080; denied TCP 9050 (deny rule), denied UDP
     // NodePort 30053 from the world (its backend port 8080/UDP: web allows UDP only on 5353).
     assert!(lab.curl("client", "http://10.244.1.21:8080/").is_some());
-    let before = drops(&np.stats(), "policy-denied");
+    let before = drops_in(&np.stats(), "policy-denied");
     assert!(lab.curl("client", "http://10.244.1.21:9050/").is_none());
     assert!(lab.udp("router", "192.168.100.2:30053").is_none());
     let after = np.stats();
     assert!(
-        drops(&after, "policy-denied") >= before + 2,
+        drops_in(&after, "policy-denied") >= before + 2,
         "denials are counted: {after}"
     );
     // Pod to pod ping (client has no ingress rules), pod to the world through the uplink
@@ -379,7 +338,7 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
     let n = &st["io"]["neighbour"];
     assert_eq!(n["source"], "kernel", "{n}");
     assert_eq!(n["mac"], "02:00:00:00:00:fe", "{n}");
-    assert_eq!(drops(&st, "no-neighbor"), 0, "{st}");
+    assert_eq!(drops_in(&st, "no-neighbor"), 0, "{st}");
     // Host traffic stays with the kernel: a TCP listener on the node IP, the pods' gateway.
     let mut listener = Command::new("ip")
         .args([
@@ -723,7 +682,7 @@ fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
             .as_u64()
             .unwrap_or(0)
     };
-    let denied0 = drops(&np.stats(), "policy-denied");
+    let denied0 = drops_in(&np.stats(), "policy-denied");
     let flows0 = web_flows(&np);
 
     let cap = lab.tmp.join("cap.pcap");
@@ -756,7 +715,7 @@ fn capture_of_live_traffic_replays_to_the_daemons_verdicts() {
         "{err}\n{}",
         fs::read_to_string(&np.log).unwrap_or_default()
     );
-    let denied = drops(&np.stats(), "policy-denied") - denied0;
+    let denied = drops_in(&np.stats(), "policy-denied") - denied0;
     let flows = web_flows(&np) - flows0;
     assert!(
         denied >= 1 && flows == 3,
@@ -899,14 +858,14 @@ fn an_external_vm_is_enforced_like_a_pod_both_ways() {
         .curl("router", "http://10.244.1.21:8080/")
         .expect("world -> web-1");
     assert!(hello.starts_with("hello from web"), "{hello}");
-    let denied0 = drops(&np.stats(), "policy-denied");
+    let denied0 = drops_in(&np.stats(), "policy-denied");
     let (reached, _) = lab.run(
         "vm",
         &["curl", "-sS", "-m", "2", "http://10.244.1.21:8080/"],
     );
     assert!(!reached, "vm -> web-1 denied: the VM is not the world");
     assert!(
-        drops(&np.stats(), "policy-denied") > denied0,
+        drops_in(&np.stats(), "policy-denied") > denied0,
         "denied by policy, counted"
     );
     // Egress to the VM: allowed on every port for now.
