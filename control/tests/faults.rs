@@ -681,7 +681,8 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
     let rejections0 = st0["rejections"].as_u64().unwrap();
     for (what, text) in [("invalid service", broken.as_str()), ("cut file", cut)] {
         let rejections = np.status().unwrap()["rejections"].as_u64().unwrap();
-        let (ans0, sent0) = udp.counts();
+        // Nothing in flight: the window's answers are its own requests'.
+        let (ans0, sent0) = udp.settle(10);
         write_state_file(&state, "services.yaml", text);
         let t0 = Instant::now();
         let st = loop {
@@ -730,14 +731,13 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
             n.as_deref().is_some_and(|l| l.starts_with("web")),
             "{what}: NodePort on the old state: {n:?}"
         );
-        let (ans1, sent1) = udp.counts();
+        let (ans1, sent1) = udp.settle(10);
         assert!(ans1 - ans0 > 10, "{what}: UDP answered: {}", ans1 - ans0);
-        // One request may be in flight at each reading.
-        assert!(
-            ans1 - ans0 + 1 >= sent1 - sent0,
-            "{what}: every UDP request answered: {} sent, {} answered",
+        assert_eq!(
+            ans1 - ans0,
             sent1 - sent0,
-            ans1 - ans0
+            "{what}: every UDP request answered ({} sent)",
+            sent1 - sent0
         );
     }
 
@@ -760,9 +760,9 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(a.echo("restored"), "restored", "A after the fix");
-    let (ans, sent) = udp.counts();
-    assert!(
-        ans + 1 >= sent,
+    let (ans, sent) = udp.settle(10);
+    assert_eq!(
+        ans, sent,
         "UDP over the whole test: {sent} sent, {ans} answered"
     );
     drop(udp);

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod blob;
 pub mod daemon;
 pub mod traffic;
 pub mod udp_loop;
@@ -89,7 +90,10 @@ pub struct Lab {
 impl Lab {
     /// Connects from namespace `ns` to `addr:port` (socat, `connect_timeout` seconds), sends a
     /// line and returns the first line the server sent (None: no connection, or no answer
-    /// within a second after connecting).
+    /// within 3 s after connecting). An answering server closes when it has answered, which
+    /// ends the client at once; the 3 s are for a server that forks slowly on a loaded machine.
+    /// (socat's own default waits 0.5 s after its input's end, which comes at once: under load
+    /// the server's first line came later than that now and then.)
     pub fn tcp_line(
         &self,
         ns: &str,
@@ -98,8 +102,17 @@ impl Lab {
         connect_timeout: u32,
     ) -> Option<String> {
         let mut c = Command::new("timeout")
-            .arg((connect_timeout + 2).to_string())
-            .args(["ip", "netns", "exec", &self.ns(ns), "socat", "-T1", "STDIO"])
+            .arg((connect_timeout + 4).to_string())
+            .args([
+                "ip",
+                "netns",
+                "exec",
+                &self.ns(ns),
+                "socat",
+                "-T3",
+                "-t3",
+                "STDIO",
+            ])
             .arg(format!(
                 "TCP:{addr}:{port},connect-timeout={connect_timeout}"
             ))
