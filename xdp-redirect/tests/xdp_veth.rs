@@ -109,8 +109,22 @@ fn detach_all_detaches_every_interface_and_frees_their_slots() {
     require_root();
     let node = Netns::new("da", "n");
     let peer = Netns::new("da", "p");
-    veth(&node, "v0", "02:00:00:00:51:01", &peer, "v1", "02:00:00:00:51:02");
-    veth(&node, "v2", "02:00:00:00:51:03", &peer, "v3", "02:00:00:00:51:04");
+    veth(
+        &node,
+        "v0",
+        "02:00:00:00:51:01",
+        &peer,
+        "v1",
+        "02:00:00:00:51:02",
+    );
+    veth(
+        &node,
+        "v2",
+        "02:00:00:00:51:03",
+        &peer,
+        "v3",
+        "02:00:00:00:51:04",
+    );
     node.run(|| {
         let mut l = Loader::load().expect("load XDP program");
         l.attach("v0", 2).expect("attach v0");
