@@ -21,23 +21,9 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::daemon::{drops_in as drops, Nodeplane};
+use lab::daemon::{drops_in as drops, tx_on, Nodeplane};
 use lab::udp_loop::UdpLoop;
 use lab::Lab;
-
-/// Runs a command in a namespace; asserts it succeeded.
-fn ns_run(lab: &Lab, ns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(ns)])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{ns}: {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A TCP connection kept open from the client pod: prints `greet <first line> <local port>`,
 /// then answers every stdin line with the line the server echoed (`ERR ...` on a timeout or an
@@ -244,8 +230,7 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
 
     // The flood. The router's kernel would answer the backends' SYN-ACKs with resets (which
     // close the flood's flows, making them evictable): drop them.
-    ns_run(
-        &lab,
+    lab.must(
         "router",
         &[
             "iptables",
@@ -397,7 +382,7 @@ ip -n {pns} route add default via 10.244.1.1
 ip -n {pns} -6 route add default via fd00:244:1::1
 "
     );
-    ns_run(lab, "node", &["bash", "-c", &sh]);
+    lab.must("node", &["bash", "-c", &sh]);
 }
 
 /// What one pod-interface run saw.
@@ -439,7 +424,7 @@ fn delete_and_recreate_web2(lab: &mut Lab) -> IfaceRun {
     );
     let st0 = np.status().unwrap();
 
-    ns_run(lab, "node", &["ip", "link", "del", "pod-web2"]);
+    lab.must("node", &["ip", "link", "del", "pod-web2"]);
     std::thread::sleep(Duration::from_millis(300));
     let st_gone = np.status().expect("the daemon answers with pod-web2 gone");
     let u1 = udp.answers();
@@ -504,16 +489,6 @@ fn pod_interface_deleted_and_recreated_daemon_survives() {
         2,
         "every worker's frames accounted for: {log}"
     );
-}
-
-/// Frames transmitted on `iface` by all workers (`io.tx`).
-fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["io"]["tx"][iface]["packets"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// The rest of the fifth bullet: while `pod-web2` is gone, frames routed to it are dropped

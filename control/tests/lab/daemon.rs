@@ -358,3 +358,13 @@ pub fn io_sum(st: &serde_json::Value, field: &str) -> u64 {
         .map(|w| w["io"]["afxdp"]["counters"][field].as_u64().unwrap_or(0))
         .sum()
 }
+
+/// Frames transmitted on `iface` by every worker of a status document (`io.tx`).
+pub fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
+    st["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["io"]["tx"][iface]["packets"].as_u64().unwrap_or(0))
+        .sum()
+}

@@ -208,6 +208,21 @@ impl Lab {
         dir.join("nodeplane")
     }
 
+    /// Runs `args` in the lab's namespace `ns` (`ip netns exec`); fails the test, with its
+    /// stderr, unless it succeeds.
+    pub fn must(&self, ns: &str, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns)])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{ns}: {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The full name of the lab's namespace `n` (`node`, `router`, `pod-client`, ...).
     pub fn ns(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
