@@ -20,26 +20,9 @@ use nodeplane_dataplane::worker::RemovedFlowAction;
 use nodeplane_pcap_tests::pcapio::read_capture;
 use nodeplane_pcap_tests::spec::{CaseSpec, Expect};
 use nodeplane_pcap_tests::wire::{self, FragmentChecker};
+use nodeplane_pcap_tests::TempDir;
 use nodeplane_state as st;
 use serde_json::Value;
-
-/// A temporary directory removed on drop (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("np-golden-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One input packet in merged order.
 struct InPkt {
@@ -1163,7 +1146,7 @@ fn golden_cases() {
             "{}: case.json names another case",
             dir.display()
         );
-        let tmp = TempDir::new(&name);
+        let tmp = TempDir::new("golden", &name);
         let ins = inputs(dir, &spec);
         let run = match run_replay(dir, &spec, &tmp.0) {
             Ok(r) => r,
@@ -1175,7 +1158,7 @@ fn golden_cases() {
         let mut intent = check_intent(dir, &spec, &ins, &run);
         if spec.events {
             // Flow events carry the capture's clock: a second run writes the same bytes.
-            let tmp2 = TempDir::new(&format!("{name}-again"));
+            let tmp2 = TempDir::new("golden", &format!("{name}-again"));
             match run_replay(dir, &spec, &tmp2.0) {
                 Err(e) => intent.push(format!("second run: {e}")),
                 Ok(_) => {
