@@ -378,9 +378,19 @@ fn services_policy_cli_host_traffic_and_clean_exit() {
         "io:          afxdp",
         "uplink0 (",
         "KERNEL",
+        "mtu:         ",
+        "uplink0 1500 (kernel)",
     ] {
         assert!(out.contains(want), "{want:?} in status:\n{out}");
     }
+    // Every interface's MTU as the pipeline enforces it: the kernel's (the lab's veths: 1500).
+    let mtus = st["mtus"].as_array().expect("mtus in status");
+    assert_eq!(mtus.len(), 4, "{mtus:?}");
+    assert!(
+        mtus.iter()
+            .all(|m| m["mtu"] == 1500 && m["source"] == "kernel"),
+        "{mtus:?}"
+    );
     assert_eq!(
         st["workers"][0]["io"]["afxdp"]["sockets"]
             .as_array()
