@@ -62,7 +62,7 @@ use crate::conntrack::CtStats;
 use crate::events::{EventTap, FlowEvent};
 use crate::flow::FlowKey;
 use crate::parse;
-use crate::pipeline::Restored;
+use crate::pipeline::{Restored, ScratchBuffers};
 use crate::publish::Subscriber;
 use crate::reject::Rejects;
 use crate::snapshot::{SavedAffinity, SavedFlow};
@@ -116,6 +116,10 @@ pub struct Worker<I: PacketIo> {
     /// While observed: the last burst's outcomes, ingress and time, for events of frames the
     /// I/O loses after the pipeline decided them.
     last: Box<[(Outcome, IfIndex, u64); BURST]>,
+    /// The last `explain`'s scratch buffers (flow cache, keys), which the next one reuses (see
+    /// [`Pipeline::scratch`]): kept from the first explain on, so that an explain does not
+    /// allocate 256 KiB each.
+    explain_scratch: Option<ScratchBuffers>,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -155,6 +159,7 @@ impl<I: PacketIo> Worker<I> {
             events: EventTap::detached(),
             capture: CaptureTap::detached(),
             last: Box::new([(Outcome::default(), 0, 0); BURST]),
+            explain_scratch: None,
         }
     }
 
@@ -413,7 +418,7 @@ impl<I: PacketIo> Worker<I> {
         let _ = req.reply.try_send(answer);
     }
 
-    fn explain(&self, mut frame: Vec<u8>, iface: &str, keys: &[FlowKey], now: u64) -> Answer {
+    fn explain(&mut self, mut frame: Vec<u8>, iface: &str, keys: &[FlowKey], now: u64) -> Answer {
         let tables = Arc::clone(self.pipeline.tables());
         let Some(idx) = tables.iface_index(iface) else {
             return Answer::Error(format!(
@@ -431,8 +436,11 @@ impl<I: PacketIo> Worker<I> {
             .iter()
             .find_map(|k| ct.find(k).filter(|&(s, _)| ct.expires(s) > now))
             .map(|(s, _)| CtRow::from_entry(self.id, &ct.entry(s), ct.expires(s), &tables, now));
-        let mut scratch = self.pipeline.scratch(keys, now);
+        let mut scratch = self
+            .pipeline
+            .scratch(keys, now, self.explain_scratch.take());
         let outcome = scratch.process_one(&mut frame, idx, now);
+        self.explain_scratch = Some(scratch.into_buffers());
         Answer::Explained(Box::new(Explained {
             flow,
             view: OutcomeView::new(&outcome, &tables),
