@@ -7,6 +7,8 @@
 //!   deadline, everything the table holds per flow.
 //! - `rss_mb`: the process's resident memory (VmRSS) after FLOWS new connections went through
 //!   the pipeline, each a SYN on its own 5-tuple, so every page of the table was touched.
+//! - `explain_scratch_bytes`: the heap of `nodeplane explain`'s scratch pipeline for one
+//!   packet, built fresh and built on an earlier one's buffers (`Pipeline::scratch`).
 
 // The measurement is a counting global allocator, which is an `unsafe` trait to implement.
 #![allow(unsafe_code)]
@@ -143,4 +145,23 @@ fn main() {
         c.dropped,
         rss_kib() as f64 / 1024.0
     );
+    let (fresh, reused) = explain_heap(&p, pc);
+    println!("explain_scratch_bytes fresh {fresh} reused {reused}");
+}
+
+/// The heap a `nodeplane explain` scratch pipeline holds while it decides one packet: built
+/// fresh, and built on the buffers of an earlier one (what a worker does from its second
+/// explain on).
+fn explain_heap(p: &Pipeline, iface: u16) -> (usize, usize) {
+    let mut frame = client_frame(0, 1024, true);
+    let mut held = |reuse| {
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut s = p.scratch(&[], 1, reuse);
+        s.process_one(&mut frame, iface, 1);
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        (held, s.into_buffers())
+    };
+    let (fresh, buffers) = held(None);
+    let (reused, _) = held(Some(buffers));
+    (fresh, reused)
 }

@@ -1,5 +1,5 @@
 //! The kernel flow cache (`io.afxdp.fast_path: tc`, issue 10) end to end on the lab: real
-//! veths, the daemon with 2 workers, pods at their Linux defaults (TSO on: no XDP program on
+//! veths, the daemon with 2 workers and with 1, pods at their Linux defaults (TSO on: no XDP program on
 //! their veths), real clients (curl, socat) and servers (python's http.server, socat).
 //!
 //! ```text
@@ -121,7 +121,18 @@ fn offload(st: &serde_json::Value, name: &str) -> u64 {
 
 #[test]
 fn fast_path_tc_repeats_the_workers_decisions_in_the_kernel() {
-    let mut lab = Lab::up("fp");
+    fast_path(2);
+}
+
+/// One worker: established packets take the pipeline's lane (`Pipeline::lane_run`), whose
+/// frames must still leave their 5-tuples for the offers.
+#[test]
+fn fast_path_tc_with_one_worker_offers_the_lanes_flows() {
+    fast_path(1);
+}
+
+fn fast_path(workers: usize) {
+    let mut lab = Lab::up(&format!("fp{workers}"));
     start_servers(&mut lab);
     let www = lab.tmp.join("www");
     fs::create_dir_all(&www).unwrap();
@@ -132,6 +143,7 @@ fn fast_path_tc_repeats_the_workers_decisions_in_the_kernel() {
         &lab,
         &Launch {
             afxdp_extra: ", fast_path: tc",
+            workers,
             ..Launch::dir(&dir)
         },
     );
@@ -300,7 +312,7 @@ fn fast_path_tc_repeats_the_workers_decisions_in_the_kernel() {
         np.stats()["generation"].as_u64().unwrap() > gen
     });
     wait_until("every worker to clear the flow map", 5, || {
-        offload(&np.stats(), "cleared") >= cleared + 2
+        offload(&np.stats(), "cleared") >= cleared + workers as u64
     });
     assert_eq!(line(&mut to, 99), None, "the connection is stopped");
     let st = np.stats();

@@ -29,22 +29,12 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
+use lab::blob::{sh_in, start_udp_echo, udp_blob};
 use lab::daemon::io_sum;
 use lab::{random_blob, root_dir, Lab};
 
 const MTU: &str = "9000";
 const PODS: [&str; 3] = ["client", "web1", "web2"];
-
-fn sh_in(lab: &Lab, ns: &str, cmd: &str) -> (bool, String) {
-    let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", &lab.ns(ns), "bash", "-c", cmd])
-        .output()
-        .expect("run in namespace");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
-}
 
 /// Every pod and its node-side veth at MTU [`MTU`].
 fn jumbo_pods(lab: &Lab) {
@@ -259,45 +249,6 @@ fn jumbo_downloads(tag: &str, offload: &str) {
     );
 }
 
-/// A UDP echo server (IPv4), in each web pod on 5353 (the `dns` ClusterIP's backend port,
-/// which the policy allows from the client).
-const UDP_ECHO: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-s.bind(("0.0.0.0", 5353))
-while True:
-    d, a = s.recvfrom(65535)
-    s.sendto(d, a)
-"#;
-
-/// The UDP client: the blob in 8000-byte datagrams (a 4-byte sequence number in front; each a
-/// chain of UMEM frames both ways), each sent until its echo comes back; prints the sha256 of
-/// what came back.
-const UDP_CLIENT: &str = r#"
-import hashlib, socket, sys
-blob = open(sys.argv[2], "rb").read()
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(0.3)
-back = []
-for k in range(0, len(blob), 8000):
-    d = (k // 8000).to_bytes(4, "big") + blob[k:k + 8000]
-    for attempt in range(30):
-        s.sendto(d, (sys.argv[1], int(sys.argv[3])))
-        try:
-            while True:
-                r = s.recv(65535)
-                if r[:4] == d[:4]:
-                    break
-            back.append(r[4:])
-            break
-        except socket.timeout:
-            continue
-    else:
-        sys.exit("datagram %d never came back" % (k // 8000))
-print(hashlib.sha256(b"".join(back)).hexdigest())
-"#;
-
 /// Two workers, every pod at MTU 9000, `multi_buffer`: a frame arrives on whichever queue its
 /// sender's kernel picked, so the frames of about half the flow directions reach the worker that
 /// does not own their flow, and those longer than a UMEM frame (chains) are handed over whole
@@ -322,26 +273,17 @@ fn two_workers_complete_checksums_of_handed_in_chains() {
 fn two_workers_jumbo(tag: &str, offload: &str) {
     let mut lab = Lab::up(tag);
     jumbo_pods(&lab);
-    let echo = lab.tmp.join("udp_echo.py");
-    fs::write(&echo, UDP_ECHO).unwrap();
     for w in ["web1", "web2"] {
-        for args in [
-            vec![
-                "socat".to_string(),
-                "TCP-LISTEN:8081,reuseaddr,fork".to_string(),
-                format!("SYSTEM:echo {w} $$; cat"),
-            ],
-            vec!["python3".to_string(), echo.display().to_string()],
-        ] {
-            let c = Command::new("ip")
-                .args(["netns", "exec", &lab.ns(w)])
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("echo server");
-            lab.procs.push(c);
-        }
+        let c = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(w), "socat"])
+            .arg("TCP-LISTEN:8081,reuseaddr,fork")
+            .arg(format!("SYSTEM:echo {w} $$; cat"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("echo server");
+        lab.procs.push(c);
+        start_udp_echo(&mut lab, w, 5353);
     }
     let state = lab::daemon::echo_state(&lab);
     let np = lab::daemon::Nodeplane::launch(
@@ -358,8 +300,6 @@ fn two_workers_jumbo(tag: &str, offload: &str) {
 
     let blob = lab.tmp.join("blob");
     let want = random_blob(&blob, 4 << 20);
-    let client = lab.tmp.join("udp_client.py");
-    fs::write(&client, UDP_CLIENT).unwrap();
     // TCP: the ClusterIP (port 80 -> 8081) four times, each web pod directly twice.
     let tcp = [
         "10.96.0.10:80",
@@ -396,15 +336,8 @@ fn two_workers_jumbo(tag: &str, offload: &str) {
         ("10.244.1.21", 5353),
         ("10.244.1.22", 5353),
     ] {
-        let (ok, got) = sh_in(
-            &lab,
-            "client",
-            &format!(
-                "python3 {} {to} {} {port}",
-                client.display(),
-                blob.display()
-            ),
-        );
+        // 8000-byte datagrams: each a chain of UMEM frames both ways.
+        let (ok, got) = udp_blob(&lab, "client", to, port, &blob, 8000);
         assert!(ok, "UDP {to}:{port}: {got}");
         assert_eq!(got, want, "UDP {to}:{port}: the echoed blob differs");
     }

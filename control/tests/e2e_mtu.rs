@@ -17,67 +17,14 @@
 //! Needs root, iproute2, python3. Fails (never skips) without them.
 
 use std::fs;
-use std::process::{Command, Stdio};
 
 mod lab;
 
+use lab::blob::{sh_in, start_udp_echo, udp_blob};
 use lab::daemon::{io_sum, Launch, Nodeplane};
 use lab::{random_blob, root_dir, Lab};
 
 const MTU: &str = "9000";
-
-fn sh_in(lab: &Lab, ns: &str, cmd: &str) -> (bool, String) {
-    let out = Command::new("timeout")
-        .args(["120", "ip", "netns", "exec", &lab.ns(ns), "bash", "-c", cmd])
-        .output()
-        .expect("run in namespace");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    )
-}
-
-/// The UDP echo server in the router (both families on one socket).
-const ECHO: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", 9999))
-while True:
-    d, a = s.recvfrom(65535)
-    s.sendto(d, a)
-"#;
-
-/// The client: the blob in 4000-byte datagrams (a 4-byte sequence number in front), each sent
-/// until its echo comes back; prints the sha256 of what came back.
-const CLIENT: &str = r#"
-import hashlib, socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-blob = open(sys.argv[2], "rb").read()
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.settimeout(0.3)
-back = []
-for k in range(0, len(blob), 4000):
-    d = (k // 4000).to_bytes(4, "big") + blob[k:k + 4000]
-    for attempt in range(30):
-        s.sendto(d, (sys.argv[1], 9999))
-        try:
-            while True:
-                r = s.recv(65535)
-                if r[:4] == d[:4]:
-                    break
-            back.append(r[4:])
-            break
-        except socket.timeout:
-            continue
-    else:
-        sys.exit("datagram %d never came back" % (k // 4000))
-print(hashlib.sha256(b"".join(back)).hexdigest())
-"#;
 
 #[test]
 fn a_jumbo_pod_learns_the_uplink_mtu_from_nodeplane_through_a_cluster_ip() {
@@ -117,22 +64,11 @@ fn a_jumbo_pod_learns_the_uplink_mtu_from_nodeplane_through_a_cluster_ip() {
     );
     np.settled_generation();
 
-    let echo = lab.tmp.join("echo.py");
-    fs::write(&echo, ECHO).unwrap();
-    let c = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("router"), "python3"])
-        .arg(&echo)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 echo server");
-    lab.procs.push(c);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // (The client resends each datagram until its echo comes: no wait for the server.)
+    start_udp_echo(&mut lab, "router", 9999);
 
     let blob = lab.tmp.join("blob");
     let want = random_blob(&blob, 262_144);
-    let client = lab.tmp.join("client.py");
-    fs::write(&client, CLIENT).unwrap();
 
     for vip in ["10.96.0.90", "fd00:96::90"] {
         let (_, route) = sh_in(&lab, "client", &format!("ip route get {vip}"));
@@ -140,11 +76,7 @@ fn a_jumbo_pod_learns_the_uplink_mtu_from_nodeplane_through_a_cluster_ip() {
             !route.contains("mtu 1500"),
             "{vip}: no path MTU known before: {route}"
         );
-        let (ok, got) = sh_in(
-            &lab,
-            "client",
-            &format!("python3 {} {vip} {}", client.display(), blob.display()),
-        );
+        let (ok, got) = udp_blob(&lab, "client", vip, 9999, &blob, 4000);
         assert!(ok, "{vip}: the transfer failed: {got}\n{}", np.log());
         assert_eq!(got, want, "{vip}: the echoed blob differs");
         let (_, route) = sh_in(&lab, "client", &format!("ip route get {vip}"));

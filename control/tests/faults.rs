@@ -21,23 +21,9 @@ use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::daemon::{drops_in as drops, Nodeplane};
+use lab::daemon::{drops_in as drops, tx_on, Nodeplane};
 use lab::udp_loop::UdpLoop;
 use lab::Lab;
-
-/// Runs a command in a namespace; asserts it succeeded.
-fn ns_run(lab: &Lab, ns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(ns)])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{ns}: {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A TCP connection kept open from the client pod: prints `greet <first line> <local port>`,
 /// then answers every stdin line with the line the server echoed (`ERR ...` on a timeout or an
@@ -244,8 +230,7 @@ fn conntrack_full_under_a_syn_flood_keeps_established_flows() {
 
     // The flood. The router's kernel would answer the backends' SYN-ACKs with resets (which
     // close the flood's flows, making them evictable): drop them.
-    ns_run(
-        &lab,
+    lab.must(
         "router",
         &[
             "iptables",
@@ -397,7 +382,7 @@ ip -n {pns} route add default via 10.244.1.1
 ip -n {pns} -6 route add default via fd00:244:1::1
 "
     );
-    ns_run(lab, "node", &["bash", "-c", &sh]);
+    lab.must("node", &["bash", "-c", &sh]);
 }
 
 /// What one pod-interface run saw.
@@ -439,7 +424,7 @@ fn delete_and_recreate_web2(lab: &mut Lab) -> IfaceRun {
     );
     let st0 = np.status().unwrap();
 
-    ns_run(lab, "node", &["ip", "link", "del", "pod-web2"]);
+    lab.must("node", &["ip", "link", "del", "pod-web2"]);
     std::thread::sleep(Duration::from_millis(300));
     let st_gone = np.status().expect("the daemon answers with pod-web2 gone");
     let u1 = udp.answers();
@@ -504,16 +489,6 @@ fn pod_interface_deleted_and_recreated_daemon_survives() {
         2,
         "every worker's frames accounted for: {log}"
     );
-}
-
-/// Frames transmitted on `iface` by all workers (`io.tx`).
-fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["io"]["tx"][iface]["packets"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// The rest of the fifth bullet: while `pod-web2` is gone, frames routed to it are dropped
@@ -681,7 +656,8 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
     let rejections0 = st0["rejections"].as_u64().unwrap();
     for (what, text) in [("invalid service", broken.as_str()), ("cut file", cut)] {
         let rejections = np.status().unwrap()["rejections"].as_u64().unwrap();
-        let (ans0, sent0) = udp.counts();
+        // Nothing in flight: the window's answers are its own requests'.
+        let (ans0, sent0) = udp.settle(10);
         write_state_file(&state, "services.yaml", text);
         let t0 = Instant::now();
         let st = loop {
@@ -730,14 +706,13 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
             n.as_deref().is_some_and(|l| l.starts_with("web")),
             "{what}: NodePort on the old state: {n:?}"
         );
-        let (ans1, sent1) = udp.counts();
+        let (ans1, sent1) = udp.settle(10);
         assert!(ans1 - ans0 > 10, "{what}: UDP answered: {}", ans1 - ans0);
-        // One request may be in flight at each reading.
-        assert!(
-            ans1 - ans0 + 1 >= sent1 - sent0,
-            "{what}: every UDP request answered: {} sent, {} answered",
+        assert_eq!(
+            ans1 - ans0,
             sent1 - sent0,
-            ans1 - ans0
+            "{what}: every UDP request answered ({} sent)",
+            sent1 - sent0
         );
     }
 
@@ -760,9 +735,9 @@ fn malformed_state_update_under_traffic_keeps_the_old_state_serving() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(a.echo("restored"), "restored", "A after the fix");
-    let (ans, sent) = udp.counts();
-    assert!(
-        ans + 1 >= sent,
+    let (ans, sent) = udp.settle(10);
+    assert_eq!(
+        ans, sent,
         "UDP over the whole test: {sent} sent, {ans} answered"
     );
     drop(udp);

@@ -248,7 +248,8 @@ fn bgp_garbage_wrong_md5_and_a_vanished_peer_leave_forwarding_alone() {
         "10.96.0.53:53".parse().unwrap(),
         "10.96.0.10:80".parse().unwrap(),
     );
-    std::thread::sleep(Duration::from_secs(1));
+    let before = traffic.wait_answered(4, 20);
+    let t_before = Instant::now();
 
     // (a) Garbage. The junk neighbour is passive: it waits in Active for a connection.
     let junk_ready = || {
@@ -408,10 +409,7 @@ fn bgp_garbage_wrong_md5_and_a_vanished_peer_leave_forwarding_alone() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(r.failures(), 0, "{r:?}");
-    assert!(
-        r.udp.answered >= 100 && r.echo.answered >= 100 && r.connect.answered >= 25,
-        "{r:?}"
-    );
+    r.assert_ran_since(&before, t_before.elapsed());
     let s = np.status().unwrap();
     assert_eq!(s["generation"].as_u64(), Some(gen), "{s}");
     assert_eq!(s["state"], "ok", "{s}");

@@ -23,32 +23,15 @@
 //! Needs root, iproute2, socat. Fails (never skips) without them.
 //! Run: `cargo test --profile ci -p nodeplane-control --test startup -- --nocapture`.
 
-use std::process::Command;
-
 mod lab;
 
 use lab::daemon::{drops_in as drops, Launch, Nodeplane};
 use lab::Lab;
 
-/// `ip -n <ns> ARGS`, which must succeed.
-fn ip(lab: &Lab, ns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["-n", &lab.ns(ns)])
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip -n {} {args:?}: {}",
-        lab.ns(ns),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Empties the neighbour tables of the node's uplink and of the router.
 fn forget_neighbours(lab: &Lab) {
-    ip(lab, "node", &["neigh", "flush", "dev", "uplink0"]);
-    ip(lab, "router", &["neigh", "flush", "dev", "eth0"]);
+    lab.must("node", &["ip", "neigh", "flush", "dev", "uplink0"]);
+    lab.must("router", &["ip", "neigh", "flush", "dev", "eth0"]);
 }
 
 #[test]
@@ -102,15 +85,14 @@ fn a_gateway_that_does_not_answer_delays_the_start_by_the_bound_only() {
     let state = lab::daemon::echo_state(&lab);
     forget_neighbours(&lab);
     // The router stops answering ARP; it still reaches the node through a static entry.
-    ip(
-        &lab,
+    lab.must(
         "router",
-        &["link", "set", "dev", "eth0", "arp", "off"],
+        &["ip", "link", "set", "dev", "eth0", "arp", "off"],
     );
-    ip(
-        &lab,
+    lab.must(
         "router",
         &[
+            "ip",
             "neigh",
             "replace",
             "192.168.100.2",
@@ -142,7 +124,7 @@ fn a_gateway_that_does_not_answer_delays_the_start_by_the_bound_only() {
     );
     // The gateway answers again: the watcher (backing off up to neigh_refresh, 0.5 s here)
     // publishes its MAC, and the NodePort works.
-    ip(&lab, "router", &["link", "set", "dev", "eth0", "arp", "on"]);
+    lab.must("router", &["ip", "link", "set", "dev", "eth0", "arp", "on"]);
     lab::wait_until("the watcher to publish the gateway's MAC", 10, || {
         np.status()
             .is_some_and(|s| s["io"]["neighbour"]["source"] == "kernel")

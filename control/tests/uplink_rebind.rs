@@ -23,36 +23,20 @@
 //! Needs root, iproute2, socat, python3. Fails (never skips) without them.
 //! Run: `cargo test --profile ci -p nodeplane-control --test uplink_rebind -- --nocapture`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod lab;
 
-use lab::daemon::{drops_in as drops, Nodeplane};
+use lab::daemon::{drops_in as drops, tx_on, Nodeplane};
 use lab::udp_loop::UdpLoop;
 use lab::Lab;
-
-/// Runs a shell script in the node namespace; asserts it succeeded.
-fn node_sh(lab: &Lab, sh: &str) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node"), "bash", "-c", sh])
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{sh}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Re-creates the uplink as `scripts/lab.sh up` built it (the router's `eth0` went with it,
 /// and the routes over both ends).
 fn recreate_uplink(lab: &Lab) {
     let r = lab.ns("router");
-    node_sh(
-        lab,
-        &format!(
-            "set -e
+    let sh = format!(
+        "set -e
 ip link add uplink0 address 02:00:00:00:00:01 numrxqueues 2 numtxqueues 2 type veth \
   peer name eth0 address 02:00:00:00:00:fe numrxqueues 2 numtxqueues 2 netns {r}
 ip addr add 192.168.100.2/24 dev uplink0
@@ -66,18 +50,8 @@ ip -6 route add default via fd00:100::1
 for p in 10.244.1.0/24 10.96.0.0/12 203.0.113.10/32; do ip -n {r} route add $p via 192.168.100.2; done
 for p in fd00:244:1::/64 fd00:96::/64; do ip -n {r} -6 route add $p via fd00:100::2; done
 "
-        ),
     );
-}
-
-/// Frames transmitted on `iface` by all workers (`io.tx`).
-fn tx_on(st: &serde_json::Value, iface: &str) -> u64 {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["io"]["tx"][iface]["packets"].as_u64().unwrap_or(0))
-        .sum()
+    lab.must("node", &["bash", "-c", &sh]);
 }
 
 fn nodeport(lab: &Lab) -> Option<String> {
@@ -103,7 +77,7 @@ fn uplink_deleted_and_recreated_is_rebound_on_the_workers_umems() {
     let st0 = np.stats();
     assert!(tx_on(&st0, "uplink0") > 0, "NodePort replies sent: {st0}");
 
-    node_sh(&lab, "ip link del uplink0");
+    lab.must("node", &["ip", "link", "del", "uplink0"]);
     lab::wait_until("status to show uplink0 down", 10, || {
         np.status()
             .is_some_and(|s| s["io"]["down"].to_string().contains("uplink0"))

@@ -489,15 +489,34 @@ mod tests {
         vec![tag; len]
     }
 
+    /// Worker 0's and worker 1's ports on `h`.
+    fn ports(h: &Arc<Handoff>) -> (HandoffPort, HandoffPort) {
+        (
+            HandoffPort::new(Arc::clone(h), 0),
+            HandoffPort::new(Arc::clone(h), 1),
+        )
+    }
+
+    /// Stages a frame that is not IP for worker `to` (receive buffer `rx`, ifindex 0); it must
+    /// be staged.
+    fn stage(p: &mut HandoffPort, to: usize, rx: usize, f: &[u8]) {
+        p.stage(to, rx, f, 0, Ok(Parsed::NotIp)).expect("staged");
+    }
+
+    fn sent(frames: u64, chains: u64, dropped: u64) -> Sent {
+        Sent {
+            frames,
+            chains,
+            dropped,
+        }
+    }
+
     #[test]
     fn a_batch_travels_in_one_queue_operation_and_comes_back_to_the_pool() {
         let h = Handoff::new(2, 128);
         let pool = h.pooled();
         assert_eq!(pool, 2 * (2 + 1));
-        let (mut a, mut b) = (
-            HandoffPort::new(Arc::clone(&h), 0),
-            HandoffPort::new(Arc::clone(&h), 1),
-        );
+        let (mut a, mut b) = ports(&h);
         for i in 0..5 {
             a.stage(1, i * 2, &frame(i as u8, 60 + i), 3, Ok(Parsed::NotIp))
                 .expect("staged");
@@ -505,14 +524,7 @@ mod tests {
         assert_eq!(h.pooled(), pool - 1, "one batch for five frames");
         let mut released = Vec::new();
         let s = a.send(|i| released.push(i));
-        assert_eq!(
-            s,
-            Sent {
-                frames: 5,
-                chains: 0,
-                dropped: 0
-            }
-        );
+        assert_eq!(s, sent(5, 0, 0));
         assert_eq!(released, vec![0, 2, 4, 6, 8]);
         assert_eq!(h.queued(1), 1);
         assert!(b.pending() && !a.pending());
@@ -542,24 +554,14 @@ mod tests {
         let h = Handoff::new(2, 1);
         let mut a = HandoffPort::new(Arc::clone(&h), 0);
         for round in 0..2 {
-            a.stage(1, 0, &frame(round, 64), 0, Ok(Parsed::NotIp))
-                .expect("staged");
+            stage(&mut a, 1, 0, &frame(round, 64));
             assert_eq!(a.send(|_| {}).frames, 1);
         }
-        a.stage(1, 0, &frame(9, 64), 0, Ok(Parsed::NotIp))
-            .expect("staged");
-        a.stage(1, 1, &frame(9, 64), 0, Ok(Parsed::NotIp))
-            .expect("staged");
+        stage(&mut a, 1, 0, &frame(9, 64));
+        stage(&mut a, 1, 1, &frame(9, 64));
         let mut released = 0;
         let s = a.send(|_| released += 1);
-        assert_eq!(
-            s,
-            Sent {
-                frames: 0,
-                chains: 0,
-                dropped: 2
-            }
-        );
+        assert_eq!(s, sent(0, 0, 2));
         assert_eq!(released, 0, "dropped frames are not released as handed off");
         assert_eq!(
             a.stage(1, 0, &[0; HANDOFF_MAX + 1], 0, Ok(Parsed::NotIp)),
@@ -591,10 +593,7 @@ mod tests {
     fn chains_travel_whole_in_consecutive_bytes_and_come_back_as_one_frame() {
         let h = Handoff::with_frame(2, 64, 4096);
         assert_eq!(h.frame_limit(), HANDOFF_MAX);
-        let (mut a, mut b) = (
-            HandoffPort::new(Arc::clone(&h), 0),
-            HandoffPort::new(Arc::clone(&h), 1),
-        );
+        let (mut a, mut b) = ports(&h);
         // A 9014-byte frame (MTU 9000: a chain of three 4096-byte UMEM frames at its
         // receiver), a small one, the largest a chain can be, one of exactly a UMEM frame.
         let frames = [
@@ -611,15 +610,7 @@ mod tests {
             Err(StageError::TooLong)
         );
         let s = a.send(|_| {});
-        assert_eq!(
-            s,
-            Sent {
-                frames: 4,
-                chains: 2,
-                dropped: 0
-            },
-            "two frames longer than a UMEM frame"
-        );
+        assert_eq!(s, sent(4, 2, 0), "two frames longer than a UMEM frame");
         assert_eq!(h.queued(1), 1, "all four in one batch");
         assert_eq!(b.take(64), 4);
         let got: Vec<Vec<u8>> = b
@@ -648,45 +639,26 @@ mod tests {
     fn a_burst_of_jumbo_frames_travels_in_several_batches_and_a_full_queue_drops_counted() {
         // Queues of two batches; arenas of 64 × 4096 = 256 KiB: 29 frames of 9014 B each.
         let h = Handoff::with_frame(2, 128, 4096);
-        let (mut a, mut b) = (
-            HandoffPort::new(Arc::clone(&h), 0),
-            HandoffPort::new(Arc::clone(&h), 1),
-        );
+        let (mut a, mut b) = ports(&h);
         let jumbo = |i: usize| numbered(i as u8, 9014);
         for i in 0..40 {
-            a.stage(1, i, &jumbo(i), 0, Ok(Parsed::NotIp))
-                .expect("staged");
+            stage(&mut a, 1, i, &jumbo(i));
         }
         assert_eq!(h.queued(1), 1, "the full batch travelled mid-burst");
         let mut released = Vec::new();
         let s = a.send(|i| released.push(i));
-        assert_eq!(
-            s,
-            Sent {
-                frames: 40,
-                chains: 40,
-                dropped: 0
-            }
-        );
+        assert_eq!(s, sent(40, 40, 0));
         assert_eq!(released, (0..40).collect::<Vec<_>>());
         assert_eq!(h.queued(1), 2);
 
         // The owner's queue is full: the next burst's frames are dropped, counted, their
         // receive buffers not released; the batches return to the pool.
         for i in 0..64 {
-            a.stage(1, i, &jumbo(i), 0, Ok(Parsed::NotIp))
-                .expect("staged");
+            stage(&mut a, 1, i, &jumbo(i));
         }
         let mut released = 0;
         let s = a.send(|_| released += 1);
-        assert_eq!(
-            s,
-            Sent {
-                frames: 0,
-                chains: 0,
-                dropped: 64
-            }
-        );
+        assert_eq!(s, sent(0, 0, 64));
         assert_eq!(released, 0);
 
         // The owner works off what arrived, in order, intact.
@@ -711,13 +683,9 @@ mod tests {
     #[test]
     fn single_frames_still_fill_a_batch_of_64() {
         let h = Handoff::with_frame(2, 64, 2048);
-        let (mut a, mut b) = (
-            HandoffPort::new(Arc::clone(&h), 0),
-            HandoffPort::new(Arc::clone(&h), 1),
-        );
+        let (mut a, mut b) = ports(&h);
         for i in 0..64 {
-            a.stage(1, i, &frame(i as u8, 1514), 0, Ok(Parsed::NotIp))
-                .expect("staged");
+            stage(&mut a, 1, i, &frame(i as u8, 1514));
         }
         assert_eq!(h.queued(1), 0, "one batch, sent at the end of the burst");
         assert_eq!(a.send(|_| {}).frames, 64);
@@ -733,19 +701,14 @@ mod tests {
     fn a_panicked_burst_gives_up_its_taken_frames_and_keeps_the_rest() {
         let h = Handoff::new(2, 64);
         let pool = h.pooled();
-        let (mut a, mut b) = (
-            HandoffPort::new(Arc::clone(&h), 0),
-            HandoffPort::new(Arc::clone(&h), 1),
-        );
+        let (mut a, mut b) = ports(&h);
         for i in 0..4 {
-            a.stage(1, i, &frame(i as u8, 64), 0, Ok(Parsed::NotIp))
-                .expect("staged");
+            stage(&mut a, 1, i, &frame(i as u8, 64));
         }
         a.send(|_| {});
         assert_eq!(b.take(2), 2);
         // ... the pipeline panicked here; a frame staged for the peer is still sent.
-        b.stage(0, 0, &frame(7, 64), 0, Ok(Parsed::NotIp))
-            .expect("staged");
+        stage(&mut b, 0, 0, &frame(7, 64));
         let (abandoned, sent) = b.recover();
         assert_eq!(abandoned, 2);
         assert_eq!(sent.frames, 1);

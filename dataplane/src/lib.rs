@@ -61,6 +61,8 @@ pub mod worker;
 
 pub use drop::DropReason;
 pub use flow::{Addr, FlowKey};
-pub use pipeline::{Action, Counters, CtStatus, Outcome, Packet, Pipeline, Released, BURST};
+pub use pipeline::{
+    Action, Counters, CtStatus, Outcome, Packet, Pipeline, Released, ScratchBuffers, BURST,
+};
 pub use policy::PolicyVerdict;
 pub use tables::{MaglevCache, Tables};

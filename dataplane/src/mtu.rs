@@ -122,16 +122,27 @@ impl Default for MtuErrors {
 
 impl MtuErrors {
     pub fn new() -> MtuErrors {
+        Self::with_bufs(vec![[0u8; REJECT_MAX]; SLOTS].into_boxed_slice())
+    }
+
+    /// A fresh one on the answer buffers of another ([`MtuErrors::into_bufs`]): nothing pending,
+    /// a full bucket, counters at 0; only the 20 KiB of buffers are not allocated again.
+    pub fn with_bufs(bufs: Box<[[u8; REJECT_MAX]]>) -> MtuErrors {
         MtuErrors {
             head: [0; HEAD],
             head_len: 0,
-            bufs: vec![[0u8; REJECT_MAX]; SLOTS].into_boxed_slice(),
+            bufs,
             pending: [(0, 0, 0); SLOTS],
             n: 0,
             bucket: Bucket::default(),
             sent: 0,
             suppressed: 0,
         }
+    }
+
+    /// Its answer buffers, for [`MtuErrors::with_bufs`].
+    pub fn into_bufs(self) -> Box<[[u8; REJECT_MAX]]> {
+        self.bufs
     }
 
     /// Keeps the front of `frame` as it arrived (call before the pipeline rewrites it).

@@ -32,6 +32,8 @@
 //! and the receiving kernel neither computes nor verifies it in software), and
 //! [`complete_frame`] completes it where the frame cannot carry that request.
 
+use std::ops::Range;
+
 use crate::csum;
 use crate::flow::{PROTO_TCP, PROTO_UDP};
 use crate::parse::{Frag, Meta, Parsed};
@@ -49,20 +51,11 @@ pub fn complete(frame: &mut [u8], m: &Meta) -> bool {
 
 #[inline(never)]
 fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
-    let (field, udp) = match m.proto {
-        PROTO_TCP => (tcp::CHECKSUM, false),
-        PROTO_UDP => (udp::CHECKSUM, true),
-        _ => return false,
-    };
-    if m.frag != Frag::None || !m.has_l4() {
-        return false;
-    }
-    // Parse proved `l4_off + header ≤ ip_end ≤ frame.len()`; checked again, never trusted.
-    let Some(seg) = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end)) else {
+    let Some((seg, field, udp)) = segment(frame, m) else {
         return false;
     };
-    if seg.len() < field.end || (udp && !m.v6 && seg[field.clone()] == [0, 0]) {
-        // Too short, or UDP over IPv4 sent without a checksum (0): nothing to complete.
+    if udp && !m.v6 && seg[field.clone()] == [0, 0] {
+        // UDP over IPv4 sent without a checksum (0): nothing to complete.
         return false;
     }
     let pseudo = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, m.v6, m.proto, seg.len());
@@ -71,13 +64,35 @@ fn complete_marked(frame: &mut [u8], m: &Meta) -> bool {
         // Already a full checksum that verifies: leave its bytes alone.
         return false;
     }
-    let mut c = !s;
-    // RFC 768: a computed UDP checksum of zero is sent as all ones (0 means "none").
-    if udp && c == 0 {
-        c = 0xffff;
-    }
-    seg[field].copy_from_slice(&c.to_be_bytes());
+    // The field holds the pseudo-header sum: the segment's sum is the whole sum.
+    put_checksum(seg, field, udp, !s);
     true
+}
+
+/// The L4 segment of an unfragmented TCP/UDP packet (from its header to the IP packet's end),
+/// the checksum field's range in it, and whether it is UDP; None for anything else, or a
+/// segment too short to hold the field. Parse proved `l4_off + header ≤ ip_end ≤
+/// frame.len()`; checked again here, never trusted.
+#[inline]
+fn segment<'a>(frame: &'a mut [u8], m: &Meta) -> Option<(&'a mut [u8], Range<usize>, bool)> {
+    let (field, udp) = match m.proto {
+        PROTO_TCP => (tcp::CHECKSUM, false),
+        PROTO_UDP => (udp::CHECKSUM, true),
+        _ => return None,
+    };
+    if m.frag != Frag::None || !m.has_l4() {
+        return None;
+    }
+    let seg = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end))?;
+    (seg.len() >= field.end).then_some((seg, field, udp))
+}
+
+/// Writes checksum `c` into the field; RFC 768: a computed UDP checksum of zero is sent as all
+/// ones (0 means "none").
+#[inline]
+fn put_checksum(seg: &mut [u8], field: Range<usize>, udp: bool, c: u16) {
+    let c = if udp && c == 0 { 0xffff } else { c };
+    seg[field].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The L4 span of a TCP/UDP frame that can carry a checksum request: `(l4_off, ip_end,
@@ -118,27 +133,17 @@ pub fn complete_frame(frame: &mut [u8]) -> bool {
     let Ok(Parsed::Ip(m)) = crate::parse::parse(frame) else {
         return false;
     };
-    let (field, udp) = match m.proto {
-        PROTO_TCP => (tcp::CHECKSUM, false),
-        PROTO_UDP => (udp::CHECKSUM, true),
-        _ => return false,
-    };
-    if m.frag != Frag::None || !m.has_l4() {
-        return false;
-    }
-    let Some(seg) = frame.get_mut(usize::from(m.l4_off)..usize::from(m.ip_end)) else {
+    let Some((seg, field, udp)) = segment(frame, &m) else {
         return false;
     };
-    if seg.len() < field.end {
-        return false;
-    }
     seg[field.clone()].copy_from_slice(&[0, 0]);
     let pseudo = csum::pseudo_header(&m.src.bytes, &m.dst.bytes, m.v6, m.proto, seg.len());
-    let mut c = !csum::fold64(pseudo + u64::from(csum::sum_folded(seg)));
-    if udp && c == 0 {
-        c = 0xffff;
-    }
-    seg[field].copy_from_slice(&c.to_be_bytes());
+    put_checksum(
+        seg,
+        field,
+        udp,
+        !csum::fold64(pseudo + u64::from(csum::sum_folded(seg))),
+    );
     true
 }
 

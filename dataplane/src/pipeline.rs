@@ -267,6 +267,14 @@ pub struct Released<'a> {
     pub outcome: Outcome,
 }
 
+/// The large buffers of a scratch pipeline, kept for the next one ([`Pipeline::scratch`]).
+#[derive(Debug)]
+pub struct ScratchBuffers {
+    cache: emc::FlowCache,
+    keys: Box<[FlowKey; BURST]>,
+    mtu: Box<[[u8; crate::reject::REJECT_MAX]]>,
+}
+
 #[derive(Debug)]
 pub struct Pipeline {
     tables: Arc<Tables>,
@@ -395,6 +403,16 @@ impl Pipeline {
         &mut self.ct
     }
 
+    /// This (scratch) pipeline's buffers for the next [`Pipeline::scratch`]; the rest (its
+    /// tables, its tiny conntrack) goes.
+    pub fn into_buffers(self) -> ScratchBuffers {
+        ScratchBuffers {
+            cache: self.cache,
+            keys: self.keys,
+            mtu: self.mtu.into_bufs(),
+        }
+    }
+
     pub fn fragments(&self) -> &Fragments {
         &self.frags
     }
@@ -403,7 +421,14 @@ impl Pipeline {
     /// tables, policy-mode override and affinity of the given sources, and a tiny conntrack that
     /// holds copies of the live flows of `keys` (looked up read-only). Processing a packet on
     /// the copy runs the exact decision logic and leaves this pipeline untouched.
-    pub fn scratch(&self, keys: &[FlowKey], now: u64) -> Pipeline {
+    ///
+    /// `reuse`: an earlier copy's buffers ([`Pipeline::into_buffers`]): its flow cache (256 KiB,
+    /// most of what a copy allocates), key buffer and MTU answer buffers (20 KiB), taken over
+    /// instead of allocated anew.
+    /// Their cells may point at the earlier copy's slots: a cell is only a hint, confirmed
+    /// against the conntrack entry's key (`emc.rs`), so a stale one is a miss, never a wrong
+    /// flow.
+    pub fn scratch(&self, keys: &[FlowKey], now: u64, reuse: Option<ScratchBuffers>) -> Pipeline {
         let mut cfg = self.tables.ct.clone();
         cfg.max_entries = (keys.len() as u32 + 2).max(4);
         cfg.max_held_fragments = 1;
@@ -423,6 +448,14 @@ impl Pipeline {
             .filter(|((_, src), _)| keys.iter().any(|k| k.src == *src || k.dst == *src))
             .map(|(k, v)| (*k, *v))
             .collect();
+        let (cache, keys_buf, mtu) = match reuse {
+            Some(b) => (b.cache, b.keys, MtuErrors::with_bufs(b.mtu)),
+            None => (
+                emc::FlowCache::default(),
+                Box::new([FlowKey::default(); BURST]),
+                MtuErrors::new(),
+            ),
+        };
         Pipeline {
             ct,
             frags: Fragments::new(&cfg),
@@ -430,9 +463,9 @@ impl Pipeline {
             affinity_cap: keys.len().max(1),
             rng: self.rng,
             counters: Counters::default(),
-            keys: Box::new([FlowKey::default(); BURST]),
+            keys: keys_buf,
             record_tuples: true,
-            cache: emc::FlowCache::default(),
+            cache,
             ahead: syn::LookAhead::default(),
             mode_override: self.mode_override,
             epoch: next_epoch(),
@@ -440,7 +473,7 @@ impl Pipeline {
             workers: self.workers,
             // A copy for looking (explain), not for transmitting: frames come out complete.
             keep_partial: false,
-            mtu: MtuErrors::new(),
+            mtu,
             tables: Arc::clone(&self.tables),
         }
     }

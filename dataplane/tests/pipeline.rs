@@ -140,6 +140,45 @@ fn clusterip_dnat_and_reverse_nat() {
     assert_eq!(addrs(&ack).1, dst);
 }
 
+/// `explain`'s scratch copies: one built on an earlier copy's buffers (whose flow cache holds
+/// cells of that copy's slots) decides a packet exactly as a fresh one, sees the live flow it
+/// was given, and leaves the live pipeline untouched.
+#[test]
+fn scratch_copies_on_reused_buffers_decide_as_fresh_ones() {
+    let (mut p, _) = pipeline();
+    let pc = iface(&p, "pod-client");
+    let mut syn = tcp4(CLIENT, VIP, 40000, 80, true, false);
+    let live = p.process_one(&mut syn, pc, S);
+    assert_eq!(live.ct, CtStatus::New);
+    let flows = p.conntrack().len();
+    let key = p.conntrack().iter().next().expect("the live flow").orig();
+    let explain = |p: &Pipeline, reuse, keys: &[_], sport| {
+        let mut s = p.scratch(keys, S + 1, reuse);
+        let mut f = tcp4(CLIENT, VIP, sport, 80, false, true);
+        let o = s.process_one(&mut f, pc, S + 1);
+        (o.ct, o.policy, addrs(&f), s.into_buffers())
+    };
+    // The established flow, fresh and then on reused buffers, twice.
+    let (ct0, pol0, a0, b) = explain(&p, None, &[key], 40000);
+    assert_eq!(
+        ct0,
+        CtStatus::Established,
+        "the scratch copy has the live flow"
+    );
+    let (ct1, pol1, a1, b) = explain(&p, Some(b), &[key], 40000);
+    let (ct2, pol2, a2, b) = explain(&p, Some(b), &[key], 40000);
+    assert_eq!((ct1, pol1, &a1), (ct0, pol0, &a0));
+    assert_eq!((ct2, pol2, &a2), (ct0, pol0, &a0));
+    // Without the flow (another source port): a new one, on the same buffers.
+    let (ct3, _, _, _) = explain(&p, Some(b), &[], 40001);
+    assert_eq!(ct3, CtStatus::New);
+    assert_eq!(
+        p.conntrack().len(),
+        flows,
+        "the live conntrack is untouched"
+    );
+}
+
 #[test]
 fn spoofed_source_is_dropped() {
     let (mut p, _) = pipeline();

@@ -27,3 +27,23 @@ pub fn repo_root() -> PathBuf {
         .expect("pcap-tests sits inside the repository")
         .to_path_buf()
 }
+
+/// A fresh directory `<temp>/np-<what>-<pid>-<tag>` (a leftover of the same name is removed
+/// first), removed on drop, also when the test fails.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str, tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("np-{what}-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -4,19 +4,12 @@
 //! issue 9: resets, flow events, per-service counters).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nodeplane_pcap_tests::pcapio::read_capture;
 use nodeplane_pcap_tests::spec::CaseSpec;
 use nodeplane_pcap_tests::wire::{self, FragmentChecker};
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use nodeplane_pcap_tests::TempDir;
 
 fn files(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
@@ -29,7 +22,7 @@ fn files(dir: &Path) -> BTreeSet<String> {
 
 #[test]
 fn checked_in_cases_match_the_generator() {
-    let tmp = TempDir(std::env::temp_dir().join(format!("np-gen-{}", std::process::id())));
+    let tmp = TempDir::new("gen", "cases");
     let names = nodeplane_pcap_tests::gen::generate(&tmp.0).expect("generator runs");
     assert!(names.len() >= 30, "only {} cases", names.len());
     let root = nodeplane_pcap_tests::cases_dir();

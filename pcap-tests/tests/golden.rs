@@ -20,26 +20,9 @@ use nodeplane_dataplane::worker::RemovedFlowAction;
 use nodeplane_pcap_tests::pcapio::read_capture;
 use nodeplane_pcap_tests::spec::{CaseSpec, Expect};
 use nodeplane_pcap_tests::wire::{self, FragmentChecker};
+use nodeplane_pcap_tests::TempDir;
 use nodeplane_state as st;
 use serde_json::Value;
-
-/// A temporary directory removed on drop (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("np-golden-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One input packet in merged order.
 struct InPkt {
@@ -613,26 +596,69 @@ fn check_intent(dir: &Path, spec: &CaseSpec, ins: &[InPkt], run: &Run) -> Vec<St
     errs
 }
 
+/// What is wrong with `out`, the `kind` (reset, reject, frag-needed) answering input packet `i`.
+fn wrong(kind: &str, i: usize, input: &[u8], out: &[u8], what: &str) -> String {
+    format!(
+        "packet {i}: {kind} {what}: {} answering {}",
+        wire::describe(out),
+        wire::describe(input)
+    )
+}
+
+/// `out`, the `kind` answering input packet `i`, and the input, decoded: `(input, its IP,
+/// answer, its IP)`. What is wrong goes to `errs`: MACs not swapped (the checks go on), not
+/// Ethernet or not IP (None: nothing more to check).
+fn decode_answer(
+    kind: &str,
+    i: usize,
+    input: &[u8],
+    out: &[u8],
+    errs: &mut Vec<String>,
+) -> Option<(wire::FrameInfo, wire::IpInfo, wire::FrameInfo, wire::IpInfo)> {
+    let (Some(a), Some(b)) = (wire::decode(input), wire::decode(out)) else {
+        errs.push(wrong(kind, i, input, out, "not Ethernet"));
+        return None;
+    };
+    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
+        errs.push(wrong(kind, i, input, out, "MACs not swapped"));
+    }
+    let (Some(ia), Some(ib)) = (a.ip.clone(), b.ip.clone()) else {
+        errs.push(wrong(kind, i, input, out, "not IP"));
+        return None;
+    };
+    Some((a, ia, b, ib))
+}
+
+/// The ICMP error part of an answer (`ib`: its IP header; ICMPv6 when `v6`): ICMP type `ty`
+/// (`name` in the complaint) and code `code`. Returns the offset of the ICMP header.
+fn check_icmp_error(
+    b: &wire::FrameInfo,
+    ib: &wire::IpInfo,
+    out: &[u8],
+    v6: bool,
+    (ty, code): (u8, u8),
+    name: &str,
+    bad: &mut impl FnMut(String),
+) -> usize {
+    let proto = if v6 { 58 } else { 1 };
+    if ib.proto != proto || b.icmp_type != Some(ty) {
+        bad(format!("not an ICMP{} {name}", if v6 { "v6" } else { "" }));
+    }
+    let icmp_off = ib.ip_off + if v6 { 40 } else { 20 };
+    if out.get(icmp_off + 1) != Some(&code) {
+        bad(format!("code {:?}, want {code}", out.get(icmp_off + 1)));
+    }
+    icmp_off
+}
+
 /// The reset answering input packet `i` (RFC 9293 §3.10.7.1): back to its sender (MACs,
 /// addresses and ports swapped), RST set, no payload; with the segment's ACK the reset takes
 /// its sequence number from it, else it acknowledges everything the segment occupied.
 fn check_rst(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
-    let mut bad = |what: String| {
-        errs.push(format!(
-            "packet {i}: reset {what}: {} answering {}",
-            wire::describe(out),
-            wire::describe(input)
-        ))
+    let Some((_, ia, _, ib)) = decode_answer("reset", i, input, out, errs) else {
+        return;
     };
-    let (Some(a), Some(b)) = (wire::decode(input), wire::decode(out)) else {
-        return bad("not Ethernet".into());
-    };
-    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
-        bad("MACs not swapped".into());
-    }
-    let (Some(ia), Some(ib)) = (a.ip, b.ip) else {
-        return bad("not IP".into());
-    };
+    let mut bad = |what: String| errs.push(wrong("reset", i, input, out, &what));
     if (ib.src, ib.sport, ib.dst, ib.dport) != (ia.dst, ia.dport, ia.src, ia.sport) {
         bad("addresses/ports not swapped".into());
     }
@@ -663,49 +689,30 @@ fn check_rst(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
 /// ICMP destination unreachable, code port unreachable (ICMPv6: type 1 code 4), from the packet's
 /// destination to its source, quoting the packet's IP header and at least 8 bytes after it.
 fn check_reject(i: usize, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
-    let Some(a) = wire::decode(input) else {
-        return errs.push(format!("packet {i}: input is not Ethernet"));
-    };
-    let Some(ia) = a.ip else {
-        return errs.push(format!("packet {i}: input is not IP"));
-    };
-    if ia.proto == 6 {
+    if wire::decode(input)
+        .and_then(|a| a.ip)
+        .is_some_and(|ia| ia.proto == 6)
+    {
         return check_rst(i, input, out, errs);
     }
-    let mut bad = |what: String| {
-        errs.push(format!(
-            "packet {i}: reject {what}: {} answering {}",
-            wire::describe(out),
-            wire::describe(input)
-        ))
+    let Some((_, ia, b, ib)) = decode_answer("reject", i, input, out, errs) else {
+        return;
     };
-    let Some(b) = wire::decode(out) else {
-        return bad("not Ethernet".into());
-    };
-    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
-        bad("MACs not swapped".into());
-    }
-    let Some(ib) = b.ip else {
-        return bad("not IP".into());
-    };
+    let mut bad = |what: String| errs.push(wrong("reject", i, input, out, &what));
     if (ib.src, ib.dst) != (ia.dst, ia.src) {
         bad("not from the packet's destination to its source".into());
     }
     let v6 = ia.src.is_ipv6();
-    let (proto, ty, code) = if v6 { (58, 1, 4) } else { (1, 3, 3) };
-    if ib.proto != proto || b.icmp_type != Some(ty) {
-        bad(format!(
-            "not an ICMP{} destination unreachable",
-            if v6 { "v6" } else { "" }
-        ));
-    }
-    let icmp_off = ib.ip_off + if v6 { 40 } else { 20 };
-    if out.get(icmp_off + 1) != Some(&code) {
-        bad(format!(
-            "code {:?}, want {code} (port unreachable)",
-            out.get(icmp_off + 1)
-        ));
-    }
+    let ty_code = if v6 { (1, 4) } else { (3, 3) };
+    let icmp_off = check_icmp_error(
+        &b,
+        &ib,
+        out,
+        v6,
+        ty_code,
+        "destination unreachable (port unreachable)",
+        &mut bad,
+    );
     let quoted = &out[(icmp_off + 8).min(out.len())..];
     let min = if v6 { 48 } else { 28 };
     let orig = &input[ia.ip_off..ia.end];
@@ -732,37 +739,24 @@ fn check_frag_needed(
     from: &str,
     errs: &mut Vec<String>,
 ) {
-    let mut bad = |what: String| {
-        errs.push(format!(
-            "packet {i}: frag-needed {what}: {} answering {}",
-            wire::describe(out),
-            wire::describe(input)
-        ))
+    let Some((_, ia, b, ib)) = decode_answer("frag-needed", i, input, out, errs) else {
+        return;
     };
-    let (Some(a), Some(b)) = (wire::decode(input), wire::decode(out)) else {
-        return bad("not Ethernet".into());
-    };
-    if (b.src_mac, b.dst_mac) != (a.dst_mac, a.src_mac) {
-        bad("MACs not swapped".into());
-    }
-    let (Some(ia), Some(ib)) = (a.ip, b.ip) else {
-        return bad("not IP".into());
-    };
+    let mut bad = |what: String| errs.push(wrong("frag-needed", i, input, out, &what));
     if (ib.src.to_string().as_str(), ib.dst) != (from, ia.src) {
         bad(format!("not from {from} to the packet's source"));
     }
     let v6 = ia.src.is_ipv6();
-    let (proto, ty, code, max) = if v6 { (58, 2, 0, 1280) } else { (1, 3, 4, 576) };
-    if ib.proto != proto || b.icmp_type != Some(ty) {
-        bad(format!(
-            "not an ICMP{} type {ty}",
-            if v6 { "v6" } else { "" }
-        ));
-    }
-    let icmp_off = ib.ip_off + if v6 { 40 } else { 20 };
-    if out.get(icmp_off + 1) != Some(&code) {
-        bad(format!("code {:?}, want {code}", out.get(icmp_off + 1)));
-    }
+    let (ty_code, max) = if v6 { ((2, 0), 1280) } else { ((3, 4), 576) };
+    let icmp_off = check_icmp_error(
+        &b,
+        &ib,
+        out,
+        v6,
+        ty_code,
+        &format!("type {}", ty_code.0),
+        &mut bad,
+    );
     let announced = out
         .get(icmp_off + 4..icmp_off + 8)
         .map(|m| u32::from_be_bytes([m[0], m[1], m[2], m[3]]));
@@ -1152,7 +1146,7 @@ fn golden_cases() {
             "{}: case.json names another case",
             dir.display()
         );
-        let tmp = TempDir::new(&name);
+        let tmp = TempDir::new("golden", &name);
         let ins = inputs(dir, &spec);
         let run = match run_replay(dir, &spec, &tmp.0) {
             Ok(r) => r,
@@ -1164,7 +1158,7 @@ fn golden_cases() {
         let mut intent = check_intent(dir, &spec, &ins, &run);
         if spec.events {
             // Flow events carry the capture's clock: a second run writes the same bytes.
-            let tmp2 = TempDir::new(&format!("{name}-again"));
+            let tmp2 = TempDir::new("golden", &format!("{name}-again"));
             match run_replay(dir, &spec, &tmp2.0) {
                 Err(e) => intent.push(format!("second run: {e}")),
                 Ok(_) => {

@@ -14,25 +14,9 @@ use std::path::{Path, PathBuf};
 use nodeplane_control::replay::{self, ReplayOptions};
 use nodeplane_dataplane::DropReason;
 use nodeplane_pcap_tests::pcapio::{pcap_to_pcapng, read_capture};
+use nodeplane_pcap_tests::TempDir;
 use nodeplane_state as st;
 use serde_json::Value;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("np-real-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn pcaps_dir() -> PathBuf {
     match std::env::var_os("NODEPLANE_PCAPS") {
@@ -190,7 +174,7 @@ fn every_real_capture_is_accounted_for() {
             pcapng += 1;
         }
         for iface in [&uplink, &pod] {
-            let out = TempDir::new(&format!("{n}-{iface}"));
+            let out = TempDir::new("real", &format!("{n}-{iface}"));
             match replay_one(&state, file, iface, &out.0) {
                 Ok(lines) => packets += lines.len(),
                 Err(errs) => {
@@ -227,7 +211,7 @@ fn pcapng_replays_like_the_pcap_it_came_from() {
         })
         .expect("a little-endian pcap to convert");
     let (state, uplink, _) = example_state();
-    let tmp = TempDir::new("pcapng");
+    let tmp = TempDir::new("real", "pcapng");
     let ng = tmp.0.join("converted.pcapng");
     let n = pcap_to_pcapng(&src, &ng).expect("convert to pcapng");
     assert!(n > 0);

@@ -841,6 +841,52 @@ impl Loader {
         Ok(())
     }
 
+    /// Closes this process's reference to every link at once, each on a thread of its own, and
+    /// forgets every attachment; returns how long each close took, by interface. An unpinned
+    /// link detaches on its close: the kernel takes the RTNL lock and tears the driver's XDP
+    /// state down (veth: disables NAPI, waits for an RCU grace period). Under load most of
+    /// that is waiting, first for the lock (held by whoever creates or deletes interfaces or
+    /// namespaces at the time). Closed one after the other, every close waits for the lock on
+    /// its own; closed together, they queue for it once and the kernel runs them back to back.
+    /// A pinned link stays attached (only [`Loader::detach`] removes its pin): its close is quick.
+    /// Their XSKMAP slots are released as by [`Loader::detach`]; pins are not touched.
+    pub fn detach_all(&mut self) -> Vec<(String, std::time::Duration)> {
+        let mut links: Vec<(String, XdpLink)> = Vec::new();
+        for (iface, mut a) in std::mem::take(&mut self.attached) {
+            if let Some(l) = a.link.take() {
+                links.push((iface, l.link));
+            }
+            self.release(&a);
+        }
+        let close = |(iface, link): (String, XdpLink)| {
+            let t0 = std::time::Instant::now();
+            drop(link);
+            (iface, t0.elapsed())
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = links
+                .into_iter()
+                .map(|l| {
+                    let iface = l.0.clone();
+                    (
+                        iface,
+                        std::thread::Builder::new()
+                            .name("xdp-detach".into())
+                            .spawn_scoped(s, move || close(l)),
+                    )
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(iface, h)| match h {
+                    Ok(h) => h.join().unwrap_or((iface, std::time::Duration::ZERO)),
+                    // No thread: the link was closed here, when its closure was dropped.
+                    Err(_) => (iface, std::time::Duration::ZERO),
+                })
+                .collect()
+        })
+    }
+
     /// The ifindex `iface` was reserved (and maybe linked) with: an interface deleted and
     /// re-created under the same name has another one.
     pub fn ifindex(&self, iface: &str) -> Option<u32> {

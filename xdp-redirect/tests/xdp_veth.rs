@@ -104,6 +104,46 @@ fn attaches_native_and_generic_and_detaches_on_drop() {
     });
 }
 
+#[test]
+fn detach_all_detaches_every_interface_and_frees_their_slots() {
+    require_root();
+    let node = Netns::new("da", "n");
+    let peer = Netns::new("da", "p");
+    veth(
+        &node,
+        "v0",
+        "02:00:00:00:51:01",
+        &peer,
+        "v1",
+        "02:00:00:00:51:02",
+    );
+    veth(
+        &node,
+        "v2",
+        "02:00:00:00:51:03",
+        &peer,
+        "v3",
+        "02:00:00:00:51:04",
+    );
+    node.run(|| {
+        let mut l = Loader::load().expect("load XDP program");
+        l.attach("v0", 2).expect("attach v0");
+        l.attach_with_mode("v2", 2, AttachMode::Skb)
+            .expect("attach v2");
+        let mut closed: Vec<String> = l.detach_all().into_iter().map(|(i, _)| i).collect();
+        closed.sort();
+        assert_eq!(closed, ["v0", "v2"], "one close per attached interface");
+        assert!(l.attached().is_empty(), "{:?}", l.attached());
+        assert_eq!(xdp_state_after(&node, "v0", "native"), "none");
+        assert_eq!(xdp_state_after(&node, "v2", "generic"), "none");
+        // The same loader attaches again: the slots of the detached interfaces are free.
+        l.attach("v0", 2).expect("attach v0 again");
+        assert_eq!(xdp_state(&node, "v0"), "native");
+        drop(l);
+        assert_eq!(xdp_state_after(&node, "v0", "native"), "none");
+    });
+}
+
 fn udp_send(to: &str, payload: &[u8], count: usize) {
     let to: SocketAddr = to.parse().unwrap();
     let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };

@@ -207,6 +207,19 @@ pub struct Status {
     /// and a `health_check_node_port`).
     #[serde(default)]
     pub health_checks: Vec<HealthCheckPort>,
+    /// The MTU of each interface of the state, as the pipeline enforces it.
+    #[serde(default)]
+    pub mtus: Vec<InterfaceMtu>,
+}
+
+/// One interface's MTU as `nodeplane status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceMtu {
+    pub iface: String,
+    /// None: no MTU known, no MTU check on this interface.
+    pub mtu: Option<u16>,
+    /// Where it came from: `kernel` (read from the interface; wins), `state`, or `none`.
+    pub source: String,
 }
 
 /// One health check node port as `nodeplane status` shows it.

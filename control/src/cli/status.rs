@@ -170,6 +170,17 @@ pub fn run(args: StatusArgs) -> CliResult {
             )
         );
     }
+    if !s.mtus.is_empty() {
+        let m: Vec<String> = s
+            .mtus
+            .iter()
+            .map(|m| match m.mtu {
+                Some(v) => format!("{} {v} ({})", m.iface, m.source),
+                None => format!("{} - (unknown: not checked)", m.iface),
+            })
+            .collect();
+        println!("mtu:         {}", m.join(", "));
+    }
     if let Some(io) = &s.io {
         print_io(io, &s.workers);
     }

@@ -1237,8 +1237,15 @@ impl IoBackend for AfXdpBackend {
         }
         let t1 = std::time::Instant::now();
         // The workers have stopped and closed their sockets (the kernel took them out of the
-        // XSKMAP); dropping the loader detaches what it did not pin.
-        if self.loader.take().is_some() {
+        // XSKMAP); closing the links detaches what was not pinned, every interface at once.
+        if let Some(mut loader) = self.loader.take() {
+            let each = loader.detach_all();
+            drop(loader);
+            let each = each
+                .iter()
+                .map(|(i, d)| format!("{i} {} ms", d.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ");
             match &self.pinned {
                 Some(dir) => log::info!(
                     "AF_XDP: XDP left attached to {} (pinned in {}): steered traffic is {} until \
@@ -1254,7 +1261,8 @@ impl IoBackend for AfXdpBackend {
                     (t1 - t0).as_millis()
                 ),
                 None => log::info!(
-                    "AF_XDP: XDP detached from {} in {} ms (neighbour watcher stopped in {} ms)",
+                    "AF_XDP: XDP detached from {} in {} ms ({each}; neighbour watcher stopped \
+                     in {} ms)",
                     self.ifaces
                         .iter()
                         .filter(|i| !self.fast_ifaces.contains(*i))

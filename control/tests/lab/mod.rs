@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod blob;
 pub mod daemon;
 pub mod traffic;
 pub mod udp_loop;
@@ -89,7 +90,10 @@ pub struct Lab {
 impl Lab {
     /// Connects from namespace `ns` to `addr:port` (socat, `connect_timeout` seconds), sends a
     /// line and returns the first line the server sent (None: no connection, or no answer
-    /// within a second after connecting).
+    /// within 3 s after connecting). An answering server closes when it has answered, which
+    /// ends the client at once; the 3 s are for a server that forks slowly on a loaded machine.
+    /// (socat's own default waits 0.5 s after its input's end, which comes at once: under load
+    /// the server's first line came later than that now and then.)
     pub fn tcp_line(
         &self,
         ns: &str,
@@ -98,8 +102,17 @@ impl Lab {
         connect_timeout: u32,
     ) -> Option<String> {
         let mut c = Command::new("timeout")
-            .arg((connect_timeout + 2).to_string())
-            .args(["ip", "netns", "exec", &self.ns(ns), "socat", "-T1", "STDIO"])
+            .arg((connect_timeout + 4).to_string())
+            .args([
+                "ip",
+                "netns",
+                "exec",
+                &self.ns(ns),
+                "socat",
+                "-T3",
+                "-t3",
+                "STDIO",
+            ])
             .arg(format!(
                 "TCP:{addr}:{port},connect-timeout={connect_timeout}"
             ))
@@ -193,6 +206,21 @@ impl Lab {
             .expect("run mount");
         assert!(st.success(), "mount -t bpf at {}", dir.display());
         dir.join("nodeplane")
+    }
+
+    /// Runs `args` in the lab's namespace `ns` (`ip netns exec`); fails the test, with its
+    /// stderr, unless it succeeds.
+    pub fn must(&self, ns: &str, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns)])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{ns}: {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The full name of the lab's namespace `n` (`node`, `router`, `pod-client`, ...).

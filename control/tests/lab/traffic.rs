@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 use super::{in_netns_thread, Lab};
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+/// The loops' paces: a UDP query, an echoed line, a new connection.
+const UDP_EVERY: Duration = Duration::from_millis(100);
+const ECHO_EVERY: Duration = Duration::from_millis(100);
+const CONNECT_EVERY: Duration = Duration::from_millis(250);
 
 /// What one loop saw.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +50,27 @@ impl Report {
 
     pub fn failures(&self) -> usize {
         self.udp.failures.len() + self.echo.failures.len() + self.connect.failures.len()
+    }
+
+    /// Asserts that each loop answered, since `earlier` (a report taken `ran` before this one),
+    /// at least as many requests as it must have if it ran the whole time: a loop waits at
+    /// most [`ANSWER_WITHIN`] per request plus its pace, so one that ran answers at least one
+    /// request per such period, on any machine however loaded (a faster machine answers
+    /// more; a count of requests per second would measure the pods' forking servers).
+    pub fn assert_ran_since(&self, earlier: &Report, ran: Duration) {
+        for (what, now, then, every) in [
+            ("udp", &self.udp, &earlier.udp, UDP_EVERY),
+            ("echo", &self.echo, &earlier.echo, ECHO_EVERY),
+            ("connect", &self.connect, &earlier.connect, CONNECT_EVERY),
+        ] {
+            let fewest = (ran.as_secs_f64() / (ANSWER_WITHIN + every).as_secs_f64()) as u64;
+            assert!(
+                now.answered - then.answered >= fewest,
+                "the {what} loop ran the whole {ran:?}: {} answered, at least {fewest} expected: \
+                 {self:?}",
+                now.answered - then.answered
+            );
+        }
     }
 }
 
@@ -76,6 +101,23 @@ impl Traffic {
             stop,
             counts,
             threads,
+        }
+    }
+
+    /// Waits until every loop has `n` answers (at most `secs` seconds: the test fails then);
+    /// returns the report then.
+    pub fn wait_answered(&self, n: u64, secs: u64) -> Report {
+        let t0 = Instant::now();
+        loop {
+            let r = self.report();
+            if r.udp.answered >= n && r.echo.answered >= n && r.connect.answered >= n {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "not {n} answers in every loop within {secs} s: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -129,7 +171,7 @@ fn pace(next: &mut Instant, every: Duration, stop: &AtomicBool) -> bool {
 fn udp_loop(vip: SocketAddr, stop: &AtomicBool, c: &Mutex<Counts>, t0: Instant) {
     let mut next = Instant::now();
     let mut seq = 0u64;
-    while pace(&mut next, Duration::from_millis(100), stop) {
+    while pace(&mut next, UDP_EVERY, stop) {
         seq += 1;
         let r = (|| {
             let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
@@ -169,7 +211,7 @@ fn echo_loop(vip: SocketAddr, stop: &AtomicBool, c: &Mutex<Counts>, t0: Instant)
     let mut next = Instant::now();
     let mut conn = None;
     let mut seq = 0u64;
-    while pace(&mut next, Duration::from_millis(100), stop) {
+    while pace(&mut next, ECHO_EVERY, stop) {
         seq += 1;
         let r = (|| {
             if conn.is_none() {
@@ -198,7 +240,7 @@ fn echo_loop(vip: SocketAddr, stop: &AtomicBool, c: &Mutex<Counts>, t0: Instant)
 
 fn connect_loop(vip: SocketAddr, stop: &AtomicBool, c: &Mutex<Counts>, t0: Instant) {
     let mut next = Instant::now();
-    while pace(&mut next, Duration::from_millis(250), stop) {
+    while pace(&mut next, CONNECT_EVERY, stop) {
         record(c, t0, greet(vip).map(|_| ()));
     }
 }

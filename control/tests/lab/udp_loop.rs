@@ -9,20 +9,25 @@ use std::time::{Duration, Instant};
 
 use super::Lab;
 
-/// The loop, in Python (a kernel socket in the pod's namespace); each line written to it is
-/// answered with the number of answers received and of requests sent so far.
+/// The loop, in Python (a kernel socket in the pod's namespace). Each line written to it is
+/// answered with the number of answers received and of requests sent so far; a line `p` first
+/// pauses the sending (no request leaves after the answer), `r` resumes it.
 const UDP_LOOP: &str = r#"
 import select, socket, sys, threading
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.connect((sys.argv[1], int(sys.argv[2])))
 n = [0]
 sent = [0]
+go = [True]
+lock = threading.Lock()
 def loop():
     while True:
-        try:
-            u.send(b"q\n"); sent[0] += 1
-        except OSError:
-            pass
+        with lock:
+            if go[0]:
+                try:
+                    u.send(b"q\n"); sent[0] += 1
+                except OSError:
+                    pass
         while True:
             r, _, _ = select.select([u], [], [], 0.01)
             if not r:
@@ -33,7 +38,12 @@ def loop():
                 break
 threading.Thread(target=loop, daemon=True).start()
 for line in sys.stdin:
-    print(n[0], sent[0], flush=True)
+    with lock:
+        if line.startswith("p"):
+            go[0] = False
+        elif line.startswith("r"):
+            go[0] = True
+        print(n[0], sent[0], flush=True)
 "#;
 
 /// The running loop; dropping it kills it.
@@ -97,7 +107,34 @@ impl UdpLoop {
 
     /// (answers received, requests sent) so far.
     pub fn counts(&mut self) -> (u64, u64) {
-        self.stdin.write_all(b"?\n").unwrap();
+        self.command(b"?\n")
+    }
+
+    /// Pauses the sending and waits until every request sent so far has been answered (at
+    /// most `secs` seconds), then resumes; returns (answers, requests sent) at that point:
+    /// equal unless a request went unanswered. The loop sends every 10 ms whether or not the
+    /// last request was answered, so on a loaded machine (the pods' servers fork per request)
+    /// many can be in flight at any reading: only a paused loop's counts say whether each one
+    /// was answered.
+    pub fn settle(&mut self, secs: u64) -> (u64, u64) {
+        let t0 = Instant::now();
+        let mut c = self.command(b"p\n");
+        let in_flight = c.1 - c.0;
+        while c.0 < c.1 && t0.elapsed() < Duration::from_secs(secs) {
+            std::thread::sleep(Duration::from_millis(10));
+            c = self.counts();
+        }
+        self.command(b"r\n");
+        eprintln!(
+            "UDP loop: {in_flight} request(s) in flight at the pause, {} unanswered after {:?}",
+            c.1 - c.0,
+            t0.elapsed()
+        );
+        c
+    }
+
+    fn command(&mut self, line: &[u8]) -> (u64, u64) {
+        self.stdin.write_all(line).unwrap();
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
         let mut f = line.split_whitespace().map(|x| x.parse().unwrap());

@@ -63,7 +63,7 @@ use crate::events::{EventTap, FlowEvent};
 use crate::flow::FlowKey;
 use crate::offload::Seen;
 use crate::parse;
-use crate::pipeline::Restored;
+use crate::pipeline::{Restored, ScratchBuffers};
 use crate::publish::Subscriber;
 use crate::reject::Rejects;
 use crate::snapshot::{SavedAffinity, SavedFlow};
@@ -120,6 +120,10 @@ pub struct Worker<I: PacketIo> {
     /// With a kernel flow cache (`PacketIo::offload`): what the last burst decided, for its
     /// offers (`crate::offload`).
     seen: Box<[Seen; BURST]>,
+    /// The last `explain`'s scratch buffers (flow cache, keys), which the next one reuses (see
+    /// [`Pipeline::scratch`]): kept from the first explain on, so that an explain does not
+    /// allocate 256 KiB each.
+    explain_scratch: Option<ScratchBuffers>,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -160,6 +164,7 @@ impl<I: PacketIo> Worker<I> {
             capture: CaptureTap::detached(),
             last: Box::new([(Outcome::default(), 0, 0); BURST]),
             seen: Box::new([Seen::default(); BURST]),
+            explain_scratch: None,
         }
     }
 
@@ -271,14 +276,15 @@ impl<I: PacketIo> Worker<I> {
         let removed = *removed;
         // The only cost of flow events while nobody observes: this load, once per turn.
         let observed = events.observed();
-        // The lane's frames record their 5-tuples only for observed events (`tuples` below).
-        pipeline.set_record_tuples(observed);
+        // With a kernel flow cache only: the burst's decisions are kept for its offers.
+        let offloading = io.offload().is_some();
+        // The lane's frames record their 5-tuples only for observed events and for the offers,
+        // which find each frame's flow by its tuple (`tuples` below, `offload::after_burst`).
+        pipeline.set_record_tuples(observed || offloading);
         let generation = pipeline.tables().generation;
         let no_backend_before = pipeline.counters().drops[DropReason::NoBackend as usize];
         // Off: one load, like the events check.
         let captured = capture.prepare(pipeline.tables());
-        // With a kernel flow cache only: the burst's decisions are kept for its offers.
-        let offloading = io.offload().is_some();
         let mut n_seen = 0;
         let n = io.burst(now, &mut |pkts, outs| {
             *taken = pkts.len();
@@ -447,7 +453,7 @@ impl<I: PacketIo> Worker<I> {
         let _ = req.reply.try_send(answer);
     }
 
-    fn explain(&self, mut frame: Vec<u8>, iface: &str, keys: &[FlowKey], now: u64) -> Answer {
+    fn explain(&mut self, mut frame: Vec<u8>, iface: &str, keys: &[FlowKey], now: u64) -> Answer {
         let tables = Arc::clone(self.pipeline.tables());
         let Some(idx) = tables.iface_index(iface) else {
             return Answer::Error(format!(
@@ -465,8 +471,11 @@ impl<I: PacketIo> Worker<I> {
             .iter()
             .find_map(|k| ct.find(k).filter(|&(s, _)| ct.expires(s) > now))
             .map(|(s, _)| CtRow::from_entry(self.id, &ct.entry(s), ct.expires(s), &tables, now));
-        let mut scratch = self.pipeline.scratch(keys, now);
+        let mut scratch = self
+            .pipeline
+            .scratch(keys, now, self.explain_scratch.take());
         let outcome = scratch.process_one(&mut frame, idx, now);
+        self.explain_scratch = Some(scratch.into_buffers());
         Answer::Explained(Box::new(Explained {
             flow,
             view: OutcomeView::new(&outcome, &tables),

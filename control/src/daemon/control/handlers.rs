@@ -14,8 +14,8 @@ use super::super::bgp::Bgp;
 use super::Control;
 use crate::api::server::Reply;
 use crate::api::{
-    BackendRow, CtFlushed, CtList, ExternalRow, IdentityRow, IpcacheEntry, PolicyModeStatus,
-    PolicyView, Request, Response, ServiceRow, Status,
+    BackendRow, CtFlushed, CtList, ExternalRow, IdentityRow, InterfaceMtu, IpcacheEntry,
+    PolicyModeStatus, PolicyView, Request, Response, ServiceRow, Status,
 };
 use crate::capture::{CaptureHub, CaptureSpec, CaptureStarted};
 use crate::events::ObserveStarted;
@@ -313,7 +313,32 @@ impl Control {
             event_observers: self.events.observers(),
             conntrack_restore: self.restore_report(),
             health_checks: self.health.ports(),
+            mtus: self.interface_mtus(),
         }
+    }
+
+    /// Each interface of the state with the MTU the tables carry (the kernel's over the
+    /// state's, as [`super::super::overrides::RuntimeOverrides`] merges them).
+    fn interface_mtus(&self) -> Vec<InterfaceMtu> {
+        let Some(s) = self.state.as_deref() else {
+            return Vec::new();
+        };
+        s.interfaces
+            .iter()
+            .map(|i| {
+                let kernel = self.overrides.mtus.iter().find(|(n, _)| *n == i.name);
+                let (mtu, source) = match (kernel, i.mtu) {
+                    (Some((_, m)), _) => (Some(*m), "kernel"),
+                    (None, Some(m)) => (Some(m), "state"),
+                    (None, None) => (None, "none"),
+                };
+                InterfaceMtu {
+                    iface: i.name.clone(),
+                    mtu,
+                    source: source.into(),
+                }
+            })
+            .collect()
     }
 
     fn ct_list(&self, filter: CtFilter, limit: Option<usize>, count_only: bool) -> Response {
