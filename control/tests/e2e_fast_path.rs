@@ -23,37 +23,13 @@ mod lab;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use lab::daemon::{start_servers, Launch, Nodeplane};
-use lab::{random_blob, root_dir, wait_until, Lab};
-
-/// The example state (no static gateway MAC) with the web pods' echo port 8081 allowed like
-/// 8080, for the long-lived connection of the policy step.
-fn state(lab: &Lab) -> PathBuf {
-    let dir = lab.tmp.join("state");
-    fs::create_dir_all(&dir).unwrap();
-    for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        let mut text = fs::read_to_string(e.path()).unwrap();
-        if name == "interfaces.yaml" {
-            text = text
-                .lines()
-                .filter(|l| !l.contains("gateway_mac:"))
-                .collect::<Vec<_>>()
-                .join("\n");
-        }
-        if name == "policies.yaml" {
-            text = text.replace("[{ port: 8080 }]", "[{ port: 8080 }, { port: 8081 }]");
-        }
-        fs::write(dir.join(&name), text).unwrap();
-    }
-    dir
-}
+use lab::daemon::{example_state, start_servers, Launch, Nodeplane};
+use lab::{random_blob, wait_until, Lab};
 
 /// An HTTP server on [::]:8080 in each web pod, serving `www`.
 fn http_servers(lab: &mut Lab, www: &Path) {
@@ -138,7 +114,7 @@ fn fast_path(workers: usize) {
     fs::create_dir_all(&www).unwrap();
     let sum = random_blob(&www.join("blob"), 20 << 20);
     http_servers(&mut lab, &www);
-    let dir = state(&lab);
+    let dir = example_state(&lab, |_, text| text);
     let np = Nodeplane::launch(
         &lab,
         &Launch {

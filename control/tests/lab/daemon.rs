@@ -43,6 +43,16 @@ pub fn start_servers(lab: &mut Lab) {
 /// The example state with `web` and `web-nodeport` on the echo port 8081 (which the
 /// policies allow like 8080).
 pub fn echo_state(lab: &Lab) -> PathBuf {
+    example_state(lab, |name, text| match name {
+        "services.yaml" => text.replace("port: 8080 }   # web-", "port: 8081 }   # web-"),
+        _ => text,
+    })
+}
+
+/// The example state copied to the lab's `state` directory: without its static gateway MAC
+/// (the daemon resolves the router's), the policies allowing the web pods' echo port 8081
+/// like 8080, and each file's text then passed through `edit(file name, text)`.
+pub fn example_state(lab: &Lab, edit: impl Fn(&str, String) -> String) -> PathBuf {
     let dir = lab.tmp.join("state");
     fs::create_dir_all(&dir).unwrap();
     for e in fs::read_dir(root_dir().join("examples/state")).unwrap() {
@@ -56,12 +66,10 @@ pub fn echo_state(lab: &Lab) -> PathBuf {
                 .collect::<Vec<_>>()
                 .join("\n");
         }
-        if name == "services.yaml" {
-            text = text.replace("port: 8080 }   # web-", "port: 8081 }   # web-");
-        }
         if name == "policies.yaml" {
             text = text.replace("[{ port: 8080 }]", "[{ port: 8080 }, { port: 8081 }]");
         }
+        let text = edit(&name, text);
         fs::write(dir.join(&name), text).unwrap();
     }
     dir
