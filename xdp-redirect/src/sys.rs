@@ -147,20 +147,8 @@ unsafe fn sys_bpf_ret<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i32> {
 /// `attr` is the `bpf_attr` variant of `cmd`; every pointer in it is valid for what the kernel
 /// reads or writes through it.
 unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
-    // SAFETY: per the caller's contract; the size passed is the struct's.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // SAFETY: per the caller's contract.
+    unsafe { sys_bpf_ret(cmd, attr) }.map(|_| ())
 }
 
 /// (key size, value size, max entries) of the map `fd`.
